@@ -1,0 +1,1 @@
+//! The `#[trace]` attribute of `openlayer-trace`. Use it through `openlayer_trace::trace`.

@@ -1,0 +1,395 @@
+//! Configuration: explicit values from [`Config::builder`] beat the environment.
+//!
+//! Environment variables (the names of the official SDKs):
+//! `OPENLAYER_API_KEY`, `OPENLAYER_INFERENCE_PIPELINE_ID`, `OPENLAYER_BASE_URL`,
+//! `OPENLAYER_DISABLE_PUBLISH`, `OPENLAYER_VERIFY_SSL`, plus `OPENLAYER_TRACE_FILE`
+//! (the embedded default's file) and `OPENLAYER_SPOOL_DIR`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// The default API base URL.
+pub const DEFAULT_BASE_URL: &str = "https://api.openlayer.com/v1";
+/// The default file of the embedded default (no API key).
+pub const DEFAULT_TRACE_FILE: &str = "openlayer-traces.jsonl";
+
+/// An API key. Its `Debug` and `Display` never show the secret.
+///
+/// ```
+/// use openlayer_trace::ApiKey;
+/// let key = ApiKey::new("sk-secret");
+/// assert_eq!(format!("{key:?}"), "ApiKey(***)");
+/// assert_eq!(key.expose(), "sk-secret");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(Arc<str>);
+
+impl ApiKey {
+    /// Wraps a key.
+    pub fn new(key: impl Into<String>) -> Self {
+        ApiKey(Arc::from(key.into()))
+    }
+    /// The secret itself, for the `Authorization` header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(***)")
+    }
+}
+
+impl fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// How the spool uses the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SpoolMode {
+    /// Only batches that exhaust their retries, overflow the queue, or miss the
+    /// shutdown deadline are written.
+    #[default]
+    Overflow,
+    /// Every completed trace is written (and synced) before it is sent, and removed
+    /// after a 2xx: a `kill -9` loses nothing that had completed.
+    WriteAhead,
+}
+
+/// A hook applied to each row before it leaves the process (spool and file included).
+pub type MaskFn = Arc<dyn Fn(&mut serde_json::Map<String, serde_json::Value>) + Send + Sync>;
+
+/// A callback told about every delivery failure that loses or spools data.
+pub type FailureFn = Arc<dyn Fn(&crate::DeliveryFailure) + Send + Sync>;
+
+/// The SDK's configuration. Build it with [`Config::builder`] or [`Config::from_env`].
+///
+/// ```
+/// use std::time::Duration;
+/// use openlayer_trace::Config;
+/// let config = Config::builder()
+///     .api_key("sk-test")
+///     .inference_pipeline_id("00000000-0000-0000-0000-000000000001")
+///     .base_url("http://127.0.0.1:9/v1")
+///     .max_retries(5)
+///     .linger(Duration::from_millis(20))
+///     .build()
+///     .unwrap();
+/// assert!(!format!("{config:?}").contains("sk-test"));
+/// ```
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) api_key: Option<ApiKey>,
+    pub(crate) inference_pipeline_id: Option<String>,
+    pub(crate) base_url: String,
+    pub(crate) disabled: bool,
+    pub(crate) verify_ssl: bool,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) max_retries: u32,
+    pub(crate) queue_capacity: usize,
+    pub(crate) queue_max_bytes: usize,
+    pub(crate) batch_max_rows: usize,
+    pub(crate) batch_max_bytes: usize,
+    pub(crate) linger: Duration,
+    pub(crate) max_in_flight: usize,
+    pub(crate) spool_dir: Option<PathBuf>,
+    pub(crate) spool_mode: SpoolMode,
+    pub(crate) spool_max_bytes: u64,
+    pub(crate) trace_file: PathBuf,
+    pub(crate) sample_rate: f64,
+    pub(crate) mask: Option<MaskFn>,
+    pub(crate) field_budget: Option<usize>,
+    pub(crate) on_failure: Option<FailureFn>,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("inference_pipeline_id", &self.inference_pipeline_id)
+            .field("base_url", &self.base_url)
+            .field("disabled", &self.disabled)
+            .field("verify_ssl", &self.verify_ssl)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_retries", &self.max_retries)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("queue_max_bytes", &self.queue_max_bytes)
+            .field("batch_max_rows", &self.batch_max_rows)
+            .field("batch_max_bytes", &self.batch_max_bytes)
+            .field("linger", &self.linger)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("spool_dir", &self.spool_dir)
+            .field("spool_mode", &self.spool_mode)
+            .field("spool_max_bytes", &self.spool_max_bytes)
+            .field("trace_file", &self.trace_file)
+            .field("sample_rate", &self.sample_rate)
+            .field("mask", &self.mask.as_ref().map(|_| "Fn"))
+            .field("field_budget", &self.field_budget)
+            .field("on_failure", &self.on_failure.as_ref().map(|_| "Fn"))
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            api_key: None,
+            inference_pipeline_id: None,
+            base_url: DEFAULT_BASE_URL.to_string(),
+            disabled: false,
+            verify_ssl: true,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(60),
+            max_retries: 2,
+            queue_capacity: 10_000,
+            queue_max_bytes: 64 * 1024 * 1024,
+            batch_max_rows: 500,
+            batch_max_bytes: 4 * 1024 * 1024,
+            linger: Duration::from_millis(50),
+            max_in_flight: 4,
+            spool_dir: None,
+            spool_mode: SpoolMode::Overflow,
+            spool_max_bytes: 256 * 1024 * 1024,
+            trace_file: PathBuf::from(DEFAULT_TRACE_FILE),
+            sample_rate: 1.0,
+            mask: None,
+            field_budget: None,
+            on_failure: None,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Reads a boolean the way the official SDKs do: `true`, `1`, `on` (any case) are true.
+pub(crate) fn env_truthy(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "true" | "1" | "on" | "yes"
+    )
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl Config {
+    /// A builder starting from the environment; explicit values beat it.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder {
+            config: Config::env_defaults(),
+            error: None,
+        }
+    }
+
+    /// The configuration from the environment alone.
+    pub fn from_env() -> Result<Config, Error> {
+        Config::builder().build()
+    }
+
+    fn env_defaults() -> Config {
+        let mut c = Config::default();
+        c.api_key = env_var("OPENLAYER_API_KEY").map(ApiKey::new);
+        c.inference_pipeline_id = env_var("OPENLAYER_INFERENCE_PIPELINE_ID");
+        if let Some(url) = env_var("OPENLAYER_BASE_URL") {
+            c.base_url = url;
+        }
+        c.disabled = env_var("OPENLAYER_DISABLE_PUBLISH").is_some_and(|v| env_truthy(&v));
+        c.verify_ssl =
+            env_var("OPENLAYER_VERIFY_SSL").is_none_or(|v| !v.trim().eq_ignore_ascii_case("false"));
+        if let Some(dir) = env_var("OPENLAYER_SPOOL_DIR") {
+            c.spool_dir = Some(PathBuf::from(dir));
+        }
+        if let Some(file) = env_var("OPENLAYER_TRACE_FILE") {
+            c.trace_file = PathBuf::from(file);
+        }
+        c
+    }
+
+    /// The API key, if any (redacted in `Debug`).
+    pub fn api_key(&self) -> Option<&ApiKey> {
+        self.api_key.as_ref()
+    }
+    /// The default inference pipeline id.
+    pub fn inference_pipeline_id(&self) -> Option<&str> {
+        self.inference_pipeline_id.as_deref()
+    }
+    /// The API base URL, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        self.base_url.trim_end_matches('/')
+    }
+    /// Whether publishing (and tracing) is off.
+    pub fn is_disabled(&self) -> bool {
+        self.disabled
+    }
+    /// The file of the embedded default, used when no API key is set.
+    pub fn trace_file(&self) -> &std::path::Path {
+        &self.trace_file
+    }
+}
+
+/// Builds a [`Config`]; see [`Config::builder`].
+#[must_use]
+pub struct ConfigBuilder {
+    config: Config,
+    error: Option<Error>,
+}
+
+impl fmt::Debug for ConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigBuilder")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty => |$c:ident, $v:ident| $body:expr) => {
+        $(#[$doc])*
+        pub fn $name(mut self, $v: $ty) -> Self {
+            let $c = &mut self.config;
+            $body;
+            self
+        }
+    };
+}
+
+impl ConfigBuilder {
+    setter!(/// The API key (`OPENLAYER_API_KEY`).
+        api_key: impl Into<String> => |c, v| c.api_key = Some(ApiKey::new(v)));
+    setter!(/// The default inference pipeline (`OPENLAYER_INFERENCE_PIPELINE_ID`).
+        inference_pipeline_id: impl Into<String> => |c, v| c.inference_pipeline_id = Some(v.into()));
+    setter!(/// The API base URL (`OPENLAYER_BASE_URL`), e.g. `https://api.openlayer.com/v1`.
+        base_url: impl Into<String> => |c, v| c.base_url = v.into());
+    setter!(/// Turns tracing and publishing off (`OPENLAYER_DISABLE_PUBLISH`).
+        disabled: bool => |c, v| c.disabled = v);
+    setter!(/// TLS certificate verification (`OPENLAYER_VERIFY_SSL=false` turns it off).
+        verify_ssl: bool => |c, v| c.verify_ssl = v);
+    setter!(/// Connect timeout (default 5 s).
+        connect_timeout: Duration => |c, v| c.connect_timeout = v);
+    setter!(/// Whole-request timeout (default 60 s).
+        request_timeout: Duration => |c, v| c.request_timeout = v);
+    setter!(/// Retries after the first attempt (default 2).
+        max_retries: u32 => |c, v| c.max_retries = v);
+    setter!(/// Most traces waiting in the queue (default 10 000).
+        queue_capacity: usize => |c, v| c.queue_capacity = v.max(1));
+    setter!(/// Most estimated bytes waiting in the queue (default 64 MiB).
+        queue_max_bytes: usize => |c, v| c.queue_max_bytes = v.max(1));
+    setter!(/// Most rows in one request (default 500).
+        batch_max_rows: usize => |c, v| c.batch_max_rows = v.max(1));
+    setter!(/// Most bytes in one request body (default 4 MiB).
+        batch_max_bytes: usize => |c, v| c.batch_max_bytes = v.max(1024));
+    setter!(/// How long a batch waits for more rows (default 50 ms).
+        linger: Duration => |c, v| c.linger = v);
+    setter!(/// Requests in flight at once (default 4).
+        max_in_flight: usize => |c, v| c.max_in_flight = v.max(1));
+    setter!(/// The spool directory (`OPENLAYER_SPOOL_DIR`); no spool when unset.
+        spool_dir: impl Into<PathBuf> => |c, v| c.spool_dir = Some(v.into()));
+    setter!(/// How the spool is used (default [`SpoolMode::Overflow`]).
+        spool_mode: SpoolMode => |c, v| c.spool_mode = v);
+    setter!(/// Most bytes the spool may hold; the oldest data is evicted and counted.
+        spool_max_bytes: u64 => |c, v| c.spool_max_bytes = v);
+    setter!(/// The embedded default's file (`OPENLAYER_TRACE_FILE`).
+        trace_file: impl Into<PathBuf> => |c, v| c.trace_file = v.into());
+    setter!(/// Deadline of the flush that dropping the [`Guard`](crate::Guard) performs (default 5 s).
+        shutdown_timeout: Duration => |c, v| c.shutdown_timeout = v);
+    setter!(/// Most bytes of one string or array element count per field; longer values are
+        /// truncated with a marker instead of dropping the trace.
+        field_budget: usize => |c, v| c.field_budget = Some(v));
+
+    /// The fraction of traces kept, in `[0, 1]`, decided deterministically on the
+    /// inference id (the same id is always kept or always dropped).
+    pub fn sample_rate(mut self, rate: f64) -> Self {
+        if !(0.0..=1.0).contains(&rate) {
+            self.error = Some(Error::Config(format!(
+                "sample_rate must be in [0, 1], got {rate}"
+            )));
+        } else {
+            self.config.sample_rate = rate;
+        }
+        self
+    }
+
+    /// A hook applied to each row before it leaves the process.
+    ///
+    /// ```
+    /// use openlayer_trace::Config;
+    /// let config = Config::builder()
+    ///     .mask(|row| { row.remove("email"); })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = config;
+    /// ```
+    pub fn mask(
+        mut self,
+        f: impl Fn(&mut serde_json::Map<String, serde_json::Value>) + Send + Sync + 'static,
+    ) -> Self {
+        self.config.mask = Some(Arc::new(f));
+        self
+    }
+
+    /// A callback told about every delivery failure.
+    pub fn on_failure(
+        mut self,
+        f: impl Fn(&crate::DeliveryFailure) + Send + Sync + 'static,
+    ) -> Self {
+        self.config.on_failure = Some(Arc::new(f));
+        self
+    }
+
+    /// Checks and returns the configuration.
+    pub fn build(self) -> Result<Config, Error> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let c = self.config;
+        let base = c.base_url.trim();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::Config(format!(
+                "base URL must start with http:// or https://, got {base:?}"
+            )));
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truthy_values_match_the_official_sdks() {
+        for v in ["true", "TRUE", "1", "on", "On"] {
+            assert!(env_truthy(v), "{v}");
+        }
+        for v in ["false", "0", "off", ""] {
+            assert!(!env_truthy(v), "{v}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let c = Config::builder().api_key("sk-very-secret").build().unwrap();
+        let s = format!("{c:?}");
+        assert!(!s.contains("sk-very-secret"), "{s}");
+        assert!(s.contains("***"));
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_error() {
+        let e = Config::builder().base_url("ftp://x").build().unwrap_err();
+        assert!(e.to_string().contains("http://"), "{e}");
+        let e = Config::builder().sample_rate(1.5).build().unwrap_err();
+        assert!(e.to_string().contains("sample_rate"), "{e}");
+    }
+}

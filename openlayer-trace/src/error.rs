@@ -1,0 +1,65 @@
+//! The one error type of the explicit APIs (`flush`, `init`, the client, updates).
+//!
+//! Tracing paths (`#[trace]`, `update_current_*`) never return errors into user code:
+//! they log through `tracing` (target `openlayer_trace`) and count what they could not do.
+
+use std::time::Duration;
+
+/// Everything that can go wrong in an explicit call of this crate.
+///
+/// ```
+/// use openlayer_trace::Error;
+/// let e = Error::InvalidInput("row has no `output` column".into());
+/// assert_eq!(e.to_string(), "invalid input: row has no `output` column");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is unusable (a bad URL, a missing pipeline id, ...).
+    #[error("configuration error: {0}")]
+    Config(String),
+
+    /// The caller's input was rejected before anything was sent.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    /// The platform answered with a non-success status.
+    ///
+    /// `request` names the method and path (never the API key).
+    #[error("{request} failed with HTTP {status}: {message}")]
+    Api {
+        /// HTTP status code.
+        status: u16,
+        /// The server's message, from its JSON `error`/`message` field or the raw body.
+        message: String,
+        /// The request that failed, as `METHOD /path?query`.
+        request: String,
+    },
+
+    /// The request could not be completed (connection refused, reset, timeout, TLS, ...).
+    #[error("{request} failed: {message}")]
+    Transport {
+        /// What went wrong.
+        message: String,
+        /// The request that failed, as `METHOD /path?query`.
+        request: String,
+        /// Whether it was a timeout.
+        timeout: bool,
+    },
+
+    /// A deadline passed before the operation finished.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+
+    /// The background flusher has shut down.
+    #[error("the trace pipeline has shut down")]
+    Shutdown,
+
+    /// A local file could not be read or written.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+
+    /// JSON could not be encoded or decoded.
+    #[error("JSON error: {0}")]
+    Json(#[from] serde_json::Error),
+}

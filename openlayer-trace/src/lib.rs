@@ -1,0 +1,10 @@
+//! Trace Rust LLM and ML code into the Openlayer monitoring platform.
+#![warn(missing_docs)]
+
+mod config;
+mod error;
+mod report;
+
+pub use config::{ApiKey, Config, ConfigBuilder, FailureFn, MaskFn, SpoolMode};
+pub use error::Error;
+pub use report::{DeliveryFailure, DeliveryReport, DropReason, Dropped, Stats};

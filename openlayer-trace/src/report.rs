@@ -1,0 +1,176 @@
+//! What happened to the traces: counters, snapshots and delivery reports.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why data was dropped. Every drop is counted under one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// The hand-off queue was full (in traces or bytes) and no spool was configured.
+    QueueFull,
+    /// The server rejected the data with a non-retryable 4xx (e.g. 401).
+    Rejected,
+    /// Retries were exhausted and no spool was configured.
+    RetriesExhausted,
+    /// The shutdown deadline passed and no spool was configured.
+    Deadline,
+    /// The spool was over its byte limit and evicted its oldest data.
+    SpoolEvicted,
+    /// The trace could not be encoded.
+    Encoding,
+    /// The pipeline had shut down.
+    Shutdown,
+    /// No inference pipeline id was known for a trace that had to go over HTTP.
+    NoPipeline,
+}
+
+/// Rows dropped, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Dropped {
+    /// See [`DropReason::QueueFull`].
+    pub queue_full: u64,
+    /// See [`DropReason::Rejected`].
+    pub rejected: u64,
+    /// See [`DropReason::RetriesExhausted`].
+    pub retries_exhausted: u64,
+    /// See [`DropReason::Deadline`].
+    pub deadline: u64,
+    /// See [`DropReason::SpoolEvicted`].
+    pub spool_evicted: u64,
+    /// See [`DropReason::Encoding`].
+    pub encoding: u64,
+    /// See [`DropReason::Shutdown`].
+    pub shutdown: u64,
+    /// See [`DropReason::NoPipeline`].
+    pub no_pipeline: u64,
+}
+
+impl Dropped {
+    /// All drops, whatever the reason.
+    pub fn total(&self) -> u64 {
+        self.queue_full
+            + self.rejected
+            + self.retries_exhausted
+            + self.deadline
+            + self.spool_evicted
+            + self.encoding
+            + self.shutdown
+            + self.no_pipeline
+    }
+}
+
+/// A snapshot of the delivery counters. All counts are rows (traces or row updates).
+///
+/// Every row handed off ends up in exactly one of `sent`, `written`, `dropped`,
+/// `spooled` (and later perhaps `replayed`), or is still `pending`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Rows handed off to the pipeline by traced code.
+    pub enqueued: u64,
+    /// Rows the server acknowledged with a 2xx.
+    pub sent: u64,
+    /// Rows written to the local trace file (embedded default) or captured in memory.
+    pub written: u64,
+    /// Retried requests.
+    pub retried: u64,
+    /// Rows dropped, by reason.
+    pub dropped: Dropped,
+    /// Rows written to the spool.
+    pub spooled: u64,
+    /// Spooled rows later delivered from the spool.
+    pub replayed: u64,
+    /// Rows not sampled (see `Config::sample_rate`); not a loss.
+    pub sampled_out: u64,
+    /// Rows still waiting in the queue or in flight when the snapshot was taken.
+    pub pending: u64,
+}
+
+/// The outcome of a `flush` or `shutdown`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeliveryReport {
+    /// The counters when the call returned.
+    pub stats: Stats,
+    /// Whether everything handed off before the call was settled (sent, written,
+    /// spooled or counted as dropped) by the deadline.
+    pub complete: bool,
+}
+
+/// A delivery failure, as given to `Config::on_failure`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeliveryFailure {
+    /// How many rows were affected.
+    pub rows: u64,
+    /// Whether they were dropped (and why) or spooled (`None`).
+    pub dropped: Option<DropReason>,
+    /// HTTP status, when the server answered.
+    pub status: Option<u16>,
+    /// The server's message or the transport error.
+    pub message: String,
+}
+
+/// Live counters, shared by the producers and the background worker.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub enqueued: AtomicU64,
+    pub sent: AtomicU64,
+    pub written: AtomicU64,
+    pub retried: AtomicU64,
+    pub spooled: AtomicU64,
+    pub replayed: AtomicU64,
+    pub sampled_out: AtomicU64,
+    pub settled: AtomicU64,
+    pub queue_full: AtomicU64,
+    pub rejected: AtomicU64,
+    pub retries_exhausted: AtomicU64,
+    pub deadline: AtomicU64,
+    pub spool_evicted: AtomicU64,
+    pub encoding: AtomicU64,
+    pub shutdown: AtomicU64,
+    pub no_pipeline: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn drop_rows(&self, reason: DropReason, n: u64) {
+        let c = match reason {
+            DropReason::QueueFull => &self.queue_full,
+            DropReason::Rejected => &self.rejected,
+            DropReason::RetriesExhausted => &self.retries_exhausted,
+            DropReason::Deadline => &self.deadline,
+            DropReason::SpoolEvicted => &self.spool_evicted,
+            DropReason::Encoding => &self.encoding,
+            DropReason::Shutdown => &self.shutdown,
+            DropReason::NoPipeline => &self.no_pipeline,
+        };
+        c.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let dropped = Dropped {
+            queue_full: self.queue_full.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            retries_exhausted: self.retries_exhausted.load(Relaxed),
+            deadline: self.deadline.load(Relaxed),
+            spool_evicted: self.spool_evicted.load(Relaxed),
+            encoding: self.encoding.load(Relaxed),
+            shutdown: self.shutdown.load(Relaxed),
+            no_pipeline: self.no_pipeline.load(Relaxed),
+        };
+        let enqueued = self.enqueued.load(Relaxed);
+        let settled = self.settled.load(Relaxed);
+        Stats {
+            enqueued,
+            sent: self.sent.load(Relaxed),
+            written: self.written.load(Relaxed),
+            retried: self.retried.load(Relaxed),
+            spooled: self.spooled.load(Relaxed),
+            replayed: self.replayed.load(Relaxed),
+            sampled_out: self.sampled_out.load(Relaxed),
+            pending: enqueued.saturating_sub(settled),
+            dropped,
+        }
+    }
+}
