@@ -1,1 +1,313 @@
-//! The `#[trace]` attribute of `openlayer-trace`. Use it through `openlayer_trace::trace`.
+//! The `#[trace]` attribute of `openlayer-trace`. Use it through `openlayer_trace::trace`;
+//! this crate only parses the options and expands to calls into the library.
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::{FnArg, Ident, ItemFn, LitStr, Pat, ReturnType, Type};
+
+/// The step kinds `kind = "..."` accepts, with their `StepKind` variants.
+const KINDS: &[(&str, &str)] = &[
+    ("user_call", "UserCall"),
+    ("chat_completion", "ChatCompletion"),
+    ("embedding", "Embedding"),
+    ("retriever", "Retriever"),
+    ("tool", "Tool"),
+    ("agent", "Agent"),
+    ("handoff", "Handoff"),
+    ("guardrail", "Guardrail"),
+];
+
+const OPTIONS: &str = "name, kind, skip, skip_all, skip_output, inference_pipeline_id";
+
+/// The parsed options of one `#[trace(...)]`.
+#[derive(Default)]
+struct Options {
+    name: Option<LitStr>,
+    kind: Option<(String, Span)>,
+    skip: Vec<Ident>,
+    skip_span: Option<Span>,
+    skip_all: Option<Span>,
+    skip_output: bool,
+    pipeline_id: Option<LitStr>,
+}
+
+impl Options {
+    fn parse(args: TokenStream2) -> syn::Result<Options> {
+        let mut o = Options::default();
+        let mut seen: Vec<String> = Vec::new();
+        let parser = syn::meta::parser(|meta| {
+            let key = meta
+                .path
+                .get_ident()
+                .map(|i| i.to_string())
+                .unwrap_or_default();
+            if seen.contains(&key) {
+                return Err(meta.error(format!("`{key}` is given more than once")));
+            }
+            seen.push(key.clone());
+            match key.as_str() {
+                "name" => {
+                    let lit: LitStr = meta.value()?.parse()?;
+                    if lit.value().trim().is_empty() {
+                        return Err(syn::Error::new(lit.span(), "`name` must not be empty"));
+                    }
+                    o.name = Some(lit);
+                }
+                "kind" => {
+                    let lit: LitStr = meta.value()?.parse()?;
+                    let value = lit.value();
+                    match KINDS.iter().find(|(k, _)| *k == value) {
+                        Some((_, variant)) => o.kind = Some((variant.to_string(), lit.span())),
+                        None => {
+                            let valid: Vec<String> =
+                                KINDS.iter().map(|(k, _)| format!("\"{k}\"")).collect();
+                            return Err(syn::Error::new(
+                                lit.span(),
+                                format!(
+                                    "unknown step kind \"{value}\"; expected one of {}",
+                                    valid.join(", ")
+                                ),
+                            ));
+                        }
+                    }
+                }
+                "skip" => {
+                    o.skip_span = Some(meta.path.span());
+                    meta.parse_nested_meta(|inner| {
+                        let ident = inner.path.get_ident().cloned().ok_or_else(|| {
+                            inner.error("`skip` takes parameter names, e.g. `skip(client, secret)`")
+                        })?;
+                        o.skip.push(ident);
+                        Ok(())
+                    })?;
+                }
+                "skip_all" => o.skip_all = Some(meta.path.span()),
+                "skip_output" => o.skip_output = true,
+                "inference_pipeline_id" => {
+                    let lit: LitStr = meta.value()?.parse()?;
+                    if lit.value().trim().is_empty() {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            "`inference_pipeline_id` must not be empty",
+                        ));
+                    }
+                    o.pipeline_id = Some(lit);
+                }
+                _ => {
+                    let path = &meta.path;
+                    let shown = quote!(#path).to_string().replace(' ', "");
+                    return Err(meta.error(format!(
+                        "unknown `trace` option `{shown}`; expected one of: {OPTIONS}"
+                    )));
+                }
+            }
+            Ok(())
+        });
+        syn::parse::Parser::parse2(parser, args)?;
+        if let (Some(span), Some(_)) = (o.skip_all, o.skip_span) {
+            return Err(syn::Error::new(
+                span,
+                "`skip_all` and `skip(...)` cannot be used together",
+            ));
+        }
+        Ok(o)
+    }
+}
+
+/// Collects the bindings of a parameter pattern (`x`, `(a, b)`, `Point { x, y }`, ...).
+fn bindings(pat: &Pat, out: &mut Vec<Ident>) {
+    match pat {
+        Pat::Ident(p) => {
+            if let Some((_, sub)) = &p.subpat {
+                bindings(sub, out);
+            }
+            out.push(p.ident.clone());
+        }
+        Pat::Tuple(t) => t.elems.iter().for_each(|p| bindings(p, out)),
+        Pat::TupleStruct(t) => t.elems.iter().for_each(|p| bindings(p, out)),
+        Pat::Struct(s) => s.fields.iter().for_each(|f| bindings(&f.pat, out)),
+        Pat::Reference(r) => bindings(&r.pat, out),
+        Pat::Slice(s) => s.elems.iter().for_each(|p| bindings(p, out)),
+        Pat::Type(t) => bindings(&t.pat, out),
+        Pat::Paren(p) => bindings(&p.pat, out),
+        _ => {}
+    }
+}
+
+fn contains_impl_trait(ty: &Type) -> bool {
+    struct Finder(bool);
+    impl<'ast> syn::visit::Visit<'ast> for Finder {
+        fn visit_type_impl_trait(&mut self, _: &'ast syn::TypeImplTrait) {
+            self.0 = true;
+        }
+    }
+    let mut f = Finder(false);
+    syn::visit::Visit::visit_type(&mut f, ty);
+    f.0
+}
+
+fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream2> {
+    let sig = &item.sig;
+    if sig.constness.is_some() {
+        return Err(syn::Error::new(
+            sig.constness.span(),
+            "`#[trace]` cannot be used on a `const fn`",
+        ));
+    }
+
+    // The recorded parameters, in order.
+    let mut params: Vec<Ident> = Vec::new();
+    for arg in &sig.inputs {
+        if let FnArg::Typed(pt) = arg {
+            bindings(&pt.pat, &mut params);
+        }
+    }
+    for s in &opts.skip {
+        if !params.iter().any(|p| p.unraw() == s.unraw()) {
+            return Err(syn::Error::new(
+                s.span(),
+                format!("`{s}` is not a parameter of this function"),
+            ));
+        }
+    }
+    let recorded: Vec<&Ident> = if opts.skip_all.is_some() {
+        Vec::new()
+    } else {
+        params
+            .iter()
+            .filter(|p| !opts.skip.iter().any(|s| s.unraw() == p.unraw()))
+            .collect()
+    };
+    let writes = recorded.iter().map(|ident| {
+        let name = ident.unraw().to_string();
+        quote_spanned! {ident.span()=> __ol_w.arg(#name, &#ident); }
+    });
+
+    let name = match &opts.name {
+        Some(lit) => lit.value(),
+        None => sig.ident.unraw().to_string(),
+    };
+    let kind = format_ident!(
+        "{}",
+        opts.kind
+            .as_ref()
+            .map(|(v, _)| v.as_str())
+            .unwrap_or("UserCall")
+    );
+    let pipeline = match &opts.pipeline_id {
+        Some(lit) => quote!(::core::option::Option::Some(#lit)),
+        None => quote!(::core::option::Option::None),
+    };
+    let meta = quote! {
+        static __OL_META: ::openlayer_trace::__private::StepMeta = ::openlayer_trace::__private::StepMeta {
+            name: #name,
+            kind: ::openlayer_trace::StepKind::#kind,
+            pipeline_id: #pipeline,
+        };
+    };
+
+    let record = if opts.skip_output {
+        quote! {
+            #[allow(unused_imports)]
+            use ::openlayer_trace::__private::{RecordErrorOnly as _, RecordNothing as _};
+            (&::openlayer_trace::__private::Out(&__ol_ret)).__ol_record_err(&mut __ol_step);
+        }
+    } else {
+        quote! {
+            #[allow(unused_imports)]
+            use ::openlayer_trace::__private::{RecordResult as _, RecordValue as _};
+            (&::openlayer_trace::__private::Out(&__ol_ret)).__ol_record(&mut __ol_step);
+        }
+    };
+
+    let ret_ty: Option<&Type> = match &sig.output {
+        ReturnType::Default => None,
+        ReturnType::Type(_, ty) => Some(ty),
+    };
+    let nameable = ret_ty.is_none_or(|t| !contains_impl_trait(t));
+    let block = &item.block;
+
+    let body = if sig.asyncness.is_some() {
+        let body_fut = match (nameable, ret_ty) {
+            (true, Some(ty)) => {
+                quote!(::openlayer_trace::__private::async_body::<#ty, _>(async move #block))
+            }
+            (true, None) => {
+                quote!(::openlayer_trace::__private::async_body::<(), _>(async move #block))
+            }
+            (false, _) => quote!(async move #block),
+        };
+        quote! {{
+            #meta
+            let __ol_start = ::openlayer_trace::__private::begin_async(&__OL_META, |__ol_w| { #(#writes)* });
+            #[allow(unused_mut)]
+            let (__ol_ret, mut __ol_step) = ::openlayer_trace::__private::instrument(__ol_start, #body_fut).await;
+            { #record }
+            ::core::mem::drop(__ol_step);
+            __ol_ret
+        }}
+    } else {
+        let closure = match (nameable, ret_ty) {
+            (true, Some(ty)) => quote!(move || -> #ty #block),
+            _ => quote!(move || #block),
+        };
+        quote! {{
+            #meta
+            #[allow(unused_mut)]
+            let mut __ol_step = ::openlayer_trace::__private::enter_sync(&__OL_META, |__ol_w| { #(#writes)* });
+            #[allow(clippy::redundant_closure_call)]
+            let __ol_ret = (#closure)();
+            { #record }
+            ::core::mem::drop(__ol_step);
+            __ol_ret
+        }}
+    };
+    *item.block = syn::parse2(body)?;
+    Ok(quote!(#item))
+}
+
+/// Traces a function as a step: its inputs, output, latency and errors.
+///
+/// Works on free functions, methods (`self` is never recorded), generic functions, `impl
+/// Trait` arguments and returns, `async fn`, and functions in trait impls. Arguments are
+/// recorded by name through `serde::Serialize`; the return value too, and a returned
+/// `Err` records the error's `Display` under the step's `Exceptions` metadata.
+///
+/// Options:
+/// - `name = "..."`: the step's name (default: the function's name);
+/// - `kind = "..."`: one of `user_call` (default), `chat_completion`, `embedding`,
+///   `retriever`, `tool`, `agent`, `handoff`, `guardrail`;
+/// - `skip(a, b)`: arguments not to record; `skip_all`: record none;
+/// - `skip_output`: do not record the return value (errors are still recorded);
+/// - `inference_pipeline_id = "..."`: send traces rooted here to this pipeline.
+#[proc_macro_attribute]
+pub fn trace(args: TokenStream, item: TokenStream) -> TokenStream {
+    let opts = match Options::parse(args.into()) {
+        Ok(o) => o,
+        Err(e) => return with_item(e, item),
+    };
+    let parsed: ItemFn = match syn::parse(item.clone()) {
+        Ok(f) => f,
+        Err(_) => {
+            let e = syn::Error::new(
+                Span::call_site(),
+                "`#[trace]` can only be used on functions",
+            );
+            return with_item(e, item);
+        }
+    };
+    match expand(opts, parsed) {
+        Ok(ts) => ts.into(),
+        Err(e) => with_item(e, item),
+    }
+}
+
+/// The error plus the untouched item, so that one mistake does not cascade into others.
+fn with_item(e: syn::Error, item: TokenStream) -> TokenStream {
+    let mut out: TokenStream2 = e.to_compile_error();
+    out.extend(TokenStream2::from(item));
+    out.into()
+}

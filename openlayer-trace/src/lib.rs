@@ -1,10 +1,62 @@
 //! Trace Rust LLM and ML code into the Openlayer monitoring platform.
+//!
+//! ```
+//! use openlayer_trace::{trace, update_current_trace};
+//!
+//! #[trace]
+//! fn retrieve(question: &str) -> Vec<String> {
+//!     vec!["Paris is the capital of France.".to_string()]
+//! }
+//!
+//! #[trace]
+//! fn answer(question: &str) -> String {
+//!     update_current_trace!(inference_id = "req-1", user_id = "u-42");
+//!     let docs = retrieve(question);
+//!     format!("{} (from {} documents)", "Paris", docs.len())
+//! }
+//!
+//! answer("What is the capital of France?");
+//! ```
 #![warn(missing_docs)]
 
+// Lets `#[trace]`'s expansion (`::openlayer_trace::...`) resolve inside this crate too.
+extern crate self as openlayer_trace;
+
 mod config;
+mod context;
+mod diag;
 mod error;
+mod id;
+mod kind;
+mod manual;
+mod pipeline;
+mod record;
 mod report;
+mod step;
+mod update;
+mod wire;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+
+pub use openlayer_trace_macros::trace;
 
 pub use config::{ApiKey, Config, ConfigBuilder, FailureFn, MaskFn, SpoolMode};
+pub use context::{
+    AttachGuard, FutureExt, TraceContext, WithTrace, current_context, spawn, thread,
+};
 pub use error::Error;
+pub use id::inference_id_for;
+pub use kind::{StepKind, UnknownKind};
+pub use manual::{ChatCompletion, add_chat_completion_step};
+pub use pipeline::{Guard, flush, flush_async, init, init_from_env, stats};
 pub use report::{DeliveryFailure, DeliveryReport, DropReason, Dropped, Stats};
+pub use step::{Instrumented, OutputSink, StepBuilder, StepFinisher, StepGuard, step};
+pub use update::{
+    current_inference_id, log_context, log_ground_truth, log_output, log_question,
+    update_current_step, update_current_trace,
+};

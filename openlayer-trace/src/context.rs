@@ -1,0 +1,484 @@
+//! The current position in a trace: which trace and which step new steps nest under.
+//!
+//! The position lives in two thread-locals. Synchronous steps set it for their extent;
+//! futures ([`Traced`](crate::Traced), [`WithTrace`]) set it around every `poll` and restore
+//! it afterwards, so it follows a task across `.await`, under `join!`, and when a
+//! multi-thread runtime moves the task to another worker between polls.
+//!
+//! A trace completes when its root step has closed and nothing else holds it open: open
+//! steps and [`TraceContext`] handles (which carry the trace into spawned work) both count.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use crate::diag::warn_limited;
+use crate::kind::StepKind;
+use crate::pipeline::{self, CaptureSink};
+use crate::record::{CompletedTrace, Json, NO_PARENT, Status, StepRecord, TraceShared};
+
+thread_local! {
+    static TRACE: Cell<Option<Arc<TraceShared>>> = const { Cell::new(None) };
+    static STEP: Cell<u32> = const { Cell::new(NO_PARENT) };
+    static CAPTURE: Cell<Option<Arc<CaptureSink>>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with the current trace and step, if any. The thread-local is restored even if
+/// `f` unwinds.
+pub(crate) fn with_current<R>(f: impl FnOnce(&Arc<TraceShared>, u32) -> R) -> Option<R> {
+    struct Restore(Option<Arc<TraceShared>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let t = self.0.take();
+            let _ = TRACE.try_with(|c| c.set(t));
+        }
+    }
+    let trace = TRACE.try_with(Cell::take).ok().flatten()?;
+    let step = STEP.try_with(Cell::get).unwrap_or(NO_PARENT);
+    let restore = Restore(Some(trace));
+    let r = f(restore.0.as_ref()?, step);
+    drop(restore);
+    Some(r)
+}
+
+/// Whether this thread is inside a trace right now.
+pub(crate) fn in_trace() -> bool {
+    with_current(|_, _| ()).is_some()
+}
+
+/// What a new step is.
+pub(crate) struct StepSpec {
+    pub name: Cow<'static, str>,
+    pub kind: StepKind,
+    pub traced_fn: bool,
+    pub pipeline_id: Option<&'static str>,
+}
+
+/// A step that has been opened in a trace and must be closed exactly once.
+#[derive(Debug)]
+pub(crate) struct OpenStep {
+    pub trace: Arc<TraceShared>,
+    pub idx: u32,
+}
+
+fn new_root() -> Option<Arc<TraceShared>> {
+    let capture = CAPTURE
+        .try_with(|c| {
+            let cap = c.take();
+            let copy = cap.clone();
+            c.set(cap);
+            copy
+        })
+        .ok()
+        .flatten();
+    if capture.is_none() && !pipeline::tracing_enabled() {
+        return None;
+    }
+    Some(Arc::new(TraceShared::new(capture)))
+}
+
+/// Opens a step under the current step of this thread, or as the root of a new trace.
+/// The current position is not changed. `None` when tracing is off.
+#[inline]
+pub(crate) fn open_step(
+    spec: StepSpec,
+    start: Instant,
+    inputs: impl FnOnce() -> Option<Json>,
+) -> Option<OpenStep> {
+    let (trace, parent) = match with_current(|t, s| (t.clone(), s)) {
+        Some(found) => found,
+        None => (new_root()?, NO_PARENT),
+    };
+    let inputs = inputs();
+    let offset = trace.offset(start);
+    let mut st = trace.lock();
+    if st.shipped {
+        drop(st);
+        warn_limited!(step = %spec.name, "a step started after its trace had completed; not recorded");
+        return None;
+    }
+    let idx = st.steps.len() as u32;
+    let parent = if idx == 0 {
+        NO_PARENT
+    } else if parent == NO_PARENT {
+        0
+    } else {
+        parent
+    };
+    let mut rec = StepRecord::new(spec.name, spec.kind, parent, offset);
+    rec.traced_fn = spec.traced_fn;
+    rec.inputs = inputs;
+    if idx == 0 {
+        st.pipeline_id = spec.pipeline_id.map(Cow::Borrowed);
+    }
+    st.steps.push(rec);
+    st.open += 1;
+    drop(st);
+    Some(OpenStep { trace, idx })
+}
+
+/// How a step ends.
+pub(crate) struct Closing {
+    pub status: Status,
+    pub output: Option<Json>,
+    pub error: Option<Box<str>>,
+}
+
+/// Closes a step and completes its trace when nothing else holds it open.
+pub(crate) fn close_step(step: &OpenStep, end: Instant, closing: Closing) {
+    let end = step.trace.offset(end);
+    let mut st = step.trace.lock();
+    if let Some(rec) = st.steps.get_mut(step.idx as usize) {
+        if rec.status != Status::Open {
+            return;
+        }
+        rec.status = closing.status;
+        rec.end = end.max(rec.start);
+        if closing.output.is_some() {
+            rec.output = closing.output;
+        }
+        if closing.error.is_some() {
+            rec.error = closing.error;
+        }
+        if closing.status == Status::Cancelled {
+            rec.set_metadata(Cow::Borrowed("cancelled"), "true".into());
+        }
+    }
+    if step.idx == 0 {
+        st.root_closed = true;
+    }
+    release_locked(&step.trace, st);
+}
+
+/// Drops one hold on the trace (an open step or a handle) and ships it if complete.
+fn release_locked(
+    trace: &Arc<TraceShared>,
+    mut st: std::sync::MutexGuard<'_, crate::record::TraceState>,
+) {
+    st.open = st.open.saturating_sub(1);
+    if st.open == 0 && st.root_closed && !st.shipped {
+        st.shipped = true;
+        let state = std::mem::take(&mut *st);
+        drop(st);
+        let done = CompletedTrace {
+            state,
+            anchor_unix_ns: trace.anchor_unix_ns,
+        };
+        pipeline::submit(done, trace.capture.as_ref());
+    }
+}
+
+/// The saved position while another one is current.
+pub(crate) struct Entered {
+    /// The previous trace, when [`enter`] replaced it.
+    prev_trace: Option<Arc<TraceShared>>,
+    /// Whether the trace was already current (only the step changed).
+    same: bool,
+    prev_step: u32,
+    _not_send: PhantomData<*const ()>,
+}
+
+/// Makes `(trace, step)` the current position; [`exit`] restores the previous one.
+#[inline]
+pub(crate) fn enter(trace: Arc<TraceShared>, step: u32) -> Entered {
+    let prev_trace = TRACE.try_with(|c| c.replace(Some(trace))).ok().flatten();
+    let prev_step = STEP.try_with(|c| c.replace(step)).unwrap_or(NO_PARENT);
+    Entered {
+        prev_trace,
+        same: false,
+        prev_step,
+        _not_send: PhantomData,
+    }
+}
+
+/// Like [`enter`], but without touching the trace's reference count when it is already
+/// the current trace (the common case of nested steps).
+#[inline]
+pub(crate) fn enter_ref(trace: &Arc<TraceShared>, step: u32) -> Entered {
+    let same = TRACE
+        .try_with(|c| {
+            let cur = c.take();
+            let same = cur.as_ref().is_some_and(|t| Arc::ptr_eq(t, trace));
+            c.set(cur);
+            same
+        })
+        .unwrap_or(false);
+    if !same {
+        return enter(trace.clone(), step);
+    }
+    let prev_step = STEP.try_with(|c| c.replace(step)).unwrap_or(NO_PARENT);
+    Entered {
+        prev_trace: None,
+        same: true,
+        prev_step,
+        _not_send: PhantomData,
+    }
+}
+
+/// Restores the position saved by [`enter`] or [`enter_ref`].
+#[inline]
+pub(crate) fn exit(entered: Entered) {
+    let Entered {
+        prev_trace,
+        same,
+        prev_step,
+        ..
+    } = entered;
+    let _ = STEP.try_with(|c| c.set(prev_step));
+    if !same {
+        let _ = TRACE.try_with(|c| c.replace(prev_trace));
+    }
+}
+
+/// Runs `f` with `capture` as the sink for traces started on this thread.
+pub(crate) fn with_capture<R>(capture: Option<Arc<CaptureSink>>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Arc<CaptureSink>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            let _ = CAPTURE.try_with(|c| c.set(prev));
+        }
+    }
+    let prev = CAPTURE.try_with(|c| c.replace(capture)).ok().flatten();
+    let _restore = Restore(prev);
+    f()
+}
+
+/// A position in a trace that can be carried into spawned tasks and threads.
+///
+/// While a `TraceContext` (or a clone) is alive, its trace stays open, so the steps of
+/// spawned work land in it even if the root step has already returned. Get one with
+/// [`current_context`], or use [`spawn`], [`FutureExt::in_current_trace`] and
+/// [`thread::spawn`](crate::thread::spawn), which do it for you.
+///
+/// ```
+/// use openlayer_trace::{current_context, trace};
+///
+/// #[trace]
+/// fn work(n: u32) -> u32 { n * 2 }
+///
+/// #[trace]
+/// fn parent() -> u32 {
+///     let ctx = current_context().expect("inside a trace");
+///     std::thread::spawn(move || ctx.in_scope(|| work(21))).join().unwrap()
+/// }
+/// assert_eq!(parent(), 42);
+/// ```
+#[derive(Debug)]
+pub struct TraceContext {
+    trace: Arc<TraceShared>,
+    step: u32,
+}
+
+impl TraceContext {
+    /// The current position, if this thread is inside a trace.
+    pub fn current() -> Option<TraceContext> {
+        with_current(|t, s| {
+            t.lock().open += 1;
+            TraceContext {
+                trace: t.clone(),
+                step: s,
+            }
+        })
+    }
+
+    /// Makes this position current on this thread until the guard is dropped.
+    pub fn attach(&self) -> AttachGuard<'_> {
+        AttachGuard {
+            entered: Some(enter(self.trace.clone(), self.step)),
+            _ctx: PhantomData,
+        }
+    }
+
+    /// Runs `f` with this position current.
+    pub fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _g = self.attach();
+        f()
+    }
+
+    /// Wraps a future so that it runs in this position, wherever it is polled.
+    pub fn wrap<F: Future>(self, future: F) -> WithTrace<F> {
+        WithTrace {
+            inner: std::mem::ManuallyDrop::new(future),
+            ctx: Some(self),
+        }
+    }
+}
+
+impl Clone for TraceContext {
+    fn clone(&self) -> Self {
+        self.trace.lock().open += 1;
+        TraceContext {
+            trace: self.trace.clone(),
+            step: self.step,
+        }
+    }
+}
+
+impl Drop for TraceContext {
+    fn drop(&mut self) {
+        let st = self.trace.lock();
+        release_locked(&self.trace, st);
+    }
+}
+
+/// Keeps a [`TraceContext`] current on this thread; see [`TraceContext::attach`].
+#[must_use = "the context is detached when the guard is dropped"]
+pub struct AttachGuard<'a> {
+    entered: Option<Entered>,
+    _ctx: PhantomData<&'a TraceContext>,
+}
+
+impl Drop for AttachGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(e) = self.entered.take() {
+            exit(e);
+        }
+    }
+}
+
+impl std::fmt::Debug for AttachGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AttachGuard")
+    }
+}
+
+/// The current trace position, to carry into spawned work; see [`TraceContext`].
+pub fn current_context() -> Option<TraceContext> {
+    TraceContext::current()
+}
+
+/// A future that runs in a captured trace position; see [`FutureExt::in_current_trace`].
+#[must_use = "futures do nothing unless polled"]
+pub struct WithTrace<F> {
+    inner: std::mem::ManuallyDrop<F>,
+    ctx: Option<TraceContext>,
+}
+
+impl<F> std::fmt::Debug for WithTrace<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WithTrace")
+            .field("ctx", &self.ctx)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for WithTrace<F> {
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // SAFETY: `inner` is never moved out of the pinned `self`; it is dropped in place.
+        let this = unsafe { self.get_unchecked_mut() };
+        let entered = this.ctx.as_ref().map(|c| enter(c.trace.clone(), c.step));
+        struct Exit(Option<Entered>);
+        impl Drop for Exit {
+            fn drop(&mut self) {
+                if let Some(e) = self.0.take() {
+                    exit(e);
+                }
+            }
+        }
+        let _exit = Exit(entered);
+        // SAFETY: structural pinning of `inner`.
+        let inner = unsafe { Pin::new_unchecked(&mut *this.inner) };
+        let out = inner.poll(cx);
+        if out.is_ready() {
+            drop(_exit);
+            this.ctx = None;
+        }
+        out
+    }
+}
+
+impl<F> Drop for WithTrace<F> {
+    fn drop(&mut self) {
+        // Drop the inner future first, in its position, so that its steps close before the
+        // hold on the trace is released.
+        let entered = self.ctx.as_ref().map(|c| enter(c.trace.clone(), c.step));
+        // SAFETY: dropped exactly once, in place, never used again.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.inner) };
+        if let Some(e) = entered {
+            exit(e);
+        }
+        self.ctx = None;
+    }
+}
+
+/// Carries the current trace into futures.
+pub trait FutureExt: Future + Sized {
+    /// Runs this future in the current trace position, wherever it is polled: its steps
+    /// land under the step that created it.
+    ///
+    /// ```
+    /// use openlayer_trace::{trace, FutureExt};
+    ///
+    /// #[trace]
+    /// async fn child() -> u8 { 1 }
+    ///
+    /// #[trace]
+    /// async fn parent() -> u8 {
+    ///     tokio::spawn(child().in_current_trace()).await.unwrap()
+    /// }
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(parent());
+    /// ```
+    fn in_current_trace(self) -> WithTrace<Self> {
+        WithTrace {
+            inner: std::mem::ManuallyDrop::new(self),
+            ctx: TraceContext::current(),
+        }
+    }
+
+    /// Runs this future in the given position (`None`: outside any trace).
+    fn with_trace_context(self, ctx: Option<TraceContext>) -> WithTrace<Self> {
+        WithTrace {
+            inner: std::mem::ManuallyDrop::new(self),
+            ctx,
+        }
+    }
+}
+
+impl<F: Future> FutureExt for F {}
+
+/// `tokio::spawn`, carrying the current trace into the task.
+///
+/// # Panics
+///
+/// Like `tokio::spawn`, when called outside a Tokio runtime.
+pub fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(future.in_current_trace())
+}
+
+/// Threads that carry the current trace.
+pub mod thread {
+    /// `std::thread::spawn`, carrying the current trace into the thread.
+    ///
+    /// ```
+    /// use openlayer_trace::trace;
+    ///
+    /// #[trace]
+    /// fn child() -> u8 { 1 }
+    ///
+    /// #[trace]
+    /// fn parent() -> u8 { openlayer_trace::thread::spawn(child).join().unwrap() }
+    /// assert_eq!(parent(), 1);
+    /// ```
+    pub fn spawn<F, T>(f: F) -> std::thread::JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let ctx = super::TraceContext::current();
+        std::thread::spawn(move || match ctx {
+            Some(ctx) => ctx.in_scope(f),
+            None => f(),
+        })
+    }
+}

@@ -1,0 +1,72 @@
+//! Our own diagnostics: `tracing` events under target `openlayer_trace`, rate-limited so
+//! that a misconfigured hot path cannot flood the application's logs.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// One rate limit: at most one event per `period_secs` per site.
+pub(crate) struct RateLimit {
+    last: AtomicU64,
+    suppressed: AtomicU64,
+    period_secs: u64,
+}
+
+impl RateLimit {
+    pub(crate) const fn new(period_secs: u64) -> Self {
+        RateLimit {
+            last: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+            period_secs,
+        }
+    }
+
+    /// Returns `Some(suppressed_since_last)` when an event may be emitted now.
+    pub(crate) fn allow(&self) -> Option<u64> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            + 1;
+        let last = self.last.load(Relaxed);
+        if (last == 0 || now >= last + self.period_secs)
+            && self
+                .last
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Relaxed));
+        }
+        self.suppressed.fetch_add(1, Relaxed);
+        None
+    }
+}
+
+/// Emits a rate-limited `warn!` event (target `openlayer_trace`).
+macro_rules! warn_limited {
+    ($($arg:tt)+) => {{
+        static LIMIT: $crate::diag::RateLimit = $crate::diag::RateLimit::new(60);
+        if let Some(suppressed) = LIMIT.allow() {
+            ::tracing::warn!(target: "openlayer_trace", suppressed, $($arg)+);
+        }
+    }};
+}
+pub(crate) use warn_limited;
+
+/// Called by the `update_current_*`-style APIs when no trace is active.
+pub(crate) fn outside_trace(api: &'static str) {
+    warn_limited!(api, "{api} was called outside of a trace; ignored");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allows_once_per_period_and_counts_the_rest() {
+        let l = RateLimit::new(3600);
+        assert_eq!(l.allow(), Some(0));
+        assert_eq!(l.allow(), None);
+        assert_eq!(l.allow(), None);
+        assert_eq!(l.suppressed.load(Relaxed), 2);
+    }
+}

@@ -1,0 +1,221 @@
+//! What `#[trace]` expands to. Not a public API: it may change in any release.
+
+use std::borrow::Cow;
+use std::fmt::{Display, Write as _};
+use std::future::Future;
+use std::time::Instant;
+
+use serde::Serialize;
+
+pub use crate::__ol_key as key;
+pub use crate::step::{Instrumented, OutputSink, StepFinisher, StepGuard};
+pub use crate::update::Update;
+pub use serde::Serialize as __Serialize;
+
+use crate::context::{self, OpenStep, StepSpec};
+use crate::kind::StepKind;
+use crate::record::{Json, to_json};
+
+/// The static description of a traced function.
+#[derive(Debug)]
+pub struct StepMeta {
+    /// The step's name.
+    pub name: &'static str,
+    /// The step's kind.
+    pub kind: StepKind,
+    /// `#[trace(inference_pipeline_id = "...")]`.
+    pub pipeline_id: Option<&'static str>,
+}
+
+impl StepMeta {
+    fn spec(&'static self) -> StepSpec {
+        StepSpec {
+            name: Cow::Borrowed(self.name),
+            kind: self.kind,
+            traced_fn: true,
+            pipeline_id: self.pipeline_id,
+        }
+    }
+}
+
+/// Writes the captured inputs as one JSON object, in parameter order.
+#[derive(Debug, Default)]
+pub struct InputWriter {
+    buf: String,
+}
+
+/// A traced function's argument, recorded through `serde::Serialize`.
+#[diagnostic::on_unimplemented(
+    message = "the traced argument of type `{Self}` is not `serde::Serialize`, so it cannot be recorded",
+    label = "this argument does not implement `serde::Serialize`",
+    note = "leave it out with `#[trace(skip(<argument>))]`, or leave out every argument with `#[trace(skip_all)]`"
+)]
+pub trait Input {
+    /// Serializes the argument.
+    #[doc(hidden)]
+    fn __write(&self, out: &mut String) -> Result<(), serde_json::Error>;
+}
+
+impl<T: Serialize + ?Sized> Input for T {
+    #[inline]
+    fn __write(&self, out: &mut String) -> Result<(), serde_json::Error> {
+        // SAFETY: serde_json writes valid UTF-8 only.
+        serde_json::to_writer(unsafe { out.as_mut_vec() }, self)
+    }
+}
+
+impl InputWriter {
+    /// Records one argument. An argument whose serialization fails is recorded as `null`.
+    #[inline]
+    pub fn arg<T: Input + ?Sized>(&mut self, name: &str, value: &T) {
+        self.buf.push(if self.buf.is_empty() { '{' } else { ',' });
+        let _ = write!(self.buf, "\"{name}\":");
+        let mark = self.buf.len();
+        if value.__write(&mut self.buf).is_err() {
+            self.buf.truncate(mark);
+            self.buf.push_str("null");
+            crate::diag::warn_limited!(
+                argument = name,
+                "a traced argument could not be serialized; recorded as null"
+            );
+        }
+    }
+
+    fn finish(mut self) -> Option<Json> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        self.buf.push('}');
+        Some(self.buf.into_boxed_str())
+    }
+}
+
+fn capture_inputs(inputs: impl FnOnce(&mut InputWriter)) -> Option<Json> {
+    let mut w = InputWriter {
+        buf: String::with_capacity(64),
+    };
+    inputs(&mut w);
+    w.finish()
+}
+
+/// Opens a synchronous step and makes it current. `inputs` runs only when recording.
+#[inline]
+pub fn enter_sync(meta: &'static StepMeta, inputs: impl FnOnce(&mut InputWriter)) -> StepGuard {
+    let open = context::open_step(meta.spec(), Instant::now(), || capture_inputs(inputs));
+    StepGuard::enter(open)
+}
+
+/// The step of an `async fn`, opened at its first poll.
+#[derive(Debug)]
+pub struct AsyncStart(Option<OpenStep>);
+
+/// Opens the step of an `async fn` under the current position (without changing it).
+#[inline]
+pub fn begin_async(meta: &'static StepMeta, inputs: impl FnOnce(&mut InputWriter)) -> AsyncStart {
+    AsyncStart(context::open_step(meta.spec(), Instant::now(), || {
+        capture_inputs(inputs)
+    }))
+}
+
+/// Runs the body of an `async fn` in its step.
+#[inline]
+pub fn instrument<F: Future>(start: AsyncStart, body: F) -> Instrumented<F> {
+    if start.0.is_some() {
+        crate::step::install_panic_hook();
+    }
+    Instrumented::opened(start.0, body)
+}
+
+/// Pins the output type of an `async` body, so that `?` inside it infers as in the function.
+#[inline]
+pub fn async_body<R, F: Future<Output = R>>(f: F) -> F {
+    f
+}
+
+// ---------------------------------------------------------------------------------------
+// Recording a return value: `Result<T: Serialize, E: Display>` records `Ok` as the output
+// and `Err` as the error; any other `T: Serialize` is the output. Chosen by autoref.
+
+/// A return value being recorded.
+#[derive(Debug)]
+pub struct Out<'a, T: ?Sized>(pub &'a T);
+
+/// A traced function's return value, recorded through `serde::Serialize`.
+#[diagnostic::on_unimplemented(
+    message = "the return type `{Self}` of a traced function is not `serde::Serialize`, so it cannot be recorded",
+    label = "this return value does not implement `serde::Serialize`",
+    note = "leave the output out with `#[trace(skip_output)]`"
+)]
+pub trait Output {
+    /// Serializes the value.
+    #[doc(hidden)]
+    fn __json(&self) -> Option<Json>;
+}
+
+impl<T: Serialize + ?Sized> Output for T {
+    fn __json(&self) -> Option<Json> {
+        to_json(self)
+    }
+}
+
+/// Records a `Result`.
+pub trait RecordResult {
+    /// Records into `sink`.
+    fn __ol_record<S: OutputSink>(&self, sink: &mut S);
+}
+
+impl<T: Serialize, E: Display> RecordResult for Out<'_, Result<T, E>> {
+    #[inline]
+    fn __ol_record<S: OutputSink>(&self, sink: &mut S) {
+        if !sink.__is_recording() {
+            return;
+        }
+        match self.0 {
+            Ok(v) => sink.__set_output(to_json(v)),
+            Err(e) => sink.__set_error(e.to_string()),
+        }
+    }
+}
+
+/// Records any other value.
+pub trait RecordValue {
+    /// Records into `sink`.
+    fn __ol_record<S: OutputSink>(&self, sink: &mut S);
+}
+
+impl<T: Output + ?Sized> RecordValue for &Out<'_, T> {
+    #[inline]
+    fn __ol_record<S: OutputSink>(&self, sink: &mut S) {
+        if sink.__is_recording() {
+            sink.__set_output(self.0.__json());
+        }
+    }
+}
+
+/// With `skip_output`: records only the error of a `Result`.
+pub trait RecordErrorOnly {
+    /// Records into `sink`.
+    fn __ol_record_err<S: OutputSink>(&self, sink: &mut S);
+}
+
+impl<T, E: Display> RecordErrorOnly for Out<'_, Result<T, E>> {
+    #[inline]
+    fn __ol_record_err<S: OutputSink>(&self, sink: &mut S) {
+        if sink.__is_recording() {
+            if let Err(e) = self.0 {
+                sink.__set_error(e.to_string());
+            }
+        }
+    }
+}
+
+/// With `skip_output`: records nothing for a value that is not a `Result`.
+pub trait RecordNothing {
+    /// Does nothing.
+    fn __ol_record_err<S: OutputSink>(&self, sink: &mut S);
+}
+
+impl<T: ?Sized> RecordNothing for &Out<'_, T> {
+    #[inline]
+    fn __ol_record_err<S: OutputSink>(&self, _sink: &mut S) {}
+}

@@ -1,0 +1,231 @@
+//! The flat records a traced call writes: one [`StepRecord`] per step, in start order,
+//! inside the [`TraceState`] of its trace. Building the tree and encoding JSON happen later,
+//! off the application's threads (see `wire`).
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::diag::warn_limited;
+use crate::kind::StepKind;
+
+/// A JSON text we produced ourselves (so it is known to be valid), embedded verbatim.
+pub(crate) type Json = Box<str>;
+
+/// No parent: the root step.
+pub(crate) const NO_PARENT: u32 = u32::MAX;
+
+/// Serializes a value to JSON text. A value that fails to serialize is logged and skipped.
+pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> Option<Json> {
+    match serde_json::to_string(value) {
+        Ok(s) => Some(s.into_boxed_str()),
+        Err(e) => {
+            warn_limited!(error = %e, "a traced value could not be serialized; recorded as null");
+            None
+        }
+    }
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    Open,
+    Ok,
+    Error,
+    Panicked,
+    Cancelled,
+}
+
+/// One step, flat: its parent is an index into the trace's step list.
+#[derive(Debug)]
+pub(crate) struct StepRecord {
+    pub id: u128,
+    pub parent: u32,
+    pub name: Cow<'static, str>,
+    pub kind: StepKind,
+    /// Whether the step came from `#[trace]` (which adds `has_guardrails: false`).
+    pub traced_fn: bool,
+    pub status: Status,
+    /// Start and end, in nanoseconds from the trace's anchor.
+    pub start: i64,
+    pub end: i64,
+    /// A JSON object of the captured inputs, in parameter order.
+    pub inputs: Option<Json>,
+    pub output: Option<Json>,
+    pub ground_truth: Option<Json>,
+    pub metadata: Vec<(Cow<'static, str>, Json)>,
+    /// The kind's extra fields, by wire name.
+    pub fields: Vec<(&'static str, Json)>,
+    /// The error text (metadata `Exceptions`).
+    pub error: Option<Box<str>>,
+}
+
+impl StepRecord {
+    pub(crate) fn new(name: Cow<'static, str>, kind: StepKind, parent: u32, start: i64) -> Self {
+        StepRecord {
+            id: crate::id::next_id(),
+            parent,
+            name,
+            kind,
+            traced_fn: false,
+            status: Status::Open,
+            start,
+            end: start,
+            inputs: None,
+            output: None,
+            ground_truth: None,
+            metadata: Vec::new(),
+            fields: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Sets a metadata key; the last write wins.
+    pub(crate) fn set_metadata(&mut self, key: Cow<'static, str>, value: Json) {
+        upsert(&mut self.metadata, key, value);
+    }
+
+    /// Sets a kind field; the last write wins.
+    pub(crate) fn set_field(&mut self, key: &'static str, value: Json) {
+        match self.fields.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.fields.push((key, value)),
+        }
+    }
+
+    pub(crate) fn field(&self, key: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| &**v)
+    }
+
+    pub(crate) fn approx_bytes(&self) -> usize {
+        160 + self.name.len()
+            + self.inputs.as_ref().map_or(0, |s| s.len())
+            + self.output.as_ref().map_or(0, |s| s.len())
+            + self
+                .metadata
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 4)
+                .sum::<usize>()
+            + self
+                .fields
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 4)
+                .sum::<usize>()
+    }
+}
+
+/// Inserts or replaces `key`, keeping the first insertion's position.
+pub(crate) fn upsert<K: PartialEq>(list: &mut Vec<(K, Json)>, key: K, value: Json) {
+    match list.iter_mut().find(|(k, _)| *k == key) {
+        Some(slot) => slot.1 = value,
+        None => list.push((key, value)),
+    }
+}
+
+/// Everything recorded for one trace.
+#[derive(Debug, Default)]
+pub(crate) struct TraceState {
+    pub steps: Vec<StepRecord>,
+    /// Open steps plus live handles (spawned work) that keep the trace from completing.
+    pub open: u32,
+    pub root_closed: bool,
+    pub shipped: bool,
+    pub inference_id: Option<Box<str>>,
+    /// Columns set with `update_current_trace` (other than the inference id), in order.
+    pub columns: Vec<(Cow<'static, str>, Json)>,
+    /// `context` and `_question`, set with `log_context` / `log_question`.
+    pub context: Option<Json>,
+    pub question: Option<Json>,
+    pub pipeline_id: Option<Cow<'static, str>>,
+}
+
+impl TraceState {
+    pub(crate) fn approx_bytes(&self) -> usize {
+        256 + self
+            .steps
+            .iter()
+            .map(StepRecord::approx_bytes)
+            .sum::<usize>()
+            + self
+                .columns
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 4)
+                .sum::<usize>()
+            + self.context.as_ref().map_or(0, |s| s.len())
+            + self.question.as_ref().map_or(0, |s| s.len())
+    }
+}
+
+/// A trace that is being recorded; shared by the steps, futures and handles of the trace.
+#[derive(Debug)]
+pub(crate) struct TraceShared {
+    state: Mutex<TraceState>,
+    /// The trace's clock anchor: all step times are offsets from it.
+    pub anchor: Instant,
+    /// The wall-clock time of the anchor, in nanoseconds since the Unix epoch.
+    pub anchor_unix_ns: i128,
+    /// Where the trace goes instead of the pipeline (test capture).
+    pub capture: Option<Arc<crate::pipeline::CaptureSink>>,
+}
+
+impl TraceShared {
+    pub(crate) fn new(capture: Option<Arc<crate::pipeline::CaptureSink>>) -> Self {
+        let anchor = Instant::now();
+        let anchor_unix_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        let state = TraceState {
+            steps: Vec::with_capacity(8),
+            ..TraceState::default()
+        };
+        TraceShared {
+            state: Mutex::new(state),
+            anchor,
+            anchor_unix_ns,
+            capture,
+        }
+    }
+
+    /// Locks the state; a poisoned lock is still used (a panic elsewhere must not stop tracing).
+    #[inline]
+    pub(crate) fn lock(&self) -> MutexGuard<'_, TraceState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Nanoseconds from the anchor to `t`.
+    #[inline]
+    pub(crate) fn offset(&self, t: Instant) -> i64 {
+        match t.checked_duration_since(self.anchor) {
+            Some(d) => d.as_nanos() as i64,
+            None => -(self.anchor.duration_since(t).as_nanos() as i64),
+        }
+    }
+
+    /// Nanoseconds from the anchor to a wall-clock time.
+    pub(crate) fn offset_of_wall(&self, t: SystemTime) -> i64 {
+        let ns = match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => d.as_nanos() as i128,
+            Err(e) => -(e.duration().as_nanos() as i128),
+        };
+        (ns - self.anchor_unix_ns) as i64
+    }
+}
+
+/// A finished trace on its way to the exporter.
+#[derive(Debug)]
+pub(crate) struct CompletedTrace {
+    pub state: TraceState,
+    pub anchor_unix_ns: i128,
+}
+
+impl CompletedTrace {
+    pub(crate) fn root(&self) -> Option<&StepRecord> {
+        self.state.steps.first()
+    }
+}

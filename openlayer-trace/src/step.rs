@@ -1,0 +1,546 @@
+//! Steps: the guard of a synchronous step, the future of an asynchronous one, the step
+//! builder for code that is not a function, and manual chat-completion steps.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::fmt::Display;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::pin::Pin;
+use std::sync::Once;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::context::{self, Closing, Entered, OpenStep, StepSpec};
+use crate::kind::StepKind;
+use crate::record::{Json, Status, to_json};
+
+// ---------------------------------------------------------------------------------------
+// Panic messages
+
+thread_local! {
+    static PANIC_MESSAGE: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+static PANIC_HOOK: Once = Once::new();
+
+/// Installs (once) a panic hook that remembers the message of a panic raised inside a
+/// trace, so that the step it unwinds through records it. The previous hook still runs.
+pub(crate) fn install_panic_hook() {
+    PANIC_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if context::in_trace() {
+                let payload = info.payload();
+                let msg = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "Box<dyn Any>".to_string());
+                let msg = match info.location() {
+                    Some(l) => format!("panicked at {}:{}: {msg}", l.file(), l.line()),
+                    None => format!("panicked: {msg}"),
+                };
+                let _ = PANIC_MESSAGE.try_with(|m| *m.borrow_mut() = Some(msg));
+            }
+            previous(info);
+        }));
+    });
+}
+
+fn panic_message() -> Box<str> {
+    PANIC_MESSAGE
+        .try_with(|m| m.borrow().clone())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "panicked".to_string())
+        .into_boxed_str()
+}
+
+fn ending(panicking: bool, error: Option<Box<str>>) -> (Status, Option<Box<str>>) {
+    if panicking {
+        (Status::Panicked, Some(panic_message()))
+    } else if error.is_some() {
+        (Status::Error, error)
+    } else {
+        (Status::Ok, None)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Output recording
+
+/// Where a traced function's result is recorded.
+pub trait OutputSink {
+    /// Whether the step is recorded (when not, nothing is serialized).
+    #[doc(hidden)]
+    fn __is_recording(&self) -> bool;
+    /// Records the output (already JSON).
+    #[doc(hidden)]
+    fn __set_output(&mut self, output: Option<Json>);
+    /// Records an error: the output becomes `null` and metadata `Exceptions` the text.
+    #[doc(hidden)]
+    fn __set_error(&mut self, error: String);
+}
+
+// ---------------------------------------------------------------------------------------
+// Synchronous steps
+
+/// A synchronous step: current on this thread until dropped, when it closes.
+///
+/// Made by `#[trace]` on a non-`async` function, or by [`StepBuilder::enter`]. A guard
+/// must not be held across an `.await` (it is `!Send` to prevent that in `Send` futures);
+/// use [`StepBuilder::run`] or [`StepBuilder::instrument`] for asynchronous code.
+///
+/// ```
+/// let mut guard = openlayer_trace::step("parse").inputs(&serde_json::json!({"len": 3})).enter();
+/// let parsed: Vec<u32> = vec![1, 2, 3];
+/// guard.output(&parsed);
+/// drop(guard); // closes the step (and ships the trace, if it was the root)
+/// ```
+#[must_use = "the step closes when the guard is dropped"]
+pub struct StepGuard {
+    open: Option<OpenStep>,
+    entered: Option<Entered>,
+    output: Option<Json>,
+    error: Option<Box<str>>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl std::fmt::Debug for StepGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepGuard")
+            .field("recording", &self.open.is_some())
+            .finish()
+    }
+}
+
+impl StepGuard {
+    pub(crate) fn enter(open: Option<OpenStep>) -> Self {
+        let entered = open.as_ref().map(|o| {
+            install_panic_hook();
+            context::enter_ref(&o.trace, o.idx)
+        });
+        StepGuard {
+            open,
+            entered,
+            output: None,
+            error: None,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Whether this step is recorded (tracing is on).
+    pub fn is_recording(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Records the step's output.
+    pub fn output<T: Serialize + ?Sized>(&mut self, output: &T) {
+        if self.open.is_some() {
+            self.output = to_json(output);
+        }
+    }
+
+    /// Records an error: the step's output becomes `null` and its metadata `Exceptions`
+    /// the error's text.
+    pub fn error(&mut self, error: &dyn Display) {
+        if self.open.is_some() {
+            self.error = Some(error.to_string().into_boxed_str());
+        }
+    }
+
+    /// Sets a metadata key of this step (the last write wins; `None`/`null` is ignored).
+    pub fn metadata<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) {
+        if let Some(open) = &self.open {
+            crate::update::apply_step(open, vec![(key.to_string(), value)]);
+        }
+    }
+}
+
+impl OutputSink for StepGuard {
+    fn __is_recording(&self) -> bool {
+        self.open.is_some()
+    }
+    fn __set_output(&mut self, output: Option<Json>) {
+        self.output = output;
+    }
+    fn __set_error(&mut self, error: String) {
+        self.error = Some(error.into_boxed_str());
+    }
+}
+
+impl Drop for StepGuard {
+    fn drop(&mut self) {
+        let Some(open) = self.open.take() else { return };
+        let end = Instant::now();
+        if let Some(e) = self.entered.take() {
+            context::exit(e);
+        }
+        let (status, error) = ending(std::thread::panicking(), self.error.take());
+        let output = if status == Status::Ok {
+            self.output.take()
+        } else {
+            None
+        };
+        context::close_step(
+            &open,
+            end,
+            Closing {
+                status,
+                output,
+                error,
+            },
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Asynchronous steps
+
+/// A step to open at the first poll.
+struct Pending {
+    spec: StepSpec,
+    inputs: Option<Json>,
+    metadata: Vec<(String, Json)>,
+}
+
+enum State {
+    /// Not polled yet: the step opens at the first poll, under the position current then.
+    Pending(Box<Pending>),
+    Open(OpenStep),
+    /// Off, finished, or handed back.
+    Done,
+}
+
+/// A future running as a step. Its step opens at the first poll, is current during every
+/// poll, and is handed back with the output when the inner future completes.
+///
+/// Dropped before completion, it closes its step marked `cancelled` (after dropping the
+/// inner future, so that inner steps close first). A panic inside closes it with the panic
+/// message under `Exceptions`.
+#[must_use = "futures do nothing unless polled"]
+pub struct Instrumented<F> {
+    inner: ManuallyDrop<F>,
+    state: State,
+}
+
+impl<F> std::fmt::Debug for Instrumented<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instrumented").finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Instrumented<F> {
+    /// Wraps `inner` in an already opened step (`None`: not recorded).
+    pub(crate) fn opened(open: Option<OpenStep>, inner: F) -> Self {
+        let state = match open {
+            Some(o) => State::Open(o),
+            None => State::Done,
+        };
+        Instrumented {
+            inner: ManuallyDrop::new(inner),
+            state,
+        }
+    }
+}
+
+/// The still-open step of a completed [`Instrumented`] future: record the output on it,
+/// then drop it to close the step.
+#[must_use = "the step closes when this is dropped"]
+pub struct StepFinisher {
+    open: Option<OpenStep>,
+    output: Option<Json>,
+    error: Option<Box<str>>,
+}
+
+impl std::fmt::Debug for StepFinisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepFinisher")
+            .field("recording", &self.open.is_some())
+            .finish()
+    }
+}
+
+impl StepFinisher {
+    /// Whether the step is recorded.
+    pub fn is_recording(&self) -> bool {
+        self.open.is_some()
+    }
+}
+
+impl OutputSink for StepFinisher {
+    fn __is_recording(&self) -> bool {
+        self.open.is_some()
+    }
+    fn __set_output(&mut self, output: Option<Json>) {
+        self.output = output;
+    }
+    fn __set_error(&mut self, error: String) {
+        self.error = Some(error.into_boxed_str());
+    }
+}
+
+impl Drop for StepFinisher {
+    fn drop(&mut self) {
+        let Some(open) = self.open.take() else { return };
+        let (status, error) = ending(std::thread::panicking(), self.error.take());
+        let output = if status == Status::Ok {
+            self.output.take()
+        } else {
+            None
+        };
+        context::close_step(
+            &open,
+            Instant::now(),
+            Closing {
+                status,
+                output,
+                error,
+            },
+        );
+    }
+}
+
+impl<F: Future> Future for Instrumented<F> {
+    type Output = (F::Output, StepFinisher);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: `inner` is structurally pinned and never moved; `state` is not pinned.
+        let this = unsafe { self.get_unchecked_mut() };
+        if matches!(this.state, State::Pending(..)) {
+            if let State::Pending(p) = std::mem::replace(&mut this.state, State::Done) {
+                let Pending {
+                    spec,
+                    inputs,
+                    metadata,
+                } = *p;
+                if let Some(open) = context::open_step(spec, Instant::now(), || inputs) {
+                    if !metadata.is_empty() {
+                        crate::update::apply_step_json(&open, metadata);
+                    }
+                    install_panic_hook();
+                    this.state = State::Open(open);
+                }
+            }
+        }
+
+        /// Restores the position after the poll and closes the step if the poll panics.
+        struct PollGuard<'a> {
+            entered: Option<Entered>,
+            state: &'a mut State,
+        }
+        impl Drop for PollGuard<'_> {
+            fn drop(&mut self) {
+                if let Some(e) = self.entered.take() {
+                    context::exit(e);
+                }
+                if std::thread::panicking() {
+                    if let State::Open(open) = std::mem::replace(self.state, State::Done) {
+                        let closing = Closing {
+                            status: Status::Panicked,
+                            output: None,
+                            error: Some(panic_message()),
+                        };
+                        context::close_step(&open, Instant::now(), closing);
+                    }
+                }
+            }
+        }
+
+        let entered = match &this.state {
+            State::Open(o) => Some(context::enter_ref(&o.trace, o.idx)),
+            _ => None,
+        };
+        let guard = PollGuard {
+            entered,
+            state: &mut this.state,
+        };
+        // SAFETY: structural pinning of `inner`.
+        let inner = unsafe { Pin::new_unchecked(&mut *this.inner) };
+        let out = inner.poll(cx);
+        drop(guard);
+        match out {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(v) => {
+                let open = match std::mem::replace(&mut this.state, State::Done) {
+                    State::Open(o) => Some(o),
+                    _ => None,
+                };
+                Poll::Ready((
+                    v,
+                    StepFinisher {
+                        open,
+                        output: None,
+                        error: None,
+                    },
+                ))
+            }
+        }
+    }
+}
+
+impl<F> Drop for Instrumented<F> {
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Open(open) => {
+                let end = Instant::now();
+                let entered = context::enter_ref(&open.trace, open.idx);
+                // SAFETY: dropped exactly once, in place.
+                unsafe { ManuallyDrop::drop(&mut self.inner) };
+                context::exit(entered);
+                let closing = Closing {
+                    status: Status::Cancelled,
+                    output: None,
+                    error: None,
+                };
+                context::close_step(&open, end, closing);
+            }
+            // SAFETY: dropped exactly once, in place.
+            _ => unsafe { ManuallyDrop::drop(&mut self.inner) },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The builder
+
+/// Starts building a step for code that is not a function; see [`StepBuilder`].
+///
+/// ```
+/// use openlayer_trace::{step, StepKind};
+///
+/// // Synchronous: the step is current until the guard drops.
+/// {
+///     let _g = step("load-config").enter();
+/// }
+///
+/// // Asynchronous: the step wraps the future and records its output.
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let docs = step("search")
+///     .kind(StepKind::Retriever)
+///     .inputs(&serde_json::json!({"query": "capital of France"}))
+///     .run(async { vec!["Paris is the capital of France."] })
+///     .await;
+/// # assert_eq!(docs.len(), 1);
+/// # });
+/// ```
+pub fn step(name: impl Into<Cow<'static, str>>) -> StepBuilder {
+    StepBuilder {
+        name: name.into(),
+        kind: StepKind::UserCall,
+        inputs: None,
+        metadata: Vec::new(),
+    }
+}
+
+/// A step being built; see [`step`].
+#[derive(Debug)]
+#[must_use = "a step builder does nothing until entered or run"]
+pub struct StepBuilder {
+    name: Cow<'static, str>,
+    kind: StepKind,
+    inputs: Option<Json>,
+    metadata: Vec<(String, Json)>,
+}
+
+impl StepBuilder {
+    /// The step's kind (default [`StepKind::UserCall`]).
+    pub fn kind(mut self, kind: StepKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// The step's inputs: an object (a map or struct) of input names to values. Any other
+    /// value is recorded as `{"input": value}`.
+    pub fn inputs<T: Serialize + ?Sized>(mut self, inputs: &T) -> Self {
+        self.inputs = to_json(inputs).map(|j| {
+            if j.starts_with('{') {
+                j
+            } else {
+                format!("{{\"input\":{j}}}").into_boxed_str()
+            }
+        });
+        self
+    }
+
+    /// A metadata key of the step.
+    pub fn metadata<T: Serialize + ?Sized>(mut self, key: &str, value: &T) -> Self {
+        if let Some(v) = to_json(value) {
+            self.metadata.push((key.to_string(), v));
+        }
+        self
+    }
+
+    fn spec(&self) -> StepSpec {
+        StepSpec {
+            name: self.name.clone(),
+            kind: self.kind,
+            traced_fn: false,
+            pipeline_id: None,
+        }
+    }
+
+    fn open(self, start: Instant) -> Option<OpenStep> {
+        let spec = self.spec();
+        let open = context::open_step(spec, start, || self.inputs)?;
+        if !self.metadata.is_empty() {
+            crate::update::apply_step_json(&open, self.metadata);
+        }
+        Some(open)
+    }
+
+    /// Opens the step and makes it current on this thread until the guard is dropped.
+    pub fn enter(self) -> StepGuard {
+        StepGuard::enter(self.open(Instant::now()))
+    }
+
+    /// Runs `f` as the step and records its output.
+    pub fn in_scope<R: Serialize>(self, f: impl FnOnce() -> R) -> R {
+        let mut guard = self.enter();
+        let out = f();
+        guard.output(&out);
+        out
+    }
+
+    /// Runs `future` as the step and records its output.
+    pub fn run<F>(self, future: F) -> impl Future<Output = F::Output>
+    where
+        F: Future,
+        F::Output: Serialize,
+    {
+        let inner = self.instrumented(future);
+        async move {
+            let (out, mut fin) = inner.await;
+            if fin.is_recording() {
+                fin.output = to_json(&out);
+            }
+            drop(fin);
+            out
+        }
+    }
+
+    /// Runs `future` as the step without recording its output.
+    pub fn instrument<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+        let inner = self.instrumented(future);
+        async move { inner.await.0 }
+    }
+
+    /// Wraps `future` in the step, handing the open step back with the output so that the
+    /// caller can record it.
+    pub fn instrumented<F: Future>(self, future: F) -> Instrumented<F> {
+        let spec = self.spec();
+        let pending = Pending {
+            spec,
+            inputs: self.inputs,
+            metadata: self.metadata,
+        };
+        Instrumented {
+            inner: ManuallyDrop::new(future),
+            state: State::Pending(Box::new(pending)),
+        }
+    }
+}

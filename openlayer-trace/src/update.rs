@@ -1,0 +1,348 @@
+//! Updates of the current trace and step: metadata, the inference id, ground truth,
+//! output, RAG context and question.
+//!
+//! Outside a trace every update is a no-op with one rate-limited warning.
+
+use std::borrow::Cow;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::context::{self, OpenStep};
+use crate::diag;
+use crate::record::{Json, TraceState, to_json, upsert};
+
+fn is_null(json: &str) -> bool {
+    json == "null"
+}
+
+/// The text of a JSON value used as an id: a string's contents, else the JSON itself.
+fn id_text(json: &str) -> Box<str> {
+    match serde_json::from_str::<String>(json) {
+        Ok(s) => s.into_boxed_str(),
+        Err(_) => json.into(),
+    }
+}
+
+fn apply_trace(st: &mut TraceState, key: String, value: Json) {
+    match key.as_str() {
+        "inference_id" | "inferenceId" => st.inference_id = Some(id_text(&value)),
+        "ground_truth" | "groundTruth" => {
+            if let Some(root) = st.steps.first_mut() {
+                root.ground_truth = Some(value);
+            }
+        }
+        _ => upsert(&mut st.columns, Cow::Owned(key), value),
+    }
+}
+
+fn apply_step_locked(st: &mut TraceState, idx: u32, key: String, value: Json) {
+    let Some(rec) = st.steps.get_mut(idx as usize) else {
+        return;
+    };
+    match key.as_str() {
+        "ground_truth" | "groundTruth" => rec.ground_truth = Some(value),
+        _ => match rec.kind.field_for(&key) {
+            Some(field) => rec.set_field(field, value),
+            None => rec.set_metadata(Cow::Owned(key), value),
+        },
+    }
+}
+
+/// Applies already-encoded step updates to an open step.
+pub(crate) fn apply_step_json(open: &OpenStep, updates: Vec<(String, Json)>) {
+    let mut st = open.trace.lock();
+    for (k, v) in updates {
+        if !is_null(&v) {
+            apply_step_locked(&mut st, open.idx, k, v);
+        }
+    }
+}
+
+/// Serializes and applies step updates to an open step.
+pub(crate) fn apply_step<T: Serialize + ?Sized>(open: &OpenStep, updates: Vec<(String, &T)>) {
+    let encoded = updates
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, to_json(v)?)))
+        .collect();
+    apply_step_json(open, encoded);
+}
+
+/// Which part of the trace an [`Update`] changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Trace,
+    Step,
+}
+
+/// An update being collected by `update_current_trace!` / `update_current_step!`.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Update {
+    target: Target,
+    active: bool,
+    values: Vec<(String, Json)>,
+}
+
+impl Update {
+    /// An update of the current trace.
+    pub fn trace() -> Self {
+        Update {
+            target: Target::Trace,
+            active: context::in_trace(),
+            values: Vec::new(),
+        }
+    }
+
+    /// An update of the current step.
+    pub fn step() -> Self {
+        Update {
+            target: Target::Step,
+            active: context::in_trace(),
+            values: Vec::new(),
+        }
+    }
+
+    /// Whether there is a trace to update (the values are only evaluated then).
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// Adds one key; `None`/`null` values are ignored.
+    pub fn set<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) {
+        if let Some(v) = to_json(value) {
+            if !is_null(&v) {
+                self.values.push((key.to_string(), v));
+            }
+        }
+    }
+
+    /// Applies the collected keys, in order (the last write of a key wins).
+    pub fn apply(self) {
+        let api = match self.target {
+            Target::Trace => "update_current_trace",
+            Target::Step => "update_current_step",
+        };
+        if !self.active {
+            diag::outside_trace(api);
+            return;
+        }
+        let applied = context::with_current(|trace, step| {
+            let mut st = trace.lock();
+            for (k, v) in self.values {
+                match self.target {
+                    Target::Trace => apply_trace(&mut st, k, v),
+                    Target::Step => apply_step_locked(&mut st, step, k, v),
+                }
+            }
+        });
+        if applied.is_none() {
+            diag::outside_trace(api);
+        }
+    }
+}
+
+fn from_map(target: Target, map: Map<String, Value>) {
+    let mut u = Update {
+        target,
+        active: context::in_trace(),
+        values: Vec::new(),
+    };
+    if u.active {
+        for (k, v) in &map {
+            u.set(k, v);
+        }
+    }
+    u.apply();
+}
+
+/// Merges a JSON map into the current trace.
+///
+/// `inference_id` (or `inferenceId`) sets the row's `inferenceId`; `ground_truth` the
+/// root step's ground truth (the row's `groundTruth`); every other key, `user_id` and
+/// `session_id` included, becomes a row column. The last write of a key wins and `null`
+/// values are ignored. Outside a trace this does nothing but log one rate-limited warning.
+/// The macro form [`update_current_trace!`](crate::update_current_trace!) takes any
+/// `Serialize` values.
+///
+/// ```
+/// use openlayer_trace::{trace, update_current_trace};
+///
+/// #[trace]
+/// fn handle(message: &str) -> String {
+///     let mut map = serde_json::Map::new();
+///     map.insert("inference_id".into(), "req-42".into());
+///     map.insert("user_id".into(), "u-7".into());
+///     update_current_trace(map);
+///     message.to_uppercase()
+/// }
+/// handle("hi");
+/// ```
+pub fn update_current_trace(map: Map<String, Value>) {
+    from_map(Target::Trace, map);
+}
+
+/// Merges a JSON map into the current step.
+///
+/// Keys that name a field of the step's kind (`model`, `prompt_tokens`, ... for a chat
+/// completion; snake_case or camelCase) set that field, `ground_truth` sets the step's
+/// ground truth, and every other key goes into the step's metadata. The root step's
+/// metadata also becomes row columns.
+pub fn update_current_step(map: Map<String, Value>) {
+    from_map(Target::Step, map);
+}
+
+fn with_trace_state(api: &'static str, f: impl FnOnce(&mut TraceState)) {
+    if context::with_current(|t, _| f(&mut t.lock())).is_none() {
+        diag::outside_trace(api);
+    }
+}
+
+/// Sets the trace's output (the row's `output` column and the root step's output),
+/// replacing what the root function returns.
+pub fn log_output<T: Serialize + ?Sized>(output: &T) {
+    let Some(json) = to_json(output) else { return };
+    with_trace_state("log_output", |st| {
+        upsert(&mut st.columns, Cow::Borrowed("output"), json)
+    });
+}
+
+/// Sets the retrieved documents of a RAG trace: the row's `context` column.
+///
+/// ```
+/// use openlayer_trace::{log_context, trace};
+///
+/// #[trace]
+/// fn answer(question: &str) -> &'static str {
+///     log_context(&["Paris is the capital of France."]);
+///     "Paris"
+/// }
+/// answer("capital of France?");
+/// ```
+pub fn log_context<T: Serialize + ?Sized>(documents: &T) {
+    let Some(json) = to_json(documents) else {
+        return;
+    };
+    with_trace_state("log_context", |st| st.context = Some(json));
+}
+
+/// Sets the trace's question: the row's `_question` column.
+pub fn log_question<T: Serialize + ?Sized>(question: &T) {
+    let Some(json) = to_json(question) else {
+        return;
+    };
+    with_trace_state("log_question", |st| st.question = Some(json));
+}
+
+/// Sets the trace's ground truth: the root step's `groundTruth` and the row's
+/// `groundTruth` column.
+pub fn log_ground_truth<T: Serialize + ?Sized>(ground_truth: &T) {
+    let Some(json) = to_json(ground_truth) else {
+        return;
+    };
+    if is_null(&json) {
+        return;
+    }
+    with_trace_state("log_ground_truth", |st| {
+        if let Some(root) = st.steps.first_mut() {
+            root.ground_truth = Some(json);
+        }
+    });
+}
+
+/// The inference id of the current trace: the custom one set with
+/// `update_current_trace!(inference_id = ...)`, else the root step's id. `None` outside a
+/// trace. Store it to attach feedback, ground truth or business signals to the row later.
+///
+/// ```
+/// use openlayer_trace::{current_inference_id, trace, update_current_trace};
+///
+/// #[trace]
+/// fn handle() -> Option<String> {
+///     update_current_trace!(inference_id = "chat-1-u-2");
+///     current_inference_id()
+/// }
+/// # // Tracing may be disabled in the doc-test environment; then there is no trace.
+/// # let id = handle();
+/// # assert!(id.is_none() || id.as_deref() == Some("chat-1-u-2"));
+/// ```
+pub fn current_inference_id() -> Option<String> {
+    context::with_current(|t, _| {
+        let st = t.lock();
+        match &st.inference_id {
+            Some(id) => Some(id.to_string()),
+            None => st.steps.first().map(|root| crate::id::uuid_v4(root.id)),
+        }
+    })
+    .flatten()
+}
+
+/// Merges keys into the current trace: `update_current_trace!(key = value, ...)`.
+///
+/// Values are any `Serialize`; keys are identifiers or string literals. See
+/// [`update_current_trace()`](fn@crate::update_current_trace) for what each key does. The values are only
+/// evaluated inside a trace.
+///
+/// ```
+/// use openlayer_trace::{trace, update_current_trace};
+///
+/// #[trace]
+/// fn chat(user: &str, message: &str) -> String {
+///     update_current_trace!(
+///         inference_id = format!("chat-{user}"),
+///         user_id = user,
+///         session_id = Some("s-1"),
+///         "ab-test" = "variant-b",
+///         nothing = None::<u8>, // ignored
+///     );
+///     message.to_string()
+/// }
+/// chat("u-1", "hi");
+/// ```
+#[macro_export]
+macro_rules! update_current_trace {
+    ($($key:tt = $value:expr),* $(,)?) => {{
+        let mut __ol_update = $crate::__private::Update::trace();
+        if __ol_update.is_active() {
+            $( __ol_update.set($crate::__private::key!($key), &$value); )*
+        }
+        __ol_update.apply();
+    }};
+}
+
+/// Merges keys into the current step: `update_current_step!(key = value, ...)`.
+///
+/// See [`update_current_step()`](fn@crate::update_current_step) for what each key does.
+///
+/// ```
+/// use openlayer_trace::{trace, update_current_step};
+///
+/// #[trace(kind = "chat_completion")]
+/// fn call_model(prompt: &str) -> String {
+///     update_current_step!(model = "gpt-4o", prompt_tokens = 12, completion_tokens = 3, temperature = 0.2);
+///     format!("echo: {prompt}")
+/// }
+/// call_model("hi");
+/// ```
+#[macro_export]
+macro_rules! update_current_step {
+    ($($key:tt = $value:expr),* $(,)?) => {{
+        let mut __ol_update = $crate::__private::Update::step();
+        if __ol_update.is_active() {
+            $( __ol_update.set($crate::__private::key!($key), &$value); )*
+        }
+        __ol_update.apply();
+    }};
+}
+
+/// A key of the update macros: an identifier or a string literal.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __ol_key {
+    ($key:ident) => {
+        stringify!($key)
+    };
+    ($key:literal) => {
+        $key
+    };
+}
