@@ -387,11 +387,12 @@ impl<F> Drop for Instrumented<F> {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.state, State::Done) {
             State::Open(open) => {
-                let end = Instant::now();
                 let entered = context::enter_ref(&open.trace, open.idx);
                 // SAFETY: dropped exactly once, in place.
                 unsafe { ManuallyDrop::drop(&mut self.inner) };
                 context::exit(entered);
+                // After the inner future (and so its steps) is gone.
+                let end = Instant::now();
                 let closing = Closing {
                     status: Status::Cancelled,
                     output: None,
