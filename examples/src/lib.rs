@@ -1,1 +1,48 @@
 //! Helpers shared by the examples.
+
+use openlayer_trace::{Config, DeliveryReport, format_trace_tree};
+
+/// Says where the traces went, and prints the trace with this inference id as a tree
+/// when it went to the local file of the embedded default.
+pub fn show_outcome(config: &Config, inference_id: &str, report: &DeliveryReport) {
+    let s = &report.stats;
+    if config.is_disabled() {
+        println!("publishing is disabled (OPENLAYER_DISABLE_PUBLISH): nothing was recorded");
+        return;
+    }
+    if config.api_key().is_some() {
+        println!(
+            "delivered to Openlayer: {} sent, {} retried, {} dropped, {} spooled, {} pending",
+            s.sent,
+            s.retried,
+            s.dropped.total(),
+            s.spooled,
+            s.pending
+        );
+        return;
+    }
+    let path = std::path::absolute(config.trace_file())
+        .unwrap_or_else(|_| config.trace_file().to_path_buf());
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let row = text
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|line| {
+            line["rows"]
+                .as_array()?
+                .iter()
+                .find(|r| r["inferenceId"] == inference_id)
+                .cloned()
+        });
+    match row {
+        Some(row) => print!("{}", format_trace_tree(&row)),
+        None => println!("trace {inference_id} was not found in {}", path.display()),
+    }
+    println!(
+        "traces written to {} ({} this run)",
+        path.display(),
+        s.written
+    );
+    println!("push them later with: openlayer push {}", path.display());
+}

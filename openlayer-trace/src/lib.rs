@@ -33,6 +33,7 @@ mod pipeline;
 mod record;
 mod report;
 mod step;
+mod tree;
 mod update;
 mod wire;
 
@@ -56,6 +57,7 @@ pub use manual::{ChatCompletion, add_chat_completion_step};
 pub use pipeline::{Guard, flush, flush_async, init, init_from_env, stats};
 pub use report::{DeliveryFailure, DeliveryReport, DropReason, Dropped, Stats};
 pub use step::{Instrumented, OutputSink, StepBuilder, StepFinisher, StepGuard, step};
+pub use tree::format_trace_tree;
 pub use update::{
     current_inference_id, log_context, log_ground_truth, log_output, log_question,
     update_current_step, update_current_trace,

@@ -1,0 +1,202 @@
+//! The embedded default: with no API key, traces go to a local JSONL file of data-stream
+//! request bodies. Configuration is global, so each scenario runs in a child process of
+//! this test binary with its own environment.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use openlayer_trace::{Config, trace, update_current_trace};
+use serde_json::Value;
+
+const SCENARIO: &str = "OPENLAYER_TEST_SCENARIO";
+
+#[trace]
+fn leaf(i: u32) -> u32 {
+    i
+}
+
+#[trace]
+fn root(i: u32) -> u32 {
+    update_current_trace!(inference_id = format!("id-{i}"));
+    leaf(i) + leaf(i)
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("openlayer-trace-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs one scenario of this binary in a child process.
+fn run_child(scenario: &str, envs: &[(&str, &Path)]) -> std::process::Output {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env(SCENARIO, scenario)
+        .env_remove("OPENLAYER_API_KEY")
+        .env_remove("OPENLAYER_DISABLE_PUBLISH")
+        .env_remove("OPENLAYER_INFERENCE_PIPELINE_ID")
+        .env_remove("OPENLAYER_TRACE_FILE");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The child side: does nothing unless started by one of the tests below.
+#[test]
+fn child() {
+    let Ok(scenario) = std::env::var(SCENARIO) else {
+        return;
+    };
+    match scenario.as_str() {
+        // No init call at all: configured lazily from the environment.
+        "lazy" => {
+            for i in 0..3 {
+                root(i);
+            }
+            let report = openlayer_trace::flush(Duration::from_secs(5)).unwrap();
+            assert!(report.complete);
+            assert_eq!(report.stats.written, 3);
+        }
+        // The guard flushes on drop, with no runtime anywhere.
+        "guard" => {
+            let _guard = openlayer_trace::init_from_env().unwrap();
+            for i in 0..50 {
+                root(i);
+            }
+        }
+        // A tiny queue: overflow is dropped and counted, never blocking.
+        "overflow" => {
+            let config = Config::builder().queue_capacity(1).build().unwrap();
+            let guard = openlayer_trace::init(config).unwrap();
+            let start = Instant::now();
+            for i in 0..20_000 {
+                root(i);
+            }
+            let elapsed = start.elapsed();
+            let report = guard.shutdown(Duration::from_secs(10)).unwrap();
+            let s = &report.stats;
+            assert!(report.complete);
+            assert_eq!(s.enqueued, 20_000);
+            assert_eq!(s.written + s.dropped.queue_full, 20_000, "{s:?}");
+            assert!(s.dropped.queue_full > 0, "{s:?}");
+            assert_eq!(s.pending, 0);
+            println!("WRITTEN={} ELAPSED_MS={}", s.written, elapsed.as_millis());
+        }
+        "disabled" => {
+            for i in 0..3 {
+                root(i);
+            }
+            assert!(openlayer_trace::current_inference_id().is_none());
+            let stats = openlayer_trace::stats();
+            assert_eq!(stats.enqueued, 0);
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+#[test]
+fn without_a_key_traces_go_to_the_local_file_lazily_with_a_notice() {
+    let dir = temp_dir("lazy");
+    let file = dir.join("traces.jsonl");
+    let out = run_child("lazy", &[("OPENLAYER_TRACE_FILE", &file)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let notices: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("OPENLAYER_API_KEY is not set"))
+        .collect();
+    assert_eq!(notices.len(), 1, "one notice: {stderr}");
+    assert!(
+        notices[0].contains(&file.display().to_string()),
+        "{}",
+        notices[0]
+    );
+    let lines = lines(&file);
+    assert_eq!(lines.len(), 3);
+    for (i, line) in lines.iter().enumerate() {
+        // Each line is a data-stream request body with its pipeline id.
+        let keys: Vec<&String> = line.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        assert!(line["pipelineId"].is_null());
+        assert_eq!(line["config"]["inferenceIdColumnName"], "inferenceId");
+        assert_eq!(line["rows"][0]["inferenceId"], format!("id-{i}"));
+        assert_eq!(
+            line["rows"][0]["steps"][0]["steps"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+    let raw = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        raw.starts_with("{\"pipelineId\":null,\"config\":{"),
+        "{raw}"
+    );
+}
+
+#[test]
+fn the_guard_flushes_when_dropped_with_no_runtime() {
+    let dir = temp_dir("guard");
+    let file = dir.join("nested").join("traces.jsonl");
+    run_child(
+        "guard",
+        &[
+            ("OPENLAYER_TRACE_FILE", &file),
+            ("OPENLAYER_INFERENCE_PIPELINE_ID", Path::new("pipe-1")),
+        ],
+    );
+    let lines = lines(&file);
+    assert_eq!(lines.len(), 50);
+    assert!(lines.iter().all(|l| l["pipelineId"] == "pipe-1"));
+}
+
+#[test]
+fn a_full_queue_drops_and_counts_without_blocking() {
+    let dir = temp_dir("overflow");
+    let file = dir.join("traces.jsonl");
+    let out = run_child("overflow", &[("OPENLAYER_TRACE_FILE", &file)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let written: usize = stdout
+        .lines()
+        .find_map(|l| l.split("WRITTEN=").nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        lines(&file).len(),
+        written,
+        "every written trace is in the file"
+    );
+}
+
+#[test]
+fn disable_publish_turns_tracing_off() {
+    let dir = temp_dir("disabled");
+    let file = dir.join("traces.jsonl");
+    run_child(
+        "disabled",
+        &[
+            ("OPENLAYER_TRACE_FILE", &file),
+            ("OPENLAYER_DISABLE_PUBLISH", Path::new("TRUE")),
+        ],
+    );
+    assert!(!file.exists());
+}
