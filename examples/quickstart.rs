@@ -44,7 +44,7 @@ async fn retrieve(question: &str, top_k: usize) -> Vec<String> {
             )
         })
         .collect();
-    scored.sort_by(|a, b| b.0.cmp(&a.0));
+    scored.sort_by_key(|s| std::cmp::Reverse(s.0));
     let docs: Vec<String> = scored
         .into_iter()
         .take(top_k)
