@@ -406,7 +406,7 @@ async fn run(
             match msg {
                 Msg::Trace(trace, bytes) => {
                     queued_bytes.fetch_sub(bytes, Relaxed);
-                    match wire::encode(&trace) {
+                    match encode(&trace) {
                         Some(row) => batch.push(row),
                         None => {
                             counters.drop_rows(DropReason::Encoding, 1);
@@ -431,8 +431,12 @@ async fn run(
                     while let Ok(msg) = rx.try_recv() {
                         if let Msg::Trace(trace, bytes) = msg {
                             queued_bytes.fetch_sub(bytes, Relaxed);
-                            if let Some(row) = wire::encode(&trace) {
-                                batch.push(row);
+                            match encode(&trace) {
+                                Some(row) => batch.push(row),
+                                None => {
+                                    counters.drop_rows(DropReason::Encoding, 1);
+                                    counters.settled.fetch_add(1, Relaxed);
+                                }
                             }
                         }
                     }
@@ -447,6 +451,17 @@ async fn run(
     }
     sink.write(batch, &counters);
     sink.flush();
+}
+
+/// Encodes a trace; a bug in encoding costs that trace (counted), never the worker.
+fn encode(trace: &CompletedTrace) -> Option<EncodedRow> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wire::encode(trace))) {
+        Ok(row) => row,
+        Err(_) => {
+            crate::diag::warn_limited!("a trace could not be encoded; dropped (counted)");
+            None
+        }
+    }
 }
 
 /// Where encoded traces go.
@@ -613,8 +628,9 @@ impl Guard {
 fn uninstall(p: &Arc<Pipeline>) {
     let mut slot = PIPELINE.write().unwrap_or_else(|e| e.into_inner());
     if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, p)) {
+        // Shut down on purpose: later traces are not recorded until `init` is called again.
         *slot = None;
-        STATE.store(UNINIT, Relaxed);
+        STATE.store(DISABLED, Relaxed);
     }
 }
 
