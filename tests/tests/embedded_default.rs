@@ -76,10 +76,15 @@ fn child() {
         }
         // The guard flushes on drop, with no runtime anywhere.
         "guard" => {
-            let _guard = openlayer_trace::init_from_env().unwrap();
-            for i in 0..50 {
-                root(i);
+            {
+                let _guard = openlayer_trace::init_from_env().unwrap();
+                for i in 0..50 {
+                    root(i);
+                }
             }
+            // After the guard has shut the pipeline down, traces are not recorded.
+            root(99);
+            assert!(openlayer_trace::flush(Duration::from_secs(1)).is_err());
         }
         // A tiny queue: overflow is dropped and counted, never blocking.
         "overflow" => {
@@ -155,12 +160,18 @@ fn without_a_key_traces_go_to_the_local_file_lazily_with_a_notice() {
 fn the_guard_flushes_when_dropped_with_no_runtime() {
     let dir = temp_dir("guard");
     let file = dir.join("nested").join("traces.jsonl");
-    run_child(
+    let out = run_child(
         "guard",
         &[
             ("OPENLAYER_TRACE_FILE", &file),
             ("OPENLAYER_INFERENCE_PIPELINE_ID", Path::new("pipe-1")),
         ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("OPENLAYER_API_KEY is not set").count(),
+        1,
+        "{stderr}"
     );
     let lines = lines(&file);
     assert_eq!(lines.len(), 50);
