@@ -33,6 +33,8 @@ mod pipeline;
 mod record;
 mod report;
 mod step;
+#[allow(dead_code)] // Used by the HTTP flusher and the client.
+mod transport;
 mod tree;
 mod update;
 mod wire;
