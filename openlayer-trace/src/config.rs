@@ -94,6 +94,7 @@ pub struct Config {
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) max_retries: u32,
+    pub(crate) retry_base_backoff: Duration,
     pub(crate) queue_capacity: usize,
     pub(crate) queue_max_bytes: usize,
     pub(crate) batch_max_rows: usize,
@@ -122,6 +123,7 @@ impl fmt::Debug for Config {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("max_retries", &self.max_retries)
+            .field("retry_base_backoff", &self.retry_base_backoff)
             .field("queue_capacity", &self.queue_capacity)
             .field("queue_max_bytes", &self.queue_max_bytes)
             .field("batch_max_rows", &self.batch_max_rows)
@@ -152,6 +154,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
             max_retries: 2,
+            retry_base_backoff: crate::transport::DEFAULT_BASE_BACKOFF,
             queue_capacity: 10_000,
             queue_max_bytes: 64 * 1024 * 1024,
             batch_max_rows: 500,
@@ -283,6 +286,10 @@ impl ConfigBuilder {
         request_timeout: Duration => |c, v| c.request_timeout = v);
     setter!(/// Retries after the first attempt (default 2).
         max_retries: u32 => |c, v| c.max_retries = v);
+    setter!(/// The backoff before the first retry, doubled for each later one (default
+        /// 0.5 s, as the official SDKs). Tests shorten it.
+        #[doc(hidden)]
+        retry_base_backoff: Duration => |c, v| c.retry_base_backoff = v);
     setter!(/// Most traces waiting in the queue (default 10 000).
         queue_capacity: usize => |c, v| c.queue_capacity = v.max(1));
     setter!(/// Most estimated bytes waiting in the queue (default 64 MiB).

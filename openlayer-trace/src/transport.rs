@@ -38,7 +38,7 @@ pub(crate) const USER_AGENT: &str =
     concat!("openlayer-trace/", env!("CARGO_PKG_VERSION"), " (rust)");
 
 /// The backoff before the first retry; it doubles with each retry.
-const DEFAULT_BASE_BACKOFF: Duration = Duration::from_millis(500);
+pub(crate) const DEFAULT_BASE_BACKOFF: Duration = Duration::from_millis(500);
 /// The longest computed backoff (before jitter).
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// The longest server-requested wait that is honoured; longer ones are ignored.
@@ -77,7 +77,7 @@ impl TransportConfig {
             request_timeout: c.request_timeout,
             max_retries: c.max_retries,
             verify_ssl: c.verify_ssl,
-            base_backoff: DEFAULT_BASE_BACKOFF,
+            base_backoff: c.retry_base_backoff,
         }
     }
 }
@@ -808,6 +808,14 @@ mod tests {
         assert_eq!(t.max_retries, 4);
         assert!(!t.verify_ssl);
         assert_eq!(t.base_backoff, Duration::from_millis(500));
+        let fast = Config::builder()
+            .retry_base_backoff(Duration::from_millis(20))
+            .build()
+            .unwrap();
+        assert_eq!(
+            TransportConfig::from_config(&fast).base_backoff,
+            Duration::from_millis(20)
+        );
         let d = TransportConfig::from_config(&Config::default());
         assert_eq!(d.connect_timeout, Duration::from_secs(5));
         assert_eq!(d.request_timeout, Duration::from_secs(60));
