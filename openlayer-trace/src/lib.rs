@@ -26,12 +26,14 @@ mod config;
 mod context;
 mod diag;
 mod error;
+mod filesink;
 mod id;
 mod kind;
 mod manual;
 mod pipeline;
 mod record;
 mod report;
+mod shape;
 mod step;
 #[allow(dead_code)] // Used by the HTTP flusher and the client.
 mod transport;

@@ -4,11 +4,8 @@
 //! caller: when the queue is full (in traces or in estimated bytes) the trace is dropped
 //! and counted. A dedicated thread owns a small runtime, encodes traces off the
 //! application's threads, and writes them to the sink: the local trace file (the embedded
-//! default, with no API key) or the Openlayer API.
+//! default, with no API key; see `filesink`) or the Openlayer API.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write as _;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::task::Waker;
@@ -20,6 +17,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::record::CompletedTrace;
 use crate::report::{Counters, DeliveryReport, DropReason, Stats};
+use crate::shape::Shaper;
 use crate::wire::{self, EncodedRow};
 
 // ---------------------------------------------------------------------------------------
@@ -230,7 +228,8 @@ impl Pipeline {
             });
         }
         let (tx, rx) = mpsc::channel(config.queue_capacity);
-        let sink = Sink::new(&config);
+        let sink = crate::filesink::FileSink::new(&config);
+        let shaper = Shaper::new(&config);
         let worker = {
             let counters = counters.clone();
             let queued_bytes = queued_bytes.clone();
@@ -239,7 +238,13 @@ impl Pipeline {
                 .spawn(move || {
                     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build();
                     match rt {
-                        Ok(rt) => rt.block_on(run(rx, sink, counters, queued_bytes)),
+                        Ok(rt) => rt.block_on(crate::filesink::run(
+                            rx,
+                            sink,
+                            counters,
+                            queued_bytes,
+                            shaper,
+                        )),
                         Err(e) => tracing::error!(target: "openlayer_trace", error = %e, "could not start the trace worker"),
                     }
                 })
@@ -386,178 +391,6 @@ impl Pipeline {
 
     pub(crate) fn stats(&self) -> Stats {
         self.counters.snapshot()
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// The worker
-
-async fn run(
-    mut rx: mpsc::Receiver<Msg>,
-    mut sink: Sink,
-    counters: Arc<Counters>,
-    queued_bytes: Arc<AtomicUsize>,
-) {
-    let mut batch: Vec<EncodedRow> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        // Drain what is already queued, so that one write serves many traces.
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Trace(trace, bytes) => {
-                    queued_bytes.fetch_sub(bytes, Relaxed);
-                    match encode(&trace) {
-                        Some(row) => batch.push(row),
-                        None => {
-                            counters.drop_rows(DropReason::Encoding, 1);
-                            counters.settled.fetch_add(1, Relaxed);
-                        }
-                    }
-                    drop(trace);
-                    if batch.len() >= 512 {
-                        sink.write(std::mem::take(&mut batch), &counters);
-                    }
-                    next = rx.try_recv().ok();
-                }
-                Msg::Flush(done, _deadline) => {
-                    sink.write(std::mem::take(&mut batch), &counters);
-                    sink.flush();
-                    done.complete();
-                    next = rx.try_recv().ok();
-                }
-                Msg::Shutdown(done, _deadline) => {
-                    rx.close();
-                    // Settle whatever is still queued behind the shutdown message.
-                    while let Ok(msg) = rx.try_recv() {
-                        if let Msg::Trace(trace, bytes) = msg {
-                            queued_bytes.fetch_sub(bytes, Relaxed);
-                            match encode(&trace) {
-                                Some(row) => batch.push(row),
-                                None => {
-                                    counters.drop_rows(DropReason::Encoding, 1);
-                                    counters.settled.fetch_add(1, Relaxed);
-                                }
-                            }
-                        }
-                    }
-                    sink.write(std::mem::take(&mut batch), &counters);
-                    sink.flush();
-                    done.complete();
-                    return;
-                }
-            }
-        }
-        sink.write(std::mem::take(&mut batch), &counters);
-    }
-    sink.write(batch, &counters);
-    sink.flush();
-}
-
-/// Encodes a trace; a bug in encoding costs that trace (counted), never the worker.
-fn encode(trace: &CompletedTrace) -> Option<EncodedRow> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wire::encode(trace))) {
-        Ok(row) => row,
-        Err(_) => {
-            crate::diag::warn_limited!("a trace could not be encoded; dropped (counted)");
-            None
-        }
-    }
-}
-
-/// Where encoded traces go.
-enum Sink {
-    /// The embedded default: a local JSONL file of data-stream request bodies.
-    File(FileSink),
-}
-
-impl Sink {
-    fn new(config: &Config) -> Sink {
-        let path = absolute(&config.trace_file);
-        let notice = format!(
-            "openlayer-trace: OPENLAYER_API_KEY is not set; traces are written to {}",
-            path.display()
-        );
-        eprintln!("{notice}");
-        tracing::info!(target: "openlayer_trace", path = %path.display(), "traces are written to a local file");
-        Sink::File(FileSink {
-            path,
-            file: None,
-            default_pipeline: config.inference_pipeline_id.clone(),
-        })
-    }
-
-    fn write(&mut self, rows: Vec<EncodedRow>, counters: &Counters) {
-        if rows.is_empty() {
-            return;
-        }
-        match self {
-            Sink::File(f) => f.write(rows, counters),
-        }
-    }
-
-    fn flush(&mut self) {
-        match self {
-            Sink::File(f) => f.flush(),
-        }
-    }
-}
-
-fn absolute(path: &std::path::Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
-/// Appends one line per trace to the local trace file.
-struct FileSink {
-    path: PathBuf,
-    file: Option<File>,
-    default_pipeline: Option<String>,
-}
-
-impl FileSink {
-    fn open(&mut self) -> std::io::Result<&mut File> {
-        if self.file.is_none() {
-            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
-            }
-            self.file = Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)?,
-            );
-        }
-        Ok(self.file.as_mut().expect("opened above"))
-    }
-
-    fn write(&mut self, rows: Vec<EncodedRow>, counters: &Counters) {
-        let n = rows.len() as u64;
-        let mut buf = String::new();
-        for row in &rows {
-            let pipeline = row
-                .pipeline_id
-                .as_deref()
-                .or(self.default_pipeline.as_deref());
-            buf.push_str(&wire::file_line(pipeline, &row.config, [row.row.as_str()]));
-            buf.push('\n');
-        }
-        let result = self.open().and_then(|f| f.write_all(buf.as_bytes()));
-        match result {
-            Ok(()) => {
-                counters.written.fetch_add(n, Relaxed);
-            }
-            Err(e) => {
-                self.file = None;
-                counters.drop_rows(DropReason::Encoding, n);
-                crate::diag::warn_limited!(path = %self.path.display(), error = %e, "could not write the trace file; traces dropped (counted)");
-            }
-        }
-        counters.settled.fetch_add(n, Relaxed);
-    }
-
-    fn flush(&mut self) {
-        if let Some(f) = &mut self.file {
-            let _ = f.flush();
-        }
     }
 }
 

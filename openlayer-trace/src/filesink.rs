@@ -1,0 +1,163 @@
+//! The embedded default's sink: with no API key, each trace becomes one line of a local
+//! JSONL file, in the spool's line format (a data-stream request body with its pipeline
+//! id), ready to be pushed later.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::pipeline::Msg;
+use crate::report::{Counters, DropReason};
+use crate::shape::{Prepared, Shaper};
+use crate::wire;
+
+/// Most rows written at once.
+const MAX_WRITE_ROWS: usize = 512;
+
+/// The worker's loop for the file sink: drains the queue, writes, answers flushes.
+pub(crate) async fn run(
+    mut rx: mpsc::Receiver<Msg>,
+    mut sink: FileSink,
+    counters: Arc<Counters>,
+    queued_bytes: Arc<AtomicUsize>,
+    shaper: Shaper,
+) {
+    let mut lines: Vec<String> = Vec::new();
+    let default_pipeline = sink.default_pipeline.clone();
+    let take = |msg: Msg, lines: &mut Vec<String>| -> Option<Msg> {
+        match msg {
+            Msg::Trace(trace, bytes) => {
+                queued_bytes.fetch_sub(bytes, Relaxed);
+                match shaper.prepare(&trace) {
+                    Prepared::Row(row) => {
+                        let pipeline = row.pipeline_id.as_deref().or(default_pipeline.as_deref());
+                        lines.push(wire::file_line(pipeline, &row.config, [row.row.as_str()]));
+                    }
+                    Prepared::SampledOut => {
+                        counters.sampled_out.fetch_add(1, Relaxed);
+                        counters.settled.fetch_add(1, Relaxed);
+                    }
+                    Prepared::Failed => {
+                        counters.drop_rows(DropReason::Encoding, 1);
+                        counters.settled.fetch_add(1, Relaxed);
+                    }
+                }
+                None
+            }
+            control => Some(control),
+        }
+    };
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        // Drain what is already queued, so that one write serves many traces.
+        while let Some(msg) = next.take() {
+            match take(msg, &mut lines) {
+                None => {
+                    if lines.len() >= MAX_WRITE_ROWS {
+                        sink.write(std::mem::take(&mut lines), &counters);
+                    }
+                }
+                Some(Msg::Flush(done, _deadline)) => {
+                    sink.write(std::mem::take(&mut lines), &counters);
+                    sink.flush();
+                    done.complete();
+                }
+                Some(Msg::Shutdown(done, _deadline)) => {
+                    rx.close();
+                    // Settle whatever is still queued behind the shutdown message.
+                    while let Ok(msg) = rx.try_recv() {
+                        if let Some(Msg::Flush(d, _) | Msg::Shutdown(d, _)) = take(msg, &mut lines)
+                        {
+                            d.complete();
+                        }
+                    }
+                    sink.write(std::mem::take(&mut lines), &counters);
+                    sink.flush();
+                    done.complete();
+                    return;
+                }
+                Some(Msg::Trace(..)) => unreachable!("traces are taken above"),
+            }
+            next = rx.try_recv().ok();
+        }
+        sink.write(std::mem::take(&mut lines), &counters);
+    }
+    sink.write(lines, &counters);
+    sink.flush();
+}
+
+/// Appends one line per trace to the local trace file.
+pub(crate) struct FileSink {
+    path: PathBuf,
+    file: Option<File>,
+    default_pipeline: Option<String>,
+}
+
+impl FileSink {
+    /// The sink of `config`; prints the one-line notice saying where traces go.
+    pub(crate) fn new(config: &Config) -> FileSink {
+        let path = std::path::absolute(&config.trace_file)
+            .unwrap_or_else(|_| config.trace_file.to_path_buf());
+        let notice = format!(
+            "openlayer-trace: OPENLAYER_API_KEY is not set; traces are written to {}",
+            path.display()
+        );
+        eprintln!("{notice}");
+        tracing::info!(target: "openlayer_trace", path = %path.display(), "traces are written to a local file");
+        FileSink {
+            path,
+            file: None,
+            default_pipeline: config.inference_pipeline_id.clone(),
+        }
+    }
+
+    fn open(&mut self) -> std::io::Result<&mut File> {
+        if self.file.is_none() {
+            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            self.file = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            );
+        }
+        Ok(self.file.as_mut().expect("opened above"))
+    }
+
+    fn write(&mut self, lines: Vec<String>, counters: &Counters) {
+        if lines.is_empty() {
+            return;
+        }
+        let n = lines.len() as u64;
+        let mut buf = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        for line in &lines {
+            buf.push_str(line);
+            buf.push('\n');
+        }
+        let result = self.open().and_then(|f| f.write_all(buf.as_bytes()));
+        match result {
+            Ok(()) => {
+                counters.written.fetch_add(n, Relaxed);
+            }
+            Err(e) => {
+                self.file = None;
+                counters.drop_rows(DropReason::Encoding, n);
+                crate::diag::warn_limited!(path = %self.path.display(), error = %e, "could not write the trace file; traces dropped (counted)");
+            }
+        }
+        counters.settled.fetch_add(n, Relaxed);
+    }
+
+    fn flush(&mut self) {
+        if let Some(f) = &mut self.file {
+            let _ = f.flush();
+        }
+    }
+}

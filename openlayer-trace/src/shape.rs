@@ -1,0 +1,452 @@
+//! What happens to a row between encoding and leaving the process: sampling (decided on
+//! the inference id), the masking hook, and the per-field size budget.
+//!
+//! Runs in the background worker (or, in write-ahead mode, on the thread that completed
+//! the trace), never in a traced call. Masking and the budget re-serialize the row only
+//! when configured; keys keep their order, and values the mask did not change keep their
+//! exact text.
+
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use serde_json::Value;
+
+use crate::config::{Config, MaskFn};
+use crate::record::CompletedTrace;
+use crate::wire::{self, EncodedRow};
+
+/// Sampling, masking and the field budget of one configuration.
+#[derive(Clone)]
+pub(crate) struct Shaper {
+    sample_rate: f64,
+    mask: Option<MaskFn>,
+    budget: Option<usize>,
+}
+
+impl fmt::Debug for Shaper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shaper")
+            .field("sample_rate", &self.sample_rate)
+            .field("mask", &self.mask.as_ref().map(|_| "Fn"))
+            .field("budget", &self.budget)
+            .finish()
+    }
+}
+
+/// The outcome of preparing one trace.
+#[derive(Debug)]
+pub(crate) enum Prepared {
+    /// Encoded, masked and within budget: ready to leave the process.
+    Row(EncodedRow),
+    /// Not kept by the sample rate (counted as `sampled_out`).
+    SampledOut,
+    /// Encoding or the mask failed (counted as dropped, `encoding`).
+    Failed,
+}
+
+impl Shaper {
+    pub(crate) fn new(config: &Config) -> Self {
+        Shaper {
+            sample_rate: config.sample_rate,
+            mask: config.mask.clone(),
+            budget: config.field_budget,
+        }
+    }
+
+    /// Encodes, samples and shapes a trace. A panic in encoding or in the mask costs that
+    /// trace (it is never sent unmasked), not the caller.
+    pub(crate) fn prepare(&self, trace: &CompletedTrace) -> Prepared {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let Some(mut row) = wire::encode(trace) else {
+                return Prepared::Failed;
+            };
+            if !self.keeps(&row.inference_id) {
+                return Prepared::SampledOut;
+            }
+            match self.shape(&row.row) {
+                Some(Some(shaped)) => row.row = shaped,
+                Some(None) => {}
+                None => return Prepared::Failed,
+            }
+            Prepared::Row(row)
+        }));
+        match result {
+            Ok(Prepared::Failed) | Err(_) => {
+                crate::diag::warn_limited!(
+                    "a trace could not be encoded or masked; dropped (counted)"
+                );
+                Prepared::Failed
+            }
+            Ok(p) => p,
+        }
+    }
+
+    /// Whether the sample rate keeps the row with this inference id.
+    pub(crate) fn keeps(&self, inference_id: &str) -> bool {
+        self.sample_rate >= 1.0 || sample_point(inference_id) < self.sample_rate
+    }
+
+    /// Applies the mask and the budget to a row's JSON: `Some(None)` when nothing is
+    /// configured or nothing changed, `Some(Some(new))` otherwise, `None` when the row
+    /// is not a JSON object.
+    pub(crate) fn shape(&self, row: &str) -> Option<Option<String>> {
+        if self.mask.is_none() && self.budget.is_none() {
+            return Some(None);
+        }
+        let masked = match &self.mask {
+            Some(mask) => Some(apply_mask(row, mask)?),
+            None => None,
+        };
+        let current = masked.as_deref().unwrap_or(row);
+        if let Some(budget) = self.budget {
+            let mut node: Node = serde_json::from_str(current).ok()?;
+            if node.apply_budget(budget, Place::Row) {
+                return serde_json::to_string(&node).ok().map(Some);
+            }
+        }
+        Some(masked)
+    }
+}
+
+/// A point in `[0, 1)` that depends only on the inference id (FNV-1a, then the
+/// splitmix64 finalizer): the same id is always kept or always dropped, in every
+/// process and version.
+pub(crate) fn sample_point(inference_id: &str) -> f64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in inference_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Runs the mask on the row's columns. Columns keep their order; a column the mask left
+/// alone keeps its exact text; new columns come last.
+fn apply_mask(row: &str, mask: &MaskFn) -> Option<String> {
+    let entries = wire::object_entries(row);
+    if entries.is_empty() && row.trim() != "{}" {
+        return None;
+    }
+    let mut originals = Vec::with_capacity(entries.len());
+    let mut map = serde_json::Map::new();
+    for (k, raw) in &entries {
+        let v: Value = serde_json::from_str(raw.get()).ok()?;
+        map.insert(k.clone(), v.clone());
+        originals.push(v);
+    }
+    mask(&mut map);
+    let mut out = String::with_capacity(row.len());
+    out.push('{');
+    let mut first = true;
+    let mut push_key = |out: &mut String, k: &str| {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str(&serde_json::to_string(k).unwrap_or_else(|_| "\"\"".into()));
+        out.push(':');
+    };
+    for ((k, raw), original) in entries.iter().zip(&originals) {
+        if let Some(v) = map.remove(k) {
+            push_key(&mut out, k);
+            if v == *original {
+                out.push_str(raw.get());
+            } else {
+                out.push_str(&serde_json::to_string(&v).ok()?);
+            }
+        }
+    }
+    for (k, v) in map {
+        push_key(&mut out, &k);
+        out.push_str(&serde_json::to_string(&v).ok()?);
+    }
+    out.push('}');
+    Some(out)
+}
+
+/// Where a value sits, for the budget's exemptions: the row's `inferenceId`, a step's
+/// `id` and `type`, and the `steps` lists themselves are structure, not data.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Row,
+    Steps,
+    Step,
+    Data,
+}
+
+/// A JSON value that keeps the order of object keys (`serde_json::Value` sorts them).
+#[derive(Debug, Clone, PartialEq)]
+enum Node {
+    Null,
+    Bool(bool),
+    Number(serde_json::Number),
+    String(String),
+    Array(Vec<Node>),
+    Object(Vec<(String, Node)>),
+}
+
+/// The marker that replaces the end of a truncated string.
+fn string_marker(removed: usize) -> String {
+    format!("…[truncated {removed} bytes]")
+}
+
+/// The element that replaces the end of a truncated list.
+fn array_marker(removed: usize) -> String {
+    format!("…[truncated {removed} items]")
+}
+
+impl Node {
+    /// Truncates strings longer than `budget` bytes (at a char boundary) and lists with
+    /// more than `budget` elements, each with a marker. Returns whether anything changed.
+    fn apply_budget(&mut self, budget: usize, place: Place) -> bool {
+        match self {
+            Node::String(s) if s.len() > budget => {
+                let mut end = budget;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let removed = s.len() - end;
+                s.truncate(end);
+                s.push_str(&string_marker(removed));
+                true
+            }
+            Node::Array(items) => {
+                let mut removed = 0;
+                if place != Place::Steps && items.len() > budget {
+                    removed = items.len() - budget;
+                    items.truncate(budget);
+                }
+                let inner = if place == Place::Steps {
+                    Place::Step
+                } else {
+                    Place::Data
+                };
+                let mut changed = removed > 0;
+                for item in items.iter_mut() {
+                    changed |= item.apply_budget(budget, inner);
+                }
+                if removed > 0 {
+                    items.push(Node::String(array_marker(removed)));
+                }
+                changed
+            }
+            Node::Object(entries) => {
+                let mut changed = false;
+                for (k, v) in entries.iter_mut() {
+                    let exempt = match place {
+                        Place::Row => k == "inferenceId",
+                        Place::Step => k == "id" || k == "type",
+                        _ => false,
+                    };
+                    if exempt && matches!(v, Node::String(_)) {
+                        continue;
+                    }
+                    let inner = if k == "steps" && matches!(place, Place::Row | Place::Step) {
+                        Place::Steps
+                    } else {
+                        Place::Data
+                    };
+                    changed |= v.apply_budget(budget, inner);
+                }
+                changed
+            }
+            _ => false,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Node;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Node, E> {
+                Ok(Node::Null)
+            }
+            fn visit_none<E>(self) -> Result<Node, E> {
+                Ok(Node::Null)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
+                Ok(Node::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
+                Ok(Node::Number(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Node, E> {
+                Ok(Node::Number(v.into()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
+                Ok(serde_json::Number::from_f64(v).map_or(Node::Null, Node::Number))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Node, E> {
+                Ok(Node::String(v.to_string()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Node, E> {
+                Ok(Node::String(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Node::Array(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Node::Object(entries))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for Node {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Node::Null => s.serialize_unit(),
+            Node::Bool(b) => s.serialize_bool(*b),
+            Node::Number(n) => n.serialize(s),
+            Node::String(v) => s.serialize_str(v),
+            Node::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+            Node::Object(entries) => {
+                let mut map = s.serialize_map(Some(entries.len()))?;
+                for (k, v) in entries {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn shaper(mask: Option<MaskFn>, budget: Option<usize>) -> Shaper {
+        Shaper {
+            sample_rate: 1.0,
+            mask,
+            budget,
+        }
+    }
+
+    #[test]
+    fn sampling_is_deterministic_and_close_to_the_rate() {
+        let s = Shaper {
+            sample_rate: 0.25,
+            mask: None,
+            budget: None,
+        };
+        let ids: Vec<String> = (0..20_000).map(|i| format!("req-{i}")).collect();
+        let kept: Vec<bool> = ids.iter().map(|id| s.keeps(id)).collect();
+        let again: Vec<bool> = ids.iter().map(|id| s.keeps(id)).collect();
+        assert_eq!(kept, again);
+        let n = kept.iter().filter(|k| **k).count();
+        assert!((4_500..5_500).contains(&n), "{n}");
+        assert!((0.0..1.0).contains(&sample_point("")));
+        let all = Shaper {
+            sample_rate: 1.0,
+            ..s.clone()
+        };
+        let none = Shaper {
+            sample_rate: 0.0,
+            ..s
+        };
+        assert!(ids.iter().all(|id| all.keeps(id) && !none.keeps(id)));
+    }
+
+    #[test]
+    fn nothing_configured_leaves_the_row_alone() {
+        assert_eq!(shaper(None, None).shape(r#"{"b":1,"a":2}"#), Some(None));
+    }
+
+    #[test]
+    fn the_mask_keeps_order_and_untouched_text() {
+        let mask: MaskFn = Arc::new(|row| {
+            row.remove("email");
+            row.insert("name".into(), json!("***"));
+            row.insert("added".into(), json!(true));
+        });
+        let s = shaper(Some(mask), None);
+        let row = r#"{"z":1.0,"email":"a@b.c","name":"Ada","steps":[{"name":"f","id":"x"}]}"#;
+        let out = s.shape(row).unwrap().unwrap();
+        assert_eq!(
+            out,
+            r#"{"z":1.0,"name":"***","steps":[{"name":"f","id":"x"}],"added":true}"#
+        );
+        assert_eq!(s.shape("not json"), None);
+    }
+
+    #[test]
+    fn the_budget_truncates_strings_and_lists_with_markers() {
+        let s = shaper(None, Some(4));
+        let row = json!({
+            "inferenceId": "a-long-inference-id",
+            "output": "ab€cd",
+            "context": ["a", "b", "c", "d", "e", "f"],
+            "steps": [{"name": "fn", "id": "0000-1111", "type": "user_call",
+                        "inputs": {"q": "0123456789"}, "steps": []}],
+        });
+        let out = s.shape(&row.to_string()).unwrap().unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["inferenceId"], "a-long-inference-id");
+        // "€" takes bytes 2..5: the cut falls back to the char boundary before it.
+        assert_eq!(v["output"], format!("ab{}", string_marker(5)));
+        let context = v["context"].as_array().unwrap();
+        assert_eq!(context.len(), 5);
+        assert_eq!(context[4], array_marker(2));
+        let step = &v["steps"][0];
+        assert_eq!(step["id"], "0000-1111");
+        assert_eq!(step["type"], "user_call");
+        assert_eq!(step["inputs"]["q"], format!("0123{}", string_marker(6)));
+        // Keys keep their order (`json!` sorts them; this text does not).
+        let text = r#"{"z":"0123456789","inferenceId":"x","a":[1,2,3,4,5]}"#;
+        let out = s.shape(text).unwrap().unwrap();
+        assert_eq!(
+            out,
+            format!(
+                r#"{{"z":"0123{}","inferenceId":"x","a":[1,2,3,4,"{}"]}}"#,
+                string_marker(6),
+                array_marker(1)
+            )
+        );
+        // Within budget: untouched.
+        assert_eq!(shaper(None, Some(1000)).shape(&row.to_string()), Some(None));
+    }
+
+    #[test]
+    fn the_budget_never_cuts_the_step_tree() {
+        let s = shaper(None, Some(1));
+        let steps: Vec<Value> = (0..3)
+            .map(|i| json!({"name": "s", "id": format!("id-{i}"), "steps": []}))
+            .collect();
+        let row = json!({"steps": [{"name": "root", "id": "r", "steps": steps}]});
+        let out = s.shape(&row.to_string()).unwrap().unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["steps"][0]["steps"].as_array().unwrap().len(), 3);
+        assert_eq!(v["steps"][0]["steps"][2]["id"], "id-2");
+    }
+}
