@@ -58,15 +58,18 @@ pub enum SpoolMode {
     /// shutdown deadline are written.
     #[default]
     Overflow,
-    /// Every completed trace is written (and synced) before it is sent, and removed
-    /// after a 2xx: a `kill -9` loses nothing that had completed.
+    /// Every completed trace is also written to the spool, by the thread that completed
+    /// it, before it is handed off (encoding it there, plus one `write(2)`, not synced),
+    /// and acknowledged after a 2xx: a `kill -9` loses nothing that had completed (a power
+    /// loss may). The only mode that adds work to traced calls.
     WriteAhead,
 }
 
 /// A hook applied to each row before it leaves the process (spool and file included).
 pub type MaskFn = Arc<dyn Fn(&mut serde_json::Map<String, serde_json::Value>) + Send + Sync>;
 
-/// A callback told about every delivery failure that loses or spools data.
+/// A callback told about delivery failures that lose or spool data (called on a
+/// background thread; keep it short).
 pub type FailureFn = Arc<dyn Fn(&crate::DeliveryFailure) + Send + Sync>;
 
 /// The SDK's configuration. Build it with [`Config::builder`] or [`Config::from_env`].

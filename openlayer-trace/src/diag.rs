@@ -52,6 +52,17 @@ macro_rules! warn_limited {
 }
 pub(crate) use warn_limited;
 
+/// Emits a rate-limited `error!` event (target `openlayer_trace`).
+macro_rules! error_limited {
+    ($($arg:tt)+) => {{
+        static LIMIT: $crate::diag::RateLimit = $crate::diag::RateLimit::new(60);
+        if let Some(suppressed) = LIMIT.allow() {
+            ::tracing::error!(target: "openlayer_trace", suppressed, $($arg)+);
+        }
+    }};
+}
+pub(crate) use error_limited;
+
 /// Called by the `update_current_*`-style APIs when no trace is active.
 pub(crate) fn outside_trace(api: &'static str) {
     warn_limited!(api, "{api} was called outside of a trace; ignored");

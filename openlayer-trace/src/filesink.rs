@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::pipeline::Msg;
 use crate::report::{Counters, DropReason};
 use crate::shape::{Prepared, Shaper};
-use crate::wire;
+use crate::wire::{self, OutRow};
 
 /// Most rows written at once.
 const MAX_WRITE_ROWS: usize = 512;
@@ -49,6 +49,16 @@ pub(crate) async fn run(
                 }
                 None
             }
+            Msg::Row(row, bytes) => {
+                queued_bytes.fetch_sub(bytes, Relaxed);
+                let (row, _): (OutRow, _) = *row;
+                lines.push(wire::file_line(
+                    Some(&row.pipeline),
+                    &row.config,
+                    [row.row.as_str()],
+                ));
+                None
+            }
             control => Some(control),
         }
     };
@@ -81,7 +91,7 @@ pub(crate) async fn run(
                     done.complete();
                     return;
                 }
-                Some(Msg::Trace(..)) => unreachable!("traces are taken above"),
+                Some(_) => unreachable!("rows are taken above"),
             }
             next = rx.try_recv().ok();
         }

@@ -27,6 +27,7 @@ mod context;
 mod diag;
 mod error;
 mod filesink;
+mod flusher;
 mod id;
 mod kind;
 mod manual;
@@ -34,8 +35,8 @@ mod pipeline;
 mod record;
 mod report;
 mod shape;
+mod spool;
 mod step;
-#[allow(dead_code)] // Used by the HTTP flusher and the client.
 mod transport;
 mod tree;
 mod update;

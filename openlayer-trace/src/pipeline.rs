@@ -1,10 +1,16 @@
-//! The hand-off from traced code to the background worker, and the worker itself.
+//! The hand-off from traced code to the background worker, and the public surface
+//! (`init`, `Guard`, `flush`, `stats`).
 //!
 //! A completed trace is handed off once, through a bounded queue that never blocks the
-//! caller: when the queue is full (in traces or in estimated bytes) the trace is dropped
-//! and counted. A dedicated thread owns a small runtime, encodes traces off the
-//! application's threads, and writes them to the sink: the local trace file (the embedded
-//! default, with no API key; see `filesink`) or the Openlayer API.
+//! caller. When the queue is full (in traces or in estimated bytes) the trace goes to the
+//! spool writer's own small bounded backlog when a spool is configured, and is otherwise
+//! dropped and counted. A dedicated thread owns a small runtime, encodes traces off the
+//! application's threads, and hands them to the sink: the local trace file (the embedded
+//! default, with no API key; see `filesink`) or the Openlayer API (see `flusher`).
+//!
+//! In write-ahead mode the completing thread also encodes the trace and appends it to the
+//! spool before handing it off (see `spool`); that is the only mode with work on the
+//! application's threads.
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -15,10 +21,13 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::flusher::Flusher;
 use crate::record::CompletedTrace;
 use crate::report::{Counters, DeliveryReport, DropReason, Stats};
-use crate::shape::Shaper;
-use crate::wire::{self, EncodedRow};
+use crate::shape::{Prepared, Shaper};
+use crate::spool::{Spool, WalRef};
+use crate::transport::{Transport, TransportConfig};
+use crate::wire::{self, EncodedRow, OutRow};
 
 // ---------------------------------------------------------------------------------------
 // Global state
@@ -50,10 +59,10 @@ fn lazy_init() -> bool {
         DISABLED => return false,
         _ => {}
     }
-    match Config::from_env() {
-        Ok(config) => {
-            let enabled = !config.disabled;
-            install(Pipeline::start(config));
+    match Config::from_env().and_then(|c| Pipeline::start(c, Start::Lazy)) {
+        Ok(pipeline) => {
+            let enabled = !pipeline.config.disabled;
+            install(pipeline);
             enabled
         }
         Err(e) => {
@@ -198,72 +207,180 @@ impl Completion {
 // The pipeline
 
 pub(crate) enum Msg {
+    /// A completed trace, with its estimated size.
     Trace(Box<CompletedTrace>, usize),
+    /// A row already encoded (and written ahead, unless that failed), with its size.
+    Row(Box<(OutRow, Option<WalRef>)>, usize),
     Flush(Arc<Completion>, Instant),
     Shutdown(Arc<Completion>, Instant),
 }
 
-/// The queue, the counters and the worker thread of one configuration.
+/// The queue, the counters and the background threads of one configuration.
 #[derive(Debug)]
 pub(crate) struct Pipeline {
     pub(crate) config: Config,
     tx: Option<mpsc::Sender<Msg>>,
     pub(crate) counters: Arc<Counters>,
     queued_bytes: Arc<AtomicUsize>,
-    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Used on the completing thread in write-ahead mode only.
+    shaper: Shaper,
+    spool: Option<Arc<Spool>>,
+    /// Whether the completing thread writes traces ahead to the spool.
+    write_ahead: bool,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+fn spawn(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, Error> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| {
+            tracing::error!(target: "openlayer_trace", error = %e, "could not start a background thread");
+            Error::Io(e)
+        })
+}
+
+/// How a pipeline is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// By `init`: every problem is an error for the caller.
+    Explicit,
+    /// By the first traced call: an unusable spool is logged and done without, rather
+    /// than turning tracing off.
+    Lazy,
 }
 
 impl Pipeline {
-    /// Starts the worker thread for `config` (none when disabled).
-    pub(crate) fn start(config: Config) -> Arc<Pipeline> {
+    /// Starts the background threads for `config` (none when disabled): the worker, and
+    /// the spool writer when there is a spool.
+    pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Pipeline>, Error> {
         let counters = Arc::new(Counters::default());
         let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let shaper = Shaper::new(&config);
         if config.disabled {
-            return Arc::new(Pipeline {
+            return Ok(Arc::new(Pipeline {
                 config,
                 tx: None,
                 counters,
                 queued_bytes,
-                worker: Mutex::new(None),
-            });
+                shaper,
+                spool: None,
+                write_ahead: false,
+                threads: Mutex::new(Vec::new()),
+            }));
         }
         let (tx, rx) = mpsc::channel(config.queue_capacity);
-        let sink = crate::filesink::FileSink::new(&config);
-        let shaper = Shaper::new(&config);
-        let worker = {
-            let counters = counters.clone();
-            let queued_bytes = queued_bytes.clone();
-            std::thread::Builder::new()
-                .name("openlayer-trace".into())
-                .spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build();
-                    match rt {
-                        Ok(rt) => rt.block_on(crate::filesink::run(
-                            rx,
-                            sink,
+        let mut threads = Vec::new();
+        let mut spool = None;
+        if config.api_key.is_none() {
+            if let Some(dir) = &config.spool_dir {
+                tracing::info!(target: "openlayer_trace", dir = %dir.display(), "the spool is only used when sending to Openlayer; without an API key it is ignored");
+            }
+            let sink = crate::filesink::FileSink::new(&config);
+            let (counters, queued_bytes, shaper) =
+                (counters.clone(), queued_bytes.clone(), shaper.clone());
+            threads.push(spawn("openlayer-trace", move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build();
+                match rt {
+                    Ok(rt) => rt.block_on(crate::filesink::run(
+                        rx,
+                        sink,
+                        counters,
+                        queued_bytes,
+                        shaper,
+                    )),
+                    Err(e) => {
+                        tracing::error!(target: "openlayer_trace", error = %e, "could not start the trace worker")
+                    }
+                }
+            })?);
+        } else {
+            // Checked here; built on the worker thread, so that the traced call that
+            // configures the SDK lazily does not pay for the TLS setup.
+            let transport_config = TransportConfig::from_config(&config);
+            transport_config.validate()?;
+            let opened = match &config.spool_dir {
+                None => None,
+                Some(_) => match Spool::open(&config, counters.clone()) {
+                    Ok(opened) => Some(opened),
+                    Err(e) if how == Start::Lazy => {
+                        tracing::error!(target: "openlayer_trace", error = %e, "the spool cannot be used; traces are sent without it");
+                        None
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            if let Some((s, jobs)) = opened {
+                let (writer_spool, shaper, default) = (
+                    s.clone(),
+                    shaper.clone(),
+                    config.inference_pipeline_id.clone(),
+                );
+                threads.push(spawn("openlayer-trace-spool", move || {
+                    crate::spool::run_writer(writer_spool, jobs, shaper, default)
+                })?);
+                spool = Some(s);
+            }
+            let (worker_config, counters, queued_bytes, shaper, worker_spool) = (
+                config.clone(),
+                counters.clone(),
+                queued_bytes.clone(),
+                shaper.clone(),
+                spool.clone(),
+            );
+            let worker = spawn("openlayer-trace", move || {
+                let started = Transport::new(transport_config).and_then(|t| {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    Ok((t, rt))
+                });
+                match started {
+                    Ok((transport, rt)) => {
+                        let flusher = Flusher::new(
+                            &worker_config,
+                            transport,
                             counters,
                             queued_bytes,
                             shaper,
-                        )),
-                        Err(e) => tracing::error!(target: "openlayer_trace", error = %e, "could not start the trace worker"),
+                            worker_spool,
+                        );
+                        rt.block_on(flusher.run(rx));
                     }
-                })
-        };
-        let worker = match worker {
-            Ok(h) => Some(h),
-            Err(e) => {
-                tracing::error!(target: "openlayer_trace", error = %e, "could not start the trace worker thread");
-                None
+                    Err(e) => {
+                        // Traces handed off from now on are dropped as `shutdown` (counted).
+                        tracing::error!(target: "openlayer_trace", error = %e, "could not start the trace worker");
+                        if let Some(s) = worker_spool {
+                            s.close(Vec::new());
+                        }
+                    }
+                }
+            });
+            match worker {
+                Ok(h) => threads.push(h),
+                Err(e) => {
+                    if let Some(s) = &spool {
+                        s.close(Vec::new());
+                    }
+                    return Err(e);
+                }
             }
-        };
-        let tx = worker.as_ref().map(|_| tx);
-        Arc::new(Pipeline {
+        }
+        Ok(Arc::new(Pipeline {
             config,
-            tx,
+            tx: Some(tx),
             counters,
             queued_bytes,
-            worker: Mutex::new(worker),
-        })
+            shaper,
+            write_ahead: spool.as_ref().is_some_and(|s| s.write_ahead()),
+            spool,
+            threads: Mutex::new(threads),
+        }))
     }
 
     fn enqueue(&self, trace: CompletedTrace) {
@@ -274,23 +391,106 @@ impl Pipeline {
             c.settled.fetch_add(1, Relaxed);
             return;
         };
+        if self.write_ahead
+            && let Some(spool) = &self.spool
+        {
+            return self.enqueue_ahead(tx, spool, trace);
+        }
         let bytes = trace.state.approx_bytes();
-        let queued = self.queued_bytes.fetch_add(bytes, Relaxed);
-        if queued + bytes > self.config.queue_max_bytes {
-            self.queued_bytes.fetch_sub(bytes, Relaxed);
-            self.drop_full();
-            return;
+        if !self.reserve(bytes) {
+            return self.overflow(Box::new(trace), bytes);
         }
         match tx.try_send(Msg::Trace(Box::new(trace), bytes)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(mpsc::error::TrySendError::Full(msg)) => {
                 self.queued_bytes.fetch_sub(bytes, Relaxed);
-                self.drop_full();
+                if let Msg::Trace(trace, bytes) = msg {
+                    self.overflow(trace, bytes);
+                }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.queued_bytes.fetch_sub(bytes, Relaxed);
                 c.drop_rows(DropReason::Shutdown, 1);
                 c.settled.fetch_add(1, Relaxed);
+                crate::diag::warn_limited!("a trace completed after shutdown; dropped (counted)");
+            }
+        }
+    }
+
+    /// Counts `bytes` into the queue's byte budget; false when they do not fit.
+    fn reserve(&self, bytes: usize) -> bool {
+        let queued = self.queued_bytes.fetch_add(bytes, Relaxed);
+        if queued + bytes > self.config.queue_max_bytes {
+            self.queued_bytes.fetch_sub(bytes, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// The queue is full: the spool writer takes the trace if it has room, else it is
+    /// dropped and counted. Never blocks.
+    fn overflow(&self, trace: Box<CompletedTrace>, bytes: usize) {
+        if let Some(spool) = &self.spool
+            && spool.send_trace(trace, bytes).is_ok()
+        {
+            return;
+        }
+        self.drop_full();
+    }
+
+    /// Write-ahead: encode here, append to the spool, then hand the row off.
+    fn enqueue_ahead(&self, tx: &mpsc::Sender<Msg>, spool: &Spool, trace: CompletedTrace) {
+        let c = &self.counters;
+        let row = match self.shaper.prepare(&trace) {
+            Prepared::Row(row) => row,
+            Prepared::SampledOut => {
+                c.sampled_out.fetch_add(1, Relaxed);
+                c.settled.fetch_add(1, Relaxed);
+                return;
+            }
+            Prepared::Failed => {
+                c.drop_rows(DropReason::Encoding, 1);
+                c.settled.fetch_add(1, Relaxed);
+                return;
+            }
+        };
+        drop(trace);
+        let Some(row) = OutRow::resolve(row, self.config.inference_pipeline_id.as_deref()) else {
+            c.drop_rows(DropReason::NoPipeline, 1);
+            c.settled.fetch_add(1, Relaxed);
+            crate::diag::warn_limited!(
+                "no inference pipeline id is configured; traces are dropped (counted)"
+            );
+            return;
+        };
+        let wal = spool.append_ahead(&row.spool_line());
+        let bytes = row.row.len() + row.config.len();
+        let msg = if self.reserve(bytes) {
+            match tx.try_send(Msg::Row(Box::new((row, wal)), bytes)) {
+                Ok(()) => return,
+                Err(e) => {
+                    self.queued_bytes.fetch_sub(bytes, Relaxed);
+                    e.into_inner()
+                }
+            }
+        } else {
+            Msg::Row(Box::new((row, wal)), bytes)
+        };
+        let Msg::Row(row, _) = msg else {
+            unreachable!("sent a row")
+        };
+        let (row, wal) = *row;
+        match wal {
+            // On disk already: it waits there for a replay.
+            Some(w) => {
+                spool.give_up(w);
+                c.spooled.fetch_add(1, Relaxed);
+                c.settled.fetch_add(1, Relaxed);
+            }
+            None => {
+                if spool.send_rows(vec![row], DropReason::QueueFull).is_err() {
+                    self.drop_full();
+                }
             }
         }
     }
@@ -374,7 +574,9 @@ impl Pipeline {
         let deadline = Instant::now() + timeout;
         let complete = self.wait_for(deadline, |c| Msg::Shutdown(c, deadline))?;
         if complete {
-            if let Some(h) = self.worker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let threads =
+                std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+            for h in threads {
                 let _ = h.join();
             }
         }
@@ -490,7 +692,15 @@ impl Drop for Guard {
 /// its `shutdown_timeout`). Returns a [`Guard`] that flushes when dropped.
 pub fn init(config: Config) -> Result<Guard, Error> {
     let _lock = INIT.lock().unwrap_or_else(|e| e.into_inner());
-    let pipeline = Pipeline::start(config);
+    if config.spool_dir.is_some() && config.api_key.is_some() && !config.disabled {
+        // The spool directory belongs to one pipeline at a time: the previous one
+        // releases it (spooling what it could not deliver) before the new one starts.
+        let old = PIPELINE.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(old) = old {
+            let _ = old.shutdown(old.config.shutdown_timeout);
+        }
+    }
+    let pipeline = Pipeline::start(config, Start::Explicit)?;
     if let Some(old) = install(pipeline.clone()) {
         let timeout = old.config.shutdown_timeout;
         let _ = old.shutdown(timeout);

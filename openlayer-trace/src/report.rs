@@ -62,8 +62,13 @@ impl Dropped {
 
 /// A snapshot of the delivery counters. All counts are rows (traces or row updates).
 ///
-/// Every row handed off ends up in exactly one of `sent`, `written`, `dropped`,
-/// `spooled` (and later perhaps `replayed`), or is still `pending`.
+/// Every row handed off ends up in exactly one of `sent`, `written`, `sampled_out`,
+/// `dropped` or `spooled`, or is still `pending`. A spooled row (of this run or an
+/// earlier one) later ends up in `replayed`, or is dropped (evicted from a full spool,
+/// rejected on replay): such drops are counted by reason in `dropped` and, in total, in
+/// `spool_dropped`. So, at any time:
+///
+/// `enqueued = sent + written + sampled_out + spooled + (dropped.total() - spool_dropped) + pending`
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -83,6 +88,9 @@ pub struct Stats {
     pub replayed: u64,
     /// Rows not sampled (see `Config::sample_rate`); not a loss.
     pub sampled_out: u64,
+    /// Of `dropped`, the rows that had been spooled (by this run or an earlier one):
+    /// evicted from a full spool, or rejected or unreadable when replayed.
+    pub spool_dropped: u64,
     /// Rows still waiting in the queue or in flight when the snapshot was taken.
     pub pending: u64,
 }
@@ -112,6 +120,15 @@ pub struct DeliveryFailure {
     pub message: String,
 }
 
+/// Tells the configured failure callback; a panic in it is contained and logged.
+pub(crate) fn notify(callback: Option<&crate::config::FailureFn>, failure: DeliveryFailure) {
+    if let Some(cb) = callback
+        && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(&failure))).is_err()
+    {
+        crate::diag::warn_limited!("the on_failure callback panicked");
+    }
+}
+
 /// Live counters, shared by the producers and the background worker.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -122,6 +139,7 @@ pub(crate) struct Counters {
     pub spooled: AtomicU64,
     pub replayed: AtomicU64,
     pub sampled_out: AtomicU64,
+    pub spool_dropped: AtomicU64,
     pub settled: AtomicU64,
     pub queue_full: AtomicU64,
     pub rejected: AtomicU64,
@@ -148,6 +166,12 @@ impl Counters {
         c.fetch_add(n, Relaxed);
     }
 
+    /// Drops of rows that had been spooled: counted by reason and as `spool_dropped`.
+    pub(crate) fn drop_spooled(&self, reason: DropReason, n: u64) {
+        self.drop_rows(reason, n);
+        self.spool_dropped.fetch_add(n, Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         let dropped = Dropped {
             queue_full: self.queue_full.load(Relaxed),
@@ -169,6 +193,7 @@ impl Counters {
             spooled: self.spooled.load(Relaxed),
             replayed: self.replayed.load(Relaxed),
             sampled_out: self.sampled_out.load(Relaxed),
+            spool_dropped: self.spool_dropped.load(Relaxed),
             pending: enqueued.saturating_sub(settled),
             dropped,
         }

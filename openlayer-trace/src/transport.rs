@@ -113,6 +113,7 @@ impl ApiRequest {
     }
 
     /// Adds a query parameter.
+    #[allow(dead_code)] // For the API client (row updates, uploads); the flusher does not need it.
     pub(crate) fn with_query(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.query.push((name.into(), value.into()));
         self
@@ -135,6 +136,7 @@ impl ApiRequest {
 
 /// A 2xx answer.
 #[derive(Clone, Debug)]
+#[allow(dead_code)] // For the API client (row updates, uploads); the flusher does not need it.
 pub(crate) struct ApiResponse {
     /// The status code.
     pub status: u16,
@@ -144,6 +146,7 @@ pub(crate) struct ApiResponse {
 
 impl ApiResponse {
     /// The body decoded from JSON.
+    #[allow(dead_code)] // For the API client (row updates, uploads); the flusher does not need it.
     pub(crate) fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
         serde_json::from_slice(&self.body).map_err(Error::Json)
     }
@@ -207,17 +210,35 @@ impl fmt::Debug for Transport {
     }
 }
 
-impl Transport {
-    /// Builds the client. Fails on an unusable base URL or API key.
-    pub(crate) fn new(cfg: TransportConfig) -> Result<Self, Error> {
-        let base_url = cfg.base_url.trim().trim_end_matches('/').to_string();
-        let parsed = Url::parse(&base_url)
+impl TransportConfig {
+    /// Checks the base URL and the API key, cheaply (building the client takes
+    /// milliseconds, mostly TLS setup): [`Transport::new`] fails on nothing else but an
+    /// unusable TLS or HTTP stack. Returns the parsed base URL.
+    pub(crate) fn validate(&self) -> Result<Url, Error> {
+        let base_url = self.base_url.trim().trim_end_matches('/');
+        let parsed = Url::parse(base_url)
             .map_err(|e| Error::Config(format!("invalid base URL {base_url:?}: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.cannot_be_a_base() {
             return Err(Error::Config(format!(
                 "base URL must start with http:// or https://, got {base_url:?}"
             )));
         }
+        if let Some(key) = &self.api_key {
+            HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
+                Error::Config(
+                    "the API key contains characters not allowed in an HTTP header".into(),
+                )
+            })?;
+        }
+        Ok(parsed)
+    }
+}
+
+impl Transport {
+    /// Builds the client. Fails on an unusable base URL or API key.
+    pub(crate) fn new(cfg: TransportConfig) -> Result<Self, Error> {
+        let parsed = cfg.validate()?;
+        let base_url = cfg.base_url.trim().trim_end_matches('/').to_string();
         let auth = match &cfg.api_key {
             None => None,
             Some(key) => {
@@ -265,11 +286,13 @@ impl Transport {
 
     /// The underlying client, without our auth, for requests to other hosts (the
     /// presigned-URL upload). It has our timeouts, TLS settings and user agent.
+    #[allow(dead_code)] // For the API client (row updates, uploads); the flusher does not need it.
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.inner.http
     }
 
     /// The base URL, without a trailing slash.
+    #[allow(dead_code)] // For the API client (row updates, uploads); the flusher does not need it.
     pub(crate) fn base_url(&self) -> &str {
         &self.inner.base_url
     }
@@ -474,7 +497,7 @@ fn is_loopback(url: &Url) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn is_retryable_status(status: u16) -> bool {
+pub(crate) fn is_retryable_status(status: u16) -> bool {
     matches!(status, 408 | 409 | 429) || (500..600).contains(&status)
 }
 

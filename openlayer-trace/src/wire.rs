@@ -387,3 +387,44 @@ pub(crate) fn file_line<'a>(
     out.push_str(&body[1..]);
     out
 }
+
+/// A row on its way out of the process: encoded, shaped, its pipeline resolved.
+#[derive(Debug, Clone)]
+pub(crate) struct OutRow {
+    /// The inference pipeline it goes to.
+    pub pipeline: String,
+    /// The compact JSON of the data-stream `config` object.
+    pub config: String,
+    /// The compact JSON of the row object.
+    pub row: String,
+    /// The row's `inferenceId`.
+    pub inference_id: String,
+}
+
+impl OutRow {
+    /// The row with its pipeline: the row's own, else `default`; `None` when neither is known.
+    pub(crate) fn resolve(row: EncodedRow, default: Option<&str>) -> Option<OutRow> {
+        let pipeline = match row.pipeline_id {
+            Some(p) => p.into_owned(),
+            None => default?.to_string(),
+        };
+        Some(OutRow {
+            pipeline,
+            config: row.config,
+            row: row.row,
+            inference_id: row.inference_id,
+        })
+    }
+
+    /// Its line in the spool (and the local trace file's format), with the newline.
+    pub(crate) fn spool_line(&self) -> String {
+        let mut line = file_line(Some(&self.pipeline), &self.config, [self.row.as_str()]);
+        line.push('\n');
+        line
+    }
+
+    /// Bytes it takes in a request body.
+    pub(crate) fn size(&self) -> usize {
+        self.row.len() + 1
+    }
+}

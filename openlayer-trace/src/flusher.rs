@@ -1,0 +1,1004 @@
+//! The HTTP flusher: it runs on the worker thread's own runtime, drains the queue, groups
+//! rows into data-stream requests and keeps a few of them in flight.
+//!
+//! - Rows with the same pipeline and config share a request of at most `batch_max_rows`
+//!   rows and `batch_max_bytes` bytes; a request leaves when full, when its oldest row has
+//!   waited `linger`, or at once during a flush or a shutdown.
+//! - Up to `max_in_flight` requests run at once; the queue keeps being drained meanwhile.
+//!   Rows waiting for a request are bounded like the queue (`queue_capacity` rows,
+//!   `queue_max_bytes` bytes); beyond that they overflow (spooled or dropped, counted).
+//! - A request is retried by the transport. A non-retryable 4xx is final: counted as
+//!   `rejected`, logged (rate-limited) and told to `on_failure`. When retries run out,
+//!   the rows are spooled, or dropped and counted.
+//! - Spooled rows are replayed at start, after a 2xx (the server is back), and by a
+//!   probe with exponential backoff while the spool holds rows.
+//! - At shutdown, whatever is not delivered shortly before the deadline is spooled (or
+//!   dropped as `deadline`), so that the caller gets its answer in time.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::{Id, JoinError, JoinSet};
+use tokio::time::Instant;
+
+use crate::config::{Config, FailureFn};
+use crate::error::Error;
+use crate::pipeline::{Completion, Msg};
+use crate::report::{Counters, DeliveryFailure, DropReason, notify};
+use crate::shape::{Prepared, Shaper};
+use crate::spool::{ReplayBatch, ReplayEnd, Spool, WalRef};
+use crate::transport::{ApiRequest, SendOutcome, Transport, is_retryable_status};
+use crate::wire::{self, OutRow};
+
+/// The longest wait between two replay probes.
+const MAX_REPLAY_BACKOFF: Duration = Duration::from_secs(60);
+/// The shortest wait between two replay probes.
+const MIN_REPLAY_BACKOFF: Duration = Duration::from_millis(10);
+
+/// A row waiting for, or in, a request.
+#[derive(Debug)]
+struct Row {
+    row: String,
+    inference_id: String,
+    /// Where it was written ahead, in write-ahead mode.
+    wal: Option<WalRef>,
+    /// Which flush generation it belongs to.
+    epoch: u64,
+}
+
+/// Rows of one pipeline and config, lingering.
+#[derive(Debug)]
+struct Group {
+    rows: Vec<Row>,
+    bytes: usize,
+    since: Instant,
+}
+
+/// The rows of one request.
+#[derive(Debug)]
+struct Batch {
+    pipeline: String,
+    config: String,
+    rows: Vec<Row>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn request(&self) -> ApiRequest {
+        let body = wire::request_body(&self.config, self.rows.iter().map(|r| r.row.as_str()));
+        ApiRequest::post_json(data_stream_path(&self.pipeline), body)
+    }
+
+    fn into_out_rows(self) -> (Vec<OutRow>, Vec<WalRef>, Vec<u64>) {
+        let mut out = Vec::with_capacity(self.rows.len());
+        let mut refs = Vec::new();
+        let mut epochs = Vec::with_capacity(self.rows.len());
+        for r in self.rows {
+            epochs.push(r.epoch);
+            match r.wal {
+                Some(w) => refs.push(w),
+                None => out.push(OutRow {
+                    pipeline: self.pipeline.clone(),
+                    config: self.config.clone(),
+                    row: r.row,
+                    inference_id: r.inference_id,
+                }),
+            }
+        }
+        (out, refs, epochs)
+    }
+}
+
+fn data_stream_path(pipeline: &str) -> String {
+    format!("/inference-pipelines/{pipeline}/data-stream")
+}
+
+/// The bytes of a request body around its rows.
+fn body_overhead(config: &str) -> usize {
+    config.len() + 24
+}
+
+#[derive(Debug)]
+enum Flight {
+    Live(Batch),
+    Replay(ReplayBatch),
+}
+
+/// Rows counted per flush generation: a flush waits until every row handed off before
+/// it (an earlier generation) is settled.
+#[derive(Debug)]
+struct Epochs {
+    base: u64,
+    counts: VecDeque<u64>,
+}
+
+impl Epochs {
+    fn new() -> Self {
+        Epochs {
+            base: 0,
+            counts: VecDeque::from([0]),
+        }
+    }
+
+    fn acquire(&mut self) -> u64 {
+        *self.counts.back_mut().expect("never empty") += 1;
+        self.base + self.counts.len() as u64 - 1
+    }
+
+    fn release(&mut self, epoch: u64) {
+        if let Some(c) = epoch
+            .checked_sub(self.base)
+            .and_then(|i| self.counts.get_mut(i as usize))
+        {
+            *c = c.saturating_sub(1);
+        }
+        while self.counts.len() > 1 && self.counts.front() == Some(&0) {
+            self.counts.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// Starts a new generation; returns the last one of the old ones.
+    fn advance(&mut self) -> u64 {
+        self.counts.push_back(0);
+        self.base + self.counts.len() as u64 - 2
+    }
+
+    /// Whether every generation up to `limit` is settled.
+    fn settled_upto(&self, limit: u64) -> bool {
+        let Some(n) = limit.checked_sub(self.base) else {
+            return true;
+        };
+        self.counts.iter().take(n as usize + 1).all(|c| *c == 0)
+    }
+}
+
+#[derive(Debug)]
+struct Waiter {
+    limit: u64,
+    done: Arc<Completion>,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct Shutdown {
+    done: Vec<Arc<Completion>>,
+    /// Sending stops here; what is left is spooled before the caller's deadline.
+    send_deadline: Instant,
+}
+
+#[derive(Debug)]
+struct Replay {
+    /// Ask the spool for batches now.
+    wanted: bool,
+    /// The next probe, when not wanted now.
+    next_try: Option<Instant>,
+    backoff: Duration,
+    base: Duration,
+    in_flight: usize,
+    slots: usize,
+}
+
+/// The flusher of one configuration; see the module docs.
+pub(crate) struct Flusher {
+    transport: Transport,
+    counters: Arc<Counters>,
+    queued_bytes: Arc<AtomicUsize>,
+    shaper: Shaper,
+    spool: Option<Arc<Spool>>,
+    default_pipeline: Option<String>,
+    on_failure: Option<FailureFn>,
+    shutdown_timeout: Duration,
+    batch_max_rows: usize,
+    batch_max_bytes: usize,
+    linger: Duration,
+    max_in_flight: usize,
+    backlog_max_rows: usize,
+    backlog_max_bytes: usize,
+
+    groups: HashMap<String, HashMap<String, Group>>,
+    ready: VecDeque<Batch>,
+    backlog_rows: usize,
+    backlog_bytes: usize,
+    tasks: JoinSet<SendOutcome>,
+    flights: HashMap<Id, Flight>,
+    epochs: Epochs,
+    waiters: Vec<Waiter>,
+    replay: Replay,
+    shutdown: Option<Shutdown>,
+    no_pipeline_warned: bool,
+    /// Drops already told to `on_failure`: queue full, encoding, no pipeline.
+    reported: [u64; 3],
+    overflow_spooled: u64,
+}
+
+impl Flusher {
+    pub(crate) fn new(
+        config: &Config,
+        transport: Transport,
+        counters: Arc<Counters>,
+        queued_bytes: Arc<AtomicUsize>,
+        shaper: Shaper,
+        spool: Option<Arc<Spool>>,
+    ) -> Self {
+        let base = config.retry_base_backoff.max(MIN_REPLAY_BACKOFF);
+        Flusher {
+            transport,
+            counters,
+            queued_bytes,
+            shaper,
+            spool,
+            default_pipeline: config.inference_pipeline_id.clone(),
+            on_failure: config.on_failure.clone(),
+            shutdown_timeout: config.shutdown_timeout,
+            batch_max_rows: config.batch_max_rows.max(1),
+            batch_max_bytes: config.batch_max_bytes.max(1),
+            linger: config.linger,
+            max_in_flight: config.max_in_flight.max(1),
+            backlog_max_rows: config.queue_capacity.max(1),
+            backlog_max_bytes: config.queue_max_bytes.max(1),
+            groups: HashMap::new(),
+            ready: VecDeque::new(),
+            backlog_rows: 0,
+            backlog_bytes: 0,
+            tasks: JoinSet::new(),
+            flights: HashMap::new(),
+            epochs: Epochs::new(),
+            waiters: Vec::new(),
+            replay: Replay {
+                wanted: false,
+                next_try: None,
+                backoff: base,
+                base,
+                in_flight: 0,
+                slots: (config.max_in_flight / 2).max(1),
+            },
+            shutdown: None,
+            no_pipeline_warned: false,
+            reported: [0; 3],
+            overflow_spooled: 0,
+        }
+    }
+
+    /// Runs until shut down (or until every sender is gone).
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        if self.spool.as_ref().is_some_and(|s| s.has_replayable()) {
+            self.replay.wanted = true;
+        }
+        let mut open = true;
+        loop {
+            self.dispatch();
+            self.check_waiters();
+            self.report_overflow();
+            if let Some(s) = &self.shutdown {
+                if self.idle() {
+                    return self.finish();
+                }
+                if Instant::now() >= s.send_deadline {
+                    self.abandon();
+                    return self.finish();
+                }
+            }
+            let wake = self.next_wake();
+            tokio::select! {
+                msg = rx.recv(), if open => match msg {
+                    Some(msg) => {
+                        self.on_msg(msg, &mut rx);
+                        for _ in 0..256 {
+                            match rx.try_recv() {
+                                Ok(msg) => self.on_msg(msg, &mut rx),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => {
+                        open = false;
+                        if self.shutdown.is_none() {
+                            let deadline = std::time::Instant::now() + self.shutdown_timeout;
+                            self.begin_shutdown(None, deadline, &mut rx);
+                        }
+                    }
+                },
+                Some(res) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.on_done(res);
+                }
+                _ = sleep_until(wake), if wake.is_some() => self.on_timer(),
+            }
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.groups.is_empty() && self.ready.is_empty() && self.tasks.is_empty()
+    }
+
+    fn on_msg(&mut self, msg: Msg, rx: &mut mpsc::Receiver<Msg>) {
+        match msg {
+            Msg::Trace(trace, bytes) => {
+                self.queued_bytes.fetch_sub(bytes, Relaxed);
+                match self.shaper.prepare(&trace) {
+                    Prepared::Row(row) => {
+                        drop(trace);
+                        match OutRow::resolve(row, self.default_pipeline.as_deref()) {
+                            Some(row) => self.accept(row, None),
+                            None => self.no_pipeline(1),
+                        }
+                    }
+                    Prepared::SampledOut => {
+                        self.counters.sampled_out.fetch_add(1, Relaxed);
+                        self.counters.settled.fetch_add(1, Relaxed);
+                    }
+                    Prepared::Failed => {
+                        self.counters.drop_rows(DropReason::Encoding, 1);
+                        self.counters.settled.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            Msg::Row(row, bytes) => {
+                self.queued_bytes.fetch_sub(bytes, Relaxed);
+                let (row, wal) = *row;
+                self.accept(row, wal);
+            }
+            Msg::Flush(done, deadline) => {
+                let limit = self.epochs.advance();
+                self.waiters.push(Waiter {
+                    limit,
+                    done,
+                    deadline: Instant::from_std(deadline),
+                });
+            }
+            Msg::Shutdown(done, deadline) => self.begin_shutdown(Some(done), deadline, rx),
+        }
+    }
+
+    fn no_pipeline(&mut self, n: u64) {
+        self.counters.drop_rows(DropReason::NoPipeline, n);
+        self.counters.settled.fetch_add(n, Relaxed);
+        if !self.no_pipeline_warned {
+            self.no_pipeline_warned = true;
+            tracing::warn!(
+                target: "openlayer_trace",
+                "no inference pipeline id is configured (OPENLAYER_INFERENCE_PIPELINE_ID or \
+                 #[trace(inference_pipeline_id = ..)]); traces are dropped (counted)"
+            );
+        }
+    }
+
+    /// Takes a row into its group, or overflows it when the backlog is full.
+    fn accept(&mut self, row: OutRow, wal: Option<WalRef>) {
+        let size = row.size();
+        if self.backlog_rows >= self.backlog_max_rows
+            || self.backlog_bytes + size > self.backlog_max_bytes
+        {
+            return self.overflow(row, wal);
+        }
+        let epoch = self.epochs.acquire();
+        self.backlog_rows += 1;
+        self.backlog_bytes += size;
+        let OutRow {
+            pipeline,
+            config,
+            row,
+            inference_id,
+        } = row;
+        let r = Row {
+            row,
+            inference_id,
+            wal,
+            epoch,
+        };
+        let (max_rows, max_bytes) = (self.batch_max_rows, self.batch_max_bytes);
+        let by_config = self.groups.entry(pipeline.clone()).or_default();
+        // A row that would make the group's request too large closes it first.
+        if let Some(g) = by_config.get_mut(config.as_str())
+            && !g.rows.is_empty()
+            && g.bytes + size > max_bytes
+        {
+            let g = by_config.remove(config.as_str()).expect("found above");
+            self.ready.push_back(Batch {
+                pipeline: pipeline.clone(),
+                config: config.clone(),
+                rows: g.rows,
+                bytes: g.bytes,
+            });
+        }
+        let by_config = self.groups.entry(pipeline.clone()).or_default();
+        let overhead = body_overhead(&config);
+        let g = by_config.entry(config.clone()).or_insert_with(|| Group {
+            rows: Vec::new(),
+            bytes: overhead,
+            since: Instant::now(),
+        });
+        g.rows.push(r);
+        g.bytes += size;
+        if g.rows.len() >= max_rows || g.bytes >= max_bytes {
+            let g = by_config.remove(config.as_str()).expect("inserted above");
+            if by_config.is_empty() {
+                self.groups.remove(&pipeline);
+            }
+            self.ready.push_back(Batch {
+                pipeline,
+                config,
+                rows: g.rows,
+                bytes: g.bytes,
+            });
+        }
+    }
+
+    /// A row the backlog has no room for: kept in the spool when there is one.
+    fn overflow(&mut self, row: OutRow, wal: Option<WalRef>) {
+        let c = &self.counters;
+        if let Some(w) = wal {
+            // Already on disk: it stays there for a replay.
+            if let Some(s) = &self.spool {
+                s.give_up(w);
+            }
+            c.spooled.fetch_add(1, Relaxed);
+            c.settled.fetch_add(1, Relaxed);
+            self.overflow_spooled += 1;
+            self.schedule_probe();
+            return;
+        }
+        if let Some(s) = &self.spool
+            && s.send_rows(vec![row], DropReason::QueueFull).is_ok()
+        {
+            self.overflow_spooled += 1;
+            self.schedule_probe();
+            return;
+        }
+        c.drop_rows(DropReason::QueueFull, 1);
+        c.settled.fetch_add(1, Relaxed);
+        crate::diag::warn_limited!("the trace queue is full; trace dropped (counted in stats)");
+    }
+
+    /// Tells `on_failure` about the drops counted on other threads or in many places
+    /// (a full queue, encoding, no pipeline id) since the last time, one call per reason,
+    /// and about rows spooled because the queue was full.
+    fn report_overflow(&mut self) {
+        let c = &self.counters;
+        let counted = [
+            (
+                DropReason::QueueFull,
+                c.queue_full.load(Relaxed),
+                "the trace queue was full; traces were dropped",
+            ),
+            (
+                DropReason::Encoding,
+                c.encoding.load(Relaxed),
+                "traces could not be encoded (or masked); they were dropped",
+            ),
+            (
+                DropReason::NoPipeline,
+                c.no_pipeline.load(Relaxed),
+                "no inference pipeline id is configured; traces were dropped",
+            ),
+        ];
+        for (i, (reason, now, message)) in counted.into_iter().enumerate() {
+            let last = &mut self.reported[i];
+            if now > *last {
+                let rows = now - *last;
+                *last = now;
+                notify(
+                    self.on_failure.as_ref(),
+                    DeliveryFailure {
+                        rows,
+                        dropped: Some(reason),
+                        status: None,
+                        message: message.into(),
+                    },
+                );
+            }
+        }
+        if self.overflow_spooled > 0 {
+            let rows = std::mem::take(&mut self.overflow_spooled);
+            notify(
+                self.on_failure.as_ref(),
+                DeliveryFailure {
+                    rows,
+                    dropped: None,
+                    status: None,
+                    message: "the trace queue was full; traces were spooled".into(),
+                },
+            );
+        }
+    }
+
+    fn urgent(&self) -> bool {
+        !self.waiters.is_empty() || self.shutdown.is_some()
+    }
+
+    /// Moves due groups into requests and starts what the in-flight limit allows.
+    fn dispatch(&mut self) {
+        let now = Instant::now();
+        let urgent = self.urgent();
+        let linger = self.linger;
+        let mut due = Vec::new();
+        for (pipeline, by_config) in &self.groups {
+            for (config, g) in by_config {
+                if urgent || g.since + linger <= now {
+                    due.push((pipeline.clone(), config.clone()));
+                }
+            }
+        }
+        // Oldest first.
+        due.sort_by_key(|(p, c)| self.groups[p][c].since);
+        for (pipeline, config) in due {
+            let by_config = self.groups.get_mut(&pipeline).expect("listed above");
+            let g = by_config.remove(&config).expect("listed above");
+            if by_config.is_empty() {
+                self.groups.remove(&pipeline);
+            }
+            self.ready.push_back(Batch {
+                pipeline,
+                config,
+                rows: g.rows,
+                bytes: g.bytes,
+            });
+        }
+        while self.tasks.len() < self.max_in_flight {
+            let Some(batch) = self.ready.pop_front() else {
+                break;
+            };
+            self.start_live(batch);
+        }
+        self.start_replays();
+    }
+
+    fn start_live(&mut self, batch: Batch) {
+        self.backlog_rows -= batch.rows.len();
+        self.backlog_bytes -= batch.bytes - body_overhead(&batch.config);
+        let req = batch.request();
+        let deadline = self.shutdown.as_ref().map(|s| s.send_deadline);
+        let t = self.transport.clone();
+        let handle = self
+            .tasks
+            .spawn(async move { t.send(&req, deadline).await });
+        self.flights.insert(handle.id(), Flight::Live(batch));
+    }
+
+    fn start_replays(&mut self) {
+        let Some(spool) = self.spool.clone() else {
+            return;
+        };
+        while self.shutdown.is_none()
+            && self.replay.wanted
+            && self.ready.is_empty()
+            && self.replay.in_flight < self.replay.slots
+            && self.tasks.len() < self.max_in_flight
+        {
+            match spool.next_replay(
+                self.batch_max_rows,
+                self.batch_max_bytes,
+                self.default_pipeline.as_deref(),
+            ) {
+                Some(batch) => {
+                    let body =
+                        wire::request_body(&batch.config, batch.rows.iter().map(String::as_str));
+                    let req = ApiRequest::post_json(data_stream_path(&batch.pipeline), body);
+                    let t = self.transport.clone();
+                    let handle = self.tasks.spawn(async move { t.send(&req, None).await });
+                    self.flights.insert(handle.id(), Flight::Replay(batch));
+                    self.replay.in_flight += 1;
+                }
+                None => {
+                    self.replay.wanted = false;
+                    if self.replay.in_flight == 0 && spool.has_replayable() {
+                        // Rows still on their way hold some back: look again later.
+                        self.schedule_probe();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Plans a replay probe after the current backoff, unless one is due already.
+    fn schedule_probe(&mut self) {
+        if self.spool.is_none() || self.replay.wanted || self.replay.next_try.is_some() {
+            return;
+        }
+        self.replay.next_try = Some(Instant::now() + self.replay.backoff);
+        self.replay.backoff = (self.replay.backoff * 2).min(MAX_REPLAY_BACKOFF);
+    }
+
+    /// The server answered 2xx: replay what waits in the spool now.
+    fn server_is_up(&mut self) {
+        self.replay.backoff = self.replay.base;
+        if let Some(s) = &self.spool
+            && !self.replay.wanted
+            && s.has_replayable()
+        {
+            self.replay.wanted = true;
+            self.replay.next_try = None;
+        }
+    }
+
+    fn on_done(&mut self, res: Result<(Id, SendOutcome), JoinError>) {
+        let (id, outcome) = match res {
+            Ok((id, outcome)) => (id, Ok(outcome)),
+            Err(e) => (e.id(), Err(e)),
+        };
+        let Some(flight) = self.flights.remove(&id) else {
+            return;
+        };
+        let result = match outcome {
+            Ok(o) => {
+                self.counters
+                    .retried
+                    .fetch_add(u64::from(o.retries), Relaxed);
+                o.result.map(|_| ())
+            }
+            Err(e) => Err(Error::Transport {
+                message: format!("the request task failed: {e}"),
+                request: "POST data-stream".into(),
+                timeout: false,
+            }),
+        };
+        match flight {
+            Flight::Live(batch) => self.live_done(batch, result),
+            Flight::Replay(batch) => self.replay_done(batch, result),
+        }
+    }
+
+    fn live_done(&mut self, batch: Batch, result: Result<(), Error>) {
+        let n = batch.rows.len() as u64;
+        match result {
+            Ok(()) => {
+                self.counters.sent.fetch_add(n, Relaxed);
+                self.finish_rows(batch);
+                self.server_is_up();
+            }
+            Err(e) => match classify(&e) {
+                Class::Rejected(status) => {
+                    self.counters.drop_rows(DropReason::Rejected, n);
+                    self.report_rejected(&batch.pipeline, n, status, &e);
+                    // Final: written-ahead copies are acknowledged, not replayed.
+                    self.finish_rows(batch);
+                }
+                Class::Deadline => self.give_up(batch, DropReason::Deadline, None, &e),
+                Class::Retryable(status) => {
+                    self.give_up(batch, DropReason::RetriesExhausted, status, &e)
+                }
+            },
+        }
+    }
+
+    /// Settles delivered or rejected rows; acknowledges their written-ahead copies.
+    fn finish_rows(&mut self, batch: Batch) {
+        let n = batch.rows.len() as u64;
+        let mut refs = Vec::new();
+        for r in batch.rows {
+            self.epochs.release(r.epoch);
+            if let Some(w) = r.wal {
+                refs.push(w);
+            }
+        }
+        if let Some(s) = &self.spool
+            && !refs.is_empty()
+        {
+            s.ack_ahead(refs);
+        }
+        self.counters.settled.fetch_add(n, Relaxed);
+    }
+
+    /// Rows that will not be delivered now: spooled when there is a spool, else dropped.
+    fn give_up(&mut self, batch: Batch, reason: DropReason, status: Option<u16>, e: &Error) {
+        let n = batch.rows.len() as u64;
+        let (rows, refs, epochs) = batch.into_out_rows();
+        for epoch in epochs {
+            self.epochs.release(epoch);
+        }
+        let c = &self.counters;
+        let ahead = refs.len() as u64;
+        if let Some(s) = &self.spool {
+            for w in refs {
+                s.give_up(w);
+            }
+        }
+        if ahead > 0 {
+            c.spooled.fetch_add(ahead, Relaxed);
+            c.settled.fetch_add(ahead, Relaxed);
+        }
+        let mut dropped = 0;
+        if !rows.is_empty() {
+            let rest = match &self.spool {
+                Some(s) => s.send_rows(rows, reason).err(),
+                None => Some(rows),
+            };
+            if let Some(rest) = rest {
+                dropped = rest.len() as u64;
+                c.drop_rows(reason, dropped);
+                c.settled.fetch_add(dropped, Relaxed);
+            }
+        }
+        let spooled = n - dropped;
+        let what = match reason {
+            DropReason::Deadline => "the shutdown deadline passed",
+            _ => "retries are exhausted",
+        };
+        if spooled > 0 {
+            crate::diag::warn_limited!(rows = spooled, error = %e, "{what}; rows spooled");
+            notify(
+                self.on_failure.as_ref(),
+                DeliveryFailure {
+                    rows: spooled,
+                    dropped: None,
+                    status,
+                    message: e.to_string(),
+                },
+            );
+            self.schedule_probe();
+        }
+        if dropped > 0 {
+            crate::diag::warn_limited!(rows = dropped, error = %e, "{what}; rows dropped (counted)");
+            notify(
+                self.on_failure.as_ref(),
+                DeliveryFailure {
+                    rows: dropped,
+                    dropped: Some(reason),
+                    status,
+                    message: e.to_string(),
+                },
+            );
+        }
+    }
+
+    fn report_rejected(&self, pipeline: &str, rows: u64, status: Option<u16>, e: &Error) {
+        let message = match e {
+            Error::Api { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        crate::diag::error_limited!(
+            status = status.unwrap_or(0),
+            message = %message,
+            pipeline,
+            rows,
+            "the Openlayer API rejected a request; its rows are dropped (counted as rejected)"
+        );
+        notify(
+            self.on_failure.as_ref(),
+            DeliveryFailure {
+                rows,
+                dropped: Some(DropReason::Rejected),
+                status,
+                message,
+            },
+        );
+    }
+
+    fn replay_done(&mut self, batch: ReplayBatch, result: Result<(), Error>) {
+        self.replay.in_flight -= 1;
+        let Some(spool) = self.spool.clone() else {
+            return;
+        };
+        let n = batch.rows.len() as u64;
+        match result {
+            Ok(()) => {
+                self.counters.replayed.fetch_add(n, Relaxed);
+                spool.replay_done(batch, ReplayEnd::Acked);
+                self.replay.backoff = self.replay.base;
+            }
+            Err(e) => match classify(&e) {
+                Class::Rejected(status) => {
+                    self.counters.drop_spooled(DropReason::Rejected, n);
+                    self.report_rejected(&batch.pipeline.clone(), n, status, &e);
+                    spool.replay_done(batch, ReplayEnd::Rejected);
+                }
+                _ => {
+                    spool.replay_done(batch, ReplayEnd::Failed);
+                    self.replay.wanted = false;
+                    self.schedule_probe();
+                    crate::diag::warn_limited!(error = %e, "could not replay spooled rows; they stay in the spool");
+                }
+            },
+        }
+    }
+
+    fn check_waiters(&mut self) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.waiters.len() {
+            let w = &self.waiters[i];
+            if self.epochs.settled_upto(w.limit) {
+                let w = self.waiters.swap_remove(i);
+                match &self.spool {
+                    // Done once the rows handed to the spool writer are on disk.
+                    Some(s) => s.barrier(w.done),
+                    None => w.done.complete(),
+                }
+            } else if now >= w.deadline {
+                // The caller has its answer; stop hurrying.
+                self.waiters.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn begin_shutdown(
+        &mut self,
+        done: Option<Arc<Completion>>,
+        deadline: std::time::Instant,
+        rx: &mut mpsc::Receiver<Msg>,
+    ) {
+        if let Some(s) = &mut self.shutdown {
+            s.done.extend(done);
+            return;
+        }
+        rx.close();
+        let now = std::time::Instant::now();
+        let left = deadline.saturating_duration_since(now);
+        // Leave time to spool what is not delivered by then.
+        let margin = (left / 5).clamp(Duration::from_millis(20), Duration::from_millis(250));
+        self.shutdown = Some(Shutdown {
+            done: done.into_iter().collect(),
+            send_deadline: Instant::from_std(now + left.saturating_sub(margin)),
+        });
+        // Everything still queued is taken in (and sent, or spooled if there is no room).
+        while let Ok(msg) = rx.try_recv() {
+            self.on_msg(msg, rx);
+        }
+    }
+
+    /// The deadline has come: in-flight requests are abandoned and every row not
+    /// delivered is spooled (or dropped as `deadline`).
+    fn abandon(&mut self) {
+        self.tasks.abort_all();
+        let e = Error::Timeout(self.shutdown_timeout);
+        let flights: Vec<Flight> = self.flights.drain().map(|(_, f)| f).collect();
+        for f in flights {
+            match f {
+                Flight::Live(batch) => self.give_up(batch, DropReason::Deadline, None, &e),
+                Flight::Replay(batch) => {
+                    self.replay.in_flight -= 1;
+                    if let Some(s) = &self.spool {
+                        s.replay_done(batch, ReplayEnd::Failed);
+                    }
+                }
+            }
+        }
+        let groups = std::mem::take(&mut self.groups);
+        for (pipeline, by_config) in groups {
+            for (config, g) in by_config {
+                self.ready.push_back(Batch {
+                    pipeline: pipeline.clone(),
+                    config,
+                    rows: g.rows,
+                    bytes: g.bytes,
+                });
+            }
+        }
+        while let Some(batch) = self.ready.pop_front() {
+            self.backlog_rows -= batch.rows.len();
+            self.backlog_bytes -= batch.bytes - body_overhead(&batch.config);
+            self.give_up(batch, DropReason::Deadline, None, &e);
+        }
+    }
+
+    fn finish(mut self) {
+        self.check_waiters();
+        self.report_overflow();
+        let done = self.shutdown.take().map(|s| s.done).unwrap_or_default();
+        match &self.spool {
+            // The writer completes them once the spool is sealed and released.
+            Some(s) => s.close(done),
+            None => {
+                for d in done {
+                    d.complete();
+                }
+            }
+        }
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let mut wake: Option<Instant> = None;
+        let mut at = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
+        if !self.urgent() {
+            for by_config in self.groups.values() {
+                for g in by_config.values() {
+                    at(g.since + self.linger);
+                }
+            }
+        }
+        if let Some(t) = self.replay.next_try {
+            at(t);
+        }
+        if let Some(s) = &self.shutdown {
+            at(s.send_deadline);
+        }
+        for w in &self.waiters {
+            at(w.deadline);
+        }
+        wake
+    }
+
+    fn on_timer(&mut self) {
+        if let Some(t) = self.replay.next_try
+            && Instant::now() >= t
+        {
+            self.replay.next_try = None;
+            self.replay.wanted = true;
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+enum Class {
+    /// Final: a non-retryable status (or a request that cannot be built).
+    Rejected(Option<u16>),
+    /// Retries ran out.
+    Retryable(Option<u16>),
+    /// The shutdown deadline passed.
+    Deadline,
+}
+
+fn classify(e: &Error) -> Class {
+    match e {
+        Error::Api { status, .. } if !is_retryable_status(*status) => {
+            Class::Rejected(Some(*status))
+        }
+        Error::Api { status, .. } => Class::Retryable(Some(*status)),
+        Error::InvalidInput(_) | Error::Config(_) => Class::Rejected(None),
+        Error::Timeout(_) => Class::Deadline,
+        _ => Class::Retryable(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_track_flush_generations() {
+        let mut e = Epochs::new();
+        let a = e.acquire();
+        let b = e.acquire();
+        let limit = e.advance();
+        let c = e.acquire();
+        assert!(!e.settled_upto(limit));
+        e.release(a);
+        assert!(!e.settled_upto(limit));
+        e.release(b);
+        assert!(e.settled_upto(limit));
+        assert!(!e.settled_upto(limit + 1));
+        e.release(c);
+        assert!(e.settled_upto(limit + 1));
+        // Nothing handed off: a flush is settled at once.
+        let mut e = Epochs::new();
+        let limit = e.advance();
+        assert!(e.settled_upto(limit));
+    }
+
+    #[test]
+    fn errors_are_classified_like_the_transport_retries_them() {
+        let api = |status| Error::Api {
+            status,
+            message: String::new(),
+            request: String::new(),
+        };
+        assert!(matches!(classify(&api(401)), Class::Rejected(Some(401))));
+        assert!(matches!(classify(&api(422)), Class::Rejected(Some(422))));
+        assert!(matches!(classify(&api(429)), Class::Retryable(Some(429))));
+        assert!(matches!(classify(&api(503)), Class::Retryable(Some(503))));
+        assert!(matches!(
+            classify(&Error::Timeout(Duration::ZERO)),
+            Class::Deadline
+        ));
+        let t = Error::Transport {
+            message: String::new(),
+            request: String::new(),
+            timeout: true,
+        };
+        assert!(matches!(classify(&t), Class::Retryable(None)));
+    }
+}
