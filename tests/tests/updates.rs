@@ -327,3 +327,25 @@ async fn async_step_builders() {
     assert_eq!(children[1]["name"], "untracked-output");
     assert_eq!(children[1]["output"], Value::Null);
 }
+
+#[test]
+fn a_chat_completion_with_an_explicit_start_time_and_latency() {
+    let started = std::time::SystemTime::now() - Duration::from_secs(2);
+    let (_, traces) = testing::capture(|| {
+        add_chat_completion_step(ChatCompletion {
+            start_time: Some(started),
+            latency: Some(Duration::from_millis(1500)),
+            ..ChatCompletion::new("OpenAI", "gpt-4o")
+        })
+    });
+    let root = traces[0].root();
+    let expected = started
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let start = root["startTime"].as_f64().unwrap();
+    let end = root["endTime"].as_f64().unwrap();
+    assert!((start - expected).abs() < 1e-3, "{start} vs {expected}");
+    assert!((end - start - 1.5).abs() < 1e-3, "{}", end - start);
+    assert!((root["latency"].as_f64().unwrap() - 1500.0).abs() < 1.0);
+}
