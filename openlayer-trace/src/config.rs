@@ -198,9 +198,11 @@ impl Config {
     }
 
     fn env_defaults() -> Config {
-        let mut c = Config::default();
-        c.api_key = env_var("OPENLAYER_API_KEY").map(ApiKey::new);
-        c.inference_pipeline_id = env_var("OPENLAYER_INFERENCE_PIPELINE_ID");
+        let mut c = Config {
+            api_key: env_var("OPENLAYER_API_KEY").map(ApiKey::new),
+            inference_pipeline_id: env_var("OPENLAYER_INFERENCE_PIPELINE_ID"),
+            ..Config::default()
+        };
         if let Some(url) = env_var("OPENLAYER_BASE_URL") {
             c.base_url = url;
         }

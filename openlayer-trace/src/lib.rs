@@ -6,6 +6,9 @@ mod config;
 mod error;
 mod localfile;
 mod report;
+// Used by the delivery pipeline, which builds on it.
+#[allow(dead_code)]
+mod transport;
 
 pub use client::{
     InferencePipeline, LlmConfig, Project, PromptMessage, RawStreamConfig, RowUpdateConfig,

@@ -113,6 +113,7 @@ pub struct DeliveryFailure {
 }
 
 /// Live counters, shared by the producers and the background worker.
+#[allow(dead_code)] // Used by the delivery pipeline.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub enqueued: AtomicU64,
@@ -133,6 +134,7 @@ pub(crate) struct Counters {
     pub no_pipeline: AtomicU64,
 }
 
+#[allow(dead_code)] // Used by the delivery pipeline.
 impl Counters {
     pub(crate) fn drop_rows(&self, reason: DropReason, n: u64) {
         let c = match reason {
