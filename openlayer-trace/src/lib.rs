@@ -11,8 +11,8 @@ mod report;
 mod transport;
 
 pub use client::{
-    InferencePipeline, LlmConfig, Project, PromptMessage, RawStreamConfig, RowUpdateConfig,
-    StreamConfig, TabularClassificationConfig, TabularRegressionConfig, TaskType,
+    Client, ClientBuilder, InferencePipeline, LlmConfig, Project, PromptMessage, RawStreamConfig,
+    RowUpdateConfig, StreamConfig, TabularClassificationConfig, TabularRegressionConfig, TaskType,
     TextClassificationConfig, stream_config_from_json,
 };
 pub use config::{ApiKey, Config, ConfigBuilder, FailureFn, MaskFn, SpoolMode};

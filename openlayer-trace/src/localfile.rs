@@ -144,7 +144,6 @@ impl LocalLine {
 /// Each line is encoded first, then written with a single `write_all` of the line and its
 /// newline on a file opened in append mode, so concurrent writers never interleave within
 /// a line. Nothing is written when a line cannot be encoded.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn append(path: &Path, lines: &[LocalLine]) -> Result<(), Error> {
     let mut encoded = Vec::with_capacity(lines.len());
     for line in lines {

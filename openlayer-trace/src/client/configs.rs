@@ -692,12 +692,14 @@ pub fn stream_config_from_json(
             } else if map.contains_key("targetColumnName") || map.contains_key("featureNames") {
                 TaskType::TabularRegression
             } else {
-                return Err(Error::InvalidInput(
+                let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+                return Err(Error::InvalidInput(format!(
                     "cannot tell the task type of the stream config: it has none of \
                      `outputColumnName` (LLM), `classNames` (classification), \
-                     `targetColumnName` or `featureNames` (regression); name the task type"
-                        .into(),
-                ));
+                     `targetColumnName` or `featureNames` (regression), only [{}]; \
+                     name the task type",
+                    keys.join(", ")
+                )));
             }
         }
     };

@@ -13,6 +13,8 @@ use serde_json::{Map, Value};
 pub(crate) struct Csv {
     /// The header, in order.
     pub columns: Vec<String>,
+    /// The number of data rows.
+    pub rows: usize,
     /// The whole file, header included.
     pub data: Vec<u8>,
 }
@@ -36,7 +38,9 @@ pub(crate) fn write<'a>(rows: impl IntoIterator<Item = &'a Map<String, Value>> +
         push_field(&mut data, c, true);
     }
     data.push(b'\n');
+    let mut count = 0;
     for row in rows {
+        count += 1;
         for (i, c) in columns.iter().enumerate() {
             if i > 0 {
                 data.push(b',');
@@ -53,7 +57,11 @@ pub(crate) fn write<'a>(rows: impl IntoIterator<Item = &'a Map<String, Value>> +
         }
         data.push(b'\n');
     }
-    Csv { columns, data }
+    Csv {
+        columns,
+        rows: count,
+        data,
+    }
 }
 
 /// Writes one field, quoted when it must be. An empty string is written as `""` (when
@@ -96,6 +104,7 @@ mod tests {
         let csv = write(rows.iter());
         // serde_json's map orders keys, so the first row contributes id, n, text.
         assert_eq!(csv.columns, ["id", "n", "text", "flag", "meta", "tags"]);
+        assert_eq!(csv.rows, 3);
         let text = String::from_utf8(csv.data).unwrap();
         assert_eq!(
             text,

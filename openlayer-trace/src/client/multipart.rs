@@ -25,11 +25,16 @@ fn escape(name: &str) -> String {
         .replace('"', "%22")
 }
 
-fn random_boundary() -> String {
+/// 32 random hex digits (from the standard library's randomly keyed hasher).
+pub(crate) fn random_token() -> String {
     let a = RandomState::new().build_hasher().finish();
     let mut h = RandomState::new().build_hasher();
     h.write_u64(a);
-    format!("------------------------{a:016x}{:016x}", h.finish())
+    format!("{a:016x}{:016x}", h.finish())
+}
+
+fn random_boundary() -> String {
+    format!("------------------------{}", random_token())
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
