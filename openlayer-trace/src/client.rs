@@ -59,6 +59,7 @@ struct Inner {
     backend: Backend,
     default_pipeline_id: Option<String>,
     batch_max_rows: usize,
+    max_retries: u32,
 }
 
 enum Backend {
@@ -88,7 +89,9 @@ impl Client {
     }
 
     /// A client with this configuration. Only the connection settings, the API key, the
-    /// default pipeline, the trace file and `batch_max_rows` are used.
+    /// default pipeline, the trace file and `batch_max_rows` are used: in particular
+    /// `OPENLAYER_DISABLE_PUBLISH`, which turns tracing off, does not silence the
+    /// client's explicit calls.
     pub fn new(config: &Config) -> Result<Client, Error> {
         let backend = if config.api_key().is_some() {
             Backend::Remote(Transport::new(TransportConfig::from_config(config))?)
@@ -100,6 +103,7 @@ impl Client {
                 backend,
                 default_pipeline_id: config.inference_pipeline_id().map(str::to_string),
                 batch_max_rows: config.batch_max_rows,
+                max_retries: config.max_retries,
             }),
         })
     }

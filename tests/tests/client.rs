@@ -806,6 +806,38 @@ async fn a_refused_upload_names_the_storage_without_its_signature() {
     assert_eq!(reqs.len(), 2);
 }
 
+#[tokio::test]
+async fn a_failed_upload_is_retried_like_api_requests() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/storage/bucket"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("slow down"))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    // then the usual storage (answering 204), presigned URL and /data
+    mount_bulk(&server, 204).await;
+    client(&server)
+        .publish_batch(PIPELINE, &LlmConfig::new("o"), &[json!({"o": "x"})])
+        .await
+        .unwrap();
+    let paths: Vec<String> = requests(&server)
+        .await
+        .iter()
+        .map(|r| r.url.path().to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/v1/storage/presigned-url".to_string(),
+            "/storage/bucket".to_string(),
+            "/storage/bucket".to_string(),
+            format!("/v1/inference-pipelines/{PIPELINE}/data"),
+        ]
+    );
+}
+
 // ---- local mode -------------------------------------------------------------------------
 
 #[tokio::test]

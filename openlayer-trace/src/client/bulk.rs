@@ -108,7 +108,15 @@ impl Client {
             }
             Backend::Remote(t) => {
                 let objects = rows.iter().filter_map(Value::as_object);
-                upload_and_register(t, pipeline_id, objects, config, false).await
+                upload_and_register(
+                    t,
+                    self.inner.max_retries,
+                    pipeline_id,
+                    objects,
+                    config,
+                    false,
+                )
+                .await
             }
         }
     }
@@ -210,7 +218,15 @@ impl Client {
                     Value::String(inference_id_column.to_string()),
                 );
                 let objects = rows.iter().filter_map(Value::as_object);
-                upload_and_register(t, pipeline_id, objects, data_config, true).await
+                upload_and_register(
+                    t,
+                    self.inner.max_retries,
+                    pipeline_id,
+                    objects,
+                    data_config,
+                    true,
+                )
+                .await
             }
         }
     }
@@ -227,6 +243,7 @@ fn object_name() -> String {
 
 async fn upload_and_register<'a>(
     t: &Transport,
+    max_retries: u32,
     pipeline_id: &str,
     rows: impl Iterator<Item = &'a Map<String, Value>> + Clone,
     config: Map<String, Value>,
@@ -254,7 +271,7 @@ async fn upload_and_register<'a>(
     let presigned: PresignedUrl = send(t, &req).await?.json()?;
 
     // 2. The file itself, straight to the storage (no API key there).
-    upload(t, &presigned, &name, table.data).await?;
+    upload(t, max_retries, &presigned, &name, table.data).await?;
 
     // 3. Tell the pipeline about it.
     #[derive(Serialize)]
@@ -283,47 +300,75 @@ fn redacted(url: &str) -> String {
     url.split(['?', '#']).next().unwrap_or(url).to_string()
 }
 
+/// Uploads the file to the storage, retrying connection errors, timeouts, 408, 429 and
+/// 5xx like API requests (same backoff, same number of retries).
 async fn upload(
     t: &Transport,
+    max_retries: u32,
     presigned: &PresignedUrl,
     file_name: &str,
     data: Vec<u8>,
 ) -> Result<(), Error> {
     let form = multipart::build(&presigned.fields.0, file_name, "text/csv", &data);
     drop(data);
+    let content_type = form.content_type();
+    let body = bytes::Bytes::from(form.body);
     let request = format!("POST {}", redacted(&presigned.url));
-    let resp = t
-        .http()
-        .post(&presigned.url)
-        .header(CONTENT_TYPE, form.content_type())
-        .body(form.body)
-        .send()
-        .await
-        .map_err(|e| Error::Transport {
-            timeout: e.is_timeout(),
-            message: format!("upload to storage failed: {}", without_url(e)),
-            request: request.clone(),
-        })?;
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(());
+    let mut retry = 0;
+    loop {
+        let (error, retryable) = match t
+            .http()
+            .post(&presigned.url)
+            .header(CONTENT_TYPE, &content_type)
+            .body(body.clone())
+            .send()
+            .await
+        {
+            Err(e) => (
+                Error::Transport {
+                    timeout: e.is_timeout(),
+                    message: format!("upload to storage failed: {}", without_url(e)),
+                    request: request.clone(),
+                },
+                true,
+            ),
+            Ok(resp) if resp.status().is_success() => return Ok(()),
+            Ok(resp) => {
+                let status = resp.status();
+                let text = resp.text().await.unwrap_or_default();
+                let mut message = text.trim().to_string();
+                if message.chars().count() > 500 {
+                    message = message.chars().take(500).collect::<String>() + "...";
+                }
+                if message.is_empty() {
+                    message = status
+                        .canonical_reason()
+                        .unwrap_or("upload failed")
+                        .to_string();
+                }
+                let code = status.as_u16();
+                let error = Error::Api {
+                    status: code,
+                    message,
+                    request: request.clone(),
+                };
+                (error, matches!(code, 408 | 429) || status.is_server_error())
+            }
+        };
+        if !retryable || retry >= max_retries {
+            return Err(error);
+        }
+        let wait = t.backoff(retry, None);
+        tracing::debug!(
+            target: "openlayer_trace",
+            error = %error,
+            retry = retry + 1,
+            wait_ms = wait.as_millis() as u64,
+            "retrying the upload"
+        );
+        tokio::time::sleep(wait).await;
+        retry += 1;
     }
-    let body = resp.text().await.unwrap_or_default();
-    let mut message = body.trim().to_string();
-    if message.chars().count() > 500 {
-        message = message.chars().take(500).collect::<String>() + "...";
-    }
-    if message.is_empty() {
-        message = status
-            .canonical_reason()
-            .unwrap_or("upload failed")
-            .to_string();
-    }
-    Err(Error::Api {
-        status: status.as_u16(),
-        message,
-        request,
-    })
 }
 
 /// A reqwest error's text without the URL (which would carry the signature).
