@@ -19,7 +19,7 @@ use openlayer_trace::{Client, Config};
 
 /// Work with Openlayer data from the command line.
 #[derive(Debug, Parser)]
-#[command(name = "openlayer", version, about, long_about = None)]
+#[command(name = "openlayer", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

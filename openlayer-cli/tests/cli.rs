@@ -165,6 +165,19 @@ async fn show_reports_bad_lines_and_fails() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn show_reads_every_file_of_a_spool_directory() {
+    let dir = TempDir::new("show-dir");
+    dir.file("b.jsonl", &format!("{}\n", update_line(Some("p"), "t2")));
+    dir.file("a.jsonl", &format!("{}\n", trace_line(Some("p"), "t1")));
+    let out = openlayer(&["show", dir.0.to_str().unwrap()], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let a = text.find("a.jsonl\ntrace t1 pipeline p").expect(&text);
+    let b = text.find("b.jsonl\nupdate t2 pipeline p").expect(&text);
+    assert!(a < b, "{text}");
+}
+
 // ---- push ---------------------------------------------------------------------------
 
 fn stream_ids(reqs: &[Request]) -> Vec<String> {

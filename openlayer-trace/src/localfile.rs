@@ -139,7 +139,7 @@ impl LocalLine {
     }
 }
 
-/// Appends `lines` to the file at `path`, creating it (and not its directory) if needed.
+/// Appends `lines` to the file at `path`, creating it and its directory if needed.
 ///
 /// Each line is encoded first, then written with a single `write_all` of the line and its
 /// newline on a file opened in append mode, so concurrent writers never interleave within
@@ -150,6 +150,9 @@ pub(crate) fn append(path: &Path, lines: &[LocalLine]) -> Result<(), Error> {
         let mut s = line.to_json_line()?;
         s.push('\n');
         encoded.push(s);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
     }
     let mut file = OpenOptions::new().create(true).append(true).open(path)?;
     for s in &encoded {
@@ -341,7 +344,7 @@ mod tests {
     fn append_then_read_round_trips_and_reports_bad_lines() {
         let dir = std::env::temp_dir().join(format!("ol-localfile-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("t.jsonl");
+        let path = dir.join("sub").join("t.jsonl");
         let _ = std::fs::remove_file(&path);
         let a = LocalLine::Stream {
             pipeline_id: Some("p".into()),
