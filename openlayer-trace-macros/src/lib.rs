@@ -364,8 +364,7 @@ fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream2> {
             #meta
             #[allow(unused_mut)]
             let mut __ol_step = ::openlayer_trace::__private::enter_sync(&__OL_META, |__ol_w| { #(#writes)* });
-            #[allow(clippy::redundant_closure_call)]
-            let __ol_ret = (#closure)();
+            let __ol_ret = ::openlayer_trace::__private::call_once(#closure);
             { #record }
             ::core::mem::drop(__ol_step);
             __ol_ret

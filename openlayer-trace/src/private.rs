@@ -106,6 +106,13 @@ pub fn enter_sync(meta: &'static StepMeta, inputs: impl FnOnce(&mut InputWriter)
     StepGuard::enter(open)
 }
 
+/// Runs the body of a synchronous traced function. Taking `FnOnce` makes the body's closure
+/// `FnOnce`, so that it may return borrows of what it captured (`fn f(&mut self) -> &mut T`).
+#[inline(always)]
+pub fn call_once<R>(body: impl FnOnce() -> R) -> R {
+    body()
+}
+
 /// The step of an `async fn`, opened at its first poll.
 #[derive(Debug)]
 pub struct AsyncStart(Option<OpenStep>);
