@@ -367,6 +367,19 @@ async fn fetch_all(urls: Vec<String>) -> usize {
 trait Greeter {
     fn greet(&self, name: &str) -> String;
     async fn greet_later(&self, name: &str) -> String;
+
+    /// A traced default method.
+    #[trace]
+    fn farewell(&self, name: &str) -> String {
+        format!("Bye, {name}.")
+    }
+
+    /// A traced default `async fn`.
+    #[trace]
+    async fn farewell_later(&self, name: &str) -> String {
+        tokio::task::yield_now().await;
+        self.farewell(name)
+    }
 }
 
 struct English;
@@ -405,6 +418,19 @@ fn function_in_trait_impl() {
     assert_eq!(out, "Hello, Ada!");
     assert_root(&t, "greet", "user_call", json!("Hello, Ada!"));
     assert_eq!(inputs_text(&t), r#"{"name":"Ada"}"#);
+}
+
+#[tokio::test]
+async fn default_methods_of_a_trait() {
+    let (out, t) = one(|| English.farewell("Ada"));
+    assert_eq!(out, "Bye, Ada.");
+    assert_root(&t, "farewell", "user_call", json!("Bye, Ada."));
+    assert_eq!(inputs_text(&t), r#"{"name":"Ada"}"#);
+
+    let (out, t) = one_async(English.farewell_later("Bo")).await;
+    assert_eq!(out, "Bye, Bo.");
+    assert_root(&t, "farewell_later", "user_call", json!("Bye, Bo."));
+    assert_eq!(t.root()["steps"][0]["name"], "farewell");
 }
 
 #[tokio::test]
