@@ -264,10 +264,22 @@ fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream2> {
         }
     }
     for s in &opts.skip {
-        if !params.iter().any(|p| p.unraw() == s.unraw()) {
+        if s == "self" {
             return Err(syn::Error::new(
                 s.span(),
-                format!("`{s}` is not a parameter of this function"),
+                "`self` is never recorded, so it needs no `skip`",
+            ));
+        }
+        if !params.iter().any(|p| p.unraw() == s.unraw()) {
+            let names: Vec<String> = params.iter().map(|p| format!("`{p}`")).collect();
+            let known = if names.is_empty() {
+                "it has no recorded parameters".to_string()
+            } else {
+                format!("its parameters are {}", names.join(", "))
+            };
+            return Err(syn::Error::new(
+                s.span(),
+                format!("`{s}` is not a parameter of this function; {known}"),
             ));
         }
     }

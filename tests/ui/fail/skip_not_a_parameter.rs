@@ -6,4 +6,13 @@ fn call(api_key: &str, client: u8, prompt: &str) -> String {
     prompt.to_string()
 }
 
+struct Model;
+
+impl Model {
+    #[trace(skip(self))]
+    fn name(&self) -> String {
+        "model".to_string()
+    }
+}
+
 fn main() {}
