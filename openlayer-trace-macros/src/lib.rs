@@ -176,14 +176,17 @@ fn contains_impl_trait(ty: &Type) -> bool {
     f.0
 }
 
-/// Whether `ty` involves one of the function's type parameters or an `impl Trait`: then a
-/// missing `Serialize` is best fixed by a bound, which the compiler suggests only when the
-/// check is not marked `do_not_recommend`.
-fn is_generic(ty: &Type, type_params: &[Ident]) -> bool {
-    struct Finder<'a>(&'a [Ident], bool);
+/// Whether `ty` involves one of the function's type parameters (or, with `impl_trait`, an
+/// `impl Trait`): then a missing `Serialize` is best fixed by a bound, which the compiler
+/// suggests only when the check is not marked `do_not_recommend`.
+fn is_generic(ty: &Type, type_params: &[Ident], impl_trait: bool) -> bool {
+    struct Finder<'a>(&'a [Ident], bool, bool);
     impl<'ast> syn::visit::Visit<'ast> for Finder<'_> {
-        fn visit_type_impl_trait(&mut self, _: &'ast syn::TypeImplTrait) {
-            self.1 = true;
+        fn visit_type_impl_trait(&mut self, t: &'ast syn::TypeImplTrait) {
+            if self.2 {
+                self.1 = true;
+            }
+            syn::visit::visit_type_impl_trait(self, t);
         }
         fn visit_type_path(&mut self, p: &'ast syn::TypePath) {
             if p.qself.is_none() {
@@ -196,7 +199,7 @@ fn is_generic(ty: &Type, type_params: &[Ident]) -> bool {
             syn::visit::visit_type_path(self, p);
         }
     }
-    let mut f = Finder(type_params, false);
+    let mut f = Finder(type_params, false, impl_trait);
     syn::visit::Visit::visit_type(&mut f, ty);
     f.1
 }
@@ -260,7 +263,7 @@ fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream2> {
     for arg in &sig.inputs {
         if let FnArg::Typed(pt) = arg {
             bindings(&pt.pat, &mut params);
-            generic.resize(params.len(), is_generic(&pt.ty, &type_params));
+            generic.resize(params.len(), is_generic(&pt.ty, &type_params, true));
         }
     }
     for s in &opts.skip {
@@ -331,7 +334,8 @@ fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream2> {
     } else {
         // Spanned at the return type, where a type that cannot be recorded is reported.
         let (span, method) = match ret_ty {
-            Some(ty) if is_generic(ty, &type_params) => (ty.span(), "__ol_record_generic"),
+            // Not for `impl Trait`: its hidden type would be named, with no bound to suggest.
+            Some(ty) if is_generic(ty, &type_params, false) => (ty.span(), "__ol_record_generic"),
             Some(ty) => (ty.span(), "__ol_record"),
             None => (Span::call_site(), "__ol_record"),
         };

@@ -10,6 +10,12 @@ fn connect(url: &str) -> Connection {
     Connection { open: true }
 }
 
+#[trace]
+fn countdown(from: u32) -> impl Iterator<Item = u32> {
+    (0..=from).rev()
+}
+
 fn main() {
     let _ = connect("local").open;
+    let _ = countdown(3).count();
 }
