@@ -6,3 +6,5 @@
 
 pub use openlayer_testserver as server;
 pub use openlayer_testserver::{Action, Behavior, Outcome, RecordedRequest, Response, TestServer};
+
+pub mod ordered_json;
