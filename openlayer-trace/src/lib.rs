@@ -31,6 +31,7 @@ mod id;
 mod kind;
 mod localfile;
 mod manual;
+mod none;
 mod pipeline;
 mod record;
 mod report;

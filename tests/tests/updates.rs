@@ -349,3 +349,26 @@ fn a_chat_completion_with_an_explicit_start_time_and_latency() {
     assert!((end - start - 1.5).abs() < 1e-3, "{}", end - start);
     assert!((root["latency"].as_f64().unwrap() - 1500.0).abs() < 1.0);
 }
+
+#[trace]
+fn non_finite(x: u8) -> u8 {
+    update_current_step!(score = f64::NAN, other = 1, absent = None::<f64>);
+    update_current_trace!(ratio = f64::INFINITY, kept = 2, absent_too = None::<u8>);
+    x
+}
+
+#[test]
+fn non_finite_update_values_are_null_and_none_is_ignored() {
+    let (_, traces) = testing::capture(|| non_finite(1));
+    let t = &traces[0];
+    assert_eq!(
+        t.root()["metadata"],
+        json!({"has_guardrails": false, "score": null, "other": 1})
+    );
+    let row = t.row().as_object().unwrap();
+    assert_eq!(row["score"], Value::Null);
+    assert_eq!(row["ratio"], Value::Null);
+    assert!(row.contains_key("ratio") && row.contains_key("score"));
+    assert!(!row.contains_key("absent") && !row.contains_key("absent_too"));
+    assert_eq!(row["kept"], 2);
+}
