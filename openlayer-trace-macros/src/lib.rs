@@ -22,6 +22,33 @@ const KINDS: &[(&str, &str)] = &[
 
 const OPTIONS: &str = "name, kind, skip, skip_all, skip_output, inference_pipeline_id";
 
+/// The string literal of `option = "..."`; anything else is an error that shows the form.
+fn string_value(
+    meta: &syn::meta::ParseNestedMeta,
+    option: &str,
+    example: &str,
+) -> syn::Result<LitStr> {
+    let expr: syn::Expr = meta.value()?.parse()?;
+    match expr {
+        syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(lit),
+            ..
+        }) => Ok(lit),
+        other => {
+            let shown = quote!(#other).to_string();
+            let hint = if shown.chars().all(|c| c.is_alphanumeric() || c == '_') {
+                format!("; write `{option} = \"{shown}\"`")
+            } else {
+                format!(", e.g. `{option} = \"{example}\"`")
+            };
+            Err(syn::Error::new(
+                other.span(),
+                format!("`{option}` takes a string literal{hint}"),
+            ))
+        }
+    }
+}
+
 /// The parsed options of one `#[trace(...)]`.
 #[derive(Default)]
 struct Options {
@@ -50,14 +77,14 @@ impl Options {
             seen.push(key.clone());
             match key.as_str() {
                 "name" => {
-                    let lit: LitStr = meta.value()?.parse()?;
+                    let lit = string_value(&meta, "name", "retrieve_documents")?;
                     if lit.value().trim().is_empty() {
                         return Err(syn::Error::new(lit.span(), "`name` must not be empty"));
                     }
                     o.name = Some(lit);
                 }
                 "kind" => {
-                    let lit: LitStr = meta.value()?.parse()?;
+                    let lit = string_value(&meta, "kind", "chat_completion")?;
                     let value = lit.value();
                     match KINDS.iter().find(|(k, _)| *k == value) {
                         Some((_, variant)) => o.kind = Some((variant.to_string(), lit.span())),
@@ -87,7 +114,7 @@ impl Options {
                 "skip_all" => o.skip_all = Some(meta.path.span()),
                 "skip_output" => o.skip_output = true,
                 "inference_pipeline_id" => {
-                    let lit: LitStr = meta.value()?.parse()?;
+                    let lit = string_value(&meta, "inference_pipeline_id", "<pipeline id>")?;
                     if lit.value().trim().is_empty() {
                         return Err(syn::Error::new(
                             lit.span(),
@@ -149,6 +176,72 @@ fn contains_impl_trait(ty: &Type) -> bool {
     f.0
 }
 
+/// Whether `ty` involves one of the function's type parameters (or, with `impl_trait`, an
+/// `impl Trait`): then a missing `Serialize` is best fixed by a bound, which the compiler
+/// suggests only when the check is not marked `do_not_recommend`.
+fn is_generic(ty: &Type, type_params: &[Ident], impl_trait: bool) -> bool {
+    struct Finder<'a>(&'a [Ident], bool, bool);
+    impl<'ast> syn::visit::Visit<'ast> for Finder<'_> {
+        fn visit_type_impl_trait(&mut self, t: &'ast syn::TypeImplTrait) {
+            if self.2 {
+                self.1 = true;
+            }
+            syn::visit::visit_type_impl_trait(self, t);
+        }
+        fn visit_type_path(&mut self, p: &'ast syn::TypePath) {
+            if p.qself.is_none() {
+                if let Some(first) = p.path.segments.first() {
+                    if self.0.contains(&first.ident) {
+                        self.1 = true;
+                    }
+                }
+            }
+            syn::visit::visit_type_path(self, p);
+        }
+    }
+    let mut f = Finder(type_params, false, impl_trait);
+    syn::visit::Visit::visit_type(&mut f, ty);
+    f.1
+}
+
+/// Records one argument. The check goes through a trait made for this argument, so that a
+/// type that is not `Serialize` is reported at the argument, by name, with the `skip` that
+/// leaves it out.
+fn write_arg(ident: &Ident, generic: bool) -> TokenStream2 {
+    let name = ident.unraw().to_string();
+    let shown = ident.to_string();
+    let message = format!(
+        "`#[trace]` cannot record the argument `{shown}`: `{{Self}}` does not implement `serde::Serialize`"
+    );
+    let label =
+        format!("`{shown}` is recorded as an input, so its type must implement `serde::Serialize`");
+    let note = format!(
+        "leave it out with `#[trace(skip({shown}))]`, or leave out every argument with `#[trace(skip_all)]`"
+    );
+    let not_recommended = if generic {
+        quote!()
+    } else {
+        quote!(#[diagnostic::do_not_recommend])
+    };
+    let call = quote_spanned! {ident.span()=>
+        TracedArgument::__ol_write(&#ident, __ol_w, #name)
+    };
+    quote! {{
+        #[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]
+        trait TracedArgument {
+            fn __ol_write(&self, w: &mut ::openlayer_trace::__private::InputWriter, name: &str);
+        }
+        #not_recommended
+        impl<T: ::openlayer_trace::__private::__Serialize + ?::core::marker::Sized> TracedArgument for T {
+            #[inline]
+            fn __ol_write(&self, w: &mut ::openlayer_trace::__private::InputWriter, name: &str) {
+                w.arg(name, self)
+            }
+        }
+        #call;
+    }}
+}
+
 fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream2> {
     let sig = &item.sig;
     if sig.constness.is_some() {
@@ -158,33 +251,51 @@ fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream2> {
         ));
     }
 
-    // The recorded parameters, in order.
+    let type_params: Vec<Ident> = sig
+        .generics
+        .type_params()
+        .map(|p| p.ident.clone())
+        .collect();
+
+    // The recorded parameters, in order, each with whether its type is generic.
     let mut params: Vec<Ident> = Vec::new();
+    let mut generic: Vec<bool> = Vec::new();
     for arg in &sig.inputs {
         if let FnArg::Typed(pt) = arg {
             bindings(&pt.pat, &mut params);
+            generic.resize(params.len(), is_generic(&pt.ty, &type_params, true));
         }
     }
     for s in &opts.skip {
-        if !params.iter().any(|p| p.unraw() == s.unraw()) {
+        if s == "self" {
             return Err(syn::Error::new(
                 s.span(),
-                format!("`{s}` is not a parameter of this function"),
+                "`self` is never recorded, so it needs no `skip`",
+            ));
+        }
+        if !params.iter().any(|p| p.unraw() == s.unraw()) {
+            let names: Vec<String> = params.iter().map(|p| format!("`{p}`")).collect();
+            let known = if names.is_empty() {
+                "it has no recorded parameters".to_string()
+            } else {
+                format!("its parameters are {}", names.join(", "))
+            };
+            return Err(syn::Error::new(
+                s.span(),
+                format!("`{s}` is not a parameter of this function; {known}"),
             ));
         }
     }
-    let recorded: Vec<&Ident> = if opts.skip_all.is_some() {
+    let writes: Vec<TokenStream2> = if opts.skip_all.is_some() {
         Vec::new()
     } else {
         params
             .iter()
-            .filter(|p| !opts.skip.iter().any(|s| s.unraw() == p.unraw()))
+            .zip(&generic)
+            .filter(|(p, _)| !opts.skip.iter().any(|s| s.unraw() == p.unraw()))
+            .map(|(p, g)| write_arg(p, *g))
             .collect()
     };
-    let writes = recorded.iter().map(|ident| {
-        let name = ident.unraw().to_string();
-        quote_spanned! {ident.span()=> __ol_w.arg(#name, &#ident); }
-    });
 
     let name = match &opts.name {
         Some(lit) => lit.value(),
@@ -209,6 +320,11 @@ fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream2> {
         };
     };
 
+    let ret_ty: Option<&Type> = match &sig.output {
+        ReturnType::Default => None,
+        ReturnType::Type(_, ty) => Some(ty),
+    };
+
     let record = if opts.skip_output {
         quote! {
             #[allow(unused_imports)]
@@ -216,16 +332,22 @@ fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream2> {
             (&::openlayer_trace::__private::Out(&__ol_ret)).__ol_record_err(&mut __ol_step);
         }
     } else {
+        // Spanned at the return type, where a type that cannot be recorded is reported.
+        let (span, method) = match ret_ty {
+            // Not for `impl Trait`: its hidden type would be named, with no bound to suggest.
+            Some(ty) if is_generic(ty, &type_params, false) => (ty.span(), "__ol_record_generic"),
+            Some(ty) => (ty.span(), "__ol_record"),
+            None => (Span::call_site(), "__ol_record"),
+        };
+        let method = Ident::new(method, span);
+        let call = quote_spanned! {span=>
+            (&::openlayer_trace::__private::Out(&__ol_ret)).#method(&mut __ol_step)
+        };
         quote! {
             #[allow(unused_imports)]
-            use ::openlayer_trace::__private::{RecordResult as _, RecordValue as _};
-            (&::openlayer_trace::__private::Out(&__ol_ret)).__ol_record(&mut __ol_step);
+            use ::openlayer_trace::__private::RecordResult as _;
+            #call;
         }
-    };
-
-    let ret_ty: Option<&Type> = match &sig.output {
-        ReturnType::Default => None,
-        ReturnType::Type(_, ty) => Some(ty),
     };
     let nameable = ret_ty.is_none_or(|t| !contains_impl_trait(t));
     let block = &item.block;
@@ -258,8 +380,7 @@ fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream2> {
             #meta
             #[allow(unused_mut)]
             let mut __ol_step = ::openlayer_trace::__private::enter_sync(&__OL_META, |__ol_w| { #(#writes)* });
-            #[allow(clippy::redundant_closure_call)]
-            let __ol_ret = (#closure)();
+            let __ol_ret = ::openlayer_trace::__private::call_once(#closure);
             { #record }
             ::core::mem::drop(__ol_step);
             __ol_ret
@@ -291,17 +412,42 @@ pub fn trace(args: TokenStream, item: TokenStream) -> TokenStream {
     };
     let parsed: ItemFn = match syn::parse(item.clone()) {
         Ok(f) => f,
-        Err(_) => {
-            let e = syn::Error::new(
-                Span::call_site(),
-                "`#[trace]` can only be used on functions",
-            );
-            return with_item(e, item);
-        }
+        Err(_) => return with_item(not_a_function(item.clone()), item),
     };
     match expand(opts, parsed) {
         Ok(ts) => ts.into(),
         Err(e) => with_item(e, item),
+    }
+}
+
+/// The error for `#[trace]` on something that is not a function with a body, at the item.
+fn not_a_function(item: TokenStream) -> syn::Error {
+    if let Ok(f) = syn::parse::<syn::TraitItemFn>(item.clone()) {
+        return syn::Error::new(
+            f.sig.ident.span(),
+            "`#[trace]` needs a function body: put it on the implementations of this trait method",
+        );
+    }
+    let what = match syn::parse::<syn::Item>(item) {
+        Ok(syn::Item::Struct(i)) => Some(("a struct", i.struct_token.span)),
+        Ok(syn::Item::Enum(i)) => Some(("an enum", i.enum_token.span)),
+        Ok(syn::Item::Union(i)) => Some(("a union", i.union_token.span)),
+        Ok(syn::Item::Trait(i)) => Some(("a trait", i.trait_token.span)),
+        Ok(syn::Item::Impl(i)) => Some(("an `impl` block", i.impl_token.span)),
+        Ok(syn::Item::Mod(i)) => Some(("a module", i.mod_token.span)),
+        Ok(syn::Item::Const(i)) => Some(("a constant", i.const_token.span)),
+        Ok(syn::Item::Static(i)) => Some(("a static", i.static_token.span)),
+        _ => None,
+    };
+    match what {
+        Some((what, span)) => syn::Error::new(
+            span,
+            format!("`#[trace]` can only be used on functions, not on {what}"),
+        ),
+        None => syn::Error::new(
+            Span::call_site(),
+            "`#[trace]` can only be used on functions",
+        ),
     }
 }
 

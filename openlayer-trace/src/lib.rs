@@ -22,6 +22,7 @@
 // Lets `#[trace]`'s expansion (`::openlayer_trace::...`) resolve inside this crate too.
 extern crate self as openlayer_trace;
 
+mod client;
 mod config;
 mod context;
 mod diag;
@@ -30,7 +31,9 @@ mod filesink;
 mod flusher;
 mod id;
 mod kind;
+mod localfile;
 mod manual;
+mod none;
 mod pipeline;
 mod record;
 mod report;
@@ -51,6 +54,11 @@ pub mod testing;
 
 pub use openlayer_trace_macros::trace;
 
+pub use client::{
+    Client, ClientBuilder, InferencePipeline, LlmConfig, Project, PromptMessage, RawStreamConfig,
+    RowUpdateConfig, StreamConfig, TabularClassificationConfig, TabularRegressionConfig, TaskType,
+    TextClassificationConfig, stream_config_from_json,
+};
 pub use config::{ApiKey, Config, ConfigBuilder, FailureFn, MaskFn, SpoolMode};
 pub use context::{
     AttachGuard, FutureExt, TraceContext, WithTrace, current_context, spawn, thread,
@@ -58,6 +66,7 @@ pub use context::{
 pub use error::Error;
 pub use id::inference_id_for;
 pub use kind::{StepKind, UnknownKind};
+pub use localfile::{LocalEntry, LocalLine, LocalLines, read_local_file};
 pub use manual::{ChatCompletion, add_chat_completion_step};
 pub use pipeline::{Guard, flush, flush_async, init, init_from_env, stats};
 pub use report::{DeliveryFailure, DeliveryReport, DropReason, Dropped, Stats};

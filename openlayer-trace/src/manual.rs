@@ -117,48 +117,54 @@ pub fn add_chat_completion_step(completion: ChatCompletion) {
     let Some(open) = context::open_step(spec, start, || inputs) else {
         return;
     };
+    let tokens = completion.tokens.or(
+        match (completion.prompt_tokens, completion.completion_tokens) {
+            (None, None) => None,
+            (p, c) => Some(p.unwrap_or(0) + c.unwrap_or(0)),
+        },
+    );
+    let fields: [(&'static str, Option<crate::record::Json>); 9] = [
+        ("provider", completion.provider.as_ref().and_then(to_json)),
+        (
+            "promptTokens",
+            completion.prompt_tokens.as_ref().and_then(to_json),
+        ),
+        (
+            "completionTokens",
+            completion.completion_tokens.as_ref().and_then(to_json),
+        ),
+        ("tokens", tokens.as_ref().and_then(to_json)),
+        ("cost", completion.cost.as_ref().and_then(to_json)),
+        ("model", completion.model.as_ref().and_then(to_json)),
+        (
+            "modelParameters",
+            completion.model_parameters.as_ref().and_then(to_json),
+        ),
+        (
+            "rawOutput",
+            completion.raw_output.as_ref().and_then(to_json),
+        ),
+        (
+            "usageDetails",
+            completion.usage_details.as_ref().and_then(to_json),
+        ),
+    ];
+    // An explicit start time moves the step; with a latency too, the end follows from both.
+    let mut end = now;
     {
         let mut st = open.trace.lock();
-        let start_offset = completion.start_time.map(|t| open.trace.offset_of_wall(t));
         if let Some(rec) = st.steps.get_mut(open.idx as usize) {
-            if let Some(s) = start_offset {
-                rec.start = s;
+            if let Some(t) = completion.start_time {
+                rec.start = open.trace.offset_of_wall(t);
+                if completion.latency.is_some() {
+                    end = open.trace.instant_at(rec.start + latency.as_nanos() as i64);
+                }
             }
-            let tokens = completion.tokens.or(
-                match (completion.prompt_tokens, completion.completion_tokens) {
-                    (None, None) => None,
-                    (p, c) => Some(p.unwrap_or(0) + c.unwrap_or(0)),
-                },
-            );
-            let mut set = |field: &'static str, v: Option<crate::record::Json>| {
-                if let Some(v) = v {
+            for (field, value) in fields {
+                if let Some(v) = value {
                     rec.set_field(field, v);
                 }
-            };
-            set("provider", completion.provider.as_ref().and_then(to_json));
-            set(
-                "promptTokens",
-                completion.prompt_tokens.as_ref().and_then(to_json),
-            );
-            set(
-                "completionTokens",
-                completion.completion_tokens.as_ref().and_then(to_json),
-            );
-            set("tokens", tokens.as_ref().and_then(to_json));
-            set("cost", completion.cost.as_ref().and_then(to_json));
-            set("model", completion.model.as_ref().and_then(to_json));
-            set(
-                "modelParameters",
-                completion.model_parameters.as_ref().and_then(to_json),
-            );
-            set(
-                "rawOutput",
-                completion.raw_output.as_ref().and_then(to_json),
-            );
-            set(
-                "usageDetails",
-                completion.usage_details.as_ref().and_then(to_json),
-            );
+            }
             for (k, v) in &completion.metadata {
                 if let Some(j) = to_json(v) {
                     rec.set_metadata(Cow::Owned(k.clone()), j);
@@ -166,48 +172,14 @@ pub fn add_chat_completion_step(completion: ChatCompletion) {
             }
         }
     }
-    let end = match (completion.start_time, completion.latency) {
-        (Some(_), Some(_)) => None,
-        _ => Some(now),
-    };
     let output = completion.output.as_ref().and_then(to_json);
-    match end {
-        Some(end) => context::close_step(
-            &open,
-            end,
-            Closing {
-                status: Status::Ok,
-                output,
-                error: None,
-            },
-        ),
-        None => {
-            // Both start time and latency given: the end is start + latency.
-            let start = open
-                .trace
-                .lock()
-                .steps
-                .get(open.idx as usize)
-                .map(|r| r.start)
-                .unwrap_or(0);
-            let end_offset = start + latency.as_nanos() as i64;
-            let end = if end_offset >= 0 {
-                open.trace.anchor + Duration::from_nanos(end_offset as u64)
-            } else {
-                open.trace
-                    .anchor
-                    .checked_sub(Duration::from_nanos((-end_offset) as u64))
-                    .unwrap_or(open.trace.anchor)
-            };
-            context::close_step(
-                &open,
-                end,
-                Closing {
-                    status: Status::Ok,
-                    output,
-                    error: None,
-                },
-            )
-        }
-    }
+    context::close_step(
+        &open,
+        end,
+        Closing {
+            status: Status::Ok,
+            output,
+            error: None,
+        },
+    );
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 pub use crate::__ol_key as key;
 pub use crate::step::{Instrumented, OutputSink, StepFinisher, StepGuard};
 pub use crate::update::Update;
+#[doc(hidden)]
 pub use serde::Serialize as __Serialize;
 
 use crate::context::{self, OpenStep, StepSpec};
@@ -105,6 +106,13 @@ pub fn enter_sync(meta: &'static StepMeta, inputs: impl FnOnce(&mut InputWriter)
     StepGuard::enter(open)
 }
 
+/// Runs the body of a synchronous traced function. Taking `FnOnce` makes the body's closure
+/// `FnOnce`, so that it may return borrows of what it captured (`fn f(&mut self) -> &mut T`).
+#[inline(always)]
+pub fn call_once<R>(body: impl FnOnce() -> R) -> R {
+    body()
+}
+
 /// The step of an `async fn`, opened at its first poll.
 #[derive(Debug)]
 pub struct AsyncStart(Option<OpenStep>);
@@ -134,7 +142,11 @@ pub fn async_body<R, F: Future<Output = R>>(f: F) -> F {
 
 // ---------------------------------------------------------------------------------------
 // Recording a return value: `Result<T: Serialize, E: Display>` records `Ok` as the output
-// and `Err` as the error; any other `T: Serialize` is the output. Chosen by autoref.
+// and `Err` as the error; any other `T: Serialize` is the output. Chosen by autoref: the
+// `Result` case is a trait method on `&Out`, found before the inherent fallback on `&&Out`,
+// whose `where` clause then reports a value that cannot be recorded through the
+// `on_unimplemented` text of [`Output`] (a trait-method fallback would only say that no
+// method matched).
 
 /// A return value being recorded.
 #[derive(Debug)]
@@ -142,9 +154,10 @@ pub struct Out<'a, T: ?Sized>(pub &'a T);
 
 /// A traced function's return value, recorded through `serde::Serialize`.
 #[diagnostic::on_unimplemented(
-    message = "the return type `{Self}` of a traced function is not `serde::Serialize`, so it cannot be recorded",
-    label = "this return value does not implement `serde::Serialize`",
-    note = "leave the output out with `#[trace(skip_output)]`"
+    message = "`#[trace]` cannot record the return value: `{Self}` does not implement `serde::Serialize`",
+    label = "the return value is recorded as the step's output, so its type must implement `serde::Serialize`",
+    note = "leave the output out with `#[trace(skip_output)]` (a returned `Err` is still recorded)",
+    note = "a `Result` is recorded as its `Ok` value, which must implement `serde::Serialize`, or its `Err`, which must implement `std::fmt::Display`"
 )]
 pub trait Output {
     /// Serializes the value.
@@ -152,7 +165,32 @@ pub trait Output {
     fn __json(&self) -> Option<Json>;
 }
 
+// Not recommended: the error then names `Output` (with the text above) instead of listing
+// every type that implements `Serialize`.
+#[diagnostic::do_not_recommend]
 impl<T: Serialize + ?Sized> Output for T {
+    #[inline]
+    fn __json(&self) -> Option<Json> {
+        to_json(self)
+    }
+}
+
+/// [`Output`] for a return type that involves the function's type parameters or `impl
+/// Trait`: the same text, but the compiler also suggests the missing `Serialize` bound.
+#[diagnostic::on_unimplemented(
+    message = "`#[trace]` cannot record the return value: `{Self}` does not implement `serde::Serialize`",
+    label = "the return value is recorded as the step's output, so its type must implement `serde::Serialize`",
+    note = "leave the output out with `#[trace(skip_output)]` (a returned `Err` is still recorded)",
+    note = "a `Result` is recorded as its `Ok` value, which must implement `serde::Serialize`, or its `Err`, which must implement `std::fmt::Display`"
+)]
+pub trait GenericOutput {
+    /// Serializes the value.
+    #[doc(hidden)]
+    fn __json(&self) -> Option<Json>;
+}
+
+impl<T: Serialize + ?Sized> GenericOutput for T {
+    #[inline]
     fn __json(&self) -> Option<Json> {
         to_json(self)
     }
@@ -162,6 +200,12 @@ impl<T: Serialize + ?Sized> Output for T {
 pub trait RecordResult {
     /// Records into `sink`.
     fn __ol_record<S: OutputSink>(&self, sink: &mut S);
+
+    /// The same, for a return type that involves type parameters.
+    #[inline]
+    fn __ol_record_generic<S: OutputSink>(&self, sink: &mut S) {
+        self.__ol_record(sink)
+    }
 }
 
 impl<T: Serialize, E: Display> RecordResult for Out<'_, Result<T, E>> {
@@ -177,17 +221,26 @@ impl<T: Serialize, E: Display> RecordResult for Out<'_, Result<T, E>> {
     }
 }
 
-/// Records any other value.
-pub trait RecordValue {
-    /// Records into `sink`.
-    fn __ol_record<S: OutputSink>(&self, sink: &mut S);
-}
-
-impl<T: Output + ?Sized> RecordValue for &Out<'_, T> {
+impl<T: ?Sized> Out<'_, T> {
+    /// Records any other value.
     #[inline]
-    fn __ol_record<S: OutputSink>(&self, sink: &mut S) {
+    pub fn __ol_record<S: OutputSink>(self: &&Self, sink: &mut S)
+    where
+        T: Output,
+    {
         if sink.__is_recording() {
-            sink.__set_output(self.0.__json());
+            sink.__set_output(Output::__json(self.0));
+        }
+    }
+
+    /// Records any other value of a type that involves type parameters.
+    #[inline]
+    pub fn __ol_record_generic<S: OutputSink>(self: &&Self, sink: &mut S)
+    where
+        T: GenericOutput,
+    {
+        if sink.__is_recording() {
+            sink.__set_output(GenericOutput::__json(self.0));
         }
     }
 }

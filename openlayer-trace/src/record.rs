@@ -207,6 +207,17 @@ impl TraceShared {
         }
     }
 
+    /// The instant `offset` nanoseconds from the anchor.
+    pub(crate) fn instant_at(&self, offset: i64) -> Instant {
+        let d = std::time::Duration::from_nanos(offset.unsigned_abs());
+        let t = if offset >= 0 {
+            self.anchor.checked_add(d)
+        } else {
+            self.anchor.checked_sub(d)
+        };
+        t.unwrap_or(self.anchor)
+    }
+
     /// Nanoseconds from the anchor to a wall-clock time.
     pub(crate) fn offset_of_wall(&self, t: SystemTime) -> i64 {
         let ns = match t.duration_since(UNIX_EPOCH) {

@@ -470,6 +470,9 @@ impl StepBuilder {
 
     /// A metadata key of the step.
     pub fn metadata<T: Serialize + ?Sized>(mut self, key: &str, value: &T) -> Self {
+        if crate::none::is_none(value) {
+            return self;
+        }
         if let Some(v) = to_json(value) {
             self.metadata.push((key.to_string(), v));
         }

@@ -112,8 +112,8 @@ impl ApiRequest {
         ApiRequest::new(Method::POST, path).with_body(body)
     }
 
-    /// Adds a query parameter.
-    #[allow(dead_code)] // For the API client (row updates, uploads); the flusher does not need it.
+    /// Adds a query parameter (the client fills `query` directly).
+    #[cfg(test)]
     pub(crate) fn with_query(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.query.push((name.into(), value.into()));
         self
@@ -136,7 +136,6 @@ impl ApiRequest {
 
 /// A 2xx answer.
 #[derive(Clone, Debug)]
-#[allow(dead_code)] // For the API client (row updates, uploads); the flusher does not need it.
 pub(crate) struct ApiResponse {
     /// The status code.
     pub status: u16,
@@ -146,7 +145,6 @@ pub(crate) struct ApiResponse {
 
 impl ApiResponse {
     /// The body decoded from JSON.
-    #[allow(dead_code)] // For the API client (row updates, uploads); the flusher does not need it.
     pub(crate) fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
         serde_json::from_slice(&self.body).map_err(Error::Json)
     }
@@ -286,13 +284,11 @@ impl Transport {
 
     /// The underlying client, without our auth, for requests to other hosts (the
     /// presigned-URL upload). It has our timeouts, TLS settings and user agent.
-    #[allow(dead_code)] // For the API client (row updates, uploads); the flusher does not need it.
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.inner.http
     }
 
     /// The base URL, without a trailing slash.
-    #[allow(dead_code)] // For the API client (row updates, uploads); the flusher does not need it.
     pub(crate) fn base_url(&self) -> &str {
         &self.inner.base_url
     }

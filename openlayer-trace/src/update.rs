@@ -12,10 +12,6 @@ use crate::context::{self, OpenStep};
 use crate::diag;
 use crate::record::{Json, TraceState, to_json, upsert};
 
-fn is_null(json: &str) -> bool {
-    json == "null"
-}
-
 /// The text of a JSON value used as an id: a string's contents, else the JSON itself.
 fn id_text(json: &str) -> Box<str> {
     match serde_json::from_str::<String>(json) {
@@ -53,16 +49,15 @@ fn apply_step_locked(st: &mut TraceState, idx: u32, key: String, value: Json) {
 pub(crate) fn apply_step_json(open: &OpenStep, updates: Vec<(String, Json)>) {
     let mut st = open.trace.lock();
     for (k, v) in updates {
-        if !is_null(&v) {
-            apply_step_locked(&mut st, open.idx, k, v);
-        }
+        apply_step_locked(&mut st, open.idx, k, v);
     }
 }
 
-/// Serializes and applies step updates to an open step.
+/// Serializes and applies step updates to an open step; `None` values are ignored.
 pub(crate) fn apply_step<T: Serialize + ?Sized>(open: &OpenStep, updates: Vec<(String, &T)>) {
     let encoded = updates
         .into_iter()
+        .filter(|(_, v)| !crate::none::is_none(*v))
         .filter_map(|(k, v)| Some((k, to_json(v)?)))
         .collect();
     apply_step_json(open, encoded);
@@ -108,12 +103,13 @@ impl Update {
         self.active
     }
 
-    /// Adds one key; `None`/`null` values are ignored.
+    /// Adds one key. `None` is ignored; NaN and ±inf are kept, as `null`.
     pub fn set<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) {
+        if crate::none::is_none(value) {
+            return;
+        }
         if let Some(v) = to_json(value) {
-            if !is_null(&v) {
-                self.values.push((key.to_string(), v));
-            }
+            self.values.push((key.to_string(), v));
         }
     }
 
@@ -237,12 +233,12 @@ pub fn log_question<T: Serialize + ?Sized>(question: &T) {
 /// Sets the trace's ground truth: the root step's `groundTruth` and the row's
 /// `groundTruth` column.
 pub fn log_ground_truth<T: Serialize + ?Sized>(ground_truth: &T) {
+    if crate::none::is_none(ground_truth) {
+        return;
+    }
     let Some(json) = to_json(ground_truth) else {
         return;
     };
-    if is_null(&json) {
-        return;
-    }
     with_trace_state("log_ground_truth", |st| {
         if let Some(root) = st.steps.first_mut() {
             root.ground_truth = Some(json);

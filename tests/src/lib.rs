@@ -11,6 +11,8 @@
 pub use openlayer_testserver as server;
 pub use openlayer_testserver::{Action, Behavior, Outcome, RecordedRequest, Response, TestServer};
 
+pub mod ordered_json;
+
 /// Child processes: each scenario of a test binary runs in one.
 pub mod child {
     use std::collections::HashMap;

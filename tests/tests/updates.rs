@@ -327,3 +327,48 @@ async fn async_step_builders() {
     assert_eq!(children[1]["name"], "untracked-output");
     assert_eq!(children[1]["output"], Value::Null);
 }
+
+#[test]
+fn a_chat_completion_with_an_explicit_start_time_and_latency() {
+    let started = std::time::SystemTime::now() - Duration::from_secs(2);
+    let (_, traces) = testing::capture(|| {
+        add_chat_completion_step(ChatCompletion {
+            start_time: Some(started),
+            latency: Some(Duration::from_millis(1500)),
+            ..ChatCompletion::new("OpenAI", "gpt-4o")
+        })
+    });
+    let root = traces[0].root();
+    let expected = started
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let start = root["startTime"].as_f64().unwrap();
+    let end = root["endTime"].as_f64().unwrap();
+    assert!((start - expected).abs() < 1e-3, "{start} vs {expected}");
+    assert!((end - start - 1.5).abs() < 1e-3, "{}", end - start);
+    assert!((root["latency"].as_f64().unwrap() - 1500.0).abs() < 1.0);
+}
+
+#[trace]
+fn non_finite(x: u8) -> u8 {
+    update_current_step!(score = f64::NAN, other = 1, absent = None::<f64>);
+    update_current_trace!(ratio = f64::INFINITY, kept = 2, absent_too = None::<u8>);
+    x
+}
+
+#[test]
+fn non_finite_update_values_are_null_and_none_is_ignored() {
+    let (_, traces) = testing::capture(|| non_finite(1));
+    let t = &traces[0];
+    assert_eq!(
+        t.root()["metadata"],
+        json!({"has_guardrails": false, "score": null, "other": 1})
+    );
+    let row = t.row().as_object().unwrap();
+    assert_eq!(row["score"], Value::Null);
+    assert_eq!(row["ratio"], Value::Null);
+    assert!(row.contains_key("ratio") && row.contains_key("score"));
+    assert!(!row.contains_key("absent") && !row.contains_key("absent_too"));
+    assert_eq!(row["kept"], 2);
+}

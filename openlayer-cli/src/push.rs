@@ -1,0 +1,313 @@
+//! `openlayer push FILE`: sends a local trace file's lines to the platform, in order,
+//! data-stream lines by `POST .../data-stream` and row updates by `PUT .../rows`.
+//!
+//! Progress is kept in `FILE.pushed`, replaced atomically after every line that the
+//! platform accepted: the line numbers sent, and the length and a hash of the file up to
+//! the last of them. A rerun skips the lines sent before, and refuses to go on if that
+//! part of the file has changed since (line numbers would no longer mean the same lines).
+//! Sending stops at the first line the platform refuses, so that row updates never
+//! overtake the rows they update; a rerun starts again there.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use openlayer_trace::{LocalLine, LocalLines, RawStreamConfig, RowUpdateConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::progress::Progress;
+use crate::{CliError, remote_client};
+
+/// What has been pushed of a file.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+struct State {
+    version: u32,
+    /// Bytes of the file up to the end of the last line sent.
+    prefix_len: u64,
+    /// FNV-1a 64 of those bytes, in hex.
+    prefix_hash: String,
+    /// Line numbers sent, as inclusive ranges in order.
+    done: Vec<(usize, usize)>,
+}
+
+impl State {
+    fn contains(&self, line: usize) -> bool {
+        self.done.iter().any(|&(a, b)| a <= line && line <= b)
+    }
+
+    fn insert(&mut self, line: usize) {
+        if self.contains(line) {
+            return;
+        }
+        self.done.push((line, line));
+        self.done.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(self.done.len());
+        for &(a, b) in &self.done {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 + 1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        self.done = merged;
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// `FILE.pushed`.
+pub fn sidecar(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".pushed");
+    PathBuf::from(name)
+}
+
+fn load_state(path: &Path) -> Result<State, CliError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            CliError::Usage(format!(
+                "{} is not a progress file ({e}); remove it to push from the start",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State {
+            version: 1,
+            prefix_hash: fnv1a(b""),
+            ..State::default()
+        }),
+        Err(e) => Err(CliError::Failed(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Replaces the progress file atomically: a temporary file, synced, renamed over it.
+fn save_state(path: &Path, state: &State) -> Result<(), CliError> {
+    let fail =
+        |e: std::io::Error| CliError::Failed(format!("cannot write {}: {e}", path.display()));
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp).map_err(fail)?;
+    f.write_all(&serde_json::to_vec(state).unwrap_or_default())
+        .map_err(fail)?;
+    f.sync_all().map_err(fail)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(fail)
+}
+
+pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliError> {
+    let (client, _) = remote_client()?;
+    let default_pipeline = pipeline_flag
+        .or_else(|| client.inference_pipeline_id().map(str::to_string))
+        .filter(|p| !p.trim().is_empty());
+
+    let mut content = std::fs::read(file)
+        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
+    // A last line without its newline may still be being written: leave it for next time.
+    let complete = content
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let partial = content.len() - complete;
+    content.truncate(complete);
+
+    let progress_path = sidecar(file);
+    let mut state = load_state(&progress_path)?;
+    let prefix = usize::try_from(state.prefix_len).unwrap_or(usize::MAX);
+    if prefix > content.len() || fnv1a(&content[..prefix]) != state.prefix_hash {
+        return Err(CliError::Usage(format!(
+            "{} has changed since the last push recorded in {}; remove {} to push it from the start",
+            file.display(),
+            progress_path.display(),
+            progress_path.display(),
+        )));
+    }
+
+    let entries: Vec<_> = LocalLines::new(&content[..]).collect();
+    let skipped = entries.iter().filter(|e| state.contains(e.number)).count();
+    let pending: Vec<_> = entries
+        .into_iter()
+        .filter(|e| !state.contains(e.number))
+        .collect();
+
+    // Lines without a pipeline need one from the flag or the environment: say so before
+    // sending anything.
+    if default_pipeline.is_none() {
+        let orphans: Vec<String> = pending
+            .iter()
+            .filter(|e| matches!(&e.line, Ok(l) if l.pipeline_id().is_none()))
+            .map(|e| e.number.to_string())
+            .collect();
+        if !orphans.is_empty() {
+            return Err(CliError::Usage(format!(
+                "line(s) {} of {} have no pipelineId: pass --pipeline-id or set OPENLAYER_INFERENCE_PIPELINE_ID",
+                abbreviate(&orphans),
+                file.display()
+            )));
+        }
+    }
+
+    let bar = Progress::new("push", pending.len() as u64);
+    let (mut lines_sent, mut rows_sent, mut updates_sent) = (0usize, 0usize, 0usize);
+    let mut bad_lines = 0usize;
+    let mut stopped: Option<(usize, String)> = None;
+    let mut not_attempted = 0usize;
+    for entry in pending {
+        if stopped.is_some() {
+            not_attempted += 1;
+            continue;
+        }
+        let line = match entry.line {
+            Ok(line) => line,
+            Err(e) => {
+                bad_lines += 1;
+                bar.add(1, 1);
+                eprintln!("openlayer: {}: {e} (skipped)", file.display());
+                continue;
+            }
+        };
+        let pipeline = line
+            .pipeline_id()
+            .map(str::to_string)
+            .or_else(|| default_pipeline.clone())
+            .unwrap_or_default();
+        let result = match line {
+            LocalLine::Stream { config, rows, .. } => {
+                let n = rows.len();
+                let rows: Vec<Value> = rows.into_iter().map(Value::Object).collect();
+                client
+                    .stream_rows(&pipeline, &RawStreamConfig(config), &rows)
+                    .await
+                    .map(|()| rows_sent += n)
+            }
+            LocalLine::RowUpdate {
+                inference_id,
+                row,
+                config,
+                ..
+            } => {
+                let config = match config
+                    .map(|c| serde_json::from_value::<RowUpdateConfig>(Value::Object(c)))
+                {
+                    Some(Ok(c)) => Ok(Some(c)),
+                    None => Ok(None),
+                    Some(Err(e)) => Err(openlayer_trace::Error::InvalidInput(format!(
+                        "bad row-update config: {e}"
+                    ))),
+                };
+                match config {
+                    Ok(config) => client
+                        .update_row(&pipeline, &inference_id, &Value::Object(row), config)
+                        .await
+                        .map(|()| updates_sent += 1),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match result {
+            Ok(()) => {
+                lines_sent += 1;
+                state.insert(entry.number);
+                let end = entry.offset + entry.len;
+                if end > state.prefix_len {
+                    state.prefix_len = end;
+                    state.prefix_hash = fnv1a(&content[..end as usize]);
+                }
+                save_state(&progress_path, &state)?;
+                bar.add(1, 0);
+            }
+            Err(e) => {
+                bar.add(1, 1);
+                stopped = Some((entry.number, e.to_string()));
+            }
+        }
+    }
+    bar.finish();
+
+    let mut summary = format!(
+        "pushed {lines_sent} line(s) ({rows_sent} row(s), {updates_sent} update(s)) from {}",
+        file.display()
+    );
+    if skipped > 0 {
+        summary.push_str(&format!("; {skipped} line(s) already pushed"));
+    }
+    println!("{summary}");
+    if partial > 0 {
+        eprintln!(
+            "openlayer: the last line is incomplete ({partial} bytes) and was left for later"
+        );
+    }
+    match (stopped, bad_lines) {
+        (None, 0) => Ok(()),
+        (None, bad) => Err(CliError::Failed(format!(
+            "{bad} line(s) could not be read and were skipped"
+        ))),
+        (Some((line, e)), bad) => {
+            let mut m = format!(
+                "line {line} failed: {e}; stopped there, {not_attempted} line(s) after it not sent"
+            );
+            if bad > 0 {
+                m.push_str(&format!("; {bad} unreadable line(s) skipped"));
+            }
+            m.push_str("; rerun to resume");
+            Err(CliError::Failed(m))
+        }
+    }
+}
+
+fn abbreviate(items: &[String]) -> String {
+    if items.len() <= 10 {
+        items.join(", ")
+    } else {
+        format!("{}, ... ({} in all)", items[..10].join(", "), items.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge() {
+        let mut s = State::default();
+        for l in [3, 1, 2, 7, 5, 6, 2] {
+            s.insert(l);
+        }
+        assert_eq!(s.done, [(1, 3), (5, 7)]);
+        assert!(s.contains(6) && !s.contains(4));
+    }
+
+    #[test]
+    fn state_round_trips_through_an_atomic_save() {
+        let dir = std::env::temp_dir().join(format!("ol-cli-push-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = sidecar(&dir.join("t.jsonl"));
+        assert!(path.ends_with("t.jsonl.pushed"));
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(load_state(&path).unwrap().version, 1);
+        let s = State {
+            version: 1,
+            prefix_len: 10,
+            prefix_hash: fnv1a(b"0123456789"),
+            done: vec![(1, 2)],
+        };
+        save_state(&path, &s).unwrap();
+        assert_eq!(load_state(&path).unwrap(), s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fnv_matches_the_reference() {
+        assert_eq!(fnv1a(b""), "cbf29ce484222325");
+        assert_eq!(fnv1a(b"a"), "af63dc4c8601ec8c");
+    }
+}

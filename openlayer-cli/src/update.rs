@@ -1,0 +1,160 @@
+//! `openlayer update`: one row update per input row, with bounded concurrency. Rows that
+//! fail are written, in the input's format and order, to a file that can be fed back in.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use openlayer_trace::RowUpdateConfig;
+use serde_json::Value;
+use tokio::task::JoinSet;
+
+use crate::input::{self, Record};
+use crate::progress::Progress;
+use crate::{CliError, pipeline_id, remote_client};
+
+#[derive(Debug)]
+pub struct Args {
+    pub file: PathBuf,
+    pub inference_id_column: String,
+    pub ground_truth_column: Option<String>,
+    pub human_feedback_column: Option<String>,
+    pub pipeline_id: Option<String>,
+    pub concurrency: usize,
+    pub failed_file: Option<PathBuf>,
+}
+
+pub async fn run(args: Args) -> Result<(), CliError> {
+    let (client, _) = remote_client()?;
+    let pipeline = pipeline_id(args.pipeline_id.clone(), &client)?;
+    let id_column = args.inference_id_column.as_str();
+    let input = input::read(&args.file, &[id_column])?;
+
+    if let Some(header) = &input.header {
+        let named = [
+            Some(id_column),
+            args.ground_truth_column.as_deref(),
+            args.human_feedback_column.as_deref(),
+        ];
+        for column in named.into_iter().flatten() {
+            if !header.iter().any(|h| h == column) {
+                return Err(CliError::Usage(format!(
+                    "{} has no column `{column}`",
+                    args.file.display()
+                )));
+            }
+        }
+    }
+
+    let mut config = RowUpdateConfig::new();
+    if let Some(c) = &args.ground_truth_column {
+        config = config.ground_truth_column_name(c.clone());
+    }
+    if let Some(c) = &args.human_feedback_column {
+        config = config.human_feedback_column_name(c.clone());
+    }
+    let config = (!config.is_empty()).then_some(config);
+
+    let total = input.records.len() + input.bad.len();
+    let bar = Arc::new(Progress::new("update", total as u64));
+    let mut failures: Vec<(Record, String)> = Vec::new();
+    for (record, why) in &input.bad {
+        failures.push((record.clone(), why.clone()));
+        bar.add(1, 1);
+    }
+
+    let pipeline: Arc<str> = Arc::from(pipeline);
+    let mut tasks: JoinSet<Option<(Record, String)>> = JoinSet::new();
+    let mut updated = 0usize;
+    let mut lost = 0usize;
+    for record in input.records {
+        let id = match record.row.get(id_column) {
+            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => {
+                failures.push((record, format!("no inference id in `{id_column}`")));
+                bar.add(1, 1);
+                continue;
+            }
+        };
+        let mut row = record.row.clone();
+        row.remove(id_column);
+        let (client, pipeline, config, bar) = (
+            client.clone(),
+            pipeline.clone(),
+            config.clone(),
+            bar.clone(),
+        );
+        tasks.spawn(async move {
+            let result = client
+                .update_row(&pipeline, &id, &Value::Object(row), config)
+                .await;
+            bar.add(1, u64::from(result.is_err()));
+            result.err().map(|e| (record, e.to_string()))
+        });
+        while tasks.len() >= args.concurrency {
+            collect(
+                tasks.join_next().await,
+                &mut failures,
+                &mut updated,
+                &mut lost,
+            );
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        collect(Some(done), &mut failures, &mut updated, &mut lost);
+    }
+    bar.finish();
+
+    println!("updated {updated} row(s) of pipeline {pipeline}");
+    if failures.is_empty() {
+        return if lost == 0 {
+            Ok(())
+        } else {
+            Err(CliError::Failed(format!("{lost} update task(s) crashed")))
+        };
+    }
+    failures.sort_by_key(|(r, _)| r.line);
+    for (record, why) in failures.iter().take(20) {
+        eprintln!("openlayer: {}:{}: {why}", args.file.display(), record.line);
+    }
+    if failures.len() > 20 {
+        eprintln!("openlayer: ... and {} more", failures.len() - 20);
+    }
+    let failed_path = args
+        .failed_file
+        .clone()
+        .unwrap_or_else(|| input::failed_path(&args.file));
+    input::write_failed(
+        &failed_path,
+        input.format,
+        input.header.as_ref(),
+        failures.iter().map(|(r, _)| r),
+    )?;
+    let mut message = format!(
+        "{} of {total} row(s) failed; they are in {} (pass it as --file to retry them)",
+        failures.len(),
+        failed_path.display()
+    );
+    if lost > 0 {
+        message.push_str(&format!("; {lost} update task(s) crashed"));
+    }
+    Err(CliError::Failed(message))
+}
+
+fn collect(
+    joined: Option<Result<Option<(Record, String)>, tokio::task::JoinError>>,
+    failures: &mut Vec<(Record, String)>,
+    updated: &mut usize,
+    lost: &mut usize,
+) {
+    match joined {
+        Some(Ok(None)) => *updated += 1,
+        Some(Ok(Some(failure))) => failures.push(failure),
+        // A task that panicked lost its record: count it, so the exit code says so.
+        Some(Err(e)) => {
+            *lost += 1;
+            eprintln!("openlayer: an update task crashed: {e}");
+        }
+        None => {}
+    }
+}

@@ -1,0 +1,639 @@
+//! The `openlayer` binary, end to end, against a loopback mock of the platform.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+use wiremock::matchers::{body_string_contains, method, path, path_regex, query_param};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+const KEY: &str = "sk-cli-test-secret";
+const PIPELINE: &str = "00000000-0000-0000-0000-00000000000a";
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "ol-cli-{name}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    fn file(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the binary with a clean Openlayer environment plus `env`.
+async fn openlayer(args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_openlayer"));
+    cmd.args(args);
+    for var in [
+        "OPENLAYER_API_KEY",
+        "OPENLAYER_BASE_URL",
+        "OPENLAYER_INFERENCE_PIPELINE_ID",
+        "OPENLAYER_TRACE_FILE",
+        "OPENLAYER_DISABLE_PUBLISH",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn platform(server: &MockServer) -> Vec<(&'static str, String)> {
+    vec![
+        ("OPENLAYER_API_KEY", KEY.to_string()),
+        ("OPENLAYER_BASE_URL", format!("{}/v1", server.uri())),
+    ]
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({"success": true}))
+}
+
+fn body(r: &Request) -> Value {
+    r.body_json().unwrap()
+}
+
+async fn requests(server: &MockServer) -> Vec<Request> {
+    server.received_requests().await.unwrap()
+}
+
+fn trace_line(pipeline: Option<&str>, id: &str) -> String {
+    json!({
+        "pipelineId": pipeline,
+        "config": {"outputColumnName": "output", "inferenceIdColumnName": "inferenceId", "latencyColumnName": "latency"},
+        "rows": [{
+            "inferenceId": id,
+            "latency": 12.5,
+            "output": "Paris",
+            "steps": [{
+                "name": "main", "type": "user_call", "latency": 12.5,
+                "steps": [
+                    {"name": "retrieve_context", "type": "retriever", "latency": 3.25, "steps": []},
+                    {"name": "generate_answer", "type": "chat_completion", "latency": 8.0, "steps": []}
+                ]
+            }]
+        }]
+    })
+    .to_string()
+}
+
+fn update_line(pipeline: Option<&str>, id: &str) -> String {
+    json!({
+        "pipelineId": pipeline,
+        "inferenceId": id,
+        "row": {"groundTruth": "Paris"},
+        "config": {"groundTruthColumnName": "groundTruth"}
+    })
+    .to_string()
+}
+
+// ---- show ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn show_prints_trace_trees_and_update_summaries() {
+    let dir = TempDir::new("show");
+    let file = dir.file(
+        "traces.jsonl",
+        &format!(
+            "{}\n{}\n",
+            trace_line(Some("pipe-1"), "trace-1"),
+            update_line(None, "trace-1")
+        ),
+    );
+    let out = openlayer(&["show", file.to_str().unwrap()], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "trace trace-1 pipeline pipe-1 12.50 ms  (line 1)\n\
+         \x20 main [user_call] 12.50 ms\n\
+         \x20   retrieve_context [retriever] 3.25 ms\n\
+         \x20   generate_answer [chat_completion] 8.00 ms\n\
+         update trace-1 pipeline -: groundTruth=\"Paris\"  (line 2)\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn show_reports_bad_lines_and_fails() {
+    let dir = TempDir::new("show-bad");
+    let file = dir.file(
+        "traces.jsonl",
+        &format!("{}\nnot json\n", trace_line(None, "t1")),
+    );
+    let out = openlayer(&["show", file.to_str().unwrap()], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).starts_with("trace t1 pipeline -"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("line 2"), "{}", stderr(&out));
+
+    let out = openlayer(
+        &["show", dir.0.join("missing.jsonl").to_str().unwrap()],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn show_reads_every_file_of_a_spool_directory() {
+    let dir = TempDir::new("show-dir");
+    dir.file("b.jsonl", &format!("{}\n", update_line(Some("p"), "t2")));
+    dir.file("a.jsonl", &format!("{}\n", trace_line(Some("p"), "t1")));
+    let out = openlayer(&["show", dir.0.to_str().unwrap()], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let a = text.find("a.jsonl\ntrace t1 pipeline p").expect(&text);
+    let b = text.find("b.jsonl\nupdate t2 pipeline p").expect(&text);
+    assert!(a < b, "{text}");
+}
+
+// ---- push ---------------------------------------------------------------------------
+
+fn stream_ids(reqs: &[Request]) -> Vec<String> {
+    reqs.iter()
+        .filter(|r| r.url.path().ends_with("/data-stream"))
+        .map(|r| {
+            body(r)["rows"][0]["inferenceId"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_resumes_after_a_failure_without_duplicates() {
+    let server = MockServer::start().await;
+    // The third line is refused once.
+    Mock::given(method("POST"))
+        .and(body_string_contains("trace-3"))
+        .respond_with(
+            ResponseTemplate::new(400).set_body_json(json!({"error": "temporarily refused"})),
+        )
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/v1/inference-pipelines/[^/]+/data-stream$"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path_regex(r"^/v1/inference-pipelines/[^/]+/rows$"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+
+    let dir = TempDir::new("push");
+    let file = dir.file(
+        "traces.jsonl",
+        &[
+            trace_line(Some("pipe-a"), "trace-1"),
+            update_line(Some("pipe-a"), "trace-1"),
+            trace_line(None, "trace-3"),
+            update_line(None, "trace-3"),
+            trace_line(Some("pipe-b"), "trace-5"),
+        ]
+        .join("\n"),
+    );
+    std::fs::write(&file, std::fs::read_to_string(&file).unwrap() + "\n").unwrap();
+    let file_arg = file.to_str().unwrap();
+    let env = platform(&server);
+
+    // Lines without a pipeline need one: refused before anything is sent.
+    let out = openlayer(&["push", file_arg], &env).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--pipeline-id"), "{}", stderr(&out));
+    assert!(requests(&server).await.is_empty());
+
+    // First run: lines 1 and 2 go, line 3 is refused, push stops there.
+    let out = openlayer(&["push", file_arg, "--pipeline-id", PIPELINE], &env).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("line 3 failed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("temporarily refused"),
+        "{}",
+        stderr(&out)
+    );
+    let first = requests(&server).await;
+    assert_eq!(first.len(), 3);
+    assert_eq!(stream_ids(&first), ["trace-1", "trace-3"]);
+    assert!(dir.0.join("traces.jsonl.pushed").exists());
+
+    // Second run: only lines 3, 4 and 5.
+    let out = openlayer(&["push", file_arg, "--pipeline-id", PIPELINE], &env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("pushed 3 line(s)"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("2 line(s) already pushed"),
+        "{}",
+        stdout(&out)
+    );
+    let all = requests(&server).await;
+    let second = &all[first.len()..];
+    assert_eq!(second.len(), 3);
+    assert_eq!(stream_ids(second), ["trace-3", "trace-5"]);
+
+    // Each line's pipeline: its own, or the flag's for pipeline-less lines.
+    let paths: Vec<String> = all.iter().map(|r| r.url.path().to_string()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/v1/inference-pipelines/pipe-a/data-stream".to_string(),
+            "/v1/inference-pipelines/pipe-a/rows".to_string(),
+            format!("/v1/inference-pipelines/{PIPELINE}/data-stream"),
+            format!("/v1/inference-pipelines/{PIPELINE}/data-stream"),
+            format!("/v1/inference-pipelines/{PIPELINE}/rows"),
+            "/v1/inference-pipelines/pipe-b/data-stream".to_string(),
+        ]
+    );
+    // The update line went out as the wire format wants it.
+    let update = &all[4];
+    assert_eq!(update.url.query(), Some("inferenceId=trace-3"));
+    assert_eq!(
+        body(update),
+        json!({"row": {"groundTruth": "Paris"}, "config": {"groundTruthColumnName": "groundTruth"}})
+    );
+    // The data-stream line went out with its config, minus the pipelineId.
+    assert_eq!(
+        body(&all[0])["config"],
+        json!({"outputColumnName": "output", "inferenceIdColumnName": "inferenceId", "latencyColumnName": "latency"})
+    );
+    assert!(body(&all[0]).get("pipelineId").is_none());
+
+    // Third run: nothing left; appended lines are picked up.
+    let out = openlayer(&["push", file_arg, "--pipeline-id", PIPELINE], &env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("pushed 0 line(s)"),
+        "{}",
+        stdout(&out)
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap();
+    std::io::Write::write_all(
+        &mut f,
+        format!("{}\n", trace_line(Some("pipe-a"), "trace-6")).as_bytes(),
+    )
+    .unwrap();
+    let out = openlayer(&["push", file_arg], &env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let all = requests(&server).await;
+    assert_eq!(all.len(), 7);
+    assert_eq!(stream_ids(&all[6..]), ["trace-6"]);
+
+    // A file rewritten under the progress file is refused rather than half-skipped.
+    std::fs::write(&file, format!("{}\n", trace_line(Some("pipe-a"), "other"))).unwrap();
+    let out = openlayer(&["push", file_arg], &env).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("has changed"), "{}", stderr(&out));
+    assert_eq!(requests(&server).await.len(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_without_a_key_is_a_usage_error() {
+    let dir = TempDir::new("push-nokey");
+    let file = dir.file("t.jsonl", &format!("{}\n", trace_line(Some("p"), "x")));
+    let out = openlayer(&["push", file.to_str().unwrap()], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("OPENLAYER_API_KEY"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+// ---- update -------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn update_writes_failed_rows_to_a_file_that_can_be_fed_back() {
+    let server = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(query_param("inferenceId", "missing"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"error": "row not found"})))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path(format!("/v1/inference-pipelines/{PIPELINE}/rows")))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+
+    let dir = TempDir::new("update");
+    let csv = dir.file(
+        "feedback.csv",
+        "inference_id,label,feedback,note\n\
+         007,1,thumbs_up,\"fine, really\"\n\
+         missing,0,thumbs_down,x\n\
+         ,1,thumbs_up,no id\n\
+         abc,0,,\n",
+    );
+    let mut env = platform(&server);
+    env.push(("OPENLAYER_INFERENCE_PIPELINE_ID", PIPELINE.to_string()));
+    let args = [
+        "update",
+        "--file",
+        csv.to_str().unwrap(),
+        "--inference-id-column",
+        "inference_id",
+        "--ground-truth-column",
+        "label",
+        "--human-feedback-column",
+        "feedback",
+        "--concurrency",
+        "2",
+    ];
+    let out = openlayer(&args, &env).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("updated 2 row(s)"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("row not found"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no inference id"), "{}", stderr(&out));
+
+    let failed = dir.0.join("feedback.failed.csv");
+    assert_eq!(
+        std::fs::read_to_string(&failed).unwrap(),
+        "inference_id,label,feedback,note\nmissing,0,thumbs_down,x\n,1,thumbs_up,no id\n"
+    );
+
+    let reqs = requests(&server).await;
+    assert_eq!(reqs.len(), 3);
+    let by_id = |id: &str| {
+        reqs.iter()
+            .find(|r| r.url.query() == Some(&format!("inferenceId={id}")))
+            .map(body)
+            .unwrap()
+    };
+    // ids stay text ("007"), other cells are typed; the id column is not in the row
+    assert_eq!(
+        by_id("007"),
+        json!({
+            "row": {"label": 1, "feedback": "thumbs_up", "note": "fine, really"},
+            "config": {"groundTruthColumnName": "label", "humanFeedbackColumnName": "feedback"}
+        })
+    );
+    assert_eq!(
+        by_id("abc")["row"],
+        json!({"label": 0, "feedback": null, "note": null})
+    );
+
+    // Fed back in, the row the server refused goes through; the one with no id cannot.
+    let mut again = args.to_vec();
+    again[2] = failed.to_str().unwrap();
+    let out = openlayer(&again, &env).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("updated 1 row(s)"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.0.join("feedback.failed.failed.csv")).unwrap(),
+        "inference_id,label,feedback,note\n,1,thumbs_up,no id\n"
+    );
+    assert_eq!(requests(&server).await.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn update_from_jsonl_succeeds_with_exit_zero() {
+    let server = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path(format!("/v1/inference-pipelines/{PIPELINE}/rows")))
+        .respond_with(ok())
+        .expect(3)
+        .mount(&server)
+        .await;
+    let dir = TempDir::new("update-jsonl");
+    let file = dir.file(
+        "signals.jsonl",
+        "{\"inference_id\":\"chat_1\",\"user_converted\":true,\"conversion_value\":99.99}\n\
+         {\"inference_id\":\"chat_2\",\"user_converted\":false,\"pages_viewed\":3}\n\
+         \n\
+         {\"inference_id\":42,\"rating\":5}\n",
+    );
+    let out = openlayer(
+        &[
+            "update",
+            "--file",
+            file.to_str().unwrap(),
+            "--inference-id-column",
+            "inference_id",
+            "--pipeline-id",
+            PIPELINE,
+        ],
+        &platform(&server),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!dir.0.join("signals.failed.jsonl").exists());
+    let mut seen: Vec<(String, Value)> = requests(&server)
+        .await
+        .iter()
+        .map(|r| (r.url.query().unwrap().to_string(), body(r)))
+        .collect();
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        seen,
+        [
+            ("inferenceId=42".to_string(), json!({"row": {"rating": 5}})),
+            (
+                "inferenceId=chat_1".to_string(),
+                json!({"row": {"user_converted": true, "conversion_value": 99.99}})
+            ),
+            (
+                "inferenceId=chat_2".to_string(),
+                json!({"row": {"user_converted": false, "pages_viewed": 3}})
+            ),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn update_usage_errors_exit_2() {
+    let server = MockServer::start().await;
+    let dir = TempDir::new("update-usage");
+    let csv = dir.file("f.csv", "id,gt\na,1\n");
+    let csv_arg = csv.to_str().unwrap();
+    // no pipeline
+    let out = openlayer(
+        &["update", "--file", csv_arg, "--inference-id-column", "id"],
+        &platform(&server),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--pipeline-id"), "{}", stderr(&out));
+    // a column the file does not have
+    let out = openlayer(
+        &[
+            "update",
+            "--file",
+            csv_arg,
+            "--inference-id-column",
+            "inference_id",
+            "--pipeline-id",
+            "p",
+        ],
+        &platform(&server),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("`inference_id`"), "{}", stderr(&out));
+    // a missing required flag (clap)
+    let out = openlayer(&["update", "--file", csv_arg], &platform(&server)).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(requests(&server).await.is_empty());
+}
+
+// ---- stream -------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_sends_rows_in_batches() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!(
+            "/v1/inference-pipelines/{PIPELINE}/data-stream"
+        )))
+        .respond_with(ok())
+        .expect(3)
+        .mount(&server)
+        .await;
+    let dir = TempDir::new("stream");
+    let config = dir.file(
+        "config.json",
+        r#"{"outputColumnName": "answer", "inputVariableNames": ["question"], "inferenceIdColumnName": "id"}"#,
+    );
+    let rows = dir.file(
+        "rows.csv",
+        "id,question,answer,latency\n\
+         001,2+2?,4,12.5\n\
+         002,3+3?,6,10\n\
+         003,capital of France?,Paris,\n\
+         004,\"a, b?\",c,1\n\
+         005,x,y,2\n",
+    );
+    let out = openlayer(
+        &[
+            "stream",
+            "--file",
+            rows.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--pipeline-id",
+            PIPELINE,
+            "--batch-size",
+            "2",
+        ],
+        &platform(&server),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("streamed 5 row(s)"),
+        "{}",
+        stdout(&out)
+    );
+    let reqs = requests(&server).await;
+    let sizes: Vec<usize> = reqs
+        .iter()
+        .map(|r| body(r)["rows"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(sizes, [2, 2, 1]);
+    assert_eq!(
+        body(&reqs[0]),
+        json!({
+            "config": {"outputColumnName": "answer", "inputVariableNames": ["question"], "inferenceIdColumnName": "id"},
+            "rows": [
+                {"id": "001", "question": "2+2?", "answer": 4, "latency": 12.5},
+                {"id": "002", "question": "3+3?", "answer": 6, "latency": 10},
+            ]
+        })
+    );
+    assert_eq!(body(&reqs[1])["rows"][0]["latency"], Value::Null);
+    assert_eq!(body(&reqs[1])["rows"][1]["question"], "a, b?");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_checks_every_row_before_sending() {
+    let server = MockServer::start().await;
+    let dir = TempDir::new("stream-bad");
+    let config = dir.file(
+        "config.json",
+        r#"{"classNames": ["neg", "pos"], "textColumnName": "text", "predictionsColumnName": "pred"}"#,
+    );
+    let rows = dir.file(
+        "rows.jsonl",
+        "{\"text\": \"great\", \"pred\": 1}\n{\"text\": \"awful\"}\n",
+    );
+    let env = platform(&server);
+    let mut args = vec![
+        "stream",
+        "--file",
+        rows.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--pipeline-id",
+        PIPELINE,
+    ];
+    let out = openlayer(&args, &env).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("rows.jsonl:2: no column `pred`"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("nothing was sent"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A misspelt config key is a usage error.
+    let bad_config = dir.file("bad.json", r#"{"outputColumName": "answer"}"#);
+    args[4] = bad_config.to_str().unwrap();
+    args.extend(["--task-type", "llm-base"]);
+    let out = openlayer(&args, &env).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("outputColumName"), "{}", stderr(&out));
+    assert!(requests(&server).await.is_empty());
+}

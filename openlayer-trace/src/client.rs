@@ -1,0 +1,726 @@
+//! The explicit data APIs: row updates, streamed and bulk rows, projects and pipelines.
+//!
+//! [`Client`] talks to the platform when it has an API key. Without one it runs on the
+//! embedded default: data calls append to the local trace file
+//! ([`Config::trace_file`]) for `openlayer push` to send later, and calls that must read
+//! from the platform return [`Error::Config`].
+
+mod bulk;
+mod configs;
+mod csv;
+mod multipart;
+mod types;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::localfile::{self, LocalLine};
+use crate::transport::{ApiRequest, ApiResponse, Transport, TransportConfig};
+
+use configs::json_kind;
+pub use configs::{
+    LlmConfig, PromptMessage, RawStreamConfig, RowUpdateConfig, StreamConfig,
+    TabularClassificationConfig, TabularRegressionConfig, TextClassificationConfig,
+    stream_config_from_json,
+};
+use types::Items;
+pub use types::{InferencePipeline, Project, TaskType};
+
+/// A client of the Openlayer data APIs. Cheap to clone; clones share one connection pool.
+///
+/// ```no_run
+/// use openlayer_trace::{Client, RowUpdateConfig};
+/// # async fn run() -> Result<(), openlayer_trace::Error> {
+/// let client = Client::from_env()?;
+/// client
+///     .update_row(
+///         "YOUR_PIPELINE_ID",
+///         "chat_conv123_user456",
+///         &serde_json::json!({"groundTruth": "Paris", "user_converted": true}),
+///         Some(RowUpdateConfig::new().ground_truth_column_name("groundTruth")),
+///     )
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Backend,
+    default_pipeline_id: Option<String>,
+    batch_max_rows: usize,
+    max_retries: u32,
+}
+
+enum Backend {
+    Remote(Transport),
+    Local(PathBuf),
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Client");
+        match &self.inner.backend {
+            Backend::Remote(t) => d.field("base_url", &t.base_url()),
+            Backend::Local(p) => d.field("local_file", p),
+        };
+        d.field("inference_pipeline_id", &self.inner.default_pipeline_id)
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client configured from the environment (`OPENLAYER_API_KEY`,
+    /// `OPENLAYER_BASE_URL`, `OPENLAYER_INFERENCE_PIPELINE_ID`, `OPENLAYER_TRACE_FILE`, ...).
+    ///
+    /// Without `OPENLAYER_API_KEY` the client runs in local mode.
+    pub fn from_env() -> Result<Client, Error> {
+        Client::new(&Config::from_env()?)
+    }
+
+    /// A client with this configuration. Only the connection settings, the API key, the
+    /// default pipeline, the trace file and `batch_max_rows` are used: in particular
+    /// `OPENLAYER_DISABLE_PUBLISH`, which turns tracing off, does not silence the
+    /// client's explicit calls.
+    pub fn new(config: &Config) -> Result<Client, Error> {
+        let backend = if config.api_key().is_some() {
+            Backend::Remote(Transport::new(TransportConfig::from_config(config))?)
+        } else {
+            Backend::Local(config.trace_file().to_path_buf())
+        };
+        Ok(Client {
+            inner: Arc::new(Inner {
+                backend,
+                default_pipeline_id: config.inference_pipeline_id().map(str::to_string),
+                batch_max_rows: config.batch_max_rows,
+                max_retries: config.max_retries,
+            }),
+        })
+    }
+
+    /// A builder starting from the environment; explicit values beat it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use openlayer_trace::Client;
+    /// let client = Client::builder()
+    ///     .api_key("sk-test")
+    ///     .base_url("http://127.0.0.1:9/v1")
+    ///     .request_timeout(Duration::from_secs(10))
+    ///     .max_retries(4)
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(!client.is_local());
+    /// ```
+    pub fn builder() -> ClientBuilder {
+        match Config::from_env() {
+            Ok(config) => ClientBuilder {
+                config,
+                error: None,
+            },
+            Err(e) => ClientBuilder {
+                config: Config::default(),
+                error: Some(e),
+            },
+        }
+    }
+
+    /// Whether the client runs in local mode (no API key): data goes to the local file.
+    pub fn is_local(&self) -> bool {
+        matches!(self.inner.backend, Backend::Local(_))
+    }
+
+    /// The local trace file, in local mode.
+    pub fn local_file(&self) -> Option<&Path> {
+        match &self.inner.backend {
+            Backend::Local(p) => Some(p),
+            Backend::Remote(_) => None,
+        }
+    }
+
+    /// The default inference pipeline id of the configuration
+    /// (`OPENLAYER_INFERENCE_PIPELINE_ID`), if any.
+    pub fn inference_pipeline_id(&self) -> Option<&str> {
+        self.inner.default_pipeline_id.as_deref()
+    }
+
+    // ---- row updates -------------------------------------------------------------
+
+    /// Updates the row with `inference_id`: sets the columns of `row` (a JSON object),
+    /// with `config` telling which of them hold the ground truth, human feedback, ...
+    ///
+    /// Sends `PUT /inference-pipelines/{pipeline_id}/rows?inferenceId={inference_id}` with
+    /// `{"row": ..., "config": ...}` (`config` omitted when `None` or empty). In local
+    /// mode, appends a row-update line to the local file instead.
+    ///
+    /// Fails with [`Error::InvalidInput`] before sending anything when an id is empty,
+    /// `row` is not an object, or a column named by `config` (other than the inference
+    /// id column) is missing from `row`.
+    pub async fn update_row(
+        &self,
+        pipeline_id: &str,
+        inference_id: &str,
+        row: &Value,
+        config: Option<RowUpdateConfig>,
+    ) -> Result<(), Error> {
+        let local = self.is_local();
+        if !local {
+            require_id("pipeline id", pipeline_id)?;
+        }
+        require_id("inference id", inference_id)?;
+        let Value::Object(map) = row else {
+            return Err(Error::InvalidInput(format!(
+                "the row must be a JSON object, got {}",
+                json_kind(row)
+            )));
+        };
+        let config = config.filter(|c| !c.is_empty());
+        if let Some(c) = &config {
+            for (key, column) in c.row_columns() {
+                if !map.contains_key(column) {
+                    return Err(Error::InvalidInput(format!(
+                        "the row has no column `{column}` (named by `{key}`)"
+                    )));
+                }
+            }
+        }
+        match &self.inner.backend {
+            Backend::Local(path) => localfile::append(
+                path,
+                &[LocalLine::RowUpdate {
+                    pipeline_id: non_empty(pipeline_id),
+                    inference_id: inference_id.to_string(),
+                    row: map.clone(),
+                    config: config.map(|c| c.to_json()),
+                }],
+            ),
+            Backend::Remote(t) => {
+                #[derive(Serialize)]
+                struct Body<'a> {
+                    row: &'a Map<String, Value>,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    config: Option<&'a RowUpdateConfig>,
+                }
+                let body = Body {
+                    row: map,
+                    config: config.as_ref(),
+                };
+                let req = ApiRequest {
+                    method: Method::PUT,
+                    path: format!("/inference-pipelines/{}/rows", segment(pipeline_id)),
+                    query: vec![("inferenceId".into(), inference_id.into())],
+                    body: Some(serde_json::to_vec(&body)?.into()),
+                };
+                expect_success(t, &req).await
+            }
+        }
+    }
+
+    /// Reads back the row with `inference_id` (`GET .../rows/{inferenceId}`), as the
+    /// platform returns it. Needs an API key.
+    pub async fn get_row(&self, pipeline_id: &str, inference_id: &str) -> Result<Value, Error> {
+        let t = self.remote("get_row")?;
+        require_id("pipeline id", pipeline_id)?;
+        require_id("inference id", inference_id)?;
+        let req = ApiRequest {
+            method: Method::GET,
+            path: row_path(pipeline_id, inference_id),
+            query: Vec::new(),
+            body: None,
+        };
+        send(t, &req).await?.json()
+    }
+
+    /// Deletes the row with `inference_id` (`DELETE .../rows/{inferenceId}`). Needs an
+    /// API key.
+    pub async fn delete_row(&self, pipeline_id: &str, inference_id: &str) -> Result<(), Error> {
+        let t = self.remote("delete_row")?;
+        require_id("pipeline id", pipeline_id)?;
+        require_id("inference id", inference_id)?;
+        let req = ApiRequest {
+            method: Method::DELETE,
+            path: row_path(pipeline_id, inference_id),
+            query: Vec::new(),
+            body: None,
+        };
+        send(t, &req).await.map(drop)
+    }
+
+    // ---- streamed rows -------------------------------------------------------------
+
+    /// Streams `rows` (JSON objects) to the pipeline in one request,
+    /// `POST /inference-pipelines/{pipeline_id}/data-stream` with
+    /// `{"config": ..., "rows": [...]}`. In local mode, appends one data-stream line to
+    /// the local file instead.
+    ///
+    /// The config and every row are checked first ([`Error::InvalidInput`] naming the
+    /// row index and the column; nothing is sent then). For many rows, send several
+    /// calls or use [`publish_batch`](Self::publish_batch).
+    ///
+    /// ```no_run
+    /// use openlayer_trace::{Client, LlmConfig};
+    /// # async fn run() -> Result<(), openlayer_trace::Error> {
+    /// let client = Client::from_env()?;
+    /// let config = LlmConfig::new("answer").input_variable_names(["question"]);
+    /// let rows = [serde_json::json!({"question": "2+2?", "answer": "4", "inferenceId": "q-1"})];
+    /// client.stream_rows("YOUR_PIPELINE_ID", &config, &rows).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn stream_rows<C: StreamConfig + ?Sized>(
+        &self,
+        pipeline_id: &str,
+        config: &C,
+        rows: &[Value],
+    ) -> Result<(), Error> {
+        if !self.is_local() {
+            require_id("pipeline id", pipeline_id)?;
+        }
+        configs::validate_rows(config, rows)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let config = config.to_json();
+        match &self.inner.backend {
+            Backend::Local(path) => {
+                localfile::append(path, &[stream_line(pipeline_id, config, rows.iter())])
+            }
+            Backend::Remote(t) => {
+                #[derive(Serialize)]
+                struct Body<'a> {
+                    config: Map<String, Value>,
+                    rows: &'a [Value],
+                }
+                let req = ApiRequest {
+                    method: Method::POST,
+                    path: format!("/inference-pipelines/{}/data-stream", segment(pipeline_id)),
+                    query: Vec::new(),
+                    body: Some(serde_json::to_vec(&Body { config, rows })?.into()),
+                };
+                expect_success(t, &req).await
+            }
+        }
+    }
+
+    // ---- projects and pipelines ----------------------------------------------------
+
+    /// Lists projects (`GET /projects`), only those matching `name` when given. Needs an
+    /// API key.
+    pub async fn list_projects(&self, name: Option<&str>) -> Result<Vec<Project>, Error> {
+        let t = self.remote("list_projects")?;
+        let req = ApiRequest {
+            method: Method::GET,
+            path: "/projects".into(),
+            query: name
+                .map(|n| vec![("name".to_string(), n.to_string())])
+                .unwrap_or_default(),
+            body: None,
+        };
+        Ok(send(t, &req).await?.json::<Items<Project>>()?.items)
+    }
+
+    /// Creates a project (`POST /projects`). Needs an API key.
+    pub async fn create_project(
+        &self,
+        name: &str,
+        task_type: TaskType,
+        description: Option<&str>,
+    ) -> Result<Project, Error> {
+        let t = self.remote("create_project")?;
+        require_id("project name", name)?;
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Body<'a> {
+            name: &'a str,
+            task_type: &'a TaskType,
+            description: Option<&'a str>,
+        }
+        let body = Body {
+            name,
+            task_type: &task_type,
+            description,
+        };
+        let req = ApiRequest {
+            method: Method::POST,
+            path: "/projects".into(),
+            query: Vec::new(),
+            body: Some(serde_json::to_vec(&body)?.into()),
+        };
+        send(t, &req).await?.json()
+    }
+
+    /// Lists a project's inference pipelines
+    /// (`GET /projects/{project_id}/inference-pipelines`), only those matching `name` when
+    /// given. Needs an API key.
+    pub async fn list_inference_pipelines(
+        &self,
+        project_id: &str,
+        name: Option<&str>,
+    ) -> Result<Vec<InferencePipeline>, Error> {
+        let t = self.remote("list_inference_pipelines")?;
+        require_id("project id", project_id)?;
+        let req = ApiRequest {
+            method: Method::GET,
+            path: format!("/projects/{}/inference-pipelines", segment(project_id)),
+            query: name
+                .map(|n| vec![("name".to_string(), n.to_string())])
+                .unwrap_or_default(),
+            body: None,
+        };
+        let mut items = send(t, &req)
+            .await?
+            .json::<Items<InferencePipeline>>()?
+            .items;
+        for p in &mut items {
+            p.project_id.get_or_insert_with(|| project_id.to_string());
+        }
+        Ok(items)
+    }
+
+    /// Creates an inference pipeline in a project
+    /// (`POST /projects/{project_id}/inference-pipelines`). Needs an API key.
+    pub async fn create_inference_pipeline(
+        &self,
+        project_id: &str,
+        name: &str,
+        description: Option<&str>,
+    ) -> Result<InferencePipeline, Error> {
+        let t = self.remote("create_inference_pipeline")?;
+        require_id("project id", project_id)?;
+        require_id("pipeline name", name)?;
+        #[derive(Serialize)]
+        struct Body<'a> {
+            name: &'a str,
+            description: Option<&'a str>,
+        }
+        let req = ApiRequest {
+            method: Method::POST,
+            path: format!("/projects/{}/inference-pipelines", segment(project_id)),
+            query: Vec::new(),
+            body: Some(serde_json::to_vec(&Body { name, description })?.into()),
+        };
+        let mut p: InferencePipeline = send(t, &req).await?.json()?;
+        p.project_id.get_or_insert_with(|| project_id.to_string());
+        Ok(p)
+    }
+
+    /// The pipeline `pipeline_name` of the project `project_name`, creating either when it
+    /// does not exist (names match exactly; a new project gets `task_type`).
+    ///
+    /// In local mode nothing is asked of the platform: the pipeline gets a deterministic
+    /// local id (a UUID v5 of the two names), [`InferencePipeline::local`] is set, and an
+    /// info line says so.
+    ///
+    /// ```
+    /// use openlayer_trace::{Client, Config, TaskType};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let client = Client::new(&Config::default()).unwrap(); // no API key: local mode
+    /// let a = client
+    ///     .load_or_create_inference_pipeline("Chatbot", "production", TaskType::LlmBase)
+    ///     .await
+    ///     .unwrap();
+    /// let b = client
+    ///     .load_or_create_inference_pipeline("Chatbot", "production", TaskType::LlmBase)
+    ///     .await
+    ///     .unwrap();
+    /// assert!(a.local);
+    /// assert_eq!(a.id, b.id);
+    /// # });
+    /// ```
+    pub async fn load_or_create_inference_pipeline(
+        &self,
+        project_name: &str,
+        pipeline_name: &str,
+        task_type: TaskType,
+    ) -> Result<InferencePipeline, Error> {
+        require_id("project name", project_name)?;
+        require_id("pipeline name", pipeline_name)?;
+        if let Backend::Local(path) = &self.inner.backend {
+            let id = local_pipeline_id(project_name, pipeline_name);
+            tracing::info!(
+                target: "openlayer_trace",
+                project = project_name,
+                pipeline = pipeline_name,
+                pipeline_id = %id,
+                file = %path.display(),
+                "no API key: using a local inference pipeline id; data goes to the local file"
+            );
+            return Ok(InferencePipeline {
+                id,
+                name: pipeline_name.to_string(),
+                project_id: None,
+                description: None,
+                local: true,
+                extra: Map::new(),
+            });
+        }
+        let project = match self
+            .list_projects(Some(project_name))
+            .await?
+            .into_iter()
+            .find(|p| p.name == project_name)
+        {
+            Some(p) => p,
+            None => {
+                tracing::info!(target: "openlayer_trace", project = project_name, "creating project");
+                self.create_project(project_name, task_type, None).await?
+            }
+        };
+        if let Some(p) = self
+            .list_inference_pipelines(&project.id, Some(pipeline_name))
+            .await?
+            .into_iter()
+            .find(|p| p.name == pipeline_name)
+        {
+            return Ok(p);
+        }
+        tracing::info!(
+            target: "openlayer_trace",
+            project = project_name,
+            pipeline = pipeline_name,
+            "creating inference pipeline"
+        );
+        self.create_inference_pipeline(&project.id, pipeline_name, None)
+            .await
+    }
+
+    fn remote(&self, what: &str) -> Result<&Transport, Error> {
+        match &self.inner.backend {
+            Backend::Remote(t) => Ok(t),
+            Backend::Local(_) => Err(Error::Config(format!(
+                "{what} reads from the platform and requires OPENLAYER_API_KEY \
+                 (the client is in local mode)"
+            ))),
+        }
+    }
+}
+
+/// The local id of a pipeline: a UUID v5 of the project and pipeline names, under a
+/// namespace of this crate's own, so it is the same in every process.
+pub(crate) fn local_pipeline_id(project_name: &str, pipeline_name: &str) -> String {
+    let namespace = uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_URL,
+        b"https://github.com/openlayer-ai/openlayer-trace#local-pipeline",
+    );
+    // The NUL separator keeps ("a/b", "c") and ("a", "b/c") apart.
+    let name = format!("{project_name}\u{0}{pipeline_name}");
+    uuid::Uuid::new_v5(&namespace, name.as_bytes()).to_string()
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.trim().is_empty()).then(|| s.to_string())
+}
+
+fn require_id(what: &str, value: &str) -> Result<(), Error> {
+    if value.trim().is_empty() {
+        Err(Error::InvalidInput(format!("the {what} must not be empty")))
+    } else {
+        Ok(())
+    }
+}
+
+fn stream_line<'a>(
+    pipeline_id: &str,
+    config: Map<String, Value>,
+    rows: impl Iterator<Item = &'a Value>,
+) -> LocalLine {
+    LocalLine::Stream {
+        pipeline_id: non_empty(pipeline_id),
+        config,
+        rows: rows.filter_map(|r| r.as_object().cloned()).collect(),
+    }
+}
+
+fn row_path(pipeline_id: &str, inference_id: &str) -> String {
+    format!(
+        "/inference-pipelines/{}/rows/{}",
+        segment(pipeline_id),
+        segment(inference_id)
+    )
+}
+
+/// Percent-encodes `s` as one URL path segment (everything but RFC 3986's unreserved
+/// characters).
+pub(crate) fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `METHOD /path?query`, as errors name a request (the query encoded as the transport
+/// sends it).
+fn describe(req: &ApiRequest) -> String {
+    if req.query.is_empty() {
+        return format!("{} {}", req.method, req.path);
+    }
+    let mut url = reqwest::Url::parse("http://localhost/").expect("a valid URL");
+    url.query_pairs_mut().extend_pairs(&req.query);
+    format!("{} {}?{}", req.method, req.path, url.query().unwrap_or(""))
+}
+
+async fn send(t: &Transport, req: &ApiRequest) -> Result<ApiResponse, Error> {
+    let outcome = t.send(req, None).await;
+    if outcome.retries > 0 {
+        tracing::debug!(
+            target: "openlayer_trace",
+            request = %describe(req),
+            retries = outcome.retries,
+            "request retried"
+        );
+    }
+    outcome.result
+}
+
+/// Sends `req` and checks the answer of a write: a 2xx whose body, when it is JSON with
+/// `success: false`, is an error all the same.
+async fn expect_success(t: &Transport, req: &ApiRequest) -> Result<(), Error> {
+    let resp = send(t, req).await?;
+    if let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&resp.body) {
+        if body.get("success") == Some(&Value::Bool(false)) {
+            let message = ["error", "message"]
+                .iter()
+                .find_map(|k| body.get(*k).and_then(Value::as_str))
+                .unwrap_or("the platform answered success: false")
+                .to_string();
+            return Err(Error::Api {
+                status: resp.status,
+                message,
+                request: describe(req),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Builds a [`Client`]; see [`Client::builder`].
+#[must_use]
+pub struct ClientBuilder {
+    config: Config,
+    error: Option<Error>,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl ClientBuilder {
+    /// Starts over from `config` (the environment and earlier settings are dropped).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self.error = None;
+        self
+    }
+    /// The API key. Without one the client runs in local mode.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.config.api_key = Some(crate::ApiKey::new(key));
+        self
+    }
+    /// The API base URL, e.g. `https://api.openlayer.com/v1`.
+    pub fn base_url(mut self, url: impl Into<String>) -> Self {
+        self.config.base_url = url.into();
+        self
+    }
+    /// The default inference pipeline id.
+    pub fn inference_pipeline_id(mut self, id: impl Into<String>) -> Self {
+        self.config.inference_pipeline_id = Some(id.into());
+        self
+    }
+    /// Connect timeout (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+    /// Whole-request timeout (default 60 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.config.request_timeout = timeout;
+        self
+    }
+    /// Retries after the first attempt (default 2).
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.config.max_retries = retries;
+        self
+    }
+    /// TLS certificate verification (default on).
+    pub fn verify_ssl(mut self, verify: bool) -> Self {
+        self.config.verify_ssl = verify;
+        self
+    }
+    /// The local file that local mode writes to.
+    pub fn trace_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.trace_file = path.into();
+        self
+    }
+    /// Most rows in one local-file line of a bulk publish (default 500).
+    pub fn batch_max_rows(mut self, rows: usize) -> Self {
+        self.config.batch_max_rows = rows.max(1);
+        self
+    }
+
+    /// Checks the settings and builds the client.
+    pub fn build(self) -> Result<Client, Error> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let base = self.config.base_url.trim();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::Config(format!(
+                "base URL must start with http:// or https://, got {base:?}"
+            )));
+        }
+        Client::new(&self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(segment("abc-1_2.3~"), "abc-1_2.3~");
+        assert_eq!(segment("a/b c?d#é"), "a%2Fb%20c%3Fd%23%C3%A9");
+    }
+
+    #[test]
+    fn local_pipeline_ids_are_stable_and_distinct() {
+        let a = local_pipeline_id("Chat", "prod");
+        assert_eq!(a, local_pipeline_id("Chat", "prod"));
+        assert_ne!(a, local_pipeline_id("Chat", "staging"));
+        assert_ne!(local_pipeline_id("a/b", "c"), local_pipeline_id("a", "b/c"));
+        let u = uuid::Uuid::parse_str(&a).unwrap();
+        assert_eq!(u.get_version_num(), 5);
+    }
+
+    #[test]
+    fn requests_are_described_without_secrets() {
+        let req = ApiRequest {
+            method: Method::PUT,
+            path: "/inference-pipelines/p/rows".into(),
+            query: vec![("inferenceId".into(), "a b".into())],
+            body: None,
+        };
+        assert_eq!(
+            describe(&req),
+            "PUT /inference-pipelines/p/rows?inferenceId=a+b"
+        );
+    }
+}

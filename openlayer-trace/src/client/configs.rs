@@ -1,0 +1,1040 @@
+//! Typed configs: how the platform should read streamed rows, and row updates.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::types::TaskType;
+use crate::error::Error;
+
+/// Generates builder-style setters for `Option` fields.
+macro_rules! option_setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, value: impl Into<$ty>) -> Self {
+                self.$name = Some(value.into());
+                self
+            }
+        )*
+    };
+}
+
+/// Generates a builder-style setter for an `Option<Vec<String>>` field.
+macro_rules! list_setters {
+    ($($(#[$doc:meta])* $name:ident;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name<I, S>(mut self, names: I) -> Self
+            where
+                I: IntoIterator<Item = S>,
+                S: Into<String>,
+            {
+                self.$name = Some(names.into_iter().map(Into::into).collect());
+                self
+            }
+        )*
+    };
+}
+
+/// How the platform should read the rows of a [`Client::stream_rows`](crate::Client::stream_rows)
+/// or [`Client::publish_batch`](crate::Client::publish_batch) call.
+///
+/// Implemented by [`LlmConfig`], [`TabularClassificationConfig`],
+/// [`TabularRegressionConfig`], [`TextClassificationConfig`] and [`RawStreamConfig`];
+/// [`stream_config_from_json`] reads any of them from JSON.
+pub trait StreamConfig: fmt::Debug + Send + Sync {
+    /// The config as sent to the platform (camelCase keys, unset keys omitted).
+    fn to_json(&self) -> Map<String, Value>;
+
+    /// Checks the config on its own: required keys present and non-empty.
+    fn validate(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// The columns every row must have, each with the config key that names it.
+    ///
+    /// These are the columns the model consumed or produced. Columns that the platform
+    /// fills in by default (inference id, timestamp) or that usually arrive later through
+    /// a row update (ground truth, label, target) are not required.
+    fn required_columns(&self) -> Vec<(&'static str, &str)> {
+        Vec::new()
+    }
+
+    /// The task type this config is for, when it is known.
+    fn task_type(&self) -> Option<TaskType> {
+        None
+    }
+}
+
+impl<C: StreamConfig + ?Sized> StreamConfig for Box<C> {
+    fn to_json(&self) -> Map<String, Value> {
+        (**self).to_json()
+    }
+    fn validate(&self) -> Result<(), Error> {
+        (**self).validate()
+    }
+    fn required_columns(&self) -> Vec<(&'static str, &str)> {
+        (**self).required_columns()
+    }
+    fn task_type(&self) -> Option<TaskType> {
+        (**self).task_type()
+    }
+}
+
+fn to_map<T: Serialize>(value: &T) -> Map<String, Value> {
+    match serde_json::to_value(value) {
+        Ok(Value::Object(map)) => map,
+        // The configs are structs of strings, lists and JSON maps: they always encode
+        // to an object.
+        _ => Map::new(),
+    }
+}
+
+fn non_empty(key: &str, value: &str) -> Result<(), Error> {
+    if value.trim().is_empty() {
+        Err(Error::InvalidInput(format!(
+            "config key `{key}` must not be empty"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_class_names(names: &[String]) -> Result<(), Error> {
+    if names.is_empty() {
+        return Err(Error::InvalidInput(
+            "config key `classNames` is required and must list at least one class".into(),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for n in names {
+        if !seen.insert(n.as_str()) {
+            return Err(Error::InvalidInput(format!(
+                "config key `classNames` lists {n:?} twice"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_categorical(
+    features: &Option<Vec<String>>,
+    categorical: &Option<Vec<String>>,
+) -> Result<(), Error> {
+    let (Some(features), Some(categorical)) = (features, categorical) else {
+        return Ok(());
+    };
+    for c in categorical {
+        if !features.contains(c) {
+            return Err(Error::InvalidInput(format!(
+                "config key `categoricalFeatureNames` names {c:?}, which is not in `featureNames`"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn push_all<'a>(
+    out: &mut Vec<(&'static str, &'a str)>,
+    key: &'static str,
+    names: &'a Option<Vec<String>>,
+) {
+    if let Some(names) = names {
+        out.extend(names.iter().map(|n| (key, n.as_str())));
+    }
+}
+
+fn push_one<'a>(
+    out: &mut Vec<(&'static str, &'a str)>,
+    key: &'static str,
+    name: &'a Option<String>,
+) {
+    if let Some(n) = name {
+        out.push((key, n.as_str()));
+    }
+}
+
+/// One message of an LLM prompt template, in [`LlmConfig::prompt`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptMessage {
+    /// `system`, `user`, `assistant`, ...
+    pub role: String,
+    /// The message text, with `{{ variable }}` placeholders.
+    pub content: String,
+}
+
+impl PromptMessage {
+    /// A message with this role and content.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        PromptMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// The stream config of an LLM pipeline (`llm-base`).
+///
+/// ```
+/// use openlayer_trace::{LlmConfig, StreamConfig};
+/// let config = LlmConfig::new("answer")
+///     .input_variable_names(["question"])
+///     .latency_column_name("latency_ms");
+/// assert_eq!(
+///     serde_json::Value::Object(config.to_json()),
+///     serde_json::json!({
+///         "outputColumnName": "answer",
+///         "inputVariableNames": ["question"],
+///         "latencyColumnName": "latency_ms",
+///     })
+/// );
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LlmConfig {
+    /// The column with the model's output (required).
+    #[serde(default)]
+    pub output_column_name: String,
+    /// The columns with the prompt's input variables.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_variable_names: Option<Vec<String>>,
+    /// The column with retrieved context (a list of strings).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_column_name: Option<String>,
+    /// The column with the cost of the inference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_column_name: Option<String>,
+    /// The column with the ground truth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ground_truth_column_name: Option<String>,
+    /// The column with the inference id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inference_id_column_name: Option<String>,
+    /// The column with the latency, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_column_name: Option<String>,
+    /// Free-form metadata about the model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+    /// The column with the number of tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_of_token_column_name: Option<String>,
+    /// The prompt template.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<Vec<PromptMessage>>,
+    /// The column with the question (for RAG metrics).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub question_column_name: Option<String>,
+    /// The column with the session id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id_column_name: Option<String>,
+    /// The column with the inference timestamp (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp_column_name: Option<String>,
+    /// The column with the user id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id_column_name: Option<String>,
+}
+
+impl LlmConfig {
+    /// A config whose output is in `output_column_name`.
+    pub fn new(output_column_name: impl Into<String>) -> Self {
+        LlmConfig {
+            output_column_name: output_column_name.into(),
+            ..LlmConfig::default()
+        }
+    }
+
+    list_setters! {
+        /// Sets `inputVariableNames`.
+        input_variable_names;
+    }
+
+    option_setters! {
+        /// Sets `contextColumnName`.
+        context_column_name: String;
+        /// Sets `costColumnName`.
+        cost_column_name: String;
+        /// Sets `groundTruthColumnName`.
+        ground_truth_column_name: String;
+        /// Sets `inferenceIdColumnName`.
+        inference_id_column_name: String;
+        /// Sets `latencyColumnName`.
+        latency_column_name: String;
+        /// Sets `metadata`.
+        metadata: Map<String, Value>;
+        /// Sets `numOfTokenColumnName`.
+        num_of_token_column_name: String;
+        /// Sets `prompt`.
+        prompt: Vec<PromptMessage>;
+        /// Sets `questionColumnName`.
+        question_column_name: String;
+        /// Sets `sessionIdColumnName`.
+        session_id_column_name: String;
+        /// Sets `timestampColumnName`.
+        timestamp_column_name: String;
+        /// Sets `userIdColumnName`.
+        user_id_column_name: String;
+    }
+}
+
+impl StreamConfig for LlmConfig {
+    fn to_json(&self) -> Map<String, Value> {
+        to_map(self)
+    }
+    fn validate(&self) -> Result<(), Error> {
+        if self.output_column_name.trim().is_empty() {
+            return Err(Error::InvalidInput(
+                "config key `outputColumnName` is required for LLM rows".into(),
+            ));
+        }
+        Ok(())
+    }
+    fn required_columns(&self) -> Vec<(&'static str, &str)> {
+        let mut out = vec![("outputColumnName", self.output_column_name.as_str())];
+        push_all(&mut out, "inputVariableNames", &self.input_variable_names);
+        out
+    }
+    fn task_type(&self) -> Option<TaskType> {
+        Some(TaskType::LlmBase)
+    }
+}
+
+/// The stream config of a tabular classification pipeline.
+///
+/// ```
+/// use openlayer_trace::{StreamConfig, TabularClassificationConfig};
+/// let config = TabularClassificationConfig::new(["no", "yes"])
+///     .feature_names(["age", "plan"])
+///     .categorical_feature_names(["plan"])
+///     .predictions_column_name("prediction");
+/// assert!(config.validate().is_ok());
+/// assert_eq!(config.to_json()["classNames"], serde_json::json!(["no", "yes"]));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TabularClassificationConfig {
+    /// The classes, in the order of the model's prediction indices (required).
+    #[serde(default)]
+    pub class_names: Vec<String>,
+    /// The categorical features (a subset of `feature_names`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub categorical_feature_names: Option<Vec<String>>,
+    /// The feature columns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feature_names: Option<Vec<String>>,
+    /// The column with the inference id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inference_id_column_name: Option<String>,
+    /// The column with the true label.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_column_name: Option<String>,
+    /// The column with the latency, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_column_name: Option<String>,
+    /// Free-form metadata about the model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+    /// The column with the predicted class index.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predictions_column_name: Option<String>,
+    /// The column with the per-class scores (a list of numbers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prediction_scores_column_name: Option<String>,
+    /// The column with the inference timestamp (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp_column_name: Option<String>,
+}
+
+impl TabularClassificationConfig {
+    /// A config with these classes.
+    pub fn new<I, S>(class_names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        TabularClassificationConfig {
+            class_names: class_names.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        }
+    }
+
+    list_setters! {
+        /// Sets `categoricalFeatureNames`.
+        categorical_feature_names;
+        /// Sets `featureNames`.
+        feature_names;
+    }
+
+    option_setters! {
+        /// Sets `inferenceIdColumnName`.
+        inference_id_column_name: String;
+        /// Sets `labelColumnName`.
+        label_column_name: String;
+        /// Sets `latencyColumnName`.
+        latency_column_name: String;
+        /// Sets `metadata`.
+        metadata: Map<String, Value>;
+        /// Sets `predictionsColumnName`.
+        predictions_column_name: String;
+        /// Sets `predictionScoresColumnName`.
+        prediction_scores_column_name: String;
+        /// Sets `timestampColumnName`.
+        timestamp_column_name: String;
+    }
+}
+
+impl StreamConfig for TabularClassificationConfig {
+    fn to_json(&self) -> Map<String, Value> {
+        to_map(self)
+    }
+    fn validate(&self) -> Result<(), Error> {
+        check_class_names(&self.class_names)?;
+        check_categorical(&self.feature_names, &self.categorical_feature_names)
+    }
+    fn required_columns(&self) -> Vec<(&'static str, &str)> {
+        let mut out = Vec::new();
+        push_all(&mut out, "featureNames", &self.feature_names);
+        push_one(
+            &mut out,
+            "predictionsColumnName",
+            &self.predictions_column_name,
+        );
+        push_one(
+            &mut out,
+            "predictionScoresColumnName",
+            &self.prediction_scores_column_name,
+        );
+        out
+    }
+    fn task_type(&self) -> Option<TaskType> {
+        Some(TaskType::TabularClassification)
+    }
+}
+
+/// The stream config of a tabular regression pipeline.
+///
+/// ```
+/// use openlayer_trace::{StreamConfig, TabularRegressionConfig};
+/// let config = TabularRegressionConfig::new()
+///     .feature_names(["rooms", "area"])
+///     .predictions_column_name("price_pred")
+///     .target_column_name("price");
+/// assert_eq!(config.required_columns().len(), 3);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TabularRegressionConfig {
+    /// The categorical features (a subset of `feature_names`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub categorical_feature_names: Option<Vec<String>>,
+    /// The feature columns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feature_names: Option<Vec<String>>,
+    /// The column with the inference id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inference_id_column_name: Option<String>,
+    /// The column with the latency, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_column_name: Option<String>,
+    /// Free-form metadata about the model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+    /// The column with the predicted value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predictions_column_name: Option<String>,
+    /// The column with the true value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_column_name: Option<String>,
+    /// The column with the inference timestamp (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp_column_name: Option<String>,
+}
+
+impl TabularRegressionConfig {
+    /// An empty config.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    list_setters! {
+        /// Sets `categoricalFeatureNames`.
+        categorical_feature_names;
+        /// Sets `featureNames`.
+        feature_names;
+    }
+
+    option_setters! {
+        /// Sets `inferenceIdColumnName`.
+        inference_id_column_name: String;
+        /// Sets `latencyColumnName`.
+        latency_column_name: String;
+        /// Sets `metadata`.
+        metadata: Map<String, Value>;
+        /// Sets `predictionsColumnName`.
+        predictions_column_name: String;
+        /// Sets `targetColumnName`.
+        target_column_name: String;
+        /// Sets `timestampColumnName`.
+        timestamp_column_name: String;
+    }
+}
+
+impl StreamConfig for TabularRegressionConfig {
+    fn to_json(&self) -> Map<String, Value> {
+        to_map(self)
+    }
+    fn validate(&self) -> Result<(), Error> {
+        check_categorical(&self.feature_names, &self.categorical_feature_names)
+    }
+    fn required_columns(&self) -> Vec<(&'static str, &str)> {
+        let mut out = Vec::new();
+        push_all(&mut out, "featureNames", &self.feature_names);
+        push_one(
+            &mut out,
+            "predictionsColumnName",
+            &self.predictions_column_name,
+        );
+        out
+    }
+    fn task_type(&self) -> Option<TaskType> {
+        Some(TaskType::TabularRegression)
+    }
+}
+
+/// The stream config of a text classification pipeline.
+///
+/// ```
+/// use openlayer_trace::{StreamConfig, TextClassificationConfig};
+/// let config = TextClassificationConfig::new(["negative", "positive"])
+///     .text_column_name("review")
+///     .predictions_column_name("sentiment");
+/// assert_eq!(
+///     config.required_columns(),
+///     [("predictionsColumnName", "sentiment"), ("textColumnName", "review")]
+/// );
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TextClassificationConfig {
+    /// The classes, in the order of the model's prediction indices (required).
+    #[serde(default)]
+    pub class_names: Vec<String>,
+    /// The column with the inference id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inference_id_column_name: Option<String>,
+    /// The column with the true label.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_column_name: Option<String>,
+    /// The column with the latency, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_column_name: Option<String>,
+    /// Free-form metadata about the model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+    /// The column with the predicted class index.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predictions_column_name: Option<String>,
+    /// The column with the per-class scores (a list of numbers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prediction_scores_column_name: Option<String>,
+    /// The column with the text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text_column_name: Option<String>,
+    /// The column with the inference timestamp (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp_column_name: Option<String>,
+}
+
+impl TextClassificationConfig {
+    /// A config with these classes.
+    pub fn new<I, S>(class_names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        TextClassificationConfig {
+            class_names: class_names.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        }
+    }
+
+    option_setters! {
+        /// Sets `inferenceIdColumnName`.
+        inference_id_column_name: String;
+        /// Sets `labelColumnName`.
+        label_column_name: String;
+        /// Sets `latencyColumnName`.
+        latency_column_name: String;
+        /// Sets `metadata`.
+        metadata: Map<String, Value>;
+        /// Sets `predictionsColumnName`.
+        predictions_column_name: String;
+        /// Sets `predictionScoresColumnName`.
+        prediction_scores_column_name: String;
+        /// Sets `textColumnName`.
+        text_column_name: String;
+        /// Sets `timestampColumnName`.
+        timestamp_column_name: String;
+    }
+}
+
+impl StreamConfig for TextClassificationConfig {
+    fn to_json(&self) -> Map<String, Value> {
+        to_map(self)
+    }
+    fn validate(&self) -> Result<(), Error> {
+        check_class_names(&self.class_names)
+    }
+    fn required_columns(&self) -> Vec<(&'static str, &str)> {
+        let mut out = Vec::new();
+        push_one(
+            &mut out,
+            "predictionsColumnName",
+            &self.predictions_column_name,
+        );
+        push_one(
+            &mut out,
+            "predictionScoresColumnName",
+            &self.prediction_scores_column_name,
+        );
+        push_one(&mut out, "textColumnName", &self.text_column_name);
+        out
+    }
+    fn task_type(&self) -> Option<TaskType> {
+        Some(TaskType::TextClassification)
+    }
+}
+
+/// A stream config sent as given, for keys this crate does not model (for example the
+/// config the tracer writes for traces). Only the rows' shape is checked.
+///
+/// ```
+/// use openlayer_trace::{RawStreamConfig, StreamConfig};
+/// let config = RawStreamConfig::new(serde_json::json!({"outputColumnName": "output"})).unwrap();
+/// assert_eq!(config.to_json()["outputColumnName"], "output");
+/// assert!(RawStreamConfig::new(serde_json::json!([1])).is_err());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RawStreamConfig(pub Map<String, Value>);
+
+impl RawStreamConfig {
+    /// Wraps a JSON object; anything else is `Error::InvalidInput`.
+    pub fn new(config: Value) -> Result<Self, Error> {
+        match config {
+            Value::Object(map) => Ok(RawStreamConfig(map)),
+            other => Err(Error::InvalidInput(format!(
+                "a stream config must be a JSON object, got {}",
+                json_kind(&other)
+            ))),
+        }
+    }
+}
+
+impl StreamConfig for RawStreamConfig {
+    fn to_json(&self) -> Map<String, Value> {
+        self.0.clone()
+    }
+}
+
+pub(crate) fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Reads a stream config from JSON, as a typed config of `task_type`, or, when that is
+/// `None`, of the task its keys point to: `outputColumnName` is LLM, `classNames` with
+/// `textColumnName` text classification, `classNames` tabular classification, and
+/// `targetColumnName` or `featureNames` tabular regression.
+///
+/// Unknown keys are errors (a misspelt key would otherwise be silently ignored), and the
+/// config is validated. Use [`RawStreamConfig`] to send a config as it is.
+///
+/// ```
+/// use openlayer_trace::{stream_config_from_json, StreamConfig, TaskType};
+/// let c = stream_config_from_json(serde_json::json!({"outputColumnName": "out"}), None).unwrap();
+/// assert_eq!(c.task_type(), Some(TaskType::LlmBase));
+/// let e = stream_config_from_json(serde_json::json!({"outputColumName": "out"}), None).unwrap_err();
+/// assert!(e.to_string().contains("outputColumName"));
+/// ```
+pub fn stream_config_from_json(
+    config: Value,
+    task_type: Option<TaskType>,
+) -> Result<Box<dyn StreamConfig>, Error> {
+    let Value::Object(map) = config else {
+        return Err(Error::InvalidInput(format!(
+            "a stream config must be a JSON object, got {}",
+            json_kind(&config)
+        )));
+    };
+    let task = match task_type {
+        Some(t) => t,
+        None => {
+            if map.contains_key("outputColumnName") {
+                TaskType::LlmBase
+            } else if map.contains_key("classNames") && map.contains_key("textColumnName") {
+                TaskType::TextClassification
+            } else if map.contains_key("classNames") {
+                TaskType::TabularClassification
+            } else if map.contains_key("targetColumnName") || map.contains_key("featureNames") {
+                TaskType::TabularRegression
+            } else {
+                let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+                return Err(Error::InvalidInput(format!(
+                    "cannot tell the task type of the stream config: it has none of \
+                     `outputColumnName` (LLM), `classNames` (classification), \
+                     `targetColumnName` or `featureNames` (regression), only [{}]; \
+                     name the task type",
+                    keys.join(", ")
+                )));
+            }
+        }
+    };
+    fn parse<C>(map: Map<String, Value>, what: &str) -> Result<Box<dyn StreamConfig>, Error>
+    where
+        C: StreamConfig + serde::de::DeserializeOwned + 'static,
+    {
+        let c: C = serde_json::from_value(Value::Object(map))
+            .map_err(|e| Error::InvalidInput(format!("bad {what} stream config: {e}")))?;
+        c.validate()?;
+        Ok(Box::new(c))
+    }
+    match task {
+        TaskType::LlmBase => parse::<LlmConfig>(map, "LLM"),
+        TaskType::TabularClassification => {
+            parse::<TabularClassificationConfig>(map, "tabular classification")
+        }
+        TaskType::TabularRegression => parse::<TabularRegressionConfig>(map, "tabular regression"),
+        TaskType::TextClassification => {
+            parse::<TextClassificationConfig>(map, "text classification")
+        }
+        other => Err(Error::InvalidInput(format!(
+            "no typed stream config for task type `{other}`"
+        ))),
+    }
+}
+
+/// Checks `rows` against `config`: the config is valid, every row is a JSON object, and
+/// every row has every required column. Errors name the row index and the column.
+pub(crate) fn validate_rows<C: StreamConfig + ?Sized>(
+    config: &C,
+    rows: &[Value],
+) -> Result<(), Error> {
+    config.validate()?;
+    let required = config.required_columns();
+    for (key, column) in &required {
+        non_empty(key, column)?;
+    }
+    for (i, row) in rows.iter().enumerate() {
+        let Value::Object(map) = row else {
+            return Err(Error::InvalidInput(format!(
+                "row {i} must be a JSON object, got {}",
+                json_kind(row)
+            )));
+        };
+        for (key, column) in &required {
+            if !map.contains_key(*column) {
+                return Err(Error::InvalidInput(format!(
+                    "row {i} has no column `{column}` (named by `{key}`)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Which columns of a row update hold what, for [`Client::update_row`](crate::Client::update_row)
+/// and [`Client::update_batch`](crate::Client::update_batch). Only the names that are set are sent.
+///
+/// ```
+/// use openlayer_trace::RowUpdateConfig;
+/// let config = RowUpdateConfig::new()
+///     .ground_truth_column_name("groundTruth")
+///     .human_feedback_column_name("humanFeedback");
+/// assert_eq!(
+///     serde_json::to_string(&config).unwrap(),
+///     r#"{"groundTruthColumnName":"groundTruth","humanFeedbackColumnName":"humanFeedback"}"#
+/// );
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct RowUpdateConfig {
+    /// The column with the ground truth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ground_truth_column_name: Option<String>,
+    /// The column with human feedback (thumbs, ratings, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub human_feedback_column_name: Option<String>,
+    /// The column with the inference id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inference_id_column_name: Option<String>,
+    /// The column with the latency, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_column_name: Option<String>,
+    /// The column with the inference timestamp (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp_column_name: Option<String>,
+}
+
+impl RowUpdateConfig {
+    /// An empty config.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    option_setters! {
+        /// Sets `groundTruthColumnName`.
+        ground_truth_column_name: String;
+        /// Sets `humanFeedbackColumnName`.
+        human_feedback_column_name: String;
+        /// Sets `inferenceIdColumnName`.
+        inference_id_column_name: String;
+        /// Sets `latencyColumnName`.
+        latency_column_name: String;
+        /// Sets `timestampColumnName`.
+        timestamp_column_name: String;
+    }
+
+    /// Whether no column name is set (such a config is not sent).
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The config as a JSON object (camelCase keys, unset keys omitted).
+    pub fn to_json(&self) -> Map<String, Value> {
+        to_map(self)
+    }
+
+    /// The columns that a row must hold: those named for ground truth, human feedback,
+    /// latency and timestamp (the inference id travels outside the row).
+    pub(crate) fn row_columns(&self) -> Vec<(&'static str, &str)> {
+        let mut out = Vec::new();
+        push_one(
+            &mut out,
+            "groundTruthColumnName",
+            &self.ground_truth_column_name,
+        );
+        push_one(
+            &mut out,
+            "humanFeedbackColumnName",
+            &self.human_feedback_column_name,
+        );
+        push_one(&mut out, "latencyColumnName", &self.latency_column_name);
+        push_one(&mut out, "timestampColumnName", &self.timestamp_column_name);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn llm_config_keys_are_camel_case_and_unset_ones_absent() {
+        let c = LlmConfig::new("output")
+            .input_variable_names(["q", "ctx"])
+            .context_column_name("context")
+            .cost_column_name("cost")
+            .ground_truth_column_name("gt")
+            .inference_id_column_name("id")
+            .latency_column_name("latency")
+            .metadata(json!({"model": "m"}).as_object().unwrap().clone())
+            .num_of_token_column_name("tokens")
+            .prompt(vec![PromptMessage::new("user", "{{ q }}")])
+            .question_column_name("question")
+            .session_id_column_name("session_id")
+            .timestamp_column_name("ts")
+            .user_id_column_name("user_id");
+        assert_eq!(
+            Value::Object(c.to_json()),
+            json!({
+                "outputColumnName": "output",
+                "inputVariableNames": ["q", "ctx"],
+                "contextColumnName": "context",
+                "costColumnName": "cost",
+                "groundTruthColumnName": "gt",
+                "inferenceIdColumnName": "id",
+                "latencyColumnName": "latency",
+                "metadata": {"model": "m"},
+                "numOfTokenColumnName": "tokens",
+                "prompt": [{"role": "user", "content": "{{ q }}"}],
+                "questionColumnName": "question",
+                "sessionIdColumnName": "session_id",
+                "timestampColumnName": "ts",
+                "userIdColumnName": "user_id",
+            })
+        );
+        assert_eq!(
+            Value::Object(LlmConfig::new("o").to_json()),
+            json!({"outputColumnName": "o"})
+        );
+    }
+
+    #[test]
+    fn classification_and_regression_keys() {
+        let c = TabularClassificationConfig::new(["a", "b"])
+            .feature_names(["f1", "f2"])
+            .categorical_feature_names(["f2"])
+            .inference_id_column_name("id")
+            .label_column_name("label")
+            .latency_column_name("lat")
+            .predictions_column_name("pred")
+            .prediction_scores_column_name("scores")
+            .timestamp_column_name("ts");
+        assert_eq!(
+            Value::Object(c.to_json()),
+            json!({
+                "classNames": ["a", "b"],
+                "categoricalFeatureNames": ["f2"],
+                "featureNames": ["f1", "f2"],
+                "inferenceIdColumnName": "id",
+                "labelColumnName": "label",
+                "latencyColumnName": "lat",
+                "predictionsColumnName": "pred",
+                "predictionScoresColumnName": "scores",
+                "timestampColumnName": "ts",
+            })
+        );
+        let r = TabularRegressionConfig::new()
+            .feature_names(["x"])
+            .target_column_name("y")
+            .predictions_column_name("yhat");
+        assert_eq!(
+            Value::Object(r.to_json()),
+            json!({"featureNames": ["x"], "targetColumnName": "y", "predictionsColumnName": "yhat"})
+        );
+        let t = TextClassificationConfig::new(["neg", "pos"])
+            .text_column_name("text")
+            .label_column_name("label");
+        assert_eq!(
+            Value::Object(t.to_json()),
+            json!({"classNames": ["neg", "pos"], "textColumnName": "text", "labelColumnName": "label"})
+        );
+    }
+
+    #[test]
+    fn required_config_keys_are_checked() {
+        let e = LlmConfig::new(" ").validate().unwrap_err().to_string();
+        assert!(e.contains("outputColumnName"), "{e}");
+        let e = TabularClassificationConfig::new(Vec::<String>::new())
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("classNames"), "{e}");
+        let e = TextClassificationConfig::new(["a", "a"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("twice"), "{e}");
+        let e = TabularRegressionConfig::new()
+            .feature_names(["a"])
+            .categorical_feature_names(["b"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("categoricalFeatureNames") && e.contains("\"b\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rows_are_checked_with_row_index_and_column() {
+        let c = LlmConfig::new("output").input_variable_names(["question"]);
+        let ok = [json!({"output": "a", "question": "q"})];
+        validate_rows(&c, &ok).unwrap();
+        let e = validate_rows(&c, &[ok[0].clone(), json!({"output": "b"})])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("row 1") && e.contains("`question`") && e.contains("inputVariableNames"),
+            "{e}"
+        );
+        let e = validate_rows(&c, &[json!(["output"])])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("row 0 must be a JSON object, got an array"),
+            "{e}"
+        );
+        let t = TabularClassificationConfig::new(["a"])
+            .feature_names(["f"])
+            .predictions_column_name("p");
+        let e = validate_rows(&t, &[json!({"f": 1})])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("row 0 has no column `p`"), "{e}");
+        // a raw config only checks the shape of the rows
+        validate_rows(&RawStreamConfig::default(), &[json!({})]).unwrap();
+        assert!(validate_rows(&RawStreamConfig::default(), &[json!(1)]).is_err());
+    }
+
+    #[test]
+    fn configs_are_read_from_json_by_task() {
+        let c = stream_config_from_json(json!({"classNames": ["a"], "textColumnName": "t"}), None)
+            .unwrap();
+        assert_eq!(c.task_type(), Some(TaskType::TextClassification));
+        let c = stream_config_from_json(json!({"classNames": ["a"], "featureNames": ["f"]}), None)
+            .unwrap();
+        assert_eq!(c.task_type(), Some(TaskType::TabularClassification));
+        let c = stream_config_from_json(json!({"targetColumnName": "y"}), None).unwrap();
+        assert_eq!(c.task_type(), Some(TaskType::TabularRegression));
+        let c = stream_config_from_json(json!({}), Some(TaskType::TabularRegression)).unwrap();
+        assert_eq!(c.task_type(), Some(TaskType::TabularRegression));
+        let e = stream_config_from_json(json!({}), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("task type"), "{e}");
+        let e = stream_config_from_json(json!({"classNames": []}), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("classNames"), "{e}");
+        let e = stream_config_from_json(
+            json!({"classNames": ["a"], "outputColumnName": "o"}),
+            Some(TaskType::TextClassification),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("outputColumnName"), "{e}");
+    }
+
+    #[test]
+    fn row_update_config_round_trips() {
+        let c = RowUpdateConfig::new()
+            .ground_truth_column_name("gt")
+            .human_feedback_column_name("hf")
+            .inference_id_column_name("id")
+            .latency_column_name("lat")
+            .timestamp_column_name("ts");
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "groundTruthColumnName": "gt",
+                "humanFeedbackColumnName": "hf",
+                "inferenceIdColumnName": "id",
+                "latencyColumnName": "lat",
+                "timestampColumnName": "ts",
+            })
+        );
+        assert_eq!(serde_json::from_value::<RowUpdateConfig>(v).unwrap(), c);
+        assert!(RowUpdateConfig::new().is_empty());
+        assert!(!c.is_empty());
+        assert_eq!(c.row_columns().len(), 4);
+    }
+}

@@ -1,0 +1,116 @@
+//! A `multipart/form-data` body for the presigned-URL upload: the storage's form fields
+//! first, in the order given, then the file.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+
+/// A complete multipart body and its boundary.
+#[derive(Debug)]
+pub(crate) struct Multipart {
+    pub boundary: String,
+    pub body: Vec<u8>,
+}
+
+impl Multipart {
+    /// The `Content-Type` header value.
+    pub fn content_type(&self) -> String {
+        format!("multipart/form-data; boundary={}", self.boundary)
+    }
+}
+
+/// Escapes a name for a `Content-Disposition` parameter, as browsers do.
+fn escape(name: &str) -> String {
+    name.replace('\r', "%0D")
+        .replace('\n', "%0A")
+        .replace('"', "%22")
+}
+
+/// 32 random hex digits (from the standard library's randomly keyed hasher).
+pub(crate) fn random_token() -> String {
+    let a = RandomState::new().build_hasher().finish();
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(a);
+    format!("{a:016x}{:016x}", h.finish())
+}
+
+fn random_boundary() -> String {
+    format!("------------------------{}", random_token())
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Builds the body: each of `fields` as a text part, then `file` as a part named `file`.
+pub(crate) fn build(
+    fields: &[(String, String)],
+    file_name: &str,
+    file_content_type: &str,
+    file: &[u8],
+) -> Multipart {
+    let boundary = loop {
+        let b = random_boundary();
+        let clash = contains(file, b.as_bytes())
+            || fields.iter().any(|(k, v)| k.contains(&b) || v.contains(&b));
+        if !clash {
+            break b;
+        }
+    };
+    let mut body = Vec::with_capacity(file.len() + 256 * (fields.len() + 1));
+    for (name, value) in fields {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        body.extend_from_slice(
+            format!(
+                "Content-Disposition: form-data; name=\"{}\"\r\n\r\n",
+                escape(name)
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(value.as_bytes());
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+    body.extend_from_slice(
+        format!(
+            "Content-Disposition: form-data; name=\"file\"; filename=\"{}\"\r\nContent-Type: {file_content_type}\r\n\r\n",
+            escape(file_name)
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    Multipart { boundary, body }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_come_first_in_order_then_the_file() {
+        let fields = vec![
+            ("key".to_string(), "uploads/x.csv".to_string()),
+            ("policy".to_string(), "abc".to_string()),
+            ("a\"b".to_string(), "v".to_string()),
+        ];
+        let m = build(&fields, "x.csv", "text/csv", b"a,b\n1,2\n");
+        let b = &m.boundary;
+        let expected = format!(
+            "--{b}\r\nContent-Disposition: form-data; name=\"key\"\r\n\r\nuploads/x.csv\r\n\
+             --{b}\r\nContent-Disposition: form-data; name=\"policy\"\r\n\r\nabc\r\n\
+             --{b}\r\nContent-Disposition: form-data; name=\"a%22b\"\r\n\r\nv\r\n\
+             --{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.csv\"\r\nContent-Type: text/csv\r\n\r\n\
+             a,b\n1,2\n\r\n--{b}--\r\n"
+        );
+        assert_eq!(String::from_utf8(m.body.clone()).unwrap(), expected);
+        assert_eq!(
+            m.content_type(),
+            format!("multipart/form-data; boundary={b}")
+        );
+    }
+
+    #[test]
+    fn boundaries_differ() {
+        assert_ne!(random_boundary(), random_boundary());
+    }
+}

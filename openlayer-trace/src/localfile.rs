@@ -1,0 +1,403 @@
+//! The local trace file: what the SDK writes when it has no API key, one JSON document
+//! per line, for a person to read and push to the platform later.
+//!
+//! Each line is compact JSON and one of:
+//!
+//! - a data-stream request,
+//!   `{"pipelineId": "<id>" | null, "config": {...}, "rows": [{...}, ...]}`;
+//! - a row update,
+//!   `{"pipelineId": "<id>" | null, "inferenceId": "<id>", "row": {...}, "config": {...}}`
+//!   (`config` omitted when there is none).
+//!
+//! Keys are written in these orders. Writers append whole lines with one `write` each on a
+//! file opened with `O_APPEND`, so that several processes may share one file and a reader
+//! never sees two lines interleaved.
+
+use std::fs::OpenOptions;
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::Path;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::Error;
+
+/// One line of a local trace file.
+///
+/// ```
+/// use openlayer_trace::LocalLine;
+/// let line: LocalLine = r#"{"pipelineId":null,"inferenceId":"a1","row":{"groundTruth":"yes"}}"#
+///     .parse()
+///     .unwrap();
+/// assert!(matches!(line, LocalLine::RowUpdate { ref inference_id, .. } if inference_id == "a1"));
+/// assert_eq!(
+///     line.to_json_line().unwrap(),
+///     r#"{"pipelineId":null,"inferenceId":"a1","row":{"groundTruth":"yes"}}"#
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum LocalLine {
+    /// Rows for the `data-stream` endpoint, sharing one config.
+    Stream {
+        /// The inference pipeline, when it was known at write time.
+        #[serde(rename = "pipelineId")]
+        pipeline_id: Option<String>,
+        /// The stream config (camelCase keys, as sent to the platform).
+        config: Map<String, Value>,
+        /// The rows, each a JSON object.
+        rows: Vec<Map<String, Value>>,
+    },
+    /// An update of one previously streamed row.
+    RowUpdate {
+        /// The inference pipeline, when it was known at write time.
+        #[serde(rename = "pipelineId")]
+        pipeline_id: Option<String>,
+        /// The inference id of the row to update.
+        #[serde(rename = "inferenceId")]
+        inference_id: String,
+        /// The columns to set.
+        row: Map<String, Value>,
+        /// The row-update config (camelCase keys), if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        config: Option<Map<String, Value>>,
+    },
+}
+
+#[derive(Deserialize)]
+struct StreamFields {
+    #[serde(rename = "pipelineId", default)]
+    pipeline_id: Option<String>,
+    config: Map<String, Value>,
+    rows: Vec<Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+struct UpdateFields {
+    #[serde(rename = "pipelineId", default)]
+    pipeline_id: Option<String>,
+    #[serde(rename = "inferenceId")]
+    inference_id: String,
+    row: Map<String, Value>,
+    #[serde(default)]
+    config: Option<Map<String, Value>>,
+}
+
+impl<'de> Deserialize<'de> for LocalLine {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Decide on the keys first, so that a bad line gets an error about its own kind
+        // rather than serde's "did not match any variant".
+        let map = Map::<String, Value>::deserialize(deserializer)?;
+        if map.contains_key("rows") {
+            let f: StreamFields =
+                serde_json::from_value(Value::Object(map)).map_err(D::Error::custom)?;
+            Ok(LocalLine::Stream {
+                pipeline_id: f.pipeline_id,
+                config: f.config,
+                rows: f.rows,
+            })
+        } else if map.contains_key("inferenceId") {
+            let f: UpdateFields =
+                serde_json::from_value(Value::Object(map)).map_err(D::Error::custom)?;
+            Ok(LocalLine::RowUpdate {
+                pipeline_id: f.pipeline_id,
+                inference_id: f.inference_id,
+                row: f.row,
+                config: f.config,
+            })
+        } else {
+            Err(D::Error::custom(
+                "neither a data-stream line (no `rows`) nor a row update (no `inferenceId`)",
+            ))
+        }
+    }
+}
+
+impl std::str::FromStr for LocalLine {
+    type Err = Error;
+
+    /// Parses one line (surrounding whitespace ignored).
+    fn from_str(s: &str) -> Result<Self, Error> {
+        serde_json::from_str(s.trim()).map_err(Error::Json)
+    }
+}
+
+impl LocalLine {
+    /// The line's pipeline id, if it has one.
+    pub fn pipeline_id(&self) -> Option<&str> {
+        match self {
+            LocalLine::Stream { pipeline_id, .. } | LocalLine::RowUpdate { pipeline_id, .. } => {
+                pipeline_id.as_deref()
+            }
+        }
+    }
+
+    /// The line as compact JSON, without the trailing newline.
+    pub fn to_json_line(&self) -> Result<String, Error> {
+        Ok(serde_json::to_string(self)?)
+    }
+}
+
+/// Appends `lines` to the file at `path`, creating it and its directory if needed.
+///
+/// Each line is encoded first, then written with a single `write_all` of the line and its
+/// newline on a file opened in append mode, so concurrent writers never interleave within
+/// a line. Nothing is written when a line cannot be encoded.
+pub(crate) fn append(path: &Path, lines: &[LocalLine]) -> Result<(), Error> {
+    let mut encoded = Vec::with_capacity(lines.len());
+    for line in lines {
+        let mut s = line.to_json_line()?;
+        s.push('\n');
+        encoded.push(s);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    for s in &encoded {
+        file.write_all(s.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Reads the local trace file at `path`; see [`LocalLines`].
+pub fn read_local_file(
+    path: impl AsRef<Path>,
+) -> Result<LocalLines<BufReader<std::fs::File>>, Error> {
+    let file = std::fs::File::open(path.as_ref())?;
+    Ok(LocalLines::new(BufReader::new(file)))
+}
+
+/// One line read from a local trace file, with where it was.
+#[derive(Debug)]
+pub struct LocalEntry {
+    /// The 1-based line number.
+    pub number: usize,
+    /// Byte offset of the line's start in the file.
+    pub offset: u64,
+    /// Byte length of the line, newline included.
+    pub len: u64,
+    /// The parsed line, or why it could not be parsed.
+    pub line: Result<LocalLine, Error>,
+}
+
+/// An iterator over the lines of a local trace file.
+///
+/// Blank lines are skipped. A malformed line is yielded as an error (`Error::Json` or
+/// `Error::InvalidInput`) and reading goes on with the next one; a read error is yielded
+/// once and ends the iteration.
+///
+/// ```
+/// use openlayer_trace::LocalLines;
+/// let text = "{\"pipelineId\":\"p\",\"config\":{},\"rows\":[{\"a\":1}]}\nnot json\n";
+/// let entries: Vec<_> = LocalLines::new(text.as_bytes()).collect();
+/// assert_eq!(entries.len(), 2);
+/// assert!(entries[0].line.is_ok());
+/// assert_eq!(entries[1].number, 2);
+/// assert!(entries[1].line.is_err());
+/// ```
+#[derive(Debug)]
+pub struct LocalLines<R> {
+    reader: R,
+    number: usize,
+    offset: u64,
+    done: bool,
+    buf: Vec<u8>,
+}
+
+impl<R: BufRead> LocalLines<R> {
+    /// Reads lines from `reader`.
+    pub fn new(reader: R) -> Self {
+        LocalLines {
+            reader,
+            number: 0,
+            offset: 0,
+            done: false,
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for LocalLines<R> {
+    type Item = LocalEntry;
+
+    fn next(&mut self) -> Option<LocalEntry> {
+        loop {
+            if self.done {
+                return None;
+            }
+            self.buf.clear();
+            let start = self.offset;
+            let n = match self.reader.read_until(b'\n', &mut self.buf) {
+                Ok(0) => {
+                    self.done = true;
+                    return None;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.done = true;
+                    return Some(LocalEntry {
+                        number: self.number + 1,
+                        offset: start,
+                        len: 0,
+                        line: Err(Error::Io(e)),
+                    });
+                }
+            };
+            self.number += 1;
+            self.offset += n as u64;
+            let complete = self.buf.ends_with(b"\n");
+            let text = match std::str::from_utf8(&self.buf) {
+                Ok(t) => t,
+                Err(_) => {
+                    return Some(self.entry(start, n, Err(invalid("is not valid UTF-8"))));
+                }
+            };
+            if text.trim().is_empty() {
+                continue;
+            }
+            let parsed = text.parse::<LocalLine>();
+            let parsed = match parsed {
+                Err(_) if !complete => Err(invalid("is incomplete (no newline at its end)")),
+                other => other,
+            };
+            return Some(self.entry(start, n, parsed));
+        }
+    }
+}
+
+impl<R> LocalLines<R> {
+    fn entry(&self, offset: u64, len: usize, line: Result<LocalLine, Error>) -> LocalEntry {
+        let line = line.map_err(|e| match e {
+            Error::Json(e) => Error::InvalidInput(format!("line {}: {e}", self.number)),
+            Error::InvalidInput(m) => Error::InvalidInput(format!("line {}: {m}", self.number)),
+            other => other,
+        });
+        LocalEntry {
+            number: self.number,
+            offset,
+            len: len as u64,
+            line,
+        }
+    }
+}
+
+fn invalid(what: &str) -> Error {
+    Error::InvalidInput(format!("the line {what}"))
+}
+
+/// Reads everything from `reader` as local lines; a convenience for tests and small files.
+#[cfg(test)]
+fn read_all(reader: impl std::io::Read) -> Vec<LocalEntry> {
+    LocalLines::new(BufReader::new(reader)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("not an object"),
+        }
+    }
+
+    #[test]
+    fn stream_lines_keep_their_key_order_and_null_pipeline() {
+        let line = LocalLine::Stream {
+            pipeline_id: None,
+            config: obj(json!({"outputColumnName": "output"})),
+            rows: vec![obj(json!({"output": "hi"}))],
+        };
+        assert_eq!(
+            line.to_json_line().unwrap(),
+            r#"{"pipelineId":null,"config":{"outputColumnName":"output"},"rows":[{"output":"hi"}]}"#
+        );
+    }
+
+    #[test]
+    fn update_lines_omit_a_missing_config() {
+        let mut line = LocalLine::RowUpdate {
+            pipeline_id: Some("p1".into()),
+            inference_id: "i1".into(),
+            row: obj(json!({"groundTruth": "yes"})),
+            config: None,
+        };
+        assert_eq!(
+            line.to_json_line().unwrap(),
+            r#"{"pipelineId":"p1","inferenceId":"i1","row":{"groundTruth":"yes"}}"#
+        );
+        if let LocalLine::RowUpdate { config, .. } = &mut line {
+            *config = Some(obj(json!({"groundTruthColumnName": "groundTruth"})));
+        }
+        assert_eq!(
+            line.to_json_line().unwrap(),
+            r#"{"pipelineId":"p1","inferenceId":"i1","row":{"groundTruth":"yes"},"config":{"groundTruthColumnName":"groundTruth"}}"#
+        );
+    }
+
+    #[test]
+    fn append_then_read_round_trips_and_reports_bad_lines() {
+        let dir = std::env::temp_dir().join(format!("ol-localfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sub").join("t.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let a = LocalLine::Stream {
+            pipeline_id: Some("p".into()),
+            config: Map::new(),
+            rows: vec![obj(json!({"x": 1}))],
+        };
+        let b = LocalLine::RowUpdate {
+            pipeline_id: None,
+            inference_id: "id-1".into(),
+            row: obj(json!({"y": true})),
+            config: None,
+        };
+        append(&path, std::slice::from_ref(&a)).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"\n{\"pipelineId\":null}\n{oops\n")
+            .unwrap();
+        append(&path, std::slice::from_ref(&b)).unwrap();
+        let entries: Vec<_> = read_local_file(&path).unwrap().collect();
+        assert_eq!(entries.len(), 4, "{entries:?}");
+        assert_eq!(entries[0].number, 1);
+        assert_eq!(entries[0].offset, 0);
+        assert_eq!(entries[0].line.as_ref().unwrap(), &a);
+        // line 2 is blank and skipped
+        assert_eq!(entries[1].number, 3);
+        let e = entries[1].line.as_ref().unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("inferenceId"), "{e}");
+        assert_eq!(entries[2].number, 4);
+        assert!(entries[2].line.is_err());
+        assert_eq!(entries[3].number, 5);
+        assert_eq!(entries[3].line.as_ref().unwrap(), &b);
+        let text = std::fs::read(&path).unwrap();
+        let last = &entries[3];
+        assert_eq!(
+            &text[last.offset as usize..(last.offset + last.len) as usize],
+            format!("{}\n", b.to_json_line().unwrap()).as_bytes()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unterminated_bad_last_line_is_reported_as_incomplete() {
+        let entries = read_all(&b"{\"pipelineId\":\"p\",\"config\":{},\"rows\":[{\"a\""[..]);
+        assert_eq!(entries.len(), 1);
+        let e = entries[0].line.as_ref().unwrap_err().to_string();
+        assert!(e.contains("incomplete"), "{e}");
+    }
+
+    #[test]
+    fn wrongly_typed_fields_are_errors() {
+        let e = r#"{"pipelineId":null,"config":{},"rows":[1]}"#.parse::<LocalLine>().unwrap_err();
+        assert!(e.to_string().contains("map"), "{e}");
+    }
+}

@@ -1,0 +1,953 @@
+//! `openlayer_trace::Client` against a real loopback HTTP server.
+//!
+//! Row literals list their keys in alphabetical order, so that the expected CSV columns
+//! and JSON lines hold whether or not serde_json keeps insertion order.
+
+use std::path::PathBuf;
+
+use openlayer_trace::{
+    Client, Config, Error, LlmConfig, LocalLine, RowUpdateConfig, TabularClassificationConfig,
+    TaskType, read_local_file,
+};
+use serde_json::{Value, json};
+use wiremock::matchers::{body_json, header, method, path, query_param};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+const KEY: &str = "sk-test-very-secret";
+const PIPELINE: &str = "00000000-0000-0000-0000-000000000001";
+
+fn client(server: &MockServer) -> Client {
+    Client::builder()
+        .config(Config::default())
+        .api_key(KEY)
+        .base_url(format!("{}/v1", server.uri()))
+        .build()
+        .unwrap()
+}
+
+fn ok() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({"success": true}))
+}
+
+async fn requests(server: &MockServer) -> Vec<Request> {
+    server.received_requests().await.unwrap()
+}
+
+fn body_text(r: &Request) -> String {
+    String::from_utf8(r.body.clone()).unwrap()
+}
+
+/// A fresh directory under the system's temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "ol-client-{name}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---- row updates --------------------------------------------------------------------
+
+#[tokio::test]
+async fn update_row_matches_the_official_wire_sample() {
+    let server = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path(format!("/v1/inference-pipelines/{PIPELINE}/rows")))
+        .and(query_param("inferenceId", "inference-gt-001"))
+        .and(header("authorization", format!("Bearer {KEY}").as_str()))
+        .and(header("content-type", "application/json"))
+        .respond_with(ok())
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    client(&server)
+        .update_row(
+            PIPELINE,
+            "inference-gt-001",
+            &json!({"groundTruth": "Paris"}),
+            Some(RowUpdateConfig::new().ground_truth_column_name("groundTruth")),
+        )
+        .await
+        .unwrap();
+
+    let reqs = requests(&server).await;
+    assert_eq!(reqs.len(), 1);
+    // compact JSON, `row` before `config`, as in wire-samples/row_update.json
+    assert_eq!(
+        body_text(&reqs[0]),
+        r#"{"row":{"groundTruth":"Paris"},"config":{"groundTruthColumnName":"groundTruth"}}"#
+    );
+    assert_eq!(reqs[0].url.query(), Some("inferenceId=inference-gt-001"));
+}
+
+#[tokio::test]
+async fn update_row_without_config_omits_it_and_encodes_the_id() {
+    let server = MockServer::start().await;
+    let id = "chat/conv 1&user=2é";
+    Mock::given(method("PUT"))
+        .and(path(format!("/v1/inference-pipelines/{PIPELINE}/rows")))
+        .and(query_param("inferenceId", id))
+        .respond_with(ok())
+        .expect(2)
+        .mount(&server)
+        .await;
+    let c = client(&server);
+    let row = json!({"conversion_value": 99.99, "note": "déjà vu", "user_converted": true});
+    c.update_row(PIPELINE, id, &row, None).await.unwrap();
+    // an empty config is not sent either
+    c.update_row(PIPELINE, id, &row, Some(RowUpdateConfig::new()))
+        .await
+        .unwrap();
+    for r in requests(&server).await {
+        // non-ASCII is sent as UTF-8, not \u escapes
+        assert_eq!(
+            body_text(&r),
+            r#"{"row":{"conversion_value":99.99,"note":"déjà vu","user_converted":true}}"#
+        );
+    }
+}
+
+#[tokio::test]
+async fn update_row_sends_every_config_key_in_camel_case() {
+    let server = MockServer::start().await;
+    let row = json!({"gt": 1, "hf": "thumbs_up", "lat": 12.5, "ts": 1700000000, "id": "x"});
+    let config = json!({
+        "groundTruthColumnName": "gt",
+        "humanFeedbackColumnName": "hf",
+        "inferenceIdColumnName": "id",
+        "latencyColumnName": "lat",
+        "timestampColumnName": "ts",
+    });
+    Mock::given(method("PUT"))
+        .and(path(format!("/v1/inference-pipelines/{PIPELINE}/rows")))
+        .and(query_param("inferenceId", "x"))
+        .and(body_json(json!({"row": row, "config": config})))
+        .respond_with(ok())
+        .expect(1)
+        .mount(&server)
+        .await;
+    let config = RowUpdateConfig::new()
+        .ground_truth_column_name("gt")
+        .human_feedback_column_name("hf")
+        .inference_id_column_name("id")
+        .latency_column_name("lat")
+        .timestamp_column_name("ts");
+    client(&server)
+        .update_row(PIPELINE, "x", &row, Some(config))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn get_and_delete_row_address_the_id_as_a_path_segment() {
+    let server = MockServer::start().await;
+    let stored = json!({"row": {"inferenceId": "a/b c", "output": "hi"}});
+    Mock::given(method("GET"))
+        .and(path(format!(
+            "/v1/inference-pipelines/{PIPELINE}/rows/a%2Fb%20c"
+        )))
+        .respond_with(ResponseTemplate::new(200).set_body_json(stored.clone()))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path(format!(
+            "/v1/inference-pipelines/{PIPELINE}/rows/a%2Fb%20c"
+        )))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let c = client(&server);
+    assert_eq!(c.get_row(PIPELINE, "a/b c").await.unwrap(), stored);
+    c.delete_row(PIPELINE, "a/b c").await.unwrap();
+    for r in requests(&server).await {
+        assert!(r.body.is_empty());
+        assert_eq!(r.url.query(), None);
+    }
+}
+
+// ---- errors -----------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_401_is_an_api_error_with_the_servers_message_and_the_request() {
+    let server = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": "Invalid API key"})))
+        .expect(1) // never retried
+        .mount(&server)
+        .await;
+    let err = client(&server)
+        .update_row(PIPELINE, "i-1", &json!({"groundTruth": "x"}), None)
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Api {
+            status,
+            message,
+            request,
+        } => {
+            assert_eq!(*status, 401);
+            assert!(message.contains("Invalid API key"), "{message}");
+            assert!(
+                request.starts_with(&format!("PUT /inference-pipelines/{PIPELINE}/rows"))
+                    || request.starts_with(&format!("PUT /v1/inference-pipelines/{PIPELINE}/rows")),
+                "{request}"
+            );
+            assert!(request.contains("inferenceId=i-1"), "{request}");
+        }
+        other => panic!("expected Error::Api, got {other:?}"),
+    }
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains(KEY), "{shown}");
+}
+
+#[tokio::test]
+async fn a_422_on_stream_is_an_api_error_naming_the_endpoint() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!(
+            "/v1/inference-pipelines/{PIPELINE}/data-stream"
+        )))
+        .respond_with(
+            ResponseTemplate::new(422)
+                .set_body_json(json!({"message": "outputColumnName `answer` not found in rows"})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let err = client(&server)
+        .stream_rows(
+            PIPELINE,
+            &LlmConfig::new("answer"),
+            &[json!({"answer": "4"})],
+        )
+        .await
+        .unwrap_err();
+    let Error::Api {
+        status,
+        message,
+        request,
+    } = &err
+    else {
+        panic!("expected Error::Api, got {err:?}");
+    };
+    assert_eq!(*status, 422);
+    assert!(message.contains("not found in rows"), "{message}");
+    assert!(
+        request.starts_with("POST ") && request.ends_with("/data-stream"),
+        "{request}"
+    );
+}
+
+#[tokio::test]
+async fn a_500_is_retried_then_succeeds() {
+    let server = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("boom"))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .respond_with(ok())
+        .expect(1)
+        .mount(&server)
+        .await;
+    client(&server)
+        .update_row(PIPELINE, "i-1", &json!({"rating": 5}), None)
+        .await
+        .unwrap();
+    let reqs = requests(&server).await;
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0].body, reqs[1].body);
+}
+
+#[tokio::test]
+async fn a_2xx_with_success_false_is_an_error() {
+    let server = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"success": false, "error": "row not found"})),
+        )
+        .mount(&server)
+        .await;
+    let err = client(&server)
+        .update_row(PIPELINE, "nope", &json!({"x": 1}), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Api { status: 200, message, .. } if message == "row not found"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_input_is_refused_before_anything_is_sent() {
+    let server = MockServer::start().await;
+    let c = client(&server);
+    let cfg = LlmConfig::new("output").input_variable_names(["question"]);
+
+    let e = c
+        .stream_rows(
+            PIPELINE,
+            &cfg,
+            &[
+                json!({"output": "a", "question": "q"}),
+                json!({"output": "b"}),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidInput(m) if m.contains("row 1") && m.contains("`question`")),
+        "{e:?}"
+    );
+
+    let e = c
+        .stream_rows(PIPELINE, &cfg, &[json!("not an object")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidInput(m) if m.contains("row 0 must be a JSON object")),
+        "{e:?}"
+    );
+
+    let e = c
+        .stream_rows(PIPELINE, &LlmConfig::new(""), &[json!({"": 1})])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidInput(m) if m.contains("outputColumnName")),
+        "{e:?}"
+    );
+
+    let e = c
+        .publish_batch(
+            PIPELINE,
+            &TabularClassificationConfig::new(Vec::<String>::new()),
+            &[json!({})],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidInput(m) if m.contains("classNames")),
+        "{e:?}"
+    );
+
+    let e = c
+        .update_row(
+            PIPELINE,
+            "i",
+            &json!({"label": 1}),
+            Some(RowUpdateConfig::new().ground_truth_column_name("groundTruth")),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidInput(m) if m.contains("`groundTruth`")),
+        "{e:?}"
+    );
+
+    let e = c
+        .update_row(PIPELINE, "", &json!({}), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidInput(m) if m.contains("inference id")),
+        "{e:?}"
+    );
+
+    let e = c
+        .update_row(PIPELINE, "i", &json!([1]), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, Error::InvalidInput(_)), "{e:?}");
+
+    let e = c
+        .update_batch(
+            PIPELINE,
+            "id",
+            None,
+            &[json!({"id": "a"}), json!({"gt": 1})],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidInput(m) if m.contains("row 1") && m.contains("`id`")),
+        "{e:?}"
+    );
+
+    assert!(requests(&server).await.is_empty());
+}
+
+// ---- streaming ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn stream_rows_posts_config_then_rows() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!(
+            "/v1/inference-pipelines/{PIPELINE}/data-stream"
+        )))
+        .and(header("authorization", format!("Bearer {KEY}").as_str()))
+        .respond_with(ok())
+        .expect(1)
+        .mount(&server)
+        .await;
+    let cfg = LlmConfig::new("answer")
+        .input_variable_names(["question"])
+        .inference_id_column_name("id")
+        .timestamp_column_name("ts");
+    let rows = [
+        json!({"question": "2+2?", "answer": "4", "id": "q-1", "ts": 1700000000}),
+        json!({"question": "3+3?", "answer": "6", "id": "q-2", "ts": 1700000001, "tags": ["math"]}),
+    ];
+    client(&server)
+        .stream_rows(PIPELINE, &cfg, &rows)
+        .await
+        .unwrap();
+    let reqs = requests(&server).await;
+    let body = body_text(&reqs[0]);
+    assert!(body.starts_with(r#"{"config":{"#), "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({
+            "config": {
+                "outputColumnName": "answer",
+                "inputVariableNames": ["question"],
+                "inferenceIdColumnName": "id",
+                "timestampColumnName": "ts",
+            },
+            "rows": rows,
+        })
+    );
+}
+
+#[tokio::test]
+async fn no_rows_send_nothing() {
+    let server = MockServer::start().await;
+    let c = client(&server);
+    c.stream_rows(PIPELINE, &LlmConfig::new("o"), &[])
+        .await
+        .unwrap();
+    c.publish_batch(PIPELINE, &LlmConfig::new("o"), &[])
+        .await
+        .unwrap();
+    c.update_batch(PIPELINE, "id", None, &[]).await.unwrap();
+    assert!(requests(&server).await.is_empty());
+}
+
+// ---- projects and pipelines ------------------------------------------------------------
+
+#[tokio::test]
+async fn projects_and_pipelines_are_listed_and_created() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/projects"))
+        .and(query_param("name", "Fraud"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "items": [{"id": "p1", "name": "Fraud", "taskType": "tabular-classification",
+                       "description": null, "dateCreated": "2025-01-01"}],
+            "_meta": {"page": 1}
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/projects"))
+        .and(body_json(
+            json!({"name": "Chat", "taskType": "llm-base", "description": "bot"}),
+        ))
+        .respond_with(ResponseTemplate::new(201).set_body_json(
+            json!({"id": "p2", "name": "Chat", "taskType": "llm-base", "description": "bot"}),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v1/projects/p1/inference-pipelines"))
+        .and(query_param("name", "production"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "items": [{"id": "i1", "name": "production", "status": "healthy"}]
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/projects/p1/inference-pipelines"))
+        .and(body_json(json!({"name": "staging", "description": null})))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(json!({"id": "i2", "name": "staging", "projectId": "p1"})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let c = client(&server);
+    let projects = c.list_projects(Some("Fraud")).await.unwrap();
+    assert_eq!(projects.len(), 1);
+    assert_eq!(projects[0].id, "p1");
+    assert_eq!(projects[0].task_type, Some(TaskType::TabularClassification));
+    assert_eq!(projects[0].extra["dateCreated"], "2025-01-01");
+
+    let p = c
+        .create_project("Chat", TaskType::LlmBase, Some("bot"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (p.id.as_str(), p.description.as_deref()),
+        ("p2", Some("bot"))
+    );
+
+    let pipelines = c
+        .list_inference_pipelines("p1", Some("production"))
+        .await
+        .unwrap();
+    assert_eq!(pipelines[0].id, "i1");
+    assert_eq!(pipelines[0].project_id.as_deref(), Some("p1"));
+    assert_eq!(pipelines[0].extra["status"], "healthy");
+    assert!(!pipelines[0].local);
+
+    let created = c
+        .create_inference_pipeline("p1", "staging", None)
+        .await
+        .unwrap();
+    assert_eq!(created.id, "i2");
+}
+
+#[tokio::test]
+async fn load_or_create_finds_exact_names_and_creates_what_is_missing() {
+    let server = MockServer::start().await;
+    // The name filter may match loosely: only the exact name counts.
+    Mock::given(method("GET"))
+        .and(path("/v1/projects"))
+        .and(query_param("name", "Chatbot"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "items": [{"id": "p9", "name": "Chatbot v2", "taskType": "llm-base"}]
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/projects"))
+        .and(body_json(
+            json!({"name": "Chatbot", "taskType": "llm-base", "description": null}),
+        ))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(json!({"id": "p1", "name": "Chatbot", "taskType": "llm-base"})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v1/projects/p1/inference-pipelines"))
+        .and(query_param("name", "production"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"items": []})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/projects/p1/inference-pipelines"))
+        .and(body_json(
+            json!({"name": "production", "description": null}),
+        ))
+        .respond_with(
+            ResponseTemplate::new(201).set_body_json(json!({"id": "i1", "name": "production"})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let p = client(&server)
+        .load_or_create_inference_pipeline("Chatbot", "production", TaskType::LlmBase)
+        .await
+        .unwrap();
+    assert_eq!(p.id, "i1");
+    assert_eq!(p.project_id.as_deref(), Some("p1"));
+}
+
+#[tokio::test]
+async fn load_or_create_loads_without_creating() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/projects"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "items": [{"id": "p1", "name": "Chatbot", "taskType": "llm-base"}]
+        })))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v1/projects/p1/inference-pipelines"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "items": [{"id": "i0", "name": "production-old"}, {"id": "i1", "name": "production"}]
+        })))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let p = client(&server)
+        .load_or_create_inference_pipeline("Chatbot", "production", TaskType::LlmBase)
+        .await
+        .unwrap();
+    assert_eq!(p.id, "i1");
+}
+
+// ---- bulk -----------------------------------------------------------------------------
+
+/// Mounts the presigned-URL endpoint (pointing the upload at the same server), the
+/// storage and the `/data` endpoint.
+async fn mount_bulk(server: &MockServer, storage_status: u16) {
+    Mock::given(method("POST"))
+        .and(path("/v1/storage/presigned-url"))
+        // Written out by hand: the fields are deliberately not in sorted order.
+        .respond_with(ResponseTemplate::new(200).set_body_raw(
+            format!(
+                r#"{{"url":"{}/storage/bucket?X-Amz-Signature=sig-secret","storageUri":"s3://bucket/batch.csv","fields":{{"key":"uploads/batch.csv","Policy":"cG9saWN5","x-amz-signature":"abc"}}}}"#,
+                server.uri()
+            ),
+            "application/json",
+        ))
+        .expect(1)
+        .mount(server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/storage/bucket"))
+        .respond_with(ResponseTemplate::new(storage_status).set_body_string("storage says no"))
+        .expect(1)
+        .mount(server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/v1/inference-pipelines/{PIPELINE}/data")))
+        .respond_with(ok())
+        .mount(server)
+        .await;
+}
+
+/// The parts of a multipart body, as (headers, content).
+fn multipart_parts(r: &Request) -> Vec<(String, String)> {
+    let ct = r
+        .headers
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let boundary = ct.split("boundary=").nth(1).unwrap();
+    let body = body_text(r);
+    let delimiter = format!("--{boundary}");
+    let mut parts = Vec::new();
+    let pieces: Vec<&str> = body.split(delimiter.as_str()).collect();
+    assert_eq!(pieces[0], "");
+    assert_eq!(pieces.last().copied(), Some("--\r\n"));
+    for piece in &pieces[1..pieces.len() - 1] {
+        let piece = piece.strip_prefix("\r\n").unwrap();
+        let piece = piece.strip_suffix("\r\n").unwrap();
+        let (head, content) = piece.split_once("\r\n\r\n").unwrap();
+        parts.push((head.to_string(), content.to_string()));
+    }
+    parts
+}
+
+#[tokio::test]
+async fn publish_batch_uploads_a_csv_then_registers_it() {
+    let server = MockServer::start().await;
+    mount_bulk(&server, 204).await;
+    let cfg = TabularClassificationConfig::new(["no", "yes"])
+        .feature_names(["age", "tags"])
+        .predictions_column_name("pred")
+        .inference_id_column_name("id");
+    let rows = [
+        json!({"age": 30, "id": "r1", "pred": 1, "tags": ["a", "b"]}),
+        json!({"age": null, "id": "r,2", "pred": 0, "tags": []}),
+    ];
+    client(&server)
+        .publish_batch(PIPELINE, &cfg, &rows)
+        .await
+        .unwrap();
+
+    let reqs = requests(&server).await;
+    assert_eq!(reqs.len(), 3);
+    // 1. the presigned URL, for a fresh .csv object name, empty body
+    assert_eq!(reqs[0].url.path(), "/v1/storage/presigned-url");
+    let object = reqs[0]
+        .url
+        .query_pairs()
+        .find(|(k, _)| k == "objectName")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    assert!(object.ends_with(".csv"), "{object}");
+    assert!(reqs[0].body.is_empty());
+
+    // 2. the upload: the fields in the given order, then the file; no API key
+    let upload = &reqs[1];
+    assert_eq!(upload.url.path(), "/storage/bucket");
+    assert!(upload.headers.get("authorization").is_none());
+    let parts = multipart_parts(upload);
+    let names: Vec<&str> = parts
+        .iter()
+        .map(|(h, _)| {
+            h.split("name=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(names, ["key", "Policy", "x-amz-signature", "file"]);
+    assert_eq!(parts[0].1, "uploads/batch.csv");
+    assert!(
+        parts[3].0.contains(&format!("filename=\"{object}\"")),
+        "{}",
+        parts[3].0
+    );
+    assert!(parts[3].0.contains("Content-Type: text/csv"));
+    assert_eq!(
+        parts[3].1,
+        "age,id,pred,tags\n30,r1,1,\"[\"\"a\"\",\"\"b\"\"]\"\n,\"r,2\",0,[]\n"
+    );
+
+    // 3. the registration, appending
+    assert_eq!(
+        reqs[2].url.path(),
+        format!("/v1/inference-pipelines/{PIPELINE}/data")
+    );
+    assert_eq!(
+        reqs[2].body_json::<Value>().unwrap(),
+        json!({
+            "storageUri": "s3://bucket/batch.csv",
+            "performDataMerge": false,
+            "config": {
+                "classNames": ["no", "yes"],
+                "featureNames": ["age", "tags"],
+                "predictionsColumnName": "pred",
+                "inferenceIdColumnName": "id",
+            }
+        })
+    );
+    assert!(body_text(&reqs[2]).starts_with(r#"{"storageUri":"#));
+}
+
+#[tokio::test]
+async fn update_batch_merges_by_inference_id() {
+    let server = MockServer::start().await;
+    mount_bulk(&server, 200).await;
+    let rows = [
+        json!({"inference_id": "d56d2b2c", "label": 0}),
+        json!({"inference_id": "3b0b2521", "label": 1}),
+    ];
+    client(&server)
+        .update_batch(
+            PIPELINE,
+            "inference_id",
+            Some(RowUpdateConfig::new().ground_truth_column_name("label")),
+            &rows,
+        )
+        .await
+        .unwrap();
+    let reqs = requests(&server).await;
+    assert_eq!(reqs.len(), 3);
+    let parts = multipart_parts(&reqs[1]);
+    assert_eq!(
+        parts.last().unwrap().1,
+        "inference_id,label\nd56d2b2c,0\n3b0b2521,1\n"
+    );
+    assert_eq!(
+        reqs[2].body_json::<Value>().unwrap(),
+        json!({
+            "storageUri": "s3://bucket/batch.csv",
+            "performDataMerge": true,
+            "config": {"groundTruthColumnName": "label", "inferenceIdColumnName": "inference_id"}
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_refused_upload_names_the_storage_without_its_signature() {
+    let server = MockServer::start().await;
+    mount_bulk(&server, 403).await;
+    let err = client(&server)
+        .update_batch(PIPELINE, "id", None, &[json!({"id": "a", "x": 1})])
+        .await
+        .unwrap_err();
+    let Error::Api {
+        status,
+        message,
+        request,
+    } = &err
+    else {
+        panic!("expected Error::Api, got {err:?}");
+    };
+    assert_eq!(*status, 403);
+    assert_eq!(message, "storage says no");
+    assert_eq!(request, &format!("POST {}/storage/bucket", server.uri()));
+    assert!(!err.to_string().contains("sig-secret"));
+    // nothing was registered
+    let reqs = requests(&server).await;
+    assert_eq!(reqs.len(), 2);
+}
+
+#[tokio::test]
+async fn a_failed_upload_is_retried_like_api_requests() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/storage/bucket"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("slow down"))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    // then the usual storage (answering 204), presigned URL and /data
+    mount_bulk(&server, 204).await;
+    client(&server)
+        .publish_batch(PIPELINE, &LlmConfig::new("o"), &[json!({"o": "x"})])
+        .await
+        .unwrap();
+    let paths: Vec<String> = requests(&server)
+        .await
+        .iter()
+        .map(|r| r.url.path().to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/v1/storage/presigned-url".to_string(),
+            "/storage/bucket".to_string(),
+            "/storage/bucket".to_string(),
+            format!("/v1/inference-pipelines/{PIPELINE}/data"),
+        ]
+    );
+}
+
+// ---- local mode -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn local_mode_writes_the_file_and_refuses_reads() {
+    let dir = TempDir::new("local");
+    let file = dir.0.join("traces.jsonl");
+    let c = Client::builder()
+        .config(Config::default())
+        .trace_file(&file)
+        .batch_max_rows(2)
+        .build()
+        .unwrap();
+    assert!(c.is_local());
+    assert_eq!(c.local_file(), Some(file.as_path()));
+
+    let p = c
+        .load_or_create_inference_pipeline("Chatbot", "production", TaskType::LlmBase)
+        .await
+        .unwrap();
+    assert!(p.local);
+    assert_eq!(p.name, "production");
+    assert_eq!(uuid_version(&p.id), Some(5));
+    let again = c
+        .load_or_create_inference_pipeline("Chatbot", "production", TaskType::LlmBase)
+        .await
+        .unwrap();
+    assert_eq!(p.id, again.id);
+
+    let cfg = LlmConfig::new("output");
+    c.stream_rows(&p.id, &cfg, &[json!({"inferenceId": "a", "output": "hi"})])
+        .await
+        .unwrap();
+    c.update_row(
+        &p.id,
+        "a",
+        &json!({"groundTruth": "hello"}),
+        Some(RowUpdateConfig::new().ground_truth_column_name("groundTruth")),
+    )
+    .await
+    .unwrap();
+    // a pipeline-less update is kept for `openlayer push --pipeline-id`
+    c.update_row("", "b", &json!({"rating": 4}), None)
+        .await
+        .unwrap();
+    let rows: Vec<Value> = (0..3).map(|i| json!({"output": i})).collect();
+    c.publish_batch(&p.id, &cfg, &rows).await.unwrap();
+    c.update_batch(
+        &p.id,
+        "id",
+        Some(RowUpdateConfig::new().ground_truth_column_name("gt")),
+        &[json!({"id": "a", "gt": 1}), json!({"id": 7, "gt": 0})],
+    )
+    .await
+    .unwrap();
+
+    let lines: Vec<LocalLine> = read_local_file(&file)
+        .unwrap()
+        .map(|e| e.line.unwrap())
+        .collect();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let raw: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 7, "{text}");
+    assert_eq!(
+        raw[0],
+        format!(
+            r#"{{"pipelineId":"{}","config":{{"outputColumnName":"output"}},"rows":[{{"inferenceId":"a","output":"hi"}}]}}"#,
+            p.id
+        )
+    );
+    assert_eq!(
+        raw[1],
+        format!(
+            r#"{{"pipelineId":"{}","inferenceId":"a","row":{{"groundTruth":"hello"}},"config":{{"groundTruthColumnName":"groundTruth"}}}}"#,
+            p.id
+        )
+    );
+    assert_eq!(
+        raw[2],
+        r#"{"pipelineId":null,"inferenceId":"b","row":{"rating":4}}"#
+    );
+    // bulk publish: stream lines of at most batch_max_rows rows
+    assert!(matches!(&lines[3], LocalLine::Stream { rows, .. } if rows.len() == 2));
+    assert!(matches!(&lines[4], LocalLine::Stream { rows, .. } if rows.len() == 1));
+    // bulk update: one update line per row, the id column moved out of the row
+    assert_eq!(
+        raw[6],
+        format!(
+            r#"{{"pipelineId":"{}","inferenceId":"7","row":{{"gt":0}},"config":{{"groundTruthColumnName":"gt"}}}}"#,
+            p.id
+        )
+    );
+
+    for e in [
+        c.get_row(&p.id, "a").await.unwrap_err(),
+        c.delete_row(&p.id, "a").await.unwrap_err(),
+        c.list_projects(None).await.unwrap_err(),
+        c.list_inference_pipelines("p", None).await.unwrap_err(),
+        c.create_project("x", TaskType::LlmBase, None)
+            .await
+            .unwrap_err(),
+    ] {
+        assert!(
+            matches!(&e, Error::Config(m) if m.contains("requires OPENLAYER_API_KEY")),
+            "{e:?}"
+        );
+    }
+}
+
+fn uuid_version(s: &str) -> Option<u32> {
+    // xxxxxxxx-xxxx-Vxxx-...
+    let parts: Vec<&str> = s.split('-').collect();
+    (parts.len() == 5 && parts[2].len() == 4).then(|| parts[2][..1].parse().ok())?
+}
