@@ -4,12 +4,12 @@
 //!
 //! The spool directory holds numbered **segments**, `00000000000000000042.jsonl`, each a
 //! file of lines in the local trace file's format (one row per line:
-//! `{"pipelineId":..,"config":..,"rows":[row]}`), each with a sidecar
-//! `00000000000000000042.acks` listing the byte offsets of its lines that need not be
-//! sent again (acknowledged with a 2xx, rejected, or unreadable), one decimal offset per
-//! line. A segment is deleted once every line of it is acknowledged. `spool.lock` holds
-//! the id of the process that owns the directory. Files are created with mode 0600 and
-//! the directory with 0700 (unix).
+//! `{"pipelineId":..,"config":..,"rows":[row]}`), so that it reads as a set of local trace
+//! files. Its `state/` subdirectory holds the bookkeeping: for each segment,
+//! `00000000000000000042.acks` lists the byte offsets of its lines that need not be sent
+//! again (acknowledged with a 2xx, rejected, or unreadable), one decimal offset per line;
+//! `lock` names the process that owns the spool. A segment is deleted once every line of
+//! it is acknowledged. Files are created with mode 0600 and directories with 0700 (unix).
 //!
 //! # Writers
 //!
@@ -54,7 +54,10 @@ use crate::report::{Counters, DeliveryFailure, DropReason, notify};
 use crate::shape::{Prepared, Shaper};
 use crate::wire::OutRow;
 
-const LOCK_FILE: &str = "spool.lock";
+/// The bookkeeping's subdirectory: the spool directory itself holds only segments, so
+/// that it reads as a set of local trace files (`openlayer show DIR`).
+const STATE_DIR: &str = "state";
+const LOCK_FILE: &str = "lock";
 const DATA_EXT: &str = "jsonl";
 const ACK_EXT: &str = "acks";
 /// Most `inferenceId`s remembered for deduplication; the memory is freed when the spool
@@ -256,9 +259,10 @@ fn owner_alive(text: &str) -> bool {
     owner_token(pid).is_some_and(|token| token == text.trim())
 }
 
-/// Takes the directory for this process (a leftover lock of a dead process is taken over).
-fn take_lock(dir: &Path) -> io::Result<()> {
-    let path = dir.join(LOCK_FILE);
+/// Takes the spool for this process (a leftover lock of a dead process is taken over);
+/// `state` is its bookkeeping directory.
+fn take_lock(state: &Path) -> io::Result<()> {
+    let path = state.join(LOCK_FILE);
     let mine = lock_text();
     for _ in 0..3 {
         match private_file(OpenOptions::new().write(true).create_new(true)).open(&path) {
@@ -271,7 +275,7 @@ fn take_lock(dir: &Path) -> io::Result<()> {
                 if owner.trim() != mine && owner_alive(&owner) {
                     return Err(io::Error::other(format!(
                         "the spool directory {} is in use by process {}",
-                        dir.display(),
+                        state.parent().unwrap_or(state).display(),
                         owner.split_whitespace().next().unwrap_or("?")
                     )));
                 }
@@ -369,11 +373,11 @@ impl Spool {
             .clone()
             .ok_or_else(|| Error::Config("no spool directory".into()))?;
         let dir = std::path::absolute(&dir).unwrap_or(dir);
-        create_private_dir(&dir)?;
-        take_lock(&dir)?;
+        let state = dir.join(STATE_DIR);
+        create_private_dir(&state)?;
+        take_lock(&state)?;
         let mut index = Index::default();
         let mut total = 0u64;
-        let mut acks_seen = Vec::new();
         for entry in fs::read_dir(&dir)? {
             let entry = entry?;
             let name = entry.file_name();
@@ -381,8 +385,7 @@ impl Spool {
             if let Some(seq) = parse_seq(name, DATA_EXT) {
                 let len = entry.metadata()?.len();
                 total += len;
-                let ack_path = dir.join(format!("{seq:020}.{ACK_EXT}"));
-                let acked = read_acks(&ack_path);
+                let acked = read_acks(&state.join(format!("{seq:020}.{ACK_EXT}")));
                 index.segments.insert(
                     seq,
                     Segment {
@@ -394,16 +397,19 @@ impl Spool {
                     },
                 );
                 index.next_seq = index.next_seq.max(seq + 1);
-            } else if let Some(seq) = parse_seq(name, ACK_EXT) {
-                acks_seen.push((seq, entry.metadata()?.len()));
             }
         }
-        for (seq, len) in acks_seen {
+        for entry in fs::read_dir(&state)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(seq) = name.to_str().and_then(|n| parse_seq(n, ACK_EXT)) else {
+                continue;
+            };
             if index.segments.contains_key(&seq) {
-                total += len;
+                total += entry.metadata()?.len();
             } else {
                 // The segment is gone: its acknowledgements are of no use.
-                let _ = fs::remove_file(dir.join(format!("{seq:020}.{ACK_EXT}")));
+                let _ = fs::remove_file(entry.path());
             }
         }
         index.next_seq = index.next_seq.max(1);
@@ -442,7 +448,9 @@ impl Spool {
     }
 
     fn ack_path(&self, seq: u64) -> PathBuf {
-        self.dir.join(format!("{seq:020}.{ACK_EXT}"))
+        self.dir
+            .join(STATE_DIR)
+            .join(format!("{seq:020}.{ACK_EXT}"))
     }
 
     /// Whether completed traces are written ahead.
@@ -1340,7 +1348,7 @@ impl Writer<'_> {
                 s.delete_if_done(&mut index, seq);
             }
         }
-        let lock_path = s.dir.join(LOCK_FILE);
+        let lock_path = s.dir.join(STATE_DIR).join(LOCK_FILE);
         if fs::read_to_string(&lock_path).is_ok_and(|t| t.trim() == lock_text()) {
             let _ = fs::remove_file(&lock_path);
         }
@@ -1366,6 +1374,20 @@ mod tests {
             .spool_max_bytes(1024 * 1024)
             .build()
             .unwrap()
+    }
+
+    /// Every regular file under `dir`.
+    fn files_in(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                out.extend(files_in(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out
     }
 
     fn row(id: &str) -> OutRow {
@@ -1432,10 +1454,23 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            for e in fs::read_dir(&dir).unwrap() {
-                let e = e.unwrap();
-                let mode = e.metadata().unwrap().permissions().mode() & 0o777;
-                assert_eq!(mode, 0o600, "{:?}", e.path());
+            let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&dir), 0o700);
+            assert_eq!(mode(&dir.join(STATE_DIR)), 0o700);
+            let files = files_in(&dir);
+            assert!(files.len() >= 2, "{files:?}");
+            for f in files {
+                assert_eq!(mode(&f), 0o600, "{f:?}");
+            }
+        }
+        // The directory reads as local trace files (what `openlayer show DIR` does).
+        for e in fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_file() {
+                assert_eq!(path.extension().unwrap(), DATA_EXT);
+                let lines: Vec<_> = crate::localfile::read_local_file(&path).unwrap().collect();
+                assert!(lines.iter().all(|l| l.line.is_ok()), "{lines:?}");
+                assert_eq!(lines.len(), 3);
             }
         }
 
@@ -1444,10 +1479,7 @@ mod tests {
         assert_eq!(drain(&spool), ["b", "c"]);
         assert!(!spool.has_replayable());
         stop(&spool, t);
-        let left: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let left = files_in(&dir);
         assert!(left.is_empty(), "{left:?}");
     }
 
@@ -1473,24 +1505,25 @@ mod tests {
         spool.give_up(b);
         assert_eq!(drain(&spool), ["b"]);
         stop(&spool, t);
-        assert!(fs::read_dir(&dir).unwrap().next().is_none());
+        assert!(files_in(&dir).is_empty(), "{:?}", files_in(&dir));
     }
 
     #[test]
     fn a_live_owner_keeps_the_directory() {
         let dir = temp_dir("lock");
-        create_private_dir(&dir).unwrap();
+        let lock = dir.join(STATE_DIR).join(LOCK_FILE);
+        create_private_dir(&dir.join(STATE_DIR)).unwrap();
         // PID 1 is alive; elsewhere than on Linux a leftover lock is taken over.
         if let Some(token) = owner_token(1) {
-            fs::write(dir.join(LOCK_FILE), &token).unwrap();
+            fs::write(&lock, &token).unwrap();
             let e = Spool::open(&config(&dir), Arc::new(Counters::default())).unwrap_err();
             assert!(e.to_string().contains("in use by process 1"), "{e}");
             // The same id from another boot, or started at another time: not the owner.
-            fs::write(dir.join(LOCK_FILE), token.replace(' ', " 1")).unwrap();
+            fs::write(&lock, token.replace(' ', " 1")).unwrap();
             assert!(Spool::open(&config(&dir), Arc::new(Counters::default())).is_ok());
         }
         // A dead owner's lock is taken over.
-        fs::write(dir.join(LOCK_FILE), format!("{} 1 x", u32::MAX)).unwrap();
+        fs::write(&lock, format!("{} 1 x", u32::MAX)).unwrap();
         assert!(Spool::open(&config(&dir), Arc::new(Counters::default())).is_ok());
         // Our own (a new configuration in this process) too.
         assert!(Spool::open(&config(&dir), Arc::new(Counters::default())).is_ok());
@@ -1523,9 +1556,9 @@ mod tests {
         let done = Arc::new(Completion::default());
         spool.barrier(done.clone());
         assert!(done.wait_until(std::time::Instant::now() + std::time::Duration::from_secs(10)));
-        let on_disk: u64 = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().metadata().unwrap().len())
+        let on_disk: u64 = files_in(&dir)
+            .iter()
+            .map(|f| fs::metadata(f).unwrap().len())
             .sum();
         assert!(on_disk <= 200 * 1024, "{on_disk}");
         let evicted = counters.spool_evicted.load(Relaxed);
