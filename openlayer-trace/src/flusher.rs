@@ -585,12 +585,21 @@ impl Flusher {
                 None => {
                     self.replay.wanted = false;
                     if self.replay.in_flight == 0 && spool.has_replayable() {
-                        // Rows still on their way hold some back: look again later.
-                        self.schedule_probe();
+                        // Rows still on their way hold some back: look again soon. This is
+                        // not a failure, so the probe's backoff does not grow.
+                        self.schedule_recheck();
                     }
                 }
             }
         }
+    }
+
+    /// Plans another look at the spool after the base delay, unless one is due already.
+    fn schedule_recheck(&mut self) {
+        if self.spool.is_none() || self.replay.wanted || self.replay.next_try.is_some() {
+            return;
+        }
+        self.replay.next_try = Some(Instant::now() + self.replay.base);
     }
 
     /// Plans a replay probe after the current backoff, unless one is due already.
