@@ -363,6 +363,8 @@ impl RecordedRequest {
 struct State {
     behavior: Behavior,
     requests: Vec<RecordedRequest>,
+    /// In summary mode, bodies are not kept: acknowledged ids are counted here instead.
+    summary: Option<BTreeMap<String, usize>>,
 }
 
 struct Shared {
@@ -382,6 +384,15 @@ impl Shared {
     fn record(&self, mut request: RecordedRequest) {
         let mut state = self.lock();
         request.seq = state.requests.len();
+        if let Some(counts) = state.summary.as_mut() {
+            if request.is_data_stream() && request.outcome.is_success() {
+                for id in request.inference_ids() {
+                    *counts.entry(id).or_insert(0) += 1;
+                }
+            }
+            request.body = Vec::new();
+            request.json = None;
+        }
         state.requests.push(request);
     }
 }
@@ -432,6 +443,7 @@ impl TestServer {
             state: Mutex::new(State {
                 behavior,
                 requests: Vec::new(),
+                summary: None,
             }),
         });
         let (cmd_tx, cmd_rx) = tokio_mpsc::unbounded_channel();
@@ -516,6 +528,22 @@ impl TestServer {
         self.shared.lock().requests.clear();
     }
 
+    /// Summary mode, for load tests: from now on request bodies are not kept (so memory
+    /// stays flat however many rows arrive); the `inferenceId`s of acknowledged
+    /// data-stream rows are still counted for [`TestServer::inference_ids`] and
+    /// [`TestServer::inference_id_counts`].
+    pub fn summarize_only(&self) {
+        let mut state = self.shared.lock();
+        if state.summary.is_none() {
+            state.summary = Some(BTreeMap::new());
+        }
+    }
+
+    /// How many data-stream rows were acknowledged (2xx), duplicates included.
+    pub fn acknowledged_rows(&self) -> usize {
+        self.inference_id_counts().values().sum()
+    }
+
     /// The set of `inferenceId`s in data-stream requests answered with a 2xx: what the
     /// platform would have stored. Compare it with the ids produced to count losses.
     pub fn inference_ids(&self) -> BTreeSet<String> {
@@ -525,8 +553,9 @@ impl TestServer {
     /// How many times each `inferenceId` was acknowledged (2xx) in a data-stream
     /// request; any count above 1 is a duplicate delivery.
     pub fn inference_id_counts(&self) -> BTreeMap<String, usize> {
-        let mut counts = BTreeMap::new();
-        for r in self.shared.lock().requests.iter() {
+        let state = self.shared.lock();
+        let mut counts = state.summary.clone().unwrap_or_default();
+        for r in state.requests.iter() {
             if r.is_data_stream() && r.outcome.is_success() {
                 for id in r.inference_ids() {
                     *counts.entry(id).or_insert(0) += 1;
@@ -743,6 +772,28 @@ struct Head {
     close: bool,
 }
 
+/// In summary mode only the rows' ids are read: `{"rows": [{"inferenceId": ...}]}`,
+/// without building the rest of the body.
+fn ids_only(body: &[u8]) -> Option<Value> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(default)]
+        rows: Vec<Row>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Row {
+        #[serde(rename = "inferenceId", default)]
+        inference_id: Value,
+    }
+    let body: Body = serde_json::from_slice(body).ok()?;
+    let rows: Vec<Value> = body
+        .rows
+        .into_iter()
+        .map(|r| json!({"inferenceId": r.inference_id}))
+        .collect();
+    Some(json!({ "rows": rows }))
+}
+
 async fn serve(mut stream: TcpStream, shared: Arc<Shared>, connection: u64) {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::with_capacity(8 * 1024);
@@ -754,6 +805,7 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>, connection: u64) {
         };
         let received_at = Instant::now();
         let action = shared.next_action();
+        let summarizing = shared.lock().summary.is_some();
         let record = |body: Vec<u8>, outcome: Outcome, head: &Head| RecordedRequest {
             seq: 0,
             connection,
@@ -765,6 +817,8 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>, connection: u64) {
             headers: head.headers.clone(),
             json: if body.is_empty() {
                 None
+            } else if summarizing {
+                ids_only(&body)
             } else {
                 serde_json::from_slice(&body).ok()
             },

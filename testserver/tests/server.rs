@@ -260,3 +260,32 @@ async fn works_inside_a_current_thread_runtime() {
     assert!(server.wait_for_requests(1, Duration::from_secs(1)).await);
     assert!(!server.wait_for_requests(2, Duration::from_millis(20)).await);
 }
+
+#[test]
+fn summary_mode_counts_acknowledged_ids_without_keeping_bodies() {
+    let server = TestServer::start_with(Behavior::fail_first(1, 500));
+    server.summarize_only();
+    let mut s = connect(server.addr());
+    for ids in [["a", "b"], ["a", "b"], ["b", "c"]] {
+        let body = format!(
+            r#"{{"config":{{}},"rows":[{{"inferenceId":"{}"}},{{"inferenceId":"{}"}}]}}"#,
+            ids[0], ids[1]
+        );
+        s.write_all(post("/v1/inference-pipelines/p/data-stream", &body).as_bytes())
+            .unwrap();
+        read_response(&mut s);
+    }
+    // The first request got a 500: only the next two count.
+    let counts = server.inference_id_counts();
+    assert_eq!(counts.get("a"), Some(&1));
+    assert_eq!(counts.get("b"), Some(&2));
+    assert_eq!(counts.get("c"), Some(&1));
+    assert_eq!(server.acknowledged_rows(), 4);
+    assert_eq!(server.request_count(), 3);
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|r| r.body.is_empty() && r.json.is_none())
+    );
+}

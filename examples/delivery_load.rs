@@ -1,0 +1,204 @@
+//! Delivery under load: N traces of 4 steps each go to a loopback mock server with
+//! batching, then the same with the server down for a while.
+//!
+//! ```sh
+//! cargo run --release --example delivery_load -- [TRACES]
+//! ```
+//!
+//! Reports traces per second delivered, the p50/p99 cost of a traced call as the
+//! application sees it (4 steps, including the hand-off of the completed trace), and the
+//! peak RSS of each phase. With the server down, completions must never block, memory
+//! must stay within the queue's bound, and every trace must be delivered after recovery,
+//! spooled, or counted as dropped. Nothing leaves 127.0.0.1.
+
+use std::time::{Duration, Instant};
+
+use openlayer_testserver::TestServer;
+use openlayer_trace::{Config, Stats, trace};
+
+#[trace]
+fn tokenize(text: &str, limit: usize) -> usize {
+    text.len().min(limit)
+}
+
+#[trace]
+fn score(tokens: usize, bias: u32) -> u64 {
+    tokens as u64 * 3 + u64::from(bias)
+}
+
+#[trace]
+fn render(score: u64) -> String {
+    format!("score={score}")
+}
+
+#[trace]
+fn handle(request_id: u64, text: &str) -> String {
+    let tokens = tokenize(text, 64);
+    let s = score(tokens, (request_id % 7) as u32);
+    render(s)
+}
+
+/// Peak resident memory of this process so far, in KiB (Linux).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resets the peak-RSS mark, so that each phase reports its own peak (Linux).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Runs `n` traced calls, timing each one.
+fn produce(n: u64, text: &str) -> Vec<u32> {
+    let mut costs = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let t = Instant::now();
+        std::hint::black_box(handle(i, text));
+        costs.push(t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
+    }
+    costs.sort_unstable();
+    costs
+}
+
+fn print_costs(costs: &[u32]) {
+    println!(
+        "  traced call (4 steps + hand-off): p50 {:.2} us, p99 {:.2} us, max {:.1} us",
+        f64::from(percentile(costs, 0.50)) / 1e3,
+        f64::from(percentile(costs, 0.99)) / 1e3,
+        f64::from(*costs.last().unwrap_or(&0)) / 1e3,
+    );
+}
+
+fn print_stats(s: &Stats) {
+    println!(
+        "  stats: enqueued {}, sent {}, retried {}, spooled {}, replayed {}, dropped {} (queue full {}), pending {}",
+        s.enqueued,
+        s.sent,
+        s.retried,
+        s.spooled,
+        s.replayed,
+        s.dropped.total(),
+        s.dropped.queue_full,
+        s.pending
+    );
+}
+
+fn base(url: &str) -> openlayer_trace::ConfigBuilder {
+    Config::builder()
+        .api_key("load-test-key")
+        .base_url(url)
+        .inference_pipeline_id("00000000-0000-0000-0000-00000000load")
+        .batch_max_rows(1000)
+        .linger(Duration::from_millis(5))
+        .max_in_flight(4)
+}
+
+fn main() {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(200_000);
+    let text = "What is the capital of France? Answer in one word.";
+    println!("delivery_load: {n} traces of 4 steps each, loopback server on 127.0.0.1");
+
+    // Phase 1: the server is up. The queue holds the whole burst, so the figure is the
+    // worker's delivery capacity.
+    let server = TestServer::start();
+    server.summarize_only();
+    let config = base(&server.url())
+        .queue_capacity(n as usize)
+        .queue_max_bytes(1 << 30)
+        .build()
+        .expect("config");
+    let guard = openlayer_trace::init(config).expect("init");
+    reset_peak_rss();
+    let start = Instant::now();
+    let costs = produce(n, text);
+    let produced_in = start.elapsed();
+    let report = guard.flush(Duration::from_secs(120)).expect("flush");
+    let delivered_in = start.elapsed();
+    let delivered = server.inference_ids().len();
+    println!("server up:");
+    println!(
+        "  delivered {delivered} of {n} in {:.2} s: {:.0} traces/s (produced in {:.2} s)",
+        delivered_in.as_secs_f64(),
+        delivered as f64 / delivered_in.as_secs_f64(),
+        produced_in.as_secs_f64()
+    );
+    print_costs(&costs);
+    println!("  peak RSS {} MiB", peak_rss_kib().unwrap_or(0) / 1024);
+    print_stats(&report.stats);
+    assert!(report.complete, "the flush did not finish");
+    assert_eq!(delivered as u64, n, "traces were lost");
+    drop(guard);
+
+    // Phase 2: the server is down for a while. Completions must not block; memory stays
+    // within the queue bound; the overflow is spooled or counted.
+    let server = TestServer::start();
+    server.summarize_only();
+    server.go_down();
+    let spool = std::env::temp_dir().join(format!("openlayer-load-spool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&spool);
+    let queue_bytes = 32 << 20;
+    let config = base(&server.url())
+        .queue_capacity(10_000)
+        .queue_max_bytes(queue_bytes)
+        .spool_dir(&spool)
+        .spool_max_bytes(1 << 30)
+        .max_retries(1)
+        .retry_base_backoff(Duration::from_millis(50))
+        .build()
+        .expect("config");
+    let guard = openlayer_trace::init(config).expect("init");
+    reset_peak_rss();
+    let rss_before = peak_rss_kib().unwrap_or(0);
+    let costs = produce(n, text);
+    let rss_down = peak_rss_kib().unwrap_or(0);
+    let during = guard.stats();
+    server.come_up();
+    let report = guard.flush(Duration::from_secs(120)).expect("flush");
+    // Spooled rows are replayed in the background once the server answers again.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut stats = guard.stats();
+    while server.inference_ids().len() as u64 + stats.dropped.total() < n
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        stats = guard.stats();
+    }
+    let received = server.inference_ids().len() as u64;
+    println!("server down while producing, then up:");
+    print_costs(&costs);
+    println!(
+        "  peak RSS while down {} MiB (growth {} MiB; queue bound {} MiB)",
+        rss_down / 1024,
+        rss_down.saturating_sub(rss_before) / 1024,
+        queue_bytes >> 20
+    );
+    println!(
+        "  while down: spooled {}, dropped {} (queue full {})",
+        during.spooled,
+        during.dropped.total(),
+        during.dropped.queue_full
+    );
+    println!(
+        "  after recovery: received {received} of {n}; dropped {}; received + dropped = {}",
+        stats.dropped.total(),
+        received + stats.dropped.total()
+    );
+    print_stats(&stats);
+    assert!(report.complete || stats.pending == 0);
+    assert_eq!(
+        received + stats.dropped.total(),
+        n,
+        "a trace was lost without being counted"
+    );
+    drop(guard);
+    let _ = std::fs::remove_dir_all(&spool);
+}
