@@ -236,6 +236,7 @@ pub(crate) fn exit(entered: Entered) {
 }
 
 /// Runs `f` with `capture` as the sink for traces started on this thread.
+#[cfg(any(test, feature = "test-util"))]
 pub(crate) fn with_capture<R>(capture: Option<Arc<CaptureSink>>, f: impl FnOnce() -> R) -> R {
     struct Restore(Option<Arc<CaptureSink>>);
     impl Drop for Restore {

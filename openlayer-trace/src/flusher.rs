@@ -306,6 +306,8 @@ impl Flusher {
                     self.on_done(res);
                 }
                 _ = sleep_until(wake), if wake.is_some() => self.on_timer(),
+                // Rows reached the spool: replay them soon, whatever else happens.
+                _ = spool_written(self.spool.as_deref()) => self.schedule_recheck(),
             }
         }
     }
@@ -932,6 +934,13 @@ impl Flusher {
             self.replay.next_try = None;
             self.replay.wanted = true;
         }
+    }
+}
+
+async fn spool_written(spool: Option<&Spool>) {
+    match spool {
+        Some(s) => s.written.notified().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -125,6 +125,7 @@ impl CaptureSink {
         }
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     pub(crate) fn take(&self) -> Vec<EncodedRow> {
         std::mem::take(&mut *self.rows.lock().unwrap_or_else(|e| e.into_inner()))
     }

@@ -182,6 +182,9 @@ pub(crate) struct Spool {
     backlog_max_bytes: usize,
     counters: Arc<Counters>,
     on_failure: Option<FailureFn>,
+    /// Signalled after each synced write, so that the flusher looks for rows to replay
+    /// even when no request succeeds afterwards.
+    pub(crate) written: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Spool {
@@ -429,6 +432,7 @@ impl Spool {
             backlog_max_bytes: (config.queue_max_bytes / 4).max(1024 * 1024),
             counters,
             on_failure: config.on_failure.clone(),
+            written: tokio::sync::Notify::new(),
             dir,
         };
         if config.spool_mode == SpoolMode::WriteAhead {
@@ -1114,6 +1118,7 @@ pub(crate) fn run_writer(
             }
         }
         w.sync();
+        spool.written.notify_one();
         for done in barriers {
             done.complete();
         }
