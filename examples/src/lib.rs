@@ -2,8 +2,9 @@
 
 use openlayer_trace::{Config, DeliveryReport, format_trace_tree};
 
-/// Says where the traces went, and prints the trace with this inference id as a tree
-/// when it went to the local file of the embedded default.
+/// Says where the traces went, and prints the trace with this inference id as a tree,
+/// followed by the row updates of that id, when they went to the local file of the
+/// embedded default.
 pub fn show_outcome(config: &Config, inference_id: &str, report: &DeliveryReport) {
     let s = &report.stats;
     if config.is_disabled() {
@@ -38,6 +39,16 @@ pub fn show_outcome(config: &Config, inference_id: &str, report: &DeliveryReport
     match row {
         Some(row) => print!("{}", format_trace_tree(&row)),
         None => println!("trace {inference_id} was not found in {}", path.display()),
+    }
+    for line in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|line| line.get("row").is_some() && line["inferenceId"] == inference_id)
+    {
+        match line.get("config") {
+            Some(config) => println!("row update: {} (config {config})", line["row"]),
+            None => println!("row update: {}", line["row"]),
+        }
     }
     println!(
         "traces written to {} ({} this run)",

@@ -1,6 +1,7 @@
 //! The embedded default's sink: with no API key, each trace becomes one line of a local
 //! JSONL file, in the spool's line format (a data-stream request body with its pipeline
-//! id), ready to be pushed later.
+//! id), and each row update a row-update line, in the order they were handed off, ready
+//! to be pushed later.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -57,6 +58,12 @@ pub(crate) async fn run(
                     &row.config,
                     [row.row.as_str()],
                 ));
+                None
+            }
+            Msg::Update(update, bytes) => {
+                queued_bytes.fetch_sub(bytes, Relaxed);
+                // Behind its trace's line: the queue keeps their order.
+                lines.push(update.file_line(default_pipeline.as_deref()));
                 None
             }
             control => Some(control),

@@ -14,6 +14,9 @@
 //!   probe with exponential backoff while the spool holds rows.
 //! - At shutdown, whatever is not delivered shortly before the deadline is spooled (or
 //!   dropped as `deadline`), so that the caller gets its answer in time.
+//! - A row update (`PUT .../rows?inferenceId=..`) is sent on its own, under the same
+//!   limits and policy. While a row with its inference id is batched or in flight here,
+//!   it is held back, and sent once that row is settled (2xx, spooled or dropped).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -31,7 +34,7 @@ use crate::report::{Counters, DeliveryFailure, DropReason, notify};
 use crate::shape::{Prepared, Shaper};
 use crate::spool::{ReplayBatch, ReplayEnd, Spool, WalRef};
 use crate::transport::{ApiRequest, SendOutcome, Transport, is_retryable_status};
-use crate::wire::{self, OutRow};
+use crate::wire::{self, OutRow, OutUpdate};
 
 /// The longest wait between two replay probes.
 const MAX_REPLAY_BACKOFF: Duration = Duration::from_secs(60);
@@ -96,6 +99,56 @@ fn data_stream_path(pipeline: &str) -> String {
     format!("/inference-pipelines/{pipeline}/data-stream")
 }
 
+/// `PUT /inference-pipelines/{pipeline}/rows?inferenceId=..` with `body`.
+fn row_update_request(pipeline: &str, inference_id: &str, body: String) -> ApiRequest {
+    ApiRequest {
+        method: reqwest::Method::PUT,
+        path: format!(
+            "/inference-pipelines/{}/rows",
+            crate::client::segment(pipeline)
+        ),
+        query: vec![("inferenceId".into(), inference_id.into())],
+        body: Some(body.into()),
+    }
+}
+
+/// The request that replays a spooled batch.
+fn replay_request(batch: &ReplayBatch) -> ApiRequest {
+    match &batch.update {
+        Some(inference_id) => {
+            let config = (!batch.config.is_empty()).then_some(batch.config.as_str());
+            let row = batch.rows.first().map_or("{}", String::as_str);
+            row_update_request(
+                &batch.pipeline,
+                inference_id,
+                wire::update_body(row, config),
+            )
+        }
+        None => {
+            let body = wire::request_body(&batch.config, batch.rows.iter().map(String::as_str));
+            ApiRequest::post_json(data_stream_path(&batch.pipeline), body)
+        }
+    }
+}
+
+/// A row update in the flusher: its pipeline resolved, counted in a flush generation.
+#[derive(Debug)]
+struct Update {
+    update: OutUpdate,
+    pipeline: String,
+    epoch: u64,
+}
+
+impl Update {
+    fn request(&self) -> ApiRequest {
+        row_update_request(
+            &self.pipeline,
+            &self.update.inference_id,
+            self.update.request_body(),
+        )
+    }
+}
+
 /// The bytes of a request body around its rows.
 fn body_overhead(config: &str) -> usize {
     config.len() + 24
@@ -105,6 +158,7 @@ fn body_overhead(config: &str) -> usize {
 enum Flight {
     Live(Batch),
     Replay(ReplayBatch),
+    Update(Update),
 }
 
 /// Rows counted per flush generation: a flush waits until every row handed off before
@@ -207,6 +261,12 @@ pub(crate) struct Flusher {
     flights: HashMap<Id, Flight>,
     epochs: Epochs,
     waiters: Vec<Waiter>,
+    /// Row updates ready to be sent, in order.
+    updates: VecDeque<Update>,
+    /// How many rows of each inference id are batched or in flight here.
+    rows_by_id: HashMap<String, usize>,
+    /// Row updates held back until the rows with their inference id are settled.
+    held: HashMap<String, Vec<Update>>,
     replay: Replay,
     shutdown: Option<Shutdown>,
     no_pipeline_warned: bool,
@@ -248,6 +308,9 @@ impl Flusher {
             flights: HashMap::new(),
             epochs: Epochs::new(),
             waiters: Vec::new(),
+            updates: VecDeque::new(),
+            rows_by_id: HashMap::new(),
+            held: HashMap::new(),
             replay: Replay {
                 wanted: false,
                 next_try: None,
@@ -313,7 +376,11 @@ impl Flusher {
     }
 
     fn idle(&self) -> bool {
-        self.groups.is_empty() && self.ready.is_empty() && self.tasks.is_empty()
+        self.groups.is_empty()
+            && self.ready.is_empty()
+            && self.tasks.is_empty()
+            && self.updates.is_empty()
+            && self.held.is_empty()
     }
 
     fn on_msg(&mut self, msg: Msg, rx: &mut mpsc::Receiver<Msg>) {
@@ -343,6 +410,10 @@ impl Flusher {
                 let (row, wal) = *row;
                 self.accept(row, wal);
             }
+            Msg::Update(update, bytes) => {
+                self.queued_bytes.fetch_sub(bytes, Relaxed);
+                self.accept_update(*update);
+            }
             Msg::Flush(done, deadline) => {
                 let limit = self.epochs.advance();
                 self.waiters.push(Waiter {
@@ -368,6 +439,46 @@ impl Flusher {
         }
     }
 
+    /// Takes a row update: held back while a row with its inference id is on its way
+    /// here, else ready to be sent.
+    fn accept_update(&mut self, update: OutUpdate) {
+        let Some(pipeline) = update
+            .pipeline
+            .clone()
+            .or_else(|| self.default_pipeline.clone())
+        else {
+            return self.no_pipeline(1);
+        };
+        let u = Update {
+            update,
+            pipeline,
+            epoch: self.epochs.acquire(),
+        };
+        if self.rows_by_id.contains_key(&u.update.inference_id) {
+            self.held
+                .entry(u.update.inference_id.clone())
+                .or_default()
+                .push(u);
+        } else {
+            self.updates.push_back(u);
+        }
+    }
+
+    /// A row with `inference_id` is settled: the updates held behind the last one of
+    /// them become ready.
+    fn row_settled(&mut self, inference_id: &str) {
+        let Some(n) = self.rows_by_id.get_mut(inference_id) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            self.rows_by_id.remove(inference_id);
+            if let Some(held) = self.held.remove(inference_id) {
+                self.updates.extend(held);
+            }
+        }
+    }
+
     /// Takes a row into its group, or overflows it when the backlog is full.
     fn accept(&mut self, row: OutRow, wal: Option<WalRef>) {
         let size = row.size();
@@ -377,6 +488,7 @@ impl Flusher {
             return self.overflow(row, wal);
         }
         let epoch = self.epochs.acquire();
+        *self.rows_by_id.entry(row.inference_id.clone()).or_default() += 1;
         self.backlog_rows += 1;
         self.backlog_bytes += size;
         let OutRow {
@@ -545,6 +657,18 @@ impl Flusher {
             };
             self.start_live(batch);
         }
+        while self.tasks.len() < self.max_in_flight {
+            let Some(u) = self.updates.pop_front() else {
+                break;
+            };
+            let req = u.request();
+            let deadline = self.shutdown.as_ref().map(|s| s.send_deadline);
+            let t = self.transport.clone();
+            let handle = self
+                .tasks
+                .spawn(async move { t.send(&req, deadline).await });
+            self.flights.insert(handle.id(), Flight::Update(u));
+        }
         self.start_replays();
     }
 
@@ -576,9 +700,7 @@ impl Flusher {
                 self.default_pipeline.as_deref(),
             ) {
                 Some(batch) => {
-                    let body =
-                        wire::request_body(&batch.config, batch.rows.iter().map(String::as_str));
-                    let req = ApiRequest::post_json(data_stream_path(&batch.pipeline), body);
+                    let req = replay_request(&batch);
                     let t = self.transport.clone();
                     let handle = self.tasks.spawn(async move { t.send(&req, None).await });
                     self.flights.insert(handle.id(), Flight::Replay(batch));
@@ -642,13 +764,18 @@ impl Flusher {
             }
             Err(e) => Err(Error::Transport {
                 message: format!("the request task failed: {e}"),
-                request: "POST data-stream".into(),
+                request: match &flight {
+                    Flight::Update(_) => "PUT rows",
+                    _ => "POST data-stream",
+                }
+                .into(),
                 timeout: false,
             }),
         };
         match flight {
             Flight::Live(batch) => self.live_done(batch, result),
             Flight::Replay(batch) => self.replay_done(batch, result),
+            Flight::Update(u) => self.update_done(u, result),
         }
     }
 
@@ -675,12 +802,67 @@ impl Flusher {
         }
     }
 
+    fn update_done(&mut self, u: Update, result: Result<(), Error>) {
+        match result {
+            Ok(()) => {
+                self.epochs.release(u.epoch);
+                self.counters.sent.fetch_add(1, Relaxed);
+                self.counters.settled.fetch_add(1, Relaxed);
+                self.server_is_up();
+            }
+            Err(e) => match classify(&e) {
+                Class::Rejected(status) => {
+                    self.epochs.release(u.epoch);
+                    self.counters.drop_rows(DropReason::Rejected, 1);
+                    self.counters.settled.fetch_add(1, Relaxed);
+                    self.report_rejected(&u.pipeline.clone(), 1, status, &e);
+                }
+                Class::Deadline => self.give_up_update(u, DropReason::Deadline, None, &e),
+                Class::Retryable(status) => {
+                    self.give_up_update(u, DropReason::RetriesExhausted, status, &e)
+                }
+            },
+        }
+    }
+
+    /// A row update that will not be delivered now: spooled when there is a spool (the
+    /// spool writer counts it once on disk), else dropped.
+    fn give_up_update(&mut self, u: Update, reason: DropReason, status: Option<u16>, e: &Error) {
+        self.epochs.release(u.epoch);
+        let update = OutUpdate {
+            pipeline: Some(u.pipeline),
+            ..u.update
+        };
+        let spooled = match &self.spool {
+            Some(s) => s.send_updates(vec![update], reason).is_ok(),
+            None => false,
+        };
+        if spooled {
+            crate::diag::warn_limited!(error = %e, "a row update was not delivered; spooled");
+            self.schedule_probe();
+        } else {
+            self.counters.drop_rows(reason, 1);
+            self.counters.settled.fetch_add(1, Relaxed);
+            crate::diag::warn_limited!(error = %e, "a row update was not delivered; dropped (counted)");
+        }
+        notify(
+            self.on_failure.as_ref(),
+            DeliveryFailure {
+                rows: 1,
+                dropped: (!spooled).then_some(reason),
+                status,
+                message: e.to_string(),
+            },
+        );
+    }
+
     /// Settles delivered or rejected rows; acknowledges their written-ahead copies.
     fn finish_rows(&mut self, batch: Batch) {
         let n = batch.rows.len() as u64;
         let mut refs = Vec::new();
         for r in batch.rows {
             self.epochs.release(r.epoch);
+            self.row_settled(&r.inference_id);
             if let Some(w) = r.wal {
                 refs.push(w);
             }
@@ -696,6 +878,7 @@ impl Flusher {
     /// Rows that will not be delivered now: spooled when there is a spool, else dropped.
     fn give_up(&mut self, batch: Batch, reason: DropReason, status: Option<u16>, e: &Error) {
         let n = batch.rows.len() as u64;
+        let ids: Vec<String> = batch.rows.iter().map(|r| r.inference_id.clone()).collect();
         let (rows, refs, epochs) = batch.into_out_rows();
         for epoch in epochs {
             self.epochs.release(epoch);
@@ -753,6 +936,9 @@ impl Flusher {
                 },
             );
         }
+        for id in &ids {
+            self.row_settled(id);
+        }
     }
 
     fn report_rejected(&self, pipeline: &str, rows: u64, status: Option<u16>, e: &Error) {
@@ -789,6 +975,10 @@ impl Flusher {
                 self.counters.replayed.fetch_add(n, Relaxed);
                 spool.replay_done(batch, ReplayEnd::Acked);
                 self.replay.backoff = self.replay.base;
+                // Lines held behind this batch (a row update) may go now.
+                if spool.has_replayable() {
+                    self.replay.wanted = true;
+                }
             }
             Err(e) => match classify(&e) {
                 Class::Rejected(status) => {
@@ -870,6 +1060,7 @@ impl Flusher {
                         s.replay_done(batch, ReplayEnd::Failed);
                     }
                 }
+                Flight::Update(u) => self.give_up_update(u, DropReason::Deadline, None, &e),
             }
         }
         let groups = std::mem::take(&mut self.groups);
@@ -887,6 +1078,12 @@ impl Flusher {
             self.backlog_rows -= batch.rows.len();
             self.backlog_bytes -= batch.bytes - body_overhead(&batch.config);
             self.give_up(batch, DropReason::Deadline, None, &e);
+        }
+        // Every row is settled by now, so no update is held back any more.
+        let held: Vec<Update> = self.held.drain().flat_map(|(_, u)| u).collect();
+        self.updates.extend(held);
+        while let Some(u) = self.updates.pop_front() {
+            self.give_up_update(u, DropReason::Deadline, None, &e);
         }
     }
 

@@ -37,6 +37,7 @@ mod none;
 mod pipeline;
 mod record;
 mod report;
+mod rowupdate;
 mod shape;
 mod spool;
 mod step;
@@ -70,6 +71,7 @@ pub use localfile::{LocalEntry, LocalLine, LocalLines, read_local_file};
 pub use manual::{ChatCompletion, add_chat_completion_step};
 pub use pipeline::{Guard, flush, flush_async, init, init_from_env, stats};
 pub use report::{DeliveryFailure, DeliveryReport, DropReason, Dropped, Stats};
+pub use rowupdate::{update_row, update_row_in};
 pub use step::{Instrumented, OutputSink, StepBuilder, StepFinisher, StepGuard, step};
 pub use tree::format_trace_tree;
 pub use update::{

@@ -27,7 +27,7 @@ use crate::report::{Counters, DeliveryReport, DropReason, Stats};
 use crate::shape::{Prepared, Shaper};
 use crate::spool::{Spool, WalRef};
 use crate::transport::{Transport, TransportConfig};
-use crate::wire::{self, EncodedRow, OutRow};
+use crate::wire::{self, EncodedRow, OutRow, OutUpdate};
 
 // ---------------------------------------------------------------------------------------
 // Global state
@@ -103,6 +103,24 @@ pub(crate) fn submit(trace: CompletedTrace, capture: Option<&Arc<CaptureSink>>) 
     match current() {
         Some(p) => p.enqueue(trace),
         None => tracing::debug!(target: "openlayer_trace", "trace dropped: no pipeline"),
+    }
+}
+
+/// Hands a row update off to the queue (see `crate::update_row`).
+pub(crate) fn submit_update(update: OutUpdate) {
+    match current() {
+        Some(p) => p.enqueue_update(update),
+        None => tracing::debug!(target: "openlayer_trace", "row update dropped: no pipeline"),
+    }
+}
+
+/// Counts a row update that was invalid: enqueued and dropped as rejected.
+pub(crate) fn reject_update() {
+    if let Some(p) = current() {
+        let c = &p.counters;
+        c.enqueued.fetch_add(1, Relaxed);
+        c.drop_rows(DropReason::Rejected, 1);
+        c.settled.fetch_add(1, Relaxed);
     }
 }
 
@@ -212,6 +230,9 @@ pub(crate) enum Msg {
     Trace(Box<CompletedTrace>, usize),
     /// A row already encoded (and written ahead, unless that failed), with its size.
     Row(Box<(OutRow, Option<WalRef>)>, usize),
+    /// A row update, with its size; sent after any row with its inference id still on
+    /// its way.
+    Update(Box<OutUpdate>, usize),
     Flush(Arc<Completion>, Instant),
     Shutdown(Arc<Completion>, Instant),
 }
@@ -384,7 +405,16 @@ impl Pipeline {
         }))
     }
 
-    fn enqueue(&self, trace: CompletedTrace) {
+    /// Hands a completed trace off, then the row updates that rode with it.
+    fn enqueue(&self, mut trace: CompletedTrace) {
+        let updates = std::mem::take(&mut trace.state.updates);
+        self.enqueue_trace(trace);
+        for u in updates {
+            self.enqueue_update(u);
+        }
+    }
+
+    fn enqueue_trace(&self, trace: CompletedTrace) {
         let c = &self.counters;
         c.enqueued.fetch_add(1, Relaxed);
         let Some(tx) = &self.tx else {
@@ -416,6 +446,58 @@ impl Pipeline {
                 crate::diag::warn_limited!("a trace completed after shutdown; dropped (counted)");
             }
         }
+    }
+
+    /// Hands a row update off; like a trace, it overflows to the spool (or is dropped and
+    /// counted) when the queue is full. Never blocks.
+    pub(crate) fn enqueue_update(&self, update: OutUpdate) {
+        let c = &self.counters;
+        c.enqueued.fetch_add(1, Relaxed);
+        let Some(tx) = &self.tx else {
+            c.drop_rows(DropReason::Shutdown, 1);
+            c.settled.fetch_add(1, Relaxed);
+            return;
+        };
+        let bytes = update.size();
+        let update = if self.reserve(bytes) {
+            match tx.try_send(Msg::Update(Box::new(update), bytes)) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(Msg::Update(u, _))) => {
+                    self.queued_bytes.fetch_sub(bytes, Relaxed);
+                    *u
+                }
+                Err(e) => {
+                    self.queued_bytes.fetch_sub(bytes, Relaxed);
+                    drop(e);
+                    c.drop_rows(DropReason::Shutdown, 1);
+                    c.settled.fetch_add(1, Relaxed);
+                    crate::diag::warn_limited!(
+                        "a row update came after shutdown; dropped (counted)"
+                    );
+                    return;
+                }
+            }
+        } else {
+            update
+        };
+        // The queue is full: the spool keeps it when it can (with its pipeline resolved,
+        // as replay needs it).
+        if let Some(spool) = &self.spool {
+            let pipeline = update
+                .pipeline
+                .clone()
+                .or_else(|| self.config.inference_pipeline_id.clone());
+            if pipeline.is_some() {
+                let update = OutUpdate { pipeline, ..update };
+                if spool
+                    .send_updates(vec![update], DropReason::QueueFull)
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+        }
+        self.drop_full();
     }
 
     /// Counts `bytes` into the queue's byte budget; false when they do not fit.

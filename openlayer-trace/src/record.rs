@@ -142,6 +142,9 @@ pub(crate) struct TraceState {
     pub context: Option<Json>,
     pub question: Option<Json>,
     pub pipeline_id: Option<Cow<'static, str>>,
+    /// Row updates of this trace's own row, made before it completed: they are handed off
+    /// right behind it (see `crate::update_row`).
+    pub updates: Vec<crate::wire::OutUpdate>,
 }
 
 impl TraceState {

@@ -4,8 +4,9 @@
 //!
 //! The spool directory holds numbered **segments**, `00000000000000000042.jsonl`, each a
 //! file of lines in the local trace file's format (one row per line:
-//! `{"pipelineId":..,"config":..,"rows":[row]}`), so that it reads as a set of local trace
-//! files. Its `state/` subdirectory holds the bookkeeping: for each segment,
+//! `{"pipelineId":..,"config":..,"rows":[row]}`, or one row update:
+//! `{"pipelineId":..,"inferenceId":..,"row":..,"config":..}`), so that it reads as a set
+//! of local trace files. Its `state/` subdirectory holds the bookkeeping: for each segment,
 //! `00000000000000000042.acks` lists the byte offsets of its lines that need not be sent
 //! again (acknowledged with a 2xx, rejected, or unreadable), one decimal offset per line;
 //! `lock` names the process that owns the spool. A segment is deleted once every line of
@@ -30,7 +31,9 @@
 //! server's 2xx and that write, or after a power loss that loses the sidecar's tail. A
 //! segment is only replayed while none of its rows is still on its way in this process
 //! (so a row is never in flight twice), and rows whose `inferenceId` was already
-//! replayed by this process are skipped (deduplicated) rather than sent again.
+//! replayed by this process are skipped (deduplicated) rather than sent again. A row
+//! update is replayed as a `PUT`, on its own, and only once no line before it is still
+//! being replayed, so that it follows its trace's row.
 //!
 //! The spool is bounded by `spool_max_bytes`: before an append would exceed it, the
 //! oldest segments are evicted whole, and their unacknowledged rows are counted as
@@ -52,7 +55,7 @@ use crate::pipeline::Completion;
 use crate::record::CompletedTrace;
 use crate::report::{Counters, DeliveryFailure, DropReason, notify};
 use crate::shape::{Prepared, Shaper};
-use crate::wire::OutRow;
+use crate::wire::{OutRow, OutUpdate};
 
 /// The bookkeeping's subdirectory: the spool directory itself holds only segments, so
 /// that it reads as a set of local trace files (`openlayer show DIR`).
@@ -135,6 +138,9 @@ pub(crate) enum Job {
     Trace(Box<CompletedTrace>, usize),
     /// Rows to keep, and the reason to count if they cannot be written.
     Rows(Vec<OutRow>, DropReason, usize),
+    /// Row updates to keep (their pipeline resolved), and the reason to count if they
+    /// cannot be written.
+    Updates(Vec<OutUpdate>, DropReason, usize),
     /// Completed once everything sent before it is written and synced.
     Barrier(Arc<Completion>),
     /// Rotate the write-ahead segment or evict, as requested.
@@ -143,15 +149,20 @@ pub(crate) enum Job {
     Close(Vec<Arc<Completion>>),
 }
 
-/// A batch of spooled rows to send again: one pipeline, one config.
+/// A batch of spooled lines to send again: data-stream rows of one pipeline and one
+/// config, or one row update.
 #[derive(Debug)]
 pub(crate) struct ReplayBatch {
     seq: u64,
     offsets: Vec<u64>,
     pub pipeline: String,
+    /// The data-stream config; for a row update, its config (empty when it has none).
     pub config: String,
+    /// The rows; for a row update, its one row (the columns to set).
     pub rows: Vec<String>,
     ids: Vec<String>,
+    /// For a row update, the inference id of the row it updates.
+    pub update: Option<String>,
 }
 
 /// How a replayed batch ended.
@@ -344,6 +355,42 @@ struct Line<'a> {
     config: &'a RawValue,
     #[serde(borrow)]
     rows: Vec<&'a RawValue>,
+}
+
+/// A row-update line (see `localfile`).
+#[derive(Deserialize)]
+struct UpdateLine<'a> {
+    #[serde(rename = "pipelineId", default)]
+    pipeline_id: Option<String>,
+    #[serde(rename = "inferenceId")]
+    inference_id: String,
+    #[serde(borrow)]
+    row: &'a RawValue,
+    #[serde(borrow, default)]
+    config: Option<&'a RawValue>,
+}
+
+/// How a row update keeps its place behind the lines before it during a replay.
+struct Order {
+    /// A line of an earlier segment is still being replayed.
+    earlier_busy: bool,
+    /// Set when a row update was reached that must wait: the replay stops there.
+    held: bool,
+}
+
+/// A spool line: data-stream rows or a row update.
+enum Parsed<'a> {
+    Stream(Line<'a>),
+    Update(UpdateLine<'a>),
+}
+
+fn parse_line(text: &str) -> Option<Parsed<'_>> {
+    if let Ok(line) = serde_json::from_str::<Line<'_>>(text) {
+        return Some(Parsed::Stream(line));
+    }
+    serde_json::from_str::<UpdateLine<'_>>(text)
+        .ok()
+        .map(Parsed::Update)
 }
 
 #[derive(Deserialize)]
@@ -541,6 +588,29 @@ impl Spool {
                     rows
                 }
                 _ => unreachable!("sent rows"),
+            })
+    }
+
+    /// Hands row updates to the writer (their pipeline resolved); gives them back when
+    /// its backlog is full.
+    pub(crate) fn send_updates(
+        &self,
+        updates: Vec<OutUpdate>,
+        reason: DropReason,
+    ) -> Result<(), Vec<OutUpdate>> {
+        let bytes: usize = updates.iter().map(OutUpdate::size).sum();
+        if !self.reserve(updates.len(), bytes, 2) {
+            return Err(updates);
+        }
+        let n = updates.len();
+        self.jobs
+            .send(Job::Updates(updates, reason, bytes))
+            .map_err(|e| match e.0 {
+                Job::Updates(updates, _, _) => {
+                    self.release(n, bytes);
+                    updates
+                }
+                _ => unreachable!("sent updates"),
             })
     }
 
@@ -774,19 +844,37 @@ impl Spool {
     ) -> Option<ReplayBatch> {
         let mut index = lock(&self.index);
         let seqs: Vec<u64> = index.segments.keys().copied().collect();
+        // Whether a line of an earlier segment is still being replayed: a row update
+        // after it waits.
+        let mut earlier = false;
         for seq in seqs {
-            let (end, eligible) = {
+            let (end, eligible, busy) = {
                 let seg = &index.segments[&seq];
+                let busy = !seg.inflight.is_empty();
                 let end = seg.live.bytes.load(SeqCst);
                 let eligible = seg.cursor < end && seg.live.outstanding.load(SeqCst) == 0;
-                (end, eligible)
+                (end, eligible, busy)
             };
             if !eligible {
+                earlier |= busy;
                 continue;
             }
-            match self.read_batch(&mut index, seq, end, max_rows, max_bytes, default_pipeline) {
+            let mut order = Order {
+                earlier_busy: earlier,
+                held: false,
+            };
+            let read = self.read_batch(
+                &mut index,
+                seq,
+                end,
+                (max_rows, max_bytes),
+                default_pipeline,
+                &mut order,
+            );
+            match read {
                 Ok(Some(batch)) => return Some(batch),
-                Ok(None) => {}
+                Ok(None) if order.held => return None,
+                Ok(None) => earlier |= busy,
                 Err(e) => {
                     crate::diag::warn_limited!(path = %self.data_path(seq).display(), error = %e, "could not read a spool file");
                 }
@@ -800,9 +888,9 @@ impl Spool {
         index: &mut Index,
         seq: u64,
         end: u64,
-        max_rows: usize,
-        max_bytes: usize,
+        (max_rows, max_bytes): (usize, usize),
         default_pipeline: Option<&str>,
+        order: &mut Order,
     ) -> io::Result<Option<ReplayBatch>> {
         let path = self.data_path(seq);
         let Index {
@@ -844,12 +932,47 @@ impl Spool {
             let text = std::str::from_utf8(&line)
                 .map(|t| t.trim_matches(|c: char| c == '\0' || c.is_whitespace()))
                 .unwrap_or("");
-            let parsed: Option<Line<'_>> = serde_json::from_str(text).ok();
-            let Some(parsed) = parsed else {
-                unreadable += 1;
-                to_ack.push(offset);
-                seg.cursor = pos;
-                continue;
+            let parsed = match parse_line(text) {
+                Some(Parsed::Stream(line)) => line,
+                Some(Parsed::Update(u)) => {
+                    if batch.is_some() {
+                        break; // the next batch starts here
+                    }
+                    let Some(pipeline) = u
+                        .pipeline_id
+                        .clone()
+                        .or_else(|| default_pipeline.map(str::to_string))
+                    else {
+                        no_pipeline += 1;
+                        to_ack.push(offset);
+                        seg.cursor = pos;
+                        continue;
+                    };
+                    if order.earlier_busy || !seg.inflight.is_empty() {
+                        // Lines before it (its trace's row, maybe) are still being
+                        // replayed: it waits for them, and so does everything after it.
+                        order.held = true;
+                        break;
+                    }
+                    seg.inflight.insert(offset);
+                    seg.cursor = pos;
+                    batch = Some(ReplayBatch {
+                        seq,
+                        offsets: vec![offset],
+                        pipeline,
+                        config: u.config.map(|c| c.get().to_string()).unwrap_or_default(),
+                        rows: vec![u.row.get().to_string()],
+                        ids: Vec::new(),
+                        update: Some(u.inference_id),
+                    });
+                    break;
+                }
+                None => {
+                    unreadable += 1;
+                    to_ack.push(offset);
+                    seg.cursor = pos;
+                    continue;
+                }
             };
             let Some(pipeline) = parsed
                 .pipeline_id
@@ -900,6 +1023,7 @@ impl Spool {
                 config: config.to_string(),
                 rows: Vec::new(),
                 ids: Vec::new(),
+                update: None,
             });
             batch_bytes += size;
             b.offsets.push(offset);
@@ -1112,6 +1236,10 @@ pub(crate) fn run_writer(
                     spool.release(rows.len(), bytes);
                     w.write_rows(rows, reason);
                 }
+                Job::Updates(updates, reason, bytes) => {
+                    spool.release(updates.len(), bytes);
+                    w.write_updates(updates, reason);
+                }
                 Job::Barrier(done) => barriers.push(done),
                 Job::Maintain => w.maintain(),
                 Job::Close(done) => close = Some(done),
@@ -1186,6 +1314,26 @@ impl Writer<'_> {
             buf.push_str(&r.spool_line());
         }
         drop(rows);
+        self.write_lines(&buf, n, reason)
+    }
+
+    /// Appends row updates, one line each, like [`Writer::write_rows`].
+    fn write_updates(&mut self, updates: Vec<OutUpdate>, reason: DropReason) -> bool {
+        if updates.is_empty() {
+            return true;
+        }
+        let n = updates.len() as u64;
+        let mut buf = String::new();
+        for u in &updates {
+            buf.push_str(&u.file_line(None));
+            buf.push('\n');
+        }
+        drop(updates);
+        self.write_lines(&buf, n, reason)
+    }
+
+    /// Appends `n` whole lines (settled by this thread: spooled once synced, or dropped).
+    fn write_lines(&mut self, buf: &str, n: u64, reason: DropReason) -> bool {
         match self.append(buf.as_bytes(), n) {
             Ok(()) => {
                 self.unsynced.rows += n;

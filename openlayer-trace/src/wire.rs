@@ -428,3 +428,63 @@ impl OutRow {
         self.row.len() + 1
     }
 }
+
+/// A row update on its way out of the process (see `crate::update_row`).
+#[derive(Debug, Clone)]
+pub(crate) struct OutUpdate {
+    /// The inference pipeline of the row; `None` for the configured default.
+    pub pipeline: Option<String>,
+    /// The `inferenceId` of the row to update.
+    pub inference_id: String,
+    /// The compact JSON of the columns to set (an object).
+    pub row: String,
+    /// The compact JSON of the row-update config, when there is one.
+    pub config: Option<String>,
+}
+
+impl OutUpdate {
+    /// The body of `PUT .../rows?inferenceId=..`: `{"row": ..., "config": ...}`, `config`
+    /// omitted when there is none.
+    pub(crate) fn request_body(&self) -> String {
+        update_body(&self.row, self.config.as_deref())
+    }
+
+    /// Its line in the local trace file and the spool, without the newline:
+    /// `{"pipelineId": .., "inferenceId": .., "row": .., "config": ..}`.
+    pub(crate) fn file_line(&self, default_pipeline: Option<&str>) -> String {
+        let mut out = String::with_capacity(self.row.len() + 96);
+        out.push_str("{\"pipelineId\":");
+        match self.pipeline.as_deref().or(default_pipeline) {
+            Some(id) => push_str(&mut out, id),
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"inferenceId\":");
+        push_str(&mut out, &self.inference_id);
+        out.push_str(",\"row\":");
+        out.push_str(&self.row);
+        if let Some(config) = &self.config {
+            out.push_str(",\"config\":");
+            out.push_str(config);
+        }
+        out.push('}');
+        out
+    }
+
+    /// Bytes it takes in the queue.
+    pub(crate) fn size(&self) -> usize {
+        self.row.len() + self.config.as_ref().map_or(0, String::len) + self.inference_id.len()
+    }
+}
+
+/// The body of a row update: `{"row": ..., "config": ...}`, `config` omitted when `None`.
+pub(crate) fn update_body(row: &str, config: Option<&str>) -> String {
+    let mut out = String::with_capacity(row.len() + config.map_or(0, str::len) + 24);
+    out.push_str("{\"row\":");
+    out.push_str(row);
+    if let Some(config) = config {
+        out.push_str(",\"config\":");
+        out.push_str(config);
+    }
+    out.push('}');
+    out
+}
