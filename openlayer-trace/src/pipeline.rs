@@ -200,7 +200,8 @@ impl Completion {
 // The pipeline
 
 pub(crate) enum Msg {
-    Trace(Box<CompletedTrace>, usize),
+    /// By value: the queue's blocks are reused, so a hand-off allocates nothing.
+    Trace(CompletedTrace, usize),
     Flush(Arc<Completion>, Instant),
     Shutdown(Arc<Completion>, Instant),
 }
@@ -276,7 +277,7 @@ impl Pipeline {
             self.drop_full();
             return;
         }
-        match tx.try_send(Msg::Trace(Box::new(trace), bytes)) {
+        match tx.try_send(Msg::Trace(trace, bytes)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.queued_bytes.fetch_sub(bytes, Relaxed);
@@ -405,7 +406,7 @@ async fn run(
         // Drain what is already queued, so that one write serves many traces.
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Trace(trace, bytes) => {
+                Msg::Trace(mut trace, bytes) => {
                     traces += 1;
                     queued_bytes.fetch_sub(bytes, Relaxed);
                     match encode(&trace) {
@@ -415,6 +416,7 @@ async fn run(
                             counters.settled.fetch_add(1, Relaxed);
                         }
                     }
+                    crate::record::recycle(&mut trace.state);
                     drop(trace);
                     if batch.len() >= 512 {
                         sink.write(std::mem::take(&mut batch), &counters);

@@ -96,12 +96,12 @@ impl<'a> Tree<'a> {
         out.push_str("\",\"type\":\"");
         out.push_str(rec.kind.as_str());
         out.push_str("\",\"inputs\":");
-        out.push_str(rec.inputs.as_deref().unwrap_or("null"));
+        out.push_str(self.trace.state.inputs(rec).unwrap_or("null"));
         out.push_str(",\"output\":");
         let output = if idx == 0 {
             root_output
         } else {
-            rec.output.as_deref()
+            self.trace.state.output(rec)
         };
         out.push_str(output.unwrap_or("null"));
         out.push_str(",\"groundTruth\":");
@@ -233,11 +233,7 @@ pub(crate) fn encode(trace: &CompletedTrace) -> Option<EncodedRow> {
     let st = &trace.state;
     let root = trace.root()?;
     let tree = Tree::new(trace);
-    let inputs = root
-        .inputs
-        .as_deref()
-        .map(object_entries)
-        .unwrap_or_default();
+    let inputs = st.inputs(root).map(object_entries).unwrap_or_default();
 
     let inference_id = match &st.inference_id {
         Some(id) => id.to_string(),
@@ -250,7 +246,7 @@ pub(crate) fn encode(trace: &CompletedTrace) -> Option<EncodedRow> {
         .find(|(k, _)| k == "output")
         .map(|(_, v)| &**v);
     let root_output = if root.status == Status::Ok || trace_output.is_some() {
-        trace_output.or(root.output.as_deref())
+        trace_output.or(st.output(root))
     } else {
         None
     };
