@@ -22,16 +22,14 @@ pub(crate) struct EncodedRow {
 
 fn push_str(out: &mut String, s: &str) {
     // serde_json escapes exactly as JSON requires and leaves non-ASCII as UTF-8.
-    let quoted = serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string());
-    out.push_str(&quoted);
+    if crate::record::write_json(out, s).is_err() {
+        out.push_str("\"\"");
+    }
 }
 
 fn push_f64(out: &mut String, v: f64) {
-    if v.is_finite() {
-        // `f64`'s shortest round-trip form, with a `.0` for whole numbers (as Python prints).
-        let s = serde_json::to_string(&v).unwrap_or_else(|_| "null".into());
-        out.push_str(&s);
-    } else {
+    // `f64`'s shortest round-trip form, with a `.0` for whole numbers (as Python prints).
+    if !v.is_finite() || crate::record::write_json(out, &v).is_err() {
         out.push_str("null");
     }
 }
@@ -92,7 +90,7 @@ impl<'a> Tree<'a> {
         out.push_str("{\"name\":");
         push_str(out, &rec.name);
         out.push_str(",\"id\":\"");
-        out.push_str(&crate::id::uuid_v4(rec.id));
+        crate::id::push_uuid_v4(out, rec.id);
         out.push_str("\",\"type\":\"");
         out.push_str(rec.kind.as_str());
         out.push_str("\",\"inputs\":");
