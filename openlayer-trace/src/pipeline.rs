@@ -546,7 +546,8 @@ impl FileSink {
 
     fn write(&mut self, rows: Vec<EncodedRow>, counters: &Counters) {
         let n = rows.len() as u64;
-        let mut buf = String::new();
+        let len = rows.iter().map(|r| r.config.len() + r.row.len() + 48);
+        let mut buf = String::with_capacity(len.sum());
         for row in &rows {
             let pipeline = row
                 .pipeline_id

@@ -21,6 +21,14 @@ pub(crate) struct EncodedRow {
 }
 
 fn push_str(out: &mut String, s: &str) {
+    // Most strings written here (keys, step names) need no escaping.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     // serde_json escapes exactly as JSON requires and leaves non-ASCII as UTF-8.
     if crate::record::write_json(out, s).is_err() {
         out.push_str("\"\"");
@@ -282,7 +290,8 @@ pub(crate) fn encode(trace: &CompletedTrace) -> Option<EncodedRow> {
     let mut s = String::new();
     push_number(&mut s, tokens);
     row.push(("tokens", Cow::Owned(s)));
-    let mut steps = String::with_capacity(256 * st.steps.len());
+    // About 400 bytes of keys, ids and numbers per step, plus its inputs and output.
+    let mut steps = String::with_capacity(st.text.len() + 400 * st.steps.len());
     steps.push('[');
     tree.write_step(&mut steps, 0, root_output);
     steps.push(']');
