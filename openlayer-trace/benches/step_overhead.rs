@@ -10,9 +10,10 @@
 //!
 //! Our traced variants run on the real pipeline: each root's trace is handed off through the
 //! bounded queue and encoded by the background worker, which writes to `/dev/null`. After
-//! every sample (outside the timed loop) the pipeline is flushed, so the worker's backlog
-//! never spills into the next sample; the delivery counters of each variant are printed, drops
-//! included. At the end, a summary turns the medians of this run into per-step costs
+//! every sample, and every 16 Ki calls within one, the pipeline is flushed outside the timed
+//! loop, so the worker's backlog never overflows the queue nor spills into the next sample; the
+//! delivery counters of each variant are printed (drops included), with the time those
+//! flushes took, which shows whether the worker keeps up. At the end, a summary turns the medians of this run into per-step costs
 //! (`(variant - untraced) / 3`) and checks them against the targets of the project.
 
 use std::cell::Cell;
@@ -20,6 +21,7 @@ use std::future::Future;
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -203,8 +205,8 @@ fn install(disabled: bool) {
         .disabled(disabled)
         // The worker encodes every trace and writes it where it costs nothing to keep.
         .trace_file("/dev/null")
-        // Room for the largest sample; the pipeline is flushed after each one.
-        .queue_capacity(1 << 17)
+        // Room for a chunk of calls; the pipeline is flushed after each one.
+        .queue_capacity(1 << 16)
         .queue_max_bytes(1 << 30)
         .build()
         .expect("benchmark configuration");
@@ -220,33 +222,56 @@ fn settle() {
     }
 }
 
-/// Prints what the pipeline did with the traces of one variant.
+/// Time spent in timed loops and in the untimed settling after them, since the last report.
+static TIMED_NS: AtomicU64 = AtomicU64::new(0);
+static SETTLE_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Prints what the pipeline did with the traces of one variant, and how far behind the
+/// caller the worker was: the time the untimed flushes after the samples took, as a share
+/// of the timed loops (0 % when the worker keeps up).
 fn report_delivery(variant: &str) {
+    let timed = TIMED_NS.swap(0, Relaxed) as f64;
+    let settle = SETTLE_NS.swap(0, Relaxed) as f64;
     let slot = GUARD.lock().unwrap();
     if let Some(g) = slot.as_ref() {
         let s = g.stats();
         println!(
-            "{variant}: traces handed off {}, encoded and written {}, dropped {} (queue full {}), pending {}",
+            "{variant}: traces handed off {}, encoded and written {}, dropped {} (queue full {}), \
+             pending {}; flushing after the samples took {:.0} % of the timed time",
             s.enqueued,
             s.written,
             s.dropped.total(),
             s.dropped.queue_full,
-            s.pending
+            s.pending,
+            100.0 * settle / timed.max(1.0),
         );
     }
 }
 
-/// Times `iters` calls of `f`, then runs `settle` untimed (so that a background stage that
-/// fell behind catches up before the next sample instead of dropping or piling up).
+/// Most calls timed before the background stage is let catch up: well under the queue's
+/// capacity, so that a worker that falls behind is waited for rather than dropping traces.
+const CHUNK: u64 = 16 * 1024;
+
+/// Times `iters` calls of `f`, in chunks; after each chunk runs `settle` untimed (so that a
+/// background stage that fell behind catches up instead of dropping or piling up).
 fn timed(b: &mut Bencher<'_>, mut f: impl FnMut() -> String, settle: impl Fn()) {
     b.iter_custom(|iters| {
-        let start = Instant::now();
-        for _ in 0..iters {
-            black_box(f());
+        let mut total = Duration::ZERO;
+        let mut left = iters;
+        while left > 0 {
+            let n = left.min(CHUNK);
+            left -= n;
+            let start = Instant::now();
+            for _ in 0..n {
+                black_box(f());
+            }
+            let elapsed = start.elapsed();
+            settle();
+            TIMED_NS.fetch_add(elapsed.as_nanos() as u64, Relaxed);
+            SETTLE_NS.fetch_add((start.elapsed() - elapsed).as_nanos() as u64, Relaxed);
+            total += elapsed;
         }
-        let elapsed = start.elapsed();
-        settle();
-        elapsed
+        total
     });
 }
 
@@ -277,6 +302,8 @@ fn step_overhead(c: &mut Criterion) {
     });
 
     install(false);
+    TIMED_NS.store(0, Relaxed);
+    SETTLE_NS.store(0, Relaxed);
     g.bench_function("ours_sync", |b| timed(b, || ours::l1(q(), k()), settle));
     report_delivery("ours_sync");
 
