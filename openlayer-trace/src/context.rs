@@ -138,16 +138,25 @@ pub(crate) fn open_step(
     start: Start,
     inputs: impl FnOnce(&mut String),
 ) -> Option<OpenStep> {
-    let (trace, parent) = match parent()? {
-        Parent::In(trace, step) => (trace, step),
-        Parent::Root(capture) => {
-            let anchor = Instant::now();
-            (Arc::new(TraceShared::new(capture, anchor)), NO_PARENT)
+    let (trace, parent, start) = match parent()? {
+        Parent::In(trace, step) => {
+            let start = match start {
+                Start::Now => Instant::now(),
+                Start::At(t) => t,
+            };
+            (trace, step, start)
         }
-    };
-    let start = match start {
-        Start::Now => Instant::now(),
-        Start::At(t) => t,
+        Parent::Root(capture) => {
+            // The trace's clock anchor is read with its wall-clock time; a root starting
+            // now starts at the anchor.
+            let anchor = Instant::now();
+            let trace = Arc::new(TraceShared::new(capture, anchor));
+            let start = match start {
+                Start::Now => anchor,
+                Start::At(t) => t,
+            };
+            (trace, NO_PARENT, start)
+        }
     };
     record_step(trace, parent, spec, start, inputs)
 }
