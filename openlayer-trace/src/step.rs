@@ -119,6 +119,7 @@ impl std::fmt::Debug for StepGuard {
 }
 
 impl StepGuard {
+    #[inline]
     pub(crate) fn enter(open: Option<OpenStep>) -> Self {
         let entered = open.as_ref().map(|o| {
             install_panic_hook();
@@ -174,7 +175,17 @@ impl OutputSink for StepGuard {
 }
 
 impl Drop for StepGuard {
+    #[inline]
     fn drop(&mut self) {
+        // Inline: a step that is not recorded (tracing off) costs one check here.
+        if self.open.is_some() {
+            self.close();
+        }
+    }
+}
+
+impl StepGuard {
+    fn close(&mut self) {
         let Some(open) = self.open.take() else { return };
         let end = Instant::now();
         if let Some(e) = self.entered.take() {
