@@ -20,12 +20,26 @@ use std::time::Instant;
 use crate::diag::warn_limited;
 use crate::kind::StepKind;
 use crate::pipeline::{self, CaptureSink};
-use crate::record::{CompletedTrace, Json, NO_PARENT, Status, StepRecord, TraceShared};
+use crate::record::{
+    CompletedTrace, Json, NO_PARENT, Status, StepRecord, TraceShared, with_scratch,
+};
+
+/// This thread's position: the current trace and step, and the test capture (if any).
+/// One thread-local, so that a step checks its state once.
+struct Position {
+    trace: Cell<Option<Arc<TraceShared>>>,
+    step: Cell<u32>,
+    capture: Cell<Option<Arc<CaptureSink>>>,
+}
 
 thread_local! {
-    static TRACE: Cell<Option<Arc<TraceShared>>> = const { Cell::new(None) };
-    static STEP: Cell<u32> = const { Cell::new(NO_PARENT) };
-    static CAPTURE: Cell<Option<Arc<CaptureSink>>> = const { Cell::new(None) };
+    static POS: Position = const {
+        Position {
+            trace: Cell::new(None),
+            step: Cell::new(NO_PARENT),
+            capture: Cell::new(None),
+        }
+    };
 }
 
 /// Runs `f` with the current trace and step, if any. The thread-local is restored even if
@@ -35,11 +49,16 @@ pub(crate) fn with_current<R>(f: impl FnOnce(&Arc<TraceShared>, u32) -> R) -> Op
     impl Drop for Restore {
         fn drop(&mut self) {
             let t = self.0.take();
-            let _ = TRACE.try_with(|c| c.set(t));
+            let _ = POS.try_with(|p| p.trace.set(t));
         }
     }
-    let trace = TRACE.try_with(Cell::take).ok().flatten()?;
-    let step = STEP.try_with(Cell::get).unwrap_or(NO_PARENT);
+    let (trace, step) = POS
+        .try_with(|p| {
+            let t = p.trace.take()?;
+            Some((t, p.step.get()))
+        })
+        .ok()
+        .flatten()?;
     let restore = Restore(Some(trace));
     let r = f(restore.0.as_ref()?, step);
     drop(restore);
@@ -66,60 +85,119 @@ pub(crate) struct OpenStep {
     pub idx: u32,
 }
 
-fn new_root() -> Option<Arc<TraceShared>> {
-    let capture = CAPTURE
-        .try_with(|c| {
-            let cap = c.take();
-            let copy = cap.clone();
-            c.set(cap);
-            copy
-        })
-        .ok()
-        .flatten();
-    if capture.is_none() && !pipeline::tracing_enabled() {
-        return None;
+/// Where a new step goes: under the current step of `trace`, or as the root of a new trace.
+enum Parent {
+    In(Arc<TraceShared>, u32),
+    Root(Option<Arc<CaptureSink>>),
+}
+
+/// The current trace and step, else whether (and where) a new trace is recorded. `None`
+/// when tracing is off: then this is a couple of thread-local reads and one relaxed load.
+#[inline]
+fn parent() -> Option<Parent> {
+    let found = POS.try_with(|p| {
+        let t = p.trace.take();
+        match t {
+            Some(t) => {
+                let copy = t.clone();
+                p.trace.set(Some(t));
+                Some(Parent::In(copy, p.step.get()))
+            }
+            None => {
+                let cap = p.capture.take();
+                let copy = cap.clone();
+                p.capture.set(cap);
+                copy.map(|c| Parent::Root(Some(c)))
+            }
+        }
+    });
+    match found {
+        Ok(Some(parent)) => Some(parent),
+        // No current trace and no capture: a new trace is recorded when tracing is on.
+        Ok(None) => pipeline::tracing_enabled().then_some(Parent::Root(None)),
+        Err(_) => None,
     }
-    Some(Arc::new(TraceShared::new(capture)))
+}
+
+/// When a step starts.
+#[derive(Clone, Copy)]
+pub(crate) enum Start {
+    /// Now: the clock is read only once the step is known to be recorded.
+    Now,
+    At(Instant),
 }
 
 /// Opens a step under the current step of this thread, or as the root of a new trace.
 /// The current position is not changed. `None` when tracing is off.
+///
+/// `inputs` writes the step's inputs (a JSON object) into the buffer it is given, or
+/// nothing; it runs only when the step is recorded.
 #[inline]
 pub(crate) fn open_step(
     spec: StepSpec,
-    start: Instant,
-    inputs: impl FnOnce() -> Option<Json>,
+    start: Start,
+    inputs: impl FnOnce(&mut String),
 ) -> Option<OpenStep> {
-    let (trace, parent) = match with_current(|t, s| (t.clone(), s)) {
-        Some(found) => found,
-        None => (new_root()?, NO_PARENT),
+    let (trace, parent, start) = match parent()? {
+        Parent::In(trace, step) => {
+            let start = match start {
+                Start::Now => Instant::now(),
+                Start::At(t) => t,
+            };
+            (trace, step, start)
+        }
+        Parent::Root(capture) => {
+            // The trace's clock anchor is read with its wall-clock time; a root starting
+            // now starts at the anchor.
+            let anchor = Instant::now();
+            let trace = Arc::new(TraceShared::new(capture, anchor));
+            let start = match start {
+                Start::Now => anchor,
+                Start::At(t) => t,
+            };
+            (trace, NO_PARENT, start)
+        }
     };
-    let inputs = inputs();
+    record_step(trace, parent, spec, start, inputs)
+}
+
+fn record_step(
+    trace: Arc<TraceShared>,
+    parent: u32,
+    spec: StepSpec,
+    start: Instant,
+    inputs: impl FnOnce(&mut String),
+) -> Option<OpenStep> {
     let offset = trace.offset(start);
-    let mut st = trace.lock();
-    if st.shipped {
+    with_scratch(|buf| {
+        inputs(buf);
+        let mut st = trace.lock();
+        if st.shipped {
+            drop(st);
+            warn_limited!(step = %spec.name, "a step started after its trace had completed; not recorded");
+            return None;
+        }
+        let idx = st.steps.len() as u32;
+        let parent = if idx == 0 {
+            NO_PARENT
+        } else if parent == NO_PARENT {
+            0
+        } else {
+            parent
+        };
+        let mut rec = StepRecord::new(spec.name, spec.kind, parent, offset);
+        rec.traced_fn = spec.traced_fn;
+        if !buf.is_empty() {
+            rec.inputs = st.push_text(buf);
+        }
+        if idx == 0 {
+            st.pipeline_id = spec.pipeline_id.map(Cow::Borrowed);
+        }
+        st.steps.push(rec);
+        st.open += 1;
         drop(st);
-        warn_limited!(step = %spec.name, "a step started after its trace had completed; not recorded");
-        return None;
-    }
-    let idx = st.steps.len() as u32;
-    let parent = if idx == 0 {
-        NO_PARENT
-    } else if parent == NO_PARENT {
-        0
-    } else {
-        parent
-    };
-    let mut rec = StepRecord::new(spec.name, spec.kind, parent, offset);
-    rec.traced_fn = spec.traced_fn;
-    rec.inputs = inputs;
-    if idx == 0 {
-        st.pipeline_id = spec.pipeline_id.map(Cow::Borrowed);
-    }
-    st.steps.push(rec);
-    st.open += 1;
-    drop(st);
-    Some(OpenStep { trace, idx })
+        Some(OpenStep { trace, idx })
+    })
 }
 
 /// How a step ends.
@@ -133,21 +211,25 @@ pub(crate) struct Closing {
 pub(crate) fn close_step(step: &OpenStep, end: Instant, closing: Closing) {
     let end = step.trace.offset(end);
     let mut st = step.trace.lock();
-    if let Some(rec) = st.steps.get_mut(step.idx as usize) {
-        if rec.status != Status::Open {
-            return;
-        }
-        rec.status = closing.status;
-        rec.end = end.max(rec.start);
-        if closing.output.is_some() {
-            rec.output = closing.output;
-        }
-        if closing.error.is_some() {
-            rec.error = closing.error;
-        }
-        if closing.status == Status::Cancelled {
-            rec.set_metadata(Cow::Borrowed("cancelled"), "true".into());
-        }
+    let idx = step.idx as usize;
+    let Some(rec) = st.steps.get_mut(idx) else {
+        drop(st);
+        return;
+    };
+    if rec.status != Status::Open {
+        return;
+    }
+    rec.status = closing.status;
+    rec.end = end.max(rec.start);
+    if closing.error.is_some() {
+        rec.error = closing.error;
+    }
+    if closing.status == Status::Cancelled {
+        rec.set_metadata(Cow::Borrowed("cancelled"), "true".into());
+    }
+    if let Some(output) = &closing.output {
+        let r = st.push_text(output);
+        st.steps[idx].output = r;
     }
     if step.idx == 0 {
         st.root_closed = true;
@@ -186,8 +268,9 @@ pub(crate) struct Entered {
 /// Makes `(trace, step)` the current position; [`exit`] restores the previous one.
 #[inline]
 pub(crate) fn enter(trace: Arc<TraceShared>, step: u32) -> Entered {
-    let prev_trace = TRACE.try_with(|c| c.replace(Some(trace))).ok().flatten();
-    let prev_step = STEP.try_with(|c| c.replace(step)).unwrap_or(NO_PARENT);
+    let (prev_trace, prev_step) = POS
+        .try_with(|p| (p.trace.replace(Some(trace)), p.step.replace(step)))
+        .unwrap_or((None, NO_PARENT));
     Entered {
         prev_trace,
         same: false,
@@ -200,23 +283,20 @@ pub(crate) fn enter(trace: Arc<TraceShared>, step: u32) -> Entered {
 /// the current trace (the common case of nested steps).
 #[inline]
 pub(crate) fn enter_ref(trace: &Arc<TraceShared>, step: u32) -> Entered {
-    let same = TRACE
-        .try_with(|c| {
-            let cur = c.take();
-            let same = cur.as_ref().is_some_and(|t| Arc::ptr_eq(t, trace));
-            c.set(cur);
-            same
-        })
-        .unwrap_or(false);
-    if !same {
-        return enter(trace.clone(), step);
-    }
-    let prev_step = STEP.try_with(|c| c.replace(step)).unwrap_or(NO_PARENT);
-    Entered {
-        prev_trace: None,
-        same: true,
-        prev_step,
-        _not_send: PhantomData,
+    let same = POS.try_with(|p| {
+        let cur = p.trace.take();
+        let same = cur.as_ref().is_some_and(|t| Arc::ptr_eq(t, trace));
+        p.trace.set(cur);
+        same.then(|| p.step.replace(step))
+    });
+    match same {
+        Ok(Some(prev_step)) => Entered {
+            prev_trace: None,
+            same: true,
+            prev_step,
+            _not_send: PhantomData,
+        },
+        _ => enter(trace.clone(), step),
     }
 }
 
@@ -229,10 +309,15 @@ pub(crate) fn exit(entered: Entered) {
         prev_step,
         ..
     } = entered;
-    let _ = STEP.try_with(|c| c.set(prev_step));
-    if !same {
-        let _ = TRACE.try_with(|c| c.replace(prev_trace));
-    }
+    let replaced = POS.try_with(|p| {
+        p.step.set(prev_step);
+        if same {
+            None
+        } else {
+            p.trace.replace(prev_trace)
+        }
+    });
+    drop(replaced);
 }
 
 /// Runs `f` with `capture` as the sink for traces started on this thread.
@@ -242,10 +327,10 @@ pub(crate) fn with_capture<R>(capture: Option<Arc<CaptureSink>>, f: impl FnOnce(
     impl Drop for Restore {
         fn drop(&mut self) {
             let prev = self.0.take();
-            let _ = CAPTURE.try_with(|c| c.set(prev));
+            let _ = POS.try_with(|p| p.capture.set(prev));
         }
     }
-    let prev = CAPTURE.try_with(|c| c.replace(capture)).ok().flatten();
+    let prev = POS.try_with(|p| p.capture.replace(capture)).ok().flatten();
     let _restore = Restore(prev);
     f()
 }

@@ -32,9 +32,12 @@ pub(crate) async fn run(
     let default_pipeline = sink.default_pipeline.clone();
     let take = |msg: Msg, lines: &mut Vec<String>| -> Option<Msg> {
         match msg {
-            Msg::Trace(trace, bytes) => {
+            Msg::Trace(mut trace, bytes) => {
                 queued_bytes.fetch_sub(bytes, Relaxed);
-                match shaper.prepare(&trace) {
+                let prepared = shaper.prepare(&trace);
+                crate::record::recycle(&mut trace.state);
+                drop(trace);
+                match prepared {
                     Prepared::Row(row) => {
                         let pipeline = row.pipeline_id.as_deref().or(default_pipeline.as_deref());
                         lines.push(wire::file_line(pipeline, &row.config, [row.row.as_str()]));

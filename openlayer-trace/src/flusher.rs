@@ -385,11 +385,14 @@ impl Flusher {
 
     fn on_msg(&mut self, msg: Msg, rx: &mut mpsc::Receiver<Msg>) {
         match msg {
-            Msg::Trace(trace, bytes) => {
+            Msg::Trace(mut trace, bytes) => {
                 self.queued_bytes.fetch_sub(bytes, Relaxed);
-                match self.shaper.prepare(&trace) {
+                let prepared = self.shaper.prepare(&trace);
+                // The trace's buffers go back to the producers' pool.
+                crate::record::recycle(&mut trace.state);
+                drop(trace);
+                match prepared {
                     Prepared::Row(row) => {
-                        drop(trace);
                         match OutRow::resolve(row, self.default_pipeline.as_deref()) {
                             Some(row) => self.accept(row, None),
                             None => self.no_pipeline(1),
@@ -454,27 +457,40 @@ impl Flusher {
             pipeline,
             epoch: self.epochs.acquire(),
         };
-        if self.rows_by_id.contains_key(&u.update.inference_id) {
-            self.held
-                .entry(u.update.inference_id.clone())
-                .or_default()
-                .push(u);
+        let id = u.update.inference_id.clone();
+        if self.rows_by_id.contains_key(&id) {
+            self.held.entry(id).or_default().push(u);
         } else {
+            // On its way: later updates of the same row wait for it, so that they reach
+            // the platform in order (the last write wins there).
+            *self.rows_by_id.entry(id).or_default() += 1;
             self.updates.push_back(u);
         }
     }
 
-    /// A row with `inference_id` is settled: the updates held behind the last one of
-    /// them become ready.
+    /// A row or row update with `inference_id` is settled: when nothing else with that id
+    /// is on its way, the next held update (only one: updates of a row go one at a time,
+    /// in order) becomes ready.
     fn row_settled(&mut self, inference_id: &str) {
         let Some(n) = self.rows_by_id.get_mut(inference_id) else {
             return;
         };
         *n -= 1;
-        if *n == 0 {
-            self.rows_by_id.remove(inference_id);
-            if let Some(held) = self.held.remove(inference_id) {
-                self.updates.extend(held);
+        if *n > 0 {
+            return;
+        }
+        match self.held.get_mut(inference_id) {
+            Some(queue) if !queue.is_empty() => {
+                let next = queue.remove(0);
+                if queue.is_empty() {
+                    self.held.remove(inference_id);
+                }
+                *n = 1;
+                self.updates.push_back(next);
+            }
+            _ => {
+                self.rows_by_id.remove(inference_id);
+                self.held.remove(inference_id);
             }
         }
     }
@@ -803,6 +819,12 @@ impl Flusher {
     }
 
     fn update_done(&mut self, u: Update, result: Result<(), Error>) {
+        let id = u.update.inference_id.clone();
+        self.update_settled(u, result);
+        self.row_settled(&id);
+    }
+
+    fn update_settled(&mut self, u: Update, result: Result<(), Error>) {
         match result {
             Ok(()) => {
                 self.epochs.release(u.epoch);

@@ -46,8 +46,16 @@ pub(crate) fn next_id() -> u128 {
 
 /// Formats random bits as a version-4 UUID string.
 pub(crate) fn uuid_v4(bits: u128) -> String {
+    let mut s = String::with_capacity(uuid::fmt::Hyphenated::LENGTH);
+    push_uuid_v4(&mut s, bits);
+    s
+}
+
+/// Appends random bits formatted as a version-4 UUID.
+pub(crate) fn push_uuid_v4(out: &mut String, bits: u128) {
     let u = uuid::Builder::from_random_bytes(bits.to_be_bytes()).into_uuid();
-    u.hyphenated().to_string()
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    out.push_str(u.hyphenated().encode_lower(&mut buf));
 }
 
 /// The namespace of [`inference_id_for`]: UUID v5 of the URL namespace and

@@ -53,6 +53,16 @@ pub mod __private;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
+/// Internals measured by the benchmarks' floor group. Not a public API.
+#[doc(hidden)]
+pub mod __bench {
+    /// The 128 random bits of a new step id, as drawn on the hot path.
+    #[inline]
+    pub fn step_id() -> u128 {
+        crate::id::next_id()
+    }
+}
+
 pub use openlayer_trace_macros::trace;
 
 pub use client::{

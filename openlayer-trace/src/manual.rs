@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Map, Value};
 
-use crate::context::{self, Closing, StepSpec};
+use crate::context::{self, Closing, Start, StepSpec};
 use crate::kind::StepKind;
 use crate::record::{Status, to_json};
 
@@ -114,7 +114,8 @@ pub fn add_chat_completion_step(completion: ChatCompletion) {
             }
         })
     });
-    let Some(open) = context::open_step(spec, start, || inputs) else {
+    let write_inputs = |buf: &mut String| buf.push_str(inputs.as_deref().unwrap_or_default());
+    let Some(open) = context::open_step(spec, Start::At(start), write_inputs) else {
         return;
     };
     let tokens = completion.tokens.or(

@@ -1,9 +1,8 @@
 //! What `#[trace]` expands to. Not a public API: it may change in any release.
 
 use std::borrow::Cow;
-use std::fmt::{Display, Write as _};
+use std::fmt::Display;
 use std::future::Future;
-use std::time::Instant;
 
 use serde::Serialize;
 
@@ -13,7 +12,7 @@ pub use crate::update::Update;
 #[doc(hidden)]
 pub use serde::Serialize as __Serialize;
 
-use crate::context::{self, OpenStep, StepSpec};
+use crate::context::{self, OpenStep, Start, StepSpec};
 use crate::kind::StepKind;
 use crate::record::{Json, to_json};
 
@@ -70,7 +69,9 @@ impl InputWriter {
     #[inline]
     pub fn arg<T: Input + ?Sized>(&mut self, name: &str, value: &T) {
         self.buf.push(if self.buf.is_empty() { '{' } else { ',' });
-        let _ = write!(self.buf, "\"{name}\":");
+        self.buf.push('"');
+        self.buf.push_str(name);
+        self.buf.push_str("\":");
         let mark = self.buf.len();
         if value.__write(&mut self.buf).is_err() {
             self.buf.truncate(mark);
@@ -81,28 +82,24 @@ impl InputWriter {
             );
         }
     }
-
-    fn finish(mut self) -> Option<Json> {
-        if self.buf.is_empty() {
-            return None;
-        }
-        self.buf.push('}');
-        Some(self.buf.into_boxed_str())
-    }
 }
 
-fn capture_inputs(inputs: impl FnOnce(&mut InputWriter)) -> Option<Json> {
+/// Writes the captured inputs into `buf` (which is empty), as one JSON object or nothing.
+fn capture_inputs(buf: &mut String, inputs: impl FnOnce(&mut InputWriter)) {
     let mut w = InputWriter {
-        buf: String::with_capacity(64),
+        buf: std::mem::take(buf),
     };
     inputs(&mut w);
-    w.finish()
+    if !w.buf.is_empty() {
+        w.buf.push('}');
+    }
+    *buf = w.buf;
 }
 
 /// Opens a synchronous step and makes it current. `inputs` runs only when recording.
 #[inline]
 pub fn enter_sync(meta: &'static StepMeta, inputs: impl FnOnce(&mut InputWriter)) -> StepGuard {
-    let open = context::open_step(meta.spec(), Instant::now(), || capture_inputs(inputs));
+    let open = context::open_step(meta.spec(), Start::Now, |buf| capture_inputs(buf, inputs));
     StepGuard::enter(open)
 }
 
@@ -120,8 +117,8 @@ pub struct AsyncStart(Option<OpenStep>);
 /// Opens the step of an `async fn` under the current position (without changing it).
 #[inline]
 pub fn begin_async(meta: &'static StepMeta, inputs: impl FnOnce(&mut InputWriter)) -> AsyncStart {
-    AsyncStart(context::open_step(meta.spec(), Instant::now(), || {
-        capture_inputs(inputs)
+    AsyncStart(context::open_step(meta.spec(), Start::Now, |buf| {
+        capture_inputs(buf, inputs)
     }))
 }
 

@@ -3,6 +3,7 @@
 //! off the application's threads (see `wire`).
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,15 +18,59 @@ pub(crate) type Json = Box<str>;
 /// No parent: the root step.
 pub(crate) const NO_PARENT: u32 = u32::MAX;
 
+thread_local! {
+    /// A reusable buffer to serialize into, so that a value costs one exact allocation
+    /// (or none, when it is copied into its trace's text) instead of a growing one.
+    static SCRATCH: Cell<String> = const { Cell::new(String::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer, empty. A nested call (a `Serialize` impl
+/// that traces) gets a fresh buffer instead.
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut String) -> R) -> R {
+    let mut buf = SCRATCH.try_with(Cell::take).unwrap_or_default();
+    buf.clear();
+    let r = f(&mut buf);
+    if buf.capacity() <= SCRATCH_MAX {
+        let _ = SCRATCH.try_with(|c| c.set(buf));
+    }
+    r
+}
+
+/// The largest scratch buffer a thread keeps.
+const SCRATCH_MAX: usize = 64 * 1024;
+
+/// Serializes `value` into `out` (appending). On failure `out` is left as it was.
+pub(crate) fn write_json<T: Serialize + ?Sized>(
+    out: &mut String,
+    value: &T,
+) -> Result<(), serde_json::Error> {
+    let mark = out.len();
+    // SAFETY: serde_json writes valid UTF-8 only, and on error the partial write is cut
+    // off at `mark`, a char boundary, before the string is used again.
+    let bytes = unsafe { out.as_mut_vec() };
+    let r = serde_json::to_writer(&mut *bytes, value);
+    if r.is_err() {
+        bytes.truncate(mark);
+    }
+    r
+}
+
 /// Serializes a value to JSON text. A value that fails to serialize is logged and skipped.
 pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> Option<Json> {
-    match serde_json::to_string(value) {
-        Ok(s) => Some(s.into_boxed_str()),
+    with_scratch(|buf| match write_json(buf, value) {
+        Ok(()) => Some(Box::from(buf.as_str())),
         Err(e) => {
             warn_limited!(error = %e, "a traced value could not be serialized; recorded as null");
             None
         }
-    }
+    })
+}
+
+/// A JSON text kept in its trace's [`TraceState::text`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TextRef {
+    start: u32,
+    len: u32,
 }
 
 /// How a step ended.
@@ -51,9 +96,10 @@ pub(crate) struct StepRecord {
     /// Start and end, in nanoseconds from the trace's anchor.
     pub start: i64,
     pub end: i64,
-    /// A JSON object of the captured inputs, in parameter order.
-    pub inputs: Option<Json>,
-    pub output: Option<Json>,
+    /// A JSON object of the captured inputs, in parameter order (in the trace's text).
+    pub inputs: Option<TextRef>,
+    /// The output (in the trace's text).
+    pub output: Option<TextRef>,
     pub ground_truth: Option<Json>,
     pub metadata: Vec<(Cow<'static, str>, Json)>,
     /// The kind's extra fields, by wire name.
@@ -104,8 +150,6 @@ impl StepRecord {
 
     pub(crate) fn approx_bytes(&self) -> usize {
         160 + self.name.len()
-            + self.inputs.as_ref().map_or(0, |s| s.len())
-            + self.output.as_ref().map_or(0, |s| s.len())
             + self
                 .metadata
                 .iter()
@@ -131,6 +175,9 @@ pub(crate) fn upsert<K: PartialEq>(list: &mut Vec<(K, Json)>, key: K, value: Jso
 #[derive(Debug, Default)]
 pub(crate) struct TraceState {
     pub steps: Vec<StepRecord>,
+    /// The JSON texts of the steps' inputs and outputs, back to back: one buffer per trace
+    /// instead of two allocations per step (see [`TextRef`]).
+    pub text: String,
     /// Open steps plus live handles (spawned work) that keep the trace from completing.
     pub open: u32,
     pub root_closed: bool,
@@ -148,12 +195,39 @@ pub(crate) struct TraceState {
 }
 
 impl TraceState {
+    /// Appends a JSON text to the trace's text.
+    pub(crate) fn push_text(&mut self, json: &str) -> Option<TextRef> {
+        let start = u32::try_from(self.text.len()).ok()?;
+        let len = u32::try_from(json.len()).ok()?;
+        start.checked_add(len)?;
+        self.text.push_str(json);
+        Some(TextRef { start, len })
+    }
+
+    /// A JSON text of the trace's text.
+    pub(crate) fn text(&self, r: Option<TextRef>) -> Option<&str> {
+        let r = r?;
+        self.text
+            .get(r.start as usize..r.start as usize + r.len as usize)
+    }
+
+    /// The inputs of a step of this trace.
+    pub(crate) fn inputs(&self, rec: &StepRecord) -> Option<&str> {
+        self.text(rec.inputs)
+    }
+
+    /// The output of a step of this trace.
+    pub(crate) fn output(&self, rec: &StepRecord) -> Option<&str> {
+        self.text(rec.output)
+    }
+
     pub(crate) fn approx_bytes(&self) -> usize {
-        256 + self
-            .steps
-            .iter()
-            .map(StepRecord::approx_bytes)
-            .sum::<usize>()
+        256 + self.text.len()
+            + self
+                .steps
+                .iter()
+                .map(StepRecord::approx_bytes)
+                .sum::<usize>()
             + self
                 .columns
                 .iter()
@@ -161,6 +235,49 @@ impl TraceState {
                 .sum::<usize>()
             + self.context.as_ref().map_or(0, |s| s.len())
             + self.question.as_ref().map_or(0, |s| s.len())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Buffers: the step list and text of a trace are allocated once and reused. The worker hands
+// them back after encoding, so a new trace neither allocates them on the application's
+// thread nor has them freed on another thread (which makes the allocator contend).
+
+type Buffers = (Vec<StepRecord>, String);
+
+static POOL: Mutex<Vec<Buffers>> = Mutex::new(Vec::new());
+
+/// Most buffer pairs kept for reuse.
+const POOL_MAX: usize = 512;
+/// Buffers that grew beyond these are freed rather than kept.
+const STEPS_KEEP: usize = 256;
+const TEXT_KEEP: usize = 64 * 1024;
+
+/// A step list and text buffer for a new trace: reused ones if the pool has any (and is
+/// not busy), else fresh ones.
+fn reused_buffers() -> Buffers {
+    if let Ok(mut pool) = POOL.try_lock() {
+        if let Some(b) = pool.pop() {
+            return b;
+        }
+    }
+    (Vec::with_capacity(8), String::with_capacity(512))
+}
+
+/// Hands the buffers of a completed trace back for reuse (after emptying them).
+pub(crate) fn recycle(state: &mut TraceState) {
+    let (mut steps, mut text) = (
+        std::mem::take(&mut state.steps),
+        std::mem::take(&mut state.text),
+    );
+    if steps.capacity() > STEPS_KEEP || text.capacity() > TEXT_KEEP {
+        return;
+    }
+    steps.clear();
+    text.clear();
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.len() < POOL_MAX {
+        pool.push((steps, text));
     }
 }
 
@@ -177,14 +294,16 @@ pub(crate) struct TraceShared {
 }
 
 impl TraceShared {
-    pub(crate) fn new(capture: Option<Arc<crate::pipeline::CaptureSink>>) -> Self {
-        let anchor = Instant::now();
+    /// A new trace whose clock anchor is `anchor`, an instant read just now.
+    pub(crate) fn new(capture: Option<Arc<crate::pipeline::CaptureSink>>, anchor: Instant) -> Self {
         let anchor_unix_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as i128)
             .unwrap_or(0);
+        let (steps, text) = reused_buffers();
         let state = TraceState {
-            steps: Vec::with_capacity(8),
+            steps,
+            text,
             ..TraceState::default()
         };
         TraceShared {

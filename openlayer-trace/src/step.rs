@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::context::{self, Closing, Entered, OpenStep, StepSpec};
+use crate::context::{self, Closing, Entered, OpenStep, Start, StepSpec};
 use crate::kind::StepKind;
 use crate::record::{Json, Status, to_json};
 
@@ -119,6 +119,7 @@ impl std::fmt::Debug for StepGuard {
 }
 
 impl StepGuard {
+    #[inline]
     pub(crate) fn enter(open: Option<OpenStep>) -> Self {
         let entered = open.as_ref().map(|o| {
             install_panic_hook();
@@ -174,7 +175,17 @@ impl OutputSink for StepGuard {
 }
 
 impl Drop for StepGuard {
+    #[inline]
     fn drop(&mut self) {
+        // Inline: a step that is not recorded (tracing off) costs one check here.
+        if self.open.is_some() {
+            self.close();
+        }
+    }
+}
+
+impl StepGuard {
+    fn close(&mut self) {
         let Some(open) = self.open.take() else { return };
         let end = Instant::now();
         if let Some(e) = self.entered.take() {
@@ -318,7 +329,10 @@ impl<F: Future> Future for Instrumented<F> {
                     inputs,
                     metadata,
                 } = *p;
-                if let Some(open) = context::open_step(spec, Instant::now(), || inputs) {
+                let write_inputs = |buf: &mut String| {
+                    buf.push_str(inputs.as_deref().unwrap_or_default());
+                };
+                if let Some(open) = context::open_step(spec, Start::Now, write_inputs) {
                     if !metadata.is_empty() {
                         crate::update::apply_step_json(&open, metadata);
                     }
@@ -488,9 +502,11 @@ impl StepBuilder {
         }
     }
 
-    fn open(self, start: Instant) -> Option<OpenStep> {
+    fn open(self) -> Option<OpenStep> {
         let spec = self.spec();
-        let open = context::open_step(spec, start, || self.inputs)?;
+        let inputs = self.inputs;
+        let write_inputs = |buf: &mut String| buf.push_str(inputs.as_deref().unwrap_or_default());
+        let open = context::open_step(spec, Start::Now, write_inputs)?;
         if !self.metadata.is_empty() {
             crate::update::apply_step_json(&open, self.metadata);
         }
@@ -499,7 +515,7 @@ impl StepBuilder {
 
     /// Opens the step and makes it current on this thread until the guard is dropped.
     pub fn enter(self) -> StepGuard {
-        StepGuard::enter(self.open(Instant::now()))
+        StepGuard::enter(self.open())
     }
 
     /// Runs `f` as the step and records its output.

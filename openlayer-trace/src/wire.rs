@@ -21,17 +21,23 @@ pub(crate) struct EncodedRow {
 }
 
 fn push_str(out: &mut String, s: &str) {
+    // Most strings written here (keys, step names) need no escaping.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     // serde_json escapes exactly as JSON requires and leaves non-ASCII as UTF-8.
-    let quoted = serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string());
-    out.push_str(&quoted);
+    if crate::record::write_json(out, s).is_err() {
+        out.push_str("\"\"");
+    }
 }
 
 fn push_f64(out: &mut String, v: f64) {
-    if v.is_finite() {
-        // `f64`'s shortest round-trip form, with a `.0` for whole numbers (as Python prints).
-        let s = serde_json::to_string(&v).unwrap_or_else(|_| "null".into());
-        out.push_str(&s);
-    } else {
+    // `f64`'s shortest round-trip form, with a `.0` for whole numbers (as Python prints).
+    if !v.is_finite() || crate::record::write_json(out, &v).is_err() {
         out.push_str("null");
     }
 }
@@ -92,16 +98,16 @@ impl<'a> Tree<'a> {
         out.push_str("{\"name\":");
         push_str(out, &rec.name);
         out.push_str(",\"id\":\"");
-        out.push_str(&crate::id::uuid_v4(rec.id));
+        crate::id::push_uuid_v4(out, rec.id);
         out.push_str("\",\"type\":\"");
         out.push_str(rec.kind.as_str());
         out.push_str("\",\"inputs\":");
-        out.push_str(rec.inputs.as_deref().unwrap_or("null"));
+        out.push_str(self.trace.state.inputs(rec).unwrap_or("null"));
         out.push_str(",\"output\":");
         let output = if idx == 0 {
             root_output
         } else {
-            rec.output.as_deref()
+            self.trace.state.output(rec)
         };
         out.push_str(output.unwrap_or("null"));
         out.push_str(",\"groundTruth\":");
@@ -233,11 +239,7 @@ pub(crate) fn encode(trace: &CompletedTrace) -> Option<EncodedRow> {
     let st = &trace.state;
     let root = trace.root()?;
     let tree = Tree::new(trace);
-    let inputs = root
-        .inputs
-        .as_deref()
-        .map(object_entries)
-        .unwrap_or_default();
+    let inputs = st.inputs(root).map(object_entries).unwrap_or_default();
 
     let inference_id = match &st.inference_id {
         Some(id) => id.to_string(),
@@ -250,7 +252,7 @@ pub(crate) fn encode(trace: &CompletedTrace) -> Option<EncodedRow> {
         .find(|(k, _)| k == "output")
         .map(|(_, v)| &**v);
     let root_output = if root.status == Status::Ok || trace_output.is_some() {
-        trace_output.or(root.output.as_deref())
+        trace_output.or(st.output(root))
     } else {
         None
     };
@@ -288,7 +290,8 @@ pub(crate) fn encode(trace: &CompletedTrace) -> Option<EncodedRow> {
     let mut s = String::new();
     push_number(&mut s, tokens);
     row.push(("tokens", Cow::Owned(s)));
-    let mut steps = String::with_capacity(256 * st.steps.len());
+    // About 400 bytes of keys, ids and numbers per step, plus its inputs and output.
+    let mut steps = String::with_capacity(st.text.len() + 400 * st.steps.len());
     steps.push('[');
     tree.write_step(&mut steps, 0, root_output);
     steps.push(']');

@@ -1,0 +1,601 @@
+//! The cost of a traced call, side by side with its peers, plus the floor it stands on.
+//!
+//! ```sh
+//! cargo bench -p openlayer-trace --bench step_overhead
+//! ```
+//!
+//! Group `step_overhead`: one iteration is one call of the same three-level shape (a root
+//! with two small arguments calling a child calling a leaf that returns a `String`), untraced
+//! and traced by each tracer. Group `floor`: the primitives a step cannot avoid.
+//!
+//! Our traced variants run on the real pipeline: each root's trace is handed off through the
+//! bounded queue and encoded by the background worker, which writes to `/dev/null`. After
+//! every sample, and every 16 Ki calls within one, the pipeline is flushed outside the timed
+//! loop, so the worker's backlog never overflows the queue nor spills into the next sample; the
+//! delivery counters of each variant are printed (drops included), with the time those
+//! flushes took, which shows whether the worker keeps up. At the end, a summary turns the medians of this run into per-step costs
+//! (`(variant - untraced) / 3`) and checks them against the targets of the project.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::{Bencher, Criterion, Throughput};
+
+const QUESTION: &str = "What is the capital of France?";
+const K: u32 = 3;
+/// Steps (spans) per iteration.
+const DEPTH: f64 = 3.0;
+
+// ---------------------------------------------------------------------------------------
+// The shape, once per tracer
+
+mod untraced {
+    #[inline(never)]
+    pub fn l1(question: &str, k: u32) -> String {
+        l2(question, k)
+    }
+    #[inline(never)]
+    fn l2(question: &str, k: u32) -> String {
+        l3(question, k)
+    }
+    #[inline(never)]
+    fn l3(question: &str, k: u32) -> String {
+        format!("{question}#{k}")
+    }
+
+    #[inline(never)]
+    pub async fn a1(question: &str, k: u32) -> String {
+        a2(question, k).await
+    }
+    #[inline(never)]
+    async fn a2(question: &str, k: u32) -> String {
+        a3(question, k).await
+    }
+    #[inline(never)]
+    async fn a3(question: &str, k: u32) -> String {
+        format!("{question}#{k}")
+    }
+}
+
+mod ours {
+    use openlayer_trace::trace;
+
+    #[trace]
+    #[inline(never)]
+    pub fn l1(question: &str, k: u32) -> String {
+        l2(question, k)
+    }
+    #[trace]
+    #[inline(never)]
+    fn l2(question: &str, k: u32) -> String {
+        l3(question, k)
+    }
+    #[trace]
+    #[inline(never)]
+    fn l3(question: &str, k: u32) -> String {
+        format!("{question}#{k}")
+    }
+
+    #[trace]
+    #[inline(never)]
+    pub async fn a1(question: &str, k: u32) -> String {
+        a2(question, k).await
+    }
+    #[trace]
+    #[inline(never)]
+    async fn a2(question: &str, k: u32) -> String {
+        a3(question, k).await
+    }
+    #[trace]
+    #[inline(never)]
+    async fn a3(question: &str, k: u32) -> String {
+        format!("{question}#{k}")
+    }
+}
+
+mod with_fastrace {
+    use std::time::Duration;
+
+    use fastrace::collector::{Reporter, SpanContext, SpanRecord};
+    use fastrace::{Span, trace};
+
+    /// Discards every span (after fastrace has collected it).
+    pub struct Discard;
+    impl Reporter for Discard {
+        fn report(&mut self, spans: Vec<SpanRecord>) {
+            drop(spans);
+        }
+    }
+
+    /// The root: fastrace records nothing without a root span, so the top level makes one.
+    #[inline(never)]
+    pub fn l1(question: &str, k: u32) -> String {
+        let root = Span::root("l1", SpanContext::random());
+        let _parent = root.set_local_parent();
+        l2(question, k)
+    }
+    /// The same shape with every level a `#[trace]` span: run inside a root that stays open
+    /// for a whole sample, it measures one more span inside an existing trace.
+    #[trace]
+    #[inline(never)]
+    pub fn t1(question: &str, k: u32) -> String {
+        l2(question, k)
+    }
+    #[trace]
+    #[inline(never)]
+    fn l2(question: &str, k: u32) -> String {
+        l3(question, k)
+    }
+    #[trace]
+    #[inline(never)]
+    fn l3(question: &str, k: u32) -> String {
+        format!("{question}#{k}")
+    }
+
+    /// Times `iters` calls of [`t1`] inside one root span, with `clock`.
+    pub fn in_one_root(iters: u64, clock: fn() -> Duration) -> Duration {
+        let root = Span::root("sample", SpanContext::random());
+        let parent = root.set_local_parent();
+        let start = clock();
+        for _ in 0..iters {
+            std::hint::black_box(t1(
+                std::hint::black_box(super::QUESTION),
+                std::hint::black_box(super::K),
+            ));
+        }
+        let elapsed = clock() - start;
+        drop(parent);
+        drop(root);
+        elapsed
+    }
+}
+
+mod with_tracing {
+    use tracing::instrument;
+    use tracing_subscriber::Layer;
+
+    /// A layer that does nothing; the registry still creates and closes every span.
+    pub struct Noop;
+    impl<S: tracing::Subscriber> Layer<S> for Noop {}
+
+    // `#[instrument]` records every argument as a field.
+    #[instrument]
+    #[inline(never)]
+    pub fn l1(question: &str, k: u32) -> String {
+        l2(question, k)
+    }
+    #[instrument]
+    #[inline(never)]
+    fn l2(question: &str, k: u32) -> String {
+        l3(question, k)
+    }
+    #[instrument]
+    #[inline(never)]
+    fn l3(question: &str, k: u32) -> String {
+        format!("{question}#{k}")
+    }
+}
+
+/// Polls a future to completion on this thread (the futures here never wait).
+fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Our pipeline, switched between variants outside the timed loops
+
+/// The installed configuration, if any.
+static GUARD: Mutex<Option<openlayer_trace::Guard>> = Mutex::new(None);
+
+fn install(disabled: bool) {
+    let mut slot = GUARD.lock().unwrap();
+    drop(slot.take()); // flushes and stops the previous worker
+    let config = openlayer_trace::Config::builder()
+        .disabled(disabled)
+        // The worker encodes every trace and writes it where it costs nothing to keep.
+        .trace_file("/dev/null")
+        // Room for a chunk of calls; the pipeline is flushed after each one.
+        .queue_capacity(1 << 16)
+        .queue_max_bytes(1 << 30)
+        .build()
+        .expect("benchmark configuration");
+    *slot = Some(openlayer_trace::init(config).expect("init"));
+}
+
+/// Waits, outside the timed loop, until the worker has settled every trace so far.
+fn settle() {
+    let slot = GUARD.lock().unwrap();
+    if let Some(g) = slot.as_ref() {
+        let report = g.flush(Duration::from_secs(60)).expect("flush");
+        assert!(report.complete, "the worker did not settle within 60 s");
+    }
+}
+
+/// Time spent in timed loops and in the untimed settling after them, since the last report.
+static TIMED_NS: AtomicU64 = AtomicU64::new(0);
+static SETTLE_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Prints what the pipeline did with the traces of one variant, and how far behind the
+/// caller the worker was: the time the untimed flushes after the samples took, as a share
+/// of the timed loops (0 % when the worker keeps up).
+fn report_delivery(variant: &str) {
+    let timed = TIMED_NS.swap(0, Relaxed) as f64;
+    let settle = SETTLE_NS.swap(0, Relaxed) as f64;
+    let slot = GUARD.lock().unwrap();
+    if let Some(g) = slot.as_ref() {
+        let s = g.stats();
+        println!(
+            "{variant}: traces handed off {}, encoded and written {}, dropped {} (queue full {}), \
+             pending {}; flushing after the samples took {:.0} % of the timed time",
+            s.enqueued,
+            s.written,
+            s.dropped.total(),
+            s.dropped.queue_full,
+            s.pending,
+            100.0 * settle / timed.max(1.0),
+        );
+    }
+}
+
+/// Most calls timed before the background stage is let catch up: well under the queue's
+/// capacity, so that a worker that falls behind is waited for rather than dropping traces.
+const CHUNK: u64 = 16 * 1024;
+
+/// Times `iters` calls of `f`, in chunks; after each chunk runs `settle` untimed (so that a
+/// background stage that fell behind catches up instead of dropping or piling up).
+fn timed<M: Clock>(b: &mut Bencher<'_, M>, mut f: impl FnMut() -> String, settle: impl Fn()) {
+    b.iter_custom(|iters| {
+        let mut total = Duration::ZERO;
+        let mut left = iters;
+        while left > 0 {
+            let n = left.min(CHUNK);
+            left -= n;
+            let (wall, start) = (Instant::now(), M::read());
+            for _ in 0..n {
+                black_box(f());
+            }
+            let (elapsed, wall_elapsed) = (M::read() - start, wall.elapsed());
+            settle();
+            TIMED_NS.fetch_add(wall_elapsed.as_nanos() as u64, Relaxed);
+            SETTLE_NS.fetch_add((wall.elapsed() - wall_elapsed).as_nanos() as u64, Relaxed);
+            total += elapsed;
+        }
+        total
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Two clocks: wall time, and the CPU time of the calling thread
+
+/// How a run of the groups is timed.
+trait Clock: Measurement<Value = Duration> + Sized + 'static {
+    /// Appended to the group names.
+    const SUFFIX: &'static str;
+    /// A reading of this clock.
+    fn read() -> Duration;
+}
+
+static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+impl Clock for WallTime {
+    const SUFFIX: &'static str = "";
+    fn read() -> Duration {
+        EPOCH.elapsed()
+    }
+}
+
+/// The CPU time of the calling thread: on a machine shared with other work, time the thread
+/// spends descheduled (behind other processes, or behind our own worker when both share a
+/// core) is not counted. Contention that makes the thread spin is; waiting asleep is not.
+struct ThreadCpu;
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the call has no other effect.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(r, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+impl Clock for ThreadCpu {
+    const SUFFIX: &'static str = "_cpu";
+    fn read() -> Duration {
+        thread_cpu()
+    }
+}
+
+impl Measurement for ThreadCpu {
+    type Intermediate = Duration;
+    type Value = Duration;
+    fn start(&self) -> Duration {
+        thread_cpu()
+    }
+    fn end(&self, start: Duration) -> Duration {
+        thread_cpu() - start
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, v: &Duration) -> f64 {
+        v.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &Nanoseconds
+    }
+}
+
+/// Shows values in ns (CPU time).
+struct Nanoseconds;
+
+impl ValueFormatter for Nanoseconds {
+    fn scale_values(&self, _typical: f64, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+    fn scale_throughputs(&self, _: f64, _: &Throughput, _: &mut [f64]) -> &'static str {
+        "ns"
+    }
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The groups
+
+fn step_overhead<M: Clock>(c: &mut Criterion<M>) {
+    let mut g = c.benchmark_group(format!("step_overhead{}", M::SUFFIX));
+    let (q, k) = (|| black_box(QUESTION), || black_box(K));
+    let variant = |name: &str| format!("{name}{}", M::SUFFIX);
+
+    g.bench_function("untraced", |b| b.iter(|| untraced::l1(q(), k())));
+    g.bench_function("untraced_async", |b| {
+        b.iter(|| block_on(untraced::a1(q(), k())))
+    });
+
+    install(false);
+    TIMED_NS.store(0, Relaxed);
+    SETTLE_NS.store(0, Relaxed);
+    g.bench_function("ours_sync", |b| timed(b, || ours::l1(q(), k()), settle));
+    report_delivery(&variant("ours_sync"));
+
+    install(false);
+    g.bench_function("ours_async", |b| {
+        timed(b, || block_on(ours::a1(q(), k())), settle)
+    });
+    report_delivery(&variant("ours_async"));
+
+    install(true);
+    g.bench_function("ours_disabled", |b| b.iter(|| ours::l1(q(), k())));
+    drop(GUARD.lock().unwrap().take());
+
+    g.bench_function("fastrace", |b| {
+        timed(b, || with_fastrace::l1(q(), k()), fastrace::flush)
+    });
+    g.bench_function("fastrace_in_root", |b| {
+        b.iter_custom(|iters| {
+            let t = with_fastrace::in_one_root(iters, M::read);
+            fastrace::flush();
+            t
+        })
+    });
+
+    g.bench_function("tracing", |b| b.iter(|| with_tracing::l1(q(), k())));
+    g.finish();
+}
+
+thread_local! {
+    static SLOT: Cell<Option<Arc<u64>>> = const { Cell::new(None) };
+}
+
+#[derive(serde::Serialize)]
+struct Args<'a> {
+    question: &'a str,
+    k: u32,
+}
+
+fn floor<M: Clock>(c: &mut Criterion<M>) {
+    let mut g = c.benchmark_group(format!("floor{}", M::SUFFIX));
+    g.bench_function("instant_now", |b| b.iter(Instant::now));
+    g.bench_function("system_time_now", |b| b.iter(std::time::SystemTime::now));
+    g.bench_function("step_id", |b| b.iter(openlayer_trace::__bench::step_id));
+    g.bench_function("serde_json_args", |b| {
+        b.iter(|| {
+            serde_json::to_string(&Args {
+                question: black_box(QUESTION),
+                k: black_box(K),
+            })
+        })
+    });
+    g.bench_function("serde_json_output", |b| {
+        let out = format!("{QUESTION}#{K}");
+        b.iter(|| serde_json::to_string(black_box(&out)))
+    });
+    let arc = Arc::new(7u64);
+    g.bench_function("tls_swap", |b| {
+        b.iter(|| {
+            let prev = SLOT.with(|s| s.replace(None));
+            SLOT.with(|s| s.set(black_box(prev)));
+        })
+    });
+    SLOT.with(|s| s.set(Some(arc.clone())));
+    g.bench_function("mutex_uncontended", |b| {
+        let m = Mutex::new(0u64);
+        b.iter(|| *black_box(&m).lock().unwrap() += 1)
+    });
+    g.bench_function("arc_clone_drop", |b| {
+        b.iter(|| drop(black_box(&arc).clone()))
+    });
+    g.bench_function("alloc_free_64", |b| {
+        b.iter(|| drop(black_box(String::with_capacity(64))))
+    });
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+// The summary of this run
+
+/// Where criterion writes its results (as criterion itself finds it).
+fn criterion_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return PathBuf::from(home);
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(target).join("criterion");
+    }
+    // target/release/deps/step_overhead-<hash>
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.join("criterion")))
+        .unwrap_or_else(|| PathBuf::from("target/criterion"))
+}
+
+/// The median (ns per iteration) of a benchmark run by this process.
+fn median(started: std::time::SystemTime, group: &str, name: &str) -> Option<f64> {
+    let path = criterion_home()
+        .join(group)
+        .join(name)
+        .join("new/estimates.json");
+    let fresh = std::fs::metadata(&path).ok()?.modified().ok()? >= started;
+    if !fresh {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+    v["median"]["point_estimate"].as_f64()
+}
+
+fn summary(started: std::time::SystemTime, suffix: &str, clock: &str) {
+    let (s, f) = (format!("step_overhead{suffix}"), format!("floor{suffix}"));
+    let m = |group: &str, name| median(started, group, name);
+    let s = s.as_str();
+    let names = [
+        "untraced",
+        "untraced_async",
+        "ours_sync",
+        "ours_async",
+        "ours_disabled",
+        "fastrace",
+        "fastrace_in_root",
+        "tracing",
+    ];
+    let Some(v) = names.iter().map(|n| m(s, n)).collect::<Option<Vec<f64>>>() else {
+        println!("summary ({clock}): run the whole `{s}` group to get it");
+        return;
+    };
+    let [base, base_async, sync, asyn, off, fr, fr_nested, tr] = v[..] else {
+        unreachable!()
+    };
+    let step = |x: f64, b: f64| (x - b) / DEPTH;
+    let (sync_step, async_step) = (step(sync, base), step(asyn, base_async));
+    let fr_nested_span = step(fr_nested, base);
+    println!();
+    println!(
+        "summary ({clock}): medians of this run; ns / step = (variant - its untraced shape) / {DEPTH}"
+    );
+    println!();
+    println!("| variant | ns / iteration | ns / step |");
+    println!("| --- | ---: | ---: |");
+    for (name, iter, base) in [
+        ("untraced", base, base),
+        ("untraced_async", base_async, base_async),
+        ("ours_sync", sync, base),
+        ("ours_async", asyn, base_async),
+        ("ours_disabled", off, base),
+        ("fastrace (root per call)", fr, base),
+        ("fastrace_in_root (spans in an open root)", fr_nested, base),
+        ("tracing (registry + no-op layer)", tr, base),
+    ] {
+        println!("| {name} | {iter:.1} | {:.1} |", step(iter, base));
+    }
+    let verdict = |b: bool| if b { "met" } else { "NOT met" };
+    println!();
+    println!(
+        "- sync step {sync_step:.1} ns <= 1000 ns: {}",
+        verdict(sync_step <= 1000.0)
+    );
+    if let Some(args) = m(&f, "serde_json_args") {
+        let bound = 2.0 * (fr_nested_span + args);
+        println!(
+            "- sync step {sync_step:.1} ns <= 2 x (fastrace span in an open root {fr_nested_span:.1} + serde_json of the args {args:.1}) = {bound:.1} ns: {} (ratio {:.2})",
+            verdict(sync_step <= bound),
+            sync_step / (fr_nested_span + args)
+        );
+        println!(
+            "  (same shape, a root per call: ours {sync:.1} ns vs fastrace + 3 x serde_json {:.1} ns, ratio {:.2})",
+            fr + 3.0 * args,
+            (sync - base) / (fr - base + 3.0 * args)
+        );
+    } else {
+        println!("- run the `{f}` group too for the fastrace + serde_json target");
+    }
+    println!(
+        "- async step {async_step:.1} ns <= 1.5 x sync step: {} (ratio {:.2})",
+        verdict(async_step <= 1.5 * sync_step),
+        async_step / sync_step
+    );
+    println!(
+        "- disabled: {:.1} ns over untraced for the whole call ({:.1} ns / step) <= 50 ns: {}",
+        off - base,
+        step(off, base),
+        verdict(off - base <= 50.0)
+    );
+}
+
+fn config<M: Measurement>(c: Criterion<M>) -> Criterion<M> {
+    c.without_plots()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(50)
+        .configure_from_args()
+}
+
+fn main() {
+    assert!(
+        std::env::var_os("OPENLAYER_API_KEY").is_none(),
+        "unset OPENLAYER_API_KEY: the benchmarks trace millions of calls"
+    );
+    fastrace::set_reporter(
+        with_fastrace::Discard,
+        fastrace::collector::Config::default(),
+    );
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber = tracing_subscriber::registry().with(with_tracing::Noop);
+        tracing::subscriber::set_global_default(subscriber).expect("global subscriber");
+    }
+    let started = std::time::SystemTime::now();
+
+    // Wall time, as usual.
+    let mut c = config(Criterion::default());
+    step_overhead(&mut c);
+    floor(&mut c);
+    c.final_summary();
+
+    // The same, in CPU time of the calling thread: robust to other load on the machine.
+    let mut c = config(Criterion::default().with_measurement(ThreadCpu));
+    step_overhead(&mut c);
+    floor(&mut c);
+    c.final_summary();
+
+    summary(started, "", "wall time");
+    summary(started, "_cpu", "CPU time of the calling thread");
+}
