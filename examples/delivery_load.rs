@@ -38,6 +38,24 @@ fn handle(request_id: u64, text: &str) -> String {
     render(s)
 }
 
+/// A root with no children: one step plus the completion and hand-off of its trace.
+#[trace]
+fn ping(request_id: u64) -> u64 {
+    request_id
+}
+
+/// Times `n` one-step traces: the cost of completing a trace as the application sees it.
+fn produce_completions(n: u64) -> Vec<u32> {
+    let mut costs = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let t = Instant::now();
+        std::hint::black_box(ping(i));
+        costs.push(t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
+    }
+    costs.sort_unstable();
+    costs
+}
+
 /// Peak resident memory of this process so far, in KiB (Linux).
 fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -159,6 +177,7 @@ fn main() {
     reset_peak_rss();
     let rss_before = peak_rss_kib().unwrap_or(0);
     let costs = produce(n, text);
+    let completions = produce_completions(n);
     let rss_down = peak_rss_kib().unwrap_or(0);
     let during = guard.stats();
     server.come_up();
@@ -166,7 +185,7 @@ fn main() {
     // Spooled rows are replayed in the background once the server answers again.
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut stats = guard.stats();
-    while server.inference_ids().len() as u64 + stats.dropped.total() < n
+    while server.inference_ids().len() as u64 + stats.dropped.total() < 2 * n
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(100));
@@ -175,6 +194,11 @@ fn main() {
     let received = server.inference_ids().len() as u64;
     println!("server down while producing, then up:");
     print_costs(&costs);
+    println!(
+        "  completing a trace (1 step + hand-off): p50 {:.2} us, p99 {:.2} us",
+        f64::from(percentile(&completions, 0.50)) / 1e3,
+        f64::from(percentile(&completions, 0.99)) / 1e3,
+    );
     println!(
         "  peak RSS while down {} MiB (growth {} MiB; queue bound {} MiB)",
         rss_down / 1024,
@@ -188,7 +212,8 @@ fn main() {
         during.dropped.queue_full
     );
     println!(
-        "  after recovery: received {received} of {n}; dropped {}; received + dropped = {}",
+        "  after recovery: received {received} of {}; dropped {}; received + dropped = {}",
+        2 * n,
         stats.dropped.total(),
         received + stats.dropped.total()
     );
@@ -196,7 +221,7 @@ fn main() {
     assert!(report.complete || stats.pending == 0);
     assert_eq!(
         received + stats.dropped.total(),
-        n,
+        2 * n,
         "a trace was lost without being counted"
     );
     drop(guard);
