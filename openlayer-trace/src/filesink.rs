@@ -106,6 +106,8 @@ pub(crate) async fn run(
             next = rx.try_recv().ok();
         }
         sink.write(std::mem::take(&mut lines), &counters);
+        // See `pipeline::WORKER_PACE`.
+        tokio::time::sleep(crate::pipeline::WORKER_PACE).await;
     }
     sink.write(lines, &counters);
     sink.flush();

@@ -332,6 +332,7 @@ impl Flusher {
             self.replay.wanted = true;
         }
         let mut open = true;
+        let mut paced = false;
         loop {
             self.dispatch();
             self.check_waiters();
@@ -345,6 +346,10 @@ impl Flusher {
                     return self.finish();
                 }
             }
+            if std::mem::take(&mut paced) && self.shutdown.is_none() {
+                // See `pipeline::WORKER_PACE`; requests in flight carry on meanwhile.
+                tokio::time::sleep(crate::pipeline::WORKER_PACE).await;
+            }
             let wake = self.next_wake();
             tokio::select! {
                 msg = rx.recv(), if open => match msg {
@@ -356,6 +361,7 @@ impl Flusher {
                                 Err(_) => break,
                             }
                         }
+                        paced = true;
                     }
                     None => {
                         open = false;

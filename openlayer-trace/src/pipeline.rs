@@ -225,6 +225,14 @@ impl Completion {
 // ---------------------------------------------------------------------------------------
 // The pipeline
 
+/// How long the worker rests after draining the queue before it waits on it again.
+///
+/// While it waits, the queue holds its waker, so every hand-off from a traced call would
+/// wake it: a futex call, and often a context switch, on the application's thread per
+/// trace. Resting a little after each drain lets hand-offs be a few atomics and the next
+/// drain take many traces at once. A flush waits at most this much longer.
+pub(crate) const WORKER_PACE: Duration = Duration::from_millis(1);
+
 pub(crate) enum Msg {
     /// A completed trace, with its estimated size.
     Trace(Box<CompletedTrace>, usize),
