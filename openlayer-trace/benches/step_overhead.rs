@@ -10,7 +10,7 @@
 //!
 //! Our traced variants run on the real pipeline: each root's trace is handed off through the
 //! bounded queue and encoded by the background worker, which writes to `/dev/null`. After
-//! every sample, and every 16 Ki calls within one, the pipeline is flushed outside the timed
+//! every sample, and every 1 Ki calls within one, the pipeline is flushed outside the timed
 //! loop, so the worker's backlog never overflows the queue nor spills into the next sample; the
 //! delivery counters of each variant are printed (drops included), with the time those
 //! flushes took, which shows whether the worker keeps up. At the end, a summary turns the medians of this run into per-step costs
@@ -248,9 +248,12 @@ fn report_delivery(variant: &str) {
     }
 }
 
-/// Most calls timed before the background stage is let catch up: well under the queue's
-/// capacity, so that a worker that falls behind is waited for rather than dropping traces.
-const CHUNK: u64 = 16 * 1024;
+/// Most calls timed before the background stage is let catch up. A tight loop of traced
+/// calls outruns the worker (encoding a trace costs more than recording it); in chunks this
+/// small the worker is waited for before its backlog overflows the queue or outgrows the
+/// pool of reused buffers, which is the steady state of an application whose worker keeps
+/// up. How long the waiting took is reported.
+const CHUNK: u64 = 1024;
 
 /// Times `iters` calls of `f`, in chunks; after each chunk runs `settle` untimed (so that a
 /// background stage that fell behind catches up instead of dropping or piling up).
