@@ -455,6 +455,24 @@ fn summary(started: std::time::SystemTime) {
     ] {
         println!("| {name} | {iter:.1} | {:.1} |", step(iter, base));
     }
+    println!();
+    println!("| floor | ns |");
+    println!("| --- | ---: |");
+    for name in [
+        "instant_now",
+        "system_time_now",
+        "step_id",
+        "serde_json_args",
+        "serde_json_output",
+        "tls_swap",
+        "mutex_uncontended",
+        "arc_clone_drop",
+        "alloc_free_64",
+    ] {
+        if let Some(v) = m("floor", name) {
+            println!("| {name} | {v:.1} |");
+        }
+    }
     let verdict = |b: bool| if b { "met" } else { "NOT met" };
     println!();
     println!(
