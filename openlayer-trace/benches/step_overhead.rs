@@ -511,7 +511,7 @@ fn config() -> Criterion {
     Criterion::default()
         .without_plots()
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
+        .measurement_time(Duration::from_secs(6))
         .sample_size(50)
         .configure_from_args()
 }
