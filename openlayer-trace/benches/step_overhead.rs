@@ -10,7 +10,7 @@
 //!
 //! Our traced variants run on the real pipeline: each root's trace is handed off through the
 //! bounded queue and encoded by the background worker, which writes to `/dev/null`. After
-//! every sample, and every 16 Ki calls within one, the pipeline is flushed outside the timed
+//! every sample, and every 1 Ki calls within one, the pipeline is flushed outside the timed
 //! loop, so the worker's backlog never overflows the queue nor spills into the next sample; the
 //! delivery counters of each variant are printed (drops included), with the time those
 //! flushes took, which shows whether the worker keeps up. At the end, a summary turns the medians of this run into per-step costs
@@ -26,8 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use criterion::measurement::{Measurement, ValueFormatter, WallTime};
-use criterion::{Bencher, Criterion, Throughput};
+use criterion::{Bencher, Criterion};
 
 const QUESTION: &str = "What is the capital of France?";
 const K: u32 = 3;
@@ -102,8 +101,6 @@ mod ours {
 }
 
 mod with_fastrace {
-    use std::time::Duration;
-
     use fastrace::collector::{Reporter, SpanContext, SpanRecord};
     use fastrace::{Span, trace};
 
@@ -140,18 +137,18 @@ mod with_fastrace {
         format!("{question}#{k}")
     }
 
-    /// Times `iters` calls of [`t1`] inside one root span, with `clock`.
-    pub fn in_one_root(iters: u64, clock: fn() -> Duration) -> Duration {
+    /// Times `iters` calls of [`t1`] inside one root span.
+    pub fn in_one_root(iters: u64) -> std::time::Duration {
         let root = Span::root("sample", SpanContext::random());
         let parent = root.set_local_parent();
-        let start = clock();
+        let start = std::time::Instant::now();
         for _ in 0..iters {
             std::hint::black_box(t1(
                 std::hint::black_box(super::QUESTION),
                 std::hint::black_box(super::K),
             ));
         }
-        let elapsed = clock() - start;
+        let elapsed = start.elapsed();
         drop(parent);
         drop(root);
         elapsed
@@ -251,27 +248,30 @@ fn report_delivery(variant: &str) {
     }
 }
 
-/// Most calls timed before the background stage is let catch up: well under the queue's
-/// capacity, so that a worker that falls behind is waited for rather than dropping traces.
-const CHUNK: u64 = 16 * 1024;
+/// Most calls timed before the background stage is let catch up. A tight loop of traced
+/// calls outruns the worker (encoding a trace costs more than recording it); in chunks this
+/// small the worker is waited for before its backlog overflows the queue or outgrows the
+/// pool of reused buffers, which is the steady state of an application whose worker keeps
+/// up. How long the waiting took is reported.
+const CHUNK: u64 = 1024;
 
 /// Times `iters` calls of `f`, in chunks; after each chunk runs `settle` untimed (so that a
 /// background stage that fell behind catches up instead of dropping or piling up).
-fn timed<M: Clock>(b: &mut Bencher<'_, M>, mut f: impl FnMut() -> String, settle: impl Fn()) {
+fn timed(b: &mut Bencher<'_>, mut f: impl FnMut() -> String, settle: impl Fn()) {
     b.iter_custom(|iters| {
         let mut total = Duration::ZERO;
         let mut left = iters;
         while left > 0 {
             let n = left.min(CHUNK);
             left -= n;
-            let (wall, start) = (Instant::now(), M::read());
+            let start = Instant::now();
             for _ in 0..n {
                 black_box(f());
             }
-            let (elapsed, wall_elapsed) = (M::read() - start, wall.elapsed());
+            let elapsed = start.elapsed();
             settle();
-            TIMED_NS.fetch_add(wall_elapsed.as_nanos() as u64, Relaxed);
-            SETTLE_NS.fetch_add((wall.elapsed() - wall_elapsed).as_nanos() as u64, Relaxed);
+            TIMED_NS.fetch_add(elapsed.as_nanos() as u64, Relaxed);
+            SETTLE_NS.fetch_add((start.elapsed() - elapsed).as_nanos() as u64, Relaxed);
             total += elapsed;
         }
         total
@@ -279,93 +279,25 @@ fn timed<M: Clock>(b: &mut Bencher<'_, M>, mut f: impl FnMut() -> String, settle
 }
 
 // ---------------------------------------------------------------------------------------
-// Two clocks: wall time, and the CPU time of the calling thread
-
-/// How a run of the groups is timed.
-trait Clock: Measurement<Value = Duration> + Sized + 'static {
-    /// Appended to the group names.
-    const SUFFIX: &'static str;
-    /// A reading of this clock.
-    fn read() -> Duration;
-}
-
-static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
-
-impl Clock for WallTime {
-    const SUFFIX: &'static str = "";
-    fn read() -> Duration {
-        EPOCH.elapsed()
-    }
-}
-
-/// The CPU time of the calling thread: on a machine shared with other work, time the thread
-/// spends descheduled (behind other processes, or behind our own worker when both share a
-/// core) is not counted. Contention that makes the thread spin is; waiting asleep is not.
-struct ThreadCpu;
-
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the call has no other effect.
-    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(r, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-impl Clock for ThreadCpu {
-    const SUFFIX: &'static str = "_cpu";
-    fn read() -> Duration {
-        thread_cpu()
-    }
-}
-
-impl Measurement for ThreadCpu {
-    type Intermediate = Duration;
-    type Value = Duration;
-    fn start(&self) -> Duration {
-        thread_cpu()
-    }
-    fn end(&self, start: Duration) -> Duration {
-        thread_cpu() - start
-    }
-    fn add(&self, a: &Duration, b: &Duration) -> Duration {
-        *a + *b
-    }
-    fn zero(&self) -> Duration {
-        Duration::ZERO
-    }
-    fn to_f64(&self, v: &Duration) -> f64 {
-        v.as_nanos() as f64
-    }
-    fn formatter(&self) -> &dyn ValueFormatter {
-        &Nanoseconds
-    }
-}
-
-/// Shows values in ns (CPU time).
-struct Nanoseconds;
-
-impl ValueFormatter for Nanoseconds {
-    fn scale_values(&self, _typical: f64, _values: &mut [f64]) -> &'static str {
-        "ns"
-    }
-    fn scale_throughputs(&self, _: f64, _: &Throughput, _: &mut [f64]) -> &'static str {
-        "ns"
-    }
-    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
-        "ns"
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // The groups
 
-fn step_overhead<M: Clock>(c: &mut Criterion<M>) {
-    let mut g = c.benchmark_group(format!("step_overhead{}", M::SUFFIX));
+fn step_overhead(c: &mut Criterion) {
+    assert!(
+        std::env::var_os("OPENLAYER_API_KEY").is_none(),
+        "unset OPENLAYER_API_KEY: the benchmarks trace millions of calls"
+    );
+    fastrace::set_reporter(
+        with_fastrace::Discard,
+        fastrace::collector::Config::default(),
+    );
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber = tracing_subscriber::registry().with(with_tracing::Noop);
+        tracing::subscriber::set_global_default(subscriber).expect("global subscriber");
+    }
+
+    let mut g = c.benchmark_group("step_overhead");
     let (q, k) = (|| black_box(QUESTION), || black_box(K));
-    let variant = |name: &str| format!("{name}{}", M::SUFFIX);
 
     g.bench_function("untraced", |b| b.iter(|| untraced::l1(q(), k())));
     g.bench_function("untraced_async", |b| {
@@ -376,13 +308,13 @@ fn step_overhead<M: Clock>(c: &mut Criterion<M>) {
     TIMED_NS.store(0, Relaxed);
     SETTLE_NS.store(0, Relaxed);
     g.bench_function("ours_sync", |b| timed(b, || ours::l1(q(), k()), settle));
-    report_delivery(&variant("ours_sync"));
+    report_delivery("ours_sync");
 
     install(false);
     g.bench_function("ours_async", |b| {
         timed(b, || block_on(ours::a1(q(), k())), settle)
     });
-    report_delivery(&variant("ours_async"));
+    report_delivery("ours_async");
 
     install(true);
     g.bench_function("ours_disabled", |b| b.iter(|| ours::l1(q(), k())));
@@ -393,7 +325,7 @@ fn step_overhead<M: Clock>(c: &mut Criterion<M>) {
     });
     g.bench_function("fastrace_in_root", |b| {
         b.iter_custom(|iters| {
-            let t = with_fastrace::in_one_root(iters, M::read);
+            let t = with_fastrace::in_one_root(iters);
             fastrace::flush();
             t
         })
@@ -413,8 +345,8 @@ struct Args<'a> {
     k: u32,
 }
 
-fn floor<M: Clock>(c: &mut Criterion<M>) {
-    let mut g = c.benchmark_group(format!("floor{}", M::SUFFIX));
+fn floor(c: &mut Criterion) {
+    let mut g = c.benchmark_group("floor");
     g.bench_function("instant_now", |b| b.iter(Instant::now));
     g.bench_function("system_time_now", |b| b.iter(std::time::SystemTime::now));
     g.bench_function("step_id", |b| b.iter(openlayer_trace::__bench::step_id));
@@ -483,10 +415,9 @@ fn median(started: std::time::SystemTime, group: &str, name: &str) -> Option<f64
     v["median"]["point_estimate"].as_f64()
 }
 
-fn summary(started: std::time::SystemTime, suffix: &str, clock: &str) {
-    let (s, f) = (format!("step_overhead{suffix}"), format!("floor{suffix}"));
-    let m = |group: &str, name| median(started, group, name);
-    let s = s.as_str();
+fn summary(started: std::time::SystemTime) {
+    let m = |group, name| median(started, group, name);
+    let s = "step_overhead";
     let names = [
         "untraced",
         "untraced_async",
@@ -498,7 +429,7 @@ fn summary(started: std::time::SystemTime, suffix: &str, clock: &str) {
         "tracing",
     ];
     let Some(v) = names.iter().map(|n| m(s, n)).collect::<Option<Vec<f64>>>() else {
-        println!("summary ({clock}): run the whole `{s}` group to get it");
+        println!("summary: run the whole `step_overhead` group to get it");
         return;
     };
     let [base, base_async, sync, asyn, off, fr, fr_nested, tr] = v[..] else {
@@ -508,9 +439,7 @@ fn summary(started: std::time::SystemTime, suffix: &str, clock: &str) {
     let (sync_step, async_step) = (step(sync, base), step(asyn, base_async));
     let fr_nested_span = step(fr_nested, base);
     println!();
-    println!(
-        "summary ({clock}): medians of this run; ns / step = (variant - its untraced shape) / {DEPTH}"
-    );
+    println!("summary: medians of this run; ns / step = (variant - its untraced shape) / {DEPTH}");
     println!();
     println!("| variant | ns / iteration | ns / step |");
     println!("| --- | ---: | ---: |");
@@ -526,13 +455,31 @@ fn summary(started: std::time::SystemTime, suffix: &str, clock: &str) {
     ] {
         println!("| {name} | {iter:.1} | {:.1} |", step(iter, base));
     }
+    println!();
+    println!("| floor | ns |");
+    println!("| --- | ---: |");
+    for name in [
+        "instant_now",
+        "system_time_now",
+        "step_id",
+        "serde_json_args",
+        "serde_json_output",
+        "tls_swap",
+        "mutex_uncontended",
+        "arc_clone_drop",
+        "alloc_free_64",
+    ] {
+        if let Some(v) = m("floor", name) {
+            println!("| {name} | {v:.1} |");
+        }
+    }
     let verdict = |b: bool| if b { "met" } else { "NOT met" };
     println!();
     println!(
         "- sync step {sync_step:.1} ns <= 1000 ns: {}",
         verdict(sync_step <= 1000.0)
     );
-    if let Some(args) = m(&f, "serde_json_args") {
+    if let Some(args) = m("floor", "serde_json_args") {
         let bound = 2.0 * (fr_nested_span + args);
         println!(
             "- sync step {sync_step:.1} ns <= 2 x (fastrace span in an open root {fr_nested_span:.1} + serde_json of the args {args:.1}) = {bound:.1} ns: {} (ratio {:.2})",
@@ -545,7 +492,7 @@ fn summary(started: std::time::SystemTime, suffix: &str, clock: &str) {
             (sync - base) / (fr - base + 3.0 * args)
         );
     } else {
-        println!("- run the `{f}` group too for the fastrace + serde_json target");
+        println!("- run the `floor` group too for the fastrace + serde_json target");
     }
     println!(
         "- async step {async_step:.1} ns <= 1.5 x sync step: {} (ratio {:.2})",
@@ -560,42 +507,20 @@ fn summary(started: std::time::SystemTime, suffix: &str, clock: &str) {
     );
 }
 
-fn config<M: Measurement>(c: Criterion<M>) -> Criterion<M> {
-    c.without_plots()
+fn config() -> Criterion {
+    Criterion::default()
+        .without_plots()
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(6))
         .sample_size(50)
         .configure_from_args()
 }
 
 fn main() {
-    assert!(
-        std::env::var_os("OPENLAYER_API_KEY").is_none(),
-        "unset OPENLAYER_API_KEY: the benchmarks trace millions of calls"
-    );
-    fastrace::set_reporter(
-        with_fastrace::Discard,
-        fastrace::collector::Config::default(),
-    );
-    {
-        use tracing_subscriber::layer::SubscriberExt;
-        let subscriber = tracing_subscriber::registry().with(with_tracing::Noop);
-        tracing::subscriber::set_global_default(subscriber).expect("global subscriber");
-    }
     let started = std::time::SystemTime::now();
-
-    // Wall time, as usual.
-    let mut c = config(Criterion::default());
+    let mut c = config();
     step_overhead(&mut c);
     floor(&mut c);
     c.final_summary();
-
-    // The same, in CPU time of the calling thread: robust to other load on the machine.
-    let mut c = config(Criterion::default().with_measurement(ThreadCpu));
-    step_overhead(&mut c);
-    floor(&mut c);
-    c.final_summary();
-
-    summary(started, "", "wall time");
-    summary(started, "_cpu", "CPU time of the calling thread");
+    summary(started);
 }
