@@ -15,14 +15,12 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
+use crate::clock;
 use crate::diag::warn_limited;
 use crate::kind::StepKind;
 use crate::pipeline::{self, CaptureSink};
-use crate::record::{
-    CompletedTrace, Json, NO_PARENT, Status, StepRecord, TraceShared, with_scratch,
-};
+use crate::record::{CompletedTrace, NO_PARENT, Status, StepRecord, TraceShared, with_scratch};
 
 /// This thread's position: the current trace and step, and the test capture (if any).
 /// One thread-local, so that a step checks its state once.
@@ -124,7 +122,8 @@ fn parent() -> Option<Parent> {
 pub(crate) enum Start {
     /// Now: the clock is read only once the step is known to be recorded.
     Now,
-    At(Instant),
+    /// At this [`clock::now`] reading.
+    At(i64),
 }
 
 /// Opens a step under the current step of this thread, or as the root of a new trace.
@@ -141,7 +140,7 @@ pub(crate) fn open_step(
     let (trace, parent, start) = match parent()? {
         Parent::In(trace, step) => {
             let start = match start {
-                Start::Now => Instant::now(),
+                Start::Now => clock::now(),
                 Start::At(t) => t,
             };
             (trace, step, start)
@@ -149,7 +148,7 @@ pub(crate) fn open_step(
         Parent::Root(capture) => {
             // The trace's clock anchor is read with its wall-clock time; a root starting
             // now starts at the anchor.
-            let anchor = Instant::now();
+            let anchor = clock::now();
             let trace = Arc::new(TraceShared::new(capture, anchor));
             let start = match start {
                 Start::Now => anchor,
@@ -165,7 +164,7 @@ fn record_step(
     trace: Arc<TraceShared>,
     parent: u32,
     spec: StepSpec,
-    start: Instant,
+    start: i64,
     inputs: impl FnOnce(&mut String),
 ) -> Option<OpenStep> {
     let offset = trace.offset(start);
@@ -201,14 +200,16 @@ fn record_step(
 }
 
 /// How a step ends.
-pub(crate) struct Closing {
+pub(crate) struct Closing<'a> {
     pub status: Status,
-    pub output: Option<Json>,
+    /// The output, as JSON text.
+    pub output: Option<&'a str>,
     pub error: Option<Box<str>>,
 }
 
-/// Closes a step and completes its trace when nothing else holds it open.
-pub(crate) fn close_step(step: &OpenStep, end: Instant, closing: Closing) {
+/// Closes a step at the [`clock::now`] reading `end`, and completes its trace when nothing
+/// else holds it open.
+pub(crate) fn close_step(step: &OpenStep, end: i64, closing: Closing<'_>) {
     let end = step.trace.offset(end);
     let mut st = step.trace.lock();
     let idx = step.idx as usize;
@@ -227,7 +228,7 @@ pub(crate) fn close_step(step: &OpenStep, end: Instant, closing: Closing) {
     if closing.status == Status::Cancelled {
         rec.set_metadata(Cow::Borrowed("cancelled"), "true".into());
     }
-    if let Some(output) = &closing.output {
+    if let Some(output) = closing.output {
         let r = st.push_text(output);
         st.steps[idx].output = r;
     }

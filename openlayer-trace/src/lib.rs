@@ -23,6 +23,7 @@
 extern crate self as openlayer_trace;
 
 mod client;
+mod clock;
 mod config;
 mod context;
 mod diag;
@@ -30,6 +31,7 @@ mod error;
 mod filesink;
 mod flusher;
 mod id;
+mod json;
 mod kind;
 mod localfile;
 mod manual;

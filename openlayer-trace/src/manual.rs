@@ -2,10 +2,11 @@
 //! that is not traced itself.
 
 use std::borrow::Cow;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 
+use crate::clock;
 use crate::context::{self, Closing, Start, StepSpec};
 use crate::kind::StepKind;
 use crate::record::{Status, to_json};
@@ -92,7 +93,7 @@ impl ChatCompletion {
 /// answer("What is the capital of France?");
 /// ```
 pub fn add_chat_completion_step(completion: ChatCompletion) {
-    let now = Instant::now();
+    let now = clock::now();
     let latency = completion.latency.unwrap_or_default();
     let name: Cow<'static, str> = match completion.name {
         Some(n) => Cow::Owned(n),
@@ -104,7 +105,7 @@ pub fn add_chat_completion_step(completion: ChatCompletion) {
         traced_fn: false,
         pipeline_id: None,
     };
-    let start = now.checked_sub(latency).unwrap_or(now);
+    let start = now.saturating_sub(i64::try_from(latency.as_nanos()).unwrap_or(i64::MAX));
     let inputs = completion.inputs.as_ref().and_then(|v| {
         to_json(v).map(|j| {
             if j.starts_with('{') {
@@ -158,7 +159,7 @@ pub fn add_chat_completion_step(completion: ChatCompletion) {
             if let Some(t) = completion.start_time {
                 rec.start = open.trace.offset_of_wall(t);
                 if completion.latency.is_some() {
-                    end = open.trace.instant_at(rec.start + latency.as_nanos() as i64);
+                    end = open.trace.at(rec.start + latency.as_nanos() as i64);
                 }
             }
             for (field, value) in fields {
@@ -179,7 +180,7 @@ pub fn add_chat_completion_step(completion: ChatCompletion) {
         end,
         Closing {
             status: Status::Ok,
-            output,
+            output: output.as_deref(),
             error: None,
         },
     );

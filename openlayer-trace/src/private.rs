@@ -14,7 +14,6 @@ pub use serde::Serialize as __Serialize;
 
 use crate::context::{self, OpenStep, Start, StepSpec};
 use crate::kind::StepKind;
-use crate::record::{Json, to_json};
 
 /// The static description of a traced function.
 #[derive(Debug)]
@@ -59,8 +58,9 @@ pub trait Input {
 impl<T: Serialize + ?Sized> Input for T {
     #[inline]
     fn __write(&self, out: &mut String) -> Result<(), serde_json::Error> {
-        // SAFETY: serde_json writes valid UTF-8 only.
-        serde_json::to_writer(unsafe { out.as_mut_vec() }, self)
+        // SAFETY: the JSON writer writes valid UTF-8 only (the caller cuts off a failed
+        // write at a char boundary).
+        crate::json::to_vec(unsafe { out.as_mut_vec() }, self)
     }
 }
 
@@ -157,9 +157,9 @@ pub struct Out<'a, T: ?Sized>(pub &'a T);
     note = "a `Result` is recorded as its `Ok` value, which must implement `serde::Serialize`, or its `Err`, which must implement `std::fmt::Display`"
 )]
 pub trait Output {
-    /// Serializes the value.
+    /// Records the value as the output of `sink`.
     #[doc(hidden)]
-    fn __json(&self) -> Option<Json>;
+    fn __record_into<S: OutputSink>(&self, sink: &mut S);
 }
 
 // Not recommended: the error then names `Output` (with the text above) instead of listing
@@ -167,8 +167,8 @@ pub trait Output {
 #[diagnostic::do_not_recommend]
 impl<T: Serialize + ?Sized> Output for T {
     #[inline]
-    fn __json(&self) -> Option<Json> {
-        to_json(self)
+    fn __record_into<S: OutputSink>(&self, sink: &mut S) {
+        sink.__set_output(self)
     }
 }
 
@@ -181,15 +181,15 @@ impl<T: Serialize + ?Sized> Output for T {
     note = "a `Result` is recorded as its `Ok` value, which must implement `serde::Serialize`, or its `Err`, which must implement `std::fmt::Display`"
 )]
 pub trait GenericOutput {
-    /// Serializes the value.
+    /// Records the value as the output of `sink`.
     #[doc(hidden)]
-    fn __json(&self) -> Option<Json>;
+    fn __record_into<S: OutputSink>(&self, sink: &mut S);
 }
 
 impl<T: Serialize + ?Sized> GenericOutput for T {
     #[inline]
-    fn __json(&self) -> Option<Json> {
-        to_json(self)
+    fn __record_into<S: OutputSink>(&self, sink: &mut S) {
+        sink.__set_output(self)
     }
 }
 
@@ -212,8 +212,8 @@ impl<T: Serialize, E: Display> RecordResult for Out<'_, Result<T, E>> {
             return;
         }
         match self.0 {
-            Ok(v) => sink.__set_output(to_json(v)),
-            Err(e) => sink.__set_error(e.to_string()),
+            Ok(v) => sink.__set_output(v),
+            Err(e) => sink.__set_error(e),
         }
     }
 }
@@ -226,7 +226,7 @@ impl<T: ?Sized> Out<'_, T> {
         T: Output,
     {
         if sink.__is_recording() {
-            sink.__set_output(Output::__json(self.0));
+            Output::__record_into(self.0, sink);
         }
     }
 
@@ -237,7 +237,7 @@ impl<T: ?Sized> Out<'_, T> {
         T: GenericOutput,
     {
         if sink.__is_recording() {
-            sink.__set_output(GenericOutput::__json(self.0));
+            GenericOutput::__record_into(self.0, sink);
         }
     }
 }
@@ -253,7 +253,7 @@ impl<T, E: Display> RecordErrorOnly for Out<'_, Result<T, E>> {
     fn __ol_record_err<S: OutputSink>(&self, sink: &mut S) {
         if sink.__is_recording() {
             if let Err(e) = self.0 {
-                sink.__set_error(e.to_string());
+                sink.__set_error(e);
             }
         }
     }

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -26,14 +26,35 @@ thread_local! {
 
 /// Runs `f` with this thread's scratch buffer, empty. A nested call (a `Serialize` impl
 /// that traces) gets a fresh buffer instead.
+#[inline]
 pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut String) -> R) -> R {
+    let mut buf = take_scratch();
+    let r = f(&mut buf);
+    give_scratch(buf);
+    r
+}
+
+/// Takes this thread's scratch buffer, empty (a new one if it is in use).
+#[inline]
+pub(crate) fn take_scratch() -> String {
     let mut buf = SCRATCH.try_with(Cell::take).unwrap_or_default();
     buf.clear();
-    let r = f(&mut buf);
+    buf
+}
+
+/// Gives a buffer taken with [`take_scratch`] back (or a larger one in its place).
+#[inline]
+pub(crate) fn give_scratch(buf: String) {
     if buf.capacity() <= SCRATCH_MAX {
-        let _ = SCRATCH.try_with(|c| c.set(buf));
+        let _ = SCRATCH.try_with(|c| {
+            let prev = c.take();
+            c.set(if prev.capacity() > buf.capacity() {
+                prev
+            } else {
+                buf
+            });
+        });
     }
-    r
 }
 
 /// The largest scratch buffer a thread keeps.
@@ -48,7 +69,7 @@ pub(crate) fn write_json<T: Serialize + ?Sized>(
     // SAFETY: serde_json writes valid UTF-8 only, and on error the partial write is cut
     // off at `mark`, a char boundary, before the string is used again.
     let bytes = unsafe { out.as_mut_vec() };
-    let r = serde_json::to_writer(&mut *bytes, value);
+    let r = crate::json::to_vec(bytes, value);
     if r.is_err() {
         bytes.truncate(mark);
     }
@@ -285,8 +306,9 @@ pub(crate) fn recycle(state: &mut TraceState) {
 #[derive(Debug)]
 pub(crate) struct TraceShared {
     state: Mutex<TraceState>,
-    /// The trace's clock anchor: all step times are offsets from it.
-    pub anchor: Instant,
+    /// The trace's clock anchor ([`clock::now`](crate::clock::now) nanoseconds): all step
+    /// times are offsets from it.
+    pub anchor: i64,
     /// The wall-clock time of the anchor, in nanoseconds since the Unix epoch.
     pub anchor_unix_ns: i128,
     /// Where the trace goes instead of the pipeline (test capture).
@@ -294,12 +316,8 @@ pub(crate) struct TraceShared {
 }
 
 impl TraceShared {
-    /// A new trace whose clock anchor is `anchor`, an instant read just now.
-    pub(crate) fn new(capture: Option<Arc<crate::pipeline::CaptureSink>>, anchor: Instant) -> Self {
-        let anchor_unix_ns = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or(0);
+    /// A new trace whose clock anchor is `anchor`, a clock reading taken just now.
+    pub(crate) fn new(capture: Option<Arc<crate::pipeline::CaptureSink>>, anchor: i64) -> Self {
         let (steps, text) = reused_buffers();
         let state = TraceState {
             steps,
@@ -309,7 +327,7 @@ impl TraceShared {
         TraceShared {
             state: Mutex::new(state),
             anchor,
-            anchor_unix_ns,
+            anchor_unix_ns: crate::clock::unix_ns(anchor),
             capture,
         }
     }
@@ -320,33 +338,20 @@ impl TraceShared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Nanoseconds from the anchor to `t`.
+    /// Nanoseconds from the anchor to the clock reading `t`.
     #[inline]
-    pub(crate) fn offset(&self, t: Instant) -> i64 {
-        match t.checked_duration_since(self.anchor) {
-            Some(d) => d.as_nanos() as i64,
-            None => -(self.anchor.duration_since(t).as_nanos() as i64),
-        }
+    pub(crate) fn offset(&self, t: i64) -> i64 {
+        t.wrapping_sub(self.anchor)
     }
 
-    /// The instant `offset` nanoseconds from the anchor.
-    pub(crate) fn instant_at(&self, offset: i64) -> Instant {
-        let d = std::time::Duration::from_nanos(offset.unsigned_abs());
-        let t = if offset >= 0 {
-            self.anchor.checked_add(d)
-        } else {
-            self.anchor.checked_sub(d)
-        };
-        t.unwrap_or(self.anchor)
+    /// The clock reading `offset` nanoseconds from the anchor.
+    pub(crate) fn at(&self, offset: i64) -> i64 {
+        self.anchor.wrapping_add(offset)
     }
 
     /// Nanoseconds from the anchor to a wall-clock time.
     pub(crate) fn offset_of_wall(&self, t: SystemTime) -> i64 {
-        let ns = match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => d.as_nanos() as i128,
-            Err(e) => -(e.duration().as_nanos() as i128),
-        };
-        (ns - self.anchor_unix_ns) as i64
+        (crate::clock::unix_ns_of(t) - self.anchor_unix_ns) as i64
     }
 }
 

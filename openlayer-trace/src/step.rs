@@ -10,13 +10,14 @@ use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::sync::Once;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::clock;
 use crate::context::{self, Closing, Entered, OpenStep, Start, StepSpec};
+use crate::diag::warn_limited;
 use crate::kind::StepKind;
-use crate::record::{Json, Status, to_json};
+use crate::record::{Json, Status, give_scratch, take_scratch, to_json, write_json};
 
 // ---------------------------------------------------------------------------------------
 // Panic messages
@@ -60,13 +61,58 @@ fn panic_message() -> Box<str> {
         .into_boxed_str()
 }
 
-fn ending(panicking: bool, error: Option<Box<str>>) -> (Status, Option<Box<str>>) {
-    if panicking {
-        (Status::Panicked, Some(panic_message()))
-    } else if error.is_some() {
-        (Status::Error, error)
-    } else {
-        (Status::Ok, None)
+/// What a step ends with: its output (JSON, in a scratch buffer of this thread's) or its
+/// error. Shared by the guard of a synchronous step and the finisher of an asynchronous one.
+#[derive(Default)]
+struct Ending {
+    output: Option<String>,
+    error: Option<Box<str>>,
+}
+
+impl Ending {
+    /// Records the output, replacing any earlier one.
+    fn output<T: Serialize + ?Sized>(&mut self, value: &T) {
+        let mut buf = self.output.take().unwrap_or_else(take_scratch);
+        buf.clear();
+        match write_json(&mut buf, value) {
+            Ok(()) => self.output = Some(buf),
+            Err(e) => {
+                give_scratch(buf);
+                warn_limited!(error = %e, "a traced value could not be serialized; recorded as null");
+            }
+        }
+    }
+
+    fn error(&mut self, error: &dyn Display) {
+        self.error = Some(error.to_string().into_boxed_str());
+    }
+
+    /// Closes `open` at `end` with this ending (or with the panic unwinding through it).
+    fn close(&mut self, open: &OpenStep, end: i64) {
+        let output = self.output.take();
+        let closing = if std::thread::panicking() {
+            Closing {
+                status: Status::Panicked,
+                output: None,
+                error: Some(panic_message()),
+            }
+        } else if let Some(error) = self.error.take() {
+            Closing {
+                status: Status::Error,
+                output: None,
+                error: Some(error),
+            }
+        } else {
+            Closing {
+                status: Status::Ok,
+                output: output.as_deref(),
+                error: None,
+            }
+        };
+        context::close_step(open, end, closing);
+        if let Some(buf) = output {
+            give_scratch(buf);
+        }
     }
 }
 
@@ -78,12 +124,12 @@ pub trait OutputSink {
     /// Whether the step is recorded (when not, nothing is serialized).
     #[doc(hidden)]
     fn __is_recording(&self) -> bool;
-    /// Records the output (already JSON).
+    /// Records the output.
     #[doc(hidden)]
-    fn __set_output(&mut self, output: Option<Json>);
+    fn __set_output<T: Serialize + ?Sized>(&mut self, output: &T);
     /// Records an error: the output becomes `null` and metadata `Exceptions` the text.
     #[doc(hidden)]
-    fn __set_error(&mut self, error: String);
+    fn __set_error(&mut self, error: &dyn Display);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -105,8 +151,7 @@ pub trait OutputSink {
 pub struct StepGuard {
     open: Option<OpenStep>,
     entered: Option<Entered>,
-    output: Option<Json>,
-    error: Option<Box<str>>,
+    ending: Ending,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -128,8 +173,7 @@ impl StepGuard {
         StepGuard {
             open,
             entered,
-            output: None,
-            error: None,
+            ending: Ending::default(),
             _not_send: PhantomData,
         }
     }
@@ -142,7 +186,7 @@ impl StepGuard {
     /// Records the step's output.
     pub fn output<T: Serialize + ?Sized>(&mut self, output: &T) {
         if self.open.is_some() {
-            self.output = to_json(output);
+            self.ending.output(output);
         }
     }
 
@@ -150,7 +194,7 @@ impl StepGuard {
     /// the error's text.
     pub fn error(&mut self, error: &dyn Display) {
         if self.open.is_some() {
-            self.error = Some(error.to_string().into_boxed_str());
+            self.ending.error(error);
         }
     }
 
@@ -163,14 +207,16 @@ impl StepGuard {
 }
 
 impl OutputSink for StepGuard {
+    #[inline]
     fn __is_recording(&self) -> bool {
         self.open.is_some()
     }
-    fn __set_output(&mut self, output: Option<Json>) {
-        self.output = output;
+    #[inline]
+    fn __set_output<T: Serialize + ?Sized>(&mut self, output: &T) {
+        self.ending.output(output);
     }
-    fn __set_error(&mut self, error: String) {
-        self.error = Some(error.into_boxed_str());
+    fn __set_error(&mut self, error: &dyn Display) {
+        self.ending.error(error);
     }
 }
 
@@ -187,25 +233,11 @@ impl Drop for StepGuard {
 impl StepGuard {
     fn close(&mut self) {
         let Some(open) = self.open.take() else { return };
-        let end = Instant::now();
+        let end = clock::now();
         if let Some(e) = self.entered.take() {
             context::exit(e);
         }
-        let (status, error) = ending(std::thread::panicking(), self.error.take());
-        let output = if status == Status::Ok {
-            self.output.take()
-        } else {
-            None
-        };
-        context::close_step(
-            &open,
-            end,
-            Closing {
-                status,
-                output,
-                error,
-            },
-        );
+        self.ending.close(&open, end);
     }
 }
 
@@ -264,8 +296,7 @@ impl<F: Future> Instrumented<F> {
 #[must_use = "the step closes when this is dropped"]
 pub struct StepFinisher {
     open: Option<OpenStep>,
-    output: Option<Json>,
-    error: Option<Box<str>>,
+    ending: Ending,
 }
 
 impl std::fmt::Debug for StepFinisher {
@@ -284,35 +315,24 @@ impl StepFinisher {
 }
 
 impl OutputSink for StepFinisher {
+    #[inline]
     fn __is_recording(&self) -> bool {
         self.open.is_some()
     }
-    fn __set_output(&mut self, output: Option<Json>) {
-        self.output = output;
+    #[inline]
+    fn __set_output<T: Serialize + ?Sized>(&mut self, output: &T) {
+        self.ending.output(output);
     }
-    fn __set_error(&mut self, error: String) {
-        self.error = Some(error.into_boxed_str());
+    fn __set_error(&mut self, error: &dyn Display) {
+        self.ending.error(error);
     }
 }
 
 impl Drop for StepFinisher {
     fn drop(&mut self) {
-        let Some(open) = self.open.take() else { return };
-        let (status, error) = ending(std::thread::panicking(), self.error.take());
-        let output = if status == Status::Ok {
-            self.output.take()
-        } else {
-            None
-        };
-        context::close_step(
-            &open,
-            Instant::now(),
-            Closing {
-                status,
-                output,
-                error,
-            },
-        );
+        if let Some(open) = self.open.take() {
+            self.ending.close(&open, clock::now());
+        }
     }
 }
 
@@ -359,7 +379,7 @@ impl<F: Future> Future for Instrumented<F> {
                             output: None,
                             error: Some(panic_message()),
                         };
-                        context::close_step(&open, Instant::now(), closing);
+                        context::close_step(&open, clock::now(), closing);
                     }
                 }
             }
@@ -388,8 +408,7 @@ impl<F: Future> Future for Instrumented<F> {
                     v,
                     StepFinisher {
                         open,
-                        output: None,
-                        error: None,
+                        ending: Ending::default(),
                     },
                 ))
             }
@@ -406,7 +425,7 @@ impl<F> Drop for Instrumented<F> {
                 unsafe { ManuallyDrop::drop(&mut self.inner) };
                 context::exit(entered);
                 // After the inner future (and so its steps) is gone.
-                let end = Instant::now();
+                let end = clock::now();
                 let closing = Closing {
                     status: Status::Cancelled,
                     output: None,
@@ -536,7 +555,7 @@ impl StepBuilder {
         async move {
             let (out, mut fin) = inner.await;
             if fin.is_recording() {
-                fin.output = to_json(&out);
+                fin.ending.output(&out);
             }
             drop(fin);
             out

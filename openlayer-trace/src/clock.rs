@@ -1,0 +1,104 @@
+//! The clock of steps: monotonic nanoseconds as one `i64`, and the wall-clock time of a
+//! reading.
+//!
+//! A step reads the clock twice. `Instant` costs the same system call but then needs
+//! `Duration` arithmetic (about a hundred instructions) to become a number; on Linux this
+//! reads `CLOCK_MONOTONIC` (the clock behind `Instant`) and is one multiply-add. The wall
+//! clock is not read per trace: a reading's Unix time is its monotonic time plus an offset
+//! between the two clocks, measured again whenever it is older than [`WALL_REFRESH_NS`], so
+//! a change of the system time shows within that long.
+
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Nanoseconds on the monotonic clock, from an arbitrary origin.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[inline]
+pub(crate) fn now() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // `time_t` and `c_long` are 32 bits on some targets.
+    #[allow(clippy::useless_conversion)]
+    let (secs, nanos) = (i64::from(ts.tv_sec), i64::from(ts.tv_nsec));
+    secs.wrapping_mul(1_000_000_000).wrapping_add(nanos)
+}
+
+/// Nanoseconds on the monotonic clock, from an arbitrary origin.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[inline]
+pub(crate) fn now() -> i64 {
+    static ORIGIN: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    ORIGIN.elapsed().as_nanos() as i64
+}
+
+/// How old the measured offset between the wall clock and the monotonic clock may get.
+pub(crate) const WALL_REFRESH_NS: i64 = 100_000_000;
+
+/// Unix nanoseconds minus monotonic nanoseconds, as last measured.
+static WALL_OFFSET: AtomicI64 = AtomicI64::new(0);
+/// The monotonic time of that measurement (`i64::MIN`: never).
+static WALL_MEASURED: AtomicI64 = AtomicI64::new(i64::MIN);
+
+/// Unix time, in nanoseconds, of the monotonic reading `mono` (a recent one).
+#[inline]
+pub(crate) fn unix_ns(mono: i64) -> i128 {
+    let measured = WALL_MEASURED.load(Relaxed);
+    let offset = if measured == i64::MIN || mono.saturating_sub(measured) > WALL_REFRESH_NS {
+        measure_offset()
+    } else {
+        WALL_OFFSET.load(Relaxed)
+    };
+    i128::from(mono) + i128::from(offset)
+}
+
+#[cold]
+fn measure_offset() -> i64 {
+    let wall = unix_ns_of(SystemTime::now());
+    let mono = now();
+    let offset = (wall - i128::from(mono)) as i64;
+    WALL_OFFSET.store(offset, Relaxed);
+    WALL_MEASURED.store(mono, Relaxed);
+    offset
+}
+
+/// Nanoseconds since the Unix epoch (negative before it).
+pub(crate) fn unix_ns_of(t: SystemTime) -> i128 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn the_clock_is_monotonic_nanoseconds() {
+        let (a, i) = (now(), Instant::now());
+        std::thread::sleep(Duration::from_millis(20));
+        let (b, j) = (now(), Instant::now());
+        let ours = b - a;
+        let theirs = (j - i).as_nanos() as i64;
+        assert!(ours >= 20_000_000, "{ours}");
+        assert!((ours - theirs).abs() < 2_000_000, "{ours} vs {theirs}");
+    }
+
+    #[test]
+    fn unix_time_of_a_reading_is_the_wall_clock() {
+        let before = unix_ns_of(SystemTime::now());
+        let t = unix_ns(now());
+        let after = unix_ns_of(SystemTime::now());
+        // Within a millisecond of the wall clock (the offset may be up to 100 ms old).
+        assert!(
+            t >= before - 1_000_000 && t <= after + 1_000_000,
+            "{before} {t} {after}"
+        );
+    }
+}

@@ -1,0 +1,853 @@
+//! Recording values as JSON on the application's thread: a `serde` serializer whose output
+//! is byte for byte that of `serde_json`'s compact serializer, with a faster path for the
+//! common case of strings that need no escaping.
+//!
+//! `serde_json` checks a string for characters to escape one byte at a time, which made
+//! escaping the largest single cost of a traced call (arguments and outputs are mostly
+//! strings). Here a string is checked eight bytes at a time and, when nothing needs
+//! escaping, copied whole; any string that does need escaping, and every number, key and
+//! other primitive, is written by `serde_json` itself, so the output never differs.
+
+use serde::ser::{self, Impossible, Serialize, SerializeMap as _};
+use serde_json::Error;
+
+/// Appends the compact JSON of `value` to `out`. On error, what was written is left in
+/// `out` (the caller truncates).
+#[inline]
+pub(crate) fn to_vec<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), Error> {
+    value.serialize(Ser { out })
+}
+
+/// Appends `s` as a JSON string.
+#[inline]
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
+    if needs_escape(s.as_bytes()) {
+        // `serde_json` escapes exactly as it would on its own; writing to a `Vec` cannot fail.
+        let _ = serde::Serializer::serialize_str(&mut serde_json::Serializer::new(out), s);
+    } else {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
+
+/// Whether a string has a byte that JSON escapes: `"`, `\` or a control character.
+#[inline]
+fn needs_escape(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    /// Whether any byte of `w` is zero (exact, no false positives).
+    #[inline(always)]
+    fn has_zero(w: u64) -> bool {
+        w.wrapping_sub(ONES) & !w & HIGH != 0
+    }
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+        // Bytes below 0x20: `w - 0x20..` borrows into the high bit only for them (bytes
+        // of 0x80 and above have their own high bit set, which `!w` clears).
+        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
+        if control
+            || has_zero(w ^ (ONES * u64::from(b'"')))
+            || has_zero(w ^ (ONES * u64::from(b'\\')))
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&c| c < 0x20 || c == b'"' || c == b'\\')
+}
+
+/// Runs one of `serde_json`'s own methods on this buffer (numbers, bytes, `null`).
+macro_rules! by_serde_json {
+    ($out:expr, $method:ident $(, $arg:expr)*) => {
+        serde::Serializer::$method(&mut serde_json::Serializer::new($out) $(, $arg)*)
+    };
+}
+
+struct Ser<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+/// The name under which `serde_json`'s `RawValue` and arbitrary-precision `Number` serialize
+/// themselves: their one field is JSON text to write as it is.
+fn is_raw_token(name: &str) -> bool {
+    name == "$serde_json::private::RawValue" || name == "$serde_json::private::Number"
+}
+
+impl<'a> Ser<'a> {
+    /// `{"variant":` of an enum variant with content.
+    fn variant_key(&mut self, variant: &str) {
+        self.out.push(b'{');
+        write_str(self.out, variant);
+        self.out.push(b':');
+    }
+
+    fn compound(self, open: u8, close: &'static [u8]) -> Compound<'a> {
+        self.out.push(open);
+        Compound {
+            out: self.out,
+            first: true,
+            close,
+            raw: false,
+        }
+    }
+}
+
+impl<'a> ser::Serializer for Ser<'a> {
+    type Ok = ();
+    type Error = Error;
+    type SerializeSeq = Compound<'a>;
+    type SerializeTuple = Compound<'a>;
+    type SerializeTupleStruct = Compound<'a>;
+    type SerializeTupleVariant = Compound<'a>;
+    type SerializeMap = Compound<'a>;
+    type SerializeStruct = Compound<'a>;
+    type SerializeStructVariant = Compound<'a>;
+
+    fn serialize_bool(self, v: bool) -> Result<(), Error> {
+        self.out
+            .extend_from_slice(if v { b"true" } else { b"false" });
+        Ok(())
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), Error> {
+        by_serde_json!(self.out, serialize_i8, v)
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), Error> {
+        by_serde_json!(self.out, serialize_i16, v)
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), Error> {
+        by_serde_json!(self.out, serialize_i32, v)
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), Error> {
+        by_serde_json!(self.out, serialize_i64, v)
+    }
+    fn serialize_i128(self, v: i128) -> Result<(), Error> {
+        by_serde_json!(self.out, serialize_i128, v)
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), Error> {
+        by_serde_json!(self.out, serialize_u8, v)
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), Error> {
+        by_serde_json!(self.out, serialize_u16, v)
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), Error> {
+        by_serde_json!(self.out, serialize_u32, v)
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), Error> {
+        by_serde_json!(self.out, serialize_u64, v)
+    }
+    fn serialize_u128(self, v: u128) -> Result<(), Error> {
+        by_serde_json!(self.out, serialize_u128, v)
+    }
+    fn serialize_f32(self, v: f32) -> Result<(), Error> {
+        by_serde_json!(self.out, serialize_f32, v)
+    }
+    fn serialize_f64(self, v: f64) -> Result<(), Error> {
+        by_serde_json!(self.out, serialize_f64, v)
+    }
+    fn serialize_char(self, v: char) -> Result<(), Error> {
+        write_str(self.out, v.encode_utf8(&mut [0; 4]));
+        Ok(())
+    }
+    #[inline]
+    fn serialize_str(self, v: &str) -> Result<(), Error> {
+        write_str(self.out, v);
+        Ok(())
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), Error> {
+        by_serde_json!(self.out, serialize_bytes, v)
+    }
+    fn serialize_none(self) -> Result<(), Error> {
+        self.serialize_unit()
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Error> {
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<(), Error> {
+        self.out.extend_from_slice(b"null");
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<(), Error> {
+        self.serialize_unit()
+    }
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+    ) -> Result<(), Error> {
+        self.serialize_str(variant)
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        mut self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        self.variant_key(variant);
+        value.serialize(Ser { out: self.out })?;
+        self.out.push(b'}');
+        Ok(())
+    }
+    fn serialize_seq(self, _len: Option<usize>) -> Result<Compound<'a>, Error> {
+        Ok(self.compound(b'[', b"]"))
+    }
+    fn serialize_tuple(self, _len: usize) -> Result<Compound<'a>, Error> {
+        Ok(self.compound(b'[', b"]"))
+    }
+    fn serialize_tuple_struct(
+        self,
+        _name: &'static str,
+        _len: usize,
+    ) -> Result<Compound<'a>, Error> {
+        Ok(self.compound(b'[', b"]"))
+    }
+    fn serialize_tuple_variant(
+        mut self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Compound<'a>, Error> {
+        self.variant_key(variant);
+        Ok(self.compound(b'[', b"]}"))
+    }
+    fn serialize_map(self, _len: Option<usize>) -> Result<Compound<'a>, Error> {
+        Ok(self.compound(b'{', b"}"))
+    }
+    fn serialize_struct(self, name: &'static str, _len: usize) -> Result<Compound<'a>, Error> {
+        if is_raw_token(name) {
+            return Ok(Compound {
+                out: self.out,
+                first: true,
+                close: b"",
+                raw: true,
+            });
+        }
+        Ok(self.compound(b'{', b"}"))
+    }
+    fn serialize_struct_variant(
+        mut self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Compound<'a>, Error> {
+        self.variant_key(variant);
+        Ok(self.compound(b'{', b"}}"))
+    }
+}
+
+/// An array or object being written.
+struct Compound<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+    /// What ends it: `]`, `}`, or those plus the `}` of an enum variant.
+    close: &'static [u8],
+    /// A `serde_json` raw value: its field is written as it is.
+    raw: bool,
+}
+
+impl Compound<'_> {
+    #[inline]
+    fn separator(&mut self) {
+        if self.first {
+            self.first = false;
+        } else {
+            self.out.push(b',');
+        }
+    }
+
+    #[inline]
+    fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.separator();
+        value.serialize(Ser { out: self.out })
+    }
+
+    #[inline]
+    fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), Error> {
+        if self.raw {
+            return value.serialize(RawText { out: self.out });
+        }
+        self.separator();
+        write_str(self.out, key);
+        self.out.push(b':');
+        value.serialize(Ser { out: self.out })
+    }
+
+    #[inline]
+    fn end(self) -> Result<(), Error> {
+        self.out.extend_from_slice(self.close);
+        Ok(())
+    }
+}
+
+impl ser::SerializeSeq for Compound<'_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), Error> {
+        Compound::end(self)
+    }
+}
+
+impl ser::SerializeTuple for Compound<'_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), Error> {
+        Compound::end(self)
+    }
+}
+
+impl ser::SerializeTupleStruct for Compound<'_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), Error> {
+        Compound::end(self)
+    }
+}
+
+impl ser::SerializeTupleVariant for Compound<'_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), Error> {
+        Compound::end(self)
+    }
+}
+
+impl ser::SerializeMap for Compound<'_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Error> {
+        self.separator();
+        key.serialize(KeySer { out: self.out })?;
+        self.out.push(b':');
+        Ok(())
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        value.serialize(Ser { out: self.out })
+    }
+    fn end(self) -> Result<(), Error> {
+        Compound::end(self)
+    }
+}
+
+impl ser::SerializeStruct for Compound<'_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        self.field(key, value)
+    }
+    fn end(self) -> Result<(), Error> {
+        Compound::end(self)
+    }
+}
+
+impl ser::SerializeStructVariant for Compound<'_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        self.field(key, value)
+    }
+    fn end(self) -> Result<(), Error> {
+        Compound::end(self)
+    }
+}
+
+/// Writes a map key exactly as `serde_json` does (a number or a `bool` becomes a string;
+/// a key that is not a string, a number, a `bool` or a unit variant is an error), by letting
+/// `serde_json` write it as the key of a map of its own and keeping only the key.
+fn key_by_serde_json<K: Serialize + ?Sized>(out: &mut Vec<u8>, key: &K) -> Result<(), Error> {
+    let mark = out.len();
+    let mut ser = serde_json::Serializer::new(&mut *out);
+    let mut map = serde::Serializer::serialize_map(&mut ser, None)?;
+    map.serialize_key(key)?;
+    // Not ended: drop the `{` it opened with.
+    out.remove(mark);
+    Ok(())
+}
+
+/// The serializer of map keys: strings directly, anything else as `serde_json` would.
+struct KeySer<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+macro_rules! key_via_serde_json {
+    ($($method:ident($ty:ty)),* $(,)?) => {$(
+        fn $method(self, v: $ty) -> Result<(), Error> {
+            key_by_serde_json(self.out, &v)
+        }
+    )*};
+}
+
+/// The error `serde_json` gives for a key that cannot be a JSON object key.
+fn key_error(out: &mut Vec<u8>) -> Error {
+    let mark = out.len();
+    let e = key_by_serde_json(out, &()).err();
+    out.truncate(mark);
+    e.unwrap_or_else(|| ser::Error::custom("key must be a string"))
+}
+
+impl ser::Serializer for KeySer<'_> {
+    type Ok = ();
+    type Error = Error;
+    type SerializeSeq = Impossible<(), Error>;
+    type SerializeTuple = Impossible<(), Error>;
+    type SerializeTupleStruct = Impossible<(), Error>;
+    type SerializeTupleVariant = Impossible<(), Error>;
+    type SerializeMap = Impossible<(), Error>;
+    type SerializeStruct = Impossible<(), Error>;
+    type SerializeStructVariant = Impossible<(), Error>;
+
+    key_via_serde_json!(
+        serialize_bool(bool),
+        serialize_i8(i8),
+        serialize_i16(i16),
+        serialize_i32(i32),
+        serialize_i64(i64),
+        serialize_i128(i128),
+        serialize_u8(u8),
+        serialize_u16(u16),
+        serialize_u32(u32),
+        serialize_u64(u64),
+        serialize_u128(u128),
+        serialize_f32(f32),
+        serialize_f64(f64),
+        serialize_char(char),
+    );
+
+    #[inline]
+    fn serialize_str(self, v: &str) -> Result<(), Error> {
+        write_str(self.out, v);
+        Ok(())
+    }
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+    ) -> Result<(), Error> {
+        self.serialize_str(variant)
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        value.serialize(self)
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Error> {
+        value.serialize(self)
+    }
+    fn serialize_bytes(self, _v: &[u8]) -> Result<(), Error> {
+        Err(key_error(self.out))
+    }
+    fn serialize_none(self) -> Result<(), Error> {
+        Err(key_error(self.out))
+    }
+    fn serialize_unit(self) -> Result<(), Error> {
+        Err(key_error(self.out))
+    }
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<(), Error> {
+        Err(key_error(self.out))
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        _value: &T,
+    ) -> Result<(), Error> {
+        Err(key_error(self.out))
+    }
+    fn serialize_seq(self, _len: Option<usize>) -> Result<Self::SerializeSeq, Error> {
+        Err(key_error(self.out))
+    }
+    fn serialize_tuple(self, _len: usize) -> Result<Self::SerializeTuple, Error> {
+        Err(key_error(self.out))
+    }
+    fn serialize_tuple_struct(
+        self,
+        _name: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeTupleStruct, Error> {
+        Err(key_error(self.out))
+    }
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeTupleVariant, Error> {
+        Err(key_error(self.out))
+    }
+    fn serialize_map(self, _len: Option<usize>) -> Result<Self::SerializeMap, Error> {
+        Err(key_error(self.out))
+    }
+    fn serialize_struct(
+        self,
+        _name: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeStruct, Error> {
+        Err(key_error(self.out))
+    }
+    fn serialize_struct_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeStructVariant, Error> {
+        Err(key_error(self.out))
+    }
+}
+
+/// The field of a `serde_json` raw value: JSON text, written as it is. Only a string is
+/// expected; anything else is written as JSON.
+struct RawText<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+macro_rules! raw_as_json {
+    ($($method:ident($ty:ty)),* $(,)?) => {$(
+        fn $method(self, v: $ty) -> Result<(), Error> {
+            Ser { out: self.out }.$method(v)
+        }
+    )*};
+}
+
+impl<'a> ser::Serializer for RawText<'a> {
+    type Ok = ();
+    type Error = Error;
+    type SerializeSeq = Compound<'a>;
+    type SerializeTuple = Compound<'a>;
+    type SerializeTupleStruct = Compound<'a>;
+    type SerializeTupleVariant = Compound<'a>;
+    type SerializeMap = Compound<'a>;
+    type SerializeStruct = Compound<'a>;
+    type SerializeStructVariant = Compound<'a>;
+
+    fn serialize_str(self, v: &str) -> Result<(), Error> {
+        self.out.extend_from_slice(v.as_bytes());
+        Ok(())
+    }
+
+    raw_as_json!(
+        serialize_bool(bool),
+        serialize_i8(i8),
+        serialize_i16(i16),
+        serialize_i32(i32),
+        serialize_i64(i64),
+        serialize_i128(i128),
+        serialize_u8(u8),
+        serialize_u16(u16),
+        serialize_u32(u32),
+        serialize_u64(u64),
+        serialize_u128(u128),
+        serialize_f32(f32),
+        serialize_f64(f64),
+        serialize_char(char),
+        serialize_bytes(&[u8]),
+    );
+
+    fn serialize_none(self) -> Result<(), Error> {
+        Ser { out: self.out }.serialize_none()
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Error> {
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<(), Error> {
+        Ser { out: self.out }.serialize_unit()
+    }
+    fn serialize_unit_struct(self, name: &'static str) -> Result<(), Error> {
+        Ser { out: self.out }.serialize_unit_struct(name)
+    }
+    fn serialize_unit_variant(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+    ) -> Result<(), Error> {
+        Ser { out: self.out }.serialize_unit_variant(name, index, variant)
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        Ser { out: self.out }.serialize_newtype_variant(name, index, variant, value)
+    }
+    fn serialize_seq(self, len: Option<usize>) -> Result<Compound<'a>, Error> {
+        Ser { out: self.out }.serialize_seq(len)
+    }
+    fn serialize_tuple(self, len: usize) -> Result<Compound<'a>, Error> {
+        Ser { out: self.out }.serialize_tuple(len)
+    }
+    fn serialize_tuple_struct(self, name: &'static str, len: usize) -> Result<Compound<'a>, Error> {
+        Ser { out: self.out }.serialize_tuple_struct(name, len)
+    }
+    fn serialize_tuple_variant(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Compound<'a>, Error> {
+        Ser { out: self.out }.serialize_tuple_variant(name, index, variant, len)
+    }
+    fn serialize_map(self, len: Option<usize>) -> Result<Compound<'a>, Error> {
+        Ser { out: self.out }.serialize_map(len)
+    }
+    fn serialize_struct(self, name: &'static str, len: usize) -> Result<Compound<'a>, Error> {
+        Ser { out: self.out }.serialize_struct(name, len)
+    }
+    fn serialize_struct_variant(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Compound<'a>, Error> {
+        Ser { out: self.out }.serialize_struct_variant(name, index, variant, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
+    use serde::Serialize;
+    use serde_json::json;
+
+    use super::*;
+
+    /// Our output against `serde_json::to_string`, for the value and its error.
+    fn same<T: Serialize + ?Sized>(value: &T) {
+        let mut ours = Vec::new();
+        let r = to_vec(&mut ours, value);
+        match serde_json::to_string(value) {
+            Ok(theirs) => {
+                assert!(r.is_ok(), "we failed where serde_json gave {theirs}: {r:?}");
+                assert_eq!(String::from_utf8(ours).unwrap(), theirs);
+            }
+            Err(e) => {
+                let ours = r.expect_err("serde_json failed, we did not");
+                assert_eq!(ours.to_string(), e.to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn strings_match_serde_json_byte_for_byte() {
+        let mut cases: Vec<String> = vec![
+            String::new(),
+            "a".into(),
+            "What is the capital of France?".into(),
+            "exactly8".into(),
+            "sixteen bytes!!!".into(),
+            "quote \" in the middle of a long string".into(),
+            "back\\slash".into(),
+            "tab\tnew\nline\rcr".into(),
+            "\u{0}\u{1}\u{1f}\u{7f}".into(),
+            "é, ü, 日本語, emoji 🦀, and \u{2028}".into(),
+            "\u{80}\u{ff}\u{100}".into(),
+            "/ is not escaped".into(),
+        ];
+        // Every byte value below 0x80 at every position of a 17-byte string.
+        for c in 0u8..0x80 {
+            for pos in 0..17 {
+                let mut s = vec![b'x'; 17];
+                s[pos] = c;
+                cases.push(String::from_utf8(s).unwrap());
+            }
+        }
+        for s in &cases {
+            same(s.as_str());
+            same(&s.chars().next());
+        }
+    }
+
+    #[test]
+    fn values_of_every_shape_match_serde_json() {
+        #[derive(Serialize)]
+        struct Unit;
+        #[derive(Serialize)]
+        struct Newtype(String);
+        #[derive(Serialize)]
+        struct Tuple(u8, &'static str);
+        #[derive(Serialize)]
+        struct Fields {
+            name: &'static str,
+            tags: Vec<&'static str>,
+            score: f64,
+            none: Option<u8>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            skipped: Option<u8>,
+            nested: BTreeMap<String, Vec<i64>>,
+        }
+        #[derive(Serialize)]
+        enum E {
+            Unit,
+            Newtype(u32),
+            Tuple(i8, String),
+            Struct { a: bool, b: &'static str },
+        }
+        same(&Unit);
+        same(&Newtype("n\"t".into()));
+        same(&Tuple(7, "t"));
+        same(&Fields {
+            name: "f",
+            tags: vec!["a", "b\n"],
+            score: 0.1 + 0.2,
+            none: None,
+            skipped: None,
+            nested: BTreeMap::from([("k\u{1}".into(), vec![-1, 0, i64::MAX])]),
+        });
+        same(&[
+            E::Unit,
+            E::Newtype(1),
+            E::Tuple(-3, "x".into()),
+            E::Struct { a: true, b: "y" },
+        ]);
+        same(&Vec::<u8>::new());
+        same(&(
+            1u8,
+            -2i16,
+            3u32,
+            -4i64,
+            5u128,
+            -6i128,
+            1.5f32,
+            f64::NAN,
+            f64::INFINITY,
+        ));
+        same(&((), Some(()), None::<u8>, 'c', '"', true, false));
+        same(&serde_bytes_like());
+        same(&json!({"z": 1, "a": [null, true, 2.5, "s"], "o": {"k": {}}, "e": []}));
+    }
+
+    /// `&[u8]` through `serialize_bytes`.
+    fn serde_bytes_like() -> impl Serialize {
+        struct Bytes;
+        impl Serialize for Bytes {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(b"\x00\x01ab")
+            }
+        }
+        Bytes
+    }
+
+    #[test]
+    fn map_keys_match_serde_json_including_errors() {
+        #[derive(Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        enum K {
+            Alpha,
+        }
+        #[derive(Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        struct Wrapped(u16);
+        same(&BTreeMap::from([(1i32, "a"), (-2, "b")]));
+        same(&BTreeMap::from([(u128::MAX, 1)]));
+        same(&BTreeMap::from([(true, 1), (false, 2)]));
+        same(&BTreeMap::from([('k', 1)]));
+        same(&BTreeMap::from([(K::Alpha, 1)]));
+        same(&BTreeMap::from([(Wrapped(9), 1)]));
+        same(&BTreeMap::from([(Some("s"), 1)]));
+        same(&HashMap::from([("quote\"d", 1)]));
+        // Errors, with serde_json's messages.
+        same(&BTreeMap::from([(vec![1], 1)]));
+        same(&BTreeMap::from([((), 1)]));
+        same(&BTreeMap::from([(None::<u8>, 1)]));
+        let mut floats = Vec::new();
+        floats.push((1.5f64, 1));
+        same(&floats.iter().cloned().collect::<FloatMap>());
+        floats.push((f64::NAN, 2));
+        same(&floats.iter().cloned().collect::<FloatMap>());
+    }
+
+    /// A map with `f64` keys (not `Ord`), in insertion order.
+    struct FloatMap(Vec<(f64, i32)>);
+    impl FromIterator<(f64, i32)> for FloatMap {
+        fn from_iter<I: IntoIterator<Item = (f64, i32)>>(iter: I) -> Self {
+            FloatMap(iter.into_iter().collect())
+        }
+    }
+    impl Serialize for FloatMap {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+        }
+    }
+
+    #[test]
+    fn collect_str_and_errors_from_serialize_impls() {
+        struct Displayed;
+        impl Serialize for Displayed {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(&format_args!("a{}\"b", 1))
+            }
+        }
+        same(&Displayed);
+        struct Fails;
+        impl Serialize for Fails {
+            fn serialize<S: serde::Serializer>(&self, _s: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("refused"))
+            }
+        }
+        same(&Fails);
+        same(&vec![Some(Fails)]);
+    }
+
+    #[test]
+    fn the_escape_check_has_no_false_negatives() {
+        for len in 0..24 {
+            for pos in 0..len {
+                for c in 0u8..=0xff {
+                    let mut b = vec![b'a'; len];
+                    b[pos] = c;
+                    let expect = c < 0x20 || c == b'"' || c == b'\\';
+                    assert_eq!(needs_escape(&b), expect, "byte {c:#x} at {pos} of {len}");
+                }
+            }
+        }
+    }
+}
