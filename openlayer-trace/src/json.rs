@@ -33,32 +33,44 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Whether a string has a byte that JSON escapes: `"`, `\` or a control character.
+/// Eight bytes at a time; the last word overlaps the one before it, and a string shorter
+/// than a word is padded with a byte that needs no escaping.
 #[inline]
 fn needs_escape(b: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    /// Whether any byte of `w` is zero (exact, no false positives).
-    #[inline(always)]
-    fn has_zero(w: u64) -> bool {
-        w.wrapping_sub(ONES) & !w & HIGH != 0
+    let n = b.len();
+    if n < 8 {
+        let mut w = [b'a'; 8];
+        w[..n].copy_from_slice(b);
+        return word_needs_escape(u64::from_le_bytes(w));
     }
-    let mut chunks = b.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
-        // Bytes below 0x20: `w - 0x20..` borrows into the high bit only for them (bytes
-        // of 0x80 and above have their own high bit set, which `!w` clears).
-        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
-        if control
-            || has_zero(w ^ (ONES * u64::from(b'"')))
-            || has_zero(w ^ (ONES * u64::from(b'\\')))
-        {
+    let word = |i: usize| {
+        let mut w = [0; 8];
+        w.copy_from_slice(&b[i..i + 8]);
+        u64::from_le_bytes(w)
+    };
+    let mut i = 0;
+    while i + 8 <= n {
+        if word_needs_escape(word(i)) {
             return true;
         }
+        i += 8;
     }
-    chunks
-        .remainder()
-        .iter()
-        .any(|&c| c < 0x20 || c == b'"' || c == b'\\')
+    i < n && word_needs_escape(word(n - 8))
+}
+
+/// Whether a byte of `w` is `"`, `\` or below 0x20. Exact: `(x - 0x01..) & !x & 0x80..` is
+/// non-zero only if a byte of `x` is zero (the borrow that could flag a neighbour starts at
+/// a zero byte), and `(w - 0x20..) & !w & 0x80..` only if a byte of `w` is below 0x20.
+#[inline(always)]
+fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let quote = w ^ (ONES * u64::from(b'"'));
+    let backslash = w ^ (ONES * u64::from(b'\\'));
+    let control = w.wrapping_sub(ONES * 0x20) & !w;
+    let quote = quote.wrapping_sub(ONES) & !quote;
+    let backslash = backslash.wrapping_sub(ONES) & !backslash;
+    (control | quote | backslash) & HIGH != 0
 }
 
 /// Runs one of `serde_json`'s own methods on this buffer (numbers, bytes, `null`).
