@@ -235,6 +235,9 @@ fn report_delivery(variant: &str) {
     let slot = GUARD.lock().unwrap();
     if let Some(g) = slot.as_ref() {
         let s = g.stats();
+        if s.enqueued == 0 {
+            return;
+        }
         println!(
             "{variant}: traces handed off {}, encoded and written {}, dropped {} (queue full {}), \
              pending {}; flushing after the samples took {:.0} % of the timed time",
@@ -516,6 +519,117 @@ fn config() -> Criterion {
         .configure_from_args()
 }
 
+// ---------------------------------------------------------------------------------------
+// Paired rounds: the variants interleaved, so that a change of load hits all of them
+
+/// Rounds of the paired comparison.
+const ROUNDS: usize = 300;
+
+/// Nanoseconds per call of `f`, over one chunk of calls.
+fn per_call(mut f: impl FnMut() -> String) -> f64 {
+    let start = Instant::now();
+    for _ in 0..CHUNK {
+        black_box(f());
+    }
+    start.elapsed().as_nanos() as f64 / CHUNK as f64
+}
+
+fn median_of(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The comparison with fastrace, measured in rounds: each round times one chunk of each
+/// variant back to back (our worker and fastrace's collector are flushed untimed after
+/// their chunk), and the ratios are taken within a round. Criterion runs one variant after
+/// the other for seconds each, so on a shared machine a change of load between two
+/// variants skews their ratio; here it hits every variant of a round alike. Prints the
+/// medians over the rounds.
+fn paired() {
+    install(false);
+    let (q, k) = (|| black_box(QUESTION), || black_box(K));
+    let names = [
+        "untraced",
+        "ours_sync",
+        "fastrace",
+        "fastrace_in_root",
+        "tracing",
+        "serde_json_args",
+    ];
+    let mut rows: Vec<[f64; 6]> = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let untraced = per_call(|| untraced::l1(q(), k()));
+        let ours = per_call(|| ours::l1(q(), k()));
+        settle();
+        let fr = per_call(|| with_fastrace::l1(q(), k()));
+        fastrace::flush();
+        let fr_root = with_fastrace::in_one_root(CHUNK).as_nanos() as f64 / CHUNK as f64;
+        fastrace::flush();
+        let tr = per_call(|| with_tracing::l1(q(), k()));
+        let args = per_call(|| {
+            serde_json::to_string(&Args {
+                question: q(),
+                k: k(),
+            })
+            .unwrap_or_default()
+        });
+        rows.push([untraced, ours, fr, fr_root, tr, args]);
+    }
+    drop(GUARD.lock().unwrap().take());
+    println!();
+    println!(
+        "paired: {ROUNDS} rounds of {CHUNK} calls of each variant, interleaved; medians over the rounds"
+    );
+    println!();
+    println!("| variant | ns / call |");
+    println!("| --- | ---: |");
+    for (i, name) in names.iter().enumerate() {
+        println!(
+            "| {name} | {:.1} |",
+            median_of(rows.iter().map(|r| r[i]).collect())
+        );
+    }
+    let per_call_ratio = median_of(
+        rows.iter()
+            .map(|[u, o, f, _, _, a]| (o - u) / (f - u + DEPTH * a))
+            .collect(),
+    );
+    let in_root_ratio = median_of(
+        rows.iter()
+            .map(|[u, o, _, fr, _, a]| ((o - u) / DEPTH) / ((fr - u) / DEPTH + a))
+            .collect(),
+    );
+    let tracing_ratio = median_of(
+        rows.iter()
+            .map(|[u, o, _, _, t, _]| (o - u) / (t - u))
+            .collect(),
+    );
+    let step = median_of(rows.iter().map(|[u, o, ..]| (o - u) / DEPTH).collect());
+    println!();
+    println!("- our step (median over the rounds): {step:.1} ns");
+    println!(
+        "- ours / (fastrace + serde_json of the args), a root per call: median ratio {per_call_ratio:.2} (target <= 2)"
+    );
+    println!(
+        "- our step / (a fastrace span in an open root + serde_json of the args): median ratio {in_root_ratio:.2} (target <= 2)"
+    );
+    println!("- ours / tracing's #[instrument]: median ratio {tracing_ratio:.2}");
+}
+
+/// Whether the command line selects the paired comparison (no filter, or one that names
+/// it), and is not a profiling or listing run.
+fn paired_selected() -> bool {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args
+        .iter()
+        .any(|a| a == "--profile-time" || a == "--list" || a == "--test")
+    {
+        return false;
+    }
+    let filter = args.iter().rfind(|a| !a.starts_with("--"));
+    filter.is_none_or(|f| "paired".contains(f.as_str()) || f.contains("paired"))
+}
+
 fn main() {
     let started = std::time::SystemTime::now();
     let mut c = config();
@@ -523,4 +637,7 @@ fn main() {
     floor(&mut c);
     c.final_summary();
     summary(started);
+    if paired_selected() {
+        paired();
+    }
 }

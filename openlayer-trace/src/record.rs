@@ -266,19 +266,37 @@ impl TraceState {
 
 type Buffers = (Vec<StepRecord>, String);
 
-static POOL: Mutex<Vec<Buffers>> = Mutex::new(Vec::new());
+/// The buffers kept for reuse, and the bytes they hold.
+struct Pool {
+    free: Vec<Buffers>,
+    bytes: usize,
+}
 
-/// Most buffer pairs kept for reuse.
-const POOL_MAX: usize = 512;
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    free: Vec::new(),
+    bytes: 0,
+});
+
+/// Most bytes of buffers kept for reuse. The worker hands buffers back after a drain, and
+/// it drains once a millisecond: an application completing a trace a microsecond has a
+/// thousand traces' buffers out at a time, and each one it cannot reuse is allocated on
+/// its own thread and freed on the worker's.
+const POOL_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Buffers that grew beyond these are freed rather than kept.
 const STEPS_KEEP: usize = 256;
 const TEXT_KEEP: usize = 64 * 1024;
+
+/// The bytes a step list and text buffer hold.
+fn buffer_bytes(b: &Buffers) -> usize {
+    b.0.capacity() * std::mem::size_of::<StepRecord>() + b.1.capacity()
+}
 
 /// A step list and text buffer for a new trace: reused ones if the pool has any (and is
 /// not busy), else fresh ones.
 fn reused_buffers() -> Buffers {
     if let Ok(mut pool) = POOL.try_lock() {
-        if let Some(b) = pool.pop() {
+        if let Some(b) = pool.free.pop() {
+            pool.bytes -= buffer_bytes(&b);
             return b;
         }
     }
@@ -296,9 +314,12 @@ pub(crate) fn recycle(state: &mut TraceState) {
     }
     steps.clear();
     text.clear();
+    let b = (steps, text);
+    let bytes = buffer_bytes(&b);
     let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    if pool.len() < POOL_MAX {
-        pool.push((steps, text));
+    if pool.bytes + bytes <= POOL_MAX_BYTES {
+        pool.bytes += bytes;
+        pool.free.push(b);
     }
 }
 
