@@ -37,6 +37,19 @@ fn body_text(r: &Request) -> String {
     String::from_utf8(r.body.clone()).unwrap()
 }
 
+/// The status, message and request of an `Error::Api`; any other error fails the test.
+fn api_error(err: &Error) -> (u16, &str, &str) {
+    let Error::Api {
+        status,
+        message,
+        request,
+    } = err
+    else {
+        panic!("expected Error::Api, got {err:?}");
+    };
+    (*status, message, request)
+}
+
 /// A fresh directory under the system's temp dir, removed on drop.
 struct TempDir(PathBuf);
 
@@ -611,6 +624,185 @@ async fn load_or_create_loads_without_creating() {
     assert_eq!(p.id, "i1");
 }
 
+// ---- paging ---------------------------------------------------------------------------
+
+/// A query parameter of a recorded request.
+fn query(r: &Request, name: &str) -> Option<String> {
+    r.url
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A list endpoint holding `total` items `{"id": "<prefix><n>", "name": "item <n>"}`,
+/// answering `page` (from 1) and `perPage` as the platform does; `None` is no end.
+fn paged(prefix: &'static str, total: Option<usize>) -> impl Fn(&Request) -> ResponseTemplate {
+    move |r: &Request| {
+        let page: usize = query(r, "page").unwrap().parse().unwrap();
+        let per_page: usize = query(r, "perPage").unwrap().parse().unwrap();
+        let start = (page - 1) * per_page;
+        let end = total.map_or(start + per_page, |t| t.min(start + per_page));
+        let items: Vec<Value> = (start..end.max(start))
+            .map(|n| json!({"id": format!("{prefix}{n}"), "name": format!("item {n}")}))
+            .collect();
+        ResponseTemplate::new(200).set_body_json(json!({"items": items}))
+    }
+}
+
+/// The `page` parameter of every request, in order.
+async fn pages_asked(server: &MockServer) -> Vec<u32> {
+    requests(server)
+        .await
+        .iter()
+        .map(|r| query(r, "page").unwrap().parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn list_projects_reads_every_page() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/projects"))
+        .and(query_param("name", "Chat"))
+        .and(query_param(
+            "perPage",
+            Client::LIST_PER_PAGE.to_string().as_str(),
+        ))
+        .respond_with(paged("p", Some(250)))
+        .mount(&server)
+        .await;
+    let projects = client(&server).list_projects(Some("Chat")).await.unwrap();
+    let ids: Vec<String> = projects.into_iter().map(|p| p.id).collect();
+    let expected: Vec<String> = (0..250).map(|n| format!("p{n}")).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(pages_asked(&server).await, [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn an_empty_page_ends_a_list_of_full_pages() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/projects/p1/inference-pipelines"))
+        .respond_with(paged("i", Some(200)))
+        .mount(&server)
+        .await;
+    let pipelines = client(&server)
+        .list_inference_pipelines("p1", None)
+        .await
+        .unwrap();
+    assert_eq!(pipelines.len(), 200);
+    assert_eq!(pipelines[199].id, "i199");
+    assert!(
+        pipelines
+            .iter()
+            .all(|p| p.project_id.as_deref() == Some("p1"))
+    );
+    assert_eq!(pages_asked(&server).await, [1, 2, 3]);
+    for r in requests(&server).await {
+        assert_eq!(query(&r, "name"), None);
+    }
+}
+
+#[tokio::test]
+async fn a_list_that_never_ends_fails_at_the_bound() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/projects"))
+        .respond_with(paged("p", None))
+        .mount(&server)
+        .await;
+    let err = client(&server).list_projects(None).await.unwrap_err();
+    let (status, message, request) = api_error(&err);
+    assert_eq!(status, 200);
+    assert!(message.contains("did not end"), "{message}");
+    let last = Client::LIST_MAX_PAGES;
+    assert!(request.contains(&format!("page={last}&")), "{request}");
+    let expected: Vec<u32> = (1..=last).collect();
+    assert_eq!(pages_asked(&server).await, expected);
+}
+
+#[tokio::test]
+async fn a_server_that_ignores_the_page_is_caught_at_once() {
+    let server = MockServer::start().await;
+    let full: Vec<Value> = (0..Client::LIST_PER_PAGE)
+        .map(|n| json!({"id": format!("p{n}"), "name": "same"}))
+        .collect();
+    Mock::given(method("GET"))
+        .and(path("/v1/projects"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"items": full})))
+        .mount(&server)
+        .await;
+    let err = client(&server).list_projects(None).await.unwrap_err();
+    let (status, message, _) = api_error(&err);
+    assert_eq!(status, 200);
+    assert!(message.contains("page 2 repeats page 1"), "{message}");
+    assert_eq!(pages_asked(&server).await, [1, 2]);
+}
+
+#[tokio::test]
+async fn a_server_that_does_not_page_is_read_once() {
+    let server = MockServer::start().await;
+    let more: Vec<Value> = (0..=Client::LIST_PER_PAGE)
+        .map(|n| json!({"id": format!("p{n}"), "name": "x"}))
+        .collect();
+    Mock::given(method("GET"))
+        .and(path("/v1/projects"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"items": more})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let projects = client(&server).list_projects(None).await.unwrap();
+    assert_eq!(projects.len(), Client::LIST_PER_PAGE as usize + 1);
+}
+
+#[tokio::test]
+async fn one_page_at_a_time() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/projects"))
+        .respond_with(paged("p", Some(25)))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v1/projects/p%2F1/inference-pipelines"))
+        .respond_with(paged("i", Some(3)))
+        .mount(&server)
+        .await;
+    let c = client(&server);
+    let page = c.list_projects_page(Some("Chat"), 2, 10).await.unwrap();
+    let ids: Vec<&str> = page.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, (10..20).map(|n| format!("p{n}")).collect::<Vec<_>>());
+    let last = c.list_projects_page(None, 3, 10).await.unwrap();
+    assert_eq!(last.len(), 5);
+    let past = c.list_projects_page(None, 4, 10).await.unwrap();
+    assert!(past.is_empty());
+    let pipelines = c
+        .list_inference_pipelines_page("p/1", None, 1, 2)
+        .await
+        .unwrap();
+    assert_eq!(pipelines.len(), 2);
+    assert_eq!(pipelines[1].project_id.as_deref(), Some("p/1"));
+
+    let reqs = requests(&server).await;
+    assert_eq!(
+        reqs[0].url.query(),
+        Some("name=Chat&page=2&perPage=10"),
+        "the name filter, then the page"
+    );
+    assert_eq!(reqs.len(), 4);
+
+    for e in [
+        c.list_projects_page(None, 0, 10).await.unwrap_err(),
+        c.list_projects_page(None, 1, 0).await.unwrap_err(),
+        c.list_inference_pipelines_page("", None, 1, 10)
+            .await
+            .unwrap_err(),
+    ] {
+        assert!(matches!(&e, Error::InvalidInput(_)), "{e:?}");
+    }
+    assert_eq!(requests(&server).await.len(), 4);
+}
+
 // ---- bulk -----------------------------------------------------------------------------
 
 /// Mounts the presigned-URL endpoint (pointing the upload at the same server), the
@@ -935,6 +1127,10 @@ async fn local_mode_writes_the_file_and_refuses_reads() {
         c.delete_row(&p.id, "a").await.unwrap_err(),
         c.list_projects(None).await.unwrap_err(),
         c.list_inference_pipelines("p", None).await.unwrap_err(),
+        c.list_projects_page(None, 1, 10).await.unwrap_err(),
+        c.list_inference_pipelines_page("p", None, 1, 10)
+            .await
+            .unwrap_err(),
         c.create_project("x", TaskType::LlmBase, None)
             .await
             .unwrap_err(),
