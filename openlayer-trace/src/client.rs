@@ -181,10 +181,7 @@ impl Client {
         row: &Value,
         config: Option<RowUpdateConfig>,
     ) -> Result<(), Error> {
-        let local = self.is_local();
-        if !local {
-            require_id("pipeline id", pipeline_id)?;
-        }
+        self.check_pipeline_id(pipeline_id)?;
         let config = config.filter(|c| !c.is_empty());
         let map = check_row_update(inference_id, row, config.as_ref())?;
         match &self.inner.backend {
@@ -275,14 +272,9 @@ impl Client {
         config: &C,
         rows: &[Value],
     ) -> Result<(), Error> {
-        if !self.is_local() {
-            require_id("pipeline id", pipeline_id)?;
-        }
-        configs::validate_rows(config, rows)?;
-        if rows.is_empty() {
+        let Some(config) = self.prepare_rows(pipeline_id, config, rows)? else {
             return Ok(());
-        }
-        let config = config.to_json();
+        };
         match &self.inner.backend {
             Backend::Local(path) => {
                 localfile::append(path, &[stream_line(pipeline_id, config, rows.iter())])
@@ -504,6 +496,30 @@ impl Client {
         );
         self.create_inference_pipeline(&project.id, pipeline_name, None)
             .await
+    }
+
+    /// Checks the pipeline id of a call that writes data: it must not be empty, except in
+    /// local mode, where a line without one is kept for `openlayer push --pipeline-id`.
+    fn check_pipeline_id(&self, pipeline_id: &str) -> Result<(), Error> {
+        if self.is_local() {
+            Ok(())
+        } else {
+            require_id("pipeline id", pipeline_id)
+        }
+    }
+
+    /// Checks a call that sends `rows` with `config`, before anything is sent: the
+    /// pipeline id, the config and every row. Returns the config as sent, or `None` when
+    /// there are no rows and so nothing to send.
+    fn prepare_rows<C: StreamConfig + ?Sized>(
+        &self,
+        pipeline_id: &str,
+        config: &C,
+        rows: &[Value],
+    ) -> Result<Option<Map<String, Value>>, Error> {
+        self.check_pipeline_id(pipeline_id)?;
+        configs::validate_rows(config, rows)?;
+        Ok((!rows.is_empty()).then(|| config.to_json()))
     }
 
     fn remote(&self, what: &str) -> Result<&Transport, Error> {

@@ -90,14 +90,9 @@ impl Client {
         config: &C,
         rows: &[Value],
     ) -> Result<(), Error> {
-        if !self.is_local() {
-            require_id("pipeline id", pipeline_id)?;
-        }
-        configs::validate_rows(config, rows)?;
-        if rows.is_empty() {
+        let Some(config) = self.prepare_rows(pipeline_id, config, rows)? else {
             return Ok(());
-        }
-        let config = config.to_json();
+        };
         match &self.inner.backend {
             Backend::Local(path) => {
                 let lines: Vec<LocalLine> = rows
@@ -149,20 +144,13 @@ impl Client {
         config: Option<RowUpdateConfig>,
         rows: &[Value],
     ) -> Result<(), Error> {
-        if !self.is_local() {
-            require_id("pipeline id", pipeline_id)?;
-        }
+        self.check_pipeline_id(pipeline_id)?;
         require_id("inference id column", inference_id_column)?;
         let config = config.unwrap_or_default();
         let required = config.row_columns();
         let mut ids = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
-            let Value::Object(map) = row else {
-                return Err(Error::InvalidInput(format!(
-                    "row {i} must be a JSON object, got {}",
-                    json_kind(row)
-                )));
-            };
+            let map = configs::check_row(i, row, &required)?;
             let id = match map.get(inference_id_column) {
                 Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
                 Some(Value::Number(n)) => n.to_string(),
@@ -178,13 +166,6 @@ impl Client {
                     )));
                 }
             };
-            for (key, column) in &required {
-                if !map.contains_key(*column) {
-                    return Err(Error::InvalidInput(format!(
-                        "row {i} has no column `{column}` (named by `{key}`)"
-                    )));
-                }
-            }
             ids.push(id);
         }
         if rows.is_empty() {

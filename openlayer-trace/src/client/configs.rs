@@ -739,21 +739,32 @@ pub(crate) fn validate_rows<C: StreamConfig + ?Sized>(
         non_empty(key, column)?;
     }
     for (i, row) in rows.iter().enumerate() {
-        let Value::Object(map) = row else {
-            return Err(Error::InvalidInput(format!(
-                "row {i} must be a JSON object, got {}",
-                json_kind(row)
-            )));
-        };
-        for (key, column) in &required {
-            if !map.contains_key(*column) {
-                return Err(Error::InvalidInput(format!(
-                    "row {i} has no column `{column}` (named by `{key}`)"
-                )));
-            }
-        }
+        check_row(i, row, &required)?;
     }
     Ok(())
+}
+
+/// Checks row `i`: a JSON object with every `required` column (each with the config key
+/// that names it). Returns the row's object.
+pub(crate) fn check_row<'a>(
+    i: usize,
+    row: &'a Value,
+    required: &[(&str, &str)],
+) -> Result<&'a Map<String, Value>, Error> {
+    let Value::Object(map) = row else {
+        return Err(Error::InvalidInput(format!(
+            "row {i} must be a JSON object, got {}",
+            json_kind(row)
+        )));
+    };
+    for (key, column) in required {
+        if !map.contains_key(*column) {
+            return Err(Error::InvalidInput(format!(
+                "row {i} has no column `{column}` (named by `{key}`)"
+            )));
+        }
+    }
+    Ok(map)
 }
 
 /// Which columns of a row update hold what, for [`Client::update_row`](crate::Client::update_row)
