@@ -490,8 +490,9 @@ pub(crate) fn is_retryable_status(status: u16) -> bool {
     matches!(status, 408 | 409 | 429) || (500..600).contains(&status)
 }
 
-/// An error and its sources, as `a: b: c` (without the URL, which reqwest would add).
-fn chain(e: &reqwest::Error) -> String {
+/// An error and its sources, as `a: b: c`, each text once. Call it on
+/// `e.without_url()`: the URL may carry a signature.
+pub(crate) fn chain(e: &reqwest::Error) -> String {
     let mut parts = vec![e.to_string()];
     let mut current = std::error::Error::source(e);
     while let Some(err) = current {

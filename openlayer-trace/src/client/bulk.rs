@@ -15,7 +15,7 @@ use super::{
 };
 use crate::error::Error;
 use crate::localfile::{self, LocalLine};
-use crate::transport::{ApiRequest, Transport};
+use crate::transport::{ApiRequest, Transport, chain};
 
 /// The answer of `POST /storage/presigned-url`.
 #[derive(Debug, Deserialize)]
@@ -308,7 +308,7 @@ async fn upload(
             Err(e) => (
                 Error::Transport {
                     timeout: e.is_timeout(),
-                    message: format!("upload to storage failed: {}", without_url(e)),
+                    message: format!("upload to storage failed: {}", chain(&e.without_url())),
                     request: request.clone(),
                 },
                 true,
@@ -350,19 +350,6 @@ async fn upload(
         tokio::time::sleep(wait).await;
         retry += 1;
     }
-}
-
-/// A reqwest error's text without the URL (which would carry the signature).
-fn without_url(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]
