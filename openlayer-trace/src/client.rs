@@ -308,8 +308,9 @@ impl Client {
     /// [`list_projects_page`](Self::list_projects_page) reads one page.
     pub async fn list_projects(&self, name: Option<&str>) -> Result<Vec<Project>, Error> {
         let t = self.remote("list_projects")?;
-        let list = List::new("/projects".into(), name);
-        list.all(t, Self::LIST_PER_PAGE, Self::LIST_MAX_PAGES).await
+        List::projects(name)
+            .all(t, Self::LIST_PER_PAGE, Self::LIST_MAX_PAGES)
+            .await
     }
 
     /// One page of [`list_projects`](Self::list_projects): page `page` (from 1) of
@@ -322,8 +323,7 @@ impl Client {
         per_page: u32,
     ) -> Result<Vec<Project>, Error> {
         let t = self.remote("list_projects_page")?;
-        let list = List::new("/projects".into(), name);
-        list.page(t, page, per_page).await
+        List::projects(name).page(t, page, per_page).await
     }
 
     /// Creates a project (`POST /projects`). Needs an API key.
@@ -368,8 +368,7 @@ impl Client {
         name: Option<&str>,
     ) -> Result<Vec<InferencePipeline>, Error> {
         let t = self.remote("list_inference_pipelines")?;
-        let list = pipelines_list(project_id, name)?;
-        let items = list
+        let items = List::pipelines(project_id, name)?
             .all(t, Self::LIST_PER_PAGE, Self::LIST_MAX_PAGES)
             .await?;
         Ok(in_project(items, project_id))
@@ -386,7 +385,7 @@ impl Client {
         per_page: u32,
     ) -> Result<Vec<InferencePipeline>, Error> {
         let t = self.remote("list_inference_pipelines_page")?;
-        let items = pipelines_list(project_id, name)?
+        let items = List::pipelines(project_id, name)?
             .page(t, page, per_page)
             .await?;
         Ok(in_project(items, project_id))
@@ -591,11 +590,21 @@ struct List {
 }
 
 impl List {
-    fn new(path: String, name: Option<&str>) -> List {
+    /// `GET /projects`.
+    fn projects(name: Option<&str>) -> List {
         List {
-            path,
+            path: "/projects".into(),
             name: name.map(str::to_string),
         }
+    }
+
+    /// `GET /projects/{project_id}/inference-pipelines`.
+    fn pipelines(project_id: &str, name: Option<&str>) -> Result<List, Error> {
+        require_id("project id", project_id)?;
+        Ok(List {
+            path: format!("/projects/{}/inference-pipelines", segment(project_id)),
+            name: name.map(str::to_string),
+        })
     }
 
     fn request(&self, page: u32, per_page: u32) -> ApiRequest {
@@ -622,7 +631,7 @@ impl List {
     ) -> Result<Vec<T>, Error> {
         if page == 0 || per_page == 0 {
             return Err(Error::InvalidInput(format!(
-                "pages count from 1 and hold at least one item, got page {page} of {per_page}"
+                "pages count from 1 and hold at least one item, got page {page} with {per_page} per page"
             )));
         }
         Ok(send(t, &self.request(page, per_page))
@@ -675,14 +684,6 @@ impl List {
             request: describe(&self.request(page, per_page)),
         }
     }
-}
-
-fn pipelines_list(project_id: &str, name: Option<&str>) -> Result<List, Error> {
-    require_id("project id", project_id)?;
-    Ok(List::new(
-        format!("/projects/{}/inference-pipelines", segment(project_id)),
-        name,
-    ))
 }
 
 fn in_project(items: Vec<InferencePipeline>, project_id: &str) -> Vec<InferencePipeline> {
