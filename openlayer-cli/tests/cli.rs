@@ -1,6 +1,6 @@
 //! The `openlayer` binary, end to end, against a loopback mock of the platform.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::{Value, json};
@@ -74,6 +74,26 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Asserts the exit code, showing stderr when it differs.
+fn assert_exit(o: &Output, code: i32) {
+    assert_eq!(o.status.code(), Some(code), "{}", stderr(o));
+}
+
+fn assert_stdout_has(o: &Output, text: &str) {
+    let out = stdout(o);
+    assert!(out.contains(text), "stdout lacks {text:?}:\n{out}");
+}
+
+fn assert_stderr_has(o: &Output, text: &str) {
+    let err = stderr(o);
+    assert!(err.contains(text), "stderr lacks {text:?}:\n{err}");
+}
+
+/// The path of one of `PIPELINE`'s endpoints, below `/v1`.
+fn pipeline_path(endpoint: &str) -> String {
+    format!("/v1/inference-pipelines/{PIPELINE}/{endpoint}")
+}
+
 fn ok() -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(json!({"success": true}))
 }
@@ -130,7 +150,7 @@ async fn show_prints_trace_trees_and_update_summaries() {
         ),
     );
     let out = openlayer(&["show", file.to_str().unwrap()], &[]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         stdout(&out),
         "trace trace-1 pipeline pipe-1 12.50 ms  (line 1)\n\
@@ -149,20 +169,20 @@ async fn show_reports_bad_lines_and_fails() {
         &format!("{}\nnot json\n", trace_line(None, "t1")),
     );
     let out = openlayer(&["show", file.to_str().unwrap()], &[]).await;
-    assert_eq!(out.status.code(), Some(1));
+    assert_exit(&out, 1);
     assert!(
         stdout(&out).starts_with("trace t1 pipeline -"),
         "{}",
         stdout(&out)
     );
-    assert!(stderr(&out).contains("line 2"), "{}", stderr(&out));
+    assert_stderr_has(&out, "line 2");
 
     let out = openlayer(
         &["show", dir.0.join("missing.jsonl").to_str().unwrap()],
         &[],
     )
     .await;
-    assert_eq!(out.status.code(), Some(2));
+    assert_exit(&out, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -171,7 +191,7 @@ async fn show_reads_every_file_of_a_spool_directory() {
     dir.file("b.jsonl", &format!("{}\n", update_line(Some("p"), "t2")));
     dir.file("a.jsonl", &format!("{}\n", trace_line(Some("p"), "t1")));
     let out = openlayer(&["show", dir.0.to_str().unwrap()], &[]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_exit(&out, 0);
     let text = stdout(&out);
     let a = text.find("a.jsonl\ntrace t1 pipeline p").expect(&text);
     let b = text.find("b.jsonl\nupdate t2 pipeline p").expect(&text);
@@ -233,19 +253,15 @@ async fn push_resumes_after_a_failure_without_duplicates() {
 
     // Lines without a pipeline need one: refused before anything is sent.
     let out = openlayer(&["push", file_arg], &env).await;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("--pipeline-id"), "{}", stderr(&out));
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "--pipeline-id");
     assert!(requests(&server).await.is_empty());
 
     // First run: lines 1 and 2 go, line 3 is refused, push stops there.
     let out = openlayer(&["push", file_arg, "--pipeline-id", PIPELINE], &env).await;
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("line 3 failed"), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("temporarily refused"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "line 3 failed");
+    assert_stderr_has(&out, "temporarily refused");
     let first = requests(&server).await;
     assert_eq!(first.len(), 3);
     assert_eq!(stream_ids(&first), ["trace-1", "trace-3"]);
@@ -253,17 +269,9 @@ async fn push_resumes_after_a_failure_without_duplicates() {
 
     // Second run: only lines 3, 4 and 5.
     let out = openlayer(&["push", file_arg, "--pipeline-id", PIPELINE], &env).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("pushed 3 line(s)"),
-        "{}",
-        stdout(&out)
-    );
-    assert!(
-        stdout(&out).contains("2 line(s) already pushed"),
-        "{}",
-        stdout(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stdout_has(&out, "pushed 3 line(s)");
+    assert_stdout_has(&out, "2 line(s) already pushed");
     let all = requests(&server).await;
     let second = &all[first.len()..];
     assert_eq!(second.len(), 3);
@@ -276,9 +284,9 @@ async fn push_resumes_after_a_failure_without_duplicates() {
         [
             "/v1/inference-pipelines/pipe-a/data-stream".to_string(),
             "/v1/inference-pipelines/pipe-a/rows".to_string(),
-            format!("/v1/inference-pipelines/{PIPELINE}/data-stream"),
-            format!("/v1/inference-pipelines/{PIPELINE}/data-stream"),
-            format!("/v1/inference-pipelines/{PIPELINE}/rows"),
+            pipeline_path("data-stream"),
+            pipeline_path("data-stream"),
+            pipeline_path("rows"),
             "/v1/inference-pipelines/pipe-b/data-stream".to_string(),
         ]
     );
@@ -298,12 +306,8 @@ async fn push_resumes_after_a_failure_without_duplicates() {
 
     // Third run: nothing left; appended lines are picked up.
     let out = openlayer(&["push", file_arg, "--pipeline-id", PIPELINE], &env).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("pushed 0 line(s)"),
-        "{}",
-        stdout(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stdout_has(&out, "pushed 0 line(s)");
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(&file)
@@ -314,7 +318,7 @@ async fn push_resumes_after_a_failure_without_duplicates() {
     )
     .unwrap();
     let out = openlayer(&["push", file_arg], &env).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_exit(&out, 0);
     let all = requests(&server).await;
     assert_eq!(all.len(), 7);
     assert_eq!(stream_ids(&all[6..]), ["trace-6"]);
@@ -322,8 +326,8 @@ async fn push_resumes_after_a_failure_without_duplicates() {
     // A file rewritten under the progress file is refused rather than half-skipped.
     std::fs::write(&file, format!("{}\n", trace_line(Some("pipe-a"), "other"))).unwrap();
     let out = openlayer(&["push", file_arg], &env).await;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("has changed"), "{}", stderr(&out));
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "has changed");
     assert_eq!(requests(&server).await.len(), 7);
 }
 
@@ -332,12 +336,8 @@ async fn push_without_a_key_is_a_usage_error() {
     let dir = TempDir::new("push-nokey");
     let file = dir.file("t.jsonl", &format!("{}\n", trace_line(Some("p"), "x")));
     let out = openlayer(&["push", file.to_str().unwrap()], &[]).await;
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("OPENLAYER_API_KEY"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "OPENLAYER_API_KEY");
 }
 
 // ---- update -------------------------------------------------------------------------
@@ -352,7 +352,7 @@ async fn update_writes_failed_rows_to_a_file_that_can_be_fed_back() {
         .mount(&server)
         .await;
     Mock::given(method("PUT"))
-        .and(path(format!("/v1/inference-pipelines/{PIPELINE}/rows")))
+        .and(path(pipeline_path("rows")))
         .respond_with(ok())
         .mount(&server)
         .await;
@@ -382,14 +382,10 @@ async fn update_writes_failed_rows_to_a_file_that_can_be_fed_back() {
         "2",
     ];
     let out = openlayer(&args, &env).await;
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("updated 2 row(s)"),
-        "{}",
-        stdout(&out)
-    );
-    assert!(stderr(&out).contains("row not found"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("no inference id"), "{}", stderr(&out));
+    assert_exit(&out, 1);
+    assert_stdout_has(&out, "updated 2 row(s)");
+    assert_stderr_has(&out, "row not found");
+    assert_stderr_has(&out, "no inference id");
 
     let failed = dir.0.join("feedback.failed.csv");
     assert_eq!(
@@ -422,12 +418,8 @@ async fn update_writes_failed_rows_to_a_file_that_can_be_fed_back() {
     let mut again = args.to_vec();
     again[2] = failed.to_str().unwrap();
     let out = openlayer(&again, &env).await;
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("updated 1 row(s)"),
-        "{}",
-        stdout(&out)
-    );
+    assert_exit(&out, 1);
+    assert_stdout_has(&out, "updated 1 row(s)");
     assert_eq!(
         std::fs::read_to_string(dir.0.join("feedback.failed.failed.csv")).unwrap(),
         "inference_id,label,feedback,note\n,1,thumbs_up,no id\n"
@@ -439,7 +431,7 @@ async fn update_writes_failed_rows_to_a_file_that_can_be_fed_back() {
 async fn update_from_jsonl_succeeds_with_exit_zero() {
     let server = MockServer::start().await;
     Mock::given(method("PUT"))
-        .and(path(format!("/v1/inference-pipelines/{PIPELINE}/rows")))
+        .and(path(pipeline_path("rows")))
         .respond_with(ok())
         .expect(3)
         .mount(&server)
@@ -465,7 +457,7 @@ async fn update_from_jsonl_succeeds_with_exit_zero() {
         &platform(&server),
     )
     .await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert!(!dir.0.join("signals.failed.jsonl").exists());
     let mut seen: Vec<(String, Value)> = requests(&server)
         .await
@@ -501,8 +493,8 @@ async fn update_usage_errors_exit_2() {
         &platform(&server),
     )
     .await;
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--pipeline-id"), "{}", stderr(&out));
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "--pipeline-id");
     // a column the file does not have
     let out = openlayer(
         &[
@@ -517,23 +509,36 @@ async fn update_usage_errors_exit_2() {
         &platform(&server),
     )
     .await;
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("`inference_id`"), "{}", stderr(&out));
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "`inference_id`");
     // a missing required flag (clap)
     let out = openlayer(&["update", "--file", csv_arg], &platform(&server)).await;
-    assert_eq!(out.status.code(), Some(2));
+    assert_exit(&out, 2);
     assert!(requests(&server).await.is_empty());
 }
 
 // ---- stream -------------------------------------------------------------------------
 
+/// `openlayer stream --file ROWS --config CONFIG --pipeline-id PIPELINE`, then `extra`.
+fn stream_args<'a>(rows: &'a Path, config: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "stream",
+        "--file",
+        rows.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--pipeline-id",
+        PIPELINE,
+    ];
+    args.extend(extra);
+    args
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn stream_sends_rows_in_batches() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .and(path(format!(
-            "/v1/inference-pipelines/{PIPELINE}/data-stream"
-        )))
+        .and(path(pipeline_path("data-stream")))
         .respond_with(ok())
         .expect(3)
         .mount(&server)
@@ -552,27 +557,10 @@ async fn stream_sends_rows_in_batches() {
          004,\"a, b?\",c,1\n\
          005,x,y,2\n",
     );
-    let out = openlayer(
-        &[
-            "stream",
-            "--file",
-            rows.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "--pipeline-id",
-            PIPELINE,
-            "--batch-size",
-            "2",
-        ],
-        &platform(&server),
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("streamed 5 row(s)"),
-        "{}",
-        stdout(&out)
-    );
+    let args = stream_args(&rows, &config, &["--batch-size", "2"]);
+    let out = openlayer(&args, &platform(&server)).await;
+    assert_exit(&out, 0);
+    assert_stdout_has(&out, "streamed 5 row(s)");
     let reqs = requests(&server).await;
     let sizes: Vec<usize> = reqs
         .iter()
@@ -606,34 +594,16 @@ async fn stream_checks_every_row_before_sending() {
         "{\"text\": \"great\", \"pred\": 1}\n{\"text\": \"awful\"}\n",
     );
     let env = platform(&server);
-    let mut args = vec![
-        "stream",
-        "--file",
-        rows.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--pipeline-id",
-        PIPELINE,
-    ];
-    let out = openlayer(&args, &env).await;
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("rows.jsonl:2: no column `pred`"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains("nothing was sent"),
-        "{}",
-        stderr(&out)
-    );
+    let out = openlayer(&stream_args(&rows, &config, &[]), &env).await;
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "rows.jsonl:2: no column `pred`");
+    assert_stderr_has(&out, "nothing was sent");
 
     // A misspelt config key is a usage error.
     let bad_config = dir.file("bad.json", r#"{"outputColumName": "answer"}"#);
-    args[4] = bad_config.to_str().unwrap();
-    args.extend(["--task-type", "llm-base"]);
+    let args = stream_args(&rows, &bad_config, &["--task-type", "llm-base"]);
     let out = openlayer(&args, &env).await;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("outputColumName"), "{}", stderr(&out));
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "outputColumName");
     assert!(requests(&server).await.is_empty());
 }

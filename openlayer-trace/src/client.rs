@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::config::Config;
@@ -80,6 +81,13 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
+    /// How many items the list calls ask for per page (`perPage`).
+    pub const LIST_PER_PAGE: u32 = 100;
+
+    /// The most pages a list call reads before it gives up on a list that does not end
+    /// (100 000 items at [`LIST_PER_PAGE`](Self::LIST_PER_PAGE)).
+    pub const LIST_MAX_PAGES: u32 = 1000;
+
     /// A client configured from the environment (`OPENLAYER_API_KEY`,
     /// `OPENLAYER_BASE_URL`, `OPENLAYER_INFERENCE_PIPELINE_ID`, `OPENLAYER_TRACE_FILE`, ...).
     ///
@@ -173,10 +181,7 @@ impl Client {
         row: &Value,
         config: Option<RowUpdateConfig>,
     ) -> Result<(), Error> {
-        let local = self.is_local();
-        if !local {
-            require_id("pipeline id", pipeline_id)?;
-        }
+        self.check_pipeline_id(pipeline_id)?;
         let config = config.filter(|c| !c.is_empty());
         let map = check_row_update(inference_id, row, config.as_ref())?;
         match &self.inner.backend {
@@ -267,14 +272,9 @@ impl Client {
         config: &C,
         rows: &[Value],
     ) -> Result<(), Error> {
-        if !self.is_local() {
-            require_id("pipeline id", pipeline_id)?;
-        }
-        configs::validate_rows(config, rows)?;
-        if rows.is_empty() {
+        let Some(config) = self.prepare_rows(pipeline_id, config, rows)? else {
             return Ok(());
-        }
-        let config = config.to_json();
+        };
         match &self.inner.backend {
             Backend::Local(path) => {
                 localfile::append(path, &[stream_line(pipeline_id, config, rows.iter())])
@@ -298,19 +298,32 @@ impl Client {
 
     // ---- projects and pipelines ----------------------------------------------------
 
-    /// Lists projects (`GET /projects`), only those matching `name` when given. Needs an
-    /// API key.
+    /// Lists every project (`GET /projects`), only those matching `name` when given.
+    /// Needs an API key.
+    ///
+    /// Reads page after page (`page=1, 2, ...` with `perPage=`[`LIST_PER_PAGE`](Self::LIST_PER_PAGE))
+    /// until a page comes back with fewer items than asked for. A server that still has
+    /// not ended the list after [`LIST_MAX_PAGES`](Self::LIST_MAX_PAGES) pages, or that
+    /// answers a full page twice in a row, is an [`Error::Api`]; nothing is returned then.
+    /// [`list_projects_page`](Self::list_projects_page) reads one page.
     pub async fn list_projects(&self, name: Option<&str>) -> Result<Vec<Project>, Error> {
         let t = self.remote("list_projects")?;
-        let req = ApiRequest {
-            method: Method::GET,
-            path: "/projects".into(),
-            query: name
-                .map(|n| vec![("name".to_string(), n.to_string())])
-                .unwrap_or_default(),
-            body: None,
-        };
-        Ok(send(t, &req).await?.json::<Items<Project>>()?.items)
+        List::projects(name)
+            .all(t, Self::LIST_PER_PAGE, Self::LIST_MAX_PAGES)
+            .await
+    }
+
+    /// One page of [`list_projects`](Self::list_projects): page `page` (from 1) of
+    /// `per_page` projects. A page with fewer than `per_page` projects is the last one.
+    /// Needs an API key.
+    pub async fn list_projects_page(
+        &self,
+        name: Option<&str>,
+        page: u32,
+        per_page: u32,
+    ) -> Result<Vec<Project>, Error> {
+        let t = self.remote("list_projects_page")?;
+        List::projects(name).page(t, page, per_page).await
     }
 
     /// Creates a project (`POST /projects`). Needs an API key.
@@ -343,32 +356,39 @@ impl Client {
         send(t, &req).await?.json()
     }
 
-    /// Lists a project's inference pipelines
+    /// Lists every inference pipeline of a project
     /// (`GET /projects/{project_id}/inference-pipelines`), only those matching `name` when
     /// given. Needs an API key.
+    ///
+    /// Pages are read as in [`list_projects`](Self::list_projects);
+    /// [`list_inference_pipelines_page`](Self::list_inference_pipelines_page) reads one.
     pub async fn list_inference_pipelines(
         &self,
         project_id: &str,
         name: Option<&str>,
     ) -> Result<Vec<InferencePipeline>, Error> {
         let t = self.remote("list_inference_pipelines")?;
-        require_id("project id", project_id)?;
-        let req = ApiRequest {
-            method: Method::GET,
-            path: format!("/projects/{}/inference-pipelines", segment(project_id)),
-            query: name
-                .map(|n| vec![("name".to_string(), n.to_string())])
-                .unwrap_or_default(),
-            body: None,
-        };
-        let mut items = send(t, &req)
-            .await?
-            .json::<Items<InferencePipeline>>()?
-            .items;
-        for p in &mut items {
-            p.project_id.get_or_insert_with(|| project_id.to_string());
-        }
-        Ok(items)
+        let items = List::pipelines(project_id, name)?
+            .all(t, Self::LIST_PER_PAGE, Self::LIST_MAX_PAGES)
+            .await?;
+        Ok(in_project(items, project_id))
+    }
+
+    /// One page of [`list_inference_pipelines`](Self::list_inference_pipelines): page
+    /// `page` (from 1) of `per_page` pipelines. A page with fewer than `per_page`
+    /// pipelines is the last one. Needs an API key.
+    pub async fn list_inference_pipelines_page(
+        &self,
+        project_id: &str,
+        name: Option<&str>,
+        page: u32,
+        per_page: u32,
+    ) -> Result<Vec<InferencePipeline>, Error> {
+        let t = self.remote("list_inference_pipelines_page")?;
+        let items = List::pipelines(project_id, name)?
+            .page(t, page, per_page)
+            .await?;
+        Ok(in_project(items, project_id))
     }
 
     /// Creates an inference pipeline in a project
@@ -393,9 +413,8 @@ impl Client {
             query: Vec::new(),
             body: Some(serde_json::to_vec(&Body { name, description })?.into()),
         };
-        let mut p: InferencePipeline = send(t, &req).await?.json()?;
-        p.project_id.get_or_insert_with(|| project_id.to_string());
-        Ok(p)
+        let p: InferencePipeline = send(t, &req).await?.json()?;
+        Ok(p.in_project(project_id))
     }
 
     /// The pipeline `pipeline_name` of the project `project_name`, creating either when it
@@ -478,6 +497,30 @@ impl Client {
             .await
     }
 
+    /// Checks the pipeline id of a call that writes data: it must not be empty, except in
+    /// local mode, where a line without one is kept for `openlayer push --pipeline-id`.
+    fn check_pipeline_id(&self, pipeline_id: &str) -> Result<(), Error> {
+        if self.is_local() {
+            Ok(())
+        } else {
+            require_id("pipeline id", pipeline_id)
+        }
+    }
+
+    /// Checks a call that sends `rows` with `config`, before anything is sent: the
+    /// pipeline id, the config and every row. Returns the config as sent, or `None` when
+    /// there are no rows and so nothing to send.
+    fn prepare_rows<C: StreamConfig + ?Sized>(
+        &self,
+        pipeline_id: &str,
+        config: &C,
+        rows: &[Value],
+    ) -> Result<Option<Map<String, Value>>, Error> {
+        self.check_pipeline_id(pipeline_id)?;
+        configs::validate_rows(config, rows)?;
+        Ok((!rows.is_empty()).then(|| config.to_json()))
+    }
+
     fn remote(&self, what: &str) -> Result<&Transport, Error> {
         match &self.inner.backend {
             Backend::Remote(t) => Ok(t),
@@ -538,6 +581,116 @@ fn require_id(what: &str, value: &str) -> Result<(), Error> {
     } else {
         Ok(())
     }
+}
+
+/// A list endpoint with its `name` filter, read a page (`page`, `perPage`) at a time.
+struct List {
+    path: String,
+    name: Option<String>,
+}
+
+impl List {
+    /// `GET /projects`.
+    fn projects(name: Option<&str>) -> List {
+        List {
+            path: "/projects".into(),
+            name: name.map(str::to_string),
+        }
+    }
+
+    /// `GET /projects/{project_id}/inference-pipelines`.
+    fn pipelines(project_id: &str, name: Option<&str>) -> Result<List, Error> {
+        require_id("project id", project_id)?;
+        Ok(List {
+            path: format!("/projects/{}/inference-pipelines", segment(project_id)),
+            name: name.map(str::to_string),
+        })
+    }
+
+    fn request(&self, page: u32, per_page: u32) -> ApiRequest {
+        let mut query = Vec::with_capacity(3);
+        if let Some(name) = &self.name {
+            query.push(("name".to_string(), name.clone()));
+        }
+        query.push(("page".to_string(), page.to_string()));
+        query.push(("perPage".to_string(), per_page.to_string()));
+        ApiRequest {
+            method: Method::GET,
+            path: self.path.clone(),
+            query,
+            body: None,
+        }
+    }
+
+    /// Page `page` (from 1) of `per_page` items.
+    async fn page<T: DeserializeOwned>(
+        &self,
+        t: &Transport,
+        page: u32,
+        per_page: u32,
+    ) -> Result<Vec<T>, Error> {
+        if page == 0 || per_page == 0 {
+            return Err(Error::InvalidInput(format!(
+                "pages count from 1 and hold at least one item, got page {page} with {per_page} per page"
+            )));
+        }
+        Ok(send(t, &self.request(page, per_page))
+            .await?
+            .json::<Items<T>>()?
+            .items)
+    }
+
+    /// Every item: pages 1, 2, ... until one holds fewer than `per_page` items. Fails
+    /// rather than loop when a full page repeats the one before it (a server that
+    /// ignores `page`) or when `max_pages` full pages still did not end the list.
+    async fn all<T: DeserializeOwned + PartialEq>(
+        &self,
+        t: &Transport,
+        per_page: u32,
+        max_pages: u32,
+    ) -> Result<Vec<T>, Error> {
+        let full = per_page as usize;
+        let mut all: Vec<T> = Vec::new();
+        for page in 1..=max_pages {
+            let items: Vec<T> = self.page(t, page, per_page).await?;
+            if items.len() != full {
+                // A short page is the last; a longer one means the server does not page.
+                all.extend(items);
+                return Ok(all);
+            }
+            if page > 1 && all[all.len() - full..] == items[..] {
+                return Err(self.endless(
+                    page,
+                    per_page,
+                    format!(
+                        "page {page} repeats page {}: the server ignores `page`",
+                        page - 1
+                    ),
+                ));
+            }
+            all.extend(items);
+        }
+        Err(self.endless(
+            max_pages,
+            per_page,
+            format!("the list did not end after {max_pages} full pages of {per_page}"),
+        ))
+    }
+
+    fn endless(&self, page: u32, per_page: u32, message: String) -> Error {
+        Error::Api {
+            status: 200,
+            message,
+            request: describe(&self.request(page, per_page)),
+        }
+    }
+}
+
+fn in_project(items: Vec<InferencePipeline>, project_id: &str) -> Vec<InferencePipeline> {
+    items
+        .into_iter()
+        .map(|p| p.in_project(project_id))
+        .collect()
 }
 
 fn stream_line<'a>(

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, Url};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::time::Instant;
@@ -222,14 +222,19 @@ impl TransportConfig {
             )));
         }
         if let Some(key) = &self.api_key {
-            HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
-                Error::Config(
-                    "the API key contains characters not allowed in an HTTP header".into(),
-                )
-            })?;
+            auth_header(key)?;
         }
         Ok(parsed)
     }
+}
+
+/// The `Authorization: Bearer <key>` value, marked sensitive (kept out of HTTP logs).
+fn auth_header(key: &ApiKey) -> Result<HeaderValue, Error> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
+        Error::Config("the API key contains characters not allowed in an HTTP header".into())
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 impl Transport {
@@ -237,19 +242,7 @@ impl Transport {
     pub(crate) fn new(cfg: TransportConfig) -> Result<Self, Error> {
         let parsed = cfg.validate()?;
         let base_url = cfg.base_url.trim().trim_end_matches('/').to_string();
-        let auth = match &cfg.api_key {
-            None => None,
-            Some(key) => {
-                let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
-                    .map_err(|_| {
-                        Error::Config(
-                            "the API key contains characters not allowed in an HTTP header".into(),
-                        )
-                    })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-        };
+        let auth = cfg.api_key.as_ref().map(auth_header).transpose()?;
         let mut builder = reqwest::Client::builder();
         if is_loopback(&parsed) {
             // A local endpoint is never reached through an HTTP(S)_PROXY.
@@ -497,8 +490,9 @@ pub(crate) fn is_retryable_status(status: u16) -> bool {
     matches!(status, 408 | 409 | 429) || (500..600).contains(&status)
 }
 
-/// An error and its sources, as `a: b: c` (without the URL, which reqwest would add).
-fn chain(e: &reqwest::Error) -> String {
+/// An error and its sources, as `a: b: c`, each text once. Call it on
+/// `e.without_url()`: the URL may carry a signature.
+pub(crate) fn chain(e: &reqwest::Error) -> String {
     let mut parts = vec![e.to_string()];
     let mut current = std::error::Error::source(e);
     while let Some(err) = current {
@@ -643,7 +637,7 @@ fn tls_config(verify_ssl: bool) -> Result<rustls::ClientConfig, Error> {
                 tracing::warn!(target: "openlayer_trace", "{reason}; HTTPS requests will fail");
                 Arc::new(Unverifiable {
                     reason,
-                    provider: provider.clone(),
+                    algorithms: provider.signature_verification_algorithms,
                 })
             }
         }
@@ -653,7 +647,7 @@ fn tls_config(verify_ssl: bool) -> Result<rustls::ClientConfig, Error> {
             "TLS certificate verification is disabled (OPENLAYER_VERIFY_SSL=false)"
         );
         Arc::new(AcceptAnyCertificate {
-            provider: provider.clone(),
+            algorithms: provider.signature_verification_algorithms,
         })
     };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -670,7 +664,7 @@ fn tls_config(verify_ssl: bool) -> Result<rustls::ClientConfig, Error> {
 /// still checked, so the connection is encrypted, just not authenticated.
 #[derive(Debug)]
 struct AcceptAnyCertificate {
-    provider: Arc<CryptoProvider>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl ServerCertVerifier for AcceptAnyCertificate {
@@ -691,12 +685,7 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -705,18 +694,11 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 
@@ -725,7 +707,13 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 #[derive(Debug)]
 struct Unverifiable {
     reason: String,
-    provider: Arc<CryptoProvider>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl Unverifiable {
+    fn refusal(&self) -> rustls::Error {
+        rustls::Error::General(self.reason.clone())
+    }
 }
 
 impl ServerCertVerifier for Unverifiable {
@@ -737,7 +725,7 @@ impl ServerCertVerifier for Unverifiable {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Err(rustls::Error::General(self.reason.clone()))
+        Err(self.refusal())
     }
 
     fn verify_tls12_signature(
@@ -746,7 +734,7 @@ impl ServerCertVerifier for Unverifiable {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(self.reason.clone()))
+        Err(self.refusal())
     }
 
     fn verify_tls13_signature(
@@ -755,13 +743,11 @@ impl ServerCertVerifier for Unverifiable {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(self.reason.clone()))
+        Err(self.refusal())
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 

@@ -6,12 +6,12 @@
 use std::path::PathBuf;
 
 use openlayer_trace::{
-    Client, Config, Error, LlmConfig, LocalLine, RowUpdateConfig, TabularClassificationConfig,
-    TaskType, read_local_file,
+    Client, Config, Error, InferencePipeline, LlmConfig, LocalLine, RowUpdateConfig,
+    TabularClassificationConfig, TaskType, read_local_file,
 };
 use serde_json::{Value, json};
 use wiremock::matchers::{body_json, header, method, path, query_param};
-use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 const KEY: &str = "sk-test-very-secret";
 const PIPELINE: &str = "00000000-0000-0000-0000-000000000001";
@@ -35,6 +35,40 @@ async fn requests(server: &MockServer) -> Vec<Request> {
 
 fn body_text(r: &Request) -> String {
     String::from_utf8(r.body.clone()).unwrap()
+}
+
+/// A query parameter of a recorded request.
+fn query(r: &Request, name: &str) -> Option<String> {
+    r.url
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The status, message and request of an `Error::Api`; any other error fails the test.
+fn api_error(err: &Error) -> (u16, &str, &str) {
+    let Error::Api {
+        status,
+        message,
+        request,
+    } = err
+    else {
+        panic!("expected Error::Api, got {err:?}");
+    };
+    (*status, message, request)
+}
+
+/// An error that must be `Error::InvalidInput` with a message holding every one of `parts`.
+fn assert_invalid_input(e: &Error, parts: &[&str]) {
+    assert!(
+        matches!(e, Error::InvalidInput(m) if parts.iter().all(|p| m.contains(p))),
+        "expected invalid input mentioning {parts:?}, got {e:?}"
+    );
+}
+
+/// The path of one of `PIPELINE`'s endpoints, below `/v1`.
+fn pipeline_path(endpoint: &str) -> String {
+    format!("/v1/inference-pipelines/{PIPELINE}/{endpoint}")
 }
 
 /// A fresh directory under the system's temp dir, removed on drop.
@@ -64,7 +98,7 @@ impl Drop for TempDir {
 async fn update_row_matches_the_official_wire_sample() {
     let server = MockServer::start().await;
     Mock::given(method("PUT"))
-        .and(path(format!("/v1/inference-pipelines/{PIPELINE}/rows")))
+        .and(path(pipeline_path("rows")))
         .and(query_param("inferenceId", "inference-gt-001"))
         .and(header("authorization", format!("Bearer {KEY}").as_str()))
         .and(header("content-type", "application/json"))
@@ -98,7 +132,7 @@ async fn update_row_without_config_omits_it_and_encodes_the_id() {
     let server = MockServer::start().await;
     let id = "chat/conv 1&user=2é";
     Mock::given(method("PUT"))
-        .and(path(format!("/v1/inference-pipelines/{PIPELINE}/rows")))
+        .and(path(pipeline_path("rows")))
         .and(query_param("inferenceId", id))
         .respond_with(ok())
         .expect(2)
@@ -132,7 +166,7 @@ async fn update_row_sends_every_config_key_in_camel_case() {
         "timestampColumnName": "ts",
     });
     Mock::given(method("PUT"))
-        .and(path(format!("/v1/inference-pipelines/{PIPELINE}/rows")))
+        .and(path(pipeline_path("rows")))
         .and(query_param("inferenceId", "x"))
         .and(body_json(json!({"row": row, "config": config})))
         .respond_with(ok())
@@ -156,17 +190,13 @@ async fn get_and_delete_row_address_the_id_as_a_path_segment() {
     let server = MockServer::start().await;
     let stored = json!({"row": {"inferenceId": "a/b c", "output": "hi"}});
     Mock::given(method("GET"))
-        .and(path(format!(
-            "/v1/inference-pipelines/{PIPELINE}/rows/a%2Fb%20c"
-        )))
+        .and(path(pipeline_path("rows/a%2Fb%20c")))
         .respond_with(ResponseTemplate::new(200).set_body_json(stored.clone()))
         .expect(1)
         .mount(&server)
         .await;
     Mock::given(method("DELETE"))
-        .and(path(format!(
-            "/v1/inference-pipelines/{PIPELINE}/rows/a%2Fb%20c"
-        )))
+        .and(path(pipeline_path("rows/a%2Fb%20c")))
         .respond_with(ResponseTemplate::new(204))
         .expect(1)
         .mount(&server)
@@ -194,23 +224,15 @@ async fn a_401_is_an_api_error_with_the_servers_message_and_the_request() {
         .update_row(PIPELINE, "i-1", &json!({"groundTruth": "x"}), None)
         .await
         .unwrap_err();
-    match &err {
-        Error::Api {
-            status,
-            message,
-            request,
-        } => {
-            assert_eq!(*status, 401);
-            assert!(message.contains("Invalid API key"), "{message}");
-            assert!(
-                request.starts_with(&format!("PUT /inference-pipelines/{PIPELINE}/rows"))
-                    || request.starts_with(&format!("PUT /v1/inference-pipelines/{PIPELINE}/rows")),
-                "{request}"
-            );
-            assert!(request.contains("inferenceId=i-1"), "{request}");
-        }
-        other => panic!("expected Error::Api, got {other:?}"),
-    }
+    let (status, message, request) = api_error(&err);
+    assert_eq!(status, 401);
+    assert!(message.contains("Invalid API key"), "{message}");
+    assert!(
+        request.starts_with(&format!("PUT /inference-pipelines/{PIPELINE}/rows"))
+            || request.starts_with(&format!("PUT /v1/inference-pipelines/{PIPELINE}/rows")),
+        "{request}"
+    );
+    assert!(request.contains("inferenceId=i-1"), "{request}");
     let shown = format!("{err} {err:?}");
     assert!(!shown.contains(KEY), "{shown}");
 }
@@ -219,9 +241,7 @@ async fn a_401_is_an_api_error_with_the_servers_message_and_the_request() {
 async fn a_422_on_stream_is_an_api_error_naming_the_endpoint() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .and(path(format!(
-            "/v1/inference-pipelines/{PIPELINE}/data-stream"
-        )))
+        .and(path(pipeline_path("data-stream")))
         .respond_with(
             ResponseTemplate::new(422)
                 .set_body_json(json!({"message": "outputColumnName `answer` not found in rows"})),
@@ -237,15 +257,8 @@ async fn a_422_on_stream_is_an_api_error_naming_the_endpoint() {
         )
         .await
         .unwrap_err();
-    let Error::Api {
-        status,
-        message,
-        request,
-    } = &err
-    else {
-        panic!("expected Error::Api, got {err:?}");
-    };
-    assert_eq!(*status, 422);
+    let (status, message, request) = api_error(&err);
+    assert_eq!(status, 422);
     assert!(message.contains("not found in rows"), "{message}");
     assert!(
         request.starts_with("POST ") && request.ends_with("/data-stream"),
@@ -313,28 +326,19 @@ async fn invalid_input_is_refused_before_anything_is_sent() {
         )
         .await
         .unwrap_err();
-    assert!(
-        matches!(&e, Error::InvalidInput(m) if m.contains("row 1") && m.contains("`question`")),
-        "{e:?}"
-    );
+    assert_invalid_input(&e, &["row 1", "`question`"]);
 
     let e = c
         .stream_rows(PIPELINE, &cfg, &[json!("not an object")])
         .await
         .unwrap_err();
-    assert!(
-        matches!(&e, Error::InvalidInput(m) if m.contains("row 0 must be a JSON object")),
-        "{e:?}"
-    );
+    assert_invalid_input(&e, &["row 0 must be a JSON object"]);
 
     let e = c
         .stream_rows(PIPELINE, &LlmConfig::new(""), &[json!({"": 1})])
         .await
         .unwrap_err();
-    assert!(
-        matches!(&e, Error::InvalidInput(m) if m.contains("outputColumnName")),
-        "{e:?}"
-    );
+    assert_invalid_input(&e, &["outputColumnName"]);
 
     let e = c
         .publish_batch(
@@ -344,10 +348,7 @@ async fn invalid_input_is_refused_before_anything_is_sent() {
         )
         .await
         .unwrap_err();
-    assert!(
-        matches!(&e, Error::InvalidInput(m) if m.contains("classNames")),
-        "{e:?}"
-    );
+    assert_invalid_input(&e, &["classNames"]);
 
     let e = c
         .update_row(
@@ -358,25 +359,19 @@ async fn invalid_input_is_refused_before_anything_is_sent() {
         )
         .await
         .unwrap_err();
-    assert!(
-        matches!(&e, Error::InvalidInput(m) if m.contains("`groundTruth`")),
-        "{e:?}"
-    );
+    assert_invalid_input(&e, &["`groundTruth`"]);
 
     let e = c
         .update_row(PIPELINE, "", &json!({}), None)
         .await
         .unwrap_err();
-    assert!(
-        matches!(&e, Error::InvalidInput(m) if m.contains("inference id")),
-        "{e:?}"
-    );
+    assert_invalid_input(&e, &["inference id"]);
 
     let e = c
         .update_row(PIPELINE, "i", &json!([1]), None)
         .await
         .unwrap_err();
-    assert!(matches!(&e, Error::InvalidInput(_)), "{e:?}");
+    assert_invalid_input(&e, &[]);
 
     let e = c
         .update_batch(
@@ -387,10 +382,7 @@ async fn invalid_input_is_refused_before_anything_is_sent() {
         )
         .await
         .unwrap_err();
-    assert!(
-        matches!(&e, Error::InvalidInput(m) if m.contains("row 1") && m.contains("`id`")),
-        "{e:?}"
-    );
+    assert_invalid_input(&e, &["row 1", "`id`"]);
 
     assert!(requests(&server).await.is_empty());
 }
@@ -401,9 +393,7 @@ async fn invalid_input_is_refused_before_anything_is_sent() {
 async fn stream_rows_posts_config_then_rows() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .and(path(format!(
-            "/v1/inference-pipelines/{PIPELINE}/data-stream"
-        )))
+        .and(path(pipeline_path("data-stream")))
         .and(header("authorization", format!("Bearer {KEY}").as_str()))
         .respond_with(ok())
         .expect(1)
@@ -454,50 +444,71 @@ async fn no_rows_send_nothing() {
 
 // ---- projects and pipelines ------------------------------------------------------------
 
+/// Mounts `GET {path}` (with `name={name}` when given) answering `answer`, expected once.
+async fn mount_list(server: &MockServer, list_path: &str, name: Option<&str>, answer: Value) {
+    let mut mock = Mock::given(method("GET")).and(path(list_path));
+    if let Some(name) = name {
+        mock = mock.and(query_param("name", name));
+    }
+    mock.respond_with(ResponseTemplate::new(200).set_body_json(answer))
+        .expect(1)
+        .mount(server)
+        .await;
+}
+
+/// Mounts `POST {path}` with exactly `body`, answering `201` with `created`, expected once.
+async fn mount_create(server: &MockServer, create_path: &str, body: Value, created: Value) {
+    Mock::given(method("POST"))
+        .and(path(create_path))
+        .and(body_json(body))
+        .respond_with(ResponseTemplate::new(201).set_body_json(created))
+        .expect(1)
+        .mount(server)
+        .await;
+}
+
+/// The pipeline "production" of the project "Chatbot", loaded or created.
+async fn chatbot_production(c: &Client) -> InferencePipeline {
+    c.load_or_create_inference_pipeline("Chatbot", "production", TaskType::LlmBase)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn projects_and_pipelines_are_listed_and_created() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/v1/projects"))
-        .and(query_param("name", "Fraud"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+    mount_list(
+        &server,
+        "/v1/projects",
+        Some("Fraud"),
+        json!({
             "items": [{"id": "p1", "name": "Fraud", "taskType": "tabular-classification",
                        "description": null, "dateCreated": "2025-01-01"}],
             "_meta": {"page": 1}
-        })))
-        .expect(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/v1/projects"))
-        .and(body_json(
-            json!({"name": "Chat", "taskType": "llm-base", "description": "bot"}),
-        ))
-        .respond_with(ResponseTemplate::new(201).set_body_json(
-            json!({"id": "p2", "name": "Chat", "taskType": "llm-base", "description": "bot"}),
-        ))
-        .expect(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/v1/projects/p1/inference-pipelines"))
-        .and(query_param("name", "production"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "items": [{"id": "i1", "name": "production", "status": "healthy"}]
-        })))
-        .expect(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/v1/projects/p1/inference-pipelines"))
-        .and(body_json(json!({"name": "staging", "description": null})))
-        .respond_with(
-            ResponseTemplate::new(201)
-                .set_body_json(json!({"id": "i2", "name": "staging", "projectId": "p1"})),
-        )
-        .expect(1)
-        .mount(&server)
-        .await;
+        }),
+    )
+    .await;
+    mount_create(
+        &server,
+        "/v1/projects",
+        json!({"name": "Chat", "taskType": "llm-base", "description": "bot"}),
+        json!({"id": "p2", "name": "Chat", "taskType": "llm-base", "description": "bot"}),
+    )
+    .await;
+    mount_list(
+        &server,
+        "/v1/projects/p1/inference-pipelines",
+        Some("production"),
+        json!({"items": [{"id": "i1", "name": "production", "status": "healthy"}]}),
+    )
+    .await;
+    mount_create(
+        &server,
+        "/v1/projects/p1/inference-pipelines",
+        json!({"name": "staging", "description": null}),
+        json!({"id": "i2", "name": "staging", "projectId": "p1"}),
+    )
+    .await;
 
     let c = client(&server);
     let projects = c.list_projects(Some("Fraud")).await.unwrap();
@@ -535,49 +546,35 @@ async fn projects_and_pipelines_are_listed_and_created() {
 async fn load_or_create_finds_exact_names_and_creates_what_is_missing() {
     let server = MockServer::start().await;
     // The name filter may match loosely: only the exact name counts.
-    Mock::given(method("GET"))
-        .and(path("/v1/projects"))
-        .and(query_param("name", "Chatbot"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "items": [{"id": "p9", "name": "Chatbot v2", "taskType": "llm-base"}]
-        })))
-        .expect(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/v1/projects"))
-        .and(body_json(
-            json!({"name": "Chatbot", "taskType": "llm-base", "description": null}),
-        ))
-        .respond_with(
-            ResponseTemplate::new(201)
-                .set_body_json(json!({"id": "p1", "name": "Chatbot", "taskType": "llm-base"})),
-        )
-        .expect(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/v1/projects/p1/inference-pipelines"))
-        .and(query_param("name", "production"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"items": []})))
-        .expect(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/v1/projects/p1/inference-pipelines"))
-        .and(body_json(
-            json!({"name": "production", "description": null}),
-        ))
-        .respond_with(
-            ResponseTemplate::new(201).set_body_json(json!({"id": "i1", "name": "production"})),
-        )
-        .expect(1)
-        .mount(&server)
-        .await;
-    let p = client(&server)
-        .load_or_create_inference_pipeline("Chatbot", "production", TaskType::LlmBase)
-        .await
-        .unwrap();
+    mount_list(
+        &server,
+        "/v1/projects",
+        Some("Chatbot"),
+        json!({"items": [{"id": "p9", "name": "Chatbot v2", "taskType": "llm-base"}]}),
+    )
+    .await;
+    mount_create(
+        &server,
+        "/v1/projects",
+        json!({"name": "Chatbot", "taskType": "llm-base", "description": null}),
+        json!({"id": "p1", "name": "Chatbot", "taskType": "llm-base"}),
+    )
+    .await;
+    mount_list(
+        &server,
+        "/v1/projects/p1/inference-pipelines",
+        Some("production"),
+        json!({"items": []}),
+    )
+    .await;
+    mount_create(
+        &server,
+        "/v1/projects/p1/inference-pipelines",
+        json!({"name": "production", "description": null}),
+        json!({"id": "i1", "name": "production"}),
+    )
+    .await;
+    let p = chatbot_production(&client(&server)).await;
     assert_eq!(p.id, "i1");
     assert_eq!(p.project_id.as_deref(), Some("p1"));
 }
@@ -585,30 +582,193 @@ async fn load_or_create_finds_exact_names_and_creates_what_is_missing() {
 #[tokio::test]
 async fn load_or_create_loads_without_creating() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/v1/projects"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "items": [{"id": "p1", "name": "Chatbot", "taskType": "llm-base"}]
-        })))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/v1/projects/p1/inference-pipelines"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "items": [{"id": "i0", "name": "production-old"}, {"id": "i1", "name": "production"}]
-        })))
-        .mount(&server)
-        .await;
+    mount_list(
+        &server,
+        "/v1/projects",
+        None,
+        json!({"items": [{"id": "p1", "name": "Chatbot", "taskType": "llm-base"}]}),
+    )
+    .await;
+    mount_list(
+        &server,
+        "/v1/projects/p1/inference-pipelines",
+        None,
+        json!({"items": [{"id": "i0", "name": "production-old"}, {"id": "i1", "name": "production"}]}),
+    )
+    .await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(500))
         .expect(0)
         .mount(&server)
         .await;
-    let p = client(&server)
-        .load_or_create_inference_pipeline("Chatbot", "production", TaskType::LlmBase)
+    let p = chatbot_production(&client(&server)).await;
+    assert_eq!(p.id, "i1");
+}
+
+// ---- paging ---------------------------------------------------------------------------
+
+/// Items `{"id": "<prefix><n>", "name": "item <n>"}` for each `n`.
+fn items(prefix: &str, ns: impl IntoIterator<Item = usize>) -> Value {
+    ns.into_iter()
+        .map(|n| json!({"id": format!("{prefix}{n}"), "name": format!("item {n}")}))
+        .collect()
+}
+
+/// A list endpoint holding `total` [`items`], answering `page` (from 1) and `perPage` as
+/// the platform does; `None` is no end.
+fn paged(prefix: &'static str, total: Option<usize>) -> impl Fn(&Request) -> ResponseTemplate {
+    move |r: &Request| {
+        let page: usize = query(r, "page").unwrap().parse().unwrap();
+        let per_page: usize = query(r, "perPage").unwrap().parse().unwrap();
+        let start = (page - 1) * per_page;
+        let end = total.map_or(start + per_page, |t| t.min(start + per_page));
+        ResponseTemplate::new(200).set_body_json(json!({"items": items(prefix, start..end)}))
+    }
+}
+
+/// Mounts `GET {path}` answered by `respond`, however often it is asked.
+async fn mount_get(server: &MockServer, get_path: &str, respond: impl Respond + 'static) {
+    Mock::given(method("GET"))
+        .and(path(get_path))
+        .respond_with(respond)
+        .mount(server)
+        .await;
+}
+
+/// The `page` parameter of every request, in order.
+async fn pages_asked(server: &MockServer) -> Vec<u32> {
+    requests(server)
+        .await
+        .iter()
+        .map(|r| query(r, "page").unwrap().parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn list_projects_reads_every_page() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/projects"))
+        .and(query_param("name", "Chat"))
+        .and(query_param(
+            "perPage",
+            Client::LIST_PER_PAGE.to_string().as_str(),
+        ))
+        .respond_with(paged("p", Some(250)))
+        .mount(&server)
+        .await;
+    let projects = client(&server).list_projects(Some("Chat")).await.unwrap();
+    let ids: Vec<String> = projects.into_iter().map(|p| p.id).collect();
+    let expected: Vec<String> = (0..250).map(|n| format!("p{n}")).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(pages_asked(&server).await, [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn an_empty_page_ends_a_list_of_full_pages() {
+    let server = MockServer::start().await;
+    mount_get(
+        &server,
+        "/v1/projects/p1/inference-pipelines",
+        paged("i", Some(200)),
+    )
+    .await;
+    let pipelines = client(&server)
+        .list_inference_pipelines("p1", None)
         .await
         .unwrap();
-    assert_eq!(p.id, "i1");
+    assert_eq!(pipelines.len(), 200);
+    assert_eq!(pipelines[199].id, "i199");
+    assert!(
+        pipelines
+            .iter()
+            .all(|p| p.project_id.as_deref() == Some("p1"))
+    );
+    assert_eq!(pages_asked(&server).await, [1, 2, 3]);
+    for r in requests(&server).await {
+        assert_eq!(query(&r, "name"), None);
+    }
+}
+
+#[tokio::test]
+async fn a_list_that_never_ends_fails_at_the_bound() {
+    let server = MockServer::start().await;
+    mount_get(&server, "/v1/projects", paged("p", None)).await;
+    let err = client(&server).list_projects(None).await.unwrap_err();
+    let (status, message, request) = api_error(&err);
+    assert_eq!(status, 200);
+    assert!(message.contains("did not end"), "{message}");
+    let last = Client::LIST_MAX_PAGES;
+    assert!(request.contains(&format!("page={last}&")), "{request}");
+    let expected: Vec<u32> = (1..=last).collect();
+    assert_eq!(pages_asked(&server).await, expected);
+}
+
+#[tokio::test]
+async fn a_server_that_ignores_the_page_is_caught_at_once() {
+    let server = MockServer::start().await;
+    let full = items("p", 0..Client::LIST_PER_PAGE as usize);
+    let answer = ResponseTemplate::new(200).set_body_json(json!({"items": full}));
+    mount_get(&server, "/v1/projects", answer).await;
+    let err = client(&server).list_projects(None).await.unwrap_err();
+    let (status, message, _) = api_error(&err);
+    assert_eq!(status, 200);
+    assert!(message.contains("page 2 repeats page 1"), "{message}");
+    assert_eq!(pages_asked(&server).await, [1, 2]);
+}
+
+#[tokio::test]
+async fn a_server_that_does_not_page_is_read_once() {
+    let server = MockServer::start().await;
+    let more = items("p", 0..=Client::LIST_PER_PAGE as usize);
+    mount_list(&server, "/v1/projects", None, json!({"items": more})).await;
+    let projects = client(&server).list_projects(None).await.unwrap();
+    assert_eq!(projects.len(), Client::LIST_PER_PAGE as usize + 1);
+}
+
+#[tokio::test]
+async fn one_page_at_a_time() {
+    let server = MockServer::start().await;
+    mount_get(&server, "/v1/projects", paged("p", Some(25))).await;
+    mount_get(
+        &server,
+        "/v1/projects/p%2F1/inference-pipelines",
+        paged("i", Some(3)),
+    )
+    .await;
+    let c = client(&server);
+    let page = c.list_projects_page(Some("Chat"), 2, 10).await.unwrap();
+    let ids: Vec<&str> = page.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, (10..20).map(|n| format!("p{n}")).collect::<Vec<_>>());
+    let last = c.list_projects_page(None, 3, 10).await.unwrap();
+    assert_eq!(last.len(), 5);
+    let past = c.list_projects_page(None, 4, 10).await.unwrap();
+    assert!(past.is_empty());
+    let pipelines = c
+        .list_inference_pipelines_page("p/1", None, 1, 2)
+        .await
+        .unwrap();
+    assert_eq!(pipelines.len(), 2);
+    assert_eq!(pipelines[1].project_id.as_deref(), Some("p/1"));
+
+    let reqs = requests(&server).await;
+    assert_eq!(
+        reqs[0].url.query(),
+        Some("name=Chat&page=2&perPage=10"),
+        "the name filter, then the page"
+    );
+    assert_eq!(reqs.len(), 4);
+
+    for e in [
+        c.list_projects_page(None, 0, 10).await.unwrap_err(),
+        c.list_projects_page(None, 1, 0).await.unwrap_err(),
+        c.list_inference_pipelines_page("", None, 1, 10)
+            .await
+            .unwrap_err(),
+    ] {
+        assert_invalid_input(&e, &[]);
+    }
+    assert_eq!(requests(&server).await.len(), 4);
 }
 
 // ---- bulk -----------------------------------------------------------------------------
@@ -636,7 +796,7 @@ async fn mount_bulk(server: &MockServer, storage_status: u16) {
         .mount(server)
         .await;
     Mock::given(method("POST"))
-        .and(path(format!("/v1/inference-pipelines/{PIPELINE}/data")))
+        .and(path(pipeline_path("data")))
         .respond_with(ok())
         .mount(server)
         .await;
@@ -688,12 +848,7 @@ async fn publish_batch_uploads_a_csv_then_registers_it() {
     assert_eq!(reqs.len(), 3);
     // 1. the presigned URL, for a fresh .csv object name, empty body
     assert_eq!(reqs[0].url.path(), "/v1/storage/presigned-url");
-    let object = reqs[0]
-        .url
-        .query_pairs()
-        .find(|(k, _)| k == "objectName")
-        .map(|(_, v)| v.into_owned())
-        .unwrap();
+    let object = query(&reqs[0], "objectName").unwrap();
     assert!(object.ends_with(".csv"), "{object}");
     assert!(reqs[0].body.is_empty());
 
@@ -727,10 +882,7 @@ async fn publish_batch_uploads_a_csv_then_registers_it() {
     );
 
     // 3. the registration, appending
-    assert_eq!(
-        reqs[2].url.path(),
-        format!("/v1/inference-pipelines/{PIPELINE}/data")
-    );
+    assert_eq!(reqs[2].url.path(), pipeline_path("data"));
     assert_eq!(
         reqs[2].body_json::<Value>().unwrap(),
         json!({
@@ -789,17 +941,10 @@ async fn a_refused_upload_names_the_storage_without_its_signature() {
         .update_batch(PIPELINE, "id", None, &[json!({"id": "a", "x": 1})])
         .await
         .unwrap_err();
-    let Error::Api {
-        status,
-        message,
-        request,
-    } = &err
-    else {
-        panic!("expected Error::Api, got {err:?}");
-    };
-    assert_eq!(*status, 403);
+    let (status, message, request) = api_error(&err);
+    assert_eq!(status, 403);
     assert_eq!(message, "storage says no");
-    assert_eq!(request, &format!("POST {}/storage/bucket", server.uri()));
+    assert_eq!(request, format!("POST {}/storage/bucket", server.uri()));
     assert!(!err.to_string().contains("sig-secret"));
     // nothing was registered
     let reqs = requests(&server).await;
@@ -833,7 +978,7 @@ async fn a_failed_upload_is_retried_like_api_requests() {
             "/v1/storage/presigned-url".to_string(),
             "/storage/bucket".to_string(),
             "/storage/bucket".to_string(),
-            format!("/v1/inference-pipelines/{PIPELINE}/data"),
+            pipeline_path("data"),
         ]
     );
 }
@@ -853,18 +998,11 @@ async fn local_mode_writes_the_file_and_refuses_reads() {
     assert!(c.is_local());
     assert_eq!(c.local_file(), Some(file.as_path()));
 
-    let p = c
-        .load_or_create_inference_pipeline("Chatbot", "production", TaskType::LlmBase)
-        .await
-        .unwrap();
+    let p = chatbot_production(&c).await;
     assert!(p.local);
     assert_eq!(p.name, "production");
     assert_eq!(uuid_version(&p.id), Some(5));
-    let again = c
-        .load_or_create_inference_pipeline("Chatbot", "production", TaskType::LlmBase)
-        .await
-        .unwrap();
-    assert_eq!(p.id, again.id);
+    assert_eq!(p.id, chatbot_production(&c).await.id);
 
     let cfg = LlmConfig::new("output");
     c.stream_rows(&p.id, &cfg, &[json!({"inferenceId": "a", "output": "hi"})])
@@ -935,6 +1073,10 @@ async fn local_mode_writes_the_file_and_refuses_reads() {
         c.delete_row(&p.id, "a").await.unwrap_err(),
         c.list_projects(None).await.unwrap_err(),
         c.list_inference_pipelines("p", None).await.unwrap_err(),
+        c.list_projects_page(None, 1, 10).await.unwrap_err(),
+        c.list_inference_pipelines_page("p", None, 1, 10)
+            .await
+            .unwrap_err(),
         c.create_project("x", TaskType::LlmBase, None)
             .await
             .unwrap_err(),

@@ -58,6 +58,8 @@ use tokio::task::JoinSet;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Largest request body the server accepts.
 const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
+/// How often the `wait_for` methods look at the recorded requests.
+const WAIT_POLL: Duration = Duration::from_millis(5);
 
 // ---------------------------------------------------------------------------------------
 // Behaviour
@@ -587,13 +589,10 @@ impl TestServer {
     ) -> bool {
         let end = Instant::now() + timeout;
         loop {
-            if done(&self.shared.lock().requests) {
-                return true;
+            if let Some(held) = self.check(&mut done, end) {
+                return held;
             }
-            if Instant::now() >= end {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(WAIT_POLL).await;
         }
     }
 
@@ -606,13 +605,26 @@ impl TestServer {
     ) -> bool {
         let end = Instant::now() + timeout;
         loop {
-            if done(&self.shared.lock().requests) {
-                return true;
+            if let Some(held) = self.check(&mut done, end) {
+                return held;
             }
-            if Instant::now() >= end {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(WAIT_POLL);
+        }
+    }
+
+    /// One look of the `wait_for` methods: `Some(true)` once `done` holds, `Some(false)`
+    /// once `end` has passed, `None` while still waiting.
+    fn check(
+        &self,
+        done: &mut impl FnMut(&[RecordedRequest]) -> bool,
+        end: Instant,
+    ) -> Option<bool> {
+        if done(&self.shared.lock().requests) {
+            Some(true)
+        } else if Instant::now() >= end {
+            Some(false)
+        } else {
+            None
         }
     }
 

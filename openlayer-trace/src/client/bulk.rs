@@ -15,7 +15,7 @@ use super::{
 };
 use crate::error::Error;
 use crate::localfile::{self, LocalLine};
-use crate::transport::{ApiRequest, Transport};
+use crate::transport::{ApiRequest, Transport, chain};
 
 /// The answer of `POST /storage/presigned-url`.
 #[derive(Debug, Deserialize)]
@@ -90,14 +90,9 @@ impl Client {
         config: &C,
         rows: &[Value],
     ) -> Result<(), Error> {
-        if !self.is_local() {
-            require_id("pipeline id", pipeline_id)?;
-        }
-        configs::validate_rows(config, rows)?;
-        if rows.is_empty() {
+        let Some(config) = self.prepare_rows(pipeline_id, config, rows)? else {
             return Ok(());
-        }
-        let config = config.to_json();
+        };
         match &self.inner.backend {
             Backend::Local(path) => {
                 let lines: Vec<LocalLine> = rows
@@ -149,20 +144,13 @@ impl Client {
         config: Option<RowUpdateConfig>,
         rows: &[Value],
     ) -> Result<(), Error> {
-        if !self.is_local() {
-            require_id("pipeline id", pipeline_id)?;
-        }
+        self.check_pipeline_id(pipeline_id)?;
         require_id("inference id column", inference_id_column)?;
         let config = config.unwrap_or_default();
         let required = config.row_columns();
         let mut ids = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
-            let Value::Object(map) = row else {
-                return Err(Error::InvalidInput(format!(
-                    "row {i} must be a JSON object, got {}",
-                    json_kind(row)
-                )));
-            };
+            let map = configs::check_row(i, row, &required)?;
             let id = match map.get(inference_id_column) {
                 Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
                 Some(Value::Number(n)) => n.to_string(),
@@ -178,13 +166,6 @@ impl Client {
                     )));
                 }
             };
-            for (key, column) in &required {
-                if !map.contains_key(*column) {
-                    return Err(Error::InvalidInput(format!(
-                        "row {i} has no column `{column}` (named by `{key}`)"
-                    )));
-                }
-            }
             ids.push(id);
         }
         if rows.is_empty() {
@@ -327,7 +308,7 @@ async fn upload(
             Err(e) => (
                 Error::Transport {
                     timeout: e.is_timeout(),
-                    message: format!("upload to storage failed: {}", without_url(e)),
+                    message: format!("upload to storage failed: {}", chain(&e.without_url())),
                     request: request.clone(),
                 },
                 true,
@@ -369,19 +350,6 @@ async fn upload(
         tokio::time::sleep(wait).await;
         retry += 1;
     }
-}
-
-/// A reqwest error's text without the URL (which would carry the signature).
-fn without_url(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

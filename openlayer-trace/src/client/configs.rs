@@ -9,33 +9,58 @@ use serde_json::{Map, Value};
 use super::types::TaskType;
 use crate::error::Error;
 
-/// Generates builder-style setters for `Option` fields.
-macro_rules! option_setters {
-    ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {
-        $(
-            $(#[$doc])*
-            pub fn $name(mut self, value: impl Into<$ty>) -> Self {
-                self.$name = Some(value.into());
-                self
-            }
-        )*
-    };
-}
+/// Declares a config struct: its `required` fields as written (defaulting when absent
+/// from JSON), then its `lists` (`Option<Vec<String>>` of column names) and `options`
+/// (`Option<T>`), which are left out of the JSON while unset and get a builder-style
+/// setter each, documented like the field. The struct's own attributes are passed through.
+macro_rules! config_struct {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            required { $($(#[$rdoc:meta])* $req:ident: $rty:ty,)* }
+            lists { $($(#[$ldoc:meta])* $list:ident,)* }
+            options { $($(#[$odoc:meta])* $opt:ident: $oty:ty,)* }
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $(
+                $(#[$rdoc])*
+                #[serde(default)]
+                pub $req: $rty,
+            )*
+            $(
+                $(#[$ldoc])*
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub $list: Option<Vec<String>>,
+            )*
+            $(
+                $(#[$odoc])*
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub $opt: Option<$oty>,
+            )*
+        }
 
-/// Generates a builder-style setter for an `Option<Vec<String>>` field.
-macro_rules! list_setters {
-    ($($(#[$doc:meta])* $name:ident;)*) => {
-        $(
-            $(#[$doc])*
-            pub fn $name<I, S>(mut self, names: I) -> Self
-            where
-                I: IntoIterator<Item = S>,
-                S: Into<String>,
-            {
-                self.$name = Some(names.into_iter().map(Into::into).collect());
-                self
-            }
-        )*
+        impl $name {
+            $(
+                $(#[$ldoc])*
+                pub fn $list<I, S>(mut self, names: I) -> Self
+                where
+                    I: IntoIterator<Item = S>,
+                    S: Into<String>,
+                {
+                    self.$list = Some(names.into_iter().map(Into::into).collect());
+                    self
+                }
+            )*
+            $(
+                $(#[$odoc])*
+                pub fn $opt(mut self, value: impl Into<$oty>) -> Self {
+                    self.$opt = Some(value.into());
+                    self
+                }
+            )*
+        }
     };
 }
 
@@ -176,68 +201,62 @@ impl PromptMessage {
     }
 }
 
-/// The stream config of an LLM pipeline (`llm-base`).
-///
-/// ```
-/// use openlayer_trace::{LlmConfig, StreamConfig};
-/// let config = LlmConfig::new("answer")
-///     .input_variable_names(["question"])
-///     .latency_column_name("latency_ms");
-/// assert_eq!(
-///     serde_json::Value::Object(config.to_json()),
-///     serde_json::json!({
-///         "outputColumnName": "answer",
-///         "inputVariableNames": ["question"],
-///         "latencyColumnName": "latency_ms",
-///     })
-/// );
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[non_exhaustive]
-pub struct LlmConfig {
-    /// The column with the model's output (required).
-    #[serde(default)]
-    pub output_column_name: String,
-    /// The columns with the prompt's input variables.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub input_variable_names: Option<Vec<String>>,
-    /// The column with retrieved context (a list of strings).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub context_column_name: Option<String>,
-    /// The column with the cost of the inference.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cost_column_name: Option<String>,
-    /// The column with the ground truth.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ground_truth_column_name: Option<String>,
-    /// The column with the inference id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub inference_id_column_name: Option<String>,
-    /// The column with the latency, in milliseconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_column_name: Option<String>,
-    /// Free-form metadata about the model.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<Map<String, Value>>,
-    /// The column with the number of tokens.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub num_of_token_column_name: Option<String>,
-    /// The prompt template.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prompt: Option<Vec<PromptMessage>>,
-    /// The column with the question (for RAG metrics).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub question_column_name: Option<String>,
-    /// The column with the session id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session_id_column_name: Option<String>,
-    /// The column with the inference timestamp (Unix seconds).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timestamp_column_name: Option<String>,
-    /// The column with the user id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_id_column_name: Option<String>,
+config_struct! {
+    /// The stream config of an LLM pipeline (`llm-base`).
+    ///
+    /// ```
+    /// use openlayer_trace::{LlmConfig, StreamConfig};
+    /// let config = LlmConfig::new("answer")
+    ///     .input_variable_names(["question"])
+    ///     .latency_column_name("latency_ms");
+    /// assert_eq!(
+    ///     serde_json::Value::Object(config.to_json()),
+    ///     serde_json::json!({
+    ///         "outputColumnName": "answer",
+    ///         "inputVariableNames": ["question"],
+    ///         "latencyColumnName": "latency_ms",
+    ///     })
+    /// );
+    /// ```
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    #[non_exhaustive]
+    pub struct LlmConfig {
+        required {
+            /// The column with the model's output (required).
+            output_column_name: String,
+        }
+        lists {
+            /// The columns with the prompt's input variables.
+            input_variable_names,
+        }
+        options {
+            /// The column with retrieved context (a list of strings).
+            context_column_name: String,
+            /// The column with the cost of the inference.
+            cost_column_name: String,
+            /// The column with the ground truth.
+            ground_truth_column_name: String,
+            /// The column with the inference id.
+            inference_id_column_name: String,
+            /// The column with the latency, in milliseconds.
+            latency_column_name: String,
+            /// Free-form metadata about the model.
+            metadata: Map<String, Value>,
+            /// The column with the number of tokens.
+            num_of_token_column_name: String,
+            /// The prompt template.
+            prompt: Vec<PromptMessage>,
+            /// The column with the question (for RAG metrics).
+            question_column_name: String,
+            /// The column with the session id.
+            session_id_column_name: String,
+            /// The column with the inference timestamp (Unix seconds).
+            timestamp_column_name: String,
+            /// The column with the user id.
+            user_id_column_name: String,
+        }
+    }
 }
 
 impl LlmConfig {
@@ -247,38 +266,6 @@ impl LlmConfig {
             output_column_name: output_column_name.into(),
             ..LlmConfig::default()
         }
-    }
-
-    list_setters! {
-        /// Sets `inputVariableNames`.
-        input_variable_names;
-    }
-
-    option_setters! {
-        /// Sets `contextColumnName`.
-        context_column_name: String;
-        /// Sets `costColumnName`.
-        cost_column_name: String;
-        /// Sets `groundTruthColumnName`.
-        ground_truth_column_name: String;
-        /// Sets `inferenceIdColumnName`.
-        inference_id_column_name: String;
-        /// Sets `latencyColumnName`.
-        latency_column_name: String;
-        /// Sets `metadata`.
-        metadata: Map<String, Value>;
-        /// Sets `numOfTokenColumnName`.
-        num_of_token_column_name: String;
-        /// Sets `prompt`.
-        prompt: Vec<PromptMessage>;
-        /// Sets `questionColumnName`.
-        question_column_name: String;
-        /// Sets `sessionIdColumnName`.
-        session_id_column_name: String;
-        /// Sets `timestampColumnName`.
-        timestamp_column_name: String;
-        /// Sets `userIdColumnName`.
-        user_id_column_name: String;
     }
 }
 
@@ -304,51 +291,49 @@ impl StreamConfig for LlmConfig {
     }
 }
 
-/// The stream config of a tabular classification pipeline.
-///
-/// ```
-/// use openlayer_trace::{StreamConfig, TabularClassificationConfig};
-/// let config = TabularClassificationConfig::new(["no", "yes"])
-///     .feature_names(["age", "plan"])
-///     .categorical_feature_names(["plan"])
-///     .predictions_column_name("prediction");
-/// assert!(config.validate().is_ok());
-/// assert_eq!(config.to_json()["classNames"], serde_json::json!(["no", "yes"]));
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[non_exhaustive]
-pub struct TabularClassificationConfig {
-    /// The classes, in the order of the model's prediction indices (required).
-    #[serde(default)]
-    pub class_names: Vec<String>,
-    /// The categorical features (a subset of `feature_names`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub categorical_feature_names: Option<Vec<String>>,
-    /// The feature columns.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub feature_names: Option<Vec<String>>,
-    /// The column with the inference id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub inference_id_column_name: Option<String>,
-    /// The column with the true label.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub label_column_name: Option<String>,
-    /// The column with the latency, in milliseconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_column_name: Option<String>,
-    /// Free-form metadata about the model.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<Map<String, Value>>,
-    /// The column with the predicted class index.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub predictions_column_name: Option<String>,
-    /// The column with the per-class scores (a list of numbers).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prediction_scores_column_name: Option<String>,
-    /// The column with the inference timestamp (Unix seconds).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timestamp_column_name: Option<String>,
+config_struct! {
+    /// The stream config of a tabular classification pipeline.
+    ///
+    /// ```
+    /// use openlayer_trace::{StreamConfig, TabularClassificationConfig};
+    /// let config = TabularClassificationConfig::new(["no", "yes"])
+    ///     .feature_names(["age", "plan"])
+    ///     .categorical_feature_names(["plan"])
+    ///     .predictions_column_name("prediction");
+    /// assert!(config.validate().is_ok());
+    /// assert_eq!(config.to_json()["classNames"], serde_json::json!(["no", "yes"]));
+    /// ```
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    #[non_exhaustive]
+    pub struct TabularClassificationConfig {
+        required {
+            /// The classes, in the order of the model's prediction indices (required).
+            class_names: Vec<String>,
+        }
+        lists {
+            /// The categorical features (a subset of `feature_names`).
+            categorical_feature_names,
+            /// The feature columns.
+            feature_names,
+        }
+        options {
+            /// The column with the inference id.
+            inference_id_column_name: String,
+            /// The column with the true label.
+            label_column_name: String,
+            /// The column with the latency, in milliseconds.
+            latency_column_name: String,
+            /// Free-form metadata about the model.
+            metadata: Map<String, Value>,
+            /// The column with the predicted class index.
+            predictions_column_name: String,
+            /// The column with the per-class scores (a list of numbers).
+            prediction_scores_column_name: String,
+            /// The column with the inference timestamp (Unix seconds).
+            timestamp_column_name: String,
+        }
+    }
 }
 
 impl TabularClassificationConfig {
@@ -362,30 +347,6 @@ impl TabularClassificationConfig {
             class_names: class_names.into_iter().map(Into::into).collect(),
             ..Default::default()
         }
-    }
-
-    list_setters! {
-        /// Sets `categoricalFeatureNames`.
-        categorical_feature_names;
-        /// Sets `featureNames`.
-        feature_names;
-    }
-
-    option_setters! {
-        /// Sets `inferenceIdColumnName`.
-        inference_id_column_name: String;
-        /// Sets `labelColumnName`.
-        label_column_name: String;
-        /// Sets `latencyColumnName`.
-        latency_column_name: String;
-        /// Sets `metadata`.
-        metadata: Map<String, Value>;
-        /// Sets `predictionsColumnName`.
-        predictions_column_name: String;
-        /// Sets `predictionScoresColumnName`.
-        prediction_scores_column_name: String;
-        /// Sets `timestampColumnName`.
-        timestamp_column_name: String;
     }
 }
 
@@ -417,72 +378,49 @@ impl StreamConfig for TabularClassificationConfig {
     }
 }
 
-/// The stream config of a tabular regression pipeline.
-///
-/// ```
-/// use openlayer_trace::{StreamConfig, TabularRegressionConfig};
-/// let config = TabularRegressionConfig::new()
-///     .feature_names(["rooms", "area"])
-///     .predictions_column_name("price_pred")
-///     .target_column_name("price");
-/// assert_eq!(config.required_columns().len(), 3);
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[non_exhaustive]
-pub struct TabularRegressionConfig {
-    /// The categorical features (a subset of `feature_names`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub categorical_feature_names: Option<Vec<String>>,
-    /// The feature columns.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub feature_names: Option<Vec<String>>,
-    /// The column with the inference id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub inference_id_column_name: Option<String>,
-    /// The column with the latency, in milliseconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_column_name: Option<String>,
-    /// Free-form metadata about the model.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<Map<String, Value>>,
-    /// The column with the predicted value.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub predictions_column_name: Option<String>,
-    /// The column with the true value.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub target_column_name: Option<String>,
-    /// The column with the inference timestamp (Unix seconds).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timestamp_column_name: Option<String>,
+config_struct! {
+    /// The stream config of a tabular regression pipeline.
+    ///
+    /// ```
+    /// use openlayer_trace::{StreamConfig, TabularRegressionConfig};
+    /// let config = TabularRegressionConfig::new()
+    ///     .feature_names(["rooms", "area"])
+    ///     .predictions_column_name("price_pred")
+    ///     .target_column_name("price");
+    /// assert_eq!(config.required_columns().len(), 3);
+    /// ```
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    #[non_exhaustive]
+    pub struct TabularRegressionConfig {
+        required {}
+        lists {
+            /// The categorical features (a subset of `feature_names`).
+            categorical_feature_names,
+            /// The feature columns.
+            feature_names,
+        }
+        options {
+            /// The column with the inference id.
+            inference_id_column_name: String,
+            /// The column with the latency, in milliseconds.
+            latency_column_name: String,
+            /// Free-form metadata about the model.
+            metadata: Map<String, Value>,
+            /// The column with the predicted value.
+            predictions_column_name: String,
+            /// The column with the true value.
+            target_column_name: String,
+            /// The column with the inference timestamp (Unix seconds).
+            timestamp_column_name: String,
+        }
+    }
 }
 
 impl TabularRegressionConfig {
     /// An empty config.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    list_setters! {
-        /// Sets `categoricalFeatureNames`.
-        categorical_feature_names;
-        /// Sets `featureNames`.
-        feature_names;
-    }
-
-    option_setters! {
-        /// Sets `inferenceIdColumnName`.
-        inference_id_column_name: String;
-        /// Sets `latencyColumnName`.
-        latency_column_name: String;
-        /// Sets `metadata`.
-        metadata: Map<String, Value>;
-        /// Sets `predictionsColumnName`.
-        predictions_column_name: String;
-        /// Sets `targetColumnName`.
-        target_column_name: String;
-        /// Sets `timestampColumnName`.
-        timestamp_column_name: String;
     }
 }
 
@@ -508,49 +446,47 @@ impl StreamConfig for TabularRegressionConfig {
     }
 }
 
-/// The stream config of a text classification pipeline.
-///
-/// ```
-/// use openlayer_trace::{StreamConfig, TextClassificationConfig};
-/// let config = TextClassificationConfig::new(["negative", "positive"])
-///     .text_column_name("review")
-///     .predictions_column_name("sentiment");
-/// assert_eq!(
-///     config.required_columns(),
-///     [("predictionsColumnName", "sentiment"), ("textColumnName", "review")]
-/// );
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[non_exhaustive]
-pub struct TextClassificationConfig {
-    /// The classes, in the order of the model's prediction indices (required).
-    #[serde(default)]
-    pub class_names: Vec<String>,
-    /// The column with the inference id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub inference_id_column_name: Option<String>,
-    /// The column with the true label.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub label_column_name: Option<String>,
-    /// The column with the latency, in milliseconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_column_name: Option<String>,
-    /// Free-form metadata about the model.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<Map<String, Value>>,
-    /// The column with the predicted class index.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub predictions_column_name: Option<String>,
-    /// The column with the per-class scores (a list of numbers).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prediction_scores_column_name: Option<String>,
-    /// The column with the text.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub text_column_name: Option<String>,
-    /// The column with the inference timestamp (Unix seconds).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timestamp_column_name: Option<String>,
+config_struct! {
+    /// The stream config of a text classification pipeline.
+    ///
+    /// ```
+    /// use openlayer_trace::{StreamConfig, TextClassificationConfig};
+    /// let config = TextClassificationConfig::new(["negative", "positive"])
+    ///     .text_column_name("review")
+    ///     .predictions_column_name("sentiment");
+    /// assert_eq!(
+    ///     config.required_columns(),
+    ///     [("predictionsColumnName", "sentiment"), ("textColumnName", "review")]
+    /// );
+    /// ```
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    #[non_exhaustive]
+    pub struct TextClassificationConfig {
+        required {
+            /// The classes, in the order of the model's prediction indices (required).
+            class_names: Vec<String>,
+        }
+        lists {}
+        options {
+            /// The column with the inference id.
+            inference_id_column_name: String,
+            /// The column with the true label.
+            label_column_name: String,
+            /// The column with the latency, in milliseconds.
+            latency_column_name: String,
+            /// Free-form metadata about the model.
+            metadata: Map<String, Value>,
+            /// The column with the predicted class index.
+            predictions_column_name: String,
+            /// The column with the per-class scores (a list of numbers).
+            prediction_scores_column_name: String,
+            /// The column with the text.
+            text_column_name: String,
+            /// The column with the inference timestamp (Unix seconds).
+            timestamp_column_name: String,
+        }
+    }
 }
 
 impl TextClassificationConfig {
@@ -564,25 +500,6 @@ impl TextClassificationConfig {
             class_names: class_names.into_iter().map(Into::into).collect(),
             ..Default::default()
         }
-    }
-
-    option_setters! {
-        /// Sets `inferenceIdColumnName`.
-        inference_id_column_name: String;
-        /// Sets `labelColumnName`.
-        label_column_name: String;
-        /// Sets `latencyColumnName`.
-        latency_column_name: String;
-        /// Sets `metadata`.
-        metadata: Map<String, Value>;
-        /// Sets `predictionsColumnName`.
-        predictions_column_name: String;
-        /// Sets `predictionScoresColumnName`.
-        prediction_scores_column_name: String;
-        /// Sets `textColumnName`.
-        text_column_name: String;
-        /// Sets `timestampColumnName`.
-        timestamp_column_name: String;
     }
 }
 
@@ -739,74 +656,73 @@ pub(crate) fn validate_rows<C: StreamConfig + ?Sized>(
         non_empty(key, column)?;
     }
     for (i, row) in rows.iter().enumerate() {
-        let Value::Object(map) = row else {
-            return Err(Error::InvalidInput(format!(
-                "row {i} must be a JSON object, got {}",
-                json_kind(row)
-            )));
-        };
-        for (key, column) in &required {
-            if !map.contains_key(*column) {
-                return Err(Error::InvalidInput(format!(
-                    "row {i} has no column `{column}` (named by `{key}`)"
-                )));
-            }
-        }
+        check_row(i, row, &required)?;
     }
     Ok(())
 }
 
-/// Which columns of a row update hold what, for [`Client::update_row`](crate::Client::update_row)
-/// and [`Client::update_batch`](crate::Client::update_batch). Only the names that are set are sent.
-///
-/// ```
-/// use openlayer_trace::RowUpdateConfig;
-/// let config = RowUpdateConfig::new()
-///     .ground_truth_column_name("groundTruth")
-///     .human_feedback_column_name("humanFeedback");
-/// assert_eq!(
-///     serde_json::to_string(&config).unwrap(),
-///     r#"{"groundTruthColumnName":"groundTruth","humanFeedbackColumnName":"humanFeedback"}"#
-/// );
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-#[non_exhaustive]
-pub struct RowUpdateConfig {
-    /// The column with the ground truth.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ground_truth_column_name: Option<String>,
-    /// The column with human feedback (thumbs, ratings, ...).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub human_feedback_column_name: Option<String>,
-    /// The column with the inference id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub inference_id_column_name: Option<String>,
-    /// The column with the latency, in milliseconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_column_name: Option<String>,
-    /// The column with the inference timestamp (Unix seconds).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timestamp_column_name: Option<String>,
+/// Checks row `i`: a JSON object with every `required` column (each with the config key
+/// that names it). Returns the row's object.
+pub(crate) fn check_row<'a>(
+    i: usize,
+    row: &'a Value,
+    required: &[(&str, &str)],
+) -> Result<&'a Map<String, Value>, Error> {
+    let Value::Object(map) = row else {
+        return Err(Error::InvalidInput(format!(
+            "row {i} must be a JSON object, got {}",
+            json_kind(row)
+        )));
+    };
+    for (key, column) in required {
+        if !map.contains_key(*column) {
+            return Err(Error::InvalidInput(format!(
+                "row {i} has no column `{column}` (named by `{key}`)"
+            )));
+        }
+    }
+    Ok(map)
+}
+
+config_struct! {
+    /// Which columns of a row update hold what, for [`Client::update_row`](crate::Client::update_row)
+    /// and [`Client::update_batch`](crate::Client::update_batch). Only the names that are set are sent.
+    ///
+    /// ```
+    /// use openlayer_trace::RowUpdateConfig;
+    /// let config = RowUpdateConfig::new()
+    ///     .ground_truth_column_name("groundTruth")
+    ///     .human_feedback_column_name("humanFeedback");
+    /// assert_eq!(
+    ///     serde_json::to_string(&config).unwrap(),
+    ///     r#"{"groundTruthColumnName":"groundTruth","humanFeedbackColumnName":"humanFeedback"}"#
+    /// );
+    /// ```
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    #[non_exhaustive]
+    pub struct RowUpdateConfig {
+        required {}
+        lists {}
+        options {
+            /// The column with the ground truth.
+            ground_truth_column_name: String,
+            /// The column with human feedback (thumbs, ratings, ...).
+            human_feedback_column_name: String,
+            /// The column with the inference id.
+            inference_id_column_name: String,
+            /// The column with the latency, in milliseconds.
+            latency_column_name: String,
+            /// The column with the inference timestamp (Unix seconds).
+            timestamp_column_name: String,
+        }
+    }
 }
 
 impl RowUpdateConfig {
     /// An empty config.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    option_setters! {
-        /// Sets `groundTruthColumnName`.
-        ground_truth_column_name: String;
-        /// Sets `humanFeedbackColumnName`.
-        human_feedback_column_name: String;
-        /// Sets `inferenceIdColumnName`.
-        inference_id_column_name: String;
-        /// Sets `latencyColumnName`.
-        latency_column_name: String;
-        /// Sets `timestampColumnName`.
-        timestamp_column_name: String;
     }
 
     /// Whether no column name is set (such a config is not sent).

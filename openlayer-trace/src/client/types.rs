@@ -124,6 +124,15 @@ pub struct InferencePipeline {
     pub extra: Map<String, Value>,
 }
 
+impl InferencePipeline {
+    /// The pipeline with `project_id` filled in when the platform left it out.
+    pub(crate) fn in_project(mut self, project_id: &str) -> Self {
+        self.project_id
+            .get_or_insert_with(|| project_id.to_string());
+        self
+    }
+}
+
 /// A page of a list answer, `{"items": [...]}`; other fields are ignored.
 #[derive(Deserialize)]
 pub(crate) struct Items<T> {
