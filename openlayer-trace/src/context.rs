@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -79,8 +80,59 @@ pub(crate) struct StepSpec {
 /// A step that has been opened in a trace and must be closed exactly once.
 #[derive(Debug)]
 pub(crate) struct OpenStep {
-    pub trace: Arc<TraceShared>,
+    pub trace: ManuallyDrop<Arc<TraceShared>>,
     pub idx: u32,
+}
+
+impl OpenStep {
+    fn new(trace: Arc<TraceShared>, idx: u32) -> Self {
+        OpenStep {
+            trace: ManuallyDrop::new(trace),
+            idx,
+        }
+    }
+}
+
+thread_local! {
+    /// The shared part of this thread's last completed trace, kept for its next trace, so
+    /// that starting a trace allocates nothing and writes memory this core has in cache.
+    static SPARE: Cell<Option<Arc<TraceShared>>> = const { Cell::new(None) };
+}
+
+impl Drop for OpenStep {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: taken exactly once, here, and never used again.
+        let trace = unsafe { ManuallyDrop::take(&mut self.trace) };
+        // The root's step is usually the last holder of its trace.
+        if self.idx == 0 {
+            keep_spare(trace);
+        }
+    }
+}
+
+/// Keeps `trace` for this thread's next trace when nothing else holds it (it has then
+/// completed and been handed off, which left its state empty); else just drops it.
+fn keep_spare(mut trace: Arc<TraceShared>) {
+    let Some(t) = Arc::get_mut(&mut trace) else {
+        return;
+    };
+    if t.is_spent() {
+        // Nothing of the old trace stays reachable from the spare.
+        t.capture = None;
+        let _ = SPARE.try_with(|s| s.set(Some(trace)));
+    }
+}
+
+/// A new trace: this thread's spare one, reset, or a new allocation.
+fn new_trace(capture: Option<Arc<CaptureSink>>, anchor: i64) -> Arc<TraceShared> {
+    if let Some(mut spare) = SPARE.try_with(|s| s.take()).ok().flatten() {
+        if let Some(t) = Arc::get_mut(&mut spare) {
+            t.reset(capture, anchor);
+            return spare;
+        }
+    }
+    Arc::new(TraceShared::new(capture, anchor))
 }
 
 /// Where a new step goes: under the current step of `trace`, or as the root of a new trace.
@@ -149,7 +201,7 @@ pub(crate) fn open_step(
             // The trace's clock anchor is read with its wall-clock time; a root starting
             // now starts at the anchor.
             let anchor = clock::now();
-            let trace = Arc::new(TraceShared::new(capture, anchor));
+            let trace = new_trace(capture, anchor);
             let start = match start {
                 Start::Now => anchor,
                 Start::At(t) => t,
@@ -195,7 +247,7 @@ fn record_step(
         st.steps.push(rec);
         st.open += 1;
         drop(st);
-        Some(OpenStep { trace, idx })
+        Some(OpenStep::new(trace, idx))
     })
 }
 

@@ -353,6 +353,30 @@ impl TraceShared {
         }
     }
 
+    /// Makes a spent trace (completed, handed off, held by nothing else) a new one.
+    pub(crate) fn reset(
+        &mut self,
+        capture: Option<Arc<crate::pipeline::CaptureSink>>,
+        anchor: i64,
+    ) {
+        self.state.clear_poison();
+        let (steps, text) = reused_buffers();
+        *self.state.get_mut().unwrap_or_else(|e| e.into_inner()) = TraceState {
+            steps,
+            text,
+            ..TraceState::default()
+        };
+        self.anchor = anchor;
+        self.anchor_unix_ns = crate::clock::unix_ns(anchor);
+        self.capture = capture;
+    }
+
+    /// Whether this trace has been handed off (its state was taken, leaving it empty).
+    pub(crate) fn is_spent(&mut self) -> bool {
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        st.steps.is_empty() && st.open == 0
+    }
+
     /// Locks the state; a poisoned lock is still used (a panic elsewhere must not stop tracing).
     #[inline]
     pub(crate) fn lock(&self) -> MutexGuard<'_, TraceState> {
