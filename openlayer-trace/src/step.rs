@@ -149,16 +149,23 @@ pub trait OutputSink {
 /// ```
 #[must_use = "the step closes when the guard is dropped"]
 pub struct StepGuard {
-    open: Option<OpenStep>,
-    entered: Option<Entered>,
-    ending: Ending,
+    /// `None` when the step is not recorded: then the guard is one word to write and
+    /// check.
+    rec: Option<Recording>,
     _not_send: PhantomData<*const ()>,
+}
+
+/// A recorded synchronous step: open, current on this thread, and what it ends with.
+struct Recording {
+    open: OpenStep,
+    entered: Entered,
+    ending: Ending,
 }
 
 impl std::fmt::Debug for StepGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StepGuard")
-            .field("recording", &self.open.is_some())
+            .field("recording", &self.rec.is_some())
             .finish()
     }
 }
@@ -166,57 +173,78 @@ impl std::fmt::Debug for StepGuard {
 impl StepGuard {
     #[inline]
     pub(crate) fn enter(open: Option<OpenStep>) -> Self {
-        let entered = open.as_ref().map(|o| {
-            install_panic_hook();
-            context::enter_ref(&o.trace, o.idx)
-        });
         StepGuard {
-            open,
-            entered,
-            ending: Ending::default(),
+            rec: open.map(Recording::enter),
             _not_send: PhantomData,
         }
     }
 
     /// Whether this step is recorded (tracing is on).
     pub fn is_recording(&self) -> bool {
-        self.open.is_some()
+        self.rec.is_some()
     }
 
     /// Records the step's output.
     pub fn output<T: Serialize + ?Sized>(&mut self, output: &T) {
-        if self.open.is_some() {
-            self.ending.output(output);
+        if let Some(r) = &mut self.rec {
+            r.ending.output(output);
         }
     }
 
     /// Records an error: the step's output becomes `null` and its metadata `Exceptions`
     /// the error's text.
     pub fn error(&mut self, error: &dyn Display) {
-        if self.open.is_some() {
-            self.ending.error(error);
+        if let Some(r) = &mut self.rec {
+            r.ending.error(error);
         }
     }
 
     /// Sets a metadata key of this step (the last write wins; `None`/`null` is ignored).
     pub fn metadata<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) {
-        if let Some(open) = &self.open {
-            crate::update::apply_step(open, vec![(key.to_string(), value)]);
+        if let Some(r) = &self.rec {
+            crate::update::apply_step(&r.open, vec![(key.to_string(), value)]);
         }
+    }
+}
+
+impl Recording {
+    fn enter(open: OpenStep) -> Self {
+        install_panic_hook();
+        let entered = context::enter_ref(&open.trace, open.idx);
+        Recording {
+            open,
+            entered,
+            ending: Ending::default(),
+        }
+    }
+
+    fn close(self) {
+        let end = clock::now();
+        let Recording {
+            open,
+            entered,
+            mut ending,
+        } = self;
+        context::exit(entered);
+        ending.close(&open, end);
     }
 }
 
 impl OutputSink for StepGuard {
     #[inline]
     fn __is_recording(&self) -> bool {
-        self.open.is_some()
+        self.rec.is_some()
     }
     #[inline]
     fn __set_output<T: Serialize + ?Sized>(&mut self, output: &T) {
-        self.ending.output(output);
+        if let Some(r) = &mut self.rec {
+            r.ending.output(output);
+        }
     }
     fn __set_error(&mut self, error: &dyn Display) {
-        self.ending.error(error);
+        if let Some(r) = &mut self.rec {
+            r.ending.error(error);
+        }
     }
 }
 
@@ -224,20 +252,9 @@ impl Drop for StepGuard {
     #[inline]
     fn drop(&mut self) {
         // Inline: a step that is not recorded (tracing off) costs one check here.
-        if self.open.is_some() {
-            self.close();
+        if let Some(r) = self.rec.take() {
+            r.close();
         }
-    }
-}
-
-impl StepGuard {
-    fn close(&mut self) {
-        let Some(open) = self.open.take() else { return };
-        let end = clock::now();
-        if let Some(e) = self.entered.take() {
-            context::exit(e);
-        }
-        self.ending.close(&open, end);
     }
 }
 
