@@ -850,6 +850,23 @@ mod tests {
     }
 
     #[test]
+    fn serde_json_raw_values_are_written_as_they_are() {
+        // What `serde_json::value::RawValue` (feature `raw_value`) serializes as.
+        struct Raw(&'static str);
+        impl Serialize for Raw {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeStruct;
+                let mut st = s.serialize_struct("$serde_json::private::RawValue", 1)?;
+                st.serialize_field("$serde_json::private::RawValue", self.0)?;
+                st.end()
+            }
+        }
+        let mut out = Vec::new();
+        to_vec(&mut out, &vec![Raw("{\"a\": [1, 2]}"), Raw("3.0e10")]).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "[{\"a\": [1, 2]},3.0e10]");
+    }
+
+    #[test]
     fn the_escape_check_has_no_false_negatives() {
         for len in 0..24 {
             for pos in 0..len {
