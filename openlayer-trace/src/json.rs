@@ -340,7 +340,7 @@ impl Compound<'_> {
     #[inline]
     fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), Error> {
         if self.raw {
-            return value.serialize(RawText { out: self.out });
+            return raw_text(self.out, value);
         }
         self.separator();
         write_str(self.out, key);
@@ -355,49 +355,28 @@ impl Compound<'_> {
     }
 }
 
-impl ser::SerializeSeq for Compound<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        Compound::end(self)
-    }
+/// The array traits: each element through [`Compound::element`].
+macro_rules! array_compound {
+    ($($trait:ident::$method:ident),* $(,)?) => {$(
+        impl ser::$trait for Compound<'_> {
+            type Ok = ();
+            type Error = Error;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+                self.element(value)
+            }
+            fn end(self) -> Result<(), Error> {
+                Compound::end(self)
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for Compound<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        Compound::end(self)
-    }
-}
-
-impl ser::SerializeTupleStruct for Compound<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        Compound::end(self)
-    }
-}
-
-impl ser::SerializeTupleVariant for Compound<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        Compound::end(self)
-    }
-}
+array_compound!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field,
+);
 
 impl ser::SerializeMap for Compound<'_> {
     type Ok = ();
@@ -416,34 +395,34 @@ impl ser::SerializeMap for Compound<'_> {
     }
 }
 
-impl ser::SerializeStruct for Compound<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        self.field(key, value)
-    }
-    fn end(self) -> Result<(), Error> {
-        Compound::end(self)
-    }
+/// The struct traits: each field through [`Compound::field`].
+macro_rules! struct_compound {
+    ($($trait:ident),* $(,)?) => {$(
+        impl ser::$trait for Compound<'_> {
+            type Ok = ();
+            type Error = Error;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                key: &'static str,
+                value: &T,
+            ) -> Result<(), Error> {
+                self.field(key, value)
+            }
+            fn end(self) -> Result<(), Error> {
+                Compound::end(self)
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeStructVariant for Compound<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        self.field(key, value)
-    }
-    fn end(self) -> Result<(), Error> {
-        Compound::end(self)
-    }
+struct_compound!(SerializeStruct, SerializeStructVariant);
+
+/// Writes the field of a `serde_json` raw value (its JSON text, a string) as it is.
+#[cold]
+fn raw_text<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), Error> {
+    let text: String = serde_json::from_value(serde_json::to_value(value)?)?;
+    out.extend_from_slice(text.as_bytes());
+    Ok(())
 }
 
 /// Writes a map key exactly as `serde_json` does (a number or a `bool` becomes a string;
@@ -478,6 +457,15 @@ fn key_error(out: &mut Vec<u8>) -> Error {
     let e = key_by_serde_json(out, &()).err();
     out.truncate(mark);
     e.unwrap_or_else(|| ser::Error::custom("key must be a string"))
+}
+
+/// Methods of [`KeySer`] for what cannot be a key: `serde_json`'s error.
+macro_rules! not_a_key {
+    ($($method:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {$(
+        fn $method(self, $($arg: $ty),*) -> Result<$ret, Error> {
+            Err(key_error(self.out))
+        }
+    )*};
 }
 
 impl ser::Serializer for KeySer<'_> {
@@ -531,18 +519,6 @@ impl ser::Serializer for KeySer<'_> {
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Error> {
         value.serialize(self)
     }
-    fn serialize_bytes(self, _v: &[u8]) -> Result<(), Error> {
-        Err(key_error(self.out))
-    }
-    fn serialize_none(self) -> Result<(), Error> {
-        Err(key_error(self.out))
-    }
-    fn serialize_unit(self) -> Result<(), Error> {
-        Err(key_error(self.out))
-    }
-    fn serialize_unit_struct(self, _name: &'static str) -> Result<(), Error> {
-        Err(key_error(self.out))
-    }
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
         self,
         _name: &'static str,
@@ -552,165 +528,20 @@ impl ser::Serializer for KeySer<'_> {
     ) -> Result<(), Error> {
         Err(key_error(self.out))
     }
-    fn serialize_seq(self, _len: Option<usize>) -> Result<Self::SerializeSeq, Error> {
-        Err(key_error(self.out))
-    }
-    fn serialize_tuple(self, _len: usize) -> Result<Self::SerializeTuple, Error> {
-        Err(key_error(self.out))
-    }
-    fn serialize_tuple_struct(
-        self,
-        _name: &'static str,
-        _len: usize,
-    ) -> Result<Self::SerializeTupleStruct, Error> {
-        Err(key_error(self.out))
-    }
-    fn serialize_tuple_variant(
-        self,
-        _name: &'static str,
-        _index: u32,
-        _variant: &'static str,
-        _len: usize,
-    ) -> Result<Self::SerializeTupleVariant, Error> {
-        Err(key_error(self.out))
-    }
-    fn serialize_map(self, _len: Option<usize>) -> Result<Self::SerializeMap, Error> {
-        Err(key_error(self.out))
-    }
-    fn serialize_struct(
-        self,
-        _name: &'static str,
-        _len: usize,
-    ) -> Result<Self::SerializeStruct, Error> {
-        Err(key_error(self.out))
-    }
-    fn serialize_struct_variant(
-        self,
-        _name: &'static str,
-        _index: u32,
-        _variant: &'static str,
-        _len: usize,
-    ) -> Result<Self::SerializeStructVariant, Error> {
-        Err(key_error(self.out))
-    }
-}
-
-/// The field of a `serde_json` raw value: JSON text, written as it is. Only a string is
-/// expected; anything else is written as JSON.
-struct RawText<'a> {
-    out: &'a mut Vec<u8>,
-}
-
-macro_rules! raw_as_json {
-    ($($method:ident($ty:ty)),* $(,)?) => {$(
-        fn $method(self, v: $ty) -> Result<(), Error> {
-            Ser { out: self.out }.$method(v)
-        }
-    )*};
-}
-
-impl<'a> ser::Serializer for RawText<'a> {
-    type Ok = ();
-    type Error = Error;
-    type SerializeSeq = Compound<'a>;
-    type SerializeTuple = Compound<'a>;
-    type SerializeTupleStruct = Compound<'a>;
-    type SerializeTupleVariant = Compound<'a>;
-    type SerializeMap = Compound<'a>;
-    type SerializeStruct = Compound<'a>;
-    type SerializeStructVariant = Compound<'a>;
-
-    fn serialize_str(self, v: &str) -> Result<(), Error> {
-        self.out.extend_from_slice(v.as_bytes());
-        Ok(())
-    }
-
-    raw_as_json!(
-        serialize_bool(bool),
-        serialize_i8(i8),
-        serialize_i16(i16),
-        serialize_i32(i32),
-        serialize_i64(i64),
-        serialize_i128(i128),
-        serialize_u8(u8),
-        serialize_u16(u16),
-        serialize_u32(u32),
-        serialize_u64(u64),
-        serialize_u128(u128),
-        serialize_f32(f32),
-        serialize_f64(f64),
-        serialize_char(char),
-        serialize_bytes(&[u8]),
-    );
-
-    fn serialize_none(self) -> Result<(), Error> {
-        Ser { out: self.out }.serialize_none()
-    }
-    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Error> {
-        value.serialize(self)
-    }
-    fn serialize_unit(self) -> Result<(), Error> {
-        Ser { out: self.out }.serialize_unit()
-    }
-    fn serialize_unit_struct(self, name: &'static str) -> Result<(), Error> {
-        Ser { out: self.out }.serialize_unit_struct(name)
-    }
-    fn serialize_unit_variant(
-        self,
-        name: &'static str,
-        index: u32,
-        variant: &'static str,
-    ) -> Result<(), Error> {
-        Ser { out: self.out }.serialize_unit_variant(name, index, variant)
-    }
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        _name: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        value.serialize(self)
-    }
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        name: &'static str,
-        index: u32,
-        variant: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        Ser { out: self.out }.serialize_newtype_variant(name, index, variant, value)
-    }
-    fn serialize_seq(self, len: Option<usize>) -> Result<Compound<'a>, Error> {
-        Ser { out: self.out }.serialize_seq(len)
-    }
-    fn serialize_tuple(self, len: usize) -> Result<Compound<'a>, Error> {
-        Ser { out: self.out }.serialize_tuple(len)
-    }
-    fn serialize_tuple_struct(self, name: &'static str, len: usize) -> Result<Compound<'a>, Error> {
-        Ser { out: self.out }.serialize_tuple_struct(name, len)
-    }
-    fn serialize_tuple_variant(
-        self,
-        name: &'static str,
-        index: u32,
-        variant: &'static str,
-        len: usize,
-    ) -> Result<Compound<'a>, Error> {
-        Ser { out: self.out }.serialize_tuple_variant(name, index, variant, len)
-    }
-    fn serialize_map(self, len: Option<usize>) -> Result<Compound<'a>, Error> {
-        Ser { out: self.out }.serialize_map(len)
-    }
-    fn serialize_struct(self, name: &'static str, len: usize) -> Result<Compound<'a>, Error> {
-        Ser { out: self.out }.serialize_struct(name, len)
-    }
-    fn serialize_struct_variant(
-        self,
-        name: &'static str,
-        index: u32,
-        variant: &'static str,
-        len: usize,
-    ) -> Result<Compound<'a>, Error> {
-        Ser { out: self.out }.serialize_struct_variant(name, index, variant, len)
+    not_a_key! {
+        serialize_bytes(_v: &[u8]) -> ();
+        serialize_none() -> ();
+        serialize_unit() -> ();
+        serialize_unit_struct(_name: &'static str) -> ();
+        serialize_seq(_len: Option<usize>) -> Self::SerializeSeq;
+        serialize_tuple(_len: usize) -> Self::SerializeTuple;
+        serialize_tuple_struct(_name: &'static str, _len: usize) -> Self::SerializeTupleStruct;
+        serialize_tuple_variant(_name: &'static str, _index: u32, _variant: &'static str, _len: usize)
+            -> Self::SerializeTupleVariant;
+        serialize_map(_len: Option<usize>) -> Self::SerializeMap;
+        serialize_struct(_name: &'static str, _len: usize) -> Self::SerializeStruct;
+        serialize_struct_variant(_name: &'static str, _index: u32, _variant: &'static str, _len: usize)
+            -> Self::SerializeStructVariant;
     }
 }
 
