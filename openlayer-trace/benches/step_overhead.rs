@@ -365,6 +365,28 @@ fn floor(c: &mut Criterion) {
         let out = format!("{QUESTION}#{K}");
         b.iter(|| serde_json::to_string(black_box(&out)))
     });
+    g.bench_function("clock_now", |b| b.iter(openlayer_trace::__bench::clock_now));
+    g.bench_function("our_json_args", |b| {
+        let mut buf = String::new();
+        b.iter(|| {
+            openlayer_trace::__bench::record_json(
+                &mut buf,
+                &Args {
+                    question: black_box(QUESTION),
+                    k: black_box(K),
+                },
+            );
+            black_box(buf.len())
+        })
+    });
+    g.bench_function("our_json_output", |b| {
+        let out = format!("{QUESTION}#{K}");
+        let mut buf = String::new();
+        b.iter(|| {
+            openlayer_trace::__bench::record_json(&mut buf, black_box(&out));
+            black_box(buf.len())
+        })
+    });
     let arc = Arc::new(7u64);
     g.bench_function("tls_swap", |b| {
         b.iter(|| {
@@ -467,6 +489,9 @@ fn summary(started: std::time::SystemTime) {
         "step_id",
         "serde_json_args",
         "serde_json_output",
+        "clock_now",
+        "our_json_args",
+        "our_json_output",
         "tls_swap",
         "mutex_uncontended",
         "arc_clone_drop",

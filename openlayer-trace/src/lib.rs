@@ -63,6 +63,19 @@ pub mod __bench {
     pub fn step_id() -> u128 {
         crate::id::next_id()
     }
+
+    /// A step's clock reading (monotonic nanoseconds).
+    #[inline]
+    pub fn clock_now() -> i64 {
+        crate::clock::now()
+    }
+
+    /// Serializes `value` as a step records it (into a reused buffer).
+    #[inline]
+    pub fn record_json<T: serde::Serialize + ?Sized>(buf: &mut String, value: &T) {
+        buf.clear();
+        let _ = crate::record::write_json(buf, value);
+    }
 }
 
 pub use openlayer_trace_macros::trace;
