@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::pipeline::Msg;
 use crate::report::{Counters, DropReason};
-use crate::shape::{Prepared, Shaper};
+use crate::shape::Shaper;
 use crate::wire::{self, OutRow};
 
 /// Most rows written at once.
@@ -37,19 +37,9 @@ pub(crate) async fn run(
                 let prepared = shaper.prepare(&trace);
                 crate::record::recycle(&mut trace.state);
                 drop(trace);
-                match prepared {
-                    Prepared::Row(row) => {
-                        let pipeline = row.pipeline_id.as_deref().or(default_pipeline.as_deref());
-                        lines.push(wire::file_line(pipeline, &row.config, [row.row.as_str()]));
-                    }
-                    Prepared::SampledOut => {
-                        counters.sampled_out.fetch_add(1, Relaxed);
-                        counters.settled.fetch_add(1, Relaxed);
-                    }
-                    Prepared::Failed => {
-                        counters.drop_rows(DropReason::Encoding, 1);
-                        counters.settled.fetch_add(1, Relaxed);
-                    }
+                if let Some(row) = prepared.into_row(&counters) {
+                    let pipeline = row.pipeline_id.as_deref().or(default_pipeline.as_deref());
+                    lines.push(wire::file_line(pipeline, &row.config, [row.row.as_str()]));
                 }
                 None
             }

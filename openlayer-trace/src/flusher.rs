@@ -31,7 +31,7 @@ use crate::config::{Config, FailureFn};
 use crate::error::Error;
 use crate::pipeline::{Completion, Msg};
 use crate::report::{Counters, DeliveryFailure, DropReason, notify};
-use crate::shape::{Prepared, Shaper};
+use crate::shape::Shaper;
 use crate::spool::{ReplayBatch, ReplayEnd, Spool, WalRef};
 use crate::transport::{ApiRequest, SendOutcome, Transport, is_retryable_status};
 use crate::wire::{self, OutRow, OutUpdate};
@@ -397,20 +397,10 @@ impl Flusher {
                 // The trace's buffers go back to the producers' pool.
                 crate::record::recycle(&mut trace.state);
                 drop(trace);
-                match prepared {
-                    Prepared::Row(row) => {
-                        match OutRow::resolve(row, self.default_pipeline.as_deref()) {
-                            Some(row) => self.accept(row, None),
-                            None => self.no_pipeline(1),
-                        }
-                    }
-                    Prepared::SampledOut => {
-                        self.counters.sampled_out.fetch_add(1, Relaxed);
-                        self.counters.settled.fetch_add(1, Relaxed);
-                    }
-                    Prepared::Failed => {
-                        self.counters.drop_rows(DropReason::Encoding, 1);
-                        self.counters.settled.fetch_add(1, Relaxed);
+                if let Some(row) = prepared.into_row(&self.counters) {
+                    match OutRow::resolve(row, self.default_pipeline.as_deref()) {
+                        Some(row) => self.accept(row, None),
+                        None => self.no_pipeline(1),
                     }
                 }
             }
@@ -526,19 +516,14 @@ impl Flusher {
             epoch,
         };
         let (max_rows, max_bytes) = (self.batch_max_rows, self.batch_max_bytes);
-        let by_config = self.groups.entry(pipeline.clone()).or_default();
         // A row that would make the group's request too large closes it first.
-        if let Some(g) = by_config.get_mut(config.as_str())
-            && !g.rows.is_empty()
-            && g.bytes + size > max_bytes
+        if self
+            .groups
+            .get(&pipeline)
+            .and_then(|by_config| by_config.get(config.as_str()))
+            .is_some_and(|g| !g.rows.is_empty() && g.bytes + size > max_bytes)
         {
-            let g = by_config.remove(config.as_str()).expect("found above");
-            self.ready.push_back(Batch {
-                pipeline: pipeline.clone(),
-                config: config.clone(),
-                rows: g.rows,
-                bytes: g.bytes,
-            });
+            self.close_group(pipeline.clone(), config.clone());
         }
         let by_config = self.groups.entry(pipeline.clone()).or_default();
         let overhead = body_overhead(&config);
@@ -550,17 +535,27 @@ impl Flusher {
         g.rows.push(r);
         g.bytes += size;
         if g.rows.len() >= max_rows || g.bytes >= max_bytes {
-            let g = by_config.remove(config.as_str()).expect("inserted above");
-            if by_config.is_empty() {
-                self.groups.remove(&pipeline);
-            }
-            self.ready.push_back(Batch {
-                pipeline,
-                config,
-                rows: g.rows,
-                bytes: g.bytes,
-            });
+            self.close_group(pipeline, config);
         }
+    }
+
+    /// Turns a lingering group into a request, ready to start.
+    fn close_group(&mut self, pipeline: String, config: String) {
+        let Some(by_config) = self.groups.get_mut(&pipeline) else {
+            return;
+        };
+        let Some(g) = by_config.remove(&config) else {
+            return;
+        };
+        if by_config.is_empty() {
+            self.groups.remove(&pipeline);
+        }
+        self.ready.push_back(Batch {
+            pipeline,
+            config,
+            rows: g.rows,
+            bytes: g.bytes,
+        });
     }
 
     /// A row the backlog has no room for: kept in the spool when there is one.
@@ -661,17 +656,7 @@ impl Flusher {
         // Oldest first.
         due.sort_by_key(|(p, c)| self.groups[p][c].since);
         for (pipeline, config) in due {
-            let by_config = self.groups.get_mut(&pipeline).expect("listed above");
-            let g = by_config.remove(&config).expect("listed above");
-            if by_config.is_empty() {
-                self.groups.remove(&pipeline);
-            }
-            self.ready.push_back(Batch {
-                pipeline,
-                config,
-                rows: g.rows,
-                bytes: g.bytes,
-            });
+            self.close_group(pipeline, config);
         }
         while self.tasks.len() < self.max_in_flight {
             let Some(batch) = self.ready.pop_front() else {

@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::flusher::Flusher;
 use crate::record::CompletedTrace;
 use crate::report::{Counters, DeliveryReport, DropReason, Stats};
-use crate::shape::{Prepared, Shaper};
+use crate::shape::Shaper;
 use crate::spool::{Spool, WalRef};
 use crate::transport::{Transport, TransportConfig};
 use crate::wire::{self, EncodedRow, OutRow, OutUpdate};
@@ -232,6 +232,13 @@ impl Completion {
 /// trace. Resting a little after each drain lets hand-offs be a few atomics and the next
 /// drain take many traces at once. A flush waits at most this much longer.
 pub(crate) const WORKER_PACE: Duration = Duration::from_millis(1);
+
+/// What a control message asks of the worker.
+#[derive(Debug, Clone, Copy)]
+enum Control {
+    Flush,
+    Shutdown,
+}
 
 pub(crate) enum Msg {
     /// A completed trace, with its estimated size.
@@ -532,18 +539,8 @@ impl Pipeline {
     /// Write-ahead: encode here, append to the spool, then hand the row off.
     fn enqueue_ahead(&self, tx: &mpsc::Sender<Msg>, spool: &Spool, trace: CompletedTrace) {
         let c = &self.counters;
-        let row = match self.shaper.prepare(&trace) {
-            Prepared::Row(row) => row,
-            Prepared::SampledOut => {
-                c.sampled_out.fetch_add(1, Relaxed);
-                c.settled.fetch_add(1, Relaxed);
-                return;
-            }
-            Prepared::Failed => {
-                c.drop_rows(DropReason::Encoding, 1);
-                c.settled.fetch_add(1, Relaxed);
-                return;
-            }
+        let Some(row) = self.shaper.prepare(&trace).into_row(c) else {
+            return;
         };
         drop(trace);
         let Some(row) = OutRow::resolve(row, self.config.inference_pipeline_id.as_deref()) else {
@@ -622,48 +619,53 @@ impl Pipeline {
         }
     }
 
-    /// Sends a control message and waits for it until `deadline`.
-    fn wait_for(
-        &self,
-        deadline: Instant,
-        make: impl FnOnce(Arc<Completion>) -> Msg,
-    ) -> Result<bool, Error> {
-        if self.tx.is_none() {
+    /// Sends a flush or shutdown message and waits for it until `timeout` has passed;
+    /// `Ok(true)` when everything handed off before it was settled.
+    fn wait_for(&self, what: Control, timeout: Duration) -> Result<bool, Error> {
+        let Some((done, deadline)) = self.start_control(what, timeout)? else {
             return Ok(true); // disabled: nothing is ever pending
-        }
-        let done = self.control(make).ok_or(Error::Shutdown)?;
+        };
         Ok(done.wait_until(deadline))
     }
 
-    async fn wait_for_async(
-        &self,
-        deadline: Instant,
-        make: impl FnOnce(Arc<Completion>) -> Msg,
-    ) -> Result<bool, Error> {
-        if self.tx.is_none() {
+    async fn wait_for_async(&self, what: Control, timeout: Duration) -> Result<bool, Error> {
+        let Some((done, deadline)) = self.start_control(what, timeout)? else {
             return Ok(true);
-        }
-        let done = self.control(make).ok_or(Error::Shutdown)?;
+        };
         Ok(done.wait_until_async(deadline).await)
     }
 
-    pub(crate) fn flush(&self, timeout: Duration) -> Result<DeliveryReport, Error> {
+    /// Sends a flush or shutdown message; `None` when disabled (there is no worker).
+    fn start_control(
+        &self,
+        what: Control,
+        timeout: Duration,
+    ) -> Result<Option<(Arc<Completion>, Instant)>, Error> {
+        if self.tx.is_none() {
+            return Ok(None);
+        }
         let deadline = Instant::now() + timeout;
-        let complete = self.wait_for(deadline, |c| Msg::Flush(c, deadline))?;
+        let done = self
+            .control(|c| match what {
+                Control::Flush => Msg::Flush(c, deadline),
+                Control::Shutdown => Msg::Shutdown(c, deadline),
+            })
+            .ok_or(Error::Shutdown)?;
+        Ok(Some((done, deadline)))
+    }
+
+    pub(crate) fn flush(&self, timeout: Duration) -> Result<DeliveryReport, Error> {
+        let complete = self.wait_for(Control::Flush, timeout)?;
         Ok(self.report(complete))
     }
 
     pub(crate) async fn flush_async(&self, timeout: Duration) -> Result<DeliveryReport, Error> {
-        let deadline = Instant::now() + timeout;
-        let complete = self
-            .wait_for_async(deadline, |c| Msg::Flush(c, deadline))
-            .await?;
+        let complete = self.wait_for_async(Control::Flush, timeout).await?;
         Ok(self.report(complete))
     }
 
     pub(crate) fn shutdown(&self, timeout: Duration) -> Result<DeliveryReport, Error> {
-        let deadline = Instant::now() + timeout;
-        let complete = self.wait_for(deadline, |c| Msg::Shutdown(c, deadline))?;
+        let complete = self.wait_for(Control::Shutdown, timeout)?;
         if complete {
             let threads =
                 std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
@@ -675,10 +677,7 @@ impl Pipeline {
     }
 
     pub(crate) async fn shutdown_async(&self, timeout: Duration) -> Result<DeliveryReport, Error> {
-        let deadline = Instant::now() + timeout;
-        let complete = self
-            .wait_for_async(deadline, |c| Msg::Shutdown(c, deadline))
-            .await?;
+        let complete = self.wait_for_async(Control::Shutdown, timeout).await?;
         Ok(self.report(complete))
     }
 

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::config::{Config, MaskFn};
 use crate::record::CompletedTrace;
+use crate::report::{Counters, DropReason};
 use crate::wire::{self, EncodedRow};
 
 /// Sampling, masking and the field budget of one configuration.
@@ -43,6 +44,23 @@ pub(crate) enum Prepared {
     SampledOut,
     /// Encoding or the mask failed (counted as dropped, `encoding`).
     Failed,
+}
+
+impl Prepared {
+    /// The row, if there is one; a trace sampled out or that failed is counted (and
+    /// settled) here.
+    pub(crate) fn into_row(self, counters: &Counters) -> Option<EncodedRow> {
+        use std::sync::atomic::Ordering::Relaxed;
+        match self {
+            Prepared::Row(row) => return Some(row),
+            Prepared::SampledOut => {
+                counters.sampled_out.fetch_add(1, Relaxed);
+            }
+            Prepared::Failed => counters.drop_rows(DropReason::Encoding, 1),
+        }
+        counters.settled.fetch_add(1, Relaxed);
+        None
+    }
 }
 
 impl Shaper {

@@ -54,7 +54,7 @@ use crate::error::Error;
 use crate::pipeline::Completion;
 use crate::record::CompletedTrace;
 use crate::report::{Counters, DeliveryFailure, DropReason, notify};
-use crate::shape::{Prepared, Shaper};
+use crate::shape::Shaper;
 use crate::wire::{OutRow, OutUpdate};
 
 /// The bookkeeping's subdirectory: the spool directory itself holds only segments, so
@@ -1276,28 +1276,21 @@ impl Writer<'_> {
 
     fn write_trace(&mut self, trace: &CompletedTrace) {
         let c = &self.spool.counters;
-        match self.shaper.prepare(trace) {
-            Prepared::Row(row) => match OutRow::resolve(row, self.default_pipeline.as_deref()) {
-                Some(row) => {
-                    if self.write_rows(vec![row], DropReason::QueueFull) {
-                        self.unsynced.overflowed += 1;
-                    }
+        let Some(row) = self.shaper.prepare(trace).into_row(c) else {
+            return;
+        };
+        match OutRow::resolve(row, self.default_pipeline.as_deref()) {
+            Some(row) => {
+                if self.write_rows(vec![row], DropReason::QueueFull) {
+                    self.unsynced.overflowed += 1;
                 }
-                None => {
-                    c.drop_rows(DropReason::NoPipeline, 1);
-                    c.settled.fetch_add(1, Relaxed);
-                    crate::diag::warn_limited!(
-                        "no inference pipeline id is configured; traces are dropped (counted)"
-                    );
-                }
-            },
-            Prepared::SampledOut => {
-                c.sampled_out.fetch_add(1, Relaxed);
-                c.settled.fetch_add(1, Relaxed);
             }
-            Prepared::Failed => {
-                c.drop_rows(DropReason::Encoding, 1);
+            None => {
+                c.drop_rows(DropReason::NoPipeline, 1);
                 c.settled.fetch_add(1, Relaxed);
+                crate::diag::warn_limited!(
+                    "no inference pipeline id is configured; traces are dropped (counted)"
+                );
             }
         }
     }
