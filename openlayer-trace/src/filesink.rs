@@ -7,12 +7,12 @@ use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::pipeline::Msg;
+use crate::pipeline::{Budget, Msg, Tier};
 use crate::report::{Counters, DropReason};
 use crate::shape::Shaper;
 use crate::wire::{self, OutRow};
@@ -25,7 +25,7 @@ pub(crate) async fn run(
     mut rx: mpsc::Receiver<Msg>,
     mut sink: FileSink,
     counters: Arc<Counters>,
-    queued_bytes: Arc<AtomicUsize>,
+    budget: Arc<Budget>,
     shaper: Shaper,
 ) {
     let mut lines: Vec<String> = Vec::new();
@@ -33,7 +33,7 @@ pub(crate) async fn run(
     let take = |msg: Msg, lines: &mut Vec<String>| -> Option<Msg> {
         match msg {
             Msg::Trace(mut trace, bytes) => {
-                queued_bytes.fetch_sub(bytes, Relaxed);
+                budget.release(bytes, Tier::Queue);
                 let prepared = shaper.prepare(&trace);
                 crate::record::recycle(&mut trace.state);
                 drop(trace);
@@ -44,7 +44,7 @@ pub(crate) async fn run(
                 None
             }
             Msg::Row(row, bytes) => {
-                queued_bytes.fetch_sub(bytes, Relaxed);
+                budget.release(bytes, Tier::Queue);
                 let (row, _): (OutRow, _) = *row;
                 lines.push(wire::file_line(
                     Some(&row.pipeline),
@@ -54,7 +54,7 @@ pub(crate) async fn run(
                 None
             }
             Msg::Update(update, bytes) => {
-                queued_bytes.fetch_sub(bytes, Relaxed);
+                budget.release(bytes, Tier::Queue);
                 // Behind its trace's line: the queue keeps their order.
                 lines.push(update.file_line(default_pipeline.as_deref()));
                 None

@@ -5,8 +5,10 @@
 //!   rows and `batch_max_bytes` bytes; a request leaves when full, when its oldest row has
 //!   waited `linger`, or at once during a flush or a shutdown.
 //! - Up to `max_in_flight` requests run at once; the queue keeps being drained meanwhile.
-//!   Rows waiting for a request are bounded like the queue (`queue_capacity` rows,
-//!   `queue_max_bytes` bytes); beyond that they overflow (spooled or dropped, counted).
+//!   Rows waiting for a request or in flight are bounded: `queue_capacity` rows waiting,
+//!   and what they hold counts in the memory budget shared with the queue and the spool
+//!   writer (`queue_max_bytes`, see `pipeline::Budget`) until they are settled; beyond
+//!   that they overflow (spooled or dropped, counted).
 //! - A request is retried by the transport. A non-retryable 4xx is final: counted as
 //!   `rejected`, logged (rate-limited) and told to `on_failure`. When retries run out,
 //!   the rows are spooled, or dropped and counted.
@@ -20,7 +22,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -29,7 +31,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, FailureFn};
 use crate::error::Error;
-use crate::pipeline::{Completion, Msg};
+use crate::pipeline::{Budget, Completion, Msg, Tier, heap_bytes};
 use crate::report::{Counters, DeliveryFailure, DropReason, notify};
 use crate::shape::Shaper;
 use crate::spool::{ReplayBatch, ReplayEnd, Spool, WalRef};
@@ -46,6 +48,8 @@ const MIN_REPLAY_BACKOFF: Duration = Duration::from_millis(10);
 struct Row {
     row: String,
     inference_id: String,
+    /// What it counts in the memory budget until it is settled (see [`row_cost`]).
+    cost: usize,
     /// Where it was written ahead, in write-ahead mode.
     wal: Option<WalRef>,
     /// Which flush generation it belongs to.
@@ -66,7 +70,6 @@ struct Batch {
     pipeline: String,
     config: String,
     rows: Vec<Row>,
-    bytes: usize,
 }
 
 impl Batch {
@@ -93,6 +96,19 @@ impl Batch {
         }
         (out, refs, epochs)
     }
+}
+
+/// What a row holds in memory while it is here, counted in the memory budget until it
+/// is settled: its strings (as the allocator hands them out), its slot in a group's list
+/// (twice, as lists grow by doubling), its copy in the request body while in flight, and
+/// its entry in the per-inference-id count.
+fn row_cost(row: &OutRow) -> usize {
+    2 * size_of::<Row>()
+        + heap_bytes(row.row.capacity())
+        + heap_bytes(row.inference_id.capacity())
+        + row.size()
+        + heap_bytes(row.inference_id.len())
+        + 2 * size_of::<(String, usize)>()
 }
 
 fn data_stream_path(pipeline: &str) -> String {
@@ -240,7 +256,7 @@ struct Replay {
 pub(crate) struct Flusher {
     transport: Transport,
     counters: Arc<Counters>,
-    queued_bytes: Arc<AtomicUsize>,
+    budget: Arc<Budget>,
     shaper: Shaper,
     spool: Option<Arc<Spool>>,
     default_pipeline: Option<String>,
@@ -251,12 +267,10 @@ pub(crate) struct Flusher {
     linger: Duration,
     max_in_flight: usize,
     backlog_max_rows: usize,
-    backlog_max_bytes: usize,
 
     groups: HashMap<String, HashMap<String, Group>>,
     ready: VecDeque<Batch>,
     backlog_rows: usize,
-    backlog_bytes: usize,
     tasks: JoinSet<SendOutcome>,
     flights: HashMap<Id, Flight>,
     epochs: Epochs,
@@ -280,7 +294,7 @@ impl Flusher {
         config: &Config,
         transport: Transport,
         counters: Arc<Counters>,
-        queued_bytes: Arc<AtomicUsize>,
+        budget: Arc<Budget>,
         shaper: Shaper,
         spool: Option<Arc<Spool>>,
     ) -> Self {
@@ -288,7 +302,7 @@ impl Flusher {
         Flusher {
             transport,
             counters,
-            queued_bytes,
+            budget,
             shaper,
             spool,
             default_pipeline: config.inference_pipeline_id.clone(),
@@ -299,11 +313,9 @@ impl Flusher {
             linger: config.linger,
             max_in_flight: config.max_in_flight.max(1),
             backlog_max_rows: config.queue_capacity.max(1),
-            backlog_max_bytes: config.queue_max_bytes.max(1),
             groups: HashMap::new(),
             ready: VecDeque::new(),
             backlog_rows: 0,
-            backlog_bytes: 0,
             tasks: JoinSet::new(),
             flights: HashMap::new(),
             epochs: Epochs::new(),
@@ -392,7 +404,7 @@ impl Flusher {
     fn on_msg(&mut self, msg: Msg, rx: &mut mpsc::Receiver<Msg>) {
         match msg {
             Msg::Trace(mut trace, bytes) => {
-                self.queued_bytes.fetch_sub(bytes, Relaxed);
+                self.budget.release(bytes, Tier::Queue);
                 let prepared = self.shaper.prepare(&trace);
                 // The trace's buffers go back to the producers' pool.
                 crate::record::recycle(&mut trace.state);
@@ -405,12 +417,12 @@ impl Flusher {
                 }
             }
             Msg::Row(row, bytes) => {
-                self.queued_bytes.fetch_sub(bytes, Relaxed);
+                self.budget.release(bytes, Tier::Queue);
                 let (row, wal) = *row;
                 self.accept(row, wal);
             }
             Msg::Update(update, bytes) => {
-                self.queued_bytes.fetch_sub(bytes, Relaxed);
+                self.budget.release(bytes, Tier::Queue);
                 self.accept_update(*update);
             }
             Msg::Flush(done, deadline) => {
@@ -494,15 +506,13 @@ impl Flusher {
     /// Takes a row into its group, or overflows it when the backlog is full.
     fn accept(&mut self, row: OutRow, wal: Option<WalRef>) {
         let size = row.size();
-        if self.backlog_rows >= self.backlog_max_rows
-            || self.backlog_bytes + size > self.backlog_max_bytes
-        {
+        let cost = row_cost(&row);
+        if self.backlog_rows >= self.backlog_max_rows || !self.budget.reserve(cost, Tier::Worker) {
             return self.overflow(row, wal);
         }
         let epoch = self.epochs.acquire();
         *self.rows_by_id.entry(row.inference_id.clone()).or_default() += 1;
         self.backlog_rows += 1;
-        self.backlog_bytes += size;
         let OutRow {
             pipeline,
             config,
@@ -512,6 +522,7 @@ impl Flusher {
         let r = Row {
             row,
             inference_id,
+            cost,
             wal,
             epoch,
         };
@@ -554,7 +565,6 @@ impl Flusher {
             pipeline,
             config,
             rows: g.rows,
-            bytes: g.bytes,
         });
     }
 
@@ -573,7 +583,8 @@ impl Flusher {
             return;
         }
         if let Some(s) = &self.spool
-            && s.send_rows(vec![row], DropReason::QueueFull).is_ok()
+            && s.send_rows(vec![row], DropReason::QueueFull, Tier::Spool)
+                .is_ok()
         {
             self.overflow_spooled += 1;
             self.schedule_probe();
@@ -681,7 +692,6 @@ impl Flusher {
 
     fn start_live(&mut self, batch: Batch) {
         self.backlog_rows -= batch.rows.len();
-        self.backlog_bytes -= batch.bytes - body_overhead(&batch.config);
         let req = batch.request();
         let deadline = self.shutdown.as_ref().map(|s| s.send_deadline);
         let t = self.transport.clone();
@@ -847,7 +857,7 @@ impl Flusher {
             ..u.update
         };
         let spooled = match &self.spool {
-            Some(s) => s.send_updates(vec![update], reason).is_ok(),
+            Some(s) => s.send_updates(vec![update], reason, Tier::Spool).is_ok(),
             None => false,
         };
         if spooled {
@@ -874,6 +884,7 @@ impl Flusher {
         let n = batch.rows.len() as u64;
         let mut refs = Vec::new();
         for r in batch.rows {
+            self.budget.release(r.cost, Tier::Worker);
             self.epochs.release(r.epoch);
             self.row_settled(&r.inference_id);
             if let Some(w) = r.wal {
@@ -892,6 +903,9 @@ impl Flusher {
     fn give_up(&mut self, batch: Batch, reason: DropReason, status: Option<u16>, e: &Error) {
         let n = batch.rows.len() as u64;
         let ids: Vec<String> = batch.rows.iter().map(|r| r.inference_id.clone()).collect();
+        // Released before the rows go to the spool writer, which counts them again.
+        self.budget
+            .release(batch.rows.iter().map(|r| r.cost).sum(), Tier::Worker);
         let (rows, refs, epochs) = batch.into_out_rows();
         for epoch in epochs {
             self.epochs.release(epoch);
@@ -910,7 +924,7 @@ impl Flusher {
         let mut dropped = 0;
         if !rows.is_empty() {
             let rest = match &self.spool {
-                Some(s) => s.send_rows(rows, reason).err(),
+                Some(s) => s.send_rows(rows, reason, Tier::Spool).err(),
                 None => Some(rows),
             };
             if let Some(rest) = rest {
@@ -1083,13 +1097,11 @@ impl Flusher {
                     pipeline: pipeline.clone(),
                     config,
                     rows: g.rows,
-                    bytes: g.bytes,
                 });
             }
         }
         while let Some(batch) = self.ready.pop_front() {
             self.backlog_rows -= batch.rows.len();
-            self.backlog_bytes -= batch.bytes - body_overhead(&batch.config);
             self.give_up(batch, DropReason::Deadline, None, &e);
         }
         // Every row is settled by now, so no update is held back any more.

@@ -430,6 +430,16 @@ impl OutRow {
     pub(crate) fn size(&self) -> usize {
         self.row.len() + 1
     }
+
+    /// Heap bytes its strings hold (see `pipeline::heap_bytes`), plus its own size.
+    pub(crate) fn held_bytes(&self) -> usize {
+        use crate::pipeline::heap_bytes;
+        size_of::<OutRow>()
+            + heap_bytes(self.pipeline.capacity())
+            + heap_bytes(self.config.capacity())
+            + heap_bytes(self.row.capacity())
+            + heap_bytes(self.inference_id.capacity())
+    }
 }
 
 /// A row update on its way out of the process (see `crate::update_row`).
@@ -473,9 +483,15 @@ impl OutUpdate {
         out
     }
 
-    /// Bytes it takes in the queue.
+    /// Bytes it holds in memory (its strings, as the allocator hands them out, and its
+    /// own size): what it counts in the memory budget.
     pub(crate) fn size(&self) -> usize {
-        self.row.len() + self.config.as_ref().map_or(0, String::len) + self.inference_id.len()
+        use crate::pipeline::heap_bytes;
+        size_of::<OutUpdate>()
+            + heap_bytes(self.pipeline.as_ref().map_or(0, String::capacity))
+            + heap_bytes(self.inference_id.capacity())
+            + heap_bytes(self.row.capacity())
+            + heap_bytes(self.config.as_ref().map_or(0, String::capacity))
     }
 }
 
