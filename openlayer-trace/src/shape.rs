@@ -37,19 +37,19 @@ impl fmt::Debug for Shaper {
 
 /// The outcome of preparing one trace.
 #[derive(Debug)]
-pub(crate) enum Prepared {
+pub(crate) enum Prepared<T = EncodedRow> {
     /// Encoded, masked and within budget: ready to leave the process.
-    Row(EncodedRow),
+    Row(T),
     /// Not kept by the sample rate (counted as `sampled_out`).
     SampledOut,
     /// Encoding or the mask failed (counted as dropped, `encoding`).
     Failed,
 }
 
-impl Prepared {
+impl<T> Prepared<T> {
     /// The row, if there is one; a trace sampled out or that failed is counted (and
     /// settled) here.
-    pub(crate) fn into_row(self, counters: &Counters) -> Option<EncodedRow> {
+    pub(crate) fn into_row(self, counters: &Counters) -> Option<T> {
         use std::sync::atomic::Ordering::Relaxed;
         match self {
             Prepared::Row(row) => return Some(row),
@@ -91,6 +91,54 @@ impl Shaper {
         }));
         match result {
             Ok(Prepared::Failed) | Err(_) => {
+                crate::diag::warn_limited!(
+                    "a trace could not be encoded or masked; dropped (counted)"
+                );
+                Prepared::Failed
+            }
+            Ok(p) => p,
+        }
+    }
+
+    /// Prepares a trace as a line of the local trace file, with its newline, appended to
+    /// `out` (the row's pipeline is its own, else `default_pipeline`): [`Shaper::prepare`]
+    /// without the copies, when there is no mask or budget to apply. On failure `out` is
+    /// left as it was.
+    pub(crate) fn prepare_line(
+        &self,
+        trace: &CompletedTrace,
+        default_pipeline: Option<&str>,
+        out: &mut String,
+    ) -> Prepared<()> {
+        fn line(out: &mut String, pipeline: Option<&str>, config: &str, row: &str) -> Prepared<()> {
+            wire::push_file_line(out, pipeline, config, [row]);
+            out.push('\n');
+            Prepared::Row(())
+        }
+        if self.mask.is_some() || self.budget.is_some() {
+            return match self.prepare(trace) {
+                Prepared::Row(row) => {
+                    let pipeline = row.pipeline_id.as_deref().or(default_pipeline);
+                    line(out, pipeline, &row.config, &row.row)
+                }
+                Prepared::SampledOut => Prepared::SampledOut,
+                Prepared::Failed => Prepared::Failed,
+            };
+        }
+        let mark = out.len();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wire::encode_with(trace, |parts| {
+                if !self.keeps(parts.inference_id) {
+                    return Prepared::SampledOut;
+                }
+                let pipeline = parts.pipeline_id.map(|p| &**p).or(default_pipeline);
+                line(out, pipeline, parts.config, parts.row)
+            })
+            .unwrap_or(Prepared::Failed)
+        }));
+        match result {
+            Ok(Prepared::Failed) | Err(_) => {
+                out.truncate(mark);
                 crate::diag::warn_limited!(
                     "a trace could not be encoded or masked; dropped (counted)"
                 );
