@@ -13,7 +13,9 @@
 //!   `rejected`, logged (rate-limited) and told to `on_failure`. When retries run out,
 //!   the rows are spooled, or dropped and counted.
 //! - Spooled rows are replayed at start, after a 2xx (the server is back), and by a
-//!   probe with exponential backoff while the spool holds rows.
+//!   probe with exponential backoff while the spool holds rows. While the server does
+//!   not answer, a probe carries a single row, so that memory holds no batches read back
+//!   from the spool only to fail again.
 //! - At shutdown, whatever is not delivered shortly before the deadline is spooled (or
 //!   dropped as `deadline`), so that the caller gets its answer in time.
 //! - A row update (`PUT .../rows?inferenceId=..`) is sent on its own, under the same
@@ -250,6 +252,9 @@ struct Replay {
     base: Duration,
     in_flight: usize,
     slots: usize,
+    /// The server did not answer the last request: a probe carries one spooled row (not a
+    /// whole batch read back into memory) until it answers again.
+    down: bool,
 }
 
 /// The flusher of one configuration; see the module docs.
@@ -330,6 +335,7 @@ impl Flusher {
                 base,
                 in_flight: 0,
                 slots: (config.max_in_flight / 2).max(1),
+                down: false,
             },
             shutdown: None,
             no_pipeline_warned: false,
@@ -705,17 +711,19 @@ impl Flusher {
         let Some(spool) = self.spool.clone() else {
             return;
         };
+        // While the server is down, one probe of one row at a time.
+        let (rows, slots) = if self.replay.down {
+            (1, 1)
+        } else {
+            (self.batch_max_rows, self.replay.slots)
+        };
         while self.shutdown.is_none()
             && self.replay.wanted
             && self.ready.is_empty()
-            && self.replay.in_flight < self.replay.slots
+            && self.replay.in_flight < slots
             && self.tasks.len() < self.max_in_flight
         {
-            match spool.next_replay(
-                self.batch_max_rows,
-                self.batch_max_bytes,
-                self.default_pipeline.as_deref(),
-            ) {
+            match spool.next_replay(rows, self.batch_max_bytes, self.default_pipeline.as_deref()) {
                 Some(batch) => {
                     let req = replay_request(&batch);
                     let t = self.transport.clone();
@@ -755,6 +763,7 @@ impl Flusher {
     /// The server answered 2xx: replay what waits in the spool now.
     fn server_is_up(&mut self) {
         self.replay.backoff = self.replay.base;
+        self.replay.down = false;
         if let Some(s) = &self.spool
             && !self.replay.wanted
             && s.has_replayable()
@@ -851,6 +860,7 @@ impl Flusher {
     /// A row update that will not be delivered now: spooled when there is a spool (the
     /// spool writer counts it once on disk), else dropped.
     fn give_up_update(&mut self, u: Update, reason: DropReason, status: Option<u16>, e: &Error) {
+        self.replay.down = true;
         self.epochs.release(u.epoch);
         let update = OutUpdate {
             pipeline: Some(u.pipeline),
@@ -901,6 +911,7 @@ impl Flusher {
 
     /// Rows that will not be delivered now: spooled when there is a spool, else dropped.
     fn give_up(&mut self, batch: Batch, reason: DropReason, status: Option<u16>, e: &Error) {
+        self.replay.down = true;
         let n = batch.rows.len() as u64;
         let ids: Vec<String> = batch.rows.iter().map(|r| r.inference_id.clone()).collect();
         // Released before the rows go to the spool writer, which counts them again.
@@ -1002,6 +1013,7 @@ impl Flusher {
                 self.counters.replayed.fetch_add(n, Relaxed);
                 spool.replay_done(batch, ReplayEnd::Acked);
                 self.replay.backoff = self.replay.base;
+                self.replay.down = false;
                 // Lines held behind this batch (a row update) may go now.
                 if spool.has_replayable() {
                     self.replay.wanted = true;
@@ -1009,12 +1021,14 @@ impl Flusher {
             }
             Err(e) => match classify(&e) {
                 Class::Rejected(status) => {
+                    self.replay.down = false;
                     self.counters.drop_spooled(DropReason::Rejected, n);
                     self.report_rejected(&batch.pipeline.clone(), n, status, &e);
                     spool.replay_done(batch, ReplayEnd::Rejected);
                 }
                 _ => {
                     spool.replay_done(batch, ReplayEnd::Failed);
+                    self.replay.down = true;
                     self.replay.wanted = false;
                     self.schedule_probe();
                     crate::diag::warn_limited!(error = %e, "could not replay spooled rows; they stay in the spool");
