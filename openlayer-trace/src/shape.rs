@@ -515,4 +515,62 @@ mod tests {
         assert_eq!(v["steps"][0]["steps"].as_array().unwrap().len(), 3);
         assert_eq!(v["steps"][0]["steps"][2]["id"], "id-2");
     }
+
+    fn one_step_trace() -> CompletedTrace {
+        use std::borrow::Cow;
+
+        use crate::record::{NO_PARENT, StepRecord, TraceState};
+        let mut state = TraceState::default();
+        let mut root = StepRecord::new(
+            Cow::Borrowed("greet"),
+            crate::kind::StepKind::UserCall,
+            NO_PARENT,
+            0,
+        );
+        root.traced_fn = true;
+        root.inputs = state.push_text(r#"{"name":"Ada","email":"ada@example.com"}"#);
+        root.output = state.push_text(r#""Hello, Ada!""#);
+        root.end = 1_500_000;
+        state.steps.push(root);
+        CompletedTrace {
+            state,
+            anchor_unix_ns: 1_700_000_000_000_000_000,
+        }
+    }
+
+    #[test]
+    fn a_file_line_is_the_prepared_row_in_its_line() {
+        let trace = one_step_trace();
+        let mask: MaskFn = Arc::new(|row| {
+            row.insert("email".into(), json!("***"));
+        });
+        for s in [
+            shaper(None, None),
+            shaper(Some(mask), None),
+            shaper(None, Some(3)),
+        ] {
+            let Prepared::Row(row) = s.prepare(&trace) else {
+                panic!("not prepared");
+            };
+            let expected = wire::file_line(Some("dflt"), &row.config, [row.row.as_str()]) + "\n";
+            let mut out = String::from("earlier line\n");
+            assert!(matches!(
+                s.prepare_line(&trace, Some("dflt"), &mut out),
+                Prepared::Row(())
+            ));
+            assert_eq!(out, format!("earlier line\n{expected}"));
+        }
+        // Sampled out: counted as such, nothing written.
+        let none = Shaper {
+            sample_rate: 0.0,
+            mask: None,
+            budget: None,
+        };
+        let mut out = String::new();
+        assert!(matches!(
+            none.prepare_line(&trace, None, &mut out),
+            Prepared::SampledOut
+        ));
+        assert!(out.is_empty());
+    }
 }
