@@ -2,14 +2,17 @@
 //! batching, then the same with the server down for a while.
 //!
 //! ```sh
-//! cargo run --release --example delivery_load -- [TRACES]
+//! cargo run --release --example delivery_load -- [TRACES] [up|down]
 //! ```
 //!
 //! Reports traces per second delivered, the p50/p99 cost of a traced call as the
 //! application sees it (4 steps, including the hand-off of the completed trace), and the
 //! peak RSS of each phase. With the server down, completions must never block, memory
-//! must stay within the queue's bound, and every trace must be delivered after recovery,
-//! spooled, or counted as dropped. Nothing leaves 127.0.0.1.
+//! must stay within the configured bound (`queue_max_bytes`), and every trace must be
+//! delivered after recovery, spooled, or counted as dropped. Nothing leaves 127.0.0.1.
+//!
+//! Each phase runs in a process of its own (the program starts itself once per phase), so
+//! that the memory one phase freed cannot hide the growth of the next.
 
 use std::time::{Duration, Instant};
 
@@ -45,8 +48,7 @@ fn ping(request_id: u64) -> u64 {
 }
 
 /// Times `n` one-step traces: the cost of completing a trace as the application sees it.
-fn produce_completions(n: u64) -> Vec<u32> {
-    let mut costs = Vec::with_capacity(n as usize);
+fn produce_completions(n: u64, mut costs: Vec<u32>) -> Vec<u32> {
     for i in 0..n {
         let t = Instant::now();
         std::hint::black_box(ping(i));
@@ -73,8 +75,7 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
 }
 
 /// Runs `n` traced calls, timing each one.
-fn produce(n: u64, text: &str) -> Vec<u32> {
-    let mut costs = Vec::with_capacity(n as usize);
+fn produce(n: u64, text: &str, mut costs: Vec<u32>) -> Vec<u32> {
     for i in 0..n {
         let t = Instant::now();
         std::hint::black_box(handle(i, text));
@@ -117,27 +118,63 @@ fn base(url: &str) -> openlayer_trace::ConfigBuilder {
         .max_in_flight(4)
 }
 
-fn main() {
-    let n: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(200_000);
-    let text = "What is the capital of France? Answer in one word.";
-    println!("delivery_load: {n} traces of 4 steps each, loopback server on 127.0.0.1");
+/// The queue's capacity in traces while the server is down: 10,000, or the
+/// `DELIVERY_LOAD_CAPACITY` environment variable (a large one leaves the byte bound as the
+/// only limit).
+fn queue_capacity() -> usize {
+    std::env::var("DELIVERY_LOAD_CAPACITY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
 
-    // Phase 1: the server is up. The queue holds the whole burst, so the figure is the
-    // worker's delivery capacity.
+/// `queue_max_bytes` while the server is down, in MiB: 32, or the `DELIVERY_LOAD_MIB`
+/// environment variable.
+fn queue_mib() -> usize {
+    std::env::var("DELIVERY_LOAD_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32)
+}
+
+const TEXT: &str = "What is the capital of France? Answer in one word.";
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(200_000);
+    match args.next().as_deref() {
+        Some("up") => server_up(n),
+        Some("down") => server_down(n),
+        _ => {
+            println!("delivery_load: {n} traces of 4 steps each, loopback server on 127.0.0.1");
+            let exe = std::env::current_exe().expect("the program's path");
+            for phase in ["up", "down"] {
+                let status = std::process::Command::new(&exe)
+                    .arg(n.to_string())
+                    .arg(phase)
+                    .status()
+                    .expect("start a phase");
+                assert!(status.success(), "phase {phase} failed");
+            }
+        }
+    }
+}
+
+/// Phase 1: the server is up. The queue holds the whole burst, so the figure is the
+/// worker's delivery capacity.
+fn server_up(n: u64) {
+    let text = TEXT;
     let server = TestServer::start();
     server.summarize_only();
     let config = base(&server.url())
         .queue_capacity(n as usize)
-        .queue_max_bytes(1 << 30)
+        .queue_max_bytes(1 << 32)
         .build()
         .expect("config");
     let guard = openlayer_trace::init(config).expect("init");
     reset_peak_rss();
     let start = Instant::now();
-    let costs = produce(n, text);
+    let costs = produce(n, text, Vec::with_capacity(n as usize));
     let produced_in = start.elapsed();
     let report = guard.flush(Duration::from_secs(120)).expect("flush");
     let delivered_in = start.elapsed();
@@ -155,17 +192,20 @@ fn main() {
     assert!(report.complete, "the flush did not finish");
     assert_eq!(delivered as u64, n, "traces were lost");
     drop(guard);
+}
 
-    // Phase 2: the server is down for a while. Completions must not block; memory stays
-    // within the queue bound; the overflow is spooled or counted.
+/// Phase 2: the server is down for a while. Completions must not block; memory stays
+/// within the configured bound; the overflow is spooled or counted.
+fn server_down(n: u64) {
+    let text = TEXT;
     let server = TestServer::start();
     server.summarize_only();
     server.go_down();
     let spool = std::env::temp_dir().join(format!("openlayer-load-spool-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&spool);
-    let queue_bytes = 32 << 20;
+    let queue_bytes = queue_mib() << 20;
     let config = base(&server.url())
-        .queue_capacity(10_000)
+        .queue_capacity(queue_capacity())
         .queue_max_bytes(queue_bytes)
         .spool_dir(&spool)
         .spool_max_bytes(1 << 30)
@@ -174,10 +214,17 @@ fn main() {
         .build()
         .expect("config");
     let guard = openlayer_trace::init(config).expect("init");
+    // The worker sets up its runtime and HTTP client on its own thread: let it finish,
+    // so that the growth measured is what the traces take.
+    std::thread::sleep(Duration::from_millis(300));
+    // The timings' own arrays, written now so that they are not counted as growth.
+    let (mut costs, mut completions) = (vec![1u32; n as usize], vec![1u32; n as usize]);
+    costs.clear();
+    completions.clear();
     reset_peak_rss();
     let rss_before = peak_rss_kib().unwrap_or(0);
-    let costs = produce(n, text);
-    let completions = produce_completions(n);
+    let costs = produce(n, text, costs);
+    let completions = produce_completions(n, completions);
     let rss_down = peak_rss_kib().unwrap_or(0);
     let during = guard.stats();
     server.come_up();
@@ -200,7 +247,7 @@ fn main() {
         f64::from(percentile(&completions, 0.99)) / 1e3,
     );
     println!(
-        "  peak RSS while down {} MiB (growth {} MiB; queue bound {} MiB)",
+        "  peak RSS while down {} MiB (growth {} MiB; queue_max_bytes {} MiB)",
         rss_down / 1024,
         rss_down.saturating_sub(rss_before) / 1024,
         queue_bytes >> 20

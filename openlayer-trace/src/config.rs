@@ -295,7 +295,13 @@ impl ConfigBuilder {
         retry_base_backoff: Duration => |c, v| c.retry_base_backoff = v);
     setter!(/// Most traces waiting in the queue (default 10 000).
         queue_capacity: usize => |c, v| c.queue_capacity = v.max(1));
-    setter!(/// Most estimated bytes waiting in the queue (default 64 MiB).
+    setter!(/// Most bytes of undelivered traces and rows held in memory (default 64 MiB):
+        /// the queue (at most half of it), the rows waiting for a request or in flight
+        /// (with their request bodies) and the spool writer's backlog share this budget,
+        /// each counted by what it holds (capacities and allocator overhead included).
+        /// What does not fit is spooled, or dropped and counted. The process needs a few
+        /// MiB on top that do not depend on this bound (the worker's runtime and
+        /// reusable buffers).
         queue_max_bytes: usize => |c, v| c.queue_max_bytes = v.max(1));
     setter!(/// Most rows in one request (default 500).
         batch_max_rows: usize => |c, v| c.batch_max_rows = v.max(1));

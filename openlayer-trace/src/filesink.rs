@@ -7,66 +7,78 @@ use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::pipeline::Msg;
+use crate::pipeline::{Budget, Msg, Tier};
 use crate::report::{Counters, DropReason};
-use crate::shape::{Prepared, Shaper};
+use crate::shape::Shaper;
 use crate::wire::{self, OutRow};
 
 /// Most rows written at once.
 const MAX_WRITE_ROWS: usize = 512;
+/// Most bytes written at once (a longer line is written whole).
+const MAX_WRITE_BYTES: usize = 1024 * 1024;
+
+/// Lines waiting to be written: one buffer, reused from one write to the next.
+#[derive(Default)]
+struct Lines {
+    buf: String,
+    count: u64,
+}
+
+impl Lines {
+    fn full(&self) -> bool {
+        self.count >= MAX_WRITE_ROWS as u64 || self.buf.len() >= MAX_WRITE_BYTES
+    }
+}
 
 /// The worker's loop for the file sink: drains the queue, writes, answers flushes.
 pub(crate) async fn run(
     mut rx: mpsc::Receiver<Msg>,
     mut sink: FileSink,
     counters: Arc<Counters>,
-    queued_bytes: Arc<AtomicUsize>,
+    budget: Arc<Budget>,
     shaper: Shaper,
 ) {
-    let mut lines: Vec<String> = Vec::new();
+    let mut lines = Lines::default();
     let default_pipeline = sink.default_pipeline.clone();
-    let take = |msg: Msg, lines: &mut Vec<String>| -> Option<Msg> {
+    let take = |msg: Msg, lines: &mut Lines| -> Option<Msg> {
         match msg {
             Msg::Trace(mut trace, bytes) => {
-                queued_bytes.fetch_sub(bytes, Relaxed);
-                let prepared = shaper.prepare(&trace);
+                budget.release(bytes, Tier::Queue);
+                let prepared =
+                    shaper.prepare_line(&trace, default_pipeline.as_deref(), &mut lines.buf);
                 crate::record::recycle(&mut trace.state);
                 drop(trace);
-                match prepared {
-                    Prepared::Row(row) => {
-                        let pipeline = row.pipeline_id.as_deref().or(default_pipeline.as_deref());
-                        lines.push(wire::file_line(pipeline, &row.config, [row.row.as_str()]));
-                    }
-                    Prepared::SampledOut => {
-                        counters.sampled_out.fetch_add(1, Relaxed);
-                        counters.settled.fetch_add(1, Relaxed);
-                    }
-                    Prepared::Failed => {
-                        counters.drop_rows(DropReason::Encoding, 1);
-                        counters.settled.fetch_add(1, Relaxed);
-                    }
+                if prepared.into_row(&counters).is_some() {
+                    lines.count += 1;
                 }
                 None
             }
             Msg::Row(row, bytes) => {
-                queued_bytes.fetch_sub(bytes, Relaxed);
+                budget.release(bytes, Tier::Queue);
                 let (row, _): (OutRow, _) = *row;
-                lines.push(wire::file_line(
+                wire::push_file_line(
+                    &mut lines.buf,
                     Some(&row.pipeline),
                     &row.config,
                     [row.row.as_str()],
-                ));
+                );
+                lines.buf.push('\n');
+                lines.count += 1;
                 None
             }
             Msg::Update(update, bytes) => {
-                queued_bytes.fetch_sub(bytes, Relaxed);
+                budget.release(bytes, Tier::Queue);
                 // Behind its trace's line: the queue keeps their order.
-                lines.push(update.file_line(default_pipeline.as_deref()));
+                lines
+                    .buf
+                    .push_str(&update.file_line(default_pipeline.as_deref()));
+                lines.buf.push('\n');
+                lines.count += 1;
                 None
             }
             control => Some(control),
@@ -78,12 +90,12 @@ pub(crate) async fn run(
         while let Some(msg) = next.take() {
             match take(msg, &mut lines) {
                 None => {
-                    if lines.len() >= MAX_WRITE_ROWS {
-                        sink.write(std::mem::take(&mut lines), &counters);
+                    if lines.full() {
+                        sink.write(&mut lines, &counters);
                     }
                 }
                 Some(Msg::Flush(done, _deadline)) => {
-                    sink.write(std::mem::take(&mut lines), &counters);
+                    sink.write(&mut lines, &counters);
                     sink.flush();
                     done.complete();
                 }
@@ -95,8 +107,11 @@ pub(crate) async fn run(
                         {
                             d.complete();
                         }
+                        if lines.full() {
+                            sink.write(&mut lines, &counters);
+                        }
                     }
-                    sink.write(std::mem::take(&mut lines), &counters);
+                    sink.write(&mut lines, &counters);
                     sink.flush();
                     done.complete();
                     return;
@@ -105,11 +120,11 @@ pub(crate) async fn run(
             }
             next = rx.try_recv().ok();
         }
-        sink.write(std::mem::take(&mut lines), &counters);
+        sink.write(&mut lines, &counters);
         // See `pipeline::WORKER_PACE`.
         tokio::time::sleep(crate::pipeline::WORKER_PACE).await;
     }
-    sink.write(lines, &counters);
+    sink.write(&mut lines, &counters);
     sink.flush();
 }
 
@@ -153,17 +168,16 @@ impl FileSink {
         Ok(self.file.as_mut().expect("opened above"))
     }
 
-    fn write(&mut self, lines: Vec<String>, counters: &Counters) {
-        if lines.is_empty() {
+    /// Writes the lines waiting (with one `write`), counts them, and empties the buffer.
+    fn write(&mut self, lines: &mut Lines, counters: &Counters) {
+        if lines.count == 0 {
             return;
         }
-        let n = lines.len() as u64;
-        let mut buf = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
-        for line in &lines {
-            buf.push_str(line);
-            buf.push('\n');
-        }
-        let result = self.open().and_then(|f| f.write_all(buf.as_bytes()));
+        let n = std::mem::take(&mut lines.count);
+        let result = self.open().and_then(|f| f.write_all(lines.buf.as_bytes()));
+        lines.buf.clear();
+        // A long line grew the buffer: do not keep that much.
+        lines.buf.shrink_to(2 * MAX_WRITE_BYTES);
         match result {
             Ok(()) => {
                 counters.written.fetch_add(n, Relaxed);

@@ -5,13 +5,17 @@
 //!   rows and `batch_max_bytes` bytes; a request leaves when full, when its oldest row has
 //!   waited `linger`, or at once during a flush or a shutdown.
 //! - Up to `max_in_flight` requests run at once; the queue keeps being drained meanwhile.
-//!   Rows waiting for a request are bounded like the queue (`queue_capacity` rows,
-//!   `queue_max_bytes` bytes); beyond that they overflow (spooled or dropped, counted).
+//!   Rows waiting for a request or in flight are bounded: `queue_capacity` rows waiting,
+//!   and what they hold counts in the memory budget shared with the queue and the spool
+//!   writer (`queue_max_bytes`, see `pipeline::Budget`) until they are settled; beyond
+//!   that they overflow (spooled or dropped, counted).
 //! - A request is retried by the transport. A non-retryable 4xx is final: counted as
 //!   `rejected`, logged (rate-limited) and told to `on_failure`. When retries run out,
 //!   the rows are spooled, or dropped and counted.
 //! - Spooled rows are replayed at start, after a 2xx (the server is back), and by a
-//!   probe with exponential backoff while the spool holds rows.
+//!   probe with exponential backoff while the spool holds rows. While the server does
+//!   not answer, a probe carries a single row, so that memory holds no batches read back
+//!   from the spool only to fail again.
 //! - At shutdown, whatever is not delivered shortly before the deadline is spooled (or
 //!   dropped as `deadline`), so that the caller gets its answer in time.
 //! - A row update (`PUT .../rows?inferenceId=..`) is sent on its own, under the same
@@ -20,7 +24,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -29,9 +33,9 @@ use tokio::time::Instant;
 
 use crate::config::{Config, FailureFn};
 use crate::error::Error;
-use crate::pipeline::{Completion, Msg};
+use crate::pipeline::{Budget, Completion, Msg, Tier, heap_bytes};
 use crate::report::{Counters, DeliveryFailure, DropReason, notify};
-use crate::shape::{Prepared, Shaper};
+use crate::shape::Shaper;
 use crate::spool::{ReplayBatch, ReplayEnd, Spool, WalRef};
 use crate::transport::{ApiRequest, SendOutcome, Transport, is_retryable_status};
 use crate::wire::{self, OutRow, OutUpdate};
@@ -46,6 +50,8 @@ const MIN_REPLAY_BACKOFF: Duration = Duration::from_millis(10);
 struct Row {
     row: String,
     inference_id: String,
+    /// What it counts in the memory budget until it is settled (see [`row_cost`]).
+    cost: usize,
     /// Where it was written ahead, in write-ahead mode.
     wal: Option<WalRef>,
     /// Which flush generation it belongs to.
@@ -66,7 +72,6 @@ struct Batch {
     pipeline: String,
     config: String,
     rows: Vec<Row>,
-    bytes: usize,
 }
 
 impl Batch {
@@ -93,6 +98,19 @@ impl Batch {
         }
         (out, refs, epochs)
     }
+}
+
+/// What a row holds in memory while it is here, counted in the memory budget until it
+/// is settled: its strings (as the allocator hands them out), its slot in a group's list
+/// (twice, as lists grow by doubling), its copy in the request body while in flight, and
+/// its entry in the per-inference-id count.
+fn row_cost(row: &OutRow) -> usize {
+    2 * size_of::<Row>()
+        + heap_bytes(row.row.capacity())
+        + heap_bytes(row.inference_id.capacity())
+        + row.size()
+        + heap_bytes(row.inference_id.len())
+        + 2 * size_of::<(String, usize)>()
 }
 
 fn data_stream_path(pipeline: &str) -> String {
@@ -234,13 +252,16 @@ struct Replay {
     base: Duration,
     in_flight: usize,
     slots: usize,
+    /// The server did not answer the last request: a probe carries one spooled row (not a
+    /// whole batch read back into memory) until it answers again.
+    down: bool,
 }
 
 /// The flusher of one configuration; see the module docs.
 pub(crate) struct Flusher {
     transport: Transport,
     counters: Arc<Counters>,
-    queued_bytes: Arc<AtomicUsize>,
+    budget: Arc<Budget>,
     shaper: Shaper,
     spool: Option<Arc<Spool>>,
     default_pipeline: Option<String>,
@@ -251,12 +272,10 @@ pub(crate) struct Flusher {
     linger: Duration,
     max_in_flight: usize,
     backlog_max_rows: usize,
-    backlog_max_bytes: usize,
 
     groups: HashMap<String, HashMap<String, Group>>,
     ready: VecDeque<Batch>,
     backlog_rows: usize,
-    backlog_bytes: usize,
     tasks: JoinSet<SendOutcome>,
     flights: HashMap<Id, Flight>,
     epochs: Epochs,
@@ -280,7 +299,7 @@ impl Flusher {
         config: &Config,
         transport: Transport,
         counters: Arc<Counters>,
-        queued_bytes: Arc<AtomicUsize>,
+        budget: Arc<Budget>,
         shaper: Shaper,
         spool: Option<Arc<Spool>>,
     ) -> Self {
@@ -288,7 +307,7 @@ impl Flusher {
         Flusher {
             transport,
             counters,
-            queued_bytes,
+            budget,
             shaper,
             spool,
             default_pipeline: config.inference_pipeline_id.clone(),
@@ -299,11 +318,9 @@ impl Flusher {
             linger: config.linger,
             max_in_flight: config.max_in_flight.max(1),
             backlog_max_rows: config.queue_capacity.max(1),
-            backlog_max_bytes: config.queue_max_bytes.max(1),
             groups: HashMap::new(),
             ready: VecDeque::new(),
             backlog_rows: 0,
-            backlog_bytes: 0,
             tasks: JoinSet::new(),
             flights: HashMap::new(),
             epochs: Epochs::new(),
@@ -318,6 +335,7 @@ impl Flusher {
                 base,
                 in_flight: 0,
                 slots: (config.max_in_flight / 2).max(1),
+                down: false,
             },
             shutdown: None,
             no_pipeline_warned: false,
@@ -392,35 +410,25 @@ impl Flusher {
     fn on_msg(&mut self, msg: Msg, rx: &mut mpsc::Receiver<Msg>) {
         match msg {
             Msg::Trace(mut trace, bytes) => {
-                self.queued_bytes.fetch_sub(bytes, Relaxed);
+                self.budget.release(bytes, Tier::Queue);
                 let prepared = self.shaper.prepare(&trace);
                 // The trace's buffers go back to the producers' pool.
                 crate::record::recycle(&mut trace.state);
                 drop(trace);
-                match prepared {
-                    Prepared::Row(row) => {
-                        match OutRow::resolve(row, self.default_pipeline.as_deref()) {
-                            Some(row) => self.accept(row, None),
-                            None => self.no_pipeline(1),
-                        }
-                    }
-                    Prepared::SampledOut => {
-                        self.counters.sampled_out.fetch_add(1, Relaxed);
-                        self.counters.settled.fetch_add(1, Relaxed);
-                    }
-                    Prepared::Failed => {
-                        self.counters.drop_rows(DropReason::Encoding, 1);
-                        self.counters.settled.fetch_add(1, Relaxed);
+                if let Some(row) = prepared.into_row(&self.counters) {
+                    match OutRow::resolve(row, self.default_pipeline.as_deref()) {
+                        Some(row) => self.accept(row, None),
+                        None => self.no_pipeline(1),
                     }
                 }
             }
             Msg::Row(row, bytes) => {
-                self.queued_bytes.fetch_sub(bytes, Relaxed);
+                self.budget.release(bytes, Tier::Queue);
                 let (row, wal) = *row;
                 self.accept(row, wal);
             }
             Msg::Update(update, bytes) => {
-                self.queued_bytes.fetch_sub(bytes, Relaxed);
+                self.budget.release(bytes, Tier::Queue);
                 self.accept_update(*update);
             }
             Msg::Flush(done, deadline) => {
@@ -504,15 +512,13 @@ impl Flusher {
     /// Takes a row into its group, or overflows it when the backlog is full.
     fn accept(&mut self, row: OutRow, wal: Option<WalRef>) {
         let size = row.size();
-        if self.backlog_rows >= self.backlog_max_rows
-            || self.backlog_bytes + size > self.backlog_max_bytes
-        {
+        let cost = row_cost(&row);
+        if self.backlog_rows >= self.backlog_max_rows || !self.budget.reserve(cost, Tier::Worker) {
             return self.overflow(row, wal);
         }
         let epoch = self.epochs.acquire();
         *self.rows_by_id.entry(row.inference_id.clone()).or_default() += 1;
         self.backlog_rows += 1;
-        self.backlog_bytes += size;
         let OutRow {
             pipeline,
             config,
@@ -522,23 +528,19 @@ impl Flusher {
         let r = Row {
             row,
             inference_id,
+            cost,
             wal,
             epoch,
         };
         let (max_rows, max_bytes) = (self.batch_max_rows, self.batch_max_bytes);
-        let by_config = self.groups.entry(pipeline.clone()).or_default();
         // A row that would make the group's request too large closes it first.
-        if let Some(g) = by_config.get_mut(config.as_str())
-            && !g.rows.is_empty()
-            && g.bytes + size > max_bytes
+        if self
+            .groups
+            .get(&pipeline)
+            .and_then(|by_config| by_config.get(config.as_str()))
+            .is_some_and(|g| !g.rows.is_empty() && g.bytes + size > max_bytes)
         {
-            let g = by_config.remove(config.as_str()).expect("found above");
-            self.ready.push_back(Batch {
-                pipeline: pipeline.clone(),
-                config: config.clone(),
-                rows: g.rows,
-                bytes: g.bytes,
-            });
+            self.close_group(pipeline.clone(), config.clone());
         }
         let by_config = self.groups.entry(pipeline.clone()).or_default();
         let overhead = body_overhead(&config);
@@ -550,17 +552,26 @@ impl Flusher {
         g.rows.push(r);
         g.bytes += size;
         if g.rows.len() >= max_rows || g.bytes >= max_bytes {
-            let g = by_config.remove(config.as_str()).expect("inserted above");
-            if by_config.is_empty() {
-                self.groups.remove(&pipeline);
-            }
-            self.ready.push_back(Batch {
-                pipeline,
-                config,
-                rows: g.rows,
-                bytes: g.bytes,
-            });
+            self.close_group(pipeline, config);
         }
+    }
+
+    /// Turns a lingering group into a request, ready to start.
+    fn close_group(&mut self, pipeline: String, config: String) {
+        let Some(by_config) = self.groups.get_mut(&pipeline) else {
+            return;
+        };
+        let Some(g) = by_config.remove(&config) else {
+            return;
+        };
+        if by_config.is_empty() {
+            self.groups.remove(&pipeline);
+        }
+        self.ready.push_back(Batch {
+            pipeline,
+            config,
+            rows: g.rows,
+        });
     }
 
     /// A row the backlog has no room for: kept in the spool when there is one.
@@ -578,7 +589,8 @@ impl Flusher {
             return;
         }
         if let Some(s) = &self.spool
-            && s.send_rows(vec![row], DropReason::QueueFull).is_ok()
+            && s.send_rows(vec![row], DropReason::QueueFull, Tier::Spool)
+                .is_ok()
         {
             self.overflow_spooled += 1;
             self.schedule_probe();
@@ -661,17 +673,7 @@ impl Flusher {
         // Oldest first.
         due.sort_by_key(|(p, c)| self.groups[p][c].since);
         for (pipeline, config) in due {
-            let by_config = self.groups.get_mut(&pipeline).expect("listed above");
-            let g = by_config.remove(&config).expect("listed above");
-            if by_config.is_empty() {
-                self.groups.remove(&pipeline);
-            }
-            self.ready.push_back(Batch {
-                pipeline,
-                config,
-                rows: g.rows,
-                bytes: g.bytes,
-            });
+            self.close_group(pipeline, config);
         }
         while self.tasks.len() < self.max_in_flight {
             let Some(batch) = self.ready.pop_front() else {
@@ -696,7 +698,6 @@ impl Flusher {
 
     fn start_live(&mut self, batch: Batch) {
         self.backlog_rows -= batch.rows.len();
-        self.backlog_bytes -= batch.bytes - body_overhead(&batch.config);
         let req = batch.request();
         let deadline = self.shutdown.as_ref().map(|s| s.send_deadline);
         let t = self.transport.clone();
@@ -710,17 +711,19 @@ impl Flusher {
         let Some(spool) = self.spool.clone() else {
             return;
         };
+        // While the server is down, one probe of one row at a time.
+        let (rows, slots) = if self.replay.down {
+            (1, 1)
+        } else {
+            (self.batch_max_rows, self.replay.slots)
+        };
         while self.shutdown.is_none()
             && self.replay.wanted
             && self.ready.is_empty()
-            && self.replay.in_flight < self.replay.slots
+            && self.replay.in_flight < slots
             && self.tasks.len() < self.max_in_flight
         {
-            match spool.next_replay(
-                self.batch_max_rows,
-                self.batch_max_bytes,
-                self.default_pipeline.as_deref(),
-            ) {
+            match spool.next_replay(rows, self.batch_max_bytes, self.default_pipeline.as_deref()) {
                 Some(batch) => {
                     let req = replay_request(&batch);
                     let t = self.transport.clone();
@@ -760,6 +763,7 @@ impl Flusher {
     /// The server answered 2xx: replay what waits in the spool now.
     fn server_is_up(&mut self) {
         self.replay.backoff = self.replay.base;
+        self.replay.down = false;
         if let Some(s) = &self.spool
             && !self.replay.wanted
             && s.has_replayable()
@@ -856,13 +860,14 @@ impl Flusher {
     /// A row update that will not be delivered now: spooled when there is a spool (the
     /// spool writer counts it once on disk), else dropped.
     fn give_up_update(&mut self, u: Update, reason: DropReason, status: Option<u16>, e: &Error) {
+        self.replay.down = true;
         self.epochs.release(u.epoch);
         let update = OutUpdate {
             pipeline: Some(u.pipeline),
             ..u.update
         };
         let spooled = match &self.spool {
-            Some(s) => s.send_updates(vec![update], reason).is_ok(),
+            Some(s) => s.send_updates(vec![update], reason, Tier::Spool).is_ok(),
             None => false,
         };
         if spooled {
@@ -889,6 +894,7 @@ impl Flusher {
         let n = batch.rows.len() as u64;
         let mut refs = Vec::new();
         for r in batch.rows {
+            self.budget.release(r.cost, Tier::Worker);
             self.epochs.release(r.epoch);
             self.row_settled(&r.inference_id);
             if let Some(w) = r.wal {
@@ -905,8 +911,12 @@ impl Flusher {
 
     /// Rows that will not be delivered now: spooled when there is a spool, else dropped.
     fn give_up(&mut self, batch: Batch, reason: DropReason, status: Option<u16>, e: &Error) {
+        self.replay.down = true;
         let n = batch.rows.len() as u64;
         let ids: Vec<String> = batch.rows.iter().map(|r| r.inference_id.clone()).collect();
+        // Released before the rows go to the spool writer, which counts them again.
+        self.budget
+            .release(batch.rows.iter().map(|r| r.cost).sum(), Tier::Worker);
         let (rows, refs, epochs) = batch.into_out_rows();
         for epoch in epochs {
             self.epochs.release(epoch);
@@ -925,7 +935,7 @@ impl Flusher {
         let mut dropped = 0;
         if !rows.is_empty() {
             let rest = match &self.spool {
-                Some(s) => s.send_rows(rows, reason).err(),
+                Some(s) => s.send_rows(rows, reason, Tier::Spool).err(),
                 None => Some(rows),
             };
             if let Some(rest) = rest {
@@ -1003,6 +1013,7 @@ impl Flusher {
                 self.counters.replayed.fetch_add(n, Relaxed);
                 spool.replay_done(batch, ReplayEnd::Acked);
                 self.replay.backoff = self.replay.base;
+                self.replay.down = false;
                 // Lines held behind this batch (a row update) may go now.
                 if spool.has_replayable() {
                     self.replay.wanted = true;
@@ -1010,12 +1021,14 @@ impl Flusher {
             }
             Err(e) => match classify(&e) {
                 Class::Rejected(status) => {
+                    self.replay.down = false;
                     self.counters.drop_spooled(DropReason::Rejected, n);
                     self.report_rejected(&batch.pipeline.clone(), n, status, &e);
                     spool.replay_done(batch, ReplayEnd::Rejected);
                 }
                 _ => {
                     spool.replay_done(batch, ReplayEnd::Failed);
+                    self.replay.down = true;
                     self.replay.wanted = false;
                     self.schedule_probe();
                     crate::diag::warn_limited!(error = %e, "could not replay spooled rows; they stay in the spool");
@@ -1098,13 +1111,11 @@ impl Flusher {
                     pipeline: pipeline.clone(),
                     config,
                     rows: g.rows,
-                    bytes: g.bytes,
                 });
             }
         }
         while let Some(batch) = self.ready.pop_front() {
             self.backlog_rows -= batch.rows.len();
-            self.backlog_bytes -= batch.bytes - body_overhead(&batch.config);
             self.give_up(batch, DropReason::Deadline, None, &e);
         }
         // Every row is settled by now, so no update is held back any more.

@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::flusher::Flusher;
 use crate::record::CompletedTrace;
 use crate::report::{Counters, DeliveryReport, DropReason, Stats};
-use crate::shape::{Prepared, Shaper};
+use crate::shape::Shaper;
 use crate::spool::{Spool, WalRef};
 use crate::transport::{Transport, TransportConfig};
 use crate::wire::{self, EncodedRow, OutRow, OutUpdate};
@@ -233,6 +233,124 @@ impl Completion {
 /// drain take many traces at once. A flush waits at most this much longer.
 pub(crate) const WORKER_PACE: Duration = Duration::from_millis(1);
 
+/// Heap bytes an allocation of `n` bytes really takes: glibc's malloc adds an 8-byte
+/// header and rounds each chunk up to 16 bytes, 32 at least. Other allocators differ by a
+/// few bytes; the budget only needs to be a close upper estimate.
+pub(crate) const fn heap_bytes(n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let chunk = (n + 8 + 15) & !15;
+    if chunk < 32 { 32 } else { chunk }
+}
+
+/// Heap bytes a string that may be borrowed holds (none when borrowed).
+#[allow(clippy::ptr_arg)] // whether it is owned is the point
+pub(crate) fn cow_heap_bytes(s: &std::borrow::Cow<'static, str>) -> usize {
+    match s {
+        std::borrow::Cow::Owned(s) => heap_bytes(s.capacity()),
+        std::borrow::Cow::Borrowed(_) => 0,
+    }
+}
+
+/// Who reserves room in the [`Budget`], and so which share of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tier {
+    /// Traces (and rows, row updates) handed off to the queue: half of the budget.
+    Queue,
+    /// The worker's encoded rows, waiting for a request or in flight (with their request
+    /// bodies): three eighths.
+    Worker,
+    /// Traced code's overflow (the queue is full) into the spool writer's backlog: up to
+    /// half of the writer's share.
+    Overflow,
+    /// What the worker hands to the spool writer (failed requests, rows it has no room
+    /// for): the spool writer's whole share, an eighth of the budget.
+    Spool,
+}
+
+/// The memory budget of undelivered data (`queue_max_bytes`), split between every
+/// buffer that holds traces or rows not yet delivered, spooled or dropped: the queue
+/// (half), the worker's rows, lingering, ready or in flight (three eighths), and the spool
+/// writer's backlog (an eighth). Each holder reserves what it takes before it takes it and
+/// releases it when the data has moved on; what does not fit goes to the next stage (the
+/// spool) or is dropped and counted, so a reservation never waits.
+///
+/// The shares are fixed, not pooled: each buffer is filled and emptied by different
+/// threads, whose allocator arenas keep the memory of their own peak, so what the process
+/// holds follows the sum of the buffers' peaks rather than the peak of their sum.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    limit: usize,
+    queue: AtomicUsize,
+    worker: AtomicUsize,
+    spool: AtomicUsize,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub(crate) fn new(limit: usize) -> Self {
+        Budget {
+            limit: limit.max(1),
+            queue: AtomicUsize::new(0),
+            worker: AtomicUsize::new(0),
+            spool: AtomicUsize::new(0),
+        }
+    }
+
+    /// The count `tier` reserves in, and the most it may fill it to.
+    fn share(&self, tier: Tier) -> (&AtomicUsize, usize) {
+        let eighth = self.limit / 8;
+        match tier {
+            Tier::Queue => (&self.queue, self.limit / 2),
+            Tier::Worker => (&self.worker, self.limit / 2 - eighth),
+            Tier::Overflow => (&self.spool, eighth / 2),
+            Tier::Spool => (&self.spool, eighth),
+        }
+    }
+
+    /// Counts `bytes` in if they fit in `tier`'s share; false (and nothing counted)
+    /// otherwise. Never waits.
+    pub(crate) fn reserve(&self, bytes: usize, tier: Tier) -> bool {
+        let (used, cap) = self.share(tier);
+        used.fetch_update(Relaxed, Relaxed, |u| {
+            let total = u.checked_add(bytes)?;
+            (total <= cap).then_some(total)
+        })
+        .is_ok()
+    }
+
+    /// Gives back bytes reserved earlier under `tier`.
+    pub(crate) fn release(&self, bytes: usize, tier: Tier) {
+        self.share(tier).0.fetch_sub(bytes, Relaxed);
+    }
+
+    /// Bytes reserved now, in all shares.
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> usize {
+        self.queue.load(Relaxed) + self.worker.load(Relaxed) + self.spool.load(Relaxed)
+    }
+
+    /// The whole budget, in bytes.
+    #[cfg(test)]
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+/// What a completed trace holds while it waits in the queue: its box, its slot in the
+/// channel, and what its records hold (see `TraceState::approx_bytes`).
+pub(crate) fn queued_trace_bytes(trace: &CompletedTrace) -> usize {
+    heap_bytes(size_of::<CompletedTrace>()) + size_of::<Msg>() + trace.state.approx_bytes()
+}
+
+/// What a control message asks of the worker.
+#[derive(Debug, Clone, Copy)]
+enum Control {
+    Flush,
+    Shutdown,
+}
+
 pub(crate) enum Msg {
     /// A completed trace, with its estimated size.
     Trace(Box<CompletedTrace>, usize),
@@ -251,7 +369,7 @@ pub(crate) struct Pipeline {
     pub(crate) config: Config,
     tx: Option<mpsc::Sender<Msg>>,
     pub(crate) counters: Arc<Counters>,
-    queued_bytes: Arc<AtomicUsize>,
+    budget: Arc<Budget>,
     /// Used on the completing thread in write-ahead mode only.
     shaper: Shaper,
     spool: Option<Arc<Spool>>,
@@ -288,14 +406,14 @@ impl Pipeline {
     /// the spool writer when there is a spool.
     pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Pipeline>, Error> {
         let counters = Arc::new(Counters::default());
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let budget = Arc::new(Budget::new(config.queue_max_bytes));
         let shaper = Shaper::new(&config);
         if config.disabled {
             return Ok(Arc::new(Pipeline {
                 config,
                 tx: None,
                 counters,
-                queued_bytes,
+                budget,
                 shaper,
                 spool: None,
                 write_ahead: false,
@@ -310,8 +428,7 @@ impl Pipeline {
                 tracing::info!(target: "openlayer_trace", dir = %dir.display(), "the spool is only used when sending to Openlayer; without an API key it is ignored");
             }
             let sink = crate::filesink::FileSink::new(&config);
-            let (counters, queued_bytes, shaper) =
-                (counters.clone(), queued_bytes.clone(), shaper.clone());
+            let (counters, budget, shaper) = (counters.clone(), budget.clone(), shaper.clone());
             threads.push(spawn("openlayer-trace", move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_time()
@@ -321,7 +438,7 @@ impl Pipeline {
                         rx,
                         sink,
                         counters,
-                        queued_bytes,
+                        budget,
                         shaper,
                     )),
                     Err(e) => {
@@ -336,7 +453,7 @@ impl Pipeline {
             transport_config.validate()?;
             let opened = match &config.spool_dir {
                 None => None,
-                Some(_) => match Spool::open(&config, counters.clone()) {
+                Some(_) => match Spool::open(&config, counters.clone(), budget.clone()) {
                     Ok(opened) => Some(opened),
                     Err(e) if how == Start::Lazy => {
                         tracing::error!(target: "openlayer_trace", error = %e, "the spool cannot be used; traces are sent without it");
@@ -356,10 +473,10 @@ impl Pipeline {
                 })?);
                 spool = Some(s);
             }
-            let (worker_config, counters, queued_bytes, shaper, worker_spool) = (
+            let (worker_config, counters, budget, shaper, worker_spool) = (
                 config.clone(),
                 counters.clone(),
-                queued_bytes.clone(),
+                budget.clone(),
                 shaper.clone(),
                 spool.clone(),
             );
@@ -376,7 +493,7 @@ impl Pipeline {
                             &worker_config,
                             transport,
                             counters,
-                            queued_bytes,
+                            budget,
                             shaper,
                             worker_spool,
                         );
@@ -405,7 +522,7 @@ impl Pipeline {
             config,
             tx: Some(tx),
             counters,
-            queued_bytes,
+            budget,
             shaper,
             write_ahead: spool.as_ref().is_some_and(|s| s.write_ahead()),
             spool,
@@ -435,20 +552,20 @@ impl Pipeline {
         {
             return self.enqueue_ahead(tx, spool, trace);
         }
-        let bytes = trace.state.approx_bytes();
+        let bytes = queued_trace_bytes(&trace);
         if !self.reserve(bytes) {
             return self.overflow(Box::new(trace), bytes);
         }
         match tx.try_send(Msg::Trace(Box::new(trace), bytes)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(msg)) => {
-                self.queued_bytes.fetch_sub(bytes, Relaxed);
+                self.budget.release(bytes, Tier::Queue);
                 if let Msg::Trace(trace, bytes) = msg {
                     self.overflow(trace, bytes);
                 }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.queued_bytes.fetch_sub(bytes, Relaxed);
+                self.budget.release(bytes, Tier::Queue);
                 c.drop_rows(DropReason::Shutdown, 1);
                 c.settled.fetch_add(1, Relaxed);
                 crate::diag::warn_limited!("a trace completed after shutdown; dropped (counted)");
@@ -466,16 +583,17 @@ impl Pipeline {
             c.settled.fetch_add(1, Relaxed);
             return;
         };
-        let bytes = update.size();
+        // Its box (the allocator's header on top of its size) and its slot in the channel.
+        let bytes = update.size() + 16 + size_of::<Msg>();
         let update = if self.reserve(bytes) {
             match tx.try_send(Msg::Update(Box::new(update), bytes)) {
                 Ok(()) => return,
                 Err(mpsc::error::TrySendError::Full(Msg::Update(u, _))) => {
-                    self.queued_bytes.fetch_sub(bytes, Relaxed);
+                    self.budget.release(bytes, Tier::Queue);
                     *u
                 }
                 Err(e) => {
-                    self.queued_bytes.fetch_sub(bytes, Relaxed);
+                    self.budget.release(bytes, Tier::Queue);
                     drop(e);
                     c.drop_rows(DropReason::Shutdown, 1);
                     c.settled.fetch_add(1, Relaxed);
@@ -498,7 +616,7 @@ impl Pipeline {
             if pipeline.is_some() {
                 let update = OutUpdate { pipeline, ..update };
                 if spool
-                    .send_updates(vec![update], DropReason::QueueFull)
+                    .send_updates(vec![update], DropReason::QueueFull, Tier::Overflow)
                     .is_ok()
                 {
                     return;
@@ -508,14 +626,9 @@ impl Pipeline {
         self.drop_full();
     }
 
-    /// Counts `bytes` into the queue's byte budget; false when they do not fit.
+    /// Counts `bytes` into the memory budget, for the queue; false when they do not fit.
     fn reserve(&self, bytes: usize) -> bool {
-        let queued = self.queued_bytes.fetch_add(bytes, Relaxed);
-        if queued + bytes > self.config.queue_max_bytes {
-            self.queued_bytes.fetch_sub(bytes, Relaxed);
-            return false;
-        }
-        true
+        self.budget.reserve(bytes, Tier::Queue)
     }
 
     /// The queue is full: the spool writer takes the trace if it has room, else it is
@@ -532,18 +645,8 @@ impl Pipeline {
     /// Write-ahead: encode here, append to the spool, then hand the row off.
     fn enqueue_ahead(&self, tx: &mpsc::Sender<Msg>, spool: &Spool, trace: CompletedTrace) {
         let c = &self.counters;
-        let row = match self.shaper.prepare(&trace) {
-            Prepared::Row(row) => row,
-            Prepared::SampledOut => {
-                c.sampled_out.fetch_add(1, Relaxed);
-                c.settled.fetch_add(1, Relaxed);
-                return;
-            }
-            Prepared::Failed => {
-                c.drop_rows(DropReason::Encoding, 1);
-                c.settled.fetch_add(1, Relaxed);
-                return;
-            }
+        let Some(row) = self.shaper.prepare(&trace).into_row(c) else {
+            return;
         };
         drop(trace);
         let Some(row) = OutRow::resolve(row, self.config.inference_pipeline_id.as_deref()) else {
@@ -555,12 +658,13 @@ impl Pipeline {
             return;
         };
         let wal = spool.append_ahead(&row.spool_line());
-        let bytes = row.row.len() + row.config.len();
+        let bytes =
+            row.held_bytes() + heap_bytes(size_of::<(OutRow, Option<WalRef>)>()) + size_of::<Msg>();
         let msg = if self.reserve(bytes) {
             match tx.try_send(Msg::Row(Box::new((row, wal)), bytes)) {
                 Ok(()) => return,
                 Err(e) => {
-                    self.queued_bytes.fetch_sub(bytes, Relaxed);
+                    self.budget.release(bytes, Tier::Queue);
                     e.into_inner()
                 }
             }
@@ -579,7 +683,10 @@ impl Pipeline {
                 c.settled.fetch_add(1, Relaxed);
             }
             None => {
-                if spool.send_rows(vec![row], DropReason::QueueFull).is_err() {
+                if spool
+                    .send_rows(vec![row], DropReason::QueueFull, Tier::Overflow)
+                    .is_err()
+                {
                     self.drop_full();
                 }
             }
@@ -622,48 +729,53 @@ impl Pipeline {
         }
     }
 
-    /// Sends a control message and waits for it until `deadline`.
-    fn wait_for(
-        &self,
-        deadline: Instant,
-        make: impl FnOnce(Arc<Completion>) -> Msg,
-    ) -> Result<bool, Error> {
-        if self.tx.is_none() {
+    /// Sends a flush or shutdown message and waits for it until `timeout` has passed;
+    /// `Ok(true)` when everything handed off before it was settled.
+    fn wait_for(&self, what: Control, timeout: Duration) -> Result<bool, Error> {
+        let Some((done, deadline)) = self.start_control(what, timeout)? else {
             return Ok(true); // disabled: nothing is ever pending
-        }
-        let done = self.control(make).ok_or(Error::Shutdown)?;
+        };
         Ok(done.wait_until(deadline))
     }
 
-    async fn wait_for_async(
-        &self,
-        deadline: Instant,
-        make: impl FnOnce(Arc<Completion>) -> Msg,
-    ) -> Result<bool, Error> {
-        if self.tx.is_none() {
+    async fn wait_for_async(&self, what: Control, timeout: Duration) -> Result<bool, Error> {
+        let Some((done, deadline)) = self.start_control(what, timeout)? else {
             return Ok(true);
-        }
-        let done = self.control(make).ok_or(Error::Shutdown)?;
+        };
         Ok(done.wait_until_async(deadline).await)
     }
 
-    pub(crate) fn flush(&self, timeout: Duration) -> Result<DeliveryReport, Error> {
+    /// Sends a flush or shutdown message; `None` when disabled (there is no worker).
+    fn start_control(
+        &self,
+        what: Control,
+        timeout: Duration,
+    ) -> Result<Option<(Arc<Completion>, Instant)>, Error> {
+        if self.tx.is_none() {
+            return Ok(None);
+        }
         let deadline = Instant::now() + timeout;
-        let complete = self.wait_for(deadline, |c| Msg::Flush(c, deadline))?;
+        let done = self
+            .control(|c| match what {
+                Control::Flush => Msg::Flush(c, deadline),
+                Control::Shutdown => Msg::Shutdown(c, deadline),
+            })
+            .ok_or(Error::Shutdown)?;
+        Ok(Some((done, deadline)))
+    }
+
+    pub(crate) fn flush(&self, timeout: Duration) -> Result<DeliveryReport, Error> {
+        let complete = self.wait_for(Control::Flush, timeout)?;
         Ok(self.report(complete))
     }
 
     pub(crate) async fn flush_async(&self, timeout: Duration) -> Result<DeliveryReport, Error> {
-        let deadline = Instant::now() + timeout;
-        let complete = self
-            .wait_for_async(deadline, |c| Msg::Flush(c, deadline))
-            .await?;
+        let complete = self.wait_for_async(Control::Flush, timeout).await?;
         Ok(self.report(complete))
     }
 
     pub(crate) fn shutdown(&self, timeout: Duration) -> Result<DeliveryReport, Error> {
-        let deadline = Instant::now() + timeout;
-        let complete = self.wait_for(deadline, |c| Msg::Shutdown(c, deadline))?;
+        let complete = self.wait_for(Control::Shutdown, timeout)?;
         if complete {
             let threads =
                 std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
@@ -675,10 +787,7 @@ impl Pipeline {
     }
 
     pub(crate) async fn shutdown_async(&self, timeout: Duration) -> Result<DeliveryReport, Error> {
-        let deadline = Instant::now() + timeout;
-        let complete = self
-            .wait_for_async(deadline, |c| Msg::Shutdown(c, deadline))
-            .await?;
+        let complete = self.wait_for_async(Control::Shutdown, timeout).await?;
         Ok(self.report(complete))
     }
 
@@ -830,4 +939,161 @@ pub fn stats() -> Stats {
         .as_ref()
         .map(|p| p.stats())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::borrow::Cow;
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::kind::StepKind;
+    use crate::record::{NO_PARENT, StepRecord, TraceState};
+
+    /// Counts, per thread, the heap bytes live allocations take (`heap_bytes` of each
+    /// allocation's size), so that a test can compare an estimate with what was allocated.
+    struct Counting;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn count(bytes: usize, sign: isize) {
+        let _ = LIVE.try_with(|c| c.set(c.get() + sign * heap_bytes(bytes) as isize));
+    }
+
+    // SAFETY: every call is forwarded to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count(layout.size(), 1);
+            // SAFETY: forwarded as is.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            count(layout.size(), 1);
+            // SAFETY: forwarded as is.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            count(layout.size(), -1);
+            // SAFETY: forwarded as is.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            count(layout.size(), -1);
+            count(new_size, 1);
+            // SAFETY: forwarded as is.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    fn live() -> isize {
+        LIVE.with(Cell::get)
+    }
+
+    /// A trace like the ones traced code hands off: reused buffers of the usual sizes, a
+    /// root with two arguments and three children, a few metadata keys, kind fields, an
+    /// error, an owned name, trace columns and an inference id.
+    fn representative_trace() -> Box<CompletedTrace> {
+        let json = |s: &str| -> Box<str> { Box::from(s) };
+        let mut state = TraceState {
+            steps: Vec::with_capacity(8),
+            text: String::with_capacity(512),
+            ..TraceState::default()
+        };
+        let mut root = StepRecord::new(Cow::Borrowed("handle"), StepKind::UserCall, NO_PARENT, 0);
+        root.traced_fn = true;
+        root.inputs =
+            state.push_text(r#"{"request_id":42,"text":"What is the capital of France?"}"#);
+        root.output = state.push_text(r#""score=150""#);
+        root.set_metadata(Cow::Borrowed("tenant"), json(r#""acme""#));
+        state.steps.push(root);
+        for (i, name) in ["tokenize", "score", "render"].into_iter().enumerate() {
+            let mut step =
+                StepRecord::new(Cow::Borrowed(name), StepKind::UserCall, 0, 10 * i as i64);
+            step.traced_fn = true;
+            step.inputs = state.push_text(r#"{"tokens":50,"bias":0}"#);
+            step.output = state.push_text("150");
+            step.end = 10 * i as i64 + 5;
+            state.steps.push(step);
+        }
+        let mut chat = StepRecord::new(
+            Cow::Owned(format!("chat-{}", 7)),
+            StepKind::ChatCompletion,
+            0,
+            40,
+        );
+        chat.set_field("model", json(r#""gpt-4o-mini""#));
+        chat.set_field("promptTokens", json("120"));
+        chat.set_field("completionTokens", json("18"));
+        chat.set_metadata(Cow::Owned("attempt".to_string()), json("2"));
+        chat.error = Some(Box::from("rate limited, retried"));
+        state.steps.push(chat);
+        state.inference_id = Some(Box::from("chat-user-17-1700000000"));
+        state
+            .columns
+            .push((Cow::Borrowed("user_id"), json(r#""user-17""#)));
+        state.context = Some(json(r#"["Paris is the capital of France."]"#));
+        Box::new(CompletedTrace {
+            state,
+            anchor_unix_ns: 0,
+        })
+    }
+
+    #[test]
+    fn a_queued_trace_is_not_counted_below_what_it_holds() {
+        let before = live();
+        let trace = representative_trace();
+        let held = (live() - before) as usize;
+        let counted = queued_trace_bytes(&trace);
+        // Not below what it holds, and not far above it either.
+        assert!(counted >= held, "counted {counted} < held {held}");
+        assert!(counted <= held + held / 4, "counted {counted}, held {held}");
+        drop(trace);
+        assert_eq!(live(), before);
+    }
+
+    #[test]
+    fn heap_bytes_follow_the_allocator() {
+        assert_eq!(heap_bytes(0), 0);
+        assert_eq!(heap_bytes(1), 32);
+        assert_eq!(heap_bytes(24), 32);
+        assert_eq!(heap_bytes(25), 48);
+        assert_eq!(heap_bytes(512), 528);
+    }
+
+    #[test]
+    fn each_stage_fills_only_its_share_of_the_budget() {
+        let budget = Budget::new(8 * 1024);
+        let fill = |tier| {
+            let mut n = 0;
+            while budget.reserve(16, tier) {
+                n += 16;
+            }
+            n
+        };
+        // The queue takes half, the worker's rows three eighths, traced code's overflow
+        // half of the spool writer's eighth and the worker's rows to the spool the rest.
+        assert_eq!(fill(Tier::Queue), 4 * 1024);
+        assert_eq!(fill(Tier::Worker), 3 * 1024);
+        assert_eq!(fill(Tier::Overflow), 512);
+        assert_eq!(fill(Tier::Spool), 512);
+        assert_eq!(budget.used(), budget.limit());
+        // Room freed in one share is not open to another.
+        budget.release(1024, Tier::Worker);
+        assert!(!budget.reserve(16, Tier::Queue));
+        assert!(!budget.reserve(16, Tier::Spool));
+        assert!(budget.reserve(1024, Tier::Worker));
+        assert!(!budget.reserve(16, Tier::Worker));
+        budget.release(512, Tier::Spool);
+        assert!(!budget.reserve(16, Tier::Overflow));
+        assert!(budget.reserve(512, Tier::Spool));
+    }
 }

@@ -169,18 +169,28 @@ impl StepRecord {
             .map(|(_, v)| &**v)
     }
 
+    /// Heap bytes this step holds beyond its own size (which its trace's step list
+    /// counts), each allocation as the allocator hands it out (`pipeline::heap_bytes`).
     pub(crate) fn approx_bytes(&self) -> usize {
-        160 + self.name.len()
+        use crate::pipeline::{cow_heap_bytes, heap_bytes};
+        cow_heap_bytes(&self.name)
+            + self
+                .ground_truth
+                .as_ref()
+                .map_or(0, |j| heap_bytes(j.len()))
+            + heap_bytes(self.metadata.capacity() * size_of::<(Cow<'static, str>, Json)>())
             + self
                 .metadata
                 .iter()
-                .map(|(k, v)| k.len() + v.len() + 4)
+                .map(|(k, v)| cow_heap_bytes(k) + heap_bytes(v.len()))
                 .sum::<usize>()
+            + heap_bytes(self.fields.capacity() * size_of::<(&'static str, Json)>())
             + self
                 .fields
                 .iter()
-                .map(|(k, v)| k.len() + v.len() + 4)
+                .map(|(_, v)| heap_bytes(v.len()))
                 .sum::<usize>()
+            + self.error.as_ref().map_or(0, |e| heap_bytes(e.len()))
     }
 }
 
@@ -242,20 +252,38 @@ impl TraceState {
         self.text(rec.output)
     }
 
+    /// Heap bytes this trace's records hold, not counting the state itself: the step
+    /// list and the text buffer by capacity, every string and list the steps and the trace
+    /// own, each allocation as the allocator hands it out (`pipeline::heap_bytes`).
     pub(crate) fn approx_bytes(&self) -> usize {
-        256 + self.text.len()
+        use crate::pipeline::{cow_heap_bytes, heap_bytes};
+        let json = |j: &Option<Json>| j.as_ref().map_or(0, |j| heap_bytes(j.len()));
+        heap_bytes(self.steps.capacity() * size_of::<StepRecord>())
             + self
                 .steps
                 .iter()
                 .map(StepRecord::approx_bytes)
                 .sum::<usize>()
+            + heap_bytes(self.text.capacity())
+            + self
+                .inference_id
+                .as_ref()
+                .map_or(0, |s| heap_bytes(s.len()))
+            + heap_bytes(self.columns.capacity() * size_of::<(Cow<'static, str>, Json)>())
             + self
                 .columns
                 .iter()
-                .map(|(k, v)| k.len() + v.len() + 4)
+                .map(|(k, v)| cow_heap_bytes(k) + heap_bytes(v.len()))
                 .sum::<usize>()
-            + self.context.as_ref().map_or(0, |s| s.len())
-            + self.question.as_ref().map_or(0, |s| s.len())
+            + json(&self.context)
+            + json(&self.question)
+            + self.pipeline_id.as_ref().map_or(0, cow_heap_bytes)
+            + heap_bytes(self.updates.capacity() * size_of::<crate::wire::OutUpdate>())
+            + self
+                .updates
+                .iter()
+                .map(crate::wire::OutUpdate::size)
+                .sum::<usize>()
     }
 }
 

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::config::{Config, MaskFn};
 use crate::record::CompletedTrace;
+use crate::report::{Counters, DropReason};
 use crate::wire::{self, EncodedRow};
 
 /// Sampling, masking and the field budget of one configuration.
@@ -36,13 +37,30 @@ impl fmt::Debug for Shaper {
 
 /// The outcome of preparing one trace.
 #[derive(Debug)]
-pub(crate) enum Prepared {
+pub(crate) enum Prepared<T = EncodedRow> {
     /// Encoded, masked and within budget: ready to leave the process.
-    Row(EncodedRow),
+    Row(T),
     /// Not kept by the sample rate (counted as `sampled_out`).
     SampledOut,
     /// Encoding or the mask failed (counted as dropped, `encoding`).
     Failed,
+}
+
+impl<T> Prepared<T> {
+    /// The row, if there is one; a trace sampled out or that failed is counted (and
+    /// settled) here.
+    pub(crate) fn into_row(self, counters: &Counters) -> Option<T> {
+        use std::sync::atomic::Ordering::Relaxed;
+        match self {
+            Prepared::Row(row) => return Some(row),
+            Prepared::SampledOut => {
+                counters.sampled_out.fetch_add(1, Relaxed);
+            }
+            Prepared::Failed => counters.drop_rows(DropReason::Encoding, 1),
+        }
+        counters.settled.fetch_add(1, Relaxed);
+        None
+    }
 }
 
 impl Shaper {
@@ -73,6 +91,54 @@ impl Shaper {
         }));
         match result {
             Ok(Prepared::Failed) | Err(_) => {
+                crate::diag::warn_limited!(
+                    "a trace could not be encoded or masked; dropped (counted)"
+                );
+                Prepared::Failed
+            }
+            Ok(p) => p,
+        }
+    }
+
+    /// Prepares a trace as a line of the local trace file, with its newline, appended to
+    /// `out` (the row's pipeline is its own, else `default_pipeline`): [`Shaper::prepare`]
+    /// without the copies, when there is no mask or budget to apply. On failure `out` is
+    /// left as it was.
+    pub(crate) fn prepare_line(
+        &self,
+        trace: &CompletedTrace,
+        default_pipeline: Option<&str>,
+        out: &mut String,
+    ) -> Prepared<()> {
+        fn line(out: &mut String, pipeline: Option<&str>, config: &str, row: &str) -> Prepared<()> {
+            wire::push_file_line(out, pipeline, config, [row]);
+            out.push('\n');
+            Prepared::Row(())
+        }
+        if self.mask.is_some() || self.budget.is_some() {
+            return match self.prepare(trace) {
+                Prepared::Row(row) => {
+                    let pipeline = row.pipeline_id.as_deref().or(default_pipeline);
+                    line(out, pipeline, &row.config, &row.row)
+                }
+                Prepared::SampledOut => Prepared::SampledOut,
+                Prepared::Failed => Prepared::Failed,
+            };
+        }
+        let mark = out.len();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wire::encode_with(trace, |parts| {
+                if !self.keeps(parts.inference_id) {
+                    return Prepared::SampledOut;
+                }
+                let pipeline = parts.pipeline_id.map(|p| &**p).or(default_pipeline);
+                line(out, pipeline, parts.config, parts.row)
+            })
+            .unwrap_or(Prepared::Failed)
+        }));
+        match result {
+            Ok(Prepared::Failed) | Err(_) => {
+                out.truncate(mark);
                 crate::diag::warn_limited!(
                     "a trace could not be encoded or masked; dropped (counted)"
                 );
@@ -448,5 +514,63 @@ mod tests {
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["steps"][0]["steps"].as_array().unwrap().len(), 3);
         assert_eq!(v["steps"][0]["steps"][2]["id"], "id-2");
+    }
+
+    fn one_step_trace() -> CompletedTrace {
+        use std::borrow::Cow;
+
+        use crate::record::{NO_PARENT, StepRecord, TraceState};
+        let mut state = TraceState::default();
+        let mut root = StepRecord::new(
+            Cow::Borrowed("greet"),
+            crate::kind::StepKind::UserCall,
+            NO_PARENT,
+            0,
+        );
+        root.traced_fn = true;
+        root.inputs = state.push_text(r#"{"name":"Ada","email":"ada@example.com"}"#);
+        root.output = state.push_text(r#""Hello, Ada!""#);
+        root.end = 1_500_000;
+        state.steps.push(root);
+        CompletedTrace {
+            state,
+            anchor_unix_ns: 1_700_000_000_000_000_000,
+        }
+    }
+
+    #[test]
+    fn a_file_line_is_the_prepared_row_in_its_line() {
+        let trace = one_step_trace();
+        let mask: MaskFn = Arc::new(|row| {
+            row.insert("email".into(), json!("***"));
+        });
+        for s in [
+            shaper(None, None),
+            shaper(Some(mask), None),
+            shaper(None, Some(3)),
+        ] {
+            let Prepared::Row(row) = s.prepare(&trace) else {
+                panic!("not prepared");
+            };
+            let expected = wire::file_line(Some("dflt"), &row.config, [row.row.as_str()]) + "\n";
+            let mut out = String::from("earlier line\n");
+            assert!(matches!(
+                s.prepare_line(&trace, Some("dflt"), &mut out),
+                Prepared::Row(())
+            ));
+            assert_eq!(out, format!("earlier line\n{expected}"));
+        }
+        // Sampled out: counted as such, nothing written.
+        let none = Shaper {
+            sample_rate: 0.0,
+            mask: None,
+            budget: None,
+        };
+        let mut out = String::new();
+        assert!(matches!(
+            none.prepare_line(&trace, None, &mut out),
+            Prepared::SampledOut
+        ));
+        assert!(out.is_empty());
     }
 }

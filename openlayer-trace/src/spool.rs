@@ -51,10 +51,10 @@ use serde_json::value::RawValue;
 
 use crate::config::{Config, FailureFn, SpoolMode};
 use crate::error::Error;
-use crate::pipeline::Completion;
+use crate::pipeline::{Budget, Completion, Tier, heap_bytes};
 use crate::record::CompletedTrace;
 use crate::report::{Counters, DeliveryFailure, DropReason, notify};
-use crate::shape::{Prepared, Shaper};
+use crate::shape::Shaper;
 use crate::wire::{OutRow, OutUpdate};
 
 /// The bookkeeping's subdirectory: the spool directory itself holds only segments, so
@@ -188,9 +188,10 @@ pub(crate) struct Spool {
     maintain_requested: AtomicBool,
     jobs: mpsc::Sender<Job>,
     backlog_rows: AtomicUsize,
-    backlog_bytes: AtomicUsize,
     backlog_max_rows: usize,
-    backlog_max_bytes: usize,
+    /// The memory budget the writer's backlog counts in, shared with the queue and the
+    /// worker (see `pipeline::Budget`).
+    budget: Arc<Budget>,
     counters: Arc<Counters>,
     on_failure: Option<FailureFn>,
     /// Signalled after each synced write, so that the flusher looks for rows to replay
@@ -417,6 +418,7 @@ impl Spool {
     pub(crate) fn open(
         config: &Config,
         counters: Arc<Counters>,
+        budget: Arc<Budget>,
     ) -> Result<(Arc<Spool>, mpsc::Receiver<Job>), Error> {
         let dir = config
             .spool_dir
@@ -474,9 +476,8 @@ impl Spool {
             maintain_requested: AtomicBool::new(false),
             jobs,
             backlog_rows: AtomicUsize::new(0),
-            backlog_bytes: AtomicUsize::new(0),
             backlog_max_rows: (config.queue_capacity / 4).max(64),
-            backlog_max_bytes: (config.queue_max_bytes / 4).max(1024 * 1024),
+            budget,
             counters,
             on_failure: config.on_failure.clone(),
             written: tokio::sync::Notify::new(),
@@ -548,13 +549,14 @@ impl Spool {
     // Hand-off to the writer thread (never blocks)
 
     /// Hands a trace that overflowed the queue to the writer; gives it back when the
-    /// writer's own backlog is full.
+    /// writer's backlog is full (in rows, or in the memory budget for traced code's
+    /// overflow). `bytes` is its size as the queue counts it.
     pub(crate) fn send_trace(
         &self,
         trace: Box<CompletedTrace>,
         bytes: usize,
     ) -> Result<(), Box<CompletedTrace>> {
-        if !self.reserve(1, bytes, 1) {
+        if !self.reserve(1, bytes, Tier::Overflow) {
             return Err(trace);
         }
         self.jobs
@@ -568,15 +570,17 @@ impl Spool {
             })
     }
 
-    /// Hands rows to the writer (from the flusher, which may use twice the app's share of
-    /// the backlog); gives them back when it is full.
+    /// Hands rows to the writer, counted in the memory budget under `tier`; gives them
+    /// back when there is no room.
     pub(crate) fn send_rows(
         &self,
         rows: Vec<OutRow>,
         reason: DropReason,
+        tier: Tier,
     ) -> Result<(), Vec<OutRow>> {
-        let bytes: usize = rows.iter().map(|r| r.row.len() + r.config.len()).sum();
-        if !self.reserve(rows.len(), bytes, 2) {
+        let bytes = heap_bytes(rows.capacity() * size_of::<OutRow>())
+            + rows.iter().map(OutRow::held_bytes).sum::<usize>();
+        if !self.reserve(rows.len(), bytes, tier) {
             return Err(rows);
         }
         let n = rows.len();
@@ -591,15 +595,17 @@ impl Spool {
             })
     }
 
-    /// Hands row updates to the writer (their pipeline resolved); gives them back when
-    /// its backlog is full.
+    /// Hands row updates to the writer (their pipeline resolved), counted in the memory
+    /// budget under `tier`; gives them back when there is no room.
     pub(crate) fn send_updates(
         &self,
         updates: Vec<OutUpdate>,
         reason: DropReason,
+        tier: Tier,
     ) -> Result<(), Vec<OutUpdate>> {
-        let bytes: usize = updates.iter().map(OutUpdate::size).sum();
-        if !self.reserve(updates.len(), bytes, 2) {
+        let bytes = heap_bytes(updates.capacity() * size_of::<OutUpdate>())
+            + updates.iter().map(OutUpdate::size).sum::<usize>();
+        if !self.reserve(updates.len(), bytes, tier) {
             return Err(updates);
         }
         let n = updates.len();
@@ -614,11 +620,18 @@ impl Spool {
             })
     }
 
-    fn reserve(&self, rows: usize, bytes: usize, share: usize) -> bool {
+    /// Counts a job into the backlog: `rows` against its row limit (the worker's tiers
+    /// may use twice traced code's share), its bytes, plus the job's slot in the
+    /// channel, against the memory budget.
+    fn reserve(&self, rows: usize, bytes: usize, tier: Tier) -> bool {
+        let share = if tier == Tier::Overflow { 1 } else { 2 };
         let r = self.backlog_rows.fetch_add(rows, SeqCst);
-        let b = self.backlog_bytes.fetch_add(bytes, SeqCst);
-        if r + rows > self.backlog_max_rows * share || b + bytes > self.backlog_max_bytes * share {
-            self.release(rows, bytes);
+        if r + rows > self.backlog_max_rows * share {
+            self.backlog_rows.fetch_sub(rows, SeqCst);
+            return false;
+        }
+        if !self.budget.reserve(bytes + size_of::<Job>(), tier) {
+            self.backlog_rows.fetch_sub(rows, SeqCst);
             return false;
         }
         true
@@ -626,7 +639,8 @@ impl Spool {
 
     fn release(&self, rows: usize, bytes: usize) {
         self.backlog_rows.fetch_sub(rows, SeqCst);
-        self.backlog_bytes.fetch_sub(bytes, SeqCst);
+        // Traced code's overflow and the worker's rows share the writer's count.
+        self.budget.release(bytes + size_of::<Job>(), Tier::Spool);
     }
 
     /// Completes `done` once everything handed to the writer so far is on disk.
@@ -1276,28 +1290,21 @@ impl Writer<'_> {
 
     fn write_trace(&mut self, trace: &CompletedTrace) {
         let c = &self.spool.counters;
-        match self.shaper.prepare(trace) {
-            Prepared::Row(row) => match OutRow::resolve(row, self.default_pipeline.as_deref()) {
-                Some(row) => {
-                    if self.write_rows(vec![row], DropReason::QueueFull) {
-                        self.unsynced.overflowed += 1;
-                    }
+        let Some(row) = self.shaper.prepare(trace).into_row(c) else {
+            return;
+        };
+        match OutRow::resolve(row, self.default_pipeline.as_deref()) {
+            Some(row) => {
+                if self.write_rows(vec![row], DropReason::QueueFull) {
+                    self.unsynced.overflowed += 1;
                 }
-                None => {
-                    c.drop_rows(DropReason::NoPipeline, 1);
-                    c.settled.fetch_add(1, Relaxed);
-                    crate::diag::warn_limited!(
-                        "no inference pipeline id is configured; traces are dropped (counted)"
-                    );
-                }
-            },
-            Prepared::SampledOut => {
-                c.sampled_out.fetch_add(1, Relaxed);
-                c.settled.fetch_add(1, Relaxed);
             }
-            Prepared::Failed => {
-                c.drop_rows(DropReason::Encoding, 1);
+            None => {
+                c.drop_rows(DropReason::NoPipeline, 1);
                 c.settled.fetch_add(1, Relaxed);
+                crate::diag::warn_limited!(
+                    "no inference pipeline id is configured; traces are dropped (counted)"
+                );
             }
         }
     }
@@ -1512,6 +1519,10 @@ impl Writer<'_> {
 mod tests {
     use super::*;
 
+    fn budget(config: &Config) -> Arc<Budget> {
+        Arc::new(Budget::new(config.queue_max_bytes))
+    }
+
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "openlayer-spool-unit-{name}-{}",
@@ -1555,7 +1566,7 @@ mod tests {
     fn start(dir: &Path) -> (Arc<Spool>, Arc<Counters>, std::thread::JoinHandle<()>) {
         let counters = Arc::new(Counters::default());
         let config = config(dir);
-        let (spool, rx) = Spool::open(&config, counters.clone()).unwrap();
+        let (spool, rx) = Spool::open(&config, counters.clone(), budget(&config)).unwrap();
         let s = spool.clone();
         let shaper = Shaper::new(&config);
         let t = std::thread::spawn(move || run_writer(s, rx, shaper, None));
@@ -1586,6 +1597,7 @@ mod tests {
             .send_rows(
                 vec![row("a"), row("b"), row("c")],
                 DropReason::RetriesExhausted,
+                Tier::Spool,
             )
             .unwrap();
         let done = Arc::new(Completion::default());
@@ -1645,7 +1657,7 @@ mod tests {
             .spool_mode(SpoolMode::WriteAhead)
             .build()
             .unwrap();
-        let (spool, rx) = Spool::open(&config, counters).unwrap();
+        let (spool, rx) = Spool::open(&config, counters, budget(&config)).unwrap();
         let s = spool.clone();
         let shaper = Shaper::new(&config);
         let t = std::thread::spawn(move || run_writer(s, rx, shaper, None));
@@ -1669,17 +1681,43 @@ mod tests {
         // PID 1 is alive; elsewhere than on Linux a leftover lock is taken over.
         if let Some(token) = owner_token(1) {
             fs::write(&lock, &token).unwrap();
-            let e = Spool::open(&config(&dir), Arc::new(Counters::default())).unwrap_err();
+            let e = Spool::open(
+                &config(&dir),
+                Arc::new(Counters::default()),
+                budget(&config(&dir)),
+            )
+            .unwrap_err();
             assert!(e.to_string().contains("in use by process 1"), "{e}");
             // The same id from another boot, or started at another time: not the owner.
             fs::write(&lock, token.replace(' ', " 1")).unwrap();
-            assert!(Spool::open(&config(&dir), Arc::new(Counters::default())).is_ok());
+            assert!(
+                Spool::open(
+                    &config(&dir),
+                    Arc::new(Counters::default()),
+                    budget(&config(&dir)),
+                )
+                .is_ok()
+            );
         }
         // A dead owner's lock is taken over.
         fs::write(&lock, format!("{} 1 x", u32::MAX)).unwrap();
-        assert!(Spool::open(&config(&dir), Arc::new(Counters::default())).is_ok());
+        assert!(
+            Spool::open(
+                &config(&dir),
+                Arc::new(Counters::default()),
+                budget(&config(&dir)),
+            )
+            .is_ok()
+        );
         // Our own (a new configuration in this process) too.
-        assert!(Spool::open(&config(&dir), Arc::new(Counters::default())).is_ok());
+        assert!(
+            Spool::open(
+                &config(&dir),
+                Arc::new(Counters::default()),
+                budget(&config(&dir)),
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -1691,7 +1729,7 @@ mod tests {
             .spool_max_bytes(200 * 1024)
             .build()
             .unwrap();
-        let (spool, rx) = Spool::open(&config, counters.clone()).unwrap();
+        let (spool, rx) = Spool::open(&config, counters.clone(), budget(&config)).unwrap();
         let s = spool.clone();
         let shaper = Shaper::new(&config);
         let t = std::thread::spawn(move || run_writer(s, rx, shaper, None));
@@ -1701,7 +1739,7 @@ mod tests {
             r.row = format!(r#"{{"inferenceId":"id-{i}","output":"{pad}"}}"#);
             // Wait for room in the writer's backlog rather than dropping.
             let mut rows = vec![r];
-            while let Err(back) = spool.send_rows(rows, DropReason::RetriesExhausted) {
+            while let Err(back) = spool.send_rows(rows, DropReason::RetriesExhausted, Tier::Spool) {
                 rows = back;
                 std::thread::yield_now();
             }
@@ -1721,5 +1759,59 @@ mod tests {
         // The newest rows are the ones kept.
         assert_eq!(ids.last().map(String::as_str), Some("id-399"));
         stop(&spool, t);
+    }
+
+    #[test]
+    fn the_writer_backlog_counts_in_the_shared_memory_budget() {
+        let dir = temp_dir("budget");
+        let counters = Arc::new(Counters::default());
+        let config = Config::builder()
+            .spool_dir(&dir)
+            .queue_max_bytes(64 * 1024)
+            .build()
+            .unwrap();
+        let budget = budget(&config);
+        // No writer thread: the backlog only fills.
+        let (spool, _rx) = Spool::open(&config, counters, budget.clone()).unwrap();
+        let one = |i: usize| {
+            let mut r = row(&format!("id-{i}"));
+            r.row = format!(
+                r#"{{"inferenceId":"id-{i}","output":"{}"}}"#,
+                "p".repeat(500)
+            );
+            vec![r]
+        };
+        let per = |rows: Vec<OutRow>| {
+            heap_bytes(rows.capacity() * size_of::<OutRow>())
+                + rows[0].held_bytes()
+                + size_of::<Job>()
+        };
+        let mut taken = 0;
+        while spool
+            .send_rows(one(taken), DropReason::QueueFull, Tier::Overflow)
+            .is_ok()
+        {
+            taken += 1;
+        }
+        // Traced code's overflow stops at half of the writer's share (4 KiB of 64), each
+        // row counted with what it holds, not its length.
+        let used = budget.used();
+        assert!(taken > 0);
+        assert!(used <= 4 * 1024, "{used}");
+        assert!(used + per(one(taken)) > 4 * 1024, "{used}");
+        assert!(used >= taken * per(one(0)), "{used}");
+        // The worker's rows may go on to the writer's whole share, never past it.
+        let mut more = taken;
+        while spool
+            .send_rows(one(more), DropReason::RetriesExhausted, Tier::Spool)
+            .is_ok()
+        {
+            more += 1;
+        }
+        assert!(more > taken);
+        let used = budget.used();
+        assert!(used <= 8 * 1024, "{used}");
+        assert!(used + per(one(more)) > 8 * 1024, "{used}");
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -3,7 +3,7 @@
 //! application's threads, in the background worker.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
+use std::cell::Cell;
 
 use crate::record::{CompletedTrace, NO_PARENT, Status, StepRecord};
 
@@ -20,9 +20,33 @@ pub(crate) struct EncodedRow {
     pub inference_id: String,
 }
 
+/// Whether `s` can be written between quotes as it is (no control character, quote or
+/// backslash), eight bytes at a time.
+fn is_plain(s: &str) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte of `w` is zero: the classic bit trick (exact when no byte is >= 0x80 after
+    // the xor, and a false "zero" only ever errs towards escaping).
+    let zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH;
+    let bytes = s.as_bytes();
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+        // Below 0x20: subtracting 0x20 borrows into the high bit of a byte that had none.
+        let control = w.wrapping_sub(0x20 * ONES) & !w & HIGH;
+        if control | zero(w ^ (b'"' as u64 * ONES)) | zero(w ^ (b'\\' as u64 * ONES)) != 0 {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
 fn push_str(out: &mut String, s: &str) {
     // Most strings written here (keys, step names) need no escaping.
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if is_plain(s) {
         out.reserve(s.len() + 2);
         out.push('"');
         out.push_str(s);
@@ -70,27 +94,46 @@ fn step_tokens(rec: &StepRecord) -> Option<f64> {
     })
 }
 
+/// The step tree of a trace: children of each step in start order, as linked lists over
+/// the step indices (no list per step).
 struct Tree<'a> {
     trace: &'a CompletedTrace,
-    /// Children of each step, in start order.
-    children: Vec<Vec<u32>>,
+    first_child: &'a [u32],
+    next_sibling: &'a [u32],
 }
 
+/// No child, no next sibling.
+const NONE: u32 = u32::MAX;
+
 impl<'a> Tree<'a> {
-    fn new(trace: &'a CompletedTrace) -> Self {
+    /// Links the steps of `trace`, in `first_child` and `next_sibling` (reused buffers).
+    fn new(
+        trace: &'a CompletedTrace,
+        first_child: &'a mut Vec<u32>,
+        next_sibling: &'a mut Vec<u32>,
+    ) -> Self {
         let n = trace.state.steps.len();
-        let mut children = vec![Vec::new(); n];
-        for (i, rec) in trace.state.steps.iter().enumerate().skip(1) {
+        first_child.clear();
+        first_child.resize(n, NONE);
+        next_sibling.clear();
+        next_sibling.resize(n, NONE);
+        // Backwards, so that each list comes out in start order.
+        for (i, rec) in trace.state.steps.iter().enumerate().skip(1).rev() {
             let p = if rec.parent == NO_PARENT {
                 0
             } else {
                 rec.parent as usize
             };
             if p < n && p != i {
-                children[p].push(i as u32);
+                next_sibling[i] = first_child[p];
+                first_child[p] = i as u32;
             }
         }
-        Tree { trace, children }
+        Tree {
+            trace,
+            first_child,
+            next_sibling,
+        }
     }
 
     fn write_step(&self, out: &mut String, idx: usize, root_output: Option<&str>) {
@@ -115,11 +158,13 @@ impl<'a> Tree<'a> {
         out.push_str(",\"metadata\":");
         write_metadata(out, rec);
         out.push_str(",\"steps\":[");
-        for (i, child) in self.children[idx].iter().enumerate() {
-            if i > 0 {
+        let mut child = self.first_child[idx];
+        while child != NONE {
+            if child != self.first_child[idx] {
                 out.push(',');
             }
-            self.write_step(out, *child as usize, None);
+            self.write_step(out, child as usize, None);
+            child = self.next_sibling[child as usize];
         }
         out.push_str("],\"latency\":");
         push_f64(out, latency_ms(rec));
@@ -127,8 +172,13 @@ impl<'a> Tree<'a> {
         push_f64(out, unix_secs(self.trace.anchor_unix_ns, rec.start));
         out.push_str(",\"endTime\":");
         push_f64(out, unix_secs(self.trace.anchor_unix_ns, rec.end));
-        let tokens = step_tokens(rec);
-        for field in rec.kind.fields() {
+        let fields = rec.kind.fields();
+        let tokens = if fields.contains(&"tokens") {
+            step_tokens(rec)
+        } else {
+            None
+        };
+        for field in fields {
             out.push_str(",\"");
             out.push_str(field);
             out.push_str("\":");
@@ -156,14 +206,33 @@ impl<'a> Tree<'a> {
 /// A whole number without a fraction, else a float.
 fn push_number(out: &mut String, v: f64) {
     if v.fract() == 0.0 && v.abs() < 9.0e15 {
-        let _ = write!(out, "{}", v as i64);
+        push_int(out, v as i64);
     } else {
         push_f64(out, v);
     }
 }
 
+/// An integer in decimal, as `Display` writes it.
+fn push_int(out: &mut String, v: i64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = v.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        out.push('-');
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
+}
+
 /// The metadata of a step, in order: `has_guardrails` (traced functions), the user's keys,
-/// then `Exceptions` for a failed step.
+/// then `Exceptions` for a failed step; a later key replaces an earlier one in place.
 fn metadata_entries(rec: &StepRecord) -> Vec<(&str, Cow<'_, str>)> {
     let mut entries: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(rec.metadata.len() + 2);
     if rec.traced_fn {
@@ -200,8 +269,53 @@ fn write_object(out: &mut String, entries: &[(&str, Cow<'_, str>)]) {
     out.push('}');
 }
 
+/// Writes a step's metadata object (see [`metadata_entries`] for the order).
 fn write_metadata(out: &mut String, rec: &StepRecord) {
-    write_object(out, &metadata_entries(rec));
+    let md = &rec.metadata;
+    // The user's keys are set with "last write wins", so they are distinct; if they were
+    // not, the general path merges them.
+    let distinct = md.len() < 2
+        || md
+            .iter()
+            .enumerate()
+            .all(|(i, (k, _))| md[..i].iter().all(|(e, _)| e != k));
+    if !distinct {
+        return write_object(out, &metadata_entries(rec));
+    }
+    // The same entries, written directly: `has_guardrails` first (the user's value when
+    // set), the user's keys in order, `Exceptions` in the user's place or last.
+    let user = |name: &str| md.iter().find(|(k, _)| k == name).map(|(_, v)| &**v);
+    out.push('{');
+    if rec.traced_fn {
+        out.push_str("\"has_guardrails\":");
+        out.push_str(user("has_guardrails").unwrap_or("false"));
+    }
+    let mut first = !rec.traced_fn;
+    let mut key = |out: &mut String, k: &str| {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        push_str(out, k);
+        out.push(':');
+    };
+    for (k, v) in md {
+        if rec.traced_fn && k == "has_guardrails" {
+            continue;
+        }
+        key(out, k);
+        match &rec.error {
+            Some(err) if k == "Exceptions" => push_str(out, err),
+            _ => out.push_str(v),
+        }
+    }
+    if let Some(err) = &rec.error
+        && user("Exceptions").is_none()
+    {
+        key(out, "Exceptions");
+        push_str(out, err);
+    }
+    out.push('}');
 }
 
 /// Splits a JSON object text into its keys and value texts, in order.
@@ -234,17 +348,287 @@ pub(crate) fn object_entries(json: &str) -> Vec<(String, Box<serde_json::value::
         .unwrap_or_default()
 }
 
+/// A key of a JSON object, borrowed from its text unless it had escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// [`object_entries`], borrowing the keys (unless escaped) and the value texts.
+fn borrowed_entries(json: &str) -> Vec<(Cow<'_, str>, &str)> {
+    // The texts are serde_json's own compact output: split by hand when that is easy,
+    // else parse.
+    if let Some(entries) = split_object(json) {
+        return entries;
+    }
+    parsed_entries(json)
+        .into_iter()
+        .map(|(k, v)| (k, v.get()))
+        .collect()
+}
+
+/// Splits a JSON object text into its keys and value texts without parsing the values;
+/// `None` when a key has an escape or the text is not as expected (then it is parsed).
+fn split_object(json: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
+    let b = json.as_bytes();
+    let ws = |i: &mut usize| {
+        while matches!(b.get(*i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            *i += 1;
+        }
+    };
+    let mut i = 0;
+    ws(&mut i);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    ws(&mut i);
+    let mut out = Vec::with_capacity(4);
+    if b.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            if b.get(i) != Some(&b'"') {
+                return None;
+            }
+            let start = i + 1;
+            let len = b
+                .get(start..)?
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\')?;
+            if b[start + len] != b'"' {
+                return None;
+            }
+            let key = json.get(start..start + len)?;
+            i = start + len + 1;
+            ws(&mut i);
+            if b.get(i) != Some(&b':') {
+                return None;
+            }
+            i += 1;
+            ws(&mut i);
+            let value_start = i;
+            skip_value(b, &mut i)?;
+            out.push((Cow::Borrowed(key), json.get(value_start..i)?));
+            ws(&mut i);
+            match b.get(i) {
+                Some(b',') => {
+                    i += 1;
+                    ws(&mut i);
+                }
+                Some(b'}') => {
+                    i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    ws(&mut i);
+    (i == b.len()).then_some(out)
+}
+
+/// Moves past one JSON value starting at `i` (strings with their escapes, nested
+/// containers, scalars); `None` when it does not end.
+fn skip_value(b: &[u8], i: &mut usize) -> Option<()> {
+    let mut depth = 0usize;
+    loop {
+        match *b.get(*i)? {
+            b'"' => {
+                *i += 1;
+                loop {
+                    match *b.get(*i)? {
+                        b'\\' => *i += 2,
+                        b'"' => break,
+                        _ => *i += 1,
+                    }
+                }
+                *i += 1;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                *i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                *i += 1;
+            }
+            b',' | b':' | b' ' | b'\t' | b'\n' | b'\r' if depth > 0 => *i += 1,
+            _ if depth > 0 => *i += 1,
+            _ => {
+                // A scalar: up to the next delimiter.
+                let start = *i;
+                while !matches!(
+                    b.get(*i),
+                    None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+                ) {
+                    *i += 1;
+                }
+                if *i == start {
+                    return None;
+                }
+            }
+        }
+        if depth == 0 {
+            return Some(());
+        }
+    }
+}
+
+/// [`object_entries`] by parsing, borrowing the keys (unless escaped) and value texts.
+fn parsed_entries(json: &str) -> Vec<(Cow<'_, str>, &serde_json::value::RawValue)> {
+    struct Entries<'a>(Vec<(Cow<'a, str>, &'a serde_json::value::RawValue)>);
+    impl<'de> serde::Deserialize<'de> for Entries<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Entries<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut m: A,
+                ) -> Result<Entries<'de>, A::Error> {
+                    let mut v = Vec::with_capacity(m.size_hint().unwrap_or(4));
+                    while let Some((k, raw)) = m.next_entry::<Key<'de>, _>()? {
+                        v.push((k.0, raw));
+                    }
+                    Ok(Entries(v))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_str::<Entries<'_>>(json)
+        .map(|e| e.0)
+        .unwrap_or_default()
+}
+
+/// A value of the row: JSON text of the trace, bytes of the encoder's scratch, or the
+/// step tree (written in place).
+#[derive(Clone, Copy)]
+enum Val<'a> {
+    Text(&'a str),
+    Scratch(usize, usize),
+    Steps,
+}
+
+/// A column of the row: its key, its value, and whether the key is one of ours (known to
+/// need no escaping).
+type Column<'a> = (&'a str, Val<'a>, bool);
+
+/// Sets a row column; a later key replaces an earlier one in place.
+fn set_val<'a>(row: &mut Vec<Column<'a>>, key: &'a str, value: Val<'a>) {
+    match row.iter_mut().find(|(k, _, _)| *k == key) {
+        Some(slot) => slot.1 = value,
+        None => row.push((key, value, false)),
+    }
+}
+
+/// Buffers the encoder reuses from one trace to the next (per thread).
+#[derive(Default)]
+struct Scratch {
+    /// Small JSON texts made for the row (numbers, the quoted inference id, errors).
+    small: String,
+    first_child: Vec<u32>,
+    next_sibling: Vec<u32>,
+    row: String,
+    config: String,
+}
+
+thread_local! {
+    static SCRATCH: Cell<Scratch> = Cell::default();
+}
+
+/// The largest row the per-thread buffers keep between traces.
+const SCRATCH_KEEP: usize = 256 * 1024;
+
+/// One encoded trace, borrowed from the encoder's buffers (see [`encode_with`]).
+pub(crate) struct RowParts<'a> {
+    /// The inference pipeline of a `#[trace(inference_pipeline_id = ...)]` root, if any.
+    pub pipeline_id: Option<&'a Cow<'static, str>>,
+    /// The compact JSON of the data-stream `config` object.
+    pub config: &'a str,
+    /// The compact JSON of the row object.
+    pub row: &'a str,
+    /// The row's `inferenceId`.
+    pub inference_id: &'a str,
+}
+
 /// Encodes a completed trace as a data-stream row and config.
 pub(crate) fn encode(trace: &CompletedTrace) -> Option<EncodedRow> {
+    encode_with(trace, |parts| EncodedRow {
+        pipeline_id: parts.pipeline_id.cloned(),
+        config: parts.config.to_string(),
+        row: parts.row.to_string(),
+        inference_id: parts.inference_id.to_string(),
+    })
+}
+
+/// Encodes a completed trace into this thread's reusable buffers and hands the parts to
+/// `f`; `None` (and `f` not called) for a trace without steps.
+pub(crate) fn encode_with<R>(
+    trace: &CompletedTrace,
+    f: impl FnOnce(RowParts<'_>) -> R,
+) -> Option<R> {
+    // Taken out while in use: a nested call (there is none) would get fresh buffers.
+    let mut scratch = SCRATCH.try_with(Cell::take).unwrap_or_default();
+    let r = encode_into(trace, &mut scratch, f);
+    if scratch.row.capacity() <= SCRATCH_KEEP {
+        let _ = SCRATCH.try_with(|c| c.set(scratch));
+    }
+    r
+}
+
+fn encode_into<R>(
+    trace: &CompletedTrace,
+    scratch: &mut Scratch,
+    f: impl FnOnce(RowParts<'_>) -> R,
+) -> Option<R> {
+    let Scratch {
+        small,
+        first_child,
+        next_sibling,
+        row: row_json,
+        config,
+    } = scratch;
+    small.clear();
+    row_json.clear();
+    config.clear();
     let st = &trace.state;
     let root = trace.root()?;
-    let tree = Tree::new(trace);
-    let inputs = st.inputs(root).map(object_entries).unwrap_or_default();
+    let tree = Tree::new(trace, first_child, next_sibling);
+    let inputs = st.inputs(root).map(borrowed_entries).unwrap_or_default();
 
-    let inference_id = match &st.inference_id {
-        Some(id) => id.to_string(),
-        None => crate::id::uuid_v4(root.id),
-    };
+    // The inference id: the trace's own, else one made from the root's id (kept here
+    // quoted; it needs no escaping).
+    let generated = st.inference_id.is_none().then(|| {
+        let start = small.len();
+        small.push('"');
+        crate::id::push_uuid_v4(small, root.id);
+        small.push('"');
+        (start, small.len())
+    });
     // A trace-level `output` (log_output) replaces the root's output everywhere.
     let trace_output = st
         .columns
@@ -268,67 +652,111 @@ pub(crate) fn encode(trace: &CompletedTrace) -> Option<EncodedRow> {
         }
     }
 
+    // Small values go into `small`, each remembered by its range.
+    let put = |small: &mut String, write: &dyn Fn(&mut String)| {
+        let start = small.len();
+        write(small);
+        Val::Scratch(start, small.len())
+    };
     // The row, in wire order; a later key replaces an earlier one in place.
-    let mut row: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(16);
-    let mut s = String::new();
-    push_f64(&mut s, unix_secs(trace.anchor_unix_ns, root.start));
-    row.push(("inferenceTimestamp", Cow::Owned(s)));
-    let mut s = String::with_capacity(inference_id.len() + 2);
-    push_str(&mut s, &inference_id);
-    row.push(("inferenceId", Cow::Owned(s)));
-    row.push(("output", Cow::Borrowed(root_output.unwrap_or("null"))));
-    let mut s = String::new();
-    push_f64(&mut s, latency_ms(root));
-    row.push(("latency", Cow::Owned(s)));
-    let mut s = String::new();
-    if has_cost {
-        push_f64(&mut s, cost)
-    } else {
-        s.push('0')
+    let mut row: Vec<Column<'_>> = Vec::with_capacity(16);
+    let at = unix_secs(trace.anchor_unix_ns, root.start);
+    row.push((
+        "inferenceTimestamp",
+        put(small, &|s: &mut String| push_f64(s, at)),
+        true,
+    ));
+    let quoted_id = match (&st.inference_id, generated) {
+        (Some(id), _) => put(small, &|s: &mut String| push_str(s, id)),
+        (None, Some((a, b))) => Val::Scratch(a, b),
+        (None, None) => unreachable!("generated above"),
+    };
+    row.push(("inferenceId", quoted_id, true));
+    row.push(("output", Val::Text(root_output.unwrap_or("null")), true));
+    let latency = latency_ms(root);
+    row.push((
+        "latency",
+        put(small, &|s: &mut String| push_f64(s, latency)),
+        true,
+    ));
+    let cost = put(small, &|s: &mut String| {
+        if has_cost {
+            push_f64(s, cost)
+        } else {
+            s.push('0')
+        }
+    });
+    row.push(("cost", cost, true));
+    row.push((
+        "tokens",
+        put(small, &|s: &mut String| push_number(s, tokens)),
+        true,
+    ));
+    row.push(("steps", Val::Steps, true));
+    // The root's metadata, in the order of `metadata_entries`.
+    if root.traced_fn {
+        set_val(&mut row, "has_guardrails", Val::Text("false"));
     }
-    row.push(("cost", Cow::Owned(s)));
-    let mut s = String::new();
-    push_number(&mut s, tokens);
-    row.push(("tokens", Cow::Owned(s)));
-    // About 400 bytes of keys, ids and numbers per step, plus its inputs and output.
-    let mut steps = String::with_capacity(st.text.len() + 400 * st.steps.len());
-    steps.push('[');
-    tree.write_step(&mut steps, 0, root_output);
-    steps.push(']');
-    row.push(("steps", Cow::Owned(steps)));
-    for (k, v) in metadata_entries(root) {
-        set_entry(&mut row, k, v);
+    for (k, v) in &root.metadata {
+        set_val(&mut row, k, Val::Text(v));
+    }
+    if let Some(err) = &root.error {
+        let quoted = put(small, &|s: &mut String| push_str(s, err));
+        set_val(&mut row, "Exceptions", quoted);
     }
     for (k, v) in &st.columns {
         if k != "output" {
-            set_entry(&mut row, k, Cow::Borrowed(&**v));
+            set_val(&mut row, k, Val::Text(v));
         }
     }
     if let Some(gt) = &root.ground_truth {
-        set_entry(&mut row, "groundTruth", Cow::Borrowed(&**gt));
+        set_val(&mut row, "groundTruth", Val::Text(gt));
     }
     for (k, v) in &inputs {
-        set_entry(&mut row, k, Cow::Borrowed(v.get()));
+        set_val(&mut row, k, Val::Text(v));
     }
     if let Some(c) = &st.context {
-        set_entry(&mut row, "context", Cow::Borrowed(&**c));
+        set_val(&mut row, "context", Val::Text(c));
     }
     if let Some(q) = &st.question {
-        set_entry(&mut row, "_question", Cow::Borrowed(&**q));
+        set_val(&mut row, "_question", Val::Text(q));
     }
 
-    let mut row_json = String::with_capacity(row.iter().map(|(k, v)| k.len() + v.len() + 4).sum());
-    write_object(&mut row_json, &row);
+    // About 400 bytes of keys, ids and numbers per step, plus its inputs and output.
+    row_json.reserve(st.text.len() + 400 * st.steps.len() + small.len() + 64);
+    row_json.push('{');
+    for (i, (k, v, ours)) in row.iter().enumerate() {
+        if i > 0 {
+            row_json.push(',');
+        }
+        if *ours {
+            row_json.push('"');
+            row_json.push_str(k);
+            row_json.push_str("\":");
+        } else {
+            push_str(row_json, k);
+            row_json.push(':');
+        }
+        match *v {
+            Val::Text(t) => row_json.push_str(t),
+            Val::Scratch(a, b) => row_json.push_str(&small[a..b]),
+            Val::Steps => {
+                row_json.push('[');
+                tree.write_step(row_json, 0, root_output);
+                row_json.push(']');
+            }
+        }
+    }
+    row_json.push('}');
 
     // The config, in wire order.
-    let has = |key: &str| row.iter().any(|(k, _)| *k == key);
-    let mut config = String::with_capacity(320);
+    let has = |key: &str| row.iter().any(|(k, _, _)| *k == key);
     config.push_str("{\"outputColumnName\":\"output\",\"inputVariableNames\":[");
     for (i, (k, _)) in inputs.iter().enumerate() {
         if i > 0 {
             config.push(',');
         }
-        push_str(&mut config, k);
+        push_str(config, k);
     }
     config.push_str(
         "],\"latencyColumnName\":\"latency\",\"costColumnName\":\"cost\",\
@@ -343,17 +771,26 @@ pub(crate) fn encode(trace: &CompletedTrace) -> Option<EncodedRow> {
         ("_question", "questionColumnName"),
     ] {
         if has(column) {
-            let _ = write!(config, ",\"{key}\":\"{column}\"");
+            config.push_str(",\"");
+            config.push_str(key);
+            config.push_str("\":\"");
+            config.push_str(column);
+            config.push('"');
         }
     }
     config.push('}');
 
-    Some(EncodedRow {
-        pipeline_id: st.pipeline_id.clone(),
+    let inference_id = match (&st.inference_id, generated) {
+        (Some(id), _) => &**id,
+        (None, Some((a, b))) => &small[a + 1..b - 1],
+        (None, None) => unreachable!("generated above"),
+    };
+    Some(f(RowParts {
+        pipeline_id: st.pipeline_id.as_ref(),
         config,
         row: row_json,
         inference_id,
-    })
+    }))
 }
 
 /// The body of a data-stream request: `{"config": ..., "rows": [...]}`.
@@ -379,16 +816,35 @@ pub(crate) fn file_line<'a>(
     config: &str,
     rows: impl IntoIterator<Item = &'a str>,
 ) -> String {
-    let body = request_body(config, rows);
-    let mut out = String::with_capacity(body.len() + 64);
+    let mut out = String::new();
+    push_file_line(&mut out, pipeline_id, config, rows);
+    out
+}
+
+/// Appends [`file_line`] to `out`, without newline.
+pub(crate) fn push_file_line<'a>(
+    out: &mut String,
+    pipeline_id: Option<&str>,
+    config: &str,
+    rows: impl IntoIterator<Item = &'a str>,
+) {
+    let rows = rows.into_iter();
+    out.reserve(config.len() + 96);
     out.push_str("{\"pipelineId\":");
     match pipeline_id {
-        Some(id) => push_str(&mut out, id),
+        Some(id) => push_str(out, id),
         None => out.push_str("null"),
     }
-    out.push(',');
-    out.push_str(&body[1..]);
-    out
+    out.push_str(",\"config\":");
+    out.push_str(config);
+    out.push_str(",\"rows\":[");
+    for (i, row) in rows.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(row);
+    }
+    out.push_str("]}");
 }
 
 /// A row on its way out of the process: encoded, shaped, its pipeline resolved.
@@ -429,6 +885,16 @@ impl OutRow {
     /// Bytes it takes in a request body.
     pub(crate) fn size(&self) -> usize {
         self.row.len() + 1
+    }
+
+    /// Heap bytes its strings hold (see `pipeline::heap_bytes`), plus its own size.
+    pub(crate) fn held_bytes(&self) -> usize {
+        use crate::pipeline::heap_bytes;
+        size_of::<OutRow>()
+            + heap_bytes(self.pipeline.capacity())
+            + heap_bytes(self.config.capacity())
+            + heap_bytes(self.row.capacity())
+            + heap_bytes(self.inference_id.capacity())
     }
 }
 
@@ -473,9 +939,15 @@ impl OutUpdate {
         out
     }
 
-    /// Bytes it takes in the queue.
+    /// Bytes it holds in memory (its strings, as the allocator hands them out, and its
+    /// own size): what it counts in the memory budget.
     pub(crate) fn size(&self) -> usize {
-        self.row.len() + self.config.as_ref().map_or(0, String::len) + self.inference_id.len()
+        use crate::pipeline::heap_bytes;
+        size_of::<OutUpdate>()
+            + heap_bytes(self.pipeline.as_ref().map_or(0, String::capacity))
+            + heap_bytes(self.inference_id.capacity())
+            + heap_bytes(self.row.capacity())
+            + heap_bytes(self.config.as_ref().map_or(0, String::capacity))
     }
 }
 
@@ -490,4 +962,133 @@ pub(crate) fn update_body(row: &str, config: Option<&str>) -> String {
     }
     out.push('}');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kind::StepKind;
+
+    /// The step's metadata through the general path: every entry set in order, a later
+    /// key replacing an earlier one in place.
+    fn merged(rec: &StepRecord) -> String {
+        let mut out = String::new();
+        write_object(&mut out, &metadata_entries(rec));
+        out
+    }
+
+    #[test]
+    fn metadata_written_directly_matches_the_merged_entries() {
+        let json = |s: &str| -> Box<str> { Box::from(s) };
+        let mut cases = Vec::new();
+        for traced_fn in [false, true] {
+            for error in [None, Some("boom \"quoted\"")] {
+                for keys in [
+                    &[][..],
+                    &["a"][..],
+                    &["a", "has_guardrails", "b"][..],
+                    &["Exceptions", "a"][..],
+                    &["a", "Exceptions", "has_guardrails"][..],
+                    &["a", "a"][..],
+                    &["has_guardrails", "Exceptions", "has_guardrails"][..],
+                ] {
+                    let mut rec =
+                        StepRecord::new(Cow::Borrowed("s"), StepKind::UserCall, NO_PARENT, 0);
+                    rec.traced_fn = traced_fn;
+                    rec.error = error.map(Box::from);
+                    for (i, k) in keys.iter().enumerate() {
+                        rec.metadata.push((Cow::Borrowed(*k), json(&i.to_string())));
+                    }
+                    cases.push(rec);
+                }
+            }
+        }
+        for rec in &cases {
+            let mut direct = String::new();
+            write_metadata(&mut direct, rec);
+            assert_eq!(direct, merged(rec), "{rec:?}");
+        }
+    }
+
+    #[test]
+    fn input_keys_are_borrowed_unless_escaped() {
+        let entries = borrowed_entries(r#"{"q":"a","k\"ey":[1,2],"n":{"x":null}}"#);
+        let keys: Vec<&str> = entries.iter().map(|(k, _)| &**k).collect();
+        assert_eq!(keys, ["q", "k\"ey", "n"]);
+        assert!(matches!(entries[0].0, Cow::Borrowed(_)));
+        assert!(matches!(entries[1].0, Cow::Owned(_)));
+        let values: Vec<&str> = entries.iter().map(|(_, v)| *v).collect();
+        assert_eq!(values, [r#""a""#, "[1,2]", r#"{"x":null}"#]);
+        assert!(borrowed_entries("not json").is_empty());
+    }
+
+    #[test]
+    fn plain_strings_are_told_apart_from_ones_to_escape() {
+        let naive = |s: &str| s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+        let mut cases: Vec<String> = vec![
+            String::new(),
+            "inferenceTimestamp".into(),
+            "héllo wörld, ünïcode €€€ 日本語".into(),
+            "\u{7f}\u{80}\u{ff}\u{100}".into(),
+        ];
+        for b in 0u8..0x80 {
+            for at in [0, 3, 7, 8, 12, 16] {
+                let mut v = vec![b'a'; 17];
+                v[at] = b;
+                cases.push(String::from_utf8(v).unwrap());
+            }
+        }
+        for s in &cases {
+            assert_eq!(is_plain(s), naive(s), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn integers_are_written_as_display_writes_them() {
+        for v in [0, 7, -7, 10, 1_000_000, -999_999_999, i64::MAX, i64::MIN] {
+            let mut out = String::new();
+            push_int(&mut out, v);
+            assert_eq!(out, v.to_string());
+        }
+    }
+
+    #[test]
+    fn objects_split_by_hand_as_the_parser_splits_them() {
+        let parsed = |j: &str| -> Vec<(String, String)> {
+            parsed_entries(j)
+                .into_iter()
+                .map(|(k, v)| (k.into_owned(), v.get().to_string()))
+                .collect()
+        };
+        let split = |j: &str| -> Option<Vec<(String, String)>> {
+            split_object(j).map(|e| {
+                e.into_iter()
+                    .map(|(k, v)| (k.into_owned(), v.to_string()))
+                    .collect()
+            })
+        };
+        for j in [
+            "{}",
+            " { } ",
+            r#"{"question":"What is it?","k":3}"#,
+            r#"{"a":"x\"y\\","b":[1,{"c":"]}"},[]],"d":{"e":{"f":null}},"g":-1.5e3}"#,
+            r#"{"t":true,"f":false,"n":null,"u":"日本\u00e9"}"#,
+            r#"{ "spaced" : [ 1 , 2 ] , "x" : { "y" : "z" } }"#,
+            r#"{"dup":1,"dup":2}"#,
+            r#"{"s":"{not a brace","t":"[","u":","}"#,
+        ] {
+            assert_eq!(split(j), Some(parsed(j)), "{j}");
+        }
+        // An escaped key, and texts that are not one object, go to the parser.
+        for j in [
+            r#"{"k\"ey":1}"#,
+            "[1]",
+            r#"{"a":1"#,
+            r#"{"a":1}x"#,
+            r#"{"a"}"#,
+            "",
+        ] {
+            assert_eq!(split(j), None, "{j}");
+        }
+    }
 }

@@ -125,6 +125,7 @@ fn child() {
         "unauthorized" => unauthorized(),
         "full_queue" => full_queue(false),
         "full_queue_spool" => full_queue(true),
+        "tight_budget" => tight_budget(),
         "kill_produce" => kill_produce(),
         "kill_restart" => kill_restart(),
         "batching" => batching(),
@@ -485,6 +486,51 @@ fn full_queue(spool: bool) {
     assert_eq!(told, s.dropped.queue_full);
 }
 
+/// The server is down and the memory budget is tiny (64 KiB, a few dozen traces as they are
+/// counted now) while the queue's capacity is not the limit: the queue, the worker's rows
+/// and the spool writer's backlog share the budget, and whatever does not fit is spooled
+/// or dropped and counted; once the server is back, nothing is missing.
+fn tight_budget() {
+    let server = TestServer::start();
+    server.go_down();
+    let dir = temp_dir("tight-budget");
+    let config = base(&server.url())
+        .spool_dir(&dir)
+        .queue_capacity(100_000)
+        .queue_max_bytes(64 * 1024)
+        .max_retries(1)
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    let ids = produce("tight", 3000);
+    assert!(guard.flush(Duration::from_secs(10)).unwrap().complete);
+    let during = guard.stats();
+    server.come_up();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            received(&server, &ids) as u64 + guard.stats().dropped.total() == 3000
+        }),
+        "received {} of 3000: {:?}",
+        received(&server, &ids),
+        guard.stats()
+    );
+    let r = guard.shutdown(Duration::from_secs(5)).unwrap();
+    let s = &r.stats;
+    outcome("tight_budget", &ids, &server, s);
+    assert_settled(s);
+    assert_eq!(s.enqueued, 3000);
+    // The bound held: not everything fitted.
+    assert!(during.dropped.total() > 0, "{during:?}");
+    assert!(s.spooled > 0, "{s:?}");
+    assert_eq!(s.replayed, s.spooled, "{s:?}");
+    assert_eq!(
+        received(&server, &ids) as u64 + s.dropped.total(),
+        3000,
+        "{s:?}"
+    );
+    assert_eq!(duplicates(&server), 0);
+}
+
 fn write_ahead_config(url: &str, dir: &Path) -> Config {
     base(url)
         .spool_dir(dir)
@@ -699,6 +745,16 @@ fn a_full_queue_overflows_to_the_spool() {
     let received: u64 = r["received"].parse().unwrap();
     let dropped: u64 = r["dropped"].parse().unwrap();
     assert_eq!(received + dropped, produced);
+    assert_eq!(r["duplicates"], "0");
+}
+
+#[test]
+fn a_tight_memory_budget_spools_or_counts_what_does_not_fit() {
+    let r = run("tight_budget");
+    let produced: u64 = r["produced"].parse().unwrap();
+    let received: u64 = r["received"].parse().unwrap();
+    let dropped: u64 = r["dropped"].parse().unwrap();
+    assert_eq!(received + dropped, produced, "{r:?}");
     assert_eq!(r["duplicates"], "0");
 }
 
