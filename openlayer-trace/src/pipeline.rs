@@ -338,10 +338,10 @@ impl Budget {
     }
 }
 
-/// What a completed trace holds while it waits in the queue: its box, its slot in the
-/// channel, and what its records hold (see `TraceState::approx_bytes`).
+/// What a completed trace holds while it waits in the queue: its slot in the channel
+/// (it travels by value) and what its records hold (see `TraceState::approx_bytes`).
 pub(crate) fn queued_trace_bytes(trace: &CompletedTrace) -> usize {
-    heap_bytes(size_of::<CompletedTrace>()) + size_of::<Msg>() + trace.state.approx_bytes()
+    size_of::<Msg>() + trace.state.approx_bytes()
 }
 
 /// What a control message asks of the worker.
@@ -352,8 +352,9 @@ enum Control {
 }
 
 pub(crate) enum Msg {
-    /// A completed trace, with its estimated size.
-    Trace(Box<CompletedTrace>, usize),
+    /// A completed trace, with its estimated size. By value: handing it off allocates
+    /// nothing on the application's thread (nor frees anything on the worker's).
+    Trace(CompletedTrace, usize),
     /// A row already encoded (and written ahead, unless that failed), with its size.
     Row(Box<(OutRow, Option<WalRef>)>, usize),
     /// A row update, with its size; sent after any row with its inference id still on
@@ -556,12 +557,12 @@ impl Pipeline {
         if !self.reserve(bytes) {
             return self.overflow(Box::new(trace), bytes);
         }
-        match tx.try_send(Msg::Trace(Box::new(trace), bytes)) {
+        match tx.try_send(Msg::Trace(trace, bytes)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(msg)) => {
                 self.budget.release(bytes, Tier::Queue);
                 if let Msg::Trace(trace, bytes) = msg {
-                    self.overflow(trace, bytes);
+                    self.overflow(Box::new(trace), bytes);
                 }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
