@@ -547,16 +547,23 @@ fn config() -> Criterion {
 // ---------------------------------------------------------------------------------------
 // Paired rounds: the variants interleaved, so that a change of load hits all of them
 
-/// Rounds of the paired comparison.
-const ROUNDS: usize = 300;
+/// Rounds of the paired comparison, and chunks of each variant per round.
+const ROUNDS: usize = 40;
+const CHUNKS: u64 = 8;
 
-/// Nanoseconds per call of `f`, over one chunk of calls.
-fn per_call(mut f: impl FnMut() -> String) -> f64 {
-    let start = Instant::now();
-    for _ in 0..CHUNK {
-        black_box(f());
+/// Nanoseconds per call of `f`, over [`CHUNKS`] chunks of calls, running `settle` untimed
+/// after each chunk (as the criterion variants do).
+fn per_call(mut f: impl FnMut() -> String, settle: impl Fn()) -> f64 {
+    let mut total = Duration::ZERO;
+    for _ in 0..CHUNKS {
+        let start = Instant::now();
+        for _ in 0..CHUNK {
+            black_box(f());
+        }
+        total += start.elapsed();
+        settle();
     }
-    start.elapsed().as_nanos() as f64 / CHUNK as f64
+    total.as_nanos() as f64 / (CHUNKS * CHUNK) as f64
 }
 
 fn median_of(mut v: Vec<f64>) -> f64 {
@@ -582,28 +589,31 @@ fn paired() {
         "serde_json_args",
     ];
     let mut rows: Vec<[f64; 6]> = Vec::with_capacity(ROUNDS);
+    let nothing = || {};
     for _ in 0..ROUNDS {
-        let untraced = per_call(|| untraced::l1(q(), k()));
-        let ours = per_call(|| ours::l1(q(), k()));
-        settle();
-        let fr = per_call(|| with_fastrace::l1(q(), k()));
+        let untraced = per_call(|| untraced::l1(q(), k()), nothing);
+        let ours = per_call(|| ours::l1(q(), k()), settle);
+        let fr = per_call(|| with_fastrace::l1(q(), k()), fastrace::flush);
+        let n = CHUNKS * CHUNK;
+        let fr_root = with_fastrace::in_one_root(n).as_nanos() as f64 / n as f64;
         fastrace::flush();
-        let fr_root = with_fastrace::in_one_root(CHUNK).as_nanos() as f64 / CHUNK as f64;
-        fastrace::flush();
-        let tr = per_call(|| with_tracing::l1(q(), k()));
-        let args = per_call(|| {
-            serde_json::to_string(&Args {
-                question: q(),
-                k: k(),
-            })
-            .unwrap_or_default()
-        });
+        let tr = per_call(|| with_tracing::l1(q(), k()), nothing);
+        let args = per_call(
+            || {
+                serde_json::to_string(&Args {
+                    question: q(),
+                    k: k(),
+                })
+                .unwrap_or_default()
+            },
+            nothing,
+        );
         rows.push([untraced, ours, fr, fr_root, tr, args]);
     }
     drop(GUARD.lock().unwrap().take());
     println!();
     println!(
-        "paired: {ROUNDS} rounds of {CHUNK} calls of each variant, interleaved; medians over the rounds"
+        "paired: {ROUNDS} rounds of {CHUNKS} x {CHUNK} calls of each variant, interleaved; medians over the rounds"
     );
     println!();
     println!("| variant | ns / call |");

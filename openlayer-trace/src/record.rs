@@ -171,7 +171,22 @@ impl StepRecord {
 
     /// Heap bytes this step holds beyond its own size (which its trace's step list
     /// counts), each allocation as the allocator hands it out (`pipeline::heap_bytes`).
+    #[inline]
     pub(crate) fn approx_bytes(&self) -> usize {
+        use crate::pipeline::cow_heap_bytes;
+        // Most steps hold nothing of their own but their name.
+        if self.ground_truth.is_none()
+            && self.metadata.capacity() == 0
+            && self.fields.capacity() == 0
+            && self.error.is_none()
+        {
+            return cow_heap_bytes(&self.name);
+        }
+        self.extra_bytes()
+    }
+
+    #[cold]
+    fn extra_bytes(&self) -> usize {
         use crate::pipeline::{cow_heap_bytes, heap_bytes};
         cow_heap_bytes(&self.name)
             + self
