@@ -3,7 +3,7 @@
 //! off the application's threads (see `wire`).
 
 use std::borrow::Cow;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -323,7 +323,8 @@ static POOL: Mutex<Pool> = Mutex::new(Pool {
 /// Most bytes of buffers kept for reuse. The worker hands buffers back after a drain, and
 /// it drains once a millisecond: an application completing a trace a microsecond has a
 /// thousand traces' buffers out at a time, and each one it cannot reuse is allocated on
-/// its own thread and freed on the worker's.
+/// its own thread and freed on the worker's. (Each tracing thread also holds up to
+/// [`BATCH`] buffers taken from the pool and not used yet.)
 const POOL_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Buffers that grew beyond these are freed rather than kept.
 const STEPS_KEEP: usize = 256;
@@ -334,16 +335,34 @@ fn buffer_bytes(b: &Buffers) -> usize {
     b.0.capacity() * std::mem::size_of::<StepRecord>() + b.1.capacity()
 }
 
+/// Buffers a thread takes from the pool at a time.
+const BATCH: usize = 16;
+
+thread_local! {
+    /// Buffers this thread took from the pool and has not used yet (at most [`BATCH`]):
+    /// the pool's lock is taken once per batch rather than once per trace.
+    static TAKEN: RefCell<Vec<Buffers>> = const { RefCell::new(Vec::new()) };
+}
+
 /// A step list and text buffer for a new trace: reused ones if the pool has any (and is
 /// not busy), else fresh ones.
 fn reused_buffers() -> Buffers {
-    if let Ok(mut pool) = POOL.try_lock() {
-        if let Some(b) = pool.free.pop() {
-            pool.bytes -= buffer_bytes(&b);
-            return b;
+    let reused = TAKEN.try_with(|taken| {
+        let mut taken = taken.try_borrow_mut().ok()?;
+        if taken.is_empty() {
+            if let Ok(mut pool) = POOL.try_lock() {
+                let at = pool.free.len().saturating_sub(BATCH);
+                let bytes: usize = pool.free[at..].iter().map(buffer_bytes).sum();
+                pool.bytes -= bytes;
+                taken.extend(pool.free.drain(at..));
+            }
         }
-    }
-    (Vec::with_capacity(8), String::with_capacity(512))
+        taken.pop()
+    });
+    reused
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| (Vec::with_capacity(8), String::with_capacity(512)))
 }
 
 /// Hands the buffers of a completed trace back for reuse (after emptying them).
