@@ -293,7 +293,7 @@ pub(crate) fn close_step(step: &OpenStep, end: i64, closing: Closing<'_>) {
 /// Drops one hold on the trace (an open step or a handle) and ships it if complete.
 fn release_locked(
     trace: &Arc<TraceShared>,
-    mut st: std::sync::MutexGuard<'_, crate::record::TraceState>,
+    mut st: crate::record::StateGuard<'_, crate::record::TraceState>,
 ) {
     st.open = st.open.saturating_sub(1);
     if st.open == 0 && st.root_closed && !st.shipped {

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -385,10 +385,115 @@ pub(crate) fn recycle(state: &mut TraceState) {
     }
 }
 
+/// The lock of a trace's state. Taken twice per step, almost never contended (only steps
+/// of one trace running on several threads at once meet here), and held for a few
+/// hundred instructions that never run user code: a flag set with one compare-and-swap
+/// and cleared with a plain store (a `Mutex` also swaps on unlock, to wake waiters).
+/// Waiters spin briefly, then yield. A panic while it is held cannot leave the state
+/// half-written in a way tracing depends on, so there is no poisoning.
+pub(crate) struct StateLock<T> {
+    locked: std::sync::atomic::AtomicBool,
+    value: std::cell::UnsafeCell<T>,
+}
+
+// SAFETY: the value is only reached through the lock (or `&mut self`), which gives one
+// thread at a time access, so sharing the lock is as safe as sending the value.
+unsafe impl<T: Send> Sync for StateLock<T> {}
+
+impl<T> StateLock<T> {
+    pub(crate) const fn new(value: T) -> Self {
+        StateLock {
+            locked: std::sync::atomic::AtomicBool::new(false),
+            value: std::cell::UnsafeCell::new(value),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn lock(&self) -> StateGuard<'_, T> {
+        use std::sync::atomic::Ordering::{Acquire, Relaxed};
+        if self
+            .locked
+            .compare_exchange_weak(false, true, Acquire, Relaxed)
+            .is_err()
+        {
+            self.lock_contended();
+        }
+        StateGuard {
+            lock: self,
+            _not_send: std::marker::PhantomData,
+        }
+    }
+
+    #[cold]
+    fn lock_contended(&self) {
+        use std::sync::atomic::Ordering::{Acquire, Relaxed};
+        let mut spins = 0u32;
+        loop {
+            while self.locked.load(Relaxed) {
+                if spins < 64 {
+                    spins += 1;
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+            if self
+                .locked
+                .compare_exchange_weak(false, true, Acquire, Relaxed)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        self.value.get_mut()
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for StateLock<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateLock").finish_non_exhaustive()
+    }
+}
+
+/// The state of a trace, locked; unlocked when dropped.
+pub(crate) struct StateGuard<'a, T> {
+    lock: &'a StateLock<T>,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl<T> std::ops::Deref for StateGuard<'_, T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: the lock is held, so no other reference to the value exists.
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+impl<T> std::ops::DerefMut for StateGuard<'_, T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the lock is held, so no other reference to the value exists.
+        unsafe { &mut *self.lock.value.get() }
+    }
+}
+
+impl<T> Drop for StateGuard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        self.lock
+            .locked
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// A trace that is being recorded; shared by the steps, futures and handles of the trace.
 #[derive(Debug)]
 pub(crate) struct TraceShared {
-    state: Mutex<TraceState>,
+    state: StateLock<TraceState>,
     /// The trace's clock anchor ([`clock::now`](crate::clock::now) nanoseconds): all step
     /// times are offsets from it.
     pub anchor: i64,
@@ -408,7 +513,7 @@ impl TraceShared {
             ..TraceState::default()
         };
         TraceShared {
-            state: Mutex::new(state),
+            state: StateLock::new(state),
             anchor,
             anchor_unix_ns: crate::clock::unix_ns(anchor),
             capture,
@@ -421,9 +526,8 @@ impl TraceShared {
         capture: Option<Arc<crate::pipeline::CaptureSink>>,
         anchor: i64,
     ) {
-        self.state.clear_poison();
         let (steps, text) = reused_buffers();
-        *self.state.get_mut().unwrap_or_else(|e| e.into_inner()) = TraceState {
+        *self.state.get_mut() = TraceState {
             steps,
             text,
             ..TraceState::default()
@@ -435,14 +539,14 @@ impl TraceShared {
 
     /// Whether this trace has been handed off (its state was taken, leaving it empty).
     pub(crate) fn is_spent(&mut self) -> bool {
-        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        let st = self.state.get_mut();
         st.steps.is_empty() && st.open == 0
     }
 
     /// Locks the state; a poisoned lock is still used (a panic elsewhere must not stop tracing).
     #[inline]
-    pub(crate) fn lock(&self) -> MutexGuard<'_, TraceState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn lock(&self) -> StateGuard<'_, TraceState> {
+        self.state.lock()
     }
 
     /// Nanoseconds from the anchor to the clock reading `t`.
@@ -472,5 +576,47 @@ pub(crate) struct CompletedTrace {
 impl CompletedTrace {
     pub(crate) fn root(&self) -> Option<&StepRecord> {
         self.state.steps.first()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_lock_excludes_under_contention() {
+        let lock = Arc::new(StateLock::new((0u64, 0u64)));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let lock = lock.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50_000 {
+                        let mut g = lock.lock();
+                        // Two writes that another holder would see torn.
+                        g.0 += 1;
+                        std::hint::black_box(&mut *g);
+                        g.1 += 1;
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let g = lock.lock();
+        assert_eq!(*g, (200_000, 200_000));
+    }
+
+    #[test]
+    fn the_state_lock_is_released_by_a_panic() {
+        let lock = Arc::new(StateLock::new(1u32));
+        let l = lock.clone();
+        let r = std::thread::spawn(move || {
+            let _g = l.lock();
+            panic!("while holding the lock");
+        })
+        .join();
+        assert!(r.is_err());
+        assert_eq!(*lock.lock(), 1);
     }
 }
