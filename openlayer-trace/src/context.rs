@@ -274,8 +274,8 @@ pub(crate) fn close_step(step: &OpenStep, end: i64, closing: Closing<'_>) {
     }
     rec.status = closing.status;
     rec.end = end.max(rec.start);
-    if closing.error.is_some() {
-        rec.error = closing.error;
+    if let Some(error) = closing.error {
+        rec.extra_mut().error = Some(error);
     }
     if closing.status == Status::Cancelled {
         rec.set_metadata(Cow::Borrowed("cancelled"), "true".into());

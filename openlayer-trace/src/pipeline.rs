@@ -1035,7 +1035,7 @@ mod tests {
         chat.set_field("promptTokens", json("120"));
         chat.set_field("completionTokens", json("18"));
         chat.set_metadata(Cow::Owned("attempt".to_string()), json("2"));
-        chat.error = Some(Box::from("rate limited, retried"));
+        chat.extra_mut().error = Some(Box::from("rate limited, retried"));
         state.steps.push(chat);
         state.inference_id = Some(Box::from("chat-user-17-1700000000"));
         state

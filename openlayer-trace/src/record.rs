@@ -121,6 +121,14 @@ pub(crate) struct StepRecord {
     pub inputs: Option<TextRef>,
     /// The output (in the trace's text).
     pub output: Option<TextRef>,
+    /// What few steps have, boxed so that a step record stays small (96 bytes) to write,
+    /// move and keep.
+    pub extra: Option<Box<StepExtra>>,
+}
+
+/// The rarely set parts of a step.
+#[derive(Debug, Default)]
+pub(crate) struct StepExtra {
     pub ground_truth: Option<Json>,
     pub metadata: Vec<(Cow<'static, str>, Json)>,
     /// The kind's extra fields, by wire name.
@@ -142,28 +150,48 @@ impl StepRecord {
             end: start,
             inputs: None,
             output: None,
-            ground_truth: None,
-            metadata: Vec::new(),
-            fields: Vec::new(),
-            error: None,
+            extra: None,
         }
+    }
+
+    /// The rarely set parts, created on first use.
+    pub(crate) fn extra_mut(&mut self) -> &mut StepExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// The step's metadata, in the order first set.
+    pub(crate) fn metadata(&self) -> &[(Cow<'static, str>, Json)] {
+        self.extra.as_ref().map_or(&[], |e| &e.metadata)
+    }
+
+    /// The error text (metadata `Exceptions`).
+    pub(crate) fn error(&self) -> Option<&str> {
+        self.extra.as_ref()?.error.as_deref()
+    }
+
+    /// The step's ground truth (JSON).
+    pub(crate) fn ground_truth(&self) -> Option<&str> {
+        self.extra.as_ref()?.ground_truth.as_deref()
     }
 
     /// Sets a metadata key; the last write wins.
     pub(crate) fn set_metadata(&mut self, key: Cow<'static, str>, value: Json) {
-        upsert(&mut self.metadata, key, value);
+        upsert(&mut self.extra_mut().metadata, key, value);
     }
 
     /// Sets a kind field; the last write wins.
     pub(crate) fn set_field(&mut self, key: &'static str, value: Json) {
-        match self.fields.iter_mut().find(|(k, _)| *k == key) {
+        let fields = &mut self.extra_mut().fields;
+        match fields.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = value,
-            None => self.fields.push((key, value)),
+            None => fields.push((key, value)),
         }
     }
 
     pub(crate) fn field(&self, key: &str) -> Option<&str> {
-        self.fields
+        self.extra
+            .as_ref()?
+            .fields
             .iter()
             .find(|(k, _)| *k == key)
             .map(|(_, v)| &**v)
@@ -175,20 +203,15 @@ impl StepRecord {
     pub(crate) fn approx_bytes(&self) -> usize {
         use crate::pipeline::cow_heap_bytes;
         // Most steps hold nothing of their own but their name.
-        if self.ground_truth.is_none()
-            && self.metadata.capacity() == 0
-            && self.fields.capacity() == 0
-            && self.error.is_none()
-        {
-            return cow_heap_bytes(&self.name);
-        }
-        self.extra_bytes()
+        cow_heap_bytes(&self.name) + self.extra.as_ref().map_or(0, |e| e.approx_bytes())
     }
+}
 
+impl StepExtra {
     #[cold]
-    fn extra_bytes(&self) -> usize {
+    fn approx_bytes(&self) -> usize {
         use crate::pipeline::{cow_heap_bytes, heap_bytes};
-        cow_heap_bytes(&self.name)
+        heap_bytes(size_of::<StepExtra>())
             + self
                 .ground_truth
                 .as_ref()
@@ -582,6 +605,12 @@ impl CompletedTrace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_record_stays_small() {
+        // Written once per step and moved into its trace's list: keep it to 96 bytes.
+        assert!(std::mem::size_of::<StepRecord>() <= 96);
+    }
 
     #[test]
     fn the_state_lock_excludes_under_contention() {

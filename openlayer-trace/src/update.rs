@@ -25,7 +25,7 @@ fn apply_trace(st: &mut TraceState, key: String, value: Json) {
         "inference_id" | "inferenceId" => st.inference_id = Some(id_text(&value)),
         "ground_truth" | "groundTruth" => {
             if let Some(root) = st.steps.first_mut() {
-                root.ground_truth = Some(value);
+                root.extra_mut().ground_truth = Some(value);
             }
         }
         _ => upsert(&mut st.columns, Cow::Owned(key), value),
@@ -37,7 +37,7 @@ fn apply_step_locked(st: &mut TraceState, idx: u32, key: String, value: Json) {
         return;
     };
     match key.as_str() {
-        "ground_truth" | "groundTruth" => rec.ground_truth = Some(value),
+        "ground_truth" | "groundTruth" => rec.extra_mut().ground_truth = Some(value),
         _ => match rec.kind.field_for(&key) {
             Some(field) => rec.set_field(field, value),
             None => rec.set_metadata(Cow::Owned(key), value),
@@ -241,7 +241,7 @@ pub fn log_ground_truth<T: Serialize + ?Sized>(ground_truth: &T) {
     };
     with_trace_state("log_ground_truth", |st| {
         if let Some(root) = st.steps.first_mut() {
-            root.ground_truth = Some(json);
+            root.extra_mut().ground_truth = Some(json);
         }
     });
 }

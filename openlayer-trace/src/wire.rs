@@ -154,7 +154,7 @@ impl<'a> Tree<'a> {
         };
         out.push_str(output.unwrap_or("null"));
         out.push_str(",\"groundTruth\":");
-        out.push_str(rec.ground_truth.as_deref().unwrap_or("null"));
+        out.push_str(rec.ground_truth().unwrap_or("null"));
         out.push_str(",\"metadata\":");
         write_metadata(out, rec);
         out.push_str(",\"steps\":[");
@@ -234,14 +234,14 @@ fn push_int(out: &mut String, v: i64) {
 /// The metadata of a step, in order: `has_guardrails` (traced functions), the user's keys,
 /// then `Exceptions` for a failed step; a later key replaces an earlier one in place.
 fn metadata_entries(rec: &StepRecord) -> Vec<(&str, Cow<'_, str>)> {
-    let mut entries: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(rec.metadata.len() + 2);
+    let mut entries: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(rec.metadata().len() + 2);
     if rec.traced_fn {
         entries.push(("has_guardrails", Cow::Borrowed("false")));
     }
-    for (k, v) in &rec.metadata {
+    for (k, v) in rec.metadata() {
         set_entry(&mut entries, k, Cow::Borrowed(&**v));
     }
-    if let Some(err) = &rec.error {
+    if let Some(err) = rec.error() {
         let mut quoted = String::with_capacity(err.len() + 2);
         push_str(&mut quoted, err);
         set_entry(&mut entries, "Exceptions", Cow::Owned(quoted));
@@ -271,7 +271,7 @@ fn write_object(out: &mut String, entries: &[(&str, Cow<'_, str>)]) {
 
 /// Writes a step's metadata object (see [`metadata_entries`] for the order).
 fn write_metadata(out: &mut String, rec: &StepRecord) {
-    let md = &rec.metadata;
+    let md = rec.metadata();
     // The user's keys are set with "last write wins", so they are distinct; if they were
     // not, the general path merges them.
     let distinct = md.len() < 2
@@ -304,12 +304,12 @@ fn write_metadata(out: &mut String, rec: &StepRecord) {
             continue;
         }
         key(out, k);
-        match &rec.error {
+        match rec.error() {
             Some(err) if k == "Exceptions" => push_str(out, err),
             _ => out.push_str(v),
         }
     }
-    if let Some(err) = &rec.error
+    if let Some(err) = rec.error()
         && user("Exceptions").is_none()
     {
         key(out, "Exceptions");
@@ -697,10 +697,10 @@ fn encode_into<R>(
     if root.traced_fn {
         set_val(&mut row, "has_guardrails", Val::Text("false"));
     }
-    for (k, v) in &root.metadata {
+    for (k, v) in root.metadata() {
         set_val(&mut row, k, Val::Text(v));
     }
-    if let Some(err) = &root.error {
+    if let Some(err) = root.error() {
         let quoted = put(small, &|s: &mut String| push_str(s, err));
         set_val(&mut row, "Exceptions", quoted);
     }
@@ -709,7 +709,7 @@ fn encode_into<R>(
             set_val(&mut row, k, Val::Text(v));
         }
     }
-    if let Some(gt) = &root.ground_truth {
+    if let Some(gt) = root.ground_truth() {
         set_val(&mut row, "groundTruth", Val::Text(gt));
     }
     for (k, v) in &inputs {
@@ -995,9 +995,15 @@ mod tests {
                     let mut rec =
                         StepRecord::new(Cow::Borrowed("s"), StepKind::UserCall, NO_PARENT, 0);
                     rec.traced_fn = traced_fn;
-                    rec.error = error.map(Box::from);
+                    if let Some(e) = error {
+                        rec.extra_mut().error = Some(Box::from(e));
+                    }
                     for (i, k) in keys.iter().enumerate() {
-                        rec.metadata.push((Cow::Borrowed(*k), json(&i.to_string())));
+                        // Pushed, not set: duplicate keys are part of the cases.
+                        let extra = rec.extra_mut();
+                        extra
+                            .metadata
+                            .push((Cow::Borrowed(*k), json(&i.to_string())));
                     }
                     cases.push(rec);
                 }
