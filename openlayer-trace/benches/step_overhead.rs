@@ -100,6 +100,28 @@ mod ours {
     }
 }
 
+/// Our steps with nothing to serialize (`skip_all`, `skip_output`): what the step itself
+/// costs (clock, record, position, hand-off), without the JSON of its values.
+mod bare {
+    use openlayer_trace::trace;
+
+    #[trace(skip_all, skip_output)]
+    #[inline(never)]
+    pub fn l1(question: &str, k: u32) -> String {
+        l2(question, k)
+    }
+    #[trace(skip_all, skip_output)]
+    #[inline(never)]
+    fn l2(question: &str, k: u32) -> String {
+        l3(question, k)
+    }
+    #[trace(skip_all, skip_output)]
+    #[inline(never)]
+    fn l3(question: &str, k: u32) -> String {
+        format!("{question}#{k}")
+    }
+}
+
 mod with_fastrace {
     use fastrace::collector::{Reporter, SpanContext, SpanRecord};
     use fastrace::{Span, trace};
@@ -583,16 +605,18 @@ fn paired() {
     let names = [
         "untraced",
         "ours_sync",
+        "ours_bare (skip_all, skip_output)",
         "fastrace",
         "fastrace_in_root",
         "tracing",
         "serde_json_args",
     ];
-    let mut rows: Vec<[f64; 6]> = Vec::with_capacity(ROUNDS);
+    let mut rows: Vec<[f64; 7]> = Vec::with_capacity(ROUNDS);
     let nothing = || {};
     for _ in 0..ROUNDS {
         let untraced = per_call(|| untraced::l1(q(), k()), nothing);
         let ours = per_call(|| ours::l1(q(), k()), settle);
+        let bare = per_call(|| bare::l1(q(), k()), settle);
         let fr = per_call(|| with_fastrace::l1(q(), k()), fastrace::flush);
         let n = CHUNKS * CHUNK;
         let fr_root = with_fastrace::in_one_root(n).as_nanos() as f64 / n as f64;
@@ -608,7 +632,7 @@ fn paired() {
             },
             nothing,
         );
-        rows.push([untraced, ours, fr, fr_root, tr, args]);
+        rows.push([untraced, ours, bare, fr, fr_root, tr, args]);
     }
     drop(GUARD.lock().unwrap().take());
     println!();
@@ -626,22 +650,25 @@ fn paired() {
     }
     let per_call_ratio = median_of(
         rows.iter()
-            .map(|[u, o, f, _, _, a]| (o - u) / (f - u + DEPTH * a))
+            .map(|[u, o, _, f, _, _, a]| (o - u) / (f - u + DEPTH * a))
             .collect(),
     );
     let in_root_ratio = median_of(
         rows.iter()
-            .map(|[u, o, _, fr, _, a]| ((o - u) / DEPTH) / ((fr - u) / DEPTH + a))
+            .map(|[u, o, _, _, fr, _, a]| ((o - u) / DEPTH) / ((fr - u) / DEPTH + a))
             .collect(),
     );
     let tracing_ratio = median_of(
         rows.iter()
-            .map(|[u, o, _, _, t, _]| (o - u) / (t - u))
+            .map(|[u, o, _, _, _, t, _]| (o - u) / (t - u))
             .collect(),
     );
     let step = median_of(rows.iter().map(|[u, o, ..]| (o - u) / DEPTH).collect());
+    let bare_step = median_of(rows.iter().map(|[u, _, b, ..]| (b - u) / DEPTH).collect());
     println!();
-    println!("- our step (median over the rounds): {step:.1} ns");
+    println!(
+        "- our step (median over the rounds): {step:.1} ns; without serializing anything: {bare_step:.1} ns"
+    );
     println!(
         "- ours / (fastrace + serde_json of the args), a root per call: median ratio {per_call_ratio:.2} (target <= 2)"
     );
