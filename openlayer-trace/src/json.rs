@@ -32,6 +32,14 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// Appends `s` to `out` as a JSON string, exactly as `serde_json` writes it.
+#[inline]
+pub(crate) fn push_str(out: &mut String, s: &str) {
+    // SAFETY: what is appended is valid UTF-8: quotes around `s` itself, or `serde_json`'s
+    // escaping of it.
+    write_str(unsafe { out.as_mut_vec() }, s)
+}
+
 /// Whether a string has a byte that JSON escapes: `"`, `\` or a control character.
 /// Eight bytes at a time; the last word overlaps the one before it, and a string shorter
 /// than a word is padded with a byte that needs no escaping.

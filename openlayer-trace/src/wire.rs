@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::cell::Cell;
 
+use crate::json::push_str;
 use crate::record::{CompletedTrace, NO_PARENT, Status, StepRecord};
 
 /// One encoded trace, ready for a data-stream request.
@@ -18,45 +19,6 @@ pub(crate) struct EncodedRow {
     pub row: String,
     /// The row's `inferenceId`.
     pub inference_id: String,
-}
-
-/// Whether `s` can be written between quotes as it is (no control character, quote or
-/// backslash), eight bytes at a time.
-fn is_plain(s: &str) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // A byte of `w` is zero: the classic bit trick (exact when no byte is >= 0x80 after
-    // the xor, and a false "zero" only ever errs towards escaping).
-    let zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH;
-    let bytes = s.as_bytes();
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
-        // Below 0x20: subtracting 0x20 borrows into the high bit of a byte that had none.
-        let control = w.wrapping_sub(0x20 * ONES) & !w & HIGH;
-        if control | zero(w ^ (b'"' as u64 * ONES)) | zero(w ^ (b'\\' as u64 * ONES)) != 0 {
-            return false;
-        }
-    }
-    chunks
-        .remainder()
-        .iter()
-        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
-}
-
-fn push_str(out: &mut String, s: &str) {
-    // Most strings written here (keys, step names) need no escaping.
-    if is_plain(s) {
-        out.reserve(s.len() + 2);
-        out.push('"');
-        out.push_str(s);
-        out.push('"');
-        return;
-    }
-    // serde_json escapes exactly as JSON requires and leaves non-ASCII as UTF-8.
-    if crate::record::write_json(out, s).is_err() {
-        out.push_str("\"\"");
-    }
 }
 
 fn push_f64(out: &mut String, v: f64) {
@@ -1026,27 +988,6 @@ mod tests {
         let values: Vec<&str> = entries.iter().map(|(_, v)| *v).collect();
         assert_eq!(values, [r#""a""#, "[1,2]", r#"{"x":null}"#]);
         assert!(borrowed_entries("not json").is_empty());
-    }
-
-    #[test]
-    fn plain_strings_are_told_apart_from_ones_to_escape() {
-        let naive = |s: &str| s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
-        let mut cases: Vec<String> = vec![
-            String::new(),
-            "inferenceTimestamp".into(),
-            "héllo wörld, ünïcode €€€ 日本語".into(),
-            "\u{7f}\u{80}\u{ff}\u{100}".into(),
-        ];
-        for b in 0u8..0x80 {
-            for at in [0, 3, 7, 8, 12, 16] {
-                let mut v = vec![b'a'; 17];
-                v[at] = b;
-                cases.push(String::from_utf8(v).unwrap());
-            }
-        }
-        for s in &cases {
-            assert_eq!(is_plain(s), naive(s), "{s:?}");
-        }
     }
 
     #[test]
