@@ -8,7 +8,10 @@
 //! between the two clocks, measured again whenever it is older than [`WALL_REFRESH_NS`], so
 //! a change of the system time shows within that long.
 
-use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicI64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Nanoseconds on the monotonic clock, from an arbitrary origin.
@@ -31,7 +34,15 @@ pub(crate) fn now() -> i64 {
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 #[inline]
 pub(crate) fn now() -> i64 {
-    static ORIGIN: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    portable_now()
+}
+
+/// [`now`] through `Instant`, for targets without `clock_gettime`. Compiled (and tested)
+/// everywhere, so that it keeps building where it is used.
+#[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
+fn portable_now() -> i64 {
+    static ORIGIN: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
     ORIGIN.elapsed().as_nanos() as i64
 }
 
@@ -40,13 +51,15 @@ pub(crate) const WALL_REFRESH_NS: i64 = 100_000_000;
 
 /// Unix nanoseconds minus monotonic nanoseconds, as last measured.
 static WALL_OFFSET: AtomicI64 = AtomicI64::new(0);
-/// The monotonic time of that measurement (`i64::MIN`: never).
+/// The monotonic time of that measurement (`i64::MIN`: never). Stored after the offset
+/// (release) and loaded before it (acquire), so that whoever sees a measurement sees its
+/// offset too.
 static WALL_MEASURED: AtomicI64 = AtomicI64::new(i64::MIN);
 
 /// Unix time, in nanoseconds, of the monotonic reading `mono` (a recent one).
 #[inline]
 pub(crate) fn unix_ns(mono: i64) -> i128 {
-    let measured = WALL_MEASURED.load(Relaxed);
+    let measured = WALL_MEASURED.load(Acquire);
     let offset = if measured == i64::MIN || mono.saturating_sub(measured) > WALL_REFRESH_NS {
         measure_offset()
     } else {
@@ -61,7 +74,7 @@ fn measure_offset() -> i64 {
     let mono = now();
     let offset = (wall - i128::from(mono)) as i64;
     WALL_OFFSET.store(offset, Relaxed);
-    WALL_MEASURED.store(mono, Relaxed);
+    WALL_MEASURED.store(mono, Release);
     offset
 }
 
@@ -88,6 +101,14 @@ mod tests {
         let theirs = (j - i).as_nanos() as i64;
         assert!(ours >= 20_000_000, "{ours}");
         assert!((ours - theirs).abs() < 2_000_000, "{ours} vs {theirs}");
+    }
+
+    #[test]
+    fn the_portable_clock_counts_nanoseconds_too() {
+        let a = portable_now();
+        std::thread::sleep(Duration::from_millis(5));
+        let b = portable_now();
+        assert!(b - a >= 5_000_000 && b - a < 1_000_000_000, "{}", b - a);
     }
 
     #[test]

@@ -297,8 +297,10 @@ fn release_locked(
 ) {
     st.open = st.open.saturating_sub(1);
     if st.open == 0 && st.root_closed && !st.shipped {
-        st.shipped = true;
         let state = std::mem::take(&mut *st);
+        // What is left behind is marked too: a step opened in this trace from now on (a
+        // position restored to it after it completed) is refused, not made a new root.
+        st.shipped = true;
         drop(st);
         let done = CompletedTrace {
             state,

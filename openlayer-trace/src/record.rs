@@ -358,13 +358,33 @@ fn buffer_bytes(b: &Buffers) -> usize {
     b.0.capacity() * std::mem::size_of::<StepRecord>() + b.1.capacity()
 }
 
-/// Buffers a thread takes from the pool at a time.
+/// Most buffers a thread takes from the pool at a time.
 const BATCH: usize = 16;
 
+/// Buffers this thread took from the pool and has not used yet: the pool's lock is taken
+/// once per batch rather than once per trace. The batch starts at one buffer and doubles
+/// up to [`BATCH`] as the thread keeps tracing, so that a short-lived thread does not empty
+/// the pool; what is left when the thread ends goes back to the pool.
+struct Taken {
+    free: Vec<Buffers>,
+    batch: usize,
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        for b in self.free.drain(..) {
+            give_back(b);
+        }
+    }
+}
+
 thread_local! {
-    /// Buffers this thread took from the pool and has not used yet (at most [`BATCH`]):
-    /// the pool's lock is taken once per batch rather than once per trace.
-    static TAKEN: RefCell<Vec<Buffers>> = const { RefCell::new(Vec::new()) };
+    static TAKEN: RefCell<Taken> = const {
+        RefCell::new(Taken {
+            free: Vec::new(),
+            batch: 1,
+        })
+    };
 }
 
 /// A step list and text buffer for a new trace: reused ones if the pool has any (and is
@@ -372,15 +392,16 @@ thread_local! {
 fn reused_buffers() -> Buffers {
     let reused = TAKEN.try_with(|taken| {
         let mut taken = taken.try_borrow_mut().ok()?;
-        if taken.is_empty() {
+        if taken.free.is_empty() {
             if let Ok(mut pool) = POOL.try_lock() {
-                let at = pool.free.len().saturating_sub(BATCH);
+                let at = pool.free.len().saturating_sub(taken.batch);
                 let bytes: usize = pool.free[at..].iter().map(buffer_bytes).sum();
                 pool.bytes -= bytes;
-                taken.extend(pool.free.drain(at..));
+                taken.free.extend(pool.free.drain(at..));
+                taken.batch = (taken.batch * 2).min(BATCH);
             }
         }
-        taken.pop()
+        taken.free.pop()
     });
     reused
         .ok()
@@ -399,7 +420,11 @@ pub(crate) fn recycle(state: &mut TraceState) {
     }
     steps.clear();
     text.clear();
-    let b = (steps, text);
+    give_back((steps, text));
+}
+
+/// Puts emptied buffers in the pool, if it has room for them.
+fn give_back(b: Buffers) {
     let bytes = buffer_bytes(&b);
     let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
     if pool.bytes + bytes <= POOL_MAX_BYTES {
@@ -563,7 +588,7 @@ impl TraceShared {
     /// Whether this trace has been handed off (its state was taken, leaving it empty).
     pub(crate) fn is_spent(&mut self) -> bool {
         let st = self.state.get_mut();
-        st.steps.is_empty() && st.open == 0
+        st.shipped && st.steps.is_empty() && st.open == 0
     }
 
     /// Locks the state; a poisoned lock is still used (a panic elsewhere must not stop tracing).

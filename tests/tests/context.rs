@@ -60,6 +60,35 @@ fn nested_sync_calls() {
 }
 
 #[test]
+fn a_step_opened_in_a_completed_trace_is_not_recorded() {
+    let (_, traces) = testing::capture(|| {
+        // Another trace, kept open by a handle.
+        let other = {
+            let _g = openlayer_trace::step("other").enter();
+            current_context().expect("inside a trace")
+        };
+        let root = openlayer_trace::step("root").enter();
+        let attached = other.attach();
+        // The root completes while the other trace is attached; detaching then restores
+        // the position to the completed trace.
+        drop(root);
+        drop(attached);
+        drop(openlayer_trace::step("late").enter());
+        drop(other);
+    });
+    let roots: Vec<&str> = traces
+        .iter()
+        .map(|t| t.root()["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(roots.len(), 2, "{roots:?}");
+    assert!(
+        roots.contains(&"root") && roots.contains(&"other"),
+        "{roots:?}"
+    );
+    assert!(traces.iter().all(|t| t.step("late").is_none()));
+}
+
+#[test]
 fn sequential_roots_are_separate_traces() {
     let (_, traces) = testing::capture(|| {
         top(1);
