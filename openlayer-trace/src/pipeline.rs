@@ -644,12 +644,15 @@ impl Pipeline {
     }
 
     /// Write-ahead: encode here, append to the spool, then hand the row off.
-    fn enqueue_ahead(&self, tx: &mpsc::Sender<Msg>, spool: &Spool, trace: CompletedTrace) {
+    fn enqueue_ahead(&self, tx: &mpsc::Sender<Msg>, spool: &Spool, mut trace: CompletedTrace) {
         let c = &self.counters;
-        let Some(row) = self.shaper.prepare(&trace).into_row(c) else {
+        let prepared = self.shaper.prepare(&trace);
+        // Encoded here: its buffers go back to the pool for the next traces.
+        crate::record::recycle(&mut trace.state);
+        drop(trace);
+        let Some(row) = prepared.into_row(c) else {
             return;
         };
-        drop(trace);
         let Some(row) = OutRow::resolve(row, self.config.inference_pipeline_id.as_deref()) else {
             c.drop_rows(DropReason::NoPipeline, 1);
             c.settled.fetch_add(1, Relaxed);
