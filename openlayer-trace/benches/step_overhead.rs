@@ -36,68 +36,59 @@ const DEPTH: f64 = 3.0;
 // ---------------------------------------------------------------------------------------
 // The shape, once per tracer
 
-mod untraced {
-    #[inline(never)]
-    pub fn l1(question: &str, k: u32) -> String {
-        l2(question, k)
-    }
-    #[inline(never)]
-    fn l2(question: &str, k: u32) -> String {
-        l3(question, k)
-    }
-    #[inline(never)]
-    fn l3(question: &str, k: u32) -> String {
-        format!("{question}#{k}")
-    }
+/// The three sync levels of the shape (`l1` calls `l2` calls `l3`), each function under
+/// the given attributes (none for the untraced shape).
+macro_rules! sync_levels {
+    ($(#[$attr:meta])*) => {
+        $(#[$attr])*
+        #[inline(never)]
+        pub fn l1(question: &str, k: u32) -> String {
+            l2(question, k)
+        }
+        $(#[$attr])*
+        #[inline(never)]
+        fn l2(question: &str, k: u32) -> String {
+            l3(question, k)
+        }
+        $(#[$attr])*
+        #[inline(never)]
+        fn l3(question: &str, k: u32) -> String {
+            format!("{question}#{k}")
+        }
+    };
+}
 
-    #[inline(never)]
-    pub async fn a1(question: &str, k: u32) -> String {
-        a2(question, k).await
-    }
-    #[inline(never)]
-    async fn a2(question: &str, k: u32) -> String {
-        a3(question, k).await
-    }
-    #[inline(never)]
-    async fn a3(question: &str, k: u32) -> String {
-        format!("{question}#{k}")
-    }
+/// The same three levels as `async fn`s (`a1`, `a2`, `a3`), each awaiting the next.
+macro_rules! async_levels {
+    ($(#[$attr:meta])*) => {
+        $(#[$attr])*
+        #[inline(never)]
+        pub async fn a1(question: &str, k: u32) -> String {
+            a2(question, k).await
+        }
+        $(#[$attr])*
+        #[inline(never)]
+        async fn a2(question: &str, k: u32) -> String {
+            a3(question, k).await
+        }
+        $(#[$attr])*
+        #[inline(never)]
+        async fn a3(question: &str, k: u32) -> String {
+            format!("{question}#{k}")
+        }
+    };
+}
+
+mod untraced {
+    sync_levels!();
+    async_levels!();
 }
 
 mod ours {
     use openlayer_trace::trace;
 
-    #[trace]
-    #[inline(never)]
-    pub fn l1(question: &str, k: u32) -> String {
-        l2(question, k)
-    }
-    #[trace]
-    #[inline(never)]
-    fn l2(question: &str, k: u32) -> String {
-        l3(question, k)
-    }
-    #[trace]
-    #[inline(never)]
-    fn l3(question: &str, k: u32) -> String {
-        format!("{question}#{k}")
-    }
-
-    #[trace]
-    #[inline(never)]
-    pub async fn a1(question: &str, k: u32) -> String {
-        a2(question, k).await
-    }
-    #[trace]
-    #[inline(never)]
-    async fn a2(question: &str, k: u32) -> String {
-        a3(question, k).await
-    }
-    #[trace]
-    #[inline(never)]
-    async fn a3(question: &str, k: u32) -> String {
-        format!("{question}#{k}")
-    }
+    sync_levels!(#[trace]);
+    async_levels!(#[trace]);
 }
 
 /// Our steps with nothing to serialize (`skip_all`, `skip_output`): what the step itself
@@ -105,21 +96,7 @@ mod ours {
 mod bare {
     use openlayer_trace::trace;
 
-    #[trace(skip_all, skip_output)]
-    #[inline(never)]
-    pub fn l1(question: &str, k: u32) -> String {
-        l2(question, k)
-    }
-    #[trace(skip_all, skip_output)]
-    #[inline(never)]
-    fn l2(question: &str, k: u32) -> String {
-        l3(question, k)
-    }
-    #[trace(skip_all, skip_output)]
-    #[inline(never)]
-    fn l3(question: &str, k: u32) -> String {
-        format!("{question}#{k}")
-    }
+    sync_levels!(#[trace(skip_all, skip_output)]);
 }
 
 mod with_fastrace {
@@ -186,21 +163,7 @@ mod with_tracing {
     impl<S: tracing::Subscriber> Layer<S> for Noop {}
 
     // `#[instrument]` records every argument as a field.
-    #[instrument]
-    #[inline(never)]
-    pub fn l1(question: &str, k: u32) -> String {
-        l2(question, k)
-    }
-    #[instrument]
-    #[inline(never)]
-    fn l2(question: &str, k: u32) -> String {
-        l3(question, k)
-    }
-    #[instrument]
-    #[inline(never)]
-    fn l3(question: &str, k: u32) -> String {
-        format!("{question}#{k}")
-    }
+    sync_levels!(#[instrument]);
 }
 
 /// Polls a future to completion on this thread (the futures here never wait).

@@ -133,11 +133,36 @@ mod sse2 {
     }
 }
 
-/// Runs one of `serde_json`'s own methods on this buffer (numbers, bytes, `null`).
-macro_rules! by_serde_json {
-    ($out:expr, $method:ident $(, $arg:expr)*) => {
-        serde::Serializer::$method(&mut serde_json::Serializer::new($out) $(, $arg)*)
+/// Calls `$then!` with serde's number methods (name and argument type), which several
+/// serializers here handle alike.
+macro_rules! with_numbers {
+    ($then:ident $(, $more:ident($ty:ty))*) => {
+        $then!(
+            serialize_i8(i8),
+            serialize_i16(i16),
+            serialize_i32(i32),
+            serialize_i64(i64),
+            serialize_i128(i128),
+            serialize_u8(u8),
+            serialize_u16(u16),
+            serialize_u32(u32),
+            serialize_u64(u64),
+            serialize_u128(u128),
+            serialize_f32(f32),
+            serialize_f64(f64)
+            $(, $more($ty))*
+        );
     };
+}
+pub(crate) use with_numbers;
+
+/// Methods of [`Ser`] that `serde_json` writes itself, on this buffer.
+macro_rules! by_serde_json {
+    ($($method:ident($ty:ty)),* $(,)?) => {$(
+        fn $method(self, v: $ty) -> Result<(), Error> {
+            serde::Serializer::$method(&mut serde_json::Serializer::new(self.out), v)
+        }
+    )*};
 }
 
 struct Ser<'a> {
@@ -185,42 +210,7 @@ impl<'a> ser::Serializer for Ser<'a> {
             .extend_from_slice(if v { b"true" } else { b"false" });
         Ok(())
     }
-    fn serialize_i8(self, v: i8) -> Result<(), Error> {
-        by_serde_json!(self.out, serialize_i8, v)
-    }
-    fn serialize_i16(self, v: i16) -> Result<(), Error> {
-        by_serde_json!(self.out, serialize_i16, v)
-    }
-    fn serialize_i32(self, v: i32) -> Result<(), Error> {
-        by_serde_json!(self.out, serialize_i32, v)
-    }
-    fn serialize_i64(self, v: i64) -> Result<(), Error> {
-        by_serde_json!(self.out, serialize_i64, v)
-    }
-    fn serialize_i128(self, v: i128) -> Result<(), Error> {
-        by_serde_json!(self.out, serialize_i128, v)
-    }
-    fn serialize_u8(self, v: u8) -> Result<(), Error> {
-        by_serde_json!(self.out, serialize_u8, v)
-    }
-    fn serialize_u16(self, v: u16) -> Result<(), Error> {
-        by_serde_json!(self.out, serialize_u16, v)
-    }
-    fn serialize_u32(self, v: u32) -> Result<(), Error> {
-        by_serde_json!(self.out, serialize_u32, v)
-    }
-    fn serialize_u64(self, v: u64) -> Result<(), Error> {
-        by_serde_json!(self.out, serialize_u64, v)
-    }
-    fn serialize_u128(self, v: u128) -> Result<(), Error> {
-        by_serde_json!(self.out, serialize_u128, v)
-    }
-    fn serialize_f32(self, v: f32) -> Result<(), Error> {
-        by_serde_json!(self.out, serialize_f32, v)
-    }
-    fn serialize_f64(self, v: f64) -> Result<(), Error> {
-        by_serde_json!(self.out, serialize_f64, v)
-    }
+    with_numbers!(by_serde_json, serialize_bytes(&[u8]));
     fn serialize_char(self, v: char) -> Result<(), Error> {
         write_str(self.out, v.encode_utf8(&mut [0; 4]));
         Ok(())
@@ -229,9 +219,6 @@ impl<'a> ser::Serializer for Ser<'a> {
     fn serialize_str(self, v: &str) -> Result<(), Error> {
         write_str(self.out, v);
         Ok(())
-    }
-    fn serialize_bytes(self, v: &[u8]) -> Result<(), Error> {
-        by_serde_json!(self.out, serialize_bytes, v)
     }
     fn serialize_none(self) -> Result<(), Error> {
         self.serialize_unit()
@@ -490,21 +477,10 @@ impl ser::Serializer for KeySer<'_> {
     type SerializeStruct = Impossible<(), Error>;
     type SerializeStructVariant = Impossible<(), Error>;
 
-    key_via_serde_json!(
+    with_numbers!(
+        key_via_serde_json,
         serialize_bool(bool),
-        serialize_i8(i8),
-        serialize_i16(i16),
-        serialize_i32(i32),
-        serialize_i64(i64),
-        serialize_i128(i128),
-        serialize_u8(u8),
-        serialize_u16(u16),
-        serialize_u32(u32),
-        serialize_u64(u64),
-        serialize_u128(u128),
-        serialize_f32(f32),
-        serialize_f64(f64),
-        serialize_char(char),
+        serialize_char(char)
     );
 
     #[inline]

@@ -556,18 +556,17 @@ impl Spool {
         trace: Box<CompletedTrace>,
         bytes: usize,
     ) -> Result<(), Box<CompletedTrace>> {
-        if !self.reserve(1, bytes, Tier::Overflow) {
-            return Err(trace);
-        }
-        self.jobs
-            .send(Job::Trace(trace, bytes))
-            .map_err(|e| match e.0 {
-                Job::Trace(t, _) => {
-                    self.release(1, bytes);
-                    t
-                }
-                _ => unreachable!("sent a trace"),
-            })
+        self.send_job(
+            trace,
+            1,
+            bytes,
+            Tier::Overflow,
+            Job::Trace,
+            |job| match job {
+                Job::Trace(t, _) => Some(t),
+                _ => None,
+            },
+        )
     }
 
     /// Hands rows to the writer, counted in the memory budget under `tier`; gives them
@@ -580,19 +579,12 @@ impl Spool {
     ) -> Result<(), Vec<OutRow>> {
         let bytes = heap_bytes(rows.capacity() * size_of::<OutRow>())
             + rows.iter().map(OutRow::held_bytes).sum::<usize>();
-        if !self.reserve(rows.len(), bytes, tier) {
-            return Err(rows);
-        }
         let n = rows.len();
-        self.jobs
-            .send(Job::Rows(rows, reason, bytes))
-            .map_err(|e| match e.0 {
-                Job::Rows(rows, _, _) => {
-                    self.release(n, bytes);
-                    rows
-                }
-                _ => unreachable!("sent rows"),
-            })
+        let job = |rows, bytes| Job::Rows(rows, reason, bytes);
+        self.send_job(rows, n, bytes, tier, job, |job| match job {
+            Job::Rows(rows, _, _) => Some(rows),
+            _ => None,
+        })
     }
 
     /// Hands row updates to the writer (their pipeline resolved), counted in the memory
@@ -605,19 +597,33 @@ impl Spool {
     ) -> Result<(), Vec<OutUpdate>> {
         let bytes = heap_bytes(updates.capacity() * size_of::<OutUpdate>())
             + updates.iter().map(OutUpdate::size).sum::<usize>();
-        if !self.reserve(updates.len(), bytes, tier) {
-            return Err(updates);
-        }
         let n = updates.len();
-        self.jobs
-            .send(Job::Updates(updates, reason, bytes))
-            .map_err(|e| match e.0 {
-                Job::Updates(updates, _, _) => {
-                    self.release(n, bytes);
-                    updates
-                }
-                _ => unreachable!("sent updates"),
-            })
+        let job = |updates, bytes| Job::Updates(updates, reason, bytes);
+        self.send_job(updates, n, bytes, tier, job, |job| match job {
+            Job::Updates(updates, _, _) => Some(updates),
+            _ => None,
+        })
+    }
+
+    /// Reserves room for `n` rows of `bytes` under `tier` and sends `what` as the job
+    /// `job` makes of it; gives `what` back (through `back`) when there is no room or the
+    /// writer is gone.
+    fn send_job<T>(
+        &self,
+        what: T,
+        n: usize,
+        bytes: usize,
+        tier: Tier,
+        job: impl FnOnce(T, usize) -> Job,
+        back: fn(Job) -> Option<T>,
+    ) -> Result<(), T> {
+        if !self.reserve(n, bytes, tier) {
+            return Err(what);
+        }
+        self.jobs.send(job(what, bytes)).map_err(|e| {
+            self.release(n, bytes);
+            back(e.0).unwrap_or_else(|| unreachable!("the job sent is the job given back"))
+        })
     }
 
     /// Counts a job into the backlog: `rows` against its row limit (the worker's tiers
