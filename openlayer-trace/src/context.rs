@@ -1,7 +1,7 @@
 //! The current position in a trace: which trace and which step new steps nest under.
 //!
 //! The position lives in two thread-locals. Synchronous steps set it for their extent;
-//! futures ([`Traced`](crate::Traced), [`WithTrace`]) set it around every `poll` and restore
+//! futures ([`Instrumented`](crate::Instrumented), [`WithTrace`]) set it around every `poll` and restore
 //! it afterwards, so it follows a task across `.await`, under `join!`, and when a
 //! multi-thread runtime moves the task to another worker between polls.
 //!
@@ -290,6 +290,15 @@ pub(crate) fn close_step(step: &OpenStep, end: i64, closing: Closing<'_>) {
     release_locked(&step.trace, st);
 }
 
+/// Marks an open step as stopped before its end (metadata `cancelled: true`), whatever
+/// status it then closes with.
+pub(crate) fn set_cancelled(step: &OpenStep) {
+    let mut st = step.trace.lock();
+    if let Some(rec) = st.steps.get_mut(step.idx as usize) {
+        rec.set_metadata(Cow::Borrowed("cancelled"), "true".into());
+    }
+}
+
 /// Drops one hold on the trace (an open step or a handle) and ships it if complete.
 fn release_locked(
     trace: &Arc<TraceShared>,
@@ -417,15 +426,18 @@ pub struct TraceContext {
 }
 
 impl TraceContext {
+    /// A new hold on `trace` at `step`.
+    pub(crate) fn at(trace: &Arc<TraceShared>, step: u32) -> TraceContext {
+        trace.lock().open += 1;
+        TraceContext {
+            trace: trace.clone(),
+            step,
+        }
+    }
+
     /// The current position, if this thread is inside a trace.
     pub fn current() -> Option<TraceContext> {
-        with_current(|t, s| {
-            t.lock().open += 1;
-            TraceContext {
-                trace: t.clone(),
-                step: s,
-            }
-        })
+        with_current(TraceContext::at)
     }
 
     /// Makes this position current on this thread until the guard is dropped.

@@ -30,6 +30,7 @@ mod diag;
 mod error;
 mod filesink;
 mod flusher;
+mod handle;
 mod id;
 mod json;
 mod kind;
@@ -90,6 +91,7 @@ pub use context::{
     AttachGuard, FutureExt, TraceContext, WithTrace, current_context, spawn, thread,
 };
 pub use error::Error;
+pub use handle::{EnteredStep, StepHandle};
 pub use id::inference_id_for;
 pub use kind::{StepKind, UnknownKind};
 pub use localfile::{LocalEntry, LocalLine, LocalLines, read_local_file};

@@ -52,7 +52,7 @@ pub(crate) fn install_panic_hook() {
     });
 }
 
-fn panic_message() -> Box<str> {
+pub(crate) fn panic_message() -> Box<str> {
     PANIC_MESSAGE
         .try_with(|m| m.borrow().clone())
         .ok()
@@ -64,14 +64,14 @@ fn panic_message() -> Box<str> {
 /// What a step ends with: its output (JSON, in a scratch buffer of this thread's) or its
 /// error. Shared by the guard of a synchronous step and the finisher of an asynchronous one.
 #[derive(Default)]
-struct Ending {
-    output: Option<String>,
-    error: Option<Box<str>>,
+pub(crate) struct Ending {
+    pub(crate) output: Option<String>,
+    pub(crate) error: Option<Box<str>>,
 }
 
 impl Ending {
     /// Records the output, replacing any earlier one.
-    fn output<T: Serialize + ?Sized>(&mut self, value: &T) {
+    pub(crate) fn output<T: Serialize + ?Sized>(&mut self, value: &T) {
         let mut buf = self.output.take().unwrap_or_else(take_scratch);
         buf.clear();
         match write_json(&mut buf, value) {
@@ -83,12 +83,12 @@ impl Ending {
         }
     }
 
-    fn error(&mut self, error: &dyn Display) {
+    pub(crate) fn error(&mut self, error: &dyn Display) {
         self.error = Some(error.to_string().into_boxed_str());
     }
 
     /// Closes `open` at `end` with this ending (or with the panic unwinding through it).
-    fn close(&mut self, open: &OpenStep, end: i64) {
+    pub(crate) fn close(&mut self, open: &OpenStep, end: i64) {
         let output = self.output.take();
         let closing = if std::thread::panicking() {
             Closing {
@@ -538,7 +538,7 @@ impl StepBuilder {
         }
     }
 
-    fn open(self) -> Option<OpenStep> {
+    pub(crate) fn open(self) -> Option<OpenStep> {
         let spec = self.spec();
         let inputs = self.inputs;
         let write_inputs = |buf: &mut String| buf.push_str(inputs.as_deref().unwrap_or_default());

@@ -597,11 +597,13 @@ fn encode_into<R>(
         .iter()
         .find(|(k, _)| k == "output")
         .map(|(_, v)| &**v);
-    let root_output = if root.status == Status::Ok || trace_output.is_some() {
-        trace_output.or(st.output(root))
-    } else {
-        None
-    };
+    // A cancelled root keeps what it produced before it stopped (a stream dropped early).
+    let root_output =
+        if matches!(root.status, Status::Ok | Status::Cancelled) || trace_output.is_some() {
+            trace_output.or(st.output(root))
+        } else {
+            None
+        };
 
     let (mut cost, mut tokens, mut has_cost) = (0.0f64, 0.0f64, false);
     for rec in &st.steps {

@@ -1,0 +1,207 @@
+//! A step that is not tied to a scope or a future: opened now, entered around each piece of
+//! work done for it (a poll, a `next`, a body chunk), possibly on several threads, and closed
+//! explicitly. Streams, iterators, response bodies and client integrations build on it.
+
+use std::fmt::Display;
+use std::marker::PhantomData;
+
+use serde::Serialize;
+
+use crate::clock;
+use crate::context::{self, Closing, Entered, OpenStep, TraceContext};
+use crate::record::Status;
+use crate::step::{Ending, StepBuilder, install_panic_hook, panic_message};
+
+impl StepBuilder {
+    /// Opens the step now, under the current position (or as the root of a new trace), and
+    /// hands it back as a [`StepHandle`] without making it current.
+    ///
+    /// The step lasts until the handle is [finished](StepHandle::finish) or dropped, which
+    /// may be long after this call and on another thread: the handle is `Send`.
+    ///
+    /// ```
+    /// use openlayer_trace::{step, trace};
+    ///
+    /// #[trace]
+    /// fn token(i: u32) -> String { format!("t{i}") }
+    ///
+    /// let mut stream_step = step("generate").start();
+    /// let mut out = String::new();
+    /// for i in 0..3 {
+    ///     // Steps made while producing an item nest under the handle's step.
+    ///     out.push_str(&stream_step.in_scope(|| token(i)));
+    /// }
+    /// stream_step.output(&out);
+    /// stream_step.finish();
+    /// ```
+    pub fn start(self) -> StepHandle {
+        let open = self.open();
+        if open.is_some() {
+            install_panic_hook();
+        }
+        StepHandle {
+            open,
+            ending: Ending::default(),
+        }
+    }
+}
+
+/// An open step owned by a value rather than a scope; made by [`StepBuilder::start`].
+///
+/// - [`enter`](Self::enter) (or [`in_scope`](Self::in_scope)) makes the step current on
+///   this thread for a while, so that steps opened meanwhile nest under it;
+/// - [`output`](Self::output), [`error`](Self::error) and [`metadata`](Self::metadata)
+///   record what it produced (metadata keys that name a field of the step's kind, such as
+///   `model` or `prompt_tokens` on a chat completion, set that field);
+/// - [`finish`](Self::finish) closes it as returned (or failed, when an error was
+///   recorded).
+///
+/// Dropped without `finish`, the step closes as **cancelled** (metadata `cancelled: true`)
+/// with the output recorded so far; dropped while its thread unwinds from a panic, it
+/// closes with the panic message under `Exceptions`. Either way the trace still ships.
+#[must_use = "the step closes (as cancelled) when the handle is dropped"]
+pub struct StepHandle {
+    open: Option<OpenStep>,
+    ending: Ending,
+}
+
+impl std::fmt::Debug for StepHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepHandle")
+            .field("recording", &self.open.is_some())
+            .finish()
+    }
+}
+
+impl StepHandle {
+    /// A handle that records nothing (as when tracing is off).
+    pub fn disabled() -> Self {
+        StepHandle {
+            open: None,
+            ending: Ending::default(),
+        }
+    }
+
+    /// Whether the step is recorded (tracing is on).
+    pub fn is_recording(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Makes the step current on this thread until the guard is dropped (also when the
+    /// thread unwinds). Guards nest; drop them in reverse order.
+    pub fn enter(&self) -> EnteredStep<'_> {
+        EnteredStep {
+            entered: self
+                .open
+                .as_ref()
+                .map(|o| context::enter_ref(&o.trace, o.idx)),
+            _handle: PhantomData,
+        }
+    }
+
+    /// Runs `f` with the step current.
+    pub fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _entered = self.enter();
+        f()
+    }
+
+    /// The step's position, to carry into spawned work ([`TraceContext::wrap`],
+    /// [`TraceContext::attach`]); `None` when not recorded. While the context lives, the
+    /// trace stays open.
+    pub fn context(&self) -> Option<TraceContext> {
+        self.open
+            .as_ref()
+            .map(|o| TraceContext::at(&o.trace, o.idx))
+    }
+
+    /// Records the step's output, replacing any earlier one.
+    pub fn output<T: Serialize + ?Sized>(&mut self, output: &T) {
+        if self.open.is_some() {
+            self.ending.output(output);
+        }
+    }
+
+    /// Records an error: the step closes with output `null` and the error's text under
+    /// its metadata `Exceptions`.
+    pub fn error(&mut self, error: &dyn Display) {
+        if self.open.is_some() {
+            self.ending.error(error);
+        }
+    }
+
+    /// Sets a metadata key of the step, or the field of its kind that the key names (the
+    /// last write wins; `None`/`null` is ignored).
+    pub fn metadata<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) {
+        if let Some(open) = &self.open {
+            crate::update::apply_step(open, vec![(key.to_string(), value)]);
+        }
+    }
+
+    /// Closes the step as returned, with its output (or as failed, when an error was
+    /// recorded).
+    pub fn finish(mut self) {
+        if let Some(open) = self.open.take() {
+            self.ending.close(&open, clock::now());
+        }
+    }
+}
+
+impl Drop for StepHandle {
+    fn drop(&mut self) {
+        let Some(open) = self.open.take() else {
+            return;
+        };
+        let end = clock::now();
+        if std::thread::panicking() {
+            let closing = Closing {
+                status: Status::Panicked,
+                output: None,
+                error: Some(panic_message()),
+            };
+            context::close_step(&open, end, closing);
+            return;
+        }
+        let output = self.ending.output.take();
+        let closing = match self.ending.error.take() {
+            // An error recorded before the end: the step failed, and it also stopped early.
+            Some(error) => {
+                context::set_cancelled(&open);
+                Closing {
+                    status: Status::Error,
+                    output: None,
+                    error: Some(error),
+                }
+            }
+            None => Closing {
+                status: Status::Cancelled,
+                output: output.as_deref(),
+                error: None,
+            },
+        };
+        context::close_step(&open, end, closing);
+        if let Some(buf) = output {
+            crate::record::give_scratch(buf);
+        }
+    }
+}
+
+/// Keeps a [`StepHandle`]'s step current on this thread; see [`StepHandle::enter`].
+#[must_use = "the step stops being current when the guard is dropped"]
+pub struct EnteredStep<'a> {
+    entered: Option<Entered>,
+    _handle: PhantomData<&'a StepHandle>,
+}
+
+impl Drop for EnteredStep<'_> {
+    fn drop(&mut self) {
+        if let Some(e) = self.entered.take() {
+            context::exit(e);
+        }
+    }
+}
+
+impl std::fmt::Debug for EnteredStep<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnteredStep")
+    }
+}

@@ -1,0 +1,204 @@
+//! `StepBuilder::start` and `StepHandle`: a step owned by a value, entered for each piece
+//! of work, moved between threads, and closed by `finish` or, as cancelled, by drop.
+
+use openlayer_trace::testing::{self, CapturedTrace};
+use openlayer_trace::{StepHandle, StepKind, step, trace, update_current_trace};
+use serde_json::{Value, json};
+
+fn shape(step: &Value) -> String {
+    let children: Vec<String> = step["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(shape)
+        .collect();
+    let name = step["name"].as_str().unwrap();
+    if children.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}({})", children.join(", "))
+    }
+}
+
+fn tree(t: &CapturedTrace) -> String {
+    shape(t.root())
+}
+
+#[trace]
+fn piece(i: u32) -> String {
+    format!("p{i}")
+}
+
+#[test]
+fn finished_handle_records_output_and_children() {
+    let (_, traces) = testing::capture(|| {
+        let mut h = step("stream")
+            .kind(StepKind::ChatCompletion)
+            .inputs(&json!({"prompt": "hi"}))
+            .start();
+        assert!(h.is_recording());
+        let mut out = String::new();
+        for i in 0..3 {
+            out.push_str(&h.in_scope(|| piece(i)));
+        }
+        // Outside `in_scope`, nothing is current: a traced call here is a trace of its own.
+        piece(9);
+        h.output(&out);
+        h.metadata("model", "gpt-4o-mini");
+        h.metadata("timeToFirstToken", &12.5);
+        h.finish();
+    });
+    assert_eq!(
+        traces.len(),
+        2,
+        "the handle's trace and the call outside it"
+    );
+    let t = traces
+        .iter()
+        .find(|t| t.root()["name"] == "stream")
+        .unwrap();
+    assert_eq!(tree(t), "stream(piece, piece, piece)");
+    let root = t.root();
+    assert_eq!(root["output"], "p0p1p2");
+    assert_eq!(root["inputs"], json!({"prompt": "hi"}));
+    assert_eq!(root["type"], "chat_completion");
+    assert_eq!(root["model"], "gpt-4o-mini");
+    assert_eq!(root["metadata"]["timeToFirstToken"], 12.5);
+    assert!(root["metadata"].get("cancelled").is_none());
+    assert_eq!(t.row()["output"], "p0p1p2");
+}
+
+#[test]
+fn dropped_handle_closes_as_cancelled_with_partial_output() {
+    let (_, traces) = testing::capture(|| {
+        let mut h = step("stream").start();
+        h.output(&"partial");
+        drop(h);
+    });
+    assert_eq!(traces.len(), 1);
+    let root = traces[0].root();
+    assert_eq!(root["metadata"]["cancelled"], true);
+    assert_eq!(root["output"], "partial");
+}
+
+#[test]
+fn error_then_drop_is_failed_and_cancelled() {
+    let (_, traces) = testing::capture(|| {
+        let mut h = step("stream").start();
+        h.error(&"connection reset");
+        drop(h);
+    });
+    let root = traces[0].root();
+    assert_eq!(root["metadata"]["Exceptions"], "connection reset");
+    assert_eq!(root["metadata"]["cancelled"], true);
+    assert_eq!(root["output"], Value::Null);
+}
+
+#[test]
+fn error_then_finish_is_failed_not_cancelled() {
+    let (_, traces) = testing::capture(|| {
+        let mut h = step("stream").start();
+        h.output(&"ignored");
+        h.error(&"bad item");
+        h.finish();
+    });
+    let root = traces[0].root();
+    assert_eq!(root["metadata"]["Exceptions"], "bad item");
+    assert!(root["metadata"].get("cancelled").is_none());
+    assert_eq!(root["output"], Value::Null);
+}
+
+#[test]
+fn a_handle_nests_under_the_current_step_and_moves_to_another_thread() {
+    let (_, traces) = testing::capture(|| {
+        let _root = step("root").enter();
+        let h = step("producer").start();
+        // The handle's step is not current: the caller's position is unchanged.
+        piece(0);
+        let worker = std::thread::spawn(move || {
+            let mut h = h;
+            let out = h.in_scope(|| piece(1));
+            update_inside(&h);
+            h.output(&out);
+            h.finish();
+        });
+        worker.join().unwrap();
+    });
+    assert_eq!(traces.len(), 1);
+    let t = &traces[0];
+    assert_eq!(tree(t), "root(producer(piece), piece)");
+    assert_eq!(t.inference_id(), "from-the-worker");
+}
+
+fn update_inside(h: &StepHandle) {
+    h.in_scope(|| update_current_trace!(inference_id = "from-the-worker"));
+}
+
+#[test]
+fn the_trace_waits_for_an_open_handle() {
+    let (_, traces) = testing::capture(|| {
+        let h = {
+            let _root = step("root").enter();
+            step("late").start()
+        };
+        // The root has returned, but the handle still holds the trace open.
+        assert!(h.is_recording());
+        h.finish();
+    });
+    assert_eq!(traces.len(), 1);
+    assert_eq!(tree(&traces[0]), "root(late)");
+}
+
+#[test]
+fn context_carries_the_handles_position_into_spawned_work() {
+    let (_, traces) = testing::capture(|| {
+        let h = step("parent").start();
+        let ctx = h.context().expect("recorded");
+        h.finish();
+        std::thread::spawn(move || ctx.in_scope(|| piece(4)))
+            .join()
+            .unwrap();
+    });
+    assert_eq!(traces.len(), 1);
+    assert_eq!(tree(&traces[0]), "parent(piece)");
+}
+
+#[test]
+fn a_panic_while_entered_restores_the_position_and_records_the_message() {
+    let (_, traces) = testing::capture(|| {
+        let h = step("panicky").start();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _e = h.enter();
+            let _keep = &h;
+            panic!("boom in a chunk");
+        }));
+        assert!(r.is_err());
+        // The position was restored: this is a new trace, not a child of the dead step.
+        piece(1);
+    });
+    assert_eq!(traces.len(), 2);
+    let t = traces
+        .iter()
+        .find(|t| t.root()["name"] == "panicky")
+        .unwrap();
+    let exc = t.root()["metadata"]["Exceptions"].as_str().unwrap();
+    assert!(exc.contains("boom in a chunk"), "{exc}");
+    assert!(traces.iter().any(|t| tree(t) == "piece"));
+}
+
+#[test]
+fn disabled_handle_records_nothing() {
+    let mut h = StepHandle::disabled();
+    assert!(!h.is_recording());
+    h.output(&"x");
+    h.metadata("k", &1);
+    assert!(h.context().is_none());
+    h.in_scope(|| ());
+    h.finish();
+}
+
+#[test]
+fn handle_is_send() {
+    fn assert_send<T: Send>() {}
+    assert_send::<StepHandle>();
+}
