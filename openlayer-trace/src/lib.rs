@@ -22,35 +22,21 @@
 // Lets `#[trace]`'s expansion (`::openlayer_trace::...`) resolve inside this crate too.
 extern crate self as openlayer_trace;
 
+mod api;
 mod client;
-mod clock;
 mod config;
 mod context;
-mod diag;
+mod encode;
 mod error;
-mod filesink;
-mod flusher;
-mod id;
-mod json;
-mod kind;
-mod localfile;
-mod manual;
-mod none;
-mod pipeline;
+mod export;
 mod record;
 mod report;
-mod rowupdate;
-mod shape;
-mod spool;
-mod step;
+mod runtime;
 mod transport;
-mod tree;
-mod update;
-mod wire;
+mod util;
 
 #[doc(hidden)]
-#[path = "private.rs"]
-pub mod __private;
+pub use api::macro_support as __private;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
@@ -61,13 +47,13 @@ pub mod __bench {
     /// The 128 random bits of a new step id, as drawn on the hot path.
     #[inline]
     pub fn step_id() -> u128 {
-        crate::id::next_id()
+        crate::util::id::next_id()
     }
 
     /// A step's clock reading (monotonic nanoseconds).
     #[inline]
     pub fn clock_now() -> i64 {
-        crate::clock::now()
+        crate::util::clock::now()
     }
 
     /// Serializes `value` as a step records it (into a reused buffer).
@@ -80,6 +66,13 @@ pub mod __bench {
 
 pub use openlayer_trace_macros::trace;
 
+pub use api::annotate::{
+    current_inference_id, log_context, log_ground_truth, log_output, log_question,
+    update_current_step, update_current_trace,
+};
+pub use api::manual::{ChatCompletion, add_chat_completion_step};
+pub use api::row_update::{update_row, update_row_in};
+pub use api::step::{Instrumented, OutputSink, StepBuilder, StepFinisher, StepGuard, step};
 pub use client::{
     Client, ClientBuilder, InferencePipeline, LlmConfig, Project, PromptMessage, RawStreamConfig,
     RowUpdateConfig, StreamConfig, TabularClassificationConfig, TabularRegressionConfig, TaskType,
@@ -89,17 +82,10 @@ pub use config::{ApiKey, Config, ConfigBuilder, FailureFn, MaskFn, SpoolMode};
 pub use context::{
     AttachGuard, FutureExt, TraceContext, WithTrace, current_context, spawn, thread,
 };
+pub use encode::tree_view::format_trace_tree;
 pub use error::Error;
-pub use id::inference_id_for;
-pub use kind::{StepKind, UnknownKind};
-pub use localfile::{LocalEntry, LocalLine, LocalLines, read_local_file};
-pub use manual::{ChatCompletion, add_chat_completion_step};
-pub use pipeline::{Guard, flush, flush_async, init, init_from_env, stats};
+pub use export::local_file::{LocalEntry, LocalLine, LocalLines, read_local_file};
+pub use record::kind::{StepKind, UnknownKind};
 pub use report::{DeliveryFailure, DeliveryReport, DropReason, Dropped, Stats};
-pub use rowupdate::{update_row, update_row_in};
-pub use step::{Instrumented, OutputSink, StepBuilder, StepFinisher, StepGuard, step};
-pub use tree::format_trace_tree;
-pub use update::{
-    current_inference_id, log_context, log_ground_truth, log_output, log_question,
-    update_current_step, update_current_trace,
-};
+pub use runtime::{Guard, flush, flush_async, init, init_from_env, stats};
+pub use util::id::inference_id_for;

@@ -125,7 +125,7 @@ pub(crate) fn notify(callback: Option<&crate::config::FailureFn>, failure: Deliv
     if let Some(cb) = callback
         && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(&failure))).is_err()
     {
-        crate::diag::warn_limited!("the on_failure callback panicked");
+        crate::util::diag::warn_limited!("the on_failure callback panicked");
     }
 }
 

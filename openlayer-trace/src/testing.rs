@@ -27,8 +27,8 @@ use std::task::{Context, Poll};
 use serde_json::Value;
 
 use crate::context;
-use crate::pipeline::CaptureSink;
-use crate::wire::EncodedRow;
+use crate::encode::EncodedRow;
+use crate::runtime::CaptureSink;
 
 /// A trace as it would have been sent: its pipeline, config and row.
 #[derive(Debug, Clone)]

@@ -20,14 +20,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::encode::row_policy::Shaper;
+use crate::encode::{self, EncodedRow, OutRow, OutUpdate};
 use crate::error::Error;
-use crate::flusher::Flusher;
+use crate::export::openlayer::Flusher;
+use crate::export::spool::{Spool, WalRef};
 use crate::record::CompletedTrace;
 use crate::report::{Counters, DeliveryReport, DropReason, Stats};
-use crate::shape::Shaper;
-use crate::spool::{Spool, WalRef};
 use crate::transport::{Transport, TransportConfig};
-use crate::wire::{self, EncodedRow, OutRow, OutUpdate};
 
 // ---------------------------------------------------------------------------------------
 // Global state
@@ -135,7 +135,7 @@ pub(crate) struct CaptureSink {
 
 impl CaptureSink {
     fn push(&self, trace: &CompletedTrace) {
-        if let Some(row) = wire::encode(trace) {
+        if let Some(row) = encode::encode(trace) {
             self.rows
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -428,14 +428,14 @@ impl Pipeline {
             if let Some(dir) = &config.spool_dir {
                 tracing::info!(target: "openlayer_trace", dir = %dir.display(), "the spool is only used when sending to Openlayer; without an API key it is ignored");
             }
-            let sink = crate::filesink::FileSink::new(&config);
+            let sink = crate::export::local_file::writer::FileSink::new(&config);
             let (counters, budget, shaper) = (counters.clone(), budget.clone(), shaper.clone());
             threads.push(spawn("openlayer-trace", move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_time()
                     .build();
                 match rt {
-                    Ok(rt) => rt.block_on(crate::filesink::run(
+                    Ok(rt) => rt.block_on(crate::export::local_file::writer::run(
                         rx,
                         sink,
                         counters,
@@ -470,7 +470,7 @@ impl Pipeline {
                     config.inference_pipeline_id.clone(),
                 );
                 threads.push(spawn("openlayer-trace-spool", move || {
-                    crate::spool::run_writer(writer_spool, jobs, shaper, default)
+                    crate::export::spool::run_writer(writer_spool, jobs, shaper, default)
                 })?);
                 spool = Some(s);
             }
@@ -569,7 +569,9 @@ impl Pipeline {
                 self.budget.release(bytes, Tier::Queue);
                 c.drop_rows(DropReason::Shutdown, 1);
                 c.settled.fetch_add(1, Relaxed);
-                crate::diag::warn_limited!("a trace completed after shutdown; dropped (counted)");
+                crate::util::diag::warn_limited!(
+                    "a trace completed after shutdown; dropped (counted)"
+                );
             }
         }
     }
@@ -598,7 +600,7 @@ impl Pipeline {
                     drop(e);
                     c.drop_rows(DropReason::Shutdown, 1);
                     c.settled.fetch_add(1, Relaxed);
-                    crate::diag::warn_limited!(
+                    crate::util::diag::warn_limited!(
                         "a row update came after shutdown; dropped (counted)"
                     );
                     return;
@@ -656,7 +658,7 @@ impl Pipeline {
         let Some(row) = OutRow::resolve(row, self.config.inference_pipeline_id.as_deref()) else {
             c.drop_rows(DropReason::NoPipeline, 1);
             c.settled.fetch_add(1, Relaxed);
-            crate::diag::warn_limited!(
+            crate::util::diag::warn_limited!(
                 "no inference pipeline id is configured; traces are dropped (counted)"
             );
             return;
@@ -700,7 +702,9 @@ impl Pipeline {
     fn drop_full(&self) {
         self.counters.drop_rows(DropReason::QueueFull, 1);
         self.counters.settled.fetch_add(1, Relaxed);
-        crate::diag::warn_limited!("the trace queue is full; trace dropped (counted in stats)");
+        crate::util::diag::warn_limited!(
+            "the trace queue is full; trace dropped (counted in stats)"
+        );
     }
 
     fn report(&self, complete: bool) -> DeliveryReport {
@@ -952,7 +956,7 @@ mod tests {
     use std::cell::Cell;
 
     use super::*;
-    use crate::kind::StepKind;
+    use crate::record::kind::StepKind;
     use crate::record::{NO_PARENT, StepRecord, TraceState};
 
     /// Counts, per thread, the heap bytes live allocations take (`heap_bytes` of each

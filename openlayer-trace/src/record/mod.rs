@@ -2,6 +2,8 @@
 //! inside the [`TraceState`] of its trace. Building the tree and encoding JSON happen later,
 //! off the application's threads (see `wire`).
 
+pub(crate) mod kind;
+
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex};
@@ -9,8 +11,8 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::diag::warn_limited;
-use crate::kind::StepKind;
+use crate::record::kind::StepKind;
+use crate::util::diag::warn_limited;
 
 /// A JSON text we produced ourselves (so it is known to be valid), embedded verbatim.
 pub(crate) type Json = Box<str>;
@@ -69,7 +71,7 @@ pub(crate) fn write_json<T: Serialize + ?Sized>(
     // SAFETY: serde_json writes valid UTF-8 only, and on error the partial write is cut
     // off at `mark`, a char boundary, before the string is used again.
     let bytes = unsafe { out.as_mut_vec() };
-    let r = crate::json::to_vec(bytes, value);
+    let r = crate::util::json::to_vec(bytes, value);
     if r.is_err() {
         bytes.truncate(mark);
     }
@@ -140,7 +142,7 @@ pub(crate) struct StepExtra {
 impl StepRecord {
     pub(crate) fn new(name: Cow<'static, str>, kind: StepKind, parent: u32, start: i64) -> Self {
         StepRecord {
-            id: crate::id::next_id(),
+            id: crate::util::id::next_id(),
             parent,
             name,
             kind,
@@ -201,7 +203,7 @@ impl StepRecord {
     /// counts), each allocation as the allocator hands it out (`pipeline::heap_bytes`).
     #[inline]
     pub(crate) fn approx_bytes(&self) -> usize {
-        use crate::pipeline::cow_heap_bytes;
+        use crate::runtime::cow_heap_bytes;
         // Most steps hold nothing of their own but their name.
         cow_heap_bytes(&self.name) + self.extra.as_ref().map_or(0, |e| e.approx_bytes())
     }
@@ -210,7 +212,7 @@ impl StepRecord {
 impl StepExtra {
     #[cold]
     fn approx_bytes(&self) -> usize {
-        use crate::pipeline::{cow_heap_bytes, heap_bytes};
+        use crate::runtime::{cow_heap_bytes, heap_bytes};
         heap_bytes(size_of::<StepExtra>())
             + self
                 .ground_truth
@@ -260,7 +262,7 @@ pub(crate) struct TraceState {
     pub pipeline_id: Option<Cow<'static, str>>,
     /// Row updates of this trace's own row, made before it completed: they are handed off
     /// right behind it (see `crate::update_row`).
-    pub updates: Vec<crate::wire::OutUpdate>,
+    pub updates: Vec<crate::encode::OutUpdate>,
 }
 
 impl TraceState {
@@ -294,7 +296,7 @@ impl TraceState {
     /// list and the text buffer by capacity, every string and list the steps and the trace
     /// own, each allocation as the allocator hands it out (`pipeline::heap_bytes`).
     pub(crate) fn approx_bytes(&self) -> usize {
-        use crate::pipeline::{cow_heap_bytes, heap_bytes};
+        use crate::runtime::{cow_heap_bytes, heap_bytes};
         let json = |j: &Option<Json>| j.as_ref().map_or(0, |j| heap_bytes(j.len()));
         heap_bytes(self.steps.capacity() * size_of::<StepRecord>())
             + self
@@ -316,11 +318,11 @@ impl TraceState {
             + json(&self.context)
             + json(&self.question)
             + self.pipeline_id.as_ref().map_or(0, cow_heap_bytes)
-            + heap_bytes(self.updates.capacity() * size_of::<crate::wire::OutUpdate>())
+            + heap_bytes(self.updates.capacity() * size_of::<crate::encode::OutUpdate>())
             + self
                 .updates
                 .iter()
-                .map(crate::wire::OutUpdate::size)
+                .map(crate::encode::OutUpdate::size)
                 .sum::<usize>()
     }
 }
@@ -542,18 +544,18 @@ impl<T> Drop for StateGuard<'_, T> {
 #[derive(Debug)]
 pub(crate) struct TraceShared {
     state: StateLock<TraceState>,
-    /// The trace's clock anchor ([`clock::now`](crate::clock::now) nanoseconds): all step
+    /// The trace's clock anchor ([`clock::now`](crate::util::clock::now) nanoseconds): all step
     /// times are offsets from it.
     pub anchor: i64,
     /// The wall-clock time of the anchor, in nanoseconds since the Unix epoch.
     pub anchor_unix_ns: i128,
     /// Where the trace goes instead of the pipeline (test capture).
-    pub capture: Option<Arc<crate::pipeline::CaptureSink>>,
+    pub capture: Option<Arc<crate::runtime::CaptureSink>>,
 }
 
 impl TraceShared {
     /// A new trace whose clock anchor is `anchor`, a clock reading taken just now.
-    pub(crate) fn new(capture: Option<Arc<crate::pipeline::CaptureSink>>, anchor: i64) -> Self {
+    pub(crate) fn new(capture: Option<Arc<crate::runtime::CaptureSink>>, anchor: i64) -> Self {
         let (steps, text) = reused_buffers();
         let state = TraceState {
             steps,
@@ -563,17 +565,13 @@ impl TraceShared {
         TraceShared {
             state: StateLock::new(state),
             anchor,
-            anchor_unix_ns: crate::clock::unix_ns(anchor),
+            anchor_unix_ns: crate::util::clock::unix_ns(anchor),
             capture,
         }
     }
 
     /// Makes a spent trace (completed, handed off, held by nothing else) a new one.
-    pub(crate) fn reset(
-        &mut self,
-        capture: Option<Arc<crate::pipeline::CaptureSink>>,
-        anchor: i64,
-    ) {
+    pub(crate) fn reset(&mut self, capture: Option<Arc<crate::runtime::CaptureSink>>, anchor: i64) {
         let (steps, text) = reused_buffers();
         *self.state.get_mut() = TraceState {
             steps,
@@ -581,7 +579,7 @@ impl TraceShared {
             ..TraceState::default()
         };
         self.anchor = anchor;
-        self.anchor_unix_ns = crate::clock::unix_ns(anchor);
+        self.anchor_unix_ns = crate::util::clock::unix_ns(anchor);
         self.capture = capture;
     }
 
@@ -610,7 +608,7 @@ impl TraceShared {
 
     /// Nanoseconds from the anchor to a wall-clock time.
     pub(crate) fn offset_of_wall(&self, t: SystemTime) -> i64 {
-        (crate::clock::unix_ns_of(t) - self.anchor_unix_ns) as i64
+        (crate::util::clock::unix_ns_of(t) - self.anchor_unix_ns) as i64
     }
 }
 

@@ -50,12 +50,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::{Config, FailureFn, SpoolMode};
+use crate::encode::row_policy::Shaper;
+use crate::encode::{OutRow, OutUpdate};
 use crate::error::Error;
-use crate::pipeline::{Budget, Completion, Tier, heap_bytes};
 use crate::record::CompletedTrace;
 use crate::report::{Counters, DeliveryFailure, DropReason, notify};
-use crate::shape::Shaper;
-use crate::wire::{OutRow, OutUpdate};
+use crate::runtime::{Budget, Completion, Tier, heap_bytes};
 
 /// The bookkeeping's subdirectory: the spool directory itself holds only segments, so
 /// that it reads as a set of local trace files (`openlayer show DIR`).
@@ -680,7 +680,7 @@ impl Spool {
         let n = line.len() as u64;
         if self.total.load(SeqCst) + n > self.max_bytes {
             self.request_maintenance();
-            crate::diag::warn_limited!(
+            crate::util::diag::warn_limited!(
                 dir = %self.dir.display(),
                 "the spool is full; traces are sent without being written ahead"
             );
@@ -714,7 +714,7 @@ impl Spool {
                 self.rotate_requested.store(true, SeqCst);
                 self.maintain_requested.store(true, SeqCst);
                 let _ = self.jobs.send(Job::Maintain);
-                crate::diag::warn_limited!(
+                crate::util::diag::warn_limited!(
                     dir = %self.dir.display(),
                     error = %e,
                     "could not write a trace ahead to the spool"
@@ -772,7 +772,7 @@ impl Spool {
             match private_file(OpenOptions::new().append(true).create(true)).open(&ack_path) {
                 Ok(f) => seg.ack_file = Some(f),
                 Err(e) => {
-                    crate::diag::warn_limited!(path = %ack_path.display(), error = %e, "could not record delivered rows in the spool; they may be sent again after a restart");
+                    crate::util::diag::warn_limited!(path = %ack_path.display(), error = %e, "could not record delivered rows in the spool; they may be sent again after a restart");
                     return;
                 }
             }
@@ -783,7 +783,7 @@ impl Spool {
                     self.total.fetch_add(text.len() as u64, SeqCst);
                 }
                 Err(e) => {
-                    crate::diag::warn_limited!(path = %ack_path.display(), error = %e, "could not record delivered rows in the spool; they may be sent again after a restart");
+                    crate::util::diag::warn_limited!(path = %ack_path.display(), error = %e, "could not record delivered rows in the spool; they may be sent again after a restart");
                 }
             }
         }
@@ -817,7 +817,7 @@ impl Spool {
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => {
-                        crate::diag::warn_limited!(path = %path.display(), error = %e, "could not remove a spool file");
+                        crate::util::diag::warn_limited!(path = %path.display(), error = %e, "could not remove a spool file");
                     }
                 }
             }
@@ -896,7 +896,7 @@ impl Spool {
                 Ok(None) if order.held => return None,
                 Ok(None) => earlier |= busy,
                 Err(e) => {
-                    crate::diag::warn_limited!(path = %self.data_path(seq).display(), error = %e, "could not read a spool file");
+                    crate::util::diag::warn_limited!(path = %self.data_path(seq).display(), error = %e, "could not read a spool file");
                 }
             }
         }
@@ -1060,12 +1060,12 @@ impl Spool {
         }
         if unreadable > 0 {
             self.counters.drop_spooled(DropReason::Encoding, unreadable);
-            crate::diag::warn_limited!(path = %path.display(), lines = unreadable, "unreadable lines in the spool were skipped (counted)");
+            crate::util::diag::warn_limited!(path = %path.display(), lines = unreadable, "unreadable lines in the spool were skipped (counted)");
         }
         if no_pipeline > 0 {
             self.counters
                 .drop_spooled(DropReason::NoPipeline, no_pipeline);
-            crate::diag::warn_limited!(path = %path.display(), rows = no_pipeline, "spooled rows without an inference pipeline id were dropped (counted)");
+            crate::util::diag::warn_limited!(path = %path.display(), rows = no_pipeline, "spooled rows without an inference pipeline id were dropped (counted)");
         }
         if !to_ack.is_empty() {
             self.ack_locked(index, seq, &to_ack);
@@ -1124,7 +1124,7 @@ impl Spool {
                     self.delete_if_done(&mut index, seq);
                 }
                 Err(e) => {
-                    crate::diag::warn_limited!(path = %self.data_path(seq).display(), error = %e, "could not read a spool file");
+                    crate::util::diag::warn_limited!(path = %self.data_path(seq).display(), error = %e, "could not read a spool file");
                 }
             }
         }
@@ -1158,7 +1158,7 @@ impl Spool {
         if evicted > 0 {
             self.counters
                 .drop_spooled(DropReason::SpoolEvicted, evicted);
-            crate::diag::warn_limited!(dir = %self.dir.display(), rows = evicted, "the spool is full; its oldest rows were evicted (counted)");
+            crate::util::diag::warn_limited!(dir = %self.dir.display(), rows = evicted, "the spool is full; its oldest rows were evicted (counted)");
             notify(
                 self.on_failure.as_ref(),
                 DeliveryFailure {
@@ -1185,7 +1185,7 @@ impl Spool {
         let (live, file) = match self.new_segment() {
             Ok(s) => s,
             Err(e) => {
-                crate::diag::warn_limited!(dir = %self.dir.display(), error = %e, "could not create a spool file");
+                crate::util::diag::warn_limited!(dir = %self.dir.display(), error = %e, "could not create a spool file");
                 return;
             }
         };
@@ -1308,7 +1308,7 @@ impl Writer<'_> {
             None => {
                 c.drop_rows(DropReason::NoPipeline, 1);
                 c.settled.fetch_add(1, Relaxed);
-                crate::diag::warn_limited!(
+                crate::util::diag::warn_limited!(
                     "no inference pipeline id is configured; traces are dropped (counted)"
                 );
             }
@@ -1356,7 +1356,7 @@ impl Writer<'_> {
                 let c = self.counters();
                 c.drop_rows(reason, n);
                 c.settled.fetch_add(n, Relaxed);
-                crate::diag::warn_limited!(dir = %self.spool.dir.display(), error = %e, rows = n, "could not write to the spool; rows dropped (counted)");
+                crate::util::diag::warn_limited!(dir = %self.spool.dir.display(), error = %e, rows = n, "could not write to the spool; rows dropped (counted)");
                 notify(
                     self.spool.on_failure.as_ref(),
                     DeliveryFailure {
@@ -1440,7 +1440,7 @@ impl Writer<'_> {
             && c.dirty
         {
             if let Err(e) = c.file.sync_data() {
-                crate::diag::warn_limited!(dir = %self.spool.dir.display(), error = %e, "could not sync the spool");
+                crate::util::diag::warn_limited!(dir = %self.spool.dir.display(), error = %e, "could not sync the spool");
             }
             c.dirty = false;
         }
@@ -1639,7 +1639,9 @@ mod tests {
             let path = e.unwrap().path();
             if path.is_file() {
                 assert_eq!(path.extension().unwrap(), DATA_EXT);
-                let lines: Vec<_> = crate::localfile::read_local_file(&path).unwrap().collect();
+                let lines: Vec<_> = crate::export::local_file::read_local_file(&path)
+                    .unwrap()
+                    .collect();
                 assert!(lines.iter().all(|l| l.line.is_ok()), "{lines:?}");
                 assert_eq!(lines.len(), 3);
             }

@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::context::{self, OpenStep};
-use crate::diag;
 use crate::record::{Json, TraceState, to_json, upsert};
+use crate::util::diag;
 
 /// The text of a JSON value used as an id: a string's contents, else the JSON itself.
 fn id_text(json: &str) -> Box<str> {
@@ -57,7 +57,7 @@ pub(crate) fn apply_step_json(open: &OpenStep, updates: Vec<(String, Json)>) {
 pub(crate) fn apply_step<T: Serialize + ?Sized>(open: &OpenStep, updates: Vec<(String, &T)>) {
     let encoded = updates
         .into_iter()
-        .filter(|(_, v)| !crate::none::is_none(*v))
+        .filter(|(_, v)| !crate::api::none_probe::is_none(*v))
         .filter_map(|(k, v)| Some((k, to_json(v)?)))
         .collect();
     apply_step_json(open, encoded);
@@ -105,7 +105,7 @@ impl Update {
 
     /// Adds one key. `None` is ignored; NaN and ±inf are kept, as `null`.
     pub fn set<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) {
-        if crate::none::is_none(value) {
+        if crate::api::none_probe::is_none(value) {
             return;
         }
         if let Some(v) = to_json(value) {
@@ -233,7 +233,7 @@ pub fn log_question<T: Serialize + ?Sized>(question: &T) {
 /// Sets the trace's ground truth: the root step's `groundTruth` and the row's
 /// `groundTruth` column.
 pub fn log_ground_truth<T: Serialize + ?Sized>(ground_truth: &T) {
-    if crate::none::is_none(ground_truth) {
+    if crate::api::none_probe::is_none(ground_truth) {
         return;
     }
     let Some(json) = to_json(ground_truth) else {
@@ -267,7 +267,10 @@ pub fn current_inference_id() -> Option<String> {
         let st = t.lock();
         match &st.inference_id {
             Some(id) => Some(id.to_string()),
-            None => st.steps.first().map(|root| crate::id::uuid_v4(root.id)),
+            None => st
+                .steps
+                .first()
+                .map(|root| crate::util::id::uuid_v4(root.id)),
         }
     })
     .flatten()
@@ -298,9 +301,9 @@ pub fn current_inference_id() -> Option<String> {
 #[macro_export]
 macro_rules! update_current_trace {
     ($($key:tt = $value:expr),* $(,)?) => {{
-        let mut __ol_update = $crate::__private::Update::trace();
+        let mut __ol_update = $crate::api::macro_support::Update::trace();
         if __ol_update.is_active() {
-            $( __ol_update.set($crate::__private::key!($key), &$value); )*
+            $( __ol_update.set($crate::api::macro_support::key!($key), &$value); )*
         }
         __ol_update.apply();
     }};
@@ -323,9 +326,9 @@ macro_rules! update_current_trace {
 #[macro_export]
 macro_rules! update_current_step {
     ($($key:tt = $value:expr),* $(,)?) => {{
-        let mut __ol_update = $crate::__private::Update::step();
+        let mut __ol_update = $crate::api::macro_support::Update::step();
         if __ol_update.is_active() {
-            $( __ol_update.set($crate::__private::key!($key), &$value); )*
+            $( __ol_update.set($crate::api::macro_support::key!($key), &$value); )*
         }
         __ol_update.apply();
     }};

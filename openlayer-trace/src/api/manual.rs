@@ -6,10 +6,10 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 
-use crate::clock;
 use crate::context::{self, Closing, Start, StepSpec};
-use crate::kind::StepKind;
+use crate::record::kind::StepKind;
 use crate::record::{Status, to_json};
+use crate::util::clock;
 
 /// A chat completion to record as a step; see [`add_chat_completion_step`].
 ///

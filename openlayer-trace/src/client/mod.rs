@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::localfile::{self, LocalLine};
+use crate::export::local_file::{self as localfile, LocalLine};
 use crate::transport::{ApiRequest, ApiResponse, Transport, TransportConfig};
 
 use configs::json_kind;

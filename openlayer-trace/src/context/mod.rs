@@ -17,11 +17,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::clock;
-use crate::diag::warn_limited;
-use crate::kind::StepKind;
-use crate::pipeline::{self, CaptureSink};
+use crate::record::kind::StepKind;
 use crate::record::{CompletedTrace, NO_PARENT, Status, StepRecord, TraceShared, with_scratch};
+use crate::runtime::{self, CaptureSink};
+use crate::util::clock;
+use crate::util::diag::warn_limited;
 
 /// This thread's position: the current trace and step, and the test capture (if any).
 /// One thread-local, so that a step checks its state once.
@@ -164,7 +164,7 @@ fn parent() -> Option<Parent> {
     match found {
         Ok(Some(parent)) => Some(parent),
         // No current trace and no capture: a new trace is recorded when tracing is on.
-        Ok(None) => pipeline::tracing_enabled().then_some(Parent::Root(None)),
+        Ok(None) => runtime::tracing_enabled().then_some(Parent::Root(None)),
         Err(_) => None,
     }
 }
@@ -306,7 +306,7 @@ fn release_locked(
             state,
             anchor_unix_ns: trace.anchor_unix_ns,
         };
-        pipeline::submit(done, trace.capture.as_ref());
+        runtime::submit(done, trace.capture.as_ref());
     }
 }
 
