@@ -99,7 +99,9 @@ fn capture_inputs(buf: &mut String, inputs: impl FnOnce(&mut InputWriter)) {
 /// Opens a synchronous step and makes it current. `inputs` runs only when recording.
 #[inline]
 pub fn enter_sync(meta: &'static StepMeta, inputs: impl FnOnce(&mut InputWriter)) -> StepGuard {
-    let open = context::open_step(meta.spec(), Start::Now, |buf| capture_inputs(buf, inputs));
+    let open = context::open_step(meta.spec(), Start::Now, crate::runtime::lazy_init, |buf| {
+        capture_inputs(buf, inputs)
+    });
     StepGuard::enter(open)
 }
 
@@ -117,9 +119,12 @@ pub struct AsyncStart(Option<OpenStep>);
 /// Opens the step of an `async fn` under the current position (without changing it).
 #[inline]
 pub fn begin_async(meta: &'static StepMeta, inputs: impl FnOnce(&mut InputWriter)) -> AsyncStart {
-    AsyncStart(context::open_step(meta.spec(), Start::Now, |buf| {
-        capture_inputs(buf, inputs)
-    }))
+    AsyncStart(context::open_step(
+        meta.spec(),
+        Start::Now,
+        crate::runtime::lazy_init,
+        |buf| capture_inputs(buf, inputs),
+    ))
 }
 
 /// Runs the body of an `async fn` in its step.

@@ -116,7 +116,12 @@ pub fn add_chat_completion_step(completion: ChatCompletion) {
         })
     });
     let write_inputs = |buf: &mut String| buf.push_str(inputs.as_deref().unwrap_or_default());
-    let Some(open) = context::open_step(spec, Start::At(start), write_inputs) else {
+    let Some(open) = context::open_step(
+        spec,
+        Start::At(start),
+        crate::runtime::lazy_init,
+        write_inputs,
+    ) else {
         return;
     };
     let tokens = completion.tokens.or(

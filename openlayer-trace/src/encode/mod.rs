@@ -854,7 +854,7 @@ impl OutRow {
 
     /// Heap bytes its strings hold (see `pipeline::heap_bytes`), plus its own size.
     pub(crate) fn held_bytes(&self) -> usize {
-        use crate::runtime::heap_bytes;
+        use crate::util::heap::heap_bytes;
         size_of::<OutRow>()
             + heap_bytes(self.pipeline.capacity())
             + heap_bytes(self.config.capacity())
@@ -907,7 +907,7 @@ impl OutUpdate {
     /// Bytes it holds in memory (its strings, as the allocator hands them out, and its
     /// own size): what it counts in the memory budget.
     pub(crate) fn size(&self) -> usize {
-        use crate::runtime::heap_bytes;
+        use crate::util::heap::heap_bytes;
         size_of::<OutUpdate>()
             + heap_bytes(self.pipeline.as_ref().map_or(0, String::capacity))
             + heap_bytes(self.inference_id.capacity())

@@ -3,6 +3,7 @@
 //! off the application's threads (see `wire`).
 
 pub(crate) mod kind;
+pub(crate) mod sink;
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
@@ -203,7 +204,7 @@ impl StepRecord {
     /// counts), each allocation as the allocator hands it out (`pipeline::heap_bytes`).
     #[inline]
     pub(crate) fn approx_bytes(&self) -> usize {
-        use crate::runtime::cow_heap_bytes;
+        use crate::util::heap::cow_heap_bytes;
         // Most steps hold nothing of their own but their name.
         cow_heap_bytes(&self.name) + self.extra.as_ref().map_or(0, |e| e.approx_bytes())
     }
@@ -212,7 +213,7 @@ impl StepRecord {
 impl StepExtra {
     #[cold]
     fn approx_bytes(&self) -> usize {
-        use crate::runtime::{cow_heap_bytes, heap_bytes};
+        use crate::util::heap::{cow_heap_bytes, heap_bytes};
         heap_bytes(size_of::<StepExtra>())
             + self
                 .ground_truth
@@ -296,7 +297,7 @@ impl TraceState {
     /// list and the text buffer by capacity, every string and list the steps and the trace
     /// own, each allocation as the allocator hands it out (`pipeline::heap_bytes`).
     pub(crate) fn approx_bytes(&self) -> usize {
-        use crate::runtime::{cow_heap_bytes, heap_bytes};
+        use crate::util::heap::{cow_heap_bytes, heap_bytes};
         let json = |j: &Option<Json>| j.as_ref().map_or(0, |j| heap_bytes(j.len()));
         heap_bytes(self.steps.capacity() * size_of::<StepRecord>())
             + self
@@ -550,12 +551,15 @@ pub(crate) struct TraceShared {
     /// The wall-clock time of the anchor, in nanoseconds since the Unix epoch.
     pub anchor_unix_ns: i128,
     /// Where the trace goes instead of the pipeline (test capture).
-    pub capture: Option<Arc<crate::runtime::CaptureSink>>,
+    pub capture: Option<Arc<dyn crate::record::sink::TraceSink>>,
 }
 
 impl TraceShared {
     /// A new trace whose clock anchor is `anchor`, a clock reading taken just now.
-    pub(crate) fn new(capture: Option<Arc<crate::runtime::CaptureSink>>, anchor: i64) -> Self {
+    pub(crate) fn new(
+        capture: Option<Arc<dyn crate::record::sink::TraceSink>>,
+        anchor: i64,
+    ) -> Self {
         let (steps, text) = reused_buffers();
         let state = TraceState {
             steps,
@@ -571,7 +575,11 @@ impl TraceShared {
     }
 
     /// Makes a spent trace (completed, handed off, held by nothing else) a new one.
-    pub(crate) fn reset(&mut self, capture: Option<Arc<crate::runtime::CaptureSink>>, anchor: i64) {
+    pub(crate) fn reset(
+        &mut self,
+        capture: Option<Arc<dyn crate::record::sink::TraceSink>>,
+        anchor: i64,
+    ) {
         let (steps, text) = reused_buffers();
         *self.state.get_mut() = TraceState {
             steps,

@@ -3,5 +3,7 @@
 
 pub(crate) mod clock;
 pub(crate) mod diag;
+pub(crate) mod heap;
 pub(crate) mod id;
 pub(crate) mod json;
+pub(crate) mod signal;

@@ -369,7 +369,9 @@ impl<F: Future> Future for Instrumented<F> {
                 let write_inputs = |buf: &mut String| {
                     buf.push_str(inputs.as_deref().unwrap_or_default());
                 };
-                if let Some(open) = context::open_step(spec, Start::Now, write_inputs) {
+                if let Some(open) =
+                    context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs)
+                {
                     if !metadata.is_empty() {
                         crate::api::annotate::apply_step_json(&open, metadata);
                     }
@@ -542,7 +544,7 @@ impl StepBuilder {
         let spec = self.spec();
         let inputs = self.inputs;
         let write_inputs = |buf: &mut String| buf.push_str(inputs.as_deref().unwrap_or_default());
-        let open = context::open_step(spec, Start::Now, write_inputs)?;
+        let open = context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs)?;
         if !self.metadata.is_empty() {
             crate::api::annotate::apply_step_json(&open, self.metadata);
         }

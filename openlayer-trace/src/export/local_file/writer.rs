@@ -14,8 +14,9 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::encode::row_policy::Shaper;
 use crate::encode::{self, OutRow};
+use crate::export::budget::{Budget, Tier};
+use crate::export::protocol::Msg;
 use crate::report::{Counters, DropReason};
-use crate::runtime::{Budget, Msg, Tier};
 
 /// Most rows written at once.
 const MAX_WRITE_ROWS: usize = 512;
@@ -122,7 +123,7 @@ pub(crate) async fn run(
         }
         sink.write(&mut lines, &counters);
         // See `pipeline::WORKER_PACE`.
-        tokio::time::sleep(crate::runtime::WORKER_PACE).await;
+        tokio::time::sleep(crate::export::protocol::WORKER_PACE).await;
     }
     sink.write(&mut lines, &counters);
     sink.flush();

@@ -35,10 +35,13 @@ use crate::config::{Config, FailureFn};
 use crate::encode::row_policy::Shaper;
 use crate::encode::{self, OutRow, OutUpdate};
 use crate::error::Error;
+use crate::export::budget::{Budget, Tier};
+use crate::export::protocol::Msg;
 use crate::export::spool::{ReplayBatch, ReplayEnd, Spool, WalRef};
 use crate::report::{Counters, DeliveryFailure, DropReason, notify};
-use crate::runtime::{Budget, Completion, Msg, Tier, heap_bytes};
 use crate::transport::{ApiRequest, SendOutcome, Transport, is_retryable_status};
+use crate::util::heap::heap_bytes;
+use crate::util::signal::Completion;
 
 /// The longest wait between two replay probes.
 const MAX_REPLAY_BACKOFF: Duration = Duration::from_secs(60);
@@ -366,7 +369,7 @@ impl Flusher {
             }
             if std::mem::take(&mut paced) && self.shutdown.is_none() {
                 // See `pipeline::WORKER_PACE`; requests in flight carry on meanwhile.
-                tokio::time::sleep(crate::runtime::WORKER_PACE).await;
+                tokio::time::sleep(crate::export::protocol::WORKER_PACE).await;
             }
             let wake = self.next_wake();
             tokio::select! {

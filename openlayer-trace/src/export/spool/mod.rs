@@ -53,9 +53,11 @@ use crate::config::{Config, FailureFn, SpoolMode};
 use crate::encode::row_policy::Shaper;
 use crate::encode::{OutRow, OutUpdate};
 use crate::error::Error;
+use crate::export::budget::{Budget, Tier};
 use crate::record::CompletedTrace;
 use crate::report::{Counters, DeliveryFailure, DropReason, notify};
-use crate::runtime::{Budget, Completion, Tier, heap_bytes};
+use crate::util::heap::heap_bytes;
+use crate::util::signal::Completion;
 
 /// The bookkeeping's subdirectory: the spool directory itself holds only segments, so
 /// that it reads as a set of local trace files (`openlayer show DIR`).
