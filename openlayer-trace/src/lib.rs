@@ -17,6 +17,51 @@
 //!
 //! answer("What is the capital of France?");
 //! ```
+//!
+//! # The map of the crate
+//!
+//! A traced call records into memory and hands the completed trace down one seam; the
+//! tree building, JSON encoding and I/O happen on the background worker:
+//!
+//! ```text
+//!  user code, #[trace]
+//!        │
+//!   api/ ─────────► context/ ──────► record/ ── TraceSink ──┐   (the application's threads)
+//!   (macro support,   (position,       (steps, traces,        │
+//!    step guards,      propagation)     buffer pool)          │
+//!    updates)                                                 ▼
+//!                     export/ (queue, budget) ──► encode/ (rows, policy, framing)
+//!                        │                                    (the worker thread)
+//!                        ├──► export/local_file/  (no API key: the local trace file)
+//!                        └──► export/openlayer/ ──► transport/ (HTTP) ──► Openlayer
+//!                                   │
+//!                                   └──► export/spool/ (the disk, when configured)
+//!
+//!   runtime/: the composition root (global state, lazy start, init, Guard, flush, stats)
+//!   client/:  the explicit data API, on transport/
+//! ```
+//!
+//! Each folder imports only from the folders its row names (and from itself); the test
+//! `tests/tests/layering.rs` reads this table and fails on any other import, and on any
+//! import cycle between files:
+//!
+//! | module | may import from |
+//! | --- | --- |
+//! | `util/` | - |
+//! | `error.rs` | - |
+//! | `report.rs` | `util/` |
+//! | `config.rs` | `util/`, `error.rs`, `report.rs` |
+//! | `record/` | `util/` |
+//! | `context/` | `util/`, `record/` |
+//! | `encode/` | `util/`, `record/`, `config.rs`, `report.rs` |
+//! | `transport/` | `util/`, `error.rs`, `config.rs` |
+//! | `export/` | `util/`, `error.rs`, `report.rs`, `config.rs`, `record/`, `encode/`, `transport/` |
+//! | `runtime/` | `util/`, `error.rs`, `report.rs`, `config.rs`, `record/`, `encode/`, `export/`, `transport/` |
+//! | `client/` | `util/`, `error.rs`, `config.rs`, `encode/`, `export/`, `transport/` |
+//! | `api/` | `util/`, `error.rs`, `report.rs`, `config.rs`, `record/`, `context/`, `encode/`, `runtime/`, `client/` |
+//! | `testing.rs` | `util/`, `record/`, `context/`, `encode/`, `export/` |
+//!
+//! `lib.rs` itself only declares the modules and re-exports the public API.
 #![warn(missing_docs)]
 
 // Lets `#[trace]`'s expansion (`::openlayer_trace::...`) resolve inside this crate too.

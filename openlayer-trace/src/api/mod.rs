@@ -2,6 +2,7 @@
 
 pub(crate) mod annotate;
 pub mod macro_support;
+mod macros;
 pub(crate) mod manual;
 pub(crate) mod none_probe;
 pub(crate) mod row_update;

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::client::{RowUpdateConfig, check_row_update};
 use crate::context;
-use crate::encode::OutUpdate;
+use crate::record::row_update::RowUpdate;
 
 /// Updates the row with `inference_id` in the configured inference pipeline: sets the
 /// columns of `row` (a JSON object), with `config` naming which of them hold the ground
@@ -84,7 +84,7 @@ fn queue(
     }
     let config = config.filter(|c| !c.is_empty());
     let checked = match pipeline_id {
-        Some(p) if p.trim().is_empty() => Err(crate::Error::InvalidInput(
+        Some(p) if p.trim().is_empty() => Err(crate::error::Error::InvalidInput(
             "the pipeline id must not be empty".into(),
         )),
         _ => check_row_update(inference_id, &row, config.as_ref()).map(|_| ()),
@@ -95,7 +95,7 @@ fn queue(
         return;
     }
     let config = config.and_then(|c| serde_json::to_string(&c).ok());
-    let update = OutUpdate {
+    let update = RowUpdate {
         pipeline: pipeline_id.map(str::to_string),
         inference_id: inference_id.to_string(),
         row: row.to_string(),

@@ -8,6 +8,7 @@ pub(crate) mod tree_view;
 use std::borrow::Cow;
 use std::cell::Cell;
 
+use crate::record::row_update::RowUpdate;
 use crate::record::{CompletedTrace, NO_PARENT, Status, StepRecord};
 use crate::util::json::push_str;
 
@@ -863,20 +864,7 @@ impl OutRow {
     }
 }
 
-/// A row update on its way out of the process (see `crate::update_row`).
-#[derive(Debug, Clone)]
-pub(crate) struct OutUpdate {
-    /// The inference pipeline of the row; `None` for the configured default.
-    pub pipeline: Option<String>,
-    /// The `inferenceId` of the row to update.
-    pub inference_id: String,
-    /// The compact JSON of the columns to set (an object).
-    pub row: String,
-    /// The compact JSON of the row-update config, when there is one.
-    pub config: Option<String>,
-}
-
-impl OutUpdate {
+impl RowUpdate {
     /// The body of `PUT .../rows?inferenceId=..`: `{"row": ..., "config": ...}`, `config`
     /// omitted when there is none.
     pub(crate) fn request_body(&self) -> String {
@@ -902,17 +890,6 @@ impl OutUpdate {
         }
         out.push('}');
         out
-    }
-
-    /// Bytes it holds in memory (its strings, as the allocator hands them out, and its
-    /// own size): what it counts in the memory budget.
-    pub(crate) fn size(&self) -> usize {
-        use crate::util::heap::heap_bytes;
-        size_of::<OutUpdate>()
-            + heap_bytes(self.pipeline.as_ref().map_or(0, String::capacity))
-            + heap_bytes(self.inference_id.capacity())
-            + heap_bytes(self.row.capacity())
-            + heap_bytes(self.config.as_ref().map_or(0, String::capacity))
     }
 }
 

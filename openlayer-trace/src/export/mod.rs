@@ -8,3 +8,6 @@ pub(crate) mod openlayer;
 pub(crate) mod producer;
 pub(crate) mod protocol;
 pub(crate) mod spool;
+
+#[cfg(test)]
+mod tests;

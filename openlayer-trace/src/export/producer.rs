@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::encode::OutRow;
 use crate::encode::row_policy::Shaper;
-use crate::encode::{OutRow, OutUpdate};
 use crate::error::Error;
-use crate::export::budget::{Budget, Tier, queued_trace_bytes};
-use crate::export::protocol::{Control, Msg};
+use crate::export::budget::{Budget, Tier};
+use crate::export::protocol::{Control, Msg, queued_trace_bytes};
 use crate::export::spool::{Spool, WalRef};
 use crate::record::CompletedTrace;
+use crate::record::row_update::RowUpdate;
 use crate::report::{Counters, DeliveryReport, DropReason, Stats};
 use crate::util::heap::heap_bytes;
 use crate::util::signal::Completion;
@@ -89,7 +90,7 @@ impl Exporter {
 
     /// Hands a row update off; like a trace, it overflows to the spool (or is dropped and
     /// counted) when the queue is full. Never blocks.
-    pub(crate) fn enqueue_update(&self, update: OutUpdate) {
+    pub(crate) fn enqueue_update(&self, update: RowUpdate) {
         let c = &self.counters;
         c.enqueued.fetch_add(1, Relaxed);
         let Some(tx) = &self.tx else {
@@ -128,7 +129,7 @@ impl Exporter {
                 .clone()
                 .or_else(|| self.config.inference_pipeline_id.clone());
             if pipeline.is_some() {
-                let update = OutUpdate { pipeline, ..update };
+                let update = RowUpdate { pipeline, ..update };
                 if spool
                     .send_updates(vec![update], DropReason::QueueFull, Tier::Overflow)
                     .is_ok()

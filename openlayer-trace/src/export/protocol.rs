@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::encode::{OutRow, OutUpdate};
+use crate::encode::OutRow;
 use crate::export::spool::WalRef;
 use crate::record::CompletedTrace;
+use crate::record::row_update::RowUpdate;
 use crate::util::signal::Completion;
 
 /// How long the worker rests after draining the queue before it waits on it again.
@@ -32,7 +33,13 @@ pub(crate) enum Msg {
     Row(Box<(OutRow, Option<WalRef>)>, usize),
     /// A row update, with its size; sent after any row with its inference id still on
     /// its way.
-    Update(Box<OutUpdate>, usize),
+    Update(Box<RowUpdate>, usize),
     Flush(Arc<Completion>, Instant),
     Shutdown(Arc<Completion>, Instant),
+}
+
+/// What a completed trace holds while it waits in the queue: its slot in the channel
+/// (it travels by value) and what its records hold (see `TraceState::approx_bytes`).
+pub(crate) fn queued_trace_bytes(trace: &CompletedTrace) -> usize {
+    size_of::<Msg>() + trace.state.approx_bytes()
 }

@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 
-use crate::record::CompletedTrace;
+use crate::record::trace::CompletedTrace;
 
 /// Where completed traces go.
 pub(crate) trait TraceSink: Send + Sync + fmt::Debug {

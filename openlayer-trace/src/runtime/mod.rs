@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::encode::OutUpdate;
 use crate::error::Error;
 use crate::export::producer::Exporter;
+use crate::record::row_update::RowUpdate;
 use crate::record::sink::{self, TraceSink};
 use crate::report::{DeliveryReport, DropReason, Stats};
 
@@ -76,7 +76,7 @@ fn current() -> Option<Arc<Exporter>> {
 }
 
 /// Hands a row update off to the queue (see `crate::update_row`).
-pub(crate) fn submit_update(update: OutUpdate) {
+pub(crate) fn submit_update(update: RowUpdate) {
     match current() {
         Some(p) => p.enqueue_update(update),
         None => tracing::debug!(target: "openlayer_trace", "row update dropped: no pipeline"),

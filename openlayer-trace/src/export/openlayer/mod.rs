@@ -33,11 +33,12 @@ use tokio::time::Instant;
 
 use crate::config::{Config, FailureFn};
 use crate::encode::row_policy::Shaper;
-use crate::encode::{self, OutRow, OutUpdate};
+use crate::encode::{self, OutRow};
 use crate::error::Error;
 use crate::export::budget::{Budget, Tier};
 use crate::export::protocol::Msg;
 use crate::export::spool::{ReplayBatch, ReplayEnd, Spool, WalRef};
+use crate::record::row_update::RowUpdate;
 use crate::report::{Counters, DeliveryFailure, DropReason, notify};
 use crate::transport::{ApiRequest, SendOutcome, Transport, is_retryable_status};
 use crate::util::heap::heap_bytes;
@@ -126,7 +127,7 @@ fn row_update_request(pipeline: &str, inference_id: &str, body: String) -> ApiRe
         method: reqwest::Method::PUT,
         path: format!(
             "/inference-pipelines/{}/rows",
-            crate::client::segment(pipeline)
+            crate::transport::segment(pipeline)
         ),
         query: vec![("inferenceId".into(), inference_id.into())],
         body: Some(body.into()),
@@ -155,7 +156,7 @@ fn replay_request(batch: &ReplayBatch) -> ApiRequest {
 /// A row update in the flusher: its pipeline resolved, counted in a flush generation.
 #[derive(Debug)]
 struct Update {
-    update: OutUpdate,
+    update: RowUpdate,
     pipeline: String,
     epoch: u64,
 }
@@ -461,7 +462,7 @@ impl Flusher {
 
     /// Takes a row update: held back while a row with its inference id is on its way
     /// here, else ready to be sent.
-    fn accept_update(&mut self, update: OutUpdate) {
+    fn accept_update(&mut self, update: RowUpdate) {
         let Some(pipeline) = update
             .pipeline
             .clone()
@@ -867,7 +868,7 @@ impl Flusher {
     fn give_up_update(&mut self, u: Update, reason: DropReason, status: Option<u16>, e: &Error) {
         self.replay.down = true;
         self.epochs.release(u.epoch);
-        let update = OutUpdate {
+        let update = RowUpdate {
             pipeline: Some(u.pipeline),
             ..u.update
         };

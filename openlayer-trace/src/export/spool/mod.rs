@@ -50,11 +50,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::{Config, FailureFn, SpoolMode};
+use crate::encode::OutRow;
 use crate::encode::row_policy::Shaper;
-use crate::encode::{OutRow, OutUpdate};
 use crate::error::Error;
 use crate::export::budget::{Budget, Tier};
 use crate::record::CompletedTrace;
+use crate::record::row_update::RowUpdate;
 use crate::report::{Counters, DeliveryFailure, DropReason, notify};
 use crate::util::heap::heap_bytes;
 use crate::util::signal::Completion;
@@ -142,7 +143,7 @@ pub(crate) enum Job {
     Rows(Vec<OutRow>, DropReason, usize),
     /// Row updates to keep (their pipeline resolved), and the reason to count if they
     /// cannot be written.
-    Updates(Vec<OutUpdate>, DropReason, usize),
+    Updates(Vec<RowUpdate>, DropReason, usize),
     /// Completed once everything sent before it is written and synced.
     Barrier(Arc<Completion>),
     /// Rotate the write-ahead segment or evict, as requested.
@@ -593,12 +594,12 @@ impl Spool {
     /// budget under `tier`; gives them back when there is no room.
     pub(crate) fn send_updates(
         &self,
-        updates: Vec<OutUpdate>,
+        updates: Vec<RowUpdate>,
         reason: DropReason,
         tier: Tier,
-    ) -> Result<(), Vec<OutUpdate>> {
-        let bytes = heap_bytes(updates.capacity() * size_of::<OutUpdate>())
-            + updates.iter().map(OutUpdate::size).sum::<usize>();
+    ) -> Result<(), Vec<RowUpdate>> {
+        let bytes = heap_bytes(updates.capacity() * size_of::<RowUpdate>())
+            + updates.iter().map(RowUpdate::size).sum::<usize>();
         let n = updates.len();
         let job = |updates, bytes| Job::Updates(updates, reason, bytes);
         self.send_job(updates, n, bytes, tier, job, |job| match job {
@@ -1333,7 +1334,7 @@ impl Writer<'_> {
     }
 
     /// Appends row updates, one line each, like [`Writer::write_rows`].
-    fn write_updates(&mut self, updates: Vec<OutUpdate>, reason: DropReason) -> bool {
+    fn write_updates(&mut self, updates: Vec<RowUpdate>, reason: DropReason) -> bool {
         if updates.is_empty() {
             return true;
         }
