@@ -68,9 +68,10 @@ pub enum SpoolMode {
 /// A hook applied to each row before it leaves the process (spool and file included).
 pub type MaskFn = Arc<dyn Fn(&mut serde_json::Map<String, serde_json::Value>) + Send + Sync>;
 
-/// A callback told about delivery failures that lose or spool data (called on a
-/// background thread; keep it short).
-pub type FailureFn = Arc<dyn Fn(&crate::DeliveryFailure) + Send + Sync>;
+pub use crate::report::FailureFn;
+
+/// The backoff before the first retry; it doubles with each retry.
+pub(crate) const DEFAULT_BASE_BACKOFF: Duration = Duration::from_millis(500);
 
 /// The SDK's configuration. Build it with [`Config::builder`] or [`Config::from_env`].
 ///
@@ -157,7 +158,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
             max_retries: 2,
-            retry_base_backoff: crate::transport::DEFAULT_BASE_BACKOFF,
+            retry_base_backoff: DEFAULT_BASE_BACKOFF,
             queue_capacity: 10_000,
             queue_max_bytes: 64 * 1024 * 1024,
             batch_max_rows: 500,
@@ -359,7 +360,7 @@ impl ConfigBuilder {
     /// A callback told about every delivery failure.
     pub fn on_failure(
         mut self,
-        f: impl Fn(&crate::DeliveryFailure) + Send + Sync + 'static,
+        f: impl Fn(&crate::report::DeliveryFailure) + Send + Sync + 'static,
     ) -> Self {
         self.config.on_failure = Some(Arc::new(f));
         self

@@ -17,41 +17,71 @@
 //!
 //! answer("What is the capital of France?");
 //! ```
+//!
+//! # The map of the crate
+//!
+//! A traced call records into memory and hands the completed trace down one seam; the
+//! tree building, JSON encoding and I/O happen on the background worker:
+//!
+//! ```text
+//!  user code, #[trace]
+//!        │
+//!   api/ ─────────► context/ ──────► record/ ── TraceSink ──┐   (the application's threads)
+//!   (macro support,   (position,       (steps, traces,        │
+//!    step guards,      propagation)     buffer pool)          │
+//!    updates)                                                 ▼
+//!                     export/ (queue, budget) ──► encode/ (rows, policy, framing)
+//!                        │                                    (the worker thread)
+//!                        ├──► export/local_file/  (no API key: the local trace file)
+//!                        └──► export/openlayer/ ──► transport/ (HTTP) ──► Openlayer
+//!                                   │
+//!                                   └──► export/spool/ (the disk, when configured)
+//!
+//!   runtime/: the composition root (global state, lazy start, init, Guard, flush, stats)
+//!   client/:  the explicit data API, on transport/
+//! ```
+//!
+//! Each folder imports only from the folders its row names (and from itself); the test
+//! `tests/tests/layering.rs` reads this table and fails on any other import, and on any
+//! import cycle between files:
+//!
+//! | module | may import from |
+//! | --- | --- |
+//! | `util/` | - |
+//! | `error.rs` | - |
+//! | `report.rs` | `util/` |
+//! | `config.rs` | `util/`, `error.rs`, `report.rs` |
+//! | `record/` | `util/` |
+//! | `context/` | `util/`, `record/` |
+//! | `encode/` | `util/`, `record/`, `config.rs`, `report.rs` |
+//! | `transport/` | `util/`, `error.rs`, `config.rs` |
+//! | `export/` | `util/`, `error.rs`, `report.rs`, `config.rs`, `record/`, `encode/`, `transport/` |
+//! | `runtime/` | `util/`, `error.rs`, `report.rs`, `config.rs`, `record/`, `encode/`, `export/`, `transport/` |
+//! | `client/` | `util/`, `error.rs`, `config.rs`, `encode/`, `export/`, `transport/` |
+//! | `api/` | `util/`, `error.rs`, `report.rs`, `config.rs`, `record/`, `context/`, `encode/`, `runtime/`, `client/` |
+//! | `testing.rs` | `util/`, `record/`, `context/`, `encode/`, `export/` |
+//!
+//! `lib.rs` itself only declares the modules and re-exports the public API.
 #![warn(missing_docs)]
 
 // Lets `#[trace]`'s expansion (`::openlayer_trace::...`) resolve inside this crate too.
 extern crate self as openlayer_trace;
 
+mod api;
 mod client;
-mod clock;
 mod config;
 mod context;
-mod diag;
+mod encode;
 mod error;
-mod filesink;
-mod flusher;
-mod handle;
-mod id;
-mod json;
-mod kind;
-mod localfile;
-mod manual;
-mod none;
-mod pipeline;
+mod export;
 mod record;
 mod report;
-mod rowupdate;
-mod shape;
-mod spool;
-mod step;
+mod runtime;
 mod transport;
-mod tree;
-mod update;
-mod wire;
+mod util;
 
 #[doc(hidden)]
-#[path = "private.rs"]
-pub mod __private;
+pub use api::macro_support as __private;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
@@ -62,13 +92,13 @@ pub mod __bench {
     /// The 128 random bits of a new step id, as drawn on the hot path.
     #[inline]
     pub fn step_id() -> u128 {
-        crate::id::next_id()
+        crate::util::id::next_id()
     }
 
     /// A step's clock reading (monotonic nanoseconds).
     #[inline]
     pub fn clock_now() -> i64 {
-        crate::clock::now()
+        crate::util::clock::now()
     }
 
     /// Serializes `value` as a step records it (into a reused buffer).
@@ -81,6 +111,14 @@ pub mod __bench {
 
 pub use openlayer_trace_macros::trace;
 
+pub use api::annotate::{
+    current_inference_id, log_context, log_ground_truth, log_output, log_question,
+    update_current_step, update_current_trace,
+};
+pub use api::manual::{ChatCompletion, add_chat_completion_step};
+pub use api::row_update::{update_row, update_row_in};
+pub use api::step::handle::{EnteredStep, StepHandle};
+pub use api::step::{Instrumented, OutputSink, StepBuilder, StepFinisher, StepGuard, step};
 pub use client::{
     Client, ClientBuilder, InferencePipeline, LlmConfig, Project, PromptMessage, RawStreamConfig,
     RowUpdateConfig, StreamConfig, TabularClassificationConfig, TabularRegressionConfig, TaskType,
@@ -90,18 +128,10 @@ pub use config::{ApiKey, Config, ConfigBuilder, FailureFn, MaskFn, SpoolMode};
 pub use context::{
     AttachGuard, FutureExt, TraceContext, WithTrace, current_context, spawn, thread,
 };
+pub use encode::tree_view::format_trace_tree;
 pub use error::Error;
-pub use handle::{EnteredStep, StepHandle};
-pub use id::inference_id_for;
-pub use kind::{StepKind, UnknownKind};
-pub use localfile::{LocalEntry, LocalLine, LocalLines, read_local_file};
-pub use manual::{ChatCompletion, add_chat_completion_step};
-pub use pipeline::{Guard, flush, flush_async, init, init_from_env, stats};
+pub use export::local_file::{LocalEntry, LocalLine, LocalLines, read_local_file};
+pub use record::kind::{StepKind, UnknownKind};
 pub use report::{DeliveryFailure, DeliveryReport, DropReason, Dropped, Stats};
-pub use rowupdate::{update_row, update_row_in};
-pub use step::{Instrumented, OutputSink, StepBuilder, StepFinisher, StepGuard, step};
-pub use tree::format_trace_tree;
-pub use update::{
-    current_inference_id, log_context, log_ground_truth, log_output, log_question,
-    update_current_step, update_current_trace,
-};
+pub use runtime::{Guard, flush, flush_async, init, init_from_env, stats};
+pub use util::id::inference_id_for;

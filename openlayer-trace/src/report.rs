@@ -1,5 +1,6 @@
 //! What happened to the traces: counters, snapshots and delivery reports.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Why data was dropped. Every drop is counted under one of these.
@@ -120,12 +121,16 @@ pub struct DeliveryFailure {
     pub message: String,
 }
 
+/// A callback told about delivery failures that lose or spool data (called on a
+/// background thread; keep it short).
+pub type FailureFn = Arc<dyn Fn(&DeliveryFailure) + Send + Sync>;
+
 /// Tells the configured failure callback; a panic in it is contained and logged.
-pub(crate) fn notify(callback: Option<&crate::config::FailureFn>, failure: DeliveryFailure) {
+pub(crate) fn notify(callback: Option<&FailureFn>, failure: DeliveryFailure) {
     if let Some(cb) = callback
         && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(&failure))).is_err()
     {
-        crate::diag::warn_limited!("the on_failure callback panicked");
+        crate::util::diag::warn_limited!("the on_failure callback panicked");
     }
 }
 

@@ -27,8 +27,9 @@ use std::task::{Context, Poll};
 use serde_json::Value;
 
 use crate::context;
-use crate::pipeline::CaptureSink;
-use crate::wire::EncodedRow;
+use crate::encode::EncodedRow;
+use crate::export::capture::CaptureSink;
+use crate::record::sink::TraceSink;
 
 /// A trace as it would have been sent: its pipeline, config and row.
 #[derive(Debug, Clone)]
@@ -106,7 +107,7 @@ impl CapturedTrace {
 /// Runs `f` and returns the traces it completed.
 pub fn capture<R>(f: impl FnOnce() -> R) -> (R, Vec<CapturedTrace>) {
     let sink = Arc::new(CaptureSink::default());
-    let out = context::with_capture(Some(sink.clone()), f);
+    let out = context::with_capture(Some(sink.clone() as Arc<dyn TraceSink>), f);
     (
         out,
         sink.take().into_iter().map(CapturedTrace::new).collect(),
@@ -136,6 +137,8 @@ impl<F: Future> Future for Capturing<F> {
     type Output = F::Output;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let sink = self.sink.clone();
-        context::with_capture(Some(sink), || self.inner.as_mut().poll(cx))
+        context::with_capture(Some(sink as Arc<dyn TraceSink>), || {
+            self.inner.as_mut().poll(cx)
+        })
     }
 }

@@ -14,7 +14,7 @@ use super::{
     Backend, Client, csv, expect_success, multipart, require_id, segment, send, stream_line,
 };
 use crate::error::Error;
-use crate::localfile::{self, LocalLine};
+use crate::export::local_file::{self as localfile, LocalLine};
 use crate::transport::{ApiRequest, Transport, chain};
 
 /// The answer of `POST /storage/presigned-url`.

@@ -44,7 +44,7 @@ impl RateLimit {
 /// Emits a rate-limited `warn!` event (target `openlayer_trace`).
 macro_rules! warn_limited {
     ($($arg:tt)+) => {{
-        static LIMIT: $crate::diag::RateLimit = $crate::diag::RateLimit::new(60);
+        static LIMIT: $crate::util::diag::RateLimit = $crate::util::diag::RateLimit::new(60);
         if let Some(suppressed) = LIMIT.allow() {
             ::tracing::warn!(target: "openlayer_trace", suppressed, $($arg)+);
         }
@@ -55,7 +55,7 @@ pub(crate) use warn_limited;
 /// Emits a rate-limited `error!` event (target `openlayer_trace`).
 macro_rules! error_limited {
     ($($arg:tt)+) => {{
-        static LIMIT: $crate::diag::RateLimit = $crate::diag::RateLimit::new(60);
+        static LIMIT: $crate::util::diag::RateLimit = $crate::util::diag::RateLimit::new(60);
         if let Some(suppressed) = LIMIT.allow() {
             ::tracing::error!(target: "openlayer_trace", suppressed, $($arg)+);
         }

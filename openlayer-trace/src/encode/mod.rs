@@ -2,11 +2,15 @@
 //! the official SDKs send them (see the crate docs for the format). Runs off the
 //! application's threads, in the background worker.
 
+pub(crate) mod row_policy;
+pub(crate) mod tree_view;
+
 use std::borrow::Cow;
 use std::cell::Cell;
 
-use crate::json::push_str;
+use crate::record::row_update::RowUpdate;
 use crate::record::{CompletedTrace, NO_PARENT, Status, StepRecord};
+use crate::util::json::push_str;
 
 /// One encoded trace, ready for a data-stream request.
 #[derive(Debug, Clone)]
@@ -103,7 +107,7 @@ impl<'a> Tree<'a> {
         out.push_str("{\"name\":");
         push_str(out, &rec.name);
         out.push_str(",\"id\":\"");
-        crate::id::push_uuid_v4(out, rec.id);
+        crate::util::id::push_uuid_v4(out, rec.id);
         out.push_str("\",\"type\":\"");
         out.push_str(rec.kind.as_str());
         out.push_str("\",\"inputs\":");
@@ -587,7 +591,7 @@ fn encode_into<R>(
     let generated = st.inference_id.is_none().then(|| {
         let start = small.len();
         small.push('"');
-        crate::id::push_uuid_v4(small, root.id);
+        crate::util::id::push_uuid_v4(small, root.id);
         small.push('"');
         (start, small.len())
     });
@@ -853,7 +857,7 @@ impl OutRow {
 
     /// Heap bytes its strings hold (see `pipeline::heap_bytes`), plus its own size.
     pub(crate) fn held_bytes(&self) -> usize {
-        use crate::pipeline::heap_bytes;
+        use crate::util::heap::heap_bytes;
         size_of::<OutRow>()
             + heap_bytes(self.pipeline.capacity())
             + heap_bytes(self.config.capacity())
@@ -862,20 +866,7 @@ impl OutRow {
     }
 }
 
-/// A row update on its way out of the process (see `crate::update_row`).
-#[derive(Debug, Clone)]
-pub(crate) struct OutUpdate {
-    /// The inference pipeline of the row; `None` for the configured default.
-    pub pipeline: Option<String>,
-    /// The `inferenceId` of the row to update.
-    pub inference_id: String,
-    /// The compact JSON of the columns to set (an object).
-    pub row: String,
-    /// The compact JSON of the row-update config, when there is one.
-    pub config: Option<String>,
-}
-
-impl OutUpdate {
+impl RowUpdate {
     /// The body of `PUT .../rows?inferenceId=..`: `{"row": ..., "config": ...}`, `config`
     /// omitted when there is none.
     pub(crate) fn request_body(&self) -> String {
@@ -902,17 +893,6 @@ impl OutUpdate {
         out.push('}');
         out
     }
-
-    /// Bytes it holds in memory (its strings, as the allocator hands them out, and its
-    /// own size): what it counts in the memory budget.
-    pub(crate) fn size(&self) -> usize {
-        use crate::pipeline::heap_bytes;
-        size_of::<OutUpdate>()
-            + heap_bytes(self.pipeline.as_ref().map_or(0, String::capacity))
-            + heap_bytes(self.inference_id.capacity())
-            + heap_bytes(self.row.capacity())
-            + heap_bytes(self.config.as_ref().map_or(0, String::capacity))
-    }
 }
 
 /// The body of a row update: `{"row": ..., "config": ...}`, `config` omitted when `None`.
@@ -931,7 +911,7 @@ pub(crate) fn update_body(row: &str, config: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kind::StepKind;
+    use crate::record::kind::StepKind;
 
     /// The step's metadata through the general path: every entry set in order, a later
     /// key replacing an earlier one in place.

@@ -7,10 +7,10 @@ use std::marker::PhantomData;
 
 use serde::Serialize;
 
-use crate::clock;
+use crate::api::step::{Ending, StepBuilder, install_panic_hook, panic_message};
 use crate::context::{self, Closing, Entered, OpenStep, TraceContext};
 use crate::record::Status;
-use crate::step::{Ending, StepBuilder, install_panic_hook, panic_message};
+use crate::util::clock;
 
 impl StepBuilder {
     /// Opens the step now, under the current position (or as the root of a new trace), and
@@ -133,7 +133,7 @@ impl StepHandle {
     /// last write wins; `None`/`null` is ignored).
     pub fn metadata<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) {
         if let Some(open) = &self.open {
-            crate::update::apply_step(open, vec![(key.to_string(), value)]);
+            crate::api::annotate::apply_step(open, vec![(key.to_string(), value)]);
         }
     }
 

@@ -49,7 +49,7 @@ impl Serializer for Probe {
     fn serialize_some<T: ?Sized + Serialize>(self, _: &T) -> Result<(), NotNone> {
         Err(NotNone)
     }
-    crate::json::with_numbers!(
+    crate::util::json::with_numbers!(
         not_none,
         serialize_bool(bool),
         serialize_char(char),

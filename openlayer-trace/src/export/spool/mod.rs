@@ -50,12 +50,15 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::{Config, FailureFn, SpoolMode};
+use crate::encode::OutRow;
+use crate::encode::row_policy::Shaper;
 use crate::error::Error;
-use crate::pipeline::{Budget, Completion, Tier, heap_bytes};
+use crate::export::budget::{Budget, Tier};
 use crate::record::CompletedTrace;
+use crate::record::row_update::RowUpdate;
 use crate::report::{Counters, DeliveryFailure, DropReason, notify};
-use crate::shape::Shaper;
-use crate::wire::{OutRow, OutUpdate};
+use crate::util::heap::heap_bytes;
+use crate::util::signal::Completion;
 
 /// The bookkeeping's subdirectory: the spool directory itself holds only segments, so
 /// that it reads as a set of local trace files (`openlayer show DIR`).
@@ -140,7 +143,7 @@ pub(crate) enum Job {
     Rows(Vec<OutRow>, DropReason, usize),
     /// Row updates to keep (their pipeline resolved), and the reason to count if they
     /// cannot be written.
-    Updates(Vec<OutUpdate>, DropReason, usize),
+    Updates(Vec<RowUpdate>, DropReason, usize),
     /// Completed once everything sent before it is written and synced.
     Barrier(Arc<Completion>),
     /// Rotate the write-ahead segment or evict, as requested.
@@ -591,12 +594,12 @@ impl Spool {
     /// budget under `tier`; gives them back when there is no room.
     pub(crate) fn send_updates(
         &self,
-        updates: Vec<OutUpdate>,
+        updates: Vec<RowUpdate>,
         reason: DropReason,
         tier: Tier,
-    ) -> Result<(), Vec<OutUpdate>> {
-        let bytes = heap_bytes(updates.capacity() * size_of::<OutUpdate>())
-            + updates.iter().map(OutUpdate::size).sum::<usize>();
+    ) -> Result<(), Vec<RowUpdate>> {
+        let bytes = heap_bytes(updates.capacity() * size_of::<RowUpdate>())
+            + updates.iter().map(RowUpdate::size).sum::<usize>();
         let n = updates.len();
         let job = |updates, bytes| Job::Updates(updates, reason, bytes);
         self.send_job(updates, n, bytes, tier, job, |job| match job {
@@ -680,7 +683,7 @@ impl Spool {
         let n = line.len() as u64;
         if self.total.load(SeqCst) + n > self.max_bytes {
             self.request_maintenance();
-            crate::diag::warn_limited!(
+            crate::util::diag::warn_limited!(
                 dir = %self.dir.display(),
                 "the spool is full; traces are sent without being written ahead"
             );
@@ -714,7 +717,7 @@ impl Spool {
                 self.rotate_requested.store(true, SeqCst);
                 self.maintain_requested.store(true, SeqCst);
                 let _ = self.jobs.send(Job::Maintain);
-                crate::diag::warn_limited!(
+                crate::util::diag::warn_limited!(
                     dir = %self.dir.display(),
                     error = %e,
                     "could not write a trace ahead to the spool"
@@ -772,7 +775,7 @@ impl Spool {
             match private_file(OpenOptions::new().append(true).create(true)).open(&ack_path) {
                 Ok(f) => seg.ack_file = Some(f),
                 Err(e) => {
-                    crate::diag::warn_limited!(path = %ack_path.display(), error = %e, "could not record delivered rows in the spool; they may be sent again after a restart");
+                    crate::util::diag::warn_limited!(path = %ack_path.display(), error = %e, "could not record delivered rows in the spool; they may be sent again after a restart");
                     return;
                 }
             }
@@ -783,7 +786,7 @@ impl Spool {
                     self.total.fetch_add(text.len() as u64, SeqCst);
                 }
                 Err(e) => {
-                    crate::diag::warn_limited!(path = %ack_path.display(), error = %e, "could not record delivered rows in the spool; they may be sent again after a restart");
+                    crate::util::diag::warn_limited!(path = %ack_path.display(), error = %e, "could not record delivered rows in the spool; they may be sent again after a restart");
                 }
             }
         }
@@ -817,7 +820,7 @@ impl Spool {
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => {
-                        crate::diag::warn_limited!(path = %path.display(), error = %e, "could not remove a spool file");
+                        crate::util::diag::warn_limited!(path = %path.display(), error = %e, "could not remove a spool file");
                     }
                 }
             }
@@ -896,7 +899,7 @@ impl Spool {
                 Ok(None) if order.held => return None,
                 Ok(None) => earlier |= busy,
                 Err(e) => {
-                    crate::diag::warn_limited!(path = %self.data_path(seq).display(), error = %e, "could not read a spool file");
+                    crate::util::diag::warn_limited!(path = %self.data_path(seq).display(), error = %e, "could not read a spool file");
                 }
             }
         }
@@ -1060,12 +1063,12 @@ impl Spool {
         }
         if unreadable > 0 {
             self.counters.drop_spooled(DropReason::Encoding, unreadable);
-            crate::diag::warn_limited!(path = %path.display(), lines = unreadable, "unreadable lines in the spool were skipped (counted)");
+            crate::util::diag::warn_limited!(path = %path.display(), lines = unreadable, "unreadable lines in the spool were skipped (counted)");
         }
         if no_pipeline > 0 {
             self.counters
                 .drop_spooled(DropReason::NoPipeline, no_pipeline);
-            crate::diag::warn_limited!(path = %path.display(), rows = no_pipeline, "spooled rows without an inference pipeline id were dropped (counted)");
+            crate::util::diag::warn_limited!(path = %path.display(), rows = no_pipeline, "spooled rows without an inference pipeline id were dropped (counted)");
         }
         if !to_ack.is_empty() {
             self.ack_locked(index, seq, &to_ack);
@@ -1124,7 +1127,7 @@ impl Spool {
                     self.delete_if_done(&mut index, seq);
                 }
                 Err(e) => {
-                    crate::diag::warn_limited!(path = %self.data_path(seq).display(), error = %e, "could not read a spool file");
+                    crate::util::diag::warn_limited!(path = %self.data_path(seq).display(), error = %e, "could not read a spool file");
                 }
             }
         }
@@ -1158,7 +1161,7 @@ impl Spool {
         if evicted > 0 {
             self.counters
                 .drop_spooled(DropReason::SpoolEvicted, evicted);
-            crate::diag::warn_limited!(dir = %self.dir.display(), rows = evicted, "the spool is full; its oldest rows were evicted (counted)");
+            crate::util::diag::warn_limited!(dir = %self.dir.display(), rows = evicted, "the spool is full; its oldest rows were evicted (counted)");
             notify(
                 self.on_failure.as_ref(),
                 DeliveryFailure {
@@ -1185,7 +1188,7 @@ impl Spool {
         let (live, file) = match self.new_segment() {
             Ok(s) => s,
             Err(e) => {
-                crate::diag::warn_limited!(dir = %self.dir.display(), error = %e, "could not create a spool file");
+                crate::util::diag::warn_limited!(dir = %self.dir.display(), error = %e, "could not create a spool file");
                 return;
             }
         };
@@ -1308,7 +1311,7 @@ impl Writer<'_> {
             None => {
                 c.drop_rows(DropReason::NoPipeline, 1);
                 c.settled.fetch_add(1, Relaxed);
-                crate::diag::warn_limited!(
+                crate::util::diag::warn_limited!(
                     "no inference pipeline id is configured; traces are dropped (counted)"
                 );
             }
@@ -1331,7 +1334,7 @@ impl Writer<'_> {
     }
 
     /// Appends row updates, one line each, like [`Writer::write_rows`].
-    fn write_updates(&mut self, updates: Vec<OutUpdate>, reason: DropReason) -> bool {
+    fn write_updates(&mut self, updates: Vec<RowUpdate>, reason: DropReason) -> bool {
         if updates.is_empty() {
             return true;
         }
@@ -1356,7 +1359,7 @@ impl Writer<'_> {
                 let c = self.counters();
                 c.drop_rows(reason, n);
                 c.settled.fetch_add(n, Relaxed);
-                crate::diag::warn_limited!(dir = %self.spool.dir.display(), error = %e, rows = n, "could not write to the spool; rows dropped (counted)");
+                crate::util::diag::warn_limited!(dir = %self.spool.dir.display(), error = %e, rows = n, "could not write to the spool; rows dropped (counted)");
                 notify(
                     self.spool.on_failure.as_ref(),
                     DeliveryFailure {
@@ -1440,7 +1443,7 @@ impl Writer<'_> {
             && c.dirty
         {
             if let Err(e) = c.file.sync_data() {
-                crate::diag::warn_limited!(dir = %self.spool.dir.display(), error = %e, "could not sync the spool");
+                crate::util::diag::warn_limited!(dir = %self.spool.dir.display(), error = %e, "could not sync the spool");
             }
             c.dirty = false;
         }
@@ -1639,7 +1642,9 @@ mod tests {
             let path = e.unwrap().path();
             if path.is_file() {
                 assert_eq!(path.extension().unwrap(), DATA_EXT);
-                let lines: Vec<_> = crate::localfile::read_local_file(&path).unwrap().collect();
+                let lines: Vec<_> = crate::export::local_file::read_local_file(&path)
+                    .unwrap()
+                    .collect();
                 assert!(lines.iter().all(|l| l.line.is_ok()), "{lines:?}");
                 assert_eq!(lines.len(), 3);
             }

@@ -1,5 +1,8 @@
 //! Steps: the guard of a synchronous step, the future of an asynchronous one, the step
 //! builder for code that is not a function, and manual chat-completion steps.
+//! `handle` holds the step owned by a value ([`StepHandle`](handle::StepHandle)).
+
+pub(crate) mod handle;
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -13,11 +16,11 @@ use std::task::{Context, Poll};
 
 use serde::Serialize;
 
-use crate::clock;
 use crate::context::{self, Closing, Entered, OpenStep, Start, StepSpec};
-use crate::diag::warn_limited;
-use crate::kind::StepKind;
+use crate::record::kind::StepKind;
 use crate::record::{Json, Status, give_scratch, take_scratch, to_json, write_json};
+use crate::util::clock;
+use crate::util::diag::warn_limited;
 
 // ---------------------------------------------------------------------------------------
 // Panic messages
@@ -202,7 +205,7 @@ impl StepGuard {
     /// Sets a metadata key of this step (the last write wins; `None`/`null` is ignored).
     pub fn metadata<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) {
         if let Some(r) = &self.rec {
-            crate::update::apply_step(&r.open, vec![(key.to_string(), value)]);
+            crate::api::annotate::apply_step(&r.open, vec![(key.to_string(), value)]);
         }
     }
 }
@@ -369,9 +372,11 @@ impl<F: Future> Future for Instrumented<F> {
                 let write_inputs = |buf: &mut String| {
                     buf.push_str(inputs.as_deref().unwrap_or_default());
                 };
-                if let Some(open) = context::open_step(spec, Start::Now, write_inputs) {
+                if let Some(open) =
+                    context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs)
+                {
                     if !metadata.is_empty() {
-                        crate::update::apply_step_json(&open, metadata);
+                        crate::api::annotate::apply_step_json(&open, metadata);
                     }
                     install_panic_hook();
                     this.state = State::Open(open);
@@ -520,7 +525,7 @@ impl StepBuilder {
 
     /// A metadata key of the step.
     pub fn metadata<T: Serialize + ?Sized>(mut self, key: &str, value: &T) -> Self {
-        if crate::none::is_none(value) {
+        if crate::api::none_probe::is_none(value) {
             return self;
         }
         if let Some(v) = to_json(value) {
@@ -542,9 +547,9 @@ impl StepBuilder {
         let spec = self.spec();
         let inputs = self.inputs;
         let write_inputs = |buf: &mut String| buf.push_str(inputs.as_deref().unwrap_or_default());
-        let open = context::open_step(spec, Start::Now, write_inputs)?;
+        let open = context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs)?;
         if !self.metadata.is_empty() {
-            crate::update::apply_step_json(&open, self.metadata);
+            crate::api::annotate::apply_step_json(&open, self.metadata);
         }
         Some(open)
     }

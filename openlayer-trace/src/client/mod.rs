@@ -23,7 +23,8 @@ use serde_json::{Map, Value};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::localfile::{self, LocalLine};
+use crate::export::local_file::{self as localfile, LocalLine};
+pub(crate) use crate::transport::segment;
 use crate::transport::{ApiRequest, ApiResponse, Transport, TransportConfig};
 
 use configs::json_kind;
@@ -713,20 +714,6 @@ fn row_path(pipeline_id: &str, inference_id: &str) -> String {
     )
 }
 
-/// Percent-encodes `s` as one URL path segment (everything but RFC 3986's unreserved
-/// characters).
-pub(crate) fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// `METHOD /path?query`, as errors name a request (the query encoded as the transport
 /// sends it).
 fn describe(req: &ApiRequest) -> String {
@@ -796,7 +783,7 @@ impl ClientBuilder {
     }
     /// The API key. Without one the client runs in local mode.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.config.api_key = Some(crate::ApiKey::new(key));
+        self.config.api_key = Some(crate::config::ApiKey::new(key));
         self
     }
     /// The API base URL, e.g. `https://api.openlayer.com/v1`.

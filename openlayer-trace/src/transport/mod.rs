@@ -37,8 +37,6 @@ use crate::error::Error;
 pub(crate) const USER_AGENT: &str =
     concat!("openlayer-trace/", env!("CARGO_PKG_VERSION"), " (rust)");
 
-/// The backoff before the first retry; it doubles with each retry.
-pub(crate) const DEFAULT_BASE_BACKOFF: Duration = Duration::from_millis(500);
 /// The longest computed backoff (before jitter).
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// The longest server-requested wait that is honoured; longer ones are ignored.
@@ -751,6 +749,20 @@ impl ServerCertVerifier for Unverifiable {
     }
 }
 
+/// Percent-encodes `s` as one URL path segment (everything but RFC 3986's unreserved
+/// characters).
+pub(crate) fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -1192,7 +1204,7 @@ mod tests {
     #[test]
     fn backoff_doubles_caps_and_jitters() {
         let mut c = config("http://127.0.0.1:9/v1");
-        c.base_backoff = DEFAULT_BASE_BACKOFF;
+        c.base_backoff = crate::config::DEFAULT_BASE_BACKOFF;
         let t = Transport::new(c).unwrap();
         for (retry, base_ms) in [
             (0, 500),

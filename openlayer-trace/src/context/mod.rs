@@ -17,18 +17,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::clock;
-use crate::diag::warn_limited;
-use crate::kind::StepKind;
-use crate::pipeline::{self, CaptureSink};
+use crate::record::kind::StepKind;
+use crate::record::sink::{self, TraceSink};
 use crate::record::{CompletedTrace, NO_PARENT, Status, StepRecord, TraceShared, with_scratch};
+use crate::util::clock;
+use crate::util::diag::warn_limited;
 
 /// This thread's position: the current trace and step, and the test capture (if any).
 /// One thread-local, so that a step checks its state once.
 struct Position {
     trace: Cell<Option<Arc<TraceShared>>>,
     step: Cell<u32>,
-    capture: Cell<Option<Arc<CaptureSink>>>,
+    capture: Cell<Option<Arc<dyn TraceSink>>>,
 }
 
 thread_local! {
@@ -125,7 +125,7 @@ fn keep_spare(mut trace: Arc<TraceShared>) {
 }
 
 /// A new trace: this thread's spare one, reset, or a new allocation.
-fn new_trace(capture: Option<Arc<CaptureSink>>, anchor: i64) -> Arc<TraceShared> {
+fn new_trace(capture: Option<Arc<dyn TraceSink>>, anchor: i64) -> Arc<TraceShared> {
     if let Some(mut spare) = SPARE.try_with(|s| s.take()).ok().flatten() {
         if let Some(t) = Arc::get_mut(&mut spare) {
             t.reset(capture, anchor);
@@ -138,13 +138,13 @@ fn new_trace(capture: Option<Arc<CaptureSink>>, anchor: i64) -> Arc<TraceShared>
 /// Where a new step goes: under the current step of `trace`, or as the root of a new trace.
 enum Parent {
     In(Arc<TraceShared>, u32),
-    Root(Option<Arc<CaptureSink>>),
+    Root(Option<Arc<dyn TraceSink>>),
 }
 
 /// The current trace and step, else whether (and where) a new trace is recorded. `None`
 /// when tracing is off: then this is a couple of thread-local reads and one relaxed load.
 #[inline]
-fn parent() -> Option<Parent> {
+fn parent(configure: fn() -> bool) -> Option<Parent> {
     let found = POS.try_with(|p| {
         let t = p.trace.take();
         match t {
@@ -164,7 +164,7 @@ fn parent() -> Option<Parent> {
     match found {
         Ok(Some(parent)) => Some(parent),
         // No current trace and no capture: a new trace is recorded when tracing is on.
-        Ok(None) => pipeline::tracing_enabled().then_some(Parent::Root(None)),
+        Ok(None) => sink::enabled(configure).then_some(Parent::Root(None)),
         Err(_) => None,
     }
 }
@@ -187,9 +187,10 @@ pub(crate) enum Start {
 pub(crate) fn open_step(
     spec: StepSpec,
     start: Start,
+    configure: fn() -> bool,
     inputs: impl FnOnce(&mut String),
 ) -> Option<OpenStep> {
-    let (trace, parent, start) = match parent()? {
+    let (trace, parent, start) = match parent(configure)? {
         Parent::In(trace, step) => {
             let start = match start {
                 Start::Now => clock::now(),
@@ -315,7 +316,7 @@ fn release_locked(
             state,
             anchor_unix_ns: trace.anchor_unix_ns,
         };
-        pipeline::submit(done, trace.capture.as_ref());
+        sink::submit(done, trace.capture.as_ref());
     }
 }
 
@@ -386,8 +387,8 @@ pub(crate) fn exit(entered: Entered) {
 
 /// Runs `f` with `capture` as the sink for traces started on this thread.
 #[cfg(any(test, feature = "test-util"))]
-pub(crate) fn with_capture<R>(capture: Option<Arc<CaptureSink>>, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<Arc<CaptureSink>>);
+pub(crate) fn with_capture<R>(capture: Option<Arc<dyn TraceSink>>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Arc<dyn TraceSink>>);
     impl Drop for Restore {
         fn drop(&mut self) {
             let prev = self.0.take();

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::client::{RowUpdateConfig, check_row_update};
 use crate::context;
-use crate::wire::OutUpdate;
+use crate::record::row_update::RowUpdate;
 
 /// Updates the row with `inference_id` in the configured inference pipeline: sets the
 /// columns of `row` (a JSON object), with `config` naming which of them hold the ground
@@ -79,23 +79,23 @@ fn queue(
     row: Value,
     config: Option<RowUpdateConfig>,
 ) {
-    if !crate::pipeline::tracing_enabled() {
+    if !crate::runtime::tracing_enabled() {
         return;
     }
     let config = config.filter(|c| !c.is_empty());
     let checked = match pipeline_id {
-        Some(p) if p.trim().is_empty() => Err(crate::Error::InvalidInput(
+        Some(p) if p.trim().is_empty() => Err(crate::error::Error::InvalidInput(
             "the pipeline id must not be empty".into(),
         )),
         _ => check_row_update(inference_id, &row, config.as_ref()).map(|_| ()),
     };
     if let Err(e) = checked {
-        crate::diag::warn_limited!(error = %e, "a row update was invalid; dropped (counted as rejected)");
-        crate::pipeline::reject_update();
+        crate::util::diag::warn_limited!(error = %e, "a row update was invalid; dropped (counted as rejected)");
+        crate::runtime::reject_update();
         return;
     }
     let config = config.and_then(|c| serde_json::to_string(&c).ok());
-    let update = OutUpdate {
+    let update = RowUpdate {
         pipeline: pipeline_id.map(str::to_string),
         inference_id: inference_id.to_string(),
         row: row.to_string(),
@@ -113,13 +113,13 @@ fn queue(
             None => st
                 .steps
                 .first()
-                .is_some_and(|root| crate::id::uuid_v4(root.id) == inference_id),
+                .is_some_and(|root| crate::util::id::uuid_v4(root.id) == inference_id),
         };
         if own && !st.shipped {
             st.updates.extend(update.take());
         }
     });
     if let Some(update) = update {
-        crate::pipeline::submit_update(update);
+        crate::runtime::submit_update(update);
     }
 }

@@ -6,10 +6,10 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 
-use crate::clock;
 use crate::context::{self, Closing, Start, StepSpec};
-use crate::kind::StepKind;
+use crate::record::kind::StepKind;
 use crate::record::{Status, to_json};
+use crate::util::clock;
 
 /// A chat completion to record as a step; see [`add_chat_completion_step`].
 ///
@@ -116,7 +116,12 @@ pub fn add_chat_completion_step(completion: ChatCompletion) {
         })
     });
     let write_inputs = |buf: &mut String| buf.push_str(inputs.as_deref().unwrap_or_default());
-    let Some(open) = context::open_step(spec, Start::At(start), write_inputs) else {
+    let Some(open) = context::open_step(
+        spec,
+        Start::At(start),
+        crate::runtime::lazy_init,
+        write_inputs,
+    ) else {
         return;
     };
     let tokens = completion.tokens.or(

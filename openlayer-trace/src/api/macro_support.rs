@@ -7,13 +7,13 @@ use std::future::Future;
 use serde::Serialize;
 
 pub use crate::__ol_key as key;
-pub use crate::step::{Instrumented, OutputSink, StepFinisher, StepGuard};
-pub use crate::update::Update;
+pub use crate::api::annotate::Update;
+pub use crate::api::step::{Instrumented, OutputSink, StepFinisher, StepGuard};
 #[doc(hidden)]
 pub use serde::Serialize as __Serialize;
 
 use crate::context::{self, OpenStep, Start, StepSpec};
-use crate::kind::StepKind;
+use crate::record::kind::StepKind;
 
 /// The static description of a traced function.
 #[derive(Debug)]
@@ -60,7 +60,7 @@ impl<T: Serialize + ?Sized> Input for T {
     fn __write(&self, out: &mut String) -> Result<(), serde_json::Error> {
         // SAFETY: the JSON writer writes valid UTF-8 only (the caller cuts off a failed
         // write at a char boundary).
-        crate::json::to_vec(unsafe { out.as_mut_vec() }, self)
+        crate::util::json::to_vec(unsafe { out.as_mut_vec() }, self)
     }
 }
 
@@ -76,7 +76,7 @@ impl InputWriter {
         if value.__write(&mut self.buf).is_err() {
             self.buf.truncate(mark);
             self.buf.push_str("null");
-            crate::diag::warn_limited!(
+            crate::util::diag::warn_limited!(
                 argument = name,
                 "a traced argument could not be serialized; recorded as null"
             );
@@ -99,7 +99,9 @@ fn capture_inputs(buf: &mut String, inputs: impl FnOnce(&mut InputWriter)) {
 /// Opens a synchronous step and makes it current. `inputs` runs only when recording.
 #[inline]
 pub fn enter_sync(meta: &'static StepMeta, inputs: impl FnOnce(&mut InputWriter)) -> StepGuard {
-    let open = context::open_step(meta.spec(), Start::Now, |buf| capture_inputs(buf, inputs));
+    let open = context::open_step(meta.spec(), Start::Now, crate::runtime::lazy_init, |buf| {
+        capture_inputs(buf, inputs)
+    });
     StepGuard::enter(open)
 }
 
@@ -117,16 +119,19 @@ pub struct AsyncStart(Option<OpenStep>);
 /// Opens the step of an `async fn` under the current position (without changing it).
 #[inline]
 pub fn begin_async(meta: &'static StepMeta, inputs: impl FnOnce(&mut InputWriter)) -> AsyncStart {
-    AsyncStart(context::open_step(meta.spec(), Start::Now, |buf| {
-        capture_inputs(buf, inputs)
-    }))
+    AsyncStart(context::open_step(
+        meta.spec(),
+        Start::Now,
+        crate::runtime::lazy_init,
+        |buf| capture_inputs(buf, inputs),
+    ))
 }
 
 /// Runs the body of an `async fn` in its step.
 #[inline]
 pub fn instrument<F: Future>(start: AsyncStart, body: F) -> Instrumented<F> {
     if start.0.is_some() {
-        crate::step::install_panic_hook();
+        crate::api::step::install_panic_hook();
     }
     Instrumented::opened(start.0, body)
 }

@@ -32,13 +32,17 @@ use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 
 use crate::config::{Config, FailureFn};
+use crate::encode::row_policy::Shaper;
+use crate::encode::{self, OutRow};
 use crate::error::Error;
-use crate::pipeline::{Budget, Completion, Msg, Tier, heap_bytes};
+use crate::export::budget::{Budget, Tier};
+use crate::export::protocol::Msg;
+use crate::export::spool::{ReplayBatch, ReplayEnd, Spool, WalRef};
+use crate::record::row_update::RowUpdate;
 use crate::report::{Counters, DeliveryFailure, DropReason, notify};
-use crate::shape::Shaper;
-use crate::spool::{ReplayBatch, ReplayEnd, Spool, WalRef};
 use crate::transport::{ApiRequest, SendOutcome, Transport, is_retryable_status};
-use crate::wire::{self, OutRow, OutUpdate};
+use crate::util::heap::heap_bytes;
+use crate::util::signal::Completion;
 
 /// The longest wait between two replay probes.
 const MAX_REPLAY_BACKOFF: Duration = Duration::from_secs(60);
@@ -76,7 +80,7 @@ struct Batch {
 
 impl Batch {
     fn request(&self) -> ApiRequest {
-        let body = wire::request_body(&self.config, self.rows.iter().map(|r| r.row.as_str()));
+        let body = encode::request_body(&self.config, self.rows.iter().map(|r| r.row.as_str()));
         ApiRequest::post_json(data_stream_path(&self.pipeline), body)
     }
 
@@ -123,7 +127,7 @@ fn row_update_request(pipeline: &str, inference_id: &str, body: String) -> ApiRe
         method: reqwest::Method::PUT,
         path: format!(
             "/inference-pipelines/{}/rows",
-            crate::client::segment(pipeline)
+            crate::transport::segment(pipeline)
         ),
         query: vec![("inferenceId".into(), inference_id.into())],
         body: Some(body.into()),
@@ -139,11 +143,11 @@ fn replay_request(batch: &ReplayBatch) -> ApiRequest {
             row_update_request(
                 &batch.pipeline,
                 inference_id,
-                wire::update_body(row, config),
+                encode::update_body(row, config),
             )
         }
         None => {
-            let body = wire::request_body(&batch.config, batch.rows.iter().map(String::as_str));
+            let body = encode::request_body(&batch.config, batch.rows.iter().map(String::as_str));
             ApiRequest::post_json(data_stream_path(&batch.pipeline), body)
         }
     }
@@ -152,7 +156,7 @@ fn replay_request(batch: &ReplayBatch) -> ApiRequest {
 /// A row update in the flusher: its pipeline resolved, counted in a flush generation.
 #[derive(Debug)]
 struct Update {
-    update: OutUpdate,
+    update: RowUpdate,
     pipeline: String,
     epoch: u64,
 }
@@ -366,7 +370,7 @@ impl Flusher {
             }
             if std::mem::take(&mut paced) && self.shutdown.is_none() {
                 // See `pipeline::WORKER_PACE`; requests in flight carry on meanwhile.
-                tokio::time::sleep(crate::pipeline::WORKER_PACE).await;
+                tokio::time::sleep(crate::export::protocol::WORKER_PACE).await;
             }
             let wake = self.next_wake();
             tokio::select! {
@@ -458,7 +462,7 @@ impl Flusher {
 
     /// Takes a row update: held back while a row with its inference id is on its way
     /// here, else ready to be sent.
-    fn accept_update(&mut self, update: OutUpdate) {
+    fn accept_update(&mut self, update: RowUpdate) {
         let Some(pipeline) = update
             .pipeline
             .clone()
@@ -598,7 +602,9 @@ impl Flusher {
         }
         c.drop_rows(DropReason::QueueFull, 1);
         c.settled.fetch_add(1, Relaxed);
-        crate::diag::warn_limited!("the trace queue is full; trace dropped (counted in stats)");
+        crate::util::diag::warn_limited!(
+            "the trace queue is full; trace dropped (counted in stats)"
+        );
     }
 
     /// Tells `on_failure` about the drops counted on other threads or in many places
@@ -862,7 +868,7 @@ impl Flusher {
     fn give_up_update(&mut self, u: Update, reason: DropReason, status: Option<u16>, e: &Error) {
         self.replay.down = true;
         self.epochs.release(u.epoch);
-        let update = OutUpdate {
+        let update = RowUpdate {
             pipeline: Some(u.pipeline),
             ..u.update
         };
@@ -871,12 +877,12 @@ impl Flusher {
             None => false,
         };
         if spooled {
-            crate::diag::warn_limited!(error = %e, "a row update was not delivered; spooled");
+            crate::util::diag::warn_limited!(error = %e, "a row update was not delivered; spooled");
             self.schedule_probe();
         } else {
             self.counters.drop_rows(reason, 1);
             self.counters.settled.fetch_add(1, Relaxed);
-            crate::diag::warn_limited!(error = %e, "a row update was not delivered; dropped (counted)");
+            crate::util::diag::warn_limited!(error = %e, "a row update was not delivered; dropped (counted)");
         }
         notify(
             self.on_failure.as_ref(),
@@ -950,7 +956,7 @@ impl Flusher {
             _ => "retries are exhausted",
         };
         if spooled > 0 {
-            crate::diag::warn_limited!(rows = spooled, error = %e, "{what}; rows spooled");
+            crate::util::diag::warn_limited!(rows = spooled, error = %e, "{what}; rows spooled");
             notify(
                 self.on_failure.as_ref(),
                 DeliveryFailure {
@@ -963,7 +969,7 @@ impl Flusher {
             self.schedule_probe();
         }
         if dropped > 0 {
-            crate::diag::warn_limited!(rows = dropped, error = %e, "{what}; rows dropped (counted)");
+            crate::util::diag::warn_limited!(rows = dropped, error = %e, "{what}; rows dropped (counted)");
             notify(
                 self.on_failure.as_ref(),
                 DeliveryFailure {
@@ -984,7 +990,7 @@ impl Flusher {
             Error::Api { message, .. } => message.clone(),
             other => other.to_string(),
         };
-        crate::diag::error_limited!(
+        crate::util::diag::error_limited!(
             status = status.unwrap_or(0),
             message = %message,
             pipeline,
@@ -1031,7 +1037,7 @@ impl Flusher {
                     self.replay.down = true;
                     self.replay.wanted = false;
                     self.schedule_probe();
-                    crate::diag::warn_limited!(error = %e, "could not replay spooled rows; they stay in the spool");
+                    crate::util::diag::warn_limited!(error = %e, "could not replay spooled rows; they stay in the spool");
                 }
             },
         }

@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::context::{self, OpenStep};
-use crate::diag;
 use crate::record::{Json, TraceState, to_json, upsert};
+use crate::util::diag;
 
 /// The text of a JSON value used as an id: a string's contents, else the JSON itself.
 fn id_text(json: &str) -> Box<str> {
@@ -57,7 +57,7 @@ pub(crate) fn apply_step_json(open: &OpenStep, updates: Vec<(String, Json)>) {
 pub(crate) fn apply_step<T: Serialize + ?Sized>(open: &OpenStep, updates: Vec<(String, &T)>) {
     let encoded = updates
         .into_iter()
-        .filter(|(_, v)| !crate::none::is_none(*v))
+        .filter(|(_, v)| !crate::api::none_probe::is_none(*v))
         .filter_map(|(k, v)| Some((k, to_json(v)?)))
         .collect();
     apply_step_json(open, encoded);
@@ -105,7 +105,7 @@ impl Update {
 
     /// Adds one key. `None` is ignored; NaN and ±inf are kept, as `null`.
     pub fn set<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) {
-        if crate::none::is_none(value) {
+        if crate::api::none_probe::is_none(value) {
             return;
         }
         if let Some(v) = to_json(value) {
@@ -233,7 +233,7 @@ pub fn log_question<T: Serialize + ?Sized>(question: &T) {
 /// Sets the trace's ground truth: the root step's `groundTruth` and the row's
 /// `groundTruth` column.
 pub fn log_ground_truth<T: Serialize + ?Sized>(ground_truth: &T) {
-    if crate::none::is_none(ground_truth) {
+    if crate::api::none_probe::is_none(ground_truth) {
         return;
     }
     let Some(json) = to_json(ground_truth) else {
@@ -267,78 +267,11 @@ pub fn current_inference_id() -> Option<String> {
         let st = t.lock();
         match &st.inference_id {
             Some(id) => Some(id.to_string()),
-            None => st.steps.first().map(|root| crate::id::uuid_v4(root.id)),
+            None => st
+                .steps
+                .first()
+                .map(|root| crate::util::id::uuid_v4(root.id)),
         }
     })
     .flatten()
-}
-
-/// Merges keys into the current trace: `update_current_trace!(key = value, ...)`.
-///
-/// Values are any `Serialize`; keys are identifiers or string literals. See
-/// [`update_current_trace()`](fn@crate::update_current_trace) for what each key does. The values are only
-/// evaluated inside a trace.
-///
-/// ```
-/// use openlayer_trace::{trace, update_current_trace};
-///
-/// #[trace]
-/// fn chat(user: &str, message: &str) -> String {
-///     update_current_trace!(
-///         inference_id = format!("chat-{user}"),
-///         user_id = user,
-///         session_id = Some("s-1"),
-///         "ab-test" = "variant-b",
-///         nothing = None::<u8>, // ignored
-///     );
-///     message.to_string()
-/// }
-/// chat("u-1", "hi");
-/// ```
-#[macro_export]
-macro_rules! update_current_trace {
-    ($($key:tt = $value:expr),* $(,)?) => {{
-        let mut __ol_update = $crate::__private::Update::trace();
-        if __ol_update.is_active() {
-            $( __ol_update.set($crate::__private::key!($key), &$value); )*
-        }
-        __ol_update.apply();
-    }};
-}
-
-/// Merges keys into the current step: `update_current_step!(key = value, ...)`.
-///
-/// See [`update_current_step()`](fn@crate::update_current_step) for what each key does.
-///
-/// ```
-/// use openlayer_trace::{trace, update_current_step};
-///
-/// #[trace(kind = "chat_completion")]
-/// fn call_model(prompt: &str) -> String {
-///     update_current_step!(model = "gpt-4o", prompt_tokens = 12, completion_tokens = 3, temperature = 0.2);
-///     format!("echo: {prompt}")
-/// }
-/// call_model("hi");
-/// ```
-#[macro_export]
-macro_rules! update_current_step {
-    ($($key:tt = $value:expr),* $(,)?) => {{
-        let mut __ol_update = $crate::__private::Update::step();
-        if __ol_update.is_active() {
-            $( __ol_update.set($crate::__private::key!($key), &$value); )*
-        }
-        __ol_update.apply();
-    }};
-}
-
-/// A key of the update macros: an identifier or a string literal.
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __ol_key {
-    ($key:ident) => {
-        stringify!($key)
-    };
-    ($key:literal) => {
-        $key
-    };
 }

@@ -12,10 +12,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::pipeline::{Budget, Msg, Tier};
+use crate::encode::row_policy::Shaper;
+use crate::encode::{self, OutRow};
+use crate::export::budget::{Budget, Tier};
+use crate::export::protocol::Msg;
 use crate::report::{Counters, DropReason};
-use crate::shape::Shaper;
-use crate::wire::{self, OutRow};
 
 /// Most rows written at once.
 const MAX_WRITE_ROWS: usize = 512;
@@ -61,7 +62,7 @@ pub(crate) async fn run(
             Msg::Row(row, bytes) => {
                 budget.release(bytes, Tier::Queue);
                 let (row, _): (OutRow, _) = *row;
-                wire::push_file_line(
+                encode::push_file_line(
                     &mut lines.buf,
                     Some(&row.pipeline),
                     &row.config,
@@ -122,7 +123,7 @@ pub(crate) async fn run(
         }
         sink.write(&mut lines, &counters);
         // See `pipeline::WORKER_PACE`.
-        tokio::time::sleep(crate::pipeline::WORKER_PACE).await;
+        tokio::time::sleep(crate::export::protocol::WORKER_PACE).await;
     }
     sink.write(&mut lines, &counters);
     sink.flush();
@@ -185,7 +186,7 @@ impl FileSink {
             Err(e) => {
                 self.file = None;
                 counters.drop_rows(DropReason::Encoding, n);
-                crate::diag::warn_limited!(path = %self.path.display(), error = %e, "could not write the trace file; traces dropped (counted)");
+                crate::util::diag::warn_limited!(path = %self.path.display(), error = %e, "could not write the trace file; traces dropped (counted)");
             }
         }
         counters.settled.fetch_add(n, Relaxed);

@@ -13,9 +13,9 @@ use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Value;
 
 use crate::config::{Config, MaskFn};
+use crate::encode::{self, EncodedRow};
 use crate::record::CompletedTrace;
 use crate::report::{Counters, DropReason};
-use crate::wire::{self, EncodedRow};
 
 /// Sampling, masking and the field budget of one configuration.
 #[derive(Clone)]
@@ -76,7 +76,7 @@ impl Shaper {
     /// trace (it is never sent unmasked), not the caller.
     pub(crate) fn prepare(&self, trace: &CompletedTrace) -> Prepared {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let Some(mut row) = wire::encode(trace) else {
+            let Some(mut row) = encode::encode(trace) else {
                 return Prepared::Failed;
             };
             if !self.keeps(&row.inference_id) {
@@ -91,7 +91,7 @@ impl Shaper {
         }));
         match result {
             Ok(Prepared::Failed) | Err(_) => {
-                crate::diag::warn_limited!(
+                crate::util::diag::warn_limited!(
                     "a trace could not be encoded or masked; dropped (counted)"
                 );
                 Prepared::Failed
@@ -111,7 +111,7 @@ impl Shaper {
         out: &mut String,
     ) -> Prepared<()> {
         fn line(out: &mut String, pipeline: Option<&str>, config: &str, row: &str) -> Prepared<()> {
-            wire::push_file_line(out, pipeline, config, [row]);
+            encode::push_file_line(out, pipeline, config, [row]);
             out.push('\n');
             Prepared::Row(())
         }
@@ -127,7 +127,7 @@ impl Shaper {
         }
         let mark = out.len();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wire::encode_with(trace, |parts| {
+            encode::encode_with(trace, |parts| {
                 if !self.keeps(parts.inference_id) {
                     return Prepared::SampledOut;
                 }
@@ -139,7 +139,7 @@ impl Shaper {
         match result {
             Ok(Prepared::Failed) | Err(_) => {
                 out.truncate(mark);
-                crate::diag::warn_limited!(
+                crate::util::diag::warn_limited!(
                     "a trace could not be encoded or masked; dropped (counted)"
                 );
                 Prepared::Failed
@@ -195,7 +195,7 @@ pub(crate) fn sample_point(inference_id: &str) -> f64 {
 /// Runs the mask on the row's columns. Columns keep their order; a column the mask left
 /// alone keeps its exact text; new columns come last.
 fn apply_mask(row: &str, mask: &MaskFn) -> Option<String> {
-    let entries = wire::object_entries(row);
+    let entries = encode::object_entries(row);
     if entries.is_empty() && row.trim() != "{}" {
         return None;
     }
@@ -523,7 +523,7 @@ mod tests {
         let mut state = TraceState::default();
         let mut root = StepRecord::new(
             Cow::Borrowed("greet"),
-            crate::kind::StepKind::UserCall,
+            crate::record::kind::StepKind::UserCall,
             NO_PARENT,
             0,
         );
@@ -552,7 +552,7 @@ mod tests {
             let Prepared::Row(row) = s.prepare(&trace) else {
                 panic!("not prepared");
             };
-            let expected = wire::file_line(Some("dflt"), &row.config, [row.row.as_str()]) + "\n";
+            let expected = encode::file_line(Some("dflt"), &row.config, [row.row.as_str()]) + "\n";
             let mut out = String::from("earlier line\n");
             assert!(matches!(
                 s.prepare_line(&trace, Some("dflt"), &mut out),

@@ -1,0 +1,9 @@
+//! What user code and `#[trace]` call.
+
+pub(crate) mod annotate;
+pub mod macro_support;
+mod macros;
+pub(crate) mod manual;
+pub(crate) mod none_probe;
+pub(crate) mod row_update;
+pub(crate) mod step;

@@ -1,0 +1,89 @@
+//! The byte budget of undelivered data, shared by the queue, the worker and the spool
+//! writer.
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// Who reserves room in the [`Budget`], and so which share of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tier {
+    /// Traces (and rows, row updates) handed off to the queue: half of the budget.
+    Queue,
+    /// The worker's encoded rows, waiting for a request or in flight (with their request
+    /// bodies): three eighths.
+    Worker,
+    /// Traced code's overflow (the queue is full) into the spool writer's backlog: up to
+    /// half of the writer's share.
+    Overflow,
+    /// What the worker hands to the spool writer (failed requests, rows it has no room
+    /// for): the spool writer's whole share, an eighth of the budget.
+    Spool,
+}
+
+/// The memory budget of undelivered data (`queue_max_bytes`), split between every
+/// buffer that holds traces or rows not yet delivered, spooled or dropped: the queue
+/// (half), the worker's rows, lingering, ready or in flight (three eighths), and the spool
+/// writer's backlog (an eighth). Each holder reserves what it takes before it takes it and
+/// releases it when the data has moved on; what does not fit goes to the next stage (the
+/// spool) or is dropped and counted, so a reservation never waits.
+///
+/// The shares are fixed, not pooled: each buffer is filled and emptied by different
+/// threads, whose allocator arenas keep the memory of their own peak, so what the process
+/// holds follows the sum of the buffers' peaks rather than the peak of their sum.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    limit: usize,
+    queue: AtomicUsize,
+    worker: AtomicUsize,
+    spool: AtomicUsize,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub(crate) fn new(limit: usize) -> Self {
+        Budget {
+            limit: limit.max(1),
+            queue: AtomicUsize::new(0),
+            worker: AtomicUsize::new(0),
+            spool: AtomicUsize::new(0),
+        }
+    }
+
+    /// The count `tier` reserves in, and the most it may fill it to.
+    fn share(&self, tier: Tier) -> (&AtomicUsize, usize) {
+        let eighth = self.limit / 8;
+        match tier {
+            Tier::Queue => (&self.queue, self.limit / 2),
+            Tier::Worker => (&self.worker, self.limit / 2 - eighth),
+            Tier::Overflow => (&self.spool, eighth / 2),
+            Tier::Spool => (&self.spool, eighth),
+        }
+    }
+
+    /// Counts `bytes` in if they fit in `tier`'s share; false (and nothing counted)
+    /// otherwise. Never waits.
+    pub(crate) fn reserve(&self, bytes: usize, tier: Tier) -> bool {
+        let (used, cap) = self.share(tier);
+        used.fetch_update(Relaxed, Relaxed, |u| {
+            let total = u.checked_add(bytes)?;
+            (total <= cap).then_some(total)
+        })
+        .is_ok()
+    }
+
+    /// Gives back bytes reserved earlier under `tier`.
+    pub(crate) fn release(&self, bytes: usize, tier: Tier) {
+        self.share(tier).0.fetch_sub(bytes, Relaxed);
+    }
+
+    /// Bytes reserved now, in all shares.
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> usize {
+        self.queue.load(Relaxed) + self.worker.load(Relaxed) + self.spool.load(Relaxed)
+    }
+
+    /// The whole budget, in bytes.
+    #[cfg(test)]
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+}

@@ -1,0 +1,7 @@
+//! The local trace file: its line format and the writer.
+
+mod format;
+pub(crate) mod writer;
+
+pub(crate) use format::append;
+pub use format::{LocalEntry, LocalLine, LocalLines, read_local_file};

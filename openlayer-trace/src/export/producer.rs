@@ -1,0 +1,317 @@
+//! The producer side of the queue: hands completed traces and row updates to the worker
+//! without blocking (overflowing to the spool or dropping and counting when full), and
+//! sends flush and shutdown messages.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::encode::OutRow;
+use crate::encode::row_policy::Shaper;
+use crate::error::Error;
+use crate::export::budget::{Budget, Tier};
+use crate::export::protocol::{Control, Msg, queued_trace_bytes};
+use crate::export::spool::{Spool, WalRef};
+use crate::record::CompletedTrace;
+use crate::record::row_update::RowUpdate;
+use crate::report::{Counters, DeliveryReport, DropReason, Stats};
+use crate::util::heap::heap_bytes;
+use crate::util::signal::Completion;
+
+/// The queue, the counters and the background threads of one configuration.
+#[derive(Debug)]
+pub(crate) struct Exporter {
+    pub(crate) config: Config,
+    pub(crate) tx: Option<mpsc::Sender<Msg>>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) budget: Arc<Budget>,
+    /// Used on the completing thread in write-ahead mode only.
+    pub(crate) shaper: Shaper,
+    pub(crate) spool: Option<Arc<Spool>>,
+    /// Whether the completing thread writes traces ahead to the spool.
+    pub(crate) write_ahead: bool,
+    pub(crate) threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl crate::record::sink::TraceSink for Exporter {
+    fn submit(&self, trace: CompletedTrace) {
+        self.enqueue(trace);
+    }
+}
+
+impl Exporter {
+    /// Hands a completed trace off, then the row updates that rode with it.
+    fn enqueue(&self, mut trace: CompletedTrace) {
+        let updates = std::mem::take(&mut trace.state.updates);
+        self.enqueue_trace(trace);
+        for u in updates {
+            self.enqueue_update(u);
+        }
+    }
+
+    fn enqueue_trace(&self, trace: CompletedTrace) {
+        let c = &self.counters;
+        c.enqueued.fetch_add(1, Relaxed);
+        let Some(tx) = &self.tx else {
+            c.drop_rows(DropReason::Shutdown, 1);
+            c.settled.fetch_add(1, Relaxed);
+            return;
+        };
+        if self.write_ahead
+            && let Some(spool) = &self.spool
+        {
+            return self.enqueue_ahead(tx, spool, trace);
+        }
+        let bytes = queued_trace_bytes(&trace);
+        if !self.reserve(bytes) {
+            return self.overflow(Box::new(trace), bytes);
+        }
+        match tx.try_send(Msg::Trace(trace, bytes)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                self.budget.release(bytes, Tier::Queue);
+                if let Msg::Trace(trace, bytes) = msg {
+                    self.overflow(Box::new(trace), bytes);
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.budget.release(bytes, Tier::Queue);
+                c.drop_rows(DropReason::Shutdown, 1);
+                c.settled.fetch_add(1, Relaxed);
+                crate::util::diag::warn_limited!(
+                    "a trace completed after shutdown; dropped (counted)"
+                );
+            }
+        }
+    }
+
+    /// Hands a row update off; like a trace, it overflows to the spool (or is dropped and
+    /// counted) when the queue is full. Never blocks.
+    pub(crate) fn enqueue_update(&self, update: RowUpdate) {
+        let c = &self.counters;
+        c.enqueued.fetch_add(1, Relaxed);
+        let Some(tx) = &self.tx else {
+            c.drop_rows(DropReason::Shutdown, 1);
+            c.settled.fetch_add(1, Relaxed);
+            return;
+        };
+        // Its box (the allocator's header on top of its size) and its slot in the channel.
+        let bytes = update.size() + 16 + size_of::<Msg>();
+        let update = if self.reserve(bytes) {
+            match tx.try_send(Msg::Update(Box::new(update), bytes)) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(Msg::Update(u, _))) => {
+                    self.budget.release(bytes, Tier::Queue);
+                    *u
+                }
+                Err(e) => {
+                    self.budget.release(bytes, Tier::Queue);
+                    drop(e);
+                    c.drop_rows(DropReason::Shutdown, 1);
+                    c.settled.fetch_add(1, Relaxed);
+                    crate::util::diag::warn_limited!(
+                        "a row update came after shutdown; dropped (counted)"
+                    );
+                    return;
+                }
+            }
+        } else {
+            update
+        };
+        // The queue is full: the spool keeps it when it can (with its pipeline resolved,
+        // as replay needs it).
+        if let Some(spool) = &self.spool {
+            let pipeline = update
+                .pipeline
+                .clone()
+                .or_else(|| self.config.inference_pipeline_id.clone());
+            if pipeline.is_some() {
+                let update = RowUpdate { pipeline, ..update };
+                if spool
+                    .send_updates(vec![update], DropReason::QueueFull, Tier::Overflow)
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+        }
+        self.drop_full();
+    }
+
+    /// Counts `bytes` into the memory budget, for the queue; false when they do not fit.
+    fn reserve(&self, bytes: usize) -> bool {
+        self.budget.reserve(bytes, Tier::Queue)
+    }
+
+    /// The queue is full: the spool writer takes the trace if it has room, else it is
+    /// dropped and counted. Never blocks.
+    fn overflow(&self, trace: Box<CompletedTrace>, bytes: usize) {
+        if let Some(spool) = &self.spool
+            && spool.send_trace(trace, bytes).is_ok()
+        {
+            return;
+        }
+        self.drop_full();
+    }
+
+    /// Write-ahead: encode here, append to the spool, then hand the row off.
+    fn enqueue_ahead(&self, tx: &mpsc::Sender<Msg>, spool: &Spool, mut trace: CompletedTrace) {
+        let c = &self.counters;
+        let prepared = self.shaper.prepare(&trace);
+        // Encoded here: its buffers go back to the pool for the next traces.
+        crate::record::recycle(&mut trace.state);
+        drop(trace);
+        let Some(row) = prepared.into_row(c) else {
+            return;
+        };
+        let Some(row) = OutRow::resolve(row, self.config.inference_pipeline_id.as_deref()) else {
+            c.drop_rows(DropReason::NoPipeline, 1);
+            c.settled.fetch_add(1, Relaxed);
+            crate::util::diag::warn_limited!(
+                "no inference pipeline id is configured; traces are dropped (counted)"
+            );
+            return;
+        };
+        let wal = spool.append_ahead(&row.spool_line());
+        let bytes =
+            row.held_bytes() + heap_bytes(size_of::<(OutRow, Option<WalRef>)>()) + size_of::<Msg>();
+        let msg = if self.reserve(bytes) {
+            match tx.try_send(Msg::Row(Box::new((row, wal)), bytes)) {
+                Ok(()) => return,
+                Err(e) => {
+                    self.budget.release(bytes, Tier::Queue);
+                    e.into_inner()
+                }
+            }
+        } else {
+            Msg::Row(Box::new((row, wal)), bytes)
+        };
+        let Msg::Row(row, _) = msg else {
+            unreachable!("sent a row")
+        };
+        let (row, wal) = *row;
+        match wal {
+            // On disk already: it waits there for a replay.
+            Some(w) => {
+                spool.give_up(w);
+                c.spooled.fetch_add(1, Relaxed);
+                c.settled.fetch_add(1, Relaxed);
+            }
+            None => {
+                if spool
+                    .send_rows(vec![row], DropReason::QueueFull, Tier::Overflow)
+                    .is_err()
+                {
+                    self.drop_full();
+                }
+            }
+        }
+    }
+
+    fn drop_full(&self) {
+        self.counters.drop_rows(DropReason::QueueFull, 1);
+        self.counters.settled.fetch_add(1, Relaxed);
+        crate::util::diag::warn_limited!(
+            "the trace queue is full; trace dropped (counted in stats)"
+        );
+    }
+
+    fn report(&self, complete: bool) -> DeliveryReport {
+        DeliveryReport {
+            stats: self.counters.snapshot(),
+            complete,
+        }
+    }
+
+    /// Sends a control message; `None` when the worker is gone.
+    fn control(&self, make: impl FnOnce(Arc<Completion>) -> Msg) -> Option<Arc<Completion>> {
+        let tx = self.tx.as_ref()?;
+        let done = Arc::new(Completion::default());
+        // Control messages may wait for room, but never past the caller's deadline: the
+        // worker drains the queue continuously, so a blocking send from a helper is avoided
+        // by trying first and falling back to a detached send.
+        match tx.try_send(make(done.clone())) {
+            Ok(()) => Some(done),
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                let tx = tx.clone();
+                std::thread::Builder::new()
+                    .name("openlayer-trace-control".into())
+                    .spawn(move || {
+                        let _ = tx.blocking_send(msg);
+                    })
+                    .ok()?;
+                Some(done)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => None,
+        }
+    }
+
+    /// Sends a flush or shutdown message and waits for it until `timeout` has passed;
+    /// `Ok(true)` when everything handed off before it was settled.
+    fn wait_for(&self, what: Control, timeout: Duration) -> Result<bool, Error> {
+        let Some((done, deadline)) = self.start_control(what, timeout)? else {
+            return Ok(true); // disabled: nothing is ever pending
+        };
+        Ok(done.wait_until(deadline))
+    }
+
+    async fn wait_for_async(&self, what: Control, timeout: Duration) -> Result<bool, Error> {
+        let Some((done, deadline)) = self.start_control(what, timeout)? else {
+            return Ok(true);
+        };
+        Ok(done.wait_until_async(deadline).await)
+    }
+
+    /// Sends a flush or shutdown message; `None` when disabled (there is no worker).
+    fn start_control(
+        &self,
+        what: Control,
+        timeout: Duration,
+    ) -> Result<Option<(Arc<Completion>, Instant)>, Error> {
+        if self.tx.is_none() {
+            return Ok(None);
+        }
+        let deadline = Instant::now() + timeout;
+        let done = self
+            .control(|c| match what {
+                Control::Flush => Msg::Flush(c, deadline),
+                Control::Shutdown => Msg::Shutdown(c, deadline),
+            })
+            .ok_or(Error::Shutdown)?;
+        Ok(Some((done, deadline)))
+    }
+
+    pub(crate) fn flush(&self, timeout: Duration) -> Result<DeliveryReport, Error> {
+        let complete = self.wait_for(Control::Flush, timeout)?;
+        Ok(self.report(complete))
+    }
+
+    pub(crate) async fn flush_async(&self, timeout: Duration) -> Result<DeliveryReport, Error> {
+        let complete = self.wait_for_async(Control::Flush, timeout).await?;
+        Ok(self.report(complete))
+    }
+
+    pub(crate) fn shutdown(&self, timeout: Duration) -> Result<DeliveryReport, Error> {
+        let complete = self.wait_for(Control::Shutdown, timeout)?;
+        if complete {
+            let threads =
+                std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+            for h in threads {
+                let _ = h.join();
+            }
+        }
+        Ok(self.report(complete))
+    }
+
+    pub(crate) async fn shutdown_async(&self, timeout: Duration) -> Result<DeliveryReport, Error> {
+        let complete = self.wait_for_async(Control::Shutdown, timeout).await?;
+        Ok(self.report(complete))
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.counters.snapshot()
+    }
+}

@@ -1,0 +1,117 @@
+//! The buffer pool: a trace's step list and text are allocated once and reused. The
+//! worker hands them back after encoding, so a new trace neither allocates them on the
+//! application's thread nor has them freed on another thread.
+
+use std::cell::RefCell;
+use std::sync::Mutex;
+
+use crate::record::step::StepRecord;
+use crate::record::trace::TraceState;
+
+// ---------------------------------------------------------------------------------------
+// Buffers: the step list and text of a trace are allocated once and reused. The worker hands
+// them back after encoding, so a new trace neither allocates them on the application's
+// thread nor has them freed on another thread (which makes the allocator contend).
+
+type Buffers = (Vec<StepRecord>, String);
+
+/// The buffers kept for reuse, and the bytes they hold.
+struct Pool {
+    free: Vec<Buffers>,
+    bytes: usize,
+}
+
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    free: Vec::new(),
+    bytes: 0,
+});
+
+/// Most bytes of buffers kept for reuse. The worker hands buffers back after a drain, and
+/// it drains once a millisecond: an application completing a trace a microsecond has a
+/// thousand traces' buffers out at a time, and each one it cannot reuse is allocated on
+/// its own thread and freed on the worker's. (Each tracing thread also holds up to
+/// [`BATCH`] buffers taken from the pool and not used yet.)
+const POOL_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Buffers that grew beyond these are freed rather than kept.
+const STEPS_KEEP: usize = 256;
+const TEXT_KEEP: usize = 64 * 1024;
+
+/// The bytes a step list and text buffer hold.
+fn buffer_bytes(b: &Buffers) -> usize {
+    b.0.capacity() * std::mem::size_of::<StepRecord>() + b.1.capacity()
+}
+
+/// Most buffers a thread takes from the pool at a time.
+const BATCH: usize = 16;
+
+/// Buffers this thread took from the pool and has not used yet: the pool's lock is taken
+/// once per batch rather than once per trace. The batch starts at one buffer and doubles
+/// up to [`BATCH`] as the thread keeps tracing, so that a short-lived thread does not empty
+/// the pool; what is left when the thread ends goes back to the pool.
+struct Taken {
+    free: Vec<Buffers>,
+    batch: usize,
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        for b in self.free.drain(..) {
+            give_back(b);
+        }
+    }
+}
+
+thread_local! {
+    static TAKEN: RefCell<Taken> = const {
+        RefCell::new(Taken {
+            free: Vec::new(),
+            batch: 1,
+        })
+    };
+}
+
+/// A step list and text buffer for a new trace: reused ones if the pool has any (and is
+/// not busy), else fresh ones.
+pub(crate) fn reused_buffers() -> Buffers {
+    let reused = TAKEN.try_with(|taken| {
+        let mut taken = taken.try_borrow_mut().ok()?;
+        if taken.free.is_empty() {
+            if let Ok(mut pool) = POOL.try_lock() {
+                let at = pool.free.len().saturating_sub(taken.batch);
+                let bytes: usize = pool.free[at..].iter().map(buffer_bytes).sum();
+                pool.bytes -= bytes;
+                taken.free.extend(pool.free.drain(at..));
+                taken.batch = (taken.batch * 2).min(BATCH);
+            }
+        }
+        taken.free.pop()
+    });
+    reused
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| (Vec::with_capacity(8), String::with_capacity(512)))
+}
+
+/// Hands the buffers of a completed trace back for reuse (after emptying them).
+pub(crate) fn recycle(state: &mut TraceState) {
+    let (mut steps, mut text) = (
+        std::mem::take(&mut state.steps),
+        std::mem::take(&mut state.text),
+    );
+    if steps.capacity() > STEPS_KEEP || text.capacity() > TEXT_KEEP {
+        return;
+    }
+    steps.clear();
+    text.clear();
+    give_back((steps, text));
+}
+
+/// Puts emptied buffers in the pool, if it has room for them.
+fn give_back(b: Buffers) {
+    let bytes = buffer_bytes(&b);
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.bytes + bytes <= POOL_MAX_BYTES {
+        pool.bytes += bytes;
+        pool.free.push(b);
+    }
+}

@@ -1,0 +1,88 @@
+//! A trace shared by its open steps and handles: its state behind the lock, its clock
+//! anchor, and where it goes when it completes.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::record::lock::{StateGuard, StateLock};
+use crate::record::pool::reused_buffers;
+use crate::record::trace::TraceState;
+
+/// A trace that is being recorded; shared by the steps, futures and handles of the trace.
+#[derive(Debug)]
+pub(crate) struct TraceShared {
+    state: StateLock<TraceState>,
+    /// The trace's clock anchor ([`clock::now`](crate::util::clock::now) nanoseconds): all step
+    /// times are offsets from it.
+    pub anchor: i64,
+    /// The wall-clock time of the anchor, in nanoseconds since the Unix epoch.
+    pub anchor_unix_ns: i128,
+    /// Where the trace goes instead of the pipeline (test capture).
+    pub capture: Option<Arc<dyn crate::record::sink::TraceSink>>,
+}
+
+impl TraceShared {
+    /// A new trace whose clock anchor is `anchor`, a clock reading taken just now.
+    pub(crate) fn new(
+        capture: Option<Arc<dyn crate::record::sink::TraceSink>>,
+        anchor: i64,
+    ) -> Self {
+        let (steps, text) = reused_buffers();
+        let state = TraceState {
+            steps,
+            text,
+            ..TraceState::default()
+        };
+        TraceShared {
+            state: StateLock::new(state),
+            anchor,
+            anchor_unix_ns: crate::util::clock::unix_ns(anchor),
+            capture,
+        }
+    }
+
+    /// Makes a spent trace (completed, handed off, held by nothing else) a new one.
+    pub(crate) fn reset(
+        &mut self,
+        capture: Option<Arc<dyn crate::record::sink::TraceSink>>,
+        anchor: i64,
+    ) {
+        let (steps, text) = reused_buffers();
+        *self.state.get_mut() = TraceState {
+            steps,
+            text,
+            ..TraceState::default()
+        };
+        self.anchor = anchor;
+        self.anchor_unix_ns = crate::util::clock::unix_ns(anchor);
+        self.capture = capture;
+    }
+
+    /// Whether this trace has been handed off (its state was taken, leaving it empty).
+    pub(crate) fn is_spent(&mut self) -> bool {
+        let st = self.state.get_mut();
+        st.shipped && st.steps.is_empty() && st.open == 0
+    }
+
+    /// Locks the state; a poisoned lock is still used (a panic elsewhere must not stop tracing).
+    #[inline]
+    pub(crate) fn lock(&self) -> StateGuard<'_, TraceState> {
+        self.state.lock()
+    }
+
+    /// Nanoseconds from the anchor to the clock reading `t`.
+    #[inline]
+    pub(crate) fn offset(&self, t: i64) -> i64 {
+        t.wrapping_sub(self.anchor)
+    }
+
+    /// The clock reading `offset` nanoseconds from the anchor.
+    pub(crate) fn at(&self, offset: i64) -> i64 {
+        self.anchor.wrapping_add(offset)
+    }
+
+    /// Nanoseconds from the anchor to a wall-clock time.
+    pub(crate) fn offset_of_wall(&self, t: SystemTime) -> i64 {
+        (crate::util::clock::unix_ns_of(t) - self.anchor_unix_ns) as i64
+    }
+}

@@ -1,0 +1,68 @@
+//! The one seam through which a completed trace leaves the hot path.
+//!
+//! A [`TraceSink`] takes completed traces, once per trace. The runtime installs the
+//! exporter of the current configuration here as the global sink; a test capture is a sink
+//! carried by the thread's position instead. So `context/` and `record/` name no concrete
+//! destination: the hot path reads [`enabled`] (one relaxed load) when it may start a
+//! trace, and calls [`submit`] when one completes.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+
+use crate::record::trace::CompletedTrace;
+
+/// Where completed traces go.
+pub(crate) trait TraceSink: Send + Sync + fmt::Debug {
+    /// Takes a completed trace. Never blocks on I/O and never fails into the caller.
+    fn submit(&self, trace: CompletedTrace);
+}
+
+const UNINIT: u8 = 0;
+const ENABLED: u8 = 1;
+const DISABLED: u8 = 2;
+
+static STATE: AtomicU8 = AtomicU8::new(UNINIT);
+static GLOBAL: RwLock<Option<Arc<dyn TraceSink>>> = RwLock::new(None);
+
+/// Whether new traces are recorded: one relaxed load once configured. Before the SDK is
+/// configured, `configure` is called (once, cold) to configure it and say whether tracing
+/// is on.
+#[inline]
+pub(crate) fn enabled(configure: fn() -> bool) -> bool {
+    match STATE.load(Relaxed) {
+        ENABLED => true,
+        DISABLED => false,
+        _ => configure(),
+    }
+}
+
+/// Whether the SDK has been configured (by `init`, lazily, or turned off).
+#[inline]
+pub(crate) fn configured() -> bool {
+    STATE.load(Relaxed) != UNINIT
+}
+
+/// Turns recording off or on without changing the global sink.
+pub(crate) fn set_enabled(on: bool) {
+    STATE.store(if on { ENABLED } else { DISABLED }, Relaxed);
+}
+
+/// Installs `sink` as the global sink (none: traces are dropped), then turns recording on
+/// or off.
+pub(crate) fn install(sink: Option<Arc<dyn TraceSink>>, on: bool) {
+    *GLOBAL.write().unwrap_or_else(|e| e.into_inner()) = sink;
+    set_enabled(on);
+}
+
+/// Hands a completed trace off: to `capture` when there is one, else to the global sink.
+pub(crate) fn submit(trace: CompletedTrace, capture: Option<&Arc<dyn TraceSink>>) {
+    if let Some(capture) = capture {
+        return capture.submit(trace);
+    }
+    let global = GLOBAL.read().unwrap_or_else(|e| e.into_inner()).clone();
+    match global {
+        Some(sink) => sink.submit(trace),
+        None => tracing::debug!(target: "openlayer_trace", "trace dropped: no pipeline"),
+    }
+}

@@ -1,0 +1,195 @@
+//! What one step writes: its record, its status, and its JSON values (in the trace's text).
+
+use std::borrow::Cow;
+
+use serde::Serialize;
+
+use crate::record::kind::StepKind;
+use crate::record::scratch::with_scratch;
+use crate::util::diag::warn_limited;
+
+/// A JSON text we produced ourselves (so it is known to be valid), embedded verbatim.
+pub(crate) type Json = Box<str>;
+
+/// No parent: the root step.
+pub(crate) const NO_PARENT: u32 = u32::MAX;
+
+/// Serializes `value` into `out` (appending). On failure `out` is left as it was.
+pub(crate) fn write_json<T: Serialize + ?Sized>(
+    out: &mut String,
+    value: &T,
+) -> Result<(), serde_json::Error> {
+    let mark = out.len();
+    // SAFETY: serde_json writes valid UTF-8 only, and on error the partial write is cut
+    // off at `mark`, a char boundary, before the string is used again.
+    let bytes = unsafe { out.as_mut_vec() };
+    let r = crate::util::json::to_vec(bytes, value);
+    if r.is_err() {
+        bytes.truncate(mark);
+    }
+    r
+}
+
+/// Serializes a value to JSON text. A value that fails to serialize is logged and skipped.
+pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> Option<Json> {
+    with_scratch(|buf| match write_json(buf, value) {
+        Ok(()) => Some(Box::from(buf.as_str())),
+        Err(e) => {
+            warn_limited!(error = %e, "a traced value could not be serialized; recorded as null");
+            None
+        }
+    })
+}
+
+/// A JSON text kept in its trace's [`TraceState::text`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TextRef {
+    pub(crate) start: u32,
+    pub(crate) len: u32,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    Open,
+    Ok,
+    Error,
+    Panicked,
+    Cancelled,
+}
+
+/// One step, flat: its parent is an index into the trace's step list.
+#[derive(Debug)]
+pub(crate) struct StepRecord {
+    pub id: u128,
+    pub parent: u32,
+    pub name: Cow<'static, str>,
+    pub kind: StepKind,
+    /// Whether the step came from `#[trace]` (which adds `has_guardrails: false`).
+    pub traced_fn: bool,
+    pub status: Status,
+    /// Start and end, in nanoseconds from the trace's anchor.
+    pub start: i64,
+    pub end: i64,
+    /// A JSON object of the captured inputs, in parameter order (in the trace's text).
+    pub inputs: Option<TextRef>,
+    /// The output (in the trace's text).
+    pub output: Option<TextRef>,
+    /// What few steps have, boxed so that a step record stays small (96 bytes) to write,
+    /// move and keep.
+    pub extra: Option<Box<StepExtra>>,
+}
+
+/// The rarely set parts of a step.
+#[derive(Debug, Default)]
+pub(crate) struct StepExtra {
+    pub ground_truth: Option<Json>,
+    pub metadata: Vec<(Cow<'static, str>, Json)>,
+    /// The kind's extra fields, by wire name.
+    pub fields: Vec<(&'static str, Json)>,
+    /// The error text (metadata `Exceptions`).
+    pub error: Option<Box<str>>,
+}
+
+impl StepRecord {
+    pub(crate) fn new(name: Cow<'static, str>, kind: StepKind, parent: u32, start: i64) -> Self {
+        StepRecord {
+            id: crate::util::id::next_id(),
+            parent,
+            name,
+            kind,
+            traced_fn: false,
+            status: Status::Open,
+            start,
+            end: start,
+            inputs: None,
+            output: None,
+            extra: None,
+        }
+    }
+
+    /// The rarely set parts, created on first use.
+    pub(crate) fn extra_mut(&mut self) -> &mut StepExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// The step's metadata, in the order first set.
+    pub(crate) fn metadata(&self) -> &[(Cow<'static, str>, Json)] {
+        self.extra.as_ref().map_or(&[], |e| &e.metadata)
+    }
+
+    /// The error text (metadata `Exceptions`).
+    pub(crate) fn error(&self) -> Option<&str> {
+        self.extra.as_ref()?.error.as_deref()
+    }
+
+    /// The step's ground truth (JSON).
+    pub(crate) fn ground_truth(&self) -> Option<&str> {
+        self.extra.as_ref()?.ground_truth.as_deref()
+    }
+
+    /// Sets a metadata key; the last write wins.
+    pub(crate) fn set_metadata(&mut self, key: Cow<'static, str>, value: Json) {
+        upsert(&mut self.extra_mut().metadata, key, value);
+    }
+
+    /// Sets a kind field; the last write wins.
+    pub(crate) fn set_field(&mut self, key: &'static str, value: Json) {
+        let fields = &mut self.extra_mut().fields;
+        match fields.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => fields.push((key, value)),
+        }
+    }
+
+    pub(crate) fn field(&self, key: &str) -> Option<&str> {
+        self.extra
+            .as_ref()?
+            .fields
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| &**v)
+    }
+
+    /// Heap bytes this step holds beyond its own size (which its trace's step list
+    /// counts), each allocation as the allocator hands it out (`pipeline::heap_bytes`).
+    #[inline]
+    pub(crate) fn approx_bytes(&self) -> usize {
+        use crate::util::heap::cow_heap_bytes;
+        // Most steps hold nothing of their own but their name.
+        cow_heap_bytes(&self.name) + self.extra.as_ref().map_or(0, |e| e.approx_bytes())
+    }
+}
+
+impl StepExtra {
+    #[cold]
+    fn approx_bytes(&self) -> usize {
+        use crate::util::heap::{cow_heap_bytes, heap_bytes};
+        heap_bytes(size_of::<StepExtra>())
+            + self
+                .ground_truth
+                .as_ref()
+                .map_or(0, |j| heap_bytes(j.len()))
+            + heap_bytes(self.metadata.capacity() * size_of::<(Cow<'static, str>, Json)>())
+            + self
+                .metadata
+                .iter()
+                .map(|(k, v)| cow_heap_bytes(k) + heap_bytes(v.len()))
+                .sum::<usize>()
+            + heap_bytes(self.fields.capacity() * size_of::<(&'static str, Json)>())
+            + self
+                .fields
+                .iter()
+                .map(|(_, v)| heap_bytes(v.len()))
+                .sum::<usize>()
+            + self.error.as_ref().map_or(0, |e| heap_bytes(e.len()))
+    }
+}
+
+/// Inserts or replaces `key`, keeping the first insertion's position.
+pub(crate) fn upsert<K: PartialEq>(list: &mut Vec<(K, Json)>, key: K, value: Json) {
+    match list.iter_mut().find(|(k, _)| *k == key) {
+        Some(slot) => slot.1 = value,
+        None => list.push((key, value)),
+    }
+}

@@ -1,0 +1,236 @@
+//! The hand-off from traced code to the background worker, and the public surface
+//! (`init`, `Guard`, `flush`, `stats`).
+//!
+//! A completed trace is handed off once, through a bounded queue that never blocks the
+//! caller. When the queue is full (in traces or in estimated bytes) the trace goes to the
+//! spool writer's own small bounded backlog when a spool is configured, and is otherwise
+//! dropped and counted. A dedicated thread owns a small runtime, encodes traces off the
+//! application's threads, and hands them to the sink: the local trace file (the embedded
+//! default, with no API key; see `filesink`) or the Openlayer API (see `flusher`).
+//!
+//! In write-ahead mode the completing thread also encodes the trace and appends it to the
+//! spool before handing it off (see `spool`); that is the only mode with work on the
+//! application's threads.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::export::producer::Exporter;
+use crate::record::row_update::RowUpdate;
+use crate::record::sink::{self, TraceSink};
+use crate::report::{DeliveryReport, DropReason, Stats};
+
+mod start;
+
+pub(crate) use start::Start;
+
+static PIPELINE: RwLock<Option<Arc<Exporter>>> = RwLock::new(None);
+static INIT: Mutex<()> = Mutex::new(());
+
+/// Whether new traces are recorded; the first call configures the SDK from the
+/// environment. One relaxed load once configured.
+#[inline]
+pub(crate) fn tracing_enabled() -> bool {
+    sink::enabled(lazy_init)
+}
+
+/// Configures the SDK from the environment, unless that was done already; whether
+/// tracing is on. Cold: called by the first traced call only.
+#[cold]
+pub(crate) fn lazy_init() -> bool {
+    let _lock = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    if sink::configured() {
+        return sink::enabled(|| false);
+    }
+    match Config::from_env().and_then(|c| start::start(c, Start::Lazy)) {
+        Ok(pipeline) => {
+            let enabled = !pipeline.config.disabled;
+            install(pipeline);
+            enabled
+        }
+        Err(e) => {
+            tracing::error!(target: "openlayer_trace", error = %e, "tracing is off: bad configuration");
+            sink::set_enabled(false);
+            false
+        }
+    }
+}
+
+fn install(pipeline: Arc<Exporter>) -> Option<Arc<Exporter>> {
+    let on = !pipeline.config.disabled;
+    let mut slot = PIPELINE.write().unwrap_or_else(|e| e.into_inner());
+    let previous = slot.replace(pipeline.clone());
+    sink::install(Some(pipeline as Arc<dyn TraceSink>), on);
+    drop(slot);
+    previous
+}
+
+fn current() -> Option<Arc<Exporter>> {
+    if !sink::configured() {
+        tracing_enabled();
+    }
+    PIPELINE.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Hands a row update off to the queue (see `crate::update_row`).
+pub(crate) fn submit_update(update: RowUpdate) {
+    match current() {
+        Some(p) => p.enqueue_update(update),
+        None => tracing::debug!(target: "openlayer_trace", "row update dropped: no pipeline"),
+    }
+}
+
+/// Counts a row update that was invalid: enqueued and dropped as rejected.
+pub(crate) fn reject_update() {
+    if let Some(p) = current() {
+        let c = &p.counters;
+        c.enqueued.fetch_add(1, Relaxed);
+        c.drop_rows(DropReason::Rejected, 1);
+        c.settled.fetch_add(1, Relaxed);
+    }
+}
+
+/// Keeps the SDK configured; dropping it flushes pending traces (with the configured
+/// `shutdown_timeout`, 5 s by default) and stops the background worker.
+///
+/// ```
+/// fn main() -> Result<(), openlayer_trace::Error> {
+///     let _guard = openlayer_trace::init_from_env()?;
+///     // ... traced work ...
+///     Ok(())
+/// } // pending traces are flushed here
+/// ```
+#[must_use = "dropping the guard flushes and stops the trace pipeline"]
+#[derive(Debug)]
+pub struct Guard {
+    pipeline: Option<Arc<Exporter>>,
+}
+
+impl Guard {
+    /// Waits until every trace completed so far is delivered (or settled otherwise), or
+    /// until `timeout`. Always returns by the deadline; the report says whether
+    /// everything was settled.
+    pub fn flush(&self, timeout: Duration) -> Result<DeliveryReport, Error> {
+        self.pipeline
+            .as_ref()
+            .ok_or(Error::Shutdown)?
+            .flush(timeout)
+    }
+
+    /// [`Guard::flush`] for async code; it never blocks the executor.
+    pub async fn flush_async(&self, timeout: Duration) -> Result<DeliveryReport, Error> {
+        self.pipeline
+            .as_ref()
+            .ok_or(Error::Shutdown)?
+            .flush_async(timeout)
+            .await
+    }
+
+    /// Flushes, then stops the worker. Always returns by the deadline.
+    pub fn shutdown(mut self, timeout: Duration) -> Result<DeliveryReport, Error> {
+        let p = self.pipeline.take().ok_or(Error::Shutdown)?;
+        let report = p.shutdown(timeout);
+        uninstall(&p);
+        report
+    }
+
+    /// [`Guard::shutdown`] for async code.
+    pub async fn shutdown_async(mut self, timeout: Duration) -> Result<DeliveryReport, Error> {
+        let p = self.pipeline.take().ok_or(Error::Shutdown)?;
+        let report = p.shutdown_async(timeout).await;
+        uninstall(&p);
+        report
+    }
+
+    /// A snapshot of the delivery counters.
+    pub fn stats(&self) -> Stats {
+        self.pipeline
+            .as_ref()
+            .map(|p| p.stats())
+            .unwrap_or_default()
+    }
+}
+
+fn uninstall(p: &Arc<Exporter>) {
+    let mut slot = PIPELINE.write().unwrap_or_else(|e| e.into_inner());
+    if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, p)) {
+        // Shut down on purpose: later traces are not recorded until `init` is called again.
+        *slot = None;
+        sink::install(None, false);
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(p) = self.pipeline.take() {
+            let timeout = p.config.shutdown_timeout;
+            let report = p.shutdown(timeout);
+            uninstall(&p);
+            match report {
+                Ok(r) if !r.complete => {
+                    tracing::warn!(target: "openlayer_trace", pending = r.stats.pending, "traces still pending at shutdown")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(target: "openlayer_trace", error = %e, "shutdown"),
+            }
+        }
+    }
+}
+
+/// Configures the SDK with `config` and starts its background worker.
+///
+/// Replaces any earlier configuration (whose pending traces are flushed first, within
+/// its `shutdown_timeout`). Returns a [`Guard`] that flushes when dropped.
+pub fn init(config: Config) -> Result<Guard, Error> {
+    let _lock = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    if config.spool_dir.is_some() && config.api_key.is_some() && !config.disabled {
+        // The spool directory belongs to one pipeline at a time: the previous one
+        // releases it (spooling what it could not deliver) before the new one starts.
+        let old = PIPELINE.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(old) = old {
+            let _ = old.shutdown(old.config.shutdown_timeout);
+        }
+    }
+    let pipeline = start::start(config, Start::Explicit)?;
+    if let Some(old) = install(pipeline.clone()) {
+        let timeout = old.config.shutdown_timeout;
+        let _ = old.shutdown(timeout);
+    }
+    Ok(Guard {
+        pipeline: Some(pipeline),
+    })
+}
+
+/// Configures the SDK from the environment (`OPENLAYER_API_KEY`,
+/// `OPENLAYER_INFERENCE_PIPELINE_ID`, `OPENLAYER_BASE_URL`, `OPENLAYER_DISABLE_PUBLISH`,
+/// ...); see [`init`]. Without a key, traces go to the local file of the embedded default.
+pub fn init_from_env() -> Result<Guard, Error> {
+    init(Config::from_env()?)
+}
+
+fn installed() -> Result<Arc<Exporter>, Error> {
+    current().ok_or(Error::Shutdown)
+}
+
+/// Flushes the current configuration's pending traces; see [`Guard::flush`].
+pub fn flush(timeout: Duration) -> Result<DeliveryReport, Error> {
+    installed()?.flush(timeout)
+}
+
+/// [`flush`] for async code.
+pub async fn flush_async(timeout: Duration) -> Result<DeliveryReport, Error> {
+    installed()?.flush_async(timeout).await
+}
+
+/// A snapshot of the current configuration's delivery counters.
+pub fn stats() -> Stats {
+    PIPELINE
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(|p| p.stats())
+        .unwrap_or_default()
+}

@@ -1,0 +1,167 @@
+//! Starting a configuration: the queue, the worker and the spool writer, wired to the
+//! destination the configuration names.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::encode::row_policy::Shaper;
+use crate::error::Error;
+use crate::export::budget::Budget;
+use crate::export::openlayer::Flusher;
+use crate::export::producer::Exporter;
+use crate::export::spool::Spool;
+use crate::report::Counters;
+use crate::transport::{Transport, TransportConfig};
+
+fn spawn(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, Error> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| {
+            tracing::error!(target: "openlayer_trace", error = %e, "could not start a background thread");
+            Error::Io(e)
+        })
+}
+
+/// How a pipeline is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// By `init`: every problem is an error for the caller.
+    Explicit,
+    /// By the first traced call: an unusable spool is logged and done without, rather
+    /// than turning tracing off.
+    Lazy,
+}
+
+/// Starts the background threads for `config` (none when disabled): the worker, and
+/// the spool writer when there is a spool.
+pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> {
+    let counters = Arc::new(Counters::default());
+    let budget = Arc::new(Budget::new(config.queue_max_bytes));
+    let shaper = Shaper::new(&config);
+    if config.disabled {
+        return Ok(Arc::new(Exporter {
+            config,
+            tx: None,
+            counters,
+            budget,
+            shaper,
+            spool: None,
+            write_ahead: false,
+            threads: Mutex::new(Vec::new()),
+        }));
+    }
+    let (tx, rx) = mpsc::channel(config.queue_capacity);
+    let mut threads = Vec::new();
+    let mut spool = None;
+    if config.api_key.is_none() {
+        if let Some(dir) = &config.spool_dir {
+            tracing::info!(target: "openlayer_trace", dir = %dir.display(), "the spool is only used when sending to Openlayer; without an API key it is ignored");
+        }
+        let sink = crate::export::local_file::writer::FileSink::new(&config);
+        let (counters, budget, shaper) = (counters.clone(), budget.clone(), shaper.clone());
+        threads.push(spawn("openlayer-trace", move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build();
+            match rt {
+                Ok(rt) => rt.block_on(crate::export::local_file::writer::run(
+                    rx,
+                    sink,
+                    counters,
+                    budget,
+                    shaper,
+                )),
+                Err(e) => {
+                    tracing::error!(target: "openlayer_trace", error = %e, "could not start the trace worker")
+                }
+            }
+        })?);
+    } else {
+        // Checked here; built on the worker thread, so that the traced call that
+        // configures the SDK lazily does not pay for the TLS setup.
+        let transport_config = TransportConfig::from_config(&config);
+        transport_config.validate()?;
+        let opened = match &config.spool_dir {
+            None => None,
+            Some(_) => match Spool::open(&config, counters.clone(), budget.clone()) {
+                Ok(opened) => Some(opened),
+                Err(e) if how == Start::Lazy => {
+                    tracing::error!(target: "openlayer_trace", error = %e, "the spool cannot be used; traces are sent without it");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        if let Some((s, jobs)) = opened {
+            let (writer_spool, shaper, default) = (
+                s.clone(),
+                shaper.clone(),
+                config.inference_pipeline_id.clone(),
+            );
+            threads.push(spawn("openlayer-trace-spool", move || {
+                crate::export::spool::run_writer(writer_spool, jobs, shaper, default)
+            })?);
+            spool = Some(s);
+        }
+        let (worker_config, counters, budget, shaper, worker_spool) = (
+            config.clone(),
+            counters.clone(),
+            budget.clone(),
+            shaper.clone(),
+            spool.clone(),
+        );
+        let worker = spawn("openlayer-trace", move || {
+            let started = Transport::new(transport_config).and_then(|t| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                Ok((t, rt))
+            });
+            match started {
+                Ok((transport, rt)) => {
+                    let flusher = Flusher::new(
+                        &worker_config,
+                        transport,
+                        counters,
+                        budget,
+                        shaper,
+                        worker_spool,
+                    );
+                    rt.block_on(flusher.run(rx));
+                }
+                Err(e) => {
+                    // Traces handed off from now on are dropped as `shutdown` (counted).
+                    tracing::error!(target: "openlayer_trace", error = %e, "could not start the trace worker");
+                    if let Some(s) = worker_spool {
+                        s.close(Vec::new());
+                    }
+                }
+            }
+        });
+        match worker {
+            Ok(h) => threads.push(h),
+            Err(e) => {
+                if let Some(s) = &spool {
+                    s.close(Vec::new());
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(Arc::new(Exporter {
+        config,
+        tx: Some(tx),
+        counters,
+        budget,
+        shaper,
+        write_ahead: spool.as_ref().is_some_and(|s| s.write_ahead()),
+        spool,
+        threads: Mutex::new(threads),
+    }))
+}

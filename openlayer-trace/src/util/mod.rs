@@ -1,0 +1,9 @@
+//! The bottom layer: the clock, ids, the JSON writer, diagnostics, heap accounting and the
+//! one-shot signal. It imports nothing else from the crate.
+
+pub(crate) mod clock;
+pub(crate) mod diag;
+pub(crate) mod heap;
+pub(crate) mod id;
+pub(crate) mod json;
+pub(crate) mod signal;
