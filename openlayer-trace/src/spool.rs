@@ -161,8 +161,34 @@ pub(crate) struct ReplayBatch {
     /// The rows; for a row update, its one row (the columns to set).
     pub rows: Vec<String>,
     ids: Vec<String>,
+    /// For each line (offset): how many rows and how many ids it gave.
+    per_line: Vec<(usize, usize)>,
     /// For a row update, the inference id of the row it updates.
     pub update: Option<String>,
+}
+
+impl ReplayBatch {
+    /// Splits off the second half of a batch of several lines (for bisecting a rejected
+    /// batch); `None` for a batch of one line.
+    pub(crate) fn split_off(&mut self) -> Option<ReplayBatch> {
+        if self.update.is_some() || self.offsets.len() < 2 {
+            return None;
+        }
+        let half = self.offsets.len() / 2;
+        let (rows, ids) = self.per_line[..half]
+            .iter()
+            .fold((0, 0), |(r, i), (lr, li)| (r + lr, i + li));
+        Some(ReplayBatch {
+            seq: self.seq,
+            offsets: self.offsets.split_off(half),
+            pipeline: self.pipeline.clone(),
+            config: self.config.clone(),
+            rows: self.rows.split_off(rows),
+            ids: self.ids.split_off(ids),
+            per_line: self.per_line.split_off(half),
+            update: None,
+        })
+    }
 }
 
 /// How a replayed batch ended.
@@ -983,6 +1009,7 @@ impl Spool {
                         config: u.config.map(|c| c.get().to_string()).unwrap_or_default(),
                         rows: vec![u.row.get().to_string()],
                         ids: Vec::new(),
+                        per_line: vec![(1, 0)],
                         update: Some(u.inference_id),
                     });
                     break;
@@ -1043,10 +1070,13 @@ impl Spool {
                 config: config.to_string(),
                 rows: Vec::new(),
                 ids: Vec::new(),
+                per_line: Vec::new(),
                 update: None,
             });
             batch_bytes += size;
             b.offsets.push(offset);
+            let known = ids.iter().flatten().count();
+            b.per_line.push((rows.len(), known));
             b.rows.extend(rows);
             b.ids.extend(ids.into_iter().flatten());
             seg.inflight.insert(offset);
