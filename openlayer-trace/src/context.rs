@@ -29,6 +29,9 @@ struct Position {
     trace: Cell<Option<Arc<TraceShared>>>,
     step: Cell<u32>,
     capture: Cell<Option<Arc<CaptureSink>>>,
+    /// Set on our own threads and while our callbacks (`mask`, `on_failure`) run: no
+    /// trace starts here, so that traced code called from them cannot recurse into us.
+    suppressed: Cell<bool>,
 }
 
 thread_local! {
@@ -37,8 +40,51 @@ thread_local! {
             trace: Cell::new(None),
             step: Cell::new(NO_PARENT),
             capture: Cell::new(None),
+            suppressed: Cell::new(false),
         }
     };
+}
+
+/// Marks this thread (one of ours: the worker, the spool writer) as never starting a
+/// trace.
+pub(crate) fn suppress_this_thread() {
+    let _ = POS.try_with(|p| p.suppressed.set(true));
+}
+
+/// Runs one of our callbacks (a user's `mask` or `on_failure`) outside any trace, with
+/// root steps suppressed: traced code it calls records nothing. The thread's position is
+/// restored afterwards, even if `f` unwinds.
+pub(crate) fn untraced<R>(f: impl FnOnce() -> R) -> R {
+    /// A position saved while a callback runs.
+    struct Saved {
+        trace: Option<Arc<TraceShared>>,
+        step: u32,
+        capture: Option<Arc<CaptureSink>>,
+        suppressed: bool,
+    }
+    struct Restore(Option<Saved>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(s) = self.0.take() {
+                let _ = POS.try_with(|p| {
+                    p.trace.set(s.trace);
+                    p.step.set(s.step);
+                    p.capture.set(s.capture);
+                    p.suppressed.set(s.suppressed);
+                });
+            }
+        }
+    }
+    let saved = POS
+        .try_with(|p| Saved {
+            trace: p.trace.take(),
+            step: p.step.replace(NO_PARENT),
+            capture: p.capture.take(),
+            suppressed: p.suppressed.replace(true),
+        })
+        .ok();
+    let _restore = Restore(saved);
+    f()
 }
 
 /// Runs `f` with the current trace and step, if any. The thread-local is restored even if
@@ -151,21 +197,23 @@ fn parent() -> Option<Parent> {
             Some(t) => {
                 let copy = t.clone();
                 p.trace.set(Some(t));
-                Some(Parent::In(copy, p.step.get()))
+                Ok(Some(Parent::In(copy, p.step.get())))
             }
+            // A root would start here: never on our threads or in our callbacks.
+            None if p.suppressed.get() => Err(()),
             None => {
                 let cap = p.capture.take();
                 let copy = cap.clone();
                 p.capture.set(cap);
-                copy.map(|c| Parent::Root(Some(c)))
+                Ok(copy.map(|c| Parent::Root(Some(c))))
             }
         }
     });
     match found {
-        Ok(Some(parent)) => Some(parent),
+        Ok(Ok(Some(parent))) => Some(parent),
         // No current trace and no capture: a new trace is recorded when tracing is on.
-        Ok(None) => pipeline::tracing_enabled().then_some(Parent::Root(None)),
-        Err(_) => None,
+        Ok(Ok(None)) => pipeline::tracing_enabled().then_some(Parent::Root(None)),
+        Ok(Err(())) | Err(_) => None,
     }
 }
 

@@ -385,7 +385,11 @@ fn spawn(
 ) -> Result<std::thread::JoinHandle<()>, Error> {
     std::thread::Builder::new()
         .name(name.into())
-        .spawn(f)
+        .spawn(move || {
+            // Our own threads never start a trace (a mask calling traced code, say).
+            crate::context::suppress_this_thread();
+            f()
+        })
         .map_err(|e| {
             tracing::error!(target: "openlayer_trace", error = %e, "could not start a background thread");
             Error::Io(e)

@@ -125,7 +125,10 @@ pub struct DeliveryFailure {
 /// Tells the configured failure callback; a panic in it is contained and logged.
 pub(crate) fn notify(callback: Option<&crate::config::FailureFn>, failure: DeliveryFailure) {
     if let Some(cb) = callback
-        && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(&failure))).is_err()
+        && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::context::untraced(|| cb(&failure))
+        }))
+        .is_err()
     {
         crate::diag::warn_limited!("the on_failure callback panicked");
     }
