@@ -597,14 +597,21 @@ impl<F: Future> Future for WithTrace<F> {
 
 impl<F> Drop for WithTrace<F> {
     fn drop(&mut self) {
+        /// Restores the position even when dropping the inner future panics.
+        struct Exit(Option<Entered>);
+        impl Drop for Exit {
+            fn drop(&mut self) {
+                if let Some(e) = self.0.take() {
+                    exit(e);
+                }
+            }
+        }
         // Drop the inner future first, in its position, so that its steps close before the
         // hold on the trace is released.
-        let entered = self.ctx.as_ref().map(|c| enter(c.trace.clone(), c.step));
+        let entered = Exit(self.ctx.as_ref().map(|c| enter(c.trace.clone(), c.step)));
         // SAFETY: dropped exactly once, in place, never used again.
         unsafe { std::mem::ManuallyDrop::drop(&mut self.inner) };
-        if let Some(e) = entered {
-            exit(e);
-        }
+        drop(entered);
         self.ctx = None;
     }
 }

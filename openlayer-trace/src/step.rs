@@ -435,20 +435,35 @@ impl<F: Future> Future for Instrumented<F> {
 
 impl<F> Drop for Instrumented<F> {
     fn drop(&mut self) {
-        match std::mem::replace(&mut self.state, State::Done) {
-            State::Open(open) => {
-                let entered = context::enter_ref(&open.trace, open.idx);
-                // SAFETY: dropped exactly once, in place.
-                unsafe { ManuallyDrop::drop(&mut self.inner) };
-                context::exit(entered);
+        /// Restores the position and closes the step as cancelled, even when dropping the
+        /// inner future panics.
+        struct Cancel {
+            entered: Option<Entered>,
+            open: OpenStep,
+        }
+        impl Drop for Cancel {
+            fn drop(&mut self) {
+                if let Some(e) = self.entered.take() {
+                    context::exit(e);
+                }
                 // After the inner future (and so its steps) is gone.
-                let end = clock::now();
                 let closing = Closing {
                     status: Status::Cancelled,
                     output: None,
                     error: None,
                 };
-                context::close_step(&open, end, closing);
+                context::close_step(&self.open, clock::now(), closing);
+            }
+        }
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Open(open) => {
+                let cancel = Cancel {
+                    entered: Some(context::enter_ref(&open.trace, open.idx)),
+                    open,
+                };
+                // SAFETY: dropped exactly once, in place.
+                unsafe { ManuallyDrop::drop(&mut self.inner) };
+                drop(cancel);
             }
             // SAFETY: dropped exactly once, in place.
             _ => unsafe { ManuallyDrop::drop(&mut self.inner) },
