@@ -17,6 +17,9 @@ pub const DEFAULT_BASE_URL: &str = "https://api.openlayer.com/v1";
 /// The default file of the embedded default (no API key).
 pub const DEFAULT_TRACE_FILE: &str = "openlayer-traces.jsonl";
 
+/// The default bound of the local trace file: 64 MiB.
+pub const DEFAULT_TRACE_FILE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
 /// An API key. Its `Debug` and `Display` never show the secret.
 ///
 /// ```
@@ -108,6 +111,9 @@ pub struct Config {
     pub(crate) spool_mode: SpoolMode,
     pub(crate) spool_max_bytes: u64,
     pub(crate) trace_file: PathBuf,
+    /// Whether the local file was asked for (`OPENLAYER_TRACE_FILE` or `trace_file`).
+    pub(crate) trace_file_set: bool,
+    pub(crate) trace_file_max_bytes: u64,
     pub(crate) sample_rate: f64,
     pub(crate) mask: Option<MaskFn>,
     pub(crate) field_budget: Option<usize>,
@@ -137,6 +143,7 @@ impl fmt::Debug for Config {
             .field("spool_mode", &self.spool_mode)
             .field("spool_max_bytes", &self.spool_max_bytes)
             .field("trace_file", &self.trace_file)
+            .field("trace_file_max_bytes", &self.trace_file_max_bytes)
             .field("sample_rate", &self.sample_rate)
             .field("mask", &self.mask.as_ref().map(|_| "Fn"))
             .field("field_budget", &self.field_budget)
@@ -168,6 +175,8 @@ impl Default for Config {
             spool_mode: SpoolMode::Overflow,
             spool_max_bytes: 256 * 1024 * 1024,
             trace_file: PathBuf::from(DEFAULT_TRACE_FILE),
+            trace_file_set: false,
+            trace_file_max_bytes: DEFAULT_TRACE_FILE_MAX_BYTES,
             sample_rate: 1.0,
             mask: None,
             field_budget: None,
@@ -220,6 +229,7 @@ impl Config {
         }
         if let Some(file) = env_var("OPENLAYER_TRACE_FILE") {
             c.trace_file = PathBuf::from(file);
+            c.trace_file_set = true;
         }
         c
     }
@@ -317,8 +327,15 @@ impl ConfigBuilder {
         spool_mode: SpoolMode => |c, v| c.spool_mode = v);
     setter!(/// Most bytes the spool may hold; the oldest data is evicted and counted.
         spool_max_bytes: u64 => |c, v| c.spool_max_bytes = v);
-    setter!(/// The embedded default's file (`OPENLAYER_TRACE_FILE`).
-        trace_file: impl Into<PathBuf> => |c, v| c.trace_file = v.into());
+    setter!(/// The local trace file (`OPENLAYER_TRACE_FILE`). Setting it (or the variable)
+    /// asks for the local file without an API key, even without an `init` call.
+    trace_file: impl Into<PathBuf> => |c, v| {
+        c.trace_file = v.into();
+        c.trace_file_set = true;
+    });
+    setter!(/// Most bytes of the local trace file (default 64 MiB): beyond it, the file is
+        /// renamed to `<file>.1` (replacing an older one) and a new one is started.
+        trace_file_max_bytes: u64 => |c, v| c.trace_file_max_bytes = v.max(1024));
     setter!(/// Deadline of the flush that dropping the [`Guard`](crate::Guard) performs (default 5 s).
         shutdown_timeout: Duration => |c, v| c.shutdown_timeout = v);
     setter!(/// Most bytes of one string or array element count per field; longer values are

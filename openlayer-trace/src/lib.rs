@@ -86,7 +86,10 @@ pub use client::{
     RowUpdateConfig, StreamConfig, TabularClassificationConfig, TabularRegressionConfig, TaskType,
     TextClassificationConfig, stream_config_from_json,
 };
-pub use config::{ApiKey, Config, ConfigBuilder, FailureFn, MaskFn, SpoolMode};
+pub use config::{
+    ApiKey, Config, ConfigBuilder, DEFAULT_TRACE_FILE, DEFAULT_TRACE_FILE_MAX_BYTES, FailureFn,
+    MaskFn, SpoolMode,
+};
 pub use context::{
     AttachGuard, FutureExt, TraceContext, WithTrace, current_context, spawn, thread,
 };

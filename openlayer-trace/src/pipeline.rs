@@ -425,6 +425,25 @@ impl Pipeline {
                 threads: Mutex::new(Vec::new()),
             }));
         }
+        if how == Start::Lazy && config.api_key.is_none() && !config.trace_file_set {
+            // Nobody asked for the local file: traces are counted, not written (a library
+            // using `#[trace]` must not make every binary linking it write prompts to disk).
+            eprintln!(
+                "openlayer-trace: no OPENLAYER_API_KEY, no init call and no OPENLAYER_TRACE_FILE; \
+                 traces are counted but not written anywhere (call openlayer_trace::init_from_env() \
+                 or set OPENLAYER_TRACE_FILE to write them to a local file)"
+            );
+            return Ok(Arc::new(Pipeline {
+                config,
+                tx: None,
+                counters,
+                budget,
+                shaper,
+                spool: None,
+                write_ahead: false,
+                threads: Mutex::new(Vec::new()),
+            }));
+        }
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let mut threads = Vec::new();
         let mut spool = None;
@@ -535,6 +554,16 @@ impl Pipeline {
         }))
     }
 
+    /// Why a row is dropped when this pipeline has no worker: nowhere to go (configured
+    /// lazily with neither a key nor a local file), or shut down.
+    fn no_sink_reason(&self) -> DropReason {
+        if self.config.api_key.is_none() && !self.config.trace_file_set && !self.config.disabled {
+            DropReason::NoDestination
+        } else {
+            DropReason::Shutdown
+        }
+    }
+
     /// Hands a completed trace off, then the row updates that rode with it.
     fn enqueue(&self, mut trace: CompletedTrace) {
         let updates = std::mem::take(&mut trace.state.updates);
@@ -548,7 +577,7 @@ impl Pipeline {
         let c = &self.counters;
         c.enqueued.fetch_add(1, Relaxed);
         let Some(tx) = &self.tx else {
-            c.drop_rows(DropReason::Shutdown, 1);
+            c.drop_rows(self.no_sink_reason(), 1);
             c.settled.fetch_add(1, Relaxed);
             return;
         };
@@ -584,7 +613,7 @@ impl Pipeline {
         let c = &self.counters;
         c.enqueued.fetch_add(1, Relaxed);
         let Some(tx) = &self.tx else {
-            c.drop_rows(DropReason::Shutdown, 1);
+            c.drop_rows(self.no_sink_reason(), 1);
             c.settled.fetch_add(1, Relaxed);
             return;
         };

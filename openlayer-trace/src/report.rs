@@ -24,6 +24,9 @@ pub enum DropReason {
     Shutdown,
     /// No inference pipeline id was known for a trace that had to go over HTTP.
     NoPipeline,
+    /// Nowhere to go: no API key, no `init` call and no `OPENLAYER_TRACE_FILE`, so
+    /// traces are counted and not written anywhere.
+    NoDestination,
 }
 
 /// Rows dropped, by reason.
@@ -46,6 +49,8 @@ pub struct Dropped {
     pub shutdown: u64,
     /// See [`DropReason::NoPipeline`].
     pub no_pipeline: u64,
+    /// See [`DropReason::NoDestination`].
+    pub no_destination: u64,
 }
 
 impl Dropped {
@@ -59,6 +64,7 @@ impl Dropped {
             + self.encoding
             + self.shutdown
             + self.no_pipeline
+            + self.no_destination
     }
 }
 
@@ -154,6 +160,7 @@ pub(crate) struct Counters {
     pub encoding: AtomicU64,
     pub shutdown: AtomicU64,
     pub no_pipeline: AtomicU64,
+    pub no_destination: AtomicU64,
 }
 
 impl Counters {
@@ -167,6 +174,7 @@ impl Counters {
             DropReason::Encoding => &self.encoding,
             DropReason::Shutdown => &self.shutdown,
             DropReason::NoPipeline => &self.no_pipeline,
+            DropReason::NoDestination => &self.no_destination,
         };
         c.fetch_add(n, Relaxed);
     }
@@ -187,6 +195,7 @@ impl Counters {
             encoding: self.encoding.load(Relaxed),
             shutdown: self.shutdown.load(Relaxed),
             no_pipeline: self.no_pipeline.load(Relaxed),
+            no_destination: self.no_destination.load(Relaxed),
         };
         let enqueued = self.enqueued.load(Relaxed);
         let settled = self.settled.load(Relaxed);
