@@ -776,19 +776,19 @@ async fn send(t: &Transport, req: &ApiRequest) -> Result<ApiResponse, Error> {
 /// `success: false`, is an error all the same.
 async fn expect_success(t: &Transport, req: &ApiRequest) -> Result<(), Error> {
     let resp = send(t, req).await?;
-    if let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&resp.body) {
-        if body.get("success") == Some(&Value::Bool(false)) {
-            let message = ["error", "message"]
-                .iter()
-                .find_map(|k| body.get(*k).and_then(Value::as_str))
-                .unwrap_or("the platform answered success: false")
-                .to_string();
-            return Err(Error::Api {
-                status: resp.status,
-                message,
-                request: describe(req),
-            });
-        }
+    if let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&resp.body)
+        && body.get("success") == Some(&Value::Bool(false))
+    {
+        let message = ["error", "message"]
+            .iter()
+            .find_map(|k| body.get(*k).and_then(Value::as_str))
+            .unwrap_or("the platform answered success: false")
+            .to_string();
+        return Err(Error::Api {
+            status: resp.status,
+            message,
+            request: describe(req),
+        });
     }
     Ok(())
 }

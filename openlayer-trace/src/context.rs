@@ -172,11 +172,11 @@ fn keep_spare(mut trace: Arc<TraceShared>) {
 
 /// A new trace: this thread's spare one, reset, or a new allocation.
 fn new_trace(capture: Option<Arc<CaptureSink>>, anchor: i64) -> Arc<TraceShared> {
-    if let Some(mut spare) = SPARE.try_with(|s| s.take()).ok().flatten() {
-        if let Some(t) = Arc::get_mut(&mut spare) {
-            t.reset(capture, anchor);
-            return spare;
-        }
+    if let Some(mut spare) = SPARE.try_with(|s| s.take()).ok().flatten()
+        && let Some(t) = Arc::get_mut(&mut spare)
+    {
+        t.reset(capture, anchor);
+        return spare;
     }
     Arc::new(TraceShared::new(capture, anchor))
 }

@@ -359,23 +359,23 @@ impl<F: Future> Future for Instrumented<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // SAFETY: `inner` is structurally pinned and never moved; `state` is not pinned.
         let this = unsafe { self.get_unchecked_mut() };
-        if matches!(this.state, State::Pending(..)) {
-            if let State::Pending(p) = std::mem::replace(&mut this.state, State::Done) {
-                let Pending {
-                    spec,
-                    inputs,
-                    metadata,
-                } = *p;
-                let write_inputs = |buf: &mut String| {
-                    buf.push_str(inputs.as_deref().unwrap_or_default());
-                };
-                if let Some(open) = context::open_step(spec, Start::Now, write_inputs) {
-                    if !metadata.is_empty() {
-                        crate::update::apply_step_json(&open, metadata);
-                    }
-                    install_panic_hook();
-                    this.state = State::Open(open);
+        if matches!(this.state, State::Pending(..))
+            && let State::Pending(p) = std::mem::replace(&mut this.state, State::Done)
+        {
+            let Pending {
+                spec,
+                inputs,
+                metadata,
+            } = *p;
+            let write_inputs = |buf: &mut String| {
+                buf.push_str(inputs.as_deref().unwrap_or_default());
+            };
+            if let Some(open) = context::open_step(spec, Start::Now, write_inputs) {
+                if !metadata.is_empty() {
+                    crate::update::apply_step_json(&open, metadata);
                 }
+                install_panic_hook();
+                this.state = State::Open(open);
             }
         }
 
@@ -389,15 +389,15 @@ impl<F: Future> Future for Instrumented<F> {
                 if let Some(e) = self.entered.take() {
                     context::exit(e);
                 }
-                if std::thread::panicking() {
-                    if let State::Open(open) = std::mem::replace(self.state, State::Done) {
-                        let closing = Closing {
-                            status: Status::Panicked,
-                            output: None,
-                            error: Some(panic_message()),
-                        };
-                        context::close_step(&open, clock::now(), closing);
-                    }
+                if std::thread::panicking()
+                    && let State::Open(open) = std::mem::replace(self.state, State::Done)
+                {
+                    let closing = Closing {
+                        status: Status::Panicked,
+                        output: None,
+                        error: Some(panic_message()),
+                    };
+                    context::close_step(&open, clock::now(), closing);
                 }
             }
         }
