@@ -9,7 +9,8 @@
 //! of local trace files. Its `state/` subdirectory holds the bookkeeping: for each segment,
 //! `00000000000000000042.acks` lists the byte offsets of its lines that need not be sent
 //! again (acknowledged with a 2xx, rejected, or unreadable), one decimal offset per line;
-//! `lock` names the process that owns the spool. A segment is deleted once every line of
+//! `lock` is the OS file lock (`flock`) of the process that owns the spool, and names
+//! it. A segment is deleted once every line of
 //! it is acknowledged. Files are created with mode 0600 and directories with 0700 (unix).
 //!
 //! # Writers
@@ -205,6 +206,8 @@ pub(crate) enum ReplayEnd {
 /// The spool of one pipeline.
 pub(crate) struct Spool {
     dir: PathBuf,
+    /// Holds the OS lock on `state/lock` (see [`take_lock`]) until the spool is closed.
+    lock_file: File,
     max_bytes: u64,
     segment_bytes: u64,
     total: AtomicU64,
@@ -272,64 +275,37 @@ fn sync_dir(dir: &Path) {
     let _ = dir;
 }
 
-/// Who holds a lock: a process id, and on Linux the boot and the process's start time,
-/// so that a reused process id is not mistaken for the owner.
-fn owner_token(pid: u32) -> Option<String> {
-    if !cfg!(target_os = "linux") {
-        return None;
-    }
-    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces): the start time is the 22nd
-    // field overall, the 20th after `)`.
-    let start = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?;
-    Some(format!("{pid} {start} {}", boot.trim()))
-}
-
-fn lock_text() -> String {
-    let me = std::process::id();
-    owner_token(me).unwrap_or_else(|| me.to_string())
-}
-
-/// Whether the lock's owner is alive. Only Linux can tell; elsewhere a leftover lock is
-/// taken over.
-fn owner_alive(text: &str) -> bool {
-    let Some(pid) = text.split_whitespace().next().and_then(|p| p.parse().ok()) else {
-        return false;
-    };
-    owner_token(pid).is_some_and(|token| token == text.trim())
-}
-
-/// Takes the spool for this process (a leftover lock of a dead process is taken over);
-/// `state` is its bookkeeping directory.
-fn take_lock(state: &Path) -> io::Result<()> {
+/// Takes the spool for this process: an OS file lock on `state/lock` (`flock` on unix,
+/// `LockFileEx` on Windows), held for as long as the returned file is open and released
+/// by the kernel when the process dies, whatever its PID namespace. The file names the
+/// owner's process id, for the error message of the next process that tries.
+fn take_lock(state: &Path) -> io::Result<File> {
     let path = state.join(LOCK_FILE);
-    let mine = lock_text();
-    for _ in 0..3 {
-        match private_file(OpenOptions::new().write(true).create_new(true)).open(&path) {
-            Ok(mut f) => {
-                f.write_all(mine.as_bytes())?;
-                return Ok(());
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let owner = fs::read_to_string(&path).unwrap_or_default();
-                if owner.trim() != mine && owner_alive(&owner) {
-                    return Err(io::Error::other(format!(
-                        "the spool directory {} is in use by process {}",
-                        state.parent().unwrap_or(state).display(),
-                        owner.split_whitespace().next().unwrap_or("?")
-                    )));
-                }
-                match fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(e) => return Err(e),
+    let mut file = private_file(
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false),
+    )
+    .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let owner = fs::read_to_string(&path).unwrap_or_default();
+            let owner = owner.trim();
+            return Err(io::Error::other(format!(
+                "the spool directory {} is in use by process {} (it holds the lock {})",
+                state.parent().unwrap_or(state).display(),
+                if owner.is_empty() { "?" } else { owner },
+                path.display()
+            )));
         }
+        Err(fs::TryLockError::Error(e)) => return Err(e),
     }
-    Err(io::Error::other("could not take the spool lock"))
+    file.set_len(0)?;
+    file.write_all(std::process::id().to_string().as_bytes())?;
+    Ok(file)
 }
 
 fn parse_seq(name: &str, ext: &str) -> Option<u64> {
@@ -453,7 +429,7 @@ impl Spool {
         let dir = std::path::absolute(&dir).unwrap_or(dir);
         let state = dir.join(STATE_DIR);
         create_private_dir(&state)?;
-        take_lock(&state)?;
+        let lock_file = take_lock(&state)?;
         let mut index = Index::default();
         let mut total = 0u64;
         for entry in fs::read_dir(&dir)? {
@@ -507,6 +483,7 @@ impl Spool {
             counters,
             on_failure: config.on_failure.clone(),
             written: tokio::sync::Notify::new(),
+            lock_file,
             dir,
         };
         if config.spool_mode == SpoolMode::WriteAhead {
@@ -1544,10 +1521,8 @@ impl Writer<'_> {
                 s.delete_if_done(&mut index, seq);
             }
         }
-        let lock_path = s.dir.join(STATE_DIR).join(LOCK_FILE);
-        if fs::read_to_string(&lock_path).is_ok_and(|t| t.trim() == lock_text()) {
-            let _ = fs::remove_file(&lock_path);
-        }
+        // The lock file stays: removing it would let two processes lock two files.
+        let _ = s.lock_file.unlock();
     }
 }
 
@@ -1577,13 +1552,14 @@ mod tests {
     }
 
     /// Every regular file under `dir`.
+    /// The files of a spool directory, but its lock file (which stays).
     fn files_in(dir: &Path) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for e in fs::read_dir(dir).unwrap() {
             let path = e.unwrap().path();
             if path.is_dir() {
                 out.extend(files_in(&path));
-            } else {
+            } else if path.file_name().is_none_or(|n| n != LOCK_FILE) {
                 out.push(path);
             }
         }
@@ -1712,48 +1688,21 @@ mod tests {
     #[test]
     fn a_live_owner_keeps_the_directory() {
         let dir = temp_dir("lock");
-        let lock = dir.join(STATE_DIR).join(LOCK_FILE);
-        create_private_dir(&dir.join(STATE_DIR)).unwrap();
-        // PID 1 is alive; elsewhere than on Linux a leftover lock is taken over.
-        if let Some(token) = owner_token(1) {
-            fs::write(&lock, &token).unwrap();
-            let e = Spool::open(
-                &config(&dir),
-                Arc::new(Counters::default()),
-                budget(&config(&dir)),
-            )
-            .unwrap_err();
-            assert!(e.to_string().contains("in use by process 1"), "{e}");
-            // The same id from another boot, or started at another time: not the owner.
-            fs::write(&lock, token.replace(' ', " 1")).unwrap();
-            assert!(
-                Spool::open(
-                    &config(&dir),
-                    Arc::new(Counters::default()),
-                    budget(&config(&dir)),
-                )
-                .is_ok()
-            );
-        }
-        // A dead owner's lock is taken over.
-        fs::write(&lock, format!("{} 1 x", u32::MAX)).unwrap();
-        assert!(
+        let open = || {
             Spool::open(
                 &config(&dir),
                 Arc::new(Counters::default()),
                 budget(&config(&dir)),
             )
-            .is_ok()
-        );
-        // Our own (a new configuration in this process) too.
-        assert!(
-            Spool::open(
-                &config(&dir),
-                Arc::new(Counters::default()),
-                budget(&config(&dir)),
-            )
-            .is_ok()
-        );
+        };
+        let (owner, _jobs) = open().unwrap();
+        // Whatever the lock file says, the OS lock decides.
+        fs::write(dir.join(STATE_DIR).join(LOCK_FILE), "4194304").unwrap();
+        let e = open().unwrap_err();
+        assert!(e.to_string().contains("is in use by process"), "{e}");
+        // Released with the spool: a new configuration of this process takes it.
+        drop(owner);
+        assert!(open().is_ok());
     }
 
     #[test]
