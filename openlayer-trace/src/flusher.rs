@@ -424,7 +424,8 @@ impl Flusher {
                     None => {
                         open = false;
                         if self.shutdown.is_none() {
-                            let deadline = std::time::Instant::now() + self.shutdown_timeout;
+                            let deadline =
+                                crate::clock::after(std::time::Instant::now(), self.shutdown_timeout);
                             self.begin_shutdown(None, deadline, &mut rx);
                         }
                     }
@@ -724,7 +725,7 @@ impl Flusher {
         let mut due = Vec::new();
         for (pipeline, by_config) in &self.groups {
             for (config, g) in by_config {
-                if urgent || g.since + linger <= now {
+                if urgent || crate::clock::after_tokio(g.since, linger) <= now {
                     due.push((pipeline.clone(), config.clone()));
                 }
             }
@@ -831,7 +832,7 @@ impl Flusher {
         if self.spool.is_none() || self.replay.wanted || self.replay.next_try.is_some() {
             return;
         }
-        self.replay.next_try = Some(Instant::now() + self.replay.base);
+        self.replay.next_try = Some(crate::clock::after_tokio(Instant::now(), self.replay.base));
     }
 
     /// Plans a replay probe after the current backoff, unless one is due already.
@@ -839,7 +840,10 @@ impl Flusher {
         if self.spool.is_none() || self.replay.wanted || self.replay.next_try.is_some() {
             return;
         }
-        self.replay.next_try = Some(Instant::now() + self.replay.backoff);
+        self.replay.next_try = Some(crate::clock::after_tokio(
+            Instant::now(),
+            self.replay.backoff,
+        ));
         let max = match self.broken {
             Some(_) => MAX_BROKEN_BACKOFF,
             None => MAX_REPLAY_BACKOFF,
@@ -1400,7 +1404,7 @@ impl Flusher {
         if !self.urgent() {
             for by_config in self.groups.values() {
                 for g in by_config.values() {
-                    at(g.since + self.linger);
+                    at(crate::clock::after_tokio(g.since, self.linger));
                 }
             }
         }

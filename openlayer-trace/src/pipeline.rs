@@ -791,7 +791,7 @@ impl Pipeline {
         if self.tx.is_none() {
             return Ok(None);
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::clock::after(Instant::now(), timeout);
         let done = self
             .control(|c| match what {
                 Control::Flush => Msg::Flush(c, deadline),
