@@ -44,6 +44,7 @@ mod rowupdate;
 mod shape;
 mod spool;
 mod step;
+mod timer;
 mod transport;
 mod tree;
 mod update;
