@@ -930,7 +930,16 @@ impl Drop for Guard {
 ///
 /// Replaces any earlier configuration (whose pending traces are flushed first, within
 /// its `shutdown_timeout`). Returns a [`Guard`] that flushes when dropped.
+///
+/// Unless tracing is disabled, it also installs (once) the SDK's panic hook, which
+/// remembers a panic's message for the steps it unwinds through and then calls the hook
+/// that was installed before it. Install your own hook before `init`, or chain to the
+/// previous one (`std::panic::take_hook`), to keep both. Without `init`, the first
+/// recorded step installs it.
 pub fn init(config: Config) -> Result<Guard, Error> {
+    if !config.disabled {
+        crate::step::install_panic_hook();
+    }
     let _lock = INIT.lock().unwrap_or_else(|e| e.into_inner());
     if config.spool_dir.is_some() && config.api_key.is_some() && !config.disabled {
         // The spool directory belongs to one pipeline at a time: the previous one
