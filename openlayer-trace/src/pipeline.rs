@@ -127,15 +127,46 @@ pub(crate) fn reject_update() {
 // ---------------------------------------------------------------------------------------
 // Test capture
 
-/// Traces captured in memory instead of being exported (see `testing::capture`).
+/// Traces captured in memory instead of being exported (see `testing::capture`), shaped
+/// (sampled, masked, cut to the field budget) as delivery would shape them.
 #[derive(Debug, Default)]
 pub(crate) struct CaptureSink {
     rows: Mutex<Vec<EncodedRow>>,
+    /// The shaping of this configuration; `None`: that of the configuration installed
+    /// when a trace completes (none before `init`).
+    shaper: Option<Shaper>,
 }
 
 impl CaptureSink {
+    #[cfg(any(test, feature = "test-util"))]
+    pub(crate) fn with_config(config: &Config) -> Self {
+        CaptureSink {
+            rows: Mutex::new(Vec::new()),
+            shaper: Some(Shaper::new(config)),
+        }
+    }
+
     fn push(&self, trace: &CompletedTrace) {
-        if let Some(row) = wire::encode(trace) {
+        let installed;
+        let shaper = match &self.shaper {
+            Some(s) => Some(s),
+            None => {
+                installed = PIPELINE
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .map(|p| p.shaper.clone());
+                installed.as_ref()
+            }
+        };
+        let row = match shaper {
+            Some(s) => match s.prepare(trace) {
+                crate::shape::Prepared::Row(row) => Some(row),
+                _ => None,
+            },
+            None => wire::encode(trace),
+        };
+        if let Some(row) = row {
             self.rows
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
