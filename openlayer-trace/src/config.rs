@@ -114,6 +114,8 @@ pub struct Config {
     /// Whether the local file was asked for (`OPENLAYER_TRACE_FILE` or `trace_file`).
     pub(crate) trace_file_set: bool,
     pub(crate) trace_file_max_bytes: u64,
+    pub(crate) max_steps_per_trace: usize,
+    pub(crate) open_trace_warn_after: Duration,
     pub(crate) sample_rate: f64,
     pub(crate) mask: Option<MaskFn>,
     pub(crate) field_budget: Option<usize>,
@@ -144,6 +146,8 @@ impl fmt::Debug for Config {
             .field("spool_max_bytes", &self.spool_max_bytes)
             .field("trace_file", &self.trace_file)
             .field("trace_file_max_bytes", &self.trace_file_max_bytes)
+            .field("max_steps_per_trace", &self.max_steps_per_trace)
+            .field("open_trace_warn_after", &self.open_trace_warn_after)
             .field("sample_rate", &self.sample_rate)
             .field("mask", &self.mask.as_ref().map(|_| "Fn"))
             .field("field_budget", &self.field_budget)
@@ -177,6 +181,8 @@ impl Default for Config {
             trace_file: PathBuf::from(DEFAULT_TRACE_FILE),
             trace_file_set: false,
             trace_file_max_bytes: DEFAULT_TRACE_FILE_MAX_BYTES,
+            max_steps_per_trace: crate::open::DEFAULT_MAX_STEPS,
+            open_trace_warn_after: crate::open::DEFAULT_WARN_AFTER,
             sample_rate: 1.0,
             mask: None,
             field_budget: None,
@@ -336,6 +342,14 @@ impl ConfigBuilder {
     setter!(/// Most bytes of the local trace file (default 64 MiB): beyond it, the file is
         /// renamed to `<file>.1` (replacing an older one) and a new one is started.
         trace_file_max_bytes: u64 => |c, v| c.trace_file_max_bytes = v.max(1024));
+    setter!(/// Most steps one trace records (default 10 000); later ones are not recorded
+        /// but counted (`Stats::steps_dropped`), and the root gets the metadata (and
+        /// column) `stepsDropped`.
+        max_steps_per_trace: usize => |c, v| c.max_steps_per_trace = v.max(1));
+    setter!(/// How long a trace may stay open (its root, or work spawned in it, not ended)
+        /// before a rate-limited warning names it (default 10 min); `Stats` shows the
+        /// open traces and the age of the oldest.
+        open_trace_warn_after: Duration => |c, v| c.open_trace_warn_after = v);
     setter!(/// Deadline of the flush that dropping the [`Guard`](crate::Guard) performs (default 5 s).
         shutdown_timeout: Duration => |c, v| c.shutdown_timeout = v);
     setter!(/// Most bytes of one string or array element count per field; longer values are

@@ -276,7 +276,17 @@ fn record_step(
             warn_limited!(step = %spec.name, "a step started after its trace had completed; not recorded");
             return None;
         }
+        let cost = size_of::<StepRecord>() + buf.len();
+        if !crate::open::admit(st.steps.len(), cost) {
+            st.steps_dropped += 1;
+            drop(st);
+            return None;
+        }
+        st.held += cost;
         let idx = st.steps.len() as u32;
+        if idx == 0 {
+            st.open_key = crate::open::opened(trace.anchor);
+        }
         let parent = if idx == 0 {
             NO_PARENT
         } else if parent == NO_PARENT {
@@ -331,6 +341,8 @@ pub(crate) fn close_step(step: &OpenStep, end: i64, closing: Closing<'_>) {
     if let Some(output) = closing.output {
         let r = st.push_text(output);
         st.steps[idx].output = r;
+        crate::open::hold(output.len());
+        st.held += output.len();
     }
     if step.idx == 0 {
         st.root_closed = true;
@@ -354,7 +366,17 @@ fn release_locked(
 ) {
     st.open = st.open.saturating_sub(1);
     if st.open == 0 && st.root_closed && !st.shipped {
-        let state = std::mem::take(&mut *st);
+        let mut state = std::mem::take(&mut *st);
+        crate::open::completed(trace.anchor, state.open_key, state.held);
+        if state.steps_dropped > 0
+            && let Some(root) = state.steps.first_mut()
+        {
+            // The marker: the trace is incomplete (also a row column, as root metadata).
+            root.set_metadata(
+                Cow::Borrowed("stepsDropped"),
+                state.steps_dropped.to_string().into(),
+            );
+        }
         // What is left behind is marked too: a step opened in this trace from now on (a
         // position restored to it after it completed) is refused, not made a new root.
         st.shipped = true;

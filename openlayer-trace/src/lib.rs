@@ -37,6 +37,7 @@ mod kind;
 mod localfile;
 mod manual;
 mod none;
+mod open;
 mod pipeline;
 mod record;
 mod report;

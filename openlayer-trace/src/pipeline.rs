@@ -74,6 +74,12 @@ fn lazy_init() -> bool {
 }
 
 fn install(pipeline: Arc<Pipeline>) -> Option<Arc<Pipeline>> {
+    let c = &pipeline.config;
+    crate::open::configure(
+        c.max_steps_per_trace,
+        c.queue_max_bytes,
+        c.open_trace_warn_after,
+    );
     let state = if pipeline.config.disabled {
         DISABLED
     } else {
@@ -347,6 +353,11 @@ impl Budget {
     /// otherwise. Never waits.
     pub(crate) fn reserve(&self, bytes: usize, tier: Tier) -> bool {
         let (used, cap) = self.share(tier);
+        // Open traces share the queue's half (see `crate::open`).
+        let cap = match tier {
+            Tier::Queue => cap.saturating_sub(crate::open::held()),
+            _ => cap,
+        };
         used.fetch_update(Relaxed, Relaxed, |u| {
             let total = u.checked_add(bytes)?;
             (total <= cap).then_some(total)
@@ -385,6 +396,8 @@ enum Control {
     Shutdown,
 }
 
+// Deliberately by value (see `Trace`): the other messages are small and rare.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Msg {
     /// A completed trace, with its estimated size. By value: handing it off allocates
     /// nothing on the application's thread (nor frees anything on the worker's).

@@ -261,6 +261,12 @@ pub(crate) struct TraceState {
     /// Row updates of this trace's own row, made before it completed: they are handed off
     /// right behind it (see `crate::update_row`).
     pub updates: Vec<crate::wire::OutUpdate>,
+    /// Its key among the open traces (see `crate::open`); 0 before its root is recorded.
+    pub open_key: u64,
+    /// Bytes counted as held by this open trace (see `crate::open`).
+    pub held: usize,
+    /// Steps not recorded: beyond `max_steps_per_trace`, or no memory left for them.
+    pub steps_dropped: u64,
 }
 
 impl TraceState {

@@ -101,6 +101,14 @@ pub struct Stats {
     pub spool_dropped: u64,
     /// Rows still waiting in the queue or in flight when the snapshot was taken.
     pub pending: u64,
+    /// Traces open now (started, not yet completed), in the whole process.
+    pub open_traces: u64,
+    /// The age of the oldest open trace (zero when none is open).
+    pub oldest_open_trace_age: std::time::Duration,
+    /// Steps not recorded, in the whole process: beyond `max_steps_per_trace`, or because
+    /// open traces held their share of `queue_max_bytes`. Not rows: their traces are sent,
+    /// marked `stepsDropped`.
+    pub steps_dropped: u64,
 }
 
 /// The outcome of a `flush` or `shutdown`.
@@ -186,6 +194,7 @@ impl Counters {
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
+        let (open_traces, oldest_open_trace_age, steps_dropped) = crate::open::snapshot();
         let dropped = Dropped {
             queue_full: self.queue_full.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
@@ -210,6 +219,9 @@ impl Counters {
             spool_dropped: self.spool_dropped.load(Relaxed),
             pending: enqueued.saturating_sub(settled),
             dropped,
+            open_traces,
+            oldest_open_trace_age,
+            steps_dropped,
         }
     }
 }
