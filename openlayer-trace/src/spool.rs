@@ -31,9 +31,9 @@
 //! not synced). A row can therefore be sent twice only if the process dies between the
 //! server's 2xx and that write, or after a power loss that loses the sidecar's tail. A
 //! segment is only replayed while none of its rows is still on its way in this process
-//! (so a row is never in flight twice), and rows whose `inferenceId` was already
-//! replayed by this process are skipped (deduplicated) rather than sent again. A row
-//! update is replayed as a `PUT`, on its own, and only once no line before it is still
+//! (so a row is never in flight twice). Lines are told apart by their position (segment
+//! and offset), never by `inferenceId`: two distinct rows that share one are both sent. A
+//! row update is replayed as a `PUT`, on its own, and only once no line before it is still
 //! being replayed, so that it follows its trace's row.
 //!
 //! The spool is bounded by `spool_max_bytes`: before an append would exceed it, the
@@ -64,9 +64,6 @@ const STATE_DIR: &str = "state";
 const LOCK_FILE: &str = "lock";
 const DATA_EXT: &str = "jsonl";
 const ACK_EXT: &str = "acks";
-/// Most `inferenceId`s remembered for deduplication; the memory is freed when the spool
-/// becomes empty.
-const MAX_REMEMBERED_IDS: usize = 200_000;
 
 /// The state of one segment that other threads read without the index lock.
 #[derive(Debug)]
@@ -121,8 +118,6 @@ struct Segment {
 struct Index {
     segments: BTreeMap<u64, Segment>,
     next_seq: u64,
-    /// `inferenceId`s replayed (or being replayed) by this process.
-    replayed_ids: HashSet<String>,
 }
 
 #[derive(Debug)]
@@ -825,9 +820,6 @@ impl Spool {
                 }
             }
         }
-        if index.segments.is_empty() {
-            index.replayed_ids = HashSet::new();
-        }
     }
 
     // -----------------------------------------------------------------------------------
@@ -916,11 +908,7 @@ impl Spool {
         order: &mut Order,
     ) -> io::Result<Option<ReplayBatch>> {
         let path = self.data_path(seq);
-        let Index {
-            segments,
-            replayed_ids,
-            ..
-        } = index;
+        let Index { segments, .. } = index;
         let seg = segments.get_mut(&seq).expect("listed above");
         let mut file = File::open(&path)?;
         file.seek(SeekFrom::Start(seg.cursor))?;
@@ -1014,19 +1002,13 @@ impl Spool {
             {
                 break; // the next batch starts here
             }
-            // Rows already replayed by this process (a duplicate line) are skipped.
+            // Deduplicated by position (a line is acknowledged or in flight by its offset),
+            // never by `inferenceId`: two distinct rows may share one.
             let mut rows = Vec::new();
             let mut ids = Vec::new();
             for row in &parsed.rows {
-                let id = row_id(row);
-                if let Some(id) = &id
-                    && (replayed_ids.contains(id)
-                        || batch.as_ref().is_some_and(|b| b.ids.contains(id)))
-                {
-                    continue;
-                }
                 rows.push(row.get().to_string());
-                ids.push(id);
+                ids.push(row_id(row));
             }
             if rows.is_empty() {
                 to_ack.push(offset);
@@ -1059,12 +1041,6 @@ impl Spool {
             seg.inflight.insert(offset);
             seg.cursor = pos;
         }
-        if let Some(b) = &batch {
-            replayed_ids.extend(b.ids.iter().cloned());
-            if replayed_ids.len() > MAX_REMEMBERED_IDS {
-                replayed_ids.clear();
-            }
-        }
         if unreadable > 0 {
             self.counters.drop_spooled(DropReason::Encoding, unreadable);
             crate::diag::warn_limited!(path = %path.display(), lines = unreadable, "unreadable lines in the spool were skipped (counted)");
@@ -1090,9 +1066,6 @@ impl Spool {
                 self.delete_if_done(&mut index, batch.seq);
             }
             ReplayEnd::Failed => {
-                for id in &batch.ids {
-                    index.replayed_ids.remove(id);
-                }
                 if let Some(seg) = index.segments.get_mut(&batch.seq) {
                     for o in &batch.offsets {
                         seg.inflight.remove(o);
