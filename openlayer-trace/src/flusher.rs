@@ -745,6 +745,18 @@ impl Flusher {
             let Some(u) = self.updates.pop_front() else {
                 break;
             };
+            if self
+                .spool
+                .as_ref()
+                .is_some_and(|s| s.holds_row(&u.update.inference_id))
+            {
+                // Its row waits in the spool: the update waits behind it there.
+                self.epochs.release(u.epoch);
+                let id = u.update.inference_id.clone();
+                self.store_update(u, DropReason::QueueFull);
+                self.row_settled(&id);
+                continue;
+            }
             let req = u.request();
             let deadline = self.shutdown.as_ref().map(|s| s.send_deadline);
             let t = self.transport.clone();
@@ -1107,6 +1119,11 @@ impl Flusher {
         if ahead > 0 {
             c.spooled.fetch_add(ahead, Relaxed);
             c.settled.fetch_add(ahead, Relaxed);
+        }
+        if let Some(s) = &self.spool {
+            // Updates of these rows must follow them into the spool (those dropped below
+            // are forgotten with it: a later update of them is harmless).
+            s.hold_ids(ids.iter().map(String::as_str));
         }
         let mut dropped = 0;
         if !rows.is_empty() {

@@ -659,6 +659,12 @@ impl Pipeline {
     pub(crate) fn enqueue_update(&self, update: OutUpdate) {
         let c = &self.counters;
         c.enqueued.fetch_add(1, Relaxed);
+        if !self.shaper.keeps(&update.inference_id) {
+            // Its row was left out by sampling (decided on the same id): nothing to update.
+            c.sampled_out.fetch_add(1, Relaxed);
+            c.settled.fetch_add(1, Relaxed);
+            return;
+        }
         let Some(tx) = &self.tx else {
             c.drop_rows(self.no_sink_reason(), 1);
             c.settled.fetch_add(1, Relaxed);

@@ -64,6 +64,8 @@ const STATE_DIR: &str = "state";
 const LOCK_FILE: &str = "lock";
 const DATA_EXT: &str = "jsonl";
 const ACK_EXT: &str = "acks";
+/// Most `inferenceId`s of spooled rows remembered (see `Index::held_ids`).
+const MAX_HELD_IDS: usize = 200_000;
 
 /// The state of one segment that other threads read without the index lock.
 #[derive(Debug)]
@@ -118,6 +120,9 @@ struct Segment {
 struct Index {
     segments: BTreeMap<u64, Segment>,
     next_seq: u64,
+    /// `inferenceId`s of rows this process spooled: their row updates are spooled behind
+    /// them, never sent before them. Forgotten when the spool is empty.
+    held_ids: HashSet<String>,
 }
 
 #[derive(Debug)]
@@ -554,6 +559,9 @@ impl Spool {
         trace: Box<CompletedTrace>,
         bytes: usize,
     ) -> Result<(), Box<CompletedTrace>> {
+        if let Some(id) = trace.state.inference_id.as_deref() {
+            self.hold_ids([id]);
+        }
         self.send_job(
             trace,
             1,
@@ -803,7 +811,26 @@ impl Spool {
         }
     }
 
+    /// Notes rows spooled by this process (see `Index::held_ids`).
+    pub(crate) fn hold_ids<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut index = lock(&self.index);
+        for id in ids {
+            if index.held_ids.len() < MAX_HELD_IDS {
+                index.held_ids.insert(id.to_string());
+            }
+        }
+    }
+
+    /// Whether a row with this `inferenceId` was spooled by this process and may still
+    /// be in the spool: its updates must follow it there.
+    pub(crate) fn holds_row(&self, inference_id: &str) -> bool {
+        lock(&self.index).held_ids.contains(inference_id)
+    }
+
     fn remove_segment(&self, index: &mut Index, seq: u64) {
+        if index.segments.is_empty() {
+            index.held_ids = HashSet::new();
+        }
         if let Some(seg) = index.segments.remove(&seq) {
             drop(seg.ack_file);
             for path in [self.data_path(seq), self.ack_path(seq)] {
@@ -819,6 +846,9 @@ impl Spool {
                     }
                 }
             }
+        }
+        if index.segments.is_empty() {
+            index.held_ids = HashSet::new();
         }
     }
 
