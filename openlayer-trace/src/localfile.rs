@@ -119,7 +119,7 @@ impl std::str::FromStr for LocalLine {
 
     /// Parses one line (surrounding whitespace ignored).
     fn from_str(s: &str) -> Result<Self, Error> {
-        serde_json::from_str(s.trim()).map_err(Error::Json)
+        crate::shape::from_str_deep(s.trim()).map_err(Error::Json)
     }
 }
 

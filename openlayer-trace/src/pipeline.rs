@@ -265,6 +265,10 @@ impl Completion {
 // ---------------------------------------------------------------------------------------
 // The pipeline
 
+/// The stack of our worker threads: room for the recursion of parsing and shaping a
+/// trace `max_steps_per_trace` steps deep (address space reserved, not memory used).
+const WORKER_STACK: usize = 64 * 1024 * 1024;
+
 /// How long the worker rests after draining the queue before it waits on it again.
 ///
 /// While it waits, the queue holds its waker, so every hand-off from a traced call would
@@ -432,6 +436,8 @@ fn spawn(
 ) -> Result<std::thread::JoinHandle<()>, Error> {
     std::thread::Builder::new()
         .name(name.into())
+        // Deep traces are encoded, masked and parsed here (reserved, not committed).
+        .stack_size(WORKER_STACK)
         .spawn(move || {
             // Our own threads never start a trace (a mask calling traced code, say).
             crate::context::suppress_this_thread();

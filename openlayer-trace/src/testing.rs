@@ -49,8 +49,8 @@ pub struct CapturedTrace {
 
 impl CapturedTrace {
     fn new(e: EncodedRow) -> Self {
-        let config = serde_json::from_str(&e.config).unwrap_or(Value::Null);
-        let row = serde_json::from_str(&e.row).unwrap_or(Value::Null);
+        let config = crate::shape::from_str_deep(&e.config).unwrap_or(Value::Null);
+        let row = crate::shape::from_str_deep(&e.row).unwrap_or(Value::Null);
         CapturedTrace {
             pipeline_id: e.pipeline_id.map(|p| p.into_owned()),
             inference_id: e.inference_id,
