@@ -575,6 +575,9 @@ impl Pipeline {
                             worker_spool,
                         );
                         rt.block_on(flusher.run(rx));
+                        // Not a plain drop: that waits for blocking tasks, and a name
+                        // lookup (`getaddrinfo`) can hang past any deadline.
+                        rt.shutdown_background();
                     }
                     Err(e) => {
                         // Traces handed off from now on are dropped as `shutdown` (counted).
