@@ -223,7 +223,7 @@ impl FileSink {
             }
             Err(e) => {
                 self.file = None;
-                counters.drop_rows(DropReason::Encoding, n);
+                counters.drop_rows(DropReason::LocalFile, n);
                 crate::diag::warn_limited!(path = %self.path.display(), error = %e, "could not write the trace file; traces dropped (counted)");
             }
         }

@@ -129,7 +129,10 @@ fn row_cost(row: &OutRow) -> usize {
 }
 
 fn data_stream_path(pipeline: &str) -> String {
-    format!("/inference-pipelines/{pipeline}/data-stream")
+    format!(
+        "/inference-pipelines/{}/data-stream",
+        crate::client::segment(pipeline)
+    )
 }
 
 /// `PUT /inference-pipelines/{pipeline}/rows?inferenceId=..` with `body`.

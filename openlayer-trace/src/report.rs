@@ -27,6 +27,8 @@ pub enum DropReason {
     /// Nowhere to go: no API key, no `init` call and no `OPENLAYER_TRACE_FILE`, so
     /// traces are counted and not written anywhere.
     NoDestination,
+    /// The local trace file could not be written (a full disk, a missing permission).
+    LocalFile,
 }
 
 /// Rows dropped, by reason.
@@ -51,6 +53,8 @@ pub struct Dropped {
     pub no_pipeline: u64,
     /// See [`DropReason::NoDestination`].
     pub no_destination: u64,
+    /// See [`DropReason::LocalFile`].
+    pub local_file: u64,
 }
 
 impl Dropped {
@@ -65,6 +69,7 @@ impl Dropped {
             + self.shutdown
             + self.no_pipeline
             + self.no_destination
+            + self.local_file
     }
 }
 
@@ -74,9 +79,15 @@ impl Dropped {
 /// `dropped` or `spooled`, or is still `pending`. A spooled row (of this run or an
 /// earlier one) later ends up in `replayed`, or is dropped (evicted from a full spool,
 /// rejected on replay): such drops are counted by reason in `dropped` and, in total, in
-/// `spool_dropped`. So, at any time:
+/// `spool_dropped`. So:
 ///
 /// `enqueued = sent + written + sampled_out + spooled + (dropped.total() - spool_dropped) + pending`
+///
+/// When it holds: exactly in a snapshot taken while no row is being handed off or
+/// settled, as in the report of a `flush` or `shutdown` that returned `complete` with no
+/// traced code running meanwhile. The counters are separate atomics read one after
+/// another, so a snapshot taken while rows move may be off by the rows that moved during
+/// it (never by more), and `pending` covers a row from its hand-off to its settlement.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -169,6 +180,7 @@ pub(crate) struct Counters {
     pub shutdown: AtomicU64,
     pub no_pipeline: AtomicU64,
     pub no_destination: AtomicU64,
+    pub local_file: AtomicU64,
 }
 
 impl Counters {
@@ -183,6 +195,7 @@ impl Counters {
             DropReason::Shutdown => &self.shutdown,
             DropReason::NoPipeline => &self.no_pipeline,
             DropReason::NoDestination => &self.no_destination,
+            DropReason::LocalFile => &self.local_file,
         };
         c.fetch_add(n, Relaxed);
     }
@@ -205,6 +218,7 @@ impl Counters {
             shutdown: self.shutdown.load(Relaxed),
             no_pipeline: self.no_pipeline.load(Relaxed),
             no_destination: self.no_destination.load(Relaxed),
+            local_file: self.local_file.load(Relaxed),
         };
         let enqueued = self.enqueued.load(Relaxed);
         let settled = self.settled.load(Relaxed);
