@@ -5,17 +5,24 @@
 //! cargo run --example publish_rows
 //! ```
 //!
-//! With `OPENLAYER_API_KEY` set, everything goes to the platform. Without it, the
-//! client runs on the embedded default and writes to the local trace file
+//! With `OPENLAYER_API_KEY` set, everything goes to the platform. Without it, this
+//! example asks for local mode explicitly and writes to the local trace file
 //! (`OPENLAYER_TRACE_FILE`, default `openlayer-traces.jsonl`), which
 //! `openlayer show` displays and `openlayer push` sends later.
 
-use openlayer_trace::{Client, LlmConfig, RowUpdateConfig, TaskType};
+use openlayer_trace::{Client, Config, DEFAULT_TRACE_FILE, LlmConfig, RowUpdateConfig, TaskType};
 use serde_json::{Value, json};
 
 #[tokio::main]
 async fn main() -> Result<(), openlayer_trace::Error> {
-    let client = Client::from_env()?;
+    let config = Config::from_env()?;
+    let client = if config.api_key().is_some() || std::env::var_os("OPENLAYER_TRACE_FILE").is_some()
+    {
+        Client::new(&config)?
+    } else {
+        // Without a key, local mode is a choice: name the file.
+        Client::builder().trace_file(DEFAULT_TRACE_FILE).build()?
+    };
     match client.local_file() {
         Some(file) => println!("no OPENLAYER_API_KEY: writing to {}", file.display()),
         None => println!("publishing to Openlayer"),

@@ -185,15 +185,15 @@ pub fn typed_cell(cell: &str) -> Value {
         _ => {}
     }
     let first = cell.as_bytes()[0];
-    if first == b'-' || first.is_ascii_digit() {
-        if let Ok(n) = serde_json::from_str::<serde_json::Number>(cell) {
-            return Value::Number(n);
-        }
+    if (first == b'-' || first.is_ascii_digit())
+        && let Ok(n) = serde_json::from_str::<serde_json::Number>(cell)
+    {
+        return Value::Number(n);
     }
-    if first == b'[' || first == b'{' {
-        if let Ok(v @ (Value::Array(_) | Value::Object(_))) = serde_json::from_str::<Value>(cell) {
-            return v;
-        }
+    if (first == b'[' || first == b'{')
+        && let Ok(v @ (Value::Array(_) | Value::Object(_))) = serde_json::from_str::<Value>(cell)
+    {
+        return v;
     }
     Value::String(cell.to_string())
 }

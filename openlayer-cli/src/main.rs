@@ -124,17 +124,21 @@ pub fn pipeline_id(flag: Option<String>, client: &Client) -> Result<String, CliE
         })
 }
 
+/// The stack the commands run on: a trace line may nest thousands of steps deep, and
+/// JSON is parsed and written recursively (address space reserved, not memory used).
+const STACK: usize = 256 * 1024 * 1024;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Show { file } => show::run(&file, &mut std::io::stdout().lock()).and_then(|bad| {
-            if bad == 0 {
-                Ok(())
-            } else {
-                Err(CliError::Failed(format!("{bad} line(s) could not be read")))
-            }
-        }),
-        command => run_async(command),
+    let command = std::thread::Builder::new()
+        .name("openlayer".into())
+        .stack_size(STACK)
+        .spawn(move || run_command(cli.command));
+    let result = match command {
+        Ok(handle) => handle
+            .join()
+            .unwrap_or_else(|_| Err(CliError::Failed("the command panicked".into()))),
+        Err(e) => Err(CliError::Failed(format!("could not start: {e}"))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -146,6 +150,19 @@ fn main() -> ExitCode {
             eprintln!("openlayer: {m}");
             ExitCode::from(2)
         }
+    }
+}
+
+fn run_command(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Show { file } => show::run(&file, &mut std::io::stdout().lock()).and_then(|bad| {
+            if bad == 0 {
+                Ok(())
+            } else {
+                Err(CliError::Failed(format!("{bad} line(s) could not be read")))
+            }
+        }),
+        command => run_async(command),
     }
 }
 

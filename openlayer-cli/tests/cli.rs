@@ -607,3 +607,35 @@ async fn stream_checks_every_row_before_sending() {
     assert_stderr_has(&out, "outputColumName");
     assert!(requests(&server).await.is_empty());
 }
+
+/// A line whose trace is `depth` steps deep, built without recursion.
+fn deep_trace_line(id: &str, depth: usize) -> String {
+    let mut steps = String::new();
+    for _ in 0..depth {
+        steps.push_str(r#"[{"name":"s","type":"user_call","latency":1.0,"steps":"#);
+    }
+    steps.push_str("[]");
+    for _ in 0..depth {
+        steps.push_str("}]");
+    }
+    format!(
+        r#"{{"pipelineId":"pipe-a","config":{{"outputColumnName":"output"}},"rows":[{{"inferenceId":"{id}","latency":1.0,"output":"x","steps":{steps}}}]}}"#
+    )
+}
+
+#[tokio::test]
+async fn push_sends_a_trace_ten_thousand_steps_deep() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/v1/inference-pipelines/[^/]+/data-stream$"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    let dir = TempDir::new("push-deep");
+    let file = dir.file("traces.jsonl", &(deep_trace_line("deep-1", 10_000) + "\n"));
+    let out = openlayer(&["push", file.to_str().unwrap()], &platform(&server)).await;
+    assert_exit(&out, 0);
+    let reqs = requests(&server).await;
+    assert_eq!(reqs.len(), 1);
+    assert!(String::from_utf8_lossy(&reqs[0].body).contains("deep-1"));
+}

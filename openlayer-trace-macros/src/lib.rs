@@ -189,12 +189,11 @@ fn is_generic(ty: &Type, type_params: &[Ident], impl_trait: bool) -> bool {
             syn::visit::visit_type_impl_trait(self, t);
         }
         fn visit_type_path(&mut self, p: &'ast syn::TypePath) {
-            if p.qself.is_none() {
-                if let Some(first) = p.path.segments.first() {
-                    if self.0.contains(&first.ident) {
-                        self.1 = true;
-                    }
-                }
+            if p.qself.is_none()
+                && let Some(first) = p.path.segments.first()
+                && self.0.contains(&first.ident)
+            {
+                self.1 = true;
             }
             syn::visit::visit_type_path(self, p);
         }

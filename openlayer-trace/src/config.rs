@@ -17,6 +17,9 @@ pub const DEFAULT_BASE_URL: &str = "https://api.openlayer.com/v1";
 /// The default file of the embedded default (no API key).
 pub const DEFAULT_TRACE_FILE: &str = "openlayer-traces.jsonl";
 
+/// The default bound of the local trace file: 64 MiB.
+pub const DEFAULT_TRACE_FILE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
 /// An API key. Its `Debug` and `Display` never show the secret.
 ///
 /// ```
@@ -109,6 +112,11 @@ pub struct Config {
     pub(crate) spool_mode: SpoolMode,
     pub(crate) spool_max_bytes: u64,
     pub(crate) trace_file: PathBuf,
+    /// Whether the local file was asked for (`OPENLAYER_TRACE_FILE` or `trace_file`).
+    pub(crate) trace_file_set: bool,
+    pub(crate) trace_file_max_bytes: u64,
+    pub(crate) max_steps_per_trace: usize,
+    pub(crate) open_trace_warn_after: Duration,
     pub(crate) sample_rate: f64,
     pub(crate) mask: Option<MaskFn>,
     pub(crate) field_budget: Option<usize>,
@@ -138,6 +146,9 @@ impl fmt::Debug for Config {
             .field("spool_mode", &self.spool_mode)
             .field("spool_max_bytes", &self.spool_max_bytes)
             .field("trace_file", &self.trace_file)
+            .field("trace_file_max_bytes", &self.trace_file_max_bytes)
+            .field("max_steps_per_trace", &self.max_steps_per_trace)
+            .field("open_trace_warn_after", &self.open_trace_warn_after)
             .field("sample_rate", &self.sample_rate)
             .field("mask", &self.mask.as_ref().map(|_| "Fn"))
             .field("field_budget", &self.field_budget)
@@ -169,6 +180,10 @@ impl Default for Config {
             spool_mode: SpoolMode::Overflow,
             spool_max_bytes: 256 * 1024 * 1024,
             trace_file: PathBuf::from(DEFAULT_TRACE_FILE),
+            trace_file_set: false,
+            trace_file_max_bytes: DEFAULT_TRACE_FILE_MAX_BYTES,
+            max_steps_per_trace: crate::util::open_traces::DEFAULT_MAX_STEPS,
+            open_trace_warn_after: crate::util::open_traces::DEFAULT_WARN_AFTER,
             sample_rate: 1.0,
             mask: None,
             field_budget: None,
@@ -221,6 +236,7 @@ impl Config {
         }
         if let Some(file) = env_var("OPENLAYER_TRACE_FILE") {
             c.trace_file = PathBuf::from(file);
+            c.trace_file_set = true;
         }
         c
     }
@@ -318,8 +334,23 @@ impl ConfigBuilder {
         spool_mode: SpoolMode => |c, v| c.spool_mode = v);
     setter!(/// Most bytes the spool may hold; the oldest data is evicted and counted.
         spool_max_bytes: u64 => |c, v| c.spool_max_bytes = v);
-    setter!(/// The embedded default's file (`OPENLAYER_TRACE_FILE`).
-        trace_file: impl Into<PathBuf> => |c, v| c.trace_file = v.into());
+    setter!(/// The local trace file (`OPENLAYER_TRACE_FILE`). Setting it (or the variable)
+    /// asks for the local file without an API key, even without an `init` call.
+    trace_file: impl Into<PathBuf> => |c, v| {
+        c.trace_file = v.into();
+        c.trace_file_set = true;
+    });
+    setter!(/// Most bytes of the local trace file (default 64 MiB): beyond it, the file is
+        /// renamed to `<file>.1` (replacing an older one) and a new one is started.
+        trace_file_max_bytes: u64 => |c, v| c.trace_file_max_bytes = v.max(1024));
+    setter!(/// Most steps one trace records (default 10 000); later ones are not recorded
+        /// but counted (`Stats::steps_dropped`), and the root gets the metadata (and
+        /// column) `stepsDropped`.
+        max_steps_per_trace: usize => |c, v| c.max_steps_per_trace = v.max(1));
+    setter!(/// How long a trace may stay open (its root, or work spawned in it, not ended)
+        /// before a rate-limited warning names it (default 10 min); `Stats` shows the
+        /// open traces and the age of the oldest.
+        open_trace_warn_after: Duration => |c, v| c.open_trace_warn_after = v);
     setter!(/// Deadline of the flush that dropping the [`Guard`](crate::Guard) performs (default 5 s).
         shutdown_timeout: Duration => |c, v| c.shutdown_timeout = v);
     setter!(/// Most bytes of one string or array element count per field; longer values are

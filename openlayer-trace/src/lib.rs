@@ -115,6 +115,7 @@ pub use api::annotate::{
     current_inference_id, log_context, log_ground_truth, log_output, log_question,
     update_current_step, update_current_trace,
 };
+pub use api::lifecycle::{init, init_from_env};
 pub use api::manual::{ChatCompletion, add_chat_completion_step};
 pub use api::row_update::{update_row, update_row_in};
 pub use api::step::handle::{EnteredStep, StepHandle};
@@ -124,7 +125,10 @@ pub use client::{
     RowUpdateConfig, StreamConfig, TabularClassificationConfig, TabularRegressionConfig, TaskType,
     TextClassificationConfig, stream_config_from_json,
 };
-pub use config::{ApiKey, Config, ConfigBuilder, FailureFn, MaskFn, SpoolMode};
+pub use config::{
+    ApiKey, Config, ConfigBuilder, DEFAULT_TRACE_FILE, DEFAULT_TRACE_FILE_MAX_BYTES, FailureFn,
+    MaskFn, SpoolMode,
+};
 pub use context::{
     AttachGuard, FutureExt, TraceContext, WithTrace, current_context, spawn, thread,
 };
@@ -133,5 +137,5 @@ pub use error::Error;
 pub use export::local_file::{LocalEntry, LocalLine, LocalLines, read_local_file};
 pub use record::kind::{StepKind, UnknownKind};
 pub use report::{DeliveryFailure, DeliveryReport, DropReason, Dropped, Stats};
-pub use runtime::{Guard, flush, flush_async, init, init_from_env, stats};
+pub use runtime::{Guard, flush, flush_async, stats};
 pub use util::id::inference_id_for;

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub enum DropReason {
     /// The hand-off queue was full (in traces or bytes) and no spool was configured.
     QueueFull,
-    /// The server rejected the data with a non-retryable 4xx (e.g. 401).
+    /// The server rejected the data for good (400, 413 or 422), or a row was larger than a
+    /// request may be (`batch_max_bytes`); also a 401, 403, 404 or 3xx when no spool can keep
+    /// the rows until the configuration is fixed.
     Rejected,
     /// Retries were exhausted and no spool was configured.
     RetriesExhausted,
@@ -23,6 +25,11 @@ pub enum DropReason {
     Shutdown,
     /// No inference pipeline id was known for a trace that had to go over HTTP.
     NoPipeline,
+    /// Nowhere to go: no API key, no `init` call and no `OPENLAYER_TRACE_FILE`, so
+    /// traces are counted and not written anywhere.
+    NoDestination,
+    /// The local trace file could not be written (a full disk, a missing permission).
+    LocalFile,
 }
 
 /// Rows dropped, by reason.
@@ -45,6 +52,10 @@ pub struct Dropped {
     pub shutdown: u64,
     /// See [`DropReason::NoPipeline`].
     pub no_pipeline: u64,
+    /// See [`DropReason::NoDestination`].
+    pub no_destination: u64,
+    /// See [`DropReason::LocalFile`].
+    pub local_file: u64,
 }
 
 impl Dropped {
@@ -58,6 +69,8 @@ impl Dropped {
             + self.encoding
             + self.shutdown
             + self.no_pipeline
+            + self.no_destination
+            + self.local_file
     }
 }
 
@@ -67,9 +80,15 @@ impl Dropped {
 /// `dropped` or `spooled`, or is still `pending`. A spooled row (of this run or an
 /// earlier one) later ends up in `replayed`, or is dropped (evicted from a full spool,
 /// rejected on replay): such drops are counted by reason in `dropped` and, in total, in
-/// `spool_dropped`. So, at any time:
+/// `spool_dropped`. So:
 ///
 /// `enqueued = sent + written + sampled_out + spooled + (dropped.total() - spool_dropped) + pending`
+///
+/// When it holds: exactly in a snapshot taken while no row is being handed off or
+/// settled, as in the report of a `flush` or `shutdown` that returned `complete` with no
+/// traced code running meanwhile. The counters are separate atomics read one after
+/// another, so a snapshot taken while rows move may be off by the rows that moved during
+/// it (never by more), and `pending` covers a row from its hand-off to its settlement.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -94,6 +113,14 @@ pub struct Stats {
     pub spool_dropped: u64,
     /// Rows still waiting in the queue or in flight when the snapshot was taken.
     pub pending: u64,
+    /// Traces open now (started, not yet completed), in the whole process.
+    pub open_traces: u64,
+    /// The age of the oldest open trace (zero when none is open).
+    pub oldest_open_trace_age: std::time::Duration,
+    /// Steps not recorded, in the whole process: beyond `max_steps_per_trace`, or because
+    /// open traces held their share of `queue_max_bytes`. Not rows: their traces are sent,
+    /// marked `stepsDropped`.
+    pub steps_dropped: u64,
 }
 
 /// The outcome of a `flush` or `shutdown`.
@@ -128,7 +155,10 @@ pub type FailureFn = Arc<dyn Fn(&DeliveryFailure) + Send + Sync>;
 /// Tells the configured failure callback; a panic in it is contained and logged.
 pub(crate) fn notify(callback: Option<&FailureFn>, failure: DeliveryFailure) {
     if let Some(cb) = callback
-        && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(&failure))).is_err()
+        && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::util::reentry::untraced(|| cb(&failure))
+        }))
+        .is_err()
     {
         crate::util::diag::warn_limited!("the on_failure callback panicked");
     }
@@ -154,6 +184,8 @@ pub(crate) struct Counters {
     pub encoding: AtomicU64,
     pub shutdown: AtomicU64,
     pub no_pipeline: AtomicU64,
+    pub no_destination: AtomicU64,
+    pub local_file: AtomicU64,
 }
 
 impl Counters {
@@ -167,6 +199,8 @@ impl Counters {
             DropReason::Encoding => &self.encoding,
             DropReason::Shutdown => &self.shutdown,
             DropReason::NoPipeline => &self.no_pipeline,
+            DropReason::NoDestination => &self.no_destination,
+            DropReason::LocalFile => &self.local_file,
         };
         c.fetch_add(n, Relaxed);
     }
@@ -178,6 +212,8 @@ impl Counters {
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
+        let (open_traces, oldest_open_trace_age, steps_dropped) =
+            crate::util::open_traces::snapshot();
         let dropped = Dropped {
             queue_full: self.queue_full.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
@@ -187,6 +223,8 @@ impl Counters {
             encoding: self.encoding.load(Relaxed),
             shutdown: self.shutdown.load(Relaxed),
             no_pipeline: self.no_pipeline.load(Relaxed),
+            no_destination: self.no_destination.load(Relaxed),
+            local_file: self.local_file.load(Relaxed),
         };
         let enqueued = self.enqueued.load(Relaxed);
         let settled = self.settled.load(Relaxed);
@@ -201,6 +239,9 @@ impl Counters {
             spool_dropped: self.spool_dropped.load(Relaxed),
             pending: enqueued.saturating_sub(settled),
             dropped,
+            open_traces,
+            oldest_open_trace_age,
+            steps_dropped,
         }
     }
 }

@@ -3,7 +3,12 @@
 //! Traces started inside [`capture`] or [`capture_async`] (on this thread or task, and in
 //! work spawned with the trace-carrying helpers) are encoded exactly as they would be sent,
 //! and returned instead of exported. Captures in concurrent tests do not see each other's
-//! traces, and do not depend on the environment's configuration.
+//! traces.
+//!
+//! They are shaped as delivery shapes them: the `mask`, `field_budget` and `sample_rate`
+//! of the configuration installed by `init` apply (a trace that sampling leaves out is
+//! not captured), so a test can check a PII mask. [`capture_with`] applies those of a
+//! given [`Config`] instead, without `init`.
 //!
 //! ```
 //! use openlayer_trace::{testing, trace};
@@ -26,6 +31,7 @@ use std::task::{Context, Poll};
 
 use serde_json::Value;
 
+use crate::Config;
 use crate::context;
 use crate::encode::EncodedRow;
 use crate::export::capture::CaptureSink;
@@ -44,8 +50,8 @@ pub struct CapturedTrace {
 
 impl CapturedTrace {
     fn new(e: EncodedRow) -> Self {
-        let config = serde_json::from_str(&e.config).unwrap_or(Value::Null);
-        let row = serde_json::from_str(&e.row).unwrap_or(Value::Null);
+        let config = crate::encode::row_policy::from_str_deep(&e.config).unwrap_or(Value::Null);
+        let row = crate::encode::row_policy::from_str_deep(&e.row).unwrap_or(Value::Null);
         CapturedTrace {
             pipeline_id: e.pipeline_id.map(|p| p.into_owned()),
             inference_id: e.inference_id,
@@ -108,6 +114,31 @@ impl CapturedTrace {
 pub fn capture<R>(f: impl FnOnce() -> R) -> (R, Vec<CapturedTrace>) {
     let sink = Arc::new(CaptureSink::default());
     let out = context::with_capture(Some(sink.clone() as Arc<dyn TraceSink>), f);
+    (
+        out,
+        sink.take().into_iter().map(CapturedTrace::new).collect(),
+    )
+}
+
+/// Runs `f` and returns the traces it completed, shaped by `config`'s `mask`,
+/// `field_budget` and `sample_rate` (whatever `init` installed).
+///
+/// ```
+/// use openlayer_trace::{Config, testing, trace};
+///
+/// #[trace]
+/// fn sign_up(email: &str) -> bool { true }
+///
+/// let config = Config::builder()
+///     .mask(|row| { row.insert("email".into(), "***".into()); })
+///     .build()
+///     .unwrap();
+/// let (_, traces) = testing::capture_with(&config, || sign_up("ada@example.com"));
+/// assert_eq!(traces[0].row()["email"], "***");
+/// ```
+pub fn capture_with<R>(config: &Config, f: impl FnOnce() -> R) -> (R, Vec<CapturedTrace>) {
+    let sink = Arc::new(CaptureSink::with_config(config));
+    let out = context::with_capture(Some(sink.clone()), f);
     (
         out,
         sink.take().into_iter().map(CapturedTrace::new).collect(),

@@ -256,10 +256,10 @@ pub trait RecordErrorOnly {
 impl<T, E: Display> RecordErrorOnly for Out<'_, Result<T, E>> {
     #[inline]
     fn __ol_record_err<S: OutputSink>(&self, sink: &mut S) {
-        if sink.__is_recording() {
-            if let Err(e) = self.0 {
-                sink.__set_error(e);
-            }
+        if sink.__is_recording()
+            && let Err(e) = self.0
+        {
+            sink.__set_error(e);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! What user code and `#[trace]` call.
 
 pub(crate) mod annotate;
+pub(crate) mod lifecycle;
 pub mod macro_support;
 mod macros;
 pub(crate) mod manual;

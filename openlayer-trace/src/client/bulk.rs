@@ -99,7 +99,7 @@ impl Client {
                     .chunks(self.inner.batch_max_rows)
                     .map(|chunk| stream_line(pipeline_id, config.clone(), chunk.iter()))
                     .collect();
-                localfile::append(path, &lines)
+                localfile::append(path, &lines, self.inner.trace_file_max_bytes)
             }
             Backend::Remote(t) => {
                 let objects = rows.iter().filter_map(Value::as_object);
@@ -190,7 +190,7 @@ impl Client {
                         })
                     })
                     .collect();
-                localfile::append(path, &lines)
+                localfile::append(path, &lines, self.inner.trace_file_max_bytes)
             }
             Backend::Remote(t) => {
                 let mut data_config = config.to_json();

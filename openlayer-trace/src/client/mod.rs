@@ -62,6 +62,8 @@ struct Inner {
     default_pipeline_id: Option<String>,
     batch_max_rows: usize,
     max_retries: u32,
+    /// The bound of the local file (local mode).
+    trace_file_max_bytes: u64,
 }
 
 enum Backend {
@@ -92,7 +94,9 @@ impl Client {
     /// A client configured from the environment (`OPENLAYER_API_KEY`,
     /// `OPENLAYER_BASE_URL`, `OPENLAYER_INFERENCE_PIPELINE_ID`, `OPENLAYER_TRACE_FILE`, ...).
     ///
-    /// Without `OPENLAYER_API_KEY` the client runs in local mode.
+    /// Without `OPENLAYER_API_KEY`, local mode must be asked for: with
+    /// `OPENLAYER_TRACE_FILE` set the client writes to that file, else this is an
+    /// [`Error::Config`] (never a silent fallback to a local file).
     pub fn from_env() -> Result<Client, Error> {
         Client::new(&Config::from_env()?)
     }
@@ -101,11 +105,22 @@ impl Client {
     /// default pipeline, the trace file and `batch_max_rows` are used: in particular
     /// `OPENLAYER_DISABLE_PUBLISH`, which turns tracing off, does not silence the
     /// client's explicit calls.
+    ///
+    /// Without an API key, the client runs in local mode only when the configuration
+    /// names its file ([`ConfigBuilder::trace_file`](crate::ConfigBuilder::trace_file),
+    /// [`ClientBuilder::trace_file`] or `OPENLAYER_TRACE_FILE`); otherwise this is an
+    /// [`Error::Config`].
     pub fn new(config: &Config) -> Result<Client, Error> {
         let backend = if config.api_key().is_some() {
             Backend::Remote(Transport::new(TransportConfig::from_config(config))?)
-        } else {
+        } else if config.trace_file_set {
             Backend::Local(config.trace_file().to_path_buf())
+        } else {
+            return Err(Error::Config(
+                "no API key (OPENLAYER_API_KEY): set one, or ask for local mode by naming \
+                 the local file (OPENLAYER_TRACE_FILE, or trace_file on the builder)"
+                    .into(),
+            ));
         };
         Ok(Client {
             inner: Arc::new(Inner {
@@ -113,6 +128,7 @@ impl Client {
                 default_pipeline_id: config.inference_pipeline_id().map(str::to_string),
                 batch_max_rows: config.batch_max_rows,
                 max_retries: config.max_retries,
+                trace_file_max_bytes: config.trace_file_max_bytes,
             }),
         })
     }
@@ -194,6 +210,7 @@ impl Client {
                     row: map.clone(),
                     config: config.map(|c| c.to_json()),
                 }],
+                self.inner.trace_file_max_bytes,
             ),
             Backend::Remote(t) => {
                 #[derive(Serialize)]
@@ -277,9 +294,11 @@ impl Client {
             return Ok(());
         };
         match &self.inner.backend {
-            Backend::Local(path) => {
-                localfile::append(path, &[stream_line(pipeline_id, config, rows.iter())])
-            }
+            Backend::Local(path) => localfile::append(
+                path,
+                &[stream_line(pipeline_id, config, rows.iter())],
+                self.inner.trace_file_max_bytes,
+            ),
             Backend::Remote(t) => {
                 #[derive(Serialize)]
                 struct Body<'a> {
@@ -428,7 +447,9 @@ impl Client {
     /// ```
     /// use openlayer_trace::{Client, Config, TaskType};
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-    /// let client = Client::new(&Config::default()).unwrap(); // no API key: local mode
+    /// // No API key: local mode, asked for by naming the file.
+    /// let config = Config::builder().trace_file("openlayer-traces.jsonl").build().unwrap();
+    /// let client = Client::new(&config).unwrap();
     /// let a = client
     ///     .load_or_create_inference_pipeline("Chatbot", "production", TaskType::LlmBase)
     ///     .await
@@ -742,19 +763,19 @@ async fn send(t: &Transport, req: &ApiRequest) -> Result<ApiResponse, Error> {
 /// `success: false`, is an error all the same.
 async fn expect_success(t: &Transport, req: &ApiRequest) -> Result<(), Error> {
     let resp = send(t, req).await?;
-    if let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&resp.body) {
-        if body.get("success") == Some(&Value::Bool(false)) {
-            let message = ["error", "message"]
-                .iter()
-                .find_map(|k| body.get(*k).and_then(Value::as_str))
-                .unwrap_or("the platform answered success: false")
-                .to_string();
-            return Err(Error::Api {
-                status: resp.status,
-                message,
-                request: describe(req),
-            });
-        }
+    if let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&resp.body)
+        && body.get("success") == Some(&Value::Bool(false))
+    {
+        let message = ["error", "message"]
+            .iter()
+            .find_map(|k| body.get(*k).and_then(Value::as_str))
+            .unwrap_or("the platform answered success: false")
+            .to_string();
+        return Err(Error::Api {
+            status: resp.status,
+            message,
+            request: describe(req),
+        });
     }
     Ok(())
 }
@@ -816,9 +837,11 @@ impl ClientBuilder {
         self.config.verify_ssl = verify;
         self
     }
-    /// The local file that local mode writes to.
+    /// The local file that local mode writes to; without an API key, naming it is what
+    /// asks for local mode.
     pub fn trace_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.config.trace_file = path.into();
+        self.config.trace_file_set = true;
         self
     }
     /// Most rows in one local-file line of a bulk publish (default 500).

@@ -126,11 +126,11 @@ fn keep_spare(mut trace: Arc<TraceShared>) {
 
 /// A new trace: this thread's spare one, reset, or a new allocation.
 fn new_trace(capture: Option<Arc<dyn TraceSink>>, anchor: i64) -> Arc<TraceShared> {
-    if let Some(mut spare) = SPARE.try_with(|s| s.take()).ok().flatten() {
-        if let Some(t) = Arc::get_mut(&mut spare) {
-            t.reset(capture, anchor);
-            return spare;
-        }
+    if let Some(mut spare) = SPARE.try_with(|s| s.take()).ok().flatten()
+        && let Some(t) = Arc::get_mut(&mut spare)
+    {
+        t.reset(capture, anchor);
+        return spare;
     }
     Arc::new(TraceShared::new(capture, anchor))
 }
@@ -151,21 +151,23 @@ fn parent(configure: fn() -> bool) -> Option<Parent> {
             Some(t) => {
                 let copy = t.clone();
                 p.trace.set(Some(t));
-                Some(Parent::In(copy, p.step.get()))
+                Ok(Some(Parent::In(copy, p.step.get())))
             }
+            // A root would start here: never on our threads or in our callbacks.
+            None if crate::util::reentry::suppressed() => Err(()),
             None => {
                 let cap = p.capture.take();
                 let copy = cap.clone();
                 p.capture.set(cap);
-                copy.map(|c| Parent::Root(Some(c)))
+                Ok(copy.map(|c| Parent::Root(Some(c))))
             }
         }
     });
     match found {
-        Ok(Some(parent)) => Some(parent),
+        Ok(Ok(Some(parent))) => Some(parent),
         // No current trace and no capture: a new trace is recorded when tracing is on.
-        Ok(None) => sink::enabled(configure).then_some(Parent::Root(None)),
-        Err(_) => None,
+        Ok(Ok(None)) => sink::enabled(configure).then_some(Parent::Root(None)),
+        Ok(Err(())) | Err(_) => None,
     }
 }
 
@@ -229,7 +231,17 @@ fn record_step(
             warn_limited!(step = %spec.name, "a step started after its trace had completed; not recorded");
             return None;
         }
+        let cost = size_of::<StepRecord>() + buf.len();
+        if !crate::util::open_traces::admit(st.steps.len(), cost) {
+            st.steps_dropped += 1;
+            drop(st);
+            return None;
+        }
+        st.held += cost;
         let idx = st.steps.len() as u32;
+        if idx == 0 {
+            st.open_key = crate::util::open_traces::opened(trace.anchor);
+        }
         let parent = if idx == 0 {
             NO_PARENT
         } else if parent == NO_PARENT {
@@ -284,6 +296,8 @@ pub(crate) fn close_step(step: &OpenStep, end: i64, closing: Closing<'_>) {
     if let Some(output) = closing.output {
         let r = st.push_text(output);
         st.steps[idx].output = r;
+        crate::util::open_traces::hold(output.len());
+        st.held += output.len();
     }
     if step.idx == 0 {
         st.root_closed = true;
@@ -307,7 +321,17 @@ fn release_locked(
 ) {
     st.open = st.open.saturating_sub(1);
     if st.open == 0 && st.root_closed && !st.shipped {
-        let state = std::mem::take(&mut *st);
+        let mut state = std::mem::take(&mut *st);
+        crate::util::open_traces::completed(trace.anchor, state.open_key, state.held);
+        if state.steps_dropped > 0
+            && let Some(root) = state.steps.first_mut()
+        {
+            // The marker: the trace is incomplete (also a row column, as root metadata).
+            root.set_metadata(
+                Cow::Borrowed("stepsDropped"),
+                state.steps_dropped.to_string().into(),
+            );
+        }
         // What is left behind is marked too: a step opened in this trace from now on (a
         // position restored to it after it completed) is refused, not made a new root.
         st.shipped = true;
@@ -550,14 +574,21 @@ impl<F: Future> Future for WithTrace<F> {
 
 impl<F> Drop for WithTrace<F> {
     fn drop(&mut self) {
+        /// Restores the position even when dropping the inner future panics.
+        struct Exit(Option<Entered>);
+        impl Drop for Exit {
+            fn drop(&mut self) {
+                if let Some(e) = self.0.take() {
+                    exit(e);
+                }
+            }
+        }
         // Drop the inner future first, in its position, so that its steps close before the
         // hold on the trace is released.
-        let entered = self.ctx.as_ref().map(|c| enter(c.trace.clone(), c.step));
+        let entered = Exit(self.ctx.as_ref().map(|c| enter(c.trace.clone(), c.step)));
         // SAFETY: dropped exactly once, in place, never used again.
         unsafe { std::mem::ManuallyDrop::drop(&mut self.inner) };
-        if let Some(e) = entered {
-            exit(e);
-        }
+        drop(entered);
         self.ctx = None;
     }
 }

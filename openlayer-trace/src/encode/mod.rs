@@ -102,7 +102,31 @@ impl<'a> Tree<'a> {
         }
     }
 
+    /// Writes step `idx` and its subtree. Iterative (an explicit stack of open steps),
+    /// so that a tree of any depth cannot overflow the thread's stack.
     fn write_step(&self, out: &mut String, idx: usize, root_output: Option<&str>) {
+        self.write_head(out, idx, root_output);
+        // Each open step, and the next child of it to write.
+        let mut open: Vec<(usize, u32)> = vec![(idx, self.first_child[idx])];
+        while let Some(top) = open.last_mut() {
+            let (i, next) = *top;
+            if next == NONE {
+                self.write_tail(out, i);
+                open.pop();
+                continue;
+            }
+            top.1 = self.next_sibling[next as usize];
+            if next != self.first_child[i] {
+                out.push(',');
+            }
+            let child = next as usize;
+            self.write_head(out, child, None);
+            open.push((child, self.first_child[child]));
+        }
+    }
+
+    /// A step's fields up to its children: `{"name":..,...,"steps":[`.
+    fn write_head(&self, out: &mut String, idx: usize, root_output: Option<&str>) {
         let rec = &self.trace.state.steps[idx];
         out.push_str("{\"name\":");
         push_str(out, &rec.name);
@@ -124,14 +148,11 @@ impl<'a> Tree<'a> {
         out.push_str(",\"metadata\":");
         write_metadata(out, rec);
         out.push_str(",\"steps\":[");
-        let mut child = self.first_child[idx];
-        while child != NONE {
-            if child != self.first_child[idx] {
-                out.push(',');
-            }
-            self.write_step(out, child as usize, None);
-            child = self.next_sibling[child as usize];
-        }
+    }
+
+    /// A step's fields after its children: `],"latency":..}`.
+    fn write_tail(&self, out: &mut String, idx: usize) {
+        let rec = &self.trace.state.steps[idx];
         out.push_str("],\"latency\":");
         push_f64(out, latency_ms(rec));
         out.push_str(",\"startTime\":");

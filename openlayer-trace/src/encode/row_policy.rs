@@ -166,13 +166,24 @@ impl Shaper {
         };
         let current = masked.as_deref().unwrap_or(row);
         if let Some(budget) = self.budget {
-            let mut node: Node = serde_json::from_str(current).ok()?;
+            let mut node: Node = from_str_deep(current).ok()?;
             if node.apply_budget(budget, Place::Row) {
                 return serde_json::to_string(&node).ok().map(Some);
             }
         }
         Some(masked)
     }
+}
+
+/// Parses JSON without serde_json's nesting limit (128): a trace may be thousands of steps
+/// deep (at most `max_steps_per_trace`). Recursion stays on the thread's stack, so deep
+/// rows are parsed on our worker threads, which have a large one (see `pipeline`).
+pub(crate) fn from_str_deep<'a, T: serde::Deserialize<'a>>(s: &'a str) -> serde_json::Result<T> {
+    let mut de = serde_json::Deserializer::from_str(s);
+    de.disable_recursion_limit();
+    let value = T::deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
 }
 
 /// A point in `[0, 1)` that depends only on the inference id (FNV-1a, then the
@@ -202,11 +213,12 @@ fn apply_mask(row: &str, mask: &MaskFn) -> Option<String> {
     let mut originals = Vec::with_capacity(entries.len());
     let mut map = serde_json::Map::new();
     for (k, raw) in &entries {
-        let v: Value = serde_json::from_str(raw.get()).ok()?;
+        let v: Value = from_str_deep(raw.get()).ok()?;
         map.insert(k.clone(), v.clone());
         originals.push(v);
     }
-    mask(&mut map);
+    // Traced code the mask calls records nothing (and cannot recurse into us).
+    crate::util::reentry::untraced(|| mask(&mut map));
     let mut out = String::with_capacity(row.len());
     out.push('{');
     let mut first = true;

@@ -63,6 +63,11 @@ impl Budget {
     /// otherwise. Never waits.
     pub(crate) fn reserve(&self, bytes: usize, tier: Tier) -> bool {
         let (used, cap) = self.share(tier);
+        // Open traces share the queue's half (see `crate::util::open_traces`).
+        let cap = match tier {
+            Tier::Queue => cap.saturating_sub(crate::util::open_traces::held()),
+            _ => cap,
+        };
         used.fetch_update(Relaxed, Relaxed, |u| {
             let total = u.checked_add(bytes)?;
             (total <= cap).then_some(total)

@@ -43,6 +43,16 @@ impl crate::record::sink::TraceSink for Exporter {
 }
 
 impl Exporter {
+    /// Why a row is dropped when this exporter has no worker: nowhere to go (configured
+    /// lazily with neither a key nor a local file), or shut down.
+    fn no_sink_reason(&self) -> DropReason {
+        if self.config.api_key.is_none() && !self.config.trace_file_set && !self.config.disabled {
+            DropReason::NoDestination
+        } else {
+            DropReason::Shutdown
+        }
+    }
+
     /// Hands a completed trace off, then the row updates that rode with it.
     fn enqueue(&self, mut trace: CompletedTrace) {
         let updates = std::mem::take(&mut trace.state.updates);
@@ -56,7 +66,7 @@ impl Exporter {
         let c = &self.counters;
         c.enqueued.fetch_add(1, Relaxed);
         let Some(tx) = &self.tx else {
-            c.drop_rows(DropReason::Shutdown, 1);
+            c.drop_rows(self.no_sink_reason(), 1);
             c.settled.fetch_add(1, Relaxed);
             return;
         };
@@ -93,8 +103,14 @@ impl Exporter {
     pub(crate) fn enqueue_update(&self, update: RowUpdate) {
         let c = &self.counters;
         c.enqueued.fetch_add(1, Relaxed);
+        if !self.shaper.keeps(&update.inference_id) {
+            // Its row was left out by sampling (decided on the same id): nothing to update.
+            c.sampled_out.fetch_add(1, Relaxed);
+            c.settled.fetch_add(1, Relaxed);
+            return;
+        }
         let Some(tx) = &self.tx else {
-            c.drop_rows(DropReason::Shutdown, 1);
+            c.drop_rows(self.no_sink_reason(), 1);
             c.settled.fetch_add(1, Relaxed);
             return;
         };
@@ -274,7 +290,7 @@ impl Exporter {
         if self.tx.is_none() {
             return Ok(None);
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::util::clock::after(Instant::now(), timeout);
         let done = self
             .control(|c| match what {
                 Control::Flush => Msg::Flush(c, deadline),

@@ -25,6 +25,8 @@ pub(crate) enum Control {
     Shutdown,
 }
 
+// Deliberately by value (see `Trace`): the other messages are small and rare.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Msg {
     /// A completed trace, with its estimated size. By value: handing it off allocates
     /// nothing on the application's thread (nor frees anything on the worker's).

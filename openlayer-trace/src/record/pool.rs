@@ -75,14 +75,14 @@ thread_local! {
 pub(crate) fn reused_buffers() -> Buffers {
     let reused = TAKEN.try_with(|taken| {
         let mut taken = taken.try_borrow_mut().ok()?;
-        if taken.free.is_empty() {
-            if let Ok(mut pool) = POOL.try_lock() {
-                let at = pool.free.len().saturating_sub(taken.batch);
-                let bytes: usize = pool.free[at..].iter().map(buffer_bytes).sum();
-                pool.bytes -= bytes;
-                taken.free.extend(pool.free.drain(at..));
-                taken.batch = (taken.batch * 2).min(BATCH);
-            }
+        if taken.free.is_empty()
+            && let Ok(mut pool) = POOL.try_lock()
+        {
+            let at = pool.free.len().saturating_sub(taken.batch);
+            let bytes: usize = pool.free[at..].iter().map(buffer_bytes).sum();
+            pool.bytes -= bytes;
+            taken.free.extend(pool.free.drain(at..));
+            taken.batch = (taken.batch * 2).min(BATCH);
         }
         taken.free.pop()
     });

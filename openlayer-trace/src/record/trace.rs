@@ -26,6 +26,13 @@ pub(crate) struct TraceState {
     /// Row updates of this trace's own row, made before it completed: they are handed off
     /// right behind it (see `crate::update_row`).
     pub updates: Vec<crate::record::row_update::RowUpdate>,
+    /// Its key among the open traces (see `crate::util::open_traces`); 0 before its root
+    /// is recorded.
+    pub open_key: u64,
+    /// Bytes counted as held by this open trace (see `crate::util::open_traces`).
+    pub held: usize,
+    /// Steps not recorded: beyond `max_steps_per_trace`, or no memory left for them.
+    pub steps_dropped: u64,
 }
 
 impl TraceState {

@@ -60,6 +60,13 @@ pub(crate) fn lazy_init() -> bool {
 }
 
 fn install(pipeline: Arc<Exporter>) -> Option<Arc<Exporter>> {
+    let c = &pipeline.config;
+    crate::util::open_traces::configure(
+        c.max_steps_per_trace,
+        c.queue_max_bytes,
+        c.open_trace_warn_after,
+    );
+    crate::export::capture::set_installed_shaper(pipeline.shaper.clone());
     let on = !pipeline.config.disabled;
     let mut slot = PIPELINE.write().unwrap_or_else(|e| e.into_inner());
     let previous = slot.replace(pipeline.clone());
@@ -180,11 +187,9 @@ impl Drop for Guard {
     }
 }
 
-/// Configures the SDK with `config` and starts its background worker.
-///
-/// Replaces any earlier configuration (whose pending traces are flushed first, within
-/// its `shutdown_timeout`). Returns a [`Guard`] that flushes when dropped.
-pub fn init(config: Config) -> Result<Guard, Error> {
+/// Configures the SDK with `config` and starts its background worker (see `crate::init`,
+/// which also installs the panic hook).
+pub(crate) fn init(config: Config) -> Result<Guard, Error> {
     let _lock = INIT.lock().unwrap_or_else(|e| e.into_inner());
     if config.spool_dir.is_some() && config.api_key.is_some() && !config.disabled {
         // The spool directory belongs to one pipeline at a time: the previous one
@@ -202,13 +207,6 @@ pub fn init(config: Config) -> Result<Guard, Error> {
     Ok(Guard {
         pipeline: Some(pipeline),
     })
-}
-
-/// Configures the SDK from the environment (`OPENLAYER_API_KEY`,
-/// `OPENLAYER_INFERENCE_PIPELINE_ID`, `OPENLAYER_BASE_URL`, `OPENLAYER_DISABLE_PUBLISH`,
-/// ...); see [`init`]. Without a key, traces go to the local file of the embedded default.
-pub fn init_from_env() -> Result<Guard, Error> {
-    init(Config::from_env()?)
 }
 
 fn installed() -> Result<Arc<Exporter>, Error> {

@@ -15,13 +15,23 @@ use crate::export::spool::Spool;
 use crate::report::Counters;
 use crate::transport::{Transport, TransportConfig};
 
+/// The stack of our worker threads: room for the recursion of parsing and shaping a
+/// trace `max_steps_per_trace` steps deep (address space reserved, not memory used).
+const WORKER_STACK: usize = 64 * 1024 * 1024;
+
 fn spawn(
     name: &str,
     f: impl FnOnce() + Send + 'static,
 ) -> Result<std::thread::JoinHandle<()>, Error> {
     std::thread::Builder::new()
         .name(name.into())
-        .spawn(f)
+        // Deep traces are encoded, masked and parsed here (reserved, not committed).
+        .stack_size(WORKER_STACK)
+        .spawn(move || {
+            // Our own threads never start a trace (a mask calling traced code, say).
+            crate::util::reentry::suppress_this_thread();
+            f()
+        })
         .map_err(|e| {
             tracing::error!(target: "openlayer_trace", error = %e, "could not start a background thread");
             Error::Io(e)
@@ -45,6 +55,25 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
     let budget = Arc::new(Budget::new(config.queue_max_bytes));
     let shaper = Shaper::new(&config);
     if config.disabled {
+        return Ok(Arc::new(Exporter {
+            config,
+            tx: None,
+            counters,
+            budget,
+            shaper,
+            spool: None,
+            write_ahead: false,
+            threads: Mutex::new(Vec::new()),
+        }));
+    }
+    if how == Start::Lazy && config.api_key.is_none() && !config.trace_file_set {
+        // Nobody asked for the local file: traces are counted, not written (a library
+        // using `#[trace]` must not make every binary linking it write prompts to disk).
+        eprintln!(
+            "openlayer-trace: no OPENLAYER_API_KEY, no init call and no OPENLAYER_TRACE_FILE; \
+             traces are counted but not written anywhere (call openlayer_trace::init_from_env() \
+             or set OPENLAYER_TRACE_FILE to write them to a local file)"
+        );
         return Ok(Arc::new(Exporter {
             config,
             tx: None,
@@ -134,6 +163,9 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
                         worker_spool,
                     );
                     rt.block_on(flusher.run(rx));
+                    // Not a plain drop: that waits for blocking tasks, and a name
+                    // lookup (`getaddrinfo`) can hang past any deadline.
+                    rt.shutdown_background();
                 }
                 Err(e) => {
                     // Traces handed off from now on are dropped as `shutdown` (counted).

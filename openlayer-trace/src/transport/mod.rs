@@ -391,6 +391,20 @@ impl Transport {
                 }
                 Attempt::Retryable { error, retry_after } => (error, retry_after),
             };
+            if retry_after.is_some_and(|w| w > MAX_RETRY_AFTER) {
+                // Longer than we wait in a request: never retry sooner than the server
+                // asked; the caller spools the rows (or drops and counts them).
+                tracing::debug!(
+                    target: "openlayer_trace",
+                    error = %error,
+                    retries,
+                    "the server asked to wait longer than a request waits; giving up for now"
+                );
+                return SendOutcome {
+                    result: Err(error),
+                    retries,
+                };
+            }
             let wait = self.backoff(retries, retry_after);
             let out_of_time = deadline.is_some_and(|d| Instant::now() + wait >= d);
             if retries >= self.inner.max_retries || out_of_time {
@@ -1013,6 +1027,21 @@ mod tests {
             gap >= Duration::from_millis(950) && gap < Duration::from_millis(1600),
             "{gap:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_above_the_cap_is_never_cut_short() {
+        // The server asks for two minutes: no retry comes sooner; the caller spools.
+        let server = TestServer::start_with(Behavior::rate_limited(1, 120));
+        let t = transport(&server);
+        let out = t.send(&data_stream(&["a"]), None).await;
+        assert!(
+            matches!(out.result, Err(Error::Api { status: 429, .. })),
+            "{:?}",
+            out.result
+        );
+        assert_eq!(out.retries, 0);
+        assert_eq!(server.request_count(), 1);
     }
 
     #[tokio::test]

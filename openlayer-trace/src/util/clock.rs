@@ -12,7 +12,23 @@ use std::sync::atomic::{
     AtomicI64,
     Ordering::{Acquire, Relaxed, Release},
 };
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How far "never" is: any longer wait is cut to this (about 30 years), so that any
+/// `Duration` is a valid timeout.
+pub(crate) const FOREVER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// `from + wait`, saturating at [`FOREVER`] from `from`: never panics, whatever `wait`.
+pub(crate) fn after(from: Instant, wait: Duration) -> Instant {
+    from.checked_add(wait.min(FOREVER))
+        .or_else(|| from.checked_add(Duration::from_secs(24 * 3600)))
+        .unwrap_or(from)
+}
+
+/// [`after`] for tokio's `Instant`.
+pub(crate) fn after_tokio(from: tokio::time::Instant, wait: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(after(from.into_std(), wait))
+}
 
 /// Nanoseconds on the monotonic clock, from an arbitrary origin.
 #[cfg(any(target_os = "linux", target_os = "android"))]

@@ -21,7 +21,7 @@ impl Completion {
         self.cv.notify_all();
     }
 
-    fn wake(&self) {
+    pub(crate) fn wake(&self) {
         let mut g = self.done.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(w) = g.1.take() {
             w.wake();
@@ -47,8 +47,11 @@ impl Completion {
 
     /// Awaits completion or `deadline` without needing any particular async runtime.
     pub(crate) async fn wait_until_async(self: Arc<Self>, deadline: Instant) -> bool {
-        // A timer thread wakes the future at the deadline.
-        let timer = {
+        // The shared timer thread wakes the future at the deadline; without it, a thread
+        // of its own does.
+        let timer = if crate::util::timer::wake_at(deadline, &self) {
+            None
+        } else {
             let me = self.clone();
             std::thread::Builder::new()
                 .name("openlayer-trace-deadline".into())

@@ -31,30 +31,40 @@ thread_local! {
 
 static PANIC_HOOK: Once = Once::new();
 
-/// Installs (once) a panic hook that remembers the message of a panic raised inside a
-/// trace, so that the step it unwinds through records it. The previous hook still runs.
+/// Installs (once) a panic hook that remembers the message of the thread's last panic,
+/// so that the steps it unwinds through record it. The previous hook still runs.
+///
+/// `init` installs it; otherwise the first recorded step does. Never while the thread
+/// is unwinding: the hook cannot be changed then (it would abort the process), so a step
+/// opened during unwinding leaves it for later.
 pub(crate) fn install_panic_hook() {
+    if PANIC_HOOK.is_completed() || std::thread::panicking() {
+        return;
+    }
     PANIC_HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if context::in_trace() {
+            // Every panic replaces the message (or clears it, outside any trace), so that
+            // a step never records the message of an earlier panic.
+            let msg = context::in_trace().then(|| {
                 let payload = info.payload();
                 let msg = payload
                     .downcast_ref::<&str>()
                     .map(|s| (*s).to_string())
                     .or_else(|| payload.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "Box<dyn Any>".to_string());
-                let msg = match info.location() {
+                match info.location() {
                     Some(l) => format!("panicked at {}:{}: {msg}", l.file(), l.line()),
                     None => format!("panicked: {msg}"),
-                };
-                let _ = PANIC_MESSAGE.try_with(|m| *m.borrow_mut() = Some(msg));
-            }
+                }
+            });
+            let _ = PANIC_MESSAGE.try_with(|m| *m.borrow_mut() = msg);
             previous(info);
         }));
     });
 }
 
+/// The message of the panic unwinding through a step (`panicked` when unknown).
 pub(crate) fn panic_message() -> Box<str> {
     PANIC_MESSAGE
         .try_with(|m| m.borrow().clone())
@@ -64,12 +74,30 @@ pub(crate) fn panic_message() -> Box<str> {
         .into_boxed_str()
 }
 
+/// Forgets the panic message once the root of its trace has recorded it.
+pub(crate) fn clear_panic_message() {
+    let _ = PANIC_MESSAGE.try_with(|m| m.borrow_mut().take());
+}
+
 /// What a step ends with: its output (JSON, in a scratch buffer of this thread's) or its
 /// error. Shared by the guard of a synchronous step and the finisher of an asynchronous one.
-#[derive(Default)]
 pub(crate) struct Ending {
     pub(crate) output: Option<String>,
     pub(crate) error: Option<Box<str>>,
+    /// Whether the thread was already unwinding when the step opened (it runs in a
+    /// `Drop`): then a normal end is a return, not the panic.
+    pub(crate) unwinding_at_open: bool,
+}
+
+impl Default for Ending {
+    #[inline]
+    fn default() -> Self {
+        Ending {
+            output: None,
+            error: None,
+            unwinding_at_open: std::thread::panicking(),
+        }
+    }
 }
 
 impl Ending {
@@ -93,7 +121,22 @@ impl Ending {
     /// Closes `open` at `end` with this ending (or with the panic unwinding through it).
     pub(crate) fn close(&mut self, open: &OpenStep, end: i64) {
         let output = self.output.take();
-        let closing = if std::thread::panicking() {
+        let closing = if std::thread::panicking() && !self.unwinding_at_open {
+            if open.idx == 0 {
+                // The root is the last step this panic unwinds through in its trace.
+                let error = panic_message();
+                clear_panic_message();
+                let closing = Closing {
+                    status: Status::Panicked,
+                    output: None,
+                    error: Some(error),
+                };
+                context::close_step(open, end, closing);
+                if let Some(buf) = output {
+                    give_scratch(buf);
+                }
+                return;
+            }
             Closing {
                 status: Status::Panicked,
                 output: None,
@@ -362,25 +405,25 @@ impl<F: Future> Future for Instrumented<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // SAFETY: `inner` is structurally pinned and never moved; `state` is not pinned.
         let this = unsafe { self.get_unchecked_mut() };
-        if matches!(this.state, State::Pending(..)) {
-            if let State::Pending(p) = std::mem::replace(&mut this.state, State::Done) {
-                let Pending {
-                    spec,
-                    inputs,
-                    metadata,
-                } = *p;
-                let write_inputs = |buf: &mut String| {
-                    buf.push_str(inputs.as_deref().unwrap_or_default());
-                };
-                if let Some(open) =
-                    context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs)
-                {
-                    if !metadata.is_empty() {
-                        crate::api::annotate::apply_step_json(&open, metadata);
-                    }
-                    install_panic_hook();
-                    this.state = State::Open(open);
+        if matches!(this.state, State::Pending(..))
+            && let State::Pending(p) = std::mem::replace(&mut this.state, State::Done)
+        {
+            let Pending {
+                spec,
+                inputs,
+                metadata,
+            } = *p;
+            let write_inputs = |buf: &mut String| {
+                buf.push_str(inputs.as_deref().unwrap_or_default());
+            };
+            if let Some(open) =
+                context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs)
+            {
+                if !metadata.is_empty() {
+                    crate::api::annotate::apply_step_json(&open, metadata);
                 }
+                install_panic_hook();
+                this.state = State::Open(open);
             }
         }
 
@@ -394,15 +437,15 @@ impl<F: Future> Future for Instrumented<F> {
                 if let Some(e) = self.entered.take() {
                     context::exit(e);
                 }
-                if std::thread::panicking() {
-                    if let State::Open(open) = std::mem::replace(self.state, State::Done) {
-                        let closing = Closing {
-                            status: Status::Panicked,
-                            output: None,
-                            error: Some(panic_message()),
-                        };
-                        context::close_step(&open, clock::now(), closing);
-                    }
+                if std::thread::panicking()
+                    && let State::Open(open) = std::mem::replace(self.state, State::Done)
+                {
+                    let closing = Closing {
+                        status: Status::Panicked,
+                        output: None,
+                        error: Some(panic_message()),
+                    };
+                    context::close_step(&open, clock::now(), closing);
                 }
             }
         }
@@ -440,20 +483,35 @@ impl<F: Future> Future for Instrumented<F> {
 
 impl<F> Drop for Instrumented<F> {
     fn drop(&mut self) {
-        match std::mem::replace(&mut self.state, State::Done) {
-            State::Open(open) => {
-                let entered = context::enter_ref(&open.trace, open.idx);
-                // SAFETY: dropped exactly once, in place.
-                unsafe { ManuallyDrop::drop(&mut self.inner) };
-                context::exit(entered);
+        /// Restores the position and closes the step as cancelled, even when dropping the
+        /// inner future panics.
+        struct Cancel {
+            entered: Option<Entered>,
+            open: OpenStep,
+        }
+        impl Drop for Cancel {
+            fn drop(&mut self) {
+                if let Some(e) = self.entered.take() {
+                    context::exit(e);
+                }
                 // After the inner future (and so its steps) is gone.
-                let end = clock::now();
                 let closing = Closing {
                     status: Status::Cancelled,
                     output: None,
                     error: None,
                 };
-                context::close_step(&open, end, closing);
+                context::close_step(&self.open, clock::now(), closing);
+            }
+        }
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Open(open) => {
+                let cancel = Cancel {
+                    entered: Some(context::enter_ref(&open.trace, open.idx)),
+                    open,
+                };
+                // SAFETY: dropped exactly once, in place.
+                unsafe { ManuallyDrop::drop(&mut self.inner) };
+                drop(cancel);
             }
             // SAFETY: dropped exactly once, in place.
             _ => unsafe { ManuallyDrop::drop(&mut self.inner) },

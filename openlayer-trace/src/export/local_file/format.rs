@@ -119,7 +119,7 @@ impl std::str::FromStr for LocalLine {
 
     /// Parses one line (surrounding whitespace ignored).
     fn from_str(s: &str) -> Result<Self, Error> {
-        serde_json::from_str(s.trim()).map_err(Error::Json)
+        crate::encode::row_policy::from_str_deep(s.trim()).map_err(Error::Json)
     }
 }
 
@@ -139,22 +139,54 @@ impl LocalLine {
     }
 }
 
-/// Appends `lines` to the file at `path`, creating it and its directory if needed.
+/// Opens `path` for appending, creating it (mode 0600 on unix) and its directory if
+/// needed; returns the file and its length.
+pub(crate) fn open_private_append(path: &Path) -> std::io::Result<(std::fs::File, u64)> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options.open(path)?;
+    let len = file.metadata()?.len();
+    Ok((file, len))
+}
+
+/// Renames a full local file to `<file>.1`, replacing an older one.
+pub(crate) fn rotate(path: &Path) -> std::io::Result<()> {
+    let mut old = path.as_os_str().to_owned();
+    old.push(".1");
+    match std::fs::rename(path, &old) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Appends `lines` to the file at `path`, creating it (mode 0600) and its directory if
+/// needed, and rotating it to `<file>.1` first when they would take it past `max_bytes`.
 ///
 /// Each line is encoded first, then written with a single `write_all` of the line and its
 /// newline on a file opened in append mode, so concurrent writers never interleave within
 /// a line. Nothing is written when a line cannot be encoded.
-pub(crate) fn append(path: &Path, lines: &[LocalLine]) -> Result<(), Error> {
+pub(crate) fn append(path: &Path, lines: &[LocalLine], max_bytes: u64) -> Result<(), Error> {
     let mut encoded = Vec::with_capacity(lines.len());
     for line in lines {
         let mut s = line.to_json_line()?;
         s.push('\n');
         encoded.push(s);
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+    let incoming: u64 = encoded.iter().map(|s| s.len() as u64).sum();
+    let (mut file, len) = open_private_append(path)?;
+    if len > 0 && len.saturating_add(incoming) > max_bytes {
+        drop(file);
+        rotate(path)?;
+        file = open_private_append(path)?.0;
     }
-    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
     for s in &encoded {
         file.write_all(s.as_bytes())?;
     }
@@ -357,14 +389,14 @@ mod tests {
             row: obj(json!({"y": true})),
             config: None,
         };
-        append(&path, std::slice::from_ref(&a)).unwrap();
+        append(&path, std::slice::from_ref(&a), u64::MAX).unwrap();
         std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
             .unwrap()
             .write_all(b"\n{\"pipelineId\":null}\n{oops\n")
             .unwrap();
-        append(&path, std::slice::from_ref(&b)).unwrap();
+        append(&path, std::slice::from_ref(&b), u64::MAX).unwrap();
         let entries: Vec<_> = read_local_file(&path).unwrap().collect();
         assert_eq!(entries.len(), 4, "{entries:?}");
         assert_eq!(entries[0].number, 1);

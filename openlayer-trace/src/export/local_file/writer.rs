@@ -3,7 +3,7 @@
 //! id), and each row update a row-update line, in the order they were handed off, ready
 //! to be pushed later.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -129,10 +129,14 @@ pub(crate) async fn run(
     sink.flush();
 }
 
-/// Appends one line per trace to the local trace file.
+/// Appends one line per trace to the local trace file (mode 0600, rotated to `<file>.1`
+/// beyond `trace_file_max_bytes`).
 pub(crate) struct FileSink {
     path: PathBuf,
     file: Option<File>,
+    /// The open file's length.
+    len: u64,
+    max_bytes: u64,
     default_pipeline: Option<String>,
 }
 
@@ -141,32 +145,65 @@ impl FileSink {
     pub(crate) fn new(config: &Config) -> FileSink {
         let path = std::path::absolute(&config.trace_file)
             .unwrap_or_else(|_| config.trace_file.to_path_buf());
+        let max_bytes = config.trace_file_max_bytes;
         let notice = format!(
-            "openlayer-trace: OPENLAYER_API_KEY is not set; traces are written to {}",
+            "openlayer-trace: OPENLAYER_API_KEY is not set; traces are written to {} \
+             (mode 0600, at most {} MiB, then rotated to {}.1)",
+            path.display(),
+            max_bytes.div_ceil(1024 * 1024),
             path.display()
         );
         eprintln!("{notice}");
-        tracing::info!(target: "openlayer_trace", path = %path.display(), "traces are written to a local file");
+        tracing::info!(target: "openlayer_trace", path = %path.display(), max_bytes, "traces are written to a local file");
         FileSink {
             path,
             file: None,
+            len: 0,
+            max_bytes,
             default_pipeline: config.inference_pipeline_id.clone(),
         }
     }
 
     fn open(&mut self) -> std::io::Result<&mut File> {
         if self.file.is_none() {
-            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
-            }
-            self.file = Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)?,
-            );
+            let (file, len) = crate::export::local_file::format::open_private_append(&self.path)?;
+            self.file = Some(file);
+            self.len = len;
         }
         Ok(self.file.as_mut().expect("opened above"))
+    }
+
+    /// Appends whole lines, rotating the file to `<file>.1` whenever the next line would
+    /// take it past its bound (a single line longer than the bound is written alone).
+    fn write_bounded(&mut self, mut rest: &[u8]) -> std::io::Result<()> {
+        while !rest.is_empty() {
+            self.open()?;
+            let room =
+                usize::try_from(self.max_bytes.saturating_sub(self.len)).unwrap_or(usize::MAX);
+            let mut cut = if rest.len() <= room {
+                rest.len()
+            } else {
+                rest[..room]
+                    .iter()
+                    .rposition(|b| *b == b'\n')
+                    .map_or(0, |i| i + 1)
+            };
+            if cut == 0 {
+                if self.len > 0 {
+                    self.file = None;
+                    crate::export::local_file::format::rotate(&self.path)?;
+                    continue;
+                }
+                cut = rest
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(rest.len(), |i| i + 1);
+            }
+            self.open()?.write_all(&rest[..cut])?;
+            self.len += cut as u64;
+            rest = &rest[cut..];
+        }
+        Ok(())
     }
 
     /// Writes the lines waiting (with one `write`), counts them, and empties the buffer.
@@ -175,7 +212,9 @@ impl FileSink {
             return;
         }
         let n = std::mem::take(&mut lines.count);
-        let result = self.open().and_then(|f| f.write_all(lines.buf.as_bytes()));
+        let buf = std::mem::take(&mut lines.buf);
+        let result = self.write_bounded(buf.as_bytes());
+        lines.buf = buf;
         lines.buf.clear();
         // A long line grew the buffer: do not keep that much.
         lines.buf.shrink_to(2 * MAX_WRITE_BYTES);
@@ -185,7 +224,7 @@ impl FileSink {
             }
             Err(e) => {
                 self.file = None;
-                counters.drop_rows(DropReason::Encoding, n);
+                counters.drop_rows(DropReason::LocalFile, n);
                 crate::util::diag::warn_limited!(path = %self.path.display(), error = %e, "could not write the trace file; traces dropped (counted)");
             }
         }

@@ -9,9 +9,17 @@
 //!   and what they hold counts in the memory budget shared with the queue and the spool
 //!   writer (`queue_max_bytes`, see `pipeline::Budget`) until they are settled; beyond
 //!   that they overflow (spooled or dropped, counted).
-//! - A request is retried by the transport. A non-retryable 4xx is final: counted as
-//!   `rejected`, logged (rate-limited) and told to `on_failure`. When retries run out,
-//!   the rows are spooled, or dropped and counted.
+//! - A request is retried by the transport. When retries run out, the rows are spooled,
+//!   or dropped and counted.
+//! - Only 400, 413 and 422 reject rows for good: a rejected batch of several rows is
+//!   bisected, so that one bad row does not take its neighbours with it; a single
+//!   rejected row is counted as `rejected`, logged (rate-limited) and told to
+//!   `on_failure`. A row too large for a request on its own is rejected before it is sent.
+//! - 3xx, 401, 403, 404 (and any other non-retryable status) mean that the configuration
+//!   is broken (a wrong key, URL or pipeline id): nothing is destroyed. With a spool, the
+//!   rows go to (or stay in) it, live rows are spooled without being sent, replay stops,
+//!   and a probe of one row retries with a long backoff; without one, rows are dropped as
+//!   `rejected`. Either way the error is reported at most once a minute.
 //! - Spooled rows are replayed at start, after a 2xx (the server is back), and by a
 //!   probe with exponential backoff while the spool holds rows. While the server does
 //!   not answer, a probe carries a single row, so that memory holds no batches read back
@@ -48,6 +56,13 @@ use crate::util::signal::Completion;
 const MAX_REPLAY_BACKOFF: Duration = Duration::from_secs(60);
 /// The shortest wait between two replay probes.
 const MIN_REPLAY_BACKOFF: Duration = Duration::from_millis(10);
+/// While the configuration is broken (401, 403, 404, 3xx), the probe's first wait is
+/// this many times the base backoff (30 s by default)...
+const BROKEN_BACKOFF_FACTOR: u32 = 60;
+/// ...and its longest wait.
+const MAX_BROKEN_BACKOFF: Duration = Duration::from_secs(600);
+/// A broken configuration is reported at most this often.
+const BROKEN_REPORT_PERIOD: Duration = Duration::from_secs(60);
 
 /// A row waiting for, or in, a request.
 #[derive(Debug)]
@@ -118,7 +133,10 @@ fn row_cost(row: &OutRow) -> usize {
 }
 
 fn data_stream_path(pipeline: &str) -> String {
-    format!("/inference-pipelines/{pipeline}/data-stream")
+    format!(
+        "/inference-pipelines/{}/data-stream",
+        crate::client::segment(pipeline)
+    )
 }
 
 /// `PUT /inference-pipelines/{pipeline}/rows?inferenceId=..` with `body`.
@@ -261,6 +279,23 @@ struct Replay {
     down: bool,
 }
 
+/// The server answered as if the configuration were broken (401, 403, 404, 3xx).
+#[derive(Debug)]
+struct Broken {
+    status: Option<u16>,
+    message: String,
+}
+
+/// What a broken configuration did since it was last reported.
+#[derive(Debug, Default)]
+struct BrokenReport {
+    last: Option<Instant>,
+    status: Option<u16>,
+    message: String,
+    spooled: u64,
+    dropped: u64,
+}
+
 /// The flusher of one configuration; see the module docs.
 pub(crate) struct Flusher {
     transport: Transport,
@@ -291,6 +326,11 @@ pub(crate) struct Flusher {
     /// Row updates held back until the rows with their inference id are settled.
     held: HashMap<String, Vec<Update>>,
     replay: Replay,
+    /// Set while the server answers as if the configuration were broken.
+    broken: Option<Broken>,
+    broken_report: BrokenReport,
+    /// Halves of rejected spooled batches, sent before anything else is read back.
+    bisected: VecDeque<ReplayBatch>,
     shutdown: Option<Shutdown>,
     no_pipeline_warned: bool,
     /// Drops already told to `on_failure`: queue full, encoding, no pipeline.
@@ -341,6 +381,9 @@ impl Flusher {
                 slots: (config.max_in_flight / 2).max(1),
                 down: false,
             },
+            broken: None,
+            broken_report: BrokenReport::default(),
+            bisected: VecDeque::new(),
             shutdown: None,
             no_pipeline_warned: false,
             reported: [0; 3],
@@ -388,7 +431,8 @@ impl Flusher {
                     None => {
                         open = false;
                         if self.shutdown.is_none() {
-                            let deadline = std::time::Instant::now() + self.shutdown_timeout;
+                            let deadline =
+                                crate::util::clock::after(std::time::Instant::now(), self.shutdown_timeout);
                             self.begin_shutdown(None, deadline, &mut rx);
                         }
                     }
@@ -516,6 +560,9 @@ impl Flusher {
     /// Takes a row into its group, or overflows it when the backlog is full.
     fn accept(&mut self, row: OutRow, wal: Option<WalRef>) {
         let size = row.size();
+        if size + body_overhead(&row.config) > self.batch_max_bytes {
+            return self.too_large(row, wal);
+        }
         let cost = row_cost(&row);
         if self.backlog_rows >= self.backlog_max_rows || !self.budget.reserve(cost, Tier::Worker) {
             return self.overflow(row, wal);
@@ -558,6 +605,22 @@ impl Flusher {
         if g.rows.len() >= max_rows || g.bytes >= max_bytes {
             self.close_group(pipeline, config);
         }
+    }
+
+    /// A row that no request can carry (`batch_max_bytes`): rejected before it is sent.
+    fn too_large(&mut self, row: OutRow, wal: Option<WalRef>) {
+        if let (Some(s), Some(w)) = (&self.spool, wal) {
+            s.ack_ahead([w]);
+        }
+        self.counters.drop_rows(DropReason::Rejected, 1);
+        self.counters.settled.fetch_add(1, Relaxed);
+        let e = Error::InvalidInput(format!(
+            "a row of {} bytes does not fit in a request of at most {} bytes \
+             (batch_max_bytes)",
+            row.size(),
+            self.batch_max_bytes
+        ));
+        self.report_rejected(&row.pipeline, 1, None, &e);
     }
 
     /// Turns a lingering group into a request, ready to start.
@@ -671,7 +734,7 @@ impl Flusher {
         let mut due = Vec::new();
         for (pipeline, by_config) in &self.groups {
             for (config, g) in by_config {
-                if urgent || g.since + linger <= now {
+                if urgent || crate::util::clock::after_tokio(g.since, linger) <= now {
                     due.push((pipeline.clone(), config.clone()));
                 }
             }
@@ -691,6 +754,18 @@ impl Flusher {
             let Some(u) = self.updates.pop_front() else {
                 break;
             };
+            if self
+                .spool
+                .as_ref()
+                .is_some_and(|s| s.holds_row(&u.update.inference_id))
+            {
+                // Its row waits in the spool: the update waits behind it there.
+                self.epochs.release(u.epoch);
+                let id = u.update.inference_id.clone();
+                self.store_update(u, DropReason::QueueFull);
+                self.row_settled(&id);
+                continue;
+            }
             let req = u.request();
             let deadline = self.shutdown.as_ref().map(|s| s.send_deadline);
             let t = self.transport.clone();
@@ -704,6 +779,14 @@ impl Flusher {
 
     fn start_live(&mut self, batch: Batch) {
         self.backlog_rows -= batch.rows.len();
+        if self.spool.is_some()
+            && let Some(b) = &self.broken
+        {
+            // The configuration is broken: the rows wait in the spool for the probe.
+            let (status, message) = (b.status, b.message.clone());
+            let (spooled, dropped) = self.store(batch, DropReason::Rejected);
+            return self.report_broken(status, &message, spooled, dropped);
+        }
         let req = batch.request();
         let deadline = self.shutdown.as_ref().map(|s| s.send_deadline);
         let t = self.transport.clone();
@@ -724,19 +807,23 @@ impl Flusher {
             (self.batch_max_rows, self.replay.slots)
         };
         while self.shutdown.is_none()
+            && self.replay.in_flight < self.replay.slots
+            && self.tasks.len() < self.max_in_flight
+        {
+            let Some(batch) = self.bisected.pop_front() else {
+                break;
+            };
+            self.start_replay(batch);
+        }
+        while self.shutdown.is_none()
             && self.replay.wanted
+            && self.bisected.is_empty()
             && self.ready.is_empty()
             && self.replay.in_flight < slots
             && self.tasks.len() < self.max_in_flight
         {
             match spool.next_replay(rows, self.batch_max_bytes, self.default_pipeline.as_deref()) {
-                Some(batch) => {
-                    let req = replay_request(&batch);
-                    let t = self.transport.clone();
-                    let handle = self.tasks.spawn(async move { t.send(&req, None).await });
-                    self.flights.insert(handle.id(), Flight::Replay(batch));
-                    self.replay.in_flight += 1;
-                }
+                Some(batch) => self.start_replay(batch),
                 None => {
                     self.replay.wanted = false;
                     if self.replay.in_flight == 0 && spool.has_replayable() {
@@ -749,12 +836,27 @@ impl Flusher {
         }
     }
 
-    /// Plans another look at the spool after the base delay, unless one is due already.
+    fn start_replay(&mut self, batch: ReplayBatch) {
+        let req = replay_request(&batch);
+        let t = self.transport.clone();
+        let handle = self.tasks.spawn(async move { t.send(&req, None).await });
+        self.flights.insert(handle.id(), Flight::Replay(batch));
+        self.replay.in_flight += 1;
+    }
+
+    /// Plans another look at the spool after the base delay, unless one is due already
+    /// (while the configuration is broken, only the probe looks).
     fn schedule_recheck(&mut self) {
+        if self.broken.is_some() {
+            return self.schedule_probe();
+        }
         if self.spool.is_none() || self.replay.wanted || self.replay.next_try.is_some() {
             return;
         }
-        self.replay.next_try = Some(Instant::now() + self.replay.base);
+        self.replay.next_try = Some(crate::util::clock::after_tokio(
+            Instant::now(),
+            self.replay.base,
+        ));
     }
 
     /// Plans a replay probe after the current backoff, unless one is due already.
@@ -762,12 +864,26 @@ impl Flusher {
         if self.spool.is_none() || self.replay.wanted || self.replay.next_try.is_some() {
             return;
         }
-        self.replay.next_try = Some(Instant::now() + self.replay.backoff);
-        self.replay.backoff = (self.replay.backoff * 2).min(MAX_REPLAY_BACKOFF);
+        self.replay.next_try = Some(crate::util::clock::after_tokio(
+            Instant::now(),
+            self.replay.backoff,
+        ));
+        let max = match self.broken {
+            Some(_) => MAX_BROKEN_BACKOFF,
+            None => MAX_REPLAY_BACKOFF,
+        };
+        self.replay.backoff = (self.replay.backoff.saturating_mul(2)).min(max);
     }
 
     /// The server answered 2xx: replay what waits in the spool now.
     fn server_is_up(&mut self) {
+        if self.broken.take().is_some() {
+            tracing::info!(
+                target: "openlayer_trace",
+                "the Openlayer API accepts requests again; replaying the spool"
+            );
+            self.flush_broken_report(false);
+        }
         self.replay.backoff = self.replay.base;
         self.replay.down = false;
         if let Some(s) = &self.spool
@@ -820,11 +936,33 @@ impl Flusher {
                 self.server_is_up();
             }
             Err(e) => match classify(&e) {
+                Class::Rejected(_) if n > 1 => {
+                    // Bisect: one bad row must not take its neighbours with it.
+                    let Batch {
+                        pipeline,
+                        config,
+                        mut rows,
+                    } = batch;
+                    let right = rows.split_off(rows.len() / 2);
+                    self.backlog_rows += n as usize;
+                    for rows in [right, rows] {
+                        self.ready.push_front(Batch {
+                            pipeline: pipeline.clone(),
+                            config: config.clone(),
+                            rows,
+                        });
+                    }
+                }
                 Class::Rejected(status) => {
                     self.counters.drop_rows(DropReason::Rejected, n);
                     self.report_rejected(&batch.pipeline, n, status, &e);
                     // Final: written-ahead copies are acknowledged, not replayed.
                     self.finish_rows(batch);
+                }
+                Class::Broken(status) => {
+                    self.set_broken(status, &e);
+                    let (spooled, dropped) = self.store(batch, DropReason::Rejected);
+                    self.report_broken(status, &api_message(&e), spooled, dropped);
                 }
                 Class::Deadline => self.give_up(batch, DropReason::Deadline, None, &e),
                 Class::Retryable(status) => {
@@ -855,6 +993,17 @@ impl Flusher {
                     self.counters.settled.fetch_add(1, Relaxed);
                     self.report_rejected(&u.pipeline.clone(), 1, status, &e);
                 }
+                Class::Broken(status) => {
+                    self.set_broken(status, &e);
+                    self.epochs.release(u.epoch);
+                    let spooled = self.store_update(u, DropReason::Rejected);
+                    self.report_broken(
+                        status,
+                        &api_message(&e),
+                        u64::from(spooled),
+                        u64::from(!spooled),
+                    );
+                }
                 Class::Deadline => self.give_up_update(u, DropReason::Deadline, None, &e),
                 Class::Retryable(status) => {
                     self.give_up_update(u, DropReason::RetriesExhausted, status, &e)
@@ -868,20 +1017,11 @@ impl Flusher {
     fn give_up_update(&mut self, u: Update, reason: DropReason, status: Option<u16>, e: &Error) {
         self.replay.down = true;
         self.epochs.release(u.epoch);
-        let update = RowUpdate {
-            pipeline: Some(u.pipeline),
-            ..u.update
-        };
-        let spooled = match &self.spool {
-            Some(s) => s.send_updates(vec![update], reason, Tier::Spool).is_ok(),
-            None => false,
-        };
+        let spooled = self.store_update(u, reason);
         if spooled {
             crate::util::diag::warn_limited!(error = %e, "a row update was not delivered; spooled");
             self.schedule_probe();
         } else {
-            self.counters.drop_rows(reason, 1);
-            self.counters.settled.fetch_add(1, Relaxed);
             crate::util::diag::warn_limited!(error = %e, "a row update was not delivered; dropped (counted)");
         }
         notify(
@@ -893,6 +1033,24 @@ impl Flusher {
                 message: e.to_string(),
             },
         );
+    }
+
+    /// Keeps a row update in the spool (which counts it once on disk), or drops it as
+    /// `reason`; returns whether it was spooled. Its epoch is released by the caller.
+    fn store_update(&mut self, u: Update, reason: DropReason) -> bool {
+        let update = RowUpdate {
+            pipeline: Some(u.pipeline),
+            ..u.update
+        };
+        let spooled = match &self.spool {
+            Some(s) => s.send_updates(vec![update], reason, Tier::Spool).is_ok(),
+            None => false,
+        };
+        if !spooled {
+            self.counters.drop_rows(reason, 1);
+            self.counters.settled.fetch_add(1, Relaxed);
+        }
+        spooled
     }
 
     /// Settles delivered or rejected rows; acknowledges their written-ahead copies.
@@ -918,39 +1076,7 @@ impl Flusher {
     /// Rows that will not be delivered now: spooled when there is a spool, else dropped.
     fn give_up(&mut self, batch: Batch, reason: DropReason, status: Option<u16>, e: &Error) {
         self.replay.down = true;
-        let n = batch.rows.len() as u64;
-        let ids: Vec<String> = batch.rows.iter().map(|r| r.inference_id.clone()).collect();
-        // Released before the rows go to the spool writer, which counts them again.
-        self.budget
-            .release(batch.rows.iter().map(|r| r.cost).sum(), Tier::Worker);
-        let (rows, refs, epochs) = batch.into_out_rows();
-        for epoch in epochs {
-            self.epochs.release(epoch);
-        }
-        let c = &self.counters;
-        let ahead = refs.len() as u64;
-        if let Some(s) = &self.spool {
-            for w in refs {
-                s.give_up(w);
-            }
-        }
-        if ahead > 0 {
-            c.spooled.fetch_add(ahead, Relaxed);
-            c.settled.fetch_add(ahead, Relaxed);
-        }
-        let mut dropped = 0;
-        if !rows.is_empty() {
-            let rest = match &self.spool {
-                Some(s) => s.send_rows(rows, reason, Tier::Spool).err(),
-                None => Some(rows),
-            };
-            if let Some(rest) = rest {
-                dropped = rest.len() as u64;
-                c.drop_rows(reason, dropped);
-                c.settled.fetch_add(dropped, Relaxed);
-            }
-        }
-        let spooled = n - dropped;
+        let (spooled, dropped) = self.store(batch, reason);
         let what = match reason {
             DropReason::Deadline => "the shutdown deadline passed",
             _ => "retries are exhausted",
@@ -980,16 +1106,132 @@ impl Flusher {
                 },
             );
         }
+    }
+
+    /// Keeps the rows of a batch that is not delivered now in the spool (written-ahead
+    /// rows simply stay there), or drops them as `reason`; settles them here. Returns
+    /// (spooled, dropped).
+    fn store(&mut self, batch: Batch, reason: DropReason) -> (u64, u64) {
+        let n = batch.rows.len() as u64;
+        let ids: Vec<String> = batch.rows.iter().map(|r| r.inference_id.clone()).collect();
+        // Released before the rows go to the spool writer, which counts them again.
+        self.budget
+            .release(batch.rows.iter().map(|r| r.cost).sum(), Tier::Worker);
+        let (rows, refs, epochs) = batch.into_out_rows();
+        for epoch in epochs {
+            self.epochs.release(epoch);
+        }
+        let c = &self.counters;
+        let ahead = refs.len() as u64;
+        if let Some(s) = &self.spool {
+            for w in refs {
+                s.give_up(w);
+            }
+        }
+        if ahead > 0 {
+            c.spooled.fetch_add(ahead, Relaxed);
+            c.settled.fetch_add(ahead, Relaxed);
+        }
+        if let Some(s) = &self.spool {
+            // Updates of these rows must follow them into the spool (those dropped below
+            // are forgotten with it: a later update of them is harmless).
+            s.hold_ids(ids.iter().map(String::as_str));
+        }
+        let mut dropped = 0;
+        if !rows.is_empty() {
+            let rest = match &self.spool {
+                Some(s) => s.send_rows(rows, reason, Tier::Spool).err(),
+                None => Some(rows),
+            };
+            if let Some(rest) = rest {
+                dropped = rest.len() as u64;
+                c.drop_rows(reason, dropped);
+                c.settled.fetch_add(dropped, Relaxed);
+            }
+        }
         for id in &ids {
             self.row_settled(id);
+        }
+        (n - dropped, dropped)
+    }
+
+    /// Enters (or stays in) the broken-configuration state: replay stops, and only the
+    /// probe, with its long backoff, tries again.
+    fn set_broken(&mut self, status: Option<u16>, e: &Error) {
+        if self.broken.is_none() {
+            self.replay.backoff = self
+                .replay
+                .base
+                .saturating_mul(BROKEN_BACKOFF_FACTOR)
+                .min(MAX_BROKEN_BACKOFF);
+            self.replay.next_try = None;
+        }
+        self.broken = Some(Broken {
+            status,
+            message: api_message(e),
+        });
+        self.replay.down = true;
+        self.replay.wanted = false;
+        self.schedule_probe();
+    }
+
+    /// Counts what a broken configuration did, and reports it (as an `error` event and to
+    /// `on_failure`) at most once a minute.
+    fn report_broken(&mut self, status: Option<u16>, message: &str, spooled: u64, dropped: u64) {
+        let r = &mut self.broken_report;
+        r.status = status;
+        r.message = message.to_string();
+        r.spooled += spooled;
+        r.dropped += dropped;
+        let now = Instant::now();
+        if r.last.is_some_and(|t| now < t + BROKEN_REPORT_PERIOD) {
+            return;
+        }
+        r.last = Some(now);
+        self.flush_broken_report(true);
+    }
+
+    /// Reports what a broken configuration did since the last report: to `on_failure`,
+    /// and, when `log`, as an `error` event.
+    fn flush_broken_report(&mut self, log: bool) {
+        let r = &mut self.broken_report;
+        let (spooled, dropped) = (
+            std::mem::take(&mut r.spooled),
+            std::mem::take(&mut r.dropped),
+        );
+        if spooled == 0 && dropped == 0 {
+            return;
+        }
+        let (status, message) = (r.status, r.message.clone());
+        if log {
+            tracing::error!(
+            target: "openlayer_trace",
+            status = status.unwrap_or(0),
+            message = %message,
+            spooled,
+            dropped,
+            "the Openlayer API refused the credentials or the route (check OPENLAYER_API_KEY, \
+             OPENLAYER_BASE_URL and the pipeline id); rows are kept in the spool and retried \
+             later, or without a spool dropped (counted as rejected)"
+            );
+        }
+        for (rows, dropped) in [(spooled, None), (dropped, Some(DropReason::Rejected))] {
+            if rows > 0 {
+                notify(
+                    self.on_failure.as_ref(),
+                    DeliveryFailure {
+                        rows,
+                        dropped,
+                        status,
+                        message: message.clone(),
+                    },
+                );
+            }
         }
     }
 
     fn report_rejected(&self, pipeline: &str, rows: u64, status: Option<u16>, e: &Error) {
-        let message = match e {
-            Error::Api { message, .. } => message.clone(),
-            other => other.to_string(),
-        };
+        let message = api_message(e);
         crate::util::diag::error_limited!(
             status = status.unwrap_or(0),
             message = %message,
@@ -1018,22 +1260,36 @@ impl Flusher {
             Ok(()) => {
                 self.counters.replayed.fetch_add(n, Relaxed);
                 spool.replay_done(batch, ReplayEnd::Acked);
-                self.replay.backoff = self.replay.base;
-                self.replay.down = false;
+                self.server_is_up();
                 // Lines held behind this batch (a row update) may go now.
                 if spool.has_replayable() {
                     self.replay.wanted = true;
                 }
             }
             Err(e) => match classify(&e) {
-                Class::Rejected(status) => {
-                    self.replay.down = false;
-                    self.counters.drop_spooled(DropReason::Rejected, n);
-                    self.report_rejected(&batch.pipeline.clone(), n, status, &e);
-                    spool.replay_done(batch, ReplayEnd::Rejected);
+                Class::Rejected(_) => {
+                    let mut batch = batch;
+                    match batch.split_off() {
+                        Some(right) => {
+                            // Bisect: one bad row must not take its neighbours with it.
+                            self.replay.down = false;
+                            self.bisected.push_front(right);
+                            self.bisected.push_front(batch);
+                        }
+                        None => self.replay_rejected(&spool, batch, &e),
+                    }
+                }
+                Class::Broken(status) => {
+                    spool.replay_done(batch, ReplayEnd::Failed);
+                    self.give_back_bisected(&spool);
+                    self.set_broken(status, &e);
+                    // Not delivered, and kept in the spool.
+                    self.report_broken(status, &api_message(&e), n, 0);
+                    crate::util::diag::warn_limited!(error = %e, "could not replay spooled rows; they stay in the spool");
                 }
                 _ => {
                     spool.replay_done(batch, ReplayEnd::Failed);
+                    self.give_back_bisected(&spool);
                     self.replay.down = true;
                     self.replay.wanted = false;
                     self.schedule_probe();
@@ -1041,6 +1297,25 @@ impl Flusher {
                 }
             },
         }
+    }
+
+    /// Halves of a bisected batch not sent yet go back to the spool's next pass.
+    fn give_back_bisected(&mut self, spool: &Spool) {
+        for b in self.bisected.drain(..) {
+            spool.replay_done(b, ReplayEnd::Failed);
+        }
+    }
+
+    fn replay_rejected(&mut self, spool: &Spool, batch: ReplayBatch, e: &Error) {
+        let n = batch.rows.len() as u64;
+        let status = match e {
+            Error::Api { status, .. } => Some(*status),
+            _ => None,
+        };
+        self.replay.down = false;
+        self.counters.drop_spooled(DropReason::Rejected, n);
+        self.report_rejected(&batch.pipeline.clone(), n, status, e);
+        spool.replay_done(batch, ReplayEnd::Rejected);
     }
 
     fn check_waiters(&mut self) {
@@ -1135,6 +1410,11 @@ impl Flusher {
     fn finish(mut self) {
         self.check_waiters();
         self.report_overflow();
+        // What the last minute's report did not cover (`on_failure` hears of every row).
+        self.flush_broken_report(false);
+        if let Some(s) = self.spool.clone() {
+            self.give_back_bisected(&s);
+        }
         let done = self.shutdown.take().map(|s| s.done).unwrap_or_default();
         match &self.spool {
             // The writer completes them once the spool is sealed and released.
@@ -1153,7 +1433,7 @@ impl Flusher {
         if !self.urgent() {
             for by_config in self.groups.values() {
                 for g in by_config.values() {
-                    at(g.since + self.linger);
+                    at(crate::util::clock::after_tokio(g.since, self.linger));
                 }
             }
         }
@@ -1194,8 +1474,11 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 enum Class {
-    /// Final: a non-retryable status (or a request that cannot be built).
+    /// Rejected for good: 400, 413 or 422 (or a request that cannot be built).
     Rejected(Option<u16>),
+    /// The configuration is broken: 3xx, 401, 403, 404 or any other non-retryable
+    /// status. Nothing is destroyed.
+    Broken(Option<u16>),
     /// Retries ran out.
     Retryable(Option<u16>),
     /// The shutdown deadline passed.
@@ -1204,13 +1487,26 @@ enum Class {
 
 fn classify(e: &Error) -> Class {
     match e {
-        Error::Api { status, .. } if !is_retryable_status(*status) => {
-            Class::Rejected(Some(*status))
+        Error::Api { status, .. } if is_retryable_status(*status) => {
+            Class::Retryable(Some(*status))
         }
-        Error::Api { status, .. } => Class::Retryable(Some(*status)),
-        Error::InvalidInput(_) | Error::Config(_) => Class::Rejected(None),
+        Error::Api {
+            status: status @ (400 | 413 | 422),
+            ..
+        } => Class::Rejected(Some(*status)),
+        Error::Api { status, .. } => Class::Broken(Some(*status)),
+        Error::InvalidInput(_) => Class::Rejected(None),
+        Error::Config(_) => Class::Broken(None),
         Error::Timeout(_) => Class::Deadline,
         _ => Class::Retryable(None),
+    }
+}
+
+/// The server's message of an API error, else the error's text.
+fn api_message(e: &Error) -> String {
+    match e {
+        Error::Api { message, .. } => message.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -1246,8 +1542,13 @@ mod tests {
             message: String::new(),
             request: String::new(),
         };
-        assert!(matches!(classify(&api(401)), Class::Rejected(Some(401))));
-        assert!(matches!(classify(&api(422)), Class::Rejected(Some(422))));
+        for status in [400, 413, 422] {
+            assert!(matches!(classify(&api(status)), Class::Rejected(Some(s)) if s == status));
+        }
+        // A broken configuration never destroys data.
+        for status in [301, 302, 307, 401, 403, 404] {
+            assert!(matches!(classify(&api(status)), Class::Broken(Some(s)) if s == status));
+        }
         assert!(matches!(classify(&api(429)), Class::Retryable(Some(429))));
         assert!(matches!(classify(&api(503)), Class::Retryable(Some(503))));
         assert!(matches!(

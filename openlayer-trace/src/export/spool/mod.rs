@@ -9,7 +9,8 @@
 //! of local trace files. Its `state/` subdirectory holds the bookkeeping: for each segment,
 //! `00000000000000000042.acks` lists the byte offsets of its lines that need not be sent
 //! again (acknowledged with a 2xx, rejected, or unreadable), one decimal offset per line;
-//! `lock` names the process that owns the spool. A segment is deleted once every line of
+//! `lock` is the OS file lock (`flock`) of the process that owns the spool, and names
+//! it. A segment is deleted once every line of
 //! it is acknowledged. Files are created with mode 0600 and directories with 0700 (unix).
 //!
 //! # Writers
@@ -30,9 +31,9 @@
 //! not synced). A row can therefore be sent twice only if the process dies between the
 //! server's 2xx and that write, or after a power loss that loses the sidecar's tail. A
 //! segment is only replayed while none of its rows is still on its way in this process
-//! (so a row is never in flight twice), and rows whose `inferenceId` was already
-//! replayed by this process are skipped (deduplicated) rather than sent again. A row
-//! update is replayed as a `PUT`, on its own, and only once no line before it is still
+//! (so a row is never in flight twice). Lines are told apart by their position (segment
+//! and offset), never by `inferenceId`: two distinct rows that share one are both sent. A
+//! row update is replayed as a `PUT`, on its own, and only once no line before it is still
 //! being replayed, so that it follows its trace's row.
 //!
 //! The spool is bounded by `spool_max_bytes`: before an append would exceed it, the
@@ -66,9 +67,8 @@ const STATE_DIR: &str = "state";
 const LOCK_FILE: &str = "lock";
 const DATA_EXT: &str = "jsonl";
 const ACK_EXT: &str = "acks";
-/// Most `inferenceId`s remembered for deduplication; the memory is freed when the spool
-/// becomes empty.
-const MAX_REMEMBERED_IDS: usize = 200_000;
+/// Most `inferenceId`s of spooled rows remembered (see `Index::held_ids`).
+const MAX_HELD_IDS: usize = 200_000;
 
 /// The state of one segment that other threads read without the index lock.
 #[derive(Debug)]
@@ -123,8 +123,9 @@ struct Segment {
 struct Index {
     segments: BTreeMap<u64, Segment>,
     next_seq: u64,
-    /// `inferenceId`s replayed (or being replayed) by this process.
-    replayed_ids: HashSet<String>,
+    /// `inferenceId`s of rows this process spooled: their row updates are spooled behind
+    /// them, never sent before them. Forgotten when the spool is empty.
+    held_ids: HashSet<String>,
 }
 
 #[derive(Debug)]
@@ -164,8 +165,34 @@ pub(crate) struct ReplayBatch {
     /// The rows; for a row update, its one row (the columns to set).
     pub rows: Vec<String>,
     ids: Vec<String>,
+    /// For each line (offset): how many rows and how many ids it gave.
+    per_line: Vec<(usize, usize)>,
     /// For a row update, the inference id of the row it updates.
     pub update: Option<String>,
+}
+
+impl ReplayBatch {
+    /// Splits off the second half of a batch of several lines (for bisecting a rejected
+    /// batch); `None` for a batch of one line.
+    pub(crate) fn split_off(&mut self) -> Option<ReplayBatch> {
+        if self.update.is_some() || self.offsets.len() < 2 {
+            return None;
+        }
+        let half = self.offsets.len() / 2;
+        let (rows, ids) = self.per_line[..half]
+            .iter()
+            .fold((0, 0), |(r, i), (lr, li)| (r + lr, i + li));
+        Some(ReplayBatch {
+            seq: self.seq,
+            offsets: self.offsets.split_off(half),
+            pipeline: self.pipeline.clone(),
+            config: self.config.clone(),
+            rows: self.rows.split_off(rows),
+            ids: self.ids.split_off(ids),
+            per_line: self.per_line.split_off(half),
+            update: None,
+        })
+    }
 }
 
 /// How a replayed batch ended.
@@ -182,6 +209,8 @@ pub(crate) enum ReplayEnd {
 /// The spool of one pipeline.
 pub(crate) struct Spool {
     dir: PathBuf,
+    /// Holds the OS lock on `state/lock` (see [`take_lock`]) until the spool is closed.
+    lock_file: File,
     max_bytes: u64,
     segment_bytes: u64,
     total: AtomicU64,
@@ -249,64 +278,37 @@ fn sync_dir(dir: &Path) {
     let _ = dir;
 }
 
-/// Who holds a lock: a process id, and on Linux the boot and the process's start time,
-/// so that a reused process id is not mistaken for the owner.
-fn owner_token(pid: u32) -> Option<String> {
-    if !cfg!(target_os = "linux") {
-        return None;
-    }
-    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces): the start time is the 22nd
-    // field overall, the 20th after `)`.
-    let start = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?;
-    Some(format!("{pid} {start} {}", boot.trim()))
-}
-
-fn lock_text() -> String {
-    let me = std::process::id();
-    owner_token(me).unwrap_or_else(|| me.to_string())
-}
-
-/// Whether the lock's owner is alive. Only Linux can tell; elsewhere a leftover lock is
-/// taken over.
-fn owner_alive(text: &str) -> bool {
-    let Some(pid) = text.split_whitespace().next().and_then(|p| p.parse().ok()) else {
-        return false;
-    };
-    owner_token(pid).is_some_and(|token| token == text.trim())
-}
-
-/// Takes the spool for this process (a leftover lock of a dead process is taken over);
-/// `state` is its bookkeeping directory.
-fn take_lock(state: &Path) -> io::Result<()> {
+/// Takes the spool for this process: an OS file lock on `state/lock` (`flock` on unix,
+/// `LockFileEx` on Windows), held for as long as the returned file is open and released
+/// by the kernel when the process dies, whatever its PID namespace. The file names the
+/// owner's process id, for the error message of the next process that tries.
+fn take_lock(state: &Path) -> io::Result<File> {
     let path = state.join(LOCK_FILE);
-    let mine = lock_text();
-    for _ in 0..3 {
-        match private_file(OpenOptions::new().write(true).create_new(true)).open(&path) {
-            Ok(mut f) => {
-                f.write_all(mine.as_bytes())?;
-                return Ok(());
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let owner = fs::read_to_string(&path).unwrap_or_default();
-                if owner.trim() != mine && owner_alive(&owner) {
-                    return Err(io::Error::other(format!(
-                        "the spool directory {} is in use by process {}",
-                        state.parent().unwrap_or(state).display(),
-                        owner.split_whitespace().next().unwrap_or("?")
-                    )));
-                }
-                match fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(e) => return Err(e),
+    let mut file = private_file(
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false),
+    )
+    .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let owner = fs::read_to_string(&path).unwrap_or_default();
+            let owner = owner.trim();
+            return Err(io::Error::other(format!(
+                "the spool directory {} is in use by process {} (it holds the lock {})",
+                state.parent().unwrap_or(state).display(),
+                if owner.is_empty() { "?" } else { owner },
+                path.display()
+            )));
         }
+        Err(fs::TryLockError::Error(e)) => return Err(e),
     }
-    Err(io::Error::other("could not take the spool lock"))
+    file.set_len(0)?;
+    file.write_all(std::process::id().to_string().as_bytes())?;
+    Ok(file)
 }
 
 fn parse_seq(name: &str, ext: &str) -> Option<u64> {
@@ -430,7 +432,7 @@ impl Spool {
         let dir = std::path::absolute(&dir).unwrap_or(dir);
         let state = dir.join(STATE_DIR);
         create_private_dir(&state)?;
-        take_lock(&state)?;
+        let lock_file = take_lock(&state)?;
         let mut index = Index::default();
         let mut total = 0u64;
         for entry in fs::read_dir(&dir)? {
@@ -484,6 +486,7 @@ impl Spool {
             counters,
             on_failure: config.on_failure.clone(),
             written: tokio::sync::Notify::new(),
+            lock_file,
             dir,
         };
         if config.spool_mode == SpoolMode::WriteAhead {
@@ -559,6 +562,9 @@ impl Spool {
         trace: Box<CompletedTrace>,
         bytes: usize,
     ) -> Result<(), Box<CompletedTrace>> {
+        if let Some(id) = trace.state.inference_id.as_deref() {
+            self.hold_ids([id]);
+        }
         self.send_job(
             trace,
             1,
@@ -808,7 +814,26 @@ impl Spool {
         }
     }
 
+    /// Notes rows spooled by this process (see `Index::held_ids`).
+    pub(crate) fn hold_ids<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut index = lock(&self.index);
+        for id in ids {
+            if index.held_ids.len() < MAX_HELD_IDS {
+                index.held_ids.insert(id.to_string());
+            }
+        }
+    }
+
+    /// Whether a row with this `inferenceId` was spooled by this process and may still
+    /// be in the spool: its updates must follow it there.
+    pub(crate) fn holds_row(&self, inference_id: &str) -> bool {
+        lock(&self.index).held_ids.contains(inference_id)
+    }
+
     fn remove_segment(&self, index: &mut Index, seq: u64) {
+        if index.segments.is_empty() {
+            index.held_ids = HashSet::new();
+        }
         if let Some(seg) = index.segments.remove(&seq) {
             drop(seg.ack_file);
             for path in [self.data_path(seq), self.ack_path(seq)] {
@@ -826,7 +851,7 @@ impl Spool {
             }
         }
         if index.segments.is_empty() {
-            index.replayed_ids = HashSet::new();
+            index.held_ids = HashSet::new();
         }
     }
 
@@ -916,11 +941,7 @@ impl Spool {
         order: &mut Order,
     ) -> io::Result<Option<ReplayBatch>> {
         let path = self.data_path(seq);
-        let Index {
-            segments,
-            replayed_ids,
-            ..
-        } = index;
+        let Index { segments, .. } = index;
         let seg = segments.get_mut(&seq).expect("listed above");
         let mut file = File::open(&path)?;
         file.seek(SeekFrom::Start(seg.cursor))?;
@@ -986,6 +1007,7 @@ impl Spool {
                         config: u.config.map(|c| c.get().to_string()).unwrap_or_default(),
                         rows: vec![u.row.get().to_string()],
                         ids: Vec::new(),
+                        per_line: vec![(1, 0)],
                         update: Some(u.inference_id),
                     });
                     break;
@@ -1013,19 +1035,13 @@ impl Spool {
             {
                 break; // the next batch starts here
             }
-            // Rows already replayed by this process (a duplicate line) are skipped.
+            // Deduplicated by position (a line is acknowledged or in flight by its offset),
+            // never by `inferenceId`: two distinct rows may share one.
             let mut rows = Vec::new();
             let mut ids = Vec::new();
             for row in &parsed.rows {
-                let id = row_id(row);
-                if let Some(id) = &id
-                    && (replayed_ids.contains(id)
-                        || batch.as_ref().is_some_and(|b| b.ids.contains(id)))
-                {
-                    continue;
-                }
                 rows.push(row.get().to_string());
-                ids.push(id);
+                ids.push(row_id(row));
             }
             if rows.is_empty() {
                 to_ack.push(offset);
@@ -1046,20 +1062,17 @@ impl Spool {
                 config: config.to_string(),
                 rows: Vec::new(),
                 ids: Vec::new(),
+                per_line: Vec::new(),
                 update: None,
             });
             batch_bytes += size;
             b.offsets.push(offset);
+            let known = ids.iter().flatten().count();
+            b.per_line.push((rows.len(), known));
             b.rows.extend(rows);
             b.ids.extend(ids.into_iter().flatten());
             seg.inflight.insert(offset);
             seg.cursor = pos;
-        }
-        if let Some(b) = &batch {
-            replayed_ids.extend(b.ids.iter().cloned());
-            if replayed_ids.len() > MAX_REMEMBERED_IDS {
-                replayed_ids.clear();
-            }
         }
         if unreadable > 0 {
             self.counters.drop_spooled(DropReason::Encoding, unreadable);
@@ -1086,9 +1099,6 @@ impl Spool {
                 self.delete_if_done(&mut index, batch.seq);
             }
             ReplayEnd::Failed => {
-                for id in &batch.ids {
-                    index.replayed_ids.remove(id);
-                }
                 if let Some(seg) = index.segments.get_mut(&batch.seq) {
                     for o in &batch.offsets {
                         seg.inflight.remove(o);
@@ -1517,10 +1527,8 @@ impl Writer<'_> {
                 s.delete_if_done(&mut index, seq);
             }
         }
-        let lock_path = s.dir.join(STATE_DIR).join(LOCK_FILE);
-        if fs::read_to_string(&lock_path).is_ok_and(|t| t.trim() == lock_text()) {
-            let _ = fs::remove_file(&lock_path);
-        }
+        // The lock file stays: removing it would let two processes lock two files.
+        let _ = s.lock_file.unlock();
     }
 }
 
@@ -1550,13 +1558,14 @@ mod tests {
     }
 
     /// Every regular file under `dir`.
+    /// The files of a spool directory, but its lock file (which stays).
     fn files_in(dir: &Path) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for e in fs::read_dir(dir).unwrap() {
             let path = e.unwrap().path();
             if path.is_dir() {
                 out.extend(files_in(&path));
-            } else {
+            } else if path.file_name().is_none_or(|n| n != LOCK_FILE) {
                 out.push(path);
             }
         }
@@ -1687,48 +1696,21 @@ mod tests {
     #[test]
     fn a_live_owner_keeps_the_directory() {
         let dir = temp_dir("lock");
-        let lock = dir.join(STATE_DIR).join(LOCK_FILE);
-        create_private_dir(&dir.join(STATE_DIR)).unwrap();
-        // PID 1 is alive; elsewhere than on Linux a leftover lock is taken over.
-        if let Some(token) = owner_token(1) {
-            fs::write(&lock, &token).unwrap();
-            let e = Spool::open(
-                &config(&dir),
-                Arc::new(Counters::default()),
-                budget(&config(&dir)),
-            )
-            .unwrap_err();
-            assert!(e.to_string().contains("in use by process 1"), "{e}");
-            // The same id from another boot, or started at another time: not the owner.
-            fs::write(&lock, token.replace(' ', " 1")).unwrap();
-            assert!(
-                Spool::open(
-                    &config(&dir),
-                    Arc::new(Counters::default()),
-                    budget(&config(&dir)),
-                )
-                .is_ok()
-            );
-        }
-        // A dead owner's lock is taken over.
-        fs::write(&lock, format!("{} 1 x", u32::MAX)).unwrap();
-        assert!(
+        let open = || {
             Spool::open(
                 &config(&dir),
                 Arc::new(Counters::default()),
                 budget(&config(&dir)),
             )
-            .is_ok()
-        );
-        // Our own (a new configuration in this process) too.
-        assert!(
-            Spool::open(
-                &config(&dir),
-                Arc::new(Counters::default()),
-                budget(&config(&dir)),
-            )
-            .is_ok()
-        );
+        };
+        let (owner, _jobs) = open().unwrap();
+        // Whatever the lock file says, the OS lock decides.
+        fs::write(dir.join(STATE_DIR).join(LOCK_FILE), "4194304").unwrap();
+        let e = open().unwrap_err();
+        assert!(e.to_string().contains("is in use by process"), "{e}");
+        // Released with the spool: a new configuration of this process takes it.
+        drop(owner);
+        assert!(open().is_ok());
     }
 
     #[test]

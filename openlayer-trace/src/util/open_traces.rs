@@ -1,0 +1,125 @@
+//! Bounds on traces while they are open (not yet completed): how many steps one trace
+//! records, how much memory open traces hold, and how old the oldest one is.
+//!
+//! - A trace records at most `max_steps_per_trace` steps; later ones are not recorded but
+//!   counted (`Stats::steps_dropped`), and the root carries the marker `stepsDropped`.
+//! - What open traces hold (their step records and JSON texts) counts in the queue's half
+//!   of `queue_max_bytes`, and may take at most half of it (a quarter of the budget, so
+//!   that a completed trace, whose buffers may have grown to twice what they hold, still
+//!   fits in the queue): a step that does not fit is not recorded (counted the same way).
+//! - Every open trace is registered by its start, so that `Stats` shows how many are open
+//!   and the age of the oldest, and a rate-limited warning names a trace open longer than
+//!   `open_trace_warn_after` (a root held open by a spawned loop that never ends).
+//!
+//! The costs on the hot path: two relaxed atomics per step, and one uncontended lock per
+//! trace (to register it at its root and forget it when it completes).
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+/// The default of `max_steps_per_trace`.
+pub(crate) const DEFAULT_MAX_STEPS: usize = 10_000;
+/// The default of `open_trace_warn_after`.
+pub(crate) const DEFAULT_WARN_AFTER: Duration = Duration::from_secs(600);
+
+static MAX_STEPS: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_STEPS);
+/// The most bytes open traces may hold (a quarter of `queue_max_bytes`).
+static MAX_BYTES: AtomicUsize = AtomicUsize::new(32 * 1024 * 1024);
+static WARN_AFTER_NS: AtomicU64 = AtomicU64::new(DEFAULT_WARN_AFTER.as_nanos() as u64);
+/// Bytes held by open traces now.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+static STEPS_DROPPED: AtomicU64 = AtomicU64::new(0);
+static SEQ: AtomicU64 = AtomicU64::new(1);
+/// The open traces, by (start on the monotonic clock, sequence number).
+static OPEN: Mutex<BTreeSet<(i64, u64)>> = Mutex::new(BTreeSet::new());
+
+/// Applies a configuration's bounds (at `init` or lazy configuration).
+pub(crate) fn configure(max_steps: usize, queue_max_bytes: usize, warn_after: Duration) {
+    MAX_STEPS.store(max_steps.max(1), Relaxed);
+    MAX_BYTES.store((queue_max_bytes / 4).max(1), Relaxed);
+    WARN_AFTER_NS.store(
+        u64::try_from(warn_after.as_nanos()).unwrap_or(u64::MAX),
+        Relaxed,
+    );
+}
+
+/// Bytes held by open traces now (counted in the queue's share of the budget).
+pub(crate) fn held() -> usize {
+    HELD.load(Relaxed)
+}
+
+/// Whether a trace with `steps` steps may record one more that holds `bytes`; if so, they
+/// are counted as held. If not, the step is counted as dropped.
+#[inline]
+pub(crate) fn admit(steps: usize, bytes: usize) -> bool {
+    let fits = steps < MAX_STEPS.load(Relaxed)
+        && HELD.fetch_add(bytes, Relaxed).saturating_add(bytes) <= MAX_BYTES.load(Relaxed);
+    if !fits {
+        if steps < MAX_STEPS.load(Relaxed) {
+            HELD.fetch_sub(bytes, Relaxed);
+        }
+        STEPS_DROPPED.fetch_add(1, Relaxed);
+    }
+    fits
+}
+
+/// Counts `bytes` more held by an open trace (an output recorded at a step's end).
+#[inline]
+pub(crate) fn hold(bytes: usize) {
+    HELD.fetch_add(bytes, Relaxed);
+}
+
+/// Registers a trace that starts at the clock reading `start`; returns its key.
+pub(crate) fn opened(start: i64) -> u64 {
+    let seq = SEQ.fetch_add(1, Relaxed);
+    let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+    open.insert((start, seq));
+    let oldest = open.first().map(|(s, _)| *s);
+    drop(open);
+    if let Some(oldest) = oldest {
+        warn_if_old(oldest);
+    }
+    seq
+}
+
+/// Forgets a completed trace and what it held.
+pub(crate) fn completed(start: i64, seq: u64, held: usize) {
+    HELD.fetch_sub(held.min(HELD.load(Relaxed)), Relaxed);
+    if seq != 0 {
+        OPEN.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(start, seq));
+    }
+}
+
+/// Open traces now, the age of the oldest, and the steps dropped so far.
+pub(crate) fn snapshot() -> (u64, Duration, u64) {
+    let (count, oldest) = {
+        let open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        (open.len() as u64, open.first().map(|(s, _)| *s))
+    };
+    let age = oldest.map_or(Duration::ZERO, age_of);
+    if let Some(oldest) = oldest {
+        warn_if_old(oldest);
+    }
+    (count, age, STEPS_DROPPED.load(Relaxed))
+}
+
+fn age_of(start: i64) -> Duration {
+    Duration::from_nanos(
+        u64::try_from(crate::util::clock::now().saturating_sub(start)).unwrap_or(0),
+    )
+}
+
+fn warn_if_old(oldest: i64) {
+    let age = age_of(oldest);
+    if age.as_nanos() > u128::from(WARN_AFTER_NS.load(Relaxed)) {
+        crate::util::diag::warn_limited!(
+            age_secs = age.as_secs_f64(),
+            "a trace has been open for a long time (its root, or work spawned in it, has not \
+             ended); it holds memory and is not delivered until it completes"
+        );
+    }
+}

@@ -1,0 +1,132 @@
+//! Bounded traces: at most `max_steps_per_trace` steps (the rest counted, the trace
+//! marked), open traces' steps counted against `queue_max_bytes`, and a root held open by
+//! a spawned loop that never ends shown in `Stats` and warned about.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use openlayer_trace::{Config, trace};
+use openlayer_trace_tests::child::{self, report, results, temp_dir, wait_until};
+use openlayer_trace_tests::logs::Capture;
+
+#[trace]
+fn leaf(i: u32) -> u32 {
+    i
+}
+
+#[trace]
+fn wide(n: u32) -> u32 {
+    (0..n).map(leaf).sum()
+}
+
+#[trace]
+fn heavy(blob: String) -> usize {
+    blob.len()
+}
+
+#[trace]
+fn many_heavy(n: usize) -> usize {
+    (0..n).map(|_| heavy("x".repeat(4096))).sum()
+}
+
+/// A root that hands its trace to a thread looping forever: it never completes.
+#[trace(skip(stop))]
+fn starts_a_worker(stop: mpsc::Receiver<()>) -> u8 {
+    openlayer_trace::thread::spawn(move || {
+        let _ = stop.recv();
+    });
+    1
+}
+
+fn config(file: &std::path::Path) -> openlayer_trace::ConfigBuilder {
+    Config::builder()
+        .trace_file(file)
+        .max_steps_per_trace(5)
+        .open_trace_warn_after(Duration::from_millis(50))
+}
+
+#[test]
+fn child() {
+    let Some(scenario) = child::scenario() else {
+        return;
+    };
+    let file = temp_dir(&format!("bounded-{scenario}")).join("traces.jsonl");
+    match scenario.as_str() {
+        "max_steps" => {
+            let guard = openlayer_trace::init(config(&file).build().unwrap()).unwrap();
+            wide(20);
+            let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+            report(&[("steps_dropped", s.steps_dropped.to_string())]);
+            assert_eq!(s.steps_dropped, 16, "{s:?}");
+            let text = std::fs::read_to_string(&file).unwrap();
+            let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+            let row = &line["rows"][0];
+            assert_eq!(row["stepsDropped"], 16, "{row}");
+            assert_eq!(row["steps"][0]["steps"].as_array().unwrap().len(), 4);
+        }
+        "memory" => {
+            // 64 KiB: open traces may hold 16 KiB, 3 steps of 4 KiB.
+            let config = config(&file)
+                .max_steps_per_trace(10_000)
+                .queue_max_bytes(64 * 1024)
+                .build()
+                .unwrap();
+            let guard = openlayer_trace::init(config).unwrap();
+            many_heavy(20);
+            let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+            report(&[("steps_dropped", s.steps_dropped.to_string())]);
+            assert!(s.steps_dropped >= 10, "{s:?}");
+            assert_eq!(s.written, 1, "the trace is still delivered: {s:?}");
+        }
+        "open" => {
+            let logs = Capture::install();
+            let guard = openlayer_trace::init(config(&file).build().unwrap()).unwrap();
+            let (stop, rx) = mpsc::channel();
+            starts_a_worker(rx);
+            assert!(wait_until(Duration::from_secs(10), || {
+                let s = guard.stats();
+                s.open_traces == 1 && s.oldest_open_trace_age >= Duration::from_millis(60)
+            }));
+            // Another trace starts: the old one is named in a warning.
+            leaf(1);
+            let text = logs.text();
+            assert!(
+                text.lines()
+                    .any(|l| l.contains("WARN") && l.contains("open for a long time")),
+                "{text}"
+            );
+            let s = guard.flush(Duration::from_secs(5)).unwrap().stats;
+            assert_eq!(s.written, 1, "{s:?}");
+            // The loop ends: the trace completes and is written.
+            stop.send(()).unwrap();
+            assert!(wait_until(Duration::from_secs(10), || guard
+                .stats()
+                .open_traces
+                == 0));
+            let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+            assert_eq!(s.written, 2, "{s:?}");
+            assert_eq!(s.oldest_open_trace_age, Duration::ZERO);
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+fn run(scenario: &str) {
+    let out = child::run(scenario, &[]);
+    eprintln!("{scenario}: {:?}", results(&out));
+}
+
+#[test]
+fn steps_beyond_max_steps_per_trace_are_counted_and_marked() {
+    run("max_steps");
+}
+
+#[test]
+fn open_traces_steps_count_against_queue_max_bytes() {
+    run("memory");
+}
+
+#[test]
+fn a_root_held_open_by_a_spawned_loop_is_shown_and_warned_about() {
+    run("open");
+}

@@ -1,0 +1,61 @@
+//! `testing::capture` shapes traces as delivery does: the installed configuration's mask,
+//! field budget and sampling apply, so a test can check its PII mask.
+
+use std::time::Duration;
+
+use openlayer_trace::{Config, ConfigBuilder, testing, trace};
+use openlayer_trace_tests::child::{self, temp_dir};
+use serde_json::json;
+
+#[trace]
+fn sign_up(email: String, bio: String) -> bool {
+    !email.is_empty() && !bio.is_empty()
+}
+
+fn shaping(b: ConfigBuilder) -> ConfigBuilder {
+    b.mask(|row| {
+        if let Some(v) = row.get_mut("email") {
+            *v = json!("***");
+        }
+    })
+    .field_budget(16)
+}
+
+fn check(traces: &[testing::CapturedTrace]) {
+    assert_eq!(traces.len(), 1);
+    let row = traces[0].row();
+    assert_eq!(row["email"], "***", "masked: {row}");
+    let bio = row["bio"].as_str().unwrap();
+    assert!(bio.contains("truncated"), "cut to the budget: {bio}");
+}
+
+#[test]
+fn child() {
+    let Some(_) = child::scenario() else {
+        return;
+    };
+    let file = temp_dir("capture-shaping").join("traces.jsonl");
+    let guard = openlayer_trace::init(shaping(Config::builder().trace_file(file)).build().unwrap())
+        .unwrap();
+    let (_, traces) = testing::capture(|| sign_up("ada@example.com".into(), "x".repeat(100)));
+    check(&traces);
+    guard.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn capture_applies_the_installed_mask_and_budget() {
+    child::run("installed", &[]);
+}
+
+#[test]
+fn capture_with_applies_a_configs_mask_budget_and_sampling() {
+    let config = shaping(Config::builder()).build().unwrap();
+    let (_, traces) = testing::capture_with(&config, || {
+        sign_up("ada@example.com".into(), "x".repeat(100))
+    });
+    check(&traces);
+    let none = Config::builder().sample_rate(0.0).build().unwrap();
+    let (_, traces) =
+        testing::capture_with(&none, || sign_up("ada@example.com".into(), "x".repeat(100)));
+    assert!(traces.is_empty(), "sampled out");
+}

@@ -1,0 +1,93 @@
+//! Deep trees: a trace 10 000 steps deep is encoded, with and without a mask or a field
+//! budget, by the worker as by `testing::capture`, and its line reads back.
+
+use std::time::Duration;
+
+use openlayer_trace::{Config, ConfigBuilder, LocalLine, testing, trace};
+use openlayer_trace_tests::child::{self, temp_dir};
+use serde_json::Value;
+
+const DEPTH: u32 = 10_000;
+
+#[trace]
+fn deep(n: u32) -> u32 {
+    if n == 0 { 0 } else { deep(n - 1) + 1 }
+}
+
+/// Runs `f` on a thread with room for the application's own recursion.
+fn on_big_stack<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    std::thread::Builder::new()
+        .stack_size(1 << 30)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// How deep the steps of a row go (iteratively).
+fn depth(row: &Value) -> usize {
+    let mut d = 0;
+    let mut steps = row["steps"].as_array();
+    while let Some(s) = steps.and_then(|s| s.first()) {
+        d += 1;
+        steps = s["steps"].as_array();
+    }
+    d
+}
+
+fn shaping(b: ConfigBuilder) -> ConfigBuilder {
+    b.mask(|row| {
+        row.insert("masked".into(), true.into());
+    })
+    .field_budget(64)
+}
+
+#[test]
+fn a_deep_trace_is_captured_plain_masked_and_budgeted() {
+    on_big_stack(|| {
+        let (_, traces) = testing::capture(|| deep(DEPTH - 1));
+        assert_eq!(depth(traces[0].row()), DEPTH as usize);
+        let config = shaping(Config::builder()).build().unwrap();
+        let (_, traces) = testing::capture_with(&config, || deep(DEPTH - 1));
+        assert_eq!(traces.len(), 1, "not dropped");
+        assert_eq!(traces[0].row()["masked"], true);
+        assert_eq!(depth(traces[0].row()), DEPTH as usize);
+        // Dropped iteratively enough not to overflow here either.
+        drop(traces);
+    });
+}
+
+#[test]
+fn child() {
+    let Some(scenario) = child::scenario() else {
+        return;
+    };
+    let file = temp_dir(&format!("deep-{scenario}")).join("traces.jsonl");
+    let mut b = Config::builder().trace_file(&file);
+    if scenario == "shaped" {
+        b = shaping(b);
+    }
+    let guard = openlayer_trace::init(b.build().unwrap()).unwrap();
+    on_big_stack(|| deep(DEPTH - 1));
+    let s = guard.shutdown(Duration::from_secs(30)).unwrap().stats;
+    assert_eq!(s.written, 1, "{s:?}");
+    // The line reads back (as `openlayer push` reads it), on a big stack too.
+    let text = std::fs::read_to_string(&file).unwrap();
+    on_big_stack(move || {
+        let line: LocalLine = text.trim().parse().unwrap();
+        let LocalLine::Stream { rows, .. } = line else {
+            panic!("a data-stream line")
+        };
+        assert_eq!(depth(&Value::Object(rows[0].clone())), DEPTH as usize);
+    });
+}
+
+#[test]
+fn the_worker_writes_a_deep_trace() {
+    child::run("plain", &[]);
+}
+
+#[test]
+fn the_worker_writes_a_deep_trace_with_a_mask_and_budget() {
+    child::run("shaped", &[]);
+}

@@ -1,0 +1,141 @@
+//! The local file is something the user asked for: without an `init` call, a key or
+//! `OPENLAYER_TRACE_FILE`, traces are counted and written nowhere (one notice); the file
+//! is created with mode 0600 and bounded, rotating to `<file>.1`; `Client::from_env()`
+//! follows the same rule. Each scenario runs in a child process, in its own directory.
+
+use std::path::Path;
+use std::time::Duration;
+
+use openlayer_trace::{Client, Config, trace, update_current_trace};
+use openlayer_trace_tests::child::{self, report, results, temp_dir};
+
+#[trace]
+fn root(i: u32) -> u32 {
+    update_current_trace!(inference_id = format!("id-{i}"));
+    i
+}
+
+#[test]
+fn child() {
+    let Some(scenario) = child::scenario() else {
+        return;
+    };
+    match scenario.as_str() {
+        // A library's traced code in a binary that never configured anything.
+        "unasked" => {
+            for i in 0..5 {
+                root(i);
+            }
+            let s = openlayer_trace::flush(Duration::from_secs(5))
+                .unwrap()
+                .stats;
+            report(&[
+                ("enqueued", s.enqueued.to_string()),
+                ("no_destination", s.dropped.no_destination.to_string()),
+                ("written", s.written.to_string()),
+            ]);
+            assert_eq!(s.enqueued, 5, "{s:?}");
+            assert_eq!(s.dropped.no_destination, 5, "{s:?}");
+            assert_eq!(s.written, 0, "{s:?}");
+            // The client does not fall back to a local file either.
+            let err = Client::from_env().unwrap_err();
+            assert!(matches!(err, openlayer_trace::Error::Config(_)), "{err:?}");
+        }
+        // `init` without a key: the local file, bounded and private.
+        "bounded" => {
+            let config = Config::builder()
+                .trace_file_max_bytes(4096)
+                .build()
+                .unwrap();
+            let guard = openlayer_trace::init(config).unwrap();
+            for i in 0..200 {
+                root(i);
+                if i % 10 == 0 {
+                    guard.flush(Duration::from_secs(5)).unwrap();
+                }
+            }
+            let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+            assert_eq!(s.written, 200, "{s:?}");
+        }
+        // OPENLAYER_TRACE_FILE asks for the file, for tracing and for the client.
+        "named" => {
+            root(1);
+            let s = openlayer_trace::flush(Duration::from_secs(5))
+                .unwrap()
+                .stats;
+            assert_eq!(s.written, 1, "{s:?}");
+            let client = Client::from_env().unwrap();
+            assert!(client.is_local());
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+fn run_in(dir: &Path, scenario: &str, envs: &[(&str, &str)]) -> std::process::Output {
+    let out = child::command(scenario, envs)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{scenario} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn without_init_key_or_trace_file_nothing_is_written() {
+    let dir = temp_dir("local-unasked");
+    let out = run_in(&dir, "unasked", &[]);
+    eprintln!("{:?}", results(&out));
+    assert!(files(&dir).is_empty(), "{:?}", files(&dir));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("traces are counted but not written").count(),
+        1,
+        "one notice: {stderr}"
+    );
+}
+
+#[test]
+fn the_local_file_is_private_and_bounded() {
+    let dir = temp_dir("local-bounded");
+    let out = run_in(&dir, "bounded", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("mode 0600"), "{stderr}");
+    assert!(stderr.contains("openlayer-traces.jsonl.1"), "{stderr}");
+    assert_eq!(
+        files(&dir),
+        ["openlayer-traces.jsonl", "openlayer-traces.jsonl.1"]
+    );
+    for name in files(&dir) {
+        let meta = std::fs::metadata(dir.join(&name)).unwrap();
+        assert!(meta.len() <= 4096, "{name}: {}", meta.len());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+        }
+    }
+    // The newest lines are kept: the last trace is in the current file.
+    let text = std::fs::read_to_string(dir.join("openlayer-traces.jsonl")).unwrap();
+    assert!(text.contains("\"id-199\""), "{text}");
+}
+
+#[test]
+fn openlayer_trace_file_asks_for_the_local_file() {
+    let dir = temp_dir("local-named");
+    run_in(&dir, "named", &[("OPENLAYER_TRACE_FILE", "named.jsonl")]);
+    assert_eq!(files(&dir), ["named.jsonl"]);
+}

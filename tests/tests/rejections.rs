@@ -1,0 +1,291 @@
+//! What the server's refusals do to data: a credential or routing error (401, 403, 404,
+//! 3xx) never destroys anything, and only 400, 413 and 422 reject rows for good, one bad
+//! row at a time (a rejected batch is bisected). Each scenario runs in a child process
+//! (the configuration is global); the three-restart test runs three of them on one spool.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openlayer_trace::update_current_trace;
+use openlayer_trace::{Config, ConfigBuilder, DeliveryFailure, DropReason, trace};
+use openlayer_trace_tests::child::{self, report, results, spool_files, temp_dir, wait_until};
+use openlayer_trace_tests::logs::Capture;
+use openlayer_trace_tests::{Behavior, Response, TestServer};
+
+const KEY: &str = "sk-test-rejections-0a1b2c3d4e5f";
+const PIPE: &str = "pipe-1";
+
+#[trace]
+fn work(id: String) -> usize {
+    update_current_trace!(inference_id = id.clone());
+    id.len()
+}
+
+#[trace]
+fn big(id: String, blob: String) -> usize {
+    update_current_trace!(inference_id = id.clone());
+    blob.len()
+}
+
+fn produce(prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let id = format!("{prefix}-{i}");
+            work(id.clone());
+            id
+        })
+        .collect()
+}
+
+fn base(url: &str) -> ConfigBuilder {
+    Config::builder()
+        .api_key(KEY)
+        .base_url(url)
+        .inference_pipeline_id(PIPE)
+        .retry_base_backoff(Duration::from_millis(10))
+        .connect_timeout(Duration::from_millis(300))
+        .request_timeout(Duration::from_millis(300))
+        .max_retries(1)
+        .linger(Duration::from_millis(5))
+        .shutdown_timeout(Duration::from_secs(3))
+}
+
+type Told = Arc<Mutex<Vec<(u64, Option<DropReason>, Option<u16>)>>>;
+
+fn failures() -> (Told, impl Fn(&DeliveryFailure) + Send + Sync + 'static) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    (seen, move |f: &DeliveryFailure| {
+        s.lock().unwrap().push((f.rows, f.dropped, f.status))
+    })
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is set by the parent"))
+}
+
+/// The child side: does nothing unless started by one of the tests below.
+#[test]
+fn child() {
+    let Some(scenario) = child::scenario() else {
+        return;
+    };
+    match scenario.as_str() {
+        "down" => run_down(),
+        "refused_credentials" => run_refused_credentials(),
+        "healthy" => run_healthy(),
+        "bisect" => bisect(),
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+/// Restart 1: the server is down; every row is spooled.
+fn run_down() {
+    let config = base(&env("TEST_SERVER_URL"))
+        .spool_dir(env("TEST_SPOOL_DIR"))
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    let ids = produce("first", 30);
+    let r = guard.shutdown(Duration::from_secs(5)).unwrap();
+    assert_eq!(r.stats.spooled, ids.len() as u64, "{:?}", r.stats);
+    assert_eq!(r.stats.dropped.total(), 0, "{:?}", r.stats);
+}
+
+/// Restart 2: the server answers 401 to everything. Nothing is dropped: the spooled rows
+/// stay, new rows join them, and the error is reported once, loudly.
+fn run_refused_credentials() {
+    let logs = Capture::install();
+    let (seen, on_failure) = failures();
+    let config = base(&env("TEST_SERVER_URL"))
+        .spool_dir(env("TEST_SPOOL_DIR"))
+        .batch_max_rows(5)
+        .on_failure(on_failure)
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    let ids = produce("second", 20);
+    // Wait until the refusal was seen (replay at start, or the new rows).
+    assert!(wait_until(Duration::from_secs(10), || {
+        seen.lock().unwrap().iter().any(|f| f.2 == Some(401))
+    }));
+    let r = guard.shutdown(Duration::from_secs(5)).unwrap();
+    let s = &r.stats;
+    report(&[("spooled", s.spooled.to_string())]);
+    assert_eq!(s.dropped.total(), 0, "nothing is destroyed: {s:?}");
+    assert_eq!(s.sent + s.replayed, 0, "{s:?}");
+    assert_eq!(s.spooled, ids.len() as u64, "{s:?}");
+    let seen = seen.lock().unwrap();
+    assert!(seen.iter().all(|f| f.1.is_none()), "{seen:?}");
+    let text = logs.text();
+    let errors = text
+        .lines()
+        .filter(|l| l.starts_with("[openlayer_trace] ERROR"))
+        .count();
+    assert_eq!(errors, 1, "reported once: {text}");
+    assert!(text.contains("status=401"), "{text}");
+    assert!(!text.contains(KEY), "{text}");
+}
+
+/// Restart 3: a healthy server; everything spooled by the two earlier runs is replayed.
+fn run_healthy() {
+    let expect: u64 = env("TEST_EXPECT").parse().unwrap();
+    let config = base(&env("TEST_SERVER_URL"))
+        .spool_dir(env("TEST_SPOOL_DIR"))
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || guard
+        .stats()
+        .replayed
+        >= expect));
+    let r = guard.shutdown(Duration::from_secs(5)).unwrap();
+    assert_eq!(r.stats.replayed, expect, "{:?}", r.stats);
+    assert_eq!(r.stats.dropped.total(), 0, "{:?}", r.stats);
+}
+
+/// 422 for any request carrying a bad row: batches are bisected until only the bad
+/// rows are rejected, live and on replay; a row too large for any request is rejected
+/// before it is sent.
+fn bisect() {
+    let server = TestServer::start();
+    let rejecting = || {
+        Behavior::always(openlayer_trace_tests::Action::handler(|r| {
+            if r.inference_ids().iter().any(|id| id.contains("bad")) {
+                Response::status(422)
+            } else {
+                Response::ok()
+            }
+        }))
+    };
+    server.set_behavior(rejecting());
+    let dir = temp_dir("bisect");
+    let (seen, on_failure) = failures();
+    let config = base(&server.url())
+        .spool_dir(&dir)
+        .batch_max_rows(16)
+        .batch_max_bytes(4096)
+        .linger(Duration::from_millis(200))
+        .on_failure(on_failure)
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+
+    // Live: 16 rows in one request, two of them bad.
+    let mut good = Vec::new();
+    for i in 0..16 {
+        let id = if i == 3 || i == 11 {
+            format!("live-bad-{i}")
+        } else {
+            format!("live-{i}")
+        };
+        work(id.clone());
+        if !id.contains("bad") {
+            good.push(id);
+        }
+    }
+    // Too large for any request: never sent.
+    big("huge".into(), "x".repeat(8192));
+    let r = guard.flush(Duration::from_secs(10)).unwrap();
+    assert!(r.complete);
+    assert_eq!(r.stats.dropped.rejected, 3, "{:?}", r.stats);
+    assert_eq!(r.stats.sent, 14, "{:?}", r.stats);
+    let got = server.inference_ids();
+    assert!(good.iter().all(|id| got.contains(id)), "{got:?}");
+    assert!(!server.inference_ids_received().contains("huge"));
+
+    // Replay: rows spooled while the server was down, one of them bad.
+    server.go_down();
+    let mut spooled_good = Vec::new();
+    for i in 0..12 {
+        let id = if i == 7 {
+            "spool-bad-7".to_string()
+        } else {
+            format!("spool-{i}")
+        };
+        work(id.clone());
+        if !id.contains("bad") {
+            spooled_good.push(id);
+        }
+    }
+    let r = guard.flush(Duration::from_secs(10)).unwrap();
+    assert!(r.complete);
+    assert_eq!(r.stats.spooled, 12, "{:?}", r.stats);
+    server.come_up();
+    assert!(wait_until(Duration::from_secs(20), || {
+        let s = guard.stats();
+        s.replayed + s.spool_dropped >= 12
+    }));
+    let r = guard.shutdown(Duration::from_secs(5)).unwrap();
+    let s = &r.stats;
+    report(&[
+        ("sent", s.sent.to_string()),
+        ("replayed", s.replayed.to_string()),
+        ("rejected", s.dropped.rejected.to_string()),
+    ]);
+    assert_eq!(s.replayed, 11, "{s:?}");
+    assert_eq!(s.spool_dropped, 1, "{s:?}");
+    assert_eq!(s.dropped.rejected, 4, "{s:?}");
+    let got = server.inference_id_counts();
+    assert!(
+        spooled_good.iter().all(|id| got.get(id) == Some(&1)),
+        "{got:?}"
+    );
+    let rejected: u64 = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|f| f.1 == Some(DropReason::Rejected))
+        .map(|f| f.0)
+        .sum();
+    assert_eq!(rejected, 4);
+    assert!(spool_files(&dir).is_empty(), "{:?}", spool_files(&dir));
+}
+
+/// Runs one child on the shared spool.
+fn restart(scenario: &str, url: &str, dir: &Path, expect: Option<usize>) {
+    let dir = dir.to_string_lossy().to_string();
+    let expect = expect.map(|n| n.to_string()).unwrap_or_default();
+    let envs = [
+        ("TEST_SERVER_URL", url),
+        ("TEST_SPOOL_DIR", dir.as_str()),
+        ("TEST_EXPECT", expect.as_str()),
+    ];
+    let out = child::run(scenario, &envs);
+    eprintln!("{scenario}: {:?}", results(&out));
+}
+
+#[test]
+fn a_credential_error_never_destroys_data_across_restarts() {
+    let server = TestServer::start();
+    let dir = temp_dir("three-restarts");
+    // 1. The server is down: every row is spooled.
+    server.go_down();
+    restart("down", &server.url(), &dir, None);
+    assert!(!spool_files(&dir).is_empty());
+    // 2. It answers 401 to everything: nothing leaves the spool.
+    server.come_up();
+    server.set_behavior(Behavior::unauthorized("Invalid API key"));
+    restart("refused_credentials", &server.url(), &dir, None);
+    assert!(server.request_count() > 0, "the refusal was met");
+    assert!(server.inference_ids().is_empty());
+    // 3. A healthy server: every row arrives exactly once.
+    server.set_behavior(Behavior::ok());
+    restart("healthy", &server.url(), &dir, Some(50));
+    let counts = server.inference_id_counts();
+    let expected: BTreeMap<String, usize> = (0..30)
+        .map(|i| format!("first-{i}"))
+        .chain((0..20).map(|i| format!("second-{i}")))
+        .map(|id| (id, 1))
+        .collect();
+    assert_eq!(counts, expected);
+    assert!(spool_files(&dir).is_empty(), "{:?}", spool_files(&dir));
+}
+
+#[test]
+fn rejected_batches_are_bisected_and_oversize_rows_never_sent() {
+    let out = child::run("bisect", &[]);
+    eprintln!("bisect: {:?}", results(&out));
+}

@@ -1,0 +1,86 @@
+//! A row update never overtakes its row: when the row was spooled, its update waits
+//! behind it in the spool. Updates of rows that sampling left out are skipped and counted
+//! as `sampled_out`.
+
+use std::time::Duration;
+
+use openlayer_trace::{Config, trace, update_current_trace, update_row};
+use openlayer_trace_tests::child::{self, temp_dir, wait_until};
+use openlayer_trace_tests::{Behavior, TestServer};
+use serde_json::json;
+
+#[trace]
+fn answer(id: &str) -> u32 {
+    update_current_trace!(inference_id = id.to_string());
+    1
+}
+
+fn base(url: &str) -> openlayer_trace::ConfigBuilder {
+    Config::builder()
+        .api_key("sk-test-order")
+        .base_url(url)
+        .inference_pipeline_id("pipe-1")
+        .retry_base_backoff(Duration::from_millis(10))
+        .max_retries(0)
+        .linger(Duration::from_millis(1))
+}
+
+#[test]
+fn child() {
+    let Some(scenario) = child::scenario() else {
+        return;
+    };
+    match scenario.as_str() {
+        "spooled" => {
+            // The row's request fails (and is spooled); everything after succeeds.
+            let server = TestServer::start_with(Behavior::fail_first(1, 500));
+            let config = base(&server.url())
+                .spool_dir(temp_dir("update-order"))
+                .build()
+                .unwrap();
+            let guard = openlayer_trace::init(config).unwrap();
+            answer("chat-1");
+            update_row("chat-1", json!({"thumbs": "up"}), None);
+            assert!(wait_until(Duration::from_secs(20), || {
+                let r = server.requests();
+                r.iter()
+                    .any(|r| r.method == "PUT" && r.outcome.is_success())
+                    && server.inference_ids().contains("chat-1")
+            }));
+            guard.shutdown(Duration::from_secs(5)).unwrap();
+            let requests = server.requests();
+            let row = requests
+                .iter()
+                .position(|r| r.is_data_stream() && r.outcome.is_success())
+                .unwrap();
+            let update = requests
+                .iter()
+                .position(|r| r.method == "PUT" && r.outcome.is_success())
+                .unwrap();
+            assert!(row < update, "the row arrives before its update");
+        }
+        "sampled_out" => {
+            let server = TestServer::start();
+            let guard =
+                openlayer_trace::init(base(&server.url()).sample_rate(0.0).build().unwrap())
+                    .unwrap();
+            answer("chat-2");
+            update_row("chat-2", json!({"thumbs": "down"}), None);
+            let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+            assert_eq!(s.sampled_out, 2, "{s:?}");
+            assert_eq!(s.sent, 0, "{s:?}");
+            assert_eq!(server.request_count(), 0);
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+#[test]
+fn an_update_waits_behind_its_spooled_row() {
+    child::run("spooled", &[]);
+}
+
+#[test]
+fn updates_of_sampled_out_rows_are_skipped_and_counted() {
+    child::run("sampled_out", &[]);
+}
