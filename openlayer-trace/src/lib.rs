@@ -40,10 +40,13 @@ mod none;
 mod pipeline;
 mod record;
 mod report;
+mod row_options;
 mod rowupdate;
+mod session;
 mod shape;
 mod spool;
 mod step;
+pub mod stream;
 mod transport;
 mod tree;
 mod update;
@@ -99,7 +102,11 @@ pub use manual::{ChatCompletion, add_chat_completion_step};
 pub use pipeline::{Guard, flush, flush_async, init, init_from_env, stats};
 pub use report::{DeliveryFailure, DeliveryReport, DropReason, Dropped, Stats};
 pub use rowupdate::{update_row, update_row_in};
+pub use session::{
+    UserSession, UserSessionGuard, WithUserSession, enter_user_session, with_user_session,
+};
 pub use step::{Instrumented, OutputSink, StepBuilder, StepFinisher, StepGuard, step};
+pub use stream::{TraceIteratorExt, TraceStreamExt, Traced};
 pub use tree::format_trace_tree;
 pub use update::{
     current_inference_id, log_context, log_ground_truth, log_output, log_question,

@@ -8,6 +8,10 @@ use serde::Serialize;
 
 pub use crate::__ol_key as key;
 pub use crate::step::{Instrumented, OutputSink, StepFinisher, StepGuard};
+pub use crate::row_options::{
+    PromoteOutput, context_arg, promote_input, question_arg,
+};
+pub use crate::stream::expand::*;
 pub use crate::update::Update;
 #[doc(hidden)]
 pub use serde::Serialize as __Serialize;
@@ -27,7 +31,7 @@ pub struct StepMeta {
 }
 
 impl StepMeta {
-    fn spec(&'static self) -> StepSpec {
+    pub(crate) fn spec(&'static self) -> StepSpec {
         StepSpec {
             name: Cow::Borrowed(self.name),
             kind: self.kind,
@@ -85,7 +89,7 @@ impl InputWriter {
 }
 
 /// Writes the captured inputs into `buf` (which is empty), as one JSON object or nothing.
-fn capture_inputs(buf: &mut String, inputs: impl FnOnce(&mut InputWriter)) {
+pub(crate) fn capture_inputs(buf: &mut String, inputs: impl FnOnce(&mut InputWriter)) {
     let mut w = InputWriter {
         buf: std::mem::take(buf),
     };

@@ -331,6 +331,14 @@ impl StepFinisher {
     }
 }
 
+impl StepFinisher {
+    /// Hands the still-open step over (to a [`StepHandle`](crate::StepHandle) that goes on
+    /// recording it), with nothing recorded on it yet.
+    pub(crate) fn into_open(mut self) -> Option<OpenStep> {
+        self.open.take()
+    }
+}
+
 impl OutputSink for StepFinisher {
     #[inline]
     fn __is_recording(&self) -> bool {
