@@ -7,10 +7,8 @@ use std::future::Future;
 use serde::Serialize;
 
 pub use crate::__ol_key as key;
+pub use crate::row_options::{PromoteOutput, context_arg, promote_input, question_arg};
 pub use crate::step::{Instrumented, OutputSink, StepFinisher, StepGuard};
-pub use crate::row_options::{
-    PromoteOutput, context_arg, promote_input, question_arg,
-};
 pub use crate::stream::expand::*;
 pub use crate::update::Update;
 #[doc(hidden)]
