@@ -464,32 +464,60 @@ impl ExtraOptions {
                         "`promote` takes a list: `promote(user_query, score = \"answer_score\")`",
                     ));
                 }
-                meta.parse_nested_meta(|inner| {
+                let content;
+                syn::parenthesized!(content in meta.input);
+                let list: TokenStream2 = content.parse()?;
+                if list.is_empty() {
+                    return Err(meta.error("`promote()` names nothing to promote"));
+                }
+                let parser = syn::meta::parser(|inner| {
                     let ident = inner.path.get_ident().cloned().ok_or_else(|| {
                         inner.error("`promote` takes names of parameters or output fields, each optionally renamed: `promote(user_query, score = \"answer_score\")`")
                     })?;
                     let column = if inner.input.peek(syn::Token![=]) {
-                        let lit = string_value(&inner, "promote", "column")?;
+                        let lit = promoted_column(&inner, &ident)?;
                         if lit.value().trim().is_empty() {
-                            return Err(syn::Error::new(lit.span(), "a promoted column's name must not be empty"));
+                            return Err(syn::Error::new(
+                                lit.span(),
+                                "a promoted column's name must not be empty",
+                            ));
                         }
                         Some(lit)
                     } else {
                         None
                     };
                     if self.promote.iter().any(|(i, _)| i.unraw() == ident.unraw()) {
-                        return Err(syn::Error::new(ident.span(), format!("`{ident}` is promoted more than once")));
+                        return Err(syn::Error::new(
+                            ident.span(),
+                            format!("`{ident}` is promoted more than once"),
+                        ));
                     }
                     self.promote.push((ident, column));
                     Ok(())
-                })?;
-                if self.promote.is_empty() {
-                    return Err(meta.error("`promote()` names nothing to promote"));
-                }
+                });
+                syn::parse::Parser::parse2(parser, list)?;
             }
             _ => return Ok(false),
         }
         Ok(true)
+    }
+}
+
+/// The column of `promote(name = "column")`.
+fn promoted_column(meta: &syn::meta::ParseNestedMeta, name: &Ident) -> syn::Result<LitStr> {
+    let expr: syn::Expr = meta.value()?.parse()?;
+    match expr {
+        syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(lit),
+            ..
+        }) => Ok(lit),
+        other => {
+            let shown = quote!(#other).to_string();
+            Err(syn::Error::new(
+                other.span(),
+                format!("a promoted column is named by a string literal: `{name} = \"{shown}\"`"),
+            ))
+        }
     }
 }
 

@@ -379,6 +379,10 @@ fn rag_trace() {
             "steps",
             "has_guardrails",
             "prompt_version",
+            // `log_question` also set the root step's metadata `_question` (as the
+            // official SDK does), which puts the column here: a later key replaces an
+            // earlier one in place.
+            "_question",
             "user_id",
             "session_id",
             "channel",
@@ -387,7 +391,6 @@ fn rag_trace() {
             "question",
             "session",
             "context",
-            "_question",
         ]
     );
 }

@@ -35,26 +35,26 @@ pub fn stream_handle(finisher: StepFinisher) -> StepHandle {
 #[derive(Debug)]
 pub struct Returned<'a, S>(pub &'a S);
 
-/// The items of a returned stream.
+/// A returned stream, of type `S`.
 #[derive(Debug)]
-pub struct StreamItems<I>(PhantomData<fn() -> I>);
+pub struct StreamItems<S>(PhantomData<fn() -> S>);
 
-/// The items of a returned iterator.
+/// A returned iterator, of type `S`.
 #[derive(Debug)]
-pub struct IterItems<I>(PhantomData<fn() -> I>);
+pub struct IterItems<S>(PhantomData<fn() -> S>);
 
 /// A returned stream (chosen before an iterator).
 pub trait ReturnedStream {
-    /// The stream's item.
-    type Item;
-    /// The stream's items.
-    fn __ol_kind(&self) -> StreamItems<Self::Item>;
+    /// The stream's type.
+    type Stream;
+    /// The stream.
+    fn __ol_kind(&self) -> StreamItems<Self::Stream>;
 }
 
 impl<S: Stream> ReturnedStream for Returned<'_, S> {
-    type Item = S::Item;
+    type Stream = S;
     #[inline]
-    fn __ol_kind(&self) -> StreamItems<S::Item> {
+    fn __ol_kind(&self) -> StreamItems<S> {
         StreamItems(PhantomData)
     }
 }
@@ -72,7 +72,7 @@ impl<I: Iterator> StreamOrIterator for I {}
 impl<S> Returned<'_, S> {
     /// A returned iterator.
     #[inline]
-    pub fn __ol_kind(self: &&Self) -> IterItems<S::Item>
+    pub fn __ol_kind(self: &&Self) -> IterItems<S>
     where
         S: StreamOrIterator,
     {
@@ -80,16 +80,16 @@ impl<S> Returned<'_, S> {
     }
 }
 
-impl<I> StreamItems<I> {
+impl<S: Stream> StreamItems<S> {
     /// The items' type, to pick the accumulator.
     #[inline]
-    pub fn items(&self) -> ItemType<I> {
+    pub fn items(&self) -> ItemType<S::Item> {
         ItemType(PhantomData)
     }
 
     /// The traced stream.
     #[inline]
-    pub fn wrap<S: Stream<Item = I>, A: Accumulator<I>>(
+    pub fn wrap<A: Accumulator<S::Item>>(
         self,
         stream: S,
         handle: StepHandle,
@@ -99,16 +99,16 @@ impl<I> StreamItems<I> {
     }
 }
 
-impl<I> IterItems<I> {
+impl<S: Iterator> IterItems<S> {
     /// The items' type, to pick the accumulator.
     #[inline]
-    pub fn items(&self) -> ItemType<I> {
+    pub fn items(&self) -> ItemType<S::Item> {
         ItemType(PhantomData)
     }
 
     /// The traced iterator.
     #[inline]
-    pub fn wrap<S: Iterator<Item = I>, A: Accumulator<I>>(
+    pub fn wrap<A: Accumulator<S::Item>>(
         self,
         iter: S,
         handle: StepHandle,
