@@ -20,7 +20,7 @@ const KINDS: &[(&str, &str)] = &[
     ("guardrail", "Guardrail"),
 ];
 
-const OPTIONS: &str = "name, kind, skip, skip_all, skip_output, inference_pipeline_id";
+const OPTIONS: &str = "name, kind, skip, skip_all, skip_output, inference_pipeline_id, stream, context, question, promote";
 
 /// The string literal of `option = "..."`; anything else is an error that shows the form.
 fn string_value(
@@ -59,6 +59,8 @@ struct Options {
     skip_all: Option<Span>,
     skip_output: bool,
     pipeline_id: Option<LitStr>,
+    /// `stream`, `context`, `question`, `promote`.
+    extra: ExtraOptions,
 }
 
 impl Options {
@@ -123,6 +125,7 @@ impl Options {
                     }
                     o.pipeline_id = Some(lit);
                 }
+                key if o.extra.parse(key, &meta)? => {}
                 _ => {
                     let path = &meta.path;
                     let shown = quote!(#path).to_string().replace(' ', "");
@@ -349,7 +352,24 @@ fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream2> {
         }
     };
     let nameable = ret_ty.is_none_or(|t| !contains_impl_trait(t));
-    let block = &item.block;
+    let stream = stream_return(&opts.extra, sig)?;
+    let plan = plan_extra(&opts.extra, &params, sig, stream.is_some())?;
+    let block = &with_prelude(&item.block, &plan.prelude);
+    if let Some(concrete) = stream {
+        let body = expand_stream(StreamParts {
+            asyncness: sig.asyncness.is_some(),
+            meta: &meta,
+            writes: &writes,
+            block,
+            ret_ty,
+            nameable,
+            concrete,
+            skip_output: opts.skip_output,
+        });
+        *item.block = syn::parse2(body)?;
+        return Ok(quote!(#item));
+    }
+    let promote = plan.promote_output();
 
     let body = if sig.asyncness.is_some() {
         let body_fut = match (nameable, ret_ty) {
@@ -360,6 +380,14 @@ fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream2> {
                 quote!(::openlayer_trace::__private::async_body::<(), _>(async move #block))
             }
             (false, _) => quote!(async move #block),
+        };
+        let body_fut = match &promote {
+            Some(p) => quote!(async move {
+                let __ol_ret = #body_fut.await;
+                #p
+                __ol_ret
+            }),
+            None => body_fut,
         };
         quote! {{
             #meta
@@ -380,6 +408,7 @@ fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream2> {
             #[allow(unused_mut)]
             let mut __ol_step = ::openlayer_trace::__private::enter_sync(&__OL_META, |__ol_w| { #(#writes)* });
             let __ol_ret = ::openlayer_trace::__private::call_once(#closure);
+            #promote
             { #record }
             ::core::mem::drop(__ol_step);
             __ol_ret
@@ -387,6 +416,372 @@ fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream2> {
     };
     *item.block = syn::parse2(body)?;
     Ok(quote!(#item))
+}
+
+// ---------------------------------------------------------------------------------------
+// Streams and row options: `stream`, `context = arg`, `question = arg`, `promote(...)`.
+// Their parsing is `ExtraOptions::parse`, their checks `plan_extra`, and the body of a
+// function that returns a stream `expand_stream`.
+
+/// The trait names that make an `impl Trait` return type a stream or an iterator.
+const STREAM_TRAITS: &[&str] = &[
+    "Stream",
+    "TryStream",
+    "FusedStream",
+    "Iterator",
+    "ExactSizeIterator",
+    "DoubleEndedIterator",
+    "FusedIterator",
+];
+
+/// `stream`, `context = arg`, `question = arg` and `promote(a, b = "column")`.
+#[derive(Default)]
+struct ExtraOptions {
+    stream: Option<Span>,
+    context: Option<Ident>,
+    question: Option<Ident>,
+    promote: Vec<(Ident, Option<LitStr>)>,
+}
+
+impl ExtraOptions {
+    /// Parses `key` when it is one of these options (`Ok(false)` when it is not).
+    fn parse(&mut self, key: &str, meta: &syn::meta::ParseNestedMeta) -> syn::Result<bool> {
+        match key {
+            "stream" => {
+                if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                    return Err(meta.error(
+                        "`stream` takes no value: write `#[trace(stream)]` on a function that returns a stream or an iterator",
+                    ));
+                }
+                self.stream = Some(meta.path.span());
+            }
+            "context" => self.context = Some(argument_name(meta, "context", "documents")?),
+            "question" => self.question = Some(argument_name(meta, "question", "question")?),
+            "promote" => {
+                if !meta.input.peek(syn::token::Paren) {
+                    return Err(meta.error(
+                        "`promote` takes a list: `promote(user_query, score = \"answer_score\")`",
+                    ));
+                }
+                let content;
+                syn::parenthesized!(content in meta.input);
+                let list: TokenStream2 = content.parse()?;
+                if list.is_empty() {
+                    return Err(meta.error("`promote()` names nothing to promote"));
+                }
+                let parser = syn::meta::parser(|inner| {
+                    let ident = inner.path.get_ident().cloned().ok_or_else(|| {
+                        inner.error("`promote` takes names of parameters or output fields, each optionally renamed: `promote(user_query, score = \"answer_score\")`")
+                    })?;
+                    let column = if inner.input.peek(syn::Token![=]) {
+                        let lit = promoted_column(&inner, &ident)?;
+                        if lit.value().trim().is_empty() {
+                            return Err(syn::Error::new(
+                                lit.span(),
+                                "a promoted column's name must not be empty",
+                            ));
+                        }
+                        Some(lit)
+                    } else {
+                        None
+                    };
+                    if self.promote.iter().any(|(i, _)| i.unraw() == ident.unraw()) {
+                        return Err(syn::Error::new(
+                            ident.span(),
+                            format!("`{ident}` is promoted more than once"),
+                        ));
+                    }
+                    self.promote.push((ident, column));
+                    Ok(())
+                });
+                syn::parse::Parser::parse2(parser, list)?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// The column of `promote(name = "column")`.
+fn promoted_column(meta: &syn::meta::ParseNestedMeta, name: &Ident) -> syn::Result<LitStr> {
+    let expr: syn::Expr = meta.value()?.parse()?;
+    match expr {
+        syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(lit),
+            ..
+        }) => Ok(lit),
+        other => {
+            let shown = quote!(#other).to_string();
+            Err(syn::Error::new(
+                other.span(),
+                format!("a promoted column is named by a string literal: `{name} = \"{shown}\"`"),
+            ))
+        }
+    }
+}
+
+/// The parameter named by `context = arg` / `question = arg`.
+fn argument_name(
+    meta: &syn::meta::ParseNestedMeta,
+    option: &str,
+    example: &str,
+) -> syn::Result<Ident> {
+    if !meta.input.peek(syn::Token![=]) {
+        return Err(meta.error(format!(
+            "`{option}` names the parameter to record, e.g. `{option} = {example}`"
+        )));
+    }
+    let expr: syn::Expr = meta.value()?.parse()?;
+    match &expr {
+        syn::Expr::Path(p) if p.qself.is_none() && p.path.get_ident().is_some() => {
+            Ok(p.path.get_ident().cloned().expect("checked"))
+        }
+        syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(lit),
+            ..
+        }) => Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "`{option}` takes the parameter itself, not a string: write `{option} = {}`",
+                lit.value()
+            ),
+        )),
+        other => Err(syn::Error::new(
+            other.span(),
+            format!("`{option}` takes the name of a parameter, e.g. `{option} = {example}`"),
+        )),
+    }
+}
+
+/// Whether `ty` is `impl Stream<..>`, `impl Iterator<..>` (or one of their relatives),
+/// by the last segment of a bound's path: `futures::Stream`, `tokio_stream::Stream`, ...
+fn is_stream_type(ty: &Type) -> bool {
+    match ty {
+        Type::Paren(p) => is_stream_type(&p.elem),
+        Type::Group(g) => is_stream_type(&g.elem),
+        Type::ImplTrait(t) => t.bounds.iter().any(|b| match b {
+            syn::TypeParamBound::Trait(tb) => tb
+                .path
+                .segments
+                .last()
+                .is_some_and(|s| STREAM_TRAITS.iter().any(|n| s.ident == n)),
+            _ => false,
+        }),
+        _ => false,
+    }
+}
+
+/// Whether the function is traced as a stream: `Some(concrete)` (whether its return type
+/// is a concrete type, to be boxed again), `None` when it is not.
+fn stream_return(extra: &ExtraOptions, sig: &syn::Signature) -> syn::Result<Option<bool>> {
+    let ret_ty = match &sig.output {
+        ReturnType::Type(_, ty) => Some(&**ty),
+        ReturnType::Default => None,
+    };
+    match (extra.stream, ret_ty) {
+        (Some(span), None) => Err(syn::Error::new(
+            span,
+            "`stream` is for functions that return a stream or an iterator, and this one returns nothing",
+        )),
+        (Some(_), Some(ty)) => Ok(Some(!contains_impl_trait(ty))),
+        (None, Some(ty)) if is_stream_type(ty) => Ok(Some(false)),
+        (None, _) => Ok(None),
+    }
+}
+
+/// The checked `context`, `question` and `promote` options.
+struct ExtraPlan {
+    /// Statements run first in the body, inside the step.
+    prelude: Vec<TokenStream2>,
+    /// Output fields to promote: `(field, column)`.
+    output_fields: Vec<(String, String)>,
+}
+
+impl ExtraPlan {
+    /// The statement that promotes output fields of `__ol_ret`, if any.
+    fn promote_output(&self) -> Option<TokenStream2> {
+        if self.output_fields.is_empty() {
+            return None;
+        }
+        let pairs = self.output_fields.iter().map(|(f, c)| quote!((#f, #c)));
+        Some(quote! {{
+            #[allow(unused_imports)]
+            use ::openlayer_trace::__private::PromoteOutput as _;
+            (&::openlayer_trace::__private::Out(&__ol_ret)).__ol_promote(&[#(#pairs),*]);
+        }})
+    }
+}
+
+fn plan_extra(
+    extra: &ExtraOptions,
+    params: &[Ident],
+    sig: &syn::Signature,
+    stream: bool,
+) -> syn::Result<ExtraPlan> {
+    let find = |ident: &Ident| params.iter().find(|p| p.unraw() == ident.unraw());
+    let known = || {
+        let names: Vec<String> = params.iter().map(|p| format!("`{p}`")).collect();
+        if names.is_empty() {
+            "it has no recorded parameters".to_string()
+        } else {
+            format!("its parameters are {}", names.join(", "))
+        }
+    };
+    let mut prelude = Vec::new();
+    for (ident, option, helper) in [
+        (&extra.context, "context", "context_arg"),
+        (&extra.question, "question", "question_arg"),
+    ] {
+        let Some(ident) = ident else { continue };
+        let Some(param) = find(ident) else {
+            return Err(syn::Error::new(
+                ident.span(),
+                format!(
+                    "`{option} = {ident}`: `{ident}` is not a parameter of this function; {}",
+                    known()
+                ),
+            ));
+        };
+        let helper = Ident::new(helper, ident.span());
+        prelude.push(quote_spanned! {ident.span()=>
+            ::openlayer_trace::__private::#helper(&#param);
+        });
+    }
+    let returns_nothing = match &sig.output {
+        ReturnType::Default => true,
+        ReturnType::Type(_, ty) => matches!(&**ty, Type::Tuple(t) if t.elems.is_empty()),
+    };
+    let mut output_fields = Vec::new();
+    for (ident, column) in &extra.promote {
+        if ident == "self" {
+            return Err(syn::Error::new(
+                ident.span(),
+                "`self` cannot be promoted; promote a parameter or a field of the output",
+            ));
+        }
+        let column = column
+            .as_ref()
+            .map(LitStr::value)
+            .unwrap_or_else(|| ident.unraw().to_string());
+        if let Some(param) = find(ident) {
+            prelude.push(quote_spanned! {ident.span()=>
+                ::openlayer_trace::__private::promote_input(#column, &#param);
+            });
+        } else if stream {
+            return Err(syn::Error::new(
+                ident.span(),
+                format!(
+                    "`{ident}` is not a parameter of this function ({}), and the output of a stream has no fields to promote",
+                    known()
+                ),
+            ));
+        } else if returns_nothing {
+            return Err(syn::Error::new(
+                ident.span(),
+                format!(
+                    "`{ident}` is not a parameter of this function ({}), and the function returns nothing whose field it could be",
+                    known()
+                ),
+            ));
+        } else {
+            output_fields.push((ident.unraw().to_string(), column));
+        }
+    }
+    Ok(ExtraPlan {
+        prelude,
+        output_fields,
+    })
+}
+
+/// The body with `prelude` run first (the block itself when there is none).
+fn with_prelude(block: &syn::Block, prelude: &[TokenStream2]) -> syn::Block {
+    if prelude.is_empty() {
+        return block.clone();
+    }
+    syn::parse_quote!({ #(#prelude)* #block })
+}
+
+/// What [`expand_stream`] needs of the function.
+struct StreamParts<'a> {
+    asyncness: bool,
+    meta: &'a TokenStream2,
+    writes: &'a [TokenStream2],
+    block: &'a syn::Block,
+    ret_ty: Option<&'a Type>,
+    nameable: bool,
+    /// The return type is a concrete (boxed) type: the traced stream is boxed again.
+    concrete: bool,
+    skip_output: bool,
+}
+
+/// The body of a function that returns a stream or an iterator: its step opens at the
+/// call, the body runs in it, and the returned stream is wrapped so that the step goes on
+/// until the stream ends (or is dropped).
+fn expand_stream(p: StreamParts<'_>) -> TokenStream2 {
+    let StreamParts {
+        asyncness,
+        meta,
+        writes,
+        block,
+        ret_ty,
+        nameable,
+        concrete,
+        skip_output,
+    } = p;
+    let span = ret_ty.map_or_else(Span::call_site, |t| t.span());
+    let (acc_trait, acc_method) = if skip_output {
+        ("ResultItemsSkip", "__ol_acc_skip")
+    } else {
+        ("ResultItems", "__ol_acc")
+    };
+    let acc_trait = Ident::new(acc_trait, Span::call_site());
+    let acc_method = Ident::new(acc_method, span);
+    let kind_method = Ident::new("__ol_kind", span);
+    let kind = quote_spanned! {span=>
+        (&::openlayer_trace::__private::Returned(&__ol_ret)).#kind_method()
+    };
+    let acc = quote_spanned! {span=>
+        (&__ol_kind.items()).#acc_method()
+    };
+    let traced = quote!(__ol_kind.wrap(__ol_ret, __ol_handle, __ol_acc));
+    let returned = if concrete {
+        quote_spanned! {span=> ::openlayer_trace::__private::rebox(#traced) }
+    } else {
+        traced
+    };
+    let wrap = quote! {
+        #[allow(unused_imports)]
+        use ::openlayer_trace::__private::{ReturnedStream as _, #acc_trait as _};
+        let __ol_kind = #kind;
+        let __ol_acc = #acc;
+        #returned
+    };
+    if asyncness {
+        let body_fut = match (nameable, ret_ty) {
+            (true, Some(ty)) => {
+                quote!(::openlayer_trace::__private::async_body::<#ty, _>(async move #block))
+            }
+            _ => quote!(async move #block),
+        };
+        quote! {{
+            #meta
+            let __ol_start = ::openlayer_trace::__private::begin_async(&__OL_META, |__ol_w| { #(#writes)* });
+            let (__ol_ret, __ol_fin) = ::openlayer_trace::__private::instrument(__ol_start, #body_fut).await;
+            let __ol_handle = ::openlayer_trace::__private::stream_handle(__ol_fin);
+            #wrap
+        }}
+    } else {
+        let closure = match (nameable, ret_ty) {
+            (true, Some(ty)) => quote!(move || -> #ty #block),
+            _ => quote!(move || #block),
+        };
+        quote! {{
+            #meta
+            let __ol_handle = ::openlayer_trace::__private::start_stream(&__OL_META, |__ol_w| { #(#writes)* });
+            let __ol_ret = __ol_handle.in_scope(#closure);
+            #wrap
+        }}
+    }
 }
 
 /// Traces a function as a step: its inputs, output, latency and errors.

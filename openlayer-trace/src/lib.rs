@@ -118,7 +118,12 @@ pub use api::annotate::{
 pub use api::lifecycle::{init, init_from_env};
 pub use api::manual::{ChatCompletion, add_chat_completion_step};
 pub use api::row_update::{update_row, update_row_in};
+pub use api::session::{
+    UserSession, UserSessionGuard, WithUserSession, enter_user_session, with_user_session,
+};
 pub use api::step::handle::{EnteredStep, StepHandle};
+pub use api::step::stream;
+pub use api::step::stream::{TraceIteratorExt, TraceStreamExt, Traced};
 pub use api::step::{Instrumented, OutputSink, StepBuilder, StepFinisher, StepGuard, step};
 pub use client::{
     Client, ClientBuilder, InferencePipeline, LlmConfig, Project, PromptMessage, RawStreamConfig,

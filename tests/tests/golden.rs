@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openlayer_trace::testing::{self, CapturedTrace};
 use openlayer_trace::{
-    ChatCompletion, add_chat_completion_step, log_context, log_ground_truth, log_question, trace,
-    update_current_step, update_current_trace,
+    ChatCompletion, add_chat_completion_step, enter_user_session, log_context, log_ground_truth,
+    log_output, log_question, trace, update_current_step, update_current_trace,
 };
 use openlayer_trace_tests::ordered_json::Json;
 use serde_json::json;
@@ -40,7 +40,13 @@ fn is_uuid_v4(s: &str) -> bool {
     is_uuid(s) && s.as_bytes()[14] == b'4' && matches!(s.as_bytes()[19], b'8' | b'9' | b'a' | b'b')
 }
 
-const TIME_KEYS: [&str; 4] = ["inferenceTimestamp", "startTime", "endTime", "latency"];
+const TIME_KEYS: [&str; 5] = [
+    "inferenceTimestamp",
+    "startTime",
+    "endTime",
+    "latency",
+    "timeToFirstToken",
+];
 
 /// Replaces ids and times, in place, everywhere in `v`.
 fn normalise(v: &mut Json) {
@@ -379,6 +385,10 @@ fn rag_trace() {
             "steps",
             "has_guardrails",
             "prompt_version",
+            // `log_question` also set the root step's metadata `_question` (as the
+            // official SDK does), which puts the column here: a later key replaces an
+            // earlier one in place.
+            "_question",
             "user_id",
             "session_id",
             "channel",
@@ -387,7 +397,6 @@ fn rag_trace() {
             "question",
             "session",
             "context",
-            "_question",
         ]
     );
 }
@@ -552,6 +561,150 @@ fn input_named_like_a_row_column() {
         t.config()["inputVariableNames"],
         json!(["output", "latency", "draft_count"])
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// (f) The official SDK's log helpers: on the current step
+
+mod helpers {
+    use super::*;
+
+    #[trace(kind = "retriever")]
+    pub fn retrieve(question: &str) -> Vec<String> {
+        let docs = vec![format!("Doc about: {question}")];
+        log_context(&docs);
+        docs
+    }
+
+    #[trace]
+    pub fn generate(prompt: &str) -> (String, usize) {
+        // The step records this instead of the tuple; the caller still gets the tuple.
+        log_output(&"Paris");
+        ("Paris".to_string(), prompt.len())
+    }
+
+    #[trace]
+    pub fn answer(question: &str) -> String {
+        log_question(question);
+        let docs = retrieve(question);
+        let (text, _) = generate(&format!("{}\n{question}", docs.join(" ")));
+        log_output(&format!("{text}."));
+        text
+    }
+}
+
+#[test]
+fn log_helpers_on_the_current_step() {
+    let (out, t) = traced(|| helpers::answer("Capital of France?"));
+    // The functions still return their own values.
+    assert_eq!(out, "Paris");
+    assert_golden("log_helpers.json", &t);
+    assert_eq!(t.row()["output"], "Paris.");
+    assert_eq!(t.step("generate").unwrap()["output"], "Paris");
+    assert_eq!(
+        t.step("retrieve").unwrap()["metadata"]["context"],
+        json!(["Doc about: Capital of France?"])
+    );
+    assert_eq!(t.root()["metadata"]["_question"], "Capital of France?");
+    assert_eq!(t.row()["_question"], "Capital of France?");
+    assert_eq!(t.row()["context"], json!(["Doc about: Capital of France?"]));
+}
+
+// ---------------------------------------------------------------------------------------
+// (g) `#[trace(context = .., question = .., promote(..))]` and the user and session scope
+
+mod options {
+    use super::*;
+
+    #[derive(serde::Serialize)]
+    pub struct Answer {
+        pub text: String,
+        pub score: f64,
+        pub model: Option<String>,
+    }
+
+    #[trace(kind = "retriever", context = docs, promote(top_k = "retriever_top_k"))]
+    pub fn rerank(docs: Vec<String>, top_k: usize) -> Vec<String> {
+        docs.into_iter().take(top_k).collect()
+    }
+
+    #[trace(question = question, promote(question = "user_query", score, model))]
+    pub fn answer(question: &str, top_k: usize) -> Answer {
+        let docs = rerank(
+            vec!["Paris is in France.".into(), "Lyon too.".into()],
+            top_k,
+        );
+        Answer {
+            text: format!("Paris ({} documents)", docs.len()),
+            score: 0.92,
+            model: None,
+        }
+    }
+}
+
+#[test]
+fn row_options_and_user_session() {
+    let (out, t) = traced(|| {
+        let _scope = enter_user_session("user-7", "session-3");
+        options::answer("Capital of France?", 1)
+    });
+    assert_eq!(out.text, "Paris (1 documents)");
+    assert_golden("row_options.json", &t);
+    let row = t.row();
+    assert_eq!(row["user_query"], "Capital of France?");
+    assert_eq!(row["score"], 0.92);
+    // A `None` field is not promoted.
+    assert!(row.get("model").is_none());
+    assert_eq!(row["retriever_top_k"], 1);
+    assert_eq!(row["_question"], "Capital of France?");
+    assert_eq!(row["context"], json!(["Paris is in France.", "Lyon too."]));
+    assert_eq!(row["user_id"], "user-7");
+    assert_eq!(row["session_id"], "session-3");
+    assert_eq!(t.config()["userIdColumnName"], "user_id");
+    assert_eq!(t.config()["sessionIdColumnName"], "session_id");
+}
+
+// ---------------------------------------------------------------------------------------
+// (h) Streams: one consumed with an error item, one abandoned
+
+mod streams {
+    use super::*;
+
+    #[derive(Debug)]
+    pub struct Cut;
+
+    impl std::fmt::Display for Cut {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("upstream cut the connection")
+        }
+    }
+
+    #[trace(kind = "chat_completion")]
+    pub fn tokens(prompt: &str) -> impl Iterator<Item = Result<String, Cut>> {
+        let _ = prompt;
+        vec![Ok("Par".to_string()), Err(Cut), Ok("is".to_string())].into_iter()
+    }
+
+    #[trace]
+    pub fn handler(question: &str) -> String {
+        tokens(question).filter_map(Result::ok).collect()
+    }
+
+    #[trace]
+    pub fn words(n: usize) -> impl Iterator<Item = &'static str> {
+        ["one", "two", "three"].into_iter().take(n)
+    }
+}
+
+#[test]
+fn streams_consumed_and_abandoned() {
+    let (out, t) = traced(|| streams::handler("Capital of France?"));
+    assert_eq!(out, "Paris");
+    assert_golden("stream_with_error.json", &t);
+    // Abandoned after one item: the step closes with what it produced, marked cancelled.
+    let (first, abandoned) = traced(|| streams::words(3).next());
+    assert_eq!(first, Some("one"));
+    assert_golden("stream_abandoned.json", &abandoned);
 }
 
 // ---------------------------------------------------------------------------------------

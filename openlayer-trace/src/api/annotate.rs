@@ -20,7 +20,7 @@ fn id_text(json: &str) -> Box<str> {
     }
 }
 
-fn apply_trace(st: &mut TraceState, key: String, value: Json) {
+pub(crate) fn apply_trace(st: &mut TraceState, key: String, value: Json) {
     match key.as_str() {
         "inference_id" | "inferenceId" => st.inference_id = Some(id_text(&value)),
         "ground_truth" | "groundTruth" => {
@@ -194,16 +194,38 @@ fn with_trace_state(api: &'static str, f: impl FnOnce(&mut TraceState)) {
     }
 }
 
-/// Sets the trace's output (the row's `output` column and the root step's output),
-/// replacing what the root function returns.
+/// Replaces the **current step's** recorded output, as the official SDK's `log_output`:
+/// the function still returns its own value, but the step records this one (and, on the
+/// root step, so does the row's `output`).
+///
+/// ```
+/// use openlayer_trace::{log_output, trace};
+///
+/// #[trace]
+/// fn answer(question: &str) -> (String, usize) {
+///     let text = "Paris".to_string();
+///     log_output(&text); // recorded instead of the tuple
+///     (text, 12)
+/// }
+/// answer("capital of France?");
+/// ```
 pub fn log_output<T: Serialize + ?Sized>(output: &T) {
     let Some(json) = to_json(output) else { return };
-    with_trace_state("log_output", |st| {
-        upsert(&mut st.columns, Cow::Borrowed("output"), json)
-    });
+    with_step_state("log_output", |st, step| set_step_output(st, step, &json));
 }
 
-/// Sets the retrieved documents of a RAG trace: the row's `context` column.
+/// Sets a step's output and marks it as logged, so that its return value does not
+/// replace it.
+pub(crate) fn set_step_output(st: &mut TraceState, step: u32, json: &str) {
+    let r = st.push_text(json);
+    if let Some(rec) = st.steps.get_mut(step as usize) {
+        rec.output = r;
+        rec.extra_mut().output_logged = true;
+    }
+}
+
+/// Sets the retrieved documents of a RAG trace, as the official SDK's `log_context`: the
+/// row's `context` column and the **current step's** metadata `context`.
 ///
 /// ```
 /// use openlayer_trace::{log_context, trace};
@@ -219,15 +241,38 @@ pub fn log_context<T: Serialize + ?Sized>(documents: &T) {
     let Some(json) = to_json(documents) else {
         return;
     };
-    with_trace_state("log_context", |st| st.context = Some(json));
+    with_step_state("log_context", |st, step| set_context(st, step, json));
 }
 
-/// Sets the trace's question: the row's `_question` column.
+/// Sets the row's `context` column and the step's metadata `context`.
+pub(crate) fn set_context(st: &mut TraceState, step: u32, json: Json) {
+    if let Some(rec) = st.steps.get_mut(step as usize) {
+        rec.set_metadata(Cow::Borrowed("context"), json.clone());
+    }
+    st.context = Some(json);
+}
+
+/// Sets the trace's question, as the official SDK's `log_question`: the row's `_question`
+/// column and the **current step's** metadata `_question`.
 pub fn log_question<T: Serialize + ?Sized>(question: &T) {
     let Some(json) = to_json(question) else {
         return;
     };
-    with_trace_state("log_question", |st| st.question = Some(json));
+    with_step_state("log_question", |st, step| set_question(st, step, json));
+}
+
+/// Sets the row's `_question` column and the step's metadata `_question`.
+pub(crate) fn set_question(st: &mut TraceState, step: u32, json: Json) {
+    if let Some(rec) = st.steps.get_mut(step as usize) {
+        rec.set_metadata(Cow::Borrowed("_question"), json.clone());
+    }
+    st.question = Some(json);
+}
+
+fn with_step_state(api: &'static str, f: impl FnOnce(&mut TraceState, u32)) {
+    if context::with_current(|t, step| f(&mut t.lock(), step)).is_none() {
+        diag::outside_trace(api);
+    }
 }
 
 /// Sets the trace's ground truth: the root step's `groundTruth` and the row's

@@ -8,6 +8,8 @@ use serde::Serialize;
 
 pub use crate::__ol_key as key;
 pub use crate::api::annotate::Update;
+pub use crate::api::row_options::{PromoteOutput, context_arg, promote_input, question_arg};
+pub use crate::api::step::stream::expand::*;
 pub use crate::api::step::{Instrumented, OutputSink, StepFinisher, StepGuard};
 #[doc(hidden)]
 pub use serde::Serialize as __Serialize;
@@ -27,7 +29,7 @@ pub struct StepMeta {
 }
 
 impl StepMeta {
-    fn spec(&'static self) -> StepSpec {
+    pub(crate) fn spec(&'static self) -> StepSpec {
         StepSpec {
             name: Cow::Borrowed(self.name),
             kind: self.kind,
@@ -85,7 +87,7 @@ impl InputWriter {
 }
 
 /// Writes the captured inputs into `buf` (which is empty), as one JSON object or nothing.
-fn capture_inputs(buf: &mut String, inputs: impl FnOnce(&mut InputWriter)) {
+pub(crate) fn capture_inputs(buf: &mut String, inputs: impl FnOnce(&mut InputWriter)) {
     let mut w = InputWriter {
         buf: std::mem::take(buf),
     };

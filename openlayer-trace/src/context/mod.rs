@@ -256,6 +256,7 @@ fn record_step(
         }
         if idx == 0 {
             st.pipeline_id = spec.pipeline_id.map(Cow::Borrowed);
+            crate::api::session::stamp(&mut st);
         }
         st.steps.push(rec);
         st.open += 1;
@@ -293,7 +294,8 @@ pub(crate) fn close_step(step: &OpenStep, end: i64, closing: Closing<'_>) {
     if closing.status == Status::Cancelled {
         rec.set_metadata(Cow::Borrowed("cancelled"), "true".into());
     }
-    if let Some(output) = closing.output {
+    let logged = rec.extra.as_ref().is_some_and(|e| e.output_logged);
+    if let Some(output) = closing.output.filter(|_| !logged) {
         let r = st.push_text(output);
         st.steps[idx].output = r;
         crate::util::open_traces::hold(output.len());
@@ -303,6 +305,19 @@ pub(crate) fn close_step(step: &OpenStep, end: i64, closing: Closing<'_>) {
         st.root_closed = true;
     }
     release_locked(&step.trace, st);
+}
+
+/// Adds an error text to an open step's `Exceptions` (one line per error) without
+/// changing how it ends.
+pub(crate) fn add_exception(step: &OpenStep, text: &str) {
+    let mut st = step.trace.lock();
+    if let Some(rec) = st.steps.get_mut(step.idx as usize) {
+        let extra = rec.extra_mut();
+        extra.error = Some(match extra.error.take() {
+            Some(prev) => format!("{prev}\n{text}").into_boxed_str(),
+            None => text.into(),
+        });
+    }
 }
 
 /// Marks an open step as stopped before its end (metadata `cancelled: true`), whatever

@@ -616,7 +616,8 @@ fn encode_into<R>(
         small.push('"');
         (start, small.len())
     });
-    // A trace-level `output` (log_output) replaces the root's output everywhere.
+    // A trace-level `output` (`update_current_trace!(output = ..)`) replaces the root's output
+    // everywhere.
     let trace_output = st
         .columns
         .iter()

@@ -89,6 +89,8 @@ pub(crate) struct StepExtra {
     pub fields: Vec<(&'static str, Json)>,
     /// The error text (metadata `Exceptions`).
     pub error: Option<Box<str>>,
+    /// The output was set with `log_output`: what the step returns does not replace it.
+    pub output_logged: bool,
 }
 
 impl StepRecord {

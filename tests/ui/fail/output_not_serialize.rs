@@ -10,12 +10,14 @@ fn connect(url: &str) -> Connection {
     Connection { open: true }
 }
 
+// (An `impl Iterator` or `impl Stream` is traced as a stream; other `impl Trait`s are
+// recorded as values.)
 #[trace]
-fn countdown(from: u32) -> impl Iterator<Item = u32> {
-    (0..=from).rev()
+fn adder(n: u32) -> impl Fn(u32) -> u32 {
+    move |x| x + n
 }
 
 fn main() {
     let _ = connect("local").open;
-    let _ = countdown(3).count();
+    let _ = adder(3)(1);
 }

@@ -129,6 +129,22 @@ impl StepHandle {
         }
     }
 
+    /// Records an error under the step's metadata `Exceptions` **without** failing it: the
+    /// step goes on, and keeps the output it closes with. This is how a stream records an
+    /// `Err` item. Several errors are kept, one per line.
+    ///
+    /// ```
+    /// let mut h = openlayer_trace::step("stream").start();
+    /// h.exception(&"chunk 3: connection reset");
+    /// h.output(&"partial answer");
+    /// h.finish(); // output "partial answer", metadata Exceptions "chunk 3: connection reset"
+    /// ```
+    pub fn exception(&mut self, error: &dyn Display) {
+        if let Some(open) = &self.open {
+            context::add_exception(open, &error.to_string());
+        }
+    }
+
     /// Sets a metadata key of the step, or the field of its kind that the key names (the
     /// last write wins; `None`/`null` is ignored).
     pub fn metadata<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) {
@@ -143,6 +159,24 @@ impl StepHandle {
         if let Some(open) = self.open.take() {
             self.ending.close(&open, clock::now());
         }
+    }
+}
+
+impl StepHandle {
+    /// A handle owning `open` (already opened, possibly by a traced function).
+    pub(crate) fn from_open(open: Option<OpenStep>) -> Self {
+        if open.is_some() {
+            install_panic_hook();
+        }
+        StepHandle {
+            open,
+            ending: Ending::default(),
+        }
+    }
+
+    /// The open step, when recorded.
+    pub(crate) fn open_step(&self) -> Option<&OpenStep> {
+        self.open.as_ref()
     }
 }
 

@@ -3,6 +3,7 @@
 //! `handle` holds the step owned by a value ([`StepHandle`](handle::StepHandle)).
 
 pub(crate) mod handle;
+pub mod stream;
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -374,6 +375,14 @@ impl StepFinisher {
     /// Whether the step is recorded.
     pub fn is_recording(&self) -> bool {
         self.open.is_some()
+    }
+}
+
+impl StepFinisher {
+    /// Hands the still-open step over (to a [`StepHandle`](crate::StepHandle) that goes on
+    /// recording it), with nothing recorded on it yet.
+    pub(crate) fn into_open(mut self) -> Option<OpenStep> {
+        self.open.take()
     }
 }
 

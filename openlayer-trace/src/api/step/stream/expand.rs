@@ -1,0 +1,175 @@
+//! What `#[trace]` expands to for a function that returns a stream or an iterator. Not a
+//! public API: it may change in any release.
+//!
+//! The expansion picks, at the call site, by method resolution on concrete types: whether
+//! the returned value is a stream or an iterator ([`Returned`]), and whether its items are
+//! `Result`s, whose errors go under `Exceptions`, or plain items ([`ItemType`]).
+
+use std::fmt::Display;
+use std::marker::PhantomData;
+
+use futures_core::Stream;
+use serde::Serialize;
+
+use super::{Accumulator, Collect, Discard, OkItems, Traced, TracedItem};
+use crate::__private::{InputWriter, StepMeta, capture_inputs};
+use crate::api::step::StepFinisher;
+use crate::api::step::handle::StepHandle;
+use crate::context::{self, Start};
+
+/// Opens the step of a synchronous function that returns a stream, without making it
+/// current (the body then runs in [`StepHandle::in_scope`]).
+#[inline]
+pub fn start_stream(meta: &'static StepMeta, inputs: impl FnOnce(&mut InputWriter)) -> StepHandle {
+    let open = context::open_step(meta.spec(), Start::Now, crate::runtime::lazy_init, |buf| {
+        capture_inputs(buf, inputs)
+    });
+    StepHandle::from_open(open)
+}
+
+/// The step of an `async fn` whose body has returned a stream: it goes on as a handle.
+#[inline]
+pub fn stream_handle(finisher: StepFinisher) -> StepHandle {
+    StepHandle::from_open(finisher.into_open())
+}
+
+/// The returned value, to find out whether it is a stream or an iterator.
+#[derive(Debug)]
+pub struct Returned<'a, S>(pub &'a S);
+
+/// A returned stream, of type `S`.
+#[derive(Debug)]
+pub struct StreamItems<S>(PhantomData<fn() -> S>);
+
+/// A returned iterator, of type `S`.
+#[derive(Debug)]
+pub struct IterItems<S>(PhantomData<fn() -> S>);
+
+/// A returned stream (chosen before an iterator).
+pub trait ReturnedStream {
+    /// The stream's type.
+    type Stream;
+    /// The stream.
+    fn __ol_kind(&self) -> StreamItems<Self::Stream>;
+}
+
+impl<S: Stream> ReturnedStream for Returned<'_, S> {
+    type Stream = S;
+    #[inline]
+    fn __ol_kind(&self) -> StreamItems<S> {
+        StreamItems(PhantomData)
+    }
+}
+
+/// What a function traced as a stream must return.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is neither a `Stream` nor an `Iterator`, so `#[trace]` cannot trace it as a stream",
+    label = "traced as a stream because of `#[trace(stream)]`",
+    note = "`#[trace(stream)]` is for functions that return a `futures_core::Stream` or an `Iterator`; remove `stream` to trace the call itself"
+)]
+pub trait StreamOrIterator: Iterator {}
+
+impl<I: Iterator> StreamOrIterator for I {}
+
+impl<S> Returned<'_, S> {
+    /// A returned iterator.
+    #[inline]
+    pub fn __ol_kind(self: &&Self) -> IterItems<S>
+    where
+        S: StreamOrIterator,
+    {
+        IterItems(PhantomData)
+    }
+}
+
+impl<S: Stream> StreamItems<S> {
+    /// The items' type, to pick the accumulator.
+    #[inline]
+    pub fn items(&self) -> ItemType<S::Item> {
+        ItemType(PhantomData)
+    }
+
+    /// The traced stream.
+    #[inline]
+    pub fn wrap<A: Accumulator<S::Item>>(
+        self,
+        stream: S,
+        handle: StepHandle,
+        acc: A,
+    ) -> Traced<S, A> {
+        Traced::stream(stream, handle, acc)
+    }
+}
+
+impl<S: Iterator> IterItems<S> {
+    /// The items' type, to pick the accumulator.
+    #[inline]
+    pub fn items(&self) -> ItemType<S::Item> {
+        ItemType(PhantomData)
+    }
+
+    /// The traced iterator.
+    #[inline]
+    pub fn wrap<A: Accumulator<S::Item>>(
+        self,
+        iter: S,
+        handle: StepHandle,
+        acc: A,
+    ) -> Traced<S, A> {
+        Traced::iter(iter, handle, acc)
+    }
+}
+
+/// The type of a traced stream's items.
+#[derive(Debug)]
+pub struct ItemType<I>(PhantomData<fn() -> I>);
+
+/// Items that are `Result`s: `Ok` values recorded, errors under `Exceptions`.
+pub trait ResultItems {
+    /// The accumulator.
+    fn __ol_acc(&self) -> OkItems<Collect>;
+}
+
+impl<T: Serialize, E: Display> ResultItems for ItemType<Result<T, E>> {
+    #[inline]
+    fn __ol_acc(&self) -> OkItems<Collect> {
+        OkItems(Collect::new())
+    }
+}
+
+/// With `skip_output`: items that are `Result`s still record their errors.
+pub trait ResultItemsSkip {
+    /// The accumulator.
+    fn __ol_acc_skip(&self) -> OkItems<Discard>;
+}
+
+impl<T, E: Display> ResultItemsSkip for ItemType<Result<T, E>> {
+    #[inline]
+    fn __ol_acc_skip(&self) -> OkItems<Discard> {
+        OkItems(Discard)
+    }
+}
+
+impl<I> ItemType<I> {
+    /// Any other items: strings joined, others as a JSON list.
+    #[inline]
+    pub fn __ol_acc(self: &&Self) -> Collect
+    where
+        I: TracedItem,
+    {
+        Collect::new()
+    }
+
+    /// With `skip_output`: nothing recorded.
+    #[inline]
+    pub fn __ol_acc_skip(self: &&Self) -> Discard {
+        Discard
+    }
+}
+
+/// `#[trace(stream)]` on a function with a concrete (boxed) return type: the traced
+/// stream, boxed as that type.
+#[inline]
+pub fn rebox<W, R: super::FromTraced<W>>(traced: W) -> R {
+    R::from_traced(traced)
+}

@@ -1,0 +1,495 @@
+//! Streams and iterators as steps: `#[trace]` on functions that return them, the `.traced`
+//! extension methods, and the official SDK's generator cases.
+
+use std::fmt;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_core::Stream;
+use futures_core::stream::BoxStream;
+use futures_util::StreamExt;
+use openlayer_trace::stream::{Accumulator, OkItems};
+use openlayer_trace::testing::{self, CapturedTrace};
+use openlayer_trace::{StepHandle, StepKind, TraceIteratorExt, TraceStreamExt, step, trace};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+fn shape(step: &Value) -> String {
+    let children: Vec<String> = step["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(shape)
+        .collect();
+    let name = step["name"].as_str().unwrap();
+    if children.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}({})", children.join(", "))
+    }
+}
+
+fn tree(t: &CapturedTrace) -> String {
+    shape(t.root())
+}
+
+fn only(traces: &[CapturedTrace]) -> &CapturedTrace {
+    assert_eq!(traces.len(), 1, "one trace expected, got {}", traces.len());
+    &traces[0]
+}
+
+fn ttft(step: &Value) -> f64 {
+    step["metadata"]["timeToFirstToken"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no timeToFirstToken in {}", step["metadata"]))
+}
+
+#[trace]
+fn piece(i: u32) -> String {
+    format!("t{i}")
+}
+
+// ---------------------------------------------------------------------------------------
+// The official SDK's generator cases
+
+#[trace]
+fn tokens(n: u32) -> impl Iterator<Item = String> {
+    (0..n).map(piece)
+}
+
+#[test]
+fn sync_iterator_fully_consumed() {
+    let (out, traces) = testing::capture(|| tokens(3).collect::<Vec<_>>());
+    assert_eq!(out, ["t0", "t1", "t2"]);
+    let t = only(&traces);
+    // Steps made while producing items nest under the iterator's step.
+    assert_eq!(tree(t), "tokens(piece, piece, piece)");
+    let root = t.root();
+    assert_eq!(root["output"], "t0t1t2");
+    assert_eq!(root["inputs"], json!({"n": 3}));
+    assert!(root["metadata"].get("cancelled").is_none());
+    assert!(ttft(root) >= 0.0);
+    assert!(ttft(root) <= root["latency"].as_f64().unwrap());
+    assert_eq!(t.row()["output"], "t0t1t2");
+    assert_eq!(t.row()["n"], 3);
+}
+
+#[trace]
+fn stream_tokens(n: u32) -> impl Stream<Item = String> + Send + Unpin {
+    futures_util::stream::iter(0..n)
+        .then(|i| async move {
+            tokio::task::yield_now().await;
+            piece(i)
+        })
+        .boxed()
+}
+
+#[tokio::test]
+async fn async_stream_fully_consumed() {
+    let (out, traces) =
+        testing::capture_async(async { stream_tokens(3).collect::<Vec<_>>().await }).await;
+    assert_eq!(out.concat(), "t0t1t2");
+    let t = only(&traces);
+    assert_eq!(tree(t), "stream_tokens(piece, piece, piece)");
+    assert_eq!(t.root()["output"], "t0t1t2");
+    assert!(t.root()["metadata"].get("cancelled").is_none());
+    ttft(t.root());
+}
+
+#[test]
+fn iterator_abandoned_after_one_item() {
+    let (first, traces) = testing::capture(|| {
+        let mut it = tokens(5);
+        let first = it.next();
+        drop(it);
+        first
+    });
+    assert_eq!(first.as_deref(), Some("t0"));
+    // The official SDK publishes nothing here; the step closes with what it produced.
+    let t = only(&traces);
+    assert_eq!(tree(t), "tokens(piece)");
+    let root = t.root();
+    assert_eq!(root["metadata"]["cancelled"], true);
+    assert_eq!(root["output"], "t0");
+    assert_eq!(t.row()["output"], "t0");
+    assert_eq!(t.row()["cancelled"], true);
+}
+
+#[trace]
+async fn handler(n: u32) -> String {
+    let mut out = String::new();
+    let mut s = stream_tokens(n);
+    while let Some(t) = s.next().await {
+        out.push_str(&t);
+    }
+    out
+}
+
+#[tokio::test]
+async fn traced_function_consumes_a_traced_stream() {
+    let (out, traces) = testing::capture_async(handler(2)).await;
+    assert_eq!(out, "t0t1");
+    let t = only(&traces);
+    assert_eq!(tree(t), "handler(stream_tokens(piece, piece))");
+    assert_eq!(t.root()["output"], "t0t1");
+    assert_eq!(t.step("stream_tokens").unwrap()["output"], "t0t1");
+    assert_eq!(t.step("stream_tokens").unwrap()["inputs"], json!({"n": 2}));
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors, other tasks and threads, time to first item
+
+#[derive(Debug)]
+struct Reset(u32);
+
+impl fmt::Display for Reset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "connection reset at chunk {}", self.0)
+    }
+}
+
+#[trace(kind = "chat_completion")]
+fn flaky() -> impl Stream<Item = Result<String, Reset>> {
+    futures_util::stream::iter(vec![
+        Ok("Hel".to_string()),
+        Err(Reset(1)),
+        Ok("lo".to_string()),
+        Err(Reset(3)),
+    ])
+}
+
+#[tokio::test]
+async fn an_error_in_the_middle_is_recorded_and_the_stream_goes_on() {
+    let (items, traces) = testing::capture_async(async { flaky().collect::<Vec<_>>().await }).await;
+    assert_eq!(items.len(), 4, "every item reaches the consumer");
+    let root = only(&traces).root();
+    assert_eq!(root["type"], "chat_completion");
+    assert_eq!(root["output"], "Hello");
+    assert_eq!(
+        root["metadata"]["Exceptions"],
+        "connection reset at chunk 1\nconnection reset at chunk 3"
+    );
+    assert!(root["metadata"].get("cancelled").is_none());
+}
+
+#[tokio::test]
+async fn an_error_then_drop_keeps_partial_output_and_is_cancelled() {
+    let (_, traces) = testing::capture_async(async {
+        let mut s = flaky();
+        s.next().await;
+        s.next().await;
+    })
+    .await;
+    let root = only(&traces).root();
+    assert_eq!(root["output"], "Hel");
+    assert_eq!(
+        root["metadata"]["Exceptions"],
+        "connection reset at chunk 1"
+    );
+    assert_eq!(root["metadata"]["cancelled"], true);
+}
+
+#[trace]
+async fn producer_in_a_task() -> usize {
+    let s = stream_tokens(3);
+    // Not carried with `in_current_trace`: the stream enters its own position when polled.
+    tokio::spawn(async move { s.collect::<Vec<_>>().await.len() })
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumed_in_a_spawned_task() {
+    let (n, traces) = testing::capture_async(producer_in_a_task()).await;
+    assert_eq!(n, 3);
+    let t = only(&traces);
+    assert_eq!(
+        tree(t),
+        "producer_in_a_task(stream_tokens(piece, piece, piece))"
+    );
+    assert_eq!(t.step("stream_tokens").unwrap()["output"], "t0t1t2");
+}
+
+#[trace]
+fn producer_on_a_thread() -> Vec<String> {
+    let it = tokens(2);
+    std::thread::spawn(move || it.collect::<Vec<_>>())
+        .join()
+        .unwrap()
+}
+
+#[test]
+fn consumed_on_another_thread() {
+    let (out, traces) = testing::capture(producer_on_a_thread);
+    assert_eq!(out, ["t0", "t1"]);
+    let t = only(&traces);
+    assert_eq!(tree(t), "producer_on_a_thread(tokens(piece, piece))");
+}
+
+#[test]
+fn the_trace_waits_for_a_stream_that_outlives_its_parent() {
+    let (rest, traces) = testing::capture(|| {
+        let mut it = {
+            let _root = step("root").enter();
+            tokens(2)
+        };
+        // The root step has closed; the trace stays open until the iterator ends.
+        let first = it.next();
+        (first, it.collect::<Vec<_>>())
+    });
+    assert_eq!(rest.1, ["t1"]);
+    assert_eq!(tree(only(&traces)), "root(tokens(piece, piece))");
+}
+
+#[trace]
+fn slow_first(delay_ms: u64) -> impl Iterator<Item = &'static str> {
+    let mut first = true;
+    ["a", "b"].into_iter().inspect(move |_| {
+        if std::mem::take(&mut first) {
+            // The time to the first item is what is measured here.
+            std::thread::sleep(Duration::from_millis(delay_ms));
+        }
+    })
+}
+
+#[test]
+fn time_to_first_item_is_in_milliseconds() {
+    let (_, traces) = testing::capture(|| slow_first(40).count());
+    let root = only(&traces).root();
+    let ttft = ttft(root);
+    assert!(ttft >= 40.0, "timeToFirstToken {ttft} ms");
+    assert!(ttft <= root["latency"].as_f64().unwrap());
+    assert!(
+        ttft < 40.0 * 50.0,
+        "timeToFirstToken {ttft} ms is not in ms"
+    );
+}
+
+#[trace]
+async fn slow_async_first() -> impl Stream<Item = String> {
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    futures_util::stream::iter(["x".to_string()])
+}
+
+#[tokio::test]
+async fn async_fn_returning_a_stream_counts_from_the_call() {
+    let (out, traces) =
+        testing::capture_async(async { slow_async_first().await.collect::<Vec<_>>().await }).await;
+    assert_eq!(out, ["x"]);
+    let root = only(&traces).root();
+    assert_eq!(root["output"], "x");
+    assert!(ttft(root) >= 30.0, "{}", ttft(root));
+}
+
+// ---------------------------------------------------------------------------------------
+// Item types, boxed returns, properties
+
+#[derive(Serialize)]
+struct Chunk {
+    index: u32,
+}
+
+#[trace]
+fn chunks() -> impl ExactSizeIterator<Item = Chunk> + DoubleEndedIterator {
+    (0..2)
+        .map(|index| Chunk { index })
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
+#[test]
+fn other_items_are_a_json_list_and_exact_size_is_kept() {
+    let (_, traces) = testing::capture(|| {
+        let it = chunks();
+        assert_eq!(it.len(), 2);
+        assert_eq!(it.size_hint(), (2, Some(2)));
+        it.count()
+    });
+    assert_eq!(
+        only(&traces).root()["output"],
+        json!([{"index": 0}, {"index": 1}])
+    );
+}
+
+#[trace(stream)]
+fn boxed_stream(words: Vec<&'static str>) -> BoxStream<'static, &'static str> {
+    futures_util::stream::iter(words).boxed()
+}
+
+#[trace(stream, name = "boxed iterator")]
+fn boxed_iter(n: u32) -> Box<dyn Iterator<Item = u32> + Send> {
+    Box::new(0..n)
+}
+
+#[tokio::test]
+async fn boxed_returns_with_the_stream_option() {
+    let (_, traces) = testing::capture_async(async {
+        boxed_stream(vec!["a", "b"]).collect::<Vec<_>>().await;
+        boxed_iter(3).count();
+    })
+    .await;
+    assert_eq!(traces.len(), 2);
+    assert_eq!(traces[0].root()["output"], "ab");
+    assert_eq!(traces[1].root()["name"], "boxed iterator");
+    assert_eq!(traces[1].root()["output"], json!([0, 1, 2]));
+}
+
+#[trace(skip_output)]
+fn quiet() -> impl Iterator<Item = Result<&'static str, Reset>> {
+    vec![Ok("secret"), Err(Reset(2))].into_iter()
+}
+
+#[test]
+fn skip_output_still_records_errors() {
+    let (_, traces) = testing::capture(|| quiet().count());
+    let root = only(&traces).root();
+    assert_eq!(root["output"], Value::Null);
+    assert_eq!(
+        root["metadata"]["Exceptions"],
+        "connection reset at chunk 2"
+    );
+}
+
+fn assert_send<T: Send>(_: &T) {}
+fn assert_unpin<T: Unpin>(_: &T) {}
+
+#[test]
+fn send_unpin_and_fused_are_kept() {
+    let s = stream_tokens(1);
+    assert_send(&s);
+    assert_unpin(&s);
+    let fused = futures_util::stream::iter(["a"]).fuse().traced("fused");
+    assert!(!futures_core::stream::FusedStream::is_terminated(&fused));
+}
+
+#[trace]
+fn panicking_stream() -> impl Iterator<Item = u32> {
+    (0..3).map(|i| if i == 1 { panic!("bad item {i}") } else { i })
+}
+
+#[test]
+fn a_panic_while_producing_closes_the_step_with_the_message() {
+    let (r, traces) = testing::capture(|| std::panic::catch_unwind(|| panicking_stream().count()));
+    assert!(r.is_err());
+    let root = only(&traces).root();
+    let exc = root["metadata"]["Exceptions"].as_str().unwrap();
+    assert!(exc.contains("bad item 1"), "{exc}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The extension methods and accumulators
+
+#[test]
+fn iter_traced_nests_under_the_current_step() {
+    let (_, traces) = testing::capture(|| {
+        let _root = step("root").enter();
+        ["a", "b"].into_iter().traced("words").for_each(drop);
+        vec![Ok::<_, Reset>(1), Err(Reset(9))]
+            .into_iter()
+            .try_traced("numbers")
+            .for_each(drop);
+    });
+    let t = only(&traces);
+    assert_eq!(tree(t), "root(words, numbers)");
+    assert_eq!(t.step("words").unwrap()["output"], "ab");
+    let numbers = t.step("numbers").unwrap();
+    assert_eq!(numbers["output"], json!([1]));
+    assert_eq!(
+        numbers["metadata"]["Exceptions"],
+        "connection reset at chunk 9"
+    );
+    // Not a traced function: no `has_guardrails`.
+    assert!(numbers["metadata"].get("has_guardrails").is_none());
+}
+
+struct Delta {
+    content: Option<&'static str>,
+    model: &'static str,
+}
+
+#[derive(Default)]
+struct MergeDeltas {
+    text: String,
+    model: Option<&'static str>,
+    chunks: u32,
+}
+
+impl Accumulator<Delta> for MergeDeltas {
+    fn push(&mut self, item: &Delta, _step: &mut StepHandle) {
+        self.text.push_str(item.content.unwrap_or_default());
+        self.model.get_or_insert(item.model);
+        self.chunks += 1;
+    }
+    fn finish(&mut self, step: &mut StepHandle) {
+        step.output(&self.text);
+        step.metadata("model", &self.model);
+        step.metadata("chunks", &self.chunks);
+    }
+}
+
+#[tokio::test]
+async fn a_custom_accumulator_through_the_step_builder() {
+    let deltas = [
+        Delta {
+            content: Some("Hi"),
+            model: "gpt-4o-mini",
+        },
+        Delta {
+            content: Some(" there"),
+            model: "gpt-4o-mini",
+        },
+        Delta {
+            content: None,
+            model: "gpt-4o-mini",
+        },
+    ];
+    let (_, traces) = testing::capture_async(async {
+        let chat = step("OpenAI Chat Completion")
+            .kind(StepKind::ChatCompletion)
+            .inputs(&json!({"prompt": [{"role": "user", "content": "hi"}]}));
+        futures_util::stream::iter(deltas)
+            .traced_with(chat, MergeDeltas::default())
+            .for_each(|_| async {})
+            .await;
+    })
+    .await;
+    let root = only(&traces).root();
+    assert_eq!(root["type"], "chat_completion");
+    assert_eq!(root["output"], "Hi there");
+    assert_eq!(root["model"], "gpt-4o-mini");
+    assert_eq!(root["metadata"]["chunks"], 3);
+    ttft(root);
+}
+
+#[tokio::test]
+async fn ok_items_wraps_a_custom_accumulator() {
+    let items = vec![
+        Ok(Delta {
+            content: Some("a"),
+            model: "m",
+        }),
+        Err(Reset(4)),
+    ];
+    let (_, traces) = testing::capture_async(async {
+        let s: Pin<Box<dyn Stream<Item = Result<Delta, Reset>> + Send>> =
+            Box::pin(futures_util::stream::iter(items));
+        s.traced_with(step("chat"), OkItems(MergeDeltas::default()))
+            .for_each(|_| async {})
+            .await;
+    })
+    .await;
+    let root = only(&traces).root();
+    assert_eq!(root["output"], "a");
+    assert_eq!(
+        root["metadata"]["Exceptions"],
+        "connection reset at chunk 4"
+    );
+}
+
+#[test]
+fn an_empty_stream_records_an_empty_string() {
+    let (_, traces) = testing::capture(|| tokens(0).count());
+    let root = only(&traces).root();
+    assert_eq!(root["output"], "");
+    assert!(root["metadata"].get("timeToFirstToken").is_none());
+}
