@@ -59,7 +59,7 @@
 //! | `runtime/` | `util/`, `error.rs`, `report.rs`, `config.rs`, `record/`, `encode/`, `export/`, `transport/` |
 //! | `client/` | `util/`, `error.rs`, `config.rs`, `encode/`, `export/`, `transport/` |
 //! | `api/` | `util/`, `error.rs`, `report.rs`, `config.rs`, `record/`, `context/`, `encode/`, `runtime/`, `client/` |
-//! | `testing.rs` | `util/`, `record/`, `context/`, `encode/`, `export/` |
+//! | `testing.rs` | `util/`, `config.rs`, `record/`, `context/`, `encode/`, `export/` |
 //!
 //! `lib.rs` itself only declares the modules and re-exports the public API.
 #![warn(missing_docs)]

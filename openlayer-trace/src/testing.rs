@@ -31,7 +31,7 @@ use std::task::{Context, Poll};
 
 use serde_json::Value;
 
-use crate::Config;
+use crate::config::Config;
 use crate::context;
 use crate::encode::EncodedRow;
 use crate::export::capture::CaptureSink;

@@ -9,4 +9,3 @@ pub(crate) mod json;
 pub(crate) mod open_traces;
 pub(crate) mod reentry;
 pub(crate) mod signal;
-pub(crate) mod timer;

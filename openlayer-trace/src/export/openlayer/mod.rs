@@ -135,7 +135,7 @@ fn row_cost(row: &OutRow) -> usize {
 fn data_stream_path(pipeline: &str) -> String {
     format!(
         "/inference-pipelines/{}/data-stream",
-        crate::client::segment(pipeline)
+        crate::transport::segment(pipeline)
     )
 }
 
