@@ -118,9 +118,6 @@ pub use api::annotate::{
 pub use api::lifecycle::{init, init_from_env};
 pub use api::manual::{ChatCompletion, add_chat_completion_step};
 pub use api::row_update::{update_row, update_row_in};
-pub use api::session::{
-    UserSession, UserSessionGuard, WithUserSession, enter_user_session, with_user_session,
-};
 pub use api::step::handle::{EnteredStep, StepHandle};
 pub use api::step::stream;
 pub use api::step::stream::{TraceIteratorExt, TraceStreamExt, Traced};
@@ -133,6 +130,9 @@ pub use client::{
 pub use config::{
     ApiKey, Config, ConfigBuilder, DEFAULT_TRACE_FILE, DEFAULT_TRACE_FILE_MAX_BYTES, FailureFn,
     MaskFn, SpoolMode,
+};
+pub use context::session::{
+    UserSession, UserSessionGuard, WithUserSession, enter_user_session, with_user_session,
 };
 pub use context::{
     AttachGuard, FutureExt, TraceContext, WithTrace, current_context, spawn, thread,

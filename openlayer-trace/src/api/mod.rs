@@ -8,5 +8,4 @@ pub(crate) mod manual;
 pub(crate) mod none_probe;
 pub(crate) mod row_options;
 pub(crate) mod row_update;
-pub(crate) mod session;
 pub(crate) mod step;

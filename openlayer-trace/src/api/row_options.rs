@@ -4,8 +4,8 @@
 
 use serde::Serialize;
 
-use crate::__private::Out;
 use crate::api::annotate::{apply_trace, set_context, set_question};
+use crate::api::macro_support::steps::Out;
 use crate::api::step::OutputSink;
 use crate::context;
 use crate::record::to_json;
@@ -94,7 +94,7 @@ impl<T: ?Sized> Out<'_, T> {
     /// `promote(field)` of an output field, for any other returned value.
     pub fn __ol_promote(self: &&Self, fields: &[(&'static str, &'static str)])
     where
-        T: crate::__private::Output,
+        T: crate::api::macro_support::steps::Output,
     {
         struct Fields<'a>(&'a [(&'static str, &'static str)]);
         impl OutputSink for Fields<'_> {
@@ -106,6 +106,6 @@ impl<T: ?Sized> Out<'_, T> {
             }
             fn __set_error(&mut self, _error: &dyn std::fmt::Display) {}
         }
-        crate::__private::Output::__record_into(self.0, &mut Fields(fields));
+        crate::api::macro_support::steps::Output::__record_into(self.0, &mut Fields(fields));
     }
 }

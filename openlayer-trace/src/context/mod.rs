@@ -7,6 +7,13 @@
 //!
 //! A trace completes when its root step has closed and nothing else holds it open: open
 //! steps and [`TraceContext`] handles (which carry the trace into spawned work) both count.
+//!
+//! `session` holds the user and session scope that stamps the columns of traces started
+//! inside it.
+//!
+//! This folder may import from `util/` and `record/` only.
+
+pub(crate) mod session;
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -256,7 +263,7 @@ fn record_step(
         }
         if idx == 0 {
             st.pipeline_id = spec.pipeline_id.map(Cow::Borrowed);
-            crate::api::session::stamp(&mut st);
+            session::stamp(&mut st);
         }
         st.steps.push(rec);
         st.open += 1;

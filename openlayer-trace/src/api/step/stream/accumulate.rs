@@ -24,7 +24,7 @@ use crate::api::step::handle::StepHandle;
 ///
 /// ```
 /// use openlayer_trace::stream::Accumulator;
-/// use openlayer_trace::{IteratorTraceExt, StepHandle, StepKind, step};
+/// use openlayer_trace::{TraceIteratorExt, StepHandle, StepKind, step};
 ///
 /// struct Delta { content: Option<&'static str>, model: &'static str }
 ///
@@ -99,7 +99,7 @@ impl Collect {
                     return;
                 }
                 Ok(false) => return,
-                Err(NotAString) => self.to_list(),
+                Err(NotAString) => self.switch_to_list(),
             }
         }
         self.push_json(item);
@@ -107,7 +107,7 @@ impl Collect {
 
     /// Switches to a JSON list, keeping what was joined as its first element.
     #[cold]
-    fn to_list(&mut self) {
+    fn switch_to_list(&mut self) {
         let joined = std::mem::take(&mut self.text);
         self.text.push('[');
         if self.mode == Mode::Join {

@@ -12,7 +12,7 @@ use futures_core::Stream;
 use serde::Serialize;
 
 use super::{Accumulator, Collect, Discard, OkItems, Traced, TracedItem};
-use crate::__private::{InputWriter, StepMeta, capture_inputs};
+use crate::api::macro_support::steps::{InputWriter, StepMeta, capture_inputs};
 use crate::api::step::StepFinisher;
 use crate::api::step::handle::StepHandle;
 use crate::context::{self, Start};

@@ -1,4 +1,4 @@
-//! What `#[trace]` expands to. Not a public API: it may change in any release.
+//! The steps of a traced function, as its expansion opens, records and closes them.
 
 use std::borrow::Cow;
 use std::fmt::Display;
@@ -6,13 +6,7 @@ use std::future::Future;
 
 use serde::Serialize;
 
-pub use crate::__ol_key as key;
-pub use crate::api::annotate::Update;
-pub use crate::api::row_options::{PromoteOutput, context_arg, promote_input, question_arg};
-pub use crate::api::step::stream::expand::*;
-pub use crate::api::step::{Instrumented, OutputSink, StepFinisher, StepGuard};
-#[doc(hidden)]
-pub use serde::Serialize as __Serialize;
+use crate::api::step::{Instrumented, OutputSink, StepGuard};
 
 use crate::context::{self, OpenStep, Start, StepSpec};
 use crate::record::kind::StepKind;
