@@ -31,7 +31,8 @@ pub(crate) use sealed::Sealed;
 /// options (`client.chat().header(..)?.query(..)?`) work as before.
 ///
 /// ```no_run
-/// use async_openai::{Client, types::chat::CreateChatCompletionRequestArgs};
+/// use async_openai::Client;
+/// use async_openai::types::chat::{ChatCompletionRequestUserMessage, CreateChatCompletionRequestArgs};
 /// use futures_util::StreamExt;
 /// use openlayer_trace_openai::ChatExt;
 ///
@@ -39,7 +40,7 @@ pub(crate) use sealed::Sealed;
 /// let client = Client::new();
 /// let request = CreateChatCompletionRequestArgs::default()
 ///     .model("gpt-4o-mini")
-///     .messages(["Tell me a joke".into()])
+///     .messages([ChatCompletionRequestUserMessage::from("Tell me a joke").into()])
 ///     .build()?;
 /// let mut stream = client.chat().create_stream_traced(request).await?;
 /// while let Some(chunk) = stream.next().await {

@@ -4,14 +4,15 @@
 //! method; the results are exactly what async-openai returns, errors included:
 //!
 //! ```no_run
-//! use async_openai::{Client, types::chat::CreateChatCompletionRequestArgs};
+//! use async_openai::Client;
+//! use async_openai::types::chat::{ChatCompletionRequestUserMessage, CreateChatCompletionRequestArgs};
 //! use openlayer_trace_openai::ChatExt;
 //!
 //! # async fn run() -> Result<(), async_openai::error::OpenAIError> {
 //! let client = Client::new();
 //! let request = CreateChatCompletionRequestArgs::default()
 //!     .model("gpt-4o-mini")
-//!     .messages(["What is Openlayer?".into()])
+//!     .messages([ChatCompletionRequestUserMessage::from("What is Openlayer?").into()])
 //!     .build()?;
 //! // Per-request options (headers, query) stay available on `client.chat()`.
 //! let response = client.chat().create_traced(request).await?;
