@@ -47,7 +47,7 @@ async fn injected_usage_is_opt_in() {
     assert_eq!(sent["stream_options"]["include_usage"], true);
     assert_eq!(
         traces[0].root()["tokens"],
-        1 + 3 + 8,
+        (6 + 3) + 8,
         "{:?}",
         traces[0].root()
     );
