@@ -67,7 +67,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 pub use chat::ChatExt;
 pub use embeddings::EmbeddingsExt;
-// pub use responses::ResponsesExt;
+pub use responses::ResponsesExt;
 
 static INJECT_STREAM_USAGE: AtomicBool = AtomicBool::new(false);
 static PROVIDER_OVERRIDE: AtomicU8 = AtomicU8::new(0);
