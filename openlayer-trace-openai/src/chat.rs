@@ -125,7 +125,7 @@ fn step_name(provider: Provider) -> &'static str {
 }
 
 /// Opens the step.
-fn start_step(provider: Provider, request: &CreateChatCompletionRequest) -> StepHandle {
+pub(crate) fn start_step(provider: Provider, request: &CreateChatCompletionRequest) -> StepHandle {
     step(step_name(provider))
         .kind(StepKind::ChatCompletion)
         .inputs(&PromptInputs {

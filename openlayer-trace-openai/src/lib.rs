@@ -141,6 +141,28 @@ pub(crate) fn provider_of<C: ?Sized>() -> Provider {
     }
 }
 
+/// For the benchmarks only: not part of the API.
+#[doc(hidden)]
+pub mod __bench {
+    use async_openai::types::chat::{ChatCompletionResponseStream, CreateChatCompletionRequest};
+
+    /// Wraps a chat stream as [`crate::ChatExt::create_stream_traced`] does.
+    pub fn wrap_chat_stream(
+        request: &CreateChatCompletionRequest,
+        inner: ChatCompletionResponseStream,
+    ) -> ChatCompletionResponseStream {
+        let h = crate::chat::start_step(crate::Provider::OpenAi, request);
+        if !h.is_recording() {
+            return inner;
+        }
+        Box::pin(crate::stream::ChatStream::new(
+            inner,
+            h,
+            std::time::Instant::now(),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
