@@ -44,7 +44,9 @@ pub struct OpenAiMock {
 
 impl std::fmt::Debug for OpenAiMock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiMock").field("url", &self.url()).finish()
+        f.debug_struct("OpenAiMock")
+            .field("url", &self.url())
+            .finish()
     }
 }
 
@@ -107,11 +109,7 @@ pub fn error_response(status: u16) -> Response {
             "server_error",
             Value::Null,
         ),
-        _ => (
-            "Invalid request.",
-            "invalid_request_error",
-            Value::Null,
-        ),
+        _ => ("Invalid request.", "invalid_request_error", Value::Null),
     };
     Response::json(
         status,
@@ -377,7 +375,11 @@ fn embeddings(body: &Value) -> Response {
         Value::String(s) => vec![s.clone()],
         Value::Array(items) => items
             .iter()
-            .map(|i| i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string()))
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| i.to_string())
+            })
             .collect(),
         other => vec![other.to_string()],
     };
@@ -385,7 +387,9 @@ fn embeddings(body: &Value) -> Response {
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
-        .map(|(i, t)| json!({"object": "embedding", "index": i, "embedding": embedding_of(t, dims)}))
+        .map(
+            |(i, t)| json!({"object": "embedding", "index": i, "embedding": embedding_of(t, dims)}),
+        )
         .collect();
     Response::json(
         200,
@@ -451,7 +455,9 @@ fn responses(body: &Value) -> Response {
     });
     let message = |status: &str, text: Option<&str>| {
         let content = match text {
-            Some(t) => json!([{"type": "output_text", "text": t, "annotations": [], "logprobs": []}]),
+            Some(t) => {
+                json!([{"type": "output_text", "text": t, "annotations": [], "logprobs": []}])
+            }
             None => json!([]),
         };
         json!({"id": "msg_mock", "type": "message", "status": status, "role": "assistant",
