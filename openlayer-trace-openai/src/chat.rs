@@ -67,28 +67,26 @@ pub trait ChatExt: Sealed {
 }
 
 impl<C: Config> ChatExt for Chat<'_, C> {
-    fn create_traced(
+    async fn create_traced(
         &self,
         request: CreateChatCompletionRequest,
-    ) -> impl Future<Output = Result<CreateChatCompletionResponse, OpenAIError>> + Send {
-        async move {
-            // Opened at the first poll, under the step current where the call is awaited,
-            // and before the request goes out, so that its latency covers the call.
-            let mut h = start_step(provider_of::<C>(), &request);
-            let result = self.create(request).await;
-            match &result {
-                Ok(response) => record_response(&mut h, response),
-                Err(e) => h.error(e),
-            }
-            h.finish();
-            result
+    ) -> Result<CreateChatCompletionResponse, OpenAIError> {
+        // Opened at the first poll, under the step current where the call is awaited,
+        // and before the request goes out, so that its latency covers the call.
+        let mut h = start_step(provider_of::<C>(), &request);
+        let result = self.create(request).await;
+        match &result {
+            Ok(response) => record_response(&mut h, response),
+            Err(e) => h.error(e),
         }
+        h.finish();
+        result
     }
 
-    fn create_stream_traced(
+    async fn create_stream_traced(
         &self,
         mut request: CreateChatCompletionRequest,
-    ) -> impl Future<Output = Result<ChatCompletionResponseStream, OpenAIError>> + Send {
+    ) -> Result<ChatCompletionResponseStream, OpenAIError> {
         if crate::inject_stream_usage() {
             let options = request
                 .stream_options
@@ -97,20 +95,17 @@ impl<C: Config> ChatExt for Chat<'_, C> {
                 options.include_usage = Some(true);
             }
         }
-        async move {
-            let mut h = start_step(provider_of::<C>(), &request);
-            let started = Instant::now();
-            match self.create_stream(request).await {
-                Ok(inner) if h.is_recording() => {
-                    Ok(Box::pin(ChatStream::new(inner, h, started))
-                        as ChatCompletionResponseStream)
-                }
-                Ok(inner) => Ok(inner),
-                Err(e) => {
-                    h.error(&e);
-                    h.finish();
-                    Err(e)
-                }
+        let mut h = start_step(provider_of::<C>(), &request);
+        let started = Instant::now();
+        match self.create_stream(request).await {
+            Ok(inner) if h.is_recording() => {
+                Ok(Box::pin(ChatStream::new(inner, h, started)) as ChatCompletionResponseStream)
+            }
+            Ok(inner) => Ok(inner),
+            Err(e) => {
+                h.error(&e);
+                h.finish();
+                Err(e)
             }
         }
     }

@@ -46,36 +46,34 @@ struct Inputs<'a, T: Serialize> {
 }
 
 impl<C: Config> EmbeddingsExt for Embeddings<'_, C> {
-    fn create_traced(
+    async fn create_traced(
         &self,
         request: CreateEmbeddingRequest,
-    ) -> impl Future<Output = Result<CreateEmbeddingResponse, OpenAIError>> + Send {
-        async move {
-            let provider = provider_of::<C>();
-            let name = match provider {
-                Provider::OpenAi => "OpenAI Embedding",
-                Provider::Azure => "Azure OpenAI Embedding",
-            };
-            let mut h = step(name)
-            .kind(StepKind::Embedding)
-            .inputs(&Inputs {
-                input: &request.input,
-            })
-            .metadata("provider", provider.as_str())
-            .metadata("model", &request.model)
-            .metadata(
-                "modelParameters",
-                &json!({"dimensions": request.dimensions, "encoding_format": request.encoding_format}),
-            )
-            .start();
-            let result = self.create(request).await;
-            match &result {
-                Ok(response) => record(&mut h, response),
-                Err(e) => h.error(e),
-            }
-            h.finish();
-            result
+    ) -> Result<CreateEmbeddingResponse, OpenAIError> {
+        let provider = provider_of::<C>();
+        let name = match provider {
+            Provider::OpenAi => "OpenAI Embedding",
+            Provider::Azure => "Azure OpenAI Embedding",
+        };
+        let mut h = step(name)
+        .kind(StepKind::Embedding)
+        .inputs(&Inputs {
+            input: &request.input,
+        })
+        .metadata("provider", provider.as_str())
+        .metadata("model", &request.model)
+        .metadata(
+            "modelParameters",
+            &json!({"dimensions": request.dimensions, "encoding_format": request.encoding_format}),
+        )
+        .start();
+        let result = self.create(request).await;
+        match &result {
+            Ok(response) => record(&mut h, response),
+            Err(e) => h.error(e),
         }
+        h.finish();
+        result
     }
 }
 

@@ -58,51 +58,44 @@ pub trait ResponsesExt: Sealed {
 }
 
 impl<C: Config> ResponsesExt for Responses<'_, C> {
-    fn create_traced(
-        &self,
-        request: CreateResponse,
-    ) -> impl Future<Output = Result<Response, OpenAIError>> + Send {
-        async move {
-            let mut h = start_step(provider_of::<C>().as_str(), &request);
-            let result = self.create(request).await;
-            match &result {
-                Ok(response) => {
-                    if h.is_recording()
-                        && let Ok(raw) = serde_json::to_value(response)
-                    {
-                        record_response(&mut h, raw);
-                    }
+    async fn create_traced(&self, request: CreateResponse) -> Result<Response, OpenAIError> {
+        let mut h = start_step(provider_of::<C>().as_str(), &request);
+        let result = self.create(request).await;
+        match &result {
+            Ok(response) => {
+                if h.is_recording()
+                    && let Ok(raw) = serde_json::to_value(response)
+                {
+                    record_response(&mut h, raw);
                 }
-                Err(e) => h.error(e),
             }
-            h.finish();
-            result
+            Err(e) => h.error(e),
         }
+        h.finish();
+        result
     }
 
-    fn create_stream_traced(
+    async fn create_stream_traced(
         &self,
         request: CreateResponse,
-    ) -> impl Future<Output = Result<ResponseStream, OpenAIError>> + Send {
-        async move {
-            let mut h = start_step(provider_of::<C>().as_str(), &request);
-            let started = Instant::now();
-            match self.create_stream(request).await {
-                Ok(inner) if h.is_recording() => Ok(Box::pin(TracedResponseStream {
-                    inner,
-                    handle: Some(h),
-                    started,
-                    first_token: false,
-                    text: String::new(),
-                    model: None,
-                    last: None,
-                }) as ResponseStream),
-                Ok(inner) => Ok(inner),
-                Err(e) => {
-                    h.error(&e);
-                    h.finish();
-                    Err(e)
-                }
+    ) -> Result<ResponseStream, OpenAIError> {
+        let mut h = start_step(provider_of::<C>().as_str(), &request);
+        let started = Instant::now();
+        match self.create_stream(request).await {
+            Ok(inner) if h.is_recording() => Ok(Box::pin(TracedResponseStream {
+                inner,
+                handle: Some(h),
+                started,
+                first_token: false,
+                text: String::new(),
+                model: None,
+                last: None,
+            }) as ResponseStream),
+            Ok(inner) => Ok(inner),
+            Err(e) => {
+                h.error(&e);
+                h.finish();
+                Err(e)
             }
         }
     }
