@@ -41,6 +41,8 @@
 
 #![warn(missing_docs)]
 
+pub mod openai;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::io;
@@ -880,7 +882,13 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>, connection: u64) {
         if stream.write_all(&bytes).await.is_err() || stream.flush().await.is_err() {
             return;
         }
-        if head.close {
+        // A response that says `connection: close` ends the connection after its bytes (with
+        // a `content-length` larger than the body, the client sees a body cut short).
+        let closing = response
+            .headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close"));
+        if head.close || closing {
             let _ = stream.shutdown().await;
             return;
         }

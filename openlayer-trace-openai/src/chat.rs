@@ -1,0 +1,157 @@
+//! Chat completions: [`ChatExt`].
+
+use std::future::Future;
+use std::time::Instant;
+
+use async_openai::Chat;
+use async_openai::config::Config;
+use async_openai::error::OpenAIError;
+use async_openai::types::chat::{
+    ChatCompletionResponseStream, ChatCompletionStreamOptions, CreateChatCompletionRequest,
+    CreateChatCompletionResponse,
+};
+use openlayer_trace::{StepHandle, StepKind, step};
+use serde_json::Value;
+
+use crate::params::{PromptInputs, Tokens, chat_model_parameters, tool_calls};
+use crate::stream::ChatStream;
+use crate::{Provider, provider_of};
+
+mod sealed {
+    pub trait Sealed {}
+    impl<C: async_openai::config::Config> Sealed for async_openai::Chat<'_, C> {}
+    impl<C: async_openai::config::Config> Sealed for async_openai::Embeddings<'_, C> {}
+    impl<C: async_openai::config::Config> Sealed for async_openai::Responses<'_, C> {}
+}
+pub(crate) use sealed::Sealed;
+
+/// Traced versions of [`Chat::create`] and [`Chat::create_stream`].
+///
+/// An extension trait rather than a wrapper client, so that async-openai's per-request
+/// options (`client.chat().header(..)?.query(..)?`) work as before.
+///
+/// ```no_run
+/// use async_openai::Client;
+/// use async_openai::types::chat::{ChatCompletionRequestUserMessage, CreateChatCompletionRequestArgs};
+/// use futures_util::StreamExt;
+/// use openlayer_trace_openai::ChatExt;
+///
+/// # async fn run() -> Result<(), async_openai::error::OpenAIError> {
+/// let client = Client::new();
+/// let request = CreateChatCompletionRequestArgs::default()
+///     .model("gpt-4o-mini")
+///     .messages([ChatCompletionRequestUserMessage::from("Tell me a joke").into()])
+///     .build()?;
+/// let mut stream = client.chat().create_stream_traced(request).await?;
+/// while let Some(chunk) = stream.next().await {
+///     let chunk = chunk?;
+///     # let _ = chunk;
+/// }
+/// // The step closed when the stream ended.
+/// # Ok(()) }
+/// ```
+pub trait ChatExt: Sealed {
+    /// [`Chat::create`], recorded as a `chat_completion` step; returns exactly what
+    /// `create` returns.
+    fn create_traced(
+        &self,
+        request: CreateChatCompletionRequest,
+    ) -> impl Future<Output = Result<CreateChatCompletionResponse, OpenAIError>> + Send;
+
+    /// [`Chat::create_stream`], recorded as a `chat_completion` step that lasts as long as
+    /// the returned stream (async-openai's own type); see the [crate docs](crate#streams).
+    fn create_stream_traced(
+        &self,
+        request: CreateChatCompletionRequest,
+    ) -> impl Future<Output = Result<ChatCompletionResponseStream, OpenAIError>> + Send;
+}
+
+impl<C: Config> ChatExt for Chat<'_, C> {
+    async fn create_traced(
+        &self,
+        request: CreateChatCompletionRequest,
+    ) -> Result<CreateChatCompletionResponse, OpenAIError> {
+        // Opened at the first poll, under the step current where the call is awaited,
+        // and before the request goes out, so that its latency covers the call.
+        let mut h = start_step(provider_of::<C>(), &request);
+        let result = self.create(request).await;
+        match &result {
+            Ok(response) => record_response(&mut h, response),
+            Err(e) => h.error(e),
+        }
+        h.finish();
+        result
+    }
+
+    async fn create_stream_traced(
+        &self,
+        mut request: CreateChatCompletionRequest,
+    ) -> Result<ChatCompletionResponseStream, OpenAIError> {
+        if crate::inject_stream_usage() {
+            let options = request
+                .stream_options
+                .get_or_insert_with(ChatCompletionStreamOptions::default);
+            if options.include_usage.is_none() {
+                options.include_usage = Some(true);
+            }
+        }
+        let mut h = start_step(provider_of::<C>(), &request);
+        let started = Instant::now();
+        match self.create_stream(request).await {
+            Ok(inner) if h.is_recording() => {
+                Ok(Box::pin(ChatStream::new(inner, h, started)) as ChatCompletionResponseStream)
+            }
+            Ok(inner) => Ok(inner),
+            Err(e) => {
+                h.error(&e);
+                h.finish();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The step's name for a chat completion by this provider.
+fn step_name(provider: Provider) -> &'static str {
+    match provider {
+        Provider::OpenAi => "OpenAI Chat Completion",
+        Provider::Azure => "Azure OpenAI Chat Completion",
+    }
+}
+
+/// Opens the step.
+pub(crate) fn start_step(provider: Provider, request: &CreateChatCompletionRequest) -> StepHandle {
+    step(step_name(provider))
+        .kind(StepKind::ChatCompletion)
+        .inputs(&PromptInputs {
+            prompt: &request.messages,
+        })
+        .metadata("provider", provider.as_str())
+        .metadata("model", &request.model)
+        .metadata("modelParameters", &chat_model_parameters(request))
+        .start()
+}
+
+fn record_response(h: &mut StepHandle, response: &CreateChatCompletionResponse) {
+    if !h.is_recording() {
+        return;
+    }
+    h.metadata("model", &response.model);
+    if let Some(usage) = &response.usage {
+        Tokens::from_chat(usage).record(h);
+    }
+    if let Ok(raw) = serde_json::to_value(response) {
+        h.metadata("rawOutput", &raw);
+    }
+    let output = response.choices.first().map(|c| {
+        let m = &c.message;
+        match (&m.content, &m.tool_calls, &m.refusal) {
+            (Some(text), _, _) if !text.is_empty() => Value::String(text.clone()),
+            (_, Some(calls), _) if !calls.is_empty() => tool_calls(calls),
+            (_, _, Some(refusal)) => Value::String(refusal.clone()),
+            (Some(text), _, _) => Value::String(text.clone()),
+            _ => Value::Null,
+        }
+    });
+    h.output(&output.unwrap_or(Value::Null));
+}

@@ -1,0 +1,180 @@
+//! Records [`async-openai`](https://docs.rs/async-openai) calls as `openlayer-trace` steps.
+//!
+//! Bring the extension traits into scope and call `*_traced` where you called the plain
+//! method; the results are exactly what async-openai returns, errors included:
+//!
+//! ```no_run
+//! use async_openai::Client;
+//! use async_openai::types::chat::{ChatCompletionRequestUserMessage, CreateChatCompletionRequestArgs};
+//! use openlayer_trace_openai::ChatExt;
+//!
+//! # async fn run() -> Result<(), async_openai::error::OpenAIError> {
+//! let client = Client::new();
+//! let request = CreateChatCompletionRequestArgs::default()
+//!     .model("gpt-4o-mini")
+//!     .messages([ChatCompletionRequestUserMessage::from("What is Openlayer?").into()])
+//!     .build()?;
+//! // Per-request options (headers, query) stay available on `client.chat()`.
+//! let response = client.chat().create_traced(request).await?;
+//! # let _ = response;
+//! # Ok(()) }
+//! ```
+//!
+//! Each call is one step under the current step (or a trace of its own when none is
+//! active), shaped like the official Openlayer OpenAI integration:
+//!
+//! | | chat / Responses API | embeddings |
+//! | --- | --- | --- |
+//! | `type` | `chat_completion` | `embedding` |
+//! | `name` | "OpenAI Chat Completion", "Azure OpenAI Chat Completion", "OpenAI Response" | "OpenAI Embedding", "Azure OpenAI Embedding" |
+//! | `inputs` | `{"prompt": <messages>}` | `{"input": <input>}` |
+//! | `output` | the text, or every tool call as `{id, name, arguments}` | the vectors |
+//!
+//! plus `provider` ("OpenAI" or "Azure"), `model` (as the response names it),
+//! `promptTokens` / `completionTokens` / `tokens` and `usageDetails` from the usage,
+//! `modelParameters` (the official list of request parameters, with OpenAI's defaults),
+//! `rawOutput` (the response as JSON; for a stream, the completion the chunks add up to)
+//! and the latency. No cost is computed here: the platform prices `provider` and `model`.
+//!
+//! # Streams
+//!
+//! [`ChatExt::create_stream_traced`] and [`ResponsesExt::create_stream_traced`] return
+//! async-openai's own stream type. The step stays open while the stream is consumed:
+//! deltas are joined per choice, tool-call fragments per (choice, tool-call index), the
+//! time to the first chunk is metadata `timeToFirstToken` (ms), and the step ends with the
+//! stream. An error item is recorded under `Exceptions` and handed on unchanged; a stream
+//! dropped before its end closes the step with the partial output and `cancelled: true`.
+//!
+//! Token counts of a chat stream are known only when the request asks for a final usage
+//! chunk (`stream_options.include_usage`); otherwise they stay `null`.
+//! [`set_inject_stream_usage`] makes every traced chat stream ask for it.
+//!
+//! # Provider
+//!
+//! A client built on `async_openai::config::AzureConfig` (also inside a wrapper type whose
+//! name names it) is recorded as "Azure"; every other config as "OpenAI". A
+//! `Client<Box<dyn Config>>` hides its config type: see [`set_provider_override`].
+
+#![warn(missing_docs)]
+
+mod chat;
+mod embeddings;
+mod params;
+mod responses;
+mod stream;
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+pub use chat::ChatExt;
+pub use embeddings::EmbeddingsExt;
+pub use responses::ResponsesExt;
+
+static INJECT_STREAM_USAGE: AtomicBool = AtomicBool::new(false);
+static PROVIDER_OVERRIDE: AtomicU8 = AtomicU8::new(0);
+
+/// Makes every [`ChatExt::create_stream_traced`] request ask for a final usage chunk
+/// (`stream_options.include_usage = true`) unless the request already says otherwise, so
+/// that token counts are recorded. Off by default, because that final chunk (with empty
+/// `choices`) reaches the caller's code too.
+///
+/// ```
+/// openlayer_trace_openai::set_inject_stream_usage(true);
+/// # openlayer_trace_openai::set_inject_stream_usage(false);
+/// ```
+pub fn set_inject_stream_usage(on: bool) {
+    INJECT_STREAM_USAGE.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn inject_stream_usage() -> bool {
+    INJECT_STREAM_USAGE.load(Ordering::Relaxed)
+}
+
+/// Which provider the platform prices a call under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Provider {
+    /// OpenAI's own API: recorded as "OpenAI".
+    OpenAi,
+    /// Azure OpenAI: recorded as "Azure", with step names "Azure OpenAI ...".
+    Azure,
+}
+
+impl Provider {
+    /// The name recorded in the step's `provider` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::OpenAi => "OpenAI",
+            Provider::Azure => "Azure",
+        }
+    }
+}
+
+/// Records every call as this provider, whatever the client's config type says (for a
+/// `Client<Box<dyn Config>>`, whose type does not tell); `None` goes back to telling
+/// them apart by the config type.
+///
+/// ```
+/// use openlayer_trace_openai::{Provider, set_provider_override};
+/// set_provider_override(Some(Provider::Azure));
+/// # set_provider_override(None);
+/// ```
+pub fn set_provider_override(provider: Option<Provider>) {
+    let v = match provider {
+        None => 0,
+        Some(Provider::OpenAi) => 1,
+        Some(Provider::Azure) => 2,
+    };
+    PROVIDER_OVERRIDE.store(v, Ordering::Relaxed);
+}
+
+/// The provider of a client whose config has type `C`.
+pub(crate) fn provider_of<C: ?Sized>() -> Provider {
+    match PROVIDER_OVERRIDE.load(Ordering::Relaxed) {
+        1 => return Provider::OpenAi,
+        2 => return Provider::Azure,
+        _ => {}
+    }
+    if std::any::type_name::<C>().contains("AzureConfig") {
+        Provider::Azure
+    } else {
+        Provider::OpenAi
+    }
+}
+
+/// For the benchmarks only: not part of the API.
+#[doc(hidden)]
+pub mod __bench {
+    use async_openai::types::chat::{ChatCompletionResponseStream, CreateChatCompletionRequest};
+
+    /// Wraps a chat stream as [`crate::ChatExt::create_stream_traced`] does.
+    pub fn wrap_chat_stream(
+        request: &CreateChatCompletionRequest,
+        inner: ChatCompletionResponseStream,
+    ) -> ChatCompletionResponseStream {
+        let h = crate::chat::start_step(crate::Provider::OpenAi, request);
+        if !h.is_recording() {
+            return inner;
+        }
+        Box::pin(crate::stream::ChatStream::new(
+            inner,
+            h,
+            std::time::Instant::now(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_openai::config::{AzureConfig, OpenAIConfig};
+
+    #[test]
+    fn provider_follows_the_config_type() {
+        assert_eq!(provider_of::<OpenAIConfig>(), Provider::OpenAi);
+        assert_eq!(provider_of::<AzureConfig>(), Provider::Azure);
+        assert_eq!(
+            provider_of::<std::sync::Arc<AzureConfig>>(),
+            Provider::Azure
+        );
+    }
+}

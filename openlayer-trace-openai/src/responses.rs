@@ -1,0 +1,295 @@
+//! The Responses API: [`ResponsesExt`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use async_openai::Responses;
+use async_openai::config::Config;
+use async_openai::error::OpenAIError;
+use async_openai::types::responses::{
+    CreateResponse, InputParam, Response, ResponseStream, ResponseStreamEvent,
+};
+use futures_core::Stream;
+use openlayer_trace::{StepHandle, StepKind, step};
+use serde_json::{Value, json};
+
+use crate::chat::Sealed;
+use crate::params::{PromptInputs, Tokens, decimal, tool_call};
+use crate::provider_of;
+
+/// The step name of a Responses API call.
+const NAME: &str = "OpenAI Response";
+
+/// Traced versions of [`Responses::create`] and [`Responses::create_stream`].
+///
+/// ```no_run
+/// use async_openai::{Client, types::responses::CreateResponseArgs};
+/// use openlayer_trace_openai::ResponsesExt;
+///
+/// # async fn run() -> Result<(), async_openai::error::OpenAIError> {
+/// let client = Client::new();
+/// let request = CreateResponseArgs::default()
+///     .model("gpt-4o-mini")
+///     .input("What is Openlayer?")
+///     .build()?;
+/// let response = client.responses().create_traced(request).await?;
+/// # let _ = response;
+/// # Ok(()) }
+/// ```
+pub trait ResponsesExt: Sealed {
+    /// [`Responses::create`], recorded as a `chat_completion` step named "OpenAI
+    /// Response"; returns exactly what `create` returns.
+    fn create_traced(
+        &self,
+        request: CreateResponse,
+    ) -> impl Future<Output = Result<Response, OpenAIError>> + Send;
+
+    /// [`Responses::create_stream`], recorded as a step that lasts as long as the returned
+    /// stream (async-openai's own type). Text deltas are joined, `timeToFirstToken` is the
+    /// time to the first output delta, and the final `response.completed` event gives the
+    /// model, usage and raw output; an `error` event or a failed response closes the step
+    /// with `Exceptions`.
+    fn create_stream_traced(
+        &self,
+        request: CreateResponse,
+    ) -> impl Future<Output = Result<ResponseStream, OpenAIError>> + Send;
+}
+
+impl<C: Config> ResponsesExt for Responses<'_, C> {
+    async fn create_traced(&self, request: CreateResponse) -> Result<Response, OpenAIError> {
+        let mut h = start_step(provider_of::<C>().as_str(), &request);
+        let result = self.create(request).await;
+        match &result {
+            Ok(response) => {
+                if h.is_recording()
+                    && let Ok(raw) = serde_json::to_value(response)
+                {
+                    record_response(&mut h, raw);
+                }
+            }
+            Err(e) => h.error(e),
+        }
+        h.finish();
+        result
+    }
+
+    async fn create_stream_traced(
+        &self,
+        request: CreateResponse,
+    ) -> Result<ResponseStream, OpenAIError> {
+        let mut h = start_step(provider_of::<C>().as_str(), &request);
+        let started = Instant::now();
+        match self.create_stream(request).await {
+            Ok(inner) if h.is_recording() => Ok(Box::pin(TracedResponseStream {
+                inner,
+                handle: Some(h),
+                started,
+                first_token: false,
+                text: String::new(),
+                model: None,
+                last: None,
+            }) as ResponseStream),
+            Ok(inner) => Ok(inner),
+            Err(e) => {
+                h.error(&e);
+                h.finish();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The request's prompt as chat messages: the instructions as a system message, then the
+/// input (a plain string is a user message).
+fn prompt(request: &CreateResponse) -> Value {
+    let mut messages = Vec::new();
+    if let Some(instructions) = &request.instructions {
+        messages.push(json!({"role": "system", "content": instructions}));
+    }
+    match &request.input {
+        InputParam::Text(text) => messages.push(json!({"role": "user", "content": text})),
+        InputParam::Items(items) => {
+            if let Ok(Value::Array(items)) = serde_json::to_value(items) {
+                messages.extend(items);
+            }
+        }
+    }
+    Value::Array(messages)
+}
+
+fn start_step(provider: &str, request: &CreateResponse) -> StepHandle {
+    step(NAME)
+        .kind(StepKind::ChatCompletion)
+        .inputs(&PromptInputs {
+            prompt: &prompt(request),
+        })
+        .metadata("provider", provider)
+        .metadata("model", &request.model)
+        .metadata(
+            "modelParameters",
+            &json!({
+                "temperature": decimal(request.temperature.unwrap_or(1.0)),
+                "top_p": decimal(request.top_p.unwrap_or(1.0)),
+                "max_output_tokens": request.max_output_tokens,
+                "top_logprobs": request.top_logprobs,
+                "parallel_tool_calls": request.parallel_tool_calls,
+            }),
+        )
+        .start()
+}
+
+/// The output of a response (as JSON): its text, or else every function call.
+fn output_of(raw: &Value) -> Value {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for item in raw["output"].as_array().into_iter().flatten() {
+        match item["type"].as_str() {
+            Some("message") => {
+                for part in item["content"].as_array().into_iter().flatten() {
+                    if part["type"] == "output_text" {
+                        text.push_str(part["text"].as_str().unwrap_or(""));
+                    }
+                }
+            }
+            Some("function_call") => calls.push(tool_call(
+                item["call_id"].as_str().unwrap_or(""),
+                item["name"].as_str().unwrap_or(""),
+                item["arguments"].as_str().unwrap_or(""),
+            )),
+            _ => {}
+        }
+    }
+    if !text.is_empty() || calls.is_empty() {
+        Value::String(text)
+    } else {
+        Value::Array(calls)
+    }
+}
+
+fn tokens_of(usage: &Value) -> Option<Tokens> {
+    let n = |v: &Value| v.as_u64().map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    Some(Tokens {
+        prompt: n(&usage["input_tokens"])?,
+        completion: n(&usage["output_tokens"]),
+        total: n(&usage["total_tokens"])?,
+        cached: n(&usage["input_tokens_details"]["cached_tokens"]),
+        reasoning: n(&usage["output_tokens_details"]["reasoning_tokens"]),
+        audio_input: None,
+        audio_output: None,
+    })
+}
+
+/// Records a whole response (given as JSON).
+fn record_response(h: &mut StepHandle, raw: Value) {
+    if let Some(model) = raw["model"].as_str() {
+        h.metadata("model", model);
+    }
+    if let Some(tokens) = tokens_of(&raw["usage"]) {
+        tokens.record(h);
+    }
+    if let Some(message) = raw["error"]["message"].as_str() {
+        h.error(&message);
+    }
+    h.output(&output_of(&raw));
+    h.metadata("rawOutput", &raw);
+}
+
+/// Wraps async-openai's Responses stream; events pass through untouched.
+struct TracedResponseStream {
+    inner: ResponseStream,
+    handle: Option<StepHandle>,
+    started: Instant,
+    first_token: bool,
+    text: String,
+    model: Option<String>,
+    /// The final response (`response.completed`, `.incomplete` or `.failed`).
+    last: Option<Response>,
+}
+
+impl TracedResponseStream {
+    fn record(&mut self, h: &mut StepHandle) {
+        match self.last.take().map(serde_json::to_value) {
+            Some(Ok(raw)) => record_response(h, raw),
+            _ => {
+                if let Some(model) = &self.model {
+                    h.metadata("model", model);
+                }
+                if !self.text.is_empty() {
+                    h.output(&self.text);
+                }
+            }
+        }
+    }
+}
+
+impl Stream for TracedResponseStream {
+    type Item = Result<ResponseStreamEvent, OpenAIError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(handle) = this.handle.as_mut() else {
+            return this.inner.as_mut().poll_next(cx);
+        };
+        let poll = {
+            let _entered = handle.enter();
+            this.inner.as_mut().poll_next(cx)
+        };
+        match &poll {
+            Poll::Pending => {}
+            Poll::Ready(Some(Ok(event))) => {
+                let token = match event {
+                    ResponseStreamEvent::ResponseOutputTextDelta(d) => {
+                        this.text.push_str(&d.delta);
+                        true
+                    }
+                    ResponseStreamEvent::ResponseFunctionCallArgumentsDelta(_)
+                    | ResponseStreamEvent::ResponseRefusalDelta(_) => true,
+                    ResponseStreamEvent::ResponseCreated(e) => {
+                        this.model = Some(e.response.model.clone());
+                        false
+                    }
+                    ResponseStreamEvent::ResponseCompleted(e) => {
+                        this.last = Some(e.response.clone());
+                        false
+                    }
+                    ResponseStreamEvent::ResponseIncomplete(e) => {
+                        this.last = Some(e.response.clone());
+                        false
+                    }
+                    ResponseStreamEvent::ResponseFailed(e) => {
+                        this.last = Some(e.response.clone());
+                        false
+                    }
+                    ResponseStreamEvent::ResponseError(e) => {
+                        handle.error(&e.message);
+                        false
+                    }
+                    _ => false,
+                };
+                if token && !this.first_token {
+                    this.first_token = true;
+                    let ms = this.started.elapsed().as_secs_f64() * 1000.0;
+                    handle.metadata("timeToFirstToken", &ms);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => handle.error(e),
+            Poll::Ready(None) => {
+                if let Some(mut h) = this.handle.take() {
+                    this.record(&mut h);
+                    h.finish();
+                }
+            }
+        }
+        poll
+    }
+}
+
+impl Drop for TracedResponseStream {
+    fn drop(&mut self) {
+        if let Some(mut h) = self.handle.take() {
+            self.record(&mut h);
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! A chat completion stream that records itself as it is consumed.
+//!
+//! The per-chunk work is a few appends into buffers owned by the stream (no JSON, no
+//! locks, no allocation once the buffers have grown); the step is shaped once, at the end
+//! of the stream or when the stream is dropped.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use async_openai::error::OpenAIError;
+use async_openai::types::chat::{
+    ChatCompletionResponseStream, CompletionUsage, CreateChatCompletionStreamResponse, FinishReason,
+};
+use futures_core::Stream;
+use openlayer_trace::StepHandle;
+use serde_json::{Value, json};
+
+use crate::params::{Tokens, tool_call};
+
+/// Wraps async-openai's chat stream; items pass through untouched.
+pub(crate) struct ChatStream {
+    inner: ChatCompletionResponseStream,
+    handle: Option<StepHandle>,
+    started: Instant,
+    acc: ChatAccumulator,
+}
+
+impl ChatStream {
+    pub(crate) fn new(
+        inner: ChatCompletionResponseStream,
+        handle: StepHandle,
+        started: Instant,
+    ) -> Self {
+        ChatStream {
+            inner,
+            handle: Some(handle),
+            started,
+            acc: ChatAccumulator::default(),
+        }
+    }
+}
+
+impl Stream for ChatStream {
+    type Item = Result<CreateChatCompletionStreamResponse, OpenAIError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(handle) = this.handle.as_mut() else {
+            return this.inner.as_mut().poll_next(cx);
+        };
+        let poll = {
+            let _entered = handle.enter();
+            this.inner.as_mut().poll_next(cx)
+        };
+        match &poll {
+            Poll::Pending => {}
+            Poll::Ready(Some(Ok(chunk))) => {
+                if this.acc.chunks == 0 {
+                    let ms = this.started.elapsed().as_secs_f64() * 1000.0;
+                    handle.metadata("timeToFirstToken", &ms);
+                }
+                this.acc.add(chunk);
+            }
+            Poll::Ready(Some(Err(e))) => handle.error(e),
+            Poll::Ready(None) => {
+                if let Some(mut h) = this.handle.take() {
+                    this.acc.record(&mut h);
+                    h.finish();
+                }
+            }
+        }
+        poll
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ChatStream {
+    fn drop(&mut self) {
+        // Dropped before its end: the step closes as cancelled, with what arrived so far.
+        if let Some(mut h) = self.handle.take() {
+            self.acc.record(&mut h);
+        }
+    }
+}
+
+#[derive(Default)]
+struct ChoiceAcc {
+    index: u32,
+    content: String,
+    refusal: String,
+    finish_reason: Option<FinishReason>,
+}
+
+struct ToolCallAcc {
+    choice: u32,
+    index: u32,
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+/// What the chunks of one chat stream add up to.
+#[derive(Default)]
+pub(crate) struct ChatAccumulator {
+    chunks: u64,
+    id: String,
+    model: String,
+    created: u32,
+    system_fingerprint: Option<String>,
+    choices: Vec<ChoiceAcc>,
+    tool_calls: Vec<ToolCallAcc>,
+    usage: Option<CompletionUsage>,
+}
+
+impl ChatAccumulator {
+    #[allow(deprecated)]
+    pub(crate) fn add(&mut self, chunk: &CreateChatCompletionStreamResponse) {
+        if self.chunks == 0 {
+            self.id.push_str(&chunk.id);
+            self.model.push_str(&chunk.model);
+            self.created = chunk.created;
+            self.system_fingerprint
+                .clone_from(&chunk.system_fingerprint);
+        }
+        self.chunks += 1;
+        for c in &chunk.choices {
+            let choice = match self.choices.iter().position(|a| a.index == c.index) {
+                Some(i) => &mut self.choices[i],
+                None => {
+                    self.choices.push(ChoiceAcc {
+                        index: c.index,
+                        ..ChoiceAcc::default()
+                    });
+                    self.choices.last_mut().expect("just pushed")
+                }
+            };
+            if let Some(text) = &c.delta.content {
+                choice.content.push_str(text);
+            }
+            if let Some(text) = &c.delta.refusal {
+                choice.refusal.push_str(text);
+            }
+            if c.finish_reason.is_some() {
+                choice.finish_reason = c.finish_reason;
+            }
+            for t in c.delta.tool_calls.iter().flatten() {
+                let pos = self
+                    .tool_calls
+                    .iter()
+                    .position(|a| a.choice == c.index && a.index == t.index);
+                let acc = match pos {
+                    Some(i) => &mut self.tool_calls[i],
+                    None => {
+                        self.tool_calls.push(ToolCallAcc {
+                            choice: c.index,
+                            index: t.index,
+                            id: String::new(),
+                            name: String::new(),
+                            arguments: String::new(),
+                        });
+                        self.tool_calls.last_mut().expect("just pushed")
+                    }
+                };
+                if let Some(id) = &t.id {
+                    acc.id.push_str(id);
+                }
+                if let Some(f) = &t.function {
+                    if let Some(name) = &f.name {
+                        acc.name.push_str(name);
+                    }
+                    if let Some(args) = &f.arguments {
+                        acc.arguments.push_str(args);
+                    }
+                }
+            }
+        }
+        if let Some(usage) = &chunk.usage {
+            self.usage = Some(usage.clone());
+        }
+    }
+
+    fn tool_calls_of(&self, choice: u32) -> Vec<&ToolCallAcc> {
+        let mut calls: Vec<&ToolCallAcc> = self
+            .tool_calls
+            .iter()
+            .filter(|t| t.choice == choice)
+            .collect();
+        calls.sort_by_key(|t| t.index);
+        calls
+    }
+
+    /// The step's output: the first choice's text, or its tool calls, or its refusal.
+    pub(crate) fn output(&self) -> Value {
+        let Some(first) = self.choices.iter().min_by_key(|c| c.index) else {
+            return Value::Null;
+        };
+        let calls = self.tool_calls_of(first.index);
+        if !first.content.is_empty() || (calls.is_empty() && first.refusal.is_empty()) {
+            Value::String(first.content.clone())
+        } else if !calls.is_empty() {
+            Value::Array(
+                calls
+                    .iter()
+                    .map(|t| tool_call(&t.id, &t.name, &t.arguments))
+                    .collect(),
+            )
+        } else {
+            Value::String(first.refusal.clone())
+        }
+    }
+
+    /// The `chat.completion` object the chunks add up to.
+    pub(crate) fn raw_output(&self) -> Value {
+        let mut choices: Vec<&ChoiceAcc> = self.choices.iter().collect();
+        choices.sort_by_key(|c| c.index);
+        let choices: Vec<Value> = choices
+            .iter()
+            .map(|c| {
+                let calls = self.tool_calls_of(c.index);
+                let mut message = json!({
+                    "role": "assistant",
+                    "content": if c.content.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(c.content.clone()) },
+                });
+                if !c.refusal.is_empty() {
+                    message["refusal"] = Value::String(c.refusal.clone());
+                }
+                if !calls.is_empty() {
+                    message["tool_calls"] = calls
+                        .iter()
+                        .map(|t| {
+                            json!({"id": t.id, "type": "function",
+                                   "function": {"name": t.name, "arguments": t.arguments}})
+                        })
+                        .collect();
+                }
+                json!({"index": c.index, "message": message, "finish_reason": c.finish_reason})
+            })
+            .collect();
+        let mut raw = json!({
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": self.usage,
+        });
+        if let Some(fp) = &self.system_fingerprint {
+            raw["system_fingerprint"] = Value::String(fp.clone());
+        }
+        raw
+    }
+
+    /// Writes what the stream produced into the step.
+    pub(crate) fn record(&self, h: &mut StepHandle) {
+        if self.chunks == 0 {
+            return;
+        }
+        h.metadata("model", &self.model);
+        if let Some(usage) = &self.usage {
+            Tokens::from_chat(usage).record(h);
+        }
+        h.metadata("rawOutput", &self.raw_output());
+        h.output(&self.output());
+    }
+}

@@ -1,0 +1,197 @@
+//! Azure, embeddings and the Responses API through async-openai's real client against the
+//! loopback mock.
+
+use async_openai::Client;
+use async_openai::config::{AzureConfig, OpenAIConfig};
+use async_openai::types::chat::{
+    ChatCompletionRequestUserMessage, CreateChatCompletionRequestArgs,
+};
+use async_openai::types::embeddings::CreateEmbeddingRequestArgs;
+use async_openai::types::responses::{CreateResponseArgs, ResponseStreamEvent};
+use futures_util::StreamExt;
+use openlayer_testserver::openai::OpenAiMock;
+use openlayer_trace::testing;
+use openlayer_trace_openai::{ChatExt, EmbeddingsExt, ResponsesExt};
+use serde_json::json;
+
+fn install_tls_provider() {
+    // async-openai builds its own reqwest client, which wants a TLS provider even for the
+    // mock's plain HTTP.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn client(mock: &OpenAiMock) -> Client<OpenAIConfig> {
+    install_tls_provider();
+    Client::with_config(
+        OpenAIConfig::new()
+            .with_api_base(mock.url())
+            .with_api_key("sk-test"),
+    )
+}
+
+#[tokio::test]
+async fn azure_deployment_url_is_recorded_as_azure() {
+    install_tls_provider();
+    let mock = OpenAiMock::start();
+    let client = Client::with_config(
+        AzureConfig::new()
+            .with_api_base(mock.base())
+            .with_deployment_id("prod-gpt4o")
+            .with_api_version("2024-10-21")
+            .with_api_key("azure-key"),
+    );
+    let request = CreateChatCompletionRequestArgs::default()
+        .model("gpt-4o")
+        .messages([ChatCompletionRequestUserMessage::from("Hello there").into()])
+        .build()
+        .unwrap();
+    let (result, traces) = testing::capture_async(client.chat().create_traced(request)).await;
+    result.unwrap();
+    let sent = &mock.requests()[0];
+    assert_eq!(sent.path, "/openai/deployments/prod-gpt4o/chat/completions");
+    assert_eq!(sent.query_param("api-version"), Some("2024-10-21"));
+    let step = traces[0].root();
+    assert_eq!(step["name"], "Azure OpenAI Chat Completion");
+    assert_eq!(step["provider"], "Azure");
+    assert_eq!(step["model"], "gpt-4o-2024-08-06");
+    assert_eq!(step["output"], "Mock answer: Hello there");
+}
+
+#[tokio::test]
+async fn embedding_is_an_embedding_step() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let request = CreateEmbeddingRequestArgs::default()
+        .model("text-embedding-3-small")
+        .input(vec!["first document", "second longer document"])
+        .dimensions(4u32)
+        .build()
+        .unwrap();
+    let (result, traces) = testing::capture_async(client.embeddings().create_traced(request)).await;
+    let response = result.unwrap();
+    let step = traces[0].root();
+    assert_eq!(step["type"], "embedding");
+    assert_eq!(step["name"], "OpenAI Embedding");
+    assert_eq!(step["provider"], "OpenAI");
+    assert_eq!(step["model"], "text-embedding-3-small");
+    assert_eq!(
+        step["inputs"]["input"],
+        json!(["first document", "second longer document"])
+    );
+    assert_eq!(step["embeddingCount"], 2);
+    assert_eq!(step["embeddingDimensions"], 4);
+    assert_eq!(step["promptTokens"], 5);
+    assert_eq!(step["tokens"], 5);
+    // The vectors as written on the wire (f32 in shortest form).
+    let recorded: Vec<f64> = step["output"][1]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let returned: Vec<f64> = response.data[1]
+        .embedding
+        .iter()
+        .map(|v| v.to_string().parse().unwrap())
+        .collect();
+    assert_eq!(recorded, returned);
+    assert_eq!(step["modelParameters"]["dimensions"], 4);
+}
+
+#[tokio::test]
+async fn response_plain_is_an_openai_response_step() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let request = CreateResponseArgs::default()
+        .model("gpt-4o-mini")
+        .instructions("Answer briefly.")
+        .input("What is Openlayer?")
+        .build()
+        .unwrap();
+    let (result, traces) = testing::capture_async(client.responses().create_traced(request)).await;
+    let response = result.unwrap();
+    assert_eq!(
+        response.output_text().as_deref(),
+        Some("Mock answer: What is Openlayer?")
+    );
+    let step = traces[0].root();
+    assert_eq!(step["name"], "OpenAI Response");
+    assert_eq!(step["type"], "chat_completion");
+    assert_eq!(step["provider"], "OpenAI");
+    assert_eq!(step["model"], "gpt-4o-mini-2024-07-18");
+    assert_eq!(
+        step["inputs"]["prompt"],
+        json!([{"role": "system", "content": "Answer briefly."},
+               {"role": "user", "content": "What is Openlayer?"}])
+    );
+    assert_eq!(step["output"], "Mock answer: What is Openlayer?");
+    assert_eq!(step["promptTokens"], 8);
+    assert_eq!(step["completionTokens"], 5);
+    assert_eq!(step["tokens"], 13);
+    assert_eq!(step["rawOutput"]["id"], "resp_mock");
+}
+
+#[tokio::test]
+async fn response_stream_joins_text_and_takes_usage_from_completed() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let request = CreateResponseArgs::default()
+        .model("gpt-4o-mini")
+        .input("What is Openlayer?")
+        .stream(true)
+        .build()
+        .unwrap();
+    let (text, traces) = testing::capture_async(async {
+        let mut stream = client
+            .responses()
+            .create_stream_traced(request)
+            .await
+            .unwrap();
+        let mut text = String::new();
+        while let Some(event) = stream.next().await {
+            if let ResponseStreamEvent::ResponseOutputTextDelta(d) = event.unwrap() {
+                text.push_str(&d.delta);
+            }
+        }
+        text
+    })
+    .await;
+    assert_eq!(text, "Mock answer: What is Openlayer?");
+    let step = traces[0].root();
+    assert_eq!(step["name"], "OpenAI Response");
+    assert_eq!(step["output"], text.as_str());
+    assert_eq!(step["model"], "gpt-4o-mini-2024-07-18");
+    assert_eq!(step["tokens"], 6 + 5);
+    assert!(step["metadata"]["timeToFirstToken"].is_number(), "{step}");
+    assert_eq!(step["rawOutput"]["status"], "completed");
+}
+
+#[tokio::test]
+async fn response_stream_error_event_is_recorded_and_passed_on() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let request = CreateResponseArgs::default()
+        .model("gpt-4o-mini-stream-error")
+        .input("What is Openlayer?")
+        .stream(true)
+        .build()
+        .unwrap();
+    let (seen, traces) = testing::capture_async(async {
+        let mut stream = client
+            .responses()
+            .create_stream_traced(request)
+            .await
+            .unwrap();
+        let mut errors = Vec::new();
+        while let Some(event) = stream.next().await {
+            if let Ok(ResponseStreamEvent::ResponseError(e)) = event {
+                errors.push(e.message);
+            }
+        }
+        errors
+    })
+    .await;
+    assert_eq!(seen.len(), 1);
+    let step = traces[0].root();
+    assert_eq!(step["metadata"]["Exceptions"], seen[0].as_str(), "{step}");
+}

@@ -1,0 +1,337 @@
+//! Chat completions through async-openai's real client against the loopback mock.
+
+use async_openai::Client;
+use async_openai::config::OpenAIConfig;
+use async_openai::types::chat::{
+    ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
+    CreateChatCompletionRequest, CreateChatCompletionRequestArgs,
+};
+use futures_util::StreamExt;
+use openlayer_testserver::openai::OpenAiMock;
+use openlayer_trace::testing::{self, CapturedTrace};
+use openlayer_trace_openai::ChatExt;
+use serde_json::{Value, json};
+
+fn client(mock: &OpenAiMock) -> Client<OpenAIConfig> {
+    // async-openai builds its own reqwest client; the workspace's reqwest has no default
+    // TLS provider, so the test process installs one (no TLS is spoken: the mock is HTTP).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Client::with_config(
+        OpenAIConfig::new()
+            .with_api_base(mock.url())
+            .with_api_key("sk-test"),
+    )
+}
+
+fn request(model: &str, stream: bool) -> CreateChatCompletionRequest {
+    let mut b = CreateChatCompletionRequestArgs::default();
+    b.model(model).temperature(0.2).messages([
+        ChatCompletionRequestSystemMessage::from("You answer briefly.").into(),
+        ChatCompletionRequestUserMessage::from("What is the capital of France?").into(),
+    ]);
+    if stream {
+        b.stream(true);
+    }
+    b.build().unwrap()
+}
+
+fn only_step(traces: &[CapturedTrace]) -> Value {
+    assert_eq!(traces.len(), 1, "one trace");
+    traces[0].root().clone()
+}
+
+#[tokio::test]
+async fn plain_chat_is_recorded_like_the_official_integration() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let (result, traces) =
+        testing::capture_async(client.chat().create_traced(request("gpt-4o-mini", false))).await;
+    let response = result.unwrap();
+    let text = response.choices[0].message.content.clone().unwrap();
+    assert_eq!(text, "Mock answer: What is the capital of France?");
+    let step = only_step(&traces);
+    assert_eq!(step["name"], "OpenAI Chat Completion");
+    assert_eq!(step["type"], "chat_completion");
+    assert_eq!(step["provider"], "OpenAI");
+    assert_eq!(step["model"], "gpt-4o-mini-2024-07-18");
+    assert_eq!(step["output"], text.as_str());
+    assert_eq!(
+        step["inputs"]["prompt"][1]["content"],
+        "What is the capital of France?"
+    );
+    assert_eq!(step["inputs"]["prompt"][0]["role"], "system");
+    let usage = &response.usage.as_ref().unwrap();
+    assert_eq!(step["promptTokens"], usage.prompt_tokens);
+    assert_eq!(step["completionTokens"], usage.completion_tokens);
+    assert_eq!(step["tokens"], usage.total_tokens);
+    assert_eq!(step["modelParameters"]["temperature"], json!(0.2));
+    assert_eq!(step["modelParameters"]["n"], 1);
+    assert_eq!(step["rawOutput"]["id"], "chatcmpl-mock");
+    assert!(
+        step.get("cost").is_none_or(Value::is_null),
+        "no client-side cost"
+    );
+    assert!(step["latency"].as_f64().unwrap() >= 0.0);
+}
+
+async fn drain(
+    stream: &mut async_openai::types::chat::ChatCompletionResponseStream,
+) -> (String, Vec<String>) {
+    let mut text = String::new();
+    let mut errors = Vec::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(chunk) => {
+                for c in &chunk.choices {
+                    text.push_str(c.delta.content.as_deref().unwrap_or(""));
+                }
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    (text, errors)
+}
+
+#[tokio::test]
+async fn stream_joins_deltas_and_leaves_tokens_unknown_without_usage() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let ((text, errors), traces) = testing::capture_async(async {
+        let mut stream = client
+            .chat()
+            .create_stream_traced(request("gpt-4o-mini", true))
+            .await
+            .unwrap();
+        drain(&mut stream).await
+    })
+    .await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(text, "Mock answer: What is the capital of France?");
+    // The request went out as the caller made it: no usage chunk was asked for.
+    let sent = mock.requests()[0].json.clone().unwrap();
+    assert!(sent.get("stream_options").is_none(), "{sent}");
+    let step = only_step(&traces);
+    assert_eq!(step["name"], "OpenAI Chat Completion");
+    assert_eq!(step["output"], text.as_str());
+    assert_eq!(step["model"], "gpt-4o-mini-2024-07-18");
+    assert!(step["promptTokens"].is_null(), "{step}");
+    assert!(step["completionTokens"].is_null());
+    assert!(step["tokens"].is_null());
+    let ttft = step["metadata"]["timeToFirstToken"].as_f64().unwrap();
+    assert!(
+        ttft >= 0.0 && ttft <= step["latency"].as_f64().unwrap() + 1.0,
+        "{step}"
+    );
+    assert_eq!(step["rawOutput"]["object"], "chat.completion");
+    assert_eq!(
+        step["rawOutput"]["choices"][0]["message"]["content"],
+        text.as_str()
+    );
+    assert_eq!(step["rawOutput"]["choices"][0]["finish_reason"], "stop");
+    assert!(step["metadata"].get("cancelled").is_none());
+}
+
+#[tokio::test]
+async fn final_usage_chunk_gives_the_token_counts() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let mut req = request("gpt-4o-mini", true);
+    req.stream_options = Some(async_openai::types::chat::ChatCompletionStreamOptions {
+        include_usage: Some(true),
+        include_obfuscation: None,
+    });
+    let (_, traces) = testing::capture_async(async {
+        let mut stream = client.chat().create_stream_traced(req).await.unwrap();
+        drain(&mut stream).await
+    })
+    .await;
+    let step = only_step(&traces);
+    // 2 messages: (3 + 3) + (3 + 6) words; 8 pieces of answer.
+    assert_eq!(step["promptTokens"], 15, "{step}");
+    assert_eq!(step["completionTokens"], 8);
+    assert_eq!(step["tokens"], 23);
+    assert_eq!(step["rawOutput"]["usage"]["total_tokens"], 23);
+}
+
+#[tokio::test]
+async fn parallel_tool_calls_streamed_interleaved_stay_separate() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let (_, traces) = testing::capture_async(async {
+        let mut stream = client
+            .chat()
+            .create_stream_traced(request("gpt-4o-mini-tools", true))
+            .await
+            .unwrap();
+        drain(&mut stream).await
+    })
+    .await;
+    let step = only_step(&traces);
+    assert_eq!(
+        step["output"],
+        json!([
+            {"id": "call_paris", "name": "get_weather", "arguments": {"city": "Paris"}},
+            {"id": "call_tokyo", "name": "get_weather", "arguments": {"city": "Tokyo"}}
+        ]),
+        "{step}"
+    );
+    let calls = &step["rawOutput"]["choices"][0]["message"]["tool_calls"];
+    assert_eq!(calls[1]["function"]["arguments"], "{\"city\": \"Tokyo\"}");
+    assert_eq!(
+        step["rawOutput"]["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+}
+
+#[tokio::test]
+async fn plain_tool_calls_are_all_recorded() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let (result, traces) = testing::capture_async(
+        client
+            .chat()
+            .create_traced(request("gpt-4o-mini-tools", false)),
+    )
+    .await;
+    assert_eq!(
+        result.unwrap().choices[0]
+            .message
+            .tool_calls
+            .as_ref()
+            .unwrap()
+            .len(),
+        2
+    );
+    let step = only_step(&traces);
+    assert_eq!(step["output"][0]["arguments"], json!({"city": "Paris"}));
+    assert_eq!(step["output"][1]["id"], "call_tokyo");
+}
+
+#[tokio::test]
+async fn dropped_stream_keeps_partial_output_and_is_cancelled() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let (first, traces) = testing::capture_async(async {
+        let mut stream = client
+            .chat()
+            .create_stream_traced(request("gpt-4o-mini", true))
+            .await
+            .unwrap();
+        let mut text = String::new();
+        for _ in 0..3 {
+            let chunk = stream.next().await.unwrap().unwrap();
+            text.push_str(chunk.choices[0].delta.content.as_deref().unwrap_or(""));
+        }
+        text
+    })
+    .await;
+    assert_eq!(first, "Mock answer: ");
+    let step = only_step(&traces);
+    assert_eq!(step["metadata"]["cancelled"], true, "{step}");
+    assert_eq!(step["output"], "Mock answer: ");
+    assert!(step["metadata"]["timeToFirstToken"].is_number());
+}
+
+#[tokio::test]
+async fn stream_cut_off_mid_body_ends_with_the_error_passed_on() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let ((text, errors), traces) = testing::capture_async(async {
+        let mut stream = client
+            .chat()
+            .create_stream_traced(request("gpt-4o-mini-stream-cut", true))
+            .await
+            .unwrap();
+        drain(&mut stream).await
+    })
+    .await;
+    assert_eq!(text, "Mock answer: ");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].starts_with("stream failed"), "{errors:?}");
+    let step = only_step(&traces);
+    assert_eq!(step["metadata"]["Exceptions"], errors[0].as_str(), "{step}");
+    assert!(step["output"].is_null());
+}
+
+#[tokio::test]
+async fn error_event_inside_a_stream_is_recorded_and_passed_on() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let ((_, errors), traces) = testing::capture_async(async {
+        let mut stream = client
+            .chat()
+            .create_stream_traced(request("gpt-4o-mini-stream-error", true))
+            .await
+            .unwrap();
+        drain(&mut stream).await
+    })
+    .await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("The server had an error"), "{errors:?}");
+    let step = only_step(&traces);
+    assert_eq!(step["metadata"]["Exceptions"], errors[0].as_str());
+    assert!(step["metadata"].get("cancelled").is_none());
+}
+
+#[tokio::test]
+async fn a_429_retried_by_async_openai_is_one_successful_step() {
+    let mock = OpenAiMock::start();
+    mock.fail_next([429]);
+    let client = client(&mock);
+    let (result, traces) =
+        testing::capture_async(client.chat().create_traced(request("gpt-4o-mini", false))).await;
+    assert!(result.is_ok());
+    assert_eq!(mock.requests().len(), 2, "async-openai retried once");
+    let step = only_step(&traces);
+    assert!(step["metadata"].get("Exceptions").is_none());
+    assert_eq!(
+        step["output"],
+        "Mock answer: What is the capital of France?"
+    );
+}
+
+#[tokio::test]
+async fn persistent_500s_fail_the_step_with_async_openais_error() {
+    let mock = OpenAiMock::start();
+    mock.fail_next([500, 500, 500, 500]);
+    let client = client(&mock);
+    let (result, traces) = testing::capture_async(
+        client
+            .chat()
+            .create_stream_traced(request("gpt-4o-mini", true)),
+    )
+    .await;
+    let Err(error) = result else {
+        panic!("the 500s reach the caller")
+    };
+    assert!(
+        matches!(&error, async_openai::error::OpenAIError::ApiError(e) if e.status_code.as_u16() == 500),
+        "{error:?}"
+    );
+    assert_eq!(mock.requests().len(), 4, "async-openai's own 3 retries");
+    let step = only_step(&traces);
+    assert_eq!(step["metadata"]["Exceptions"], error.to_string());
+    assert!(step["output"].is_null());
+}
+
+#[tokio::test]
+async fn steps_nest_under_the_current_step_and_per_request_options_stay() {
+    use async_openai::traits::RequestOptionsBuilder;
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let (_, traces) = testing::capture_async(openlayer_trace::step("answer").run(async {
+        let chat = client.chat().header("x-request-tag", "rag-7").unwrap();
+        let mut stream = chat
+            .create_stream_traced(request("gpt-4o-mini", true))
+            .await
+            .unwrap();
+        drain(&mut stream).await.0
+    }))
+    .await;
+    assert_eq!(mock.requests()[0].header("x-request-tag"), Some("rag-7"));
+    assert_eq!(traces.len(), 1);
+    let root = traces[0].root();
+    assert_eq!(root["name"], "answer");
+    assert_eq!(root["steps"][0]["name"], "OpenAI Chat Completion");
+    assert_eq!(root["output"], root["steps"][0]["output"]);
+}
