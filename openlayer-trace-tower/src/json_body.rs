@@ -1,0 +1,181 @@
+//! [`RecordJsonBody`]: reads small JSON request bodies before the handler runs, records
+//! them among the step's inputs, and hands the same bytes to the handler.
+
+use std::fmt::{self, Display};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::request::Parts;
+use http::{HeaderMap, Request, Response};
+use http_body::Body;
+use serde_json::value::RawValue;
+
+use crate::body::OpenlayerBody;
+use crate::layer::{RecordJsonBody, Settings};
+use crate::service::{OpenlayerService, RecordedBody, ResponseFuture, begin};
+
+/// Whether the request says its body is JSON (`application/json`, `*/*+json`).
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    let Some((kind, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json")
+            || sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+impl<S, B, ResBody> tower::Service<Request<B>> for OpenlayerService<S, RecordJsonBody>
+where
+    S: tower::Service<Request<B>, Response = Response<ResBody>> + Clone,
+    S::Error: Display,
+    B: Body + From<Bytes>,
+    ResBody: Body,
+    ResBody::Error: Display,
+{
+    type Response = Response<OpenlayerBody<ResBody>>;
+    type Error = S::Error;
+    type Future = JsonResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let (parts, body) = req.into_parts();
+        let max = self.mode.max_bytes;
+        let small = body.size_hint().upper().is_some_and(|n| n <= max as u64);
+        if !(small && is_json(&parts.headers)) {
+            let begun = begin(&self.settings, &parts, None);
+            let req = Request::from_parts(parts, body);
+            let fut = ResponseFuture::start(&mut self.inner, req, begun, self.settings.clone());
+            return JsonResponseFuture {
+                state: JsonState::Running { fut },
+            };
+        }
+        // The ready service goes with the future; a clone stays for the next request.
+        let clone = self.inner.clone();
+        let service = std::mem::replace(&mut self.inner, clone);
+        let capacity = body.size_hint().upper().unwrap_or(0) as usize;
+        JsonResponseFuture {
+            state: JsonState::Reading {
+                body,
+                service: Some(service),
+                parts: Some(parts),
+                buf: BytesMut::with_capacity(capacity),
+                settings: self.settings.clone(),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`OpenlayerService`] with [`RecordJsonBody`]: reads the
+    /// request body (when it is recorded), then runs the inner service like
+    /// [`ResponseFuture`].
+    pub struct JsonResponseFuture<S, B>
+    where
+        S: tower::Service<Request<B>>,
+    {
+        #[pin]
+        state: JsonState<S, B, S::Future>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum JsonState<S, B, F> {
+        Reading {
+            #[pin]
+            body: B,
+            service: Option<S>,
+            parts: Option<Parts>,
+            buf: BytesMut,
+            settings: Arc<Settings>,
+        },
+        Running {
+            #[pin]
+            fut: ResponseFuture<F>,
+        },
+    }
+}
+
+impl<S, B> fmt::Debug for JsonResponseFuture<S, B>
+where
+    S: tower::Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            JsonState::Reading { .. } => "reading the request body",
+            JsonState::Running { .. } => "running",
+        };
+        f.debug_struct("JsonResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<S, B, ResBody> Future for JsonResponseFuture<S, B>
+where
+    S: tower::Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: Display,
+    B: Body + From<Bytes>,
+    ResBody: Body,
+    ResBody::Error: Display,
+{
+    type Output = Result<Response<OpenlayerBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            let next = match state.as_mut().project() {
+                StateProj::Running { fut } => return fut.poll(cx),
+                StateProj::Reading {
+                    mut body,
+                    service,
+                    parts,
+                    buf,
+                    settings,
+                } => {
+                    // Until the end, or an error: then the handler gets what was read.
+                    while let Some(Ok(frame)) = ready!(body.as_mut().poll_frame(cx)) {
+                        if let Ok(mut data) = frame.into_data() {
+                            while data.has_remaining() {
+                                let chunk = data.chunk();
+                                buf.extend_from_slice(chunk);
+                                let n = chunk.len();
+                                data.advance(n);
+                            }
+                        }
+                    }
+                    let bytes = std::mem::take(buf).freeze();
+                    let (Some(mut service), Some(parts)) = (service.take(), parts.take()) else {
+                        unreachable!("the request is taken only when leaving this state")
+                    };
+                    let text;
+                    let recorded = match serde_json::from_slice::<&RawValue>(&bytes) {
+                        Ok(raw) => RecordedBody::Json(raw),
+                        Err(_) => {
+                            text = String::from_utf8_lossy(&bytes);
+                            RecordedBody::Text(&text)
+                        }
+                    };
+                    let begun = begin(settings, &parts, Some(recorded));
+                    let req = Request::from_parts(parts, B::from(bytes.clone()));
+                    let fut = ResponseFuture::start(&mut service, req, begun, settings.clone());
+                    JsonState::Running { fut }
+                }
+            };
+            state.set(next);
+        }
+    }
+}

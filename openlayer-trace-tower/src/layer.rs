@@ -1,0 +1,477 @@
+//! The layer and its settings.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use http::HeaderName;
+use http::request::Parts;
+
+use crate::service::OpenlayerService;
+
+/// The response (and request) header carrying the inference id by default.
+pub const INFERENCE_ID_HEADER: &str = "x-openlayer-inference-id";
+
+/// Headers never recorded, whatever [`OpenlayerLayer::record_headers`] lists.
+pub const NEVER_RECORDED: [HeaderName; 4] = [
+    http::header::AUTHORIZATION,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::COOKIE,
+    http::header::SET_COOKIE,
+];
+
+/// The longest inference id taken from a request header, in bytes; a longer (or empty, or
+/// non-ASCII) value is ignored and the id is computed as if the header were absent.
+pub const MAX_INFERENCE_ID_LEN: usize = 256;
+
+/// A closure over the request's head that may produce a string (an id, a route).
+pub(crate) type PartsFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+/// A closure naming the request's step.
+pub(crate) type NameFn = Arc<dyn Fn(&Parts) -> String + Send + Sync>;
+
+/// Everything the layer was configured with, shared by its services.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) inference_id_header: HeaderName,
+    pub(crate) trust_request_id: bool,
+    pub(crate) respond_with_id: bool,
+    pub(crate) inference_id: Option<PartsFn>,
+    pub(crate) record_headers: Vec<HeaderName>,
+    pub(crate) user_id_header: Option<HeaderName>,
+    pub(crate) session_id_header: Option<HeaderName>,
+    pub(crate) user_id: Option<PartsFn>,
+    pub(crate) session_id: Option<PartsFn>,
+    pub(crate) route: Option<PartsFn>,
+    pub(crate) name: Option<NameFn>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            inference_id_header: HeaderName::from_static(INFERENCE_ID_HEADER),
+            trust_request_id: true,
+            respond_with_id: true,
+            inference_id: None,
+            record_headers: vec![http::header::CONTENT_TYPE, http::header::USER_AGENT],
+            user_id_header: None,
+            session_id_header: None,
+            user_id: None,
+            session_id: None,
+            route: None,
+            name: None,
+        }
+    }
+}
+
+/// How an [`OpenlayerLayer`] treats request bodies by default: passed through untouched,
+/// not recorded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IgnoreBody;
+
+/// JSON request bodies up to a size are read before the handler runs and recorded
+/// under the step's input `body`; see [`OpenlayerLayer::record_json_body`].
+#[derive(Debug, Clone, Copy)]
+pub struct RecordJsonBody {
+    pub(crate) max_bytes: usize,
+}
+
+/// A [`tower::Layer`] that makes every HTTP request the root step of an Openlayer trace:
+/// one row of the inference pipeline per request.
+///
+/// For each request, the layer
+///
+/// - opens a root step named `"{METHOD} {route}"` (`"POST /users/{id}/chat"`), with the
+///   method, the path and the [allow-listed headers](Self::record_headers) as inputs (and
+///   the JSON body, with [`record_json_body`](Self::record_json_body));
+/// - makes it current while the inner service runs, so that everything the handler does
+///   (`#[trace]` functions, LLM client calls, work spawned with
+///   [`openlayer_trace::spawn`]) nests under it and
+///   [`openlayer_trace::current_inference_id`] works in the handler;
+/// - sets the row's inference id from the request's
+///   [`x-openlayer-inference-id`](Self::inference_id_header) header (so a retried request
+///   keeps its row), else from the [`inference_id`](Self::inference_id) closure, else a
+///   new one, and sends it back in the same response header;
+/// - fills the `user_id` and `session_id` columns from [headers](Self::user_id_header) or
+///   [closures](Self::user_id);
+/// - records the status code as the step's output, and for a 5xx response or a panic of
+///   the handler an `Exceptions` entry;
+/// - ends the step when the response body has been sent in full, or, when the client goes
+///   away first, when the body is dropped, with `cancelled: true` and the status sent.
+///
+/// ```
+/// use openlayer_trace_tower::OpenlayerLayer;
+///
+/// let layer = OpenlayerLayer::new()
+///     .record_headers(["user-agent", "x-client-version"])
+///     .user_id_header("x-user-id")
+///     .session_id_header("x-session-id");
+/// // axum:  Router::new().route("/chat", post(chat)).layer(layer)
+/// // tower: ServiceBuilder::new().layer(layer).service(svc)
+/// # let _ = layer;
+/// ```
+///
+/// # Browsers and CORS
+///
+/// A script in a browser can only read the inference id from the response when the server
+/// exposes the header: with tower-http's `CorsLayer`,
+/// `.expose_headers([HeaderName::from_static("x-openlayer-inference-id")])`
+/// (`Access-Control-Expose-Headers: x-openlayer-inference-id`); a client that sends the id
+/// on a cross-origin request also needs it in `.allow_headers(..)`.
+///
+/// # Route names with axum
+///
+/// With the crate's `axum` feature, the route is axum's `MatchedPath` (the template, such
+/// as `/users/{id}`) when the layer is added with `Router::layer` or `Router::route_layer`,
+/// so that rows group by endpoint rather than by id. Without the feature, or outside a
+/// router, it is the request's path, unless [`route`](Self::route) says otherwise.
+///
+/// # When tracing is off
+///
+/// With tracing disabled (`OPENLAYER_DISABLE_PUBLISH`), requests pass through untouched: no
+/// step, no response header.
+pub struct OpenlayerLayer<M = IgnoreBody> {
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) mode: M,
+}
+
+impl Default for OpenlayerLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<M: Clone> Clone for OpenlayerLayer<M> {
+    fn clone(&self) -> Self {
+        OpenlayerLayer {
+            settings: self.settings.clone(),
+            mode: self.mode.clone(),
+        }
+    }
+}
+
+impl<M: fmt::Debug> fmt::Debug for OpenlayerLayer<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.settings;
+        f.debug_struct("OpenlayerLayer")
+            .field("inference_id_header", &s.inference_id_header)
+            .field("trust_request_inference_id", &s.trust_request_id)
+            .field("respond_with_inference_id", &s.respond_with_id)
+            .field("inference_id", &s.inference_id.is_some())
+            .field("record_headers", &s.record_headers)
+            .field("user_id_header", &s.user_id_header)
+            .field("session_id_header", &s.session_id_header)
+            .field("user_id", &s.user_id.is_some())
+            .field("session_id", &s.session_id.is_some())
+            .field("route", &s.route.is_some())
+            .field("name", &s.name.is_some())
+            .field("body", &self.mode)
+            .finish()
+    }
+}
+
+/// Parses a header name given to the builder.
+///
+/// Panics, like [`HeaderName::from_static`], on a name that is not a valid header name:
+/// that is a mistake in the program's configuration, found when the layer is built.
+fn header_name<K>(name: K, what: &str) -> HeaderName
+where
+    K: TryInto<HeaderName>,
+    K::Error: fmt::Debug,
+{
+    match name.try_into() {
+        Ok(n) => n,
+        Err(e) => panic!("OpenlayerLayer::{what}: invalid header name ({e:?})"),
+    }
+}
+
+impl OpenlayerLayer {
+    /// A layer with the defaults: the inference id in `x-openlayer-inference-id` (read from
+    /// the request, written to the response), `content-type` and `user-agent` recorded, no
+    /// user or session, the request body not read.
+    pub fn new() -> Self {
+        OpenlayerLayer {
+            settings: Arc::new(Settings::default()),
+            mode: IgnoreBody,
+        }
+    }
+
+    /// Also records the request body as the step's input `body`, when it is JSON
+    /// (`content-type` `application/json` or `*/*+json`) and its length is known (a
+    /// `content-length`) and at most `max_bytes`.
+    ///
+    /// Such a body is read in full before the handler runs (the step starts after it),
+    /// then handed to the handler unchanged. Other bodies are streamed to the handler
+    /// untouched and not recorded. If reading the body fails, the handler gets the bytes
+    /// read so far (its own JSON parsing then reports the truncated body).
+    ///
+    /// The body type must be buildable from [`bytes::Bytes`] (`axum::body::Body`,
+    /// `http_body_util::Full`, ...), and the inner service `Clone` (axum's routes are).
+    ///
+    /// ```
+    /// let layer = openlayer_trace_tower::OpenlayerLayer::new().record_json_body(16 * 1024);
+    /// # let _ = layer;
+    /// ```
+    pub fn record_json_body(self, max_bytes: usize) -> OpenlayerLayer<RecordJsonBody> {
+        OpenlayerLayer {
+            settings: self.settings,
+            mode: RecordJsonBody { max_bytes },
+        }
+    }
+}
+
+impl<M> OpenlayerLayer<M> {
+    fn settings(&mut self) -> &mut Settings {
+        Arc::make_mut(&mut self.settings)
+    }
+
+    /// The header carrying the inference id (default `x-openlayer-inference-id`): read
+    /// from the request, so that a client retrying a request keeps its row, and written to
+    /// the response, so that the client can send feedback for exactly this row.
+    ///
+    /// # Panics
+    ///
+    /// On an invalid header name.
+    pub fn inference_id_header<K>(mut self, name: K) -> Self
+    where
+        K: TryInto<HeaderName>,
+        K::Error: fmt::Debug,
+    {
+        self.settings().inference_id_header = header_name(name, "inference_id_header");
+        self
+    }
+
+    /// Whether an inference id sent by the client in the
+    /// [header](Self::inference_id_header) is used (default `true`). Set `false` when
+    /// clients must not choose the row they write to; the id is then always computed.
+    pub fn trust_request_inference_id(mut self, trust: bool) -> Self {
+        self.settings().trust_request_id = trust;
+        self
+    }
+
+    /// Whether the inference id is written to the response
+    /// [header](Self::inference_id_header) (default `true`).
+    pub fn respond_with_inference_id(mut self, respond: bool) -> Self {
+        self.settings().respond_with_id = respond;
+        self
+    }
+
+    /// Computes the inference id of a request that did not send one (or whose id is not
+    /// [trusted](Self::trust_request_inference_id)); `None` falls back to a new id (the
+    /// root step's UUID). The closure sees the request's head, extensions included (what
+    /// middleware outside this layer inserted).
+    ///
+    /// ```
+    /// use openlayer_trace::inference_id_for;
+    /// use openlayer_trace_tower::OpenlayerLayer;
+    ///
+    /// // One row per order, whatever the number of attempts.
+    /// let layer = OpenlayerLayer::new().inference_id(|req| {
+    ///     let order = req.headers.get("x-order-id")?.to_str().ok()?;
+    ///     Some(inference_id_for(order))
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn inference_id<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.settings().inference_id = Some(Arc::new(f));
+        self
+    }
+
+    /// The request headers recorded under the step's input `headers` (default
+    /// `content-type` and `user-agent`); replaces the list. `authorization`,
+    /// `proxy-authorization`, `cookie` and `set-cookie` are never recorded, even when
+    /// listed. Names are case-insensitive; a header sent several times is recorded as its
+    /// values joined by `", "`, a value that is not UTF-8 with replacement characters.
+    ///
+    /// # Panics
+    ///
+    /// On an invalid header name.
+    pub fn record_headers<I, K>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = K>,
+        K: TryInto<HeaderName>,
+        K::Error: fmt::Debug,
+    {
+        let mut list: Vec<HeaderName> = Vec::new();
+        for name in names {
+            let name = header_name(name, "record_headers");
+            if !NEVER_RECORDED.contains(&name) && !list.contains(&name) {
+                list.push(name);
+            }
+        }
+        self.settings().record_headers = list;
+        self
+    }
+
+    /// The request header whose value fills the row's `user_id` column (default none).
+    /// A [`user_id`](Self::user_id) closure, when set, is asked first.
+    ///
+    /// # Panics
+    ///
+    /// On an invalid header name.
+    pub fn user_id_header<K>(mut self, name: K) -> Self
+    where
+        K: TryInto<HeaderName>,
+        K::Error: fmt::Debug,
+    {
+        self.settings().user_id_header = Some(header_name(name, "user_id_header"));
+        self
+    }
+
+    /// The request header whose value fills the row's `session_id` column (default none).
+    /// A [`session_id`](Self::session_id) closure, when set, is asked first.
+    ///
+    /// # Panics
+    ///
+    /// On an invalid header name.
+    pub fn session_id_header<K>(mut self, name: K) -> Self
+    where
+        K: TryInto<HeaderName>,
+        K::Error: fmt::Debug,
+    {
+        self.settings().session_id_header = Some(header_name(name, "session_id_header"));
+        self
+    }
+
+    /// Computes the row's `user_id` from the request's head; `None` falls back to the
+    /// [header](Self::user_id_header). Typically reads what an authentication middleware
+    /// (added *outside* this layer, so that it runs first) put in the extensions:
+    ///
+    /// ```
+    /// use openlayer_trace_tower::OpenlayerLayer;
+    ///
+    /// #[derive(Clone)]
+    /// struct CurrentUser { id: String }
+    ///
+    /// let layer = OpenlayerLayer::new()
+    ///     .user_id(|req| req.extensions.get::<CurrentUser>().map(|u| u.id.clone()));
+    /// # let _ = layer;
+    /// ```
+    pub fn user_id<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.settings().user_id = Some(Arc::new(f));
+        self
+    }
+
+    /// Computes the row's `session_id` from the request's head; `None` falls back to the
+    /// [header](Self::session_id_header).
+    pub fn session_id<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.settings().session_id = Some(Arc::new(f));
+        self
+    }
+
+    /// Computes the route of the step's name `"{METHOD} {route}"`; `None` falls back to
+    /// the default (axum's `MatchedPath` with the `axum` feature, else the path). Use it
+    /// to group rows by endpoint with a router other than axum's:
+    ///
+    /// ```
+    /// use openlayer_trace_tower::OpenlayerLayer;
+    ///
+    /// #[derive(Clone)]
+    /// struct RouteTemplate(&'static str);
+    ///
+    /// let layer = OpenlayerLayer::new()
+    ///     .route(|req| req.extensions.get::<RouteTemplate>().map(|r| r.0.to_string()));
+    /// # let _ = layer;
+    /// ```
+    pub fn route<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.settings().route = Some(Arc::new(f));
+        self
+    }
+
+    /// Names the step: replaces `"{METHOD} {route}"` entirely.
+    ///
+    /// ```
+    /// let layer = openlayer_trace_tower::OpenlayerLayer::new()
+    ///     .name(|req| format!("chat-api {}", req.uri.path()));
+    /// # let _ = layer;
+    /// ```
+    pub fn name<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> String + Send + Sync + 'static,
+    {
+        self.settings().name = Some(Arc::new(f));
+        self
+    }
+}
+
+impl<S, M: Clone> tower::Layer<S> for OpenlayerLayer<M> {
+    type Service = OpenlayerService<S, M>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        OpenlayerService {
+            inner,
+            settings: self.settings.clone(),
+            mode: self.mode.clone(),
+        }
+    }
+}
+
+impl Settings {
+    /// The step's name: `"{METHOD} {route}"`, or the user's.
+    pub(crate) fn step_name(&self, parts: &Parts) -> Cow<'static, str> {
+        if let Some(name) = &self.name {
+            return Cow::Owned(name(parts));
+        }
+        let method = parts.method.as_str();
+        if let Some(route) = self.route.as_ref().and_then(|f| f(parts)) {
+            return Cow::Owned(format!("{method} {route}"));
+        }
+        #[cfg(feature = "axum")]
+        if let Some(m) = parts.extensions.get::<axum::extract::MatchedPath>() {
+            return Cow::Owned(format!("{method} {}", m.as_str()));
+        }
+        Cow::Owned(format!("{method} {}", parts.uri.path()))
+    }
+
+    /// The inference id to set on the trace, when not the generated one.
+    pub(crate) fn inference_id(&self, parts: &Parts) -> Option<String> {
+        if self.trust_request_id
+            && let Some(id) = parts
+                .headers
+                .get(&self.inference_id_header)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|id| !id.is_empty() && id.len() <= MAX_INFERENCE_ID_LEN)
+        {
+            return Some(id.to_string());
+        }
+        self.inference_id.as_ref().and_then(|f| f(parts))
+    }
+
+    pub(crate) fn user_id(&self, parts: &Parts) -> Option<String> {
+        from_fn_or_header(self.user_id.as_ref(), self.user_id_header.as_ref(), parts)
+    }
+
+    pub(crate) fn session_id(&self, parts: &Parts) -> Option<String> {
+        from_fn_or_header(
+            self.session_id.as_ref(),
+            self.session_id_header.as_ref(),
+            parts,
+        )
+    }
+}
+
+fn from_fn_or_header(
+    f: Option<&PartsFn>,
+    header: Option<&HeaderName>,
+    parts: &Parts,
+) -> Option<String> {
+    if let Some(v) = f.and_then(|f| f(parts)) {
+        return Some(v);
+    }
+    let value = parts.headers.get(header?)?;
+    let text = String::from_utf8_lossy(value.as_bytes());
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}

@@ -1,0 +1,56 @@
+//! A [tower](https://docs.rs/tower) middleware that makes every HTTP request an Openlayer
+//! trace: one row of the inference pipeline per request, with everything the handler
+//! does nested under it, streamed responses included, and the row's inference id handed
+//! to the client for feedback.
+//!
+//! It works with any tower-based server (axum, tonic's HTTP layer, hyper through
+//! `hyper-util`'s `TowerToHyperService`): the service wraps `http::Request<B>` to
+//! `http::Response<ResBody>` services.
+//!
+//! ```no_run
+//! use axum::{Router, routing::post};
+//! use openlayer_trace_tower::OpenlayerLayer;
+//!
+//! async fn chat(body: String) -> String {
+//!     // `#[trace]` functions called here are steps of this request's trace, and
+//!     // `openlayer_trace::current_inference_id()` is the id sent back to the client.
+//!     body
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let _guard = openlayer_trace::init_from_env()?;
+//! let app = Router::new().route("/chat", post(chat)).layer(
+//!     OpenlayerLayer::new()
+//!         .user_id_header("x-user-id")
+//!         .record_json_body(64 * 1024),
+//! );
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The client reads the row's id from the `x-openlayer-inference-id` response header and
+//! sends feedback for it later, which the service records with
+//! [`openlayer_trace::update_row`]. See [`OpenlayerLayer`] for what is recorded and how to
+//! configure it.
+//!
+//! # Features
+//!
+//! - `axum`: names each request's step after axum's `MatchedPath` (`"GET /users/{id}"`)
+//!   rather than its path (`"GET /users/42"`). Without it, the layer depends on `tower`
+//!   and `http` only, and [`OpenlayerLayer::route`] does the same from any extension.
+#![warn(missing_docs)]
+
+mod body;
+mod json_body;
+mod layer;
+mod service;
+
+pub use body::OpenlayerBody;
+pub use json_body::JsonResponseFuture;
+pub use layer::{
+    INFERENCE_ID_HEADER, IgnoreBody, MAX_INFERENCE_ID_LEN, NEVER_RECORDED, OpenlayerLayer,
+    RecordJsonBody,
+};
+pub use service::{OpenlayerService, ResponseFuture};

@@ -1,0 +1,259 @@
+//! The service: opens each request's root step, runs the inner service inside it, and
+//! hands the step to the response body.
+
+use std::fmt::{self, Display};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use openlayer_trace::{StepHandle, StepKind};
+use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde_json::value::RawValue;
+
+use crate::body::{OpenlayerBody, with_step};
+use crate::layer::{IgnoreBody, Settings};
+
+/// The service made by [`OpenlayerLayer`](crate::OpenlayerLayer): each request becomes the
+/// root step of a trace; see the layer's documentation.
+pub struct OpenlayerService<S, M = IgnoreBody> {
+    pub(crate) inner: S,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) mode: M,
+}
+
+impl<S: Clone, M: Clone> Clone for OpenlayerService<S, M> {
+    fn clone(&self) -> Self {
+        OpenlayerService {
+            inner: self.inner.clone(),
+            settings: self.settings.clone(),
+            mode: self.mode.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, M: fmt::Debug> fmt::Debug for OpenlayerService<S, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenlayerService")
+            .field("inner", &self.inner)
+            .field("body", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The step's inputs: the method, the path, the allow-listed headers and the JSON body.
+#[derive(Serialize)]
+struct Inputs<'a> {
+    method: &'a str,
+    path: &'a str,
+    #[serde(skip_serializing_if = "RecordedHeaders::is_empty")]
+    headers: RecordedHeaders<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<RecordedBody<'a>>,
+}
+
+/// A recorded request body: its JSON, or its text when it is not valid JSON.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub(crate) enum RecordedBody<'a> {
+    Json(&'a RawValue),
+    Text(&'a str),
+}
+
+/// The allow-listed headers present on the request, serialized as a map without copying.
+struct RecordedHeaders<'a> {
+    names: &'a [HeaderName],
+    headers: &'a HeaderMap,
+}
+
+impl RecordedHeaders<'_> {
+    fn is_empty(&self) -> bool {
+        !self.names.iter().any(|n| self.headers.contains_key(n))
+    }
+}
+
+impl Serialize for RecordedHeaders<'_> {
+    fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+        let mut map = s.serialize_map(None)?;
+        for name in self.names {
+            let mut values = self.headers.get_all(name).iter();
+            let Some(first) = values.next() else { continue };
+            let mut text = String::from_utf8_lossy(first.as_bytes());
+            for more in values {
+                let t = text.to_mut();
+                t.push_str(", ");
+                t.push_str(&String::from_utf8_lossy(more.as_bytes()));
+            }
+            map.serialize_entry(name.as_str(), &text)?;
+        }
+        map.end()
+    }
+}
+
+/// What a request's step needs after the inner service was called.
+pub(crate) struct Begun {
+    pub(crate) step: StepHandle,
+    /// Whether the response will have no body to wait for (`HEAD`).
+    head: bool,
+}
+
+/// Opens the request's root step and sets its trace's columns.
+pub(crate) fn begin(settings: &Settings, parts: &Parts, body: Option<RecordedBody<'_>>) -> Begun {
+    let inputs = Inputs {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        headers: RecordedHeaders {
+            names: &settings.record_headers,
+            headers: &parts.headers,
+        },
+        body,
+    };
+    let step = openlayer_trace::step(settings.step_name(parts))
+        .kind(StepKind::UserCall)
+        .inputs(&inputs)
+        .start();
+    if step.is_recording() {
+        let inference_id = settings.inference_id(parts);
+        let user_id = settings.user_id(parts);
+        let session_id = settings.session_id(parts);
+        if inference_id.is_some() || user_id.is_some() || session_id.is_some() {
+            step.in_scope(|| {
+                openlayer_trace::update_current_trace!(
+                    inference_id = inference_id,
+                    user_id = user_id,
+                    session_id = session_id,
+                )
+            });
+        }
+    }
+    Begun {
+        step,
+        head: parts.method == Method::HEAD,
+    }
+}
+
+impl<S, B, ResBody> tower::Service<Request<B>> for OpenlayerService<S, IgnoreBody>
+where
+    S: tower::Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: Display,
+    ResBody: http_body::Body,
+    ResBody::Error: Display,
+{
+    type Response = Response<OpenlayerBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let (parts, body) = req.into_parts();
+        let begun = begin(&self.settings, &parts, None);
+        let req = Request::from_parts(parts, body);
+        ResponseFuture::start(&mut self.inner, req, begun, self.settings.clone())
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`OpenlayerService`]: runs the inner service's future with
+    /// the request's step current, and records the response.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        step: Option<StepHandle>,
+        head: bool,
+        settings: Arc<Settings>,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("step", &self.step)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    /// Calls `service` with the step current (its `call` may already do work).
+    pub(crate) fn start<S, B>(
+        service: &mut S,
+        req: Request<B>,
+        begun: Begun,
+        settings: Arc<Settings>,
+    ) -> Self
+    where
+        S: tower::Service<Request<B>, Future = F>,
+    {
+        let mut step = Some(begun.step);
+        let inner = with_step(&mut step, || service.call(req));
+        ResponseFuture {
+            inner,
+            step,
+            head: begun.head,
+            settings,
+        }
+    }
+}
+
+/// Statuses whose responses have no body, which servers may never poll.
+fn bodiless(status: StatusCode) -> bool {
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    E: Display,
+    ResBody: http_body::Body,
+    ResBody::Error: Display,
+{
+    type Output = Result<Response<OpenlayerBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let inner = this.inner;
+        let result = ready!(with_step(this.step, || inner.poll(cx)));
+        let Some(mut step) = this.step.take() else {
+            return Poll::Ready(result.map(|r| r.map(OpenlayerBody::untraced)));
+        };
+        let res = match result {
+            Ok(res) => res,
+            Err(e) => {
+                step.error(&e);
+                step.finish();
+                return Poll::Ready(Err(e));
+            }
+        };
+        let (mut parts, body) = res.into_parts();
+        let status = parts.status;
+        step.output(&status.as_u16());
+        if status.is_server_error() {
+            step.metadata("Exceptions", &format!("HTTP {status}"));
+        }
+        if this.settings.respond_with_id
+            && let Some(id) = step.in_scope(openlayer_trace::current_inference_id)
+            && let Ok(value) = HeaderValue::try_from(id)
+        {
+            parts
+                .headers
+                .insert(this.settings.inference_id_header.clone(), value);
+        }
+        let step = if *this.head || bodiless(status) || http_body::Body::is_end_stream(&body) {
+            step.finish();
+            None
+        } else {
+            Some(step)
+        };
+        Poll::Ready(Ok(Response::from_parts(
+            parts,
+            OpenlayerBody::new(body, step),
+        )))
+    }
+}

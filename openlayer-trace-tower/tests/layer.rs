@@ -1,0 +1,234 @@
+//! The layer's settings, in process: a `tower::service_fn` behind the layer, called with
+//! `oneshot`, its traces captured with `openlayer_trace::testing`.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use openlayer_trace::testing::{self, CapturedTrace};
+use openlayer_trace::{inference_id_for, trace, update_current_trace};
+use openlayer_trace_tower::OpenlayerLayer;
+use serde_json::json;
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+#[trace]
+fn work(n: u32) -> u32 {
+    n * 2
+}
+
+async fn ok(_req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
+    work(21);
+    Ok(Response::new(Full::new(Bytes::from_static(b"hello"))))
+}
+
+fn get(uri: &str) -> http::request::Builder {
+    Request::builder().method("GET").uri(uri)
+}
+
+fn empty(b: http::request::Builder) -> Request<Full<Bytes>> {
+    b.body(Full::new(Bytes::new())).unwrap()
+}
+
+/// Runs one request through `layer` over `ok`, reads the whole body, and returns the
+/// response head and the one trace.
+async fn run(
+    layer: OpenlayerLayer,
+    req: Request<Full<Bytes>>,
+) -> (http::response::Parts, Bytes, CapturedTrace) {
+    let ((parts, body), traces) = testing::capture_async(async {
+        let res = layer.layer(service_fn(ok)).oneshot(req).await.unwrap();
+        let (parts, body) = res.into_parts();
+        (parts, body.collect().await.unwrap().to_bytes())
+    })
+    .await;
+    assert_eq!(traces.len(), 1, "{traces:#?}");
+    (parts, body, traces.into_iter().next().unwrap())
+}
+
+#[tokio::test]
+async fn defaults_record_method_path_and_status() {
+    let req = empty(
+        get("/items/42?secret=1")
+            .header("user-agent", "t/1")
+            .header("x-other", "no"),
+    );
+    let (parts, body, t) = run(OpenlayerLayer::new(), req).await;
+    assert_eq!(body, "hello");
+    let root = t.root();
+    assert_eq!(root["name"], "GET /items/42");
+    assert_eq!(
+        root["inputs"],
+        json!({"method": "GET", "path": "/items/42", "headers": {"user-agent": "t/1"}})
+    );
+    assert_eq!(root["output"], 200);
+    assert_eq!(root["steps"][0]["name"], "work");
+    let id = parts.headers["x-openlayer-inference-id"].to_str().unwrap();
+    assert_eq!(id, t.inference_id());
+}
+
+#[tokio::test]
+async fn closures_name_route_and_columns() {
+    let layer = OpenlayerLayer::new()
+        .route(|req| Some(req.uri.path().replace(char::is_numeric, ":n")))
+        .inference_id(|req| {
+            let order = req.headers.get("x-order")?.to_str().ok()?;
+            Some(inference_id_for(order))
+        })
+        .user_id(|req| req.extensions.get::<u64>().map(|u| format!("user-{u}")))
+        .user_id_header("x-user")
+        .session_id_header("x-session")
+        .inference_id_header("x-request-id")
+        .record_headers(Vec::<&str>::new());
+    let mut req = empty(
+        get("/items/7")
+            .header("x-order", "order-9")
+            .header("x-user", "from-header")
+            .header("x-session", " s-1 "),
+    );
+    req.extensions_mut().insert(5u64);
+    let (parts, _, t) = run(layer.clone(), req).await;
+    assert_eq!(t.root()["name"], "GET /items/:n");
+    assert!(t.root()["inputs"].get("headers").is_none());
+    assert_eq!(t.inference_id(), inference_id_for("order-9"));
+    assert_eq!(parts.headers["x-request-id"], inference_id_for("order-9"));
+    assert!(parts.headers.get("x-openlayer-inference-id").is_none());
+    assert_eq!(t.row()["user_id"], "user-5", "the closure first");
+    assert_eq!(t.row()["session_id"], "s-1");
+
+    // The header beats the closure; without the extension, the user comes from its header.
+    let req = empty(
+        get("/items/8")
+            .header("x-order", "order-9")
+            .header("x-request-id", "client-id")
+            .header("x-user", "from-header"),
+    );
+    let (_, _, t) = run(layer.clone(), req).await;
+    assert_eq!(t.inference_id(), "client-id");
+    assert_eq!(t.row()["user_id"], "from-header");
+
+    // Not trusted: the closure decides.
+    let req = empty(
+        get("/items/8")
+            .header("x-order", "order-9")
+            .header("x-request-id", "client-id"),
+    );
+    let (_, _, t) = run(layer.trust_request_inference_id(false), req).await;
+    assert_eq!(t.inference_id(), inference_id_for("order-9"));
+}
+
+#[tokio::test]
+async fn name_and_no_response_header() {
+    let layer = OpenlayerLayer::new()
+        .name(|req| format!("api:{}", req.method))
+        .respond_with_inference_id(false);
+    let (parts, _, t) = run(layer, empty(get("/x"))).await;
+    assert_eq!(t.root()["name"], "api:GET");
+    assert!(parts.headers.get("x-openlayer-inference-id").is_none());
+}
+
+#[tokio::test]
+async fn the_handler_can_change_the_inference_id() {
+    let svc = OpenlayerLayer::new().layer(service_fn(|_req: Request<Full<Bytes>>| async {
+        update_current_trace!(inference_id = "set-by-handler");
+        Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+    }));
+    let (res, traces) =
+        testing::capture_async(async { svc.oneshot(empty(get("/h"))).await.unwrap() }).await;
+    assert_eq!(res.headers()["x-openlayer-inference-id"], "set-by-handler");
+    assert_eq!(traces[0].inference_id(), "set-by-handler");
+}
+
+#[tokio::test]
+async fn bodiless_responses_end_at_once() {
+    // HEAD, 204 and an empty body: servers may never poll such bodies; the step ends
+    // with the response, not as cancelled when the body is dropped unpolled.
+    for (method, status) in [
+        ("HEAD", StatusCode::OK),
+        ("GET", StatusCode::NO_CONTENT),
+        ("GET", StatusCode::OK),
+    ] {
+        let svc = OpenlayerLayer::new().layer(service_fn(move |_req: Request<Full<Bytes>>| {
+            let mut res = Response::new(Empty::<Bytes>::new());
+            *res.status_mut() = status;
+            async move { Ok::<_, Infallible>(res) }
+        }));
+        let req = empty(Request::builder().method(method).uri("/b"));
+        let (_, traces) = testing::capture_async(async {
+            let res = svc.oneshot(req).await.unwrap();
+            drop(res); // the body, never polled
+        })
+        .await;
+        let root = traces[0].root();
+        assert!(
+            root["metadata"].get("cancelled").is_none(),
+            "{method} {status}: {root:#}"
+        );
+        assert_eq!(root["output"], status.as_u16());
+    }
+}
+
+#[tokio::test]
+async fn a_body_dropped_unread_is_cancelled_and_service_errors_are_recorded() {
+    let (_, traces) = testing::capture_async(async {
+        let res = OpenlayerLayer::new()
+            .layer(service_fn(ok))
+            .oneshot(empty(get("/dropped")))
+            .await
+            .unwrap();
+        drop(res);
+    })
+    .await;
+    assert_eq!(traces[0].root()["metadata"]["cancelled"], true);
+    assert_eq!(traces[0].root()["output"], 200);
+
+    let mut svc = OpenlayerLayer::new().layer(service_fn(|_req: Request<Full<Bytes>>| async {
+        Err::<Response<Full<Bytes>>, _>(std::io::Error::other("upstream refused"))
+    }));
+    let (res, traces) = testing::capture_async(async {
+        svc.ready().await.unwrap();
+        svc.call(empty(get("/err"))).await
+    })
+    .await;
+    assert!(res.is_err());
+    assert_eq!(
+        traces[0].root()["metadata"]["Exceptions"],
+        "upstream refused"
+    );
+}
+
+#[tokio::test]
+async fn record_headers_drops_credentials_whatever_the_case() {
+    let layer =
+        OpenlayerLayer::new().record_headers(["AUTHORIZATION", "Cookie", "Set-Cookie", "x-a"]);
+    let req = empty(
+        get("/c")
+            .header("authorization", "secret")
+            .header("cookie", "secret")
+            .header("x-a", "1"),
+    );
+    let (_, _, t) = run(layer, req).await;
+    assert_eq!(t.root()["inputs"]["headers"], json!({"x-a": "1"}));
+    assert!(!t.row_json().contains("secret"));
+}
+
+#[tokio::test]
+async fn json_bodies_with_body_types_from_bytes() {
+    let svc = OpenlayerLayer::new().record_json_body(64).layer(service_fn(
+        |req: Request<Full<Bytes>>| async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            Ok::<_, Infallible>(Response::new(Full::new(body)))
+        },
+    ));
+    let req = Request::post("/j")
+        .header("content-type", "application/vnd.api+json")
+        .body(Full::new(Bytes::from_static(br#"{"a":[1,2]}"#)))
+        .unwrap();
+    let (echo, traces) = testing::capture_async(async {
+        let res = svc.oneshot(req).await.unwrap();
+        res.into_body().collect().await.unwrap().to_bytes()
+    })
+    .await;
+    assert_eq!(echo, r#"{"a":[1,2]}"#);
+    assert_eq!(traces[0].root()["inputs"]["body"], json!({"a": [1, 2]}));
+}
