@@ -82,6 +82,12 @@ impl StepHandle {
         }
     }
 
+    /// The open step, for the crate's integrations.
+    #[cfg_attr(not(feature = "tracing-layer"), allow(dead_code))]
+    pub(crate) fn open_step(&self) -> Option<&OpenStep> {
+        self.open.as_ref()
+    }
+
     /// Whether the step is recorded (tracing is on).
     pub fn is_recording(&self) -> bool {
         self.open.is_some()

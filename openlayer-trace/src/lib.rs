@@ -44,6 +44,8 @@ mod rowupdate;
 mod shape;
 mod spool;
 mod step;
+#[cfg(feature = "tracing-layer")]
+mod tracing_layer;
 mod transport;
 mod tree;
 mod update;
@@ -100,6 +102,8 @@ pub use pipeline::{Guard, flush, flush_async, init, init_from_env, stats};
 pub use report::{DeliveryFailure, DeliveryReport, DropReason, Dropped, Stats};
 pub use rowupdate::{update_row, update_row_in};
 pub use step::{Instrumented, OutputSink, StepBuilder, StepFinisher, StepGuard, step};
+#[cfg(feature = "tracing-layer")]
+pub use tracing_layer::{TracingLayer, tracing_layer};
 pub use tree::format_trace_tree;
 pub use update::{
     current_inference_id, log_context, log_ground_truth, log_output, log_question,
