@@ -122,6 +122,8 @@ pub use api::step::handle::{EnteredStep, StepHandle};
 pub use api::step::stream;
 pub use api::step::stream::{TraceIteratorExt, TraceStreamExt, Traced};
 pub use api::step::{Instrumented, OutputSink, StepBuilder, StepFinisher, StepGuard, step};
+#[cfg(feature = "tracing-layer")]
+pub use api::tracing_layer::{TracingLayer, tracing_layer};
 pub use client::{
     Client, ClientBuilder, InferencePipeline, LlmConfig, Project, PromptMessage, RawStreamConfig,
     RowUpdateConfig, StreamConfig, TabularClassificationConfig, TabularRegressionConfig, TaskType,

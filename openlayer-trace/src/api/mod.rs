@@ -9,3 +9,5 @@ pub(crate) mod none_probe;
 pub(crate) mod row_options;
 pub(crate) mod row_update;
 pub(crate) mod step;
+#[cfg(feature = "tracing-layer")]
+pub(crate) mod tracing_layer;

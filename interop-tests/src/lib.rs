@@ -1,0 +1,1 @@
+//! Tests and benchmarks of openlayer-trace's interop (see `tests/` and `benches/`).

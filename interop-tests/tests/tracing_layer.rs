@@ -1,0 +1,393 @@
+//! `openlayer_trace::tracing_layer()`: `tracing` spans (from `#[instrument]` and from spans
+//! with GenAI / OpenInference attributes) become steps, nested both ways with `#[trace]`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use openlayer_trace::testing::{self, CapturedTrace};
+use openlayer_trace::{trace, tracing_layer};
+use serde_json::{Value, json};
+use tracing::Instrument;
+use tracing::field::Empty;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::Registry;
+
+fn shape(step: &Value) -> String {
+    let children: Vec<String> = step["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(shape)
+        .collect();
+    let name = step["name"].as_str().unwrap();
+    if children.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}({})", children.join(", "))
+    }
+}
+
+fn tree(t: &CapturedTrace) -> String {
+    shape(t.root())
+}
+
+/// Counts the spans another layer of the same subscriber sees.
+#[derive(Clone, Default)]
+struct Counter(Arc<AtomicUsize>);
+
+impl<S: tracing::Subscriber> Layer<S> for Counter {
+    fn on_new_span(
+        &self,
+        _: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs `f` under a subscriber with the layer (selecting this test's target) and returns
+/// the traces it completed.
+fn run<R>(f: impl FnOnce() -> R) -> (R, Vec<CapturedTrace>) {
+    let subscriber =
+        Registry::default().with(tracing_layer().with_targets([module_path!().to_string()]));
+    tracing::subscriber::with_default(subscriber, || testing::capture(f))
+}
+
+#[tracing::instrument]
+fn lookup(city: &str, limit: u32) -> usize {
+    city.len() + limit as usize
+}
+
+#[trace]
+fn answer(question: &str) -> usize {
+    lookup("Paris", 3) + question.len()
+}
+
+#[test]
+fn instrument_span_inside_a_traced_function_is_its_child_with_its_arguments_as_inputs() {
+    let (_, traces) = run(|| answer("capital?"));
+    assert_eq!(traces.len(), 1);
+    let t = &traces[0];
+    assert_eq!(tree(t), "answer(lookup)");
+    let lookup = t.step("lookup").unwrap();
+    assert_eq!(lookup["type"], "user_call");
+    assert_eq!(lookup["inputs"], json!({"city": "Paris", "limit": 3}));
+    assert!(lookup["endTime"].as_f64().unwrap() >= lookup["startTime"].as_f64().unwrap());
+}
+
+#[trace]
+fn inner_traced(n: u32) -> u32 {
+    n + 1
+}
+
+#[test]
+fn traced_function_inside_an_entered_span_nests_under_its_step() {
+    let (_, traces) = run(|| {
+        let span = tracing::info_span!("pipeline", request = "r-1");
+        let _e = span.enter();
+        inner_traced(1);
+        inner_traced(2);
+    });
+    assert_eq!(traces.len(), 1, "the span is the root of its own trace");
+    assert_eq!(tree(&traces[0]), "pipeline(inner_traced, inner_traced)");
+    assert_eq!(traces[0].root()["inputs"], json!({"request": "r-1"}));
+}
+
+#[test]
+fn nesting_holds_across_await_and_worker_threads_through_instrument() {
+    let subscriber =
+        Registry::default().with(tracing_layer().with_targets([module_path!().to_string()]));
+    let dispatch = tracing::Dispatch::new(subscriber);
+    let for_workers = dispatch.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        // The workers use the same subscriber (the test cannot set a global one).
+        .on_thread_start(move || std::mem::forget(tracing::dispatcher::set_default(&for_workers)))
+        .build()
+        .unwrap();
+    let traces = tracing::dispatcher::with_default(&dispatch, || {
+        rt.block_on(async {
+            let ((), traces) = testing::capture_async(async {
+                let root = tracing::info_span!("parent");
+                let work = async {
+                    for i in 0..3 {
+                        tokio::task::yield_now().await;
+                        inner_traced(i);
+                    }
+                    let child = tracing::info_span!("child");
+                    tokio::spawn(
+                        async {
+                            tokio::task::yield_now().await;
+                            inner_traced(9);
+                        }
+                        .instrument(child),
+                    )
+                    .await
+                    .unwrap();
+                };
+                // Runs on a worker thread, moving between polls.
+                tokio::spawn(work.instrument(root)).await.unwrap();
+            })
+            .await;
+            traces
+        })
+    });
+    assert_eq!(traces.len(), 1);
+    assert_eq!(
+        tree(&traces[0]),
+        "parent(inner_traced, inner_traced, inner_traced, child(inner_traced))"
+    );
+}
+
+#[test]
+fn async_span_tree_across_await() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let subscriber =
+        Registry::default().with(tracing_layer().with_targets([module_path!().to_string()]));
+    let traces = tracing::subscriber::with_default(subscriber, || {
+        rt.block_on(async {
+            let ((), traces) = testing::capture_async(async {
+                async {
+                    tokio::task::yield_now().await;
+                    inner_traced(1);
+                    async {
+                        tokio::task::yield_now().await;
+                        inner_traced(2);
+                    }
+                    .instrument(tracing::info_span!("child"))
+                    .await;
+                    tokio::task::yield_now().await;
+                    inner_traced(3);
+                }
+                .instrument(tracing::info_span!("parent"))
+                .await
+            })
+            .await;
+            traces
+        })
+    });
+    assert_eq!(traces.len(), 1);
+    assert_eq!(
+        tree(&traces[0]),
+        "parent(inner_traced, child(inner_traced), inner_traced)"
+    );
+}
+
+#[derive(Debug)]
+struct NotFound;
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no such city")
+    }
+}
+
+#[tracing::instrument(err)]
+fn failing(city: &str) -> Result<u32, NotFound> {
+    Err(NotFound)
+}
+
+#[tracing::instrument(ret)]
+fn doubled(n: u32) -> u32 {
+    n * 2
+}
+
+#[trace]
+fn calls_failing() -> u32 {
+    let _ = failing("Atlantis");
+    doubled(21)
+}
+
+#[test]
+fn instrument_err_becomes_exceptions_and_ret_the_output() {
+    let (_, traces) = run(calls_failing);
+    assert_eq!(traces.len(), 1);
+    assert_eq!(tree(&traces[0]), "calls_failing(failing, doubled)");
+    let failing = traces[0].step("failing").unwrap();
+    assert_eq!(failing["output"], Value::Null);
+    assert_eq!(failing["metadata"]["Exceptions"], "no such city");
+    assert_eq!(failing["inputs"], json!({"city": "Atlantis"}));
+    let doubled = traces[0].step("doubled").unwrap();
+    assert_eq!(doubled["output"], 42);
+}
+
+#[test]
+fn error_attributes_recorded_on_a_span_become_exceptions() {
+    let (_, traces) = run(|| {
+        let span = tracing::info_span!("op", "error.type" = Empty, "error.message" = Empty);
+        span.record("error.type", "timeout");
+        span.record("error.message", "upstream took too long");
+    });
+    assert_eq!(
+        traces[0].root()["metadata"]["Exceptions"],
+        "timeout: upstream took too long"
+    );
+}
+
+#[test]
+fn fields_recorded_later_are_metadata() {
+    let (_, traces) = run(|| {
+        let span = tracing::info_span!("op", user = "u-1", cache_hit = Empty);
+        span.record("cache_hit", true);
+    });
+    let root = traces[0].root();
+    assert_eq!(root["inputs"], json!({"user": "u-1"}));
+    assert_eq!(root["metadata"]["cache_hit"], true);
+}
+
+#[test]
+fn unselected_and_excluded_spans_are_not_steps_and_stay_visible_to_other_layers() {
+    let counter = Counter::default();
+    let subscriber = Registry::default()
+        .with(tracing_layer().with_targets(["selected_only"]))
+        .with(counter.clone());
+    let (_, traces) = tracing::subscriber::with_default(subscriber, || {
+        testing::capture(|| {
+            // Not selected: another target, no GenAI attributes.
+            let _a = tracing::info_span!("plain").entered();
+            // The HTTP stack and our own target, even with GenAI attributes.
+            let _b = tracing::info_span!(target: "reqwest::connect", "connect", "gen_ai.operation.name" = "chat").entered();
+            let _c = tracing::info_span!(target: "hyper::client", "conn", "gen_ai.operation.name" = "chat").entered();
+            let _d = tracing::info_span!(target: "openlayer_trace::flusher", "flush", "gen_ai.operation.name" = "chat").entered();
+            // Selected by target.
+            let _e = tracing::info_span!(target: "selected_only::db", "query").entered();
+        })
+    });
+    assert_eq!(
+        counter.0.load(Ordering::SeqCst),
+        5,
+        "every span reached the other layer"
+    );
+    assert_eq!(traces.len(), 1);
+    assert_eq!(tree(&traces[0]), "query");
+}
+
+#[test]
+fn span_names_select_spans() {
+    let subscriber = Registry::default().with(tracing_layer().with_span_names(["rerank"]));
+    let (_, traces) = tracing::subscriber::with_default(subscriber, || {
+        testing::capture(|| {
+            let _a = tracing::info_span!(target: "other", "rerank").entered();
+            let _b = tracing::info_span!(target: "other", "skipped").entered();
+        })
+    });
+    assert_eq!(traces.len(), 1);
+    assert_eq!(tree(&traces[0]), "rerank");
+}
+
+#[test]
+fn genai_chat_span_becomes_a_chat_completion_step() {
+    let subscriber = Registry::default().with(tracing_layer());
+    let (_, traces) = tracing::subscriber::with_default(subscriber, || {
+        testing::capture(|| {
+            let span = tracing::info_span!(
+                target: "some_llm_crate",
+                "chat",
+                "otel.name" = "chat gpt-4o",
+                "gen_ai.operation.name" = "chat",
+                "gen_ai.provider.name" = "openai",
+                "gen_ai.request.model" = "gpt-4o",
+                "gen_ai.request.temperature" = 0.2,
+                "gen_ai.request.max_tokens" = 64,
+                "gen_ai.response.model" = Empty,
+                "gen_ai.usage.prompt_tokens" = Empty,
+                "gen_ai.usage.output_tokens" = Empty,
+                "gen_ai.response.time_to_first_chunk" = Empty,
+                "gen_ai.input.messages" = r#"[{"role":"user","parts":[{"type":"text","content":"Capital of France?"}]}]"#,
+                "gen_ai.output.messages" = Empty,
+                "server.address" = "127.0.0.1",
+            );
+            span.record("gen_ai.response.model", "gpt-4o-2024-08-06");
+            span.record("gen_ai.usage.prompt_tokens", 12);
+            span.record("gen_ai.usage.output_tokens", 3);
+            span.record("gen_ai.response.time_to_first_chunk", 0.25);
+            span.record(
+                "gen_ai.output.messages",
+                r#"[{"role":"assistant","parts":[{"type":"text","content":"Paris."}],"finish_reason":"stop"}]"#,
+            );
+        })
+    });
+    assert_eq!(traces.len(), 1);
+    let s = traces[0].root();
+    assert_eq!(s["name"], "chat gpt-4o");
+    assert_eq!(s["type"], "chat_completion");
+    assert_eq!(s["provider"], "OpenAI");
+    assert_eq!(s["model"], "gpt-4o-2024-08-06");
+    assert_eq!(s["promptTokens"], 12);
+    assert_eq!(s["completionTokens"], 3);
+    assert_eq!(s["tokens"], 15);
+    assert_eq!(
+        s["modelParameters"],
+        json!({"temperature": 0.2, "max_tokens": 64})
+    );
+    assert_eq!(
+        s["inputs"],
+        json!({"prompt": [{"role": "user", "content": "Capital of France?"}]})
+    );
+    assert_eq!(s["output"], "Paris.");
+    assert_eq!(s["metadata"]["timeToFirstToken"], 250.0);
+    assert_eq!(s["metadata"]["server.address"], "127.0.0.1");
+}
+
+#[test]
+fn genai_embedding_with_deprecated_system_and_openinference_kinds() {
+    let subscriber = Registry::default().with(tracing_layer());
+    let (_, traces) = tracing::subscriber::with_default(subscriber, || {
+        testing::capture(|| {
+            let root = tracing::info_span!(target: "agent_fw", "agent", "openinference.span.kind" = "AGENT", "input.value" = "plan a trip");
+            let _r = root.enter();
+            let _e = tracing::info_span!(
+                target: "x",
+                "embed",
+                "gen_ai.operation.name" = "embeddings",
+                "gen_ai.system" = "openai",
+                "gen_ai.request.model" = "text-embedding-3-small",
+                "gen_ai.usage.input_tokens" = 5,
+            )
+            .entered();
+            drop(_e);
+            for kind in [
+                "RETRIEVER",
+                "TOOL",
+                "GUARDRAIL",
+                "CHAIN",
+                "LLM",
+                "EMBEDDING",
+            ] {
+                let _s = tracing::info_span!(target: "agent_fw", "oi", "openinference.span.kind" = kind, "output.value" = Empty).entered();
+            }
+        })
+    });
+    assert_eq!(traces.len(), 1);
+    let root = traces[0].root();
+    assert_eq!(root["type"], "agent");
+    assert_eq!(root["inputs"], json!({"input": "plan a trip"}));
+    let kinds: Vec<&str> = root["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "embedding",
+            "retriever",
+            "tool",
+            "guardrail",
+            "user_call",
+            "chat_completion",
+            "embedding"
+        ]
+    );
+    let embed = traces[0].step("embed").unwrap();
+    assert_eq!(embed["provider"], "OpenAI");
+    assert_eq!(embed["model"], "text-embedding-3-small");
+    assert_eq!(embed["promptTokens"], 5);
+}

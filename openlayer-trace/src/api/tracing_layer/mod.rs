@@ -1,0 +1,630 @@
+//! A [`tracing_subscriber::Layer`] that turns selected `tracing` spans into steps.
+//!
+//! Spans of Rust LLM crates that follow the OpenTelemetry GenAI conventions
+//! (`gen_ai.operation.name`) or OpenInference (`openinference.span.kind`) are selected by
+//! default; [`TracingLayer::with_targets`] and [`TracingLayer::with_span_names`] add others
+//! (such as a crate's `#[instrument]` spans). The selection is a per-layer filter: spans the
+//! layer does not select stay visible to every other layer of the subscriber.
+//!
+//! A selected span opens a step when it is created: under the step current on this thread
+//! (a `#[trace]` function, or another selected span that is entered), else under the step
+//! of its nearest selected ancestor span, else as the root of a new trace. While the span is
+//! entered (also across `.await`, through `Instrument`), its step is current, so that
+//! `#[trace]` functions called inside nest under it. The step ends when the span closes.
+
+mod fields;
+mod genai;
+
+use std::any::TypeId;
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
+use tracing::{Event, Metadata, Subscriber};
+use tracing_subscriber::filter::{Filtered, LevelFilter};
+use tracing_subscriber::layer::{Context, Filter, Layer};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::api::step::handle::StepHandle;
+use crate::context::{self, Entered, OpenStep};
+use crate::record::kind::StepKind;
+use crate::record::{NO_PARENT, TraceShared};
+use fields::{FieldValue, Fields};
+
+/// Targets whose spans never become steps: our own diagnostics and the HTTP stack (whose
+/// spans would otherwise trace our own delivery).
+const EXCLUDED: &[&str] = &[
+    "openlayer_trace",
+    "openlayer_trace_macros",
+    "hyper",
+    "hyper_util",
+    "hyper_rustls",
+    "reqwest",
+    "h2",
+    "rustls",
+    "tokio_rustls",
+];
+
+/// The layer returned by [`tracing_layer`]: selected `tracing` spans become steps.
+///
+/// ```
+/// use tracing_subscriber::layer::SubscriberExt;
+///
+/// #[tracing::instrument]
+/// fn retrieve(question: &str) -> usize { question.len() }
+///
+/// let subscriber = tracing_subscriber::registry()
+///     .with(openlayer_trace::tracing_layer().with_targets(["rust_out"]));
+/// tracing::subscriber::with_default(subscriber, || {
+///     // A trace with one step, `retrieve`, whose inputs are `{"question": "..."}`.
+///     retrieve("What is the capital of France?");
+/// });
+/// ```
+pub struct TracingLayer<S> {
+    inner: Filtered<Bridge, Selector, S>,
+}
+
+impl<S> std::fmt::Debug for TracingLayer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TracingLayer")
+            .field("selector", self.inner.filter())
+            .finish()
+    }
+}
+
+/// A [`tracing_subscriber::Layer`] that turns `tracing` spans into steps; see
+/// [`TracingLayer`].
+///
+/// By default it selects the spans that carry OpenTelemetry GenAI (`gen_ai.operation.name`)
+/// or OpenInference (`openinference.span.kind`) attributes, which become `chat_completion`,
+/// `embedding`, `tool`, ... steps with their provider, model, tokens, parameters, messages
+/// and time to first token. Never spans of this crate nor of the HTTP stack (`hyper`,
+/// `reqwest`, `h2`, `rustls`).
+pub fn tracing_layer<S>() -> TracingLayer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    TracingLayer {
+        inner: Bridge.with_filter(Selector::default()),
+    }
+}
+
+impl<S> TracingLayer<S> {
+    /// Also turns every span whose target is one of `targets` (or a module under one:
+    /// `"my_app"` selects `my_app::db` too) into a step.
+    pub fn with_targets<I, T>(mut self, targets: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.inner
+            .filter_mut()
+            .targets
+            .extend(targets.into_iter().map(Into::into));
+        self
+    }
+
+    /// Also turns every span with one of these names into a step.
+    pub fn with_span_names<I, T>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.inner
+            .filter_mut()
+            .names
+            .extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Whether spans with GenAI / OpenInference attributes are selected whatever their
+    /// target (default `true`).
+    pub fn with_genai_spans(mut self, on: bool) -> Self {
+        self.inner.filter_mut().genai = on;
+        self
+    }
+}
+
+/// Which spans (and events) the layer sees: its per-layer filter.
+#[derive(Debug, Clone)]
+struct Selector {
+    targets: Vec<String>,
+    names: Vec<String>,
+    genai: bool,
+}
+
+impl Default for Selector {
+    fn default() -> Self {
+        Selector {
+            targets: Vec::new(),
+            names: Vec::new(),
+            genai: true,
+        }
+    }
+}
+
+fn under(target: &str, prefix: &str) -> bool {
+    target
+        .strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+}
+
+/// Event fields that carry an error or a return value of the span they are in.
+const EVENT_FIELDS: &[&str] = &[
+    "error",
+    "error.type",
+    "error.message",
+    "exception.message",
+    "exception.type",
+    "return",
+];
+
+impl Selector {
+    fn selects(&self, meta: &Metadata<'_>) -> bool {
+        let target = meta.target();
+        if EXCLUDED.iter().any(|p| under(target, p)) {
+            return false;
+        }
+        if meta.is_event() {
+            // Errors and `#[instrument(ret)]` values, for the step of the span they are in.
+            return meta
+                .fields()
+                .iter()
+                .any(|f| EVENT_FIELDS.contains(&f.name()));
+        }
+        let fields = meta.fields();
+        (self.genai
+            && (fields.field("gen_ai.operation.name").is_some()
+                || fields.field("openinference.span.kind").is_some()))
+            || self.targets.iter().any(|t| under(target, t))
+            || self.names.iter().any(|n| n == meta.name())
+    }
+}
+
+impl<S> Filter<S> for Selector {
+    fn enabled(&self, meta: &Metadata<'_>, _cx: &Context<'_, S>) -> bool {
+        self.selects(meta)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        // Per-layer: `never` here hides the callsite from this layer only.
+        if self.selects(meta) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::TRACE)
+    }
+}
+
+/// What the layer keeps in a selected span's extensions.
+struct SpanStep {
+    handle: StepHandle,
+    kind: StepKind,
+    /// `modelParameters`, from `gen_ai.request.*`.
+    params: Map<String, Value>,
+    prompt_tokens: Option<i64>,
+    completion_tokens: Option<i64>,
+    total_tokens: Option<i64>,
+    response_model: bool,
+    system: Option<String>,
+    input_messages: Option<String>,
+    error_type: Option<String>,
+    error_message: Option<String>,
+    status_error: bool,
+}
+
+impl SpanStep {
+    fn new(handle: StepHandle, kind: StepKind) -> Self {
+        SpanStep {
+            handle,
+            kind,
+            params: Map::new(),
+            prompt_tokens: None,
+            completion_tokens: None,
+            total_tokens: None,
+            response_model: false,
+            system: None,
+            input_messages: None,
+            error_type: None,
+            error_message: None,
+            status_error: false,
+        }
+    }
+
+    /// Applies one field of the span. `at_start`: a plain field set when the span was
+    /// created is an input (already recorded), later it is metadata.
+    fn apply(&mut self, key: &'static str, value: FieldValue, at_start: bool) {
+        let h = &mut self.handle;
+        match key {
+            "otel.name" | "otel.kind" | "gen_ai.operation.name" | "openinference.span.kind" => {}
+            "otel.status_code" => {
+                self.status_error = value
+                    .as_str()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("error"))
+            }
+            "error.type" | "exception.type" => self.error_type = Some(value.text()),
+            "error.message" | "exception.message" => self.error_message = Some(value.text()),
+            "exception.stacktrace" => h.metadata("exception.stacktrace", &value),
+            "gen_ai.provider.name" | "gen_ai.system" | "llm.provider" | "llm.system" => {
+                h.metadata("provider", &genai::provider_name(&value.text()))
+            }
+            "gen_ai.request.model" | "llm.model_name" | "embedding.model_name" => {
+                if !self.response_model {
+                    h.metadata("model", &value);
+                }
+                if key == "llm.model_name" {
+                    self.response_model = true;
+                }
+            }
+            "gen_ai.response.model" => {
+                self.response_model = true;
+                h.metadata("model", &value);
+            }
+            "gen_ai.usage.input_tokens"
+            | "gen_ai.usage.prompt_tokens"
+            | "llm.token_count.prompt" => self.prompt_tokens = value.as_i64(),
+            "gen_ai.usage.output_tokens"
+            | "gen_ai.usage.completion_tokens"
+            | "llm.token_count.completion" => self.completion_tokens = value.as_i64(),
+            "llm.token_count.total" => self.total_tokens = value.as_i64(),
+            "gen_ai.response.time_to_first_chunk" => {
+                if let Some(s) = value.as_f64() {
+                    h.metadata("timeToFirstToken", &(s * 1000.0));
+                }
+            }
+            "gen_ai.system_instructions" => self.system = Some(value.text()),
+            "gen_ai.input.messages" => self.input_messages = Some(value.text()),
+            "gen_ai.output.messages" => h.output(&genai::output_of(&value.text())),
+            "input.value" => {
+                let v = serde_json::from_str::<Value>(&value.text())
+                    .unwrap_or(Value::String(value.text()));
+                set_inputs_value(h, v);
+            }
+            "output.value" => {
+                let text = value.text();
+                match serde_json::from_str::<Value>(&text) {
+                    Ok(v) if !v.is_string() => h.output(&v),
+                    _ => h.output(&text),
+                }
+            }
+            "llm.invocation_parameters" => {
+                if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&value.text()) {
+                    self.params.extend(m);
+                }
+            }
+            "gen_ai.tool.name" if self.kind == StepKind::Tool => {
+                h.metadata("function_name", &value)
+            }
+            "gen_ai.tool.call.arguments" if self.kind == StepKind::Tool => {
+                let text = value.text();
+                match serde_json::from_str::<Value>(&text) {
+                    Ok(v) => h.metadata("arguments", &v),
+                    Err(_) => h.metadata("arguments", &text),
+                }
+            }
+            "gen_ai.tool.call.result" if self.kind == StepKind::Tool => h.output(&value),
+            "gen_ai.embeddings.dimension.count" => h.metadata("embeddingDimensions", &value),
+            _ => {
+                if let Some(param) = key.strip_prefix("gen_ai.request.") {
+                    let v = match &value {
+                        // Lists (stop sequences) come as JSON text.
+                        FieldValue::Str(s) if s.starts_with('[') => {
+                            serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone()))
+                        }
+                        other => serde_json::to_value(other).unwrap_or(Value::Null),
+                    };
+                    self.params.insert(param.to_string(), v);
+                } else if !at_start || is_attribute(key) {
+                    h.metadata(key, &value);
+                }
+            }
+        }
+    }
+
+    /// Records what was gathered over the span's life and closes the step.
+    fn finish(mut self) {
+        let h = &mut self.handle;
+        if !self.params.is_empty() {
+            h.metadata("model_parameters", &self.params);
+        }
+        if let Some(p) = self.prompt_tokens {
+            h.metadata("prompt_tokens", &p);
+        }
+        if let Some(c) = self.completion_tokens {
+            h.metadata("completion_tokens", &c);
+        }
+        let total = self
+            .total_tokens
+            .or(match (self.prompt_tokens, self.completion_tokens) {
+                (None, None) => None,
+                (p, c) => Some(p.unwrap_or(0) + c.unwrap_or(0)),
+            });
+        if let Some(t) = total {
+            h.metadata("tokens", &t);
+        }
+        if (self.system.is_some() || self.input_messages.is_some())
+            && let Some(inputs) =
+                genai::prompt_inputs(self.system.as_deref(), self.input_messages.as_deref())
+        {
+            set_inputs_value(h, inputs);
+        }
+        if self.error_message.is_some() || self.error_type.is_some() || self.status_error {
+            let text = match (self.error_type.take(), self.error_message.take()) {
+                (Some(t), Some(m)) => format!("{t}: {m}"),
+                (Some(t), None) => t,
+                (None, Some(m)) => m,
+                (None, None) => "error".to_string(),
+            };
+            h.error(&text);
+        }
+        self.handle.finish();
+    }
+}
+
+/// Whether a field name is an attribute of some convention (dotted, as `server.address`)
+/// rather than a plain argument: those go to the metadata, never to the inputs.
+fn is_attribute(key: &str) -> bool {
+    key.contains('.')
+}
+
+/// A value recorded with `?` (as `#[instrument(ret)]` does): its JSON when the `Debug` text
+/// is JSON (numbers, booleans, quoted strings), else the text.
+fn debug_value(v: FieldValue) -> Value {
+    match v {
+        FieldValue::Str(s) => serde_json::from_str(&s).unwrap_or(Value::String(s)),
+        other => serde_json::to_value(other).unwrap_or(Value::Null),
+    }
+}
+
+/// Replaces the inputs of the handle's step.
+fn set_inputs_value(h: &StepHandle, v: Value) {
+    let Some(open) = h.open_step() else {
+        return;
+    };
+    let v = match v {
+        Value::Object(_) => v,
+        other => {
+            let mut m = Map::new();
+            m.insert("input".into(), other);
+            Value::Object(m)
+        }
+    };
+    let Ok(text) = serde_json::to_string(&v) else {
+        return;
+    };
+    let mut st = open.trace.lock();
+    let r = st.push_text(&text);
+    if let Some(rec) = st.steps.get_mut(open.idx as usize) {
+        rec.inputs = r;
+    }
+}
+
+thread_local! {
+    /// The positions saved by entering selected spans on this thread, innermost last.
+    static ENTERED: RefCell<Vec<(Id, Entered)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The layer proper, behind its filter.
+struct Bridge;
+
+/// Whether step `idx` of `trace` is `anc` or under it.
+fn descends(trace: &TraceShared, mut idx: u32, anc: u32) -> bool {
+    let st = trace.lock();
+    for _ in 0..st.steps.len() {
+        if idx == anc {
+            return true;
+        }
+        match st.steps.get(idx as usize) {
+            Some(rec) if rec.parent != NO_PARENT => idx = rec.parent,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Where a new span's step goes when the current position does not already sit at or under
+/// the step of its nearest selected ancestor: at that step.
+fn ancestor_position(anc: &OpenStep) -> Option<(Arc<TraceShared>, u32)> {
+    let here = context::with_current(|t, s| (Arc::ptr_eq(t, &anc.trace), s));
+    match here {
+        Some((true, s)) if s != NO_PARENT && descends(&anc.trace, s, anc.idx) => None,
+        _ => Some(((*anc.trace).clone(), anc.idx)),
+    }
+}
+
+impl<S> Layer<S> for Bridge
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        let meta = attrs.metadata();
+        let mut kind = StepKind::UserCall;
+        let mut name: std::borrow::Cow<'static, str> = meta.name().into();
+        for (k, v) in &fields.0 {
+            match *k {
+                "gen_ai.operation.name" => kind = genai::kind_of_operation(&v.text()),
+                "openinference.span.kind" => kind = genai::kind_of_openinference(&v.text()),
+                "otel.name" => name = v.text().into(),
+                _ => {}
+            }
+        }
+        let inputs = Fields(
+            fields
+                .0
+                .iter()
+                .filter(|(k, _)| !is_attribute(k))
+                .cloned()
+                .collect(),
+        );
+        let mut builder = crate::api::step::step(name).kind(kind);
+        if !inputs.is_empty() {
+            builder = builder.inputs(&inputs);
+        }
+        let position = span.parent().and_then(|p| {
+            let ext = p.extensions();
+            let anc = ext.get::<SpanStep>()?.handle.open_step()?;
+            ancestor_position(anc)
+        });
+        let handle = match position {
+            Some((trace, idx)) => {
+                let e = context::enter(trace, idx);
+                let h = builder.start();
+                context::exit(e);
+                h
+            }
+            None => builder.start(),
+        };
+        if !handle.is_recording() {
+            return;
+        }
+        let mut step = SpanStep::new(handle, kind);
+        for (k, v) in fields.0 {
+            if is_attribute(k) {
+                step.apply(k, v, true);
+            }
+        }
+        span.extensions_mut().insert(step);
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let mut ext = span.extensions_mut();
+        let Some(step) = ext.get_mut::<SpanStep>() else {
+            return;
+        };
+        let mut fields = Fields::default();
+        values.record(&mut fields);
+        for (k, v) in fields.0 {
+            step.apply(k, v, false);
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.event_span(event) else {
+            return;
+        };
+        let mut ext = span.extensions_mut();
+        let Some(step) = ext.get_mut::<SpanStep>() else {
+            return;
+        };
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        for (k, v) in fields.0 {
+            match k {
+                // `#[instrument(err)]`: the error's text, at the span's end.
+                "error" => step.error_message = Some(v.text()),
+                // `#[instrument(ret)]`: the return value.
+                "return" => step.handle.output(&debug_value(v)),
+                "error.type" | "exception.type" | "error.message" | "exception.message" => {
+                    step.apply(k, v, false)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let ext = span.extensions();
+        let Some(open) = ext.get::<SpanStep>().and_then(|s| s.handle.open_step()) else {
+            return;
+        };
+        let entered = context::enter_ref(&open.trace, open.idx);
+        drop(ext);
+        let _ = ENTERED.try_with(|e| e.borrow_mut().push((id.clone(), entered)));
+    }
+
+    fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
+        let entered = ENTERED
+            .try_with(|e| {
+                let mut e = e.borrow_mut();
+                let at = e.iter().rposition(|(i, _)| i == id)?;
+                Some(e.remove(at).1)
+            })
+            .ok()
+            .flatten();
+        if let Some(entered) = entered {
+            context::exit(entered);
+        }
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else {
+            return;
+        };
+        let step = span.extensions_mut().remove::<SpanStep>();
+        if let Some(step) = step {
+            step.finish();
+        }
+    }
+}
+
+impl<S> Layer<S> for TracingLayer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        self.inner.on_register_dispatch(subscriber)
+    }
+    fn on_layer(&mut self, subscriber: &mut S) {
+        self.inner.on_layer(subscriber)
+    }
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        self.inner.register_callsite(meta)
+    }
+    fn enabled(&self, meta: &Metadata<'_>, ctx: Context<'_, S>) -> bool {
+        self.inner.enabled(meta, ctx)
+    }
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        self.inner.on_new_span(attrs, id, ctx)
+    }
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        self.inner.max_level_hint()
+    }
+    fn on_record(&self, span: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        self.inner.on_record(span, values, ctx)
+    }
+    fn on_follows_from(&self, span: &Id, follows: &Id, ctx: Context<'_, S>) {
+        self.inner.on_follows_from(span, follows, ctx)
+    }
+    fn event_enabled(&self, event: &Event<'_>, ctx: Context<'_, S>) -> bool {
+        self.inner.event_enabled(event, ctx)
+    }
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        self.inner.on_event(event, ctx)
+    }
+    fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        self.inner.on_enter(id, ctx)
+    }
+    fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
+        self.inner.on_exit(id, ctx)
+    }
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        self.inner.on_close(id, ctx)
+    }
+    fn on_id_change(&self, old: &Id, new: &Id, ctx: Context<'_, S>) {
+        self.inner.on_id_change(old, new, ctx)
+    }
+    unsafe fn downcast_raw(&self, id: TypeId) -> Option<*const ()> {
+        if id == TypeId::of::<Self>() {
+            return Some(self as *const Self as *const ());
+        }
+        // SAFETY: forwarded as is; the per-layer filter answers for its own markers.
+        unsafe { self.inner.downcast_raw(id) }
+    }
+}
