@@ -81,9 +81,13 @@ pub mod __bench {
 pub use openlayer_trace_macros::trace;
 
 pub use client::{
-    Client, ClientBuilder, InferencePipeline, LlmConfig, Project, PromptMessage, RawStreamConfig,
-    RowUpdateConfig, StreamConfig, TabularClassificationConfig, TabularRegressionConfig, TaskType,
-    TextClassificationConfig, stream_config_from_json,
+    BulkFormat, Client, ClientBuilder, InferencePipeline, LlmConfig, Project, PromptMessage,
+    RawStreamConfig, RowUpdateConfig, StreamConfig, TabularClassificationConfig,
+    TabularRegressionConfig, TaskType, TextClassificationConfig, stream_config_from_json,
+};
+#[cfg(feature = "arrow")]
+pub use client::{
+    BulkSummary, IntoRecordBatch, RowSchema, arrow_array, arrow_schema, record_batch_to_rows,
 };
 pub use config::{ApiKey, Config, ConfigBuilder, FailureFn, MaskFn, SpoolMode};
 pub use context::{
