@@ -14,6 +14,7 @@ use arrow_array::{Array, RecordBatch};
 use arrow_ipc::reader::{FileReader, StreamReader};
 use arrow_schema::{ArrowError, DataType, SchemaRef};
 use openlayer_trace::RowSchema;
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Map, Value};
 
@@ -138,7 +139,8 @@ pub fn scan(path: &Path, checks: &Checks) -> Result<Scan, CliError> {
     let mut rows = 0u64;
     let schema = match kind {
         Kind::Parquet | Kind::Ipc => {
-            let (schema, reader) = arrow_reader(path, kind)?;
+            // Only the id column has rows to check: a Parquet scan reads no other.
+            let (schema, reader) = arrow_reader(path, kind, Some(checks.id_column.as_deref()))?;
             check_columns(path, checks, |c| schema.index_of(c).is_ok())?;
             if let Some(id) = &checks.id_column {
                 let t = schema.field_with_name(id).map(|f| f.data_type().clone());
@@ -153,7 +155,9 @@ pub fn scan(path: &Path, checks: &Checks) -> Result<Scan, CliError> {
             for batch in reader {
                 let batch = batch.map_err(|e| failed(path, e))?;
                 if let Some(id) = &checks.id_column {
-                    let ids = batch.column_by_name(id).expect("checked in the schema");
+                    let ids = batch
+                        .column_by_name(id)
+                        .ok_or_else(|| failed(path, format!("no column `{id}` in a batch")))?;
                     check_ids(ids.as_ref(), rows, id, &mut problems);
                 }
                 rows += batch.num_rows() as u64;
@@ -243,13 +247,25 @@ fn check_ids(ids: &dyn Array, first: u64, name: &str, problems: &mut Problems) {
 
 type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>;
 
-fn arrow_reader(path: &Path, kind: Kind) -> Result<(SchemaRef, BatchIter), CliError> {
+/// A reader of an Arrow IPC or Parquet file, and the file's schema. `only`: a Parquet
+/// file is read for that one column (`Some(Some(column))`), or for none, its batches then
+/// holding row counts only (`Some(None)`).
+fn arrow_reader(
+    path: &Path,
+    kind: Kind,
+    only: Option<Option<&str>>,
+) -> Result<(SchemaRef, BatchIter), CliError> {
     let file = open(path)?;
     let bad =
         |e: &dyn std::fmt::Display| failed(path, format!("not a readable {kind:?} file: {e}"));
     if kind == Kind::Parquet {
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(&e))?;
+        let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(&e))?;
         let schema = builder.schema().clone();
+        if let Some(only) = only {
+            let roots = only.and_then(|c| schema.index_of(c).ok());
+            let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+            builder = builder.with_projection(mask);
+        }
         let reader = builder
             .with_batch_size(BATCH_ROWS)
             .build()
@@ -308,7 +324,7 @@ pub fn batches(
             })))
         }
         _ => {
-            let (_, reader) = arrow_reader(path, scan.kind)?;
+            let (_, reader) = arrow_reader(path, scan.kind, None)?;
             let path = path.to_path_buf();
             Ok(Box::new(
                 reader.map(move |b| b.map_err(|e| failed(&path, e))),

@@ -476,7 +476,7 @@ async fn a_failed_upload_is_resumed_by_a_rerun() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn arrow_ipc_and_csv_files_are_published() {
+async fn arrow_ipc_csv_and_parquet_files_are_published() {
     let server = MockServer::start().await;
     mount_platform(&server).await;
     mount_storage(&server, 204, None).await;
@@ -497,7 +497,9 @@ async fn arrow_ipc_and_csv_files_are_published() {
     .unwrap();
     let csv = dir.path("rows.csv");
     std::fs::write(&csv, "inference_id,label,score\n007,1,0.5\n008,2,\n").unwrap();
-    for f in [&file, &csv] {
+    let pq = dir.path("rows.parquet");
+    write_parquet(&pq, &[feedback(100, 3)]);
+    for f in [&file, &csv, &pq] {
         let out = openlayer(
             &[
                 "publish",
@@ -514,15 +516,18 @@ async fn arrow_ipc_and_csv_files_are_published() {
         assert_exit(&out, 0);
     }
     let (batches, registered) = uploaded(&server).await;
-    assert_eq!(registered.len(), 2);
+    assert_eq!(registered.len(), 3);
     assert_eq!(
         registered[1]["config"]["classNames"],
         json!(["a", "b", "c"])
     );
     let all = strings(&batches, "inference_id");
-    assert_eq!(all.len(), 12);
-    assert_eq!(&all[10..], ["007", "008"]);
-    let last = batches.last().unwrap();
+    assert_eq!(all.len(), 15);
+    assert_eq!(
+        &all[10..],
+        ["007", "008", "inf-000100", "inf-000101", "inf-000102"]
+    );
+    let last = &batches[batches.len() - 2];
     assert_eq!(last.schema().fields().len(), 3);
     assert_eq!(last.schema().field(1).data_type(), &DataType::Int64);
     assert_eq!(last.schema().field(2).data_type(), &DataType::Float64);
