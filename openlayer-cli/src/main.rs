@@ -1,14 +1,18 @@
-//! `openlayer`: show and push local trace files, update and stream rows.
+//! `openlayer`: show and push local trace files; update, stream and publish rows.
 //!
 //! Configuration comes from the environment, as for the library: `OPENLAYER_API_KEY`,
 //! `OPENLAYER_BASE_URL`, and `OPENLAYER_INFERENCE_PIPELINE_ID` as the default pipeline.
-//! Exit codes: 0 when everything went through, 1 when anything failed, 2 for usage errors.
+//! Exit codes: 0 when everything went through, 1 when anything failed (bad rows, a
+//! refused request; the message says what, if anything, was sent), 2 for usage errors.
 
+mod bulk;
 mod input;
 mod progress;
+mod publish;
 mod push;
 mod show;
 mod stream;
+mod table;
 mod update;
 
 use std::path::PathBuf;
@@ -43,10 +47,11 @@ enum Command {
         #[arg(long)]
         pipeline_id: Option<String>,
     },
-    /// Update rows by inference id, one request per input row. Rows that fail are
-    /// written to a file of the input's format that can be fed back in.
+    /// Update rows by inference id. From 1,000 rows on, the file is checked, then merged
+    /// in bulk (Arrow uploads; resumable: progress is kept in FILE.sent). Below that, one
+    /// request per row; rows that fail are written to a file that can be fed back in.
     Update {
-        /// The rows: a .csv file with a header, or a .jsonl file of JSON objects.
+        /// The rows: .parquet, .arrow/.ipc, .csv (with a header) or .jsonl.
         #[arg(long)]
         file: PathBuf,
         /// The column holding each row's inference id.
@@ -64,10 +69,40 @@ enum Command {
         /// Requests in flight at once.
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
         concurrency: u16,
-        /// Where failed rows go (default: the input's name with `.failed` before its
-        /// extension).
+        /// Where failed rows go, per row (default: the input's name with `.failed`
+        /// before its extension).
         #[arg(long)]
         failed_file: Option<PathBuf>,
+        /// One request per row, whatever the number of rows.
+        #[arg(long, conflicts_with = "bulk")]
+        per_row: bool,
+        /// A bulk merge, whatever the number of rows.
+        #[arg(long)]
+        bulk: bool,
+        /// Rows per bulk upload (each registered, and recorded for a resume, in turn).
+        #[arg(long, default_value_t = 250_000, value_parser = clap::value_parser!(u64).range(1..))]
+        rows_per_upload: u64,
+    },
+    /// Publish (append) the rows of a table in bulk: every row is checked against the
+    /// config, then the table goes in Arrow uploads. Resumable: progress is kept in
+    /// FILE.sent, and a rerun sends only the rows not sent yet.
+    Publish {
+        /// The rows: .parquet, .arrow/.ipc, .csv (with a header) or .jsonl.
+        #[arg(long)]
+        file: PathBuf,
+        /// The stream config, a JSON file (as for `stream`).
+        #[arg(long)]
+        config: PathBuf,
+        /// The task type: llm-base, tabular-classification, tabular-regression or
+        /// text-classification.
+        #[arg(long)]
+        task_type: Option<String>,
+        /// The pipeline (default: OPENLAYER_INFERENCE_PIPELINE_ID).
+        #[arg(long)]
+        pipeline_id: Option<String>,
+        /// Rows per upload (each registered, and recorded for a resume, in turn).
+        #[arg(long, default_value_t = 250_000, value_parser = clap::value_parser!(u64).range(1..))]
+        rows_per_upload: u64,
     },
     /// Stream rows to a pipeline in batches.
     Stream {
@@ -184,6 +219,9 @@ fn run_async(command: Command) -> Result<(), CliError> {
                 pipeline_id,
                 concurrency,
                 failed_file,
+                per_row,
+                bulk,
+                rows_per_upload,
             } => {
                 update::run(update::Args {
                     file,
@@ -193,6 +231,24 @@ fn run_async(command: Command) -> Result<(), CliError> {
                     pipeline_id,
                     concurrency: usize::from(concurrency),
                     failed_file,
+                    bulk: (per_row || bulk).then_some(bulk),
+                    rows_per_upload,
+                })
+                .await
+            }
+            Command::Publish {
+                file,
+                config,
+                task_type,
+                pipeline_id,
+                rows_per_upload,
+            } => {
+                publish::run(publish::Args {
+                    file,
+                    config,
+                    task_type,
+                    pipeline_id,
+                    rows_per_upload,
                 })
                 .await
             }

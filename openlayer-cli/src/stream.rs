@@ -2,7 +2,7 @@
 //! after checking every row against the config. Rows of batches the platform refused
 //! are written to a file of the input's format, as for `update`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use openlayer_trace::{StreamConfig, TaskType, stream_config_from_json};
 use serde_json::Value;
@@ -20,21 +20,28 @@ pub struct Args {
     pub batch_size: usize,
 }
 
-pub async fn run(args: Args) -> Result<(), CliError> {
-    let (client, _) = remote_client()?;
-    let pipeline = pipeline_id(args.pipeline_id.clone(), &client)?;
-    let text = std::fs::read_to_string(&args.config)
-        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", args.config.display())))?;
+/// The stream config in the JSON file `path`, of `task_type` or of the task its keys
+/// point to.
+pub fn load_config(
+    path: &Path,
+    task_type: Option<&str>,
+) -> Result<Box<dyn StreamConfig>, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
     let json: Value = serde_json::from_str(&text)
-        .map_err(|e| CliError::Usage(format!("{}: not JSON: {e}", args.config.display())))?;
-    let task_type = args
-        .task_type
-        .as_deref()
+        .map_err(|e| CliError::Usage(format!("{}: not JSON: {e}", path.display())))?;
+    let task_type = task_type
         .map(str::parse::<TaskType>)
         .transpose()
         .map_err(|e| CliError::Usage(e.to_string()))?;
-    let config = stream_config_from_json(json, task_type)
-        .map_err(|e| CliError::Usage(format!("{}: {e}", args.config.display())))?;
+    stream_config_from_json(json, task_type)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
+}
+
+pub async fn run(args: Args) -> Result<(), CliError> {
+    let (client, _) = remote_client()?;
+    let pipeline = pipeline_id(args.pipeline_id.clone(), &client)?;
+    let config = load_config(&args.config, args.task_type.as_deref())?;
 
     // Ids stay text even when they look like numbers.
     let json_config = config.to_json();

@@ -1,5 +1,10 @@
-//! `openlayer update`: one row update per input row, with bounded concurrency. Rows that
-//! fail are written, in the input's format and order, to a file that can be fed back in.
+//! `openlayer update`: rows merged by inference id.
+//!
+//! From [`BULK_THRESHOLD`] rows on (or with `--bulk`), the file goes in Arrow uploads
+//! merged by the platform (`performDataMerge: true`), after every row was checked; see
+//! [`crate::bulk`]. Below it (or with `--per-row`), one row update per input row, with
+//! bounded concurrency; rows that fail are written, in the input's format and order
+//! (JSONL for Parquet and Arrow input), to a file that can be fed back in.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,9 +13,14 @@ use openlayer_trace::RowUpdateConfig;
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-use crate::input::{self, Record};
+use crate::bulk::{self, Job, Mode};
+use crate::input::{self, Format, Input, Raw, Record};
 use crate::progress::Progress;
+use crate::table::{self, Checks, Kind};
 use crate::{CliError, pipeline_id, remote_client};
+
+/// From this many rows on, `update` merges the file in bulk.
+pub const BULK_THRESHOLD: u64 = 1_000;
 
 #[derive(Debug)]
 pub struct Args {
@@ -21,13 +31,92 @@ pub struct Args {
     pub pipeline_id: Option<String>,
     pub concurrency: usize,
     pub failed_file: Option<PathBuf>,
+    /// `Some(true)`: `--bulk`; `Some(false)`: `--per-row`; `None`: by the row count.
+    pub bulk: Option<bool>,
+    pub rows_per_upload: u64,
 }
 
 pub async fn run(args: Args) -> Result<(), CliError> {
     let (client, _) = remote_client()?;
     let pipeline = pipeline_id(args.pipeline_id.clone(), &client)?;
+    let mut config = RowUpdateConfig::new();
+    if let Some(c) = &args.ground_truth_column {
+        config = config.ground_truth_column_name(c.clone());
+    }
+    if let Some(c) = &args.human_feedback_column {
+        config = config.human_feedback_column_name(c.clone());
+    }
+    let config = (!config.is_empty()).then_some(config);
+    let checks = Checks {
+        id_column: Some(args.inference_id_column.clone()),
+        text_column: None,
+        required: [
+            ("groundTruthColumnName", &args.ground_truth_column),
+            ("humanFeedbackColumnName", &args.human_feedback_column),
+        ]
+        .into_iter()
+        .filter_map(|(k, c)| Some((k.to_string(), c.clone()?)))
+        .collect(),
+    };
+    let kind = Kind::of(&args.file)?;
+    let scan = table::scan(&args.file, &checks)?;
+    if !args.bulk.unwrap_or(scan.rows >= BULK_THRESHOLD) {
+        let input = match kind {
+            Kind::Csv | Kind::Jsonl => input::read(&args.file, &[&args.inference_id_column])?,
+            Kind::Parquet | Kind::Ipc => arrow_input(&args.file, &scan, &checks)?,
+        };
+        return per_row(args, client, pipeline, config, input).await;
+    }
+    scan.problems.refuse()?;
+    let sent = bulk::run(Job {
+        client: &client,
+        pipeline: &pipeline,
+        file: &args.file,
+        scan: &scan,
+        checks: &checks,
+        mode: Mode::Update {
+            id_column: args.inference_id_column.clone(),
+            config,
+        },
+        rows_per_upload: args.rows_per_upload,
+    })
+    .await?;
+    println!("merged {sent} row(s) into pipeline {pipeline} in bulk");
+    Ok(())
+}
+
+/// A Parquet or Arrow file's rows as JSON records (their failures go to a JSONL file).
+fn arrow_input(
+    path: &std::path::Path,
+    scan: &table::Scan,
+    checks: &Checks,
+) -> Result<Input, CliError> {
+    let mut records = Vec::new();
+    for batch in table::batches(path, scan, checks)? {
+        let rows = openlayer_trace::record_batch_to_rows(&batch?)
+            .map_err(|e| CliError::Failed(format!("{}: {e}", path.display())))?;
+        for row in rows {
+            let line = records.len() as u64 + 1;
+            let raw = Raw::Json(Value::Object(row.clone()).to_string());
+            records.push(Record { line, row, raw });
+        }
+    }
+    Ok(Input {
+        format: Format::Jsonl,
+        header: None,
+        records,
+        bad: Vec::new(),
+    })
+}
+
+async fn per_row(
+    args: Args,
+    client: openlayer_trace::Client,
+    pipeline: String,
+    config: Option<RowUpdateConfig>,
+    input: Input,
+) -> Result<(), CliError> {
     let id_column = args.inference_id_column.as_str();
-    let input = input::read(&args.file, &[id_column])?;
 
     if let Some(header) = &input.header {
         let named = [
@@ -44,15 +133,6 @@ pub async fn run(args: Args) -> Result<(), CliError> {
             }
         }
     }
-
-    let mut config = RowUpdateConfig::new();
-    if let Some(c) = &args.ground_truth_column {
-        config = config.ground_truth_column_name(c.clone());
-    }
-    if let Some(c) = &args.human_feedback_column {
-        config = config.human_feedback_column_name(c.clone());
-    }
-    let config = (!config.is_empty()).then_some(config);
 
     let total = input.records.len() + input.bad.len();
     let bar = Arc::new(Progress::new("update", total as u64));
@@ -120,10 +200,15 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     if failures.len() > 20 {
         eprintln!("openlayer: ... and {} more", failures.len() - 20);
     }
-    let failed_path = args
-        .failed_file
-        .clone()
-        .unwrap_or_else(|| input::failed_path(&args.file));
+    let failed_path = args.failed_file.clone().unwrap_or_else(|| {
+        let failed = input::failed_path(&args.file);
+        match input.format {
+            Format::Jsonl if input::Format::of(&args.file).is_err() => {
+                failed.with_extension("jsonl")
+            }
+            _ => failed,
+        }
+    });
     input::write_failed(
         &failed_path,
         input.format,

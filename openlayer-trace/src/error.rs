@@ -59,6 +59,18 @@ pub enum Error {
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 
+    /// A bulk call failed after some of its uploads were registered: `rows_sent` rows are
+    /// in the platform, the rest are not.
+    #[error("{source} (after {rows_sent} row(s) in {uploads} upload(s) had been registered)")]
+    BulkPartial {
+        /// Rows registered before the failure.
+        rows_sent: u64,
+        /// Uploads registered before the failure.
+        uploads: u32,
+        /// What failed.
+        source: Box<Error>,
+    },
+
     /// JSON could not be encoded or decoded.
     #[error("JSON error: {0}")]
     Json(#[from] serde_json::Error),

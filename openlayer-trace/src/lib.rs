@@ -125,9 +125,13 @@ pub use api::step::{Instrumented, OutputSink, StepBuilder, StepFinisher, StepGua
 #[cfg(feature = "tracing-layer")]
 pub use api::tracing_layer::{TracingLayer, tracing_layer};
 pub use client::{
-    Client, ClientBuilder, InferencePipeline, LlmConfig, Project, PromptMessage, RawStreamConfig,
-    RowUpdateConfig, StreamConfig, TabularClassificationConfig, TabularRegressionConfig, TaskType,
-    TextClassificationConfig, stream_config_from_json,
+    BulkFormat, Client, ClientBuilder, InferencePipeline, LlmConfig, Project, PromptMessage,
+    RawStreamConfig, RowUpdateConfig, StreamConfig, TabularClassificationConfig,
+    TabularRegressionConfig, TaskType, TextClassificationConfig, stream_config_from_json,
+};
+#[cfg(feature = "arrow")]
+pub use client::{
+    BulkSummary, IntoRecordBatch, RowSchema, arrow_array, arrow_schema, record_batch_to_rows,
 };
 pub use config::{
     ApiKey, Config, ConfigBuilder, DEFAULT_TRACE_FILE, DEFAULT_TRACE_FILE_MAX_BYTES, FailureFn,

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use openlayer_trace::{
-    Client, Config, Error, InferencePipeline, LlmConfig, LocalLine, RowUpdateConfig,
+    BulkFormat, Client, Config, Error, InferencePipeline, LlmConfig, LocalLine, RowUpdateConfig,
     TabularClassificationConfig, TaskType, read_local_file,
 };
 use serde_json::{Value, json};
@@ -21,6 +21,17 @@ fn client(server: &MockServer) -> Client {
         .config(Config::default())
         .api_key(KEY)
         .base_url(format!("{}/v1", server.uri()))
+        .build()
+        .unwrap()
+}
+
+/// A client that uploads bulk rows as CSV (the explicit option).
+fn csv_client(server: &MockServer) -> Client {
+    Client::builder()
+        .config(Config::default())
+        .api_key(KEY)
+        .base_url(format!("{}/v1", server.uri()))
+        .bulk_format(BulkFormat::Csv)
         .build()
         .unwrap()
 }
@@ -828,7 +839,7 @@ fn multipart_parts(r: &Request) -> Vec<(String, String)> {
 }
 
 #[tokio::test]
-async fn publish_batch_uploads_a_csv_then_registers_it() {
+async fn publish_batch_uploads_a_csv_when_asked_then_registers_it() {
     let server = MockServer::start().await;
     mount_bulk(&server, 204).await;
     let cfg = TabularClassificationConfig::new(["no", "yes"])
@@ -839,7 +850,7 @@ async fn publish_batch_uploads_a_csv_then_registers_it() {
         json!({"age": 30, "id": "r1", "pred": 1, "tags": ["a", "b"]}),
         json!({"age": null, "id": "r,2", "pred": 0, "tags": []}),
     ];
-    client(&server)
+    csv_client(&server)
         .publish_batch(PIPELINE, &cfg, &rows)
         .await
         .unwrap();
@@ -900,14 +911,14 @@ async fn publish_batch_uploads_a_csv_then_registers_it() {
 }
 
 #[tokio::test]
-async fn update_batch_merges_by_inference_id() {
+async fn update_batch_as_csv_merges_by_inference_id() {
     let server = MockServer::start().await;
     mount_bulk(&server, 200).await;
     let rows = [
         json!({"inference_id": "d56d2b2c", "label": 0}),
         json!({"inference_id": "3b0b2521", "label": 1}),
     ];
-    client(&server)
+    csv_client(&server)
         .update_batch(
             PIPELINE,
             "inference_id",

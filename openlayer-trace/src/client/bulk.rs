@@ -20,17 +20,17 @@ use crate::transport::{ApiRequest, Transport, chain};
 /// The answer of `POST /storage/presigned-url`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct PresignedUrl {
-    url: String,
-    storage_uri: String,
+pub(super) struct PresignedUrl {
+    pub url: String,
+    pub storage_uri: String,
     #[serde(default)]
-    fields: OrderedFields,
+    pub fields: OrderedFields,
 }
 
 /// The upload form's fields, in the order the platform gave them (S3 wants its policy
 /// fields before the file, and serde_json's map would sort them).
 #[derive(Debug, Default)]
-struct OrderedFields(Vec<(String, String)>);
+pub(super) struct OrderedFields(pub Vec<(String, String)>);
 
 impl<'de> Deserialize<'de> for OrderedFields {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -101,18 +101,7 @@ impl Client {
                     .collect();
                 localfile::append(path, &lines, self.inner.trace_file_max_bytes)
             }
-            Backend::Remote(t) => {
-                let objects = rows.iter().filter_map(Value::as_object);
-                upload_and_register(
-                    t,
-                    self.inner.max_retries,
-                    pipeline_id,
-                    objects,
-                    config,
-                    false,
-                )
-                .await
-            }
+            Backend::Remote(t) => self.send_rows(t, pipeline_id, rows, config, None).await,
         }
     }
 
@@ -198,14 +187,67 @@ impl Client {
                     "inferenceIdColumnName".into(),
                     Value::String(inference_id_column.to_string()),
                 );
+                self.send_rows(t, pipeline_id, rows, data_config, Some(inference_id_column))
+                    .await
+            }
+        }
+    }
+}
+
+/// How [`Client::publish_batch`] and [`Client::update_batch`] upload JSON rows.
+///
+/// Set with [`ClientBuilder::bulk_format`](super::ClientBuilder::bulk_format). Record
+/// batches ([`Client::publish_record_batches`](super::Client::publish_record_batches)) are
+/// always uploaded as Arrow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BulkFormat {
+    /// An Arrow IPC stream with typed columns, as the official SDK uploads (the default;
+    /// needs the `arrow` feature).
+    #[cfg(feature = "arrow")]
+    Arrow,
+    /// A CSV file: every value becomes text, nested values JSON text. The default only
+    /// without the `arrow` feature.
+    Csv,
+}
+
+impl Default for BulkFormat {
+    fn default() -> Self {
+        #[cfg(feature = "arrow")]
+        return BulkFormat::Arrow;
+        #[cfg(not(feature = "arrow"))]
+        return BulkFormat::Csv;
+    }
+}
+
+impl Client {
+    /// Uploads checked JSON rows in the client's bulk format and registers them.
+    async fn send_rows(
+        &self,
+        t: &Transport,
+        pipeline_id: &str,
+        rows: &[Value],
+        config: Map<String, Value>,
+        id_column: Option<&str>,
+    ) -> Result<(), Error> {
+        let merge = id_column.is_some();
+        match self.inner.bulk_format {
+            #[cfg(feature = "arrow")]
+            BulkFormat::Arrow => {
+                let target = self.bulk_target(t, pipeline_id, config, merge);
+                super::arrow_upload::send_json_rows(&target, rows, id_column)
+                    .await
+                    .map(drop)
+            }
+            BulkFormat::Csv => {
                 let objects = rows.iter().filter_map(Value::as_object);
-                upload_and_register(
+                upload_csv(
                     t,
                     self.inner.max_retries,
                     pipeline_id,
                     objects,
-                    data_config,
-                    true,
+                    config,
+                    merge,
                 )
                 .await
             }
@@ -213,57 +255,48 @@ impl Client {
     }
 }
 
-/// A fresh object name for an upload: `batch-<unix ms>-<random>.csv`.
-fn object_name() -> String {
-    let ms = std::time::SystemTime::now()
+/// A fresh object name for an upload, as the official SDK names them:
+/// `batch_data_<unix seconds, to the microsecond>_<pipeline id>.<extension>`.
+pub(super) fn object_name(pipeline_id: &str, extension: &str) -> String {
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    format!("batch-{ms}-{}.csv", &multipart::random_token()[..16])
+        .unwrap_or_default();
+    format!(
+        "batch_data_{}.{:06}_{pipeline_id}.{extension}",
+        now.as_secs(),
+        now.subsec_micros()
+    )
 }
 
-async fn upload_and_register<'a>(
-    t: &Transport,
-    max_retries: u32,
-    pipeline_id: &str,
-    rows: impl Iterator<Item = &'a Map<String, Value>> + Clone,
-    config: Map<String, Value>,
-    merge: bool,
-) -> Result<(), Error> {
-    let table = csv::write(rows);
-    let name = object_name();
-    tracing::debug!(
-        target: "openlayer_trace",
-        rows = table.rows,
-        columns = table.columns.len(),
-        bytes = table.data.len(),
-        object = %name,
-        merge,
-        "bulk upload"
-    );
-
-    // 1. Where to put the file.
+/// `POST /storage/presigned-url?objectName=...`: where to put a file.
+pub(super) async fn presign(t: &Transport, object_name: &str) -> Result<PresignedUrl, Error> {
     let req = ApiRequest {
         method: Method::POST,
         path: "/storage/presigned-url".into(),
-        query: vec![("objectName".into(), name.clone())],
+        query: vec![("objectName".into(), object_name.to_string())],
         body: None,
     };
-    let presigned: PresignedUrl = send(t, &req).await?.json()?;
+    send(t, &req).await?.json()
+}
 
-    // 2. The file itself, straight to the storage (no API key there).
-    upload(t, max_retries, &presigned, &name, table.data).await?;
-
-    // 3. Tell the pipeline about it.
+/// `POST /inference-pipelines/{id}/data`: registers an uploaded file with the pipeline,
+/// appended (`merge: false`) or merged into the rows by inference id (`merge: true`).
+pub(super) async fn register(
+    t: &Transport,
+    pipeline_id: &str,
+    storage_uri: &str,
+    merge: bool,
+    config: &Map<String, Value>,
+) -> Result<(), Error> {
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Body<'a> {
         storage_uri: &'a str,
         perform_data_merge: bool,
-        config: Map<String, Value>,
+        config: &'a Map<String, Value>,
     }
     let body = Body {
-        storage_uri: &presigned.storage_uri,
+        storage_uri,
         perform_data_merge: merge,
         config,
     };
@@ -276,6 +309,34 @@ async fn upload_and_register<'a>(
     expect_success(t, &req).await
 }
 
+/// The CSV upload of JSON rows (the explicit [`BulkFormat::Csv`](super::BulkFormat::Csv)).
+pub(super) async fn upload_csv<'a>(
+    t: &Transport,
+    max_retries: u32,
+    pipeline_id: &str,
+    rows: impl Iterator<Item = &'a Map<String, Value>> + Clone,
+    config: Map<String, Value>,
+    merge: bool,
+) -> Result<(), Error> {
+    let table = csv::write(rows);
+    let name = object_name(pipeline_id, "csv");
+    tracing::debug!(
+        target: "openlayer_trace",
+        rows = table.rows,
+        columns = table.columns.len(),
+        bytes = table.data.len(),
+        object = %name,
+        merge,
+        "bulk upload (CSV)"
+    );
+    let presigned = presign(t, &name).await?;
+    let form = multipart::build(&presigned.fields.0, &name, "text/csv", &table.data);
+    drop(table);
+    let content_type = form.content_type();
+    upload(t, max_retries, &presigned, &content_type, form.body.into()).await?;
+    register(t, pipeline_id, &presigned.storage_uri, merge, &config).await
+}
+
 /// The presigned URL without its query (which holds the signature), for error messages.
 fn redacted(url: &str) -> String {
     url.split(['?', '#']).next().unwrap_or(url).to_string()
@@ -283,24 +344,20 @@ fn redacted(url: &str) -> String {
 
 /// Uploads the file to the storage, retrying connection errors, timeouts, 408, 429 and
 /// 5xx like API requests (same backoff, same number of retries).
-async fn upload(
+pub(super) async fn upload(
     t: &Transport,
     max_retries: u32,
     presigned: &PresignedUrl,
-    file_name: &str,
-    data: Vec<u8>,
+    content_type: &str,
+    body: bytes::Bytes,
 ) -> Result<(), Error> {
-    let form = multipart::build(&presigned.fields.0, file_name, "text/csv", &data);
-    drop(data);
-    let content_type = form.content_type();
-    let body = bytes::Bytes::from(form.body);
     let request = format!("POST {}", redacted(&presigned.url));
     let mut retry = 0;
     loop {
         let (error, retryable) = match t
             .http()
             .post(&presigned.url)
-            .header(CONTENT_TYPE, &content_type)
+            .header(CONTENT_TYPE, content_type)
             .body(body.clone())
             .send()
             .await
@@ -376,10 +433,13 @@ mod tests {
     }
 
     #[test]
-    fn object_names_are_unique_csv_names() {
-        let a = object_name();
-        assert!(a.starts_with("batch-") && a.ends_with(".csv"), "{a}");
-        assert_ne!(a, object_name());
+    fn object_names_are_the_official_sdks() {
+        let a = object_name("pipe-1", "arrow");
+        let rest = a.strip_prefix("batch_data_").unwrap();
+        let (time, tail) = rest.split_once('_').unwrap();
+        assert_eq!(tail, "pipe-1.arrow");
+        let secs: f64 = time.parse().unwrap();
+        assert!(secs > 1.7e9, "{a}");
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! ([`Config::trace_file`]) for `openlayer push` to send later, and calls that must read
 //! from the platform return [`Error::Config`].
 
+#[cfg(feature = "arrow")]
+mod arrow_json;
+#[cfg(feature = "arrow")]
+mod arrow_upload;
+mod builder;
 mod bulk;
 mod configs;
 mod csv;
@@ -14,7 +19,6 @@ mod types;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use reqwest::Method;
 use serde::Serialize;
@@ -27,6 +31,16 @@ use crate::export::local_file::{self as localfile, LocalLine};
 pub(crate) use crate::transport::segment;
 use crate::transport::{ApiRequest, ApiResponse, Transport, TransportConfig};
 
+#[cfg(feature = "arrow")]
+pub use arrow_array;
+#[cfg(feature = "arrow")]
+pub use arrow_json::{RowSchema, record_batch_to_rows};
+#[cfg(feature = "arrow")]
+pub use arrow_schema;
+#[cfg(feature = "arrow")]
+pub use arrow_upload::{BulkSummary, IntoRecordBatch};
+pub use builder::ClientBuilder;
+pub use bulk::BulkFormat;
 use configs::json_kind;
 pub use configs::{
     LlmConfig, PromptMessage, RawStreamConfig, RowUpdateConfig, StreamConfig,
@@ -64,6 +78,9 @@ struct Inner {
     max_retries: u32,
     /// The bound of the local file (local mode).
     trace_file_max_bytes: u64,
+    bulk_format: BulkFormat,
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))]
+    bulk_max_bytes: usize,
 }
 
 enum Backend {
@@ -111,6 +128,17 @@ impl Client {
     /// [`ClientBuilder::trace_file`] or `OPENLAYER_TRACE_FILE`); otherwise this is an
     /// [`Error::Config`].
     pub fn new(config: &Config) -> Result<Client, Error> {
+        Client::with_bulk(config, BulkFormat::default(), Client::BULK_MAX_BYTES)
+    }
+
+    /// The default of [`ClientBuilder::bulk_max_bytes`]: 64 MiB.
+    pub const BULK_MAX_BYTES: usize = 64 << 20;
+
+    fn with_bulk(
+        config: &Config,
+        bulk_format: BulkFormat,
+        bulk_max_bytes: usize,
+    ) -> Result<Client, Error> {
         let backend = if config.api_key().is_some() {
             Backend::Remote(Transport::new(TransportConfig::from_config(config))?)
         } else if config.trace_file_set {
@@ -129,6 +157,8 @@ impl Client {
                 batch_max_rows: config.batch_max_rows,
                 max_retries: config.max_retries,
                 trace_file_max_bytes: config.trace_file_max_bytes,
+                bulk_format,
+                bulk_max_bytes: bulk_max_bytes.max(1),
             }),
         })
     }
@@ -149,14 +179,8 @@ impl Client {
     /// ```
     pub fn builder() -> ClientBuilder {
         match Config::from_env() {
-            Ok(config) => ClientBuilder {
-                config,
-                error: None,
-            },
-            Err(e) => ClientBuilder {
-                config: Config::default(),
-                error: Some(e),
-            },
+            Ok(config) => ClientBuilder::new(config, None),
+            Err(e) => ClientBuilder::new(Config::default(), Some(e)),
         }
     }
 
@@ -778,91 +802,6 @@ async fn expect_success(t: &Transport, req: &ApiRequest) -> Result<(), Error> {
         });
     }
     Ok(())
-}
-
-/// Builds a [`Client`]; see [`Client::builder`].
-#[must_use]
-pub struct ClientBuilder {
-    config: Config,
-    error: Option<Error>,
-}
-
-impl fmt::Debug for ClientBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientBuilder")
-            .field("config", &self.config)
-            .finish()
-    }
-}
-
-impl ClientBuilder {
-    /// Starts over from `config` (the environment and earlier settings are dropped).
-    pub fn config(mut self, config: Config) -> Self {
-        self.config = config;
-        self.error = None;
-        self
-    }
-    /// The API key. Without one the client runs in local mode.
-    pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.config.api_key = Some(crate::config::ApiKey::new(key));
-        self
-    }
-    /// The API base URL, e.g. `https://api.openlayer.com/v1`.
-    pub fn base_url(mut self, url: impl Into<String>) -> Self {
-        self.config.base_url = url.into();
-        self
-    }
-    /// The default inference pipeline id.
-    pub fn inference_pipeline_id(mut self, id: impl Into<String>) -> Self {
-        self.config.inference_pipeline_id = Some(id.into());
-        self
-    }
-    /// Connect timeout (default 5 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.config.connect_timeout = timeout;
-        self
-    }
-    /// Whole-request timeout (default 60 s).
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.config.request_timeout = timeout;
-        self
-    }
-    /// Retries after the first attempt (default 2).
-    pub fn max_retries(mut self, retries: u32) -> Self {
-        self.config.max_retries = retries;
-        self
-    }
-    /// TLS certificate verification (default on).
-    pub fn verify_ssl(mut self, verify: bool) -> Self {
-        self.config.verify_ssl = verify;
-        self
-    }
-    /// The local file that local mode writes to; without an API key, naming it is what
-    /// asks for local mode.
-    pub fn trace_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.config.trace_file = path.into();
-        self.config.trace_file_set = true;
-        self
-    }
-    /// Most rows in one local-file line of a bulk publish (default 500).
-    pub fn batch_max_rows(mut self, rows: usize) -> Self {
-        self.config.batch_max_rows = rows.max(1);
-        self
-    }
-
-    /// Checks the settings and builds the client.
-    pub fn build(self) -> Result<Client, Error> {
-        if let Some(e) = self.error {
-            return Err(e);
-        }
-        let base = self.config.base_url.trim();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(Error::Config(format!(
-                "base URL must start with http:// or https://, got {base:?}"
-            )));
-        }
-        Client::new(&self.config)
-    }
 }
 
 #[cfg(test)]

@@ -33,30 +33,30 @@ pub(crate) fn random_token() -> String {
     format!("{a:016x}{:016x}", h.finish())
 }
 
-fn random_boundary() -> String {
+pub(crate) fn random_boundary() -> String {
     format!("------------------------{}", random_token())
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Builds the body: each of `fields` as a text part, then `file` as a part named `file`.
-pub(crate) fn build(
+/// Whether `boundary` can delimit a form with these `fields`.
+pub(crate) fn fits(boundary: &str, fields: &[(String, String)]) -> bool {
+    !fields
+        .iter()
+        .any(|(k, v)| k.contains(boundary) || v.contains(boundary))
+}
+
+/// Appends everything before the file's bytes: each of `fields` as a text part, then the
+/// head of the part named `file`.
+pub(crate) fn write_head(
+    body: &mut Vec<u8>,
+    boundary: &str,
     fields: &[(String, String)],
     file_name: &str,
     file_content_type: &str,
-    file: &[u8],
-) -> Multipart {
-    let boundary = loop {
-        let b = random_boundary();
-        let clash = contains(file, b.as_bytes())
-            || fields.iter().any(|(k, v)| k.contains(&b) || v.contains(&b));
-        if !clash {
-            break b;
-        }
-    };
-    let mut body = Vec::with_capacity(file.len() + 256 * (fields.len() + 1));
+) {
     for (name, value) in fields {
         body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
         body.extend_from_slice(
@@ -77,8 +77,30 @@ pub(crate) fn build(
         )
         .as_bytes(),
     );
-    body.extend_from_slice(file);
+}
+
+/// Appends everything after the file's bytes.
+pub(crate) fn write_tail(body: &mut Vec<u8>, boundary: &str) {
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+}
+
+/// Builds the body: each of `fields` as a text part, then `file` as a part named `file`.
+pub(crate) fn build(
+    fields: &[(String, String)],
+    file_name: &str,
+    file_content_type: &str,
+    file: &[u8],
+) -> Multipart {
+    let boundary = loop {
+        let b = random_boundary();
+        if !contains(file, b.as_bytes()) && fits(&b, fields) {
+            break b;
+        }
+    };
+    let mut body = Vec::with_capacity(file.len() + 256 * (fields.len() + 1));
+    write_head(&mut body, &boundary, fields, file_name, file_content_type);
+    body.extend_from_slice(file);
+    write_tail(&mut body, &boundary);
     Multipart { boundary, body }
 }
 

@@ -1,0 +1,288 @@
+//! The bulk path of `update` and `publish`: a checked table sent as Arrow uploads of
+//! `--rows-per-upload` rows, each registered before the next starts.
+//!
+//! Resumable: after each registered upload, the rows done so far are written to
+//! `FILE.sent` (with the file's length and modification time); a rerun of the same
+//! command on the same, unchanged file skips them. The file is removed once everything
+//! is in.
+
+use std::path::{Path, PathBuf};
+
+use arrow_array::RecordBatch;
+use openlayer_trace::{Client, Error, RowUpdateConfig, StreamConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::CliError;
+use crate::progress::Progress;
+use crate::table::{self, Checks, Scan};
+
+/// What the rows are for.
+pub enum Mode {
+    /// Merged into existing rows by inference id.
+    Update {
+        id_column: String,
+        config: Option<RowUpdateConfig>,
+    },
+    /// Appended as new rows.
+    Publish { config: Box<dyn StreamConfig> },
+}
+
+impl Mode {
+    fn command(&self) -> &'static str {
+        match self {
+            Mode::Update { .. } => "update",
+            Mode::Publish { .. } => "publish",
+        }
+    }
+}
+
+pub struct Job<'a> {
+    pub client: &'a Client,
+    pub pipeline: &'a str,
+    pub file: &'a Path,
+    pub scan: &'a Scan,
+    pub checks: &'a Checks,
+    pub mode: Mode,
+    pub rows_per_upload: u64,
+}
+
+/// What has been sent of a file, in `FILE.sent`.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+struct Sent {
+    version: u32,
+    command: String,
+    pipeline: String,
+    file_len: u64,
+    modified_ns: u64,
+    rows_done: u64,
+}
+
+/// `FILE.sent`.
+pub fn sidecar(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".sent");
+    PathBuf::from(name)
+}
+
+fn identity(file: &Path) -> Result<(u64, u64), CliError> {
+    let meta = std::fs::metadata(file)
+        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    Ok((meta.len(), modified))
+}
+
+fn save(path: &Path, sent: &Sent) -> Result<(), CliError> {
+    let fail =
+        |e: std::io::Error| CliError::Failed(format!("cannot write {}: {e}", path.display()));
+    let tmp = path.with_extension("sent.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(sent).expect("plain data")).map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
+}
+
+/// Sends the table; returns the rows sent by this run.
+pub async fn run(job: Job<'_>) -> Result<u64, CliError> {
+    let state_path = sidecar(job.file);
+    let (file_len, modified_ns) = identity(job.file)?;
+    let mut sent = Sent {
+        version: 1,
+        command: job.mode.command().into(),
+        pipeline: job.pipeline.into(),
+        file_len,
+        modified_ns,
+        rows_done: 0,
+    };
+    match std::fs::read(&state_path) {
+        Ok(bytes) => {
+            let before: Sent = serde_json::from_slice(&bytes).map_err(|e| {
+                CliError::Usage(format!(
+                    "{} is not a progress file ({e}); remove it to send from the start",
+                    state_path.display()
+                ))
+            })?;
+            let same = Sent {
+                rows_done: before.rows_done,
+                ..sent
+            };
+            if before != same {
+                return Err(CliError::Usage(format!(
+                    "{} records another run (another command, pipeline or version of the file); \
+                     remove it to send from the start",
+                    state_path.display()
+                )));
+            }
+            sent = same;
+            eprintln!(
+                "openlayer: resuming after {} row(s) already sent ({})",
+                sent.rows_done,
+                state_path.display()
+            );
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(CliError::Failed(format!(
+                "cannot read {}: {e}",
+                state_path.display()
+            )));
+        }
+    }
+
+    let bar = Progress::new(job.mode.command(), job.scan.rows);
+    bar.add(sent.rows_done, 0);
+    let mut feed = Feed {
+        inner: table::batches(job.file, job.scan, job.checks)?,
+        pending: None,
+        skip: sent.rows_done,
+        error: None,
+    };
+    let mut this_run = 0u64;
+    while feed.has_more() {
+        let take = Take {
+            feed: &mut feed,
+            left: job.rows_per_upload,
+            bar: &bar,
+        };
+        let result = match &job.mode {
+            Mode::Update { id_column, config } => {
+                job.client
+                    .update_record_batches(job.pipeline, id_column, config.clone(), take)
+                    .await
+            }
+            Mode::Publish { config } => {
+                job.client
+                    .publish_record_batches(job.pipeline, config.as_ref(), take)
+                    .await
+            }
+        };
+        let (rows, error) = match result {
+            Ok(summary) => (summary.rows, None),
+            Err(Error::BulkPartial {
+                rows_sent, source, ..
+            }) => (rows_sent, Some(*source)),
+            Err(e) => (0, Some(e)),
+        };
+        sent.rows_done += rows;
+        this_run += rows;
+        if let Some(e) = error {
+            bar.finish();
+            if sent.rows_done > 0 {
+                save(&state_path, &sent)?;
+            }
+            let why = feed.error.take().map_or(e.to_string(), |e| match e {
+                CliError::Failed(m) | CliError::Usage(m) => m,
+            });
+            let resume = if sent.rows_done > 0 {
+                format!(
+                    "; rerun the same command to send the rest (progress is in {})",
+                    state_path.display()
+                )
+            } else {
+                String::new()
+            };
+            return Err(CliError::Failed(format!(
+                "{why}\n{} of {} row(s) are in{resume}",
+                sent.rows_done, job.scan.rows
+            )));
+        }
+        save(&state_path, &sent)?;
+    }
+    bar.finish();
+    let _ = std::fs::remove_file(&state_path);
+    Ok(this_run)
+}
+
+/// The table's batches, after the rows sent by an earlier run.
+struct Feed {
+    inner: Box<dyn Iterator<Item = Result<RecordBatch, CliError>> + Send>,
+    pending: Option<RecordBatch>,
+    skip: u64,
+    /// A read error, kept for the message (the client only hears that the input failed).
+    error: Option<CliError>,
+}
+
+impl Feed {
+    fn next_batch(&mut self) -> Option<Result<RecordBatch, CliError>> {
+        loop {
+            let batch = match self.pending.take() {
+                Some(b) => b,
+                None => match self.inner.next()? {
+                    Ok(b) => b,
+                    Err(e) => return Some(Err(e)),
+                },
+            };
+            let rows = batch.num_rows() as u64;
+            if self.skip >= rows {
+                self.skip -= rows;
+                continue;
+            }
+            let skip = std::mem::take(&mut self.skip) as usize;
+            return Some(Ok(batch.slice(skip, batch.num_rows() - skip)));
+        }
+    }
+
+    fn has_more(&mut self) -> bool {
+        if self.error.is_some() {
+            return false;
+        }
+        match self.next_batch() {
+            Some(Ok(b)) => {
+                self.pending = Some(b);
+                true
+            }
+            // Let the next segment report it.
+            Some(Err(e)) => {
+                self.error = Some(e);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// At most `left` rows of the feed.
+struct Take<'a> {
+    feed: &'a mut Feed,
+    left: u64,
+    bar: &'a Progress,
+}
+
+impl Iterator for Take<'_> {
+    type Item = Result<RecordBatch, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        if self.feed.error.is_some() {
+            self.left = 0;
+            return Some(Err(Error::InvalidInput(
+                "the input could not be read".into(),
+            )));
+        }
+        let batch = match self.feed.next_batch()? {
+            Ok(b) => b,
+            Err(e) => {
+                self.feed.error = Some(e);
+                self.left = 0;
+                return Some(Err(Error::InvalidInput(
+                    "the input could not be read".into(),
+                )));
+            }
+        };
+        let rows = batch.num_rows() as u64;
+        let batch = if rows > self.left {
+            let n = self.left as usize;
+            self.feed.pending = Some(batch.slice(n, batch.num_rows() - n));
+            batch.slice(0, n)
+        } else {
+            batch
+        };
+        self.left -= batch.num_rows() as u64;
+        self.bar.add(batch.num_rows() as u64, 0);
+        Some(Ok(batch))
+    }
+}

@@ -1,0 +1,56 @@
+//! `openlayer publish`: a table appended to a pipeline in bulk, as Arrow uploads
+//! registered with `performDataMerge: false`, after every row was checked against the
+//! config. Resumable (see [`crate::bulk`]): a rerun after a failure sends only the rest,
+//! so no row is published twice.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::bulk::{self, Job, Mode};
+use crate::stream::load_config;
+use crate::table::{self, Checks};
+use crate::{CliError, pipeline_id, remote_client};
+
+#[derive(Debug)]
+pub struct Args {
+    pub file: PathBuf,
+    pub config: PathBuf,
+    pub task_type: Option<String>,
+    pub pipeline_id: Option<String>,
+    pub rows_per_upload: u64,
+}
+
+pub async fn run(args: Args) -> Result<(), CliError> {
+    let (client, _) = remote_client()?;
+    let pipeline = pipeline_id(args.pipeline_id.clone(), &client)?;
+    let config = load_config(&args.config, args.task_type.as_deref())?;
+    let json = config.to_json();
+    // Ids stay text even when they look like numbers.
+    let checks = Checks {
+        id_column: None,
+        text_column: json
+            .get("inferenceIdColumnName")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        required: config
+            .required_columns()
+            .into_iter()
+            .map(|(k, c)| (k.to_string(), c.to_string()))
+            .collect(),
+    };
+    let scan = table::scan(&args.file, &checks)?;
+    scan.problems.refuse()?;
+    let sent = bulk::run(Job {
+        client: &client,
+        pipeline: &pipeline,
+        file: &args.file,
+        scan: &scan,
+        checks: &checks,
+        mode: Mode::Publish { config },
+        rows_per_upload: args.rows_per_upload,
+    })
+    .await?;
+    println!("published {sent} row(s) to pipeline {pipeline}");
+    Ok(())
+}

@@ -1,0 +1,460 @@
+//! Tables read in batches: `.parquet` (the `parquet` crate's Arrow reader), `.arrow` /
+//! `.ipc` (Arrow IPC, file or stream format), `.csv` (with a header) and `.jsonl`.
+//!
+//! A file is read twice and never held whole: [`scan`] checks every row (nothing is sent
+//! when any row is bad) and counts them, inferring the column types of a CSV or JSONL
+//! file; [`batches`] then reads it again as record batches of bounded size.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, RecordBatch};
+use arrow_ipc::reader::{FileReader, StreamReader};
+use arrow_schema::{ArrowError, DataType, SchemaRef};
+use openlayer_trace::RowSchema;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::{Map, Value};
+
+use crate::CliError;
+use crate::input::typed_cell;
+
+/// Rows per record batch read.
+pub const BATCH_ROWS: usize = 16_384;
+
+/// The most problems printed.
+const SHOWN_PROBLEMS: usize = 20;
+
+/// The format of a table, from its file's extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Parquet,
+    Ipc,
+    Csv,
+    Jsonl,
+}
+
+impl Kind {
+    pub fn of(path: &Path) -> Result<Kind, CliError> {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("parquet" | "pq") => Ok(Kind::Parquet),
+            Some("arrow" | "ipc" | "feather" | "arrows") => Ok(Kind::Ipc),
+            Some("csv") => Ok(Kind::Csv),
+            Some("jsonl" | "ndjson") => Ok(Kind::Jsonl),
+            _ => Err(CliError::Usage(format!(
+                "{}: expected a .parquet, .arrow/.ipc, .csv or .jsonl file",
+                path.display()
+            ))),
+        }
+    }
+}
+
+/// What every row must hold.
+#[derive(Debug, Default)]
+pub struct Checks {
+    /// The inference id column: present in every row, not null, not empty; kept as text.
+    pub id_column: Option<String>,
+    /// A column kept as text in CSV and JSONL files, though its cells look like numbers
+    /// (the inference id column of a publish, which rows may leave out).
+    pub text_column: Option<String>,
+    /// Columns that must be present, each with the config key naming it.
+    pub required: Vec<(String, String)>,
+}
+
+/// The result of the first pass.
+#[derive(Debug)]
+pub struct Scan {
+    pub kind: Kind,
+    /// The data rows, bad ones included.
+    pub rows: u64,
+    /// The column types of a CSV or JSONL file.
+    pub schema: Option<RowSchema>,
+    /// The bad rows.
+    pub problems: Problems,
+}
+
+/// Problems found in the rows, the first few kept for the message.
+#[derive(Debug)]
+pub struct Problems {
+    path: std::path::PathBuf,
+    pub count: u64,
+    shown: Vec<String>,
+}
+
+impl Problems {
+    fn add(&mut self, at: String, why: impl std::fmt::Display) {
+        self.count += 1;
+        if self.shown.len() < SHOWN_PROBLEMS {
+            self.shown
+                .push(format!("{}:{at}: {why}", self.path.display()));
+        }
+    }
+
+    /// Fails, naming the first bad rows, when there is any.
+    pub fn refuse(&self) -> Result<(), CliError> {
+        if self.count == 0 {
+            return Ok(());
+        }
+        for p in &self.shown {
+            eprintln!("openlayer: {p}");
+        }
+        if self.count > self.shown.len() as u64 {
+            eprintln!(
+                "openlayer: ... and {} more",
+                self.count - self.shown.len() as u64
+            );
+        }
+        Err(CliError::Failed(format!(
+            "{} bad row(s) in {}; nothing was sent",
+            self.count,
+            self.path.display()
+        )))
+    }
+}
+
+fn open(path: &Path) -> Result<File, CliError> {
+    File::open(path).map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))
+}
+
+fn failed(path: &Path, e: impl std::fmt::Display) -> CliError {
+    CliError::Failed(format!("{}: {e}", path.display()))
+}
+
+/// First pass: checks every row and counts them. Columns missing from a whole file
+/// are a usage error; bad rows are counted in [`Scan::problems`].
+pub fn scan(path: &Path, checks: &Checks) -> Result<Scan, CliError> {
+    let kind = Kind::of(path)?;
+    let mut problems = Problems {
+        path: path.to_path_buf(),
+        count: 0,
+        shown: Vec::new(),
+    };
+    let mut rows = 0u64;
+    let schema = match kind {
+        Kind::Parquet | Kind::Ipc => {
+            // Only the id column has rows to check: a Parquet scan reads no other.
+            let (schema, reader) = arrow_reader(path, kind, Some(checks.id_column.as_deref()))?;
+            check_columns(path, checks, |c| schema.index_of(c).is_ok())?;
+            if let Some(id) = &checks.id_column {
+                let t = schema.field_with_name(id).map(|f| f.data_type().clone());
+                if !t.as_ref().is_ok_and(id_type) {
+                    return Err(CliError::Usage(format!(
+                        "{}: the inference id column `{id}` must hold strings or integers, not {}",
+                        path.display(),
+                        t.map_or("nothing".into(), |t| t.to_string())
+                    )));
+                }
+            }
+            for batch in reader {
+                let batch = batch.map_err(|e| failed(path, e))?;
+                if let Some(id) = &checks.id_column {
+                    let ids = batch
+                        .column_by_name(id)
+                        .ok_or_else(|| failed(path, format!("no column `{id}` in a batch")))?;
+                    check_ids(ids.as_ref(), rows, id, &mut problems);
+                }
+                rows += batch.num_rows() as u64;
+            }
+            None
+        }
+        Kind::Csv | Kind::Jsonl => {
+            let mut schema = match checks.id_column.as_ref().or(checks.text_column.as_ref()) {
+                Some(id) => RowSchema::new().text_column(id.clone()),
+                None => RowSchema::new(),
+            };
+            let mut rows_of = TextRows::open(path, kind, checks)?;
+            check_columns(path, checks, |c| rows_of.has_column(c))?;
+            while let Some(row) = rows_of.next_row()? {
+                match row {
+                    Ok((_, row)) => {
+                        schema.observe(&row);
+                        rows += 1;
+                    }
+                    Err((line, why)) => {
+                        problems.add(line.to_string(), why);
+                        rows += 1;
+                    }
+                }
+            }
+            Some(schema)
+        }
+    };
+    Ok(Scan {
+        kind,
+        rows,
+        schema,
+        problems,
+    })
+}
+
+/// For a CSV file, the columns named must be in the header (JSONL rows are checked one
+/// by one).
+fn check_columns(path: &Path, checks: &Checks, has: impl Fn(&str) -> bool) -> Result<(), CliError> {
+    let named = checks
+        .id_column
+        .iter()
+        .map(|c| (c.as_str(), "the inference id column"))
+        .chain(
+            checks
+                .required
+                .iter()
+                .map(|(k, c)| (c.as_str(), k.as_str())),
+        );
+    for (column, what) in named {
+        if !has(column) {
+            return Err(CliError::Usage(format!(
+                "{} has no column `{column}` ({what})",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn id_type(t: &DataType) -> bool {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, v) => id_type(v),
+        t => t.is_integer(),
+    }
+}
+
+fn check_ids(ids: &dyn Array, first: u64, name: &str, problems: &mut Problems) {
+    let row = |i: usize| format!("row {}", first + i as u64 + 1);
+    for i in 0..ids.len() {
+        if ids.is_null(i) {
+            problems.add(row(i), format!("no inference id (null) in `{name}`"));
+            continue;
+        }
+        let empty = match ids.data_type() {
+            DataType::Utf8 => ids.as_string::<i32>().value(i).trim().is_empty(),
+            DataType::LargeUtf8 => ids.as_string::<i64>().value(i).trim().is_empty(),
+            DataType::Utf8View => ids.as_string_view().value(i).trim().is_empty(),
+            _ => false,
+        };
+        if empty {
+            problems.add(row(i), format!("an empty inference id in `{name}`"));
+        }
+    }
+}
+
+type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>;
+
+/// A reader of an Arrow IPC or Parquet file, and the file's schema. `only`: a Parquet
+/// file is read for that one column (`Some(Some(column))`), or for none, its batches then
+/// holding row counts only (`Some(None)`).
+fn arrow_reader(
+    path: &Path,
+    kind: Kind,
+    only: Option<Option<&str>>,
+) -> Result<(SchemaRef, BatchIter), CliError> {
+    let file = open(path)?;
+    let bad =
+        |e: &dyn std::fmt::Display| failed(path, format!("not a readable {kind:?} file: {e}"));
+    if kind == Kind::Parquet {
+        let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(&e))?;
+        let schema = builder.schema().clone();
+        if let Some(only) = only {
+            let roots = only.and_then(|c| schema.index_of(c).ok());
+            let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+            builder = builder.with_projection(mask);
+        }
+        let reader = builder
+            .with_batch_size(BATCH_ROWS)
+            .build()
+            .map_err(|e| bad(&e))?;
+        return Ok((schema, Box::new(reader)));
+    }
+    let mut file = file;
+    let mut magic = [0u8; 6];
+    let is_file = file.read_exact(&mut magic).is_ok() && &magic == b"ARROW1";
+    file.seek(SeekFrom::Start(0)).map_err(|e| bad(&e))?;
+    if is_file {
+        let reader = FileReader::try_new_buffered(file, None).map_err(|e| bad(&e))?;
+        Ok((reader.schema(), Box::new(reader)))
+    } else {
+        let reader = StreamReader::try_new_buffered(file, None).map_err(|e| bad(&e))?;
+        Ok((reader.schema(), Box::new(reader)))
+    }
+}
+
+/// Second pass: the rows as record batches of at most [`BATCH_ROWS`] rows (the batches
+/// of an Arrow IPC file as they were written).
+pub fn batches(
+    path: &Path,
+    scan: &Scan,
+    checks: &Checks,
+) -> Result<Box<dyn Iterator<Item = Result<RecordBatch, CliError>> + Send>, CliError> {
+    match (&scan.schema, scan.kind) {
+        (Some(schema), Kind::Csv | Kind::Jsonl) => {
+            let mut rows_of = TextRows::open(path, scan.kind, checks)?;
+            let schema = schema.clone();
+            let mut seen = 0usize;
+            let path = path.to_path_buf();
+            Ok(Box::new(std::iter::from_fn(move || {
+                let mut chunk: Vec<Map<String, Value>> = Vec::with_capacity(1024);
+                while chunk.len() < BATCH_ROWS {
+                    match rows_of.next_row() {
+                        Ok(Some(Ok((_, row)))) => chunk.push(row),
+                        Ok(Some(Err((line, why)))) => {
+                            return Some(Err(CliError::Failed(format!(
+                                "{}:{line}: {why} (the file changed while it was read)",
+                                path.display()
+                            ))));
+                        }
+                        Ok(None) => break,
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                if chunk.is_empty() {
+                    return None;
+                }
+                let batch = schema
+                    .to_record_batch(chunk.iter(), seen)
+                    .map_err(|e| failed(&path, e));
+                seen += chunk.len();
+                Some(batch)
+            })))
+        }
+        _ => {
+            let (_, reader) = arrow_reader(path, scan.kind, None)?;
+            let path = path.to_path_buf();
+            Ok(Box::new(
+                reader.map(move |b| b.map_err(|e| failed(&path, e))),
+            ))
+        }
+    }
+}
+
+/// Rows of a CSV or JSONL file as JSON objects, with the line each came from.
+struct TextRows {
+    kind: Kind,
+    csv: Option<(csv::Reader<BufReader<File>>, csv::StringRecord)>,
+    lines: Option<std::io::Lines<BufReader<File>>>,
+    line: u64,
+    id_column: Option<String>,
+    text_column: Option<String>,
+    required: Vec<(String, String)>,
+    record: csv::StringRecord,
+}
+
+type Row = Result<(u64, Map<String, Value>), (u64, String)>;
+
+impl TextRows {
+    fn open(path: &Path, kind: Kind, checks: &Checks) -> Result<TextRows, CliError> {
+        let file = BufReader::with_capacity(1 << 16, open(path)?);
+        let mut rows = TextRows {
+            kind,
+            csv: None,
+            lines: None,
+            line: 0,
+            id_column: checks.id_column.clone(),
+            text_column: checks
+                .id_column
+                .clone()
+                .or_else(|| checks.text_column.clone()),
+            required: checks.required.clone(),
+            record: csv::StringRecord::new(),
+        };
+        if kind == Kind::Csv {
+            let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(file);
+            let header = reader
+                .headers()
+                .map_err(|e| CliError::Usage(format!("{}: bad CSV header: {e}", path.display())))?
+                .clone();
+            rows.csv = Some((reader, header));
+        } else {
+            rows.lines = Some(file.lines());
+        }
+        Ok(rows)
+    }
+
+    fn has_column(&self, column: &str) -> bool {
+        match &self.csv {
+            Some((_, header)) => header.iter().any(|h| h == column),
+            None => true,
+        }
+    }
+
+    /// The next row, or why it is bad; `Err` only for a file that cannot be read.
+    fn next_row(&mut self) -> Result<Option<Row>, CliError> {
+        let row = if self.kind == Kind::Csv {
+            let (reader, header) = self.csv.as_mut().expect("a CSV reader");
+            match reader.read_record(&mut self.record) {
+                Ok(false) => return Ok(None),
+                Err(e) => {
+                    let line = e.position().map_or(0, |p| p.line());
+                    return Ok(Some(Err((line, format!("bad CSV: {e}")))));
+                }
+                Ok(true) => {}
+            }
+            let line = self.record.position().map_or(0, |p| p.line());
+            if self.record.len() != header.len() {
+                let why = format!(
+                    "has {} fields, the header has {}",
+                    self.record.len(),
+                    header.len()
+                );
+                return Ok(Some(Err((line, why))));
+            }
+            let mut row = Map::new();
+            for (name, cell) in header.iter().zip(self.record.iter()) {
+                let value = if self.text_column.as_deref() == Some(name) {
+                    Value::String(cell.to_string())
+                } else {
+                    typed_cell(cell)
+                };
+                row.insert(name.to_string(), value);
+            }
+            (line, row)
+        } else {
+            let lines = self.lines.as_mut().expect("a line reader");
+            let text = loop {
+                match lines.next() {
+                    None => return Ok(None),
+                    Some(Err(e)) => {
+                        return Err(CliError::Failed(format!("line {}: {e}", self.line + 1)));
+                    }
+                    Some(Ok(text)) => {
+                        self.line += 1;
+                        if !text.trim().is_empty() {
+                            break text;
+                        }
+                    }
+                }
+            };
+            match serde_json::from_str::<Value>(&text) {
+                Ok(Value::Object(row)) => (self.line, row),
+                Ok(_) => return Ok(Some(Err((self.line, "not a JSON object".into())))),
+                Err(e) => return Ok(Some(Err((self.line, format!("not JSON: {e}"))))),
+            }
+        };
+        Ok(Some(self.check(row)))
+    }
+
+    fn check(&self, (line, row): (u64, Map<String, Value>)) -> Row {
+        if let Some(id) = &self.id_column {
+            let ok = match row.get(id) {
+                Some(Value::String(s)) => !s.trim().is_empty(),
+                Some(Value::Number(_)) => true,
+                _ => false,
+            };
+            if !ok {
+                return Err((line, format!("no inference id in `{id}`")));
+            }
+        }
+        for (key, column) in &self.required {
+            if !row.contains_key(column) {
+                return Err((line, format!("no column `{column}` (named by `{key}`)")));
+            }
+        }
+        Ok((line, row))
+    }
+}
