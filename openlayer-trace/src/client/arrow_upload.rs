@@ -19,8 +19,8 @@ use arrow_schema::{ArrowError, DataType, Field, Fields, Schema, TimeUnit};
 use serde_json::{Map, Value};
 
 use super::arrow_json::{RowSchema, check_json_type, json_value};
-use super::bulk::{self, PresignedUrl};
 use super::configs::{self, RowUpdateConfig, StreamConfig};
+use super::storage::{self, PresignedUrl};
 use super::{Backend, Client, multipart, require_id};
 use crate::error::Error;
 use crate::transport::Transport;
@@ -305,8 +305,8 @@ struct Open {
 
 impl Open {
     async fn start(target: &Target<'_>, schema: &Schema) -> Result<Open, Error> {
-        let name = bulk::object_name(target.pipeline_id, "arrow");
-        let presigned = bulk::presign(target.t, &name).await?;
+        let name = storage::object_name(target.pipeline_id, "arrow");
+        let presigned = storage::presign(target.t, &name).await?;
         let boundary = loop {
             let b = multipart::random_boundary();
             if multipart::fits(&b, &presigned.fields.0) {
@@ -371,7 +371,7 @@ impl Open {
             "bulk upload (Arrow IPC)"
         );
         let content_type = format!("multipart/form-data; boundary={boundary}");
-        bulk::upload(
+        storage::upload(
             target.t,
             target.max_retries,
             &self.presigned,
@@ -379,7 +379,7 @@ impl Open {
             body.into(),
         )
         .await?;
-        bulk::register(
+        storage::register(
             target.t,
             target.pipeline_id,
             &self.presigned.storage_uri,

@@ -45,7 +45,7 @@ impl ClientBuilder {
     }
     /// The API key. Without one the client runs in local mode.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.config.api_key = Some(crate::ApiKey::new(key));
+        self.config.api_key = Some(crate::config::ApiKey::new(key));
         self
     }
     /// The API base URL, e.g. `https://api.openlayer.com/v1`.

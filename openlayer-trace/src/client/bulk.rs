@@ -1,64 +1,13 @@
 //! Bulk publish and bulk update: a CSV file uploaded through a presigned URL, then
 //! registered with the pipeline.
 
-use std::fmt;
-
-use reqwest::Method;
-use reqwest::header::CONTENT_TYPE;
-use serde::de::{MapAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use super::configs::{self, RowUpdateConfig, StreamConfig, json_kind};
-use super::{
-    Backend, Client, csv, expect_success, multipart, require_id, segment, send, stream_line,
-};
+use super::{Backend, Client, require_id, stream_line};
 use crate::error::Error;
 use crate::export::local_file::{self as localfile, LocalLine};
-use crate::transport::{ApiRequest, Transport, chain};
-
-/// The answer of `POST /storage/presigned-url`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct PresignedUrl {
-    pub url: String,
-    pub storage_uri: String,
-    #[serde(default)]
-    pub fields: OrderedFields,
-}
-
-/// The upload form's fields, in the order the platform gave them (S3 wants its policy
-/// fields before the file, and serde_json's map would sort them).
-#[derive(Debug, Default)]
-pub(super) struct OrderedFields(pub Vec<(String, String)>);
-
-impl<'de> Deserialize<'de> for OrderedFields {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = OrderedFields;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object of form fields")
-            }
-            fn visit_unit<E>(self) -> Result<OrderedFields, E> {
-                Ok(OrderedFields::default())
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedFields, A::Error> {
-                let mut out = Vec::new();
-                while let Some((k, v)) = map.next_entry::<String, Value>()? {
-                    let v = match v {
-                        Value::String(s) => s,
-                        Value::Null => continue,
-                        other => other.to_string(),
-                    };
-                    out.push((k, v));
-                }
-                Ok(OrderedFields(out))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
+use crate::transport::Transport;
 
 impl Client {
     /// Publishes many rows at once: the rows are written as a CSV file, uploaded through
@@ -241,7 +190,7 @@ impl Client {
             }
             BulkFormat::Csv => {
                 let objects = rows.iter().filter_map(Value::as_object);
-                upload_csv(
+                super::storage::upload_csv(
                     t,
                     self.inner.max_retries,
                     pipeline_id,
@@ -252,201 +201,5 @@ impl Client {
                 .await
             }
         }
-    }
-}
-
-/// A fresh object name for an upload, as the official SDK names them:
-/// `batch_data_<unix seconds, to the microsecond>_<pipeline id>.<extension>`.
-pub(super) fn object_name(pipeline_id: &str, extension: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!(
-        "batch_data_{}.{:06}_{pipeline_id}.{extension}",
-        now.as_secs(),
-        now.subsec_micros()
-    )
-}
-
-/// `POST /storage/presigned-url?objectName=...`: where to put a file.
-pub(super) async fn presign(t: &Transport, object_name: &str) -> Result<PresignedUrl, Error> {
-    let req = ApiRequest {
-        method: Method::POST,
-        path: "/storage/presigned-url".into(),
-        query: vec![("objectName".into(), object_name.to_string())],
-        body: None,
-    };
-    send(t, &req).await?.json()
-}
-
-/// `POST /inference-pipelines/{id}/data`: registers an uploaded file with the pipeline,
-/// appended (`merge: false`) or merged into the rows by inference id (`merge: true`).
-pub(super) async fn register(
-    t: &Transport,
-    pipeline_id: &str,
-    storage_uri: &str,
-    merge: bool,
-    config: &Map<String, Value>,
-) -> Result<(), Error> {
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Body<'a> {
-        storage_uri: &'a str,
-        perform_data_merge: bool,
-        config: &'a Map<String, Value>,
-    }
-    let body = Body {
-        storage_uri,
-        perform_data_merge: merge,
-        config,
-    };
-    let req = ApiRequest {
-        method: Method::POST,
-        path: format!("/inference-pipelines/{}/data", segment(pipeline_id)),
-        query: Vec::new(),
-        body: Some(serde_json::to_vec(&body)?.into()),
-    };
-    expect_success(t, &req).await
-}
-
-/// The CSV upload of JSON rows (the explicit [`BulkFormat::Csv`](super::BulkFormat::Csv)).
-pub(super) async fn upload_csv<'a>(
-    t: &Transport,
-    max_retries: u32,
-    pipeline_id: &str,
-    rows: impl Iterator<Item = &'a Map<String, Value>> + Clone,
-    config: Map<String, Value>,
-    merge: bool,
-) -> Result<(), Error> {
-    let table = csv::write(rows);
-    let name = object_name(pipeline_id, "csv");
-    tracing::debug!(
-        target: "openlayer_trace",
-        rows = table.rows,
-        columns = table.columns.len(),
-        bytes = table.data.len(),
-        object = %name,
-        merge,
-        "bulk upload (CSV)"
-    );
-    let presigned = presign(t, &name).await?;
-    let form = multipart::build(&presigned.fields.0, &name, "text/csv", &table.data);
-    drop(table);
-    let content_type = form.content_type();
-    upload(t, max_retries, &presigned, &content_type, form.body.into()).await?;
-    register(t, pipeline_id, &presigned.storage_uri, merge, &config).await
-}
-
-/// The presigned URL without its query (which holds the signature), for error messages.
-fn redacted(url: &str) -> String {
-    url.split(['?', '#']).next().unwrap_or(url).to_string()
-}
-
-/// Uploads the file to the storage, retrying connection errors, timeouts, 408, 429 and
-/// 5xx like API requests (same backoff, same number of retries).
-pub(super) async fn upload(
-    t: &Transport,
-    max_retries: u32,
-    presigned: &PresignedUrl,
-    content_type: &str,
-    body: bytes::Bytes,
-) -> Result<(), Error> {
-    let request = format!("POST {}", redacted(&presigned.url));
-    let mut retry = 0;
-    loop {
-        let (error, retryable) = match t
-            .http()
-            .post(&presigned.url)
-            .header(CONTENT_TYPE, content_type)
-            .body(body.clone())
-            .send()
-            .await
-        {
-            Err(e) => (
-                Error::Transport {
-                    timeout: e.is_timeout(),
-                    message: format!("upload to storage failed: {}", chain(&e.without_url())),
-                    request: request.clone(),
-                },
-                true,
-            ),
-            Ok(resp) if resp.status().is_success() => return Ok(()),
-            Ok(resp) => {
-                let status = resp.status();
-                let text = resp.text().await.unwrap_or_default();
-                let mut message = text.trim().to_string();
-                if message.chars().count() > 500 {
-                    message = message.chars().take(500).collect::<String>() + "...";
-                }
-                if message.is_empty() {
-                    message = status
-                        .canonical_reason()
-                        .unwrap_or("upload failed")
-                        .to_string();
-                }
-                let code = status.as_u16();
-                let error = Error::Api {
-                    status: code,
-                    message,
-                    request: request.clone(),
-                };
-                (error, matches!(code, 408 | 429) || status.is_server_error())
-            }
-        };
-        if !retryable || retry >= max_retries {
-            return Err(error);
-        }
-        let wait = t.backoff(retry, None);
-        tracing::debug!(
-            target: "openlayer_trace",
-            error = %error,
-            retry = retry + 1,
-            wait_ms = wait.as_millis() as u64,
-            "retrying the upload"
-        );
-        tokio::time::sleep(wait).await;
-        retry += 1;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn presigned_fields_keep_their_order() {
-        let p: PresignedUrl = serde_json::from_str(
-            r#"{"url":"http://s/x","storageUri":"s3://b/k","fields":{"z":"1","a":"2","m":3}}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            p.fields.0,
-            [
-                ("z".into(), "1".into()),
-                ("a".into(), "2".into()),
-                ("m".into(), "3".into())
-            ]
-        );
-        let p: PresignedUrl =
-            serde_json::from_str(r#"{"url":"u","storageUri":"s","extra":1}"#).unwrap();
-        assert!(p.fields.0.is_empty());
-    }
-
-    #[test]
-    fn object_names_are_the_official_sdks() {
-        let a = object_name("pipe-1", "arrow");
-        let rest = a.strip_prefix("batch_data_").unwrap();
-        let (time, tail) = rest.split_once('_').unwrap();
-        assert_eq!(tail, "pipe-1.arrow");
-        let secs: f64 = time.parse().unwrap();
-        assert!(secs > 1.7e9, "{a}");
-    }
-
-    #[test]
-    fn signatures_are_cut_from_urls() {
-        assert_eq!(
-            redacted("https://bucket.s3/k?X-Amz-Signature=secret"),
-            "https://bucket.s3/k"
-        );
     }
 }

@@ -94,15 +94,17 @@ mod tests {
 
     #[test]
     fn columns_are_the_union_and_cells_are_quoted_as_needed() {
+        // Keys in sorted order, so that the rows read the same whether serde_json's map
+        // sorts its keys or keeps their order (its `preserve_order` feature).
         let rows = [
-            obj(json!({"id": "a", "text": "plain", "n": 1})),
-            obj(json!({"id": "b,c", "text": "say \"hi\"\nbye", "flag": true})),
+            obj(json!({"id": "a", "n": 1, "text": "plain"})),
+            obj(json!({"flag": true, "id": "b,c", "text": "say \"hi\"\nbye"})),
             obj(
-                json!({"id": "", "n": 2.5, "tags": ["x", "y"], "meta": {"k": "v, w"}, "text": null}),
+                json!({"id": "", "meta": {"k": "v, w"}, "n": 2.5, "tags": ["x", "y"], "text": null}),
             ),
         ];
         let csv = write(rows.iter());
-        // serde_json's map orders keys, so the first row contributes id, n, text.
+        // First-seen order: the first row contributes id, n, text; then flag; then meta, tags.
         assert_eq!(csv.columns, ["id", "n", "text", "flag", "meta", "tags"]);
         assert_eq!(csv.rows, 3);
         let text = String::from_utf8(csv.data).unwrap();

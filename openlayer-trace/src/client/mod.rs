@@ -14,6 +14,7 @@ mod bulk;
 mod configs;
 mod csv;
 mod multipart;
+mod storage;
 mod types;
 
 use std::fmt;

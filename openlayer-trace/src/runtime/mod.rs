@@ -66,6 +66,7 @@ fn install(pipeline: Arc<Exporter>) -> Option<Arc<Exporter>> {
         c.queue_max_bytes,
         c.open_trace_warn_after,
     );
+    #[cfg(any(test, feature = "test-util"))]
     crate::export::capture::set_installed_shaper(pipeline.shaper.clone());
     let on = !pipeline.config.disabled;
     let mut slot = PIPELINE.write().unwrap_or_else(|e| e.into_inner());

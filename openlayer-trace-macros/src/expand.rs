@@ -1,0 +1,528 @@
+//! Expansion: the thin body that a traced function gets, calling into
+//! `openlayer_trace::__private` (sync, async and stream-returning functions).
+
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::{FnArg, Ident, ItemFn, LitStr, Pat, ReturnType, Type};
+
+use crate::attr::{ExtraOptions, Options};
+
+/// Collects the bindings of a parameter pattern (`x`, `(a, b)`, `Point { x, y }`, ...).
+fn bindings(pat: &Pat, out: &mut Vec<Ident>) {
+    match pat {
+        Pat::Ident(p) => {
+            if let Some((_, sub)) = &p.subpat {
+                bindings(sub, out);
+            }
+            out.push(p.ident.clone());
+        }
+        Pat::Tuple(t) => t.elems.iter().for_each(|p| bindings(p, out)),
+        Pat::TupleStruct(t) => t.elems.iter().for_each(|p| bindings(p, out)),
+        Pat::Struct(s) => s.fields.iter().for_each(|f| bindings(&f.pat, out)),
+        Pat::Reference(r) => bindings(&r.pat, out),
+        Pat::Slice(s) => s.elems.iter().for_each(|p| bindings(p, out)),
+        Pat::Type(t) => bindings(&t.pat, out),
+        Pat::Paren(p) => bindings(&p.pat, out),
+        _ => {}
+    }
+}
+
+fn contains_impl_trait(ty: &Type) -> bool {
+    struct Finder(bool);
+    impl<'ast> syn::visit::Visit<'ast> for Finder {
+        fn visit_type_impl_trait(&mut self, _: &'ast syn::TypeImplTrait) {
+            self.0 = true;
+        }
+    }
+    let mut f = Finder(false);
+    syn::visit::Visit::visit_type(&mut f, ty);
+    f.0
+}
+
+/// Whether `ty` involves one of the function's type parameters (or, with `impl_trait`, an
+/// `impl Trait`): then a missing `Serialize` is best fixed by a bound, which the compiler
+/// suggests only when the check is not marked `do_not_recommend`.
+fn is_generic(ty: &Type, type_params: &[Ident], impl_trait: bool) -> bool {
+    struct Finder<'a>(&'a [Ident], bool, bool);
+    impl<'ast> syn::visit::Visit<'ast> for Finder<'_> {
+        fn visit_type_impl_trait(&mut self, t: &'ast syn::TypeImplTrait) {
+            if self.2 {
+                self.1 = true;
+            }
+            syn::visit::visit_type_impl_trait(self, t);
+        }
+        fn visit_type_path(&mut self, p: &'ast syn::TypePath) {
+            if p.qself.is_none()
+                && let Some(first) = p.path.segments.first()
+                && self.0.contains(&first.ident)
+            {
+                self.1 = true;
+            }
+            syn::visit::visit_type_path(self, p);
+        }
+    }
+    let mut f = Finder(type_params, false, impl_trait);
+    syn::visit::Visit::visit_type(&mut f, ty);
+    f.1
+}
+
+/// Records one argument. The check goes through a trait made for this argument, so that a
+/// type that is not `Serialize` is reported at the argument, by name, with the `skip` that
+/// leaves it out.
+fn write_arg(ident: &Ident, generic: bool) -> TokenStream2 {
+    let name = ident.unraw().to_string();
+    let shown = ident.to_string();
+    let message = format!(
+        "`#[trace]` cannot record the argument `{shown}`: `{{Self}}` does not implement `serde::Serialize`"
+    );
+    let label =
+        format!("`{shown}` is recorded as an input, so its type must implement `serde::Serialize`");
+    let note = format!(
+        "leave it out with `#[trace(skip({shown}))]`, or leave out every argument with `#[trace(skip_all)]`"
+    );
+    let not_recommended = if generic {
+        quote!()
+    } else {
+        quote!(#[diagnostic::do_not_recommend])
+    };
+    let call = quote_spanned! {ident.span()=>
+        TracedArgument::__ol_write(&#ident, __ol_w, #name)
+    };
+    quote! {{
+        #[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]
+        trait TracedArgument {
+            fn __ol_write(&self, w: &mut ::openlayer_trace::__private::InputWriter, name: &str);
+        }
+        #not_recommended
+        impl<T: ::openlayer_trace::__private::__Serialize + ?::core::marker::Sized> TracedArgument for T {
+            #[inline]
+            fn __ol_write(&self, w: &mut ::openlayer_trace::__private::InputWriter, name: &str) {
+                w.arg(name, self)
+            }
+        }
+        #call;
+    }}
+}
+
+pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream2> {
+    let sig = &item.sig;
+    if sig.constness.is_some() {
+        return Err(syn::Error::new(
+            sig.constness.span(),
+            "`#[trace]` cannot be used on a `const fn`",
+        ));
+    }
+
+    let type_params: Vec<Ident> = sig
+        .generics
+        .type_params()
+        .map(|p| p.ident.clone())
+        .collect();
+
+    // The recorded parameters, in order, each with whether its type is generic.
+    let mut params: Vec<Ident> = Vec::new();
+    let mut generic: Vec<bool> = Vec::new();
+    for arg in &sig.inputs {
+        if let FnArg::Typed(pt) = arg {
+            bindings(&pt.pat, &mut params);
+            generic.resize(params.len(), is_generic(&pt.ty, &type_params, true));
+        }
+    }
+    for s in &opts.skip {
+        if s == "self" {
+            return Err(syn::Error::new(
+                s.span(),
+                "`self` is never recorded, so it needs no `skip`",
+            ));
+        }
+        if !params.iter().any(|p| p.unraw() == s.unraw()) {
+            let names: Vec<String> = params.iter().map(|p| format!("`{p}`")).collect();
+            let known = if names.is_empty() {
+                "it has no recorded parameters".to_string()
+            } else {
+                format!("its parameters are {}", names.join(", "))
+            };
+            return Err(syn::Error::new(
+                s.span(),
+                format!("`{s}` is not a parameter of this function; {known}"),
+            ));
+        }
+    }
+    let writes: Vec<TokenStream2> = if opts.skip_all.is_some() {
+        Vec::new()
+    } else {
+        params
+            .iter()
+            .zip(&generic)
+            .filter(|(p, _)| !opts.skip.iter().any(|s| s.unraw() == p.unraw()))
+            .map(|(p, g)| write_arg(p, *g))
+            .collect()
+    };
+
+    let name = match &opts.name {
+        Some(lit) => lit.value(),
+        None => sig.ident.unraw().to_string(),
+    };
+    let kind = format_ident!(
+        "{}",
+        opts.kind
+            .as_ref()
+            .map(|(v, _)| v.as_str())
+            .unwrap_or("UserCall")
+    );
+    let pipeline = match &opts.pipeline_id {
+        Some(lit) => quote!(::core::option::Option::Some(#lit)),
+        None => quote!(::core::option::Option::None),
+    };
+    let meta = quote! {
+        static __OL_META: ::openlayer_trace::__private::StepMeta = ::openlayer_trace::__private::StepMeta {
+            name: #name,
+            kind: ::openlayer_trace::StepKind::#kind,
+            pipeline_id: #pipeline,
+        };
+    };
+
+    let ret_ty: Option<&Type> = match &sig.output {
+        ReturnType::Default => None,
+        ReturnType::Type(_, ty) => Some(ty),
+    };
+
+    let record = if opts.skip_output {
+        quote! {
+            #[allow(unused_imports)]
+            use ::openlayer_trace::__private::{RecordErrorOnly as _, RecordNothing as _};
+            (&::openlayer_trace::__private::Out(&__ol_ret)).__ol_record_err(&mut __ol_step);
+        }
+    } else {
+        // Spanned at the return type, where a type that cannot be recorded is reported.
+        let (span, method) = match ret_ty {
+            // Not for `impl Trait`: its hidden type would be named, with no bound to suggest.
+            Some(ty) if is_generic(ty, &type_params, false) => (ty.span(), "__ol_record_generic"),
+            Some(ty) => (ty.span(), "__ol_record"),
+            None => (Span::call_site(), "__ol_record"),
+        };
+        let method = Ident::new(method, span);
+        let call = quote_spanned! {span=>
+            (&::openlayer_trace::__private::Out(&__ol_ret)).#method(&mut __ol_step)
+        };
+        quote! {
+            #[allow(unused_imports)]
+            use ::openlayer_trace::__private::RecordResult as _;
+            #call;
+        }
+    };
+    let nameable = ret_ty.is_none_or(|t| !contains_impl_trait(t));
+    let stream = stream_return(&opts.extra, sig)?;
+    let plan = plan_extra(&opts.extra, &params, sig, stream.is_some())?;
+    let block = &with_prelude(&item.block, &plan.prelude);
+    if let Some(concrete) = stream {
+        let body = expand_stream(StreamParts {
+            asyncness: sig.asyncness.is_some(),
+            meta: &meta,
+            writes: &writes,
+            block,
+            ret_ty,
+            nameable,
+            concrete,
+            skip_output: opts.skip_output,
+        });
+        *item.block = syn::parse2(body)?;
+        return Ok(quote!(#item));
+    }
+    let promote = plan.promote_output();
+
+    let body = if sig.asyncness.is_some() {
+        let body_fut = match (nameable, ret_ty) {
+            (true, Some(ty)) => {
+                quote!(::openlayer_trace::__private::async_body::<#ty, _>(async move #block))
+            }
+            (true, None) => {
+                quote!(::openlayer_trace::__private::async_body::<(), _>(async move #block))
+            }
+            (false, _) => quote!(async move #block),
+        };
+        let body_fut = match &promote {
+            Some(p) => quote!(async move {
+                let __ol_ret = #body_fut.await;
+                #p
+                __ol_ret
+            }),
+            None => body_fut,
+        };
+        quote! {{
+            #meta
+            let __ol_start = ::openlayer_trace::__private::begin_async(&__OL_META, |__ol_w| { #(#writes)* });
+            #[allow(unused_mut)]
+            let (__ol_ret, mut __ol_step) = ::openlayer_trace::__private::instrument(__ol_start, #body_fut).await;
+            { #record }
+            ::core::mem::drop(__ol_step);
+            __ol_ret
+        }}
+    } else {
+        let closure = match (nameable, ret_ty) {
+            (true, Some(ty)) => quote!(move || -> #ty #block),
+            _ => quote!(move || #block),
+        };
+        quote! {{
+            #meta
+            #[allow(unused_mut)]
+            let mut __ol_step = ::openlayer_trace::__private::enter_sync(&__OL_META, |__ol_w| { #(#writes)* });
+            let __ol_ret = ::openlayer_trace::__private::call_once(#closure);
+            #promote
+            { #record }
+            ::core::mem::drop(__ol_step);
+            __ol_ret
+        }}
+    };
+    *item.block = syn::parse2(body)?;
+    Ok(quote!(#item))
+}
+
+// ---------------------------------------------------------------------------------------
+// Streams and row options: `stream`, `context = arg`, `question = arg`, `promote(...)`.
+// Their parsing is `ExtraOptions::parse`, their checks `plan_extra`, and the body of a
+// function that returns a stream `expand_stream`.
+
+/// The trait names that make an `impl Trait` return type a stream or an iterator.
+const STREAM_TRAITS: &[&str] = &[
+    "Stream",
+    "TryStream",
+    "FusedStream",
+    "Iterator",
+    "ExactSizeIterator",
+    "DoubleEndedIterator",
+    "FusedIterator",
+];
+
+/// Whether `ty` is `impl Stream<..>`, `impl Iterator<..>` (or one of their relatives),
+/// by the last segment of a bound's path: `futures::Stream`, `tokio_stream::Stream`, ...
+fn is_stream_type(ty: &Type) -> bool {
+    match ty {
+        Type::Paren(p) => is_stream_type(&p.elem),
+        Type::Group(g) => is_stream_type(&g.elem),
+        Type::ImplTrait(t) => t.bounds.iter().any(|b| match b {
+            syn::TypeParamBound::Trait(tb) => tb
+                .path
+                .segments
+                .last()
+                .is_some_and(|s| STREAM_TRAITS.iter().any(|n| s.ident == n)),
+            _ => false,
+        }),
+        _ => false,
+    }
+}
+
+/// Whether the function is traced as a stream: `Some(concrete)` (whether its return type
+/// is a concrete type, to be boxed again), `None` when it is not.
+fn stream_return(extra: &ExtraOptions, sig: &syn::Signature) -> syn::Result<Option<bool>> {
+    let ret_ty = match &sig.output {
+        ReturnType::Type(_, ty) => Some(&**ty),
+        ReturnType::Default => None,
+    };
+    match (extra.stream, ret_ty) {
+        (Some(span), None) => Err(syn::Error::new(
+            span,
+            "`stream` is for functions that return a stream or an iterator, and this one returns nothing",
+        )),
+        (Some(_), Some(ty)) => Ok(Some(!contains_impl_trait(ty))),
+        (None, Some(ty)) if is_stream_type(ty) => Ok(Some(false)),
+        (None, _) => Ok(None),
+    }
+}
+
+/// The checked `context`, `question` and `promote` options.
+struct ExtraPlan {
+    /// Statements run first in the body, inside the step.
+    prelude: Vec<TokenStream2>,
+    /// Output fields to promote: `(field, column)`.
+    output_fields: Vec<(String, String)>,
+}
+
+impl ExtraPlan {
+    /// The statement that promotes output fields of `__ol_ret`, if any.
+    fn promote_output(&self) -> Option<TokenStream2> {
+        if self.output_fields.is_empty() {
+            return None;
+        }
+        let pairs = self.output_fields.iter().map(|(f, c)| quote!((#f, #c)));
+        Some(quote! {{
+            #[allow(unused_imports)]
+            use ::openlayer_trace::__private::PromoteOutput as _;
+            (&::openlayer_trace::__private::Out(&__ol_ret)).__ol_promote(&[#(#pairs),*]);
+        }})
+    }
+}
+
+fn plan_extra(
+    extra: &ExtraOptions,
+    params: &[Ident],
+    sig: &syn::Signature,
+    stream: bool,
+) -> syn::Result<ExtraPlan> {
+    let find = |ident: &Ident| params.iter().find(|p| p.unraw() == ident.unraw());
+    let known = || {
+        let names: Vec<String> = params.iter().map(|p| format!("`{p}`")).collect();
+        if names.is_empty() {
+            "it has no recorded parameters".to_string()
+        } else {
+            format!("its parameters are {}", names.join(", "))
+        }
+    };
+    let mut prelude = Vec::new();
+    for (ident, option, helper) in [
+        (&extra.context, "context", "context_arg"),
+        (&extra.question, "question", "question_arg"),
+    ] {
+        let Some(ident) = ident else { continue };
+        let Some(param) = find(ident) else {
+            return Err(syn::Error::new(
+                ident.span(),
+                format!(
+                    "`{option} = {ident}`: `{ident}` is not a parameter of this function; {}",
+                    known()
+                ),
+            ));
+        };
+        let helper = Ident::new(helper, ident.span());
+        prelude.push(quote_spanned! {ident.span()=>
+            ::openlayer_trace::__private::#helper(&#param);
+        });
+    }
+    let returns_nothing = match &sig.output {
+        ReturnType::Default => true,
+        ReturnType::Type(_, ty) => matches!(&**ty, Type::Tuple(t) if t.elems.is_empty()),
+    };
+    let mut output_fields = Vec::new();
+    for (ident, column) in &extra.promote {
+        if ident == "self" {
+            return Err(syn::Error::new(
+                ident.span(),
+                "`self` cannot be promoted; promote a parameter or a field of the output",
+            ));
+        }
+        let column = column
+            .as_ref()
+            .map(LitStr::value)
+            .unwrap_or_else(|| ident.unraw().to_string());
+        if let Some(param) = find(ident) {
+            prelude.push(quote_spanned! {ident.span()=>
+                ::openlayer_trace::__private::promote_input(#column, &#param);
+            });
+        } else if stream {
+            return Err(syn::Error::new(
+                ident.span(),
+                format!(
+                    "`{ident}` is not a parameter of this function ({}), and the output of a stream has no fields to promote",
+                    known()
+                ),
+            ));
+        } else if returns_nothing {
+            return Err(syn::Error::new(
+                ident.span(),
+                format!(
+                    "`{ident}` is not a parameter of this function ({}), and the function returns nothing whose field it could be",
+                    known()
+                ),
+            ));
+        } else {
+            output_fields.push((ident.unraw().to_string(), column));
+        }
+    }
+    Ok(ExtraPlan {
+        prelude,
+        output_fields,
+    })
+}
+
+/// The body with `prelude` run first (the block itself when there is none).
+fn with_prelude(block: &syn::Block, prelude: &[TokenStream2]) -> syn::Block {
+    if prelude.is_empty() {
+        return block.clone();
+    }
+    syn::parse_quote!({ #(#prelude)* #block })
+}
+
+/// What [`expand_stream`] needs of the function.
+struct StreamParts<'a> {
+    asyncness: bool,
+    meta: &'a TokenStream2,
+    writes: &'a [TokenStream2],
+    block: &'a syn::Block,
+    ret_ty: Option<&'a Type>,
+    nameable: bool,
+    /// The return type is a concrete (boxed) type: the traced stream is boxed again.
+    concrete: bool,
+    skip_output: bool,
+}
+
+/// The body of a function that returns a stream or an iterator: its step opens at the
+/// call, the body runs in it, and the returned stream is wrapped so that the step goes on
+/// until the stream ends (or is dropped).
+fn expand_stream(p: StreamParts<'_>) -> TokenStream2 {
+    let StreamParts {
+        asyncness,
+        meta,
+        writes,
+        block,
+        ret_ty,
+        nameable,
+        concrete,
+        skip_output,
+    } = p;
+    let span = ret_ty.map_or_else(Span::call_site, |t| t.span());
+    let (acc_trait, acc_method) = if skip_output {
+        ("ResultItemsSkip", "__ol_acc_skip")
+    } else {
+        ("ResultItems", "__ol_acc")
+    };
+    let acc_trait = Ident::new(acc_trait, Span::call_site());
+    let acc_method = Ident::new(acc_method, span);
+    let kind_method = Ident::new("__ol_kind", span);
+    let kind = quote_spanned! {span=>
+        (&::openlayer_trace::__private::Returned(&__ol_ret)).#kind_method()
+    };
+    let acc = quote_spanned! {span=>
+        (&__ol_kind.items()).#acc_method()
+    };
+    let traced = quote!(__ol_kind.wrap(__ol_ret, __ol_handle, __ol_acc));
+    let returned = if concrete {
+        quote_spanned! {span=> ::openlayer_trace::__private::rebox(#traced) }
+    } else {
+        traced
+    };
+    let wrap = quote! {
+        #[allow(unused_imports)]
+        use ::openlayer_trace::__private::{ReturnedStream as _, #acc_trait as _};
+        let __ol_kind = #kind;
+        let __ol_acc = #acc;
+        #returned
+    };
+    if asyncness {
+        let body_fut = match (nameable, ret_ty) {
+            (true, Some(ty)) => {
+                quote!(::openlayer_trace::__private::async_body::<#ty, _>(async move #block))
+            }
+            _ => quote!(async move #block),
+        };
+        quote! {{
+            #meta
+            let __ol_start = ::openlayer_trace::__private::begin_async(&__OL_META, |__ol_w| { #(#writes)* });
+            let (__ol_ret, __ol_fin) = ::openlayer_trace::__private::instrument(__ol_start, #body_fut).await;
+            let __ol_handle = ::openlayer_trace::__private::stream_handle(__ol_fin);
+            #wrap
+        }}
+    } else {
+        let closure = match (nameable, ret_ty) {
+            (true, Some(ty)) => quote!(move || -> #ty #block),
+            _ => quote!(move || #block),
+        };
+        quote! {{
+            #meta
+            let __ol_handle = ::openlayer_trace::__private::start_stream(&__OL_META, |__ol_w| { #(#writes)* });
+            let __ol_ret = __ol_handle.in_scope(#closure);
+            #wrap
+        }}
+    }
+}
