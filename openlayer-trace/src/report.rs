@@ -94,6 +94,17 @@ pub struct Stats {
     pub spool_dropped: u64,
     /// Rows still waiting in the queue or in flight when the snapshot was taken.
     pub pending: u64,
+    /// Spans the OTLP endpoint accepted (a 2xx; less the partially rejected ones).
+    #[cfg(feature = "otlp")]
+    pub otlp_spans_sent: u64,
+    /// Spans not delivered to the OTLP endpoint (rejected request, retries exhausted,
+    /// deadline, full queue). With `otlp_only`, their traces are also counted in `dropped`.
+    #[cfg(feature = "otlp")]
+    pub otlp_spans_dropped: u64,
+    /// Spans the OTLP endpoint reported as rejected in a partial success
+    /// (`ExportTraceServiceResponse.partial_success.rejected_spans`).
+    #[cfg(feature = "otlp")]
+    pub otlp_rejected_spans: u64,
 }
 
 /// The outcome of a `flush` or `shutdown`.
@@ -154,6 +165,12 @@ pub(crate) struct Counters {
     pub encoding: AtomicU64,
     pub shutdown: AtomicU64,
     pub no_pipeline: AtomicU64,
+    #[cfg(feature = "otlp")]
+    pub otlp_spans_sent: AtomicU64,
+    #[cfg(feature = "otlp")]
+    pub otlp_spans_dropped: AtomicU64,
+    #[cfg(feature = "otlp")]
+    pub otlp_rejected_spans: AtomicU64,
 }
 
 impl Counters {
@@ -201,6 +218,12 @@ impl Counters {
             spool_dropped: self.spool_dropped.load(Relaxed),
             pending: enqueued.saturating_sub(settled),
             dropped,
+            #[cfg(feature = "otlp")]
+            otlp_spans_sent: self.otlp_spans_sent.load(Relaxed),
+            #[cfg(feature = "otlp")]
+            otlp_spans_dropped: self.otlp_spans_dropped.load(Relaxed),
+            #[cfg(feature = "otlp")]
+            otlp_rejected_spans: self.otlp_rejected_spans.load(Relaxed),
         }
     }
 }

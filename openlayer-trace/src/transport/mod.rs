@@ -306,6 +306,7 @@ impl Transport {
 
     /// The same transport (sharing its connections) with one more header on every
     /// request, or a header replaced.
+    #[cfg(feature = "otlp")]
     pub(crate) fn with_header(&self, name: &'static str, value: &str) -> Result<Self, Error> {
         let i = &self.inner;
         let mut extra = i.extra.clone();
