@@ -265,9 +265,14 @@ impl Router {
         to_rows: fn(Arc<Completion>, std::time::Instant) -> Msg,
         to_spans: fn(Arc<Completion>, std::time::Instant) -> OtlpMsg,
     ) {
+        let Some(ftx) = &self.ftx else {
+            // Spans only: the OTLP side answers the caller itself.
+            let _ = self.otx.send(to_spans(done, deadline)).await;
+            return;
+        };
         let spans = Arc::new(Completion::default());
         let _ = self.otx.send(to_spans(spans.clone(), deadline)).await;
-        let rows = match &self.ftx {
+        let rows = match Some(ftx) {
             Some(ftx) => {
                 let rows = Arc::new(Completion::default());
                 let _ = ftx.send(to_rows(rows.clone(), deadline)).await;
