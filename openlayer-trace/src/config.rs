@@ -3,7 +3,9 @@
 //! Environment variables (the names of the official SDKs):
 //! `OPENLAYER_API_KEY`, `OPENLAYER_INFERENCE_PIPELINE_ID`, `OPENLAYER_BASE_URL`,
 //! `OPENLAYER_DISABLE_PUBLISH`, `OPENLAYER_VERIFY_SSL`, plus `OPENLAYER_TRACE_FILE`
-//! (the embedded default's file) and `OPENLAYER_SPOOL_DIR`.
+//! (the embedded default's file) and `OPENLAYER_SPOOL_DIR`. With the `otlp` feature,
+//! `OPENLAYER_OTLP_ENDPOINT` and `OPENLAYER_OTLP_HEADERS` (`k=v,k2=v2`, values
+//! URL-decoded, as OpenTelemetry's `OTEL_EXPORTER_OTLP_HEADERS`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -122,12 +124,26 @@ pub struct Config {
     pub(crate) field_budget: Option<usize>,
     pub(crate) on_failure: Option<FailureFn>,
     pub(crate) shutdown_timeout: Duration,
+    #[cfg(feature = "otlp")]
+    pub(crate) otlp: OtlpConfig,
+}
+
+/// Where the OTLP exporter sends spans (see `export::otlp`).
+#[cfg(feature = "otlp")]
+#[derive(Clone, Debug, Default)]
+pub(crate) struct OtlpConfig {
+    /// The endpoint, as given: a base (`/v1/traces` is appended) or the traces URL.
+    pub endpoint: Option<String>,
+    /// Extra headers of every request, in order.
+    pub headers: Vec<(String, String)>,
+    /// Spans go only to the OTLP endpoint, not to the data-stream API.
+    pub only: bool,
 }
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+        let mut d = f.debug_struct("Config");
+        d.field("api_key", &self.api_key.as_ref().map(|_| "***"))
             .field("inference_pipeline_id", &self.inference_pipeline_id)
             .field("base_url", &self.base_url)
             .field("disabled", &self.disabled)
@@ -153,8 +169,16 @@ impl fmt::Debug for Config {
             .field("mask", &self.mask.as_ref().map(|_| "Fn"))
             .field("field_budget", &self.field_budget)
             .field("on_failure", &self.on_failure.as_ref().map(|_| "Fn"))
-            .field("shutdown_timeout", &self.shutdown_timeout)
-            .finish()
+            .field("shutdown_timeout", &self.shutdown_timeout);
+        #[cfg(feature = "otlp")]
+        d.field("otlp_endpoint", &self.otlp.endpoint)
+            .field(
+                "otlp_headers",
+                // Header values may be secrets: only their names are shown.
+                &self.otlp.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("otlp_only", &self.otlp.only);
+        d.finish()
     }
 }
 
@@ -189,6 +213,8 @@ impl Default for Config {
             field_budget: None,
             on_failure: None,
             shutdown_timeout: Duration::from_secs(5),
+            #[cfg(feature = "otlp")]
+            otlp: OtlpConfig::default(),
         }
     }
 }
@@ -237,6 +263,13 @@ impl Config {
         if let Some(file) = env_var("OPENLAYER_TRACE_FILE") {
             c.trace_file = PathBuf::from(file);
             c.trace_file_set = true;
+        }
+        #[cfg(feature = "otlp")]
+        {
+            c.otlp.endpoint = env_var("OPENLAYER_OTLP_ENDPOINT").map(|v| v.trim().to_string());
+            if let Some(headers) = env_var("OPENLAYER_OTLP_HEADERS") {
+                c.otlp.headers = parse_otlp_headers(&headers);
+            }
         }
         c
     }
@@ -370,6 +403,51 @@ impl ConfigBuilder {
         self
     }
 
+    /// Sends completed traces as OTLP/HTTP protobuf spans to `url`
+    /// (`OPENLAYER_OTLP_ENDPOINT`), in addition to the data-stream API (or instead of it,
+    /// see [`ConfigBuilder::otlp_only`]). `url` is a base such as
+    /// `http://localhost:4318` (an OpenTelemetry Collector), to which `/v1/traces` is
+    /// appended, or a URL ending in `/v1/traces`. An endpoint below the configured base
+    /// URL, such as Openlayer's own `https://api.openlayer.com/v1/otel`, also gets the
+    /// headers `Authorization: Bearer <API key>` and `x-bt-parent: pipeline_id:<id>`;
+    /// other endpoints get only the headers given with [`ConfigBuilder::otlp_header`].
+    ///
+    /// ```
+    /// use openlayer_trace::Config;
+    /// let config = Config::builder()
+    ///     .otlp_endpoint("http://127.0.0.1:4318")
+    ///     .otlp_header("x-tenant", "a")
+    ///     .otlp_only(true)
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = config;
+    /// ```
+    #[cfg(feature = "otlp")]
+    pub fn otlp_endpoint(mut self, url: impl Into<String>) -> Self {
+        self.config.otlp.endpoint = Some(url.into().trim().to_string());
+        self
+    }
+
+    /// Adds a header to every OTLP request (`OPENLAYER_OTLP_HEADERS`); a header of the
+    /// same name given earlier (or by the environment) is replaced. Values are kept out
+    /// of `Debug` output.
+    #[cfg(feature = "otlp")]
+    pub fn otlp_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let (name, value) = (name.into(), value.into());
+        let headers = &mut self.config.otlp.headers;
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case(&name));
+        headers.push((name, value));
+        self
+    }
+
+    /// Sends traces only to the OTLP endpoint, not to the data-stream API (default
+    /// false). Without an API key, traces go only to the OTLP endpoint anyway.
+    #[cfg(feature = "otlp")]
+    pub fn otlp_only(mut self, only: bool) -> Self {
+        self.config.otlp.only = only;
+        self
+    }
+
     /// A hook applied to each row before it leaves the process.
     ///
     /// ```
@@ -409,8 +487,59 @@ impl ConfigBuilder {
                 "base URL must start with http:// or https://, got {base:?}"
             )));
         }
+        #[cfg(feature = "otlp")]
+        if let Some(endpoint) = &c.otlp.endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(Error::Config(format!(
+                    "the OTLP endpoint must start with http:// or https://, got {endpoint:?}"
+                )));
+            }
+            if c.mask.is_some() {
+                // Never send what the mask is there to remove.
+                return Err(Error::Config(
+                    "a mask is not applied to OTLP spans; remove the mask or the OTLP endpoint"
+                        .into(),
+                ));
+            }
+        }
         Ok(c)
     }
+}
+
+/// Parses `k=v,k2=v2` (OpenTelemetry's `OTEL_EXPORTER_OTLP_HEADERS` format): names and
+/// values trimmed, values percent-decoded; entries without `=` or a name are skipped.
+#[cfg(feature = "otlp")]
+pub(crate) fn parse_otlp_headers(text: &str) -> Vec<(String, String)> {
+    text.split(',')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            let k = k.trim();
+            (!k.is_empty()).then(|| (k.to_string(), percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+#[cfg(feature = "otlp")]
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -433,6 +562,36 @@ mod tests {
         let s = format!("{c:?}");
         assert!(!s.contains("sk-very-secret"), "{s}");
         assert!(s.contains("***"));
+    }
+
+    #[cfg(feature = "otlp")]
+    #[test]
+    fn otlp_headers_parse_like_opentelemetry() {
+        let h = parse_otlp_headers(" a = 1 ,b=x%20y%3Dz,broken,=v, c=%zz");
+        assert_eq!(
+            h,
+            vec![
+                ("a".to_string(), "1".to_string()),
+                ("b".to_string(), "x y=z".to_string()),
+                ("c".to_string(), "%zz".to_string()),
+            ]
+        );
+        let c = Config::builder()
+            .otlp_endpoint("http://127.0.0.1:4318")
+            .otlp_header("Authorization", "Bearer secret-token")
+            .otlp_header("authorization", "Bearer other")
+            .build()
+            .unwrap();
+        assert_eq!(c.otlp.headers.len(), 1);
+        let s = format!("{c:?}");
+        assert!(!s.contains("secret") && !s.contains("other"), "{s}");
+        let e = Config::builder().otlp_endpoint("localhost:4318").build();
+        assert!(e.unwrap_err().to_string().contains("OTLP"));
+        let e = Config::builder()
+            .otlp_endpoint("http://127.0.0.1:4318")
+            .mask(|_| {})
+            .build();
+        assert!(e.unwrap_err().to_string().contains("mask"));
     }
 
     #[test]

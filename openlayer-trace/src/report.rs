@@ -121,6 +121,17 @@ pub struct Stats {
     /// open traces held their share of `queue_max_bytes`. Not rows: their traces are sent,
     /// marked `stepsDropped`.
     pub steps_dropped: u64,
+    /// Spans the OTLP endpoint accepted (a 2xx; less the partially rejected ones).
+    #[cfg(feature = "otlp")]
+    pub otlp_spans_sent: u64,
+    /// Spans not delivered to the OTLP endpoint (rejected request, retries exhausted,
+    /// deadline, full queue). With `otlp_only`, their traces are also counted in `dropped`.
+    #[cfg(feature = "otlp")]
+    pub otlp_spans_dropped: u64,
+    /// Spans the OTLP endpoint reported as rejected in a partial success
+    /// (`ExportTraceServiceResponse.partial_success.rejected_spans`).
+    #[cfg(feature = "otlp")]
+    pub otlp_rejected_spans: u64,
 }
 
 /// The outcome of a `flush` or `shutdown`.
@@ -186,6 +197,12 @@ pub(crate) struct Counters {
     pub no_pipeline: AtomicU64,
     pub no_destination: AtomicU64,
     pub local_file: AtomicU64,
+    #[cfg(feature = "otlp")]
+    pub otlp_spans_sent: AtomicU64,
+    #[cfg(feature = "otlp")]
+    pub otlp_spans_dropped: AtomicU64,
+    #[cfg(feature = "otlp")]
+    pub otlp_rejected_spans: AtomicU64,
 }
 
 impl Counters {
@@ -242,6 +259,12 @@ impl Counters {
             open_traces,
             oldest_open_trace_age,
             steps_dropped,
+            #[cfg(feature = "otlp")]
+            otlp_spans_sent: self.otlp_spans_sent.load(Relaxed),
+            #[cfg(feature = "otlp")]
+            otlp_spans_dropped: self.otlp_spans_dropped.load(Relaxed),
+            #[cfg(feature = "otlp")]
+            otlp_rejected_spans: self.otlp_rejected_spans.load(Relaxed),
         }
     }
 }

@@ -5,6 +5,8 @@ pub(crate) mod budget;
 pub(crate) mod capture;
 pub(crate) mod local_file;
 pub(crate) mod openlayer;
+#[cfg(feature = "otlp")]
+pub(crate) mod otlp;
 pub(crate) mod producer;
 pub(crate) mod protocol;
 pub(crate) mod spool;

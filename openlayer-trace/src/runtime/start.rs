@@ -38,6 +38,51 @@ fn spawn(
         })
 }
 
+/// Runs the worker: the data-stream flusher alone, or, with an OTLP endpoint, the router
+/// in front of it (when there is one) and the OTLP side.
+fn run_worker(
+    rt: &tokio::runtime::Runtime,
+    rx: mpsc::Receiver<crate::export::protocol::Msg>,
+    flusher: Option<Flusher>,
+    config: &Config,
+    counters: Arc<Counters>,
+    budget: Arc<Budget>,
+    shaper: Shaper,
+) {
+    #[cfg(feature = "otlp")]
+    if let Some((transport_config, openlayer)) = crate::export::otlp::transport_config(config) {
+        match Transport::new(transport_config) {
+            Ok(t) => {
+                let otlp = crate::export::otlp::OtlpFlusher::new(
+                    config,
+                    t,
+                    openlayer,
+                    flusher.is_none(),
+                    counters.clone(),
+                    budget.clone(),
+                );
+                rt.block_on(crate::export::otlp::run(
+                    rx,
+                    flusher,
+                    otlp,
+                    shaper,
+                    counters,
+                    budget,
+                    config.queue_capacity,
+                ));
+                return;
+            }
+            Err(e) => {
+                tracing::error!(target: "openlayer_trace", error = %e, "could not start the OTLP exporter; spans are not sent");
+            }
+        }
+    }
+    let _ = (config, counters, budget, shaper);
+    if let Some(f) = flusher {
+        rt.block_on(f.run(rx));
+    }
+}
+
 /// How a pipeline is started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Start {
@@ -66,7 +111,20 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
             threads: Mutex::new(Vec::new()),
         }));
     }
-    if how == Start::Lazy && config.api_key.is_none() && !config.trace_file_set {
+    #[cfg(feature = "otlp")]
+    let (otlp_on, data_stream) = (
+        config.otlp.endpoint.is_some(),
+        !(config.otlp.endpoint.is_some() && crate::export::otlp::only(&config)),
+    );
+    #[cfg(not(feature = "otlp"))]
+    let (otlp_on, data_stream) = (false, true);
+    let mut config = config;
+    if otlp_on && config.spool_mode == crate::config::SpoolMode::WriteAhead {
+        // A trace written ahead is a row before the worker sees it: no spans could be made.
+        tracing::info!(target: "openlayer_trace", "with an OTLP endpoint, the spool is used in overflow mode");
+        config.spool_mode = crate::config::SpoolMode::Overflow;
+    }
+    if how == Start::Lazy && config.api_key.is_none() && !config.trace_file_set && !otlp_on {
         // Nobody asked for the local file: traces are counted, not written (a library
         // using `#[trace]` must not make every binary linking it write prompts to disk).
         eprintln!(
@@ -88,7 +146,7 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
     let (tx, rx) = mpsc::channel(config.queue_capacity);
     let mut threads = Vec::new();
     let mut spool = None;
-    if config.api_key.is_none() {
+    if config.api_key.is_none() && !otlp_on {
         if let Some(dir) = &config.spool_dir {
             tracing::info!(target: "openlayer_trace", dir = %dir.display(), "the spool is only used when sending to Openlayer; without an API key it is ignored");
         }
@@ -116,8 +174,14 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
         // configures the SDK lazily does not pay for the TLS setup.
         let transport_config = TransportConfig::from_config(&config);
         transport_config.validate()?;
+        #[cfg(feature = "otlp")]
+        crate::export::otlp::validate(&config)?;
         let opened = match &config.spool_dir {
             None => None,
+            Some(_) if !data_stream => {
+                tracing::info!(target: "openlayer_trace", "spans sent only over OTLP are not spooled; the spool is not used");
+                None
+            }
             Some(_) => match Spool::open(&config, counters.clone(), budget.clone()) {
                 Ok(opened) => Some(opened),
                 Err(e) if how == Start::Lazy => {
@@ -154,15 +218,17 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
             });
             match started {
                 Ok((transport, rt)) => {
-                    let flusher = Flusher::new(
-                        &worker_config,
-                        transport,
-                        counters,
-                        budget,
-                        shaper,
-                        worker_spool,
-                    );
-                    rt.block_on(flusher.run(rx));
+                    let flusher = data_stream.then(|| {
+                        Flusher::new(
+                            &worker_config,
+                            transport,
+                            counters.clone(),
+                            budget.clone(),
+                            shaper.clone(),
+                            worker_spool,
+                        )
+                    });
+                    run_worker(&rt, rx, flusher, &worker_config, counters, budget, shaper);
                     // Not a plain drop: that waits for blocking tasks, and a name
                     // lookup (`getaddrinfo`) can hang past any deadline.
                     rt.shutdown_background();

@@ -63,6 +63,11 @@ pub(crate) struct TransportConfig {
     pub verify_ssl: bool,
     /// The backoff before the first retry (0.5 s); tests shorten it.
     pub(crate) base_backoff: Duration,
+    /// Headers added to every request (values kept out of `Debug` and logs).
+    pub(crate) extra_headers: Vec<(String, String)>,
+    /// OTLP/HTTP: protobuf bodies, and only 429, 502, 503 and 504 (and connection errors
+    /// and timeouts) are retried, as the OTLP specification asks.
+    pub(crate) protobuf: bool,
 }
 
 impl TransportConfig {
@@ -76,6 +81,8 @@ impl TransportConfig {
             max_retries: c.max_retries,
             verify_ssl: c.verify_ssl,
             base_backoff: c.retry_base_backoff,
+            extra_headers: Vec::new(),
+            protobuf: false,
         }
     }
 }
@@ -124,7 +131,8 @@ impl ApiRequest {
     }
 
     fn path(&self) -> String {
-        if self.path.starts_with('/') {
+        // An empty path is the base URL itself (an OTLP endpoint).
+        if self.path.is_empty() || self.path.starts_with('/') {
             self.path.clone()
         } else {
             format!("/{}", self.path)
@@ -189,6 +197,8 @@ struct Inner {
     connect_timeout: Duration,
     request_timeout: Duration,
     verify_ssl: bool,
+    extra: HeaderMap,
+    protobuf: bool,
 }
 
 impl fmt::Debug for Transport {
@@ -222,8 +232,26 @@ impl TransportConfig {
         if let Some(key) = &self.api_key {
             auth_header(key)?;
         }
+        extra_headers(&self.extra_headers)?;
         Ok(parsed)
     }
+}
+
+/// The extra headers, checked, their values marked sensitive.
+fn extra_headers(headers: &[(String, String)]) -> Result<HeaderMap, Error> {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        let name = reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| Error::Config(format!("invalid HTTP header name {name:?}")))?;
+        let mut value = HeaderValue::from_str(value).map_err(|_| {
+            Error::Config(format!(
+                "the value of header {name} contains characters not allowed in an HTTP header"
+            ))
+        })?;
+        value.set_sensitive(true);
+        map.insert(name, value);
+    }
+    Ok(map)
 }
 
 /// The `Authorization: Bearer <key>` value, marked sensitive (kept out of HTTP logs).
@@ -241,6 +269,7 @@ impl Transport {
         let parsed = cfg.validate()?;
         let base_url = cfg.base_url.trim().trim_end_matches('/').to_string();
         let auth = cfg.api_key.as_ref().map(auth_header).transpose()?;
+        let extra = extra_headers(&cfg.extra_headers)?;
         let mut builder = reqwest::Client::builder();
         if is_loopback(&parsed) {
             // A local endpoint is never reached through an HTTP(S)_PROXY.
@@ -269,6 +298,32 @@ impl Transport {
                 connect_timeout: cfg.connect_timeout,
                 request_timeout: cfg.request_timeout,
                 verify_ssl: cfg.verify_ssl,
+                extra,
+                protobuf: cfg.protobuf,
+            }),
+        })
+    }
+
+    /// The same transport (sharing its connections) with one more header on every
+    /// request, or a header replaced.
+    #[cfg(feature = "otlp")]
+    pub(crate) fn with_header(&self, name: &'static str, value: &str) -> Result<Self, Error> {
+        let i = &self.inner;
+        let mut extra = i.extra.clone();
+        extra.extend(extra_headers(&[(name.to_string(), value.to_string())])?);
+        Ok(Transport {
+            inner: Arc::new(Inner {
+                http: i.http.clone(),
+                base_url: i.base_url.clone(),
+                api_key: i.api_key.clone(),
+                auth: i.auth.clone(),
+                max_retries: i.max_retries,
+                base_backoff: i.base_backoff,
+                connect_timeout: i.connect_timeout,
+                request_timeout: i.request_timeout,
+                verify_ssl: i.verify_ssl,
+                extra,
+                protobuf: i.protobuf,
             }),
         })
     }
@@ -305,18 +360,24 @@ impl Transport {
             None => format!("{} {path}", req.method),
         };
 
+        let media = if self.inner.protobuf {
+            "application/x-protobuf"
+        } else {
+            "application/json"
+        };
         let mut builder = self
             .inner
             .http
             .request(req.method.clone(), url)
-            .header(ACCEPT, "application/json");
+            .header(ACCEPT, media);
+        if !self.inner.extra.is_empty() {
+            builder = builder.headers(self.inner.extra.clone());
+        }
         if let Some(auth) = &self.inner.auth {
             builder = builder.header(AUTHORIZATION, auth.clone());
         }
         if let Some(body) = &req.body {
-            builder = builder
-                .header(CONTENT_TYPE, "application/json")
-                .body(body.clone());
+            builder = builder.header(CONTENT_TYPE, media).body(body.clone());
         }
 
         let response = match builder.send().await {
@@ -337,7 +398,12 @@ impl Transport {
             message: self.redact(server_message(status, &body)),
             request,
         };
-        if is_retryable_status(status) {
+        let retryable = if self.inner.protobuf {
+            is_retryable_otlp_status(status)
+        } else {
+            is_retryable_status(status)
+        };
+        if retryable {
             Attempt::Retryable { error, retry_after }
         } else {
             Attempt::Fatal(error)
@@ -496,6 +562,11 @@ fn is_loopback(url: &Url) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The statuses the OTLP/HTTP specification calls retryable.
+pub(crate) fn is_retryable_otlp_status(status: u16) -> bool {
+    matches!(status, 429 | 502 | 503 | 504)
 }
 
 pub(crate) fn is_retryable_status(status: u16) -> bool {
@@ -800,6 +871,8 @@ mod tests {
             max_retries: 2,
             verify_ssl: true,
             base_backoff: Duration::from_millis(10),
+            extra_headers: Vec::new(),
+            protobuf: false,
         }
     }
 

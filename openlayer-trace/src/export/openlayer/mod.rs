@@ -204,25 +204,25 @@ enum Flight {
 /// Rows counted per flush generation: a flush waits until every row handed off before
 /// it (an earlier generation) is settled.
 #[derive(Debug)]
-struct Epochs {
+pub(crate) struct Epochs {
     base: u64,
     counts: VecDeque<u64>,
 }
 
 impl Epochs {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Epochs {
             base: 0,
             counts: VecDeque::from([0]),
         }
     }
 
-    fn acquire(&mut self) -> u64 {
+    pub(crate) fn acquire(&mut self) -> u64 {
         *self.counts.back_mut().expect("never empty") += 1;
         self.base + self.counts.len() as u64 - 1
     }
 
-    fn release(&mut self, epoch: u64) {
+    pub(crate) fn release(&mut self, epoch: u64) {
         if let Some(c) = epoch
             .checked_sub(self.base)
             .and_then(|i| self.counts.get_mut(i as usize))
@@ -236,13 +236,13 @@ impl Epochs {
     }
 
     /// Starts a new generation; returns the last one of the old ones.
-    fn advance(&mut self) -> u64 {
+    pub(crate) fn advance(&mut self) -> u64 {
         self.counts.push_back(0);
         self.base + self.counts.len() as u64 - 2
     }
 
     /// Whether every generation up to `limit` is settled.
-    fn settled_upto(&self, limit: u64) -> bool {
+    pub(crate) fn settled_upto(&self, limit: u64) -> bool {
         let Some(n) = limit.checked_sub(self.base) else {
             return true;
         };

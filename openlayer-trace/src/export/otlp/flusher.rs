@@ -1,0 +1,504 @@
+//! The OTLP side of the worker: batches converted traces into export requests, keeps a
+//! few in flight, settles them, and answers flushes and the shutdown by their deadlines.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::{Id, JoinError, JoinSet};
+use tokio::time::Instant;
+
+use crate::config::{Config, FailureFn};
+use crate::error::Error;
+use crate::export::budget::{Budget, Tier};
+use crate::export::openlayer::Epochs;
+use crate::export::otlp::convert::Converted;
+use crate::export::otlp::proto::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse, InstrumentationScope, KeyValue,
+    Resource, ResourceSpans, ScopeSpans, Span,
+};
+use crate::report::{Counters, DeliveryFailure, DropReason, notify};
+use crate::transport::{ApiRequest, SendOutcome, Transport, is_retryable_otlp_status};
+use crate::util::signal::Completion;
+
+/// What the router hands to the OTLP side.
+#[derive(Debug)]
+pub(crate) enum OtlpMsg {
+    /// One trace's spans.
+    Spans(Converted),
+    Flush(Arc<Completion>, std::time::Instant),
+    Shutdown(Arc<Completion>, std::time::Instant),
+}
+
+/// The spans of one request, and the flush generations of their traces.
+#[derive(Debug)]
+struct Batch {
+    pipeline: Option<String>,
+    spans: Vec<Span>,
+    /// How many spans it has (its spans leave once encoded).
+    count: usize,
+    epochs: Vec<u64>,
+    bytes: usize,
+    since: Instant,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    limit: u64,
+    done: Arc<Completion>,
+    deadline: Instant,
+}
+
+/// The OTLP side; see the module docs.
+pub(crate) struct OtlpFlusher {
+    transport: Transport,
+    /// Openlayer's endpoint: requests carry `x-bt-parent: pipeline_id:<id>`.
+    openlayer: bool,
+    by_pipeline: HashMap<String, Transport>,
+    default_pipeline: Option<String>,
+    /// Whether traces go only here: then this side settles them in the row counters.
+    primary: bool,
+    counters: Arc<Counters>,
+    budget: Arc<Budget>,
+    on_failure: Option<FailureFn>,
+    resource: Resource,
+    scope: InstrumentationScope,
+    batch_max_rows: usize,
+    batch_max_bytes: usize,
+    linger: Duration,
+    max_in_flight: usize,
+    backlog_max: usize,
+    shutdown_timeout: Duration,
+
+    groups: HashMap<Option<String>, Batch>,
+    ready: VecDeque<Batch>,
+    backlog: usize,
+    tasks: JoinSet<SendOutcome>,
+    flights: HashMap<Id, Batch>,
+    epochs: Epochs,
+    waiters: Vec<Waiter>,
+    shutdown: Option<(Vec<Arc<Completion>>, Instant)>,
+}
+
+impl OtlpFlusher {
+    pub(crate) fn new(
+        config: &Config,
+        transport: Transport,
+        openlayer: bool,
+        primary: bool,
+        counters: Arc<Counters>,
+        budget: Arc<Budget>,
+    ) -> Self {
+        let service = std::env::var("OTEL_SERVICE_NAME")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| "unknown_service".into());
+        OtlpFlusher {
+            transport,
+            openlayer,
+            by_pipeline: HashMap::new(),
+            default_pipeline: config.inference_pipeline_id.clone(),
+            primary,
+            counters,
+            budget,
+            on_failure: config.on_failure.clone(),
+            resource: Resource {
+                attributes: vec![
+                    KeyValue::string("service.name", service),
+                    KeyValue::string("telemetry.sdk.name", "openlayer-trace"),
+                    KeyValue::string("telemetry.sdk.language", "rust"),
+                    KeyValue::string("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+                ],
+            },
+            scope: InstrumentationScope {
+                name: "openlayer-trace".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            },
+            batch_max_rows: config.batch_max_rows.max(1),
+            batch_max_bytes: config.batch_max_bytes.max(1),
+            linger: config.linger,
+            max_in_flight: config.max_in_flight.max(1),
+            backlog_max: config.queue_capacity.max(1),
+            shutdown_timeout: config.shutdown_timeout,
+            groups: HashMap::new(),
+            ready: VecDeque::new(),
+            backlog: 0,
+            tasks: JoinSet::new(),
+            flights: HashMap::new(),
+            epochs: Epochs::new(),
+            waiters: Vec::new(),
+            shutdown: None,
+        }
+    }
+
+    /// Runs until shut down, or until the router is gone and what it sent is settled.
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<OtlpMsg>) {
+        let mut open = true;
+        loop {
+            self.dispatch();
+            self.check_waiters();
+            if let Some((_, deadline)) = &self.shutdown {
+                if self.idle() {
+                    return self.finish();
+                }
+                if Instant::now() >= *deadline {
+                    self.abandon();
+                    return self.finish();
+                }
+            }
+            let wake = self.next_wake();
+            tokio::select! {
+                msg = rx.recv(), if open => match msg {
+                    Some(msg) => {
+                        self.on_msg(msg, &mut rx);
+                        for _ in 0..256 {
+                            match rx.try_recv() {
+                                Ok(msg) => self.on_msg(msg, &mut rx),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => {
+                        open = false;
+                        if self.shutdown.is_none() {
+                            let deadline = std::time::Instant::now() + self.shutdown_timeout;
+                            self.begin_shutdown(None, deadline, &mut rx);
+                        }
+                    }
+                },
+                Some(res) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.on_done(res);
+                }
+                _ = sleep_until(wake), if wake.is_some() => {}
+            }
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.groups.is_empty() && self.ready.is_empty() && self.tasks.is_empty()
+    }
+
+    fn on_msg(&mut self, msg: OtlpMsg, rx: &mut mpsc::Receiver<OtlpMsg>) {
+        match msg {
+            OtlpMsg::Spans(c) => self.accept(c),
+            OtlpMsg::Flush(done, deadline) => {
+                let limit = self.epochs.advance();
+                self.waiters.push(Waiter {
+                    limit,
+                    done,
+                    deadline: Instant::from_std(deadline),
+                });
+            }
+            OtlpMsg::Shutdown(done, deadline) => self.begin_shutdown(Some(done), deadline, rx),
+        }
+    }
+
+    /// Takes a trace's spans into its pipeline's batch; a full backlog or memory budget
+    /// drops them (counted).
+    fn accept(&mut self, c: Converted) {
+        if self.backlog >= self.backlog_max || !self.budget.reserve(c.bytes, Tier::Worker) {
+            self.counters
+                .otlp_spans_dropped
+                .fetch_add(c.spans.len() as u64, Relaxed);
+            if self.primary {
+                self.counters.drop_rows(DropReason::QueueFull, 1);
+                self.counters.settled.fetch_add(1, Relaxed);
+            }
+            crate::util::diag::warn_limited!(
+                "the OTLP backlog is full; a trace's spans were dropped (counted)"
+            );
+            return;
+        }
+        self.backlog += 1;
+        let epoch = self.epochs.acquire();
+        // Openlayer's endpoint needs the pipeline of each request; a collector does not.
+        let key = if self.openlayer {
+            c.pipeline.or_else(|| self.default_pipeline.clone())
+        } else {
+            None
+        };
+        if self
+            .groups
+            .get(&key)
+            .is_some_and(|b| !b.spans.is_empty() && b.bytes + c.bytes > self.batch_max_bytes)
+        {
+            self.close(&key);
+        }
+        let b = self.groups.entry(key.clone()).or_insert_with(|| Batch {
+            pipeline: key.clone(),
+            spans: Vec::new(),
+            count: 0,
+            epochs: Vec::new(),
+            bytes: 0,
+            since: Instant::now(),
+        });
+        b.count += c.spans.len();
+        b.spans.extend(c.spans);
+        b.epochs.push(epoch);
+        b.bytes += c.bytes;
+        if b.epochs.len() >= self.batch_max_rows || b.bytes >= self.batch_max_bytes {
+            self.close(&key);
+        }
+    }
+
+    fn close(&mut self, key: &Option<String>) {
+        if let Some(b) = self.groups.remove(key) {
+            self.ready.push_back(b);
+        }
+    }
+
+    fn urgent(&self) -> bool {
+        !self.waiters.is_empty() || self.shutdown.is_some()
+    }
+
+    fn dispatch(&mut self) {
+        let now = Instant::now();
+        let urgent = self.urgent();
+        let due: Vec<Option<String>> = self
+            .groups
+            .iter()
+            .filter(|(_, b)| urgent || b.since + self.linger <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in due {
+            self.close(&k);
+        }
+        while self.tasks.len() < self.max_in_flight {
+            let Some(batch) = self.ready.pop_front() else {
+                break;
+            };
+            self.start(batch);
+        }
+    }
+
+    /// The transport of a pipeline: Openlayer's endpoint gets `x-bt-parent`.
+    fn transport_for(&mut self, pipeline: Option<&str>) -> Result<Transport, Error> {
+        let Some(p) = pipeline.filter(|_| self.openlayer) else {
+            return Ok(self.transport.clone());
+        };
+        if let Some(t) = self.by_pipeline.get(p) {
+            return Ok(t.clone());
+        }
+        let t = self
+            .transport
+            .with_header("x-bt-parent", &format!("pipeline_id:{p}"))?;
+        self.by_pipeline.insert(p.to_string(), t.clone());
+        Ok(t)
+    }
+
+    fn start(&mut self, mut batch: Batch) {
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(self.resource.clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(self.scope.clone()),
+                    spans: std::mem::take(&mut batch.spans),
+                }],
+            }],
+        };
+        let body = prost::Message::encode_to_vec(&request);
+        drop(request);
+        let deadline = self.shutdown.as_ref().map(|s| s.1);
+        let transport = self.transport_for(batch.pipeline.as_deref());
+        let handle = self.tasks.spawn(async move {
+            match transport {
+                Ok(t) => t.send(&ApiRequest::post_json("", body), deadline).await,
+                Err(e) => SendOutcome {
+                    result: Err(e),
+                    retries: 0,
+                },
+            }
+        });
+        self.flights.insert(handle.id(), batch);
+    }
+
+    fn on_done(&mut self, res: Result<(Id, SendOutcome), JoinError>) {
+        let (id, outcome) = match res {
+            Ok((id, o)) => (id, Ok(o)),
+            Err(e) => (e.id(), Err(e)),
+        };
+        let Some(batch) = self.flights.remove(&id) else {
+            return;
+        };
+        let result = match outcome {
+            Ok(o) => {
+                self.counters
+                    .retried
+                    .fetch_add(u64::from(o.retries), Relaxed);
+                o.result
+            }
+            Err(e) => Err(Error::Transport {
+                message: format!("the request task failed: {e}"),
+                request: "POST OTLP traces".into(),
+                timeout: false,
+            }),
+        };
+        match result {
+            Ok(response) => {
+                let spans = batch.count as u64;
+                let rejected = partial_rejections(&response.body);
+                self.counters
+                    .otlp_rejected_spans
+                    .fetch_add(rejected, Relaxed);
+                self.counters
+                    .otlp_spans_sent
+                    .fetch_add(spans.saturating_sub(rejected), Relaxed);
+                self.settle(batch, None, None, "");
+            }
+            Err(e) => {
+                let (reason, status) = match &e {
+                    Error::Api { status, .. } if !is_retryable_otlp_status(*status) => {
+                        (DropReason::Rejected, Some(*status))
+                    }
+                    Error::Api { status, .. } => (DropReason::RetriesExhausted, Some(*status)),
+                    Error::InvalidInput(_) | Error::Config(_) => (DropReason::Rejected, None),
+                    Error::Timeout(_) => (DropReason::Deadline, None),
+                    _ => (DropReason::RetriesExhausted, None),
+                };
+                self.settle(batch, Some(reason), status, &e.to_string());
+            }
+        }
+    }
+
+    /// Settles a batch: delivered (`reason` `None`) or dropped and counted.
+    fn settle(&mut self, batch: Batch, reason: Option<DropReason>, status: Option<u16>, e: &str) {
+        let traces = batch.epochs.len() as u64;
+        let c = &self.counters;
+        self.budget.release(batch.bytes, Tier::Worker);
+        self.backlog -= batch.epochs.len();
+        for epoch in &batch.epochs {
+            self.epochs.release(*epoch);
+        }
+        match reason {
+            None if self.primary => {
+                c.sent.fetch_add(traces, Relaxed);
+            }
+            None => {}
+            Some(reason) => {
+                c.otlp_spans_dropped.fetch_add(batch.count as u64, Relaxed);
+                if self.primary {
+                    c.drop_rows(reason, traces);
+                }
+                crate::util::diag::warn_limited!(
+                    error = %e,
+                    spans = batch.count,
+                    "the OTLP endpoint did not take a request; its spans are dropped (counted)"
+                );
+                notify(
+                    self.on_failure.as_ref(),
+                    DeliveryFailure {
+                        rows: traces,
+                        dropped: Some(reason),
+                        status,
+                        message: format!("OTLP export: {e}"),
+                    },
+                );
+            }
+        }
+        if self.primary {
+            c.settled.fetch_add(traces, Relaxed);
+        }
+    }
+
+    fn check_waiters(&mut self) {
+        let now = Instant::now();
+        let epochs = &self.epochs;
+        self.waiters.retain(|w| {
+            if epochs.settled_upto(w.limit) {
+                w.done.complete();
+                false
+            } else {
+                // Past its deadline the caller has its answer; stop hurrying.
+                now < w.deadline
+            }
+        });
+    }
+
+    fn begin_shutdown(
+        &mut self,
+        done: Option<Arc<Completion>>,
+        deadline: std::time::Instant,
+        rx: &mut mpsc::Receiver<OtlpMsg>,
+    ) {
+        if let Some((d, _)) = &mut self.shutdown {
+            d.extend(done);
+            return;
+        }
+        rx.close();
+        let now = std::time::Instant::now();
+        let left = deadline.saturating_duration_since(now);
+        // Leave a little time to settle what is abandoned.
+        let margin = (left / 10).min(Duration::from_millis(50));
+        self.shutdown = Some((
+            done.into_iter().collect(),
+            Instant::from_std(now + left.saturating_sub(margin)),
+        ));
+        while let Ok(msg) = rx.try_recv() {
+            self.on_msg(msg, rx);
+        }
+    }
+
+    /// The deadline has come: what is in flight or waiting is dropped as `deadline`.
+    fn abandon(&mut self) {
+        self.tasks.abort_all();
+        let mut left: Vec<Batch> = self.flights.drain().map(|(_, b)| b).collect();
+        left.extend(self.ready.drain(..));
+        left.extend(self.groups.drain().map(|(_, b)| b));
+        let e = Error::Timeout(self.shutdown_timeout).to_string();
+        for b in left {
+            self.settle(b, Some(DropReason::Deadline), None, &e);
+        }
+    }
+
+    fn finish(mut self) {
+        self.check_waiters();
+        for d in self.shutdown.take().map(|s| s.0).unwrap_or_default() {
+            d.complete();
+        }
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let mut wake: Option<Instant> = None;
+        let mut at = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
+        if !self.urgent() {
+            for b in self.groups.values() {
+                at(b.since + self.linger);
+            }
+        }
+        if let Some((_, d)) = &self.shutdown {
+            at(*d);
+        }
+        for w in &self.waiters {
+            at(w.deadline);
+        }
+        wake
+    }
+}
+
+/// The spans a 2xx answer reports as rejected (`partial_success.rejected_spans`).
+fn partial_rejections(body: &[u8]) -> u64 {
+    let Ok(response) = <ExportTraceServiceResponse as prost::Message>::decode(body) else {
+        return 0;
+    };
+    let Some(p) = response.partial_success else {
+        return 0;
+    };
+    let n = p.rejected_spans.max(0) as u64;
+    if n > 0 || !p.error_message.is_empty() {
+        crate::util::diag::warn_limited!(
+            rejected_spans = n,
+            message = %p.error_message,
+            "the OTLP endpoint rejected some spans (partial success)"
+        );
+    }
+    n
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,301 @@
+//! The OTLP exporter (feature `otlp`): completed traces also go, or only go, to an
+//! OTLP/HTTP protobuf endpoint, an OpenTelemetry Collector or Openlayer's own
+//! `{base}/otel/v1/traces`.
+//!
+//! - **Spans** (see `convert`): one per step, with its parent, start and end; the trace id
+//!   is the inference id when it is a UUID, else derived from it (UUID v5); CLIENT spans
+//!   with the GenAI semantic conventions' attributes for model calls, INTERNAL otherwise;
+//!   the root span carries the trace's input and output messages.
+//! - **Delivery** (see `flusher`): the worker's router takes each completed trace from
+//!   the one bounded queue of the SDK, hands it to the data-stream flusher (unless
+//!   `otlp_only`) and its spans to the OTLP side, which batches them (`batch_max_rows`
+//!   traces, `batch_max_bytes`, `linger`), keeps `max_in_flight` requests in flight over
+//!   our transport, and settles them by the flush and shutdown deadlines. Only 429, 502,
+//!   503 and 504 (and connection errors and timeouts) are retried, `Retry-After` is
+//!   honoured, and `partial_success.rejected_spans` is counted. Spans are never spooled:
+//!   what cannot be delivered is dropped and counted (`Stats::otlp_spans_dropped`; with
+//!   `otlp_only`, also by reason in `Stats::dropped`). With an OTLP endpoint the
+//!   write-ahead spool mode falls back to overflow (a trace written ahead is encoded as a
+//!   row before the worker sees it).
+//!
+//! # Why `prost` and our own message types
+//!
+//! The messages (`proto`) are `prost`-derived types transcribed from the official OTLP
+//! `.proto` files; `prost` does all the encoding. The alternative, the
+//! `opentelemetry-proto` crate, carries the same generated types, but it depends on the
+//! OpenTelemetry API and SDK crates (`opentelemetry`, `opentelemetry_sdk`) for its
+//! conversions, which this exporter does not use: our own types keep the feature's cost
+//! to `prost` alone (no `protoc` at build time either). In exchange, the tests decode our
+//! requests with `opentelemetry-proto`'s types, an independent reading of the official
+//! definitions, so that a mistake in ours cannot pass unnoticed.
+
+pub(crate) mod convert;
+pub(crate) mod flusher;
+pub(crate) mod proto;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::encode::row_policy::Shaper;
+use crate::error::Error;
+use crate::export::budget::{Budget, Tier};
+use crate::export::openlayer::Flusher;
+use crate::export::protocol::Msg;
+use crate::report::{Counters, DropReason};
+use crate::transport::TransportConfig;
+use crate::util::signal::Completion;
+
+pub(crate) use flusher::{OtlpFlusher, OtlpMsg};
+
+/// The traces URL of an endpoint: as given when it ends in `/v1/traces`, else with
+/// `/v1/traces` appended (OpenTelemetry's convention for a base endpoint).
+pub(crate) fn traces_url(endpoint: &str) -> String {
+    let e = endpoint.trim().trim_end_matches('/');
+    if e.ends_with("/v1/traces") {
+        e.to_string()
+    } else {
+        format!("{e}/v1/traces")
+    }
+}
+
+/// Whether the endpoint is below the configured API base URL (Openlayer's own
+/// `{base}/otel`): only then are the API key and the pipeline sent along.
+pub(crate) fn is_openlayer(endpoint: &str, base_url: &str) -> bool {
+    let base = base_url.trim().trim_end_matches('/');
+    endpoint
+        .trim()
+        .strip_prefix(base)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The OTLP transport's settings, and whether the endpoint is Openlayer's; `None`
+/// without an OTLP endpoint.
+pub(crate) fn transport_config(config: &Config) -> Option<(TransportConfig, bool)> {
+    let endpoint = config.otlp.endpoint.as_deref()?;
+    let openlayer = is_openlayer(endpoint, config.base_url());
+    let given = |name: &str| {
+        config
+            .otlp
+            .headers
+            .iter()
+            .any(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+    };
+    let mut t = TransportConfig::from_config(config);
+    t.base_url = traces_url(endpoint);
+    t.protobuf = true;
+    t.extra_headers = config.otlp.headers.clone();
+    // The API key goes only to Openlayer, and not over a header the caller set.
+    if !openlayer || given("authorization") {
+        t.api_key = None;
+    }
+    Some((t, openlayer && !given("x-bt-parent")))
+}
+
+/// Whether traces go to the OTLP endpoint only (asked for, or no API key to send rows).
+pub(crate) fn only(config: &Config) -> bool {
+    config.otlp.only || config.api_key.is_none()
+}
+
+/// The worker's router: takes the queue's messages and hands traces to the data-stream
+/// flusher (when there is one) and their spans to the OTLP side; a flush or shutdown
+/// completes when both sides have settled.
+pub(crate) async fn run(
+    mut rx: mpsc::Receiver<Msg>,
+    data_stream: Option<Flusher>,
+    otlp: OtlpFlusher,
+    shaper: Shaper,
+    counters: Arc<Counters>,
+    budget: Arc<Budget>,
+    capacity: usize,
+) {
+    let (otx, orx) = mpsc::channel::<OtlpMsg>(capacity.max(1));
+    let (ftx, frx) = match data_stream {
+        Some(_) => {
+            let (t, r) = mpsc::channel::<Msg>(capacity.max(1));
+            (Some(t), Some(r))
+        }
+        None => (None, None),
+    };
+    let primary = ftx.is_none();
+    let router = async move {
+        let mut combiners = JoinSet::new();
+        let ctx = Router {
+            otx,
+            ftx,
+            shaper,
+            counters,
+            budget,
+            primary,
+        };
+        while let Some(msg) = rx.recv().await {
+            while combiners.try_join_next().is_some() {}
+            if let Msg::Shutdown(done, deadline) = msg {
+                rx.close();
+                while let Ok(msg) = rx.try_recv() {
+                    ctx.route(msg, &mut combiners).await;
+                }
+                ctx.route(Msg::Shutdown(done, deadline), &mut combiners)
+                    .await;
+                break;
+            }
+            ctx.route(msg, &mut combiners).await;
+        }
+        // Dropping the senders lets both sides finish (within their shutdown deadline).
+        drop(ctx);
+        while combiners.join_next().await.is_some() {}
+    };
+    let data_stream = async move {
+        if let (Some(f), Some(frx)) = (data_stream, frx) {
+            f.run(frx).await;
+        }
+    };
+    tokio::join!(router, data_stream, otlp.run(orx));
+}
+
+struct Router {
+    otx: mpsc::Sender<OtlpMsg>,
+    ftx: Option<mpsc::Sender<Msg>>,
+    shaper: Shaper,
+    counters: Arc<Counters>,
+    budget: Arc<Budget>,
+    primary: bool,
+}
+
+impl Router {
+    async fn route(&self, msg: Msg, combiners: &mut JoinSet<()>) {
+        match msg {
+            Msg::Trace(mut trace, bytes) => {
+                let id = convert::inference_id(&trace);
+                // Sampled as the row is: on the inference id.
+                let kept = id.as_deref().is_some_and(|id| self.shaper.keeps(id));
+                let converted = id.filter(|_| kept).and_then(|id| {
+                    // A panic in conversion costs that trace, not the worker.
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        convert::convert(&trace, &id)
+                    }))
+                    .ok()
+                    .flatten()
+                });
+                match &self.ftx {
+                    Some(ftx) => {
+                        // The data-stream flusher releases its queue bytes and samples it.
+                        let _ = ftx.send(Msg::Trace(trace, bytes)).await;
+                        if let Some(c) = converted {
+                            let n = c.spans.len() as u64;
+                            if self.otx.try_send(OtlpMsg::Spans(c)).is_err() {
+                                self.counters.otlp_spans_dropped.fetch_add(n, Relaxed);
+                                crate::util::diag::warn_limited!(
+                                    "the OTLP side is behind; a trace's spans were dropped (counted)"
+                                );
+                            }
+                        }
+                    }
+                    None => {
+                        self.budget.release(bytes, Tier::Queue);
+                        crate::record::recycle(&mut trace.state);
+                        drop(trace);
+                        match converted {
+                            Some(c) => {
+                                let _ = self.otx.send(OtlpMsg::Spans(c)).await;
+                            }
+                            None => self.not_converted(kept),
+                        }
+                    }
+                }
+            }
+            Msg::Row(row, bytes) => match &self.ftx {
+                Some(ftx) => {
+                    let _ = ftx.send(Msg::Row(row, bytes)).await;
+                }
+                None => {
+                    self.budget.release(bytes, Tier::Queue);
+                    self.counters.drop_rows(DropReason::Encoding, 1);
+                    self.counters.settled.fetch_add(1, Relaxed);
+                }
+            },
+            Msg::Update(update, bytes) => match &self.ftx {
+                Some(ftx) => {
+                    let _ = ftx.send(Msg::Update(update, bytes)).await;
+                }
+                None => {
+                    self.budget.release(bytes, Tier::Queue);
+                    self.counters.drop_rows(DropReason::Rejected, 1);
+                    self.counters.settled.fetch_add(1, Relaxed);
+                    crate::util::diag::warn_limited!(
+                        "row updates have no OTLP form; dropped (counted as rejected)"
+                    );
+                }
+            },
+            Msg::Flush(done, deadline) => {
+                self.fan_out(done, deadline, combiners, Msg::Flush, OtlpMsg::Flush)
+                    .await
+            }
+            Msg::Shutdown(done, deadline) => {
+                self.fan_out(done, deadline, combiners, Msg::Shutdown, OtlpMsg::Shutdown)
+                    .await
+            }
+        }
+    }
+
+    /// A trace the OTLP side will not see: sampled out, or it could not be converted.
+    fn not_converted(&self, kept: bool) {
+        // Only reached when this side settles rows (no data-stream flusher).
+        debug_assert!(self.primary);
+        if kept {
+            self.counters.drop_rows(DropReason::Encoding, 1);
+            crate::util::diag::warn_limited!(
+                "a trace could not be converted to spans; dropped (counted)"
+            );
+        } else {
+            self.counters.sampled_out.fetch_add(1, Relaxed);
+        }
+        self.counters.settled.fetch_add(1, Relaxed);
+    }
+
+    /// Sends a flush or shutdown to both sides; `done` completes when both have.
+    async fn fan_out(
+        &self,
+        done: Arc<Completion>,
+        deadline: std::time::Instant,
+        combiners: &mut JoinSet<()>,
+        to_rows: fn(Arc<Completion>, std::time::Instant) -> Msg,
+        to_spans: fn(Arc<Completion>, std::time::Instant) -> OtlpMsg,
+    ) {
+        let Some(ftx) = &self.ftx else {
+            // Spans only: the OTLP side answers the caller itself.
+            let _ = self.otx.send(to_spans(done, deadline)).await;
+            return;
+        };
+        let spans = Arc::new(Completion::default());
+        let _ = self.otx.send(to_spans(spans.clone(), deadline)).await;
+        let rows = match Some(ftx) {
+            Some(ftx) => {
+                let rows = Arc::new(Completion::default());
+                let _ = ftx.send(to_rows(rows.clone(), deadline)).await;
+                Some(rows)
+            }
+            None => None,
+        };
+        combiners.spawn(async move {
+            let mut ok = spans.wait_until_async(deadline).await;
+            if let Some(rows) = rows {
+                ok &= rows.wait_until_async(deadline).await;
+            }
+            if ok {
+                done.complete();
+            }
+        });
+    }
+}
+
+/// Checks the OTLP settings where the worker is started.
+pub(crate) fn validate(config: &Config) -> Result<(), Error> {
+    if let Some((t, _)) = transport_config(config) {
+        t.validate()?;
+    }
+    Ok(())
+}
