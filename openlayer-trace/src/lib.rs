@@ -18,6 +18,17 @@
 //! answer("What is the capital of France?");
 //! ```
 //!
+//! # Features
+//!
+//! - `enable` (default): tracing. Without it, `#[trace]` leaves functions as written and
+//!   every tracing function is an inlined no-op with the same name and signature (the
+//!   `noop/` folder), and the crate has no HTTP, TLS or runtime dependency: libraries
+//!   depend on it with `default-features = false` and the application decides.
+//! - `client` (default): the explicit data API ([`Client`] and its uploads), absent
+//!   without it. `arrow` (default) adds the Arrow flows.
+//! - `tokio`: [`spawn`] without `enable`. `test-util`: the `testing` captures.
+//!   `tracing-layer`: `tracing_layer()`. These last two turn `enable` on.
+//!
 //! # The map of the crate
 //!
 //! A traced call records into memory and hands the completed trace down one seam; the
@@ -39,6 +50,7 @@
 //!
 //!   runtime/: the composition root (global state, lazy start, init, Guard, flush, stats)
 //!   client/:  the explicit data API, on transport/
+//!   noop/:    the same public API as inlined no-ops, when `enable` is off
 //! ```
 //!
 //! Each folder imports only from the folders its row names (and from itself); the test
