@@ -76,6 +76,9 @@
 //!
 //! `lib.rs` itself only declares the modules and re-exports the public API.
 #![warn(missing_docs)]
+// Without `client`, the docs of the configuration types still name the `Client` methods
+// that take them.
+#![cfg_attr(not(feature = "client"), allow(rustdoc::broken_intra_doc_links))]
 
 // Lets `#[trace]`'s expansion (`::openlayer_trace::...`) resolve inside this crate too.
 extern crate self as openlayer_trace;
