@@ -26,6 +26,10 @@ use expand::expand;
 /// - `skip(a, b)`: arguments not to record; `skip_all`: record none;
 /// - `skip_output`: do not record the return value (errors are still recorded);
 /// - `inference_pipeline_id = "..."`: send traces rooted here to this pipeline.
+///
+/// Without the `enable` feature (of this crate, which `openlayer-trace`'s `enable`
+/// turns on), the options are still checked (with the same errors), and the function is left as
+/// written.
 #[proc_macro_attribute]
 pub fn trace(args: TokenStream, item: TokenStream) -> TokenStream {
     let opts = match Options::parse(args.into()) {
@@ -37,6 +41,9 @@ pub fn trace(args: TokenStream, item: TokenStream) -> TokenStream {
         Err(_) => return with_item(not_a_function(item.clone()), item),
     };
     match expand(opts, parsed) {
+        // Compiled out: the options are checked as when enabled (the same errors), and the
+        // function stays as written.
+        Ok(_) if !cfg!(feature = "enable") => item,
         Ok(ts) => ts.into(),
         Err(e) => with_item(e, item),
     }

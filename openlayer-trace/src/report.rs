@@ -1,6 +1,7 @@
 //! What happened to the traces: counters, snapshots and delivery reports.
 
 use std::sync::Arc;
+#[cfg(feature = "enable")]
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Why data was dropped. Every drop is counted under one of these.
@@ -164,6 +165,7 @@ pub struct DeliveryFailure {
 pub type FailureFn = Arc<dyn Fn(&DeliveryFailure) + Send + Sync>;
 
 /// Tells the configured failure callback; a panic in it is contained and logged.
+#[cfg(feature = "enable")]
 pub(crate) fn notify(callback: Option<&FailureFn>, failure: DeliveryFailure) {
     if let Some(cb) = callback
         && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -176,6 +178,7 @@ pub(crate) fn notify(callback: Option<&FailureFn>, failure: DeliveryFailure) {
 }
 
 /// Live counters, shared by the producers and the background worker.
+#[cfg(feature = "enable")]
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub enqueued: AtomicU64,
@@ -205,6 +208,7 @@ pub(crate) struct Counters {
     pub otlp_rejected_spans: AtomicU64,
 }
 
+#[cfg(feature = "enable")]
 impl Counters {
     pub(crate) fn drop_rows(&self, reason: DropReason, n: u64) {
         let c = match reason {

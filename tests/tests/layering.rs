@@ -218,17 +218,20 @@ fn the_core_crate_is_layered_as_its_map_says() {
         }
     }
     // Modules the crate root re-exports under another name (`pub use a::b as c;`): the
-    // macros' expansions reach the macro support as `$crate::__private`.
-    let aliases: BTreeMap<String, Vec<String>> = lib
+    // macros' expansions reach the macro support as `$crate::__private`. A name may have
+    // one target per build (`api::macro_support` with `enable`, `noop::macro_support`
+    // without): a module's macros name the target in its own folder.
+    let mut aliases: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
+    for (path, name) in lib
         .lines()
         .filter_map(|l| l.strip_prefix("pub use ")?.strip_suffix(';'))
         .filter_map(|l| l.split_once(" as "))
-        .map(|(path, name)| {
-            let path: Vec<String> = path.split("::").map(str::to_string).collect();
-            (name.to_string(), path)
-        })
-        .filter(|(_, path)| modules.contains_key(path))
-        .collect();
+    {
+        let path: Vec<String> = path.split("::").map(str::to_string).collect();
+        if modules.contains_key(&path) {
+            aliases.entry(name.to_string()).or_default().push(path);
+        }
+    }
     let mut problems = Vec::new();
     let mut edges: BTreeMap<PathBuf, BTreeSet<PathBuf>> = BTreeMap::new();
     for (module, path) in &all {
@@ -239,7 +242,11 @@ fn the_core_crate_is_layered_as_its_map_says() {
         let text = fs::read_to_string(path).unwrap();
         let from = &module[0];
         for mut u in uses(&text, module) {
-            if let Some(target) = u.path.first().and_then(|f| aliases.get(f)) {
+            if let Some(targets) = u.path.first().and_then(|f| aliases.get(f)) {
+                let target = targets
+                    .iter()
+                    .find(|t| &t[0] == from)
+                    .unwrap_or(&targets[0]);
                 u.path.splice(..1, target.iter().cloned());
             }
             let Some(first) = u.path.first() else {

@@ -755,6 +755,41 @@ impl RowUpdateConfig {
     }
 }
 
+/// Checks a row update before anything is sent: a non-empty inference id, a row that is a
+/// JSON object, and every column `config` names (other than the inference id column)
+/// present in the row. Returns the row's object.
+pub(crate) fn check_row_update<'a>(
+    inference_id: &str,
+    row: &'a Value,
+    config: Option<&RowUpdateConfig>,
+) -> Result<&'a Map<String, Value>, Error> {
+    require_id("inference id", inference_id)?;
+    let Value::Object(map) = row else {
+        return Err(Error::InvalidInput(format!(
+            "the row must be a JSON object, got {}",
+            json_kind(row)
+        )));
+    };
+    if let Some(c) = config {
+        for (key, column) in c.row_columns() {
+            if !map.contains_key(column) {
+                return Err(Error::InvalidInput(format!(
+                    "the row has no column `{column}` (named by `{key}`)"
+                )));
+            }
+        }
+    }
+    Ok(map)
+}
+
+pub(crate) fn require_id(what: &str, value: &str) -> Result<(), Error> {
+    if value.trim().is_empty() {
+        Err(Error::InvalidInput(format!("the {what} must not be empty")))
+    } else {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

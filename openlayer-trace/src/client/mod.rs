@@ -42,7 +42,8 @@ pub use arrow_schema;
 pub use arrow_upload::{BulkSummary, IntoRecordBatch};
 pub use builder::ClientBuilder;
 pub use bulk::BulkFormat;
-use configs::json_kind;
+pub(crate) use configs::check_row_update;
+use configs::require_id;
 pub use configs::{
     LlmConfig, PromptMessage, RawStreamConfig, RowUpdateConfig, StreamConfig,
     TabularClassificationConfig, TabularRegressionConfig, TextClassificationConfig,
@@ -593,41 +594,6 @@ pub(crate) fn local_pipeline_id(project_name: &str, pipeline_name: &str) -> Stri
 
 fn non_empty(s: &str) -> Option<String> {
     (!s.trim().is_empty()).then(|| s.to_string())
-}
-
-/// Checks a row update before anything is sent: a non-empty inference id, a row that is a
-/// JSON object, and every column `config` names (other than the inference id column)
-/// present in the row. Returns the row's object.
-pub(crate) fn check_row_update<'a>(
-    inference_id: &str,
-    row: &'a Value,
-    config: Option<&RowUpdateConfig>,
-) -> Result<&'a Map<String, Value>, Error> {
-    require_id("inference id", inference_id)?;
-    let Value::Object(map) = row else {
-        return Err(Error::InvalidInput(format!(
-            "the row must be a JSON object, got {}",
-            json_kind(row)
-        )));
-    };
-    if let Some(c) = config {
-        for (key, column) in c.row_columns() {
-            if !map.contains_key(column) {
-                return Err(Error::InvalidInput(format!(
-                    "the row has no column `{column}` (named by `{key}`)"
-                )));
-            }
-        }
-    }
-    Ok(map)
-}
-
-fn require_id(what: &str, value: &str) -> Result<(), Error> {
-    if value.trim().is_empty() {
-        Err(Error::InvalidInput(format!("the {what} must not be empty")))
-    } else {
-        Ok(())
-    }
 }
 
 /// A list endpoint with its `name` filter, read a page (`page`, `perPage`) at a time.

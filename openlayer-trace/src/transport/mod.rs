@@ -141,6 +141,7 @@ impl ApiRequest {
 }
 
 /// A 2xx answer.
+#[cfg_attr(not(feature = "client"), allow(dead_code))] // read by the client
 #[derive(Clone, Debug)]
 pub(crate) struct ApiResponse {
     /// The status code.
@@ -151,6 +152,7 @@ pub(crate) struct ApiResponse {
 
 impl ApiResponse {
     /// The body decoded from JSON.
+    #[cfg(feature = "client")]
     pub(crate) fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
         serde_json::from_slice(&self.body).map_err(Error::Json)
     }
@@ -330,11 +332,13 @@ impl Transport {
 
     /// The underlying client, without our auth, for requests to other hosts (the
     /// presigned-URL upload). It has our timeouts, TLS settings and user agent.
+    #[cfg(feature = "client")]
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.inner.http
     }
 
     /// The base URL, without a trailing slash.
+    #[cfg(feature = "client")]
     pub(crate) fn base_url(&self) -> &str {
         &self.inner.base_url
     }

@@ -6,6 +6,7 @@ pub(crate) mod diag;
 pub(crate) mod heap;
 pub(crate) mod id;
 pub(crate) mod json;
+pub(crate) mod limits;
 pub(crate) mod open_traces;
 pub(crate) mod reentry;
 pub(crate) mod signal;

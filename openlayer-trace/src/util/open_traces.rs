@@ -19,10 +19,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-/// The default of `max_steps_per_trace`.
-pub(crate) const DEFAULT_MAX_STEPS: usize = 10_000;
-/// The default of `open_trace_warn_after`.
-pub(crate) const DEFAULT_WARN_AFTER: Duration = Duration::from_secs(600);
+use crate::util::limits::{DEFAULT_MAX_STEPS, DEFAULT_WARN_AFTER};
 
 static MAX_STEPS: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_STEPS);
 /// The most bytes open traces may hold (a quarter of `queue_max_bytes`).

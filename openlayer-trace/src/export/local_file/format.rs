@@ -14,7 +14,9 @@
 //! never sees two lines interleaved.
 
 use std::fs::OpenOptions;
-use std::io::{self, BufRead, BufReader, Write};
+#[cfg(feature = "client")]
+use std::io::Write;
+use std::io::{self, BufRead, BufReader};
 use std::path::Path;
 
 use serde::de::Error as _;
@@ -173,6 +175,7 @@ pub(crate) fn rotate(path: &Path) -> std::io::Result<()> {
 /// Each line is encoded first, then written with a single `write_all` of the line and its
 /// newline on a file opened in append mode, so concurrent writers never interleave within
 /// a line. Nothing is written when a line cannot be encoded.
+#[cfg(feature = "client")]
 pub(crate) fn append(path: &Path, lines: &[LocalLine], max_bytes: u64) -> Result<(), Error> {
     let mut encoded = Vec::with_capacity(lines.len());
     for line in lines {

@@ -3,5 +3,6 @@
 mod format;
 pub(crate) mod writer;
 
+#[cfg(feature = "client")]
 pub(crate) use format::append;
 pub use format::{LocalEntry, LocalLine, LocalLines, read_local_file};
