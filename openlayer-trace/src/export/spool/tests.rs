@@ -1,4 +1,10 @@
+use std::path::Path;
+
+use super::dir::LOCK_FILE;
+use super::replay::ReplayEnd;
+use super::writer::run_writer;
 use super::*;
+use crate::encode::row_policy::Shaper;
 
 fn budget(config: &Config) -> Arc<Budget> {
     Arc::new(Budget::new(config.queue_max_bytes))
