@@ -1,3 +1,4 @@
+use super::settle::{Class, classify};
 use super::*;
 
 #[test]
