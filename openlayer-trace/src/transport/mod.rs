@@ -16,22 +16,23 @@
 //! The API key only ever travels in the `Authorization` header: no `Debug` output,
 //! error or log line of this module contains it.
 
-use std::cell::Cell;
+mod retry;
+mod tls;
+
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Method, Url};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::time::Instant;
 
 use crate::config::{ApiKey, Config};
 use crate::error::Error;
+
+use retry::{jitter, retry_after};
+use tls::tls_config;
 
 /// The `User-Agent` of every request.
 pub(crate) const USER_AGENT: &str =
@@ -622,216 +623,6 @@ fn truncate(s: &str) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
-}
-
-/// The wait asked for by `retry-after-ms` (milliseconds) or `Retry-After` (seconds, or
-/// an HTTP date), if any.
-fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let header = |name| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    let seconds = |s: f64| (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s.min(1e9)));
-    if let Some(ms) = header("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
-        && let Some(wait) = seconds(ms / 1000.0)
-    {
-        return Some(wait);
-    }
-    let value = header(RETRY_AFTER.as_str())?;
-    if let Ok(s) = value.parse::<f64>() {
-        return seconds(s);
-    }
-    let at = parse_http_date(value)?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the preferred HTTP date.
-fn parse_http_date(s: &str) -> Option<SystemTime> {
-    let rest = s.split_once(", ")?.1;
-    let parts: Vec<&str> = rest.split(' ').collect();
-    let [day, month, year, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    let day: u32 = day.parse().ok()?;
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| m == month)? as u32
-        + 1;
-    let year: i64 = year.parse().ok()?;
-    let mut hms = time.split(':').map(|p| p.parse::<u64>().ok());
-    let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
-    if !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 || hms.next().is_some() {
-        return None;
-    }
-    // Days since the Unix epoch of a civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (i64::from(month) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + m * 60 + sec;
-    Some(UNIX_EPOCH + Duration::from_secs(secs))
-}
-
-/// A number in `[0, 1)` from a per-thread xorshift generator seeded from the clock and
-/// an address; good enough to spread retries, not for anything secret.
-fn jitter() -> f64 {
-    thread_local! {
-        static STATE: Cell<u64> = const { Cell::new(0) };
-    }
-    STATE.with(|state| {
-        let mut x = state.get();
-        if x == 0 {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            let addr = state as *const Cell<u64> as u64;
-            x = (nanos ^ addr.rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15) | 1;
-        }
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        state.set(x);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    })
-}
-
-// ---------------------------------------------------------------------------------------
-// TLS
-// ---------------------------------------------------------------------------------------
-
-/// The rustls configuration: the `ring` provider (never installed process-wide), HTTP/1.1,
-/// and either the platform's verifier or, with `verify_ssl == false`, none.
-fn tls_config(verify_ssl: bool) -> Result<rustls::ClientConfig, Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier: Arc<dyn ServerCertVerifier> = if verify_ssl {
-        match rustls_platform_verifier::Verifier::new(provider.clone()) {
-            Ok(verifier) => Arc::new(verifier),
-            Err(e) => {
-                // Plain-HTTP endpoints still work; HTTPS fails with this reason.
-                let reason = format!("TLS certificates cannot be verified: {e}");
-                tracing::warn!(target: "openlayer_trace", "{reason}; HTTPS requests will fail");
-                Arc::new(Unverifiable {
-                    reason,
-                    algorithms: provider.signature_verification_algorithms,
-                })
-            }
-        }
-    } else {
-        tracing::warn!(
-            target: "openlayer_trace",
-            "TLS certificate verification is disabled (OPENLAYER_VERIFY_SSL=false)"
-        );
-        Arc::new(AcceptAnyCertificate {
-            algorithms: provider.signature_verification_algorithms,
-        })
-    };
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Config(format!("TLS setup failed: {e}")))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
-}
-
-/// Accepts every certificate (`OPENLAYER_VERIFY_SSL=false`); handshake signatures are
-/// still checked, so the connection is encrypted, just not authenticated.
-#[derive(Debug)]
-struct AcceptAnyCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// Rejects every certificate with a fixed reason: used when the platform's roots could
-/// not be loaded, so that building the transport still succeeds.
-#[derive(Debug)]
-struct Unverifiable {
-    reason: String,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl Unverifiable {
-    fn refusal(&self) -> rustls::Error {
-        rustls::Error::General(self.reason.clone())
-    }
-}
-
-impl ServerCertVerifier for Unverifiable {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Err(self.refusal())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(self.refusal())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(self.refusal())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 /// Percent-encodes `s` as one URL path segment (everything but RFC 3986's unreserved

@@ -1,10 +1,13 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::sync::Mutex;
+use std::time::UNIX_EPOCH;
 
 use openlayer_testserver::{Action, Behavior, Outcome, Response, TestServer};
+use rustls::pki_types::CertificateDer;
 use serde_json::{Value, json};
 
+use super::retry::parse_http_date;
 use super::*;
 
 const KEY: &str = "sk-test-9f8e7d6c5b4a3210";
