@@ -1,3 +1,4 @@
+use super::scan::{parsed_entries, split_object};
 use super::*;
 use crate::record::kind::StepKind;
 
