@@ -4,6 +4,9 @@
 //! embedded default: data calls append to the local trace file
 //! ([`Config::trace_file`]) for `openlayer push` to send later, and calls that must read
 //! from the platform return [`Error::Config`].
+//!
+//! It owns the explicit data API and its request builders and uploads. It may import from
+//! `util/`, `error.rs`, `config.rs`, `encode/`, `export/` and `transport/`.
 
 #[cfg(feature = "arrow")]
 mod arrow_json;

@@ -1,6 +1,10 @@
 //! Wire encoding: a completed trace becomes one data-stream row and its config, exactly as
 //! the official SDKs send them (see the crate docs for the format). Runs off the
 //! application's threads, in the background worker.
+//!
+//! It owns the row and step-tree writers, JSON scanning (`scan`), the row policy
+//! (`row_policy`: sampling, mask and field budget) and the request and file-line framing.
+//! It may import from `util/`, `record/`, `config.rs` and `report.rs`.
 
 pub(crate) mod row_policy;
 pub(crate) mod scan;

@@ -15,6 +15,9 @@
 //!
 //! The API key only ever travels in the `Authorization` header: no `Debug` output,
 //! error or log line of this module contains it.
+//!
+//! It owns HTTP: request and response types, the retry policy (`retry`: `Retry-After`
+//! and jitter) and TLS (`tls`). It may import from `util/`, `error.rs` and `config.rs`.
 
 mod retry;
 mod tls;
