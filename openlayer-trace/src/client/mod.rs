@@ -4,6 +4,9 @@
 //! embedded default: data calls append to the local trace file
 //! ([`Config::trace_file`]) for `openlayer push` to send later, and calls that must read
 //! from the platform return [`Error::Config`].
+//!
+//! It owns the explicit data API and its request builders and uploads. It may import from
+//! `util/`, `error.rs`, `config.rs`, `encode/`, `export/` and `transport/`.
 
 #[cfg(feature = "arrow")]
 mod arrow_json;
@@ -772,36 +775,4 @@ async fn expect_success(t: &Transport, req: &ApiRequest) -> Result<(), Error> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn path_segments_are_percent_encoded() {
-        assert_eq!(segment("abc-1_2.3~"), "abc-1_2.3~");
-        assert_eq!(segment("a/b c?d#é"), "a%2Fb%20c%3Fd%23%C3%A9");
-    }
-
-    #[test]
-    fn local_pipeline_ids_are_stable_and_distinct() {
-        let a = local_pipeline_id("Chat", "prod");
-        assert_eq!(a, local_pipeline_id("Chat", "prod"));
-        assert_ne!(a, local_pipeline_id("Chat", "staging"));
-        assert_ne!(local_pipeline_id("a/b", "c"), local_pipeline_id("a", "b/c"));
-        let u = uuid::Uuid::parse_str(&a).unwrap();
-        assert_eq!(u.get_version_num(), 5);
-    }
-
-    #[test]
-    fn requests_are_described_without_secrets() {
-        let req = ApiRequest {
-            method: Method::PUT,
-            path: "/inference-pipelines/p/rows".into(),
-            query: vec![("inferenceId".into(), "a b".into())],
-            body: None,
-        };
-        assert_eq!(
-            describe(&req),
-            "PUT /inference-pipelines/p/rows?inferenceId=a+b"
-        );
-    }
-}
+mod tests;

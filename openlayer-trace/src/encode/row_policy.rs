@@ -206,7 +206,7 @@ pub(crate) fn sample_point(inference_id: &str) -> f64 {
 /// Runs the mask on the row's columns. Columns keep their order; a column the mask left
 /// alone keeps its exact text; new columns come last.
 fn apply_mask(row: &str, mask: &MaskFn) -> Option<String> {
-    let entries = encode::object_entries(row);
+    let entries = crate::encode::scan::object_entries(row);
     if entries.is_empty() && row.trim() != "{}" {
         return None;
     }

@@ -1,4 +1,10 @@
 //! Where rows go.
+//!
+//! It owns the worker's message protocol, the byte budget, the producer side of the queue
+//! and the test capture, and the destinations: the local trace file (`local_file/`), the
+//! Openlayer API (`openlayer/`), the on-disk spool (`spool/`) and OTLP (`otlp/`). It may
+//! import from `util/`, `error.rs`, `report.rs`, `config.rs`, `record/`, `encode/` and
+//! `transport/`.
 
 pub(crate) mod budget;
 #[cfg(any(test, feature = "test-util"))]

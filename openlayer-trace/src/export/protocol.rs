@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::encode::OutRow;
-use crate::export::spool::WalRef;
+use crate::export::spool::segment::WalRef;
 use crate::record::CompletedTrace;
 use crate::record::row_update::RowUpdate;
 use crate::util::signal::Completion;

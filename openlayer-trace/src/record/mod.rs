@@ -1,6 +1,11 @@
 //! The flat records a traced call writes: one [`StepRecord`] per step, in start order,
 //! inside the [`TraceState`] of its trace. Building the tree and encoding JSON happen later,
-//! off the application's threads (see `wire`).
+//! off the application's threads (see `encode/`).
+//!
+//! It owns what a traced call writes, with no I/O and no encoding: step and trace
+//! records, row updates, the buffer pool, the state lock, and the [`sink::TraceSink`]
+//! seam through which a completed trace leaves the hot path. It may import from `util/`
+//! only.
 
 pub(crate) mod kind;
 pub(crate) mod lock;

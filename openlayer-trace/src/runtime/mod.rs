@@ -6,11 +6,17 @@
 //! spool writer's own small bounded backlog when a spool is configured, and is otherwise
 //! dropped and counted. A dedicated thread owns a small runtime, encodes traces off the
 //! application's threads, and hands them to the sink: the local trace file (the embedded
-//! default, with no API key; see `filesink`) or the Openlayer API (see `flusher`).
+//! default, with no API key; see `export::local_file`) or the Openlayer API (see
+//! `export::openlayer`).
 //!
 //! In write-ahead mode the completing thread also encodes the trace and appends it to the
 //! spool before handing it off (see `spool`); that is the only mode with work on the
 //! application's threads.
+//!
+//! It is the composition root: it owns the global state and the lazy start, starts the
+//! pipeline, and provides `Guard`, `init`, `flush` and `stats`. It may import from
+//! `util/`, `error.rs`, `report.rs`, `config.rs`, `record/`, `encode/`, `export/` and
+//! `transport/`.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock};

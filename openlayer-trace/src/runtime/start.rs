@@ -198,7 +198,7 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
                 config.inference_pipeline_id.clone(),
             );
             threads.push(spawn("openlayer-trace-spool", move || {
-                crate::export::spool::run_writer(writer_spool, jobs, shaper, default)
+                crate::export::spool::writer::run_writer(writer_spool, jobs, shaper, default)
             })?);
             spool = Some(s);
         }

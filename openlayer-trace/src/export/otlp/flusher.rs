@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::config::{Config, FailureFn};
 use crate::error::Error;
 use crate::export::budget::{Budget, Tier};
-use crate::export::openlayer::Epochs;
+use crate::export::openlayer::epochs::Epochs;
 use crate::export::otlp::convert::Converted;
 use crate::export::otlp::proto::{
     ExportTraceServiceRequest, ExportTraceServiceResponse, InstrumentationScope, KeyValue,

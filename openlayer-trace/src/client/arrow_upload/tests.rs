@@ -1,0 +1,82 @@
+use super::*;
+use arrow_array::builder::{ListBuilder, StringDictionaryBuilder};
+use arrow_array::types::{Int32Type, Int64Type};
+use arrow_array::{Int32Array, TimestampMillisecondArray, TimestampSecondArray};
+
+fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
+    RecordBatch::try_from_iter(columns).unwrap()
+}
+
+#[test]
+fn timestamps_become_unix_seconds_and_nested_values_json() {
+    let mut list = ListBuilder::new(arrow_array::builder::Int64Builder::new());
+    list.values().append_value(1);
+    list.values().append_value(2);
+    list.append(true);
+    list.append(false);
+    let mut dict = StringDictionaryBuilder::<Int32Type>::new();
+    dict.append_value("yes");
+    dict.append_null();
+    let b = batch(vec![
+        (
+            "s",
+            Arc::new(TimestampSecondArray::from(vec![Some(1_700_000_000), None])) as ArrayRef,
+        ),
+        (
+            "ms",
+            Arc::new(TimestampMillisecondArray::from(vec![1_700_000_000_500, 0])),
+        ),
+        ("d", Arc::new(arrow_array::Date32Array::from(vec![1, -1]))),
+        ("l", Arc::new(list.finish())),
+        ("c", Arc::new(dict.finish())),
+    ]);
+    let check = Check {
+        id_column: None,
+        required: vec![],
+    };
+    let out = prepare(&b, &check, 0).unwrap();
+    let s = out.column(0).as_primitive::<Int64Type>();
+    assert_eq!((s.value(0), s.is_null(1)), (1_700_000_000, true));
+    let ms = out
+        .column(1)
+        .as_primitive::<arrow_array::types::Float64Type>();
+    assert_eq!(ms.value(0), 1_700_000_000.5);
+    let d = out.column(2).as_primitive::<Int64Type>();
+    assert_eq!((d.value(0), d.value(1)), (86_400, -86_400));
+    let l = out.column(3).as_string::<i32>();
+    assert_eq!((l.value(0), l.is_null(1)), ("[1,2]", true));
+    let c = out.column(4).as_string::<i32>();
+    assert_eq!((c.value(0), c.is_null(1)), ("yes", true));
+}
+
+#[test]
+fn ids_are_text_and_bad_ids_name_their_row() {
+    let check = Check {
+        id_column: Some("id"),
+        required: vec![("groundTruthColumnName", "label")],
+    };
+    let b = batch(vec![
+        ("id", Arc::new(Int32Array::from(vec![7, 8])) as ArrayRef),
+        ("label", Arc::new(Int32Array::from(vec![1, 0]))),
+    ]);
+    let out = prepare(&b, &check, 0).unwrap();
+    assert_eq!(out.column(0).as_string::<i32>().value(0), "7");
+    let b = batch(vec![
+        (
+            "id",
+            Arc::new(StringArray::from(vec![Some("a"), None])) as ArrayRef,
+        ),
+        ("label", Arc::new(Int32Array::from(vec![1, 0]))),
+    ]);
+    let e = prepare(&b, &check, 100).unwrap_err().to_string();
+    assert!(e.contains("row 101: no inference id (null) in `id`"), "{e}");
+    let b = batch(vec![(
+        "id",
+        Arc::new(StringArray::from(vec!["a"])) as ArrayRef,
+    )]);
+    let e = prepare(&b, &check, 0).unwrap_err().to_string();
+    assert!(
+        e.contains("no column `label` (named by `groundTruthColumnName`)"),
+        "{e}"
+    );
+}

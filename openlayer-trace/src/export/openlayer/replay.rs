@@ -1,0 +1,183 @@
+//! Replay scheduling: reading spooled rows back when the server is up, probing it with
+//! backoff while it is not, and settling each replayed batch in the spool.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use tokio::time::Instant;
+
+use super::batch::{Flight, replay_request};
+use super::settle::{Class, api_message, classify};
+use super::{Flusher, MAX_BROKEN_BACKOFF, MAX_REPLAY_BACKOFF};
+use crate::error::Error;
+use crate::export::spool::Spool;
+use crate::export::spool::replay::{ReplayBatch, ReplayEnd};
+use crate::report::DropReason;
+
+impl Flusher {
+    pub(super) fn start_replays(&mut self) {
+        let Some(spool) = self.spool.clone() else {
+            return;
+        };
+        // While the server is down, one probe of one row at a time.
+        let (rows, slots) = if self.replay.down {
+            (1, 1)
+        } else {
+            (self.batch_max_rows, self.replay.slots)
+        };
+        while self.shutdown.is_none()
+            && self.replay.in_flight < self.replay.slots
+            && self.tasks.len() < self.max_in_flight
+        {
+            let Some(batch) = self.bisected.pop_front() else {
+                break;
+            };
+            self.start_replay(batch);
+        }
+        while self.shutdown.is_none()
+            && self.replay.wanted
+            && self.bisected.is_empty()
+            && self.ready.is_empty()
+            && self.replay.in_flight < slots
+            && self.tasks.len() < self.max_in_flight
+        {
+            match spool.next_replay(rows, self.batch_max_bytes, self.default_pipeline.as_deref()) {
+                Some(batch) => self.start_replay(batch),
+                None => {
+                    self.replay.wanted = false;
+                    if self.replay.in_flight == 0 && spool.has_replayable() {
+                        // Rows still on their way hold some back: look again soon. This is
+                        // not a failure, so the probe's backoff does not grow.
+                        self.schedule_recheck();
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn start_replay(&mut self, batch: ReplayBatch) {
+        let req = replay_request(&batch);
+        let t = self.transport.clone();
+        let handle = self.tasks.spawn(async move { t.send(&req, None).await });
+        self.flights.insert(handle.id(), Flight::Replay(batch));
+        self.replay.in_flight += 1;
+    }
+
+    /// Plans another look at the spool after the base delay, unless one is due already
+    /// (while the configuration is broken, only the probe looks).
+    pub(super) fn schedule_recheck(&mut self) {
+        if self.broken.is_some() {
+            return self.schedule_probe();
+        }
+        if self.spool.is_none() || self.replay.wanted || self.replay.next_try.is_some() {
+            return;
+        }
+        self.replay.next_try = Some(crate::util::clock::after_tokio(
+            Instant::now(),
+            self.replay.base,
+        ));
+    }
+
+    /// Plans a replay probe after the current backoff, unless one is due already.
+    pub(super) fn schedule_probe(&mut self) {
+        if self.spool.is_none() || self.replay.wanted || self.replay.next_try.is_some() {
+            return;
+        }
+        self.replay.next_try = Some(crate::util::clock::after_tokio(
+            Instant::now(),
+            self.replay.backoff,
+        ));
+        let max = match self.broken {
+            Some(_) => MAX_BROKEN_BACKOFF,
+            None => MAX_REPLAY_BACKOFF,
+        };
+        self.replay.backoff = (self.replay.backoff.saturating_mul(2)).min(max);
+    }
+
+    /// The server answered 2xx: replay what waits in the spool now.
+    pub(super) fn server_is_up(&mut self) {
+        if self.broken.take().is_some() {
+            tracing::info!(
+                target: "openlayer_trace",
+                "the Openlayer API accepts requests again; replaying the spool"
+            );
+            self.flush_broken_report(false);
+        }
+        self.replay.backoff = self.replay.base;
+        self.replay.down = false;
+        if let Some(s) = &self.spool
+            && !self.replay.wanted
+            && s.has_replayable()
+        {
+            self.replay.wanted = true;
+            self.replay.next_try = None;
+        }
+    }
+
+    pub(super) fn replay_done(&mut self, batch: ReplayBatch, result: Result<(), Error>) {
+        self.replay.in_flight -= 1;
+        let Some(spool) = self.spool.clone() else {
+            return;
+        };
+        let n = batch.rows.len() as u64;
+        match result {
+            Ok(()) => {
+                self.counters.replayed.fetch_add(n, Relaxed);
+                spool.replay_done(batch, ReplayEnd::Acked);
+                self.server_is_up();
+                // Lines held behind this batch (a row update) may go now.
+                if spool.has_replayable() {
+                    self.replay.wanted = true;
+                }
+            }
+            Err(e) => match classify(&e) {
+                Class::Rejected(_) => {
+                    let mut batch = batch;
+                    match batch.split_off() {
+                        Some(right) => {
+                            // Bisect: one bad row must not take its neighbours with it.
+                            self.replay.down = false;
+                            self.bisected.push_front(right);
+                            self.bisected.push_front(batch);
+                        }
+                        None => self.replay_rejected(&spool, batch, &e),
+                    }
+                }
+                Class::Broken(status) => {
+                    spool.replay_done(batch, ReplayEnd::Failed);
+                    self.give_back_bisected(&spool);
+                    self.set_broken(status, &e);
+                    // Not delivered, and kept in the spool.
+                    self.report_broken(status, &api_message(&e), n, 0);
+                    crate::util::diag::warn_limited!(error = %e, "could not replay spooled rows; they stay in the spool");
+                }
+                _ => {
+                    spool.replay_done(batch, ReplayEnd::Failed);
+                    self.give_back_bisected(&spool);
+                    self.replay.down = true;
+                    self.replay.wanted = false;
+                    self.schedule_probe();
+                    crate::util::diag::warn_limited!(error = %e, "could not replay spooled rows; they stay in the spool");
+                }
+            },
+        }
+    }
+
+    /// Halves of a bisected batch not sent yet go back to the spool's next pass.
+    pub(super) fn give_back_bisected(&mut self, spool: &Spool) {
+        for b in self.bisected.drain(..) {
+            spool.replay_done(b, ReplayEnd::Failed);
+        }
+    }
+
+    pub(super) fn replay_rejected(&mut self, spool: &Spool, batch: ReplayBatch, e: &Error) {
+        let n = batch.rows.len() as u64;
+        let status = match e {
+            Error::Api { status, .. } => Some(*status),
+            _ => None,
+        };
+        self.replay.down = false;
+        self.counters.drop_spooled(DropReason::Rejected, n);
+        self.report_rejected(&batch.pipeline.clone(), n, status, e);
+        spool.replay_done(batch, ReplayEnd::Rejected);
+    }
+}

@@ -1,0 +1,154 @@
+//! Row updates: held back behind the row they update while it is batched or in flight,
+//! then sent on their own, settled, spooled or given up on.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::Flusher;
+use super::batch::Update;
+use super::settle::{Class, api_message, classify};
+use crate::error::Error;
+use crate::export::budget::Tier;
+use crate::record::row_update::RowUpdate;
+use crate::report::{DeliveryFailure, DropReason, notify};
+
+impl Flusher {
+    /// Takes a row update: held back while a row with its inference id is on its way
+    /// here, else ready to be sent.
+    pub(super) fn accept_update(&mut self, update: RowUpdate) {
+        let Some(pipeline) = update
+            .pipeline
+            .clone()
+            .or_else(|| self.default_pipeline.clone())
+        else {
+            return self.no_pipeline(1);
+        };
+        let u = Update {
+            update,
+            pipeline,
+            epoch: self.epochs.acquire(),
+        };
+        let id = u.update.inference_id.clone();
+        if self.rows_by_id.contains_key(&id) {
+            self.held.entry(id).or_default().push(u);
+        } else {
+            // On its way: later updates of the same row wait for it, so that they reach
+            // the platform in order (the last write wins there).
+            *self.rows_by_id.entry(id).or_default() += 1;
+            self.updates.push_back(u);
+        }
+    }
+
+    /// A row or row update with `inference_id` is settled: when nothing else with that id
+    /// is on its way, the next held update (only one: updates of a row go one at a time,
+    /// in order) becomes ready.
+    pub(super) fn row_settled(&mut self, inference_id: &str) {
+        let Some(n) = self.rows_by_id.get_mut(inference_id) else {
+            return;
+        };
+        *n -= 1;
+        if *n > 0 {
+            return;
+        }
+        match self.held.get_mut(inference_id) {
+            Some(queue) if !queue.is_empty() => {
+                let next = queue.remove(0);
+                if queue.is_empty() {
+                    self.held.remove(inference_id);
+                }
+                *n = 1;
+                self.updates.push_back(next);
+            }
+            _ => {
+                self.rows_by_id.remove(inference_id);
+                self.held.remove(inference_id);
+            }
+        }
+    }
+
+    pub(super) fn update_done(&mut self, u: Update, result: Result<(), Error>) {
+        let id = u.update.inference_id.clone();
+        self.update_settled(u, result);
+        self.row_settled(&id);
+    }
+
+    pub(super) fn update_settled(&mut self, u: Update, result: Result<(), Error>) {
+        match result {
+            Ok(()) => {
+                self.epochs.release(u.epoch);
+                self.counters.sent.fetch_add(1, Relaxed);
+                self.counters.settled.fetch_add(1, Relaxed);
+                self.server_is_up();
+            }
+            Err(e) => match classify(&e) {
+                Class::Rejected(status) => {
+                    self.epochs.release(u.epoch);
+                    self.counters.drop_rows(DropReason::Rejected, 1);
+                    self.counters.settled.fetch_add(1, Relaxed);
+                    self.report_rejected(&u.pipeline.clone(), 1, status, &e);
+                }
+                Class::Broken(status) => {
+                    self.set_broken(status, &e);
+                    self.epochs.release(u.epoch);
+                    let spooled = self.store_update(u, DropReason::Rejected);
+                    self.report_broken(
+                        status,
+                        &api_message(&e),
+                        u64::from(spooled),
+                        u64::from(!spooled),
+                    );
+                }
+                Class::Deadline => self.give_up_update(u, DropReason::Deadline, None, &e),
+                Class::Retryable(status) => {
+                    self.give_up_update(u, DropReason::RetriesExhausted, status, &e)
+                }
+            },
+        }
+    }
+
+    /// A row update that will not be delivered now: spooled when there is a spool (the
+    /// spool writer counts it once on disk), else dropped.
+    pub(super) fn give_up_update(
+        &mut self,
+        u: Update,
+        reason: DropReason,
+        status: Option<u16>,
+        e: &Error,
+    ) {
+        self.replay.down = true;
+        self.epochs.release(u.epoch);
+        let spooled = self.store_update(u, reason);
+        if spooled {
+            crate::util::diag::warn_limited!(error = %e, "a row update was not delivered; spooled");
+            self.schedule_probe();
+        } else {
+            crate::util::diag::warn_limited!(error = %e, "a row update was not delivered; dropped (counted)");
+        }
+        notify(
+            self.on_failure.as_ref(),
+            DeliveryFailure {
+                rows: 1,
+                dropped: (!spooled).then_some(reason),
+                status,
+                message: e.to_string(),
+            },
+        );
+    }
+
+    /// Keeps a row update in the spool (which counts it once on disk), or drops it as
+    /// `reason`; returns whether it was spooled. Its epoch is released by the caller.
+    pub(super) fn store_update(&mut self, u: Update, reason: DropReason) -> bool {
+        let update = RowUpdate {
+            pipeline: Some(u.pipeline),
+            ..u.update
+        };
+        let spooled = match &self.spool {
+            Some(s) => s.send_updates(vec![update], reason, Tier::Spool).is_ok(),
+            None => false,
+        };
+        if !spooled {
+            self.counters.drop_rows(reason, 1);
+            self.counters.settled.fetch_add(1, Relaxed);
+        }
+        spooled
+    }
+}

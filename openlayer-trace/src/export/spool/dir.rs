@@ -1,0 +1,126 @@
+//! The spool directory on disk: its layout (segment and sidecar names), the OS lock that
+//! gives it to one process, private files and directories, and reading the sidecars.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+/// The bookkeeping's subdirectory: the spool directory itself holds only segments, so
+/// that it reads as a set of local trace files (`openlayer show DIR`).
+pub(super) const STATE_DIR: &str = "state";
+pub(super) const LOCK_FILE: &str = "lock";
+pub(super) const DATA_EXT: &str = "jsonl";
+pub(super) const ACK_EXT: &str = "acks";
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(unix)]
+pub(super) fn private_file(o: &mut OpenOptions) -> &mut OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    o.mode(0o600)
+}
+
+#[cfg(not(unix))]
+pub(super) fn private_file(o: &mut OpenOptions) -> &mut OpenOptions {
+    o
+}
+
+pub(super) fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+}
+
+/// Makes a new directory entry durable.
+pub(super) fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+/// Takes the spool for this process: an OS file lock on `state/lock` (`flock` on unix,
+/// `LockFileEx` on Windows), held for as long as the returned file is open and released
+/// by the kernel when the process dies, whatever its PID namespace. The file names the
+/// owner's process id, for the error message of the next process that tries.
+pub(super) fn take_lock(state: &Path) -> io::Result<File> {
+    let path = state.join(LOCK_FILE);
+    let mut file = private_file(
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false),
+    )
+    .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let owner = fs::read_to_string(&path).unwrap_or_default();
+            let owner = owner.trim();
+            return Err(io::Error::other(format!(
+                "the spool directory {} is in use by process {} (it holds the lock {})",
+                state.parent().unwrap_or(state).display(),
+                if owner.is_empty() { "?" } else { owner },
+                path.display()
+            )));
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(e),
+    }
+    file.set_len(0)?;
+    file.write_all(std::process::id().to_string().as_bytes())?;
+    Ok(file)
+}
+
+pub(super) fn parse_seq(name: &str, ext: &str) -> Option<u64> {
+    let stem = name.strip_suffix(ext)?.strip_suffix('.')?;
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| stem.parse().ok())
+        .flatten()
+}
+
+pub(super) fn read_acks(path: &Path) -> HashSet<u64> {
+    let Ok(text) = fs::read_to_string(path) else {
+        return HashSet::new();
+    };
+    // Only newline-terminated records count: a torn last record is ignored.
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    complete
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Counts the complete lines of a file; returns (lines, length of the complete lines).
+pub(super) fn count_lines(path: &Path) -> io::Result<(u64, u64)> {
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut lines, mut pos, mut end) = (0u64, 0u64, 0u64);
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok((lines, end));
+        }
+        for (i, b) in buf[..n].iter().enumerate() {
+            if *b == b'\n' {
+                lines += 1;
+                end = pos + i as u64 + 1;
+            }
+        }
+        pos += n as u64;
+    }
+}

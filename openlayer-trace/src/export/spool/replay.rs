@@ -1,0 +1,328 @@
+//! Replay: reading unacknowledged lines back in batches (on the flusher's thread), and
+//! settling each batch once it is sent.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::sync::atomic::Ordering::SeqCst;
+
+use super::dir::lock;
+use super::line::{Parsed, parse_line, row_id};
+use super::segment::Index;
+use super::{Job, Spool};
+use crate::report::DropReason;
+
+/// A batch of spooled lines to send again: data-stream rows of one pipeline and one
+/// config, or one row update.
+#[derive(Debug)]
+pub(crate) struct ReplayBatch {
+    pub(super) seq: u64,
+    pub(super) offsets: Vec<u64>,
+    pub pipeline: String,
+    /// The data-stream config; for a row update, its config (empty when it has none).
+    pub config: String,
+    /// The rows; for a row update, its one row (the columns to set).
+    pub rows: Vec<String>,
+    pub(super) ids: Vec<String>,
+    /// For each line (offset): how many rows and how many ids it gave.
+    pub(super) per_line: Vec<(usize, usize)>,
+    /// For a row update, the inference id of the row it updates.
+    pub update: Option<String>,
+}
+
+impl ReplayBatch {
+    /// Splits off the second half of a batch of several lines (for bisecting a rejected
+    /// batch); `None` for a batch of one line.
+    pub(crate) fn split_off(&mut self) -> Option<ReplayBatch> {
+        if self.update.is_some() || self.offsets.len() < 2 {
+            return None;
+        }
+        let half = self.offsets.len() / 2;
+        let (rows, ids) = self.per_line[..half]
+            .iter()
+            .fold((0, 0), |(r, i), (lr, li)| (r + lr, i + li));
+        Some(ReplayBatch {
+            seq: self.seq,
+            offsets: self.offsets.split_off(half),
+            pipeline: self.pipeline.clone(),
+            config: self.config.clone(),
+            rows: self.rows.split_off(rows),
+            ids: self.ids.split_off(ids),
+            per_line: self.per_line.split_off(half),
+            update: None,
+        })
+    }
+}
+
+/// How a replayed batch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplayEnd {
+    /// 2xx: the rows are gone from the spool.
+    Acked,
+    /// Rejected for good (a non-retryable 4xx): gone too, counted by the caller.
+    Rejected,
+    /// Not delivered: the rows stay for the next pass.
+    Failed,
+}
+
+/// How a row update keeps its place behind the lines before it during a replay.
+struct Order {
+    /// A line of an earlier segment is still being replayed.
+    earlier_busy: bool,
+    /// Set when a row update was reached that must wait: the replay stops there.
+    held: bool,
+}
+
+impl Spool {
+    /// Whether some spooled rows could be replayed now. Asks for the write-ahead segment
+    /// to be rotated when rows given up on wait in it behind rows still on their way.
+    pub(crate) fn has_replayable(&self) -> bool {
+        let index = lock(&self.index);
+        let mut any = false;
+        for seg in index.segments.values() {
+            let l = &seg.live;
+            let end = l.bytes.load(SeqCst);
+            if seg.cursor >= end {
+                continue;
+            }
+            if l.outstanding.load(SeqCst) == 0 {
+                any = true;
+            } else if !l.sealed.load(SeqCst) && l.gave_up.load(SeqCst) && self.wa.is_some() {
+                // Seal it so that it settles and becomes replayable.
+                if !self.rotate_requested.swap(true, SeqCst) {
+                    self.maintain_requested.store(true, SeqCst);
+                    let _ = self.jobs.send(Job::Maintain);
+                }
+            }
+        }
+        any
+    }
+
+    /// The next batch of spooled rows to send: the oldest unacknowledged lines of the
+    /// oldest replayable segment that share one pipeline and config, within the limits.
+    pub(crate) fn next_replay(
+        &self,
+        max_rows: usize,
+        max_bytes: usize,
+        default_pipeline: Option<&str>,
+    ) -> Option<ReplayBatch> {
+        let mut index = lock(&self.index);
+        let seqs: Vec<u64> = index.segments.keys().copied().collect();
+        // Whether a line of an earlier segment is still being replayed: a row update
+        // after it waits.
+        let mut earlier = false;
+        for seq in seqs {
+            let (end, eligible, busy) = {
+                let seg = &index.segments[&seq];
+                let busy = !seg.inflight.is_empty();
+                let end = seg.live.bytes.load(SeqCst);
+                let eligible = seg.cursor < end && seg.live.outstanding.load(SeqCst) == 0;
+                (end, eligible, busy)
+            };
+            if !eligible {
+                earlier |= busy;
+                continue;
+            }
+            let mut order = Order {
+                earlier_busy: earlier,
+                held: false,
+            };
+            let read = self.read_batch(
+                &mut index,
+                seq,
+                end,
+                (max_rows, max_bytes),
+                default_pipeline,
+                &mut order,
+            );
+            match read {
+                Ok(Some(batch)) => return Some(batch),
+                Ok(None) if order.held => return None,
+                Ok(None) => earlier |= busy,
+                Err(e) => {
+                    crate::util::diag::warn_limited!(path = %self.data_path(seq).display(), error = %e, "could not read a spool file");
+                }
+            }
+        }
+        None
+    }
+
+    fn read_batch(
+        &self,
+        index: &mut Index,
+        seq: u64,
+        end: u64,
+        (max_rows, max_bytes): (usize, usize),
+        default_pipeline: Option<&str>,
+        order: &mut Order,
+    ) -> io::Result<Option<ReplayBatch>> {
+        let path = self.data_path(seq);
+        let Index { segments, .. } = index;
+        let seg = segments.get_mut(&seq).expect("listed above");
+        let mut file = File::open(&path)?;
+        file.seek(SeekFrom::Start(seg.cursor))?;
+        let mut reader = BufReader::new(file.take(end - seg.cursor));
+        let mut pos = seg.cursor;
+        let mut line = Vec::new();
+        let mut batch: Option<ReplayBatch> = None;
+        let mut batch_bytes = 0usize;
+        let mut to_ack = Vec::new();
+        let mut unreadable = 0u64;
+        let mut no_pipeline = 0u64;
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line)?;
+            if n == 0 {
+                break;
+            }
+            if line.last() != Some(&b'\n') {
+                // A torn last line (the writer died mid-write): never complete, ignore.
+                if seg.live.sealed.load(SeqCst) {
+                    seg.live.bytes.store(pos, SeqCst);
+                }
+                break;
+            }
+            let offset = pos;
+            pos += n as u64;
+            if seg.acked.contains(&offset) || seg.inflight.contains(&offset) {
+                seg.cursor = pos;
+                continue;
+            }
+            // A write interrupted by a crash may leave NUL bytes before the next line.
+            let text = std::str::from_utf8(&line)
+                .map(|t| t.trim_matches(|c: char| c == '\0' || c.is_whitespace()))
+                .unwrap_or("");
+            let parsed = match parse_line(text) {
+                Some(Parsed::Stream(line)) => line,
+                Some(Parsed::Update(u)) => {
+                    if batch.is_some() {
+                        break; // the next batch starts here
+                    }
+                    let Some(pipeline) = u
+                        .pipeline_id
+                        .clone()
+                        .or_else(|| default_pipeline.map(str::to_string))
+                    else {
+                        no_pipeline += 1;
+                        to_ack.push(offset);
+                        seg.cursor = pos;
+                        continue;
+                    };
+                    if order.earlier_busy || !seg.inflight.is_empty() {
+                        // Lines before it (its trace's row, maybe) are still being
+                        // replayed: it waits for them, and so does everything after it.
+                        order.held = true;
+                        break;
+                    }
+                    seg.inflight.insert(offset);
+                    seg.cursor = pos;
+                    batch = Some(ReplayBatch {
+                        seq,
+                        offsets: vec![offset],
+                        pipeline,
+                        config: u.config.map(|c| c.get().to_string()).unwrap_or_default(),
+                        rows: vec![u.row.get().to_string()],
+                        ids: Vec::new(),
+                        per_line: vec![(1, 0)],
+                        update: Some(u.inference_id),
+                    });
+                    break;
+                }
+                None => {
+                    unreadable += 1;
+                    to_ack.push(offset);
+                    seg.cursor = pos;
+                    continue;
+                }
+            };
+            let Some(pipeline) = parsed
+                .pipeline_id
+                .clone()
+                .or_else(|| default_pipeline.map(str::to_string))
+            else {
+                no_pipeline += parsed.rows.len() as u64;
+                to_ack.push(offset);
+                seg.cursor = pos;
+                continue;
+            };
+            let config = parsed.config.get();
+            if let Some(b) = &batch
+                && (b.pipeline != pipeline || b.config != config)
+            {
+                break; // the next batch starts here
+            }
+            // Deduplicated by position (a line is acknowledged or in flight by its offset),
+            // never by `inferenceId`: two distinct rows may share one.
+            let mut rows = Vec::new();
+            let mut ids = Vec::new();
+            for row in &parsed.rows {
+                rows.push(row.get().to_string());
+                ids.push(row_id(row));
+            }
+            if rows.is_empty() {
+                to_ack.push(offset);
+                seg.cursor = pos;
+                continue;
+            }
+            let size: usize = rows.iter().map(|r| r.len() + 1).sum();
+            if let Some(b) = &batch
+                && (b.rows.len() + rows.len() > max_rows
+                    || batch_bytes + size + b.config.len() + 32 > max_bytes)
+            {
+                break;
+            }
+            let b = batch.get_or_insert_with(|| ReplayBatch {
+                seq,
+                offsets: Vec::new(),
+                pipeline: pipeline.clone(),
+                config: config.to_string(),
+                rows: Vec::new(),
+                ids: Vec::new(),
+                per_line: Vec::new(),
+                update: None,
+            });
+            batch_bytes += size;
+            b.offsets.push(offset);
+            let known = ids.iter().flatten().count();
+            b.per_line.push((rows.len(), known));
+            b.rows.extend(rows);
+            b.ids.extend(ids.into_iter().flatten());
+            seg.inflight.insert(offset);
+            seg.cursor = pos;
+        }
+        if unreadable > 0 {
+            self.counters.drop_spooled(DropReason::Encoding, unreadable);
+            crate::util::diag::warn_limited!(path = %path.display(), lines = unreadable, "unreadable lines in the spool were skipped (counted)");
+        }
+        if no_pipeline > 0 {
+            self.counters
+                .drop_spooled(DropReason::NoPipeline, no_pipeline);
+            crate::util::diag::warn_limited!(path = %path.display(), rows = no_pipeline, "spooled rows without an inference pipeline id were dropped (counted)");
+        }
+        if !to_ack.is_empty() {
+            self.ack_locked(index, seq, &to_ack);
+            self.delete_if_done(index, seq);
+        }
+        Ok(batch)
+    }
+
+    /// Records how a replayed batch ended.
+    pub(crate) fn replay_done(&self, batch: ReplayBatch, end: ReplayEnd) {
+        let mut index = lock(&self.index);
+        match end {
+            ReplayEnd::Acked | ReplayEnd::Rejected => {
+                self.ack_locked(&mut index, batch.seq, &batch.offsets);
+                self.delete_if_done(&mut index, batch.seq);
+            }
+            ReplayEnd::Failed => {
+                if let Some(seg) = index.segments.get_mut(&batch.seq) {
+                    for o in &batch.offsets {
+                        seg.inflight.remove(o);
+                    }
+                    if let Some(first) = batch.offsets.iter().min() {
+                        seg.cursor = seg.cursor.min(*first);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+use std::path::Path;
+
+use super::dir::LOCK_FILE;
+use super::replay::ReplayEnd;
+use super::writer::run_writer;
+use super::*;
+use crate::encode::row_policy::Shaper;
+
+fn budget(config: &Config) -> Arc<Budget> {
+    Arc::new(Budget::new(config.queue_max_bytes))
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "openlayer-spool-unit-{name}-{}",
+        std::process::id()
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    dir
+}
+
+fn config(dir: &Path) -> Config {
+    Config::builder()
+        .spool_dir(dir)
+        .spool_max_bytes(1024 * 1024)
+        .build()
+        .unwrap()
+}
+
+/// Every regular file under `dir`.
+/// The files of a spool directory, but its lock file (which stays).
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_in(&path));
+        } else if path.file_name().is_none_or(|n| n != LOCK_FILE) {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn row(id: &str) -> OutRow {
+    OutRow {
+        pipeline: "pipe".into(),
+        config: r#"{"outputColumnName":"output"}"#.into(),
+        row: format!(r#"{{"inferenceId":"{id}","output":"x"}}"#),
+        inference_id: id.into(),
+    }
+}
+
+fn start(dir: &Path) -> (Arc<Spool>, Arc<Counters>, std::thread::JoinHandle<()>) {
+    let counters = Arc::new(Counters::default());
+    let config = config(dir);
+    let (spool, rx) = Spool::open(&config, counters.clone(), budget(&config)).unwrap();
+    let s = spool.clone();
+    let shaper = Shaper::new(&config);
+    let t = std::thread::spawn(move || run_writer(s, rx, shaper, None));
+    (spool, counters, t)
+}
+
+fn stop(spool: &Spool, t: std::thread::JoinHandle<()>) {
+    let done = Arc::new(Completion::default());
+    spool.close(vec![done.clone()]);
+    assert!(done.wait_until(std::time::Instant::now() + std::time::Duration::from_secs(5)));
+    t.join().unwrap();
+}
+
+fn drain(spool: &Spool) -> Vec<String> {
+    let mut ids = Vec::new();
+    while let Some(b) = spool.next_replay(1000, 1 << 20, None) {
+        ids.extend(b.ids.iter().cloned());
+        spool.replay_done(b, ReplayEnd::Acked);
+    }
+    ids
+}
+
+#[test]
+fn rows_survive_a_restart_and_are_replayed_once() {
+    let dir = temp_dir("restart");
+    let (spool, counters, t) = start(&dir);
+    spool
+        .send_rows(
+            vec![row("a"), row("b"), row("c")],
+            DropReason::RetriesExhausted,
+            Tier::Spool,
+        )
+        .unwrap();
+    let done = Arc::new(Completion::default());
+    spool.barrier(done.clone());
+    assert!(done.wait_until(std::time::Instant::now() + std::time::Duration::from_secs(5)));
+    assert_eq!(counters.spooled.load(Relaxed), 3);
+    // One batch taken and acknowledged in this process.
+    let first = spool.next_replay(1, 1 << 20, None).unwrap();
+    assert_eq!(first.ids, ["a"]);
+    assert_eq!(first.pipeline, "pipe");
+    spool.replay_done(first, ReplayEnd::Acked);
+    // Another one fails: it stays.
+    let second = spool.next_replay(1, 1 << 20, None).unwrap();
+    assert_eq!(second.ids, ["b"]);
+    spool.replay_done(second, ReplayEnd::Failed);
+    stop(&spool, t);
+    drop(spool);
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(STATE_DIR)), 0o700);
+        let files = files_in(&dir);
+        assert!(files.len() >= 2, "{files:?}");
+        for f in files {
+            assert_eq!(mode(&f), 0o600, "{f:?}");
+        }
+    }
+    // The directory reads as local trace files (what `openlayer show DIR` does).
+    for e in fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.is_file() {
+            assert_eq!(path.extension().unwrap(), DATA_EXT);
+            let lines: Vec<_> = crate::export::local_file::read_local_file(&path)
+                .unwrap()
+                .collect();
+            assert!(lines.iter().all(|l| l.line.is_ok()), "{lines:?}");
+            assert_eq!(lines.len(), 3);
+        }
+    }
+
+    let (spool, _, t) = start(&dir);
+    assert!(spool.has_replayable());
+    assert_eq!(drain(&spool), ["b", "c"]);
+    assert!(!spool.has_replayable());
+    stop(&spool, t);
+    let left = files_in(&dir);
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn write_ahead_rows_are_replayed_only_when_given_up() {
+    let dir = temp_dir("ahead");
+    let counters = Arc::new(Counters::default());
+    let config = Config::builder()
+        .spool_dir(&dir)
+        .spool_mode(SpoolMode::WriteAhead)
+        .build()
+        .unwrap();
+    let (spool, rx) = Spool::open(&config, counters, budget(&config)).unwrap();
+    let s = spool.clone();
+    let shaper = Shaper::new(&config);
+    let t = std::thread::spawn(move || run_writer(s, rx, shaper, None));
+    let a = spool.append_ahead(&row("a").spool_line()).unwrap();
+    let b = spool.append_ahead(&row("b").spool_line()).unwrap();
+    // Both on their way: nothing to replay, even though they are on disk.
+    assert!(spool.next_replay(10, 1 << 20, None).is_none());
+    spool.ack_ahead([a]);
+    assert!(spool.next_replay(10, 1 << 20, None).is_none());
+    spool.give_up(b);
+    assert_eq!(drain(&spool), ["b"]);
+    stop(&spool, t);
+    assert!(files_in(&dir).is_empty(), "{:?}", files_in(&dir));
+}
+
+#[test]
+fn a_live_owner_keeps_the_directory() {
+    let dir = temp_dir("lock");
+    let open = || {
+        Spool::open(
+            &config(&dir),
+            Arc::new(Counters::default()),
+            budget(&config(&dir)),
+        )
+    };
+    let (owner, _jobs) = open().unwrap();
+    // Whatever the lock file says, the OS lock decides.
+    fs::write(dir.join(STATE_DIR).join(LOCK_FILE), "4194304").unwrap();
+    let e = open().unwrap_err();
+    assert!(e.to_string().contains("is in use by process"), "{e}");
+    // Released with the spool: a new configuration of this process takes it.
+    drop(owner);
+    assert!(open().is_ok());
+}
+
+#[test]
+fn eviction_drops_the_oldest_and_counts_it() {
+    let dir = temp_dir("evict");
+    let counters = Arc::new(Counters::default());
+    let config = Config::builder()
+        .spool_dir(&dir)
+        .spool_max_bytes(200 * 1024)
+        .build()
+        .unwrap();
+    let (spool, rx) = Spool::open(&config, counters.clone(), budget(&config)).unwrap();
+    let s = spool.clone();
+    let shaper = Shaper::new(&config);
+    let t = std::thread::spawn(move || run_writer(s, rx, shaper, None));
+    let pad = "p".repeat(1000);
+    for i in 0..400 {
+        let mut r = row(&format!("id-{i}"));
+        r.row = format!(r#"{{"inferenceId":"id-{i}","output":"{pad}"}}"#);
+        // Wait for room in the writer's backlog rather than dropping.
+        let mut rows = vec![r];
+        while let Err(back) = spool.send_rows(rows, DropReason::RetriesExhausted, Tier::Spool) {
+            rows = back;
+            std::thread::yield_now();
+        }
+    }
+    let done = Arc::new(Completion::default());
+    spool.barrier(done.clone());
+    assert!(done.wait_until(std::time::Instant::now() + std::time::Duration::from_secs(10)));
+    let on_disk: u64 = files_in(&dir)
+        .iter()
+        .map(|f| fs::metadata(f).unwrap().len())
+        .sum();
+    assert!(on_disk <= 200 * 1024, "{on_disk}");
+    let evicted = counters.spool_evicted.load(Relaxed);
+    assert!(evicted > 0);
+    let ids = drain(&spool);
+    assert_eq!(ids.len() as u64 + evicted, 400);
+    // The newest rows are the ones kept.
+    assert_eq!(ids.last().map(String::as_str), Some("id-399"));
+    stop(&spool, t);
+}
+
+#[test]
+fn the_writer_backlog_counts_in_the_shared_memory_budget() {
+    let dir = temp_dir("budget");
+    let counters = Arc::new(Counters::default());
+    let config = Config::builder()
+        .spool_dir(&dir)
+        .queue_max_bytes(64 * 1024)
+        .build()
+        .unwrap();
+    let budget = budget(&config);
+    // No writer thread: the backlog only fills.
+    let (spool, _rx) = Spool::open(&config, counters, budget.clone()).unwrap();
+    let one = |i: usize| {
+        let mut r = row(&format!("id-{i}"));
+        r.row = format!(
+            r#"{{"inferenceId":"id-{i}","output":"{}"}}"#,
+            "p".repeat(500)
+        );
+        vec![r]
+    };
+    let per = |rows: Vec<OutRow>| {
+        heap_bytes(rows.capacity() * size_of::<OutRow>()) + rows[0].held_bytes() + size_of::<Job>()
+    };
+    let mut taken = 0;
+    while spool
+        .send_rows(one(taken), DropReason::QueueFull, Tier::Overflow)
+        .is_ok()
+    {
+        taken += 1;
+    }
+    // Traced code's overflow stops at half of the writer's share (4 KiB of 64), each
+    // row counted with what it holds, not its length.
+    let used = budget.used();
+    assert!(taken > 0);
+    assert!(used <= 4 * 1024, "{used}");
+    assert!(used + per(one(taken)) > 4 * 1024, "{used}");
+    assert!(used >= taken * per(one(0)), "{used}");
+    // The worker's rows may go on to the writer's whole share, never past it.
+    let mut more = taken;
+    while spool
+        .send_rows(one(more), DropReason::RetriesExhausted, Tier::Spool)
+        .is_ok()
+    {
+        more += 1;
+    }
+    assert!(more > taken);
+    let used = budget.used();
+    assert!(used <= 8 * 1024, "{used}");
+    assert!(used + per(one(more)) > 8 * 1024, "{used}");
+    let _ = fs::remove_dir_all(&dir);
+}

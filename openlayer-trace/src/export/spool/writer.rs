@@ -1,0 +1,436 @@
+//! The spool writer thread: appends handed-off rows to its segment, syncs, evicts the
+//! oldest segments, rotates the write-ahead segment, and seals everything on close.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::mpsc;
+
+use super::dir::{count_lines, lock};
+use super::segment::{LiveSeg, WaWriter};
+use super::{Job, Spool};
+use crate::encode::OutRow;
+use crate::encode::row_policy::Shaper;
+use crate::record::CompletedTrace;
+use crate::record::row_update::RowUpdate;
+use crate::report::{Counters, DeliveryFailure, DropReason, notify};
+
+impl Spool {
+    /// Counts the lines of segments left by earlier processes, and deletes those already
+    /// fully acknowledged.
+    fn scan_old_segments(&self) {
+        let unknown: Vec<u64> = lock(&self.index)
+            .segments
+            .values()
+            .filter(|s| !s.live.lines_known.load(SeqCst))
+            .map(|s| s.live.seq)
+            .collect();
+        for seq in unknown {
+            let counted = count_lines(&self.data_path(seq));
+            let mut index = lock(&self.index);
+            let Some(seg) = index.segments.get(&seq) else {
+                continue;
+            };
+            match counted {
+                Ok((lines, end)) => {
+                    seg.live.lines.store(lines, SeqCst);
+                    seg.live.bytes.store(end, SeqCst);
+                    seg.live.lines_known.store(true, SeqCst);
+                    self.delete_if_done(&mut index, seq);
+                }
+                Err(e) => {
+                    crate::util::diag::warn_limited!(path = %self.data_path(seq).display(), error = %e, "could not read a spool file");
+                }
+            }
+        }
+    }
+
+    /// Evicts the oldest segment that nothing in this process still uses; false when
+    /// there is none.
+    fn evict_oldest(&self) -> bool {
+        let mut index = lock(&self.index);
+        let candidate = index
+            .segments
+            .values()
+            .find(|s| {
+                s.live.sealed.load(SeqCst)
+                    && s.live.outstanding.load(SeqCst) == 0
+                    && s.inflight.is_empty()
+            })
+            .map(|s| s.live.seq);
+        let Some(seq) = candidate else {
+            return false;
+        };
+        let seg = &index.segments[&seq];
+        let lines = if seg.live.lines_known.load(SeqCst) {
+            seg.live.lines.load(SeqCst)
+        } else {
+            count_lines(&self.data_path(seq)).map_or(0, |(l, _)| l)
+        };
+        let evicted = lines.saturating_sub(seg.acked.len() as u64);
+        self.remove_segment(&mut index, seq);
+        drop(index);
+        if evicted > 0 {
+            self.counters
+                .drop_spooled(DropReason::SpoolEvicted, evicted);
+            crate::util::diag::warn_limited!(dir = %self.dir.display(), rows = evicted, "the spool is full; its oldest rows were evicted (counted)");
+            notify(
+                self.on_failure.as_ref(),
+                DeliveryFailure {
+                    rows: evicted,
+                    dropped: Some(DropReason::SpoolEvicted),
+                    status: None,
+                    message: "the spool is full; its oldest rows were evicted".into(),
+                },
+            );
+        }
+        true
+    }
+
+    /// Replaces the write-ahead segment with a new one and seals the old one.
+    fn rotate_ahead(&self) {
+        self.rotate_requested.store(false, SeqCst);
+        let Some(wa) = &self.wa else { return };
+        {
+            let w = lock(wa);
+            if w.len == 0 && !w.broken {
+                return;
+            }
+        }
+        let (live, file) = match self.new_segment() {
+            Ok(s) => s,
+            Err(e) => {
+                crate::util::diag::warn_limited!(dir = %self.dir.display(), error = %e, "could not create a spool file");
+                return;
+            }
+        };
+        let old = std::mem::replace(
+            &mut *lock(wa),
+            WaWriter {
+                live,
+                file,
+                len: 0,
+                broken: false,
+            },
+        );
+        old.live.sealed.store(true, SeqCst);
+        drop(old.file);
+        let mut index = lock(&self.index);
+        self.delete_if_done(&mut index, old.live.seq);
+    }
+}
+
+/// The spool writer's open segment.
+struct Current {
+    live: Arc<LiveSeg>,
+    file: File,
+    len: u64,
+    dirty: bool,
+}
+
+/// Rows written but not yet synced, to count once they are.
+#[derive(Default)]
+struct Unsynced {
+    rows: u64,
+    /// Of which traces that overflowed the queue (reported to `on_failure` together).
+    overflowed: u64,
+}
+
+/// The spool writer thread: appends handed-off rows, syncs, evicts, rotates.
+pub(crate) fn run_writer(
+    spool: Arc<Spool>,
+    jobs: mpsc::Receiver<Job>,
+    shaper: Shaper,
+    default_pipeline: Option<String>,
+) {
+    spool.scan_old_segments();
+    let mut w = Writer {
+        spool: &spool,
+        current: None,
+        unsynced: Unsynced::default(),
+        shaper,
+        default_pipeline,
+    };
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut barriers = Vec::new();
+        let mut close = None;
+        for job in batch {
+            match job {
+                Job::Trace(trace, bytes) => {
+                    spool.release(1, bytes);
+                    w.write_trace(&trace);
+                }
+                Job::Rows(rows, reason, bytes) => {
+                    spool.release(rows.len(), bytes);
+                    w.write_rows(rows, reason);
+                }
+                Job::Updates(updates, reason, bytes) => {
+                    spool.release(updates.len(), bytes);
+                    w.write_updates(updates, reason);
+                }
+                Job::Barrier(done) => barriers.push(done),
+                Job::Maintain => w.maintain(),
+                Job::Close(done) => close = Some(done),
+            }
+        }
+        w.sync();
+        spool.written.notify_one();
+        for done in barriers {
+            done.complete();
+        }
+        if let Some(done) = close {
+            w.close();
+            for d in done {
+                d.complete();
+            }
+            return;
+        }
+    }
+    w.close();
+}
+
+struct Writer<'a> {
+    spool: &'a Spool,
+    current: Option<Current>,
+    unsynced: Unsynced,
+    shaper: Shaper,
+    default_pipeline: Option<String>,
+}
+
+impl Writer<'_> {
+    fn counters(&self) -> &Counters {
+        &self.spool.counters
+    }
+
+    fn write_trace(&mut self, trace: &CompletedTrace) {
+        let c = &self.spool.counters;
+        let Some(row) = self.shaper.prepare(trace).into_row(c) else {
+            return;
+        };
+        match OutRow::resolve(row, self.default_pipeline.as_deref()) {
+            Some(row) => {
+                if self.write_rows(vec![row], DropReason::QueueFull) {
+                    self.unsynced.overflowed += 1;
+                }
+            }
+            None => {
+                c.drop_rows(DropReason::NoPipeline, 1);
+                c.settled.fetch_add(1, Relaxed);
+                crate::util::diag::warn_limited!(
+                    "no inference pipeline id is configured; traces are dropped (counted)"
+                );
+            }
+        }
+    }
+
+    /// Appends rows (settled by this thread: spooled once synced, or dropped). Returns
+    /// whether they were written.
+    fn write_rows(&mut self, rows: Vec<OutRow>, reason: DropReason) -> bool {
+        if rows.is_empty() {
+            return true;
+        }
+        let n = rows.len() as u64;
+        let mut buf = String::new();
+        for r in &rows {
+            buf.push_str(&r.spool_line());
+        }
+        drop(rows);
+        self.write_lines(&buf, n, reason)
+    }
+
+    /// Appends row updates, one line each, like [`Writer::write_rows`].
+    fn write_updates(&mut self, updates: Vec<RowUpdate>, reason: DropReason) -> bool {
+        if updates.is_empty() {
+            return true;
+        }
+        let n = updates.len() as u64;
+        let mut buf = String::new();
+        for u in &updates {
+            buf.push_str(&u.file_line(None));
+            buf.push('\n');
+        }
+        drop(updates);
+        self.write_lines(&buf, n, reason)
+    }
+
+    /// Appends `n` whole lines (settled by this thread: spooled once synced, or dropped).
+    fn write_lines(&mut self, buf: &str, n: u64, reason: DropReason) -> bool {
+        match self.append(buf.as_bytes(), n) {
+            Ok(()) => {
+                self.unsynced.rows += n;
+                true
+            }
+            Err(e) => {
+                let c = self.counters();
+                c.drop_rows(reason, n);
+                c.settled.fetch_add(n, Relaxed);
+                crate::util::diag::warn_limited!(dir = %self.spool.dir.display(), error = %e, rows = n, "could not write to the spool; rows dropped (counted)");
+                notify(
+                    self.spool.on_failure.as_ref(),
+                    DeliveryFailure {
+                        rows: n,
+                        dropped: Some(reason),
+                        status: None,
+                        message: format!("could not write to the spool: {e}"),
+                    },
+                );
+                false
+            }
+        }
+    }
+
+    fn append(&mut self, buf: &[u8], lines: u64) -> io::Result<()> {
+        let need = buf.len() as u64;
+        if !self.make_room(need) {
+            return Err(io::Error::other(format!(
+                "the spool is full ({} bytes, limit {})",
+                self.spool.total.load(SeqCst),
+                self.spool.max_bytes
+            )));
+        }
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.len > 0 && c.len + need > self.spool.segment_bytes)
+        {
+            self.seal_current();
+        }
+        if self.current.is_none() {
+            let (live, file) = self.spool.new_segment()?;
+            self.current = Some(Current {
+                live,
+                file,
+                len: 0,
+                dirty: false,
+            });
+        }
+        let c = self.current.as_mut().expect("opened above");
+        if let Err(e) = (&c.file).write_all(buf) {
+            // A partial line may be there now: never append after it.
+            let on_disk = c.file.metadata().map(|m| m.len()).unwrap_or(c.len);
+            self.spool
+                .total
+                .fetch_add(on_disk.saturating_sub(c.len), SeqCst);
+            self.seal_current();
+            return Err(e);
+        }
+        c.len += need;
+        c.dirty = true;
+        c.live.lines.fetch_add(lines, SeqCst);
+        c.live.bytes.store(c.len, SeqCst);
+        self.spool.total.fetch_add(need, SeqCst);
+        Ok(())
+    }
+
+    /// Evicts the oldest data until `need` more bytes fit; false when they cannot.
+    fn make_room(&mut self, need: u64) -> bool {
+        let s = self.spool;
+        if need > s.max_bytes {
+            return false;
+        }
+        loop {
+            if s.total.load(SeqCst) + need <= s.max_bytes {
+                return true;
+            }
+            if s.evict_oldest() {
+                continue;
+            }
+            if self.current.as_ref().is_some_and(|c| c.len > 0) {
+                self.seal_current();
+                continue;
+            }
+            return false;
+        }
+    }
+
+    fn sync(&mut self) {
+        if let Some(c) = &mut self.current
+            && c.dirty
+        {
+            if let Err(e) = c.file.sync_data() {
+                crate::util::diag::warn_limited!(dir = %self.spool.dir.display(), error = %e, "could not sync the spool");
+            }
+            c.dirty = false;
+        }
+        let Unsynced { rows, overflowed } = std::mem::take(&mut self.unsynced);
+        if rows > 0 {
+            let c = self.counters();
+            c.spooled.fetch_add(rows, Relaxed);
+            c.settled.fetch_add(rows, Relaxed);
+        }
+        if overflowed > 0 {
+            notify(
+                self.spool.on_failure.as_ref(),
+                DeliveryFailure {
+                    rows: overflowed,
+                    dropped: None,
+                    status: None,
+                    message: "the trace queue was full; traces were spooled".into(),
+                },
+            );
+        }
+    }
+
+    fn seal_current(&mut self) {
+        if let Some(c) = self.current.take() {
+            if c.dirty {
+                let _ = c.file.sync_data();
+            }
+            c.live.sealed.store(true, SeqCst);
+            drop(c.file);
+            let mut index = lock(&self.spool.index);
+            self.spool.delete_if_done(&mut index, c.live.seq);
+        }
+    }
+
+    fn maintain(&mut self) {
+        self.spool.maintain_requested.store(false, SeqCst);
+        if self.spool.rotate_requested.load(SeqCst) {
+            self.spool.rotate_ahead();
+        }
+        while self.spool.total.load(SeqCst) > self.spool.max_bytes && self.spool.evict_oldest() {}
+        // A fully acknowledged segment of ours is replaced, so that it can be deleted.
+        let done = self.current.as_ref().is_some_and(|c| {
+            let index = lock(&self.spool.index);
+            index
+                .segments
+                .get(&c.live.seq)
+                .is_some_and(|s| s.acked.len() as u64 >= c.live.lines.load(SeqCst))
+        });
+        if done {
+            self.seal_current();
+        }
+    }
+
+    fn close(&mut self) {
+        self.sync();
+        self.seal_current();
+        let s = self.spool;
+        if let Some(wa) = &s.wa {
+            let w = lock(wa);
+            let _ = w.file.sync_data();
+            w.live.sealed.store(true, SeqCst);
+            let seq = w.live.seq;
+            drop(w);
+            let mut index = lock(&s.index);
+            s.delete_if_done(&mut index, seq);
+        }
+        {
+            let mut index = lock(&s.index);
+            let seqs: Vec<u64> = index.segments.keys().copied().collect();
+            for seq in seqs {
+                s.delete_if_done(&mut index, seq);
+            }
+        }
+        // The lock file stays: removing it would let two processes lock two files.
+        let _ = s.lock_file.unlock();
+    }
+}
