@@ -155,12 +155,26 @@ pub(crate) fn open_private_append(path: &Path) -> std::io::Result<(std::fs::File
         options.mode(0o600);
     }
     let file = options.open(path)?;
-    let len = file.metadata()?.len();
+    let meta = file.metadata()?;
+    // A device or a pipe (`/dev/null`, `/dev/stdout`, a FIFO) has no size to bound.
+    let len = if meta.is_file() { meta.len() } else { 0 };
     Ok((file, len))
 }
 
-/// Renames a full local file to `<file>.1`, replacing an older one.
+/// Renames a full local file to `<file>.1`, replacing an older one. Only a regular file
+/// is rotated: a device or a pipe named as the trace file (`/dev/null`, a FIFO) is left
+/// where it is, never renamed (nor replaced by a new regular file).
 pub(crate) fn rotate(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.is_file() && !meta.file_type().is_symlink() => return Ok(()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        // A symbolic link to a device or a pipe.
+        return Ok(());
+    }
     let mut old = path.as_os_str().to_owned();
     old.push(".1");
     match std::fs::rename(path, &old) {
@@ -333,6 +347,36 @@ fn read_all(reader: impl std::io::Read) -> Vec<LocalEntry> {
 mod tests {
     use super::*;
     use serde_json::json;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    use std::os::unix::fs::FileTypeExt;
+
+    /// A FIFO named as the trace file (as `/dev/null` is in the benchmarks) is never
+    /// renamed: rotating it is a no-op, and opening it reports no length to bound.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_pipe_named_as_the_file_is_never_rotated() {
+        let dir = std::env::temp_dir().join(format!(
+            "openlayer-fifo-{}-{}",
+            std::process::id(),
+            crate::util::id::next_id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("traces.jsonl");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        rotate(&fifo).unwrap();
+        let meta = std::fs::symlink_metadata(&fifo).unwrap();
+        assert!(meta.file_type().is_fifo(), "the FIFO was replaced");
+        assert!(!dir.join("traces.jsonl.1").exists(), "the FIFO was renamed");
+        // A regular file is rotated.
+        let file = dir.join("plain.jsonl");
+        std::fs::write(&file, "x\n").unwrap();
+        rotate(&file).unwrap();
+        assert!(!file.exists());
+        assert_eq!(std::fs::read(dir.join("plain.jsonl.1")).unwrap(), b"x\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn obj(v: Value) -> Map<String, Value> {
         match v {
