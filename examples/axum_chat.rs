@@ -150,6 +150,9 @@ fn openai() -> Option<&'static (async_openai::Client<OpenAIConfig>, String)> {
                 config = config.with_api_base(base);
             }
             let model = std::env::var("OPENAI_MODEL").unwrap_or_else(|_| "gpt-4o-mini".into());
+            // async-openai's HTTP client speaks TLS through rustls; this application picks
+            // ring, before the client is built.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             Some((async_openai::Client::with_config(config), model))
         })
         .as_ref()
@@ -336,8 +339,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let guard = openlayer_trace::init(config.clone())?;
     let demo_mode = std::env::args().any(|a| a == "--demo");
     if let Some((_, model)) = openai() {
-        // async-openai's HTTP client speaks TLS through rustls; this application picks ring.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         println!("OPENAI_API_KEY is set: answers come from {model}");
     } else {
         println!("OPENAI_API_KEY is not set: the model is simulated");
