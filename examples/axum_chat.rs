@@ -144,7 +144,9 @@ static OPENAI: OnceLock<Option<(async_openai::Client<OpenAIConfig>, String)>> = 
 fn openai() -> Option<&'static (async_openai::Client<OpenAIConfig>, String)> {
     OPENAI
         .get_or_init(|| {
-            let key = std::env::var("OPENAI_API_KEY").ok().filter(|k| !k.is_empty())?;
+            let key = std::env::var("OPENAI_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty())?;
             let mut config = OpenAIConfig::new().with_api_key(key);
             if let Ok(base) = std::env::var("OPENAI_BASE_URL") {
                 config = config.with_api_base(base);

@@ -49,9 +49,13 @@ fn check_answer(answer: &str) -> bool {
 
 /// Follow-up questions, offered one at a time.
 fn follow_ups(answer: &str) -> impl Iterator<Item = String> + '_ {
-    ["What river flows through it?", "How large is it?", "When was it founded?"]
-        .into_iter()
-        .map(move |q| format!("{q} ({} chars of context)", answer.len()))
+    [
+        "What river flows through it?",
+        "How large is it?",
+        "When was it founded?",
+    ]
+    .into_iter()
+    .map(move |q| format!("{q} ({} chars of context)", answer.len()))
 }
 
 /// The request handler: one trace per question.
