@@ -12,12 +12,24 @@
 //! cargo run --example axum_chat             # serves on 127.0.0.1:3000 until Ctrl-C
 //! ```
 //!
-//! With no `OPENLAYER_API_KEY`, traces go to `openlayer-traces.jsonl`. The model is
-//! simulated (it streams a canned answer word by word, with token counts), so the example
-//! needs no key of any kind.
+//! With no `OPENLAYER_API_KEY`, traces go to `openlayer-traces.jsonl`. With
+//! `OPENAI_API_KEY` set, the answer is a streamed chat completion from OpenAI
+//! (`OPENAI_MODEL`, default `gpt-4o-mini`; `OPENAI_BASE_URL` for another compatible
+//! server), recorded by `openlayer-trace-openai`. Without it the model is simulated (it
+//! streams a canned answer word by word, with token counts), so the example needs no key
+//! of any kind.
 
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use async_openai::config::OpenAIConfig;
+use async_openai::types::chat::{
+    ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
+    CreateChatCompletionRequestArgs,
+};
+use openlayer_trace_openai::ChatExt;
 
 use axum::Router;
 use axum::extract::Json;
@@ -123,6 +135,101 @@ impl SimulatedModel {
     }
 }
 
+/// An answer as a stream of text pieces, whichever model produced it.
+type Tokens = Pin<Box<dyn Stream<Item = String> + Send>>;
+
+/// The OpenAI client and model, when `OPENAI_API_KEY` is set.
+static OPENAI: OnceLock<Option<(async_openai::Client<OpenAIConfig>, String)>> = OnceLock::new();
+
+fn openai() -> Option<&'static (async_openai::Client<OpenAIConfig>, String)> {
+    OPENAI
+        .get_or_init(|| {
+            let key = std::env::var("OPENAI_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty())?;
+            let mut config = OpenAIConfig::new().with_api_key(key);
+            if let Ok(base) = std::env::var("OPENAI_BASE_URL") {
+                config = config.with_api_base(base);
+            }
+            let model = std::env::var("OPENAI_MODEL").unwrap_or_else(|_| "gpt-4o-mini".into());
+            // async-openai's HTTP client speaks TLS through rustls; this application picks
+            // ring, before the client is built.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            Some((async_openai::Client::with_config(config), model))
+        })
+        .as_ref()
+}
+
+/// The answer streamed by OpenAI. `create_stream_traced` records the call as a
+/// chat-completion step under the request's step (deltas joined, tokens, time to first
+/// token); it ends with the stream, or as cancelled if the client goes away first.
+async fn openai_answer(
+    client: &async_openai::Client<OpenAIConfig>,
+    model: &str,
+    question: &str,
+    docs: &[String],
+) -> Tokens {
+    let request = CreateChatCompletionRequestArgs::default()
+        .model(model)
+        .messages([
+            ChatCompletionRequestSystemMessage::from(format!(
+                "Answer in one sentence from this context:\n{}",
+                docs.join("\n")
+            ))
+            .into(),
+            ChatCompletionRequestUserMessage::from(question).into(),
+        ])
+        .build();
+    let stream = match request {
+        Ok(request) => client.chat().create_stream_traced(request).await,
+        Err(e) => Err(e),
+    };
+    let stream = match stream {
+        Ok(stream) => stream,
+        Err(e) => {
+            return Box::pin(stream::once(async move {
+                format!("[the model call failed: {e}]")
+            }));
+        }
+    };
+    Box::pin(stream::unfold(
+        (stream, String::new(), false),
+        |(mut stream, mut sent, failed)| async move {
+            if failed {
+                return None;
+            }
+            loop {
+                match stream.next().await {
+                    Some(Ok(chunk)) => {
+                        let text: String = chunk
+                            .choices
+                            .iter()
+                            .filter_map(|c| c.delta.content.as_deref())
+                            .collect();
+                        if !text.is_empty() {
+                            sent.push_str(&text);
+                            return Some((text, (stream, sent, false)));
+                        }
+                    }
+                    // Recorded under the call's `Exceptions`; the answer stops here.
+                    Some(Err(e)) => {
+                        let text = format!("[the model stream failed: {e}]");
+                        log_output(&sent);
+                        return Some((text, (stream, sent, true)));
+                    }
+                    None => {
+                        if !sent.is_empty() {
+                            // The row's output: the answer, rather than the status code.
+                            log_output(&sent);
+                        }
+                        return None;
+                    }
+                }
+            }
+        },
+    ))
+}
+
 #[derive(Deserialize)]
 struct ChatRequest {
     question: String,
@@ -131,7 +238,10 @@ struct ChatRequest {
 async fn chat(Json(req): Json<ChatRequest>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let docs = retrieve(&req.question, 2).await;
     log_context(&docs);
-    let tokens = SimulatedModel.stream_answer(&req.question, &docs);
+    let tokens: Tokens = match openai() {
+        Some((client, model)) => openai_answer(client, model, &req.question, &docs).await,
+        None => Box::pin(SimulatedModel.stream_answer(&req.question, &docs)),
+    };
     Sse::new(tokens.map(|t| Ok(Event::default().data(t))))
 }
 
@@ -230,8 +340,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::from_env()?;
     let guard = openlayer_trace::init(config.clone())?;
     let demo_mode = std::env::args().any(|a| a == "--demo");
-    if std::env::var_os("OPENAI_API_KEY").is_some() {
-        eprintln!("note: this example's model is simulated; OPENAI_API_KEY is not used");
+    if let Some((_, model)) = openai() {
+        println!("OPENAI_API_KEY is set: answers come from {model}");
+    } else {
+        println!("OPENAI_API_KEY is not set: the model is simulated");
     }
 
     let addr = if demo_mode {

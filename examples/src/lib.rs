@@ -22,21 +22,9 @@ pub fn show_outcome(config: &Config, inference_id: &str, report: &DeliveryReport
         );
         return;
     }
-    let path = std::path::absolute(config.trace_file())
-        .unwrap_or_else(|_| config.trace_file().to_path_buf());
+    let path = trace_file_path(config);
     let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let row = text
-        .lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|line| {
-            line["rows"]
-                .as_array()?
-                .iter()
-                .find(|r| r["inferenceId"] == inference_id)
-                .cloned()
-        });
-    match row {
+    match find_row(&text, inference_id) {
         Some(row) => print!("{}", format_trace_tree(&row)),
         None => println!("trace {inference_id} was not found in {}", path.display()),
     }
@@ -56,4 +44,33 @@ pub fn show_outcome(config: &Config, inference_id: &str, report: &DeliveryReport
         s.written
     );
     println!("push them later with: openlayer push {}", path.display());
+}
+
+/// The local trace file of `config`, as an absolute path when it can be made one.
+pub fn trace_file_path(config: &Config) -> std::path::PathBuf {
+    std::path::absolute(config.trace_file()).unwrap_or_else(|_| config.trace_file().to_path_buf())
+}
+
+/// The last traced row with this inference id in the text of a local trace file.
+pub fn find_row(text: &str, inference_id: &str) -> Option<serde_json::Value> {
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|line| {
+            line["rows"]
+                .as_array()?
+                .iter()
+                .find(|r| r["inferenceId"] == inference_id)
+                .cloned()
+        })
+}
+
+/// The row with this inference id in the local trace file of `config` (the embedded
+/// default), if the trace went there.
+pub fn local_row(config: &Config, inference_id: &str) -> Option<serde_json::Value> {
+    if config.is_disabled() || config.api_key().is_some() {
+        return None;
+    }
+    let text = std::fs::read_to_string(trace_file_path(config)).ok()?;
+    find_row(&text, inference_id)
 }
