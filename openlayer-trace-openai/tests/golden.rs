@@ -58,6 +58,28 @@ fn without_position(text: &str) -> String {
     format!("{} at line <n> column <n>{rest}", &text[..at])
 }
 
+/// `text` with a JSON object at its end (an error body quoted by async-openai) written
+/// with its keys sorted: the mock's key order depends on serde_json's `preserve_order`.
+fn sorted_json_tail(text: &str) -> String {
+    fn sorted(v: Value) -> Value {
+        match v {
+            Value::Object(map) => {
+                let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+            }
+            Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+            other => other,
+        }
+    }
+    if let Some(at) = text.find('{')
+        && let Ok(body) = serde_json::from_str::<Value>(&text[at..])
+    {
+        return format!("{}{}", &text[..at], sorted(body));
+    }
+    text.to_string()
+}
+
 fn normalise(v: &mut Value) {
     match v {
         Value::Object(map) => {
@@ -71,7 +93,7 @@ fn normalise(v: &mut Value) {
                 } else if k == "Exceptions"
                     && let Some(text) = value.as_str()
                 {
-                    *value = Value::String(without_position(text));
+                    *value = Value::String(sorted_json_tail(&without_position(text)));
                 } else {
                     normalise(value);
                 }
