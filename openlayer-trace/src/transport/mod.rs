@@ -647,4 +647,6 @@ pub(crate) fn segment(s: &str) -> String {
 }
 
 #[cfg(test)]
+mod parse_tests;
+#[cfg(test)]
 mod tests;

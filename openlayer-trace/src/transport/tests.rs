@@ -1,19 +1,17 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::time::UNIX_EPOCH;
 
 use openlayer_testserver::{Action, Behavior, Outcome, Response, TestServer};
 use rustls::pki_types::CertificateDer;
 use serde_json::{Value, json};
 
-use super::retry::parse_http_date;
 use super::*;
 
 const KEY: &str = "sk-test-9f8e7d6c5b4a3210";
 const DATA_STREAM: &str = "/inference-pipelines/pipe-1/data-stream";
 
-fn config(base_url: &str) -> TransportConfig {
+pub(super) fn config(base_url: &str) -> TransportConfig {
     TransportConfig {
         api_key: Some(ApiKey::new(KEY)),
         base_url: base_url.to_string(),
@@ -437,121 +435,6 @@ async fn send_does_not_start_a_retry_after_its_deadline() {
         out.result
     );
     assert_eq!(server.request_count(), 1);
-}
-
-#[test]
-fn loopback_hosts_are_recognised() {
-    for (url, local) in [
-        ("http://127.0.0.1:8080/v1", true),
-        ("http://127.3.4.5/v1", true),
-        ("http://LOCALHOST:1/v1", true),
-        ("http://[::1]:9/v1", true),
-        ("https://api.openlayer.com/v1", false),
-        ("http://10.0.0.1/v1", false),
-        ("http://localhost.example.com/v1", false),
-    ] {
-        assert_eq!(is_loopback(&Url::parse(url).unwrap()), local, "{url}");
-    }
-}
-
-#[test]
-fn backoff_doubles_caps_and_jitters() {
-    let mut c = config("http://127.0.0.1:9/v1");
-    c.base_backoff = crate::config::DEFAULT_BASE_BACKOFF;
-    let t = Transport::new(c).unwrap();
-    for (retry, base_ms) in [
-        (0, 500),
-        (1, 1000),
-        (2, 2000),
-        (3, 4000),
-        (4, 8000),
-        (9, 8000),
-    ] {
-        let base = Duration::from_millis(base_ms);
-        let mut seen = BTreeSet::new();
-        for _ in 0..50 {
-            let d = t.backoff(retry, None);
-            assert!(d >= base && d <= base.mul_f64(1.25), "{retry}: {d:?}");
-            seen.insert(d);
-        }
-        assert!(seen.len() > 1, "jitter varies");
-    }
-    assert!(t.backoff(u32::MAX, None) <= Duration::from_secs(10));
-    // A server's wait replaces the backoff, if it is in (0, 60 s].
-    let s = Duration::from_secs;
-    assert_eq!(t.backoff(3, Some(s(1))), s(1));
-    assert_eq!(t.backoff(0, Some(s(60))), s(60));
-    assert!(t.backoff(0, Some(s(61))) < s(1));
-    assert!(t.backoff(0, Some(Duration::ZERO)) >= Duration::from_millis(500));
-}
-
-#[test]
-fn retry_after_headers_are_parsed() {
-    let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
-    let parse = |pairs: &[(&'static str, &str)]| {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_str(v).unwrap());
-        }
-        retry_after(&h, now)
-    };
-    assert_eq!(parse(&[]), None);
-    assert_eq!(parse(&[("retry-after", "2")]), Some(Duration::from_secs(2)));
-    assert_eq!(
-        parse(&[("retry-after", "1.5")]),
-        Some(Duration::from_millis(1500))
-    );
-    assert_eq!(
-        parse(&[("retry-after-ms", "250")]),
-        Some(Duration::from_millis(250))
-    );
-    assert_eq!(
-        parse(&[("retry-after-ms", "250"), ("retry-after", "9")]),
-        Some(Duration::from_millis(250))
-    );
-    assert_eq!(
-        parse(&[("retry-after-ms", "nope"), ("retry-after", "9")]),
-        Some(Duration::from_secs(9))
-    );
-    assert_eq!(
-        parse(&[("retry-after", "Sun, 06 Nov 1994 08:49:47 GMT")]),
-        Some(Duration::from_secs(10))
-    );
-    assert_eq!(
-        parse(&[("retry-after", "Sun, 06 Nov 1994 08:49:27 GMT")]),
-        Some(Duration::ZERO)
-    );
-    assert_eq!(parse(&[("retry-after", "-3")]), None);
-    assert_eq!(parse(&[("retry-after", "soon")]), None);
-    assert_eq!(
-        parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"),
-        Some(UNIX_EPOCH)
-    );
-    assert_eq!(
-        parse_http_date("Tue, 29 Feb 2028 23:59:59 GMT"),
-        Some(UNIX_EPOCH + Duration::from_secs(1_835_481_599))
-    );
-    assert_eq!(parse_http_date("Tue, 29 Foo 2028 23:59:59 GMT"), None);
-}
-
-#[test]
-fn server_messages_are_extracted_and_truncated() {
-    assert_eq!(server_message(401, br#"{"error":"bad key"}"#), "bad key");
-    assert_eq!(server_message(400, br#"{"message":"no rows"}"#), "no rows");
-    assert_eq!(server_message(422, br#"{"error":null,"message":"m"}"#), "m");
-    assert_eq!(
-        server_message(422, br#"{"error":{"code":7,"detail":"x"}}"#),
-        r#"{"code":7,"detail":"x"}"#
-    );
-    assert_eq!(
-        server_message(502, b"  <html>bad gateway</html>\n"),
-        "<html>bad gateway</html>"
-    );
-    assert_eq!(server_message(503, b""), "Service Unavailable");
-    assert_eq!(server_message(599, b""), "no message");
-    let long = "é".repeat(2000);
-    let m = server_message(500, long.as_bytes());
-    assert!(m.len() <= MAX_MESSAGE_BYTES + '…'.len_utf8() && m.ends_with('…'));
 }
 
 /// A loopback HTTPS server with a self-signed certificate, answering `connections`
