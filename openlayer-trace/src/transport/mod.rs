@@ -281,7 +281,7 @@ impl Transport {
             .timeout(cfg.request_timeout)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
-            .tls_backend_preconfigured(tls_config(cfg.verify_ssl)?)
+            .tls_backend_preconfigured(tls_config(cfg.verify_ssl, parsed.scheme() == "https")?)
             .build()
             .map_err(|e| {
                 let e = e.without_url();
@@ -707,13 +707,33 @@ fn jitter() -> f64 {
 // TLS
 // ---------------------------------------------------------------------------------------
 
+impl TransportConfig {
+    /// Loads the platform's root certificates when the base URL is HTTPS and verified, so
+    /// that `init` fails with a clear error instead of a worker whose every request fails.
+    pub(crate) fn check_tls_roots(&self) -> Result<(), Error> {
+        let https = self.validate()?.scheme() == "https";
+        if https && self.verify_ssl {
+            tls_config(true, true)?;
+        }
+        Ok(())
+    }
+}
+
 /// The rustls configuration: the `ring` provider (never installed process-wide), HTTP/1.1,
-/// and either the platform's verifier or, with `verify_ssl == false`, none.
-fn tls_config(verify_ssl: bool) -> Result<rustls::ClientConfig, Error> {
+/// and either the platform's verifier or, with `verify_ssl == false`, none. Root
+/// certificates that cannot be loaded are an error for an HTTPS base URL; for a plain-HTTP
+/// one (redirects are never followed) they only make HTTPS fail.
+fn tls_config(verify_ssl: bool, https: bool) -> Result<rustls::ClientConfig, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier: Arc<dyn ServerCertVerifier> = if verify_ssl {
         match rustls_platform_verifier::Verifier::new(provider.clone()) {
             Ok(verifier) => Arc::new(verifier),
+            Err(e) if https => {
+                return Err(Error::Config(format!(
+                    "the TLS root certificates cannot be loaded ({e}); install the system's CA \
+                     certificates or point SSL_CERT_FILE at a PEM bundle"
+                )));
+            }
             Err(e) => {
                 // Plain-HTTP endpoints still work; HTTPS fails with this reason.
                 let reason = format!("TLS certificates cannot be verified: {e}");
