@@ -1,6 +1,7 @@
 //! Smaller reliability items: the data-stream path percent-encodes the pipeline id; a
 //! failure to write the local file has a drop reason of its own; TLS roots that cannot be
-//! loaded are an `init` error; a trace completed after shutdown is counted.
+//! loaded are an `init` error; a trace completed after shutdown is counted; a forked child
+//! draws ids of its own.
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -143,6 +144,35 @@ fn child() {
                 .sum();
             assert_eq!(lines, 0, "nothing written ahead after shutdown");
         }
+        #[cfg(unix)]
+        "fork" => {
+            use openlayer_trace::__bench::step_id;
+            let draw =
+                || -> Vec<String> { (0..4).map(|_| format!("{:032x}", step_id())).collect() };
+            // This thread's generator is seeded before the fork, so the child inherits it.
+            draw();
+            let path = temp_dir("fork").join("child-ids");
+            // SAFETY: the child only draws ids, writes a file and exits.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                let ok = std::fs::write(&path, draw().join("\n")).is_ok();
+                // SAFETY: leaves the forked child without running the test harness's exit.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            }
+            assert!(pid > 0, "fork failed");
+            let parent = draw();
+            let mut status = 0;
+            // SAFETY: waits for the child forked above.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+            let child = std::fs::read_to_string(&path).unwrap();
+            let child: Vec<&str> = child.lines().collect();
+            assert_eq!(child.len(), 4);
+            assert!(
+                child.iter().all(|c| !parent.iter().any(|p| p == c)),
+                "parent {parent:?}, child {child:?}"
+            );
+        }
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -180,4 +210,10 @@ fn a_trace_completed_after_shutdown_is_counted() {
 #[test]
 fn a_trace_completed_after_shutdown_is_not_written_ahead() {
     child::run("late_ahead", &[]);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_forked_child_draws_ids_of_its_own() {
+    child::run("fork", &[]);
 }
