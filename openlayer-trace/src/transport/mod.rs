@@ -274,6 +274,10 @@ impl Transport {
             // A local endpoint is never reached through an HTTP(S)_PROXY.
             builder = builder.no_proxy();
         }
+        #[cfg(feature = "test-util")]
+        if HANG_NAME_RESOLUTION.load(std::sync::atomic::Ordering::Relaxed) {
+            builder = builder.dns_resolver(Arc::new(HangingResolver));
+        }
         let http = builder
             .user_agent(USER_AGENT)
             .connect_timeout(cfg.connect_timeout)
@@ -668,6 +672,32 @@ fn jitter() -> f64 {
     }
     RNG.try_with(|rng| rng.borrow_mut().f64())
         .unwrap_or_else(|_| fastrand::f64())
+}
+
+/// Test hook (`test-util`): clients built while it is set resolve names through
+/// [`HangingResolver`].
+#[cfg(feature = "test-util")]
+pub(crate) static HANG_NAME_RESOLUTION: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// A resolver whose lookups never end and block a thread of the runtime's blocking pool,
+/// as a hung `getaddrinfo` does.
+#[cfg(feature = "test-util")]
+struct HangingResolver;
+
+#[cfg(feature = "test-util")]
+impl reqwest::dns::Resolve for HangingResolver {
+    fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async {
+            let _ = tokio::task::spawn_blocking(|| {
+                loop {
+                    std::thread::park();
+                }
+            })
+            .await;
+            Err("the hung lookup ended".into())
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------
