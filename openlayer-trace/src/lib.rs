@@ -145,10 +145,49 @@ pub use noop::macro_support as __private;
 #[cfg(all(feature = "enable", any(test, feature = "test-util")))]
 pub mod testing;
 
+/// Hooks for the SDK's own tests (`test-util`). Not a public API.
+#[cfg(feature = "test-util")]
+#[doc(hidden)]
+pub mod __test_hooks {
+    /// Makes the HTTP clients built from now on resolve names through a lookup that never
+    /// ends and blocks a thread, as a hung `getaddrinfo` does.
+    pub fn hang_name_resolution(on: bool) {
+        crate::transport::HANG_NAME_RESOLUTION.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Internals measured by the benchmarks' floor group. Not a public API.
 #[cfg(feature = "enable")]
 #[doc(hidden)]
 pub mod __bench {
+    /// A trace's state lock around a counter, for the lock benchmark.
+    #[derive(Debug)]
+    pub struct StateLockCounter(crate::record::lock::StateLock<u64>);
+
+    impl StateLockCounter {
+        /// A counter at zero.
+        pub const fn new() -> Self {
+            StateLockCounter(crate::record::lock::StateLock::new(0))
+        }
+
+        /// Takes the lock, adds one, releases it.
+        #[inline]
+        pub fn bump(&self) {
+            *self.0.lock() += 1;
+        }
+
+        /// The count.
+        pub fn get(&self) -> u64 {
+            *self.0.lock()
+        }
+    }
+
+    impl Default for StateLockCounter {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
     /// The 128 random bits of a new step id, as drawn on the hot path.
     #[inline]
     pub fn step_id() -> u128 {

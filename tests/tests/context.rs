@@ -243,13 +243,19 @@ async fn spawned_tasks_land_under_the_step_that_spawned_them() {
     );
 }
 
+/// The detached child's handle, taken by the test to wait for the child's end.
+static DETACHED: std::sync::Mutex<Option<tokio::task::JoinHandle<u32>>> =
+    std::sync::Mutex::new(None);
+
 #[trace]
 async fn parent_detaching() -> u32 {
-    // The child outlives the parent's step: the trace waits for it.
-    drop(openlayer_trace::spawn(async {
+    // The child outlives the parent's step: the trace waits for it. The parent keeps no
+    // handle to it.
+    let child = openlayer_trace::spawn(async {
         tokio::time::sleep(Duration::from_millis(30)).await;
         leaf(7)
-    }));
+    });
+    *DETACHED.lock().unwrap() = Some(child);
     1
 }
 
@@ -257,7 +263,10 @@ async fn parent_detaching() -> u32 {
 async fn a_trace_completes_when_spawned_work_finishes() {
     let (_, traces) = testing::capture_async(async {
         parent_detaching().await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let child = DETACHED.lock().unwrap().take().unwrap();
+        // tokio drops a finished task's future (and with it the child's hold on the trace)
+        // before it wakes the task's handle: an event, not a sleep.
+        child.await.unwrap();
     })
     .await;
     assert_eq!(

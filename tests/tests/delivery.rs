@@ -297,9 +297,11 @@ fn hang_deadline() {
     // An incomplete flush waits for its whole deadline, and no longer.
     assert!(flush_sync >= Duration::from_millis(295), "{flush_sync:?}");
     assert!(flush_async >= Duration::from_millis(295), "{flush_async:?}");
+    // Upper bounds generous (4x) for a loaded machine: an overrun past them is a wait on
+    // the hung server (its request timeout is 30 s), not scheduling noise.
     for (took, limit) in [(flush_sync, 300), (flush_async, 300), (shutdown, 500)] {
         assert!(
-            took < Duration::from_millis(limit + 50),
+            took < Duration::from_millis(4 * limit),
             "{took:?} for a deadline of {limit} ms"
         );
     }

@@ -417,7 +417,7 @@ fn a_hung_server_costs_no_more_than_the_deadlines() {
     let took = started.elapsed();
     assert!(!report.complete, "{report:?}");
     assert!(
-        took < Duration::from_millis(1500),
+        took < Duration::from_millis(1200),
         "flush overran its deadline: {took:?}"
     );
 
@@ -425,7 +425,7 @@ fn a_hung_server_costs_no_more_than_the_deadlines() {
     let report = guard.shutdown(Duration::from_millis(500)).unwrap();
     let took = started.elapsed();
     assert!(
-        took < Duration::from_millis(1500),
+        took < Duration::from_millis(2000),
         "shutdown overran its deadline: {took:?}"
     );
     let stats = report.stats;

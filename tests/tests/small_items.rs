@@ -1,9 +1,12 @@
 //! Smaller reliability items: the data-stream path percent-encodes the pipeline id; a
-//! failure to write the local file has a drop reason of its own.
+//! failure to write the local file has a drop reason of its own; TLS roots that cannot be
+//! loaded are an `init` error; a trace completed after shutdown is counted; a forked child
+//! draws ids of its own.
 
+use std::sync::mpsc;
 use std::time::Duration;
 
-use openlayer_trace::{Config, trace, update_current_trace};
+use openlayer_trace::{Config, SpoolMode, trace, update_current_trace};
 use openlayer_trace_tests::TestServer;
 use openlayer_trace_tests::child::{self, temp_dir};
 
@@ -11,6 +14,32 @@ use openlayer_trace_tests::child::{self, temp_dir};
 fn work(id: String) -> usize {
     update_current_trace!(inference_id = id.clone());
     id.len()
+}
+
+/// A root that tells `started` it is open, then stays open until `go` says so.
+#[trace(skip(started, go))]
+fn held(started: mpsc::Sender<()>, go: mpsc::Receiver<()>) -> u8 {
+    started.send(()).unwrap();
+    go.recv().unwrap();
+    1
+}
+
+/// Starts a trace before `shutdown` and completes it after: it is counted as dropped
+/// (`shutdown`), and settled.
+fn late_trace(config: Config) {
+    let guard = openlayer_trace::init(config).unwrap();
+    let (started_tx, started) = mpsc::channel();
+    let (go, go_rx) = mpsc::channel();
+    let t = std::thread::spawn(move || held(started_tx, go_rx));
+    started.recv().unwrap();
+    let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+    assert_eq!(s.enqueued, 0, "{s:?}");
+    go.send(()).unwrap();
+    t.join().unwrap();
+    let s = openlayer_trace::stats();
+    assert_eq!(s.enqueued, 1, "{s:?}");
+    assert_eq!(s.dropped.shutdown, 1, "{s:?}");
+    assert_eq!((s.sent, s.spooled, s.pending), (0, 0, 0), "{s:?}");
 }
 
 #[test]
@@ -49,6 +78,101 @@ fn child() {
             assert_eq!(s.dropped.local_file, 1, "{s:?}");
             assert_eq!(s.dropped.encoding, 0, "{s:?}");
         }
+        "roots" => {
+            // SSL_CERT_FILE and SSL_CERT_DIR name nothing: no root certificate loads.
+            let https = Config::builder()
+                .api_key("sk-test-roots")
+                .base_url("https://127.0.0.1:9")
+                .inference_pipeline_id("p")
+                .build()
+                .unwrap();
+            let e = openlayer_trace::init(https).unwrap_err().to_string();
+            assert!(e.contains("root certificates cannot be loaded"), "{e}");
+            // Unverified HTTPS needs no roots.
+            let unverified = Config::builder()
+                .api_key("sk-test-roots")
+                .base_url("https://127.0.0.1:9")
+                .inference_pipeline_id("p")
+                .verify_ssl(false)
+                .build()
+                .unwrap();
+            let guard = openlayer_trace::init(unverified).unwrap();
+            guard.shutdown(Duration::from_secs(5)).unwrap();
+        }
+        "roots_http" => {
+            // A plain-HTTP endpoint needs no roots either.
+            let server = TestServer::start();
+            let config = Config::builder()
+                .api_key("sk-test-roots")
+                .base_url(server.url())
+                .inference_pipeline_id("p")
+                .build()
+                .unwrap();
+            let guard = openlayer_trace::init(config).unwrap();
+            work("r-1".into());
+            let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+            assert_eq!(s.sent, 1, "{s:?}");
+        }
+        "late" => {
+            let server = TestServer::start();
+            late_trace(
+                Config::builder()
+                    .api_key("sk-test-late")
+                    .base_url(server.url())
+                    .inference_pipeline_id("p")
+                    .build()
+                    .unwrap(),
+            );
+            assert!(server.requests().is_empty());
+        }
+        "late_ahead" => {
+            let server = TestServer::start();
+            let dir = temp_dir("late-ahead");
+            late_trace(
+                Config::builder()
+                    .api_key("sk-test-late")
+                    .base_url(server.url())
+                    .inference_pipeline_id("p")
+                    .spool_dir(&dir)
+                    .spool_mode(SpoolMode::WriteAhead)
+                    .build()
+                    .unwrap(),
+            );
+            let lines: usize = child::spool_files(&dir)
+                .iter()
+                .map(|f| std::fs::read_to_string(f).unwrap().lines().count())
+                .sum();
+            assert_eq!(lines, 0, "nothing written ahead after shutdown");
+        }
+        #[cfg(unix)]
+        "fork" => {
+            use openlayer_trace::__bench::step_id;
+            let draw =
+                || -> Vec<String> { (0..4).map(|_| format!("{:032x}", step_id())).collect() };
+            // This thread's generator is seeded before the fork, so the child inherits it.
+            draw();
+            let path = temp_dir("fork").join("child-ids");
+            // SAFETY: the child only draws ids, writes a file and exits.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                let ok = std::fs::write(&path, draw().join("\n")).is_ok();
+                // SAFETY: leaves the forked child without running the test harness's exit.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            }
+            assert!(pid > 0, "fork failed");
+            let parent = draw();
+            let mut status = 0;
+            // SAFETY: waits for the child forked above.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+            let child = std::fs::read_to_string(&path).unwrap();
+            let child: Vec<&str> = child.lines().collect();
+            assert_eq!(child.len(), 4);
+            assert!(
+                child.iter().all(|c| !parent.iter().any(|p| p == c)),
+                "parent {parent:?}, child {child:?}"
+            );
+        }
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -61,4 +185,35 @@ fn the_data_stream_path_percent_encodes_the_pipeline_id() {
 #[test]
 fn a_local_file_that_cannot_be_written_has_its_own_drop_reason() {
     child::run("unwritable", &[]);
+}
+
+const NO_ROOTS: [(&str, &str); 2] = [
+    ("SSL_CERT_FILE", "/nonexistent/openlayer-trace-roots.pem"),
+    ("SSL_CERT_DIR", "/nonexistent/openlayer-trace-roots"),
+];
+
+#[test]
+fn tls_roots_that_cannot_be_loaded_are_an_init_error() {
+    child::run("roots", &NO_ROOTS);
+}
+
+#[test]
+fn a_plain_http_endpoint_needs_no_tls_roots() {
+    child::run("roots_http", &NO_ROOTS);
+}
+
+#[test]
+fn a_trace_completed_after_shutdown_is_counted() {
+    child::run("late", &[]);
+}
+
+#[test]
+fn a_trace_completed_after_shutdown_is_not_written_ahead() {
+    child::run("late_ahead", &[]);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_forked_child_draws_ids_of_its_own() {
+    child::run("fork", &[]);
 }

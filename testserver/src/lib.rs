@@ -136,6 +136,12 @@ pub enum Action {
     /// Read the request head and part of the body (about half of it), then reset the
     /// connection (`SO_LINGER` 0, so the client sees a TCP reset).
     Reset,
+    /// Read the whole request and process it (its rows count as stored, as after a 2xx),
+    /// then never answer: the answer is lost, so a client that retries sends the rows again.
+    ProcessThenHang,
+    /// Read the whole request and process it (its rows count as stored), then reset the
+    /// connection instead of answering.
+    ProcessThenReset,
 }
 
 impl Action {
@@ -168,6 +174,8 @@ impl fmt::Debug for Action {
             Action::Handle(_) => f.write_str("Handle(..)"),
             Action::Hang => f.write_str("Hang"),
             Action::Reset => f.write_str("Reset"),
+            Action::ProcessThenHang => f.write_str("ProcessThenHang"),
+            Action::ProcessThenReset => f.write_str("ProcessThenReset"),
         }
     }
 }
@@ -260,6 +268,18 @@ impl Behavior {
         Behavior::script(std::iter::repeat_n(Action::Reset, n))
     }
 
+    /// The next `n` requests are processed, then hang (see [`Action::ProcessThenHang`]),
+    /// then 200.
+    pub fn process_then_hang_first(n: usize) -> Self {
+        Behavior::script(std::iter::repeat_n(Action::ProcessThenHang, n))
+    }
+
+    /// The next `n` requests are processed, then reset (see [`Action::ProcessThenReset`]),
+    /// then 200.
+    pub fn process_then_reset_first(n: usize) -> Self {
+        Behavior::script(std::iter::repeat_n(Action::ProcessThenReset, n))
+    }
+
     fn next_action(&mut self) -> Action {
         self.script.pop_front().unwrap_or_else(|| self.then.clone())
     }
@@ -280,12 +300,26 @@ pub enum Outcome {
     Reset,
     /// Not decided yet: what an [`Action::Handle`] function sees.
     Pending,
+    /// Processed, then never answered ([`Action::ProcessThenHang`]).
+    ProcessedThenHung,
+    /// Processed, then reset instead of answered ([`Action::ProcessThenReset`]).
+    ProcessedThenReset,
 }
 
 impl Outcome {
     /// Whether the request was answered with a 2xx.
     pub fn is_success(self) -> bool {
         matches!(self, Outcome::Answered(s) if (200..300).contains(&s))
+    }
+
+    /// Whether the server processed the request (stored its rows): answered with a 2xx,
+    /// or processed before its answer was lost.
+    pub fn is_processed(self) -> bool {
+        self.is_success()
+            || matches!(
+                self,
+                Outcome::ProcessedThenHung | Outcome::ProcessedThenReset
+            )
     }
 }
 
@@ -389,7 +423,7 @@ impl Shared {
         let mut state = self.lock();
         request.seq = state.requests.len();
         if let Some(counts) = state.summary.as_mut() {
-            if request.is_data_stream() && request.outcome.is_success() {
+            if request.is_data_stream() && request.outcome.is_processed() {
                 for id in request.inference_ids() {
                     *counts.entry(id).or_insert(0) += 1;
                 }
@@ -543,24 +577,26 @@ impl TestServer {
         }
     }
 
-    /// How many data-stream rows were acknowledged (2xx), duplicates included.
+    /// How many data-stream rows were stored (processed: answered with a 2xx, or
+    /// processed before the answer was lost), duplicates included.
     pub fn acknowledged_rows(&self) -> usize {
         self.inference_id_counts().values().sum()
     }
 
-    /// The set of `inferenceId`s in data-stream requests answered with a 2xx: what the
-    /// platform would have stored. Compare it with the ids produced to count losses.
+    /// The set of `inferenceId`s in data-stream requests the server processed (see
+    /// [`Outcome::is_processed`]): what the platform would have stored. Compare it with the
+    /// ids produced to count losses.
     pub fn inference_ids(&self) -> BTreeSet<String> {
         self.inference_id_counts().into_keys().collect()
     }
 
-    /// How many times each `inferenceId` was acknowledged (2xx) in a data-stream
-    /// request; any count above 1 is a duplicate delivery.
+    /// How many times each `inferenceId` was stored (see [`Outcome::is_processed`]) from a
+    /// data-stream request; any count above 1 is a duplicate delivery.
     pub fn inference_id_counts(&self) -> BTreeMap<String, usize> {
         let state = self.shared.lock();
         let mut counts = state.summary.clone().unwrap_or_default();
         for r in state.requests.iter() {
-            if r.is_data_stream() && r.outcome.is_success() {
+            if r.is_data_stream() && r.outcome.is_processed() {
                 for id in r.inference_ids() {
                     *counts.entry(id).or_insert(0) += 1;
                 }
@@ -862,8 +898,17 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>, connection: u64) {
             Err(_) => return,
         };
         let response = match action {
-            Action::Hang => {
-                shared.record(record(body, Outcome::Hung, &head));
+            Action::ProcessThenReset => {
+                shared.record(record(body, Outcome::ProcessedThenReset, &head));
+                let _ = stream.set_zero_linger();
+                return;
+            }
+            Action::Hang | Action::ProcessThenHang => {
+                let outcome = match action {
+                    Action::Hang => Outcome::Hung,
+                    _ => Outcome::ProcessedThenHung,
+                };
+                shared.record(record(body, outcome, &head));
                 // Never answer; keep reading (and discarding) until the client leaves.
                 let mut scratch = [0u8; 4096];
                 while let Ok(n) = stream.read(&mut scratch).await {

@@ -504,7 +504,7 @@ impl TraceContext {
     /// Wraps a future so that it runs in this position, wherever it is polled.
     pub fn wrap<F: Future>(self, future: F) -> WithTrace<F> {
         WithTrace {
-            inner: std::mem::ManuallyDrop::new(future),
+            inner: Some(future),
             ctx: Some(self),
         }
     }
@@ -553,11 +553,41 @@ pub fn current_context() -> Option<TraceContext> {
     TraceContext::current()
 }
 
-/// A future that runs in a captured trace position; see [`FutureExt::in_current_trace`].
-#[must_use = "futures do nothing unless polled"]
-pub struct WithTrace<F> {
-    inner: std::mem::ManuallyDrop<F>,
-    ctx: Option<TraceContext>,
+pin_project_lite::pin_project! {
+    /// A future that runs in a captured trace position; see
+    /// [`FutureExt::in_current_trace`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct WithTrace<F> {
+        // `None` only while it is dropped, in place, in its position.
+        #[pin]
+        inner: Option<F>,
+        ctx: Option<TraceContext>,
+    }
+
+    impl<F> PinnedDrop for WithTrace<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // Drop the inner future first, in its position, so that its steps close before
+            // the hold on the trace is released; the position is restored even when
+            // dropping it panics.
+            let entered = Exit(this.ctx.as_ref().map(|c| enter(c.trace.clone(), c.step)));
+            let mut inner = this.inner;
+            inner.set(None);
+            drop(entered);
+            *this.ctx = None;
+        }
+    }
+}
+
+/// Restores the position when dropped.
+struct Exit(Option<Entered>);
+
+impl Drop for Exit {
+    fn drop(&mut self) {
+        if let Some(e) = self.0.take() {
+            exit(e);
+        }
+    }
 }
 
 impl<F> std::fmt::Debug for WithTrace<F> {
@@ -571,47 +601,19 @@ impl<F> std::fmt::Debug for WithTrace<F> {
 impl<F: Future> Future for WithTrace<F> {
     type Output = F::Output;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // SAFETY: `inner` is never moved out of the pinned `self`; it is dropped in place.
-        let this = unsafe { self.get_unchecked_mut() };
+        let this = self.project();
+        let Some(inner) = this.inner.as_pin_mut() else {
+            // Only while dropped, never polled then.
+            return Poll::Pending;
+        };
         let entered = this.ctx.as_ref().map(|c| enter(c.trace.clone(), c.step));
-        struct Exit(Option<Entered>);
-        impl Drop for Exit {
-            fn drop(&mut self) {
-                if let Some(e) = self.0.take() {
-                    exit(e);
-                }
-            }
-        }
         let _exit = Exit(entered);
-        // SAFETY: structural pinning of `inner`.
-        let inner = unsafe { Pin::new_unchecked(&mut *this.inner) };
         let out = inner.poll(cx);
         if out.is_ready() {
             drop(_exit);
-            this.ctx = None;
+            *this.ctx = None;
         }
         out
-    }
-}
-
-impl<F> Drop for WithTrace<F> {
-    fn drop(&mut self) {
-        /// Restores the position even when dropping the inner future panics.
-        struct Exit(Option<Entered>);
-        impl Drop for Exit {
-            fn drop(&mut self) {
-                if let Some(e) = self.0.take() {
-                    exit(e);
-                }
-            }
-        }
-        // Drop the inner future first, in its position, so that its steps close before the
-        // hold on the trace is released.
-        let entered = Exit(self.ctx.as_ref().map(|c| enter(c.trace.clone(), c.step)));
-        // SAFETY: dropped exactly once, in place, never used again.
-        unsafe { std::mem::ManuallyDrop::drop(&mut self.inner) };
-        drop(entered);
-        self.ctx = None;
     }
 }
 
@@ -634,7 +636,7 @@ pub trait FutureExt: Future + Sized {
     /// ```
     fn in_current_trace(self) -> WithTrace<Self> {
         WithTrace {
-            inner: std::mem::ManuallyDrop::new(self),
+            inner: Some(self),
             ctx: TraceContext::current(),
         }
     }
@@ -642,7 +644,7 @@ pub trait FutureExt: Future + Sized {
     /// Runs this future in the given position (`None`: outside any trace).
     fn with_trace_context(self, ctx: Option<TraceContext>) -> WithTrace<Self> {
         WithTrace {
-            inner: std::mem::ManuallyDrop::new(self),
+            inner: Some(self),
             ctx,
         }
     }

@@ -74,6 +74,10 @@ impl Exporter {
         if self.write_ahead
             && let Some(spool) = &self.spool
         {
+            if tx.is_closed() {
+                // Shut down: not written ahead to a spool that is no longer ours.
+                return self.drop_after_shutdown();
+            }
             return self.enqueue_ahead(tx, spool, trace);
         }
         let bytes = queued_trace_bytes(&trace);
@@ -90,13 +94,15 @@ impl Exporter {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.budget.release(bytes, Tier::Queue);
-                c.drop_rows(DropReason::Shutdown, 1);
-                c.settled.fetch_add(1, Relaxed);
-                crate::util::diag::warn_limited!(
-                    "a trace completed after shutdown; dropped (counted)"
-                );
+                self.drop_after_shutdown();
             }
         }
+    }
+
+    fn drop_after_shutdown(&self) {
+        self.counters.drop_rows(DropReason::Shutdown, 1);
+        self.counters.settled.fetch_add(1, Relaxed);
+        crate::util::diag::warn_limited!("a trace completed after shutdown; dropped (counted)");
     }
 
     /// Hands a row update off; like a trace, it overflows to the spool (or is dropped and

@@ -169,11 +169,12 @@ impl Guard {
 }
 
 fn uninstall(p: &Arc<Exporter>) {
-    let mut slot = PIPELINE.write().unwrap_or_else(|e| e.into_inner());
+    let slot = PIPELINE.write().unwrap_or_else(|e| e.into_inner());
     if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, p)) {
         // Shut down on purpose: later traces are not recorded until `init` is called again.
-        *slot = None;
-        sink::install(None, false);
+        // The exporter stays the sink, so that a trace started before and completed after
+        // the shutdown is counted (dropped as `shutdown`), and `stats()` still shows it.
+        sink::install(Some(p.clone() as Arc<dyn TraceSink>), false);
     }
 }
 
@@ -230,7 +231,8 @@ pub async fn flush_async(timeout: Duration) -> Result<DeliveryReport, Error> {
     installed()?.flush_async(timeout).await
 }
 
-/// A snapshot of the current configuration's delivery counters.
+/// A snapshot of the current configuration's delivery counters (after a shutdown, those of
+/// the configuration shut down, until `init` is called again).
 pub fn stats() -> Stats {
     PIPELINE
         .read()

@@ -174,6 +174,10 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
         // configures the SDK lazily does not pay for the TLS setup.
         let transport_config = TransportConfig::from_config(&config);
         transport_config.validate()?;
+        if how != Start::Lazy {
+            // Off the traced path: `init` reports roots that cannot be loaded.
+            transport_config.check_tls_roots()?;
+        }
         #[cfg(feature = "otlp")]
         crate::export::otlp::validate(&config)?;
         let opened = match &config.spool_dir {

@@ -281,13 +281,17 @@ impl Transport {
             // A local endpoint is never reached through an HTTP(S)_PROXY.
             builder = builder.no_proxy();
         }
+        #[cfg(feature = "test-util")]
+        if HANG_NAME_RESOLUTION.load(std::sync::atomic::Ordering::Relaxed) {
+            builder = builder.dns_resolver(Arc::new(HangingResolver));
+        }
         let http = builder
             .user_agent(USER_AGENT)
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.request_timeout)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
-            .tls_backend_preconfigured(tls_config(cfg.verify_ssl)?)
+            .tls_backend_preconfigured(tls_config(cfg.verify_ssl, parsed.scheme() == "https")?)
             .build()
             .map_err(|e| {
                 let e = e.without_url();
@@ -648,5 +652,31 @@ pub(crate) fn segment(s: &str) -> String {
 
 #[cfg(test)]
 mod parse_tests;
+/// Test hook (`test-util`): clients built while it is set resolve names through
+/// [`HangingResolver`].
+#[cfg(feature = "test-util")]
+pub(crate) static HANG_NAME_RESOLUTION: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// A resolver whose lookups never end and block a thread of the runtime's blocking pool,
+/// as a hung `getaddrinfo` does.
+#[cfg(feature = "test-util")]
+struct HangingResolver;
+
+#[cfg(feature = "test-util")]
+impl reqwest::dns::Resolve for HangingResolver {
+    fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async {
+            let _ = tokio::task::spawn_blocking(|| {
+                loop {
+                    std::thread::park();
+                }
+            })
+            .await;
+            Err("the hung lookup ended".into())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -102,6 +102,15 @@ fn retry_after_headers_are_parsed() {
         Some(UNIX_EPOCH + Duration::from_secs(1_835_481_599))
     );
     assert_eq!(parse_http_date("Tue, 29 Foo 2028 23:59:59 GMT"), None);
+    // The obsolete formats that recipients must still accept (RFC 9110, 5.6.7).
+    assert_eq!(
+        parse(&[("retry-after", "Sunday, 06-Nov-94 08:49:47 GMT")]),
+        Some(Duration::from_secs(10))
+    );
+    assert_eq!(
+        parse(&[("retry-after", "Sun Nov  6 08:49:47 1994")]),
+        Some(Duration::from_secs(10))
+    );
 }
 
 #[test]

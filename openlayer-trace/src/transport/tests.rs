@@ -246,7 +246,7 @@ async fn retry_after_seconds_is_honoured() {
     let r = server.requests();
     let gap = r[1].received_at - r[0].received_at;
     assert!(
-        gap >= Duration::from_millis(950) && gap < Duration::from_millis(1600),
+        gap >= Duration::from_millis(950) && gap < Duration::from_millis(4000),
         "{gap:?}"
     );
 }
@@ -275,7 +275,7 @@ async fn retry_after_ms_is_honoured() {
     let r = server.requests();
     let gap = r[1].received_at - r[0].received_at;
     assert!(
-        gap >= Duration::from_millis(280) && gap < Duration::from_millis(800),
+        gap >= Duration::from_millis(280) && gap < Duration::from_millis(1200),
         "{gap:?}"
     );
     match t.send_once(&data_stream(&["a"])).await {
@@ -354,7 +354,7 @@ async fn a_hung_server_hits_the_request_timeout() {
     }
     let took = start.elapsed();
     assert!(
-        took >= Duration::from_millis(290) && took < Duration::from_millis(1000),
+        took >= Duration::from_millis(290) && took < Duration::from_millis(1200),
         "{took:?}"
     );
     // With one retry: two attempts, both timed out.
@@ -399,7 +399,7 @@ async fn send_returns_by_its_deadline_when_the_server_hangs() {
         let deadline = start + Duration::from_millis(400);
         let out = t.send(&data_stream(&["a"]), Some(deadline)).await;
         let late = Instant::now().saturating_duration_since(deadline);
-        assert!(late < Duration::from_millis(50), "{late:?} late");
+        assert!(late < Duration::from_millis(200), "{late:?} late");
         assert!(
             matches!(out.result, Err(Error::Timeout(d))
                 if d <= Duration::from_millis(400) && d > Duration::from_millis(350)),

@@ -10,13 +10,33 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::error::Error;
 
+impl super::TransportConfig {
+    /// Loads the platform's root certificates when the base URL is HTTPS and verified, so
+    /// that `init` fails with a clear error instead of a worker whose every request fails.
+    pub(crate) fn check_tls_roots(&self) -> Result<(), Error> {
+        let https = self.validate()?.scheme() == "https";
+        if https && self.verify_ssl {
+            tls_config(true, true)?;
+        }
+        Ok(())
+    }
+}
+
 /// The rustls configuration: the `ring` provider (never installed process-wide), HTTP/1.1,
-/// and either the platform's verifier or, with `verify_ssl == false`, none.
-pub(super) fn tls_config(verify_ssl: bool) -> Result<rustls::ClientConfig, Error> {
+/// and either the platform's verifier or, with `verify_ssl == false`, none. Root
+/// certificates that cannot be loaded are an error for an HTTPS base URL; for a plain-HTTP
+/// one (redirects are never followed) they only make HTTPS fail.
+pub(super) fn tls_config(verify_ssl: bool, https: bool) -> Result<rustls::ClientConfig, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier: Arc<dyn ServerCertVerifier> = if verify_ssl {
         match rustls_platform_verifier::Verifier::new(provider.clone()) {
             Ok(verifier) => Arc::new(verifier),
+            Err(e) if https => {
+                return Err(Error::Config(format!(
+                    "the TLS root certificates cannot be loaded ({e}); install the system's CA \
+                     certificates or point SSL_CERT_FILE at a PEM bundle"
+                )));
+            }
             Err(e) => {
                 // Plain-HTTP endpoints still work; HTTPS fails with this reason.
                 let reason = format!("TLS certificates cannot be verified: {e}");

@@ -1,20 +1,68 @@
 //! Ids: cheap random bits on the hot path, formatted as UUIDs off it.
 //!
 //! A default `uuid::Uuid::new_v4()` costs one `getrandom` syscall (~385 ns). A traced call
-//! instead draws 128 bits from a per-thread generator (a few ns) seeded once from the
-//! OS-randomised keys of `std`'s `RandomState`, and the background worker formats them as
-//! version-4 UUID strings.
+//! instead draws 128 bits from a per-thread generator (a few ns) with 128 bits of state (two
+//! wyrand streams), seeded once per thread from the OS (`getrandom`, falling back to `std`'s
+//! OS-keyed `RandomState`), and the background worker formats them as version-4 UUID strings.
+//! A forked child reseeds before its next draw (a `pthread_atfork` handler bumps a
+//! generation that each thread compares with one relaxed load), so parent and child never
+//! draw the same ids.
 
 use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-thread_local! {
-    static STATE: Cell<u64> = Cell::new(seed());
+/// Bumped in a forked child; a thread whose state is of an older generation reseeds.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Per-thread state: two 64-bit wyrand streams and the generation they were seeded in.
+#[derive(Clone, Copy)]
+struct State {
+    hi: u64,
+    lo: u64,
+    generation: u64,
 }
 
-fn seed() -> u64 {
+thread_local! {
+    static STATE: Cell<State> = Cell::new(seed());
+}
+
+#[cfg(unix)]
+fn watch_forks() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    extern "C" fn in_child() {
+        // Async-signal-safe: one atomic add.
+        GENERATION.fetch_add(1, Relaxed);
+    }
+    ONCE.call_once(|| {
+        // SAFETY: registers a handler that only touches an atomic; it is never unregistered.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(in_child));
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn watch_forks() {}
+
+/// 128 bits from the OS, else from `std`'s OS-keyed hasher, the clock and an address.
+fn seed() -> State {
+    watch_forks();
+    let generation = GENERATION.load(Relaxed);
+    let mut bytes = [0u8; 16];
+    let (hi, lo) = if getrandom::getrandom(&mut bytes).is_ok() {
+        let v = u128::from_le_bytes(bytes);
+        ((v >> 64) as u64, v as u64)
+    } else {
+        (fallback_seed(1), fallback_seed(2))
+    };
+    State { hi, lo, generation }
+}
+
+fn fallback_seed(stream: u64) -> u64 {
     // `RandomState::new()` is keyed from OS randomness once per thread, then varied per call.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(stream);
     h.write_u64(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -22,26 +70,35 @@ fn seed() -> u64 {
             .unwrap_or(0),
     );
     h.write_usize(&h as *const _ as usize);
-    h.finish() | 1
+    h.finish()
 }
 
 /// wyrand: a small, fast generator with good statistical quality (not for secrets).
 #[inline]
-fn next_u64() -> u64 {
-    STATE
-        .try_with(|s| {
-            let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
-            s.set(x);
-            let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
-            ((t >> 64) ^ t) as u64
-        })
-        .unwrap_or_else(|_| seed())
+fn wyrand(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0xa076_1d64_78bd_642f);
+    let t = u128::from(*state) * u128::from(*state ^ 0xe703_7ed1_a0b4_28db);
+    ((t >> 64) ^ t) as u64
 }
 
 /// 128 random bits for a step id.
 #[inline]
 pub(crate) fn next_id() -> u128 {
-    (u128::from(next_u64()) << 64) | u128::from(next_u64())
+    STATE
+        .try_with(|cell| {
+            let mut s = cell.get();
+            if s.generation != GENERATION.load(Relaxed) {
+                s = seed();
+            }
+            let (hi, lo) = (wyrand(&mut s.hi), wyrand(&mut s.lo));
+            cell.set(s);
+            (u128::from(hi) << 64) | u128::from(lo)
+        })
+        .unwrap_or_else(|_| {
+            // The thread is being torn down: a fresh seed is random enough for one id.
+            let mut s = seed();
+            (u128::from(wyrand(&mut s.hi)) << 64) | u128::from(wyrand(&mut s.lo))
+        })
 }
 
 /// Formats random bits as a version-4 UUID string.

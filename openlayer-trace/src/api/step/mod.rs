@@ -10,11 +10,11 @@ use std::cell::RefCell;
 use std::fmt::Display;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::sync::Once;
 use std::task::{Context, Poll};
 
+use pin_project_lite::pin_project;
 use serde::Serialize;
 
 use crate::context::{self, Closing, Entered, OpenStep, Start, StepSpec};
@@ -323,16 +323,58 @@ enum State {
     Done,
 }
 
-/// A future running as a step. Its step opens at the first poll, is current during every
-/// poll, and is handed back with the output when the inner future completes.
-///
-/// Dropped before completion, it closes its step marked `cancelled` (after dropping the
-/// inner future, so that inner steps close first). A panic inside closes it with the panic
-/// message under `Exceptions`.
-#[must_use = "futures do nothing unless polled"]
-pub struct Instrumented<F> {
-    inner: ManuallyDrop<F>,
-    state: State,
+pin_project! {
+    /// A future running as a step. Its step opens at the first poll, is current during
+    /// every poll, and is handed back with the output when the inner future completes.
+    ///
+    /// Dropped before completion, it closes its step marked `cancelled` (after dropping the
+    /// inner future, so that inner steps close first). A panic inside closes it with the
+    /// panic message under `Exceptions`.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Instrumented<F> {
+        // `None` only while it is dropped, in place, before the step closes.
+        #[pin]
+        inner: Option<F>,
+        state: State,
+    }
+
+    impl<F> PinnedDrop for Instrumented<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let State::Open(open) = std::mem::replace(this.state, State::Done) {
+                let cancel = Cancel {
+                    entered: Some(context::enter_ref(&open.trace, open.idx)),
+                    open,
+                };
+                // Dropped in place, in the step's position: its steps close first.
+                let mut inner = this.inner;
+                inner.set(None);
+                drop(cancel);
+            }
+        }
+    }
+}
+
+/// Restores the position and closes the step as cancelled, even when dropping the inner
+/// future panics.
+struct Cancel {
+    entered: Option<Entered>,
+    open: OpenStep,
+}
+
+impl Drop for Cancel {
+    fn drop(&mut self) {
+        if let Some(e) = self.entered.take() {
+            context::exit(e);
+        }
+        // After the inner future (and so its steps) is gone.
+        let closing = Closing {
+            status: Status::Cancelled,
+            output: None,
+            error: None,
+        };
+        context::close_step(&self.open, clock::now(), closing);
+    }
 }
 
 impl<F> std::fmt::Debug for Instrumented<F> {
@@ -349,7 +391,7 @@ impl<F: Future> Instrumented<F> {
             None => State::Done,
         };
         Instrumented {
-            inner: ManuallyDrop::new(inner),
+            inner: Some(inner),
             state,
         }
     }
@@ -412,10 +454,9 @@ impl<F: Future> Future for Instrumented<F> {
     type Output = (F::Output, StepFinisher);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // SAFETY: `inner` is structurally pinned and never moved; `state` is not pinned.
-        let this = unsafe { self.get_unchecked_mut() };
+        let this = self.project();
         if matches!(this.state, State::Pending(..))
-            && let State::Pending(p) = std::mem::replace(&mut this.state, State::Done)
+            && let State::Pending(p) = std::mem::replace(this.state, State::Done)
         {
             let Pending {
                 spec,
@@ -432,7 +473,7 @@ impl<F: Future> Future for Instrumented<F> {
                     crate::api::annotate::apply_step_json(&open, metadata);
                 }
                 install_panic_hook();
-                this.state = State::Open(open);
+                *this.state = State::Open(open);
             }
         }
 
@@ -459,22 +500,24 @@ impl<F: Future> Future for Instrumented<F> {
             }
         }
 
-        let entered = match &this.state {
+        let Some(inner) = this.inner.as_pin_mut() else {
+            // Only while dropped, never polled then.
+            return Poll::Pending;
+        };
+        let entered = match &*this.state {
             State::Open(o) => Some(context::enter_ref(&o.trace, o.idx)),
             _ => None,
         };
         let guard = PollGuard {
             entered,
-            state: &mut this.state,
+            state: &mut *this.state,
         };
-        // SAFETY: structural pinning of `inner`.
-        let inner = unsafe { Pin::new_unchecked(&mut *this.inner) };
         let out = inner.poll(cx);
         drop(guard);
         match out {
             Poll::Pending => Poll::Pending,
             Poll::Ready(v) => {
-                let open = match std::mem::replace(&mut this.state, State::Done) {
+                let open = match std::mem::replace(this.state, State::Done) {
                     State::Open(o) => Some(o),
                     _ => None,
                 };
@@ -486,44 +529,6 @@ impl<F: Future> Future for Instrumented<F> {
                     },
                 ))
             }
-        }
-    }
-}
-
-impl<F> Drop for Instrumented<F> {
-    fn drop(&mut self) {
-        /// Restores the position and closes the step as cancelled, even when dropping the
-        /// inner future panics.
-        struct Cancel {
-            entered: Option<Entered>,
-            open: OpenStep,
-        }
-        impl Drop for Cancel {
-            fn drop(&mut self) {
-                if let Some(e) = self.entered.take() {
-                    context::exit(e);
-                }
-                // After the inner future (and so its steps) is gone.
-                let closing = Closing {
-                    status: Status::Cancelled,
-                    output: None,
-                    error: None,
-                };
-                context::close_step(&self.open, clock::now(), closing);
-            }
-        }
-        match std::mem::replace(&mut self.state, State::Done) {
-            State::Open(open) => {
-                let cancel = Cancel {
-                    entered: Some(context::enter_ref(&open.trace, open.idx)),
-                    open,
-                };
-                // SAFETY: dropped exactly once, in place.
-                unsafe { ManuallyDrop::drop(&mut self.inner) };
-                drop(cancel);
-            }
-            // SAFETY: dropped exactly once, in place.
-            _ => unsafe { ManuallyDrop::drop(&mut self.inner) },
         }
     }
 }
@@ -667,7 +672,7 @@ impl StepBuilder {
             metadata: self.metadata,
         };
         Instrumented {
-            inner: ManuallyDrop::new(future),
+            inner: Some(future),
             state: State::Pending(Box::new(pending)),
         }
     }
