@@ -116,7 +116,8 @@ mod tests {
         let ours = b - a;
         let theirs = (j - i).as_nanos() as i64;
         assert!(ours >= 20_000_000, "{ours}");
-        assert!((ours - theirs).abs() < 2_000_000, "{ours} vs {theirs}");
+        // The two readings are taken back to back; generous for a preempted thread.
+        assert!((ours - theirs).abs() < 10_000_000, "{ours} vs {theirs}");
     }
 
     #[test]
