@@ -160,7 +160,14 @@ pub(crate) fn open_private_append(path: &Path) -> std::io::Result<(std::fs::File
 }
 
 /// Renames a full local file to `<file>.1`, replacing an older one.
+///
+/// Only a regular file rotates: a device, FIFO or socket given as the trace file
+/// (`/dev/null`, `/dev/stdout`, a pipe) is never renamed, and writing simply goes on.
 pub(crate) fn rotate(path: &Path) -> std::io::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => return Ok(()),
+        _ => {}
+    }
     let mut old = path.as_os_str().to_owned();
     old.push(".1");
     match std::fs::rename(path, &old) {
@@ -339,6 +346,25 @@ mod tests {
             Value::Object(m) => m,
             _ => panic!("not an object"),
         }
+    }
+
+    #[test]
+    fn only_regular_files_rotate() {
+        // A directory stands in for a device or FIFO: anything but a regular file stays.
+        let dir = std::env::temp_dir().join(format!("ol-rotate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        rotate(&dir).unwrap();
+        let mut moved = dir.as_os_str().to_owned();
+        moved.push(".1");
+        assert!(dir.is_dir());
+        assert!(!Path::new(&moved).exists());
+        // A regular file does rotate.
+        let file = dir.join("traces.jsonl");
+        std::fs::write(&file, "x\n").unwrap();
+        rotate(&file).unwrap();
+        assert!(!file.exists());
+        assert!(dir.join("traces.jsonl.1").is_file());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
