@@ -9,7 +9,7 @@
 //! One iteration is one call of a three-level shape of `#[instrument]` functions (a root
 //! with two arguments calling a child calling a leaf), so three spans. Variants: a bare
 //! registry (the floor every layer stands on), our layer (each root's trace handed off to the
-//! real pipeline, encoded by its worker and written to `/dev/null`), and
+//! real pipeline, encoded by its worker and written to a local file), and
 //! `tracing-opentelemetry`. After every 1 Ki calls, both pipelines are flushed outside the
 //! timed loop. The summary prints the per-span cost over the bare registry and the ratio.
 
@@ -82,10 +82,12 @@ fn main() {
         .measurement_time(Duration::from_secs(4));
     let mut medians = Vec::new();
 
-    // Our pipeline: every trace encoded by the worker and written to /dev/null.
+    // Our pipeline: every trace encoded by the worker and written to a local file (in the
+    // temporary directory, rotated at its default bound, removed at the end).
+    let file = std::env::temp_dir().join(format!("bridge-bench-{}.jsonl", std::process::id()));
     let guard = openlayer_trace::init(
         openlayer_trace::Config::builder()
-            .trace_file("/dev/null")
+            .trace_file(&file)
             .queue_capacity(1 << 16)
             .queue_max_bytes(1 << 30)
             .build()
@@ -170,4 +172,9 @@ fn main() {
         );
     }
     c.final_summary();
+    drop(guard);
+    let mut rotated = file.clone().into_os_string();
+    rotated.push(".1");
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(rotated);
 }
