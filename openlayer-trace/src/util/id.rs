@@ -27,7 +27,7 @@ thread_local! {
     static STATE: Cell<State> = Cell::new(seed());
 }
 
-#[cfg(unix)]
+#[cfg(all(unix, feature = "enable"))]
 fn watch_forks() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     extern "C" fn in_child() {
@@ -42,15 +42,21 @@ fn watch_forks() {
     });
 }
 
-#[cfg(not(unix))]
+// Without `enable` no ids are drawn (only `inference_id_for`, which hashes).
+#[cfg(not(all(unix, feature = "enable")))]
 fn watch_forks() {}
 
 /// 128 bits from the OS, else from `std`'s OS-keyed hasher, the clock and an address.
 fn seed() -> State {
     watch_forks();
     let generation = GENERATION.load(Relaxed);
+    #[cfg_attr(not(feature = "enable"), allow(unused_mut))]
     let mut bytes = [0u8; 16];
-    let (hi, lo) = if getrandom::getrandom(&mut bytes).is_ok() {
+    #[cfg(feature = "enable")]
+    let from_os = getrandom::getrandom(&mut bytes).is_ok();
+    #[cfg(not(feature = "enable"))]
+    let from_os = false;
+    let (hi, lo) = if from_os {
         let v = u128::from_le_bytes(bytes);
         ((v >> 64) as u64, v as u64)
     } else {
