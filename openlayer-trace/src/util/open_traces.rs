@@ -11,8 +11,10 @@
 //!   and the age of the oldest, and a rate-limited warning names a trace open longer than
 //!   `open_trace_warn_after` (a root held open by a spawned loop that never ends).
 //!
-//! The costs on the hot path: two relaxed atomics per step, and one uncontended lock per
-//! trace (to register it at its root and forget it when it completes).
+//! The costs on the hot path: two relaxed atomics per step, and one lock per trace to
+//! register it at its root and one to forget it when it completes. The registry is split
+//! into shards, a thread registering in its own, so that threads starting traces at once
+//! (a server's workers, a trace per request) do not queue on one lock.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -29,8 +31,25 @@ static WARN_AFTER_NS: AtomicU64 = AtomicU64::new(DEFAULT_WARN_AFTER.as_nanos() a
 static HELD: AtomicUsize = AtomicUsize::new(0);
 static STEPS_DROPPED: AtomicU64 = AtomicU64::new(0);
 static SEQ: AtomicU64 = AtomicU64::new(1);
-/// The open traces, by (start on the monotonic clock, sequence number).
-static OPEN: Mutex<BTreeSet<(i64, u64)>> = Mutex::new(BTreeSet::new());
+/// How many shards the registry of open traces has (a power of two).
+const SHARDS: usize = 16;
+
+/// The open traces, by (start on the monotonic clock, sequence number), in shards; a
+/// trace's key says its shard (`seq % SHARDS`).
+static OPEN: [Mutex<BTreeSet<(i64, u64)>>; SHARDS] =
+    [const { Mutex::new(BTreeSet::new()) }; SHARDS];
+
+/// The next shard given to a thread that registers its first trace.
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's shard of the registry.
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Relaxed) % SHARDS;
+}
+
+fn shard(i: usize) -> std::sync::MutexGuard<'static, BTreeSet<(i64, u64)>> {
+    OPEN[i % SHARDS].lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Applies a configuration's bounds (at `init` or lazy configuration).
 pub(crate) fn configure(max_steps: usize, queue_max_bytes: usize, warn_after: Duration) {
@@ -70,13 +89,27 @@ pub(crate) fn hold(bytes: usize) {
 
 /// Registers a trace that starts at the clock reading `start`; returns its key.
 pub(crate) fn opened(start: i64) -> u64 {
-    let seq = SEQ.fetch_add(1, Relaxed);
-    let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+    let i = SHARD.try_with(|s| *s).unwrap_or(0);
+    // The key: a sequence number whose remainder by SHARDS is the shard (never 0, which
+    // means "not registered"). Per shard the numbers only need to be unique.
+    let seq = SEQ.fetch_add(1, Relaxed) * SHARDS as u64 + i as u64 + SHARDS as u64;
+    let mut open = shard(i);
     open.insert((start, seq));
     let oldest = open.first().map(|(s, _)| *s);
     drop(open);
+    // `start` was read just now: the age of this shard's oldest, without another clock
+    // read. Every 64th trace looks at all shards, so that a trace left open in the shard
+    // of a thread that starts no more traces is still found.
     if let Some(oldest) = oldest {
-        warn_if_old(oldest);
+        warn_if_older(start.saturating_sub(oldest));
+    }
+    if (seq / SHARDS as u64).is_multiple_of(64) {
+        let oldest = (0..SHARDS)
+            .filter_map(|i| shard(i).first().map(|(s, _)| *s))
+            .min();
+        if let Some(oldest) = oldest {
+            warn_if_older(start.saturating_sub(oldest));
+        }
     }
     seq
 }
@@ -85,18 +118,20 @@ pub(crate) fn opened(start: i64) -> u64 {
 pub(crate) fn completed(start: i64, seq: u64, held: usize) {
     HELD.fetch_sub(held.min(HELD.load(Relaxed)), Relaxed);
     if seq != 0 {
-        OPEN.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(start, seq));
+        shard((seq % SHARDS as u64) as usize).remove(&(start, seq));
     }
 }
 
 /// Open traces now, the age of the oldest, and the steps dropped so far.
 pub(crate) fn snapshot() -> (u64, Duration, u64) {
-    let (count, oldest) = {
-        let open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
-        (open.len() as u64, open.first().map(|(s, _)| *s))
-    };
+    let (mut count, mut oldest) = (0, None::<i64>);
+    for i in 0..SHARDS {
+        let open = shard(i);
+        count += open.len() as u64;
+        if let Some((s, _)) = open.first() {
+            oldest = Some(oldest.map_or(*s, |o| o.min(*s)));
+        }
+    }
     let age = oldest.map_or(Duration::ZERO, age_of);
     if let Some(oldest) = oldest {
         warn_if_old(oldest);
@@ -111,12 +146,55 @@ fn age_of(start: i64) -> Duration {
 }
 
 fn warn_if_old(oldest: i64) {
-    let age = age_of(oldest);
-    if age.as_nanos() > u128::from(WARN_AFTER_NS.load(Relaxed)) {
+    warn_if_older(crate::util::clock::now().saturating_sub(oldest));
+}
+
+/// Warns (rate-limited) when the oldest open trace's age, `age_ns`, is over the bound.
+fn warn_if_older(age_ns: i64) {
+    let age_ns = u64::try_from(age_ns).unwrap_or(0);
+    if age_ns > WARN_AFTER_NS.load(Relaxed) {
         crate::util::diag::warn_limited!(
-            age_secs = age.as_secs_f64(),
+            age_secs = Duration::from_nanos(age_ns).as_secs_f64(),
             "a trace has been open for a long time (its root, or work spawned in it, has not \
              ended); it holds memory and is not delivered until it completes"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registered(start: i64, key: u64) -> bool {
+        (0..SHARDS).any(|i| shard(i).contains(&(start, key)))
+    }
+
+    /// Traces registered on many threads land in several shards, are all seen by the
+    /// snapshot, and are forgotten when completed on another thread.
+    #[test]
+    fn shards_register_snapshot_and_forget_across_threads() {
+        // Starts far in the past, so that these are the oldest open traces whatever
+        // other tests run meanwhile.
+        let base = -(1i64 << 60);
+        let keys: Vec<(i64, u64)> = (0..(2 * SHARDS) as i64)
+            .map(|k| std::thread::spawn(move || (base + k, opened(base + k))))
+            .map(|h| h.join().unwrap())
+            .collect();
+        let shards: BTreeSet<u64> = keys.iter().map(|(_, key)| key % SHARDS as u64).collect();
+        assert!(
+            shards.len() > 1,
+            "all threads registered in one shard: {shards:?}"
+        );
+        for (start, key) in &keys {
+            assert_ne!(*key, 0);
+            assert!(registered(*start, *key));
+        }
+        let (count, age, _) = snapshot();
+        assert!(count >= keys.len() as u64);
+        assert!(age >= Duration::from_nanos(1 << 59), "oldest age {age:?}");
+        for (start, key) in &keys {
+            completed(*start, *key, 0);
+            assert!(!registered(*start, *key));
+        }
     }
 }
