@@ -1,6 +1,7 @@
 //! The service: opens each request's root step, runs the inner service inside it, and
 //! hands the step to the response body.
 
+use std::borrow::Cow;
 use std::fmt::{self, Display};
 use std::future::Future;
 use std::pin::Pin;
@@ -44,17 +45,6 @@ impl<S: fmt::Debug, M: fmt::Debug> fmt::Debug for OpenlayerService<S, M> {
     }
 }
 
-/// The step's inputs: the method, the path, the allow-listed headers and the JSON body.
-#[derive(Serialize)]
-struct Inputs<'a> {
-    method: &'a str,
-    path: &'a str,
-    #[serde(skip_serializing_if = "RecordedHeaders::is_empty")]
-    headers: RecordedHeaders<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    body: Option<RecordedBody<'a>>,
-}
-
 /// A recorded request body: its JSON, or its text when it is not valid JSON.
 #[derive(Serialize)]
 #[serde(untagged)]
@@ -71,7 +61,7 @@ struct RecordedHeaders<'a> {
 
 impl RecordedHeaders<'_> {
     fn is_empty(&self) -> bool {
-        !self.names.iter().any(|n| self.headers.contains_key(n))
+        self.headers.is_empty() || !self.names.iter().any(|n| self.headers.contains_key(n))
     }
 }
 
@@ -81,7 +71,7 @@ impl Serialize for RecordedHeaders<'_> {
         for name in self.names {
             let mut values = self.headers.get_all(name).iter();
             let Some(first) = values.next() else { continue };
-            let mut text = String::from_utf8_lossy(first.as_bytes());
+            let mut text = header_text(first);
             for more in values {
                 let t = text.to_mut();
                 t.push_str(", ");
@@ -90,6 +80,15 @@ impl Serialize for RecordedHeaders<'_> {
             map.serialize_entry(name.as_str(), &text)?;
         }
         map.end()
+    }
+}
+
+/// A header value as text: as it is when it is visible ASCII (almost always), else with
+/// replacement characters for what is not UTF-8.
+fn header_text(value: &HeaderValue) -> Cow<'_, str> {
+    match value.to_str() {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(value.as_bytes()),
     }
 }
 
@@ -102,19 +101,23 @@ pub(crate) struct Begun {
 
 /// Opens the request's root step and sets its trace's columns.
 pub(crate) fn begin(settings: &Settings, parts: &Parts, body: Option<RecordedBody<'_>>) -> Begun {
-    let inputs = Inputs {
-        method: parts.method.as_str(),
-        path: parts.uri.path(),
-        headers: RecordedHeaders {
-            names: &settings.record_headers,
-            headers: &parts.headers,
-        },
-        body,
+    let headers = RecordedHeaders {
+        names: &settings.record_headers,
+        headers: &parts.headers,
     };
+    // The inputs: the method, the path, the allow-listed headers and the JSON body.
     let step = openlayer_trace::step(settings.step_name(parts))
         .kind(StepKind::UserCall)
-        .inputs(&inputs)
-        .start();
+        .start_with_inputs(|w| {
+            w.field("method", parts.method.as_str());
+            w.field("path", parts.uri.path());
+            if !headers.is_empty() {
+                w.field("headers", &headers);
+            }
+            if let Some(body) = &body {
+                w.field("body", body);
+            }
+        });
     if step.is_recording() {
         let inference_id = settings.inference_id(parts);
         let user_id = settings.user_id(parts);
@@ -238,7 +241,7 @@ where
             step.metadata("Exceptions", &format!("HTTP {status}"));
         }
         if this.settings.respond_with_id
-            && let Some(id) = step.in_scope(openlayer_trace::current_inference_id)
+            && let Some(id) = step.inference_id()
             && let Ok(value) = HeaderValue::try_from(id)
         {
             parts

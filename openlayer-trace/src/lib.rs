@@ -218,6 +218,8 @@ pub use api::annotate::{
 #[cfg(feature = "enable")]
 pub use api::lifecycle::{init, init_from_env};
 #[cfg(feature = "enable")]
+pub use api::macro_support::InputWriter;
+#[cfg(feature = "enable")]
 pub use api::manual::{ChatCompletion, add_chat_completion_step};
 #[cfg(feature = "enable")]
 pub use api::row_update::{update_row, update_row_in};
@@ -283,7 +285,8 @@ pub use noop::context::{
 pub use noop::lifecycle::{Guard, flush, flush_async, init, init_from_env, stats};
 #[cfg(not(feature = "enable"))]
 pub use noop::step::{
-    EnteredStep, Instrumented, OutputSink, StepBuilder, StepFinisher, StepGuard, StepHandle, step,
+    EnteredStep, InputWriter, Instrumented, OutputSink, StepBuilder, StepFinisher, StepGuard,
+    StepHandle, step,
 };
 #[cfg(not(feature = "enable"))]
 pub use noop::stream;

@@ -202,3 +202,45 @@ fn handle_is_send() {
     fn assert_send<T: Send>() {}
     assert_send::<StepHandle>();
 }
+
+#[test]
+fn start_with_inputs_writes_the_fields_and_escapes_names() {
+    #[derive(serde::Serialize)]
+    struct Page {
+        n: u32,
+    }
+    let (ids, traces) = testing::capture(|| {
+        let h = step("request").start_with_inputs(|w| {
+            w.field("method", "GET");
+            w.field("a \"quoted\" name", &Page { n: 2 });
+            w.field("none", &None::<u8>);
+        });
+        let outside = h.in_scope(openlayer_trace::current_inference_id);
+        let id = h.inference_id();
+        h.finish();
+        (outside, id)
+    });
+    assert_eq!(traces.len(), 1);
+    let root = traces[0].root();
+    assert_eq!(
+        root["inputs"],
+        json!({"method": "GET", "a \"quoted\" name": {"n": 2}, "none": null})
+    );
+    // The handle's inference id is the row's, as `current_inference_id` sees it inside.
+    assert_eq!(ids.0.as_deref(), Some(traces[0].inference_id()));
+    assert_eq!(ids.1.as_deref(), Some(traces[0].inference_id()));
+}
+
+#[test]
+fn a_handles_inference_id_follows_an_update_and_is_none_when_off() {
+    let (id, traces) = testing::capture(|| {
+        let h = step("request").start();
+        update_inside(&h);
+        let id = h.inference_id();
+        h.finish();
+        id
+    });
+    assert_eq!(id.as_deref(), Some("from-the-worker"));
+    assert_eq!(traces[0].inference_id(), "from-the-worker");
+    assert_eq!(StepHandle::disabled().inference_id(), None);
+}

@@ -308,15 +308,17 @@ pub fn log_ground_truth<T: Serialize + ?Sized>(ground_truth: &T) {
 /// # assert!(id.is_none() || id.as_deref() == Some("chat-1-u-2"));
 /// ```
 pub fn current_inference_id() -> Option<String> {
-    context::with_current(|t, _| {
-        let st = t.lock();
-        match &st.inference_id {
-            Some(id) => Some(id.to_string()),
-            None => st
-                .steps
-                .first()
-                .map(|root| crate::util::id::uuid_v4(root.id)),
-        }
-    })
-    .flatten()
+    context::with_current(|t, _| inference_id_of(t)).flatten()
+}
+
+/// The inference id of `trace`: the one set by an update, else its root step's id.
+pub(crate) fn inference_id_of(trace: &crate::record::TraceShared) -> Option<String> {
+    let st = trace.lock();
+    match &st.inference_id {
+        Some(id) => Some(id.to_string()),
+        None => st
+            .steps
+            .first()
+            .map(|root| crate::util::id::uuid_v4(root.id)),
+    }
 }

@@ -103,6 +103,27 @@ impl StepBuilder {
     pub fn start(self) -> StepHandle {
         StepHandle { _private: () }
     }
+
+    /// A handle that records nothing; `inputs` is not called.
+    #[inline(always)]
+    pub fn start_with_inputs(self, inputs: impl FnOnce(&mut InputWriter)) -> StepHandle {
+        let _ = inputs;
+        StepHandle { _private: () }
+    }
+}
+
+/// Writes a step's inputs field by field (compiled out: never called).
+#[derive(Debug)]
+pub struct InputWriter {
+    _private: (),
+}
+
+impl InputWriter {
+    /// Does nothing.
+    #[inline(always)]
+    pub fn field<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) {
+        let _ = (name, value);
+    }
 }
 
 /// A synchronous step's guard (compiled out: records nothing).
@@ -214,6 +235,12 @@ impl StepHandle {
     #[inline(always)]
     pub fn is_recording(&self) -> bool {
         false
+    }
+
+    /// Always `None` (compiled out).
+    #[inline(always)]
+    pub fn inference_id(&self) -> Option<String> {
+        None
     }
 
     /// A guard that does nothing.

@@ -33,7 +33,9 @@ impl StepMeta {
     }
 }
 
-/// Writes the captured inputs as one JSON object, in parameter order.
+/// Writes a step's inputs as one JSON object, field by field, straight into the step's
+/// record; see [`StepBuilder::start_with_inputs`](crate::StepBuilder::start_with_inputs).
+/// (`#[trace]` writes a traced function's arguments with it, in parameter order.)
 #[derive(Debug, Default)]
 pub struct InputWriter {
     buf: String,
@@ -61,13 +63,30 @@ impl<T: Serialize + ?Sized> Input for T {
 }
 
 impl InputWriter {
-    /// Records one argument. An argument whose serialization fails is recorded as `null`.
+    /// Records one input, `name` (any text) to `value`. A value whose serialization fails
+    /// is recorded as `null`.
+    #[inline]
+    pub fn field<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) {
+        self.buf.push(if self.buf.is_empty() { '{' } else { ',' });
+        crate::util::json::push_str(&mut self.buf, name);
+        self.buf.push(':');
+        self.value(name, value);
+    }
+
+    /// Records one argument of a traced function (`name` is an identifier, written as it
+    /// is). An argument whose serialization fails is recorded as `null`.
+    #[doc(hidden)]
     #[inline]
     pub fn arg<T: Input + ?Sized>(&mut self, name: &str, value: &T) {
         self.buf.push(if self.buf.is_empty() { '{' } else { ',' });
         self.buf.push('"');
         self.buf.push_str(name);
         self.buf.push_str("\":");
+        self.value(name, value);
+    }
+
+    #[inline]
+    fn value<T: Input + ?Sized>(&mut self, name: &str, value: &T) {
         let mark = self.buf.len();
         if value.__write(&mut self.buf).is_err() {
             self.buf.truncate(mark);

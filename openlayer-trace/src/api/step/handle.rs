@@ -7,6 +7,7 @@ use std::marker::PhantomData;
 
 use serde::Serialize;
 
+use crate::api::macro_support::steps::{InputWriter, capture_inputs};
 use crate::api::step::{Ending, StepBuilder, install_panic_hook, panic_message};
 use crate::context::{self, Closing, Entered, OpenStep, TraceContext};
 use crate::record::Status;
@@ -43,6 +44,25 @@ impl StepBuilder {
             open,
             ending: Ending::default(),
         }
+    }
+
+    /// Opens the step like [`start`](Self::start), with inputs written by `inputs` field by
+    /// field straight into the step's record (replacing any set with
+    /// [`inputs`](Self::inputs)). Cheaper than `inputs(&value)` on a hot path: the JSON is
+    /// written once, where the step keeps it, and `inputs` runs only when the step is
+    /// recorded.
+    ///
+    /// ```
+    /// let method = "GET";
+    /// let h = openlayer_trace::step("request").start_with_inputs(|w| {
+    ///     w.field("method", method);
+    ///     w.field("path", "/items/42");
+    /// });
+    /// h.finish(); // inputs {"method":"GET","path":"/items/42"}
+    /// ```
+    pub fn start_with_inputs(self, inputs: impl FnOnce(&mut InputWriter)) -> StepHandle {
+        let open = self.open_with(|buf| capture_inputs(buf, inputs));
+        StepHandle::from_open(open)
     }
 }
 
@@ -112,6 +132,23 @@ impl StepHandle {
         self.open
             .as_ref()
             .map(|o| TraceContext::at(&o.trace, o.idx))
+    }
+
+    /// The inference id of the step's trace (the row's id): the one set by
+    /// `update_current_trace!(inference_id = ...)`, else the root step's id; `None` when
+    /// not recorded. The same as [`current_inference_id`](crate::current_inference_id)
+    /// inside [`in_scope`](Self::in_scope), without making the step current.
+    ///
+    /// ```
+    /// let h = openlayer_trace::step("request").start();
+    /// let id = h.inference_id();
+    /// assert_eq!(id, h.in_scope(openlayer_trace::current_inference_id));
+    /// h.finish();
+    /// ```
+    pub fn inference_id(&self) -> Option<String> {
+        self.open
+            .as_ref()
+            .and_then(|o| crate::api::annotate::inference_id_of(&o.trace))
     }
 
     /// Records the step's output, replacing any earlier one.

@@ -606,19 +606,24 @@ impl StepBuilder {
         self
     }
 
-    fn spec(&self) -> StepSpec {
+    /// The step's description, taking its name (the builder is consumed).
+    fn spec(&mut self) -> StepSpec {
         StepSpec {
-            name: self.name.clone(),
+            name: std::mem::take(&mut self.name),
             kind: self.kind,
             traced_fn: false,
             pipeline_id: None,
         }
     }
 
-    pub(crate) fn open(self) -> Option<OpenStep> {
+    pub(crate) fn open(mut self) -> Option<OpenStep> {
+        let inputs = self.inputs.take();
+        self.open_with(|buf: &mut String| buf.push_str(inputs.as_deref().unwrap_or_default()))
+    }
+
+    /// Opens the step with its inputs written into the (empty) buffer by `write_inputs`.
+    pub(crate) fn open_with(mut self, write_inputs: impl FnOnce(&mut String)) -> Option<OpenStep> {
         let spec = self.spec();
-        let inputs = self.inputs;
-        let write_inputs = |buf: &mut String| buf.push_str(inputs.as_deref().unwrap_or_default());
         let open = context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs)?;
         if !self.metadata.is_empty() {
             crate::api::annotate::apply_step_json(&open, self.metadata);
@@ -664,7 +669,7 @@ impl StepBuilder {
 
     /// Wraps `future` in the step, handing the open step back with the output so that the
     /// caller can record it.
-    pub fn instrumented<F: Future>(self, future: F) -> Instrumented<F> {
+    pub fn instrumented<F: Future>(mut self, future: F) -> Instrumented<F> {
         let spec = self.spec();
         let pending = Pending {
             spec,
