@@ -14,9 +14,10 @@
 //!   spans are created and entered, events dispatched, nothing is kept);
 //! - `openlayer`: `OpenlayerLayer::new()` around it (a root step per request, the inference
 //!   id generated and written to the response header, method, path and headers recorded).
-//!   Each trace is handed off to the real pipeline, encoded by its worker and written to
-//!   `/dev/null`; the pipeline is flushed outside the timed loop after every 1 Ki requests so
-//!   the worker's backlog never overflows the queue.
+//!   Each trace is handed off to the real pipeline, encoded by its worker and written to a
+//!   local trace file in the temporary directory (bounded by its rotation); the pipeline is
+//!   flushed outside the timed loop after every 1 Ki requests so the worker's backlog never
+//!   overflows the queue.
 //!
 //! The overhead of a layer is its median minus `bare`'s. After criterion's groups, paired
 //! rounds run the three variants one after the other, many times over, so that a change of
@@ -92,7 +93,10 @@ static GUARD: std::sync::Mutex<Option<openlayer_trace::Guard>> = std::sync::Mute
 
 fn install() {
     let config = openlayer_trace::Config::builder()
-        .trace_file("/dev/null")
+        .trace_file(std::env::temp_dir().join(format!(
+            "middleware-bench-{}.jsonl",
+            std::process::id()
+        )))
         .queue_capacity(1 << 16)
         .queue_max_bytes(1 << 30)
         .build()
