@@ -23,8 +23,16 @@ struct State {
     generation: u64,
 }
 
+/// A generation no thread is ever seeded in: the first draw on a thread seeds it.
+const UNSEEDED: u64 = u64::MAX;
+
 thread_local! {
-    static STATE: Cell<State> = Cell::new(seed());
+    // Const-initialized, and without a destructor: reading it is a plain thread-local
+    // access, with no lazy-initialization check (the floor benchmark's `step_id` went
+    // from 13.6 to 9.1 ns with this).
+    static STATE: Cell<State> = const {
+        Cell::new(State { hi: 0, lo: 0, generation: UNSEEDED })
+    };
 }
 
 #[cfg(all(unix, feature = "enable"))]
