@@ -28,6 +28,9 @@ pub enum Typed<'a> {
     Bool(bool),
     /// An integer written plainly (no sign but `-`, no leading zero, at most 18 digits).
     Int(i64),
+    /// A decimal written plainly (no exponent, at most 15 digits), which JSON reads as
+    /// this float exactly.
+    Float(f64),
     /// Any other JSON number.
     Number(Number),
     /// A JSON array or object.
@@ -42,6 +45,7 @@ impl Typed<'_> {
             Typed::Null => Value::Null,
             Typed::Bool(b) => Value::Bool(b),
             Typed::Int(i) => Value::Number(i.into()),
+            Typed::Float(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
             Typed::Number(n) => Value::Number(n),
             Typed::Json(v) => v,
             Typed::Text(s) => Value::String(s.to_string()),
@@ -54,7 +58,7 @@ impl Typed<'_> {
             Typed::Bool(_) => Kind::Bool,
             Typed::Int(_) => Kind::Int,
             Typed::Number(n) if n.is_i64() => Kind::Int,
-            Typed::Number(_) => Kind::Float,
+            Typed::Number(_) | Typed::Float(_) => Kind::Float,
             Typed::Json(_) | Typed::Text(_) => Kind::Text,
         }
     }
@@ -76,6 +80,9 @@ pub fn typed(cell: &str) -> Typed<'_> {
     if first == b'-' || first.is_ascii_digit() {
         if let Some(i) = plain_int(bytes) {
             return Typed::Int(i);
+        }
+        if let Some(f) = plain_decimal(bytes) {
+            return Typed::Float(f);
         }
         if let Ok(n) = serde_json::from_str::<Number>(cell) {
             return Typed::Number(n);
@@ -106,6 +113,36 @@ fn plain_int(bytes: &[u8]) -> Option<i64> {
     let value = digits
         .iter()
         .fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
+    Some(if negative { -value } else { value })
+}
+
+/// A decimal as JSON reads it, when it is written plainly (`-`, digits without a
+/// leading zero, `.`, digits; no exponent) with at most 15 digits: then the digits and
+/// the power of ten are exact doubles and one division rounds correctly, as in JSON's
+/// own fast path, so the float is the one a JSON parser gives.
+fn plain_decimal(bytes: &[u8]) -> Option<f64> {
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let (negative, rest) = match bytes.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, bytes),
+    };
+    let dot = rest.iter().position(|&b| b == b'.')?;
+    let (whole, fraction) = (&rest[..dot], &rest[dot + 1..]);
+    if whole.is_empty()
+        || fraction.is_empty()
+        || whole.len() + fraction.len() > 15
+        || (whole[0] == b'0' && whole.len() > 1)
+        || !whole.iter().chain(fraction).all(u8::is_ascii_digit)
+    {
+        return None;
+    }
+    let digits = whole
+        .iter()
+        .chain(fraction)
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    let value = digits as f64 / POW10[fraction.len()];
     Some(if negative { -value } else { value })
 }
 
@@ -427,6 +464,13 @@ fn append(b: &mut Builder, c: &Column, cell: &str) -> Result<(), String> {
                 let _ = write!(b, "{n}");
                 b.append_value("");
             }
+            Typed::Float(f) => match Number::from_f64(f) {
+                Some(n) => {
+                    let _ = write!(b, "{n}");
+                    b.append_value("");
+                }
+                None => b.append_null(),
+            },
             Typed::Json(v) => {
                 let _ = write!(b, "{v}");
                 b.append_value("");
@@ -441,6 +485,7 @@ fn append(b: &mut Builder, c: &Column, cell: &str) -> Result<(), String> {
         Builder::Float(b) => match typed(cell) {
             Typed::Null => b.append_null(),
             Typed::Int(i) => b.append_value(i as f64),
+            Typed::Float(f) => b.append_value(f),
             Typed::Number(n) => b.append_option(n.as_f64()),
             t => return Err(unexpected(&t)),
         },
@@ -461,7 +506,7 @@ fn json_kind(t: &Typed) -> &'static str {
     match t {
         Typed::Null => "null",
         Typed::Bool(_) => "a boolean",
-        Typed::Int(_) | Typed::Number(_) => "a number",
+        Typed::Int(_) | Typed::Float(_) | Typed::Number(_) => "a number",
         Typed::Json(Value::Array(_)) => "an array",
         Typed::Json(_) => "an object",
         Typed::Text(_) => "a string",

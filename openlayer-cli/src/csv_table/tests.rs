@@ -28,18 +28,107 @@ fn reference_cell(cell: &str) -> Value {
 }
 
 const CELLS: &[&str] = &[
-    "", "0", "-0", "00", "007", "-007", "12", "-12", "12 ", "+12", "1.", ".5", "-", "--1",
-    "123456789012345678", "-123456789012345678", "1234567890123456789",
-    "9223372036854775807", "9223372036854775808", "-9223372036854775808",
-    "99999999999999999999", "1.5", "-1.5e3", "1e3", "0.1", "2.50", "1E400", "true", "True",
-    "TRUE", "tRue", "false", "FALSE", "yes", "[1, \"a\"]", "{\"k\": 1}", "[not json", "{",
-    "[]", "a, b", "0x10", "١٢",
+    "",
+    "0",
+    "-0",
+    "00",
+    "007",
+    "-007",
+    "12",
+    "-12",
+    "12 ",
+    "+12",
+    "1.",
+    ".5",
+    "-",
+    "--1",
+    "123456789012345678",
+    "-123456789012345678",
+    "1234567890123456789",
+    "9223372036854775807",
+    "9223372036854775808",
+    "-9223372036854775808",
+    "99999999999999999999",
+    "1.5",
+    "-1.5e3",
+    "1e3",
+    "0.1",
+    "2.50",
+    "1E400",
+    "true",
+    "True",
+    "TRUE",
+    "tRue",
+    "false",
+    "FALSE",
+    "yes",
+    "[1, \"a\"]",
+    "{\"k\": 1}",
+    "[not json",
+    "{",
+    "[]",
+    "a, b",
+    "0x10",
+    "١٢",
+    "0.0",
+    "-0.0",
+    "00.5",
+    "0.",
+    "-.5",
+    "1.2.3",
+    "1.5 ",
+    "3.14159265358979",
+    "3.141592653589793",
+    "123456789.123456",
+    "0.000000000000001",
+    "9007199254740993.5",
+    "-999999999999.999",
+    "0.1000",
+    "1.0",
+    "1.e5",
+    "1.5e-3",
 ];
+
+#[test]
+fn plain_decimals_are_the_floats_json_reads() {
+    // A fixed sequence of decimals of up to 15 digits, compared with the JSON reading.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..200_000 {
+        let whole = 1 + (next() % 14) as usize;
+        let fraction = 1 + (next() as usize % (15 - whole));
+        let mut cell = String::from(if next() & 1 == 0 { "-" } else { "" });
+        let lead = (next() % 10) as u8;
+        cell.push(char::from(
+            b'0' + if whole > 1 { lead.max(1) } else { lead },
+        ));
+        for i in 1..whole + fraction {
+            if i == whole {
+                cell.push('.');
+            }
+            cell.push(char::from(b'0' + (next() % 10) as u8));
+        }
+        assert_eq!(
+            typed(&cell).into_value(),
+            reference_cell(&cell),
+            "cell {cell:?}"
+        );
+    }
+}
 
 #[test]
 fn cells_are_typed_as_json_values_were() {
     for cell in CELLS {
-        assert_eq!(typed(cell).into_value(), reference_cell(cell), "cell {cell:?}");
+        assert_eq!(
+            typed(cell).into_value(),
+            reference_cell(cell),
+            "cell {cell:?}"
+        );
     }
 }
 
@@ -102,9 +191,13 @@ fn read_all(path: &Path, checks: &Checks) -> Vec<RecordBatch> {
     let mut problems = Problems::new(path);
     let (_, schema) = scan(Records::open(path, checks).unwrap(), &mut problems);
     assert_eq!(problems.count, 0);
-    batches(Records::open(path, checks).unwrap(), schema, path.to_path_buf())
-        .collect::<Result<_, _>>()
-        .unwrap()
+    batches(
+        Records::open(path, checks).unwrap(),
+        schema,
+        path.to_path_buf(),
+    )
+    .collect::<Result<_, _>>()
+    .unwrap()
 }
 
 #[test]
@@ -116,7 +209,11 @@ fn batches_are_those_of_the_rows_as_json() {
             "{:03},{},{},{quoted},{},,{i},\"a, b\",{}\n",
             i,
             i as i64 - 5,
-            if i % 3 == 0 { String::new() } else { format!("{}.25", i) },
+            if i % 3 == 0 {
+                String::new()
+            } else {
+                format!("{}.25", i)
+            },
             ["true", "False", ""][i % 3],
             i * 2,
         ));
@@ -144,11 +241,25 @@ fn batches_are_those_of_the_rows_as_json() {
         .iter()
         .map(|f| (f.name().clone(), f.data_type().clone()))
         .collect();
-    assert!(types.contains(&("x".into(), DataType::Float64)), "{types:?}");
-    assert!(types.contains(&("flag".into(), DataType::Boolean)), "{types:?}");
-    assert!(types.contains(&("none".into(), DataType::Null)), "{types:?}");
-    assert!(types.contains(&("mixed".into(), DataType::Utf8)), "{types:?}");
-    assert!(types.contains(&("id".into(), DataType::Int64)), "{types:?}");
+    assert!(
+        types.contains(&("x".into(), DataType::Float64)),
+        "{types:?}"
+    );
+    assert!(
+        types.contains(&("flag".into(), DataType::Boolean)),
+        "{types:?}"
+    );
+    assert!(
+        types.contains(&("none".into(), DataType::Null)),
+        "{types:?}"
+    );
+    assert!(
+        types.contains(&("mixed".into(), DataType::Utf8)),
+        "{types:?}"
+    );
+    // Ids such as `007` are text to JSON too.
+    assert!(types.contains(&("id".into(), DataType::Utf8)), "{types:?}");
+    assert!(types.contains(&("n".into(), DataType::Int64)), "{types:?}");
     assert_eq!(types.iter().filter(|(n, _)| n == "dup").count(), 1);
 }
 
@@ -199,12 +310,19 @@ fn bad_rows_are_named_in_both_readings() {
     );
     // A cell of another type than the first reading saw.
     let (_dir2, other) = temp_csv("changed", "id,label\na,x\n");
-    let err = batches(Records::open(&other, &checks).unwrap(), schema_of(&path, &checks), other.clone())
-        .find_map(Result::err);
+    let err = batches(
+        Records::open(&other, &checks).unwrap(),
+        schema_of(&path, &checks),
+        other.clone(),
+    )
+    .find_map(Result::err);
     assert!(err.is_some());
 }
 
 fn schema_of(path: &Path, checks: &Checks) -> CsvSchema {
-    let (_, schema) = scan(Records::open(path, checks).unwrap(), &mut Problems::new(path));
+    let (_, schema) = scan(
+        Records::open(path, checks).unwrap(),
+        &mut Problems::new(path),
+    );
     schema
 }
