@@ -19,8 +19,9 @@ use openlayer_trace::{Client, Error, RowUpdateConfig, StreamConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::CliError;
+use crate::csv_table::{self, CsvSchema};
 use crate::progress::Progress;
-use crate::table::{self, Checks, Scan};
+use crate::table::{self, Checks, Kind, Scan};
 
 /// What the rows are for.
 pub enum Mode {
@@ -50,6 +51,40 @@ pub struct Job<'a> {
     pub checks: &'a Checks,
     pub mode: Mode,
     pub rows_per_upload: u64,
+    /// The batches, already being read (see [`prefetch`]).
+    pub prefetched: Option<Prefetched>,
+}
+
+/// A file's batches, read while its rows are checked.
+pub struct Prefetched {
+    batches: ReadAhead,
+    /// For a CSV file, the column types guessed: the batches are used only if the scan
+    /// finds the same.
+    csv: Option<CsvSchema>,
+}
+
+/// The rows a CSV file's types are guessed from, to read it ahead.
+const GUESS_ROWS: u64 = 10_000;
+
+/// Starts reading a file for the bulk path while it is scanned: a Parquet or Arrow IPC
+/// file (whose batches need nothing from the scan), or a CSV file as typed by its first
+/// [`GUESS_ROWS`] rows. `None` for a JSONL file, or when the file cannot be opened (the
+/// scan says why).
+pub fn prefetch(file: &Path, kind: Kind, checks: &Checks) -> Option<Prefetched> {
+    let (batches, csv): (Batches, _) = match kind {
+        Kind::Parquet | Kind::Ipc => (table::arrow_batches(file, kind).ok()?, None),
+        Kind::Csv => {
+            let schema = csv_table::guess(csv_table::Records::open(file, checks).ok()?, GUESS_ROWS);
+            let records = csv_table::Records::open(file, checks).ok()?;
+            let batches = csv_table::batches(records, schema.clone(), file.to_path_buf());
+            (Box::new(batches), Some(schema))
+        }
+        Kind::Jsonl => return None,
+    };
+    Some(Prefetched {
+        batches: read_ahead(batches, READ_AHEAD_BYTES),
+        csv,
+    })
 }
 
 /// What has been sent of a file, in `FILE.sent`.
@@ -140,10 +175,14 @@ pub async fn run(job: Job<'_>) -> Result<u64, CliError> {
     let bar = Progress::new(job.mode.command(), job.scan.rows);
     bar.add(sent.rows_done, 0);
     let mut feed = Feed {
-        inner: Box::new(read_ahead(
-            table::batches(job.file, job.scan, job.checks)?,
-            READ_AHEAD_BYTES,
-        )),
+        inner: match job.prefetched {
+            Some(p) if p.csv.is_none() || p.csv == job.scan.csv => Box::new(p.batches),
+            // Another guess than the scan's types: read again (this stops the first reader).
+            _ => Box::new(read_ahead(
+                table::batches(job.file, job.scan, job.checks)?,
+                READ_AHEAD_BYTES,
+            )),
+        },
         pending: None,
         skip: sent.rows_done,
         error: None,

@@ -179,7 +179,7 @@ impl Kind {
 }
 
 /// One uploaded column.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct Column {
     name: String,
     /// Where its cell is in a record (the last column of that name, as in a JSON object).
@@ -190,7 +190,7 @@ struct Column {
 }
 
 /// The columns of a CSV file and their types, from [`scan`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CsvSchema {
     /// Empty until a good row is seen.
     columns: Vec<Column>,
@@ -327,14 +327,27 @@ impl Records {
 }
 
 /// First pass: counts the rows (bad ones too, in `problems`) and types the columns.
-pub fn scan(mut records: Records, problems: &mut Problems) -> (u64, CsvSchema) {
+pub fn scan(records: Records, problems: &mut Problems) -> (u64, CsvSchema) {
+    scan_some(records, problems, u64::MAX)
+}
+
+/// The types of the first `rows` rows: a guess of the file's, to read the file ahead
+/// while it is scanned (the batches are used only if the scan finds these types).
+pub fn guess(records: Records, rows: u64) -> CsvSchema {
+    let mut problems = Problems::new(Path::new(""));
+    scan_some(records, &mut problems, rows).1
+}
+
+fn scan_some(mut records: Records, problems: &mut Problems, limit: u64) -> (u64, CsvSchema) {
     let mut schema = CsvSchema {
         columns: Vec::new(),
         header: records.header.clone(),
         verbatim: records.verbatim.clone(),
     };
     let mut rows = 0u64;
-    while let Some(next) = records.next() {
+    while rows < limit
+        && let Some(next) = records.next()
+    {
         rows += 1;
         match next {
             Ok(_) => schema.observe(&records.record),

@@ -348,14 +348,21 @@ pub fn batches(
                 Some(batch)
             })))
         }
-        _ => {
-            let (_, reader) = arrow_reader(path, scan.kind, None)?;
-            let path = path.to_path_buf();
-            Ok(Box::new(
-                reader.map(move |b| b.map_err(|e| failed(&path, e))),
-            ))
-        }
+        _ => arrow_batches(path, scan.kind),
     }
+}
+
+/// The batches of a Parquet or Arrow IPC file, as [`batches`] gives them (which needs no
+/// scan for these kinds: they are typed).
+pub fn arrow_batches(
+    path: &Path,
+    kind: Kind,
+) -> Result<Box<dyn Iterator<Item = Result<RecordBatch, CliError>> + Send>, CliError> {
+    let (_, reader) = arrow_reader(path, kind, None)?;
+    let path = path.to_path_buf();
+    Ok(Box::new(
+        reader.map(move |b| b.map_err(|e| failed(&path, e))),
+    ))
 }
 
 /// Rows of a JSONL file as JSON objects, with the line each came from.
