@@ -1,20 +1,27 @@
 //! The bulk path of `update` and `publish`: a checked table sent as Arrow uploads of
 //! `--rows-per-upload` rows, each registered before the next starts.
 //!
+//! The table is read on a thread of its own, ahead of the uploads (at most
+//! [`READ_AHEAD_BYTES`] of record batches waiting): reading and parsing the file overlap
+//! encoding and uploading it.
+//!
 //! Resumable: after each registered upload, the rows done so far are written to
 //! `FILE.sent` (with the file's length and modification time); a rerun of the same
 //! command on the same, unchanged file skips them. The file is removed once everything
 //! is in.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 
 use arrow_array::RecordBatch;
 use openlayer_trace::{Client, Error, RowUpdateConfig, StreamConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::CliError;
+use crate::csv_table::{self, CsvSchema};
 use crate::progress::Progress;
-use crate::table::{self, Checks, Scan};
+use crate::table::{self, Checks, Kind, Scan};
 
 /// What the rows are for.
 pub enum Mode {
@@ -44,6 +51,40 @@ pub struct Job<'a> {
     pub checks: &'a Checks,
     pub mode: Mode,
     pub rows_per_upload: u64,
+    /// The batches, already being read (see [`prefetch`]).
+    pub prefetched: Option<Prefetched>,
+}
+
+/// A file's batches, read while its rows are checked.
+pub struct Prefetched {
+    batches: ReadAhead,
+    /// For a CSV file, the column types guessed: the batches are used only if the scan
+    /// finds the same.
+    csv: Option<CsvSchema>,
+}
+
+/// The rows a CSV file's types are guessed from, to read it ahead.
+const GUESS_ROWS: u64 = 10_000;
+
+/// Starts reading a file for the bulk path while it is scanned: a Parquet or Arrow IPC
+/// file (whose batches need nothing from the scan), or a CSV file as typed by its first
+/// [`GUESS_ROWS`] rows. `None` for a JSONL file, or when the file cannot be opened (the
+/// scan says why).
+pub fn prefetch(file: &Path, kind: Kind, checks: &Checks) -> Option<Prefetched> {
+    let (batches, csv): (Batches, _) = match kind {
+        Kind::Parquet | Kind::Ipc => (table::arrow_batches(file, kind).ok()?, None),
+        Kind::Csv => {
+            let schema = csv_table::guess(csv_table::Records::open(file, checks).ok()?, GUESS_ROWS);
+            let records = csv_table::Records::open(file, checks).ok()?;
+            let batches = csv_table::batches(records, schema.clone(), file.to_path_buf());
+            (Box::new(batches), Some(schema))
+        }
+        Kind::Jsonl => return None,
+    };
+    Some(Prefetched {
+        batches: read_ahead(batches, READ_AHEAD_BYTES),
+        csv,
+    })
 }
 
 /// What has been sent of a file, in `FILE.sent`.
@@ -134,7 +175,14 @@ pub async fn run(job: Job<'_>) -> Result<u64, CliError> {
     let bar = Progress::new(job.mode.command(), job.scan.rows);
     bar.add(sent.rows_done, 0);
     let mut feed = Feed {
-        inner: table::batches(job.file, job.scan, job.checks)?,
+        inner: match job.prefetched {
+            Some(p) if p.csv.is_none() || p.csv == job.scan.csv => Box::new(p.batches),
+            // Another guess than the scan's types: read again (this stops the first reader).
+            _ => Box::new(read_ahead(
+                table::batches(job.file, job.scan, job.checks)?,
+                READ_AHEAD_BYTES,
+            )),
+        },
         pending: None,
         skip: sent.rows_done,
         error: None,
@@ -195,9 +243,117 @@ pub async fn run(job: Job<'_>) -> Result<u64, CliError> {
     Ok(this_run)
 }
 
+/// The most bytes of record batches read ahead of the uploads.
+const READ_AHEAD_BYTES: usize = 48 << 20;
+
+type Batches = Box<dyn Iterator<Item = Result<RecordBatch, CliError>> + Send>;
+
+/// Batches read ahead, waiting for the uploads.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<(Result<RecordBatch, CliError>, usize)>,
+    /// The memory of the batches in `items`.
+    bytes: usize,
+    /// The reader has stopped.
+    done: bool,
+    /// Nothing more is wanted.
+    closed: bool,
+}
+
+/// The reading end of [`read_ahead`]; dropping it stops the reader.
+struct ReadAhead {
+    shared: Arc<(Mutex<Queue>, Condvar)>,
+}
+
+/// Reads `batches` on a thread of its own, at most `limit` bytes of batches (or one
+/// batch) ahead of the returned iterator.
+fn read_ahead(batches: Batches, limit: usize) -> ReadAhead {
+    let shared = Arc::new((Mutex::new(Queue::default()), Condvar::new()));
+    let writer = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("openlayer-read".into())
+        .spawn(move || {
+            /// Marks the reader stopped however it stops, a panic included.
+            struct Done(Arc<(Mutex<Queue>, Condvar)>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    let (queue, cv) = &*self.0;
+                    let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                    if std::thread::panicking() {
+                        q.items.push_back((
+                            Err(CliError::Failed("reading the file crashed".into())),
+                            0,
+                        ));
+                    }
+                    q.done = true;
+                    cv.notify_all();
+                }
+            }
+            let done = Done(writer);
+            let (queue, cv) = &*done.0;
+            for item in batches {
+                let size = item.as_ref().map_or(0, RecordBatch::get_array_memory_size);
+                let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                while !q.closed && q.bytes > 0 && q.bytes + size > limit {
+                    q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+                if q.closed {
+                    return;
+                }
+                let failed = item.is_err();
+                q.items.push_back((item, size));
+                q.bytes += size;
+                cv.notify_all();
+                if failed {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        let mut q = shared.0.lock().unwrap_or_else(|e| e.into_inner());
+        q.items.push_back((
+            Err(CliError::Failed(format!("cannot start the reader: {e}"))),
+            0,
+        ));
+        q.done = true;
+    }
+    ReadAhead { shared }
+}
+
+impl Iterator for ReadAhead {
+    type Item = Result<RecordBatch, CliError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (queue, cv) = &*self.shared;
+        let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some((item, size)) = q.items.pop_front() {
+                q.bytes -= size;
+                cv.notify_all();
+                return Some(item);
+            }
+            if q.done {
+                return None;
+            }
+            q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        let (queue, cv) = &*self.shared;
+        let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.closed = true;
+        q.items.clear();
+        q.bytes = 0;
+        cv.notify_all();
+    }
+}
+
 /// The table's batches, after the rows sent by an earlier run.
 struct Feed {
-    inner: Box<dyn Iterator<Item = Result<RecordBatch, CliError>> + Send>,
+    inner: Batches,
     pending: Option<RecordBatch>,
     skip: u64,
     /// A read error, kept for the message (the client only hears that the input failed).
@@ -286,3 +442,6 @@ impl Iterator for Take<'_> {
         Some(Ok(batch))
     }
 }
+
+#[cfg(test)]
+mod tests;

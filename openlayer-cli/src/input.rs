@@ -176,26 +176,7 @@ fn read_csv(file: File, path: &Path, keep_text: &[&str]) -> Result<Input, CliErr
 
 /// A CSV cell as a JSON value; see [`read`].
 pub fn typed_cell(cell: &str) -> Value {
-    if cell.is_empty() {
-        return Value::Null;
-    }
-    match cell {
-        "true" | "True" | "TRUE" => return Value::Bool(true),
-        "false" | "False" | "FALSE" => return Value::Bool(false),
-        _ => {}
-    }
-    let first = cell.as_bytes()[0];
-    if (first == b'-' || first.is_ascii_digit())
-        && let Ok(n) = serde_json::from_str::<serde_json::Number>(cell)
-    {
-        return Value::Number(n);
-    }
-    if (first == b'[' || first == b'{')
-        && let Ok(v @ (Value::Array(_) | Value::Object(_))) = serde_json::from_str::<Value>(cell)
-    {
-        return v;
-    }
-    Value::String(cell.to_string())
+    crate::csv_table::typed(cell).into_value()
 }
 
 /// `rows.csv` → `rows.failed.csv`.

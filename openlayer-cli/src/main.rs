@@ -6,6 +6,7 @@
 //! refused request; the message says what, if anything, was sent), 2 for usage errors.
 
 mod bulk;
+mod csv_table;
 mod input;
 mod progress;
 mod publish;

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::bulk::{self, Job, Mode};
 use crate::stream::load_config;
-use crate::table::{self, Checks};
+use crate::table::{self, Checks, Kind};
 use crate::{CliError, pipeline_id, remote_client};
 
 #[derive(Debug)]
@@ -39,6 +39,8 @@ pub async fn run(args: Args) -> Result<(), CliError> {
             .map(|(k, c)| (k.to_string(), c.to_string()))
             .collect(),
     };
+    // Read on while the rows are checked (dropped, and so stopped, if any is bad).
+    let prefetched = bulk::prefetch(&args.file, Kind::of(&args.file)?, &checks);
     let scan = table::scan(&args.file, &checks)?;
     scan.problems.refuse()?;
     let sent = bulk::run(Job {
@@ -49,6 +51,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         checks: &checks,
         mode: Mode::Publish { config },
         rows_per_upload: args.rows_per_upload,
+        prefetched,
     })
     .await?;
     println!("published {sent} row(s) to pipeline {pipeline}");

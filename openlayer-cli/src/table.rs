@@ -19,7 +19,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Map, Value};
 
 use crate::CliError;
-use crate::input::typed_cell;
+use crate::csv_table::{self, CsvSchema};
 
 /// Rows per record batch read.
 pub const BATCH_ROWS: usize = 16_384;
@@ -74,8 +74,10 @@ pub struct Scan {
     pub kind: Kind,
     /// The data rows, bad ones included.
     pub rows: u64,
-    /// The column types of a CSV or JSONL file.
+    /// The column types of a JSONL file.
     pub schema: Option<RowSchema>,
+    /// The column types of a CSV file.
+    pub csv: Option<CsvSchema>,
     /// The bad rows.
     pub problems: Problems,
 }
@@ -89,7 +91,15 @@ pub struct Problems {
 }
 
 impl Problems {
-    fn add(&mut self, at: String, why: impl std::fmt::Display) {
+    pub(crate) fn new(path: &Path) -> Problems {
+        Problems {
+            path: path.to_path_buf(),
+            count: 0,
+            shown: Vec::new(),
+        }
+    }
+
+    pub(crate) fn add(&mut self, at: String, why: impl std::fmt::Display) {
         self.count += 1;
         if self.shown.len() < SHOWN_PROBLEMS {
             self.shown
@@ -131,12 +141,9 @@ fn failed(path: &Path, e: impl std::fmt::Display) -> CliError {
 /// are a usage error; bad rows are counted in [`Scan::problems`].
 pub fn scan(path: &Path, checks: &Checks) -> Result<Scan, CliError> {
     let kind = Kind::of(path)?;
-    let mut problems = Problems {
-        path: path.to_path_buf(),
-        count: 0,
-        shown: Vec::new(),
-    };
+    let mut problems = Problems::new(path);
     let mut rows = 0u64;
+    let mut csv = None;
     let schema = match kind {
         Kind::Parquet | Kind::Ipc => {
             // Only the id column has rows to check: a Parquet scan reads no other.
@@ -164,13 +171,21 @@ pub fn scan(path: &Path, checks: &Checks) -> Result<Scan, CliError> {
             }
             None
         }
-        Kind::Csv | Kind::Jsonl => {
+        Kind::Csv => {
+            let records = csv_table::Records::open(path, checks)?;
+            check_columns(path, checks, |c| records.has_column(c))?;
+            let (n, schema) = csv_table::scan(records, &mut problems);
+            rows = n;
+            csv = Some(schema);
+            None
+        }
+        Kind::Jsonl => {
             let mut schema = match checks.id_column.as_ref().or(checks.text_column.as_ref()) {
                 Some(id) => RowSchema::new().text_column(id.clone()),
                 None => RowSchema::new(),
             };
-            let mut rows_of = TextRows::open(path, kind, checks)?;
-            check_columns(path, checks, |c| rows_of.has_column(c))?;
+            // Each row is checked for the columns named.
+            let mut rows_of = TextRows::open(path, checks)?;
             while let Some(row) = rows_of.next_row()? {
                 match row {
                     Ok((_, row)) => {
@@ -190,6 +205,7 @@ pub fn scan(path: &Path, checks: &Checks) -> Result<Scan, CliError> {
         kind,
         rows,
         schema,
+        csv,
         problems,
     })
 }
@@ -293,8 +309,17 @@ pub fn batches(
     checks: &Checks,
 ) -> Result<Box<dyn Iterator<Item = Result<RecordBatch, CliError>> + Send>, CliError> {
     match (&scan.schema, scan.kind) {
-        (Some(schema), Kind::Csv | Kind::Jsonl) => {
-            let mut rows_of = TextRows::open(path, scan.kind, checks)?;
+        (_, Kind::Csv) => {
+            let records = csv_table::Records::open(path, checks)?;
+            let schema = scan.csv.clone().expect("a CSV scan");
+            Ok(Box::new(csv_table::batches(
+                records,
+                schema,
+                path.to_path_buf(),
+            )))
+        }
+        (Some(schema), Kind::Jsonl) => {
+            let mut rows_of = TextRows::open(path, checks)?;
             let schema = schema.clone();
             let mut seen = 0usize;
             let path = path.to_path_buf();
@@ -323,118 +348,64 @@ pub fn batches(
                 Some(batch)
             })))
         }
-        _ => {
-            let (_, reader) = arrow_reader(path, scan.kind, None)?;
-            let path = path.to_path_buf();
-            Ok(Box::new(
-                reader.map(move |b| b.map_err(|e| failed(&path, e))),
-            ))
-        }
+        _ => arrow_batches(path, scan.kind),
     }
 }
 
-/// Rows of a CSV or JSONL file as JSON objects, with the line each came from.
-struct TextRows {
+/// The batches of a Parquet or Arrow IPC file, as [`batches`] gives them (which needs no
+/// scan for these kinds: they are typed).
+pub fn arrow_batches(
+    path: &Path,
     kind: Kind,
-    csv: Option<(csv::Reader<BufReader<File>>, csv::StringRecord)>,
-    lines: Option<std::io::Lines<BufReader<File>>>,
+) -> Result<Box<dyn Iterator<Item = Result<RecordBatch, CliError>> + Send>, CliError> {
+    let (_, reader) = arrow_reader(path, kind, None)?;
+    let path = path.to_path_buf();
+    Ok(Box::new(
+        reader.map(move |b| b.map_err(|e| failed(&path, e))),
+    ))
+}
+
+/// Rows of a JSONL file as JSON objects, with the line each came from.
+struct TextRows {
+    lines: std::io::Lines<BufReader<File>>,
     line: u64,
     id_column: Option<String>,
-    text_column: Option<String>,
     required: Vec<(String, String)>,
-    record: csv::StringRecord,
 }
 
 type Row = Result<(u64, Map<String, Value>), (u64, String)>;
 
 impl TextRows {
-    fn open(path: &Path, kind: Kind, checks: &Checks) -> Result<TextRows, CliError> {
+    fn open(path: &Path, checks: &Checks) -> Result<TextRows, CliError> {
         let file = BufReader::with_capacity(1 << 16, open(path)?);
-        let mut rows = TextRows {
-            kind,
-            csv: None,
-            lines: None,
+        Ok(TextRows {
+            lines: file.lines(),
             line: 0,
             id_column: checks.id_column.clone(),
-            text_column: checks
-                .id_column
-                .clone()
-                .or_else(|| checks.text_column.clone()),
             required: checks.required.clone(),
-            record: csv::StringRecord::new(),
-        };
-        if kind == Kind::Csv {
-            let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(file);
-            let header = reader
-                .headers()
-                .map_err(|e| CliError::Usage(format!("{}: bad CSV header: {e}", path.display())))?
-                .clone();
-            rows.csv = Some((reader, header));
-        } else {
-            rows.lines = Some(file.lines());
-        }
-        Ok(rows)
-    }
-
-    fn has_column(&self, column: &str) -> bool {
-        match &self.csv {
-            Some((_, header)) => header.iter().any(|h| h == column),
-            None => true,
-        }
+        })
     }
 
     /// The next row, or why it is bad; `Err` only for a file that cannot be read.
     fn next_row(&mut self) -> Result<Option<Row>, CliError> {
-        let row = if self.kind == Kind::Csv {
-            let (reader, header) = self.csv.as_mut().expect("a CSV reader");
-            match reader.read_record(&mut self.record) {
-                Ok(false) => return Ok(None),
-                Err(e) => {
-                    let line = e.position().map_or(0, |p| p.line());
-                    return Ok(Some(Err((line, format!("bad CSV: {e}")))));
+        let text = loop {
+            match self.lines.next() {
+                None => return Ok(None),
+                Some(Err(e)) => {
+                    return Err(CliError::Failed(format!("line {}: {e}", self.line + 1)));
                 }
-                Ok(true) => {}
-            }
-            let line = self.record.position().map_or(0, |p| p.line());
-            if self.record.len() != header.len() {
-                let why = format!(
-                    "has {} fields, the header has {}",
-                    self.record.len(),
-                    header.len()
-                );
-                return Ok(Some(Err((line, why))));
-            }
-            let mut row = Map::new();
-            for (name, cell) in header.iter().zip(self.record.iter()) {
-                let value = if self.text_column.as_deref() == Some(name) {
-                    Value::String(cell.to_string())
-                } else {
-                    typed_cell(cell)
-                };
-                row.insert(name.to_string(), value);
-            }
-            (line, row)
-        } else {
-            let lines = self.lines.as_mut().expect("a line reader");
-            let text = loop {
-                match lines.next() {
-                    None => return Ok(None),
-                    Some(Err(e)) => {
-                        return Err(CliError::Failed(format!("line {}: {e}", self.line + 1)));
-                    }
-                    Some(Ok(text)) => {
-                        self.line += 1;
-                        if !text.trim().is_empty() {
-                            break text;
-                        }
+                Some(Ok(text)) => {
+                    self.line += 1;
+                    if !text.trim().is_empty() {
+                        break text;
                     }
                 }
-            };
-            match serde_json::from_str::<Value>(&text) {
-                Ok(Value::Object(row)) => (self.line, row),
-                Ok(_) => return Ok(Some(Err((self.line, "not a JSON object".into())))),
-                Err(e) => return Ok(Some(Err((self.line, format!("not JSON: {e}"))))),
             }
+        };
+        let row = match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(row)) => (self.line, row),
+            Ok(_) => return Ok(Some(Err((self.line, "not a JSON object".into())))),
+            Err(e) => return Ok(Some(Err((self.line, format!("not JSON: {e}"))))),
         };
         Ok(Some(self.check(row)))
     }

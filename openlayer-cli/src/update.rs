@@ -59,8 +59,15 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         .collect(),
     };
     let kind = Kind::of(&args.file)?;
+    // A bulk merge of a typed file reads on while the rows are checked (this is dropped,
+    // and the reading stopped, if the rows go one by one or any is bad).
+    let prefetched = match args.bulk {
+        Some(false) => None,
+        _ => bulk::prefetch(&args.file, kind, &checks),
+    };
     let scan = table::scan(&args.file, &checks)?;
     if !args.bulk.unwrap_or(scan.rows >= BULK_THRESHOLD) {
+        drop(prefetched);
         let input = match kind {
             Kind::Csv | Kind::Jsonl => input::read(&args.file, &[&args.inference_id_column])?,
             Kind::Parquet | Kind::Ipc => arrow_input(&args.file, &scan, &checks)?,
@@ -79,6 +86,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
             config,
         },
         rows_per_upload: args.rows_per_upload,
+        prefetched,
     })
     .await?;
     println!("merged {sent} row(s) into pipeline {pipeline} in bulk");

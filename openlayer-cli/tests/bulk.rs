@@ -533,3 +533,56 @@ async fn arrow_ipc_csv_and_parquet_files_are_published() {
     assert_eq!(last.schema().field(2).data_type(), &DataType::Float64);
     assert!(last.column(2).is_null(1));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_csv_column_that_changes_type_late_is_uploaded_as_the_whole_file_types_it() {
+    let server = MockServer::start().await;
+    mount_platform(&server).await;
+    mount_storage(&server, 204, None).await;
+    let dir = TempDir::new("late-type");
+    // 12,000 rows: `label` holds integers, then text from row 11,000 on (after the rows
+    // the file is first typed from while it is scanned).
+    let csv = dir.path("feedback.csv");
+    let mut text = String::from("inference_id,label\n");
+    for i in 0..12_000 {
+        let label = if i < 11_000 {
+            i.to_string()
+        } else {
+            format!("x{i}")
+        };
+        text.push_str(&format!("id-{i},{label}\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let out = openlayer(
+        &[
+            "update",
+            "--file",
+            csv.to_str().unwrap(),
+            "--inference-id-column",
+            "inference_id",
+            "--ground-truth-column",
+            "label",
+            "--pipeline-id",
+            PIPELINE,
+        ],
+        &server,
+    )
+    .await;
+    assert_exit(&out, 0);
+    let (batches, registered) = uploaded(&server).await;
+    assert_eq!(registered.len(), 1);
+    let labels: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            let c = b.column_by_name("label").unwrap();
+            assert_eq!(c.data_type(), &DataType::Utf8);
+            c.as_string::<i32>()
+                .iter()
+                .map(|v| v.unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(labels.len(), 12_000);
+    assert_eq!(labels[10_999], "10999");
+    assert_eq!(labels[11_000], "x11000");
+}

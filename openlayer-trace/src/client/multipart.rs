@@ -37,8 +37,25 @@ pub(crate) fn random_boundary() -> String {
     format!("------------------------{}", random_token())
 }
 
+/// Whether `needle` occurs in `haystack` (Boyer-Moore-Horspool: an upload of tens of MiB
+/// is searched for its boundary in milliseconds, not in a comparison per byte).
 pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    let Some((&last, head)) = needle.split_last() else {
+        return true;
+    };
+    let n = needle.len();
+    let mut skip = [n; 256];
+    for (i, &b) in head.iter().enumerate() {
+        skip[usize::from(b)] = n - 1 - i;
+    }
+    let mut at = 0;
+    while let Some(&b) = haystack.get(at + n - 1) {
+        if b == last && haystack[at..at + n - 1] == *head {
+            return true;
+        }
+        at += skip[usize::from(b)];
+    }
+    false
 }
 
 /// Whether `boundary` can delimit a form with these `fields`.
@@ -129,6 +146,44 @@ mod tests {
             m.content_type(),
             format!("multipart/form-data; boundary={b}")
         );
+    }
+
+    #[test]
+    fn contains_finds_a_needle_wherever_it_is() {
+        let naive = |h: &[u8], n: &[u8]| h.windows(n.len()).any(|w| w == n);
+        let needle = random_boundary().into_bytes();
+        // Bytes like the needle's (dashes, hex digits) and others, from a fixed sequence.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let alphabet = b"-0123456789abcdef\x00\xff\r\n";
+        let hay: Vec<u8> = (0..20_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                alphabet[(x % alphabet.len() as u64) as usize]
+            })
+            .collect();
+        assert!(!contains(&hay, &needle));
+        for at in [0, 1, 7, 5_000, hay.len() - needle.len()] {
+            let mut h = hay.clone();
+            h[at..at + needle.len()].copy_from_slice(&needle);
+            assert!(contains(&h, &needle), "at {at}");
+            // One byte off anywhere: not found.
+            for off in [0, needle.len() / 2, needle.len() - 1] {
+                let mut g = h.clone();
+                g[at + off] ^= 1;
+                assert_eq!(contains(&g, &needle), naive(&g, &needle), "at {at}+{off}");
+            }
+        }
+        for (h, n) in [
+            (&b"abc"[..], &b"abcd"[..]),
+            (b"", b"a"),
+            (b"aab", b"ab"),
+            (b"ba", b"a"),
+        ] {
+            assert_eq!(contains(h, n), naive(h, n), "{h:?} {n:?}");
+        }
+        assert!(contains(b"x", b""));
     }
 
     #[test]
