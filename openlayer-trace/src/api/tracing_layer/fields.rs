@@ -313,9 +313,12 @@ mod tests {
         assert_eq!(FieldValue::U64(7).as_f64(), Some(7.0));
     }
 
-    /// Writes the inputs of each new span both ways: straight ([`InputWriter`], `None` when
-    /// it gives up) and from the collected list.
-    struct BothWays(std::sync::Arc<std::sync::Mutex<Vec<(Option<String>, String)>>>);
+    /// The inputs of a span written straight (`None`: the writer gave up) and from the list.
+    type Written = (Option<String>, String);
+
+    /// Writes the inputs of each new span both ways: straight ([`InputWriter`]) and from the
+    /// collected list.
+    struct BothWays(std::sync::Arc<std::sync::Mutex<Vec<Written>>>);
 
     impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for BothWays {
         fn on_new_span(
