@@ -14,12 +14,13 @@
 
 mod fields;
 mod genai;
+mod step;
 
 use std::any::TypeId;
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
 use tracing::span::{Attributes, Id, Record};
 use tracing::subscriber::Interest;
 use tracing::{Event, Metadata, Subscriber};
@@ -28,10 +29,11 @@ use tracing_subscriber::layer::{Context, Filter, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::api::step::handle::StepHandle;
-use crate::context::{self, Entered, OpenStep};
+use crate::context::{self, Entered, OpenStep, Start, StepSpec};
 use crate::record::kind::StepKind;
 use crate::record::{NO_PARENT, TraceShared};
-use fields::{FieldValue, Fields};
+use fields::{Fields, InputWriter, is_attribute};
+use step::{SpanStep, debug_value};
 
 /// Targets whose spans never become steps: our own diagnostics and the HTTP stack (whose
 /// spans would otherwise trace our own delivery).
@@ -202,209 +204,6 @@ impl<S> Filter<S> for Selector {
     }
 }
 
-/// What the layer keeps in a selected span's extensions.
-struct SpanStep {
-    handle: StepHandle,
-    kind: StepKind,
-    /// `modelParameters`, from `gen_ai.request.*`.
-    params: Map<String, Value>,
-    prompt_tokens: Option<i64>,
-    completion_tokens: Option<i64>,
-    total_tokens: Option<i64>,
-    response_model: bool,
-    system: Option<String>,
-    input_messages: Option<String>,
-    error_type: Option<String>,
-    error_message: Option<String>,
-    status_error: bool,
-}
-
-impl SpanStep {
-    fn new(handle: StepHandle, kind: StepKind) -> Self {
-        SpanStep {
-            handle,
-            kind,
-            params: Map::new(),
-            prompt_tokens: None,
-            completion_tokens: None,
-            total_tokens: None,
-            response_model: false,
-            system: None,
-            input_messages: None,
-            error_type: None,
-            error_message: None,
-            status_error: false,
-        }
-    }
-
-    /// Applies one field of the span. `at_start`: a plain field set when the span was
-    /// created is an input (already recorded), later it is metadata.
-    fn apply(&mut self, key: &'static str, value: FieldValue, at_start: bool) {
-        let h = &mut self.handle;
-        match key {
-            "otel.name" | "otel.kind" | "gen_ai.operation.name" | "openinference.span.kind" => {}
-            "otel.status_code" => {
-                self.status_error = value
-                    .as_str()
-                    .is_some_and(|s| s.eq_ignore_ascii_case("error"))
-            }
-            "error.type" | "exception.type" => self.error_type = Some(value.text()),
-            "error.message" | "exception.message" => self.error_message = Some(value.text()),
-            "exception.stacktrace" => h.metadata("exception.stacktrace", &value),
-            "gen_ai.provider.name" | "gen_ai.system" | "llm.provider" | "llm.system" => {
-                h.metadata("provider", &genai::provider_name(&value.text()))
-            }
-            "gen_ai.request.model" | "llm.model_name" | "embedding.model_name" => {
-                if !self.response_model {
-                    h.metadata("model", &value);
-                }
-                if key == "llm.model_name" {
-                    self.response_model = true;
-                }
-            }
-            "gen_ai.response.model" => {
-                self.response_model = true;
-                h.metadata("model", &value);
-            }
-            "gen_ai.usage.input_tokens"
-            | "gen_ai.usage.prompt_tokens"
-            | "llm.token_count.prompt" => self.prompt_tokens = value.as_i64(),
-            "gen_ai.usage.output_tokens"
-            | "gen_ai.usage.completion_tokens"
-            | "llm.token_count.completion" => self.completion_tokens = value.as_i64(),
-            "llm.token_count.total" => self.total_tokens = value.as_i64(),
-            "gen_ai.response.time_to_first_chunk" => {
-                if let Some(s) = value.as_f64() {
-                    h.metadata("timeToFirstToken", &(s * 1000.0));
-                }
-            }
-            "gen_ai.system_instructions" => self.system = Some(value.text()),
-            "gen_ai.input.messages" => self.input_messages = Some(value.text()),
-            "gen_ai.output.messages" => h.output(&genai::output_of(&value.text())),
-            "input.value" => {
-                let v = serde_json::from_str::<Value>(&value.text())
-                    .unwrap_or(Value::String(value.text()));
-                set_inputs_value(h, v);
-            }
-            "output.value" => {
-                let text = value.text();
-                match serde_json::from_str::<Value>(&text) {
-                    Ok(v) if !v.is_string() => h.output(&v),
-                    _ => h.output(&text),
-                }
-            }
-            "llm.invocation_parameters" => {
-                if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&value.text()) {
-                    self.params.extend(m);
-                }
-            }
-            "gen_ai.tool.name" if self.kind == StepKind::Tool => {
-                h.metadata("function_name", &value)
-            }
-            "gen_ai.tool.call.arguments" if self.kind == StepKind::Tool => {
-                let text = value.text();
-                match serde_json::from_str::<Value>(&text) {
-                    Ok(v) => h.metadata("arguments", &v),
-                    Err(_) => h.metadata("arguments", &text),
-                }
-            }
-            "gen_ai.tool.call.result" if self.kind == StepKind::Tool => h.output(&value),
-            "gen_ai.embeddings.dimension.count" => h.metadata("embeddingDimensions", &value),
-            _ => {
-                if let Some(param) = key.strip_prefix("gen_ai.request.") {
-                    let v = match &value {
-                        // Lists (stop sequences) come as JSON text.
-                        FieldValue::Str(s) if s.starts_with('[') => {
-                            serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone()))
-                        }
-                        other => serde_json::to_value(other).unwrap_or(Value::Null),
-                    };
-                    self.params.insert(param.to_string(), v);
-                } else if !at_start || is_attribute(key) {
-                    h.metadata(key, &value);
-                }
-            }
-        }
-    }
-
-    /// Records what was gathered over the span's life and closes the step.
-    fn finish(mut self) {
-        let h = &mut self.handle;
-        if !self.params.is_empty() {
-            h.metadata("model_parameters", &self.params);
-        }
-        if let Some(p) = self.prompt_tokens {
-            h.metadata("prompt_tokens", &p);
-        }
-        if let Some(c) = self.completion_tokens {
-            h.metadata("completion_tokens", &c);
-        }
-        let total = self
-            .total_tokens
-            .or(match (self.prompt_tokens, self.completion_tokens) {
-                (None, None) => None,
-                (p, c) => Some(p.unwrap_or(0) + c.unwrap_or(0)),
-            });
-        if let Some(t) = total {
-            h.metadata("tokens", &t);
-        }
-        if (self.system.is_some() || self.input_messages.is_some())
-            && let Some(inputs) =
-                genai::prompt_inputs(self.system.as_deref(), self.input_messages.as_deref())
-        {
-            set_inputs_value(h, inputs);
-        }
-        if self.error_message.is_some() || self.error_type.is_some() || self.status_error {
-            let text = match (self.error_type.take(), self.error_message.take()) {
-                (Some(t), Some(m)) => format!("{t}: {m}"),
-                (Some(t), None) => t,
-                (None, Some(m)) => m,
-                (None, None) => "error".to_string(),
-            };
-            h.error(&text);
-        }
-        self.handle.finish();
-    }
-}
-
-/// Whether a field name is an attribute of some convention (dotted, as `server.address`)
-/// rather than a plain argument: those go to the metadata, never to the inputs.
-fn is_attribute(key: &str) -> bool {
-    key.contains('.')
-}
-
-/// A value recorded with `?` (as `#[instrument(ret)]` does): its JSON when the `Debug` text
-/// is JSON (numbers, booleans, quoted strings), else the text.
-fn debug_value(v: FieldValue) -> Value {
-    match v {
-        FieldValue::Str(s) => serde_json::from_str(&s).unwrap_or(Value::String(s)),
-        other => serde_json::to_value(other).unwrap_or(Value::Null),
-    }
-}
-
-/// Replaces the inputs of the handle's step.
-fn set_inputs_value(h: &StepHandle, v: Value) {
-    let Some(open) = h.open_step() else {
-        return;
-    };
-    let v = match v {
-        Value::Object(_) => v,
-        other => {
-            let mut m = Map::new();
-            m.insert("input".into(), other);
-            Value::Object(m)
-        }
-    };
-    let Ok(text) = serde_json::to_string(&v) else {
-        return;
-    };
-    let mut st = open.trace.lock();
-    let r = st.push_text(&text);
-    if let Some(rec) = st.steps.get_mut(open.idx as usize) {
-        rec.inputs = r;
-    }
-}
-
 thread_local! {
     /// The positions saved by entering selected spans on this thread, innermost last.
     static ENTERED: RefCell<Vec<(Id, Entered)>> = const { RefCell::new(Vec::new()) };
@@ -415,6 +214,10 @@ struct Bridge;
 
 /// Whether step `idx` of `trace` is `anc` or under it.
 fn descends(trace: &TraceShared, mut idx: u32, anc: u32) -> bool {
+    if idx == anc {
+        // The usual case (the ancestor's span is entered): no lock.
+        return true;
+    }
     let st = trace.lock();
     for _ in 0..st.steps.len() {
         if idx == anc {
@@ -446,49 +249,66 @@ where
         let Some(span) = ctx.span(id) else {
             return;
         };
-        let mut fields = Fields::default();
-        attrs.record(&mut fields);
         let meta = attrs.metadata();
+        // A span whose fields are all plain arguments (the usual `#[instrument]` span) has
+        // them written straight into its step's inputs, and only if the step is recorded.
+        // The attributes of conventions (dotted names) are gathered first: they may name
+        // the step and its kind, and they go to its metadata.
+        let gather = meta.fields().iter().any(|f| is_attribute(f.name()));
+        let mut fields = Fields::default();
         let mut kind = StepKind::UserCall;
-        let mut name: std::borrow::Cow<'static, str> = meta.name().into();
-        for (k, v) in &fields.0 {
-            match *k {
-                "gen_ai.operation.name" => kind = genai::kind_of_operation(&v.text()),
-                "openinference.span.kind" => kind = genai::kind_of_openinference(&v.text()),
-                "otel.name" => name = v.text().into(),
-                _ => {}
+        let mut name: Cow<'static, str> = meta.name().into();
+        if gather {
+            attrs.record(&mut fields);
+            for (k, v) in &fields.0 {
+                match *k {
+                    "gen_ai.operation.name" => kind = genai::kind_of_operation(&v.text()),
+                    "openinference.span.kind" => kind = genai::kind_of_openinference(&v.text()),
+                    "otel.name" => name = v.text().into(),
+                    _ => {}
+                }
             }
-        }
-        let inputs = Fields(
-            fields
-                .0
-                .iter()
-                .filter(|(k, _)| !is_attribute(k))
-                .cloned()
-                .collect(),
-        );
-        let mut builder = crate::api::step::step(name).kind(kind);
-        if !inputs.is_empty() {
-            builder = builder.inputs(&inputs);
         }
         let position = span.parent().and_then(|p| {
             let ext = p.extensions();
             let anc = ext.get::<SpanStep>()?.handle.open_step()?;
             ancestor_position(anc)
         });
-        let handle = match position {
+        let spec = StepSpec {
+            name,
+            kind,
+            traced_fn: false,
+            pipeline_id: None,
+        };
+        let write_inputs = |buf: &mut String| {
+            if gather {
+                fields::write_inputs(buf, &fields.0);
+                return;
+            }
+            let mut w = InputWriter::new(buf);
+            attrs.record(&mut w);
+            if !w.finish() {
+                // A name repeats (or too many fields): from the whole list.
+                buf.clear();
+                let mut all = Fields::default();
+                attrs.record(&mut all);
+                fields::write_inputs(buf, &all.0);
+            }
+        };
+        let open = match position {
             Some((trace, idx)) => {
                 let e = context::enter(trace, idx);
-                let h = builder.start();
+                let open =
+                    context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs);
                 context::exit(e);
-                h
+                open
             }
-            None => builder.start(),
+            None => context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs),
         };
-        if !handle.is_recording() {
+        let Some(open) = open else {
             return;
-        }
-        let mut step = SpanStep::new(handle, kind);
+        };
+        let mut step = SpanStep::new(StepHandle::from_open(Some(open)), kind);
         for (k, v) in fields.0 {
             if is_attribute(k) {
                 step.apply(k, v, true);
@@ -525,7 +345,7 @@ where
         for (k, v) in fields.0 {
             match k {
                 // `#[instrument(err)]`: the error's text, at the span's end.
-                "error" => step.error_message = Some(v.text()),
+                "error" => step.set_error_message(v.text()),
                 // `#[instrument(ret)]`: the return value.
                 "return" => step.handle.output(&debug_value(v)),
                 "error.type" | "exception.type" | "error.message" | "exception.message" => {

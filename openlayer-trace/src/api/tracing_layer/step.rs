@@ -1,0 +1,223 @@
+//! The step of a selected span: what the layer keeps in the span's extensions, and how the
+//! span's fields land on the step.
+
+use serde_json::{Map, Value};
+
+use super::fields::{FieldValue, is_attribute};
+use super::genai;
+use crate::api::step::handle::StepHandle;
+use crate::record::kind::StepKind;
+
+/// What the layer keeps in a selected span's extensions: small, since it is moved into and
+/// out of them for every span; what only model calls and failures gather is boxed.
+pub(super) struct SpanStep {
+    pub(super) handle: StepHandle,
+    kind: StepKind,
+    gathered: Option<Box<Gathered>>,
+}
+
+/// What is gathered over a span's life and recorded when it closes.
+#[derive(Default)]
+struct Gathered {
+    /// `modelParameters`, from `gen_ai.request.*`.
+    params: Map<String, Value>,
+    prompt_tokens: Option<i64>,
+    completion_tokens: Option<i64>,
+    total_tokens: Option<i64>,
+    response_model: bool,
+    system: Option<String>,
+    input_messages: Option<String>,
+    error_type: Option<String>,
+    error_message: Option<String>,
+    status_error: bool,
+}
+
+impl SpanStep {
+    pub(super) fn new(handle: StepHandle, kind: StepKind) -> Self {
+        SpanStep {
+            handle,
+            kind,
+            gathered: None,
+        }
+    }
+
+    fn gathered(&mut self) -> &mut Gathered {
+        self.gathered.get_or_insert_with(Box::default)
+    }
+
+    /// The error text of `#[instrument(err)]`, recorded when the span closes.
+    pub(super) fn set_error_message(&mut self, text: String) {
+        self.gathered().error_message = Some(text);
+    }
+
+    /// Applies one field of the span. `at_start`: a plain field set when the span was
+    /// created is an input (already recorded), later it is metadata.
+    pub(super) fn apply(&mut self, key: &'static str, value: FieldValue, at_start: bool) {
+        match key {
+            "otel.name" | "otel.kind" | "gen_ai.operation.name" | "openinference.span.kind" => {}
+            "otel.status_code" => {
+                self.gathered().status_error = value
+                    .as_str()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("error"))
+            }
+            "error.type" | "exception.type" => self.gathered().error_type = Some(value.text()),
+            "error.message" | "exception.message" => {
+                self.gathered().error_message = Some(value.text())
+            }
+            "exception.stacktrace" => self.handle.metadata("exception.stacktrace", &value),
+            "gen_ai.provider.name" | "gen_ai.system" | "llm.provider" | "llm.system" => self
+                .handle
+                .metadata("provider", &genai::provider_name(&value.text())),
+            "gen_ai.request.model" | "llm.model_name" | "embedding.model_name" => {
+                if !self.gathered.as_ref().is_some_and(|g| g.response_model) {
+                    self.handle.metadata("model", &value);
+                }
+                if key == "llm.model_name" {
+                    self.gathered().response_model = true;
+                }
+            }
+            "gen_ai.response.model" => {
+                self.gathered().response_model = true;
+                self.handle.metadata("model", &value);
+            }
+            "gen_ai.usage.input_tokens"
+            | "gen_ai.usage.prompt_tokens"
+            | "llm.token_count.prompt" => self.gathered().prompt_tokens = value.as_i64(),
+            "gen_ai.usage.output_tokens"
+            | "gen_ai.usage.completion_tokens"
+            | "llm.token_count.completion" => self.gathered().completion_tokens = value.as_i64(),
+            "llm.token_count.total" => self.gathered().total_tokens = value.as_i64(),
+            "gen_ai.response.time_to_first_chunk" => {
+                if let Some(s) = value.as_f64() {
+                    self.handle.metadata("timeToFirstToken", &(s * 1000.0));
+                }
+            }
+            "gen_ai.system_instructions" => self.gathered().system = Some(value.text()),
+            "gen_ai.input.messages" => self.gathered().input_messages = Some(value.text()),
+            "gen_ai.output.messages" => self.handle.output(&genai::output_of(&value.text())),
+            "input.value" => {
+                let v = serde_json::from_str::<Value>(&value.text())
+                    .unwrap_or(Value::String(value.text()));
+                set_inputs_value(&self.handle, v);
+            }
+            "output.value" => {
+                let text = value.text();
+                match serde_json::from_str::<Value>(&text) {
+                    Ok(v) if !v.is_string() => self.handle.output(&v),
+                    _ => self.handle.output(&text),
+                }
+            }
+            "llm.invocation_parameters" => {
+                if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&value.text()) {
+                    self.gathered().params.extend(m);
+                }
+            }
+            "gen_ai.tool.name" if self.kind == StepKind::Tool => {
+                self.handle.metadata("function_name", &value)
+            }
+            "gen_ai.tool.call.arguments" if self.kind == StepKind::Tool => {
+                let text = value.text();
+                match serde_json::from_str::<Value>(&text) {
+                    Ok(v) => self.handle.metadata("arguments", &v),
+                    Err(_) => self.handle.metadata("arguments", &text),
+                }
+            }
+            "gen_ai.tool.call.result" if self.kind == StepKind::Tool => self.handle.output(&value),
+            "gen_ai.embeddings.dimension.count" => {
+                self.handle.metadata("embeddingDimensions", &value)
+            }
+            _ => {
+                if let Some(param) = key.strip_prefix("gen_ai.request.") {
+                    let v = match &value {
+                        // Lists (stop sequences) come as JSON text.
+                        FieldValue::Str(s) if s.starts_with('[') => {
+                            serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone()))
+                        }
+                        other => serde_json::to_value(other).unwrap_or(Value::Null),
+                    };
+                    self.gathered().params.insert(param.to_string(), v);
+                } else if !at_start || is_attribute(key) {
+                    self.handle.metadata(key, &value);
+                }
+            }
+        }
+    }
+
+    /// Records what was gathered over the span's life and closes the step.
+    pub(super) fn finish(mut self) {
+        if let Some(g) = self.gathered.take() {
+            g.record(&mut self.handle);
+        }
+        self.handle.finish();
+    }
+}
+
+impl Gathered {
+    fn record(mut self, h: &mut StepHandle) {
+        if !self.params.is_empty() {
+            h.metadata("model_parameters", &self.params);
+        }
+        if let Some(p) = self.prompt_tokens {
+            h.metadata("prompt_tokens", &p);
+        }
+        if let Some(c) = self.completion_tokens {
+            h.metadata("completion_tokens", &c);
+        }
+        let total = self
+            .total_tokens
+            .or(match (self.prompt_tokens, self.completion_tokens) {
+                (None, None) => None,
+                (p, c) => Some(p.unwrap_or(0) + c.unwrap_or(0)),
+            });
+        if let Some(t) = total {
+            h.metadata("tokens", &t);
+        }
+        if (self.system.is_some() || self.input_messages.is_some())
+            && let Some(inputs) =
+                genai::prompt_inputs(self.system.as_deref(), self.input_messages.as_deref())
+        {
+            set_inputs_value(h, inputs);
+        }
+        if self.error_message.is_some() || self.error_type.is_some() || self.status_error {
+            let text = match (self.error_type.take(), self.error_message.take()) {
+                (Some(t), Some(m)) => format!("{t}: {m}"),
+                (Some(t), None) => t,
+                (None, Some(m)) => m,
+                (None, None) => "error".to_string(),
+            };
+            h.error(&text);
+        }
+    }
+}
+
+/// A value recorded with `?` (as `#[instrument(ret)]` does): its JSON when the `Debug` text
+/// is JSON (numbers, booleans, quoted strings), else the text.
+pub(super) fn debug_value(v: FieldValue) -> Value {
+    match v {
+        FieldValue::Str(s) => serde_json::from_str(&s).unwrap_or(Value::String(s)),
+        other => serde_json::to_value(other).unwrap_or(Value::Null),
+    }
+}
+
+/// Replaces the inputs of the handle's step.
+fn set_inputs_value(h: &StepHandle, v: Value) {
+    let Some(open) = h.open_step() else {
+        return;
+    };
+    let v = match v {
+        Value::Object(_) => v,
+        other => {
+            let mut m = Map::new();
+            m.insert("input".into(), other);
+            Value::Object(m)
+        }
+    };
+    let Ok(text) = serde_json::to_string(&v) else {
+        return;
+    };
+    let mut st = open.trace.lock();
+    let r = st.push_text(&text);
+    if let Some(rec) = st.steps.get_mut(open.idx as usize) {
+        rec.inputs = r;
+    }
+}
