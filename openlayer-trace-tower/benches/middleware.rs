@@ -93,10 +93,9 @@ static GUARD: std::sync::Mutex<Option<openlayer_trace::Guard>> = std::sync::Mute
 
 fn install() {
     let config = openlayer_trace::Config::builder()
-        .trace_file(std::env::temp_dir().join(format!(
-            "middleware-bench-{}.jsonl",
-            std::process::id()
-        )))
+        .trace_file(
+            std::env::temp_dir().join(format!("middleware-bench-{}.jsonl", std::process::id())),
+        )
         .queue_capacity(1 << 16)
         .queue_max_bytes(1 << 30)
         .build()
