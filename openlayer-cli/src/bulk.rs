@@ -175,14 +175,9 @@ pub async fn run(job: Job<'_>) -> Result<u64, CliError> {
     let bar = Progress::new(job.mode.command(), job.scan.rows);
     bar.add(sent.rows_done, 0);
     let mut feed = Feed {
-        inner: match job.prefetched {
-            Some(p) if p.csv.is_none() || p.csv == job.scan.csv => Box::new(p.batches),
-            // Another guess than the scan's types: read again (this stops the first reader).
-            _ => Box::new(read_ahead(
-                table::batches(job.file, job.scan, job.checks)?,
-                READ_AHEAD_BYTES,
-            )),
-        },
+        inner: source(job.prefetched, job.scan.csv.as_ref(), || {
+            table::batches(job.file, job.scan, job.checks)
+        })?,
         pending: None,
         skip: sent.rows_done,
         error: None,
@@ -348,6 +343,24 @@ impl Drop for ReadAhead {
         q.items.clear();
         q.bytes = 0;
         cv.notify_all();
+    }
+}
+
+/// The batches to upload: those read ahead, when they were read with the types the check
+/// found, else the file read again by `reread`, after the first reader is stopped
+/// (dropping it ends its thread and frees what it read ahead: two readers never hold
+/// their bound at once).
+fn source(
+    prefetched: Option<Prefetched>,
+    scanned: Option<&CsvSchema>,
+    reread: impl FnOnce() -> Result<Batches, CliError>,
+) -> Result<Batches, CliError> {
+    match prefetched {
+        Some(p) if p.csv.is_none() || p.csv.as_ref() == scanned => Ok(Box::new(p.batches)),
+        stale => {
+            drop(stale);
+            Ok(Box::new(read_ahead(reread()?, READ_AHEAD_BYTES)))
+        }
     }
 }
 

@@ -76,3 +76,63 @@ fn errors_and_crashes_of_the_reader_arrive_as_errors() {
     assert_eq!(got.len(), 2);
     assert!(matches!(&got[1], Err(CliError::Failed(m)) if m.contains("crashed")));
 }
+
+/// A CSV schema to mark batches read ahead with a guess of the types.
+fn some_schema(name: &str) -> CsvSchema {
+    let dir = std::env::temp_dir().join(format!("ol-cli-bulk-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("t.csv");
+    std::fs::write(&path, "a\n1\n").unwrap();
+    let checks = Checks {
+        id_column: None,
+        text_column: None,
+        required: Vec::new(),
+    };
+    let schema = csv_table::guess(csv_table::Records::open(&path, &checks).unwrap(), 10);
+    std::fs::remove_dir_all(&dir).unwrap();
+    schema
+}
+
+#[test]
+fn batches_read_with_the_wrong_guess_stop_their_reader_before_the_file_is_read_again() {
+    let size = batch(1_000).get_array_memory_size();
+    let taken = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = mpsc::channel();
+    let stale = Prefetched {
+        batches: read_ahead(counted(1_000, taken.clone(), tx), 2 * size),
+        csv: Some(some_schema("stale")),
+    };
+    rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    // The check typed the file otherwise (here: found no CSV types at all).
+    let mut again = source(Some(stale), None, || {
+        // The first reader has ended: its source, and the sender it holds, are dropped
+        // (a reader still waiting for room would time out here instead).
+        loop {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("the first reader still runs"),
+            }
+        }
+        assert!(taken.load(SeqCst) <= 4, "{}", taken.load(SeqCst));
+        Ok(Box::new((0..2).map(|_| Ok(batch(10)))))
+    })
+    .unwrap();
+    assert_eq!(again.next().unwrap().unwrap().num_rows(), 10);
+}
+
+#[test]
+fn batches_read_with_the_right_guess_are_used() {
+    let taken = Arc::new(AtomicUsize::new(0));
+    let (tx, _rx) = mpsc::channel();
+    let schema = some_schema("good");
+    let good = Prefetched {
+        batches: read_ahead(counted(3, taken, tx), usize::MAX),
+        csv: Some(schema.clone()),
+    };
+    let batches = source(Some(good), Some(&schema), || panic!("read again"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    assert_eq!(batches.len(), 3);
+}
