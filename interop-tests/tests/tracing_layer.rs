@@ -391,3 +391,70 @@ fn genai_embedding_with_deprecated_system_and_openinference_kinds() {
     assert_eq!(embed["model"], "text-embedding-3-small");
     assert_eq!(embed["promptTokens"], 5);
 }
+
+/// A `Debug` that panics.
+struct Boom;
+
+impl std::fmt::Debug for Boom {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        panic!("boom")
+    }
+}
+
+/// A `Debug` that writes a little, then fails.
+struct Partial;
+
+impl std::fmt::Debug for Partial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("partial")?;
+        Err(std::fmt::Error)
+    }
+}
+
+#[test]
+fn a_panicking_field_under_a_parent_that_is_not_current_leaves_the_threads_position_alone() {
+    let (_, traces) = run(|| {
+        let parent = tracing::info_span!("parent");
+        let child = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _child = tracing::info_span!(parent: &parent, "child", x = ?Boom);
+        }));
+        assert!(child.is_err());
+        // The parent's position was entered to open the child's step, and left again.
+        assert!(openlayer_trace::current_context().is_none());
+        // (The registry keeps the parent span open: the child, whose creation panicked,
+        // still holds it. That is `tracing`'s doing.)
+        drop(parent);
+        // A later span on this thread starts a trace of its own.
+        let _later = tracing::info_span!("later").entered();
+    });
+    let names: Vec<String> = traces.iter().map(tree).collect();
+    assert_eq!(names, ["later"]);
+}
+
+#[test]
+fn a_debug_value_that_fails_is_recorded_as_written_on_every_path() {
+    let (_, traces) = run(|| {
+        // Plain fields, written straight into the inputs.
+        drop(tracing::info_span!("plain", x = ?Partial));
+        // A repeated name: from the list of fields.
+        drop(tracing::info_span!("repeated", x = ?Partial, x = 2));
+        // A dotted attribute: the fields are gathered first.
+        drop(tracing::info_span!("dotted", x = ?Partial, "server.address" = "h"));
+        // Recorded later, and in an event.
+        let s = tracing::info_span!("later", y = Empty);
+        s.record("y", tracing::field::debug(Partial));
+        s.in_scope(|| tracing::info!(e = ?Partial, "an event"));
+    });
+    let find = |name: &str| {
+        traces
+            .iter()
+            .find(|t| t.root()["name"] == name)
+            .unwrap_or_else(|| panic!("no trace {name}"))
+            .root()
+            .clone()
+    };
+    assert_eq!(find("plain")["inputs"]["x"], "partial");
+    assert_eq!(find("repeated")["inputs"]["x"], 2);
+    assert_eq!(find("dotted")["inputs"]["x"], "partial");
+    assert_eq!(find("later")["metadata"]["y"], "partial");
+}

@@ -580,7 +580,15 @@ pin_project_lite::pin_project! {
 }
 
 /// Restores the position when dropped.
-struct Exit(Option<Entered>);
+/// Leaves an entered position when dropped (also while the thread unwinds).
+pub(crate) struct Exit(Option<Entered>);
+
+impl Exit {
+    /// Leaves `entered` when dropped.
+    pub(crate) fn new(entered: Entered) -> Self {
+        Exit(Some(entered))
+    }
+}
 
 impl Drop for Exit {
     fn drop(&mut self) {

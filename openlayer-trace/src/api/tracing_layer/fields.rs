@@ -11,6 +11,14 @@ use tracing::field::{Field, Visit};
 use crate::record::write_json;
 use crate::util::json::push_str;
 
+/// The text of a user's `Debug` or `Display` value: what it wrote before an error, if it
+/// returns one (`format!` and `to_string` would panic into the traced code then).
+pub(super) fn text_of(args: fmt::Arguments<'_>) -> String {
+    let mut s = String::new();
+    let _ = s.write_fmt(args);
+    s
+}
+
 /// Whether a field name is an attribute of some convention (dotted, as `server.address`)
 /// rather than a plain argument: those go to the metadata, never to the inputs.
 pub(crate) fn is_attribute(key: &str) -> bool {
@@ -129,12 +137,16 @@ impl Visit for Fields {
             .push((field.name(), FieldValue::Str(value.to_owned())));
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.0
-            .push((field.name(), FieldValue::Str(value.to_string())));
+        self.0.push((
+            field.name(),
+            FieldValue::Str(text_of(format_args!("{value}"))),
+        ));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .push((field.name(), FieldValue::Str(format!("{value:?}"))));
+        self.0.push((
+            field.name(),
+            FieldValue::Str(text_of(format_args!("{value:?}"))),
+        ));
     }
 }
 
@@ -166,6 +178,9 @@ impl Serialize for Inputs<'_> {
 /// How many distinct field names [`InputWriter`] tracks; a span with more takes the
 /// general path.
 const TRACKED: usize = 16;
+
+/// The most a thread keeps of its formatting buffer between values.
+const TEXT_MAX: usize = 64 * 1024;
 
 thread_local! {
     /// The text of a `Debug` or `Display` value, before it is written as a JSON string.
@@ -245,10 +260,14 @@ impl<'a> InputWriter<'a> {
             t.clear();
             let _ = t.write_fmt(v);
             push_str(self.buf, &t);
+            // One huge value does not pin its memory on this thread.
+            if t.capacity() > TEXT_MAX {
+                *t = String::new();
+            }
             true
         });
         if written != Ok(true) {
-            push_str(self.buf, &v.to_string());
+            push_str(self.buf, &text_of(v));
         }
     }
 }

@@ -297,11 +297,10 @@ where
         };
         let open = match position {
             Some((trace, idx)) => {
-                let e = context::enter(trace, idx);
-                let open =
-                    context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs);
-                context::exit(e);
-                open
+                // Restored however `open_step` ends: the inputs run the span's `Debug` and
+                // `Display` code, which may panic.
+                let _restore = context::Exit::new(context::enter(trace, idx));
+                context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs)
             }
             None => context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs),
         };
