@@ -579,12 +579,12 @@ pin_project_lite::pin_project! {
     }
 }
 
-/// Restores the position when dropped.
 /// Leaves an entered position when dropped (also while the thread unwinds).
 pub(crate) struct Exit(Option<Entered>);
 
 impl Exit {
     /// Leaves `entered` when dropped.
+    #[cfg(feature = "tracing-layer")]
     pub(crate) fn new(entered: Entered) -> Self {
         Exit(Some(entered))
     }
