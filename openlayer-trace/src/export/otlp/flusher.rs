@@ -90,7 +90,8 @@ pub(crate) struct OtlpFlusher {
     budget: Arc<Budget>,
     on_failure: Option<FailureFn>,
     head: Head,
-    /// The size of the last batch to leave: the next batch's first allocation.
+    /// The size of the last batch to leave: the next batch's first allocation (up to
+    /// `BODY_HINT_MAX`).
     last_body: usize,
     batch_max_rows: usize,
     batch_max_bytes: usize,
@@ -260,7 +261,7 @@ impl OtlpFlusher {
         let b = self.groups.entry(key.clone()).or_insert_with(|| Batch {
             pipeline: key.clone(),
             body: {
-                let mut body = Vec::with_capacity(hint.max(room + c.bytes));
+                let mut body = Vec::with_capacity(hint.min(BODY_HINT_MAX).max(room + c.bytes));
                 body.resize(room, 0);
                 body
             },
@@ -514,6 +515,10 @@ struct Head {
     /// The room a batch leaves before its spans: the head at its longest.
     room: usize,
 }
+
+/// The most a new batch allocates ahead for its request (it grows past that as needed):
+/// a batch that lingers with a few traces holds no more.
+const BODY_HINT_MAX: usize = 1 << 20;
 
 /// `ExportTraceServiceRequest.resource_spans`.
 const RESOURCE_SPANS: u32 = 1;

@@ -21,8 +21,9 @@
 //! # Why `prost` and our own message types
 //!
 //! The messages (`proto`) are `prost`-derived types transcribed from the official OTLP
-//! `.proto` files; `prost` does all the encoding: each span as it is converted, into its
-//! batch's buffer, and the request's head around them (see `flusher`). The alternative, the
+//! `.proto` files; `prost` does all the encoding: each span as it is converted (into its
+//! trace's buffer, which its batch appends), and the request's head around them (see
+//! `flusher`). The alternative, the
 //! `opentelemetry-proto` crate, carries the same generated types, but it depends on the
 //! OpenTelemetry API and SDK crates (`opentelemetry`, `opentelemetry_sdk`) for its
 //! conversions, which this exporter does not use: our own types keep the feature's cost
