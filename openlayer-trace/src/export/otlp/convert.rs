@@ -24,6 +24,9 @@ use crate::util::json::push_str as push_json_str;
 /// such field.
 pub(crate) const SCOPE_SPANS_SPANS: u32 = 2;
 
+/// The most a trace's buffer allocates ahead, guessed from the trace before it.
+const LEN_HINT_MAX: usize = 64 * 1024;
+
 /// One trace's spans, on their way to a request.
 #[derive(Debug)]
 pub(crate) struct Converted {
@@ -455,7 +458,11 @@ pub(crate) fn convert(
         prost::encoding::message::encode(SCOPE_SPANS_SPANS, &*span, &mut encoded);
     }
     scratch.reset();
-    scratch.last_len = encoded.len();
+    scratch.last_len = encoded.len().min(LEN_HINT_MAX);
+    if encoded.capacity() > 2 * encoded.len() + 1024 {
+        // Guessed from a larger trace: it waits in the queue with no more than it needs.
+        encoded.shrink_to_fit();
+    }
     let bytes = encoded.len();
     Some(Converted {
         pipeline: st.pipeline_id.as_ref().map(|p| p.to_string()),
