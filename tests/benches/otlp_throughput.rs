@@ -7,6 +7,10 @@
 //! as JSON) and waits until the receiver has acknowledged them all (`flush` /
 //! `force_flush`).
 //!
+//! The receiver is [`Sink`], a minimal HTTP/1.1 server on 127.0.0.1 that reads each
+//! request whole and answers `200` with an empty body, keeping nothing: a recording mock
+//! server grows with every request over a long run and slows both sides down with it.
+//!
 //! `cargo bench -p openlayer-trace-tests --bench otlp_throughput`
 
 use std::time::Duration;
@@ -17,8 +21,8 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use wiremock::matchers::method;
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 const TRACES: usize = 250;
 const SPANS: u64 = (TRACES * 4) as u64;
@@ -72,23 +76,78 @@ fn theirs(tracer: &opentelemetry_sdk::trace::SdkTracer, question: &str, n: usize
     });
 }
 
+/// The loopback receiver: answers every request `200` with an empty body once it has
+/// read it whole (`Content-Length` bodies, keep-alive connections), and keeps nothing.
+struct Sink;
+
+impl Sink {
+    /// Listens on 127.0.0.1 (on `rt`); returns the base URL.
+    fn start(rt: &tokio::runtime::Runtime) -> String {
+        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        rt.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(Sink::serve(stream));
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    async fn serve(mut stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let head = loop {
+                if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break at + 4;
+                }
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let text = String::from_utf8_lossy(&buf[..head]).to_ascii_lowercase();
+            assert!(
+                !text.contains("transfer-encoding:"),
+                "the sink reads Content-Length bodies only"
+            );
+            let length: usize = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() - head >= length {
+                buf.drain(..head + length);
+            } else {
+                // Drained as it comes, not kept; what follows it starts the next request.
+                let mut left = length - (buf.len() - head);
+                buf.clear();
+                while left > 0 {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) if n > left => {
+                            buf.extend_from_slice(&chunk[left..n]);
+                            left = 0;
+                        }
+                        Ok(n) => left -= n,
+                    }
+                }
+            }
+            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+            if stream.write_all(ok).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = rt.block_on(async {
-        let s = MockServer::builder()
-            .disable_request_recording()
-            .start()
-            .await;
-        Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(200))
-            .mount(&s)
-            .await;
-        s
-    });
+    let server = Sink::start(&rt);
 
     let guard = openlayer_trace::init(
         Config::builder()
-            .otlp_endpoint(format!("{}/ours", server.uri()))
+            .otlp_endpoint(format!("{server}/ours"))
             .otlp_only(true)
             .build()
             .unwrap(),
@@ -100,7 +159,7 @@ fn bench(c: &mut Criterion) {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
-        .with_endpoint(format!("{}/theirs/v1/traces", server.uri()))
+        .with_endpoint(format!("{server}/theirs/v1/traces"))
         .build()
         .unwrap();
     let provider = SdkTracerProvider::builder()

@@ -486,3 +486,83 @@ fn alongside_the_data_stream_a_collector_gets_only_its_own_headers() {
         assert_eq!(r.headers.get("x-tenant").unwrap(), "team a");
     }
 }
+
+/// A flush sends what waits at once, however long the linger; a batch that fills (by
+/// traces, or by bytes) leaves without waiting for it either; every request decodes whole.
+#[test]
+fn a_flush_does_not_wait_for_the_linger_and_full_batches_leave_at_once() {
+    let _l = lock();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = server(&rt);
+    mount(
+        &rt,
+        &s,
+        Mock::given(method("POST"))
+            .and(path(TRACES))
+            .respond_with(ok_response()),
+    );
+    let config = openlayer(&s)
+        .linger(Duration::from_secs(600))
+        .batch_max_rows(3)
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    for i in 0..7 {
+        with_id(&format!("linger-{i}"));
+    }
+    // Two full batches leave on their own.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while requests(&rt, &s, TRACES).len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(requests(&rt, &s, TRACES).len(), 2, "full batches waited");
+    let started = Instant::now();
+    let report = guard.flush(Duration::from_secs(5)).unwrap();
+    assert!(report.complete, "{report:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the flush waited: {:?}",
+        started.elapsed()
+    );
+    let stats = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+    assert_eq!(stats.otlp_spans_sent, 7, "{stats:?}");
+    let reqs = requests(&rt, &s, TRACES);
+    assert_eq!(reqs.len(), 3, "3 + 3 + 1 traces");
+    let mut ids: Vec<String> = spans_of(&reqs)
+        .iter()
+        .map(|s| text(s, "openlayer.inference_id").unwrap())
+        .collect();
+    ids.sort();
+    let want: Vec<String> = (0..7).map(|i| format!("linger-{i}")).collect();
+    assert_eq!(ids, want);
+
+    // By bytes: each trace of several spans is over the limit, so each is a request.
+    let s = server(&rt);
+    mount(
+        &rt,
+        &s,
+        Mock::given(method("POST"))
+            .and(path(TRACES))
+            .respond_with(ok_response()),
+    );
+    let config = openlayer(&s)
+        .linger(Duration::from_secs(600))
+        .batch_max_bytes(1024)
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    for _ in 0..3 {
+        answer("What is the capital of France?");
+    }
+    let started = Instant::now();
+    let report = guard.flush(Duration::from_secs(5)).unwrap();
+    assert!(report.complete, "{report:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let stats = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+    let reqs = requests(&rt, &s, TRACES);
+    assert_eq!(reqs.len(), 3, "one request per trace");
+    for r in &reqs {
+        assert_eq!(spans_of(std::slice::from_ref(r)).len(), 4);
+    }
+    assert_eq!(stats.otlp_spans_sent, 12, "{stats:?}");
+}

@@ -1,21 +1,113 @@
 //! A completed trace as OTLP spans: one span per step, with the GenAI semantic
 //! conventions' attributes on model calls and on the root (Openlayer builds a row from
 //! the root span).
+//!
+//! Each span is filled into one reused [`Span`] message ([`Scratch`]: its strings and
+//! attribute list keep their allocations from span to span) and encoded by `prost` right
+//! away, as an element of `ScopeSpans.spans`, into the trace's buffer; the OTLP side
+//! frames those bytes into a request (see `flusher`).
 
+use std::borrow::Cow;
+
+use serde::de::{MapAccess, Visitor};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
-use crate::export::otlp::proto::{KeyValue, Span, SpanKind, Status, StatusCode};
+use crate::export::otlp::proto::{
+    AnyValue, KeyValue, Span, SpanKind, Status, StatusCode, any_value,
+};
 use crate::record::kind::StepKind;
 use crate::record::{CompletedTrace, NO_PARENT, Status as StepStatus, StepRecord};
+use crate::util::json::push_str as push_json_str;
+
+/// The field number of `ScopeSpans.spans`: each span of [`Converted::encoded`] is one
+/// such field.
+pub(crate) const SCOPE_SPANS_SPANS: u32 = 2;
+
+/// The most a trace's buffer allocates ahead, guessed from the trace before it.
+const LEN_HINT_MAX: usize = 64 * 1024;
 
 /// One trace's spans, on their way to a request.
 #[derive(Debug)]
 pub(crate) struct Converted {
     /// The trace's own inference pipeline (`#[trace(inference_pipeline_id = ..)]`).
     pub pipeline: Option<String>,
-    pub spans: Vec<Span>,
-    /// Their encoded size in a request.
+    /// The spans, each encoded by `prost` as a `ScopeSpans.spans` field (key, length,
+    /// message), back to back: a repeated field's elements concatenate on the wire.
+    pub encoded: Vec<u8>,
+    /// How many spans `encoded` holds.
+    pub spans: usize,
+    /// Their encoded size in a request (`encoded.len()`).
     pub bytes: usize,
+}
+
+/// What conversion reuses from one span (and trace) to the next: the span message, the
+/// attributes taken off it (kept with their strings' allocations), and a text buffer.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    span: Span,
+    spare: Vec<KeyValue>,
+    text: String,
+    /// The size of the last trace's spans: the next buffer's first guess.
+    last_len: usize,
+}
+
+impl Scratch {
+    /// Empties the span, keeping its allocations for the next one.
+    fn reset(&mut self) {
+        self.spare.append(&mut self.span.attributes);
+        let s = &mut self.span;
+        s.trace_id.clear();
+        s.span_id.clear();
+        s.parent_span_id.clear();
+        s.name.clear();
+        s.status = None;
+    }
+
+    /// A new attribute (a reused one when there is one) named `prefix` + `key`.
+    fn attr(&mut self, prefix: &str, key: &str) -> &mut KeyValue {
+        let mut kv = self.spare.pop().unwrap_or_default();
+        kv.key.clear();
+        kv.key.push_str(prefix);
+        kv.key.push_str(key);
+        self.span.attributes.push(kv);
+        self.span.attributes.last_mut().expect("just pushed")
+    }
+
+    /// A string attribute.
+    fn string(&mut self, key: &str, value: &str) {
+        self.prefixed_string("", key, value);
+    }
+
+    /// A string attribute named `prefix` + `key`.
+    fn prefixed_string(&mut self, prefix: &str, key: &str, value: &str) {
+        let kv = self.attr(prefix, key);
+        match &mut kv.value {
+            Some(AnyValue {
+                value: Some(any_value::Value::StringValue(s)),
+            }) => {
+                s.clear();
+                s.push_str(value);
+            }
+            v => {
+                *v = Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(value.to_owned())),
+                })
+            }
+        }
+    }
+
+    /// A string attribute with the text in `self.text`.
+    fn text_attr(&mut self, key: &str) {
+        let text = std::mem::take(&mut self.text);
+        self.string(key, &text);
+        self.text = text;
+    }
+
+    /// An attribute of another type.
+    fn other(&mut self, key: &str, value: any_value::Value) {
+        self.attr("", key).value = Some(AnyValue { value: Some(value) });
+    }
 }
 
 /// The trace's inference id: its own, else the root step's id as a UUID (as the
@@ -46,76 +138,167 @@ pub(crate) fn span_id(rec: &StepRecord) -> [u8; 8] {
 }
 
 /// A JSON text as an attribute's string: a JSON string unquoted, anything else as is.
-fn text_of(json: &str) -> String {
-    if json.starts_with('"')
-        && let Ok(s) = serde_json::from_str::<String>(json)
-    {
-        return s;
+fn text_of(json: &str) -> Cow<'_, str> {
+    if json.starts_with('"') {
+        // Borrowed when it has no escapes.
+        if let Ok(s) = serde_json::from_str::<&str>(json) {
+            return Cow::Borrowed(s);
+        }
+        if let Ok(s) = serde_json::from_str::<String>(json) {
+            return Cow::Owned(s);
+        }
     }
-    json.to_string()
+    Cow::Borrowed(json)
 }
 
 /// A column of the trace (`user_id`, `session_id`, ...) as text.
-fn column(trace: &CompletedTrace, key: &str) -> Option<String> {
+fn column<'a>(trace: &'a CompletedTrace, key: &str) -> Option<Cow<'a, str>> {
     let v = trace.state.columns.iter().find(|(k, _)| k == key)?;
     (&*v.1 != "null").then(|| text_of(&v.1))
 }
 
-/// `[{"role": role, "parts": [{"type": "text", "content": text}]}]` items.
-fn message(role: &str, content: &str, finish_reason: Option<&str>) -> Value {
-    let mut m = serde_json::json!({
-        "role": role,
-        "parts": [{"type": "text", "content": content}],
-    });
+/// Appends one message, `{"role": role, "parts": [{"type": "text", "content":
+/// content}]}` (and `"finish_reason"` when given); strings are escaped as `serde_json`
+/// escapes them.
+fn push_message(out: &mut String, role: &str, content: &str, finish_reason: Option<&str>) {
+    out.push_str(r#"{"role":"#);
+    push_json_str(out, role);
+    out.push_str(r#","parts":[{"type":"text","content":"#);
+    push_json_str(out, content);
+    out.push_str("}]");
     if let Some(r) = finish_reason {
-        m["finish_reason"] = Value::from(r);
+        out.push_str(r#","finish_reason":"#);
+        push_json_str(out, r);
     }
-    m
+    out.push('}');
 }
 
 /// A JSON value as message text: a string as is, anything else as its JSON.
-fn content_of(v: &Value) -> String {
+fn content_of(v: &Value) -> Cow<'_, str> {
     match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Value::String(s) => Cow::Borrowed(s),
+        other => Cow::Owned(other.to_string()),
     }
 }
 
-/// The input messages of a step: a chat prompt's messages (`{"prompt": [{role,
-/// content}]}`), else one user message with the inputs (the only input's value when
-/// there is one).
-fn input_messages(inputs: &str) -> Option<String> {
-    let v: Value = serde_json::from_str(inputs).ok()?;
-    let obj = v.as_object()?;
-    if let Some(Value::Array(prompt)) = obj.get("prompt")
-        && prompt.iter().all(|m| m.get("role").is_some())
-    {
-        let msgs: Vec<Value> = prompt
-            .iter()
-            .map(|m| {
-                let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
-                let content = m.get("content").map(content_of).unwrap_or_default();
-                message(role, &content, None)
-            })
-            .collect();
-        return Some(Value::Array(msgs).to_string());
+/// A JSON text as message text: a string unquoted, anything else as written.
+fn raw_content(v: &RawValue) -> Cow<'_, str> {
+    text_of(v.get())
+}
+
+/// The top level of a step's inputs object, borrowed from its text: how many entries it
+/// has, its first value and its `prompt`.
+#[derive(Default)]
+struct Inputs<'a> {
+    len: usize,
+    first: Option<&'a RawValue>,
+    prompt: Option<&'a RawValue>,
+}
+
+impl<'de> serde::Deserialize<'de> for Inputs<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Inputs<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Inputs<'de>, A::Error> {
+                let mut inputs = Inputs::default();
+                while let Some(IsPrompt(prompt)) = map.next_key()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    inputs.len += 1;
+                    inputs.first.get_or_insert(value);
+                    if prompt {
+                        inputs.prompt = Some(value);
+                    }
+                }
+                Ok(inputs)
+            }
+        }
+        d.deserialize_map(V)
     }
-    let content = match obj.len() {
-        0 => return None,
-        1 => obj.values().next().map(content_of).unwrap_or_default(),
-        _ => v.to_string(),
+}
+
+/// An object's key: whether it is `prompt`.
+struct IsPrompt(bool);
+
+impl<'de> serde::Deserialize<'de> for IsPrompt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = IsPrompt;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IsPrompt, E> {
+                Ok(IsPrompt(v == "prompt"))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A chat prompt's messages (`[{role, content}]`, each with a role) into `out`; false
+/// (and nothing written) when it is not one.
+fn prompt_messages(prompt: &RawValue, out: &mut String) -> bool {
+    let Ok(Value::Array(prompt)) = serde_json::from_str::<Value>(prompt.get()) else {
+        return false;
     };
-    Some(Value::Array(vec![message("user", &content, None)]).to_string())
+    if !prompt.iter().all(|m| m.get("role").is_some()) {
+        return false;
+    }
+    out.push('[');
+    for (i, m) in prompt.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
+        let content = m.get("content").map(content_of).unwrap_or_default();
+        push_message(out, role, &content, None);
+    }
+    out.push(']');
+    true
 }
 
-/// The output messages of a step: one assistant message with its output.
-fn output_messages(output: &str, failed: bool) -> Option<String> {
-    let v: Value = serde_json::from_str(output).ok()?;
-    if v.is_null() {
-        return None;
+/// The input messages of a step into `out`: a chat prompt's messages (`{"prompt":
+/// [{role, content}]}`), else one user message with the inputs (the only input's value
+/// when there is one, else the inputs' JSON as recorded). False (and nothing written)
+/// when there are none.
+fn input_messages(inputs: &str, out: &mut String) -> bool {
+    let Ok(fields) = serde_json::from_str::<Inputs<'_>>(inputs) else {
+        return false;
+    };
+    if let Some(prompt) = fields.prompt
+        && prompt_messages(prompt, out)
+    {
+        return true;
+    }
+    let content = match (fields.len, fields.first) {
+        (1, Some(first)) => raw_content(first),
+        (0, _) | (_, None) => return false,
+        _ => Cow::Borrowed(inputs.trim()),
+    };
+    out.push('[');
+    push_message(out, "user", &content, None);
+    out.push(']');
+    true
+}
+
+/// The output messages of a step into `out`: one assistant message with its output.
+/// False (and nothing written) when there is no output.
+fn output_messages(output: &str, failed: bool, out: &mut String) -> bool {
+    let Ok(v) = serde_json::from_str::<&RawValue>(output) else {
+        return false;
+    };
+    if v.get() == "null" {
+        return false;
     }
     let reason = if failed { "error" } else { "stop" };
-    Some(Value::Array(vec![message("assistant", &content_of(&v), Some(reason))]).to_string())
+    out.push('[');
+    push_message(out, "assistant", &raw_content(v), Some(reason));
+    out.push(']');
+    true
 }
 
 fn int_field(rec: &StepRecord, field: &str) -> Option<i64> {
@@ -123,8 +306,13 @@ fn int_field(rec: &StepRecord, field: &str) -> Option<i64> {
     (v.is_finite() && v.fract() == 0.0).then_some(v as i64)
 }
 
-/// Converts a completed trace; `None` for a trace without steps.
-pub(crate) fn convert(trace: &CompletedTrace, inference_id: &str) -> Option<Converted> {
+/// Converts a completed trace, each span encoded as it is made (see the module docs);
+/// `None` for a trace without steps.
+pub(crate) fn convert(
+    trace: &CompletedTrace,
+    inference_id: &str,
+    scratch: &mut Scratch,
+) -> Option<Converted> {
     let st = &trace.state;
     let root = trace.root()?;
     let trace_id = trace_id(inference_id);
@@ -143,7 +331,7 @@ pub(crate) fn convert(trace: &CompletedTrace, inference_id: &str) -> Option<Conv
     } else {
         None
     };
-    let mut spans = Vec::with_capacity(st.steps.len());
+    let mut encoded = Vec::with_capacity(scratch.last_len);
     for (i, rec) in st.steps.iter().enumerate() {
         let parent = if i == 0 {
             None
@@ -157,20 +345,21 @@ pub(crate) fn convert(trace: &CompletedTrace, inference_id: &str) -> Option<Conv
         let output = if i == 0 { root_output } else { st.output(rec) };
         let failed = matches!(rec.status, StepStatus::Error | StepStatus::Panicked);
 
-        let mut attrs = Vec::with_capacity(8);
-        attrs.push(KeyValue::string("openlayer.inference_id", inference_id));
-        attrs.push(KeyValue::string("openlayer.step.type", rec.kind.as_str()));
-        if let Some(s) = &session {
-            attrs.push(KeyValue::string("session.id", s.as_str()));
+        scratch.reset();
+        let s = &mut *scratch;
+        s.string("openlayer.inference_id", inference_id);
+        s.string("openlayer.step.type", rec.kind.as_str());
+        if let Some(v) = &session {
+            s.string("session.id", v);
         }
         if let Some(u) = &user {
-            attrs.push(KeyValue::string("user.id", u.as_str()));
+            s.string("user.id", u);
         }
         if let Some(inputs) = inputs {
-            attrs.push(KeyValue::string("openlayer.inputs", inputs));
+            s.string("openlayer.inputs", inputs);
         }
         if let Some(output) = output {
-            attrs.push(KeyValue::string("openlayer.output", output));
+            s.string("openlayer.output", output);
         }
         if model_call {
             let op = if rec.kind == StepKind::Embedding {
@@ -178,100 +367,107 @@ pub(crate) fn convert(trace: &CompletedTrace, inference_id: &str) -> Option<Conv
             } else {
                 "chat"
             };
-            attrs.push(KeyValue::string("gen_ai.operation.name", op));
+            s.string("gen_ai.operation.name", op);
             if let Some(p) = rec.field("provider").filter(|p| *p != "null") {
-                attrs.push(KeyValue::string(
-                    "gen_ai.provider.name",
-                    text_of(p).to_ascii_lowercase(),
-                ));
+                s.string("gen_ai.provider.name", &text_of(p).to_ascii_lowercase());
             }
             if let Some(m) = rec.field("model").filter(|m| *m != "null") {
                 let m = text_of(m);
-                attrs.push(KeyValue::string("gen_ai.request.model", m.as_str()));
-                attrs.push(KeyValue::string("gen_ai.response.model", m));
+                s.string("gen_ai.request.model", &m);
+                s.string("gen_ai.response.model", &m);
             }
             if let Some(n) = int_field(rec, "promptTokens") {
-                attrs.push(KeyValue::int("gen_ai.usage.input_tokens", n));
+                s.other("gen_ai.usage.input_tokens", any_value::Value::IntValue(n));
             }
             if let Some(n) = int_field(rec, "completionTokens") {
-                attrs.push(KeyValue::int("gen_ai.usage.output_tokens", n));
+                s.other("gen_ai.usage.output_tokens", any_value::Value::IntValue(n));
             }
             if let Some(c) = rec.field("cost").and_then(|c| c.trim().parse::<f64>().ok()) {
-                attrs.push(KeyValue::double("openlayer.cost", c));
+                s.other("openlayer.cost", any_value::Value::DoubleValue(c));
             }
         }
         if rec.kind == StepKind::Tool {
             if let Some(f) = rec.field("functionName").filter(|f| *f != "null") {
-                attrs.push(KeyValue::string("gen_ai.tool.name", text_of(f)));
+                s.string("gen_ai.tool.name", &text_of(f));
             }
             if let Some(a) = rec.field("arguments").filter(|a| *a != "null") {
-                attrs.push(KeyValue::string("gen_ai.tool.call.arguments", a));
+                s.string("gen_ai.tool.call.arguments", a);
             }
             if let Some(o) = output {
-                attrs.push(KeyValue::string("gen_ai.tool.call.result", o));
+                s.string("gen_ai.tool.call.result", o);
             }
         }
         if model_call || i == 0 {
-            if let Some(m) = inputs.and_then(input_messages) {
-                attrs.push(KeyValue::string("gen_ai.input.messages", m));
+            s.text.clear();
+            if let Some(inputs) = inputs
+                && input_messages(inputs, &mut s.text)
+            {
+                s.text_attr("gen_ai.input.messages");
             }
-            if let Some(m) = output.and_then(|o| output_messages(o, failed)) {
-                attrs.push(KeyValue::string("gen_ai.output.messages", m));
+            s.text.clear();
+            if let Some(output) = output
+                && output_messages(output, failed, &mut s.text)
+            {
+                s.text_attr("gen_ai.output.messages");
             }
         }
         for (k, v) in rec.metadata() {
-            attrs.push(KeyValue::string(format!("openlayer.metadata.{k}"), &**v));
+            s.prefixed_string("openlayer.metadata.", k, v);
         }
         if let Some(gt) = rec.ground_truth() {
-            attrs.push(KeyValue::string("openlayer.ground_truth", gt));
+            s.string("openlayer.ground_truth", gt);
         }
-        let status = match rec.status {
+        match rec.status {
             StepStatus::Error | StepStatus::Panicked => {
-                let message = rec.error().unwrap_or("error").to_string();
+                let message = rec.error().unwrap_or("error");
                 let kind = if rec.status == StepStatus::Panicked {
                     "panic"
                 } else {
                     "error"
                 };
-                attrs.push(KeyValue::string("error.type", kind));
-                attrs.push(KeyValue::string("error.message", message.as_str()));
-                Some(Status {
-                    message,
+                s.string("error.type", kind);
+                s.string("error.message", message);
+                s.span.status = Some(Status {
+                    message: message.to_string(),
                     code: StatusCode::Error as i32,
-                })
+                });
             }
             StepStatus::Cancelled | StepStatus::Open => {
-                attrs.push(KeyValue::bool("openlayer.cancelled", true));
-                None
+                s.other("openlayer.cancelled", any_value::Value::BoolValue(true));
             }
-            StepStatus::Ok => None,
-        };
+            StepStatus::Ok => {}
+        }
         let at = |offset: i64| (trace.anchor_unix_ns + i128::from(offset)).max(0) as u64;
-        spans.push(Span {
-            trace_id: trace_id.to_vec(),
-            span_id: span_id(rec).to_vec(),
-            parent_span_id: parent.map(|p| span_id(p).to_vec()).unwrap_or_default(),
-            name: rec.name.to_string(),
-            kind: if model_call {
-                SpanKind::Client
-            } else {
-                SpanKind::Internal
-            } as i32,
-            start_time_unix_nano: at(rec.start),
-            end_time_unix_nano: at(rec.end.max(rec.start)),
-            attributes: attrs,
-            status,
-            // W3C trace flags: sampled.
-            flags: 1,
-        });
+        let span = &mut s.span;
+        span.trace_id.extend_from_slice(&trace_id);
+        span.span_id.extend_from_slice(&span_id(rec));
+        if let Some(p) = parent {
+            span.parent_span_id.extend_from_slice(&span_id(p));
+        }
+        span.name.push_str(&rec.name);
+        span.kind = if model_call {
+            SpanKind::Client
+        } else {
+            SpanKind::Internal
+        } as i32;
+        span.start_time_unix_nano = at(rec.start);
+        span.end_time_unix_nano = at(rec.end.max(rec.start));
+        // W3C trace flags: sampled.
+        span.flags = 1;
+        // `prost` encodes the span: key, length, message.
+        prost::encoding::message::encode(SCOPE_SPANS_SPANS, &*span, &mut encoded);
     }
-    let bytes = spans
-        .iter()
-        .map(|s| prost::Message::encoded_len(s) + 4)
-        .sum();
+    scratch.reset();
+    scratch.last_len = encoded.len().min(LEN_HINT_MAX);
+    if encoded.capacity() > 2 * encoded.len() + 1024 {
+        // Guessed from a larger trace: it waits in the queue with no more than it needs.
+        encoded.shrink_to_fit();
+    }
+    let bytes = encoded.len();
     Some(Converted {
         pipeline: st.pipeline_id.as_ref().map(|p| p.to_string()),
-        spans,
+        encoded,
+        spans: st.steps.len(),
         bytes,
     })
 }
@@ -288,22 +484,66 @@ mod tests {
         assert_ne!(trace_id("req-1"), trace_id("req-2"));
     }
 
+    fn inputs(json: &str) -> Option<String> {
+        let mut out = String::new();
+        input_messages(json, &mut out).then_some(out)
+    }
+
+    fn outputs(json: &str, failed: bool) -> Option<String> {
+        let mut out = String::new();
+        output_messages(json, failed, &mut out).then_some(out)
+    }
+
     #[test]
     fn messages_take_the_semantic_conventions_shape() {
-        let m = input_messages(r#"{"prompt":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}]}"#).unwrap();
+        let m = inputs(r#"{"prompt":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}]}"#).unwrap();
         let v: Value = serde_json::from_str(&m).unwrap();
         assert_eq!(v[0]["role"], "system");
         assert_eq!(v[1]["parts"][0]["type"], "text");
         assert_eq!(v[1]["parts"][0]["content"], "Hi");
-        let m = input_messages(r#"{"question":"Why?"}"#).unwrap();
+        let m = inputs(r#"{"question":"Why?"}"#).unwrap();
         let v: Value = serde_json::from_str(&m).unwrap();
         assert_eq!(v[0]["role"], "user");
         assert_eq!(v[0]["parts"][0]["content"], "Why?");
-        let m = output_messages(r#""Because.""#, false).unwrap();
+        let m = outputs(r#""Because.""#, false).unwrap();
         let v: Value = serde_json::from_str(&m).unwrap();
         assert_eq!(v[0]["role"], "assistant");
         assert_eq!(v[0]["finish_reason"], "stop");
         assert_eq!(v[0]["parts"][0]["content"], "Because.");
-        assert!(output_messages("null", false).is_none());
+        assert!(outputs("null", false).is_none());
+    }
+
+    #[test]
+    fn message_contents_keep_their_text() {
+        // Several inputs: their JSON, as recorded, is the content.
+        let m = inputs(r#"{"q":"Why \"so\"?","n":3}"#).unwrap();
+        let v: Value = serde_json::from_str(&m).unwrap();
+        assert_eq!(v[0]["parts"][0]["content"], r#"{"q":"Why \"so\"?","n":3}"#);
+        // One input: its value, a string unescaped, anything else as JSON.
+        let v: Value = serde_json::from_str(&inputs(r#"{"q":"a\nb"}"#).unwrap()).unwrap();
+        assert_eq!(v[0]["parts"][0]["content"], "a\nb");
+        let v: Value = serde_json::from_str(&inputs(r#"{"q":[1,{"a":null}]}"#).unwrap()).unwrap();
+        assert_eq!(v[0]["parts"][0]["content"], r#"[1,{"a":null}]"#);
+        // A `prompt` that is not a chat prompt is an ordinary input.
+        let v: Value = serde_json::from_str(&inputs(r#"{"prompt":"Hi"}"#).unwrap()).unwrap();
+        assert_eq!(v[0]["parts"][0]["content"], "Hi");
+        let v: Value =
+            serde_json::from_str(&inputs(r#"{"prompt":[{"content":"x"}],"n":1}"#).unwrap())
+                .unwrap();
+        assert_eq!(
+            v[0]["parts"][0]["content"],
+            r#"{"prompt":[{"content":"x"}],"n":1}"#
+        );
+        // No messages without inputs, or from what is not an object.
+        assert!(inputs("{}").is_none());
+        assert!(inputs("[1]").is_none());
+        assert!(inputs("not json").is_none());
+        // An output: a string unescaped, anything else as JSON; an error's reason.
+        let v: Value = serde_json::from_str(&outputs(r#"{"k":"\u00e9"}"#, true).unwrap()).unwrap();
+        assert_eq!(v[0]["parts"][0]["content"], r#"{"k":"\u00e9"}"#);
+        assert_eq!(v[0]["finish_reason"], "error");
+        let v: Value = serde_json::from_str(&outputs(r#""tab\there""#, false).unwrap()).unwrap();
+        assert_eq!(v[0]["parts"][0]["content"], "tab\there");
+        assert!(outputs("nope", false).is_none());
     }
 }

@@ -1,5 +1,30 @@
 //! The OTLP side of the worker: batches converted traces into export requests, keeps a
 //! few in flight, settles them, and answers flushes and the shutdown by their deadlines.
+//!
+//! # How a request is encoded
+//!
+//! `prost` encodes every message: each span as it is converted (see `convert`), as an
+//! element of `ScopeSpans.spans` (field 2: key, length, `Span`), and the `Resource` and
+//! `InstrumentationScope` once, at start, as fields 1 of `ResourceSpans` and `ScopeSpans`.
+//! A batch appends its traces' encoded spans to one buffer, after room left for the
+//! request's head. A request is then
+//!
+//! ```text
+//! ExportTraceServiceRequest.resource_spans (1) { ResourceSpans:
+//!     resource (1) { Resource }
+//!     scope_spans (2) { ScopeSpans:
+//!         scope (1) { InstrumentationScope }
+//!         spans (2) { Span } spans (2) { Span } ...
+//! }}
+//! ```
+//!
+//! where the two enclosing fields' keys and lengths are written by `prost`'s own field
+//! helpers (`encoding::encode_key`, `encode_varint`, `encoded_len_varint`) into the room
+//! before the spans: exactly what `prost` writes for the same request built as one
+//! `ExportTraceServiceRequest` (a repeated field's elements simply concatenate, and
+//! `prost` writes fields in field-number order), without holding every span as a message
+//! until the batch leaves nor copying the spans again. A unit test checks that the two
+//! encodings are the same bytes.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -16,8 +41,7 @@ use crate::export::budget::{Budget, Tier};
 use crate::export::openlayer::epochs::Epochs;
 use crate::export::otlp::convert::Converted;
 use crate::export::otlp::proto::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse, InstrumentationScope, KeyValue,
-    Resource, ResourceSpans, ScopeSpans, Span,
+    ExportTraceServiceResponse, InstrumentationScope, KeyValue, Resource,
 };
 use crate::report::{Counters, DeliveryFailure, DropReason, notify};
 use crate::transport::{ApiRequest, SendOutcome, Transport, is_retryable_otlp_status};
@@ -36,8 +60,10 @@ pub(crate) enum OtlpMsg {
 #[derive(Debug)]
 struct Batch {
     pipeline: Option<String>,
-    spans: Vec<Span>,
-    /// How many spans it has (its spans leave once encoded).
+    /// The request: room for its head (`Head::room`), then the encoded spans. Empty once
+    /// it has left.
+    body: Vec<u8>,
+    /// How many spans it has.
     count: usize,
     epochs: Vec<u64>,
     bytes: usize,
@@ -63,8 +89,10 @@ pub(crate) struct OtlpFlusher {
     counters: Arc<Counters>,
     budget: Arc<Budget>,
     on_failure: Option<FailureFn>,
-    resource: Resource,
-    scope: InstrumentationScope,
+    head: Head,
+    /// The size of the last batch to leave: the next batch's first allocation (up to
+    /// `BODY_HINT_MAX`).
+    last_body: usize,
     batch_max_rows: usize,
     batch_max_bytes: usize,
     linger: Duration,
@@ -104,18 +132,21 @@ impl OtlpFlusher {
             counters,
             budget,
             on_failure: config.on_failure.clone(),
-            resource: Resource {
-                attributes: vec![
-                    KeyValue::string("service.name", service),
-                    KeyValue::string("telemetry.sdk.name", "openlayer-trace"),
-                    KeyValue::string("telemetry.sdk.language", "rust"),
-                    KeyValue::string("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
-                ],
-            },
-            scope: InstrumentationScope {
-                name: "openlayer-trace".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-            },
+            head: Head::new(
+                &Resource {
+                    attributes: vec![
+                        KeyValue::string("service.name", service),
+                        KeyValue::string("telemetry.sdk.name", "openlayer-trace"),
+                        KeyValue::string("telemetry.sdk.language", "rust"),
+                        KeyValue::string("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+                    ],
+                },
+                &InstrumentationScope {
+                    name: "openlayer-trace".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                },
+            ),
+            last_body: 0,
             batch_max_rows: config.batch_max_rows.max(1),
             batch_max_bytes: config.batch_max_bytes.max(1),
             linger: config.linger,
@@ -201,7 +232,7 @@ impl OtlpFlusher {
         if self.backlog >= self.backlog_max || !self.budget.reserve(c.bytes, Tier::Worker) {
             self.counters
                 .otlp_spans_dropped
-                .fetch_add(c.spans.len() as u64, Relaxed);
+                .fetch_add(c.spans as u64, Relaxed);
             if self.primary {
                 self.counters.drop_rows(DropReason::QueueFull, 1);
                 self.counters.settled.fetch_add(1, Relaxed);
@@ -222,20 +253,25 @@ impl OtlpFlusher {
         if self
             .groups
             .get(&key)
-            .is_some_and(|b| !b.spans.is_empty() && b.bytes + c.bytes > self.batch_max_bytes)
+            .is_some_and(|b| b.count > 0 && b.bytes + c.bytes > self.batch_max_bytes)
         {
             self.close(&key);
         }
+        let (room, hint) = (self.head.room, self.last_body);
         let b = self.groups.entry(key.clone()).or_insert_with(|| Batch {
             pipeline: key.clone(),
-            spans: Vec::new(),
+            body: {
+                let mut body = Vec::with_capacity(hint.min(BODY_HINT_MAX).max(room + c.bytes));
+                body.resize(room, 0);
+                body
+            },
             count: 0,
             epochs: Vec::new(),
             bytes: 0,
             since: Instant::now(),
         });
-        b.count += c.spans.len();
-        b.spans.extend(c.spans);
+        b.count += c.spans;
+        b.body.extend_from_slice(&c.encoded);
         b.epochs.push(epoch);
         b.bytes += c.bytes;
         if b.epochs.len() >= self.batch_max_rows || b.bytes >= self.batch_max_bytes {
@@ -289,17 +325,8 @@ impl OtlpFlusher {
     }
 
     fn start(&mut self, mut batch: Batch) {
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(self.resource.clone()),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(self.scope.clone()),
-                    spans: std::mem::take(&mut batch.spans),
-                }],
-            }],
-        };
-        let body = prost::Message::encode_to_vec(&request);
-        drop(request);
+        self.last_body = batch.body.len();
+        let body = self.head.request(std::mem::take(&mut batch.body));
         let deadline = self.shutdown.as_ref().map(|s| s.1);
         let transport = self.transport_for(batch.pipeline.as_deref());
         let handle = self.tasks.spawn(async move {
@@ -477,6 +504,69 @@ impl OtlpFlusher {
     }
 }
 
+/// The part of every request before its spans, encoded once by `prost`, and how to
+/// frame a batch's spans into a request with it (see the module docs).
+#[derive(Debug)]
+struct Head {
+    /// `ResourceSpans.resource` (field 1: key, length, `Resource`).
+    resource: Vec<u8>,
+    /// `ScopeSpans.scope` (field 1: key, length, `InstrumentationScope`).
+    scope: Vec<u8>,
+    /// The room a batch leaves before its spans: the head at its longest.
+    room: usize,
+}
+
+/// The most a new batch allocates ahead for its request (it grows past that as needed):
+/// a batch that lingers with a few traces holds no more.
+const BODY_HINT_MAX: usize = 1 << 20;
+
+/// `ExportTraceServiceRequest.resource_spans`.
+const RESOURCE_SPANS: u32 = 1;
+/// `ResourceSpans.scope_spans`.
+const SCOPE_SPANS: u32 = 2;
+
+impl Head {
+    fn new(resource: &Resource, scope: &InstrumentationScope) -> Head {
+        let mut r = Vec::new();
+        prost::encoding::message::encode(1, resource, &mut r);
+        let mut s = Vec::new();
+        prost::encoding::message::encode(1, scope, &mut s);
+        // Two keys and two lengths (a varint of a `u64` takes at most 10 bytes).
+        let room = r.len()
+            + s.len()
+            + prost::encoding::key_len(RESOURCE_SPANS)
+            + prost::encoding::key_len(SCOPE_SPANS)
+            + 20;
+        Head {
+            resource: r,
+            scope: s,
+            room,
+        }
+    }
+
+    /// The request of a batch's body (`room` bytes, then its encoded spans): the head is
+    /// written just before the spans and the request starts where it does.
+    fn request(&self, mut body: Vec<u8>) -> bytes::Bytes {
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+        let spans = body.len() - self.room;
+        let scope_spans = self.scope.len() + spans;
+        let resource_spans = self.resource.len()
+            + key_len(SCOPE_SPANS)
+            + encoded_len_varint(scope_spans as u64)
+            + scope_spans;
+        let mut head = Vec::with_capacity(self.room);
+        encode_key(RESOURCE_SPANS, WireType::LengthDelimited, &mut head);
+        encode_varint(resource_spans as u64, &mut head);
+        head.extend_from_slice(&self.resource);
+        encode_key(SCOPE_SPANS, WireType::LengthDelimited, &mut head);
+        encode_varint(scope_spans as u64, &mut head);
+        head.extend_from_slice(&self.scope);
+        let start = self.room - head.len();
+        body[start..self.room].copy_from_slice(&head);
+        bytes::Bytes::from(body).slice(start..)
+    }
+}
+
 /// The spans a 2xx answer reports as rejected (`partial_success.rejected_spans`).
 fn partial_rejections(body: &[u8]) -> u64 {
     let Ok(response) = <ExportTraceServiceResponse as prost::Message>::decode(body) else {
@@ -500,5 +590,77 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::otlp::proto::{
+        ExportTraceServiceRequest, ResourceSpans, ScopeSpans, Span, StatusCode,
+    };
+    use prost::Message as _;
+
+    fn span(n: u8, attrs: usize) -> Span {
+        Span {
+            trace_id: vec![n; 16],
+            span_id: vec![n; 8],
+            parent_span_id: if n.is_multiple_of(2) {
+                vec![]
+            } else {
+                vec![9; 8]
+            },
+            name: format!("step {n}"),
+            kind: 1,
+            start_time_unix_nano: 1_700_000_000_000_000_000 + u64::from(n),
+            end_time_unix_nano: 1_700_000_000_000_000_100,
+            attributes: (0..attrs)
+                .map(|i| KeyValue::string(format!("k{i}"), "v".repeat(i * 50)))
+                .collect(),
+            status: (n == 3).then(|| crate::export::otlp::proto::Status {
+                message: "boom".into(),
+                code: StatusCode::Error as i32,
+            }),
+            flags: 1,
+        }
+    }
+
+    /// A batch framed around its spans encodes as `prost` encodes the whole request, for
+    /// no span, a few, and enough that the lengths take more bytes.
+    #[test]
+    fn a_framed_batch_is_the_request_prost_encodes() {
+        let resource = Resource {
+            attributes: vec![KeyValue::string("service.name", "svc")],
+        };
+        let scope = InstrumentationScope {
+            name: "openlayer-trace".into(),
+            version: "1.2.3".into(),
+        };
+        let head = Head::new(&resource, &scope);
+        for (count, attrs) in [(0, 0), (1, 1), (4, 3), (300, 12)] {
+            let spans: Vec<Span> = (0..count).map(|n| span(n as u8, attrs)).collect();
+            let mut body = vec![0; head.room];
+            for s in &spans {
+                prost::encoding::message::encode(
+                    crate::export::otlp::convert::SCOPE_SPANS_SPANS,
+                    s,
+                    &mut body,
+                );
+            }
+            let framed = head.request(body);
+            let whole = ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    resource: Some(resource.clone()),
+                    scope_spans: vec![ScopeSpans {
+                        scope: Some(scope.clone()),
+                        spans: spans.clone(),
+                    }],
+                }],
+            }
+            .encode_to_vec();
+            assert_eq!(&framed[..], &whole[..], "{count} spans");
+            let back = ExportTraceServiceRequest::decode(framed).unwrap();
+            assert_eq!(back.resource_spans[0].scope_spans[0].spans, spans);
+        }
     }
 }

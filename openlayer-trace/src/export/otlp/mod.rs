@@ -21,7 +21,9 @@
 //! # Why `prost` and our own message types
 //!
 //! The messages (`proto`) are `prost`-derived types transcribed from the official OTLP
-//! `.proto` files; `prost` does all the encoding. The alternative, the
+//! `.proto` files; `prost` does all the encoding: each span as it is converted (into its
+//! trace's buffer, which its batch appends), and the request's head around them (see
+//! `flusher`). The alternative, the
 //! `opentelemetry-proto` crate, carries the same generated types, but it depends on the
 //! OpenTelemetry API and SDK crates (`opentelemetry`, `opentelemetry_sdk`) for its
 //! conversions, which this exporter does not use: our own types keep the feature's cost
@@ -123,13 +125,14 @@ pub(crate) async fn run(
     let primary = ftx.is_none();
     let router = async move {
         let mut combiners = JoinSet::new();
-        let ctx = Router {
+        let mut ctx = Router {
             otx,
             ftx,
             shaper,
             counters,
             budget,
             primary,
+            scratch: convert::Scratch::default(),
         };
         while let Some(msg) = rx.recv().await {
             while combiners.try_join_next().is_some() {}
@@ -163,19 +166,23 @@ struct Router {
     counters: Arc<Counters>,
     budget: Arc<Budget>,
     primary: bool,
+    /// What conversion reuses from one trace to the next.
+    scratch: convert::Scratch,
 }
 
 impl Router {
-    async fn route(&self, msg: Msg, combiners: &mut JoinSet<()>) {
+    async fn route(&mut self, msg: Msg, combiners: &mut JoinSet<()>) {
         match msg {
             Msg::Trace(mut trace, bytes) => {
                 let id = convert::inference_id(&trace);
                 // Sampled as the row is: on the inference id.
                 let kept = id.as_deref().is_some_and(|id| self.shaper.keeps(id));
+                let scratch = &mut self.scratch;
                 let converted = id.filter(|_| kept).and_then(|id| {
-                    // A panic in conversion costs that trace, not the worker.
+                    // A panic in conversion costs that trace, not the worker (the
+                    // scratch is emptied before each span).
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        convert::convert(&trace, &id)
+                        convert::convert(&trace, &id, scratch)
                     }))
                     .ok()
                     .flatten()
@@ -185,7 +192,7 @@ impl Router {
                         // The data-stream flusher releases its queue bytes and samples it.
                         let _ = ftx.send(Msg::Trace(trace, bytes)).await;
                         if let Some(c) = converted {
-                            let n = c.spans.len() as u64;
+                            let n = c.spans as u64;
                             if self.otx.try_send(OtlpMsg::Spans(c)).is_err() {
                                 self.counters.otlp_spans_dropped.fetch_add(n, Relaxed);
                                 crate::util::diag::warn_limited!(
