@@ -16,7 +16,7 @@ use serde::ser::SerializeMap;
 use serde_json::value::RawValue;
 
 use crate::body::{OpenlayerBody, with_step};
-use crate::layer::{IgnoreBody, Settings};
+use crate::layer::{IgnoreBody, Settings, header_values};
 
 /// The service made by [`OpenlayerLayer`](crate::OpenlayerLayer): each request becomes the
 /// root step of a trace; see the layer's documentation.
@@ -57,19 +57,46 @@ pub(crate) enum RecordedBody<'a> {
 struct RecordedHeaders<'a> {
     names: &'a [HeaderName],
     headers: &'a HeaderMap,
+    /// Bit `i`: the `i`-th name is present (each name is looked up once; a name beyond the
+    /// 64th is looked up when serialized).
+    present: u64,
+    /// Whether any name is present.
+    any: bool,
 }
 
-impl RecordedHeaders<'_> {
-    fn is_empty(&self) -> bool {
-        self.headers.is_empty() || !self.names.iter().any(|n| self.headers.contains_key(n))
+impl<'a> RecordedHeaders<'a> {
+    fn new(names: &'a [HeaderName], headers: &'a HeaderMap) -> Self {
+        let mut present = 0u64;
+        let mut any = false;
+        if !headers.is_empty() {
+            for (i, name) in names.iter().enumerate() {
+                if i >= 64 {
+                    any = any || names[i..].iter().any(|n| headers.contains_key(n));
+                    break;
+                }
+                if header_values(headers, name).next().is_some() {
+                    present |= 1 << i;
+                    any = true;
+                }
+            }
+        }
+        RecordedHeaders {
+            names,
+            headers,
+            present,
+            any,
+        }
     }
 }
 
 impl Serialize for RecordedHeaders<'_> {
     fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
         let mut map = s.serialize_map(None)?;
-        for name in self.names {
-            let mut values = self.headers.get_all(name).iter();
+        for (i, name) in self.names.iter().enumerate() {
+            if i < 64 && self.present & (1 << i) == 0 {
+                continue;
+            }
+            let mut values = header_values(self.headers, name);
             let Some(first) = values.next() else { continue };
             let mut text = header_text(first);
             for more in values {
@@ -101,21 +128,19 @@ pub(crate) struct Begun {
 
 /// Opens the request's root step and sets its trace's columns.
 pub(crate) fn begin(settings: &Settings, parts: &Parts, body: Option<RecordedBody<'_>>) -> Begun {
-    let headers = RecordedHeaders {
-        names: &settings.record_headers,
-        headers: &parts.headers,
-    };
-    // The inputs: the method, the path, the allow-listed headers and the JSON body.
+    // The inputs: the method, the path, the allow-listed headers and the JSON body (the
+    // keys are identifiers, written as they are).
     let step = openlayer_trace::step(settings.step_name(parts))
         .kind(StepKind::UserCall)
         .start_with_inputs(|w| {
-            w.field("method", parts.method.as_str());
-            w.field("path", parts.uri.path());
-            if !headers.is_empty() {
-                w.field("headers", &headers);
+            w.arg("method", parts.method.as_str());
+            w.arg("path", parts.uri.path());
+            let headers = RecordedHeaders::new(&settings.record_headers, &parts.headers);
+            if headers.any {
+                w.arg("headers", &headers);
             }
             if let Some(body) = &body {
-                w.field("body", body);
+                w.arg("body", body);
             }
         });
     if step.is_recording() {

@@ -272,3 +272,31 @@ async fn inputs_are_written_in_a_fixed_shape() {
         t.row_json()
     );
 }
+
+/// A request with many header values (where headers are looked up by hash rather than by
+/// comparing names) is recorded the same way as one with few.
+#[tokio::test]
+async fn many_headers_are_recorded_like_few() {
+    let layer = OpenlayerLayer::new()
+        .record_headers(["user-agent", "x-b", "x-a"])
+        .user_id_header("x-user");
+    let mut b = get("/m")
+        .header("x-a", "1")
+        .header("x-b", "two")
+        .header("x-b", "parts")
+        .header("user-agent", "t/1")
+        .header("x-user", " u-7 ")
+        .header("x-openlayer-inference-id", "row-1");
+    for i in 0..10 {
+        b = b.header(format!("x-filler-{i}"), "f");
+    }
+    let (parts, _, t) = run(layer, empty(b)).await;
+    let expected = concat!(
+        r#""inputs":{"method":"GET","path":"/m","headers":{"#,
+        r#""user-agent":"t/1","x-b":"two, parts","x-a":"1"}}"#,
+    );
+    assert!(t.row_json().contains(expected), "{}", t.row_json());
+    assert_eq!(t.inference_id(), "row-1");
+    assert_eq!(parts.headers["x-openlayer-inference-id"], "row-1");
+    assert_eq!(t.row()["user_id"], "u-7");
+}
