@@ -10,9 +10,8 @@ use std::task::{Context, Poll, ready};
 
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use openlayer_trace::{StepHandle, StepKind};
+use openlayer_trace::{InputWriter, StepHandle, StepKind};
 use serde::Serialize;
-use serde::ser::SerializeMap;
 use serde_json::value::RawValue;
 
 use crate::body::{OpenlayerBody, with_step};
@@ -53,50 +52,15 @@ pub(crate) enum RecordedBody<'a> {
     Text(&'a str),
 }
 
-/// The allow-listed headers present on the request, serialized as a map without copying.
-struct RecordedHeaders<'a> {
-    names: &'a [HeaderName],
-    headers: &'a HeaderMap,
-    /// Bit `i`: the `i`-th name is present (each name is looked up once; a name beyond the
-    /// 64th is looked up when serialized).
-    present: u64,
-    /// Whether any name is present.
-    any: bool,
-}
-
-impl<'a> RecordedHeaders<'a> {
-    fn new(names: &'a [HeaderName], headers: &'a HeaderMap) -> Self {
-        let mut present = 0u64;
-        let mut any = false;
-        if !headers.is_empty() {
-            for (i, name) in names.iter().enumerate() {
-                if i >= 64 {
-                    any = any || names[i..].iter().any(|n| headers.contains_key(n));
-                    break;
-                }
-                if header_values(headers, name).next().is_some() {
-                    present |= 1 << i;
-                    any = true;
-                }
-            }
-        }
-        RecordedHeaders {
-            names,
-            headers,
-            present,
-            any,
-        }
+/// Records the allow-listed headers present on the request, in list order, as the fields
+/// of the input `headers` (none present: no `headers`), without copying them.
+fn record_headers(w: &mut InputWriter, names: &[HeaderName], headers: &HeaderMap) {
+    if headers.is_empty() {
+        return;
     }
-}
-
-impl Serialize for RecordedHeaders<'_> {
-    fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
-        let mut map = s.serialize_map(None)?;
-        for (i, name) in self.names.iter().enumerate() {
-            if i < 64 && self.present & (1 << i) == 0 {
-                continue;
-            }
-            let mut values = header_values(self.headers, name);
+    w.object("headers", |w| {
+        for name in names {
+            let mut values = header_values(headers, name);
             let Some(first) = values.next() else { continue };
             let mut text = header_text(first);
             for more in values {
@@ -104,10 +68,9 @@ impl Serialize for RecordedHeaders<'_> {
                 t.push_str(", ");
                 t.push_str(&String::from_utf8_lossy(more.as_bytes()));
             }
-            map.serialize_entry(name.as_str(), &text)?;
+            w.field(name.as_str(), &*text);
         }
-        map.end()
-    }
+    });
 }
 
 /// A header value as text: as it is when it is visible ASCII (almost always), else with
@@ -128,19 +91,15 @@ pub(crate) struct Begun {
 
 /// Opens the request's root step and sets its trace's columns.
 pub(crate) fn begin(settings: &Settings, parts: &Parts, body: Option<RecordedBody<'_>>) -> Begun {
-    // The inputs: the method, the path, the allow-listed headers and the JSON body (the
-    // keys are identifiers, written as they are).
+    // The inputs: the method, the path, the allow-listed headers and the JSON body.
     let step = openlayer_trace::step(settings.step_name(parts))
         .kind(StepKind::UserCall)
         .start_with_inputs(|w| {
-            w.arg("method", parts.method.as_str());
-            w.arg("path", parts.uri.path());
-            let headers = RecordedHeaders::new(&settings.record_headers, &parts.headers);
-            if headers.any {
-                w.arg("headers", &headers);
-            }
+            w.field("method", parts.method.as_str());
+            w.field("path", parts.uri.path());
+            record_headers(w, &settings.record_headers, &parts.headers);
             if let Some(body) = &body {
-                w.arg("body", body);
+                w.field("body", body);
             }
         });
     if step.is_recording() {
