@@ -4,8 +4,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use http::HeaderName;
 use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::service::OpenlayerService;
 
@@ -437,9 +437,8 @@ impl Settings {
     /// The inference id to set on the trace, when not the generated one.
     pub(crate) fn inference_id(&self, parts: &Parts) -> Option<String> {
         if self.trust_request_id
-            && let Some(id) = parts
-                .headers
-                .get(&self.inference_id_header)
+            && let Some(id) = header_values(&parts.headers, &self.inference_id_header)
+                .next()
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)
                 .filter(|id| !id.is_empty() && id.len() <= MAX_INFERENCE_ID_LEN)
@@ -480,8 +479,42 @@ fn from_fn_or_header(
     if let Some(v) = f.and_then(|f| f(parts)) {
         return Some(v);
     }
-    let value = parts.headers.get(header?)?;
+    let value = header_values(&parts.headers, header?).next()?;
     let text = String::from_utf8_lossy(value.as_bytes());
     let text = text.trim();
     (!text.is_empty()).then(|| text.to_string())
+}
+
+/// A request with at most this many header values has its headers found by comparing
+/// names, one after the other, rather than by hashing the name (a custom name such as
+/// `x-openlayer-inference-id` is hashed byte by byte, which costs more than a few
+/// comparisons).
+const SCAN_MAX: usize = 8;
+
+/// The values of the header `name` in `headers`, in the order [`HeaderMap::get_all`] gives
+/// them.
+pub(crate) fn header_values<'a>(headers: &'a HeaderMap, name: &'a HeaderName) -> HeaderValues<'a> {
+    if headers.len() <= SCAN_MAX {
+        HeaderValues::Scan(headers.iter(), name)
+    } else {
+        HeaderValues::Found(headers.get_all(name).iter())
+    }
+}
+
+/// See [`header_values`].
+pub(crate) enum HeaderValues<'a> {
+    Scan(http::header::Iter<'a, HeaderValue>, &'a HeaderName),
+    Found(http::header::ValueIter<'a, HeaderValue>),
+}
+
+impl<'a> Iterator for HeaderValues<'a> {
+    type Item = &'a HeaderValue;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a HeaderValue> {
+        match self {
+            HeaderValues::Scan(iter, name) => iter.find(|(n, _)| *n == *name).map(|(_, v)| v),
+            HeaderValues::Found(iter) => iter.next(),
+        }
+    }
 }

@@ -10,13 +10,12 @@ use std::task::{Context, Poll, ready};
 
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use openlayer_trace::{StepHandle, StepKind};
+use openlayer_trace::{InputWriter, StepHandle, StepKind};
 use serde::Serialize;
-use serde::ser::SerializeMap;
 use serde_json::value::RawValue;
 
 use crate::body::{OpenlayerBody, with_step};
-use crate::layer::{IgnoreBody, Settings};
+use crate::layer::{IgnoreBody, Settings, header_values};
 
 /// The service made by [`OpenlayerLayer`](crate::OpenlayerLayer): each request becomes the
 /// root step of a trace; see the layer's documentation.
@@ -53,23 +52,15 @@ pub(crate) enum RecordedBody<'a> {
     Text(&'a str),
 }
 
-/// The allow-listed headers present on the request, serialized as a map without copying.
-struct RecordedHeaders<'a> {
-    names: &'a [HeaderName],
-    headers: &'a HeaderMap,
-}
-
-impl RecordedHeaders<'_> {
-    fn is_empty(&self) -> bool {
-        self.headers.is_empty() || !self.names.iter().any(|n| self.headers.contains_key(n))
+/// Records the allow-listed headers present on the request, in list order, as the fields
+/// of the input `headers` (none present: no `headers`), without copying them.
+fn record_headers(w: &mut InputWriter, names: &[HeaderName], headers: &HeaderMap) {
+    if headers.is_empty() {
+        return;
     }
-}
-
-impl Serialize for RecordedHeaders<'_> {
-    fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
-        let mut map = s.serialize_map(None)?;
-        for name in self.names {
-            let mut values = self.headers.get_all(name).iter();
+    w.object("headers", |w| {
+        for name in names {
+            let mut values = header_values(headers, name);
             let Some(first) = values.next() else { continue };
             let mut text = header_text(first);
             for more in values {
@@ -77,10 +68,9 @@ impl Serialize for RecordedHeaders<'_> {
                 t.push_str(", ");
                 t.push_str(&String::from_utf8_lossy(more.as_bytes()));
             }
-            map.serialize_entry(name.as_str(), &text)?;
+            w.field(name.as_str(), &*text);
         }
-        map.end()
-    }
+    });
 }
 
 /// A header value as text: as it is when it is visible ASCII (almost always), else with
@@ -101,19 +91,13 @@ pub(crate) struct Begun {
 
 /// Opens the request's root step and sets its trace's columns.
 pub(crate) fn begin(settings: &Settings, parts: &Parts, body: Option<RecordedBody<'_>>) -> Begun {
-    let headers = RecordedHeaders {
-        names: &settings.record_headers,
-        headers: &parts.headers,
-    };
     // The inputs: the method, the path, the allow-listed headers and the JSON body.
     let step = openlayer_trace::step(settings.step_name(parts))
         .kind(StepKind::UserCall)
         .start_with_inputs(|w| {
             w.field("method", parts.method.as_str());
             w.field("path", parts.uri.path());
-            if !headers.is_empty() {
-                w.field("headers", &headers);
-            }
+            record_headers(w, &settings.record_headers, &parts.headers);
             if let Some(body) = &body {
                 w.field("body", body);
             }

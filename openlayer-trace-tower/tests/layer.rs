@@ -232,3 +232,71 @@ async fn json_bodies_with_body_types_from_bytes() {
     assert_eq!(echo, r#"{"a":[1,2]}"#);
     assert_eq!(traces[0].root()["inputs"]["body"], json!({"a": [1, 2]}));
 }
+
+/// The row's bytes for a request's inputs, pinned: keys in this order (method, path,
+/// headers in the order they are listed, a header sent twice joined by `", "`, a value
+/// that is not visible ASCII with replacement characters), exactly as written.
+#[tokio::test]
+async fn inputs_are_written_in_a_fixed_shape() {
+    let layer = OpenlayerLayer::new().record_headers(["user-agent", "x-b", "content-type", "x-a"]);
+    let mut req = empty(
+        get("/items/42?q=1")
+            .header("x-a", "1")
+            .header("content-type", "text/plain")
+            .header("x-b", "two")
+            .header("x-b", "parts")
+            .header("user-agent", "t/\"1\""),
+    );
+    req.headers_mut().append(
+        "x-a",
+        http::HeaderValue::from_bytes(b"caf\xc3\xa9 \xff").unwrap(),
+    );
+    let (_, _, t) = run(layer, req).await;
+    let expected = concat!(
+        r#""inputs":{"method":"GET","path":"/items/42","headers":{"#,
+        r#""user-agent":"t/\"1\"","x-b":"two, parts","content-type":"text/plain","#,
+        r#""x-a":"1, café �"}}"#,
+    );
+    assert!(
+        t.row_json().contains(expected),
+        "expected {expected} in {}",
+        t.row_json()
+    );
+
+    // No allow-listed header present: no `headers` key at all.
+    let (_, _, t) = run(OpenlayerLayer::new(), empty(get("/n").header("x-c", "3"))).await;
+    assert!(
+        t.row_json()
+            .contains(r#""inputs":{"method":"GET","path":"/n"}"#),
+        "{}",
+        t.row_json()
+    );
+}
+
+/// A request with many header values (where headers are looked up by hash rather than by
+/// comparing names) is recorded the same way as one with few.
+#[tokio::test]
+async fn many_headers_are_recorded_like_few() {
+    let layer = OpenlayerLayer::new()
+        .record_headers(["user-agent", "x-b", "x-a"])
+        .user_id_header("x-user");
+    let mut b = get("/m")
+        .header("x-a", "1")
+        .header("x-b", "two")
+        .header("x-b", "parts")
+        .header("user-agent", "t/1")
+        .header("x-user", " u-7 ")
+        .header("x-openlayer-inference-id", "row-1");
+    for i in 0..10 {
+        b = b.header(format!("x-filler-{i}"), "f");
+    }
+    let (parts, _, t) = run(layer, empty(b)).await;
+    let expected = concat!(
+        r#""inputs":{"method":"GET","path":"/m","headers":{"#,
+        r#""user-agent":"t/1","x-b":"two, parts","x-a":"1"}}"#,
+    );
+    assert!(t.row_json().contains(expected), "{}", t.row_json());
+    assert_eq!(t.inference_id(), "row-1");
+    assert_eq!(parts.headers["x-openlayer-inference-id"], "row-1");
+    assert_eq!(t.row()["user_id"], "u-7");
+}

@@ -232,6 +232,37 @@ fn start_with_inputs_writes_the_fields_and_escapes_names() {
 }
 
 #[test]
+fn input_objects_nest_and_an_empty_one_is_left_out() {
+    let (_, traces) = testing::capture(|| {
+        let h = step("request").start_with_inputs(|w| {
+            w.object("empty first", |_| {});
+            w.field("method", "GET");
+            w.object("headers", |w| {
+                w.field("user-agent", "t/1");
+                w.object("nested \"deeper\"", |w| w.field("n", &1));
+                w.object("empty", |w| w.object("also empty", |_| {}));
+                w.field("x-a", "2");
+            });
+            w.object("empty last", |_| {});
+        });
+        h.finish();
+        let h = step("only-empty").start_with_inputs(|w| w.object("none", |_| {}));
+        h.finish();
+    });
+    assert_eq!(traces.len(), 2);
+    let expected = concat!(
+        r#""inputs":{"method":"GET","headers":{"user-agent":"t/1","#,
+        r#""nested \"deeper\"":{"n":1},"x-a":"2"}}"#,
+    );
+    assert!(
+        traces[0].row_json().contains(expected),
+        "{}",
+        traces[0].row_json()
+    );
+    assert_eq!(traces[1].root()["inputs"], serde_json::Value::Null);
+}
+
+#[test]
 fn a_handles_inference_id_follows_an_update_and_is_none_when_off() {
     let (id, traces) = testing::capture(|| {
         let h = step("request").start();

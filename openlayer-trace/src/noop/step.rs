@@ -124,6 +124,12 @@ impl InputWriter {
     pub fn field<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) {
         let _ = (name, value);
     }
+
+    /// Does nothing.
+    #[inline(always)]
+    pub fn object(&mut self, name: &str, fields: impl FnOnce(&mut InputWriter)) {
+        let _ = (name, fields);
+    }
 }
 
 /// A synchronous step's guard (compiled out: records nothing).

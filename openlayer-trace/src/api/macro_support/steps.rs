@@ -39,6 +39,8 @@ impl StepMeta {
 #[derive(Debug, Default)]
 pub struct InputWriter {
     buf: String,
+    /// Where the object being written starts: a field written at this offset opens it.
+    open: usize,
 }
 
 /// A traced function's argument, recorded through `serde::Serialize`.
@@ -67,10 +69,52 @@ impl InputWriter {
     /// is recorded as `null`.
     #[inline]
     pub fn field<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) {
-        self.buf.push(if self.buf.is_empty() { '{' } else { ',' });
+        self.separator();
         crate::util::json::push_str(&mut self.buf, name);
         self.buf.push(':');
         self.value(name, value);
+    }
+
+    /// Records one input, `name` (any text) to a JSON object whose fields `fields` writes
+    /// with this same writer (nested objects included). When `fields` writes no field,
+    /// nothing is recorded, not even `name`.
+    ///
+    /// ```
+    /// let headers = [("user-agent", "curl/8"), ("x-client", "web")];
+    /// let h = openlayer_trace::step("request").start_with_inputs(|w| {
+    ///     w.field("method", "GET");
+    ///     w.object("headers", |w| {
+    ///         for (name, value) in headers {
+    ///             w.field(name, value);
+    ///         }
+    ///     });
+    ///     w.object("empty", |_| {}); // not recorded
+    /// });
+    /// h.finish(); // inputs {"method":"GET","headers":{"user-agent":"curl/8","x-client":"web"}}
+    /// ```
+    pub fn object(&mut self, name: &str, fields: impl FnOnce(&mut InputWriter)) {
+        let mark = self.buf.len();
+        self.separator();
+        crate::util::json::push_str(&mut self.buf, name);
+        self.buf.push(':');
+        let outer = std::mem::replace(&mut self.open, self.buf.len());
+        fields(self);
+        if self.buf.len() == self.open {
+            self.buf.truncate(mark);
+        } else {
+            self.buf.push('}');
+        }
+        self.open = outer;
+    }
+
+    /// Opens the object (before its first field) or separates a field from the previous.
+    #[inline]
+    fn separator(&mut self) {
+        self.buf.push(if self.buf.len() == self.open {
+            '{'
+        } else {
+            ','
+        });
     }
 
     /// Records one argument of a traced function (`name` is an identifier, written as it
@@ -78,7 +122,7 @@ impl InputWriter {
     #[doc(hidden)]
     #[inline]
     pub fn arg<T: Input + ?Sized>(&mut self, name: &str, value: &T) {
-        self.buf.push(if self.buf.is_empty() { '{' } else { ',' });
+        self.separator();
         self.buf.push('"');
         self.buf.push_str(name);
         self.buf.push_str("\":");
@@ -103,6 +147,7 @@ impl InputWriter {
 pub(crate) fn capture_inputs(buf: &mut String, inputs: impl FnOnce(&mut InputWriter)) {
     let mut w = InputWriter {
         buf: std::mem::take(buf),
+        open: 0,
     };
     inputs(&mut w);
     if !w.buf.is_empty() {

@@ -37,6 +37,14 @@ fn strings_match_serde_json_byte_for_byte() {
         "\u{80}\u{ff}\u{100}".into(),
         "/ is not escaped".into(),
     ];
+    // Every length up to 40 (the short copies and the long one), with distinct bytes.
+    for len in 0..=40 {
+        cases.push(
+            (0..len)
+                .map(|i| char::from(b'0' + (i % 43) as u8))
+                .collect(),
+        );
+    }
     // Every byte value below 0x80 at every position of a 17-byte string.
     for c in 0u8..0x80 {
         for pos in 0..17 {
