@@ -6,8 +6,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-
 use crate::config::Config;
 use crate::encode::OutRow;
 use crate::encode::row_policy::Shaper;
@@ -20,13 +18,14 @@ use crate::record::CompletedTrace;
 use crate::record::row_update::RowUpdate;
 use crate::report::{Counters, DeliveryReport, DropReason, Stats};
 use crate::util::heap::heap_bytes;
+use crate::util::queue::{Sender, TrySendError};
 use crate::util::signal::Completion;
 
 /// The queue, the counters and the background threads of one configuration.
 #[derive(Debug)]
 pub(crate) struct Exporter {
     pub(crate) config: Config,
-    pub(crate) tx: Option<mpsc::Sender<Msg>>,
+    pub(crate) tx: Option<Sender<Msg>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) budget: Arc<Budget>,
     /// Used on the completing thread in write-ahead mode only.
@@ -86,13 +85,13 @@ impl Exporter {
         }
         match tx.try_send(Msg::Trace(trace, bytes)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(msg)) => {
+            Err(TrySendError::Full(msg)) => {
                 self.budget.release(bytes, Tier::Queue);
                 if let Msg::Trace(trace, bytes) = msg {
                     self.overflow(Box::new(trace), bytes);
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(TrySendError::Closed(_)) => {
                 self.budget.release(bytes, Tier::Queue);
                 self.drop_after_shutdown();
             }
@@ -126,7 +125,7 @@ impl Exporter {
         let update = if self.reserve(bytes) {
             match tx.try_send(Msg::Update(Box::new(update), bytes)) {
                 Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(Msg::Update(u, _))) => {
+                Err(TrySendError::Full(Msg::Update(u, _))) => {
                     self.budget.release(bytes, Tier::Queue);
                     *u
                 }
@@ -181,7 +180,7 @@ impl Exporter {
     }
 
     /// Write-ahead: encode here, append to the spool, then hand the row off.
-    fn enqueue_ahead(&self, tx: &mpsc::Sender<Msg>, spool: &Spool, mut trace: CompletedTrace) {
+    fn enqueue_ahead(&self, tx: &Sender<Msg>, spool: &Spool, mut trace: CompletedTrace) {
         let c = &self.counters;
         let prepared = self.shaper.prepare(&trace);
         // Encoded here: its buffers go back to the pool for the next traces.
@@ -258,7 +257,7 @@ impl Exporter {
         // by trying first and falling back to a detached send.
         match tx.try_send(make(done.clone())) {
             Ok(()) => Some(done),
-            Err(mpsc::error::TrySendError::Full(msg)) => {
+            Err(TrySendError::Full(msg)) => {
                 let tx = tx.clone();
                 std::thread::Builder::new()
                     .name("openlayer-trace-control".into())
@@ -268,7 +267,7 @@ impl Exporter {
                     .ok()?;
                 Some(done)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => None,
+            Err(TrySendError::Closed(_)) => None,
         }
     }
 

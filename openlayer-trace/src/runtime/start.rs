@@ -3,8 +3,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
-
 use crate::config::Config;
 use crate::encode::row_policy::Shaper;
 use crate::error::Error;
@@ -42,7 +40,7 @@ fn spawn(
 /// in front of it (when there is one) and the OTLP side.
 fn run_worker(
     rt: &tokio::runtime::Runtime,
-    rx: mpsc::Receiver<crate::export::protocol::Msg>,
+    rx: crate::util::queue::Receiver<crate::export::protocol::Msg>,
     flusher: Option<Flusher>,
     config: &Config,
     counters: Arc<Counters>,
@@ -143,7 +141,7 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
             threads: Mutex::new(Vec::new()),
         }));
     }
-    let (tx, rx) = mpsc::channel(config.queue_capacity);
+    let (tx, rx) = crate::util::queue::channel(config.queue_capacity);
     let mut threads = Vec::new();
     let mut spool = None;
     if config.api_key.is_none() && !otlp_on {

@@ -8,5 +8,6 @@ pub(crate) mod id;
 pub(crate) mod json;
 pub(crate) mod limits;
 pub(crate) mod open_traces;
+pub(crate) mod queue;
 pub(crate) mod reentry;
 pub(crate) mod signal;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use tokio::sync::mpsc;
+use crate::util::queue::Receiver;
 
 use crate::config::Config;
 use crate::encode::row_policy::Shaper;
@@ -38,7 +38,7 @@ impl Lines {
 
 /// The worker's loop for the file sink: drains the queue, writes, answers flushes.
 pub(crate) async fn run(
-    mut rx: mpsc::Receiver<Msg>,
+    mut rx: Receiver<Msg>,
     mut sink: FileSink,
     counters: Arc<Counters>,
     budget: Arc<Budget>,

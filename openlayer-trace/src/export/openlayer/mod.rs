@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use crate::util::queue::Receiver;
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 
@@ -216,7 +216,7 @@ impl Flusher {
     }
 
     /// Runs until shut down (or until every sender is gone).
-    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+    pub(crate) async fn run(mut self, mut rx: Receiver<Msg>) {
         if self.spool.as_ref().is_some_and(|s| s.has_replayable()) {
             self.replay.wanted = true;
         }
@@ -279,7 +279,7 @@ impl Flusher {
             && self.held.is_empty()
     }
 
-    fn on_msg(&mut self, msg: Msg, rx: &mut mpsc::Receiver<Msg>) {
+    fn on_msg(&mut self, msg: Msg, rx: &mut Receiver<Msg>) {
         match msg {
             Msg::Trace(mut trace, bytes) => {
                 self.budget.release(bytes, Tier::Queue);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use crate::util::queue::Receiver;
 use tokio::time::Instant;
 
 use super::batch::{Batch, Flight, Update};
@@ -44,7 +44,7 @@ impl Flusher {
         &mut self,
         done: Option<Arc<Completion>>,
         deadline: std::time::Instant,
-        rx: &mut mpsc::Receiver<Msg>,
+        rx: &mut Receiver<Msg>,
     ) {
         if let Some(s) = &mut self.shutdown {
             s.done.extend(done);

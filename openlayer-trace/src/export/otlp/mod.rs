@@ -106,7 +106,7 @@ pub(crate) fn only(config: &Config) -> bool {
 /// flusher (when there is one) and their spans to the OTLP side; a flush or shutdown
 /// completes when both sides have settled.
 pub(crate) async fn run(
-    mut rx: mpsc::Receiver<Msg>,
+    mut rx: crate::util::queue::Receiver<Msg>,
     data_stream: Option<Flusher>,
     otlp: OtlpFlusher,
     shaper: Shaper,
@@ -117,7 +117,7 @@ pub(crate) async fn run(
     let (otx, orx) = mpsc::channel::<OtlpMsg>(capacity.max(1));
     let (ftx, frx) = match data_stream {
         Some(_) => {
-            let (t, r) = mpsc::channel::<Msg>(capacity.max(1));
+            let (t, r) = crate::util::queue::channel::<Msg>(capacity);
             (Some(t), Some(r))
         }
         None => (None, None),
@@ -161,7 +161,7 @@ pub(crate) async fn run(
 
 struct Router {
     otx: mpsc::Sender<OtlpMsg>,
-    ftx: Option<mpsc::Sender<Msg>>,
+    ftx: Option<crate::util::queue::Sender<Msg>>,
     shaper: Shaper,
     counters: Arc<Counters>,
     budget: Arc<Budget>,

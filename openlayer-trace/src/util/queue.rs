@@ -1,0 +1,377 @@
+//! The bounded queue between the threads that complete traces and the worker: many
+//! senders, one receiver, with the subset of `tokio::sync::mpsc`'s bounded channel that the
+//! pipeline uses (`try_send`, `send`, `blocking_send`, `recv`, `try_recv`, `close`), the
+//! same semantics, and no allocation per message.
+//!
+//! Why not tokio's channel: it stores messages in linked blocks of 32 slots, allocated by
+//! the sender that fills one and freed (or, for a few, recycled) by the receiver. A
+//! completed trace travels by value (about 300 bytes), so a block is a 9 KiB allocation on
+//! the application's thread every 32 traces, freed on the worker's: outside glibc's
+//! per-thread caches, with `malloc_consolidate` on the way. With the worker resting a
+//! millisecond between drains, most blocks are freed rather than recycled. Measured on the
+//! tower middleware's request path (BENCHMARKS.md, "tower middleware"), the channel was
+//! about a tenth of a request's cost, most of it in those allocations.
+//!
+//! Here messages wait in a `VecDeque` behind a mutex. The receiver swaps the whole queue
+//! for its own empty one when it has taken everything it had, so the senders and the
+//! receiver meet once per drain rather than once per message, and the two buffers are
+//! reused (one that grew beyond [`KEEP_BYTES`] is freed when it empties). A sender takes
+//! the lock (uncontended: one compare-and-swap), checks the count, pushes, and wakes the
+//! receiver only when it is waiting.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Release};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
+
+/// An emptied buffer whose capacity holds more than this many bytes of messages is freed
+/// rather than kept for the next drain.
+const KEEP_BYTES: usize = 1024 * 1024;
+
+/// A bounded queue of `capacity` messages (at least 1); see the module documentation.
+pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            queue: VecDeque::new(),
+            closed: false,
+            rx_waker: None,
+            tx_wakers: Vec::new(),
+        }),
+        len: AtomicUsize::new(0),
+        capacity: capacity.max(1),
+        senders: AtomicUsize::new(1),
+        closed: AtomicBool::new(false),
+        tx_waiting: AtomicBool::new(false),
+    });
+    (
+        Sender {
+            shared: shared.clone(),
+        },
+        Receiver {
+            shared,
+            local: VecDeque::new(),
+        },
+    )
+}
+
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    /// Messages sent and not yet received: queued, or in the receiver's batch. Raised only
+    /// by a sender holding the lock, so that two senders never both take the last place.
+    len: AtomicUsize,
+    capacity: usize,
+    senders: AtomicUsize,
+    /// The receiver closed the queue or was dropped (read without the lock).
+    closed: AtomicBool,
+    /// Some sender waits for room (read by the receiver after each message it takes).
+    tx_waiting: AtomicBool,
+}
+
+struct State<T> {
+    queue: VecDeque<T>,
+    closed: bool,
+    /// The receiver, when it waits for a message.
+    rx_waker: Option<Waker>,
+    /// Senders waiting for room.
+    tx_wakers: Vec<Waker>,
+}
+
+impl<T> Shared<T> {
+    /// Locks the state; a poisoned lock is still used (nothing in it runs user code).
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the senders waiting for room (after room was made, or on close).
+    fn wake_senders(&self) {
+        let wakers = {
+            let mut st = self.lock();
+            self.tx_waiting.store(false, SeqCst);
+            std::mem::take(&mut st.tx_wakers)
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+/// Why [`Sender::try_send`] failed; the message is handed back.
+#[derive(PartialEq, Eq)]
+pub(crate) enum TrySendError<T> {
+    /// The queue holds `capacity` messages.
+    Full(T),
+    /// The receiver closed the queue or is gone.
+    Closed(T),
+}
+
+impl<T> TrySendError<T> {
+    /// The message that was not sent.
+    pub(crate) fn into_inner(self) -> T {
+        match self {
+            TrySendError::Full(v) | TrySendError::Closed(v) => v,
+        }
+    }
+}
+
+impl<T> fmt::Debug for TrySendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TrySendError::Full(_) => "Full(..)",
+            TrySendError::Closed(_) => "Closed(..)",
+        })
+    }
+}
+
+/// [`Sender::send`] failed: the receiver closed the queue or is gone.
+#[derive(PartialEq, Eq)]
+pub(crate) struct SendError<T>(pub(crate) T);
+
+impl<T> fmt::Debug for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SendError(..)")
+    }
+}
+
+/// Why [`Receiver::try_recv`] returned no message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TryRecvError {
+    /// Nothing is queued now.
+    Empty,
+    /// Nothing is queued, and nothing will be: every sender is gone, or the queue was
+    /// closed.
+    Disconnected,
+}
+
+/// The sending half; cheap to clone.
+pub(crate) struct Sender<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Sender<T> {
+    /// Queues `value` if there is room; never waits.
+    #[inline]
+    pub(crate) fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
+        let shared = &*self.shared;
+        let mut st = shared.lock();
+        if st.closed {
+            return Err(TrySendError::Closed(value));
+        }
+        if shared.len.load(Relaxed) >= shared.capacity {
+            return Err(TrySendError::Full(value));
+        }
+        shared.len.fetch_add(1, Relaxed);
+        st.queue.push_back(value);
+        let waker = st.rx_waker.take();
+        drop(st);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues `value`, waiting for room.
+    pub(crate) async fn send(&self, value: T) -> Result<(), SendError<T>> {
+        let mut value = Some(value);
+        poll_fn(|cx| {
+            let v = value.take().expect("polled after completion");
+            match self.try_send(v) {
+                Ok(()) => Poll::Ready(Ok(())),
+                Err(TrySendError::Closed(v)) => Poll::Ready(Err(SendError(v))),
+                Err(TrySendError::Full(v)) => {
+                    if self.wait_for_room(cx) {
+                        value = Some(v);
+                        Poll::Pending
+                    } else {
+                        // Room was made meanwhile: try again at once.
+                        value = Some(v);
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Registers `cx`'s waker for when room is made; false when there is room already
+    /// (or the queue closed), so that the caller tries again rather than waits.
+    fn wait_for_room(&self, cx: &mut Context<'_>) -> bool {
+        let shared = &*self.shared;
+        let mut st = shared.lock();
+        if st.closed {
+            return false;
+        }
+        // Seen by a receiver that takes a message after this (it then wakes us), or the
+        // room it made is seen here.
+        shared.tx_waiting.store(true, SeqCst);
+        if shared.len.load(SeqCst) < shared.capacity {
+            return false;
+        }
+        if !st.tx_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            st.tx_wakers.push(cx.waker().clone());
+        }
+        true
+    }
+
+    /// Queues `value`, blocking this thread until there is room. Not for async code.
+    pub(crate) fn blocking_send(&self, value: T) -> Result<(), SendError<T>> {
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut send = std::pin::pin!(self.send(value));
+        loop {
+            if let Poll::Ready(r) = send.as_mut().poll(&mut cx) {
+                return r;
+            }
+            std::thread::park();
+        }
+    }
+
+    /// Whether the receiver closed the queue or is gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.closed.load(Acquire)
+    }
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Relaxed);
+        Sender {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, SeqCst) == 1 {
+            // The last one: a waiting receiver learns that nothing more will come.
+            let waker = self.shared.lock().rx_waker.take();
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl<T> fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender")
+            .field("len", &self.shared.len.load(Relaxed))
+            .field("capacity", &self.shared.capacity)
+            .finish()
+    }
+}
+
+/// The receiving half.
+pub(crate) struct Receiver<T> {
+    shared: Arc<Shared<T>>,
+    /// The batch taken from the queue and not yet received.
+    local: VecDeque<T>,
+}
+
+impl<T> Receiver<T> {
+    /// The next message, without waiting.
+    pub(crate) fn try_recv(&mut self) -> Result<T, TryRecvError> {
+        if let Some(v) = self.take_local() {
+            return Ok(v);
+        }
+        let done = self.refill();
+        match self.take_local() {
+            Some(v) => Ok(v),
+            None if done => Err(TryRecvError::Disconnected),
+            None => Err(TryRecvError::Empty),
+        }
+    }
+
+    /// The next message, waiting for one; `None` once the queue is closed (or every
+    /// sender is gone) and empty.
+    pub(crate) async fn recv(&mut self) -> Option<T> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        if let Some(v) = self.take_local() {
+            return Poll::Ready(Some(v));
+        }
+        let shared = &*self.shared;
+        let mut st = shared.lock();
+        let done = Self::swap(&mut st, &mut self.local, shared);
+        if !self.local.is_empty() {
+            drop(st);
+            return Poll::Ready(self.take_local());
+        }
+        if done {
+            return Poll::Ready(None);
+        }
+        match &st.rx_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => st.rx_waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Stops the senders (they get `Closed`); what is queued can still be received.
+    pub(crate) fn close(&mut self) {
+        let shared = &*self.shared;
+        shared.lock().closed = true;
+        shared.closed.store(true, Release);
+        shared.wake_senders();
+    }
+
+    /// Takes the next message of the batch, making room for one more.
+    #[inline]
+    fn take_local(&mut self) -> Option<T> {
+        let v = self.local.pop_front()?;
+        let shared = &*self.shared;
+        shared.len.fetch_sub(1, SeqCst);
+        if shared.tx_waiting.load(SeqCst) {
+            shared.wake_senders();
+        }
+        Some(v)
+    }
+
+    /// Takes what is queued as the next batch (the batch is empty); true when nothing
+    /// more can come after it.
+    fn refill(&mut self) -> bool {
+        let shared = &*self.shared;
+        let mut st = shared.lock();
+        Self::swap(&mut st, &mut self.local, shared)
+    }
+
+    fn swap(st: &mut State<T>, local: &mut VecDeque<T>, shared: &Shared<T>) -> bool {
+        debug_assert!(local.is_empty());
+        if local.capacity() * size_of::<T>() > KEEP_BYTES {
+            *local = VecDeque::new();
+        }
+        std::mem::swap(&mut st.queue, local);
+        st.closed || shared.senders.load(SeqCst) == 0
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl<T> fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("len", &self.shared.len.load(Relaxed))
+            .field("capacity", &self.shared.capacity)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests;
