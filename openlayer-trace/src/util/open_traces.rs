@@ -14,9 +14,10 @@
 //! The costs on the hot path: two relaxed atomics per step, and one lock per trace to
 //! register it at its root and one to forget it when it completes. The registry is split
 //! into shards, a thread registering in its own, so that threads starting traces at once
-//! (a server's workers, a trace per request) do not queue on one lock.
+//! (a server's workers, a trace per request) do not queue on one lock. A shard is a slab
+//! of start times: registering takes a free slot, forgetting frees it, and neither
+//! searches; the oldest start is looked for every [`CHECK_EVERY`] registrations.
 
-use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
@@ -30,14 +31,47 @@ static WARN_AFTER_NS: AtomicU64 = AtomicU64::new(DEFAULT_WARN_AFTER.as_nanos() a
 /// Bytes held by open traces now.
 static HELD: AtomicUsize = AtomicUsize::new(0);
 static STEPS_DROPPED: AtomicU64 = AtomicU64::new(0);
-static SEQ: AtomicU64 = AtomicU64::new(1);
 /// How many shards the registry of open traces has (a power of two).
 const SHARDS: usize = 16;
 
-/// The open traces, by (start on the monotonic clock, sequence number), in shards; a
-/// trace's key says its shard (`seq % SHARDS`).
-static OPEN: [Mutex<BTreeSet<(i64, u64)>>; SHARDS] =
-    [const { Mutex::new(BTreeSet::new()) }; SHARDS];
+/// How often (in registrations in one shard) the oldest open trace is looked for.
+const CHECK_EVERY: u32 = 64;
+
+/// One shard of the registry: the start of each open trace (on the monotonic clock), by
+/// slot. A trace's key is `(slot + 1) * SHARDS + shard`.
+struct Shard {
+    starts: Vec<i64>,
+    /// Slots not in use.
+    free: Vec<u32>,
+    count: usize,
+    /// Registrations since the oldest was last looked for.
+    since_check: u32,
+}
+
+impl Shard {
+    const fn new() -> Self {
+        Shard {
+            starts: Vec::new(),
+            free: Vec::new(),
+            count: 0,
+            since_check: 0,
+        }
+    }
+
+    /// The earliest start in this shard.
+    fn oldest(&self) -> Option<i64> {
+        if self.count == 0 {
+            return None;
+        }
+        self.starts.iter().copied().filter(|s| *s != FREE).min()
+    }
+}
+
+/// A free slot's start.
+const FREE: i64 = i64::MAX;
+
+/// The open traces, in shards.
+static OPEN: [Mutex<Shard>; SHARDS] = [const { Mutex::new(Shard::new()) }; SHARDS];
 
 /// The next shard given to a thread that registers its first trace.
 static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
@@ -47,7 +81,7 @@ thread_local! {
     static SHARD: usize = NEXT_SHARD.fetch_add(1, Relaxed) % SHARDS;
 }
 
-fn shard(i: usize) -> std::sync::MutexGuard<'static, BTreeSet<(i64, u64)>> {
+fn shard(i: usize) -> std::sync::MutexGuard<'static, Shard> {
     OPEN[i % SHARDS].lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -87,38 +121,60 @@ pub(crate) fn hold(bytes: usize) {
     HELD.fetch_add(bytes, Relaxed);
 }
 
-/// Registers a trace that starts at the clock reading `start`; returns its key.
+/// Registers a trace that starts at the clock reading `start`; returns its key (never 0,
+/// which means "not registered").
 pub(crate) fn opened(start: i64) -> u64 {
     let i = SHARD.try_with(|s| *s).unwrap_or(0);
-    // The key: a sequence number whose remainder by SHARDS is the shard (never 0, which
-    // means "not registered"). Per shard the numbers only need to be unique.
-    let seq = SEQ.fetch_add(1, Relaxed) * SHARDS as u64 + i as u64 + SHARDS as u64;
     let mut open = shard(i);
-    open.insert((start, seq));
-    let oldest = open.first().map(|(s, _)| *s);
+    let slot = match open.free.pop() {
+        Some(slot) => {
+            open.starts[slot as usize] = start;
+            slot as usize
+        }
+        None => {
+            open.starts.push(start);
+            open.starts.len() - 1
+        }
+    };
+    open.count += 1;
+    open.since_check += 1;
+    let check = open.since_check >= CHECK_EVERY;
+    if check {
+        open.since_check = 0;
+    }
     drop(open);
-    // `start` was read just now: the age of this shard's oldest, without another clock
-    // read. Every 64th trace looks at all shards, so that a trace left open in the shard
-    // of a thread that starts no more traces is still found.
-    if let Some(oldest) = oldest {
+    // Every so often, the oldest of all shards, so that a trace left open in the shard of
+    // a thread that starts no more traces is still found. `start` was read just now: its
+    // age without another clock read.
+    if check && let Some(oldest) = (0..SHARDS).filter_map(|i| shard(i).oldest()).min() {
         warn_if_older(start.saturating_sub(oldest));
     }
-    if (seq / SHARDS as u64).is_multiple_of(64) {
-        let oldest = (0..SHARDS)
-            .filter_map(|i| shard(i).first().map(|(s, _)| *s))
-            .min();
-        if let Some(oldest) = oldest {
-            warn_if_older(start.saturating_sub(oldest));
-        }
-    }
-    seq
+    (slot as u64 + 1) * SHARDS as u64 + i as u64
 }
 
-/// Forgets a completed trace and what it held.
-pub(crate) fn completed(start: i64, seq: u64, held: usize) {
+/// Forgets a completed trace (registered at `start` under `key`) and what it held.
+pub(crate) fn completed(start: i64, key: u64, held: usize) {
     HELD.fetch_sub(held.min(HELD.load(Relaxed)), Relaxed);
-    if seq != 0 {
-        shard((seq % SHARDS as u64) as usize).remove(&(start, seq));
+    if key == 0 {
+        return;
+    }
+    let slot = (key / SHARDS as u64 - 1) as usize;
+    let mut open = shard((key % SHARDS as u64) as usize);
+    debug_assert_eq!(open.starts.get(slot), Some(&start));
+    if open.starts.get(slot).is_some_and(|s| *s != FREE) {
+        open.starts[slot] = FREE;
+        open.count -= 1;
+        if open.count == 0 {
+            // Everything is free: the slab starts over (and gives back what a burst took).
+            open.starts.clear();
+            open.free.clear();
+            if open.starts.capacity() > 1024 {
+                open.starts.shrink_to(1024);
+                open.free.shrink_to(1024);
+            }
+        } else {
+            open.free.push(slot as u32);
+        }
     }
 }
 
@@ -127,9 +183,9 @@ pub(crate) fn snapshot() -> (u64, Duration, u64) {
     let (mut count, mut oldest) = (0, None::<i64>);
     for i in 0..SHARDS {
         let open = shard(i);
-        count += open.len() as u64;
-        if let Some((s, _)) = open.first() {
-            oldest = Some(oldest.map_or(*s, |o| o.min(*s)));
+        count += open.count as u64;
+        if let Some(s) = open.oldest() {
+            oldest = Some(oldest.map_or(s, |o| o.min(s)));
         }
     }
     let age = oldest.map_or(Duration::ZERO, age_of);
@@ -166,7 +222,8 @@ mod tests {
     use super::*;
 
     fn registered(start: i64, key: u64) -> bool {
-        (0..SHARDS).any(|i| shard(i).contains(&(start, key)))
+        let slot = (key / SHARDS as u64 - 1) as usize;
+        shard((key % SHARDS as u64) as usize).starts.get(slot) == Some(&start)
     }
 
     /// Traces registered on many threads land in several shards, are all seen by the
@@ -180,7 +237,8 @@ mod tests {
             .map(|k| std::thread::spawn(move || (base + k, opened(base + k))))
             .map(|h| h.join().unwrap())
             .collect();
-        let shards: BTreeSet<u64> = keys.iter().map(|(_, key)| key % SHARDS as u64).collect();
+        let shards: std::collections::BTreeSet<u64> =
+            keys.iter().map(|(_, key)| key % SHARDS as u64).collect();
         assert!(
             shards.len() > 1,
             "all threads registered in one shard: {shards:?}"
