@@ -425,13 +425,13 @@ impl Settings {
         }
         let method = parts.method.as_str();
         if let Some(route) = self.route.as_ref().and_then(|f| f(parts)) {
-            return method_and_route(method, &route);
+            return crate::names::method_and_route(method, &route);
         }
         #[cfg(feature = "axum")]
         if let Some(m) = parts.extensions.get::<axum::extract::MatchedPath>() {
-            return method_and_route(method, m.as_str());
+            return crate::names::method_and_route(method, m.as_str());
         }
-        method_and_route(method, parts.uri.path())
+        crate::names::method_and_route(method, parts.uri.path())
     }
 
     /// The inference id to set on the trace, when not the generated one.
@@ -459,16 +459,6 @@ impl Settings {
             parts,
         )
     }
-}
-
-/// `"{method} {route}"`, in one allocation of the exact size (`format!` goes through the
-/// formatting machinery, which costs more than the rest of the name on a request's path).
-fn method_and_route(method: &str, route: &str) -> Cow<'static, str> {
-    let mut name = String::with_capacity(method.len() + 1 + route.len());
-    name.push_str(method);
-    name.push(' ');
-    name.push_str(route);
-    Cow::Owned(name)
 }
 
 fn from_fn_or_header(

@@ -45,6 +45,7 @@
 mod body;
 mod json_body;
 mod layer;
+mod names;
 mod service;
 
 pub use body::OpenlayerBody;

@@ -187,6 +187,16 @@ impl<F> ResponseFuture<F> {
     }
 }
 
+/// The inference id as a header value, when it is one (visible ASCII, spaces and tabs:
+/// what `HeaderValue` accepts, checked here in one pass without copying the id).
+fn id_header_value(id: String) -> Option<HeaderValue> {
+    let valid = id.bytes().all(|b| (b >= b' ' && b != 0x7f) || b == b'\t');
+    // SAFETY: the bytes are a `String`'s, so valid UTF-8 (all the function requires); that
+    // they are valid in a header was checked just above, as `HeaderValue::from_shared`
+    // would check it again.
+    valid.then(|| unsafe { HeaderValue::from_maybe_shared_unchecked(bytes::Bytes::from(id)) })
+}
+
 /// Statuses whose responses have no body, which servers may never poll.
 fn bodiless(status: StatusCode) -> bool {
     status.is_informational()
@@ -226,7 +236,7 @@ where
         }
         if this.settings.respond_with_id
             && let Some(id) = step.inference_id()
-            && let Ok(value) = HeaderValue::try_from(id)
+            && let Some(value) = id_header_value(id)
         {
             parts
                 .headers
