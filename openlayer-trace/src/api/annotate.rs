@@ -28,7 +28,7 @@ pub(crate) fn apply_trace(st: &mut TraceState, key: String, value: Json) {
                 root.extra_mut().ground_truth = Some(value);
             }
         }
-        _ => upsert(&mut st.columns, Cow::Owned(key), value),
+        _ => upsert(&mut st.extra_mut().columns, Cow::Owned(key), value),
     }
 }
 
@@ -249,7 +249,7 @@ pub(crate) fn set_context(st: &mut TraceState, step: u32, json: Json) {
     if let Some(rec) = st.steps.get_mut(step as usize) {
         rec.set_metadata(Cow::Borrowed("context"), json.clone());
     }
-    st.context = Some(json);
+    st.extra_mut().context = Some(json);
 }
 
 /// Sets the trace's question, as the official SDK's `log_question`: the row's `_question`
@@ -266,7 +266,7 @@ pub(crate) fn set_question(st: &mut TraceState, step: u32, json: Json) {
     if let Some(rec) = st.steps.get_mut(step as usize) {
         rec.set_metadata(Cow::Borrowed("_question"), json.clone());
     }
-    st.question = Some(json);
+    st.extra_mut().question = Some(json);
 }
 
 fn with_step_state(api: &'static str, f: impl FnOnce(&mut TraceState, u32)) {

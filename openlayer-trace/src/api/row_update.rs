@@ -116,7 +116,7 @@ fn queue(
                 .is_some_and(|root| crate::util::id::uuid_v4(root.id) == inference_id),
         };
         if own && !st.shipped {
-            st.updates.extend(update.take());
+            st.extra_mut().updates.extend(update.take());
         }
     });
     if let Some(update) = update {

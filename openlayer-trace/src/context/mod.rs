@@ -262,7 +262,9 @@ fn record_step(
             rec.inputs = st.push_text(buf);
         }
         if idx == 0 {
-            st.pipeline_id = spec.pipeline_id.map(Cow::Borrowed);
+            if let Some(p) = spec.pipeline_id {
+                st.extra_mut().pipeline_id = Some(Cow::Borrowed(p));
+            }
             session::stamp(&mut st);
         }
         st.steps.push(rec);

@@ -42,10 +42,18 @@ pub(crate) fn stamp(st: &mut TraceState) {
 #[cold]
 fn stamp_columns(st: &mut TraceState, cols: &Columns) {
     if let Some(u) = &cols.user_id {
-        upsert(&mut st.columns, Cow::Borrowed("user_id"), u.clone());
+        upsert(
+            &mut st.extra_mut().columns,
+            Cow::Borrowed("user_id"),
+            u.clone(),
+        );
     }
     if let Some(s) = &cols.session_id {
-        upsert(&mut st.columns, Cow::Borrowed("session_id"), s.clone());
+        upsert(
+            &mut st.extra_mut().columns,
+            Cow::Borrowed("session_id"),
+            s.clone(),
+        );
     }
 }
 

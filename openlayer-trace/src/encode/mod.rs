@@ -420,7 +420,7 @@ fn encode_into<R>(
     // A trace-level `output` (`update_current_trace!(output = ..)`) replaces the root's output
     // everywhere.
     let trace_output = st
-        .columns
+        .columns()
         .iter()
         .find(|(k, _)| k == "output")
         .map(|(_, v)| &**v);
@@ -495,7 +495,7 @@ fn encode_into<R>(
         let quoted = put(small, &|s: &mut String| push_str(s, err));
         set_val(&mut row, "Exceptions", quoted);
     }
-    for (k, v) in &st.columns {
+    for (k, v) in st.columns() {
         if k != "output" {
             set_val(&mut row, k, Val::Text(v));
         }
@@ -506,10 +506,10 @@ fn encode_into<R>(
     for (k, v) in &inputs {
         set_val(&mut row, k, Val::Text(v));
     }
-    if let Some(c) = &st.context {
+    if let Some(c) = st.context() {
         set_val(&mut row, "context", Val::Text(c));
     }
-    if let Some(q) = &st.question {
+    if let Some(q) = st.question() {
         set_val(&mut row, "_question", Val::Text(q));
     }
 
@@ -577,7 +577,7 @@ fn encode_into<R>(
         (None, None) => unreachable!("generated above"),
     };
     Some(f(RowParts {
-        pipeline_id: st.pipeline_id.as_ref(),
+        pipeline_id: st.pipeline_id(),
         config,
         row: row_json,
         inference_id,

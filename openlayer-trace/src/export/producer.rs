@@ -55,7 +55,7 @@ impl Exporter {
 
     /// Hands a completed trace off, then the row updates that rode with it.
     fn enqueue(&self, mut trace: CompletedTrace) {
-        let updates = std::mem::take(&mut trace.state.updates);
+        let updates = trace.state.take_updates();
         self.enqueue_trace(trace);
         for u in updates {
             self.enqueue_update(u);

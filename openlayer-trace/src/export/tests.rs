@@ -96,9 +96,10 @@ fn representative_trace() -> Box<CompletedTrace> {
     state.steps.push(chat);
     state.inference_id = Some(Box::from("chat-user-17-1700000000"));
     state
+        .extra_mut()
         .columns
         .push((Cow::Borrowed("user_id"), json(r#""user-17""#)));
-    state.context = Some(json(r#"["Paris is the capital of France."]"#));
+    state.extra_mut().context = Some(json(r#"["Paris is the capital of France."]"#));
     Box::new(CompletedTrace {
         state,
         anchor_unix_ns: 0,

@@ -6,14 +6,15 @@ use std::cell::RefCell;
 use std::sync::Mutex;
 
 use crate::record::step::StepRecord;
-use crate::record::trace::TraceState;
+use crate::record::trace::{TraceExtra, TraceState};
 
 // ---------------------------------------------------------------------------------------
 // Buffers: the step list and text of a trace are allocated once and reused. The worker hands
 // them back after encoding, so a new trace neither allocates them on the application's
 // thread nor has them freed on another thread (which makes the allocator contend).
 
-type Buffers = (Vec<StepRecord>, String);
+/// A trace's step list, its text, and its rarely set parts (when a trace had them).
+type Buffers = (Vec<StepRecord>, String, Option<Box<TraceExtra>>);
 
 /// The buffers kept for reuse, and the bytes they hold.
 struct Pool {
@@ -35,10 +36,16 @@ const POOL_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Buffers that grew beyond these are freed rather than kept.
 const STEPS_KEEP: usize = 256;
 const TEXT_KEEP: usize = 64 * 1024;
+/// Rarely set parts whose lists grew beyond this many entries are freed rather than kept.
+const EXTRA_KEEP: usize = 16;
 
 /// The bytes a step list and text buffer hold.
 fn buffer_bytes(b: &Buffers) -> usize {
-    b.0.capacity() * std::mem::size_of::<StepRecord>() + b.1.capacity()
+    b.0.capacity() * std::mem::size_of::<StepRecord>()
+        + b.1.capacity()
+        + b.2
+            .as_ref()
+            .map_or(0, |_| std::mem::size_of::<TraceExtra>())
 }
 
 /// Most buffers a thread takes from the pool at a time.
@@ -89,21 +96,31 @@ pub(crate) fn reused_buffers() -> Buffers {
     reused
         .ok()
         .flatten()
-        .unwrap_or_else(|| (Vec::with_capacity(8), String::with_capacity(512)))
+        .unwrap_or_else(|| (Vec::with_capacity(8), String::with_capacity(512), None))
 }
 
 /// Hands the buffers of a completed trace back for reuse (after emptying them).
 pub(crate) fn recycle(state: &mut TraceState) {
-    let (mut steps, mut text) = (
+    let (mut steps, mut text, mut extra) = (
         std::mem::take(&mut state.steps),
         std::mem::take(&mut state.text),
+        state.extra.take(),
     );
     if steps.capacity() > STEPS_KEEP || text.capacity() > TEXT_KEEP {
         return;
     }
     steps.clear();
     text.clear();
-    give_back((steps, text));
+    // Kept (emptied) when a trace had them, so that the next one to need them does not
+    // allocate them on its thread (to be freed on the worker's).
+    if let Some(e) = &mut extra {
+        if e.columns.capacity() > EXTRA_KEEP || e.updates.capacity() > EXTRA_KEEP {
+            extra = None;
+        } else {
+            e.clear();
+        }
+    }
+    give_back((steps, text, extra));
 }
 
 /// Puts emptied buffers in the pool, if it has room for them.

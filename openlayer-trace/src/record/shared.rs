@@ -27,10 +27,11 @@ impl TraceShared {
         capture: Option<Arc<dyn crate::record::sink::TraceSink>>,
         anchor: i64,
     ) -> Self {
-        let (steps, text) = reused_buffers();
+        let (steps, text, extra) = reused_buffers();
         let state = TraceState {
             steps,
             text,
+            extra,
             ..TraceState::default()
         };
         TraceShared {
@@ -47,10 +48,11 @@ impl TraceShared {
         capture: Option<Arc<dyn crate::record::sink::TraceSink>>,
         anchor: i64,
     ) {
-        let (steps, text) = reused_buffers();
+        let (steps, text, extra) = reused_buffers();
         *self.state.get_mut() = TraceState {
             steps,
             text,
+            extra,
             ..TraceState::default()
         };
         self.anchor = anchor;

@@ -17,15 +17,9 @@ pub(crate) struct TraceState {
     pub root_closed: bool,
     pub shipped: bool,
     pub inference_id: Option<Box<str>>,
-    /// Columns set with `update_current_trace` (other than the inference id), in order.
-    pub columns: Vec<(Cow<'static, str>, Json)>,
-    /// `context` and `_question`, set with `log_context` / `log_question`.
-    pub context: Option<Json>,
-    pub question: Option<Json>,
-    pub pipeline_id: Option<Cow<'static, str>>,
-    /// Row updates of this trace's own row, made before it completed: they are handed off
-    /// right behind it (see `crate::update_row`).
-    pub updates: Vec<crate::record::row_update::RowUpdate>,
+    /// What few traces have, boxed so that a trace's state stays small (about 100 bytes)
+    /// to reset, move and hand off. It may be there and empty (reused from the pool).
+    pub extra: Option<Box<TraceExtra>>,
     /// Its key among the open traces (see `crate::util::open_traces`); 0 before its root
     /// is recorded.
     pub open_key: u64,
@@ -35,7 +29,89 @@ pub(crate) struct TraceState {
     pub steps_dropped: u64,
 }
 
+/// The rarely set parts of a trace.
+#[derive(Debug, Default)]
+pub(crate) struct TraceExtra {
+    /// Columns set with `update_current_trace` (other than the inference id), in order.
+    pub columns: Vec<(Cow<'static, str>, Json)>,
+    /// `context` and `_question`, set with `log_context` / `log_question`.
+    pub context: Option<Json>,
+    pub question: Option<Json>,
+    pub pipeline_id: Option<Cow<'static, str>>,
+    /// Row updates of this trace's own row, made before it completed: they are handed off
+    /// right behind it (see `crate::update_row`).
+    pub updates: Vec<crate::record::row_update::RowUpdate>,
+}
+
+impl TraceExtra {
+    /// Empties it for another trace, keeping what it allocated.
+    pub(crate) fn clear(&mut self) {
+        self.columns.clear();
+        self.context = None;
+        self.question = None;
+        self.pipeline_id = None;
+        self.updates.clear();
+    }
+
+    #[cold]
+    fn approx_bytes(&self) -> usize {
+        use crate::util::heap::{cow_heap_bytes, heap_bytes};
+        let json = |j: &Option<Json>| j.as_ref().map_or(0, |j| heap_bytes(j.len()));
+        heap_bytes(size_of::<TraceExtra>())
+            + heap_bytes(self.columns.capacity() * size_of::<(Cow<'static, str>, Json)>())
+            + self
+                .columns
+                .iter()
+                .map(|(k, v)| cow_heap_bytes(k) + heap_bytes(v.len()))
+                .sum::<usize>()
+            + json(&self.context)
+            + json(&self.question)
+            + self.pipeline_id.as_ref().map_or(0, cow_heap_bytes)
+            + heap_bytes(
+                self.updates.capacity() * size_of::<crate::record::row_update::RowUpdate>(),
+            )
+            + self
+                .updates
+                .iter()
+                .map(crate::record::row_update::RowUpdate::size)
+                .sum::<usize>()
+    }
+}
+
 impl TraceState {
+    /// The rarely set parts, created on first use.
+    pub(crate) fn extra_mut(&mut self) -> &mut TraceExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// Columns set with `update_current_trace` (other than the inference id), in order.
+    pub(crate) fn columns(&self) -> &[(Cow<'static, str>, Json)] {
+        self.extra.as_ref().map_or(&[], |e| &e.columns)
+    }
+
+    /// The `context` column (`log_context`).
+    pub(crate) fn context(&self) -> Option<&Json> {
+        self.extra.as_ref()?.context.as_ref()
+    }
+
+    /// The `_question` column (`log_question`).
+    pub(crate) fn question(&self) -> Option<&Json> {
+        self.extra.as_ref()?.question.as_ref()
+    }
+
+    /// The pipeline the trace goes to, when not the configured one.
+    pub(crate) fn pipeline_id(&self) -> Option<&Cow<'static, str>> {
+        self.extra.as_ref()?.pipeline_id.as_ref()
+    }
+
+    /// Takes the row updates that ride with the trace.
+    pub(crate) fn take_updates(&mut self) -> Vec<crate::record::row_update::RowUpdate> {
+        self.extra
+            .as_mut()
+            .map(|e| std::mem::take(&mut e.updates))
+            .unwrap_or_default()
+    }
+
     /// Appends a JSON text to the trace's text.
     pub(crate) fn push_text(&mut self, json: &str) -> Option<TextRef> {
         let start = u32::try_from(self.text.len()).ok()?;
@@ -66,8 +142,7 @@ impl TraceState {
     /// list and the text buffer by capacity, every string and list the steps and the trace
     /// own, each allocation as the allocator hands it out (`pipeline::heap_bytes`).
     pub(crate) fn approx_bytes(&self) -> usize {
-        use crate::util::heap::{cow_heap_bytes, heap_bytes};
-        let json = |j: &Option<Json>| j.as_ref().map_or(0, |j| heap_bytes(j.len()));
+        use crate::util::heap::heap_bytes;
         heap_bytes(self.steps.capacity() * size_of::<StepRecord>())
             + self
                 .steps
@@ -79,23 +154,7 @@ impl TraceState {
                 .inference_id
                 .as_ref()
                 .map_or(0, |s| heap_bytes(s.len()))
-            + heap_bytes(self.columns.capacity() * size_of::<(Cow<'static, str>, Json)>())
-            + self
-                .columns
-                .iter()
-                .map(|(k, v)| cow_heap_bytes(k) + heap_bytes(v.len()))
-                .sum::<usize>()
-            + json(&self.context)
-            + json(&self.question)
-            + self.pipeline_id.as_ref().map_or(0, cow_heap_bytes)
-            + heap_bytes(
-                self.updates.capacity() * size_of::<crate::record::row_update::RowUpdate>(),
-            )
-            + self
-                .updates
-                .iter()
-                .map(crate::record::row_update::RowUpdate::size)
-                .sum::<usize>()
+            + self.extra.as_ref().map_or(0, |e| e.approx_bytes())
     }
 }
 

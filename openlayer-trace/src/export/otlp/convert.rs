@@ -153,7 +153,7 @@ fn text_of(json: &str) -> Cow<'_, str> {
 
 /// A column of the trace (`user_id`, `session_id`, ...) as text.
 fn column<'a>(trace: &'a CompletedTrace, key: &str) -> Option<Cow<'a, str>> {
-    let v = trace.state.columns.iter().find(|(k, _)| k == key)?;
+    let v = trace.state.columns().iter().find(|(k, _)| k == key)?;
     (&*v.1 != "null").then(|| text_of(&v.1))
 }
 
@@ -320,7 +320,7 @@ pub(crate) fn convert(
     let user = column(trace, "user_id");
     // A trace-level `output` (log_output) replaces the root's output, as in the row.
     let trace_output = st
-        .columns
+        .columns()
         .iter()
         .find(|(k, _)| k == "output")
         .map(|(_, v)| &**v);
@@ -465,7 +465,7 @@ pub(crate) fn convert(
     }
     let bytes = encoded.len();
     Some(Converted {
-        pipeline: st.pipeline_id.as_ref().map(|p| p.to_string()),
+        pipeline: st.pipeline_id().map(|p| p.to_string()),
         encoded,
         spans: st.steps.len(),
         bytes,
