@@ -17,7 +17,9 @@
 //! receiver meet once per drain rather than once per message, and the two buffers are
 //! reused (one that grew beyond [`KEEP_BYTES`] is freed when it empties). A sender takes
 //! the lock (uncontended: one compare-and-swap), checks the count, pushes, and wakes the
-//! receiver only when it is waiting.
+//! receiver only when it is waiting. The receiver gives room back in groups of up to
+//! [`RELEASE_EVERY`] messages (and at once when it has taken everything), so that the
+//! count the senders read is not written by another core for every message.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -31,6 +33,9 @@ use std::task::{Context, Poll, Wake, Waker};
 /// An emptied buffer whose capacity holds more than this many bytes of messages is freed
 /// rather than kept for the next drain.
 const KEEP_BYTES: usize = 1024 * 1024;
+
+/// Most messages received before the room they took is given back.
+const RELEASE_EVERY: usize = 32;
 
 /// A bounded queue of `capacity` messages (at least 1); see the module documentation.
 pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
@@ -54,6 +59,7 @@ pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         Receiver {
             shared,
             local: VecDeque::new(),
+            unreleased: 0,
         },
     )
 }
@@ -277,6 +283,8 @@ pub(crate) struct Receiver<T> {
     shared: Arc<Shared<T>>,
     /// The batch taken from the queue and not yet received.
     local: VecDeque<T>,
+    /// Messages received whose room is not given back yet.
+    unreleased: usize,
 }
 
 impl<T> Receiver<T> {
@@ -328,16 +336,27 @@ impl<T> Receiver<T> {
         shared.wake_senders();
     }
 
-    /// Takes the next message of the batch, making room for one more.
+    /// Takes the next message of the batch; its room is given back with the next
+    /// [`RELEASE_EVERY`] (or when the batch is used up).
     #[inline]
     fn take_local(&mut self) -> Option<T> {
         let v = self.local.pop_front()?;
+        self.unreleased += 1;
+        if self.unreleased >= RELEASE_EVERY || self.local.is_empty() {
+            self.release();
+        }
+        Some(v)
+    }
+
+    /// Gives back the room of the messages received so far.
+    fn release(&mut self) {
         let shared = &*self.shared;
-        shared.len.fetch_sub(1, SeqCst);
+        shared
+            .len
+            .fetch_sub(std::mem::take(&mut self.unreleased), SeqCst);
         if shared.tx_waiting.load(SeqCst) {
             shared.wake_senders();
         }
-        Some(v)
     }
 
     /// Takes what is queued as the next batch (the batch is empty); true when nothing

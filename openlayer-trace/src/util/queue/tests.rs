@@ -18,13 +18,42 @@ fn holds_exactly_capacity_and_hands_full_messages_back() {
         tx.try_send(i).unwrap();
     }
     assert_eq!(tx.try_send(7), Err(TrySendError::Full(7)));
-    // Taking one (the batch of three is now the receiver's) makes room for exactly one.
+    // Room is given back when the receiver has taken its whole batch (here, the three).
     assert_eq!(rx.try_recv(), Ok(0));
-    tx.try_send(3).unwrap();
+    assert_eq!(rx.try_recv(), Ok(1));
+    assert_eq!(tx.try_send(7), Err(TrySendError::Full(7)));
+    assert_eq!(rx.try_recv(), Ok(2));
+    for i in 3..6 {
+        tx.try_send(i).unwrap();
+    }
     assert_eq!(tx.try_send(8).unwrap_err().into_inner(), 8);
     let got: Vec<u32> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
-    assert_eq!(got, [1, 2, 3]);
+    assert_eq!(got, [3, 4, 5]);
     assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+}
+
+#[test]
+fn room_comes_back_in_groups_while_a_large_batch_is_received() {
+    let cap = 3 * RELEASE_EVERY;
+    let (tx, mut rx) = channel::<usize>(cap);
+    for i in 0..cap {
+        tx.try_send(i).unwrap();
+    }
+    for i in 0..RELEASE_EVERY - 1 {
+        assert_eq!(rx.try_recv(), Ok(i));
+    }
+    assert!(matches!(tx.try_send(0), Err(TrySendError::Full(0))));
+    assert_eq!(rx.try_recv(), Ok(RELEASE_EVERY - 1));
+    // A group received: exactly its room is back.
+    for i in 0..RELEASE_EVERY {
+        tx.try_send(cap + i).unwrap();
+    }
+    assert!(matches!(tx.try_send(0), Err(TrySendError::Full(0))));
+    let got: Vec<usize> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    assert_eq!(
+        got,
+        (RELEASE_EVERY..cap + RELEASE_EVERY).collect::<Vec<_>>()
+    );
 }
 
 #[test]
