@@ -177,11 +177,27 @@ pub(crate) fn notify(callback: Option<&FailureFn>, failure: DeliveryFailure) {
     }
 }
 
+/// A value on a cache line (two, for the adjacent-line prefetcher) of its own.
+#[cfg(feature = "enable")]
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct OwnLine<T>(pub T);
+
+#[cfg(feature = "enable")]
+impl<T> std::ops::Deref for OwnLine<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// Live counters, shared by the producers and the background worker.
 #[cfg(feature = "enable")]
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub enqueued: AtomicU64,
+    /// Written by every thread that hands a trace off, once per trace: on a cache line of
+    /// its own, which the worker's counters (written as it delivers) do not share.
+    pub enqueued: OwnLine<AtomicU64>,
     pub sent: AtomicU64,
     pub written: AtomicU64,
     pub retried: AtomicU64,

@@ -60,8 +60,12 @@ pub(crate) fn submit(trace: CompletedTrace, capture: Option<&Arc<dyn TraceSink>>
     if let Some(capture) = capture {
         return capture.submit(trace);
     }
-    let global = GLOBAL.read().unwrap_or_else(|e| e.into_inner()).clone();
-    match global {
+    // Submitted under the read lock rather than with a clone of the sink: a clone and its
+    // drop are two more atomic writes to a line every tracing thread shares. `submit`
+    // never blocks (and never completes a trace, which would take the lock again), so
+    // `install` waits for no more than the hand-offs under way.
+    let global = GLOBAL.read().unwrap_or_else(|e| e.into_inner());
+    match &*global {
         Some(sink) => sink.submit(trace),
         None => tracing::debug!(target: "openlayer_trace", "trace dropped: no pipeline"),
     }
