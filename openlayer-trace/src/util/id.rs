@@ -122,12 +122,41 @@ pub(crate) fn uuid_v4(bits: u128) -> String {
     s
 }
 
-/// Appends random bits formatted as a version-4 UUID.
+/// Appends random bits formatted as a version-4 UUID (the version and variant bits set as
+/// `uuid::Builder::from_random_bytes` sets them; a test checks the two agree).
+///
+/// Formatted here, a byte at a time through a table of the 256 two-digit pairs, rather
+/// than with `uuid`'s digit-by-digit lookups: a step's id is formatted once per step on the
+/// worker, and the inference id once per request by the web middleware, where it measured
+/// 228 instructions with `uuid` against 110 this way (callgrind, the tower middleware
+/// benchmark).
 pub(crate) fn push_uuid_v4(out: &mut String, bits: u128) {
-    let u = uuid::Builder::from_random_bytes(bits.to_be_bytes()).into_uuid();
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    out.push_str(u.hyphenated().encode_lower(&mut buf));
+    let mut bytes = bits.to_be_bytes();
+    // Version 4 in the high nibble of byte 6, variant 10 in the top bits of byte 8.
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let mut buf = [b'-'; 36];
+    for (b, at) in bytes.into_iter().zip(AT) {
+        buf[at..at + 2].copy_from_slice(&HEX_PAIRS[usize::from(b)]);
+    }
+    // SAFETY: hex digits and dashes only, all ASCII.
+    out.push_str(unsafe { std::str::from_utf8_unchecked(&buf) });
 }
+
+/// Where each byte's two digits go in `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+
+/// The two lowercase hex digits of every byte.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
+        i += 1;
+    }
+    t
+};
 
 /// The namespace of [`inference_id_for`]: UUID v5 of the URL namespace and
 /// `https://openlayer.com/inference-id`.
@@ -153,6 +182,29 @@ pub fn inference_id_for(key: &str) -> String {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn uuid_v4_formats_as_the_uuid_crate_does() {
+        // splitmix64, for values that cover every digit in every place.
+        let mut state = 7u64;
+        let mut next = move || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let samples = [0, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210]
+            .into_iter()
+            .chain((0..10_000).map(|_| u128::from(next()) << 64 | u128::from(next())));
+        for bits in samples {
+            let expected = uuid::Builder::from_random_bytes(bits.to_be_bytes())
+                .into_uuid()
+                .hyphenated()
+                .to_string();
+            assert_eq!(uuid_v4(bits), expected, "{bits:#x}");
+        }
+    }
 
     #[test]
     fn ids_are_v4_uuids_and_distinct() {
