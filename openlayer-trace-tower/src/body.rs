@@ -107,25 +107,22 @@ where
 /// caught further out, by a `CatchPanicLayer`, would otherwise leave it open until the
 /// future is dropped, and record it as merely cancelled).
 pub(crate) fn with_step<R>(slot: &mut Option<StepHandle>, f: impl FnOnce() -> R) -> R {
-    struct Armed<'a> {
-        slot: &'a mut Option<StepHandle>,
-        step: Option<StepHandle>,
-    }
-    impl Drop for Armed<'_> {
+    /// Drops the step (closing it as panicked) if the thread unwinds; declared before the
+    /// step is entered, so that it runs after the step has stopped being current.
+    struct OnPanic<'a>(&'a mut Option<StepHandle>);
+    impl Drop for OnPanic<'_> {
         fn drop(&mut self) {
             if std::thread::panicking() {
-                // Closes the step as panicked.
-                drop(self.step.take());
-            } else {
-                *self.slot = self.step.take();
+                drop(self.0.take());
             }
         }
     }
-    let step = slot.take();
-    let armed = Armed { slot, step };
-    let entered = armed.step.as_ref().map(StepHandle::enter);
+    let guard = OnPanic(slot);
+    // The step stays where it is (not moved out and back): it is only borrowed.
+    let entered = guard.0.as_ref().map(StepHandle::enter);
     let out = f();
     drop(entered);
-    drop(armed);
+    // Not unwinding: nothing for the guard to do.
+    std::mem::forget(guard);
     out
 }
