@@ -125,10 +125,10 @@ pub struct RecordJsonBody {
 /// so that rows group by endpoint rather than by id. Without the feature, or outside a
 /// router, it is the request's path, unless [`route`](Self::route) says otherwise.
 ///
-/// Each distinct `"{METHOD} {route}"` name is made once and kept for the life of the process, so that a
-/// request's step borrows it instead of allocating it: at most 1,024 names or 64 KiB of
-/// them (route templates fit many times over); past that (request paths with ids in them,
-/// when no template is known), names are made per request and not kept.
+/// Each distinct `"{METHOD} {route}"` name is made once and kept for the life of the
+/// process, so that a request's step borrows it instead of allocating it: at most 1,024
+/// names or 64 KiB of them (route templates fit many times over); past that (request paths
+/// with ids in them, when no template is known), names are made per request and not kept.
 ///
 /// # When tracing is off
 ///
