@@ -32,7 +32,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 /// An emptied buffer whose capacity holds more than this many bytes of messages is freed
 /// rather than kept for the next drain.
-const KEEP_BYTES: usize = 1024 * 1024;
+const KEEP_BYTES: usize = 256 * 1024;
 
 /// Most messages received before the room they took is given back.
 const RELEASE_EVERY: usize = 32;
