@@ -17,7 +17,9 @@
 //! receiver meet once per drain rather than once per message, and the two buffers are
 //! reused (one that grew beyond [`KEEP_BYTES`] is freed when it empties). A sender takes
 //! the lock (uncontended: one compare-and-swap), checks the count, pushes, and wakes the
-//! receiver only when it is waiting. The receiver gives room back in groups of up to
+//! receiver only when it is waiting. Senders that wait for room (`send`, `blocking_send`)
+//! are served in the order they came, and room made while one waits is its own, as with
+//! tokio: `try_send` on the hot path cannot starve a flush waiting to be queued. The receiver gives room back in groups of up to
 //! [`RELEASE_EVERY`] messages (and at once when it has taken everything), so that the
 //! count the senders read is not written by another core for every message.
 
@@ -44,7 +46,8 @@ pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             queue: VecDeque::new(),
             closed: false,
             rx_waker: None,
-            tx_wakers: Vec::new(),
+            waiters: VecDeque::new(),
+            next_ticket: 0,
         }),
         len: AtomicUsize::new(0),
         capacity: capacity.max(1),
@@ -82,8 +85,31 @@ struct State<T> {
     closed: bool,
     /// The receiver, when it waits for a message.
     rx_waker: Option<Waker>,
-    /// Senders waiting for room.
-    tx_wakers: Vec<Waker>,
+    /// Senders waiting for room, first come first served (as tokio's semaphore): room
+    /// made goes to the front one, and `try_send` does not take it while any waits.
+    waiters: VecDeque<(u64, Waker)>,
+    next_ticket: u64,
+}
+
+impl<T> State<T> {
+    fn is_front(&self, ticket: Option<u64>) -> bool {
+        match ticket {
+            None => self.waiters.is_empty(),
+            Some(t) => self.waiters.front().is_some_and(|w| w.0 == t),
+        }
+    }
+
+    /// Forgets a waiter; the front one's waker when room is left for it.
+    fn leave(&mut self, ticket: u64, shared: &Shared<T>) -> Option<Waker> {
+        if let Some(i) = self.waiters.iter().position(|w| w.0 == ticket) {
+            self.waiters.remove(i);
+        }
+        if self.waiters.is_empty() {
+            shared.tx_waiting.store(false, SeqCst);
+            return None;
+        }
+        (shared.len.load(SeqCst) < shared.capacity).then(|| self.waiters[0].1.clone())
+    }
 }
 
 impl<T> Shared<T> {
@@ -92,14 +118,11 @@ impl<T> Shared<T> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Wakes the senders waiting for room (after room was made, or on close).
-    fn wake_senders(&self) {
-        let wakers = {
-            let mut st = self.lock();
-            self.tx_waiting.store(false, SeqCst);
-            std::mem::take(&mut st.tx_wakers)
-        };
-        for w in wakers {
+    /// Wakes the first sender waiting for room (after room was made); it wakes the next
+    /// one if room is left when it has sent.
+    fn wake_front(&self) {
+        let waker = self.lock().waiters.front().map(|w| w.1.clone());
+        if let Some(w) = waker {
             w.wake();
         }
     }
@@ -166,7 +189,8 @@ impl<T> Sender<T> {
         if st.closed {
             return Err(TrySendError::Closed(value));
         }
-        if shared.len.load(Relaxed) >= shared.capacity {
+        // Room made while senders wait is theirs (as in tokio).
+        if !st.waiters.is_empty() || shared.len.load(Relaxed) >= shared.capacity {
             return Err(TrySendError::Full(value));
         }
         shared.len.fetch_add(1, Relaxed);
@@ -179,48 +203,76 @@ impl<T> Sender<T> {
         Ok(())
     }
 
-    /// Queues `value`, waiting for room.
+    /// Queues `value`, waiting for room; senders that wait are served in turn.
     pub(crate) async fn send(&self, value: T) -> Result<(), SendError<T>> {
-        let mut value = Some(value);
-        poll_fn(|cx| {
-            let v = value.take().expect("polled after completion");
-            match self.try_send(v) {
-                Ok(()) => Poll::Ready(Ok(())),
-                Err(TrySendError::Closed(v)) => Poll::Ready(Err(SendError(v))),
-                Err(TrySendError::Full(v)) => {
-                    if self.wait_for_room(cx) {
-                        value = Some(v);
-                        Poll::Pending
-                    } else {
-                        // Room was made meanwhile: try again at once.
-                        value = Some(v);
-                        cx.waker().wake_by_ref();
-                        Poll::Pending
+        /// The place in the line of waiting senders, given up when the future is dropped.
+        struct Place<'a, T> {
+            shared: &'a Shared<T>,
+            ticket: Option<u64>,
+        }
+        impl<T> Drop for Place<'_, T> {
+            fn drop(&mut self) {
+                if let Some(t) = self.ticket.take() {
+                    let next = self.shared.lock().leave(t, self.shared);
+                    if let Some(w) = next {
+                        w.wake();
                     }
                 }
             }
-        })
-        .await
+        }
+        let mut place = Place {
+            shared: &self.shared,
+            ticket: None,
+        };
+        let mut value = Some(value);
+        poll_fn(|cx| self.poll_send(&mut place.ticket, &mut value, cx)).await
     }
 
-    /// Registers `cx`'s waker for when room is made; false when there is room already
-    /// (or the queue closed), so that the caller tries again rather than waits.
-    fn wait_for_room(&self, cx: &mut Context<'_>) -> bool {
+    fn poll_send(
+        &self,
+        ticket: &mut Option<u64>,
+        value: &mut Option<T>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SendError<T>>> {
         let shared = &*self.shared;
         let mut st = shared.lock();
         if st.closed {
-            return false;
+            // `close` emptied the line.
+            *ticket = None;
+            let v = value.take().expect("polled after completion");
+            return Poll::Ready(Err(SendError(v)));
         }
-        // Seen by a receiver that takes a message after this (it then wakes us), or the
-        // room it made is seen here.
-        shared.tx_waiting.store(true, SeqCst);
-        if shared.len.load(SeqCst) < shared.capacity {
-            return false;
+        if ticket.is_none()
+            && (!st.waiters.is_empty() || shared.len.load(Relaxed) >= shared.capacity)
+        {
+            let t = st.next_ticket;
+            st.next_ticket += 1;
+            st.waiters.push_back((t, cx.waker().clone()));
+            *ticket = Some(t);
+        } else if let Some(t) = *ticket
+            && let Some(w) = st.waiters.iter_mut().find(|w| w.0 == t)
+            && !w.1.will_wake(cx.waker())
+        {
+            w.1 = cx.waker().clone();
         }
-        if !st.tx_wakers.iter().any(|w| w.will_wake(cx.waker())) {
-            st.tx_wakers.push(cx.waker().clone());
+        if ticket.is_some() {
+            // Seen by a receiver that makes room after this (it then wakes the front
+            // sender), or the room it made is seen below.
+            shared.tx_waiting.store(true, SeqCst);
         }
-        true
+        if !st.is_front(*ticket) || shared.len.load(SeqCst) >= shared.capacity {
+            return Poll::Pending;
+        }
+        let v = value.take().expect("polled after completion");
+        shared.len.fetch_add(1, Relaxed);
+        st.queue.push_back(v);
+        let next = ticket.take().and_then(|t| st.leave(t, shared));
+        let rx = st.rx_waker.take();
+        drop(st);
+        for w in next.into_iter().chain(rx) {
+            w.wake();
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Queues `value`, blocking this thread until there is room. Not for async code.
@@ -331,9 +383,16 @@ impl<T> Receiver<T> {
     /// Stops the senders (they get `Closed`); what is queued can still be received.
     pub(crate) fn close(&mut self) {
         let shared = &*self.shared;
-        shared.lock().closed = true;
+        let waiters = {
+            let mut st = shared.lock();
+            st.closed = true;
+            shared.tx_waiting.store(false, SeqCst);
+            std::mem::take(&mut st.waiters)
+        };
         shared.closed.store(true, Release);
-        shared.wake_senders();
+        for (_, w) in waiters {
+            w.wake();
+        }
     }
 
     /// Takes the next message of the batch; its room is given back with the next
@@ -355,7 +414,7 @@ impl<T> Receiver<T> {
             .len
             .fetch_sub(std::mem::take(&mut self.unreleased), SeqCst);
         if shared.tx_waiting.load(SeqCst) {
-            shared.wake_senders();
+            shared.wake_front();
         }
     }
 
@@ -380,6 +439,10 @@ impl<T> Receiver<T> {
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         self.close();
+        // As tokio: what is queued goes now, not with the last sender (dropped outside
+        // the lock: a message's drop may run anything).
+        let queued = std::mem::take(&mut self.shared.lock().queue);
+        drop(queued);
     }
 }
 
