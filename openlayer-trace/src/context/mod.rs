@@ -396,21 +396,30 @@ pub(crate) fn enter(trace: Arc<TraceShared>, step: u32) -> Entered {
 /// the current trace (the common case of nested steps).
 #[inline]
 pub(crate) fn enter_ref(trace: &Arc<TraceShared>, step: u32) -> Entered {
-    let same = POS.try_with(|p| {
+    // One access to the thread-local either way.
+    let entered = POS.try_with(|p| {
         let cur = p.trace.take();
         let same = cur.as_ref().is_some_and(|t| Arc::ptr_eq(t, trace));
-        p.trace.set(cur);
-        same.then(|| p.step.replace(step))
-    });
-    match same {
-        Ok(Some(prev_step)) => Entered {
-            prev_trace: None,
-            same: true,
-            prev_step,
+        let prev_trace = if same {
+            p.trace.set(cur);
+            None
+        } else {
+            p.trace.set(Some(trace.clone()));
+            cur
+        };
+        Entered {
+            prev_trace,
+            same,
+            prev_step: p.step.replace(step),
             _not_send: PhantomData,
-        },
-        _ => enter(trace.clone(), step),
-    }
+        }
+    });
+    entered.unwrap_or(Entered {
+        prev_trace: None,
+        same: false,
+        prev_step: NO_PARENT,
+        _not_send: PhantomData,
+    })
 }
 
 /// Restores the position saved by [`enter`] or [`enter_ref`].
