@@ -55,6 +55,14 @@ impl Exporter {
 
     /// Hands a completed trace off, then the row updates that rode with it.
     fn enqueue(&self, mut trace: CompletedTrace) {
+        let has_updates = trace
+            .state
+            .extra
+            .as_ref()
+            .is_some_and(|e| !e.updates.is_empty());
+        if !has_updates {
+            return self.enqueue_trace(trace);
+        }
         let updates = trace.state.take_updates();
         self.enqueue_trace(trace);
         for u in updates {
