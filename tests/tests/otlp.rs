@@ -487,26 +487,45 @@ fn alongside_the_data_stream_a_collector_gets_only_its_own_headers() {
     }
 }
 
+/// A server that takes every OTLP traces request, and the SDK sending to it with a linger of
+/// ten minutes (so nothing leaves by time) and `batch` applied to its configuration.
+fn lingering(
+    rt: &tokio::runtime::Runtime,
+    batch: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
+) -> (MockServer, openlayer_trace::Guard) {
+    let s = server(rt);
+    mount(
+        rt,
+        &s,
+        Mock::given(method("POST"))
+            .and(path(TRACES))
+            .respond_with(ok_response()),
+    );
+    let config = batch(openlayer(&s).linger(Duration::from_secs(600)))
+        .build()
+        .unwrap();
+    (s, openlayer_trace::init(config).unwrap())
+}
+
+/// Flushes, and checks that everything settled without waiting for the linger.
+fn flushes_at_once(guard: &openlayer_trace::Guard) {
+    let started = Instant::now();
+    let report = guard.flush(Duration::from_secs(5)).unwrap();
+    assert!(report.complete, "{report:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the flush waited: {:?}",
+        started.elapsed()
+    );
+}
+
 /// A flush sends what waits at once, however long the linger; a batch that fills (by
 /// traces, or by bytes) leaves without waiting for it either; every request decodes whole.
 #[test]
 fn a_flush_does_not_wait_for_the_linger_and_full_batches_leave_at_once() {
     let _l = lock();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let s = server(&rt);
-    mount(
-        &rt,
-        &s,
-        Mock::given(method("POST"))
-            .and(path(TRACES))
-            .respond_with(ok_response()),
-    );
-    let config = openlayer(&s)
-        .linger(Duration::from_secs(600))
-        .batch_max_rows(3)
-        .build()
-        .unwrap();
-    let guard = openlayer_trace::init(config).unwrap();
+    let (s, guard) = lingering(&rt, |c| c.batch_max_rows(3));
     for i in 0..7 {
         with_id(&format!("linger-{i}"));
     }
@@ -516,14 +535,7 @@ fn a_flush_does_not_wait_for_the_linger_and_full_batches_leave_at_once() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(requests(&rt, &s, TRACES).len(), 2, "full batches waited");
-    let started = Instant::now();
-    let report = guard.flush(Duration::from_secs(5)).unwrap();
-    assert!(report.complete, "{report:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "the flush waited: {:?}",
-        started.elapsed()
-    );
+    flushes_at_once(&guard);
     let stats = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
     assert_eq!(stats.otlp_spans_sent, 7, "{stats:?}");
     let reqs = requests(&rt, &s, TRACES);
@@ -537,27 +549,11 @@ fn a_flush_does_not_wait_for_the_linger_and_full_batches_leave_at_once() {
     assert_eq!(ids, want);
 
     // By bytes: each trace of several spans is over the limit, so each is a request.
-    let s = server(&rt);
-    mount(
-        &rt,
-        &s,
-        Mock::given(method("POST"))
-            .and(path(TRACES))
-            .respond_with(ok_response()),
-    );
-    let config = openlayer(&s)
-        .linger(Duration::from_secs(600))
-        .batch_max_bytes(1024)
-        .build()
-        .unwrap();
-    let guard = openlayer_trace::init(config).unwrap();
+    let (s, guard) = lingering(&rt, |c| c.batch_max_bytes(1024));
     for _ in 0..3 {
         answer("What is the capital of France?");
     }
-    let started = Instant::now();
-    let report = guard.flush(Duration::from_secs(5)).unwrap();
-    assert!(report.complete, "{report:?}");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    flushes_at_once(&guard);
     let stats = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
     let reqs = requests(&rt, &s, TRACES);
     assert_eq!(reqs.len(), 3, "one request per trace");
