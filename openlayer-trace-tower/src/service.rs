@@ -10,8 +10,7 @@ use std::task::{Context, Poll, ready};
 
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use openlayer_trace::{InputWriter, StepHandle, StepKind};
-use serde::Serialize;
+use openlayer_trace::{StepHandle, StepKind, TextInputs};
 use serde_json::value::RawValue;
 
 use crate::body::{OpenlayerBody, with_step};
@@ -45,8 +44,6 @@ impl<S: fmt::Debug, M: fmt::Debug> fmt::Debug for OpenlayerService<S, M> {
 }
 
 /// A recorded request body: its JSON, or its text when it is not valid JSON.
-#[derive(Serialize)]
-#[serde(untagged)]
 pub(crate) enum RecordedBody<'a> {
     Json(&'a RawValue),
     Text(&'a str),
@@ -54,7 +51,7 @@ pub(crate) enum RecordedBody<'a> {
 
 /// Records the allow-listed headers present on the request, in list order, as the fields
 /// of the input `headers` (none present: no `headers`), without copying them.
-fn record_headers(w: &mut InputWriter, names: &[HeaderName], headers: &HeaderMap) {
+fn record_headers(w: &mut TextInputs, names: &[HeaderName], headers: &HeaderMap) {
     if headers.is_empty() {
         return;
     }
@@ -68,7 +65,7 @@ fn record_headers(w: &mut InputWriter, names: &[HeaderName], headers: &HeaderMap
                 t.push_str(", ");
                 t.push_str(&String::from_utf8_lossy(more.as_bytes()));
             }
-            w.field(name.as_str(), &*text);
+            w.field(name.as_str(), &text);
         }
     });
 }
@@ -94,12 +91,14 @@ pub(crate) fn begin(settings: &Settings, parts: &Parts, body: Option<RecordedBod
     // The inputs: the method, the path, the allow-listed headers and the JSON body.
     let step = openlayer_trace::step(settings.step_name(parts))
         .kind(StepKind::UserCall)
-        .start_with_inputs(|w| {
+        .start_with_text_inputs(|w| {
             w.field("method", parts.method.as_str());
             w.field("path", parts.uri.path());
             record_headers(w, &settings.record_headers, &parts.headers);
-            if let Some(body) = &body {
-                w.field("body", body);
+            match body {
+                Some(RecordedBody::Json(json)) => w.json("body", json),
+                Some(RecordedBody::Text(text)) => w.field("body", text),
+                None => {}
             }
         });
     if step.is_recording() {

@@ -230,6 +230,8 @@ pub use api::step::stream;
 #[cfg(feature = "enable")]
 pub use api::step::stream::{TraceIteratorExt, TraceStreamExt, Traced};
 #[cfg(feature = "enable")]
+pub use api::step::text_inputs::TextInputs;
+#[cfg(feature = "enable")]
 pub use api::step::{Instrumented, OutputSink, StepBuilder, StepFinisher, StepGuard, step};
 #[cfg(feature = "tracing-layer")]
 pub use api::tracing_layer::{TracingLayer, tracing_layer};
@@ -286,7 +288,7 @@ pub use noop::lifecycle::{Guard, flush, flush_async, init, init_from_env, stats}
 #[cfg(not(feature = "enable"))]
 pub use noop::step::{
     EnteredStep, InputWriter, Instrumented, OutputSink, StepBuilder, StepFinisher, StepGuard,
-    StepHandle, step,
+    StepHandle, TextInputs, step,
 };
 #[cfg(not(feature = "enable"))]
 pub use noop::stream;

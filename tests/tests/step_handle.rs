@@ -262,6 +262,92 @@ fn input_objects_nest_and_an_empty_one_is_left_out() {
     assert_eq!(traces[1].root()["inputs"], serde_json::Value::Null);
 }
 
+/// Text inputs, copied as they are and encoded by the worker, come out as the same JSON
+/// as inputs written as JSON on the spot: in the row's bytes, in its columns, and for a
+/// step below the root.
+#[test]
+fn text_inputs_encode_to_the_same_json_as_inputs_written_on_the_spot() {
+    let body: Box<serde_json::value::RawValue> =
+        serde_json::from_str(r#"{"q": "capital of France?", "n": [1, 2]}"#).unwrap();
+    let tricky = "quote \" backslash \\ newline \n tab \t \u{1} é 🦀";
+    let (_, traces) = testing::capture(|| {
+        for text in [false, true] {
+            let name = if text { "text" } else { "json" };
+            let h = if text {
+                step(name).start_with_text_inputs(|w| {
+                    w.object("empty first", |_| {});
+                    w.field("method", "GET");
+                    w.field("a \"quoted\" name", tricky);
+                    w.object("headers", |w| {
+                        w.field("user-agent", "t/1");
+                        w.object("empty", |w| w.object("also empty", |_| {}));
+                        w.field("x-long", &"x".repeat(300));
+                    });
+                    w.json("body", &body);
+                })
+            } else {
+                step(name).start_with_inputs(|w| {
+                    w.object("empty first", |_| {});
+                    w.field("method", "GET");
+                    w.field("a \"quoted\" name", tricky);
+                    w.object("headers", |w| {
+                        w.field("user-agent", "t/1");
+                        w.object("empty", |w| w.object("also empty", |_| {}));
+                        w.field("x-long", &"x".repeat(300));
+                    });
+                    w.field("body", &body);
+                })
+            };
+            h.in_scope(|| {
+                let child = if text {
+                    step("child").start_with_text_inputs(|w| w.field("k", "v\""))
+                } else {
+                    step("child").start_with_inputs(|w| w.field("k", "v\""))
+                };
+                child.finish();
+                // No field at all: no inputs.
+                let none = if text {
+                    step("none").start_with_text_inputs(|w| w.object("o", |_| {}))
+                } else {
+                    step("none").start_with_inputs(|w| w.object("o", |_| {}))
+                };
+                none.finish();
+            });
+            h.finish();
+        }
+    });
+    assert_eq!(traces.len(), 2);
+    let (json, text) = (&traces[0], &traces[1]);
+    assert_eq!(
+        text.root()["inputs"],
+        json!({
+            "method": "GET",
+            "a \"quoted\" name": tricky,
+            "headers": {"user-agent": "t/1", "x-long": "x".repeat(300)},
+            "body": {"q": "capital of France?", "n": [1, 2]},
+        })
+    );
+    // Byte for byte: the inputs' text in the row, from `"inputs":` to the output.
+    let inputs_text = |t: &CapturedTrace| {
+        let row = t.row_json();
+        let start = row.find(r#""inputs":"#).expect("inputs in the row");
+        let end = start
+            + row[start..]
+                .find(r#","output":"#)
+                .expect("output after inputs");
+        row[start..end].to_string()
+    };
+    assert_eq!(inputs_text(text), inputs_text(json));
+    // The root's inputs are also the row's columns.
+    for key in ["method", "a \"quoted\" name", "headers", "body"] {
+        assert_eq!(text.row()[key], json.row()[key], "column {key}");
+    }
+    assert_eq!(text.row()["method"], "GET");
+    assert_eq!(text.step("child").unwrap()["inputs"], json!({"k": "v\""}));
+    assert_eq!(text.step("none").unwrap()["inputs"], Value::Null);
+    assert_eq!(json.step("none").unwrap()["inputs"], Value::Null);
+}
+
 #[test]
 fn a_handles_inference_id_follows_an_update_and_is_none_when_off() {
     let (id, traces) = testing::capture(|| {

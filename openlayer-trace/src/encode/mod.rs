@@ -142,7 +142,9 @@ impl<'a> Tree<'a> {
         out.push_str("\",\"type\":\"");
         out.push_str(rec.kind.as_str());
         out.push_str("\",\"inputs\":");
-        out.push_str(self.trace.state.inputs(rec).unwrap_or("null"));
+        if !self.trace.state.write_inputs(rec, out) {
+            out.push_str("null");
+        }
         out.push_str(",\"output\":");
         let output = if idx == 0 {
             root_output
@@ -406,7 +408,11 @@ fn encode_into<R>(
     let st = &trace.state;
     let root = trace.root()?;
     let tree = Tree::new(trace, first_child, next_sibling);
-    let inputs = st.inputs(root).map(borrowed_entries).unwrap_or_default();
+    let root_inputs = st.inputs(root);
+    let inputs = root_inputs
+        .as_deref()
+        .map(borrowed_entries)
+        .unwrap_or_default();
 
     // The inference id: the trace's own, else one made from the root's id (kept here
     // quoted; it needs no escaping).

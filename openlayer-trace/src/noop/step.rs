@@ -110,6 +110,39 @@ impl StepBuilder {
         let _ = inputs;
         StepHandle { _private: () }
     }
+
+    /// A handle that records nothing; `inputs` is not called.
+    #[inline(always)]
+    pub fn start_with_text_inputs(self, inputs: impl FnOnce(&mut TextInputs)) -> StepHandle {
+        let _ = inputs;
+        StepHandle { _private: () }
+    }
+}
+
+/// Writes a step's inputs as text (compiled out: never called).
+#[derive(Debug)]
+pub struct TextInputs {
+    _private: (),
+}
+
+impl TextInputs {
+    /// Does nothing.
+    #[inline(always)]
+    pub fn field(&mut self, name: &str, value: &str) {
+        let _ = (name, value);
+    }
+
+    /// Does nothing.
+    #[inline(always)]
+    pub fn json(&mut self, name: &str, value: &serde_json::value::RawValue) {
+        let _ = (name, value);
+    }
+
+    /// Does nothing.
+    #[inline(always)]
+    pub fn object(&mut self, name: &str, fields: impl FnOnce(&mut TextInputs)) {
+        let _ = (name, fields);
+    }
 }
 
 /// Writes a step's inputs field by field (compiled out: never called).

@@ -128,9 +128,35 @@ impl TraceState {
             .get(r.start as usize..r.start as usize + r.len as usize)
     }
 
-    /// The inputs of a step of this trace.
-    pub(crate) fn inputs(&self, rec: &StepRecord) -> Option<&str> {
-        self.text(rec.inputs)
+    /// The inputs of a step of this trace, as JSON: inputs kept as text (see
+    /// `util::text_inputs`) are encoded now, on the thread that asks (the worker's).
+    pub(crate) fn inputs(&self, rec: &StepRecord) -> Option<std::borrow::Cow<'_, str>> {
+        let text = self.text(rec.inputs)?;
+        if !crate::util::text_inputs::is_text_inputs(text) {
+            return Some(std::borrow::Cow::Borrowed(text));
+        }
+        match crate::util::text_inputs::to_json(text) {
+            Some(json) => Some(std::borrow::Cow::Owned(json)),
+            None => {
+                debug_assert!(false, "malformed text inputs: {text:?}");
+                None
+            }
+        }
+    }
+
+    /// Appends the inputs of a step of this trace, as JSON, to `out`; false (and nothing
+    /// appended) when it has none.
+    pub(crate) fn write_inputs(&self, rec: &StepRecord, out: &mut String) -> bool {
+        let Some(text) = self.text(rec.inputs) else {
+            return false;
+        };
+        if !crate::util::text_inputs::is_text_inputs(text) {
+            out.push_str(text);
+            return true;
+        }
+        let written = crate::util::text_inputs::write_json(text, out);
+        debug_assert!(written, "malformed text inputs: {text:?}");
+        written
     }
 
     /// The output of a step of this trace.

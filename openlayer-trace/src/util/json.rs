@@ -59,7 +59,7 @@ fn push_quoted(out: &mut Vec<u8>, b: &[u8]) {
 ///
 /// `src` readable and `dst` writable for `n` bytes, not overlapping.
 #[inline(always)]
-unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
+pub(crate) unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
     // SAFETY (all branches): every read is within `src[..n]` and every write within
     // `dst[..n]`, as the caller guarantees; unaligned accesses are explicit.
     unsafe {

@@ -11,3 +11,4 @@ pub(crate) mod open_traces;
 pub(crate) mod queue;
 pub(crate) mod reentry;
 pub(crate) mod signal;
+pub(crate) mod text_inputs;

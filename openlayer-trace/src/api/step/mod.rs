@@ -4,6 +4,7 @@
 
 pub(crate) mod handle;
 pub mod stream;
+pub(crate) mod text_inputs;
 
 use std::borrow::Cow;
 use std::cell::RefCell;

@@ -342,6 +342,7 @@ pub(crate) fn convert(
         };
         let model_call = matches!(rec.kind, StepKind::ChatCompletion | StepKind::Embedding);
         let inputs = st.inputs(rec);
+        let inputs = inputs.as_deref();
         let output = if i == 0 { root_output } else { st.output(rec) };
         let failed = matches!(rec.status, StepStatus::Error | StepStatus::Panicked);
 

@@ -1,0 +1,238 @@
+//! Step inputs kept as text and encoded to JSON later, off the application's thread.
+//!
+//! A web request's inputs are a few short strings (the method, the path, some headers).
+//! Writing them as JSON on the request's thread costs more than the rest of its step:
+//! every key and value is checked for characters to escape, and the object's structure
+//! is built as it goes. Here they are copied as they are, each behind its length, and the
+//! worker that encodes the trace turns them into the same JSON object.
+//!
+//! The form, all of it valid UTF-8 (so it lives in the trace's text next to JSON texts):
+//! [`MARK`] first (no JSON text starts with a control character), then the entries:
+//!
+//! - `s<key len>:<key><value len>:<value>`: a string field;
+//! - `j<key len>:<key><value len>:<value>`: a field whose value is a JSON text;
+//! - `o<key len>:<key>` ... `e`: a field whose value is an object of the entries between.
+//!
+//! Lengths are in bytes, in decimal.
+
+/// The first character of inputs kept as text.
+pub(crate) const MARK: char = '\u{1}';
+
+/// Whether a step's inputs text is in this form (not JSON yet).
+#[inline]
+pub(crate) fn is_text_inputs(text: &str) -> bool {
+    text.as_bytes().first() == Some(&(MARK as u8))
+}
+
+/// Most bytes a length and its colon take.
+const LEN_MAX: usize = 21;
+
+/// Writes `n` in decimal and a colon at `dst`; returns the bytes written.
+///
+/// # Safety
+///
+/// `dst` writable for [`LEN_MAX`] bytes.
+#[inline(always)]
+unsafe fn put_len(dst: *mut u8, n: usize) -> usize {
+    // SAFETY: at most `LEN_MAX` bytes are written, as the caller allows.
+    unsafe {
+        if n < 10 {
+            dst.write(b'0' + n as u8);
+            dst.add(1).write(b':');
+            2
+        } else if n < 100 {
+            dst.write(b'0' + (n / 10) as u8);
+            dst.add(1).write(b'0' + (n % 10) as u8);
+            dst.add(2).write(b':');
+            3
+        } else {
+            let mut digits = [0u8; 20];
+            let mut i = digits.len();
+            let mut m = n;
+            while m > 0 {
+                i -= 1;
+                digits[i] = b'0' + (m % 10) as u8;
+                m /= 10;
+            }
+            let len = digits.len() - i;
+            std::ptr::copy_nonoverlapping(digits.as_ptr().add(i), dst, len);
+            dst.add(len).write(b':');
+            len + 1
+        }
+    }
+}
+
+/// Appends an entry: its tag, its key and (for a field, not an object) its value, each
+/// behind its length. One reservation and plain stores: this runs on the application's
+/// thread, for every input of a web request.
+#[inline]
+pub(crate) fn push_entry(out: &mut String, tag: u8, key: &str, value: Option<&str>) {
+    let (k, v) = (key.as_bytes(), value.map(str::as_bytes));
+    let need = 1 + LEN_MAX + k.len() + v.map_or(0, |v| LEN_MAX + v.len());
+    // SAFETY: what is appended is ASCII (the tag, digits, colons) and whole UTF-8 strings
+    // (`key` and `value`), so the string stays valid UTF-8.
+    let out = unsafe { out.as_mut_vec() };
+    out.reserve(need);
+    // SAFETY: `reserve` made room for `need` more bytes, which bounds what is written
+    // below (a tag, at most two lengths of `LEN_MAX` bytes, the key and the value); every
+    // byte up to the new length is written before it is set; the sources do not overlap
+    // `out` (borrowed mutably).
+    unsafe {
+        let base = out.as_mut_ptr().add(out.len());
+        let mut at = 0;
+        base.write(tag);
+        at += 1;
+        at += put_len(base.add(at), k.len());
+        crate::util::json::copy_short(k.as_ptr(), base.add(at), k.len());
+        at += k.len();
+        if let Some(v) = v {
+            at += put_len(base.add(at), v.len());
+            crate::util::json::copy_short(v.as_ptr(), base.add(at), v.len());
+            at += v.len();
+        }
+        out.set_len(out.len() + at);
+    }
+}
+
+/// The JSON object that `text` (in this form, [`MARK`] first) stands for; `None` if it is
+/// not well formed (never, for a text written by the writer).
+pub(crate) fn to_json(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len() + 16);
+    write_json(text, &mut out).then_some(out)
+}
+
+/// Appends the JSON object that `text` stands for to `out`; false (and `out` as it was)
+/// if `text` is not well formed.
+pub(crate) fn write_json(text: &str, out: &mut String) -> bool {
+    let mark = out.len();
+    if append_json(text, out).is_none() {
+        out.truncate(mark);
+        return false;
+    }
+    true
+}
+
+fn append_json(text: &str, out: &mut String) -> Option<()> {
+    let mut rest = text.strip_prefix(MARK)?;
+    out.push('{');
+    let mut depth = 0usize;
+    while let Some(&tag) = rest.as_bytes().first() {
+        rest = &rest[1..];
+        if tag == b'e' {
+            depth = depth.checked_sub(1)?;
+            out.push('}');
+            continue;
+        }
+        if !out.ends_with('{') {
+            out.push(',');
+        }
+        let key;
+        (key, rest) = take_part(rest)?;
+        crate::util::json::push_str(out, key);
+        out.push(':');
+        match tag {
+            b's' | b'j' => {
+                let value;
+                (value, rest) = take_part(rest)?;
+                if tag == b's' {
+                    crate::util::json::push_str(out, value);
+                } else {
+                    out.push_str(value);
+                }
+            }
+            b'o' => {
+                depth += 1;
+                out.push('{');
+            }
+            _ => return None,
+        }
+    }
+    if depth != 0 {
+        return None;
+    }
+    out.push('}');
+    Some(())
+}
+
+/// Splits `<len>:<part>` off the front of `s`.
+fn take_part(s: &str) -> Option<(&str, &str)> {
+    let colon = s.find(':')?;
+    let len: usize = s[..colon].parse().ok()?;
+    let end = colon.checked_add(1)?.checked_add(len)?;
+    // Past the end, or inside a character: not written by the writer.
+    if !s.is_char_boundary(end) {
+        return None;
+    }
+    Some((&s[colon + 1..end], &s[end..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(entries: impl FnOnce(&mut String)) -> String {
+        let mut s = String::from(MARK);
+        entries(&mut s);
+        s
+    }
+
+    #[test]
+    fn strings_objects_and_json_become_the_same_object_serde_json_writes() {
+        let long = "x".repeat(1234);
+        let t = text(|s| {
+            push_entry(s, b's', "method", Some("GET"));
+            push_entry(s, b'o', "headers", None);
+            push_entry(
+                s,
+                b's',
+                "user-agent",
+                Some("quote \" backslash \\ newline \n é"),
+            );
+            push_entry(s, b's', "x-long", Some(&long));
+            s.push('e');
+            push_entry(s, b'j', "body", Some(r#"{"a":[1,2]}"#));
+            push_entry(s, b's', "key with \"quote\"", Some(""));
+        });
+        assert!(is_text_inputs(&t));
+        let json = to_json(&t).expect("well formed");
+        let expected = serde_json::json!({
+            "method": "GET",
+            "headers": {"user-agent": "quote \" backslash \\ newline \n é", "x-long": long},
+            "body": {"a": [1, 2]},
+            "key with \"quote\"": "",
+        });
+        let parsed: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+        assert_eq!(parsed, expected);
+        // Fields keep their order.
+        assert!(json.starts_with(r#"{"method":"GET","headers":{"user-agent":"#));
+    }
+
+    #[test]
+    fn every_length_round_trips() {
+        for n in [0, 1, 9, 10, 11, 99, 100, 101, 999, 1000, 12_345, 100_000] {
+            let key = "k".repeat(n % 130);
+            let value = "é".repeat(n / 2) + &"v".repeat(n % 2);
+            let t = text(|s| push_entry(s, b's', &key, Some(&value)));
+            let parsed: serde_json::Value = serde_json::from_str(&to_json(&t).unwrap()).unwrap();
+            assert_eq!(parsed, serde_json::json!({ key: value }), "length {n}");
+        }
+    }
+
+    #[test]
+    fn malformed_texts_are_refused_not_misread() {
+        for bad in [
+            "{}",
+            "\u{1}s3:abc",
+            "\u{1}s3:abc9:x",
+            "\u{1}o1:a",
+            "\u{1}e",
+            "\u{1}q1:a1:b",
+            "\u{1}sx:a1:b",
+            "\u{1}s1:é1:b",
+        ] {
+            assert_eq!(to_json(bad), None, "{bad:?}");
+        }
+        assert_eq!(to_json("\u{1}").as_deref(), Some("{}"));
+        assert!(!is_text_inputs(r#"{"a":1}"#));
+    }
+}
