@@ -109,10 +109,12 @@ impl<'a> Tree<'a> {
         }
     }
 
-    /// Writes step `idx` and its subtree. Iterative (an explicit stack of open steps),
-    /// so that a tree of any depth cannot overflow the thread's stack.
-    fn write_step(&self, out: &mut String, idx: usize, root_output: Option<&str>) {
-        self.write_head(out, idx, root_output);
+    /// Writes the root step and its subtree. Iterative (an explicit stack of open steps),
+    /// so that a tree of any depth cannot overflow the thread's stack. The root's output
+    /// and inputs (as JSON) are given, as the row has them.
+    fn write_tree(&self, out: &mut String, root: (Option<&str>, Option<&str>)) {
+        let idx = 0;
+        self.write_head(out, idx, Some(root));
         // Each open step, and the next child of it to write.
         let mut open: Vec<(usize, u32)> = vec![(idx, self.first_child[idx])];
         while let Some(top) = open.last_mut() {
@@ -132,8 +134,9 @@ impl<'a> Tree<'a> {
         }
     }
 
-    /// A step's fields up to its children: `{"name":..,...,"steps":[`.
-    fn write_head(&self, out: &mut String, idx: usize, root_output: Option<&str>) {
+    /// A step's fields up to its children: `{"name":..,...,"steps":[`. `root`: the output
+    /// and inputs of the root, when `idx` is the root.
+    fn write_head(&self, out: &mut String, idx: usize, root: Option<(Option<&str>, Option<&str>)>) {
         let rec = &self.trace.state.steps[idx];
         out.push_str("{\"name\":");
         push_str(out, &rec.name);
@@ -142,14 +145,18 @@ impl<'a> Tree<'a> {
         out.push_str("\",\"type\":\"");
         out.push_str(rec.kind.as_str());
         out.push_str("\",\"inputs\":");
-        if !self.trace.state.write_inputs(rec, out) {
-            out.push_str("null");
+        match root {
+            Some((_, inputs)) => out.push_str(inputs.unwrap_or("null")),
+            None => {
+                if !self.trace.state.write_inputs(rec, out) {
+                    out.push_str("null");
+                }
+            }
         }
         out.push_str(",\"output\":");
-        let output = if idx == 0 {
-            root_output
-        } else {
-            self.trace.state.output(rec)
+        let output = match root {
+            Some((output, _)) => output,
+            None => self.trace.state.output(rec),
         };
         out.push_str(output.unwrap_or("null"));
         out.push_str(",\"groundTruth\":");
@@ -539,7 +546,7 @@ fn encode_into<R>(
             Val::Scratch(a, b) => row_json.push_str(&small[a..b]),
             Val::Steps => {
                 row_json.push('[');
-                tree.write_step(row_json, 0, root_output);
+                tree.write_tree(row_json, (root_output, root_inputs.as_deref()));
                 row_json.push(']');
             }
         }

@@ -113,39 +113,37 @@ pub(crate) fn write_json(text: &str, out: &mut String) -> bool {
 }
 
 fn append_json(text: &str, out: &mut String) -> Option<()> {
-    let mut rest = text.strip_prefix(MARK)?;
+    use crate::util::json::push_str;
+    let b = text.as_bytes();
+    if b.first() != Some(&(MARK as u8)) {
+        return None;
+    }
+    out.reserve(text.len() + 16);
     out.push('{');
-    let mut depth = 0usize;
-    while let Some(&tag) = rest.as_bytes().first() {
-        rest = &rest[1..];
+    let (mut at, mut depth, mut first) = (1, 0usize, true);
+    while let Some(&tag) = b.get(at) {
+        at += 1;
         if tag == b'e' {
             depth = depth.checked_sub(1)?;
             out.push('}');
+            first = false;
             continue;
         }
-        if !out.ends_with('{') {
+        if !first {
             out.push(',');
         }
-        let key;
-        (key, rest) = take_part(rest)?;
-        crate::util::json::push_str(out, key);
+        push_str(out, part(text, &mut at)?);
         out.push(':');
         match tag {
-            b's' | b'j' => {
-                let value;
-                (value, rest) = take_part(rest)?;
-                if tag == b's' {
-                    crate::util::json::push_str(out, value);
-                } else {
-                    out.push_str(value);
-                }
-            }
+            b's' => push_str(out, part(text, &mut at)?),
+            b'j' => out.push_str(part(text, &mut at)?),
             b'o' => {
                 depth += 1;
                 out.push('{');
             }
             _ => return None,
         }
+        first = tag == b'o';
     }
     if depth != 0 {
         return None;
@@ -154,16 +152,28 @@ fn append_json(text: &str, out: &mut String) -> Option<()> {
     Some(())
 }
 
-/// Splits `<len>:<part>` off the front of `s`.
-fn take_part(s: &str) -> Option<(&str, &str)> {
-    let colon = s.find(':')?;
-    let len: usize = s[..colon].parse().ok()?;
-    let end = colon.checked_add(1)?.checked_add(len)?;
-    // Past the end, or inside a character: not written by the writer.
-    if !s.is_char_boundary(end) {
-        return None;
+/// The part `<len>:<part>` at `*at` in `text`; moves `*at` past it.
+#[inline]
+fn part<'a>(text: &'a str, at: &mut usize) -> Option<&'a str> {
+    let b = text.as_bytes();
+    let mut len = 0usize;
+    let mut i = *at;
+    loop {
+        match *b.get(i)? {
+            c @ b'0'..=b'9' => {
+                len = len.checked_mul(10)?.checked_add(usize::from(c - b'0'))?;
+                i += 1;
+            }
+            b':' if i > *at => break,
+            _ => return None,
+        }
     }
-    Some((&s[colon + 1..end], &s[end..]))
+    let start = i + 1;
+    let end = start.checked_add(len)?;
+    // Past the end, or inside a character: not written by the writer.
+    let s = text.get(start..end)?;
+    *at = end;
+    Some(s)
 }
 
 #[cfg(test)]
@@ -228,6 +238,8 @@ mod tests {
             "\u{1}e",
             "\u{1}q1:a1:b",
             "\u{1}sx:a1:b",
+            "\u{1}s:a1:b",
+            "\u{1}s99999999999999999999999:a",
             "\u{1}s1:é1:b",
         ] {
             assert_eq!(to_json(bad), None, "{bad:?}");
