@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+use crate::report::OwnLine;
+
 /// Who reserves room in the [`Budget`], and so which share of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Tier {
@@ -32,7 +34,9 @@ pub(crate) enum Tier {
 #[derive(Debug)]
 pub(crate) struct Budget {
     limit: usize,
-    queue: AtomicUsize,
+    /// Written by every producer, once per hand-off: on a cache line of its own, which the
+    /// worker's and the spool writer's counts do not share.
+    queue: OwnLine<AtomicUsize>,
     worker: AtomicUsize,
     spool: AtomicUsize,
 }
@@ -42,7 +46,7 @@ impl Budget {
     pub(crate) fn new(limit: usize) -> Self {
         Budget {
             limit: limit.max(1),
-            queue: AtomicUsize::new(0),
+            queue: OwnLine(AtomicUsize::new(0)),
             worker: AtomicUsize::new(0),
             spool: AtomicUsize::new(0),
         }
@@ -52,7 +56,7 @@ impl Budget {
     fn share(&self, tier: Tier) -> (&AtomicUsize, usize) {
         let eighth = self.limit / 8;
         match tier {
-            Tier::Queue => (&self.queue, self.limit / 2),
+            Tier::Queue => (&*self.queue, self.limit / 2),
             Tier::Worker => (&self.worker, self.limit / 2 - eighth),
             Tier::Overflow => (&self.spool, eighth / 2),
             Tier::Spool => (&self.spool, eighth),
@@ -90,5 +94,55 @@ impl Budget {
     #[cfg(test)]
     pub(crate) fn limit(&self) -> usize {
         self.limit
+    }
+}
+
+/// Queue bytes freed by the worker as it takes messages, given back to the budget a group
+/// at a time: one atomic write per group rather than per message to the count every
+/// producer reserves in (its cache line would otherwise move between the worker's core
+/// and the producers' for every trace of a drain). Given back at the latest when the
+/// drain ends, or when dropped.
+#[derive(Debug)]
+pub(crate) struct Freed {
+    budget: std::sync::Arc<Budget>,
+    bytes: usize,
+    count: u32,
+}
+
+impl Freed {
+    /// Messages whose bytes are given back at once.
+    const GROUP: u32 = 64;
+
+    pub(crate) fn new(budget: std::sync::Arc<Budget>) -> Self {
+        Freed {
+            budget,
+            bytes: 0,
+            count: 0,
+        }
+    }
+
+    /// Frees the queue bytes of one message taken off the queue.
+    #[inline]
+    pub(crate) fn add(&mut self, bytes: usize) {
+        self.bytes += bytes;
+        self.count += 1;
+        if self.count >= Self::GROUP {
+            self.settle();
+        }
+    }
+
+    /// Gives what was freed back to the budget now.
+    pub(crate) fn settle(&mut self) {
+        if self.bytes > 0 {
+            self.budget.release(self.bytes, Tier::Queue);
+        }
+        self.bytes = 0;
+        self.count = 0;
+    }
+}
+
+impl Drop for Freed {
+    fn drop(&mut self) {
+        self.settle();
     }
 }

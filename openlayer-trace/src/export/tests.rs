@@ -128,6 +128,33 @@ fn heap_bytes_follow_the_allocator() {
     assert_eq!(heap_bytes(512), 528);
 }
 
+/// The worker's freed queue bytes reach the budget a group at a time, when the drain
+/// settles, and when dropped; none is lost or counted twice.
+#[test]
+fn freed_queue_bytes_are_given_back_in_groups_and_at_settle() {
+    use crate::export::budget::Freed;
+    let budget = std::sync::Arc::new(Budget::new(1 << 20));
+    assert!(budget.reserve(200 * 10, Tier::Queue));
+    let mut freed = Freed::new(budget.clone());
+    for _ in 0..63 {
+        freed.add(10);
+    }
+    // Not yet: fewer than a group.
+    assert_eq!(budget.used(), 2000);
+    freed.add(10);
+    assert_eq!(budget.used(), 2000 - 640);
+    freed.add(10);
+    freed.settle();
+    assert_eq!(budget.used(), 2000 - 650);
+    freed.settle();
+    assert_eq!(budget.used(), 2000 - 650);
+    for _ in 0..5 {
+        freed.add(10);
+    }
+    drop(freed);
+    assert_eq!(budget.used(), 2000 - 700);
+}
+
 #[test]
 fn each_stage_fills_only_its_share_of_the_budget() {
     let budget = Budget::new(8 * 1024);

@@ -101,13 +101,63 @@ pub(crate) fn reused_buffers() -> Buffers {
 
 /// Hands the buffers of a completed trace back for reuse (after emptying them).
 pub(crate) fn recycle(state: &mut TraceState) {
+    if let Some(b) = emptied(state) {
+        give_back(b);
+    }
+}
+
+/// The buffers of completed traces, gathered by the worker as it encodes them and put in
+/// the pool a group at a time: one lock for the group rather than one per trace (the
+/// producers take from the pool under the same lock). Put in at the latest when
+/// [`flush`](Self::flush)ed or dropped.
+#[derive(Default)]
+pub(crate) struct Returns(Vec<Buffers>);
+
+impl Returns {
+    /// Buffers put in the pool at once.
+    const GROUP: usize = 32;
+
+    /// Takes the buffers of a completed trace, emptied, for the pool.
+    pub(crate) fn recycle(&mut self, state: &mut TraceState) {
+        if let Some(b) = emptied(state) {
+            self.0.push(b);
+            if self.0.len() >= Self::GROUP {
+                self.flush();
+            }
+        }
+    }
+
+    /// Puts what was gathered in the pool now (what it has no room for is freed).
+    pub(crate) fn flush(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        for b in self.0.drain(..) {
+            let bytes = buffer_bytes(&b);
+            if pool.bytes + bytes <= POOL_MAX_BYTES {
+                pool.bytes += bytes;
+                pool.free.push(b);
+            }
+        }
+    }
+}
+
+impl Drop for Returns {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// The buffers of a completed trace, emptied; `None` when they grew too big to keep.
+fn emptied(state: &mut TraceState) -> Option<Buffers> {
     let (mut steps, mut text, mut extra) = (
         std::mem::take(&mut state.steps),
         std::mem::take(&mut state.text),
         state.extra.take(),
     );
     if steps.capacity() > STEPS_KEEP || text.capacity() > TEXT_KEEP {
-        return;
+        return None;
     }
     steps.clear();
     text.clear();
@@ -120,7 +170,7 @@ pub(crate) fn recycle(state: &mut TraceState) {
             e.clear();
         }
     }
-    give_back((steps, text, extra));
+    Some((steps, text, extra))
 }
 
 /// Puts emptied buffers in the pool, if it has room for them.

@@ -14,8 +14,9 @@ use crate::util::queue::Receiver;
 use crate::config::Config;
 use crate::encode::row_policy::Shaper;
 use crate::encode::{self, OutRow};
-use crate::export::budget::{Budget, Tier};
+use crate::export::budget::{Budget, Freed};
 use crate::export::protocol::Msg;
+use crate::record::pool::Returns;
 use crate::report::{Counters, DropReason};
 
 /// Most rows written at once.
@@ -36,6 +37,19 @@ impl Lines {
     }
 }
 
+/// What the worker gives back of the messages it took.
+struct Gone {
+    freed: Freed,
+    returns: Returns,
+}
+
+impl Gone {
+    fn settle(&mut self) {
+        self.freed.settle();
+        self.returns.flush();
+    }
+}
+
 /// The worker's loop for the file sink: drains the queue, writes, answers flushes.
 pub(crate) async fn run(
     mut rx: Receiver<Msg>,
@@ -46,13 +60,18 @@ pub(crate) async fn run(
 ) {
     let mut lines = Lines::default();
     let default_pipeline = sink.default_pipeline.clone();
-    let take = |msg: Msg, lines: &mut Lines| -> Option<Msg> {
+    // The queue bytes and trace buffers of what was taken: given back a group at a time.
+    let mut gone = Gone {
+        freed: Freed::new(budget),
+        returns: Returns::default(),
+    };
+    let take = |msg: Msg, lines: &mut Lines, gone: &mut Gone| -> Option<Msg> {
         match msg {
             Msg::Trace(mut trace, bytes) => {
-                budget.release(bytes, Tier::Queue);
+                gone.freed.add(bytes);
                 let prepared =
                     shaper.prepare_line(&trace, default_pipeline.as_deref(), &mut lines.buf);
-                crate::record::recycle(&mut trace.state);
+                gone.returns.recycle(&mut trace.state);
                 drop(trace);
                 if prepared.into_row(&counters).is_some() {
                     lines.count += 1;
@@ -60,7 +79,7 @@ pub(crate) async fn run(
                 None
             }
             Msg::Row(row, bytes) => {
-                budget.release(bytes, Tier::Queue);
+                gone.freed.add(bytes);
                 let (row, _): (OutRow, _) = *row;
                 encode::push_file_line(
                     &mut lines.buf,
@@ -73,7 +92,7 @@ pub(crate) async fn run(
                 None
             }
             Msg::Update(update, bytes) => {
-                budget.release(bytes, Tier::Queue);
+                gone.freed.add(bytes);
                 // Behind its trace's line: the queue keeps their order.
                 lines
                     .buf
@@ -82,14 +101,18 @@ pub(crate) async fn run(
                 lines.count += 1;
                 None
             }
-            control => Some(control),
+            control => {
+                // Whatever comes after, what was taken is given back first.
+                gone.settle();
+                Some(control)
+            }
         }
     };
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         // Drain what is already queued, so that one write serves many traces.
         while let Some(msg) = next.take() {
-            match take(msg, &mut lines) {
+            match take(msg, &mut lines, &mut gone) {
                 None => {
                     if lines.full() {
                         sink.write(&mut lines, &counters);
@@ -104,7 +127,8 @@ pub(crate) async fn run(
                     rx.close();
                     // Settle whatever is still queued behind the shutdown message.
                     while let Ok(msg) = rx.try_recv() {
-                        if let Some(Msg::Flush(d, _) | Msg::Shutdown(d, _)) = take(msg, &mut lines)
+                        if let Some(Msg::Flush(d, _) | Msg::Shutdown(d, _)) =
+                            take(msg, &mut lines, &mut gone)
                         {
                             d.complete();
                         }
@@ -121,6 +145,7 @@ pub(crate) async fn run(
             }
             next = rx.try_recv().ok();
         }
+        gone.settle();
         sink.write(&mut lines, &counters);
         // See `pipeline::WORKER_PACE`.
         tokio::time::sleep(crate::export::protocol::WORKER_PACE).await;

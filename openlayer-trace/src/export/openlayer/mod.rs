@@ -50,11 +50,12 @@ use crate::config::{Config, FailureFn};
 use crate::encode::OutRow;
 use crate::encode::row_policy::Shaper;
 use crate::error::Error;
-use crate::export::budget::{Budget, Tier};
+use crate::export::budget::{Budget, Freed, Tier};
 use crate::export::protocol::Msg;
 use crate::export::spool::Spool;
 use crate::export::spool::replay::ReplayBatch;
 use crate::export::spool::segment::WalRef;
+use crate::record::pool::Returns;
 use crate::report::{Counters, DeliveryFailure, DropReason, notify};
 use crate::transport::{SendOutcome, Transport};
 use crate::util::signal::Completion;
@@ -125,6 +126,10 @@ pub(crate) struct Flusher {
     transport: Transport,
     counters: Arc<Counters>,
     budget: Arc<Budget>,
+    /// The queue bytes and trace buffers of the messages taken, given back a group at a
+    /// time (and whenever a drain ends).
+    freed: Freed,
+    returns: Returns,
     shaper: Shaper,
     spool: Option<Arc<Spool>>,
     default_pipeline: Option<String>,
@@ -175,6 +180,8 @@ impl Flusher {
         Flusher {
             transport,
             counters,
+            freed: Freed::new(budget.clone()),
+            returns: Returns::default(),
             budget,
             shaper,
             spool,
@@ -250,6 +257,7 @@ impl Flusher {
                                 Err(_) => break,
                             }
                         }
+                        self.settle_taken();
                         paced = true;
                     }
                     None => {
@@ -279,13 +287,19 @@ impl Flusher {
             && self.held.is_empty()
     }
 
+    /// Gives back the queue bytes and trace buffers of the messages taken so far.
+    fn settle_taken(&mut self) {
+        self.freed.settle();
+        self.returns.flush();
+    }
+
     fn on_msg(&mut self, msg: Msg, rx: &mut Receiver<Msg>) {
         match msg {
             Msg::Trace(mut trace, bytes) => {
-                self.budget.release(bytes, Tier::Queue);
+                self.freed.add(bytes);
                 let prepared = self.shaper.prepare(&trace);
                 // The trace's buffers go back to the producers' pool.
-                crate::record::recycle(&mut trace.state);
+                self.returns.recycle(&mut trace.state);
                 drop(trace);
                 if let Some(row) = prepared.into_row(&self.counters) {
                     match OutRow::resolve(row, self.default_pipeline.as_deref()) {
@@ -295,15 +309,16 @@ impl Flusher {
                 }
             }
             Msg::Row(row, bytes) => {
-                self.budget.release(bytes, Tier::Queue);
+                self.freed.add(bytes);
                 let (row, wal) = *row;
                 self.accept(row, wal);
             }
             Msg::Update(update, bytes) => {
-                self.budget.release(bytes, Tier::Queue);
+                self.freed.add(bytes);
                 self.accept_update(*update);
             }
             Msg::Flush(done, deadline) => {
+                self.settle_taken();
                 let limit = self.epochs.advance();
                 self.waiters.push(Waiter {
                     limit,

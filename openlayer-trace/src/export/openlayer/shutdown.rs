@@ -63,6 +63,7 @@ impl Flusher {
         while let Ok(msg) = rx.try_recv() {
             self.on_msg(msg, rx);
         }
+        self.settle_taken();
     }
 
     /// The deadline has come: in-flight requests are abandoned and every row not
