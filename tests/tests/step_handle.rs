@@ -343,6 +343,18 @@ fn text_inputs_encode_to_the_same_json_as_inputs_written_on_the_spot() {
         assert_eq!(text.row()[key], json.row()[key], "column {key}");
     }
     assert_eq!(text.row()["method"], "GET");
+    // The same columns, declared as the same input variables, in the same order.
+    assert_eq!(
+        text.config()["inputVariableNames"],
+        json!(["method", "a \"quoted\" name", "headers", "body"])
+    );
+    assert_eq!(text.config(), json.config());
+    let keys = |t: &CapturedTrace| {
+        let mut k: Vec<String> = t.row().as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(text), keys(json));
     assert_eq!(text.step("child").unwrap()["inputs"], json!({"k": "v\""}));
     assert_eq!(text.step("none").unwrap()["inputs"], Value::Null);
     assert_eq!(json.step("none").unwrap()["inputs"], Value::Null);

@@ -16,6 +16,7 @@ use std::cell::Cell;
 use crate::record::row_update::RowUpdate;
 use crate::record::{CompletedTrace, NO_PARENT, Status, StepRecord};
 use crate::util::json::push_str;
+use crate::util::text_inputs::{is_text_inputs, write_json_fields};
 
 use scan::borrowed_entries;
 
@@ -351,6 +352,8 @@ struct Scratch {
     next_sibling: Vec<u32>,
     row: String,
     config: String,
+    /// The root's inputs as JSON, when they were kept as text.
+    inputs: String,
 }
 
 thread_local! {
@@ -391,7 +394,7 @@ pub(crate) fn encode_with<R>(
     // Taken out while in use: a nested call (there is none) would get fresh buffers.
     let mut scratch = SCRATCH.try_with(Cell::take).unwrap_or_default();
     let r = encode_into(trace, &mut scratch, f);
-    if scratch.row.capacity() <= SCRATCH_KEEP {
+    if scratch.row.capacity() <= SCRATCH_KEEP && scratch.inputs.capacity() <= SCRATCH_KEEP {
         let _ = SCRATCH.try_with(|c| c.set(scratch));
     }
     r
@@ -408,18 +411,36 @@ fn encode_into<R>(
         next_sibling,
         row: row_json,
         config,
+        inputs: inputs_json,
     } = scratch;
     small.clear();
     row_json.clear();
     config.clear();
+    inputs_json.clear();
     let st = &trace.state;
     let root = trace.root()?;
     let tree = Tree::new(trace, first_child, next_sibling);
-    let root_inputs = st.inputs(root);
-    let inputs = root_inputs
-        .as_deref()
-        .map(borrowed_entries)
-        .unwrap_or_default();
+    // The root's inputs as JSON, and their fields (the row's columns): inputs kept as text
+    // are encoded here, listing their fields as they go; JSON inputs are split.
+    let mut fields = Vec::new();
+    let (root_inputs, inputs): (Option<&str>, Vec<(Cow<'_, str>, &str)>) =
+        match st.text(root.inputs) {
+            Some(text) if is_text_inputs(text) => {
+                if write_json_fields(text, inputs_json, Some(&mut fields)) {
+                    let json: &str = inputs_json;
+                    let entries = fields
+                        .iter()
+                        .map(|(k, r)| (Cow::Borrowed(*k), &json[r.clone()]))
+                        .collect();
+                    (Some(json), entries)
+                } else {
+                    debug_assert!(false, "malformed text inputs: {text:?}");
+                    (None, Vec::new())
+                }
+            }
+            Some(json) => (Some(json), borrowed_entries(json)),
+            None => (None, Vec::new()),
+        };
 
     // The inference id: the trace's own, else one made from the root's id (kept here
     // quoted; it needs no escaping).
@@ -546,7 +567,7 @@ fn encode_into<R>(
             Val::Scratch(a, b) => row_json.push_str(&small[a..b]),
             Val::Steps => {
                 row_json.push('[');
-                tree.write_tree(row_json, (root_output, root_inputs.as_deref()));
+                tree.write_tree(row_json, (root_output, root_inputs));
                 row_json.push(']');
             }
         }

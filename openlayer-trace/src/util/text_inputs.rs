@@ -104,15 +104,37 @@ pub(crate) fn to_json(text: &str) -> Option<String> {
 /// Appends the JSON object that `text` stands for to `out`; false (and `out` as it was)
 /// if `text` is not well formed.
 pub(crate) fn write_json(text: &str, out: &mut String) -> bool {
+    write_json_fields(text, out, None)
+}
+
+/// A top-level field of the object: its key (as written, not escaped) and where its
+/// value's JSON text is in the output.
+pub(crate) type Field<'t> = (&'t str, std::ops::Range<usize>);
+
+/// Like [`write_json`], and also lists the object's top-level fields in `fields` (when
+/// given), so that the row's columns need not parse the JSON again.
+pub(crate) fn write_json_fields<'t>(
+    text: &'t str,
+    out: &mut String,
+    mut fields: Option<&mut Vec<Field<'t>>>,
+) -> bool {
     let mark = out.len();
-    if append_json(text, out).is_none() {
+    let listed = fields.as_ref().map_or(0, |f| f.len());
+    if append_json(text, out, fields.as_deref_mut()).is_none() {
         out.truncate(mark);
+        if let Some(f) = fields {
+            f.truncate(listed);
+        }
         return false;
     }
     true
 }
 
-fn append_json(text: &str, out: &mut String) -> Option<()> {
+fn append_json<'t>(
+    text: &'t str,
+    out: &mut String,
+    mut fields: Option<&mut Vec<Field<'t>>>,
+) -> Option<()> {
     use crate::util::json::push_str;
     let b = text.as_bytes();
     if b.first() != Some(&(MARK as u8)) {
@@ -121,29 +143,41 @@ fn append_json(text: &str, out: &mut String) -> Option<()> {
     out.reserve(text.len() + 16);
     out.push('{');
     let (mut at, mut depth, mut first) = (1, 0usize, true);
+    // The top-level field being written: its key and where its value starts.
+    let mut top: Option<(&'t str, usize)> = None;
     while let Some(&tag) = b.get(at) {
         at += 1;
         if tag == b'e' {
             depth = depth.checked_sub(1)?;
             out.push('}');
             first = false;
-            continue;
-        }
-        if !first {
-            out.push(',');
-        }
-        push_str(out, part(text, &mut at)?);
-        out.push(':');
-        match tag {
-            b's' => push_str(out, part(text, &mut at)?),
-            b'j' => out.push_str(part(text, &mut at)?),
-            b'o' => {
-                depth += 1;
-                out.push('{');
+        } else {
+            if !first {
+                out.push(',');
             }
-            _ => return None,
+            let key = part(text, &mut at)?;
+            push_str(out, key);
+            out.push(':');
+            if depth == 0 {
+                top = Some((key, out.len()));
+            }
+            match tag {
+                b's' => push_str(out, part(text, &mut at)?),
+                b'j' => out.push_str(part(text, &mut at)?),
+                b'o' => {
+                    depth += 1;
+                    out.push('{');
+                }
+                _ => return None,
+            }
+            first = tag == b'o';
         }
-        first = tag == b'o';
+        if depth == 0
+            && let Some((key, start)) = top.take()
+            && let Some(f) = fields.as_deref_mut()
+        {
+            f.push((key, start..out.len()));
+        }
     }
     if depth != 0 {
         return None;
@@ -226,6 +260,39 @@ mod tests {
             let parsed: serde_json::Value = serde_json::from_str(&to_json(&t).unwrap()).unwrap();
             assert_eq!(parsed, serde_json::json!({ key: value }), "length {n}");
         }
+    }
+
+    #[test]
+    fn top_level_fields_are_listed_with_their_values() {
+        let t = text(|s| {
+            push_entry(s, b's', "method", Some("GET"));
+            push_entry(s, b'o', "headers", None);
+            push_entry(s, b's', "a", Some("1"));
+            push_entry(s, b'o', "inner", None);
+            push_entry(s, b's', "b", Some("q\""));
+            s.push('e');
+            s.push('e');
+            push_entry(s, b'j', "body", Some("[1,2]"));
+            push_entry(s, b's', "k\"ey", Some(""));
+        });
+        let mut out = String::from("prefix");
+        let mut fields = Vec::new();
+        assert!(write_json_fields(&t, &mut out, Some(&mut fields)));
+        let got: Vec<(&str, &str)> = fields.iter().map(|(k, r)| (*k, &out[r.clone()])).collect();
+        assert_eq!(
+            got,
+            [
+                ("method", r#""GET""#),
+                ("headers", r#"{"a":"1","inner":{"b":"q\""}}"#),
+                ("body", "[1,2]"),
+                ("k\"ey", r#""""#),
+            ]
+        );
+        // A malformed text leaves both as they were.
+        let mut fields = vec![("x", 0..0)];
+        assert!(!write_json_fields("\u{1}s1:a", &mut out, Some(&mut fields)));
+        assert_eq!(fields.len(), 1);
+        assert!(out.ends_with('}') && out.starts_with("prefix{"));
     }
 
     #[test]
