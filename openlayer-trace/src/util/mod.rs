@@ -1,4 +1,5 @@
-//! The bottom layer: the clock, ids, the JSON writer, diagnostics, heap accounting and the
+//! The bottom layer: the clock, ids, the JSON writer, the form of inputs kept as text,
+//! diagnostics, heap accounting, the bounds on open traces, the queue to the worker and the
 //! one-shot signal. It imports nothing else from the crate.
 
 pub(crate) mod clock;
