@@ -129,7 +129,9 @@ impl TraceState {
     }
 
     /// The inputs of a step of this trace, as JSON: inputs kept as text (see
-    /// `util::text_inputs`) are encoded now, on the thread that asks (the worker's).
+    /// `util::text_inputs`) are encoded now, on the thread that asks (the worker's). (The
+    /// row encoder writes them straight into the row instead.)
+    #[cfg(feature = "otlp")]
     pub(crate) fn inputs(&self, rec: &StepRecord) -> Option<std::borrow::Cow<'_, str>> {
         let text = self.text(rec.inputs)?;
         if !crate::util::text_inputs::is_text_inputs(text) {

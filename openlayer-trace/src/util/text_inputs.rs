@@ -96,6 +96,7 @@ pub(crate) fn push_entry(out: &mut String, tag: u8, key: &str, value: Option<&st
 
 /// The JSON object that `text` (in this form, [`MARK`] first) stands for; `None` if it is
 /// not well formed (never, for a text written by the writer).
+#[cfg(any(test, feature = "otlp"))]
 pub(crate) fn to_json(text: &str) -> Option<String> {
     let mut out = String::with_capacity(text.len() + 16);
     write_json(text, &mut out).then_some(out)
