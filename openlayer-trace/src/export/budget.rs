@@ -101,7 +101,9 @@ impl Budget {
 /// at a time: one atomic write per group rather than per message to the count every
 /// producer reserves in (its cache line would otherwise move between the worker's core
 /// and the producers' for every trace of a drain). Given back at the latest when the
-/// drain ends, or when dropped.
+/// drain ends, before a control message is answered, or when dropped. Meanwhile the
+/// producers see up to a group's bytes as still queued: with a very small
+/// `queue_max_bytes`, a trace can be dropped as `queue_full` where it would just have fit.
 #[derive(Debug)]
 pub(crate) struct Freed {
     budget: std::sync::Arc<Budget>,

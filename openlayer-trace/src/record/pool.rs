@@ -133,12 +133,17 @@ impl Returns {
             return;
         }
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        for b in self.0.drain(..) {
+        let mut rest = self.0.drain(..);
+        for b in rest.by_ref() {
             let bytes = buffer_bytes(&b);
-            if pool.bytes + bytes <= POOL_MAX_BYTES {
-                pool.bytes += bytes;
-                pool.free.push(b);
+            if pool.bytes + bytes > POOL_MAX_BYTES {
+                // No room: this one and the rest are freed after the lock is let go.
+                drop(pool);
+                drop(b);
+                return;
             }
+            pool.bytes += bytes;
+            pool.free.push(b);
         }
     }
 }

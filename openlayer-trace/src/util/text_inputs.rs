@@ -67,8 +67,18 @@ unsafe fn put_len(dst: *mut u8, n: usize) -> usize {
 /// thread, for every input of a web request.
 #[inline]
 pub(crate) fn push_entry(out: &mut String, tag: u8, key: &str, value: Option<&str>) {
+    debug_assert!(tag.is_ascii(), "entry tags are ASCII letters");
     let (k, v) = (key.as_bytes(), value.map(str::as_bytes));
-    let need = 1 + LEN_MAX + k.len() + v.map_or(0, |v| LEN_MAX + v.len());
+    // Checked: on a 32-bit target a key and a value can together come near the address
+    // space, and a wrapped sum would reserve too little for the stores below. Such an
+    // entry is left out (a traced path never panics).
+    let Some(need) = (1 + 2 * LEN_MAX)
+        .checked_add(k.len())
+        .and_then(|n| n.checked_add(v.map_or(0, <[u8]>::len)))
+        .filter(|n| isize::try_from(*n).is_ok())
+    else {
+        return;
+    };
     // SAFETY: what is appended is ASCII (the tag, digits, colons) and whole UTF-8 strings
     // (`key` and `value`), so the string stays valid UTF-8.
     let out = unsafe { out.as_mut_vec() };

@@ -138,6 +138,7 @@ pub(crate) async fn run(
                     }
                     sink.write(&mut lines, &counters);
                     sink.flush();
+                    gone.settle();
                     done.complete();
                     return;
                 }
