@@ -16,7 +16,8 @@ use std::cell::Cell;
 use crate::record::row_update::RowUpdate;
 use crate::record::{CompletedTrace, NO_PARENT, Status, StepRecord};
 use crate::util::json::push_str;
-use crate::util::text_inputs::{is_text_inputs, write_json_fields};
+use crate::util::text_inputs::{Fields, is_text_inputs, write_json_fields};
+use smallvec::SmallVec;
 
 use scan::borrowed_entries;
 
@@ -42,7 +43,15 @@ fn push_f64(out: &mut String, v: f64) {
 
 /// Seconds since the epoch of an offset from the trace's anchor.
 fn unix_secs(anchor_unix_ns: i128, offset_ns: i64) -> f64 {
-    (anchor_unix_ns + offset_ns as i128) as f64 / 1e9
+    // The same `f64` either way (the exact integer, rounded once); from 64 bits the
+    // conversion is one instruction, from 128 a library call.
+    match i64::try_from(anchor_unix_ns)
+        .ok()
+        .and_then(|a| a.checked_add(offset_ns))
+    {
+        Some(ns) => ns as f64 / 1e9,
+        None => (anchor_unix_ns + offset_ns as i128) as f64 / 1e9,
+    }
 }
 
 fn latency_ms(rec: &StepRecord) -> f64 {
@@ -79,6 +88,19 @@ struct Tree<'a> {
 /// No child, no next sibling.
 const NONE: u32 = u32::MAX;
 
+/// What the row has already written of its root step, which the step tree writes again.
+#[derive(Clone, Copy)]
+struct RootParts<'r> {
+    /// The root's output and inputs, as JSON.
+    output: Option<&'r str>,
+    inputs: Option<&'r str>,
+    /// The root's id, as a UUID without quotes.
+    id: &'r str,
+    /// Its latency and start time, as the row's `latency` and `inferenceTimestamp`.
+    latency: &'r str,
+    start: &'r str,
+}
+
 impl<'a> Tree<'a> {
     /// Links the steps of `trace`, in `first_child` and `next_sibling` (reused buffers).
     fn new(
@@ -110,18 +132,20 @@ impl<'a> Tree<'a> {
         }
     }
 
-    /// Writes the root step and its subtree. Iterative (an explicit stack of open steps),
-    /// so that a tree of any depth cannot overflow the thread's stack. The root's output
-    /// and inputs (as JSON) are given, as the row has them.
-    fn write_tree(&self, out: &mut String, root: (Option<&str>, Option<&str>)) {
+    /// Writes the root step and its subtree. Iterative (an explicit stack of open steps,
+    /// `open`, a reused buffer), so that a tree of any depth cannot overflow the thread's
+    /// stack. What the row wrote of the root is given, and copied.
+    fn write_tree(&self, out: &mut String, root: RootParts<'_>, open: &mut Vec<(usize, u32)>) {
         let idx = 0;
         self.write_head(out, idx, Some(root));
         // Each open step, and the next child of it to write.
-        let mut open: Vec<(usize, u32)> = vec![(idx, self.first_child[idx])];
+        open.clear();
+        open.push((idx, self.first_child[idx]));
         while let Some(top) = open.last_mut() {
             let (i, next) = *top;
             if next == NONE {
-                self.write_tail(out, i);
+                // Only the root has index 0 (children are linked from index 1 on).
+                self.write_tail(out, i, (i == 0).then_some(&root));
                 open.pop();
                 continue;
             }
@@ -135,19 +159,22 @@ impl<'a> Tree<'a> {
         }
     }
 
-    /// A step's fields up to its children: `{"name":..,...,"steps":[`. `root`: the output
-    /// and inputs of the root, when `idx` is the root.
-    fn write_head(&self, out: &mut String, idx: usize, root: Option<(Option<&str>, Option<&str>)>) {
+    /// A step's fields up to its children: `{"name":..,...,"steps":[`. `root`: what the
+    /// row wrote of the root, when `idx` is the root.
+    fn write_head(&self, out: &mut String, idx: usize, root: Option<RootParts<'_>>) {
         let rec = &self.trace.state.steps[idx];
         out.push_str("{\"name\":");
         push_str(out, &rec.name);
         out.push_str(",\"id\":\"");
-        crate::util::id::push_uuid_v4(out, rec.id);
+        match root {
+            Some(root) => out.push_str(root.id),
+            None => crate::util::id::push_uuid_v4(out, rec.id),
+        }
         out.push_str("\",\"type\":\"");
         out.push_str(rec.kind.as_str());
         out.push_str("\",\"inputs\":");
         match root {
-            Some((_, inputs)) => out.push_str(inputs.unwrap_or("null")),
+            Some(root) => out.push_str(root.inputs.unwrap_or("null")),
             None => {
                 if !self.trace.state.write_inputs(rec, out) {
                     out.push_str("null");
@@ -156,7 +183,7 @@ impl<'a> Tree<'a> {
         }
         out.push_str(",\"output\":");
         let output = match root {
-            Some((output, _)) => output,
+            Some(root) => root.output,
             None => self.trace.state.output(rec),
         };
         out.push_str(output.unwrap_or("null"));
@@ -167,13 +194,20 @@ impl<'a> Tree<'a> {
         out.push_str(",\"steps\":[");
     }
 
-    /// A step's fields after its children: `],"latency":..}`.
-    fn write_tail(&self, out: &mut String, idx: usize) {
+    /// A step's fields after its children: `],"latency":..}`. `root`: what the row wrote
+    /// of the root, when `idx` is the root.
+    fn write_tail(&self, out: &mut String, idx: usize, root: Option<&RootParts<'_>>) {
         let rec = &self.trace.state.steps[idx];
         out.push_str("],\"latency\":");
-        push_f64(out, latency_ms(rec));
+        match root {
+            Some(root) => out.push_str(root.latency),
+            None => push_f64(out, latency_ms(rec)),
+        }
         out.push_str(",\"startTime\":");
-        push_f64(out, unix_secs(self.trace.anchor_unix_ns, rec.start));
+        match root {
+            Some(root) => out.push_str(root.start),
+            None => push_f64(out, unix_secs(self.trace.anchor_unix_ns, rec.start)),
+        }
         out.push_str(",\"endTime\":");
         push_f64(out, unix_secs(self.trace.anchor_unix_ns, rec.end));
         let fields = rec.kind.fields();
@@ -331,16 +365,96 @@ enum Val<'a> {
     Steps,
 }
 
-/// A column of the row: its key, its value, and whether the key is one of ours (known to
-/// need no escaping).
-type Column<'a> = (&'a str, Val<'a>, bool);
+/// How a column's key is written.
+#[derive(Clone, Copy)]
+enum KeyText<'a> {
+    /// One of ours, known to need no escaping.
+    Ours,
+    /// Escaped as it is written.
+    Escape,
+    /// Already a JSON string (quoted and escaped), written as it is.
+    Quoted(&'a str),
+}
 
-/// Sets a row column; a later key replaces an earlier one in place.
-fn set_val<'a>(row: &mut Vec<Column<'a>>, key: &'a str, value: Val<'a>) {
-    match row.iter_mut().find(|(k, _, _)| *k == key) {
+/// A column of the row: its key (not escaped), its value, and how the key is written.
+type Column<'a> = (&'a str, Val<'a>, KeyText<'a>);
+
+/// The row's columns, in wire order: [`FIXED`] first, then the others as they are set.
+/// A row has a few columns, so they are kept inline.
+type Columns<'a> = SmallVec<[Column<'a>; 16]>;
+
+/// The columns every row starts with, in wire order (see [`fixed_column`]).
+const FIXED: [&str; 7] = [
+    "inferenceTimestamp",
+    "inferenceId",
+    "output",
+    "latency",
+    "cost",
+    "tokens",
+    "steps",
+];
+
+/// Where `key` is among the [`FIXED`] columns.
+#[inline]
+fn fixed_column(key: &str) -> Option<usize> {
+    Some(match key {
+        "inferenceTimestamp" => 0,
+        "inferenceId" => 1,
+        "output" => 2,
+        "latency" => 3,
+        "cost" => 4,
+        "tokens" => 5,
+        "steps" => 6,
+        _ => return None,
+    })
+}
+
+/// Sets a row column; a later key replaces an earlier one in place. The [`FIXED`]
+/// columns are at their index, so only the columns after them are searched.
+fn set_val<'a>(row: &mut Columns<'a>, key: &'a str, value: Val<'a>) {
+    set_column(row, key, KeyText::Escape, value);
+}
+
+/// [`set_val`], with the key's JSON string for a new column.
+fn set_column<'a>(row: &mut Columns<'a>, key: &'a str, text: KeyText<'a>, value: Val<'a>) {
+    debug_assert!(row.len() >= FIXED.len());
+    let slot = match fixed_column(key) {
+        Some(i) => row.get_mut(i),
+        None => row.iter_mut().skip(FIXED.len()).find(|(k, _, _)| *k == key),
+    };
+    match slot {
         Some(slot) => slot.1 = value,
-        None => row.push((key, value, false)),
+        None => row.push((key, value, text)),
     }
+}
+
+/// The root's input fields, the row's columns: key, how it is written, value.
+type InputColumns<'a> = SmallVec<[(Cow<'a, str>, KeyText<'a>, &'a str); 8]>;
+
+/// The config's optional column names: the row's column, and the config key naming it.
+const NAMED_COLUMNS: [(&str, &str); 5] = [
+    ("user_id", "userIdColumnName"),
+    ("session_id", "sessionIdColumnName"),
+    ("groundTruth", "groundTruthColumnName"),
+    ("context", "contextColumnName"),
+    ("_question", "questionColumnName"),
+];
+
+/// Which of [`NAMED_COLUMNS`] the row has, as bits. None of them is a [`FIXED`] column,
+/// so only the columns set after those are looked at.
+fn named_columns(row: &Columns<'_>) -> u8 {
+    let mut bits = 0;
+    for (k, _, _) in row.iter().skip(FIXED.len()) {
+        bits |= match *k {
+            "user_id" => 1,
+            "session_id" => 2,
+            "groundTruth" => 4,
+            "context" => 8,
+            "_question" => 16,
+            _ => 0,
+        };
+    }
+    bits
 }
 
 /// Buffers the encoder reuses from one trace to the next (per thread).
@@ -350,6 +464,8 @@ struct Scratch {
     small: String,
     first_child: Vec<u32>,
     next_sibling: Vec<u32>,
+    /// The stack of open steps while the tree is written.
+    open: Vec<(usize, u32)>,
     row: String,
     config: String,
     /// The root's inputs as JSON, when they were kept as text.
@@ -409,6 +525,7 @@ fn encode_into<R>(
         small,
         first_child,
         next_sibling,
+        open,
         row: row_json,
         config,
         inputs: inputs_json,
@@ -422,34 +539,50 @@ fn encode_into<R>(
     let tree = Tree::new(trace, first_child, next_sibling);
     // The root's inputs as JSON, and their fields (the row's columns): inputs kept as text
     // are encoded here, listing their fields as they go; JSON inputs are split.
-    let mut fields = Vec::new();
-    let (root_inputs, inputs): (Option<&str>, Vec<(Cow<'_, str>, &str)>) =
-        match st.text(root.inputs) {
-            Some(text) if is_text_inputs(text) => {
-                if write_json_fields(text, inputs_json, Some(&mut fields)) {
-                    let json: &str = inputs_json;
-                    let entries = fields
-                        .iter()
-                        .map(|(k, r)| (Cow::Borrowed(*k), &json[r.clone()]))
-                        .collect();
-                    (Some(json), entries)
-                } else {
-                    debug_assert!(false, "malformed text inputs: {text:?}");
-                    (None, Vec::new())
-                }
+    // Each field: its key, the key's JSON string when the encoding made it, its value.
+    let mut fields = Fields::new();
+    let (root_inputs, inputs): (Option<&str>, InputColumns<'_>) = match st.text(root.inputs) {
+        Some(text) if is_text_inputs(text) => {
+            if write_json_fields(text, inputs_json, Some(&mut fields)) {
+                let json: &str = inputs_json;
+                let entries = fields
+                    .iter()
+                    .map(|f| {
+                        (
+                            Cow::Borrowed(f.key),
+                            KeyText::Quoted(&json[f.quoted_key.clone()]),
+                            &json[f.value.clone()],
+                        )
+                    })
+                    .collect();
+                (Some(json), entries)
+            } else {
+                debug_assert!(false, "malformed text inputs: {text:?}");
+                (None, SmallVec::new())
             }
-            Some(json) => (Some(json), borrowed_entries(json)),
-            None => (None, Vec::new()),
-        };
+        }
+        Some(json) => (
+            Some(json),
+            borrowed_entries(json)
+                .into_iter()
+                .map(|(k, v)| (k, KeyText::Escape, v))
+                .collect(),
+        ),
+        None => (None, SmallVec::new()),
+    };
 
-    // The inference id: the trace's own, else one made from the root's id (kept here
-    // quoted; it needs no escaping).
-    let generated = st.inference_id.is_none().then(|| {
+    // Small values go into `small`, each remembered by its range.
+    let put = |small: &mut String, write: &dyn Fn(&mut String)| {
         let start = small.len();
-        small.push('"');
-        crate::util::id::push_uuid_v4(small, root.id);
-        small.push('"');
+        write(small);
         (start, small.len())
+    };
+    // The root's id, quoted (it needs no escaping): the step tree's root `id`, and the
+    // inference id unless the trace has its own.
+    let root_id = put(small, &|s: &mut String| {
+        s.push('"');
+        crate::util::id::push_uuid_v4(s, root.id);
+        s.push('"');
     });
     // A trace-level `output` (`update_current_trace!(output = ..)`) replaces the root's output
     // everywhere.
@@ -477,33 +610,25 @@ fn encode_into<R>(
         }
     }
 
-    // Small values go into `small`, each remembered by its range.
-    let put = |small: &mut String, write: &dyn Fn(&mut String)| {
-        let start = small.len();
-        write(small);
-        Val::Scratch(start, small.len())
-    };
-    // The row, in wire order; a later key replaces an earlier one in place.
-    let mut row: Vec<Column<'_>> = Vec::with_capacity(16);
+    let scratch_val = |(a, b): (usize, usize)| Val::Scratch(a, b);
+    // The row, in wire order (`FIXED` first); a later key replaces an earlier one in place.
+    let mut row: Columns<'_> = SmallVec::new();
     let at = unix_secs(trace.anchor_unix_ns, root.start);
-    row.push((
-        "inferenceTimestamp",
-        put(small, &|s: &mut String| push_f64(s, at)),
-        true,
-    ));
-    let quoted_id = match (&st.inference_id, generated) {
-        (Some(id), _) => put(small, &|s: &mut String| push_str(s, id)),
-        (None, Some((a, b))) => Val::Scratch(a, b),
-        (None, None) => unreachable!("generated above"),
+    let start = put(small, &|s: &mut String| push_f64(s, at));
+    row.push(("inferenceTimestamp", scratch_val(start), KeyText::Ours));
+    let quoted_id = match &st.inference_id {
+        Some(id) => scratch_val(put(small, &|s: &mut String| push_str(s, id))),
+        None => scratch_val(root_id),
     };
-    row.push(("inferenceId", quoted_id, true));
-    row.push(("output", Val::Text(root_output.unwrap_or("null")), true));
-    let latency = latency_ms(root);
+    row.push(("inferenceId", quoted_id, KeyText::Ours));
     row.push((
-        "latency",
-        put(small, &|s: &mut String| push_f64(s, latency)),
-        true,
+        "output",
+        Val::Text(root_output.unwrap_or("null")),
+        KeyText::Ours,
     ));
+    let latency = latency_ms(root);
+    let latency = put(small, &|s: &mut String| push_f64(s, latency));
+    row.push(("latency", scratch_val(latency), KeyText::Ours));
     let cost = put(small, &|s: &mut String| {
         if has_cost {
             push_f64(s, cost)
@@ -511,13 +636,11 @@ fn encode_into<R>(
             s.push('0')
         }
     });
-    row.push(("cost", cost, true));
-    row.push((
-        "tokens",
-        put(small, &|s: &mut String| push_number(s, tokens)),
-        true,
-    ));
-    row.push(("steps", Val::Steps, true));
+    row.push(("cost", scratch_val(cost), KeyText::Ours));
+    let tokens = put(small, &|s: &mut String| push_number(s, tokens));
+    row.push(("tokens", scratch_val(tokens), KeyText::Ours));
+    row.push(("steps", Val::Steps, KeyText::Ours));
+    debug_assert!(row.iter().map(|(k, _, _)| *k).eq(FIXED));
     // The root's metadata, in the order of `metadata_entries`.
     if root.traced_fn {
         set_val(&mut row, "has_guardrails", Val::Text("false"));
@@ -527,7 +650,7 @@ fn encode_into<R>(
     }
     if let Some(err) = root.error() {
         let quoted = put(small, &|s: &mut String| push_str(s, err));
-        set_val(&mut row, "Exceptions", quoted);
+        set_val(&mut row, "Exceptions", scratch_val(quoted));
     }
     for (k, v) in st.columns() {
         if k != "output" {
@@ -537,8 +660,8 @@ fn encode_into<R>(
     if let Some(gt) = root.ground_truth() {
         set_val(&mut row, "groundTruth", Val::Text(gt));
     }
-    for (k, v) in &inputs {
-        set_val(&mut row, k, Val::Text(v));
+    for (k, text, v) in &inputs {
+        set_column(&mut row, k, *text, Val::Text(v));
     }
     if let Some(c) = st.context() {
         set_val(&mut row, "context", Val::Text(c));
@@ -547,27 +670,37 @@ fn encode_into<R>(
         set_val(&mut row, "_question", Val::Text(q));
     }
 
+    let small: &str = small;
+    let root_parts = RootParts {
+        output: root_output,
+        inputs: root_inputs,
+        id: &small[root_id.0 + 1..root_id.1 - 1],
+        latency: &small[latency.0..latency.1],
+        start: &small[start.0..start.1],
+    };
     // About 400 bytes of keys, ids and numbers per step, plus its inputs and output.
     row_json.reserve(st.text.len() + 400 * st.steps.len() + small.len() + 64);
     row_json.push('{');
-    for (i, (k, v, ours)) in row.iter().enumerate() {
+    for (i, (k, v, text)) in row.iter().enumerate() {
         if i > 0 {
             row_json.push(',');
         }
-        if *ours {
-            row_json.push('"');
-            row_json.push_str(k);
-            row_json.push_str("\":");
-        } else {
-            push_str(row_json, k);
-            row_json.push(':');
+        match text {
+            KeyText::Ours => {
+                row_json.push('"');
+                row_json.push_str(k);
+                row_json.push('"');
+            }
+            KeyText::Escape => push_str(row_json, k),
+            KeyText::Quoted(quoted) => row_json.push_str(quoted),
         }
+        row_json.push(':');
         match *v {
             Val::Text(t) => row_json.push_str(t),
             Val::Scratch(a, b) => row_json.push_str(&small[a..b]),
             Val::Steps => {
                 row_json.push('[');
-                tree.write_tree(row_json, (root_output, root_inputs));
+                tree.write_tree(row_json, root_parts, open);
                 row_json.push(']');
             }
         }
@@ -575,27 +708,24 @@ fn encode_into<R>(
     row_json.push('}');
 
     // The config, in wire order.
-    let has = |key: &str| row.iter().any(|(k, _, _)| *k == key);
     config.push_str("{\"outputColumnName\":\"output\",\"inputVariableNames\":[");
-    for (i, (k, _)) in inputs.iter().enumerate() {
+    for (i, (k, text, _)) in inputs.iter().enumerate() {
         if i > 0 {
             config.push(',');
         }
-        push_str(config, k);
+        match text {
+            KeyText::Quoted(quoted) => config.push_str(quoted),
+            _ => push_str(config, k),
+        }
     }
     config.push_str(
         "],\"latencyColumnName\":\"latency\",\"costColumnName\":\"cost\",\
          \"timestampColumnName\":\"inferenceTimestamp\",\"inferenceIdColumnName\":\"inferenceId\",\
          \"numOfTokenColumnName\":\"tokens\"",
     );
-    for (column, key) in [
-        ("user_id", "userIdColumnName"),
-        ("session_id", "sessionIdColumnName"),
-        ("groundTruth", "groundTruthColumnName"),
-        ("context", "contextColumnName"),
-        ("_question", "questionColumnName"),
-    ] {
-        if has(column) {
+    let named = named_columns(&row);
+    for (bit, (column, key)) in NAMED_COLUMNS.iter().enumerate() {
+        if named & (1 << bit) != 0 {
             config.push_str(",\"");
             config.push_str(key);
             config.push_str("\":\"");
@@ -605,10 +735,9 @@ fn encode_into<R>(
     }
     config.push('}');
 
-    let inference_id = match (&st.inference_id, generated) {
-        (Some(id), _) => &**id,
-        (None, Some((a, b))) => &small[a + 1..b - 1],
-        (None, None) => unreachable!("generated above"),
+    let inference_id = match &st.inference_id {
+        Some(id) => &**id,
+        None => root_parts.id,
     };
     Some(f(RowParts {
         pipeline_id: st.pipeline_id(),

@@ -108,3 +108,62 @@ fn objects_split_by_hand_as_the_parser_splits_them() {
         assert_eq!(split(j), None, "{j}");
     }
 }
+
+#[test]
+fn fixed_and_named_columns_are_found_by_name() {
+    for (i, key) in FIXED.iter().enumerate() {
+        assert_eq!(fixed_column(key), Some(i), "{key}");
+    }
+    for key in ["", "Output", "step", "inferenceIds", "user_id"] {
+        assert_eq!(fixed_column(key), None, "{key}");
+    }
+    // A row with one of the named columns, set after the fixed ones, has its bit only.
+    for (bit, (column, _)) in NAMED_COLUMNS.iter().enumerate() {
+        assert_eq!(fixed_column(column), None, "{column} is not a fixed column");
+        let mut row: Columns<'_> = FIXED
+            .iter()
+            .map(|k| (*k, Val::Text("0"), KeyText::Ours))
+            .collect();
+        set_val(&mut row, "other", Val::Text("1"));
+        assert_eq!(named_columns(&row), 0);
+        set_val(&mut row, column, Val::Text("1"));
+        assert_eq!(named_columns(&row), 1 << bit, "{column}");
+    }
+}
+
+#[test]
+fn setting_a_fixed_column_replaces_it_in_place() {
+    let mut row: Columns<'_> = FIXED
+        .iter()
+        .map(|k| (*k, Val::Text("0"), KeyText::Ours))
+        .collect();
+    set_val(&mut row, "a", Val::Text("1"));
+    set_val(&mut row, "latency", Val::Text("2"));
+    set_val(&mut row, "a", Val::Text("3"));
+    let keys: Vec<&str> = row.iter().map(|(k, _, _)| *k).collect();
+    assert_eq!(keys[..FIXED.len()], FIXED);
+    assert_eq!(keys[FIXED.len()..], ["a"]);
+    assert!(matches!(row[3].1, Val::Text("2")));
+    assert!(matches!(row[FIXED.len()].1, Val::Text("3")));
+}
+
+#[test]
+fn seconds_are_the_same_from_64_and_128_bits() {
+    let anchors: [i128; 5] = [
+        0,
+        1_796_548_288_096_683_700,
+        i64::MAX as i128 - 5,
+        i64::MAX as i128 + 1_000,
+        -1_000_000_007,
+    ];
+    for anchor in anchors {
+        for offset in [0, 1, 999_999_999, -3, i64::MAX, i64::MIN] {
+            let wide = (anchor + offset as i128) as f64 / 1e9;
+            assert_eq!(
+                unix_secs(anchor, offset).to_bits(),
+                wide.to_bits(),
+                "{anchor} + {offset}"
+            );
+        }
+    }
+}

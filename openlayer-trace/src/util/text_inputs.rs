@@ -118,16 +118,26 @@ pub(crate) fn write_json(text: &str, out: &mut String) -> bool {
     write_json_fields(text, out, None)
 }
 
-/// A top-level field of the object: its key (as written, not escaped) and where its
-/// value's JSON text is in the output.
-pub(crate) type Field<'t> = (&'t str, std::ops::Range<usize>);
+/// A top-level field of the object, as written to the output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Field<'t> {
+    /// The key, not escaped.
+    pub key: &'t str,
+    /// Where the key is in the output, as a JSON string (quoted and escaped).
+    pub quoted_key: std::ops::Range<usize>,
+    /// Where the value's JSON text is in the output.
+    pub value: std::ops::Range<usize>,
+}
+
+/// The top-level fields of one object: a few, so kept inline.
+pub(crate) type Fields<'t> = smallvec::SmallVec<[Field<'t>; 8]>;
 
 /// Like [`write_json`], and also lists the object's top-level fields in `fields` (when
 /// given), so that the row's columns need not parse the JSON again.
 pub(crate) fn write_json_fields<'t>(
     text: &'t str,
     out: &mut String,
-    mut fields: Option<&mut Vec<Field<'t>>>,
+    mut fields: Option<&mut Fields<'t>>,
 ) -> bool {
     let mark = out.len();
     let listed = fields.as_ref().map_or(0, |f| f.len());
@@ -144,7 +154,7 @@ pub(crate) fn write_json_fields<'t>(
 fn append_json<'t>(
     text: &'t str,
     out: &mut String,
-    mut fields: Option<&mut Vec<Field<'t>>>,
+    mut fields: Option<&mut Fields<'t>>,
 ) -> Option<()> {
     use crate::util::json::push_str;
     let b = text.as_bytes();
@@ -154,8 +164,9 @@ fn append_json<'t>(
     out.reserve(text.len() + 16);
     out.push('{');
     let (mut at, mut depth, mut first) = (1, 0usize, true);
-    // The top-level field being written: its key and where its value starts.
-    let mut top: Option<(&'t str, usize)> = None;
+    // The top-level field being written: its key, where its quoted key is, and where its
+    // value starts.
+    let mut top: Option<(&'t str, std::ops::Range<usize>, usize)> = None;
     while let Some(&tag) = b.get(at) {
         at += 1;
         if tag == b'e' {
@@ -167,10 +178,12 @@ fn append_json<'t>(
                 out.push(',');
             }
             let key = part(text, &mut at)?;
+            let key_at = out.len();
             push_str(out, key);
+            let quoted_key = key_at..out.len();
             out.push(':');
             if depth == 0 {
-                top = Some((key, out.len()));
+                top = Some((key, quoted_key, out.len()));
             }
             match tag {
                 b's' => push_str(out, part(text, &mut at)?),
@@ -184,10 +197,14 @@ fn append_json<'t>(
             first = tag == b'o';
         }
         if depth == 0
-            && let Some((key, start)) = top.take()
+            && let Some((key, quoted_key, start)) = top.take()
             && let Some(f) = fields.as_deref_mut()
         {
-            f.push((key, start..out.len()));
+            f.push(Field {
+                key,
+                quoted_key,
+                value: start..out.len(),
+            });
         }
     }
     if depth != 0 {
@@ -287,20 +304,31 @@ mod tests {
             push_entry(s, b's', "k\"ey", Some(""));
         });
         let mut out = String::from("prefix");
-        let mut fields = Vec::new();
+        let mut fields = Fields::new();
         assert!(write_json_fields(&t, &mut out, Some(&mut fields)));
-        let got: Vec<(&str, &str)> = fields.iter().map(|(k, r)| (*k, &out[r.clone()])).collect();
+        let got: Vec<(&str, &str, &str)> = fields
+            .iter()
+            .map(|f| (f.key, &out[f.quoted_key.clone()], &out[f.value.clone()]))
+            .collect();
         assert_eq!(
             got,
             [
-                ("method", r#""GET""#),
-                ("headers", r#"{"a":"1","inner":{"b":"q\""}}"#),
-                ("body", "[1,2]"),
-                ("k\"ey", r#""""#),
+                ("method", r#""method""#, r#""GET""#),
+                (
+                    "headers",
+                    r#""headers""#,
+                    r#"{"a":"1","inner":{"b":"q\""}}"#
+                ),
+                ("body", r#""body""#, "[1,2]"),
+                ("k\"ey", r#""k\"ey""#, r#""""#),
             ]
         );
         // A malformed text leaves both as they were.
-        let mut fields = vec![("x", 0..0)];
+        let mut fields: Fields<'_> = smallvec::smallvec![Field {
+            key: "x",
+            quoted_key: 0..0,
+            value: 0..0
+        }];
         assert!(!write_json_fields("\u{1}s1:a", &mut out, Some(&mut fields)));
         assert_eq!(fields.len(), 1);
         assert!(out.ends_with('}') && out.starts_with("prefix{"));
