@@ -167,3 +167,202 @@ fn seconds_are_the_same_from_64_and_128_bits() {
         }
     }
 }
+
+/// A small deterministic generator (xorshift64), so that a failing case reproduces.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[self.below(from.len() as u64) as usize]
+    }
+}
+
+/// Keys for inputs and metadata that collide with no column of the row.
+const PLAIN_KEYS: [&str; 5] = ["q", "method", "k\"ey", "headers", "\u{7}bell"];
+const VALUES: [&str; 6] = ["1", "\"s\"", "null", r#"{"a":[1,2]}"#, "2.5", r#""e\"q""#];
+
+/// A random trace: 1 to 6 steps of any kind (each step's parent an earlier step, or none),
+/// root inputs as text or as JSON (fields listed in `input_keys`, first set first), some
+/// named columns, outputs, metadata and errors.
+fn random_trace(r: &mut Rng, input_keys: &mut Vec<String>) -> CompletedTrace {
+    use crate::util::text_inputs::{MARK, push_entry};
+    let mut st = crate::record::TraceState::default();
+    input_keys.clear();
+    let n = 1 + r.below(6) as usize;
+    for i in 0..n {
+        let parent = match i {
+            0 => NO_PARENT,
+            _ if r.below(8) == 0 => NO_PARENT,
+            _ => r.below(i as u64) as u32,
+        };
+        let kind = StepKind::ALL[r.below(StepKind::ALL.len() as u64) as usize];
+        let start = r.below(1_000_000_000) as i64;
+        let mut rec = StepRecord::new(Cow::Owned(format!("step \"{i}\"")), kind, parent, start);
+        rec.end = start + r.below(5_000_000_000) as i64;
+        rec.traced_fn = r.below(2) == 0;
+        rec.status = [Status::Ok, Status::Error, Status::Cancelled][r.below(3) as usize];
+        if i == 0 {
+            let mut keys: Vec<&str> = Vec::new();
+            for _ in 0..r.below(4) {
+                let k = r.pick(&PLAIN_KEYS);
+                if !keys.contains(&k) {
+                    keys.push(k);
+                    input_keys.push(k.to_string());
+                }
+            }
+            if r.below(2) == 0 {
+                let mut text = String::from(MARK);
+                for k in &keys {
+                    match r.below(3) {
+                        0 => push_entry(&mut text, b's', k, Some("v \"é\"\n")),
+                        1 => push_entry(&mut text, b'j', k, Some(r.pick(&VALUES))),
+                        _ => {
+                            push_entry(&mut text, b'o', k, None);
+                            push_entry(&mut text, b's', "user-agent", Some("x/1"));
+                            text.push('e');
+                        }
+                    }
+                }
+                rec.inputs = st.push_text(&text);
+            } else {
+                let fields: Vec<String> = keys
+                    .iter()
+                    .map(|k| format!("{}:{}", serde_json::to_string(k).unwrap(), r.pick(&VALUES)))
+                    .collect();
+                rec.inputs = st.push_text(&format!("{{{}}}", fields.join(",")));
+            }
+        }
+        if r.below(2) == 0 {
+            rec.output = st.push_text(r.pick(&VALUES));
+        }
+        for _ in 0..r.below(3) {
+            let k = r.pick(&["m", "has_guardrails", "Exceptions"]);
+            rec.set_metadata(Cow::Borrowed(k), Box::from(r.pick(&VALUES)));
+        }
+        if rec.status == Status::Error {
+            rec.extra_mut().error = Some(Box::from("boom \"x\""));
+        }
+        for field in kind.fields() {
+            if r.below(2) == 0 {
+                rec.set_field(field, Box::from(r.pick(&["3", "1.5", "\"m\"", "null"])));
+            }
+        }
+        st.steps.push(rec);
+    }
+    if r.below(2) == 0 {
+        st.inference_id = Some(Box::from(r.pick(&["custom-id", "q\"id"])));
+    }
+    if r.below(2) == 0 {
+        let extra = st.extra_mut();
+        for _ in 0..r.below(3) {
+            let k = r.pick(&["user_id", "session_id", "tenant"]);
+            extra.columns.push((Cow::Borrowed(k), Box::from("\"u\"")));
+        }
+        if r.below(2) == 0 {
+            extra.context = Some(Box::from(r#"["doc"]"#));
+        }
+    }
+    let anchor = match r.below(4) {
+        // Beyond what 64 bits of nanoseconds hold (year 2262): the 128-bit path.
+        0 => i64::MAX as i128 + r.below(1_000_000) as i128,
+        _ => 1_700_000_000_000_000_000 + r.below(1_000_000_000_000) as i128,
+    };
+    CompletedTrace {
+        state: st,
+        anchor_unix_ns: anchor,
+    }
+}
+
+/// Every step object of a tree, depth first.
+fn tree_steps<'v>(steps: &'v serde_json::Value, out: &mut Vec<&'v serde_json::Value>) {
+    for s in steps.as_array().expect("steps is a list") {
+        out.push(s);
+        tree_steps(&s["steps"], out);
+    }
+}
+
+#[test]
+fn rows_repeat_the_root_and_list_every_step_once() {
+    let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut input_keys = Vec::new();
+    for case in 0..3000 {
+        let trace = random_trace(&mut r, &mut input_keys);
+        let st = &trace.state;
+        let encoded = encode(&trace).expect("a trace with steps is encoded");
+        let row: serde_json::Value = serde_json::from_str(&encoded.row).expect("row is JSON");
+        let config: serde_json::Value =
+            serde_json::from_str(&encoded.config).expect("config is JSON");
+        let ctx = format!("case {case}: {}", encoded.row);
+        let uuid = |bits: u128| {
+            uuid::Builder::from_random_bytes(bits.to_be_bytes())
+                .into_uuid()
+                .hyphenated()
+                .to_string()
+        };
+        let secs = |ns: i64| (trace.anchor_unix_ns + i128::from(ns)) as f64 / 1e9;
+
+        // Every step once, with its own id and times.
+        let mut steps = Vec::new();
+        tree_steps(&row["steps"], &mut steps);
+        assert_eq!(steps.len(), st.steps.len(), "{ctx}");
+        for rec in &st.steps {
+            let id = uuid(rec.id);
+            let found: Vec<_> = steps.iter().filter(|s| s["id"] == *id).collect();
+            assert_eq!(found.len(), 1, "{ctx}");
+            let s = found[0];
+            let latency = (rec.end - rec.start) as f64 / 1e6;
+            for (key, expected) in [
+                ("startTime", secs(rec.start)),
+                ("endTime", secs(rec.end)),
+                ("latency", latency),
+            ] {
+                // serde_json's parser (without `float_roundtrip`) may be a unit in the
+                // last place off; a wrong step's time would be off by far more.
+                let got = s[key].as_f64().expect("a number");
+                assert!(
+                    (got - expected).abs() <= expected.abs() * f64::EPSILON,
+                    "{key} {got} != {expected} in {ctx}"
+                );
+            }
+        }
+
+        // The row repeats the root: its time, latency, inputs, and its id unless the
+        // trace has its own.
+        let root = &row["steps"][0];
+        assert_eq!(root["id"], *uuid(st.steps[0].id), "{ctx}");
+        assert_eq!(row["inferenceTimestamp"], root["startTime"], "{ctx}");
+        assert_eq!(row["latency"], root["latency"], "{ctx}");
+        let id = st
+            .inference_id
+            .as_deref()
+            .map_or(uuid(st.steps[0].id), str::to_string);
+        assert_eq!(row["inferenceId"], *id, "{ctx}");
+        assert_eq!(encoded.inference_id, id, "{ctx}");
+        for key in &input_keys {
+            assert_eq!(row[key.as_str()], root["inputs"][key.as_str()], "{ctx}");
+        }
+
+        // The config names the root's inputs in order, and the named columns the row has.
+        let names: Vec<&str> = config["inputVariableNames"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|v| v.as_str().expect("a name"))
+            .collect();
+        assert_eq!(names, input_keys, "{ctx}");
+        for (column, key) in NAMED_COLUMNS {
+            let has = row.get(column).is_some();
+            assert_eq!(config.get(key).is_some(), has, "{column} in {ctx}");
+            if has {
+                assert_eq!(config[key], column, "{ctx}");
+            }
+        }
+    }
+}
