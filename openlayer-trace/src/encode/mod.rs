@@ -88,15 +88,18 @@ struct Tree<'a> {
 /// No child, no next sibling.
 const NONE: u32 = u32::MAX;
 
-/// What the row has already written of its root step, which the step tree writes again.
+/// The root step's values as the encoder made them for the row (before any column of the
+/// user's replaced one), formatted once and written again in the step tree.
 #[derive(Clone, Copy)]
 struct RootParts<'r> {
     /// The root's output and inputs, as JSON.
     output: Option<&'r str>,
     inputs: Option<&'r str>,
-    /// The root's id, as a UUID without quotes.
+    /// The root's id, as a UUID without quotes (also the inference id, unless the trace
+    /// has its own).
     id: &'r str,
-    /// Its latency and start time, as the row's `latency` and `inferenceTimestamp`.
+    /// Its latency and start time, as made for the row's `latency` and
+    /// `inferenceTimestamp`.
     latency: &'r str,
     start: &'r str,
 }
@@ -415,7 +418,7 @@ fn set_val<'a>(row: &mut Columns<'a>, key: &'a str, value: Val<'a>) {
     set_column(row, key, KeyText::Escape, value);
 }
 
-/// [`set_val`], with the key's JSON string for a new column.
+/// [`set_val`], with how a new column's key is written.
 fn set_column<'a>(row: &mut Columns<'a>, key: &'a str, text: KeyText<'a>, value: Val<'a>) {
     debug_assert!(row.len() >= FIXED.len());
     let slot = match fixed_column(key) {

@@ -58,8 +58,11 @@ impl<'de> serde::Deserialize<'de> for Key<'de> {
     }
 }
 
+/// An object's keys and value texts, in order: a few, so kept inline.
+pub(super) type Entries<'a> = smallvec::SmallVec<[(Cow<'a, str>, &'a str); 8]>;
+
 /// [`object_entries`], borrowing the keys (unless escaped) and the value texts.
-pub(super) fn borrowed_entries(json: &str) -> Vec<(Cow<'_, str>, &str)> {
+pub(super) fn borrowed_entries(json: &str) -> Entries<'_> {
     // The texts are serde_json's own compact output: split by hand when that is easy,
     // else parse.
     if let Some(entries) = split_object(json) {
@@ -73,7 +76,7 @@ pub(super) fn borrowed_entries(json: &str) -> Vec<(Cow<'_, str>, &str)> {
 
 /// Splits a JSON object text into its keys and value texts without parsing the values;
 /// `None` when a key has an escape or the text is not as expected (then it is parsed).
-pub(super) fn split_object(json: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
+pub(super) fn split_object(json: &str) -> Option<Entries<'_>> {
     let b = json.as_bytes();
     let ws = |i: &mut usize| {
         while matches!(b.get(*i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
@@ -87,7 +90,7 @@ pub(super) fn split_object(json: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
     }
     i += 1;
     ws(&mut i);
-    let mut out = Vec::with_capacity(4);
+    let mut out = Entries::new();
     if b.get(i) == Some(&b'}') {
         i += 1;
     } else {
