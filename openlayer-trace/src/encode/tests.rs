@@ -1,6 +1,8 @@
 use super::scan::{parsed_entries, split_object};
+use super::steps::{metadata_entries, push_int, write_metadata, write_object};
 use super::*;
 use crate::record::kind::StepKind;
+use crate::record::{NO_PARENT, StepRecord};
 
 /// The step's metadata through the general path: every entry set in order, a later
 /// key replacing an earlier one in place.
