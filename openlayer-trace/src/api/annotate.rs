@@ -313,12 +313,25 @@ pub fn current_inference_id() -> Option<String> {
 
 /// The inference id of `trace`: the one set by an update, else its root step's id.
 pub(crate) fn inference_id_of(trace: &crate::record::TraceShared) -> Option<String> {
-    let st = trace.lock();
-    match &st.inference_id {
-        Some(id) => Some(id.to_string()),
-        None => st
-            .steps
-            .first()
-            .map(|root| crate::util::id::uuid_v4(root.id)),
-    }
+    with_inference_id_of(trace, str::to_string)
+}
+
+/// Calls `f` with the inference id of `trace` (see [`inference_id_of`]), after the
+/// trace's lock is let go (so that `f` may trace). The root step's id is formatted on the
+/// stack: no allocation unless the id is a custom one.
+pub(crate) fn with_inference_id_of<R>(
+    trace: &crate::record::TraceShared,
+    f: impl FnOnce(&str) -> R,
+) -> Option<R> {
+    let id = {
+        let st = trace.lock();
+        match &st.inference_id {
+            Some(id) => Err(id.clone()),
+            None => Ok(st.steps.first()?.id),
+        }
+    };
+    Some(match id {
+        Ok(bits) => f(crate::util::id::UuidText::new(bits).as_str()),
+        Err(custom) => f(&custom),
+    })
 }

@@ -131,16 +131,31 @@ pub(crate) fn uuid_v4(bits: u128) -> String {
 /// 228 instructions with `uuid` against 110 this way (callgrind, the tower middleware
 /// benchmark).
 pub(crate) fn push_uuid_v4(out: &mut String, bits: u128) {
-    let mut bytes = bits.to_be_bytes();
-    // Version 4 in the high nibble of byte 6, variant 10 in the top bits of byte 8.
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let mut buf = [b'-'; 36];
-    for (b, at) in bytes.into_iter().zip(AT) {
-        buf[at..at + 2].copy_from_slice(&HEX_PAIRS[usize::from(b)]);
+    out.push_str(UuidText::new(bits).as_str());
+}
+
+/// Random bits formatted as a version-4 UUID, on the stack (see [`push_uuid_v4`]).
+pub(crate) struct UuidText([u8; 36]);
+
+impl UuidText {
+    #[inline]
+    pub(crate) fn new(bits: u128) -> Self {
+        let mut bytes = bits.to_be_bytes();
+        // Version 4 in the high nibble of byte 6, variant 10 in the top bits of byte 8.
+        bytes[6] = (bytes[6] & 0x0f) | 0x40;
+        bytes[8] = (bytes[8] & 0x3f) | 0x80;
+        let mut buf = [b'-'; 36];
+        for (b, at) in bytes.into_iter().zip(AT) {
+            buf[at..at + 2].copy_from_slice(&HEX_PAIRS[usize::from(b)]);
+        }
+        UuidText(buf)
     }
-    // SAFETY: hex digits and dashes only, all ASCII.
-    out.push_str(unsafe { std::str::from_utf8_unchecked(&buf) });
+
+    #[inline]
+    pub(crate) fn as_str(&self) -> &str {
+        // SAFETY: hex digits and dashes only, all ASCII.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
 }
 
 /// Where each byte's two digits go in `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.

@@ -151,6 +151,24 @@ impl StepHandle {
             .and_then(|o| crate::api::annotate::inference_id_of(&o.trace))
     }
 
+    /// Calls `f` with the inference id of the step's trace (see
+    /// [`inference_id`](Self::inference_id)) and returns what it returns; `None` (and `f`
+    /// not called) when not recorded. Unlike `inference_id`, a generated id is lent from
+    /// the stack rather than allocated: for a hot path that copies the id somewhere, such
+    /// as a web middleware writing it into a response header.
+    ///
+    /// ```
+    /// let h = openlayer_trace::step("request").start();
+    /// let len = h.with_inference_id(str::len);
+    /// assert_eq!(len, h.inference_id().map(|id| id.len()));
+    /// h.finish();
+    /// ```
+    pub fn with_inference_id<R>(&self, f: impl FnOnce(&str) -> R) -> Option<R> {
+        self.open
+            .as_ref()
+            .and_then(|o| crate::api::annotate::with_inference_id_of(&o.trace, f))
+    }
+
     /// Records the step's output, replacing any earlier one.
     pub fn output<T: Serialize + ?Sized>(&mut self, output: &T) {
         if self.open.is_some() {
