@@ -43,6 +43,7 @@
 #![warn(missing_docs)]
 
 mod body;
+mod id_header;
 mod json_body;
 mod layer;
 mod names;

@@ -224,8 +224,7 @@ where
             step.metadata("Exceptions", &format!("HTTP {status}"));
         }
         if this.settings.respond_with_id
-            && let Some(id) = step.inference_id()
-            && let Ok(value) = HeaderValue::try_from(id)
+            && let Some(Some(value)) = step.with_inference_id(crate::id_header::header_value)
         {
             parts
                 .headers

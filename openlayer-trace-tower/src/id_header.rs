@@ -1,0 +1,73 @@
+//! The response header that carries the row's inference id, made without an allocation
+//! per request.
+//!
+//! Each id is copied into a per-thread slab and the header value shares it: making one
+//! costs a copy of the id and a reference count (one atomic increment, and a decrement
+//! when the response is dropped), where a header value of its own costs an allocation
+//! and a free, a conversion, and the free's bookkeeping (about 250 instructions in the
+//! middleware benchmark, by callgrind). A slab is freed when the last response that
+//! shares it is dropped.
+
+use std::cell::RefCell;
+
+use bytes::BytesMut;
+use http::HeaderValue;
+
+/// Bytes of one slab: a hundred generated ids.
+const SLAB: usize = 4096;
+/// Ids longer than this get a value of their own rather than a slab's room.
+const SHARED_MAX: usize = 128;
+
+thread_local! {
+    static SLAB_BUF: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// The header value for `id`; `None` when `id` is not a valid header value (a custom id
+/// with control characters).
+pub(crate) fn header_value(id: &str) -> Option<HeaderValue> {
+    if id.len() <= SHARED_MAX
+        && let Ok(Some(value)) = SLAB_BUF.try_with(|slab| {
+            let mut slab = slab.try_borrow_mut().ok()?;
+            if slab.capacity() - slab.len() < id.len() {
+                // The old slab lives on in the values that share it.
+                *slab = BytesMut::with_capacity(SLAB);
+            }
+            slab.extend_from_slice(id.as_bytes());
+            let bytes = slab.split().freeze();
+            Some(HeaderValue::from_maybe_shared(bytes).ok())
+        })
+    {
+        return value;
+    }
+    HeaderValue::try_from(id).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_exact_and_slabs_roll_over() {
+        let mut kept = Vec::new();
+        // Well past one slab, with ids of varying length (the custom ones).
+        for i in 0..500 {
+            let id = format!("{i:08x}-{}", "x".repeat(i % 40));
+            let v = header_value(&id).expect("valid");
+            assert_eq!(v.to_str().unwrap(), id);
+            kept.push((id, v));
+        }
+        // Values made earlier are unchanged by later ones (each owns its range).
+        for (id, v) in &kept {
+            assert_eq!(v.as_bytes(), id.as_bytes());
+        }
+        // Long ids, and the longest shared one.
+        let long = "a".repeat(4000);
+        assert_eq!(header_value(&long).unwrap().as_bytes(), long.as_bytes());
+        let edge = "b".repeat(SHARED_MAX);
+        assert_eq!(header_value(&edge).unwrap().as_bytes(), edge.as_bytes());
+        // Invalid header values are refused, and the next one is still right.
+        assert!(header_value("bad\nid").is_none());
+        assert!(header_value(&format!("{long}\u{7f}")).is_none());
+        assert_eq!(header_value("ok-id").unwrap(), "ok-id");
+    }
+}
