@@ -323,15 +323,21 @@ pub(crate) fn with_inference_id_of<R>(
     trace: &crate::record::TraceShared,
     f: impl FnOnce(&str) -> R,
 ) -> Option<R> {
+    enum Id {
+        /// Set by an update.
+        Custom(Box<str>),
+        /// The root step's id.
+        Generated(u128),
+    }
     let id = {
         let st = trace.lock();
         match &st.inference_id {
-            Some(id) => Err(id.clone()),
-            None => Ok(st.steps.first()?.id),
+            Some(id) => Id::Custom(id.clone()),
+            None => Id::Generated(st.steps.first()?.id),
         }
     };
     Some(match id {
-        Ok(bits) => f(crate::util::id::UuidText::new(bits).as_str()),
-        Err(custom) => f(&custom),
+        Id::Generated(bits) => f(crate::util::id::UuidText::new(bits).as_str()),
+        Id::Custom(custom) => f(&custom),
     })
 }

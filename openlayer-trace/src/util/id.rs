@@ -135,6 +135,9 @@ pub(crate) fn push_uuid_v4(out: &mut String, bits: u128) {
 }
 
 /// Random bits formatted as a version-4 UUID, on the stack (see [`push_uuid_v4`]).
+///
+/// Always ASCII (dashes and hex digits): [`new`](Self::new) is the only constructor, and
+/// [`as_str`](Self::as_str) relies on it.
 pub(crate) struct UuidText([u8; 36]);
 
 impl UuidText {

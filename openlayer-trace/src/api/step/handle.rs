@@ -294,3 +294,44 @@ impl std::fmt::Debug for EnteredStep<'_> {
         f.write_str("EnteredStep")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn with_inference_id_lends_the_rows_id() {
+        let (ids, traces) = crate::testing::capture(|| {
+            let h = crate::step("generated").start();
+            let generated = (h.with_inference_id(str::to_owned), h.inference_id());
+            h.finish();
+            let h = crate::step("custom").start();
+            h.in_scope(|| crate::update_current_trace!(inference_id = "chat-1-u-2"));
+            let custom = (h.with_inference_id(str::to_owned), h.inference_id());
+            h.finish();
+            (generated, custom)
+        });
+        let ((lent, owned), (custom_lent, custom_owned)) = ids;
+        assert_eq!(traces.len(), 2);
+        // The generated id is the row's: its root step's id, formatted as a UUID.
+        let lent = lent.expect("recorded");
+        assert_eq!(lent, traces[0].inference_id());
+        assert_eq!(Some(&lent), owned.as_ref());
+        assert_eq!(traces[0].root()["id"], lent.as_str());
+        // A custom id wins over the generated one.
+        assert_eq!(custom_lent.as_deref(), Some("chat-1-u-2"));
+        assert_eq!(custom_owned.as_deref(), Some("chat-1-u-2"));
+        assert_eq!(traces[1].inference_id(), "chat-1-u-2");
+    }
+
+    #[test]
+    fn with_inference_id_is_none_and_not_called_when_not_recorded() {
+        let h = crate::StepHandle::disabled();
+        let mut called = false;
+        assert_eq!(
+            h.with_inference_id(|_| {
+                called = true;
+            }),
+            None
+        );
+        assert!(!called);
+    }
+}
