@@ -8,6 +8,11 @@
 //! fewer per request (callgrind; see `BENCHMARKS.md`). A slab is freed when the last
 //! response that shares it is dropped, so one response held for long keeps its slab's
 //! 4 KiB alive.
+//!
+//! The value is marked sensitive, so that HTTP/2's header compression never adds it to a
+//! connection's table (HPACK's "never indexed"): an id is unique to its response, so an
+//! entry for it could never be used again, would push out entries that could, and would
+//! keep its slab alive for as long as the connection's table held it.
 
 use std::cell::RefCell;
 
@@ -23,24 +28,33 @@ thread_local! {
     static SLAB_BUF: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
-/// The header value for `id`; `None` when `id` is not a valid header value (a custom id
-/// with control characters).
+/// The header value for `id`, marked sensitive; `None` when `id` is not a valid header
+/// value (a custom id with control characters).
 pub(crate) fn header_value(id: &str) -> Option<HeaderValue> {
-    if id.len() <= SHARED_MAX
-        && let Ok(Some(value)) = SLAB_BUF.try_with(|slab| {
+    let mut value = shared_value(id).or_else(|| HeaderValue::try_from(id).ok())?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// `id`'s value in this thread's slab; `None` when `id` is too long for one, not a valid
+/// value, or the slab is gone (the thread is ending).
+fn shared_value(id: &str) -> Option<HeaderValue> {
+    if id.len() > SHARED_MAX {
+        return None;
+    }
+    SLAB_BUF
+        .try_with(|slab| {
+            // Nothing below calls back in here: the borrow cannot fail, and is a guard only.
             let mut slab = slab.try_borrow_mut().ok()?;
             if slab.capacity() - slab.len() < id.len() {
                 // The old slab lives on in the values that share it.
                 *slab = BytesMut::with_capacity(SLAB);
             }
             slab.extend_from_slice(id.as_bytes());
-            let bytes = slab.split().freeze();
-            Some(HeaderValue::from_maybe_shared(bytes).ok())
+            HeaderValue::from_maybe_shared(slab.split().freeze()).ok()
         })
-    {
-        return value;
-    }
-    HeaderValue::try_from(id).ok()
+        .ok()
+        .flatten()
 }
 
 #[cfg(test)]
@@ -60,10 +74,23 @@ mod tests {
         // Values made earlier are unchanged by later ones (each owns its range).
         for (id, v) in &kept {
             assert_eq!(v.as_bytes(), id.as_bytes());
+            assert!(v.is_sensitive());
         }
+        // Consecutive values share a slab: each starts where the one before ended.
+        let shared = kept
+            .windows(2)
+            .filter(|w| {
+                let (a, b) = (w[0].1.as_bytes(), w[1].1.as_bytes());
+                std::ptr::eq(a.as_ptr_range().end, b.as_ptr())
+            })
+            .count();
+        // All but the first value of each new slab (500 ids of 9 to 48 bytes: a few slabs).
+        assert!(shared >= 490, "{shared} of 499 pairs shared a slab");
         // Long ids, and the longest shared one.
         let long = "a".repeat(4000);
-        assert_eq!(header_value(&long).unwrap().as_bytes(), long.as_bytes());
+        let long_value = header_value(&long).unwrap();
+        assert_eq!(long_value.as_bytes(), long.as_bytes());
+        assert!(long_value.is_sensitive());
         let edge = "b".repeat(SHARED_MAX);
         assert_eq!(header_value(&edge).unwrap().as_bytes(), edge.as_bytes());
         // Invalid header values are refused, and the next one is still right.

@@ -231,7 +231,9 @@ impl<M> OpenlayerLayer<M> {
 
     /// The header carrying the inference id (default `x-openlayer-inference-id`): read
     /// from the request, so that a client retrying a request keeps its row, and written to
-    /// the response, so that the client can send feedback for exactly this row.
+    /// the response, so that the client can send feedback for exactly this row. The
+    /// response's value is marked [sensitive](HeaderValue::set_sensitive): unique to its
+    /// response, it is never added to an HTTP/2 connection's header-compression table.
     ///
     /// # Panics
     ///
