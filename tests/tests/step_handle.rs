@@ -367,3 +367,35 @@ fn a_handles_inference_id_follows_an_update_and_is_none_when_off() {
     assert_eq!(traces[0].inference_id(), "from-the-worker");
     assert_eq!(StepHandle::disabled().inference_id(), None);
 }
+
+#[test]
+fn with_inference_id_lends_the_rows_id() {
+    let (ids, traces) = testing::capture(|| {
+        let h = step("generated").start();
+        let generated = (h.with_inference_id(str::to_owned), h.inference_id());
+        h.finish();
+        let h = step("custom").start();
+        h.in_scope(|| update_current_trace!(inference_id = "chat-1-u-2"));
+        let custom = (h.with_inference_id(str::to_owned), h.inference_id());
+        h.finish();
+        (generated, custom)
+    });
+    let ((lent, owned), (custom_lent, custom_owned)) = ids;
+    assert_eq!(traces.len(), 2);
+    // The generated id is the row's: its root step's id, formatted as a UUID.
+    let lent = lent.expect("recorded");
+    assert_eq!(lent, traces[0].inference_id());
+    assert_eq!(Some(&lent), owned.as_ref());
+    assert_eq!(traces[0].root()["id"], lent.as_str());
+    // A custom id wins over the generated one.
+    assert_eq!(custom_lent.as_deref(), Some("chat-1-u-2"));
+    assert_eq!(custom_owned.as_deref(), Some("chat-1-u-2"));
+    assert_eq!(traces[1].inference_id(), "chat-1-u-2");
+    // Not recorded: `None`, and the closure is not called.
+    let mut called = false;
+    assert_eq!(
+        StepHandle::disabled().with_inference_id(|_| called = true),
+        None
+    );
+    assert!(!called);
+}
