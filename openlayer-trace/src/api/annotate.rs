@@ -313,7 +313,16 @@ pub fn current_inference_id() -> Option<String> {
 
 /// The inference id of `trace`: the one set by an update, else its root step's id.
 pub(crate) fn inference_id_of(trace: &crate::record::TraceShared) -> Option<String> {
-    with_inference_id_of(trace, str::to_string)
+    // Copied under the lock: a custom id is copied once (through `with_inference_id_of`,
+    // which lets the lock go first, it would be copied twice).
+    let st = trace.lock();
+    match &st.inference_id {
+        Some(id) => Some(id.to_string()),
+        None => st
+            .steps
+            .first()
+            .map(|root| crate::util::id::uuid_v4(root.id)),
+    }
 }
 
 /// Calls `f` with the inference id of `trace` (see [`inference_id_of`]), after the
