@@ -39,7 +39,7 @@ pub(crate) fn header_value(id: &str) -> Option<HeaderValue> {
 /// `id`'s value in this thread's slab; `None` when `id` is too long for one, not a valid
 /// value, or the slab is gone (the thread is ending).
 fn shared_value(id: &str) -> Option<HeaderValue> {
-    if id.len() > SHARED_MAX {
+    if id.len() > SHARED_MAX || !valid_value(id.as_bytes()) {
         return None;
     }
     SLAB_BUF
@@ -51,10 +51,39 @@ fn shared_value(id: &str) -> Option<HeaderValue> {
                 *slab = BytesMut::with_capacity(SLAB);
             }
             slab.extend_from_slice(id.as_bytes());
-            HeaderValue::from_maybe_shared(slab.split().freeze()).ok()
+            let bytes = slab.split().freeze();
+            // SAFETY: the bytes are a copy of a `str`, so valid UTF-8 (the only condition),
+            // and were checked above to be a valid header value.
+            Some(unsafe { HeaderValue::from_maybe_shared_unchecked(bytes) })
         })
         .ok()
         .flatten()
+}
+
+/// Whether `b` is a valid header value: no control character but tab, and no DEL (the
+/// check of `HeaderValue::from_bytes`).
+///
+/// Eight bytes at a time: `from_maybe_shared` checks a byte at a time, which cost about 60
+/// instructions per generated id in the middleware benchmark, this about 15. A word with
+/// a byte below 0x20 or equal to 0x7f (a tab, say) is checked again byte by byte.
+#[inline]
+fn valid_value(b: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let valid_byte = |c: u8| (c >= 0x20 && c != 0x7f) || c == b'\t';
+    let (words, tail) = b.as_chunks::<8>();
+    for word in words {
+        let x = u64::from_ne_bytes(*word);
+        let del = x ^ (ONES * 0x7f);
+        // A byte's high bit is set in either term only if some byte of the word is below
+        // 0x20 (first) or is 0x7f (second): bytes of 0x80 and above are masked out by
+        // `!x`, and a borrow only ever flags bytes above a byte that is flagged itself.
+        let flagged = (x.wrapping_sub(ONES * 0x20) & !x | del.wrapping_sub(ONES) & !del) & HIGH;
+        if flagged != 0 && !word.iter().all(|&c| valid_byte(c)) {
+            return false;
+        }
+    }
+    tail.iter().all(|&c| valid_byte(c))
 }
 
 #[cfg(test)]
@@ -97,5 +126,45 @@ mod tests {
         assert!(header_value("bad\nid").is_none());
         assert!(header_value(&format!("{long}\u{7f}")).is_none());
         assert_eq!(header_value("ok-id").unwrap(), "ok-id");
+    }
+
+    #[test]
+    fn the_check_agrees_with_http() {
+        // Every byte, alone and inside an id, in and out of the vector-wide part.
+        for b in 0..=255u8 {
+            for at in [0, 5, 17, 35] {
+                let mut id = *b"0123456789abcdef0123456789abcdef0123";
+                id[at] = b;
+                assert_eq!(
+                    valid_value(&id),
+                    HeaderValue::from_bytes(&id).is_ok(),
+                    "byte {b:#04x} at {at}"
+                );
+            }
+        }
+        // Random words of bytes drawn mostly from the edges (borrows across bytes).
+        let edges = [
+            0x00, 0x08, 0x09, 0x0a, 0x1f, 0x20, 0x21, 0x7e, 0x7f, 0x80, 0xa0, 0xff,
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..20_000 {
+            let mut id = [0u8; 19];
+            for b in &mut id {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let r = (seed >> 33) as usize;
+                *b = if r.is_multiple_of(4) {
+                    edges[r / 4 % edges.len()]
+                } else {
+                    b'a' + (r % 26) as u8
+                };
+            }
+            assert_eq!(
+                valid_value(&id),
+                HeaderValue::from_bytes(&id).is_ok(),
+                "{id:?}"
+            );
+        }
+        assert!(valid_value(b""));
+        assert!(valid_value("caf\u{e9}\tok".as_bytes()));
     }
 }

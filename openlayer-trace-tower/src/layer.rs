@@ -468,7 +468,19 @@ impl Settings {
     }
 }
 
+#[inline]
 fn from_fn_or_header(
+    f: Option<&PartsFn>,
+    header: Option<&HeaderName>,
+    parts: &Parts,
+) -> Option<String> {
+    if f.is_none() && header.is_none() {
+        return None;
+    }
+    from_fn_or_header_slow(f, header, parts)
+}
+
+fn from_fn_or_header_slow(
     f: Option<&PartsFn>,
     header: Option<&HeaderName>,
     parts: &Parts,
@@ -482,24 +494,30 @@ fn from_fn_or_header(
     (!text.is_empty()).then(|| text.to_string())
 }
 
-/// A request with at most this many header values has its headers found by comparing
-/// names, one after the other, rather than by hashing the name (a custom name such as
-/// `x-openlayer-inference-id` is hashed byte by byte, which costs more than a few
+/// A request with at most this many header values has a name looked for by comparing it
+/// with each name present, one after the other, rather than by hashing it (a custom name
+/// such as `x-openlayer-inference-id` is hashed byte by byte, which costs more than a few
 /// comparisons).
 const SCAN_MAX: usize = 8;
 
 /// The values of the header `name` in `headers`, in the order [`HeaderMap::get_all`] gives
 /// them.
+#[inline]
 pub(crate) fn header_values<'a>(headers: &'a HeaderMap, name: &'a HeaderName) -> HeaderValues<'a> {
-    if headers.len() <= SCAN_MAX {
+    if headers.len() > SCAN_MAX {
+        HeaderValues::Found(headers.get_all(name).iter())
+    } else if headers.keys().any(|k| k == name) {
+        // The names alone are compared first: most names looked for are absent, and
+        // walking the names costs less than walking the values.
         HeaderValues::Scan(headers.iter(), name)
     } else {
-        HeaderValues::Found(headers.get_all(name).iter())
+        HeaderValues::Absent
     }
 }
 
 /// See [`header_values`].
 pub(crate) enum HeaderValues<'a> {
+    Absent,
     Scan(http::header::Iter<'a, HeaderValue>, &'a HeaderName),
     Found(http::header::ValueIter<'a, HeaderValue>),
 }
@@ -510,6 +528,7 @@ impl<'a> Iterator for HeaderValues<'a> {
     #[inline]
     fn next(&mut self) -> Option<&'a HeaderValue> {
         match self {
+            HeaderValues::Absent => None,
             HeaderValues::Scan(iter, name) => iter.find(|(n, _)| *n == *name).map(|(_, v)| v),
             HeaderValues::Found(iter) => iter.next(),
         }
