@@ -48,13 +48,32 @@ impl TraceShared {
         capture: Option<Arc<dyn crate::record::sink::TraceSink>>,
         anchor: i64,
     ) {
-        let (steps, text, extra) = reused_buffers();
-        *self.state.get_mut() = TraceState {
+        let (new_steps, new_text, new_extra) = reused_buffers();
+        // Field by field, every field named (a new one must be reset here too): what a
+        // spent trace has left is empty, so replacing it costs a check per field rather
+        // than building a whole state and dropping the old one.
+        let TraceState {
             steps,
             text,
+            open,
+            root_closed,
+            shipped,
+            inference_id,
             extra,
-            ..TraceState::default()
-        };
+            open_key,
+            held,
+            steps_dropped,
+        } = self.state.get_mut();
+        *steps = new_steps;
+        *text = new_text;
+        *extra = new_extra;
+        *open = 0;
+        *root_closed = false;
+        *shipped = false;
+        *inference_id = None;
+        *open_key = 0;
+        *held = 0;
+        *steps_dropped = 0;
         self.anchor = anchor;
         self.anchor_unix_ns = crate::util::clock::unix_ns(anchor);
         self.capture = capture;
