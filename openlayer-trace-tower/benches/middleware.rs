@@ -6,9 +6,16 @@
 //!
 //! One iteration is one request through an in-process service (no network): build a
 //! `GET /items/42` request with a `user-agent` header, call the service, read the response
-//! body to its end. Variants:
+//! body to its end. Two handlers, each a `service_fn` answering `200 ok`:
 //!
-//! - `bare`: the inner service alone (a `service_fn` answering `200 ok`);
+//! - `middleware/*`: the response has no header at all. The hardest case for a layer that
+//!   adds a header: its insert allocates the response's header map.
+//! - `middleware_typed/*`: the response has the `content-type` that axum gives a `String`
+//!   (`text/plain; charset=utf-8`), as nearly every real handler's response has one.
+//!
+//! Variants, for each:
+//!
+//! - `bare`: the inner service alone;
 //! - `trace_layer`: tower-http's `TraceLayer::new_for_http()` around it, under a `tracing`
 //!   subscriber that records nothing (`tracing_subscriber::registry()` without layers:
 //!   spans are created and entered, events dispatched, nothing is kept);
@@ -43,6 +50,16 @@ type Req = Request<Full<Bytes>>;
 
 async fn handler(_req: Req) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
+}
+
+/// Like [`handler`], with the `content-type` axum sets on a `String` response.
+async fn typed_handler(_req: Req) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut res = Response::new(Full::new(Bytes::from_static(b"ok")));
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(res)
 }
 
 fn request() -> Req {
@@ -148,16 +165,27 @@ fn bench(b: &mut Bencher<'_>, mut f: impl FnMut() -> usize) {
     b.iter_custom(|iters| time_requests(iters, &mut f));
 }
 
-fn middleware(c: &mut Criterion) {
-    let mut bare = service_fn(handler);
-    let mut traced = tower_http::trace::TraceLayer::new_for_http().layer(service_fn(handler));
+/// Runs the three variants around `handler` as the criterion group `group`.
+fn group<H, F>(c: &mut Criterion, group: &str, handler: H)
+where
+    H: FnMut(Req) -> F + Clone,
+    F: Future<Output = Result<Response<Full<Bytes>>, Infallible>>,
+{
+    let mut bare = service_fn(handler.clone());
+    let mut traced =
+        tower_http::trace::TraceLayer::new_for_http().layer(service_fn(handler.clone()));
     let mut ours = OpenlayerLayer::new().layer(service_fn(handler));
 
-    let mut g = c.benchmark_group("middleware");
+    let mut g = c.benchmark_group(group);
     g.bench_function("bare", |b| bench(b, || one(&mut bare)));
     g.bench_function("trace_layer", |b| bench(b, || one(&mut traced)));
     g.bench_function("openlayer", |b| bench(b, || one(&mut ours)));
     g.finish();
+}
+
+fn middleware(c: &mut Criterion) {
+    group(c, "middleware", handler);
+    group(c, "middleware_typed", typed_handler);
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -165,12 +193,18 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// The three variants in alternation, `ROUNDS` times; per-request medians over the rounds.
-fn paired() {
+/// The three variants around `handler` in alternation, `ROUNDS` times; per-request
+/// medians over the rounds.
+fn paired<H, F>(label: &str, handler: H)
+where
+    H: FnMut(Req) -> F + Clone,
+    F: Future<Output = Result<Response<Full<Bytes>>, Infallible>>,
+{
     const ROUNDS: usize = 60;
     const PER_ROUND: u64 = 20 * CHUNK;
-    let mut bare = service_fn(handler);
-    let mut traced = tower_http::trace::TraceLayer::new_for_http().layer(service_fn(handler));
+    let mut bare = service_fn(handler.clone());
+    let mut traced =
+        tower_http::trace::TraceLayer::new_for_http().layer(service_fn(handler.clone()));
     let mut ours = OpenlayerLayer::new().layer(service_fn(handler));
     let ns = |d: Duration| d.as_nanos() as f64 / PER_ROUND as f64;
     let (mut b, mut t, mut o) = (Vec::new(), Vec::new(), Vec::new());
@@ -189,7 +223,7 @@ fn paired() {
     let (mb, mt, mo) = (median(&mut b), median(&mut t), median(&mut o));
     let (ot, oo, r) = (median(&mut over_t), median(&mut over_o), median(&mut ratio));
     println!(
-        "\npaired rounds ({ROUNDS} rounds of {PER_ROUND} requests each, medians over the rounds):"
+        "\npaired rounds, {label} ({ROUNDS} rounds of {PER_ROUND} requests each, medians over the rounds):"
     );
     println!("- bare service:          {mb:8.1} ns / request");
     println!("- TraceLayer (registry): {mt:8.1} ns / request, overhead {ot:7.1} ns");
@@ -245,6 +279,7 @@ fn main() {
     middleware(&mut c);
     c.final_summary();
     if paired_selected() {
-        paired();
+        paired("response without headers", handler);
+        paired("response with a content-type", typed_handler);
     }
 }
