@@ -65,8 +65,8 @@ fn shared_value(id: &str) -> Option<HeaderValue> {
 ///
 /// Eight bytes at a time, without a branch per word: `from_maybe_shared`'s own check cost
 /// about 60 instructions per generated id in the middleware benchmark (it did not
-/// vectorize there), this one about 27. A value with a byte below 0x20 or equal to 0x7f anywhere (a tab, say)
-/// is checked again byte by byte.
+/// vectorize there), this one about 27. A value with a byte below 0x20 or equal to 0x7f
+/// anywhere (a tab, say) is checked again byte by byte.
 #[inline]
 fn valid_value(b: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
