@@ -216,7 +216,7 @@ pub use api::annotate::{
     update_current_step, update_current_trace,
 };
 #[cfg(feature = "enable")]
-pub use api::lifecycle::{init, init_from_env};
+pub use api::lifecycle::{init, init_from_env, is_recording};
 #[cfg(feature = "enable")]
 pub use api::macro_support::InputWriter;
 #[cfg(feature = "enable")]
@@ -284,7 +284,7 @@ pub use noop::context::{
     WithUserSession, current_context, enter_user_session, thread, with_user_session,
 };
 #[cfg(not(feature = "enable"))]
-pub use noop::lifecycle::{Guard, flush, flush_async, init, init_from_env, stats};
+pub use noop::lifecycle::{Guard, flush, flush_async, init, init_from_env, is_recording, stats};
 #[cfg(not(feature = "enable"))]
 pub use noop::step::{
     EnteredStep, InputWriter, Instrumented, OutputSink, StepBuilder, StepFinisher, StepGuard,

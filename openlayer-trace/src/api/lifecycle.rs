@@ -37,3 +37,20 @@ pub fn init(config: Config) -> Result<Guard, Error> {
 pub fn init_from_env() -> Result<Guard, Error> {
     init(Config::from_env()?)
 }
+
+/// Whether a step started here, now, would be recorded: tracing is on (or a test capture
+/// is active), or a trace is current here. False when tracing is disabled, and on the
+/// SDK's own threads. Before the SDK is configured, the first call configures it from the
+/// environment, as the first traced call would.
+///
+/// For work done only to be recorded, such as buffering a request body to record it:
+///
+/// ```
+/// let config = openlayer_trace::Config::builder().disabled(true).build()?;
+/// let _guard = openlayer_trace::init(config)?;
+/// assert!(!openlayer_trace::is_recording());
+/// # Ok::<(), openlayer_trace::Error>(())
+/// ```
+pub fn is_recording() -> bool {
+    crate::context::would_record(runtime::lazy_init)
+}

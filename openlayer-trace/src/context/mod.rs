@@ -178,6 +178,32 @@ fn parent(configure: fn() -> bool) -> Option<Parent> {
     }
 }
 
+/// Whether a step opened here now would be recorded: it would nest in the current trace,
+/// or go to a test capture, or start a trace while tracing is on (and this is not one of
+/// the SDK's own threads). Like [`parent`], without taking a reference to anything.
+pub(crate) fn would_record(configure: fn() -> bool) -> bool {
+    let found = POS.try_with(|p| {
+        let t = p.trace.take();
+        let current = t.is_some();
+        p.trace.set(t);
+        if current {
+            return Some(true);
+        }
+        if crate::util::reentry::suppressed() {
+            return Some(false);
+        }
+        let cap = p.capture.take();
+        let captured = cap.is_some();
+        p.capture.set(cap);
+        captured.then_some(true)
+    });
+    match found {
+        Ok(Some(recorded)) => recorded,
+        Ok(None) => sink::enabled(configure),
+        Err(_) => false,
+    }
+}
+
 /// When a step starts.
 #[derive(Clone, Copy)]
 pub(crate) enum Start {
