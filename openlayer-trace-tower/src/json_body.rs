@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 
 use crate::body::OpenlayerBody;
 use crate::layer::{RecordJsonBody, Settings};
-use crate::service::{OpenlayerService, RecordedBody, ResponseFuture, begin};
+use crate::service::{OpenlayerService, RecordedBody, ResponseFuture, begin, respond};
 
 /// Whether the request says its body is JSON (`application/json`, `*/*+json`).
 fn is_json(headers: &HeaderMap) -> bool {
@@ -39,7 +39,8 @@ where
     S: tower::Service<Request<B>, Response = Response<ResBody>> + Clone,
     S::Error: Display,
     B: Body + From<Bytes>,
-    ResBody: Body,
+    B::Error: Display,
+    ResBody: Body + Default,
     ResBody::Error: Display,
 {
     type Response = Response<OpenlayerBody<ResBody>>;
@@ -54,7 +55,8 @@ where
         let (parts, body) = req.into_parts();
         let max = self.mode.max_bytes;
         let small = body.size_hint().upper().is_some_and(|n| n <= max as u64);
-        if !(small && is_json(&parts.headers)) {
+        // A body is read ahead only to be recorded: not when the step would not be.
+        if !(small && is_json(&parts.headers) && openlayer_trace::is_recording()) {
             let begun = begin(&self.settings, &parts, None);
             let req = Request::from_parts(parts, body);
             let fut = ResponseFuture::start(&mut self.inner, req, begun, self.settings.clone());
@@ -106,6 +108,8 @@ pin_project_lite::pin_project! {
             #[pin]
             fut: ResponseFuture<F>,
         },
+        /// Answered without calling the service (the request body could not be read).
+        Done,
     }
 }
 
@@ -117,6 +121,7 @@ where
         let state = match &self.state {
             JsonState::Reading { .. } => "reading the request body",
             JsonState::Running { .. } => "running",
+            JsonState::Done => "done",
         };
         f.debug_struct("JsonResponseFuture")
             .field("state", &state)
@@ -129,7 +134,8 @@ where
     S: tower::Service<Request<B>, Response = Response<ResBody>>,
     S::Error: Display,
     B: Body + From<Bytes>,
-    ResBody: Body,
+    B::Error: Display,
+    ResBody: Body + Default,
     ResBody::Error: Display,
 {
     type Output = Result<Response<OpenlayerBody<ResBody>>, S::Error>;
@@ -139,6 +145,7 @@ where
         loop {
             let next = match state.as_mut().project() {
                 StateProj::Running { fut } => return fut.poll(cx),
+                StateProj::Done => panic!("JsonResponseFuture polled after it completed"),
                 StateProj::Reading {
                     mut body,
                     service,
@@ -146,21 +153,34 @@ where
                     buf,
                     settings,
                 } => {
-                    // Until the end, or an error: then the handler gets what was read.
-                    while let Some(Ok(frame)) = ready!(body.as_mut().poll_frame(cx)) {
-                        if let Ok(mut data) = frame.into_data() {
-                            while data.has_remaining() {
-                                let chunk = data.chunk();
-                                buf.extend_from_slice(chunk);
-                                let n = chunk.len();
-                                data.advance(n);
+                    let failed = loop {
+                        match ready!(body.as_mut().poll_frame(cx)) {
+                            Some(Ok(frame)) => {
+                                if let Ok(mut data) = frame.into_data() {
+                                    while data.has_remaining() {
+                                        let chunk = data.chunk();
+                                        buf.extend_from_slice(chunk);
+                                        let n = chunk.len();
+                                        data.advance(n);
+                                    }
+                                }
                             }
+                            Some(Err(e)) => break Some(e.to_string()),
+                            None => break None,
                         }
-                    }
-                    let bytes = std::mem::take(buf).freeze();
+                    };
                     let (Some(mut service), Some(parts)) = (service.take(), parts.take()) else {
                         unreachable!("the request is taken only when leaving this state")
                     };
+                    if let Some(error) = failed {
+                        // The handler is not called with a body cut short (a truncated
+                        // JSON text can still parse: `123` cut to `12`). The client gets
+                        // 400, as from axum's body extractors; the client may be gone.
+                        let settings = settings.clone();
+                        state.set(JsonState::Done);
+                        return Poll::Ready(Ok(read_failed(&settings, &parts, &error)));
+                    }
+                    let bytes = std::mem::take(buf).freeze();
                     let text;
                     let recorded = match serde_json::from_slice::<&RawValue>(&bytes) {
                         Ok(raw) => RecordedBody::Json(raw),
@@ -178,4 +198,20 @@ where
             state.set(next);
         }
     }
+}
+
+/// The response when the request body could not be read: `400 Bad Request`, recorded on
+/// the request's step (inputs without the body, output 400, the read error under
+/// `Exceptions`) with the inference id header as usual.
+fn read_failed<ResBody: Body + Default>(
+    settings: &Settings,
+    parts: &Parts,
+    error: &str,
+) -> Response<OpenlayerBody<ResBody>> {
+    let begun = begin(settings, parts, None);
+    let mut step = begun.step;
+    step.exception(&format_args!("reading the request body failed: {error}"));
+    let mut res = Response::new(ResBody::default());
+    *res.status_mut() = http::StatusCode::BAD_REQUEST;
+    respond(step, res, begun.head, settings)
 }

@@ -94,7 +94,7 @@ pub struct RecordJsonBody {
 /// - fills the `user_id` and `session_id` columns from [headers](Self::user_id_header) or
 ///   [closures](Self::user_id);
 /// - records the status code as the step's output, and for a 5xx response or a panic of
-///   the handler an `Exceptions` entry;
+///   the handler an `Exceptions` entry (see [below](#handler-panics));
 /// - ends the step when the response body has been sent in full, or, when the client goes
 ///   away first, when the body is dropped, with `cancelled: true` and the status sent.
 ///
@@ -105,7 +105,7 @@ pub struct RecordJsonBody {
 ///     .record_headers(["user-agent", "x-client-version"])
 ///     .user_id_header("x-user-id")
 ///     .session_id_header("x-session-id");
-/// // axum:  Router::new().route("/chat", post(chat)).layer(layer)
+/// // axum:  Router::new().route("/chat", post(chat)).route_layer(layer)
 /// // tower: ServiceBuilder::new().layer(layer).service(svc)
 /// # let _ = layer;
 /// ```
@@ -130,10 +130,35 @@ pub struct RecordJsonBody {
 /// names or 64 KiB of them (route templates fit many times over); past that (request paths
 /// with ids in them, when no template is known), names are made per request and not kept.
 ///
+/// # Handler panics
+///
+/// A panic in the handler unwinds through this layer, which records it (the step ends
+/// with the panic's message under `Exceptions`) and lets it go on: catching it is the job
+/// of a layer outside this one, such as tower-http's `CatchPanicLayer`. The `500` that
+/// such a layer makes has no inference id header, since this layer never sees it. A
+/// client that wants to give feedback on failed requests too sends its own id in the
+/// request header, which the row then keeps (`inference_id_for(business key)` makes one
+/// from a key the client already has).
+///
+/// # Which requests
+///
+/// With axum, `Router::layer` traces every request the router answers, its fallback (an
+/// unknown path, a 404) included; `Router::route_layer` traces the routes added before
+/// it only. Add it to the inference routes, so that feedback calls and health checks make
+/// no row:
+///
+/// ```text
+/// Router::new()
+///     .route("/chat", post(chat))
+///     .route_layer(OpenlayerLayer::new())
+///     .route("/feedback", post(feedback))
+/// ```
+///
 /// # When tracing is off
 ///
 /// With tracing disabled (`OPENLAYER_DISABLE_PUBLISH`), requests pass through untouched: no
-/// step, no response header.
+/// step, no response header, and no request body read ahead (with
+/// [`record_json_body`](Self::record_json_body)).
 pub struct OpenlayerLayer<M = IgnoreBody> {
     pub(crate) settings: Arc<Settings>,
     pub(crate) mode: M,
@@ -205,12 +230,19 @@ impl OpenlayerLayer {
     /// `content-length`) and at most `max_bytes`.
     ///
     /// Such a body is read in full before the handler runs (the step starts after it),
-    /// then handed to the handler unchanged. Other bodies are streamed to the handler
-    /// untouched and not recorded. If reading the body fails, the handler gets the bytes
-    /// read so far (its own JSON parsing then reports the truncated body).
+    /// then handed to the handler unchanged. Other bodies, and every body while tracing is
+    /// off, are streamed to the handler untouched and not recorded.
     ///
-    /// The body type must be buildable from [`bytes::Bytes`] (`axum::body::Body`,
-    /// `http_body_util::Full`, ...), and the inner service `Clone` (axum's routes are).
+    /// If reading the body fails (the client went away mid-upload), the handler is not
+    /// called with the part that arrived, since a truncated JSON text can still parse
+    /// (`123` cut to `12`). The layer answers `400 Bad Request` itself, as axum's body
+    /// extractors would, with an empty body and the inference id header; the row has the
+    /// inputs without the body, output 400, and the read error under `Exceptions`.
+    ///
+    /// The request body type must be buildable from [`bytes::Bytes`] (`axum::body::Body`,
+    /// `http_body_util::Full`, ...), the response body type must have a `Default` (an
+    /// empty body; axum's and http-body-util's do), and the inner service must be `Clone`
+    /// (axum's routes are).
     ///
     /// ```
     /// let layer = openlayer_trace_tower::OpenlayerLayer::new().record_json_body(16 * 1024);

@@ -83,7 +83,7 @@ fn header_text(value: &HeaderValue) -> Cow<'_, str> {
 pub(crate) struct Begun {
     pub(crate) step: StepHandle,
     /// Whether the response will have no body to wait for (`HEAD`).
-    head: bool,
+    pub(crate) head: bool,
 }
 
 /// Opens the request's root step and sets its trace's columns.
@@ -217,28 +217,38 @@ where
                 return Poll::Ready(Err(e));
             }
         };
-        let (mut parts, body) = res.into_parts();
-        let status = parts.status;
-        step.output(&status.as_u16());
-        if status.is_server_error() {
-            step.metadata("Exceptions", &format!("HTTP {status}"));
-        }
-        if this.settings.respond_with_id
-            && let Some(Some(value)) = step.with_inference_id(crate::id_header::header_value)
-        {
-            parts
-                .headers
-                .insert(this.settings.inference_id_header.clone(), value);
-        }
-        let step = if *this.head || bodiless(status) || http_body::Body::is_end_stream(&body) {
-            step.finish();
-            None
-        } else {
-            Some(step)
-        };
-        Poll::Ready(Ok(Response::from_parts(
-            parts,
-            OpenlayerBody::new(body, step),
-        )))
+        Poll::Ready(Ok(respond(step, res, *this.head, this.settings)))
     }
+}
+
+/// Records the response on the request's step (the status as output, `Exceptions` for a
+/// 5xx), writes the inference id header, and hands the step to the body, or ends it when
+/// there is no body to wait for.
+#[inline]
+pub(crate) fn respond<ResBody: http_body::Body>(
+    mut step: StepHandle,
+    res: Response<ResBody>,
+    head: bool,
+    settings: &Settings,
+) -> Response<OpenlayerBody<ResBody>> {
+    let (mut parts, body) = res.into_parts();
+    let status = parts.status;
+    step.output(&status.as_u16());
+    if status.is_server_error() {
+        step.metadata("Exceptions", &format!("HTTP {status}"));
+    }
+    if settings.respond_with_id
+        && let Some(Some(value)) = step.with_inference_id(crate::id_header::header_value)
+    {
+        parts
+            .headers
+            .insert(settings.inference_id_header.clone(), value);
+    }
+    let step = if head || bodiless(status) || http_body::Body::is_end_stream(&body) {
+        step.finish();
+        None
+    } else {
+        Some(step)
+    };
+    Response::from_parts(parts, OpenlayerBody::new(body, step))
 }

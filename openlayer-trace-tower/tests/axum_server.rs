@@ -98,6 +98,38 @@ async fn echo_len(body: String) -> String {
     body.len().to_string()
 }
 
+/// Calls of [`count`], which only the test of cut-short bodies requests.
+static COUNTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+async fn count(body: String) -> String {
+    COUNTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    body.len().to_string()
+}
+
+/// `n` chunks, then a failure of the body's stream.
+async fn chunks_then_error(Path(n): Path<u64>) -> Response {
+    let chunks = tokens().take(n as usize).map(|i| Ok(token(i)));
+    let failure = stream::once(async { Err(std::io::Error::other("the upstream stream broke")) });
+    Body::from_stream(chunks.chain(failure)).into_response()
+}
+
+/// `n` chunks, then a panic while the body is polled (after the handler returned, where
+/// no `CatchPanicLayer` reaches).
+async fn chunks_then_panic(Path(n): Path<u64>) -> Response {
+    let chunks = tokens()
+        .take(n as usize)
+        .map(|i| Ok::<_, Infallible>(token(i)));
+    let boom = stream::once(async { panic!("the body's stream blew up") });
+    Body::from_stream(chunks.chain(boom)).into_response()
+}
+
+/// Answers, and rates its own row while the request's trace is still open.
+async fn rate_myself() -> &'static str {
+    let id = current_inference_id().expect("the request's trace");
+    update_row(&id, json!({"selfRating": 5}), None);
+    "rated"
+}
+
 /// What an authentication middleware would put in the extensions.
 #[derive(Clone)]
 struct Session(String);
@@ -123,6 +155,10 @@ fn app() -> Router {
         .route("/fail", get(fails))
         .route("/feedback", post(feedback))
         .route("/echo", post(echo_len))
+        .route("/count", post(count))
+        .route("/chunks-error/{n}", get(chunks_then_error))
+        .route("/chunks-panic/{n}", get(chunks_then_panic))
+        .route("/rate-myself", get(rate_myself))
         .layer(
             OpenlayerLayer::new()
                 .record_headers([
@@ -597,4 +633,118 @@ async fn only_small_json_bodies_are_recorded_and_handlers_get_them_whole() {
     assert_eq!(res.text().await.unwrap(), "9");
     let row = row_of(h, &id).await;
     assert_eq!(row["steps"][0]["inputs"]["body"], "{not json");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_cut_short_is_not_handed_to_the_handler() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = harness();
+    // A client that promises 64 bytes of JSON, sends 3 of them (`123`, which would parse
+    // as JSON) and stops sending.
+    let addr = h.base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /count HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: 64\r\n{HEADER}: cut-short-1\r\n\r\n123"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer)).await;
+    assert!(matches!(read, Ok(Ok(_))), "{read:?}");
+    // Our 400, with the row's id (the client read it after it stopped sending).
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(
+        answer.starts_with("http/1.1 400 bad request\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains(&format!("\r\n{HEADER}: cut-short-1\r\n")),
+        "{answer}"
+    );
+
+    let row = row_of(h, "cut-short-1").await;
+    let root = &row["steps"][0];
+    assert_eq!(root["output"], 400, "{row:#}");
+    let exceptions = root["metadata"]["Exceptions"].as_str().unwrap_or_default();
+    assert!(
+        exceptions.starts_with("reading the request body failed: "),
+        "{row:#}"
+    );
+    assert!(root["inputs"].get("body").is_none(), "{row:#}");
+    assert_eq!(root["inputs"]["method"], "POST");
+    assert!(child_names(root).is_empty(), "{row:#}");
+    assert_eq!(
+        COUNTED.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the handler ran with a body cut short"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_fails_or_panics_mid_stream_is_recorded() {
+    let h = harness();
+    let client = client();
+    for (route, expected) in [
+        ("chunks-error", "the upstream stream broke"),
+        ("chunks-panic", "the body's stream blew up"),
+    ] {
+        let mut res = client
+            .get(format!("{}/{route}/3", h.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let id = header(&res);
+        // The chunks sent, then the connection fails.
+        let mut outcome = Ok(());
+        loop {
+            match res.chunk().await {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        assert!(outcome.is_err(), "{route}: the body ended cleanly");
+        let row = row_of(h, &id).await;
+        let root = &row["steps"][0];
+        let exceptions = root["metadata"]["Exceptions"].as_str().unwrap_or_default();
+        assert!(exceptions.contains(expected), "{route}: {row:#}");
+        // The tokens made before the failure nest under the request's step.
+        assert_eq!(child_names(root), ["token"; 3], "{route}: {row:#}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_update_made_in_the_handler_follows_the_row() {
+    let h = harness();
+    let res = client()
+        .get(format!("{}/rate-myself", h.base))
+        .send()
+        .await
+        .unwrap();
+    let id = header(&res);
+    assert_eq!(res.text().await.unwrap(), "rated");
+    let is_update = |r: &RecordedRequest| {
+        r.method == "PUT" && r.query_param("inferenceId") == Some(id.as_str())
+    };
+    let found = h
+        .openlayer
+        .wait_for(WAIT, |reqs| reqs.iter().any(is_update))
+        .await;
+    assert!(found, "no row update for {id}");
+    let reqs = h.openlayer.requests();
+    let row = reqs
+        .iter()
+        .find(|r| r.is_data_stream() && r.outcome.is_success() && r.inference_ids().contains(&id))
+        .expect("the trace's row, sent before its update");
+    let update = reqs.iter().find(|r| is_update(r)).unwrap();
+    assert!(update.seq > row.seq, "update after the row");
+    assert_eq!(
+        update.json.as_ref().unwrap()["row"],
+        json!({"selfRating": 5})
+    );
 }
