@@ -1,11 +1,14 @@
 //! An axum chat service traced with `openlayer-trace-tower`: every request is a trace,
 //! the streamed answer is part of it, and the client sends feedback for its row.
 //!
-//! - `POST /chat` `{"question": "...", "user_id": "..."}` retrieves documents (a `#[trace]`
-//!   function), then streams the model's answer as server-sent events. The response's
-//!   `x-openlayer-inference-id` header names the trace's row.
+//! - `POST /chat` `{"question": "..."}` retrieves documents (a `#[trace]` function), then
+//!   streams the model's answer as server-sent events. The `x-user-id` and `x-session-id`
+//!   request headers, when sent, fill the row's `user_id` and `session_id` columns. The
+//!   response's `x-openlayer-inference-id` header names the trace's row.
 //! - `POST /feedback` `{"inference_id": "...", "thumbs": "up" | "down"}` attaches the
-//!   user's feedback to that row with `update_row`.
+//!   user's feedback to that row with `update_row`. It is not traced itself: the layer is
+//!   on the chat route only (`route_layer`), so a feedback call, a health check or a
+//!   request for an unknown path (axum's fallback) makes no row.
 //!
 //! ```sh
 //! cargo run --example axum_chat -- --demo   # starts, chats, sends feedback, prints the trace
@@ -16,8 +19,8 @@
 //! `OPENAI_API_KEY` set, the answer is a streamed chat completion from OpenAI
 //! (`OPENAI_MODEL`, default `gpt-4o-mini`; `OPENAI_BASE_URL` for another compatible
 //! server), recorded by `openlayer-trace-openai`. Without it the model is simulated (it
-//! streams a canned answer word by word, with token counts), so the example needs no key
-//! of any kind.
+//! streams a canned answer word by word, and counts words as its tokens), so the example
+//! needs no key of any kind.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -94,8 +97,11 @@ impl SimulatedModel {
     const NAME: &'static str = "simulated-gpt";
 
     fn stream_answer(&self, question: &str, docs: &[String]) -> impl Stream<Item = String> + use<> {
+        let system = format!("Answer from the context:\n{}", docs.join("\n"));
+        // This model's tokens are words: of the whole prompt, and of the answer below.
+        let prompt_tokens = system.split_whitespace().count() + question.split_whitespace().count();
         let prompt = json!([
-            {"role": "system", "content": format!("Answer from the context:\n{}", docs.join("\n"))},
+            {"role": "system", "content": system},
             {"role": "user", "content": question},
         ]);
         // Opened now, under the request's step; it ends with the stream (or, if the client
@@ -106,7 +112,7 @@ impl SimulatedModel {
             .start();
         call.metadata("provider", "Simulated");
         call.metadata("model", Self::NAME);
-        call.metadata("prompt_tokens", &(question.split_whitespace().count() + 40));
+        call.metadata("prompt_tokens", &prompt_tokens);
         let answer = format!(
             "Based on our docs: {}",
             docs.first().map(String::as_str).unwrap_or("I do not know.")
@@ -271,16 +277,19 @@ async fn feedback(Json(f): Json<Feedback>) -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// The service. The layer traces the routes added before `route_layer` (the inference
+/// routes) and nothing else: with `Router::layer` instead, every request would be a row,
+/// feedback calls and requests for unknown paths (axum's fallback) included.
 fn app() -> Router {
     Router::new()
         .route("/chat", post(chat))
-        .route("/feedback", post(feedback))
-        .layer(
+        .route_layer(
             OpenlayerLayer::new()
                 .user_id_header("x-user-id")
                 .session_id_header("x-session-id")
                 .record_json_body(16 * 1024),
         )
+        .route("/feedback", post(feedback))
 }
 
 /// A plain-HTTP client for the demo's loopback calls (reqwest is built here without a
