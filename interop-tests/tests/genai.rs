@@ -103,6 +103,7 @@ async fn genai_chat_call_becomes_a_chat_completion_step_under_the_traced_caller(
         &json!({"role": "user", "content": "What is the capital of France?"})
     );
     // The call's time lies within the caller's.
-    assert!(chat["startTime"].as_f64() >= root["startTime"].as_f64());
-    assert!(chat["endTime"].as_f64() <= root["endTime"].as_f64());
+    let time = |step: &serde_json::Value, key: &str| step[key].as_f64().unwrap();
+    assert!(time(chat, "startTime") >= time(root, "startTime"));
+    assert!(time(chat, "endTime") <= time(root, "endTime"));
 }

@@ -55,8 +55,9 @@ fn nested_sync_calls() {
     assert_eq!(t.step("middle").unwrap()["output"], 14);
     // A child's times lie within its parent's.
     let (root, mid) = (t.root(), t.step("middle").unwrap());
-    assert!(mid["startTime"].as_f64() >= root["startTime"].as_f64());
-    assert!(mid["endTime"].as_f64() <= root["endTime"].as_f64());
+    let time = |step: &serde_json::Value, key: &str| step[key].as_f64().unwrap();
+    assert!(time(mid, "startTime") >= time(root, "startTime"));
+    assert!(time(mid, "endTime") <= time(root, "endTime"));
 }
 
 #[test]

@@ -108,11 +108,12 @@ fn failures() -> (Told, impl Fn(&DeliveryFailure) + Send + Sync + 'static) {
     })
 }
 
-/// The child side: does nothing unless started by one of the tests below.
+/// The child side: one scenario, in a process started by one of the tests below.
 #[test]
+#[ignore = "a scenario's own process, started by the other tests of this binary"]
 fn child() {
     let Some(scenario) = child::scenario() else {
-        return;
+        panic!("not started as a scenario: {} is not set", child::SCENARIO);
     };
     match scenario.as_str() {
         "server_errors" => server_errors(),
@@ -619,7 +620,9 @@ fn batching() {
         ("rows_per_request", format!("{sizes:?}").replace(' ', "")),
     ]);
     assert!(sizes.iter().all(|n| *n <= 16), "{sizes:?}");
-    assert!(requests.len() <= 6, "{sizes:?}");
+    // At least 5 (40 + 5 + 5 rows, 16 at most per request, three groups); the linger may
+    // split a group on a slow machine, but 50 rows in few requests is batching.
+    assert!(requests.len() <= 10, "{sizes:?}");
     for r in &requests {
         let body = r.json.as_ref().unwrap();
         let ids = r.inference_ids();

@@ -137,7 +137,7 @@ async fn a_dropped_future_closes_its_steps_as_cancelled_and_ships_the_root() {
     assert_eq!(children[1]["metadata"]["cancelled"], true);
     assert_eq!(children[1]["output"], serde_json::Value::Null);
     // The cancelled child closed when it was dropped, within its parent.
-    assert!(children[1]["endTime"].as_f64() <= root["endTime"].as_f64());
+    assert!(children[1]["endTime"].as_f64().unwrap() <= root["endTime"].as_f64().unwrap());
     assert_clean(&traces[1]);
 }
 
