@@ -13,15 +13,9 @@ fn answer(id: &str, turn: u32) -> u32 {
     turn
 }
 
-#[test]
-fn child() {
-    let Some(_) = child::scenario() else {
-        return;
-    };
-    let server = TestServer::start();
-    server.go_down();
-    let dir = temp_dir("replay-distinct");
-    let config = Config::builder()
+/// The spool for `dir`, delivering to `server`.
+fn config(server: &TestServer, dir: &std::path::Path) -> Config {
+    Config::builder()
         .api_key("sk-test-distinct")
         .base_url(server.url())
         .inference_pipeline_id("pipe-1")
@@ -29,14 +23,46 @@ fn child() {
         .max_retries(0)
         .linger(Duration::from_millis(1))
         .batch_max_rows(1)
-        .spool_dir(&dir)
+        .spool_dir(dir)
         .build()
-        .unwrap();
-    let guard = openlayer_trace::init(config).unwrap();
-    // Two turns of one conversation, both with the conversation's id.
+        .unwrap()
+}
+
+/// Two turns of one conversation, both with the conversation's id, and another one.
+fn produce() {
     answer("chat-1", 1);
     answer("chat-1", 2);
     answer("chat-2", 1);
+}
+
+/// Both turns of `chat-1` and the one of `chat-2` reached `server`, once each.
+fn assert_all_delivered(server: &TestServer) {
+    let counts = server.inference_id_counts();
+    assert_eq!(counts.get("chat-1"), Some(&2), "{counts:?}");
+    assert_eq!(counts.get("chat-2"), Some(&1), "{counts:?}");
+}
+
+#[test]
+#[ignore = "a scenario's own process, started by the other tests of this binary"]
+fn child() {
+    let Some(scenario) = child::scenario() else {
+        panic!("not started as a scenario: {} is not set", child::SCENARIO);
+    };
+    match scenario.as_str() {
+        "distinct" => in_one_run(),
+        "spool" => spool_and_stop(),
+        "restart" => restart(),
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+/// Spooled while the server is down, replayed when it comes back, in one process.
+fn in_one_run() {
+    let server = TestServer::start();
+    server.go_down();
+    let dir = temp_dir("replay-distinct");
+    let guard = openlayer_trace::init(config(&server, &dir)).unwrap();
+    produce();
     let r = guard.flush(Duration::from_secs(5)).unwrap();
     assert_eq!(r.stats.spooled, 3, "{:?}", r.stats);
     server.come_up();
@@ -46,12 +72,43 @@ fn child() {
         >= 3));
     let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
     assert_eq!(s.replayed, 3, "{s:?}");
-    let counts = server.inference_id_counts();
-    assert_eq!(counts.get("chat-1"), Some(&2), "{counts:?}");
-    assert_eq!(counts.get("chat-2"), Some(&1), "{counts:?}");
+    assert_all_delivered(&server);
+}
+
+/// Spooled while the server is down, and the process stops with them still spooled.
+fn spool_and_stop() {
+    let server = TestServer::start();
+    server.go_down();
+    let dir = std::env::var("TEST_SPOOL_DIR").unwrap();
+    let guard = openlayer_trace::init(config(&server, dir.as_ref())).unwrap();
+    produce();
+    let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+    assert_eq!((s.spooled, s.sent, s.replayed), (3, 0, 0), "{s:?}");
+}
+
+/// A new process on the same spool replays all three rows.
+fn restart() {
+    let server = TestServer::start();
+    let dir = std::env::var("TEST_SPOOL_DIR").unwrap();
+    let guard = openlayer_trace::init(config(&server, dir.as_ref())).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || guard
+        .stats()
+        .replayed
+        >= 3));
+    let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+    assert_eq!((s.replayed, s.enqueued), (3, 0), "{s:?}");
+    assert_all_delivered(&server);
 }
 
 #[test]
 fn distinct_rows_sharing_an_inference_id_are_all_replayed() {
     child::run("distinct", &[]);
+}
+
+#[test]
+fn distinct_rows_sharing_an_inference_id_are_all_replayed_after_a_restart() {
+    let dir = temp_dir("replay-distinct-restart");
+    let dir = dir.to_str().unwrap();
+    child::run("spool", &[("TEST_SPOOL_DIR", dir)]);
+    child::run("restart", &[("TEST_SPOOL_DIR", dir)]);
 }
