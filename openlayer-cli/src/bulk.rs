@@ -11,6 +11,7 @@
 //! is in.
 
 use std::collections::VecDeque;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -121,7 +122,12 @@ fn save(path: &Path, sent: &Sent) -> Result<(), CliError> {
     let fail =
         |e: std::io::Error| CliError::Failed(format!("cannot write {}: {e}", path.display()));
     let tmp = path.with_extension("sent.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(sent).expect("plain data")).map_err(fail)?;
+    let mut f = crate::input::create_private(&tmp).map_err(fail)?;
+    f.write_all(&serde_json::to_vec(sent).expect("plain data"))
+        .map_err(fail)?;
+    // Synced before the rename, so that a crash cannot leave an empty progress file.
+    f.sync_all().map_err(fail)?;
+    drop(f);
     std::fs::rename(&tmp, path).map_err(fail)
 }
 

@@ -187,6 +187,9 @@ struct Column {
     kind: Kind,
     /// Kept as written (an inference id): text even when empty.
     verbatim: bool,
+    /// A blank cell is null rather than "" (the inference id column of a publish or a
+    /// stream, which rows may leave out: a row without one gets a generated id).
+    blank_is_null: bool,
 }
 
 /// The columns of a CSV file and their types, from [`scan`].
@@ -196,6 +199,8 @@ pub struct CsvSchema {
     columns: Vec<Column>,
     header: csv::StringRecord,
     verbatim: Option<String>,
+    /// The verbatim column is optional: its blank cells are null.
+    blank_is_null: bool,
 }
 
 impl CsvSchema {
@@ -215,6 +220,7 @@ impl CsvSchema {
                     cell: last_index(&self.header, name).expect("a header name"),
                     kind: Kind::Null,
                     verbatim: self.verbatim.as_deref() == Some(name),
+                    blank_is_null: self.blank_is_null && self.verbatim.as_deref() == Some(name),
                 })
                 .collect();
             for c in &mut self.columns {
@@ -260,6 +266,8 @@ pub struct Records {
     id_name: String,
     /// The column kept as written: the inference id column, else the text column.
     verbatim: Option<String>,
+    /// The verbatim column is the text column (optional), not the id column (required).
+    blank_is_null: bool,
 }
 
 impl Records {
@@ -289,6 +297,7 @@ impl Records {
                 .id_column
                 .clone()
                 .or_else(|| checks.text_column.clone()),
+            blank_is_null: checks.id_column.is_none() && checks.text_column.is_some(),
         })
     }
 
@@ -343,6 +352,7 @@ fn scan_some(mut records: Records, problems: &mut Problems, limit: u64) -> (u64,
         columns: Vec::new(),
         header: records.header.clone(),
         verbatim: records.verbatim.clone(),
+        blank_is_null: records.blank_is_null,
     };
     let mut rows = 0u64;
     while rows < limit
@@ -464,7 +474,13 @@ fn append(b: &mut Builder, c: &Column, cell: &str) -> Result<(), String> {
         )
     };
     match b {
-        Builder::Text(b) if c.verbatim => b.append_value(cell),
+        Builder::Text(b) if c.verbatim => {
+            if c.blank_is_null && cell.is_empty() {
+                b.append_null();
+            } else {
+                b.append_value(cell);
+            }
+        }
         Builder::Text(b) => match typed(cell) {
             Typed::Null => b.append_null(),
             Typed::Text(s) => b.append_value(s),

@@ -154,7 +154,13 @@ fn read_csv(file: File, path: &Path, keep_text: &[&str]) -> Result<Input, CliErr
         let mut row = Map::new();
         for (name, cell) in header.iter().zip(record.iter()) {
             let value = if keep_text.contains(&name) {
-                Value::String(cell.to_string())
+                // A blank id cell is no id (null), not the id "": rows without one get a
+                // generated id; an update reports it as missing.
+                if cell.is_empty() {
+                    Value::Null
+                } else {
+                    Value::String(cell.to_string())
+                }
             } else {
                 typed_cell(cell)
             };
@@ -192,6 +198,16 @@ pub fn failed_path(input: &Path) -> PathBuf {
     input.with_file_name(name)
 }
 
+/// Creates (or truncates) `path` for writing, readable and writable by its owner only
+/// (mode 0600 on Unix): the files the CLI writes hold rows or progress about them.
+pub fn create_private(path: &Path) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
 /// Writes `records` to `path` in `format` (with `header` for CSV), replacing the file.
 pub fn write_failed<'a>(
     path: &Path,
@@ -202,7 +218,7 @@ pub fn write_failed<'a>(
     let fail = |e: &dyn std::fmt::Display| {
         CliError::Failed(format!("cannot write {}: {e}", path.display()))
     };
-    let file = File::create(path).map_err(|e| fail(&e))?;
+    let file = create_private(path).map_err(|e| fail(&e))?;
     match format {
         Format::Jsonl => {
             let mut out = BufWriter::new(file);
@@ -265,9 +281,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ol-cli-input-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("in.csv");
-        std::fs::write(&path, "id,gt,note\n007,1,\"a, b\"\n008,,x\nshort\n").unwrap();
+        std::fs::write(
+            &path,
+            "id,gt,note\n007,1,\"a, b\"\n008,,x\nshort\n,2,no id\n",
+        )
+        .unwrap();
         let input = read(&path, &["id"]).unwrap();
-        assert_eq!(input.records.len(), 2);
+        assert_eq!(input.records.len(), 3);
+        // A blank id cell is no id, not the id "".
+        assert_eq!(input.records[2].row["id"], Value::Null);
         assert_eq!(input.bad.len(), 1);
         assert_eq!(input.records[0].line, 2);
         assert_eq!(

@@ -54,12 +54,19 @@ impl State {
 }
 
 fn fnv1a(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    format!("{:016x}", fnv1a_extend(FNV_BASIS, bytes))
+}
+
+const FNV_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a of the bytes hashed into `h`, then `bytes`: the hash of a prefix is extended
+/// line by line, rather than computed again from the file's start for every line.
+fn fnv1a_extend(mut h: u64, bytes: &[u8]) -> u64 {
     for &b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("{h:016x}")
+    h
 }
 
 /// `FILE.pushed`.
@@ -96,7 +103,7 @@ fn save_state(path: &Path, state: &State) -> Result<(), CliError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp).map_err(fail)?;
+    let mut f = crate::input::create_private(&tmp).map_err(fail)?;
     f.write_all(&serde_json::to_vec(state).unwrap_or_default())
         .map_err(fail)?;
     f.sync_all().map_err(fail)?;
@@ -123,7 +130,11 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
     let progress_path = sidecar(file);
     let mut state = load_state(&progress_path)?;
     let prefix = usize::try_from(state.prefix_len).unwrap_or(usize::MAX);
-    if prefix > content.len() || fnv1a(&content[..prefix]) != state.prefix_hash {
+    let mut prefix_hash = match content.get(..prefix) {
+        Some(p) => fnv1a_extend(FNV_BASIS, p),
+        None => 0,
+    };
+    if prefix > content.len() || format!("{prefix_hash:016x}") != state.prefix_hash {
         return Err(CliError::Usage(format!(
             "{} has changed since the last push recorded in {}; remove {} to push it from the start",
             file.display(),
@@ -219,8 +230,10 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
                 state.insert(entry.number);
                 let end = entry.offset + entry.len;
                 if end > state.prefix_len {
+                    let added = &content[state.prefix_len as usize..end as usize];
+                    prefix_hash = fnv1a_extend(prefix_hash, added);
                     state.prefix_len = end;
-                    state.prefix_hash = fnv1a(&content[..end as usize]);
+                    state.prefix_hash = format!("{prefix_hash:016x}");
                 }
                 save_state(&progress_path, &state)?;
                 bar.add(1, 0);
@@ -309,5 +322,15 @@ mod tests {
     fn fnv_matches_the_reference() {
         assert_eq!(fnv1a(b""), "cbf29ce484222325");
         assert_eq!(fnv1a(b"a"), "af63dc4c8601ec8c");
+        assert_eq!(fnv1a(b"foobar"), "85944171f73967e8");
+    }
+
+    #[test]
+    fn a_prefix_hash_extended_piece_by_piece_is_the_whole_hash() {
+        let text = b"{\"rows\":[1]}\n{\"rows\":[2]}\n\n{\"x\":3}\n";
+        for cut in 0..=text.len() {
+            let h = fnv1a_extend(fnv1a_extend(FNV_BASIS, &text[..cut]), &text[cut..]);
+            assert_eq!(format!("{h:016x}"), fnv1a(text), "cut at {cut}");
+        }
     }
 }

@@ -428,6 +428,15 @@ async fn a_failed_upload_is_resumed_by_a_rerun() {
     assert!(err.contains("storage answer"), "{err}");
     assert!(err.contains("1000 of 2500 row(s) are in"), "{err}");
     assert!(dir.path("rows.jsonl.sent").exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path("rows.jsonl.sent"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the progress file is private");
+    }
     let (first_run, registered) = uploaded(&server).await;
     assert_eq!(registered.len(), 1);
     assert_eq!(registered[0]["performDataMerge"], json!(false));

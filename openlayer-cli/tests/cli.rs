@@ -39,6 +39,16 @@ impl Drop for TempDir {
 }
 
 /// Runs the binary with a clean Openlayer environment plus `env`.
+/// The file is readable and writable by its owner only (on Unix).
+fn assert_private(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{} is not private", path.display());
+    }
+}
+
 async fn openlayer(args: &[&str], env: &[(&str, String)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_openlayer"));
     cmd.args(args);
@@ -266,6 +276,7 @@ async fn push_resumes_after_a_failure_without_duplicates() {
     assert_eq!(first.len(), 3);
     assert_eq!(stream_ids(&first), ["trace-1", "trace-3"]);
     assert!(dir.0.join("traces.jsonl.pushed").exists());
+    assert_private(&dir.0.join("traces.jsonl.pushed"));
 
     // Second run: only lines 3, 4 and 5.
     let out = openlayer(&["push", file_arg, "--pipeline-id", PIPELINE], &env).await;
@@ -388,6 +399,7 @@ async fn update_writes_failed_rows_to_a_file_that_can_be_fed_back() {
     assert_stderr_has(&out, "no inference id");
 
     let failed = dir.0.join("feedback.failed.csv");
+    assert_private(&failed);
     assert_eq!(
         std::fs::read_to_string(&failed).unwrap(),
         "inference_id,label,feedback,note\nmissing,0,thumbs_down,x\n,1,thumbs_up,no id\n"
