@@ -466,3 +466,65 @@ async fn local_mode_writes_record_batches_to_the_local_file() {
     assert!(text.contains("\"inferenceId\":\"inf-2\""), "{text}");
     std::fs::remove_file(&file).unwrap();
 }
+
+/// The inference ids of the row-update lines of a local file (none if it is absent).
+fn local_update_ids(path: &std::path::Path) -> Vec<String> {
+    if !path.exists() {
+        return Vec::new();
+    }
+    openlayer_trace::read_local_file(path)
+        .unwrap()
+        .filter_map(|e| match e.line.unwrap() {
+            openlayer_trace::LocalLine::RowUpdate { inference_id, .. } => Some(inference_id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn local_mode_never_rotates_away_the_rows_of_the_same_call() {
+    let dir = std::env::temp_dir().join(format!("ol-arrow-bound-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("t.jsonl");
+    let older = dir.join("t.jsonl.1");
+    let config = Config::builder()
+        .trace_file_max_bytes(2000)
+        .build()
+        .unwrap();
+    let c = Client::builder()
+        .config(config)
+        .trace_file(&file)
+        .build()
+        .unwrap();
+
+    // More than the bound at once: refused, nothing written.
+    let e = c
+        .update_record_batches(PIPELINE, "inference_id", None, [feedback_batch(0, 100)])
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("more than the local file's bound"),
+        "{e}"
+    );
+    assert!(local_update_ids(&file).is_empty());
+
+    // Batches of 10 rows (about 800 bytes each): the file rotates once, keeping the call's
+    // first rows in `.1`; the second rotation, which would replace them, is refused.
+    let batches = (0..10).map(|i| feedback_batch(i * 10, 10));
+    let e = c
+        .update_record_batches(PIPELINE, "inference_id", None, batches)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("a second rotation"), "{e}");
+    let mut written = local_update_ids(&older);
+    written.extend(local_update_ids(&file));
+    let n = written.len();
+    assert!((20..100).contains(&n), "{written:?}");
+    let expected: Vec<String> = (0..n).map(|i| format!("inf-{i}")).collect();
+    assert_eq!(
+        written, expected,
+        "every row written is still there, in order"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

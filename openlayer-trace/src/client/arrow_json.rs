@@ -396,7 +396,11 @@ pub(crate) fn json_value(array: &dyn Array, i: usize) -> Value {
         DataType::Date32 => {
             Value::from(i64::from(array.as_primitive::<Date32Type>().value(i)) * SECONDS_PER_DAY)
         }
-        DataType::Date64 => Value::from(array.as_primitive::<Date64Type>().value(i) / 1000),
+        // Floored, as the upload path does: a date before 1970 with a part of a second is
+        // the second before, not after.
+        DataType::Date64 => {
+            Value::from(array.as_primitive::<Date64Type>().value(i).div_euclid(1000))
+        }
         DataType::List(_) => list(array.as_list::<i32>().value(i).as_ref()),
         DataType::LargeList(_) => list(array.as_list::<i64>().value(i).as_ref()),
         DataType::ListView(_) => list(array.as_list_view::<i32>().value(i).as_ref()),
@@ -489,5 +493,14 @@ mod tests {
         let extra = obj(json!({"zz": 1}));
         let e = s.to_record_batch([&extra], 0).unwrap_err();
         assert!(e.to_string().contains("row 0: column `zz`"), "{e}");
+    }
+
+    #[test]
+    fn dates_are_floored_to_the_second_before_1970_too() {
+        use arrow_array::Date64Array;
+        let dates = Date64Array::from(vec![1_500, -1_500, -1_000, 0]);
+        let seconds: Vec<Value> = (0..dates.len()).map(|i| json_value(&dates, i)).collect();
+        // -1.5 s is in the second that starts at -2 s, as the upload path has it.
+        assert_eq!(seconds, [json!(1), json!(-2), json!(-1), json!(0)]);
     }
 }

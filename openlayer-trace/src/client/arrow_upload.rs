@@ -168,9 +168,12 @@ impl Client {
         match &self.inner.backend {
             Backend::Local(_) => {
                 let mut summary = BulkSummary::default();
+                // One call: its batches may rotate the file once, not twice.
+                let mut op = crate::export::local_file::Appends::default();
                 for batch in batches {
                     let rows = local_rows(&batch?, &check, summary.rows)?;
-                    self.publish_batch(pipeline_id, config, &rows).await?;
+                    self.publish_rows(pipeline_id, config, &rows, &mut op)
+                        .await?;
                     summary.rows += rows.len() as u64;
                 }
                 Ok(summary)
@@ -231,13 +234,16 @@ impl Client {
         match &self.inner.backend {
             Backend::Local(_) => {
                 let mut summary = BulkSummary::default();
+                // One call: its batches may rotate the file once, not twice.
+                let mut op = crate::export::local_file::Appends::default();
                 for batch in batches {
                     let rows = local_rows(&batch?, &check, summary.rows)?;
-                    self.update_batch(
+                    self.update_rows(
                         pipeline_id,
                         inference_id_column,
                         Some(config.clone()),
                         &rows,
+                        &mut op,
                     )
                     .await?;
                     summary.rows += rows.len() as u64;

@@ -39,6 +39,24 @@ impl Client {
         config: &C,
         rows: &[Value],
     ) -> Result<(), Error> {
+        self.publish_rows(
+            pipeline_id,
+            config,
+            rows,
+            &mut localfile::Appends::default(),
+        )
+        .await
+    }
+
+    /// [`publish_batch`](Self::publish_batch), as one part of a call (`op`) that may
+    /// publish several.
+    pub(crate) async fn publish_rows<C: StreamConfig + ?Sized>(
+        &self,
+        pipeline_id: &str,
+        config: &C,
+        rows: &[Value],
+        op: &mut localfile::Appends,
+    ) -> Result<(), Error> {
         let Some(config) = self.prepare_rows(pipeline_id, config, rows)? else {
             return Ok(());
         };
@@ -48,7 +66,7 @@ impl Client {
                     .chunks(self.inner.batch_max_rows)
                     .map(|chunk| stream_line(pipeline_id, config.clone(), chunk.iter()))
                     .collect();
-                localfile::append(path, &lines, self.inner.trace_file_max_bytes)
+                localfile::append_with(path, &lines, self.inner.trace_file_max_bytes, op)
             }
             Backend::Remote(t) => self.send_rows(t, pipeline_id, rows, config, None).await,
         }
@@ -81,6 +99,21 @@ impl Client {
         inference_id_column: &str,
         config: Option<RowUpdateConfig>,
         rows: &[Value],
+    ) -> Result<(), Error> {
+        let mut op = localfile::Appends::default();
+        self.update_rows(pipeline_id, inference_id_column, config, rows, &mut op)
+            .await
+    }
+
+    /// [`update_batch`](Self::update_batch), as one part of a call (`op`) that may update
+    /// several.
+    pub(crate) async fn update_rows(
+        &self,
+        pipeline_id: &str,
+        inference_id_column: &str,
+        config: Option<RowUpdateConfig>,
+        rows: &[Value],
+        op: &mut localfile::Appends,
     ) -> Result<(), Error> {
         self.check_pipeline_id(pipeline_id)?;
         require_id("inference id column", inference_id_column)?;
@@ -128,7 +161,7 @@ impl Client {
                         })
                     })
                     .collect();
-                localfile::append(path, &lines, self.inner.trace_file_max_bytes)
+                localfile::append_with(path, &lines, self.inner.trace_file_max_bytes, op)
             }
             Backend::Remote(t) => {
                 let mut data_config = config.to_json();

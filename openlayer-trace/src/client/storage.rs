@@ -144,8 +144,19 @@ fn redacted(url: &str) -> String {
     url.split(['?', '#']).next().unwrap_or(url).to_string()
 }
 
+/// The slowest upload speed allowed for before an upload times out: 1 Mbit/s.
+const SLOWEST_UPLOAD_BYTES_PER_SEC: f64 = 128.0 * 1024.0;
+
+/// The time allowed for uploading `len` bytes: the request timeout, plus the time to send
+/// them at [`SLOWEST_UPLOAD_BYTES_PER_SEC`] (a 64 MiB upload gets 512 s more), so that a
+/// large body on an ordinary uplink is not cut off and sent again in full.
+fn upload_timeout(len: usize, request_timeout: std::time::Duration) -> std::time::Duration {
+    request_timeout + std::time::Duration::from_secs_f64(len as f64 / SLOWEST_UPLOAD_BYTES_PER_SEC)
+}
+
 /// Uploads the file to the storage, retrying connection errors, timeouts, 408, 429 and
-/// 5xx like API requests (same backoff, same number of retries).
+/// 5xx like API requests (same backoff, same number of retries). The timeout grows with
+/// the body ([`upload_timeout`]).
 pub(crate) async fn upload(
     t: &Transport,
     max_retries: u32,
@@ -160,6 +171,7 @@ pub(crate) async fn upload(
             .http()
             .post(&presigned.url)
             .header(CONTENT_TYPE, content_type)
+            .timeout(upload_timeout(body.len(), t.request_timeout()))
             .body(body.clone())
             .send()
             .await
@@ -214,6 +226,16 @@ pub(crate) async fn upload(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_upload_timeout_grows_with_the_body() {
+        let base = std::time::Duration::from_secs(60);
+        assert_eq!(upload_timeout(0, base), base);
+        assert_eq!(
+            upload_timeout(64 << 20, base),
+            base + std::time::Duration::from_secs(512)
+        );
+    }
 
     #[test]
     fn presigned_fields_keep_their_order() {

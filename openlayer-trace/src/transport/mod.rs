@@ -345,6 +345,12 @@ impl Transport {
         &self.inner.http
     }
 
+    /// The time allowed for one request (the configured `request_timeout`).
+    #[cfg(feature = "client")]
+    pub(crate) fn request_timeout(&self) -> std::time::Duration {
+        self.inner.request_timeout
+    }
+
     /// The base URL, without a trailing slash.
     #[cfg(feature = "client")]
     pub(crate) fn base_url(&self) -> &str {

@@ -183,14 +183,39 @@ pub(crate) fn rotate(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// What one call of the explicit API has done to the local file, across its appends.
+#[cfg(feature = "client")]
+#[derive(Debug, Default)]
+pub(crate) struct Appends {
+    /// The file was rotated: this call's earlier lines, if any, are in `<file>.1` now,
+    /// which another rotation would replace.
+    rotated: bool,
+}
+
+/// Appends `lines` to the file at `path` (see [`append_with`]), as one call.
+#[cfg(feature = "client")]
+pub(crate) fn append(path: &Path, lines: &[LocalLine], max_bytes: u64) -> Result<(), Error> {
+    append_with(path, lines, max_bytes, &mut Appends::default())
+}
+
 /// Appends `lines` to the file at `path`, creating it (mode 0600) and its directory if
-/// needed, and rotating it to `<file>.1` first when they would take it past `max_bytes`.
+/// needed, and rotating it to `<file>.1` first (with a warning) when they would take it
+/// past `max_bytes`.
+///
+/// Lines that could never fit (more than `max_bytes` together), or a second rotation in
+/// the same call `op` (which would replace the `<file>.1` holding this call's first lines),
+/// are refused with [`Error::InvalidInput`] before anything of them is written.
 ///
 /// Each line is encoded first, then written with a single `write_all` of the line and its
 /// newline on a file opened in append mode, so concurrent writers never interleave within
 /// a line. Nothing is written when a line cannot be encoded.
 #[cfg(feature = "client")]
-pub(crate) fn append(path: &Path, lines: &[LocalLine], max_bytes: u64) -> Result<(), Error> {
+pub(crate) fn append_with(
+    path: &Path,
+    lines: &[LocalLine],
+    max_bytes: u64,
+    op: &mut Appends,
+) -> Result<(), Error> {
     let mut encoded = Vec::with_capacity(lines.len());
     for line in lines {
         let mut s = line.to_json_line()?;
@@ -199,9 +224,33 @@ pub(crate) fn append(path: &Path, lines: &[LocalLine], max_bytes: u64) -> Result
     }
     let incoming: u64 = encoded.iter().map(|s| s.len() as u64).sum();
     let (mut file, len) = open_private_append(path)?;
-    if len > 0 && len.saturating_add(incoming) > max_bytes {
+    // A device or a pipe (`/dev/null`) has no size to bound.
+    let bounded = file.metadata()?.is_file();
+    if bounded && incoming > max_bytes {
+        return Err(Error::InvalidInput(format!(
+            "{incoming} bytes of rows are more than the local file's bound ({max_bytes} bytes, \
+             `trace_file_max_bytes`); nothing was written: raise the bound or send the rows in \
+             parts"
+        )));
+    }
+    if bounded && len > 0 && len.saturating_add(incoming) > max_bytes {
+        if op.rotated {
+            return Err(Error::InvalidInput(format!(
+                "the rows of this call are more than twice the local file's bound ({max_bytes} \
+                 bytes, `trace_file_max_bytes`): a second rotation would replace its first rows \
+                 in {}.1; the rows before these were written, these were not",
+                path.display()
+            )));
+        }
         drop(file);
         rotate(path)?;
+        op.rotated = true;
+        tracing::warn!(
+            target: "openlayer_trace",
+            file = %path.display(),
+            max_bytes,
+            "the local file reached its bound and was rotated to <file>.1, replacing the older one"
+        );
         file = open_private_append(path)?.0;
     }
     for s in &encoded {

@@ -218,6 +218,11 @@ impl FileSink {
                 if self.len > 0 {
                     self.file = None;
                     crate::export::local_file::format::rotate(&self.path)?;
+                    tracing::warn!(
+                        target: "openlayer_trace",
+                        file = %self.path.display(),
+                        "the local trace file reached its bound and was rotated to <file>.1, replacing the older one"
+                    );
                     continue;
                 }
                 cut = rest
