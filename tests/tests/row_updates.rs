@@ -103,6 +103,7 @@ fn child() {
         "spooled" => spooled(),
         "local" => local(),
         "invalid" => invalid(),
+        "after_shutdown" => after_shutdown(),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -299,6 +300,25 @@ fn invalid() {
     );
 }
 
+/// An update made after the shutdown is not sent, and counted as dropped (`shutdown`).
+fn after_shutdown() {
+    let logs = openlayer_trace_tests::logs::Capture::install();
+    let server = TestServer::start();
+    let guard = openlayer_trace::init(base(&server.url()).build().unwrap()).unwrap();
+    let r = guard.shutdown(Duration::from_secs(5)).unwrap();
+    assert_eq!(r.stats.enqueued, 0, "{:?}", r.stats);
+    update_row("late-1", json!({"humanFeedback": "thumbs_up"}), None);
+    let s = openlayer_trace::stats();
+    assert_eq!((s.enqueued, s.dropped.shutdown), (1, 1), "{s:?}");
+    assert_settled(&s);
+    assert_eq!(server.request_count(), 0);
+    assert!(
+        logs.text().contains("a row update was made after shutdown"),
+        "{}",
+        logs.text()
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // The tests
 
@@ -337,6 +357,11 @@ fn without_a_key_updates_are_written_after_their_trace() {
 #[test]
 fn invalid_updates_are_counted_and_logged() {
     run("invalid", &[]);
+}
+
+#[test]
+fn an_update_after_shutdown_is_counted_as_dropped() {
+    run("after_shutdown", &[]);
 }
 
 fn path_str(p: &Path) -> &str {

@@ -80,6 +80,7 @@ fn queue(
     config: Option<RowUpdateConfig>,
 ) {
     if !crate::runtime::tracing_enabled() {
+        crate::runtime::update_while_off();
         return;
     }
     let config = config.filter(|c| !c.is_empty());

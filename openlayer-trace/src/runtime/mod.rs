@@ -97,6 +97,22 @@ pub(crate) fn submit_update(update: RowUpdate) {
     }
 }
 
+/// A row update made while tracing is off. After a shutdown it is counted as dropped
+/// (`shutdown`, as a trace that completes then is) and logged; with tracing disabled it
+/// is ignored, as every traced call is.
+pub(crate) fn update_while_off() {
+    let pipeline = PIPELINE.read().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(p) = pipeline
+        && !p.config.disabled
+    {
+        let c = &p.counters;
+        c.enqueued.fetch_add(1, Relaxed);
+        c.drop_rows(DropReason::Shutdown, 1);
+        c.settled.fetch_add(1, Relaxed);
+        crate::util::diag::warn_limited!("a row update was made after shutdown; dropped (counted)");
+    }
+}
+
 /// Counts a row update that was invalid: enqueued and dropped as rejected.
 pub(crate) fn reject_update() {
     if let Some(p) = current() {
