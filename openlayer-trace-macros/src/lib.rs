@@ -25,7 +25,16 @@ use expand::expand;
 ///   `retriever`, `tool`, `agent`, `handoff`, `guardrail`;
 /// - `skip(a, b)`: arguments not to record; `skip_all`: record none;
 /// - `skip_output`: do not record the return value (errors are still recorded);
-/// - `inference_pipeline_id = "..."`: send traces rooted here to this pipeline.
+/// - `inference_pipeline_id = "..."`: send traces rooted here to this pipeline;
+/// - `stream`: trace the returned stream or iterator as the step, which ends with it
+///   (implied for `impl Stream` and `impl Iterator` returns; needed for other types, such
+///   as `Pin<Box<dyn Stream ..>>`);
+/// - `context = arg`, `question = arg`: also record that argument as the row's `context`
+///   (RAG documents) or `_question` column;
+/// - `promote(a, b = "column")`: copy named arguments, or fields of the output, to row
+///   columns (renamed when given). A name that is not an argument is a field of the
+///   output: a compile error when the function returns nothing or a stream, left out of
+///   the row when the output has no such field.
 ///
 /// Without the `enable` feature (of this crate, which `openlayer-trace`'s `enable`
 /// turns on), the options are still checked (with the same errors), and the function is left as

@@ -223,7 +223,7 @@ impl Default for Config {
 pub(crate) fn env_truthy(value: &str) -> bool {
     matches!(
         value.trim().to_ascii_lowercase().as_str(),
-        "true" | "1" | "on" | "yes"
+        "true" | "1" | "on"
     )
 }
 
@@ -329,7 +329,9 @@ impl ConfigBuilder {
         inference_pipeline_id: impl Into<String> => |c, v| c.inference_pipeline_id = Some(v.into()));
     setter!(/// The API base URL (`OPENLAYER_BASE_URL`), e.g. `https://api.openlayer.com/v1`.
         base_url: impl Into<String> => |c, v| c.base_url = v.into());
-    setter!(/// Turns tracing and publishing off (`OPENLAYER_DISABLE_PUBLISH`).
+    setter!(/// Turns tracing off (`OPENLAYER_DISABLE_PUBLISH`): no step is recorded, no
+        /// worker starts, nothing is sent. The explicit `Client` (and the
+        /// `openlayer` CLI) ignores it and still sends.
         disabled: bool => |c, v| c.disabled = v);
     setter!(/// TLS certificate verification (`OPENLAYER_VERIFY_SSL=false` turns it off).
         verify_ssl: bool => |c, v| c.verify_ssl = v);
@@ -551,7 +553,7 @@ mod tests {
         for v in ["true", "TRUE", "1", "on", "On"] {
             assert!(env_truthy(v), "{v}");
         }
-        for v in ["false", "0", "off", ""] {
+        for v in ["false", "0", "off", "", "yes"] {
             assert!(!env_truthy(v), "{v}");
         }
     }

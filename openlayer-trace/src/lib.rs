@@ -27,7 +27,8 @@
 //! - `client` (default): the explicit data API ([`Client`] and its uploads), absent
 //!   without it. `arrow` (default) adds the Arrow flows.
 //! - `tokio`: [`spawn`] without `enable`. `test-util`: the `testing` captures.
-//!   `tracing-layer`: `tracing_layer()`. These last two turn `enable` on.
+//!   `tracing-layer`: `tracing_layer()`. `otlp`: the OTLP/HTTP exporter
+//!   (`Config::builder().otlp_endpoint(..)`). These last three turn `enable` on.
 //!
 //! # The map of the crate
 //!

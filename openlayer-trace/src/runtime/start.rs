@@ -119,7 +119,7 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
     let mut config = config;
     if otlp_on && config.spool_mode == crate::config::SpoolMode::WriteAhead {
         // A trace written ahead is a row before the worker sees it: no spans could be made.
-        tracing::info!(target: "openlayer_trace", "with an OTLP endpoint, the spool is used in overflow mode");
+        tracing::warn!(target: "openlayer_trace", "with an OTLP endpoint, the spool is used in overflow mode, not write-ahead");
         config.spool_mode = crate::config::SpoolMode::Overflow;
     }
     if how == Start::Lazy && config.api_key.is_none() && !config.trace_file_set && !otlp_on {
