@@ -205,7 +205,14 @@ pub fn create_private(path: &Path) -> std::io::Result<File> {
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)
+    let file = options.open(path)?;
+    // The mode above applies to a new file only: one left by an earlier run keeps its own.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
 }
 
 /// Writes `records` to `path` in `format` (with `header` for CSV), replacing the file.
@@ -262,6 +269,22 @@ mod tests {
         assert_eq!(typed_cell("[1,\"a\"]"), json!([1, "a"]));
         assert_eq!(typed_cell("{\"k\":1}"), json!({"k": 1}));
         assert_eq!(typed_cell("[not json"), json!("[not json"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_file_written_again_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ol-cli-private-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("left.failed.csv");
+        std::fs::write(&path, "from an earlier run").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(create_private(&path).unwrap());
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.len(), 0, "truncated");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

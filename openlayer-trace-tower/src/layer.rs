@@ -240,9 +240,9 @@ impl OpenlayerLayer {
     /// inputs without the body, output 400, and the read error under `Exceptions`.
     ///
     /// The request body type must be buildable from [`bytes::Bytes`] (`axum::body::Body`,
-    /// `http_body_util::Full`, ...), the response body type must have a `Default` (an
-    /// empty body; axum's and http-body-util's do), and the inner service must be `Clone`
-    /// (axum's routes are).
+    /// `http_body_util::Full`, ...) with an error that is `Display` (to record a failed
+    /// read), the response body type must have a `Default` (an empty body; axum's and
+    /// http-body-util's do), and the inner service must be `Clone` (axum's routes are).
     ///
     /// ```
     /// let layer = openlayer_trace_tower::OpenlayerLayer::new().record_json_body(16 * 1024);

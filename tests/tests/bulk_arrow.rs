@@ -510,13 +510,16 @@ async fn local_mode_never_rotates_away_the_rows_of_the_same_call() {
     assert!(local_update_ids(&file).is_empty());
 
     // Batches of 10 rows (about 800 bytes each): the file rotates once, keeping the call's
-    // first rows in `.1`; the second rotation, which would replace them, is refused.
+    // first rows in `.1`; another rotation, which would replace them, is refused.
     let batches = (0..10).map(|i| feedback_batch(i * 10, 10));
     let e = c
         .update_record_batches(PIPELINE, "inference_id", None, batches)
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("a second rotation"), "{e}");
+    assert!(
+        e.to_string().contains("another rotation would replace"),
+        "{e}"
+    );
     let mut written = local_update_ids(&older);
     written.extend(local_update_ids(&file));
     let n = written.len();

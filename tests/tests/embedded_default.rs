@@ -48,9 +48,12 @@ fn run_child(scenario: &str, envs: &[(&str, &Path)]) -> std::process::Output {
         cmd.env(k, v);
     }
     let out = cmd.output().unwrap();
+    // A filter that matched nothing exits with success too: the child must have run.
     assert!(
-        out.status.success(),
-        "child failed: {}",
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("test result: ok. 1 passed;"),
+        "child failed or did not run: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     out

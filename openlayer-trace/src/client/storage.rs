@@ -151,7 +151,10 @@ const SLOWEST_UPLOAD_BYTES_PER_SEC: f64 = 128.0 * 1024.0;
 /// them at [`SLOWEST_UPLOAD_BYTES_PER_SEC`] (a 64 MiB upload gets 512 s more), so that a
 /// large body on an ordinary uplink is not cut off and sent again in full.
 fn upload_timeout(len: usize, request_timeout: std::time::Duration) -> std::time::Duration {
-    request_timeout + std::time::Duration::from_secs_f64(len as f64 / SLOWEST_UPLOAD_BYTES_PER_SEC)
+    // Saturating: `Duration::MAX` ("as long as it takes") stays valid.
+    request_timeout.saturating_add(std::time::Duration::from_secs_f64(
+        len as f64 / SLOWEST_UPLOAD_BYTES_PER_SEC,
+    ))
 }
 
 /// Uploads the file to the storage, retrying connection errors, timeouts, 408, 429 and
@@ -235,6 +238,8 @@ mod tests {
             upload_timeout(64 << 20, base),
             base + std::time::Duration::from_secs(512)
         );
+        let forever = std::time::Duration::MAX;
+        assert_eq!(upload_timeout(64 << 20, forever), forever);
     }
 
     #[test]

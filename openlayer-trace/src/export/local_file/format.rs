@@ -187,9 +187,10 @@ pub(crate) fn rotate(path: &Path) -> std::io::Result<()> {
 #[cfg(feature = "client")]
 #[derive(Debug, Default)]
 pub(crate) struct Appends {
-    /// The file was rotated: this call's earlier lines, if any, are in `<file>.1` now,
-    /// which another rotation would replace.
-    rotated: bool,
+    /// This call has lines in the file (since its last rotation, if any).
+    in_file: bool,
+    /// This call has lines in `<file>.1`, which another rotation would replace.
+    in_older: bool,
 }
 
 /// Appends `lines` to the file at `path` (see [`append_with`]), as one call.
@@ -202,9 +203,9 @@ pub(crate) fn append(path: &Path, lines: &[LocalLine], max_bytes: u64) -> Result
 /// needed, and rotating it to `<file>.1` first (with a warning) when they would take it
 /// past `max_bytes`.
 ///
-/// Lines that could never fit (more than `max_bytes` together), or a second rotation in
-/// the same call `op` (which would replace the `<file>.1` holding this call's first lines),
-/// are refused with [`Error::InvalidInput`] before anything of them is written.
+/// Lines that could never fit (more than `max_bytes` together), or a rotation that would
+/// replace a `<file>.1` holding lines of the same call `op`, are refused with
+/// [`Error::InvalidInput`] before anything of them is written.
 ///
 /// Each line is encoded first, then written with a single `write_all` of the line and its
 /// newline on a file opened in append mode, so concurrent writers never interleave within
@@ -234,17 +235,18 @@ pub(crate) fn append_with(
         )));
     }
     if bounded && len > 0 && len.saturating_add(incoming) > max_bytes {
-        if op.rotated {
+        if op.in_older {
             return Err(Error::InvalidInput(format!(
-                "the rows of this call are more than twice the local file's bound ({max_bytes} \
-                 bytes, `trace_file_max_bytes`): a second rotation would replace its first rows \
-                 in {}.1; the rows before these were written, these were not",
+                "the rows of this call do not fit in the local file and its older copy ({max_bytes} \
+                 bytes each, `trace_file_max_bytes`): another rotation would replace its first \
+                 rows in {}.1; the rows before these were written, these were not",
                 path.display()
             )));
         }
         drop(file);
         rotate(path)?;
-        op.rotated = true;
+        op.in_older = op.in_file;
+        op.in_file = false;
         tracing::warn!(
             target: "openlayer_trace",
             file = %path.display(),
@@ -256,6 +258,7 @@ pub(crate) fn append_with(
     for s in &encoded {
         file.write_all(s.as_bytes())?;
     }
+    op.in_file |= !encoded.is_empty();
     Ok(())
 }
 
@@ -432,6 +435,62 @@ mod tests {
             Value::Object(m) => m,
             _ => panic!("not an object"),
         }
+    }
+
+    /// A line of about `n` bytes (with its newline).
+    #[cfg(feature = "client")]
+    fn line_of(n: usize) -> LocalLine {
+        let base = LocalLine::RowUpdate {
+            pipeline_id: None,
+            inference_id: "i".into(),
+            row: obj(json!({"x": ""})),
+            config: None,
+        };
+        let pad = n - base.to_json_line().unwrap().len() - 1;
+        LocalLine::RowUpdate {
+            pipeline_id: None,
+            inference_id: "i".into(),
+            row: obj(json!({"x": "y".repeat(pad)})),
+            config: None,
+        }
+    }
+
+    #[cfg(feature = "client")]
+    #[test]
+    fn a_call_is_refused_only_a_rotation_that_would_replace_its_own_lines() {
+        let dir = std::env::temp_dir().join(format!("ol-localfile-op-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.jsonl");
+        let older = dir.join("t.jsonl.1");
+        let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        // Nearly full before the call, from earlier writes.
+        append(&path, &[line_of(900)], 1000).unwrap();
+        // The call's first part rotates the earlier lines away (none of its own), its second
+        // rotates its first part into `.1`: nothing of the call is lost, so both are fine.
+        let mut op = Appends::default();
+        append_with(&path, &[line_of(600)], 1000, &mut op).unwrap();
+        assert_eq!((len(&older), len(&path)), (900, 600));
+        append_with(&path, &[line_of(600)], 1000, &mut op).unwrap();
+        assert_eq!((len(&older), len(&path)), (600, 600));
+        // A third part would replace the `.1` holding its first part: refused, unwritten.
+        let e = append_with(&path, &[line_of(600)], 1000, &mut op).unwrap_err();
+        assert!(
+            e.to_string().contains("another rotation would replace"),
+            "{e}"
+        );
+        assert_eq!((len(&older), len(&path)), (600, 600));
+        // More than the bound at once: refused, unwritten.
+        let e = append(&path, &[line_of(600), line_of(600)], 1000).unwrap_err();
+        assert!(
+            e.to_string().contains("more than the local file's bound"),
+            "{e}"
+        );
+        assert_eq!((len(&older), len(&path)), (600, 600));
+        // `/dev/null` has no size to bound.
+        #[cfg(unix)]
+        append(Path::new("/dev/null"), &[line_of(2000)], 1000).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
