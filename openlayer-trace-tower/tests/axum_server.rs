@@ -534,27 +534,31 @@ async fn feedback_updates_the_row_after_it_was_sent() {
         .await
         .unwrap();
     assert_eq!(res.status(), 204);
-    let is_update = |r: &RecordedRequest| {
-        r.method == "PUT" && r.query_param("inferenceId") == Some(id.as_str())
-    };
+    assert_update_follows_row(h, &id, json!({"thumbs": "up"})).await;
+}
+
+/// Waits for the row update of `id`; checks that it was sent after the trace's row, and
+/// what it sets.
+async fn assert_update_follows_row(h: &Harness, id: &str, row: Value) {
+    let is_update =
+        |r: &RecordedRequest| r.method == "PUT" && r.query_param("inferenceId") == Some(id);
     let found = h
         .openlayer
         .wait_for(WAIT, |reqs| reqs.iter().any(is_update))
         .await;
     assert!(found, "no row update for {id}");
     let reqs = h.openlayer.requests();
-    let row_at = reqs
+    let trace_row = reqs
         .iter()
-        .position(|r| {
-            r.is_data_stream() && r.outcome.is_success() && r.inference_ids().contains(&id)
+        .find(|r| {
+            r.is_data_stream()
+                && r.outcome.is_success()
+                && r.inference_ids().iter().any(|i| i == id)
         })
-        .expect("the trace's row");
+        .expect("the trace's row, sent before its update");
     let update = reqs.iter().find(|r| is_update(r)).unwrap();
-    assert!(update.seq > reqs[row_at].seq, "update after the row");
-    assert_eq!(
-        update.json.as_ref().unwrap()["row"],
-        json!({"thumbs": "up"})
-    );
+    assert!(update.seq > trace_row.seq, "update after the row");
+    assert_eq!(update.json.as_ref().unwrap()["row"], row);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -728,23 +732,5 @@ async fn a_row_update_made_in_the_handler_follows_the_row() {
         .unwrap();
     let id = header(&res);
     assert_eq!(res.text().await.unwrap(), "rated");
-    let is_update = |r: &RecordedRequest| {
-        r.method == "PUT" && r.query_param("inferenceId") == Some(id.as_str())
-    };
-    let found = h
-        .openlayer
-        .wait_for(WAIT, |reqs| reqs.iter().any(is_update))
-        .await;
-    assert!(found, "no row update for {id}");
-    let reqs = h.openlayer.requests();
-    let row = reqs
-        .iter()
-        .find(|r| r.is_data_stream() && r.outcome.is_success() && r.inference_ids().contains(&id))
-        .expect("the trace's row, sent before its update");
-    let update = reqs.iter().find(|r| is_update(r)).unwrap();
-    assert!(update.seq > row.seq, "update after the row");
-    assert_eq!(
-        update.json.as_ref().unwrap()["row"],
-        json!({"selfRating": 5})
-    );
+    assert_update_follows_row(h, &id, json!({"selfRating": 5})).await;
 }

@@ -23,9 +23,11 @@ pub mod child {
     /// The variable naming the scenario a child runs.
     pub const SCENARIO: &str = "OPENLAYER_TEST_SCENARIO";
 
-    /// The scenario this process runs, when it is a child.
-    pub fn scenario() -> Option<String> {
-        std::env::var(SCENARIO).ok()
+    /// The scenario this process runs. Panics when it is not a scenario's process (the
+    /// `child` entries are `#[ignore]`d, so only `--ignored` runs them without one).
+    pub fn scenario() -> String {
+        std::env::var(SCENARIO)
+            .unwrap_or_else(|_| panic!("not started as a scenario: {SCENARIO} is not set"))
     }
 
     /// The command running `scenario` in the `child` test of this binary, with none of the

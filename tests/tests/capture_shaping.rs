@@ -32,9 +32,7 @@ fn check(traces: &[testing::CapturedTrace]) {
 #[test]
 #[ignore = "a scenario's own process, started by the other tests of this binary"]
 fn child() {
-    let Some(_) = child::scenario() else {
-        panic!("not started as a scenario: {} is not set", child::SCENARIO);
-    };
+    child::scenario();
     let file = temp_dir("capture-shaping").join("traces.jsonl");
     let guard = openlayer_trace::init(shaping(Config::builder().trace_file(file)).build().unwrap())
         .unwrap();

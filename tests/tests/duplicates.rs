@@ -18,9 +18,7 @@ fn work(id: String) -> usize {
 #[test]
 #[ignore = "a scenario's own process, started by the other tests of this binary"]
 fn child() {
-    let Some(scenario) = child::scenario() else {
-        panic!("not started as a scenario: {} is not set", child::SCENARIO);
-    };
+    let scenario = child::scenario();
     let (behavior, first) = match scenario.as_str() {
         "hang" => (
             Behavior::process_then_hang_first(1),

@@ -2,14 +2,12 @@
 //! request bodies. Configuration is global, so each scenario runs in a child process of
 //! this test binary with its own environment.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use openlayer_trace::{Config, trace, update_current_trace};
+use openlayer_trace_tests::child::{self, temp_dir};
 use serde_json::Value;
-
-const SCENARIO: &str = "OPENLAYER_TEST_SCENARIO";
 
 #[trace]
 fn leaf(i: u32) -> u32 {
@@ -22,41 +20,14 @@ fn root(i: u32) -> u32 {
     leaf(i) + leaf(i)
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("openlayer-trace-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Runs one scenario of this binary in a child process.
+/// Runs one scenario of this binary in a child process, with `envs` (paths) set and no
+/// other of the SDK's variables.
 fn run_child(scenario: &str, envs: &[(&str, &Path)]) -> std::process::Output {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "child",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(SCENARIO, scenario)
-    .env_remove("OPENLAYER_API_KEY")
-    .env_remove("OPENLAYER_DISABLE_PUBLISH")
-    .env_remove("OPENLAYER_INFERENCE_PIPELINE_ID")
-    .env_remove("OPENLAYER_TRACE_FILE");
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    // A filter that matched nothing exits with success too: the child must have run.
-    assert!(
-        out.status.success()
-            && String::from_utf8_lossy(&out.stdout).contains("test result: ok. 1 passed;"),
-        "child failed or did not run: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    let envs: Vec<(&str, &str)> = envs
+        .iter()
+        .map(|(k, v)| (*k, v.to_str().expect("a UTF-8 path")))
+        .collect();
+    child::run(scenario, &envs)
 }
 
 fn lines(path: &Path) -> Vec<Value> {
@@ -71,9 +42,7 @@ fn lines(path: &Path) -> Vec<Value> {
 #[test]
 #[ignore = "a scenario's own process, started by the other tests of this binary"]
 fn child() {
-    let Ok(scenario) = std::env::var(SCENARIO) else {
-        panic!("not started as a scenario: {SCENARIO} is not set");
-    };
+    let scenario = child::scenario();
     match scenario.as_str() {
         // No init call at all: configured lazily from the environment.
         "lazy" => {
