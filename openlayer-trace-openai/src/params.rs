@@ -68,9 +68,9 @@ impl Tokens {
         }
     }
 
-    /// `usageDetails`: non-overlapping counts (`input_tokens` without the cached and
-    /// audio ones, `output_tokens` without the reasoning and audio ones), or `None` when
-    /// the usage has no details.
+    /// `usageDetails`: non-overlapping counts with the wire's keys (`input_tokens` without
+    /// the cached and audio ones, `output_tokens` without the audio ones, reasoning tokens
+    /// included), or `None` when the usage has no details.
     pub fn details(&self) -> Option<Value> {
         if self.cached.is_none()
             && self.reasoning.is_none()
@@ -81,7 +81,6 @@ impl Tokens {
         }
         let cached = self.cached.unwrap_or(0);
         let audio_in = self.audio_input.unwrap_or(0);
-        let reasoning = self.reasoning.unwrap_or(0);
         let audio_out = self.audio_output.unwrap_or(0);
         let mut m = Map::new();
         m.insert(
@@ -89,10 +88,9 @@ impl Tokens {
             self.prompt.saturating_sub(cached + audio_in).into(),
         );
         if let Some(c) = self.completion {
-            m.insert(
-                "output_tokens".into(),
-                c.saturating_sub(reasoning + audio_out).into(),
-            );
+            // Reasoning tokens are output tokens (billed as such); the wire's details have
+            // no key of their own for them.
+            m.insert("output_tokens".into(), c.saturating_sub(audio_out).into());
         }
         let mut put = |k: &str, v: Option<u32>| {
             if let Some(v) = v.filter(|v| *v > 0) {
@@ -100,7 +98,6 @@ impl Tokens {
             }
         };
         put("cached_tokens", self.cached);
-        put("reasoning_tokens", self.reasoning);
         put("audio_input_tokens", self.audio_input);
         put("audio_output_tokens", self.audio_output);
         Some(Value::Object(m))
@@ -157,7 +154,7 @@ mod tests {
         };
         assert_eq!(
             t.details().unwrap(),
-            json!({"input_tokens": 70, "output_tokens": 30, "cached_tokens": 30, "reasoning_tokens": 20})
+            json!({"input_tokens": 70, "output_tokens": 50, "cached_tokens": 30})
         );
         assert_eq!(Tokens::default().details(), None);
     }

@@ -56,7 +56,9 @@ impl Stream for ChatStream {
         match &poll {
             Poll::Pending => {}
             Poll::Ready(Some(Ok(chunk))) => {
-                if this.acc.chunks == 0 {
+                // At the first chunk with a choice: Azure sends its content filter's
+                // results first, in a chunk with none, before the model starts.
+                if !this.acc.answered && !chunk.choices.is_empty() {
                     let ms = this.started.elapsed().as_secs_f64() * 1000.0;
                     handle.metadata("timeToFirstToken", &ms);
                 }
@@ -103,10 +105,21 @@ struct ToolCallAcc {
     arguments: String,
 }
 
+/// Adds a streamed piece of a tool call's id or name. OpenAI sends each once, in the
+/// call's first delta; some compatible servers repeat it in every delta (kept once), and
+/// a piece that differs continues it.
+fn add_piece(acc: &mut String, piece: &str) {
+    if acc.as_str() != piece {
+        acc.push_str(piece);
+    }
+}
+
 /// What the chunks of one chat stream add up to.
 #[derive(Default)]
 pub(crate) struct ChatAccumulator {
     chunks: u64,
+    /// Some chunk had a choice (see `ChatStream::poll_next`).
+    answered: bool,
     id: String,
     model: String,
     created: u32,
@@ -119,13 +132,22 @@ pub(crate) struct ChatAccumulator {
 impl ChatAccumulator {
     #[allow(deprecated)]
     pub(crate) fn add(&mut self, chunk: &CreateChatCompletionStreamResponse) {
-        if self.chunks == 0 {
+        // From the first chunk that has them: Azure's first chunk (its content filter's
+        // results) has an empty id and model, and `created` 0.
+        if self.id.is_empty() {
             self.id.push_str(&chunk.id);
+        }
+        if self.model.is_empty() {
             self.model.push_str(&chunk.model);
+        }
+        if self.created == 0 {
             self.created = chunk.created;
+        }
+        if self.system_fingerprint.is_none() {
             self.system_fingerprint
                 .clone_from(&chunk.system_fingerprint);
         }
+        self.answered |= !chunk.choices.is_empty();
         self.chunks += 1;
         for c in &chunk.choices {
             let choice = match self.choices.iter().position(|a| a.index == c.index) {
@@ -166,11 +188,11 @@ impl ChatAccumulator {
                     }
                 };
                 if let Some(id) = &t.id {
-                    acc.id.push_str(id);
+                    add_piece(&mut acc.id, id);
                 }
                 if let Some(f) = &t.function {
                     if let Some(name) = &f.name {
-                        acc.name.push_str(name);
+                        add_piece(&mut acc.name, name);
                     }
                     if let Some(args) = &f.arguments {
                         acc.arguments.push_str(args);
@@ -259,7 +281,9 @@ impl ChatAccumulator {
         if self.chunks == 0 {
             return;
         }
-        h.metadata("model", &self.model);
+        if !self.model.is_empty() {
+            h.metadata("model", &self.model);
+        }
         if let Some(usage) = &self.usage {
             Tokens::from_chat(usage).record(h);
         }

@@ -184,6 +184,59 @@ async fn parallel_tool_calls_streamed_interleaved_stay_separate() {
 }
 
 #[tokio::test]
+async fn tool_call_ids_and_names_repeated_in_every_delta_are_kept_once() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let (_, traces) = testing::capture_async(async {
+        let mut stream = client
+            .chat()
+            .create_stream_traced(request("gpt-4o-mini-tools-repeat", true))
+            .await
+            .unwrap();
+        drain(&mut stream).await
+    })
+    .await;
+    let step = only_step(&traces);
+    assert_eq!(
+        step["output"],
+        json!([
+            {"id": "call_paris", "name": "get_weather", "arguments": {"city": "Paris"}},
+            {"id": "call_tokyo", "name": "get_weather", "arguments": {"city": "Tokyo"}}
+        ]),
+        "{step}"
+    );
+}
+
+#[tokio::test]
+async fn azure_content_filter_chunk_first_leaves_the_model_and_ids_of_the_answer() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let ((text, errors), traces) = testing::capture_async(async {
+        let mut stream = client
+            .chat()
+            .create_stream_traced(request("gpt-4o-mini-azure-filter", true))
+            .await
+            .unwrap();
+        drain(&mut stream).await
+    })
+    .await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(text, "Mock answer: What is the capital of France?");
+    let step = only_step(&traces);
+    assert_eq!(step["model"], "gpt-4o-mini-azure-filter", "{step}");
+    assert_eq!(step["output"], text.as_str());
+    assert_eq!(step["rawOutput"]["id"], "chatcmpl-mock", "{step}");
+    assert_eq!(
+        step["rawOutput"]["created"],
+        openlayer_testserver::openai::CREATED
+    );
+    assert!(
+        step["metadata"]["timeToFirstToken"].as_f64().is_some(),
+        "{step}"
+    );
+}
+
+#[tokio::test]
 async fn plain_tool_calls_are_all_recorded() {
     let mock = OpenAiMock::start();
     let client = client(&mock);

@@ -13,6 +13,8 @@
 //! | `tools` | two parallel `get_weather` tool calls (Paris, Tokyo); streamed with their fragments interleaved |
 //! | `stream-error` | (streams) a few chunks, then an error event |
 //! | `stream-cut` | (streams) a few chunks, then the connection closes mid-body |
+//! | `azure-filter` | (streams) first Azure's content-filter chunk: empty `id` and `model`, `created` 0, no choices |
+//! | `repeat` | (streams, with `tools`) every tool-call delta repeats the call's `id` and `name`, as some compatible servers do |
 //! | anything else | the text `Mock answer: <last user message>` |
 //!
 //! A stream carries a final usage chunk only when the request asks for it with
@@ -305,10 +307,13 @@ fn chat_stream(body: &Value, requested: &str, model: &str, prompt: u64, tools: b
                     1 => ": \"".to_string(),
                     _ => format!("{city}\"}}"),
                 };
-                events.push(delta(
-                    json!({"tool_calls": [{"index": i, "function": {"arguments": fragment}}]}),
-                    Value::Null,
-                ));
+                let call = if requested.contains("repeat") {
+                    json!({"index": i, "id": TOOL_CALLS[i].0, "type": "function",
+                           "function": {"name": "get_weather", "arguments": fragment}})
+                } else {
+                    json!({"index": i, "function": {"arguments": fragment}})
+                };
+                events.push(delta(json!({"tool_calls": [call]}), Value::Null));
             }
         }
         events.push(delta(json!({}), json!("tool_calls")));
@@ -347,6 +352,14 @@ fn chat_stream(body: &Value, requested: &str, model: &str, prompt: u64, tools: b
         });
         last["obfuscation"] = json!("mock");
         events.push(format!("data: {last}"));
+    }
+    if requested.contains("azure-filter") {
+        let filter = json!({
+            "id": "", "object": "", "created": 0, "model": "", "choices": [],
+            "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {
+                "hate": {"filtered": false, "severity": "safe"}}}]
+        });
+        events.insert(0, format!("data: {filter}"));
     }
     events.push("data: [DONE]".to_string());
     sse_response(sse(&events))
