@@ -217,6 +217,38 @@ fn instrument_err_becomes_exceptions_and_ret_the_output() {
     assert_eq!(doubled["output"], 42);
 }
 
+#[tracing::instrument(target = "elsewhere", ret)]
+fn unselected_doubled(n: u32) -> u32 {
+    n * 2
+}
+
+#[tracing::instrument(target = "elsewhere", err)]
+fn unselected_failing() -> Result<u32, NotFound> {
+    Err(NotFound)
+}
+
+/// A selected span (no `ret`) whose callees are unselected spans that return a value and
+/// fail, and which logs an error it handles.
+#[tracing::instrument]
+fn recovers() -> u32 {
+    let _ = unselected_failing();
+    let n = unselected_doubled(21);
+    tracing::warn!(error = "transient", "retrying");
+    n + 1
+}
+
+#[test]
+fn events_of_unselected_spans_and_handled_errors_leave_the_step_alone() {
+    let (out, traces) = run(recovers);
+    assert_eq!(out, 43);
+    assert_eq!(traces.len(), 1);
+    assert_eq!(tree(&traces[0]), "recovers");
+    let step = traces[0].root();
+    // Not the unselected callee's return value, nor its error, nor the handled warning.
+    assert!(step["output"].is_null(), "{step}");
+    assert!(step["metadata"].get("Exceptions").is_none(), "{step}");
+}
+
 #[test]
 fn error_attributes_recorded_on_a_span_become_exceptions() {
     let (_, traces) = run(|| {

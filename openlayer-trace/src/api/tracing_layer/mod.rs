@@ -11,6 +11,11 @@
 //! of its nearest selected ancestor span, else as the root of a new trace. While the span is
 //! entered (also across `.await`, through `Instrument`), its step is current, so that
 //! `#[trace]` functions called inside nest under it. The step ends when the span closes.
+//!
+//! Events give a step its output (`#[instrument(ret)]`) and its error
+//! (`#[instrument(err)]`, an event at ERROR level) only when they are the selected span's
+//! own: emitted in it, with its target. The value or error of an unselected callee, and
+//! an error logged at a lower level and handled, do not change the step.
 
 mod fields;
 mod genai;
@@ -335,6 +340,21 @@ where
         let Some(span) = ctx.event_span(event) else {
             return;
         };
+        // Only an event of the selected span itself. Under this layer's filter,
+        // `event_span` is the nearest span the layer selected, which may be an ancestor of
+        // the span the event is in: an unselected `#[instrument(ret, err)]` function's
+        // value or error is not its caller's. When no layer wanted that function's span,
+        // it does not exist at all, and its events seem to be in the caller's span: they
+        // still have its target (`#[instrument]` gives its events the span's target).
+        let own = if event.is_contextual() {
+            ctx.current_span().id() == Some(&span.id())
+        } else {
+            event.parent() == Some(&span.id())
+        };
+        if !own || event.metadata().target() != span.metadata().target() {
+            return;
+        }
+        let error_level = *event.metadata().level() == tracing::Level::ERROR;
         let mut ext = span.extensions_mut();
         let Some(step) = ext.get_mut::<SpanStep>() else {
             return;
@@ -343,8 +363,10 @@ where
         event.record(&mut fields);
         for (k, v) in fields.0 {
             match k {
-                // `#[instrument(err)]`: the error's text, at the span's end.
-                "error" => step.set_error_message(v.text()),
+                // `#[instrument(err)]` (an ERROR event): the error's text, at the span's
+                // end. An `error` field at a lower level (`warn!(error = %e, "retrying")`)
+                // is a handled error, which does not fail the step.
+                "error" if error_level => step.set_error_message(v.text()),
                 // `#[instrument(ret)]`: the return value.
                 "return" => step.handle.output(&debug_value(v)),
                 "error.type" | "exception.type" | "error.message" | "exception.message" => {
