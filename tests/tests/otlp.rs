@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use openlayer_trace::{
     ChatCompletion, Config, ConfigBuilder, add_chat_completion_step, inference_id_for, trace,
-    update_current_trace,
+    update_current_step, update_current_trace,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -304,6 +304,66 @@ fn spans_carry_parents_times_attributes_and_errors() {
     );
     let derived = uuid::Uuid::parse_str(&inference_id_for("order-1234")).unwrap();
     assert_eq!(custom.trace_id, derived.as_bytes().to_vec());
+}
+
+#[trace(kind = "tool")]
+fn get_weather(city: &str) -> String {
+    update_current_step!(
+        function_name = "get_weather",
+        arguments = serde_json::json!({"city": city}),
+    );
+    format!("Sunny in {city}")
+}
+
+#[trace(kind = "tool")]
+fn forecast(days: u32) -> serde_json::Value {
+    update_current_step!(function_name = "forecast", arguments = "{\"days\": 2}");
+    serde_json::json!({"days": days, "rain": false})
+}
+
+#[test]
+fn tool_spans_carry_the_call_as_text() {
+    let _l = lock();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = server(&rt);
+    mount(
+        &rt,
+        &s,
+        Mock::given(method("POST"))
+            .and(path(TRACES))
+            .respond_with(ok_response()),
+    );
+    let guard = openlayer_trace::init(openlayer(&s).build().unwrap()).unwrap();
+    get_weather("Paris");
+    forecast(2);
+    let report = guard.shutdown(Duration::from_secs(5)).unwrap();
+    assert!(report.complete, "{report:?}");
+    let spans = spans_of(&requests(&rt, &s, TRACES));
+    let by_name = |n: &str| spans.iter().find(|s| s.name == n).unwrap();
+    // A string result and string arguments as their text, not as quoted JSON strings.
+    let weather = by_name("get_weather");
+    assert_eq!(
+        text(weather, "gen_ai.tool.name").as_deref(),
+        Some("get_weather")
+    );
+    assert_eq!(
+        json(weather, "gen_ai.tool.call.arguments"),
+        serde_json::json!({"city": "Paris"})
+    );
+    assert_eq!(
+        text(weather, "gen_ai.tool.call.result").as_deref(),
+        Some("Sunny in Paris")
+    );
+    // Arguments recorded as text (JSON made by the caller) and a structured result.
+    let forecast = by_name("forecast");
+    assert_eq!(
+        json(forecast, "gen_ai.tool.call.arguments"),
+        serde_json::json!({"days": 2})
+    );
+    assert_eq!(
+        json(forecast, "gen_ai.tool.call.result"),
+        serde_json::json!({"days": 2, "rain": false})
+    );
 }
 
 #[test]

@@ -391,11 +391,13 @@ pub(crate) fn convert(
             if let Some(f) = rec.field("functionName").filter(|f| *f != "null") {
                 s.string("gen_ai.tool.name", &text_of(f));
             }
+            // As text: a string (arguments recorded as a JSON text, a result that is a
+            // string) without its JSON quotes, anything else as its JSON.
             if let Some(a) = rec.field("arguments").filter(|a| *a != "null") {
-                s.string("gen_ai.tool.call.arguments", a);
+                s.string("gen_ai.tool.call.arguments", &text_of(a));
             }
             if let Some(o) = output {
-                s.string("gen_ai.tool.call.result", o);
+                s.string("gen_ai.tool.call.result", &text_of(o));
             }
         }
         if model_call || i == 0 {
