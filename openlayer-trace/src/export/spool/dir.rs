@@ -105,6 +105,22 @@ pub(super) fn read_acks(path: &Path) -> HashSet<u64> {
         .collect()
 }
 
+/// Whether a file of newline-ended records ends in a torn one (its last byte is not a
+/// newline). An unreadable file counts as torn: marking it costs one ignored line.
+pub(super) fn ends_torn(f: &mut File) -> bool {
+    use std::io::{Seek, SeekFrom};
+    let Ok(len) = f.metadata().map(|m| m.len()) else {
+        return true;
+    };
+    if len == 0 {
+        return false;
+    }
+    let mut last = [0u8; 1];
+    f.seek(SeekFrom::Start(len - 1))
+        .and_then(|_| f.read_exact(&mut last))
+        .map_or(true, |()| last[0] != b'\n')
+}
+
 /// Counts the complete lines of a file; returns (lines, length of the complete lines).
 pub(super) fn count_lines(path: &Path) -> io::Result<(u64, u64)> {
     let mut f = File::open(path)?;

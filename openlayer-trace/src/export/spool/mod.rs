@@ -487,8 +487,18 @@ impl Spool {
             return;
         }
         if seg.ack_file.is_none() {
-            match private_file(OpenOptions::new().append(true).create(true)).open(&ack_path) {
-                Ok(f) => seg.ack_file = Some(f),
+            match private_file(OpenOptions::new().append(true).create(true).read(true))
+                .open(&ack_path)
+            {
+                Ok(mut f) => {
+                    // A record torn by a failed write or a crash must not run into the
+                    // next one ("10" then "2048\n" would read as 102048): it is ended
+                    // with a mark that no offset parses as.
+                    if dir::ends_torn(&mut f) {
+                        text.insert_str(0, "#\n");
+                    }
+                    seg.ack_file = Some(f);
+                }
                 Err(e) => {
                     crate::util::diag::warn_limited!(path = %ack_path.display(), error = %e, "could not record delivered rows in the spool; they may be sent again after a restart");
                     return;
@@ -501,6 +511,8 @@ impl Spool {
                     self.total.fetch_add(text.len() as u64, SeqCst);
                 }
                 Err(e) => {
+                    // Opened again (and its tail checked) by the next acknowledgement.
+                    seg.ack_file = None;
                     crate::util::diag::warn_limited!(path = %ack_path.display(), error = %e, "could not record delivered rows in the spool; they may be sent again after a restart");
                 }
             }

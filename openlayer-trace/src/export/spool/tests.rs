@@ -139,6 +139,52 @@ fn rows_survive_a_restart_and_are_replayed_once() {
 }
 
 #[test]
+fn an_acknowledgement_torn_by_a_crash_does_not_spoil_the_next_one() {
+    let dir = temp_dir("torn-ack");
+    let (spool, _, t) = start(&dir);
+    spool
+        .send_rows(
+            vec![row("a"), row("b"), row("c")],
+            DropReason::RetriesExhausted,
+            Tier::Spool,
+        )
+        .unwrap();
+    let done = Arc::new(Completion::default());
+    spool.barrier(done.clone());
+    assert!(done.wait_until(std::time::Instant::now() + std::time::Duration::from_secs(5)));
+    let first = spool.next_replay(1, 1 << 20, None).unwrap();
+    assert_eq!(first.ids, ["a"]);
+    spool.replay_done(first, ReplayEnd::Acked);
+    stop(&spool, t);
+    drop(spool);
+    // The process died while writing its next acknowledgement: a record without its end.
+    let acks: Vec<PathBuf> = fs::read_dir(dir.join(STATE_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ACK_EXT))
+        .collect();
+    assert_eq!(acks.len(), 1, "{acks:?}");
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&acks[0])
+        .unwrap()
+        .write_all(b"1")
+        .unwrap();
+
+    // The next process acknowledges `b`; its record must not run into the torn one.
+    let (spool, _, t) = start(&dir);
+    let second = spool.next_replay(1, 1 << 20, None).unwrap();
+    assert_eq!(second.ids, ["b"]);
+    spool.replay_done(second, ReplayEnd::Acked);
+    stop(&spool, t);
+    drop(spool);
+
+    let (spool, _, t) = start(&dir);
+    assert_eq!(drain(&spool), ["c"], "b was acknowledged");
+    stop(&spool, t);
+}
+
+#[test]
 fn write_ahead_rows_are_replayed_only_when_given_up() {
     let dir = temp_dir("ahead");
     let counters = Arc::new(Counters::default());
