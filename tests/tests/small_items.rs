@@ -98,6 +98,23 @@ fn child() {
             let guard = openlayer_trace::init(unverified).unwrap();
             guard.shutdown(Duration::from_secs(5)).unwrap();
         }
+        "roots_lazy" => {
+            // Configured lazily from the environment (no `init`): the roots are not checked
+            // on the traced call, and the worker, which builds the HTTPS client, cannot
+            // start. Every trace handed off is still settled, counted as dropped.
+            const N: u64 = 2000;
+            for i in 0..N {
+                work(format!("lazy-{i}"));
+            }
+            let settled = child::wait_until(Duration::from_secs(20), || {
+                let s = openlayer_trace::stats();
+                s.enqueued == N && s.pending == 0
+            });
+            let s = openlayer_trace::stats();
+            assert!(settled, "{s:?}");
+            assert_eq!(s.dropped.shutdown, N, "{s:?}");
+            assert_eq!(s.pending, 0, "{s:?}");
+        }
         "roots_http" => {
             // A plain-HTTP endpoint needs no roots either.
             let server = TestServer::start();
@@ -194,6 +211,17 @@ const NO_ROOTS: [(&str, &str); 2] = [
 #[test]
 fn tls_roots_that_cannot_be_loaded_are_an_init_error() {
     child::run("roots", &NO_ROOTS);
+}
+
+#[test]
+fn a_worker_that_cannot_start_still_settles_every_trace() {
+    let mut envs = NO_ROOTS.to_vec();
+    envs.extend([
+        ("OPENLAYER_API_KEY", "sk-test-roots"),
+        ("OPENLAYER_BASE_URL", "https://127.0.0.1:9"),
+        ("OPENLAYER_INFERENCE_PIPELINE_ID", "p"),
+    ]);
+    child::run("roots_lazy", &envs);
 }
 
 #[test]

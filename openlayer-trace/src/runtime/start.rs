@@ -36,6 +36,47 @@ fn spawn(
         })
 }
 
+/// Settles what was handed to a worker that could not start, so that nothing is lost
+/// uncounted: traces, rows and updates are dropped (`shutdown`) and their room given back,
+/// rows already written ahead to the spool are counted as spooled (the next process
+/// replays them), and flushes and shutdowns waiting are completed. The queue is closed
+/// first: what is handed off later is counted by the producer (`shutdown` too).
+fn settle_unstarted(
+    mut rx: crate::util::queue::Receiver<crate::export::protocol::Msg>,
+    counters: &Counters,
+    budget: &Budget,
+    spool: Option<&Spool>,
+) {
+    use crate::export::budget::Tier;
+    use crate::export::protocol::Msg;
+    use crate::report::DropReason;
+    use std::sync::atomic::Ordering::Relaxed;
+    rx.close();
+    while let Ok(msg) = rx.try_recv() {
+        match msg {
+            Msg::Trace(_, bytes) | Msg::Update(_, bytes) => {
+                budget.release(bytes, Tier::Queue);
+                counters.drop_rows(DropReason::Shutdown, 1);
+            }
+            Msg::Row(row, bytes) => {
+                budget.release(bytes, Tier::Queue);
+                match (row.1, spool) {
+                    (Some(w), Some(s)) => {
+                        s.give_up(w);
+                        counters.spooled.fetch_add(1, Relaxed);
+                    }
+                    _ => counters.drop_rows(DropReason::Shutdown, 1),
+                }
+            }
+            Msg::Flush(done, _) | Msg::Shutdown(done, _) => {
+                done.complete();
+                continue;
+            }
+        }
+        counters.settled.fetch_add(1, Relaxed);
+    }
+}
+
 /// Runs the worker: the data-stream flusher alone, or, with an OTLP endpoint, the router
 /// in front of it (when there is one) and the OTLP side.
 fn run_worker(
@@ -75,9 +116,11 @@ fn run_worker(
             }
         }
     }
-    let _ = (config, counters, budget, shaper);
-    if let Some(f) = flusher {
-        rt.block_on(f.run(rx));
+    let _ = (config, shaper);
+    match flusher {
+        Some(f) => rt.block_on(f.run(rx)),
+        // OTLP only, and its exporter could not start.
+        None => settle_unstarted(rx, &counters, &budget, None),
     }
 }
 
@@ -163,7 +206,8 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
                     shaper,
                 )),
                 Err(e) => {
-                    tracing::error!(target: "openlayer_trace", error = %e, "could not start the trace worker")
+                    tracing::error!(target: "openlayer_trace", error = %e, "could not start the trace worker");
+                    settle_unstarted(rx, &counters, &budget, None);
                 }
             }
         })?);
@@ -238,6 +282,7 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
                 Err(e) => {
                     // Traces handed off from now on are dropped as `shutdown` (counted).
                     tracing::error!(target: "openlayer_trace", error = %e, "could not start the trace worker");
+                    settle_unstarted(rx, &counters, &budget, worker_spool.as_deref());
                     if let Some(s) = worker_spool {
                         s.close(Vec::new());
                     }
