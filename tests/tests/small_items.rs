@@ -67,6 +67,39 @@ fn child() {
                 r.path
             );
         }
+        "torn" => {
+            // The file may grow to 2,000 bytes (RLIMIT_FSIZE): the write that crosses it
+            // fails partway, as on a full disk.
+            // SAFETY: ignoring SIGXFSZ and lowering a limit of this process only.
+            unsafe {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let limit = libc::rlimit {
+                    rlim_cur: 2000,
+                    rlim_max: libc::RLIM_INFINITY,
+                };
+                assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+            }
+            let dir = temp_dir("torn");
+            let file = dir.join("traces.jsonl");
+            let config = Config::builder().trace_file(&file).build().unwrap();
+            let guard = openlayer_trace::init(config).unwrap();
+            // One write per trace: those before the limit succeed, one fails partway.
+            for i in 0..100 {
+                work(format!("torn-{i:03}"));
+                let _ = guard.flush(Duration::from_secs(5));
+            }
+            let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+            let text = std::fs::read_to_string(&file).unwrap();
+            // Whole lines only, and exactly those counted as written.
+            assert!(text.is_empty() || text.ends_with('\n'), "a torn last line");
+            let lines: Vec<&str> = text.lines().collect();
+            for l in &lines {
+                serde_json::from_str::<serde_json::Value>(l).unwrap();
+            }
+            assert!(!lines.is_empty() && lines.len() < 100, "{}", lines.len());
+            assert_eq!(s.written, lines.len() as u64, "{s:?}");
+            assert_eq!(s.written + s.dropped.local_file, 100, "{s:?}");
+        }
         "unwritable" => {
             // The "file" is a directory: every write fails.
             let dir = temp_dir("unwritable");
@@ -222,6 +255,12 @@ fn a_worker_that_cannot_start_still_settles_every_trace() {
         ("OPENLAYER_INFERENCE_PIPELINE_ID", "p"),
     ]);
     child::run("roots_lazy", &envs);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_write_that_fails_partway_leaves_whole_lines_and_true_counts() {
+    child::run("torn", &[]);
 }
 
 #[test]

@@ -201,7 +201,17 @@ impl FileSink {
 
     /// Appends whole lines, rotating the file to `<file>.1` whenever the next line would
     /// take it past its bound (a single line longer than the bound is written alone).
-    fn write_bounded(&mut self, mut rest: &[u8]) -> std::io::Result<()> {
+    ///
+    /// Returns how many bytes (of whole lines) were written, and the error that stopped
+    /// it, if any. A write that failed partway (a full disk) is cut back off the file, so
+    /// that the next append does not run into a torn line.
+    fn write_bounded(&mut self, all: &[u8]) -> (usize, std::io::Result<()>) {
+        let mut rest = all;
+        let result = self.write_bounded_from(&mut rest);
+        (all.len() - rest.len(), result)
+    }
+
+    fn write_bounded_from(&mut self, rest: &mut &[u8]) -> std::io::Result<()> {
         while !rest.is_empty() {
             self.open()?;
             let room =
@@ -230,9 +240,15 @@ impl FileSink {
                     .position(|b| *b == b'\n')
                     .map_or(rest.len(), |i| i + 1);
             }
-            self.open()?.write_all(&rest[..cut])?;
+            let before = self.len;
+            let file = self.open()?;
+            if let Err(e) = file.write_all(&rest[..cut]) {
+                // Best effort: a file that cannot be cut keeps its torn tail.
+                let _ = file.set_len(before);
+                return Err(e);
+            }
             self.len += cut as u64;
-            rest = &rest[cut..];
+            *rest = &rest[cut..];
         }
         Ok(())
     }
@@ -244,20 +260,25 @@ impl FileSink {
         }
         let n = std::mem::take(&mut lines.count);
         let buf = std::mem::take(&mut lines.buf);
-        let result = self.write_bounded(buf.as_bytes());
+        let (done, result) = self.write_bounded(buf.as_bytes());
+        // Whole lines only are written: those before the failure count as written.
+        let written = match result {
+            Ok(()) => n,
+            Err(_) => (buf.as_bytes()[..done]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count() as u64)
+                .min(n),
+        };
         lines.buf = buf;
         lines.buf.clear();
         // A long line grew the buffer: do not keep that much.
         lines.buf.shrink_to(2 * MAX_WRITE_BYTES);
-        match result {
-            Ok(()) => {
-                counters.written.fetch_add(n, Relaxed);
-            }
-            Err(e) => {
-                self.file = None;
-                counters.drop_rows(DropReason::LocalFile, n);
-                crate::util::diag::warn_limited!(path = %self.path.display(), error = %e, "could not write the trace file; traces dropped (counted)");
-            }
+        counters.written.fetch_add(written, Relaxed);
+        if let Err(e) = result {
+            self.file = None;
+            counters.drop_rows(DropReason::LocalFile, n - written);
+            crate::util::diag::warn_limited!(path = %self.path.display(), error = %e, "could not write the trace file; traces dropped (counted)");
         }
         counters.settled.fetch_add(n, Relaxed);
     }
