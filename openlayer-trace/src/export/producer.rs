@@ -224,9 +224,10 @@ impl Exporter {
         };
         let (row, wal) = *row;
         match wal {
-            // On disk already: it waits there for a replay.
+            // On disk already: it waits there for a replay, and its updates behind it.
             Some(w) => {
                 spool.give_up(w);
+                spool.hold_ids([row.inference_id.as_str()]);
                 c.spooled.fetch_add(1, Relaxed);
                 c.settled.fetch_add(1, Relaxed);
             }

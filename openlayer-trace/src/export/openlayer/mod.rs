@@ -431,9 +431,10 @@ impl Flusher {
     fn overflow(&mut self, row: OutRow, wal: Option<WalRef>) {
         let c = &self.counters;
         if let Some(w) = wal {
-            // Already on disk: it stays there for a replay.
+            // Already on disk: it stays there for a replay, and its updates behind it.
             if let Some(s) = &self.spool {
                 s.give_up(w);
+                s.hold_ids([row.inference_id.as_str()]);
             }
             c.spooled.fetch_add(1, Relaxed);
             c.settled.fetch_add(1, Relaxed);

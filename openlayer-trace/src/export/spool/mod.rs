@@ -271,8 +271,15 @@ impl Spool {
         trace: Box<CompletedTrace>,
         bytes: usize,
     ) -> Result<(), Box<CompletedTrace>> {
-        if let Some(id) = trace.state.inference_id.as_deref() {
-            self.hold_ids([id]);
+        // Its updates follow it into the spool, whether its id is a custom or the root
+        // step's.
+        match trace.state.inference_id.as_deref() {
+            Some(id) => self.hold_ids([id]),
+            None => {
+                if let Some(root) = trace.root() {
+                    self.hold_ids([crate::util::id::uuid_v4(root.id).as_str()]);
+                }
+            }
         }
         self.send_job(
             trace,
@@ -297,6 +304,8 @@ impl Spool {
     ) -> Result<(), Vec<OutRow>> {
         let bytes = heap_bytes(rows.capacity() * size_of::<OutRow>())
             + rows.iter().map(OutRow::held_bytes).sum::<usize>();
+        // Their updates follow them into the spool, rather than reach the platform first.
+        self.hold_ids(rows.iter().map(|r| r.inference_id.as_str()));
         let n = rows.len();
         let job = |rows, bytes| Job::Rows(rows, reason, bytes);
         self.send_job(rows, n, bytes, tier, job, |job| match job {

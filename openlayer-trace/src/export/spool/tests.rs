@@ -185,6 +185,20 @@ fn an_acknowledgement_torn_by_a_crash_does_not_spoil_the_next_one() {
 }
 
 #[test]
+fn spooled_rows_hold_their_updates_back() {
+    let dir = temp_dir("holds");
+    let (spool, _, t) = start(&dir);
+    assert!(!spool.holds_row("a"));
+    spool
+        .send_rows(vec![row("a")], DropReason::QueueFull, Tier::Spool)
+        .unwrap();
+    // An update of `a` must follow it into the spool rather than reach the platform first.
+    assert!(spool.holds_row("a"));
+    assert!(!spool.holds_row("b"));
+    stop(&spool, t);
+}
+
+#[test]
 fn write_ahead_rows_are_replayed_only_when_given_up() {
     let dir = temp_dir("ahead");
     let counters = Arc::new(Counters::default());
