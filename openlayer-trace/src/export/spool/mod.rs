@@ -102,6 +102,9 @@ pub(crate) struct Spool {
     rotate_requested: AtomicBool,
     maintain_requested: AtomicBool,
     jobs: mpsc::Sender<Job>,
+    /// Set by the writer when it closes: no job is sent after it (read-locked around
+    /// each send, so that none is in flight when the writer settles what is left).
+    closed: std::sync::RwLock<bool>,
     backlog_rows: AtomicUsize,
     backlog_max_rows: usize,
     /// The memory budget the writer's backlog counts in, shared with the queue and the
@@ -189,6 +192,7 @@ impl Spool {
             rotate_requested: AtomicBool::new(false),
             maintain_requested: AtomicBool::new(false),
             jobs,
+            closed: std::sync::RwLock::new(false),
             backlog_rows: AtomicUsize::new(0),
             backlog_max_rows: (config.queue_capacity / 4).max(64),
             budget,
@@ -347,9 +351,9 @@ impl Spool {
         if !self.reserve(n, bytes, tier) {
             return Err(what);
         }
-        self.jobs.send(job(what, bytes)).map_err(|e| {
+        self.send_open(job(what, bytes)).map_err(|job| {
             self.release(n, bytes);
-            back(e.0).unwrap_or_else(|| unreachable!("the job sent is the job given back"))
+            back(job).unwrap_or_else(|| unreachable!("the job sent is the job given back"))
         })
     }
 
@@ -378,9 +382,7 @@ impl Spool {
 
     /// Completes `done` once everything handed to the writer so far is on disk.
     pub(crate) fn barrier(&self, done: Arc<Completion>) {
-        if let Err(e) = self.jobs.send(Job::Barrier(done))
-            && let Job::Barrier(done) = e.0
-        {
+        if let Err(Job::Barrier(done)) = self.send_open(Job::Barrier(done)) {
             done.complete();
         }
     }
@@ -388,12 +390,46 @@ impl Spool {
     /// Asks the writer to finish, seal everything and release the directory, then
     /// complete `done`.
     pub(crate) fn close(&self, done: Vec<Arc<Completion>>) {
-        if let Err(e) = self.jobs.send(Job::Close(done))
-            && let Job::Close(done) = e.0
-        {
+        if let Err(Job::Close(done)) = self.send_open(Job::Close(done)) {
             for d in done {
                 d.complete();
             }
+        }
+    }
+
+    /// Sends a job to the writer unless it has closed; the job back when it has.
+    fn send_open(&self, job: Job) -> Result<(), Job> {
+        let closed = self.closed.read().unwrap_or_else(|e| e.into_inner());
+        if *closed {
+            return Err(job);
+        }
+        self.jobs.send(job).map_err(|e| e.0)
+    }
+
+    /// Called by the writer as it closes: no job is sent from now on, and those already
+    /// sent are settled, as the writer will not write them: rows and traces dropped
+    /// (`shutdown`) with their room given back, barriers and closes completed.
+    pub(crate) fn settle_after_close(&self, jobs: &mpsc::Receiver<Job>) {
+        *self.closed.write().unwrap_or_else(|e| e.into_inner()) = true;
+        let c = &self.counters;
+        while let Ok(job) = jobs.try_recv() {
+            let (n, bytes) = match job {
+                Job::Trace(_, bytes) => (1, bytes),
+                Job::Rows(rows, _, bytes) => (rows.len(), bytes),
+                Job::Updates(updates, _, bytes) => (updates.len(), bytes),
+                Job::Barrier(done) => {
+                    done.complete();
+                    continue;
+                }
+                Job::Close(done) => {
+                    done.into_iter().for_each(|d| d.complete());
+                    continue;
+                }
+                Job::Maintain => continue,
+            };
+            self.release(n, bytes);
+            c.drop_rows(DropReason::Shutdown, n as u64);
+            c.settled.fetch_add(n as u64, SeqCst);
         }
     }
 

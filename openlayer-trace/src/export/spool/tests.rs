@@ -185,6 +185,38 @@ fn an_acknowledgement_torn_by_a_crash_does_not_spoil_the_next_one() {
 }
 
 #[test]
+fn jobs_left_when_the_writer_closes_are_settled_and_later_ones_refused() {
+    let dir = temp_dir("after-close");
+    let counters = Arc::new(Counters::default());
+    let config = config(&dir);
+    let budget = budget(&config);
+    // No writer thread: the jobs wait in the channel, as if sent just behind `Close`.
+    let (spool, rx) = Spool::open(&config, counters.clone(), budget.clone()).unwrap();
+    spool
+        .send_rows(vec![row("a"), row("b")], DropReason::QueueFull, Tier::Spool)
+        .unwrap();
+    let barrier = Arc::new(Completion::default());
+    spool.barrier(barrier.clone());
+    assert!(budget.used() > 0);
+
+    spool.settle_after_close(&rx);
+    assert_eq!(counters.shutdown.load(Relaxed), 2);
+    assert_eq!(counters.settled.load(Relaxed), 2);
+    assert_eq!(budget.used(), 0, "their room is given back");
+    assert!(barrier.wait_until(std::time::Instant::now()), "completed");
+    // Refused (handed back to the caller, who counts them) rather than lost.
+    assert!(
+        spool
+            .send_rows(vec![row("c")], DropReason::QueueFull, Tier::Spool)
+            .is_err()
+    );
+    let late = Arc::new(Completion::default());
+    spool.barrier(late.clone());
+    assert!(late.wait_until(std::time::Instant::now()));
+    assert!(rx.try_recv().is_err(), "nothing sent after the close");
+}
+
+#[test]
 fn spooled_rows_hold_their_updates_back() {
     let dir = temp_dir("holds");
     let (spool, _, t) = start(&dir);

@@ -188,6 +188,7 @@ pub(crate) fn run_writer(
         }
         if let Some(done) = close {
             w.close();
+            spool.settle_after_close(&jobs);
             for d in done {
                 d.complete();
             }
