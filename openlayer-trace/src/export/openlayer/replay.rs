@@ -40,14 +40,7 @@ impl Flusher {
             && self.replay.in_flight < slots
             && self.tasks.len() < self.max_in_flight
         {
-            let on_its_way = |id: &str| self.rows_by_id.contains_key(id);
-            let next = spool.next_replay(
-                rows,
-                self.batch_max_bytes,
-                self.default_pipeline.as_deref(),
-                &on_its_way,
-            );
-            match next {
+            match spool.next_replay(rows, self.batch_max_bytes, self.default_pipeline.as_deref()) {
                 Some(batch) => self.start_replay(batch),
                 None => {
                     self.replay.wanted = false;

@@ -65,12 +65,9 @@ pub(crate) enum ReplayEnd {
 }
 
 /// How a row update keeps its place behind the lines before it during a replay.
-struct Order<'a> {
+struct Order {
     /// A line of an earlier segment is still being replayed.
     earlier_busy: bool,
-    /// Whether a row (or update) with this inference id is on its way outside the spool
-    /// (queued, batched or in flight): an update of it waits.
-    on_its_way: &'a dyn Fn(&str) -> bool,
     /// Set when a row update was reached that must wait: the replay stops there.
     held: bool,
 }
@@ -102,14 +99,11 @@ impl Spool {
 
     /// The next batch of spooled rows to send: the oldest unacknowledged lines of the
     /// oldest replayable segment that share one pipeline and config, within the limits.
-    /// A row update waits (and the lines after it) while `on_its_way` says its row is
-    /// still on its way outside the spool.
     pub(crate) fn next_replay(
         &self,
         max_rows: usize,
         max_bytes: usize,
         default_pipeline: Option<&str>,
-        on_its_way: &dyn Fn(&str) -> bool,
     ) -> Option<ReplayBatch> {
         let mut index = lock(&self.index);
         let seqs: Vec<u64> = index.segments.keys().copied().collect();
@@ -130,7 +124,6 @@ impl Spool {
             }
             let mut order = Order {
                 earlier_busy: earlier,
-                on_its_way,
                 held: false,
             };
             let read = self.read_batch(
@@ -160,7 +153,7 @@ impl Spool {
         end: u64,
         (max_rows, max_bytes): (usize, usize),
         default_pipeline: Option<&str>,
-        order: &mut Order<'_>,
+        order: &mut Order,
     ) -> io::Result<Option<ReplayBatch>> {
         let path = self.data_path(seq);
         let Index { segments, .. } = index;
@@ -214,13 +207,9 @@ impl Spool {
                         seg.cursor = pos;
                         continue;
                     };
-                    if order.earlier_busy
-                        || !seg.inflight.is_empty()
-                        || (order.on_its_way)(&u.inference_id)
-                    {
+                    if order.earlier_busy || !seg.inflight.is_empty() {
                         // Lines before it (its trace's row, maybe) are still being
-                        // replayed, or its row is still on its way from the queue: it
-                        // waits for them, and so does everything after it.
+                        // replayed: it waits for them, and so does everything after it.
                         order.held = true;
                         break;
                     }

@@ -70,7 +70,7 @@ fn stop(spool: &Spool, t: std::thread::JoinHandle<()>) {
 
 fn drain(spool: &Spool) -> Vec<String> {
     let mut ids = Vec::new();
-    while let Some(b) = spool.next_replay(1000, 1 << 20, None, &|_| false) {
+    while let Some(b) = spool.next_replay(1000, 1 << 20, None) {
         ids.extend(b.ids.iter().cloned());
         spool.replay_done(b, ReplayEnd::Acked);
     }
@@ -93,12 +93,12 @@ fn rows_survive_a_restart_and_are_replayed_once() {
     assert!(done.wait_until(std::time::Instant::now() + std::time::Duration::from_secs(5)));
     assert_eq!(counters.spooled.load(Relaxed), 3);
     // One batch taken and acknowledged in this process.
-    let first = spool.next_replay(1, 1 << 20, None, &|_| false).unwrap();
+    let first = spool.next_replay(1, 1 << 20, None).unwrap();
     assert_eq!(first.ids, ["a"]);
     assert_eq!(first.pipeline, "pipe");
     spool.replay_done(first, ReplayEnd::Acked);
     // Another one fails: it stays.
-    let second = spool.next_replay(1, 1 << 20, None, &|_| false).unwrap();
+    let second = spool.next_replay(1, 1 << 20, None).unwrap();
     assert_eq!(second.ids, ["b"]);
     spool.replay_done(second, ReplayEnd::Failed);
     stop(&spool, t);
@@ -152,7 +152,7 @@ fn an_acknowledgement_torn_by_a_crash_does_not_spoil_the_next_one() {
     let done = Arc::new(Completion::default());
     spool.barrier(done.clone());
     assert!(done.wait_until(std::time::Instant::now() + std::time::Duration::from_secs(5)));
-    let first = spool.next_replay(1, 1 << 20, None, &|_| false).unwrap();
+    let first = spool.next_replay(1, 1 << 20, None).unwrap();
     assert_eq!(first.ids, ["a"]);
     spool.replay_done(first, ReplayEnd::Acked);
     stop(&spool, t);
@@ -173,7 +173,7 @@ fn an_acknowledgement_torn_by_a_crash_does_not_spoil_the_next_one() {
 
     // The next process acknowledges `b`; its record must not run into the torn one.
     let (spool, _, t) = start(&dir);
-    let second = spool.next_replay(1, 1 << 20, None, &|_| false).unwrap();
+    let second = spool.next_replay(1, 1 << 20, None).unwrap();
     assert_eq!(second.ids, ["b"]);
     spool.replay_done(second, ReplayEnd::Acked);
     stop(&spool, t);
@@ -217,35 +217,6 @@ fn jobs_left_when_the_writer_closes_are_settled_and_later_ones_refused() {
 }
 
 #[test]
-fn a_spooled_update_waits_while_its_row_is_on_its_way() {
-    let dir = temp_dir("update-waits");
-    let (spool, _, t) = start(&dir);
-    let update = crate::record::row_update::RowUpdate {
-        pipeline: Some("pipe".into()),
-        inference_id: "x".into(),
-        row: r#"{"thumbs":"up"}"#.into(),
-        config: None,
-    };
-    spool
-        .send_updates(vec![update], DropReason::QueueFull, Tier::Spool)
-        .unwrap();
-    let done = Arc::new(Completion::default());
-    spool.barrier(done.clone());
-    assert!(done.wait_until(std::time::Instant::now() + std::time::Duration::from_secs(5)));
-    // Its row is still in the queue or in flight: the update is not replayed yet.
-    assert!(
-        spool
-            .next_replay(10, 1 << 20, None, &|id| id == "x")
-            .is_none()
-    );
-    // Its row has landed: it goes.
-    let batch = spool.next_replay(10, 1 << 20, None, &|_| false).unwrap();
-    assert_eq!(batch.rows, [r#"{"thumbs":"up"}"#]);
-    spool.replay_done(batch, ReplayEnd::Acked);
-    stop(&spool, t);
-}
-
-#[test]
 fn spooled_rows_hold_their_updates_back() {
     let dir = temp_dir("holds");
     let (spool, _, t) = start(&dir);
@@ -275,9 +246,9 @@ fn write_ahead_rows_are_replayed_only_when_given_up() {
     let a = spool.append_ahead(&row("a").spool_line()).unwrap();
     let b = spool.append_ahead(&row("b").spool_line()).unwrap();
     // Both on their way: nothing to replay, even though they are on disk.
-    assert!(spool.next_replay(10, 1 << 20, None, &|_| false).is_none());
+    assert!(spool.next_replay(10, 1 << 20, None).is_none());
     spool.ack_ahead([a]);
-    assert!(spool.next_replay(10, 1 << 20, None, &|_| false).is_none());
+    assert!(spool.next_replay(10, 1 << 20, None).is_none());
     spool.give_up(b);
     assert_eq!(drain(&spool), ["b"]);
     stop(&spool, t);
