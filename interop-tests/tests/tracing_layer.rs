@@ -237,6 +237,19 @@ fn recovers() -> u32 {
     n + 1
 }
 
+#[tracing::instrument(err(level = "warn"))]
+fn failing_quietly() -> Result<u32, NotFound> {
+    Err(NotFound)
+}
+
+#[test]
+fn instrument_err_at_another_level_still_fails_the_step() {
+    let (_, traces) = run(failing_quietly);
+    assert_eq!(traces.len(), 1);
+    let step = traces[0].root();
+    assert_eq!(step["metadata"]["Exceptions"], "no such city", "{step}");
+}
+
 #[test]
 fn events_of_unselected_spans_and_handled_errors_leave_the_step_alone() {
     let (out, traces) = run(recovers);

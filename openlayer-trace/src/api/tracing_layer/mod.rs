@@ -13,9 +13,10 @@
 //! `#[trace]` functions called inside nest under it. The step ends when the span closes.
 //!
 //! Events give a step its output (`#[instrument(ret)]`) and its error
-//! (`#[instrument(err)]`, an event at ERROR level) only when they are the selected span's
-//! own: emitted in it, with its target. The value or error of an unselected callee, and
-//! an error logged at a lower level and handled, do not change the step.
+//! (`#[instrument(err)]`: an `error` field without a message, at any level) only when they
+//! are the selected span's own: emitted in it, with its target. The value or error of an
+//! unselected callee, and an error logged with a message below ERROR (`warn!(error = %e,
+//! "retrying")`, handled), do not change the step.
 
 mod fields;
 mod genai;
@@ -354,7 +355,12 @@ where
         if !own || event.metadata().target() != span.metadata().target() {
             return;
         }
-        let error_level = *event.metadata().level() == tracing::Level::ERROR;
+        // `#[instrument(err)]`'s event has an `error` field and no message, at ERROR unless
+        // the function asked for another level (`err(level = "warn")`); an `error` field
+        // with a message (`warn!(error = %e, "retrying")`) is an error logged and handled,
+        // unless it is at ERROR level.
+        let fails = *event.metadata().level() == tracing::Level::ERROR
+            || event.metadata().fields().field("message").is_none();
         let mut ext = span.extensions_mut();
         let Some(step) = ext.get_mut::<SpanStep>() else {
             return;
@@ -363,10 +369,8 @@ where
         event.record(&mut fields);
         for (k, v) in fields.0 {
             match k {
-                // `#[instrument(err)]` (an ERROR event): the error's text, at the span's
-                // end. An `error` field at a lower level (`warn!(error = %e, "retrying")`)
-                // is a handled error, which does not fail the step.
-                "error" if error_level => step.set_error_message(v.text()),
+                // `#[instrument(err)]`: the error's text, at the span's end (see `fails`).
+                "error" if fails => step.set_error_message(v.text()),
                 // `#[instrument(ret)]`: the return value.
                 "return" => step.handle.output(&debug_value(v)),
                 "error.type" | "exception.type" | "error.message" | "exception.message" => {
