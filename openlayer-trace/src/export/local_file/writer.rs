@@ -241,10 +241,10 @@ impl FileSink {
                     .map_or(rest.len(), |i| i + 1);
             }
             let before = self.len;
-            let file = self.open()?;
-            if let Err(e) = file.write_all(&rest[..cut]) {
-                // Best effort: a file that cannot be cut keeps its torn tail.
-                let _ = file.set_len(before);
+            if let Err(e) = self.open()?.write_all(&rest[..cut]) {
+                if let Some(file) = self.file.as_mut() {
+                    cut_torn_tail(&self.path, file, before, &rest[..cut]);
+                }
                 return Err(e);
             }
             self.len += cut as u64;
@@ -287,5 +287,66 @@ impl FileSink {
         if let Some(f) = &mut self.file {
             let _ = f.flush();
         }
+    }
+}
+
+/// After a write that failed partway (a full disk): cuts what it wrote off the file when
+/// the file ends with exactly that, from where this writer left it; else (another process
+/// appended too, or the file cannot be read) ends the torn line with a newline, so that
+/// the next line starts whole. Best effort: the disk may refuse that too.
+fn cut_torn_tail(path: &std::path::Path, file: &mut File, before: u64, tried: &[u8]) {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(len) = file.metadata().map(|m| m.len()) else {
+        return;
+    };
+    if len <= before {
+        return;
+    }
+    let written = len - before;
+    let ours = usize::try_from(written)
+        .ok()
+        .filter(|w| *w <= tried.len())
+        .is_some_and(|w| {
+            let mut tail = vec![0u8; w];
+            File::open(path)
+                .and_then(|mut f| {
+                    f.seek(SeekFrom::Start(before))?;
+                    f.read_exact(&mut tail)
+                })
+                .is_ok_and(|()| tail == tried[..w])
+        });
+    if ours {
+        let _ = file.set_len(before);
+    } else {
+        let _ = file.write_all(b"\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_tail_is_cut_when_ours_and_ended_when_not() {
+        let dir = std::env::temp_dir().join(format!("ol-torn-tail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.jsonl");
+        let append = || {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&path)
+                .unwrap()
+        };
+        // This writer wrote "a\n", then part of "bcd\n": its part is cut off.
+        std::fs::write(&path, "a\nbc").unwrap();
+        cut_torn_tail(&path, &mut append(), 2, b"bcd\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\n");
+        // Another process appended "X\n" after this writer's "a\n": nothing of theirs is
+        // cut; the torn line is ended instead.
+        std::fs::write(&path, "a\nX\nbc").unwrap();
+        cut_torn_tail(&path, &mut append(), 2, b"bcd\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nX\nbc\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
