@@ -207,6 +207,9 @@ pub(crate) struct Counters {
     pub spool_dropped: AtomicU64,
     pub settled: AtomicU64,
     pub queue_full: AtomicU64,
+    /// Of `queue_full`, the rows already told to `on_failure` where they were dropped (by
+    /// the spool writer), which the flusher's report of the counter leaves out.
+    pub queue_full_told: AtomicU64,
     pub rejected: AtomicU64,
     pub retries_exhausted: AtomicU64,
     pub deadline: AtomicU64,

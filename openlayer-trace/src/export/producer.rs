@@ -226,8 +226,9 @@ impl Exporter {
         match wal {
             // On disk already: it waits there for a replay, and its updates behind it.
             Some(w) => {
-                spool.give_up(w);
+                // Held first: once given up, it may be replayed at once.
                 spool.hold_ids([row.inference_id.as_str()]);
+                spool.give_up(w);
                 c.spooled.fetch_add(1, Relaxed);
                 c.settled.fetch_add(1, Relaxed);
             }

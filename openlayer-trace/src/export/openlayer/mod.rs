@@ -433,8 +433,9 @@ impl Flusher {
         if let Some(w) = wal {
             // Already on disk: it stays there for a replay, and its updates behind it.
             if let Some(s) = &self.spool {
-                s.give_up(w);
+                // Held first: once given up, it may be replayed at once.
                 s.hold_ids([row.inference_id.as_str()]);
+                s.give_up(w);
             }
             c.spooled.fetch_add(1, Relaxed);
             c.settled.fetch_add(1, Relaxed);
@@ -464,8 +465,12 @@ impl Flusher {
         let c = &self.counters;
         let counted = [
             (
+                // Less those the spool writer told itself (counted there after the
+                // counter: a report between the two is made up for by the next one).
                 DropReason::QueueFull,
-                c.queue_full.load(Relaxed),
+                c.queue_full
+                    .load(Relaxed)
+                    .saturating_sub(c.queue_full_told.load(Relaxed)),
                 "the trace queue was full; traces were dropped",
             ),
             (

@@ -430,6 +430,16 @@ impl Spool {
             self.release(n, bytes);
             c.drop_rows(DropReason::Shutdown, n as u64);
             c.settled.fetch_add(n as u64, SeqCst);
+            // The flusher has made its last report: told here.
+            crate::report::notify(
+                self.on_failure.as_ref(),
+                crate::report::DeliveryFailure {
+                    rows: n as u64,
+                    dropped: Some(DropReason::Shutdown),
+                    status: None,
+                    message: "the spool was closed before these rows could be written".into(),
+                },
+            );
         }
     }
 

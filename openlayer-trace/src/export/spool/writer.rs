@@ -274,19 +274,20 @@ impl Writer<'_> {
                 c.drop_rows(reason, n);
                 c.settled.fetch_add(n, Relaxed);
                 crate::util::diag::warn_limited!(dir = %self.spool.dir.display(), error = %e, rows = n, "could not write to the spool; rows dropped (counted)");
-                // A full queue's drops are told to `on_failure` by the flusher, from the
-                // counter just raised (`report_overflow`): not twice.
-                if reason != DropReason::QueueFull {
-                    notify(
-                        self.spool.on_failure.as_ref(),
-                        DeliveryFailure {
-                            rows: n,
-                            dropped: Some(reason),
-                            status: None,
-                            message: format!("could not write to the spool: {e}"),
-                        },
-                    );
+                if reason == DropReason::QueueFull {
+                    // Told here, with the error: the flusher's report of the counter just
+                    // raised leaves them out (it may already have made its last one).
+                    c.queue_full_told.fetch_add(n, Relaxed);
                 }
+                notify(
+                    self.spool.on_failure.as_ref(),
+                    DeliveryFailure {
+                        rows: n,
+                        dropped: Some(reason),
+                        status: None,
+                        message: format!("could not write to the spool: {e}"),
+                    },
+                );
                 false
             }
         }
