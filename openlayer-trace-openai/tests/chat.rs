@@ -153,28 +153,35 @@ async fn final_usage_chunk_gives_the_token_counts() {
     assert_eq!(step["rawOutput"]["usage"]["total_tokens"], 23);
 }
 
-#[tokio::test]
-async fn parallel_tool_calls_streamed_interleaved_stay_separate() {
+/// Streams a chat completion of `model` from a fresh mock, read to its end: the text and
+/// errors read, and the one step recorded.
+async fn streamed(model: &str) -> ((String, Vec<String>), Value) {
     let mock = OpenAiMock::start();
     let client = client(&mock);
-    let (_, traces) = testing::capture_async(async {
+    let (read, traces) = testing::capture_async(async {
         let mut stream = client
             .chat()
-            .create_stream_traced(request("gpt-4o-mini-tools", true))
+            .create_stream_traced(request(model, true))
             .await
             .unwrap();
         drain(&mut stream).await
     })
     .await;
-    let step = only_step(&traces);
-    assert_eq!(
-        step["output"],
-        json!([
-            {"id": "call_paris", "name": "get_weather", "arguments": {"city": "Paris"}},
-            {"id": "call_tokyo", "name": "get_weather", "arguments": {"city": "Tokyo"}}
-        ]),
-        "{step}"
-    );
+    (read, only_step(&traces))
+}
+
+/// The mock's two parallel tool calls, as a step's output.
+fn weather_calls() -> Value {
+    json!([
+        {"id": "call_paris", "name": "get_weather", "arguments": {"city": "Paris"}},
+        {"id": "call_tokyo", "name": "get_weather", "arguments": {"city": "Tokyo"}}
+    ])
+}
+
+#[tokio::test]
+async fn parallel_tool_calls_streamed_interleaved_stay_separate() {
+    let (_, step) = streamed("gpt-4o-mini-tools").await;
+    assert_eq!(step["output"], weather_calls(), "{step}");
     let calls = &step["rawOutput"]["choices"][0]["message"]["tool_calls"];
     assert_eq!(calls[1]["function"]["arguments"], "{\"city\": \"Tokyo\"}");
     assert_eq!(
@@ -185,44 +192,15 @@ async fn parallel_tool_calls_streamed_interleaved_stay_separate() {
 
 #[tokio::test]
 async fn tool_call_ids_and_names_repeated_in_every_delta_are_kept_once() {
-    let mock = OpenAiMock::start();
-    let client = client(&mock);
-    let (_, traces) = testing::capture_async(async {
-        let mut stream = client
-            .chat()
-            .create_stream_traced(request("gpt-4o-mini-tools-repeat", true))
-            .await
-            .unwrap();
-        drain(&mut stream).await
-    })
-    .await;
-    let step = only_step(&traces);
-    assert_eq!(
-        step["output"],
-        json!([
-            {"id": "call_paris", "name": "get_weather", "arguments": {"city": "Paris"}},
-            {"id": "call_tokyo", "name": "get_weather", "arguments": {"city": "Tokyo"}}
-        ]),
-        "{step}"
-    );
+    let (_, step) = streamed("gpt-4o-mini-tools-repeat").await;
+    assert_eq!(step["output"], weather_calls(), "{step}");
 }
 
 #[tokio::test]
 async fn azure_content_filter_chunk_first_leaves_the_model_and_ids_of_the_answer() {
-    let mock = OpenAiMock::start();
-    let client = client(&mock);
-    let ((text, errors), traces) = testing::capture_async(async {
-        let mut stream = client
-            .chat()
-            .create_stream_traced(request("gpt-4o-mini-azure-filter", true))
-            .await
-            .unwrap();
-        drain(&mut stream).await
-    })
-    .await;
+    let ((text, errors), step) = streamed("gpt-4o-mini-azure-filter").await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(text, "Mock answer: What is the capital of France?");
-    let step = only_step(&traces);
     assert_eq!(step["model"], "gpt-4o-mini-azure-filter", "{step}");
     assert_eq!(step["output"], text.as_str());
     assert_eq!(step["rawOutput"]["id"], "chatcmpl-mock", "{step}");

@@ -42,6 +42,19 @@ fn mount(rt: &tokio::runtime::Runtime, s: &MockServer, mock: Mock) {
     rt.block_on(mock.mount(s));
 }
 
+/// A collector that accepts every export.
+fn accepting_server(rt: &tokio::runtime::Runtime) -> MockServer {
+    let s = server(rt);
+    mount(
+        rt,
+        &s,
+        Mock::given(method("POST"))
+            .and(path(TRACES))
+            .respond_with(ok_response()),
+    );
+    s
+}
+
 fn ok_response() -> ResponseTemplate {
     ResponseTemplate::new(200)
         .insert_header("content-type", "application/x-protobuf")
@@ -145,14 +158,7 @@ fn with_id(id: &str) -> usize {
 fn spans_carry_parents_times_attributes_and_errors() {
     let _l = lock();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let s = server(&rt);
-    mount(
-        &rt,
-        &s,
-        Mock::given(method("POST"))
-            .and(path(TRACES))
-            .respond_with(ok_response()),
-    );
+    let s = accepting_server(&rt);
     let guard = openlayer_trace::init(openlayer(&s).build().unwrap()).unwrap();
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -325,14 +331,7 @@ fn forecast(days: u32) -> serde_json::Value {
 fn tool_spans_carry_the_call_as_text() {
     let _l = lock();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let s = server(&rt);
-    mount(
-        &rt,
-        &s,
-        Mock::given(method("POST"))
-            .and(path(TRACES))
-            .respond_with(ok_response()),
-    );
+    let s = accepting_server(&rt);
     let guard = openlayer_trace::init(openlayer(&s).build().unwrap()).unwrap();
     get_weather("Paris");
     forecast(2);
@@ -553,14 +552,7 @@ fn lingering(
     rt: &tokio::runtime::Runtime,
     batch: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
 ) -> (MockServer, openlayer_trace::Guard) {
-    let s = server(rt);
-    mount(
-        rt,
-        &s,
-        Mock::given(method("POST"))
-            .and(path(TRACES))
-            .respond_with(ok_response()),
-    );
+    let s = accepting_server(rt);
     let config = batch(openlayer(&s).linger(Duration::from_secs(600)))
         .build()
         .unwrap();

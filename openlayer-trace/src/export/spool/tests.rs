@@ -68,6 +68,20 @@ fn stop(spool: &Spool, t: std::thread::JoinHandle<()>) {
     t.join().unwrap();
 }
 
+/// Hands rows with these ids to the writer and waits until they are on disk.
+fn spool_and_sync(spool: &Spool, ids: &[&str]) {
+    spool
+        .send_rows(
+            ids.iter().map(|id| row(id)).collect(),
+            DropReason::RetriesExhausted,
+            Tier::Spool,
+        )
+        .unwrap();
+    let done = Arc::new(Completion::default());
+    spool.barrier(done.clone());
+    assert!(done.wait_until(std::time::Instant::now() + std::time::Duration::from_secs(5)));
+}
+
 fn drain(spool: &Spool) -> Vec<String> {
     let mut ids = Vec::new();
     while let Some(b) = spool.next_replay(1000, 1 << 20, None) {
@@ -81,16 +95,7 @@ fn drain(spool: &Spool) -> Vec<String> {
 fn rows_survive_a_restart_and_are_replayed_once() {
     let dir = temp_dir("restart");
     let (spool, counters, t) = start(&dir);
-    spool
-        .send_rows(
-            vec![row("a"), row("b"), row("c")],
-            DropReason::RetriesExhausted,
-            Tier::Spool,
-        )
-        .unwrap();
-    let done = Arc::new(Completion::default());
-    spool.barrier(done.clone());
-    assert!(done.wait_until(std::time::Instant::now() + std::time::Duration::from_secs(5)));
+    spool_and_sync(&spool, &["a", "b", "c"]);
     assert_eq!(counters.spooled.load(Relaxed), 3);
     // One batch taken and acknowledged in this process.
     let first = spool.next_replay(1, 1 << 20, None).unwrap();
@@ -142,16 +147,7 @@ fn rows_survive_a_restart_and_are_replayed_once() {
 fn an_acknowledgement_torn_by_a_crash_does_not_spoil_the_next_one() {
     let dir = temp_dir("torn-ack");
     let (spool, _, t) = start(&dir);
-    spool
-        .send_rows(
-            vec![row("a"), row("b"), row("c")],
-            DropReason::RetriesExhausted,
-            Tier::Spool,
-        )
-        .unwrap();
-    let done = Arc::new(Completion::default());
-    spool.barrier(done.clone());
-    assert!(done.wait_until(std::time::Instant::now() + std::time::Duration::from_secs(5)));
+    spool_and_sync(&spool, &["a", "b", "c"]);
     let first = spool.next_replay(1, 1 << 20, None).unwrap();
     assert_eq!(first.ids, ["a"]);
     spool.replay_done(first, ReplayEnd::Acked);
