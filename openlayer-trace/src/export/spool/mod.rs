@@ -69,7 +69,7 @@ use dir::{
 };
 use segment::{Index, LiveSeg, Segment, WaWriter, WalRef};
 
-/// Most `inferenceId`s of spooled rows remembered (see `Index::held_ids`).
+/// Most `inferenceId`s of spooled rows remembered (see `Spool::held_ids`).
 const MAX_HELD_IDS: usize = 200_000;
 
 /// Work for the spool writer thread.
@@ -98,6 +98,11 @@ pub(crate) struct Spool {
     segment_bytes: u64,
     total: AtomicU64,
     index: Mutex<Index>,
+    /// `inferenceId`s of rows this process spooled: their row updates are spooled behind
+    /// them, never sent before them. Forgotten when the spool is empty. Apart from the
+    /// index, whose lock is held across disk I/O: traced code notes ids here when the
+    /// queue is full, and must never wait for a disk.
+    held_ids: Mutex<HashSet<String>>,
     wa: Option<Mutex<WaWriter>>,
     rotate_requested: AtomicBool,
     maintain_requested: AtomicBool,
@@ -188,6 +193,7 @@ impl Spool {
             segment_bytes: (config.spool_max_bytes / 8).clamp(64 * 1024, 16 * 1024 * 1024),
             total: AtomicU64::new(total),
             index: Mutex::new(index),
+            held_ids: Mutex::new(HashSet::new()),
             wa: None,
             rotate_requested: AtomicBool::new(false),
             maintain_requested: AtomicBool::new(false),
@@ -590,12 +596,13 @@ impl Spool {
         }
     }
 
-    /// Notes rows spooled by this process (see `Index::held_ids`).
+    /// Notes rows spooled by this process (see `Spool::held_ids`). Takes no lock that
+    /// is held across disk I/O.
     pub(crate) fn hold_ids<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
-        let mut index = lock(&self.index);
+        let mut held = lock(&self.held_ids);
         for id in ids {
-            if index.held_ids.len() < MAX_HELD_IDS {
-                index.held_ids.insert(id.to_string());
+            if held.len() < MAX_HELD_IDS {
+                held.insert(id.to_string());
             }
         }
     }
@@ -603,12 +610,12 @@ impl Spool {
     /// Whether a row with this `inferenceId` was spooled by this process and may still
     /// be in the spool: its updates must follow it there.
     pub(crate) fn holds_row(&self, inference_id: &str) -> bool {
-        lock(&self.index).held_ids.contains(inference_id)
+        lock(&self.held_ids).contains(inference_id)
     }
 
     fn remove_segment(&self, index: &mut Index, seq: u64) {
         if index.segments.is_empty() {
-            index.held_ids = HashSet::new();
+            *lock(&self.held_ids) = HashSet::new();
         }
         if let Some(seg) = index.segments.remove(&seq) {
             drop(seg.ack_file);
@@ -627,7 +634,7 @@ impl Spool {
             }
         }
         if index.segments.is_empty() {
-            index.held_ids = HashSet::new();
+            *lock(&self.held_ids) = HashSet::new();
         }
     }
 }

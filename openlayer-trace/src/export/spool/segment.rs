@@ -59,9 +59,6 @@ pub(super) struct Segment {
 pub(super) struct Index {
     pub(super) segments: BTreeMap<u64, Segment>,
     pub(super) next_seq: u64,
-    /// `inferenceId`s of rows this process spooled: their row updates are spooled behind
-    /// them, never sent before them. Forgotten when the spool is empty.
-    pub(super) held_ids: HashSet<String>,
 }
 
 #[derive(Debug)]

@@ -226,6 +226,41 @@ fn spooled_rows_hold_their_updates_back() {
     stop(&spool, t);
 }
 
+/// Traced code hands rows to the writer when the queue is full: that must not wait while
+/// the writer holds the index across disk I/O (a segment created, a replay read).
+#[test]
+fn overflow_never_waits_for_the_index() {
+    let dir = temp_dir("index-busy");
+    let (spool, _, t) = start(&dir);
+    let (locked_tx, locked_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let s = spool.clone();
+    let holder = std::thread::spawn(move || {
+        let _index = lock(&s.index);
+        locked_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+    });
+    locked_rx.recv().unwrap();
+    // The index is held until this thread says so: were an overflow to take it, the
+    // sender below could not finish before the deadline.
+    let (done_tx, done_rx) = mpsc::channel();
+    let s = spool.clone();
+    let sender = std::thread::spawn(move || {
+        s.send_rows(vec![row("busy")], DropReason::QueueFull, Tier::Overflow)
+            .unwrap();
+        let held = s.holds_row("busy");
+        done_tx.send(held).unwrap();
+    });
+    let held = done_rx.recv_timeout(std::time::Duration::from_secs(10));
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    sender.join().unwrap();
+    assert_eq!(held, Ok(true), "the overflow waited for the index");
+    // Once let go, the writer spools the row.
+    assert_eq!(drain(&spool).len(), 1);
+    stop(&spool, t);
+}
+
 #[test]
 fn write_ahead_rows_are_replayed_only_when_given_up() {
     let dir = temp_dir("ahead");
