@@ -457,7 +457,10 @@ impl Spool {
     pub(crate) fn append_ahead(&self, line: &str) -> Option<WalRef> {
         let wa = self.wa.as_ref()?;
         let n = line.len() as u64;
-        if self.total.load(SeqCst) + n > self.max_bytes {
+        // Counted before it is written: threads append at the same time, and a check
+        // followed by an add would let them pass the limit together.
+        if self.total.fetch_add(n, SeqCst).saturating_add(n) > self.max_bytes {
+            self.total.fetch_sub(n, SeqCst);
             self.request_maintenance();
             crate::util::diag::warn_limited!(
                 dir = %self.dir.display(),
@@ -467,16 +470,17 @@ impl Spool {
         }
         let mut w = lock(wa);
         if w.broken {
+            drop(w);
+            self.total.fetch_sub(n, SeqCst);
             return None;
         }
         let offset = w.len;
         w.live.outstanding.fetch_add(1, SeqCst);
-        match (&w.file).write_all(line.as_bytes()) {
+        match write_counted(&w.file, line.as_bytes()) {
             Ok(()) => {
                 w.len += n;
                 w.live.lines.fetch_add(1, SeqCst);
                 w.live.bytes.store(w.len, SeqCst);
-                self.total.fetch_add(n, SeqCst);
                 let seg = w.live.clone();
                 let full = w.len >= self.segment_bytes;
                 drop(w);
@@ -486,7 +490,9 @@ impl Spool {
                 }
                 Some(WalRef { seg, offset })
             }
-            Err(e) => {
+            Err((written, e)) => {
+                // What did reach the file stays counted (it is removed with the file).
+                self.total.fetch_sub(n - written as u64, SeqCst);
                 w.live.outstanding.fetch_sub(1, SeqCst);
                 w.broken = true;
                 drop(w);
@@ -637,6 +643,23 @@ impl Spool {
             *lock(&self.held_ids) = HashSet::new();
         }
     }
+}
+
+/// `write_all`, telling how many bytes were written when it fails.
+fn write_counted(mut file: &File, mut buf: &[u8]) -> Result<(), (usize, io::Error)> {
+    let mut written = 0;
+    while !buf.is_empty() {
+        match file.write(buf) {
+            Ok(0) => return Err((written, io::ErrorKind::WriteZero.into())),
+            Ok(k) => {
+                written += k;
+                buf = &buf[k..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((written, e)),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

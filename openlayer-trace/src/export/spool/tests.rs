@@ -286,6 +286,62 @@ fn write_ahead_rows_are_replayed_only_when_given_up() {
     assert!(files_in(&dir).is_empty(), "{:?}", files_in(&dir));
 }
 
+/// Threads writing ahead at once never take the spool past its limit together, and the
+/// spool's count of its bytes is what its files hold.
+#[test]
+fn concurrent_write_ahead_stays_within_the_limit() {
+    let dir = temp_dir("ahead-limit");
+    let max = 64 * 1024;
+    let config = Config::builder()
+        .spool_dir(&dir)
+        .spool_mode(SpoolMode::WriteAhead)
+        .spool_max_bytes(max)
+        .build()
+        .unwrap();
+    let (spool, rx) = Spool::open(&config, Arc::new(Counters::default()), budget(&config)).unwrap();
+    let mut big = row("big");
+    big.row = format!(r#"{{"inferenceId":"big","output":"{}"}}"#, "x".repeat(3000));
+    let line = big.spool_line();
+    let n = line.len() as u64;
+    // No writer thread yet: nothing rotates or evicts meanwhile. Filled until one more
+    // line fits.
+    let mut refs = Vec::new();
+    while spool.total.load(SeqCst) + 2 * n <= max {
+        refs.push(spool.append_ahead(&line).unwrap());
+    }
+    // Eight threads try to append at once, while the file is busy (its lock held here):
+    // each has checked for room before it waits.
+    let busy = lock(spool.wa.as_ref().unwrap());
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (spool, line) = (spool.clone(), line.clone());
+            std::thread::spawn(move || spool.append_ahead(&line))
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    drop(busy);
+    let mut late = 0;
+    for t in threads {
+        if let Some(r) = t.join().unwrap() {
+            refs.push(r);
+            late += 1;
+        }
+    }
+    assert_eq!(late, 1, "one line had room");
+    let on_disk: u64 = files_in(&dir)
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
+    assert_eq!(on_disk, refs.len() as u64 * n);
+    assert!(on_disk <= max, "{on_disk} bytes spooled, limit {max}");
+    assert_eq!(spool.total.load(SeqCst), on_disk);
+    let s = spool.clone();
+    let shaper = Shaper::new(&config);
+    let t = std::thread::spawn(move || run_writer(s, rx, shaper, None));
+    spool.ack_ahead(refs);
+    stop(&spool, t);
+}
+
 #[test]
 fn a_live_owner_keeps_the_directory() {
     let dir = temp_dir("lock");
