@@ -376,10 +376,11 @@ impl ConfigBuilder {
         c.trace_file_set = true;
     });
     setter!(/// Most bytes of the local trace file (default 64 MiB): beyond it, the file is
-        /// renamed to `<file>.1` (replacing an older one, with a warning) and a new one is
-        /// started. In local mode, a `Client` call whose rows exceed the bound at once, or
-        /// would rotate away its own first rows, is refused with `Error::InvalidInput`
-        /// (what it wrote before is kept).
+        /// renamed to `<file>.1` (replacing an older one, with a warning; the tracer counts
+        /// the lines replaced in `Stats::rotated_out`) and a new one is started. In local
+        /// mode, a `Client` call whose rows exceed the bound at once, or would rotate away
+        /// its own first rows, is refused with `Error::InvalidInput` (what it wrote before
+        /// is kept).
         trace_file_max_bytes: u64 => |c, v| c.trace_file_max_bytes = v.max(1024));
     setter!(/// Most steps one trace records (default 10 000); later ones are not recorded
         /// but counted (`Stats::steps_dropped`), and the root gets the metadata (and

@@ -99,6 +99,11 @@ pub struct Stats {
     pub sent: u64,
     /// Rows written to the local trace file (embedded default) or captured in memory.
     pub written: u64,
+    /// Lines of the local trace file (traces and row updates, already counted in
+    /// `written`) discarded since: a rotation replaced the `<file>.1` that held them
+    /// before they were pushed. Raise `trace_file_max_bytes`, or push more often, when
+    /// this grows.
+    pub rotated_out: u64,
     /// Retried requests.
     pub retried: u64,
     /// Rows dropped, by reason.
@@ -200,6 +205,7 @@ pub(crate) struct Counters {
     pub enqueued: OwnLine<AtomicU64>,
     pub sent: AtomicU64,
     pub written: AtomicU64,
+    pub rotated_out: AtomicU64,
     pub retried: AtomicU64,
     pub spooled: AtomicU64,
     pub replayed: AtomicU64,
@@ -272,6 +278,7 @@ impl Counters {
             enqueued,
             sent: self.sent.load(Relaxed),
             written: self.written.load(Relaxed),
+            rotated_out: self.rotated_out.load(Relaxed),
             retried: self.retried.load(Relaxed),
             spooled: self.spooled.load(Relaxed),
             replayed: self.replayed.load(Relaxed),

@@ -55,6 +55,13 @@ fn child() {
             }
             let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
             assert_eq!(s.written, 200, "{s:?}");
+            // What rotations discarded is counted: the rest is in the two files.
+            let kept: u64 = ["openlayer-traces.jsonl", "openlayer-traces.jsonl.1"]
+                .iter()
+                .map(|f| std::fs::read_to_string(f).unwrap().lines().count() as u64)
+                .sum();
+            assert!(s.rotated_out > 0, "{s:?}");
+            assert_eq!(s.written - s.rotated_out, kept, "{s:?}");
         }
         // OPENLAYER_TRACE_FILE asks for the file, for tracing and for the client.
         "named" => {

@@ -164,23 +164,50 @@ pub(crate) fn open_private_append(path: &Path) -> std::io::Result<(std::fs::File
 /// Renames a full local file to `<file>.1`, replacing an older one. Only a regular file
 /// is rotated: a device or a pipe named as the trace file (`/dev/null`, a FIFO) is left
 /// where it is, never renamed (nor replaced by a new regular file).
-pub(crate) fn rotate(path: &Path) -> std::io::Result<()> {
+///
+/// Returns how many lines the replaced `<file>.1` held (0 when there was none), which
+/// are gone.
+pub(crate) fn rotate(path: &Path) -> std::io::Result<u64> {
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if !meta.is_file() && !meta.file_type().is_symlink() => return Ok(()),
+        Ok(meta) if !meta.is_file() && !meta.file_type().is_symlink() => return Ok(0),
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
     }
     if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
         // A symbolic link to a device or a pipe.
-        return Ok(());
+        return Ok(0);
     }
     let mut old = path.as_os_str().to_owned();
     old.push(".1");
+    let replaced = count_lines(Path::new(&old));
     match std::fs::rename(path, &old) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+        _ => Ok(replaced),
     }
+}
+
+/// The lines of the file at `path` (a last one without its newline counts), read in
+/// chunks; 0 when it cannot be read.
+fn count_lines(path: &Path) -> u64 {
+    use std::io::Read;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return 0;
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut lines, mut last) = (0u64, b'\n');
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                lines += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+                last = buf[n - 1];
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    lines + u64::from(last != b'\n')
 }
 
 /// What one call of the explicit API has done to the local file, across its appends.
@@ -244,13 +271,14 @@ pub(crate) fn append_with(
             )));
         }
         drop(file);
-        rotate(path)?;
+        let replaced = rotate(path)?;
         op.in_older = op.in_file;
         op.in_file = false;
         tracing::warn!(
             target: "openlayer_trace",
             file = %path.display(),
             max_bytes,
+            lines_discarded = replaced,
             "the local file reached its bound and was rotated to <file>.1, replacing the older one"
         );
         file = open_private_append(path)?.0;
@@ -424,9 +452,33 @@ mod tests {
         // A regular file is rotated.
         let file = dir.join("plain.jsonl");
         std::fs::write(&file, "x\n").unwrap();
-        rotate(&file).unwrap();
+        assert_eq!(rotate(&file).unwrap(), 0, "no older file replaced");
         assert!(!file.exists());
         assert_eq!(std::fs::read(dir.join("plain.jsonl.1")).unwrap(), b"x\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A rotation tells how many lines the older file it replaced held.
+    #[test]
+    fn a_rotation_counts_the_lines_it_discards() {
+        let dir = std::env::temp_dir().join(format!(
+            "openlayer-rotate-{}-{}",
+            std::process::id(),
+            crate::util::id::next_id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("t.jsonl");
+        // Lines across read chunks, and a torn last one.
+        let long = "y".repeat(100_000);
+        std::fs::write(&file, format!("a\n{long}\nb\nc")).unwrap();
+        assert_eq!(rotate(&file).unwrap(), 0);
+        std::fs::write(&file, "d\n").unwrap();
+        assert_eq!(rotate(&file).unwrap(), 4);
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(rotate(&file).unwrap(), 1);
+        assert_eq!(rotate(&file).unwrap(), 0, "nothing left to rotate");
+        std::fs::write(&file, "e\n").unwrap();
+        assert_eq!(rotate(&file).unwrap(), 0, "the older file was empty");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

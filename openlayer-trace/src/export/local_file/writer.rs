@@ -164,6 +164,8 @@ pub(crate) struct FileSink {
     len: u64,
     max_bytes: u64,
     default_pipeline: Option<String>,
+    /// Lines of `<file>.1` replaced by rotations, not yet added to the counters.
+    discarded: u64,
 }
 
 impl FileSink {
@@ -187,6 +189,7 @@ impl FileSink {
             len: 0,
             max_bytes,
             default_pipeline: config.inference_pipeline_id.clone(),
+            discarded: 0,
         }
     }
 
@@ -227,10 +230,12 @@ impl FileSink {
             if cut == 0 {
                 if self.len > 0 {
                     self.file = None;
-                    crate::export::local_file::format::rotate(&self.path)?;
+                    let replaced = crate::export::local_file::format::rotate(&self.path)?;
+                    self.discarded += replaced;
                     tracing::warn!(
                         target: "openlayer_trace",
                         file = %self.path.display(),
+                        lines_discarded = replaced,
                         "the local trace file reached its bound and was rotated to <file>.1, replacing the older one"
                     );
                     continue;
@@ -275,6 +280,9 @@ impl FileSink {
         // A long line grew the buffer: do not keep that much.
         lines.buf.shrink_to(2 * MAX_WRITE_BYTES);
         counters.written.fetch_add(written, Relaxed);
+        counters
+            .rotated_out
+            .fetch_add(std::mem::take(&mut self.discarded), Relaxed);
         if let Err(e) = result {
             self.file = None;
             counters.drop_rows(DropReason::LocalFile, n - written);
