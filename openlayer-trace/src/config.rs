@@ -345,7 +345,8 @@ impl ConfigBuilder {
         /// 0.5 s, as the official SDKs). Tests shorten it.
         #[doc(hidden)]
         retry_base_backoff: Duration => |c, v| c.retry_base_backoff = v);
-    setter!(/// Most traces waiting in the queue (default 10 000).
+    setter!(/// Most traces waiting in the queue (default 10 000). Row updates may take an
+        /// eighth more (at least 64) when it is full, so that they stay behind their rows.
         queue_capacity: usize => |c, v| c.queue_capacity = v.max(1));
     setter!(/// Most bytes of undelivered traces and rows held in memory (default 64 MiB):
         /// the queue (at most half of it), the rows waiting for a request or in flight

@@ -8,8 +8,13 @@ use crate::report::OwnLine;
 /// Who reserves room in the [`Budget`], and so which share of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Tier {
-    /// Traces (and rows, row updates) handed off to the queue: half of the budget.
+    /// Traces (and rows, row updates) handed off to the queue: half of the budget, less
+    /// a sixteenth kept for row updates.
     Queue,
+    /// Row updates handed off while the queue is full: kept in it (behind their rows)
+    /// with the queue's last sixteenth of the budget; counted with [`Tier::Queue`], and
+    /// given back as it is.
+    QueueOver,
     /// The worker's encoded rows, waiting for a request or in flight (with their request
     /// bodies): three eighths.
     Worker,
@@ -23,8 +28,9 @@ pub(crate) enum Tier {
 
 /// The memory budget of undelivered data (`queue_max_bytes`), split between every
 /// buffer that holds traces or rows not yet delivered, spooled or dropped: the queue
-/// (half), the worker's rows, lingering, ready or in flight (three eighths), and the spool
-/// writer's backlog (an eighth). Each holder reserves what it takes before it takes it and
+/// (half, of which row updates alone may take the last sixteenth), the worker's rows,
+/// lingering, ready or in flight (three eighths), and the spool writer's backlog (an
+/// eighth). Each holder reserves what it takes before it takes it and
 /// releases it when the data has moved on; what does not fit goes to the next stage (the
 /// spool) or is dropped and counted, so a reservation never waits.
 ///
@@ -56,7 +62,8 @@ impl Budget {
     fn share(&self, tier: Tier) -> (&AtomicUsize, usize) {
         let eighth = self.limit / 8;
         match tier {
-            Tier::Queue => (&*self.queue, self.limit / 2),
+            Tier::Queue => (&*self.queue, self.limit / 2 - self.limit / 16),
+            Tier::QueueOver => (&*self.queue, self.limit / 2),
             Tier::Worker => (&self.worker, self.limit / 2 - eighth),
             Tier::Overflow => (&self.spool, eighth / 2),
             Tier::Spool => (&self.spool, eighth),
@@ -69,7 +76,7 @@ impl Budget {
         let (used, cap) = self.share(tier);
         // Open traces share the queue's half (see `crate::util::open_traces`).
         let cap = match tier {
-            Tier::Queue => cap.saturating_sub(crate::util::open_traces::held()),
+            Tier::Queue | Tier::QueueOver => cap.saturating_sub(crate::util::open_traces::held()),
             _ => cap,
         };
         used.fetch_update(Relaxed, Relaxed, |u| {

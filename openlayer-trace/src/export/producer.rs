@@ -130,15 +130,23 @@ impl Exporter {
         };
         // Its box (the allocator's header on top of its size) and its slot in the channel.
         let bytes = update.size() + 16 + size_of::<Msg>();
-        let update = if self.reserve(bytes) {
-            match tx.try_send(Msg::Update(Box::new(update), bytes)) {
+        // First within the queue's limits, as a trace; when the queue is full, past them
+        // by a bounded margin: an update must stay behind its row, which may still be
+        // queued (the spool, which the worker replays on its own schedule, could send the
+        // update first).
+        let mut update = update;
+        for (tier, extra) in [(Tier::Queue, 0), (Tier::QueueOver, self.update_margin())] {
+            if !self.budget.reserve(bytes, tier) {
+                continue;
+            }
+            match tx.try_send_beyond(Msg::Update(Box::new(update), bytes), extra) {
                 Ok(()) => return,
                 Err(TrySendError::Full(Msg::Update(u, _))) => {
-                    self.budget.release(bytes, Tier::Queue);
-                    *u
+                    self.budget.release(bytes, tier);
+                    update = *u;
                 }
                 Err(e) => {
-                    self.budget.release(bytes, Tier::Queue);
+                    self.budget.release(bytes, tier);
                     drop(e);
                     c.drop_rows(DropReason::Shutdown, 1);
                     c.settled.fetch_add(1, Relaxed);
@@ -148,11 +156,9 @@ impl Exporter {
                     return;
                 }
             }
-        } else {
-            update
-        };
-        // The queue is full: the spool keeps it when it can (with its pipeline resolved,
-        // as replay needs it).
+        }
+        // Still no room: the spool keeps it when it can (with its pipeline resolved, as
+        // replay needs it). Its row may then still be queued.
         if let Some(spool) = &self.spool {
             let pipeline = update
                 .pipeline
@@ -169,6 +175,12 @@ impl Exporter {
             }
         }
         self.drop_full();
+    }
+
+    /// How many row updates may be queued past the queue's capacity (see
+    /// [`enqueue_update`](Self::enqueue_update)).
+    fn update_margin(&self) -> usize {
+        (self.config.queue_capacity / 8).max(64)
     }
 
     /// Counts `bytes` into the memory budget, for the queue; false when they do not fit.
@@ -345,5 +357,93 @@ impl Exporter {
 
     pub(crate) fn stats(&self) -> Stats {
         self.counters.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::spool::writer::run_writer;
+    use crate::util::queue::{Receiver, TryRecvError, channel};
+
+    fn update(id: &str) -> RowUpdate {
+        RowUpdate {
+            pipeline: Some("pipe".into()),
+            inference_id: id.into(),
+            row: r#"{"thumbs":"up"}"#.into(),
+            config: None,
+        }
+    }
+
+    /// An exporter whose queue (of `capacity`) nobody drains, with a spool.
+    fn exporter(name: &str, capacity: usize) -> (Exporter, Receiver<Msg>) {
+        let dir =
+            std::env::temp_dir().join(format!("openlayer-producer-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = Config::builder()
+            .inference_pipeline_id("pipe")
+            .queue_capacity(capacity)
+            .spool_dir(&dir)
+            .build()
+            .unwrap();
+        let counters = Arc::new(Counters::default());
+        let budget = Arc::new(Budget::new(config.queue_max_bytes));
+        let (spool, jobs) = Spool::open(&config, counters.clone(), budget.clone()).unwrap();
+        let (s, shaper) = (spool.clone(), Shaper::new(&config));
+        let writer = std::thread::spawn(move || run_writer(s, jobs, shaper, None));
+        let (tx, rx) = channel(capacity);
+        let exporter = Exporter {
+            shaper: Shaper::new(&config),
+            config,
+            tx: Some(tx),
+            counters,
+            budget,
+            spool: Some(spool),
+            write_ahead: false,
+            threads: Mutex::new(vec![writer]),
+        };
+        (exporter, rx)
+    }
+
+    fn queued_updates(rx: &mut Receiver<Msg>) -> Vec<String> {
+        let mut ids = Vec::new();
+        loop {
+            match rx.try_recv() {
+                Ok(Msg::Update(u, _)) => ids.push(u.inference_id),
+                Ok(_) => ids.push("other".into()),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return ids,
+            }
+        }
+    }
+
+    /// A row update finding the queue full joins it behind what is queued (its row may
+    /// be there), rather than go to the spool, which the worker replays on its own
+    /// schedule; past the margin, it goes to the spool.
+    #[test]
+    fn an_update_of_a_full_queue_stays_behind_it_within_a_margin() {
+        let (exporter, mut rx) = exporter("update-margin", 8);
+        let margin = exporter.update_margin();
+        for i in 0..8 {
+            exporter.enqueue_update(update(&format!("filler-{i}")));
+        }
+        // The queue is full: a trace would overflow now; updates still go in.
+        for i in 0..margin {
+            exporter.enqueue_update(update(&format!("late-{i}")));
+        }
+        assert_eq!(exporter.counters.spooled.load(Relaxed), 0);
+        // One more than the margin: to the spool's writer.
+        exporter.enqueue_update(update("beyond"));
+        let ids = queued_updates(&mut rx);
+        assert_eq!(ids.len(), 8 + margin);
+        assert_eq!(ids[8], "late-0", "in the order they were handed off");
+        assert_eq!(ids[8 + margin - 1], format!("late-{}", margin - 1));
+        assert!(!ids.iter().any(|id| id == "beyond"));
+        let done = Arc::new(Completion::default());
+        exporter.spool.as_ref().unwrap().barrier(done.clone());
+        assert!(done.wait_until(Instant::now() + Duration::from_secs(5)));
+        assert_eq!(exporter.counters.spooled.load(Relaxed), 1);
+        let done = Arc::new(Completion::default());
+        exporter.spool.as_ref().unwrap().close(vec![done.clone()]);
+        assert!(done.wait_until(Instant::now() + Duration::from_secs(5)));
     }
 }

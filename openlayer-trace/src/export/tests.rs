@@ -165,9 +165,11 @@ fn each_stage_fills_only_its_share_of_the_budget() {
         }
         n
     };
-    // The queue takes half, the worker's rows three eighths, traced code's overflow
-    // half of the spool writer's eighth and the worker's rows to the spool the rest.
-    assert_eq!(fill(Tier::Queue), 4 * 1024);
+    // The queue takes half (its last sixteenth of the budget for row updates only), the
+    // worker's rows three eighths, traced code's overflow half of the spool writer's
+    // eighth and the worker's rows to the spool the rest.
+    assert_eq!(fill(Tier::Queue), 4 * 1024 - 512);
+    assert_eq!(fill(Tier::QueueOver), 512);
     assert_eq!(fill(Tier::Worker), 3 * 1024);
     assert_eq!(fill(Tier::Overflow), 512);
     assert_eq!(fill(Tier::Spool), 512);
@@ -175,6 +177,7 @@ fn each_stage_fills_only_its_share_of_the_budget() {
     // Room freed in one share is not open to another.
     budget.release(1024, Tier::Worker);
     assert!(!budget.reserve(16, Tier::Queue));
+    assert!(!budget.reserve(16, Tier::QueueOver));
     assert!(!budget.reserve(16, Tier::Spool));
     assert!(budget.reserve(1024, Tier::Worker));
     assert!(!budget.reserve(16, Tier::Worker));

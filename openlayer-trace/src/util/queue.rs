@@ -203,6 +203,29 @@ impl<T> Sender<T> {
         Ok(())
     }
 
+    /// Queues `value` if fewer than `capacity + extra` messages are queued; never waits.
+    /// For messages that must stay in order behind those already queued (a row update
+    /// behind its row), allowed past the capacity by a bounded margin, and ahead of the
+    /// senders waiting for room (which then wait for one more message to be taken).
+    pub(crate) fn try_send_beyond(&self, value: T, extra: usize) -> Result<(), TrySendError<T>> {
+        let shared = &*self.shared;
+        let mut st = shared.lock();
+        if st.closed {
+            return Err(TrySendError::Closed(value));
+        }
+        if shared.len.load(Relaxed) >= shared.capacity.saturating_add(extra) {
+            return Err(TrySendError::Full(value));
+        }
+        shared.len.fetch_add(1, Relaxed);
+        st.queue.push_back(value);
+        let waker = st.rx_waker.take();
+        drop(st);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
     /// Queues `value`, waiting for room; senders that wait are served in turn.
     pub(crate) async fn send(&self, value: T) -> Result<(), SendError<T>> {
         /// The place in the line of waiting senders, given up when the future is dropped.
