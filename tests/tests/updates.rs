@@ -273,6 +273,40 @@ fn a_chat_completion_step_outside_a_trace_is_its_own_trace() {
     assert_eq!(t.config()["inputVariableNames"], json!(["prompt"]));
 }
 
+/// Absurd times and counts (a start centuries away, the longest latency, token counts
+/// that overflow their sum) never panic in the caller, and the trace around still ships.
+#[test]
+fn a_chat_completion_step_with_absurd_values_never_panics() {
+    let far = std::time::UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) * 100);
+    let (_, traces) = testing::capture(|| {
+        step("outer").in_scope(|| {
+            add_chat_completion_step(ChatCompletion {
+                start_time: Some(far),
+                latency: Some(Duration::MAX),
+                prompt_tokens: Some(u64::MAX),
+                completion_tokens: Some(u64::MAX),
+                ..ChatCompletion::new("OpenAI", "gpt-4o")
+            });
+            add_chat_completion_step(ChatCompletion {
+                start_time: Some(std::time::UNIX_EPOCH - Duration::from_secs(1 << 40)),
+                latency: Some(Duration::from_millis(1)),
+                ..ChatCompletion::new("OpenAI", "gpt-4o")
+            });
+        })
+    });
+    assert_eq!(traces.len(), 1);
+    let chats = traces[0].root()["steps"].as_array().unwrap().clone();
+    assert_eq!(chats.len(), 2);
+    assert_eq!(chats[0]["tokens"], json!(u64::MAX));
+    for c in &chats {
+        let (start, end) = (
+            c["startTime"].as_f64().unwrap(),
+            c["endTime"].as_f64().unwrap(),
+        );
+        assert!(end >= start, "{c}");
+    }
+}
+
 #[test]
 fn step_guards_and_builders_trace_blocks() {
     let (_, traces) = testing::capture(|| {

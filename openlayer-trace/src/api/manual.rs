@@ -127,7 +127,7 @@ pub fn add_chat_completion_step(completion: ChatCompletion) {
     let tokens = completion.tokens.or(
         match (completion.prompt_tokens, completion.completion_tokens) {
             (None, None) => None,
-            (p, c) => Some(p.unwrap_or(0) + c.unwrap_or(0)),
+            (p, c) => Some(p.unwrap_or(0).saturating_add(c.unwrap_or(0))),
         },
     );
     let fields: [(&'static str, Option<crate::record::Json>); 9] = [
@@ -164,7 +164,8 @@ pub fn add_chat_completion_step(completion: ChatCompletion) {
             if let Some(t) = completion.start_time {
                 rec.start = open.trace.offset_of_wall(t);
                 if completion.latency.is_some() {
-                    end = open.trace.at(rec.start + latency.as_nanos() as i64);
+                    let latency = i64::try_from(latency.as_nanos()).unwrap_or(i64::MAX);
+                    end = open.trace.at(rec.start.saturating_add(latency));
                 }
             }
             for (field, value) in fields {

@@ -99,11 +99,13 @@ impl TraceShared {
 
     /// The clock reading `offset` nanoseconds from the anchor.
     pub(crate) fn at(&self, offset: i64) -> i64 {
-        self.anchor.wrapping_add(offset)
+        self.anchor.saturating_add(offset)
     }
 
     /// Nanoseconds from the anchor to a wall-clock time.
     pub(crate) fn offset_of_wall(&self, t: SystemTime) -> i64 {
-        (crate::util::clock::unix_ns_of(t) - self.anchor_unix_ns) as i64
+        let offset = crate::util::clock::unix_ns_of(t).saturating_sub(self.anchor_unix_ns);
+        // Saturated: a time centuries away is a user's mistake, never a panic or a wrap.
+        i64::try_from(offset).unwrap_or(if offset < 0 { i64::MIN } else { i64::MAX })
     }
 }
