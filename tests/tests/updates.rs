@@ -307,6 +307,30 @@ fn a_chat_completion_step_with_absurd_values_never_panics() {
     }
 }
 
+/// An empty (or blank) custom id would make a row no update can reach, shared by every
+/// trace that sets it: it is ignored, and the row keeps its generated id.
+#[test]
+fn an_empty_inference_id_is_ignored() {
+    let (ids, traces) = testing::capture(|| {
+        let blank = step("blank").in_scope(|| {
+            update_current_trace!(inference_id = "  ");
+            current_inference_id()
+        });
+        let kept = step("kept").in_scope(|| {
+            update_current_trace!(inference_id = "chat-1");
+            update_current_trace!(inference_id = "");
+            current_inference_id()
+        });
+        (blank, kept)
+    });
+    let (blank, kept) = ids;
+    let blank = blank.unwrap();
+    assert_eq!(blank.len(), 36, "{blank}");
+    assert_eq!(traces[0].row()["inferenceId"], blank.as_str());
+    assert_eq!(kept.as_deref(), Some("chat-1"));
+    assert_eq!(traces[1].row()["inferenceId"], "chat-1");
+}
+
 #[test]
 fn step_guards_and_builders_trace_blocks() {
     let (_, traces) = testing::capture(|| {

@@ -22,7 +22,17 @@ fn id_text(json: &str) -> Box<str> {
 
 pub(crate) fn apply_trace(st: &mut TraceState, key: String, value: Json) {
     match key.as_str() {
-        "inference_id" | "inferenceId" => st.inference_id = Some(id_text(&value)),
+        "inference_id" | "inferenceId" => {
+            let id = id_text(&value);
+            if id.trim().is_empty() {
+                // A row no update could reach, shared by every trace doing the same.
+                diag::warn_limited!(
+                    "an empty inference id was ignored; the trace keeps its generated one"
+                );
+            } else {
+                st.inference_id = Some(id);
+            }
+        }
         "ground_truth" | "groundTruth" => {
             if let Some(root) = st.steps.first_mut() {
                 root.extra_mut().ground_truth = Some(value);
