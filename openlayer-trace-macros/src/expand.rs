@@ -124,10 +124,18 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
     // The recorded parameters, in order, each with whether its type is generic.
     let mut params: Vec<Ident> = Vec::new();
     let mut generic: Vec<bool> = Vec::new();
+    // A parameter's `#[cfg]`s, which its recording statement must carry too.
+    let mut cfgs: Vec<Vec<&syn::Attribute>> = Vec::new();
     for arg in &sig.inputs {
         if let FnArg::Typed(pt) = arg {
             bindings(&pt.pat, &mut params);
             generic.resize(params.len(), is_generic(&pt.ty, &type_params, true));
+            let attrs: Vec<&syn::Attribute> = pt
+                .attrs
+                .iter()
+                .filter(|a| a.path().is_ident("cfg"))
+                .collect();
+            cfgs.resize(params.len(), attrs);
         }
     }
     for s in &opts.skip {
@@ -156,8 +164,12 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
         params
             .iter()
             .zip(&generic)
-            .filter(|(p, _)| !opts.skip.iter().any(|s| s.unraw() == p.unraw()))
-            .map(|(p, g)| write_arg(p, *g))
+            .zip(&cfgs)
+            .filter(|((p, _), _)| !opts.skip.iter().any(|s| s.unraw() == p.unraw()))
+            .map(|((p, g), cfgs)| {
+                let write = write_arg(p, *g);
+                quote!(#(#cfgs)* #write)
+            })
             .collect()
     };
 
@@ -259,6 +271,15 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
             { #record }
             ::core::mem::drop(__ol_step);
             __ol_ret
+        }}
+    } else if matches!(ret_ty, Some(Type::Never(_))) {
+        // Never returns: no value to record. The step closes as the thread unwinds (a
+        // panic), or never (the process exits).
+        quote! {{
+            #meta
+            let __ol_step = ::openlayer_trace::__private::enter_sync(&__OL_META, |__ol_w| { #(#writes)* });
+            let _ = &__ol_step;
+            #block
         }}
     } else {
         let closure = match (nameable, ret_ty) {
@@ -512,6 +533,15 @@ fn expand_stream(p: StreamParts<'_>) -> TokenStream2 {
             let (__ol_ret, __ol_fin) = ::openlayer_trace::__private::instrument(__ol_start, #body_fut).await;
             let __ol_handle = ::openlayer_trace::__private::stream_handle(__ol_fin);
             #wrap
+        }}
+    } else if matches!(ret_ty, Some(Type::Never(_))) {
+        // Never returns: no value to record. The step closes as the thread unwinds (a
+        // panic), or never (the process exits).
+        quote! {{
+            #meta
+            let __ol_step = ::openlayer_trace::__private::enter_sync(&__OL_META, |__ol_w| { #(#writes)* });
+            let _ = &__ol_step;
+            #block
         }}
     } else {
         let closure = match (nameable, ret_ty) {

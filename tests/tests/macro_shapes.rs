@@ -346,6 +346,39 @@ fn impl_trait_returns() {
     assert_eq!(inputs_text(&t), r#"{"from":3}"#);
 }
 
+#[trace]
+fn with_cfg_parameters(
+    a: u32,
+    #[cfg(any())] b: u32,
+    #[cfg(all())] c: u32,
+    #[cfg(any())] (d, e): (u32, u32),
+) -> u32 {
+    a + c
+}
+
+#[test]
+fn cfg_gated_parameters_are_recorded_when_present() {
+    let (out, t) = one(|| with_cfg_parameters(1, 2));
+    assert_eq!(out, 3);
+    assert_eq!(inputs_text(&t), r#"{"a":1,"c":2}"#);
+}
+
+#[trace]
+fn diverges(code: i32) -> ! {
+    panic!("exit {code}")
+}
+
+#[test]
+fn a_function_that_never_returns_records_its_panic() {
+    let (out, traces) = testing::capture(|| std::panic::catch_unwind(|| diverges(7)));
+    assert!(out.is_err());
+    assert_eq!(traces.len(), 1);
+    let t = &traces[0];
+    assert_eq!(inputs_text(t), r#"{"code":7}"#);
+    let exceptions = t.root()["metadata"]["Exceptions"].to_string();
+    assert!(exceptions.contains("exit 7"), "{exceptions}");
+}
+
 // ---------------------------------------------------------------------------------------
 // async fn, trait impls, native async fn in traits
 
