@@ -349,9 +349,9 @@ fn impl_trait_returns() {
 #[trace]
 fn with_cfg_parameters(
     a: u32,
-    #[cfg(any())] b: u32,
-    #[cfg(all())] c: u32,
-    #[cfg(any())] (d, e): (u32, u32),
+    #[cfg(not(test))] b: u32,
+    #[cfg(test)] c: u32,
+    #[cfg(not(test))] (d, e): (u32, u32),
 ) -> u32 {
     a + c
 }
