@@ -279,6 +279,50 @@ async fn a_trace_completes_when_spawned_work_finishes() {
 }
 
 #[trace]
+async fn parent_with_detached_child() -> u32 {
+    // Polled right here, inside the parent's step, yet in no trace: its own.
+    fetch(3, 1).with_trace_context(None).await
+}
+
+#[tokio::test]
+async fn a_future_with_no_context_runs_outside_any_trace() {
+    let (_, mut traces) = testing::capture_async(parent_with_detached_child()).await;
+    assert_eq!(traces.len(), 2, "the child is a trace of its own");
+    traces.sort_by_key(tree);
+    assert_eq!(tree(&traces[0]), "fetch(leaf)");
+    assert_eq!(tree(&traces[1]), "parent_with_detached_child");
+}
+
+/// A sync step blocking on a current-thread runtime is current while the runtime polls
+/// every task; tasks spawned with the helper outside any trace keep out of it.
+#[test]
+fn work_spawned_outside_a_trace_stays_out_of_a_blocking_step() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    #[trace(skip(rt))]
+    fn blocking_handler(rt: &tokio::runtime::Runtime) -> u32 {
+        rt.block_on(async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            7
+        })
+    }
+    let (_, mut traces) = testing::capture(|| {
+        let background = {
+            let _runtime = rt.enter();
+            openlayer_trace::spawn(fetch(4, 10))
+        };
+        blocking_handler(&rt);
+        rt.block_on(background).unwrap()
+    });
+    assert_eq!(traces.len(), 2, "the background task is a trace of its own");
+    traces.sort_by_key(tree);
+    assert_eq!(tree(&traces[0]), "blocking_handler");
+    assert_eq!(tree(&traces[1]), "fetch(leaf)");
+}
+
+#[trace]
 fn parent_with_threads() -> u32 {
     let a = openlayer_trace::thread::spawn(|| leaf(1));
     let ctx = current_context().unwrap();

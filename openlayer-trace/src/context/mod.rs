@@ -418,6 +418,20 @@ pub(crate) fn enter(trace: Arc<TraceShared>, step: u32) -> Entered {
     }
 }
 
+/// Makes "outside any trace" the current position; [`exit`] restores the previous one.
+#[inline]
+pub(crate) fn enter_none() -> Entered {
+    let (prev_trace, prev_step) = POS
+        .try_with(|p| (p.trace.take(), p.step.replace(NO_PARENT)))
+        .unwrap_or((None, NO_PARENT));
+    Entered {
+        prev_trace,
+        same: false,
+        prev_step,
+        _not_send: PhantomData,
+    }
+}
+
 /// Like [`enter`], but without touching the trace's reference count when it is already
 /// the current trace (the common case of nested steps).
 #[inline]
@@ -607,12 +621,21 @@ pin_project_lite::pin_project! {
             // Drop the inner future first, in its position, so that its steps close before
             // the hold on the trace is released; the position is restored even when
             // dropping it panics.
-            let entered = Exit(this.ctx.as_ref().map(|c| enter(c.trace.clone(), c.step)));
+            let entered = Exit(Some(enter_ctx(this.ctx.as_ref())));
             let mut inner = this.inner;
             inner.set(None);
             drop(entered);
             *this.ctx = None;
         }
+    }
+}
+
+/// Enters a captured position; `None` is outside any trace, whatever the thread's
+/// position (the step polling a task on a current-thread runtime, say) was.
+fn enter_ctx(ctx: Option<&TraceContext>) -> Entered {
+    match ctx {
+        Some(c) => enter(c.trace.clone(), c.step),
+        None => enter_none(),
     }
 }
 
@@ -651,8 +674,7 @@ impl<F: Future> Future for WithTrace<F> {
             // Only while dropped, never polled then.
             return Poll::Pending;
         };
-        let entered = this.ctx.as_ref().map(|c| enter(c.trace.clone(), c.step));
-        let _exit = Exit(entered);
+        let _exit = Exit(Some(enter_ctx(this.ctx.as_ref())));
         let out = inner.poll(cx);
         if out.is_ready() {
             drop(_exit);
