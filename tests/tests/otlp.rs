@@ -614,3 +614,29 @@ fn a_flush_does_not_wait_for_the_linger_and_full_batches_leave_at_once() {
     }
     assert_eq!(stats.otlp_spans_sent, 12, "{stats:?}");
 }
+
+/// Any `Duration` is valid: an endless linger and shutdown timeout send at a flush, and
+/// at the shutdown, what waits.
+#[test]
+fn an_endless_linger_and_shutdown_timeout_are_valid() {
+    let _l = lock();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = accepting_server(&rt);
+    let config = openlayer(&s)
+        .linger(Duration::MAX)
+        .shutdown_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    with_id("endless-1");
+    // Taken by the worker and left to linger (no flush asks for it yet).
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(guard.stats().otlp_spans_sent, 0);
+    flushes_at_once(&guard);
+    with_id("endless-2");
+    let report = guard.shutdown(Duration::MAX).unwrap();
+    assert!(report.complete, "{report:?}");
+    assert_eq!(report.stats.otlp_spans_sent, 2, "{:?}", report.stats);
+    assert_eq!(report.stats.pending, 0, "{:?}", report.stats);
+    assert_eq!(requests(&rt, &s, TRACES).len(), 2);
+}

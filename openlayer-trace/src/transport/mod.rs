@@ -490,7 +490,8 @@ impl Transport {
                 };
             }
             let wait = self.backoff(retries, retry_after);
-            let out_of_time = deadline.is_some_and(|d| Instant::now() + wait >= d);
+            let out_of_time = deadline
+                .is_some_and(|d| crate::util::clock::after_tokio(Instant::now(), wait) >= d);
             if retries >= self.inner.max_retries || out_of_time {
                 tracing::debug!(
                     target: "openlayer_trace",

@@ -35,6 +35,8 @@ use tokio::sync::mpsc;
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 
+use crate::util::clock::after_tokio;
+
 use crate::config::{Config, FailureFn};
 use crate::error::Error;
 use crate::export::budget::{Budget, Tier};
@@ -194,7 +196,7 @@ impl OtlpFlusher {
                     None => {
                         open = false;
                         if self.shutdown.is_none() {
-                            let deadline = std::time::Instant::now() + self.shutdown_timeout;
+                            let deadline = crate::util::clock::after(std::time::Instant::now(), self.shutdown_timeout);
                             self.begin_shutdown(None, deadline, &mut rx);
                         }
                     }
@@ -295,7 +297,7 @@ impl OtlpFlusher {
         let due: Vec<Option<String>> = self
             .groups
             .iter()
-            .filter(|(_, b)| urgent || b.since + self.linger <= now)
+            .filter(|(_, b)| urgent || after_tokio(b.since, self.linger) <= now)
             .map(|(k, _)| k.clone())
             .collect();
         for k in due {
@@ -491,7 +493,7 @@ impl OtlpFlusher {
         let mut at = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
         if !self.urgent() {
             for b in self.groups.values() {
-                at(b.since + self.linger);
+                at(after_tokio(b.since, self.linger));
             }
         }
         if let Some((_, d)) = &self.shutdown {
