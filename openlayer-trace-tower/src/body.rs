@@ -5,6 +5,7 @@ use std::fmt::{self, Display};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use openlayer_trace::StepHandle;
 
@@ -15,7 +16,9 @@ pin_project_lite::pin_project! {
     /// SSE stream calling a model, a `#[trace]` function in a `Body::from_stream`) nest
     /// under the request's step. The step ends
     ///
-    /// - when the inner body returns its last frame (or reports its end): as returned;
+    /// - when the inner body has been sent in full: it returned its last frame or reported
+    ///   its end, or sent its trailers, or as many bytes as its length (its exact size, or
+    ///   its `content-length`), after which a server polls no further;
     /// - when the inner body fails: with the error under `Exceptions`;
     /// - when the body is dropped before its end (the client went away, the server shut
     ///   down): with metadata `cancelled: true` and the status code as output;
@@ -24,17 +27,29 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         step: Option<StepHandle>,
+        // Bytes still to send, when the response's length is known: the server stops
+        // polling (and drops the body) once it has sent them, whether or not the body
+        // reported its end.
+        remaining: Option<u64>,
     }
 }
 
 impl<B> OpenlayerBody<B> {
-    pub(crate) fn new(inner: B, step: Option<StepHandle>) -> Self {
-        OpenlayerBody { inner, step }
+    pub(crate) fn new(inner: B, step: Option<StepHandle>, length: Option<u64>) -> Self {
+        OpenlayerBody {
+            inner,
+            step,
+            remaining: length,
+        }
     }
 
     /// A body whose request is not traced (as when tracing is off).
     pub(crate) fn untraced(inner: B) -> Self {
-        OpenlayerBody { inner, step: None }
+        OpenlayerBody {
+            inner,
+            step: None,
+            remaining: None,
+        }
     }
 
     /// The inner body.
@@ -71,10 +86,15 @@ where
         let polled = with_step(this.step, || inner.as_mut().poll_frame(cx));
         match &polled {
             Poll::Pending => {}
-            Poll::Ready(Some(Ok(_))) => {
-                if inner.is_end_stream()
-                    && let Some(step) = this.step.take()
-                {
+            Poll::Ready(Some(Ok(frame))) => {
+                // Sent in full: the body says so, or its declared length is reached, or
+                // trailers came (always the last frame). A server polls no further.
+                let mut done = frame.is_trailers() || inner.is_end_stream();
+                if let (Some(left), Some(data)) = (this.remaining.as_mut(), frame.data_ref()) {
+                    *left = left.saturating_sub(data.remaining() as u64);
+                    done |= *left == 0;
+                }
+                if done && let Some(step) = this.step.take() {
                     step.finish();
                 }
             }

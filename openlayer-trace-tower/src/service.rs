@@ -186,6 +186,23 @@ impl<F> ResponseFuture<F> {
     }
 }
 
+/// The length of the response body, as the server will send it: the body's exact size,
+/// else its `content-length` header (a stream of a known length). The server stops
+/// polling the body once it has sent that much.
+#[inline]
+fn declared_length<B: http_body::Body>(body: &B, headers: &HeaderMap) -> Option<u64> {
+    if let Some(n) = body.size_hint().exact() {
+        return Some(n);
+    }
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Statuses whose responses have no body, which servers may never poll.
 fn bodiless(status: StatusCode) -> bool {
     status.is_informational()
@@ -244,11 +261,13 @@ pub(crate) fn respond<ResBody: http_body::Body>(
             .headers
             .insert(settings.inference_id_header.clone(), value);
     }
-    let step = if head || bodiless(status) || http_body::Body::is_end_stream(&body) {
-        step.finish();
-        None
-    } else {
-        Some(step)
-    };
-    Response::from_parts(parts, OpenlayerBody::new(body, step))
+    let length = declared_length(&body, &parts.headers);
+    let step =
+        if head || bodiless(status) || length == Some(0) || http_body::Body::is_end_stream(&body) {
+            step.finish();
+            None
+        } else {
+            Some(step)
+        };
+    Response::from_parts(parts, OpenlayerBody::new(body, step, length))
 }

@@ -79,6 +79,27 @@ async fn chunks(Path(n): Path<u64>) -> Response {
     Body::from_stream(chunks).into_response()
 }
 
+/// `chunks`, with its length declared: the server stops polling the body once it has
+/// sent that many bytes, before the stream reports its end.
+async fn sized_chunks(Path(n): Path<u64>) -> Response {
+    let length: usize = (0..n).map(|i| format!("t{i} ").len()).sum();
+    let mut res = chunks(Path(n)).await;
+    res.headers_mut()
+        .insert(axum::http::header::CONTENT_LENGTH, length.into());
+    res
+}
+
+/// `chunks`, then trailers (always the last frame: the server polls no further).
+async fn chunks_then_trailers(Path(n): Path<u64>) -> Response {
+    let mut trailers = axum::http::HeaderMap::new();
+    trailers.insert("x-checksum", axum::http::HeaderValue::from_static("abc"));
+    let frames = tokens()
+        .take(n as usize)
+        .map(|i| Ok::<_, Infallible>(http_body::Frame::data(bytes::Bytes::from(token(i)))))
+        .chain(stream::iter([Ok(http_body::Frame::trailers(trailers))]));
+    Response::new(Body::new(http_body_util::StreamBody::new(frames)))
+}
+
 async fn panics() -> &'static str {
     retrieve("before the panic".into()).await;
     panic!("the handler blew up");
@@ -151,6 +172,8 @@ fn app() -> Router {
         .route("/chat/{user}", post(chat))
         .route("/sse/{n}", get(sse))
         .route("/chunks/{n}", get(chunks))
+        .route("/sized-chunks/{n}", get(sized_chunks))
+        .route("/trailers/{n}", get(chunks_then_trailers))
         .route("/panic", get(panics))
         .route("/fail", get(fails))
         .route("/feedback", post(feedback))
@@ -452,7 +475,12 @@ async fn client_aborting_a_stream_ships_a_cancelled_trace() {
 async fn streams_sent_in_full_end_the_step_with_the_last_byte() {
     let h = harness();
     let client = client();
-    for (route, n) in [("sse", 4u64), ("chunks", 5)] {
+    for (route, n) in [
+        ("sse", 4u64),
+        ("chunks", 5),
+        ("sized-chunks", 5),
+        ("trailers", 3),
+    ] {
         let res = client
             .get(format!("{}/{route}/{n}", h.base))
             .send()
