@@ -326,6 +326,50 @@ fn span_names_select_spans() {
     assert_eq!(tree(&traces[0]), "rerank");
 }
 
+#[tracing::instrument(err)]
+fn same_module_failing() -> Result<u32, NotFound> {
+    Err(NotFound)
+}
+
+#[tracing::instrument(ret)]
+fn same_module_doubled(n: u32) -> u32 {
+    n * 2
+}
+
+/// Selected by name; its callees (same module, so same target) are not selected.
+#[tracing::instrument]
+fn selected_by_name() -> u32 {
+    let _ = same_module_failing();
+    same_module_doubled(21) + 1
+}
+
+#[tracing::instrument(err)]
+fn selected_and_failing() -> Result<u32, NotFound> {
+    same_module_doubled(1);
+    Err(NotFound)
+}
+
+/// With spans picked by name, an unselected callee of the same module has no span at all:
+/// its `#[instrument(ret, err)]` events are still not its caller's.
+#[test]
+fn unselected_callees_of_the_same_target_leave_the_step_alone() {
+    let subscriber = Registry::default()
+        .with(tracing_layer().with_span_names(["selected_by_name", "selected_and_failing"]));
+    let (out, traces) = tracing::subscriber::with_default(subscriber, || {
+        testing::capture(|| (selected_by_name(), selected_and_failing().is_err()))
+    });
+    assert_eq!(out, (43, true));
+    assert_eq!(traces.len(), 2);
+    let ok = traces[0].root();
+    assert_eq!(ok["name"], "selected_by_name");
+    assert!(ok["output"].is_null(), "{ok}");
+    assert!(ok["metadata"].get("Exceptions").is_none(), "{ok}");
+    // The selected span's own error still fails it; the callee's value is not its output.
+    let failed = traces[1].root();
+    assert_eq!(failed["metadata"]["Exceptions"], "no such city", "{failed}");
+    assert!(failed["output"].is_null(), "{failed}");
+}
+
 #[test]
 fn genai_chat_span_becomes_a_chat_completion_step() {
     let subscriber = Registry::default().with(tracing_layer());

@@ -355,6 +355,16 @@ where
         if !own || event.metadata().target() != span.metadata().target() {
             return;
         }
+        // `#[instrument(ret, err)]`'s events have no message, and the file and line of
+        // their function's span: when a callee's span does not exist (no layer selected
+        // it, as under `with_span_names`) and its target is its caller's (same module),
+        // only that tells its value or error from the caller's own.
+        let (em, sm) = (event.metadata(), span.metadata());
+        if em.fields().field("message").is_none()
+            && (em.file() != sm.file() || em.line() != sm.line())
+        {
+            return;
+        }
         // `#[instrument(err)]`'s event has an `error` field and no message, at ERROR unless
         // the function asked for another level (`err(level = "warn")`); an `error` field
         // with a message (`warn!(error = %e, "retrying")`) is an error logged and handled,
