@@ -125,6 +125,7 @@ fn child() {
         "full_queue" => full_queue(false),
         "full_queue_spool" => full_queue(true),
         "tight_budget" => tight_budget(),
+        "tight_updates" => tight_updates(),
         "kill_produce" => kill_produce(),
         "kill_restart" => kill_restart(),
         "batching" => batching(),
@@ -532,6 +533,39 @@ fn tight_budget() {
     assert_eq!(duplicates(&server), 0);
 }
 
+/// Row updates while the server hangs, with no spool: the worker takes them off the queue
+/// at once, but holds only what fits its share of the memory budget; the rest is dropped
+/// and counted (they piled up in memory without bound).
+fn tight_updates() {
+    let server = TestServer::start_with(Behavior::hang());
+    let config = base(&server.url())
+        .queue_capacity(100_000)
+        .queue_max_bytes(256 * 1024)
+        .request_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    let note = "x".repeat(1000);
+    for i in 0..20_000 {
+        openlayer_trace::update_row(&format!("row-{i}"), serde_json::json!({"note": note}), None);
+    }
+    // The queue drains into the worker, which keeps what fits.
+    let bounded = wait_until(Duration::from_secs(20), || guard.stats().pending < 1000);
+    let during = guard.stats();
+    assert!(bounded, "updates held past the budget: {during:?}");
+    assert!(during.dropped.queue_full > 18_000, "{during:?}");
+    server.set_behavior(Behavior::ok());
+    let r = guard.shutdown(Duration::from_secs(3)).unwrap();
+    let s = &r.stats;
+    report(&[
+        ("pending_during", during.pending.to_string()),
+        ("queue_full", s.dropped.queue_full.to_string()),
+        ("sent", s.sent.to_string()),
+    ]);
+    assert_eq!(s.enqueued, 20_000, "{s:?}");
+    assert_settled(s);
+}
+
 fn write_ahead_config(url: &str, dir: &Path) -> Config {
     base(url)
         .spool_dir(dir)
@@ -759,6 +793,13 @@ fn a_tight_memory_budget_spools_or_counts_what_does_not_fit() {
     let dropped: u64 = r["dropped"].parse().unwrap();
     assert_eq!(received + dropped, produced, "{r:?}");
     assert_eq!(r["duplicates"], "0");
+}
+
+#[test]
+fn row_updates_held_while_the_server_hangs_stay_within_the_budget() {
+    let r = run("tight_updates");
+    let pending: u64 = r["pending_during"].parse().unwrap();
+    assert!(pending < 1000, "{r:?}");
 }
 
 #[test]

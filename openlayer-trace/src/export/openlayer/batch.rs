@@ -123,6 +123,9 @@ pub(super) struct Update {
     pub(super) update: RowUpdate,
     pub(super) pipeline: String,
     pub(super) epoch: u64,
+    /// Bytes it holds in the worker's share of the memory budget, given back when it is
+    /// settled (sent, spooled or dropped).
+    pub(super) cost: usize,
 }
 
 impl Update {

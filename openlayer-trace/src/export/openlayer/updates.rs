@@ -22,13 +22,40 @@ impl Flusher {
         else {
             return self.no_pipeline(1);
         };
+        // What it holds while it waits and while its request is in flight (the request
+        // body is about as large): counted in the worker's share of the budget, as rows
+        // are, so that updates piling up while the server does not answer stay bounded.
+        let cost = 2 * update.size() + size_of::<Update>();
+        let id = update.inference_id.clone();
+        let on_its_way = self.rows_by_id.contains_key(&id);
+        if !self.budget.reserve(cost, Tier::Worker) {
+            let u = Update {
+                update,
+                pipeline,
+                epoch: self.epochs.acquire(),
+                cost: 0,
+            };
+            if on_its_way {
+                // Spooled, it could be replayed before the row (or update) it must follow.
+                self.epochs.release(u.epoch);
+                self.counters.drop_rows(DropReason::QueueFull, 1);
+                self.counters.settled.fetch_add(1, Relaxed);
+                crate::util::diag::warn_limited!(
+                    "no room for a row update behind its row; dropped (counted)"
+                );
+            } else {
+                self.epochs.release(u.epoch);
+                self.store_update(u, DropReason::QueueFull);
+            }
+            return;
+        }
         let u = Update {
             update,
             pipeline,
             epoch: self.epochs.acquire(),
+            cost,
         };
-        let id = u.update.inference_id.clone();
-        if self.rows_by_id.contains_key(&id) {
+        if on_its_way {
             self.held.entry(id).or_default().push(u);
         } else {
             // On its way: later updates of the same row wait for it, so that they reach
@@ -74,6 +101,7 @@ impl Flusher {
     pub(super) fn update_settled(&mut self, u: Update, result: Result<(), Error>) {
         match result {
             Ok(()) => {
+                self.budget.release(u.cost, Tier::Worker);
                 self.epochs.release(u.epoch);
                 self.counters.sent.fetch_add(1, Relaxed);
                 self.counters.settled.fetch_add(1, Relaxed);
@@ -81,6 +109,7 @@ impl Flusher {
             }
             Err(e) => match classify(&e) {
                 Class::Rejected(status) => {
+                    self.budget.release(u.cost, Tier::Worker);
                     self.epochs.release(u.epoch);
                     self.counters.drop_rows(DropReason::Rejected, 1);
                     self.counters.settled.fetch_add(1, Relaxed);
@@ -137,6 +166,7 @@ impl Flusher {
     /// Keeps a row update in the spool (which counts it once on disk), or drops it as
     /// `reason`; returns whether it was spooled. Its epoch is released by the caller.
     pub(super) fn store_update(&mut self, u: Update, reason: DropReason) -> bool {
+        self.budget.release(u.cost, Tier::Worker);
         let update = RowUpdate {
             pipeline: Some(u.pipeline),
             ..u.update
