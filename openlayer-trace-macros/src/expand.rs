@@ -201,15 +201,16 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
         ReturnType::Type(_, ty) => Some(ty),
     };
 
-    let record = if opts.skip_output {
-        quote! {
-            #[allow(unused_imports)]
-            use ::openlayer_trace::__private::{RecordErrorOnly as _, RecordNothing as _};
-            (&::openlayer_trace::__private::Out(&__ol_ret)).__ol_record_err(&mut __ol_step);
+    let make_record = |ty: Option<&Type>| {
+        if opts.skip_output {
+            return quote! {
+                #[allow(unused_imports)]
+                use ::openlayer_trace::__private::{RecordErrorOnly as _, RecordNothing as _};
+                (&::openlayer_trace::__private::Out(&__ol_ret)).__ol_record_err(&mut __ol_step);
+            };
         }
-    } else {
         // Spanned at the return type, where a type that cannot be recorded is reported.
-        let (span, method) = match ret_ty {
+        let (span, method) = match ty {
             // Not for `impl Trait`: its hidden type would be named, with no bound to suggest.
             Some(ty) if is_generic(ty, &type_params, false) => (ty.span(), "__ol_record_generic"),
             Some(ty) => (ty.span(), "__ol_record"),
@@ -225,6 +226,7 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
             #call;
         }
     };
+    let record = make_record(ret_ty);
     let nameable = ret_ty.is_none_or(|t| !contains_impl_trait(t));
     let stream = stream_return(&opts.extra, sig)?;
     let plan = plan_extra(&opts.extra, &params, sig, stream.is_some())?;
@@ -244,34 +246,38 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
         return Ok(quote!(#item));
     }
     let promote = plan.promote_output();
+    let async_parts = AsyncParts {
+        meta: &meta,
+        writes: &writes,
+        promote: promote.as_ref(),
+    };
+
+    // A function that returns a future it builds (`-> impl Future`, or the
+    // `Pin<Box<dyn Future>>` that `#[async_trait]` makes of an `async fn`): its step is
+    // the returned `async` block's, which is traced as an `async fn`'s body.
+    if sig.asyncness.is_none()
+        && let Some(future) = ret_ty.filter(|t| returns_future(t))
+    {
+        let output = future_output(future);
+        let record = make_record(output);
+        let nameable = output.is_none_or(|t| !contains_impl_trait(t));
+        let ret_span = future.span();
+        let Some(returned) = returned_async(&mut item.block) else {
+            return Err(syn::Error::new(
+                ret_span,
+                "`#[trace]` on a function returning a future needs its body to end with the \
+                 `async` block it returns (`async move { .. }` or `Box::pin(async move { .. })`), \
+                 whose run is the step; or make it an `async fn`",
+            ));
+        };
+        let inner = with_prelude(&returned.block, &plan.prelude);
+        let body = async_parts.body(&inner, output, nameable, &record);
+        returned.block = syn::parse2(body)?;
+        return Ok(quote!(#item));
+    }
 
     let body = if sig.asyncness.is_some() {
-        let body_fut = match (nameable, ret_ty) {
-            (true, Some(ty)) => {
-                quote!(::openlayer_trace::__private::async_body::<#ty, _>(async move #block))
-            }
-            (true, None) => {
-                quote!(::openlayer_trace::__private::async_body::<(), _>(async move #block))
-            }
-            (false, _) => quote!(async move #block),
-        };
-        let body_fut = match &promote {
-            Some(p) => quote!(async move {
-                let __ol_ret = #body_fut.await;
-                #p
-                __ol_ret
-            }),
-            None => body_fut,
-        };
-        quote! {{
-            #meta
-            let __ol_start = ::openlayer_trace::__private::begin_async(&__OL_META, |__ol_w| { #(#writes)* });
-            #[allow(unused_mut)]
-            let (__ol_ret, mut __ol_step) = ::openlayer_trace::__private::instrument(__ol_start, #body_fut).await;
-            { #record }
-            ::core::mem::drop(__ol_step);
-            __ol_ret
-        }}
+        async_parts.body(block, ret_ty, nameable, &record)
     } else if matches!(ret_ty, Some(Type::Never(_))) {
         // Never returns: no value to record. The step closes as the thread unwinds (a
         // panic), or never (the process exits).
@@ -299,6 +305,143 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
     };
     *item.block = syn::parse2(body)?;
     Ok(quote!(#item))
+}
+
+/// What the body of a traced `async` run needs besides its block.
+struct AsyncParts<'a> {
+    meta: &'a TokenStream2,
+    writes: &'a [TokenStream2],
+    promote: Option<&'a TokenStream2>,
+}
+
+impl AsyncParts<'_> {
+    /// The body of an `async fn` (or of a returned `async` block) whose own body is
+    /// `block` and whose output is `output`: its step opens at the first poll, and records
+    /// the output when the body completes.
+    fn body(
+        &self,
+        block: &syn::Block,
+        output: Option<&Type>,
+        nameable: bool,
+        record: &TokenStream2,
+    ) -> TokenStream2 {
+        let AsyncParts {
+            meta,
+            writes,
+            promote,
+        } = self;
+        let body_fut = match (nameable, output) {
+            (true, Some(ty)) => {
+                quote!(::openlayer_trace::__private::async_body::<#ty, _>(async move #block))
+            }
+            (true, None) => {
+                quote!(::openlayer_trace::__private::async_body::<(), _>(async move #block))
+            }
+            (false, _) => quote!(async move #block),
+        };
+        let body_fut = match promote {
+            Some(p) => quote!(async move {
+                let __ol_ret = #body_fut.await;
+                #p
+                __ol_ret
+            }),
+            None => body_fut,
+        };
+        quote! {{
+            #meta
+            let __ol_start = ::openlayer_trace::__private::begin_async(&__OL_META, |__ol_w| { #(#writes)* });
+            #[allow(unused_mut)]
+            let (__ol_ret, mut __ol_step) = ::openlayer_trace::__private::instrument(__ol_start, #body_fut).await;
+            { #record }
+            ::core::mem::drop(__ol_step);
+            __ol_ret
+        }}
+    }
+}
+
+/// Whether `ty` is a future: `impl Future<..>`, `Pin<Box<dyn Future<..>>>` (or `Box<..>`),
+/// or futures' `BoxFuture` / `LocalBoxFuture`.
+fn returns_future(ty: &Type) -> bool {
+    let is_future_bound = |b: &syn::TypeParamBound| {
+        matches!(b, syn::TypeParamBound::Trait(t)
+            if t.path.segments.last().is_some_and(|s| s.ident == "Future"))
+    };
+    match ty {
+        Type::ImplTrait(t) => t.bounds.iter().any(is_future_bound),
+        Type::TraitObject(t) => t.bounds.iter().any(is_future_bound),
+        Type::Paren(p) => returns_future(&p.elem),
+        Type::Group(g) => returns_future(&g.elem),
+        Type::Path(p) => {
+            let Some(last) = p.path.segments.last() else {
+                return false;
+            };
+            if last.ident == "BoxFuture" || last.ident == "LocalBoxFuture" {
+                return true;
+            }
+            if last.ident != "Pin" && last.ident != "Box" {
+                return false;
+            }
+            let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+                return false;
+            };
+            args.args
+                .iter()
+                .any(|a| matches!(a, syn::GenericArgument::Type(t) if returns_future(t)))
+        }
+        _ => false,
+    }
+}
+
+/// The `Output = T` of a future type (the `T` of a `BoxFuture<'a, T>`), when it names one.
+fn future_output(ty: &Type) -> Option<&Type> {
+    if let Type::Path(p) = ty
+        && let Some(last) = p.path.segments.last()
+        && (last.ident == "BoxFuture" || last.ident == "LocalBoxFuture")
+        && let syn::PathArguments::AngleBracketed(args) = &last.arguments
+    {
+        return args.args.iter().find_map(|a| match a {
+            syn::GenericArgument::Type(t) => Some(t),
+            _ => None,
+        });
+    }
+    struct Finder<'ast>(Option<&'ast Type>);
+    impl<'ast> syn::visit::Visit<'ast> for Finder<'ast> {
+        fn visit_assoc_type(&mut self, a: &'ast syn::AssocType) {
+            if self.0.is_none() && a.ident == "Output" {
+                self.0 = Some(&a.ty);
+            }
+        }
+    }
+    let mut f = Finder(None);
+    syn::visit::Visit::visit_type(&mut f, ty);
+    f.0
+}
+
+/// The `async` block a function body ends with, `async move { .. }` or
+/// `Box::pin(async move { .. })` (as `#[async_trait]` writes an `async fn`).
+fn returned_async(block: &mut syn::Block) -> Option<&mut syn::ExprAsync> {
+    let syn::Stmt::Expr(tail, None) = block.stmts.last_mut()? else {
+        return None;
+    };
+    match tail {
+        syn::Expr::Async(a) => Some(a),
+        syn::Expr::Call(call) if call.args.len() == 1 && is_box_pin(&call.func) => {
+            match call.args.first_mut()? {
+                syn::Expr::Async(a) => Some(a),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Whether `func` is the path `Box::pin` (however qualified).
+fn is_box_pin(func: &syn::Expr) -> bool {
+    let syn::Expr::Path(p) = func else {
+        return false;
+    };
+    let segs: Vec<&Ident> = p.path.segments.iter().map(|s| &s.ident).collect();
+    matches!(segs.as_slice(), [.., b, pin] if *b == "Box" && *pin == "pin")
 }
 
 // ---------------------------------------------------------------------------------------

@@ -15,7 +15,11 @@ use expand::expand;
 /// Traces a function as a step: its inputs, output, latency and errors.
 ///
 /// Works on free functions, methods (`self` is never recorded), generic functions, `impl
-/// Trait` arguments and returns, `async fn`, and functions in trait impls. Arguments are
+/// Trait` arguments and returns, `async fn`, and functions in trait impls (with
+/// `#[async_trait]` too). A function returning the future it builds (`-> impl Future`,
+/// `BoxFuture`, `Pin<Box<dyn Future>>`) must end with that `async` block (`async move {
+/// .. }` or `Box::pin(async move { .. })`): the block's run is the step, and its output the
+/// step's output. Arguments are
 /// recorded by name through `serde::Serialize`; the return value too, and a returned
 /// `Err` records the error's `Display` under the step's `Exceptions` metadata.
 ///

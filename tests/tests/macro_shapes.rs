@@ -380,6 +380,85 @@ fn a_function_that_never_returns_records_its_panic() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Functions returning the future they build: `-> impl Future`, `BoxFuture`, and the
+// methods `#[async_trait]` rewrites into `Pin<Box<dyn Future>>`
+
+#[trace]
+async fn embed(text: String) -> usize {
+    tokio::task::yield_now().await;
+    text.len()
+}
+
+#[async_trait::async_trait]
+trait Retriever {
+    async fn retrieve(&self, query: String) -> Vec<String>;
+}
+
+struct Index;
+
+#[async_trait::async_trait]
+impl Retriever for Index {
+    #[trace]
+    async fn retrieve(&self, query: String) -> Vec<String> {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        vec![embed(query).await.to_string()]
+    }
+}
+
+#[trace]
+fn later(n: u32) -> impl Future<Output = Result<u32, String>> + Send {
+    // Work done when the future is made, before the step's run.
+    let even = n.is_multiple_of(2);
+    async move {
+        tokio::task::yield_now().await;
+        let half = if even {
+            n / 2
+        } else {
+            Err(format!("{n} is odd"))?
+        };
+        Ok(embed("abc".into()).await as u32 + half)
+    }
+}
+
+#[trace(name = "boxed")]
+fn boxed_later(n: u32) -> futures_util::future::BoxFuture<'static, u32> {
+    Box::pin(async move { embed("ab".into()).await as u32 * n })
+}
+
+#[tokio::test]
+async fn async_trait_methods_are_steps_around_their_future() {
+    let (out, traces) =
+        testing::capture_async(async { Index.retrieve("hello".into()).await }).await;
+    assert_eq!(out, ["5"]);
+    assert_eq!(traces.len(), 1);
+    let t = &traces[0];
+    assert_root(t, "retrieve", "user_call", json!(["5"]));
+    assert_eq!(inputs_text(t), r#"{"query":"hello"}"#);
+    // The step lasts as long as the future, and what it awaits nests under it.
+    let root = t.root();
+    assert!(root["latency"].as_f64().unwrap() >= 20.0, "{root}");
+    assert_eq!(root["steps"][0]["name"], "embed");
+}
+
+#[tokio::test]
+async fn functions_returning_an_async_block_are_steps_around_it() {
+    let (out, traces) = testing::capture_async(later(4)).await;
+    assert_eq!(out, Ok(5));
+    assert_root(&traces[0], "later", "user_call", json!(5));
+    assert_eq!(inputs_text(&traces[0]), r#"{"n":4}"#);
+    assert_eq!(traces[0].root()["steps"][0]["name"], "embed");
+
+    let (out, traces) = testing::capture_async(later(3)).await;
+    assert_eq!(out, Err("3 is odd".into()));
+    assert_eq!(traces[0].root()["metadata"]["Exceptions"], "3 is odd");
+
+    let (out, traces) = testing::capture_async(boxed_later(3)).await;
+    assert_eq!(out, 6);
+    assert_root(&traces[0], "boxed", "user_call", json!(6));
+    assert_eq!(traces[0].root()["steps"][0]["name"], "embed");
+}
+
+// ---------------------------------------------------------------------------------------
 // async fn, trait impls, native async fn in traits
 
 #[trace]
