@@ -331,6 +331,22 @@ fn an_empty_inference_id_is_ignored() {
     assert_eq!(traces[1].row()["inferenceId"], "chat-1");
 }
 
+/// As in the official SDKs, `metadata = {..}` merges its entries into the step's metadata.
+#[test]
+fn a_metadata_object_merges_into_the_step_metadata() {
+    let (_, traces) = testing::capture(|| {
+        step("merged").in_scope(|| {
+            update_current_step!(metadata = json!({"a": 1, "b": "x"}));
+            update_current_step!(metadata = json!({"b": "y"}), c = 3);
+        })
+    });
+    let metadata = &traces[0].root()["metadata"];
+    assert_eq!(metadata["a"], 1, "{metadata}");
+    assert_eq!(metadata["b"], "y", "{metadata}");
+    assert_eq!(metadata["c"], 3, "{metadata}");
+    assert!(metadata.get("metadata").is_none(), "{metadata}");
+}
+
 #[test]
 fn step_guards_and_builders_trace_blocks() {
     let (_, traces) = testing::capture(|| {

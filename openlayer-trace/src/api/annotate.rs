@@ -48,6 +48,17 @@ fn apply_step_locked(st: &mut TraceState, idx: u32, key: String, value: Json) {
     };
     match key.as_str() {
         "ground_truth" | "groundTruth" => rec.extra_mut().ground_truth = Some(value),
+        // As the official SDKs' `update_current_step(metadata={..})`: its entries merge
+        // into the step's metadata (rather than replace a nested `metadata` object).
+        "metadata" if value.starts_with('{') => {
+            if let Ok(entries) = serde_json::from_str::<Map<String, Value>>(&value) {
+                for (k, v) in entries {
+                    if let Some(v) = to_json(&v) {
+                        rec.set_metadata(Cow::Owned(k), v);
+                    }
+                }
+            }
+        }
         _ => match rec.kind.field_for(&key) {
             Some(field) => rec.set_field(field, value),
             None => rec.set_metadata(Cow::Owned(key), value),
