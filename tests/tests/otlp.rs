@@ -640,3 +640,45 @@ fn an_endless_linger_and_shutdown_timeout_are_valid() {
     assert_eq!(report.stats.pending, 0, "{:?}", report.stats);
     assert_eq!(requests(&rt, &s, TRACES).len(), 2);
 }
+
+/// A model call as the OpenAI integration records it: the model asked for, then the one
+/// that answered; and a provider as the platform names it.
+#[trace]
+fn dated_model_call() -> u32 {
+    let mut h = openlayer_trace::step("Azure OpenAI Chat Completion")
+        .kind(openlayer_trace::StepKind::ChatCompletion)
+        .start();
+    h.metadata("provider", "Azure");
+    h.metadata("model", "gpt-4o-mini");
+    h.metadata("model", "gpt-4o-mini-2024-07-18");
+    h.finish();
+    1
+}
+
+#[test]
+fn gen_ai_attributes_follow_the_conventions() {
+    let _l = lock();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = accepting_server(&rt);
+    let guard = openlayer_trace::init(openlayer(&s).build().unwrap()).unwrap();
+    dated_model_call();
+    let report = guard.shutdown(Duration::from_secs(5)).unwrap();
+    assert!(report.complete, "{report:?}");
+    let spans = spans_of(&requests(&rt, &s, TRACES));
+    let chat = spans
+        .iter()
+        .find(|s| s.name.contains("Chat Completion"))
+        .expect("the model call's span");
+    assert_eq!(
+        text(chat, "gen_ai.request.model").as_deref(),
+        Some("gpt-4o-mini")
+    );
+    assert_eq!(
+        text(chat, "gen_ai.response.model").as_deref(),
+        Some("gpt-4o-mini-2024-07-18")
+    );
+    assert_eq!(
+        text(chat, "gen_ai.provider.name").as_deref(),
+        Some("azure.ai.openai")
+    );
+}

@@ -91,6 +91,9 @@ pub(crate) struct StepExtra {
     pub error: Option<Box<str>>,
     /// The output was set with `log_output`: what the step returns does not replace it.
     pub output_logged: bool,
+    /// The first `model` set, when a later one replaced it: the model asked for, where the
+    /// wire's `model` ends as the one that answered (OTLP's `gen_ai.request.model`).
+    pub first_model: Option<Json>,
 }
 
 impl StepRecord {
@@ -137,11 +140,23 @@ impl StepRecord {
 
     /// Sets a kind field; the last write wins.
     pub(crate) fn set_field(&mut self, key: &'static str, value: Json) {
-        let fields = &mut self.extra_mut().fields;
-        match fields.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value,
-            None => fields.push((key, value)),
+        let extra = self.extra_mut();
+        match extra.fields.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => {
+                if key == "model" && extra.first_model.is_none() && slot.1 != value {
+                    extra.first_model = Some(std::mem::replace(&mut slot.1, value));
+                } else {
+                    slot.1 = value;
+                }
+            }
+            None => extra.fields.push((key, value)),
         }
+    }
+
+    /// The model asked for: the first `model` set (see [`StepExtra::first_model`]).
+    pub(crate) fn requested_model(&self) -> Option<&str> {
+        let extra = self.extra.as_ref()?;
+        extra.first_model.as_deref().or_else(|| self.field("model"))
     }
 
     pub(crate) fn field(&self, key: &str) -> Option<&str> {
@@ -185,6 +200,7 @@ impl StepExtra {
                 .map(|(_, v)| heap_bytes(v.len()))
                 .sum::<usize>()
             + self.error.as_ref().map_or(0, |e| heap_bytes(e.len()))
+            + self.first_model.as_ref().map_or(0, |m| heap_bytes(m.len()))
     }
 }
 

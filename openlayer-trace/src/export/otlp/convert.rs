@@ -370,12 +370,14 @@ pub(crate) fn convert(
             };
             s.string("gen_ai.operation.name", op);
             if let Some(p) = rec.field("provider").filter(|p| *p != "null") {
-                s.string("gen_ai.provider.name", &text_of(p).to_ascii_lowercase());
+                s.string("gen_ai.provider.name", &otel_provider_name(&text_of(p)));
+            }
+            // The model asked for, and the one that answered (a dated version of it, say).
+            if let Some(m) = rec.requested_model().filter(|m| *m != "null") {
+                s.string("gen_ai.request.model", &text_of(m));
             }
             if let Some(m) = rec.field("model").filter(|m| *m != "null") {
-                let m = text_of(m);
-                s.string("gen_ai.request.model", &m);
-                s.string("gen_ai.response.model", &m);
+                s.string("gen_ai.response.model", &text_of(m));
             }
             if let Some(n) = int_field(rec, "promptTokens") {
                 s.other("gen_ai.usage.input_tokens", any_value::Value::IntValue(n));
@@ -473,6 +475,28 @@ pub(crate) fn convert(
         spans: st.steps.len(),
         bytes,
     })
+}
+
+/// The GenAI conventions' `gen_ai.provider.name` of a provider as the platform names it
+/// (the inverse of what the tracing layer reads); any other name, lowercased.
+fn otel_provider_name(platform: &str) -> String {
+    let known = match platform {
+        "OpenAI" => "openai",
+        "Azure" => "azure.ai.openai",
+        "Anthropic" => "anthropic",
+        "Bedrock" => "aws.bedrock",
+        "Google" => "gcp.gemini",
+        "VertexAI" => "gcp.vertex_ai",
+        "Cohere" => "cohere",
+        "Mistral" => "mistral_ai",
+        "Groq" => "groq",
+        "DeepSeek" => "deepseek",
+        "xAI" => "x_ai",
+        "Perplexity" => "perplexity",
+        "IBM" => "ibm.watsonx.ai",
+        other => return other.to_ascii_lowercase(),
+    };
+    known.to_string()
 }
 
 #[cfg(test)]
