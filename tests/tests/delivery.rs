@@ -126,6 +126,7 @@ fn child() {
         "full_queue_spool" => full_queue(true),
         "tight_budget" => tight_budget(),
         "tight_updates" => tight_updates(),
+        "hang_shutdown_spool" => hang_shutdown_spool(),
         "kill_produce" => kill_produce(),
         "kill_restart" => kill_restart(),
         "batching" => batching(),
@@ -566,6 +567,48 @@ fn tight_updates() {
     assert_settled(s);
 }
 
+#[trace]
+fn bulky(id: String, document: &str) -> usize {
+    update_current_trace!(inference_id = id);
+    document.len()
+}
+
+/// A server that hangs, a spool, and more rows waiting in memory at the shutdown deadline
+/// than the spool writer's share of the budget: they are all spooled, none dropped (the
+/// writer's share used to turn the rest away as `deadline`).
+fn hang_shutdown_spool() {
+    let server = TestServer::start_with(Behavior::hang());
+    let dir = temp_dir("hang-shutdown-spool");
+    let config = base(&server.url())
+        .spool_dir(&dir)
+        .queue_max_bytes(16 * 1024 * 1024)
+        .request_timeout(Duration::from_secs(30))
+        .max_retries(0)
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    let document = "d".repeat(4000);
+    let n = 2000;
+    for i in 0..n {
+        bulky(format!("bulky-{i}"), &document);
+    }
+    let r = guard.shutdown(Duration::from_secs(3)).unwrap();
+    let s = &r.stats;
+    report(&[
+        ("spooled", s.spooled.to_string()),
+        ("deadline", s.dropped.deadline.to_string()),
+    ]);
+    assert!(r.complete, "{s:?}");
+    assert_eq!(s.enqueued, n, "{s:?}");
+    // Only what overflowed the queue as it was produced (faster than the worker took it
+    // in) may be dropped, never what the worker held at the deadline.
+    assert_eq!(s.dropped.deadline, 0, "{s:?}");
+    assert_eq!(s.spooled + s.dropped.queue_full, n, "{s:?}");
+    // Far more than the writer's share of the budget (2 MiB, about 450 of these rows).
+    assert!(s.spooled > 1000, "{s:?}");
+    assert_settled(s);
+}
+
 fn write_ahead_config(url: &str, dir: &Path) -> Config {
     base(url)
         .spool_dir(dir)
@@ -800,6 +843,12 @@ fn row_updates_held_while_the_server_hangs_stay_within_the_budget() {
     let r = run("tight_updates");
     let pending: u64 = r["pending_during"].parse().unwrap();
     assert!(pending < 1000, "{r:?}");
+}
+
+#[test]
+fn rows_held_at_the_shutdown_deadline_are_all_spooled() {
+    let r = run("hang_shutdown_spool");
+    assert_eq!(r["deadline"], "0", "{r:?}");
 }
 
 #[test]

@@ -24,6 +24,11 @@ pub(crate) enum Tier {
     /// What the worker hands to the spool writer (failed requests, rows it has no room
     /// for): the spool writer's whole share, an eighth of the budget.
     Spool,
+    /// What the worker hands to the spool writer as its shutdown deadline comes: rows it
+    /// held (and gives back from its own share as it hands them over), taken whatever the
+    /// writer's share holds, since nothing new enters memory after them. Counted with
+    /// [`Tier::Spool`], and given back as it is.
+    SpoolAtShutdown,
 }
 
 /// The memory budget of undelivered data (`queue_max_bytes`), split between every
@@ -67,6 +72,7 @@ impl Budget {
             Tier::Worker => (&self.worker, self.limit / 2 - eighth),
             Tier::Overflow => (&self.spool, eighth / 2),
             Tier::Spool => (&self.spool, eighth),
+            Tier::SpoolAtShutdown => (&self.spool, usize::MAX),
         }
     }
 

@@ -184,4 +184,10 @@ fn each_stage_fills_only_its_share_of_the_budget() {
     budget.release(512, Tier::Spool);
     assert!(!budget.reserve(16, Tier::Overflow));
     assert!(budget.reserve(512, Tier::Spool));
+    // At the shutdown deadline, rows the worker held move to the writer whatever its
+    // share holds (the worker gave them back from its own), in the writer's count.
+    budget.release(3 * 1024, Tier::Worker);
+    assert!(budget.reserve(3 * 1024, Tier::SpoolAtShutdown));
+    assert!(!budget.reserve(16, Tier::Spool));
+    assert_eq!(budget.used(), budget.limit());
 }

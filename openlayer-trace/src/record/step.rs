@@ -154,6 +154,7 @@ impl StepRecord {
     }
 
     /// The model asked for: the first `model` set (see [`StepExtra::first_model`]).
+    #[cfg(feature = "otlp")]
     pub(crate) fn requested_model(&self) -> Option<&str> {
         let extra = self.extra.as_ref()?;
         extra.first_model.as_deref().or_else(|| self.field("model"))

@@ -161,6 +161,9 @@ pub(crate) struct Flusher {
     /// Halves of rejected spooled batches, sent before anything else is read back.
     bisected: VecDeque<ReplayBatch>,
     shutdown: Option<Shutdown>,
+    /// The shutdown deadline has come: what is left goes to the spool whatever its share
+    /// holds (see `Tier::SpoolAtShutdown`).
+    abandoning: bool,
     no_pipeline_warned: bool,
     /// Drops already told to `on_failure`: queue full, encoding, no pipeline.
     reported: [u64; 3],
@@ -216,6 +219,7 @@ impl Flusher {
             broken_report: BrokenReport::default(),
             bisected: VecDeque::new(),
             shutdown: None,
+            abandoning: false,
             no_pipeline_warned: false,
             reported: [0; 3],
             overflow_spooled: 0,

@@ -151,7 +151,7 @@ impl Flusher {
         let mut dropped = 0;
         if !rows.is_empty() {
             let rest = match &self.spool {
-                Some(s) => s.send_rows(rows, reason, Tier::Spool).err(),
+                Some(s) => s.send_rows(rows, reason, self.spool_tier()).err(),
                 None => Some(rows),
             };
             if let Some(rest) = rest {

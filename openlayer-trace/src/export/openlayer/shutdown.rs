@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use super::batch::{Batch, Flight, Update};
 use super::{Flusher, Shutdown};
 use crate::error::Error;
+use crate::export::budget::Tier;
 use crate::export::protocol::Msg;
 use crate::export::spool::replay::ReplayEnd;
 use crate::report::DropReason;
@@ -69,6 +70,7 @@ impl Flusher {
     /// The deadline has come: in-flight requests are abandoned and every row not
     /// delivered is spooled (or dropped as `deadline`).
     pub(super) fn abandon(&mut self) {
+        self.abandoning = true;
         self.tasks.abort_all();
         let e = Error::Timeout(self.shutdown_timeout);
         let flights: Vec<Flight> = self.flights.drain().map(|(_, f)| f).collect();
@@ -103,6 +105,15 @@ impl Flusher {
         self.updates.extend(held);
         while let Some(u) = self.updates.pop_front() {
             self.give_up_update(u, DropReason::Deadline, None, &e);
+        }
+    }
+
+    /// The share of the budget the rows handed to the spool writer count in.
+    pub(super) fn spool_tier(&self) -> Tier {
+        if self.abandoning {
+            Tier::SpoolAtShutdown
+        } else {
+            Tier::Spool
         }
     }
 

@@ -172,7 +172,9 @@ impl Flusher {
             ..u.update
         };
         let spooled = match &self.spool {
-            Some(s) => s.send_updates(vec![update], reason, Tier::Spool).is_ok(),
+            Some(s) => s
+                .send_updates(vec![update], reason, self.spool_tier())
+                .is_ok(),
             None => false,
         };
         if !spooled {

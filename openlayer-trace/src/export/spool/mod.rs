@@ -367,9 +367,14 @@ impl Spool {
     /// may use twice traced code's share), its bytes, plus the job's slot in the
     /// channel, against the memory budget.
     fn reserve(&self, rows: usize, bytes: usize, tier: Tier) -> bool {
-        let share = if tier == Tier::Overflow { 1 } else { 2 };
+        let share = match tier {
+            Tier::Overflow => 1,
+            // Already in memory, and the last: no limit of rows either.
+            Tier::SpoolAtShutdown => usize::MAX,
+            _ => 2,
+        };
         let r = self.backlog_rows.fetch_add(rows, SeqCst);
-        if r + rows > self.backlog_max_rows * share {
+        if r + rows > self.backlog_max_rows.saturating_mul(share) {
             self.backlog_rows.fetch_sub(rows, SeqCst);
             return false;
         }
