@@ -131,7 +131,9 @@ pub struct Stats {
     #[cfg(feature = "otlp")]
     pub otlp_spans_sent: u64,
     /// Spans not delivered to the OTLP endpoint (rejected request, retries exhausted,
-    /// deadline, full queue). With `otlp_only`, their traces are also counted in `dropped`.
+    /// deadline, full queue, and the spans of traces that overflowed the queue to the spool,
+    /// which replays them as rows only). With `otlp_only`, their traces are also counted in
+    /// `dropped`.
     #[cfg(feature = "otlp")]
     pub otlp_spans_dropped: u64,
     /// Spans the OTLP endpoint reported as rejected in a partial success

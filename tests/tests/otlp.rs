@@ -682,3 +682,57 @@ fn gen_ai_attributes_follow_the_conventions() {
         Some("azure.ai.openai")
     );
 }
+
+/// Alongside the data stream, with a spool and a queue of one: traces that overflow the
+/// queue go to the spool, which replays them as rows only. Their spans are counted as not
+/// delivered: every span is either sent or counted.
+#[test]
+fn spans_of_traces_that_overflow_the_queue_are_counted() {
+    let _l = lock();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = accepting_server(&rt);
+    let stream = format!("/v1/inference-pipelines/{PIPE}/data-stream");
+    mount(
+        &rt,
+        &s,
+        Mock::given(method("POST"))
+            .and(path(stream.as_str()))
+            .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"success":true}"#)),
+    );
+    let dir = std::env::temp_dir().join(format!("otlp-overflow-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = openlayer(&s)
+        .otlp_only(false)
+        .spool_dir(&dir)
+        .queue_capacity(1)
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..300 {
+                    with_id(&format!("overflow-{t}-{i}"));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let report = guard.shutdown(Duration::from_secs(10)).unwrap();
+    let st = &report.stats;
+    assert!(report.complete, "{st:?}");
+    assert_eq!(st.enqueued, 1200, "{st:?}");
+    // One span per trace: each sent, or counted as not.
+    assert_eq!(st.otlp_spans_sent + st.otlp_spans_dropped, 1200, "{st:?}");
+    assert!(
+        st.spooled + st.dropped.queue_full > 0,
+        "nothing overflowed: {st:?}"
+    );
+    assert_eq!(
+        spans_of(&requests(&rt, &s, TRACES)).len() as u64,
+        st.otlp_spans_sent
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

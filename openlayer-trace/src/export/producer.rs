@@ -99,11 +99,29 @@ impl Exporter {
                     self.overflow(Box::new(trace), bytes);
                 }
             }
-            Err(TrySendError::Closed(_)) => {
+            Err(TrySendError::Closed(msg)) => {
                 self.budget.release(bytes, Tier::Queue);
+                if let Msg::Trace(trace, _) = &msg {
+                    self.spans_lost(trace);
+                }
                 self.drop_after_shutdown();
             }
         }
+    }
+
+    /// Counts the spans of a trace that will not reach the worker (which makes the spans)
+    /// as not delivered to the OTLP endpoint, when there is one. A spooled trace is
+    /// replayed as a row only.
+    #[inline]
+    fn spans_lost(&self, trace: &CompletedTrace) {
+        #[cfg(feature = "otlp")]
+        if self.config.otlp.endpoint.is_some() {
+            self.counters
+                .otlp_spans_dropped
+                .fetch_add(trace.state.steps.len() as u64, Relaxed);
+        }
+        #[cfg(not(feature = "otlp"))]
+        let _ = trace;
     }
 
     fn drop_after_shutdown(&self) {
@@ -191,6 +209,7 @@ impl Exporter {
     /// The queue is full: the spool writer takes the trace if it has room, else it is
     /// dropped and counted. Never blocks.
     fn overflow(&self, trace: Box<CompletedTrace>, bytes: usize) {
+        self.spans_lost(&trace);
         if let Some(spool) = &self.spool
             && spool.send_trace(trace, bytes).is_ok()
         {
