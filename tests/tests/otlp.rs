@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use openlayer_trace::{
-    ChatCompletion, Config, ConfigBuilder, add_chat_completion_step, inference_id_for, trace,
-    update_current_step, update_current_trace,
+    ChatCompletion, Config, ConfigBuilder, DropReason, add_chat_completion_step, inference_id_for,
+    trace, update_current_step, update_current_trace,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -735,4 +735,51 @@ fn spans_of_traces_that_overflow_the_queue_are_counted() {
         st.otlp_spans_sent
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Spans only, and a hung endpoint with a queue of two: `on_failure` hears of every trace
+/// dropped, whether the queue was full, the backlog full, or the deadline passed, and of
+/// a row update (which has no OTLP form).
+#[test]
+fn spans_only_every_drop_is_told_to_on_failure() {
+    let _l = lock();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = server(&rt);
+    mount(
+        &rt,
+        &s,
+        Mock::given(method("POST"))
+            .and(path(TRACES))
+            .respond_with(ok_response().set_delay(Duration::from_secs(60))),
+    );
+    let told = std::sync::Arc::new(Mutex::new(Vec::<(u64, Option<DropReason>)>::new()));
+    let sink = told.clone();
+    let config = openlayer(&s)
+        .request_timeout(Duration::from_secs(60))
+        .queue_capacity(2)
+        .on_failure(move |f| sink.lock().unwrap().push((f.rows, f.dropped)))
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    for i in 0..500 {
+        with_id(&format!("told-{i}"));
+    }
+    openlayer_trace::update_row("told-0", serde_json::json!({"thumbs": "up"}), None);
+    let report = guard.shutdown(Duration::from_millis(500)).unwrap();
+    let st = &report.stats;
+    assert!(report.complete, "{st:?}");
+    assert_eq!(st.enqueued, 501, "{st:?}");
+    assert!(st.dropped.queue_full > 0, "{st:?}");
+    assert_eq!(st.dropped.total(), 501, "{st:?}");
+    let told = told.lock().unwrap();
+    let by = |r: DropReason| -> u64 {
+        told.iter()
+            .filter(|(_, d)| *d == Some(r))
+            .map(|(n, _)| n)
+            .sum()
+    };
+    assert_eq!(by(DropReason::QueueFull), st.dropped.queue_full, "{told:?}");
+    assert_eq!(by(DropReason::Deadline), st.dropped.deadline, "{told:?}");
+    assert_eq!(by(DropReason::Rejected), 1, "{told:?}");
+    assert_eq!(told.iter().map(|(n, _)| n).sum::<u64>(), 501, "{told:?}");
 }

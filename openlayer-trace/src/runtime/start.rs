@@ -101,13 +101,7 @@ fn run_worker(
                     budget.clone(),
                 );
                 rt.block_on(crate::export::otlp::run(
-                    rx,
-                    flusher,
-                    otlp,
-                    shaper,
-                    counters,
-                    budget,
-                    config.queue_capacity,
+                    rx, flusher, otlp, shaper, counters, budget, config,
                 ));
                 return;
             }

@@ -51,6 +51,7 @@ use crate::encode::OutRow;
 use crate::encode::row_policy::Shaper;
 use crate::error::Error;
 use crate::export::budget::{Budget, Freed, Tier};
+use crate::export::counted_drops::CountedDrops;
 use crate::export::protocol::Msg;
 use crate::export::spool::Spool;
 use crate::export::spool::replay::ReplayBatch;
@@ -165,8 +166,8 @@ pub(crate) struct Flusher {
     /// holds (see `Tier::SpoolAtShutdown`).
     abandoning: bool,
     no_pipeline_warned: bool,
-    /// Drops already told to `on_failure`: queue full, encoding, no pipeline.
-    reported: [u64; 3],
+    /// Drops counted elsewhere (queue full, encoding, no pipeline), told to `on_failure`.
+    counted_drops: CountedDrops,
     overflow_spooled: u64,
 }
 
@@ -221,7 +222,7 @@ impl Flusher {
             shutdown: None,
             abandoning: false,
             no_pipeline_warned: false,
-            reported: [0; 3],
+            counted_drops: CountedDrops::default(),
             overflow_spooled: 0,
         }
     }
@@ -235,8 +236,9 @@ impl Flusher {
         let mut paced = false;
         loop {
             self.dispatch();
-            self.check_waiters();
+            // Told before a flush waiting on them returns.
             self.report_overflow();
+            self.check_waiters();
             if let Some(s) = &self.shutdown {
                 if self.idle() {
                     return self.finish();
@@ -466,44 +468,8 @@ impl Flusher {
     /// (a full queue, encoding, no pipeline id) since the last time, one call per reason,
     /// and about rows spooled because the queue was full.
     fn report_overflow(&mut self) {
-        let c = &self.counters;
-        let counted = [
-            (
-                // Less those the spool writer told itself (counted there after the
-                // counter: a report between the two is made up for by the next one).
-                DropReason::QueueFull,
-                c.queue_full
-                    .load(Relaxed)
-                    .saturating_sub(c.queue_full_told.load(Relaxed)),
-                "the trace queue was full; traces were dropped",
-            ),
-            (
-                DropReason::Encoding,
-                c.encoding.load(Relaxed),
-                "traces could not be encoded (or masked); they were dropped",
-            ),
-            (
-                DropReason::NoPipeline,
-                c.no_pipeline.load(Relaxed),
-                "no inference pipeline id is configured; traces were dropped",
-            ),
-        ];
-        for (i, (reason, now, message)) in counted.into_iter().enumerate() {
-            let last = &mut self.reported[i];
-            if now > *last {
-                let rows = now - *last;
-                *last = now;
-                notify(
-                    self.on_failure.as_ref(),
-                    DeliveryFailure {
-                        rows,
-                        dropped: Some(reason),
-                        status: None,
-                        message: message.into(),
-                    },
-                );
-            }
-        }
+        self.counted_drops
+            .report(&self.counters, self.on_failure.as_ref());
         if self.overflow_spooled > 0 {
             let rows = std::mem::take(&mut self.overflow_spooled);
             notify(

@@ -118,8 +118,8 @@ impl Flusher {
     }
 
     pub(super) fn finish(mut self) {
-        self.check_waiters();
         self.report_overflow();
+        self.check_waiters();
         // What the last minute's report did not cover (`on_failure` hears of every row).
         self.flush_broken_report(false);
         if let Some(s) = self.spool.clone() {

@@ -40,6 +40,7 @@ use crate::util::clock::after_tokio;
 use crate::config::{Config, FailureFn};
 use crate::error::Error;
 use crate::export::budget::{Budget, Tier};
+use crate::export::counted_drops::CountedDrops;
 use crate::export::openlayer::epochs::Epochs;
 use crate::export::otlp::convert::Converted;
 use crate::export::otlp::proto::{
@@ -91,6 +92,8 @@ pub(crate) struct OtlpFlusher {
     counters: Arc<Counters>,
     budget: Arc<Budget>,
     on_failure: Option<FailureFn>,
+    /// Drops counted elsewhere, told to `on_failure` here when this side is primary.
+    counted_drops: CountedDrops,
     head: Head,
     /// The size of the last batch to leave: the next batch's first allocation (up to
     /// `BODY_HINT_MAX`).
@@ -134,6 +137,7 @@ impl OtlpFlusher {
             counters,
             budget,
             on_failure: config.on_failure.clone(),
+            counted_drops: CountedDrops::default(),
             head: Head::new(
                 &Resource {
                     attributes: vec![
@@ -171,6 +175,8 @@ impl OtlpFlusher {
         let mut open = true;
         loop {
             self.dispatch();
+            // Told before a flush waiting on them returns.
+            self.report_drops();
             self.check_waiters();
             if let Some((_, deadline)) = &self.shutdown {
                 if self.idle() {
@@ -481,7 +487,17 @@ impl OtlpFlusher {
         }
     }
 
+    /// With no data-stream flusher, this side tells `on_failure` of the drops counted
+    /// elsewhere (the producer's full queue, encoding), as that flusher would.
+    fn report_drops(&mut self) {
+        if self.primary {
+            self.counted_drops
+                .report(&self.counters, self.on_failure.as_ref());
+        }
+    }
+
     fn finish(mut self) {
+        self.report_drops();
         self.check_waiters();
         for d in self.shutdown.take().map(|s| s.0).unwrap_or_default() {
             d.complete();

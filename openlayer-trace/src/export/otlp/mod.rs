@@ -112,8 +112,10 @@ pub(crate) async fn run(
     shaper: Shaper,
     counters: Arc<Counters>,
     budget: Arc<Budget>,
-    capacity: usize,
+    config: &Config,
 ) {
+    let capacity = config.queue_capacity;
+    let on_failure = config.on_failure.clone();
     let (otx, orx) = mpsc::channel::<OtlpMsg>(capacity.max(1));
     let (ftx, frx) = match data_stream {
         Some(_) => {
@@ -133,6 +135,7 @@ pub(crate) async fn run(
             budget,
             primary,
             scratch: convert::Scratch::default(),
+            on_failure,
         };
         while let Some(msg) = rx.recv().await {
             while combiners.try_join_next().is_some() {}
@@ -168,6 +171,7 @@ struct Router {
     primary: bool,
     /// What conversion reuses from one trace to the next.
     scratch: convert::Scratch,
+    on_failure: Option<crate::config::FailureFn>,
 }
 
 impl Router {
@@ -234,6 +238,15 @@ impl Router {
                     self.counters.settled.fetch_add(1, Relaxed);
                     crate::util::diag::warn_limited!(
                         "row updates have no OTLP form; dropped (counted as rejected)"
+                    );
+                    crate::report::notify(
+                        self.on_failure.as_ref(),
+                        crate::report::DeliveryFailure {
+                            rows: 1,
+                            dropped: Some(DropReason::Rejected),
+                            status: None,
+                            message: "row updates have no OTLP form (spans only)".into(),
+                        },
                     );
                 }
             },
