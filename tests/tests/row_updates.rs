@@ -102,12 +102,76 @@ fn child() {
         "local" => local(),
         "invalid" => invalid(),
         "after_shutdown" => after_shutdown(),
+        "no_such_row" => no_such_row(false),
+        "no_such_row_spool" => no_such_row(true),
         other => panic!("unknown scenario {other}"),
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // Child scenarios
+
+/// A server that answers 404 to an update of an id it has no row for (a typo, or a row
+/// not there yet), 200 to everything else: the update is dropped (or spooled, and
+/// dropped when its replay finds no row either), and told; rows keep flowing, as the
+/// configuration is not broken.
+fn no_such_row(spool: bool) {
+    let server = TestServer::start_with(Behavior::always(Action::handler(|r| {
+        let missing = r.method == "PUT"
+            && r.query
+                .iter()
+                .any(|(k, v)| k == "inferenceId" && v == "typo");
+        if missing {
+            openlayer_trace_tests::Response::json(404, &json!({"error": "Row not found"}))
+        } else {
+            openlayer_trace_tests::Response::ok()
+        }
+    })));
+    let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = told.clone();
+    let mut config = base(&server.url()).on_failure(move |f| {
+        sink.lock().unwrap().push((f.rows, f.dropped, f.status));
+    });
+    let dir = temp_dir("no-such-row");
+    if spool {
+        config = config.spool_dir(&dir);
+    }
+    let guard = openlayer_trace::init(config.build().unwrap()).unwrap();
+    answer("before-1".into());
+    update_row("typo", json!({"score": 1}), None);
+    assert!(guard.flush(Duration::from_secs(5)).unwrap().complete);
+    // Not a broken configuration: the next rows go straight out.
+    answer("after-1".into());
+    update_row("after-1", json!({"score": 2}), None);
+    assert!(guard.flush(Duration::from_secs(5)).unwrap().complete);
+    let ids = server.inference_ids();
+    assert!(
+        ids.contains("before-1") && ids.contains("after-1"),
+        "{ids:?}"
+    );
+    assert_eq!(updates_at(&server.requests(), "after-1").len(), 1);
+    if spool {
+        // Kept, then replayed (after the next 2xx) and dropped when it finds no row.
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                guard.stats().dropped.rejected == 1
+            }),
+            "{:?}",
+            guard.stats()
+        );
+    }
+    let r = guard.shutdown(Duration::from_secs(5)).unwrap();
+    assert_settled(&r.stats);
+    assert_eq!(r.stats.dropped.rejected, 1, "{:?}", r.stats);
+    assert_eq!(r.stats.dropped.total(), 1, "{:?}", r.stats);
+    let told = told.lock().unwrap();
+    assert_eq!(
+        *told,
+        [(1, Some(openlayer_trace::DropReason::Rejected), Some(404))],
+        "{told:?}"
+    );
+    report(&[("rejected", r.stats.dropped.rejected.to_string())]);
+}
 
 /// The first data-stream request fails once: the updates of its rows, made inside the
 /// trace and after it completed, wait for the retry's 2xx.
@@ -364,4 +428,12 @@ fn an_update_after_shutdown_is_counted_as_dropped() {
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 temp path")
+}
+
+#[test]
+fn an_update_of_no_row_is_dropped_without_breaking_delivery() {
+    for scenario in ["no_such_row", "no_such_row_spool"] {
+        let r = results(&child::run(scenario, &[]));
+        assert_eq!(r["rejected"], "1", "{scenario}: {r:?}");
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use tokio::time::Instant;
 
 use super::batch::{Flight, replay_request};
-use super::settle::{Class, api_message, classify};
+use super::settle::{Class, api_message, classify, no_such_row};
 use super::{Flusher, MAX_BROKEN_BACKOFF, MAX_REPLAY_BACKOFF};
 use crate::error::Error;
 use crate::export::spool::Spool;
@@ -128,6 +128,11 @@ impl Flusher {
                 if spool.has_replayable() {
                     self.replay.wanted = true;
                 }
+            }
+            // A replayed row update still finds no row with its id: dropped (it had its
+            // chance when it was spooled), not a broken configuration.
+            Err(e) if batch.update.is_some() && no_such_row(&e) => {
+                self.replay_rejected(&spool, batch, &e)
             }
             Err(e) => match classify(&e) {
                 Class::Rejected(_) => {

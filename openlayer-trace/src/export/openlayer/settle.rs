@@ -303,6 +303,12 @@ pub(super) fn classify(e: &Error) -> Class {
     }
 }
 
+/// Whether a row update's error is a 404: no row has its inference id (not yet, or
+/// never), which says nothing of the configuration (its rows' requests do).
+pub(super) fn no_such_row(e: &Error) -> bool {
+    matches!(e, Error::Api { status: 404, .. })
+}
+
 /// The server's message of an API error, else the error's text.
 pub(super) fn api_message(e: &Error) -> String {
     match e {

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::Flusher;
 use super::batch::Update;
-use super::settle::{Class, api_message, classify};
+use super::settle::{Class, api_message, classify, no_such_row};
 use crate::error::Error;
 use crate::export::budget::Tier;
 use crate::record::row_update::RowUpdate;
@@ -106,6 +106,16 @@ impl Flusher {
                 self.counters.sent.fetch_add(1, Relaxed);
                 self.counters.settled.fetch_add(1, Relaxed);
                 self.server_is_up();
+            }
+            // No row with its id (yet: it may still be on its way into the platform):
+            // kept in the spool, to be tried again later, when there is one; else
+            // dropped. Not a broken configuration, which would hold back every row.
+            Err(e) if no_such_row(&e) => {
+                self.epochs.release(u.epoch);
+                let pipeline = u.pipeline.clone();
+                if !self.store_update(u, DropReason::Rejected) {
+                    self.report_rejected(&pipeline, 1, Some(404), &e);
+                }
             }
             Err(e) => match classify(&e) {
                 Class::Rejected(status) => {
