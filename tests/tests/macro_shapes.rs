@@ -379,6 +379,47 @@ fn a_function_that_never_returns_records_its_panic() {
     assert!(exceptions.contains("exit 7"), "{exceptions}");
 }
 
+/// Errors whose `Display` fails (which makes `to_string` panic) or panics.
+#[derive(Debug)]
+enum BadDisplay {
+    Fails,
+    Panics,
+}
+
+impl fmt::Display for BadDisplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BadDisplay::Fails => {
+                f.write_str("partial")?;
+                Err(fmt::Error)
+            }
+            BadDisplay::Panics => panic!("no text for this error"),
+        }
+    }
+}
+
+#[trace]
+fn fails_oddly(how: u8) -> Result<u8, BadDisplay> {
+    Err(if how == 0 {
+        BadDisplay::Fails
+    } else {
+        BadDisplay::Panics
+    })
+}
+
+#[test]
+fn an_error_whose_display_fails_or_panics_never_panics_in_the_caller() {
+    let (out, t) = one(|| fails_oddly(0));
+    assert!(matches!(out, Err(BadDisplay::Fails)));
+    assert_eq!(t.root()["metadata"]["Exceptions"], "partial");
+    let (out, t) = one(|| fails_oddly(1));
+    assert!(matches!(out, Err(BadDisplay::Panics)));
+    assert_eq!(
+        t.root()["metadata"]["Exceptions"],
+        "<the error's Display panicked>"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Functions returning the future they build: `-> impl Future`, `BoxFuture`, and the
 // methods `#[async_trait]` rewrites into `Pin<Box<dyn Future>>`

@@ -196,7 +196,7 @@ impl StepHandle {
     /// ```
     pub fn exception(&mut self, error: &dyn Display) {
         if let Some(open) = &self.open {
-            context::add_exception(open, &error.to_string());
+            context::add_exception(open, &crate::api::step::error_text(error));
         }
     }
 

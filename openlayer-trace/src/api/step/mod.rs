@@ -117,7 +117,7 @@ impl Ending {
     }
 
     pub(crate) fn error(&mut self, error: &dyn Display) {
-        self.error = Some(error.to_string().into_boxed_str());
+        self.error = Some(error_text(error).into_boxed_str());
     }
 
     /// Closes `open` at `end` with this ending (or with the panic unwinding through it).
@@ -178,6 +178,22 @@ pub trait OutputSink {
     /// Records an error: the output becomes `null` and metadata `Exceptions` the text.
     #[doc(hidden)]
     fn __set_error(&mut self, error: &dyn Display);
+}
+
+/// The text of an error, as `to_string` makes it, but never a panic in traced code: a
+/// `Display` that fails keeps what it wrote (`to_string` would panic), one that panics is
+/// recorded as having done so.
+pub(crate) fn error_text(error: &dyn Display) -> String {
+    use std::fmt::Write;
+    let mut text = String::new();
+    let written =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write!(text, "{error}")));
+    match written {
+        Ok(Ok(())) => text,
+        Ok(Err(_)) if text.is_empty() => "<the error's Display failed>".into(),
+        Ok(Err(_)) => text,
+        Err(_) => "<the error's Display panicked>".into(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
