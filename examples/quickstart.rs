@@ -12,8 +12,8 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openlayer_trace::{
-    ChatCompletion, Config, add_chat_completion_step, current_inference_id, log_context, trace,
-    update_current_step, update_current_trace,
+    ChatCompletion, Config, add_chat_completion_step, current_inference_id, log_context,
+    log_output, trace, update_current_step, update_current_trace,
 };
 use serde_json::json;
 
@@ -29,7 +29,8 @@ async fn retrieve(question: &str, top_k: usize) -> Vec<String> {
     tokio::time::sleep(Duration::from_millis(8)).await; // a vector store round trip
     let words: Vec<String> = question
         .to_lowercase()
-        .split_whitespace()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.len() > 3)
         .map(str::to_string)
         .collect();
     let mut scored: Vec<(usize, &str)> = DOCUMENTS
@@ -93,6 +94,8 @@ async fn answer_question(user_id: &str, question: &str) -> (String, String) {
     let docs = retrieve(question, 2).await;
     log_context(&docs);
     let answer = generate(question, &docs).await;
+    // The row's output is the answer (the function returns the id too).
+    log_output(&answer);
     // Store this id with the answer, to attach user feedback to the row later.
     let id = current_inference_id().unwrap_or_default();
     (answer, id)
