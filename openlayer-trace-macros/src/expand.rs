@@ -677,15 +677,6 @@ fn expand_stream(p: StreamParts<'_>) -> TokenStream2 {
             let __ol_handle = ::openlayer_trace::__private::stream_handle(__ol_fin);
             #wrap
         }}
-    } else if matches!(ret_ty, Some(Type::Never(_))) {
-        // Never returns: no value to record. The step closes as the thread unwinds (a
-        // panic), or never (the process exits).
-        quote! {{
-            #meta
-            let __ol_step = ::openlayer_trace::__private::enter_sync(&__OL_META, |__ol_w| { #(#writes)* });
-            let _ = &__ol_step;
-            #block
-        }}
     } else {
         let closure = match (nameable, ret_ty) {
             (true, Some(ty)) => quote!(move || -> #ty #block),
