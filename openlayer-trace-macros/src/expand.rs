@@ -466,12 +466,35 @@ fn is_stream_type(ty: &Type) -> bool {
     match ty {
         Type::Paren(p) => is_stream_type(&p.elem),
         Type::Group(g) => is_stream_type(&g.elem),
+        // `Result<impl Stream, E>`, as streaming clients return (not iterators).
+        Type::Path(p) => p.path.segments.last().is_some_and(|last| {
+            last.ident == "Result"
+                && matches!(&last.arguments, syn::PathArguments::AngleBracketed(args)
+                    if matches!(args.args.first(), Some(syn::GenericArgument::Type(t)) if is_async_stream(t)))
+        }),
         Type::ImplTrait(t) => t.bounds.iter().any(|b| match b {
             syn::TypeParamBound::Trait(tb) => tb
                 .path
                 .segments
                 .last()
                 .is_some_and(|s| STREAM_TRAITS.iter().any(|n| s.ident == n)),
+            _ => false,
+        }),
+        _ => false,
+    }
+}
+
+/// Whether `ty` is `impl Stream<..>` (or a relative): not an iterator.
+fn is_async_stream(ty: &Type) -> bool {
+    match ty {
+        Type::Paren(p) => is_async_stream(&p.elem),
+        Type::Group(g) => is_async_stream(&g.elem),
+        Type::ImplTrait(t) => t.bounds.iter().any(|b| match b {
+            syn::TypeParamBound::Trait(tb) => tb.path.segments.last().is_some_and(|s| {
+                ["Stream", "TryStream", "FusedStream"]
+                    .iter()
+                    .any(|n| s.ident == n)
+            }),
             _ => false,
         }),
         _ => false,
@@ -658,7 +681,7 @@ fn expand_stream(p: StreamParts<'_>) -> TokenStream2 {
     };
     let wrap = quote! {
         #[allow(unused_imports)]
-        use ::openlayer_trace::__private::{ReturnedStream as _, #acc_trait as _};
+        use ::openlayer_trace::__private::{ReturnedStream as _, ReturnedResultStream as _, #acc_trait as _};
         let __ol_kind = #kind;
         let __ol_acc = #acc;
         #returned

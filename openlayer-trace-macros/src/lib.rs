@@ -31,8 +31,9 @@ use expand::expand;
 /// - `skip_output`: do not record the return value (errors are still recorded);
 /// - `inference_pipeline_id = "..."`: send traces rooted here to this pipeline;
 /// - `stream`: trace the returned stream or iterator as the step, which ends with it
-///   (implied for `impl Stream` and `impl Iterator` returns; needed for other types, such
-///   as `Pin<Box<dyn Stream ..>>`);
+///   (implied for `impl Stream` and `impl Iterator` returns, and for `Result<impl Stream,
+///   E>`, whose `Err` fails and ends the step at once; needed for other types, such as
+///   `Pin<Box<dyn Stream ..>>` or `Result<BoxStream<..>, E>`);
 /// - `context = arg`, `question = arg`: also record that argument as the row's `context`
 ///   (RAG documents) or `_question` column;
 /// - `promote(a, b = "column")`: copy named arguments, or fields of the output, to row

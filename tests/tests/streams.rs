@@ -96,6 +96,50 @@ async fn async_stream_fully_consumed() {
     ttft(t.root());
 }
 
+/// A streaming client's shape: the request may fail before any item.
+#[trace(kind = "chat_completion")]
+async fn open_stream(n: u32, fail: bool) -> Result<impl Stream<Item = String> + Send, String> {
+    tokio::task::yield_now().await;
+    if fail {
+        return Err("connection refused".into());
+    }
+    Ok(stream_tokens(n))
+}
+
+/// The same, boxed (a concrete return type).
+#[trace(stream)]
+fn open_boxed(n: u32) -> Result<BoxStream<'static, String>, String> {
+    Ok(stream_tokens(n).boxed())
+}
+
+#[tokio::test]
+async fn a_result_of_a_stream_is_traced_as_the_stream_or_the_error() {
+    let (out, traces) = testing::capture_async(async {
+        open_stream(2, false)
+            .await
+            .unwrap()
+            .collect::<Vec<_>>()
+            .await
+    })
+    .await;
+    assert_eq!(out.concat(), "t0t1");
+    let t = only(&traces);
+    assert_eq!(tree(t), "open_stream(stream_tokens(piece, piece))");
+    assert_eq!(t.root()["output"], "t0t1");
+    ttft(t.root());
+
+    let (out, traces) = testing::capture_async(open_stream(2, true)).await;
+    assert!(out.is_err());
+    let t = only(&traces);
+    assert!(t.root()["output"].is_null());
+    assert_eq!(t.root()["metadata"]["Exceptions"], "connection refused");
+
+    let (out, traces) =
+        testing::capture_async(async { open_boxed(3).unwrap().collect::<Vec<_>>().await }).await;
+    assert_eq!(out.concat(), "t0t1t2");
+    assert_eq!(only(&traces).root()["output"], "t0t1t2");
+}
+
 #[test]
 fn iterator_abandoned_after_one_item() {
     let (first, traces) = testing::capture(|| {

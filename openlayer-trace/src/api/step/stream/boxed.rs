@@ -21,6 +21,13 @@ pub trait FromTraced<W> {
     fn from_traced(traced: W) -> Self;
 }
 
+/// A `Result` of a stream, boxed in its `Ok`.
+impl<W, R: FromTraced<W>, E> FromTraced<Result<W, E>> for Result<R, E> {
+    fn from_traced(traced: Result<W, E>) -> Self {
+        traced.map(R::from_traced)
+    }
+}
+
 macro_rules! boxed_stream {
     ($($bounds:tt)*) => {
         impl<'a, T, S, A> FromTraced<Traced<S, A>> for Pin<Box<dyn Stream<Item = T> $($bounds)* + 'a>>

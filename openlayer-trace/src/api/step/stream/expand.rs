@@ -61,6 +61,56 @@ impl<S: Stream> ReturnedStream for Returned<'_, S> {
     }
 }
 
+/// A returned `Result` of a stream (as streaming clients return: the request may fail
+/// before the stream starts).
+#[derive(Debug)]
+pub struct ResultStreamItems<S, E>(PhantomData<fn() -> (S, E)>);
+
+/// A returned `Result` of a stream (chosen, as a stream is, before an iterator).
+pub trait ReturnedResultStream {
+    /// The stream's type.
+    type Stream;
+    /// The error's type.
+    type Error;
+    /// The stream, or the error.
+    fn __ol_kind(&self) -> ResultStreamItems<Self::Stream, Self::Error>;
+}
+
+impl<S: Stream, E: Display> ReturnedResultStream for Returned<'_, Result<S, E>> {
+    type Stream = S;
+    type Error = E;
+    #[inline]
+    fn __ol_kind(&self) -> ResultStreamItems<S, E> {
+        ResultStreamItems(PhantomData)
+    }
+}
+
+impl<S: Stream, E: Display> ResultStreamItems<S, E> {
+    /// The items' type, to pick the accumulator.
+    #[inline]
+    pub fn items(&self) -> ItemType<S::Item> {
+        ItemType(PhantomData)
+    }
+
+    /// The traced stream; an error (no stream) fails and ends the step at once.
+    #[inline]
+    pub fn wrap<A: Accumulator<S::Item>>(
+        self,
+        returned: Result<S, E>,
+        mut handle: StepHandle,
+        acc: A,
+    ) -> Result<Traced<S, A>, E> {
+        match returned {
+            Ok(stream) => Ok(Traced::stream(stream, handle, acc)),
+            Err(e) => {
+                handle.error(&e);
+                handle.finish();
+                Err(e)
+            }
+        }
+    }
+}
+
 /// What a function traced as a stream must return.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is neither a `Stream` nor an `Iterator`, so `#[trace]` cannot trace it as a stream",
