@@ -246,10 +246,11 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
         return Ok(quote!(#item));
     }
     let promote = plan.promote_output();
-    let async_parts = AsyncParts {
+    let mut async_parts = AsyncParts {
         meta: &meta,
         writes: &writes,
         promote: promote.as_ref(),
+        early: false,
     };
 
     // A function that returns a future it builds (`-> impl Future`, or the
@@ -271,8 +272,20 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
             ));
         };
         let inner = with_prelude(&returned.block, &plan.prelude);
+        async_parts.early = true;
         let body = async_parts.body(&inner, output, nameable, &record);
         returned.block = syn::parse2(body)?;
+        // It takes the recorded inputs (what else it captures it could only borrow from
+        // the caller, which `move` copies as the same references).
+        returned.capture = Some(Default::default());
+        // The inputs are recorded at the call, before the body's own statements, which
+        // may move or shadow the arguments; the block only takes the recorded text.
+        let stmts = std::mem::take(&mut item.block.stmts);
+        *item.block = syn::parse2(quote! {{
+            #meta
+            let __ol_inputs = ::openlayer_trace::__private::capture_early(|__ol_w| { #(#writes)* });
+            #(#stmts)*
+        }})?;
         return Ok(quote!(#item));
     }
 
@@ -312,6 +325,9 @@ struct AsyncParts<'a> {
     meta: &'a TokenStream2,
     writes: &'a [TokenStream2],
     promote: Option<&'a TokenStream2>,
+    /// The inputs were recorded (in `__ol_inputs`) and the metadata declared when the
+    /// function was called, before its body: a returned `async` block.
+    early: bool,
 }
 
 impl AsyncParts<'_> {
@@ -329,6 +345,7 @@ impl AsyncParts<'_> {
             meta,
             writes,
             promote,
+            early,
         } = self;
         let body_fut = match (nameable, output) {
             (true, Some(ty)) => {
@@ -347,9 +364,18 @@ impl AsyncParts<'_> {
             }),
             None => body_fut,
         };
+        let start = if *early {
+            quote! {
+                let __ol_start = ::openlayer_trace::__private::begin_async_early(&__OL_META, __ol_inputs);
+            }
+        } else {
+            quote! {
+                #meta
+                let __ol_start = ::openlayer_trace::__private::begin_async(&__OL_META, |__ol_w| { #(#writes)* });
+            }
+        };
         quote! {{
-            #meta
-            let __ol_start = ::openlayer_trace::__private::begin_async(&__OL_META, |__ol_w| { #(#writes)* });
+            #start
             #[allow(unused_mut)]
             let (__ol_ret, mut __ol_step) = ::openlayer_trace::__private::instrument(__ol_start, #body_fut).await;
             { #record }

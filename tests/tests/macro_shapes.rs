@@ -466,6 +466,50 @@ fn boxed_later(n: u32) -> futures_util::future::BoxFuture<'static, u32> {
     Box::pin(async move { embed("ab".into()).await as u32 * n })
 }
 
+/// Shapes that must keep compiling, and record the arguments as called: a body that
+/// shadows, moves or only borrows its arguments before returning its block.
+#[trace]
+fn shadowed(n: u32) -> impl Future<Output = u32> {
+    let n = n * 10;
+    async move { n + 1 }
+}
+
+#[trace(skip_output)]
+fn borrowed_before(x: &str) -> impl Future<Output = usize> + 'static {
+    let n = x.len();
+    async move { n }
+}
+
+#[trace(skip_output)]
+fn moved_before(s: String) -> impl Future<Output = usize> {
+    let n = s.len();
+    drop(s);
+    async move { n }
+}
+
+#[trace(skip_output)]
+#[allow(clippy::let_underscore_untyped)]
+fn unused_in_block(x: u32) -> impl Future<Output = u32> {
+    let _ = x;
+    async { 5 }
+}
+
+#[tokio::test]
+async fn returned_futures_record_the_arguments_as_called() {
+    let (out, traces) = testing::capture_async(shadowed(3)).await;
+    assert_eq!(out, 31);
+    assert_eq!(inputs_text(&traces[0]), r#"{"n":3}"#);
+    let (out, traces) = testing::capture_async(borrowed_before("abcd")).await;
+    assert_eq!(out, 4);
+    assert_eq!(inputs_text(&traces[0]), r#"{"x":"abcd"}"#);
+    let (out, traces) = testing::capture_async(moved_before("abc".into())).await;
+    assert_eq!(out, 3);
+    assert_eq!(inputs_text(&traces[0]), r#"{"s":"abc"}"#);
+    let (out, traces) = testing::capture_async(unused_in_block(9)).await;
+    assert_eq!(out, 5);
+    assert_eq!(inputs_text(&traces[0]), r#"{"x":9}"#);
+}
+
 #[tokio::test]
 async fn async_trait_methods_are_steps_around_their_future() {
     let (out, traces) =

@@ -187,6 +187,38 @@ pub fn begin_async(meta: &'static StepMeta, inputs: impl FnOnce(&mut InputWriter
     ))
 }
 
+/// The inputs of a function that returns the future it builds, recorded when it is
+/// called: its arguments may be moved, or shadowed, before the future runs.
+#[derive(Debug)]
+pub struct EarlyInputs(Option<String>);
+
+/// Records the inputs now (nothing when no step would be recorded here).
+#[inline]
+pub fn capture_early(inputs: impl FnOnce(&mut InputWriter)) -> EarlyInputs {
+    if !crate::is_recording() {
+        return EarlyInputs(None);
+    }
+    let mut buf = String::new();
+    capture_inputs(&mut buf, inputs);
+    EarlyInputs(Some(buf))
+}
+
+/// Opens the step of a returned future at its first poll, with the inputs recorded when
+/// the function was called.
+#[inline]
+pub fn begin_async_early(meta: &'static StepMeta, inputs: EarlyInputs) -> AsyncStart {
+    AsyncStart(context::open_step(
+        meta.spec(),
+        Start::Now,
+        crate::runtime::lazy_init,
+        |buf| {
+            if let Some(text) = &inputs.0 {
+                buf.push_str(text);
+            }
+        },
+    ))
+}
+
 /// Runs the body of an `async fn` in its step.
 #[inline]
 pub fn instrument<F: Future>(start: AsyncStart, body: F) -> Instrumented<F> {
