@@ -79,6 +79,17 @@ fn updates_at(requests: &[RecordedRequest], id: &str) -> Vec<usize> {
         .collect()
 }
 
+/// The rows of the updates of `id` the server acknowledged, in the order it received them.
+fn delivered_updates(server: &TestServer, id: &str) -> Vec<Value> {
+    let requests = server.requests();
+    updates_at(&requests, id)
+        .into_iter()
+        .map(|i| &requests[i])
+        .filter(|r| r.outcome.is_success())
+        .map(|r| r.json.as_ref().expect("a JSON body")["row"].clone())
+        .collect()
+}
+
 /// Every row update of `id` comes after the acknowledged data-stream request of its row.
 fn assert_after_row(requests: &[RecordedRequest], id: &str, updates: usize) {
     let row = row_at(requests, id).unwrap_or_else(|| panic!("no row {id}: {requests:#?}"));
@@ -104,12 +115,40 @@ fn child() {
         "after_shutdown" => after_shutdown(),
         "no_such_row" => no_such_row(false),
         "no_such_row_spool" => no_such_row(true),
+        "later_update_waits" => later_update_waits(),
         other => panic!("unknown scenario {other}"),
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // Child scenarios
+
+/// The first update of a row finds no row yet (404) and is spooled: the next update of
+/// that row follows it into the spool, so that the platform gets them in order and keeps
+/// the last one.
+fn later_update_waits() {
+    let server = TestServer::start_with(Behavior::fail_first(1, 404));
+    let dir = temp_dir("later-update-waits");
+    let config = base(&server.url()).spool_dir(&dir).build().unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    update_row("r1", json!({"v": 1}), None);
+    update_row("r1", json!({"v": 2}), None);
+    assert!(guard.flush(Duration::from_secs(5)).unwrap().complete);
+    // Replayed once the server answers (any 2xx starts a replay).
+    answer("poke".into());
+    assert!(
+        wait_until(Duration::from_secs(10), || delivered_updates(&server, "r1")
+            .len()
+            == 2),
+        "{:?}",
+        guard.stats()
+    );
+    let r = guard.shutdown(Duration::from_secs(5)).unwrap();
+    assert_settled(&r.stats);
+    let delivered = delivered_updates(&server, "r1");
+    assert_eq!(delivered, [json!({"v": 1}), json!({"v": 2})]);
+    report(&[("delivered", delivered.len().to_string())]);
+}
 
 /// A server that answers 404 to an update of an id it has no row for (a typo, or a row
 /// not there yet), 200 to everything else: the update is dropped (or spooled, and
@@ -436,4 +475,10 @@ fn an_update_of_no_row_is_dropped_without_breaking_delivery() {
         let r = results(&child::run(scenario, &[]));
         assert_eq!(r["rejected"], "1", "{scenario}: {r:?}");
     }
+}
+
+#[test]
+fn a_later_update_follows_a_spooled_one() {
+    let r = results(&child::run("later_update_waits", &[]));
+    assert_eq!(r["delivered"], "2", "{r:?}");
 }

@@ -334,6 +334,9 @@ impl Spool {
     ) -> Result<(), Vec<RowUpdate>> {
         let bytes = heap_bytes(updates.capacity() * size_of::<RowUpdate>())
             + updates.iter().map(RowUpdate::size).sum::<usize>();
+        // Later updates of the same rows follow them into the spool, rather than reach
+        // the platform first (where the last one written wins).
+        self.hold_ids(updates.iter().map(|u| u.inference_id.as_str()));
         let n = updates.len();
         let job = |updates, bytes| Job::Updates(updates, reason, bytes);
         self.send_job(updates, n, bytes, tier, job, |job| match job {
