@@ -99,10 +99,10 @@ pub struct Stats {
     pub sent: u64,
     /// Rows written to the local trace file (embedded default) or captured in memory.
     pub written: u64,
-    /// Lines of the local trace file (traces and row updates, already counted in
-    /// `written`) discarded since: a rotation replaced the `<file>.1` that held them
-    /// before they were pushed. Raise `trace_file_max_bytes`, or push more often, when
-    /// this grows.
+    /// Lines of the local trace file (traces and row updates) discarded by this run's
+    /// rotations: each replaced a `<file>.1`, with whatever it held (lines this run wrote,
+    /// and counted in `written`, or an earlier run's). Raise `trace_file_max_bytes`, or
+    /// push more often, when this grows.
     pub rotated_out: u64,
     /// Retried requests.
     pub retried: u64,
