@@ -42,7 +42,7 @@ fn spawn(
 /// replays them), and flushes and shutdowns waiting are completed. The queue is closed
 /// first: what is handed off later is counted by the producer (`shutdown` too).
 fn settle_unstarted(
-    mut rx: crate::util::queue::Receiver<crate::export::protocol::Msg>,
+    rx: &mut crate::util::queue::Receiver<crate::export::protocol::Msg>,
     counters: &Counters,
     budget: &Budget,
     spool: Option<&Spool>,
@@ -77,11 +77,33 @@ fn settle_unstarted(
     }
 }
 
+/// Runs a worker's `body` on the queue. Should it panic (a bug of ours: user callbacks
+/// are caught where they run), the queue is closed and settled as by
+/// [`settle_unstarted`]: what waits in it, and what is handed off later, is counted (as
+/// `shutdown`) rather than lost with the receiver. What the worker itself held is not.
+fn guarded(
+    rx: crate::util::queue::Receiver<crate::export::protocol::Msg>,
+    counters: &Counters,
+    budget: &Budget,
+    spool: Option<&Spool>,
+    body: impl FnOnce(&mut crate::util::queue::Receiver<crate::export::protocol::Msg>),
+) {
+    let mut rx = rx;
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut rx)));
+    if run.is_err() {
+        tracing::error!(
+            target: "openlayer_trace",
+            "the trace worker stopped on an internal error; traces queued or handed off from now on are dropped (counted as shutdown)"
+        );
+        settle_unstarted(&mut rx, counters, budget, spool);
+    }
+}
+
 /// Runs the worker: the data-stream flusher alone, or, with an OTLP endpoint, the router
 /// in front of it (when there is one) and the OTLP side.
 fn run_worker(
     rt: &tokio::runtime::Runtime,
-    rx: crate::util::queue::Receiver<crate::export::protocol::Msg>,
+    rx: &mut crate::util::queue::Receiver<crate::export::protocol::Msg>,
     flusher: Option<Flusher>,
     config: &Config,
     counters: Arc<Counters>,
@@ -192,16 +214,14 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
                 .enable_time()
                 .build();
             match rt {
-                Ok(rt) => rt.block_on(crate::export::local_file::writer::run(
-                    rx,
-                    sink,
-                    counters,
-                    budget,
-                    shaper,
-                )),
+                Ok(rt) => guarded(rx, &counters.clone(), &budget.clone(), None, |rx| {
+                    rt.block_on(crate::export::local_file::writer::run(
+                        rx, sink, counters, budget, shaper,
+                    ))
+                }),
                 Err(e) => {
                     tracing::error!(target: "openlayer_trace", error = %e, "could not start the trace worker");
-                    settle_unstarted(rx, &counters, &budget, None);
+                    settle_unstarted(&mut { rx }, &counters, &budget, None);
                 }
             }
         })?);
@@ -258,6 +278,7 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
             });
             match started {
                 Ok((transport, rt)) => {
+                    let spool_for_settling = worker_spool.clone();
                     let flusher = data_stream.then(|| {
                         Flusher::new(
                             &worker_config,
@@ -268,7 +289,10 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
                             worker_spool,
                         )
                     });
-                    run_worker(&rt, rx, flusher, &worker_config, counters, budget, shaper);
+                    let (c, b) = (counters.clone(), budget.clone());
+                    guarded(rx, &c, &b, spool_for_settling.as_deref(), |rx| {
+                        run_worker(&rt, rx, flusher, &worker_config, counters, budget, shaper)
+                    });
                     // Not a plain drop: that waits for blocking tasks, and a name
                     // lookup (`getaddrinfo`) can hang past any deadline.
                     rt.shutdown_background();
@@ -276,7 +300,7 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
                 Err(e) => {
                     // Traces handed off from now on are dropped as `shutdown` (counted).
                     tracing::error!(target: "openlayer_trace", error = %e, "could not start the trace worker");
-                    settle_unstarted(rx, &counters, &budget, worker_spool.as_deref());
+                    settle_unstarted(&mut { rx }, &counters, &budget, worker_spool.as_deref());
                     if let Some(s) = worker_spool {
                         s.close(Vec::new());
                     }
@@ -303,4 +327,61 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
         spool,
         threads: Mutex::new(threads),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::*;
+    use crate::export::budget::Tier;
+    use crate::export::protocol::Msg;
+    use crate::record::row_update::RowUpdate;
+    use crate::util::queue::TrySendError;
+
+    fn update(id: &str) -> Box<RowUpdate> {
+        Box::new(RowUpdate {
+            pipeline: None,
+            inference_id: id.into(),
+            row: "{}".into(),
+            config: None,
+        })
+    }
+
+    /// A worker that panics (a bug of ours) leaves nothing queued uncounted: what waits in
+    /// the queue is settled as dropped, and later hand-offs are refused (their senders
+    /// count them).
+    #[test]
+    fn a_worker_that_panics_leaves_nothing_queued_uncounted() {
+        let counters = Counters::default();
+        let budget = Budget::new(1 << 20);
+        let (tx, rx) = crate::util::queue::channel(8);
+        for id in ["a", "b", "c"] {
+            assert!(budget.reserve(100, Tier::Queue));
+            tx.try_send(Msg::Update(update(id), 100)).unwrap();
+        }
+        guarded(rx, &counters, &budget, None, |rx| {
+            let _taken = rx.try_recv().unwrap();
+            panic!("a bug in the worker");
+        });
+        assert_eq!(counters.shutdown.load(Relaxed), 2);
+        assert_eq!(counters.settled.load(Relaxed), 2);
+        // The room of the two left is given back (the first went with the worker).
+        assert_eq!(budget.used(), 100);
+        assert!(matches!(
+            tx.try_send(Msg::Update(update("d"), 100)),
+            Err(TrySendError::Closed(_))
+        ));
+    }
+
+    /// A worker that ends normally leaves the queue as it is.
+    #[test]
+    fn a_worker_that_returns_is_left_alone() {
+        let counters = Counters::default();
+        let budget = Budget::new(1 << 20);
+        let (tx, rx) = crate::util::queue::channel(8);
+        tx.try_send(Msg::Update(update("a"), 0)).unwrap();
+        guarded(rx, &counters, &budget, None, |_| {});
+        assert_eq!(counters.settled.load(Relaxed), 0);
+    }
 }

@@ -52,7 +52,7 @@ impl Gone {
 
 /// The worker's loop for the file sink: drains the queue, writes, answers flushes.
 pub(crate) async fn run(
-    mut rx: Receiver<Msg>,
+    rx: &mut Receiver<Msg>,
     mut sink: FileSink,
     counters: Arc<Counters>,
     budget: Arc<Budget>,

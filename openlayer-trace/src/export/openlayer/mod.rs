@@ -228,7 +228,7 @@ impl Flusher {
     }
 
     /// Runs until shut down (or until every sender is gone).
-    pub(crate) async fn run(mut self, mut rx: Receiver<Msg>) {
+    pub(crate) async fn run(mut self, rx: &mut Receiver<Msg>) {
         if self.spool.as_ref().is_some_and(|s| s.has_replayable()) {
             self.replay.wanted = true;
         }
@@ -256,10 +256,10 @@ impl Flusher {
             tokio::select! {
                 msg = rx.recv(), if open => match msg {
                     Some(msg) => {
-                        self.on_msg(msg, &mut rx);
+                        self.on_msg(msg, rx);
                         for _ in 0..256 {
                             match rx.try_recv() {
-                                Ok(msg) => self.on_msg(msg, &mut rx),
+                                Ok(msg) => self.on_msg(msg, rx),
                                 Err(_) => break,
                             }
                         }
@@ -271,7 +271,7 @@ impl Flusher {
                         if self.shutdown.is_none() {
                             let deadline =
                                 crate::util::clock::after(std::time::Instant::now(), self.shutdown_timeout);
-                            self.begin_shutdown(None, deadline, &mut rx);
+                            self.begin_shutdown(None, deadline, rx);
                         }
                     }
                 },

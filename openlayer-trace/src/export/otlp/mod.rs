@@ -106,7 +106,7 @@ pub(crate) fn only(config: &Config) -> bool {
 /// flusher (when there is one) and their spans to the OTLP side; a flush or shutdown
 /// completes when both sides have settled.
 pub(crate) async fn run(
-    mut rx: crate::util::queue::Receiver<Msg>,
+    rx: &mut crate::util::queue::Receiver<Msg>,
     data_stream: Option<Flusher>,
     otlp: OtlpFlusher,
     shaper: Shaper,
@@ -156,7 +156,7 @@ pub(crate) async fn run(
     };
     let data_stream = async move {
         if let (Some(f), Some(frx)) = (data_stream, frx) {
-            f.run(frx).await;
+            f.run(&mut { frx }).await;
         }
     };
     tokio::join!(router, data_stream, otlp.run(orx));
