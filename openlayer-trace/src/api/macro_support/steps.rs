@@ -195,7 +195,7 @@ pub struct EarlyInputs(Option<String>);
 /// Records the inputs now (nothing when no step would be recorded here).
 #[inline]
 pub fn capture_early(inputs: impl FnOnce(&mut InputWriter)) -> EarlyInputs {
-    if !crate::is_recording() {
+    if !crate::api::lifecycle::is_recording() {
         return EarlyInputs(None);
     }
     let mut buf = String::new();
