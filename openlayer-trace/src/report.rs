@@ -219,6 +219,9 @@ pub(crate) struct Counters {
     /// the spool writer), which the flusher's report of the counter leaves out.
     pub queue_full_told: AtomicU64,
     pub rejected: AtomicU64,
+    /// Of `rejected`, the row updates refused where they were handed off (invalid), which
+    /// the worker tells `on_failure` of.
+    pub invalid_updates: AtomicU64,
     pub retries_exhausted: AtomicU64,
     pub deadline: AtomicU64,
     pub spool_evicted: AtomicU64,

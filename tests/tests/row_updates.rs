@@ -380,7 +380,13 @@ fn local() {
 fn invalid() {
     let logs = openlayer_trace_tests::logs::Capture::install();
     let server = TestServer::start();
-    let guard = openlayer_trace::init(base(&server.url()).build().unwrap()).unwrap();
+    let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = told.clone();
+    let config = base(&server.url())
+        .on_failure(move |f| sink.lock().unwrap().push((f.rows, f.dropped)))
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
     update_row("", json!({"a": 1}), None);
     update_row("id-1", json!([1, 2]), None);
     update_row(
@@ -394,6 +400,15 @@ fn invalid() {
     assert_eq!(r.stats.enqueued, 4, "{:?}", r.stats);
     assert_eq!(r.stats.dropped.rejected, 4, "{:?}", r.stats);
     assert_settled(&r.stats);
+    // Told to on_failure too, by the worker (never on the caller's thread).
+    let told: u64 = told
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, d)| *d == Some(openlayer_trace::DropReason::Rejected))
+        .map(|(n, _)| n)
+        .sum();
+    assert_eq!(told, 4);
     assert!(
         logs.text().contains("a row update was invalid"),
         "{}",

@@ -1,6 +1,6 @@
 //! Drops counted where they happen, away from the worker (the producer's full queue, a
-//! trace that could not be encoded, a missing pipeline), told to `on_failure` by the one
-//! flusher that settles rows, as their counters grow.
+//! trace that could not be encoded, a missing pipeline, an invalid row update), told to
+//! `on_failure` by the one flusher that settles rows, as their counters grow.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -10,7 +10,7 @@ use crate::report::{Counters, DeliveryFailure, DropReason, notify};
 /// What was told so far, per counter.
 #[derive(Debug, Default)]
 pub(crate) struct CountedDrops {
-    told: [u64; 3],
+    told: [u64; 4],
 }
 
 impl CountedDrops {
@@ -35,6 +35,12 @@ impl CountedDrops {
                 DropReason::NoPipeline,
                 c.no_pipeline.load(Relaxed),
                 "no inference pipeline id is configured; traces were dropped",
+            ),
+            (
+                DropReason::Rejected,
+                c.invalid_updates.load(Relaxed),
+                "row updates were invalid (an empty id, a row that is not a JSON object, a \
+                 config naming a column the row lacks); they were dropped",
             ),
         ];
         for ((reason, now, message), last) in counted.into_iter().zip(&mut self.told) {

@@ -119,6 +119,7 @@ pub(crate) fn reject_update() {
         let c = &p.counters;
         c.enqueued.fetch_add(1, Relaxed);
         c.drop_rows(DropReason::Rejected, 1);
+        c.invalid_updates.fetch_add(1, Relaxed);
         c.settled.fetch_add(1, Relaxed);
     }
 }
