@@ -228,7 +228,7 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
     };
     let record = make_record(ret_ty);
     let nameable = ret_ty.is_none_or(|t| !contains_impl_trait(t));
-    let stream = stream_return(&opts.extra, sig)?;
+    let stream = stream_return(&opts.extra, sig, opts.skip_output)?;
     let plan = plan_extra(&opts.extra, &params, sig, stream.is_some())?;
     let block = &with_prelude(&item.block, &plan.prelude);
     if let Some(concrete) = stream {
@@ -492,12 +492,6 @@ fn is_stream_type(ty: &Type) -> bool {
     match ty {
         Type::Paren(p) => is_stream_type(&p.elem),
         Type::Group(g) => is_stream_type(&g.elem),
-        // `Result<impl Stream, E>`, as streaming clients return (not iterators).
-        Type::Path(p) => p.path.segments.last().is_some_and(|last| {
-            last.ident == "Result"
-                && matches!(&last.arguments, syn::PathArguments::AngleBracketed(args)
-                    if matches!(args.args.first(), Some(syn::GenericArgument::Type(t)) if is_async_stream(t)))
-        }),
         Type::ImplTrait(t) => t.bounds.iter().any(|b| match b {
             syn::TypeParamBound::Trait(tb) => tb
                 .path
@@ -505,6 +499,20 @@ fn is_stream_type(ty: &Type) -> bool {
                 .last()
                 .is_some_and(|s| STREAM_TRAITS.iter().any(|n| s.ident == n)),
             _ => false,
+        }),
+        _ => false,
+    }
+}
+
+/// Whether `ty` is `Result<impl Stream, E>`, as streaming clients return (not iterators).
+fn is_result_of_stream(ty: &Type) -> bool {
+    match ty {
+        Type::Paren(p) => is_result_of_stream(&p.elem),
+        Type::Group(g) => is_result_of_stream(&g.elem),
+        Type::Path(p) => p.path.segments.last().is_some_and(|last| {
+            last.ident == "Result"
+                && matches!(&last.arguments, syn::PathArguments::AngleBracketed(args)
+                    if matches!(args.args.first(), Some(syn::GenericArgument::Type(t)) if is_async_stream(t)))
         }),
         _ => false,
     }
@@ -529,7 +537,11 @@ fn is_async_stream(ty: &Type) -> bool {
 
 /// Whether the function is traced as a stream: `Some(concrete)` (whether its return type
 /// is a concrete type, to be boxed again), `None` when it is not.
-fn stream_return(extra: &ExtraOptions, sig: &syn::Signature) -> syn::Result<Option<bool>> {
+fn stream_return(
+    extra: &ExtraOptions,
+    sig: &syn::Signature,
+    skip_output: bool,
+) -> syn::Result<Option<bool>> {
     let ret_ty = match &sig.output {
         ReturnType::Type(_, ty) => Some(&**ty),
         ReturnType::Default => None,
@@ -541,6 +553,9 @@ fn stream_return(extra: &ExtraOptions, sig: &syn::Signature) -> syn::Result<Opti
         )),
         (Some(_), Some(ty)) => Ok(Some(!contains_impl_trait(ty))),
         (None, Some(ty)) if is_stream_type(ty) => Ok(Some(false)),
+        // Not with `skip_output`, which records such a function as a call (its error type
+        // need not be `Display`, which the stream's step needs).
+        (None, Some(ty)) if !skip_output && is_result_of_stream(ty) => Ok(Some(false)),
         (None, _) => Ok(None),
     }
 }

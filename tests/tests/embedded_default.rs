@@ -20,6 +20,11 @@ fn root(i: u32) -> u32 {
     leaf(i) + leaf(i)
 }
 
+#[trace]
+fn later(n: u32) -> impl std::future::Future<Output = u32> {
+    async move { n + 1 }
+}
+
 /// Runs one scenario of this binary in a child process, with `envs` (paths) set and no
 /// other of the SDK's variables.
 fn run_child(scenario: &str, envs: &[(&str, &Path)]) -> std::process::Output {
@@ -90,6 +95,16 @@ fn child() {
             assert!(openlayer_trace::current_inference_id().is_none());
             let stats = openlayer_trace::stats();
             assert_eq!(stats.enqueued, 0);
+            // A future made here, while nothing is recorded, and polled under a test
+            // capture (which records whatever the configuration): its step has the
+            // arguments it was called with, as an `async fn`'s has.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let made = later(5);
+            let (out, traces) = rt.block_on(openlayer_trace::testing::capture_async(made));
+            assert_eq!(out, 6);
+            assert_eq!(traces[0].root()["inputs"], serde_json::json!({"n": 5}));
         }
         other => panic!("unknown scenario {other}"),
     }

@@ -508,6 +508,12 @@ async fn returned_futures_record_the_arguments_as_called() {
     let (out, traces) = testing::capture_async(unused_in_block(9)).await;
     assert_eq!(out, 5);
     assert_eq!(inputs_text(&traces[0]), r#"{"x":9}"#);
+    // Made where nothing would be recorded (outside the capture, tracing configured off),
+    // polled where the step is: the inputs are still the arguments.
+    let made = shadowed(4);
+    let (out, traces) = testing::capture_async(made).await;
+    assert_eq!(out, 41);
+    assert_eq!(inputs_text(&traces[0]), r#"{"n":4}"#);
 }
 
 #[tokio::test]

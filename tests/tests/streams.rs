@@ -112,6 +112,33 @@ fn open_boxed(n: u32) -> Result<BoxStream<'static, String>, String> {
     Ok(stream_tokens(n).boxed())
 }
 
+/// An error type that is not `Display`.
+#[derive(Debug)]
+pub enum Refused {
+    Busy,
+}
+
+/// With `skip_output`, a `Result` of a stream is recorded as a call, as before: its
+/// error need not be `Display`, and its items' type may come from the signature alone.
+#[trace(skip_output)]
+fn open_quietly(busy: bool) -> Result<impl Stream<Item = String>, Refused> {
+    if busy {
+        return Err(Refused::Busy);
+    }
+    Ok(futures_util::stream::empty())
+}
+
+#[tokio::test]
+async fn a_result_of_a_stream_with_skip_output_is_a_call() {
+    let (out, traces) =
+        testing::capture_async(async { open_quietly(false).unwrap().collect::<Vec<_>>().await })
+            .await;
+    assert!(out.is_empty());
+    assert_eq!(tree(only(&traces)), "open_quietly");
+    let (out, _) = testing::capture(|| open_quietly(true).map(|_| ()));
+    assert!(matches!(out, Err(Refused::Busy)));
+}
+
 #[tokio::test]
 async fn a_result_of_a_stream_is_traced_as_the_stream_or_the_error() {
     let (out, traces) = testing::capture_async(async {

@@ -96,6 +96,10 @@ fn guarded(
             "the trace worker stopped on an internal error; traces queued or handed off from now on are dropped (counted as shutdown)"
         );
         settle_unstarted(&mut rx, counters, budget, spool);
+        // Sealed and let go, as when the worker could not start.
+        if let Some(s) = spool {
+            s.close(Vec::new());
+        }
     }
 }
 

@@ -192,12 +192,10 @@ pub fn begin_async(meta: &'static StepMeta, inputs: impl FnOnce(&mut InputWriter
 #[derive(Debug)]
 pub struct EarlyInputs(Option<String>);
 
-/// Records the inputs now (nothing when no step would be recorded here).
+/// Records the inputs now, whether or not the step will be recorded when the future is
+/// first polled (which is decided then, where and when it runs).
 #[inline]
 pub fn capture_early(inputs: impl FnOnce(&mut InputWriter)) -> EarlyInputs {
-    if !crate::api::lifecycle::is_recording() {
-        return EarlyInputs(None);
-    }
     let mut buf = String::new();
     capture_inputs(&mut buf, inputs);
     EarlyInputs(Some(buf))
