@@ -9,6 +9,10 @@ use syn::{FnArg, Ident, ItemFn, LitStr, Pat, ReturnType, Type};
 
 use crate::attr::{ExtraOptions, Options};
 
+mod future;
+
+use future::{AsyncParts, future_output, returned_async, returns_future};
+
 /// Collects the bindings of a parameter pattern (`x`, `(a, b)`, `Point { x, y }`, ...).
 fn bindings(pat: &Pat, out: &mut Vec<Ident>) {
     match pat {
@@ -318,156 +322,6 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
     };
     *item.block = syn::parse2(body)?;
     Ok(quote!(#item))
-}
-
-/// What the body of a traced `async` run needs besides its block.
-struct AsyncParts<'a> {
-    meta: &'a TokenStream2,
-    writes: &'a [TokenStream2],
-    promote: Option<&'a TokenStream2>,
-    /// The inputs were recorded (in `__ol_inputs`) and the metadata declared when the
-    /// function was called, before its body: a returned `async` block.
-    early: bool,
-}
-
-impl AsyncParts<'_> {
-    /// The body of an `async fn` (or of a returned `async` block) whose own body is
-    /// `block` and whose output is `output`: its step opens at the first poll, and records
-    /// the output when the body completes.
-    fn body(
-        &self,
-        block: &syn::Block,
-        output: Option<&Type>,
-        nameable: bool,
-        record: &TokenStream2,
-    ) -> TokenStream2 {
-        let AsyncParts {
-            meta,
-            writes,
-            promote,
-            early,
-        } = self;
-        let body_fut = match (nameable, output) {
-            (true, Some(ty)) => {
-                quote!(::openlayer_trace::__private::async_body::<#ty, _>(async move #block))
-            }
-            (true, None) => {
-                quote!(::openlayer_trace::__private::async_body::<(), _>(async move #block))
-            }
-            (false, _) => quote!(async move #block),
-        };
-        let body_fut = match promote {
-            Some(p) => quote!(async move {
-                let __ol_ret = #body_fut.await;
-                #p
-                __ol_ret
-            }),
-            None => body_fut,
-        };
-        let start = if *early {
-            quote! {
-                let __ol_start = ::openlayer_trace::__private::begin_async_early(&__OL_META, __ol_inputs);
-            }
-        } else {
-            quote! {
-                #meta
-                let __ol_start = ::openlayer_trace::__private::begin_async(&__OL_META, |__ol_w| { #(#writes)* });
-            }
-        };
-        quote! {{
-            #start
-            #[allow(unused_mut)]
-            let (__ol_ret, mut __ol_step) = ::openlayer_trace::__private::instrument(__ol_start, #body_fut).await;
-            { #record }
-            ::core::mem::drop(__ol_step);
-            __ol_ret
-        }}
-    }
-}
-
-/// Whether `ty` is a future: `impl Future<..>`, `Pin<Box<dyn Future<..>>>` (or `Box<..>`),
-/// or futures' `BoxFuture` / `LocalBoxFuture`.
-fn returns_future(ty: &Type) -> bool {
-    let is_future_bound = |b: &syn::TypeParamBound| {
-        matches!(b, syn::TypeParamBound::Trait(t)
-            if t.path.segments.last().is_some_and(|s| s.ident == "Future"))
-    };
-    match ty {
-        Type::ImplTrait(t) => t.bounds.iter().any(is_future_bound),
-        Type::TraitObject(t) => t.bounds.iter().any(is_future_bound),
-        Type::Paren(p) => returns_future(&p.elem),
-        Type::Group(g) => returns_future(&g.elem),
-        Type::Path(p) => {
-            let Some(last) = p.path.segments.last() else {
-                return false;
-            };
-            if last.ident == "BoxFuture" || last.ident == "LocalBoxFuture" {
-                return true;
-            }
-            if last.ident != "Pin" && last.ident != "Box" {
-                return false;
-            }
-            let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
-                return false;
-            };
-            args.args
-                .iter()
-                .any(|a| matches!(a, syn::GenericArgument::Type(t) if returns_future(t)))
-        }
-        _ => false,
-    }
-}
-
-/// The `Output = T` of a future type (the `T` of a `BoxFuture<'a, T>`), when it names one.
-fn future_output(ty: &Type) -> Option<&Type> {
-    if let Type::Path(p) = ty
-        && let Some(last) = p.path.segments.last()
-        && (last.ident == "BoxFuture" || last.ident == "LocalBoxFuture")
-        && let syn::PathArguments::AngleBracketed(args) = &last.arguments
-    {
-        return args.args.iter().find_map(|a| match a {
-            syn::GenericArgument::Type(t) => Some(t),
-            _ => None,
-        });
-    }
-    struct Finder<'ast>(Option<&'ast Type>);
-    impl<'ast> syn::visit::Visit<'ast> for Finder<'ast> {
-        fn visit_assoc_type(&mut self, a: &'ast syn::AssocType) {
-            if self.0.is_none() && a.ident == "Output" {
-                self.0 = Some(&a.ty);
-            }
-        }
-    }
-    let mut f = Finder(None);
-    syn::visit::Visit::visit_type(&mut f, ty);
-    f.0
-}
-
-/// The `async` block a function body ends with, `async move { .. }` or
-/// `Box::pin(async move { .. })` (as `#[async_trait]` writes an `async fn`).
-fn returned_async(block: &mut syn::Block) -> Option<&mut syn::ExprAsync> {
-    let syn::Stmt::Expr(tail, None) = block.stmts.last_mut()? else {
-        return None;
-    };
-    match tail {
-        syn::Expr::Async(a) => Some(a),
-        syn::Expr::Call(call) if call.args.len() == 1 && is_box_pin(&call.func) => {
-            match call.args.first_mut()? {
-                syn::Expr::Async(a) => Some(a),
-                _ => None,
-            }
-        }
-        _ => None,
-    }
-}
-
-/// Whether `func` is the path `Box::pin` (however qualified).
-fn is_box_pin(func: &syn::Expr) -> bool {
-    let syn::Expr::Path(p) = func else {
-        return false;
-    };
-    let segs: Vec<&Ident> = p.path.segments.iter().map(|s| &s.ident).collect();
-    matches!(segs.as_slice(), [.., b, pin] if *b == "Box" && *pin == "pin")
 }
 
 // ---------------------------------------------------------------------------------------

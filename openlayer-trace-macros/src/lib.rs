@@ -1,6 +1,6 @@
 //! The `#[trace]` attribute of `openlayer-trace`. Use it through `openlayer_trace::trace`;
 //! this crate only parses the options (`attr.rs`) and expands to calls into the library
-//! (`expand.rs`).
+//! (`expand.rs`, with the bodies of `async` runs in `expand/future.rs`).
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};

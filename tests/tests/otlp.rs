@@ -55,6 +55,19 @@ fn accepting_server(rt: &tokio::runtime::Runtime) -> MockServer {
     s
 }
 
+/// Has the receiver accept the pipeline's data-stream requests too; returns their path.
+fn accept_data_stream(rt: &tokio::runtime::Runtime, s: &MockServer) -> String {
+    let stream = format!("/v1/inference-pipelines/{PIPE}/data-stream");
+    mount(
+        rt,
+        s,
+        Mock::given(method("POST"))
+            .and(path(stream.as_str()))
+            .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"success":true}"#)),
+    );
+    stream
+}
+
 fn ok_response() -> ResponseTemplate {
     ResponseTemplate::new(200)
         .insert_header("content-type", "application/x-protobuf")
@@ -503,14 +516,7 @@ fn alongside_the_data_stream_a_collector_gets_only_its_own_headers() {
     let _l = lock();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s = server(&rt);
-    let stream = format!("/v1/inference-pipelines/{PIPE}/data-stream");
-    mount(
-        &rt,
-        &s,
-        Mock::given(method("POST"))
-            .and(path(stream.as_str()))
-            .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"success":true}"#)),
-    );
+    let stream = accept_data_stream(&rt, &s);
     mount(
         &rt,
         &s,
@@ -691,14 +697,7 @@ fn spans_of_traces_that_overflow_the_queue_are_counted() {
     let _l = lock();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s = accepting_server(&rt);
-    let stream = format!("/v1/inference-pipelines/{PIPE}/data-stream");
-    mount(
-        &rt,
-        &s,
-        Mock::given(method("POST"))
-            .and(path(stream.as_str()))
-            .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"success":true}"#)),
-    );
+    accept_data_stream(&rt, &s);
     let dir = std::env::temp_dir().join(format!("otlp-overflow-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let config = openlayer(&s)

@@ -407,22 +407,19 @@ pub(crate) struct Entered {
 /// Makes `(trace, step)` the current position; [`exit`] restores the previous one.
 #[inline]
 pub(crate) fn enter(trace: Arc<TraceShared>, step: u32) -> Entered {
-    let (prev_trace, prev_step) = POS
-        .try_with(|p| (p.trace.replace(Some(trace)), p.step.replace(step)))
-        .unwrap_or((None, NO_PARENT));
-    Entered {
-        prev_trace,
-        same: false,
-        prev_step,
-        _not_send: PhantomData,
-    }
+    replace_position(Some(trace), step)
 }
 
 /// Makes "outside any trace" the current position; [`exit`] restores the previous one.
 #[inline]
 pub(crate) fn enter_none() -> Entered {
+    replace_position(None, NO_PARENT)
+}
+
+#[inline]
+fn replace_position(trace: Option<Arc<TraceShared>>, step: u32) -> Entered {
     let (prev_trace, prev_step) = POS
-        .try_with(|p| (p.trace.take(), p.step.replace(NO_PARENT)))
+        .try_with(|p| (p.trace.replace(trace), p.step.replace(step)))
         .unwrap_or((None, NO_PARENT));
     Entered {
         prev_trace,

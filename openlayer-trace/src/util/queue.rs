@@ -184,23 +184,8 @@ impl<T> Sender<T> {
     /// Queues `value` if there is room; never waits.
     #[inline]
     pub(crate) fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
-        let shared = &*self.shared;
-        let mut st = shared.lock();
-        if st.closed {
-            return Err(TrySendError::Closed(value));
-        }
         // Room made while senders wait is theirs (as in tokio).
-        if !st.waiters.is_empty() || shared.len.load(Relaxed) >= shared.capacity {
-            return Err(TrySendError::Full(value));
-        }
-        shared.len.fetch_add(1, Relaxed);
-        st.queue.push_back(value);
-        let waker = st.rx_waker.take();
-        drop(st);
-        if let Some(w) = waker {
-            w.wake();
-        }
-        Ok(())
+        self.try_push(value, 0, true)
     }
 
     /// Queues `value` if fewer than `capacity + extra` messages are queued; never waits.
@@ -208,12 +193,26 @@ impl<T> Sender<T> {
     /// behind its row), allowed past the capacity by a bounded margin, and ahead of the
     /// senders waiting for room (which then wait for one more message to be taken).
     pub(crate) fn try_send_beyond(&self, value: T, extra: usize) -> Result<(), TrySendError<T>> {
+        self.try_push(value, extra, false)
+    }
+
+    /// Queues `value` if fewer than `capacity + extra` messages are queued (and, with
+    /// `behind_waiters`, no sender waits for room).
+    #[inline]
+    fn try_push(
+        &self,
+        value: T,
+        extra: usize,
+        behind_waiters: bool,
+    ) -> Result<(), TrySendError<T>> {
         let shared = &*self.shared;
         let mut st = shared.lock();
         if st.closed {
             return Err(TrySendError::Closed(value));
         }
-        if shared.len.load(Relaxed) >= shared.capacity.saturating_add(extra) {
+        if (behind_waiters && !st.waiters.is_empty())
+            || shared.len.load(Relaxed) >= shared.capacity.saturating_add(extra)
+        {
             return Err(TrySendError::Full(value));
         }
         shared.len.fetch_add(1, Relaxed);
