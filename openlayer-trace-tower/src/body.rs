@@ -127,22 +127,22 @@ where
 /// caught further out, by a `CatchPanicLayer`, would otherwise leave it open until the
 /// future is dropped, and record it as merely cancelled).
 pub(crate) fn with_step<R>(slot: &mut Option<StepHandle>, f: impl FnOnce() -> R) -> R {
-    /// Drops the step (closing it as panicked) if the thread unwinds; declared before the
-    /// step is entered, so that it runs after the step has stopped being current.
-    struct OnPanic<'a>(&'a mut Option<StepHandle>);
-    impl Drop for OnPanic<'_> {
-        fn drop(&mut self) {
-            if std::thread::panicking() {
-                drop(self.0.take());
-            }
-        }
-    }
     let guard = OnPanic(slot);
     // The step stays where it is (not moved out and back): it is only borrowed.
-    let entered = guard.0.as_ref().map(StepHandle::enter);
-    let out = f();
-    drop(entered);
-    // Not unwinding: nothing for the guard to do.
-    std::mem::forget(guard);
-    out
+    let _entered = guard.0.as_ref().map(StepHandle::enter);
+    // In tail position, `f`'s output is written where the caller wants it, not moved
+    // there after the step is exited (a copy of a whole response or future otherwise).
+    f()
+}
+
+/// Drops the step (closing it as panicked) if the thread unwinds; declared before the step
+/// is entered, so that it runs after the step has stopped being current.
+struct OnPanic<'a>(&'a mut Option<StepHandle>);
+
+impl Drop for OnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            drop(self.0.take());
+        }
+    }
 }
