@@ -14,7 +14,7 @@ use http_body::Body;
 use serde_json::value::RawValue;
 
 use crate::body::OpenlayerBody;
-use crate::layer::{RecordJsonBody, Settings};
+use crate::layer::{Head, RecordJsonBody, Settings};
 use crate::service::{OpenlayerService, RecordedBody, ResponseFuture, begin, respond};
 
 /// Whether the request says its body is JSON (`application/json`, `*/*+json`).
@@ -57,7 +57,7 @@ where
         let small = body.size_hint().upper().is_some_and(|n| n <= max as u64);
         // A body is read ahead only to be recorded: not when the step would not be.
         if !(small && is_json(&parts.headers) && openlayer_trace::is_recording()) {
-            let begun = begin(&self.settings, &parts, None);
+            let begun = begin(&self.settings, Head::of_parts(&parts), None);
             let req = Request::from_parts(parts, body);
             let fut = ResponseFuture::start(&mut self.inner, req, begun, self.settings.clone());
             return JsonResponseFuture {
@@ -189,7 +189,7 @@ where
                             RecordedBody::Text(&text)
                         }
                     };
-                    let begun = begin(settings, &parts, Some(recorded));
+                    let begun = begin(settings, Head::of_parts(&parts), Some(recorded));
                     let req = Request::from_parts(parts, B::from(bytes.clone()));
                     let fut = ResponseFuture::start(&mut service, req, begun, settings.clone());
                     JsonState::Running { fut }
@@ -208,7 +208,7 @@ fn read_failed<ResBody: Body + Default>(
     parts: &Parts,
     error: &str,
 ) -> Response<OpenlayerBody<ResBody>> {
-    let begun = begin(settings, parts, None);
+    let begun = begin(settings, Head::of_parts(parts), None);
     let mut step = begun.step;
     step.exception(&format_args!("reading the request body failed: {error}"));
     let mut res = Response::new(ResBody::default());

@@ -8,13 +8,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use openlayer_trace::{StepHandle, StepKind, TextInputs};
 use serde_json::value::RawValue;
 
 use crate::body::{OpenlayerBody, with_step};
-use crate::layer::{IgnoreBody, Settings, header_values};
+use crate::layer::{Head, IgnoreBody, Settings, header_values};
 
 /// The service made by [`OpenlayerLayer`](crate::OpenlayerLayer): each request becomes the
 /// root step of a trace; see the layer's documentation.
@@ -87,14 +86,14 @@ pub(crate) struct Begun {
 }
 
 /// Opens the request's root step and sets its trace's columns.
-pub(crate) fn begin(settings: &Settings, parts: &Parts, body: Option<RecordedBody<'_>>) -> Begun {
+pub(crate) fn begin(settings: &Settings, head: Head<'_>, body: Option<RecordedBody<'_>>) -> Begun {
     // The inputs: the method, the path, the allow-listed headers and the JSON body.
-    let step = openlayer_trace::step(settings.step_name(parts))
+    let step = openlayer_trace::step(settings.step_name(head))
         .kind(StepKind::UserCall)
         .start_with_text_inputs(|w| {
-            w.field("method", parts.method.as_str());
-            w.field("path", parts.uri.path());
-            record_headers(w, &settings.record_headers, &parts.headers);
+            w.field("method", head.method.as_str());
+            w.field("path", head.uri.path());
+            record_headers(w, &settings.record_headers, head.headers);
             match body {
                 Some(RecordedBody::Json(json)) => w.json("body", json),
                 Some(RecordedBody::Text(text)) => w.field("body", text),
@@ -102,9 +101,9 @@ pub(crate) fn begin(settings: &Settings, parts: &Parts, body: Option<RecordedBod
             }
         });
     if step.is_recording() {
-        let inference_id = settings.inference_id(parts);
-        let user_id = settings.user_id(parts);
-        let session_id = settings.session_id(parts);
+        let inference_id = settings.inference_id(head);
+        let user_id = settings.user_id(head);
+        let session_id = settings.session_id(head);
         if inference_id.is_some() || user_id.is_some() || session_id.is_some() {
             step.in_scope(|| {
                 openlayer_trace::update_current_trace!(
@@ -117,7 +116,7 @@ pub(crate) fn begin(settings: &Settings, parts: &Parts, body: Option<RecordedBod
     }
     Begun {
         step,
-        head: parts.method == Method::HEAD,
+        head: head.method == Method::HEAD,
     }
 }
 
@@ -136,10 +135,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let (parts, body) = req.into_parts();
-        let begun = begin(&self.settings, &parts, None);
-        let req = Request::from_parts(parts, body);
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let begun = if self.settings.needs_parts() {
+            let (parts, body) = req.into_parts();
+            let begun = begin(&self.settings, Head::of_parts(&parts), None);
+            req = Request::from_parts(parts, body);
+            begun
+        } else {
+            begin(&self.settings, Head::of_request(&req), None)
+        };
         ResponseFuture::start(&mut self.inner, req, begun, self.settings.clone())
     }
 }
