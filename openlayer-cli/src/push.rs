@@ -1,7 +1,11 @@
 //! `openlayer push FILE`: sends a local trace file's lines to the platform, in order,
 //! data-stream lines by `POST .../data-stream` and row updates by `PUT .../rows`.
 //!
-//! Progress is kept in `FILE.pushed`, replaced atomically after every line that the
+//! Consecutive data-stream lines with the same pipeline and config go out together, in
+//! requests of at most `batch_max_rows` rows and `batch_max_bytes` bytes (the SDK's own
+//! batch limits), so that a file of many small traces takes few requests.
+//!
+//! Progress is kept in `FILE.pushed`, replaced atomically after every request that the
 //! platform accepted: the line numbers sent, and the length and a hash of the file up to
 //! the last of them. A rerun skips the lines sent before, and refuses to go on if that
 //! part of the file has changed since (line numbers would no longer mean the same lines).
@@ -11,9 +15,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use openlayer_trace::{LocalLine, LocalLines, RawStreamConfig, RowUpdateConfig};
+use openlayer_trace::{Client, LocalLine, LocalLines, RawStreamConfig, RowUpdateConfig};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::progress::Progress;
 use crate::{CliError, remote_client};
@@ -112,7 +116,7 @@ fn save_state(path: &Path, state: &State) -> Result<(), CliError> {
 }
 
 pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliError> {
-    let (client, _) = remote_client()?;
+    let (client, config) = remote_client()?;
     let default_pipeline = pipeline_flag
         .or_else(|| client.inference_pipeline_id().map(str::to_string))
         .filter(|p| !p.trim().is_empty());
@@ -128,9 +132,9 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
     content.truncate(complete);
 
     let progress_path = sidecar(file);
-    let mut state = load_state(&progress_path)?;
+    let state = load_state(&progress_path)?;
     let prefix = usize::try_from(state.prefix_len).unwrap_or(usize::MAX);
-    let mut prefix_hash = match content.get(..prefix) {
+    let prefix_hash = match content.get(..prefix) {
         Some(p) => fnv1a_extend(FNV_BASIS, p),
         None => 0,
     };
@@ -167,11 +171,22 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
         }
     }
 
-    let bar = Progress::new("push", pending.len() as u64);
-    let (mut lines_sent, mut rows_sent, mut updates_sent) = (0usize, 0usize, 0usize);
+    let mut push = Pusher {
+        client: &client,
+        content: &content,
+        progress_path: &progress_path,
+        state,
+        prefix_hash,
+        bar: Progress::new("push", pending.len() as u64),
+        lines_sent: 0,
+        rows_sent: 0,
+        updates_sent: 0,
+    };
+    let limits = (config.batch_max_rows(), config.batch_max_bytes());
     let mut bad_lines = 0usize;
     let mut stopped: Option<(usize, String)> = None;
     let mut not_attempted = 0usize;
+    let mut batch: Option<Batch> = None;
     for entry in pending {
         if stopped.is_some() {
             not_attempted += 1;
@@ -181,7 +196,7 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
             Ok(line) => line,
             Err(e) => {
                 bad_lines += 1;
-                bar.add(1, 1);
+                push.bar.add(1, 1);
                 eprintln!("openlayer: {}: {e} (skipped)", file.display());
                 continue;
             }
@@ -191,14 +206,24 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
             .map(str::to_string)
             .or_else(|| default_pipeline.clone())
             .unwrap_or_default();
-        let result = match line {
+        let end = entry.offset + entry.len;
+        match line {
             LocalLine::Stream { config, rows, .. } => {
-                let n = rows.len();
-                let rows: Vec<Value> = rows.into_iter().map(Value::Object).collect();
-                client
-                    .stream_rows(&pipeline, &RawStreamConfig(config), &rows)
-                    .await
-                    .map(|()| rows_sent += n)
+                let joins = batch
+                    .as_ref()
+                    .is_some_and(|b| b.takes(&pipeline, &config, rows.len(), entry.len, limits));
+                if !joins && let Some(full) = batch.take() {
+                    let (unsent, failed) = push.stream(full).await?;
+                    if let Some(failed) = failed {
+                        stopped = Some(failed);
+                        // This line, and the lines of the batch after the refused one.
+                        not_attempted += 1 + unsent;
+                        continue;
+                    }
+                }
+                batch
+                    .get_or_insert_with(|| Batch::new(pipeline, config))
+                    .add(entry.number, end, rows, entry.len);
             }
             LocalLine::RowUpdate {
                 inference_id,
@@ -206,7 +231,16 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
                 config,
                 ..
             } => {
-                let config = match config
+                // The rows before it go first: an update never overtakes its row.
+                if let Some(full) = batch.take() {
+                    let (unsent, failed) = push.stream(full).await?;
+                    if let Some(failed) = failed {
+                        stopped = Some(failed);
+                        not_attempted += 1 + unsent;
+                        continue;
+                    }
+                }
+                let result = match config
                     .map(|c| serde_json::from_value::<RowUpdateConfig>(Value::Object(c)))
                 {
                     Some(Ok(c)) => Ok(Some(c)),
@@ -215,35 +249,43 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
                         "bad row-update config: {e}"
                     ))),
                 };
-                match config {
-                    Ok(config) => client
-                        .update_row(&pipeline, &inference_id, &Value::Object(row), config)
-                        .await
-                        .map(|()| updates_sent += 1),
+                let result = match result {
+                    Ok(config) => {
+                        client
+                            .update_row(&pipeline, &inference_id, &Value::Object(row), config)
+                            .await
+                    }
                     Err(e) => Err(e),
+                };
+                match result {
+                    Ok(()) => {
+                        push.updates_sent += 1;
+                        push.sent(&[(entry.number, end)])?;
+                    }
+                    Err(e) => {
+                        push.bar.add(1, 1);
+                        stopped = Some((entry.number, e.to_string()));
+                    }
                 }
-            }
-        };
-        match result {
-            Ok(()) => {
-                lines_sent += 1;
-                state.insert(entry.number);
-                let end = entry.offset + entry.len;
-                if end > state.prefix_len {
-                    let added = &content[state.prefix_len as usize..end as usize];
-                    prefix_hash = fnv1a_extend(prefix_hash, added);
-                    state.prefix_len = end;
-                    state.prefix_hash = format!("{prefix_hash:016x}");
-                }
-                save_state(&progress_path, &state)?;
-                bar.add(1, 0);
-            }
-            Err(e) => {
-                bar.add(1, 1);
-                stopped = Some((entry.number, e.to_string()));
             }
         }
     }
+    if stopped.is_none()
+        && let Some(last) = batch.take()
+    {
+        let (unsent, failed) = push.stream(last).await?;
+        if let Some(failed) = failed {
+            stopped = Some(failed);
+            not_attempted += unsent;
+        }
+    }
+    let Pusher {
+        bar,
+        lines_sent,
+        rows_sent,
+        updates_sent,
+        ..
+    } = push;
     bar.finish();
 
     let mut summary = format!(
@@ -274,6 +316,145 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
             m.push_str("; rerun to resume");
             Err(CliError::Failed(m))
         }
+    }
+}
+
+/// Consecutive data-stream lines with the same pipeline and config, sent as one request
+/// of at most `batch_max_rows` rows and about `batch_max_bytes` bytes (the lines' own
+/// lengths, which count the config once per line, so never less than the request).
+struct Batch {
+    pipeline: String,
+    config: Map<String, Value>,
+    rows: Vec<Value>,
+    /// Per line: its number, where it ends in the file, and how many rows it has.
+    lines: Vec<(usize, u64, usize)>,
+    bytes: u64,
+}
+
+impl Batch {
+    fn new(pipeline: String, config: Map<String, Value>) -> Batch {
+        Batch {
+            pipeline,
+            config,
+            rows: Vec::new(),
+            lines: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Whether a line of `rows` rows and `len` bytes, for `pipeline` with `config`, goes
+    /// in this request.
+    fn takes(
+        &self,
+        pipeline: &str,
+        config: &Map<String, Value>,
+        rows: usize,
+        len: u64,
+        (max_rows, max_bytes): (usize, usize),
+    ) -> bool {
+        self.pipeline == pipeline
+            && self.config == *config
+            && self.rows.len() + rows <= max_rows
+            && self.bytes + len <= max_bytes as u64
+    }
+
+    fn add(&mut self, number: usize, end: u64, rows: Vec<Map<String, Value>>, len: u64) {
+        self.lines.push((number, end, rows.len()));
+        self.rows.extend(rows.into_iter().map(Value::Object));
+        self.bytes += len;
+    }
+}
+
+/// Sends lines and records them as sent.
+struct Pusher<'a> {
+    client: &'a Client,
+    content: &'a [u8],
+    progress_path: &'a Path,
+    state: State,
+    prefix_hash: u64,
+    bar: Progress,
+    lines_sent: usize,
+    rows_sent: usize,
+    updates_sent: usize,
+}
+
+impl Pusher<'_> {
+    /// Sends a batch of data-stream lines. `Ok((unsent, Some((line, error))))` when a
+    /// line was refused: the lines before it were sent, `unsent` lines after it were not.
+    ///
+    /// A batch the platform refuses as a whole (a 4xx, or a row that fails validation)
+    /// is sent again a line at a time, so that only the refused line, and what follows
+    /// it, is left for the next run; a batch that failed otherwise (the network, a 5xx
+    /// after the client's retries) stops at its first line.
+    async fn stream(&mut self, batch: Batch) -> Result<(usize, Option<(usize, String)>), CliError> {
+        let config = RawStreamConfig(batch.config);
+        let result = self
+            .client
+            .stream_rows(&batch.pipeline, &config, &batch.rows)
+            .await;
+        let first = batch.lines[0].0;
+        match result {
+            Ok(()) => {
+                self.rows_sent += batch.rows.len();
+                let lines: Vec<(usize, u64)> =
+                    batch.lines.iter().map(|&(n, end, _)| (n, end)).collect();
+                self.sent(&lines)?;
+                return Ok((0, None));
+            }
+            Err(e) if batch.lines.len() == 1 || !refused(&e) => {
+                self.bar.add(1, 1);
+                return Ok((batch.lines.len() - 1, Some((first, e.to_string()))));
+            }
+            Err(_) => {}
+        }
+        let mut rows = batch.rows.into_iter();
+        for (i, &(number, end, n)) in batch.lines.iter().enumerate() {
+            let line_rows: Vec<Value> = rows.by_ref().take(n).collect();
+            match self
+                .client
+                .stream_rows(&batch.pipeline, &config, &line_rows)
+                .await
+            {
+                Ok(()) => {
+                    self.rows_sent += n;
+                    self.sent(&[(number, end)])?;
+                }
+                Err(e) => {
+                    self.bar.add(1, 1);
+                    return Ok((batch.lines.len() - i - 1, Some((number, e.to_string()))));
+                }
+            }
+        }
+        Ok((0, None))
+    }
+
+    /// Records `lines` (number, end offset) as sent, in one save of the progress file.
+    fn sent(&mut self, lines: &[(usize, u64)]) -> Result<(), CliError> {
+        for &(number, end) in lines {
+            self.state.insert(number);
+            if end > self.state.prefix_len {
+                let added = &self.content[self.state.prefix_len as usize..end as usize];
+                self.prefix_hash = fnv1a_extend(self.prefix_hash, added);
+                self.state.prefix_len = end;
+            }
+        }
+        self.state.prefix_hash = format!("{:016x}", self.prefix_hash);
+        save_state(self.progress_path, &self.state)?;
+        self.lines_sent += lines.len();
+        self.bar.add(lines.len() as u64, 0);
+        Ok(())
+    }
+}
+
+/// Whether the platform (or the client's own validation) refused the request for what
+/// it carries, so that sending its lines apart may get some of them through.
+fn refused(e: &openlayer_trace::Error) -> bool {
+    match e {
+        openlayer_trace::Error::Api { status, .. } => {
+            (400..500).contains(status) && !matches!(status, 401 | 403 | 404 | 408 | 429)
+        }
+        openlayer_trace::Error::InvalidInput(_) => true,
+        _ => false,
     }
 }
 

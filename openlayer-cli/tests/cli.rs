@@ -342,6 +342,170 @@ async fn push_resumes_after_a_failure_without_duplicates() {
     assert_eq!(requests(&server).await.len(), 7);
 }
 
+/// Every row's inference id, request by request: `(path, ids)`.
+fn stream_batches(reqs: &[Request]) -> Vec<(String, Vec<String>)> {
+    reqs.iter()
+        .map(|r| {
+            let ids = if r.url.path().ends_with("/data-stream") {
+                body(r)["rows"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|row| row["inferenceId"].as_str().unwrap().to_string())
+                    .collect()
+            } else {
+                vec![r.url.query().unwrap_or_default().to_string()]
+            };
+            (r.url.path().to_string(), ids)
+        })
+        .collect()
+}
+
+fn ids(range: std::ops::RangeInclusive<usize>) -> Vec<String> {
+    range.map(|i| format!("trace-{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_batches_consecutive_lines_and_keeps_updates_behind_their_rows() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+
+    // 1,200 traces of pipe-a, an update of trace-10 after the 700th, and two traces of
+    // pipe-b at the end.
+    let mut lines: Vec<String> = (1..=700)
+        .map(|i| trace_line(Some("pipe-a"), &format!("trace-{i}")))
+        .collect();
+    lines.push(update_line(Some("pipe-a"), "trace-10"));
+    lines.extend((701..=1200).map(|i| trace_line(Some("pipe-a"), &format!("trace-{i}"))));
+    lines.extend((1201..=1202).map(|i| trace_line(Some("pipe-b"), &format!("trace-{i}"))));
+    let dir = TempDir::new("push-batches");
+    let file = dir.file("traces.jsonl", &(lines.join("\n") + "\n"));
+    let file_arg = file.to_str().unwrap();
+    let env = platform(&server);
+
+    let out = openlayer(&["push", file_arg], &env).await;
+    assert_exit(&out, 0);
+    assert_stdout_has(&out, "pushed 1203 line(s) (1202 row(s), 1 update(s))");
+
+    // At most 500 rows a request; the update goes after the rows before it, and a new
+    // pipeline starts a new request.
+    let a = "/v1/inference-pipelines/pipe-a/data-stream".to_string();
+    let b = "/v1/inference-pipelines/pipe-b/data-stream".to_string();
+    assert_eq!(
+        stream_batches(&requests(&server).await),
+        [
+            (a.clone(), ids(1..=500)),
+            (a.clone(), ids(501..=700)),
+            (
+                "/v1/inference-pipelines/pipe-a/rows".to_string(),
+                vec!["inferenceId=trace-10".to_string()]
+            ),
+            (a.clone(), ids(701..=1200)),
+            (b, ids(1201..=1202)),
+        ]
+    );
+    // Each request carries its lines' config once.
+    let first = &requests(&server).await[0];
+    assert_eq!(
+        body(first)["config"],
+        json!({"outputColumnName": "output", "inferenceIdColumnName": "inferenceId", "latencyColumnName": "latency"})
+    );
+
+    // Everything was recorded as sent: a rerun sends nothing.
+    let out = openlayer(&["push", file_arg], &env).await;
+    assert_exit(&out, 0);
+    assert_stdout_has(&out, "pushed 0 line(s)");
+    assert_stdout_has(&out, "1203 line(s) already pushed");
+    assert_eq!(requests(&server).await.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_sends_a_refused_batch_again_line_by_line() {
+    let server = MockServer::start().await;
+    // Any request carrying trace-3 is refused twice: the batch, then the line alone.
+    Mock::given(method("POST"))
+        .and(body_string_contains("\"trace-3\""))
+        .respond_with(ResponseTemplate::new(422).set_body_json(json!({"error": "bad row"})))
+        .up_to_n_times(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+
+    let lines: Vec<String> = (1..=5)
+        .map(|i| trace_line(Some("pipe-a"), &format!("trace-{i}")))
+        .collect();
+    let dir = TempDir::new("push-refused");
+    let file = dir.file("traces.jsonl", &(lines.join("\n") + "\n"));
+    let file_arg = file.to_str().unwrap();
+    let env = platform(&server);
+
+    // The batch is refused; its lines go one by one until the refused one.
+    let out = openlayer(&["push", file_arg], &env).await;
+    assert_exit(&out, 1);
+    assert_stdout_has(&out, "pushed 2 line(s) (2 row(s), 0 update(s))");
+    assert_stderr_has(&out, "line 3 failed");
+    assert_stderr_has(&out, "bad row");
+    assert_stderr_has(&out, "2 line(s) after it not sent");
+    let a = "/v1/inference-pipelines/pipe-a/data-stream".to_string();
+    assert_eq!(
+        stream_batches(&requests(&server).await),
+        [
+            (a.clone(), ids(1..=5)),
+            (a.clone(), ids(1..=1)),
+            (a.clone(), ids(2..=2)),
+            (a.clone(), ids(3..=3)),
+        ]
+    );
+
+    // A rerun sends the rest, together, and nothing twice.
+    let out = openlayer(&["push", file_arg], &env).await;
+    assert_exit(&out, 0);
+    assert_stdout_has(&out, "pushed 3 line(s)");
+    assert_stdout_has(&out, "2 line(s) already pushed");
+    let all = requests(&server).await;
+    assert_eq!(stream_batches(&all[4..]), [(a, ids(3..=5))]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_stops_at_a_batch_the_server_fails_without_splitting_it() {
+    let server = MockServer::start().await;
+    // A server error (after the client's retries): no point sending the lines apart.
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500).set_body_json(json!({"error": "down"})))
+        .mount(&server)
+        .await;
+    let lines: Vec<String> = (1..=4)
+        .map(|i| trace_line(Some("pipe-a"), &format!("trace-{i}")))
+        .collect();
+    let dir = TempDir::new("push-down");
+    let file = dir.file("traces.jsonl", &(lines.join("\n") + "\n"));
+    let env = platform(&server);
+
+    let out = openlayer(&["push", file.to_str().unwrap()], &env).await;
+    assert_exit(&out, 1);
+    assert_stdout_has(&out, "pushed 0 line(s)");
+    assert_stderr_has(&out, "line 1 failed");
+    assert_stderr_has(&out, "3 line(s) after it not sent");
+    let reqs = requests(&server).await;
+    assert!(
+        reqs.iter()
+            .all(|r| body(r)["rows"].as_array().unwrap().len() == 4),
+        "only the whole batch was sent: {:?}",
+        stream_batches(&reqs)
+    );
+    assert!(!dir.0.join("traces.jsonl.pushed").exists());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn push_without_a_key_is_a_usage_error() {
     let dir = TempDir::new("push-nokey");

@@ -294,6 +294,14 @@ impl Config {
     pub fn trace_file(&self) -> &std::path::Path {
         &self.trace_file
     }
+    /// The most rows in one data-stream request (default 500).
+    pub fn batch_max_rows(&self) -> usize {
+        self.batch_max_rows
+    }
+    /// The most bytes in one data-stream request body (default 4 MiB).
+    pub fn batch_max_bytes(&self) -> usize {
+        self.batch_max_bytes
+    }
 }
 
 /// Builds a [`Config`]; see [`Config::builder`].
