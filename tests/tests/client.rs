@@ -616,6 +616,150 @@ async fn load_or_create_loads_without_creating() {
     assert_eq!(p.id, "i1");
 }
 
+#[tokio::test]
+async fn a_creation_is_repeated_only_when_it_cannot_have_been_acted_on() {
+    // A 502 may come after the project was made: not tried again.
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/projects"))
+        .respond_with(ResponseTemplate::new(502))
+        .mount(&server)
+        .await;
+    let c = client(&server);
+    let err = c
+        .create_project("Chatbot", TaskType::LlmBase, None)
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(&err).0, 502);
+    assert_eq!(requests(&server).await.len(), 1, "one attempt only");
+
+    // A 429 says nothing was done: tried again, like any request.
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/projects/p1/inference-pipelines"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after-ms", "10"))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    mount_create(
+        &server,
+        "/v1/projects/p1/inference-pipelines",
+        json!({"name": "production", "description": null}),
+        json!({"id": "i1", "name": "production"}),
+    )
+    .await;
+    let p = client(&server)
+        .create_inference_pipeline("p1", "production", None)
+        .await
+        .unwrap();
+    assert_eq!(p.id, "i1");
+    assert_eq!(requests(&server).await.len(), 2);
+}
+
+#[tokio::test]
+async fn load_or_create_looks_again_after_a_creation_it_did_not_hear_back_from() {
+    // A gateway timeout after the project was made, or a 409 because another process
+    // made it at the same moment: the next look finds it, and nothing is made twice.
+    for status in [504, 409] {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v1/projects"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"items": []})))
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/v1/projects"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(
+                json!({"items": [{"id": "p1", "name": "Chatbot", "taskType": "llm-base"}]}),
+            ))
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/v1/projects"))
+            .respond_with(ResponseTemplate::new(status))
+            .expect(1)
+            .mount(&server)
+            .await;
+        mount_list(
+            &server,
+            "/v1/projects/p1/inference-pipelines",
+            Some("production"),
+            json!({"items": [{"id": "i1", "name": "production"}]}),
+        )
+        .await;
+        let p = chatbot_production(&client(&server)).await;
+        assert_eq!(p.id, "i1", "after a {status}");
+        let posts = requests(&server)
+            .await
+            .iter()
+            .filter(|r| r.method.as_str() == "POST")
+            .count();
+        assert_eq!(posts, 1, "after a {status}");
+    }
+}
+
+#[tokio::test]
+async fn load_or_create_creates_again_when_a_failed_creation_left_nothing() {
+    let server = MockServer::start().await;
+    mount_list(
+        &server,
+        "/v1/projects",
+        Some("Chatbot"),
+        json!({"items": [{"id": "p1", "name": "Chatbot", "taskType": "llm-base"}]}),
+    )
+    .await;
+    // The pipeline is missing before and after the failed creation.
+    Mock::given(method("GET"))
+        .and(path("/v1/projects/p1/inference-pipelines"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"items": []})))
+        .expect(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/projects/p1/inference-pipelines"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    mount_create(
+        &server,
+        "/v1/projects/p1/inference-pipelines",
+        json!({"name": "production", "description": null}),
+        json!({"id": "i1", "name": "production"}),
+    )
+    .await;
+    let p = chatbot_production(&client(&server)).await;
+    assert_eq!(p.id, "i1");
+
+    // A creation that keeps failing ends with its error, after a last look.
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"items": []})))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500).set_body_json(json!({"error": "broken"})))
+        .mount(&server)
+        .await;
+    let c = Client::builder()
+        .config(Config::default())
+        .api_key(KEY)
+        .base_url(format!("{}/v1", server.uri()))
+        .max_retries(1)
+        .build()
+        .unwrap();
+    let err = c
+        .load_or_create_inference_pipeline("Chatbot", "production", TaskType::LlmBase)
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(&err).0, 500);
+    let reqs = requests(&server).await;
+    let kinds: Vec<&str> = reqs.iter().map(|r| r.method.as_str()).collect();
+    // Look, make, look, make, a last look: two creations with max_retries(1).
+    assert_eq!(kinds, ["GET", "POST", "GET", "POST", "GET"]);
+}
+
 // ---- paging ---------------------------------------------------------------------------
 
 /// Items `{"id": "<prefix><n>", "name": "item <n>"}` for each `n`.

@@ -376,6 +376,13 @@ impl Client {
     }
 
     /// Creates a project (`POST /projects`). Needs an API key.
+    ///
+    /// Tried again only when the platform cannot have acted on the request (a refused
+    /// connection, a 429): after a timeout or a 5xx the project may exist, and a retry
+    /// could make a second one. [`load_or_create_inference_pipeline`] looks for it before
+    /// it tries again.
+    ///
+    /// [`load_or_create_inference_pipeline`]: Self::load_or_create_inference_pipeline
     pub async fn create_project(
         &self,
         name: &str,
@@ -402,7 +409,7 @@ impl Client {
             query: Vec::new(),
             body: Some(serde_json::to_vec(&body)?.into()),
         };
-        send(t, &req).await?.json()
+        send_unrepeatable(t, &req).await?.json()
     }
 
     /// Lists every inference pipeline of a project
@@ -442,6 +449,9 @@ impl Client {
 
     /// Creates an inference pipeline in a project
     /// (`POST /projects/{project_id}/inference-pipelines`). Needs an API key.
+    ///
+    /// Retried as [`create_project`](Self::create_project) is: only when the platform
+    /// cannot have acted on the request.
     pub async fn create_inference_pipeline(
         &self,
         project_id: &str,
@@ -462,7 +472,7 @@ impl Client {
             query: Vec::new(),
             body: Some(serde_json::to_vec(&Body { name, description })?.into()),
         };
-        let p: InferencePipeline = send(t, &req).await?.json()?;
+        let p: InferencePipeline = send_unrepeatable(t, &req).await?.json()?;
         Ok(p.in_project(project_id))
     }
 
@@ -518,34 +528,42 @@ impl Client {
                 extra: Map::new(),
             });
         }
-        let project = match self
-            .list_projects(Some(project_name))
-            .await?
-            .into_iter()
-            .find(|p| p.name == project_name)
-        {
-            Some(p) => p,
-            None => {
+        let project = load_or_create(
+            self,
+            || async {
+                Ok(self
+                    .list_projects(Some(project_name))
+                    .await?
+                    .into_iter()
+                    .find(|p| p.name == project_name))
+            },
+            || {
                 tracing::info!(target: "openlayer_trace", project = project_name, "creating project");
-                self.create_project(project_name, task_type, None).await?
-            }
-        };
-        if let Some(p) = self
-            .list_inference_pipelines(&project.id, Some(pipeline_name))
-            .await?
-            .into_iter()
-            .find(|p| p.name == pipeline_name)
-        {
-            return Ok(p);
-        }
-        tracing::info!(
-            target: "openlayer_trace",
-            project = project_name,
-            pipeline = pipeline_name,
-            "creating inference pipeline"
-        );
-        self.create_inference_pipeline(&project.id, pipeline_name, None)
-            .await
+                self.create_project(project_name, task_type.clone(), None)
+            },
+        )
+        .await?;
+        let project_id = project.id.as_str();
+        load_or_create(
+            self,
+            || async {
+                Ok(self
+                    .list_inference_pipelines(project_id, Some(pipeline_name))
+                    .await?
+                    .into_iter()
+                    .find(|p| p.name == pipeline_name))
+            },
+            || {
+                tracing::info!(
+                    target: "openlayer_trace",
+                    project = project_name,
+                    pipeline = pipeline_name,
+                    "creating inference pipeline"
+                );
+                self.create_inference_pipeline(project_id, pipeline_name, None)
+            },
+        )
+        .await
     }
 
     /// Checks the pipeline id of a call that writes data: it must not be empty, except in
@@ -740,6 +758,53 @@ fn describe(req: &ApiRequest) -> String {
     format!("{} {}?{}", req.method, req.path, url.query().unwrap_or(""))
 }
 
+/// What `find` finds, else what `create` makes. A creation that fails where the platform
+/// may have acted on it (a timeout, a 5xx, a 409 from someone creating it at the same
+/// time) is followed by another look, and by another creation only when the thing is
+/// still missing, up to `max_retries` times: a lost answer never makes a second one.
+async fn load_or_create<T, Find, FindFut, Create, CreateFut>(
+    client: &Client,
+    find: Find,
+    create: Create,
+) -> Result<T, Error>
+where
+    Find: Fn() -> FindFut,
+    FindFut: Future<Output = Result<Option<T>, Error>>,
+    Create: Fn() -> CreateFut,
+    CreateFut: Future<Output = Result<T, Error>>,
+{
+    let t = client.remote("load_or_create_inference_pipeline")?;
+    let mut retries = 0;
+    loop {
+        if let Some(found) = find().await? {
+            return Ok(found);
+        }
+        let error = match create().await {
+            Ok(made) => return Ok(made),
+            Err(e) => e,
+        };
+        let uncertain = match &error {
+            Error::Transport { .. } => true,
+            Error::Api { status, .. } => crate::transport::is_retryable_status(*status),
+            _ => false,
+        };
+        if !uncertain {
+            return Err(error);
+        }
+        if retries >= t.max_retries() {
+            // One last look: the creation may have gone through after all.
+            return find().await?.ok_or(error);
+        }
+        tracing::debug!(
+            target: "openlayer_trace",
+            error = %error,
+            "creation failed; looking again before another try"
+        );
+        tokio::time::sleep(t.backoff(retries, None)).await;
+        retries += 1;
+    }
+}
+
 async fn send(t: &Transport, req: &ApiRequest) -> Result<ApiResponse, Error> {
     let outcome = t.send(req, None).await;
     if outcome.retries > 0 {
@@ -751,6 +816,11 @@ async fn send(t: &Transport, req: &ApiRequest) -> Result<ApiResponse, Error> {
         );
     }
     outcome.result
+}
+
+/// [`send`] for a request that a repeat would carry out twice (a creation).
+async fn send_unrepeatable(t: &Transport, req: &ApiRequest) -> Result<ApiResponse, Error> {
+    t.send_unrepeatable(req).await.result
 }
 
 /// Sends `req` and checks the answer of a write: a 2xx whose body, when it is JSON with

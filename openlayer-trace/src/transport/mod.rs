@@ -162,6 +162,15 @@ impl ApiResponse {
     }
 }
 
+/// Which failed attempts [`Transport::send_with`] tries again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Every retryable one.
+    Any,
+    /// Only those the server cannot have acted on.
+    Unsent,
+}
+
 /// The classified result of one attempt.
 #[derive(Debug)]
 pub(crate) enum Attempt {
@@ -173,6 +182,10 @@ pub(crate) enum Attempt {
         error: Error,
         /// The wait the server asked for (`retry-after-ms` or `Retry-After`), if any.
         retry_after: Option<Duration>,
+        /// Whether the server cannot have acted on the request: no connection was made,
+        /// or it answered 429. Only then is a request that must not be repeated (a
+        /// creation) tried again.
+        unsent: bool,
     },
     /// Final: any other non-2xx, or a request that cannot be built.
     Fatal(Error),
@@ -422,7 +435,11 @@ impl Transport {
             is_retryable_status(status)
         };
         if retryable {
-            Attempt::Retryable { error, retry_after }
+            Attempt::Retryable {
+                error,
+                retry_after,
+                unsent: status == 429,
+            }
         } else {
             Attempt::Fatal(error)
         }
@@ -432,6 +449,22 @@ impl Transport {
     /// the deadline is abandoned with [`Error::Timeout`], and when the next attempt
     /// would start after it, the last attempt's error is returned.
     pub(crate) async fn send(&self, req: &ApiRequest, deadline: Option<Instant>) -> SendOutcome {
+        self.send_with(req, deadline, Repeat::Any).await
+    }
+
+    /// Like [`send`](Self::send), for a request that must not be repeated once the
+    /// server may have acted on it (a creation, which a repeat would make twice): tried
+    /// again only when the server cannot have (a refused connection, a 429).
+    pub(crate) async fn send_unrepeatable(&self, req: &ApiRequest) -> SendOutcome {
+        self.send_with(req, None, Repeat::Unsent).await
+    }
+
+    async fn send_with(
+        &self,
+        req: &ApiRequest,
+        deadline: Option<Instant>,
+        repeat: Repeat,
+    ) -> SendOutcome {
         let start = Instant::now();
         let mut retries = 0;
         loop {
@@ -473,7 +506,25 @@ impl Transport {
                         retries,
                     };
                 }
-                Attempt::Retryable { error, retry_after } => (error, retry_after),
+                Attempt::Retryable {
+                    error,
+                    retry_after,
+                    unsent,
+                } => {
+                    if repeat == Repeat::Unsent && !unsent {
+                        tracing::debug!(
+                            target: "openlayer_trace",
+                            error = %error,
+                            retries,
+                            "not retried: the server may have acted on the request"
+                        );
+                        return SendOutcome {
+                            result: Err(error),
+                            retries,
+                        };
+                    }
+                    (error, retry_after)
+                }
             };
             if retry_after.is_some_and(|w| w > MAX_RETRY_AFTER) {
                 // Longer than we wait in a request: never retry sooner than the server
@@ -517,6 +568,11 @@ impl Transport {
         }
     }
 
+    /// The most retries of a request after its first attempt.
+    pub(crate) fn max_retries(&self) -> u32 {
+        self.inner.max_retries
+    }
+
     /// The wait before retry number `retry` (0 for the first retry): 0.5 s · 2^retry
     /// capped at 8 s, plus up to 25 % of jitter; a `retry_after` of more than 0 and at
     /// most 60 s replaces it.
@@ -556,6 +612,8 @@ impl Transport {
             Attempt::Retryable {
                 error,
                 retry_after: None,
+                // A connection that was never made carried nothing.
+                unsent: e.is_connect(),
             }
         }
     }

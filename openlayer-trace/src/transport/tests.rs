@@ -284,8 +284,13 @@ async fn retry_after_ms_is_honoured() {
     }
     server.set_behavior(Behavior::rate_limited_ms(1, 1234));
     match t.send_once(&data_stream(&["a"])).await {
-        Attempt::Retryable { retry_after, .. } => {
+        Attempt::Retryable {
+            retry_after,
+            unsent,
+            ..
+        } => {
             assert_eq!(retry_after, Some(Duration::from_millis(1234)));
+            assert!(unsent, "a 429 was not acted on");
         }
         a => panic!("{a:?}"),
     }
@@ -307,8 +312,10 @@ async fn connection_refused_is_retried_until_the_server_is_up() {
                     timeout,
                 },
             retry_after: None,
+            unsent,
         } => {
             assert!(!timeout);
+            assert!(unsent, "a refused connection carried nothing");
             assert_eq!(request, format!("POST {DATA_STREAM}"));
             assert!(message.to_lowercase().contains("refused"), "{message}");
             assert!(!message.contains("127.0.0.1"), "no URL: {message}");
@@ -348,8 +355,12 @@ async fn a_hung_server_hits_the_request_timeout() {
     match t.send_once(&data_stream(&["a"])).await {
         Attempt::Retryable {
             error: Error::Transport { timeout, .. },
+            unsent,
             ..
-        } => assert!(timeout),
+        } => {
+            assert!(timeout);
+            assert!(!unsent, "a request that timed out may have been acted on");
+        }
         a => panic!("{a:?}"),
     }
     let took = start.elapsed();
