@@ -5,7 +5,7 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use openlayer_trace::{Config, trace};
+use openlayer_trace::{Config, TraceIteratorExt, trace};
 use openlayer_trace_tests::child::{self, report, results, temp_dir, wait_until};
 use openlayer_trace_tests::logs::Capture;
 
@@ -109,6 +109,36 @@ fn child() {
             assert_eq!(s.written, 65, "{s:?}");
             assert_eq!(s.oldest_open_trace_age, Duration::ZERO);
         }
+        "stream_output" => {
+            // Requests of 16 KiB: a stream keeps 8 KiB of output.
+            let config = config(&file).batch_max_bytes(16 * 1024).build().unwrap();
+            let guard = openlayer_trace::init(config).unwrap();
+            // Text: 1,000 items of 100 bytes; 82 fit in 8 KiB (the bound is checked
+            // before each item), the other 918 are counted.
+            let pieces = (0..1000).map(|i| format!("{i:0>100}"));
+            let joined: usize = pieces.traced("tokens").map(|p| p.len()).sum();
+            assert_eq!(joined, 100_000, "every item still reaches the consumer");
+            // A list: 2,000 numbers of 6 digits and a comma, 7 bytes each.
+            let numbers = (100_000..102_000u32).traced("numbers");
+            assert_eq!(numbers.count(), 2000);
+            let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+            assert_eq!(s.written, 2, "both rows fit in a request: {s:?}");
+            let text = std::fs::read_to_string(&file).unwrap();
+            let rows: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["rows"][0].clone())
+                .collect();
+            let tokens = rows[0]["output"].as_str().unwrap();
+            let kept: String = (0..82).map(|i| format!("{i:0>100}")).collect();
+            assert_eq!(tokens, format!("{kept}…[truncated 918 items]"));
+            let list = rows[1]["output"].as_array().unwrap();
+            // 1 + 7 * n >= 8192 first at n = 1171 items kept.
+            assert_eq!(list.len(), 1172, "the kept items and the marker");
+            assert_eq!(list[0], 100_000);
+            assert_eq!(list[1170], 101_170);
+            assert_eq!(list[1171], "…[truncated 829 items]");
+            report(&[("tokens", tokens.len().to_string())]);
+        }
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -131,4 +161,9 @@ fn open_traces_steps_count_against_queue_max_bytes() {
 #[test]
 fn a_root_held_open_by_a_spawned_loop_is_shown_and_warned_about() {
     run("open");
+}
+
+#[test]
+fn a_streams_output_is_bounded_and_marked() {
+    run("stream_output");
 }

@@ -70,6 +70,7 @@ fn install(pipeline: Arc<Exporter>) -> Option<Arc<Exporter>> {
     crate::util::open_traces::configure(
         c.max_steps_per_trace,
         c.queue_max_bytes,
+        c.batch_max_bytes,
         c.open_trace_warn_after,
     );
     #[cfg(any(test, feature = "test-util"))]

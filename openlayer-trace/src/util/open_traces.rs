@@ -28,6 +28,8 @@ static MAX_STEPS: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_STEPS);
 /// The most bytes open traces may hold (a quarter of `queue_max_bytes`).
 static MAX_BYTES: AtomicUsize = AtomicUsize::new(32 * 1024 * 1024);
 static WARN_AFTER_NS: AtomicU64 = AtomicU64::new(DEFAULT_WARN_AFTER.as_nanos() as u64);
+/// The most bytes of output a traced stream accumulates (see [`stream_output_max`]).
+static STREAM_OUTPUT_MAX: AtomicUsize = AtomicUsize::new(2 * 1024 * 1024);
 /// Bytes held by open traces now.
 static HELD: AtomicUsize = AtomicUsize::new(0);
 static STEPS_DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -86,13 +88,33 @@ fn shard(i: usize) -> std::sync::MutexGuard<'static, Shard> {
 }
 
 /// Applies a configuration's bounds (at `init` or lazy configuration).
-pub(crate) fn configure(max_steps: usize, queue_max_bytes: usize, warn_after: Duration) {
+pub(crate) fn configure(
+    max_steps: usize,
+    queue_max_bytes: usize,
+    batch_max_bytes: usize,
+    warn_after: Duration,
+) {
     MAX_STEPS.store(max_steps.max(1), Relaxed);
     MAX_BYTES.store((queue_max_bytes / 4).max(1), Relaxed);
+    // Half a request (what a row may hold, with room for the rest of it), and at most a
+    // quarter of what open traces may hold.
+    STREAM_OUTPUT_MAX.store(
+        (batch_max_bytes / 2).min(queue_max_bytes / 16).max(1024),
+        Relaxed,
+    );
     WARN_AFTER_NS.store(
         u64::try_from(warn_after.as_nanos()).unwrap_or(u64::MAX),
         Relaxed,
     );
+}
+
+/// The most bytes of output the default stream accumulator keeps: half of
+/// `batch_max_bytes`, and at most a sixteenth of `queue_max_bytes` (2 MiB by default).
+/// Items past it are counted, not kept, so that a stream that never ends holds bounded
+/// memory and its row still fits in a request.
+#[inline]
+pub(crate) fn stream_output_max() -> usize {
+    STREAM_OUTPUT_MAX.load(Relaxed)
 }
 
 /// Bytes held by open traces now (counted in the queue's share of the budget).

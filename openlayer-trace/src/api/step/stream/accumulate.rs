@@ -67,10 +67,18 @@ pub trait Accumulator<Item: ?Sized> {
 /// The choice is made by the first item that is not `None`. Should a later item not be a
 /// string (possible with `serde_json::Value` items), the step's output becomes a list
 /// whose first element is the text joined so far.
+///
+/// The output is bounded: once it holds half of `batch_max_bytes` (2 MiB by default, at
+/// most a sixteenth of `queue_max_bytes`), later items are counted rather than kept, and
+/// the output ends with the marker `…[truncated N items]` (appended to the text, or as the
+/// list's last element). A stream that never ends holds bounded memory, and its row still
+/// fits in a request.
 #[derive(Debug, Default)]
 pub struct Collect {
     text: String,
     mode: Mode,
+    /// Items left out once the output reached its bound.
+    cut: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +100,10 @@ impl Collect {
 
     #[inline]
     fn push_item<T: Serialize + ?Sized>(&mut self, item: &T) {
+        if self.text.len() >= crate::util::open_traces::stream_output_max() {
+            self.cut += 1;
+            return;
+        }
         if self.mode != Mode::List {
             match item.serialize(JoinStr(&mut self.text)) {
                 Ok(true) => {
@@ -136,10 +148,20 @@ impl<T: Serialize + ?Sized> Accumulator<T> for Collect {
     }
 
     fn finish(&mut self, step: &mut StepHandle) {
+        let marker = (self.cut > 0).then(|| format!("…[truncated {} items]", self.cut));
         match self.mode {
-            Mode::Empty | Mode::Join => step.output(self.text.as_str()),
+            Mode::Empty | Mode::Join => {
+                if let Some(marker) = marker {
+                    self.text.push_str(&marker);
+                }
+                step.output(self.text.as_str())
+            }
             Mode::List => {
                 let mut list = std::mem::take(&mut self.text);
+                if let Some(marker) = marker {
+                    list.push(',');
+                    crate::util::json::push_str(&mut list, &marker);
+                }
                 list.push(']');
                 match serde_json::value::RawValue::from_string(list) {
                     Ok(raw) => step.output(&raw),
