@@ -358,7 +358,8 @@ fn is_stream_type(ty: &Type) -> bool {
     }
 }
 
-/// Whether `ty` is `Result<impl Stream, E>`, as streaming clients return (not iterators).
+/// Whether `ty` is `Result<impl Stream, E>` (as streaming clients return) or
+/// `Result<impl Iterator, E>`.
 fn is_result_of_stream(ty: &Type) -> bool {
     match ty {
         Type::Paren(p) => is_result_of_stream(&p.elem),
@@ -366,24 +367,7 @@ fn is_result_of_stream(ty: &Type) -> bool {
         Type::Path(p) => p.path.segments.last().is_some_and(|last| {
             last.ident == "Result"
                 && matches!(&last.arguments, syn::PathArguments::AngleBracketed(args)
-                    if matches!(args.args.first(), Some(syn::GenericArgument::Type(t)) if is_async_stream(t)))
-        }),
-        _ => false,
-    }
-}
-
-/// Whether `ty` is `impl Stream<..>` (or a relative): not an iterator.
-fn is_async_stream(ty: &Type) -> bool {
-    match ty {
-        Type::Paren(p) => is_async_stream(&p.elem),
-        Type::Group(g) => is_async_stream(&g.elem),
-        Type::ImplTrait(t) => t.bounds.iter().any(|b| match b {
-            syn::TypeParamBound::Trait(tb) => tb.path.segments.last().is_some_and(|s| {
-                ["Stream", "TryStream", "FusedStream"]
-                    .iter()
-                    .any(|n| s.ident == n)
-            }),
-            _ => false,
+                    if matches!(args.args.first(), Some(syn::GenericArgument::Type(t)) if is_stream_type(t)))
         }),
         _ => false,
     }
@@ -576,7 +560,7 @@ fn expand_stream(p: StreamParts<'_>) -> TokenStream2 {
     };
     let wrap = quote! {
         #[allow(unused_imports)]
-        use ::openlayer_trace::__private::{ReturnedStream as _, ReturnedResultStream as _, #acc_trait as _};
+        use ::openlayer_trace::__private::{ReturnedStream as _, ReturnedResultStream as _, ReturnedResultIter as _, #acc_trait as _};
         let __ol_kind = #kind;
         let __ol_acc = #acc;
         #returned

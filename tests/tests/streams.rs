@@ -128,6 +128,48 @@ fn open_quietly(busy: bool) -> Result<impl Stream<Item = String>, Refused> {
     Ok(futures_util::stream::empty())
 }
 
+/// Opens a "cursor" over `n` rows, or fails before any: a `Result` of an iterator.
+#[trace]
+fn open_rows(n: u32, fail: bool) -> Result<impl Iterator<Item = String>, String> {
+    if fail {
+        return Err("no such table".to_string());
+    }
+    Ok((0..n).map(piece))
+}
+
+/// The same, as a concrete (boxed) type.
+#[trace(stream)]
+fn open_rows_boxed(n: u32) -> Result<Box<dyn Iterator<Item = u32> + Send>, String> {
+    Ok(Box::new(0..n))
+}
+
+#[test]
+fn a_result_of_an_iterator_is_traced_as_the_iterator_or_the_error() {
+    let (out, traces) = testing::capture(|| open_rows(3, false).unwrap().collect::<Vec<_>>());
+    assert_eq!(out.concat(), "t0t1t2");
+    let t = only(&traces);
+    // The items are produced under the step, which ends with the iterator.
+    assert_eq!(tree(t), "open_rows(piece, piece, piece)");
+    assert_eq!(t.root()["output"], "t0t1t2");
+    assert_eq!(t.root()["inputs"], json!({"n": 3, "fail": false}));
+
+    let (out, traces) = testing::capture(|| open_rows(3, true).map(|_| ()));
+    assert_eq!(out, Err("no such table".to_string()));
+    let t = only(&traces);
+    assert!(t.root()["output"].is_null());
+    assert_eq!(t.root()["metadata"]["Exceptions"], "no such table");
+
+    // Abandoned after one item: cancelled, with what it produced.
+    let (_, traces) = testing::capture(|| open_rows(3, false).unwrap().next());
+    let root = only(&traces).root();
+    assert_eq!(root["output"], "t0");
+    assert_eq!(root["metadata"]["cancelled"], true);
+
+    let (out, traces) = testing::capture(|| open_rows_boxed(4).unwrap().sum::<u32>());
+    assert_eq!(out, 6);
+    assert_eq!(only(&traces).root()["output"], json!([0, 1, 2, 3]));
+}
+
 #[tokio::test]
 async fn a_result_of_a_stream_with_skip_output_is_a_call() {
     let (out, traces) =

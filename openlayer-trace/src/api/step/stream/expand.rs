@@ -66,6 +66,10 @@ impl<S: Stream> ReturnedStream for Returned<'_, S> {
 #[derive(Debug)]
 pub struct ResultStreamItems<S, E>(PhantomData<fn() -> (S, E)>);
 
+/// A returned `Result` of an iterator.
+#[derive(Debug)]
+pub struct ResultIterItems<S, E>(PhantomData<fn() -> (S, E)>);
+
 /// A returned `Result` of a stream (chosen, as a stream is, before an iterator).
 pub trait ReturnedResultStream {
     /// The stream's type.
@@ -76,12 +80,49 @@ pub trait ReturnedResultStream {
     fn __ol_kind(&self) -> ResultStreamItems<Self::Stream, Self::Error>;
 }
 
+/// A returned `Result` of an iterator.
+pub trait ReturnedResultIter {
+    /// The iterator's type.
+    type Iter;
+    /// The error's type.
+    type Error;
+    /// The iterator, or the error.
+    fn __ol_kind(&self) -> ResultIterItems<Self::Iter, Self::Error>;
+}
+
 impl<S: Stream, E: Display> ReturnedResultStream for Returned<'_, Result<S, E>> {
     type Stream = S;
     type Error = E;
     #[inline]
     fn __ol_kind(&self) -> ResultStreamItems<S, E> {
         ResultStreamItems(PhantomData)
+    }
+}
+
+impl<I: Iterator, E: Display> ReturnedResultIter for Returned<'_, Result<I, E>> {
+    type Iter = I;
+    type Error = E;
+    #[inline]
+    fn __ol_kind(&self) -> ResultIterItems<I, E> {
+        ResultIterItems(PhantomData)
+    }
+}
+
+/// The `Ok` value traced by `trace`; an error (no stream or iterator) fails and ends the
+/// step at once.
+#[inline]
+fn wrap_result<S, E: Display, T>(
+    returned: Result<S, E>,
+    mut handle: StepHandle,
+    trace: impl FnOnce(S, StepHandle) -> T,
+) -> Result<T, E> {
+    match returned {
+        Ok(inner) => Ok(trace(inner, handle)),
+        Err(e) => {
+            handle.error(&e);
+            handle.finish();
+            Err(e)
+        }
     }
 }
 
@@ -97,17 +138,29 @@ impl<S: Stream, E: Display> ResultStreamItems<S, E> {
     pub fn wrap<A: Accumulator<S::Item>>(
         self,
         returned: Result<S, E>,
-        mut handle: StepHandle,
+        handle: StepHandle,
         acc: A,
     ) -> Result<Traced<S, A>, E> {
-        match returned {
-            Ok(stream) => Ok(Traced::stream(stream, handle, acc)),
-            Err(e) => {
-                handle.error(&e);
-                handle.finish();
-                Err(e)
-            }
-        }
+        wrap_result(returned, handle, |s, h| Traced::stream(s, h, acc))
+    }
+}
+
+impl<I: Iterator, E: Display> ResultIterItems<I, E> {
+    /// The items' type, to pick the accumulator.
+    #[inline]
+    pub fn items(&self) -> ItemType<I::Item> {
+        ItemType(PhantomData)
+    }
+
+    /// The traced iterator; an error (no iterator) fails and ends the step at once.
+    #[inline]
+    pub fn wrap<A: Accumulator<I::Item>>(
+        self,
+        returned: Result<I, E>,
+        handle: StepHandle,
+        acc: A,
+    ) -> Result<Traced<I, A>, E> {
+        wrap_result(returned, handle, |i, h| Traced::iter(i, h, acc))
     }
 }
 
