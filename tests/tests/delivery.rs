@@ -116,6 +116,8 @@ fn child() {
     match scenario.as_str() {
         "server_errors" => server_errors(),
         "rate_limited" => rate_limited(),
+        "rate_limited_hold" => rate_limited_hold(),
+        "rate_limited_long" => rate_limited_long(),
         "refused" => refused(),
         "refused_without_spool" => refused_without_spool(),
         "hang_deadline" => hang_deadline(),
@@ -190,6 +192,74 @@ fn rate_limited() {
     assert_eq!(r.stats.sent, 20);
     assert_eq!(duplicates(&server), 0);
     assert_settled(&r.stats);
+}
+
+/// 429 with `Retry-After: 2` and no retries left: the rows are spooled, and no request
+/// of any kind (later rows, the replay) starts before the two seconds have passed.
+fn rate_limited_hold() {
+    let server = TestServer::start_with(Behavior::rate_limited(1, 2));
+    let dir = temp_dir("rate-limited-hold");
+    let config = base(&server.url())
+        .spool_dir(&dir)
+        .max_in_flight(1)
+        .max_retries(0)
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    let mut ids = produce("hold-a", 5);
+    assert!(wait_until(Duration::from_secs(5), || server
+        .request_count()
+        >= 1));
+    std::thread::sleep(Duration::from_millis(200));
+    ids.extend(produce("hold-b", 5));
+    assert!(wait_until(Duration::from_secs(10), || all_received(
+        &server, &ids
+    )));
+    let requests = server.requests();
+    assert_eq!(requests[0].outcome, Outcome::Answered(429));
+    for r in &requests[1..] {
+        let after = r.received_at - requests[0].received_at;
+        assert!(
+            after >= Duration::from_millis(1900),
+            "request {} came {after:?} after the 429",
+            r.seq
+        );
+    }
+    let r = guard.shutdown(Duration::from_secs(5)).unwrap();
+    let s = &r.stats;
+    outcome("rate_limited_hold", &ids, &server, s);
+    assert_settled(s);
+    assert_eq!(s.spooled, 5, "{s:?}");
+    assert_eq!(s.replayed, 5, "{s:?}");
+    assert_eq!(s.dropped.total(), 0, "{s:?}");
+    assert_eq!(duplicates(&server), 0);
+}
+
+/// 429 with `Retry-After: 120`: longer than a request waits. Nothing more is sent until
+/// then; at shutdown the rows go to the spool, none is dropped.
+fn rate_limited_long() {
+    let server = TestServer::start_with(Behavior::rate_limited(100, 120));
+    let dir = temp_dir("rate-limited-long");
+    let config = base(&server.url())
+        .spool_dir(&dir)
+        .max_in_flight(1)
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    let mut ids = produce("long-a", 5);
+    assert!(wait_until(Duration::from_secs(5), || server
+        .request_count()
+        >= 1));
+    ids.extend(produce("long-b", 5));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(server.request_count(), 1, "{:?}", server.requests());
+    let r = guard.shutdown(Duration::from_secs(1)).unwrap();
+    let s = &r.stats;
+    outcome("rate_limited_long", &ids, &server, s);
+    assert_eq!(server.request_count(), 1);
+    assert_eq!(s.spooled, 10, "{s:?}");
+    assert_eq!(s.dropped.total(), 0, "{s:?}");
+    assert_settled(s);
 }
 
 /// Connection refused for a while: everything is spooled; once the server is up again,
@@ -773,6 +843,17 @@ fn server_errors_then_ok_lose_nothing() {
 #[test]
 fn rate_limiting_with_retry_after_is_honoured() {
     assert_zero_loss(&run("rate_limited"));
+}
+
+#[test]
+fn a_retry_after_beyond_the_retries_holds_every_request_back() {
+    assert_zero_loss(&run("rate_limited_hold"));
+}
+
+#[test]
+fn a_long_retry_after_holds_requests_back_until_shutdown_spools_them() {
+    let r = run("rate_limited_long");
+    assert_eq!(r["spooled"], "10", "{r:?}");
 }
 
 #[test]

@@ -198,6 +198,10 @@ pub(crate) struct SendOutcome {
     pub result: Result<ApiResponse, Error>,
     /// How many retries were made (attempts minus one).
     pub retries: u32,
+    /// The wait the server asked for (`Retry-After`) in the answer that ended the
+    /// attempts: it asked for more than a request waits, or for a wait the retries ran out
+    /// before. The caller holds back its next requests as long.
+    pub wait: Option<Duration>,
 }
 
 /// The HTTP transport; cheap to clone (an `Arc` inside).
@@ -474,6 +478,7 @@ impl Transport {
                     let timed_out = || SendOutcome {
                         result: Err(Error::Timeout(deadline.saturating_duration_since(start))),
                         retries,
+                        wait: None,
                     };
                     if Instant::now() >= deadline {
                         return timed_out();
@@ -498,12 +503,14 @@ impl Transport {
                     return SendOutcome {
                         result: Ok(response),
                         retries,
+                        wait: None,
                     };
                 }
                 Attempt::Fatal(error) => {
                     return SendOutcome {
                         result: Err(error),
                         retries,
+                        wait: None,
                     };
                 }
                 Attempt::Retryable {
@@ -521,6 +528,7 @@ impl Transport {
                         return SendOutcome {
                             result: Err(error),
                             retries,
+                            wait: None,
                         };
                     }
                     (error, retry_after)
@@ -538,6 +546,7 @@ impl Transport {
                 return SendOutcome {
                     result: Err(error),
                     retries,
+                    wait: retry_after,
                 };
             }
             let wait = self.backoff(retries, retry_after);
@@ -554,6 +563,7 @@ impl Transport {
                 return SendOutcome {
                     result: Err(error),
                     retries,
+                    wait: retry_after.filter(|w| !w.is_zero()),
                 };
             }
             tracing::debug!(

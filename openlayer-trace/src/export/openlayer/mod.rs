@@ -10,7 +10,9 @@
 //!   writer (`queue_max_bytes`, see `pipeline::Budget`) until they are settled; beyond
 //!   that they overflow (spooled or dropped, counted).
 //! - A request is retried by the transport. When retries run out, the rows are spooled,
-//!   or dropped and counted.
+//!   or dropped and counted. When the server asked for a wait (`Retry-After`) longer
+//!   than a request waits, or than its retries lasted, no request of any kind starts
+//!   until it has passed (at most 10 minutes): rows wait as they would for a slow server.
 //! - Only 400, 413 and 422 reject rows for good: a rejected batch of several rows is
 //!   bisected, so that one bad row does not take its neighbours with it; a single
 //!   rejected row is counted as `rejected`, logged (rate-limited) and told to
@@ -75,6 +77,8 @@ const BROKEN_BACKOFF_FACTOR: u32 = 60;
 const MAX_BROKEN_BACKOFF: Duration = Duration::from_secs(600);
 /// A broken configuration is reported at most this often.
 const BROKEN_REPORT_PERIOD: Duration = Duration::from_secs(60);
+/// The longest pause of all requests that a `Retry-After` obtains.
+const MAX_HOLD: Duration = Duration::from_secs(600);
 
 #[derive(Debug)]
 struct Waiter {
@@ -166,6 +170,8 @@ pub(crate) struct Flusher {
     /// holds (see `Tier::SpoolAtShutdown`).
     abandoning: bool,
     no_pipeline_warned: bool,
+    /// The server asked (`Retry-After`) for no request before this: none starts until then.
+    hold_until: Option<Instant>,
     /// Drops counted elsewhere (queue full, encoding, no pipeline), told to `on_failure`.
     counted_drops: CountedDrops,
     overflow_spooled: u64,
@@ -224,6 +230,7 @@ impl Flusher {
             no_pipeline_warned: false,
             counted_drops: CountedDrops::default(),
             overflow_spooled: 0,
+            hold_until: None,
         }
     }
 
@@ -488,6 +495,35 @@ impl Flusher {
         !self.waiters.is_empty() || self.shutdown.is_some()
     }
 
+    /// Whether requests wait for the end of a wait the server asked for.
+    fn held_back(&mut self) -> bool {
+        match self.hold_until {
+            Some(t) if Instant::now() < t => true,
+            Some(_) => {
+                self.hold_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The server asked for `wait` before the next request (`Retry-After` beyond what a
+    /// request waits, or beyond its retries): no request of any kind starts until then,
+    /// at most [`MAX_HOLD`] from now. Rows wait in memory as they would for a slow
+    /// server, then in the spool; at shutdown, the deadline sends them to the spool.
+    fn hold(&mut self, wait: Duration) {
+        let wait = wait.min(MAX_HOLD);
+        let until = crate::util::clock::after_tokio(Instant::now(), wait);
+        if self.hold_until.is_some_and(|t| t >= until) {
+            return;
+        }
+        self.hold_until = Some(until);
+        crate::util::diag::warn_limited!(
+            wait_s = wait.as_secs_f64(),
+            "the Openlayer API asked to wait before the next request (Retry-After); requests paused until then"
+        );
+    }
+
     /// Moves due groups into requests and starts what the in-flight limit allows.
     fn dispatch(&mut self) {
         let now = Instant::now();
@@ -505,6 +541,9 @@ impl Flusher {
         due.sort_by_key(|(p, c)| self.groups[p][c].since);
         for (pipeline, config) in due {
             self.close_group(pipeline, config);
+        }
+        if self.held_back() {
+            return;
         }
         while self.tasks.len() < self.max_in_flight {
             let Some(batch) = self.ready.pop_front() else {
@@ -571,6 +610,9 @@ impl Flusher {
                 self.counters
                     .retried
                     .fetch_add(u64::from(o.retries), Relaxed);
+                if let Some(wait) = o.wait {
+                    self.hold(wait);
+                }
                 o.result.map(|_| ())
             }
             Err(e) => Err(Error::Transport {
@@ -601,6 +643,9 @@ impl Flusher {
             }
         }
         if let Some(t) = self.replay.next_try {
+            at(t);
+        }
+        if let Some(t) = self.hold_until {
             at(t);
         }
         if let Some(s) = &self.shutdown {

@@ -343,6 +343,7 @@ impl OtlpFlusher {
                 Err(e) => SendOutcome {
                     result: Err(e),
                     retries: 0,
+                    wait: None,
                 },
             }
         });
