@@ -423,6 +423,43 @@ fn a_503_is_retried_after_retry_after_and_delivered_once() {
 }
 
 #[test]
+fn a_retry_after_longer_than_a_request_waits_holds_the_next_exports_back() {
+    let _l = lock();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = server(&rt);
+    mount(
+        &rt,
+        &s,
+        Mock::given(method("POST"))
+            .and(path(TRACES))
+            .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "120")),
+    );
+    let guard = openlayer_trace::init(openlayer(&s).build().unwrap()).unwrap();
+    with_id("refused");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while requests(&rt, &s, TRACES).is_empty() {
+        assert!(Instant::now() < deadline, "no export arrived");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Asked to wait two minutes: the next traces are not exported meanwhile.
+    with_id("held-1");
+    with_id("held-2");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(requests(&rt, &s, TRACES).len(), 1);
+    let stats = guard.shutdown(Duration::from_secs(1)).unwrap().stats;
+    assert_eq!(
+        requests(&rt, &s, TRACES).len(),
+        1,
+        "nothing sent at shutdown either"
+    );
+    // Spans have no spool: the refused one and the two held past the deadline are
+    // dropped, and counted.
+    assert_eq!(stats.otlp_spans_dropped, 3, "{stats:?}");
+    assert_eq!(stats.dropped.retries_exhausted, 1, "{stats:?}");
+    assert_eq!(stats.dropped.deadline, 2, "{stats:?}");
+}
+
+#[test]
 fn other_statuses_are_final_and_partial_success_is_counted() {
     let _l = lock();
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -10,6 +10,7 @@ pub(crate) mod budget;
 #[cfg(any(test, feature = "test-util"))]
 pub(crate) mod capture;
 pub(crate) mod counted_drops;
+pub(crate) mod hold;
 pub(crate) mod local_file;
 pub(crate) mod openlayer;
 #[cfg(feature = "otlp")]

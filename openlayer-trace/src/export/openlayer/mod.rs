@@ -54,6 +54,7 @@ use crate::encode::row_policy::Shaper;
 use crate::error::Error;
 use crate::export::budget::{Budget, Freed, Tier};
 use crate::export::counted_drops::CountedDrops;
+use crate::export::hold::Hold;
 use crate::export::protocol::Msg;
 use crate::export::spool::Spool;
 use crate::export::spool::replay::ReplayBatch;
@@ -77,8 +78,6 @@ const BROKEN_BACKOFF_FACTOR: u32 = 60;
 const MAX_BROKEN_BACKOFF: Duration = Duration::from_secs(600);
 /// A broken configuration is reported at most this often.
 const BROKEN_REPORT_PERIOD: Duration = Duration::from_secs(60);
-/// The longest pause of all requests that a `Retry-After` obtains.
-const MAX_HOLD: Duration = Duration::from_secs(600);
 
 #[derive(Debug)]
 struct Waiter {
@@ -170,8 +169,8 @@ pub(crate) struct Flusher {
     /// holds (see `Tier::SpoolAtShutdown`).
     abandoning: bool,
     no_pipeline_warned: bool,
-    /// The server asked (`Retry-After`) for no request before this: none starts until then.
-    hold_until: Option<Instant>,
+    /// The server asked (`Retry-After`) for no request before a time: none starts until then.
+    hold: Hold,
     /// Drops counted elsewhere (queue full, encoding, no pipeline), told to `on_failure`.
     counted_drops: CountedDrops,
     overflow_spooled: u64,
@@ -230,7 +229,7 @@ impl Flusher {
             no_pipeline_warned: false,
             counted_drops: CountedDrops::default(),
             overflow_spooled: 0,
-            hold_until: None,
+            hold: Hold::default(),
         }
     }
 
@@ -495,35 +494,6 @@ impl Flusher {
         !self.waiters.is_empty() || self.shutdown.is_some()
     }
 
-    /// Whether requests wait for the end of a wait the server asked for.
-    fn held_back(&mut self) -> bool {
-        match self.hold_until {
-            Some(t) if Instant::now() < t => true,
-            Some(_) => {
-                self.hold_until = None;
-                false
-            }
-            None => false,
-        }
-    }
-
-    /// The server asked for `wait` before the next request (`Retry-After` beyond what a
-    /// request waits, or beyond its retries): no request of any kind starts until then,
-    /// at most [`MAX_HOLD`] from now. Rows wait in memory as they would for a slow
-    /// server, then in the spool; at shutdown, the deadline sends them to the spool.
-    fn hold(&mut self, wait: Duration) {
-        let wait = wait.min(MAX_HOLD);
-        let until = crate::util::clock::after_tokio(Instant::now(), wait);
-        if self.hold_until.is_some_and(|t| t >= until) {
-            return;
-        }
-        self.hold_until = Some(until);
-        crate::util::diag::warn_limited!(
-            wait_s = wait.as_secs_f64(),
-            "the Openlayer API asked to wait before the next request (Retry-After); requests paused until then"
-        );
-    }
-
     /// Moves due groups into requests and starts what the in-flight limit allows.
     fn dispatch(&mut self) {
         let now = Instant::now();
@@ -542,7 +512,7 @@ impl Flusher {
         for (pipeline, config) in due {
             self.close_group(pipeline, config);
         }
-        if self.held_back() {
+        if self.hold.active() {
             return;
         }
         while self.tasks.len() < self.max_in_flight {
@@ -611,7 +581,7 @@ impl Flusher {
                     .retried
                     .fetch_add(u64::from(o.retries), Relaxed);
                 if let Some(wait) = o.wait {
-                    self.hold(wait);
+                    self.hold.asked(wait, "the Openlayer API");
                 }
                 o.result.map(|_| ())
             }
@@ -645,7 +615,7 @@ impl Flusher {
         if let Some(t) = self.replay.next_try {
             at(t);
         }
-        if let Some(t) = self.hold_until {
+        if let Some(t) = self.hold.until() {
             at(t);
         }
         if let Some(s) = &self.shutdown {

@@ -41,6 +41,7 @@ use crate::config::{Config, FailureFn};
 use crate::error::Error;
 use crate::export::budget::{Budget, Tier};
 use crate::export::counted_drops::CountedDrops;
+use crate::export::hold::Hold;
 use crate::export::openlayer::epochs::Epochs;
 use crate::export::otlp::convert::Converted;
 use crate::export::otlp::proto::{
@@ -113,6 +114,8 @@ pub(crate) struct OtlpFlusher {
     epochs: Epochs,
     waiters: Vec<Waiter>,
     shutdown: Option<(Vec<Arc<Completion>>, Instant)>,
+    /// The endpoint asked (`Retry-After`) for no request before a time.
+    hold: Hold,
 }
 
 impl OtlpFlusher {
@@ -167,6 +170,7 @@ impl OtlpFlusher {
             epochs: Epochs::new(),
             waiters: Vec::new(),
             shutdown: None,
+            hold: Hold::default(),
         }
     }
 
@@ -309,6 +313,9 @@ impl OtlpFlusher {
         for k in due {
             self.close(&k);
         }
+        if self.hold.active() {
+            return;
+        }
         while self.tasks.len() < self.max_in_flight {
             let Some(batch) = self.ready.pop_front() else {
                 break;
@@ -363,6 +370,9 @@ impl OtlpFlusher {
                 self.counters
                     .retried
                     .fetch_add(u64::from(o.retries), Relaxed);
+                if let Some(wait) = o.wait {
+                    self.hold.asked(wait, "the OTLP endpoint");
+                }
                 o.result
             }
             Err(e) => Err(Error::Transport {
@@ -512,6 +522,9 @@ impl OtlpFlusher {
             for b in self.groups.values() {
                 at(after_tokio(b.since, self.linger));
             }
+        }
+        if let Some(t) = self.hold.until() {
+            at(t);
         }
         if let Some((_, d)) = &self.shutdown {
             at(*d);
