@@ -285,19 +285,56 @@ fn input_messages(inputs: &str, out: &mut String) -> bool {
     true
 }
 
-/// The output messages of a step into `out`: one assistant message with its output.
-/// False (and nothing written) when there is no output.
-fn output_messages(output: &str, failed: bool, out: &mut String) -> bool {
+/// The output messages of a step into `out`: one assistant message with its output, whose
+/// parts are `tool_call`s when a model call's output is the tool calls it asked for (as
+/// client integrations record them: `[{"id", "name", "arguments"}]`). False (and nothing
+/// written) when there is no output.
+fn output_messages(output: &str, failed: bool, model_call: bool, out: &mut String) -> bool {
     let Ok(v) = serde_json::from_str::<&RawValue>(output) else {
         return false;
     };
     if v.get() == "null" {
         return false;
     }
+    if model_call && !failed && tool_call_message(v, out) {
+        return true;
+    }
     let reason = if failed { "error" } else { "stop" };
     out.push('[');
     push_message(out, "assistant", &raw_content(v), Some(reason));
     out.push(']');
+    true
+}
+
+/// `[{"role": "assistant", "parts": [{"type": "tool_call", "id", "name", "arguments"},
+/// ..], "finish_reason": "tool_call"}]` when `output` is a list of tool calls (each an
+/// object with a string `name` and `arguments`); false (and nothing written) otherwise.
+fn tool_call_message(output: &RawValue, out: &mut String) -> bool {
+    let Ok(Value::Array(calls)) = serde_json::from_str::<Value>(output.get()) else {
+        return false;
+    };
+    let is_call =
+        |c: &Value| c.get("name").is_some_and(Value::is_string) && c.get("arguments").is_some();
+    if calls.is_empty() || !calls.iter().all(is_call) {
+        return false;
+    }
+    out.push_str(r#"[{"role":"assistant","parts":["#);
+    for (i, call) in calls.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(r#"{"type":"tool_call""#);
+        if let Some(id) = call.get("id").and_then(Value::as_str) {
+            out.push_str(r#","id":"#);
+            push_json_str(out, id);
+        }
+        out.push_str(r#","name":"#);
+        push_json_str(out, call["name"].as_str().unwrap_or_default());
+        out.push_str(r#","arguments":"#);
+        out.push_str(&call["arguments"].to_string());
+        out.push('}');
+    }
+    out.push_str(r#"],"finish_reason":"tool_call"}]"#);
     true
 }
 
@@ -411,7 +448,7 @@ pub(crate) fn convert(
             }
             s.text.clear();
             if let Some(output) = output
-                && output_messages(output, failed, &mut s.text)
+                && output_messages(output, failed, model_call, &mut s.text)
             {
                 s.text_attr("gen_ai.output.messages");
             }
@@ -518,7 +555,39 @@ mod tests {
 
     fn outputs(json: &str, failed: bool) -> Option<String> {
         let mut out = String::new();
-        output_messages(json, failed, &mut out).then_some(out)
+        output_messages(json, failed, false, &mut out).then_some(out)
+    }
+
+    fn model_outputs(json: &str, failed: bool) -> Option<Value> {
+        let mut out = String::new();
+        output_messages(json, failed, true, &mut out)
+            .then(|| serde_json::from_str(&out).expect("valid JSON"))
+    }
+
+    #[test]
+    fn a_model_calls_tool_calls_are_tool_call_parts() {
+        let calls = r#"[{"id":"call_1","name":"get_weather","arguments":{"city":"Paris"}},{"name":"now","arguments":"{}"}]"#;
+        let v = model_outputs(calls, false).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([{
+                "role": "assistant",
+                "parts": [
+                    {"type": "tool_call", "id": "call_1", "name": "get_weather", "arguments": {"city": "Paris"}},
+                    {"type": "tool_call", "name": "now", "arguments": "{}"}
+                ],
+                "finish_reason": "tool_call"
+            }])
+        );
+        // Text stays text, and a list that is not of tool calls is content.
+        let v = model_outputs(r#""Sunny.""#, false).unwrap();
+        assert_eq!(v[0]["parts"][0]["type"], "text");
+        let v = model_outputs(r#"[{"name":"x"}]"#, false).unwrap();
+        assert_eq!(v[0]["parts"][0]["content"], r#"[{"name":"x"}]"#);
+        // Only a model call's output is read as tool calls.
+        let v: Value = serde_json::from_str(&outputs(calls, false).unwrap()).unwrap();
+        assert_eq!(v[0]["parts"][0]["type"], "text");
+        assert_eq!(v[0]["finish_reason"], "stop");
     }
 
     #[test]
