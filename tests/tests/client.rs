@@ -1054,6 +1054,153 @@ async fn publish_batch_uploads_a_csv_when_asked_then_registers_it() {
     assert!(body_text(&reqs[2]).starts_with(r#"{"storageUri":"#));
 }
 
+/// Mounts the presign (any number of times) and the registration of bulk uploads; the
+/// storage answers `first` for the first `n` uploads, then `rest`.
+async fn mount_bulk_files(server: &MockServer, n: u64, first: u16, rest: u16) {
+    Mock::given(method("POST"))
+        .and(path("/v1/storage/presigned-url"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "url": format!("{}/storage/bucket", server.uri()),
+            "storageUri": "s3://bucket/batch.csv",
+            "fields": {"key": "uploads/batch.csv"}
+        })))
+        .mount(server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/storage/bucket"))
+        .respond_with(ResponseTemplate::new(first))
+        .up_to_n_times(n)
+        .with_priority(1)
+        .mount(server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/storage/bucket"))
+        .respond_with(ResponseTemplate::new(rest).set_body_string("storage says no"))
+        .mount(server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(pipeline_path("data")))
+        .respond_with(ok())
+        .mount(server)
+        .await;
+}
+
+/// 30 rows; row 25 alone has a `note`.
+fn bulk_rows() -> Vec<Value> {
+    (0..30)
+        .map(|i| {
+            let mut row = json!({"id": format!("r{i}"), "pred": i % 2, "age": 20 + i});
+            if i == 25 {
+                row["note"] = json!("late column");
+            }
+            row
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_large_csv_publish_is_split_into_uploads_of_bulk_max_bytes() {
+    let server = MockServer::start().await;
+    mount_bulk_files(&server, 100, 204, 204).await;
+    let client = Client::builder()
+        .config(Config::default())
+        .api_key(KEY)
+        .base_url(format!("{}/v1", server.uri()))
+        .bulk_format(BulkFormat::Csv)
+        .bulk_max_bytes(100)
+        .build()
+        .unwrap();
+    let cfg = TabularClassificationConfig::new(["no", "yes"])
+        .feature_names(["age"])
+        .predictions_column_name("pred")
+        .inference_id_column_name("id");
+    client
+        .publish_batch(PIPELINE, &cfg, &bulk_rows())
+        .await
+        .unwrap();
+
+    let reqs = requests(&server).await;
+    let kinds: Vec<&str> = reqs.iter().map(|r| r.url.path()).collect();
+    let files: Vec<String> = reqs
+        .iter()
+        .filter(|r| r.url.path() == "/storage/bucket")
+        .map(|r| multipart_parts(r).last().unwrap().1.clone())
+        .collect();
+    assert!(files.len() >= 3, "{} file(s)", files.len());
+    // Each file is uploaded and registered before the next is presigned.
+    let expected: Vec<&str> = std::iter::repeat_n(
+        [
+            "/v1/storage/presigned-url",
+            "/storage/bucket",
+            "/v1/inference-pipelines/00000000-0000-0000-0000-000000000001/data",
+        ],
+        files.len(),
+    )
+    .flatten()
+    .collect();
+    assert_eq!(kinds, expected);
+    // Every file has the header of all the rows (`note` too), and at most 100 bytes
+    // plus one row.
+    let mut ids = Vec::new();
+    for f in &files {
+        let mut lines = f.lines();
+        // serde_json's maps sort their keys: `note`, first seen last, comes last.
+        assert_eq!(lines.next(), Some("age,id,pred,note"), "{f}");
+        let rows: Vec<&str> = lines.collect();
+        assert!(f.len() - rows.last().unwrap().len() - 1 < 100, "{f}");
+        ids.extend(
+            rows.iter()
+                .map(|l| l.split(',').nth(1).unwrap().to_string()),
+        );
+    }
+    assert_eq!(ids, (0..30).map(|i| format!("r{i}")).collect::<Vec<_>>());
+    assert!(files.iter().any(|f| f.contains("45,r25,1,late column")));
+}
+
+#[tokio::test]
+async fn a_failed_csv_file_after_registered_ones_is_a_partial_error() {
+    let server = MockServer::start().await;
+    // The third upload is refused (403 is final for the storage).
+    mount_bulk_files(&server, 2, 204, 403).await;
+    let client = Client::builder()
+        .config(Config::default())
+        .api_key(KEY)
+        .base_url(format!("{}/v1", server.uri()))
+        .bulk_format(BulkFormat::Csv)
+        .bulk_max_bytes(100)
+        .build()
+        .unwrap();
+    let rows = bulk_rows();
+    let err = client
+        .update_batch(PIPELINE, "id", None, &rows)
+        .await
+        .unwrap_err();
+    let Error::BulkPartial {
+        rows_sent,
+        uploads,
+        source,
+    } = &err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!(*uploads, 2);
+    let files: Vec<String> = requests(&server)
+        .await
+        .iter()
+        .filter(|r| r.url.path() == "/storage/bucket")
+        .map(|r| multipart_parts(r).last().unwrap().1.clone())
+        .collect();
+    let in_first_two: usize = files[..2].iter().map(|f| f.lines().count() - 1).sum();
+    assert_eq!(*rows_sent, in_first_two as u64);
+    assert!(source.to_string().contains("storage says no"), "{source}");
+    let registered = requests(&server)
+        .await
+        .iter()
+        .filter(|r| r.url.path().ends_with("/data"))
+        .count();
+    assert_eq!(registered, 2);
+}
+
 #[tokio::test]
 async fn update_batch_as_csv_merges_by_inference_id() {
     let server = MockServer::start().await;

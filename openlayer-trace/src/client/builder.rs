@@ -98,8 +98,9 @@ impl ClientBuilder {
         self
     }
     /// The size at which a bulk upload is closed and the next one started (default
-    /// [`Client::BULK_MAX_BYTES`]). An upload can exceed it by one chunk of rows. The
-    /// uploads of a call are registered one after the other.
+    /// [`Client::BULK_MAX_BYTES`]), in either format. An upload can exceed it by one chunk
+    /// of rows (Arrow) or one row (CSV). The uploads of a call are registered one after
+    /// the other.
     pub fn bulk_max_bytes(mut self, bytes: usize) -> Self {
         self.bulk_max_bytes = bytes.max(1);
         self

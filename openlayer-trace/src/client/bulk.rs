@@ -230,6 +230,7 @@ impl Client {
                     objects,
                     config,
                     merge,
+                    self.inner.bulk_max_bytes,
                 )
                 .await
             }

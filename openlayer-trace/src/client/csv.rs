@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use serde_json::{Map, Value};
 
 /// A table encoded as CSV.
+#[cfg(test)]
 #[derive(Debug)]
 pub(crate) struct Csv {
     /// The header, in order.
@@ -20,48 +21,65 @@ pub(crate) struct Csv {
 }
 
 /// Encodes `rows` as CSV with a header line.
+#[cfg(test)]
 pub(crate) fn write<'a>(rows: impl IntoIterator<Item = &'a Map<String, Value>> + Clone) -> Csv {
-    let mut columns: Vec<String> = Vec::new();
-    let mut seen: HashSet<&str> = HashSet::new();
-    for row in rows.clone() {
-        for key in row.keys() {
-            if seen.insert(key.as_str()) {
-                columns.push(key.clone());
-            }
-        }
-    }
+    let columns = columns(rows.clone());
     let mut data = Vec::new();
-    for (i, c) in columns.iter().enumerate() {
-        if i > 0 {
-            data.push(b',');
-        }
-        push_field(&mut data, c, true);
-    }
-    data.push(b'\n');
+    push_header(&mut data, &columns);
     let mut count = 0;
     for row in rows {
         count += 1;
-        for (i, c) in columns.iter().enumerate() {
-            if i > 0 {
-                data.push(b',');
-            }
-            match row.get(c) {
-                None | Some(Value::Null) => {}
-                Some(Value::String(s)) => push_field(&mut data, s, true),
-                Some(Value::Bool(b)) => data.extend_from_slice(if *b { b"true" } else { b"false" }),
-                Some(Value::Number(n)) => data.extend_from_slice(n.to_string().as_bytes()),
-                Some(v @ (Value::Array(_) | Value::Object(_))) => {
-                    push_field(&mut data, &v.to_string(), false)
-                }
-            }
-        }
-        data.push(b'\n');
+        push_row(&mut data, &columns, row);
     }
     Csv {
         columns,
         rows: count,
         data,
     }
+}
+
+/// The columns of a table of `rows`: the union of their keys, in first-seen order.
+pub(crate) fn columns<'a>(rows: impl IntoIterator<Item = &'a Map<String, Value>>) -> Vec<String> {
+    let mut columns: Vec<String> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
+    for row in rows {
+        for key in row.keys() {
+            if seen.insert(key.as_str()) {
+                columns.push(key.clone());
+            }
+        }
+    }
+    columns
+}
+
+/// Appends the header line of `columns`.
+pub(crate) fn push_header(data: &mut Vec<u8>, columns: &[String]) {
+    for (i, c) in columns.iter().enumerate() {
+        if i > 0 {
+            data.push(b',');
+        }
+        push_field(data, c, true);
+    }
+    data.push(b'\n');
+}
+
+/// Appends the line of `row` under `columns`.
+pub(crate) fn push_row(data: &mut Vec<u8>, columns: &[String], row: &Map<String, Value>) {
+    for (i, c) in columns.iter().enumerate() {
+        if i > 0 {
+            data.push(b',');
+        }
+        match row.get(c) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => push_field(data, s, true),
+            Some(Value::Bool(b)) => data.extend_from_slice(if *b { b"true" } else { b"false" }),
+            Some(Value::Number(n)) => data.extend_from_slice(n.to_string().as_bytes()),
+            Some(v @ (Value::Array(_) | Value::Object(_))) => {
+                push_field(data, &v.to_string(), false)
+            }
+        }
+    }
+    data.push(b'\n');
 }
 
 /// Writes one field, quoted when it must be. An empty string is written as `""` (when

@@ -111,7 +111,11 @@ pub(crate) async fn register(
     expect_success(t, &req).await
 }
 
-/// The CSV upload of JSON rows (the explicit [`BulkFormat::Csv`](super::BulkFormat::Csv)).
+/// The CSV upload of JSON rows (the explicit [`BulkFormat::Csv`](super::BulkFormat::Csv)),
+/// in files of at most `max_bytes` (plus one row), each uploaded and registered before the
+/// next is written. Every file has the columns of all the rows, so that each carries
+/// every column the config names. After a failure, [`Error::BulkPartial`] says what was
+/// registered before it.
 pub(crate) async fn upload_csv<'a>(
     t: &Transport,
     max_retries: u32,
@@ -119,24 +123,65 @@ pub(crate) async fn upload_csv<'a>(
     rows: impl Iterator<Item = &'a Map<String, Value>> + Clone,
     config: Map<String, Value>,
     merge: bool,
+    max_bytes: usize,
 ) -> Result<(), Error> {
-    let table = csv::write(rows);
+    let columns = csv::columns(rows.clone());
+    let mut data = Vec::new();
+    csv::push_header(&mut data, &columns);
+    let header = data.len();
+    let (mut in_file, mut rows_sent, mut uploads) = (0u64, 0u64, 0u32);
+    let mut rows = rows.peekable();
+    while let Some(row) = rows.next() {
+        csv::push_row(&mut data, &columns, row);
+        in_file += 1;
+        if data.len() < max_bytes && rows.peek().is_some() {
+            continue;
+        }
+        if let Err(e) =
+            upload_csv_file(t, max_retries, pipeline_id, &data, in_file, &config, merge).await
+        {
+            return Err(if uploads == 0 {
+                e
+            } else {
+                Error::BulkPartial {
+                    rows_sent,
+                    uploads,
+                    source: Box::new(e),
+                }
+            });
+        }
+        rows_sent += in_file;
+        uploads += 1;
+        in_file = 0;
+        data.truncate(header);
+    }
+    Ok(())
+}
+
+/// Uploads and registers one CSV file of `rows` rows.
+async fn upload_csv_file(
+    t: &Transport,
+    max_retries: u32,
+    pipeline_id: &str,
+    data: &[u8],
+    rows: u64,
+    config: &Map<String, Value>,
+    merge: bool,
+) -> Result<(), Error> {
     let name = object_name(pipeline_id, "csv");
     tracing::debug!(
         target: "openlayer_trace",
-        rows = table.rows,
-        columns = table.columns.len(),
-        bytes = table.data.len(),
+        rows,
+        bytes = data.len(),
         object = %name,
         merge,
         "bulk upload (CSV)"
     );
     let presigned = presign(t, &name).await?;
-    let form = multipart::build(&presigned.fields.0, &name, "text/csv", &table.data);
-    drop(table);
+    let form = multipart::build(&presigned.fields.0, &name, "text/csv", data);
     let content_type = form.content_type();
     upload(t, max_retries, &presigned, &content_type, form.body.into()).await?;
-    register(t, pipeline_id, &presigned.storage_uri, merge, &config).await
+    register(t, pipeline_id, &presigned.storage_uri, merge, config).await
 }
 
 /// The presigned URL without its query (which holds the signature), for error messages.
