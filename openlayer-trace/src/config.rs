@@ -367,7 +367,7 @@ impl ConfigBuilder {
     setter!(/// Most rows in one request (default 500).
         batch_max_rows: usize => |c, v| c.batch_max_rows = v.max(1));
     setter!(/// Most bytes in one request body (default 4 MiB). A traced stream keeps at most
-        /// half of it as its output (see `stream::Collect`).
+        /// an eighth of it as its output (see `stream::Collect`).
         batch_max_bytes: usize => |c, v| c.batch_max_bytes = v.max(1024));
     setter!(/// How long a batch waits for more rows (default 50 ms).
         linger: Duration => |c, v| c.linger = v);

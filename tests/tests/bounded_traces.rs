@@ -110,33 +110,50 @@ fn child() {
             assert_eq!(s.oldest_open_trace_age, Duration::ZERO);
         }
         "stream_output" => {
-            // Requests of 16 KiB: a stream keeps 8 KiB of output.
+            // Requests of 16 KiB: a stream keeps 2 KiB of output.
             let config = config(&file).batch_max_bytes(16 * 1024).build().unwrap();
             let guard = openlayer_trace::init(config).unwrap();
-            // Text: 1,000 items of 100 bytes; 82 fit in 8 KiB (the bound is checked
-            // before each item), the other 918 are counted.
+            // Text: 1,000 items of 100 bytes. 20 fit whole; the 21st is cut at 2,048
+            // bytes; it and the 979 after it are counted.
             let pieces = (0..1000).map(|i| format!("{i:0>100}"));
             let joined: usize = pieces.traced("tokens").map(|p| p.len()).sum();
             assert_eq!(joined, 100_000, "every item still reaches the consumer");
-            // A list: 2,000 numbers of 6 digits and a comma, 7 bytes each.
+            // A list: 2,000 numbers of 6 digits, 7 bytes each with the comma. 292 fit;
+            // the 293rd would pass 2,048 bytes and is left out, with the 1,707 after it.
             let numbers = (100_000..102_000u32).traced("numbers");
             assert_eq!(numbers.count(), 2000);
+            // Optional pieces: a `None` is skipped while joining, and not counted as cut.
+            let optional = (0..100).map(|i| (i % 2 == 0).then(|| format!("{i:0>100}")));
+            assert_eq!(optional.traced("optional").count(), 100);
             let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
-            assert_eq!(s.written, 2, "both rows fit in a request: {s:?}");
+            assert_eq!(s.written, 3, "{s:?}");
             let text = std::fs::read_to_string(&file).unwrap();
+            for line in text.lines() {
+                assert!(
+                    line.len() < 16 * 1024,
+                    "each row fits a request: {}",
+                    line.len()
+                );
+            }
             let rows: Vec<serde_json::Value> = text
                 .lines()
                 .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["rows"][0].clone())
                 .collect();
             let tokens = rows[0]["output"].as_str().unwrap();
-            let kept: String = (0..82).map(|i| format!("{i:0>100}")).collect();
-            assert_eq!(tokens, format!("{kept}…[truncated 918 items]"));
+            let kept: String = (0..21).map(|i| format!("{i:0>100}")).collect();
+            assert_eq!(tokens, format!("{}…[truncated 980 items]", &kept[..2048]));
             let list = rows[1]["output"].as_array().unwrap();
-            // 1 + 7 * n >= 8192 first at n = 1171 items kept.
-            assert_eq!(list.len(), 1172, "the kept items and the marker");
+            assert_eq!(list.len(), 293, "the kept items and the marker");
             assert_eq!(list[0], 100_000);
-            assert_eq!(list[1170], 101_170);
-            assert_eq!(list[1171], "…[truncated 829 items]");
+            assert_eq!(list[291], 100_291);
+            assert_eq!(list[292], "…[truncated 1708 items]");
+            // 50 pieces of 100 bytes: 20 whole, the 21st cut, 29 more counted.
+            let optional = rows[2]["output"].as_str().unwrap();
+            assert!(
+                optional.ends_with("…[truncated 30 items]"),
+                "{}",
+                &optional[2000..]
+            );
             report(&[("tokens", tokens.len().to_string())]);
         }
         other => panic!("unknown scenario {other}"),

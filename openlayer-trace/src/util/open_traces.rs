@@ -29,7 +29,7 @@ static MAX_STEPS: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_STEPS);
 static MAX_BYTES: AtomicUsize = AtomicUsize::new(32 * 1024 * 1024);
 static WARN_AFTER_NS: AtomicU64 = AtomicU64::new(DEFAULT_WARN_AFTER.as_nanos() as u64);
 /// The most bytes of output a traced stream accumulates (see [`stream_output_max`]).
-static STREAM_OUTPUT_MAX: AtomicUsize = AtomicUsize::new(2 * 1024 * 1024);
+static STREAM_OUTPUT_MAX: AtomicUsize = AtomicUsize::new(512 * 1024);
 /// Bytes held by open traces now.
 static HELD: AtomicUsize = AtomicUsize::new(0);
 static STEPS_DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -96,10 +96,11 @@ pub(crate) fn configure(
 ) {
     MAX_STEPS.store(max_steps.max(1), Relaxed);
     MAX_BYTES.store((queue_max_bytes / 4).max(1), Relaxed);
-    // Half a request (what a row may hold, with room for the rest of it), and at most a
+    // An eighth of a request: a root's output appears twice in its row (its `output` and
+    // its step's), JSON escaping may grow it, and the row has other columns. At most a
     // quarter of what open traces may hold.
     STREAM_OUTPUT_MAX.store(
-        (batch_max_bytes / 2).min(queue_max_bytes / 16).max(1024),
+        (batch_max_bytes / 8).min(queue_max_bytes / 16).max(1024),
         Relaxed,
     );
     WARN_AFTER_NS.store(
@@ -108,8 +109,8 @@ pub(crate) fn configure(
     );
 }
 
-/// The most bytes of output the default stream accumulator keeps: half of
-/// `batch_max_bytes`, and at most a sixteenth of `queue_max_bytes` (2 MiB by default).
+/// The most bytes of output the default stream accumulator keeps: an eighth of
+/// `batch_max_bytes`, and at most a sixteenth of `queue_max_bytes` (512 KiB by default).
 /// Items past it are counted, not kept, so that a stream that never ends holds bounded
 /// memory and its row still fits in a request.
 #[inline]

@@ -68,11 +68,13 @@ pub trait Accumulator<Item: ?Sized> {
 /// string (possible with `serde_json::Value` items), the step's output becomes a list
 /// whose first element is the text joined so far.
 ///
-/// The output is bounded: once it holds half of `batch_max_bytes` (2 MiB by default, at
-/// most a sixteenth of `queue_max_bytes`), later items are counted rather than kept, and
-/// the output ends with the marker `…[truncated N items]` (appended to the text, or as the
-/// list's last element). A stream that never ends holds bounded memory, and its row still
-/// fits in a request.
+/// The output is bounded: it holds at most an eighth of `batch_max_bytes` (512 KiB by
+/// default, at most a sixteenth of `queue_max_bytes`). The item that reaches the bound is
+/// cut (a string) or left out (a list element), later items are counted rather than kept,
+/// and the output ends with the marker `…[truncated N items]` (appended to the text, or as
+/// the list's last element), N counting the items cut or left out. A stream that never
+/// ends holds bounded memory, and its row (where a root's output appears twice, and
+/// escaped) fits in a request unless its text is mostly characters JSON escapes.
 #[derive(Debug, Default)]
 pub struct Collect {
     text: String,
@@ -100,21 +102,48 @@ impl Collect {
 
     #[inline]
     fn push_item<T: Serialize + ?Sized>(&mut self, item: &T) {
-        if self.text.len() >= crate::util::open_traces::stream_output_max() {
-            self.cut += 1;
-            return;
+        let max = crate::util::open_traces::stream_output_max();
+        if self.cut > 0 || self.text.len() >= max {
+            return self.count_cut(item);
         }
         if self.mode != Mode::List {
             match item.serialize(JoinStr(&mut self.text)) {
                 Ok(true) => {
                     self.mode = Mode::Join;
+                    if self.text.len() > max {
+                        // Cut within the item, at a character boundary.
+                        let mut end = max;
+                        while !self.text.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        self.text.truncate(end);
+                        self.cut += 1;
+                    }
                     return;
                 }
                 Ok(false) => return,
                 Err(NotAString) => self.switch_to_list(),
             }
         }
+        let mark = self.text.len();
         self.push_json(item);
+        if self.text.len() > max {
+            // A list element is kept whole or not at all.
+            self.text.truncate(mark);
+            self.cut += 1;
+        }
+    }
+
+    /// Counts an item past the bound; a `None` skipped while joining is not one.
+    #[cold]
+    fn count_cut<T: Serialize + ?Sized>(&mut self, item: &T) {
+        let mark = self.text.len();
+        let none =
+            self.mode != Mode::List && matches!(item.serialize(JoinStr(&mut self.text)), Ok(false));
+        self.text.truncate(mark);
+        if !none {
+            self.cut += 1;
+        }
     }
 
     /// Switches to a JSON list, keeping what was joined as its first element.
@@ -159,7 +188,9 @@ impl<T: Serialize + ?Sized> Accumulator<T> for Collect {
             Mode::List => {
                 let mut list = std::mem::take(&mut self.text);
                 if let Some(marker) = marker {
-                    list.push(',');
+                    if list.len() > 1 {
+                        list.push(',');
+                    }
                     crate::util::json::push_str(&mut list, &marker);
                 }
                 list.push(']');
