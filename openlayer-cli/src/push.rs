@@ -447,11 +447,14 @@ impl Pusher<'_> {
 }
 
 /// Whether the platform (or the client's own validation) refused the request for what
-/// it carries, so that sending its lines apart may get some of them through.
+/// it carries, so that sending its lines apart may get some of them through: a 4xx but
+/// 401, 403, 404 (the key or the pipeline), 408 and 429 (the moment), or a 2xx that says
+/// `success: false`.
 fn refused(e: &openlayer_trace::Error) -> bool {
     match e {
         openlayer_trace::Error::Api { status, .. } => {
-            (400..500).contains(status) && !matches!(status, 401 | 403 | 404 | 408 | 429)
+            (200..300).contains(status)
+                || ((400..500).contains(status) && !matches!(status, 401 | 403 | 404 | 408 | 429))
         }
         openlayer_trace::Error::InvalidInput(_) => true,
         _ => false,
@@ -497,6 +500,29 @@ mod tests {
         save_state(&path, &s).unwrap();
         assert_eq!(load_state(&path).unwrap(), s);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn refusals_of_what_a_request_carries_are_told_apart() {
+        let api = |status| openlayer_trace::Error::Api {
+            status,
+            message: "m".into(),
+            request: "POST x".into(),
+        };
+        for status in [200, 400, 413, 422] {
+            assert!(refused(&api(status)), "{status}");
+        }
+        for status in [401, 403, 404, 408, 429, 500, 503] {
+            assert!(!refused(&api(status)), "{status}");
+        }
+        assert!(refused(&openlayer_trace::Error::InvalidInput(
+            "bad row".into()
+        )));
+        assert!(!refused(&openlayer_trace::Error::Transport {
+            message: "reset".into(),
+            request: "POST x".into(),
+            timeout: false,
+        }));
     }
 
     #[test]
