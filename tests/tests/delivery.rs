@@ -236,7 +236,7 @@ fn rate_limited_hold() {
 }
 
 /// 429 with `Retry-After: 120`: longer than a request waits. Nothing more is sent until
-/// then; at shutdown the rows go to the spool, none is dropped.
+/// then; a shutdown with an earlier deadline spools the rows at once, none is dropped.
 fn rate_limited_long() {
     let server = TestServer::start_with(Behavior::rate_limited(100, 120));
     let dir = temp_dir("rate-limited-long");
@@ -253,7 +253,11 @@ fn rate_limited_long() {
     ids.extend(produce("long-b", 5));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(server.request_count(), 1, "{:?}", server.requests());
-    let r = guard.shutdown(Duration::from_secs(1)).unwrap();
+    // Nothing can be sent before the deadline: the shutdown does not wait for it.
+    let started = std::time::Instant::now();
+    let r = guard.shutdown(Duration::from_secs(20)).unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
     let s = &r.stats;
     outcome("rate_limited_long", &ids, &server, s);
     assert_eq!(server.request_count(), 1);

@@ -761,7 +761,9 @@ fn describe(req: &ApiRequest) -> String {
 /// What `find` finds, else what `create` makes. A creation that fails where the platform
 /// may have acted on it (a timeout, a 5xx, a 409 from someone creating it at the same
 /// time) is followed by another look, and by another creation only when the thing is
-/// still missing, up to `max_retries` times: a lost answer never makes a second one.
+/// still missing, up to `max_retries` times. A lost answer makes a second one only if the
+/// platform does not list the first by the time of the next look (the look waits the
+/// retry backoff first).
 async fn load_or_create<T, Find, FindFut, Create, CreateFut>(
     client: &Client,
     find: Find,

@@ -43,6 +43,12 @@ impl Hold {
         }
     }
 
+    /// Whether, with no request in flight (`in_flight` is 0), the pause lasts past
+    /// `deadline`: nothing can be sent before it, so a shutdown need not wait for it.
+    pub(crate) fn outlasts(&self, deadline: Instant, in_flight: usize) -> bool {
+        in_flight == 0 && self.until.is_some_and(|t| t >= deadline)
+    }
+
     /// When the pause ends, for the flusher's next wake.
     pub(crate) fn until(&self) -> Option<Instant> {
         self.until

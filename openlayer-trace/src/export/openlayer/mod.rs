@@ -249,7 +249,9 @@ impl Flusher {
                 if self.idle() {
                     return self.finish();
                 }
-                if Instant::now() >= s.send_deadline {
+                if Instant::now() >= s.send_deadline
+                    || self.hold.outlasts(s.send_deadline, self.tasks.len())
+                {
                     self.abandon();
                     return self.finish();
                 }

@@ -186,7 +186,7 @@ impl OtlpFlusher {
                 if self.idle() {
                     return self.finish();
                 }
-                if Instant::now() >= *deadline {
+                if Instant::now() >= *deadline || self.hold.outlasts(*deadline, self.tasks.len()) {
                     self.abandon();
                     return self.finish();
                 }
