@@ -382,8 +382,9 @@ impl Pusher<'_> {
     /// Sends a batch of data-stream lines. `Ok((unsent, Some((line, error))))` when a
     /// line was refused: the lines before it were sent, `unsent` lines after it were not.
     ///
-    /// A batch the platform refuses as a whole (a 4xx, or a row that fails validation)
-    /// is sent again a line at a time, so that only the refused line, and what follows
+    /// A batch refused as a whole for what it carries (see [`refused`]: a 4xx other than
+    /// 401, 403, 404, 408 and 429, a 2xx with `success: false`, or a row that fails the
+    /// client's checks) is sent again a line at a time, so that only the refused line, and what follows
     /// it, is left for the next run; a batch that failed otherwise (the network, a 5xx
     /// after the client's retries) stops at its first line.
     async fn stream(&mut self, batch: Batch) -> Result<(usize, Option<(usize, String)>), CliError> {

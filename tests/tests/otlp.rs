@@ -449,7 +449,11 @@ fn a_retry_after_longer_than_a_request_waits_holds_the_next_exports_back() {
     // Nothing can be sent before the deadline: the shutdown does not wait for it.
     let started = Instant::now();
     let stats = guard.shutdown(Duration::from_secs(20)).unwrap().stats;
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(
         requests(&rt, &s, TRACES).len(),
         1,

@@ -100,7 +100,7 @@ pub(crate) fn configure(
     // its step's), JSON escaping may grow it, and the row has other columns. At most a
     // quarter of what open traces may hold.
     STREAM_OUTPUT_MAX.store(
-        (batch_max_bytes / 8).min(queue_max_bytes / 16).max(1024),
+        (batch_max_bytes / 8).min(queue_max_bytes / 16).max(128),
         Relaxed,
     );
     WARN_AFTER_NS.store(

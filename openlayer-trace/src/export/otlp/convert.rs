@@ -286,17 +286,17 @@ fn input_messages(inputs: &str, out: &mut String) -> bool {
 }
 
 /// The output messages of a step into `out`: one assistant message with its output, whose
-/// parts are `tool_call`s when a model call's output is the tool calls it asked for (as
+/// parts are `tool_call`s when a chat completion's output is the tool calls it asked for (as
 /// client integrations record them: `[{"id", "name", "arguments"}]`). False (and nothing
 /// written) when there is no output.
-fn output_messages(output: &str, failed: bool, model_call: bool, out: &mut String) -> bool {
+fn output_messages(output: &str, failed: bool, chat: bool, out: &mut String) -> bool {
     let Ok(v) = serde_json::from_str::<&RawValue>(output) else {
         return false;
     };
     if v.get() == "null" {
         return false;
     }
-    if model_call && !failed && tool_call_message(v, out) {
+    if chat && !failed && tool_call_message(v, out) {
         return true;
     }
     let reason = if failed { "error" } else { "stop" };
@@ -448,7 +448,12 @@ pub(crate) fn convert(
             }
             s.text.clear();
             if let Some(output) = output
-                && output_messages(output, failed, model_call, &mut s.text)
+                && output_messages(
+                    output,
+                    failed,
+                    rec.kind == StepKind::ChatCompletion,
+                    &mut s.text,
+                )
             {
                 s.text_attr("gen_ai.output.messages");
             }

@@ -74,7 +74,8 @@ pub trait Accumulator<Item: ?Sized> {
 /// and the output ends with the marker `…[truncated N items]` (appended to the text, or as
 /// the list's last element), N counting the items cut or left out. A stream that never
 /// ends holds bounded memory, and its row (where a root's output appears twice, and
-/// escaped) fits in a request unless its text is mostly characters JSON escapes.
+/// escaped) fits in a request, unless the trace has several long streams or text that
+/// JSON escaping inflates much.
 #[derive(Debug, Default)]
 pub struct Collect {
     text: String,
@@ -107,7 +108,7 @@ impl Collect {
             return self.count_cut(item);
         }
         if self.mode != Mode::List {
-            match item.serialize(JoinStr(&mut self.text)) {
+            match item.serialize(JoinStr(Some(&mut self.text))) {
                 Ok(true) => {
                     self.mode = Mode::Join;
                     if self.text.len() > max {
@@ -134,13 +135,11 @@ impl Collect {
         }
     }
 
-    /// Counts an item past the bound; a `None` skipped while joining is not one.
+    /// Counts an item past the bound; a `None` skipped while joining is not one (told
+    /// apart without copying the item anywhere).
     #[cold]
     fn count_cut<T: Serialize + ?Sized>(&mut self, item: &T) {
-        let mark = self.text.len();
-        let none =
-            self.mode != Mode::List && matches!(item.serialize(JoinStr(&mut self.text)), Ok(false));
-        self.text.truncate(mark);
+        let none = self.mode != Mode::List && matches!(item.serialize(JoinStr(None)), Ok(false));
         if !none {
             self.cut += 1;
         }
@@ -257,8 +256,9 @@ impl ser::Error for NotAString {
     }
 }
 
-/// Appends a string item to the joined text: `Ok(true)`; `None`/unit: `Ok(false)`.
-struct JoinStr<'a>(&'a mut String);
+/// Appends a string item to the joined text (with `None`, only tells): `Ok(true)`;
+/// `None`/unit: `Ok(false)`.
+struct JoinStr<'a>(Option<&'a mut String>);
 
 macro_rules! not_a_string {
     ($($method:ident($($arg:ty),*)),* $(,)?) => {
@@ -284,13 +284,17 @@ impl ser::Serializer for JoinStr<'_> {
 
     #[inline]
     fn serialize_str(self, v: &str) -> Result<bool, NotAString> {
-        self.0.push_str(v);
+        if let Some(out) = self.0 {
+            out.push_str(v);
+        }
         Ok(true)
     }
 
     #[inline]
     fn serialize_char(self, v: char) -> Result<bool, NotAString> {
-        self.0.push(v);
+        if let Some(out) = self.0 {
+            out.push(v);
+        }
         Ok(true)
     }
 
