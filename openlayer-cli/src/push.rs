@@ -147,29 +147,35 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
         )));
     }
 
-    let entries: Vec<_> = LocalLines::new(&content[..]).collect();
-    let skipped = entries.iter().filter(|e| state.contains(e.number)).count();
-    let pending: Vec<_> = entries
-        .into_iter()
-        .filter(|e| !state.contains(e.number))
-        .collect();
-
+    // A first pass counts the lines and checks them, parsing each and letting it go: the
+    // parsed lines of a large file would take several times its size in memory. The
+    // second pass, below, parses each again as it is sent.
+    let sent_before = State {
+        done: state.done.clone(),
+        ..State::default()
+    };
+    let (mut skipped, mut pending) = (0usize, 0usize);
     // Lines without a pipeline need one from the flag or the environment: say so before
     // sending anything.
-    if default_pipeline.is_none() {
-        let orphans: Vec<String> = pending
-            .iter()
-            .filter(|e| matches!(&e.line, Ok(l) if l.pipeline_id().is_none()))
-            .map(|e| e.number.to_string())
-            .collect();
-        if !orphans.is_empty() {
-            return Err(CliError::Usage(format!(
-                "line(s) {} of {} have no pipelineId: pass --pipeline-id or set OPENLAYER_INFERENCE_PIPELINE_ID",
-                abbreviate(&orphans),
-                file.display()
-            )));
+    let mut orphans: Vec<String> = Vec::new();
+    for e in LocalLines::new(&content[..]) {
+        if sent_before.contains(e.number) {
+            skipped += 1;
+            continue;
+        }
+        pending += 1;
+        if default_pipeline.is_none() && matches!(&e.line, Ok(l) if l.pipeline_id().is_none()) {
+            orphans.push(e.number.to_string());
         }
     }
+    if !orphans.is_empty() {
+        return Err(CliError::Usage(format!(
+            "line(s) {} of {} have no pipelineId: pass --pipeline-id or set OPENLAYER_INFERENCE_PIPELINE_ID",
+            abbreviate(&orphans),
+            file.display()
+        )));
+    }
+    let pending_lines = LocalLines::new(&content[..]).filter(|e| !sent_before.contains(e.number));
 
     let mut push = Pusher {
         client: &client,
@@ -177,7 +183,7 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
         progress_path: &progress_path,
         state,
         prefix_hash,
-        bar: Progress::new("push", pending.len() as u64),
+        bar: Progress::new("push", pending as u64),
         lines_sent: 0,
         rows_sent: 0,
         updates_sent: 0,
@@ -187,7 +193,7 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
     let mut stopped: Option<(usize, String)> = None;
     let mut not_attempted = 0usize;
     let mut batch: Option<Batch> = None;
-    for entry in pending {
+    for entry in pending_lines {
         if stopped.is_some() {
             not_attempted += 1;
             continue;
