@@ -1089,7 +1089,10 @@ async fn mount_bulk_files(server: &MockServer, n: u64, first: u16, rest: u16) {
 fn bulk_rows() -> Vec<Value> {
     (0..30)
         .map(|i| {
-            let mut row = json!({"id": format!("r{i}"), "pred": i % 2, "age": 20 + i});
+            // Keys in sorted order, so that the columns come out the same whether
+            // serde_json's maps sort their keys or keep their order (`preserve_order`,
+            // which the workspace's build turns on).
+            let mut row = json!({"age": 20 + i, "id": format!("r{i}"), "pred": i % 2});
             if i == 25 {
                 row["note"] = json!("late column");
             }
@@ -1144,7 +1147,7 @@ async fn a_large_csv_publish_is_split_into_uploads_of_bulk_max_bytes() {
     let mut ids = Vec::new();
     for f in &files {
         let mut lines = f.lines();
-        // serde_json's maps sort their keys: `note`, first seen last, comes last.
+        // `note`, first seen last, comes last.
         assert_eq!(lines.next(), Some("age,id,pred,note"), "{f}");
         let rows: Vec<&str> = lines.collect();
         assert!(f.len() - rows.last().unwrap().len() - 1 < 100, "{f}");
