@@ -27,11 +27,17 @@ fn client(server: &MockServer) -> Client {
 
 /// A client that uploads bulk rows as CSV (the explicit option).
 fn csv_client(server: &MockServer) -> Client {
+    csv_client_of(server, Client::BULK_MAX_BYTES)
+}
+
+/// [`csv_client`] with uploads of at most `bulk_max_bytes`.
+fn csv_client_of(server: &MockServer, bulk_max_bytes: usize) -> Client {
     Client::builder()
         .config(Config::default())
         .api_key(KEY)
         .base_url(format!("{}/v1", server.uri()))
         .bulk_format(BulkFormat::Csv)
+        .bulk_max_bytes(bulk_max_bytes)
         .build()
         .unwrap()
 }
@@ -1085,6 +1091,14 @@ async fn mount_bulk_files(server: &MockServer, n: u64, first: u16, rest: u16) {
         .await;
 }
 
+/// The files uploaded to the storage, in order.
+fn uploaded_files(reqs: &[Request]) -> Vec<String> {
+    reqs.iter()
+        .filter(|r| r.url.path() == "/storage/bucket")
+        .map(|r| multipart_parts(r).last().unwrap().1.clone())
+        .collect()
+}
+
 /// 30 rows; row 25 alone has a `note`.
 fn bulk_rows() -> Vec<Value> {
     (0..30)
@@ -1105,14 +1119,7 @@ fn bulk_rows() -> Vec<Value> {
 async fn a_large_csv_publish_is_split_into_uploads_of_bulk_max_bytes() {
     let server = MockServer::start().await;
     mount_bulk_files(&server, 100, 204, 204).await;
-    let client = Client::builder()
-        .config(Config::default())
-        .api_key(KEY)
-        .base_url(format!("{}/v1", server.uri()))
-        .bulk_format(BulkFormat::Csv)
-        .bulk_max_bytes(100)
-        .build()
-        .unwrap();
+    let client = csv_client_of(&server, 100);
     let cfg = TabularClassificationConfig::new(["no", "yes"])
         .feature_names(["age"])
         .predictions_column_name("pred")
@@ -1124,11 +1131,7 @@ async fn a_large_csv_publish_is_split_into_uploads_of_bulk_max_bytes() {
 
     let reqs = requests(&server).await;
     let kinds: Vec<&str> = reqs.iter().map(|r| r.url.path()).collect();
-    let files: Vec<String> = reqs
-        .iter()
-        .filter(|r| r.url.path() == "/storage/bucket")
-        .map(|r| multipart_parts(r).last().unwrap().1.clone())
-        .collect();
+    let files = uploaded_files(&reqs);
     assert!(files.len() >= 3, "{} file(s)", files.len());
     // Each file is uploaded and registered before the next is presigned.
     let expected: Vec<&str> = std::iter::repeat_n(
@@ -1165,14 +1168,7 @@ async fn a_failed_csv_file_after_registered_ones_is_a_partial_error() {
     let server = MockServer::start().await;
     // The third upload is refused (403 is final for the storage).
     mount_bulk_files(&server, 2, 204, 403).await;
-    let client = Client::builder()
-        .config(Config::default())
-        .api_key(KEY)
-        .base_url(format!("{}/v1", server.uri()))
-        .bulk_format(BulkFormat::Csv)
-        .bulk_max_bytes(100)
-        .build()
-        .unwrap();
+    let client = csv_client_of(&server, 100);
     let rows = bulk_rows();
     let err = client
         .update_batch(PIPELINE, "id", None, &rows)
@@ -1187,12 +1183,7 @@ async fn a_failed_csv_file_after_registered_ones_is_a_partial_error() {
         panic!("{err:?}");
     };
     assert_eq!(*uploads, 2);
-    let files: Vec<String> = requests(&server)
-        .await
-        .iter()
-        .filter(|r| r.url.path() == "/storage/bucket")
-        .map(|r| multipart_parts(r).last().unwrap().1.clone())
-        .collect();
+    let files = uploaded_files(&requests(&server).await);
     let in_first_two: usize = files[..2].iter().map(|f| f.lines().count() - 1).sum();
     assert_eq!(*rows_sent, in_first_two as u64);
     assert!(source.to_string().contains("storage says no"), "{source}");
