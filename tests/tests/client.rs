@@ -484,6 +484,17 @@ async fn mount_create(server: &MockServer, create_path: &str, body: Value, creat
         .await;
 }
 
+/// Mounts `POST {path}` answering `answer` to its first request only (later ones go to
+/// the mocks mounted after it).
+async fn mount_post_once(server: &MockServer, post_path: &str, answer: ResponseTemplate) {
+    Mock::given(method("POST"))
+        .and(path(post_path))
+        .respond_with(answer)
+        .up_to_n_times(1)
+        .mount(server)
+        .await;
+}
+
 /// The pipeline "production" of the project "Chatbot", loaded or created.
 async fn chatbot_production(c: &Client) -> InferencePipeline {
     c.load_or_create_inference_pipeline("Chatbot", "production", TaskType::LlmBase)
@@ -641,12 +652,12 @@ async fn a_creation_is_repeated_only_when_it_cannot_have_been_acted_on() {
 
     // A 429 says nothing was done: tried again, like any request.
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/projects/p1/inference-pipelines"))
-        .respond_with(ResponseTemplate::new(429).insert_header("retry-after-ms", "10"))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
+    mount_post_once(
+        &server,
+        "/v1/projects/p1/inference-pipelines",
+        ResponseTemplate::new(429).insert_header("retry-after-ms", "10"),
+    )
+    .await;
     mount_create(
         &server,
         "/v1/projects/p1/inference-pipelines",
@@ -722,12 +733,12 @@ async fn load_or_create_creates_again_when_a_failed_creation_left_nothing() {
         .expect(2)
         .mount(&server)
         .await;
-    Mock::given(method("POST"))
-        .and(path("/v1/projects/p1/inference-pipelines"))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
+    mount_post_once(
+        &server,
+        "/v1/projects/p1/inference-pipelines",
+        ResponseTemplate::new(503),
+    )
+    .await;
     mount_create(
         &server,
         "/v1/projects/p1/inference-pipelines",
