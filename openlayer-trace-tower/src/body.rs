@@ -127,7 +127,7 @@ where
 /// caught further out, by a `CatchPanicLayer`, would otherwise leave it open until the
 /// future is dropped, and record it as merely cancelled).
 pub(crate) fn with_step<R>(slot: &mut Option<StepHandle>, f: impl FnOnce() -> R) -> R {
-    let guard = OnPanic(slot);
+    let guard = OnPanic(slot, std::thread::panicking());
     // The step stays where it is (not moved out and back): it is only borrowed.
     let _entered = guard.0.as_ref().map(StepHandle::enter);
     // In tail position, `f`'s output is written where the caller wants it, not moved
@@ -135,13 +135,15 @@ pub(crate) fn with_step<R>(slot: &mut Option<StepHandle>, f: impl FnOnce() -> R)
     f()
 }
 
-/// Drops the step (closing it as panicked) if the thread unwinds; declared before the step
-/// is entered, so that it runs after the step has stopped being current.
-struct OnPanic<'a>(&'a mut Option<StepHandle>);
+/// Drops the step (closing it as panicked) if `f` panics; declared before the step is
+/// entered, so that it runs after the step has stopped being current. The flag: the thread
+/// was already unwinding before `f` ran (a body read from a `Drop` during another panic),
+/// so unwinding now is not `f`'s panic.
+struct OnPanic<'a>(&'a mut Option<StepHandle>, bool);
 
 impl Drop for OnPanic<'_> {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() && !self.1 {
             drop(self.0.take());
         }
     }

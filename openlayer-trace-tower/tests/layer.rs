@@ -300,3 +300,50 @@ async fn many_headers_are_recorded_like_few() {
     assert_eq!(parts.headers["x-openlayer-inference-id"], "row-1");
     assert_eq!(t.row()["user_id"], "u-7");
 }
+
+/// A response body read to its end in a `Drop` while the thread unwinds from another
+/// panic: the request's step ends with the body, as returned, not as panicked.
+#[tokio::test]
+async fn a_body_read_during_an_unrelated_panic_is_not_panicked() {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    struct ReadOnDrop(Option<openlayer_trace_tower::OpenlayerBody<Full<Bytes>>>);
+    impl Drop for ReadOnDrop {
+        fn drop(&mut self) {
+            let Some(body) = self.0.take() else { return };
+            let mut body = pin!(body);
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut read = 0;
+            loop {
+                match http_body::Body::poll_frame(body.as_mut(), &mut cx) {
+                    Poll::Ready(Some(Ok(frame))) => read += frame.into_data().unwrap().len(),
+                    Poll::Ready(None) => break,
+                    other => panic!("unexpected {:?}", other.map(|_| ())),
+                }
+            }
+            assert_eq!(read, 5);
+        }
+    }
+
+    let ((), traces) = testing::capture_async(async {
+        let res = OpenlayerLayer::new()
+            .layer(service_fn(ok))
+            .oneshot(empty(get("/drop")))
+            .await
+            .unwrap();
+        let reader = ReadOnDrop(Some(res.into_body()));
+        let r = catch_unwind(AssertUnwindSafe(move || {
+            let _reader = reader;
+            panic!("an unrelated panic");
+        }));
+        assert!(r.is_err());
+    })
+    .await;
+    assert_eq!(traces.len(), 1, "{traces:#?}");
+    let root = traces[0].root();
+    assert_eq!(root["output"], 200, "{root}");
+    assert!(root["metadata"].get("Exceptions").is_none(), "{root}");
+    assert!(root["metadata"].get("cancelled").is_none(), "{root}");
+}

@@ -1,7 +1,9 @@
-//! Step status under unwinding: a traced function that returns normally while its thread
-//! unwinds (called from a `Drop`) is recorded as returned; a panic message is never
-//! reused for a later panic; opening the first step while unwinding never aborts.
+//! Step status under unwinding: a traced function, future, iterator or handle that ends
+//! normally while its thread unwinds from an unrelated panic (run from a `Drop`) is
+//! recorded as returned (or cancelled), not panicked; a panic message is never reused for
+//! a later panic; opening the first step while unwinding never aborts.
 
+use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
@@ -116,4 +118,106 @@ fn init_installs_the_panic_hook() {
     let text = std::fs::read_to_string(file).unwrap();
     assert!(text.contains(r#""Exceptions":"panicked""#), "{text}");
     assert!(!text.contains(r#""Exceptions":"panicked at"#), "{text}");
+}
+
+/// Runs `f` in a `Drop` while the thread unwinds from a panic unrelated to it.
+fn during_an_unrelated_panic(f: impl FnOnce()) {
+    struct RunOnDrop<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for RunOnDrop<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    let r = catch_unwind(AssertUnwindSafe(move || {
+        let _run = RunOnDrop(Some(f));
+        panic!("an unrelated panic");
+    }));
+    assert!(r.is_err());
+}
+
+fn assert_not_panicked(step: &serde_json::Value) {
+    let exceptions = step["metadata"].get("Exceptions");
+    assert!(exceptions.is_none(), "recorded as panicked: {step}");
+}
+
+/// A handle finished explicitly has returned, even while the thread unwinds: the code
+/// that finished it ran to that point.
+#[test]
+fn a_handle_finished_during_an_unrelated_panic_is_not_panicked() {
+    let (_, traces) = testing::capture(|| {
+        let handle = step("finished_in_drop").start();
+        during_an_unrelated_panic(move || {
+            let mut handle = handle;
+            handle.output(&7);
+            handle.finish();
+        });
+    });
+    assert_eq!(traces.len(), 1);
+    let root = traces[0].root();
+    assert_not_panicked(root);
+    assert_eq!(root["output"], 7, "{root}");
+    assert!(root["metadata"].get("cancelled").is_none(), "{root}");
+}
+
+/// A handle opened while the thread unwinds and dropped in the same unwinding is
+/// cancelled (dropped without `finish`), not panicked: no panic unwound through it.
+#[test]
+fn a_handle_opened_and_dropped_during_an_unrelated_panic_is_cancelled() {
+    let (_, traces) = testing::capture(|| {
+        during_an_unrelated_panic(|| {
+            let handle = step("opened_in_drop").start();
+            drop(handle);
+        });
+    });
+    assert_eq!(traces.len(), 1);
+    let root = traces[0].root();
+    assert_not_panicked(root);
+    assert_eq!(root["metadata"]["cancelled"], true, "{root}");
+}
+
+#[trace]
+async fn ready_in_drop(n: u32) -> u32 {
+    n + 1
+}
+
+/// A traced future polled to its end while the thread unwinds returned.
+#[test]
+fn a_future_polled_during_an_unrelated_panic_is_not_panicked() {
+    let (_, traces) = testing::capture(|| {
+        during_an_unrelated_panic(|| {
+            let mut fut = std::pin::pin!(ready_in_drop(1));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert_eq!(fut.as_mut().poll(&mut cx), std::task::Poll::Ready(2));
+        });
+    });
+    assert_eq!(traces.len(), 1);
+    let root = traces[0].root();
+    assert_not_panicked(root);
+    assert_eq!(root["output"], 2, "{root}");
+}
+
+#[trace]
+fn numbers(n: u32) -> impl Iterator<Item = u32> {
+    0..n
+}
+
+/// A traced iterator made and dropped part-way while the thread unwinds from another
+/// panic: cancelled, with the output so far, not panicked.
+#[test]
+fn an_iterator_dropped_during_an_unrelated_panic_keeps_its_output() {
+    let (_, traces) = testing::capture(|| {
+        during_an_unrelated_panic(|| {
+            let mut it = numbers(5);
+            assert_eq!(it.next(), Some(0));
+            assert_eq!(it.next(), Some(1));
+            drop(it);
+        });
+    });
+    assert_eq!(traces.len(), 1);
+    let root = traces[0].root();
+    assert_not_panicked(root);
+    assert_eq!(root["output"], serde_json::json!([0, 1]), "{root}");
+    assert_eq!(root["metadata"]["cancelled"], true, "{root}");
 }

@@ -210,10 +210,21 @@ impl StepHandle {
 
     /// Closes the step as returned, with its output (or as failed, when an error was
     /// recorded).
+    ///
+    /// The code that calls `finish` ran to it, so the step has returned even while the
+    /// thread unwinds from a panic (a `Drop` that finishes it, a response body read to its
+    /// end during another panic). A handle *dropped* while a panic unwinds through it,
+    /// one opened before the panic, is recorded as panicked.
     pub fn finish(mut self) {
         if let Some(open) = self.open.take() {
-            self.ending.close(&open, clock::now());
+            self.ending.close_as(&open, clock::now(), false);
         }
+    }
+
+    /// Whether a panic is unwinding through this handle's step: the thread unwinds, and
+    /// did not when the step opened.
+    pub(crate) fn unwinding_through(&self) -> bool {
+        self.ending.unwinding_through()
     }
 }
 
@@ -241,7 +252,7 @@ impl Drop for StepHandle {
             return;
         };
         let end = clock::now();
-        if std::thread::panicking() {
+        if self.ending.unwinding_through() {
             let closing = Closing {
                 status: Status::Panicked,
                 output: None,

@@ -120,10 +120,23 @@ impl Ending {
         self.error = Some(error_text(error).into_boxed_str());
     }
 
+    /// Whether a panic is unwinding through the step: the thread unwinds, and did not when
+    /// the step opened (a step opened in a `Drop` while unwinding ends normally).
+    #[inline]
+    pub(crate) fn unwinding_through(&self) -> bool {
+        std::thread::panicking() && !self.unwinding_at_open
+    }
+
     /// Closes `open` at `end` with this ending (or with the panic unwinding through it).
     pub(crate) fn close(&mut self, open: &OpenStep, end: i64) {
+        let unwinding = self.unwinding_through();
+        self.close_as(open, end, unwinding);
+    }
+
+    /// Closes `open` at `end` with this ending: as panicked when `unwinding`.
+    pub(crate) fn close_as(&mut self, open: &OpenStep, end: i64, unwinding: bool) {
         let output = self.output.take();
-        let closing = if std::thread::panicking() && !self.unwinding_at_open {
+        let closing = if unwinding {
             if open.idx == 0 {
                 // The root is the last step this panic unwinds through in its trace.
                 let error = panic_message();
@@ -498,6 +511,9 @@ impl<F: Future> Future for Instrumented<F> {
         struct PollGuard<'a> {
             entered: Option<Entered>,
             state: &'a mut State,
+            /// The thread was unwinding before the poll (polled from a `Drop`): a poll
+            /// that returns then has not panicked.
+            unwinding_before: bool,
         }
         impl Drop for PollGuard<'_> {
             fn drop(&mut self) {
@@ -505,6 +521,7 @@ impl<F: Future> Future for Instrumented<F> {
                     context::exit(e);
                 }
                 if std::thread::panicking()
+                    && !self.unwinding_before
                     && let State::Open(open) = std::mem::replace(self.state, State::Done)
                 {
                     let closing = Closing {
@@ -528,6 +545,7 @@ impl<F: Future> Future for Instrumented<F> {
         let guard = PollGuard {
             entered,
             state: &mut *this.state,
+            unwinding_before: std::thread::panicking(),
         };
         let out = inner.poll(cx);
         drop(guard);

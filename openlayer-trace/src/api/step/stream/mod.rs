@@ -112,7 +112,7 @@ impl<A> Drop for Active<A> {
     fn drop(&mut self) {
         // Dropped before the end: the output so far, then the handle closes as cancelled
         // (or with the panic unwinding through it).
-        if !self.done && !std::thread::panicking() {
+        if !self.done && !self.handle.unwinding_through() {
             (self.finish)(&mut self.acc, &mut self.handle);
         }
     }
