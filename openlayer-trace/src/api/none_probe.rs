@@ -115,7 +115,8 @@ impl Serializer for Probe {
 
 /// Whether `value` is `None`, `()`, or a JSON `null` value.
 pub(crate) fn is_none<T: Serialize + ?Sized>(value: &T) -> bool {
-    value.serialize(Probe).is_ok()
+    // A panic is not `None`: the value is then written, and fails there as `null`.
+    crate::util::json::unpanicked(|| value.serialize(Probe), || NotNone).is_ok()
 }
 
 #[cfg(test)]

@@ -46,7 +46,11 @@ fn promote_fields<T: Serialize + ?Sized>(value: &T, fields: &[(&'static str, &'s
     if !context::in_trace() {
         return;
     }
-    let object = match serde_json::to_value(value) {
+    let serialized = crate::util::json::unpanicked(
+        || serde_json::to_value(value),
+        || serde::ser::Error::custom("the value's Serialize implementation panicked"),
+    );
+    let object = match serialized {
         Ok(serde_json::Value::Object(map)) => map,
         _ => {
             warn_limited!(

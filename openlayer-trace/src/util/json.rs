@@ -15,10 +15,35 @@ use serde::ser::{self, Impossible, Serialize, SerializeMap as _};
 use serde_json::Error;
 
 /// Appends the compact JSON of `value` to `out`. On error, what was written is left in
-/// `out` (the caller truncates).
+/// `out` (the caller truncates). A `Serialize` implementation that panics is an error
+/// too (see [`unpanicked`]).
 #[inline]
 pub(crate) fn to_vec<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), Error> {
-    value.serialize(Ser { out })
+    unpanicked(
+        || value.serialize(Ser { out }),
+        || ser::Error::custom("the value's Serialize implementation panicked"),
+    )
+}
+
+/// Runs `serialize`, a value's (the application's) `Serialize` implementation: should it
+/// panic, the panic stops here and `panicked()` is returned, so that the value is recorded
+/// as `null` (or left out) and the traced code goes on as if untraced. The panic hook has
+/// run as for any panic; nothing `serialize` holds is used after, but what it wrote is
+/// (whole UTF-8 pieces only, cut off by the caller).
+#[inline]
+pub(crate) fn unpanicked<R, E>(
+    serialize: impl FnOnce() -> Result<R, E>,
+    panicked: impl FnOnce() -> E,
+) -> Result<R, E> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(serialize)) {
+        Ok(r) => r,
+        Err(_) => {
+            crate::util::diag::warn_limited!(
+                "a traced value's Serialize implementation panicked; recorded as null"
+            );
+            Err(panicked())
+        }
+    }
 }
 
 /// Appends `s` as a JSON string.

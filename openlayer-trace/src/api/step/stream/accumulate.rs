@@ -108,7 +108,17 @@ impl Collect {
             return self.count_cut(item);
         }
         if self.mode != Mode::List {
-            match item.serialize(JoinStr(Some(&mut self.text))) {
+            let text = &mut self.text;
+            let mark = text.len();
+            let joined = crate::util::json::unpanicked(
+                || item.serialize(JoinStr(Some(&mut *text))),
+                || NotAString,
+            );
+            if joined.is_err() {
+                // A panic part-way may have joined part of the item.
+                self.text.truncate(mark);
+            }
+            match joined {
                 Ok(true) => {
                     self.mode = Mode::Join;
                     if self.text.len() > max {
@@ -139,7 +149,11 @@ impl Collect {
     /// apart without copying the item anywhere).
     #[cold]
     fn count_cut<T: Serialize + ?Sized>(&mut self, item: &T) {
-        let none = self.mode != Mode::List && matches!(item.serialize(JoinStr(None)), Ok(false));
+        let none = self.mode != Mode::List
+            && matches!(
+                crate::util::json::unpanicked(|| item.serialize(JoinStr(None)), || NotAString),
+                Ok(false)
+            );
         if !none {
             self.cut += 1;
         }
