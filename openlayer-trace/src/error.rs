@@ -60,7 +60,9 @@ pub enum Error {
     Io(#[from] std::io::Error),
 
     /// A bulk call failed after some of its uploads were registered: `rows_sent` rows are
-    /// in the platform, the rest are not.
+    /// in the platform, the rest are not, except that an append whose registration failed
+    /// with a server error or a lost answer (not sent again, so as not to append its rows
+    /// twice) may have been registered all the same.
     #[error("{source} (after {rows_sent} row(s) in {uploads} upload(s) had been registered)")]
     BulkPartial {
         /// Rows registered before the failure.

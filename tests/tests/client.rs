@@ -1400,3 +1400,78 @@ fn uuid_version(s: &str) -> Option<u32> {
     let parts: Vec<&str> = s.split('-').collect();
     (parts.len() == 5 && parts[2].len() == 4).then(|| parts[2][..1].parse().ok())?
 }
+
+/// Mounts a presigned URL and a storage that accept every upload, and a `/data` endpoint
+/// that answers `status` `n` times, then 200.
+async fn mount_registration_failing(server: &MockServer, status: u16, n: u64) {
+    Mock::given(method("POST"))
+        .and(path("/v1/storage/presigned-url"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "url": format!("{}/storage/bucket", server.uri()),
+            "storageUri": "s3://bucket/batch.csv",
+            "fields": {"key": "uploads/batch.csv"}
+        })))
+        .mount(server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/storage/bucket"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(pipeline_path("data")))
+        .respond_with(ResponseTemplate::new(status).set_body_string("registration failed"))
+        .up_to_n_times(n)
+        .with_priority(1)
+        .mount(server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(pipeline_path("data")))
+        .respond_with(ok())
+        .mount(server)
+        .await;
+}
+
+fn registrations(reqs: &[Request]) -> usize {
+    reqs.iter()
+        .filter(|r| r.url.path() == pipeline_path("data"))
+        .count()
+}
+
+/// An append (`publish_batch`) whose registration failed after the platform may have
+/// acted on it is not registered again: a second registration would add every row twice.
+/// The error says so.
+#[tokio::test]
+async fn a_failed_append_registration_is_not_repeated() {
+    let server = MockServer::start().await;
+    mount_registration_failing(&server, 500, 1).await;
+    let cfg = TabularClassificationConfig::new(["no", "yes"])
+        .feature_names(["age"])
+        .predictions_column_name("pred")
+        .inference_id_column_name("id");
+    let rows = [json!({"age": 30, "id": "r1", "pred": 1})];
+    let err = csv_client(&server)
+        .publish_batch(PIPELINE, &cfg, &rows)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        registrations(&requests(&server).await),
+        1,
+        "registered once"
+    );
+    let text = err.to_string();
+    assert!(text.contains("500"), "{text}");
+}
+
+/// A merge (`update_batch`) is the same whether registered once or twice: retried.
+#[tokio::test]
+async fn a_failed_merge_registration_is_retried() {
+    let server = MockServer::start().await;
+    mount_registration_failing(&server, 500, 1).await;
+    let rows = [json!({"id": "r1", "label": 1})];
+    csv_client(&server)
+        .update_batch(PIPELINE, "id", None, &rows)
+        .await
+        .unwrap();
+    assert_eq!(registrations(&requests(&server).await), 2, "retried once");
+}

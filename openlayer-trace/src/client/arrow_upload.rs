@@ -115,7 +115,9 @@ impl Client {
     /// DuckDB and the `arrow`/`parquet` crates produce. Uploads Arrow IPC streams of at
     /// most [`ClientBuilder::bulk_max_bytes`](super::ClientBuilder::bulk_max_bytes) each
     /// (plus one chunk), each registered with `POST .../data` and
-    /// `performDataMerge: false`, so the input never has to be in memory at once.
+    /// `performDataMerge: false`, so the input never has to be in memory at once. A
+    /// registration is not sent again after a server error or a lost answer (see
+    /// [`Error::BulkPartial`]).
     ///
     /// Columns are uploaded as they are typed, except: timestamps and dates become Unix
     /// seconds (`Int64` for seconds and dates, `Float64` for finer units); lists, structs

@@ -19,6 +19,10 @@ impl Client {
     /// into CSV cells as JSON text. In local mode, the rows are appended to the local
     /// file as data-stream lines instead.
     ///
+    /// The registration is not sent again after a server error or a lost answer (the
+    /// platform may have appended the rows already, and would append them twice): the
+    /// error is returned, and the rows may or may not be in the platform.
+    ///
     /// ```no_run
     /// use openlayer_trace::{Client, TabularClassificationConfig};
     /// # async fn run() -> Result<(), openlayer_trace::Error> {

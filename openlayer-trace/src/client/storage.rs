@@ -10,7 +10,7 @@ use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use super::{csv, expect_success, multipart, segment, send};
+use super::{csv, expect_success, expect_success_once, multipart, segment, send};
 use crate::error::Error;
 use crate::transport::{ApiRequest, Transport, chain};
 
@@ -83,6 +83,11 @@ pub(crate) async fn presign(t: &Transport, object_name: &str) -> Result<Presigne
 
 /// `POST /inference-pipelines/{id}/data`: registers an uploaded file with the pipeline,
 /// appended (`merge: false`) or merged into the rows by inference id (`merge: true`).
+///
+/// A merge is retried as any request (merging the same rows twice leaves them as once).
+/// An append is sent again only when the platform cannot have acted on it (a refused
+/// connection, a 429): after a 5xx or a lost answer it may have appended the rows, and a
+/// second registration would append them twice. The error is then returned as it is.
 pub(crate) async fn register(
     t: &Transport,
     pipeline_id: &str,
@@ -108,7 +113,11 @@ pub(crate) async fn register(
         query: Vec::new(),
         body: Some(serde_json::to_vec(&body)?.into()),
     };
-    expect_success(t, &req).await
+    if merge {
+        expect_success(t, &req).await
+    } else {
+        expect_success_once(t, &req).await
+    }
 }
 
 /// The CSV upload of JSON rows (the explicit [`BulkFormat::Csv`](super::BulkFormat::Csv)),
