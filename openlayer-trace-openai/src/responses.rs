@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use crate::chat::Sealed;
 use crate::params::{PromptInputs, Tokens, decimal, tool_call};
 use crate::provider_of;
+use crate::stream::TextBound;
 
 /// The step name of a Responses API call.
 const NAME: &str = "OpenAI Response";
@@ -88,6 +89,7 @@ impl<C: Config> ResponsesExt for Responses<'_, C> {
                 started,
                 first_token: false,
                 text: String::new(),
+                bound: TextBound::default(),
                 model: None,
                 last: None,
             }) as ResponseStream),
@@ -202,7 +204,9 @@ struct TracedResponseStream {
     handle: Option<StepHandle>,
     started: Instant,
     first_token: bool,
+    /// The text deltas, recorded when no final response came (bounded).
     text: String,
+    bound: TextBound,
     model: Option<String>,
     /// The final response (`response.completed`, `.incomplete` or `.failed`).
     last: Option<Response>,
@@ -217,7 +221,7 @@ impl TracedResponseStream {
                     h.metadata("model", model);
                 }
                 if !self.text.is_empty() {
-                    h.output(&self.text);
+                    h.output(&self.bound.marked(&self.text));
                 }
             }
         }
@@ -241,7 +245,7 @@ impl Stream for TracedResponseStream {
             Poll::Ready(Some(Ok(event))) => {
                 let token = match event {
                     ResponseStreamEvent::ResponseOutputTextDelta(d) => {
-                        this.text.push_str(&d.delta);
+                        this.bound.push(&mut this.text, &d.delta);
                         true
                     }
                     ResponseStreamEvent::ResponseFunctionCallArgumentsDelta(_)

@@ -2,7 +2,8 @@
 //!
 //! The per-chunk work is a few appends into buffers owned by the stream (no JSON, no
 //! locks, no allocation once the buffers have grown); the step is shaped once, at the end
-//! of the stream or when the stream is dropped.
+//! of the stream or when the stream is dropped. The text kept is bounded (see
+//! `TextBound`): a long answer's row still fits in a request, and its memory is bounded.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -114,10 +115,63 @@ fn add_piece(acc: &mut String, piece: &str) {
     }
 }
 
+/// A bound on the text a stream's accumulator keeps: half of
+/// [`output_max_bytes`](openlayer_trace::stream::output_max_bytes), since the first
+/// choice's text is recorded twice (the output and `rawOutput`), three times for a root
+/// step (its row's output too). Text past it is counted, not kept.
+#[derive(Default)]
+pub(crate) struct TextBound {
+    kept: usize,
+    /// Set at the first piece (0 before).
+    max: usize,
+    /// Pieces of text cut short or left out.
+    cut: u64,
+}
+
+impl TextBound {
+    /// Appends `piece` to `buf`, or the part of it that fits (cut at a character
+    /// boundary); after a cut, nothing more.
+    pub(crate) fn push(&mut self, buf: &mut String, piece: &str) {
+        if piece.is_empty() {
+            return;
+        }
+        if self.max == 0 {
+            self.max = (openlayer_trace::stream::output_max_bytes() / 2).max(64);
+        }
+        if self.cut > 0 {
+            // Nothing after a cut: the text kept has no holes.
+            self.cut += 1;
+            return;
+        }
+        let room = self.max.saturating_sub(self.kept);
+        let mut end = piece.len().min(room);
+        while !piece.is_char_boundary(end) {
+            end -= 1;
+        }
+        buf.push_str(&piece[..end]);
+        self.kept += end;
+        if end < piece.len() {
+            self.cut += 1;
+        }
+    }
+}
+
+impl TextBound {
+    /// `text`, ending with `…[truncated N chunks]` when pieces were cut.
+    pub(crate) fn marked(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        if self.cut > 0 {
+            text.push_str(&format!("…[truncated {} chunks]", self.cut));
+        }
+        text
+    }
+}
+
 /// What the chunks of one chat stream add up to.
 #[derive(Default)]
 pub(crate) struct ChatAccumulator {
     chunks: u64,
+    bound: TextBound,
     /// Some chunk had a choice (see `ChatStream::poll_next`).
     answered: bool,
     id: String,
@@ -149,6 +203,7 @@ impl ChatAccumulator {
         }
         self.answered |= !chunk.choices.is_empty();
         self.chunks += 1;
+        let bound = &mut self.bound;
         for c in &chunk.choices {
             let choice = match self.choices.iter().position(|a| a.index == c.index) {
                 Some(i) => &mut self.choices[i],
@@ -161,10 +216,10 @@ impl ChatAccumulator {
                 }
             };
             if let Some(text) = &c.delta.content {
-                choice.content.push_str(text);
+                bound.push(&mut choice.content, text);
             }
             if let Some(text) = &c.delta.refusal {
-                choice.refusal.push_str(text);
+                bound.push(&mut choice.refusal, text);
             }
             if c.finish_reason.is_some() {
                 choice.finish_reason = c.finish_reason;
@@ -195,7 +250,7 @@ impl ChatAccumulator {
                         add_piece(&mut acc.name, name);
                     }
                     if let Some(args) = &f.arguments {
-                        acc.arguments.push_str(args);
+                        bound.push(&mut acc.arguments, args);
                     }
                 }
             }
@@ -216,13 +271,15 @@ impl ChatAccumulator {
     }
 
     /// The step's output: the first choice's text, or its tool calls, or its refusal.
+    /// Text cut by the bound ends with `…[truncated N chunks]`.
     pub(crate) fn output(&self) -> Value {
         let Some(first) = self.choices.iter().min_by_key(|c| c.index) else {
             return Value::Null;
         };
+        let marked = |text: &str| Value::String(self.bound.marked(text));
         let calls = self.tool_calls_of(first.index);
         if !first.content.is_empty() || (calls.is_empty() && first.refusal.is_empty()) {
-            Value::String(first.content.clone())
+            marked(&first.content)
         } else if !calls.is_empty() {
             Value::Array(
                 calls
@@ -231,7 +288,7 @@ impl ChatAccumulator {
                     .collect(),
             )
         } else {
-            Value::String(first.refusal.clone())
+            marked(&first.refusal)
         }
     }
 
@@ -289,5 +346,38 @@ impl ChatAccumulator {
         }
         h.metadata("rawOutput", &self.raw_output());
         h.output(&self.output());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TextBound;
+
+    #[test]
+    fn text_is_kept_up_to_the_bound_at_a_char_boundary_and_marked() {
+        let mut bound = TextBound {
+            max: 10,
+            ..TextBound::default()
+        };
+        let mut buf = String::new();
+        bound.push(&mut buf, "abcdefgh");
+        bound.push(&mut buf, "");
+        assert_eq!((buf.as_str(), bound.cut), ("abcdefgh", 0));
+        assert_eq!(bound.marked(&buf), "abcdefgh", "nothing cut: no marker");
+        // "é" is two bytes: 8 + 1 + 2 would pass 10, so it is cut before the "é".
+        bound.push(&mut buf, "xé");
+        assert_eq!((buf.as_str(), bound.cut), ("abcdefghx", 1));
+        // After a cut nothing is kept, even what would fit: the text has no holes.
+        bound.push(&mut buf, "y");
+        assert_eq!((buf.as_str(), bound.cut), ("abcdefghx", 2));
+        assert_eq!(bound.marked(&buf), "abcdefghx…[truncated 2 chunks]");
+    }
+
+    #[test]
+    fn the_bound_is_half_the_stream_output_bound() {
+        let mut bound = TextBound::default();
+        let mut buf = String::new();
+        bound.push(&mut buf, "a");
+        assert_eq!(bound.max, openlayer_trace::stream::output_max_bytes() / 2);
     }
 }

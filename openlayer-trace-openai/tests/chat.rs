@@ -366,3 +366,51 @@ async fn steps_nest_under_the_current_step_and_per_request_options_stay() {
     assert_eq!(root["steps"][0]["name"], "OpenAI Chat Completion");
     assert_eq!(root["output"], root["steps"][0]["output"]);
 }
+
+/// A streamed answer longer than the stream output bound: the client gets all of it, the
+/// step keeps at most half the bound (the text is recorded twice), marked as cut.
+#[tokio::test]
+async fn a_long_streamed_answer_is_recorded_up_to_the_bound() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let max = openlayer_trace::stream::output_max_bytes();
+    // Words of a kilobyte, so that the answer comes in a few hundred chunks.
+    let word = "x".repeat(1023);
+    let words = max / 2 / 1024 + 40;
+    let question = vec![word.as_str(); words].join(" ");
+    let mut b = CreateChatCompletionRequestArgs::default();
+    b.model("gpt-4o-mini")
+        .stream(true)
+        .messages([ChatCompletionRequestUserMessage::from(question.as_str()).into()]);
+    let ((text, errors), traces) = testing::capture_async(async {
+        let mut stream = client
+            .chat()
+            .create_stream_traced(b.build().unwrap())
+            .await
+            .unwrap();
+        drain(&mut stream).await
+    })
+    .await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(text, format!("Mock answer: {question}"), "passed on whole");
+    let step = only_step(&traces);
+    let output = step["output"].as_str().unwrap();
+    let (kept, marker) = output.split_once('…').expect("a truncation marker");
+    assert!(kept.len() <= max / 2, "{} > {}", kept.len(), max / 2);
+    assert!(text.starts_with(kept));
+    assert!(
+        kept.len() >= max / 2 - 1024,
+        "kept up to the bound: {}",
+        kept.len()
+    );
+    let cut: u64 = marker
+        .strip_prefix("[truncated ")
+        .and_then(|m| m.strip_suffix(" chunks]"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("marker {marker:?}"));
+    assert!(cut >= 39, "{cut} chunks cut");
+    let raw = step["rawOutput"]["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    assert_eq!(raw, kept, "rawOutput keeps the same text");
+}

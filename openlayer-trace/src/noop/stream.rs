@@ -15,6 +15,12 @@ use serde::Serialize;
 
 use crate::noop::step::{StepBuilder, StepHandle};
 
+/// The most bytes of output a traced stream keeps (compiled out: the default, 512 KiB,
+/// since nothing is kept).
+pub fn output_max_bytes() -> usize {
+    512 * 1024
+}
+
 /// Folds a traced stream's items into its step's output (compiled out: never called).
 pub trait Accumulator<Item: ?Sized> {
     /// Takes one item into account.

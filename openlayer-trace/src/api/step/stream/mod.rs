@@ -34,6 +34,21 @@ pub use boxed::FromTraced;
 use crate::api::step::handle::StepHandle;
 use crate::api::step::{StepBuilder, step};
 
+/// The most bytes of output a traced stream keeps: an eighth of the configuration's
+/// `batch_max_bytes`, and at most a sixteenth of its `queue_max_bytes` (512 KiB with the
+/// defaults). [`Collect`] keeps items up to it and counts those past it (the output ends
+/// with `…[truncated N items]`), so that a stream that never ends holds bounded memory
+/// and its row still fits in a request. An [`Accumulator`] of your own should bound what
+/// it keeps by it too.
+///
+/// ```
+/// let max = openlayer_trace::stream::output_max_bytes();
+/// assert!(max >= 128);
+/// ```
+pub fn output_max_bytes() -> usize {
+    crate::util::open_traces::stream_output_max()
+}
+
 pin_project! {
     /// A stream or iterator traced as one step; see the [module docs](self).
     ///
