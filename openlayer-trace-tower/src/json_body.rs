@@ -55,8 +55,11 @@ where
         let (parts, body) = req.into_parts();
         let max = self.mode.max_bytes;
         let small = body.size_hint().upper().is_some_and(|n| n <= max as u64);
+        // A body rebuilt from the bytes read ahead has no trailers: one that declares
+        // some (`Trailer`) goes to the handler untouched, unrecorded.
+        let trailers = parts.headers.contains_key(http::header::TRAILER);
         // A body is read ahead only to be recorded: not when the step would not be.
-        if !(small && is_json(&parts.headers) && openlayer_trace::is_recording()) {
+        if !(small && !trailers && is_json(&parts.headers) && openlayer_trace::is_recording()) {
             let begun = begin(&self.settings, Head::of_parts(&parts), None);
             let req = Request::from_parts(parts, body);
             let fut = ResponseFuture::start(&mut self.inner, req, begun, self.settings.clone());

@@ -281,7 +281,10 @@ impl OpenlayerLayer {
     ///
     /// Such a body is read in full before the handler runs (the step starts after it),
     /// then handed to the handler unchanged. Other bodies, and every body while tracing is
-    /// off, are streamed to the handler untouched and not recorded.
+    /// off, are streamed to the handler untouched and not recorded. So is a body whose
+    /// request declares trailers (a `Trailer` header): the body rebuilt from the bytes
+    /// read ahead could not carry them. (Trailers a request sends without declaring them
+    /// are not handed on after a recorded body.)
     ///
     /// If reading the body fails (the client went away mid-upload), the handler is not
     /// called with the part that arrived, since a truncated JSON text can still parse

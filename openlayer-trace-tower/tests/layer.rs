@@ -347,3 +347,95 @@ async fn a_body_read_during_an_unrelated_panic_is_not_panicked() {
     assert!(root["metadata"].get("Exceptions").is_none(), "{root}");
     assert!(root["metadata"].get("cancelled").is_none(), "{root}");
 }
+
+/// A request body of data frames, then trailers (when it was not rebuilt from bytes).
+struct WithTrailers {
+    frames: std::collections::VecDeque<http_body::Frame<Bytes>>,
+    len: u64,
+}
+
+impl http_body::Body for WithTrailers {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.frames.pop_front().map(Ok))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
+    }
+}
+
+impl From<Bytes> for WithTrailers {
+    fn from(data: Bytes) -> Self {
+        WithTrailers {
+            len: data.len() as u64,
+            frames: [http_body::Frame::data(data)].into(),
+        }
+    }
+}
+
+/// A small JSON body whose request declares trailers reaches the handler with them (not
+/// read ahead and rebuilt without them); the same body without the declaration is
+/// recorded.
+#[tokio::test]
+async fn a_json_body_that_declares_trailers_keeps_them() {
+    let svc = OpenlayerLayer::new().record_json_body(64).layer(service_fn(
+        |req: Request<WithTrailers>| async move {
+            let collected = req.into_body().collect().await.unwrap();
+            let checksum = collected
+                .trailers()
+                .and_then(|t| t.get("x-checksum"))
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_else(|| "none".into());
+            let body = collected.to_bytes();
+            let text = format!("{} {checksum}", String::from_utf8_lossy(&body));
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+        },
+    ));
+    let request = |declared: bool| {
+        let data = Bytes::from_static(br#"{"a":1}"#);
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", "abc".parse().unwrap());
+        let mut b = Request::post("/t").header("content-type", "application/json");
+        if declared {
+            b = b.header("trailer", "x-checksum");
+        }
+        b.body(WithTrailers {
+            len: data.len() as u64,
+            frames: [
+                http_body::Frame::data(data),
+                http_body::Frame::trailers(trailers),
+            ]
+            .into(),
+        })
+        .unwrap()
+    };
+    let (answers, traces) = testing::capture_async(async {
+        let mut answers = Vec::new();
+        for declared in [true, false] {
+            let res = svc.clone().oneshot(request(declared)).await.unwrap();
+            answers.push(res.into_body().collect().await.unwrap().to_bytes());
+        }
+        answers
+    })
+    .await;
+    assert_eq!(
+        answers[0], r#"{"a":1} abc"#,
+        "declared trailers reach the handler"
+    );
+    assert!(
+        traces[0].root()["inputs"].get("body").is_none(),
+        "{}",
+        traces[0].root()
+    );
+    assert_eq!(
+        answers[1], r#"{"a":1} none"#,
+        "undeclared: recorded, rebuilt"
+    );
+    assert_eq!(traces[1].root()["inputs"]["body"], json!({"a": 1}));
+}
