@@ -11,9 +11,17 @@
 //! part of the file has changed since (line numbers would no longer mean the same lines).
 //! Sending stops at the first line the platform refuses, so that row updates never
 //! overtake the rows they update; a rerun starts again there.
+//!
+//! The file is never in memory whole: it is read a line at a time, twice (a first pass
+//! checks it, the second sends it), through one handle, so that a rotation meanwhile
+//! changes nothing, and only up to its last newline (a last line still being written is
+//! left for the next run). The hash is computed as the lines pass.
 
-use std::io::Write;
+use std::cell::Cell;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use openlayer_trace::{Client, LocalLine, LocalLines, RawStreamConfig, RowUpdateConfig};
 use serde::{Deserialize, Serialize};
@@ -73,6 +81,89 @@ fn fnv1a_extend(mut h: u64, bytes: &[u8]) -> u64 {
     h
 }
 
+/// A reader of the file that hashes the bytes consumed from it: read line by line (by
+/// [`LocalLines`], which consumes each line and nothing past it), after a line it has
+/// its end and the hash of the file up to it, without the file in memory.
+struct Hashing<R> {
+    inner: R,
+    at: ReadSoFar,
+}
+
+/// What a [`Hashing`] reader has consumed: (bytes, FNV-1a of them), shared with its owner.
+type ReadSoFar = Rc<Cell<(u64, u64)>>;
+
+impl<R: BufRead> Hashing<R> {
+    fn new(inner: R) -> (Self, ReadSoFar) {
+        let at = Rc::new(Cell::new((0, FNV_BASIS)));
+        (
+            Hashing {
+                inner,
+                at: at.clone(),
+            },
+            at,
+        )
+    }
+}
+
+impl<R: BufRead> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for Hashing<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        if n > 0 {
+            // The bytes just handed out by `fill_buf`, still buffered: no I/O here.
+            let (pos, hash) = self.at.get();
+            let hash = match self.inner.fill_buf() {
+                Ok(buffered) => fnv1a_extend(hash, &buffered[..n.min(buffered.len())]),
+                Err(_) => hash,
+            };
+            self.at.set((pos + n as u64, hash));
+        }
+        self.inner.consume(n);
+    }
+}
+
+/// The file's lines up to `complete` bytes, from its start, read through a [`Hashing`]
+/// reader (whose state is returned too).
+fn lines_of(
+    file: &mut File,
+    complete: u64,
+) -> std::io::Result<(LocalLines<impl BufRead + '_>, ReadSoFar)> {
+    file.seek(SeekFrom::Start(0))?;
+    let (reader, at) = Hashing::new(BufReader::with_capacity(64 * 1024, (&*file).take(complete)));
+    Ok((LocalLines::new(reader), at))
+}
+
+/// The length of the file up to the end of its last newline, read from its end: a last
+/// line without its newline may still be being written.
+fn complete_len(file: &mut File) -> std::io::Result<u64> {
+    let len = file.metadata()?.len();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let piece = &mut buf[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(piece)?;
+        if let Some(i) = piece.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
 /// `FILE.pushed`.
 pub fn sidecar(file: &Path) -> PathBuf {
     let mut name = file.as_os_str().to_owned();
@@ -121,52 +212,63 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
         .or_else(|| client.inference_pipeline_id().map(str::to_string))
         .filter(|p| !p.trim().is_empty());
 
-    let mut content = std::fs::read(file)
+    let mut source = File::open(file)
         .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
-    // A last line without its newline may still be being written: leave it for next time.
-    let complete = content
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
-    let partial = content.len() - complete;
-    content.truncate(complete);
+    let read_failed =
+        |e: std::io::Error| CliError::Failed(format!("cannot read {}: {e}", file.display()));
+    // The file is read twice, through this one handle (a rotation meanwhile does not
+    // change what is read), a line at a time: never whole in memory.
+    let total = source.metadata().map_err(read_failed)?.len();
+    let complete = complete_len(&mut source).map_err(read_failed)?;
+    let partial = total.saturating_sub(complete);
 
     let progress_path = sidecar(file);
     let state = load_state(&progress_path)?;
-    let prefix = usize::try_from(state.prefix_len).unwrap_or(usize::MAX);
-    let prefix_hash = match content.get(..prefix) {
-        Some(p) => fnv1a_extend(FNV_BASIS, p),
-        None => 0,
+
+    // A first pass checks the part pushed before (its length and hash), counts the lines
+    // and checks them, parsing each and letting it go: the parsed lines of a large file
+    // would take several times its size in memory. The second pass, below, parses each
+    // again as it is sent.
+    let sent_before = State {
+        done: state.done.clone(),
+        ..State::default()
     };
-    if prefix > content.len() || format!("{prefix_hash:016x}") != state.prefix_hash {
+    let (mut skipped, mut pending) = (0usize, 0usize);
+    // The part pushed before is unchanged: a line ends where it ended, with its hash.
+    let mut prefix_found = state.prefix_len == 0 && state.prefix_hash == fnv1a(b"");
+    // Lines without a pipeline need one from the flag or the environment: say so before
+    // sending anything.
+    let mut orphans: Vec<String> = Vec::new();
+    {
+        let (lines, at) = lines_of(&mut source, complete).map_err(read_failed)?;
+        for e in lines {
+            if let Err(openlayer_trace::Error::Io(io)) = &e.line {
+                return Err(CliError::Failed(format!(
+                    "cannot read {}: {io}",
+                    file.display()
+                )));
+            }
+            let (end, hash) = at.get();
+            if end == state.prefix_len && format!("{hash:016x}") == state.prefix_hash {
+                prefix_found = true;
+            }
+            if sent_before.contains(e.number) {
+                skipped += 1;
+                continue;
+            }
+            pending += 1;
+            if default_pipeline.is_none() && matches!(&e.line, Ok(l) if l.pipeline_id().is_none()) {
+                orphans.push(e.number.to_string());
+            }
+        }
+    }
+    if !prefix_found {
         return Err(CliError::Usage(format!(
             "{} has changed since the last push recorded in {}; remove {} to push it from the start",
             file.display(),
             progress_path.display(),
             progress_path.display(),
         )));
-    }
-
-    // A first pass counts the lines and checks them, parsing each and letting it go: the
-    // parsed lines of a large file would take several times its size in memory. The
-    // second pass, below, parses each again as it is sent.
-    let sent_before = State {
-        done: state.done.clone(),
-        ..State::default()
-    };
-    let (mut skipped, mut pending) = (0usize, 0usize);
-    // Lines without a pipeline need one from the flag or the environment: say so before
-    // sending anything.
-    let mut orphans: Vec<String> = Vec::new();
-    for e in LocalLines::new(&content[..]) {
-        if sent_before.contains(e.number) {
-            skipped += 1;
-            continue;
-        }
-        pending += 1;
-        if default_pipeline.is_none() && matches!(&e.line, Ok(l) if l.pipeline_id().is_none()) {
-            orphans.push(e.number.to_string());
-        }
     }
     if !orphans.is_empty() {
         return Err(CliError::Usage(format!(
@@ -175,11 +277,12 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
             file.display()
         )));
     }
-    let pending_lines = LocalLines::new(&content[..]).filter(|e| !sent_before.contains(e.number));
+    let prefix_hash = u64::from_str_radix(&state.prefix_hash, 16).unwrap_or(FNV_BASIS);
+    let (lines, at) = lines_of(&mut source, complete).map_err(read_failed)?;
+    let pending_lines = lines.filter(|e| !sent_before.contains(e.number));
 
     let mut push = Pusher {
         client: &client,
-        content: &content,
         progress_path: &progress_path,
         state,
         prefix_hash,
@@ -213,6 +316,10 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
             .or_else(|| default_pipeline.clone())
             .unwrap_or_default();
         let end = entry.offset + entry.len;
+        // Read just now: where the reader stands is this line's end.
+        let (at_end, hash) = at.get();
+        debug_assert_eq!(at_end, end);
+        let end = (end, hash);
         match line {
             LocalLine::Stream { config, rows, .. } => {
                 let joins = batch
@@ -325,6 +432,9 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
     }
 }
 
+/// Where a line ends in the file, and the FNV-1a of the file up to there.
+type End = (u64, u64);
+
 /// Consecutive data-stream lines with the same pipeline and config, sent as one request
 /// of at most `batch_max_rows` rows and about `batch_max_bytes` bytes (the lines' own
 /// lengths, which count the config once per line, so never less than the request).
@@ -332,8 +442,9 @@ struct Batch {
     pipeline: String,
     config: Map<String, Value>,
     rows: Vec<Value>,
-    /// Per line: its number, where it ends in the file, and how many rows it has.
-    lines: Vec<(usize, u64, usize)>,
+    /// Per line: its number, where it ends in the file (and the hash of the file up to
+    /// there), and how many rows it has.
+    lines: Vec<(usize, End, usize)>,
     bytes: u64,
 }
 
@@ -364,7 +475,7 @@ impl Batch {
             && self.bytes + len <= max_bytes as u64
     }
 
-    fn add(&mut self, number: usize, end: u64, rows: Vec<Map<String, Value>>, len: u64) {
+    fn add(&mut self, number: usize, end: End, rows: Vec<Map<String, Value>>, len: u64) {
         self.lines.push((number, end, rows.len()));
         self.rows.extend(rows.into_iter().map(Value::Object));
         self.bytes += len;
@@ -374,7 +485,6 @@ impl Batch {
 /// Sends lines and records them as sent.
 struct Pusher<'a> {
     client: &'a Client,
-    content: &'a [u8],
     progress_path: &'a Path,
     state: State,
     prefix_hash: u64,
@@ -403,7 +513,7 @@ impl Pusher<'_> {
         match result {
             Ok(()) => {
                 self.rows_sent += batch.rows.len();
-                let lines: Vec<(usize, u64)> =
+                let lines: Vec<(usize, End)> =
                     batch.lines.iter().map(|&(n, end, _)| (n, end)).collect();
                 self.sent(&lines)?;
                 return Ok((0, None));
@@ -435,13 +545,12 @@ impl Pusher<'_> {
         Ok((0, None))
     }
 
-    /// Records `lines` (number, end offset) as sent, in one save of the progress file.
-    fn sent(&mut self, lines: &[(usize, u64)]) -> Result<(), CliError> {
-        for &(number, end) in lines {
+    /// Records `lines` (number, end) as sent, in one save of the progress file.
+    fn sent(&mut self, lines: &[(usize, End)]) -> Result<(), CliError> {
+        for &(number, (end, hash)) in lines {
             self.state.insert(number);
             if end > self.state.prefix_len {
-                let added = &self.content[self.state.prefix_len as usize..end as usize];
-                self.prefix_hash = fnv1a_extend(self.prefix_hash, added);
+                self.prefix_hash = hash;
                 self.state.prefix_len = end;
             }
         }
@@ -537,6 +646,55 @@ mod tests {
         assert_eq!(fnv1a(b""), "cbf29ce484222325");
         assert_eq!(fnv1a(b"a"), "af63dc4c8601ec8c");
         assert_eq!(fnv1a(b"foobar"), "85944171f73967e8");
+    }
+
+    /// A file of `text` in a fresh temporary directory.
+    fn temp_file(name: &str, text: &[u8]) -> (PathBuf, File) {
+        let dir = std::env::temp_dir().join(format!("ol-cli-push-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.jsonl");
+        std::fs::write(&path, text).unwrap();
+        let file = File::open(&path).unwrap();
+        (dir, file)
+    }
+
+    /// Read line by line, each line's end and the hash of the file up to it are those of
+    /// the bytes themselves, blank lines and lines that do not parse included.
+    #[test]
+    fn lines_are_read_with_their_end_and_the_hash_up_to_it() {
+        let text = b"{\"rows\":[1]}\n\n{\"x\":3}\nnot json\n{\"rows\":[2]}\n{\"partial";
+        let (dir, mut file) = temp_file("hashing", text);
+        let complete = complete_len(&mut file).unwrap();
+        assert_eq!(complete as usize, text.len() - b"{\"partial".len());
+        let (lines, at) = lines_of(&mut file, complete).unwrap();
+        let mut seen = 0;
+        for e in lines {
+            let (end, hash) = at.get();
+            assert_eq!(end, e.offset + e.len, "line {}", e.number);
+            assert_eq!(format!("{hash:016x}"), fnv1a(&text[..end as usize]));
+            seen += 1;
+        }
+        assert_eq!(seen, 4, "blank lines are skipped, the partial one left out");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_complete_part_ends_at_the_last_newline_however_far_back() {
+        for (name, text, complete) in [
+            ("empty", Vec::new(), 0),
+            ("no-newline", b"abc".to_vec(), 0),
+            ("ends-with-newline", b"a\nb\n".to_vec(), 4),
+            // The last line is longer than the 64 KiB read from the end at a time.
+            (
+                "long-partial",
+                [b"a\n".as_slice(), &[b'x'; 200_000]].concat(),
+                2,
+            ),
+        ] {
+            let (dir, mut file) = temp_file(name, &text);
+            assert_eq!(complete_len(&mut file).unwrap(), complete, "{name}");
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 
     #[test]

@@ -815,3 +815,64 @@ async fn push_sends_a_trace_ten_thousand_steps_deep() {
     assert_eq!(reqs.len(), 1);
     assert!(String::from_utf8_lossy(&reqs[0].body).contains("deep-1"));
 }
+
+/// A last line still being written (no newline yet) is left for the next push, which
+/// sends it once complete; a change inside the part already pushed, even one that keeps
+/// its length, is refused.
+#[tokio::test]
+async fn push_leaves_an_incomplete_last_line_and_notices_a_same_length_change() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/v1/inference-pipelines/[^/]+/data-stream$"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    let dir = TempDir::new("push-partial");
+    let third = trace_line(Some("pipe-a"), "trace-3");
+    let (head, tail) = third.split_at(third.len() / 2);
+    let file = dir.file(
+        "traces.jsonl",
+        &format!(
+            "{}\n{}\n{head}",
+            trace_line(Some("pipe-a"), "trace-1"),
+            trace_line(Some("pipe-a"), "trace-2")
+        ),
+    );
+    let file_arg = file.to_str().unwrap();
+    let env = platform(&server);
+
+    let out = openlayer(&["push", file_arg], &env).await;
+    assert_exit(&out, 0);
+    assert_stdout_has(&out, "pushed 2 line(s)");
+    assert_stderr_has(&out, "the last line is incomplete");
+    assert_eq!(row_ids(&requests(&server).await), ["trace-1", "trace-2"]);
+
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap();
+    std::io::Write::write_all(&mut f, format!("{tail}\n").as_bytes()).unwrap();
+    let out = openlayer(&["push", file_arg], &env).await;
+    assert_exit(&out, 0);
+    assert_stdout_has(&out, "pushed 1 line(s)");
+    assert_eq!(
+        row_ids(&requests(&server).await),
+        ["trace-1", "trace-2", "trace-3"]
+    );
+
+    // The same length, one byte changed in a line already pushed.
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replacen("trace-2", "trace-9", 1)).unwrap();
+    let out = openlayer(&["push", file_arg], &env).await;
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "has changed");
+    assert_eq!(row_ids(&requests(&server).await).len(), 3);
+}
+
+/// Every data-stream row's inference id, in the order sent.
+fn row_ids(reqs: &[Request]) -> Vec<String> {
+    stream_batches(reqs)
+        .into_iter()
+        .flat_map(|(_, ids)| ids)
+        .collect()
+}
