@@ -547,3 +547,32 @@ fn a_debug_value_that_fails_is_recorded_as_written_on_every_path() {
     assert_eq!(find("dotted")["inputs"]["x"], "partial");
     assert_eq!(find("later")["metadata"]["y"], "partial");
 }
+
+#[tracing::instrument]
+fn explodes(city: &str) -> usize {
+    panic!("no such city: {city}");
+}
+
+#[trace]
+fn asks_and_recovers() -> usize {
+    let r = std::panic::catch_unwind(|| explodes("Atlantis"));
+    assert!(r.is_err());
+    7
+}
+
+/// A panic unwinding through an `#[instrument]` span closes its step as panicked, with
+/// the message under `Exceptions`; the traced caller that catches it returns as usual.
+#[test]
+fn a_panic_through_a_span_is_recorded_on_its_step() {
+    let (got, traces) = run(asks_and_recovers);
+    assert_eq!(got, 7);
+    assert_eq!(traces.len(), 1);
+    let t = &traces[0];
+    assert_eq!(tree(t), "asks_and_recovers(explodes)");
+    let step = t.step("explodes").unwrap();
+    let exceptions = step["metadata"]["Exceptions"].as_str().unwrap_or_default();
+    assert!(exceptions.contains("no such city: Atlantis"), "{step}");
+    let root = t.root();
+    assert!(root["metadata"].get("Exceptions").is_none(), "{root}");
+    assert_eq!(root["output"], 7);
+}

@@ -143,12 +143,16 @@ impl SpanStep {
         }
     }
 
-    /// Records what was gathered over the span's life and closes the step.
+    /// Records what was gathered over the span's life and closes the step: as panicked
+    /// when the span closes because a panic unwinds through it (its handle is dropped,
+    /// which records the panic), else as returned.
     pub(super) fn finish(mut self) {
         if let Some(g) = self.gathered.take() {
             g.record(&mut self.handle);
         }
-        self.handle.finish();
+        if !self.handle.unwinding_through() {
+            self.handle.finish();
+        }
     }
 }
 
