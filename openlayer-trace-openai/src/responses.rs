@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::chat::Sealed;
 use crate::params::{PromptInputs, Tokens, decimal, tool_call};
 use crate::provider_of;
-use crate::stream::TextBound;
+use crate::stream::{Bounded, TextBound};
 
 /// The step name of a Responses API call.
 const NAME: &str = "OpenAI Response";
@@ -88,7 +88,7 @@ impl<C: Config> ResponsesExt for Responses<'_, C> {
                 handle: Some(h),
                 started,
                 first_token: false,
-                text: String::new(),
+                text: Bounded::default(),
                 bound: TextBound::default(),
                 model: None,
                 last: None,
@@ -205,7 +205,7 @@ struct TracedResponseStream {
     started: Instant,
     first_token: bool,
     /// The text deltas, recorded when no final response came (bounded).
-    text: String,
+    text: Bounded,
     bound: TextBound,
     model: Option<String>,
     /// The final response (`response.completed`, `.incomplete` or `.failed`).
@@ -221,7 +221,7 @@ impl TracedResponseStream {
                     h.metadata("model", model);
                 }
                 if !self.text.is_empty() {
-                    h.output(&self.bound.marked(&self.text));
+                    h.output(&self.text.marked());
                 }
             }
         }

@@ -93,8 +93,8 @@ impl Drop for ChatStream {
 #[derive(Default)]
 struct ChoiceAcc {
     index: u32,
-    content: String,
-    refusal: String,
+    content: Bounded,
+    refusal: Bounded,
     finish_reason: Option<FinishReason>,
 }
 
@@ -103,7 +103,7 @@ struct ToolCallAcc {
     index: u32,
     id: String,
     name: String,
-    arguments: String,
+    arguments: Bounded,
 }
 
 /// Adds a streamed piece of a tool call's id or name. OpenAI sends each once, in the
@@ -115,7 +115,7 @@ fn add_piece(acc: &mut String, piece: &str) {
     }
 }
 
-/// A bound on the text a stream's accumulator keeps: half of
+/// A bound on the text a stream's accumulator keeps, over all its buffers: half of
 /// [`output_max_bytes`](openlayer_trace::stream::output_max_bytes), since the first
 /// choice's text is recorded twice (the output and `rawOutput`), three times for a root
 /// step (its row's output too). Text past it is counted, not kept.
@@ -124,46 +124,55 @@ pub(crate) struct TextBound {
     kept: usize,
     /// Set at the first piece (0 before).
     max: usize,
-    /// Pieces of text cut short or left out.
+}
+
+/// A text buffer under a [`TextBound`], with the pieces of it that were cut.
+#[derive(Default)]
+pub(crate) struct Bounded {
+    text: String,
+    /// Pieces cut short or left out.
     cut: u64,
+}
+
+impl Bounded {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
+    /// The text, ending with `…[truncated N chunks]` when pieces of it were cut.
+    pub(crate) fn marked(&self) -> String {
+        let mut text = self.text.clone();
+        if self.cut > 0 {
+            text.push_str(&format!("…[truncated {} chunks]", self.cut));
+        }
+        text
+    }
 }
 
 impl TextBound {
     /// Appends `piece` to `buf`, or the part of it that fits (cut at a character
-    /// boundary); after a cut, nothing more.
-    pub(crate) fn push(&mut self, buf: &mut String, piece: &str) {
+    /// boundary); after a cut of `buf`, nothing more of it (its text has no holes).
+    pub(crate) fn push(&mut self, buf: &mut Bounded, piece: &str) {
         if piece.is_empty() {
+            return;
+        }
+        if buf.cut > 0 {
+            buf.cut += 1;
             return;
         }
         if self.max == 0 {
             self.max = (openlayer_trace::stream::output_max_bytes() / 2).max(64);
-        }
-        if self.cut > 0 {
-            // Nothing after a cut: the text kept has no holes.
-            self.cut += 1;
-            return;
         }
         let room = self.max.saturating_sub(self.kept);
         let mut end = piece.len().min(room);
         while !piece.is_char_boundary(end) {
             end -= 1;
         }
-        buf.push_str(&piece[..end]);
+        buf.text.push_str(&piece[..end]);
         self.kept += end;
         if end < piece.len() {
-            self.cut += 1;
+            buf.cut += 1;
         }
-    }
-}
-
-impl TextBound {
-    /// `text`, ending with `…[truncated N chunks]` when pieces were cut.
-    pub(crate) fn marked(&self, text: &str) -> String {
-        let mut text = text.to_string();
-        if self.cut > 0 {
-            text.push_str(&format!("…[truncated {} chunks]", self.cut));
-        }
-        text
     }
 }
 
@@ -237,7 +246,7 @@ impl ChatAccumulator {
                             index: t.index,
                             id: String::new(),
                             name: String::new(),
-                            arguments: String::new(),
+                            arguments: Bounded::default(),
                         });
                         self.tool_calls.last_mut().expect("just pushed")
                     }
@@ -271,24 +280,24 @@ impl ChatAccumulator {
     }
 
     /// The step's output: the first choice's text, or its tool calls, or its refusal.
-    /// Text cut by the bound ends with `…[truncated N chunks]`.
+    /// Text cut by the bound ends with `…[truncated N chunks]` (a tool call's arguments
+    /// too, then recorded as that text).
     pub(crate) fn output(&self) -> Value {
         let Some(first) = self.choices.iter().min_by_key(|c| c.index) else {
             return Value::Null;
         };
-        let marked = |text: &str| Value::String(self.bound.marked(text));
         let calls = self.tool_calls_of(first.index);
         if !first.content.is_empty() || (calls.is_empty() && first.refusal.is_empty()) {
-            marked(&first.content)
+            Value::String(first.content.marked())
         } else if !calls.is_empty() {
             Value::Array(
                 calls
                     .iter()
-                    .map(|t| tool_call(&t.id, &t.name, &t.arguments))
+                    .map(|t| tool_call(&t.id, &t.name, &t.arguments.marked()))
                     .collect(),
             )
         } else {
-            marked(&first.refusal)
+            Value::String(first.refusal.marked())
         }
     }
 
@@ -302,17 +311,17 @@ impl ChatAccumulator {
                 let calls = self.tool_calls_of(c.index);
                 let mut message = json!({
                     "role": "assistant",
-                    "content": if c.content.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(c.content.clone()) },
+                    "content": if c.content.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(c.content.marked()) },
                 });
                 if !c.refusal.is_empty() {
-                    message["refusal"] = Value::String(c.refusal.clone());
+                    message["refusal"] = Value::String(c.refusal.marked());
                 }
                 if !calls.is_empty() {
                     message["tool_calls"] = calls
                         .iter()
                         .map(|t| {
                             json!({"id": t.id, "type": "function",
-                                   "function": {"name": t.name, "arguments": t.arguments}})
+                                   "function": {"name": t.name, "arguments": t.arguments.marked()}})
                         })
                         .collect();
                 }
@@ -351,7 +360,7 @@ impl ChatAccumulator {
 
 #[cfg(test)]
 mod tests {
-    use super::TextBound;
+    use super::{Bounded, TextBound};
 
     #[test]
     fn text_is_kept_up_to_the_bound_at_a_char_boundary_and_marked() {
@@ -359,25 +368,34 @@ mod tests {
             max: 10,
             ..TextBound::default()
         };
-        let mut buf = String::new();
-        bound.push(&mut buf, "abcdefgh");
-        bound.push(&mut buf, "");
-        assert_eq!((buf.as_str(), bound.cut), ("abcdefgh", 0));
-        assert_eq!(bound.marked(&buf), "abcdefgh", "nothing cut: no marker");
-        // "é" is two bytes: 8 + 1 + 2 would pass 10, so it is cut before the "é".
-        bound.push(&mut buf, "xé");
-        assert_eq!((buf.as_str(), bound.cut), ("abcdefghx", 1));
-        // After a cut nothing is kept, even what would fit: the text has no holes.
-        bound.push(&mut buf, "y");
-        assert_eq!((buf.as_str(), bound.cut), ("abcdefghx", 2));
-        assert_eq!(bound.marked(&buf), "abcdefghx…[truncated 2 chunks]");
+        let (mut a, mut b) = (Bounded::default(), Bounded::default());
+        bound.push(&mut a, "abcdef");
+        bound.push(&mut b, "gh");
+        bound.push(&mut a, "");
+        assert_eq!(
+            (a.text.as_str(), a.cut, b.text.as_str(), b.cut),
+            ("abcdef", 0, "gh", 0)
+        );
+        assert_eq!(a.marked(), "abcdef", "nothing cut: no marker");
+        // The bound is shared: 8 kept. "é" is two bytes, so "xé" is cut before it.
+        bound.push(&mut a, "xé");
+        assert_eq!((a.text.as_str(), a.cut), ("abcdefx", 1));
+        // After its cut nothing more of `a`, even what would fit.
+        bound.push(&mut a, "y");
+        assert_eq!((a.text.as_str(), a.cut), ("abcdefx", 2));
+        assert_eq!(a.marked(), "abcdefx…[truncated 2 chunks]");
+        // `b` was not cut: it takes what room is left, and is marked for its own cuts.
+        bound.push(&mut b, "z");
+        assert_eq!((b.text.as_str(), b.cut), ("ghz", 0));
+        bound.push(&mut b, "w");
+        assert_eq!((b.text.as_str(), b.cut), ("ghz", 1));
+        assert_eq!(b.marked(), "ghz…[truncated 1 chunks]");
     }
 
     #[test]
     fn the_bound_is_half_the_stream_output_bound() {
         let mut bound = TextBound::default();
-        let mut buf = String::new();
-        bound.push(&mut buf, "a");
+        bound.push(&mut Bounded::default(), "a");
         assert_eq!(bound.max, openlayer_trace::stream::output_max_bytes() / 2);
     }
 }
