@@ -13,9 +13,11 @@
 //! overtake the rows they update; a rerun starts again there.
 //!
 //! The file is never in memory whole: it is read a line at a time, twice (a first pass
-//! checks it, the second sends it), through one handle, so that a rotation meanwhile
-//! changes nothing, and only up to its last newline (a last line still being written is
-//! left for the next run). The hash is computed as the lines pass.
+//! checks it, the second sends it), through one handle, so that a rotation meanwhile (a
+//! rename, as the SDK's own) changes nothing, and only up to its last newline (a last
+//! line still being written is left for the next run). The hash is computed as the
+//! lines pass; the second pass compares it, line by line, with the first's, and stops
+//! before a line if the file changed in place in between.
 
 use std::cell::Cell;
 use std::fs::File;
@@ -239,6 +241,9 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
     // Lines without a pipeline need one from the flag or the environment: say so before
     // sending anything.
     let mut orphans: Vec<String> = Vec::new();
+    // The hash of the file up to each line to send, to check that the second pass reads
+    // the same lines (8 bytes a line).
+    let mut checked: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
     {
         let (lines, at) = lines_of(&mut source, complete).map_err(read_failed)?;
         for e in lines {
@@ -257,6 +262,7 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
                 continue;
             }
             pending += 1;
+            checked.push_back(hash);
             if default_pipeline.is_none() && matches!(&e.line, Ok(l) if l.pipeline_id().is_none()) {
                 orphans.push(e.number.to_string());
             }
@@ -301,8 +307,30 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
             not_attempted += 1;
             continue;
         }
+        // Read just now: where the reader stands is this line's end.
+        let (at_end, hash) = at.get();
+        if checked.pop_front() != Some(hash) {
+            // The file changed in place since the first pass (truncated and written
+            // again, say): its line numbers no longer mean the lines checked. The lines
+            // before this one were read as checked: they go first.
+            let mut failed = None;
+            if let Some(full) = batch.take() {
+                let (unsent, f) = push.stream(full).await?;
+                not_attempted += unsent;
+                failed = f;
+            }
+            stopped =
+                Some(failed.unwrap_or_else(|| {
+                    (entry.number, "the file changed while it was pushed".into())
+                }));
+            continue;
+        }
         let line = match entry.line {
             Ok(line) => line,
+            Err(openlayer_trace::Error::Io(e)) => {
+                stopped = Some((entry.number, format!("cannot read the file: {e}")));
+                continue;
+            }
             Err(e) => {
                 bad_lines += 1;
                 push.bar.add(1, 1);
@@ -316,8 +344,6 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
             .or_else(|| default_pipeline.clone())
             .unwrap_or_default();
         let end = entry.offset + entry.len;
-        // Read just now: where the reader stands is this line's end.
-        let (at_end, hash) = at.get();
         debug_assert_eq!(at_end, end);
         let end = (end, hash);
         match line {

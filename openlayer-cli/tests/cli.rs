@@ -876,3 +876,67 @@ fn row_ids(reqs: &[Request]) -> Vec<String> {
         .flat_map(|(_, ids)| ids)
         .collect()
 }
+
+/// Rewrites a file in place (same inode) with one line changed, at the first request.
+struct RewriteOnFirst {
+    file: PathBuf,
+    from: String,
+    to: String,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl wiremock::Respond for RewriteOnFirst {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        if !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let text = std::fs::read_to_string(&self.file).unwrap();
+            assert!(text.contains(&self.from));
+            std::fs::write(&self.file, text.replacen(&self.from, &self.to, 1)).unwrap();
+        }
+        ok()
+    }
+}
+
+/// A file changed in place while it is pushed (truncated and written again, as
+/// `copytruncate` would): the push stops before the first line that differs from what
+/// its first pass checked, rather than send lines by numbers that mean other lines.
+#[tokio::test]
+async fn push_stops_where_the_file_changed_in_place_during_the_push() {
+    let server = MockServer::start().await;
+    let dir = TempDir::new("push-in-place");
+    // Far enough into the file (past what is read ahead) to be read after the change.
+    let lines: Vec<String> = std::iter::once(trace_line(Some("pipe-a"), "trace-1"))
+        .chain(std::iter::once(update_line(Some("pipe-a"), "trace-1")))
+        .chain((3..=300).map(|i| trace_line(Some("pipe-a"), &format!("trace-{i}"))))
+        .collect();
+    let file = dir.file("traces.jsonl", &(lines.join("\n") + "\n"));
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/v1/inference-pipelines/[^/]+/data-stream$"))
+        .respond_with(RewriteOnFirst {
+            file: file.clone(),
+            from: "\"trace-250\"".into(),
+            to: "\"trace-X50\"".into(),
+            done: false.into(),
+        })
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path_regex(r"^/v1/inference-pipelines/[^/]+/rows$"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    let out = openlayer(&["push", file.to_str().unwrap()], &platform(&server)).await;
+    assert_exit(&out, 1);
+    assert_stderr_has(
+        &out,
+        "line 250 failed: the file changed while it was pushed",
+    );
+    let sent = row_ids(&requests(&server).await);
+    assert!(
+        !sent.iter().any(|id| id == "trace-X50"),
+        "sent the changed line"
+    );
+    assert!(!sent.iter().any(|id| id == "trace-250"));
+    // The lines before it, read as checked, were sent.
+    assert_eq!(sent.last().map(String::as_str), Some("trace-249"));
+    assert_eq!(sent.len(), 1 + 1 + 247, "{sent:?}");
+}
