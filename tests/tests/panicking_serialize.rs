@@ -141,3 +141,45 @@ fn a_panicking_promoted_output_is_left_out() {
     );
     assert_eq!(traces[1].row()["answer_n"], 2, "{:?}", traces[1].row());
 }
+
+/// Serializes as a string, or panics with a message of its own (counted by the hook).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Counted;
+
+impl Serialize for Counted {
+    fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("counted-unlucky");
+    }
+}
+
+#[trace]
+fn with_counted() -> usize {
+    update_current_trace!(counted = Counted);
+    [Counted].into_iter().traced("counted_items").count()
+}
+
+/// A panicking value is serialized once: not probed (for `None`) and then written, nor
+/// joined as text and then written as a list element.
+#[test]
+fn a_panicking_value_is_serialized_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static PANICS: AtomicUsize = AtomicUsize::new(0);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.payload().downcast_ref::<&str>() == Some(&"counted-unlucky") {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+        } else {
+            previous(info);
+        }
+    }));
+    let (got, traces) = testing::capture(with_counted);
+    assert_eq!(got, 1);
+    assert_eq!(
+        PANICS.load(Ordering::SeqCst),
+        2,
+        "once for the metadata, once for the item"
+    );
+    assert!(traces[0].row().get("counted").is_none());
+    let items = traces[0].step("counted_items").unwrap();
+    assert_eq!(items["output"], serde_json::json!([null]), "{items}");
+}

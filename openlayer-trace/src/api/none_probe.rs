@@ -114,9 +114,20 @@ impl Serializer for Probe {
 }
 
 /// Whether `value` is `None`, `()`, or a JSON `null` value.
+///
+/// A value whose `Serialize` panics counts as `None`: every caller then leaves it out,
+/// as it would after a failed serialization, without serializing it again (which would
+/// panic again).
 pub(crate) fn is_none<T: Serialize + ?Sized>(value: &T) -> bool {
-    // A panic is not `None`: the value is then written, and fails there as `null`.
-    crate::util::json::unpanicked(|| value.serialize(Probe), || NotNone).is_ok()
+    let mut panicked = false;
+    let probed = crate::util::json::unpanicked(
+        || value.serialize(Probe),
+        || {
+            panicked = true;
+            NotNone
+        },
+    );
+    probed.is_ok() || panicked
 }
 
 #[cfg(test)]

@@ -56,7 +56,8 @@ pub trait Accumulator<Item: ?Sized> {
     fn push(&mut self, item: &Item, step: &mut StepHandle);
 
     /// Records the output on `step`. Called once, when the stream ends or is dropped
-    /// (not while the thread unwinds from a panic).
+    /// (not when a panic unwinds through the stream's step: one made and dropped while
+    /// the thread already unwinds, in a `Drop`, is finished as usual).
     fn finish(&mut self, step: &mut StepHandle);
 }
 
@@ -110,13 +111,23 @@ impl Collect {
         if self.mode != Mode::List {
             let text = &mut self.text;
             let mark = text.len();
+            let mut panicked = false;
             let joined = crate::util::json::unpanicked(
                 || item.serialize(JoinStr(Some(&mut *text))),
-                || NotAString,
+                || {
+                    panicked = true;
+                    NotAString
+                },
             );
             if joined.is_err() {
                 // A panic part-way may have joined part of the item.
                 self.text.truncate(mark);
+            }
+            if panicked {
+                // Recorded as `null` in a list, without serializing it again (which would
+                // panic again).
+                self.switch_to_list();
+                return self.push_json(&());
             }
             match joined {
                 Ok(true) => {
