@@ -66,7 +66,8 @@ pub enum SpoolMode {
     /// Every completed trace is also written to the spool, by the thread that completed
     /// it, before it is handed off (encoding it there, plus one `write(2)`, not synced),
     /// and acknowledged after a 2xx: a `kill -9` loses nothing that had completed (a power
-    /// loss may). The only mode that adds work to traced calls.
+    /// loss may). Row updates are written ahead the same way. The only mode that adds work
+    /// to traced calls.
     WriteAhead,
 }
 

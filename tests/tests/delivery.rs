@@ -131,6 +131,9 @@ fn child() {
         "hang_shutdown_spool" => hang_shutdown_spool(),
         "kill_produce" => kill_produce(),
         "kill_restart" => kill_restart(),
+        "kill_updates_produce" => kill_updates_produce(),
+        "kill_updates_restart" => kill_updates_restart(),
+        "write_ahead_updates" => write_ahead_updates(),
         "batching" => batching(),
         "no_pipeline" => no_pipeline(),
         other => panic!("unknown scenario {other}"),
@@ -727,6 +730,51 @@ fn kill_restart() {
     assert_eq!(r.stats.enqueued, 0);
 }
 
+/// Produces rows, then an update of each, in write-ahead mode; says so, and waits to be
+/// killed.
+fn kill_updates_produce() {
+    let url = std::env::var("TEST_SERVER_URL").unwrap();
+    let dir = std::env::var("TEST_SPOOL_DIR").unwrap();
+    let guard = openlayer_trace::init(write_ahead_config(&url, Path::new(&dir))).unwrap();
+    let ids = produce("ku", 30);
+    for id in &ids {
+        openlayer_trace::update_row(id, serde_json::json!({"label": 1}), None);
+    }
+    println!("PRODUCED {}", ids.len());
+    std::thread::sleep(Duration::from_secs(60));
+    drop(guard);
+    panic!("should have been killed");
+}
+
+/// Rows and their updates in write-ahead mode, delivered, then shut down.
+fn write_ahead_updates() {
+    let url = std::env::var("TEST_SERVER_URL").unwrap();
+    let dir = std::env::var("TEST_SPOOL_DIR").unwrap();
+    let guard = openlayer_trace::init(write_ahead_config(&url, Path::new(&dir))).unwrap();
+    for id in produce("wu", 5) {
+        openlayer_trace::update_row(&id, serde_json::json!({"label": 1}), None);
+    }
+    let r = guard.shutdown(Duration::from_secs(5)).unwrap();
+    assert!(r.complete, "{:?}", r.stats);
+    assert_eq!(r.stats.sent, 10, "{:?}", r.stats);
+}
+
+/// Starts again on the same spool and waits for every update to reach the server.
+fn kill_updates_restart() {
+    let url = std::env::var("TEST_SERVER_URL").unwrap();
+    let dir = std::env::var("TEST_SPOOL_DIR").unwrap();
+    let expect: u64 = std::env::var("TEST_EXPECT").unwrap().parse().unwrap();
+    let guard = openlayer_trace::init(write_ahead_config(&url, Path::new(&dir))).unwrap();
+    let done = wait_until(Duration::from_secs(10), || guard.stats().replayed >= expect);
+    assert!(done, "{:?}", guard.stats());
+    let r = guard.shutdown(Duration::from_secs(5)).unwrap();
+    report(&[
+        ("replayed", r.stats.replayed.to_string()),
+        ("sent", r.stats.sent.to_string()),
+    ]);
+    assert!(r.complete, "{:?}", r.stats);
+}
+
 #[trace(inference_pipeline_id = "pipe-2")]
 fn routed(id: String) -> usize {
     update_current_trace!(inference_id = id.clone());
@@ -944,6 +992,90 @@ fn rows_of_one_config_share_requests() {
 #[test]
 fn rows_without_a_pipeline_are_dropped_and_counted() {
     assert_zero_loss(&run("no_pipeline"));
+}
+
+/// Row updates are written ahead too: killed with updates queued, held behind their
+/// rows and in flight, the next process sends every one, each after its row.
+#[test]
+fn write_ahead_keeps_row_updates_through_kill_9() {
+    // One request is acknowledged, then the server hangs.
+    let server = TestServer::start_with(Behavior::script([Action::ok()]).then(Action::Hang));
+    let dir = temp_dir("kill9-updates");
+    let url = server.url();
+    let dir_s = dir.to_string_lossy().to_string();
+    let envs = [
+        ("TEST_SERVER_URL", url.as_str()),
+        ("TEST_SPOOL_DIR", dir_s.as_str()),
+    ];
+    let mut victim = child::spawn("kill_updates_produce", &envs);
+    let mut lines = BufReader::new(victim.stdout.take().unwrap()).lines();
+    let produced = loop {
+        let line = lines.next().expect("the child's output").unwrap();
+        if let Some((_, n)) = line.split_once("PRODUCED ") {
+            break n.parse::<usize>().unwrap();
+        }
+    };
+    assert!(server.wait_for_blocking(Duration::from_secs(10), |r| r.len() >= 3));
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let rows_before = server.inference_ids().len();
+    assert!(rows_before > 0 && rows_before < produced, "{rows_before}");
+
+    server.set_behavior(Behavior::ok());
+    // Every row not acknowledged, and every update.
+    let expect = (produced - rows_before + produced).to_string();
+    let mut envs = envs.to_vec();
+    envs.push(("TEST_EXPECT", expect.as_str()));
+    let out = child::run("kill_updates_restart", &envs);
+    eprintln!("kill_9 updates: {:?}", results(&out));
+
+    let ids: BTreeSet<String> = (0..produced).map(|i| format!("ku-{i}")).collect();
+    assert_eq!(server.inference_ids(), ids, "every row");
+    let requests = server.requests();
+    let processed = |r: &&openlayer_trace_tests::RecordedRequest| r.outcome.is_processed();
+    let updates: Vec<(usize, String)> = requests
+        .iter()
+        .filter(processed)
+        .filter(|r| r.method == "PUT" && r.path.ends_with("/rows"))
+        .map(|r| (r.seq, r.query_param("inferenceId").unwrap().to_string()))
+        .collect();
+    let updated: BTreeSet<String> = updates.iter().map(|(_, id)| id.clone()).collect();
+    assert_eq!(updated, ids, "every update");
+    for (seq, id) in &updates {
+        let row_seq = requests
+            .iter()
+            .filter(processed)
+            .filter(|r| r.is_data_stream() && r.inference_ids().contains(id))
+            .map(|r| r.seq)
+            .min()
+            .unwrap();
+        assert!(row_seq < *seq, "the update of {id} came before its row");
+    }
+    assert!(spool_files(&dir).is_empty(), "{:?}", spool_files(&dir));
+}
+
+/// Row updates written ahead and delivered are acknowledged: nothing is left in the
+/// spool to be replayed (and sent twice) by the next process.
+#[test]
+fn write_ahead_row_updates_delivered_leave_the_spool_empty() {
+    let server = TestServer::start();
+    let dir = temp_dir("write-ahead-updates");
+    let url = server.url();
+    let dir_s = dir.to_string_lossy().to_string();
+    child::run(
+        "write_ahead_updates",
+        &[
+            ("TEST_SERVER_URL", url.as_str()),
+            ("TEST_SPOOL_DIR", dir_s.as_str()),
+        ],
+    );
+    let puts = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.outcome.is_processed())
+        .count();
+    assert_eq!(puts, 5);
+    assert!(spool_files(&dir).is_empty(), "{:?}", spool_files(&dir));
 }
 
 #[test]

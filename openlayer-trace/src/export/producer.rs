@@ -124,6 +124,12 @@ impl Exporter {
         let _ = trace;
     }
 
+    fn update_after_shutdown(&self) {
+        self.counters.drop_rows(DropReason::Shutdown, 1);
+        self.counters.settled.fetch_add(1, Relaxed);
+        crate::util::diag::warn_limited!("a row update came after shutdown; dropped (counted)");
+    }
+
     fn drop_after_shutdown(&self) {
         self.counters.drop_rows(DropReason::Shutdown, 1);
         self.counters.settled.fetch_add(1, Relaxed);
@@ -146,26 +152,54 @@ impl Exporter {
             c.settled.fetch_add(1, Relaxed);
             return;
         };
+        let mut update = update;
+        // Write-ahead: on disk (with its pipeline resolved, as a replay needs it) before it
+        // is queued, as rows are, so that a crash does not lose it.
+        let mut wal = None;
+        if self.write_ahead
+            && let Some(spool) = &self.spool
+        {
+            if tx.is_closed() {
+                return self.update_after_shutdown();
+            }
+            let pipeline = update
+                .pipeline
+                .clone()
+                .or_else(|| self.config.inference_pipeline_id.clone());
+            if pipeline.is_some() {
+                update.pipeline = pipeline;
+                let mut line = update.file_line(None);
+                line.push('\n');
+                wal = spool.append_ahead(&line);
+            }
+        }
         // Its box (the allocator's header on top of its size) and its slot in the channel.
         let bytes = update.size() + 16 + size_of::<Msg>();
         // First within the queue's limits, as a trace; when the queue is full, past them
         // by a bounded margin: an update must stay behind its row, which may still be
         // queued (the spool, which the worker replays on its own schedule, could send the
         // update first).
-        let mut update = update;
         for (tier, extra) in [(Tier::Queue, 0), (Tier::QueueOver, self.update_margin())] {
             if !self.budget.reserve(bytes, tier) {
                 continue;
             }
-            match tx.try_send_beyond(Msg::Update(Box::new(update), bytes), extra) {
+            match tx.try_send_beyond(Msg::Update(Box::new(update), bytes, wal), extra) {
                 Ok(()) => return,
-                Err(TrySendError::Full(Msg::Update(u, _))) => {
+                Err(TrySendError::Full(Msg::Update(u, _, w))) => {
                     self.budget.release(bytes, tier);
                     update = *u;
+                    wal = w;
                 }
                 Err(e) => {
                     self.budget.release(bytes, tier);
-                    drop(e);
+                    if let (Some(spool), Msg::Update(_, _, Some(w))) = (&self.spool, e.into_inner())
+                    {
+                        // On disk already: the next process replays it.
+                        spool.give_up(w);
+                        c.spooled.fetch_add(1, Relaxed);
+                        c.settled.fetch_add(1, Relaxed);
+                        return;
+                    }
                     c.drop_rows(DropReason::Shutdown, 1);
                     c.settled.fetch_add(1, Relaxed);
                     crate::util::diag::warn_limited!(
@@ -177,6 +211,13 @@ impl Exporter {
         }
         // Still no room: the spool keeps it when it can (with its pipeline resolved, as
         // replay needs it). Its row may then still be queued.
+        if let (Some(spool), Some(w)) = (&self.spool, wal) {
+            // Written ahead: left there, to be replayed.
+            spool.give_up(w);
+            c.spooled.fetch_add(1, Relaxed);
+            c.settled.fetch_add(1, Relaxed);
+            return;
+        }
         if let Some(spool) = &self.spool {
             let pipeline = update
                 .pipeline
@@ -428,7 +469,7 @@ mod tests {
         let mut ids = Vec::new();
         loop {
             match rx.try_recv() {
-                Ok(Msg::Update(u, _)) => ids.push(u.inference_id),
+                Ok(Msg::Update(u, _, _)) => ids.push(u.inference_id),
                 Ok(_) => ids.push("other".into()),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return ids,
             }

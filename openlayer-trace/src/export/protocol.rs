@@ -33,9 +33,9 @@ pub(crate) enum Msg {
     Trace(CompletedTrace, usize),
     /// A row already encoded (and written ahead, unless that failed), with its size.
     Row(Box<(OutRow, Option<WalRef>)>, usize),
-    /// A row update, with its size; sent after any row with its inference id still on
-    /// its way.
-    Update(Box<RowUpdate>, usize),
+    /// A row update, with its size, and where it was written ahead to the spool (in
+    /// write-ahead mode); sent after any row with its inference id still on its way.
+    Update(Box<RowUpdate>, usize, Option<WalRef>),
     Flush(Arc<Completion>, Instant),
     Shutdown(Arc<Completion>, Instant),
 }

@@ -54,9 +54,20 @@ fn settle_unstarted(
     rx.close();
     while let Ok(msg) = rx.try_recv() {
         match msg {
-            Msg::Trace(_, bytes) | Msg::Update(_, bytes) => {
+            Msg::Trace(_, bytes) | Msg::Update(_, bytes, None) => {
                 budget.release(bytes, Tier::Queue);
                 counters.drop_rows(DropReason::Shutdown, 1);
+            }
+            Msg::Update(_, bytes, Some(w)) => {
+                // Written ahead: the next process replays it.
+                budget.release(bytes, Tier::Queue);
+                match spool {
+                    Some(s) => {
+                        s.give_up(w);
+                        counters.spooled.fetch_add(1, Relaxed);
+                    }
+                    None => counters.drop_rows(DropReason::Shutdown, 1),
+                }
             }
             Msg::Row(row, bytes) => {
                 budget.release(bytes, Tier::Queue);
@@ -362,7 +373,7 @@ mod tests {
         let (tx, rx) = crate::util::queue::channel(8);
         for id in ["a", "b", "c"] {
             assert!(budget.reserve(100, Tier::Queue));
-            tx.try_send(Msg::Update(update(id), 100)).unwrap();
+            tx.try_send(Msg::Update(update(id), 100, None)).unwrap();
         }
         guarded(rx, &counters, &budget, None, |rx| {
             let _taken = rx.try_recv().unwrap();
@@ -373,7 +384,7 @@ mod tests {
         // The room of the two left is given back (the first went with the worker).
         assert_eq!(budget.used(), 100);
         assert!(matches!(
-            tx.try_send(Msg::Update(update("d"), 100)),
+            tx.try_send(Msg::Update(update("d"), 100, None)),
             Err(TrySendError::Closed(_))
         ));
     }
@@ -384,7 +395,7 @@ mod tests {
         let counters = Counters::default();
         let budget = Budget::new(1 << 20);
         let (tx, rx) = crate::util::queue::channel(8);
-        tx.try_send(Msg::Update(update("a"), 0)).unwrap();
+        tx.try_send(Msg::Update(update("a"), 0, None)).unwrap();
         guarded(rx, &counters, &budget, None, |_| {});
         assert_eq!(counters.settled.load(Relaxed), 0);
     }

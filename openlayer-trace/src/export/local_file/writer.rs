@@ -91,7 +91,8 @@ pub(crate) async fn run(
                 lines.count += 1;
                 None
             }
-            Msg::Update(update, bytes) => {
+            // Never written ahead: the local file has no spool.
+            Msg::Update(update, bytes, _) => {
                 gone.freed.add(bytes);
                 // Behind its trace's line: the queue keeps their order.
                 lines

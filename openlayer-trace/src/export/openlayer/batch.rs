@@ -126,6 +126,9 @@ pub(super) struct Update {
     /// Bytes it holds in the worker's share of the memory budget, given back when it is
     /// settled (sent, spooled or dropped).
     pub(super) cost: usize,
+    /// Where it was written ahead to the spool: acknowledged once it is settled for good
+    /// (sent, rejected or dropped), given up (left to a replay) when it is spooled.
+    pub(super) wal: Option<WalRef>,
 }
 
 impl Update {

@@ -327,9 +327,9 @@ impl Flusher {
                 let (row, wal) = *row;
                 self.accept(row, wal);
             }
-            Msg::Update(update, bytes) => {
+            Msg::Update(update, bytes, wal) => {
                 self.freed.add(bytes);
-                self.accept_update(*update);
+                self.accept_update(*update, wal);
             }
             Msg::Flush(done, deadline) => {
                 self.settle_taken();

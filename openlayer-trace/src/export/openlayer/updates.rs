@@ -8,18 +8,20 @@ use super::batch::Update;
 use super::settle::{Class, api_message, classify, no_such_row};
 use crate::error::Error;
 use crate::export::budget::Tier;
+use crate::export::spool::segment::WalRef;
 use crate::record::row_update::RowUpdate;
 use crate::report::{DeliveryFailure, DropReason, notify};
 
 impl Flusher {
     /// Takes a row update: held back while a row with its inference id is on its way
     /// here, else ready to be sent.
-    pub(super) fn accept_update(&mut self, update: RowUpdate) {
+    pub(super) fn accept_update(&mut self, update: RowUpdate, wal: Option<WalRef>) {
         let Some(pipeline) = update
             .pipeline
             .clone()
             .or_else(|| self.default_pipeline.clone())
         else {
+            self.ack_wal(wal);
             return self.no_pipeline(1);
         };
         // What it holds while it waits and while its request is in flight (the request
@@ -29,15 +31,17 @@ impl Flusher {
         let id = update.inference_id.clone();
         let on_its_way = self.rows_by_id.contains_key(&id);
         if !self.budget.reserve(cost, Tier::Worker) {
-            let u = Update {
+            let mut u = Update {
                 update,
                 pipeline,
                 epoch: self.epochs.acquire(),
                 cost: 0,
+                wal,
             };
             if on_its_way {
                 // Spooled, it could be replayed before the row (or update) it must follow.
                 self.epochs.release(u.epoch);
+                self.ack_wal(u.wal.take());
                 self.counters.drop_rows(DropReason::QueueFull, 1);
                 self.counters.settled.fetch_add(1, Relaxed);
                 crate::util::diag::warn_limited!(
@@ -54,6 +58,7 @@ impl Flusher {
             pipeline,
             epoch: self.epochs.acquire(),
             cost,
+            wal,
         };
         if on_its_way {
             self.held.entry(id).or_default().push(u);
@@ -98,9 +103,10 @@ impl Flusher {
         self.row_settled(&id);
     }
 
-    pub(super) fn update_settled(&mut self, u: Update, result: Result<(), Error>) {
+    pub(super) fn update_settled(&mut self, mut u: Update, result: Result<(), Error>) {
         match result {
             Ok(()) => {
+                self.ack_wal(u.wal.take());
                 self.budget.release(u.cost, Tier::Worker);
                 self.epochs.release(u.epoch);
                 self.counters.sent.fetch_add(1, Relaxed);
@@ -119,6 +125,7 @@ impl Flusher {
             }
             Err(e) => match classify(&e) {
                 Class::Rejected(status) => {
+                    self.ack_wal(u.wal.take());
                     self.budget.release(u.cost, Tier::Worker);
                     self.epochs.release(u.epoch);
                     self.counters.drop_rows(DropReason::Rejected, 1);
@@ -177,6 +184,13 @@ impl Flusher {
     /// `reason`; returns whether it was spooled. Its epoch is released by the caller.
     pub(super) fn store_update(&mut self, u: Update, reason: DropReason) -> bool {
         self.budget.release(u.cost, Tier::Worker);
+        if let (Some(w), Some(s)) = (u.wal, &self.spool) {
+            // Written ahead: it is in the spool already, to be replayed.
+            s.give_up(w);
+            self.counters.spooled.fetch_add(1, Relaxed);
+            self.counters.settled.fetch_add(1, Relaxed);
+            return true;
+        }
         let update = RowUpdate {
             pipeline: Some(u.pipeline),
             ..u.update
@@ -192,5 +206,13 @@ impl Flusher {
             self.counters.settled.fetch_add(1, Relaxed);
         }
         spooled
+    }
+
+    /// Acknowledges a row update written ahead that is settled for good (sent, rejected
+    /// or dropped): a replay must not send it.
+    pub(super) fn ack_wal(&self, wal: Option<WalRef>) {
+        if let (Some(w), Some(s)) = (wal, &self.spool) {
+            s.ack_ahead([w]);
+        }
     }
 }

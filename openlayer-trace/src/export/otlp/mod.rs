@@ -228,9 +228,10 @@ impl Router {
                     self.counters.settled.fetch_add(1, Relaxed);
                 }
             },
-            Msg::Update(update, bytes) => match &self.ftx {
+            // Without the data stream there is no spool, so nothing is written ahead.
+            Msg::Update(update, bytes, wal) => match &self.ftx {
                 Some(ftx) => {
-                    let _ = ftx.send(Msg::Update(update, bytes)).await;
+                    let _ = ftx.send(Msg::Update(update, bytes, wal)).await;
                 }
                 None => {
                     self.budget.release(bytes, Tier::Queue);
