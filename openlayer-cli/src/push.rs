@@ -302,35 +302,39 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
     let mut stopped: Option<(usize, String)> = None;
     let mut not_attempted = 0usize;
     let mut batch: Option<Batch> = None;
+    let mut last_number = 0;
     for entry in pending_lines {
         if stopped.is_some() {
             not_attempted += 1;
             continue;
         }
+        last_number = entry.number;
         // Read just now: where the reader stands is this line's end.
         let (at_end, hash) = at.get();
-        if checked.pop_front() != Some(hash) {
+        let problem = match &entry.line {
+            Err(openlayer_trace::Error::Io(e)) => Some(format!("cannot read the file: {e}")),
             // The file changed in place since the first pass (truncated and written
-            // again, say): its line numbers no longer mean the lines checked. The lines
-            // before this one were read as checked: they go first.
+            // again, say): its line numbers no longer mean the lines checked.
+            _ if checked.pop_front() != Some(hash) => {
+                Some("the file changed while it was pushed".to_string())
+            }
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            // The lines before this one were read as checked: they go first.
             let mut failed = None;
             if let Some(full) = batch.take() {
                 let (unsent, f) = push.stream(full).await?;
-                not_attempted += unsent;
+                if f.is_some() {
+                    not_attempted += 1 + unsent;
+                }
                 failed = f;
             }
-            stopped =
-                Some(failed.unwrap_or_else(|| {
-                    (entry.number, "the file changed while it was pushed".into())
-                }));
+            stopped = Some(failed.unwrap_or((entry.number, problem)));
             continue;
         }
         let line = match entry.line {
             Ok(line) => line,
-            Err(openlayer_trace::Error::Io(e)) => {
-                stopped = Some((entry.number, format!("cannot read the file: {e}")));
-                continue;
-            }
             Err(e) => {
                 bad_lines += 1;
                 push.bar.add(1, 1);
@@ -417,6 +421,14 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
             stopped = Some(failed);
             not_attempted += unsent;
         }
+    }
+    if stopped.is_none() && !checked.is_empty() {
+        // Fewer lines than the first pass read: the file was cut short in place.
+        stopped = Some((
+            last_number + 1,
+            "the file changed while it was pushed (it is shorter)".into(),
+        ));
+        not_attempted += checked.len() - 1;
     }
     let Pusher {
         bar,

@@ -877,7 +877,8 @@ fn row_ids(reqs: &[Request]) -> Vec<String> {
         .collect()
 }
 
-/// Rewrites a file in place (same inode) with one line changed, at the first request.
+/// Rewrites a file in place (same inode) at the first request: with one line changed,
+/// or, when `to` is empty, cut short before the line holding `from`.
 struct RewriteOnFirst {
     file: PathBuf,
     from: String,
@@ -889,8 +890,13 @@ impl wiremock::Respond for RewriteOnFirst {
     fn respond(&self, _: &Request) -> ResponseTemplate {
         if !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
             let text = std::fs::read_to_string(&self.file).unwrap();
-            assert!(text.contains(&self.from));
-            std::fs::write(&self.file, text.replacen(&self.from, &self.to, 1)).unwrap();
+            let at = text.find(&self.from).unwrap();
+            let new = if self.to.is_empty() {
+                text[..text[..at].rfind('\n').unwrap() + 1].to_string()
+            } else {
+                text.replacen(&self.from, &self.to, 1)
+            };
+            std::fs::write(&self.file, new).unwrap();
         }
         ok()
     }
@@ -939,4 +945,41 @@ async fn push_stops_where_the_file_changed_in_place_during_the_push() {
     // The lines before it, read as checked, were sent.
     assert_eq!(sent.last().map(String::as_str), Some("trace-249"));
     assert_eq!(sent.len(), 1 + 1 + 247, "{sent:?}");
+}
+
+/// A file cut short in place while it is pushed (its earlier part unchanged): the push
+/// does not report success for lines it never read.
+#[tokio::test]
+async fn push_reports_a_file_cut_short_during_the_push() {
+    let server = MockServer::start().await;
+    let dir = TempDir::new("push-cut-short");
+    let lines: Vec<String> = std::iter::once(trace_line(Some("pipe-a"), "trace-1"))
+        .chain(std::iter::once(update_line(Some("pipe-a"), "trace-1")))
+        .chain((3..=300).map(|i| trace_line(Some("pipe-a"), &format!("trace-{i}"))))
+        .collect();
+    let file = dir.file("traces.jsonl", &(lines.join("\n") + "\n"));
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/v1/inference-pipelines/[^/]+/data-stream$"))
+        .respond_with(RewriteOnFirst {
+            file: file.clone(),
+            from: "\"trace-250\"".into(),
+            to: String::new(),
+            done: false.into(),
+        })
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path_regex(r"^/v1/inference-pipelines/[^/]+/rows$"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    let out = openlayer(&["push", file.to_str().unwrap()], &platform(&server)).await;
+    assert_exit(&out, 1);
+    assert_stderr_has(
+        &out,
+        "line 250 failed: the file changed while it was pushed",
+    );
+    assert_stderr_has(&out, "50 line(s) after it not sent");
+    let sent = row_ids(&requests(&server).await);
+    assert_eq!(sent.last().map(String::as_str), Some("trace-249"));
 }
