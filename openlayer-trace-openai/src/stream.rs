@@ -135,8 +135,9 @@ pub(crate) struct Bounded {
 }
 
 impl Bounded {
+    /// Nothing came: none kept, none cut (a text cut whole still has its marker).
     pub(crate) fn is_empty(&self) -> bool {
-        self.text.is_empty()
+        self.text.is_empty() && self.cut == 0
     }
 
     /// The text, ending with `…[truncated N chunks]` when pieces of it were cut.
@@ -390,6 +391,22 @@ mod tests {
         bound.push(&mut b, "w");
         assert_eq!((b.text.as_str(), b.cut), ("ghz", 1));
         assert_eq!(b.marked(), "ghz…[truncated 1 chunks]");
+    }
+
+    /// A text cut whole (the bound was used up by other buffers) is not empty: it is
+    /// recorded, as its marker.
+    #[test]
+    fn a_text_cut_whole_keeps_its_marker() {
+        let mut bound = TextBound {
+            max: 4,
+            ..TextBound::default()
+        };
+        let (mut content, mut refusal) = (Bounded::default(), Bounded::default());
+        bound.push(&mut content, "abcd");
+        bound.push(&mut refusal, "no");
+        assert!(refusal.text.is_empty() && !refusal.is_empty());
+        assert_eq!(refusal.marked(), "…[truncated 1 chunks]");
+        assert!(Bounded::default().is_empty());
     }
 
     #[test]
