@@ -134,6 +134,7 @@ fn child() {
         "kill_updates_produce" => kill_updates_produce(),
         "kill_updates_restart" => kill_updates_restart(),
         "write_ahead_updates" => write_ahead_updates(),
+        "write_ahead_update_404" => write_ahead_update_404(),
         "batching" => batching(),
         "no_pipeline" => no_pipeline(),
         other => panic!("unknown scenario {other}"),
@@ -759,6 +760,32 @@ fn write_ahead_updates() {
     assert_eq!(r.stats.sent, 10, "{:?}", r.stats);
 }
 
+/// A row, then two updates of it at once, in write-ahead mode; the first update is
+/// answered 404 (the row not visible yet) and left in the spool; waits for both to be
+/// delivered.
+fn write_ahead_update_404() {
+    let url = std::env::var("TEST_SERVER_URL").unwrap();
+    let dir = std::env::var("TEST_SPOOL_DIR").unwrap();
+    let config = base(&url)
+        .spool_dir(Path::new(&dir))
+        .spool_mode(SpoolMode::WriteAhead)
+        .linger(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    let id = produce("wo", 1).remove(0);
+    assert!(wait_until(Duration::from_secs(10), || guard.stats().sent >= 1));
+    openlayer_trace::update_row(&id, serde_json::json!({"label": 1}), None);
+    openlayer_trace::update_row(&id, serde_json::json!({"label": 2}), None);
+    let done = wait_until(Duration::from_secs(20), || {
+        let s = guard.stats();
+        s.sent + s.replayed >= 3
+    });
+    assert!(done, "{:?}", guard.stats());
+    let r = guard.shutdown(Duration::from_secs(5)).unwrap();
+    assert!(r.complete, "{:?}", r.stats);
+}
+
 /// Starts again on the same spool and waits for every update to reach the server.
 fn kill_updates_restart() {
     let url = std::env::var("TEST_SERVER_URL").unwrap();
@@ -1075,6 +1102,38 @@ fn write_ahead_row_updates_delivered_leave_the_spool_empty() {
         .filter(|r| r.method == "PUT" && r.outcome.is_processed())
         .count();
     assert_eq!(puts, 5);
+    assert!(spool_files(&dir).is_empty(), "{:?}", spool_files(&dir));
+}
+
+/// An update written ahead and left in the spool (a 404: its row was not visible yet)
+/// keeps the next update of its row behind it: the platform ends with the last value.
+#[test]
+fn write_ahead_update_left_in_the_spool_keeps_the_next_one_behind_it() {
+    let first_put = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let server = TestServer::start_with(Behavior::always(Action::handler(move |r| {
+        if r.method == "PUT" && first_put.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            openlayer_trace_tests::Response::status(404)
+        } else {
+            openlayer_trace_tests::Response::ok()
+        }
+    })));
+    let dir = temp_dir("write-ahead-update-404");
+    let url = server.url();
+    let dir_s = dir.to_string_lossy().to_string();
+    child::run(
+        "write_ahead_update_404",
+        &[
+            ("TEST_SERVER_URL", url.as_str()),
+            ("TEST_SPOOL_DIR", dir_s.as_str()),
+        ],
+    );
+    let labels: Vec<i64> = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.outcome.is_processed())
+        .map(|r| r.json.as_ref().unwrap()["row"]["label"].as_i64().unwrap())
+        .collect();
+    assert_eq!(labels, [1, 2], "the updates in the order they were made");
     assert!(spool_files(&dir).is_empty(), "{:?}", spool_files(&dir));
 }
 

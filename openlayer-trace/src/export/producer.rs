@@ -192,9 +192,10 @@ impl Exporter {
                 }
                 Err(e) => {
                     self.budget.release(bytes, tier);
-                    if let (Some(spool), Msg::Update(_, _, Some(w))) = (&self.spool, e.into_inner())
+                    if let (Some(spool), Msg::Update(u, _, Some(w))) = (&self.spool, e.into_inner())
                     {
                         // On disk already: the next process replays it.
+                        spool.hold_ids([u.inference_id.as_str()]);
                         spool.give_up(w);
                         c.spooled.fetch_add(1, Relaxed);
                         c.settled.fetch_add(1, Relaxed);
@@ -212,7 +213,9 @@ impl Exporter {
         // Still no room: the spool keeps it when it can (with its pipeline resolved, as
         // replay needs it). Its row may then still be queued.
         if let (Some(spool), Some(w)) = (&self.spool, wal) {
-            // Written ahead: left there, to be replayed.
+            // Written ahead: left there, to be replayed (later updates of its row follow
+            // it there).
+            spool.hold_ids([update.inference_id.as_str()]);
             spool.give_up(w);
             c.spooled.fetch_add(1, Relaxed);
             c.settled.fetch_add(1, Relaxed);

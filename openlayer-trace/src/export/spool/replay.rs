@@ -107,19 +107,22 @@ impl Spool {
     ) -> Option<ReplayBatch> {
         let mut index = lock(&self.index);
         let seqs: Vec<u64> = index.segments.keys().copied().collect();
-        // Whether a line of an earlier segment is still being replayed: a row update
-        // after it waits.
+        // Whether a line of an earlier segment is still being replayed, or not settled yet:
+        // a row update after it waits.
         let mut earlier = false;
         for seq in seqs {
-            let (end, eligible, busy) = {
+            let (end, eligible, busy, unsettled) = {
                 let seg = &index.segments[&seq];
                 let busy = !seg.inflight.is_empty();
                 let end = seg.live.bytes.load(SeqCst);
-                let eligible = seg.cursor < end && seg.live.outstanding.load(SeqCst) == 0;
-                (end, eligible, busy)
+                let unsettled = seg.live.outstanding.load(SeqCst) > 0;
+                let eligible = seg.cursor < end && !unsettled;
+                (end, eligible, busy, seg.cursor < end && unsettled)
             };
             if !eligible {
-                earlier |= busy;
+                // Lines of it still on their way (written ahead, not settled) may be the
+                // rows of later updates, as may lines being replayed.
+                earlier |= busy || unsettled;
                 continue;
             }
             let mut order = Order {

@@ -289,6 +289,55 @@ fn write_ahead_rows_are_replayed_only_when_given_up() {
     assert!(files_in(&dir).is_empty(), "{:?}", files_in(&dir));
 }
 
+/// An update in a later file than its row's write-ahead line waits while that line is
+/// still on its way: replayed first, it would find no row and be lost.
+#[test]
+fn an_update_waits_for_rows_still_on_their_way_in_an_earlier_file() {
+    let dir = temp_dir("ahead-update-order");
+    let counters = Arc::new(Counters::default());
+    let config = Config::builder()
+        .spool_dir(&dir)
+        .spool_mode(SpoolMode::WriteAhead)
+        .build()
+        .unwrap();
+    let (spool, rx) = Spool::open(&config, counters, budget(&config)).unwrap();
+    let s = spool.clone();
+    let shaper = Shaper::new(&config);
+    let t = std::thread::spawn(move || run_writer(s, rx, shaper, None));
+    let r = spool.append_ahead(&row("r").spool_line()).unwrap();
+    let update = crate::record::row_update::RowUpdate {
+        pipeline: Some("pipe".into()),
+        inference_id: "r".into(),
+        row: r#"{"label":1}"#.into(),
+        config: None,
+    };
+    spool
+        .send_updates(vec![update], DropReason::RetriesExhausted, Tier::Spool)
+        .unwrap();
+    let done = Arc::new(Completion::default());
+    spool.barrier(done.clone());
+    assert!(done.wait_until(std::time::Instant::now() + std::time::Duration::from_secs(5)));
+    assert_eq!(
+        files_in(&dir)
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "jsonl"))
+            .count(),
+        2
+    );
+    // The row is on its way: its update waits.
+    assert!(spool.next_replay(10, 1 << 20, None).is_none());
+    // Given up, the row is replayed, then its update.
+    spool.give_up(r);
+    let first = spool.next_replay(10, 1 << 20, None).unwrap();
+    assert_eq!(first.ids, ["r"]);
+    assert!(first.update.is_none());
+    spool.replay_done(first, ReplayEnd::Acked);
+    let second = spool.next_replay(10, 1 << 20, None).unwrap();
+    assert_eq!(second.update.as_deref(), Some("r"));
+    spool.replay_done(second, ReplayEnd::Acked);
+    stop(&spool, t);
+}
+
 /// Threads writing ahead at once never take the spool past its limit together, and the
 /// spool's count of its bytes is what its files hold.
 #[test]
