@@ -241,9 +241,9 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
     // Lines without a pipeline need one from the flag or the environment: say so before
     // sending anything.
     let mut orphans: Vec<String> = Vec::new();
-    // The hash of the file up to each line to send, to check that the second pass reads
-    // the same lines (8 bytes a line).
-    let mut checked: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
+    // Each line to send, with the hash of the file up to its end, to check that the
+    // second pass reads the same lines (16 bytes a line).
+    let mut checked: std::collections::VecDeque<(usize, u64)> = std::collections::VecDeque::new();
     {
         let (lines, at) = lines_of(&mut source, complete).map_err(read_failed)?;
         for e in lines {
@@ -262,7 +262,7 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
                 continue;
             }
             pending += 1;
-            checked.push_back(hash);
+            checked.push_back((e.number, hash));
             if default_pipeline.is_none() && matches!(&e.line, Ok(l) if l.pipeline_id().is_none()) {
                 orphans.push(e.number.to_string());
             }
@@ -302,22 +302,19 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
     let mut stopped: Option<(usize, String)> = None;
     let mut not_attempted = 0usize;
     let mut batch: Option<Batch> = None;
-    let mut last_number = 0;
     for entry in pending_lines {
+        // The lines checked but not reached are counted after the loop.
         if stopped.is_some() {
-            not_attempted += 1;
-            continue;
+            break;
         }
-        last_number = entry.number;
         // Read just now: where the reader stands is this line's end.
         let (at_end, hash) = at.get();
+        let expected = checked.pop_front().map(|(_, h)| h);
         let problem = match &entry.line {
             Err(openlayer_trace::Error::Io(e)) => Some(format!("cannot read the file: {e}")),
             // The file changed in place since the first pass (truncated and written
             // again, say): its line numbers no longer mean the lines checked.
-            _ if checked.pop_front() != Some(hash) => {
-                Some("the file changed while it was pushed".to_string())
-            }
+            _ if expected != Some(hash) => Some("the file changed while it was pushed".to_string()),
             _ => None,
         };
         if let Some(problem) = problem {
@@ -422,14 +419,16 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
             not_attempted += unsent;
         }
     }
-    if stopped.is_none() && !checked.is_empty() {
+    if stopped.is_none()
+        && let Some((number, _)) = checked.pop_front()
+    {
         // Fewer lines than the first pass read: the file was cut short in place.
         stopped = Some((
-            last_number + 1,
+            number,
             "the file changed while it was pushed (it is shorter)".into(),
         ));
-        not_attempted += checked.len() - 1;
     }
+    not_attempted += checked.len();
     let Pusher {
         bar,
         lines_sent,
