@@ -185,19 +185,13 @@ impl Flusher {
     pub(super) fn store_update(&mut self, u: Update, reason: DropReason) -> bool {
         self.budget.release(u.cost, Tier::Worker);
         if let (Some(w), Some(s)) = (u.wal, &self.spool) {
-            if !s.holds_row(&u.update.inference_id) {
-                // Written ahead: it is in the spool already, to be replayed. Later updates
-                // of its row follow it there (not sent ahead of it).
-                s.hold_ids([u.update.inference_id.as_str()]);
-                s.give_up(w);
-                self.counters.spooled.fetch_add(1, Relaxed);
-                self.counters.settled.fetch_add(1, Relaxed);
-                return true;
-            }
-            // Its row was spooled by the spool writer, whose file may come after the one
-            // it was written ahead to: written again behind the row, the line ahead
-            // acknowledged.
-            s.ack_ahead([w]);
+            // Written ahead: it is in the spool already, to be replayed. Later updates of
+            // its row follow it there (not sent ahead of it).
+            s.hold_ids([u.update.inference_id.as_str()]);
+            s.give_up(w);
+            self.counters.spooled.fetch_add(1, Relaxed);
+            self.counters.settled.fetch_add(1, Relaxed);
+            return true;
         }
         let update = RowUpdate {
             pipeline: Some(u.pipeline),

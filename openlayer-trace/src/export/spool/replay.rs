@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::SeqCst;
 
 use super::dir::lock;
 use super::line::{Parsed, parse_line, row_id};
-use super::segment::Index;
+use super::segment::{Index, LiveSeg};
 use super::{Job, Spool};
 use crate::report::DropReason;
 
@@ -86,15 +86,21 @@ impl Spool {
             }
             if l.outstanding.load(SeqCst) == 0 {
                 any = true;
-            } else if !l.sealed.load(SeqCst) && l.gave_up.load(SeqCst) && self.wa.is_some() {
+            } else if l.gave_up.load(SeqCst) {
                 // Seal it so that it settles and becomes replayable.
-                if !self.rotate_requested.swap(true, SeqCst) {
-                    self.maintain_requested.store(true, SeqCst);
-                    let _ = self.jobs.send(Job::Maintain);
-                }
+                self.rotate_ahead_soon(l);
             }
         }
         any
+    }
+
+    /// Asks for the write-ahead file `l` to be rotated (sealed), when it is the live one.
+    fn rotate_ahead_soon(&self, l: &LiveSeg) {
+        if !l.sealed.load(SeqCst) && self.wa.is_some() && !self.rotate_requested.swap(true, SeqCst)
+        {
+            self.maintain_requested.store(true, SeqCst);
+            let _ = self.jobs.send(Job::Maintain);
+        }
     }
 
     /// The next batch of spooled rows to send: the oldest unacknowledged lines of the
@@ -123,6 +129,12 @@ impl Spool {
                 // Lines of it still on their way (written ahead, not settled) may be the
                 // rows of later updates, as may lines being replayed.
                 earlier |= busy || unsettled;
+                if unsettled {
+                    // The live write-ahead file never settles under steady traffic: sealed,
+                    // it settles once its lines on their way are delivered, and the files
+                    // after it are replayed.
+                    self.rotate_ahead_soon(&index.segments[&seq].live);
+                }
                 continue;
             }
             let mut order = Order {

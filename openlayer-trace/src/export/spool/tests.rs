@@ -324,8 +324,13 @@ fn an_update_waits_for_rows_still_on_their_way_in_an_earlier_file() {
             .count(),
         2
     );
-    // The row is on its way: its update waits.
+    // The row is on its way: its update waits, and the live write-ahead file is rotated
+    // (sealed, it settles once its row is delivered).
     assert!(spool.next_replay(10, 1 << 20, None).is_none());
+    let done = Arc::new(Completion::default());
+    spool.barrier(done.clone());
+    assert!(done.wait_until(std::time::Instant::now() + std::time::Duration::from_secs(5)));
+    assert_eq!(jsonl_files(&dir), 3, "a new write-ahead file");
     // Given up, the row is replayed, then its update.
     spool.give_up(r);
     let first = spool.next_replay(10, 1 << 20, None).unwrap();
@@ -335,6 +340,111 @@ fn an_update_waits_for_rows_still_on_their_way_in_an_earlier_file() {
     let second = spool.next_replay(10, 1 << 20, None).unwrap();
     assert_eq!(second.update.as_deref(), Some("r"));
     spool.replay_done(second, ReplayEnd::Acked);
+    stop(&spool, t);
+}
+
+/// How many data files the spool has.
+fn jsonl_files(dir: &Path) -> usize {
+    files_in(dir)
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "jsonl"))
+        .count()
+}
+
+/// A write-ahead spool with its writer thread.
+fn start_ahead(dir: &Path) -> (Arc<Spool>, std::thread::JoinHandle<()>) {
+    let counters = Arc::new(Counters::default());
+    let config = Config::builder()
+        .spool_dir(dir)
+        .spool_mode(SpoolMode::WriteAhead)
+        .build()
+        .unwrap();
+    let (spool, rx) = Spool::open(&config, counters, budget(&config)).unwrap();
+    let s = spool.clone();
+    let shaper = Shaper::new(&config);
+    (
+        spool,
+        std::thread::spawn(move || run_writer(s, rx, shaper, None)),
+    )
+}
+
+fn update_of(id: &str) -> crate::record::row_update::RowUpdate {
+    crate::record::row_update::RowUpdate {
+        pipeline: Some("pipe".into()),
+        inference_id: id.into(),
+        row: r#"{"label":1}"#.into(),
+        config: None,
+    }
+}
+
+fn wait_for_writer(spool: &Spool) {
+    let done = Arc::new(Completion::default());
+    spool.barrier(done.clone());
+    assert!(done.wait_until(std::time::Instant::now() + std::time::Duration::from_secs(5)));
+}
+
+/// When the write-ahead file is rotated, the spool writer's open file is closed too, so
+/// that what the writer spools later (an update) comes after the rows given up ahead to
+/// the new write-ahead file, in files and so in the replay.
+#[test]
+fn the_writers_later_files_come_after_a_rotated_write_ahead_file() {
+    let dir = temp_dir("ahead-rotation-order");
+    let (spool, t) = start_ahead(&dir);
+    // The writer's file is open, before the rotation.
+    spool
+        .send_updates(
+            vec![update_of("z")],
+            DropReason::RetriesExhausted,
+            Tier::Spool,
+        )
+        .unwrap();
+    let x = spool.append_ahead(&row("x").spool_line()).unwrap();
+    spool.give_up(x);
+    spool.rotate_requested.store(true, SeqCst);
+    let _ = spool.jobs.send(Job::Maintain);
+    wait_for_writer(&spool);
+    // A row given up ahead to the new file, then its update spooled by the writer.
+    let r = spool.append_ahead(&row("r").spool_line()).unwrap();
+    spool.give_up(r);
+    spool
+        .send_updates(
+            vec![update_of("r")],
+            DropReason::RetriesExhausted,
+            Tier::Spool,
+        )
+        .unwrap();
+    wait_for_writer(&spool);
+    let mut order = Vec::new();
+    while let Some(b) = spool.next_replay(1, 1 << 20, None) {
+        order.push(match &b.update {
+            Some(id) => format!("update {id}"),
+            None => format!("row {}", b.ids[0]),
+        });
+        spool.replay_done(b, ReplayEnd::Acked);
+    }
+    let row_r = order.iter().position(|o| o == "row r").unwrap();
+    let update_r = order.iter().position(|o| o == "update r").unwrap();
+    assert!(row_r < update_r, "{order:?}");
+    stop(&spool, t);
+}
+
+/// With write-ahead the live file never goes away, yet the ids held for updates to
+/// follow their spooled rows are forgotten once nothing is left to replay.
+#[test]
+fn held_ids_are_forgotten_when_nothing_is_left_to_replay() {
+    let dir = temp_dir("ahead-held-ids");
+    let (spool, t) = start_ahead(&dir);
+    spool.hold_ids(["x"]);
+    let a = spool.append_ahead(&row("a").spool_line()).unwrap();
+    spool.ack_ahead([a]);
+    assert!(!spool.holds_row("x"), "nothing spooled: forgotten");
+    // A line given up waits for a replay: its id stays held.
+    let b = spool.append_ahead(&row("b").spool_line()).unwrap();
+    spool.hold_ids(["b"]);
+    spool.give_up(b);
+    let c = spool.append_ahead(&row("c").spool_line()).unwrap();
+    spool.ack_ahead([c]);
+    assert!(spool.holds_row("b"));
     stop(&spool, t);
 }
 

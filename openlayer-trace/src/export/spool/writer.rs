@@ -401,6 +401,13 @@ impl Writer<'_> {
         self.spool.maintain_requested.store(false, SeqCst);
         if self.spool.rotate_requested.load(SeqCst) {
             self.spool.rotate_ahead();
+            // This writer's next file then comes after the new write-ahead file: an update
+            // it spools from now on is replayed after the rows given up ahead before it
+            // (which go to that file).
+            if self.current.is_some() {
+                self.sync();
+                self.seal_current();
+            }
         }
         while self.spool.total.load(SeqCst) > self.spool.max_bytes && self.spool.evict_oldest() {}
         // A fully acknowledged segment of ours is replaced, so that it can be deleted.
