@@ -936,6 +936,7 @@ async fn push_stops_where_the_file_changed_in_place_during_the_push() {
         &out,
         "line 250 failed: the file changed while it was pushed",
     );
+    assert_stderr_has(&out, "50 line(s) after it not sent");
     let sent = row_ids(&requests(&server).await);
     assert!(
         !sent.iter().any(|id| id == "trace-X50"),
