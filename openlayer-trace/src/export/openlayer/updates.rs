@@ -184,19 +184,33 @@ impl Flusher {
     /// `reason`; returns whether it was spooled. Its epoch is released by the caller.
     pub(super) fn store_update(&mut self, u: Update, reason: DropReason) -> bool {
         self.budget.release(u.cost, Tier::Worker);
+        let mut update = RowUpdate {
+            pipeline: Some(u.pipeline),
+            ..u.update
+        };
         if let (Some(w), Some(s)) = (u.wal, &self.spool) {
+            if s.holds_row(&update.inference_id) {
+                // Its row is in the spool, maybe in a file of the spool writer's, which
+                // comes after every write-ahead file: the update is written again there,
+                // behind it (counted by the writer), its line ahead acknowledged once it
+                // is handed over (a `kill -9` before the writer syncs it loses it).
+                match s.send_updates(vec![update], reason, self.spool_tier()) {
+                    Ok(()) => {
+                        s.ack_ahead([w]);
+                        return true;
+                    }
+                    // No room in the writer's backlog: left where it was written ahead.
+                    Err(mut back) => update = back.pop().expect("the update given back"),
+                }
+            }
             // Written ahead: it is in the spool already, to be replayed. Later updates of
             // its row follow it there (not sent ahead of it).
-            s.hold_ids([u.update.inference_id.as_str()]);
+            s.hold_ids([update.inference_id.as_str()]);
             s.give_up(w);
             self.counters.spooled.fetch_add(1, Relaxed);
             self.counters.settled.fetch_add(1, Relaxed);
             return true;
         }
-        let update = RowUpdate {
-            pipeline: Some(u.pipeline),
-            ..u.update
-        };
         let spooled = match &self.spool {
             Some(s) => s
                 .send_updates(vec![update], reason, self.spool_tier())

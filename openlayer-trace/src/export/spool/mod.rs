@@ -540,21 +540,6 @@ impl Spool {
             live.outstanding.fetch_sub(offsets.len() as u64, SeqCst);
             self.delete_if_done(&mut index, seq);
         }
-        // With write-ahead the live file is always there, so the held ids are not
-        // forgotten with the last file (see `remove_segment`): they are when no file has a
-        // line left to replay (each line acknowledged or still on its way, none given up).
-        let nothing_spooled = index.segments.values().all(|s| {
-            let l = &s.live;
-            l.lines_known.load(SeqCst)
-                && !l.gave_up.load(SeqCst)
-                && s.acked.len() as u64 + l.outstanding.load(SeqCst) >= l.lines.load(SeqCst)
-        });
-        if nothing_spooled {
-            let mut held = lock(&self.held_ids);
-            if !held.is_empty() {
-                *held = HashSet::new();
-            }
-        }
     }
 
     // -----------------------------------------------------------------------------------

@@ -116,6 +116,9 @@ impl Spool {
         // Whether a line of an earlier segment is still being replayed, or not settled yet:
         // a row update after it waits.
         let mut earlier = false;
+        // An earlier segment with lines still on their way (the live write-ahead file,
+        // say), when one holds updates back.
+        let mut unsettled_before: Option<std::sync::Arc<LiveSeg>> = None;
         for seq in seqs {
             let (end, eligible, busy, unsettled) = {
                 let seg = &index.segments[&seq];
@@ -129,11 +132,8 @@ impl Spool {
                 // Lines of it still on their way (written ahead, not settled) may be the
                 // rows of later updates, as may lines being replayed.
                 earlier |= busy || unsettled;
-                if unsettled {
-                    // The live write-ahead file never settles under steady traffic: sealed,
-                    // it settles once its lines on their way are delivered, and the files
-                    // after it are replayed.
-                    self.rotate_ahead_soon(&index.segments[&seq].live);
+                if unsettled && unsettled_before.is_none() {
+                    unsettled_before = Some(index.segments[&seq].live.clone());
                 }
                 continue;
             }
@@ -149,6 +149,14 @@ impl Spool {
                 default_pipeline,
                 &mut order,
             );
+            if order.held
+                && let Some(l) = &unsettled_before
+            {
+                // An update waits behind it. The live write-ahead file never settles under
+                // steady traffic: sealed, it settles once its lines on their way are
+                // delivered, and the update can follow.
+                self.rotate_ahead_soon(l);
+            }
             match read {
                 Ok(Some(batch)) => return Some(batch),
                 Ok(None) if order.held => return None,

@@ -428,26 +428,6 @@ fn the_writers_later_files_come_after_a_rotated_write_ahead_file() {
     stop(&spool, t);
 }
 
-/// With write-ahead the live file never goes away, yet the ids held for updates to
-/// follow their spooled rows are forgotten once nothing is left to replay.
-#[test]
-fn held_ids_are_forgotten_when_nothing_is_left_to_replay() {
-    let dir = temp_dir("ahead-held-ids");
-    let (spool, t) = start_ahead(&dir);
-    spool.hold_ids(["x"]);
-    let a = spool.append_ahead(&row("a").spool_line()).unwrap();
-    spool.ack_ahead([a]);
-    assert!(!spool.holds_row("x"), "nothing spooled: forgotten");
-    // A line given up waits for a replay: its id stays held.
-    let b = spool.append_ahead(&row("b").spool_line()).unwrap();
-    spool.hold_ids(["b"]);
-    spool.give_up(b);
-    let c = spool.append_ahead(&row("c").spool_line()).unwrap();
-    spool.ack_ahead([c]);
-    assert!(spool.holds_row("b"));
-    stop(&spool, t);
-}
-
 /// Threads writing ahead at once never take the spool past its limit together, and the
 /// spool's count of its bytes is what its files hold.
 #[test]

@@ -88,21 +88,22 @@ impl Spool {
         true
     }
 
-    /// Replaces the write-ahead segment with a new one and seals the old one.
-    fn rotate_ahead(&self) {
+    /// Replaces the write-ahead segment with a new one and seals the old one; whether it
+    /// did (not when the segment is empty, or a new one could not be created).
+    fn rotate_ahead(&self) -> bool {
         self.rotate_requested.store(false, SeqCst);
-        let Some(wa) = &self.wa else { return };
+        let Some(wa) = &self.wa else { return false };
         {
             let w = lock(wa);
             if w.len == 0 && !w.broken {
-                return;
+                return false;
             }
         }
         let (live, file) = match self.new_segment() {
             Ok(s) => s,
             Err(e) => {
                 crate::util::diag::warn_limited!(dir = %self.dir.display(), error = %e, "could not create a spool file");
-                return;
+                return false;
             }
         };
         let old = std::mem::replace(
@@ -118,6 +119,7 @@ impl Spool {
         drop(old.file);
         let mut index = lock(&self.index);
         self.delete_if_done(&mut index, old.live.seq);
+        true
     }
 }
 
@@ -399,11 +401,10 @@ impl Writer<'_> {
 
     fn maintain(&mut self) {
         self.spool.maintain_requested.store(false, SeqCst);
-        if self.spool.rotate_requested.load(SeqCst) {
-            self.spool.rotate_ahead();
-            // This writer's next file then comes after the new write-ahead file: an update
-            // it spools from now on is replayed after the rows given up ahead before it
-            // (which go to that file).
+        if self.spool.rotate_requested.load(SeqCst) && self.spool.rotate_ahead() {
+            // This writer's next file then comes after the new write-ahead file: what it
+            // spools from now on (an update) is replayed after every row given up ahead
+            // before it, and its open file always comes after every write-ahead file.
             if self.current.is_some() {
                 self.sync();
                 self.seal_current();
