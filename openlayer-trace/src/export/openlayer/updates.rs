@@ -184,7 +184,7 @@ impl Flusher {
     /// `reason`; returns whether it was spooled. Its epoch is released by the caller.
     pub(super) fn store_update(&mut self, u: Update, reason: DropReason) -> bool {
         self.budget.release(u.cost, Tier::Worker);
-        let mut update = RowUpdate {
+        let update = RowUpdate {
             pipeline: Some(u.pipeline),
             ..u.update
         };
@@ -193,15 +193,19 @@ impl Flusher {
                 // Its row is in the spool, maybe in a file of the spool writer's, which
                 // comes after every write-ahead file: the update is written again there,
                 // behind it (counted by the writer), its line ahead acknowledged once it
-                // is handed over (a `kill -9` before the writer syncs it loses it).
-                match s.send_updates(vec![update], reason, self.spool_tier()) {
-                    Ok(()) => {
-                        s.ack_ahead([w]);
-                        return true;
-                    }
-                    // No room in the writer's backlog: left where it was written ahead.
-                    Err(mut back) => update = back.pop().expect("the update given back"),
+                // is handed over (a `kill -9` before the writer syncs it loses it). Left
+                // where it was written ahead, it could be replayed before its row and be
+                // lost to a 404: with no room in the writer's backlog, it is dropped and
+                // counted, as an update that was not written ahead would be.
+                s.ack_ahead([w]);
+                let spooled = s
+                    .send_updates(vec![update], reason, self.spool_tier())
+                    .is_ok();
+                if !spooled {
+                    self.counters.drop_rows(reason, 1);
+                    self.counters.settled.fetch_add(1, Relaxed);
                 }
+                return spooled;
             }
             // Written ahead: it is in the spool already, to be replayed. Later updates of
             // its row follow it there (not sent ahead of it).
