@@ -213,13 +213,19 @@ impl Exporter {
         // Still no room: the spool keeps it when it can (with its pipeline resolved, as
         // replay needs it). Its row may then still be queued.
         if let (Some(spool), Some(w)) = (&self.spool, wal) {
-            // Written ahead: left there, to be replayed (later updates of its row follow
-            // it there).
-            spool.hold_ids([update.inference_id.as_str()]);
-            spool.give_up(w);
-            c.spooled.fetch_add(1, Relaxed);
-            c.settled.fetch_add(1, Relaxed);
-            return;
+            if !spool.holds_row(&update.inference_id) {
+                // Written ahead: left there, to be replayed (later updates of its row
+                // follow it there).
+                spool.hold_ids([update.inference_id.as_str()]);
+                spool.give_up(w);
+                c.spooled.fetch_add(1, Relaxed);
+                c.settled.fetch_add(1, Relaxed);
+                return;
+            }
+            // Its row is in the spool, maybe in the spool writer's file, which comes after
+            // every write-ahead file: written there behind it, as below (see
+            // `Flusher::store_update`), the line ahead acknowledged.
+            spool.ack_ahead([w]);
         }
         if let Some(spool) = &self.spool {
             let pipeline = update
@@ -440,6 +446,15 @@ mod tests {
 
     /// An exporter whose queue (of `capacity`) nobody drains, with a spool.
     fn exporter(name: &str, capacity: usize) -> (Exporter, Receiver<Msg>) {
+        exporter_of(name, capacity, crate::config::SpoolMode::Overflow)
+    }
+
+    /// An exporter whose queue (of `capacity`) nobody drains, with a spool in `mode`.
+    fn exporter_of(
+        name: &str,
+        capacity: usize,
+        mode: crate::config::SpoolMode,
+    ) -> (Exporter, Receiver<Msg>) {
         let dir =
             std::env::temp_dir().join(format!("openlayer-producer-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -447,6 +462,7 @@ mod tests {
             .inference_pipeline_id("pipe")
             .queue_capacity(capacity)
             .spool_dir(&dir)
+            .spool_mode(mode)
             .build()
             .unwrap();
         let counters = Arc::new(Counters::default());
@@ -462,7 +478,7 @@ mod tests {
             counters,
             budget,
             spool: Some(spool),
-            write_ahead: false,
+            write_ahead: mode == crate::config::SpoolMode::WriteAhead,
             threads: Mutex::new(vec![writer]),
         };
         (exporter, rx)
@@ -507,6 +523,68 @@ mod tests {
         assert_eq!(exporter.counters.spooled.load(Relaxed), 1);
         let done = Arc::new(Completion::default());
         exporter.spool.as_ref().unwrap().close(vec![done.clone()]);
+        assert!(done.wait_until(Instant::now() + Duration::from_secs(5)));
+    }
+
+    /// Write-ahead, with the queue full past its margin: an update whose row is not
+    /// spooled stays where it was written ahead (given up, its row held); one whose row is
+    /// spooled goes to the spool writer, behind its row, its line ahead acknowledged.
+    #[test]
+    fn a_written_ahead_update_past_the_margin_follows_a_spooled_row() {
+        let (exporter, mut rx) =
+            exporter_of("update-ahead", 8, crate::config::SpoolMode::WriteAhead);
+        let spool = exporter.spool.clone().unwrap();
+        for i in 0..8 + exporter.update_margin() {
+            exporter.enqueue_update(update(&format!("filler-{i}")));
+        }
+        let before = exporter.counters.spooled.load(Relaxed);
+        exporter.enqueue_update(update("free"));
+        assert_eq!(exporter.counters.spooled.load(Relaxed), before + 1);
+        assert!(
+            spool.holds_row("free"),
+            "later updates of its row follow it"
+        );
+        // A row the spool writer spooled (its file comes after the write-ahead file).
+        let row = OutRow {
+            pipeline: "pipe".into(),
+            config: r#"{"outputColumnName":"output"}"#.into(),
+            row: r#"{"inferenceId":"spooled-row","output":"x"}"#.into(),
+            inference_id: "spooled-row".into(),
+        };
+        spool
+            .send_rows(vec![row], DropReason::RetriesExhausted, Tier::Spool)
+            .unwrap();
+        exporter.enqueue_update(update("spooled-row"));
+        let done = Arc::new(Completion::default());
+        spool.barrier(done.clone());
+        assert!(done.wait_until(Instant::now() + Duration::from_secs(5)));
+        // Counted by the spool writer once on disk (the row and the update).
+        assert_eq!(exporter.counters.spooled.load(Relaxed), before + 3);
+        // The queued updates are settled (acknowledged ahead) as the worker would; what
+        // the replay then finds is "free" (given up ahead) and "spooled-row" (the writer's).
+        while let Ok(msg) = rx.try_recv() {
+            if let Msg::Update(_, _, Some(w)) = msg {
+                spool.ack_ahead([w]);
+            }
+        }
+        let mut replayed = Vec::new();
+        while let Some(b) = spool.next_replay(1, 1 << 20, None) {
+            replayed.push(match &b.update {
+                Some(id) => format!("update {id}"),
+                None => format!("row {}", b.rows[0]),
+            });
+            spool.replay_done(b, crate::export::spool::replay::ReplayEnd::Acked);
+        }
+        assert_eq!(
+            replayed,
+            [
+                "update free",
+                r#"row {"inferenceId":"spooled-row","output":"x"}"#,
+                "update spooled-row"
+            ]
+        );
+        let done = Arc::new(Completion::default());
+        spool.close(vec![done.clone()]);
         assert!(done.wait_until(Instant::now() + Duration::from_secs(5)));
     }
 }
