@@ -212,6 +212,7 @@ impl Exporter {
         }
         // Still no room: the spool keeps it when it can (with its pipeline resolved, as
         // replay needs it). Its row may then still be queued.
+        let mut ahead = Vec::new();
         if let (Some(spool), Some(w)) = (&self.spool, wal) {
             if !spool.holds_row(&update.inference_id) {
                 // Written ahead: left there, to be replayed (later updates of its row
@@ -224,8 +225,8 @@ impl Exporter {
             }
             // Its row is in the spool, maybe in the spool writer's file, which comes after
             // every write-ahead file: written there behind it, as below (see
-            // `Flusher::store_update`), the line ahead acknowledged.
-            spool.ack_ahead([w]);
+            // `Flusher::store_update`), the line ahead acknowledged once that is synced.
+            ahead.push(w);
         }
         if let Some(spool) = &self.spool {
             let pipeline = update
@@ -235,11 +236,14 @@ impl Exporter {
             if pipeline.is_some() {
                 let update = RowUpdate { pipeline, ..update };
                 if spool
-                    .send_updates(vec![update], DropReason::QueueFull, Tier::Overflow)
+                    .send_updates(vec![update], ahead, DropReason::QueueFull, Tier::Overflow)
                     .is_ok()
                 {
                     return;
                 }
+            } else {
+                // (Nothing is written ahead without a pipeline: `ahead` is empty here.)
+                spool.ack_ahead(ahead);
             }
         }
         self.drop_full();

@@ -192,14 +192,14 @@ impl Flusher {
             if s.holds_row(&update.inference_id) {
                 // Its row is in the spool, maybe in a file of the spool writer's, which
                 // comes after every write-ahead file: the update is written again there,
-                // behind it (counted by the writer), its line ahead acknowledged once it
-                // is handed over (a `kill -9` before the writer syncs it loses it). Left
-                // where it was written ahead, it could be replayed before its row and be
-                // lost to a 404: with no room in the writer's backlog, it is dropped and
-                // counted, as an update that was not written ahead would be.
-                s.ack_ahead([w]);
+                // behind it (counted by the writer), its line ahead acknowledged once the
+                // writer has synced it (a `kill -9` before that leaves the line ahead, to
+                // be replayed). Left where it was written ahead, it could be replayed
+                // before its row and be lost to a 404: with no room in the writer's
+                // backlog, it is dropped and counted (its line ahead acknowledged), as an
+                // update that was not written ahead would be.
                 let spooled = s
-                    .send_updates(vec![update], reason, self.spool_tier())
+                    .send_updates(vec![update], vec![w], reason, self.spool_tier())
                     .is_ok();
                 if !spooled {
                     self.counters.drop_rows(reason, 1);
@@ -217,7 +217,7 @@ impl Flusher {
         }
         let spooled = match &self.spool {
             Some(s) => s
-                .send_updates(vec![update], reason, self.spool_tier())
+                .send_updates(vec![update], Vec::new(), reason, self.spool_tier())
                 .is_ok(),
             None => false,
         };

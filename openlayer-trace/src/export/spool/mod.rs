@@ -79,8 +79,9 @@ pub(crate) enum Job {
     /// Rows to keep, and the reason to count if they cannot be written.
     Rows(Vec<OutRow>, DropReason, usize),
     /// Row updates to keep (their pipeline resolved), and the reason to count if they
-    /// cannot be written.
-    Updates(Vec<RowUpdate>, DropReason, usize),
+    /// cannot be written; then the lines written ahead for them, acknowledged once the
+    /// updates are written here and synced (or dropped and counted).
+    Updates(Vec<RowUpdate>, DropReason, usize, Vec<WalRef>),
     /// Completed once everything sent before it is written and synced.
     Barrier(Arc<Completion>),
     /// Rotate the write-ahead segment or evict, as requested.
@@ -326,9 +327,15 @@ impl Spool {
 
     /// Hands row updates to the writer (their pipeline resolved), counted in the memory
     /// budget under `tier`; gives them back when there is no room.
+    ///
+    /// `ahead` are the lines written ahead for these updates, moved here to follow their
+    /// rows: the writer acknowledges them once it has written the updates and synced its
+    /// file, so that a `kill -9` in between leaves them ahead, to be replayed. When the
+    /// updates are given back (to be dropped and counted), they are acknowledged here.
     pub(crate) fn send_updates(
         &self,
         updates: Vec<RowUpdate>,
+        ahead: Vec<WalRef>,
         reason: DropReason,
         tier: Tier,
     ) -> Result<(), Vec<RowUpdate>> {
@@ -338,10 +345,14 @@ impl Spool {
         // the platform first (where the last one written wins).
         self.hold_ids(updates.iter().map(|u| u.inference_id.as_str()));
         let n = updates.len();
-        let job = |updates, bytes| Job::Updates(updates, reason, bytes);
-        self.send_job(updates, n, bytes, tier, job, |job| match job {
-            Job::Updates(updates, _, _) => Some(updates),
+        let job = |(updates, ahead), bytes| Job::Updates(updates, reason, bytes, ahead);
+        self.send_job((updates, ahead), n, bytes, tier, job, |job| match job {
+            Job::Updates(updates, _, _, ahead) => Some((updates, ahead)),
             _ => None,
+        })
+        .map_err(|(updates, ahead)| {
+            self.ack_ahead(ahead);
+            updates
         })
     }
 
@@ -430,7 +441,11 @@ impl Spool {
             let (n, bytes) = match job {
                 Job::Trace(_, bytes) => (1, bytes),
                 Job::Rows(rows, _, bytes) => (rows.len(), bytes),
-                Job::Updates(updates, _, bytes) => (updates.len(), bytes),
+                Job::Updates(updates, _, bytes, ahead) => {
+                    // Dropped and counted below: not to be replayed as well.
+                    self.ack_ahead(ahead);
+                    (updates.len(), bytes)
+                }
                 Job::Barrier(done) => {
                     done.complete();
                     continue;
@@ -533,6 +548,9 @@ impl Spool {
                 .or_insert_with(|| (r.seg.clone(), Vec::new()))
                 .1
                 .push(r.offset);
+        }
+        if by_seg.is_empty() {
+            return;
         }
         let mut index = lock(&self.index);
         for (seq, (live, offsets)) in by_seg {

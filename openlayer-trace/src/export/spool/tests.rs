@@ -312,7 +312,12 @@ fn an_update_waits_for_rows_still_on_their_way_in_an_earlier_file() {
         config: None,
     };
     spool
-        .send_updates(vec![update], DropReason::RetriesExhausted, Tier::Spool)
+        .send_updates(
+            vec![update],
+            Vec::new(),
+            DropReason::RetriesExhausted,
+            Tier::Spool,
+        )
         .unwrap();
     let done = Arc::new(Completion::default());
     spool.barrier(done.clone());
@@ -394,6 +399,7 @@ fn the_writers_later_files_come_after_a_rotated_write_ahead_file() {
     spool
         .send_updates(
             vec![update_of("z")],
+            Vec::new(),
             DropReason::RetriesExhausted,
             Tier::Spool,
         )
@@ -409,6 +415,7 @@ fn the_writers_later_files_come_after_a_rotated_write_ahead_file() {
     spool
         .send_updates(
             vec![update_of("r")],
+            Vec::new(),
             DropReason::RetriesExhausted,
             Tier::Spool,
         )
@@ -425,6 +432,71 @@ fn the_writers_later_files_come_after_a_rotated_write_ahead_file() {
     let row_r = order.iter().position(|o| o == "row r").unwrap();
     let update_r = order.iter().position(|o| o == "update r").unwrap();
     assert!(row_r < update_r, "{order:?}");
+    stop(&spool, t);
+}
+
+/// An update written ahead and then moved behind its row (into the writer's file) keeps
+/// its line ahead until the writer has synced the moved copy: a process killed in
+/// between replays the update from the line ahead; once synced, it is replayed once.
+#[test]
+fn an_update_moved_to_the_writer_keeps_its_line_ahead_until_synced() {
+    let dir = temp_dir("ahead-update-moved");
+    let config = Config::builder()
+        .spool_dir(&dir)
+        .spool_mode(SpoolMode::WriteAhead)
+        .build()
+        .unwrap();
+    let ahead_line = |id: &str| {
+        let mut line = update_of(id).file_line(None);
+        line.push('\n');
+        line
+    };
+    let replayed = |spool: &Spool| {
+        let mut out = Vec::new();
+        while let Some(b) = spool.next_replay(10, 1 << 20, None) {
+            out.push(b.update.clone().unwrap_or_else(|| b.ids.join(",")));
+            spool.replay_done(b, ReplayEnd::Acked);
+        }
+        out
+    };
+
+    // The process is killed before its writer takes the job: no writer thread runs.
+    let counters = Arc::new(Counters::default());
+    let (spool, rx) = Spool::open(&config, counters, budget(&config)).unwrap();
+    let w = spool.append_ahead(&ahead_line("u")).unwrap();
+    spool
+        .send_updates(
+            vec![update_of("u")],
+            vec![w],
+            DropReason::QueueFull,
+            Tier::Spool,
+        )
+        .unwrap();
+    drop(rx);
+    drop(spool);
+    let (spool, _, t) = start(&dir);
+    assert_eq!(replayed(&spool), ["u"], "the update was lost");
+    stop(&spool, t);
+    drop(spool);
+    assert!(files_in(&dir).is_empty(), "{:?}", files_in(&dir));
+
+    // The writer writes and syncs the moved copy: the line ahead is acknowledged then, and
+    // the update is replayed once after a restart.
+    let (spool, t) = start_ahead(&dir);
+    let w = spool.append_ahead(&ahead_line("v")).unwrap();
+    spool
+        .send_updates(
+            vec![update_of("v")],
+            vec![w],
+            DropReason::QueueFull,
+            Tier::Spool,
+        )
+        .unwrap();
+    wait_for_writer(&spool);
+    stop(&spool, t);
+    drop(spool);
+    let (spool, _, t) = start(&dir);
+    assert_eq!(replayed(&spool), ["v"]);
     stop(&spool, t);
 }
 

@@ -163,6 +163,7 @@ pub(crate) fn run_writer(
             }
         }
         let mut barriers = Vec::new();
+        let mut ahead = Vec::new();
         let mut close = None;
         for job in batch {
             match job {
@@ -174,9 +175,10 @@ pub(crate) fn run_writer(
                     spool.release(rows.len(), bytes);
                     w.write_rows(rows, reason);
                 }
-                Job::Updates(updates, reason, bytes) => {
+                Job::Updates(updates, reason, bytes, wal) => {
                     spool.release(updates.len(), bytes);
                     w.write_updates(updates, reason);
+                    ahead.extend(wal);
                 }
                 Job::Barrier(done) => barriers.push(done),
                 Job::Maintain => w.maintain(),
@@ -184,6 +186,10 @@ pub(crate) fn run_writer(
             }
         }
         w.sync();
+        // Written here and synced (or dropped and counted): their lines ahead are done.
+        if !ahead.is_empty() {
+            spool.ack_ahead(ahead);
+        }
         spool.written.notify_one();
         for done in barriers {
             done.complete();
