@@ -3,7 +3,7 @@
 //!
 //! The expected compiler output lives next to each case in `ui/fail/*.stderr`. After a
 //! deliberate change of a diagnostic, regenerate them with
-//! `TRYBUILD=overwrite cargo test -p openlayer-trace-tests --test ui`, then read the diff.
+//! `TRYBUILD=overwrite cargo test -p openlayer-trace-checks --test ui`, then read the diff.
 
 #[test]
 fn ui() {
