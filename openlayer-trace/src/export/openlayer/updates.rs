@@ -193,11 +193,11 @@ impl Flusher {
                 // Its row is in the spool, maybe in a file of the spool writer's, which
                 // comes after every write-ahead file: the update is written again there,
                 // behind it (counted by the writer), its line ahead acknowledged once the
-                // writer has synced it (a `kill -9` before that leaves the line ahead, to
-                // be replayed). Left where it was written ahead, it could be replayed
-                // before its row and be lost to a 404: with no room in the writer's
-                // backlog, it is dropped and counted (its line ahead acknowledged), as an
-                // update that was not written ahead would be.
+                // writer has synced it (see `Spool::send_updates` for a `kill -9` before
+                // that). Left where it was written ahead, it could be replayed before its
+                // row and be lost to a 404: with no room in the writer's backlog, it is
+                // dropped and counted (its line ahead acknowledged), as an update that
+                // was not written ahead would be.
                 let spooled = s
                     .send_updates(vec![update], vec![w], reason, self.spool_tier())
                     .is_ok();

@@ -29,7 +29,9 @@
 //! The flusher reads unacknowledged lines in order (oldest segment first), sends them in
 //! batches, and appends their offsets to the sidecar right after the 2xx (one `write(2)`;
 //! not synced). A row can therefore be sent twice only if the process dies between the
-//! server's 2xx and that write, or after a power loss that loses the sidecar's tail. A
+//! server's 2xx and that write, or after a power loss that loses the sidecar's tail; a
+//! row update written ahead and then again behind its row (see `Spool::send_updates`),
+//! also if it dies between the writer's write and the acknowledgement of the first copy. A
 //! segment is only replayed while none of its rows is still on its way in this process
 //! (so a row is never in flight twice). Lines are told apart by their position (segment
 //! and offset), never by `inferenceId`: two distinct rows that share one are both sent. A
@@ -330,7 +332,10 @@ impl Spool {
     ///
     /// `ahead` are the lines written ahead for these updates, moved here to follow their
     /// rows: the writer acknowledges them once it has written the updates and synced its
-    /// file, so that a `kill -9` in between leaves them ahead, to be replayed. When the
+    /// file. A `kill -9` before that leaves them ahead: replayed after a restart, ahead of
+    /// their rows when those are in a later file, where a 404 drops them as rejected
+    /// (counted, not lost silently). A `kill -9` after the writer's write and before the
+    /// acknowledgement leaves both copies (the update may be sent twice). When the
     /// updates are given back (to be dropped and counted), they are acknowledged here.
     pub(crate) fn send_updates(
         &self,
@@ -433,7 +438,8 @@ impl Spool {
 
     /// Called by the writer as it closes: no job is sent from now on, and those already
     /// sent are settled, as the writer will not write them: rows and traces dropped
-    /// (`shutdown`) with their room given back, barriers and closes completed.
+    /// (`shutdown`) with their room given back, the lines written ahead for dropped
+    /// updates acknowledged, barriers and closes completed.
     pub(crate) fn settle_after_close(&self, jobs: &mpsc::Receiver<Job>) {
         *self.closed.write().unwrap_or_else(|e| e.into_inner()) = true;
         let c = &self.counters;
@@ -539,7 +545,8 @@ impl Spool {
         r.seg.outstanding.fetch_sub(1, SeqCst);
     }
 
-    /// Written-ahead rows that were delivered (or rejected for good): acknowledged.
+    /// Lines written ahead that are settled for good (delivered, rejected, dropped and
+    /// counted, or written again behind their row by the writer and synced): acknowledged.
     pub(crate) fn ack_ahead(&self, refs: impl IntoIterator<Item = WalRef>) {
         let mut by_seg: BTreeMap<u64, (Arc<LiveSeg>, Vec<u64>)> = BTreeMap::new();
         for r in refs {

@@ -195,8 +195,10 @@ pub(crate) fn run_writer(
             done.complete();
         }
         if let Some(done) = close {
-            w.close();
+            // Settled first: it may acknowledge lines written ahead, which needs the
+            // directory that `close` releases.
             spool.settle_after_close(&jobs);
+            w.close();
             for d in done {
                 d.complete();
             }
