@@ -13,19 +13,25 @@
 //! overtake the rows they update; a rerun starts again there.
 //!
 //! The file is never in memory whole: it is read a line at a time, twice (a first pass
-//! checks it, the second sends it), through one handle, so that a rotation meanwhile (a
-//! rename, as the SDK's own) changes nothing, and only up to its last newline (a last
-//! line still being written is left for the next run). The hash is computed as the
-//! lines pass; the second pass compares it, line by line, with the first's, and stops
-//! before a line if the file changed in place in between.
+//! checks it, the second sends it), through one handle, and only up to its last newline
+//! (a last line still being written is left for the next run). A rotation meanwhile (a
+//! rename, as the SDK's own) does not change what this run reads; its progress stays
+//! tied to the name given, which then names the new file (a rerun refuses it as
+//! changed). The hash is computed as the lines pass. The second pass reads the lines to
+//! send in blocks of about [`BLOCK_BYTES`], compares the hash at the end of each block
+//! with the first pass's, and stops before a block if the file changed in place in
+//! between: the first pass keeps 24 bytes a block, not a record per line.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use openlayer_trace::{Client, LocalLine, LocalLines, RawStreamConfig, RowUpdateConfig};
+use openlayer_trace::{
+    Client, LocalEntry, LocalLine, LocalLines, RawStreamConfig, RowUpdateConfig,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -239,11 +245,14 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
     // The part pushed before is unchanged: a line ends where it ended, with its hash.
     let mut prefix_found = state.prefix_len == 0 && state.prefix_hash == fnv1a(b"");
     // Lines without a pipeline need one from the flag or the environment: say so before
-    // sending anything.
-    let mut orphans: Vec<String> = Vec::new();
-    // Each line to send, with the hash of the file up to its end, to check that the
-    // second pass reads the same lines (16 bytes a line).
-    let mut checked: std::collections::VecDeque<(usize, u64)> = std::collections::VecDeque::new();
+    // sending anything (the first few named, all counted).
+    let mut orphans = Orphans::default();
+    // The lines to send, in blocks of about `BLOCK_BYTES`, each with the hash of the file
+    // up to its last line: the second pass reads a block whole and checks that hash
+    // before it sends any of its lines (24 bytes a block, not a record per line).
+    let mut blocks: Vec<Block> = Vec::new();
+    let mut open: Option<Block> = None;
+    let mut block_start = 0u64;
     {
         let (lines, at) = lines_of(&mut source, complete).map_err(read_failed)?;
         for e in lines {
@@ -262,11 +271,24 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
                 continue;
             }
             pending += 1;
-            checked.push_back((e.number, hash));
+            let block = open.get_or_insert(Block {
+                first: e.number,
+                last: e.number,
+                hash,
+                lines: 0,
+            });
+            block.last = e.number;
+            block.hash = hash;
+            block.lines += 1;
+            if end - block_start >= BLOCK_BYTES {
+                blocks.extend(open.take());
+                block_start = end;
+            }
             if default_pipeline.is_none() && matches!(&e.line, Ok(l) if l.pipeline_id().is_none()) {
-                orphans.push(e.number.to_string());
+                orphans.add(e.number);
             }
         }
+        blocks.extend(open.take());
     }
     if !prefix_found {
         return Err(CliError::Usage(format!(
@@ -276,16 +298,19 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
             progress_path.display(),
         )));
     }
-    if !orphans.is_empty() {
+    if orphans.count > 0 {
         return Err(CliError::Usage(format!(
             "line(s) {} of {} have no pipelineId: pass --pipeline-id or set OPENLAYER_INFERENCE_PIPELINE_ID",
-            abbreviate(&orphans),
+            orphans.list(),
             file.display()
         )));
     }
     let prefix_hash = u64::from_str_radix(&state.prefix_hash, 16).unwrap_or(FNV_BASIS);
     let (lines, at) = lines_of(&mut source, complete).map_err(read_failed)?;
-    let pending_lines = lines.filter(|e| !sent_before.contains(e.number));
+    // A read error is kept whatever its line's number: it ends the file.
+    let mut pending_lines = lines.filter(|e| {
+        matches!(e.line, Err(openlayer_trace::Error::Io(_))) || !sent_before.contains(e.number)
+    });
 
     let mut push = Pusher {
         client: &client,
@@ -302,34 +327,34 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
     let mut stopped: Option<(usize, String)> = None;
     let mut not_attempted = 0usize;
     let mut batch: Option<Batch> = None;
-    for entry in pending_lines {
-        // The lines checked but not reached are counted after the loop.
+    let mut blocks = blocks.into_iter();
+    let mut block: VecDeque<(LocalEntry, End)> = VecDeque::new();
+    loop {
         if stopped.is_some() {
             break;
         }
-        // Read just now: where the reader stands is this line's end.
-        let (at_end, hash) = at.get();
-        let expected = checked.pop_front().map(|(_, h)| h);
-        let problem = match &entry.line {
-            Err(openlayer_trace::Error::Io(e)) => Some(format!("cannot read the file: {e}")),
-            // The file changed in place since the first pass (truncated and written
-            // again, say): its line numbers no longer mean the lines checked.
-            _ if expected != Some(hash) => Some("the file changed while it was pushed".to_string()),
-            _ => None,
-        };
-        if let Some(problem) = problem {
-            // The lines before this one were read as checked: they go first.
-            let mut failed = None;
-            if let Some(full) = batch.take() {
-                let (unsent, f) = push.stream(full).await?;
-                if f.is_some() {
-                    not_attempted += 1 + unsent;
+        // The lines are taken a block at a time, each block checked whole before any of
+        // its lines is sent.
+        let Some((entry, (at_end, hash))) = block.pop_front() else {
+            let Some(next) = blocks.next() else { break };
+            if let Err(problem) = read_block(&mut pending_lines, &at, &next, &mut block) {
+                block.clear();
+                // The lines of the blocks before were read as checked: they go first.
+                let mut failed = None;
+                if let Some(full) = batch.take() {
+                    let (unsent, f) = push.stream(full).await?;
+                    if f.is_some() {
+                        not_attempted += unsent + next.lines;
+                    }
+                    failed = f;
                 }
-                failed = f;
+                if failed.is_none() {
+                    not_attempted += next.lines - 1;
+                }
+                stopped = Some(failed.unwrap_or((next.first, problem)));
             }
-            stopped = Some(failed.unwrap_or((entry.number, problem)));
             continue;
-        }
+        };
         let line = match entry.line {
             Ok(line) => line,
             Err(e) => {
@@ -419,16 +444,8 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
             not_attempted += unsent;
         }
     }
-    if stopped.is_none()
-        && let Some((number, _)) = checked.pop_front()
-    {
-        // Fewer lines than the first pass read: the file was cut short in place.
-        stopped = Some((
-            number,
-            "the file changed while it was pushed (it is shorter)".into(),
-        ));
-    }
-    not_attempted += checked.len();
+    // The lines checked but not reached.
+    not_attempted += block.len() + blocks.map(|b| b.lines).sum::<usize>();
     let Pusher {
         bar,
         lines_sent,
@@ -471,6 +488,76 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
 
 /// Where a line ends in the file, and the FNV-1a of the file up to there.
 type End = (u64, u64);
+
+/// The second pass reads the lines to send in blocks of at least this many bytes of the
+/// file (or to its end), and checks each against the first pass before sending from it.
+const BLOCK_BYTES: u64 = 256 * 1024;
+
+/// Consecutive lines to send, as the first pass read them.
+#[derive(Debug)]
+struct Block {
+    /// The numbers of its first and last lines.
+    first: usize,
+    last: usize,
+    /// The FNV-1a of the file up to the end of its last line.
+    hash: u64,
+    /// How many lines to send it has.
+    lines: usize,
+}
+
+/// Reads the lines of `block` from `lines` into `into`, each with its end and the hash
+/// of the file up to there. `Err(problem)` when the file no longer holds them as the
+/// first pass read them: changed or cut short in place, or unreadable.
+fn read_block(
+    lines: &mut impl Iterator<Item = LocalEntry>,
+    at: &ReadSoFar,
+    block: &Block,
+    into: &mut VecDeque<(LocalEntry, End)>,
+) -> Result<(), String> {
+    let mut reached = false;
+    for entry in lines.by_ref() {
+        if let Err(openlayer_trace::Error::Io(e)) = &entry.line {
+            return Err(format!("cannot read the file: {e}"));
+        }
+        let number = entry.number;
+        // Read just now: where the reader stands is this line's end.
+        into.push_back((entry, at.get()));
+        if number >= block.last {
+            reached = true;
+            break;
+        }
+    }
+    match into.back() {
+        _ if !reached => Err("the file changed while it was pushed (it is shorter)".into()),
+        Some((e, (_, hash))) if e.number == block.last && *hash == block.hash => Ok(()),
+        _ => Err("the file changed while it was pushed".into()),
+    }
+}
+
+/// Lines without a pipeline id: the first few, and how many.
+#[derive(Debug, Default)]
+struct Orphans {
+    first: Vec<usize>,
+    count: usize,
+}
+
+impl Orphans {
+    fn add(&mut self, line: usize) {
+        if self.first.len() < 10 {
+            self.first.push(line);
+        }
+        self.count += 1;
+    }
+
+    fn list(&self) -> String {
+        let first: Vec<String> = self.first.iter().map(usize::to_string).collect();
+        if self.count <= first.len() {
+            first.join(", ")
+        } else {
+            format!("{}, ... ({} in all)", first.join(", "), self.count)
+        }
+    }
+}
 
 /// Consecutive data-stream lines with the same pipeline and config, sent as one request
 /// of at most `batch_max_rows` rows and about `batch_max_bytes` bytes (the lines' own
@@ -611,14 +698,6 @@ fn refused(e: &openlayer_trace::Error) -> bool {
         }
         openlayer_trace::Error::InvalidInput(_) => true,
         _ => false,
-    }
-}
-
-fn abbreviate(items: &[String]) -> String {
-    if items.len() <= 10 {
-        items.join(", ")
-    } else {
-        format!("{}, ... ({} in all)", items[..10].join(", "), items.len())
     }
 }
 

@@ -902,25 +902,71 @@ impl wiremock::Respond for RewriteOnFirst {
     }
 }
 
+/// The line a push stopped at and how many lines after it it says it did not send, from
+/// its "line K failed: ...; stopped there, N line(s) after it not sent".
+fn stop_of(o: &Output) -> (usize, usize) {
+    let err = stderr(o);
+    let number_after = |text: &str, marker: &str| -> usize {
+        let at = text
+            .find(marker)
+            .unwrap_or_else(|| panic!("no {marker:?} in:\n{text}"));
+        text[at + marker.len()..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no number after {marker:?} in:\n{text}"))
+    };
+    let line = number_after(&err, "line ");
+    let after = number_after(&err, "stopped there, ");
+    (line, after)
+}
+
+/// A file of a trace, its update, then traces 3 to `n` (about 450 bytes a line).
+fn long_file(n: usize) -> String {
+    let lines: Vec<String> = std::iter::once(trace_line(Some("pipe-a"), "trace-1"))
+        .chain(std::iter::once(update_line(Some("pipe-a"), "trace-1")))
+        .chain((3..=n).map(|i| trace_line(Some("pipe-a"), &format!("trace-{i:04}"))))
+        .collect();
+    lines.join("\n") + "\n"
+}
+
+/// The push reads the lines to send in blocks (of 256 KiB), each checked against the
+/// first pass before any of its lines is sent: after a stop at line `k`, lines 1 to
+/// `k - 1` were sent (line 2 is the update, in its place), the rest counted as not sent.
+async fn assert_stopped_at_a_block_before(
+    server: &MockServer,
+    out: &Output,
+    changed: usize,
+    lines: usize,
+) {
+    let (k, after) = stop_of(out);
+    // Stopped at the start of the block holding the change (a block has at most about
+    // 600 of these lines), never past it.
+    assert!(k <= changed && k + 600 > changed, "stopped at line {k}");
+    assert_eq!(after, lines - k, "{}", stderr(out));
+    let sent = row_ids(&requests(server).await);
+    let expected: Vec<String> = ["trace-1".to_string(), "inferenceId=trace-1".to_string()]
+        .into_iter()
+        .chain((3..k).map(|i| format!("trace-{i:04}")))
+        .collect();
+    assert_eq!(sent, expected);
+}
+
 /// A file changed in place while it is pushed (truncated and written again, as
-/// `copytruncate` would): the push stops before the first line that differs from what
-/// its first pass checked, rather than send lines by numbers that mean other lines.
+/// `copytruncate` would): the push stops before the block that differs from what its
+/// first pass checked, rather than send lines by numbers that mean other lines.
 #[tokio::test]
 async fn push_stops_where_the_file_changed_in_place_during_the_push() {
     let server = MockServer::start().await;
     let dir = TempDir::new("push-in-place");
-    // Far enough into the file (past what is read ahead) to be read after the change.
-    let lines: Vec<String> = std::iter::once(trace_line(Some("pipe-a"), "trace-1"))
-        .chain(std::iter::once(update_line(Some("pipe-a"), "trace-1")))
-        .chain((3..=300).map(|i| trace_line(Some("pipe-a"), &format!("trace-{i}"))))
-        .collect();
-    let file = dir.file("traces.jsonl", &(lines.join("\n") + "\n"));
+    // 2,000 lines, about 900 KB: four blocks; the change is in the third, read after it.
+    let file = dir.file("traces.jsonl", &long_file(2000));
     Mock::given(method("POST"))
         .and(path_regex(r"^/v1/inference-pipelines/[^/]+/data-stream$"))
         .respond_with(RewriteOnFirst {
             file: file.clone(),
-            from: "\"trace-250\"".into(),
-            to: "\"trace-X50\"".into(),
+            from: "\"trace-1500\"".into(),
+            to: "\"trace-X500\"".into(),
             done: false.into(),
         })
         .mount(&server)
@@ -932,20 +978,14 @@ async fn push_stops_where_the_file_changed_in_place_during_the_push() {
         .await;
     let out = openlayer(&["push", file.to_str().unwrap()], &platform(&server)).await;
     assert_exit(&out, 1);
-    assert_stderr_has(
-        &out,
-        "line 250 failed: the file changed while it was pushed",
-    );
-    assert_stderr_has(&out, "50 line(s) after it not sent");
+    assert_stderr_has(&out, "failed: the file changed while it was pushed;");
+    assert_stopped_at_a_block_before(&server, &out, 1500, 2000).await;
     let sent = row_ids(&requests(&server).await);
     assert!(
-        !sent.iter().any(|id| id == "trace-X50"),
-        "sent the changed line"
+        !sent
+            .iter()
+            .any(|id| id == "trace-X500" || id == "trace-1500")
     );
-    assert!(!sent.iter().any(|id| id == "trace-250"));
-    // The lines before it, read as checked, were sent.
-    assert_eq!(sent.last().map(String::as_str), Some("trace-249"));
-    assert_eq!(sent.len(), 1 + 1 + 247, "{sent:?}");
 }
 
 /// A file cut short in place while it is pushed (its earlier part unchanged): the push
@@ -954,16 +994,12 @@ async fn push_stops_where_the_file_changed_in_place_during_the_push() {
 async fn push_reports_a_file_cut_short_during_the_push() {
     let server = MockServer::start().await;
     let dir = TempDir::new("push-cut-short");
-    let lines: Vec<String> = std::iter::once(trace_line(Some("pipe-a"), "trace-1"))
-        .chain(std::iter::once(update_line(Some("pipe-a"), "trace-1")))
-        .chain((3..=300).map(|i| trace_line(Some("pipe-a"), &format!("trace-{i}"))))
-        .collect();
-    let file = dir.file("traces.jsonl", &(lines.join("\n") + "\n"));
+    let file = dir.file("traces.jsonl", &long_file(2000));
     Mock::given(method("POST"))
         .and(path_regex(r"^/v1/inference-pipelines/[^/]+/data-stream$"))
         .respond_with(RewriteOnFirst {
             file: file.clone(),
-            from: "\"trace-250\"".into(),
+            from: "\"trace-1500\"".into(),
             to: String::new(),
             done: false.into(),
         })
@@ -978,9 +1014,7 @@ async fn push_reports_a_file_cut_short_during_the_push() {
     assert_exit(&out, 1);
     assert_stderr_has(
         &out,
-        "line 250 failed: the file changed while it was pushed",
+        "failed: the file changed while it was pushed (it is shorter);",
     );
-    assert_stderr_has(&out, "50 line(s) after it not sent");
-    let sent = row_ids(&requests(&server).await);
-    assert_eq!(sent.last().map(String::as_str), Some("trace-249"));
+    assert_stopped_at_a_block_before(&server, &out, 1500, 2000).await;
 }
