@@ -485,7 +485,8 @@ fn genai_embedding_with_deprecated_system_and_openinference_kinds() {
 struct Boom;
 
 impl std::fmt::Debug for Boom {
-    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("bo")?;
         panic!("boom")
     }
 }
@@ -500,24 +501,38 @@ impl std::fmt::Debug for Partial {
     }
 }
 
+/// A field whose `Debug` panics never panics into the code that makes the span, records
+/// or emits it: the value is what it wrote before it panicked, on every path.
 #[test]
-fn a_panicking_field_under_a_parent_that_is_not_current_leaves_the_threads_position_alone() {
+fn a_panicking_field_is_recorded_as_written_and_never_panics_into_traced_code() {
     let (_, traces) = run(|| {
         let parent = tracing::info_span!("parent");
-        let child = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _child = tracing::info_span!(parent: &parent, "child", x = ?Boom);
-        }));
-        assert!(child.is_err());
-        // The parent's position was entered to open the child's step, and left again.
+        // Under a parent that is not current: its position is entered to open the
+        // child's step, and left again.
+        let child = tracing::info_span!(parent: &parent, "child", x = ?Boom);
         assert!(openlayer_trace::current_context().is_none());
-        // (The registry keeps the parent span open: the child, whose creation panicked,
-        // still holds it. That is `tracing`'s doing.)
+        drop(child);
         drop(parent);
-        // A later span on this thread starts a trace of its own.
-        let _later = tracing::info_span!("later").entered();
+        // A repeated name, a dotted attribute, recorded later, and in an event.
+        drop(tracing::info_span!("repeated", x = ?Boom, x = 2));
+        drop(tracing::info_span!("dotted", x = ?Boom, "server.address" = "h"));
+        let s = tracing::info_span!("later", y = Empty);
+        s.record("y", tracing::field::debug(Boom));
+        s.in_scope(|| tracing::info!(e = ?Boom, "an event"));
     });
-    let names: Vec<String> = traces.iter().map(tree).collect();
-    assert_eq!(names, ["later"]);
+    let find = |name: &str| {
+        traces
+            .iter()
+            .find(|t| t.root()["name"] == name)
+            .unwrap_or_else(|| panic!("no trace {name}"))
+            .clone()
+    };
+    let parent = find("parent");
+    assert_eq!(tree(&parent), "parent(child)");
+    assert_eq!(parent.step("child").unwrap()["inputs"]["x"], "bo");
+    assert_eq!(find("repeated").root()["inputs"]["x"], 2);
+    assert_eq!(find("dotted").root()["inputs"]["x"], "bo");
+    assert_eq!(find("later").root()["metadata"]["y"], "bo");
 }
 
 #[test]

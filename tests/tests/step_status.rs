@@ -52,6 +52,57 @@ fn a_function_returning_during_unwinding_is_recorded_as_returned() {
     assert!(child["metadata"].get("Exceptions").is_none(), "{child}");
 }
 
+/// A value whose `Serialize` panics.
+struct PanicsWhenRecorded;
+
+impl serde::Serialize for PanicsWhenRecorded {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("the value's own panic")
+    }
+}
+
+#[trace]
+fn record(_value: PanicsWhenRecorded) -> u32 {
+    1
+}
+
+struct RecordOnDrop;
+
+impl Drop for RecordOnDrop {
+    fn drop(&mut self) {
+        record(PanicsWhenRecorded);
+    }
+}
+
+#[trace]
+fn fails_and_records() -> u32 {
+    let _record = RecordOnDrop;
+    panic!("db down");
+}
+
+/// A value whose `Serialize` panics while the thread unwinds (recorded from a `Drop`):
+/// its panic stops in the library, and the steps the first panic unwinds through still
+/// record that panic's message.
+#[test]
+fn a_value_panicking_during_an_unwind_leaves_that_unwinds_message() {
+    let (_, traces) = testing::capture(|| {
+        assert!(catch_unwind(fails_and_records).is_err());
+    });
+    assert_eq!(traces.len(), 1);
+    let msg = traces[0].root()["metadata"]["Exceptions"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(msg.contains("db down"), "{msg}");
+    let record = traces[0].step("record").unwrap();
+    assert_eq!(record["output"], 1, "{record}");
+    assert_eq!(
+        record["inputs"]["_value"],
+        serde_json::Value::Null,
+        "{record}"
+    );
+}
+
 #[test]
 fn a_panic_message_is_not_reused_for_a_later_panic() {
     let (_, traces) = testing::capture(|| {

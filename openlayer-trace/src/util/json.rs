@@ -26,18 +26,18 @@ pub(crate) fn to_vec<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Res
 }
 
 /// Runs `serialize`, a value's (the application's) `Serialize` implementation: should it
-/// panic, the panic stops here and `panicked()` is returned, so that the value is recorded
-/// as `null` (or left out) and the traced code goes on as if untraced. The panic hook has
-/// run as for any panic; nothing `serialize` holds is used after, but what it wrote is
-/// (whole UTF-8 pieces only, cut off by the caller).
+/// panic, the panic stops here (see [`caught`](crate::util::panic::caught)) and
+/// `panicked()` is returned, so that the value is recorded as `null` (or left out) and
+/// the traced code goes on as if untraced. Nothing `serialize` holds is used after, but
+/// what it wrote is (whole UTF-8 pieces only, cut off by the caller).
 #[inline]
 pub(crate) fn unpanicked<R, E>(
     serialize: impl FnOnce() -> Result<R, E>,
     panicked: impl FnOnce() -> E,
 ) -> Result<R, E> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(serialize)) {
-        Ok(r) => r,
-        Err(_) => {
+    match crate::util::panic::caught(serialize) {
+        Some(r) => r,
+        None => {
             crate::util::diag::warn_limited!(
                 "a traced value's Serialize implementation panicked; recorded as null"
             );

@@ -1,6 +1,6 @@
 //! The bottom layer: the clock, ids, the JSON writer, the form of inputs kept as text,
-//! diagnostics, heap accounting, the bounds on open traces, the queue to the worker and the
-//! one-shot signal. It imports nothing else from the crate.
+//! diagnostics, heap accounting, the bounds on open traces, the queue to the worker, the
+//! one-shot signal and panics in the application's code. It imports nothing else from the crate.
 
 pub(crate) mod clock;
 pub(crate) mod diag;
@@ -9,6 +9,7 @@ pub(crate) mod id;
 pub(crate) mod json;
 pub(crate) mod limits;
 pub(crate) mod open_traces;
+pub(crate) mod panic;
 pub(crate) mod queue;
 pub(crate) mod reentry;
 pub(crate) mod signal;

@@ -7,7 +7,6 @@ pub mod stream;
 pub(crate) mod text_inputs;
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::fmt::Display;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -26,10 +25,6 @@ use crate::util::diag::warn_limited;
 
 // ---------------------------------------------------------------------------------------
 // Panic messages
-
-thread_local! {
-    static PANIC_MESSAGE: RefCell<Option<String>> = const { RefCell::new(None) };
-}
 
 static PANIC_HOOK: Once = Once::new();
 
@@ -60,7 +55,7 @@ pub(crate) fn install_panic_hook() {
                     None => format!("panicked: {msg}"),
                 }
             });
-            let _ = PANIC_MESSAGE.try_with(|m| *m.borrow_mut() = msg);
+            crate::util::panic::set_message(msg);
             previous(info);
         }));
     });
@@ -68,17 +63,14 @@ pub(crate) fn install_panic_hook() {
 
 /// The message of the panic unwinding through a step (`panicked` when unknown).
 pub(crate) fn panic_message() -> Box<str> {
-    PANIC_MESSAGE
-        .try_with(|m| m.borrow().clone())
-        .ok()
-        .flatten()
+    crate::util::panic::message()
         .unwrap_or_else(|| "panicked".to_string())
         .into_boxed_str()
 }
 
 /// Forgets the panic message once the root of its trace has recorded it.
 pub(crate) fn clear_panic_message() {
-    let _ = PANIC_MESSAGE.try_with(|m| m.borrow_mut().take());
+    crate::util::panic::set_message(None);
 }
 
 /// What a step ends with: its output (JSON, in a scratch buffer of this thread's) or its
@@ -199,13 +191,11 @@ pub trait OutputSink {
 pub(crate) fn error_text(error: &dyn Display) -> String {
     use std::fmt::Write;
     let mut text = String::new();
-    let written =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write!(text, "{error}")));
-    match written {
-        Ok(Ok(())) => text,
-        Ok(Err(_)) if text.is_empty() => "<the error's Display failed>".into(),
-        Ok(Err(_)) => text,
-        Err(_) => "<the error's Display panicked>".into(),
+    match crate::util::panic::caught(|| write!(text, "{error}")) {
+        Some(Ok(())) => text,
+        Some(Err(_)) if text.is_empty() => "<the error's Display failed>".into(),
+        Some(Err(_)) => text,
+        None => "<the error's Display panicked>".into(),
     }
 }
 

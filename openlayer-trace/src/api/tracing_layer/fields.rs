@@ -10,12 +10,14 @@ use tracing::field::{Field, Visit};
 
 use crate::record::write_json;
 use crate::util::json::push_str;
+use crate::util::panic::caught;
 
 /// The text of a user's `Debug` or `Display` value: what it wrote before an error, if it
-/// returns one (`format!` and `to_string` would panic into the traced code then).
+/// returns one (`format!` and `to_string` would panic into the traced code then), or
+/// before it panicked (the panic stops here).
 pub(super) fn text_of(args: fmt::Arguments<'_>) -> String {
     let mut s = String::new();
-    let _ = s.write_fmt(args);
+    let _ = caught(|| s.write_fmt(args));
     s
 }
 
@@ -258,7 +260,7 @@ impl<'a> InputWriter<'a> {
                 return false;
             };
             t.clear();
-            let _ = t.write_fmt(v);
+            let _ = caught(|| t.write_fmt(v));
             push_str(self.buf, &t);
             // One huge value does not pin its memory on this thread.
             if t.capacity() > TEXT_MAX {
