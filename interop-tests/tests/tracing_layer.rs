@@ -591,3 +591,54 @@ fn a_panic_through_a_span_is_recorded_on_its_step() {
     assert!(root["metadata"].get("Exceptions").is_none(), "{root}");
     assert_eq!(root["output"], 7);
 }
+
+/// A panic in an instrumented future's poll, caught further out, with the future (and
+/// its span) dropped only after the catch: the step is still recorded as panicked.
+#[test]
+fn a_future_whose_poll_panicked_is_panicked_when_dropped_after_the_catch() {
+    let (_, traces) = run(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let work = async {
+            tokio::task::yield_now().await;
+            panic!("no such city: Atlantis");
+        };
+        let mut fut = Box::pin(work.instrument(tracing::info_span!("work")));
+        let r =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(fut.as_mut())));
+        assert!(r.is_err());
+        drop(fut);
+    });
+    assert_eq!(traces.len(), 1);
+    let step = traces[0].root();
+    assert_eq!(step["name"], "work");
+    let exceptions = step["metadata"]["Exceptions"].as_str().unwrap_or_default();
+    assert!(exceptions.contains("no such city: Atlantis"), "{step}");
+}
+
+/// A parent span that closes while a panic unwinds through its last child (the registry
+/// closes it with the child) was not entered for that panic: it returned; the child
+/// panicked.
+#[test]
+fn a_parent_closed_by_its_childs_panic_is_not_panicked() {
+    let (_, traces) = run(|| {
+        let parent = tracing::info_span!("parent");
+        let child = tracing::info_span!(parent: &parent, "child");
+        // Only the child keeps the parent open now.
+        drop(parent);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _entered = child.entered();
+            panic!("the child failed");
+        }));
+        assert!(r.is_err());
+    });
+    assert_eq!(traces.len(), 1);
+    let t = &traces[0];
+    assert_eq!(tree(t), "parent(child)");
+    let child = t.step("child").unwrap();
+    let exceptions = child["metadata"]["Exceptions"].as_str().unwrap_or_default();
+    assert!(exceptions.contains("the child failed"), "{child}");
+    let root = t.root();
+    assert!(root["metadata"].get("Exceptions").is_none(), "{root}");
+}

@@ -226,6 +226,25 @@ impl StepHandle {
     pub(crate) fn unwinding_through(&self) -> bool {
         self.ending.unwinding_through()
     }
+
+    /// Closes the step as panicked with `message`: a panic unwound through it earlier
+    /// (the `tracing` layer saw it leave the span), though it closes only now.
+    pub(crate) fn finish_panicked(mut self, message: Box<str>) {
+        if let Some(open) = self.open.take() {
+            if let Some(buf) = self.ending.output.take() {
+                crate::record::give_scratch(buf);
+            }
+            let closing = Closing {
+                status: Status::Panicked,
+                output: None,
+                error: Some(message),
+            };
+            context::close_step(&open, clock::now(), closing);
+            if open.idx == 0 {
+                crate::api::step::clear_panic_message();
+            }
+        }
+    }
 }
 
 impl StepHandle {
@@ -259,6 +278,10 @@ impl Drop for StepHandle {
                 error: Some(panic_message()),
             };
             context::close_step(&open, end, closing);
+            if open.idx == 0 {
+                // The root is the last step this panic unwinds through in its trace.
+                crate::api::step::clear_panic_message();
+            }
             return;
         }
         let output = self.ending.output.take();

@@ -211,8 +211,9 @@ impl<S> Filter<S> for Selector {
 }
 
 thread_local! {
-    /// The positions saved by entering selected spans on this thread, innermost last.
-    static ENTERED: RefCell<Vec<(Id, Entered)>> = const { RefCell::new(Vec::new()) };
+    /// The positions saved by entering selected spans on this thread, innermost last, and
+    /// whether the thread was unwinding then.
+    static ENTERED: RefCell<Vec<(Id, Entered, bool)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The layer proper, behind its filter.
@@ -401,19 +402,31 @@ where
         };
         let entered = context::enter_ref(&open.trace, open.idx);
         drop(ext);
-        let _ = ENTERED.try_with(|e| e.borrow_mut().push((id.clone(), entered)));
+        let unwinding = std::thread::panicking();
+        let _ = ENTERED.try_with(|e| e.borrow_mut().push((id.clone(), entered, unwinding)));
     }
 
-    fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
+    fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
         let entered = ENTERED
             .try_with(|e| {
                 let mut e = e.borrow_mut();
-                let at = e.iter().rposition(|(i, _)| i == id)?;
-                Some(e.remove(at).1)
+                let at = e.iter().rposition(|(i, _, _)| i == id)?;
+                let (_, entered, unwinding) = e.remove(at);
+                Some((entered, unwinding))
             })
             .ok()
             .flatten();
-        if let Some(entered) = entered {
+        if let Some((entered, unwinding_at_enter)) = entered {
+            // Left because a panic unwinds through it: the step panicked, even when the
+            // span closes only later (after the panic is caught further out).
+            if std::thread::panicking()
+                && !unwinding_at_enter
+                && let Some(span) = ctx.span(id)
+                && let Some(step) = span.extensions_mut().get_mut::<SpanStep>()
+                && step.panicked.is_none()
+            {
+                step.panicked = Some(crate::api::step::panic_message());
+            }
             context::exit(entered);
         }
     }

@@ -14,6 +14,8 @@ pub(super) struct SpanStep {
     pub(super) handle: StepHandle,
     kind: StepKind,
     gathered: Option<Box<Gathered>>,
+    /// The message of a panic that unwound through the span while it was entered.
+    pub(super) panicked: Option<Box<str>>,
 }
 
 /// What is gathered over a span's life and recorded when it closes.
@@ -38,6 +40,7 @@ impl SpanStep {
             handle,
             kind,
             gathered: None,
+            panicked: None,
         }
     }
 
@@ -144,14 +147,17 @@ impl SpanStep {
     }
 
     /// Records what was gathered over the span's life and closes the step: as panicked
-    /// when the span closes because a panic unwinds through it (its handle is dropped,
-    /// which records the panic), else as returned.
+    /// when a panic unwound through the span while it was entered (whenever it closes:
+    /// an instrumented future is dropped after the panic of its poll was caught), else as
+    /// returned (a span that closes during a panic it was not entered for, as a parent
+    /// whose last child a panic drops, did not panic).
     pub(super) fn finish(mut self) {
         if let Some(g) = self.gathered.take() {
             g.record(&mut self.handle);
         }
-        if !self.handle.unwinding_through() {
-            self.handle.finish();
+        match self.panicked.take() {
+            Some(message) => self.handle.finish_panicked(message),
+            None => self.handle.finish(),
         }
     }
 }
