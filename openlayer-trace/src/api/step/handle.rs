@@ -229,6 +229,7 @@ impl StepHandle {
 
     /// Closes the step as panicked with `message`: a panic unwound through it earlier
     /// (the `tracing` layer saw it leave the span), though it closes only now.
+    #[cfg(feature = "tracing-layer")]
     pub(crate) fn finish_panicked(mut self, message: Box<str>) {
         if let Some(open) = self.open.take() {
             if let Some(buf) = self.ending.output.take() {
