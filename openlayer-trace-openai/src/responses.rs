@@ -212,10 +212,39 @@ struct TracedResponseStream {
     last: Option<Response>,
 }
 
+/// Cuts the texts of a streamed answer's final response (output text, refusals, tool-call
+/// arguments) to the stream's bound, as its deltas were: the response is recorded as the
+/// output and again in `rawOutput`, and must not make a row larger than a request.
+fn bound_texts(raw: &mut Value) {
+    let mut bound = TextBound::default();
+    for item in raw["output"].as_array_mut().into_iter().flatten() {
+        match item["type"].as_str() {
+            Some("message") => {
+                for part in item["content"].as_array_mut().into_iter().flatten() {
+                    for key in ["text", "refusal"] {
+                        if let Some(Value::String(text)) = part.get_mut(key) {
+                            bound.cut_in_place(text);
+                        }
+                    }
+                }
+            }
+            Some("function_call") => {
+                if let Some(Value::String(args)) = item.get_mut("arguments") {
+                    bound.cut_in_place(args);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 impl TracedResponseStream {
     fn record(&mut self, h: &mut StepHandle) {
         match self.last.take().map(serde_json::to_value) {
-            Some(Ok(raw)) => record_response(h, raw),
+            Some(Ok(mut raw)) => {
+                bound_texts(&mut raw);
+                record_response(h, raw)
+            }
             _ => {
                 if let Some(model) = &self.model {
                     h.metadata("model", model);

@@ -151,6 +151,16 @@ impl Bounded {
 }
 
 impl TextBound {
+    /// Cuts `text`, one piece (as a final response holds it, whole), to what is left under
+    /// the bound, marked `…[truncated 1 chunks]` when cut.
+    pub(crate) fn cut_in_place(&mut self, text: &mut String) {
+        let mut b = Bounded::default();
+        self.push(&mut b, text);
+        if b.cut > 0 {
+            *text = b.marked();
+        }
+    }
+
     /// Appends `piece` to `buf`, or the part of it that fits (cut at a character
     /// boundary); after a cut of `buf`, nothing more of it (its text has no holes).
     pub(crate) fn push(&mut self, buf: &mut Bounded, piece: &str) {

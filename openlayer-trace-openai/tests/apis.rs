@@ -166,6 +166,59 @@ async fn response_stream_joins_text_and_takes_usage_from_completed() {
     assert_eq!(step["rawOutput"]["status"], "completed");
 }
 
+/// A streamed Responses answer longer than the stream output bound: the client gets all
+/// of it; the step's output and the final response in `rawOutput` keep at most half the
+/// bound each, marked as cut.
+#[tokio::test]
+async fn a_long_response_stream_is_recorded_up_to_the_bound() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let max = openlayer_trace::stream::output_max_bytes();
+    let word = "y".repeat(1023);
+    let question = vec![word.as_str(); max / 2 / 1024 + 40].join(" ");
+    let request = CreateResponseArgs::default()
+        .model("gpt-4o-mini")
+        .input(question.as_str())
+        .stream(true)
+        .build()
+        .unwrap();
+    let (text, traces) = testing::capture_async(async {
+        let mut stream = client
+            .responses()
+            .create_stream_traced(request)
+            .await
+            .unwrap();
+        let mut text = String::new();
+        while let Some(event) = stream.next().await {
+            if let ResponseStreamEvent::ResponseOutputTextDelta(d) = event.unwrap() {
+                text.push_str(&d.delta);
+            }
+        }
+        text
+    })
+    .await;
+    assert_eq!(text, format!("Mock answer: {question}"), "passed on whole");
+    let step = traces[0].root();
+    assert_eq!(
+        step["rawOutput"]["status"], "completed",
+        "the final response came"
+    );
+    let output = step["output"].as_str().unwrap();
+    let (kept, marker) = output.split_once('…').expect("a truncation marker");
+    assert!(kept.len() <= max / 2, "{} > {}", kept.len(), max / 2);
+    assert!(
+        kept.len() >= max / 2 - 1024,
+        "kept up to the bound: {}",
+        kept.len()
+    );
+    assert!(text.starts_with(kept));
+    assert_eq!(marker, "[truncated 1 chunks]");
+    let raw_text = step["rawOutput"]["output"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap();
+    assert_eq!(raw_text, output, "rawOutput keeps the same text, marked");
+}
+
 #[tokio::test]
 async fn response_stream_error_event_is_recorded_and_passed_on() {
     let mock = OpenAiMock::start();
