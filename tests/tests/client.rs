@@ -1440,7 +1440,7 @@ fn registrations(reqs: &[Request]) -> usize {
 
 /// An append (`publish_batch`) whose registration failed after the platform may have
 /// acted on it is not registered again: a second registration would add every row twice.
-/// The error says so.
+/// The server's error is returned.
 #[tokio::test]
 async fn a_failed_append_registration_is_not_repeated() {
     let server = MockServer::start().await;

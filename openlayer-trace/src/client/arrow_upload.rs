@@ -116,8 +116,10 @@ impl Client {
     /// most [`ClientBuilder::bulk_max_bytes`](super::ClientBuilder::bulk_max_bytes) each
     /// (plus one chunk), each registered with `POST .../data` and
     /// `performDataMerge: false`, so the input never has to be in memory at once. A
-    /// registration is not sent again after a server error or a lost answer (see
-    /// [`Error::BulkPartial`]).
+    /// registration is not sent again after a server error or a lost answer (the platform
+    /// may have appended the rows already, and would append them twice): the error is
+    /// returned, and that upload's rows may or may not be in the platform (after earlier
+    /// uploads, the error is [`Error::BulkPartial`], below).
     ///
     /// Columns are uploaded as they are typed, except: timestamps and dates become Unix
     /// seconds (`Int64` for seconds and dates, `Float64` for finer units); lists, structs
