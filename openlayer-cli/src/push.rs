@@ -20,7 +20,7 @@
 //! changed). The hash is computed as the lines pass. The second pass reads the lines to
 //! send in blocks of about [`BLOCK_BYTES`], compares the hash at the end of each block
 //! with the first pass's, and stops before a block if the file changed in place in
-//! between: the first pass keeps 24 bytes a block, not a record per line.
+//! between: the first pass keeps 40 bytes a block, not a record per line.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -249,7 +249,7 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
     let mut orphans = Orphans::default();
     // The lines to send, in blocks of about `BLOCK_BYTES`, each with the hash of the file
     // up to its last line: the second pass reads a block whole and checks that hash
-    // before it sends any of its lines (24 bytes a block, not a record per line).
+    // before it sends any of its lines (40 bytes a block, not a record per line).
     let mut blocks: Vec<Block> = Vec::new();
     let mut open: Option<Block> = None;
     let mut block_start = 0u64;
@@ -276,10 +276,12 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
                 last: e.number,
                 hash,
                 lines: 0,
+                end,
             });
             block.last = e.number;
             block.hash = hash;
             block.lines += 1;
+            block.end = end;
             if end - block_start >= BLOCK_BYTES {
                 blocks.extend(open.take());
                 block_start = end;
@@ -503,6 +505,8 @@ struct Block {
     hash: u64,
     /// How many lines to send it has.
     lines: usize,
+    /// Where its last line ends in the file.
+    end: u64,
 }
 
 /// Reads the lines of `block` from `lines` into `into`, each with its end and the hash
@@ -521,15 +525,23 @@ fn read_block(
         }
         let number = entry.number;
         // Read just now: where the reader stands is this line's end.
-        into.push_back((entry, at.get()));
-        if number >= block.last {
+        let end = at.get();
+        into.push_back((entry, end));
+        if number >= block.last || end.0 >= block.end {
+            // Its last line, or as far as it went in the first pass (the lines are not
+            // the same then: the check below fails), so that a file changed in place
+            // never has more than a block's bytes read ahead.
             reached = true;
             break;
         }
     }
     match into.back() {
         _ if !reached => Err("the file changed while it was pushed (it is shorter)".into()),
-        Some((e, (_, hash))) if e.number == block.last && *hash == block.hash => Ok(()),
+        Some((e, (end, hash)))
+            if e.number == block.last && *end == block.end && *hash == block.hash =>
+        {
+            Ok(())
+        }
         _ => Err("the file changed while it was pushed".into()),
     }
 }
