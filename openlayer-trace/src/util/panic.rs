@@ -28,9 +28,9 @@ pub(crate) fn message() -> Option<String> {
 /// The panic hooks have run as for any panic, and the library's replaced the message its
 /// steps record: it is put back to that of the panic already unwinding through them (if
 /// the thread is unwinding, as in a `Drop`), or cleared, so that a step never records the
-/// message of a panic that was stopped here. The payload is leaked, not dropped: a payload
-/// whose own `Drop` panics must not escape either (a caught panic is rare, its payload a
-/// small box).
+/// message of a panic that was stopped here. The payload is dropped under a second catch:
+/// a payload whose own `Drop` panics must not escape either (that one's payload is
+/// leaked).
 #[inline]
 pub(crate) fn caught<R>(f: impl FnOnce() -> R) -> Option<R> {
     let unwinding = std::thread::panicking();
@@ -38,7 +38,11 @@ pub(crate) fn caught<R>(f: impl FnOnce() -> R) -> Option<R> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => Some(r),
         Err(payload) => {
-            std::mem::forget(payload);
+            if let Err(inner) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)))
+            {
+                std::mem::forget(inner);
+            }
             set_message(kept);
             None
         }

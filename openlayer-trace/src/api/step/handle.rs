@@ -241,9 +241,6 @@ impl StepHandle {
                 error: Some(message),
             };
             context::close_step(&open, clock::now(), closing);
-            if open.idx == 0 {
-                crate::api::step::clear_panic_message();
-            }
         }
     }
 }
@@ -279,10 +276,6 @@ impl Drop for StepHandle {
                 error: Some(panic_message()),
             };
             context::close_step(&open, end, closing);
-            if open.idx == 0 {
-                // The root is the last step this panic unwinds through in its trace.
-                crate::api::step::clear_panic_message();
-            }
             return;
         }
         let output = self.ending.output.take();

@@ -419,13 +419,17 @@ where
         if let Some((entered, unwinding_at_enter)) = entered {
             // Left because a panic unwinds through it: the step panicked, even when the
             // span closes only later (after the panic is caught further out).
-            if std::thread::panicking()
-                && !unwinding_at_enter
-                && let Some(span) = ctx.span(id)
-                && let Some(step) = span.extensions_mut().get_mut::<SpanStep>()
-                && step.panicked.is_none()
-            {
-                step.panicked = Some(crate::api::step::panic_message());
+            if std::thread::panicking() && !unwinding_at_enter {
+                // Caught: a lock another layer poisoned would panic again here, in the
+                // middle of an unwind, which aborts.
+                crate::util::panic::caught(|| {
+                    if let Some(span) = ctx.span(id)
+                        && let Some(step) = span.extensions_mut().get_mut::<SpanStep>()
+                        && step.panicked.is_none()
+                    {
+                        step.panicked = Some(crate::api::step::panic_message());
+                    }
+                });
             }
             context::exit(entered);
         }
