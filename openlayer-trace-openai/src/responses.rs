@@ -214,7 +214,8 @@ struct TracedResponseStream {
 
 /// Cuts the texts of a streamed answer's final response (output text, refusals, tool-call
 /// arguments) to the stream's bound, as its deltas were: the response is recorded as the
-/// output and again in `rawOutput`, and must not make a row larger than a request.
+/// output and again in `rawOutput`. (Other parts of it, such as a generated image, are
+/// kept as they come.)
 fn bound_texts(raw: &mut Value) {
     let mut bound = TextBound::default();
     for item in raw["output"].as_array_mut().into_iter().flatten() {
