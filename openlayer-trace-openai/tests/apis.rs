@@ -131,17 +131,19 @@ async fn response_plain_is_an_openai_response_step() {
     assert_eq!(step["rawOutput"]["id"], "resp_mock");
 }
 
-#[tokio::test]
-async fn response_stream_joins_text_and_takes_usage_from_completed() {
-    let mock = OpenAiMock::start();
-    let client = client(&mock);
+/// Streams a traced Responses answer to `input`, and returns its text (joined from the
+/// deltas the caller reads) with the traces it completed.
+async fn stream_response(
+    client: &Client<OpenAIConfig>,
+    input: &str,
+) -> (String, Vec<testing::CapturedTrace>) {
     let request = CreateResponseArgs::default()
         .model("gpt-4o-mini")
-        .input("What is Openlayer?")
+        .input(input)
         .stream(true)
         .build()
         .unwrap();
-    let (text, traces) = testing::capture_async(async {
+    testing::capture_async(async {
         let mut stream = client
             .responses()
             .create_stream_traced(request)
@@ -155,7 +157,14 @@ async fn response_stream_joins_text_and_takes_usage_from_completed() {
         }
         text
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn response_stream_joins_text_and_takes_usage_from_completed() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let (text, traces) = stream_response(&client, "What is Openlayer?").await;
     assert_eq!(text, "Mock answer: What is Openlayer?");
     let step = traces[0].root();
     assert_eq!(step["name"], "OpenAI Response");
@@ -176,27 +185,7 @@ async fn a_long_response_stream_is_recorded_up_to_the_bound() {
     let max = openlayer_trace::stream::output_max_bytes();
     let word = "y".repeat(1023);
     let question = vec![word.as_str(); max / 2 / 1024 + 40].join(" ");
-    let request = CreateResponseArgs::default()
-        .model("gpt-4o-mini")
-        .input(question.as_str())
-        .stream(true)
-        .build()
-        .unwrap();
-    let (text, traces) = testing::capture_async(async {
-        let mut stream = client
-            .responses()
-            .create_stream_traced(request)
-            .await
-            .unwrap();
-        let mut text = String::new();
-        while let Some(event) = stream.next().await {
-            if let ResponseStreamEvent::ResponseOutputTextDelta(d) = event.unwrap() {
-                text.push_str(&d.delta);
-            }
-        }
-        text
-    })
-    .await;
+    let (text, traces) = stream_response(&client, question.as_str()).await;
     assert_eq!(text, format!("Mock answer: {question}"), "passed on whole");
     let step = traces[0].root();
     assert_eq!(
