@@ -241,6 +241,10 @@ impl StepHandle {
                 error: Some(message),
             };
             context::close_step(&open, clock::now(), closing);
+            if open.idx == 0 {
+                // As `Ending::close_as` does for a root (see there).
+                crate::api::step::clear_panic_message();
+            }
         }
     }
 }
@@ -276,6 +280,10 @@ impl Drop for StepHandle {
                 error: Some(panic_message()),
             };
             context::close_step(&open, end, closing);
+            if open.idx == 0 {
+                // As `Ending::close_as` does for a root (see there).
+                crate::api::step::clear_panic_message();
+            }
             return;
         }
         let output = self.ending.output.take();

@@ -130,7 +130,10 @@ impl Ending {
         let output = self.output.take();
         let closing = if unwinding {
             if open.idx == 0 {
-                // The root is the last step this panic unwinds through in its trace.
+                // The root is the last step this panic unwinds through in its trace: the
+                // message is cleared, so that a later `resume_unwind` (which runs no hook)
+                // records "panicked", not this panic's message. Another trace the same
+                // panic unwinds through on this thread then records "panicked" too.
                 let error = panic_message();
                 clear_panic_message();
                 let closing = Closing {

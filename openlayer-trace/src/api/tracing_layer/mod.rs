@@ -396,12 +396,16 @@ where
         let Some(span) = ctx.span(id) else {
             return;
         };
-        let ext = span.extensions();
-        let Some(open) = ext.get::<SpanStep>().and_then(|s| s.handle.open_step()) else {
+        // Caught, as in `on_exit`: a span may be entered in a `Drop` during an unwind, where
+        // a lock another layer poisoned would panic again and abort.
+        let entered = crate::util::panic::caught(|| {
+            let ext = span.extensions();
+            let open = ext.get::<SpanStep>().and_then(|s| s.handle.open_step())?;
+            Some(context::enter_ref(&open.trace, open.idx))
+        });
+        let Some(Some(entered)) = entered else {
             return;
         };
-        let entered = context::enter_ref(&open.trace, open.idx);
-        drop(ext);
         let unwinding = std::thread::panicking();
         let _ = ENTERED.try_with(|e| e.borrow_mut().push((id.clone(), entered, unwinding)));
     }
@@ -439,8 +443,9 @@ where
         let Some(span) = ctx.span(&id) else {
             return;
         };
-        let step = span.extensions_mut().remove::<SpanStep>();
-        if let Some(step) = step {
+        // Caught, as in `on_exit`: spans close during unwinds.
+        let step = crate::util::panic::caught(|| span.extensions_mut().remove::<SpanStep>());
+        if let Some(Some(step)) = step {
             step.finish();
         }
     }
