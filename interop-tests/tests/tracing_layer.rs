@@ -32,6 +32,14 @@ fn tree(t: &CapturedTrace) -> String {
     shape(t.root())
 }
 
+/// The trace whose root is named `name`.
+fn named<'a>(traces: &'a [CapturedTrace], name: &str) -> &'a CapturedTrace {
+    traces
+        .iter()
+        .find(|t| t.root()["name"] == name)
+        .unwrap_or_else(|| panic!("no trace {name}"))
+}
+
 /// Counts the spans another layer of the same subscriber sees.
 #[derive(Clone, Default)]
 struct Counter(Arc<AtomicUsize>);
@@ -520,13 +528,7 @@ fn a_panicking_field_is_recorded_as_written_and_never_panics_into_traced_code() 
         s.record("y", tracing::field::debug(Boom));
         s.in_scope(|| tracing::info!(e = ?Boom, "an event"));
     });
-    let find = |name: &str| {
-        traces
-            .iter()
-            .find(|t| t.root()["name"] == name)
-            .unwrap_or_else(|| panic!("no trace {name}"))
-            .clone()
-    };
+    let find = |name: &str| named(&traces, name).clone();
     let parent = find("parent");
     assert_eq!(tree(&parent), "parent(child)");
     assert_eq!(parent.step("child").unwrap()["inputs"]["x"], "bo");
@@ -549,14 +551,7 @@ fn a_debug_value_that_fails_is_recorded_as_written_on_every_path() {
         s.record("y", tracing::field::debug(Partial));
         s.in_scope(|| tracing::info!(e = ?Partial, "an event"));
     });
-    let find = |name: &str| {
-        traces
-            .iter()
-            .find(|t| t.root()["name"] == name)
-            .unwrap_or_else(|| panic!("no trace {name}"))
-            .root()
-            .clone()
-    };
+    let find = |name: &str| named(&traces, name).root().clone();
     assert_eq!(find("plain")["inputs"]["x"], "partial");
     assert_eq!(find("repeated")["inputs"]["x"], 2);
     assert_eq!(find("dotted")["inputs"]["x"], "partial");
