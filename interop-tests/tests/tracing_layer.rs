@@ -637,3 +637,56 @@ fn a_parent_closed_by_its_childs_panic_is_not_panicked() {
     let root = t.root();
     assert!(root["metadata"].get("Exceptions").is_none(), "{root}");
 }
+
+/// A layer that panics while it holds a span's extensions when the field `poison` is
+/// recorded: the span's extensions lock is poisoned for every layer after that.
+struct Poisoner;
+
+impl<S> Layer<S> for Poisoner
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let span = ctx.span(id).unwrap();
+        if values.contains(&span.metadata().fields().field("poison").unwrap()) {
+            let _held = span.extensions_mut();
+            panic!("another layer's bug");
+        }
+    }
+}
+
+/// Once another layer poisoned a span's extensions, the layer's work on that span (a field
+/// recorded, an event, a child span, entering and closing it) never panics into the code
+/// that makes the spans; the spans that are not poisoned are traced as usual.
+#[test]
+fn a_span_another_layer_poisoned_never_panics_into_traced_code() {
+    let subscriber = Registry::default()
+        .with(tracing_layer().with_targets([module_path!().to_string()]))
+        .with(Poisoner);
+    let mut reached = false;
+    let (_, traces) = tracing::subscriber::with_default(subscriber, || {
+        testing::capture(|| {
+            let s = tracing::info_span!("poisoned", poison = Empty, y = Empty);
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                s.record("poison", 1);
+            }));
+            assert!(r.is_err(), "the other layer panicked");
+            s.record("y", 2);
+            s.in_scope(|| {
+                tracing::info!("an event");
+                tracing::error!(error = "failed", "an error");
+            });
+            drop(tracing::info_span!(parent: &s, "child"));
+            drop(s);
+            drop(tracing::info_span!("healthy", x = 1));
+            reached = true;
+        })
+    });
+    assert!(reached);
+    assert_eq!(named(&traces, "healthy").root()["inputs"]["x"], 1);
+}

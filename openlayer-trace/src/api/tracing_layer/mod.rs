@@ -276,10 +276,16 @@ where
                 }
             }
         }
+        // Caught, as every lookup of a span's extensions: another layer that panicked
+        // while it held them poisoned their lock, and the lookup would panic into the
+        // code making the span (an unreadable parent: the span starts a trace).
         let position = span.parent().and_then(|p| {
-            let ext = p.extensions();
-            let anc = ext.get::<SpanStep>()?.handle.open_step()?;
-            ancestor_position(anc)
+            crate::util::panic::caught(|| {
+                let ext = p.extensions();
+                let anc = ext.get::<SpanStep>()?.handle.open_step()?;
+                ancestor_position(anc)
+            })
+            .flatten()
         });
         let spec = StepSpec {
             name,
@@ -320,14 +326,20 @@ where
                 step.apply(k, v, true);
             }
         }
-        span.extensions_mut().insert(step);
+        // Poisoned (see above): the step is dropped, and closes at once.
+        if let Some(mut ext) = crate::util::panic::caught(|| span.extensions_mut()) {
+            ext.insert(step);
+        }
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else {
             return;
         };
-        let mut ext = span.extensions_mut();
+        // Caught, as in `on_new_span`.
+        let Some(mut ext) = crate::util::panic::caught(|| span.extensions_mut()) else {
+            return;
+        };
         let Some(step) = ext.get_mut::<SpanStep>() else {
             return;
         };
@@ -372,7 +384,10 @@ where
         // unless it is at ERROR level.
         let fails = *event.metadata().level() == tracing::Level::ERROR
             || event.metadata().fields().field("message").is_none();
-        let mut ext = span.extensions_mut();
+        // Caught, as in `on_new_span`.
+        let Some(mut ext) = crate::util::panic::caught(|| span.extensions_mut()) else {
+            return;
+        };
         let Some(step) = ext.get_mut::<SpanStep>() else {
             return;
         };
