@@ -17,20 +17,43 @@ pin_project_lite::pin_project! {
     /// under the request's step. The step ends
     ///
     /// - when the inner body has been sent in full: it returned its last frame or reported
-    ///   its end, or sent its trailers, or as many bytes as its length (its exact size, or
-    ///   its `content-length`), after which a server polls no further;
-    /// - when the inner body fails: with the error under `Exceptions`;
+    ///   its end, or sent its trailers; or it sent as many bytes as its length (its exact
+    ///   size, or its `content-length`) and is then polled to its end or dropped (an
+    ///   HTTP/1 server drops it there, an HTTP/2 server polls it once more, still with the
+    ///   step current);
+    /// - when the inner body fails: with the error under `Exceptions`, the status code
+    ///   still its output;
     /// - when the body is dropped before its end (the client went away, the server shut
     ///   down): with metadata `cancelled: true` and the status code as output;
     /// - when producing a chunk panics: with the panic message under `Exceptions`.
+    ///
+    /// A gRPC status other than `0` in the trailers (`grpc-status`, with its
+    /// `grpc-message`) is recorded under `Exceptions` too.
     pub struct OpenlayerBody<B> {
         #[pin]
         inner: B,
-        step: Option<StepHandle>,
-        // Bytes still to send, when the response's length is known: the server stops
-        // polling (and drops the body) once it has sent them, whether or not the body
+        step: BodyStep,
+        // Bytes still to send, when the response's length is known: the server may stop
+        // polling (and drop the body) once it has sent them, whether or not the body
         // reported its end.
         remaining: Option<u64>,
+    }
+}
+
+/// The request's step while its body is sent. Dropped with it before the body was sent in
+/// full, the step closes as cancelled; after its declared length was sent, as returned.
+struct BodyStep {
+    handle: Option<StepHandle>,
+    sent: bool,
+}
+
+impl Drop for BodyStep {
+    fn drop(&mut self) {
+        if self.sent
+            && let Some(step) = self.handle.take()
+        {
+            step.finish();
+        }
     }
 }
 
@@ -38,18 +61,17 @@ impl<B> OpenlayerBody<B> {
     pub(crate) fn new(inner: B, step: Option<StepHandle>, length: Option<u64>) -> Self {
         OpenlayerBody {
             inner,
-            step,
+            step: BodyStep {
+                handle: step,
+                sent: false,
+            },
             remaining: length,
         }
     }
 
     /// A body whose request is not traced (as when tracing is off).
     pub(crate) fn untraced(inner: B) -> Self {
-        OpenlayerBody {
-            inner,
-            step: None,
-            remaining: None,
-        }
+        Self::new(inner, None, None)
     }
 
     /// The inner body.
@@ -61,7 +83,7 @@ impl<B> OpenlayerBody<B> {
 impl<B> fmt::Debug for OpenlayerBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenlayerBody")
-            .field("step", &self.step)
+            .field("step", &self.step.handle)
             .finish_non_exhaustive()
     }
 }
@@ -79,33 +101,42 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        if this.step.is_none() {
+        let step = &mut this.step.handle;
+        if step.is_none() {
             return this.inner.poll_frame(cx);
         }
         let mut inner = this.inner;
-        let polled = with_step(this.step, || inner.as_mut().poll_frame(cx));
+        let polled = with_step(step, || inner.as_mut().poll_frame(cx));
         match &polled {
             Poll::Pending => {}
             Poll::Ready(Some(Ok(frame))) => {
-                // Sent in full: the body says so, or its declared length is reached, or
-                // trailers came (always the last frame). A server polls no further.
-                let mut done = frame.is_trailers() || inner.is_end_stream();
-                if let (Some(left), Some(data)) = (this.remaining.as_mut(), frame.data_ref()) {
-                    *left = left.saturating_sub(data.remaining() as u64);
-                    done |= *left == 0;
+                // Sent in full: the body says so, or trailers came (always the last
+                // frame).
+                let done = frame.is_trailers() || inner.is_end_stream();
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(step) = step.as_mut()
+                {
+                    crate::service::record_grpc_status(step, trailers);
                 }
-                if done && let Some(step) = this.step.take() {
+                if let (Some(left), Some(data)) = (this.remaining.as_mut(), frame.data_ref()) {
+                    // Its declared length sent: an HTTP/1 server drops it now, unpolled,
+                    // which is its end, not a cancellation.
+                    *left = left.saturating_sub(data.remaining() as u64);
+                    this.step.sent |= *left == 0;
+                }
+                if done && let Some(step) = step.take() {
                     step.finish();
                 }
             }
             Poll::Ready(Some(Err(e))) => {
-                if let Some(mut step) = this.step.take() {
-                    step.error(e);
+                // The status was sent: it stays the output, beside the error.
+                if let Some(mut step) = step.take() {
+                    step.exception(e);
                     step.finish();
                 }
             }
             Poll::Ready(None) => {
-                if let Some(step) = this.step.take() {
+                if let Some(step) = step.take() {
                     step.finish();
                 }
             }

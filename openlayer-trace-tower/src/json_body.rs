@@ -17,8 +17,19 @@ use crate::body::OpenlayerBody;
 use crate::layer::{Head, RecordJsonBody, Settings};
 use crate::service::{OpenlayerService, RecordedBody, ResponseFuture, begin, respond};
 
-/// Whether the request says its body is JSON (`application/json`, `*/*+json`).
+/// The error type of request bodies that a recorded body may have: any error, boxed (as
+/// `http_body_util::Limited`'s) or not.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Whether the request says its body is JSON (`application/json`, `*/*+json`) and sends it
+/// as it is (no `content-encoding` other than `identity`: a compressed body is decoded
+/// further in, if at all, and is not JSON as read here).
 fn is_json(headers: &HeaderMap) -> bool {
+    if let Some(encoding) = headers.get(http::header::CONTENT_ENCODING)
+        && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
+    {
+        return false;
+    }
     let Some(ct) = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -39,7 +50,7 @@ where
     S: tower::Service<Request<B>, Response = Response<ResBody>> + Clone,
     S::Error: Display,
     B: Body + From<Bytes>,
-    B::Error: Display,
+    B::Error: Into<BoxError>,
     ResBody: Body + Default,
     ResBody::Error: Display,
 {
@@ -54,7 +65,11 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (parts, body) = req.into_parts();
         let max = self.mode.max_bytes;
-        let small = body.size_hint().upper().is_some_and(|n| n <= max as u64);
+        // Its size known to be at most `max` (a `content-length`, or the bound of a body
+        // limit further out), and not empty (nothing to record).
+        let small = body.size_hint().upper().is_some_and(|n| n <= max as u64)
+            && !body.is_end_stream()
+            && body.size_hint().upper() != Some(0);
         // A body rebuilt from the bytes read ahead has no trailers: one that declares
         // some (`Trailer`) goes to the handler untouched, unrecorded.
         let trailers = parts.headers.contains_key(http::header::TRAILER);
@@ -137,7 +152,7 @@ where
     S: tower::Service<Request<B>, Response = Response<ResBody>>,
     S::Error: Display,
     B: Body + From<Bytes>,
-    B::Error: Display,
+    B::Error: Into<BoxError>,
     ResBody: Body + Default,
     ResBody::Error: Display,
 {
@@ -168,7 +183,7 @@ where
                                     }
                                 }
                             }
-                            Some(Err(e)) => break Some(e.to_string()),
+                            Some(Err(e)) => break Some(e.into()),
                             None => break None,
                         }
                     };
@@ -178,10 +193,10 @@ where
                     if let Some(error) = failed {
                         // The handler is not called with a body cut short (a truncated
                         // JSON text can still parse: `123` cut to `12`). The client gets
-                        // 400, as from axum's body extractors; the client may be gone.
+                        // 413 or 400, as from axum's body extractors; it may be gone.
                         let settings = settings.clone();
                         state.set(JsonState::Done);
-                        return Poll::Ready(Ok(read_failed(&settings, &parts, &error)));
+                        return Poll::Ready(Ok(read_failed(&settings, &parts, &*error)));
                     }
                     let bytes = std::mem::take(buf).freeze();
                     let text;
@@ -203,18 +218,36 @@ where
     }
 }
 
-/// The response when the request body could not be read: `400 Bad Request`, recorded on
-/// the request's step (inputs without the body, output 400, the read error under
-/// `Exceptions`) with the inference id header as usual.
+/// The response when the request body could not be read: `413 Payload Too Large` when
+/// it was over a body limit (`http_body_util::Limited`, as tower-http's
+/// `RequestBodyLimitLayer` sets), else `400 Bad Request`, as axum's body extractors answer;
+/// recorded on the request's step (inputs without the body, the status as output, the read
+/// error under `Exceptions`) with the inference id header as usual.
 fn read_failed<ResBody: Body + Default>(
     settings: &Settings,
     parts: &Parts,
-    error: &str,
+    error: &(dyn std::error::Error + 'static),
 ) -> Response<OpenlayerBody<ResBody>> {
     let begun = begin(settings, Head::of_parts(parts), None);
     let mut step = begun.step;
     step.exception(&format_args!("reading the request body failed: {error}"));
     let mut res = Response::new(ResBody::default());
-    *res.status_mut() = http::StatusCode::BAD_REQUEST;
-    respond(step, res, begun.head, settings)
+    *res.status_mut() = if over_limit(error) {
+        http::StatusCode::PAYLOAD_TOO_LARGE
+    } else {
+        http::StatusCode::BAD_REQUEST
+    };
+    respond(step, res, begun.method, settings)
+}
+
+/// Whether a body's read error is, or was caused by, a body limit's (as axum looks for it).
+fn over_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut e = Some(error);
+    while let Some(err) = e {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        e = err.source();
+    }
+    false
 }

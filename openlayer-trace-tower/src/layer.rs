@@ -143,10 +143,14 @@ pub struct RecordJsonBody {
 ///   new one, and sends it back in the same response header;
 /// - fills the `user_id` and `session_id` columns from [headers](Self::user_id_header) or
 ///   [closures](Self::user_id);
-/// - records the status code as the step's output, and for a 5xx response or a panic of
-///   the handler an `Exceptions` entry (see [below](#handler-panics));
+/// - records the status code as the step's output, and an `Exceptions` entry for a 5xx
+///   response, a panic of the handler (see [below](#handler-panics)), a response body that
+///   fails while it is sent (the status stays the output), or a gRPC error (a
+///   `grpc-status` other than `0`);
 /// - ends the step when the response body has been sent in full, or, when the client goes
 ///   away first, when the body is dropped, with `cancelled: true` and the status sent.
+///   A response that has no body (to `HEAD`, a successful `CONNECT`, a 1xx, 204 or 304)
+///   ends it at once.
 ///
 /// ```
 /// use openlayer_trace_tower::OpenlayerLayer;
@@ -276,8 +280,10 @@ impl OpenlayerLayer {
     }
 
     /// Also records the request body as the step's input `body`, when it is JSON
-    /// (`content-type` `application/json` or `*/*+json`) and its length is known (a
-    /// `content-length`) and at most `max_bytes`.
+    /// (`content-type` `application/json` or `*/*+json`, sent without a
+    /// `content-encoding` such as `gzip`), not empty, and known to be at most `max_bytes`
+    /// long (by its `content-length`, or by the bound of a body limit further out, such as
+    /// tower-http's `RequestBodyLimitLayer`).
     ///
     /// Such a body is read in full before the handler runs (the step starts after it),
     /// then handed to the handler unchanged. Other bodies, and every body while tracing is
@@ -286,16 +292,24 @@ impl OpenlayerLayer {
     /// read ahead could not carry them. (Trailers a request sends without declaring them
     /// are not handed on after a recorded body.)
     ///
-    /// If reading the body fails (the client went away mid-upload), the handler is not
-    /// called with the part that arrived, since a truncated JSON text can still parse
-    /// (`123` cut to `12`). The layer answers `400 Bad Request` itself, as axum's body
-    /// extractors would, with an empty body and the inference id header; the row has the
-    /// inputs without the body, output 400, and the read error under `Exceptions`.
+    /// If reading the body fails, the handler is not called with the part that arrived,
+    /// since a truncated JSON text can still parse (`123` cut to `12`). The layer answers
+    /// itself, as axum's body extractors would: `413 Payload Too Large` when the body went
+    /// over a body limit (an `http_body_util::LengthLimitError`), else `400 Bad Request`
+    /// (the client went away mid-upload, say), with an empty body and the inference id
+    /// header; the row has the inputs without the body, that status as output, and the
+    /// read error under `Exceptions`.
     ///
     /// The request body type must be buildable from [`bytes::Bytes`] (`axum::body::Body`,
-    /// `http_body_util::Full`, ...) with an error that is `Display` (to record a failed
-    /// read), the response body type must have a `Default` (an empty body; axum's and
-    /// http-body-util's do), and the inner service must be `Clone` (axum's routes are).
+    /// `http_body_util::Full`, ...) with an error that converts into
+    /// `Box<dyn Error + Send + Sync>` (any error type does), the response body type must
+    /// have a `Default` (an empty body; axum's and http-body-util's do), and the inner
+    /// service must be `Clone` (axum's routes are).
+    ///
+    /// While a body is read ahead, the inner service that was made ready for its request
+    /// waits with it (as with tower-http's `AsyncRequireAuthorization`): put a
+    /// `tower::buffer::Buffer`, whose readiness holds a slot of its queue, outside this
+    /// layer rather than inside it, so that slow uploads do not hold its slots.
     ///
     /// ```
     /// let layer = openlayer_trace_tower::OpenlayerLayer::new().record_json_body(16 * 1024);

@@ -78,11 +78,43 @@ fn header_text(value: &HeaderValue) -> Cow<'_, str> {
     }
 }
 
+/// What a request's method says of its response's body, which servers never poll when
+/// there is none.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum MethodBody {
+    /// As the status and the headers say.
+    Any,
+    /// None (`HEAD`).
+    None,
+    /// None for a success (`CONNECT`: the connection is the tunnel then).
+    NoneOnSuccess,
+}
+
+impl MethodBody {
+    fn of(method: &Method) -> Self {
+        if method == Method::HEAD {
+            MethodBody::None
+        } else if method == Method::CONNECT {
+            MethodBody::NoneOnSuccess
+        } else {
+            MethodBody::Any
+        }
+    }
+
+    fn none(self, status: StatusCode) -> bool {
+        match self {
+            MethodBody::Any => false,
+            MethodBody::None => true,
+            MethodBody::NoneOnSuccess => status.is_success(),
+        }
+    }
+}
+
 /// What a request's step needs after the inner service was called.
 pub(crate) struct Begun {
     pub(crate) step: StepHandle,
-    /// Whether the response will have no body to wait for (`HEAD`).
-    pub(crate) head: bool,
+    /// What the request's method says of the response's body.
+    pub(crate) method: MethodBody,
 }
 
 /// Opens the request's root step and sets its trace's columns.
@@ -116,7 +148,7 @@ pub(crate) fn begin(settings: &Settings, head: Head<'_>, body: Option<RecordedBo
     }
     Begun {
         step,
-        head: head.method == Method::HEAD,
+        method: MethodBody::of(head.method),
     }
 }
 
@@ -155,7 +187,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         step: Option<StepHandle>,
-        head: bool,
+        method: MethodBody,
         settings: Arc<Settings>,
     }
 }
@@ -184,7 +216,7 @@ impl<F> ResponseFuture<F> {
         ResponseFuture {
             inner,
             step,
-            head: begun.head,
+            method: begun.method,
             settings,
         }
     }
@@ -238,18 +270,78 @@ where
                 return Poll::Ready(Err(e));
             }
         };
-        Poll::Ready(Ok(respond(step, res, *this.head, this.settings)))
+        Poll::Ready(Ok(respond(step, res, *this.method, this.settings)))
     }
 }
 
+/// `grpc-status`: a gRPC call's outcome, in the response's trailers (or its headers, when
+/// it has no body).
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// `grpc-message`: the text of a gRPC error, percent-encoded.
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// Records a gRPC error in `headers` (a `grpc-status` other than `0`) under the step's
+/// `Exceptions`: gRPC answers its errors with HTTP 200. Nothing for other responses (an
+/// empty map costs no lookup).
+#[inline]
+pub(crate) fn record_grpc_status(step: &mut StepHandle, headers: &HeaderMap) {
+    if headers.is_empty() {
+        return;
+    }
+    if let Some(code) = headers.get(GRPC_STATUS)
+        && code.as_bytes() != b"0"
+    {
+        grpc_error(step, code, headers.get(GRPC_MESSAGE));
+    }
+}
+
+#[cold]
+fn grpc_error(step: &mut StepHandle, code: &HeaderValue, message: Option<&HeaderValue>) {
+    let code = String::from_utf8_lossy(code.as_bytes());
+    let name = code.trim().parse().ok().and_then(grpc_code_name);
+    let mut text = match name {
+        Some(name) => format!("gRPC status {code} ({name})"),
+        None => format!("gRPC status {code}"),
+    };
+    if let Some(m) = message {
+        text.push_str(": ");
+        text.push_str(&percent_encoding::percent_decode(m.as_bytes()).decode_utf8_lossy());
+    }
+    step.exception(&text);
+}
+
+/// The name of a gRPC status code.
+fn grpc_code_name(code: u8) -> Option<&'static str> {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES.get(usize::from(code)).copied()
+}
+
 /// Records the response on the request's step (the status as output, `Exceptions` for a
-/// 5xx), writes the inference id header, and hands the step to the body, or ends it when
+/// 5xx or a gRPC error), writes the inference id header, and hands the step to the body, or ends it when
 /// there is no body to wait for.
 #[inline]
 pub(crate) fn respond<ResBody: http_body::Body>(
     mut step: StepHandle,
     res: Response<ResBody>,
-    head: bool,
+    method: MethodBody,
     settings: &Settings,
 ) -> Response<OpenlayerBody<ResBody>> {
     let (mut parts, body) = res.into_parts();
@@ -258,6 +350,8 @@ pub(crate) fn respond<ResBody: http_body::Body>(
     if status.is_server_error() {
         step.metadata("Exceptions", &format!("HTTP {status}"));
     }
+    // A gRPC error answered with headers only (a "trailers-only" response).
+    record_grpc_status(&mut step, &parts.headers);
     if settings.respond_with_id
         && let Some(Some(value)) = step.with_inference_id(crate::id_header::header_value)
     {
@@ -266,12 +360,15 @@ pub(crate) fn respond<ResBody: http_body::Body>(
             .insert(settings.inference_id_header.clone(), value);
     }
     let length = declared_length(&body, &parts.headers);
-    let step =
-        if head || bodiless(status) || length == Some(0) || http_body::Body::is_end_stream(&body) {
-            step.finish();
-            None
-        } else {
-            Some(step)
-        };
+    let step = if method.none(status)
+        || bodiless(status)
+        || length == Some(0)
+        || http_body::Body::is_end_stream(&body)
+    {
+        step.finish();
+        None
+    } else {
+        Some(step)
+    };
     Response::from_parts(parts, OpenlayerBody::new(body, step, length))
 }

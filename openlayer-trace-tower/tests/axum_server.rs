@@ -745,6 +745,10 @@ async fn a_body_that_fails_or_panics_mid_stream_is_recorded() {
         let root = &row["steps"][0];
         let exceptions = root["metadata"]["Exceptions"].as_str().unwrap_or_default();
         assert!(exceptions.contains(expected), "{route}: {row:#}");
+        if route == "chunks-error" {
+            // The status was sent: it stays the output, beside the error.
+            assert_eq!(root["output"], 200, "{row:#}");
+        }
         // The tokens made before the failure nest under the request's step.
         assert_eq!(child_names(root), ["token"; 3], "{route}: {row:#}");
     }

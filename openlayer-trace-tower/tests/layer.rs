@@ -439,3 +439,245 @@ async fn a_json_body_that_declares_trailers_keeps_them() {
     );
     assert_eq!(traces[1].root()["inputs"]["body"], json!({"a": 1}));
 }
+
+/// A body of `chunks`, then a last poll that calls a traced function and ends the body
+/// (as a stream whose end is found only by polling once more).
+fn chunks_then_traced_end(chunks: &'static [&'static str]) -> axum::body::Body {
+    let data =
+        futures_util::stream::iter(chunks.iter().map(|c| Ok(Bytes::from_static(c.as_bytes()))));
+    let end = futures_util::stream::poll_fn(|_| {
+        work(1);
+        std::task::Poll::<Option<Result<Bytes, Infallible>>>::Ready(None)
+    });
+    axum::body::Body::from_stream(futures_util::StreamExt::chain(data, end))
+}
+
+/// A response with a `content-length` polled to its end (as an HTTP/2 server does): the
+/// poll after the declared length still runs in the request's step, and the step ends
+/// then, not cancelled. Dropped at its length instead (as an HTTP/1 server does), the step
+/// ends with the drop, not cancelled either.
+#[tokio::test]
+async fn a_body_polled_past_its_declared_length_stays_in_its_step() {
+    for poll_to_end in [true, false] {
+        let svc = OpenlayerLayer::new().layer(service_fn(|_req: Request<Full<Bytes>>| async {
+            let mut res = Response::new(chunks_then_traced_end(&["ab", "cd"]));
+            res.headers_mut().insert(
+                http::header::CONTENT_LENGTH,
+                http::HeaderValue::from_static("4"),
+            );
+            Ok::<_, Infallible>(res)
+        }));
+        let (_, traces) = testing::capture_async(async {
+            let res = svc.oneshot(empty(get("/len"))).await.unwrap();
+            let mut body = res.into_body();
+            let mut sent = 0;
+            while sent < 4 {
+                let frame = body.frame().await.unwrap().unwrap();
+                sent += frame.into_data().unwrap().len();
+            }
+            if poll_to_end {
+                assert!(body.frame().await.is_none());
+            }
+        })
+        .await;
+        assert_eq!(traces.len(), 1, "{poll_to_end}: {traces:#?}");
+        let root = traces[0].root();
+        assert!(root["metadata"].get("cancelled").is_none(), "{root:#}");
+        assert_eq!(root["output"], 200);
+        let children: Vec<_> = root["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].clone())
+            .collect();
+        if poll_to_end {
+            assert_eq!(children, [json!("work")], "{root:#}");
+        } else {
+            assert!(children.is_empty(), "{root:#}");
+        }
+    }
+}
+
+/// A successful `CONNECT` has no body (the connection becomes the tunnel), which servers
+/// never poll: its step ends with the response, not as cancelled.
+#[tokio::test]
+async fn a_successful_connect_ends_at_once() {
+    for (status, cancelled) in [(StatusCode::OK, false), (StatusCode::BAD_GATEWAY, true)] {
+        let svc = OpenlayerLayer::new().layer(service_fn(move |_req: Request<Full<Bytes>>| {
+            let mut res = Response::new(Full::new(Bytes::from_static(b"tunnel")));
+            *res.status_mut() = status;
+            async move { Ok::<_, Infallible>(res) }
+        }));
+        let req = empty(Request::builder().method("CONNECT").uri("example.com:443"));
+        let (_, traces) = testing::capture_async(async {
+            drop(svc.oneshot(req).await.unwrap()); // the body, never polled
+        })
+        .await;
+        let root = traces[0].root();
+        assert_eq!(
+            root["metadata"].get("cancelled").is_some(),
+            cancelled,
+            "{status}: {root:#}"
+        );
+        assert_eq!(root["output"], status.as_u16());
+    }
+}
+
+/// A body with trailers, as gRPC answers.
+fn with_trailers(data: &'static str, trailers: http::HeaderMap) -> axum::body::Body {
+    let frames = [
+        Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(data.as_bytes()))),
+        Ok(http_body::Frame::trailers(trailers)),
+    ];
+    axum::body::Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+        frames,
+    )))
+}
+
+/// gRPC answers its errors with HTTP 200 and a `grpc-status` in the trailers, or in the
+/// headers of a response without a body: recorded under `Exceptions` with the code's name
+/// and the decoded `grpc-message`; the status `0` and other responses record none.
+#[tokio::test]
+async fn grpc_errors_are_recorded() {
+    // (case, the status and message in the headers of a bodiless response rather than in
+    // trailers, grpc-status, grpc-message, expected Exceptions)
+    let cases = [
+        (
+            "in trailers",
+            false,
+            "13",
+            Some("db%20down%3A 100%"),
+            Some("gRPC status 13 (INTERNAL): db down: 100%"),
+        ),
+        (
+            "trailers-only",
+            true,
+            "5",
+            None,
+            Some("gRPC status 5 (NOT_FOUND)"),
+        ),
+        (
+            "an unknown code",
+            false,
+            "99",
+            Some("odd"),
+            Some("gRPC status 99: odd"),
+        ),
+        ("ok", false, "0", None, None),
+    ];
+    for (what, headers_only, status, message, expected) in cases {
+        let mut grpc = http::HeaderMap::new();
+        grpc.insert("grpc-status", http::HeaderValue::from_static(status));
+        if let Some(m) = message {
+            grpc.insert("grpc-message", http::HeaderValue::from_static(m));
+        }
+        let svc = OpenlayerLayer::new().layer(service_fn(move |_req: Request<Full<Bytes>>| {
+            let res = if headers_only {
+                let mut res = Response::new(axum::body::Body::empty());
+                *res.headers_mut() = grpc.clone();
+                res
+            } else {
+                Response::new(with_trailers("x", grpc.clone()))
+            };
+            async move { Ok::<_, Infallible>(res) }
+        }));
+        let (_, traces) = testing::capture_async(async {
+            let res = svc.oneshot(empty(get("/grpc"))).await.unwrap();
+            res.into_body().collect().await.unwrap();
+        })
+        .await;
+        let root = traces[0].root();
+        assert_eq!(root["output"], 200, "{what}: {root:#}");
+        assert_eq!(
+            root["metadata"].get("Exceptions").and_then(|e| e.as_str()),
+            expected,
+            "{what}: {root:#}"
+        );
+    }
+}
+
+/// Behind tower-http's body limit, a JSON body without a length is read ahead up to the
+/// limit's bound; over it, the client gets 413, as without the layer (axum's extractors
+/// answer 413 there), and the handler does not run.
+#[tokio::test]
+async fn a_body_over_a_body_limit_is_answered_413() {
+    use axum::routing::post;
+    static CALLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let app = axum::Router::new()
+        .route(
+            "/chat",
+            post(|body: String| async move {
+                CALLED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                body
+            }),
+        )
+        .layer(OpenlayerLayer::new().record_json_body(1024))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(64));
+    for (len, status) in [(20, StatusCode::OK), (200, StatusCode::PAYLOAD_TOO_LARGE)] {
+        let json = format!("\"{}\"", "a".repeat(len - 2));
+        // Streamed: no length, so the limit is checked as the body is read.
+        let chunks = json
+            .into_bytes()
+            .chunks(10)
+            .map(|c| Ok::<_, Infallible>(Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>();
+        let req = Request::post("/chat")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from_stream(futures_util::stream::iter(
+                chunks,
+            )))
+            .unwrap();
+        let (res_status, traces) = testing::capture_async(async {
+            let res = app.clone().oneshot(req).await.unwrap();
+            let status = res.status();
+            res.into_body().collect().await.unwrap();
+            status
+        })
+        .await;
+        assert_eq!(res_status, status);
+        let root = traces[0].root();
+        assert_eq!(root["output"], status.as_u16(), "{root:#}");
+        if status == StatusCode::OK {
+            assert_eq!(root["inputs"]["body"].as_str().unwrap().len(), len - 2);
+        } else {
+            let exceptions = root["metadata"]["Exceptions"].as_str().unwrap();
+            assert!(exceptions.contains("length limit exceeded"), "{root:#}");
+        }
+    }
+    assert_eq!(CALLED.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// A compressed JSON body (`content-encoding: gzip`) is not JSON as read here, and an
+/// empty one has nothing to record: neither is recorded, and the handler gets each as sent.
+#[tokio::test]
+async fn compressed_and_empty_json_bodies_are_not_recorded() {
+    for (encoding, body) in [
+        (Some("gzip"), &b"\x1f\x8b\x08\x00binary"[..]),
+        (None, &b""[..]),
+        (Some("identity"), &b"{\"a\":1}"[..]),
+    ] {
+        let svc = OpenlayerLayer::new().record_json_body(64).layer(service_fn(
+            |req: Request<Full<Bytes>>| async move {
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                Ok::<_, Infallible>(Response::new(Full::new(body)))
+            },
+        ));
+        let mut req = Request::post("/j").header("content-type", "application/json");
+        if let Some(e) = encoding {
+            req = req.header("content-encoding", e);
+        }
+        let req = req.body(Full::new(Bytes::from_static(body))).unwrap();
+        let (echo, traces) = testing::capture_async(async {
+            let res = svc.oneshot(req).await.unwrap();
+            res.into_body().collect().await.unwrap().to_bytes()
+        })
+        .await;
+        assert_eq!(echo, body);
+        let inputs = &traces[0].root()["inputs"];
+        if encoding == Some("identity") {
+            assert_eq!(inputs["body"], json!({"a": 1}));
+        } else {
+            assert!(inputs.get("body").is_none(), "{encoding:?}: {inputs:#}");
+        }
+    }
+}
