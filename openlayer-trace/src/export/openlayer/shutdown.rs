@@ -71,6 +71,11 @@ impl Flusher {
     /// delivered is spooled (or dropped as `deadline`).
     pub(super) fn abandon(&mut self) {
         self.abandoning = true;
+        // Requests that ended by now (answered while the worker looked at the deadline)
+        // are settled as they ended: a 2xx is sent, not given up and sent again.
+        while let Some(done) = self.tasks.try_join_next_with_id() {
+            self.on_done(done);
+        }
         self.tasks.abort_all();
         let e = Error::Timeout(self.shutdown_timeout);
         let flights: Vec<Flight> = self.flights.drain().map(|(_, f)| f).collect();

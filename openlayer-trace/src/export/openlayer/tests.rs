@@ -49,3 +49,59 @@ fn errors_are_classified_like_the_transport_retries_them() {
     };
     assert!(matches!(classify(&t), Class::Retryable(None)));
 }
+
+/// At the shutdown deadline, a request that already ended (its answer waiting to be
+/// collected, as when the worker wakes at the deadline in the same instant) is settled as
+/// it ended: its 2xx counts as sent, not as given up at the deadline (dropped, or spooled
+/// to be sent again).
+#[test]
+fn a_request_answered_by_the_deadline_is_sent_not_abandoned() {
+    let server = openlayer_testserver::TestServer::start();
+    let config = Config::builder()
+        .api_key("sk-test")
+        .base_url(server.url())
+        .inference_pipeline_id("pipe-1")
+        .build()
+        .unwrap();
+    let counters = Arc::new(Counters::default());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let transport =
+            Transport::new(crate::transport::TransportConfig::from_config(&config)).unwrap();
+        let mut f = Flusher::new(
+            &config,
+            transport,
+            counters.clone(),
+            Arc::new(Budget::new(1 << 20)),
+            Shaper::new(&config),
+            None,
+        );
+        let update = crate::record::row_update::RowUpdate {
+            pipeline: None,
+            inference_id: "row-1".into(),
+            row: r#"{"score":1}"#.into(),
+            config: None,
+        };
+        f.accept_update(update, None);
+        f.dispatch();
+        assert_eq!(f.tasks.len(), 1);
+        // The request ends; its result waits in the task set, not collected (this
+        // runtime runs the task while the test sleeps).
+        while server.request_count() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        f.shutdown = Some(Shutdown {
+            done: Vec::new(),
+            send_deadline: Instant::now(),
+        });
+        f.abandon();
+    });
+    let stats = counters.snapshot();
+    assert_eq!(server.request_count(), 1);
+    assert_eq!(stats.sent, 1, "{stats:?}");
+    assert_eq!(stats.dropped.total(), 0, "{stats:?}");
+}

@@ -488,6 +488,10 @@ impl OtlpFlusher {
 
     /// The deadline has come: what is in flight or waiting is dropped as `deadline`.
     fn abandon(&mut self) {
+        // Requests that ended by now are settled as they ended (see the data stream's).
+        while let Some(done) = self.tasks.try_join_next_with_id() {
+            self.on_done(done);
+        }
         self.tasks.abort_all();
         let mut left: Vec<Batch> = self.flights.drain().map(|(_, b)| b).collect();
         left.extend(self.ready.drain(..));
