@@ -275,7 +275,20 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
                  whose run is the step; or make it an `async fn`",
             ));
         };
-        let inner = with_prelude(&returned.block, &plan.prelude);
+        // Row options naming arguments take their values at the call, as the inputs do.
+        let (take, inner) = if plan.early.is_empty() {
+            (None, returned.block.clone())
+        } else {
+            let early = &plan.early;
+            let apply = quote!(__ol_early.apply(););
+            (
+                Some(quote! {
+                    let mut __ol_early = ::openlayer_trace::__private::EarlyRowOptions::default();
+                    #(#early)*
+                }),
+                with_prelude(&returned.block, &[apply]),
+            )
+        };
         async_parts.early = true;
         let body = async_parts.body(&inner, output, nameable, &record);
         returned.block = syn::parse2(body)?;
@@ -288,6 +301,7 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
         *item.block = syn::parse2(quote! {{
             #meta
             let __ol_inputs = ::openlayer_trace::__private::capture_early(|__ol_w| { #(#writes)* });
+            #take
             #(#stmts)*
         }})?;
         return Ok(quote!(#item));
@@ -402,6 +416,10 @@ fn stream_return(
 struct ExtraPlan {
     /// Statements run first in the body, inside the step.
     prelude: Vec<TokenStream2>,
+    /// The same, for a function that returns a future: statements run at the call, which
+    /// take the arguments' values into `__ol_early` (applied in the step by
+    /// `__ol_early.apply()`), before the body's own statements may move or shadow them.
+    early: Vec<TokenStream2>,
     /// Output fields to promote: `(field, column)`.
     output_fields: Vec<(String, String)>,
 }
@@ -437,6 +455,7 @@ fn plan_extra(
         }
     };
     let mut prelude = Vec::new();
+    let mut early = Vec::new();
     for (ident, option, helper) in [
         (&extra.context, "context", "context_arg"),
         (&extra.question, "question", "question_arg"),
@@ -454,6 +473,10 @@ fn plan_extra(
         let helper = Ident::new(helper, ident.span());
         prelude.push(quote_spanned! {ident.span()=>
             ::openlayer_trace::__private::#helper(&#param);
+        });
+        let method = Ident::new(option, ident.span());
+        early.push(quote_spanned! {ident.span()=>
+            __ol_early.#method(&#param);
         });
     }
     let returns_nothing = match &sig.output {
@@ -475,6 +498,9 @@ fn plan_extra(
         if let Some(param) = find(ident) {
             prelude.push(quote_spanned! {ident.span()=>
                 ::openlayer_trace::__private::promote_input(#column, &#param);
+            });
+            early.push(quote_spanned! {ident.span()=>
+                __ol_early.promote(#column, &#param);
             });
         } else if stream {
             return Err(syn::Error::new(
@@ -498,6 +524,7 @@ fn plan_extra(
     }
     Ok(ExtraPlan {
         prelude,
+        early,
         output_fields,
     })
 }

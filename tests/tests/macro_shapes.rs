@@ -516,6 +516,46 @@ async fn returned_futures_record_the_arguments_as_called() {
     assert_eq!(inputs_text(&traces[0]), r#"{"n":4}"#);
 }
 
+/// The same shapes with row options naming the arguments: the options take the values
+/// the function was called with, as the inputs do (they once ran in the returned block,
+/// where the names were moved, borrowed past `'static` or shadowed).
+#[trace(promote(n))]
+fn shadowed_promoted(n: u32) -> impl Future<Output = u32> {
+    let n = n * 10;
+    async move { n + 1 }
+}
+
+#[trace(skip_output, question = x)]
+fn borrowed_before_question(x: &str) -> impl Future<Output = usize> + 'static {
+    let n = x.len();
+    async move { n }
+}
+
+#[trace(skip_output, context = s)]
+fn moved_before_context(s: Vec<String>) -> impl Future<Output = usize> {
+    let n = s.len();
+    drop(s);
+    async move { n }
+}
+
+#[tokio::test]
+async fn row_options_of_returned_futures_take_the_arguments_as_called() {
+    let (out, traces) = testing::capture_async(shadowed_promoted(3)).await;
+    assert_eq!(out, 31);
+    assert_eq!(traces[0].row()["n"], 3);
+    let (out, traces) = testing::capture_async(borrowed_before_question("abcd")).await;
+    assert_eq!(out, 4);
+    assert_eq!(traces[0].row()["_question"], "abcd");
+    let docs = vec!["a".to_string(), "b".to_string()];
+    let (out, traces) = testing::capture_async(moved_before_context(docs)).await;
+    assert_eq!(out, 2);
+    assert_eq!(traces[0].row()["context"], json!(["a", "b"]));
+    // Made outside the capture, polled in it: applied in the step all the same.
+    let made = shadowed_promoted(4);
+    let (_, traces) = testing::capture_async(made).await;
+    assert_eq!(traces[0].row()["n"], 4);
+}
+
 #[tokio::test]
 async fn async_trait_methods_are_steps_around_their_future() {
     let (out, traces) =

@@ -8,7 +8,7 @@ use crate::api::annotate::{apply_trace, set_context, set_question};
 use crate::api::macro_support::steps::Out;
 use crate::api::step::OutputSink;
 use crate::context;
-use crate::record::to_json;
+use crate::record::{Json, to_json};
 use crate::util::diag::warn_limited;
 
 /// `context = arg`: as if `log_context(&arg)` were called in the step.
@@ -38,6 +38,62 @@ pub fn promote_input<T: Serialize + ?Sized>(column: &'static str, value: &T) {
     }
     if let Some(json) = to_json(value) {
         context::with_current(|t, _| apply_trace(&mut t.lock(), column.to_string(), json));
+    }
+}
+
+/// `context = arg`, `question = arg` and `promote(arg)` of a function that returns a future:
+/// the arguments' values taken when the function is called (as its inputs are), before its
+/// own statements may move or shadow them, and applied in the step when the returned future
+/// first runs.
+#[derive(Default)]
+pub struct EarlyRowOptions(Vec<(EarlyOption, Json)>);
+
+enum EarlyOption {
+    Context,
+    Question,
+    Promote(&'static str),
+}
+
+impl EarlyRowOptions {
+    /// `context = arg`, at the call.
+    pub fn context<T: Serialize + ?Sized>(&mut self, value: &T) {
+        if let Some(json) = to_json(value) {
+            self.0.push((EarlyOption::Context, json));
+        }
+    }
+
+    /// `question = arg`, at the call.
+    pub fn question<T: Serialize + ?Sized>(&mut self, value: &T) {
+        if let Some(json) = to_json(value) {
+            self.0.push((EarlyOption::Question, json));
+        }
+    }
+
+    /// `promote(arg)`, at the call.
+    pub fn promote<T: Serialize + ?Sized>(&mut self, column: &'static str, value: &T) {
+        if crate::api::none_probe::is_none(value) {
+            return;
+        }
+        if let Some(json) = to_json(value) {
+            self.0.push((EarlyOption::Promote(column), json));
+        }
+    }
+
+    /// Applies them in the current step (nothing outside a trace).
+    pub fn apply(self) {
+        if self.0.is_empty() || !context::in_trace() {
+            return;
+        }
+        context::with_current(|t, step| {
+            let mut st = t.lock();
+            for (option, json) in self.0 {
+                match option {
+                    EarlyOption::Context => set_context(&mut st, step, json),
+                    EarlyOption::Question => set_question(&mut st, step, json),
+                    EarlyOption::Promote(column) => apply_trace(&mut st, column.to_string(), json),
+                }
+            }
+        });
     }
 }
 

@@ -8,7 +8,9 @@ pub(crate) mod steps;
 
 pub use crate::__ol_key as key;
 pub use crate::api::annotate::Update;
-pub use crate::api::row_options::{PromoteOutput, context_arg, promote_input, question_arg};
+pub use crate::api::row_options::{
+    EarlyRowOptions, PromoteOutput, context_arg, promote_input, question_arg,
+};
 pub use crate::api::step::stream::expand::*;
 pub use crate::api::step::{Instrumented, OutputSink, StepFinisher, StepGuard};
 #[doc(hidden)]
