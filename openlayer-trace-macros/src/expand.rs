@@ -209,8 +209,10 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
         if opts.skip_output {
             return quote! {
                 #[allow(unused_imports)]
-                use ::openlayer_trace::__private::{RecordErrorOnly as _, RecordNothing as _};
-                (&::openlayer_trace::__private::Out(&__ol_ret)).__ol_record_err(&mut __ol_step);
+                use ::openlayer_trace::__private::{
+                    RecordDebugErrorOnly as _, RecordErrorOnly as _, RecordNothing as _,
+                };
+                (&&::openlayer_trace::__private::Out(&__ol_ret)).__ol_record_err(&mut __ol_step);
             };
         }
         // Spanned at the return type, where a type that cannot be recorded is reported.
@@ -222,11 +224,11 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
         };
         let method = Ident::new(method, span);
         let call = quote_spanned! {span=>
-            (&::openlayer_trace::__private::Out(&__ol_ret)).#method(&mut __ol_step)
+            (&&::openlayer_trace::__private::Out(&__ol_ret)).#method(&mut __ol_step)
         };
         quote! {
             #[allow(unused_imports)]
-            use ::openlayer_trace::__private::RecordResult as _;
+            use ::openlayer_trace::__private::{RecordDebugResult as _, RecordResult as _};
             #call;
         }
     };
@@ -280,13 +282,17 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
             (None, returned.block.clone())
         } else {
             let early = &plan.early;
-            let apply = quote!(__ol_early.apply(););
+            // First in the block (not around it: its tail stays a tail, unlinted).
+            let mut block = returned.block.clone();
+            block
+                .stmts
+                .insert(0, syn::parse_quote!(__ol_early.apply();));
             (
                 Some(quote! {
                     let mut __ol_early = ::openlayer_trace::__private::EarlyRowOptions::default();
                     #(#early)*
                 }),
-                with_prelude(&returned.block, &[apply]),
+                block,
             )
         };
         async_parts.early = true;

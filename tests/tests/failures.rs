@@ -73,6 +73,62 @@ fn an_err_records_null_output_and_exceptions_and_still_ships() {
     assert_clean(&traces[1]);
 }
 
+/// Errors that are `Debug` but not `Display` (a list of messages, axum's
+/// `(StatusCode, String)` rejections): an `Err` still fails the step, with the error's
+/// `Debug` text, whether the output is recorded or not.
+#[trace]
+fn validate(x: u32) -> Result<u32, Vec<String>> {
+    if x > 10 {
+        Err(vec!["too big".into()])
+    } else {
+        Ok(x)
+    }
+}
+
+/// Not `Serialize`: the reason for `skip_output`.
+struct Page(#[allow(dead_code)] String);
+
+#[trace(skip_output)]
+fn render(x: u32) -> Result<Page, (u16, String)> {
+    if x > 10 {
+        Err((400, "bad page".into()))
+    } else {
+        Ok(Page(x.to_string()))
+    }
+}
+
+#[trace]
+async fn validate_later(x: u32) -> Result<u32, Vec<String>> {
+    tokio::task::yield_now().await;
+    validate(x)
+}
+
+#[tokio::test]
+async fn an_err_that_is_only_debug_still_fails_the_step() {
+    let (_, traces) = testing::capture(|| {
+        let _ = validate(11);
+        let _ = validate(3);
+        let _ = render(11);
+        let _ = render(3);
+    });
+    let [bad, good, bad_page, good_page] = &traces[..] else {
+        panic!("{traces:#?}")
+    };
+    assert_eq!(bad.root()["output"], serde_json::Value::Null);
+    assert_eq!(bad.root()["metadata"]["Exceptions"], r#"["too big"]"#);
+    assert_eq!(good.root()["output"], 3);
+    assert!(good.root()["metadata"].get("Exceptions").is_none());
+    assert_eq!(
+        bad_page.root()["metadata"]["Exceptions"],
+        r#"(400, "bad page")"#
+    );
+    assert!(good_page.root()["metadata"].get("Exceptions").is_none());
+    let (_, traces) = testing::capture_async(validate_later(12)).await;
+    let root = traces[0].root();
+    assert_eq!(root["output"], serde_json::Value::Null);
+    assert_eq!(root["metadata"]["Exceptions"], r#"["too big"]"#);
+}
+
 #[trace]
 fn explode(depth: u32) -> u32 {
     if depth == 0 {

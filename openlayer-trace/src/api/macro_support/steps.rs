@@ -1,7 +1,7 @@
 //! The steps of a traced function, as its expansion opens, records and closes them.
 
 use std::borrow::Cow;
-use std::fmt::Display;
+use std::fmt::{self, Display};
 use std::future::Future;
 
 use serde::Serialize;
@@ -249,7 +249,7 @@ pub struct Out<'a, T: ?Sized>(pub &'a T);
     message = "`#[trace]` cannot record the return value: `{Self}` does not implement `serde::Serialize`",
     label = "the return value is recorded as the step's output, so its type must implement `serde::Serialize`",
     note = "leave the output out with `#[trace(skip_output)]` (a returned `Err` is still recorded)",
-    note = "a `Result` is recorded as its `Ok` value, which must implement `serde::Serialize`, or its `Err`, which must implement `std::fmt::Display`"
+    note = "a `Result` is recorded as its `Ok` value, which must implement `serde::Serialize`, or its `Err`, which must implement `std::fmt::Display` or `std::fmt::Debug`"
 )]
 pub trait Output {
     /// Records the value as the output of `sink`.
@@ -273,7 +273,7 @@ impl<T: Serialize + ?Sized> Output for T {
     message = "`#[trace]` cannot record the return value: `{Self}` does not implement `serde::Serialize`",
     label = "the return value is recorded as the step's output, so its type must implement `serde::Serialize`",
     note = "leave the output out with `#[trace(skip_output)]` (a returned `Err` is still recorded)",
-    note = "a `Result` is recorded as its `Ok` value, which must implement `serde::Serialize`, or its `Err`, which must implement `std::fmt::Display`"
+    note = "a `Result` is recorded as its `Ok` value, which must implement `serde::Serialize`, or its `Err`, which must implement `std::fmt::Display` or `std::fmt::Debug`"
 )]
 pub trait GenericOutput {
     /// Records the value as the output of `sink`.
@@ -288,7 +288,17 @@ impl<T: Serialize + ?Sized> GenericOutput for T {
     }
 }
 
-/// Records a `Result`.
+// How a return value is recorded: the macro calls `(&&Out(&ret)).__ol_record(sink)`, and
+// method resolution takes the first of these that applies (autoref specialization):
+// 1. a `Result` whose error is `Display` ([`RecordResult`], on `&Out`): the `Ok` value as
+//    the output, or the error's text under `Exceptions`;
+// 2. a `Result` whose error is only `Debug` ([`RecordDebugResult`], on `&&Out`): the same,
+//    with the error's `Debug` text;
+// 3. any other value (the inherent methods, on `Out`): the value, through `Serialize`.
+// With `skip_output`, `__ol_record_err` goes the same way: [`RecordErrorOnly`],
+// [`RecordDebugErrorOnly`], then [`RecordNothing`].
+
+/// Records a `Result` whose error is `Display`.
 pub trait RecordResult {
     /// Records into `sink`.
     fn __ol_record<S: OutputSink>(&self, sink: &mut S);
@@ -300,7 +310,7 @@ pub trait RecordResult {
     }
 }
 
-impl<T: Serialize, E: Display> RecordResult for Out<'_, Result<T, E>> {
+impl<T: Serialize, E: Display> RecordResult for &Out<'_, Result<T, E>> {
     #[inline]
     fn __ol_record<S: OutputSink>(&self, sink: &mut S) {
         if !sink.__is_recording() {
@@ -313,10 +323,45 @@ impl<T: Serialize, E: Display> RecordResult for Out<'_, Result<T, E>> {
     }
 }
 
+/// An error that is `Debug` but not `Display`, written with its `Debug` text.
+struct DebugText<'a, E>(&'a E);
+
+impl<E: fmt::Debug> Display for DebugText<'_, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.0, f)
+    }
+}
+
+/// Records a `Result` whose error is `Debug` only: an `Err` still fails the step, with the
+/// error's `Debug` text under `Exceptions` (not recorded as an output `{"Err": ..}`).
+pub trait RecordDebugResult {
+    /// Records into `sink`.
+    fn __ol_record<S: OutputSink>(&self, sink: &mut S);
+
+    /// The same, for a return type that involves type parameters.
+    #[inline]
+    fn __ol_record_generic<S: OutputSink>(&self, sink: &mut S) {
+        self.__ol_record(sink)
+    }
+}
+
+impl<T: Serialize, E: fmt::Debug> RecordDebugResult for &&Out<'_, Result<T, E>> {
+    #[inline]
+    fn __ol_record<S: OutputSink>(&self, sink: &mut S) {
+        if !sink.__is_recording() {
+            return;
+        }
+        match self.0 {
+            Ok(v) => sink.__set_output(v),
+            Err(e) => sink.__set_error(&DebugText(e)),
+        }
+    }
+}
+
 impl<T: ?Sized> Out<'_, T> {
     /// Records any other value.
     #[inline]
-    pub fn __ol_record<S: OutputSink>(self: &&Self, sink: &mut S)
+    pub fn __ol_record<S: OutputSink>(&self, sink: &mut S)
     where
         T: Output,
     {
@@ -327,7 +372,7 @@ impl<T: ?Sized> Out<'_, T> {
 
     /// Records any other value of a type that involves type parameters.
     #[inline]
-    pub fn __ol_record_generic<S: OutputSink>(self: &&Self, sink: &mut S)
+    pub fn __ol_record_generic<S: OutputSink>(&self, sink: &mut S)
     where
         T: GenericOutput,
     {
@@ -337,13 +382,13 @@ impl<T: ?Sized> Out<'_, T> {
     }
 }
 
-/// With `skip_output`: records only the error of a `Result`.
+/// With `skip_output`: records only the error of a `Result` whose error is `Display`.
 pub trait RecordErrorOnly {
     /// Records into `sink`.
     fn __ol_record_err<S: OutputSink>(&self, sink: &mut S);
 }
 
-impl<T, E: Display> RecordErrorOnly for Out<'_, Result<T, E>> {
+impl<T, E: Display> RecordErrorOnly for &Out<'_, Result<T, E>> {
     #[inline]
     fn __ol_record_err<S: OutputSink>(&self, sink: &mut S) {
         if sink.__is_recording()
@@ -354,13 +399,31 @@ impl<T, E: Display> RecordErrorOnly for Out<'_, Result<T, E>> {
     }
 }
 
+/// With `skip_output`: records only the error of a `Result` whose error is `Debug` only,
+/// with its `Debug` text.
+pub trait RecordDebugErrorOnly {
+    /// Records into `sink`.
+    fn __ol_record_err<S: OutputSink>(&self, sink: &mut S);
+}
+
+impl<T, E: fmt::Debug> RecordDebugErrorOnly for &&Out<'_, Result<T, E>> {
+    #[inline]
+    fn __ol_record_err<S: OutputSink>(&self, sink: &mut S) {
+        if sink.__is_recording()
+            && let Err(e) = self.0
+        {
+            sink.__set_error(&DebugText(e));
+        }
+    }
+}
+
 /// With `skip_output`: records nothing for a value that is not a `Result`.
 pub trait RecordNothing {
     /// Does nothing.
     fn __ol_record_err<S: OutputSink>(&self, sink: &mut S);
 }
 
-impl<T: ?Sized> RecordNothing for &Out<'_, T> {
+impl<T: ?Sized> RecordNothing for Out<'_, T> {
     #[inline]
     fn __ol_record_err<S: OutputSink>(&self, _sink: &mut S) {}
 }
