@@ -267,7 +267,9 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
     {
         let output = future_output(future);
         let record = make_record(output);
-        let nameable = output.is_none_or(|t| !contains_impl_trait(t));
+        // `-> impl Future` with no `Output = ..` leaves the output to the block (not `()`,
+        // as for an `async fn` with no return type).
+        let nameable = output.is_some_and(|t| !contains_impl_trait(t));
         let ret_span = future.span();
         let Some(returned) = returned_async(&mut item.block) else {
             return Err(syn::Error::new(
@@ -325,8 +327,12 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
             #block
         }}
     } else {
+        // Typed even when the function returns nothing: a body that only diverges
+        // (`resume_unwind(..);`) would otherwise leave the closure's type to be inferred
+        // from how its value is recorded (a `Result`).
         let closure = match (nameable, ret_ty) {
             (true, Some(ty)) => quote!(move || -> #ty #block),
+            (_, None) => quote!(move || -> () #block),
             _ => quote!(move || #block),
         };
         quote! {{
@@ -613,8 +619,12 @@ fn expand_stream(p: StreamParts<'_>) -> TokenStream2 {
             #wrap
         }}
     } else {
+        // Typed even when the function returns nothing: a body that only diverges
+        // (`resume_unwind(..);`) would otherwise leave the closure's type to be inferred
+        // from how its value is recorded (a `Result`).
         let closure = match (nameable, ret_ty) {
             (true, Some(ty)) => quote!(move || -> #ty #block),
+            (_, None) => quote!(move || -> () #block),
             _ => quote!(move || #block),
         };
         quote! {{

@@ -556,6 +556,32 @@ async fn row_options_of_returned_futures_take_the_arguments_as_called() {
     assert_eq!(traces[0].row()["n"], 4);
 }
 
+/// `-> impl Future` without `Output = ..`: the output is the block's, recorded as usual.
+#[trace]
+#[allow(clippy::manual_async_fn)]
+fn unnamed_output(n: u32) -> impl Future {
+    async move { n * 2 }
+}
+
+/// A function returning nothing whose body only diverges.
+#[trace]
+fn only_diverges(message: &'static str) {
+    std::panic::panic_any(message);
+}
+
+#[tokio::test]
+async fn unnamed_outputs_and_diverging_bodies_compile_and_record() {
+    let (_, traces) = testing::capture_async(async {
+        unnamed_output(21).await;
+    })
+    .await;
+    assert_eq!(traces[0].root()["output"], 42);
+    let (_, traces) = testing::capture(|| {
+        assert!(std::panic::catch_unwind(|| only_diverges("gone")).is_err());
+    });
+    assert_eq!(traces[0].root()["name"], "only_diverges");
+}
+
 #[tokio::test]
 async fn async_trait_methods_are_steps_around_their_future() {
     let (out, traces) =
