@@ -130,6 +130,40 @@ async fn an_err_that_is_only_debug_still_fails_the_step() {
 }
 
 #[trace]
+async fn async_root_panics() -> u8 {
+    panic!("the first panic")
+}
+
+#[trace]
+fn resumes_a_panic() {
+    // Runs no panic hook: nothing tells the library of this panic's message.
+    std::panic::resume_unwind(Box::new(0u8));
+}
+
+/// An async root that panicked forgets the panic's message once it recorded it, as every
+/// other root does: a later panic resumed on the thread (no hook runs for it) records
+/// "panicked", not that old message.
+#[test]
+fn a_panicked_async_root_leaves_no_stale_message() {
+    let (_, traces) = testing::capture(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rt.block_on(async_root_panics())
+        }));
+        assert!(first.is_err());
+        assert!(std::panic::catch_unwind(resumes_a_panic).is_err());
+    });
+    let [first, resumed] = &traces[..] else {
+        panic!("{traces:#?}")
+    };
+    let first = first.root()["metadata"]["Exceptions"].as_str().unwrap();
+    assert!(first.contains("the first panic"), "{first}");
+    assert_eq!(resumed.root()["metadata"]["Exceptions"], "panicked");
+}
+
+#[trace]
 fn explode(depth: u32) -> u32 {
     if depth == 0 {
         panic!("boom at the bottom");

@@ -523,6 +523,10 @@ impl<F: Future> Future for Instrumented<F> {
                         error: Some(panic_message()),
                     };
                     context::close_step(&open, clock::now(), closing);
+                    if open.idx == 0 {
+                        // As `Ending::close_as` does for a root (see there).
+                        clear_panic_message();
+                    }
                 }
             }
         }
