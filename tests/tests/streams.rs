@@ -489,6 +489,40 @@ fn a_panic_while_producing_closes_the_step_with_the_message() {
     assert!(exc.contains("bad item 1"), "{exc}");
 }
 
+#[trace]
+fn panicking_items() -> impl futures_core::Stream<Item = u32> {
+    futures_util::stream::iter(0..3).map(|i| if i == 1 { panic!("bad item {i}") } else { i })
+}
+
+/// A panic caught before the stream or iterator is dropped (a `catch_unwind` around a
+/// `by_ref()` loop, around one poll): the step still closes with the panic's message, not
+/// as cancelled when the stream is dropped later.
+#[test]
+fn a_panic_caught_before_the_drop_closes_the_step_with_the_message() {
+    let (_, traces) = testing::capture(|| {
+        let mut it = panicking_stream();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| it.by_ref().count()));
+        assert!(r.is_err());
+        drop(it);
+        let mut s = Box::pin(panicking_items());
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(s.as_mut().poll_next(&mut cx).is_ready());
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = s.as_mut().poll_next(&mut cx);
+        }));
+        assert!(r.is_err());
+        drop(s);
+    });
+    assert_eq!(traces.len(), 2, "{traces:#?}");
+    for t in &traces {
+        let root = t.root();
+        let exc = root["metadata"]["Exceptions"].as_str().unwrap_or_default();
+        assert!(exc.contains("bad item 1"), "{root:#}");
+        assert!(root["metadata"].get("cancelled").is_none(), "{root:#}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The extension methods and accumulators
 

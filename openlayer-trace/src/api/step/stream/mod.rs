@@ -133,6 +133,30 @@ impl<A> Drop for Active<A> {
     }
 }
 
+/// Closes the step as panicked when the poll (or `next`) it guards panics: declared before
+/// the step is entered, it drops the step once the step is no longer current. Without it, a
+/// panic caught before the stream is dropped (`catch_unwind` around a `by_ref()` loop, a
+/// `CatchPanic` future) left the step open, to close as merely cancelled. The flag: the
+/// thread was already unwinding before the poll (a stream read in a `Drop`), so unwinding
+/// now is not the poll's panic.
+struct CloseOnPanic<'a, A>(&'a mut Option<Active<A>>, bool);
+
+impl<'a, A> CloseOnPanic<'a, A> {
+    #[inline]
+    fn new(step: &'a mut Option<Active<A>>) -> Self {
+        CloseOnPanic(step, std::thread::panicking())
+    }
+}
+
+impl<A> Drop for CloseOnPanic<'_, A> {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.1 && std::thread::panicking() {
+            drop(self.0.take());
+        }
+    }
+}
+
 impl<S, A> Traced<S, A> {
     /// Traces the stream `inner` in the step of `handle` (see [`StepBuilder::start`]), its
     /// items accumulated by `acc`. For code that already holds the step, such as a client
@@ -185,15 +209,20 @@ impl<S: Stream, A: Accumulator<S::Item>> Stream for Traced<S, A> {
     #[inline]
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
         let this = self.project();
-        let Some(active) = this.step.as_mut() else {
+        if this.step.is_none() {
             return this.inner.poll_next(cx);
-        };
+        }
         let polled = {
-            let _entered = active.handle.enter();
+            let guard = CloseOnPanic::new(this.step);
+            let _entered = guard.0.as_ref().map(|a| a.handle.enter());
             this.inner.poll_next(cx)
         };
         match &polled {
-            Poll::Ready(Some(item)) => active.item(item),
+            Poll::Ready(Some(item)) => {
+                if let Some(active) = this.step.as_mut() {
+                    active.item(item);
+                }
+            }
             Poll::Ready(None) => {
                 if let Some(active) = this.step.take() {
                     active.end();
@@ -219,15 +248,20 @@ impl<S: FusedStream, A: Accumulator<S::Item>> FusedStream for Traced<S, A> {
 impl<S: Iterator, A: Accumulator<S::Item>> Traced<S, A> {
     #[inline]
     fn advance(&mut self, next: impl FnOnce(&mut S) -> Option<S::Item>) -> Option<S::Item> {
-        let Some(active) = self.step.as_mut() else {
+        if self.step.is_none() {
             return next(&mut self.inner);
-        };
+        }
         let item = {
-            let _entered = active.handle.enter();
+            let guard = CloseOnPanic::new(&mut self.step);
+            let _entered = guard.0.as_ref().map(|a| a.handle.enter());
             next(&mut self.inner)
         };
         match &item {
-            Some(item) => active.item(item),
+            Some(item) => {
+                if let Some(active) = self.step.as_mut() {
+                    active.item(item);
+                }
+            }
             None => {
                 if let Some(active) = self.step.take() {
                     active.end();
