@@ -491,9 +491,16 @@ fn plan_extra(
             __ol_early.#method(&#param);
         });
     }
+    // Nothing, or a future of nothing (`impl Future<Output = ()>`, `BoxFuture<'_, ()>`).
+    let is_unit = |ty: &Type| matches!(ty, Type::Tuple(t) if t.elems.is_empty());
     let returns_nothing = match &sig.output {
         ReturnType::Default => true,
-        ReturnType::Type(_, ty) => matches!(&**ty, Type::Tuple(t) if t.elems.is_empty()),
+        ReturnType::Type(_, ty) => {
+            is_unit(ty)
+                || (sig.asyncness.is_none()
+                    && future::returns_future(ty)
+                    && future::future_output(ty).is_some_and(is_unit))
+        }
     };
     let mut output_fields = Vec::new();
     for (ident, column) in &extra.promote {

@@ -12,4 +12,12 @@ fn tokens(prompt: &str) -> impl Iterator<Item = String> {
     vec![prompt.to_string()].into_iter()
 }
 
+// A future of nothing has no fields either.
+#[trace(promote(score))]
+fn later(x: u32) -> impl std::future::Future<Output = ()> {
+    async move {
+        let _ = x;
+    }
+}
+
 fn main() {}
