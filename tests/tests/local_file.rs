@@ -73,6 +73,30 @@ fn child() {
             let client = Client::from_env().unwrap();
             assert!(client.is_local());
         }
+        // The file moved or removed under the writer (another writer's rotation, a
+        // person's `mv` or `rm`): the next traces go to the path again.
+        "moved" => {
+            let guard = openlayer_trace::init(Config::builder().build().unwrap()).unwrap();
+            root(1);
+            guard.flush(Duration::from_secs(5)).unwrap();
+            std::fs::rename("openlayer-traces.jsonl", "moved.jsonl").unwrap();
+            root(2);
+            guard.flush(Duration::from_secs(5)).unwrap();
+            let moved = std::fs::read_to_string("moved.jsonl").unwrap();
+            let current = std::fs::read_to_string("openlayer-traces.jsonl").unwrap();
+            assert!(
+                moved.contains("\"id-1\"") && !moved.contains("\"id-2\""),
+                "{moved}"
+            );
+            assert!(current.contains("\"id-2\""), "{current}");
+            std::fs::remove_file("openlayer-traces.jsonl").unwrap();
+            root(3);
+            let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+            let current = std::fs::read_to_string("openlayer-traces.jsonl").unwrap();
+            assert_eq!(current.lines().count(), 1, "{current}");
+            assert!(current.contains("\"id-3\""), "{current}");
+            assert_eq!(s.written, 3, "{s:?}");
+        }
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -112,6 +136,20 @@ fn without_init_key_or_trace_file_nothing_is_written() {
         1,
         "one notice: {stderr}"
     );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_file_moved_or_removed_under_the_writer_is_opened_again() {
+    let dir = temp_dir("local-moved");
+    run_in(&dir, "moved", &[]);
+    assert_eq!(files(&dir), ["moved.jsonl", "openlayer-traces.jsonl"]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(dir.join("openlayer-traces.jsonl")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
 }
 
 #[test]

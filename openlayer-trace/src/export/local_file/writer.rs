@@ -259,11 +259,39 @@ impl FileSink {
         Ok(())
     }
 
+    /// Follows the path: another writer may have rotated, moved or removed the file since
+    /// it was opened (the `Client` in local mode appending to the same file, another
+    /// process on the same default path, a person's `mv` or `rm`), and the open handle
+    /// would then write to `<file>.1` (which the next rotation replaces) or to a deleted
+    /// file. When the path no longer names the open file it is opened again; else its
+    /// length is read again, since others may append to it too. (Unix only: elsewhere a
+    /// file is told apart by no stable identity, and an open file is rarely moved.)
+    fn follow_path(&mut self) {
+        let Some(file) = &self.file else {
+            return;
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            match (std::fs::metadata(&self.path), file.metadata()) {
+                (Ok(named), Ok(open)) if named.dev() == open.dev() && named.ino() == open.ino() => {
+                    self.len = open.len();
+                }
+                _ => self.file = None,
+            }
+        }
+        #[cfg(not(unix))]
+        if let Ok(open) = file.metadata() {
+            self.len = open.len();
+        }
+    }
+
     /// Writes the lines waiting (with one `write`), counts them, and empties the buffer.
     fn write(&mut self, lines: &mut Lines, counters: &Counters) {
         if lines.count == 0 {
             return;
         }
+        self.follow_path();
         let n = std::mem::take(&mut lines.count);
         let buf = std::mem::take(&mut lines.buf);
         let (done, result) = self.write_bounded(buf.as_bytes());
