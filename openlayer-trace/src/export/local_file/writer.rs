@@ -275,14 +275,15 @@ impl FileSink {
             use std::os::unix::fs::MetadataExt;
             match (std::fs::metadata(&self.path), file.metadata()) {
                 (Ok(named), Ok(open)) if named.dev() == open.dev() && named.ino() == open.ino() => {
-                    self.len = open.len();
+                    // A device or a pipe has no size to bound (as when opened).
+                    self.len = if open.is_file() { open.len() } else { 0 };
                 }
                 _ => self.file = None,
             }
         }
         #[cfg(not(unix))]
         if let Ok(open) = file.metadata() {
-            self.len = open.len();
+            self.len = if open.is_file() { open.len() } else { 0 };
         }
     }
 
