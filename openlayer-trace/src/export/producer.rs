@@ -347,22 +347,13 @@ impl Exporter {
     fn control(&self, make: impl FnOnce(Arc<Completion>) -> Msg) -> Option<Arc<Completion>> {
         let tx = self.tx.as_ref()?;
         let done = Arc::new(Completion::default());
-        // Control messages may wait for room, but never past the caller's deadline: the
-        // worker drains the queue continuously, so a blocking send from a helper is avoided
-        // by trying first and falling back to a detached send.
-        match tx.try_send(make(done.clone())) {
+        // Never waits for room: a control message goes past the queue's capacity, behind
+        // everything handed off before it (which it must settle). It is small, and there is
+        // one per call waiting for it, so the queue stays bounded by the callers. (A full
+        // queue once meant a thread per call, left blocked while the worker was stalled.)
+        match tx.try_send_beyond(make(done.clone()), usize::MAX) {
             Ok(()) => Some(done),
-            Err(TrySendError::Full(msg)) => {
-                let tx = tx.clone();
-                std::thread::Builder::new()
-                    .name("openlayer-trace-control".into())
-                    .spawn(move || {
-                        let _ = tx.blocking_send(msg);
-                    })
-                    .ok()?;
-                Some(done)
-            }
-            Err(TrySendError::Closed(_)) => None,
+            Err(_) => None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! The bounded queue between the threads that complete traces and the worker: many
 //! senders, one receiver, with the subset of `tokio::sync::mpsc`'s bounded channel that the
-//! pipeline uses (`try_send`, `send`, `blocking_send`, `recv`, `try_recv`, `close`), the
+//! pipeline uses (`try_send`, `send`, `recv`, `try_recv`, `close`), the
 //! same semantics, and no allocation per message.
 //!
 //! Why not tokio's channel: it stores messages in linked blocks of 32 slots, allocated by
@@ -17,20 +17,24 @@
 //! receiver meet once per drain rather than once per message, and the two buffers are
 //! reused (one that grew beyond [`KEEP_BYTES`] is freed when it empties). A sender takes
 //! the lock (uncontended: one compare-and-swap), checks the count, pushes, and wakes the
-//! receiver only when it is waiting. Senders that wait for room (`send`, `blocking_send`)
-//! are served in the order they came, and room made while one waits is its own, as with
-//! tokio: `try_send` on the hot path cannot starve a flush waiting to be queued. The receiver gives room back in groups of up to
+//! receiver only when it is waiting. Senders that wait for room (`send`) are served in the order they came, and room made while one waits is its own, as with
+//! tokio: `try_send` on the hot path cannot starve a sender waiting to be queued. The receiver gives room back in groups of up to
 //! [`RELEASE_EVERY`] messages (and at once when it has taken everything), so that the
 //! count the senders read is not written by another core for every message.
+//!
+//! `send`, and with it the line of senders waiting for room, is used by the OTLP exporter
+//! only (which hands traces on to the data stream's worker); the tracing paths and the
+//! control messages never wait.
+#![cfg_attr(not(feature = "otlp"), allow(dead_code))]
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Release};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 
 /// An emptied buffer whose capacity holds more than this many bytes of messages is freed
 /// rather than kept for the next drain.
@@ -298,7 +302,10 @@ impl<T> Sender<T> {
     }
 
     /// Queues `value`, blocking this thread until there is room. Not for async code.
+    #[cfg(test)]
     pub(crate) fn blocking_send(&self, value: T) -> Result<(), SendError<T>> {
+        use std::future::Future;
+        use std::task::Wake;
         struct Unpark(std::thread::Thread);
         impl Wake for Unpark {
             fn wake(self: Arc<Self>) {
