@@ -76,6 +76,7 @@ fn child() {
         "refused_credentials" => run_refused_credentials(),
         "healthy" => run_healthy(),
         "bisect" => bisect(),
+        "broken_updates" => broken_updates(),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -126,6 +127,33 @@ fn run_refused_credentials() {
     assert_eq!(errors, 1, "reported once: {text}");
     assert!(text.contains("status=401"), "{text}");
     assert!(!text.contains(KEY), "{text}");
+}
+
+/// The server answers 401 to everything: once it has, row updates go to the spool
+/// without being sent, as rows do, and nothing is dropped.
+fn broken_updates() {
+    let (seen, on_failure) = failures();
+    let config = base(&env("TEST_SERVER_URL"))
+        .spool_dir(env("TEST_SPOOL_DIR"))
+        .on_failure(on_failure)
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    produce("refused", 1);
+    assert!(wait_until(Duration::from_secs(10), || {
+        seen.lock().unwrap().iter().any(|f| f.2 == Some(401))
+    }));
+    for i in 0..3 {
+        openlayer_trace::update_row(
+            &format!("elsewhere-{i}"),
+            serde_json::json!({"score": i}),
+            None,
+        );
+    }
+    let r = guard.shutdown(Duration::from_secs(5)).unwrap();
+    let s = &r.stats;
+    assert_eq!(s.dropped.total(), 0, "{s:?}");
+    assert_eq!(s.spooled, 4, "the row and the three updates: {s:?}");
 }
 
 /// Restart 3: a healthy server; everything spooled by the two earlier runs is replayed.
@@ -287,4 +315,19 @@ fn a_credential_error_never_destroys_data_across_restarts() {
 fn rejected_batches_are_bisected_and_oversize_rows_never_sent() {
     let out = child::run("bisect", &[]);
     eprintln!("bisect: {:?}", results(&out));
+}
+
+#[test]
+fn row_updates_wait_in_the_spool_while_the_configuration_is_broken() {
+    let server = TestServer::start_with(Behavior::unauthorized("Invalid API key"));
+    let dir = temp_dir("broken-updates");
+    restart("broken_updates", &server.url(), &dir, None);
+    let puts: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT")
+        .map(|r| r.raw_query)
+        .collect();
+    assert!(puts.is_empty(), "updates were sent to be refused: {puts:?}");
+    assert!(server.request_count() > 0, "the refusal was met");
 }

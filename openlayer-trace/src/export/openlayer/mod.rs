@@ -539,6 +539,19 @@ impl Flusher {
                 self.row_settled(&id);
                 continue;
             }
+            if self.spool.is_some()
+                && let Some(b) = &self.broken
+            {
+                // The configuration is broken: it waits in the spool for the probe, as
+                // live rows do (see `start_live`), not sent to be refused again.
+                let (status, message) = (b.status, b.message.clone());
+                self.epochs.release(u.epoch);
+                let id = u.update.inference_id.clone();
+                let spooled = self.store_update(u, DropReason::Rejected);
+                self.row_settled(&id);
+                self.report_broken(status, &message, u64::from(spooled), u64::from(!spooled));
+                continue;
+            }
             let req = u.request();
             let deadline = self.shutdown.as_ref().map(|s| s.send_deadline);
             let t = self.transport.clone();
