@@ -227,6 +227,37 @@ async fn get_and_delete_row_address_the_id_as_a_path_segment() {
     }
 }
 
+/// An id of `.` or `..` would be a dot segment, which URL parsing resolves: `rows/..`
+/// would address the pipeline itself. Refused before anything is sent, wherever it is
+/// in the path (an inference id, a pipeline id); `%2e` stays an id of its own.
+#[tokio::test]
+async fn dot_ids_are_refused_not_resolved_into_another_resource() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(pipeline_path("rows/%252e%252e")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"row": {}})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let c = client(&server);
+    for id in ["..", "."] {
+        let e = c.delete_row(PIPELINE, id).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+        let e = c.get_row(PIPELINE, id).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+        let e = c.get_row(id, "row-1").await.unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+        let e = c
+            .stream_rows(id, &LlmConfig::new("output"), &[json!({"output": "x"})])
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+    }
+    // Nothing reached the server but the one request for a percent sign.
+    c.get_row(PIPELINE, "%2e%2e").await.unwrap();
+    assert_eq!(requests(&server).await.len(), 1);
+}
+
 // ---- errors -----------------------------------------------------------------------
 
 #[tokio::test]

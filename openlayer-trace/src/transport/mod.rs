@@ -377,6 +377,15 @@ impl Transport {
     /// One attempt, classified.
     pub(crate) async fn send_once(&self, req: &ApiRequest) -> Attempt {
         let path = req.path();
+        // An id of `.` or `..` (left as it is by `segment`: both are unreserved) would be a
+        // dot segment, which URL parsing resolves: `rows/..` would address the pipeline
+        // itself (`DELETE` included). Percent-encoding does not help (`%2e` is a dot
+        // too), so such a path is refused.
+        if path.split('/').any(|s| s == "." || s == "..") {
+            return Attempt::Fatal(Error::InvalidInput(format!(
+                "bad request path {path:?}: an id of \".\" or \"..\" cannot be part of a URL path"
+            )));
+        }
         let url = match Url::parse(&format!("{}{}", self.inner.base_url, path)) {
             Ok(mut url) => {
                 if !req.query.is_empty() {
