@@ -429,6 +429,23 @@ async fn uploads_registered(server: &MockServer) -> usize {
         .count()
 }
 
+/// A `bulk_max_bytes` meant as "never split" (`usize::MAX`, or a terabyte) is a bound,
+/// not an allocation made up front: the upload is made (it panicked with "capacity
+/// overflow", or aborted on a failed allocation).
+#[tokio::test]
+async fn a_huge_bulk_max_bytes_is_a_bound_not_an_allocation() {
+    for max in [usize::MAX, 1 << 40] {
+        let server = MockServer::start().await;
+        mount_bulk(&server).await;
+        let summary = client(&server, Some(max))
+            .update_record_batches(PIPELINE, "inference_id", None, [feedback_batch(0, 3)])
+            .await
+            .unwrap();
+        assert_eq!(summary.rows, 3, "{summary:?}");
+        assert_eq!(uploads_registered(&server).await, 1);
+    }
+}
+
 #[tokio::test]
 async fn a_batch_without_a_required_column_is_refused() {
     let server = MockServer::start().await;

@@ -313,6 +313,9 @@ struct Open {
     rows: u64,
 }
 
+/// The most an upload's body reserves before it is written.
+const RESERVE_MAX: usize = 64 << 20;
+
 impl Open {
     async fn start(target: &Target<'_>, schema: &Schema) -> Result<Open, Error> {
         let name = storage::object_name(target.pipeline_id, "arrow");
@@ -323,8 +326,11 @@ impl Open {
                 break b;
             }
         };
-        // The capacity is reserved, not touched: pages count only once written.
-        let mut body = Vec::with_capacity(target.max_bytes.saturating_add(target.max_bytes / 4));
+        // The capacity is reserved, not touched: pages count only once written. At most
+        // `RESERVE_MAX` up front: a `bulk_max_bytes` meant as "never split" is a bound,
+        // not an allocation (the body grows past it as it must).
+        let reserve = target.max_bytes.saturating_add(target.max_bytes / 4);
+        let mut body = Vec::with_capacity(reserve.min(RESERVE_MAX));
         multipart::write_head(
             &mut body,
             &boundary,
