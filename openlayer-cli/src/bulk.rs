@@ -24,6 +24,18 @@ use crate::csv_table::{self, CsvSchema};
 use crate::progress::Progress;
 use crate::table::{self, Checks, Kind, Scan};
 
+/// What a run does with the rows of an earlier run's last upload whose registration's
+/// answer was lost (an append that may be in the pipeline, or not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uncertain {
+    /// Stop, and say how to choose.
+    Ask,
+    /// They are in: go on after them.
+    Skip,
+    /// They are not: send them again.
+    Resend,
+}
+
 /// What the rows are for.
 pub enum Mode {
     /// Merged into existing rows by inference id.
@@ -54,6 +66,7 @@ pub struct Job<'a> {
     pub rows_per_upload: u64,
     /// The batches, already being read (see [`prefetch`]).
     pub prefetched: Option<Prefetched>,
+    pub uncertain: Uncertain,
 }
 
 /// A file's batches, read while its rows are checked.
@@ -98,6 +111,9 @@ struct Sent {
     file_len: u64,
     modified_ns: u64,
     rows_done: u64,
+    /// Rows after `rows_done` whose registration's answer was lost: in, or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    uncertain: Option<u64>,
 }
 
 /// `FILE.sent`.
@@ -142,6 +158,7 @@ pub async fn run(job: Job<'_>) -> Result<u64, CliError> {
         file_len,
         modified_ns,
         rows_done: 0,
+        uncertain: None,
     };
     match std::fs::read(&state_path) {
         Ok(bytes) => {
@@ -153,6 +170,7 @@ pub async fn run(job: Job<'_>) -> Result<u64, CliError> {
             })?;
             let same = Sent {
                 rows_done: before.rows_done,
+                uncertain: before.uncertain,
                 ..sent
             };
             if before != same {
@@ -163,6 +181,28 @@ pub async fn run(job: Job<'_>) -> Result<u64, CliError> {
                 )));
             }
             sent = same;
+            if let Some(n) = sent.uncertain.take() {
+                let (from, to) = (sent.rows_done + 1, sent.rows_done + n);
+                match job.uncertain {
+                    Uncertain::Ask => {
+                        return Err(CliError::Usage(format!(
+                            "rows {from} to {to} of {} may be in the pipeline already (the \
+                             answer to their registration was lost); check the pipeline, then \
+                             rerun with --skip-uncertain if they are in, or --resend-uncertain \
+                             if they are not",
+                            job.file.display()
+                        )));
+                    }
+                    Uncertain::Skip => {
+                        sent.rows_done += n;
+                        eprintln!("openlayer: rows {from} to {to} are in, as told: skipped");
+                    }
+                    Uncertain::Resend => {
+                        eprintln!("openlayer: rows {from} to {to} are not in, as told: sent again");
+                    }
+                }
+                save(&state_path, &sent)?;
+            }
             eprintln!(
                 "openlayer: resuming after {} row(s) already sent ({})",
                 sent.rows_done,
@@ -218,8 +258,25 @@ pub async fn run(job: Job<'_>) -> Result<u64, CliError> {
         this_run += rows;
         if let Some(e) = error {
             bar.finish();
-            if sent.rows_done > 0 {
+            // An append whose registration's answer was lost: its rows may be in. A rerun
+            // must not send them again unasked (they would be in twice).
+            if let Error::AppendUncertain { rows, .. } = &e {
+                sent.uncertain = Some(*rows);
+            }
+            if sent.rows_done > 0 || sent.uncertain.is_some() {
                 save(&state_path, &sent)?;
+            }
+            if let Some(n) = sent.uncertain {
+                let (from, to) = (sent.rows_done + 1, sent.rows_done + n);
+                return Err(CliError::Failed(format!(
+                    "{e}\n{} of {} row(s) are in, and rows {from} to {to} may be too (the \
+                     answer to their registration was lost); check the pipeline, then rerun \
+                     the same command with --skip-uncertain if they are in, or \
+                     --resend-uncertain if they are not (progress is in {})",
+                    sent.rows_done,
+                    job.scan.rows,
+                    state_path.display()
+                )));
             }
             let why = feed.error.take().map_or(e.to_string(), |e| match e {
                 CliError::Failed(m) | CliError::Usage(m) => m,

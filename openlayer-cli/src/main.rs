@@ -104,6 +104,14 @@ enum Command {
         /// Rows per upload (each registered, and recorded for a resume, in turn).
         #[arg(long, default_value_t = 250_000, value_parser = clap::value_parser!(u64).range(1..))]
         rows_per_upload: u64,
+        /// After a run whose last registration's answer was lost: those rows are in the
+        /// pipeline (checked there); go on after them.
+        #[arg(long, conflicts_with = "resend_uncertain")]
+        skip_uncertain: bool,
+        /// After a run whose last registration's answer was lost: those rows are not in
+        /// the pipeline (checked there); send them again.
+        #[arg(long)]
+        resend_uncertain: bool,
     },
     /// Stream rows to a pipeline in batches.
     Stream {
@@ -243,6 +251,8 @@ fn run_async(command: Command) -> Result<(), CliError> {
                 task_type,
                 pipeline_id,
                 rows_per_upload,
+                skip_uncertain,
+                resend_uncertain,
             } => {
                 publish::run(publish::Args {
                     file,
@@ -250,6 +260,13 @@ fn run_async(command: Command) -> Result<(), CliError> {
                     task_type,
                     pipeline_id,
                     rows_per_upload,
+                    uncertain: if skip_uncertain {
+                        bulk::Uncertain::Skip
+                    } else if resend_uncertain {
+                        bulk::Uncertain::Resend
+                    } else {
+                        bulk::Uncertain::Ask
+                    },
                 })
                 .await
             }

@@ -1,7 +1,8 @@
 //! `openlayer publish`: a table appended to a pipeline in bulk, as Arrow uploads
 //! registered with `performDataMerge: false`, after every row was checked against the
 //! config. Resumable (see [`crate::bulk`]): a rerun after a failure sends only the rest,
-//! so no row is published twice.
+//! so no row is published twice. When the answer to a registration was lost (its rows may
+//! be in, or not), the rerun asks which, with `--skip-uncertain` or `--resend-uncertain`.
 
 use std::path::PathBuf;
 
@@ -19,6 +20,7 @@ pub struct Args {
     pub task_type: Option<String>,
     pub pipeline_id: Option<String>,
     pub rows_per_upload: u64,
+    pub uncertain: bulk::Uncertain,
 }
 
 pub async fn run(args: Args) -> Result<(), CliError> {
@@ -52,6 +54,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         mode: Mode::Publish { config },
         rows_per_upload: args.rows_per_upload,
         prefetched,
+        uncertain: args.uncertain,
     })
     .await?;
     println!("published {sent} row(s) to pipeline {pipeline}");

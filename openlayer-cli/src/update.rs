@@ -87,6 +87,8 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         },
         rows_per_upload: args.rows_per_upload,
         prefetched,
+        // A merge is registered again until it is in: never uncertain.
+        uncertain: bulk::Uncertain::Ask,
     })
     .await?;
     println!("merged {sent} row(s) into pipeline {pipeline} in bulk");

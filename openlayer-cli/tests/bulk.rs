@@ -484,6 +484,91 @@ async fn a_failed_upload_is_resumed_by_a_rerun() {
     assert!(!dir.path("rows.jsonl.sent").exists());
 }
 
+/// The answer to an append's registration is lost (a 500: the platform may have appended
+/// the rows all the same). The run says which rows may be in; a rerun does not send them
+/// again unasked (they would be in twice), and sends them again, or goes on after them,
+/// as told.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_whose_registration_is_uncertain_are_not_sent_again_unasked() {
+    for (choice, expected_rerun) in [
+        ("--skip-uncertain", (2_000..2_500).collect::<Vec<u32>>()),
+        ("--resend-uncertain", (1_000..2_500).collect::<Vec<u32>>()),
+    ] {
+        let server = MockServer::start().await;
+        // The first registration goes in; the second answers 500 (its rows may be in).
+        Mock::given(method("POST"))
+            .and(path(data_path()))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"success": true})))
+            .up_to_n_times(1)
+            .with_priority(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path(data_path()))
+            .respond_with(ResponseTemplate::new(500).set_body_string("lost"))
+            .up_to_n_times(1)
+            .with_priority(2)
+            .mount(&server)
+            .await;
+        mount_platform(&server).await;
+        mount_storage(&server, 204, None).await;
+        let dir = TempDir::new("uncertain");
+        let file = dir.path("rows.jsonl");
+        let text: String = (0..2_500)
+            .map(|i| format!("{{\"id\":{i},\"question\":\"q{i}\",\"answer\":\"a{i}\"}}\n"))
+            .collect();
+        std::fs::write(&file, text).unwrap();
+        let config = dir.path("config.json");
+        std::fs::write(
+            &config,
+            r#"{"outputColumnName": "answer", "inputVariableNames": ["question"], "inferenceIdColumnName": "id"}"#,
+        )
+        .unwrap();
+        let args = [
+            "publish",
+            "--file",
+            file.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--pipeline-id",
+            PIPELINE,
+            "--rows-per-upload",
+            "1000",
+        ];
+        let out = openlayer(&args, &server).await;
+        assert_exit(&out, 1);
+        let err = stderr(&out);
+        assert!(err.contains("1000 of 2500 row(s) are in"), "{err}");
+        assert!(err.contains("rows 1001 to 2000 may be too"), "{err}");
+        let (_, registered) = uploaded(&server).await;
+        assert_eq!(registered.len(), 2, "not registered again");
+
+        // A rerun without a choice sends nothing, and says how to choose.
+        server.reset().await;
+        mount_platform(&server).await;
+        mount_storage(&server, 204, None).await;
+        let out = openlayer(&args, &server).await;
+        assert_exit(&out, 2);
+        let err = stderr(&out);
+        assert!(err.contains("rows 1001 to 2000"), "{err}");
+        assert!(err.contains("--skip-uncertain"), "{err}");
+        assert!(requests(&server).await.is_empty());
+
+        // As told.
+        let mut told = args.to_vec();
+        told.push(choice);
+        let out = openlayer(&told, &server).await;
+        assert_exit(&out, 0);
+        let (rerun, _) = uploaded(&server).await;
+        let ids: Vec<u32> = strings(&rerun, "id")
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(ids, expected_rerun, "{choice}");
+        assert!(!dir.path("rows.jsonl.sent").exists());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn arrow_ipc_csv_and_parquet_files_are_published() {
     let server = MockServer::start().await;

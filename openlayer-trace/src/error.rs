@@ -73,6 +73,19 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// A bulk append was uploaded, but its registration (`POST .../data`) failed in a way
+    /// that the platform may have acted on all the same (a server error, a timeout, a
+    /// connection lost after the request was sent). It is not sent again, so as not to
+    /// append its rows twice: the `rows` rows of that upload may be in the pipeline, or
+    /// not. (Inside [`Error::BulkPartial`] when uploads before it were registered.)
+    #[error("{source} (the {rows} row(s) of this upload may have been appended all the same)")]
+    AppendUncertain {
+        /// The rows of the upload whose registration is uncertain.
+        rows: u64,
+        /// What failed.
+        source: Box<Error>,
+    },
+
     /// JSON could not be encoded or decoded.
     #[error("JSON error: {0}")]
     Json(#[from] serde_json::Error),

@@ -1492,6 +1492,27 @@ async fn a_failed_append_registration_is_not_repeated() {
     );
     let text = err.to_string();
     assert!(text.contains("500"), "{text}");
+    // Said so: the caller can tell that the upload's row may be in (its rerun would
+    // append it twice).
+    match &err {
+        Error::AppendUncertain { rows, source } => {
+            assert_eq!(*rows, 1);
+            assert!(
+                matches!(**source, Error::Api { status: 500, .. }),
+                "{source:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(text.contains("may have been appended"), "{text}");
+    // A refusal (4xx) is certain: nothing was appended, nothing to be unsure of.
+    let server = MockServer::start().await;
+    mount_registration_failing(&server, 422, 1).await;
+    let err = csv_client(&server)
+        .publish_batch(PIPELINE, &cfg, &rows)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Api { status: 422, .. }), "{err:?}");
 }
 
 /// A merge (`update_batch`) is the same whether registered once or twice: retried.

@@ -401,6 +401,7 @@ impl Open {
             &self.presigned.storage_uri,
             target.merge,
             &target.config,
+            self.rows,
         )
         .await?;
         summary.rows += self.rows;

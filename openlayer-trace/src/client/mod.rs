@@ -831,15 +831,9 @@ async fn expect_success(t: &Transport, req: &ApiRequest) -> Result<(), Error> {
     check_success(req, send(t, req).await?)
 }
 
-/// [`expect_success`] for a write that a repeat would carry out twice (appending rows):
-/// sent again only when the platform cannot have acted on it.
-async fn expect_success_once(t: &Transport, req: &ApiRequest) -> Result<(), Error> {
-    check_success(req, send_unrepeatable(t, req).await?)
-}
-
 /// The answer `resp` to the write `req`: an error when its body is JSON with
 /// `success: false`.
-fn check_success(req: &ApiRequest, resp: ApiResponse) -> Result<(), Error> {
+pub(super) fn check_success(req: &ApiRequest, resp: ApiResponse) -> Result<(), Error> {
     if let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&resp.body)
         && body.get("success") == Some(&Value::Bool(false))
     {

@@ -10,7 +10,7 @@ use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use super::{csv, expect_success, expect_success_once, multipart, segment, send};
+use super::{csv, expect_success, multipart, segment, send};
 use crate::error::Error;
 use crate::transport::{ApiRequest, Transport, chain};
 
@@ -86,14 +86,16 @@ pub(crate) async fn presign(t: &Transport, object_name: &str) -> Result<Presigne
 ///
 /// A merge is retried as any request (merging the same rows twice leaves them as once).
 /// An append is sent again only when the platform cannot have acted on it (a refused
-/// connection, a 429): after a 5xx or a lost answer it may have appended the rows, and a
-/// second registration would append them twice. The error is then returned as it is.
+/// connection, a 429): after a 5xx or a lost answer it may have appended the `rows` rows
+/// of the upload, and a second registration would append them twice. That error is
+/// [`Error::AppendUncertain`].
 pub(crate) async fn register(
     t: &Transport,
     pipeline_id: &str,
     storage_uri: &str,
     merge: bool,
     config: &Map<String, Value>,
+    rows: u64,
 ) -> Result<(), Error> {
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
@@ -114,9 +116,16 @@ pub(crate) async fn register(
         body: Some(serde_json::to_vec(&body)?.into()),
     };
     if merge {
-        expect_success(t, &req).await
-    } else {
-        expect_success_once(t, &req).await
+        return expect_success(t, &req).await;
+    }
+    let sent = t.send_unrepeatable(&req).await;
+    match sent.result {
+        Ok(answer) => super::check_success(&req, answer),
+        Err(e) if sent.uncertain => Err(Error::AppendUncertain {
+            rows,
+            source: Box::new(e),
+        }),
+        Err(e) => Err(e),
     }
 }
 
@@ -190,7 +199,7 @@ async fn upload_csv_file(
     let form = multipart::build(&presigned.fields.0, &name, "text/csv", data);
     let content_type = form.content_type();
     upload(t, max_retries, &presigned, &content_type, form.body.into()).await?;
-    register(t, pipeline_id, &presigned.storage_uri, merge, config).await
+    register(t, pipeline_id, &presigned.storage_uri, merge, config, rows).await
 }
 
 /// The presigned URL without its query (which holds the signature), for error messages.

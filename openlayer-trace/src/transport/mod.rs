@@ -202,6 +202,10 @@ pub(crate) struct SendOutcome {
     /// attempts: it asked for more than a request waits, or for a wait the retries ran out
     /// before. The caller holds back its next requests as long.
     pub wait: Option<Duration>,
+    /// The request, one that must not be repeated, failed in a way that the server may
+    /// have acted on all the same (a 5xx, a timeout or a connection lost after it was
+    /// sent): it was not sent again, and whether it took effect is unknown.
+    pub uncertain: bool,
 }
 
 /// The HTTP transport; cheap to clone (an `Arc` inside).
@@ -488,6 +492,7 @@ impl Transport {
                         result: Err(Error::Timeout(deadline.saturating_duration_since(start))),
                         retries,
                         wait: None,
+                        uncertain: false,
                     };
                     if Instant::now() >= deadline {
                         return timed_out();
@@ -513,6 +518,7 @@ impl Transport {
                         result: Ok(response),
                         retries,
                         wait: None,
+                        uncertain: false,
                     };
                 }
                 Attempt::Fatal(error) => {
@@ -520,6 +526,7 @@ impl Transport {
                         result: Err(error),
                         retries,
                         wait: None,
+                        uncertain: false,
                     };
                 }
                 Attempt::Retryable {
@@ -538,6 +545,7 @@ impl Transport {
                             result: Err(error),
                             retries,
                             wait: None,
+                            uncertain: true,
                         };
                     }
                     (error, retry_after)
@@ -556,6 +564,7 @@ impl Transport {
                     result: Err(error),
                     retries,
                     wait: retry_after,
+                    uncertain: false,
                 };
             }
             let wait = self.backoff(retries, retry_after);
@@ -573,6 +582,7 @@ impl Transport {
                     result: Err(error),
                     retries,
                     wait: retry_after.filter(|w| !w.is_zero()),
+                    uncertain: false,
                 };
             }
             tracing::debug!(

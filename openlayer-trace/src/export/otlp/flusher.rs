@@ -351,6 +351,7 @@ impl OtlpFlusher {
                     result: Err(e),
                     retries: 0,
                     wait: None,
+                    uncertain: false,
                 },
             }
         });
