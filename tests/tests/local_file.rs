@@ -97,6 +97,37 @@ fn child() {
             assert!(current.contains("\"id-3\""), "{current}");
             assert_eq!(s.written, 3, "{s:?}");
         }
+        // The trace file is a symbolic link to a file that is not the SDK's (as
+        // `/dev/stdout` is, redirected to the application's log): written through, never
+        // bounded by the log's own length, never renamed.
+        #[cfg(unix)]
+        "linked" => {
+            std::fs::write("app.log", "x".repeat(10_000) + "\n").unwrap();
+            std::os::unix::fs::symlink("app.log", "traces.jsonl").unwrap();
+            let config = Config::builder()
+                .trace_file("traces.jsonl")
+                .trace_file_max_bytes(4096)
+                .build()
+                .unwrap();
+            let guard = openlayer_trace::init(config).unwrap();
+            for i in 0..50 {
+                root(i);
+                if i % 10 == 0 {
+                    guard.flush(Duration::from_secs(5)).unwrap();
+                }
+            }
+            let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+            assert_eq!(s.written, 50, "{s:?}");
+            assert_eq!(s.rotated_out, 0, "{s:?}");
+            let meta = std::fs::symlink_metadata("traces.jsonl").unwrap();
+            assert!(
+                meta.file_type().is_symlink(),
+                "the link is left where it is"
+            );
+            let log = std::fs::read_to_string("app.log").unwrap();
+            assert_eq!(log.lines().count(), 51);
+            assert!(log.contains("\"id-49\""));
+        }
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -136,6 +167,14 @@ fn without_init_key_or_trace_file_nothing_is_written() {
         1,
         "one notice: {stderr}"
     );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_symbolic_link_is_written_through_never_bounded_or_renamed() {
+    let dir = temp_dir("local-linked");
+    run_in(&dir, "linked", &[]);
+    assert_eq!(files(&dir), ["app.log", "traces.jsonl"]);
 }
 
 #[cfg(unix)]

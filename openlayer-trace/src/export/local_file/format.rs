@@ -155,28 +155,37 @@ pub(crate) fn open_private_append(path: &Path) -> std::io::Result<(std::fs::File
         options.mode(0o600);
     }
     let file = options.open(path)?;
-    let meta = file.metadata()?;
-    // A device or a pipe (`/dev/null`, `/dev/stdout`, a FIFO) has no size to bound.
-    let len = if meta.is_file() { meta.len() } else { 0 };
+    // A device, a pipe or a symbolic link (`/dev/null`, `/dev/stdout`, a FIFO) has no
+    // size to bound.
+    let len = if bounded(path) {
+        file.metadata()?.len()
+    } else {
+        0
+    };
     Ok((file, len))
 }
 
+/// Whether the file at `path` is one the SDK bounds and rotates: a regular file named
+/// directly. A device, a pipe or a symbolic link is written through, unbounded: a link
+/// such as `/dev/stdout` may lead to a file that is not ours (the application's own log,
+/// whose length is not ours to bound, and whose link is not ours to rename).
+pub(crate) fn bounded(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+}
+
 /// Renames a full local file to `<file>.1`, replacing an older one. Only a regular file
-/// is rotated: a device or a pipe named as the trace file (`/dev/null`, a FIFO) is left
-/// where it is, never renamed (nor replaced by a new regular file).
+/// is rotated: a device, a pipe or a symbolic link named as the trace file (`/dev/null`,
+/// a FIFO, `/dev/stdout`) is left where it is, never renamed (nor replaced by a new
+/// regular file); see [`bounded`].
 ///
 /// Returns how many lines the replaced `<file>.1` held (0 when there was none), which
 /// are gone.
 pub(crate) fn rotate(path: &Path) -> std::io::Result<u64> {
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if !meta.is_file() && !meta.file_type().is_symlink() => return Ok(0),
+        Ok(meta) if !meta.is_file() => return Ok(0),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
-    }
-    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
-        // A symbolic link to a device or a pipe.
-        return Ok(0);
     }
     let mut old = path.as_os_str().to_owned();
     old.push(".1");
@@ -252,8 +261,8 @@ pub(crate) fn append_with(
     }
     let incoming: u64 = encoded.iter().map(|s| s.len() as u64).sum();
     let (mut file, len) = open_private_append(path)?;
-    // A device or a pipe (`/dev/null`) has no size to bound.
-    let bounded = file.metadata()?.is_file();
+    // A device, a pipe or a symbolic link has no size to bound.
+    let bounded = bounded(path);
     if bounded && incoming > max_bytes {
         return Err(Error::InvalidInput(format!(
             "{incoming} bytes of rows are more than the local file's bound ({max_bytes} bytes, \

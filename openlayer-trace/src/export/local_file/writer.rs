@@ -163,6 +163,9 @@ pub(crate) struct FileSink {
     file: Option<File>,
     /// The open file's length.
     len: u64,
+    /// Whether the open file is bounded and rotated (a regular file named directly; see
+    /// `format::bounded`).
+    bounded: bool,
     max_bytes: u64,
     default_pipeline: Option<String>,
     /// Lines of `<file>.1` replaced by rotations, not yet added to the counters.
@@ -188,6 +191,7 @@ impl FileSink {
             path,
             file: None,
             len: 0,
+            bounded: false,
             max_bytes,
             default_pipeline: config.inference_pipeline_id.clone(),
             discarded: 0,
@@ -199,6 +203,7 @@ impl FileSink {
             let (file, len) = crate::export::local_file::format::open_private_append(&self.path)?;
             self.file = Some(file);
             self.len = len;
+            self.bounded = crate::export::local_file::format::bounded(&self.path);
         }
         Ok(self.file.as_mut().expect("opened above"))
     }
@@ -218,8 +223,11 @@ impl FileSink {
     fn write_bounded_from(&mut self, rest: &mut &[u8]) -> std::io::Result<()> {
         while !rest.is_empty() {
             self.open()?;
-            let room =
-                usize::try_from(self.max_bytes.saturating_sub(self.len)).unwrap_or(usize::MAX);
+            let room = if self.bounded {
+                usize::try_from(self.max_bytes.saturating_sub(self.len)).unwrap_or(usize::MAX)
+            } else {
+                usize::MAX
+            };
             let mut cut = if rest.len() <= room {
                 rest.len()
             } else {
@@ -275,15 +283,19 @@ impl FileSink {
             use std::os::unix::fs::MetadataExt;
             match (std::fs::metadata(&self.path), file.metadata()) {
                 (Ok(named), Ok(open)) if named.dev() == open.dev() && named.ino() == open.ino() => {
-                    // A device or a pipe has no size to bound (as when opened).
-                    self.len = if open.is_file() { open.len() } else { 0 };
+                    // Only a file of ours has a length to bound (see `format::bounded`).
+                    if self.bounded {
+                        self.len = open.len();
+                    }
                 }
                 _ => self.file = None,
             }
         }
         #[cfg(not(unix))]
-        if let Ok(open) = file.metadata() {
-            self.len = if open.is_file() { open.len() } else { 0 };
+        if self.bounded
+            && let Ok(open) = file.metadata()
+        {
+            self.len = open.len();
         }
     }
 
