@@ -20,6 +20,25 @@ fn root(i: u32) -> u32 {
     leaf(i) + leaf(i)
 }
 
+/// Counts its serializations.
+struct Counted;
+
+static SERIALIZED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl serde::Serialize for Counted {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SERIALIZED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        s.serialize_str("documents")
+    }
+}
+
+/// Its documents are left out of the inputs (large), but are the row's context.
+#[trace(skip(docs), context = docs)]
+fn answer_later(docs: Counted) -> impl std::future::Future<Output = u32> {
+    let _ = &docs;
+    async move { 1 }
+}
+
 #[trace]
 fn later(n: u32) -> impl std::future::Future<Output = u32> {
     async move { n + 1 }
@@ -95,6 +114,10 @@ fn child() {
             assert!(openlayer_trace::current_inference_id().is_none());
             let stats = openlayer_trace::stats();
             assert_eq!(stats.enqueued, 0);
+            // Tracing off: the row options of a function returning a future are not taken
+            // (serialized) at the call either.
+            drop(answer_later(Counted));
+            assert_eq!(SERIALIZED.load(std::sync::atomic::Ordering::SeqCst), 0);
             // A future made here, while nothing is recorded, and polled under a test
             // capture (which records whatever the configuration): its step has the
             // arguments it was called with, as an `async fn`'s has.

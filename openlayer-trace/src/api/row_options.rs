@@ -55,8 +55,11 @@ enum EarlyOption {
 }
 
 impl EarlyRowOptions {
-    /// `context = arg`, at the call.
+    /// `context = arg`, at the call (nothing while tracing is off: one load).
     pub fn context<T: Serialize + ?Sized>(&mut self, value: &T) {
+        if !crate::runtime::tracing_enabled() {
+            return;
+        }
         if let Some(json) = to_json(value) {
             self.0.push((EarlyOption::Context, json));
         }
@@ -64,6 +67,9 @@ impl EarlyRowOptions {
 
     /// `question = arg`, at the call.
     pub fn question<T: Serialize + ?Sized>(&mut self, value: &T) {
+        if !crate::runtime::tracing_enabled() {
+            return;
+        }
         if let Some(json) = to_json(value) {
             self.0.push((EarlyOption::Question, json));
         }
@@ -71,7 +77,7 @@ impl EarlyRowOptions {
 
     /// `promote(arg)`, at the call.
     pub fn promote<T: Serialize + ?Sized>(&mut self, column: &'static str, value: &T) {
-        if crate::api::none_probe::is_none(value) {
+        if !crate::runtime::tracing_enabled() || crate::api::none_probe::is_none(value) {
             return;
         }
         if let Some(json) = to_json(value) {
