@@ -103,6 +103,17 @@ fn full_queue() {
     let after = threads();
     report(&[("before", before.to_string()), ("after", after.to_string())]);
     assert_eq!(after, before, "no thread per call");
+    // Flushes that timed out leave their messages queued; while the worker is stalled
+    // they are bounded (1,024 alive): past that, a flush is not queued, and says so.
+    let logs = openlayer_trace_tests::logs::Capture::install();
+    for _ in 0..1_000 {
+        assert!(!guard.flush(Duration::ZERO).unwrap().complete);
+    }
+    let text = logs.text();
+    assert!(
+        text.contains("has not taken the last 1024 flushes"),
+        "{text}"
+    );
     // A reader unblocks the worker: everything is settled, the flushes queued meanwhile
     // included.
     let reader = std::thread::spawn(move || std::fs::read(&fifo).unwrap());

@@ -2,6 +2,7 @@
 //! without blocking (overflowing to the spool or dropping and counting when full), and
 //! sends flush and shutdown messages.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +21,12 @@ use crate::report::{Counters, DeliveryReport, DropReason, Stats};
 use crate::util::heap::heap_bytes;
 use crate::util::queue::{Sender, TrySendError};
 use crate::util::signal::Completion;
+
+/// Flush and shutdown messages alive (queued, or waited for): see `Exporter::control`.
+static CONTROLS: AtomicUsize = AtomicUsize::new(0);
+
+/// The most flush and shutdown messages alive at once.
+const MAX_CONTROLS: usize = 1024;
 
 /// The queue, the counters and the background threads of one configuration.
 #[derive(Debug)]
@@ -344,13 +351,28 @@ impl Exporter {
     }
 
     /// Sends a control message; `None` when the worker is gone.
-    fn control(&self, make: impl FnOnce(Arc<Completion>) -> Msg) -> Option<Arc<Completion>> {
+    fn control(
+        &self,
+        what: Control,
+        make: impl FnOnce(Arc<Completion>) -> Msg,
+    ) -> Option<Arc<Completion>> {
         let tx = self.tx.as_ref()?;
-        let done = Arc::new(Completion::default());
         // Never waits for room: a control message goes past the queue's capacity, behind
-        // everything handed off before it (which it must settle). It is small, and there is
-        // one per call waiting for it, so the queue stays bounded by the callers. (A full
-        // queue once meant a thread per call, left blocked while the worker was stalled.)
+        // everything handed off before it (which it must settle). (A full queue once meant
+        // a thread per call, left blocked while the worker was stalled.) A flush that timed
+        // out leaves its message queued, so while the worker is stalled they are bounded:
+        // past `MAX_CONTROLS` alive, a flush is not queued, and its wait ends at its
+        // deadline, incomplete, as it would have anyway. A shutdown always is.
+        if what == Control::Flush && CONTROLS.load(Relaxed) >= MAX_CONTROLS {
+            if tx.is_closed() {
+                return None;
+            }
+            crate::util::diag::warn_limited!(
+                "the trace worker has not taken the last {MAX_CONTROLS} flushes; this one is not queued"
+            );
+            return Some(Arc::new(Completion::default()));
+        }
+        let done = Arc::new(Completion::counted(&CONTROLS));
         match tx.try_send_beyond(make(done.clone()), usize::MAX) {
             Ok(()) => Some(done),
             Err(_) => None,
@@ -384,7 +406,7 @@ impl Exporter {
         }
         let deadline = crate::util::clock::after(Instant::now(), timeout);
         let done = self
-            .control(|c| match what {
+            .control(what, |c| match what {
                 Control::Flush => Msg::Flush(c, deadline),
                 Control::Shutdown => Msg::Shutdown(c, deadline),
             })

@@ -19,7 +19,7 @@ use crate::util::signal::Completion;
 pub(crate) const WORKER_PACE: Duration = Duration::from_millis(1);
 
 /// What a control message asks of the worker.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Control {
     Flush,
     Shutdown,

@@ -2,6 +2,7 @@
 //! or shutdown waiting for the worker), and the shared timer thread that wakes async
 //! waiters at their deadlines.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::Waker;
 use std::time::Instant;
@@ -10,9 +11,32 @@ use std::time::Instant;
 pub(crate) struct Completion {
     done: Mutex<(bool, Option<Waker>)>,
     cv: Condvar,
+    /// Counts this completion among those alive (see [`Completion::counted`]).
+    _count: Option<Counted>,
+}
+
+/// Keeps `counter` raised while it lives.
+#[derive(Debug)]
+struct Counted(&'static AtomicUsize);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Completion {
+    /// A completion counted in `counter` while it lives (in the message that carries it,
+    /// and with the caller waiting for it): the count of control messages not yet done
+    /// with, which bounds how many a stalled worker can leave queued.
+    pub(crate) fn counted(counter: &'static AtomicUsize) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Completion {
+            _count: Some(Counted(counter)),
+            ..Completion::default()
+        }
+    }
+
     pub(crate) fn complete(&self) {
         let mut g = self.done.lock().unwrap_or_else(|e| e.into_inner());
         g.0 = true;
