@@ -302,7 +302,9 @@ impl OpenlayerLayer {
     ///
     /// The request body type must be buildable from [`bytes::Bytes`] (`axum::body::Body`,
     /// `http_body_util::Full`, ...) with an error that converts into
-    /// `Box<dyn Error + Send + Sync>` (any error type does), the response body type must
+    /// `Box<dyn Error + Send + Sync>` (any `std::error::Error + Send + Sync` type, as
+    /// `axum::Error`, `hyper::Error` and `http_body_util::Limited`'s boxed error are, or a
+    /// `String`), so that a body limit's error can be told apart; the response body type must
     /// have a `Default` (an empty body; axum's and http-body-util's do), and the inner
     /// service must be `Clone` (axum's routes are).
     ///

@@ -350,8 +350,6 @@ pub(crate) fn respond<ResBody: http_body::Body>(
     if status.is_server_error() {
         step.metadata("Exceptions", &format!("HTTP {status}"));
     }
-    // A gRPC error answered with headers only (a "trailers-only" response).
-    record_grpc_status(&mut step, &parts.headers);
     if settings.respond_with_id
         && let Some(Some(value)) = step.with_inference_id(crate::id_header::header_value)
     {
@@ -365,6 +363,9 @@ pub(crate) fn respond<ResBody: http_body::Body>(
         || length == Some(0)
         || http_body::Body::is_end_stream(&body)
     {
+        // The response ends with its headers: a gRPC status is there (a "trailers-only"
+        // response), not in trailers (checked only then, so never recorded twice).
+        record_grpc_status(&mut step, &parts.headers);
         step.finish();
         None
     } else {

@@ -596,6 +596,28 @@ async fn grpc_errors_are_recorded() {
     }
 }
 
+/// A `grpc-status` both in the headers of a response with a body and in its trailers
+/// (some proxies and grpc-web set both): recorded once, from the trailers.
+#[tokio::test]
+async fn a_grpc_status_in_headers_and_trailers_is_recorded_once() {
+    let svc = OpenlayerLayer::new().layer(service_fn(|_req: Request<Full<Bytes>>| async {
+        let mut grpc = http::HeaderMap::new();
+        grpc.insert("grpc-status", http::HeaderValue::from_static("14"));
+        let mut res = Response::new(with_trailers("x", grpc.clone()));
+        *res.headers_mut() = grpc;
+        Ok::<_, Infallible>(res)
+    }));
+    let (_, traces) = testing::capture_async(async {
+        let res = svc.oneshot(empty(get("/grpc"))).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    })
+    .await;
+    assert_eq!(
+        traces[0].root()["metadata"]["Exceptions"],
+        "gRPC status 14 (UNAVAILABLE)"
+    );
+}
+
 /// Behind tower-http's body limit, a JSON body without a length is read ahead up to the
 /// limit's bound; over it, the client gets 413, as without the layer (axum's extractors
 /// answer 413 there), and the handler does not run.
