@@ -9,6 +9,7 @@ use async_openai::types::embeddings::{CreateEmbeddingRequest, CreateEmbeddingRes
 use openlayer_trace::{StepHandle, StepKind, step};
 use serde::Serialize;
 use serde_json::json;
+use serde_json::value::RawValue;
 
 use crate::chat::Sealed;
 use crate::{Provider, provider_of};
@@ -98,6 +99,69 @@ fn record(h: &mut StepHandle, r: &CreateEmbeddingResponse) {
         "rawOutput",
         &json!({"object": r.object, "model": r.model, "data": data, "usage": r.usage}),
     );
-    let vectors: Vec<&Vec<f32>> = r.data.iter().map(|e| &e.embedding).collect();
-    h.output(&vectors);
+    h.output(&bounded_vectors(
+        r.data.iter().map(|e| e.embedding.as_slice()),
+        openlayer_trace::stream::output_max_bytes() / 2,
+    ));
+}
+
+/// The vectors as the output, whole ones while their JSON fits in `max` bytes (half of
+/// `stream::output_max_bytes()`, as a stream's text: a root step's output is in its row
+/// twice), then a marker `"…[truncated N embeddings]"`. A batch of a few hundred vectors
+/// of 1,536 dimensions is several MiB of JSON: whole, its row would be larger than any
+/// request may carry, and the trace around it would be lost.
+fn bounded_vectors<'a>(
+    vectors: impl ExactSizeIterator<Item = &'a [f32]>,
+    max: usize,
+) -> Vec<Box<RawValue>> {
+    let total = vectors.len();
+    let mut kept = Vec::new();
+    let mut size = 2;
+    for v in vectors {
+        let Ok(json) = serde_json::to_string(v) else {
+            break;
+        };
+        if size + json.len() + 1 > max {
+            break;
+        }
+        size += json.len() + 1;
+        match RawValue::from_string(json) {
+            Ok(raw) => kept.push(raw),
+            Err(_) => break,
+        }
+    }
+    let cut = total - kept.len();
+    if cut > 0 {
+        let marker = format!("\"…[truncated {cut} embeddings]\"");
+        if let Ok(raw) = RawValue::from_string(marker) {
+            kept.push(raw);
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bounded_vectors;
+
+    #[test]
+    fn vectors_are_kept_whole_within_the_bound_then_counted() {
+        let vectors = [vec![0.5f32; 4], vec![0.25; 4], vec![0.125; 4]];
+        let all = serde_json::to_string(&bounded_vectors(
+            vectors.iter().map(Vec::as_slice),
+            usize::MAX,
+        ))
+        .unwrap();
+        assert_eq!(all, serde_json::to_string(&vectors).unwrap());
+        // Room for two vectors of 4 (each 21 or 25 bytes of JSON), not three.
+        let cut =
+            serde_json::to_string(&bounded_vectors(vectors.iter().map(Vec::as_slice), 60)).unwrap();
+        assert_eq!(
+            cut,
+            r#"[[0.5,0.5,0.5,0.5],[0.25,0.25,0.25,0.25],"…[truncated 1 embeddings]"]"#
+        );
+        let none =
+            serde_json::to_string(&bounded_vectors(vectors.iter().map(Vec::as_slice), 10)).unwrap();
+        assert_eq!(none, r#"["…[truncated 3 embeddings]"]"#);
+    }
 }

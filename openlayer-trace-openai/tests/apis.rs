@@ -98,6 +98,42 @@ async fn embedding_is_an_embedding_step() {
     assert_eq!(step["modelParameters"]["dimensions"], 4);
 }
 
+/// A large batch (64 vectors of 1,536 dimensions, about a MiB of JSON) is recorded as
+/// whole vectors up to the output bound, then a marker: its row still fits in a request.
+#[tokio::test]
+async fn a_large_batch_of_embeddings_is_bounded() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let inputs: Vec<String> = (0..64).map(|i| format!("document number {i}")).collect();
+    let request = CreateEmbeddingRequestArgs::default()
+        .model("text-embedding-3-small")
+        .input(inputs)
+        .dimensions(1536u32)
+        .build()
+        .unwrap();
+    let (result, traces) = testing::capture_async(client.embeddings().create_traced(request)).await;
+    assert_eq!(result.unwrap().data.len(), 64);
+    let step = traces[0].root();
+    assert_eq!(step["embeddingCount"], 64);
+    let output = step["output"].as_array().unwrap();
+    let kept = output.len() - 1;
+    assert!(kept > 0 && kept < 64, "{kept}");
+    assert!(
+        output[..kept]
+            .iter()
+            .all(|v| v.as_array().unwrap().len() == 1536)
+    );
+    assert_eq!(
+        output[kept],
+        format!("…[truncated {} embeddings]", 64 - kept)
+    );
+    let size = serde_json::to_string(&step["output"]).unwrap().len();
+    assert!(
+        size <= openlayer_trace::stream::output_max_bytes() / 2 + 64,
+        "{size}"
+    );
+}
+
 #[tokio::test]
 async fn response_plain_is_an_openai_response_step() {
     let mock = OpenAiMock::start();
