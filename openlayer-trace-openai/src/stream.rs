@@ -245,10 +245,21 @@ impl ChatAccumulator {
                 choice.finish_reason = c.finish_reason;
             }
             for t in c.delta.tool_calls.iter().flatten() {
+                // The call at this index so far; a delta that starts another call (another
+                // id, with a name) is a new one at the same index, as servers that give
+                // every parallel call index 0 send them (Ollama, some vLLM servers).
                 let pos = self
                     .tool_calls
                     .iter()
-                    .position(|a| a.choice == c.index && a.index == t.index);
+                    .rposition(|a| a.choice == c.index && a.index == t.index)
+                    .filter(|&i| {
+                        let acc = &self.tool_calls[i];
+                        let starts_another =
+                            t.id.as_deref().is_some_and(|id| {
+                                !id.is_empty() && !acc.id.is_empty() && acc.id != id
+                            }) && t.function.as_ref().is_some_and(|f| f.name.is_some());
+                        !starts_another
+                    });
                 let acc = match pos {
                     Some(i) => &mut self.tool_calls[i],
                     None => {

@@ -196,6 +196,14 @@ async fn tool_call_ids_and_names_repeated_in_every_delta_are_kept_once() {
     assert_eq!(step["output"], weather_calls(), "{step}");
 }
 
+/// Parallel calls that all come at index 0, each whole in one delta (Ollama, some vLLM
+/// servers): two calls, not one with both ids, names and arguments run together.
+#[tokio::test]
+async fn parallel_tool_calls_sharing_index_0_stay_separate() {
+    let (_, step) = streamed("gpt-4o-mini-tools-index0").await;
+    assert_eq!(step["output"], weather_calls(), "{step}");
+}
+
 #[tokio::test]
 async fn azure_content_filter_chunk_first_leaves_the_model_and_ids_of_the_answer() {
     let ((text, errors), step) = streamed("gpt-4o-mini-azure-filter").await;

@@ -15,6 +15,7 @@
 //! | `stream-cut` | (streams) a few chunks, then the connection closes mid-body |
 //! | `azure-filter` | (streams) first Azure's content-filter chunk: empty `id` and `model`, `created` 0, no choices |
 //! | `repeat` | (streams, with `tools`) every tool-call delta repeats the call's `id` and `name`, as some compatible servers do |
+//! | `index0` | (streams, with `tools`) every call whole in one delta, all at `index` 0 (as Ollama and some vLLM servers send parallel calls) |
 //! | anything else | the text `Mock answer: <last user message>` |
 //!
 //! A stream carries a final usage chunk only when the request asks for it with
@@ -292,15 +293,29 @@ fn chat_stream(body: &Value, requested: &str, model: &str, prompt: u64, tools: b
             json!({"role": "assistant", "content": null, "refusal": null}),
             Value::Null,
         ));
+        if requested.contains("index0") {
+            for (id, city) in TOOL_CALLS {
+                events.push(delta(
+                    json!({"tool_calls": [{"index": 0, "id": id, "type": "function",
+                            "function": {"name": "get_weather",
+                                         "arguments": format!("{{\"city\": \"{city}\"}}")}}]}),
+                    Value::Null,
+                ));
+            }
+        }
         // Both calls open, then their argument fragments alternate.
-        for (i, (id, _)) in TOOL_CALLS.iter().enumerate() {
+        for (i, (id, _)) in TOOL_CALLS
+            .iter()
+            .enumerate()
+            .filter(|_| !requested.contains("index0"))
+        {
             events.push(delta(
                 json!({"tool_calls": [{"index": i, "id": id, "type": "function",
                         "function": {"name": "get_weather", "arguments": ""}}]}),
                 Value::Null,
             ));
         }
-        for piece in 0..3 {
+        for piece in (0..3).filter(|_| !requested.contains("index0")) {
             for (i, (_, city)) in TOOL_CALLS.iter().enumerate() {
                 let fragment = match piece {
                     0 => "{\"city\"".to_string(),
