@@ -89,6 +89,7 @@ impl<C: Config> ResponsesExt for Responses<'_, C> {
                 started,
                 first_token: false,
                 text: Bounded::default(),
+                refusal: Bounded::default(),
                 bound: TextBound::default(),
                 model: None,
                 last: None,
@@ -142,16 +143,24 @@ fn start_step(provider: &str, request: &CreateResponse) -> StepHandle {
         .start()
 }
 
-/// The output of a response (as JSON): its text, or else every function call.
+/// The output of a response (as JSON): its text, or else every function call (custom tool
+/// calls too), or else its refusal, as a chat completion's output is.
 fn output_of(raw: &Value) -> Value {
     let mut text = String::new();
+    let mut refusal = String::new();
     let mut calls = Vec::new();
     for item in raw["output"].as_array().into_iter().flatten() {
         match item["type"].as_str() {
             Some("message") => {
                 for part in item["content"].as_array().into_iter().flatten() {
-                    if part["type"] == "output_text" {
-                        text.push_str(part["text"].as_str().unwrap_or(""));
+                    match part["type"].as_str() {
+                        Some("output_text") => {
+                            text.push_str(part["text"].as_str().unwrap_or(""));
+                        }
+                        Some("refusal") => {
+                            refusal.push_str(part["refusal"].as_str().unwrap_or(""));
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -160,13 +169,20 @@ fn output_of(raw: &Value) -> Value {
                 item["name"].as_str().unwrap_or(""),
                 item["arguments"].as_str().unwrap_or(""),
             )),
+            Some("custom_tool_call") => calls.push(tool_call(
+                item["call_id"].as_str().unwrap_or(""),
+                item["name"].as_str().unwrap_or(""),
+                item["input"].as_str().unwrap_or(""),
+            )),
             _ => {}
         }
     }
-    if !text.is_empty() || calls.is_empty() {
+    if !text.is_empty() {
         Value::String(text)
-    } else {
+    } else if !calls.is_empty() {
         Value::Array(calls)
+    } else {
+        Value::String(refusal)
     }
 }
 
@@ -206,6 +222,8 @@ struct TracedResponseStream {
     first_token: bool,
     /// The text deltas, recorded when no final response came (bounded).
     text: Bounded,
+    /// The refusal deltas, likewise (the output when no text came).
+    refusal: Bounded,
     bound: TextBound,
     model: Option<String>,
     /// The final response (`response.completed`, `.incomplete` or `.failed`).
@@ -252,6 +270,8 @@ impl TracedResponseStream {
                 }
                 if !self.text.is_empty() {
                     h.output(&self.text.marked());
+                } else if !self.refusal.is_empty() {
+                    h.output(&self.refusal.marked());
                 }
             }
         }
@@ -278,8 +298,11 @@ impl Stream for TracedResponseStream {
                         this.bound.push(&mut this.text, &d.delta);
                         true
                     }
-                    ResponseStreamEvent::ResponseFunctionCallArgumentsDelta(_)
-                    | ResponseStreamEvent::ResponseRefusalDelta(_) => true,
+                    ResponseStreamEvent::ResponseRefusalDelta(d) => {
+                        this.bound.push(&mut this.refusal, &d.delta);
+                        true
+                    }
+                    ResponseStreamEvent::ResponseFunctionCallArgumentsDelta(_) => true,
                     ResponseStreamEvent::ResponseCreated(e) => {
                         this.model = Some(e.response.model.clone());
                         false
@@ -306,6 +329,16 @@ impl Stream for TracedResponseStream {
                     this.first_token = true;
                     let ms = this.started.elapsed().as_secs_f64() * 1000.0;
                     handle.metadata("timeToFirstToken", &ms);
+                }
+                // The final response came (completed, incomplete or failed): nothing that
+                // follows is recorded, so the step ends here, not when the caller drops a
+                // stream it stopped reading (`break` on `response.completed`), which
+                // would record it as cancelled.
+                if this.last.is_some()
+                    && let Some(mut h) = this.handle.take()
+                {
+                    this.record(&mut h);
+                    h.finish();
                 }
             }
             Poll::Ready(Some(Err(e))) => handle.error(e),

@@ -244,6 +244,79 @@ async fn a_long_response_stream_is_recorded_up_to_the_bound() {
     assert_eq!(raw_text, output, "rawOutput keeps the same text, marked");
 }
 
+/// A refusal is the output, as a chat completion's is: answered whole, or streamed as
+/// refusal deltas.
+#[tokio::test]
+async fn a_responses_refusal_is_the_output() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let request = CreateResponseArgs::default()
+        .model("gpt-4o-mini-refusal")
+        .input("Something off limits")
+        .build()
+        .unwrap();
+    let (result, traces) = testing::capture_async(client.responses().create_traced(request)).await;
+    result.unwrap();
+    assert_eq!(traces[0].root()["output"], "I can't help with that.");
+    let request = CreateResponseArgs::default()
+        .model("gpt-4o-mini-refusal")
+        .input("Something off limits")
+        .stream(true)
+        .build()
+        .unwrap();
+    let (refused, traces) = testing::capture_async(async {
+        let mut stream = client
+            .responses()
+            .create_stream_traced(request)
+            .await
+            .unwrap();
+        let mut refused = String::new();
+        while let Some(event) = stream.next().await {
+            if let ResponseStreamEvent::ResponseRefusalDelta(d) = event.unwrap() {
+                refused.push_str(&d.delta);
+            }
+        }
+        refused
+    })
+    .await;
+    assert_eq!(refused, "I can't help with that.");
+    let step = traces[0].root();
+    assert_eq!(step["output"], "I can't help with that.", "{step}");
+    assert!(step["metadata"]["timeToFirstToken"].is_number(), "{step}");
+}
+
+/// A caller that stops reading at `response.completed` (nothing useful follows it) and
+/// drops the stream: the step ends with the final response, not as cancelled.
+#[tokio::test]
+async fn a_response_stream_left_at_its_final_response_is_complete() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let request = CreateResponseArgs::default()
+        .model("gpt-4o-mini")
+        .input("What is Openlayer?")
+        .stream(true)
+        .build()
+        .unwrap();
+    let (_, traces) = testing::capture_async(async {
+        let mut stream = client
+            .responses()
+            .create_stream_traced(request)
+            .await
+            .unwrap();
+        while let Some(event) = stream.next().await {
+            if let ResponseStreamEvent::ResponseCompleted(_) = event.unwrap() {
+                break;
+            }
+        }
+        drop(stream);
+    })
+    .await;
+    let step = traces[0].root();
+    assert!(step["metadata"].get("cancelled").is_none(), "{step}");
+    assert_eq!(step["output"], "Mock answer: What is Openlayer?");
+    assert_eq!(step["tokens"], 6 + 5);
+}
+
 #[tokio::test]
 async fn response_stream_error_event_is_recorded_and_passed_on() {
     let mock = OpenAiMock::start();

@@ -15,6 +15,7 @@
 //! | `stream-cut` | (streams) a few chunks, then the connection closes mid-body |
 //! | `azure-filter` | (streams) first Azure's content-filter chunk: empty `id` and `model`, `created` 0, no choices |
 //! | `repeat` | (streams, with `tools`) every tool-call delta repeats the call's `id` and `name`, as some compatible servers do |
+//! | `refusal` | (Responses API) a refusal instead of an answer, streamed as refusal deltas |
 //! | `index0` | (streams, with `tools`) every call whole in one delta, all at `index` 0 (as Ollama and some vLLM servers send parallel calls) |
 //! | anything else | the text `Mock answer: <last user message>` |
 //!
@@ -471,7 +472,17 @@ fn responses(body: &Value) -> Response {
             .unwrap_or_default(),
         _ => String::new(),
     };
-    let text = mock_answer(&input_text);
+    let refusal = requested.contains("refusal");
+    let text = if refusal {
+        "I can't help with that.".to_string()
+    } else {
+        mock_answer(&input_text)
+    };
+    let (part_type, part_key, delta_kind) = if refusal {
+        ("refusal", "refusal", "response.refusal")
+    } else {
+        ("output_text", "text", "response.output_text")
+    };
     let input_tokens = words(&input_text) + words(body["instructions"].as_str().unwrap_or("")) + 3;
     let output_tokens = words(&text);
     let usage = json!({
@@ -483,6 +494,7 @@ fn responses(body: &Value) -> Response {
     });
     let message = |status: &str, text: Option<&str>| {
         let content = match text {
+            Some(t) if refusal => json!([{"type": "refusal", "refusal": t}]),
             Some(t) => {
                 json!([{"type": "output_text", "text": t, "annotations": [], "logprobs": []}])
             }
@@ -516,10 +528,16 @@ fn responses(body: &Value) -> Response {
         "response.output_item.added",
         json!({"output_index": 0, "item": message("in_progress", None)}),
     );
+    let part = |t: &str| {
+        if refusal {
+            json!({"type": part_type, part_key: t})
+        } else {
+            json!({"type": part_type, part_key: t, "annotations": []})
+        }
+    };
     event(
         "response.content_part.added",
-        json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0,
-               "part": {"type": "output_text", "text": "", "annotations": []}}),
+        json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "part": part("")}),
     );
     let pieces: Vec<&str> = text.split_inclusive(' ').collect();
     for (i, p) in pieces.iter().enumerate() {
@@ -530,19 +548,22 @@ fn responses(body: &Value) -> Response {
             );
             return sse_response(sse(&events));
         }
-        event(
-            "response.output_text.delta",
-            json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": p, "logprobs": []}),
-        );
+        let mut delta =
+            json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": p});
+        if !refusal {
+            delta["logprobs"] = json!([]);
+        }
+        event(&format!("{delta_kind}.delta"), delta);
     }
-    event(
-        "response.output_text.done",
-        json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "text": text, "logprobs": []}),
-    );
+    let mut done_event = json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0});
+    done_event[part_key] = json!(text);
+    if !refusal {
+        done_event["logprobs"] = json!([]);
+    }
+    event(&format!("{delta_kind}.done"), done_event);
     event(
         "response.content_part.done",
-        json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0,
-               "part": {"type": "output_text", "text": text, "annotations": []}}),
+        json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "part": part(&text)}),
     );
     event(
         "response.output_item.done",
