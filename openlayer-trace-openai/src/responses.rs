@@ -320,7 +320,7 @@ impl Stream for TracedResponseStream {
                         false
                     }
                     ResponseStreamEvent::ResponseError(e) => {
-                        handle.error(&e.message);
+                        handle.exception(&e.message);
                         false
                     }
                     _ => false,
@@ -341,7 +341,9 @@ impl Stream for TracedResponseStream {
                     h.finish();
                 }
             }
-            Poll::Ready(Some(Err(e))) => handle.error(e),
+            // As a chat stream's: the step goes on, keeping what arrived (and a final
+            // response that still comes after an event the client could not read).
+            Poll::Ready(Some(Err(e))) => handle.exception(e),
             Poll::Ready(None) => {
                 if let Some(mut h) = this.handle.take() {
                     this.record(&mut h);

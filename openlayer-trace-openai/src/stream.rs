@@ -65,7 +65,10 @@ impl Stream for ChatStream {
                 }
                 this.acc.add(chunk);
             }
-            Poll::Ready(Some(Err(e))) => handle.error(e),
+            // Under `Exceptions`, the step going on: what arrived before the error (a
+            // connection lost at 90 % of an answer) stays its output, as a traced
+            // stream's does.
+            Poll::Ready(Some(Err(e))) => handle.exception(e),
             Poll::Ready(None) => {
                 if let Some(mut h) = this.handle.take() {
                     this.acc.record(&mut h);
