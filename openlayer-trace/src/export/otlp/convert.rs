@@ -289,7 +289,13 @@ fn input_messages(inputs: &str, out: &mut String) -> bool {
 /// parts are `tool_call`s when a chat completion's output is the tool calls it asked for (as
 /// client integrations record them: `[{"id", "name", "arguments"}]`). False (and nothing
 /// written) when there is no output.
-fn output_messages(output: &str, failed: bool, chat: bool, out: &mut String) -> bool {
+fn output_messages(
+    output: &str,
+    failed: bool,
+    chat: bool,
+    finish: Option<&str>,
+    out: &mut String,
+) -> bool {
     let Ok(v) = serde_json::from_str::<&RawValue>(output) else {
         return false;
     };
@@ -299,11 +305,63 @@ fn output_messages(output: &str, failed: bool, chat: bool, out: &mut String) -> 
     if chat && !failed && tool_call_message(v, out) {
         return true;
     }
-    let reason = if failed { "error" } else { "stop" };
+    // The model's own reason when its raw answer says (cut at its token limit, filtered),
+    // else "stop".
+    let reason = if failed {
+        "error"
+    } else {
+        finish.unwrap_or("stop")
+    };
     out.push('[');
     push_message(out, "assistant", &raw_content(v), Some(reason));
     out.push(']');
     true
+}
+
+/// The finish reason of a model call, in the GenAI conventions' terms, from its raw
+/// answer (`rawOutput`): a chat completion's first choice's `finish_reason`, or a
+/// Responses answer's `status` (with `incomplete_details.reason`). `None` when it says
+/// none.
+fn finish_reason(raw: Option<&str>) -> Option<&'static str> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        choices: Vec<Choice>,
+        status: Option<String>,
+        incomplete_details: Option<Incomplete>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Choice {
+        finish_reason: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Incomplete {
+        reason: Option<String>,
+    }
+    let probe: Probe = serde_json::from_str(raw?).ok()?;
+    if let Some(reason) = probe
+        .choices
+        .first()
+        .and_then(|c| c.finish_reason.as_deref())
+    {
+        return Some(match reason {
+            "length" => "length",
+            "content_filter" => "content_filter",
+            "tool_calls" | "function_call" => "tool_call",
+            _ => "stop",
+        });
+    }
+    match probe.status.as_deref()? {
+        "completed" => Some("stop"),
+        "incomplete" => Some(
+            match probe.incomplete_details.and_then(|d| d.reason).as_deref() {
+                Some("content_filter") => "content_filter",
+                _ => "length",
+            },
+        ),
+        "failed" => Some("error"),
+        _ => None,
+    }
 }
 
 /// `[{"role": "assistant", "parts": [{"type": "tool_call", "id", "name", "arguments"},
@@ -452,6 +510,11 @@ pub(crate) fn convert(
                     output,
                     failed,
                     rec.kind == StepKind::ChatCompletion,
+                    if model_call {
+                        finish_reason(rec.field("rawOutput"))
+                    } else {
+                        None
+                    },
                     &mut s.text,
                 )
             {
@@ -560,13 +623,49 @@ mod tests {
 
     fn outputs(json: &str, failed: bool) -> Option<String> {
         let mut out = String::new();
-        output_messages(json, failed, false, &mut out).then_some(out)
+        output_messages(json, failed, false, None, &mut out).then_some(out)
     }
 
     fn model_outputs(json: &str, failed: bool) -> Option<Value> {
         let mut out = String::new();
-        output_messages(json, failed, true, &mut out)
+        output_messages(json, failed, true, None, &mut out)
             .then(|| serde_json::from_str(&out).expect("valid JSON"))
+    }
+
+    /// The finish reason is the model's own, from its raw answer: cut at its token limit
+    /// or filtered is not "stop".
+    #[test]
+    fn the_finish_reason_is_the_models_own() {
+        let chat = |r: &str| format!(r#"{{"choices":[{{"index":0,"finish_reason":"{r}"}}]}}"#);
+        assert_eq!(finish_reason(Some(&chat("length"))), Some("length"));
+        assert_eq!(
+            finish_reason(Some(&chat("content_filter"))),
+            Some("content_filter")
+        );
+        assert_eq!(finish_reason(Some(&chat("stop"))), Some("stop"));
+        assert_eq!(finish_reason(Some(&chat("tool_calls"))), Some("tool_call"));
+        let incomplete = r#"{"status":"incomplete","incomplete_details":{"reason":"max_output_tokens"},"output":[]}"#;
+        assert_eq!(finish_reason(Some(incomplete)), Some("length"));
+        let filtered =
+            r#"{"status":"incomplete","incomplete_details":{"reason":"content_filter"}}"#;
+        assert_eq!(finish_reason(Some(filtered)), Some("content_filter"));
+        assert_eq!(
+            finish_reason(Some(r#"{"status":"completed"}"#)),
+            Some("stop")
+        );
+        assert_eq!(finish_reason(Some(r#"{"status":"failed"}"#)), Some("error"));
+        assert_eq!(finish_reason(Some(r#"{"choices":[]}"#)), None);
+        assert_eq!(finish_reason(None), None);
+        let mut out = String::new();
+        assert!(output_messages(
+            r#""Par""#,
+            false,
+            true,
+            Some("length"),
+            &mut out
+        ));
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v[0]["finish_reason"], "length");
     }
 
     #[test]
