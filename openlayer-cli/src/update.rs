@@ -103,9 +103,16 @@ fn arrow_input(
 ) -> Result<Input, CliError> {
     let mut records = Vec::new();
     for batch in table::batches(path, scan, checks)? {
-        let rows = openlayer_trace::record_batch_to_rows(&batch?)
+        let batch = batch?;
+        let rows = openlayer_trace::record_batch_to_rows(&batch)
             .map_err(|e| CliError::Failed(format!("{}: {e}", path.display())))?;
-        for row in rows {
+        let schema = batch.schema();
+        for mut row in rows {
+            // A null is an explicit `null` (the column set to null), as the bulk merge and
+            // a CSV file's empty cell send it, not a missing column.
+            for field in schema.fields() {
+                row.entry(field.name().clone()).or_insert(Value::Null);
+            }
             let line = records.len() as u64 + 1;
             let raw = Raw::Json(Value::Object(row.clone()).to_string());
             records.push(Record { line, row, raw });

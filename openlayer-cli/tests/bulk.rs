@@ -286,11 +286,34 @@ async fn a_small_file_goes_row_by_row_unless_bulk_is_asked_for() {
         .iter()
         .find(|r| r.url.query() == Some("inferenceId=inf-000000"))
         .unwrap();
-    // The score of row 0 is null and left out.
+    // The score of row 0 is null: sent as null, as the bulk merge sends it.
     assert_eq!(
         first.body_json::<Value>().unwrap(),
-        json!({"row": {"label": 0}})
+        json!({"row": {"label": 0, "score": null}})
     );
+    // So a null in a column the config names is that column's value, not a missing
+    // column (it was refused as "the row has no column `score`").
+    let mut named = args.to_vec();
+    named.extend(["--ground-truth-column", "score"]);
+    server.reset().await;
+    Mock::given(method("PUT"))
+        .and(path(format!("/v1/inference-pipelines/{PIPELINE}/rows")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"success": true})))
+        .mount(&server)
+        .await;
+    let out = openlayer(&named, &server).await;
+    assert_exit(&out, 0);
+    let reqs = requests(&server).await;
+    assert_eq!(reqs.len(), 5);
+    let first = reqs
+        .iter()
+        .find(|r| r.url.query() == Some("inferenceId=inf-000000"))
+        .unwrap();
+    let body = first.body_json::<Value>().unwrap();
+    assert_eq!(body["row"]["score"], Value::Null, "{body}");
+    assert_eq!(body["config"]["groundTruthColumnName"], "score", "{body}");
+    mount_platform(&server).await;
+    mount_storage(&server, 204, None).await;
 
     let mut bulk = args.to_vec();
     bulk.push("--bulk");

@@ -482,6 +482,28 @@ async fn local_mode_writes_record_batches_to_the_local_file() {
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.contains("\"inferenceId\":\"inf-2\""), "{text}");
     std::fs::remove_file(&file).unwrap();
+    // A null in a column the config names is that column's value (null), as the upload
+    // sends it: the row is written, not refused for lacking the column.
+    let batch = RecordBatch::try_from_iter([
+        (
+            "inference_id",
+            Arc::new(StringArray::from(vec!["inf-a", "inf-b"])) as ArrayRef,
+        ),
+        (
+            "label",
+            Arc::new(Int64Array::from(vec![Some(1), None])) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    let config = RowUpdateConfig::new().ground_truth_column_name("label");
+    let sent = c
+        .update_record_batches(PIPELINE, "inference_id", Some(config), [batch])
+        .await
+        .unwrap();
+    assert_eq!(sent.rows, 2);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("\"label\":null"), "{text}");
+    std::fs::remove_file(&file).unwrap();
 }
 
 /// The inference ids of the row-update lines of a local file (none if it is absent).

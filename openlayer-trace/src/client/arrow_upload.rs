@@ -267,12 +267,20 @@ impl Client {
     }
 }
 
-/// A batch checked and prepared as for an upload, as JSON rows for the local file.
+/// A batch checked and prepared as for an upload, as JSON rows for the local file. A null
+/// is an explicit `null`, as in the Arrow upload (a row update that sets the column to
+/// null, and a column the config names is present).
 fn local_rows(batch: &RecordBatch, check: &Check<'_>, first_row: u64) -> Result<Vec<Value>, Error> {
     let batch = prepare(batch, check, first_row)?;
+    let schema = batch.schema();
     Ok(super::record_batch_to_rows(&batch)?
         .into_iter()
-        .map(Value::Object)
+        .map(|mut row| {
+            for field in schema.fields() {
+                row.entry(field.name().clone()).or_insert(Value::Null);
+            }
+            Value::Object(row)
+        })
         .collect())
 }
 
