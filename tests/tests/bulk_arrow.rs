@@ -446,6 +446,40 @@ async fn a_huge_bulk_max_bytes_is_a_bound_not_an_allocation() {
     }
 }
 
+/// Rows with different keys (feedback on some, ground truth on others): a merge sets every
+/// column of its upload, a missing one as null, so each set of keys is merged on its own
+/// and no row erases a column it does not carry.
+#[tokio::test]
+async fn json_rows_with_different_keys_are_merged_in_separate_uploads() {
+    let server = MockServer::start().await;
+    mount_bulk(&server).await;
+    let rows = [
+        json!({"id": "a", "thumbs": "up"}),
+        json!({"id": "b", "groundTruth": "x"}),
+        json!({"thumbs": "down", "id": "c"}),
+    ];
+    client(&server, None)
+        .update_batch(PIPELINE, "id", None, &rows)
+        .await
+        .unwrap();
+    let ups = uploads(&requests(&server).await);
+    assert_eq!(ups.len(), 2);
+    let columns = |batches: &[RecordBatch]| {
+        let mut names: Vec<String> = batches[0]
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(columns(&ups[0].1), ["id", "thumbs"]);
+    assert_eq!(ups[0].1[0].num_rows(), 2);
+    assert_eq!(columns(&ups[1].1), ["groundTruth", "id"]);
+    assert_eq!(ups[1].1[0].num_rows(), 1);
+}
+
 #[tokio::test]
 async fn a_batch_without_a_required_column_is_refused() {
     let server = MockServer::start().await;

@@ -72,7 +72,10 @@ impl Client {
                     .collect();
                 localfile::append_with(path, &lines, self.inner.trace_file_max_bytes, op)
             }
-            Backend::Remote(t) => self.send_rows(t, pipeline_id, rows, config, None).await,
+            Backend::Remote(t) => self
+                .send_rows(t, pipeline_id, rows, config, None)
+                .await
+                .map(drop),
         }
     }
 
@@ -82,8 +85,11 @@ impl Client {
     /// `performDataMerge: true` and a config of `config` plus `inferenceIdColumnName`.
     ///
     /// Every row must be an object with a non-null string or number in
-    /// `inference_id_column`, and the columns `config` names. In local mode, each row is
-    /// appended to the local file as a row-update line (without the id column).
+    /// `inference_id_column`, and the columns `config` names. Each row sets only its own
+    /// columns: rows with different keys are merged in separate uploads (one per set of
+    /// keys), since a merge sets every column of its upload, a missing one as null. In
+    /// local mode, each row is appended to the local file as a row-update line (without
+    /// the id column).
     ///
     /// ```no_run
     /// use openlayer_trace::{Client, RowUpdateConfig};
@@ -173,11 +179,68 @@ impl Client {
                     "inferenceIdColumnName".into(),
                     Value::String(inference_id_column.to_string()),
                 );
-                self.send_rows(t, pipeline_id, rows, data_config, Some(inference_id_column))
-                    .await
+                // A merge sets every column of its upload, a key a row lacks as null: rows
+                // are merged in groups of the same keys, so that each row sets only its
+                // own columns (feedback on some rows, ground truth on others).
+                let (mut rows_sent, mut uploads) = (0u64, 0u32);
+                for group in groups_by_keys(rows) {
+                    let result = self
+                        .send_rows(
+                            t,
+                            pipeline_id,
+                            &group,
+                            data_config.clone(),
+                            Some(inference_id_column),
+                        )
+                        .await;
+                    match result {
+                        Ok(n) => {
+                            rows_sent += group.len() as u64;
+                            uploads += n;
+                        }
+                        Err(e) if uploads == 0 => return Err(e),
+                        Err(Error::BulkPartial {
+                            rows_sent: r,
+                            uploads: u,
+                            source,
+                        }) => {
+                            return Err(Error::BulkPartial {
+                                rows_sent: rows_sent + r,
+                                uploads: uploads + u,
+                                source,
+                            });
+                        }
+                        Err(e) => {
+                            return Err(Error::BulkPartial {
+                                rows_sent,
+                                uploads,
+                                source: Box::new(e),
+                            });
+                        }
+                    }
+                }
+                Ok(())
             }
         }
     }
+}
+
+/// `rows` in groups of rows with the same keys, each group in the order of its first
+/// row, its rows in their order.
+fn groups_by_keys(rows: &[Value]) -> Vec<Vec<Value>> {
+    let mut groups: Vec<(Vec<&str>, Vec<Value>)> = Vec::new();
+    for row in rows {
+        let mut keys: Vec<&str> = row
+            .as_object()
+            .map(|m| m.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        keys.sort_unstable();
+        match groups.iter_mut().find(|(k, _)| *k == keys) {
+            Some((_, group)) => group.push(row.clone()),
+            None => groups.push((keys, vec![row.clone()])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
 }
 
 /// How [`Client::publish_batch`] and [`Client::update_batch`] upload JSON rows.
@@ -215,7 +278,7 @@ impl Client {
         rows: &[Value],
         config: Map<String, Value>,
         id_column: Option<&str>,
-    ) -> Result<(), Error> {
+    ) -> Result<u32, Error> {
         let merge = id_column.is_some();
         match self.inner.bulk_format {
             #[cfg(feature = "arrow")]
@@ -223,7 +286,7 @@ impl Client {
                 let target = self.bulk_target(t, pipeline_id, config, merge);
                 super::arrow_upload::send_json_rows(&target, rows, id_column)
                     .await
-                    .map(drop)
+                    .map(|summary| summary.uploads)
             }
             BulkFormat::Csv => {
                 let objects = rows.iter().filter_map(Value::as_object);

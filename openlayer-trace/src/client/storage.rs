@@ -132,8 +132,8 @@ pub(crate) async fn register(
 /// The CSV upload of JSON rows (the explicit [`BulkFormat::Csv`](super::BulkFormat::Csv)),
 /// in files of at most `max_bytes` (plus one row), each uploaded and registered before the
 /// next is written. Every file has the columns of all the rows, so that each carries
-/// every column the config names. After a failure, [`Error::BulkPartial`] says what was
-/// registered before it.
+/// every column the config names. Returns the number of files registered; after a
+/// failure, [`Error::BulkPartial`] says what was registered before it.
 pub(crate) async fn upload_csv<'a>(
     t: &Transport,
     max_retries: u32,
@@ -142,7 +142,7 @@ pub(crate) async fn upload_csv<'a>(
     config: Map<String, Value>,
     merge: bool,
     max_bytes: usize,
-) -> Result<(), Error> {
+) -> Result<u32, Error> {
     let columns = csv::columns(rows.clone());
     let mut data = Vec::new();
     csv::push_header(&mut data, &columns);
@@ -173,7 +173,7 @@ pub(crate) async fn upload_csv<'a>(
         in_file = 0;
         data.truncate(header);
     }
-    Ok(())
+    Ok(uploads)
 }
 
 /// Uploads and registers one CSV file of `rows` rows.
