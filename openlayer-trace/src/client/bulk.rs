@@ -1,6 +1,9 @@
 //! Bulk publish and bulk update: a CSV file uploaded through a presigned URL, then
 //! registered with the pipeline.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+
 use serde_json::{Map, Value};
 
 use super::configs::{self, RowUpdateConfig, StreamConfig, json_kind};
@@ -183,7 +186,17 @@ impl Client {
                 // are merged in groups of the same keys, so that each row sets only its
                 // own columns (feedback on some rows, ground truth on others).
                 let (mut rows_sent, mut uploads) = (0u64, 0u32);
-                for group in groups_by_keys(rows) {
+                let groups = groups_by_keys(rows);
+                let groups: Vec<Cow<'_, [Value]>> = if groups.len() == 1 {
+                    // The usual case: every row has the same keys, sent as they are.
+                    vec![Cow::Borrowed(rows)]
+                } else {
+                    groups
+                        .into_iter()
+                        .map(|g| Cow::Owned(g.into_iter().map(|i| rows[i].clone()).collect()))
+                        .collect()
+                };
+                for group in groups {
                     let result = self
                         .send_rows(
                             t,
@@ -225,22 +238,24 @@ impl Client {
     }
 }
 
-/// `rows` in groups of rows with the same keys, each group in the order of its first
-/// row, its rows in their order.
-fn groups_by_keys(rows: &[Value]) -> Vec<Vec<Value>> {
-    let mut groups: Vec<(Vec<&str>, Vec<Value>)> = Vec::new();
-    for row in rows {
+/// The indices of `rows` in groups of rows with the same keys, each group in the order of
+/// its first row, its rows in their order.
+fn groups_by_keys(rows: &[Value]) -> Vec<Vec<usize>> {
+    let mut index: HashMap<Vec<&str>, usize> = HashMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
         let mut keys: Vec<&str> = row
             .as_object()
             .map(|m| m.keys().map(String::as_str).collect())
             .unwrap_or_default();
         keys.sort_unstable();
-        match groups.iter_mut().find(|(k, _)| *k == keys) {
-            Some((_, group)) => group.push(row.clone()),
-            None => groups.push((keys, vec![row.clone()])),
-        }
+        let g = *index.entry(keys).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
     }
-    groups.into_iter().map(|(_, g)| g).collect()
+    groups
 }
 
 /// How [`Client::publish_batch`] and [`Client::update_batch`] upload JSON rows.
