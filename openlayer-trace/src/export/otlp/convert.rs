@@ -239,26 +239,102 @@ impl<'de> serde::Deserialize<'de> for IsPrompt {
     }
 }
 
-/// A chat prompt's messages (`[{role, content}]`, each with a role) into `out`; false
-/// (and nothing written) when it is not one.
+/// A chat prompt's messages into `out`, as the GenAI conventions' input messages; false
+/// (and nothing written) when it is not one. Chat Completions messages (`{role,
+/// content}`; an assistant's `tool_calls` become `tool_call` parts, a `tool` message a
+/// `tool_call_response`) and Responses API input items (messages, `function_call` and
+/// `function_call_output` items) are both understood.
 fn prompt_messages(prompt: &RawValue, out: &mut String) -> bool {
     let Ok(Value::Array(prompt)) = serde_json::from_str::<Value>(prompt.get()) else {
         return false;
     };
-    if !prompt.iter().all(|m| m.get("role").is_some()) {
+    let item_type = |m: &Value| m.get("type").and_then(Value::as_str).map(str::to_string);
+    let known = |m: &Value| {
+        m.get("role").is_some()
+            || matches!(
+                item_type(m).as_deref(),
+                Some("function_call" | "function_call_output")
+            )
+    };
+    if prompt.is_empty() || !prompt.iter().all(known) {
         return false;
     }
-    out.push('[');
-    for (i, m) in prompt.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
-        let content = m.get("content").map(content_of).unwrap_or_default();
-        push_message(out, role, &content, None);
-    }
-    out.push(']');
+    let messages: Vec<Value> = prompt.iter().map(input_message).collect();
+    out.push_str(&Value::Array(messages).to_string());
     true
+}
+
+/// One input message (see [`prompt_messages`]).
+fn input_message(m: &Value) -> Value {
+    let text =
+        |content: &Value| serde_json::json!({"type": "text", "content": content_of(content)});
+    match m.get("type").and_then(Value::as_str) {
+        Some("function_call") => {
+            return serde_json::json!({"role": "assistant", "parts": [tool_call_part(
+                m.get("call_id"),
+                m.get("name"),
+                m.get("arguments"),
+            )]});
+        }
+        Some("function_call_output") => {
+            return serde_json::json!({"role": "tool", "parts": [{
+                "type": "tool_call_response",
+                "id": m.get("call_id").cloned().unwrap_or(Value::Null),
+                "response": m.get("output").cloned().unwrap_or(Value::Null),
+            }]});
+        }
+        _ => {}
+    }
+    let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
+    let content = m.get("content").filter(|c| !c.is_null());
+    if role == "tool" {
+        return serde_json::json!({"role": "tool", "parts": [{
+            "type": "tool_call_response",
+            "id": m.get("tool_call_id").cloned().unwrap_or(Value::Null),
+            "response": content.cloned().unwrap_or(Value::Null),
+        }]});
+    }
+    let mut parts = Vec::new();
+    match content {
+        Some(Value::String(s)) if s.is_empty() => {}
+        Some(c) => parts.push(text(c)),
+        None => {}
+    }
+    for call in m
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let f = call.get("function");
+        parts.push(tool_call_part(
+            call.get("id"),
+            f.and_then(|f| f.get("name")),
+            f.and_then(|f| f.get("arguments")),
+        ));
+    }
+    if parts.is_empty() {
+        parts.push(text(&Value::String(String::new())));
+    }
+    serde_json::json!({"role": role, "parts": parts})
+}
+
+/// A `tool_call` part: its arguments as JSON when they are a JSON text, else as given.
+fn tool_call_part(id: Option<&Value>, name: Option<&Value>, arguments: Option<&Value>) -> Value {
+    let arguments = match arguments {
+        Some(Value::String(s)) => {
+            serde_json::from_str::<Value>(s).unwrap_or_else(|_| Value::String(s.clone()))
+        }
+        Some(other) => other.clone(),
+        None => Value::Null,
+    };
+    let mut part = serde_json::json!({"type": "tool_call"});
+    if let Some(id) = id.filter(|id| !id.is_null()) {
+        part["id"] = id.clone();
+    }
+    part["name"] = name.cloned().unwrap_or(Value::Null);
+    part["arguments"] = arguments;
+    part
 }
 
 /// The input messages of a step into `out`: a chat prompt's messages (`{"prompt":
@@ -711,6 +787,42 @@ mod tests {
         assert_eq!(v[0]["finish_reason"], "stop");
         assert_eq!(v[0]["parts"][0]["content"], "Because.");
         assert!(outputs("null", false).is_none());
+    }
+
+    /// Tool turns keep their shape: an assistant's tool calls are `tool_call` parts, a
+    /// tool's answer a `tool_call_response`, in a chat prompt and in a Responses input
+    /// alike (whose function-call items have no role).
+    #[test]
+    fn tool_turns_in_a_prompt_are_tool_call_parts() {
+        let chat = r#"{"prompt":[
+            {"role":"user","content":"Weather in Paris?"},
+            {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},
+            {"role":"tool","tool_call_id":"call_1","content":"18C"}
+        ]}"#;
+        let v: Value = serde_json::from_str(&inputs(chat).unwrap()).unwrap();
+        assert_eq!(v[0]["parts"][0]["content"], "Weather in Paris?");
+        assert_eq!(
+            v[1],
+            serde_json::json!({"role": "assistant", "parts": [{"type": "tool_call", "id": "call_1",
+                "name": "get_weather", "arguments": {"city": "Paris"}}]})
+        );
+        assert_eq!(
+            v[2],
+            serde_json::json!({"role": "tool", "parts": [{"type": "tool_call_response",
+                "id": "call_1", "response": "18C"}]})
+        );
+        let responses = r#"{"prompt":[
+            {"role":"user","content":"Weather in Paris?"},
+            {"type":"function_call","call_id":"call_2","name":"get_weather","arguments":"{\"city\":\"Paris\"}"},
+            {"type":"function_call_output","call_id":"call_2","output":"18C"}
+        ]}"#;
+        let v: Value = serde_json::from_str(&inputs(responses).unwrap()).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 3);
+        assert_eq!(v[1]["role"], "assistant");
+        assert_eq!(v[1]["parts"][0]["type"], "tool_call");
+        assert_eq!(v[1]["parts"][0]["arguments"]["city"], "Paris");
+        assert_eq!(v[2]["role"], "tool");
+        assert_eq!(v[2]["parts"][0]["id"], "call_2");
     }
 
     #[test]
