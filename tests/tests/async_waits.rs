@@ -104,14 +104,14 @@ fn full_queue() {
     report(&[("before", before.to_string()), ("after", after.to_string())]);
     assert_eq!(after, before, "no thread per call");
     // Flushes that timed out leave their messages queued; while the worker is stalled
-    // they are bounded (1,024 alive): past that, a flush is not queued, and says so.
+    // they are bounded (1,024 of them): past that, a flush is not queued, and says so.
     let logs = openlayer_trace_tests::logs::Capture::install();
     for _ in 0..1_000 {
         assert!(!guard.flush(Duration::ZERO).unwrap().complete);
     }
     let text = logs.text();
     assert!(
-        text.contains("has not taken the last 1024 flushes"),
+        text.contains("has not taken the last 1024 flushes that timed out"),
         "{text}"
     );
     // A reader unblocks the worker: everything is settled, the flushes queued meanwhile

@@ -22,11 +22,9 @@ use crate::util::heap::heap_bytes;
 use crate::util::queue::{Sender, TrySendError};
 use crate::util::signal::Completion;
 
-/// Flush and shutdown messages alive (queued, or waited for): see `Exporter::control`.
-static CONTROLS: AtomicUsize = AtomicUsize::new(0);
-
-/// The most flush and shutdown messages alive at once.
-const MAX_CONTROLS: usize = 1024;
+/// The most flushes whose callers stopped waiting while their messages may still be
+/// queued (see `Exporter::control`).
+const MAX_ABANDONED_FLUSHES: usize = 1024;
 
 /// The queue, the counters and the background threads of one configuration.
 #[derive(Debug)]
@@ -41,6 +39,8 @@ pub(crate) struct Exporter {
     /// Whether the completing thread writes traces ahead to the spool.
     pub(crate) write_ahead: bool,
     pub(crate) threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Flushes whose callers stopped waiting (timed out) while their messages are alive.
+    pub(crate) abandoned_flushes: Arc<AtomicUsize>,
 }
 
 impl crate::record::sink::TraceSink for Exporter {
@@ -361,18 +361,19 @@ impl Exporter {
         // everything handed off before it (which it must settle). (A full queue once meant
         // a thread per call, left blocked while the worker was stalled.) A flush that timed
         // out leaves its message queued, so while the worker is stalled they are bounded:
-        // past `MAX_CONTROLS` alive, a flush is not queued, and its wait ends at its
-        // deadline, incomplete, as it would have anyway. A shutdown always is.
-        if what == Control::Flush && CONTROLS.load(Relaxed) >= MAX_CONTROLS {
+        // past `MAX_ABANDONED_FLUSHES` of them, a flush is not queued, and its wait ends at
+        // its deadline, incomplete, as it would have anyway. Flushes being waited for do
+        // not count, nor those the worker has done with. A shutdown is always queued.
+        if what == Control::Flush && self.abandoned_flushes.load(Relaxed) >= MAX_ABANDONED_FLUSHES {
             if tx.is_closed() {
                 return None;
             }
             crate::util::diag::warn_limited!(
-                "the trace worker has not taken the last {MAX_CONTROLS} flushes; this one is not queued"
+                "the trace worker has not taken the last {MAX_ABANDONED_FLUSHES} flushes that timed out; this one is not queued"
             );
             return Some(Arc::new(Completion::default()));
         }
-        let done = Arc::new(Completion::counted(&CONTROLS));
+        let done = Arc::new(Completion::default());
         match tx.try_send_beyond(make(done.clone()), usize::MAX) {
             Ok(()) => Some(done),
             Err(_) => None,
@@ -385,14 +386,22 @@ impl Exporter {
         let Some((done, deadline)) = self.start_control(what, timeout)? else {
             return Ok(true); // disabled: nothing is ever pending
         };
-        Ok(done.wait_until(deadline))
+        let complete = done.wait_until(deadline);
+        if !complete {
+            done.count_in(&self.abandoned_flushes);
+        }
+        Ok(complete)
     }
 
     async fn wait_for_async(&self, what: Control, timeout: Duration) -> Result<bool, Error> {
         let Some((done, deadline)) = self.start_control(what, timeout)? else {
             return Ok(true);
         };
-        Ok(done.wait_until_async(deadline).await)
+        let complete = done.clone().wait_until_async(deadline).await;
+        if !complete {
+            done.count_in(&self.abandoned_flushes);
+        }
+        Ok(complete)
     }
 
     /// Sends a flush or shutdown message; `None` when disabled (there is no worker).
@@ -497,6 +506,7 @@ mod tests {
             spool: Some(spool),
             write_ahead: mode == crate::config::SpoolMode::WriteAhead,
             threads: Mutex::new(vec![writer]),
+            abandoned_flushes: Default::default(),
         };
         (exporter, rx)
     }

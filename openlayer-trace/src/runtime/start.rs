@@ -181,6 +181,7 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
             spool: None,
             write_ahead: false,
             threads: Mutex::new(Vec::new()),
+            abandoned_flushes: Default::default(),
         }));
     }
     #[cfg(feature = "otlp")]
@@ -213,6 +214,7 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
             spool: None,
             write_ahead: false,
             threads: Mutex::new(Vec::new()),
+            abandoned_flushes: Default::default(),
         }));
     }
     let (tx, rx) = crate::util::queue::channel(config.queue_capacity);
@@ -341,6 +343,7 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
         write_ahead: spool.as_ref().is_some_and(|s| s.write_ahead()),
         spool,
         threads: Mutex::new(threads),
+        abandoned_flushes: Default::default(),
     }))
 }
 

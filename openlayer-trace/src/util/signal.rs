@@ -11,13 +11,13 @@ use std::time::Instant;
 pub(crate) struct Completion {
     done: Mutex<(bool, Option<Waker>)>,
     cv: Condvar,
-    /// Counts this completion among those alive (see [`Completion::counted`]).
-    _count: Option<Counted>,
+    /// Counts this completion while it lives on (see [`Completion::count_in`]).
+    count: Mutex<Option<Counted>>,
 }
 
-/// Keeps `counter` raised while it lives.
+/// Keeps its counter raised while it lives.
 #[derive(Debug)]
-struct Counted(&'static AtomicUsize);
+struct Counted(Arc<AtomicUsize>);
 
 impl Drop for Counted {
     fn drop(&mut self) {
@@ -26,14 +26,15 @@ impl Drop for Counted {
 }
 
 impl Completion {
-    /// A completion counted in `counter` while it lives (in the message that carries it,
-    /// and with the caller waiting for it): the count of control messages not yet done
-    /// with, which bounds how many a stalled worker can leave queued.
-    pub(crate) fn counted(counter: &'static AtomicUsize) -> Self {
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Completion {
-            _count: Some(Counted(counter)),
-            ..Completion::default()
+    /// Counts this completion in `counter` from now until it is dropped: a flush whose
+    /// caller stopped waiting while its message may still be queued (the worker drops the
+    /// message once it has done with it), so that a stalled worker's backlog of abandoned
+    /// flushes is bounded.
+    pub(crate) fn count_in(&self, counter: &Arc<AtomicUsize>) {
+        let mut count = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        if count.is_none() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            *count = Some(Counted(counter.clone()));
         }
     }
 
