@@ -826,3 +826,40 @@ fn spans_only_every_drop_is_told_to_on_failure() {
     assert_eq!(by(DropReason::Rejected), 1, "{told:?}");
     assert_eq!(told.iter().map(|(n, _)| n).sum::<u64>(), 501, "{told:?}");
 }
+
+/// A step that went on after an error it recorded (a stream's error item, which keeps
+/// what arrived before it) is an error for its span: status, type and message.
+#[test]
+fn a_step_that_recorded_an_exception_is_an_error_span() {
+    let _l = lock();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = accepting_server(&rt);
+    let guard = openlayer_trace::init(openlayer(&s).build().unwrap()).unwrap();
+    let mut h = openlayer_trace::step("streamed").start();
+    h.exception(&"chunk 3: connection reset");
+    h.output(&"partial answer");
+    h.finish();
+    let report = guard.shutdown(Duration::from_secs(5)).unwrap();
+    assert!(report.complete, "{report:?}");
+    let spans = spans_of(&requests(&rt, &s, TRACES));
+    let span = spans.iter().find(|s| s.name == "streamed").unwrap();
+    assert_eq!(
+        span.status,
+        Some(Status {
+            message: "chunk 3: connection reset".into(),
+            code: StatusCode::Error as i32,
+        })
+    );
+    assert_eq!(
+        text(span, "error.message").unwrap(),
+        "chunk 3: connection reset"
+    );
+    assert_eq!(
+        text(span, "openlayer.output").unwrap(),
+        "\"partial answer\""
+    );
+    assert_eq!(
+        json(span, "gen_ai.output.messages")[0]["finish_reason"],
+        "error"
+    );
+}

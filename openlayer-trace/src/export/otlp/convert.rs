@@ -515,7 +515,10 @@ pub(crate) fn convert(
         let inputs = st.inputs(rec);
         let inputs = inputs.as_deref();
         let output = if i == 0 { root_output } else { st.output(rec) };
-        let failed = matches!(rec.status, StepStatus::Error | StepStatus::Panicked);
+        // Failed, or went on after an error it recorded (a stream's error item, which
+        // keeps what arrived before it): either way an error for the span.
+        let failed =
+            matches!(rec.status, StepStatus::Error | StepStatus::Panicked) || rec.error().is_some();
 
         scratch.reset();
         let s = &mut *scratch;
@@ -603,25 +606,22 @@ pub(crate) fn convert(
         if let Some(gt) = rec.ground_truth() {
             s.string("openlayer.ground_truth", gt);
         }
-        match rec.status {
-            StepStatus::Error | StepStatus::Panicked => {
-                let message = rec.error().unwrap_or("error");
-                let kind = if rec.status == StepStatus::Panicked {
-                    "panic"
-                } else {
-                    "error"
-                };
-                s.string("error.type", kind);
-                s.string("error.message", message);
-                s.span.status = Some(Status {
-                    message: message.to_string(),
-                    code: StatusCode::Error as i32,
-                });
-            }
-            StepStatus::Cancelled | StepStatus::Open => {
-                s.other("openlayer.cancelled", any_value::Value::BoolValue(true));
-            }
-            StepStatus::Ok => {}
+        if failed {
+            let message = rec.error().unwrap_or("error");
+            let kind = if rec.status == StepStatus::Panicked {
+                "panic"
+            } else {
+                "error"
+            };
+            s.string("error.type", kind);
+            s.string("error.message", message);
+            s.span.status = Some(Status {
+                message: message.to_string(),
+                code: StatusCode::Error as i32,
+            });
+        }
+        if matches!(rec.status, StepStatus::Cancelled | StepStatus::Open) {
+            s.other("openlayer.cancelled", any_value::Value::BoolValue(true));
         }
         let at = |offset: i64| (trace.anchor_unix_ns + i128::from(offset)).max(0) as u64;
         let span = &mut s.span;
