@@ -231,7 +231,7 @@ struct TracedResponseStream {
 }
 
 /// Cuts the texts of a streamed answer's final response (output text, refusals, tool-call
-/// arguments) to the stream's bound, as its deltas were: the response is recorded as the
+/// arguments, custom tool calls' input) to the stream's bound, as its deltas were: the response is recorded as the
 /// output and again in `rawOutput`. (Other parts of it, such as a generated image, are
 /// kept as they come.)
 fn bound_texts(raw: &mut Value) {
@@ -250,6 +250,11 @@ fn bound_texts(raw: &mut Value) {
             Some("function_call") => {
                 if let Some(Value::String(args)) = item.get_mut("arguments") {
                     bound.cut_in_place(args);
+                }
+            }
+            Some("custom_tool_call") => {
+                if let Some(Value::String(input)) = item.get_mut("input") {
+                    bound.cut_in_place(input);
                 }
             }
             _ => {}
@@ -360,5 +365,31 @@ impl Drop for TracedResponseStream {
         if let Some(mut h) = self.handle.take() {
             self.record(&mut h);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{bound_texts, output_of};
+
+    /// A custom tool call's input (freeform text, a whole patch, say) is the output of a
+    /// response without text, and is cut to the stream's bound as tool-call arguments are.
+    #[test]
+    fn a_custom_tool_calls_input_is_the_output_and_bounded() {
+        let max = openlayer_trace::stream::output_max_bytes() / 2;
+        let input = "p".repeat(max + 1000);
+        let mut raw = json!({"output": [
+            {"type": "custom_tool_call", "call_id": "call_9", "name": "apply_patch", "input": input}
+        ]});
+        bound_texts(&mut raw);
+        let kept = raw["output"][0]["input"].as_str().unwrap();
+        let (text, marker) = kept.split_once('…').expect("a truncation marker");
+        assert!(text.len() <= max, "{}", text.len());
+        assert!(marker.starts_with("[truncated"), "{marker}");
+        let output = output_of(&raw);
+        assert_eq!(output[0]["id"], "call_9");
+        assert_eq!(output[0]["name"], "apply_patch");
     }
 }
