@@ -45,6 +45,9 @@ pin_project_lite::pin_project! {
 struct BodyStep {
     handle: Option<StepHandle>,
     sent: bool,
+    /// A gRPC error status in the response's headers, recorded if the body ends without
+    /// trailers (which would carry the status otherwise).
+    grpc: Option<Box<crate::service::GrpcError>>,
 }
 
 impl Drop for BodyStep {
@@ -52,18 +55,24 @@ impl Drop for BodyStep {
         if self.sent
             && let Some(step) = self.handle.take()
         {
-            step.finish();
+            finish(step, self.grpc.take());
         }
     }
 }
 
 impl<B> OpenlayerBody<B> {
-    pub(crate) fn new(inner: B, step: Option<StepHandle>, length: Option<u64>) -> Self {
+    pub(crate) fn new(
+        inner: B,
+        step: Option<StepHandle>,
+        length: Option<u64>,
+        grpc: Option<Box<crate::service::GrpcError>>,
+    ) -> Self {
         OpenlayerBody {
             inner,
             step: BodyStep {
                 handle: step,
                 sent: false,
+                grpc,
             },
             remaining: length,
         }
@@ -71,7 +80,7 @@ impl<B> OpenlayerBody<B> {
 
     /// A body whose request is not traced (as when tracing is off).
     pub(crate) fn untraced(inner: B) -> Self {
-        Self::new(inner, None, None)
+        Self::new(inner, None, None, None)
     }
 
     /// The inner body.
@@ -113,10 +122,12 @@ where
                 // Sent in full: the body says so, or trailers came (always the last
                 // frame).
                 let done = frame.is_trailers() || inner.is_end_stream();
-                if let Some(trailers) = frame.trailers_ref()
-                    && let Some(step) = step.as_mut()
-                {
-                    crate::service::record_grpc_status(step, trailers);
+                if let Some(trailers) = frame.trailers_ref() {
+                    // The trailers carry the status: the headers' is not recorded.
+                    this.step.grpc = None;
+                    if let Some(step) = this.step.handle.as_mut() {
+                        crate::service::record_grpc_status(step, trailers);
+                    }
                 }
                 if let (Some(left), Some(data)) = (this.remaining.as_mut(), frame.data_ref()) {
                     // Its declared length sent: an HTTP/1 server drops it now, unpolled,
@@ -124,20 +135,20 @@ where
                     *left = left.saturating_sub(data.remaining() as u64);
                     this.step.sent |= *left == 0;
                 }
-                if done && let Some(step) = step.take() {
-                    step.finish();
+                if done && let Some(step) = this.step.handle.take() {
+                    finish(step, this.step.grpc.take());
                 }
             }
             Poll::Ready(Some(Err(e))) => {
                 // The status was sent: it stays the output, beside the error.
-                if let Some(mut step) = step.take() {
+                if let Some(mut step) = this.step.handle.take() {
                     step.exception(e);
-                    step.finish();
+                    finish(step, this.step.grpc.take());
                 }
             }
             Poll::Ready(None) => {
-                if let Some(step) = step.take() {
-                    step.finish();
+                if let Some(step) = this.step.handle.take() {
+                    finish(step, this.step.grpc.take());
                 }
             }
         }
@@ -151,6 +162,15 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Ends the step of a body sent in full, with the gRPC error its headers carried (when no
+/// trailers came to say otherwise).
+fn finish(mut step: StepHandle, grpc: Option<Box<crate::service::GrpcError>>) {
+    if let Some(g) = grpc {
+        g.record(&mut step);
+    }
+    step.finish();
 }
 
 /// Runs `f` with the step in `slot` current. If `f` panics, the step is dropped while the

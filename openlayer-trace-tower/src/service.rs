@@ -295,6 +295,35 @@ pub(crate) fn record_grpc_status(step: &mut StepHandle, headers: &HeaderMap) {
     }
 }
 
+/// A gRPC error status in `headers`, kept for when the body ends without trailers (a
+/// trailers-only response whose body does not report its end up front, as behind a body
+/// timeout); `None` for other responses (an empty map costs no lookup).
+#[inline]
+pub(crate) fn grpc_error_in(headers: &HeaderMap) -> Option<Box<GrpcError>> {
+    if headers.is_empty() {
+        return None;
+    }
+    let code = headers.get(GRPC_STATUS)?;
+    (code.as_bytes() != b"0").then(|| {
+        Box::new(GrpcError {
+            code: code.clone(),
+            message: headers.get(GRPC_MESSAGE).cloned(),
+        })
+    })
+}
+
+/// A gRPC error status from a response's headers.
+pub(crate) struct GrpcError {
+    code: HeaderValue,
+    message: Option<HeaderValue>,
+}
+
+impl GrpcError {
+    pub(crate) fn record(&self, step: &mut StepHandle) {
+        grpc_error(step, &self.code, self.message.as_ref());
+    }
+}
+
 #[cold]
 fn grpc_error(step: &mut StepHandle, code: &HeaderValue, message: Option<&HeaderValue>) {
     let code = String::from_utf8_lossy(code.as_bytes());
@@ -371,5 +400,10 @@ pub(crate) fn respond<ResBody: http_body::Body>(
     } else {
         Some(step)
     };
-    Response::from_parts(parts, OpenlayerBody::new(body, step, length))
+    let grpc = if step.is_some() {
+        grpc_error_in(&parts.headers)
+    } else {
+        None
+    };
+    Response::from_parts(parts, OpenlayerBody::new(body, step, length, grpc))
 }

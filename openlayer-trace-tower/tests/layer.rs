@@ -618,6 +618,31 @@ async fn a_grpc_status_in_headers_and_trailers_is_recorded_once() {
     );
 }
 
+/// A trailers-only gRPC error (the status in the headers, no body) whose body does not
+/// report its end up front (as behind tower-http's body timeout): recorded when the body
+/// ends without trailers.
+#[tokio::test]
+async fn a_grpc_status_in_headers_is_recorded_when_the_body_ends_without_trailers() {
+    let svc = OpenlayerLayer::new().layer(service_fn(|_req: Request<Full<Bytes>>| async {
+        let empty = futures_util::stream::empty::<Result<http_body::Frame<Bytes>, Infallible>>();
+        let mut res = Response::new(axum::body::Body::new(http_body_util::StreamBody::new(
+            empty,
+        )));
+        res.headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("14"));
+        Ok::<_, Infallible>(res)
+    }));
+    let (_, traces) = testing::capture_async(async {
+        let res = svc.oneshot(empty(get("/grpc"))).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    })
+    .await;
+    assert_eq!(
+        traces[0].root()["metadata"]["Exceptions"],
+        "gRPC status 14 (UNAVAILABLE)"
+    );
+}
+
 /// Behind tower-http's body limit, a JSON body without a length is read ahead up to the
 /// limit's bound; over it, the client gets 413, as without the layer (axum's extractors
 /// answer 413 there), and the handler does not run.
