@@ -128,6 +128,12 @@ fn child() {
             let (out, traces) = rt.block_on(openlayer_trace::testing::capture_async(made));
             assert_eq!(out, 6);
             assert_eq!(traces[0].root()["inputs"], serde_json::json!({"n": 5}));
+            // Made and polled under the capture, which records whatever the
+            // configuration: its row options are taken, as its inputs are.
+            let (_, traces) = rt.block_on(openlayer_trace::testing::capture_async(async {
+                answer_later(Counted).await
+            }));
+            assert_eq!(traces[0].row()["context"], "documents");
         }
         other => panic!("unknown scenario {other}"),
     }

@@ -41,6 +41,11 @@ pub fn promote_input<T: Serialize + ?Sized>(column: &'static str, value: &T) {
     }
 }
 
+/// Whether a step made here would be recorded (the options are then worth taking).
+fn recording() -> bool {
+    context::would_record(crate::runtime::lazy_init)
+}
+
 /// `context = arg`, `question = arg` and `promote(arg)` of a function that returns a future:
 /// the arguments' values taken when the function is called (as its inputs are), before its
 /// own statements may move or shadow them, and applied in the step when the returned future
@@ -55,9 +60,10 @@ enum EarlyOption {
 }
 
 impl EarlyRowOptions {
-    /// `context = arg`, at the call (nothing while tracing is off: one load).
+    /// `context = arg`, at the call (nothing when nothing would be recorded here: tracing
+    /// off, outside a trace and a test capture).
     pub fn context<T: Serialize + ?Sized>(&mut self, value: &T) {
-        if !crate::runtime::tracing_enabled() {
+        if !recording() {
             return;
         }
         if let Some(json) = to_json(value) {
@@ -67,7 +73,7 @@ impl EarlyRowOptions {
 
     /// `question = arg`, at the call.
     pub fn question<T: Serialize + ?Sized>(&mut self, value: &T) {
-        if !crate::runtime::tracing_enabled() {
+        if !recording() {
             return;
         }
         if let Some(json) = to_json(value) {
@@ -77,7 +83,7 @@ impl EarlyRowOptions {
 
     /// `promote(arg)`, at the call.
     pub fn promote<T: Serialize + ?Sized>(&mut self, column: &'static str, value: &T) {
-        if !crate::runtime::tracing_enabled() || crate::api::none_probe::is_none(value) {
+        if !recording() || crate::api::none_probe::is_none(value) {
             return;
         }
         if let Some(json) = to_json(value) {
