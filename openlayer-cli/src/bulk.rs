@@ -135,6 +135,18 @@ fn identity(file: &Path) -> Result<(u64, u64), CliError> {
 }
 
 fn save(path: &Path, sent: &Sent) -> Result<(), CliError> {
+    let versioned;
+    let sent = if sent.uncertain.is_some() {
+        versioned = Sent {
+            version: 2,
+            command: sent.command.clone(),
+            pipeline: sent.pipeline.clone(),
+            ..*sent
+        };
+        &versioned
+    } else {
+        sent
+    };
     let fail =
         |e: std::io::Error| CliError::Failed(format!("cannot write {}: {e}", path.display()));
     let tmp = path.with_extension("sent.tmp");
@@ -168,7 +180,15 @@ pub async fn run(job: Job<'_>) -> Result<u64, CliError> {
                     state_path.display()
                 ))
             })?;
+            // Version 2 records rows whose registration is uncertain (so that an older
+            // `openlayer`, which knows version 1 only, refuses the file rather than send
+            // them again).
             let same = Sent {
+                version: if matches!(before.version, 1 | 2) {
+                    before.version
+                } else {
+                    sent.version
+                },
                 rows_done: before.rows_done,
                 uncertain: before.uncertain,
                 ..sent

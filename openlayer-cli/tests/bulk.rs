@@ -565,6 +565,13 @@ async fn rows_whose_registration_is_uncertain_are_not_sent_again_unasked() {
         assert!(err.contains("rows 1001 to 2000 may be too"), "{err}");
         let (_, registered) = uploaded(&server).await;
         assert_eq!(registered.len(), 2, "not registered again");
+        // Recorded in a progress file of version 2, which an older `openlayer` (that
+        // knows version 1 only) refuses rather than send those rows again.
+        let progress: Value =
+            serde_json::from_slice(&std::fs::read(dir.path("rows.jsonl.sent")).unwrap()).unwrap();
+        assert_eq!(progress["version"], 2, "{progress}");
+        assert_eq!(progress["uncertain"], 1000, "{progress}");
+        assert_eq!(progress["rowsDone"], 1000, "{progress}");
 
         // A rerun without a choice sends nothing, and says how to choose.
         server.reset().await;
