@@ -90,9 +90,12 @@ impl Client {
     /// Every row must be an object with a non-null string or number in
     /// `inference_id_column`, and the columns `config` names. Each row sets only its own
     /// columns: rows with different keys are merged in separate uploads (one per set of
-    /// keys), since a merge sets every column of its upload, a missing one as null. In
-    /// local mode, each row is appended to the local file as a row-update line (without
-    /// the id column).
+    /// keys, in the order of each set's first row), since a merge sets every column of its
+    /// upload, a missing one as null. Rows for the same id with different keys are
+    /// therefore applied set by set, not row by row. After a failure,
+    /// [`Error::BulkPartial`] counts the rows of the sets merged before it (merges can be
+    /// sent again whole). In local mode, each row is appended to the local file as a
+    /// row-update line (without the id column).
     ///
     /// ```no_run
     /// use openlayer_trace::{Client, RowUpdateConfig};
@@ -184,7 +187,7 @@ impl Client {
                 );
                 // A merge sets every column of its upload, a key a row lacks as null: rows
                 // are merged in groups of the same keys, so that each row sets only its
-                // own columns (feedback on some rows, ground truth on others).
+                // own columns (a custom column on some rows, another on others).
                 let (mut rows_sent, mut uploads) = (0u64, 0u32);
                 let groups = groups_by_keys(rows);
                 let groups: Vec<Cow<'_, [Value]>> = if groups.len() == 1 {
