@@ -285,6 +285,37 @@ async fn a_responses_refusal_is_the_output() {
     assert!(step["metadata"]["timeToFirstToken"].is_number(), "{step}");
 }
 
+/// A refusal stream dropped before its final response: the refusal deltas read so far
+/// are the output.
+#[tokio::test]
+async fn a_refusal_stream_dropped_early_keeps_the_refusal_so_far() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let request = CreateResponseArgs::default()
+        .model("gpt-4o-mini-refusal")
+        .input("Something off limits")
+        .stream(true)
+        .build()
+        .unwrap();
+    let (first, traces) = testing::capture_async(async {
+        let mut stream = client
+            .responses()
+            .create_stream_traced(request)
+            .await
+            .unwrap();
+        while let Some(event) = stream.next().await {
+            if let ResponseStreamEvent::ResponseRefusalDelta(d) = event.unwrap() {
+                return d.delta;
+            }
+        }
+        unreachable!("a refusal delta comes")
+    })
+    .await;
+    let step = traces[0].root();
+    assert_eq!(step["output"], first.as_str(), "{step}");
+    assert_eq!(step["metadata"]["cancelled"], true, "{step}");
+}
+
 /// A caller that stops reading at `response.completed` (nothing useful follows it) and
 /// drops the stream: the step ends with the final response, not as cancelled.
 #[tokio::test]
