@@ -38,6 +38,7 @@ pub(crate) struct Head<'a> {
     pub(crate) method: &'a http::Method,
     pub(crate) uri: &'a http::Uri,
     pub(crate) headers: &'a http::HeaderMap,
+    pub(crate) version: http::Version,
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) extensions: &'a http::Extensions,
     /// The parts, for the closures: present whenever one is configured (see
@@ -51,6 +52,7 @@ impl<'a> Head<'a> {
             method: &parts.method,
             uri: &parts.uri,
             headers: &parts.headers,
+            version: parts.version,
             extensions: &parts.extensions,
             parts: Some(parts),
         }
@@ -62,6 +64,7 @@ impl<'a> Head<'a> {
             method: req.method(),
             uri: req.uri(),
             headers: req.headers(),
+            version: req.version(),
             extensions: req.extensions(),
             parts: None,
         }

@@ -78,10 +78,19 @@ fn header_text(value: &HeaderValue) -> Cow<'_, str> {
     }
 }
 
-/// What a request's method says of its response's body, which servers never poll when
-/// there is none.
+/// What a request says of its response: whether it has a body (which servers never poll
+/// when there is none), and whether it may be a gRPC call (whose status may be in the
+/// response's headers).
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum MethodBody {
+pub(crate) struct MethodBody {
+    rule: BodyRule,
+    /// Over HTTP/2, as gRPC always is: only then are the response's headers looked at for
+    /// a `grpc-status` (a lookup that every other response is spared).
+    grpc: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum BodyRule {
     /// As the status and the headers say.
     Any,
     /// None (`HEAD`).
@@ -91,21 +100,25 @@ pub(crate) enum MethodBody {
 }
 
 impl MethodBody {
-    fn of(method: &Method) -> Self {
-        if method == Method::HEAD {
-            MethodBody::None
-        } else if method == Method::CONNECT {
-            MethodBody::NoneOnSuccess
+    fn of(head: Head<'_>) -> Self {
+        let rule = if head.method == Method::HEAD {
+            BodyRule::None
+        } else if head.method == Method::CONNECT {
+            BodyRule::NoneOnSuccess
         } else {
-            MethodBody::Any
+            BodyRule::Any
+        };
+        MethodBody {
+            rule,
+            grpc: head.version == http::Version::HTTP_2,
         }
     }
 
     fn none(self, status: StatusCode) -> bool {
-        match self {
-            MethodBody::Any => false,
-            MethodBody::None => true,
-            MethodBody::NoneOnSuccess => status.is_success(),
+        match self.rule {
+            BodyRule::Any => false,
+            BodyRule::None => true,
+            BodyRule::NoneOnSuccess => status.is_success(),
         }
     }
 }
@@ -148,7 +161,7 @@ pub(crate) fn begin(settings: &Settings, head: Head<'_>, body: Option<RecordedBo
     }
     Begun {
         step,
-        method: MethodBody::of(head.method),
+        method: MethodBody::of(head),
     }
 }
 
@@ -303,6 +316,14 @@ pub(crate) fn grpc_error_in(headers: &HeaderMap) -> Option<Box<GrpcError>> {
     if headers.is_empty() {
         return None;
     }
+    // Only a gRPC response (`application/grpc`, `+proto`, ...) is looked at further: a
+    // standard header's lookup is cheap, a custom one's hashes its name.
+    let grpc = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+    if !grpc {
+        return None;
+    }
     let code = headers.get(GRPC_STATUS)?;
     (code.as_bytes() != b"0").then(|| {
         Box::new(GrpcError {
@@ -375,6 +396,12 @@ pub(crate) fn respond<ResBody: http_body::Body>(
 ) -> Response<OpenlayerBody<ResBody>> {
     let (mut parts, body) = res.into_parts();
     let status = parts.status;
+    // Before the id header is added: a response without headers has nothing to look up.
+    let grpc = if method.grpc {
+        grpc_error_in(&parts.headers)
+    } else {
+        None
+    };
     step.output(&status.as_u16());
     if status.is_server_error() {
         step.metadata("Exceptions", &format!("HTTP {status}"));
@@ -393,17 +420,14 @@ pub(crate) fn respond<ResBody: http_body::Body>(
         || http_body::Body::is_end_stream(&body)
     {
         // The response ends with its headers: a gRPC status is there (a "trailers-only"
-        // response), not in trailers (checked only then, so never recorded twice).
-        record_grpc_status(&mut step, &parts.headers);
+        // response), not in trailers.
+        if let Some(g) = &grpc {
+            g.record(&mut step);
+        }
         step.finish();
-        None
+        return Response::from_parts(parts, OpenlayerBody::new(body, None, length, None));
     } else {
         Some(step)
-    };
-    let grpc = if step.is_some() {
-        grpc_error_in(&parts.headers)
-    } else {
-        None
     };
     Response::from_parts(parts, OpenlayerBody::new(body, step, length, grpc))
 }

@@ -575,6 +575,10 @@ async fn grpc_errors_are_recorded() {
             let res = if headers_only {
                 let mut res = Response::new(axum::body::Body::empty());
                 *res.headers_mut() = grpc.clone();
+                res.headers_mut().insert(
+                    "content-type",
+                    http::HeaderValue::from_static("application/grpc"),
+                );
                 res
             } else {
                 Response::new(with_trailers("x", grpc.clone()))
@@ -582,7 +586,10 @@ async fn grpc_errors_are_recorded() {
             async move { Ok::<_, Infallible>(res) }
         }));
         let (_, traces) = testing::capture_async(async {
-            let res = svc.oneshot(empty(get("/grpc"))).await.unwrap();
+            let res = svc
+                .oneshot(empty(get("/grpc").version(http::Version::HTTP_2)))
+                .await
+                .unwrap();
             res.into_body().collect().await.unwrap();
         })
         .await;
@@ -605,10 +612,17 @@ async fn a_grpc_status_in_headers_and_trailers_is_recorded_once() {
         grpc.insert("grpc-status", http::HeaderValue::from_static("14"));
         let mut res = Response::new(with_trailers("x", grpc.clone()));
         *res.headers_mut() = grpc;
+        res.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/grpc"),
+        );
         Ok::<_, Infallible>(res)
     }));
     let (_, traces) = testing::capture_async(async {
-        let res = svc.oneshot(empty(get("/grpc"))).await.unwrap();
+        let res = svc
+            .oneshot(empty(get("/grpc").version(http::Version::HTTP_2)))
+            .await
+            .unwrap();
         res.into_body().collect().await.unwrap();
     })
     .await;
@@ -628,12 +642,19 @@ async fn a_grpc_status_in_headers_is_recorded_when_the_body_ends_without_trailer
         let mut res = Response::new(axum::body::Body::new(http_body_util::StreamBody::new(
             empty,
         )));
+        res.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/grpc"),
+        );
         res.headers_mut()
             .insert("grpc-status", http::HeaderValue::from_static("14"));
         Ok::<_, Infallible>(res)
     }));
     let (_, traces) = testing::capture_async(async {
-        let res = svc.oneshot(empty(get("/grpc"))).await.unwrap();
+        let res = svc
+            .oneshot(empty(get("/grpc").version(http::Version::HTTP_2)))
+            .await
+            .unwrap();
         res.into_body().collect().await.unwrap();
     })
     .await;
