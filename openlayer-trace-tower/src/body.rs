@@ -28,7 +28,8 @@ pin_project_lite::pin_project! {
     /// - when producing a chunk panics: with the panic message under `Exceptions`.
     ///
     /// A gRPC status other than `0` in the trailers (`grpc-status`, with its
-    /// `grpc-message`) is recorded under `Exceptions` too.
+    /// `grpc-message`; or in the headers of an HTTP/2 gRPC response that ends without
+    /// trailers) is recorded under `Exceptions` too.
     pub struct OpenlayerBody<B> {
         #[pin]
         inner: B,

@@ -6,8 +6,9 @@
 //! It works with any tower-based server (axum, tonic, hyper through `hyper-util`'s
 //! `TowerToHyperService`): the service wraps `http::Request<B>` to
 //! `http::Response<ResBody>` services. A gRPC error, which travels as HTTP 200 with a
-//! `grpc-status` in the trailers (or in the headers of a response without a body), is
-//! recorded under the row's `Exceptions` with its code and `grpc-message`.
+//! `grpc-status` in the trailers (or, in an HTTP/2 `application/grpc` response without
+//! trailers, in the headers), is recorded under the row's `Exceptions` with its code and
+//! `grpc-message`.
 //!
 //! ```no_run
 //! use axum::{Router, routing::post};
