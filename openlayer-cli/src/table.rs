@@ -80,6 +80,9 @@ pub struct Scan {
     pub csv: Option<CsvSchema>,
     /// The bad rows.
     pub problems: Problems,
+    /// For a JSONL file whose rows do not all have the same keys, the first that differs
+    /// from the first row's: a bulk merge would set the keys a row lacks to null.
+    pub uneven_keys: Option<String>,
 }
 
 /// Problems found in the rows, the first few kept for the message.
@@ -143,6 +146,7 @@ pub fn scan(path: &Path, checks: &Checks) -> Result<Scan, CliError> {
     let kind = Kind::of(path)?;
     let mut problems = Problems::new(path);
     let mut rows = 0u64;
+    let mut uneven_keys = None;
     let mut csv = None;
     let schema = match kind {
         Kind::Parquet | Kind::Ipc => {
@@ -186,11 +190,27 @@ pub fn scan(path: &Path, checks: &Checks) -> Result<Scan, CliError> {
             };
             // Each row is checked for the columns named.
             let mut rows_of = TextRows::open(path, checks)?;
+            let mut first_keys: Option<Vec<String>> = None;
             while let Some(row) = rows_of.next_row()? {
                 match row {
-                    Ok((_, row)) => {
+                    Ok((line, row)) => {
                         schema.observe(&row);
                         rows += 1;
+                        if uneven_keys.is_none() {
+                            let mut keys: Vec<&String> = row.keys().collect();
+                            keys.sort_unstable();
+                            match &first_keys {
+                                None => {
+                                    first_keys = Some(keys.into_iter().cloned().collect());
+                                }
+                                Some(first) if !first.iter().eq(keys.iter().copied()) => {
+                                    uneven_keys = Some(format!(
+                                        "line {line} has the keys {keys:?}, the first row {first:?}"
+                                    ));
+                                }
+                                Some(_) => {}
+                            }
+                        }
                     }
                     Err((line, why)) => {
                         problems.add(line.to_string(), why);
@@ -207,6 +227,7 @@ pub fn scan(path: &Path, checks: &Checks) -> Result<Scan, CliError> {
         schema,
         csv,
         problems,
+        uneven_keys,
     })
 }
 

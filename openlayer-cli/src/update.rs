@@ -66,7 +66,26 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         _ => bulk::prefetch(&args.file, kind, &checks),
     };
     let scan = table::scan(&args.file, &checks)?;
-    if !args.bulk.unwrap_or(scan.rows >= BULK_THRESHOLD) {
+    let mut bulk = args.bulk.unwrap_or(scan.rows >= BULK_THRESHOLD);
+    // A bulk merge sets every column of its upload, a key a row lacks as null: rows with
+    // different keys would erase what the platform holds in the columns they lack. They
+    // go one by one instead (each setting its own keys), or, with --bulk, are refused.
+    if bulk && let Some(uneven) = &scan.uneven_keys {
+        if args.bulk == Some(true) {
+            return Err(CliError::Usage(format!(
+                "{}: the rows do not all have the same keys ({uneven}); a bulk merge would \
+                 set the keys a row lacks to null: give every row the same keys, or send \
+                 them with --per-row",
+                args.file.display()
+            )));
+        }
+        eprintln!(
+            "openlayer: the rows do not all have the same keys ({uneven}); they are sent one \
+             by one, each setting only its own keys"
+        );
+        bulk = false;
+    }
+    if !bulk {
         drop(prefetched);
         let input = match kind {
             Kind::Csv | Kind::Jsonl => input::read(&args.file, &[&args.inference_id_column])?,

@@ -331,6 +331,67 @@ async fn a_small_file_goes_row_by_row_unless_bulk_is_asked_for() {
     assert_exit(&openlayer(&both, &server).await, 2);
 }
 
+/// JSONL rows with different keys: a bulk merge would set the keys a row lacks to null,
+/// erasing them on the platform. From 1,000 rows on they go one by one instead (with a
+/// notice), each setting only its own keys; with --bulk they are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn jsonl_rows_with_different_keys_are_not_merged_in_bulk() {
+    let server = MockServer::start().await;
+    mount_platform(&server).await;
+    mount_storage(&server, 204, None).await;
+    Mock::given(method("PUT"))
+        .and(path(format!("/v1/inference-pipelines/{PIPELINE}/rows")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"success": true})))
+        .mount(&server)
+        .await;
+    let dir = TempDir::new("uneven");
+    let file = dir.path("feedback.jsonl");
+    let text: String = (0..1_200)
+        .map(|i| {
+            if i == 600 {
+                format!("{{\"id\":\"r{i}\",\"note\":\"late\"}}\n")
+            } else {
+                format!("{{\"id\":\"r{i}\",\"thumbs\":\"up\"}}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&file, text).unwrap();
+    let args = [
+        "update",
+        "--file",
+        file.to_str().unwrap(),
+        "--inference-id-column",
+        "id",
+        "--pipeline-id",
+        PIPELINE,
+    ];
+    let mut bulk = args.to_vec();
+    bulk.push("--bulk");
+    let out = openlayer(&bulk, &server).await;
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("do not all have the same keys"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(requests(&server).await.is_empty());
+
+    let out = openlayer(&args, &server).await;
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("sent one by one"), "{}", stderr(&out));
+    let reqs = requests(&server).await;
+    assert_eq!(reqs.len(), 1_200);
+    assert!(reqs.iter().all(|r| r.method.as_str() == "PUT"));
+    let late = reqs
+        .iter()
+        .find(|r| r.url.query() == Some("inferenceId=r600"))
+        .unwrap();
+    assert_eq!(
+        late.body_json::<Value>().unwrap(),
+        json!({"row": {"note": "late"}})
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_row_is_named_and_nothing_is_sent() {
     let server = MockServer::start().await;
