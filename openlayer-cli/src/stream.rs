@@ -38,6 +38,29 @@ pub fn load_config(
         .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
 }
 
+/// The most bytes of rows in one request: the default `batch_max_bytes` of traces (a
+/// request the platform takes); a single larger row goes alone.
+const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// `records` in batches of at most `max_rows` rows and `max_bytes` of JSON (a row larger
+/// than that alone).
+fn batches(records: &[Record], max_rows: usize, max_bytes: usize) -> Vec<&[Record]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, r) in records.iter().enumerate() {
+        let size = serde_json::to_string(&r.row).map_or(0, |t| t.len() + 1);
+        if i > start && (i - start >= max_rows.max(1) || bytes + size > max_bytes) {
+            out.push(&records[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < records.len() {
+        out.push(&records[start..]);
+    }
+    out
+}
+
 pub async fn run(args: Args) -> Result<(), CliError> {
     let (client, _) = remote_client()?;
     let pipeline = pipeline_id(args.pipeline_id.clone(), &client)?;
@@ -86,7 +109,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     let mut failed: Vec<&Record> = Vec::new();
     let mut sent = 0usize;
     let mut errors = Vec::new();
-    for batch in input.records.chunks(args.batch_size) {
+    for batch in batches(&input.records, args.batch_size, MAX_REQUEST_BYTES) {
         let rows: Vec<Value> = batch.iter().map(|r| Value::Object(r.row.clone())).collect();
         match client.stream_rows(&pipeline, &*config, &rows).await {
             Ok(()) => {

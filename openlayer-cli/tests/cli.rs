@@ -757,6 +757,42 @@ async fn stream_sends_rows_in_batches() {
     assert_eq!(body(&reqs[1])["rows"][1]["question"], "a, b?");
 }
 
+/// Large rows: a request holds at most 4 MiB of them (whatever --batch-size allows), as a
+/// request the platform takes; all rows arrive, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_bounds_each_request_in_bytes() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(pipeline_path("data-stream")))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    let dir = TempDir::new("stream-bytes");
+    let config = dir.file(
+        "config.json",
+        r#"{"outputColumnName": "answer", "inputVariableNames": ["question"], "inferenceIdColumnName": "id"}"#,
+    );
+    let answer = "a".repeat(1 << 20);
+    let text: String = (0..10)
+        .map(|i| format!("{{\"id\":\"{i}\",\"question\":\"q\",\"answer\":\"{answer}\"}}\n"))
+        .collect();
+    let rows = dir.file("rows.jsonl", &text);
+    let args = stream_args(&rows, &config, &["--batch-size", "100"]);
+    let out = openlayer(&args, &platform(&server)).await;
+    assert_exit(&out, 0);
+    let reqs = requests(&server).await;
+    assert!(reqs.len() >= 3, "{}", reqs.len());
+    let mut ids = Vec::new();
+    for r in &reqs {
+        assert!(r.body.len() <= (4 << 20) + 1024, "{}", r.body.len());
+        for row in body(r)["rows"].as_array().unwrap() {
+            ids.push(row["id"].as_str().unwrap().to_string());
+        }
+    }
+    let expected: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+    assert_eq!(ids, expected);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn stream_checks_every_row_before_sending() {
     let server = MockServer::start().await;
