@@ -470,15 +470,9 @@ async fn a_bad_row_is_named_and_nothing_is_sent() {
     assert!(requests(&server).await.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_failed_upload_is_resumed_by_a_rerun() {
-    let server = MockServer::start().await;
-    mount_platform(&server).await;
-    // The first upload goes in, the second is refused, then the storage is back.
-    mount_storage(&server, 204, Some(1)).await;
-    mount_storage(&server, 400, Some(1)).await;
-    mount_storage(&server, 204, None).await;
-    let dir = TempDir::new("resume");
+/// 2,500 JSONL rows (`id`, `question`, `answer`, `ok`) and an LLM config naming them, in
+/// `dir`; with the `publish` arguments that send them in uploads of 1,000.
+fn qa_rows(dir: &TempDir) -> (PathBuf, PathBuf) {
     let file = dir.path("rows.jsonl");
     let text: String = (0..2_500)
         .map(|i| {
@@ -495,7 +489,11 @@ async fn a_failed_upload_is_resumed_by_a_rerun() {
         r#"{"outputColumnName": "answer", "inputVariableNames": ["question"], "inferenceIdColumnName": "id"}"#,
     )
     .unwrap();
-    let args = [
+    (file, config)
+}
+
+fn publish_args<'a>(file: &'a Path, config: &'a Path) -> Vec<&'a str> {
+    vec![
         "publish",
         "--file",
         file.to_str().unwrap(),
@@ -505,7 +503,20 @@ async fn a_failed_upload_is_resumed_by_a_rerun() {
         PIPELINE,
         "--rows-per-upload",
         "1000",
-    ];
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_upload_is_resumed_by_a_rerun() {
+    let server = MockServer::start().await;
+    mount_platform(&server).await;
+    // The first upload goes in, the second is refused, then the storage is back.
+    mount_storage(&server, 204, Some(1)).await;
+    mount_storage(&server, 400, Some(1)).await;
+    mount_storage(&server, 204, None).await;
+    let dir = TempDir::new("resume");
+    let (file, config) = qa_rows(&dir);
+    let args = publish_args(&file, &config);
     let out = openlayer(&args, &server).await;
     assert_exit(&out, 1);
     let err = stderr(&out);
@@ -597,28 +608,8 @@ async fn rows_whose_registration_is_uncertain_are_not_sent_again_unasked() {
         mount_platform(&server).await;
         mount_storage(&server, 204, None).await;
         let dir = TempDir::new("uncertain");
-        let file = dir.path("rows.jsonl");
-        let text: String = (0..2_500)
-            .map(|i| format!("{{\"id\":{i},\"question\":\"q{i}\",\"answer\":\"a{i}\"}}\n"))
-            .collect();
-        std::fs::write(&file, text).unwrap();
-        let config = dir.path("config.json");
-        std::fs::write(
-            &config,
-            r#"{"outputColumnName": "answer", "inputVariableNames": ["question"], "inferenceIdColumnName": "id"}"#,
-        )
-        .unwrap();
-        let args = [
-            "publish",
-            "--file",
-            file.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "--pipeline-id",
-            PIPELINE,
-            "--rows-per-upload",
-            "1000",
-        ];
+        let (file, config) = qa_rows(&dir);
+        let args = publish_args(&file, &config);
         let out = openlayer(&args, &server).await;
         assert_exit(&out, 1);
         let err = stderr(&out);
@@ -646,7 +637,7 @@ async fn rows_whose_registration_is_uncertain_are_not_sent_again_unasked() {
         assert!(requests(&server).await.is_empty());
 
         // As told.
-        let mut told = args.to_vec();
+        let mut told = args.clone();
         told.push(choice);
         let out = openlayer(&told, &server).await;
         assert_exit(&out, 0);

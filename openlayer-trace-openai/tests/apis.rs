@@ -173,8 +173,25 @@ async fn stream_response(
     client: &Client<OpenAIConfig>,
     input: &str,
 ) -> (String, Vec<testing::CapturedTrace>) {
+    read_stream(client, "gpt-4o-mini", input, |event, text: &mut String| {
+        if let ResponseStreamEvent::ResponseOutputTextDelta(d) = event {
+            text.push_str(&d.delta);
+        }
+        std::ops::ControlFlow::Continue(())
+    })
+    .await
+}
+
+/// Streams a traced Responses answer from `model` to `input`, handing each event to `read`
+/// (with what it keeps) until it breaks or the stream ends, then drops the stream.
+async fn read_stream<T: Default>(
+    client: &Client<OpenAIConfig>,
+    model: &str,
+    input: &str,
+    mut read: impl FnMut(ResponseStreamEvent, &mut T) -> std::ops::ControlFlow<()>,
+) -> (T, Vec<testing::CapturedTrace>) {
     let request = CreateResponseArgs::default()
-        .model("gpt-4o-mini")
+        .model(model)
         .input(input)
         .stream(true)
         .build()
@@ -185,13 +202,13 @@ async fn stream_response(
             .create_stream_traced(request)
             .await
             .unwrap();
-        let mut text = String::new();
+        let mut kept = T::default();
         while let Some(event) = stream.next().await {
-            if let ResponseStreamEvent::ResponseOutputTextDelta(d) = event.unwrap() {
-                text.push_str(&d.delta);
+            if read(event.unwrap(), &mut kept).is_break() {
+                break;
             }
         }
-        text
+        kept
     })
     .await
 }
@@ -258,26 +275,17 @@ async fn a_responses_refusal_is_the_output() {
     let (result, traces) = testing::capture_async(client.responses().create_traced(request)).await;
     result.unwrap();
     assert_eq!(traces[0].root()["output"], "I can't help with that.");
-    let request = CreateResponseArgs::default()
-        .model("gpt-4o-mini-refusal")
-        .input("Something off limits")
-        .stream(true)
-        .build()
-        .unwrap();
-    let (refused, traces) = testing::capture_async(async {
-        let mut stream = client
-            .responses()
-            .create_stream_traced(request)
-            .await
-            .unwrap();
-        let mut refused = String::new();
-        while let Some(event) = stream.next().await {
-            if let ResponseStreamEvent::ResponseRefusalDelta(d) = event.unwrap() {
+    let (refused, traces) = read_stream(
+        &client,
+        "gpt-4o-mini-refusal",
+        "Something off limits",
+        |event, refused: &mut String| {
+            if let ResponseStreamEvent::ResponseRefusalDelta(d) = event {
                 refused.push_str(&d.delta);
             }
-        }
-        refused
-    })
+            std::ops::ControlFlow::Continue(())
+        },
+    )
     .await;
     assert_eq!(refused, "I can't help with that.");
     let step = traces[0].root();
@@ -291,26 +299,20 @@ async fn a_responses_refusal_is_the_output() {
 async fn a_refusal_stream_dropped_early_keeps_the_refusal_so_far() {
     let mock = OpenAiMock::start();
     let client = client(&mock);
-    let request = CreateResponseArgs::default()
-        .model("gpt-4o-mini-refusal")
-        .input("Something off limits")
-        .stream(true)
-        .build()
-        .unwrap();
-    let (first, traces) = testing::capture_async(async {
-        let mut stream = client
-            .responses()
-            .create_stream_traced(request)
-            .await
-            .unwrap();
-        while let Some(event) = stream.next().await {
-            if let ResponseStreamEvent::ResponseRefusalDelta(d) = event.unwrap() {
-                return d.delta;
+    let (first, traces) = read_stream(
+        &client,
+        "gpt-4o-mini-refusal",
+        "Something off limits",
+        |event, first: &mut String| match event {
+            ResponseStreamEvent::ResponseRefusalDelta(d) => {
+                *first = d.delta;
+                std::ops::ControlFlow::Break(())
             }
-        }
-        unreachable!("a refusal delta comes")
-    })
+            _ => std::ops::ControlFlow::Continue(()),
+        },
+    )
     .await;
+    assert!(!first.is_empty(), "a refusal delta came");
     let step = traces[0].root();
     assert_eq!(step["output"], first.as_str(), "{step}");
     assert_eq!(step["metadata"]["cancelled"], true, "{step}");
@@ -322,25 +324,15 @@ async fn a_refusal_stream_dropped_early_keeps_the_refusal_so_far() {
 async fn a_response_stream_left_at_its_final_response_is_complete() {
     let mock = OpenAiMock::start();
     let client = client(&mock);
-    let request = CreateResponseArgs::default()
-        .model("gpt-4o-mini")
-        .input("What is Openlayer?")
-        .stream(true)
-        .build()
-        .unwrap();
-    let (_, traces) = testing::capture_async(async {
-        let mut stream = client
-            .responses()
-            .create_stream_traced(request)
-            .await
-            .unwrap();
-        while let Some(event) = stream.next().await {
-            if let ResponseStreamEvent::ResponseCompleted(_) = event.unwrap() {
-                break;
-            }
-        }
-        drop(stream);
-    })
+    let (_, traces) = read_stream(
+        &client,
+        "gpt-4o-mini",
+        "What is Openlayer?",
+        |event, _: &mut ()| match event {
+            ResponseStreamEvent::ResponseCompleted(_) => std::ops::ControlFlow::Break(()),
+            _ => std::ops::ControlFlow::Continue(()),
+        },
+    )
     .await;
     let step = traces[0].root();
     assert!(step["metadata"].get("cancelled").is_none(), "{step}");

@@ -534,6 +534,40 @@ fn with_trailers(data: &'static str, trailers: http::HeaderMap) -> axum::body::B
     )))
 }
 
+/// A gRPC status (and message) as headers or trailers.
+fn grpc_status(status: &'static str, message: Option<&'static str>) -> http::HeaderMap {
+    let mut grpc = http::HeaderMap::new();
+    grpc.insert("grpc-status", http::HeaderValue::from_static(status));
+    if let Some(m) = message {
+        grpc.insert("grpc-message", http::HeaderValue::from_static(m));
+    }
+    grpc
+}
+
+/// An HTTP/2 gRPC call through the layer to a service answering `make()` (with the
+/// `application/grpc` content-type), its body read to its end; the request's root step.
+async fn grpc_call(
+    make: impl Fn() -> Response<axum::body::Body> + Clone + Send + 'static,
+) -> serde_json::Value {
+    let svc = OpenlayerLayer::new().layer(service_fn(move |_req: Request<Full<Bytes>>| {
+        let mut res = make();
+        res.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        async move { Ok::<_, Infallible>(res) }
+    }));
+    let (_, traces) = testing::capture_async(async {
+        let res = svc
+            .oneshot(empty(get("/grpc").version(http::Version::HTTP_2)))
+            .await
+            .unwrap();
+        res.into_body().collect().await.unwrap();
+    })
+    .await;
+    traces[0].root().clone()
+}
+
 /// gRPC answers its errors with HTTP 200 and a `grpc-status` in the trailers, or in the
 /// headers of a response without a body: recorded under `Exceptions` with the code's name
 /// and the decoded `grpc-message`; the status `0` and other responses record none.
@@ -566,34 +600,17 @@ async fn grpc_errors_are_recorded() {
         ("ok", false, "0", None, None),
     ];
     for (what, headers_only, status, message, expected) in cases {
-        let mut grpc = http::HeaderMap::new();
-        grpc.insert("grpc-status", http::HeaderValue::from_static(status));
-        if let Some(m) = message {
-            grpc.insert("grpc-message", http::HeaderValue::from_static(m));
-        }
-        let svc = OpenlayerLayer::new().layer(service_fn(move |_req: Request<Full<Bytes>>| {
-            let res = if headers_only {
+        let root = grpc_call(move || {
+            let grpc = grpc_status(status, message);
+            if headers_only {
                 let mut res = Response::new(axum::body::Body::empty());
-                *res.headers_mut() = grpc.clone();
-                res.headers_mut().insert(
-                    "content-type",
-                    http::HeaderValue::from_static("application/grpc"),
-                );
+                *res.headers_mut() = grpc;
                 res
             } else {
-                Response::new(with_trailers("x", grpc.clone()))
-            };
-            async move { Ok::<_, Infallible>(res) }
-        }));
-        let (_, traces) = testing::capture_async(async {
-            let res = svc
-                .oneshot(empty(get("/grpc").version(http::Version::HTTP_2)))
-                .await
-                .unwrap();
-            res.into_body().collect().await.unwrap();
+                Response::new(with_trailers("x", grpc))
+            }
         })
         .await;
-        let root = traces[0].root();
         assert_eq!(root["output"], 200, "{what}: {root:#}");
         assert_eq!(
             root["metadata"].get("Exceptions").and_then(|e| e.as_str()),
@@ -607,27 +624,14 @@ async fn grpc_errors_are_recorded() {
 /// (some proxies and grpc-web set both): recorded once, from the trailers.
 #[tokio::test]
 async fn a_grpc_status_in_headers_and_trailers_is_recorded_once() {
-    let svc = OpenlayerLayer::new().layer(service_fn(|_req: Request<Full<Bytes>>| async {
-        let mut grpc = http::HeaderMap::new();
-        grpc.insert("grpc-status", http::HeaderValue::from_static("14"));
-        let mut res = Response::new(with_trailers("x", grpc.clone()));
-        *res.headers_mut() = grpc;
-        res.headers_mut().insert(
-            "content-type",
-            http::HeaderValue::from_static("application/grpc"),
-        );
-        Ok::<_, Infallible>(res)
-    }));
-    let (_, traces) = testing::capture_async(async {
-        let res = svc
-            .oneshot(empty(get("/grpc").version(http::Version::HTTP_2)))
-            .await
-            .unwrap();
-        res.into_body().collect().await.unwrap();
+    let root = grpc_call(|| {
+        let mut res = Response::new(with_trailers("x", grpc_status("14", None)));
+        *res.headers_mut() = grpc_status("14", None);
+        res
     })
     .await;
     assert_eq!(
-        traces[0].root()["metadata"]["Exceptions"],
+        root["metadata"]["Exceptions"],
         "gRPC status 14 (UNAVAILABLE)"
     );
 }
@@ -637,29 +641,17 @@ async fn a_grpc_status_in_headers_and_trailers_is_recorded_once() {
 /// ends without trailers.
 #[tokio::test]
 async fn a_grpc_status_in_headers_is_recorded_when_the_body_ends_without_trailers() {
-    let svc = OpenlayerLayer::new().layer(service_fn(|_req: Request<Full<Bytes>>| async {
+    let root = grpc_call(|| {
         let empty = futures_util::stream::empty::<Result<http_body::Frame<Bytes>, Infallible>>();
         let mut res = Response::new(axum::body::Body::new(http_body_util::StreamBody::new(
             empty,
         )));
-        res.headers_mut().insert(
-            "content-type",
-            http::HeaderValue::from_static("application/grpc"),
-        );
-        res.headers_mut()
-            .insert("grpc-status", http::HeaderValue::from_static("14"));
-        Ok::<_, Infallible>(res)
-    }));
-    let (_, traces) = testing::capture_async(async {
-        let res = svc
-            .oneshot(empty(get("/grpc").version(http::Version::HTTP_2)))
-            .await
-            .unwrap();
-        res.into_body().collect().await.unwrap();
+        *res.headers_mut() = grpc_status("14", None);
+        res
     })
     .await;
     assert_eq!(
-        traces[0].root()["metadata"]["Exceptions"],
+        root["metadata"]["Exceptions"],
         "gRPC status 14 (UNAVAILABLE)"
     );
 }
