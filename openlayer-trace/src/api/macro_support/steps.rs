@@ -310,16 +310,27 @@ pub trait RecordResult {
     }
 }
 
+/// Records a `Result` into `sink`: the `Ok` value as the output, or the error's text (by
+/// `error_text`) under `Exceptions`.
+#[inline]
+fn record_result<T: Serialize, E, S: OutputSink>(
+    result: &Result<T, E>,
+    sink: &mut S,
+    error_text: impl FnOnce(&E, &mut S),
+) {
+    if !sink.__is_recording() {
+        return;
+    }
+    match result {
+        Ok(v) => sink.__set_output(v),
+        Err(e) => error_text(e, sink),
+    }
+}
+
 impl<T: Serialize, E: Display> RecordResult for &Out<'_, Result<T, E>> {
     #[inline]
     fn __ol_record<S: OutputSink>(&self, sink: &mut S) {
-        if !sink.__is_recording() {
-            return;
-        }
-        match self.0 {
-            Ok(v) => sink.__set_output(v),
-            Err(e) => sink.__set_error(e),
-        }
+        record_result(self.0, sink, |e, sink| sink.__set_error(e));
     }
 }
 
@@ -348,13 +359,7 @@ pub trait RecordDebugResult {
 impl<T: Serialize, E: fmt::Debug> RecordDebugResult for &&Out<'_, Result<T, E>> {
     #[inline]
     fn __ol_record<S: OutputSink>(&self, sink: &mut S) {
-        if !sink.__is_recording() {
-            return;
-        }
-        match self.0 {
-            Ok(v) => sink.__set_output(v),
-            Err(e) => sink.__set_error(&DebugText(e)),
-        }
+        record_result(self.0, sink, |e, sink| sink.__set_error(&DebugText(e)));
     }
 }
 
