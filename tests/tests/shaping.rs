@@ -38,6 +38,9 @@ fn shaping(b: ConfigBuilder) -> Config {
         if let Some(v) = row.get_mut("email") {
             *v = json!("***");
         }
+        // An input column removed, a named column added: the config follows.
+        row.remove("id");
+        row.insert("groundTruth".into(), json!("label"));
     })
     .field_budget(BUDGET)
     .sample_rate(0.5)
@@ -59,6 +62,17 @@ fn check_row(row: &Value) {
     );
     // The step's own email input is not a column: the mask saw only columns.
     assert!(row["steps"][0]["inputs"]["email"].is_string());
+    assert!(row.get("id").is_none());
+}
+
+/// Checks the config sent with the rows: it names only the columns the masked row has.
+fn check_config(config: &Value) {
+    assert_eq!(
+        config["inputVariableNames"],
+        json!(["email", "long"]),
+        "{config}"
+    );
+    assert_eq!(config["groundTruthColumnName"], "groundTruth", "{config}");
 }
 
 /// Rows of JSONL files in the trace file / spool line format.
@@ -119,7 +133,11 @@ fn scenario() {
         .requests()
         .iter()
         .filter(|q| q.outcome.is_success())
-        .flat_map(|q| q.json.as_ref().unwrap()["rows"].as_array().unwrap().clone())
+        .flat_map(|q| {
+            let body = q.json.as_ref().unwrap();
+            check_config(&body["config"]);
+            body["rows"].as_array().unwrap().clone()
+        })
         .collect();
     sent.iter().for_each(check_row);
 

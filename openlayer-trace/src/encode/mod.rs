@@ -120,6 +120,71 @@ const NAMED_COLUMNS: [(&str, &str); 5] = [
     ("_question", "questionColumnName"),
 ];
 
+/// The config, in wire order: the input variables (written by `inputs`, comma-separated),
+/// the fixed columns' names, and the named columns the row has (`named`, bits of
+/// [`NAMED_COLUMNS`]).
+fn push_config(config: &mut String, inputs: impl FnOnce(&mut String), named: u8) {
+    config.push_str("{\"outputColumnName\":\"output\",\"inputVariableNames\":[");
+    inputs(config);
+    config.push_str(
+        "],\"latencyColumnName\":\"latency\",\"costColumnName\":\"cost\",\
+         \"timestampColumnName\":\"inferenceTimestamp\",\"inferenceIdColumnName\":\"inferenceId\",\
+         \"numOfTokenColumnName\":\"tokens\"",
+    );
+    for (bit, (column, key)) in NAMED_COLUMNS.iter().enumerate() {
+        if named & (1 << bit) != 0 {
+            config.push_str(",\"");
+            config.push_str(key);
+            config.push_str("\":\"");
+            config.push_str(column);
+            config.push('"');
+        }
+    }
+    config.push('}');
+}
+
+/// The config of a row that a mask changed (`row`, its JSON): the input variables it no
+/// longer has are left out, and the named columns (`userIdColumnName`, ...) are those it
+/// has now, so that the config never names a column the row lacks. `None` when the row
+/// or the config cannot be read.
+pub(crate) fn reconcile_config(config: &str, row: &str) -> Option<String> {
+    use serde::Deserialize;
+    use serde::de::IgnoredAny;
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Inputs {
+        input_variable_names: Vec<String>,
+    }
+    let inputs: Inputs = serde_json::from_str(config).ok()?;
+    let mut de = serde_json::Deserializer::from_str(row);
+    de.disable_recursion_limit();
+    let columns = std::collections::HashMap::<String, IgnoredAny>::deserialize(&mut de).ok()?;
+    let mut named = 0;
+    for (bit, (column, _)) in NAMED_COLUMNS.iter().enumerate() {
+        if columns.contains_key(*column) {
+            named |= 1 << bit;
+        }
+    }
+    let mut out = String::with_capacity(config.len());
+    push_config(
+        &mut out,
+        |out| {
+            let kept = inputs
+                .input_variable_names
+                .iter()
+                .filter(|k| columns.contains_key(k.as_str()));
+            for (i, k) in kept.enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                push_str(out, k);
+            }
+        },
+        named,
+    );
+    Some(out)
+}
+
 /// Which of [`NAMED_COLUMNS`] the row has, as bits. None of them is a [`FIXED`] column,
 /// so only the columns set after those are looked at.
 fn named_columns(row: &Columns<'_>) -> u8 {
@@ -388,32 +453,21 @@ fn encode_into<R>(
     row_json.push('}');
 
     // The config, in wire order.
-    config.push_str("{\"outputColumnName\":\"output\",\"inputVariableNames\":[");
-    for (i, (k, text, _)) in inputs.iter().enumerate() {
-        if i > 0 {
-            config.push(',');
-        }
-        match text {
-            KeyText::Quoted(quoted) => config.push_str(quoted),
-            _ => push_str(config, k),
-        }
-    }
-    config.push_str(
-        "],\"latencyColumnName\":\"latency\",\"costColumnName\":\"cost\",\
-         \"timestampColumnName\":\"inferenceTimestamp\",\"inferenceIdColumnName\":\"inferenceId\",\
-         \"numOfTokenColumnName\":\"tokens\"",
+    push_config(
+        config,
+        |config| {
+            for (i, (k, text, _)) in inputs.iter().enumerate() {
+                if i > 0 {
+                    config.push(',');
+                }
+                match text {
+                    KeyText::Quoted(quoted) => config.push_str(quoted),
+                    _ => push_str(config, k),
+                }
+            }
+        },
+        named_columns(&row),
     );
-    let named = named_columns(&row);
-    for (bit, (column, key)) in NAMED_COLUMNS.iter().enumerate() {
-        if named & (1 << bit) != 0 {
-            config.push_str(",\"");
-            config.push_str(key);
-            config.push_str("\":\"");
-            config.push_str(column);
-            config.push('"');
-        }
-    }
-    config.push('}');
 
     let inference_id = match &st.inference_id {
         Some(id) => &**id,

@@ -83,7 +83,17 @@ impl Shaper {
                 return Prepared::SampledOut;
             }
             match self.shape(&row.row) {
-                Some(Some(shaped)) => row.row = shaped,
+                Some(Some(shaped)) => {
+                    row.row = shaped;
+                    // A mask may remove or add columns: the config names those the row
+                    // has (a budget only cuts values).
+                    if self.mask.is_some() {
+                        let Some(config) = encode::reconcile_config(&row.config, &row.row) else {
+                            return Prepared::Failed;
+                        };
+                        row.config = config;
+                    }
+                }
                 Some(None) => {}
                 None => return Prepared::Failed,
             }
