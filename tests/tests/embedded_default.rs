@@ -77,6 +77,30 @@ fn child() {
             assert!(report.complete);
             assert_eq!(report.stats.written, 3);
         }
+        // An explicit `init` that fails (here its spool directory is a file): the first
+        // traced call does not configure the SDK from the environment instead, which
+        // would send rows without the mask the caller asked for. Tracing stays off.
+        "failed_init" => {
+            let not_a_dir = std::env::temp_dir()
+                .join(format!("openlayer-trace-not-a-dir-{}", std::process::id()));
+            std::fs::write(&not_a_dir, "a file").unwrap();
+            let config = Config::builder()
+                .api_key("sk-test")
+                .base_url("http://127.0.0.1:9/v1")
+                .inference_pipeline_id("pipe-1")
+                .spool_dir(&not_a_dir)
+                .mask(|row| {
+                    row.remove("secret");
+                })
+                .build()
+                .unwrap();
+            assert!(openlayer_trace::init(config).is_err());
+            root(1);
+            assert!(!openlayer_trace::is_recording());
+            assert!(openlayer_trace::flush(Duration::from_secs(1)).is_err());
+            assert_eq!(openlayer_trace::stats().enqueued, 0);
+            std::fs::remove_file(&not_a_dir).unwrap();
+        }
         // The guard flushes on drop, with no runtime anywhere.
         "guard" => {
             {
@@ -218,6 +242,17 @@ fn a_full_queue_drops_and_counts_without_blocking() {
         lines(&file).len(),
         written,
         "every written trace is in the file"
+    );
+}
+
+#[test]
+fn a_failed_init_leaves_tracing_off_not_configured_from_the_environment() {
+    let dir = temp_dir("failed-init");
+    let file = dir.join("traces.jsonl");
+    run_child("failed_init", &[("OPENLAYER_TRACE_FILE", &file)]);
+    assert!(
+        !file.exists(),
+        "traces were written by a configuration from the environment"
     );
 }
 

@@ -217,15 +217,29 @@ impl Drop for Guard {
 /// which also installs the panic hook).
 pub(crate) fn init(config: Config) -> Result<Guard, Error> {
     let _lock = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut old_shut_down = false;
     if config.spool_dir.is_some() && config.api_key.is_some() && !config.disabled {
         // The spool directory belongs to one pipeline at a time: the previous one
         // releases it (spooling what it could not deliver) before the new one starts.
         let old = PIPELINE.read().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(old) = old {
             let _ = old.shutdown(old.config.shutdown_timeout);
+            old_shut_down = true;
         }
     }
-    let pipeline = start::start(config, Start::Explicit)?;
+    let pipeline = match start::start(config, Start::Explicit) {
+        Ok(p) => p,
+        Err(e) => {
+            // A failed `init` never leaves the first traced call to configure the SDK
+            // from the environment alone (without the mask, the sampling or the pipeline
+            // the caller asked for), nor a pipeline it shut down switched on: tracing is
+            // off until an `init` succeeds. A working earlier pipeline stays as it was.
+            if !sink::configured() || old_shut_down {
+                sink::install(None, false);
+            }
+            return Err(e);
+        }
+    };
     if let Some(old) = install(pipeline.clone()) {
         let timeout = old.config.shutdown_timeout;
         let _ = old.shutdown(timeout);
