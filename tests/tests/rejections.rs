@@ -77,6 +77,7 @@ fn child() {
         "healthy" => run_healthy(),
         "bisect" => bisect(),
         "broken_updates" => broken_updates(),
+        "flush_in_callback" => flush_in_callback(),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -154,6 +155,45 @@ fn broken_updates() {
     let s = &r.stats;
     assert_eq!(s.dropped.total(), 0, "{s:?}");
     assert_eq!(s.spooled, 4, "the row and the three updates: {s:?}");
+}
+
+/// `on_failure` runs on the worker: a flush called there is asked for, not waited for
+/// (the worker it would wait for is the thread running it), and the shutdown after it
+/// completes in time.
+fn flush_in_callback() {
+    let waited = Arc::new(Mutex::new(Vec::new()));
+    let w = waited.clone();
+    let config = base(&env("TEST_SERVER_URL"))
+        .max_retries(0)
+        .on_failure(move |_| {
+            let started = std::time::Instant::now();
+            // (During the shutdown, the queue is closed: `Err(Shutdown)` at once.)
+            let complete = openlayer_trace::flush(Duration::from_secs(3)).is_ok_and(|r| r.complete);
+            w.lock().unwrap().push((started.elapsed(), complete));
+        })
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    produce("failing", 2);
+    // The failures are told (and the callback flushes) before the shutdown.
+    assert!(wait_until(Duration::from_secs(10), || !waited
+        .lock()
+        .unwrap()
+        .is_empty()));
+    let started = std::time::Instant::now();
+    let r = guard.shutdown(Duration::from_secs(10)).unwrap();
+    assert!(r.complete, "{:?}", r.stats);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let waited = waited.lock().unwrap();
+    assert!(!waited.is_empty(), "on_failure ran");
+    for (took, complete) in waited.iter() {
+        assert!(*took < Duration::from_millis(500), "{took:?}");
+        assert!(!complete);
+    }
 }
 
 /// Restart 3: a healthy server; everything spooled by the two earlier runs is replayed.
@@ -330,4 +370,11 @@ fn row_updates_wait_in_the_spool_while_the_configuration_is_broken() {
         .collect();
     assert!(puts.is_empty(), "updates were sent to be refused: {puts:?}");
     assert!(server.request_count() > 0, "the refusal was met");
+}
+
+#[test]
+fn a_flush_called_from_on_failure_does_not_wait_for_the_worker() {
+    let server = TestServer::start_with(Behavior::always(Response::status(500)));
+    let dir = temp_dir("flush-in-callback");
+    restart("flush_in_callback", &server.url(), &dir, None);
 }

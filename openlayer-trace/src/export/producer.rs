@@ -386,6 +386,11 @@ impl Exporter {
         let Some((done, deadline)) = self.start_control(what, timeout)? else {
             return Ok(true); // disabled: nothing is ever pending
         };
+        if crate::util::reentry::suppressed() {
+            // Called from one of our threads or callbacks (`on_failure`, a mask): the
+            // worker it would wait for may be this very thread. Asked for, not waited.
+            return Ok(false);
+        }
         let complete = done.wait_until(deadline);
         if !complete {
             done.count_in(&self.abandoned_flushes);
@@ -397,6 +402,10 @@ impl Exporter {
         let Some((done, deadline)) = self.start_control(what, timeout)? else {
             return Ok(true);
         };
+        if crate::util::reentry::suppressed() {
+            // As in `wait_for`.
+            return Ok(false);
+        }
         let complete = done.clone().wait_until_async(deadline).await;
         if !complete {
             done.count_in(&self.abandoned_flushes);
