@@ -22,6 +22,10 @@ pub const DEFAULT_TRACE_FILE: &str = "openlayer-traces.jsonl";
 /// The default bound of the local trace file: 64 MiB.
 pub const DEFAULT_TRACE_FILE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
+/// The largest `queue_capacity` (a channel of more slots is refused by tokio's, which the
+/// OTLP exporter uses).
+const MAX_QUEUE_CAPACITY: usize = 1 << 24;
+
 /// An API key. Its `Debug` and `Display` never show the secret.
 ///
 /// ```
@@ -354,9 +358,11 @@ impl ConfigBuilder {
         /// 0.5 s, as the official SDKs). Tests shorten it.
         #[doc(hidden)]
         retry_base_backoff: Duration => |c, v| c.retry_base_backoff = v);
-    setter!(/// Most traces waiting in the queue (default 10 000). Row updates may take an
-        /// eighth more (at least 64) when it is full, so that they stay behind their rows.
-        queue_capacity: usize => |c, v| c.queue_capacity = v.max(1));
+    setter!(/// Most traces waiting in the queue (default 10 000; from 1 to 2^24, a value
+        /// outside taken as the nearest: the memory the queue holds is bounded by
+        /// `queue_max_bytes` anyway). Row updates may take an eighth more (at least 64)
+        /// when it is full, so that they stay behind their rows.
+        queue_capacity: usize => |c, v| c.queue_capacity = v.clamp(1, MAX_QUEUE_CAPACITY));
     setter!(/// Most bytes of undelivered traces and rows held in memory (default 64 MiB):
         /// the queue (at most half of it), the rows waiting for a request or in flight
         /// (with their request bodies) and the spool writer's backlog share this budget,

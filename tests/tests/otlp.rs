@@ -863,3 +863,19 @@ fn a_step_that_recorded_an_exception_is_an_error_span() {
         "error"
     );
 }
+
+/// A queue capacity meant as "unbounded" (`usize::MAX`) is taken as the largest one, not
+/// passed to a channel that refuses it (which stopped the worker: every trace dropped).
+#[test]
+fn a_huge_queue_capacity_still_exports() {
+    let _l = lock();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = accepting_server(&rt);
+    let config = openlayer(&s).queue_capacity(usize::MAX).build().unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    with_id("huge-queue");
+    let report = guard.shutdown(Duration::from_secs(5)).unwrap();
+    assert!(report.complete, "{report:?}");
+    assert_eq!(report.stats.sent, 1, "{report:?}");
+    assert_eq!(report.stats.dropped.total(), 0, "{report:?}");
+}
