@@ -177,11 +177,17 @@ static HEX_PAIRS: [[u8; 2]; 256] = {
 };
 
 /// The namespace of [`inference_id_for`]: UUID v5 of the URL namespace and
-/// `https://openlayer.com/inference-id`.
-const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x3c1d_7c2e_5b6a_5f0e_9d2a_4c8b_1e7f_6a90);
+/// `https://openlayer.com/inference-id` (checked by a test).
+const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x82012a73_7c20_52ee_a47d_1906994bfa79);
 
 /// Derives a deterministic inference id (a UUID v5) from a business key, so that a
 /// feedback service can compute the id of a row without a lookup.
+///
+/// The id is the UUID v5 of `key` (its UTF-8 bytes) in the namespace
+/// `82012a73-7c20-52ee-a47d-1906994bfa79`, itself the UUID v5 of the URL
+/// `https://openlayer.com/inference-id`: a service in another language computes the same,
+/// in Python `uuid.uuid5(uuid.uuid5(uuid.NAMESPACE_URL,
+/// "https://openlayer.com/inference-id"), key)`.
 ///
 /// ```
 /// use openlayer_trace::inference_id_for;
@@ -198,6 +204,21 @@ pub fn inference_id_for(key: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// The namespace is what the docs say (another language derives it the same way),
+    /// and an id is the UUID v5 of its key in it (checked against Python's `uuid`).
+    #[test]
+    fn inference_ids_are_uuid_v5_in_the_documented_namespace() {
+        let ns = uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_URL,
+            b"https://openlayer.com/inference-id",
+        );
+        assert_eq!(super::NAMESPACE, ns);
+        assert_eq!(
+            super::inference_id_for("order-1234"),
+            "d36f1c26-ba82-503a-be36-2507e9b4c3e7"
+        );
+    }
+
     use super::*;
     use std::collections::HashSet;
 
