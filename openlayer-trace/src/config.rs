@@ -253,7 +253,10 @@ impl Config {
     fn env_defaults() -> Config {
         let mut c = Config {
             api_key: env_var("OPENLAYER_API_KEY").map(ApiKey::new),
-            inference_pipeline_id: env_var("OPENLAYER_INFERENCE_PIPELINE_ID"),
+            // Trimmed: an id has no spaces, and a CRLF env file leaves a `\r` that would
+            // make every request a 404 (a broken configuration).
+            inference_pipeline_id: env_var("OPENLAYER_INFERENCE_PIPELINE_ID")
+                .map(|v| v.trim().to_string()),
             ..Config::default()
         };
         if let Some(url) = env_var("OPENLAYER_BASE_URL") {

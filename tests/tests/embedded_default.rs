@@ -101,6 +101,11 @@ fn child() {
             assert_eq!(openlayer_trace::stats().enqueued, 0);
             std::fs::remove_file(&not_a_dir).unwrap();
         }
+        // A pipeline id read from a CRLF env file: the `\r` is not part of it.
+        "crlf_pipeline" => {
+            let config = Config::from_env().unwrap();
+            assert_eq!(config.inference_pipeline_id(), Some("pipe-1"));
+        }
         // The guard flushes on drop, with no runtime anywhere.
         "guard" => {
             {
@@ -253,6 +258,14 @@ fn a_failed_init_leaves_tracing_off_not_configured_from_the_environment() {
     assert!(
         !file.exists(),
         "traces were written by a configuration from the environment"
+    );
+}
+
+#[test]
+fn a_pipeline_id_from_the_environment_is_trimmed() {
+    run_child(
+        "crlf_pipeline",
+        &[("OPENLAYER_INFERENCE_PIPELINE_ID", Path::new("pipe-1\r"))],
     );
 }
 
