@@ -130,6 +130,35 @@ async fn an_err_that_is_only_debug_still_fails_the_step() {
 }
 
 #[trace]
+fn logs_then_fails() -> Result<u32, NotFound> {
+    openlayer_trace::log_output(&"partial");
+    Err(NotFound("x".into()))
+}
+
+#[trace]
+fn calls_logs_then_fails() -> u32 {
+    let _ = logs_then_fails();
+    1
+}
+
+/// A failed step's output is null, child or root, even when one was logged before it
+/// failed (WIRE.md); its error is under `Exceptions`.
+#[test]
+fn a_failed_step_has_no_output_even_one_logged_before() {
+    let (_, traces) = testing::capture(|| {
+        calls_logs_then_fails();
+        let _ = logs_then_fails();
+    });
+    let [parent, root] = &traces[..] else {
+        panic!("{traces:#?}")
+    };
+    let child = parent.step("logs_then_fails").unwrap();
+    assert_eq!(child["output"], serde_json::Value::Null, "{child:#}");
+    assert_eq!(child["metadata"]["Exceptions"], "document x not found");
+    assert_eq!(root.root()["output"], serde_json::Value::Null);
+}
+
+#[trace]
 async fn async_root_panics() -> u8 {
     panic!("the first panic")
 }

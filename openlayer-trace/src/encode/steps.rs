@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use crate::record::{CompletedTrace, NO_PARENT, StepRecord};
+use crate::record::{CompletedTrace, NO_PARENT, Status, StepRecord};
 use crate::util::json::push_str;
 
 pub(super) fn push_f64(out: &mut String, v: f64) {
@@ -164,7 +164,12 @@ impl<'a> Tree<'a> {
         out.push_str(",\"output\":");
         let output = match root {
             Some(root) => root.output,
-            None => self.trace.state.output(rec),
+            // A failed step's output is null (WIRE.md), as the root's is, even when one
+            // was logged before it failed.
+            None if matches!(rec.status, Status::Ok | Status::Cancelled) => {
+                self.trace.state.output(rec)
+            }
+            None => None,
         };
         out.push_str(output.unwrap_or("null"));
         out.push_str(",\"groundTruth\":");
