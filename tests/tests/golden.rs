@@ -325,6 +325,8 @@ mod rag {
         log_question(question);
         let docs = retrieve(question, 2);
         let prompt = format!("Context: {}\nQuestion: {question}", docs.join(" "));
+        // The model is called after the retrieval: its step starts there, and lasted
+        // 420 ms (children are listed in start order).
         add_chat_completion_step(ChatCompletion {
             provider: Some("OpenAI".into()),
             model: Some("gpt-4o-mini".into()),
@@ -335,6 +337,7 @@ mod rag {
             inputs: Some(json!({"prompt": [{"role": "user", "content": prompt}]})),
             output: Some(json!("Paris")),
             latency: Some(Duration::from_millis(420)),
+            start_time: Some(SystemTime::now()),
             ..Default::default()
         });
         log_ground_truth("Paris");

@@ -399,3 +399,41 @@ fn with_inference_id_lends_the_rows_id() {
     );
     assert!(!called);
 }
+
+#[trace]
+fn parse_answer(answer: &str) -> usize {
+    answer.len()
+}
+
+/// A model call recorded after the fact, with its start back-dated (its latency), after
+/// a step that started later: the children are listed in start order, as WIRE.md has
+/// them, not in the order they were recorded.
+#[test]
+fn children_recorded_late_are_listed_in_start_order() {
+    let (_, traces) = testing::capture(|| {
+        let _root = step("answer").enter();
+        let t0 = std::time::Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(5)); // the model call
+        parse_answer("Paris");
+        openlayer_trace::add_chat_completion_step(openlayer_trace::ChatCompletion {
+            latency: Some(t0.elapsed()),
+            output: Some(json!("Paris")),
+            ..openlayer_trace::ChatCompletion::new("OpenAI", "gpt-4o")
+        });
+    });
+    let root = traces[0].root();
+    let names: Vec<&str> = root["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Chat Completion", "parse_answer"], "{root:#}");
+    let starts: Vec<f64> = root["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["startTime"].as_f64().unwrap())
+        .collect();
+    assert!(starts[0] <= starts[1], "{starts:?}");
+}

@@ -88,16 +88,33 @@ impl<'a> Tree<'a> {
         first_child.resize(n, NONE);
         next_sibling.clear();
         next_sibling.resize(n, NONE);
-        // Backwards, so that each list comes out in start order.
-        for (i, rec) in trace.state.steps.iter().enumerate().skip(1).rev() {
+        // Backwards, so that each list comes out in start order: steps are recorded as
+        // they start, so each goes first in its list, save one recorded after it started
+        // (a model call added with its start back-dated), which goes to its place.
+        // Equal starts keep the order of recording.
+        let steps = &trace.state.steps;
+        for (i, rec) in steps.iter().enumerate().skip(1).rev() {
             let p = if rec.parent == NO_PARENT {
                 0
             } else {
                 rec.parent as usize
             };
-            if p < n && p != i {
-                next_sibling[i] = first_child[p];
+            if p >= n || p == i {
+                continue;
+            }
+            let head = first_child[p];
+            if head == NONE || rec.start <= steps[head as usize].start {
+                next_sibling[i] = head;
                 first_child[p] = i as u32;
+            } else {
+                let mut prev = head as usize;
+                while next_sibling[prev] != NONE
+                    && steps[next_sibling[prev] as usize].start < rec.start
+                {
+                    prev = next_sibling[prev] as usize;
+                }
+                next_sibling[i] = next_sibling[prev];
+                next_sibling[prev] = i as u32;
             }
         }
         Tree {
