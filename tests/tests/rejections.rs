@@ -78,6 +78,7 @@ fn child() {
         "bisect" => bisect(),
         "broken_updates" => broken_updates(),
         "flush_in_callback" => flush_in_callback(),
+        "reinit_after_incomplete_shutdown" => reinit_after_incomplete_shutdown(),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -194,6 +195,26 @@ fn flush_in_callback() {
         assert!(*took < Duration::from_millis(500), "{took:?}");
         assert!(!complete);
     }
+}
+
+/// A shutdown that comes back incomplete (the server hangs; `on_failure`, which runs on
+/// the worker, is slow): an `init` right after it on the same spool waits for the old
+/// threads to let the spool go, instead of finding it locked by its own process.
+fn reinit_after_incomplete_shutdown() {
+    let config = || {
+        base(&env("TEST_SERVER_URL"))
+            .spool_dir(env("TEST_SPOOL_DIR"))
+            .on_failure(|_| std::thread::sleep(Duration::from_millis(500)))
+            .build()
+            .unwrap()
+    };
+    let guard = openlayer_trace::init(config()).unwrap();
+    produce("pending", 3);
+    let r = guard.shutdown(Duration::from_millis(100)).unwrap();
+    assert!(!r.complete, "{:?}", r.stats);
+    let again = openlayer_trace::init(config());
+    assert!(again.is_ok(), "{:?}", again.err());
+    drop(again);
 }
 
 /// Restart 3: a healthy server; everything spooled by the two earlier runs is replayed.
@@ -377,4 +398,16 @@ fn a_flush_called_from_on_failure_does_not_wait_for_the_worker() {
     let server = TestServer::start_with(Behavior::always(Response::status(500)));
     let dir = temp_dir("flush-in-callback");
     restart("flush_in_callback", &server.url(), &dir, None);
+}
+
+#[test]
+fn an_init_right_after_an_incomplete_shutdown_finds_the_spool_free() {
+    let server = TestServer::start_with(Behavior::hang());
+    let dir = temp_dir("reinit-spool");
+    restart(
+        "reinit_after_incomplete_shutdown",
+        &server.url(),
+        &dir,
+        None,
+    );
 }

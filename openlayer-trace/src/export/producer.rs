@@ -454,6 +454,26 @@ impl Exporter {
         Ok(self.report(complete))
     }
 
+    /// Waits (at most `bound`) for the background threads to end, as after a shutdown
+    /// that came back incomplete (the worker still gives up what it held, the spool
+    /// writer still holds the spool's lock). Whether they all ended.
+    pub(crate) fn wait_for_threads(&self, bound: Duration) -> bool {
+        let deadline = crate::util::clock::after(Instant::now(), bound);
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if threads.iter().all(|h| h.is_finished()) {
+                for h in threads.drain(..) {
+                    let _ = h.join();
+                }
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub(crate) async fn shutdown_async(&self, timeout: Duration) -> Result<DeliveryReport, Error> {
         let complete = self.wait_for_async(Control::Shutdown, timeout).await?;
         Ok(self.report(complete))

@@ -224,6 +224,11 @@ pub(crate) fn init(config: Config) -> Result<Guard, Error> {
         let old = PIPELINE.read().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(old) = old {
             let _ = old.shutdown(old.config.shutdown_timeout);
+            // After a shutdown that came back incomplete (this one, or the guard's
+            // before it), its threads may still hold the spool: waited for, within a
+            // bound, so that the new pipeline does not find the spool locked by its own
+            // process.
+            old.wait_for_threads(old.config.shutdown_timeout.min(Duration::from_secs(10)));
             old_shut_down = true;
         }
     }
