@@ -40,6 +40,7 @@ fn shaping(b: ConfigBuilder) -> Config {
         }
         // An input column removed, a named column added: the config follows.
         row.remove("id");
+        row.remove("cost");
         row.insert("groundTruth".into(), json!("label"));
     })
     .field_budget(BUDGET)
@@ -73,6 +74,8 @@ fn check_config(config: &Value) {
         "{config}"
     );
     assert_eq!(config["groundTruthColumnName"], "groundTruth", "{config}");
+    assert!(config.get("costColumnName").is_none(), "{config}");
+    assert_eq!(config["latencyColumnName"], "latency", "{config}");
 }
 
 /// Rows of JSONL files in the trace file / spool line format.

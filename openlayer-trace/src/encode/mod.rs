@@ -121,16 +121,38 @@ const NAMED_COLUMNS: [(&str, &str); 5] = [
 ];
 
 /// The config, in wire order: the input variables (written by `inputs`, comma-separated),
-/// the fixed columns' names, and the named columns the row has (`named`, bits of
-/// [`NAMED_COLUMNS`]).
-fn push_config(config: &mut String, inputs: impl FnOnce(&mut String), named: u8) {
-    config.push_str("{\"outputColumnName\":\"output\",\"inputVariableNames\":[");
+/// the fixed columns' names (of those the row has, by `has`), and the named columns the
+/// row has (`named`, bits of [`NAMED_COLUMNS`]).
+fn push_config(
+    config: &mut String,
+    inputs: impl FnOnce(&mut String),
+    named: u8,
+    has: impl Fn(&str) -> bool,
+) {
+    config.push('{');
+    if has("output") {
+        config.push_str("\"outputColumnName\":\"output\",");
+    }
+    config.push_str("\"inputVariableNames\":[");
     inputs(config);
-    config.push_str(
-        "],\"latencyColumnName\":\"latency\",\"costColumnName\":\"cost\",\
-         \"timestampColumnName\":\"inferenceTimestamp\",\"inferenceIdColumnName\":\"inferenceId\",\
-         \"numOfTokenColumnName\":\"tokens\"",
-    );
+    config.push(']');
+    // The fixed columns' names, each when the row has it (an encoded row always has
+    // them all; a mask may have removed one).
+    for (column, key) in [
+        ("latency", "latencyColumnName"),
+        ("cost", "costColumnName"),
+        ("inferenceTimestamp", "timestampColumnName"),
+        ("inferenceId", "inferenceIdColumnName"),
+        ("tokens", "numOfTokenColumnName"),
+    ] {
+        if has(column) {
+            config.push_str(",\"");
+            config.push_str(key);
+            config.push_str("\":\"");
+            config.push_str(column);
+            config.push('"');
+        }
+    }
     for (bit, (column, key)) in NAMED_COLUMNS.iter().enumerate() {
         if named & (1 << bit) != 0 {
             config.push_str(",\"");
@@ -143,9 +165,10 @@ fn push_config(config: &mut String, inputs: impl FnOnce(&mut String), named: u8)
     config.push('}');
 }
 
-/// The config of a row that a mask changed (`row`, its JSON): the input variables it no
-/// longer has are left out, and the named columns (`userIdColumnName`, ...) are those it
-/// has now, so that the config never names a column the row lacks. `None` when the row
+/// The config of a row that a mask changed (`row`, its JSON): the input variables and
+/// fixed columns it no longer has are left out, and the named columns
+/// (`userIdColumnName`, ...) are those it has now, so that the config never names a
+/// column the row lacks. `None` when the row
 /// or the config cannot be read.
 pub(crate) fn reconcile_config(config: &str, row: &str) -> Option<String> {
     use serde::Deserialize;
@@ -181,6 +204,7 @@ pub(crate) fn reconcile_config(config: &str, row: &str) -> Option<String> {
             }
         },
         named,
+        |column| columns.contains_key(column),
     );
     Some(out)
 }
@@ -467,6 +491,7 @@ fn encode_into<R>(
             }
         },
         named_columns(&row),
+        |_| true,
     );
 
     let inference_id = match &st.inference_id {
