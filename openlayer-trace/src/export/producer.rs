@@ -388,7 +388,9 @@ impl Exporter {
         };
         if crate::util::reentry::suppressed() {
             // Called from one of our threads or callbacks (`on_failure`, a mask): the
-            // worker it would wait for may be this very thread. Asked for, not waited.
+            // worker it would wait for may be this very thread. Asked for, not waited
+            // (and counted as a flush nobody waits for, which the bound limits).
+            done.count_in(&self.abandoned_flushes);
             return Ok(false);
         }
         let complete = done.wait_until(deadline);
@@ -404,6 +406,7 @@ impl Exporter {
         };
         if crate::util::reentry::suppressed() {
             // As in `wait_for`.
+            done.count_in(&self.abandoned_flushes);
             return Ok(false);
         }
         let complete = done.clone().wait_until_async(deadline).await;
@@ -458,6 +461,10 @@ impl Exporter {
     /// that came back incomplete (the worker still gives up what it held, the spool
     /// writer still holds the spool's lock). Whether they all ended.
     pub(crate) fn wait_for_threads(&self, bound: Duration) -> bool {
+        if crate::util::reentry::suppressed() {
+            // On one of our threads (an `init` from `on_failure`): it may be one of them.
+            return false;
+        }
         let deadline = crate::util::clock::after(Instant::now(), bound);
         let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
         loop {

@@ -239,8 +239,12 @@ pub(crate) fn init(config: Config) -> Result<Guard, Error> {
             // from the environment alone (without the mask, the sampling or the pipeline
             // the caller asked for), nor a pipeline it shut down switched on: tracing is
             // off until an `init` succeeds. A working earlier pipeline stays as it was.
-            if !sink::configured() || old_shut_down {
+            if !sink::configured() {
                 sink::install(None, false);
+            } else if old_shut_down {
+                // The shut-down pipeline stays the sink, so that traces completing now
+                // are counted (as `shutdown`), but records nothing new.
+                sink::set_enabled(false);
             }
             return Err(e);
         }
