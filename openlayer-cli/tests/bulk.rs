@@ -109,6 +109,15 @@ async fn mount_storage(server: &MockServer, status: u16, times: Option<u64>) {
     }
 }
 
+/// The per-row update endpoint (`PUT .../rows`), accepting every update.
+async fn mount_row_updates(server: &MockServer) {
+    Mock::given(method("PUT"))
+        .and(path(format!("/v1/inference-pipelines/{PIPELINE}/rows")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"success": true})))
+        .mount(server)
+        .await;
+}
+
 async fn requests(server: &MockServer) -> Vec<Request> {
     server.received_requests().await.unwrap()
 }
@@ -261,11 +270,7 @@ async fn a_small_file_goes_row_by_row_unless_bulk_is_asked_for() {
     let server = MockServer::start().await;
     mount_platform(&server).await;
     mount_storage(&server, 204, None).await;
-    Mock::given(method("PUT"))
-        .and(path(format!("/v1/inference-pipelines/{PIPELINE}/rows")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"success": true})))
-        .mount(&server)
-        .await;
+    mount_row_updates(&server).await;
     let dir = TempDir::new("small");
     let file = dir.path("few.parquet");
     write_parquet(&file, &[feedback(0, 5)]);
@@ -296,11 +301,7 @@ async fn a_small_file_goes_row_by_row_unless_bulk_is_asked_for() {
     let mut named = args.to_vec();
     named.extend(["--ground-truth-column", "score"]);
     server.reset().await;
-    Mock::given(method("PUT"))
-        .and(path(format!("/v1/inference-pipelines/{PIPELINE}/rows")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"success": true})))
-        .mount(&server)
-        .await;
+    mount_row_updates(&server).await;
     let out = openlayer(&named, &server).await;
     assert_exit(&out, 0);
     let reqs = requests(&server).await;
@@ -339,11 +340,7 @@ async fn jsonl_rows_with_different_keys_are_not_merged_in_bulk() {
     let server = MockServer::start().await;
     mount_platform(&server).await;
     mount_storage(&server, 204, None).await;
-    Mock::given(method("PUT"))
-        .and(path(format!("/v1/inference-pipelines/{PIPELINE}/rows")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"success": true})))
-        .mount(&server)
-        .await;
+    mount_row_updates(&server).await;
     let dir = TempDir::new("uneven");
     let file = dir.path("feedback.jsonl");
     let text: String = (0..1_200)
