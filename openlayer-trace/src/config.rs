@@ -232,8 +232,13 @@ pub(crate) fn env_truthy(value: &str) -> bool {
     )
 }
 
+/// A variable's value, trimmed (a CRLF env file leaves a `\r` at the end of each: in a
+/// pipeline id it would make every request a 404, in a key an invalid header, in a path
+/// another file); `None` when unset or blank.
 fn env_var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    let value = std::env::var(name).ok()?;
+    let trimmed = value.trim();
+    (!trimmed.is_empty()).then(|| trimmed.to_string())
 }
 
 impl Config {
@@ -253,10 +258,7 @@ impl Config {
     fn env_defaults() -> Config {
         let mut c = Config {
             api_key: env_var("OPENLAYER_API_KEY").map(ApiKey::new),
-            // Trimmed: an id has no spaces, and a CRLF env file leaves a `\r` that would
-            // make every request a 404 (a broken configuration).
-            inference_pipeline_id: env_var("OPENLAYER_INFERENCE_PIPELINE_ID")
-                .map(|v| v.trim().to_string()),
+            inference_pipeline_id: env_var("OPENLAYER_INFERENCE_PIPELINE_ID"),
             ..Config::default()
         };
         if let Some(url) = env_var("OPENLAYER_BASE_URL") {
@@ -274,7 +276,7 @@ impl Config {
         }
         #[cfg(feature = "otlp")]
         {
-            c.otlp.endpoint = env_var("OPENLAYER_OTLP_ENDPOINT").map(|v| v.trim().to_string());
+            c.otlp.endpoint = env_var("OPENLAYER_OTLP_ENDPOINT");
             if let Some(headers) = env_var("OPENLAYER_OTLP_HEADERS") {
                 c.otlp.headers = parse_otlp_headers(&headers);
             }
@@ -301,6 +303,10 @@ impl Config {
     /// The file of the embedded default, used when no API key is set.
     pub fn trace_file(&self) -> &std::path::Path {
         &self.trace_file
+    }
+    /// The spool directory (`OPENLAYER_SPOOL_DIR`), if one is set.
+    pub fn spool_dir(&self) -> Option<&std::path::Path> {
+        self.spool_dir.as_deref()
     }
     /// The most rows in one data-stream request (default 500).
     pub fn batch_max_rows(&self) -> usize {

@@ -101,10 +101,16 @@ fn child() {
             assert_eq!(openlayer_trace::stats().enqueued, 0);
             std::fs::remove_file(&not_a_dir).unwrap();
         }
-        // A pipeline id read from a CRLF env file: the `\r` is not part of it.
+        // Values read from a CRLF env file: the `\r` is not part of them.
         "crlf_pipeline" => {
             let config = Config::from_env().unwrap();
             assert_eq!(config.inference_pipeline_id(), Some("pipe-1"));
+            assert_eq!(config.api_key().map(|k| k.expose()), Some("sk-crlf"));
+            assert_eq!(config.base_url(), "http://127.0.0.1:9/v1");
+            let file = config.trace_file().to_str().unwrap();
+            assert!(file.ends_with("crlf.jsonl"), "{file:?}");
+            let spool = config.spool_dir().unwrap().to_str().unwrap();
+            assert!(spool.ends_with("crlf-spool"), "{spool:?}");
         }
         // The guard flushes on drop, with no runtime anywhere.
         "guard" => {
@@ -262,10 +268,17 @@ fn a_failed_init_leaves_tracing_off_not_configured_from_the_environment() {
 }
 
 #[test]
-fn a_pipeline_id_from_the_environment_is_trimmed() {
+fn values_from_the_environment_are_trimmed() {
+    let dir = temp_dir("crlf");
     run_child(
         "crlf_pipeline",
-        &[("OPENLAYER_INFERENCE_PIPELINE_ID", Path::new("pipe-1\r"))],
+        &[
+            ("OPENLAYER_INFERENCE_PIPELINE_ID", Path::new("pipe-1\r")),
+            ("OPENLAYER_API_KEY", Path::new("sk-crlf\r")),
+            ("OPENLAYER_BASE_URL", Path::new("http://127.0.0.1:9/v1\r")),
+            ("OPENLAYER_TRACE_FILE", &dir.join("crlf.jsonl\r")),
+            ("OPENLAYER_SPOOL_DIR", &dir.join("crlf-spool\r")),
+        ],
     );
 }
 
