@@ -633,6 +633,66 @@ async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// At the shutdown deadline, a request that already ended (its answer waiting in the
+    /// task set, as when the worker wakes at the deadline in the same instant) is settled
+    /// as it ended: its spans count as sent, not as dropped at the deadline.
+    #[test]
+    fn a_request_answered_by_the_deadline_is_sent_not_abandoned() {
+        let server = openlayer_testserver::TestServer::start();
+        let config = Config::builder()
+            .api_key("sk-test")
+            .otlp_endpoint(server.url())
+            .build()
+            .unwrap();
+        let counters = Arc::new(Counters::default());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (t, openlayer) = crate::export::otlp::transport_config(&config).unwrap();
+            let transport = Transport::new(t).unwrap();
+            let mut f = OtlpFlusher::new(
+                &config,
+                transport,
+                openlayer,
+                true,
+                counters.clone(),
+                Arc::new(Budget::new(1 << 20)),
+            );
+            let mut encoded = Vec::new();
+            prost::encoding::message::encode(
+                crate::export::otlp::convert::SCOPE_SPANS_SPANS,
+                &span(1, 1),
+                &mut encoded,
+            );
+            let bytes = encoded.len();
+            f.accept(Converted {
+                pipeline: None,
+                encoded,
+                spans: 1,
+                bytes,
+            });
+            // Urgent, so that the batch leaves without waiting for the linger.
+            f.shutdown = Some((Vec::new(), Instant::now() + Duration::from_secs(60)));
+            f.dispatch();
+            assert_eq!(f.tasks.len(), 1);
+            // The request ends; its result waits in the task set, not collected (this
+            // runtime runs the task while the test sleeps).
+            while server.request_count() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            f.abandon();
+        });
+        let stats = counters.snapshot();
+        assert_eq!(server.request_count(), 1);
+        assert_eq!(stats.otlp_spans_sent, 1, "{stats:?}");
+        assert_eq!(stats.otlp_spans_dropped, 0, "{stats:?}");
+        assert_eq!(stats.sent, 1, "{stats:?}");
+        assert_eq!(stats.dropped.total(), 0, "{stats:?}");
+    }
     use crate::export::otlp::proto::{
         ExportTraceServiceRequest, ResourceSpans, ScopeSpans, Span, StatusCode,
     };
