@@ -127,10 +127,13 @@ pub(crate) fn held() -> usize {
 /// are counted as held. If not, the step is counted as dropped.
 #[inline]
 pub(crate) fn admit(steps: usize, bytes: usize) -> bool {
-    let fits = steps < MAX_STEPS.load(Relaxed)
+    // Read once: an `init` on another thread may change it meanwhile, and the take-back
+    // below must match the add above (a take-back without its add wrapped the count).
+    let under = steps < MAX_STEPS.load(Relaxed);
+    let fits = under
         && HELD.fetch_add(bytes, Relaxed).saturating_add(bytes) <= MAX_BYTES.load(Relaxed);
     if !fits {
-        if steps < MAX_STEPS.load(Relaxed) {
+        if under {
             HELD.fetch_sub(bytes, Relaxed);
         }
         STEPS_DROPPED.fetch_add(1, Relaxed);
