@@ -292,14 +292,24 @@ fn a_chat_completion_step_with_absurd_values_never_panics() {
                 latency: Some(Duration::from_millis(1)),
                 ..ChatCompletion::new("OpenAI", "gpt-4o")
             });
+            // Centuries ago, and no latency: it ends now (the longest latency there is).
+            add_chat_completion_step(ChatCompletion {
+                start_time: Some(std::time::UNIX_EPOCH - Duration::from_secs(1 << 40)),
+                ..ChatCompletion::new("OpenAI", "gpt-4o")
+            });
         })
     });
     assert_eq!(traces.len(), 1);
     let chats = traces[0].root()["steps"].as_array().unwrap().clone();
-    assert_eq!(chats.len(), 2);
+    assert_eq!(chats.len(), 3);
+    let long = chats
+        .iter()
+        .map(|c| c["latency"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(long > 1e12, "{chats:?}");
     // In start order: the one that started in the far past first.
-    assert_eq!(chats[1]["tokens"], json!(u64::MAX));
-    assert!(chats[0]["startTime"].as_f64() <= chats[1]["startTime"].as_f64());
+    assert_eq!(chats[2]["tokens"], json!(u64::MAX));
+    assert!(chats[1]["startTime"].as_f64() <= chats[2]["startTime"].as_f64());
     for c in &chats {
         let (start, end) = (
             c["startTime"].as_f64().unwrap(),

@@ -27,7 +27,7 @@ pub(super) fn unix_secs(anchor_unix_ns: i128, offset_ns: i64) -> f64 {
 }
 
 pub(super) fn latency_ms(rec: &StepRecord) -> f64 {
-    (rec.end - rec.start).max(0) as f64 / 1e6
+    rec.end.saturating_sub(rec.start).max(0) as f64 / 1e6
 }
 
 /// A number out of a JSON text (`null` and non-numbers give `None`).

@@ -130,8 +130,8 @@ pub(crate) fn admit(steps: usize, bytes: usize) -> bool {
     // Read once: an `init` on another thread may change it meanwhile, and the take-back
     // below must match the add above (a take-back without its add wrapped the count).
     let under = steps < MAX_STEPS.load(Relaxed);
-    let fits = under
-        && HELD.fetch_add(bytes, Relaxed).saturating_add(bytes) <= MAX_BYTES.load(Relaxed);
+    let fits =
+        under && HELD.fetch_add(bytes, Relaxed).saturating_add(bytes) <= MAX_BYTES.load(Relaxed);
     if !fits {
         if under {
             HELD.fetch_sub(bytes, Relaxed);
