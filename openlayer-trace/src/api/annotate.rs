@@ -238,7 +238,10 @@ pub fn log_output<T: Serialize + ?Sized>(output: &T) {
 /// Sets a step's output and marks it as logged, so that its return value does not
 /// replace it.
 pub(crate) fn set_step_output(st: &mut TraceState, step: u32, json: &str) {
-    let r = st.push_text(json);
+    let Some(old) = st.steps.get(step as usize).map(|rec| rec.output) else {
+        return;
+    };
+    let r = st.replace_text(old, json);
     if let Some(rec) = st.steps.get_mut(step as usize) {
         rec.output = r;
         rec.extra_mut().output_logged = true;

@@ -116,8 +116,13 @@ fn queue(
                 .first()
                 .is_some_and(|root| crate::util::id::uuid_v4(root.id) == inference_id),
         };
-        if own && !st.shipped {
-            st.extra_mut().updates.extend(update.take());
+        if own
+            && !st.shipped
+            && let Some(u) = update.take()
+        {
+            // Held by the open trace until it completes, as its steps are.
+            st.hold(u.size());
+            st.extra_mut().updates.push(u);
         }
     });
     if let Some(update) = update {

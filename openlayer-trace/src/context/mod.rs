@@ -333,8 +333,7 @@ pub(crate) fn close_step(step: &OpenStep, end: i64, closing: Closing<'_>) {
     if let Some(output) = closing.output.filter(|_| !logged) {
         let r = st.push_text(output);
         st.steps[idx].output = r;
-        crate::util::open_traces::hold(output.len());
-        st.held += output.len();
+        st.hold(output.len());
     }
     if step.idx == 0 {
         st.root_closed = true;

@@ -112,6 +112,34 @@ impl TraceState {
             .unwrap_or_default()
     }
 
+    /// Replaces the text `old` refers to by `json`: in place when `old` is the last text
+    /// written (a step that logs its output again and again, as a stream's answer so far),
+    /// else appended. The bytes the trace's text grows by are counted as held (see
+    /// `crate::util::open_traces`).
+    pub(crate) fn replace_text(&mut self, old: Option<TextRef>, json: &str) -> Option<TextRef> {
+        let before = self.text.len();
+        let start = old
+            .filter(|o| o.start as usize + o.len as usize == before)
+            .map_or(before, |o| o.start as usize);
+        // Beyond a text reference's reach (4 GiB of text): refused, the old text kept.
+        if start
+            .checked_add(json.len())
+            .is_none_or(|end| u32::try_from(end).is_err())
+        {
+            return old;
+        }
+        self.text.truncate(start);
+        let r = self.push_text(json);
+        self.hold(self.text.len().saturating_sub(before));
+        r
+    }
+
+    /// Counts `bytes` more as held by this open trace.
+    pub(crate) fn hold(&mut self, bytes: usize) {
+        crate::util::open_traces::hold(bytes);
+        self.held += bytes;
+    }
+
     /// Appends a JSON text to the trace's text.
     pub(crate) fn push_text(&mut self, json: &str) -> Option<TextRef> {
         let start = u32::try_from(self.text.len()).ok()?;

@@ -226,7 +226,10 @@ fn set_inputs_value(h: &StepHandle, v: Value) {
         return;
     };
     let mut st = open.trace.lock();
-    let r = st.push_text(&text);
+    let Some(old) = st.steps.get(open.idx as usize).map(|rec| rec.inputs) else {
+        return;
+    };
+    let r = st.replace_text(old, &text);
     if let Some(rec) = st.steps.get_mut(open.idx as usize) {
         rec.inputs = r;
     }
