@@ -277,6 +277,7 @@ impl<'a> Ser<'a> {
             first: true,
             close,
             raw: false,
+            key_written: false,
         }
     }
 }
@@ -380,6 +381,7 @@ impl<'a> ser::Serializer for Ser<'a> {
                 first: true,
                 close: b"",
                 raw: true,
+                key_written: false,
             });
         }
         Ok(self.compound(b'{', b"}"))
@@ -404,6 +406,10 @@ struct Compound<'a> {
     close: &'static [u8],
     /// A `serde_json` raw value: its field is written as it is.
     raw: bool,
+    /// A map's key was written and its value is due. A `Serialize` implementation that
+    /// breaks serde's order (a key without its value, two values) is an error, so that
+    /// the text stays valid JSON (`{"k":}` or `{"k":12}` otherwise).
+    key_written: bool,
 }
 
 impl Compound<'_> {
@@ -435,6 +441,9 @@ impl Compound<'_> {
 
     #[inline]
     fn end(self) -> Result<(), Error> {
+        if self.key_written {
+            return Err(ser::Error::custom("a map key without its value"));
+        }
         self.out.extend_from_slice(self.close);
         Ok(())
     }
@@ -467,12 +476,19 @@ impl ser::SerializeMap for Compound<'_> {
     type Ok = ();
     type Error = Error;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Error> {
+        if self.key_written {
+            return Err(ser::Error::custom("a map key without its value"));
+        }
         self.separator();
         key.serialize(KeySer { out: self.out })?;
         self.out.push(b':');
+        self.key_written = true;
         Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        if !std::mem::take(&mut self.key_written) {
+            return Err(ser::Error::custom("a map value without its key"));
+        }
         value.serialize(Ser { out: self.out })
     }
     fn end(self) -> Result<(), Error> {

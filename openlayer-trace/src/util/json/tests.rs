@@ -206,6 +206,69 @@ fn elements_after_an_announced_empty_length_stay_valid_json() {
     assert_eq!(serde_json::to_string(&Lies).unwrap(), "[],1]");
 }
 
+/// A map whose `Serialize` breaks serde's key-value order is an error, never text that
+/// is not JSON (`{"k":}`, `{"k":12}`), which would go into a row as it is.
+#[test]
+fn map_entries_out_of_order_are_errors_not_broken_json() {
+    use serde::ser::SerializeMap;
+    #[derive(Clone, Copy)]
+    enum Misuse {
+        KeyWithoutValue,
+        TwoValues,
+        TwoKeys,
+        ValueFirst,
+        InOrder,
+    }
+    impl Serialize for Misuse {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut map = s.serialize_map(None)?;
+            match self {
+                Misuse::KeyWithoutValue => map.serialize_key("k")?,
+                Misuse::TwoValues => {
+                    map.serialize_key("k")?;
+                    map.serialize_value(&1)?;
+                    map.serialize_value(&2)?;
+                }
+                Misuse::TwoKeys => {
+                    map.serialize_key("a")?;
+                    map.serialize_key("b")?;
+                    map.serialize_value(&1)?;
+                }
+                Misuse::ValueFirst => map.serialize_value(&1)?,
+                Misuse::InOrder => {
+                    map.serialize_key("k")?;
+                    map.serialize_value(&1)?;
+                    map.serialize_entry("l", &2)?;
+                }
+            }
+            map.end()
+        }
+    }
+    for m in [
+        Misuse::KeyWithoutValue,
+        Misuse::TwoValues,
+        Misuse::TwoKeys,
+        Misuse::ValueFirst,
+    ] {
+        let mut out = Vec::new();
+        assert!(
+            to_vec(&mut out, &m).is_err(),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        // Nested too: the error reaches the top.
+        let mut out = Vec::new();
+        assert!(
+            to_vec(&mut out, &vec![m]).is_err(),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+    let mut out = Vec::new();
+    to_vec(&mut out, &Misuse::InOrder).unwrap();
+    assert_eq!(out, br#"{"k":1,"l":2}"#);
+}
+
 #[test]
 fn serde_json_raw_values_are_written_as_they_are() {
     // What `serde_json::value::RawValue` (feature `raw_value`) serializes as.
