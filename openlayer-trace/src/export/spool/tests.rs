@@ -289,6 +289,28 @@ fn write_ahead_rows_are_replayed_only_when_given_up() {
     assert!(files_in(&dir).is_empty(), "{:?}", files_in(&dir));
 }
 
+/// Once the spool is closed (the write-ahead file deleted or handed to the next process),
+/// nothing more is written ahead: a row completing then would go into a file no one
+/// reads, counted as spooled.
+#[test]
+fn nothing_is_written_ahead_after_the_spool_closed() {
+    let dir = temp_dir("ahead-closed");
+    let config = Config::builder()
+        .spool_dir(&dir)
+        .spool_mode(SpoolMode::WriteAhead)
+        .build()
+        .unwrap();
+    let (spool, rx) = Spool::open(&config, Arc::new(Counters::default()), budget(&config)).unwrap();
+    let s = spool.clone();
+    let shaper = Shaper::new(&config);
+    let t = std::thread::spawn(move || run_writer(s, rx, shaper, None));
+    let a = spool.append_ahead(&row("a").spool_line()).unwrap();
+    spool.ack_ahead([a]);
+    stop(&spool, t);
+    assert!(spool.append_ahead(&row("late").spool_line()).is_none());
+    assert!(files_in(&dir).is_empty(), "{:?}", files_in(&dir));
+}
+
 /// An update in a later file than its row's write-ahead line waits while that line is
 /// still on its way: replayed first, it would find no row and be lost.
 #[test]

@@ -437,9 +437,12 @@ impl Writer<'_> {
         self.seal_current();
         let s = self.spool;
         if let Some(wa) = &s.wa {
-            let w = lock(wa);
+            let mut w = lock(wa);
             let _ = w.file.sync_data();
             w.live.sealed.store(true, SeqCst);
+            // Nothing more is written ahead: the file may be deleted below, or read by
+            // the next process (a row written now would be counted as spooled and lost).
+            w.broken = true;
             let seq = w.live.seq;
             drop(w);
             let mut index = lock(&s.index);
