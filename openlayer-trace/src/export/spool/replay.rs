@@ -162,6 +162,8 @@ impl Spool {
                 Ok(None) if order.held => return None,
                 Ok(None) => earlier |= busy,
                 Err(e) => {
+                    // Its lines, unread, may be the rows of later updates: they wait.
+                    earlier = true;
                     crate::util::diag::warn_limited!(path = %self.data_path(seq).display(), error = %e, "could not read a spool file");
                 }
             }
@@ -191,9 +193,18 @@ impl Spool {
         let mut to_ack = Vec::new();
         let mut unreadable = 0u64;
         let mut no_pipeline = 0u64;
+        let mut read_error = None;
         loop {
             line.clear();
-            let n = reader.read_until(b'\n', &mut line)?;
+            let n = match reader.read_until(b'\n', &mut line) {
+                Ok(n) => n,
+                Err(e) => {
+                    // The lines read so far are settled below as any others (the batch
+                    // they started is returned); the rest is read again next time.
+                    read_error = Some(e);
+                    break;
+                }
+            };
             if n == 0 {
                 break;
             }
@@ -325,7 +336,10 @@ impl Spool {
             self.ack_locked(index, seq, &to_ack);
             self.delete_if_done(index, seq);
         }
-        Ok(batch)
+        match (batch, read_error) {
+            (None, Some(e)) => Err(e),
+            (batch, _) => Ok(batch),
+        }
     }
 
     /// Records how a replayed batch ended.

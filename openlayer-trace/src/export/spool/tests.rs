@@ -370,6 +370,36 @@ fn an_update_waits_for_rows_still_on_their_way_in_an_earlier_file() {
     stop(&spool, t);
 }
 
+/// A spool file that cannot be read (here removed behind the spool's back; too many open
+/// files, say) may hold the rows of later updates: they wait, rather than go first and
+/// find no row.
+#[test]
+fn an_update_waits_behind_a_file_that_cannot_be_read() {
+    let dir = temp_dir("unreadable-before-update");
+    let (spool, _, t) = start(&dir);
+    spool_and_sync(&spool, &["r"]);
+    stop(&spool, t);
+    let (spool, _, t) = start(&dir);
+    spool
+        .send_updates(
+            vec![update_of("r")],
+            Vec::new(),
+            DropReason::RetriesExhausted,
+            Tier::Spool,
+        )
+        .unwrap();
+    wait_for_writer(&spool);
+    let mut data: Vec<PathBuf> = files_in(&dir)
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    data.sort();
+    assert_eq!(data.len(), 2, "{data:?}");
+    std::fs::remove_file(&data[0]).unwrap();
+    assert!(spool.next_replay(10, 1 << 20, None).is_none());
+    stop(&spool, t);
+}
+
 /// How many data files the spool has.
 fn jsonl_files(dir: &Path) -> usize {
     files_in(dir)
