@@ -185,10 +185,18 @@ pub(crate) fn run_writer(
                 Job::Close(done) => close = Some(done),
             }
         }
-        w.sync();
+        let synced = w.sync();
         // Written here and synced (or dropped and counted): their lines ahead are done.
-        if !ahead.is_empty() {
-            spool.ack_ahead(ahead);
+        // If the sync failed, their copies here may not be on disk: the lines ahead stay,
+        // to be replayed (an update applied twice is applied once).
+        if synced {
+            if !ahead.is_empty() {
+                spool.ack_ahead(ahead);
+            }
+        } else {
+            for r in ahead {
+                spool.give_up(r);
+            }
         }
         spool.written.notify_one();
         for done in barriers {
@@ -367,14 +375,20 @@ impl Writer<'_> {
         }
     }
 
-    fn sync(&mut self) {
+    /// Syncs the open file and counts what it holds as spooled; false if the sync failed
+    /// (the file is then sealed: after a failed sync, a later one may report success
+    /// although earlier writes were lost).
+    fn sync(&mut self) -> bool {
+        let mut synced = true;
         if let Some(c) = &mut self.current
             && c.dirty
         {
+            c.dirty = false;
             if let Err(e) = c.file.sync_data() {
                 crate::util::diag::warn_limited!(dir = %self.spool.dir.display(), error = %e, "could not sync the spool");
+                synced = false;
+                self.seal_current();
             }
-            c.dirty = false;
         }
         let Unsynced { rows, overflowed } = std::mem::take(&mut self.unsynced);
         if rows > 0 {
@@ -393,6 +407,7 @@ impl Writer<'_> {
                 },
             );
         }
+        synced
     }
 
     fn seal_current(&mut self) {
