@@ -193,7 +193,12 @@ impl Spool {
         let (jobs, rx) = mpsc::channel();
         let mut spool = Spool {
             max_bytes: config.spool_max_bytes,
-            segment_bytes: (config.spool_max_bytes / 8).clamp(64 * 1024, 16 * 1024 * 1024),
+            // At most half the spool: a file as large as the spool itself (64 KiB in a
+            // smaller one) would fill it before it is rotated, and an unsealed file is
+            // never evicted.
+            segment_bytes: (config.spool_max_bytes / 8)
+                .clamp(64 * 1024, 16 * 1024 * 1024)
+                .min((config.spool_max_bytes / 2).max(1)),
             total: AtomicU64::new(total),
             index: Mutex::new(index),
             held_ids: Mutex::new(HashSet::new()),

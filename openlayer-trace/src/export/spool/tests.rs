@@ -400,6 +400,33 @@ fn an_update_waits_behind_a_file_that_cannot_be_read() {
     stop(&spool, t);
 }
 
+/// A spool smaller than the usual write-ahead file (64 KiB) still rotates it: its
+/// acknowledged lines go, and writing ahead goes on.
+#[test]
+fn a_small_write_ahead_spool_rotates_its_file() {
+    let dir = temp_dir("ahead-small");
+    let config = Config::builder()
+        .spool_dir(&dir)
+        .spool_mode(SpoolMode::WriteAhead)
+        .spool_max_bytes(32 * 1024)
+        .build()
+        .unwrap();
+    let (spool, rx) = Spool::open(&config, Arc::new(Counters::default()), budget(&config)).unwrap();
+    let s = spool.clone();
+    let shaper = Shaper::new(&config);
+    let t = std::thread::spawn(move || run_writer(s, rx, shaper, None));
+    let big = "x".repeat(1000);
+    for i in 0..100 {
+        let mut r = row(&format!("r{i}"));
+        r.row = format!(r#"{{"inferenceId":"r{i}","output":"{big}"}}"#);
+        let wal = spool.append_ahead(&r.spool_line());
+        assert!(wal.is_some(), "line {i} was not written ahead");
+        spool.ack_ahead(wal);
+        wait_for_writer(&spool);
+    }
+    stop(&spool, t);
+}
+
 /// How many data files the spool has.
 fn jsonl_files(dir: &Path) -> usize {
     files_in(dir)
