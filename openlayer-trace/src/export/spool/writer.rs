@@ -338,7 +338,10 @@ impl Writer<'_> {
         }
         let c = self.current.as_mut().expect("opened above");
         if let Err(e) = (&c.file).write_all(buf) {
-            // A partial line may be there now: never append after it.
+            // Some of the lines may be there now, counted as dropped: cut them off, so
+            // that a later process does not replay them. If that fails too, a partial
+            // line may be there: never append after it.
+            let _ = c.file.set_len(c.len);
             let on_disk = c.file.metadata().map(|m| m.len()).unwrap_or(c.len);
             self.spool
                 .total
