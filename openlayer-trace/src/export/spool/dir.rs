@@ -88,20 +88,27 @@ pub(super) fn parse_seq(name: &str, ext: &str) -> Option<u64> {
     (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
         .then(|| stem.parse().ok())
         .flatten()
+        // Never reached by counting: a name past it is not ours (the next number would
+        // overflow).
+        .filter(|&seq| seq < SEQ_MAX)
 }
 
+/// Sequence numbers stay below this.
+const SEQ_MAX: u64 = 1 << 62;
+
 pub(super) fn read_acks(path: &Path) -> HashSet<u64> {
-    let Ok(text) = fs::read_to_string(path) else {
+    let Ok(bytes) = fs::read(path) else {
         return HashSet::new();
     };
-    // Only newline-terminated records count: a torn last record is ignored.
-    let complete = match text.rfind('\n') {
-        Some(i) => &text[..=i],
-        None => "",
+    // Only newline-terminated records count: a torn last record is ignored. Read as
+    // bytes: one damaged record (not UTF-8) must not cost the others.
+    let complete = match bytes.iter().rposition(|&b| b == b'\n') {
+        Some(i) => &bytes[..=i],
+        None => &[][..],
     };
     complete
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
+        .split(|&b| b == b'\n')
+        .filter_map(|l| std::str::from_utf8(l).ok()?.trim().parse().ok())
         .collect()
 }
 
@@ -138,5 +145,28 @@ pub(super) fn count_lines(path: &Path) -> io::Result<(u64, u64)> {
             }
         }
         pos += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sequence_number_near_the_end_of_u64_is_not_ours() {
+        assert_eq!(parse_seq("00000000000000000042.jsonl", "jsonl"), Some(42));
+        assert_eq!(parse_seq("18446744073709551615.jsonl", "jsonl"), None);
+        assert_eq!(parse_seq("04611686018427387904.jsonl", "jsonl"), None);
+    }
+
+    #[test]
+    fn a_damaged_acknowledgement_costs_only_itself() {
+        let dir = std::env::temp_dir().join(format!("ol-acks-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("acks");
+        fs::write(&path, b"12\n\xff\xfe\n40\n7").unwrap();
+        let acks = read_acks(&path);
+        assert_eq!(acks, HashSet::from([12, 40]));
+        let _ = fs::remove_dir_all(&dir);
     }
 }
