@@ -113,10 +113,24 @@ fn render_line(out: &mut String, number: usize, line: &LocalLine) {
     }
 }
 
+/// The deepest step indented; deeper ones are indented as much, with their depth.
+const MAX_INDENT: usize = 40;
+
 fn render_step(out: &mut String, step: &Value, depth: usize) {
     let name = step.get("name").and_then(Value::as_str).unwrap_or("?");
     let kind = step.get("type").and_then(Value::as_str).unwrap_or("?");
-    let _ = write!(out, "{:indent$}{name} [{kind}]", "", indent = depth * 2);
+    // Indented up to a depth, then numbered: a trace thousands of steps deep would
+    // print lines of quadratic total length (and a width past 65,535 is refused).
+    if depth <= MAX_INDENT {
+        let _ = write!(out, "{:indent$}{name} [{kind}]", "", indent = depth * 2);
+    } else {
+        let _ = write!(
+            out,
+            "{:indent$}({depth}) {name} [{kind}]",
+            "",
+            indent = MAX_INDENT * 2
+        );
+    }
     if let Some(ms) = step.get("latency").and_then(Value::as_f64) {
         let _ = write!(out, " {}", ms_text(ms));
     }

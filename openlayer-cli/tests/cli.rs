@@ -852,6 +852,52 @@ async fn push_sends_a_trace_ten_thousand_steps_deep() {
     assert!(String::from_utf8_lossy(&reqs[0].body).contains("deep-1"));
 }
 
+/// A line nested millions of levels deep (damaged, or made to crash the reader) is a
+/// bad line, named and skipped, not a stack overflow; the other lines go on. A trace
+/// nested as deep as the reader takes is still shown.
+#[tokio::test]
+async fn a_line_nested_millions_of_levels_deep_is_a_bad_line() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/v1/inference-pipelines/[^/]+/data-stream$"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    let dir = TempDir::new("push-hostile-depth");
+    let hostile = format!(
+        r#"{{"pipelineId":"pipe-a","config":{{}},"rows":[{{"x":{}{}}}]}}"#,
+        "[".repeat(3_000_000),
+        "]".repeat(3_000_000)
+    );
+    let file = dir.file(
+        "traces.jsonl",
+        &format!(
+            "{}\n{hostile}\n{}\n",
+            trace_line(None, "t1"),
+            trace_line(None, "t3")
+        ),
+    );
+    let out = openlayer(&["show", file.to_str().unwrap()], &[]).await;
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "levels deep");
+    assert!(stdout(&out).contains("trace t3"), "{}", stdout(&out));
+
+    let out = openlayer(
+        &["push", file.to_str().unwrap(), "--pipeline-id", "pipe-a"],
+        &platform(&server),
+    )
+    .await;
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "levels deep");
+    let sent = row_ids(&requests(&server).await);
+    assert_eq!(sent, ["t1", "t3"]);
+
+    let deep = dir.file("deep.jsonl", &(deep_trace_line("deep-1", 40_000) + "\n"));
+    let out = openlayer(&["show", deep.to_str().unwrap()], &[]).await;
+    assert_exit(&out, 0);
+    assert_eq!(stdout(&out).lines().count(), 40_001);
+}
+
 /// A last line still being written (no newline yet) is left for the next push, which
 /// sends it once complete; a change inside the part already pushed, even one that keeps
 /// its length, is refused.

@@ -46,6 +46,38 @@ pub(crate) fn unpanicked<R, E>(
     }
 }
 
+/// Whether the JSON text `s` nests arrays and objects more than `max` levels deep
+/// (brackets inside strings do not count). Parsing recurses once per level: a text read
+/// from a file is checked first, so that a damaged or hostile line is an error, not a
+/// stack overflow.
+pub(crate) fn nests_deeper_than(s: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in s {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Appends `s` as a JSON string.
 #[inline]
 pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {

@@ -116,12 +116,24 @@ impl<'de> Deserialize<'de> for LocalLine {
     }
 }
 
+/// The deepest nesting of a line read from a local file: each level of steps takes two
+/// (`"steps":[{`), so this is five times the default `max_steps_per_trace` all nested,
+/// and still parses on the stack of the `openlayer` command's thread.
+const MAX_LINE_DEPTH: usize = 100_000;
+
 impl std::str::FromStr for LocalLine {
     type Err = Error;
 
-    /// Parses one line (surrounding whitespace ignored).
+    /// Parses one line (surrounding whitespace ignored). A line nested more than
+    /// [`MAX_LINE_DEPTH`] levels deep is an error (parsing it would overflow the stack).
     fn from_str(s: &str) -> Result<Self, Error> {
-        crate::encode::row_policy::from_str_deep(s.trim()).map_err(Error::Json)
+        let s = s.trim();
+        if crate::util::json::nests_deeper_than(s.as_bytes(), MAX_LINE_DEPTH) {
+            return Err(Error::InvalidInput(format!(
+                "the line nests more than {MAX_LINE_DEPTH} levels deep"
+            )));
+        }
+        crate::encode::row_policy::from_str_deep(s).map_err(Error::Json)
     }
 }
 
@@ -325,6 +337,11 @@ pub struct LocalEntry {
 /// Blank lines are skipped. A malformed line is yielded as an error (`Error::Json` or
 /// `Error::InvalidInput`) and reading goes on with the next one; a read error is yielded
 /// once and ends the iteration.
+///
+/// Parsing a line recurses once per level of nesting, so a trace with deeply nested
+/// steps needs a thread with a large stack (the `openlayer` command reads on one of
+/// 256 MiB); a line nested more than 100,000 levels deep is an error, not a stack
+/// overflow.
 ///
 /// ```
 /// use openlayer_trace::LocalLines;

@@ -299,3 +299,14 @@ fn the_escape_check_has_no_false_negatives() {
         }
     }
 }
+
+#[test]
+fn nesting_depth_counts_brackets_outside_strings_only() {
+    assert!(!nests_deeper_than(br#"{"a":[1,{"b":2}]}"#, 3));
+    assert!(nests_deeper_than(br#"{"a":[1,{"b":2}]}"#, 2));
+    // Brackets in strings, escaped quotes included, do not count.
+    assert!(!nests_deeper_than(br#"{"a":"[[[{{{\"[[["}"#, 1));
+    assert!(nests_deeper_than(br#"{"a\"":[[]]}"#, 2));
+    // Depth, not count: siblings do not add up.
+    assert!(!nests_deeper_than(b"[[],[],[],[]]", 2));
+}
