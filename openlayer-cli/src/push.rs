@@ -200,9 +200,8 @@ fn load_state(path: &Path) -> Result<State, CliError> {
 }
 
 /// Replaces the progress file atomically: a temporary file, synced, renamed over it.
-fn save_state(path: &Path, state: &State) -> Result<(), CliError> {
-    let fail =
-        |e: std::io::Error| CliError::Failed(format!("cannot write {}: {e}", path.display()));
+fn save_state(path: &Path, state: &State) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -211,7 +210,44 @@ fn save_state(path: &Path, state: &State) -> Result<(), CliError> {
         .map_err(fail)?;
     f.sync_all().map_err(fail)?;
     drop(f);
-    std::fs::rename(&tmp, path).map_err(fail)
+    std::fs::rename(&tmp, path).map_err(fail)?;
+    // The rename itself made durable: undone by a power loss, the lines it records would
+    // be sent again. (Not possible on every platform: best effort.)
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+/// `FILE.pushed.lock`, locked for the whole push: two pushes of one file at once would
+/// both send every line not recorded yet, and overwrite each other's progress. Creating
+/// it also shows, before anything is sent, that the progress file can be written next to
+/// it. The file stays (removing it would let two pushes lock two files).
+fn lock_progress(progress: &Path) -> Result<File, CliError> {
+    let mut name = progress.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(&path).map_err(|e| {
+        CliError::Failed(format!(
+            "cannot write {} (the progress of the push is kept next to the file): {e}",
+            path.display()
+        ))
+    })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(CliError::Failed(format!(
+            "another openlayer push of this file is running (it holds {}); nothing was sent",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(CliError::Failed(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
 }
 
 pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliError> {
@@ -231,6 +267,7 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
     let partial = total.saturating_sub(complete);
 
     let progress_path = sidecar(file);
+    let _lock = lock_progress(&progress_path)?;
     let state = load_state(&progress_path)?;
 
     // A first pass checks the part pushed before (its length and hash), counts the lines
@@ -323,6 +360,7 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
         lines_sent: 0,
         rows_sent: 0,
         updates_sent: 0,
+        unrecorded: None,
     };
     let limits = (config.batch_max_rows(), config.batch_max_bytes());
     let mut bad_lines = 0usize;
@@ -332,7 +370,7 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
     let mut blocks = blocks.into_iter();
     let mut block: VecDeque<(LocalEntry, End)> = VecDeque::new();
     loop {
-        if stopped.is_some() {
+        if stopped.is_some() || push.unrecorded.is_some() {
             break;
         }
         // The lines are taken a block at a time, each block checked whole before any of
@@ -345,8 +383,9 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
                 let mut failed = None;
                 if let Some(full) = batch.take() {
                     let (unsent, f) = push.stream(full).await?;
+                    not_attempted += unsent;
                     if f.is_some() {
-                        not_attempted += unsent + next.lines;
+                        not_attempted += next.lines;
                     }
                     failed = f;
                 }
@@ -381,8 +420,8 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
                     .is_some_and(|b| b.takes(&pipeline, &config, rows.len(), entry.len, limits));
                 if !joins && let Some(full) = batch.take() {
                     let (unsent, failed) = push.stream(full).await?;
-                    if let Some(failed) = failed {
-                        stopped = Some(failed);
+                    if failed.is_some() || push.unrecorded.is_some() {
+                        stopped = stopped.or(failed);
                         // This line, and the lines of the batch after the refused one.
                         not_attempted += 1 + unsent;
                         continue;
@@ -401,8 +440,8 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
                 // The rows before it go first: an update never overtakes its row.
                 if let Some(full) = batch.take() {
                     let (unsent, failed) = push.stream(full).await?;
-                    if let Some(failed) = failed {
-                        stopped = Some(failed);
+                    if failed.is_some() || push.unrecorded.is_some() {
+                        stopped = stopped.or(failed);
                         not_attempted += 1 + unsent;
                         continue;
                     }
@@ -427,7 +466,7 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
                 match result {
                     Ok(()) => {
                         push.updates_sent += 1;
-                        push.sent(&[(entry.number, end)])?;
+                        push.sent(&[(entry.number, end)]);
                     }
                     Err(e) => {
                         push.bar.add(1, 1);
@@ -438,13 +477,12 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
         }
     }
     if stopped.is_none()
+        && push.unrecorded.is_none()
         && let Some(last) = batch.take()
     {
         let (unsent, failed) = push.stream(last).await?;
-        if let Some(failed) = failed {
-            stopped = Some(failed);
-            not_attempted += unsent;
-        }
+        not_attempted += unsent;
+        stopped = failed;
     }
     // The lines checked but not reached.
     not_attempted += block.len() + blocks.map(|b| b.lines).sum::<usize>();
@@ -453,6 +491,7 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
         lines_sent,
         rows_sent,
         updates_sent,
+        unrecorded,
         ..
     } = push;
     bar.finish();
@@ -469,6 +508,14 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
         eprintln!(
             "openlayer: the last line is incomplete ({partial} bytes) and was left for later"
         );
+    }
+    if let Some((lines, e)) = unrecorded {
+        let list: Vec<String> = lines.iter().map(usize::to_string).collect();
+        return Err(CliError::Failed(format!(
+            "line(s) {} were sent, but {e}: a rerun would send them again; stopped there, \
+             {not_attempted} line(s) after them not sent",
+            list.join(", ")
+        )));
     }
     match (stopped, bad_lines) {
         (None, 0) => Ok(()),
@@ -628,6 +675,9 @@ struct Pusher<'a> {
     lines_sent: usize,
     rows_sent: usize,
     updates_sent: usize,
+    /// Lines sent whose record in the progress file could not be saved, and why: the
+    /// push stops there (a rerun would send them again, and says so).
+    unrecorded: Option<(Vec<usize>, String)>,
 }
 
 impl Pusher<'_> {
@@ -651,7 +701,7 @@ impl Pusher<'_> {
                 self.rows_sent += batch.rows.len();
                 let lines: Vec<(usize, End)> =
                     batch.lines.iter().map(|&(n, end, _)| (n, end)).collect();
-                self.sent(&lines)?;
+                self.sent(&lines);
                 return Ok((0, None));
             }
             Err(e) if batch.lines.len() == 1 || !refused(&e) => {
@@ -670,7 +720,10 @@ impl Pusher<'_> {
             {
                 Ok(()) => {
                     self.rows_sent += n;
-                    self.sent(&[(number, end)])?;
+                    self.sent(&[(number, end)]);
+                    if self.unrecorded.is_some() {
+                        return Ok((batch.lines.len() - i - 1, None));
+                    }
                 }
                 Err(e) => {
                     self.bar.add(1, 1);
@@ -681,8 +734,9 @@ impl Pusher<'_> {
         Ok((0, None))
     }
 
-    /// Records `lines` (number, end) as sent, in one save of the progress file.
-    fn sent(&mut self, lines: &[(usize, End)]) -> Result<(), CliError> {
+    /// Records `lines` (number, end) as sent, in one save of the progress file. If the
+    /// save fails, they are kept in `unrecorded` (and the push stops).
+    fn sent(&mut self, lines: &[(usize, End)]) {
         for &(number, (end, hash)) in lines {
             self.state.insert(number);
             if end > self.state.prefix_len {
@@ -691,10 +745,11 @@ impl Pusher<'_> {
             }
         }
         self.state.prefix_hash = format!("{:016x}", self.prefix_hash);
-        save_state(self.progress_path, &self.state)?;
+        if let Err(e) = save_state(self.progress_path, &self.state) {
+            self.unrecorded = Some((lines.iter().map(|l| l.0).collect(), e));
+        }
         self.lines_sent += lines.len();
         self.bar.add(lines.len() as u64, 0);
-        Ok(())
     }
 }
 

@@ -852,6 +852,82 @@ async fn push_sends_a_trace_ten_thousand_steps_deep() {
     assert!(String::from_utf8_lossy(&reqs[0].body).contains("deep-1"));
 }
 
+/// Two pushes of one file at once: the second is refused before it sends anything (both
+/// would send every line not recorded yet); nothing is sent twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_push_of_the_same_file_at_once_is_refused() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/v1/inference-pipelines/[^/]+/data-stream$"))
+        .respond_with(ok().set_delay(std::time::Duration::from_millis(1500)))
+        .mount(&server)
+        .await;
+    let dir = TempDir::new("push-twice");
+    let file = dir.file(
+        "traces.jsonl",
+        &format!("{}\n", trace_line(Some("pipe-a"), "t1")),
+    );
+    let env = platform(&server);
+    let file_arg = file.to_str().unwrap().to_string();
+    let first = {
+        let (file_arg, env) = (file_arg.clone(), env.clone());
+        tokio::spawn(async move { openlayer(&["push", &file_arg], &env).await })
+    };
+    // The first one is waiting for its answer.
+    while requests(&server).await.is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let second = openlayer(&["push", &file_arg], &env).await;
+    assert_exit(&second, 1);
+    assert_stderr_has(&second, "another openlayer push of this file is running");
+    let first = first.await.unwrap();
+    assert_exit(&first, 0);
+    assert_eq!(row_ids(&requests(&server).await), ["t1"]);
+    assert_private(&dir.0.join("traces.jsonl.pushed.lock"));
+    // Once it is done, a push runs (and has nothing left to send).
+    let third = openlayer(&["push", &file_arg], &env).await;
+    assert_exit(&third, 0);
+    assert_stdout_has(&third, "1 line(s) already pushed");
+    assert_eq!(requests(&server).await.len(), 1);
+}
+
+/// When the progress file cannot be written after a batch was accepted, the push stops
+/// there and says which lines were sent without being recorded (a rerun sends them
+/// again), with its summary; it does not go on sending.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_progress_file_that_cannot_be_written_stops_the_push_and_names_the_lines() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/v1/inference-pipelines/[^/]+/data-stream$"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path_regex(r"^/v1/inference-pipelines/[^/]+/rows$"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    let dir = TempDir::new("push-unsaved");
+    let file = dir.file(
+        "traces.jsonl",
+        &format!(
+            "{}\n{}\n{}\n",
+            trace_line(Some("pipe-a"), "t1"),
+            update_line(Some("pipe-a"), "t1"),
+            trace_line(Some("pipe-a"), "t3")
+        ),
+    );
+    // The temporary progress file cannot be created (a directory is in its place).
+    std::fs::create_dir(dir.0.join("traces.jsonl.pushed.tmp")).unwrap();
+    let out = openlayer(&["push", file.to_str().unwrap()], &platform(&server)).await;
+    assert_exit(&out, 1);
+    assert_stdout_has(&out, "pushed 1 line(s)");
+    assert_stderr_has(&out, "line(s) 1 were sent, but cannot write");
+    assert_stderr_has(&out, "2 line(s) after them not sent");
+    // Only the first line went out.
+    assert_eq!(requests(&server).await.len(), 1);
+}
+
 /// A line nested millions of levels deep (damaged, or made to crash the reader) is a
 /// bad line, named and skipped, not a stack overflow; the other lines go on. A trace
 /// nested as deep as the reader takes is still shown.
