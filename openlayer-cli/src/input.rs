@@ -78,8 +78,12 @@ fn read_jsonl(reader: impl BufRead, path: &Path) -> Result<Input, CliError> {
     let mut bad = Vec::new();
     for (i, line) in reader.lines().enumerate() {
         let line_no = i as u64 + 1;
-        let text =
+        let mut text =
             line.map_err(|e| CliError::Failed(format!("{}:{line_no}: {e}", path.display())))?;
+        if line_no == 1 && text.starts_with('\u{feff}') {
+            // A byte order mark is not part of the first row (nor of the failures file).
+            text.drain(..'\u{feff}'.len_utf8());
+        }
         if text.trim().is_empty() {
             continue;
         }

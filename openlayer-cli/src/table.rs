@@ -415,8 +415,12 @@ impl TextRows {
                 Some(Err(e)) => {
                     return Err(CliError::Failed(format!("line {}: {e}", self.line + 1)));
                 }
-                Some(Ok(text)) => {
+                Some(Ok(mut text)) => {
                     self.line += 1;
+                    if self.line == 1 && text.starts_with('\u{feff}') {
+                        // A byte order mark is not part of the first row.
+                        text.drain(..'\u{feff}'.len_utf8());
+                    }
                     if !text.trim().is_empty() {
                         break text;
                     }

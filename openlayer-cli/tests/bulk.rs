@@ -468,16 +468,17 @@ async fn a_bad_row_is_named_and_nothing_is_sent() {
 }
 
 /// 2,500 JSONL rows (`id`, `question`, `answer`, `ok`) and an LLM config naming them, in
-/// `dir`; with the `publish` arguments that send them in uploads of 1,000.
+/// `dir`; with the `publish` arguments that send them in uploads of 1,000. The file starts
+/// with a byte order mark (as some Windows editors save it), which is not part of row 1.
 fn qa_rows(dir: &TempDir) -> (PathBuf, PathBuf) {
     let file = dir.path("rows.jsonl");
-    let text: String = (0..2_500)
-        .map(|i| {
+    let text: String = std::iter::once("\u{feff}".to_string())
+        .chain((0..2_500).map(|i| {
             format!(
                 "{{\"id\":{i},\"question\":\"q{i}\",\"answer\":\"a{i}\",\"ok\":{}}}\n",
                 i % 2 == 0
             )
-        })
+        }))
         .collect();
     std::fs::write(&file, text).unwrap();
     let config = dir.path("config.json");

@@ -195,6 +195,28 @@ async fn show_reports_bad_lines_and_fails() {
     assert_exit(&out, 2);
 }
 
+/// A trace file saved with a byte order mark reads as without one.
+#[tokio::test(flavor = "multi_thread")]
+async fn show_and_push_skip_a_byte_order_mark() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/v1/inference-pipelines/[^/]+/data-stream$"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    let dir = TempDir::new("show-bom");
+    let file = dir.file(
+        "traces.jsonl",
+        &format!("\u{feff}{}\n", trace_line(Some("pipe-a"), "t1")),
+    );
+    let out = openlayer(&["show", file.to_str().unwrap()], &[]).await;
+    assert_exit(&out, 0);
+    assert!(stdout(&out).starts_with("trace t1"), "{}", stdout(&out));
+    let out = openlayer(&["push", file.to_str().unwrap()], &platform(&server)).await;
+    assert_exit(&out, 0);
+    assert_eq!(row_ids(&requests(&server).await), ["t1"]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn show_reads_every_file_of_a_spool_directory() {
     let dir = TempDir::new("show-dir");
@@ -613,9 +635,10 @@ async fn update_from_jsonl_succeeds_with_exit_zero() {
         .mount(&server)
         .await;
     let dir = TempDir::new("update-jsonl");
+    // Saved with a byte order mark, which is not part of the first row.
     let file = dir.file(
         "signals.jsonl",
-        "{\"inference_id\":\"chat_1\",\"user_converted\":true,\"conversion_value\":99.99}\n\
+        "\u{feff}{\"inference_id\":\"chat_1\",\"user_converted\":true,\"conversion_value\":99.99}\n\
          {\"inference_id\":\"chat_2\",\"user_converted\":false,\"pages_viewed\":3}\n\
          \n\
          {\"inference_id\":42,\"rating\":5}\n",

@@ -410,6 +410,13 @@ impl<R: BufRead> Iterator for LocalLines<R> {
                     return Some(self.entry(start, n, Err(invalid("is not valid UTF-8"))));
                 }
             };
+            // A byte order mark (a file saved by some Windows editors) is not part of the
+            // first line.
+            let text = if start == 0 {
+                text.strip_prefix('\u{feff}').unwrap_or(text)
+            } else {
+                text
+            };
             if text.trim().is_empty() {
                 continue;
             }
