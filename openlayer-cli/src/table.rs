@@ -255,25 +255,34 @@ fn check_columns(path: &Path, checks: &Checks, has: impl Fn(&str) -> bool) -> Re
     Ok(())
 }
 
+/// The types an inference id column may have (as the library converts them): strings,
+/// integers, and dictionaries of strings (a categorical column).
 fn id_type(t: &DataType) -> bool {
+    let text =
+        |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
     match t {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
-        DataType::Dictionary(_, v) => id_type(v),
-        t => t.is_integer(),
+        DataType::Dictionary(_, v) => text(v),
+        t => text(t) || t.is_integer(),
     }
 }
 
 fn check_ids(ids: &dyn Array, first: u64, name: &str, problems: &mut Problems) {
     let row = |i: usize| format!("row {}", first + i as u64 + 1);
+    // A dictionary's row holds the value its key points to.
+    let (values, keys): (&dyn Array, Option<Vec<usize>>) = match ids.as_any_dictionary_opt() {
+        Some(d) => (d.values().as_ref(), Some(d.normalized_keys())),
+        None => (ids, None),
+    };
     for i in 0..ids.len() {
-        if ids.is_null(i) {
+        let at = keys.as_ref().map_or(i, |k| k[i]);
+        if ids.is_null(i) || values.is_null(at) {
             problems.add(row(i), format!("no inference id (null) in `{name}`"));
             continue;
         }
-        let empty = match ids.data_type() {
-            DataType::Utf8 => ids.as_string::<i32>().value(i).trim().is_empty(),
-            DataType::LargeUtf8 => ids.as_string::<i64>().value(i).trim().is_empty(),
-            DataType::Utf8View => ids.as_string_view().value(i).trim().is_empty(),
+        let empty = match values.data_type() {
+            DataType::Utf8 => values.as_string::<i32>().value(at).trim().is_empty(),
+            DataType::LargeUtf8 => values.as_string::<i64>().value(at).trim().is_empty(),
+            DataType::Utf8View => values.as_string_view().value(at).trim().is_empty(),
             _ => false,
         };
         if empty {

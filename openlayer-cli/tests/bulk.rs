@@ -760,3 +760,85 @@ async fn a_csv_column_that_changes_type_late_is_uploaded_as_the_whole_file_types
     assert_eq!(labels[10_999], "10999");
     assert_eq!(labels[11_000], "x11000");
 }
+
+/// A categorical (dictionary) id column is checked row by row first, as a string column
+/// is: an empty id at any row is named and nothing is sent (it was found only while the
+/// later upload was converted, after the first had been registered). A dictionary of
+/// integers, which the uploads refuse, is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dictionary_id_column_is_checked_before_anything_is_sent() {
+    use arrow_array::DictionaryArray;
+    use arrow_array::types::Int32Type;
+    let server = MockServer::start().await;
+    mount_platform(&server).await;
+    mount_storage(&server, 204, None).await;
+    let dir = TempDir::new("dictionary-ids");
+    let write = |name: &str, ids: ArrayRef| {
+        let n = ids.len();
+        let batch = RecordBatch::try_from_iter_with_nullable([
+            ("inference_id", ids, true),
+            (
+                "label",
+                Arc::new(Int64Array::from_iter_values((0..n).map(|i| (i % 3) as i64))) as ArrayRef,
+                true,
+            ),
+            (
+                "score",
+                Arc::new(Float64Array::from_iter_values((0..n).map(|i| i as f64))) as ArrayRef,
+                true,
+            ),
+        ])
+        .unwrap();
+        let file = dir.path(name);
+        let f = std::fs::File::create(&file).unwrap();
+        let mut w = arrow_ipc::writer::FileWriter::try_new(f, &batch.schema()).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        file
+    };
+    let publish = |file: PathBuf| {
+        let server = &server;
+        async move {
+            openlayer(
+                &[
+                    "update",
+                    "--bulk",
+                    "--file",
+                    file.to_str().unwrap(),
+                    "--inference-id-column",
+                    "inference_id",
+                    "--pipeline-id",
+                    PIPELINE,
+                ],
+                server,
+            )
+            .await
+        }
+    };
+    // Row 4 of 5 has an empty id: found before anything is sent.
+    let ids: DictionaryArray<Int32Type> = vec!["a", "b", "c", "", "a"].into_iter().collect();
+    let out = publish(write("empty.arrow", Arc::new(ids))).await;
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("row 4") && err.contains("empty inference id"),
+        "{err}"
+    );
+    assert!(requests(&server).await.is_empty());
+    // A dictionary of integers is refused up front.
+    let keys = arrow_array::Int32Array::from(vec![0, 1, 0]);
+    let values: ArrayRef = Arc::new(Int64Array::from(vec![7, 8]));
+    let ids = DictionaryArray::<Int32Type>::try_new(keys, values).unwrap();
+    let out = publish(write("ints.arrow", Arc::new(ids))).await;
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("must hold strings or integers"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(requests(&server).await.is_empty());
+    // Good dictionary ids go.
+    let ids: DictionaryArray<Int32Type> = vec!["a", "b", "c"].into_iter().collect();
+    let out = publish(write("good.arrow", Arc::new(ids))).await;
+    assert_exit(&out, 0);
+}
