@@ -410,7 +410,9 @@ impl ConfigBuilder {
         trace_file_max_bytes: u64 => |c, v| c.trace_file_max_bytes = v.max(1024));
     setter!(/// Most steps one trace records (default 10 000); later ones are not recorded
         /// but counted (`Stats::steps_dropped`), and the root gets the metadata (and
-        /// column) `stepsDropped`.
+        /// column) `stepsDropped`. Reading a local file back (`LocalLines`, `openlayer
+        /// show` and `push`) refuses a line nested more than 100,000 levels deep, about
+        /// 50,000 steps each inside the one before.
         max_steps_per_trace: usize => |c, v| c.max_steps_per_trace = v.max(1));
     setter!(/// How long a trace may stay open (its root, or work spawned in it, not ended)
         /// before a rate-limited warning names it (default 10 min); `Stats` shows the

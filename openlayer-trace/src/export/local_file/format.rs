@@ -124,8 +124,8 @@ const MAX_LINE_DEPTH: usize = 100_000;
 impl std::str::FromStr for LocalLine {
     type Err = Error;
 
-    /// Parses one line (surrounding whitespace ignored). A line nested more than
-    /// [`MAX_LINE_DEPTH`] levels deep is an error (parsing it would overflow the stack).
+    /// Parses one line (surrounding whitespace ignored). A line nested more than 100,000
+    /// levels deep is an error (parsing it would overflow the stack).
     fn from_str(s: &str) -> Result<Self, Error> {
         let s = s.trim();
         if crate::util::json::nests_deeper_than(s.as_bytes(), MAX_LINE_DEPTH) {
@@ -328,6 +328,9 @@ pub struct LocalEntry {
     pub offset: u64,
     /// Byte length of the line, newline included.
     pub len: u64,
+    /// Whether the line ends with a newline: false only for the file's last line, which
+    /// may still be being written (a line that does not parse then says so).
+    pub complete: bool,
     /// The parsed line, or why it could not be parsed.
     pub line: Result<LocalLine, Error>,
 }
@@ -397,6 +400,7 @@ impl<R: BufRead> Iterator for LocalLines<R> {
                         number: self.number + 1,
                         offset: start,
                         len: 0,
+                        complete: false,
                         line: Err(Error::Io(e)),
                     });
                 }
@@ -407,7 +411,12 @@ impl<R: BufRead> Iterator for LocalLines<R> {
             let text = match std::str::from_utf8(&self.buf) {
                 Ok(t) => t,
                 Err(_) => {
-                    return Some(self.entry(start, n, Err(invalid("is not valid UTF-8"))));
+                    return Some(self.entry(
+                        start,
+                        n,
+                        complete,
+                        Err(invalid("is not valid UTF-8")),
+                    ));
                 }
             };
             // A byte order mark (a file saved by some Windows editors) is not part of the
@@ -425,13 +434,19 @@ impl<R: BufRead> Iterator for LocalLines<R> {
                 Err(_) if !complete => Err(invalid("is incomplete (no newline at its end)")),
                 other => other,
             };
-            return Some(self.entry(start, n, parsed));
+            return Some(self.entry(start, n, complete, parsed));
         }
     }
 }
 
 impl<R> LocalLines<R> {
-    fn entry(&self, offset: u64, len: usize, line: Result<LocalLine, Error>) -> LocalEntry {
+    fn entry(
+        &self,
+        offset: u64,
+        len: usize,
+        complete: bool,
+        line: Result<LocalLine, Error>,
+    ) -> LocalEntry {
         let line = line.map_err(|e| match e {
             Error::Json(e) => Error::InvalidInput(format!("line {}: {e}", self.number)),
             Error::InvalidInput(m) => Error::InvalidInput(format!("line {}: {m}", self.number)),
@@ -441,6 +456,7 @@ impl<R> LocalLines<R> {
             number: self.number,
             offset,
             len: len as u64,
+            complete,
             line,
         }
     }
