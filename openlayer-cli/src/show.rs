@@ -24,6 +24,14 @@ pub fn run(path: &Path, out: &mut impl Write) -> Result<usize, CliError> {
         for entry in lines {
             match entry.line {
                 Ok(line) => render_line(&mut text, entry.number, &line),
+                // The last line of a file still being written: not shown, not an error.
+                Err(ref e) if !entry.complete && !matches!(e, openlayer_trace::Error::Io(_)) => {
+                    eprintln!(
+                        "{}: line {} is not complete yet (still being written?); not shown",
+                        file.display(),
+                        entry.number
+                    )
+                }
                 Err(e) => {
                     bad += 1;
                     eprintln!("{}: {e}", file.display());

@@ -195,6 +195,22 @@ async fn show_reports_bad_lines_and_fails() {
     assert_exit(&out, 2);
 }
 
+/// The last line of a file still being written (no newline yet, cut mid-way) is not an
+/// error for show: the lines before it are shown, and it is named.
+#[tokio::test(flavor = "multi_thread")]
+async fn show_leaves_a_last_line_still_being_written() {
+    let dir = TempDir::new("show-live");
+    let whole = trace_line(None, "t2");
+    let file = dir.file(
+        "traces.jsonl",
+        &format!("{}\n{}", trace_line(None, "t1"), &whole[..whole.len() / 2]),
+    );
+    let out = openlayer(&["show", file.to_str().unwrap()], &[]).await;
+    assert_exit(&out, 0);
+    assert!(stdout(&out).starts_with("trace t1"), "{}", stdout(&out));
+    assert_stderr_has(&out, "line 2 is not complete yet");
+}
+
 /// A trace file saved with a byte order mark reads as without one.
 #[tokio::test(flavor = "multi_thread")]
 async fn show_and_push_skip_a_byte_order_mark() {
