@@ -213,7 +213,13 @@ fn save_state(path: &Path, state: &State) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(fail)?;
     // The rename itself made durable: undone by a power loss, the lines it records would
     // be sent again. (Not possible on every platform: best effort.)
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = path.parent() {
+        // A bare file name's directory is the current one.
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
         let _ = File::open(dir).and_then(|d| d.sync_all());
     }
     Ok(())
@@ -384,12 +390,14 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
                 if let Some(full) = batch.take() {
                     let (unsent, f) = push.stream(full).await?;
                     not_attempted += unsent;
-                    if f.is_some() {
+                    if f.is_some() || push.unrecorded.is_some() {
+                        // The block is not named as where the push stopped: all of its
+                        // lines are counted as not sent.
                         not_attempted += next.lines;
                     }
                     failed = f;
                 }
-                if failed.is_none() {
+                if failed.is_none() && push.unrecorded.is_none() {
                     not_attempted += next.lines - 1;
                 }
                 stopped = Some(failed.unwrap_or((next.first, problem)));
