@@ -111,6 +111,31 @@ impl Spool {
         max_bytes: usize,
         default_pipeline: Option<&str>,
     ) -> Option<ReplayBatch> {
+        let mut lost = 0;
+        let batch = self.next_replay_locked(max_rows, max_bytes, default_pipeline, &mut lost);
+        if lost > 0 {
+            crate::report::notify(
+                self.on_failure.as_ref(),
+                crate::report::DeliveryFailure {
+                    rows: lost,
+                    dropped: Some(DropReason::SpoolEvicted),
+                    status: None,
+                    message: "a spool file was removed before its rows were sent".into(),
+                },
+            );
+        }
+        batch
+    }
+
+    /// [`next_replay`](Self::next_replay) under the index's lock; `lost` counts the rows
+    /// of spool files found removed (told to `on_failure` once the lock is released).
+    fn next_replay_locked(
+        &self,
+        max_rows: usize,
+        max_bytes: usize,
+        default_pipeline: Option<&str>,
+        lost: &mut u64,
+    ) -> Option<ReplayBatch> {
         let mut index = lock(&self.index);
         let seqs: Vec<u64> = index.segments.keys().copied().collect();
         // Whether a line of an earlier segment is still being replayed, or not settled yet:
@@ -161,6 +186,12 @@ impl Spool {
                 Ok(Some(batch)) => return Some(batch),
                 Ok(None) if order.held => return None,
                 Ok(None) => earlier |= busy,
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        && let Some(n) = self.forget_removed(&mut index, seq) =>
+                {
+                    *lost += n;
+                }
                 Err(e) => {
                     // Its lines, unread, may be the rows of later updates: they wait.
                     earlier = true;
@@ -169,6 +200,40 @@ impl Spool {
             }
         }
         None
+    }
+
+    /// A settled spool file removed behind the spool's back (a cleaner of old files, say):
+    /// its rows are gone, counted as evicted, and nothing waits for them any more.
+    /// `None` (kept) while lines of it are on their way or being replayed.
+    fn forget_removed(&self, index: &mut Index, seq: u64) -> Option<u64> {
+        let seg = index.segments.get(&seq)?;
+        if !seg.live.sealed.load(SeqCst)
+            || seg.live.outstanding.load(SeqCst) > 0
+            || !seg.inflight.is_empty()
+        {
+            return None;
+        }
+        let lines = if seg.live.lines_known.load(SeqCst) {
+            seg.live.lines.load(SeqCst)
+        } else {
+            0
+        };
+        let n = lines.saturating_sub(seg.acked.len() as u64);
+        let bytes = seg.live.bytes.load(SeqCst);
+        // Counted in the spool's total, which the removal of a missing file cannot tell.
+        let _ = self
+            .total
+            .fetch_update(SeqCst, SeqCst, |t| Some(t.saturating_sub(bytes)));
+        self.remove_segment(index, seq);
+        if n > 0 {
+            self.counters.drop_spooled(DropReason::SpoolEvicted, n);
+        }
+        crate::util::diag::warn_limited!(
+            path = %self.data_path(seq).display(),
+            rows = n,
+            "a spool file was removed before its rows were sent (counted as evicted)"
+        );
+        Some(n)
     }
 
     fn read_batch(

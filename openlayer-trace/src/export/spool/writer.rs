@@ -153,6 +153,7 @@ pub(crate) fn run_writer(
         unsynced: Unsynced::default(),
         shaper,
         default_pipeline,
+        sync_failed: false,
     };
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -185,7 +186,9 @@ pub(crate) fn run_writer(
                 Job::Close(done) => close = Some(done),
             }
         }
-        let synced = w.sync();
+        w.sync();
+        // Any sync of this batch (the open file's, or of a file sealed meanwhile).
+        let synced = !std::mem::take(&mut w.sync_failed);
         // Written here and synced (or dropped and counted): their lines ahead are done.
         // If the sync failed, their copies here may not be on disk: the lines ahead stay,
         // to be replayed (an update applied twice is applied once).
@@ -222,6 +225,9 @@ struct Writer<'a> {
     unsynced: Unsynced,
     shaper: Shaper,
     default_pipeline: Option<String>,
+    /// A sync failed since the batch of jobs began (of the open file, or of one sealed
+    /// meanwhile): what this batch wrote may not be on disk.
+    sync_failed: bool,
 }
 
 impl Writer<'_> {
@@ -378,18 +384,17 @@ impl Writer<'_> {
         }
     }
 
-    /// Syncs the open file and counts what it holds as spooled; false if the sync failed
-    /// (the file is then sealed: after a failed sync, a later one may report success
-    /// although earlier writes were lost).
-    fn sync(&mut self) -> bool {
-        let mut synced = true;
+    /// Syncs the open file and counts what it holds as spooled. A failed sync sets
+    /// `sync_failed` and seals the file (after a failed sync, a later one may report
+    /// success although earlier writes were lost).
+    fn sync(&mut self) {
         if let Some(c) = &mut self.current
             && c.dirty
         {
             c.dirty = false;
             if let Err(e) = c.file.sync_data() {
                 crate::util::diag::warn_limited!(dir = %self.spool.dir.display(), error = %e, "could not sync the spool");
-                synced = false;
+                self.sync_failed = true;
                 self.seal_current();
             }
         }
@@ -410,13 +415,12 @@ impl Writer<'_> {
                 },
             );
         }
-        synced
     }
 
     fn seal_current(&mut self) {
         if let Some(c) = self.current.take() {
-            if c.dirty {
-                let _ = c.file.sync_data();
+            if c.dirty && c.file.sync_data().is_err() {
+                self.sync_failed = true;
             }
             c.live.sealed.store(true, SeqCst);
             drop(c.file);
