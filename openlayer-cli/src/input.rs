@@ -39,6 +39,10 @@ impl Format {
 pub enum Raw {
     Csv(csv::StringRecord),
     Json(String),
+    /// A CSV record that is not UTF-8 (a file saved in another encoding).
+    CsvBytes(csv::ByteRecord),
+    /// A JSONL line that is not UTF-8.
+    JsonBytes(Vec<u8>),
 }
 
 /// One input row.
@@ -73,13 +77,41 @@ pub fn read(path: &Path, keep_text: &[&str]) -> Result<Input, CliError> {
     }
 }
 
-fn read_jsonl(reader: impl BufRead, path: &Path) -> Result<Input, CliError> {
+fn read_jsonl(mut reader: impl BufRead, path: &Path) -> Result<Input, CliError> {
     let mut records = Vec::new();
     let mut bad = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let line_no = i as u64 + 1;
-        let mut text =
-            line.map_err(|e| CliError::Failed(format!("{}:{line_no}: {e}", path.display())))?;
+    let mut line_no = 0u64;
+    loop {
+        let mut bytes = Vec::new();
+        let n = reader
+            .read_until(b'\n', &mut bytes)
+            .map_err(|e| CliError::Failed(format!("{}:{}: {e}", path.display(), line_no + 1)))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
+            }
+        }
+        // A line that is not UTF-8 is a bad row (kept as it was for the failures file),
+        // not the end of the run.
+        let mut text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                bad.push((
+                    Record {
+                        line: line_no,
+                        row: Map::new(),
+                        raw: Raw::JsonBytes(e.into_bytes()),
+                    },
+                    "not valid UTF-8 (save the file as UTF-8)".to_string(),
+                ));
+                continue;
+            }
+        };
         if line_no == 1 && text.starts_with('\u{feff}') {
             // A byte order mark is not part of the first row (nor of the failures file).
             text.drain(..'\u{feff}'.len_utf8());
@@ -127,7 +159,7 @@ fn read_csv(file: File, path: &Path, keep_text: &[&str]) -> Result<Input, CliErr
         .clone();
     let mut records = Vec::new();
     let mut bad = Vec::new();
-    for result in reader.records() {
+    for result in reader.byte_records() {
         let record = match result {
             Ok(r) => r,
             Err(e) => {
@@ -139,6 +171,22 @@ fn read_csv(file: File, path: &Path, keep_text: &[&str]) -> Result<Input, CliErr
             }
         };
         let line = record.position().map(|p| p.line()).unwrap_or(0);
+        // A record that is not UTF-8 is a bad row (kept as it was for the failures
+        // file), not the end of the run.
+        let record = match csv::StringRecord::from_byte_record(record) {
+            Ok(r) => r,
+            Err(e) => {
+                bad.push((
+                    Record {
+                        line,
+                        row: Map::new(),
+                        raw: Raw::CsvBytes(e.into_byte_record()),
+                    },
+                    "not valid UTF-8 (save the file as UTF-8)".to_string(),
+                ));
+                continue;
+            }
+        };
         if record.len() != header.len() {
             let why = format!(
                 "has {} fields, the header has {}",
@@ -234,8 +282,13 @@ pub fn write_failed<'a>(
         Format::Jsonl => {
             let mut out = BufWriter::new(file);
             for r in records {
-                if let Raw::Json(text) = &r.raw {
-                    writeln!(out, "{text}").map_err(|e| fail(&e))?;
+                match &r.raw {
+                    Raw::Json(text) => writeln!(out, "{text}").map_err(|e| fail(&e))?,
+                    Raw::JsonBytes(bytes) => {
+                        out.write_all(bytes).map_err(|e| fail(&e))?;
+                        out.write_all(b"\n").map_err(|e| fail(&e))?;
+                    }
+                    Raw::Csv(_) | Raw::CsvBytes(_) => {}
                 }
             }
             out.flush().map_err(|e| fail(&e))?;
@@ -246,8 +299,10 @@ pub fn write_failed<'a>(
                 out.write_record(h).map_err(|e| fail(&e))?;
             }
             for r in records {
-                if let Raw::Csv(rec) = &r.raw {
-                    out.write_record(rec).map_err(|e| fail(&e))?;
+                match &r.raw {
+                    Raw::Csv(rec) => out.write_record(rec).map_err(|e| fail(&e))?,
+                    Raw::CsvBytes(rec) => out.write_byte_record(rec).map_err(|e| fail(&e))?,
+                    Raw::Json(_) | Raw::JsonBytes(_) => {}
                 }
             }
             out.flush().map_err(|e| fail(&e))?;

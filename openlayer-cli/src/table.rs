@@ -421,6 +421,14 @@ impl TextRows {
         let text = loop {
             match self.lines.next() {
                 None => return Ok(None),
+                // Not UTF-8: a bad row (the line was read past), not an unreadable file.
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    self.line += 1;
+                    return Ok(Some(Err((
+                        self.line,
+                        "not valid UTF-8 (save the file as UTF-8)".into(),
+                    ))));
+                }
                 Some(Err(e)) => {
                     return Err(CliError::Failed(format!("line {}: {e}", self.line + 1)));
                 }

@@ -641,6 +641,73 @@ async fn update_writes_failed_rows_to_a_file_that_can_be_fed_back() {
     assert_eq!(requests(&server).await.len(), 4);
 }
 
+/// A row that is not UTF-8 (a CSV saved as Windows-1252, say) fails on its own and goes
+/// to the failures file byte for byte; the other rows are updated (the whole run stopped
+/// at it before).
+#[tokio::test(flavor = "multi_thread")]
+async fn update_sends_the_other_rows_when_one_is_not_utf8() {
+    let server = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path(pipeline_path("rows")))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    let dir = TempDir::new("update-not-utf8");
+    let csv = dir.0.join("labels.csv");
+    std::fs::write(&csv, b"inference_id,note\na,fine\nb,caf\xe9\nc,ok\n").unwrap();
+    let jsonl = dir.0.join("labels.jsonl");
+    std::fs::write(
+        &jsonl,
+        b"{\"inference_id\":\"d\",\"note\":\"x\"}\n{\"inference_id\":\"e\",\"note\":\"caf\xe9\"}\r\n{\"inference_id\":\"f\",\"note\":\"y\"}\n",
+    )
+    .unwrap();
+    for (file, failed, expected) in [
+        (
+            &csv,
+            "labels.failed.csv",
+            &b"inference_id,note\nb,caf\xe9\n"[..],
+        ),
+        (
+            &jsonl,
+            "labels.failed.jsonl",
+            &b"{\"inference_id\":\"e\",\"note\":\"caf\xe9\"}\n"[..],
+        ),
+    ] {
+        let out = openlayer(
+            &[
+                "update",
+                "--file",
+                file.to_str().unwrap(),
+                "--inference-id-column",
+                "inference_id",
+                "--pipeline-id",
+                PIPELINE,
+            ],
+            &platform(&server),
+        )
+        .await;
+        assert_exit(&out, 1);
+        assert_stdout_has(&out, "updated 2 row(s)");
+        assert_stderr_has(&out, "not valid UTF-8");
+        assert_eq!(std::fs::read(dir.0.join(failed)).unwrap(), expected);
+    }
+    let mut ids: Vec<String> = requests(&server)
+        .await
+        .iter()
+        .map(|r| r.url.query().unwrap().to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            "inferenceId=a",
+            "inferenceId=c",
+            "inferenceId=d",
+            "inferenceId=f"
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn update_from_jsonl_succeeds_with_exit_zero() {
     let server = MockServer::start().await;
