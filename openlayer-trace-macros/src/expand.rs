@@ -91,8 +91,9 @@ fn write_arg(ident: &Ident, generic: bool) -> TokenStream2 {
     } else {
         quote!(#[diagnostic::do_not_recommend])
     };
+    let w = local("__ol_w", ident.span());
     let call = quote_spanned! {ident.span()=>
-        TracedArgument::__ol_write(&#ident, __ol_w, #name)
+        TracedArgument::__ol_write(&#ident, #w, #name)
     };
     quote! {{
         #[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]
@@ -223,8 +224,9 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
             None => (Span::call_site(), "__ol_record"),
         };
         let method = Ident::new(method, span);
+        let (ret, step) = (local("__ol_ret", span), local("__ol_step", span));
         let call = quote_spanned! {span=>
-            (&&::openlayer_trace::__private::Out(&__ol_ret)).#method(&mut __ol_step)
+            (&&::openlayer_trace::__private::Out(&#ret)).#method(&mut #step)
         };
         quote! {
             #[allow(unused_imports)]
@@ -487,8 +489,9 @@ fn plan_extra(
             ::openlayer_trace::__private::#helper(&#param);
         });
         let method = Ident::new(option, ident.span());
+        let early_options = local("__ol_early", ident.span());
         early.push(quote_spanned! {ident.span()=>
-            __ol_early.#method(&#param);
+            #early_options.#method(&#param);
         });
     }
     // Nothing, or a future of nothing (`impl Future<Output = ()>`, `BoxFuture<'_, ()>`).
@@ -518,8 +521,9 @@ fn plan_extra(
             prelude.push(quote_spanned! {ident.span()=>
                 ::openlayer_trace::__private::promote_input(#column, &#param);
             });
+            let early_options = local("__ol_early", ident.span());
             early.push(quote_spanned! {ident.span()=>
-                __ol_early.promote(#column, &#param);
+                #early_options.promote(#column, &#param);
             });
         } else if stream {
             return Err(syn::Error::new(
@@ -546,6 +550,15 @@ fn plan_extra(
         early,
         output_fields,
     })
+}
+
+/// A use of one of the expansion's own local variables (`__ol_ret`, ...) at the caller's
+/// tokens (a parameter, the return type): located there, for diagnostics, but resolved
+/// where the expansion binds it. Resolved at the caller's tokens, it would not see the
+/// binding when they come from a `macro_rules!` macro's arguments (whose hygiene hides
+/// locals from tokens of another context).
+fn local(name: &str, at: Span) -> Ident {
+    Ident::new(name, at.resolved_at(Span::call_site()))
 }
 
 /// The body with `prelude` run first (the block itself when there is none).
@@ -592,13 +605,17 @@ fn expand_stream(p: StreamParts<'_>) -> TokenStream2 {
     let acc_trait = Ident::new(acc_trait, Span::call_site());
     let acc_method = Ident::new(acc_method, span);
     let kind_method = Ident::new("__ol_kind", span);
+    let ret = local("__ol_ret", span);
+    // Bound and used at the return type's tokens alike (so that a type whose items
+    // cannot be recorded is reported there).
+    let kind_var = Ident::new("__ol_kind", span);
     let kind = quote_spanned! {span=>
-        (&::openlayer_trace::__private::Returned(&__ol_ret)).#kind_method()
+        (&::openlayer_trace::__private::Returned(&#ret)).#kind_method()
     };
     let acc = quote_spanned! {span=>
-        (&__ol_kind.items()).#acc_method()
+        (&#kind_var.items()).#acc_method()
     };
-    let traced = quote!(__ol_kind.wrap(__ol_ret, __ol_handle, __ol_acc));
+    let traced = quote!(#kind_var.wrap(__ol_ret, __ol_handle, __ol_acc));
     let returned = if concrete {
         quote_spanned! {span=> ::openlayer_trace::__private::rebox(#traced) }
     } else {
@@ -607,7 +624,7 @@ fn expand_stream(p: StreamParts<'_>) -> TokenStream2 {
     let wrap = quote! {
         #[allow(unused_imports)]
         use ::openlayer_trace::__private::{ReturnedStream as _, ReturnedResultStream as _, ReturnedResultIter as _, #acc_trait as _};
-        let __ol_kind = #kind;
+        let #kind_var = #kind;
         let __ol_acc = #acc;
         #returned
     };

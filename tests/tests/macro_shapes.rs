@@ -1304,3 +1304,51 @@ async fn options_together_on_async_fn() {
     assert_eq!(t.root()["functionName"], Value::Null);
     assert_eq!(t.root()["arguments"], Value::Null);
 }
+
+// ---------------------------------------------------------------------------------------
+// `#[trace]` written inside a `macro_rules!` macro, its parameters, return type and row
+// options from the macro's arguments: the expansion's own variables must not take the
+// hygiene of the caller's tokens.
+
+macro_rules! traced_tool {
+    ($name:ident($arg:ident: $t:ty) -> $ret:ty $body:block) => {
+        #[trace(kind = "tool", context = $arg)]
+        fn $name($arg: $t) -> $ret $body
+    };
+    (stream $name:ident($arg:ident: $t:ty) -> $ret:ty $body:block) => {
+        #[trace(question = $arg)]
+        fn $name($arg: $t) -> $ret $body
+    };
+    (future $name:ident($arg:ident: $t:ty) -> $ret:ty $body:block) => {
+        #[trace(promote($arg))]
+        fn $name($arg: $t) -> $ret $body
+    };
+}
+
+traced_tool!(lookup(query: String) -> Result<String, String> { Ok(format!("found {query}")) });
+traced_tool!(stream words(text: String) -> impl Iterator<Item = String> {
+    text.split(' ').map(str::to_string).collect::<Vec<_>>().into_iter()
+});
+traced_tool!(future later_from_macro(n: u32) -> impl Future<Output = u32> { async move { n + 1 } });
+
+#[test]
+fn trace_inside_macro_rules_with_the_callers_tokens() {
+    let (out, t) = one(|| lookup("paris".into()));
+    assert_eq!(out.unwrap(), "found paris");
+    assert_root(&t, "lookup", "tool", json!("found paris"));
+    assert_eq!(t.root()["inputs"], json!({"query": "paris"}));
+    assert_eq!(t.row()["context"], "paris");
+
+    let (out, t) = one(|| words("a b".into()).collect::<Vec<_>>());
+    assert_eq!(out, ["a", "b"]);
+    assert_eq!(t.root()["output"], "ab");
+    assert_eq!(t.row()["_question"], "a b");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let (out, t) = rt.block_on(one_async(later_from_macro(41)));
+    assert_eq!(out, 42);
+    assert_eq!(t.root()["output"], 42);
+    assert_eq!(t.row()["n"], 41);
+}
