@@ -228,9 +228,13 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
         let call = quote_spanned! {span=>
             (&&::openlayer_trace::__private::Out(&#ret)).#method(&mut #step)
         };
+        // Spanned at the return type, its borrows (of the expansion's own variables) are
+        // linted as user code: clippy's needless_borrow for a function that returns a
+        // reference.
         quote! {
             #[allow(unused_imports)]
             use ::openlayer_trace::__private::{RecordDebugResult as _, RecordResult as _};
+            #[allow(clippy::needless_borrow)]
             #call;
         }
     };
@@ -561,12 +565,16 @@ fn local(name: &str, at: Span) -> Ident {
     Ident::new(name, at.resolved_at(Span::call_site()))
 }
 
-/// The body with `prelude` run first (the block itself when there is none).
+/// The body with `prelude` run first (the block itself when there is none). The
+/// statements of the body follow the prelude's in one block (the prelude binds nothing):
+/// the body as a block inside a block would be linted (`unused_braces`) when its tokens
+/// come from a `macro_rules!` macro's arguments.
 fn with_prelude(block: &syn::Block, prelude: &[TokenStream2]) -> syn::Block {
     if prelude.is_empty() {
         return block.clone();
     }
-    syn::parse_quote!({ #(#prelude)* #block })
+    let stmts = &block.stmts;
+    syn::parse_quote!({ #(#prelude)* #(#stmts)* })
 }
 
 /// What [`expand_stream`] needs of the function.

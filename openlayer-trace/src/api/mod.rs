@@ -8,6 +8,8 @@
 
 pub(crate) mod annotate;
 pub(crate) mod lifecycle;
+#[cfg(test)]
+mod log_output_tests;
 pub mod macro_support;
 mod macros;
 pub(crate) mod manual;
