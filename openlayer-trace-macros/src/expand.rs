@@ -263,6 +263,7 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
         writes: &writes,
         promote: promote.as_ref(),
         early: false,
+        moves: true,
     };
 
     // A function that returns a future it builds (`-> impl Future`, or the
@@ -304,11 +305,12 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
             )
         };
         async_parts.early = true;
+        // As written: a block without `move` that borrows an argument is refused, as it
+        // is when tracing is compiled out. The recorded inputs and row options it takes
+        // by value either way (it consumes them).
+        async_parts.moves = returned.capture.is_some();
         let body = async_parts.body(&inner, output, nameable, &record);
         returned.block = syn::parse2(body)?;
-        // It takes the recorded inputs (what else it captures it could only borrow from
-        // the caller, which `move` copies as the same references).
-        returned.capture = Some(Default::default());
         // The inputs are recorded at the call, before the body's own statements, which
         // may move or shadow the arguments; the block only takes the recorded text.
         let stmts = std::mem::take(&mut item.block.stmts);

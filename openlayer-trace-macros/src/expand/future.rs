@@ -14,6 +14,10 @@ pub(super) struct AsyncParts<'a> {
     /// The inputs were recorded (in `__ol_inputs`) and the metadata declared when the
     /// function was called, before its body: a returned `async` block.
     pub(super) early: bool,
+    /// The body's blocks take what they use by value (`async move`): always for an
+    /// `async fn`; for a returned block, as the block was written (a block without `move`
+    /// that borrows an argument is refused as it is without `#[trace]`).
+    pub(super) moves: bool,
 }
 
 impl AsyncParts<'_> {
@@ -32,18 +36,20 @@ impl AsyncParts<'_> {
             writes,
             promote,
             early,
+            moves,
         } = self;
+        let capture = if *moves { quote!(move) } else { quote!() };
         let body_fut = match (nameable, output) {
             (true, Some(ty)) => {
-                quote!(::openlayer_trace::__private::async_body::<#ty, _>(async move #block))
+                quote!(::openlayer_trace::__private::async_body::<#ty, _>(async #capture #block))
             }
             (true, None) => {
-                quote!(::openlayer_trace::__private::async_body::<(), _>(async move #block))
+                quote!(::openlayer_trace::__private::async_body::<(), _>(async #capture #block))
             }
-            (false, _) => quote!(async move #block),
+            (false, _) => quote!(async #capture #block),
         };
         let body_fut = match promote {
-            Some(p) => quote!(async move {
+            Some(p) => quote!(async #capture {
                 let __ol_ret = #body_fut.await;
                 #p
                 __ol_ret
