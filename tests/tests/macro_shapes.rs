@@ -379,6 +379,27 @@ fn a_function_that_never_returns_records_its_panic() {
     assert!(exceptions.contains("exit 7"), "{exceptions}");
 }
 
+#[trace]
+async fn diverges_async(code: i32) -> ! {
+    tokio::task::yield_now().await;
+    panic!("exit {code}")
+}
+
+/// An `async fn` that never returns compiles (`!` is not named), and records its panic.
+#[tokio::test]
+async fn an_async_function_that_never_returns_records_its_panic() {
+    use futures_util::FutureExt as _;
+    let (out, traces) =
+        testing::capture_async(std::panic::AssertUnwindSafe(diverges_async(7)).catch_unwind())
+            .await;
+    assert!(out.is_err());
+    assert_eq!(traces.len(), 1);
+    let t = &traces[0];
+    assert_eq!(inputs_text(t), r#"{"code":7}"#);
+    let exceptions = t.root()["metadata"]["Exceptions"].to_string();
+    assert!(exceptions.contains("exit 7"), "{exceptions}");
+}
+
 /// Errors whose `Display` fails (which makes `to_string` panic) or panics.
 #[derive(Debug)]
 enum BadDisplay {

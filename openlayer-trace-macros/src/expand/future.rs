@@ -39,7 +39,9 @@ impl AsyncParts<'_> {
             moves,
         } = self;
         let capture = if *moves { quote!(move) } else { quote!() };
-        let body_fut = match (nameable, output) {
+        // `-> !`: nothing to record, and `!` cannot be named on stable (no turbofish).
+        let never = matches!(output, Some(Type::Never(_)));
+        let body_fut = match (nameable && !never, output) {
             (true, Some(ty)) => {
                 quote!(::openlayer_trace::__private::async_body::<#ty, _>(async #capture #block))
             }
@@ -66,6 +68,14 @@ impl AsyncParts<'_> {
                 let __ol_start = ::openlayer_trace::__private::begin_async(&__OL_META, |__ol_w| { #(#writes)* });
             }
         };
+        if never {
+            return quote! {{
+                #start
+                let (__ol_ret, __ol_step) = ::openlayer_trace::__private::instrument(__ol_start, #body_fut).await;
+                ::core::mem::drop(__ol_step);
+                __ol_ret
+            }};
+        }
         quote! {{
             #start
             #[allow(unused_mut)]
