@@ -278,6 +278,14 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
         // as for an `async fn` with no return type).
         let nameable = output.is_some_and(|t| !contains_impl_trait(t));
         let ret_span = future.span();
+        if let Some(at) = future::early_return(&item.block) {
+            return Err(syn::Error::new(
+                at,
+                "`#[trace]` on a function returning a future traces the `async` block its body \
+                 ends with: a future returned here would run untraced; move the condition \
+                 into that block, or make the function an `async fn`",
+            ));
+        }
         let Some(returned) = returned_async(&mut item.block) else {
             return Err(syn::Error::new(
                 ret_span,

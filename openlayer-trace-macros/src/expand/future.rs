@@ -163,6 +163,31 @@ pub(super) fn returned_async(block: &mut syn::Block) -> Option<&mut syn::ExprAsy
     }
 }
 
+/// The first `return` of the body before the `async` block it ends with (outside closures,
+/// `async` blocks and nested items, whose `return`s are their own): a future returned
+/// there would not be the traced block, and its run would go unrecorded.
+pub(super) fn early_return(block: &syn::Block) -> Option<proc_macro2::Span> {
+    use syn::spanned::Spanned;
+    use syn::visit::Visit;
+    #[derive(Default)]
+    struct Find(Option<proc_macro2::Span>);
+    impl<'ast> Visit<'ast> for Find {
+        fn visit_expr_return(&mut self, r: &'ast syn::ExprReturn) {
+            self.0.get_or_insert(r.span());
+        }
+        fn visit_expr_closure(&mut self, _: &'ast syn::ExprClosure) {}
+        fn visit_expr_async(&mut self, _: &'ast syn::ExprAsync) {}
+        fn visit_item(&mut self, _: &'ast syn::Item) {}
+        // A macro's tokens are not parsed: a `return` in one is not seen.
+    }
+    let mut find = Find::default();
+    let (_, before) = block.stmts.split_last()?;
+    for stmt in before {
+        find.visit_stmt(stmt);
+    }
+    find.0
+}
+
 /// Whether `func` is the path `Box::pin` (however qualified).
 fn is_box_pin(func: &syn::Expr) -> bool {
     let syn::Expr::Path(p) = func else {
