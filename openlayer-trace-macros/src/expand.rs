@@ -241,7 +241,7 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
     let record = make_record(ret_ty);
     let nameable = ret_ty.is_none_or(|t| !contains_impl_trait(t));
     let stream = stream_return(&opts.extra, sig, opts.skip_output)?;
-    let plan = plan_extra(&opts.extra, &params, sig, stream.is_some())?;
+    let plan = plan_extra(&opts.extra, &params, &cfgs, sig, stream.is_some())?;
     let block = &with_prelude(&item.block, &plan.prelude);
     if let Some(concrete) = stream {
         let body = expand_stream(StreamParts {
@@ -470,10 +470,15 @@ impl ExtraPlan {
 fn plan_extra(
     extra: &ExtraOptions,
     params: &[Ident],
+    cfgs: &[Vec<&syn::Attribute>],
     sig: &syn::Signature,
     stream: bool,
 ) -> syn::Result<ExtraPlan> {
-    let find = |ident: &Ident| params.iter().find(|p| p.unraw() == ident.unraw());
+    // A parameter, with its `#[cfg]`s: what takes its value is compiled only with it.
+    let find = |ident: &Ident| {
+        let i = params.iter().position(|p| p.unraw() == ident.unraw())?;
+        Some((&params[i], cfgs.get(i).map_or(&[][..], Vec::as_slice)))
+    };
     let known = || {
         let names: Vec<String> = params.iter().map(|p| format!("`{p}`")).collect();
         if names.is_empty() {
@@ -489,7 +494,7 @@ fn plan_extra(
         (&extra.question, "question", "question_arg"),
     ] {
         let Some(ident) = ident else { continue };
-        let Some(param) = find(ident) else {
+        let Some((param, cfgs)) = find(ident) else {
             return Err(syn::Error::new(
                 ident.span(),
                 format!(
@@ -500,12 +505,12 @@ fn plan_extra(
         };
         let helper = Ident::new(helper, ident.span());
         prelude.push(quote_spanned! {ident.span()=>
-            ::openlayer_trace::__private::#helper(&#param);
+            #(#cfgs)* ::openlayer_trace::__private::#helper(&#param);
         });
         let method = Ident::new(option, ident.span());
         let early_options = local("__ol_early", ident.span());
         early.push(quote_spanned! {ident.span()=>
-            #early_options.#method(&#param);
+            #(#cfgs)* #early_options.#method(&#param);
         });
     }
     // Nothing, or a future of nothing (`impl Future<Output = ()>`, `BoxFuture<'_, ()>`).
@@ -531,13 +536,13 @@ fn plan_extra(
             .as_ref()
             .map(LitStr::value)
             .unwrap_or_else(|| ident.unraw().to_string());
-        if let Some(param) = find(ident) {
+        if let Some((param, cfgs)) = find(ident) {
             prelude.push(quote_spanned! {ident.span()=>
-                ::openlayer_trace::__private::promote_input(#column, &#param);
+                #(#cfgs)* ::openlayer_trace::__private::promote_input(#column, &#param);
             });
             let early_options = local("__ol_early", ident.span());
             early.push(quote_spanned! {ident.span()=>
-                #early_options.promote(#column, &#param);
+                #(#cfgs)* #early_options.promote(#column, &#param);
             });
         } else if stream {
             return Err(syn::Error::new(

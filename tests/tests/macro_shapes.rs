@@ -356,11 +356,39 @@ fn with_cfg_parameters(
     a + c
 }
 
+/// Row options on gated parameters: compiled only with them (the one that is compiled out
+/// here would not be found otherwise).
+#[trace(promote(b, c = "tenant"), context = b, question = c)]
+fn with_cfg_row_options(a: u32, #[cfg(not(test))] b: u32, #[cfg(test)] c: u32) -> u32 {
+    a + c
+}
+
+#[trace(promote(b, c = "tenant"))]
+fn with_cfg_row_options_later(
+    a: u32,
+    #[cfg(not(test))] b: u32,
+    #[cfg(test)] c: u32,
+) -> impl Future<Output = u32> {
+    async move { a + c }
+}
+
 #[test]
 fn cfg_gated_parameters_are_recorded_when_present() {
     let (out, t) = one(|| with_cfg_parameters(1, 2));
     assert_eq!(out, 3);
     assert_eq!(inputs_text(&t), r#"{"a":1,"c":2}"#);
+
+    let (out, t) = one(|| with_cfg_row_options(1, 2));
+    assert_eq!(out, 3);
+    assert_eq!(t.row()["tenant"], 2);
+    assert_eq!(t.row()["_question"], 2);
+    assert!(t.row().get("b").is_none(), "{}", t.row_json());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let (out, t) = rt.block_on(one_async(with_cfg_row_options_later(1, 2)));
+    assert_eq!(out, 3);
+    assert_eq!(t.row()["tenant"], 2);
 }
 
 #[trace]
