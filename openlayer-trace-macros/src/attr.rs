@@ -48,6 +48,41 @@ fn string_value(
     }
 }
 
+/// An option that takes no value (`skip_all`, `skip_output`).
+fn flag(meta: &syn::meta::ParseNestedMeta, option: &str) -> syn::Result<()> {
+    if meta.input.is_empty() || meta.input.peek(syn::Token![,]) {
+        return Ok(());
+    }
+    Err(meta.error(format!(
+        "`{option}` takes no value: write `#[trace({option})]`"
+    )))
+}
+
+/// The value of `kind = "..."`. Written as a name (`kind = Tool`, `kind = chat_completion`),
+/// the hint gives the string of the kind it names.
+fn kind_value(meta: &syn::meta::ParseNestedMeta) -> syn::Result<LitStr> {
+    let fork = meta.input.fork();
+    let named = fork
+        .parse::<syn::Token![=]>()
+        .and_then(|_| fork.parse::<syn::Path>())
+        .ok()
+        .and_then(|p| p.segments.last().map(|s| s.ident.to_string()))
+        .and_then(|name| {
+            let flat = |s: &str| s.replace('_', "").to_ascii_lowercase();
+            KINDS
+                .iter()
+                .find(|(k, v)| flat(k) == flat(&name) || *v == name)
+                .map(|(k, _)| *k)
+        });
+    match (string_value(meta, "kind", "chat_completion"), named) {
+        (Err(e), Some(kind)) => Err(syn::Error::new(
+            e.span(),
+            format!("`kind` takes a string literal; write `kind = \"{kind}\"`"),
+        )),
+        (r, _) => r,
+    }
+}
+
 /// The parsed options of one `#[trace(...)]`.
 #[derive(Default)]
 pub(crate) struct Options {
@@ -85,7 +120,7 @@ impl Options {
                     o.name = Some(lit);
                 }
                 "kind" => {
-                    let lit = string_value(&meta, "kind", "chat_completion")?;
+                    let lit = kind_value(&meta)?;
                     let value = lit.value();
                     match KINDS.iter().find(|(k, _)| *k == value) {
                         Some((_, variant)) => o.kind = Some((variant.to_string(), lit.span())),
@@ -103,6 +138,12 @@ impl Options {
                     }
                 }
                 "skip" => {
+                    if !meta.input.peek(syn::token::Paren) {
+                        return Err(meta.error(
+                            "`skip` takes parameter names in parentheses, e.g. `skip(client, secret)`; \
+                             `skip_all` leaves every argument out",
+                        ));
+                    }
                     o.skip_span = Some(meta.path.span());
                     meta.parse_nested_meta(|inner| {
                         let ident = inner.path.get_ident().cloned().ok_or_else(|| {
@@ -112,8 +153,14 @@ impl Options {
                         Ok(())
                     })?;
                 }
-                "skip_all" => o.skip_all = Some(meta.path.span()),
-                "skip_output" => o.skip_output = true,
+                "skip_all" => {
+                    flag(&meta, "skip_all")?;
+                    o.skip_all = Some(meta.path.span());
+                }
+                "skip_output" => {
+                    flag(&meta, "skip_output")?;
+                    o.skip_output = true;
+                }
                 "inference_pipeline_id" => {
                     let lit = string_value(&meta, "inference_pipeline_id", "<pipeline id>")?;
                     if lit.value().trim().is_empty() {
@@ -201,6 +248,24 @@ impl ExtraOptions {
                         return Err(syn::Error::new(
                             ident.span(),
                             format!("`{ident}` is promoted more than once"),
+                        ));
+                    }
+                    // Two values in one column: the last would silently win.
+                    let column_of = |ident: &Ident, column: &Option<LitStr>| {
+                        column
+                            .as_ref()
+                            .map_or_else(|| ident.unraw().to_string(), LitStr::value)
+                    };
+                    let name = column_of(&ident, &column);
+                    if let Some((other, _)) =
+                        self.promote.iter().find(|(i, c)| column_of(i, c) == name)
+                    {
+                        return Err(syn::Error::new(
+                            column.as_ref().map_or(ident.span(), LitStr::span),
+                            format!(
+                                "`{ident}` and `{other}` are both promoted to the column \"{name}\"; \
+                                 rename one: `{ident} = \"...\"`"
+                            ),
                         ));
                     }
                     self.promote.push((ident, column));
