@@ -45,6 +45,28 @@ fn contains_impl_trait(ty: &Type) -> bool {
     f.0
 }
 
+/// `ty` with each `impl Trait` replaced by `_`: a type to annotate the body with when the
+/// return type cannot be named whole, so that what can be named (the `E` of a
+/// `Result<impl Serialize, E>`, which picks how the error is recorded, and which `?`
+/// converts into) is known to the body.
+fn infer_impl_trait(ty: &Type) -> Type {
+    struct Infer;
+    impl syn::visit_mut::VisitMut for Infer {
+        fn visit_type_mut(&mut self, t: &mut Type) {
+            if let Type::ImplTrait(i) = t {
+                *t = Type::Infer(syn::TypeInfer {
+                    underscore_token: syn::Token![_](i.impl_token.span),
+                });
+            } else {
+                syn::visit_mut::visit_type_mut(self, t);
+            }
+        }
+    }
+    let mut ty = ty.clone();
+    syn::visit_mut::VisitMut::visit_type_mut(&mut Infer, &mut ty);
+    ty
+}
+
 /// Whether `ty` involves one of the function's type parameters (or, with `impl_trait`, an
 /// `impl Trait`): then a missing `Serialize` is best fixed by a bound, which the compiler
 /// suggests only when the check is not marked `do_not_recommend`.
@@ -348,8 +370,11 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
         // from how its value is recorded (a `Result`).
         let closure = match (nameable, ret_ty) {
             (true, Some(ty)) => quote!(move || -> #ty #block),
+            (false, Some(ty)) => {
+                let ty = infer_impl_trait(ty);
+                quote!(move || -> #ty #block)
+            }
             (_, None) => quote!(move || -> () #block),
-            _ => quote!(move || #block),
         };
         quote! {{
             #meta

@@ -97,6 +97,27 @@ fn render(x: u32) -> Result<Page, (u16, String)> {
     }
 }
 
+/// `impl Trait` in the `Ok` (the return type is not written on the body), the error only
+/// from `?`.
+#[trace]
+fn validate_all(xs: &[u32]) -> Result<impl serde::Serialize + use<>, Vec<String>> {
+    let mut out = Vec::new();
+    for x in xs {
+        out.push(validate(*x)?);
+    }
+    Ok(out)
+}
+
+#[trace]
+async fn validate_all_later(xs: Vec<u32>) -> Result<impl serde::Serialize, Vec<String>> {
+    tokio::task::yield_now().await;
+    let mut out = Vec::new();
+    for x in xs {
+        out.push(validate(x)?);
+    }
+    Ok(out)
+}
+
 #[trace]
 async fn validate_later(x: u32) -> Result<u32, Vec<String>> {
     tokio::task::yield_now().await;
@@ -127,6 +148,15 @@ async fn an_err_that_is_only_debug_still_fails_the_step() {
     let root = traces[0].root();
     assert_eq!(root["output"], serde_json::Value::Null);
     assert_eq!(root["metadata"]["Exceptions"], r#"["too big"]"#);
+
+    let (_, traces) = testing::capture(|| {
+        let _ = validate_all(&[1, 20]);
+        let _ = validate_all(&[1, 2]);
+    });
+    assert_eq!(traces[0].root()["metadata"]["Exceptions"], r#"["too big"]"#);
+    assert_eq!(traces[1].root()["output"], serde_json::json!([1, 2]));
+    let (_, traces) = testing::capture_async(validate_all_later(vec![30])).await;
+    assert_eq!(traces[0].root()["metadata"]["Exceptions"], r#"["too big"]"#);
 }
 
 #[trace]

@@ -48,6 +48,11 @@ impl AsyncParts<'_> {
             (true, None) => {
                 quote!(::openlayer_trace::__private::async_body::<(), _>(async #capture #block))
             }
+            // What can be named of it (see `infer_impl_trait`).
+            (false, Some(ty)) if !never => {
+                let ty = super::infer_impl_trait(ty);
+                quote!(::openlayer_trace::__private::async_body::<#ty, _>(async #capture #block))
+            }
             (false, _) => quote!(async #capture #block),
         };
         let body_fut = match promote {
