@@ -62,8 +62,12 @@ fn child() {
                 redact(f.message.clone());
             })
         }
+        "mask_flush_during_shutdown" => base(&server.url()),
         other => panic!("unknown scenario {other}"),
     };
+    if scenario == "mask_flush_during_shutdown" {
+        return mask_flush_during_shutdown(&server);
+    }
     let guard = openlayer_trace::init(builder.build().unwrap()).unwrap();
     for i in 0..3 {
         work(format!("user{i}@example.com"));
@@ -88,6 +92,51 @@ fn child() {
     }
 }
 
+/// In write-ahead mode the mask runs on the thread that completed the trace, while that
+/// trace is being handed off. A mask that calls the SDK (`flush`, `stats`) while another
+/// thread shuts the pipeline down must not deadlock with it.
+fn mask_flush_during_shutdown(server: &TestServer) {
+    use std::sync::mpsc;
+    let config = Config::builder()
+        .api_key("sk-test-reentrancy")
+        .base_url(server.url())
+        .inference_pipeline_id("pipe-1")
+        .spool_dir(temp_dir("reentrancy-mask-flush"))
+        .spool_mode(SpoolMode::WriteAhead)
+        .mask(|row| {
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = openlayer_trace::flush(Duration::ZERO);
+            let _ = openlayer_trace::stats();
+            row.insert("masked".into(), true.into());
+        })
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    let (done, finished) = mpsc::channel();
+    let tracer = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            work("a@example.com".into());
+            done.send("traced").unwrap();
+        })
+    };
+    // The traced thread is in the mask now.
+    std::thread::sleep(Duration::from_millis(100));
+    let closer = std::thread::spawn(move || {
+        let _ = guard.shutdown(Duration::from_secs(2));
+        done.send("shut down").unwrap();
+    });
+    for _ in 0..2 {
+        if finished.recv_timeout(Duration::from_secs(20)).is_err() {
+            eprintln!("deadlock: the mask's flush and the shutdown wait for each other");
+            std::process::exit(3);
+        }
+    }
+    tracer.join().unwrap();
+    closer.join().unwrap();
+    report(&[("finished", "2".into())]);
+}
+
 fn run(scenario: &str) {
     let out = child::run(scenario, &[]);
     eprintln!("{scenario}: {:?}", results(&out));
@@ -106,4 +155,9 @@ fn a_mask_calling_traced_code_in_write_ahead_mode_does_not_recurse() {
 #[test]
 fn on_failure_calling_traced_code_starts_no_trace() {
     run("on_failure");
+}
+
+#[test]
+fn a_mask_calling_the_sdk_during_a_shutdown_does_not_deadlock() {
+    run("mask_flush_during_shutdown");
 }

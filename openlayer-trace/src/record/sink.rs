@@ -51,8 +51,25 @@ pub(crate) fn set_enabled(on: bool) {
 /// Installs `sink` as the global sink (none: traces are dropped), then turns recording on
 /// or off.
 pub(crate) fn install(sink: Option<Arc<dyn TraceSink>>, on: bool) {
-    *GLOBAL.write().unwrap_or_else(|e| e.into_inner()) = sink;
-    set_enabled(on);
+    install_with(|| (Some((sink, on)), ()));
+}
+
+/// A sink to install (none: traces are dropped) and whether recording is on.
+pub(crate) type Installed = (Option<Arc<dyn TraceSink>>, bool);
+
+/// Runs `decide` with the global sink locked for writing, then installs what it asks for,
+/// if anything. The sink's lock is taken first, before any lock `decide` takes: a hand-off
+/// under way holds it for reading and may call back into the SDK (a write-ahead mask
+/// calling `flush`), which takes those other locks; taken in the other order, the two
+/// would wait for each other.
+pub(crate) fn install_with<R>(decide: impl FnOnce() -> (Option<Installed>, R)) -> R {
+    let mut global = GLOBAL.write().unwrap_or_else(|e| e.into_inner());
+    let (install, r) = decide();
+    if let Some((sink, on)) = install {
+        *global = sink;
+        set_enabled(on);
+    }
+    r
 }
 
 /// Hands a completed trace off: to `capture` when there is one, else to the global sink.

@@ -76,11 +76,12 @@ fn install(pipeline: Arc<Exporter>) -> Option<Arc<Exporter>> {
     #[cfg(any(test, feature = "test-util"))]
     crate::export::capture::set_installed_shaper(pipeline.shaper.clone());
     let on = !pipeline.config.disabled;
-    let mut slot = PIPELINE.write().unwrap_or_else(|e| e.into_inner());
-    let previous = slot.replace(pipeline.clone());
-    sink::install(Some(pipeline as Arc<dyn TraceSink>), on);
-    drop(slot);
-    previous
+    // The sink's lock first (see `sink::install_with`).
+    sink::install_with(|| {
+        let mut slot = PIPELINE.write().unwrap_or_else(|e| e.into_inner());
+        let previous = slot.replace(pipeline.clone());
+        (Some((Some(pipeline as Arc<dyn TraceSink>), on)), previous)
+    })
 }
 
 fn current() -> Option<Arc<Exporter>> {
@@ -187,13 +188,19 @@ impl Guard {
 }
 
 fn uninstall(p: &Arc<Exporter>) {
-    let slot = PIPELINE.write().unwrap_or_else(|e| e.into_inner());
-    if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, p)) {
-        // Shut down on purpose: later traces are not recorded until `init` is called again.
-        // The exporter stays the sink, so that a trace started before and completed after
-        // the shutdown is counted (dropped as `shutdown`), and `stats()` still shows it.
-        sink::install(Some(p.clone() as Arc<dyn TraceSink>), false);
-    }
+    // The sink's lock first (see `sink::install_with`).
+    sink::install_with(|| {
+        let slot = PIPELINE.read().unwrap_or_else(|e| e.into_inner());
+        // Shut down on purpose: later traces are not recorded until `init` is called
+        // again. The exporter stays the sink, so that a trace started before and completed
+        // after the shutdown is counted (dropped as `shutdown`), and `stats()` still shows
+        // it.
+        let current = slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, p));
+        (
+            current.then(|| (Some(p.clone() as Arc<dyn TraceSink>), false)),
+            (),
+        )
+    });
 }
 
 impl Drop for Guard {
