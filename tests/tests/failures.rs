@@ -223,6 +223,38 @@ fn a_panicked_async_root_leaves_no_stale_message() {
 }
 
 #[trace]
+fn leaks_a_secret() {
+    panic!("bad email alice@example.com");
+}
+
+/// A request whose child step panicked, the panic caught (by a runtime, say), and that
+/// returned normally.
+#[trace]
+fn handles_a_child_panic() -> bool {
+    std::panic::catch_unwind(leaks_a_secret).is_err()
+}
+
+/// A child step's panic, caught inside its trace, leaves its message on the thread (only
+/// a root clears it). Another trace that a later `resume_unwind` unwinds through (no hook
+/// runs for it) records "panicked", never that message, which holds the other request's
+/// data.
+#[test]
+fn a_panic_message_never_reaches_another_trace() {
+    let (_, traces) = testing::capture(|| {
+        assert!(handles_a_child_panic());
+        assert!(std::panic::catch_unwind(resumes_a_panic).is_err());
+    });
+    let [handled, resumed] = &traces[..] else {
+        panic!("{traces:#?}")
+    };
+    let child = handled.root()["steps"][0]["metadata"]["Exceptions"]
+        .as_str()
+        .unwrap();
+    assert!(child.contains("alice@example.com"), "{child}");
+    assert_eq!(resumed.root()["metadata"]["Exceptions"], "panicked");
+}
+
+#[trace]
 fn explode(depth: u32) -> u32 {
     if depth == 0 {
         panic!("boom at the bottom");

@@ -5,19 +5,36 @@
 
 use std::cell::RefCell;
 
+/// The message of a panic, and the key of the trace it happened in (its clock anchor).
+pub(crate) type KeyedMessage = (i64, String);
+
 thread_local! {
-    static PANIC_MESSAGE: RefCell<Option<String>> = const { RefCell::new(None) };
+    static PANIC_MESSAGE: RefCell<Option<KeyedMessage>> = const { RefCell::new(None) };
 }
 
 /// Replaces the message of the thread's last panic (`None`: no panic to tell of).
-pub(crate) fn set_message(message: Option<String>) {
+pub(crate) fn set_message(message: Option<KeyedMessage>) {
     let _ = PANIC_MESSAGE.try_with(|m| *m.borrow_mut() = message);
 }
 
-/// The message of the thread's last panic, if one is kept.
-pub(crate) fn message() -> Option<String> {
+/// The message of the thread's last panic, if one is kept, with the key of its trace.
+pub(crate) fn message() -> Option<KeyedMessage> {
     PANIC_MESSAGE
         .try_with(|m| m.borrow().clone())
+        .ok()
+        .flatten()
+}
+
+/// The message of the thread's last panic if it happened in the trace keyed `key`. A
+/// panic caught (by a runtime, say) leaves its message here; another trace that a later
+/// `resume_unwind` (which runs no hook) unwinds through must not record it: it may hold
+/// another request's data.
+pub(crate) fn message_of(key: i64) -> Option<String> {
+    PANIC_MESSAGE
+        .try_with(|m| match &*m.borrow() {
+            Some((k, text)) if *k == key => Some(text.clone()),
+            _ => None,
+        })
         .ok()
         .flatten()
 }
@@ -56,7 +73,7 @@ mod tests {
     #[test]
     fn a_caught_panic_gives_none_and_puts_back_the_message_of_the_unwinding_one() {
         assert_eq!(caught(|| 7), Some(7));
-        set_message(Some("stale".into()));
+        set_message(Some((1, "stale".into())));
         let r: Option<u8> = caught(|| panic!("caught here"));
         assert_eq!(r, None);
         // Not unwinding: no panic is in flight, so no message is kept.
@@ -66,9 +83,9 @@ mod tests {
         impl Drop for InDrop {
             fn drop(&mut self) {
                 // As the library's hook would have kept it for the panic unwinding now.
-                set_message(Some("db down".into()));
+                set_message(Some((1, "db down".into())));
                 let r = caught(|| -> u8 { panic!("caught during the unwind") });
-                OUT.with(|o| *o.borrow_mut() = Some((r, message())));
+                OUT.with(|o| *o.borrow_mut() = Some((r, message_of(1))));
             }
         }
         thread_local! {
@@ -82,6 +99,14 @@ mod tests {
         let (r, msg) = OUT.with(|o| o.borrow_mut().take()).unwrap();
         assert_eq!(r, None);
         assert_eq!(msg.as_deref(), Some("db down"));
+        set_message(None);
+    }
+
+    #[test]
+    fn a_message_is_told_only_to_its_own_trace() {
+        set_message(Some((7, "in trace 7".into())));
+        assert_eq!(message_of(7).as_deref(), Some("in trace 7"));
+        assert_eq!(message_of(8), None);
         set_message(None);
     }
 }

@@ -277,7 +277,7 @@ impl Drop for StepHandle {
             let closing = Closing {
                 status: Status::Panicked,
                 output: None,
-                error: Some(panic_message()),
+                error: Some(panic_message(&open)),
             };
             context::close_step(&open, end, closing);
             if open.idx == 0 {

@@ -43,17 +43,18 @@ pub(crate) fn install_panic_hook() {
         std::panic::set_hook(Box::new(move |info| {
             // Every panic replaces the message (or clears it, outside any trace), so that
             // a step never records the message of an earlier panic.
-            let msg = context::in_trace().then(|| {
+            let msg = context::with_current(|t, _| t.anchor).map(|key| {
                 let payload = info.payload();
                 let msg = payload
                     .downcast_ref::<&str>()
                     .map(|s| (*s).to_string())
                     .or_else(|| payload.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "Box<dyn Any>".to_string());
-                match info.location() {
+                let text = match info.location() {
                     Some(l) => format!("panicked at {}:{}: {msg}", l.file(), l.line()),
                     None => format!("panicked: {msg}"),
-                }
+                };
+                (key, text)
             });
             crate::util::panic::set_message(msg);
             previous(info);
@@ -61,9 +62,10 @@ pub(crate) fn install_panic_hook() {
     });
 }
 
-/// The message of the panic unwinding through a step (`panicked` when unknown).
-pub(crate) fn panic_message() -> Box<str> {
-    crate::util::panic::message()
+/// The message of the panic unwinding through a step of `open`'s trace (`panicked` when
+/// unknown, or when the thread's last panic happened in another trace).
+pub(crate) fn panic_message(open: &OpenStep) -> Box<str> {
+    crate::util::panic::message_of(open.trace.anchor)
         .unwrap_or_else(|| "panicked".to_string())
         .into_boxed_str()
 }
@@ -134,7 +136,7 @@ impl Ending {
                 // message is cleared, so that a later `resume_unwind` (which runs no hook)
                 // records "panicked", not this panic's message. Another trace the same
                 // panic unwinds through on this thread then records "panicked" too.
-                let error = panic_message();
+                let error = panic_message(open);
                 clear_panic_message();
                 let closing = Closing {
                     status: Status::Panicked,
@@ -150,7 +152,7 @@ impl Ending {
             Closing {
                 status: Status::Panicked,
                 output: None,
-                error: Some(panic_message()),
+                error: Some(panic_message(open)),
             }
         } else if let Some(error) = self.error.take() {
             Closing {
@@ -520,7 +522,7 @@ impl<F: Future> Future for Instrumented<F> {
                     let closing = Closing {
                         status: Status::Panicked,
                         output: None,
-                        error: Some(panic_message()),
+                        error: Some(panic_message(&open)),
                     };
                     context::close_step(&open, clock::now(), closing);
                     if open.idx == 0 {

@@ -446,7 +446,10 @@ where
                         && let Some(step) = span.extensions_mut().get_mut::<SpanStep>()
                         && step.panicked.is_none()
                     {
-                        step.panicked = Some(crate::api::step::panic_message());
+                        step.panicked = Some(match step.handle.open_step() {
+                            Some(open) => crate::api::step::panic_message(open),
+                            None => "panicked".into(),
+                        });
                     }
                 });
             }
