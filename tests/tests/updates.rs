@@ -136,6 +136,39 @@ fn context_question_ground_truth_output_and_map_forms() {
     assert!(r["metadata"].get("documents").is_none());
 }
 
+#[trace]
+fn answers_with_a_row_output() -> String {
+    update_current_trace!(output = "the row's answer");
+    "the step's answer".into()
+}
+
+#[trace]
+fn fails_with_a_row_output() -> Result<String, String> {
+    update_current_trace!(output = "partial");
+    Err("the model timed out".into())
+}
+
+/// A trace-level `output` is the row's `output` column (as any trace key is a column); the
+/// root step in `steps` keeps its own output, null when it failed (WIRE.md).
+#[test]
+fn a_trace_level_output_is_the_row_column_not_the_root_steps() {
+    let (_, traces) = testing::capture(|| {
+        answers_with_a_row_output();
+        let _ = fails_with_a_row_output();
+    });
+    let [ok, failed] = &traces[..] else {
+        panic!("{traces:#?}")
+    };
+    assert_eq!(ok.row()["output"], "the row's answer");
+    assert_eq!(ok.root()["output"], "the step's answer");
+    assert_eq!(failed.row()["output"], "partial");
+    assert_eq!(failed.root()["output"], Value::Null);
+    assert_eq!(
+        failed.root()["metadata"]["Exceptions"],
+        "the model timed out"
+    );
+}
+
 #[test]
 fn nothing_leaks_into_the_next_trace() {
     let (_, traces) = testing::capture(|| {

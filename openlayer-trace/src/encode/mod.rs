@@ -353,20 +353,21 @@ fn encode_into<R>(
         crate::util::id::push_uuid_v4(s, root.id);
         s.push('"');
     });
-    // A trace-level `output` (`update_current_trace!(output = ..)`) replaces the root's output
-    // everywhere.
+    // A trace-level `output` (`update_current_trace!(output = ..)`) is the row's `output`
+    // column; the root step in `steps` keeps its own (WIRE.md: trace keys are row columns,
+    // and a failed step's output is null).
     let trace_output = st
         .columns()
         .iter()
         .find(|(k, _)| k == "output")
         .map(|(_, v)| &**v);
     // A cancelled root keeps what it produced before it stopped (a stream dropped early).
-    let root_output =
-        if matches!(root.status, Status::Ok | Status::Cancelled) || trace_output.is_some() {
-            trace_output.or(st.output(root))
-        } else {
-            None
-        };
+    let root_output = if matches!(root.status, Status::Ok | Status::Cancelled) {
+        st.output(root)
+    } else {
+        None
+    };
+    let row_output = trace_output.or(root_output);
 
     let (mut cost, mut tokens, mut has_cost) = (0.0f64, 0.0f64, false);
     for rec in &st.steps {
@@ -392,7 +393,7 @@ fn encode_into<R>(
     row.push(("inferenceId", quoted_id, KeyText::Ours));
     row.push((
         "output",
-        Val::Text(root_output.unwrap_or("null")),
+        Val::Text(row_output.unwrap_or("null")),
         KeyText::Ours,
     ));
     let latency = latency_ms(root);
