@@ -18,8 +18,8 @@ impl CountedDrops {
     pub(crate) fn report(&mut self, c: &Counters, on_failure: Option<&FailureFn>) {
         let counted = [
             (
-                // Less those the spool writer told itself (counted there after the
-                // counter: a report between the two is made up for by the next one).
+                // Less those the spool writer told itself (counted there before the
+                // counter: a report between the two sees too few, made up for by the next).
                 DropReason::QueueFull,
                 c.queue_full
                     .load(Relaxed)

@@ -295,14 +295,16 @@ impl Writer<'_> {
             }
             Err(e) => {
                 let c = self.counters();
+                if reason == DropReason::QueueFull {
+                    // Told here, with the error: the flusher's report of the counter
+                    // raised below leaves them out (it may already have made its last one).
+                    // Raised first: a report between the two then sees too few (made up
+                    // for by a later one), never these (which would be told twice).
+                    c.queue_full_told.fetch_add(n, Relaxed);
+                }
                 c.drop_rows(reason, n);
                 c.settled.fetch_add(n, Relaxed);
                 crate::util::diag::warn_limited!(dir = %self.spool.dir.display(), error = %e, rows = n, "could not write to the spool; rows dropped (counted)");
-                if reason == DropReason::QueueFull {
-                    // Told here, with the error: the flusher's report of the counter just
-                    // raised leaves them out (it may already have made its last one).
-                    c.queue_full_told.fetch_add(n, Relaxed);
-                }
                 notify(
                     self.spool.on_failure.as_ref(),
                     DeliveryFailure {
