@@ -246,7 +246,10 @@ fn apply_mask(row: &str, mask: &MaskFn) -> Option<String> {
             if v == *original {
                 out.push_str(raw.get());
             } else {
-                out.push_str(&serde_json::to_string(&v).ok()?);
+                // The keys of the objects it had keep their order (a `Value`'s map sorts
+                // them, unless serde_json's `preserve_order` is on somewhere in the build).
+                let template: Option<Node> = from_str_deep(raw.get()).ok();
+                write_in_order(&mut out, &v, template.as_ref()).ok()?;
             }
         }
     }
@@ -256,6 +259,57 @@ fn apply_mask(row: &str, mask: &MaskFn) -> Option<String> {
     }
     out.push('}');
     Some(out)
+}
+
+/// Writes `v` as JSON, the keys of each object in the order they have in `template` (the
+/// value before the mask changed it), then the keys it added, in the map's order.
+fn write_in_order(out: &mut String, v: &Value, template: Option<&Node>) -> serde_json::Result<()> {
+    match (v, template) {
+        (Value::Object(m), Some(Node::Object(t))) => {
+            out.push('{');
+            let mut first = true;
+            let mut key = |out: &mut String, k: &str| -> serde_json::Result<()> {
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                out.push_str(&serde_json::to_string(k)?);
+                out.push(':');
+                Ok(())
+            };
+            for (k, tv) in t {
+                if let Some(x) = m.get(k) {
+                    key(out, k)?;
+                    write_in_order(out, x, Some(tv))?;
+                }
+            }
+            let known: std::collections::HashSet<&str> =
+                t.iter().map(|(k, _)| k.as_str()).collect();
+            for (k, x) in m {
+                if !known.contains(k.as_str()) {
+                    key(out, k)?;
+                    write_in_order(out, x, None)?;
+                }
+            }
+            out.push('}');
+        }
+        (Value::Array(a), t) => {
+            let t = match t {
+                Some(Node::Array(t)) => Some(t),
+                _ => None,
+            };
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_in_order(out, x, t.and_then(|t| t.get(i)))?;
+            }
+            out.push(']');
+        }
+        (other, _) => out.push_str(&serde_json::to_string(other)?),
+    }
+    Ok(())
 }
 
 /// Where a value sits, for the budget's exemptions: the row's `inferenceId`, a step's
@@ -486,6 +540,24 @@ mod tests {
             r#"{"z":1.0,"name":"***","steps":[{"name":"f","id":"x"}],"added":true}"#
         );
         assert_eq!(s.shape("not json"), None);
+    }
+
+    /// A column the mask changed keeps the key order of its objects (a step's `name`,
+    /// `id`, `type`, ...), new keys after them.
+    #[test]
+    fn a_masked_column_keeps_the_order_of_its_keys() {
+        let mask: MaskFn = Arc::new(|row| {
+            let step = &mut row["steps"][0];
+            step["inputs"]["email"] = json!("***");
+            step["inputs"]["masked"] = json!(true);
+        });
+        let s = shaper(Some(mask), None);
+        let row = r#"{"steps":[{"name":"f","id":"x","type":"user_call","inputs":{"q":"hi","email":"a@b.c"},"output":null,"steps":[{"name":"g","id":"y"}]}]}"#;
+        let out = s.shape(row).unwrap().unwrap();
+        assert_eq!(
+            out,
+            r#"{"steps":[{"name":"f","id":"x","type":"user_call","inputs":{"q":"hi","email":"***","masked":true},"output":null,"steps":[{"name":"g","id":"y"}]}]}"#
+        );
     }
 
     #[test]
