@@ -96,10 +96,12 @@ impl<C: Config> ChatExt for Chat<'_, C> {
             }
         }
         let mut h = start_step(provider_of::<C>(), &request);
+        let expected = crate::stream::Expected::of(&request);
         let started = Instant::now();
         match self.create_stream(request).await {
             Ok(inner) if h.is_recording() => {
-                Ok(Box::pin(ChatStream::new(inner, h, started)) as ChatCompletionResponseStream)
+                Ok(Box::pin(ChatStream::new(inner, h, started, expected))
+                    as ChatCompletionResponseStream)
             }
             Ok(inner) => Ok(inner),
             Err(e) => {
@@ -136,7 +138,11 @@ fn record_response(h: &mut StepHandle, response: &CreateChatCompletionResponse) 
     if !h.is_recording() {
         return;
     }
-    h.metadata("model", &response.model);
+    // A compatible server may answer with an empty model: the request's stays (the
+    // platform prices by it), as a stream's does.
+    if !response.model.is_empty() {
+        h.metadata("model", &response.model);
+    }
     if let Some(usage) = &response.usage {
         Tokens::from_chat(usage).record(h);
     }

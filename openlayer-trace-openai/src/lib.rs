@@ -159,6 +159,7 @@ pub mod __bench {
             inner,
             h,
             std::time::Instant::now(),
+            crate::stream::Expected::of(request),
         ))
     }
 }

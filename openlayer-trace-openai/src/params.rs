@@ -85,7 +85,11 @@ impl Tokens {
         let mut m = Map::new();
         m.insert(
             "input_tokens".into(),
-            self.prompt.saturating_sub(cached + audio_in).into(),
+            // Saturating: a server's counts are not trusted not to overflow (a panic in a
+            // build with overflow checks, in the caller's poll).
+            self.prompt
+                .saturating_sub(cached.saturating_add(audio_in))
+                .into(),
         );
         if let Some(c) = self.completion {
             // Reasoning tokens are output tokens (billed as such); the wire's details have

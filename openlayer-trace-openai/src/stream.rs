@@ -25,6 +25,32 @@ pub(crate) struct ChatStream {
     handle: Option<StepHandle>,
     started: Instant,
     acc: ChatAccumulator,
+    expected: Expected,
+    /// The time to the first token was recorded.
+    first_token: bool,
+}
+
+/// What the request asked for, to know when its answer is complete.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Expected {
+    /// The choices (`n`, 1 by default).
+    pub(crate) choices: usize,
+    /// A last chunk with the usage (`stream_options.include_usage`).
+    pub(crate) usage: bool,
+}
+
+impl Expected {
+    /// What `request` asks for.
+    pub(crate) fn of(request: &async_openai::types::chat::CreateChatCompletionRequest) -> Self {
+        Expected {
+            choices: usize::from(request.n.unwrap_or(1).max(1)),
+            usage: request
+                .stream_options
+                .as_ref()
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+        }
+    }
 }
 
 impl ChatStream {
@@ -32,12 +58,15 @@ impl ChatStream {
         inner: ChatCompletionResponseStream,
         handle: StepHandle,
         started: Instant,
+        expected: Expected,
     ) -> Self {
         ChatStream {
             inner,
             handle: Some(handle),
             started,
             acc: ChatAccumulator::default(),
+            expected,
+            first_token: false,
         }
     }
 }
@@ -57,13 +86,25 @@ impl Stream for ChatStream {
         match &poll {
             Poll::Pending => {}
             Poll::Ready(Some(Ok(chunk))) => {
-                // At the first chunk with a choice: Azure sends its content filter's
-                // results first, in a chunk with none, before the model starts.
-                if !this.acc.answered && !chunk.choices.is_empty() {
+                // At the first chunk that carries some of the answer: not Azure's first
+                // chunk (its content filter's results, no choice), nor the usual first
+                // chunk of a role and no content, which a reasoning model sends long
+                // before its first token.
+                if !this.first_token && has_token(chunk) {
+                    this.first_token = true;
                     let ms = this.started.elapsed().as_secs_f64() * 1000.0;
                     handle.metadata("timeToFirstToken", &ms);
                 }
                 this.acc.add(chunk);
+                // Complete: every choice finished, and the usage arrived if it was asked
+                // for. A caller may stop reading there (at `finish_reason`): the step ends
+                // now, not as cancelled when the stream is dropped, later.
+                if this.acc.complete(this.expected)
+                    && let Some(mut h) = this.handle.take()
+                {
+                    this.acc.record(&mut h);
+                    h.finish();
+                }
             }
             // Under `Exceptions`, the step going on: what arrived before the error (a
             // connection lost at 90 % of an answer) stays its output, as a traced
@@ -86,9 +127,14 @@ impl Stream for ChatStream {
 
 impl Drop for ChatStream {
     fn drop(&mut self) {
-        // Dropped before its end: the step closes as cancelled, with what arrived so far.
+        // Dropped before its end: the step closes as cancelled, with what arrived so far;
+        // unless every choice had finished (a caller that stops at `finish_reason`, before
+        // the usage chunk): then it closes as returned.
         if let Some(mut h) = self.handle.take() {
             self.acc.record(&mut h);
+            if self.acc.finished(self.expected) {
+                h.finish();
+            }
         }
     }
 }
@@ -206,7 +252,28 @@ pub(crate) struct ChatAccumulator {
     usage: Option<CompletionUsage>,
 }
 
+/// Whether a chunk carries some of the answer: text, a refusal or a tool call.
+fn has_token(chunk: &CreateChatCompletionStreamResponse) -> bool {
+    chunk.choices.iter().any(|c| {
+        c.delta.content.as_deref().is_some_and(|t| !t.is_empty())
+            || c.delta.refusal.as_deref().is_some_and(|t| !t.is_empty())
+            || c.delta.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
+    })
+}
+
 impl ChatAccumulator {
+    /// Whether the answer is complete: as many choices as asked for, each finished, and
+    /// the usage if it was asked for.
+    fn complete(&self, expected: Expected) -> bool {
+        self.finished(expected) && (!expected.usage || self.usage.is_some())
+    }
+
+    /// Whether every choice asked for has finished.
+    fn finished(&self, expected: Expected) -> bool {
+        self.choices.len() >= expected.choices
+            && self.choices.iter().all(|c| c.finish_reason.is_some())
+    }
+
     #[allow(deprecated)]
     pub(crate) fn add(&mut self, chunk: &CreateChatCompletionStreamResponse) {
         // From the first chunk that has them: Azure's first chunk (its content filter's
@@ -385,7 +452,8 @@ impl ChatAccumulator {
 
 #[cfg(test)]
 mod tests {
-    use super::{Bounded, TextBound};
+    use super::{Bounded, CreateChatCompletionStreamResponse, TextBound, has_token};
+    use serde_json::{Value, json};
 
     #[test]
     fn text_is_kept_up_to_the_bound_at_a_char_boundary_and_marked() {
@@ -438,5 +506,36 @@ mod tests {
         let mut bound = TextBound::default();
         bound.push(&mut Bounded::default(), "a");
         assert_eq!(bound.max, openlayer_trace::stream::output_max_bytes() / 2);
+    }
+
+    /// The time to the first token is taken at the first chunk with some of the answer:
+    /// not at the role-only first chunk (a reasoning model sends it long before its first
+    /// token), nor at a chunk with no choice.
+    #[test]
+    fn the_first_token_is_the_first_text_refusal_or_tool_call() {
+        let chunk = |delta: Value| -> CreateChatCompletionStreamResponse {
+            serde_json::from_value(json!({
+                "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": null}]
+            }))
+            .unwrap()
+        };
+        assert!(!has_token(&chunk(
+            json!({"role": "assistant", "content": ""})
+        )));
+        assert!(!has_token(&chunk(
+            json!({"role": "assistant", "content": null})
+        )));
+        assert!(has_token(&chunk(json!({"content": "Hi"}))));
+        assert!(has_token(&chunk(json!({"refusal": "No."}))));
+        assert!(has_token(&chunk(json!({"tool_calls": [
+            {"index": 0, "id": "call_1", "type": "function",
+             "function": {"name": "f", "arguments": ""}}
+        ]}))));
+        let none: CreateChatCompletionStreamResponse = serde_json::from_value(json!({
+            "id": "", "object": "", "created": 0, "model": "", "choices": []
+        }))
+        .unwrap();
+        assert!(!has_token(&none));
     }
 }

@@ -271,6 +271,63 @@ async fn dropped_stream_keeps_partial_output_and_is_cancelled() {
     assert!(step["metadata"]["timeToFirstToken"].is_number());
 }
 
+/// Reads a stream until a chunk has a `finish_reason`, then works a while before it drops
+/// the stream (as a caller that stops there does).
+async fn read_to_finish_then_work(
+    client: &Client<OpenAIConfig>,
+    req: CreateChatCompletionRequest,
+) -> String {
+    let mut stream = client.chat().create_stream_traced(req).await.unwrap();
+    let mut text = String::new();
+    while let Some(item) = stream.next().await {
+        let chunk = item.unwrap();
+        text.push_str(
+            chunk
+                .choices
+                .first()
+                .and_then(|c| c.delta.content.as_deref())
+                .unwrap_or(""),
+        );
+        if chunk.choices.iter().any(|c| c.finish_reason.is_some()) {
+            break;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(stream);
+    text
+}
+
+/// A caller that stops reading at `finish_reason` has the whole answer: its step ends as
+/// returned, not cancelled. Without a usage chunk to wait for, it ends at that chunk (its
+/// latency leaves out the caller's work after it); with one asked for and not read, it
+/// ends when the stream is dropped, the tokens unknown.
+#[tokio::test]
+async fn a_caller_that_stops_at_finish_reason_has_a_complete_step() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let (text, traces) = testing::capture_async(read_to_finish_then_work(
+        &client,
+        request("gpt-4o-mini", true),
+    ))
+    .await;
+    assert_eq!(text, "Mock answer: What is the capital of France?");
+    let step = only_step(&traces);
+    assert!(step["metadata"].get("cancelled").is_none(), "{step}");
+    assert_eq!(step["output"], text.as_str());
+    assert!(step["latency"].as_f64().unwrap() < 250.0, "{step}");
+
+    let mut req = request("gpt-4o-mini", true);
+    req.stream_options = Some(async_openai::types::chat::ChatCompletionStreamOptions {
+        include_usage: Some(true),
+        include_obfuscation: None,
+    });
+    let (_, traces) = testing::capture_async(read_to_finish_then_work(&client, req)).await;
+    let step = only_step(&traces);
+    assert!(step["metadata"].get("cancelled").is_none(), "{step}");
+    assert_eq!(step["output"], text.as_str());
+    assert!(step["tokens"].is_null(), "{step}");
+}
+
 #[tokio::test]
 async fn stream_cut_off_mid_body_ends_with_the_error_passed_on() {
     let mock = OpenAiMock::start();
