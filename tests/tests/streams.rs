@@ -285,6 +285,28 @@ async fn an_error_in_the_middle_is_recorded_and_the_stream_goes_on() {
     assert!(root["metadata"].get("cancelled").is_none());
 }
 
+#[trace]
+fn erring_at_every_item(n: u32) -> impl Stream<Item = Result<String, Reset>> {
+    futures_util::stream::iter((0..n).map(Err)).map(|r: Result<String, u32>| r.map_err(Reset))
+}
+
+/// A stream erring at every item lists its first ten errors under `Exceptions` and counts
+/// the rest (the text of each cut): it would otherwise grow without bound (a server's
+/// unknown event at every token), and the trace with it, past what a request takes.
+#[tokio::test]
+async fn exceptions_are_bounded() {
+    let (_, traces) =
+        testing::capture_async(async { erring_at_every_item(1_000).collect::<Vec<_>>().await })
+            .await;
+    let root = only(&traces).root();
+    let exceptions = root["metadata"]["Exceptions"].as_str().unwrap();
+    let lines: Vec<&str> = exceptions.lines().collect();
+    assert_eq!(lines.len(), 11, "{exceptions}");
+    assert_eq!(lines[0], "connection reset at chunk 0");
+    assert_eq!(lines[9], "connection reset at chunk 9");
+    assert_eq!(lines[10], "…[990 more errors]");
+}
+
 #[tokio::test]
 async fn an_error_then_drop_keeps_partial_output_and_is_cancelled() {
     let (_, traces) = testing::capture_async(async {
