@@ -404,7 +404,9 @@ pub(crate) fn respond<ResBody: http_body::Body>(
     };
     step.output(&status.as_u16());
     if status.is_server_error() {
-        step.metadata("Exceptions", &format!("HTTP {status}"));
+        // As an error of the step (not a metadata key), so that a body's error or a panic
+        // while the body is produced adds to it rather than replaces it.
+        step.exception(&format_args!("HTTP {status}"));
     }
     if settings.respond_with_id
         && let Some(Some(value)) = step.with_inference_id(crate::id_header::header_value)

@@ -741,3 +741,34 @@ async fn compressed_and_empty_json_bodies_are_not_recorded() {
         }
     }
 }
+
+/// A 5xx whose body then fails keeps both under `Exceptions`: the status's text first
+/// (the row still says the request failed with a 5xx), then the body's error.
+#[tokio::test]
+async fn a_5xx_whose_body_fails_keeps_both_errors() {
+    use futures_util::stream;
+    let svc = OpenlayerLayer::new().layer(service_fn(|_req: Request<Full<Bytes>>| async {
+        let frames = stream::iter([
+            Ok(http_body::Frame::data(Bytes::from_static(b"partial"))),
+            Err(std::io::Error::other("upstream reset")),
+        ]);
+        let mut res = Response::new(http_body_util::StreamBody::new(frames));
+        *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        Ok::<_, Infallible>(res)
+    }));
+    let (read, traces) = testing::capture_async(async {
+        let res = svc.oneshot(empty(get("/stream"))).await.unwrap();
+        res.into_body().collect().await.map(|_| ())
+    })
+    .await;
+    assert!(read.is_err());
+    let root = traces[0].root();
+    assert_eq!(
+        root["metadata"]["Exceptions"], "HTTP 503 Service Unavailable\nupstream reset",
+        "{root}"
+    );
+    assert_eq!(
+        traces[0].row()["Exceptions"],
+        root["metadata"]["Exceptions"]
+    );
+}
