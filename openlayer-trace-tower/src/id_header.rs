@@ -29,8 +29,13 @@ thread_local! {
 }
 
 /// The header value for `id`, marked sensitive; `None` when `id` is not a valid header
-/// value (a custom id with control characters).
+/// value (a custom id with control characters), or is longer than
+/// [`MAX_INFERENCE_ID_LEN`](crate::MAX_INFERENCE_ID_LEN) (no response carries a header
+/// that large back).
 pub(crate) fn header_value(id: &str) -> Option<HeaderValue> {
+    if id.len() > crate::MAX_INFERENCE_ID_LEN {
+        return None;
+    }
     let mut value = shared_value(id).or_else(|| HeaderValue::try_from(id).ok())?;
     value.set_sensitive(true);
     Some(value)
@@ -118,11 +123,12 @@ mod tests {
             .count();
         // All but the first value of each new slab (500 ids of 9 to 48 bytes: a few slabs).
         assert!(shared >= 490, "{shared} of 499 pairs shared a slab");
-        // Long ids, and the longest shared one.
-        let long = "a".repeat(4000);
+        // Long ids (a value of their own), the longest there is, and the longest shared.
+        let long = "a".repeat(crate::MAX_INFERENCE_ID_LEN);
         let long_value = header_value(&long).unwrap();
         assert_eq!(long_value.as_bytes(), long.as_bytes());
         assert!(long_value.is_sensitive());
+        assert!(header_value(&format!("{long}a")).is_none());
         let edge = "b".repeat(SHARED_MAX);
         assert_eq!(header_value(&edge).unwrap().as_bytes(), edge.as_bytes());
         // Invalid header values are refused, and the next one is still right.

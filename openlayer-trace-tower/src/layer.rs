@@ -369,7 +369,10 @@ impl<M> OpenlayerLayer<M> {
     /// Computes the inference id of a request that did not send one (or whose id is not
     /// [trusted](Self::trust_request_inference_id)); `None` falls back to a new id (the
     /// root step's UUID). The closure sees the request's head, extensions included (what
-    /// middleware outside this layer inserted).
+    /// middleware outside this layer inserted). The id is trimmed (a blank one falls
+    /// back too); one that cannot be a response header value (a control character, more
+    /// than [`MAX_INFERENCE_ID_LEN`] bytes) is still the row's id, but is not written to
+    /// the response.
     ///
     /// ```
     /// use openlayer_trace::inference_id_for;
@@ -572,6 +575,16 @@ impl Settings {
         self.inference_id
             .as_ref()
             .and_then(|f| head.apply(|p| f(p)))
+            .and_then(|id| {
+                // Trimmed: a client's HTTP parser strips the padding of the header it
+                // reads back, and feedback for the id it reads must find the row.
+                let trimmed = id.trim();
+                match trimmed.len() {
+                    0 => None,
+                    n if n == id.len() => Some(id),
+                    _ => Some(trimmed.to_string()),
+                }
+            })
     }
 
     pub(crate) fn user_id(&self, head: Head<'_>) -> Option<String> {

@@ -772,3 +772,27 @@ async fn a_5xx_whose_body_fails_keeps_both_errors() {
         root["metadata"]["Exceptions"]
     );
 }
+
+/// An id from the closure is trimmed (a client reads the header's value trimmed, and its
+/// feedback must find the row); a blank one falls back to a new id; one too long for a
+/// response header is still the row's id, without the header.
+#[tokio::test]
+async fn ids_from_the_closure_are_trimmed_and_bounded() {
+    let padded = OpenlayerLayer::new().inference_id(|_| Some(" ord-1 ".into()));
+    let (parts, _, t) = run(padded, empty(get("/orders/1"))).await;
+    assert_eq!(t.row()["inferenceId"], "ord-1");
+    assert_eq!(parts.headers["x-openlayer-inference-id"], "ord-1");
+
+    let blank = OpenlayerLayer::new().inference_id(|_| Some("  ".into()));
+    let (parts, _, t) = run(blank, empty(get("/orders/2"))).await;
+    let id = t.row()["inferenceId"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 36, "a generated id: {id}");
+    assert_eq!(parts.headers["x-openlayer-inference-id"], id.as_str());
+
+    let long = "x".repeat(openlayer_trace_tower::MAX_INFERENCE_ID_LEN + 1);
+    let expected = long.clone();
+    let too_long = OpenlayerLayer::new().inference_id(move |_| Some(long.clone()));
+    let (parts, _, t) = run(too_long, empty(get("/orders/3"))).await;
+    assert_eq!(t.row()["inferenceId"], expected.as_str());
+    assert!(parts.headers.get("x-openlayer-inference-id").is_none());
+}
