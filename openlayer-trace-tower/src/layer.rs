@@ -195,7 +195,10 @@ pub struct RecordJsonBody {
 /// such a layer makes has no inference id header, since this layer never sees it. A
 /// client that wants to give feedback on failed requests too sends its own id in the
 /// request header, which the row then keeps (`inference_id_for(business key)` makes one
-/// from a key the client already has).
+/// from a key the client already has). Put the catching layer outside this one: inside
+/// it (added with `.layer(..)` before this one), it turns the panic into a `500` before
+/// the panic reaches this layer, which then records that `500` (`HTTP 500 Internal
+/// Server Error` under `Exceptions`) without the panic's message.
 ///
 /// # Which requests
 ///
