@@ -109,6 +109,22 @@ pin_project_lite::pin_project! {
         #[pin]
         state: JsonState<S, B, S::Future>,
     }
+
+    impl<S, B> PinnedDrop for JsonResponseFuture<S, B>
+    where
+        S: tower::Service<Request<B>>,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped while the request body was still being read (a client that reset
+            // the stream during a slow upload, a timeout outside this layer): the request
+            // is still a row, marked cancelled, as a request dropped later is.
+            if let StateProj::Reading { parts, settings, .. } = this.project().state.project()
+                && let Some(parts) = parts.take()
+            {
+                drop(begin(settings, Head::of_parts(&parts), None));
+            }
+        }
+    }
 }
 
 pin_project_lite::pin_project! {

@@ -796,3 +796,61 @@ async fn ids_from_the_closure_are_trimmed_and_bounded() {
     assert_eq!(t.row()["inferenceId"], expected.as_str());
     assert!(parts.headers.get("x-openlayer-inference-id").is_none());
 }
+
+/// A request body of 10 declared bytes that never arrive (a slow upload).
+#[derive(Default)]
+struct SlowUpload(Option<Bytes>);
+
+impl From<Bytes> for SlowUpload {
+    fn from(b: Bytes) -> Self {
+        SlowUpload(Some(b))
+    }
+}
+
+impl http_body::Body for SlowUpload {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut().0.take() {
+            Some(b) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(b)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(10)
+    }
+}
+
+/// With `record_json_body`, a request dropped while its body is still being read (a
+/// client that resets a slow upload, a timeout outside the layer) is still a row, marked
+/// cancelled, as a request dropped later is.
+#[tokio::test]
+async fn a_request_dropped_while_its_body_is_read_is_a_cancelled_row() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    let mut svc = OpenlayerLayer::new()
+        .record_json_body(1024)
+        .layer(service_fn(|_req: Request<SlowUpload>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        }));
+    let req = Request::post("/upload")
+        .header("content-type", "application/json")
+        .body(SlowUpload(None))
+        .unwrap();
+    let (_, traces) = testing::capture_async(async {
+        svc.ready().await.unwrap();
+        let mut fut = Box::pin(svc.call(req));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        drop(fut);
+    })
+    .await;
+    assert_eq!(traces.len(), 1, "{traces:#?}");
+    let root = traces[0].root();
+    assert_eq!(root["name"], "POST /upload");
+    assert_eq!(root["metadata"]["cancelled"], true, "{root}");
+    assert_eq!(root["inputs"]["method"], "POST");
+}
