@@ -146,7 +146,17 @@ fn record_response(h: &mut StepHandle, response: &CreateChatCompletionResponse) 
     if let Some(usage) = &response.usage {
         Tokens::from_chat(usage).record(h);
     }
-    if let Ok(raw) = serde_json::to_value(response) {
+    // Bounded as a stream's texts are (a long answer, many long tool arguments,
+    // `logprobs` for every token: the row must still fit in a request, or the whole
+    // trace is refused); the output is taken from the bounded response.
+    let mut response = std::borrow::Cow::Borrowed(response);
+    if let Ok(mut raw) = serde_json::to_value(&*response) {
+        if bound_chat(&mut raw)
+            && let Ok(bounded) = serde_json::from_value(raw.clone())
+        {
+            response = std::borrow::Cow::Owned(bounded);
+        }
+        leave_out_large_logprobs(&mut raw);
         h.metadata("rawOutput", &raw);
     }
     let output = response.choices.first().map(|c| {
@@ -160,4 +170,45 @@ fn record_response(h: &mut StepHandle, response: &CreateChatCompletionResponse) 
         }
     });
     h.output(&output.unwrap_or(Value::Null));
+}
+
+/// Bounds the texts of a chat completion's JSON (each choice's content and refusal, each
+/// tool call's arguments) under one [`TextBound`](crate::stream::TextBound), as a
+/// stream's are. Returns whether anything was cut.
+fn bound_chat(raw: &mut Value) -> bool {
+    let mut bound = crate::stream::TextBound::default();
+    let mut cut = false;
+    for choice in raw["choices"].as_array_mut().into_iter().flatten() {
+        let message = &mut choice["message"];
+        for key in ["content", "refusal"] {
+            if let Some(Value::String(text)) = message.get_mut(key) {
+                let before = text.len();
+                bound.cut_in_place(text);
+                cut |= text.len() != before;
+            }
+        }
+        for call in message["tool_calls"].as_array_mut().into_iter().flatten() {
+            if let Some(Value::String(args)) = call["function"].get_mut("arguments") {
+                let before = args.len();
+                bound.cut_in_place(args);
+                cut |= args.len() != before;
+            }
+        }
+    }
+    cut
+}
+
+/// Leaves out a choice's `logprobs` larger than half of
+/// [`output_max_bytes`](openlayer_trace::stream::output_max_bytes) (about 1 KB a token
+/// with `top_logprobs`): a marker says how large they were.
+fn leave_out_large_logprobs(raw: &mut Value) {
+    for choice in raw["choices"].as_array_mut().into_iter().flatten() {
+        let logprobs = &mut choice["logprobs"];
+        if !logprobs.is_null() {
+            let size = serde_json::to_string(logprobs).map_or(0, |t| t.len());
+            if size > openlayer_trace::stream::output_max_bytes() / 2 {
+                *logprobs = Value::String(format!("…[left out: {size} bytes of logprobs]"));
+            }
+        }
+    }
 }

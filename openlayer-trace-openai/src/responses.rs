@@ -65,8 +65,11 @@ impl<C: Config> ResponsesExt for Responses<'_, C> {
         match &result {
             Ok(response) => {
                 if h.is_recording()
-                    && let Ok(raw) = serde_json::to_value(response)
+                    && let Ok(mut raw) = serde_json::to_value(response)
                 {
+                    // Bounded as a stream's final response is: a long answer's row still
+                    // fits in a request.
+                    bound_texts(&mut raw);
                     record_response(&mut h, raw);
                 }
             }

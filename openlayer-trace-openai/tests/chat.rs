@@ -481,3 +481,33 @@ async fn a_long_streamed_answer_is_recorded_up_to_the_bound() {
         .unwrap();
     assert_eq!(raw, output, "rawOutput keeps the same text, marked");
 }
+
+/// A long answer that was not streamed is bounded as a streamed one is: its output and
+/// `rawOutput` text end with a marker, so that the row still fits in a request (an
+/// unbounded one made the whole trace too large, and it was refused).
+#[tokio::test]
+async fn a_long_answer_not_streamed_is_bounded() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let long = "word ".repeat(120_000);
+    let mut b = CreateChatCompletionRequestArgs::default();
+    b.model("gpt-4o-mini")
+        .messages([ChatCompletionRequestUserMessage::from(long.as_str()).into()]);
+    let (result, traces) =
+        testing::capture_async(client.chat().create_traced(b.build().unwrap())).await;
+    let answer = result.unwrap().choices[0].message.content.clone().unwrap();
+    assert!(answer.len() > 600_000, "the caller gets the whole answer");
+    let step = only_step(&traces);
+    let max = openlayer_trace::stream::output_max_bytes() / 2;
+    let output = step["output"].as_str().unwrap();
+    assert!(output.len() < max + 64, "{}", output.len());
+    assert!(
+        output.ends_with("…[truncated 1 chunks]"),
+        "{}",
+        &output[output.len() - 40..]
+    );
+    let raw = step["rawOutput"]["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    assert_eq!(raw, output);
+}
