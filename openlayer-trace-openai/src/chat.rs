@@ -178,8 +178,12 @@ fn record_response(h: &mut StepHandle, response: &CreateChatCompletionResponse) 
 fn bound_chat(raw: &mut Value) -> bool {
     let mut bound = crate::stream::TextBound::default();
     let mut cut = false;
-    for choice in raw["choices"].as_array_mut().into_iter().flatten() {
-        let message = &mut choice["message"];
+    // Read with `get_mut` only: indexing a map inserts a missing key (as null).
+    let choices = raw.get_mut("choices").and_then(Value::as_array_mut);
+    for choice in choices.into_iter().flatten() {
+        let Some(message) = choice.get_mut("message") else {
+            continue;
+        };
         for key in ["content", "refusal"] {
             if let Some(Value::String(text)) = message.get_mut(key) {
                 let before = text.len();
@@ -187,8 +191,12 @@ fn bound_chat(raw: &mut Value) -> bool {
                 cut |= text.len() != before;
             }
         }
-        for call in message["tool_calls"].as_array_mut().into_iter().flatten() {
-            if let Some(Value::String(args)) = call["function"].get_mut("arguments") {
+        let calls = message.get_mut("tool_calls").and_then(Value::as_array_mut);
+        for call in calls.into_iter().flatten() {
+            if let Some(Value::String(args)) = call
+                .get_mut("function")
+                .and_then(|f| f.get_mut("arguments"))
+            {
                 let before = args.len();
                 bound.cut_in_place(args);
                 cut |= args.len() != before;
@@ -202,9 +210,11 @@ fn bound_chat(raw: &mut Value) -> bool {
 /// [`output_max_bytes`](openlayer_trace::stream::output_max_bytes) (about 1 KB a token
 /// with `top_logprobs`): a marker says how large they were.
 fn leave_out_large_logprobs(raw: &mut Value) {
-    for choice in raw["choices"].as_array_mut().into_iter().flatten() {
-        let logprobs = &mut choice["logprobs"];
-        if !logprobs.is_null() {
+    let choices = raw.get_mut("choices").and_then(Value::as_array_mut);
+    for choice in choices.into_iter().flatten() {
+        if let Some(logprobs) = choice.get_mut("logprobs")
+            && !logprobs.is_null()
+        {
             let size = serde_json::to_string(logprobs).map_or(0, |t| t.len());
             if size > openlayer_trace::stream::output_max_bytes() / 2 {
                 *logprobs = Value::String(format!("…[left out: {size} bytes of logprobs]"));

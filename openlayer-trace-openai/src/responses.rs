@@ -233,16 +233,19 @@ struct TracedResponseStream {
     last: Option<Response>,
 }
 
-/// Cuts the texts of a streamed answer's final response (output text, refusals, tool-call
-/// arguments, custom tool calls' input) to the stream's bound, as its deltas were: the response is recorded as the
-/// output and again in `rawOutput`. (Other parts of it, such as a generated image, are
-/// kept as they come.)
+/// Cuts the texts of a final response (output text, refusals, tool-call arguments, custom
+/// tool calls' input) to a stream's bound, as a stream's deltas were: the response is
+/// recorded as the output and again in `rawOutput`. (Other parts of it, such as a
+/// generated image, are kept as they come.)
 fn bound_texts(raw: &mut Value) {
     let mut bound = TextBound::default();
-    for item in raw["output"].as_array_mut().into_iter().flatten() {
-        match item["type"].as_str() {
+    // Read with `get_mut` only: indexing a map inserts a missing key (as null).
+    let items = raw.get_mut("output").and_then(Value::as_array_mut);
+    for item in items.into_iter().flatten() {
+        match item.get("type").and_then(Value::as_str) {
             Some("message") => {
-                for part in item["content"].as_array_mut().into_iter().flatten() {
+                let parts = item.get_mut("content").and_then(Value::as_array_mut);
+                for part in parts.into_iter().flatten() {
                     for key in ["text", "refusal"] {
                         if let Some(Value::String(text)) = part.get_mut(key) {
                             bound.cut_in_place(text);
