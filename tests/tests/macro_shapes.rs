@@ -396,15 +396,21 @@ fn diverges(code: i32) -> ! {
     panic!("exit {code}")
 }
 
-#[test]
-fn a_function_that_never_returns_records_its_panic() {
-    let (out, traces) = testing::capture(|| std::panic::catch_unwind(|| diverges(7)));
+/// The one trace of `diverges(7)` (or its async twin), which panicked: its input, and the
+/// panic's message under `Exceptions`.
+fn assert_diverged_with_7<R>(out: std::thread::Result<R>, traces: &[CapturedTrace]) {
     assert!(out.is_err());
     assert_eq!(traces.len(), 1);
     let t = &traces[0];
     assert_eq!(inputs_text(t), r#"{"code":7}"#);
     let exceptions = t.root()["metadata"]["Exceptions"].to_string();
     assert!(exceptions.contains("exit 7"), "{exceptions}");
+}
+
+#[test]
+fn a_function_that_never_returns_records_its_panic() {
+    let (out, traces) = testing::capture(|| std::panic::catch_unwind(|| diverges(7)));
+    assert_diverged_with_7(out, &traces);
 }
 
 #[trace]
@@ -420,12 +426,7 @@ async fn an_async_function_that_never_returns_records_its_panic() {
     let (out, traces) =
         testing::capture_async(std::panic::AssertUnwindSafe(diverges_async(7)).catch_unwind())
             .await;
-    assert!(out.is_err());
-    assert_eq!(traces.len(), 1);
-    let t = &traces[0];
-    assert_eq!(inputs_text(t), r#"{"code":7}"#);
-    let exceptions = t.root()["metadata"]["Exceptions"].to_string();
-    assert!(exceptions.contains("exit 7"), "{exceptions}");
+    assert_diverged_with_7(out, &traces);
 }
 
 /// Errors whose `Display` fails (which makes `to_string` panic) or panics.

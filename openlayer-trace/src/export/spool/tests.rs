@@ -295,15 +295,7 @@ fn write_ahead_rows_are_replayed_only_when_given_up() {
 #[test]
 fn nothing_is_written_ahead_after_the_spool_closed() {
     let dir = temp_dir("ahead-closed");
-    let config = Config::builder()
-        .spool_dir(&dir)
-        .spool_mode(SpoolMode::WriteAhead)
-        .build()
-        .unwrap();
-    let (spool, rx) = Spool::open(&config, Arc::new(Counters::default()), budget(&config)).unwrap();
-    let s = spool.clone();
-    let shaper = Shaper::new(&config);
-    let t = std::thread::spawn(move || run_writer(s, rx, shaper, None));
+    let (spool, t) = start_ahead(&dir);
     let a = spool.append_ahead(&row("a").spool_line()).unwrap();
     spool.ack_ahead([a]);
     stop(&spool, t);
@@ -412,16 +404,7 @@ fn an_update_waits_behind_a_file_that_cannot_be_read_not_one_removed() {
 #[test]
 fn a_small_write_ahead_spool_rotates_its_file() {
     let dir = temp_dir("ahead-small");
-    let config = Config::builder()
-        .spool_dir(&dir)
-        .spool_mode(SpoolMode::WriteAhead)
-        .spool_max_bytes(32 * 1024)
-        .build()
-        .unwrap();
-    let (spool, rx) = Spool::open(&config, Arc::new(Counters::default()), budget(&config)).unwrap();
-    let s = spool.clone();
-    let shaper = Shaper::new(&config);
-    let t = std::thread::spawn(move || run_writer(s, rx, shaper, None));
+    let (spool, t) = start_ahead_sized(&dir, 32 * 1024);
     let big = "x".repeat(1000);
     for i in 0..100 {
         let mut r = row(&format!("r{i}"));
@@ -444,10 +427,16 @@ fn jsonl_files(dir: &Path) -> usize {
 
 /// A write-ahead spool with its writer thread.
 fn start_ahead(dir: &Path) -> (Arc<Spool>, std::thread::JoinHandle<()>) {
+    start_ahead_sized(dir, Config::default().spool_max_bytes)
+}
+
+/// A write-ahead spool of at most `max_bytes`, with its writer thread.
+fn start_ahead_sized(dir: &Path, max_bytes: u64) -> (Arc<Spool>, std::thread::JoinHandle<()>) {
     let counters = Arc::new(Counters::default());
     let config = Config::builder()
         .spool_dir(dir)
         .spool_mode(SpoolMode::WriteAhead)
+        .spool_max_bytes(max_bytes)
         .build()
         .unwrap();
     let (spool, rx) = Spool::open(&config, counters, budget(&config)).unwrap();
