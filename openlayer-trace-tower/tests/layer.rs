@@ -773,6 +773,36 @@ async fn a_5xx_whose_body_fails_keeps_both_errors() {
     );
 }
 
+/// A body that panics while a 5xx is sent: both are kept under `Exceptions`.
+#[tokio::test]
+async fn a_5xx_whose_body_panics_keeps_both_errors() {
+    use futures_util::{FutureExt as _, StreamExt as _, stream};
+    let svc = OpenlayerLayer::new().layer(service_fn(|_req: Request<Full<Bytes>>| async {
+        let frames = stream::iter([0]).map(|_| -> Result<http_body::Frame<Bytes>, Infallible> {
+            panic!("the renderer blew up")
+        });
+        let mut res = Response::new(http_body_util::StreamBody::new(frames));
+        *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        Ok::<_, Infallible>(res)
+    }));
+    let (read, traces) = testing::capture_async(async {
+        let res = svc.oneshot(empty(get("/render"))).await.unwrap();
+        std::panic::AssertUnwindSafe(res.into_body().collect())
+            .catch_unwind()
+            .await
+            .map(|_| ())
+    })
+    .await;
+    assert!(read.is_err());
+    let root = traces[0].root();
+    let exceptions = root["metadata"]["Exceptions"].as_str().unwrap();
+    assert!(
+        exceptions.starts_with("HTTP 500 Internal Server Error\n")
+            && exceptions.contains("the renderer blew up"),
+        "{exceptions}"
+    );
+}
+
 /// An id from the closure is trimmed (a client reads the header's value trimmed, and its
 /// feedback must find the row); a blank one falls back to a new id; one too long for a
 /// response header is still the row's id, without the header.

@@ -305,6 +305,25 @@ async fn exceptions_are_bounded() {
     assert_eq!(lines[0], "connection reset at chunk 0");
     assert_eq!(lines[9], "connection reset at chunk 9");
     assert_eq!(lines[10], "…[990 more errors]");
+
+    // Errors are counted, not lines: an error of several lines takes one place, and an
+    // error whose text looks like the count is listed as it is.
+    let step = || {
+        let mut h = step("multi").start();
+        h.exception(&"line 1\nline 2\nline 3\nline 4\nline 5\nline 6\nline 7\nline 8\nline 9\nline 10\nline 11");
+        h.exception(&"…[7 more errors]");
+        h.exception(&"last");
+        h.finish();
+    };
+    let ((), traces) = testing::capture(step);
+    let exceptions = only(&traces).root()["metadata"]["Exceptions"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        exceptions.ends_with("line 11\n…[7 more errors]\nlast"),
+        "{exceptions}"
+    );
 }
 
 #[tokio::test]

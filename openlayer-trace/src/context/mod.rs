@@ -324,7 +324,9 @@ pub(crate) fn close_step(step: &OpenStep, end: i64, closing: Closing<'_>) {
     rec.status = closing.status;
     rec.end = end.max(rec.start);
     if let Some(error) = closing.error {
-        rec.extra_mut().error = Some(error);
+        // After the errors recorded while it ran (a 5xx, then a panic while its body was
+        // produced): all of them are kept.
+        rec.extra_mut().add_error(&error);
     }
     if closing.status == Status::Cancelled {
         rec.set_metadata(Cow::Borrowed("cancelled"), "true".into());
@@ -341,61 +343,13 @@ pub(crate) fn close_step(step: &OpenStep, end: i64, closing: Closing<'_>) {
     release_locked(&step.trace, st);
 }
 
-/// The most errors one step's `Exceptions` lists (a stream erring at every item would
-/// otherwise grow it without bound); later ones are counted on a last line.
-const EXCEPTIONS_MAX: usize = 10;
-/// The most bytes of one error's text kept in `Exceptions`.
-const EXCEPTION_MAX_BYTES: usize = 1024;
-/// The start of the line that counts the errors left out.
-const MORE_ERRORS: &str = "…[";
-
-/// Adds an error text to an open step's `Exceptions` (one line per error) without
-/// changing how it ends. Bounded: the first [`EXCEPTIONS_MAX`] errors, each cut to
-/// [`EXCEPTION_MAX_BYTES`], then a line counting the others.
+/// Adds an error text to an open step's `Exceptions` (one line per error, bounded: see
+/// `StepExtra::add_error`) without changing how it ends.
 pub(crate) fn add_exception(step: &OpenStep, text: &str) {
     let mut st = step.trace.lock();
     if let Some(rec) = st.steps.get_mut(step.idx as usize) {
-        let extra = rec.extra_mut();
-        let text = cut_at_char(text, EXCEPTION_MAX_BYTES);
-        extra.error = Some(match extra.error.take() {
-            Some(prev) => {
-                let lines = prev.lines().count();
-                let last = prev.rsplit('\n').next().unwrap_or("");
-                let omitted = last
-                    .strip_prefix(MORE_ERRORS)
-                    .and_then(|r| r.split(' ').next())
-                    .and_then(|n| n.parse::<u64>().ok());
-                match omitted {
-                    // Already counting: one more.
-                    Some(n) if lines > EXCEPTIONS_MAX => {
-                        let kept = &prev[..prev.len() - last.len()];
-                        format!("{kept}{MORE_ERRORS}{} more errors]", n + 1).into_boxed_str()
-                    }
-                    _ if lines >= EXCEPTIONS_MAX => {
-                        format!("{prev}\n{MORE_ERRORS}1 more errors]").into_boxed_str()
-                    }
-                    _ => format!("{prev}\n{text}").into_boxed_str(),
-                }
-            }
-            None => text.into(),
-        });
+        rec.extra_mut().add_error(text);
     }
-}
-
-/// `text` cut to at most `max` bytes at a char boundary, marked when cut.
-fn cut_at_char(text: &str, max: usize) -> Cow<'_, str> {
-    if text.len() <= max {
-        return Cow::Borrowed(text);
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!(
-        "{}…[truncated {} bytes]",
-        &text[..end],
-        text.len() - end
-    ))
 }
 
 /// Marks an open step as stopped before its end (metadata `cancelled: true`), whatever

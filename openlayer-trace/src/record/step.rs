@@ -94,6 +94,55 @@ pub(crate) struct StepExtra {
     /// The first `model` set, when a later one replaced it: the model asked for, where the
     /// wire's `model` ends as the one that answered (OTLP's `gen_ai.request.model`).
     pub first_model: Option<Json>,
+    /// How many errors were added to `error` (see [`StepExtra::add_error`]).
+    pub errors: u32,
+    /// The length of `error`'s listed errors (before the line counting the others).
+    pub listed_len: usize,
+}
+
+/// The most errors one step's `Exceptions` lists (a stream erring at every item would
+/// otherwise grow it without bound); later ones are counted on a last line.
+const EXCEPTIONS_MAX: u32 = 10;
+/// The most bytes of one error's text kept in `Exceptions`.
+const EXCEPTION_MAX_BYTES: usize = 1024;
+
+impl StepExtra {
+    /// Adds an error to `error` (metadata `Exceptions`), one per line: the first
+    /// [`EXCEPTIONS_MAX`], each cut to [`EXCEPTION_MAX_BYTES`], then a line counting the
+    /// others (kept as counts here, never read back from the text).
+    pub(crate) fn add_error(&mut self, text: &str) {
+        self.errors = self.errors.saturating_add(1);
+        let mut all = self.error.take().map(String::from).unwrap_or_default();
+        if self.errors <= EXCEPTIONS_MAX {
+            all.truncate(self.listed_len.min(all.len()));
+            if !all.is_empty() {
+                all.push('\n');
+            }
+            push_cut(&mut all, text, EXCEPTION_MAX_BYTES);
+            self.listed_len = all.len();
+        } else {
+            all.truncate(self.listed_len.min(all.len()));
+            all.push_str(&format!(
+                "\n…[{} more errors]",
+                self.errors - EXCEPTIONS_MAX
+            ));
+        }
+        self.error = Some(all.into_boxed_str());
+    }
+}
+
+/// Appends `text` to `out`, cut to at most `max` bytes at a char boundary, marked when cut.
+fn push_cut(out: &mut String, text: &str, max: usize) {
+    if text.len() <= max {
+        out.push_str(text);
+        return;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.push_str(&text[..end]);
+    out.push_str(&format!("…[truncated {} bytes]", text.len() - end));
 }
 
 impl StepRecord {
