@@ -117,7 +117,12 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             // Dropped while the request body was still being read (a client that reset
             // the stream during a slow upload, a timeout outside this layer): the request
-            // is still a row, marked cancelled, as a request dropped later is.
+            // is still a row, marked cancelled, as a request dropped later is. Not while
+            // the thread unwinds: the closures of the settings run here, and a panic of
+            // theirs then would abort the process.
+            if std::thread::panicking() {
+                return;
+            }
             if let StateProj::Reading { parts, settings, .. } = this.project().state.project()
                 && let Some(parts) = parts.take()
             {
