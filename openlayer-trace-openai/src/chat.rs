@@ -186,9 +186,7 @@ fn bound_chat(raw: &mut Value) -> bool {
         };
         for key in ["content", "refusal"] {
             if let Some(Value::String(text)) = message.get_mut(key) {
-                let before = text.len();
-                bound.cut_in_place(text);
-                cut |= text.len() != before;
+                cut |= bound.cut_in_place(text);
             }
         }
         let calls = message.get_mut("tool_calls").and_then(Value::as_array_mut);
@@ -197,9 +195,7 @@ fn bound_chat(raw: &mut Value) -> bool {
                 .get_mut("function")
                 .and_then(|f| f.get_mut("arguments"))
             {
-                let before = args.len();
-                bound.cut_in_place(args);
-                cut |= args.len() != before;
+                cut |= bound.cut_in_place(args);
             }
         }
     }

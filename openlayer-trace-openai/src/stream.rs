@@ -35,8 +35,6 @@ pub(crate) struct ChatStream {
 pub(crate) struct Expected {
     /// The choices (`n`, 1 by default).
     pub(crate) choices: usize,
-    /// A last chunk with the usage (`stream_options.include_usage`).
-    pub(crate) usage: bool,
 }
 
 impl Expected {
@@ -44,11 +42,6 @@ impl Expected {
     pub(crate) fn of(request: &async_openai::types::chat::CreateChatCompletionRequest) -> Self {
         Expected {
             choices: usize::from(request.n.unwrap_or(1).max(1)),
-            usage: request
-                .stream_options
-                .as_ref()
-                .and_then(|o| o.include_usage)
-                .unwrap_or(false),
         }
     }
 }
@@ -96,9 +89,9 @@ impl Stream for ChatStream {
                     handle.metadata("timeToFirstToken", &ms);
                 }
                 this.acc.add(chunk);
-                // Complete: every choice finished, and the usage arrived if it was asked
-                // for. A caller may stop reading there (at `finish_reason`): the step ends
-                // now, not as cancelled when the stream is dropped, later.
+                // Complete: every choice finished, and the usage arrived. A caller may
+                // stop reading there: the step ends now, not when the stream is dropped,
+                // later.
                 if this.acc.complete(this.expected)
                     && let Some(mut h) = this.handle.take()
                 {
@@ -202,12 +195,14 @@ impl Bounded {
 impl TextBound {
     /// Cuts `text`, one piece (as a final response holds it, whole), to what is left under
     /// the bound, marked `…[truncated 1 chunks]` when cut.
-    pub(crate) fn cut_in_place(&mut self, text: &mut String) {
+    /// Returns whether it was cut.
+    pub(crate) fn cut_in_place(&mut self, text: &mut String) -> bool {
         let mut b = Bounded::default();
         self.push(&mut b, text);
         if b.cut > 0 {
             *text = b.marked();
         }
+        b.cut > 0
     }
 
     /// Appends `piece` to `buf`, or the part of it that fits (cut at a character
@@ -263,9 +258,10 @@ fn has_token(chunk: &CreateChatCompletionStreamResponse) -> bool {
 
 impl ChatAccumulator {
     /// Whether the answer is complete: as many choices as asked for, each finished, and
-    /// the usage if it was asked for.
+    /// the usage arrived. Without it (not asked for), the step waits for the stream's end
+    /// or drop: a compatible server may send a usage chunk unasked, after the finish.
     fn complete(&self, expected: Expected) -> bool {
-        self.finished(expected) && (!expected.usage || self.usage.is_some())
+        self.finished(expected) && self.usage.is_some()
     }
 
     /// Whether every choice asked for has finished.

@@ -271,11 +271,12 @@ async fn dropped_stream_keeps_partial_output_and_is_cancelled() {
     assert!(step["metadata"]["timeToFirstToken"].is_number());
 }
 
-/// Reads a stream until a chunk has a `finish_reason`, then works a while before it drops
-/// the stream (as a caller that stops there does).
-async fn read_to_finish_then_work(
+/// Reads a stream until a chunk `stop` picks, then works a while before it drops the
+/// stream (as a caller that stops there does).
+async fn read_until_then_work(
     client: &Client<OpenAIConfig>,
     req: CreateChatCompletionRequest,
+    stop: fn(&async_openai::types::chat::CreateChatCompletionStreamResponse) -> bool,
 ) -> String {
     let mut stream = client.chat().create_stream_traced(req).await.unwrap();
     let mut text = String::new();
@@ -288,7 +289,7 @@ async fn read_to_finish_then_work(
                 .and_then(|c| c.delta.content.as_deref())
                 .unwrap_or(""),
         );
-        if chunk.choices.iter().any(|c| c.finish_reason.is_some()) {
+        if stop(&chunk) {
             break;
         }
     }
@@ -298,34 +299,39 @@ async fn read_to_finish_then_work(
 }
 
 /// A caller that stops reading at `finish_reason` has the whole answer: its step ends as
-/// returned, not cancelled. Without a usage chunk to wait for, it ends at that chunk (its
-/// latency leaves out the caller's work after it); with one asked for and not read, it
-/// ends when the stream is dropped, the tokens unknown.
+/// returned, not cancelled (when the stream is dropped). With the usage asked for, the
+/// step ends at the chunk that brings it, so a caller that stops there and works on has
+/// the latency of the answer alone, and its tokens.
 #[tokio::test]
 async fn a_caller_that_stops_at_finish_reason_has_a_complete_step() {
     let mock = OpenAiMock::start();
     let client = client(&mock);
-    let (text, traces) = testing::capture_async(read_to_finish_then_work(
+    let finished = |c: &async_openai::types::chat::CreateChatCompletionStreamResponse| {
+        c.choices.iter().any(|c| c.finish_reason.is_some())
+    };
+    let (text, traces) = testing::capture_async(read_until_then_work(
         &client,
         request("gpt-4o-mini", true),
+        finished,
     ))
     .await;
     assert_eq!(text, "Mock answer: What is the capital of France?");
     let step = only_step(&traces);
     assert!(step["metadata"].get("cancelled").is_none(), "{step}");
     assert_eq!(step["output"], text.as_str());
-    assert!(step["latency"].as_f64().unwrap() < 250.0, "{step}");
 
     let mut req = request("gpt-4o-mini", true);
     req.stream_options = Some(async_openai::types::chat::ChatCompletionStreamOptions {
         include_usage: Some(true),
         include_obfuscation: None,
     });
-    let (_, traces) = testing::capture_async(read_to_finish_then_work(&client, req)).await;
+    let (_, traces) =
+        testing::capture_async(read_until_then_work(&client, req, |c| c.usage.is_some())).await;
     let step = only_step(&traces);
     assert!(step["metadata"].get("cancelled").is_none(), "{step}");
     assert_eq!(step["output"], text.as_str());
-    assert!(step["tokens"].is_null(), "{step}");
+    assert_eq!(step["tokens"], 23, "{step}");
+    assert!(step["latency"].as_f64().unwrap() < 250.0, "{step}");
 }
 
 #[tokio::test]
