@@ -489,7 +489,9 @@ pub(crate) fn convert(
     let trace_id = trace_id(inference_id);
     let session = column(trace, "session_id");
     let user = column(trace, "user_id");
-    // A trace-level `output` (log_output) replaces the root's output, as in the row.
+    // A trace-level `output` (`update_current_trace!(output = ..)`) is the root span's: the
+    // endpoint makes the row's output from the root span (the data stream keeps it as a
+    // row column only).
     let trace_output = st
         .columns()
         .iter()
