@@ -277,14 +277,16 @@ fn write_in_order(out: &mut String, v: &Value, template: Option<&Node>) -> serde
                 out.push(':');
                 Ok(())
             };
+            let mut known = std::collections::HashSet::with_capacity(t.len());
             for (k, tv) in t {
-                if let Some(x) = m.get(k) {
+                // A key the text had twice is written once (the map holds one value).
+                if known.insert(k.as_str())
+                    && let Some(x) = m.get(k)
+                {
                     key(out, k)?;
                     write_in_order(out, x, Some(tv))?;
                 }
             }
-            let known: std::collections::HashSet<&str> =
-                t.iter().map(|(k, _)| k.as_str()).collect();
             for (k, x) in m {
                 if !known.contains(k.as_str()) {
                     key(out, k)?;
@@ -558,6 +560,21 @@ mod tests {
             out,
             r#"{"steps":[{"name":"f","id":"x","type":"user_call","inputs":{"q":"hi","email":"***","masked":true},"output":null,"steps":[{"name":"g","id":"y"}]}]}"#
         );
+    }
+
+    /// A key an object of the changed column had twice is written once, with the value
+    /// the mask saw (the last).
+    #[test]
+    fn a_masked_column_writes_a_duplicated_key_once() {
+        let mask: MaskFn = Arc::new(|row| {
+            row["steps"][0]["b"] = json!("x");
+        });
+        let s = shaper(Some(mask), None);
+        let out = s
+            .shape(r#"{"steps":[{"a":1,"a":2,"b":3}]}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out, r#"{"steps":[{"a":2,"b":"x"}]}"#);
     }
 
     #[test]
