@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 #[cfg(feature = "enable")]
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64,
+    Ordering::{Relaxed, Release},
+};
 
 /// Why data was dropped. Every drop is counted under one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -253,7 +256,9 @@ impl Counters {
             DropReason::NoDestination => &self.no_destination,
             DropReason::LocalFile => &self.local_file,
         };
-        c.fetch_add(n, Relaxed);
+        // Release: a report that sees this count sees what was written before it (the
+        // spool writer's `queue_full_told`, raised first; see `CountedDrops::report`).
+        c.fetch_add(n, Release);
     }
 
     /// Drops of rows that had been spooled: counted by reason and as `spool_dropped`.

@@ -2,7 +2,7 @@
 //! trace that could not be encoded, a missing pipeline, an invalid row update), told to
 //! `on_failure` by the one flusher that settles rows, as their counters grow.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
 use crate::config::FailureFn;
 use crate::report::{Counters, DeliveryFailure, DropReason, notify};
@@ -21,8 +21,10 @@ impl CountedDrops {
                 // Less those the spool writer told itself (counted there before the
                 // counter: a report between the two sees too few, made up for by the next).
                 DropReason::QueueFull,
+                // Acquire, before the told count: with the writer's order, the told
+                // count read is never behind the drops it saw counted.
                 c.queue_full
-                    .load(Relaxed)
+                    .load(Acquire)
                     .saturating_sub(c.queue_full_told.load(Relaxed)),
                 "the trace queue was full; traces were dropped",
             ),
