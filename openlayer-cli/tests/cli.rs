@@ -641,6 +641,23 @@ async fn update_writes_failed_rows_to_a_file_that_can_be_fed_back() {
     assert_eq!(requests(&server).await.len(), 4);
 }
 
+/// `openlayer update --file FILE --inference-id-column inference_id` to the test pipeline.
+async fn update_by_inference_id(file: &Path, server: &MockServer) -> Output {
+    openlayer(
+        &[
+            "update",
+            "--file",
+            file.to_str().unwrap(),
+            "--inference-id-column",
+            "inference_id",
+            "--pipeline-id",
+            PIPELINE,
+        ],
+        &platform(server),
+    )
+    .await
+}
+
 /// A row that is not UTF-8 (a CSV saved as Windows-1252, say) fails on its own and goes
 /// to the failures file byte for byte; the other rows are updated (the whole run stopped
 /// at it before).
@@ -673,19 +690,7 @@ async fn update_sends_the_other_rows_when_one_is_not_utf8() {
             &b"{\"inference_id\":\"e\",\"note\":\"caf\xe9\"}\n"[..],
         ),
     ] {
-        let out = openlayer(
-            &[
-                "update",
-                "--file",
-                file.to_str().unwrap(),
-                "--inference-id-column",
-                "inference_id",
-                "--pipeline-id",
-                PIPELINE,
-            ],
-            &platform(&server),
-        )
-        .await;
+        let out = update_by_inference_id(file, &server).await;
         assert_exit(&out, 1);
         assert_stdout_has(&out, "updated 2 row(s)");
         assert_stderr_has(&out, "not valid UTF-8");
@@ -726,19 +731,7 @@ async fn update_from_jsonl_succeeds_with_exit_zero() {
          \n\
          {\"inference_id\":42,\"rating\":5}\n",
     );
-    let out = openlayer(
-        &[
-            "update",
-            "--file",
-            file.to_str().unwrap(),
-            "--inference-id-column",
-            "inference_id",
-            "--pipeline-id",
-            PIPELINE,
-        ],
-        &platform(&server),
-    )
-    .await;
+    let out = update_by_inference_id(&file, &server).await;
     assert_exit(&out, 0);
     assert!(!dir.0.join("signals.failed.jsonl").exists());
     let mut seen: Vec<(String, Value)> = requests(&server)
