@@ -335,11 +335,6 @@ enum Node {
     Object(Vec<(String, Node)>),
 }
 
-/// The marker that replaces the end of a truncated string.
-fn string_marker(removed: usize) -> String {
-    format!("…[truncated {removed} bytes]")
-}
-
 /// The element that replaces the end of a truncated list.
 fn array_marker(removed: usize) -> String {
     format!("…[truncated {removed} items]")
@@ -351,13 +346,10 @@ impl Node {
     fn apply_budget(&mut self, budget: usize, place: Place) -> bool {
         match self {
             Node::String(s) if s.len() > budget => {
-                let mut end = budget;
-                while !s.is_char_boundary(end) {
-                    end -= 1;
-                }
+                let end = crate::util::text::floor_boundary(s, budget);
                 let removed = s.len() - end;
                 s.truncate(end);
-                s.push_str(&string_marker(removed));
+                s.push_str(&crate::util::text::cut_marker(removed));
                 true
             }
             Node::Array(items) => {
@@ -591,14 +583,20 @@ mod tests {
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["inferenceId"], "a-long-inference-id");
         // "€" takes bytes 2..5: the cut falls back to the char boundary before it.
-        assert_eq!(v["output"], format!("ab{}", string_marker(5)));
+        assert_eq!(
+            v["output"],
+            format!("ab{}", crate::util::text::cut_marker(5))
+        );
         let context = v["context"].as_array().unwrap();
         assert_eq!(context.len(), 5);
         assert_eq!(context[4], array_marker(2));
         let step = &v["steps"][0];
         assert_eq!(step["id"], "0000-1111");
         assert_eq!(step["type"], "user_call");
-        assert_eq!(step["inputs"]["q"], format!("0123{}", string_marker(6)));
+        assert_eq!(
+            step["inputs"]["q"],
+            format!("0123{}", crate::util::text::cut_marker(6))
+        );
         // Keys keep their order (`json!` sorts them; this text does not).
         let text = r#"{"z":"0123456789","inferenceId":"x","a":[1,2,3,4,5]}"#;
         let out = s.shape(text).unwrap().unwrap();
@@ -606,7 +604,7 @@ mod tests {
             out,
             format!(
                 r#"{{"z":"0123{}","inferenceId":"x","a":[1,2,3,4,"{}"]}}"#,
-                string_marker(6),
+                crate::util::text::cut_marker(6),
                 array_marker(1)
             )
         );

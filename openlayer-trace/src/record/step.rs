@@ -133,16 +133,11 @@ impl StepExtra {
 
 /// Appends `text` to `out`, cut to at most `max` bytes at a char boundary, marked when cut.
 fn push_cut(out: &mut String, text: &str, max: usize) {
-    if text.len() <= max {
-        out.push_str(text);
-        return;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
+    let end = crate::util::text::floor_boundary(text, max);
     out.push_str(&text[..end]);
-    out.push_str(&format!("…[truncated {} bytes]", text.len() - end));
+    if end < text.len() {
+        out.push_str(&crate::util::text::cut_marker(text.len() - end));
+    }
 }
 
 impl StepRecord {

@@ -723,10 +723,7 @@ fn truncate(s: &str) -> String {
     if s.len() <= MAX_MESSAGE_BYTES {
         return s.to_string();
     }
-    let mut end = MAX_MESSAGE_BYTES;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
+    let end = crate::util::text::floor_boundary(s, MAX_MESSAGE_BYTES);
     format!("{}…", &s[..end])
 }
 

@@ -1,6 +1,7 @@
 //! The bottom layer: the clock, ids, the JSON writer, the form of inputs kept as text,
 //! diagnostics, heap accounting, the bounds on open traces, the queue to the worker, the
-//! one-shot signal and panics in the application's code. It imports nothing else from the crate.
+//! one-shot signal, panics in the application's code, and cutting text. It imports
+//! nothing else from the crate.
 
 pub(crate) mod clock;
 pub(crate) mod diag;
@@ -13,4 +14,5 @@ pub(crate) mod panic;
 pub(crate) mod queue;
 pub(crate) mod reentry;
 pub(crate) mod signal;
+pub(crate) mod text;
 pub(crate) mod text_inputs;

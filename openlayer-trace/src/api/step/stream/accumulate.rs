@@ -134,10 +134,7 @@ impl Collect {
                     self.mode = Mode::Join;
                     if self.text.len() > max {
                         // Cut within the item, at a character boundary.
-                        let mut end = max;
-                        while !self.text.is_char_boundary(end) {
-                            end -= 1;
-                        }
+                        let end = crate::util::text::floor_boundary(&self.text, max);
                         self.text.truncate(end);
                         self.cut += 1;
                     }
