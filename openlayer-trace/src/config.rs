@@ -410,7 +410,10 @@ impl ConfigBuilder {
         trace_file_max_bytes: u64 => |c, v| c.trace_file_max_bytes = v.max(1024));
     setter!(/// Most steps one trace records (default 10 000); later ones are not recorded
         /// but counted (`Stats::steps_dropped`), and the root gets the metadata (and
-        /// column) `stepsDropped`. Reading a local file back (`LocalLines`, `openlayer
+        /// column) `stepsDropped`. What runs inside a step not recorded is not recorded
+        /// either: its output, its metadata and the steps it makes (also counted) are
+        /// dropped rather than put on its parent; updates of the trace (row columns,
+        /// inference id) still apply. Reading a local file back (`LocalLines`, `openlayer
         /// show` and `push`) refuses a line nested more than 100,000 levels deep, about
         /// 50,000 steps each inside the one before.
         max_steps_per_trace: usize => |c, v| c.max_steps_per_trace = v.max(1));

@@ -29,6 +29,53 @@ fn many_heavy(n: usize) -> usize {
     (0..n).map(|_| heavy("x".repeat(4096))).sum()
 }
 
+/// A step past the limit: what it logs, and the steps it makes, must not land on its
+/// parent.
+#[trace]
+fn refused_child() -> &'static str {
+    openlayer_trace::log_output(&"the refused step's output");
+    openlayer_trace::update_current_step!(refused_key = "refused");
+    openlayer_trace::log_context(&["refused document"]);
+    leaf(99);
+    "refused"
+}
+
+#[trace]
+async fn refused_async_child() -> u32 {
+    openlayer_trace::log_output(&"the refused future's output");
+    tokio::task::yield_now().await;
+    leaf(98)
+}
+
+#[trace]
+fn refused_stream_item(i: u32) -> u32 {
+    i
+}
+
+/// Four children fill a trace of five steps; the fifth (sync, async, a stream) is refused.
+#[trace]
+async fn parent_of_refused() -> &'static str {
+    for i in 0..4 {
+        leaf(i);
+    }
+    refused_child();
+    refused_async_child().await;
+    let items: Vec<u32> = (0..2)
+        .map(refused_stream_item)
+        .traced("refused stream")
+        .collect();
+    assert_eq!(items, [0, 1]);
+    "parent"
+}
+
+/// A root too large for the memory bound: the steps it makes are not traces of their own.
+#[trace]
+fn heavy_root(blob: String) -> usize {
+    leaf(1);
+    openlayer_trace::thread::spawn(|| leaf(2)).join().unwrap();
+    blob.len()
+}
+
 /// A root that hands its trace to a thread looping forever: it never completes.
 #[trace(skip(stop))]
 fn starts_a_worker(stop: mpsc::Receiver<()>) -> u8 {
@@ -62,6 +109,57 @@ fn child() {
             let row = &line["rows"][0];
             assert_eq!(row["stepsDropped"], 16, "{row}");
             assert_eq!(row["steps"][0]["steps"].as_array().unwrap().len(), 4);
+        }
+        "refused" => {
+            let guard = openlayer_trace::init(config(&file).build().unwrap()).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            assert_eq!(rt.block_on(parent_of_refused()), "parent");
+            let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+            // Refused: the sync child and its leaf, the future and its leaf, the stream
+            // and the two steps made while producing its items.
+            assert_eq!(s.steps_dropped, 7, "{s:?}");
+            let text = std::fs::read_to_string(&file).unwrap();
+            let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+            let row = &line["rows"][0];
+            assert_eq!(row["stepsDropped"], 7, "{row}");
+            assert_eq!(row["output"], "parent", "{row}");
+            // The row's column is the trace's, kept; the step's metadata is not.
+            assert_eq!(
+                row["context"],
+                serde_json::json!(["refused document"]),
+                "{row}"
+            );
+            let root = &row["steps"][0];
+            assert_eq!(root["output"], "parent", "{root}");
+            assert!(root["metadata"].get("refused_key").is_none(), "{root}");
+            assert!(root["metadata"].get("context").is_none(), "{root}");
+            let children = root["steps"].as_array().unwrap();
+            let names: Vec<&str> = children
+                .iter()
+                .map(|c| c["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(names, ["leaf"; 4], "{root}");
+            for (i, c) in children.iter().enumerate() {
+                assert_eq!(c["output"], i, "{c}");
+                assert!(c["steps"].as_array().is_none_or(|s| s.is_empty()), "{c}");
+            }
+            report(&[("steps_dropped", s.steps_dropped.to_string())]);
+        }
+        "refused_root" => {
+            // Open traces may hold 16 KiB: a root with 20 KiB of inputs is refused.
+            let config = config(&file).queue_max_bytes(64 * 1024).build().unwrap();
+            let guard = openlayer_trace::init(config).unwrap();
+            assert_eq!(heavy_root("x".repeat(20 * 1024)), 20 * 1024);
+            leaf(3);
+            let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+            assert_eq!(s.steps_dropped, 3, "{s:?}");
+            assert_eq!(s.written, 1, "only the trace of leaf(3): {s:?}");
+            let text = std::fs::read_to_string(&file).unwrap();
+            let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+            assert_eq!(line["rows"][0]["output"], 3, "{line}");
+            report(&[("steps_dropped", s.steps_dropped.to_string())]);
         }
         "memory" => {
             // 64 KiB: open traces may hold 16 KiB, 3 steps of 4 KiB.
@@ -168,6 +266,16 @@ fn run(scenario: &str) {
 #[test]
 fn steps_beyond_max_steps_per_trace_are_counted_and_marked() {
     run("max_steps");
+}
+
+#[test]
+fn what_a_refused_step_logs_and_makes_stays_out_of_its_parent() {
+    run("refused");
+}
+
+#[test]
+fn the_steps_of_a_refused_root_are_not_traces_of_their_own() {
+    run("refused_root");
 }
 
 #[test]

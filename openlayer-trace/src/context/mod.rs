@@ -26,7 +26,9 @@ use std::task::{Context, Poll};
 
 use crate::record::kind::StepKind;
 use crate::record::sink::{self, TraceSink};
-use crate::record::{CompletedTrace, NO_PARENT, Status, StepRecord, TraceShared, with_scratch};
+use crate::record::{
+    CompletedTrace, NO_PARENT, REFUSED, Status, StepRecord, TraceShared, with_scratch,
+};
 use crate::util::clock;
 use crate::util::diag::warn_limited;
 
@@ -97,6 +99,13 @@ impl OpenStep {
             trace: ManuallyDrop::new(trace),
             idx,
         }
+    }
+
+    /// Whether the step is recorded. One that is not (see [`REFUSED`]) is still entered
+    /// like one, so that what runs inside it is not taken for its parent's.
+    #[inline]
+    pub(crate) fn recorded(&self) -> bool {
+        self.idx != REFUSED
     }
 }
 
@@ -214,7 +223,8 @@ pub(crate) enum Start {
 }
 
 /// Opens a step under the current step of this thread, or as the root of a new trace.
-/// The current position is not changed. `None` when tracing is off.
+/// The current position is not changed. `None` when tracing is off; a step that is not
+/// recorded (see [`REFUSED`]) is `Some`, to be entered like one.
 ///
 /// `inputs` writes the step's inputs (a JSON object) into the buffer it is given, or
 /// nothing; it runs only when the step is recorded.
@@ -264,11 +274,21 @@ fn record_step(
             warn_limited!(step = %spec.name, "a step started after its trace had completed; not recorded");
             return None;
         }
+        if parent == REFUSED {
+            // Under a step that was not recorded: neither is this one (nor its subtree).
+            st.steps_dropped += 1;
+            drop(st);
+            crate::util::open_traces::dropped();
+            return Some(OpenStep::new(trace, REFUSED));
+        }
         let cost = size_of::<StepRecord>() + buf.len();
         if !crate::util::open_traces::admit(st.steps.len(), cost) {
             st.steps_dropped += 1;
             drop(st);
-            return None;
+            // Entered as a step, so that its output, metadata and children are dropped
+            // with it rather than recorded on its parent (or started as traces of their
+            // own, for a root).
+            return Some(OpenStep::new(trace, REFUSED));
         }
         st.held += cost;
         let idx = st.steps.len() as u32;

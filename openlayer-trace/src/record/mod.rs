@@ -21,7 +21,7 @@ pub(crate) use lock::StateGuard;
 pub(crate) use pool::recycle;
 pub(crate) use scratch::{give_scratch, take_scratch, with_scratch};
 pub(crate) use shared::TraceShared;
-pub(crate) use step::{Json, NO_PARENT, Status, StepRecord, to_json, upsert, write_json};
+pub(crate) use step::{Json, NO_PARENT, REFUSED, Status, StepRecord, to_json, upsert, write_json};
 pub(crate) use trace::{CompletedTrace, TraceState};
 
 #[cfg(test)]

@@ -14,6 +14,12 @@ pub(crate) type Json = Box<str>;
 /// No parent: the root step.
 pub(crate) const NO_PARENT: u32 = u32::MAX;
 
+/// The position of a step that was not recorded (the trace's step limit or the memory
+/// bound was reached, or an ancestor was not recorded): what is logged in it is dropped,
+/// and steps under it are not recorded either (counted as dropped), rather than landing on
+/// its parent.
+pub(crate) const REFUSED: u32 = u32::MAX - 1;
+
 /// Serializes `value` into `out` (appending). On failure `out` is left as it was.
 pub(crate) fn write_json<T: Serialize + ?Sized>(
     out: &mut String,

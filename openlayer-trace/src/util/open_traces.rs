@@ -3,6 +3,8 @@
 //!
 //! - A trace records at most `max_steps_per_trace` steps; later ones are not recorded but
 //!   counted (`Stats::steps_dropped`), and the root carries the marker `stepsDropped`.
+//!   A step not recorded is still entered (at `record::REFUSED`): what it logs and the
+//!   steps under it are dropped too, not put on its parent.
 //! - What open traces hold (their step records and JSON texts) counts in the queue's half
 //!   of `queue_max_bytes`, and may take at most half of it (a quarter of the budget, so
 //!   that a completed trace, whose buffers may have grown to twice what they hold, still
@@ -139,6 +141,12 @@ pub(crate) fn admit(steps: usize, bytes: usize) -> bool {
         STEPS_DROPPED.fetch_add(1, Relaxed);
     }
     fits
+}
+
+/// Counts a step not recorded without asking [`admit`] (its parent was not recorded).
+#[cold]
+pub(crate) fn dropped() {
+    STEPS_DROPPED.fetch_add(1, Relaxed);
 }
 
 /// Counts `bytes` more held by an open trace (an output recorded at a step's end).

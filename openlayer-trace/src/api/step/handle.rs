@@ -88,7 +88,7 @@ pub struct StepHandle {
 impl std::fmt::Debug for StepHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StepHandle")
-            .field("recording", &self.open.is_some())
+            .field("recording", &self.is_recording())
             .finish()
     }
 }
@@ -104,7 +104,7 @@ impl StepHandle {
 
     /// Whether the step is recorded (tracing is on).
     pub fn is_recording(&self) -> bool {
-        self.open.is_some()
+        self.open.as_ref().is_some_and(OpenStep::recorded)
     }
 
     /// Makes the step current on this thread until the guard is dropped (also when the
@@ -171,7 +171,7 @@ impl StepHandle {
 
     /// Records the step's output, replacing any earlier one.
     pub fn output<T: Serialize + ?Sized>(&mut self, output: &T) {
-        if self.open.is_some() {
+        if self.is_recording() {
             self.ending.output(output);
         }
     }
@@ -179,7 +179,7 @@ impl StepHandle {
     /// Records an error: the step closes with output `null` and the error's text under
     /// its metadata `Exceptions`.
     pub fn error(&mut self, error: &dyn Display) {
-        if self.open.is_some() {
+        if self.is_recording() {
             self.ending.error(error);
         }
     }

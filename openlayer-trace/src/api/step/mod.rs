@@ -237,7 +237,7 @@ struct Recording {
 impl std::fmt::Debug for StepGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StepGuard")
-            .field("recording", &self.rec.is_some())
+            .field("recording", &self.is_recording())
             .finish()
     }
 }
@@ -253,7 +253,7 @@ impl StepGuard {
 
     /// Whether this step is recorded (tracing is on).
     pub fn is_recording(&self) -> bool {
-        self.rec.is_some()
+        self.rec.as_ref().is_some_and(|r| r.open.recorded())
     }
 
     /// Records the step's output.
@@ -305,7 +305,7 @@ impl Recording {
 impl OutputSink for StepGuard {
     #[inline]
     fn __is_recording(&self) -> bool {
-        self.rec.is_some()
+        self.is_recording()
     }
     #[inline]
     fn __set_output<T: Serialize + ?Sized>(&mut self, output: &T) {
@@ -433,7 +433,7 @@ pub struct StepFinisher {
 impl std::fmt::Debug for StepFinisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StepFinisher")
-            .field("recording", &self.open.is_some())
+            .field("recording", &self.is_recording())
             .finish()
     }
 }
@@ -441,7 +441,7 @@ impl std::fmt::Debug for StepFinisher {
 impl StepFinisher {
     /// Whether the step is recorded.
     pub fn is_recording(&self) -> bool {
-        self.open.is_some()
+        self.open.as_ref().is_some_and(OpenStep::recorded)
     }
 }
 
@@ -456,7 +456,7 @@ impl StepFinisher {
 impl OutputSink for StepFinisher {
     #[inline]
     fn __is_recording(&self) -> bool {
-        self.open.is_some()
+        self.is_recording()
     }
     #[inline]
     fn __set_output<T: Serialize + ?Sized>(&mut self, output: &T) {

@@ -79,7 +79,9 @@ impl<A> Active<A> {
     where
         A: Accumulator<I>,
     {
-        handle.is_recording().then(|| Active {
+        // A step that is not recorded is still entered around each poll, so that steps
+        // made while producing items are not taken for its parent's.
+        handle.open_step().is_some().then(|| Active {
             handle,
             acc,
             finish: <A as Accumulator<I>>::finish,
@@ -96,7 +98,10 @@ impl<A> Active<A> {
         if self.first {
             self.first_item();
         }
-        self.acc.push(item, &mut self.handle);
+        // Nothing is kept of a step that is not recorded.
+        if self.handle.is_recording() {
+            self.acc.push(item, &mut self.handle);
+        }
     }
 
     /// Records `timeToFirstToken`: milliseconds from the step's start to now.
@@ -191,14 +196,14 @@ impl<S, A> Traced<S, A> {
 
     /// Whether the step is still open (tracing is on and the stream has not ended).
     pub fn is_recording(&self) -> bool {
-        self.step.is_some()
+        self.step.as_ref().is_some_and(|a| a.handle.is_recording())
     }
 }
 
 impl<S, A> std::fmt::Debug for Traced<S, A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Traced")
-            .field("recording", &self.step.is_some())
+            .field("recording", &self.is_recording())
             .finish_non_exhaustive()
     }
 }
