@@ -145,8 +145,10 @@ fn check(answer: &str) -> Result<(), String> {
 
 #[trace]
 fn answer(question: &str) -> String {
-    update_current_trace!(user_id = "u-42", session_id = "s-7");
+    update_current_trace!(user_id = "u-42", session_id = "s-7", tier = "gold");
+    openlayer_trace::log_question(question);
     let docs = retrieve(question);
+    openlayer_trace::log_context(&docs);
     add_chat_completion_step(ChatCompletion {
         prompt_tokens: Some(12),
         completion_tokens: Some(3),
@@ -299,6 +301,20 @@ fn spans_carry_parents_times_attributes_and_errors() {
     let output = json(root, "gen_ai.output.messages");
     assert_eq!(output[0]["parts"][0]["content"], "Paris (1 documents)");
 
+    // The trace's own row columns, which the endpoint has no mapping for, ride on the
+    // root span (as JSON); user and session are `user.id` and `session.id`.
+    assert_eq!(json(root, "openlayer.column.tier"), "gold");
+    assert_eq!(
+        json(root, "openlayer.column.context")[0],
+        "About What is the capital of France?: Paris is the capital of France."
+    );
+    assert_eq!(
+        json(root, "openlayer.column._question"),
+        "What is the capital of France?"
+    );
+    assert!(text(root, "openlayer.column.user_id").is_none());
+    assert!(text(retrieve, "openlayer.column.tier").is_none());
+
     // The failed step: an error status, error.type and error.message.
     let status = check.status.clone().unwrap_or_default();
     assert_eq!(status.code, StatusCode::Error as i32);
@@ -340,18 +356,37 @@ fn forecast(days: u32) -> serde_json::Value {
     serde_json::json!({"days": days, "rain": false})
 }
 
+#[trace(kind = "agent")]
+fn planner() -> String {
+    get_weather("Paris")
+}
+
 #[test]
 fn tool_spans_carry_the_call_as_text() {
     let _l = lock();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s = accepting_server(&rt);
     let guard = openlayer_trace::init(openlayer(&s).build().unwrap()).unwrap();
-    get_weather("Paris");
+    planner();
     forecast(2);
     let report = guard.shutdown(Duration::from_secs(5)).unwrap();
     assert!(report.complete, "{report:?}");
     let spans = spans_of(&requests(&rt, &s, TRACES));
     let by_name = |n: &str| spans.iter().find(|s| s.name == n).unwrap();
+    // The conventions' operations: a tool call is executed, an agent invoked.
+    let agent = by_name("planner");
+    assert_eq!(
+        text(agent, "gen_ai.operation.name").as_deref(),
+        Some("invoke_agent")
+    );
+    assert_eq!(text(agent, "gen_ai.agent.name").as_deref(), Some("planner"));
+    for tool in ["get_weather", "forecast"] {
+        assert_eq!(
+            text(by_name(tool), "gen_ai.operation.name").as_deref(),
+            Some("execute_tool"),
+            "{tool}"
+        );
+    }
     // A string result and string arguments as their text, not as quoted JSON strings.
     let weather = by_name("get_weather");
     assert_eq!(
@@ -494,7 +529,17 @@ fn other_statuses_are_final_and_partial_success_is_counted() {
             .and(path(TRACES))
             .respond_with(ResponseTemplate::new(200).set_body_bytes(partial.encode_to_vec())),
     );
-    let guard = openlayer_trace::init(openlayer(&s).build().unwrap()).unwrap();
+    let told = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let sink = told.clone();
+    let config = openlayer(&s)
+        .on_failure(move |f| {
+            sink.lock()
+                .unwrap()
+                .push((f.rows, f.dropped, f.status, f.message.clone()))
+        })
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
     with_id("rejected");
     assert!(guard.flush(Duration::from_secs(5)).unwrap().complete);
     with_id("partly");
@@ -506,6 +551,18 @@ fn other_statuses_are_final_and_partial_success_is_counted() {
     assert_eq!(stats.otlp_rejected_spans, 1, "{stats:?}");
     assert_eq!(stats.otlp_spans_sent, 0, "{stats:?}");
     assert_eq!(requests(&rt, &s, TRACES).len(), 2);
+    // Both are told: the 500's row, and the partial success's span (its rows unknown).
+    let told = told.lock().unwrap();
+    assert_eq!(told.len(), 2, "{told:?}");
+    assert_eq!(told[0].0, 1, "{told:?}");
+    assert_eq!(told[0].2, Some(500), "{told:?}");
+    let (rows, dropped, status, message) = &told[1];
+    assert_eq!(
+        (*rows, *dropped, *status),
+        (0, Some(DropReason::Rejected), Some(200))
+    );
+    assert!(message.contains("rejected 1 of 1 spans"), "{message}");
+    assert!(message.contains("span too large"), "{message}");
 }
 
 #[test]

@@ -108,7 +108,35 @@ impl Scratch {
     fn other(&mut self, key: &str, value: any_value::Value) {
         self.attr("", key).value = Some(AnyValue { value: Some(value) });
     }
+
+    /// After a trace: gives back what a large one made the reused buffers grow to (an
+    /// attribute of megabytes would otherwise stay allocated for good, outside the memory
+    /// budget), and keeps at most [`SPARE_MAX`] spare attributes.
+    fn trim(&mut self) {
+        self.spare.truncate(SPARE_MAX);
+        for kv in &mut self.spare {
+            if kv.key.capacity() > SCRATCH_STRING_MAX {
+                kv.key = String::new();
+            }
+            if let Some(AnyValue {
+                value: Some(any_value::Value::StringValue(s)),
+            }) = &mut kv.value
+                && s.capacity() > SCRATCH_STRING_MAX
+            {
+                *s = String::new();
+            }
+        }
+        if self.text.capacity() > SCRATCH_STRING_MAX {
+            self.text = String::new();
+        }
+    }
 }
+
+/// The most spare attributes kept between traces (a span of many metadata keys).
+const SPARE_MAX: usize = 256;
+
+/// The largest reused string kept between traces.
+const SCRATCH_STRING_MAX: usize = 64 * 1024;
 
 /// The trace's inference id: its own, else the root step's id as a UUID (as the
 /// data-stream row has it).
@@ -121,11 +149,12 @@ pub(crate) fn inference_id(trace: &CompletedTrace) -> Option<String> {
 }
 
 /// The trace id: the inference id's 16 bytes when it is a UUID, else those of a UUID v5
-/// derived from it (deterministic: the same id always gives the same trace).
+/// derived from it (deterministic: the same id always gives the same trace). The nil UUID
+/// is derived from too: an all-zero trace id is invalid in OTLP.
 pub(crate) fn trace_id(inference_id: &str) -> [u8; 16] {
     match uuid::Uuid::parse_str(inference_id) {
-        Ok(u) => *u.as_bytes(),
-        Err(_) => uuid::Uuid::parse_str(&crate::util::id::inference_id_for(inference_id))
+        Ok(u) if !u.is_nil() => *u.as_bytes(),
+        _ => uuid::Uuid::parse_str(&crate::util::id::inference_id_for(inference_id))
             .map(|u| *u.as_bytes())
             .unwrap_or([1; 16]),
     }
@@ -565,7 +594,12 @@ pub(crate) fn convert(
                 s.other("openlayer.cost", any_value::Value::DoubleValue(c));
             }
         }
+        if rec.kind == StepKind::Agent {
+            s.string("gen_ai.operation.name", "invoke_agent");
+            s.string("gen_ai.agent.name", &rec.name);
+        }
         if rec.kind == StepKind::Tool {
+            s.string("gen_ai.operation.name", "execute_tool");
             if let Some(f) = rec.field("functionName").filter(|f| *f != "null") {
                 s.string("gen_ai.tool.name", &text_of(f));
             }
@@ -604,6 +638,22 @@ pub(crate) fn convert(
         }
         for (k, v) in rec.metadata() {
             s.prefixed_string("openlayer.metadata.", k, v);
+        }
+        if i == 0 {
+            // The trace's own row columns (`update_current_trace!`, `log_context`,
+            // `log_question`): the endpoint has no mapping for them, so they go on the
+            // root span, as JSON, where its other attributes land (the row's metadata).
+            for (k, v) in st.columns() {
+                if !matches!(&**k, "output" | "session_id" | "user_id") {
+                    s.prefixed_string("openlayer.column.", k, v);
+                }
+            }
+            if let Some(c) = st.context() {
+                s.string("openlayer.column.context", c);
+            }
+            if let Some(q) = st.question() {
+                s.string("openlayer.column._question", q);
+            }
         }
         if let Some(gt) = rec.ground_truth() {
             s.string("openlayer.ground_truth", gt);
@@ -646,6 +696,7 @@ pub(crate) fn convert(
         prost::encoding::message::encode(SCOPE_SPANS_SPANS, &*span, &mut encoded);
     }
     scratch.reset();
+    scratch.trim();
     scratch.last_len = encoded.len().min(LEN_HINT_MAX);
     if encoded.capacity() > 2 * encoded.len() + 1024 {
         // Guessed from a larger trace: it waits in the queue with no more than it needs.
@@ -692,6 +743,38 @@ mod tests {
         assert_eq!(trace_id(u), *uuid::Uuid::parse_str(u).unwrap().as_bytes());
         assert_eq!(trace_id("req-1"), trace_id("req-1"));
         assert_ne!(trace_id("req-1"), trace_id("req-2"));
+        // The nil UUID would make an all-zero trace id, which OTLP calls invalid.
+        let nil = "00000000-0000-0000-0000-000000000000";
+        assert_ne!(trace_id(nil), [0; 16]);
+        assert_eq!(trace_id(nil), trace_id(nil));
+    }
+
+    #[test]
+    fn reused_buffers_give_back_what_a_large_trace_grew() {
+        let mut s = Scratch::default();
+        let big = "x".repeat(1 << 20);
+        for i in 0..400 {
+            s.prefixed_string("openlayer.metadata.", &i.to_string(), &big);
+        }
+        s.text.push_str(&big);
+        s.reset();
+        s.trim();
+        assert!(s.spare.len() <= SPARE_MAX);
+        let held: usize = s
+            .spare
+            .iter()
+            .map(|kv| {
+                kv.key.capacity()
+                    + match &kv.value {
+                        Some(AnyValue {
+                            value: Some(any_value::Value::StringValue(v)),
+                        }) => v.capacity(),
+                        _ => 0,
+                    }
+            })
+            .sum::<usize>()
+            + s.text.capacity();
+        assert!(held < SPARE_MAX * 256, "{held}");
     }
 
     fn inputs(json: &str) -> Option<String> {
