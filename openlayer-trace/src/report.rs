@@ -160,7 +160,8 @@ pub struct DeliveryReport {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct DeliveryFailure {
-    /// How many rows were affected.
+    /// How many rows were affected (0 for an OTLP partial success, whose answer counts
+    /// spans, not rows: see `message`).
     pub rows: u64,
     /// Whether they were dropped (and why) or spooled (`None`).
     pub dropped: Option<DropReason>,

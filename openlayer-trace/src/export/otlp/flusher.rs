@@ -127,10 +127,6 @@ impl OtlpFlusher {
         counters: Arc<Counters>,
         budget: Arc<Budget>,
     ) -> Self {
-        let service = std::env::var("OTEL_SERVICE_NAME")
-            .ok()
-            .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(|| "unknown_service".into());
         OtlpFlusher {
             transport,
             openlayer,
@@ -143,12 +139,10 @@ impl OtlpFlusher {
             counted_drops: CountedDrops::default(),
             head: Head::new(
                 &Resource {
-                    attributes: vec![
-                        KeyValue::string("service.name", service),
-                        KeyValue::string("telemetry.sdk.name", "openlayer-trace"),
-                        KeyValue::string("telemetry.sdk.language", "rust"),
-                        KeyValue::string("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
-                    ],
+                    attributes: resource_attributes(
+                        std::env::var("OTEL_SERVICE_NAME").ok(),
+                        std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok(),
+                    ),
                 },
                 &InstrumentationScope {
                     name: "openlayer-trace".into(),
@@ -385,10 +379,25 @@ impl OtlpFlusher {
         match result {
             Ok(response) => {
                 let spans = batch.count as u64;
-                let rejected = partial_rejections(&response.body);
+                let (rejected, message) = partial_rejections(&response.body);
                 self.counters
                     .otlp_rejected_spans
                     .fetch_add(rejected, Relaxed);
+                if rejected > 0 {
+                    // Spans, not rows: which traces they were in is not said.
+                    notify(
+                        self.on_failure.as_ref(),
+                        DeliveryFailure {
+                            rows: 0,
+                            dropped: Some(DropReason::Rejected),
+                            status: Some(response.status),
+                            message: format!(
+                                "OTLP export: the endpoint rejected {rejected} of {spans} spans \
+                                 (partial success): {message}"
+                            ),
+                        },
+                    );
+                }
                 self.counters
                     .otlp_spans_sent
                     .fetch_add(spans.saturating_sub(rejected), Relaxed);
@@ -604,13 +613,54 @@ impl Head {
     }
 }
 
-/// The spans a 2xx answer reports as rejected (`partial_success.rejected_spans`).
-fn partial_rejections(body: &[u8]) -> u64 {
+/// The resource's attributes, as OpenTelemetry SDKs make them: those of
+/// `OTEL_RESOURCE_ATTRIBUTES` (`k=v,k2=v2`, values percent-decoded), `service.name` from
+/// `OTEL_SERVICE_NAME` first, then from those, else `unknown_service`, and the SDK's own
+/// `telemetry.sdk.*`.
+fn resource_attributes(service: Option<String>, attributes: Option<String>) -> Vec<KeyValue> {
+    let mut from_env = attributes
+        .as_deref()
+        .map(crate::config::parse_otlp_headers)
+        .unwrap_or_default();
+    from_env.retain(|(k, _)| !k.starts_with("telemetry.sdk."));
+    let service = service
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            from_env
+                .iter()
+                .rev()
+                .find(|(k, v)| k == "service.name" && !v.is_empty())
+                .map(|(_, v)| v.clone())
+        })
+        .unwrap_or_else(|| "unknown_service".into());
+    let mut out = vec![KeyValue::string("service.name", service)];
+    for (k, v) in from_env {
+        if k == "service.name" {
+            continue;
+        }
+        // A key given twice: the last one.
+        match out.iter_mut().find(|kv| kv.key == k) {
+            Some(kv) => *kv = KeyValue::string(&k, v),
+            None => out.push(KeyValue::string(&k, v)),
+        }
+    }
+    out.extend([
+        KeyValue::string("telemetry.sdk.name", "openlayer-trace"),
+        KeyValue::string("telemetry.sdk.language", "rust"),
+        KeyValue::string("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+    ]);
+    out
+}
+
+/// The spans a 2xx answer reports as rejected (`partial_success.rejected_spans`), and
+/// its message.
+fn partial_rejections(body: &[u8]) -> (u64, String) {
     let Ok(response) = <ExportTraceServiceResponse as prost::Message>::decode(body) else {
-        return 0;
+        return (0, String::new());
     };
     let Some(p) = response.partial_success else {
-        return 0;
+        return (0, String::new());
     };
     let n = p.rejected_spans.max(0) as u64;
     if n > 0 || !p.error_message.is_empty() {
@@ -620,7 +670,7 @@ fn partial_rejections(body: &[u8]) -> u64 {
             "the OTLP endpoint rejected some spans (partial success)"
         );
     }
-    n
+    (n, p.error_message)
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -633,6 +683,53 @@ async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_resource_takes_the_standard_environment() {
+        let text = |attrs: &[KeyValue]| -> Vec<(String, String)> {
+            attrs
+                .iter()
+                .map(|kv| {
+                    let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                        Some(crate::export::otlp::proto::any_value::Value::StringValue(s)) => {
+                            s.clone()
+                        }
+                        other => format!("{other:?}"),
+                    };
+                    (kv.key.clone(), v)
+                })
+                .collect()
+        };
+        let attrs = text(&resource_attributes(
+            None,
+            Some(
+                "service.name=checkout,deployment.environment=prod,team=a%2Cb,team=c,\
+                 telemetry.sdk.name=other"
+                    .into(),
+            ),
+        ));
+        assert_eq!(attrs[0], ("service.name".into(), "checkout".into()));
+        assert!(attrs.contains(&("deployment.environment".into(), "prod".into())));
+        assert!(attrs.contains(&("team".into(), "c".into())));
+        assert_eq!(attrs.iter().filter(|(k, _)| k == "team").count(), 1);
+        assert!(attrs.contains(&("telemetry.sdk.name".into(), "openlayer-trace".into())));
+        assert_eq!(
+            attrs
+                .iter()
+                .filter(|(k, _)| k == "telemetry.sdk.name")
+                .count(),
+            1
+        );
+        // OTEL_SERVICE_NAME wins.
+        let attrs = text(&resource_attributes(
+            Some(" billing ".into()),
+            Some("service.name=checkout".into()),
+        ));
+        assert_eq!(attrs[0], ("service.name".into(), "billing".into()));
+        assert_eq!(attrs.iter().filter(|(k, _)| k == "service.name").count(), 1);
+        let attrs = text(&resource_attributes(None, None));
+        assert_eq!(attrs[0], ("service.name".into(), "unknown_service".into()));
+    }
 
     /// At the shutdown deadline, a request that already ended (its answer waiting in the
     /// task set, as when the worker wakes at the deadline in the same instant) is settled

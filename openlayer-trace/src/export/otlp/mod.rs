@@ -55,12 +55,18 @@ pub(crate) use flusher::{OtlpFlusher, OtlpMsg};
 
 /// The traces URL of an endpoint: as given when it ends in `/v1/traces`, else with
 /// `/v1/traces` appended (OpenTelemetry's convention for a base endpoint).
+/// A query or fragment stays after the path.
 pub(crate) fn traces_url(endpoint: &str) -> String {
-    let e = endpoint.trim().trim_end_matches('/');
-    if e.ends_with("/v1/traces") {
-        e.to_string()
+    let e = endpoint.trim();
+    let (base, rest) = match e.find(['?', '#']) {
+        Some(i) => e.split_at(i),
+        None => (e, ""),
+    };
+    let base = base.trim_end_matches('/');
+    if base.ends_with("/v1/traces") {
+        format!("{base}{rest}")
     } else {
-        format!("{e}/v1/traces")
+        format!("{base}/v1/traces{rest}")
     }
 }
 
@@ -193,6 +199,15 @@ impl Router {
                 });
                 match &self.ftx {
                     Some(ftx) => {
+                        if kept && converted.is_none() {
+                            // The row still goes; the spans are counted as dropped.
+                            self.counters
+                                .otlp_spans_dropped
+                                .fetch_add(trace.state.steps.len() as u64, Relaxed);
+                            crate::util::diag::warn_limited!(
+                                "a trace could not be converted to spans; its spans are dropped (counted)"
+                            );
+                        }
                         // The data-stream flusher releases its queue bytes and samples it.
                         let _ = ftx.send(Msg::Trace(trace, bytes)).await;
                         if let Some(c) = converted {
@@ -319,4 +334,28 @@ pub(crate) fn validate(config: &Config) -> Result<(), Error> {
         t.validate()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::traces_url;
+
+    #[test]
+    fn the_traces_path_goes_before_a_query() {
+        assert_eq!(traces_url("http://h:4318"), "http://h:4318/v1/traces");
+        assert_eq!(traces_url(" http://h:4318/ "), "http://h:4318/v1/traces");
+        assert_eq!(traces_url("http://h/v1/traces"), "http://h/v1/traces");
+        assert_eq!(
+            traces_url("http://h:4318/otlp?k=v"),
+            "http://h:4318/otlp/v1/traces?k=v"
+        );
+        assert_eq!(
+            traces_url("http://h:4318?tenant=a"),
+            "http://h:4318/v1/traces?tenant=a"
+        );
+        assert_eq!(
+            traces_url("http://h/v1/traces?x=1"),
+            "http://h/v1/traces?x=1"
+        );
+    }
 }
