@@ -180,6 +180,8 @@ fn manual_steps_record_nothing() {
     handle.exception(&"a retried error");
     handle.error(&"failed");
     handle.metadata("k", &1);
+    assert_eq!(handle.with_inference_id(str::len), None);
+    assert_eq!(handle.inference_id(), None);
     handle.finish();
     assert!(!StepHandle::disabled().is_recording());
 
@@ -189,7 +191,10 @@ fn manual_steps_record_nothing() {
     guard.metadata("k", &"v");
     drop(guard);
 
-    let (out, finisher) = block_on(step("fut").instrumented(async { 5 }));
+    // Futures are Debug whatever they wrap, as with tracing compiled in.
+    let fut = step("fut").instrumented(async { 5 });
+    assert!(format!("{fut:?}").starts_with("Instrumented"));
+    let (out, finisher) = block_on(fut);
     assert_eq!(out, 5);
     assert!(!finisher.is_recording());
     assert_eq!(block_on(step("run").run(async { 6 })), 6);
@@ -207,11 +212,15 @@ fn annotations_and_propagation_pass_through() {
     assert_eq!(current_inference_id(), None);
 
     assert_eq!(block_on(async { 1 }.in_current_trace()), 1);
-    assert_eq!(block_on(async { 2 }.with_trace_context(None)), 2);
+    let fut = async { 2 }.with_trace_context(None);
+    assert!(format!("{fut:?}").starts_with("WithTrace"));
+    assert_eq!(block_on(fut), 2);
     assert_eq!(openlayer_trace::thread::spawn(|| 3).join().unwrap(), 3);
     let session = UserSession::new().user_id("u").session_id("s");
     assert_eq!(block_on(session.scope(async { 4 })), 4);
-    assert_eq!(block_on(with_user_session("u", "s", async { 5 })), 5);
+    let fut = with_user_session("u", "s", async { 5 });
+    assert!(format!("{fut:?}").starts_with("WithUserSession"));
+    assert_eq!(block_on(fut), 5);
     let _scope = enter_user_session("u", "s");
     let _entered = session.enter();
     assert_eq!(current_inference_id(), None);

@@ -53,9 +53,14 @@ pub fn current_context() -> Option<TraceContext> {
 
 /// A future carrying a trace position (compiled out: the inner future, passed through).
 #[must_use = "futures do nothing unless polled"]
-#[derive(Debug)]
 pub struct WithTrace<F> {
     inner: F,
+}
+
+impl<F> std::fmt::Debug for WithTrace<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WithTrace").finish_non_exhaustive()
+    }
 }
 
 impl<F: Future> Future for WithTrace<F> {
@@ -189,9 +194,14 @@ pub struct UserSessionGuard {
 
 /// A future in a user session scope (compiled out: the inner future, passed through).
 #[must_use = "futures do nothing unless polled"]
-#[derive(Debug)]
 pub struct WithUserSession<F> {
     inner: F,
+}
+
+impl<F> std::fmt::Debug for WithUserSession<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WithUserSession").finish_non_exhaustive()
+    }
 }
 
 impl<F: Future> Future for WithUserSession<F> {

@@ -212,9 +212,14 @@ impl OutputSink for StepGuard {
 /// A future run by [`StepBuilder::instrumented`]: the inner future, its output paired
 /// with a [`StepFinisher`] that records nothing.
 #[must_use = "futures do nothing unless polled"]
-#[derive(Debug)]
 pub struct Instrumented<F> {
     inner: F,
+}
+
+impl<F> std::fmt::Debug for Instrumented<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instrumented").finish_non_exhaustive()
+    }
 }
 
 impl<F: Future> Future for Instrumented<F> {
@@ -279,6 +284,13 @@ impl StepHandle {
     /// Always `None` (compiled out).
     #[inline(always)]
     pub fn inference_id(&self) -> Option<String> {
+        None
+    }
+
+    /// Always `None`, and `f` is not called (compiled out).
+    #[inline(always)]
+    pub fn with_inference_id<R>(&self, f: impl FnOnce(&str) -> R) -> Option<R> {
+        let _ = f;
         None
     }
 
