@@ -25,10 +25,14 @@
 //!   `noop/` folder), and the crate has no HTTP, TLS or runtime dependency: libraries
 //!   depend on it with `default-features = false` and the application decides.
 //! - `client` (default): the explicit data API ([`Client`] and its uploads), absent
-//!   without it. `arrow` (default) adds the Arrow flows.
+//!   without it. `arrow` (default) adds the Arrow flows. Both turn `enable` on (the
+//!   client shares its HTTP stack).
 //! - `tokio`: [`spawn`] without `enable`. `test-util`: the `testing` captures.
 //!   `tracing-layer`: `tracing_layer()`. `otlp`: the OTLP/HTTP exporter
-//!   (`Config::builder().otlp_endpoint(..)`). These last three turn `enable` on.
+//!   (`Config::builder().otlp_endpoint(..)`). These last three turn `enable` on too.
+//!
+//! The integration crates (`openlayer-trace-tower`, `openlayer-trace-openai`) ask for
+//! `enable` only: add `client` (or the defaults) yourself to use [`Client`].
 //!
 //! # The map of the crate
 //!
