@@ -1,5 +1,6 @@
 //! The monitoring flow without tracing: load or create a pipeline, stream rows as they
-//! happen, bulk-publish a backlog (uploaded as CSV), then add the ground truths in bulk.
+//! happen, bulk-publish a backlog (uploaded as an Arrow IPC stream, or CSV with
+//! `bulk_format(BulkFormat::Csv)`), then add the ground truths in bulk.
 //!
 //! ```sh
 //! cargo run --example publish_rows
@@ -61,7 +62,8 @@ async fn main() -> Result<(), openlayer_trace::Error> {
     client.stream_rows(&pipeline.id, &config, &live).await?;
     println!("streamed {} rows", live.len());
 
-    // 3. A backlog published in bulk: the client writes it as a CSV file and uploads it.
+    // 3. A backlog published in bulk: the client writes it as one file (Arrow IPC by
+    // default) and uploads it.
     let questions = [
         "Where is my invoice?",
         "Do you ship abroad?",

@@ -56,16 +56,25 @@ impl Mode {
     }
 }
 
+/// One bulk run over a checked table file: where it goes, what was found in it, and how.
 pub struct Job<'a> {
+    /// The client that sends the uploads and registrations.
     pub client: &'a Client,
+    /// The inference pipeline's id.
     pub pipeline: &'a str,
+    /// The input file (its progress file is named after it).
     pub file: &'a Path,
+    /// What the checking pass found in the file (row count, columns).
     pub scan: &'a Scan,
+    /// The checks every row passed (the config's columns and types).
     pub checks: &'a Checks,
+    /// Publish (append) or update (merge by inference id).
     pub mode: Mode,
+    /// The most rows in one upload.
     pub rows_per_upload: u64,
     /// The batches, already being read (see [`prefetch`]).
     pub prefetched: Option<Prefetched>,
+    /// What to do with uploads whose registration's answer was lost.
     pub uncertain: Uncertain,
 }
 

@@ -13,16 +13,24 @@ use crate::stream::load_config;
 use crate::table::{self, Checks, Kind};
 use crate::{CliError, pipeline_id, remote_client};
 
+/// The arguments of `openlayer publish`.
 #[derive(Debug)]
 pub struct Args {
+    /// The CSV or JSONL input.
     pub file: PathBuf,
+    /// The JSON file of the stream config.
     pub config: PathBuf,
+    /// The task type, when the config's keys do not tell it.
     pub task_type: Option<String>,
+    /// The pipeline (else `OPENLAYER_INFERENCE_PIPELINE_ID`).
     pub pipeline_id: Option<String>,
+    /// The most rows in one upload.
     pub rows_per_upload: u64,
+    /// What to do with uploads whose registration's answer was lost.
     pub uncertain: bulk::Uncertain,
 }
 
+/// Runs `openlayer publish` with its parsed arguments.
 pub async fn run(args: Args) -> Result<(), CliError> {
     let (client, _) = remote_client()?;
     let pipeline = pipeline_id(args.pipeline_id.clone(), &client)?;

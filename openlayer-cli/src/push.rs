@@ -256,6 +256,8 @@ fn lock_progress(progress: &Path) -> Result<File, CliError> {
     }
 }
 
+/// Runs `openlayer push FILE`: each line goes to its own pipeline, else to the one of
+/// `--pipeline-id` or the environment.
 pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliError> {
     let (client, config) = remote_client()?;
     let default_pipeline = pipeline_flag

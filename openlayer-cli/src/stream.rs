@@ -11,12 +11,18 @@ use crate::input::{self, Record};
 use crate::progress::Progress;
 use crate::{CliError, pipeline_id, remote_client};
 
+/// The arguments of `openlayer stream`.
 #[derive(Debug)]
 pub struct Args {
+    /// The CSV or JSONL input.
     pub file: PathBuf,
+    /// The JSON file of the stream config.
     pub config: PathBuf,
+    /// The task type, when the config's keys do not tell it.
     pub task_type: Option<String>,
+    /// The pipeline (else `OPENLAYER_INFERENCE_PIPELINE_ID`).
     pub pipeline_id: Option<String>,
+    /// Rows per request.
     pub batch_size: usize,
 }
 
@@ -61,6 +67,7 @@ fn batches(records: &[Record], max_rows: usize, max_bytes: usize) -> Vec<&[Recor
     out
 }
 
+/// Runs `openlayer stream` with its parsed arguments.
 pub async fn run(args: Args) -> Result<(), CliError> {
     let (client, _) = remote_client()?;
     let pipeline = pipeline_id(args.pipeline_id.clone(), &client)?;

@@ -22,20 +22,30 @@ use crate::{CliError, pipeline_id, remote_client};
 /// From this many rows on, `update` merges the file in bulk.
 pub const BULK_THRESHOLD: u64 = 1_000;
 
+/// The arguments of `openlayer update`.
 #[derive(Debug)]
 pub struct Args {
+    /// The CSV or JSONL input.
     pub file: PathBuf,
+    /// The column holding each row's inference id.
     pub inference_id_column: String,
+    /// The column sent as `groundTruthColumnName`.
     pub ground_truth_column: Option<String>,
+    /// The column sent as `humanFeedbackColumnName`.
     pub human_feedback_column: Option<String>,
+    /// The pipeline (else `OPENLAYER_INFERENCE_PIPELINE_ID`).
     pub pipeline_id: Option<String>,
+    /// Row updates in flight at once.
     pub concurrency: usize,
+    /// Where rows that failed are written (else next to the input).
     pub failed_file: Option<PathBuf>,
     /// `Some(true)`: `--bulk`; `Some(false)`: `--per-row`; `None`: by the row count.
     pub bulk: Option<bool>,
+    /// The most rows in one upload (bulk).
     pub rows_per_upload: u64,
 }
 
+/// Runs `openlayer update` with its parsed arguments.
 pub async fn run(args: Args) -> Result<(), CliError> {
     let (client, _) = remote_client()?;
     let pipeline = pipeline_id(args.pipeline_id.clone(), &client)?;

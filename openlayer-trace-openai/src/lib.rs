@@ -95,7 +95,8 @@ pub(crate) fn inject_stream_usage() -> bool {
 pub enum Provider {
     /// OpenAI's own API: recorded as "OpenAI".
     OpenAi,
-    /// Azure OpenAI: recorded as "Azure", with step names "Azure OpenAI ...".
+    /// Azure OpenAI: recorded as "Azure", with step names "Azure OpenAI Chat Completion"
+    /// and "Azure OpenAI Embedding" (a Responses call is "OpenAI Response" either way).
     Azure,
 }
 

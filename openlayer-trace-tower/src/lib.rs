@@ -22,7 +22,9 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let _guard = openlayer_trace::init_from_env()?;
-//! let app = Router::new().route("/chat", post(chat)).layer(
+//! // `route_layer`: only the routes above are traced (not 404s, health checks or the
+//! // feedback route added after it).
+//! let app = Router::new().route("/chat", post(chat)).route_layer(
 //!     OpenlayerLayer::new()
 //!         .user_id_header("x-user-id")
 //!         .record_json_body(64 * 1024),

@@ -83,7 +83,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(e) if !e.trim().is_empty() => e,
         _ => loopback_receiver(received.clone())?,
     };
-    println!("sending spans to {endpoint}/v1/traces");
+    let shown = endpoint.trim().trim_end_matches('/');
+    if shown.ends_with("/v1/traces") {
+        println!("sending spans to {shown}");
+    } else {
+        println!("sending spans to {shown}/v1/traces");
+    }
     let guard = openlayer_trace::init(
         Config::builder()
             .otlp_endpoint(endpoint)

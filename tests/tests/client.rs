@@ -136,7 +136,7 @@ async fn update_row_matches_the_official_wire_sample() {
 
     let reqs = requests(&server).await;
     assert_eq!(reqs.len(), 1);
-    // compact JSON, `row` before `config`, as in wire-samples/row_update.json
+    // compact JSON, `row` before `config`, as the official SDK sends it
     assert_eq!(
         body_text(&reqs[0]),
         r#"{"row":{"groundTruth":"Paris"},"config":{"groundTruthColumnName":"groundTruth"}}"#

@@ -172,7 +172,7 @@ fn calls_logs_then_fails() -> u32 {
 }
 
 /// A failed step's output is null, child or root, even when one was logged before it
-/// failed (WIRE.md); its error is under `Exceptions`.
+/// failed (as the official SDK sends it); its error is under `Exceptions`.
 #[test]
 fn a_failed_step_has_no_output_even_one_logged_before() {
     let (_, traces) = testing::capture(|| {

@@ -10,7 +10,7 @@
 //!
 //! After a deliberate change of the encoding, regenerate the files with
 //! `GOLDEN_OVERWRITE=1 cargo test -p openlayer-trace-tests --test golden`, then review the
-//! diff against `WIRE.md`.
+//! diff against the official SDK's requests.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -258,7 +258,7 @@ mod nested {
     }
 }
 
-/// The official SDK's request for the same trace (`WIRE.md`, `wire-samples/`).
+/// The official SDK's request for the same trace (as observed).
 const OFFICIAL_NESTED: &str = include_str!("../golden/official/nested_trace.json");
 
 #[test]
@@ -370,7 +370,7 @@ fn rag_trace() {
     let embedding = t.step("embed").expect("the embedding step");
     assert_eq!(embedding["tokens"], 8);
 
-    // The config keys, in WIRE.md's order.
+    // The config keys, in the official SDK's order.
     assert_eq!(
         Json::parse(t.config_json()).keys(),
         [

@@ -406,7 +406,7 @@ fn parse_answer(answer: &str) -> usize {
 }
 
 /// A model call recorded after the fact, with its start back-dated (its latency), after
-/// a step that started later: the children are listed in start order, as WIRE.md has
+/// a step that started later: the children are listed in start order, as the official SDK has
 /// them, not in the order they were recorded.
 #[test]
 fn children_recorded_late_are_listed_in_start_order() {

@@ -149,7 +149,7 @@ fn fails_with_a_row_output() -> Result<String, String> {
 }
 
 /// A trace-level `output` is the row's `output` column (as any trace key is a column); the
-/// root step in `steps` keeps its own output, null when it failed (WIRE.md).
+/// root step in `steps` keeps its own output, null when it failed (as the official SDK sends it).
 #[test]
 fn a_trace_level_output_is_the_row_column_not_the_root_steps() {
     let (_, traces) = testing::capture(|| {

@@ -1,5 +1,6 @@
-//! Bulk publish and bulk update: a CSV file uploaded through a presigned URL, then
-//! registered with the pipeline.
+//! Bulk publish and bulk update: a file (an Arrow IPC stream by default, or CSV, see
+//! `ClientBuilder::bulk_format`) uploaded through a presigned URL, then registered with
+//! the pipeline.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -13,13 +14,15 @@ use crate::export::local_file::{self as localfile, LocalLine};
 use crate::transport::Transport;
 
 impl Client {
-    /// Publishes many rows at once: the rows are written as a CSV file, uploaded through
+    /// Publishes many rows at once: the rows are written as a file in the client's bulk
+    /// format (an Arrow IPC stream with the default `arrow` feature, else CSV; see
+    /// [`ClientBuilder::bulk_format`](crate::ClientBuilder::bulk_format)), uploaded through
     /// a presigned URL (`POST /storage/presigned-url`, then a multipart upload to the
     /// storage), and appended to the pipeline
     /// (`POST /inference-pipelines/{id}/data` with `performDataMerge: false`).
     ///
-    /// Rows are checked as in [`stream_rows`](Self::stream_rows). Arrays and objects go
-    /// into CSV cells as JSON text. In local mode, the rows are appended to the local
+    /// Rows are checked as in [`stream_rows`](Self::stream_rows). In CSV, arrays and
+    /// objects go into cells as JSON text. In local mode, the rows are appended to the local
     /// file as data-stream lines instead.
     ///
     /// The registration is not sent again after a server error or a lost answer (the

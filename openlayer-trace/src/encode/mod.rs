@@ -354,7 +354,7 @@ fn encode_into<R>(
         s.push('"');
     });
     // A trace-level `output` (`update_current_trace!(output = ..)`) is the row's `output`
-    // column; the root step in `steps` keeps its own (WIRE.md: trace keys are row columns,
+    // column; the root step in `steps` keeps its own (the official SDK: trace keys are row columns,
     // and a failed step's output is null).
     let trace_output = st
         .columns()

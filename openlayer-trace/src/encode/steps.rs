@@ -181,7 +181,7 @@ impl<'a> Tree<'a> {
         out.push_str(",\"output\":");
         let output = match root {
             Some(root) => root.output,
-            // A failed step's output is null (WIRE.md), as the root's is, even when one
+            // A failed step's output is null (as the official SDK sends it), as the root's is, even when one
             // was logged before it failed.
             None if matches!(rec.status, Status::Ok | Status::Cancelled) => {
                 self.trace.state.output(rec)
