@@ -817,6 +817,7 @@ mod tests {
             status,
             message: "m".into(),
             request: "POST x".into(),
+            retry_after: None,
         };
         for status in [200, 400, 413, 422] {
             assert!(refused(&api(status)), "{status}");

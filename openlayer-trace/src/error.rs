@@ -34,6 +34,10 @@ pub enum Error {
         message: String,
         /// The request that failed, as `METHOD /path?query`.
         request: String,
+        /// How long the server asked to wait before another try (its `Retry-After`),
+        /// when it said. A wait longer than the client's own (60 s) is not waited out in
+        /// the call: the error is returned at once, and this says when to try again.
+        retry_after: Option<std::time::Duration>,
     },
 
     /// The request could not be completed (connection refused, reset, timeout, TLS, ...).

@@ -68,6 +68,7 @@ fn api_error(err: &Error) -> (u16, &str, &str) {
         status,
         message,
         request,
+        ..
     } = err
     else {
         panic!("expected Error::Api, got {err:?}");
@@ -745,6 +746,45 @@ async fn load_or_create_looks_again_after_a_creation_it_did_not_hear_back_from()
             .count();
         assert_eq!(posts, 1, "after a {status}");
     }
+}
+
+#[tokio::test]
+async fn a_wait_longer_than_a_call_waits_is_returned_not_hammered() {
+    // A 429 asking for two minutes: the creation is not sent again within the call, and
+    // the error says when to try again.
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/projects"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"items": []})))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/projects"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "120"))
+        .mount(&server)
+        .await;
+    let started = std::time::Instant::now();
+    let err = client(&server)
+        .load_or_create_inference_pipeline("Chatbot", "production", TaskType::LlmBase)
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let Error::Api {
+        status,
+        retry_after,
+        ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(*status, 429);
+    assert_eq!(*retry_after, Some(std::time::Duration::from_secs(120)));
+    let posts = requests(&server)
+        .await
+        .iter()
+        .filter(|r| r.method.as_str() == "POST")
+        .count();
+    assert_eq!(posts, 1, "the server asked for two minutes");
 }
 
 #[tokio::test]

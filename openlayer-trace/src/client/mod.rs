@@ -716,6 +716,7 @@ impl List {
             status: 200,
             message,
             request: describe(&self.request(page, per_page)),
+            retry_after: None,
         }
     }
 }
@@ -793,6 +794,14 @@ where
         if !uncertain {
             return Err(error);
         }
+        let asked = match &error {
+            Error::Api { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        if asked.is_some_and(|w| w > crate::transport::MAX_RETRY_AFTER) {
+            // The server asked for a longer wait than a call waits: not sooner.
+            return find().await?.ok_or(error);
+        }
         if retries >= t.max_retries() {
             // One last look: the creation may have gone through after all.
             return find().await?.ok_or(error);
@@ -802,7 +811,7 @@ where
             error = %error,
             "creation failed; looking again before another try"
         );
-        tokio::time::sleep(t.backoff(retries, None)).await;
+        tokio::time::sleep(t.backoff(retries, asked)).await;
         retries += 1;
     }
 }
@@ -846,6 +855,7 @@ pub(super) fn check_success(req: &ApiRequest, resp: ApiResponse) -> Result<(), E
             status: resp.status,
             message,
             request: describe(req),
+            retry_after: None,
         });
     }
     Ok(())

@@ -269,6 +269,7 @@ pub(crate) async fn upload(
                     status: code,
                     message,
                     request: request.clone(),
+                    retry_after: None,
                 };
                 (error, matches!(code, 408 | 429) || status.is_server_error())
             }

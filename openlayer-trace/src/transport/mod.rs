@@ -43,8 +43,9 @@ pub(crate) const USER_AGENT: &str =
 
 /// The longest computed backoff (before jitter).
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
-/// The longest server-requested wait that is honoured; longer ones are ignored.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// The longest server-requested wait a request waits out before trying again; with a
+/// longer one it gives up at once (the error carries the wait, `Error::Api::retry_after`).
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Most bytes of a server message kept in an error.
 const MAX_MESSAGE_BYTES: usize = 1024;
 /// How long an idle pooled connection is kept.
@@ -445,6 +446,7 @@ impl Transport {
             status,
             message: self.redact(server_message(status, &body)),
             request,
+            retry_after,
         };
         let retryable = if self.inner.protobuf {
             is_retryable_otlp_status(status)

@@ -164,6 +164,7 @@ async fn unauthorized_is_surfaced_once_with_the_server_message() {
             status,
             message,
             request,
+            ..
         } => {
             assert_eq!(status, 401);
             assert_eq!(message, "Invalid API key");

@@ -28,6 +28,7 @@ fn errors_are_classified_like_the_transport_retries_them() {
         status,
         message: String::new(),
         request: String::new(),
+        retry_after: None,
     };
     for status in [400, 413, 422] {
         assert!(matches!(classify(&api(status)), Class::Rejected(Some(s)) if s == status));
