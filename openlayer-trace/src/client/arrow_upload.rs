@@ -10,8 +10,9 @@ use std::sync::Arc;
 use arrow_array::builder::StringBuilder;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    Date32Type, Date64Type, TimestampMicrosecondType, TimestampMillisecondType,
-    TimestampNanosecondType, TimestampSecondType,
+    ArrowPrimitiveType, Date32Type, Date64Type, Float16Type, Float32Type, Float64Type,
+    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    TimestampSecondType,
 };
 use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_ipc::writer::StreamWriter;
@@ -566,7 +567,9 @@ fn id_column(name: &str, array: &dyn Array, first_row: u64) -> Result<ArrayRef, 
             array.data_type()
         )));
     }
-    if let Some(i) = (0..array.len()).find(|&i| array.is_null(i)) {
+    // The logical nulls: a dictionary's null value behind a valid key is null too.
+    let nulls = array.logical_nulls();
+    if let Some(i) = (0..array.len()).find(|&i| nulls.as_ref().is_some_and(|n| n.is_null(i))) {
         return Err(bad_row(i, "no inference id (null)"));
     }
     if array.data_type() == &DataType::Utf8 {
@@ -627,6 +630,11 @@ fn convert(name: &str, array: &dyn Array) -> Result<Option<ArrayRef>, Error> {
             let a = array.as_primitive::<Date64Type>();
             seconds(&|i| a.value(i).div_euclid(1000))
         }
+        // NaN and infinities are not numbers the platform can aggregate (and JSON has
+        // none): null, as the local file and the official SDK have them.
+        DataType::Float16 => return Ok(finite::<Float16Type>(array, |v| v.is_finite())),
+        DataType::Float32 => return Ok(finite::<Float32Type>(array, f32::is_finite)),
+        DataType::Float64 => return Ok(finite::<Float64Type>(array, f64::is_finite)),
         DataType::Utf8View => Arc::new(StringArray::from_iter(array.as_string_view().iter())),
         DataType::Dictionary(_, v)
             if matches!(
@@ -652,6 +660,21 @@ fn convert(name: &str, array: &dyn Array) -> Result<Option<ArrayRef>, Error> {
         _ => return Ok(None),
     };
     Ok(Some(out))
+}
+
+/// A float column with its non-finite values made null, when it has any (else `None`: it
+/// is uploaded as it is).
+fn finite<T: ArrowPrimitiveType>(
+    array: &dyn Array,
+    is_finite: impl Fn(T::Native) -> bool,
+) -> Option<ArrayRef> {
+    let a = array.as_primitive::<T>();
+    if a.iter().flatten().all(&is_finite) {
+        return None;
+    }
+    let kept: arrow_array::PrimitiveArray<T> =
+        a.iter().map(|v| v.filter(|v| is_finite(*v))).collect();
+    Some(Arc::new(kept))
 }
 
 /// A `Utf8` column of `text(value)` for each non-null value.

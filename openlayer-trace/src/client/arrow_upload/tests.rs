@@ -80,3 +80,70 @@ fn ids_are_text_and_bad_ids_name_their_row() {
         "{e}"
     );
 }
+
+#[test]
+fn non_finite_floats_are_uploaded_as_null() {
+    let check = Check {
+        id_column: None,
+        required: vec![],
+    };
+    let b = batch(vec![
+        (
+            "latency",
+            Arc::new(Float64Array::from(vec![
+                Some(1.5),
+                Some(f64::NAN),
+                None,
+                Some(f64::INFINITY),
+            ])) as ArrayRef,
+        ),
+        (
+            "score",
+            Arc::new(arrow_array::Float32Array::from(vec![
+                f32::NEG_INFINITY,
+                0.25,
+                1.0,
+                2.0,
+            ])),
+        ),
+        (
+            "clean",
+            Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0, 4.0])),
+        ),
+    ]);
+    let out = prepare(&b, &check, 0).unwrap();
+    let latency = out
+        .column(0)
+        .as_primitive::<arrow_array::types::Float64Type>();
+    assert_eq!(
+        latency.iter().collect::<Vec<_>>(),
+        [Some(1.5), None, None, None]
+    );
+    let score = out
+        .column(1)
+        .as_primitive::<arrow_array::types::Float32Type>();
+    assert_eq!(
+        score.iter().collect::<Vec<_>>(),
+        [None, Some(0.25), Some(1.0), Some(2.0)]
+    );
+    assert_eq!(out.column(2).null_count(), 0);
+}
+
+#[test]
+fn a_null_value_behind_a_dictionary_key_is_no_id() {
+    let check = Check {
+        id_column: Some("id"),
+        required: vec![],
+    };
+    // Keys all valid; the second points at a null value.
+    let values = StringArray::from(vec![Some("a"), None]);
+    let keys = Int32Array::from(vec![0, 1]);
+    let ids = arrow_array::DictionaryArray::<arrow_array::types::Int32Type>::try_new(
+        keys,
+        Arc::new(values),
+    )
+    .unwrap();
+    let b = batch(vec![("id", Arc::new(ids) as ArrayRef)]);
+    let e = prepare(&b, &check, 0).unwrap_err().to_string();
+    assert!(e.contains("row 1: no inference id (null)"), "{e}");
+}
