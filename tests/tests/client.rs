@@ -228,6 +228,29 @@ async fn get_and_delete_row_address_the_id_as_a_path_segment() {
     }
 }
 
+/// A delete whose answer was lost (a 502 after the row went) and whose retry finds
+/// nothing has done what was asked; a 404 on the first attempt is still an error.
+#[tokio::test]
+async fn a_delete_retried_after_it_went_through_is_not_an_error() {
+    let server = MockServer::start().await;
+    Mock::given(method("DELETE"))
+        .and(path(pipeline_path("rows/gone")))
+        .respond_with(ResponseTemplate::new(502))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("DELETE"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&server)
+        .await;
+    let c = client(&server);
+    c.delete_row(PIPELINE, "gone").await.unwrap();
+    assert_eq!(requests(&server).await.len(), 2);
+    let e = c.delete_row(PIPELINE, "never-there").await.unwrap_err();
+    assert_eq!(api_error(&e).0, 404);
+}
+
 /// An id of `.` or `..` would be a dot segment, which URL parsing resolves: `rows/..`
 /// would address the pipeline itself. Refused before anything is sent, wherever it is
 /// in the path (an inference id, a pipeline id); `%2e` stays an id of its own.

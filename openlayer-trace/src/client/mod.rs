@@ -279,7 +279,8 @@ impl Client {
     }
 
     /// Deletes the row with `inference_id` (`DELETE .../rows/{inferenceId}`). Needs an
-    /// API key.
+    /// API key. A 404 on a retry (the first attempt's answer was lost, and the row may
+    /// have gone with it) counts as deleted; a 404 on the first attempt is an error.
     pub async fn delete_row(&self, pipeline_id: &str, inference_id: &str) -> Result<(), Error> {
         let t = self.remote("delete_row")?;
         require_id("pipeline id", pipeline_id)?;
@@ -290,7 +291,11 @@ impl Client {
             query: Vec::new(),
             body: None,
         };
-        send(t, &req).await.map(drop)
+        let outcome = t.send(&req, None).await;
+        match outcome.result {
+            Err(Error::Api { status: 404, .. }) if outcome.retries > 0 => Ok(()),
+            r => r.map(drop),
+        }
     }
 
     // ---- streamed rows -------------------------------------------------------------
