@@ -690,3 +690,105 @@ fn a_span_another_layer_poisoned_never_panics_into_traced_code() {
     assert!(reached);
     assert_eq!(named(&traces, "healthy").root()["inputs"]["x"], 1);
 }
+
+/// `tracing` lets spans exit in any order: a span exited before one entered after it
+/// leaves that one current, and once both have exited the thread is back where it was.
+#[test]
+fn spans_exited_out_of_order_leave_the_position_where_it_was() {
+    // Within one trace: a step made after both exited goes under the root, not under a
+    // closed span's step.
+    let (_, traces) = run(|| {
+        let root = tracing::info_span!("root");
+        let _root = root.enter();
+        let a = tracing::info_span!("a").entered();
+        let b = tracing::info_span!("b").entered();
+        drop(a);
+        inner_traced(1); // still inside `b`
+        drop(b);
+        inner_traced(2);
+    });
+    assert_eq!(traces.len(), 1, "{traces:?}");
+    assert_eq!(tree(&traces[0]), "root(a(b(inner_traced)), inner_traced)");
+
+    // Across two traces: the thread does not stay in the first trace once it completed
+    // (every later step on it would be refused).
+    let (_, traces) = run(|| {
+        let second = tracing::info_span!("second");
+        let first = tracing::info_span!("first").entered();
+        let second = second.entered();
+        drop(first);
+        drop(second);
+        inner_traced(3);
+    });
+    let mut roots: Vec<String> = traces.iter().map(tree).collect();
+    roots.sort();
+    assert_eq!(roots, ["first", "inner_traced", "second"], "{traces:?}");
+}
+
+/// Two layers in one subscriber (a library's and the application's) that both select a
+/// span: one step, and no panic in the code making the span.
+#[test]
+fn two_layers_selecting_one_span_make_one_step() {
+    let subscriber = Registry::default()
+        .with(tracing_layer())
+        .with(tracing_layer().with_targets([module_path!().to_string()]));
+    let (_, traces) = tracing::subscriber::with_default(subscriber, || {
+        testing::capture(|| {
+            let span = tracing::info_span!("chat", "gen_ai.operation.name" = "chat");
+            let _e = span.enter();
+            inner_traced(1);
+        })
+    });
+    assert_eq!(traces.len(), 1, "{traces:?}");
+    assert_eq!(tree(&traces[0]), "chat(inner_traced)");
+}
+
+#[tracing::instrument(ret)]
+fn joined_emoji() -> String {
+    "👩\u{200d}💻 \"quoted\"\tand\u{1b}[0m".into()
+}
+
+#[tracing::instrument(ret(Display))]
+fn displayed_null() -> String {
+    "null".into()
+}
+
+#[tracing::instrument(ret)]
+fn listed() -> Vec<u32> {
+    vec![1, 2]
+}
+
+/// `#[instrument(ret)]` records the value's `Debug` text: a string comes back as that
+/// string whatever Rust escaped in it, and a `Display` text is never taken for `null`.
+#[test]
+fn returned_strings_keep_their_text() {
+    let (_, traces) = run(|| {
+        let span = tracing::info_span!("outer");
+        let _e = span.enter();
+        joined_emoji();
+        displayed_null();
+        listed();
+    });
+    let t = &traces[0];
+    assert_eq!(
+        t.step("joined_emoji").unwrap()["output"],
+        "👩\u{200d}💻 \"quoted\"\tand\u{1b}[0m"
+    );
+    assert_eq!(t.step("displayed_null").unwrap()["output"], "null");
+    assert_eq!(t.step("listed").unwrap()["output"], json!([1, 2]));
+}
+
+/// Token counts near the integer's end add up without overflowing in the span's close.
+#[test]
+fn huge_token_counts_do_not_overflow() {
+    let (_, traces) = run(|| {
+        let _span = tracing::info_span!(
+            "chat",
+            "gen_ai.operation.name" = "chat",
+            "gen_ai.usage.input_tokens" = i64::MAX,
+            "gen_ai.usage.output_tokens" = 1
+        );
+    });
+    assert_eq!(traces.len(), 1);
+    assert_eq!(traces[0].root()["tokens"], i64::MAX);
+}

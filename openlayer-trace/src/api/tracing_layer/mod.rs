@@ -256,6 +256,15 @@ where
         let Some(span) = ctx.span(id) else {
             return;
         };
+        // A second layer in the same subscriber (a library and the application each
+        // adding one) selecting the same span: it is one step, made by the first (a
+        // second `insert` would panic in the code making the span). Unreadable
+        // extensions (poisoned, see below): the step is made, and closes at once.
+        if crate::util::panic::caught(|| span.extensions().get::<SpanStep>().is_some())
+            .unwrap_or(false)
+        {
+            return;
+        }
         let meta = attrs.metadata();
         // A span whose fields are all plain arguments (the usual `#[instrument]` span) has
         // them written straight into its step's inputs, and only if the step is recorded.
@@ -327,7 +336,9 @@ where
             }
         }
         // Poisoned (see above): the step is dropped, and closes at once.
-        if let Some(mut ext) = crate::util::panic::caught(|| span.extensions_mut()) {
+        if let Some(mut ext) = crate::util::panic::caught(|| span.extensions_mut())
+            && ext.get_mut::<SpanStep>().is_none()
+        {
             ext.insert(step);
         }
     }
@@ -416,7 +427,9 @@ where
         let entered = crate::util::panic::caught(|| {
             let ext = span.extensions();
             let open = ext.get::<SpanStep>().and_then(|s| s.handle.open_step())?;
-            Some(context::enter_ref(&open.trace, open.idx))
+            // Not `enter_ref`: each saved position names its trace, so that one can be
+            // handed to the span entered after it when this one exits first (`on_exit`).
+            Some(context::enter((*open.trace).clone(), open.idx))
         });
         let Some(Some(entered)) = entered else {
             return;
@@ -430,8 +443,16 @@ where
             .try_with(|e| {
                 let mut e = e.borrow_mut();
                 let at = e.iter().rposition(|(i, _, _)| i == id)?;
-                let (_, entered, unwinding) = e.remove(at);
-                Some((entered, unwinding))
+                let (_, mut entered, unwinding) = e.remove(at);
+                if let Some(above) = e.get_mut(at) {
+                    // Exited before a span entered after it (`tracing` allows any order):
+                    // that one stays current, and when it exits the position goes back
+                    // to what it was before this one was entered. What it saved (this
+                    // span's position) is let go.
+                    std::mem::swap(&mut above.1, &mut entered);
+                    return Some((None, unwinding));
+                }
+                Some((Some(entered), unwinding))
             })
             .ok()
             .flatten();
@@ -453,7 +474,9 @@ where
                     }
                 });
             }
-            context::exit(entered);
+            if let Some(entered) = entered {
+                context::exit(entered);
+            }
         }
     }
 

@@ -177,7 +177,7 @@ impl Gathered {
             .total_tokens
             .or(match (self.prompt_tokens, self.completion_tokens) {
                 (None, None) => None,
-                (p, c) => Some(p.unwrap_or(0) + c.unwrap_or(0)),
+                (p, c) => Some(p.unwrap_or(0).saturating_add(c.unwrap_or(0))),
             });
         if let Some(t) = total {
             h.metadata("tokens", &t);
@@ -200,13 +200,67 @@ impl Gathered {
     }
 }
 
-/// A value recorded with `?` (as `#[instrument(ret)]` does): its JSON when the `Debug` text
-/// is JSON (numbers, booleans, quoted strings), else the text.
+/// A value recorded with `?` (as `#[instrument(ret)]` does): a string's `Debug` text
+/// (quoted, with Rust's escapes such as `\u{200d}`) as that string; a number, a boolean,
+/// a list or a map whose text is JSON as that JSON; anything else (a `null` included,
+/// which only a `Display` text would be) as the text.
 pub(super) fn debug_value(v: FieldValue) -> Value {
     match v {
-        FieldValue::Str(s) => serde_json::from_str(&s).unwrap_or(Value::String(s)),
+        FieldValue::Str(s) => {
+            if s.len() >= 2
+                && s.starts_with('"')
+                && s.ends_with('"')
+                && let Some(text) = unescape_debug(&s[1..s.len() - 1])
+            {
+                return Value::String(text);
+            }
+            match serde_json::from_str::<Value>(&s) {
+                Ok(
+                    v @ (Value::Number(_) | Value::Bool(_) | Value::Array(_) | Value::Object(_)),
+                ) => v,
+                _ => Value::String(s),
+            }
+        }
         other => serde_json::to_value(other).unwrap_or(Value::Null),
     }
+}
+
+/// The string whose `Debug` text (without its quotes) is `s`: `None` when `s` is not one
+/// (an unescaped quote, an unknown escape).
+fn unescape_debug(s: &str) -> Option<String> {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return None,
+            '\\' => out.push(match chars.next()? {
+                'n' => '\n',
+                'r' => '\r',
+                't' => '\t',
+                '0' => '\0',
+                '\\' => '\\',
+                '"' => '"',
+                '\'' => '\'',
+                'u' => {
+                    if chars.next()? != '{' {
+                        return None;
+                    }
+                    let mut hex = String::new();
+                    loop {
+                        match chars.next()? {
+                            '}' => break,
+                            h if h.is_ascii_hexdigit() && hex.len() < 6 => hex.push(h),
+                            _ => return None,
+                        }
+                    }
+                    char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?
+                }
+                _ => return None,
+            }),
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }
 
 /// Replaces the inputs of the handle's step.
