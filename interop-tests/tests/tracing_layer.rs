@@ -792,3 +792,41 @@ fn huge_token_counts_do_not_overflow() {
     assert_eq!(traces.len(), 1);
     assert_eq!(traces[0].root()["tokens"], i64::MAX);
 }
+
+/// A span given an explicit parent nests under that parent's step, even while a child of
+/// that parent is entered.
+#[test]
+fn an_explicit_parent_is_the_steps_parent() {
+    let (_, traces) = run(|| {
+        let p = tracing::info_span!("p");
+        let _p = p.enter();
+        let c = tracing::info_span!("c");
+        let _c = c.enter();
+        drop(tracing::info_span!(parent: &p, "explicit"));
+        drop(tracing::info_span!("contextual"));
+    });
+    assert_eq!(traces.len(), 1, "{traces:?}");
+    assert_eq!(tree(&traces[0]), "p(c(contextual), explicit)");
+}
+
+/// `otel.name` and the GenAI operation recorded after the span was created (declared
+/// `Empty`, as tracing-opentelemetry allows) rename the step and give it its kind.
+#[test]
+fn a_name_and_operation_recorded_later_apply() {
+    let (_, traces) = run(|| {
+        let span = tracing::info_span!(
+            "request",
+            "otel.name" = Empty,
+            "gen_ai.operation.name" = Empty,
+            "gen_ai.request.model" = Empty
+        );
+        span.record("otel.name", "chat gpt-4o");
+        span.record("gen_ai.operation.name", "chat");
+        span.record("gen_ai.request.model", "gpt-4o");
+    });
+    assert_eq!(traces.len(), 1, "{traces:?}");
+    let root = traces[0].root();
+    assert_eq!(root["name"], "chat gpt-4o", "{root}");
+    assert_eq!(root["type"], "chat_completion", "{root}");
+    assert_eq!(root["model"], "gpt-4o", "{root}");
+}

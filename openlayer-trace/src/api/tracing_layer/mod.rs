@@ -6,9 +6,11 @@
 //! (such as a crate's `#[instrument]` spans). The selection is a per-layer filter: spans the
 //! layer does not select stay visible to every other layer of the subscriber.
 //!
-//! A selected span opens a step when it is created: under the step current on this thread
-//! (a `#[trace]` function, or another selected span that is entered), else under the step
-//! of its nearest selected ancestor span, else as the root of a new trace. While the span is
+//! A selected span opens a step when it is created: under the step of its nearest selected
+//! ancestor span, or under a step current on this thread below that one (a `#[trace]`
+//! function called inside the ancestor); a span given an explicit `parent:` always goes
+//! under that parent's step. Without a selected ancestor, it goes under the step current on
+//! this thread (a `#[trace]` function), else it is the root of a new trace. While the span is
 //! entered (also across `.await`, through `Instrument`), its step is current, so that
 //! `#[trace]` functions called inside nest under it. The step ends when the span closes.
 //!
@@ -292,6 +294,10 @@ where
             crate::util::panic::caught(|| {
                 let ext = p.extensions();
                 let anc = ext.get::<SpanStep>()?.handle.open_step()?;
+                if attrs.parent().is_some() {
+                    // An explicit parent: its step, whatever is current here.
+                    return Some(((*anc.trace).clone(), anc.idx));
+                }
                 ancestor_position(anc)
             })
             .flatten()

@@ -1,6 +1,8 @@
 //! The step of a selected span: what the layer keeps in the span's extensions, and how the
 //! span's fields land on the step.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use super::fields::{FieldValue, is_attribute};
@@ -57,6 +59,25 @@ impl SpanStep {
     /// created is an input (already recorded), later it is metadata.
     pub(super) fn apply(&mut self, key: &'static str, value: FieldValue, at_start: bool) {
         match key {
+            // Read when the span was created (`on_new_span`); recorded later (declared
+            // `Empty`, as tracing-opentelemetry allows), they rename the step and give a
+            // plain step its kind.
+            "otel.name" if !at_start => {
+                let name = value.text();
+                with_record(&self.handle, |rec| rec.name = Cow::Owned(name));
+            }
+            "gen_ai.operation.name" | "openinference.span.kind"
+                if !at_start && self.kind == StepKind::UserCall =>
+            {
+                let text = value.text();
+                let kind = if key == "gen_ai.operation.name" {
+                    genai::kind_of_operation(&text)
+                } else {
+                    genai::kind_of_openinference(&text)
+                };
+                self.kind = kind;
+                with_record(&self.handle, |rec| rec.kind = kind);
+            }
             "otel.name" | "otel.kind" | "gen_ai.operation.name" | "openinference.span.kind" => {}
             "otel.status_code" => {
                 self.gathered().status_error = value
@@ -261,6 +282,17 @@ fn unescape_debug(s: &str) -> Option<String> {
         }
     }
     Some(out)
+}
+
+/// Runs `f` on the record of the handle's step, when recorded.
+fn with_record(h: &StepHandle, f: impl FnOnce(&mut crate::record::StepRecord)) {
+    let Some(open) = h.open_step() else {
+        return;
+    };
+    let mut st = open.trace.lock();
+    if let Some(rec) = st.steps.get_mut(open.idx as usize) {
+        f(rec);
+    }
 }
 
 /// Replaces the inputs of the handle's step.
