@@ -255,7 +255,8 @@ impl Config {
         Config::builder().build()
     }
 
-    fn env_defaults() -> Config {
+    /// The environment's values, not yet checked (see [`ConfigBuilder::build`]).
+    pub(crate) fn env_defaults() -> Config {
         let mut c = Config {
             api_key: env_var("OPENLAYER_API_KEY").map(ApiKey::new),
             inference_pipeline_id: env_var("OPENLAYER_INFERENCE_PIPELINE_ID"),

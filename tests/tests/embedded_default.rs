@@ -170,6 +170,18 @@ fn child() {
             }));
             assert_eq!(traces[0].row()["context"], "documents");
         }
+        // A base URL in the environment without its scheme, and an OTLP endpoint the
+        // client does not use: an explicit URL replaces the first, the second is no
+        // error; with neither fixed, `build` names the bad URL.
+        "client_env" => {
+            let client = openlayer_trace::Client::builder()
+                .base_url("http://127.0.0.1:9/v1")
+                .build()
+                .unwrap();
+            assert!(!client.is_local(), "the key from the environment is kept");
+            let e = openlayer_trace::Client::builder().build().unwrap_err();
+            assert!(e.to_string().contains("api.openlayer.com/v1"), "{e}");
+        }
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -278,6 +290,18 @@ fn values_from_the_environment_are_trimmed() {
             ("OPENLAYER_BASE_URL", Path::new("http://127.0.0.1:9/v1\r")),
             ("OPENLAYER_TRACE_FILE", &dir.join("crlf.jsonl\r")),
             ("OPENLAYER_SPOOL_DIR", &dir.join("crlf-spool\r")),
+        ],
+    );
+}
+
+#[test]
+fn the_clients_explicit_settings_replace_bad_environment_values() {
+    run_child(
+        "client_env",
+        &[
+            ("OPENLAYER_API_KEY", Path::new("sk-env")),
+            ("OPENLAYER_BASE_URL", Path::new("api.openlayer.com/v1")),
+            ("OPENLAYER_OTLP_ENDPOINT", Path::new("collector:4318")),
         ],
     );
 }

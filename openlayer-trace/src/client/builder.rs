@@ -12,7 +12,6 @@ use crate::error::Error;
 #[must_use]
 pub struct ClientBuilder {
     config: Config,
-    error: Option<Error>,
     bulk_format: BulkFormat,
     bulk_max_bytes: usize,
 }
@@ -28,10 +27,9 @@ impl fmt::Debug for ClientBuilder {
 }
 
 impl ClientBuilder {
-    pub(super) fn new(config: Config, error: Option<Error>) -> ClientBuilder {
+    pub(super) fn new(config: Config) -> ClientBuilder {
         ClientBuilder {
             config,
-            error,
             bulk_format: BulkFormat::default(),
             bulk_max_bytes: Client::BULK_MAX_BYTES,
         }
@@ -40,7 +38,6 @@ impl ClientBuilder {
     /// Starts over from `config` (the environment and earlier settings are dropped).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
-        self.error = None;
         self
     }
     /// The API key. Without one the client runs in local mode.
@@ -108,9 +105,6 @@ impl ClientBuilder {
 
     /// Checks the settings and builds the client.
     pub fn build(self) -> Result<Client, Error> {
-        if let Some(e) = self.error {
-            return Err(e);
-        }
         let base = self.config.base_url.trim();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Error::Config(format!(

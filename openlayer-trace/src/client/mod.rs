@@ -183,10 +183,10 @@ impl Client {
     /// assert!(!client.is_local());
     /// ```
     pub fn builder() -> ClientBuilder {
-        match Config::from_env() {
-            Ok(config) => ClientBuilder::new(config, None),
-            Err(e) => ClientBuilder::new(Config::default(), Some(e)),
-        }
+        // Checked in `build`, after the explicit settings: a bad value in the
+        // environment that an explicit one replaces is no error (and an OTLP endpoint,
+        // which the client does not use, is not checked at all).
+        ClientBuilder::new(Config::env_defaults())
     }
 
     /// Whether the client runs in local mode (no API key): data goes to the local file.
