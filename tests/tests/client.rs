@@ -1357,17 +1357,28 @@ async fn a_failed_upload_is_retried_like_api_requests() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/storage/bucket"))
-        .respond_with(ResponseTemplate::new(503).set_body_string("slow down"))
+        .respond_with(
+            ResponseTemplate::new(503)
+                .set_body_string("slow down")
+                .insert_header("retry-after", "1"),
+        )
         .up_to_n_times(1)
         .expect(1)
         .mount(&server)
         .await;
     // then the usual storage (answering 204), presigned URL and /data
     mount_bulk(&server, 204).await;
+    let started = std::time::Instant::now();
     client(&server)
         .publish_batch(PIPELINE, &LlmConfig::new("o"), &[json!({"o": "x"})])
         .await
         .unwrap();
+    // The storage's Retry-After is honoured, as an API request's is.
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     let paths: Vec<String> = requests(&server)
         .await
         .iter()
@@ -1382,6 +1393,33 @@ async fn a_failed_upload_is_retried_like_api_requests() {
             pipeline_path("data"),
         ]
     );
+}
+
+#[tokio::test]
+async fn a_storage_wait_longer_than_a_call_waits_is_returned() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/storage/bucket"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "300"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/storage/presigned-url"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "url": format!("{}/storage/bucket", server.uri()),
+            "storageUri": "s3://bucket/batch.csv",
+            "fields": {}
+        })))
+        .mount(&server)
+        .await;
+    let e = client(&server)
+        .publish_batch(PIPELINE, &LlmConfig::new("o"), &[json!({"o": "x"})])
+        .await
+        .unwrap_err();
+    let text = format!("{e:?}");
+    assert!(text.contains("429"), "{text}");
+    assert!(text.contains("300s"), "the wait is in the error: {text}");
 }
 
 // ---- local mode -------------------------------------------------------------------------

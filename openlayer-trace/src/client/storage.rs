@@ -221,8 +221,8 @@ fn upload_timeout(len: usize, request_timeout: std::time::Duration) -> std::time
 }
 
 /// Uploads the file to the storage, retrying connection errors, timeouts, 408, 429 and
-/// 5xx like API requests (same backoff, same number of retries). The timeout grows with
-/// the body ([`upload_timeout`]).
+/// 5xx like API requests (same backoff, same number of retries, honouring `Retry-After`
+/// up to a minute). The timeout grows with the body ([`upload_timeout`]).
 pub(crate) async fn upload(
     t: &Transport,
     max_retries: u32,
@@ -233,7 +233,7 @@ pub(crate) async fn upload(
     let request = format!("POST {}", redacted(&presigned.url));
     let mut retry = 0;
     loop {
-        let (error, retryable) = match t
+        let (error, retryable, asked) = match t
             .http()
             .post(&presigned.url)
             .header(CONTENT_TYPE, content_type)
@@ -242,17 +242,25 @@ pub(crate) async fn upload(
             .send()
             .await
         {
-            Err(e) => (
-                Error::Transport {
-                    timeout: e.is_timeout(),
-                    message: format!("upload to storage failed: {}", chain(&e.without_url())),
-                    request: request.clone(),
-                },
-                true,
-            ),
+            Err(e) => {
+                // A request that cannot be built (a malformed presigned URL) fails the
+                // same way every time: not retried.
+                let retryable = !e.is_builder();
+                (
+                    Error::Transport {
+                        timeout: e.is_timeout(),
+                        message: format!("upload to storage failed: {}", chain(&e.without_url())),
+                        request: request.clone(),
+                    },
+                    retryable,
+                    None,
+                )
+            }
             Ok(resp) if resp.status().is_success() => return Ok(()),
             Ok(resp) => {
                 let status = resp.status();
+                let asked =
+                    crate::transport::retry_after(resp.headers(), std::time::SystemTime::now());
                 let text = resp.text().await.unwrap_or_default();
                 let mut message = text.trim().to_string();
                 if message.chars().count() > 500 {
@@ -269,15 +277,22 @@ pub(crate) async fn upload(
                     status: code,
                     message,
                     request: request.clone(),
-                    retry_after: None,
+                    retry_after: asked,
                 };
-                (error, matches!(code, 408 | 429) || status.is_server_error())
+                (
+                    error,
+                    matches!(code, 408 | 429) || status.is_server_error(),
+                    asked,
+                )
             }
         };
-        if !retryable || retry >= max_retries {
+        // A wait longer than a request waits is not waited out here (as for API
+        // requests): the error says it.
+        let too_long = asked.is_some_and(|w| w > crate::transport::MAX_RETRY_AFTER);
+        if !retryable || retry >= max_retries || too_long {
             return Err(error);
         }
-        let wait = t.backoff(retry, None);
+        let wait = t.backoff(retry, asked);
         tracing::debug!(
             target: "openlayer_trace",
             error = %error,

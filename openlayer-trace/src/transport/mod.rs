@@ -34,7 +34,8 @@ use tokio::time::Instant;
 use crate::config::{ApiKey, Config};
 use crate::error::Error;
 
-use retry::{jitter, retry_after};
+use retry::jitter;
+pub(crate) use retry::retry_after;
 use tls::tls_config;
 
 /// The `User-Agent` of every request.

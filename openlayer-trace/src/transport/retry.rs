@@ -7,7 +7,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 /// The wait asked for by `retry-after-ms` (milliseconds) or `Retry-After` (seconds, or
 /// an HTTP date), if any.
-pub(super) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let header = |name| {
         headers
             .get(name)
