@@ -69,9 +69,10 @@ pub enum Error {
     /// twice) may have been registered all the same.
     #[error("{source} (after {rows_sent} row(s) in {uploads} upload(s) had been registered)")]
     BulkPartial {
-        /// Rows registered before the failure.
+        /// Rows registered before the failure (in local mode: appended to the local
+        /// file).
         rows_sent: u64,
-        /// Uploads registered before the failure.
+        /// Uploads registered before the failure (0 in local mode).
         uploads: u32,
         /// What failed.
         source: Box<Error>,

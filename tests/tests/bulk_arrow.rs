@@ -538,6 +538,40 @@ async fn local_mode_writes_record_batches_to_the_local_file() {
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.contains("\"label\":null"), "{text}");
     std::fs::remove_file(&file).unwrap();
+
+    // A bad second batch: the first one's rows are in the file, and the error says how
+    // many, so that a rerun does not write them twice.
+    let bad = RecordBatch::try_from_iter([(
+        "inference_id",
+        Arc::new(StringArray::from(vec![Some("inf-x"), None])) as ArrayRef,
+    )])
+    .unwrap();
+    let e = c
+        .update_record_batches(PIPELINE, "inference_id", None, [feedback_batch(0, 3), bad])
+        .await
+        .unwrap_err();
+    match &e {
+        Error::BulkPartial {
+            rows_sent, source, ..
+        } => {
+            assert_eq!(*rows_sent, 3, "{e}");
+            assert!(matches!(**source, Error::InvalidInput(_)), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(local_update_ids(&file).len(), 3);
+    std::fs::remove_file(&file).unwrap();
+    // Failing at the first batch: nothing was written, the error is itself.
+    let bad = RecordBatch::try_from_iter([(
+        "inference_id",
+        Arc::new(StringArray::from(vec![None::<&str>])) as ArrayRef,
+    )])
+    .unwrap();
+    let e = c
+        .update_record_batches(PIPELINE, "inference_id", None, [bad])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
 }
 
 /// The inference ids of the row-update lines of a local file (none if it is absent).

@@ -176,10 +176,13 @@ impl Client {
                 // One call: its batches may rotate the file once, not twice.
                 let mut op = crate::export::local_file::Appends::default();
                 for batch in batches {
-                    let rows = local_rows(&batch?, &check, summary.rows)?;
-                    self.publish_rows(pipeline_id, config, &rows, &mut op)
-                        .await?;
-                    summary.rows += rows.len() as u64;
+                    let appended = async {
+                        let rows = local_rows(&batch?, &check, summary.rows)?;
+                        self.publish_rows(pipeline_id, config, &rows, &mut op)
+                            .await?;
+                        Ok::<_, Error>(rows.len() as u64)
+                    };
+                    summary.rows += appended.await.map_err(|e| partly_local(&summary, e))?;
                 }
                 Ok(summary)
             }
@@ -242,16 +245,19 @@ impl Client {
                 // One call: its batches may rotate the file once, not twice.
                 let mut op = crate::export::local_file::Appends::default();
                 for batch in batches {
-                    let rows = local_rows(&batch?, &check, summary.rows)?;
-                    self.update_rows(
-                        pipeline_id,
-                        inference_id_column,
-                        Some(config.clone()),
-                        &rows,
-                        &mut op,
-                    )
-                    .await?;
-                    summary.rows += rows.len() as u64;
+                    let appended = async {
+                        let rows = local_rows(&batch?, &check, summary.rows)?;
+                        self.update_rows(
+                            pipeline_id,
+                            inference_id_column,
+                            Some(config.clone()),
+                            &rows,
+                            &mut op,
+                        )
+                        .await?;
+                        Ok::<_, Error>(rows.len() as u64)
+                    };
+                    summary.rows += appended.await.map_err(|e| partly_local(&summary, e))?;
                 }
                 Ok(summary)
             }
@@ -591,6 +597,20 @@ fn id_column(name: &str, array: &dyn Array, first_row: u64) -> Result<ArrayRef, 
         b.append_value(id);
     }
     Ok(Arc::new(b.finish()))
+}
+
+/// A local-mode failure after earlier batches were appended to the local file: the rows
+/// already written are said (as [`Error::BulkPartial`] says a remote call's), so that a
+/// rerun does not write them twice.
+fn partly_local(summary: &BulkSummary, e: Error) -> Error {
+    if summary.rows == 0 {
+        return e;
+    }
+    Error::BulkPartial {
+        rows_sent: summary.rows,
+        uploads: 0,
+        source: Box::new(e),
+    }
 }
 
 /// The column as uploaded, when it is not uploaded as it is.
