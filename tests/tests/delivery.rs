@@ -137,6 +137,7 @@ fn child() {
         "write_ahead_update_404" => write_ahead_update_404(),
         "batching" => batching(),
         "no_pipeline" => no_pipeline(),
+        "spool_write_fails" => spool_write_fails(),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -328,6 +329,60 @@ fn refused_without_spool() {
         .map(|f| f.0)
         .sum();
     assert_eq!(told, 30, "{seen:?}");
+}
+
+/// Rows the platform did not take, handed to a spool that cannot be written (no file of
+/// the process may grow): `on_failure` is told they were dropped, and never first that
+/// they were spooled.
+fn spool_write_fails() {
+    let server = TestServer::start();
+    server.go_down();
+    let dir = temp_dir("spool-write-fails");
+    let (seen, on_failure) = failures();
+    let config = base(&server.url())
+        .spool_dir(&dir)
+        .max_retries(0)
+        .on_failure(on_failure)
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    // A spool that can be written: the rows are told as spooled, with the failure,
+    // once the writer has them on disk.
+    let first = produce("spooled", 5);
+    assert!(guard.flush(Duration::from_secs(3)).unwrap().complete);
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!((seen[0].0, seen[0].1), (5, None), "{seen:?}");
+        assert!(seen[0].3.contains("refused"), "{seen:?}");
+        assert_eq!(guard.stats().spooled, 5);
+    }
+    seen.lock().unwrap().clear();
+    // SAFETY: plain calls of the C library, with a valid pointer to a local struct.
+    unsafe {
+        // Writing past the limit fails with EFBIG instead of killing the process.
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim), 0);
+        lim.rlim_cur = 0;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+    }
+    let mut ids = produce("unwritable", 10);
+    let r = guard.shutdown(Duration::from_secs(3)).unwrap();
+    ids.extend(first);
+    outcome("spool_write_fails", &ids, &server, &r.stats);
+    assert_eq!(r.stats.spooled, 5, "{:?}", r.stats);
+    assert_eq!(r.stats.dropped.total(), 10, "{:?}", r.stats);
+    assert_settled(&r.stats);
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.iter().all(|f| f.1.is_some()),
+        "told as spooled, then dropped: {seen:?}"
+    );
+    assert_eq!(seen.iter().map(|f| f.0).sum::<u64>(), 10, "{seen:?}");
 }
 
 /// A server that hangs past every deadline: `flush` and `shutdown` return on time; the
@@ -912,6 +967,11 @@ fn run(scenario: &str) -> std::collections::HashMap<String, String> {
 fn assert_zero_loss(r: &std::collections::HashMap<String, String>) {
     assert_eq!(r["received"], r["produced"], "{r:?}");
     assert_eq!(r["duplicates"], "0", "{r:?}");
+}
+
+#[test]
+fn rows_a_spool_cannot_write_are_told_as_dropped_only() {
+    run("spool_write_fails");
 }
 
 #[test]

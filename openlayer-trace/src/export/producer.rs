@@ -326,7 +326,12 @@ impl Exporter {
             }
             None => {
                 if spool
-                    .send_rows(vec![row], DropReason::QueueFull, Tier::Overflow)
+                    .send_rows(
+                        vec![row],
+                        DropReason::QueueFull,
+                        Tier::Overflow,
+                        crate::export::spool::Tell::Overflowed,
+                    )
                     .is_err()
                 {
                     self.drop_full();
@@ -615,7 +620,12 @@ mod tests {
             inference_id: "spooled-row".into(),
         };
         spool
-            .send_rows(vec![row], DropReason::RetriesExhausted, Tier::Spool)
+            .send_rows(
+                vec![row],
+                DropReason::RetriesExhausted,
+                Tier::Spool,
+                crate::export::spool::Tell::Nothing,
+            )
             .unwrap();
         exporter.enqueue_update(update("spooled-row"));
         let done = Arc::new(Completion::default());

@@ -56,9 +56,9 @@ use crate::export::budget::{Budget, Freed, Tier};
 use crate::export::counted_drops::CountedDrops;
 use crate::export::hold::Hold;
 use crate::export::protocol::Msg;
-use crate::export::spool::Spool;
 use crate::export::spool::replay::ReplayBatch;
 use crate::export::spool::segment::WalRef;
+use crate::export::spool::{Spool, Tell};
 use crate::record::pool::Returns;
 use crate::report::{Counters, DeliveryFailure, DropReason, notify};
 use crate::transport::{SendOutcome, Transport};
@@ -457,11 +457,16 @@ impl Flusher {
             self.schedule_probe();
             return;
         }
+        // Told by the spool writer once on disk (with the traces that overflowed).
         if let Some(s) = &self.spool
-            && s.send_rows(vec![row], DropReason::QueueFull, Tier::Spool)
-                .is_ok()
+            && s.send_rows(
+                vec![row],
+                DropReason::QueueFull,
+                Tier::Spool,
+                Tell::Overflowed,
+            )
+            .is_ok()
         {
-            self.overflow_spooled += 1;
             self.schedule_probe();
             return;
         }
@@ -570,8 +575,8 @@ impl Flusher {
         {
             // The configuration is broken: the rows wait in the spool for the probe.
             let (status, message) = (b.status, b.message.clone());
-            let (spooled, dropped) = self.store(batch, DropReason::Rejected);
-            return self.report_broken(status, &message, spooled, dropped);
+            let s = self.store(batch, DropReason::Rejected, Tell::Nothing);
+            return self.report_broken(status, &message, s.spooled, s.dropped);
         }
         let req = batch.request();
         let deadline = self.shutdown.as_ref().map(|s| s.send_deadline);

@@ -9,8 +9,19 @@ use super::batch::Batch;
 use super::{BROKEN_BACKOFF_FACTOR, BROKEN_REPORT_PERIOD, Broken, Flusher, MAX_BROKEN_BACKOFF};
 use crate::error::Error;
 use crate::export::budget::Tier;
+use crate::export::spool::Tell;
 use crate::report::{DeliveryFailure, DropReason, notify};
 use crate::transport::is_retryable_status;
+
+/// What [`Flusher::store`] did with a batch's rows.
+pub(super) struct Stored {
+    /// Kept: written ahead already, or handed to the spool writer.
+    pub spooled: u64,
+    /// Of which written ahead (on disk already).
+    pub ahead: u64,
+    /// Dropped (no spool, or no room in it), counted as the reason given.
+    pub dropped: u64,
+}
 
 impl Flusher {
     pub(super) fn live_done(&mut self, batch: Batch, result: Result<(), Error>) {
@@ -47,8 +58,8 @@ impl Flusher {
                 }
                 Class::Broken(status) => {
                     self.set_broken(status, &e);
-                    let (spooled, dropped) = self.store(batch, DropReason::Rejected);
-                    self.report_broken(status, &api_message(&e), spooled, dropped);
+                    let s = self.store(batch, DropReason::Rejected, Tell::Nothing);
+                    self.report_broken(status, &api_message(&e), s.spooled, s.dropped);
                 }
                 Class::Deadline => self.give_up(batch, DropReason::Deadline, None, &e),
                 Class::Retryable(status) => {
@@ -87,22 +98,35 @@ impl Flusher {
         e: &Error,
     ) {
         self.replay.down = true;
-        let (spooled, dropped) = self.store(batch, reason);
+        // Rows handed to the spool writer are told as spooled by it, once on disk (if it
+        // cannot write them, it tells their drop instead); those written ahead are on
+        // disk already, and told here.
+        let tell = Tell::Failure {
+            status,
+            message: e.to_string(),
+        };
+        let Stored {
+            spooled,
+            ahead,
+            dropped,
+        } = self.store(batch, reason, tell);
         let what = match reason {
             DropReason::Deadline => "the shutdown deadline passed",
             _ => "retries are exhausted",
         };
         if spooled > 0 {
             crate::util::diag::warn_limited!(rows = spooled, error = %e, "{what}; rows spooled");
-            notify(
-                self.on_failure.as_ref(),
-                DeliveryFailure {
-                    rows: spooled,
-                    dropped: None,
-                    status,
-                    message: e.to_string(),
-                },
-            );
+            if ahead > 0 {
+                notify(
+                    self.on_failure.as_ref(),
+                    DeliveryFailure {
+                        rows: ahead,
+                        dropped: None,
+                        status,
+                        message: e.to_string(),
+                    },
+                );
+            }
             self.schedule_probe();
         }
         if dropped > 0 {
@@ -120,9 +144,9 @@ impl Flusher {
     }
 
     /// Keeps the rows of a batch that is not delivered now in the spool (written-ahead
-    /// rows simply stay there), or drops them as `reason`; settles them here. Returns
-    /// (spooled, dropped).
-    pub(super) fn store(&mut self, batch: Batch, reason: DropReason) -> (u64, u64) {
+    /// rows simply stay there), or drops them as `reason`; settles them here. The spool
+    /// writer tells `tell` about the rows it is handed, once they are on disk.
+    pub(super) fn store(&mut self, batch: Batch, reason: DropReason, tell: Tell) -> Stored {
         let n = batch.rows.len() as u64;
         let ids: Vec<String> = batch.rows.iter().map(|r| r.inference_id.clone()).collect();
         // Released before the rows go to the spool writer, which counts them again.
@@ -151,7 +175,7 @@ impl Flusher {
         let mut dropped = 0;
         if !rows.is_empty() {
             let rest = match &self.spool {
-                Some(s) => s.send_rows(rows, reason, self.spool_tier()).err(),
+                Some(s) => s.send_rows(rows, reason, self.spool_tier(), tell).err(),
                 None => Some(rows),
             };
             if let Some(rest) = rest {
@@ -163,7 +187,11 @@ impl Flusher {
         for id in &ids {
             self.row_settled(id);
         }
-        (n - dropped, dropped)
+        Stored {
+            spooled: n - dropped,
+            ahead,
+            dropped,
+        }
     }
 
     /// Enters (or stays in) the broken-configuration state: replay stops, and only the

@@ -74,12 +74,30 @@ use segment::{Index, LiveSeg, Segment, WaWriter, WalRef};
 /// Most `inferenceId`s of spooled rows remembered (see `Spool::held_ids`).
 const MAX_HELD_IDS: usize = 200_000;
 
+/// What the spool writer tells `on_failure` once rows it was handed are written and
+/// synced (nothing when it could not write them: it tells their drop instead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Tell {
+    /// Nothing: the caller tells (or reports in aggregate).
+    Nothing,
+    /// Rows that overflowed the queue: told with the traces that did.
+    Overflowed,
+    /// Rows the platform did not take: told as spooled, with the failure.
+    Failure {
+        /// The HTTP status, when the server answered.
+        status: Option<u16>,
+        /// The error.
+        message: String,
+    },
+}
+
 /// Work for the spool writer thread.
 pub(crate) enum Job {
     /// A trace that overflowed the queue (still to be encoded).
     Trace(Box<CompletedTrace>, usize),
-    /// Rows to keep, and the reason to count if they cannot be written.
-    Rows(Vec<OutRow>, DropReason, usize),
+    /// Rows to keep, the reason to count if they cannot be written, and what to tell
+    /// once they are on disk.
+    Rows(Vec<OutRow>, DropReason, usize, Tell),
     /// Row updates to keep (their pipeline resolved), and the reason to count if they
     /// cannot be written; then the lines written ahead for them, acknowledged once the
     /// updates are written here and synced (or dropped and counted).
@@ -319,15 +337,16 @@ impl Spool {
         rows: Vec<OutRow>,
         reason: DropReason,
         tier: Tier,
+        tell: Tell,
     ) -> Result<(), Vec<OutRow>> {
         let bytes = heap_bytes(rows.capacity() * size_of::<OutRow>())
             + rows.iter().map(OutRow::held_bytes).sum::<usize>();
         // Their updates follow them into the spool, rather than reach the platform first.
         self.hold_ids(rows.iter().map(|r| r.inference_id.as_str()));
         let n = rows.len();
-        let job = |rows, bytes| Job::Rows(rows, reason, bytes);
+        let job = |rows, bytes| Job::Rows(rows, reason, bytes, tell);
         self.send_job(rows, n, bytes, tier, job, |job| match job {
-            Job::Rows(rows, _, _) => Some(rows),
+            Job::Rows(rows, _, _, _) => Some(rows),
             _ => None,
         })
     }
@@ -451,7 +470,7 @@ impl Spool {
         while let Ok(job) = jobs.try_recv() {
             let (n, bytes) = match job {
                 Job::Trace(_, bytes) => (1, bytes),
-                Job::Rows(rows, _, bytes) => (rows.len(), bytes),
+                Job::Rows(rows, _, bytes, _) => (rows.len(), bytes),
                 Job::Updates(updates, _, bytes, ahead) => {
                     // Dropped and counted below: not to be replayed as well.
                     self.ack_ahead(ahead);

@@ -75,6 +75,7 @@ fn spool_and_sync(spool: &Spool, ids: &[&str]) {
             ids.iter().map(|id| row(id)).collect(),
             DropReason::RetriesExhausted,
             Tier::Spool,
+            Tell::Nothing,
         )
         .unwrap();
     let done = Arc::new(Completion::default());
@@ -189,7 +190,12 @@ fn jobs_left_when_the_writer_closes_are_settled_and_later_ones_refused() {
     // No writer thread: the jobs wait in the channel, as if sent just behind `Close`.
     let (spool, rx) = Spool::open(&config, counters.clone(), budget.clone()).unwrap();
     spool
-        .send_rows(vec![row("a"), row("b")], DropReason::QueueFull, Tier::Spool)
+        .send_rows(
+            vec![row("a"), row("b")],
+            DropReason::QueueFull,
+            Tier::Spool,
+            Tell::Nothing,
+        )
         .unwrap();
     let barrier = Arc::new(Completion::default());
     spool.barrier(barrier.clone());
@@ -203,7 +209,12 @@ fn jobs_left_when_the_writer_closes_are_settled_and_later_ones_refused() {
     // Refused (handed back to the caller, who counts them) rather than lost.
     assert!(
         spool
-            .send_rows(vec![row("c")], DropReason::QueueFull, Tier::Spool)
+            .send_rows(
+                vec![row("c")],
+                DropReason::QueueFull,
+                Tier::Spool,
+                Tell::Nothing
+            )
             .is_err()
     );
     let late = Arc::new(Completion::default());
@@ -218,7 +229,12 @@ fn spooled_rows_hold_their_updates_back() {
     let (spool, _, t) = start(&dir);
     assert!(!spool.holds_row("a"));
     spool
-        .send_rows(vec![row("a")], DropReason::QueueFull, Tier::Spool)
+        .send_rows(
+            vec![row("a")],
+            DropReason::QueueFull,
+            Tier::Spool,
+            Tell::Nothing,
+        )
         .unwrap();
     // An update of `a` must follow it into the spool rather than reach the platform first.
     assert!(spool.holds_row("a"));
@@ -246,8 +262,13 @@ fn overflow_never_waits_for_the_index() {
     let (done_tx, done_rx) = mpsc::channel();
     let s = spool.clone();
     let sender = std::thread::spawn(move || {
-        s.send_rows(vec![row("busy")], DropReason::QueueFull, Tier::Overflow)
-            .unwrap();
+        s.send_rows(
+            vec![row("busy")],
+            DropReason::QueueFull,
+            Tier::Overflow,
+            Tell::Nothing,
+        )
+        .unwrap();
         let held = s.holds_row("busy");
         done_tx.send(held).unwrap();
     });
@@ -670,7 +691,12 @@ fn eviction_drops_the_oldest_and_counts_it() {
         r.row = format!(r#"{{"inferenceId":"id-{i}","output":"{pad}"}}"#);
         // Wait for room in the writer's backlog rather than dropping.
         let mut rows = vec![r];
-        while let Err(back) = spool.send_rows(rows, DropReason::RetriesExhausted, Tier::Spool) {
+        while let Err(back) = spool.send_rows(
+            rows,
+            DropReason::RetriesExhausted,
+            Tier::Spool,
+            Tell::Nothing,
+        ) {
             rows = back;
             std::thread::yield_now();
         }
@@ -717,7 +743,12 @@ fn the_writer_backlog_counts_in_the_shared_memory_budget() {
     };
     let mut taken = 0;
     while spool
-        .send_rows(one(taken), DropReason::QueueFull, Tier::Overflow)
+        .send_rows(
+            one(taken),
+            DropReason::QueueFull,
+            Tier::Overflow,
+            Tell::Nothing,
+        )
         .is_ok()
     {
         taken += 1;
@@ -732,7 +763,12 @@ fn the_writer_backlog_counts_in_the_shared_memory_budget() {
     // The worker's rows may go on to the writer's whole share, never past it.
     let mut more = taken;
     while spool
-        .send_rows(one(more), DropReason::RetriesExhausted, Tier::Spool)
+        .send_rows(
+            one(more),
+            DropReason::RetriesExhausted,
+            Tier::Spool,
+            Tell::Nothing,
+        )
         .is_ok()
     {
         more += 1;

@@ -135,8 +135,12 @@ struct Current {
 #[derive(Default)]
 struct Unsynced {
     rows: u64,
-    /// Of which traces that overflowed the queue (reported to `on_failure` together).
+    /// Of which traces and rows that overflowed the queue (reported to `on_failure`
+    /// together).
     overflowed: u64,
+    /// Of which rows the platform did not take, by failure (told as spooled once synced,
+    /// never before they are on disk).
+    failures: Vec<(u64, Option<u16>, String)>,
 }
 
 /// The spool writer thread: appends handed-off rows, syncs, evicts, rotates.
@@ -172,9 +176,12 @@ pub(crate) fn run_writer(
                     spool.release(1, bytes);
                     w.write_trace(&trace);
                 }
-                Job::Rows(rows, reason, bytes) => {
+                Job::Rows(rows, reason, bytes, tell) => {
                     spool.release(rows.len(), bytes);
-                    w.write_rows(rows, reason);
+                    let n = rows.len() as u64;
+                    if w.write_rows(rows, reason) {
+                        w.tell_when_synced(n, tell);
+                    }
                 }
                 Job::Updates(updates, reason, bytes, wal) => {
                     spool.release(updates.len(), bytes);
@@ -252,6 +259,21 @@ impl Writer<'_> {
                 crate::util::diag::warn_limited!(
                     "no inference pipeline id is configured; traces are dropped (counted)"
                 );
+            }
+        }
+    }
+
+    /// Notes what to tell about `n` rows just written, once they are synced.
+    fn tell_when_synced(&mut self, n: u64, tell: super::Tell) {
+        match tell {
+            super::Tell::Nothing => {}
+            super::Tell::Overflowed => self.unsynced.overflowed += n,
+            super::Tell::Failure { status, message } => {
+                let f = &mut self.unsynced.failures;
+                match f.last_mut() {
+                    Some(last) if last.1 == status && last.2 == message => last.0 += n,
+                    _ => f.push((n, status, message)),
+                }
             }
         }
     }
@@ -400,11 +422,26 @@ impl Writer<'_> {
                 self.seal_current();
             }
         }
-        let Unsynced { rows, overflowed } = std::mem::take(&mut self.unsynced);
+        let Unsynced {
+            rows,
+            overflowed,
+            failures,
+        } = std::mem::take(&mut self.unsynced);
         if rows > 0 {
             let c = self.counters();
             c.spooled.fetch_add(rows, Relaxed);
             c.settled.fetch_add(rows, Relaxed);
+        }
+        for (rows, status, message) in failures {
+            notify(
+                self.spool.on_failure.as_ref(),
+                DeliveryFailure {
+                    rows,
+                    dropped: None,
+                    status,
+                    message,
+                },
+            );
         }
         if overflowed > 0 {
             notify(
