@@ -138,6 +138,7 @@ fn child() {
         "batching" => batching(),
         "no_pipeline" => no_pipeline(),
         "spool_write_fails" => spool_write_fails(),
+        "replayed_update_404" => replayed_update_404(),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -329,6 +330,67 @@ fn refused_without_spool() {
         .map(|f| f.0)
         .sum();
     assert_eq!(told, 30, "{seen:?}");
+}
+
+/// A row and its update spooled by one run (the server down), replayed by the next: the
+/// update reaches the platform right behind its row, which is not visible there yet
+/// (404). It is tried again a little later, and delivered. An update of a row that never
+/// comes is dropped (counted) after its last try, not tried forever.
+fn replayed_update_404() {
+    let first_put = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let server = TestServer::start_with(Behavior::always(Action::handler(move |r| {
+        // The row that never comes, and the first look for the other one.
+        let missing = r.method == "PUT"
+            && (r.raw_query.contains("never-there")
+                || first_put.swap(false, std::sync::atomic::Ordering::SeqCst));
+        if missing {
+            openlayer_trace_tests::Response::status(404)
+        } else {
+            openlayer_trace_tests::Response::ok()
+        }
+    })));
+    server.go_down();
+    let dir = temp_dir("replayed-update-404");
+    let config = || {
+        base(&server.url())
+            .spool_dir(&dir)
+            .max_retries(0)
+            .build()
+            .unwrap()
+    };
+    let guard = openlayer_trace::init(config()).unwrap();
+    let id = produce("late-row", 1).remove(0);
+    openlayer_trace::update_row(&id, serde_json::json!({"label": 1}), None);
+    openlayer_trace::update_row("never-there", serde_json::json!({"label": 0}), None);
+    let r = guard.shutdown(Duration::from_secs(3)).unwrap();
+    assert_eq!(r.stats.spooled, 3, "{:?}", r.stats);
+
+    server.come_up();
+    let guard = openlayer_trace::init(config()).unwrap();
+    let done = wait_until(Duration::from_secs(20), || {
+        let s = guard.stats();
+        s.replayed >= 2 && s.dropped.rejected >= 1
+    });
+    let r = guard.shutdown(Duration::from_secs(3)).unwrap();
+    assert!(done, "{:?}", r.stats);
+    assert_eq!(r.stats.dropped.total(), 1, "{:?}", r.stats);
+    let never = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.raw_query.contains("never-there"))
+        .count();
+    assert_eq!(never, 3, "the first try and two more");
+    let puts: Vec<u16> = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && !r.raw_query.contains("never-there"))
+        .filter_map(|r| match r.outcome {
+            Outcome::Answered(status) => Some(status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(puts, [404, 200], "{puts:?}");
+    assert!(spool_files(&dir).is_empty(), "{:?}", spool_files(&dir));
 }
 
 /// Rows the platform did not take, handed to a spool that cannot be written (no file of
@@ -967,6 +1029,11 @@ fn run(scenario: &str) -> std::collections::HashMap<String, String> {
 fn assert_zero_loss(r: &std::collections::HashMap<String, String>) {
     assert_eq!(r["received"], r["produced"], "{r:?}");
     assert_eq!(r["duplicates"], "0", "{r:?}");
+}
+
+#[test]
+fn a_replayed_update_whose_row_is_not_visible_yet_is_tried_again() {
+    run("replayed_update_404");
 }
 
 #[test]

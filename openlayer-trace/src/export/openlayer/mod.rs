@@ -159,6 +159,9 @@ pub(crate) struct Flusher {
     /// Row updates held back until the rows with their inference id are settled.
     held: HashMap<String, Vec<Update>>,
     replay: Replay,
+    /// Replayed row updates answered 404 (their row not visible yet), by spool line: how
+    /// many times, and when the line may be sent again.
+    replay_404: HashMap<(u64, u64), (u32, Instant)>,
     /// Set while the server answers as if the configuration were broken.
     broken: Option<Broken>,
     broken_report: BrokenReport,
@@ -212,6 +215,7 @@ impl Flusher {
             updates: VecDeque::new(),
             rows_by_id: HashMap::new(),
             held: HashMap::new(),
+            replay_404: HashMap::new(),
             replay: Replay {
                 wanted: false,
                 next_try: None,

@@ -13,6 +13,13 @@ use crate::export::spool::Spool;
 use crate::export::spool::replay::{ReplayBatch, ReplayEnd};
 use crate::report::DropReason;
 
+/// How many more times a replayed row update answered 404 is sent.
+const REPLAYED_404_RETRIES: u32 = 2;
+
+/// The most replayed updates waiting to be tried again after a 404 (more are dropped at
+/// their first 404, as before).
+const REPLAYED_404_MAX: usize = 10_000;
+
 impl Flusher {
     pub(super) fn start_replays(&mut self) {
         let Some(spool) = self.spool.clone() else {
@@ -41,7 +48,23 @@ impl Flusher {
             && self.tasks.len() < self.max_in_flight
         {
             match spool.next_replay(rows, self.batch_max_bytes, self.default_pipeline.as_deref()) {
-                Some(batch) => self.start_replay(batch),
+                Some(batch) => {
+                    if let Some(&(_, not_before)) = self.replay_404.get(&batch.key())
+                        && Instant::now() < not_before
+                    {
+                        // An update whose row was not visible yet, too soon to try again:
+                        // it stays first (what follows it in the spool waits behind it).
+                        spool.replay_done(batch, ReplayEnd::Failed);
+                        self.replay.wanted = false;
+                        self.replay.next_try = Some(
+                            self.replay
+                                .next_try
+                                .map_or(not_before, |t| t.min(not_before)),
+                        );
+                        break;
+                    }
+                    self.start_replay(batch)
+                }
                 None => {
                     self.replay.wanted = false;
                     if self.replay.in_flight == 0 && spool.has_replayable() {
@@ -119,6 +142,9 @@ impl Flusher {
             return;
         };
         let n = batch.rows.len() as u64;
+        if result.is_ok() {
+            self.replay_404.remove(&batch.key());
+        }
         match result {
             Ok(()) => {
                 self.counters.replayed.fetch_add(n, Relaxed);
@@ -129,10 +155,29 @@ impl Flusher {
                     self.replay.wanted = true;
                 }
             }
-            // A replayed row update still finds no row with its id: dropped (it had its
-            // chance when it was spooled), not a broken configuration.
+            // A replayed row update finds no row with its id: its row may have been
+            // replayed just before it and not be visible yet (the platform ingests rows
+            // asynchronously), so it is tried again later, twice, waiting longer each
+            // time; then dropped, not taken for a broken configuration.
             Err(e) if batch.update.is_some() && no_such_row(&e) => {
-                self.replay_rejected(&spool, batch, &e)
+                let key = batch.key();
+                let tries = self.replay_404.get(&key).map_or(0, |t| t.0) + 1;
+                if tries > REPLAYED_404_RETRIES || self.replay_404.len() >= REPLAYED_404_MAX {
+                    self.replay_404.remove(&key);
+                    return self.replay_rejected(&spool, batch, &e);
+                }
+                let wait = self
+                    .replay
+                    .base
+                    .saturating_mul(4u32.saturating_pow(tries))
+                    .min(MAX_REPLAY_BACKOFF);
+                self.replay_404.insert(
+                    key,
+                    (tries, crate::util::clock::after_tokio(Instant::now(), wait)),
+                );
+                spool.replay_done(batch, ReplayEnd::Failed);
+                self.replay.down = false;
+                self.replay.wanted = true;
             }
             Err(e) => match classify(&e) {
                 Class::Rejected(_) => {

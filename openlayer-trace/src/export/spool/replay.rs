@@ -30,6 +30,12 @@ pub(crate) struct ReplayBatch {
 }
 
 impl ReplayBatch {
+    /// Where its first line is in the spool (its segment and offset): the same line read
+    /// again gives the same key.
+    pub(crate) fn key(&self) -> (u64, u64) {
+        (self.seq, self.offsets.first().copied().unwrap_or(0))
+    }
+
     /// Splits off the second half of a batch of several lines (for bisecting a rejected
     /// batch); `None` for a batch of one line.
     pub(crate) fn split_off(&mut self) -> Option<ReplayBatch> {
