@@ -139,6 +139,7 @@ fn child() {
         "no_pipeline" => no_pipeline(),
         "spool_write_fails" => spool_write_fails(),
         "replayed_update_404" => replayed_update_404(),
+        "overflow_drops_told" => overflow_drops_told(),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -330,6 +331,38 @@ fn refused_without_spool() {
         .map(|f| f.0)
         .sum();
     assert_eq!(told, 30, "{seen:?}");
+}
+
+/// Traces that overflow the queue into the spool writer and cannot be encoded there (the
+/// mask panics, slowly, so that the writer counts them after the flusher's last report):
+/// every drop is told to `on_failure` before `shutdown` returns.
+fn overflow_drops_told() {
+    let server = TestServer::start();
+    let dir = temp_dir("overflow-drops-told");
+    let (seen, on_failure) = failures();
+    let config = base(&server.url())
+        .spool_dir(&dir)
+        .queue_capacity(1)
+        .on_failure(on_failure)
+        .mask(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            panic!("the mask fails");
+        })
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    let ids = produce("unmaskable", 6);
+    let r = guard.shutdown(Duration::from_secs(10)).unwrap();
+    outcome("overflow_drops_told", &ids, &server, &r.stats);
+    assert!(r.complete, "{:?}", r.stats);
+    assert_eq!(r.stats.dropped.encoding, 6, "{:?}", r.stats);
+    let seen = seen.lock().unwrap();
+    let told: u64 = seen
+        .iter()
+        .filter(|f| f.1 == Some(DropReason::Encoding))
+        .map(|f| f.0)
+        .sum();
+    assert_eq!(told, 6, "{seen:?}");
 }
 
 /// A row and its update spooled by one run (the server down), replayed by the next: the
@@ -1029,6 +1062,11 @@ fn run(scenario: &str) -> std::collections::HashMap<String, String> {
 fn assert_zero_loss(r: &std::collections::HashMap<String, String>) {
     assert_eq!(r["received"], r["produced"], "{r:?}");
     assert_eq!(r["duplicates"], "0", "{r:?}");
+}
+
+#[test]
+fn drops_counted_by_the_spool_writer_at_the_end_are_told() {
+    run("overflow_drops_told");
 }
 
 #[test]

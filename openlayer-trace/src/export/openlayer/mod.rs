@@ -485,8 +485,17 @@ impl Flusher {
     /// (a full queue, encoding, no pipeline id) since the last time, one call per reason,
     /// and about rows spooled because the queue was full.
     fn report_overflow(&mut self) {
-        self.counted_drops
-            .report(&self.counters, self.on_failure.as_ref());
+        // With a spool, the record of what was told is shared with its writer.
+        match &self.spool {
+            Some(s) => s
+                .told_drops
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .report(&self.counters, self.on_failure.as_ref()),
+            None => self
+                .counted_drops
+                .report(&self.counters, self.on_failure.as_ref()),
+        }
         if self.overflow_spooled > 0 {
             let rows = std::mem::take(&mut self.overflow_spooled);
             notify(

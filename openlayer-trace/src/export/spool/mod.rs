@@ -138,6 +138,10 @@ pub(crate) struct Spool {
     budget: Arc<Budget>,
     counters: Arc<Counters>,
     on_failure: Option<FailureFn>,
+    /// What `on_failure` was told of the drops counted away from the worker: shared by
+    /// the flusher, which reports them as they grow, and the writer, which reports those
+    /// it counted after the flusher's last report (traces overflowed near shutdown).
+    pub(crate) told_drops: Mutex<crate::export::counted_drops::CountedDrops>,
     /// Signalled after each synced write, so that the flusher looks for rows to replay
     /// even when no request succeeds afterwards.
     pub(crate) written: tokio::sync::Notify,
@@ -230,6 +234,7 @@ impl Spool {
             budget,
             counters,
             on_failure: config.on_failure.clone(),
+            told_drops: Mutex::default(),
             written: tokio::sync::Notify::new(),
             lock_file,
             dir,

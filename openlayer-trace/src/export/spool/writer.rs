@@ -217,6 +217,10 @@ pub(crate) fn run_writer(
             // directory that `close` releases.
             spool.settle_after_close(&jobs);
             w.close();
+            // The drops this thread counted after the flusher's last report (traces that
+            // overflowed near the end and could not be encoded), told before the caller
+            // of `shutdown` is answered.
+            super::dir::lock(&spool.told_drops).report(&spool.counters, spool.on_failure.as_ref());
             for d in done {
                 d.complete();
             }
