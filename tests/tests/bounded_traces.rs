@@ -5,7 +5,7 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use openlayer_trace::{Config, TraceIteratorExt, trace};
+use openlayer_trace::{Config, TraceIteratorExt, trace, update_current_trace};
 use openlayer_trace_tests::child::{self, report, results, temp_dir, wait_until};
 use openlayer_trace_tests::logs::Capture;
 
@@ -31,8 +31,30 @@ fn many_heavy(n: usize) -> usize {
 
 /// A step past the limit: what it logs, and the steps it makes, must not land on its
 /// parent.
+/// Counts how many times it is serialized.
+struct Counted;
+
+static SERIALIZED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl serde::Serialize for Counted {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SERIALIZED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        s.serialize_unit()
+    }
+}
+
+#[trace]
+fn takes_counted(c: Counted) -> u8 {
+    let _ = c;
+    1
+}
+
 #[trace]
 fn refused_child() -> &'static str {
+    // Nothing made here is recorded: not said to be, and no input written.
+    assert!(!openlayer_trace::is_recording());
+    takes_counted(Counted);
+    assert_eq!(SERIALIZED.load(std::sync::atomic::Ordering::SeqCst), 0);
     openlayer_trace::log_output(&"the refused step's output");
     openlayer_trace::update_current_step!(refused_key = "refused");
     openlayer_trace::log_context(&["refused document"]);
@@ -71,6 +93,10 @@ async fn parent_of_refused() -> &'static str {
 /// A root too large for the memory bound: the steps it makes are not traces of their own.
 #[trace]
 fn heavy_root(blob: String) -> usize {
+    // No row will carry it: no id, and an update made here goes on its own.
+    update_current_trace!(inference_id = "refused-root");
+    assert_eq!(openlayer_trace::current_inference_id(), None);
+    openlayer_trace::update_row("refused-root", serde_json::json!({"label": 1}), None);
     leaf(1);
     openlayer_trace::thread::spawn(|| leaf(2)).join().unwrap();
     blob.len()
@@ -117,13 +143,13 @@ fn child() {
                 .unwrap();
             assert_eq!(rt.block_on(parent_of_refused()), "parent");
             let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
-            // Refused: the sync child and its leaf, the future and its leaf, the stream
-            // and the two steps made while producing its items.
-            assert_eq!(s.steps_dropped, 7, "{s:?}");
+            // Refused: the sync child and its two steps, the future and its leaf, the
+            // stream and the two steps made while producing its items.
+            assert_eq!(s.steps_dropped, 8, "{s:?}");
             let text = std::fs::read_to_string(&file).unwrap();
             let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
             let row = &line["rows"][0];
-            assert_eq!(row["stepsDropped"], 7, "{row}");
+            assert_eq!(row["stepsDropped"], 8, "{row}");
             assert_eq!(row["output"], "parent", "{row}");
             // The row's column is the trace's, kept; the step's metadata is not.
             assert_eq!(
@@ -155,10 +181,21 @@ fn child() {
             leaf(3);
             let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
             assert_eq!(s.steps_dropped, 3, "{s:?}");
-            assert_eq!(s.written, 1, "only the trace of leaf(3): {s:?}");
+            assert_eq!(s.written, 2, "the trace of leaf(3) and the update: {s:?}");
             let text = std::fs::read_to_string(&file).unwrap();
-            let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
-            assert_eq!(line["rows"][0]["output"], 3, "{line}");
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(lines.len(), 2, "{text}");
+            let rows: Vec<&serde_json::Value> =
+                lines.iter().filter(|l| l.get("rows").is_some()).collect();
+            assert_eq!(rows.len(), 1, "{text}");
+            assert_eq!(rows[0]["rows"][0]["output"], 3, "{text}");
+            assert!(
+                text.contains("refused-root") && text.contains("\"label\":1"),
+                "the update made inside the refused root is kept: {text}"
+            );
             report(&[("steps_dropped", s.steps_dropped.to_string())]);
         }
         "memory" => {

@@ -340,12 +340,11 @@ pub(crate) fn inference_id_of(trace: &crate::record::TraceShared) -> Option<Stri
     // Copied under the lock: a custom id is copied once (through `with_inference_id_of`,
     // which lets the lock go first, it would be copied twice).
     let st = trace.lock();
+    // No recorded root (refused by the memory bound): no row will have any id.
+    let root = st.steps.first()?;
     match &st.inference_id {
         Some(id) => Some(id.to_string()),
-        None => st
-            .steps
-            .first()
-            .map(|root| crate::util::id::uuid_v4(root.id)),
+        None => Some(crate::util::id::uuid_v4(root.id)),
     }
 }
 
@@ -364,9 +363,11 @@ pub(crate) fn with_inference_id_of<R>(
     }
     let id = {
         let st = trace.lock();
+        // No recorded root (refused by the memory bound): no row will have any id.
+        let root = st.steps.first()?;
         match &st.inference_id {
             Some(id) => Id::Custom(id.clone()),
-            None => Id::Generated(st.steps.first()?.id),
+            None => Id::Generated(root.id),
         }
     };
     Some(match id {

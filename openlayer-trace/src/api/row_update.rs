@@ -116,8 +116,11 @@ fn queue(
                 .first()
                 .is_some_and(|root| crate::util::id::uuid_v4(root.id) == inference_id),
         };
+        // A trace whose root was not recorded (the memory bound) never ships: the update
+        // goes on its own.
         if own
             && !st.shipped
+            && !st.steps.is_empty()
             && let Some(u) = update.take()
         {
             // Held by the open trace until it completes, as its steps are.

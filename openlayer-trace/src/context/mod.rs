@@ -196,7 +196,8 @@ pub(crate) fn would_record(configure: fn() -> bool) -> bool {
         let current = t.is_some();
         p.trace.set(t);
         if current {
-            return Some(true);
+            // Inside a step not recorded, nothing is.
+            return Some(p.step.get() != REFUSED);
         }
         if crate::util::reentry::suppressed() {
             return Some(false);
@@ -265,6 +266,18 @@ fn record_step(
     start: i64,
     inputs: impl FnOnce(&mut String),
 ) -> Option<OpenStep> {
+    if parent == REFUSED {
+        // Under a step that was not recorded: neither is this one (nor its subtree), and
+        // its inputs are not written.
+        let mut st = trace.lock();
+        if st.shipped {
+            return None;
+        }
+        st.steps_dropped += 1;
+        drop(st);
+        crate::util::open_traces::dropped();
+        return Some(OpenStep::new(trace, REFUSED));
+    }
     let offset = trace.offset(start);
     with_scratch(|buf| {
         inputs(buf);
@@ -273,13 +286,6 @@ fn record_step(
             drop(st);
             warn_limited!(step = %spec.name, "a step started after its trace had completed; not recorded");
             return None;
-        }
-        if parent == REFUSED {
-            // Under a step that was not recorded: neither is this one (nor its subtree).
-            st.steps_dropped += 1;
-            drop(st);
-            crate::util::open_traces::dropped();
-            return Some(OpenStep::new(trace, REFUSED));
         }
         let cost = size_of::<StepRecord>() + buf.len();
         if !crate::util::open_traces::admit(st.steps.len(), cost) {

@@ -126,8 +126,10 @@ impl StepHandle {
     }
 
     /// The step's position, to carry into spawned work ([`TraceContext::wrap`],
-    /// [`TraceContext::attach`]); `None` when not recorded. While the context lives, the
-    /// trace stays open.
+    /// [`TraceContext::attach`]); `None` when tracing is off. For a step that was not
+    /// recorded (past `max_steps_per_trace`, or the memory bound) it is that step's
+    /// position, so that spawned work is not recorded either. While the context lives,
+    /// the trace stays open.
     pub fn context(&self) -> Option<TraceContext> {
         self.open
             .as_ref()
@@ -136,7 +138,8 @@ impl StepHandle {
 
     /// The inference id of the step's trace (the row's id): the one set by
     /// `update_current_trace!(inference_id = ...)`, else the root step's id; `None` when
-    /// not recorded. The same as [`current_inference_id`](crate::current_inference_id)
+    /// tracing is off or the trace's root was not recorded (no row will exist). A step
+    /// not recorded inside a recorded trace has its trace's id. The same as [`current_inference_id`](crate::current_inference_id)
     /// inside [`in_scope`](Self::in_scope), without making the step current.
     ///
     /// ```
@@ -153,7 +156,7 @@ impl StepHandle {
 
     /// Calls `f` with the inference id of the step's trace (see
     /// [`inference_id`](Self::inference_id)) and returns what it returns; `None` (and `f`
-    /// not called) when not recorded. Unlike `inference_id`, a generated id is lent from
+    /// not called) when there is no id. Unlike `inference_id`, a generated id is lent from
     /// the stack rather than allocated: for a hot path that copies the id somewhere, such
     /// as a web middleware writing it into a response header.
     ///

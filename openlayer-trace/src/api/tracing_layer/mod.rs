@@ -39,7 +39,7 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::api::step::handle::StepHandle;
 use crate::context::{self, Entered, OpenStep, Start, StepSpec};
 use crate::record::kind::StepKind;
-use crate::record::{NO_PARENT, TraceShared};
+use crate::record::{NO_PARENT, REFUSED, TraceShared};
 use fields::{Fields, InputWriter, is_attribute};
 use step::{SpanStep, debug_value};
 
@@ -245,7 +245,11 @@ fn descends(trace: &TraceShared, mut idx: u32, anc: u32) -> bool {
 fn ancestor_position(anc: &OpenStep) -> Option<(Arc<TraceShared>, u32)> {
     let here = context::with_current(|t, s| (Arc::ptr_eq(t, &anc.trace), s));
     match here {
-        Some((true, s)) if s != NO_PARENT && descends(&anc.trace, s, anc.idx) => None,
+        // At a step not recorded (REFUSED) in the same trace: the new span is not
+        // recorded either, rather than put on an ancestor.
+        Some((true, s)) if s == REFUSED || (s != NO_PARENT && descends(&anc.trace, s, anc.idx)) => {
+            None
+        }
         _ => Some(((*anc.trace).clone(), anc.idx)),
     }
 }
