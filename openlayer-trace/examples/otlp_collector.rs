@@ -83,12 +83,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(e) if !e.trim().is_empty() => e,
         _ => loopback_receiver(received.clone())?,
     };
-    let shown = endpoint.trim().trim_end_matches('/');
-    if shown.ends_with("/v1/traces") {
-        println!("sending spans to {shown}");
+    // As the exporter makes the URL: `/v1/traces` after the path, before a query.
+    let e = endpoint.trim();
+    let (path, query) = e.split_at(e.find(['?', '#']).unwrap_or(e.len()));
+    let path = path.trim_end_matches('/');
+    let suffix = if path.ends_with("/v1/traces") {
+        ""
     } else {
-        println!("sending spans to {shown}/v1/traces");
-    }
+        "/v1/traces"
+    };
+    println!("sending spans to {path}{suffix}{query}");
     let guard = openlayer_trace::init(
         Config::builder()
             .otlp_endpoint(endpoint)

@@ -145,7 +145,12 @@ fn check(answer: &str) -> Result<(), String> {
 
 #[trace]
 fn answer(question: &str) -> String {
-    update_current_trace!(user_id = "u-42", session_id = "s-7", tier = "gold");
+    update_current_trace!(
+        user_id = "u-42",
+        session_id = "s-7",
+        tier = "gold",
+        context = "replaced by log_context"
+    );
     openlayer_trace::log_question(question);
     let docs = retrieve(question);
     openlayer_trace::log_context(&docs);
@@ -313,6 +318,12 @@ fn spans_carry_parents_times_attributes_and_errors() {
         "What is the capital of France?"
     );
     assert!(text(root, "openlayer.column.user_id").is_none());
+    let keys = root
+        .attributes
+        .iter()
+        .filter(|kv| kv.key == "openlayer.column.context")
+        .count();
+    assert_eq!(keys, 1, "attribute keys are unique");
     assert!(text(retrieve, "openlayer.column.tier").is_none());
 
     // The failed step: an error status, error.type and error.message.

@@ -114,6 +114,8 @@ impl Scratch {
     /// budget), and keeps at most [`SPARE_MAX`] spare attributes.
     fn trim(&mut self) {
         self.spare.truncate(SPARE_MAX);
+        self.spare.shrink_to(SPARE_MAX);
+        self.span.attributes.shrink_to(SPARE_MAX);
         for kv in &mut self.spare {
             if kv.key.capacity() > SCRATCH_STRING_MAX {
                 kv.key = String::new();
@@ -644,7 +646,11 @@ pub(crate) fn convert(
             // `log_question`): the endpoint has no mapping for them, so they go on the
             // root span, as JSON, where its other attributes land (the row's metadata).
             for (k, v) in st.columns() {
-                if !matches!(&**k, "output" | "session_id" | "user_id") {
+                // `log_context` / `log_question` replace a column of their name, as in
+                // the row: one attribute each (OTLP keys are unique).
+                let replaced = (k == "context" && st.context().is_some())
+                    || (k == "_question" && st.question().is_some());
+                if !replaced && !matches!(&**k, "output" | "session_id" | "user_id") {
                     s.prefixed_string("openlayer.column.", k, v);
                 }
             }
@@ -753,13 +759,16 @@ mod tests {
     fn reused_buffers_give_back_what_a_large_trace_grew() {
         let mut s = Scratch::default();
         let big = "x".repeat(1 << 20);
-        for i in 0..400 {
-            s.prefixed_string("openlayer.metadata.", &i.to_string(), &big);
+        // A span of many attributes, some of them large.
+        for i in 0..4000 {
+            let v = if i % 100 == 0 { big.as_str() } else { "x" };
+            s.prefixed_string("openlayer.metadata.", &i.to_string(), v);
         }
         s.text.push_str(&big);
         s.reset();
         s.trim();
-        assert!(s.spare.len() <= SPARE_MAX);
+        assert!(s.spare.capacity() <= SPARE_MAX);
+        assert!(s.span.attributes.capacity() <= SPARE_MAX);
         let held: usize = s
             .spare
             .iter()
