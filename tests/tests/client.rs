@@ -249,6 +249,16 @@ async fn a_delete_retried_after_it_went_through_is_not_an_error() {
     assert_eq!(requests(&server).await.len(), 2);
     let e = c.delete_row(PIPELINE, "never-there").await.unwrap_err();
     assert_eq!(api_error(&e).0, 404);
+    // A 429 says the first attempt was not carried out: the retry's 404 is the answer.
+    Mock::given(method("DELETE"))
+        .and(path(pipeline_path("rows/limited")))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after-ms", "10"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    let e = c.delete_row(PIPELINE, "limited").await.unwrap_err();
+    assert_eq!(api_error(&e).0, 404);
 }
 
 /// An id of `.` or `..` would be a dot segment, which URL parsing resolves: `rows/..`

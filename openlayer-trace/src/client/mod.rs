@@ -279,8 +279,9 @@ impl Client {
     }
 
     /// Deletes the row with `inference_id` (`DELETE .../rows/{inferenceId}`). Needs an
-    /// API key. A 404 on a retry (the first attempt's answer was lost, and the row may
-    /// have gone with it) counts as deleted; a 404 on the first attempt is an error.
+    /// API key. A 404 on a retry after an attempt the platform may have carried out (its
+    /// answer lost: a 5xx, a timeout, a connection lost after the request was sent)
+    /// counts as deleted; any other 404 is an error.
     pub async fn delete_row(&self, pipeline_id: &str, inference_id: &str) -> Result<(), Error> {
         let t = self.remote("delete_row")?;
         require_id("pipeline id", pipeline_id)?;
@@ -293,7 +294,7 @@ impl Client {
         };
         let outcome = t.send(&req, None).await;
         match outcome.result {
-            Err(Error::Api { status: 404, .. }) if outcome.retries > 0 => Ok(()),
+            Err(Error::Api { status: 404, .. }) if outcome.maybe_acted => Ok(()),
             r => r.map(drop),
         }
     }

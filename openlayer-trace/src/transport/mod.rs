@@ -208,6 +208,10 @@ pub(crate) struct SendOutcome {
     /// have acted on all the same (a 5xx, a timeout or a connection lost after it was
     /// sent): it was not sent again, and whether it took effect is unknown.
     pub uncertain: bool,
+    /// An attempt before the last failed in a way the server may have acted on (a 5xx,
+    /// a timeout, a connection lost after the request was sent): the last answer may
+    /// reflect it (a 404 for a delete that went through).
+    pub maybe_acted: bool,
 }
 
 /// The HTTP transport; cheap to clone (an `Arc` inside).
@@ -487,6 +491,8 @@ impl Transport {
     ) -> SendOutcome {
         let start = Instant::now();
         let mut retries = 0;
+        // Whether an attempt before the last may have been acted on.
+        let mut maybe_acted = false;
         loop {
             let attempt = match deadline {
                 None => self.send_once(req).await,
@@ -496,6 +502,7 @@ impl Transport {
                         retries,
                         wait: None,
                         uncertain: false,
+                        maybe_acted,
                     };
                     if Instant::now() >= deadline {
                         return timed_out();
@@ -515,13 +522,14 @@ impl Transport {
                     }
                 }
             };
-            let (error, retry_after) = match attempt {
+            let (error, retry_after, unsent) = match attempt {
                 Attempt::Success(response) => {
                     return SendOutcome {
                         result: Ok(response),
                         retries,
                         wait: None,
                         uncertain: false,
+                        maybe_acted,
                     };
                 }
                 Attempt::Fatal(error) => {
@@ -530,6 +538,7 @@ impl Transport {
                         retries,
                         wait: None,
                         uncertain: false,
+                        maybe_acted,
                     };
                 }
                 Attempt::Retryable {
@@ -549,9 +558,10 @@ impl Transport {
                             retries,
                             wait: None,
                             uncertain: true,
+                            maybe_acted,
                         };
                     }
-                    (error, retry_after)
+                    (error, retry_after, unsent)
                 }
             };
             if retry_after.is_some_and(|w| w > MAX_RETRY_AFTER) {
@@ -568,6 +578,7 @@ impl Transport {
                     retries,
                     wait: retry_after,
                     uncertain: false,
+                    maybe_acted,
                 };
             }
             let wait = self.backoff(retries, retry_after);
@@ -586,6 +597,7 @@ impl Transport {
                     retries,
                     wait: retry_after.filter(|w| !w.is_zero()),
                     uncertain: false,
+                    maybe_acted,
                 };
             }
             tracing::debug!(
@@ -596,6 +608,7 @@ impl Transport {
                 "retrying"
             );
             tokio::time::sleep(wait).await;
+            maybe_acted |= !unsent;
             retries += 1;
         }
     }

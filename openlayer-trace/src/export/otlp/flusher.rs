@@ -346,6 +346,7 @@ impl OtlpFlusher {
                     retries: 0,
                     wait: None,
                     uncertain: false,
+                    maybe_acted: false,
                 },
             }
         });
