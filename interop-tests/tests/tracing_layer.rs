@@ -814,10 +814,12 @@ fn an_explicit_parent_is_the_steps_parent() {
 #[test]
 fn a_name_and_operation_recorded_later_apply() {
     let (_, traces) = run(|| {
+        // The provider given at creation, the model after the operation.
         let span = tracing::info_span!(
             "request",
             "otel.name" = Empty,
             "gen_ai.operation.name" = Empty,
+            "gen_ai.provider.name" = "openai",
             "gen_ai.request.model" = Empty
         );
         span.record("otel.name", "chat gpt-4o");
@@ -829,6 +831,9 @@ fn a_name_and_operation_recorded_later_apply() {
     assert_eq!(root["name"], "chat gpt-4o", "{root}");
     assert_eq!(root["type"], "chat_completion", "{root}");
     assert_eq!(root["model"], "gpt-4o", "{root}");
+    // Set while the step was a plain one: moved to the field when it became a model call.
+    assert_eq!(root["provider"], "OpenAI", "{root}");
+    assert!(root["metadata"].get("provider").is_none(), "{root}");
 }
 
 #[trace]

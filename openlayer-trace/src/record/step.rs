@@ -188,6 +188,26 @@ impl StepRecord {
         upsert(&mut self.extra_mut().metadata, key, value);
     }
 
+    /// Makes the step of `kind`, moving the metadata set so far that names one of the
+    /// kind's fields into that field (as it would have gone, set under this kind).
+    pub(crate) fn set_kind(&mut self, kind: StepKind) {
+        self.kind = kind;
+        let Some(extra) = self.extra.as_mut() else {
+            return;
+        };
+        let mut moved = Vec::new();
+        extra.metadata.retain_mut(|(k, v)| match kind.field_for(k) {
+            Some(field) => {
+                moved.push((field, std::mem::take(v)));
+                false
+            }
+            None => true,
+        });
+        for (field, value) in moved {
+            self.set_field(field, value);
+        }
+    }
+
     /// Sets a kind field; the last write wins.
     pub(crate) fn set_field(&mut self, key: &'static str, value: Json) {
         let extra = self.extra_mut();

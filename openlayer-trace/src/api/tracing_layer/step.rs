@@ -76,7 +76,7 @@ impl SpanStep {
                     genai::kind_of_openinference(&text)
                 };
                 self.kind = kind;
-                with_record(&self.handle, |rec| rec.kind = kind);
+                with_record(&self.handle, |rec| rec.set_kind(kind));
             }
             "otel.name" | "otel.kind" | "gen_ai.operation.name" | "openinference.span.kind" => {}
             "otel.status_code" => {
