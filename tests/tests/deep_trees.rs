@@ -57,10 +57,66 @@ fn a_deep_trace_is_captured_plain_masked_and_budgeted() {
     });
 }
 
+/// A trace whose output is JSON nested `depth` levels deep (as a client's request body
+/// recorded raw can be, in a few bytes).
+#[trace]
+fn nested_output(depth: usize) -> usize {
+    let text = "[".repeat(depth) + &"]".repeat(depth);
+    let raw = serde_json::value::RawValue::from_string(text).unwrap();
+    openlayer_trace::log_output(&raw);
+    depth
+}
+
+/// Write-ahead with a mask: traces completed on threads with small stacks (2 MiB), whose
+/// rows nest deeper than such a stack can parse. Masked on the worker instead (never a
+/// stack overflow, which would abort the process); past what the worker can parse,
+/// dropped and counted.
+fn write_ahead_deep() {
+    let server = openlayer_trace_tests::TestServer::start();
+    let dir = temp_dir("deep-write-ahead-spool");
+    let config = Config::builder()
+        .api_key("sk-deep")
+        .base_url(server.url())
+        .inference_pipeline_id("pipe-deep")
+        .spool_dir(&dir)
+        .spool_mode(openlayer_trace::SpoolMode::WriteAhead)
+        .mask(|row| {
+            row.insert("masked".into(), true.into());
+        })
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    for depth in [10, 8_000, 40_000] {
+        std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || nested_output(depth))
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+    let s = guard.shutdown(Duration::from_secs(30)).unwrap().stats;
+    assert_eq!(s.sent, 2, "{s:?}");
+    assert_eq!(s.dropped.encoding, 1, "{s:?}");
+    // Read as text: serde_json's parser stops at 128 levels.
+    let masked: usize = server
+        .requests()
+        .iter()
+        .map(|r| {
+            String::from_utf8_lossy(&r.body)
+                .matches("\"masked\":true")
+                .count()
+        })
+        .sum();
+    assert_eq!(masked, 2);
+}
+
 #[test]
 #[ignore = "a scenario's own process, started by the other tests of this binary"]
 fn child() {
     let scenario = child::scenario();
+    if scenario == "write_ahead_deep" {
+        return write_ahead_deep();
+    }
     let file = temp_dir(&format!("deep-{scenario}")).join("traces.jsonl");
     let mut b = Config::builder().trace_file(&file);
     if scenario == "shaped" {
@@ -79,6 +135,11 @@ fn child() {
         };
         assert_eq!(depth(&Value::Object(rows[0].clone())), DEPTH as usize);
     });
+}
+
+#[test]
+fn deep_rows_are_masked_where_the_stack_holds_them() {
+    child::run("write_ahead_deep", &[]);
 }
 
 #[test]

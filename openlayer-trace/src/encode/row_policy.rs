@@ -44,6 +44,30 @@ pub(crate) enum Prepared<T = EncodedRow> {
     SampledOut,
     /// Encoding or the mask failed (counted as dropped, `encoding`).
     Failed,
+    /// Nests too deep to be masked or cut on this thread's stack (see
+    /// [`shape_on_big_stack`]): to be prepared on a worker thread, where it is deep
+    /// enough to be [`Failed`](Prepared::Failed) only past [`WORKER_SHAPE_DEPTH`].
+    TooDeep,
+}
+
+/// How deep a row may nest to be masked or cut on a thread of the application (in
+/// write-ahead mode, the thread that completed the trace), whose stack may be small: about
+/// 0.35 MiB of recursion in a debug build.
+const CALLER_SHAPE_DEPTH: usize = 256;
+
+/// How deep a row may nest to be masked or cut on our worker threads
+/// ([`WORKER_STACK`](crate::util::limits::WORKER_STACK), 64 MiB): parsing recurses once per level, and a debug build's frames take about 1.4 KiB a
+/// level (45,000 levels fit, 50,000 overflow). A trace of the default 10,000 steps nested
+/// is about 20,000 levels; a client's JSON body can nest far deeper in a few bytes.
+pub(crate) const WORKER_SHAPE_DEPTH: usize = 30_000;
+
+thread_local! {
+    static SHAPE_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(CALLER_SHAPE_DEPTH) };
+}
+
+/// Marks this thread as one of ours, with a stack made for deep rows.
+pub(crate) fn shape_on_big_stack() {
+    let _ = SHAPE_DEPTH.try_with(|d| d.set(WORKER_SHAPE_DEPTH));
 }
 
 impl<T> Prepared<T> {
@@ -57,6 +81,14 @@ impl<T> Prepared<T> {
                 counters.sampled_out.fetch_add(1, Relaxed);
             }
             Prepared::Failed => counters.drop_rows(DropReason::Encoding, 1),
+            Prepared::TooDeep => {
+                // Only a worker counts it, where it is too deep for any thread.
+                crate::util::diag::warn_limited!(
+                    max_depth = WORKER_SHAPE_DEPTH,
+                    "a row nests too deep to be masked or cut; dropped (counted)"
+                );
+                counters.drop_rows(DropReason::Encoding, 1)
+            }
         }
         counters.settled.fetch_add(1, Relaxed);
         None
@@ -81,6 +113,18 @@ impl Shaper {
             };
             if !self.keeps(&row.inference_id) {
                 return Prepared::SampledOut;
+            }
+            // Parsing recurses once per level: never past what this thread's stack holds
+            // (a stack overflow aborts the process; it is not a panic to catch).
+            if (self.mask.is_some() || self.budget.is_some())
+                && crate::util::json::nests_deeper_than(
+                    row.row.as_bytes(),
+                    SHAPE_DEPTH
+                        .try_with(|d| d.get())
+                        .unwrap_or(CALLER_SHAPE_DEPTH),
+                )
+            {
+                return Prepared::TooDeep;
             }
             match self.shape(&row.row) {
                 Some(Some(shaped)) => {
@@ -133,6 +177,7 @@ impl Shaper {
                 }
                 Prepared::SampledOut => Prepared::SampledOut,
                 Prepared::Failed => Prepared::Failed,
+                Prepared::TooDeep => Prepared::TooDeep,
             };
         }
         let mark = out.len();

@@ -55,6 +55,23 @@ impl CaptureSink {
         let row = match shaper {
             Some(s) => match s.prepare(trace) {
                 Prepared::Row(row) => Some(row),
+                // Too deep to mask on this thread: as a worker would, on a stack of the
+                // worker's size (tests only).
+                Prepared::TooDeep => std::thread::scope(|scope| {
+                    std::thread::Builder::new()
+                        .stack_size(crate::util::limits::WORKER_STACK)
+                        .spawn_scoped(scope, || {
+                            crate::encode::row_policy::shape_on_big_stack();
+                            match s.prepare(trace) {
+                                Prepared::Row(row) => Some(row),
+                                _ => None,
+                            }
+                        })
+                        .ok()?
+                        .join()
+                        .ok()
+                        .flatten()
+                }),
                 _ => None,
             },
             None => encode::encode(trace),

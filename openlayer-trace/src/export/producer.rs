@@ -94,6 +94,12 @@ impl Exporter {
             }
             return self.enqueue_ahead(tx, spool, trace);
         }
+        self.enqueue_queued(tx, trace);
+    }
+
+    /// Hands the trace to the worker through the queue (the spool writer takes it when
+    /// the queue is full).
+    fn enqueue_queued(&self, tx: &Sender<Msg>, trace: CompletedTrace) {
         let bytes = queued_trace_bytes(&trace);
         if !self.reserve(bytes) {
             return self.overflow(Box::new(trace), bytes);
@@ -283,6 +289,11 @@ impl Exporter {
     fn enqueue_ahead(&self, tx: &Sender<Msg>, spool: &Spool, mut trace: CompletedTrace) {
         let c = &self.counters;
         let prepared = self.shaper.prepare(&trace);
+        if matches!(prepared, crate::encode::row_policy::Prepared::TooDeep) {
+            // Too deep to mask on this thread's stack: the worker does it, and the
+            // trace goes through the queue, not written ahead.
+            return self.enqueue_queued(tx, trace);
+        }
         // Encoded here: its buffers go back to the pool for the next traces.
         crate::record::recycle(&mut trace.state);
         drop(trace);

@@ -190,6 +190,7 @@ impl StepRecord {
 
     /// Makes the step of `kind`, moving the metadata set so far that names one of the
     /// kind's fields into that field (as it would have gone, set under this kind).
+    #[cfg(feature = "tracing-layer")]
     pub(crate) fn set_kind(&mut self, kind: StepKind) {
         self.kind = kind;
         let Some(extra) = self.extra.as_mut() else {

@@ -13,9 +13,7 @@ use crate::export::spool::Spool;
 use crate::report::Counters;
 use crate::transport::{Transport, TransportConfig};
 
-/// The stack of our worker threads: room for the recursion of parsing and shaping a
-/// trace `max_steps_per_trace` steps deep (address space reserved, not memory used).
-const WORKER_STACK: usize = 64 * 1024 * 1024;
+use crate::util::limits::WORKER_STACK;
 
 fn spawn(
     name: &str,
@@ -28,6 +26,8 @@ fn spawn(
         .spawn(move || {
             // Our own threads never start a trace (a mask calling traced code, say).
             crate::util::reentry::suppress_this_thread();
+            // Their stack holds the masking of deep rows.
+            crate::encode::row_policy::shape_on_big_stack();
             f()
         })
         .map_err(|e| {
