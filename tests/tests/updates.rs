@@ -143,6 +143,14 @@ fn answers_with_a_row_output() -> String {
 }
 
 #[trace]
+fn output_in_metadata_and_trace() -> String {
+    // Root metadata is applied before trace keys: the trace's output wins.
+    update_current_step!(metadata = serde_json::json!({"output": "from metadata"}));
+    update_current_trace!(output = "from the trace");
+    "the step's answer".into()
+}
+
+#[trace]
 fn fails_with_a_row_output() -> Result<String, String> {
     update_current_trace!(output = "partial");
     Err("the model timed out".into())
@@ -167,6 +175,8 @@ fn a_trace_level_output_is_the_row_column_not_the_root_steps() {
         failed.root()["metadata"]["Exceptions"],
         "the model timed out"
     );
+    let (_, traces) = testing::capture(output_in_metadata_and_trace);
+    assert_eq!(traces[0].row()["output"], "from the trace");
 }
 
 #[test]

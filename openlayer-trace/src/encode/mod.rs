@@ -422,10 +422,9 @@ fn encode_into<R>(
         let quoted = put(small, &|s: &mut String| push_str(s, err));
         set_val(&mut row, "Exceptions", scratch_val(quoted));
     }
+    // Trace keys after the root's metadata (a trace-level `output` included): they win.
     for (k, v) in st.columns() {
-        if k != "output" {
-            set_val(&mut row, k, Val::Text(v));
-        }
+        set_val(&mut row, k, Val::Text(v));
     }
     if let Some(gt) = root.ground_truth() {
         set_val(&mut row, "groundTruth", Val::Text(gt));

@@ -215,6 +215,10 @@ impl Shaper {
         if self.mask.is_none() && self.budget.is_none() {
             return Some(None);
         }
+        // Parsed below: a lone surrogate (in raw JSON recorded as it came) would fail the
+        // whole row.
+        let fixed = crate::util::json::replace_lone_surrogates(row);
+        let row = fixed.as_deref().unwrap_or(row);
         let masked = match &self.mask {
             Some(mask) => Some(apply_mask(row, mask)?),
             None => None,
@@ -226,7 +230,7 @@ impl Shaper {
                 return serde_json::to_string(&node).ok().map(Some);
             }
         }
-        Some(masked)
+        Some(masked.or(fixed))
     }
 }
 
@@ -286,6 +290,13 @@ fn apply_mask(row: &str, mask: &MaskFn) -> Option<String> {
         out.push(':');
     };
     for ((k, raw), original) in entries.iter().zip(&originals) {
+        if k == "output" && !map.contains_key(k) {
+            // The config's `outputColumnName` is required: a mask that removes the
+            // output leaves it null, rather than a row the platform refuses.
+            push_key(&mut out, k);
+            out.push_str("null");
+            continue;
+        }
         if let Some(v) = map.remove(k) {
             push_key(&mut out, k);
             if v == *original {
@@ -380,6 +391,9 @@ enum Node {
     Object(Vec<(String, Node)>),
 }
 
+/// The key under which serde_json's `arbitrary_precision` passes a number as a map.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
 /// The element that replaces the end of a truncated list.
 fn array_marker(removed: usize) -> String {
     format!("…[truncated {removed} items]")
@@ -393,8 +407,13 @@ impl Node {
             Node::String(s) if s.len() > budget => {
                 let end = crate::util::text::floor_boundary(s, budget);
                 let removed = s.len() - end;
+                let marker = crate::util::text::cut_marker(removed);
+                if marker.len() >= removed {
+                    // The marker would be longer than what it replaces.
+                    return false;
+                }
                 s.truncate(end);
-                s.push_str(&crate::util::text::cut_marker(removed));
+                s.push_str(&marker);
                 true
             }
             Node::Array(items) => {
@@ -483,8 +502,17 @@ impl<'de> Deserialize<'de> for Node {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
                 let mut entries = Vec::new();
-                while let Some(entry) = map.next_entry()? {
-                    entries.push(entry);
+                while let Some(key) = map.next_key::<String>()? {
+                    if entries.is_empty() && key == NUMBER_TOKEN {
+                        // serde_json's `arbitrary_precision` (on when any crate of the
+                        // build asks for it) hands a number over as this one-key map.
+                        let text: String = map.next_value()?;
+                        return text
+                            .parse::<serde_json::Number>()
+                            .map(Node::Number)
+                            .map_err(serde::de::Error::custom);
+                    }
+                    entries.push((key, map.next_value()?));
                 }
                 Ok(Node::Object(entries))
             }
@@ -532,6 +560,49 @@ mod tests {
             mask,
             budget,
         }
+    }
+
+    #[test]
+    fn a_number_passed_as_arbitrary_precision_stays_a_number() {
+        // How serde_json hands a number over with `arbitrary_precision` on.
+        let n: Node = serde_json::from_value(json!({NUMBER_TOKEN: "12.5"})).unwrap();
+        assert_eq!(n, Node::Number(serde_json::Number::from_f64(12.5).unwrap()));
+        assert_eq!(serde_json::to_string(&n).unwrap(), "12.5");
+        let n: Node = serde_json::from_value(json!({"a": {NUMBER_TOKEN: "1"}})).unwrap();
+        assert_eq!(serde_json::to_string(&n).unwrap(), r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn a_lone_surrogate_does_not_fail_the_row() {
+        let row = r#"{"output":"a\udc00b","body":{"q":"\ud800"}}"#;
+        let out = shaper(None, Some(1000)).shape(row).unwrap().unwrap();
+        assert_eq!(out, r#"{"output":"a\ufffdb","body":{"q":"\ufffd"}}"#);
+        let mask: MaskFn = Arc::new(|_: &mut serde_json::Map<String, Value>| {});
+        let out = shaper(Some(mask), None).shape(row).unwrap().unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["output"], "a\u{fffd}b");
+    }
+
+    #[test]
+    fn a_cut_never_makes_a_string_longer() {
+        // 17 bytes with a budget of 16: the marker would be longer than the one byte cut.
+        let row = json!({"o": "x".repeat(17)}).to_string();
+        assert_eq!(shaper(None, Some(16)).shape(&row), Some(None));
+        let row = json!({"o": "x".repeat(100)}).to_string();
+        let out = shaper(None, Some(16)).shape(&row).unwrap().unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let o = v["o"].as_str().unwrap();
+        assert!(o.len() < 100 && o.starts_with(&"x".repeat(16)), "{o}");
+    }
+
+    #[test]
+    fn a_mask_that_removes_the_output_leaves_it_null() {
+        let mask: MaskFn = Arc::new(|row: &mut serde_json::Map<String, Value>| {
+            row.remove("output");
+        });
+        let row = r#"{"inferenceId":"a","output":"secret","latency":1}"#;
+        let out = shaper(Some(mask), None).shape(row).unwrap().unwrap();
+        assert_eq!(out, r#"{"inferenceId":"a","output":null,"latency":1}"#);
     }
 
     #[test]
@@ -619,10 +690,10 @@ mod tests {
         let s = shaper(None, Some(4));
         let row = json!({
             "inferenceId": "a-long-inference-id",
-            "output": "ab€cd",
+            "output": format!("ab€{}", "d".repeat(60)),
             "context": ["a", "b", "c", "d", "e", "f"],
             "steps": [{"name": "fn", "id": "0000-1111", "type": "user_call",
-                        "inputs": {"q": "0123456789"}, "steps": []}],
+                        "inputs": {"q": "0123456789".repeat(5)}, "steps": []}],
         });
         let out = s.shape(&row.to_string()).unwrap().unwrap();
         let v: Value = serde_json::from_str(&out).unwrap();
@@ -630,7 +701,7 @@ mod tests {
         // "€" takes bytes 2..5: the cut falls back to the char boundary before it.
         assert_eq!(
             v["output"],
-            format!("ab{}", crate::util::text::cut_marker(5))
+            format!("ab{}", crate::util::text::cut_marker(63))
         );
         let context = v["context"].as_array().unwrap();
         assert_eq!(context.len(), 5);
@@ -640,16 +711,19 @@ mod tests {
         assert_eq!(step["type"], "user_call");
         assert_eq!(
             step["inputs"]["q"],
-            format!("0123{}", crate::util::text::cut_marker(6))
+            format!("0123{}", crate::util::text::cut_marker(46))
         );
         // Keys keep their order (`json!` sorts them; this text does not).
-        let text = r#"{"z":"0123456789","inferenceId":"x","a":[1,2,3,4,5]}"#;
-        let out = s.shape(text).unwrap().unwrap();
+        let text = format!(
+            r#"{{"z":"{}","inferenceId":"x","a":[1,2,3,4,5]}}"#,
+            "0123456789".repeat(5)
+        );
+        let out = s.shape(&text).unwrap().unwrap();
         assert_eq!(
             out,
             format!(
                 r#"{{"z":"0123{}","inferenceId":"x","a":[1,2,3,4,"{}"]}}"#,
-                crate::util::text::cut_marker(6),
+                crate::util::text::cut_marker(46),
                 array_marker(1)
             )
         );
@@ -664,7 +738,11 @@ mod tests {
             .map(|i| json!({"name": "s", "id": format!("id-{i}"), "steps": []}))
             .collect();
         let row = json!({"steps": [{"name": "root", "id": "r", "steps": steps}]});
-        let out = s.shape(&row.to_string()).unwrap().unwrap();
+        // Its strings are too short to be worth a marker: nothing may change at all.
+        let out = s
+            .shape(&row.to_string())
+            .unwrap()
+            .unwrap_or_else(|| row.to_string());
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["steps"][0]["steps"].as_array().unwrap().len(), 3);
         assert_eq!(v["steps"][0]["steps"][2]["id"], "id-2");

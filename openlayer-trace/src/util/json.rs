@@ -46,6 +46,55 @@ pub(crate) fn unpanicked<R, E>(
     }
 }
 
+/// The JSON text `s` with every `\u` escape of a lone surrogate (one not part of a pair)
+/// replaced by `\ufffd`; `None` when it has none. JSON text recorded as it came (a
+/// client's body) may hold one, and serde_json refuses it in a string it decodes.
+pub(crate) fn replace_lone_surrogates(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let hex = |i: usize| -> Option<u16> {
+        let h = std::str::from_utf8(b.get(i..i + 4)?).ok()?;
+        u16::from_str_radix(h, 16).ok()
+    };
+    let (high, low) = (0xD800..0xDC00, 0xDC00..0xE000);
+    let mut out: Option<String> = None;
+    let (mut copied, mut i, mut in_string) = (0, 0, false);
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                in_string = !in_string;
+                i += 1;
+            }
+            b'\\' if in_string => {
+                let Some(u) = (b.get(i + 1) == Some(&b'u')).then(|| hex(i + 2)).flatten() else {
+                    // Any other escape: the character after the backslash is ASCII.
+                    i += 2;
+                    continue;
+                };
+                if high.contains(&u)
+                    && b.get(i + 6) == Some(&b'\\')
+                    && b.get(i + 7) == Some(&b'u')
+                    && hex(i + 8).is_some_and(|l| low.contains(&l))
+                {
+                    i += 12;
+                    continue;
+                }
+                if high.contains(&u) || low.contains(&u) {
+                    let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
+                    o.push_str(&s[copied..i]);
+                    o.push_str("\\ufffd");
+                    copied = i + 6;
+                }
+                i += 6;
+            }
+            _ => i += 1,
+        }
+    }
+    out.map(|mut o| {
+        o.push_str(&s[copied..]);
+        o
+    })
+}
+
 /// Whether the JSON text `s` nests arrays and objects more than `max` levels deep
 /// (brackets inside strings do not count). Parsing recurses once per level: a text read
 /// from a file is checked first, so that a damaged or hostile line is an error, not a

@@ -310,3 +310,22 @@ fn nesting_depth_counts_brackets_outside_strings_only() {
     // Depth, not count: siblings do not add up.
     assert!(!nests_deeper_than(b"[[],[],[],[]]", 2));
 }
+
+#[test]
+fn lone_surrogates_are_replaced_and_pairs_kept() {
+    assert_eq!(replace_lone_surrogates(r#"{"a":"x"}"#), None);
+    // A pair (😀) stays; an escaped backslash before `u` is no escape.
+    assert_eq!(
+        replace_lone_surrogates(r#"["\ud83d\ude00","\\udc00"]"#),
+        None
+    );
+    assert_eq!(
+        replace_lone_surrogates(r#"{"a":"x\udc00y","b":"\uD800","c":"\ud800\u0041"}"#).as_deref(),
+        Some(r#"{"a":"x\ufffdy","b":"\ufffd","c":"\ufffd\u0041"}"#)
+    );
+    // Outside strings nothing is read as an escape.
+    assert_eq!(replace_lone_surrogates(r#"{"k":1}"#), None);
+    let fixed = replace_lone_surrogates(r#"["\udc00"]"#).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&fixed).unwrap();
+    assert_eq!(v[0], "\u{fffd}");
+}
