@@ -180,6 +180,89 @@ fn enabled_threads() {
     assert!(guard.flush(Duration::from_secs(5)).unwrap().complete);
 }
 
+/// `shutdown_async` dropped after its first poll (a timeout or `select!` around it): the
+/// shutdown it asked for goes on, and recording stops.
+fn cancelled_shutdown() {
+    let server = TestServer::start_with(Behavior::always(openlayer_trace_tests::Action::Hang));
+    let guard = openlayer_trace::init(config(&server, Duration::from_secs(5))).unwrap();
+    work("before".into());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = tokio::time::timeout(
+            Duration::from_millis(50),
+            guard.shutdown_async(Duration::from_secs(5)),
+        )
+        .await;
+        assert!(
+            r.is_err(),
+            "the server hangs: the shutdown is still waiting"
+        );
+    });
+    assert!(!openlayer_trace::is_recording());
+}
+
+/// A child forked after `init`: its pipeline's threads are the parent's. It records
+/// nothing and never waits for them (a flush or the guard's drop returns at once), until
+/// it calls `init` itself. The parent goes on as before.
+fn forked() {
+    let dir = child::temp_dir("forked");
+    let parent_file = dir.join("parent.jsonl");
+    let child_file = dir.join("child.jsonl");
+    let guard = openlayer_trace::init(
+        Config::builder()
+            .trace_file(&parent_file)
+            .shutdown_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    work("parent-before".into());
+    // SAFETY: the child only runs the checks below, then leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            assert!(!openlayer_trace::is_recording());
+            work("child-untraced".into());
+            let started = Instant::now();
+            assert!(openlayer_trace::flush(Duration::from_secs(5)).is_err());
+            assert!(started.elapsed() < Duration::from_secs(1));
+            let guard2 =
+                openlayer_trace::init(Config::builder().trace_file(&child_file).build().unwrap())
+                    .unwrap();
+            assert!(started.elapsed() < Duration::from_secs(1), "init waited");
+            work("child-traced".into());
+            let r = guard2.shutdown(Duration::from_secs(5)).unwrap();
+            assert_eq!(r.stats.written, 1, "{:?}", r.stats);
+            // The parent's guard, copied into the child, drops at once.
+            let started = Instant::now();
+            drop(guard);
+            assert!(started.elapsed() < Duration::from_secs(1));
+        }))
+        .is_ok();
+        // SAFETY: ends the child without running the parent's exit handlers.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{status}"
+    );
+    work("parent-after".into());
+    let r = guard.shutdown(Duration::from_secs(5)).unwrap();
+    assert_eq!(r.stats.written, 2, "{:?}", r.stats);
+    let child_text = std::fs::read_to_string(&child_file).unwrap();
+    assert!(child_text.contains("child-traced"), "{child_text}");
+    assert!(!child_text.contains("child-untraced"), "{child_text}");
+    let parent_text = std::fs::read_to_string(&parent_file).unwrap();
+    assert!(!parent_text.contains("child-"), "{parent_text}");
+}
+
 #[test]
 #[ignore = "a scenario's own process, started by the other tests of this binary"]
 fn child() {
@@ -190,6 +273,8 @@ fn child() {
         "drop_multi_thread" => guard_drop("multi_thread"),
         "disabled" => disabled(),
         "enabled_threads" => enabled_threads(),
+        "cancelled_shutdown" => cancelled_shutdown(),
+        "forked" => forked(),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -197,6 +282,16 @@ fn child() {
 fn run(scenario: &str) {
     let out = child::run(scenario, &[]);
     eprintln!("{scenario}: {:?}", results(&out));
+}
+
+#[test]
+fn a_cancelled_shutdown_async_still_stops_recording() {
+    run("cancelled_shutdown");
+}
+
+#[test]
+fn a_forked_child_records_nothing_until_it_calls_init() {
+    run("forked");
 }
 
 #[test]

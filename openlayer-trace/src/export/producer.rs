@@ -41,6 +41,20 @@ pub(crate) struct Exporter {
     pub(crate) threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Flushes whose callers stopped waiting (timed out) while their messages are alive.
     pub(crate) abandoned_flushes: Arc<AtomicUsize>,
+    /// The process's fork generation when this started (see `util::id::fork_generation`):
+    /// in a child forked since, its threads do not exist, and nothing waits for them.
+    pub(crate) generation: u64,
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        if self.forked() {
+            // In a forked child the handles name the parent's threads: dropping one
+            // detaches a thread that does not exist here (undefined behaviour).
+            let threads = std::mem::take(self.threads.get_mut().unwrap_or_else(|e| e.into_inner()));
+            std::mem::forget(threads);
+        }
+    }
 }
 
 impl crate::record::sink::TraceSink for Exporter {
@@ -366,6 +380,11 @@ impl Exporter {
         }
     }
 
+    /// Whether this runs in a child forked after it started (its threads are the parent's).
+    pub(crate) fn forked(&self) -> bool {
+        crate::util::id::fork_generation() != self.generation
+    }
+
     /// Sends a control message; `None` when the worker is gone.
     fn control(
         &self,
@@ -425,10 +444,19 @@ impl Exporter {
             done.count_in(&self.abandoned_flushes);
             return Ok(false);
         }
-        let complete = done.clone().wait_until_async(deadline).await;
-        if !complete {
-            done.count_in(&self.abandoned_flushes);
+        // Counted as abandoned also when this future is dropped before the end (a
+        // `select!` or a timeout around it): its message stays queued all the same.
+        struct Abandoned<'a>(&'a Completion, &'a Arc<AtomicUsize>, bool);
+        impl Drop for Abandoned<'_> {
+            fn drop(&mut self) {
+                if self.2 {
+                    self.0.count_in(self.1);
+                }
+            }
         }
+        let mut abandoned = Abandoned(&done, &self.abandoned_flushes, true);
+        let complete = done.clone().wait_until_async(deadline).await;
+        abandoned.2 = !complete;
         Ok(complete)
     }
 
@@ -440,6 +468,10 @@ impl Exporter {
     ) -> Result<Option<(Arc<Completion>, Instant)>, Error> {
         if self.tx.is_none() {
             return Ok(None);
+        }
+        if self.forked() {
+            // A forked child: the worker is the parent's, and never answers here.
+            return Err(Error::Shutdown);
         }
         let deadline = crate::util::clock::after(Instant::now(), timeout);
         let done = self
@@ -477,6 +509,10 @@ impl Exporter {
     /// that came back incomplete (the worker still gives up what it held, the spool
     /// writer still holds the spool's lock). Whether they all ended.
     pub(crate) fn wait_for_threads(&self, bound: Duration) -> bool {
+        if self.forked() {
+            // The threads are the parent's: they never end here.
+            return false;
+        }
         if crate::util::reentry::suppressed() {
             // On one of our threads (an `init` from `on_failure`): it may be one of them.
             return false;
@@ -559,6 +595,7 @@ mod tests {
             write_ahead: mode == crate::config::SpoolMode::WriteAhead,
             threads: Mutex::new(vec![writer]),
             abandoned_flushes: Default::default(),
+            generation: crate::util::id::fork_generation(),
         };
         (exporter, rx)
     }

@@ -171,11 +171,19 @@ impl Guard {
     }
 
     /// [`Guard::shutdown`] for async code.
+    ///
+    /// Dropped before it returns (a `select!` or a timeout around it), the shutdown it
+    /// asked for goes on, and recording stops all the same.
     pub async fn shutdown_async(mut self, timeout: Duration) -> Result<DeliveryReport, Error> {
         let p = self.pipeline.take().ok_or(Error::Shutdown)?;
-        let report = p.shutdown_async(timeout).await;
-        uninstall(&p);
-        report
+        struct Uninstall(Arc<Exporter>);
+        impl Drop for Uninstall {
+            fn drop(&mut self) {
+                uninstall(&self.0);
+            }
+        }
+        let _uninstall = Uninstall(p.clone());
+        p.shutdown_async(timeout).await
     }
 
     /// A snapshot of the delivery counters.

@@ -15,6 +15,26 @@ use crate::transport::{Transport, TransportConfig};
 
 use crate::util::limits::WORKER_STACK;
 
+/// In a child forked from this process, recording is off (its pipeline's threads are the
+/// parent's, and nothing would drain its queue) until the child calls `init`.
+fn stop_recording_in_forked_children() {
+    #[cfg(unix)]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        extern "C" fn in_child() {
+            // Async-signal-safe: one atomic store.
+            crate::record::sink::set_enabled(false);
+        }
+        ONCE.call_once(|| {
+            // SAFETY: registers a handler that only stores to an atomic; it is never
+            // unregistered.
+            unsafe {
+                libc::pthread_atfork(None, None, Some(in_child));
+            }
+        });
+    }
+}
+
 fn spawn(
     name: &str,
     f: impl FnOnce() + Send + 'static,
@@ -168,6 +188,8 @@ pub(crate) enum Start {
 /// Starts the background threads for `config` (none when disabled): the worker, and
 /// the spool writer when there is a spool.
 pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> {
+    let generation = crate::util::id::fork_generation();
+    stop_recording_in_forked_children();
     let counters = Arc::new(Counters::default());
     let budget = Arc::new(Budget::new(config.queue_max_bytes));
     let shaper = Shaper::new(&config);
@@ -182,6 +204,7 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
             write_ahead: false,
             threads: Mutex::new(Vec::new()),
             abandoned_flushes: Default::default(),
+            generation,
         }));
     }
     #[cfg(feature = "otlp")]
@@ -215,6 +238,7 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
             write_ahead: false,
             threads: Mutex::new(Vec::new()),
             abandoned_flushes: Default::default(),
+            generation,
         }));
     }
     let (tx, rx) = crate::util::queue::channel(config.queue_capacity);
@@ -344,6 +368,7 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
         spool,
         threads: Mutex::new(threads),
         abandoned_flushes: Default::default(),
+        generation,
     }))
 }
 

@@ -54,6 +54,14 @@ fn watch_forks() {
 #[cfg(not(all(unix, feature = "enable")))]
 fn watch_forks() {}
 
+/// How many forks separate this process from the one that first asked (0 there, and in
+/// a process that never forked since): a value taken before a fork differs in the child.
+#[cfg(feature = "enable")]
+pub(crate) fn fork_generation() -> u64 {
+    watch_forks();
+    GENERATION.load(Relaxed)
+}
+
 /// 128 bits from the OS, else from `std`'s OS-keyed hasher, the clock and an address.
 fn seed() -> State {
     watch_forks();
