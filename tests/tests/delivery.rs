@@ -140,6 +140,7 @@ fn child() {
         "spool_write_fails" => spool_write_fails(),
         "replayed_update_404" => replayed_update_404(),
         "overflow_drops_told" => overflow_drops_told(),
+        "reinit_spool" => reinit_spool(),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -331,6 +332,56 @@ fn refused_without_spool() {
         .map(|f| f.0)
         .sum();
     assert_eq!(told, 30, "{seen:?}");
+}
+
+/// `init` again on the same spool directory while traces and row updates keep coming
+/// (rotating the key, say): the old pipeline must release the spool before the new one
+/// takes it, and what completes meanwhile is handed to the new one, not dropped.
+fn reinit_spool() {
+    let server = TestServer::start_with(Behavior::always(Action::handler(|_| {
+        // A slow server: the old pipeline's shutdown takes a while.
+        std::thread::sleep(Duration::from_millis(10));
+        openlayer_trace_tests::Response::ok()
+    })));
+    let dir = temp_dir("reinit-spool");
+    let config = || base(&server.url()).spool_dir(&dir).build().unwrap();
+    let g1 = openlayer_trace::init(config()).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut ids = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let id = format!("handed-{i}");
+                work(id.clone());
+                openlayer_trace::update_row(&id, serde_json::json!({"label": i}), None);
+                ids.push(id);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            ids
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let g2 = openlayer_trace::init(config()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let ids = producer.join().unwrap();
+    let old = g1.stats();
+    let r = g2.shutdown(Duration::from_secs(20)).unwrap();
+    report(&[("produced", ids.len().to_string())]);
+    assert!(r.complete, "{:?}", r.stats);
+    assert_eq!(old.dropped.total(), 0, "the old pipeline dropped: {old:?}");
+    assert_eq!(r.stats.dropped.total(), 0, "{:?}", r.stats);
+    assert!(
+        all_received(&server, &ids),
+        "{} of {}",
+        received(&server, &ids),
+        ids.len()
+    );
+    // The updates: sent, or spooled behind their rows at the deadline (a slow server),
+    // none dropped (above).
 }
 
 /// Traces that overflow the queue into the spool writer and cannot be encoded there (the
@@ -1062,6 +1113,11 @@ fn run(scenario: &str) -> std::collections::HashMap<String, String> {
 fn assert_zero_loss(r: &std::collections::HashMap<String, String>) {
     assert_eq!(r["received"], r["produced"], "{r:?}");
     assert_eq!(r["duplicates"], "0", "{r:?}");
+}
+
+#[test]
+fn init_again_on_the_same_spool_hands_over_what_completes_meanwhile() {
+    run("reinit_spool");
 }
 
 #[test]

@@ -11,11 +11,14 @@ use crate::runtime::{self, Guard};
 /// Replaces any earlier configuration (whose pending traces are flushed first, within
 /// its `shutdown_timeout`). Returns a [`Guard`] that flushes when dropped.
 ///
-/// When both configurations use the spool (an API key and a spool directory), the new
+/// When both configurations use the same spool directory (with an API key), the new
 /// pipeline takes the directory over only after the earlier one has let go of it: `init`
 /// then also waits for the earlier pipeline's threads to end, for up to its
 /// `shutdown_timeout` again (at most 10 seconds), so it can block for up to twice the
-/// earlier `shutdown_timeout`.
+/// earlier `shutdown_timeout`. Traces and row updates completed meanwhile are kept (as
+/// many as the earlier queue held) and handed to the new pipeline; past that bound they
+/// are counted as dropped (`queue_full`) there. Otherwise the new pipeline starts first,
+/// and nothing waits.
 ///
 /// Unless tracing is disabled, it also installs (once) the SDK's panic hook, which
 /// remembers a panic's message for the steps it unwinds through and then calls the hook

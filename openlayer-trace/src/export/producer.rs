@@ -380,6 +380,16 @@ impl Exporter {
         }
     }
 
+    /// Counts `n` traces or updates that never reached this pipeline's queue as handed off
+    /// and dropped for `reason` (those a hand-over from an earlier pipeline had no room
+    /// for).
+    pub(crate) fn count_dropped(&self, n: u64, reason: DropReason) {
+        let c = &self.counters;
+        c.enqueued.fetch_add(n, Relaxed);
+        c.drop_rows(reason, n);
+        c.settled.fetch_add(n, Relaxed);
+    }
+
     /// Whether this runs in a child forked after it started (its threads are the parent's).
     pub(crate) fn forked(&self) -> bool {
         crate::util::id::fork_generation() != self.generation

@@ -29,6 +29,7 @@ use crate::record::row_update::RowUpdate;
 use crate::record::sink::{self, TraceSink};
 use crate::report::{DeliveryReport, DropReason, Stats};
 
+mod handover;
 mod start;
 
 pub(crate) use start::Start;
@@ -93,6 +94,10 @@ fn current() -> Option<Arc<Exporter>> {
 
 /// Hands a row update off to the queue (see `crate::update_row`).
 pub(crate) fn submit_update(update: RowUpdate) {
+    // While `init` hands a spool over, kept for the next pipeline.
+    let Some(update) = handover::keep_update(update) else {
+        return;
+    };
     match current() {
         Some(p) => p.enqueue_update(update),
         None => tracing::debug!(target: "openlayer_trace", "row update dropped: no pipeline"),
@@ -233,11 +238,21 @@ impl Drop for Guard {
 pub(crate) fn init(config: Config) -> Result<Guard, Error> {
     let _lock = INIT.lock().unwrap_or_else(|e| e.into_inner());
     let mut old_shut_down = false;
+    let mut handing_over = false;
     if config.spool_dir.is_some() && config.api_key.is_some() && !config.disabled {
-        // The spool directory belongs to one pipeline at a time: the previous one
-        // releases it (spooling what it could not deliver) before the new one starts.
+        // The spool directory belongs to one pipeline at a time: the previous one, when
+        // it holds this one, releases it (spooling what it could not deliver) before the
+        // new one starts. Meanwhile what completes is kept for the new one.
         let old = PIPELINE.read().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(old) = old {
+        let same_dir = |old: &Exporter| {
+            let (Some(s), Some(dir)) = (&old.spool, &config.spool_dir) else {
+                return false;
+            };
+            std::path::absolute(dir).is_ok_and(|d| d == s.dir())
+        };
+        if let Some(old) = old.filter(|o| same_dir(o)) {
+            handover::begin(old.config.queue_capacity);
+            handing_over = true;
             let _ = old.shutdown(old.config.shutdown_timeout);
             // After a shutdown that came back incomplete (this one, or the guard's
             // before it), its threads may still hold the spool: waited for, within a
@@ -250,6 +265,15 @@ pub(crate) fn init(config: Config) -> Result<Guard, Error> {
     let pipeline = match start::start(config, Start::Explicit) {
         Ok(p) => p,
         Err(e) => {
+            if handing_over {
+                // Nowhere to go: back to the pipeline they were first headed for, shut
+                // down, which counts them as dropped (`shutdown`).
+                let old = PIPELINE.read().unwrap_or_else(|e| e.into_inner()).clone();
+                if let Some(old) = &old {
+                    sink::install(Some(old.clone() as Arc<dyn TraceSink>), false);
+                }
+                handover::end(old.as_ref());
+            }
             // A failed `init` never leaves the first traced call to configure the SDK
             // from the environment alone (without the mask, the sampling or the pipeline
             // the caller asked for), nor a pipeline it shut down switched on: tracing is
@@ -264,7 +288,11 @@ pub(crate) fn init(config: Config) -> Result<Guard, Error> {
             return Err(e);
         }
     };
-    if let Some(old) = install(pipeline.clone()) {
+    let old = install(pipeline.clone());
+    if handing_over {
+        handover::end(Some(&pipeline));
+    }
+    if let Some(old) = old {
         let timeout = old.config.shutdown_timeout;
         let _ = old.shutdown(timeout);
     }

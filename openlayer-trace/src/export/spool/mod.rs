@@ -465,6 +465,11 @@ impl Spool {
         self.jobs.send(job).map_err(|e| e.0)
     }
 
+    /// The spool's directory (absolute).
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// Called by the writer as it closes: no job is sent from now on, and those already
     /// sent are settled, as the writer will not write them: rows and traces dropped
     /// (`shutdown`) with their room given back, the lines written ahead for dropped
