@@ -9,7 +9,7 @@ use async_openai::Responses;
 use async_openai::config::Config;
 use async_openai::error::OpenAIError;
 use async_openai::types::responses::{
-    CreateResponse, InputParam, Response, ResponseStream, ResponseStreamEvent,
+    CreateResponse, InputParam, OutputItem, Response, ResponseStream, ResponseStreamEvent,
 };
 use futures_core::Stream;
 use openlayer_trace::{StepHandle, StepKind, step};
@@ -95,6 +95,7 @@ impl<C: Config> ResponsesExt for Responses<'_, C> {
                 refusal: Bounded::default(),
                 bound: TextBound::default(),
                 model: None,
+                calls: Vec::new(),
                 last: None,
             }) as ResponseStream),
             Ok(inner) => Ok(inner),
@@ -217,6 +218,9 @@ fn record_response(h: &mut StepHandle, raw: Value) {
     h.metadata("rawOutput", &raw);
 }
 
+/// The most tool calls a stream keeps for a step whose final response never came.
+const MAX_KEPT_CALLS: usize = 128;
+
 /// Wraps async-openai's Responses stream; events pass through untouched.
 struct TracedResponseStream {
     inner: ResponseStream,
@@ -229,6 +233,9 @@ struct TracedResponseStream {
     refusal: Bounded,
     bound: TextBound,
     model: Option<String>,
+    /// The function and custom tool calls done so far (`response.output_item.done`),
+    /// recorded when no final response came.
+    calls: Vec<Value>,
     /// The final response (`response.completed`, `.incomplete` or `.failed`).
     last: Option<Response>,
 }
@@ -281,6 +288,11 @@ impl TracedResponseStream {
                 }
                 if !self.text.is_empty() {
                     h.output(&self.text.marked());
+                } else if !self.calls.is_empty() {
+                    // As a final response with these calls would have them (bounded).
+                    let mut raw = serde_json::json!({"output": std::mem::take(&mut self.calls)});
+                    bound_texts(&mut raw);
+                    h.output(&output_of(&raw));
                 } else if !self.refusal.is_empty() {
                     h.output(&self.refusal.marked());
                 }
@@ -316,6 +328,18 @@ impl Stream for TracedResponseStream {
                     ResponseStreamEvent::ResponseFunctionCallArgumentsDelta(_) => true,
                     ResponseStreamEvent::ResponseCreated(e) => {
                         this.model = Some(e.response.model.clone());
+                        false
+                    }
+                    ResponseStreamEvent::ResponseOutputItemDone(e) => {
+                        if this.calls.len() < MAX_KEPT_CALLS
+                            && matches!(
+                                e.item,
+                                OutputItem::FunctionCall(_) | OutputItem::CustomToolCall(_)
+                            )
+                            && let Ok(item) = serde_json::to_value(&e.item)
+                        {
+                            this.calls.push(item);
+                        }
                         false
                     }
                     ResponseStreamEvent::ResponseCompleted(e) => {

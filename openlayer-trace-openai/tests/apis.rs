@@ -369,3 +369,53 @@ async fn response_stream_error_event_is_recorded_and_passed_on() {
     let step = traces[0].root();
     assert_eq!(step["metadata"]["Exceptions"], seen[0].as_str(), "{step}");
 }
+
+/// Streams a traced Responses answer from `model`, reading every event (an error item
+/// included) until the stream ends; returns the traces.
+async fn read_all(client: &Client<OpenAIConfig>, model: &str) -> Vec<testing::CapturedTrace> {
+    let request = CreateResponseArgs::default()
+        .model(model)
+        .input("Weather in Paris and Tokyo?")
+        .stream(true)
+        .build()
+        .unwrap();
+    let ((), traces) = testing::capture_async(async {
+        let mut stream = client
+            .responses()
+            .create_stream_traced(request)
+            .await
+            .unwrap();
+        while stream.next().await.is_some() {}
+    })
+    .await;
+    traces
+}
+
+/// A streamed Responses answer of function calls: the calls are the output, from the
+/// final response; and from the calls' `response.output_item.done` events when the
+/// stream ends before its final response (the connection cut).
+#[tokio::test]
+async fn response_stream_function_calls_are_the_output_even_without_a_final_response() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    for model in ["gpt-4o-tools", "gpt-4o-tools-stream-cut"] {
+        let traces = read_all(&client, model).await;
+        let step = traces[0].root();
+        let calls = step["output"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{model}: {step}"));
+        let got: Vec<(&str, &serde_json::Value)> = calls
+            .iter()
+            .map(|c| (c["id"].as_str().unwrap_or(""), &c["arguments"]))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("call_Paris", &json!({"city": "Paris"})),
+                ("call_Tokyo", &json!({"city": "Tokyo"}))
+            ],
+            "{model}: {step}"
+        );
+        assert_eq!(calls[0]["name"], "get_weather", "{model}");
+    }
+}

@@ -10,9 +10,9 @@
 //!
 //! | model contains | answer |
 //! | --- | --- |
-//! | `tools` | two parallel `get_weather` tool calls (Paris, Tokyo); streamed with their fragments interleaved |
+//! | `tools` | two parallel `get_weather` tool calls (Paris, Tokyo); streamed with their fragments interleaved (Responses API: two `function_call` items, their arguments streamed as deltas) |
 //! | `stream-error` | (streams) a few chunks, then an error event |
-//! | `stream-cut` | (streams) a few chunks, then the connection closes mid-body |
+//! | `stream-cut` | (streams) a few chunks, then the connection closes mid-body (Responses API with `tools`: after both calls' `response.output_item.done`, before `response.completed`) |
 //! | `azure-filter` | (streams) first Azure's content-filter chunk: empty `id` and `model`, `created` 0, no choices |
 //! | `repeat` | (streams, with `tools`) every tool-call delta repeats the call's `id` and `name`, as some compatible servers do |
 //! | `refusal` | (Responses API) a refusal instead of an answer, streamed as refusal deltas |
@@ -459,6 +459,64 @@ fn response_object(body: &Value, model: &str, status: &str, output: Value, usage
     })
 }
 
+/// A Responses API answer of two `get_weather` function calls; streamed, each call's
+/// arguments come as deltas, and with `cut` the body ends before `response.completed`.
+fn response_tool_calls(body: &Value, model: &str, usage: Value, cut: bool) -> Response {
+    let call = |i: usize, city: &str, arguments: &str, status: &str| {
+        json!({"type": "function_call", "id": format!("fc_{i}"), "call_id": format!("call_{city}"),
+               "name": "get_weather", "arguments": arguments, "status": status})
+    };
+    let cities = ["Paris", "Tokyo"];
+    let args = |city: &str| format!("{{\"city\":\"{city}\"}}");
+    let items: Vec<Value> = cities
+        .iter()
+        .enumerate()
+        .map(|(i, c)| call(i, c, &args(c), "completed"))
+        .collect();
+    let done = response_object(body, model, "completed", json!(items), usage);
+    if body["stream"] != true {
+        return Response::json(200, &done);
+    }
+    let mut seq = 0u64;
+    let mut events = Vec::new();
+    let mut event = |kind: &str, mut data: Value| {
+        data["type"] = json!(kind);
+        data["sequence_number"] = json!(seq);
+        seq += 1;
+        events.push(format!("event: {kind}\ndata: {data}"));
+    };
+    let pending = response_object(body, model, "in_progress", json!([]), Value::Null);
+    event("response.created", json!({"response": pending}));
+    for (i, city) in cities.iter().enumerate() {
+        let item_id = format!("fc_{i}");
+        event(
+            "response.output_item.added",
+            json!({"output_index": i, "item": call(i, city, "", "in_progress")}),
+        );
+        let a = args(city);
+        let (head, tail) = a.split_at(a.len() / 2);
+        for piece in [head, tail] {
+            event(
+                "response.function_call_arguments.delta",
+                json!({"item_id": item_id, "output_index": i, "delta": piece}),
+            );
+        }
+        event(
+            "response.function_call_arguments.done",
+            json!({"item_id": item_id, "output_index": i, "arguments": a}),
+        );
+        event(
+            "response.output_item.done",
+            json!({"output_index": i, "item": items[i]}),
+        );
+    }
+    if cut {
+        return cut_response(sse(&events));
+    }
+    event("response.completed", json!({"response": done}));
+    sse_response(sse(&events))
+}
+
 fn responses(body: &Value) -> Response {
     let requested = body["model"].as_str().unwrap_or("gpt-4o-mini");
     let model = response_model(requested);
@@ -503,6 +561,9 @@ fn responses(body: &Value) -> Response {
         json!({"id": "msg_mock", "type": "message", "status": status, "role": "assistant",
                "content": content})
     };
+    if requested.contains("tools") {
+        return response_tool_calls(body, &model, usage, requested.contains("stream-cut"));
+    }
     let done = response_object(
         body,
         &model,
