@@ -459,6 +459,18 @@ fn response_object(body: &Value, model: &str, status: &str, output: Value, usage
     })
 }
 
+/// Responses API server-sent events, numbered in order (`sequence_number`).
+#[derive(Default)]
+struct Events(Vec<String>);
+
+impl Events {
+    fn push(&mut self, kind: &str, mut data: Value) {
+        data["type"] = json!(kind);
+        data["sequence_number"] = json!(self.0.len());
+        self.0.push(format!("event: {kind}\ndata: {data}"));
+    }
+}
+
 /// A Responses API answer of two `get_weather` function calls; streamed, each call's
 /// arguments come as deltas, and with `cut` the body ends before `response.completed`.
 fn response_tool_calls(body: &Value, model: &str, usage: Value, cut: bool) -> Response {
@@ -477,14 +489,8 @@ fn response_tool_calls(body: &Value, model: &str, usage: Value, cut: bool) -> Re
     if body["stream"] != true {
         return Response::json(200, &done);
     }
-    let mut seq = 0u64;
-    let mut events = Vec::new();
-    let mut event = |kind: &str, mut data: Value| {
-        data["type"] = json!(kind);
-        data["sequence_number"] = json!(seq);
-        seq += 1;
-        events.push(format!("event: {kind}\ndata: {data}"));
-    };
+    let mut events = Events::default();
+    let mut event = |kind: &str, data: Value| events.push(kind, data);
     let pending = response_object(body, model, "in_progress", json!([]), Value::Null);
     event("response.created", json!({"response": pending}));
     for (i, city) in cities.iter().enumerate() {
@@ -511,10 +517,10 @@ fn response_tool_calls(body: &Value, model: &str, usage: Value, cut: bool) -> Re
         );
     }
     if cut {
-        return cut_response(sse(&events));
+        return cut_response(sse(&events.0));
     }
     event("response.completed", json!({"response": done}));
-    sse_response(sse(&events))
+    sse_response(sse(&events.0))
 }
 
 fn responses(body: &Value) -> Response {
@@ -574,14 +580,8 @@ fn responses(body: &Value) -> Response {
     if body["stream"] != true {
         return Response::json(200, &done);
     }
-    let mut seq = 0u64;
-    let mut events = Vec::new();
-    let mut event = |kind: &str, mut data: Value| {
-        data["type"] = json!(kind);
-        data["sequence_number"] = json!(seq);
-        seq += 1;
-        events.push(format!("event: {kind}\ndata: {data}"));
-    };
+    let mut events = Events::default();
+    let mut event = |kind: &str, data: Value| events.push(kind, data);
     let pending = response_object(body, &model, "in_progress", json!([]), Value::Null);
     event("response.created", json!({"response": pending}));
     event("response.in_progress", json!({"response": pending}));
@@ -607,7 +607,7 @@ fn responses(body: &Value) -> Response {
                 "error",
                 json!({"code": "server_error", "message": "The server had an error while processing your request. Sorry about that!", "param": null}),
             );
-            return sse_response(sse(&events));
+            return sse_response(sse(&events.0));
         }
         let mut delta =
             json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": p});
@@ -631,5 +631,5 @@ fn responses(body: &Value) -> Response {
         json!({"output_index": 0, "item": message("completed", Some(&text))}),
     );
     event("response.completed", json!({"response": done}));
-    sse_response(sse(&events))
+    sse_response(sse(&events.0))
 }
