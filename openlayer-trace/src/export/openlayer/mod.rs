@@ -162,6 +162,9 @@ pub(crate) struct Flusher {
     /// Replayed row updates answered 404 (their row not visible yet), by spool line: how
     /// many times, and when the line may be sent again.
     replay_404: HashMap<(u64, u64), (u32, Instant)>,
+    /// Inference ids of the rows replayed lately, with when: a row update replayed right
+    /// behind its row may find it not visible yet (see `replay::REPLAYED_404_RETRIES`).
+    replayed_rows: HashMap<String, Instant>,
     /// Set while the server answers as if the configuration were broken.
     broken: Option<Broken>,
     broken_report: BrokenReport,
@@ -216,6 +219,7 @@ impl Flusher {
             rows_by_id: HashMap::new(),
             held: HashMap::new(),
             replay_404: HashMap::new(),
+            replayed_rows: HashMap::new(),
             replay: Replay {
                 wanted: false,
                 next_try: None,

@@ -20,6 +20,13 @@ const REPLAYED_404_RETRIES: u32 = 2;
 /// their first 404, as before).
 const REPLAYED_404_MAX: usize = 10_000;
 
+/// How long after its row was replayed an update's 404 may be the platform not showing
+/// the row yet.
+const REPLAYED_ROW_FRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The most replayed rows remembered (see `Flusher::replayed_rows`).
+const REPLAYED_ROWS_MAX: usize = 10_000;
+
 impl Flusher {
     pub(super) fn start_replays(&mut self) {
         let Some(spool) = self.spool.clone() else {
@@ -144,6 +151,9 @@ impl Flusher {
         let n = batch.rows.len() as u64;
         if result.is_ok() {
             self.replay_404.remove(&batch.key());
+            if batch.update.is_none() {
+                self.note_replayed_rows(batch.ids());
+            }
         }
         match result {
             Ok(()) => {
@@ -161,8 +171,20 @@ impl Flusher {
             // time; then dropped, not taken for a broken configuration.
             Err(e) if batch.update.is_some() && no_such_row(&e) => {
                 let key = batch.key();
-                let tries = self.replay_404.get(&key).map_or(0, |t| t.0) + 1;
-                if tries > REPLAYED_404_RETRIES || self.replay_404.len() >= REPLAYED_404_MAX {
+                let known = self.replay_404.get(&key).map(|t| t.0);
+                let tries = known.unwrap_or(0) + 1;
+                // Waited for only when its row was replayed lately (in this process, within
+                // `REPLAYED_ROW_FRESH`): an update of a row that never came waits for
+                // nothing, and holds back nothing behind it.
+                let row_just_replayed = batch.update.as_deref().is_some_and(|id| {
+                    self.replayed_rows
+                        .get(id)
+                        .is_some_and(|at| at.elapsed() < REPLAYED_ROW_FRESH)
+                });
+                if tries > REPLAYED_404_RETRIES
+                    || (known.is_none() && !row_just_replayed)
+                    || (known.is_none() && self.replay_404.len() >= REPLAYED_404_MAX)
+                {
                     self.replay_404.remove(&key);
                     return self.replay_rejected(&spool, batch, &e);
                 }
@@ -209,6 +231,22 @@ impl Flusher {
                     crate::util::diag::warn_limited!(error = %e, "could not replay spooled rows; they stay in the spool");
                 }
             },
+        }
+    }
+
+    /// Remembers the ids of rows just replayed (bounded: the stale ones go first, and
+    /// when all are fresh, all of them).
+    fn note_replayed_rows(&mut self, ids: &[String]) {
+        if self.replayed_rows.len() + ids.len() > REPLAYED_ROWS_MAX {
+            self.replayed_rows
+                .retain(|_, at| at.elapsed() < REPLAYED_ROW_FRESH);
+            if self.replayed_rows.len() + ids.len() > REPLAYED_ROWS_MAX {
+                self.replayed_rows.clear();
+            }
+        }
+        let now = Instant::now();
+        for id in ids.iter().take(REPLAYED_ROWS_MAX) {
+            self.replayed_rows.insert(id.clone(), now);
         }
     }
 

@@ -36,6 +36,11 @@ impl ReplayBatch {
         (self.seq, self.offsets.first().copied().unwrap_or(0))
     }
 
+    /// The inference ids of its rows.
+    pub(crate) fn ids(&self) -> &[String] {
+        &self.ids
+    }
+
     /// Splits off the second half of a batch of several lines (for bisecting a rejected
     /// batch); `None` for a batch of one line.
     pub(crate) fn split_off(&mut self) -> Option<ReplayBatch> {
