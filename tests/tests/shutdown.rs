@@ -220,12 +220,30 @@ fn forked() {
     )
     .unwrap();
     work("parent-before".into());
+    // The parent's async waits started its timer thread, which the child does not have.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    assert!(
+        rt.block_on(openlayer_trace::flush_async(Duration::from_secs(5)))
+            .unwrap()
+            .complete
+    );
+    drop(rt);
+    // Open when the process forks: completed on both sides.
+    let open = openlayer_trace::step("open across the fork").start();
     // SAFETY: the child only runs the checks below, then leaves with `_exit`.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
     if pid == 0 {
+        // SAFETY: a hang here ends the child (SIGALRM) instead of the test.
+        unsafe { libc::alarm(20) };
         let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             assert!(!openlayer_trace::is_recording());
+            // Not queued where nothing drains it: dropped, counted.
+            open.finish();
+            assert_eq!(guard.stats().dropped.shutdown, 1);
             work("child-untraced".into());
             let started = Instant::now();
             assert!(openlayer_trace::flush(Duration::from_secs(5)).is_err());
@@ -241,6 +259,20 @@ fn forked() {
             let started = Instant::now();
             drop(guard);
             assert!(started.elapsed() < Duration::from_secs(1));
+            // The async waits have a timer here too: a flush a hung server keeps from
+            // completing returns at its deadline.
+            let server = TestServer::start_with(Behavior::hang());
+            let guard3 = openlayer_trace::init(config(&server, Duration::from_secs(1))).unwrap();
+            work("child-hung".into());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let started = Instant::now();
+            let r = rt.block_on(openlayer_trace::flush_async(Duration::from_millis(300)));
+            assert!(!r.unwrap().complete);
+            assert!(started.elapsed() < Duration::from_secs(5));
+            drop(guard3);
         }))
         .is_ok();
         // SAFETY: ends the child without running the parent's exit handlers.
@@ -254,8 +286,9 @@ fn forked() {
         "{status}"
     );
     work("parent-after".into());
+    open.finish();
     let r = guard.shutdown(Duration::from_secs(5)).unwrap();
-    assert_eq!(r.stats.written, 2, "{:?}", r.stats);
+    assert_eq!(r.stats.written, 3, "{:?}", r.stats);
     let child_text = std::fs::read_to_string(&child_file).unwrap();
     assert!(child_text.contains("child-traced"), "{child_text}");
     assert!(!child_text.contains("child-untraced"), "{child_text}");

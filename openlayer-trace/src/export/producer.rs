@@ -99,6 +99,11 @@ impl Exporter {
             c.settled.fetch_add(1, Relaxed);
             return;
         };
+        if self.forked_now() {
+            // Open when the process forked, completed in the child: the queue and the
+            // spool are the parent's.
+            return self.drop_after_shutdown();
+        }
         if self.write_ahead
             && let Some(spool) = &self.spool
         {
@@ -179,6 +184,10 @@ impl Exporter {
             c.settled.fetch_add(1, Relaxed);
             return;
         };
+        if self.forked_now() {
+            // As a trace completed in a forked child.
+            return self.update_after_shutdown();
+        }
         let mut update = update;
         // Write-ahead: on disk (with its pipeline resolved, as a replay needs it) before it
         // is queued, as rows are, so that a crash does not lose it.
@@ -393,6 +402,13 @@ impl Exporter {
     /// Whether this runs in a child forked after it started (its threads are the parent's).
     pub(crate) fn forked(&self) -> bool {
         crate::util::id::fork_generation() != self.generation
+    }
+
+    /// [`forked`](Self::forked) for the hot path: one relaxed load (the fork handler was
+    /// registered when this pipeline started).
+    #[inline]
+    fn forked_now(&self) -> bool {
+        crate::util::id::fork_generation_now() != self.generation
     }
 
     /// Sends a control message; `None` when the worker is gone.

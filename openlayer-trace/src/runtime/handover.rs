@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::export::producer::Exporter;
+use crate::export::protocol::queued_trace_bytes;
 use crate::record::CompletedTrace;
 use crate::record::row_update::RowUpdate;
 use crate::record::sink::{self, TraceSink};
@@ -16,9 +17,21 @@ use crate::report::DropReason;
 struct Kept {
     traces: Vec<CompletedTrace>,
     updates: Vec<RowUpdate>,
-    max: usize,
-    /// Kept nowhere (past `max`): counted as dropped (`queue_full`) by the new pipeline.
+    /// Bounds, as the old pipeline's queue had: items and (estimated) bytes.
+    max_items: usize,
+    max_bytes: usize,
+    bytes: usize,
+    /// Kept nowhere (past a bound), a trace's riding updates included: counted as dropped
+    /// (`queue_full`) by the new pipeline.
     overflowed: u64,
+}
+
+impl Kept {
+    /// Whether one more item of `bytes` fits.
+    fn room(&self, bytes: usize) -> bool {
+        self.traces.len() + self.updates.len() < self.max_items
+            && self.bytes.saturating_add(bytes) <= self.max_bytes
+    }
 }
 
 static KEPT: Mutex<Option<Kept>> = Mutex::new(None);
@@ -35,23 +48,30 @@ struct Keeper;
 
 impl TraceSink for Keeper {
     fn submit(&self, trace: CompletedTrace) {
+        let bytes = queued_trace_bytes(&trace);
         if let Some(k) = kept().as_mut() {
-            if k.traces.len() + k.updates.len() < k.max {
+            if k.room(bytes) {
+                k.bytes += bytes;
                 k.traces.push(trace);
             } else {
-                k.overflowed += 1;
+                let riding = trace.state.extra.as_ref().map_or(0, |e| e.updates.len());
+                k.overflowed += 1 + riding as u64;
             }
         }
     }
 }
 
-/// Starts keeping what completes (at most `max` traces and updates, as many as the old
-/// pipeline's queue held); recording stays as it was.
-pub(super) fn begin(max: usize) {
+/// Starts keeping what completes, within the old pipeline's queue bounds; recording stays
+/// as it was. The returned guard ends the hand-over (to whichever pipeline is installed
+/// then) if `init` unwinds before [`end`].
+pub(super) fn begin(old: &Arc<Exporter>) -> Unwinding {
+    let (max_items, max_bytes) = (old.config.queue_capacity, old.config.queue_max_bytes);
     *kept() = Some(Kept {
         traces: Vec::new(),
         updates: Vec::new(),
-        max: max.max(1),
+        max_items: max_items.max(1),
+        max_bytes: max_bytes.max(1),
+        bytes: 0,
         overflowed: 0,
     });
     ACTIVE.store(true, Relaxed);
@@ -59,6 +79,31 @@ pub(super) fn begin(max: usize) {
         let on = sink::enabled(|| false);
         (Some((Some(Arc::new(Keeper) as Arc<dyn TraceSink>), on)), ())
     });
+    Unwinding(old.clone())
+}
+
+/// Ends a hand-over left under way by a panic in `init` (it holds the old pipeline):
+/// before the new pipeline was installed, the old one becomes the sink again, shut down
+/// (what was kept is counted there as dropped); after, the new one gets what was kept.
+pub(super) struct Unwinding(Arc<Exporter>);
+
+impl Drop for Unwinding {
+    fn drop(&mut self) {
+        if !ACTIVE.load(Relaxed) {
+            return;
+        }
+        let current = super::PIPELINE
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match current {
+            Some(p) if !Arc::ptr_eq(&p, &self.0) => end(Some(&p)),
+            _ => {
+                sink::install(Some(self.0.clone() as Arc<dyn TraceSink>), false);
+                end(Some(&self.0));
+            }
+        }
+    }
 }
 
 /// Keeps a row update during a hand-over (`None`); else gives it back.
@@ -66,36 +111,54 @@ pub(super) fn keep_update(update: RowUpdate) -> Option<RowUpdate> {
     if !ACTIVE.load(Relaxed) {
         return Some(update);
     }
-    match kept().as_mut() {
-        Some(k) if k.traces.len() + k.updates.len() < k.max => {
-            k.updates.push(update);
-            None
-        }
-        Some(k) => {
-            k.overflowed += 1;
-            None
-        }
-        None => Some(update),
+    let mut g = kept();
+    let Some(k) = g.as_mut() else {
+        return Some(update);
+    };
+    let bytes = update.size();
+    if k.room(bytes) {
+        k.bytes += bytes;
+        k.updates.push(update);
+    } else {
+        k.overflowed += 1;
     }
+    None
 }
 
 /// Ends the hand-over (the global sink is already the pipeline `to`): what was kept goes
-/// to `to`, in the order it completed within traces and within updates.
+/// to `to`, in the order it completed within traces and within updates. Row updates made
+/// meanwhile are still kept, behind those, until everything kept is handed on.
 pub(super) fn end(to: Option<&Arc<Exporter>>) {
-    ACTIVE.store(false, Relaxed);
-    let Some(k) = kept().take() else {
-        return;
-    };
-    let Some(to) = to else {
-        return;
-    };
-    for trace in k.traces {
-        to.submit(trace);
-    }
-    for update in k.updates {
-        to.enqueue_update(update);
-    }
-    if k.overflowed > 0 {
-        to.count_dropped(k.overflowed, DropReason::QueueFull);
+    loop {
+        let (traces, updates, overflowed) = {
+            let mut g = kept();
+            let Some(k) = g.as_mut() else {
+                ACTIVE.store(false, Relaxed);
+                return;
+            };
+            if k.traces.is_empty() && k.updates.is_empty() && k.overflowed == 0 {
+                *g = None;
+                ACTIVE.store(false, Relaxed);
+                return;
+            }
+            k.bytes = 0;
+            (
+                std::mem::take(&mut k.traces),
+                std::mem::take(&mut k.updates),
+                std::mem::take(&mut k.overflowed),
+            )
+        };
+        let Some(to) = to else {
+            continue;
+        };
+        for trace in traces {
+            to.submit(trace);
+        }
+        for update in updates {
+            to.enqueue_update(update);
+        }
+        if overflowed > 0 {
+            to.count_dropped(overflowed, DropReason::QueueFull);
+        }
     }
 }

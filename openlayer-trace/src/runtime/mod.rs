@@ -238,21 +238,24 @@ impl Drop for Guard {
 pub(crate) fn init(config: Config) -> Result<Guard, Error> {
     let _lock = INIT.lock().unwrap_or_else(|e| e.into_inner());
     let mut old_shut_down = false;
-    let mut handing_over = false;
+    let mut handing_over = None;
     if config.spool_dir.is_some() && config.api_key.is_some() && !config.disabled {
         // The spool directory belongs to one pipeline at a time: the previous one, when
         // it holds this one, releases it (spooling what it could not deliver) before the
         // new one starts. Meanwhile what completes is kept for the new one.
         let old = PIPELINE.read().unwrap_or_else(|e| e.into_inner()).clone();
+        // The same directory however it is named (a symlink, `..`, a relative path).
         let same_dir = |old: &Exporter| {
             let (Some(s), Some(dir)) = (&old.spool, &config.spool_dir) else {
                 return false;
             };
-            std::path::absolute(dir).is_ok_and(|d| d == s.dir())
+            match (std::fs::canonicalize(dir), std::fs::canonicalize(s.dir())) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => std::path::absolute(dir).is_ok_and(|d| d == s.dir()),
+            }
         };
         if let Some(old) = old.filter(|o| same_dir(o)) {
-            handover::begin(old.config.queue_capacity);
-            handing_over = true;
+            handing_over = Some(handover::begin(&old));
             let _ = old.shutdown(old.config.shutdown_timeout);
             // After a shutdown that came back incomplete (this one, or the guard's
             // before it), its threads may still hold the spool: waited for, within a
@@ -265,15 +268,9 @@ pub(crate) fn init(config: Config) -> Result<Guard, Error> {
     let pipeline = match start::start(config, Start::Explicit) {
         Ok(p) => p,
         Err(e) => {
-            if handing_over {
-                // Nowhere to go: back to the pipeline they were first headed for, shut
-                // down, which counts them as dropped (`shutdown`).
-                let old = PIPELINE.read().unwrap_or_else(|e| e.into_inner()).clone();
-                if let Some(old) = &old {
-                    sink::install(Some(old.clone() as Arc<dyn TraceSink>), false);
-                }
-                handover::end(old.as_ref());
-            }
+            // What was kept has nowhere to go: back to the pipeline it was first headed
+            // for, shut down, which counts it as dropped (`shutdown`).
+            drop(handing_over.take());
             // A failed `init` never leaves the first traced call to configure the SDK
             // from the environment alone (without the mask, the sampling or the pipeline
             // the caller asked for), nor a pipeline it shut down switched on: tracing is
@@ -289,8 +286,10 @@ pub(crate) fn init(config: Config) -> Result<Guard, Error> {
         }
     };
     let old = install(pipeline.clone());
-    if handing_over {
+    if let Some(unwinding) = handing_over.take() {
         handover::end(Some(&pipeline));
+        // Ended: it has nothing left to do.
+        drop(unwinding);
     }
     if let Some(old) = old {
         let timeout = old.config.shutdown_timeout;

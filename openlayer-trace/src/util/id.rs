@@ -62,6 +62,13 @@ pub(crate) fn fork_generation() -> u64 {
     GENERATION.load(Relaxed)
 }
 
+/// [`fork_generation`] once forks are watched (after the first call of it): one load.
+#[cfg(feature = "enable")]
+#[inline]
+pub(crate) fn fork_generation_now() -> u64 {
+    GENERATION.load(Relaxed)
+}
+
 /// 128 bits from the OS, else from `std`'s OS-keyed hasher, the clock and an address.
 fn seed() -> State {
     watch_forks();

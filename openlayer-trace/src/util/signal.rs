@@ -3,7 +3,7 @@
 //! waiters at their deadlines.
 
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 use std::time::Instant;
 
@@ -121,8 +121,9 @@ static TIMER: Timer = Timer {
     entries: Mutex::new(Vec::new()),
     cv: Condvar::new(),
 };
-/// Whether the timer thread started (decided once).
-static STARTED: OnceLock<bool> = OnceLock::new();
+/// Whether the timer thread started, and in which process: the fork generation it was
+/// started in (a forked child has no timer thread, and starts its own).
+static STARTED: Mutex<Option<(u64, bool)>> = Mutex::new(None);
 
 fn entries() -> MutexGuard<'static, Vec<(Instant, Weak<Completion>)>> {
     TIMER.entries.lock().unwrap_or_else(|e| e.into_inner())
@@ -131,12 +132,23 @@ fn entries() -> MutexGuard<'static, Vec<(Instant, Weak<Completion>)>> {
 /// Wakes the waiter of `completion` at `deadline` (unless it is gone by then). False
 /// when the timer thread could not be started.
 pub(crate) fn wake_at(deadline: Instant, completion: &Arc<Completion>) -> bool {
-    let started = STARTED.get_or_init(|| {
-        std::thread::Builder::new()
-            .name("openlayer-trace-timer".into())
-            .spawn(run)
-            .is_ok()
-    });
+    let generation = crate::util::id::fork_generation();
+    let started = {
+        let mut s = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+        match *s {
+            Some((g, started)) if g == generation => started,
+            _ => {
+                // The parent's entries are not this process's waits.
+                entries().clear();
+                let started = std::thread::Builder::new()
+                    .name("openlayer-trace-timer".into())
+                    .spawn(run)
+                    .is_ok();
+                *s = Some((generation, started));
+                started
+            }
+        }
+    };
     if !started {
         return false;
     }
