@@ -153,11 +153,20 @@ impl LocalLine {
     }
 }
 
-/// Opens `path` for appending, creating it (mode 0600 on unix) and its directory if
-/// needed; returns the file and its length.
+/// Opens `path` for appending, creating it (mode 0600 on unix) and its directory (0700)
+/// if needed; returns the file and its length. A regular file found readable by others
+/// is made 0600; one whose last line was torn (a process killed mid-write) gets that line
+/// ended, so that the next line starts whole.
 pub(crate) fn open_private_append(path: &Path) -> std::io::Result<(std::fs::File, u64)> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder.create(dir)?;
     }
     let mut options = OpenOptions::new();
     options.create(true).append(true);
@@ -166,15 +175,44 @@ pub(crate) fn open_private_append(path: &Path) -> std::io::Result<(std::fs::File
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let file = options.open(path)?;
+    let mut file = options.open(path)?;
     // A device, a pipe or a symbolic link (`/dev/null`, `/dev/stdout`, a FIFO) has no
-    // size to bound.
-    let len = if bounded(path) {
-        file.metadata()?.len()
-    } else {
-        0
-    };
+    // size to bound, and is not ours to change.
+    if !bounded(path) {
+        return Ok((file, 0));
+    }
+    let meta = file.metadata()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0
+            && file
+                .set_permissions(std::fs::Permissions::from_mode(0o600))
+                .is_err()
+        {
+            crate::util::diag::warn_limited!(
+                file = %path.display(),
+                "the local trace file is readable by others and its mode could not be set to 0600"
+            );
+        }
+    }
+    let mut len = meta.len();
+    if len > 0 && !ends_with_newline(path, len) && file.write_all(b"\n").is_ok() {
+        len += 1;
+    }
     Ok((file, len))
+}
+
+/// Whether the file's last byte (of `len`) is a newline; true when it cannot be read.
+fn ends_with_newline(path: &Path, len: u64) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut last = [0u8; 1];
+    std::fs::File::open(path)
+        .and_then(|mut f| {
+            f.seek(SeekFrom::Start(len - 1))?;
+            f.read_exact(&mut last)
+        })
+        .map_or(true, |()| last[0] == b'\n')
 }
 
 /// Whether the file at `path` is one the SDK bounds and rotates: a regular file named
@@ -478,6 +516,41 @@ mod tests {
     use serde_json::json;
     #[cfg(any(target_os = "linux", target_os = "android"))]
     use std::os::unix::fs::FileTypeExt;
+
+    /// A file left by a process killed mid-line, made readable by others: its torn line
+    /// is ended (the next line starts whole, and reads back), and it becomes 0600.
+    #[test]
+    fn an_existing_file_is_made_private_and_its_torn_line_ended() {
+        let dir = std::env::temp_dir().join(format!("openlayer-torn-open-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("traces.jsonl");
+        std::fs::write(&path, r#"{"pipelineId":"p","config":{},"rows":[{"a""#).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let (mut file, len) = open_private_append(&path).unwrap();
+        assert_eq!(len, std::fs::metadata(&path).unwrap().len());
+        file.write_all(b"{\"pipelineId\":\"p\",\"config\":{},\"rows\":[{\"b\":1}]}\n")
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[1].parse::<LocalLine>().is_ok(), "{text}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A file that ends whole is not touched.
+        let before = std::fs::read(&path).unwrap();
+        drop(open_private_append(&path).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// A FIFO named as the trace file (as `/dev/null` is in the benchmarks) is never
     /// renamed: rotating it is a no-op, and opening it reports no length to bound.

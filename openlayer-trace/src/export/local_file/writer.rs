@@ -126,12 +126,14 @@ pub(crate) async fn run(
                 }
                 Some(Msg::Shutdown(done, _deadline)) => {
                     rx.close();
-                    // Settle whatever is still queued behind the shutdown message.
+                    // Settle whatever is still queued behind the shutdown message; the
+                    // flushes among it complete once what came before them is written.
+                    let mut waiting = Vec::new();
                     while let Ok(msg) = rx.try_recv() {
                         if let Some(Msg::Flush(d, _) | Msg::Shutdown(d, _)) =
                             take(msg, &mut lines, &mut gone)
                         {
-                            d.complete();
+                            waiting.push(d);
                         }
                         if lines.full() {
                             sink.write(&mut lines, &counters);
@@ -141,6 +143,7 @@ pub(crate) async fn run(
                     sink.flush();
                     gone.settle();
                     done.complete();
+                    waiting.iter().for_each(|d| d.complete());
                     return;
                 }
                 Some(_) => unreachable!("rows are taken above"),
@@ -365,9 +368,8 @@ fn cut_torn_tail(path: &std::path::Path, file: &mut File, before: u64, tried: &[
                 })
                 .is_ok_and(|()| tail == tried[..w])
         });
-    if ours {
-        let _ = file.set_len(before);
-    } else {
+    // A cut that fails leaves the torn line: it is ended instead.
+    if !ours || file.set_len(before).is_err() {
         let _ = file.write_all(b"\n");
     }
 }
