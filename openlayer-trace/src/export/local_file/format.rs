@@ -158,6 +158,7 @@ impl LocalLine {
 /// is made 0600; one whose last line was torn (a process killed mid-write) gets that line
 /// ended, so that the next line starts whole.
 pub(crate) fn open_private_append(path: &Path) -> std::io::Result<(std::fs::File, u64)> {
+    use std::io::Write as _;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         let mut builder = std::fs::DirBuilder::new();
         builder.recursive(true);
@@ -169,50 +170,61 @@ pub(crate) fn open_private_append(path: &Path) -> std::io::Result<(std::fs::File
         builder.create(dir)?;
     }
     let mut options = OpenOptions::new();
-    options.create(true).append(true);
+    // Read too: the last byte is read through the same descriptor.
+    options.create(true).read(true).append(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
     let mut file = options.open(path)?;
+    let meta = file.metadata()?;
     // A device, a pipe or a symbolic link (`/dev/null`, `/dev/stdout`, a FIFO) has no
     // size to bound, and is not ours to change.
-    if !bounded(path) {
+    if !bounded(path) || !meta.is_file() {
         return Ok((file, 0));
     }
-    let meta = file.metadata()?;
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // Only a file of ours, with no other name: another user's file (written here as
+        // root, or shared by a group) keeps its mode.
+        // SAFETY: `geteuid` has no preconditions and cannot fail.
+        let ours = meta.uid() == unsafe { libc::geteuid() } && meta.nlink() == 1;
         if meta.permissions().mode() & 0o077 != 0
-            && file
-                .set_permissions(std::fs::Permissions::from_mode(0o600))
-                .is_err()
+            && (!ours
+                || file
+                    .set_permissions(std::fs::Permissions::from_mode(0o600))
+                    .is_err())
         {
             crate::util::diag::warn_limited!(
                 file = %path.display(),
-                "the local trace file is readable by others and its mode could not be set to 0600"
+                "the local trace file is readable by others (it is not ours to make 0600)"
             );
         }
     }
     let mut len = meta.len();
-    if len > 0 && !ends_with_newline(path, len) && file.write_all(b"\n").is_ok() {
+    if len > 0 && !ends_with_newline(&file, len) && file.write_all(b"\n").is_ok() {
         len += 1;
     }
     Ok((file, len))
 }
 
-/// Whether the file's last byte (of `len`) is a newline; true when it cannot be read.
-fn ends_with_newline(path: &Path, len: u64) -> bool {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut last = [0u8; 1];
-    std::fs::File::open(path)
-        .and_then(|mut f| {
-            f.seek(SeekFrom::Start(len - 1))?;
-            f.read_exact(&mut last)
-        })
-        .map_or(true, |()| last[0] == b'\n')
+/// Whether the file's last byte (of `len`) is a newline; true when it cannot be read
+/// (then nothing is added).
+fn ends_with_newline(file: &std::fs::File, len: u64) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        let mut last = [0u8; 1];
+        file.read_exact_at(&mut last, len - 1)
+            .map_or(true, |()| last[0] == b'\n')
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, len);
+        true
+    }
 }
 
 /// Whether the file at `path` is one the SDK bounds and rotates: a regular file named
