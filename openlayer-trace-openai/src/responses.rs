@@ -290,8 +290,7 @@ impl TracedResponseStream {
                     h.output(&self.text.marked());
                 } else if !self.calls.is_empty() {
                     // As a final response with these calls would have them (bounded).
-                    let mut raw = serde_json::json!({"output": std::mem::take(&mut self.calls)});
-                    bound_texts(&mut raw);
+                    let raw = json!({"output": std::mem::take(&mut self.calls)});
                     h.output(&output_of(&raw));
                 } else if !self.refusal.is_empty() {
                     h.output(&self.refusal.marked());
@@ -338,7 +337,15 @@ impl Stream for TracedResponseStream {
                             )
                             && let Ok(item) = serde_json::to_value(&e.item)
                         {
-                            this.calls.push(item);
+                            // Cut as it comes (a stream's bound), not only when recorded.
+                            let mut kept = json!({"output": [item]});
+                            bound_texts(&mut kept);
+                            if let Some(Value::Array(mut items)) =
+                                kept.get_mut("output").map(Value::take)
+                                && let Some(item) = items.pop()
+                            {
+                                this.calls.push(item);
+                            }
                         }
                         false
                     }
@@ -369,6 +376,10 @@ impl Stream for TracedResponseStream {
                 // follows is recorded, so the step ends here, not when the caller drops a
                 // stream it stopped reading (`break` on `response.completed`), which
                 // would record it as cancelled.
+                if this.last.is_some() {
+                    // The final response has them all.
+                    this.calls = Vec::new();
+                }
                 if this.last.is_some()
                     && let Some(mut h) = this.handle.take()
                 {

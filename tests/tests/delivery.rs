@@ -422,11 +422,17 @@ fn overflow_drops_told() {
 /// comes (not replayed lately) is dropped (counted) at its first 404, as before.
 fn replayed_update_404() {
     let first_put = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let late_puts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let server = TestServer::start_with(Behavior::always(Action::handler(move |r| {
-        // The row that never comes, and the first look for the other one.
+        // The row that never comes, the first look for the other one, and the first two
+        // for a row sent live that the platform shows late.
+        let late = r.raw_query.contains("live-late")
+            && late_puts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2;
         let missing = r.method == "PUT"
-            && (r.raw_query.contains("never-there")
-                || first_put.swap(false, std::sync::atomic::Ordering::SeqCst));
+            && (late
+                || r.raw_query.contains("never-there")
+                || (!r.raw_query.contains("live-late")
+                    && first_put.swap(false, std::sync::atomic::Ordering::SeqCst)));
         if missing {
             openlayer_trace_tests::Response::status(404)
         } else {
@@ -475,6 +481,22 @@ fn replayed_update_404() {
         })
         .collect();
     assert_eq!(puts, [404, 200], "{puts:?}");
+
+    // A row sent live, whose update is answered 404 live and again when replayed from
+    // the spool: its row was sent just before, so the replay waits and tries again.
+    let guard = openlayer_trace::init(config()).unwrap();
+    let id = produce("live-late", 1).remove(0);
+    assert!(wait_until(Duration::from_secs(10), || guard.stats().sent >= 1));
+    openlayer_trace::update_row(&id, serde_json::json!({"label": 2}), None);
+    let delivered = wait_until(Duration::from_secs(20), || {
+        server
+            .requests()
+            .iter()
+            .any(|r| r.raw_query.contains("live-late") && r.outcome == Outcome::Answered(200))
+    });
+    let r = guard.shutdown(Duration::from_secs(3)).unwrap();
+    assert!(delivered, "{:?}", r.stats);
+    assert_eq!(r.stats.dropped.total(), 0, "{:?}", r.stats);
     assert!(spool_files(&dir).is_empty(), "{:?}", spool_files(&dir));
 }
 

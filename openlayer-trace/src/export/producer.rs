@@ -102,6 +102,7 @@ impl Exporter {
         if self.forked_now() {
             // Open when the process forked, completed in the child: the queue and the
             // spool are the parent's.
+            self.spans_lost(&trace);
             return self.drop_after_shutdown();
         }
         if self.write_ahead

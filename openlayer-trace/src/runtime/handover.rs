@@ -97,10 +97,10 @@ impl Drop for Unwinding {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         match current {
-            Some(p) if !Arc::ptr_eq(&p, &self.0) => end(Some(&p)),
+            Some(p) if !Arc::ptr_eq(&p, &self.0) => end(&p),
             _ => {
                 sink::install(Some(self.0.clone() as Arc<dyn TraceSink>), false);
-                end(Some(&self.0));
+                end(&self.0);
             }
         }
     }
@@ -125,31 +125,38 @@ pub(super) fn keep_update(update: RowUpdate) -> Option<RowUpdate> {
     None
 }
 
+/// How many times [`end`] hands on what came in while it handed on the rest, before it
+/// stops keeping (so that it ends however fast updates keep coming).
+const DRAIN_PASSES: usize = 16;
+
 /// Ends the hand-over (the global sink is already the pipeline `to`): what was kept goes
 /// to `to`, in the order it completed within traces and within updates. Row updates made
-/// meanwhile are still kept, behind those, until everything kept is handed on.
-pub(super) fn end(to: Option<&Arc<Exporter>>) {
-    loop {
-        let (traces, updates, overflowed) = {
+/// meanwhile are kept too, behind those, for a few passes; then keeping stops.
+pub(super) fn end(to: &Arc<Exporter>) {
+    for pass in 1..=DRAIN_PASSES {
+        let (traces, updates, overflowed, last) = {
             let mut g = kept();
             let Some(k) = g.as_mut() else {
                 ACTIVE.store(false, Relaxed);
                 return;
             };
-            if k.traces.is_empty() && k.updates.is_empty() && k.overflowed == 0 {
-                *g = None;
+            let last = pass == DRAIN_PASSES
+                || (k.traces.is_empty() && k.updates.is_empty() && k.overflowed == 0);
+            if last {
+                // Under the lock, with what is kept taken whole: an update is either
+                // kept (and handed on here) or finds nothing to keep it and goes on.
                 ACTIVE.store(false, Relaxed);
-                return;
+                let k = g.take().expect("checked above");
+                (k.traces, k.updates, k.overflowed, true)
+            } else {
+                k.bytes = 0;
+                (
+                    std::mem::take(&mut k.traces),
+                    std::mem::take(&mut k.updates),
+                    std::mem::take(&mut k.overflowed),
+                    false,
+                )
             }
-            k.bytes = 0;
-            (
-                std::mem::take(&mut k.traces),
-                std::mem::take(&mut k.updates),
-                std::mem::take(&mut k.overflowed),
-            )
-        };
-        let Some(to) = to else {
-            continue;
         };
         for trace in traces {
             to.submit(trace);
@@ -159,6 +166,9 @@ pub(super) fn end(to: Option<&Arc<Exporter>>) {
         }
         if overflowed > 0 {
             to.count_dropped(overflowed, DropReason::QueueFull);
+        }
+        if last {
+            return;
         }
     }
 }

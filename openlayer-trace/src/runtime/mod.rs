@@ -287,7 +287,7 @@ pub(crate) fn init(config: Config) -> Result<Guard, Error> {
     };
     let old = install(pipeline.clone());
     if let Some(unwinding) = handing_over.take() {
-        handover::end(Some(&pipeline));
+        handover::end(&pipeline);
         // Ended: it has nothing left to do.
         drop(unwinding);
     }

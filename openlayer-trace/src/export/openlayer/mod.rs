@@ -162,9 +162,11 @@ pub(crate) struct Flusher {
     /// Replayed row updates answered 404 (their row not visible yet), by spool line: how
     /// many times, and when the line may be sent again.
     replay_404: HashMap<(u64, u64), (u32, Instant)>,
-    /// Inference ids of the rows replayed lately, with when: a row update replayed right
-    /// behind its row may find it not visible yet (see `replay::REPLAYED_404_RETRIES`).
-    replayed_rows: HashMap<String, Instant>,
+    /// Inference ids of the rows sent lately (replayed, or whose update a live 404 sent to
+    /// the spool), with when, and their order: a row update replayed right behind its row
+    /// may find it not visible yet (see `replay::REPLAYED_404_RETRIES`).
+    recent_rows: HashMap<String, Instant>,
+    recent_order: VecDeque<(Instant, String)>,
     /// Set while the server answers as if the configuration were broken.
     broken: Option<Broken>,
     broken_report: BrokenReport,
@@ -219,7 +221,8 @@ impl Flusher {
             rows_by_id: HashMap::new(),
             held: HashMap::new(),
             replay_404: HashMap::new(),
-            replayed_rows: HashMap::new(),
+            recent_rows: HashMap::new(),
+            recent_order: VecDeque::new(),
             replay: Replay {
                 wanted: false,
                 next_try: None,

@@ -152,7 +152,7 @@ impl Flusher {
         if result.is_ok() {
             self.replay_404.remove(&batch.key());
             if batch.update.is_none() {
-                self.note_replayed_rows(batch.ids());
+                self.note_recent_rows(batch.ids());
             }
         }
         match result {
@@ -177,7 +177,7 @@ impl Flusher {
                 // `REPLAYED_ROW_FRESH`): an update of a row that never came waits for
                 // nothing, and holds back nothing behind it.
                 let row_just_replayed = batch.update.as_deref().is_some_and(|id| {
-                    self.replayed_rows
+                    self.recent_rows
                         .get(id)
                         .is_some_and(|at| at.elapsed() < REPLAYED_ROW_FRESH)
                 });
@@ -234,19 +234,26 @@ impl Flusher {
         }
     }
 
-    /// Remembers the ids of rows just replayed (bounded: the stale ones go first, and
-    /// when all are fresh, all of them).
-    fn note_replayed_rows(&mut self, ids: &[String]) {
-        if self.replayed_rows.len() + ids.len() > REPLAYED_ROWS_MAX {
-            self.replayed_rows
-                .retain(|_, at| at.elapsed() < REPLAYED_ROW_FRESH);
-            if self.replayed_rows.len() + ids.len() > REPLAYED_ROWS_MAX {
-                self.replayed_rows.clear();
-            }
-        }
+    /// Remembers the ids of rows just sent (bounded: the oldest are forgotten first).
+    pub(super) fn note_recent_rows(&mut self, ids: &[String]) {
         let now = Instant::now();
-        for id in ids.iter().take(REPLAYED_ROWS_MAX) {
-            self.replayed_rows.insert(id.clone(), now);
+        for id in ids {
+            self.recent_rows.insert(id.clone(), now);
+            self.recent_order.push_back((now, id.clone()));
+        }
+        while self.recent_order.len() > REPLAYED_ROWS_MAX
+            || self
+                .recent_order
+                .front()
+                .is_some_and(|(at, _)| at.elapsed() >= REPLAYED_ROW_FRESH)
+        {
+            let Some((at, id)) = self.recent_order.pop_front() else {
+                break;
+            };
+            // Only when not noted again since.
+            if self.recent_rows.get(&id) == Some(&at) {
+                self.recent_rows.remove(&id);
+            }
         }
     }
 

@@ -119,6 +119,9 @@ impl Flusher {
             Err(e) if no_such_row(&e) => {
                 self.epochs.release(u.epoch);
                 let pipeline = u.pipeline.clone();
+                // Its row went (live) just before: replayed, the update gets the same
+                // grace as one behind a replayed row.
+                self.note_recent_rows(std::slice::from_ref(&u.update.inference_id));
                 if !self.store_update(u, DropReason::Rejected) {
                     self.report_rejected(&pipeline, 1, Some(404), &e);
                 }
