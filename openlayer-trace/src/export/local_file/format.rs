@@ -170,8 +170,10 @@ pub(crate) fn open_private_append(path: &Path) -> std::io::Result<(std::fs::File
         builder.create(dir)?;
     }
     let mut options = OpenOptions::new();
-    // Read too: the last byte is read through the same descriptor.
-    options.create(true).read(true).append(true);
+    // A regular file is opened for reading too: its last byte is read through the same
+    // descriptor. Not anything else: a FIFO opened for reading and writing would not
+    // wait for its reader, as one opened to write does.
+    options.create(true).read(bounded(path)).append(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
