@@ -207,10 +207,12 @@ pub(crate) struct SendOutcome {
     /// The request, one that must not be repeated, failed in a way that the server may
     /// have acted on all the same (a 5xx, a timeout or a connection lost after it was
     /// sent): it was not sent again, and whether it took effect is unknown.
+    #[cfg_attr(not(feature = "client"), allow(dead_code))]
     pub uncertain: bool,
     /// An attempt before the last failed in a way the server may have acted on (a 5xx,
     /// a timeout, a connection lost after the request was sent): the last answer may
     /// reflect it (a 404 for a delete that went through).
+    #[cfg_attr(not(feature = "client"), allow(dead_code))]
     pub maybe_acted: bool,
 }
 
@@ -479,6 +481,7 @@ impl Transport {
     /// Like [`send`](Self::send), for a request that must not be repeated once the
     /// server may have acted on it (a creation, which a repeat would make twice): tried
     /// again only when the server cannot have (a refused connection, a 429).
+    #[cfg_attr(not(feature = "client"), allow(dead_code))]
     pub(crate) async fn send_unrepeatable(&self, req: &ApiRequest) -> SendOutcome {
         self.send_with(req, None, Repeat::Unsent).await
     }
@@ -614,6 +617,7 @@ impl Transport {
     }
 
     /// The most retries of a request after its first attempt.
+    #[cfg_attr(not(feature = "client"), allow(dead_code))]
     pub(crate) fn max_retries(&self) -> u32 {
         self.inner.max_retries
     }
