@@ -85,13 +85,16 @@ where
         // The ready service goes with the future; a clone stays for the next request.
         let clone = self.inner.clone();
         let service = std::mem::replace(&mut self.inner, clone);
-        let capacity = body.size_hint().upper().unwrap_or(0) as usize;
+        // Grown as bytes come, from a small start: a declared length (or a body limit's
+        // bound) allocates nothing before the body arrives.
+        let capacity = (body.size_hint().upper().unwrap_or(0) as usize).min(INITIAL_CAPACITY);
         JsonResponseFuture {
             state: JsonState::Reading {
                 body,
                 service: Some(service),
                 parts: Some(parts),
                 buf: BytesMut::with_capacity(capacity),
+                max,
                 settings: self.settings.clone(),
             },
         }
@@ -141,6 +144,8 @@ pin_project_lite::pin_project! {
             service: Option<S>,
             parts: Option<Parts>,
             buf: BytesMut,
+            // The most it buffers (its size hint said no more).
+            max: usize,
             settings: Arc<Settings>,
         },
         Running {
@@ -190,6 +195,7 @@ where
                     service,
                     parts,
                     buf,
+                    max,
                     settings,
                 } => {
                     let failed = loop {
@@ -202,6 +208,10 @@ where
                                         let n = chunk.len();
                                         data.advance(n);
                                     }
+                                }
+                                // More than the body said it could be: not buffered on.
+                                if buf.len() > *max {
+                                    break Some(Box::new(LongerThanDeclared) as BoxError);
                                 }
                             }
                             Some(Err(e)) => break Some(e.into()),
@@ -239,6 +249,22 @@ where
     }
 }
 
+/// The most bytes a read-ahead buffer starts with.
+const INITIAL_CAPACITY: usize = 8 * 1024;
+
+/// A request body that gave more bytes than its size hint said it could (a body that
+/// misreports its size): refused as over a limit, not buffered without one.
+#[derive(Debug)]
+struct LongerThanDeclared;
+
+impl std::fmt::Display for LongerThanDeclared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the body is longer than its declared size")
+    }
+}
+
+impl std::error::Error for LongerThanDeclared {}
+
 /// The response when the request body could not be read: `413 Payload Too Large` when
 /// it was over a body limit (`http_body_util::Limited`, as tower-http's
 /// `RequestBodyLimitLayer` sets), else `400 Bad Request`, as axum's body extractors answer;
@@ -265,7 +291,7 @@ fn read_failed<ResBody: Body + Default>(
 fn over_limit(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut e = Some(error);
     while let Some(err) = e {
-        if err.is::<http_body_util::LengthLimitError>() {
+        if err.is::<http_body_util::LengthLimitError>() || err.is::<LongerThanDeclared>() {
             return true;
         }
         e = err.source();

@@ -71,14 +71,17 @@ impl<'a> Head<'a> {
     }
 
     /// `f` over the parts (`None` without them, which [`Settings::needs_parts`] rules out
-    /// where a closure is configured).
+    /// where a closure is configured). `f` runs the application's closures: one that
+    /// panics gives `None` (the default name, no id, no user), and the request goes on as
+    /// if untraced rather than failing.
     #[inline]
     fn apply<R>(&self, f: impl FnOnce(&Parts) -> Option<R>) -> Option<R> {
         debug_assert!(
             self.parts.is_some(),
             "a closure is configured: parts are needed"
         );
-        self.parts.and_then(f)
+        let parts = self.parts?;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(parts))).unwrap_or(None)
     }
 }
 
@@ -274,6 +277,21 @@ where
     }
 }
 
+/// [`header_name`] for a header whose value is recorded (an id, a user, a session): never
+/// one of [`NEVER_RECORDED`], whose values are credentials.
+fn value_header<K>(name: K, what: &str) -> HeaderName
+where
+    K: TryInto<HeaderName>,
+    K::Error: fmt::Debug,
+{
+    let name = header_name(name, what);
+    assert!(
+        !NEVER_RECORDED.contains(&name),
+        "OpenlayerLayer::{what}: `{name}` carries credentials and is never recorded"
+    );
+    name
+}
+
 impl OpenlayerLayer {
     /// A layer with the defaults: the inference id in `x-openlayer-inference-id` (read from
     /// the request, written to the response), `content-type` and `user-agent` recorded, no
@@ -344,13 +362,14 @@ impl<M> OpenlayerLayer<M> {
     ///
     /// # Panics
     ///
-    /// On an invalid header name.
+    /// On an invalid header name, and on `authorization`, `proxy-authorization`, `cookie`
+    /// or `set-cookie` ([`NEVER_RECORDED`]): their values are credentials.
     pub fn inference_id_header<K>(mut self, name: K) -> Self
     where
         K: TryInto<HeaderName>,
         K::Error: fmt::Debug,
     {
-        self.settings().inference_id_header = header_name(name, "inference_id_header");
+        self.settings().inference_id_header = value_header(name, "inference_id_header");
         self
     }
 
@@ -427,13 +446,14 @@ impl<M> OpenlayerLayer<M> {
     ///
     /// # Panics
     ///
-    /// On an invalid header name.
+    /// On an invalid header name, and on `authorization`, `proxy-authorization`, `cookie`
+    /// or `set-cookie` ([`NEVER_RECORDED`]): their values are credentials.
     pub fn user_id_header<K>(mut self, name: K) -> Self
     where
         K: TryInto<HeaderName>,
         K::Error: fmt::Debug,
     {
-        self.settings().user_id_header = Some(header_name(name, "user_id_header"));
+        self.settings().user_id_header = Some(value_header(name, "user_id_header"));
         self
     }
 
@@ -442,13 +462,14 @@ impl<M> OpenlayerLayer<M> {
     ///
     /// # Panics
     ///
-    /// On an invalid header name.
+    /// On an invalid header name, and on `authorization`, `proxy-authorization`, `cookie`
+    /// or `set-cookie` ([`NEVER_RECORDED`]): their values are credentials.
     pub fn session_id_header<K>(mut self, name: K) -> Self
     where
         K: TryInto<HeaderName>,
         K::Error: fmt::Debug,
     {
-        self.settings().session_id_header = Some(header_name(name, "session_id_header"));
+        self.settings().session_id_header = Some(value_header(name, "session_id_header"));
         self
     }
 

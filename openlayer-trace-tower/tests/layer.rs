@@ -884,3 +884,67 @@ async fn a_request_dropped_while_its_body_is_read_is_a_cancelled_row() {
     assert_eq!(root["metadata"]["cancelled"], true, "{root}");
     assert_eq!(root["inputs"]["method"], "POST");
 }
+
+/// The application's closures that panic (an extension a route lacks, say) do not fail
+/// the request: its step gets the default name and no user, as if they gave nothing.
+#[tokio::test]
+async fn a_panicking_closure_does_not_fail_the_request() {
+    let layer = OpenlayerLayer::new()
+        .name(|_| panic!("no route name"))
+        .user_id(|req| Some(req.extensions.get::<String>().unwrap().clone()))
+        .inference_id(|_| panic!("no id"));
+    let (parts, body, t) = run(layer, empty(get("/items/1"))).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert_eq!(body, "hello");
+    assert_eq!(t.root()["name"], "GET /items/1");
+    assert!(t.row().get("user_id").is_none(), "{}", t.row());
+}
+
+/// The id, user and session headers never read a header that carries credentials.
+#[test]
+fn credential_headers_are_refused_as_id_user_or_session() {
+    for name in [
+        "authorization",
+        "Cookie",
+        "proxy-authorization",
+        "set-cookie",
+    ] {
+        let session = std::panic::catch_unwind(|| OpenlayerLayer::new().session_id_header(name));
+        assert!(session.is_err(), "{name}");
+        let user = std::panic::catch_unwind(|| OpenlayerLayer::new().user_id_header(name));
+        assert!(user.is_err(), "{name}");
+        let id = std::panic::catch_unwind(|| OpenlayerLayer::new().inference_id_header(name));
+        assert!(id.is_err(), "{name}");
+    }
+    let _ = OpenlayerLayer::new().session_id_header("x-session");
+}
+
+/// A request body that gives more bytes than its size hint allowed (one that misreports
+/// its size) is answered 413, not buffered without a bound.
+#[tokio::test]
+async fn a_body_longer_than_it_declared_is_not_buffered_on() {
+    let big = Bytes::from(format!("\"{}\"", "a".repeat(100_000)));
+    let mut body = WithTrailers::from(big);
+    body.len = 10;
+    let req = Request::post("/chat")
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    let svc = OpenlayerLayer::new()
+        .record_json_body(1024)
+        .layer(service_fn(|_req: Request<WithTrailers>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"handled"))))
+        }));
+    let (status, traces) = testing::capture_async(async {
+        let res = svc.oneshot(req).await.unwrap();
+        res.status()
+    })
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let root = traces[0].root();
+    let exceptions = root["metadata"]["Exceptions"].as_str().unwrap();
+    assert!(
+        exceptions.contains("longer than its declared size"),
+        "{root:#}"
+    );
+}
