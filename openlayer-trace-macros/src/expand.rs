@@ -679,7 +679,8 @@ fn expand_stream(p: StreamParts<'_>) -> TokenStream2 {
     if asyncness {
         let body_fut = match (nameable, ret_ty) {
             (true, Some(ty)) => {
-                quote!(::openlayer_trace::__private::async_body::<#ty, _>(async move #block))
+                let body = typed_async(&quote!(move), block, &quote!(#ty));
+                quote!(::openlayer_trace::__private::async_body::<#ty, _>(#body))
             }
             _ => quote!(async move #block),
         };
@@ -705,5 +706,29 @@ fn expand_stream(p: StreamParts<'_>) -> TokenStream2 {
             let __ol_ret = __ol_handle.in_scope(#closure);
             #wrap
         }}
+    }
+}
+
+/// `async #capture #block`, its value and every `return` in it checked against `ty` as an
+/// `async fn`'s are against its return type, so that they coerce as there (`Box<u8>` to
+/// `Box<dyn Debug>`, `&String` to `&str`) and errors point at the body: a `return` of `ty`
+/// that never runs comes first, as `tracing::instrument` and `async_trait` write it.
+pub(crate) fn typed_async(
+    capture: &TokenStream2,
+    block: &syn::Block,
+    ty: &TokenStream2,
+) -> TokenStream2 {
+    // The block's statements, not the block: as a tail expression it would be linted
+    // as braces around a value.
+    let stmts = &block.stmts;
+    quote! {
+        async #capture {
+            #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::let_unit_value, clippy::needless_return)]
+            if false {
+                let __ol_typed: #ty = loop {};
+                return __ol_typed;
+            }
+            #(#stmts)*
+        }
     }
 }

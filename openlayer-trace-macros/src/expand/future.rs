@@ -43,15 +43,18 @@ impl AsyncParts<'_> {
         let never = matches!(output, Some(Type::Never(_)));
         let body_fut = match (nameable && !never, output) {
             (true, Some(ty)) => {
-                quote!(::openlayer_trace::__private::async_body::<#ty, _>(async #capture #block))
+                let body = super::typed_async(&capture, block, &quote!(#ty));
+                quote!(::openlayer_trace::__private::async_body::<#ty, _>(#body))
             }
             (true, None) => {
-                quote!(::openlayer_trace::__private::async_body::<(), _>(async #capture #block))
+                let body = super::typed_async(&capture, block, &quote!(()));
+                quote!(::openlayer_trace::__private::async_body::<(), _>(#body))
             }
             // What can be named of it (see `infer_impl_trait`).
             (false, Some(ty)) if !never => {
                 let ty = super::infer_impl_trait(ty);
-                quote!(::openlayer_trace::__private::async_body::<#ty, _>(async #capture #block))
+                let body = super::typed_async(&capture, block, &quote!(#ty));
+                quote!(::openlayer_trace::__private::async_body::<#ty, _>(#body))
             }
             (false, _) => quote!(async #capture #block),
         };
