@@ -407,20 +407,29 @@ const STREAM_TRAITS: &[&str] = &[
     "FusedIterator",
 ];
 
+/// Other traits a traced stream or iterator keeps (auto traits the wrapper passes on).
+const KEPT_MARKERS: &[&str] = &["Send", "Sync", "Unpin"];
+
 /// Whether `ty` is `impl Stream<..>`, `impl Iterator<..>` (or one of their relatives),
 /// by the last segment of a bound's path: `futures::Stream`, `tokio_stream::Stream`, ...
+/// Not with another trait bound (`+ Clone`, a trait of the application's) that the
+/// wrapper could not keep: such a function is traced as a call (with `skip_output`, as
+/// its value cannot be recorded).
 fn is_stream_type(ty: &Type) -> bool {
     match ty {
         Type::Paren(p) => is_stream_type(&p.elem),
         Type::Group(g) => is_stream_type(&g.elem),
-        Type::ImplTrait(t) => t.bounds.iter().any(|b| match b {
-            syn::TypeParamBound::Trait(tb) => tb
-                .path
-                .segments
-                .last()
-                .is_some_and(|s| STREAM_TRAITS.iter().any(|n| s.ident == n)),
-            _ => false,
-        }),
+        Type::ImplTrait(t) => {
+            let traits = || {
+                t.bounds.iter().filter_map(|b| match b {
+                    syn::TypeParamBound::Trait(tb) => tb.path.segments.last().map(|s| &s.ident),
+                    _ => None,
+                })
+            };
+            let stream = |id: &Ident| STREAM_TRAITS.iter().any(|n| id == n);
+            traits().any(stream)
+                && traits().all(|id| stream(id) || KEPT_MARKERS.iter().any(|n| id == n))
+        }
         _ => false,
     }
 }
