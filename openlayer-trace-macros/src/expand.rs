@@ -160,7 +160,7 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
             let attrs: Vec<&syn::Attribute> = pt
                 .attrs
                 .iter()
-                .filter(|a| a.path().is_ident("cfg"))
+                .filter(|a| a.path().is_ident("cfg") || is_cfg_attr_of_cfg(a))
                 .collect();
             cfgs.resize(params.len(), attrs);
         }
@@ -740,4 +740,18 @@ pub(crate) fn typed_async(
             #(#stmts)*
         }
     }
+}
+
+/// Whether `attr` is a `#[cfg_attr(.., cfg(..))]`: it may compile its parameter out, so the
+/// statements recording that parameter carry it too.
+fn is_cfg_attr_of_cfg(attr: &syn::Attribute) -> bool {
+    let syn::Meta::List(list) = &attr.meta else {
+        return false;
+    };
+    list.path.is_ident("cfg_attr")
+        && list
+            .tokens
+            .clone()
+            .into_iter()
+            .any(|t| matches!(t, proc_macro2::TokenTree::Ident(i) if i == "cfg"))
 }

@@ -352,6 +352,7 @@ fn with_cfg_parameters(
     #[cfg(not(test))] b: u32,
     #[cfg(test)] c: u32,
     #[cfg(not(test))] (d, e): (u32, u32),
+    #[cfg_attr(test, cfg(any()))] f: u32,
 ) -> u32 {
     a + c
 }
