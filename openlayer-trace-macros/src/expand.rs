@@ -328,7 +328,7 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
                 .insert(0, syn::parse_quote!(__ol_early.apply();));
             (
                 Some(quote! {
-                    let mut __ol_early = ::openlayer_trace::__private::EarlyRowOptions::default();
+                    let mut __ol_early = <::openlayer_trace::__private::EarlyRowOptions as ::core::default::Default>::default();
                     #(#early)*
                 }),
                 block,
