@@ -407,8 +407,9 @@ const STREAM_TRAITS: &[&str] = &[
     "FusedIterator",
 ];
 
-/// Other traits a traced stream or iterator keeps (auto traits the wrapper passes on).
-const KEPT_MARKERS: &[&str] = &["Send", "Sync", "Unpin"];
+/// Other traits a traced stream or iterator keeps (auto traits the wrapper passes on, and
+/// `Debug`, which it implements whatever it wraps).
+const KEPT_MARKERS: &[&str] = &["Send", "Sync", "Unpin", "Debug"];
 
 /// Whether `ty` is `impl Stream<..>`, `impl Iterator<..>` (or one of their relatives),
 /// by the last segment of a bound's path: `futures::Stream`, `tokio_stream::Stream`, ...
@@ -727,9 +728,15 @@ pub(crate) fn typed_async(
     block: &syn::Block,
     ty: &TokenStream2,
 ) -> TokenStream2 {
-    // The block's statements, not the block: as a tail expression it would be linted
-    // as braces around a value.
+    // The block's statements, not the block (as a tail expression a block of one value is
+    // linted as needless braces), unless it declares items: a `use` or a type in the body
+    // must not change what the declared type names, so it stays in a block of its own.
     let stmts = &block.stmts;
+    let body = if stmts.iter().any(|s| matches!(s, syn::Stmt::Item(_))) {
+        quote!(#block)
+    } else {
+        quote!(#(#stmts)*)
+    };
     quote! {
         async #capture {
             #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::let_unit_value, clippy::needless_return)]
@@ -737,7 +744,7 @@ pub(crate) fn typed_async(
                 let __ol_typed: #ty = loop {};
                 return __ol_typed;
             }
-            #(#stmts)*
+            #body
         }
     }
 }
@@ -748,10 +755,13 @@ fn is_cfg_attr_of_cfg(attr: &syn::Attribute) -> bool {
     let syn::Meta::List(list) = &attr.meta else {
         return false;
     };
-    list.path.is_ident("cfg_attr")
-        && list
-            .tokens
-            .clone()
-            .into_iter()
-            .any(|t| matches!(t, proc_macro2::TokenTree::Ident(i) if i == "cfg"))
+    fn names_cfg(tokens: TokenStream2) -> bool {
+        tokens.into_iter().any(|t| match t {
+            proc_macro2::TokenTree::Ident(i) => i == "cfg",
+            // `cfg_attr(a, cfg_attr(b, cfg(c)))`.
+            proc_macro2::TokenTree::Group(g) => names_cfg(g.stream()),
+            _ => false,
+        })
+    }
+    list.path.is_ident("cfg_attr") && names_cfg(list.tokens.clone())
 }

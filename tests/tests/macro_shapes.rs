@@ -353,6 +353,7 @@ fn with_cfg_parameters(
     #[cfg(test)] c: u32,
     #[cfg(not(test))] (d, e): (u32, u32),
     #[cfg_attr(test, cfg(any()))] f: u32,
+    #[cfg_attr(test, cfg_attr(test, cfg(any())))] g: u32,
 ) -> u32 {
     a + c
 }

@@ -40,6 +40,22 @@ fn returned(n: u8) -> impl std::future::Future<Output = Box<dyn Debug + Send>> {
     async move { Box::new(n) }
 }
 
+#[derive(serde::Serialize)]
+enum Kind {
+    String,
+    Number,
+}
+
+/// A `use` in the body does not change what the declared return type names.
+#[trace]
+async fn label(k: Kind) -> String {
+    use Kind::*;
+    match k {
+        String => "s".into(),
+        Number => "n".into(),
+    }
+}
+
 struct Empty;
 
 impl Stream for Empty {
@@ -70,5 +86,7 @@ fn main() {
         assert!(fallible("x").await.is_err());
         assert_eq!(format!("{:?}", returned(3).await), "3");
         let _ = stream("q".into()).await;
+        assert_eq!(label(Kind::String).await, "s");
+        assert_eq!(label(Kind::Number).await, "n");
     });
 }

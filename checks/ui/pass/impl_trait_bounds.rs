@@ -13,7 +13,13 @@ fn sendable(v: Vec<u8>) -> impl Iterator<Item = u8> + Send {
     v.into_iter()
 }
 
+#[trace]
+fn debuggable(v: Vec<u8>) -> impl Iterator<Item = u8> + std::fmt::Debug {
+    v.into_iter()
+}
+
 fn main() {
+    assert_eq!(debuggable(vec![5]).sum::<u8>(), 5);
     let it = cloneable(vec![1, 2]);
     assert_eq!(it.clone().count(), 2);
     assert_eq!(it.sum::<u8>(), 3);
