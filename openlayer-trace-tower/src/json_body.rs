@@ -87,14 +87,15 @@ where
         let service = std::mem::replace(&mut self.inner, clone);
         // Grown as bytes come, from a small start: a declared length (or a body limit's
         // bound) allocates nothing before the body arrives.
-        let capacity = (body.size_hint().upper().unwrap_or(0) as usize).min(INITIAL_CAPACITY);
+        let declared = body.size_hint().upper().unwrap_or(0) as usize;
+        let capacity = declared.min(INITIAL_CAPACITY);
         JsonResponseFuture {
             state: JsonState::Reading {
                 body,
                 service: Some(service),
                 parts: Some(parts),
                 buf: BytesMut::with_capacity(capacity),
-                max,
+                declared,
                 settings: self.settings.clone(),
             },
         }
@@ -144,8 +145,9 @@ pin_project_lite::pin_project! {
             service: Option<S>,
             parts: Option<Parts>,
             buf: BytesMut,
-            // The most it buffers (its size hint said no more).
-            max: usize,
+            // The most it buffers: what its size hint said it could be (at most the
+            // configured bound, or it would not be read ahead).
+            declared: usize,
             settings: Arc<Settings>,
         },
         Running {
@@ -195,23 +197,23 @@ where
                     service,
                     parts,
                     buf,
-                    max,
+                    declared,
                     settings,
                 } => {
                     let failed = loop {
                         match ready!(body.as_mut().poll_frame(cx)) {
                             Some(Ok(frame)) => {
                                 if let Ok(mut data) = frame.into_data() {
+                                    // More than the body said it could be: not buffered.
+                                    if buf.len().saturating_add(data.remaining()) > *declared {
+                                        break Some(Box::new(LongerThanDeclared) as BoxError);
+                                    }
                                     while data.has_remaining() {
                                         let chunk = data.chunk();
                                         buf.extend_from_slice(chunk);
                                         let n = chunk.len();
                                         data.advance(n);
                                     }
-                                }
-                                // More than the body said it could be: not buffered on.
-                                if buf.len() > *max {
-                                    break Some(Box::new(LongerThanDeclared) as BoxError);
                                 }
                             }
                             Some(Err(e)) => break Some(e.into()),

@@ -947,4 +947,20 @@ async fn a_body_longer_than_it_declared_is_not_buffered_on() {
         exceptions.contains("longer than its declared size"),
         "{root:#}"
     );
+
+    // Longer than it declared, though within the configured bound: refused too.
+    let mut body = WithTrailers::from(Bytes::from(format!("\"{}\"", "b".repeat(500))));
+    body.len = 10;
+    let req = Request::post("/chat")
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    let svc = OpenlayerLayer::new()
+        .record_json_body(1024)
+        .layer(service_fn(|_req: Request<WithTrailers>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"handled"))))
+        }));
+    let (status, _) =
+        testing::capture_async(async { svc.oneshot(req).await.unwrap().status() }).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 }
