@@ -29,11 +29,12 @@ thread_local! {
 }
 
 /// The header value for `id`, marked sensitive; `None` when `id` is not a valid header
-/// value (a custom id with control characters), or is longer than
-/// [`MAX_INFERENCE_ID_LEN`](crate::MAX_INFERENCE_ID_LEN) (no response carries a header
-/// that large back).
+/// value (a custom id with control characters), is not ASCII (a client would read other
+/// characters back from the header's bytes, and send feedback for another id), or is
+/// longer than [`MAX_INFERENCE_ID_LEN`](crate::MAX_INFERENCE_ID_LEN) (no response
+/// carries a header that large back).
 pub(crate) fn header_value(id: &str) -> Option<HeaderValue> {
-    if id.len() > crate::MAX_INFERENCE_ID_LEN {
+    if id.len() > crate::MAX_INFERENCE_ID_LEN || !id.is_ascii() {
         return None;
     }
     let mut value = shared_value(id).or_else(|| HeaderValue::try_from(id).ok())?;

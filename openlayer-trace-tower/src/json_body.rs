@@ -25,8 +25,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// as it is (no `content-encoding` other than `identity`: a compressed body is decoded
 /// further in, if at all, and is not JSON as read here).
 fn is_json(headers: &HeaderMap) -> bool {
-    if let Some(encoding) = headers.get(http::header::CONTENT_ENCODING)
-        && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
+    // Every value (a request may carry the header twice).
+    if headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|encoding| !encoding.as_bytes().eq_ignore_ascii_case(b"identity"))
     {
         return false;
     }

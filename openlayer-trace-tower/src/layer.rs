@@ -442,7 +442,8 @@ impl<M> OpenlayerLayer<M> {
     }
 
     /// The request header whose value fills the row's `user_id` column (default none).
-    /// A [`user_id`](Self::user_id) closure, when set, is asked first.
+    /// A [`user_id`](Self::user_id) closure, when set, is asked first. A value that is not
+    /// UTF-8, or is longer than [`MAX_INFERENCE_ID_LEN`] bytes, is not used.
     ///
     /// # Panics
     ///
@@ -457,7 +458,9 @@ impl<M> OpenlayerLayer<M> {
         self
     }
 
-    /// The request header whose value fills the row's `session_id` column (default none).
+    /// The request header whose value fills the row's `session_id` column (default none);
+    /// as for [`user_id_header`](Self::user_id_header), a value that is not UTF-8 or is
+    /// longer than [`MAX_INFERENCE_ID_LEN`] bytes is not used.
     /// A [`session_id`](Self::session_id) closure, when set, is asked first.
     ///
     /// # Panics
@@ -645,9 +648,10 @@ fn from_fn_or_header_slow(
         return Some(v);
     }
     let value = header_values(head.headers, header?).next()?;
-    let text = String::from_utf8_lossy(value.as_bytes());
-    let text = text.trim();
-    (!text.is_empty()).then(|| text.to_string())
+    // UTF-8 as sent, or nothing: decoded lossily, two different ids in another encoding
+    // could become one user. Bounded as an id sent for the row is.
+    let text = std::str::from_utf8(value.as_bytes()).ok()?.trim();
+    (!text.is_empty() && text.len() <= MAX_INFERENCE_ID_LEN).then(|| text.to_string())
 }
 
 /// A request with at most this many header values has a name looked for by comparing it

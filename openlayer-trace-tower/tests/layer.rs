@@ -964,3 +964,55 @@ async fn a_body_longer_than_it_declared_is_not_buffered_on() {
         testing::capture_async(async { svc.oneshot(req).await.unwrap().status() }).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 }
+
+/// User and session ids from headers: UTF-8 as sent (not two Latin-1 names made one),
+/// and bounded; a non-ASCII id from the closure is the row's id but is not written to
+/// the response header (a client would read other characters back).
+#[tokio::test]
+async fn header_columns_are_utf8_and_bounded_and_ids_ascii() {
+    let layer = OpenlayerLayer::new()
+        .user_id_header("x-user")
+        .session_id_header("x-session")
+        .inference_id(|_| Some("café-1".to_string()));
+    let mut req = empty(get("/"));
+    req.headers_mut().insert(
+        "x-user",
+        http::HeaderValue::from_bytes(b"J\xfcrgen").unwrap(),
+    );
+    req.headers_mut().insert(
+        "x-session",
+        http::HeaderValue::from_str(&"s".repeat(10_000)).unwrap(),
+    );
+    let (parts, _, t) = run(layer.clone(), req).await;
+    assert!(t.row().get("user_id").is_none(), "{}", t.row());
+    assert!(t.row().get("session_id").is_none(), "{}", t.row());
+    assert_eq!(t.inference_id(), "café-1");
+    assert!(parts.headers.get("x-openlayer-inference-id").is_none());
+
+    let mut req = empty(get("/"));
+    req.headers_mut().insert(
+        "x-user",
+        http::HeaderValue::from_bytes("Jürgen".as_bytes()).unwrap(),
+    );
+    let (_, _, t) = run(layer, req).await;
+    assert_eq!(t.row()["user_id"], "Jürgen");
+}
+
+/// A request that says `content-encoding` twice, `identity` then `gzip`, is compressed:
+/// its body is not recorded.
+#[tokio::test]
+async fn every_content_encoding_is_looked_at() {
+    let req = Request::post("/chat")
+        .header("content-type", "application/json")
+        .header("content-encoding", "identity")
+        .header("content-encoding", "gzip")
+        .body(Full::new(Bytes::from_static(b"\"not really gzip\"")))
+        .unwrap();
+    let svc = OpenlayerLayer::new()
+        .record_json_body(1024)
+        .layer(service_fn(ok));
+    let (_, traces) =
+        testing::capture_async(async { svc.oneshot(req).await.unwrap().status() }).await;
+    let root = traces[0].root();
+    assert!(root["inputs"].get("body").is_none(), "{root}");
+}
