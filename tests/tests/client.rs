@@ -902,6 +902,73 @@ fn paged(prefix: &'static str, total: Option<usize>) -> impl Fn(&Request) -> Res
     }
 }
 
+/// A list endpoint holding `total` [`items`] as the platform answers it: at most `cap`
+/// items per page whatever `perPage` asks, and the paging in `_meta`.
+fn paged_with_meta(
+    prefix: &'static str,
+    total: usize,
+    cap: usize,
+) -> impl Fn(&Request) -> ResponseTemplate {
+    move |r: &Request| {
+        let page: usize = query(r, "page").unwrap().parse().unwrap();
+        let asked: usize = query(r, "perPage").unwrap().parse().unwrap();
+        let per_page = asked.min(cap);
+        let start = ((page - 1) * per_page).min(total);
+        let end = total.min(start + per_page);
+        let meta = json!({
+            "page": page,
+            "perPage": per_page,
+            "totalItems": total,
+            "totalPages": total.div_ceil(per_page),
+        });
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"_meta": meta, "items": items(prefix, start..end)}))
+    }
+}
+
+#[tokio::test]
+async fn a_server_holding_fewer_per_page_than_asked_is_read_to_the_end() {
+    let server = MockServer::start().await;
+    mount_get(&server, "/v1/projects", paged_with_meta("p", 250, 40)).await;
+    let projects = client(&server).list_projects(None).await.unwrap();
+    let ids: Vec<String> = projects.into_iter().map(|p| p.id).collect();
+    let expected: Vec<String> = (0..250).map(|n| format!("p{n}")).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(pages_asked(&server).await, [1, 2, 3, 4, 5, 6, 7]);
+}
+
+#[tokio::test]
+async fn the_total_pages_of_meta_end_a_list_of_full_pages_without_an_empty_page() {
+    let server = MockServer::start().await;
+    mount_get(
+        &server,
+        "/v1/projects/p1/inference-pipelines",
+        paged_with_meta("i", 200, 1000),
+    )
+    .await;
+    let pipelines = client(&server)
+        .list_inference_pipelines("p1", None)
+        .await
+        .unwrap();
+    assert_eq!(pipelines.len(), 200);
+    assert_eq!(pipelines[199].id, "i199");
+    assert_eq!(pages_asked(&server).await, [1, 2]);
+}
+
+#[tokio::test]
+async fn an_empty_list_with_meta_is_one_request() {
+    let server = MockServer::start().await;
+    mount_get(&server, "/v1/projects", paged_with_meta("p", 0, 1000)).await;
+    assert!(
+        client(&server)
+            .list_projects(None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(pages_asked(&server).await, [1]);
+}
+
 /// Mounts `GET {path}` answered by `respond`, however often it is asked.
 async fn mount_get(server: &MockServer, get_path: &str, respond: impl Respond + 'static) {
     Mock::given(method("GET"))

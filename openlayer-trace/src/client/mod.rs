@@ -52,8 +52,8 @@ pub use configs::{
     TabularClassificationConfig, TabularRegressionConfig, TextClassificationConfig,
     stream_config_from_json,
 };
-use types::Items;
 pub use types::{InferencePipeline, Project, TaskType};
+use types::{Items, PageMeta};
 
 /// A client of the Openlayer data APIs. Cheap to clone; clones share one connection pool.
 ///
@@ -357,9 +357,12 @@ impl Client {
     /// Needs an API key.
     ///
     /// Reads page after page (`page=1, 2, ...` with `perPage=`[`LIST_PER_PAGE`](Self::LIST_PER_PAGE))
-    /// until a page comes back with fewer items than asked for. A server that still has
-    /// not ended the list after [`LIST_MAX_PAGES`](Self::LIST_MAX_PAGES) pages, or that
-    /// answers a full page twice in a row, is an [`Error::Api`]; nothing is returned then.
+    /// up to the last one: the page numbered `_meta.totalPages` of the platform's answer,
+    /// or an empty page. A server may hold fewer items per page than were asked for; its
+    /// `_meta.perPage` says how many. An answer without `_meta` ends at the first page
+    /// with fewer items than asked for. A server that still has not ended the list after
+    /// [`LIST_MAX_PAGES`](Self::LIST_MAX_PAGES) pages, or that answers a full page twice
+    /// in a row, is an [`Error::Api`]; nothing is returned then.
     /// [`list_projects_page`](Self::list_projects_page) reads one page.
     pub async fn list_projects(&self, name: Option<&str>) -> Result<Vec<Project>, Error> {
         let t = self.remote("list_projects")?;
@@ -369,7 +372,9 @@ impl Client {
     }
 
     /// One page of [`list_projects`](Self::list_projects): page `page` (from 1) of
-    /// `per_page` projects. A page with fewer than `per_page` projects is the last one.
+    /// `per_page` projects. A page past the end is empty. The platform may hold fewer
+    /// than `per_page` projects per page, so a short page is not always the last one
+    /// ([`list_projects`](Self::list_projects) reads the answer's `_meta` to know).
     /// Needs an API key.
     pub async fn list_projects_page(
         &self,
@@ -437,8 +442,9 @@ impl Client {
     }
 
     /// One page of [`list_inference_pipelines`](Self::list_inference_pipelines): page
-    /// `page` (from 1) of `per_page` pipelines. A page with fewer than `per_page`
-    /// pipelines is the last one. Needs an API key.
+    /// `page` (from 1) of `per_page` pipelines. A page past the end is empty; as with
+    /// [`list_projects_page`](Self::list_projects_page), a short page is not always the
+    /// last one. Needs an API key.
     pub async fn list_inference_pipelines_page(
         &self,
         project_id: &str,
@@ -674,31 +680,54 @@ impl List {
                 "pages count from 1 and hold at least one item, got page {page} with {per_page} per page"
             )));
         }
-        Ok(send(t, &self.request(page, per_page))
-            .await?
-            .json::<Items<T>>()?
-            .items)
+        Ok(self.page_with_meta(t, page, per_page).await?.items)
     }
 
-    /// Every item: pages 1, 2, ... until one holds fewer than `per_page` items. Fails
-    /// rather than loop when a full page repeats the one before it (a server that
-    /// ignores `page`) or when `max_pages` full pages still did not end the list.
+    /// Page `page` of `per_page` items, with the answer's `_meta` when it has one.
+    async fn page_with_meta<T: DeserializeOwned>(
+        &self,
+        t: &Transport,
+        page: u32,
+        per_page: u32,
+    ) -> Result<Items<T>, Error> {
+        send(t, &self.request(page, per_page))
+            .await?
+            .json::<Items<T>>()
+    }
+
+    /// Every item: pages 1, 2, ... until the last. When the answer has the platform's
+    /// `_meta`, its `totalPages` says which page is the last, and its `perPage` how many
+    /// items a full page holds (a server may hold fewer than were asked for); an empty
+    /// page ends the list too. Without `_meta`, a page holding fewer than `per_page` items
+    /// is the last. Fails rather than loop when a full page repeats the one before it (a
+    /// server that ignores `page`) or when `max_pages` pages still did not end the list.
     async fn all<T: DeserializeOwned + PartialEq>(
         &self,
         t: &Transport,
         per_page: u32,
         max_pages: u32,
     ) -> Result<Vec<T>, Error> {
-        let full = per_page as usize;
         let mut all: Vec<T> = Vec::new();
+        let mut last_len = 0;
         for page in 1..=max_pages {
-            let items: Vec<T> = self.page(t, page, per_page).await?;
-            if items.len() != full {
+            let Items { items, meta } = self.page_with_meta::<T>(t, page, per_page).await?;
+            let last = match meta {
+                Some(PageMeta {
+                    total_pages: Some(total),
+                    ..
+                }) => items.is_empty() || u64::from(page) >= total,
+                Some(PageMeta {
+                    per_page: Some(full),
+                    ..
+                }) => items.is_empty() || (items.len() as u64) < full,
                 // A short page is the last; a longer one means the server does not page.
+                _ => items.len() != per_page as usize,
+            };
+            if last {
                 all.extend(items);
                 return Ok(all);
             }
-            if page > 1 && all[all.len() - full..] == items[..] {
+            if page > 1 && items.len() == last_len && all[all.len() - last_len..] == items[..] {
                 return Err(self.endless(
                     page,
                     per_page,
@@ -708,6 +737,7 @@ impl List {
                     ),
                 ));
             }
+            last_len = items.len();
             all.extend(items);
         }
         Err(self.endless(

@@ -133,10 +133,26 @@ impl InferencePipeline {
     }
 }
 
-/// A page of a list answer, `{"items": [...]}`; other fields are ignored.
+/// A page of a list answer, `{"items": [...], "_meta": {...}}`; other fields are ignored.
 #[derive(Deserialize)]
 pub(crate) struct Items<T> {
     pub items: Vec<T>,
+    /// The platform's paging, when the answer has it.
+    #[serde(rename = "_meta", default)]
+    pub meta: Option<PageMeta>,
+}
+
+/// `_meta` of a list answer: `{"page", "perPage", "totalItems", "totalPages"}`. Each field
+/// is optional here, so that an answer with only some of them still pages.
+#[derive(Deserialize, Default, Clone, Copy, Debug)]
+pub(crate) struct PageMeta {
+    /// The number of items a full page holds, which may be fewer than were asked for (a
+    /// server capping `perPage`).
+    #[serde(rename = "perPage", default)]
+    pub per_page: Option<u64>,
+    /// How many pages the list has.
+    #[serde(rename = "totalPages", default)]
+    pub total_pages: Option<u64>,
 }
 
 #[cfg(test)]
