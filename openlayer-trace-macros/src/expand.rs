@@ -655,12 +655,13 @@ fn expand_stream(p: StreamParts<'_>) -> TokenStream2 {
         skip_output,
     } = p;
     let span = ret_ty.map_or_else(Span::call_site, |t| t.span());
-    let (acc_trait, acc_method) = if skip_output {
-        ("ResultItemsSkip", "__ol_acc_skip")
+    let (acc_trait, debug_acc_trait, acc_method) = if skip_output {
+        ("ResultItemsSkip", "DebugResultItemsSkip", "__ol_acc_skip")
     } else {
-        ("ResultItems", "__ol_acc")
+        ("ResultItems", "DebugResultItems", "__ol_acc")
     };
     let acc_trait = Ident::new(acc_trait, Span::call_site());
+    let debug_acc_trait = Ident::new(debug_acc_trait, Span::call_site());
     let acc_method = Ident::new(acc_method, span);
     let kind_method = Ident::new("__ol_kind", span);
     let ret = local("__ol_ret", span);
@@ -668,10 +669,10 @@ fn expand_stream(p: StreamParts<'_>) -> TokenStream2 {
     // cannot be recorded is reported there).
     let kind_var = Ident::new("__ol_kind", span);
     let kind = quote_spanned! {span=>
-        (&::openlayer_trace::__private::Returned(&#ret)).#kind_method()
+        (&&::openlayer_trace::__private::Returned(&#ret)).#kind_method()
     };
     let acc = quote_spanned! {span=>
-        (&#kind_var.items()).#acc_method()
+        (&&#kind_var.items()).#acc_method()
     };
     let traced = quote!(#kind_var.wrap(__ol_ret, __ol_handle, __ol_acc));
     let returned = if concrete {
@@ -681,7 +682,7 @@ fn expand_stream(p: StreamParts<'_>) -> TokenStream2 {
     };
     let wrap = quote! {
         #[allow(unused_imports)]
-        use ::openlayer_trace::__private::{ReturnedStream as _, ReturnedResultStream as _, ReturnedResultIter as _, #acc_trait as _};
+        use ::openlayer_trace::__private::{ReturnedStream as _, ReturnedResultStream as _, ReturnedResultIter as _, ReturnedDebugResultStream as _, ReturnedDebugResultIter as _, #acc_trait as _, #debug_acc_trait as _};
         let #kind_var = #kind;
         let __ol_acc = #acc;
         #returned

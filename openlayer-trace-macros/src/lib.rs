@@ -21,7 +21,8 @@ use expand::expand;
 /// .. }` or `Box::pin(async move { .. })`): the block's run is the step, and its output the
 /// step's output. Arguments are
 /// recorded by name through `serde::Serialize`; the return value too, and a returned
-/// `Err` records the error's `Display` under the step's `Exceptions` metadata.
+/// `Err` records the error's `Display` (its `Debug` when it has no `Display`) under the
+/// step's `Exceptions` metadata, as does each `Err` item of a traced stream.
 ///
 /// Options:
 /// - `name = "..."`: the step's name (default: the function's name);

@@ -326,6 +326,77 @@ async fn exceptions_are_bounded() {
     );
 }
 
+/// A stream of `Result`s whose error is `Debug` but not `Display`.
+#[trace]
+fn refusing() -> impl Stream<Item = Result<String, Refused>> {
+    futures_util::stream::iter(vec![
+        Ok("Hel".to_string()),
+        Err(Refused::Busy),
+        Ok("lo".to_string()),
+    ])
+}
+
+/// The same as an iterator, with `skip_output`: the errors are still recorded.
+#[trace(skip_output)]
+fn refusing_rows() -> impl Iterator<Item = Result<u32, Refused>> {
+    vec![Ok(1), Err(Refused::Busy), Ok(2), Err(Refused::Busy)].into_iter()
+}
+
+/// A `Result` of a stream whose error is `Debug` but not `Display`.
+#[trace]
+async fn open_debug(busy: bool) -> Result<impl Stream<Item = String>, Refused> {
+    if busy {
+        return Err(Refused::Busy);
+    }
+    Ok(stream_tokens(2))
+}
+
+/// A `Result` of an iterator whose error is `Debug` but not `Display`.
+#[trace]
+fn open_rows_debug(busy: bool) -> Result<impl Iterator<Item = u32>, Refused> {
+    if busy {
+        return Err(Refused::Busy);
+    }
+    Ok(0..3)
+}
+
+#[tokio::test]
+async fn errors_that_are_only_debug_are_recorded_with_their_debug_text() {
+    let (items, traces) =
+        testing::capture_async(async { refusing().collect::<Vec<_>>().await }).await;
+    assert_eq!(items.len(), 3);
+    let root = only(&traces).root();
+    assert_eq!(root["output"], "Hello");
+    assert_eq!(root["metadata"]["Exceptions"], "Busy");
+
+    let (items, traces) = testing::capture(|| refusing_rows().collect::<Vec<_>>());
+    assert_eq!(items.len(), 4);
+    let root = only(&traces).root();
+    assert!(root["output"].is_null(), "{root}");
+    assert_eq!(root["metadata"]["Exceptions"], "Busy\nBusy");
+
+    let (out, traces) = testing::capture_async(async {
+        open_debug(false).await.unwrap().collect::<Vec<_>>().await
+    })
+    .await;
+    assert_eq!(out.concat(), "t0t1");
+    let t = only(&traces);
+    assert_eq!(tree(t), "open_debug(stream_tokens(piece, piece))");
+    assert_eq!(t.root()["output"], "t0t1");
+    let (out, traces) = testing::capture_async(open_debug(true)).await;
+    assert!(matches!(out, Err(Refused::Busy)));
+    let root = only(&traces).root();
+    assert!(root["output"].is_null());
+    assert_eq!(root["metadata"]["Exceptions"], "Busy");
+
+    let (out, traces) = testing::capture(|| open_rows_debug(false).unwrap().sum::<u32>());
+    assert_eq!(out, 3);
+    assert_eq!(only(&traces).root()["output"], json!([0, 1, 2]));
+    let (out, traces) = testing::capture(|| open_rows_debug(true).map(|_| ()));
+    assert!(matches!(out, Err(Refused::Busy)));
+    assert_eq!(only(&traces).root()["metadata"]["Exceptions"], "Busy");
+}
+
 #[tokio::test]
 async fn an_error_then_drop_keeps_partial_output_and_is_cancelled() {
     let (_, traces) = testing::capture_async(async {

@@ -335,7 +335,7 @@ impl<T: Serialize, E: Display> RecordResult for &Out<'_, Result<T, E>> {
 }
 
 /// An error that is `Debug` but not `Display`, written with its `Debug` text.
-struct DebugText<'a, E>(&'a E);
+pub(crate) struct DebugText<'a, E>(pub(crate) &'a E);
 
 impl<E: fmt::Debug> Display for DebugText<'_, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
