@@ -143,7 +143,7 @@ pub mod logs {
 
     /// Every event, one per line: `[target] LEVEL field=value ...`.
     #[derive(Clone, Default)]
-    pub struct Capture(pub Arc<Mutex<String>>);
+    pub struct Capture(pub Arc<Mutex<String>>, bool);
 
     impl Capture {
         /// What was captured so far.
@@ -154,6 +154,16 @@ pub mod logs {
         /// Installs it as the global default subscriber (once per process).
         pub fn install() -> Capture {
             let c = Capture::default();
+            tracing::subscriber::set_global_default(c.clone()).expect("no other subscriber");
+            c
+        }
+
+        /// Installs, as the global default subscriber, one that also asks the SDK for the
+        /// current inference id at every event and writes it (`inference_id=<id>`, or
+        /// `inference_id=none` outside a trace), as a log-correlation layer of an
+        /// application does.
+        pub fn install_correlating() -> Capture {
+            let c = Capture(Arc::default(), true);
             tracing::subscriber::set_global_default(c.clone()).expect("no other subscriber");
             c
         }
@@ -182,7 +192,15 @@ pub mod logs {
         }
         fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
         fn event(&self, event: &tracing::Event<'_>) {
+            let id = self.1.then(openlayer_trace::current_inference_id);
             let mut out = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            match id {
+                Some(Some(id)) => {
+                    let _ = write!(out, "inference_id={id} ");
+                }
+                Some(None) => out.push_str("inference_id=none "),
+                None => {}
+            }
             let m = event.metadata();
             let _ = write!(out, "[{}] {} ", m.target(), m.level());
             event.record(&mut Fields(&mut out));

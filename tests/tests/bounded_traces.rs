@@ -102,6 +102,13 @@ fn heavy_root(blob: String) -> usize {
     blob.len()
 }
 
+/// Sets an empty inference id, which is ignored with a warning.
+#[trace]
+fn empty_inference_id() -> u8 {
+    update_current_trace!(inference_id = "");
+    1
+}
+
 /// A root that hands its trace to a thread looping forever: it never completes.
 #[trace(skip(stop))]
 fn starts_a_worker(stop: mpsc::Receiver<()>) -> u8 {
@@ -244,6 +251,46 @@ fn child() {
             assert_eq!(s.written, 65, "{s:?}");
             assert_eq!(s.oldest_open_trace_age, Duration::ZERO);
         }
+        "correlating_logs" => {
+            // A subscriber that calls back into the SDK at every event: the SDK's warnings
+            // are emitted with no trace's lock held and the trace current, so that the
+            // callback sees the trace (and could never take its lock again on this
+            // thread). A hang fails the scenario here.
+            std::thread::spawn(|| {
+                std::thread::sleep(Duration::from_secs(30));
+                eprintln!("the scenario hung");
+                std::process::exit(3);
+            });
+            let logs = Capture::install_correlating();
+            let guard = openlayer_trace::init(config(&file).build().unwrap()).unwrap();
+            let (stop, rx) = mpsc::channel();
+            starts_a_worker(rx);
+            assert!(wait_until(Duration::from_secs(10), || {
+                guard.stats().oldest_open_trace_age >= Duration::from_millis(60)
+            }));
+            // The oldest open trace is looked for while the 64th root in a shard opens.
+            for i in 0..64 {
+                leaf(i);
+            }
+            empty_inference_id();
+            let text = logs.text();
+            assert!(
+                text.lines().any(|l| l.contains("open for a long time")),
+                "{text}"
+            );
+            let warning = text
+                .lines()
+                .find(|l| l.contains("empty inference id"))
+                .unwrap_or_else(|| panic!("no warning: {text}"));
+            assert!(
+                warning.contains("inference_id=") && !warning.contains("inference_id=none"),
+                "the warning is emitted in the trace, which the subscriber sees: {warning}"
+            );
+            stop.send(()).unwrap();
+            let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+            assert_eq!(s.written, 66, "{s:?}");
+            report(&[("written", s.written.to_string())]);
+        }
         "stream_output" => {
             // Requests of 16 KiB: a stream keeps 2 KiB of output.
             let config = config(&file).batch_max_bytes(16 * 1024).build().unwrap();
@@ -323,6 +370,11 @@ fn open_traces_steps_count_against_queue_max_bytes() {
 #[test]
 fn a_root_held_open_by_a_spawned_loop_is_shown_and_warned_about() {
     run("open");
+}
+
+#[test]
+fn warnings_reach_a_subscriber_that_calls_back_into_the_sdk() {
+    run("correlating_logs");
 }
 
 #[test]

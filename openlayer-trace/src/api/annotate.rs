@@ -20,18 +20,19 @@ fn id_text(json: &str) -> Box<str> {
     }
 }
 
-pub(crate) fn apply_trace(st: &mut TraceState, key: String, value: Json) {
+/// Sets a trace-level key. Returns whether an empty inference id was ignored, to be
+/// told by [`warn_empty_id`] once the trace's lock is released (a warning runs the
+/// application's `tracing` subscribers, which may call back into the SDK).
+#[must_use = "an ignored empty inference id is to be warned about after the lock"]
+pub(crate) fn apply_trace(st: &mut TraceState, key: String, value: Json) -> bool {
     match key.as_str() {
         "inference_id" | "inferenceId" => {
             let id = id_text(&value);
             if id.trim().is_empty() {
                 // A row no update could reach, shared by every trace doing the same.
-                diag::warn_limited!(
-                    "an empty inference id was ignored; the trace keeps its generated one"
-                );
-            } else {
-                st.inference_id = Some(id);
+                return true;
             }
+            st.inference_id = Some(id);
         }
         "ground_truth" | "groundTruth" => {
             if let Some(root) = st.steps.first_mut() {
@@ -39,6 +40,15 @@ pub(crate) fn apply_trace(st: &mut TraceState, key: String, value: Json) {
             }
         }
         _ => upsert(&mut st.extra_mut().columns, Cow::Owned(key), value),
+    }
+    false
+}
+
+/// Warns that an empty inference id was ignored (see [`apply_trace`]); never called with
+/// a trace's lock held.
+pub(crate) fn warn_empty_id(ignored: bool) {
+    if ignored {
+        diag::warn_limited!("an empty inference id was ignored; the trace keeps its generated one");
     }
 }
 
@@ -146,15 +156,18 @@ impl Update {
         }
         let applied = context::with_current(|trace, step| {
             let mut st = trace.lock();
+            let mut empty_id = false;
             for (k, v) in self.values {
                 match self.target {
-                    Target::Trace => apply_trace(&mut st, k, v),
+                    Target::Trace => empty_id |= apply_trace(&mut st, k, v),
                     Target::Step => apply_step_locked(&mut st, step, k, v),
                 }
             }
+            empty_id
         });
-        if applied.is_none() {
-            diag::outside_trace(api);
+        match applied {
+            Some(empty_id) => warn_empty_id(empty_id),
+            None => diag::outside_trace(api),
         }
     }
 }

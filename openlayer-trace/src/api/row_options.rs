@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::api::annotate::{apply_trace, set_context, set_question};
+use crate::api::annotate::{apply_trace, set_context, set_question, warn_empty_id};
 use crate::api::macro_support::steps::Out;
 use crate::api::step::OutputSink;
 use crate::context;
@@ -37,7 +37,9 @@ pub fn promote_input<T: Serialize + ?Sized>(column: &'static str, value: &T) {
         return;
     }
     if let Some(json) = to_json(value) {
-        context::with_current(|t, _| apply_trace(&mut t.lock(), column.to_string(), json));
+        let empty_id =
+            context::with_current(|t, _| apply_trace(&mut t.lock(), column.to_string(), json));
+        warn_empty_id(empty_id == Some(true));
     }
 }
 
@@ -96,16 +98,21 @@ impl EarlyRowOptions {
         if self.0.is_empty() || !context::in_trace() {
             return;
         }
-        context::with_current(|t, step| {
+        let empty_id = context::with_current(|t, step| {
             let mut st = t.lock();
+            let mut empty_id = false;
             for (option, json) in self.0 {
                 match option {
                     EarlyOption::Context => set_context(&mut st, step, json),
                     EarlyOption::Question => set_question(&mut st, step, json),
-                    EarlyOption::Promote(column) => apply_trace(&mut st, column.to_string(), json),
+                    EarlyOption::Promote(column) => {
+                        empty_id |= apply_trace(&mut st, column.to_string(), json);
+                    }
                 }
             }
+            empty_id
         });
+        warn_empty_id(empty_id == Some(true));
     }
 }
 
@@ -139,12 +146,15 @@ fn promote_fields<T: Serialize + ?Sized>(value: &T, fields: &[(&'static str, &'s
             None => warn_limited!(field = *field, "promote: the output has no such field"),
         }
     }
-    context::with_current(|t, _| {
+    let empty_id = context::with_current(|t, _| {
         let mut st = t.lock();
+        let mut empty_id = false;
         for (column, json) in found {
-            apply_trace(&mut st, column.to_string(), json);
+            empty_id |= apply_trace(&mut st, column.to_string(), json);
         }
+        empty_id
     });
+    warn_empty_id(empty_id == Some(true));
 }
 
 /// `promote(field)` of an output field, for a returned `Result`: the `Ok` value's fields

@@ -298,8 +298,9 @@ fn record_step(
         }
         st.held += cost;
         let idx = st.steps.len() as u32;
+        let mut oldest_age = None;
         if idx == 0 {
-            st.open_key = crate::util::open_traces::opened(trace.anchor);
+            (st.open_key, oldest_age) = crate::util::open_traces::opened(trace.anchor);
         }
         let parent = if idx == 0 {
             NO_PARENT
@@ -322,6 +323,9 @@ fn record_step(
         st.steps.push(rec);
         st.open += 1;
         drop(st);
+        if let Some(age) = oldest_age {
+            crate::util::open_traces::warn_if_older(age);
+        }
         Some(OpenStep::new(trace, idx))
     })
 }

@@ -156,8 +156,10 @@ pub(crate) fn hold(bytes: usize) {
 }
 
 /// Registers a trace that starts at the clock reading `start`; returns its key (never 0,
-/// which means "not registered").
-pub(crate) fn opened(start: i64) -> u64 {
+/// which means "not registered") and, every so often, the age of the oldest open trace,
+/// for [`warn_if_older`] once the caller has released the trace's lock (the warning runs
+/// the application's `tracing` subscribers, which may call back into the SDK).
+pub(crate) fn opened(start: i64) -> (u64, Option<i64>) {
     let i = SHARD.try_with(|s| *s).unwrap_or(0);
     let mut open = shard(i);
     let slot = match open.free.pop() {
@@ -180,10 +182,15 @@ pub(crate) fn opened(start: i64) -> u64 {
     // Every so often, the oldest of all shards, so that a trace left open in the shard of
     // a thread that starts no more traces is still found. `start` was read just now: its
     // age without another clock read.
-    if check && let Some(oldest) = (0..SHARDS).filter_map(|i| shard(i).oldest()).min() {
-        warn_if_older(start.saturating_sub(oldest));
-    }
-    (slot as u64 + 1) * SHARDS as u64 + i as u64
+    let oldest_age = if check {
+        (0..SHARDS)
+            .filter_map(|i| shard(i).oldest())
+            .min()
+            .map(|oldest| start.saturating_sub(oldest))
+    } else {
+        None
+    };
+    ((slot as u64 + 1) * SHARDS as u64 + i as u64, oldest_age)
 }
 
 /// Forgets a completed trace (registered at `start` under `key`) and what it held.
@@ -240,7 +247,8 @@ fn warn_if_old(oldest: i64) {
 }
 
 /// Warns (rate-limited) when the oldest open trace's age, `age_ns`, is over the bound.
-fn warn_if_older(age_ns: i64) {
+/// Never called with a trace's lock held.
+pub(crate) fn warn_if_older(age_ns: i64) {
     let age_ns = u64::try_from(age_ns).unwrap_or(0);
     if age_ns > WARN_AFTER_NS.load(Relaxed) {
         crate::util::diag::warn_limited!(
@@ -268,7 +276,7 @@ mod tests {
         // other tests run meanwhile.
         let base = -(1i64 << 60);
         let keys: Vec<(i64, u64)> = (0..(2 * SHARDS) as i64)
-            .map(|k| std::thread::spawn(move || (base + k, opened(base + k))))
+            .map(|k| std::thread::spawn(move || (base + k, opened(base + k).0)))
             .map(|h| h.join().unwrap())
             .collect();
         let shards: std::collections::BTreeSet<u64> =
