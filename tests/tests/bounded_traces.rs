@@ -102,6 +102,20 @@ fn heavy_root(blob: String) -> usize {
     blob.len()
 }
 
+#[trace]
+fn big_output(i: u32) -> String {
+    format!("{i}").repeat(4000)
+}
+
+/// Ten outputs of 4,000 bytes, then an unrelated trace on a thread of its own, while this
+/// one is still open.
+#[trace]
+fn outputs_root() -> usize {
+    let total: usize = (0..10).map(|i| big_output(i).len()).sum();
+    std::thread::spawn(|| leaf(7)).join().unwrap();
+    total
+}
+
 /// Sets an empty inference id, which is ignored with a warning.
 #[trace]
 fn empty_inference_id() -> u8 {
@@ -251,6 +265,46 @@ fn child() {
             assert_eq!(s.written, 65, "{s:?}");
             assert_eq!(s.oldest_open_trace_age, Duration::ZERO);
         }
+        "outputs" => {
+            // 64 KiB: open traces may hold 16 KiB, about three outputs of 4,000 bytes.
+            let config = config(&file)
+                .max_steps_per_trace(10_000)
+                .queue_max_bytes(64 * 1024)
+                .build()
+                .unwrap();
+            let guard = openlayer_trace::init(config).unwrap();
+            assert_eq!(outputs_root(), 40_000);
+            let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+            assert_eq!(s.steps_dropped, 0, "{s:?}");
+            assert_eq!(s.written, 2, "{s:?}");
+            let text = std::fs::read_to_string(&file).unwrap();
+            let rows: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["rows"][0].clone())
+                .collect();
+            // The unrelated trace started while the first held what it may: recorded.
+            assert_eq!(rows[0]["output"], 7, "{}", rows[0]);
+            let outputs: Vec<&str> = rows[1]["steps"][0]["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["output"].as_str().unwrap())
+                .collect();
+            assert_eq!(outputs.len(), 10);
+            let kept = outputs.iter().filter(|o| o.len() == 4000).count();
+            assert!((2..=4).contains(&kept), "{kept} outputs kept");
+            for (i, o) in outputs.iter().enumerate() {
+                if i < kept {
+                    assert_eq!(*o, format!("{i}").repeat(4000));
+                } else {
+                    assert_eq!(
+                        *o,
+                        "…[output of 4002 bytes left out: traces still open hold the most memory queue_max_bytes allows them]"
+                    );
+                }
+            }
+            report(&[("kept", kept.to_string())]);
+        }
         "correlating_logs" => {
             // A subscriber that calls back into the SDK at every event: the SDK's warnings
             // are emitted with no trace's lock held and the trace current, so that the
@@ -287,6 +341,10 @@ fn child() {
                 "the warning is emitted in the trace, which the subscriber sees: {warning}"
             );
             stop.send(()).unwrap();
+            assert!(wait_until(Duration::from_secs(10), || guard
+                .stats()
+                .open_traces
+                == 0));
             let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
             assert_eq!(s.written, 66, "{s:?}");
             report(&[("written", s.written.to_string())]);
@@ -370,6 +428,11 @@ fn open_traces_steps_count_against_queue_max_bytes() {
 #[test]
 fn a_root_held_open_by_a_spawned_loop_is_shown_and_warned_about() {
     run("open");
+}
+
+#[test]
+fn outputs_past_the_open_traces_bound_are_left_out_and_other_traces_still_recorded() {
+    run("outputs");
 }
 
 #[test]

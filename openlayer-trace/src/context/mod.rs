@@ -362,15 +362,21 @@ pub(crate) fn close_step(step: &OpenStep, end: i64, closing: Closing<'_>) {
         rec.set_metadata(Cow::Borrowed("cancelled"), "true".into());
     }
     let logged = rec.extra.as_ref().is_some_and(|e| e.output_logged);
+    let mut left_out = false;
     if let Some(output) = closing.output.filter(|_| !logged) {
-        let r = st.push_text(output);
+        let r;
+        (r, left_out) = st.push_output(output);
         st.steps[idx].output = r;
-        st.hold(output.len());
     }
     if step.idx == 0 {
         st.root_closed = true;
     }
     release_locked(&step.trace, st);
+    if left_out {
+        warn_limited!(
+            "a step's output was left out (a marker recorded instead): traces still open hold              the most memory queue_max_bytes allows them"
+        );
+    }
 }
 
 /// Adds an error text to an open step's `Exceptions` (one line per error, bounded: see

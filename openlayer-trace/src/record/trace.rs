@@ -115,7 +115,8 @@ impl TraceState {
     /// Replaces the text `old` refers to by `json`: in place when `old` is the last text
     /// written (a step that logs its output again and again, as a stream's answer so far),
     /// else appended. The bytes the trace's text grows by are counted as held (see
-    /// `crate::util::open_traces`).
+    /// `crate::util::open_traces`); when open traces have no room left for them, a marker
+    /// saying so is written instead.
     pub(crate) fn replace_text(&mut self, old: Option<TextRef>, json: &str) -> Option<TextRef> {
         let before = self.text.len();
         let start = old
@@ -128,10 +129,31 @@ impl TraceState {
         {
             return old;
         }
+        let grows = (start + json.len()).saturating_sub(before);
+        if grows > 0 && !crate::util::open_traces::admit_bytes(grows) {
+            // Open traces hold all they may: the text is not kept (a marker is).
+            self.text.truncate(start);
+            let r = self.push_text(&crate::util::open_traces::left_out_marker(json.len()));
+            self.hold(self.text.len().saturating_sub(before));
+            return r;
+        }
         self.text.truncate(start);
         let r = self.push_text(json);
-        self.hold(self.text.len().saturating_sub(before));
+        self.held += grows;
         r
+    }
+
+    /// Appends an output's JSON text, counted as held by this open trace; when open
+    /// traces have no room left for it, a marker saying so is appended instead. Returns
+    /// the text's reference and whether the output was left out.
+    pub(crate) fn push_output(&mut self, json: &str) -> (Option<TextRef>, bool) {
+        if crate::util::open_traces::admit_bytes(json.len()) {
+            self.held += json.len();
+            return (self.push_text(json), false);
+        }
+        let marker = crate::util::open_traces::left_out_marker(json.len());
+        self.hold(marker.len());
+        (self.push_text(&marker), true)
     }
 
     /// Counts `bytes` more as held by this open trace.

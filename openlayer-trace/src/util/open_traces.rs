@@ -143,6 +143,25 @@ pub(crate) fn admit(steps: usize, bytes: usize) -> bool {
     fits
 }
 
+/// Whether open traces may hold `bytes` more (a step's output, a logged output); if so,
+/// they are counted as held. Unlike [`admit`], a refusal counts no step.
+#[inline]
+pub(crate) fn admit_bytes(bytes: usize) -> bool {
+    let fits = HELD.fetch_add(bytes, Relaxed).saturating_add(bytes) <= MAX_BYTES.load(Relaxed);
+    if !fits {
+        HELD.fetch_sub(bytes, Relaxed);
+    }
+    fits
+}
+
+/// The JSON text recorded in place of an output of `bytes` that open traces had no room
+/// for (a string, so that the row shows what happened).
+pub(crate) fn left_out_marker(bytes: usize) -> String {
+    format!(
+        "\"…[output of {bytes} bytes left out: traces still open hold the most memory queue_max_bytes allows them]\""
+    )
+}
+
 /// Counts a step not recorded without asking [`admit`] (its parent was not recorded).
 #[cold]
 pub(crate) fn dropped() {
