@@ -384,7 +384,9 @@ impl ConfigBuilder {
     setter!(/// Most rows in one request (default 500).
         batch_max_rows: usize => |c, v| c.batch_max_rows = v.max(1));
     setter!(/// Most bytes in one request body (default 4 MiB). A traced stream keeps at most
-        /// an eighth of it as its output (see `stream::Collect`).
+        /// an eighth of it as its output (see `stream::Collect`). A row larger on its own
+        /// has its longest values cut (and marked) until it fits; one that cannot be made
+        /// to fit is rejected and counted.
         batch_max_bytes: usize => |c, v| c.batch_max_bytes = v.max(1024));
     setter!(/// How long a batch waits for more rows (default 50 ms).
         linger: Duration => |c, v| c.linger = v);

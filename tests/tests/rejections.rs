@@ -29,6 +29,18 @@ fn big(id: String, blob: String) -> usize {
     blob.len()
 }
 
+#[trace]
+fn leaf_step(i: u32) -> u32 {
+    i
+}
+
+/// A trace of `n` steps: its step tree, which is never cut, is what makes it large.
+#[trace]
+fn wide(id: String, n: u32) -> u32 {
+    update_current_trace!(inference_id = id.clone());
+    (0..n).map(leaf_step).sum()
+}
+
 fn produce(prefix: &str, n: usize) -> Vec<String> {
     (0..n)
         .map(|i| {
@@ -235,8 +247,8 @@ fn run_healthy() {
 }
 
 /// 422 for any request carrying a bad row: batches are bisected until only the bad
-/// rows are rejected, live and on replay; a row too large for any request is rejected
-/// before it is sent.
+/// rows are rejected, live and on replay; a row too large for any request has its longest
+/// values cut to fit, and one that cannot be made to fit is rejected before it is sent.
 fn bisect() {
     let server = TestServer::start();
     let rejecting = || {
@@ -274,15 +286,30 @@ fn bisect() {
             good.push(id);
         }
     }
-    // Too large for any request: never sent.
+    // Too large for any request: its input and output are cut until it fits.
     big("huge".into(), "x".repeat(8192));
+    // Too large for any request however its values are cut: never sent.
+    wide("wide".into(), 200);
     let r = guard.flush(Duration::from_secs(10)).unwrap();
     assert!(r.complete);
     assert_eq!(r.stats.dropped.rejected, 3, "{:?}", r.stats);
-    assert_eq!(r.stats.sent, 14, "{:?}", r.stats);
+    assert_eq!(r.stats.sent, 15, "{:?}", r.stats);
     let got = server.inference_ids();
     assert!(good.iter().all(|id| got.contains(id)), "{got:?}");
-    assert!(!server.inference_ids_received().contains("huge"));
+    assert!(got.contains("huge"), "{got:?}");
+    assert!(!server.inference_ids_received().contains("wide"));
+    let huge = server
+        .requests()
+        .iter()
+        .filter_map(|r| r.json.clone())
+        .flat_map(|j| j["rows"].as_array().cloned().unwrap_or_default())
+        .find(|row| row["inferenceId"] == "huge")
+        .unwrap();
+    assert!(huge.to_string().len() < 4096, "{huge}");
+    let blob = huge["blob"].as_str().unwrap();
+    assert!(blob.starts_with("xxxx"), "{blob}");
+    assert!(blob.ends_with(" bytes]"), "the cut is marked: {blob}");
+    assert_eq!(huge["output"], 8192, "what was not cut is kept: {huge}");
 
     // Replay: rows spooled while the server was down, one of them bad.
     server.go_down();

@@ -23,6 +23,9 @@ pub(crate) struct Shaper {
     sample_rate: f64,
     mask: Option<MaskFn>,
     budget: Option<usize>,
+    /// The most bytes of a request (`batch_max_bytes`): a row that a request could not
+    /// carry has its longest values cut until it fits.
+    max_request: usize,
 }
 
 impl fmt::Debug for Shaper {
@@ -31,6 +34,7 @@ impl fmt::Debug for Shaper {
             .field("sample_rate", &self.sample_rate)
             .field("mask", &self.mask.as_ref().map(|_| "Fn"))
             .field("budget", &self.budget)
+            .field("max_request", &self.max_request)
             .finish()
     }
 }
@@ -49,6 +53,18 @@ pub(crate) enum Prepared<T = EncodedRow> {
     /// enough to be [`Failed`](Prepared::Failed) only past [`WORKER_SHAPE_DEPTH`].
     TooDeep,
 }
+
+/// The bytes of a request body besides its config and rows (`{"config":,"rows":[]}` and
+/// some to spare), as the exporter counts them.
+pub(crate) const BODY_OVERHEAD: usize = 24;
+
+/// What one row adds to a request body besides its config: its comma, and the body's own
+/// bytes. A row that fits with it fits in a request of its own.
+const ROW_OVERHEAD: usize = BODY_OVERHEAD + 1;
+
+/// The smallest byte budget a row too large for a request is cut to (see
+/// [`Shaper::cut_to_fit`]): below it, the row is rejected.
+const MIN_CUT_BUDGET: usize = 64;
 
 /// How deep a row may nest to be masked or cut on a thread of the application (in
 /// write-ahead mode, the thread that completed the trace), whose stack may be small: about
@@ -101,7 +117,65 @@ impl Shaper {
             sample_rate: config.sample_rate,
             mask: config.mask.clone(),
             budget: config.field_budget,
+            max_request: config.batch_max_bytes,
         }
+    }
+
+    /// Whether a request can carry the row (with its config): the exporter's bound, the
+    /// body's own bytes included.
+    fn fits(&self, row: &str, config: &str) -> bool {
+        row.len() + config.len() + ROW_OVERHEAD <= self.max_request
+    }
+
+    /// A row too large for any request with its longest values cut (strings to a byte
+    /// budget, lists to as many items, each with a marker; the step tree itself is never
+    /// cut), the budget halved until it fits: `Ok(Some(row))`. `Ok(None)` when even the
+    /// smallest budget does not make it fit (it is then rejected, and counted, as it was),
+    /// `Err(())` when it is not a JSON object.
+    fn cut_to_fit(&self, row: &str, config: &str) -> Result<Option<String>, ()> {
+        let fixed = crate::util::json::replace_lone_surrogates(row);
+        let node: Node = from_str_deep(fixed.as_deref().unwrap_or(row)).map_err(|_| ())?;
+        let mut budget = self.max_request / 8;
+        while budget >= MIN_CUT_BUDGET {
+            let mut cut = node.clone();
+            if cut.apply_budget(budget, Place::Row) {
+                let text = serde_json::to_string(&cut).map_err(|_| ())?;
+                if self.fits(&text, config) {
+                    return Ok(Some(text));
+                }
+            }
+            budget /= 2;
+        }
+        Ok(None)
+    }
+
+    /// [`cut_to_fit`](Self::cut_to_fit) on a prepared row that a request could not carry.
+    fn fit(&self, mut row: EncodedRow) -> Prepared {
+        if self.fits(&row.row, &row.config) {
+            return Prepared::Row(row);
+        }
+        if crate::util::json::nests_deeper_than(
+            row.row.as_bytes(),
+            SHAPE_DEPTH
+                .try_with(|d| d.get())
+                .unwrap_or(CALLER_SHAPE_DEPTH),
+        ) {
+            return Prepared::TooDeep;
+        }
+        match self.cut_to_fit(&row.row, &row.config) {
+            Ok(Some(cut)) => {
+                crate::util::diag::warn_limited!(
+                    bytes = row.row.len(),
+                    batch_max_bytes = self.max_request,
+                    "a row too large for a request had its longest values cut to fit (each cut marked)"
+                );
+                row.row = cut;
+            }
+            // Rejected and counted by the exporter, with the row's size.
+            Ok(None) => {}
+            Err(()) => return Prepared::Failed,
+        }
+        Prepared::Row(row)
     }
 
     /// Encodes, samples and shapes a trace. A panic in encoding or in the mask costs that
@@ -141,7 +215,7 @@ impl Shaper {
                 Some(None) => {}
                 None => return Prepared::Failed,
             }
-            Prepared::Row(row)
+            self.fit(row)
         }));
         match result {
             Ok(Prepared::Failed) | Err(_) => {
@@ -184,12 +258,25 @@ impl Shaper {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             encode::encode_with(trace, |parts| {
                 if !self.keeps(parts.inference_id) {
-                    return Prepared::SampledOut;
+                    return Some(Prepared::SampledOut);
+                }
+                if !self.fits(parts.row, parts.config) {
+                    // Cut to fit, through the copies.
+                    return None;
                 }
                 let pipeline = parts.pipeline_id.map(|p| &**p).or(default_pipeline);
-                line(out, pipeline, parts.config, parts.row)
+                Some(line(out, pipeline, parts.config, parts.row))
             })
-            .unwrap_or(Prepared::Failed)
+            .unwrap_or(Some(Prepared::Failed))
+            .unwrap_or_else(|| match self.prepare(trace) {
+                Prepared::Row(row) => {
+                    let pipeline = row.pipeline_id.as_deref().or(default_pipeline);
+                    line(out, pipeline, &row.config, &row.row)
+                }
+                Prepared::SampledOut => Prepared::SampledOut,
+                Prepared::Failed => Prepared::Failed,
+                Prepared::TooDeep => Prepared::TooDeep,
+            })
         }));
         match result {
             Ok(Prepared::Failed) | Err(_) => {
@@ -559,7 +646,59 @@ mod tests {
             sample_rate: 1.0,
             mask,
             budget,
+            max_request: usize::MAX,
         }
+    }
+
+    #[test]
+    fn a_row_too_large_for_a_request_is_cut_until_it_fits() {
+        let s = Shaper {
+            max_request: 2048,
+            ..shaper(None, None)
+        };
+        let config = r#"{"outputColumnName":"output"}"#;
+        let row = json!({
+            "inferenceId": "x".repeat(100),
+            "output": "a".repeat(10_000),
+            "embedding": (0..1000).collect::<Vec<u32>>(),
+            "small": "kept",
+            "steps": [{"id": "1", "type": "user_call", "output": "b".repeat(5000)}],
+        })
+        .to_string();
+        assert!(!s.fits(&row, config));
+        let cut = s.cut_to_fit(&row, config).unwrap().unwrap();
+        assert!(s.fits(&cut, config), "{} bytes", cut.len());
+        let v: serde_json::Value = serde_json::from_str(&cut).unwrap();
+        // The id is never cut; what is small is kept; every cut is marked.
+        assert_eq!(v["inferenceId"], "x".repeat(100));
+        assert_eq!(v["small"], "kept");
+        let output = v["output"].as_str().unwrap();
+        assert!(
+            output.starts_with("aaa") && output.ends_with(" bytes]"),
+            "{output}"
+        );
+        let embedding = v["embedding"].as_array().unwrap();
+        assert!(embedding.len() < 1000);
+        assert!(
+            embedding
+                .last()
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .ends_with(" items]")
+        );
+        let step = &v["steps"][0];
+        assert_eq!(step["type"], "user_call");
+        assert!(step["output"].as_str().unwrap().ends_with(" bytes]"));
+
+        // Steps are never dropped from the tree: a tree too large stays too large.
+        let steps: Vec<serde_json::Value> = (0..200)
+            .map(|i| json!({"id": format!("{i:036}"), "type": "user_call"}))
+            .collect();
+        let wide = json!({"inferenceId": "w", "steps": steps}).to_string();
+        assert_eq!(s.cut_to_fit(&wide, config), Ok(None));
+        // Not an object: an error.
+        assert_eq!(s.cut_to_fit("[1", config), Err(()));
     }
 
     #[test]
@@ -609,8 +748,7 @@ mod tests {
     fn sampling_is_deterministic_and_close_to_the_rate() {
         let s = Shaper {
             sample_rate: 0.25,
-            mask: None,
-            budget: None,
+            ..shaper(None, None)
         };
         let ids: Vec<String> = (0..20_000).map(|i| format!("req-{i}")).collect();
         let kept: Vec<bool> = ids.iter().map(|id| s.keeps(id)).collect();
@@ -792,11 +930,36 @@ mod tests {
             ));
             assert_eq!(out, format!("earlier line\n{expected}"));
         }
+        // Too large for a request: cut to fit, on the local file's path too.
+        let mut long = one_step_trace();
+        let inputs = format!(
+            r#"{{"name":"{}","email":"ada@example.com"}}"#,
+            "o".repeat(3000)
+        );
+        long.state.steps[0].inputs = long.state.push_text(&inputs);
+        let small = Shaper {
+            max_request: 1500,
+            ..shaper(None, None)
+        };
+        let mut out = String::new();
+        assert!(matches!(
+            small.prepare_line(&long, Some("dflt"), &mut out),
+            Prepared::Row(())
+        ));
+        assert!(out.len() < 1500 && out.ends_with('\n'), "{out}");
+        let line: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let name = line["rows"][0]["name"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(
+            name.starts_with("ooo") && name.ends_with(" bytes]"),
+            "{name}"
+        );
+        assert_eq!(line["rows"][0]["email"], "ada@example.com");
         // Sampled out: counted as such, nothing written.
         let none = Shaper {
             sample_rate: 0.0,
-            mask: None,
-            budget: None,
+            ..shaper(None, None)
         };
         let mut out = String::new();
         assert!(matches!(

@@ -143,7 +143,7 @@ impl Update {
 
 /// The bytes of a request body around its rows.
 pub(super) fn body_overhead(config: &str) -> usize {
-    config.len() + 24
+    config.len() + crate::encode::row_policy::BODY_OVERHEAD
 }
 
 #[derive(Debug)]
