@@ -149,6 +149,18 @@ impl Flusher {
     pub(super) fn store(&mut self, batch: Batch, reason: DropReason, tell: Tell) -> Stored {
         let n = batch.rows.len() as u64;
         let ids: Vec<String> = batch.rows.iter().map(|r| r.inference_id.clone()).collect();
+        if let Some(s) = &self.spool {
+            // Updates of rows written ahead must follow them in the spool: held before
+            // they are given up (then they may be replayed, and their holds given back, at
+            // once). Those handed to the spool writer are held by it.
+            s.hold_ids(
+                batch
+                    .rows
+                    .iter()
+                    .filter(|r| r.wal.is_some())
+                    .map(|r| r.inference_id.as_str()),
+            );
+        }
         // Released before the rows go to the spool writer, which counts them again.
         self.budget
             .release(batch.rows.iter().map(|r| r.cost).sum(), Tier::Worker);
@@ -166,11 +178,6 @@ impl Flusher {
         if ahead > 0 {
             c.spooled.fetch_add(ahead, Relaxed);
             c.settled.fetch_add(ahead, Relaxed);
-        }
-        if let Some(s) = &self.spool {
-            // Updates of these rows must follow them into the spool (those dropped below
-            // are forgotten with it: a later update of them is harmless).
-            s.hold_ids(ids.iter().map(String::as_str));
         }
         let mut dropped = 0;
         if !rows.is_empty() {

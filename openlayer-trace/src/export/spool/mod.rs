@@ -43,6 +43,7 @@
 //! dropped (`spool_evicted`).
 
 mod dir;
+mod held;
 mod line;
 pub(crate) mod replay;
 pub(crate) mod segment;
@@ -70,9 +71,6 @@ use dir::{
     sync_dir, take_lock,
 };
 use segment::{Index, LiveSeg, Segment, WaWriter, WalRef};
-
-/// Most `inferenceId`s of spooled rows remembered (see `Spool::held_ids`).
-const MAX_HELD_IDS: usize = 200_000;
 
 /// What the spool writer tells `on_failure` once rows it was handed are written and
 /// synced (nothing when it could not write them: it tells their drop instead).
@@ -119,11 +117,15 @@ pub(crate) struct Spool {
     segment_bytes: u64,
     total: AtomicU64,
     index: Mutex<Index>,
-    /// `inferenceId`s of rows this process spooled: their row updates are spooled behind
-    /// them, never sent before them. Forgotten when the spool is empty. Apart from the
-    /// index, whose lock is held across disk I/O: traced code notes ids here when the
-    /// queue is full, and must never wait for a disk.
-    held_ids: Mutex<HashSet<String>>,
+    /// `inferenceId`s of rows this process spooled (see [`held`]): their row updates are
+    /// spooled behind them, never sent before them. Each is forgotten once its lines are
+    /// replayed, all of them when the spool is empty. Apart from the index, whose lock is
+    /// held across disk I/O: traced code notes ids here when the queue is full, and must
+    /// never wait for a disk.
+    held_ids: Mutex<held::HeldIds>,
+    /// The first segment this process made: lines of earlier ones (an earlier process's)
+    /// were not held by it, and give nothing back to `held_ids` when replayed.
+    own_from: u64,
     wa: Option<Mutex<WaWriter>>,
     rotate_requested: AtomicBool,
     maintain_requested: AtomicBool,
@@ -182,7 +184,12 @@ impl Spool {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if let Some(seq) = parse_seq(name, DATA_EXT) {
-                let len = entry.metadata()?.len();
+                let len = match entry.metadata() {
+                    Ok(m) => m.len(),
+                    // Removed since it was listed (another process's spool, let go).
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                };
                 total += len;
                 let acked = read_acks(&state.join(format!("{seq:020}.{ACK_EXT}")));
                 index.segments.insert(
@@ -205,14 +212,18 @@ impl Spool {
                 continue;
             };
             if index.segments.contains_key(&seq) {
-                total += entry.metadata()?.len();
+                total += entry.metadata().map_or(0, |m| m.len());
             } else {
                 // The segment is gone: its acknowledgements are of no use.
                 let _ = fs::remove_file(entry.path());
             }
+            // Never a number a sidecar still has (its removal may have failed): a new
+            // segment under it would take its acknowledgements for its own lines.
+            index.next_seq = index.next_seq.max(seq + 1);
         }
         index.next_seq = index.next_seq.max(1);
         let (jobs, rx) = mpsc::channel();
+        let own_from = index.next_seq;
         let mut spool = Spool {
             max_bytes: config.spool_max_bytes,
             // At most half the spool: a file as large as the spool itself (64 KiB in a
@@ -223,7 +234,8 @@ impl Spool {
                 .min((config.spool_max_bytes / 2).max(1)),
             total: AtomicU64::new(total),
             index: Mutex::new(index),
-            held_ids: Mutex::new(HashSet::new()),
+            held_ids: Mutex::default(),
+            own_from,
             wa: None,
             rotate_requested: AtomicBool::new(false),
             maintain_requested: AtomicBool::new(false),
@@ -674,9 +686,19 @@ impl Spool {
     pub(crate) fn hold_ids<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
         let mut held = lock(&self.held_ids);
         for id in ids {
-            if held.len() < MAX_HELD_IDS {
-                held.insert(id.to_string());
-            }
+            held.hold(id);
+        }
+    }
+
+    /// Gives back the holds of replayed lines of segment `seq` (their rows' ids, or the
+    /// id a row update updates): an id with no line left in the spool is forgotten.
+    fn release_ids<'a>(&self, seq: u64, ids: impl IntoIterator<Item = &'a str>) {
+        if seq < self.own_from {
+            return;
+        }
+        let mut held = lock(&self.held_ids);
+        for id in ids {
+            held.release(id);
         }
     }
 
@@ -688,7 +710,7 @@ impl Spool {
 
     fn remove_segment(&self, index: &mut Index, seq: u64) {
         if index.segments.is_empty() {
-            *lock(&self.held_ids) = HashSet::new();
+            lock(&self.held_ids).clear();
         }
         if let Some(seg) = index.segments.remove(&seq) {
             drop(seg.ack_file);
@@ -707,7 +729,7 @@ impl Spool {
             }
         }
         if index.segments.is_empty() {
-            *lock(&self.held_ids) = HashSet::new();
+            lock(&self.held_ids).clear();
         }
     }
 }

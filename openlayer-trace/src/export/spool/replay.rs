@@ -425,6 +425,11 @@ impl Spool {
             ReplayEnd::Acked | ReplayEnd::Rejected => {
                 self.ack_locked(&mut index, batch.seq, &batch.offsets);
                 self.delete_if_done(&mut index, batch.seq);
+                drop(index);
+                // Replayed: their holds are given back (a later update of the same row
+                // may go straight to the platform once none of its lines is left).
+                let ids = batch.ids.iter().chain(&batch.update).map(String::as_str);
+                self.release_ids(batch.seq, ids);
             }
             ReplayEnd::Failed => {
                 if let Some(seg) = index.segments.get_mut(&batch.seq) {

@@ -242,6 +242,41 @@ fn spooled_rows_hold_their_updates_back() {
     stop(&spool, t);
 }
 
+/// An id is held while any line of it is in the spool, and forgotten once they are all
+/// replayed (though the spool is never empty: the writer's file stays open).
+#[test]
+fn held_ids_are_forgotten_once_their_lines_are_replayed() {
+    let dir = temp_dir("holds-forgotten");
+    let (spool, _, t) = start(&dir);
+    spool_and_sync(&spool, &["a", "b"]);
+    spool
+        .send_updates(
+            vec![update_of("a")],
+            Vec::new(),
+            DropReason::RetriesExhausted,
+            Tier::Spool,
+        )
+        .unwrap();
+    wait_for_writer(&spool);
+    assert!(spool.holds_row("a") && spool.holds_row("b"));
+
+    let rows = spool.next_replay(1000, 1 << 20, None).unwrap();
+    assert_eq!(rows.ids, ["a", "b"]);
+    // Not sent: still held.
+    spool.replay_done(rows, ReplayEnd::Failed);
+    assert!(spool.holds_row("a") && spool.holds_row("b"));
+    let rows = spool.next_replay(1000, 1 << 20, None).unwrap();
+    spool.replay_done(rows, ReplayEnd::Acked);
+    // `a` still has its update in the spool.
+    assert!(spool.holds_row("a"));
+    assert!(!spool.holds_row("b"));
+    let update = spool.next_replay(1000, 1 << 20, None).unwrap();
+    assert_eq!(update.update.as_deref(), Some("a"));
+    spool.replay_done(update, ReplayEnd::Rejected);
+    assert!(!spool.holds_row("a"));
+    stop(&spool, t);
+}
+
 /// Traced code hands rows to the writer when the queue is full: that must not wait while
 /// the writer holds the index across disk I/O (a segment created, a replay read).
 #[test]
