@@ -18,10 +18,12 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Options for a file of the spool: created 0600, and never through a symbolic link (a
+/// link planted where a file of ours goes would have us truncate or append to its target).
 #[cfg(unix)]
 pub(super) fn private_file(o: &mut OpenOptions) -> &mut OpenOptions {
     use std::os::unix::fs::OpenOptionsExt;
-    o.mode(0o600)
+    o.mode(0o600).custom_flags(libc::O_NOFOLLOW)
 }
 
 #[cfg(not(unix))]
@@ -29,6 +31,10 @@ pub(super) fn private_file(o: &mut OpenOptions) -> &mut OpenOptions {
     o
 }
 
+/// Creates a directory of the spool (0700), or checks one that exists: it must belong to
+/// this process's user and be writable by no one else (another user could plant rows in
+/// it that we would send with our key, or remove ours); one readable by others is used,
+/// with a warning (its mode is not ours to change: it may be a shared parent).
 pub(super) fn create_private_dir(dir: &Path) -> io::Result<()> {
     let mut b = fs::DirBuilder::new();
     b.recursive(true);
@@ -37,7 +43,43 @@ pub(super) fn create_private_dir(dir: &Path) -> io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         b.mode(0o700);
     }
-    b.create(dir)
+    b.create(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt as _};
+        let meta = fs::metadata(dir)?;
+        // SAFETY: `geteuid` has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if meta.uid() != euid {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "the spool directory {} belongs to user {}, not to this process's user                      ({euid}): another user could read the rows in it or plant rows in it",
+                    dir.display(),
+                    meta.uid()
+                ),
+            ));
+        }
+        let mode = meta.permissions().mode();
+        if mode & 0o022 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "the spool directory {} is writable by other users (mode {:o}): they \
+                     could plant rows in it; use a directory of its own, mode 0700",
+                    dir.display(),
+                    mode & 0o7777
+                ),
+            ));
+        }
+        if mode & 0o044 != 0 {
+            crate::util::diag::warn_limited!(
+                dir = %dir.display(),
+                "the spool directory is readable by other users; make it 0700"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Makes a new directory entry durable.

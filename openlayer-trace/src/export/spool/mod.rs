@@ -175,6 +175,7 @@ impl Spool {
             .ok_or_else(|| Error::Config("no spool directory".into()))?;
         let dir = std::path::absolute(&dir).unwrap_or(dir);
         let state = dir.join(STATE_DIR);
+        create_private_dir(&dir)?;
         create_private_dir(&state)?;
         let lock_file = take_lock(&state)?;
         let mut index = Index::default();

@@ -814,3 +814,58 @@ fn the_writer_backlog_counts_in_the_shared_memory_budget() {
     assert!(used + per(one(more)) > 8 * 1024, "{used}");
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// An existing spool directory writable by others is refused (one readable by them is
+/// used); a lock file planted as a symbolic link is not followed (its target is left as
+/// it was); a directory of another user is refused.
+#[cfg(unix)]
+#[test]
+fn the_directory_is_private_and_links_are_not_followed() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+    let dir = temp_dir("open-to-others");
+    fs::create_dir_all(dir.join(STATE_DIR)).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
+    let open = |dir: &Path| {
+        let cfg = config(dir);
+        Spool::open(&cfg, Arc::new(Counters::default()), budget(&cfg))
+    };
+    let Err(err) = open(&dir) else {
+        panic!("a directory writable by all was used")
+    };
+    assert!(err.to_string().contains("writable by other users"), "{err}");
+    assert_eq!(mode(&dir), 0o777, "its mode is left as it was");
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(dir.join(STATE_DIR), fs::Permissions::from_mode(0o770)).unwrap();
+    assert!(open(&dir).is_err(), "state/ writable by the group");
+    fs::set_permissions(dir.join(STATE_DIR), fs::Permissions::from_mode(0o750)).unwrap();
+    let (spool, _, t) = start(&dir);
+    stop(&spool, t);
+    drop(spool);
+
+    let dir = temp_dir("planted-link");
+    fs::create_dir_all(dir.join(STATE_DIR)).unwrap();
+    let target =
+        std::env::temp_dir().join(format!("openlayer-spool-target-{}", std::process::id()));
+    fs::write(&target, "precious").unwrap();
+    symlink(&target, dir.join(STATE_DIR).join(LOCK_FILE)).unwrap();
+    let cfg = config(&dir);
+    let counters = Arc::new(Counters::default());
+    assert!(Spool::open(&cfg, counters.clone(), budget(&cfg)).is_err());
+    assert_eq!(fs::read_to_string(&target).unwrap(), "precious");
+    let _ = fs::remove_file(&target);
+
+    // SAFETY: `geteuid` has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // Only root can give a directory away.
+        let dir = temp_dir("of-another-user");
+        fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        let err = match Spool::open(&config(&dir), counters, budget(&cfg)) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("another user's directory was used"),
+        };
+        assert!(err.contains("belongs to user 65534"), "{err}");
+    }
+}
