@@ -10,7 +10,9 @@
 //! the last of them. A rerun skips the lines sent before, and refuses to go on if that
 //! part of the file has changed since (line numbers would no longer mean the same lines).
 //! Sending stops at the first line the platform refuses, so that row updates never
-//! overtake the rows they update; a rerun starts again there.
+//! overtake the rows they update; a rerun starts again there. A row update answered 404
+//! whose row this push sent (among its last [`RECENT_ROWS`] rows) may only not be visible
+//! yet: it is tried again after each of [`NOT_FOUND_WAITS`] before it counts as refused.
 //!
 //! The file is never in memory whole: it is read a line at a time, twice (a first pass
 //! checks it, the second sends it), through one handle, and only up to its last newline
@@ -23,11 +25,12 @@
 //! between: the first pass keeps 40 bytes a block, not a record per line.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::Duration;
 
 use openlayer_trace::{
     Client, LocalEntry, LocalLine, LocalLines, RawStreamConfig, RowUpdateConfig,
@@ -369,6 +372,7 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
         rows_sent: 0,
         updates_sent: 0,
         unrecorded: None,
+        recent: RecentRows::default(),
     };
     let limits = (config.batch_max_rows(), config.batch_max_bytes());
     let mut bad_lines = 0usize;
@@ -467,8 +471,7 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
                 };
                 let result = match result {
                     Ok(config) => {
-                        client
-                            .update_row(&pipeline, &inference_id, &Value::Object(row), config)
+                        push.update(&pipeline, &inference_id, &Value::Object(row), config)
                             .await
                     }
                     Err(e) => Err(e),
@@ -688,6 +691,8 @@ struct Pusher<'a> {
     /// Lines sent whose record in the progress file could not be saved, and why: the
     /// push stops there (a rerun would send them again, and says so).
     unrecorded: Option<(Vec<usize>, String)>,
+    /// The rows this push sent last, for the updates of rows not visible yet.
+    recent: RecentRows,
 }
 
 impl Pusher<'_> {
@@ -708,6 +713,7 @@ impl Pusher<'_> {
         let first = batch.lines[0].0;
         match result {
             Ok(()) => {
+                self.recent.add(&batch.pipeline, &config.0, &batch.rows);
                 self.rows_sent += batch.rows.len();
                 let lines: Vec<(usize, End)> =
                     batch.lines.iter().map(|&(n, end, _)| (n, end)).collect();
@@ -729,6 +735,7 @@ impl Pusher<'_> {
                 .await
             {
                 Ok(()) => {
+                    self.recent.add(&batch.pipeline, &config.0, &line_rows);
                     self.rows_sent += n;
                     self.sent(&[(number, end)]);
                     if self.unrecorded.is_some() {
@@ -742,6 +749,32 @@ impl Pusher<'_> {
             }
         }
         Ok((0, None))
+    }
+
+    /// Sends a row update. One answered 404 whose row this push sent may only not be
+    /// visible yet: it is tried again after each of [`NOT_FOUND_WAITS`], then the 404
+    /// stands.
+    async fn update(
+        &self,
+        pipeline: &str,
+        inference_id: &str,
+        row: &Value,
+        config: Option<RowUpdateConfig>,
+    ) -> Result<(), openlayer_trace::Error> {
+        let mut waits = NOT_FOUND_WAITS.iter();
+        loop {
+            let result = self
+                .client
+                .update_row(pipeline, inference_id, row, config.clone())
+                .await;
+            let not_found = matches!(result, Err(openlayer_trace::Error::Api { status: 404, .. }));
+            match waits.next() {
+                Some(&wait) if not_found && self.recent.contains(pipeline, inference_id) => {
+                    tokio::time::sleep(wait).await;
+                }
+                _ => return result,
+            }
+        }
     }
 
     /// Records `lines` (number, end) as sent, in one save of the progress file. If the
@@ -760,6 +793,68 @@ impl Pusher<'_> {
         }
         self.lines_sent += lines.len();
         self.bar.add(lines.len() as u64, 0);
+    }
+}
+
+/// The waits before each new try of a row update answered 404 whose row this push sent:
+/// the row may not be visible on the platform yet (about 4 s in all, then the 404 stands).
+const NOT_FOUND_WAITS: [Duration; 4] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
+
+/// How many of the rows sent last [`RecentRows`] remembers.
+const RECENT_ROWS: usize = 100_000;
+
+/// The inference ids of the last [`RECENT_ROWS`] rows this push sent, each as a hash of
+/// its pipeline and id (8 bytes a row, however long the file): an update of one of them
+/// answered 404 is tried again. A hash that two ids share only makes a 404 wait.
+#[derive(Debug, Default)]
+struct RecentRows {
+    order: VecDeque<u64>,
+    /// How many times each hash is in `order`.
+    count: HashMap<u64, u32>,
+}
+
+impl RecentRows {
+    fn key(pipeline: &str, inference_id: &str) -> u64 {
+        let h = fnv1a_extend(FNV_BASIS, pipeline.as_bytes());
+        // A byte no UTF-8 text holds, between the two.
+        fnv1a_extend(fnv1a_extend(h, &[0xff]), inference_id.as_bytes())
+    }
+
+    /// Remembers the ids of `rows`, sent to `pipeline` with `config` (which names their
+    /// inference id column, `inferenceId` by default).
+    fn add(&mut self, pipeline: &str, config: &Map<String, Value>, rows: &[Value]) {
+        let column = config
+            .get("inferenceIdColumnName")
+            .and_then(Value::as_str)
+            .unwrap_or("inferenceId");
+        for row in rows {
+            let id = match row.get(column) {
+                Some(Value::String(id)) => Self::key(pipeline, id),
+                Some(Value::Number(id)) => Self::key(pipeline, &id.to_string()),
+                _ => continue,
+            };
+            self.order.push_back(id);
+            *self.count.entry(id).or_default() += 1;
+            if self.order.len() > RECENT_ROWS
+                && let Some(old) = self.order.pop_front()
+                && let Some(n) = self.count.get_mut(&old)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    self.count.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Whether a row of `pipeline` with `inference_id` is among those remembered.
+    fn contains(&self, pipeline: &str, inference_id: &str) -> bool {
+        self.count.contains_key(&Self::key(pipeline, inference_id))
     }
 }
 
@@ -833,6 +928,36 @@ mod tests {
             request: "POST x".into(),
             timeout: false,
         }));
+    }
+
+    #[test]
+    fn the_rows_sent_last_are_remembered_by_pipeline_and_id() {
+        let mut recent = RecentRows::default();
+        let config = Map::new();
+        recent.add("p", &config, &[serde_json::json!({"inferenceId": "a"})]);
+        let mut by_id = Map::new();
+        by_id.insert("inferenceIdColumnName".into(), "id".into());
+        recent.add(
+            "p",
+            &by_id,
+            &[serde_json::json!({"id": 7, "inferenceId": "x"})],
+        );
+        assert!(recent.contains("p", "a") && recent.contains("p", "7"));
+        assert!(!recent.contains("q", "a") && !recent.contains("p", "x"));
+        // Sent twice, then pushed out once: still remembered by its later send.
+        recent.add("p", &config, &[serde_json::json!({"inferenceId": "a"})]);
+        let filler: Vec<Value> = (0..RECENT_ROWS - 1)
+            .map(|i| serde_json::json!({"inferenceId": format!("f{i}")}))
+            .collect();
+        recent.add("p", &config, &filler);
+        assert_eq!(recent.order.len(), RECENT_ROWS);
+        assert!(recent.contains("p", "a") && !recent.contains("p", "7"));
+        recent.add("p", &config, &filler[..1]);
+        assert!(!recent.contains("p", "a"));
+        assert_eq!(
+            recent.count.values().map(|&n| n as usize).sum::<usize>(),
+            RECENT_ROWS
+        );
     }
 
     #[test]

@@ -544,6 +544,88 @@ async fn push_stops_at_a_batch_the_server_fails_without_splitting_it() {
     assert!(!dir.0.join("traces.jsonl.pushed").exists());
 }
 
+/// The line numbers a progress file records as sent.
+fn pushed_lines(progress: &Path) -> Value {
+    let state: Value = serde_json::from_slice(&std::fs::read(progress).unwrap()).unwrap();
+    state["done"].clone()
+}
+
+/// A row update answered 404 right after this push sent its row (not visible on the
+/// platform yet) is tried again; a 404 for a row this push did not send stops it.
+#[tokio::test(flavor = "multi_thread")]
+async fn push_tries_an_update_again_when_the_row_it_just_sent_is_not_found() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/v1/inference-pipelines/[^/]+/data-stream$"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(query_param("inferenceId", "trace-1"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"error": "no such row"})))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(query_param("inferenceId", "trace-1"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(query_param("inferenceId", "elsewhere"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"error": "no such row"})))
+        .mount(&server)
+        .await;
+
+    let dir = TempDir::new("push-not-visible");
+    let file = dir.file(
+        "traces.jsonl",
+        &format!(
+            "{}\n{}\n",
+            trace_line(Some("pipe-a"), "trace-1"),
+            update_line(Some("pipe-a"), "trace-1")
+        ),
+    );
+    let env = platform(&server);
+    let out = openlayer(&["push", file.to_str().unwrap()], &env).await;
+    assert_exit(&out, 0);
+    assert_stdout_has(&out, "pushed 2 line(s) (1 row(s), 1 update(s))");
+    let puts: Vec<String> = requests(&server)
+        .await
+        .iter()
+        .filter(|r| r.method.as_str() == "PUT")
+        .map(|r| r.url.query().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(puts, ["inferenceId=trace-1", "inferenceId=trace-1"]);
+    assert_eq!(
+        pushed_lines(&dir.0.join("traces.jsonl.pushed")),
+        json!([[1, 2]])
+    );
+
+    // An update of a row this push did not send: its 404 stops the push at once.
+    let other = dir.file(
+        "other.jsonl",
+        &format!(
+            "{}\n{}\n",
+            trace_line(Some("pipe-a"), "trace-2"),
+            update_line(Some("pipe-a"), "elsewhere")
+        ),
+    );
+    let out = openlayer(&["push", other.to_str().unwrap()], &env).await;
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "line 2 failed");
+    let elsewhere = requests(&server)
+        .await
+        .iter()
+        .filter(|r| r.url.query() == Some("inferenceId=elsewhere"))
+        .count();
+    assert_eq!(elsewhere, 1);
+    assert_eq!(
+        pushed_lines(&dir.0.join("other.jsonl.pushed")),
+        json!([[1, 1]])
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn push_without_a_key_is_a_usage_error() {
     let dir = TempDir::new("push-nokey");
