@@ -6,9 +6,10 @@
 //! batch limits), so that a file of many small traces takes few requests.
 //!
 //! Progress is kept in `FILE.pushed`, replaced atomically after every request that the
-//! platform accepted: the line numbers sent, and the length and a hash of the file up to
-//! the last of them. A rerun skips the lines sent before, and refuses to go on if that
-//! part of the file has changed since (line numbers would no longer mean the same lines).
+//! platform accepted: the line numbers sent, those that could not be read (named once,
+//! then skipped by every rerun), and the length and a hash of the file up to the last of
+//! them. A rerun skips those lines, and refuses to go on if that part of the file has
+//! changed since (line numbers would no longer mean the same lines).
 //! Sending stops at the first line the platform refuses, so that row updates never
 //! overtake the rows they update; a rerun starts again there. A row update answered 404
 //! whose row this push sent (among its last [`RECENT_ROWS`] rows) may only not be visible
@@ -46,34 +47,57 @@ use crate::{CliError, remote_client};
 #[serde(rename_all = "camelCase")]
 struct State {
     version: u32,
-    /// Bytes of the file up to the end of the last line sent.
+    /// Bytes of the file up to the end of the last line sent or skipped.
     prefix_len: u64,
     /// FNV-1a 64 of those bytes, in hex.
     prefix_hash: String,
     /// Line numbers sent, as inclusive ranges in order.
     done: Vec<(usize, usize)>,
+    /// Line numbers that could not be read, reported by the push that met them and
+    /// skipped since, as inclusive ranges in order (absent from older progress files).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    skipped: Vec<(usize, usize)>,
 }
 
 impl State {
+    /// Whether `line` was sent.
     fn contains(&self, line: usize) -> bool {
-        self.done.iter().any(|&(a, b)| a <= line && line <= b)
+        in_ranges(&self.done, line)
+    }
+
+    /// Whether `line` could not be read by an earlier push.
+    fn was_skipped(&self, line: usize) -> bool {
+        in_ranges(&self.skipped, line)
     }
 
     fn insert(&mut self, line: usize) {
-        if self.contains(line) {
-            return;
-        }
-        self.done.push((line, line));
-        self.done.sort_unstable();
-        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(self.done.len());
-        for &(a, b) in &self.done {
-            match merged.last_mut() {
-                Some(last) if a <= last.1 + 1 => last.1 = last.1.max(b),
-                _ => merged.push((a, b)),
-            }
-        }
-        self.done = merged;
+        add_to_ranges(&mut self.done, line);
     }
+
+    fn skip(&mut self, line: usize) {
+        add_to_ranges(&mut self.skipped, line);
+    }
+}
+
+fn in_ranges(ranges: &[(usize, usize)], line: usize) -> bool {
+    ranges.iter().any(|&(a, b)| a <= line && line <= b)
+}
+
+/// Adds `line` to inclusive ranges in order, merging those it joins.
+fn add_to_ranges(ranges: &mut Vec<(usize, usize)>, line: usize) {
+    if in_ranges(ranges, line) {
+        return;
+    }
+    ranges.push((line, line));
+    ranges.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
+    for &(a, b) in ranges.iter() {
+        match merged.last_mut() {
+            Some(last) if a <= last.1 + 1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    *ranges = merged;
 }
 
 fn fnv1a(bytes: &[u8]) -> String {
@@ -287,9 +311,10 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
     // again as it is sent.
     let sent_before = State {
         done: state.done.clone(),
+        skipped: state.skipped.clone(),
         ..State::default()
     };
-    let (mut skipped, mut pending) = (0usize, 0usize);
+    let (mut skipped, mut unreadable_before, mut pending) = (0usize, 0usize, 0usize);
     // The part pushed before is unchanged: a line ends where it ended, with its hash.
     let mut prefix_found = state.prefix_len == 0 && state.prefix_hash == fnv1a(b"");
     // Lines without a pipeline need one from the flag or the environment: say so before
@@ -316,6 +341,10 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
             }
             if sent_before.contains(e.number) {
                 skipped += 1;
+                continue;
+            }
+            if sent_before.was_skipped(e.number) {
+                unreadable_before += 1;
                 continue;
             }
             pending += 1;
@@ -359,7 +388,8 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
     let (lines, at) = lines_of(&mut source, complete).map_err(read_failed)?;
     // A read error is kept whatever its line's number: it ends the file.
     let mut pending_lines = lines.filter(|e| {
-        matches!(e.line, Err(openlayer_trace::Error::Io(_))) || !sent_before.contains(e.number)
+        matches!(e.line, Err(openlayer_trace::Error::Io(_)))
+            || !(sent_before.contains(e.number) || sent_before.was_skipped(e.number))
     });
 
     let mut push = Pusher {
@@ -372,6 +402,7 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
         rows_sent: 0,
         updates_sent: 0,
         unrecorded: None,
+        skips_unsaved: false,
         recent: RecentRows::default(),
     };
     let limits = (config.batch_max_rows(), config.batch_max_bytes());
@@ -416,6 +447,8 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
                 bad_lines += 1;
                 push.bar.add(1, 1);
                 eprintln!("openlayer: {}: {e} (skipped)", file.display());
+                // Named once: recorded as skipped with the next save of the progress.
+                push.skip(entry.number, (at_end, hash));
                 continue;
             }
         };
@@ -499,6 +532,12 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
     }
     // The lines checked but not reached.
     not_attempted += block.len() + blocks.map(|b| b.lines).sum::<usize>();
+    if push.skips_unsaved
+        && push.unrecorded.is_none()
+        && let Err(e) = save_state(&progress_path, &push.state)
+    {
+        eprintln!("openlayer: the unreadable line(s) were not recorded as skipped: {e}");
+    }
     let Pusher {
         bar,
         lines_sent,
@@ -515,6 +554,11 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
     );
     if skipped > 0 {
         summary.push_str(&format!("; {skipped} line(s) already pushed"));
+    }
+    if unreadable_before > 0 {
+        summary.push_str(&format!(
+            "; {unreadable_before} unreadable line(s) skipped before"
+        ));
     }
     println!("{summary}");
     if partial > 0 {
@@ -533,7 +577,7 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
     match (stopped, bad_lines) {
         (None, 0) => Ok(()),
         (None, bad) => Err(CliError::Failed(format!(
-            "{bad} line(s) could not be read and were skipped"
+            "{bad} line(s) could not be read and were skipped (a rerun skips them too)"
         ))),
         (Some((line, e)), bad) => {
             let mut m = format!(
@@ -691,6 +735,8 @@ struct Pusher<'a> {
     /// Lines sent whose record in the progress file could not be saved, and why: the
     /// push stops there (a rerun would send them again, and says so).
     unrecorded: Option<(Vec<usize>, String)>,
+    /// Unreadable lines are recorded as skipped in `state` and not saved yet.
+    skips_unsaved: bool,
     /// The rows this push sent last, for the updates of rows not visible yet.
     recent: RecentRows,
 }
@@ -777,22 +823,37 @@ impl Pusher<'_> {
         }
     }
 
-    /// Records `lines` (number, end) as sent, in one save of the progress file. If the
-    /// save fails, they are kept in `unrecorded` (and the push stops).
+    /// Records `lines` (number, end) as sent, in one save of the progress file (with the
+    /// lines skipped before them). If the save fails, they are kept in `unrecorded` (and
+    /// the push stops).
     fn sent(&mut self, lines: &[(usize, End)]) {
-        for &(number, (end, hash)) in lines {
+        for &(number, end) in lines {
             self.state.insert(number);
-            if end > self.state.prefix_len {
-                self.prefix_hash = hash;
-                self.state.prefix_len = end;
-            }
+            self.extend_prefix(end);
         }
-        self.state.prefix_hash = format!("{:016x}", self.prefix_hash);
-        if let Err(e) = save_state(self.progress_path, &self.state) {
-            self.unrecorded = Some((lines.iter().map(|l| l.0).collect(), e));
+        match save_state(self.progress_path, &self.state) {
+            Ok(()) => self.skips_unsaved = false,
+            Err(e) => self.unrecorded = Some((lines.iter().map(|l| l.0).collect(), e)),
         }
         self.lines_sent += lines.len();
         self.bar.add(lines.len() as u64, 0);
+    }
+
+    /// Records the unreadable line `number`, which ends at `end`, as skipped: saved with
+    /// the next lines sent, or at the end of the push.
+    fn skip(&mut self, number: usize, end: End) {
+        self.state.skip(number);
+        self.extend_prefix(end);
+        self.skips_unsaved = true;
+    }
+
+    /// Moves the recorded prefix to `end` (and its hash) when that is further.
+    fn extend_prefix(&mut self, (end, hash): End) {
+        if end > self.state.prefix_len {
+            self.prefix_hash = hash;
+            self.state.prefix_len = end;
+        }
+        self.state.prefix_hash = format!("{:016x}", self.prefix_hash);
     }
 }
 
@@ -885,6 +946,12 @@ mod tests {
         }
         assert_eq!(s.done, [(1, 3), (5, 7)]);
         assert!(s.contains(6) && !s.contains(4));
+        s.skip(4);
+        assert_eq!(
+            (s.done.as_slice(), s.skipped.as_slice()),
+            ([(1, 3), (5, 7)].as_slice(), [(4, 4)].as_slice())
+        );
+        assert!(s.was_skipped(4) && !s.contains(4) && !s.was_skipped(5));
     }
 
     #[test]
@@ -900,9 +967,18 @@ mod tests {
             prefix_len: 10,
             prefix_hash: fnv1a(b"0123456789"),
             done: vec![(1, 2)],
+            skipped: vec![(3, 3)],
         };
         save_state(&path, &s).unwrap();
         assert_eq!(load_state(&path).unwrap(), s);
+        // A progress file from before skipped lines were recorded.
+        std::fs::write(
+            &path,
+            r#"{"version":1,"prefixLen":10,"prefixHash":"0","done":[[1,2]]}"#,
+        )
+        .unwrap();
+        let old = load_state(&path).unwrap();
+        assert_eq!((old.done, old.skipped), (vec![(1, 2)], vec![]));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -626,6 +626,48 @@ async fn push_tries_an_update_again_when_the_row_it_just_sent_is_not_found() {
     );
 }
 
+/// A line that cannot be read (torn by a killed writer) is named, and the push fails,
+/// once: it is recorded as skipped, and a rerun neither names it again nor fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn push_reports_an_unreadable_line_once() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/v1/inference-pipelines/[^/]+/data-stream$"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    let dir = TempDir::new("push-torn");
+    let torn = trace_line(Some("pipe-a"), "torn");
+    let file = dir.file(
+        "traces.jsonl",
+        &format!(
+            "{}\n{}\n{}\n",
+            trace_line(Some("pipe-a"), "trace-1"),
+            &torn[..torn.len() / 2],
+            trace_line(Some("pipe-a"), "trace-3")
+        ),
+    );
+    let file_arg = file.to_str().unwrap();
+    let env = platform(&server);
+
+    let out = openlayer(&["push", file_arg], &env).await;
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "line 2");
+    assert_stderr_has(&out, "1 line(s) could not be read and were skipped");
+    assert_stdout_has(&out, "pushed 2 line(s) (2 row(s), 0 update(s))");
+    assert_eq!(row_ids(&requests(&server).await), ["trace-1", "trace-3"]);
+
+    let out = openlayer(&["push", file_arg], &env).await;
+    assert_exit(&out, 0);
+    assert_stdout_has(&out, "pushed 0 line(s)");
+    assert_stdout_has(
+        &out,
+        "; 2 line(s) already pushed; 1 unreadable line(s) skipped before",
+    );
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    assert_eq!(requests(&server).await.len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn push_without_a_key_is_a_usage_error() {
     let dir = TempDir::new("push-nokey");
