@@ -16,6 +16,7 @@ mod stream;
 mod table;
 mod update;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -166,6 +167,19 @@ pub fn pipeline_id(flag: Option<String>, client: &Client) -> Result<String, CliE
                     .into(),
             )
         })
+}
+
+/// Writes a line of a command's output (its summary) to stdout. A reader that has gone
+/// away (a closed pipe: `openlayer push FILE | true`) is no failure of the command, whose
+/// work is done; another error writing it is told on stderr.
+pub fn print_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("openlayer: cannot write the output: {e}");
+        }
+        _ => {}
+    }
 }
 
 /// The stack the commands run on: a trace line may nest thousands of steps deep, and

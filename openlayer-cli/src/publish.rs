@@ -65,6 +65,6 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         uncertain: args.uncertain,
     })
     .await?;
-    println!("published {sent} row(s) to pipeline {pipeline}");
+    crate::print_line(&format!("published {sent} row(s) to pipeline {pipeline}"));
     Ok(())
 }

@@ -560,7 +560,7 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
             "; {unreadable_before} unreadable line(s) skipped before"
         ));
     }
-    println!("{summary}");
+    crate::print_line(&summary);
     if partial > 0 {
         eprintln!(
             "openlayer: the last line is incomplete ({partial} bytes) and was left for later"

@@ -10,7 +10,8 @@ use serde_json::{Map, Value};
 
 use crate::CliError;
 
-/// Prints `path` to `out`; returns how many lines could not be read.
+/// Prints `path` to `out`; returns how many lines could not be read (of those read
+/// before its reader went away, if it did).
 pub fn run(path: &Path, out: &mut impl Write) -> Result<usize, CliError> {
     let files = files_of(path)?;
     let mut bad = 0;
@@ -38,17 +39,25 @@ pub fn run(path: &Path, out: &mut impl Write) -> Result<usize, CliError> {
                 }
             }
             if text.len() > 64 * 1024 {
-                out.write_all(text.as_bytes()).map_err(io_failed)?;
+                if !emit(out, &text)? {
+                    return Ok(bad);
+                }
                 text.clear();
             }
         }
     }
-    out.write_all(text.as_bytes()).map_err(io_failed)?;
+    emit(out, &text)?;
     Ok(bad)
 }
 
-fn io_failed(e: std::io::Error) -> CliError {
-    CliError::Failed(format!("cannot write the output: {e}"))
+/// Writes `text` to `out`. `Ok(false)` when its reader has gone away (a closed pipe:
+/// `openlayer show FILE | head`): nothing more is to be shown, and that is no failure.
+fn emit(out: &mut impl Write, text: &str) -> Result<bool, CliError> {
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(CliError::Failed(format!("cannot write the output: {e}"))),
+    }
 }
 
 /// The file itself, or the regular files of a directory in name order.

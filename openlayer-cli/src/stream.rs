@@ -132,7 +132,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         }
     }
     bar.finish();
-    println!("streamed {sent} row(s) to pipeline {pipeline}");
+    crate::print_line(&format!("streamed {sent} row(s) to pipeline {pipeline}"));
     if failed.is_empty() {
         return Ok(());
     }

@@ -120,7 +120,9 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         uncertain: bulk::Uncertain::Ask,
     })
     .await?;
-    println!("merged {sent} row(s) into pipeline {pipeline} in bulk");
+    crate::print_line(&format!(
+        "merged {sent} row(s) into pipeline {pipeline} in bulk"
+    ));
     Ok(())
 }
 
@@ -231,7 +233,7 @@ async fn per_row(
     }
     bar.finish();
 
-    println!("updated {updated} row(s) of pipeline {pipeline}");
+    crate::print_line(&format!("updated {updated} row(s) of pipeline {pipeline}"));
     if failures.is_empty() {
         return if lost == 0 {
             Ok(())

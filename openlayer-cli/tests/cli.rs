@@ -50,6 +50,14 @@ fn assert_private(path: &std::path::Path) {
 }
 
 async fn openlayer(args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = command(args, env);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// The binary with `args`, a clean Openlayer environment plus `env`.
+fn command(args: &[&str], env: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_openlayer"));
     cmd.args(args);
     for var in [
@@ -64,9 +72,7 @@ async fn openlayer(args: &[&str], env: &[(&str, String)]) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
+    cmd
 }
 
 fn platform(server: &MockServer) -> Vec<(&'static str, String)> {
@@ -1398,4 +1404,52 @@ async fn push_reports_a_file_cut_short_during_the_push() {
         "failed: the file changed while it was pushed (it is shorter);",
     );
     assert_stopped_at_a_block_before(&server, &out, 1500, 2000).await;
+}
+
+// ---- output -------------------------------------------------------------------------
+
+/// Runs the binary as [`openlayer`] does, its stdout a pipe whose reading end is closed
+/// before it starts (as `openlayer push FILE | true` may leave it).
+async fn openlayer_into_a_closed_pipe(args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = command(args, env);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    cmd.stdout(writer);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// A command that did its work succeeds when the reader of its output has gone away:
+/// its summary (or what it shows) is not written, and that is no failure.
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_that_succeed_exit_zero_when_their_output_pipe_is_closed() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/v1/inference-pipelines/[^/]+/data-stream$"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    let dir = TempDir::new("closed-pipe");
+    let file = dir.file(
+        "traces.jsonl",
+        &format!("{}\n", trace_line(Some("pipe-a"), "trace-1")),
+    );
+    let env = platform(&server);
+
+    let out = openlayer_into_a_closed_pipe(&["push", file.to_str().unwrap()], &env).await;
+    assert_exit(&out, 0);
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    assert_eq!(row_ids(&requests(&server).await), ["trace-1"]);
+
+    let config = dir.file("config.json", r#"{"outputColumnName": "answer"}"#);
+    let rows = dir.file("rows.jsonl", "{\"answer\": \"4\"}\n");
+    let out = openlayer_into_a_closed_pipe(&stream_args(&rows, &config, &[]), &env).await;
+    assert_exit(&out, 0);
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    assert_eq!(requests(&server).await.len(), 2);
+
+    let out = openlayer_into_a_closed_pipe(&["show", file.to_str().unwrap()], &[]).await;
+    assert_exit(&out, 0);
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
 }
