@@ -33,10 +33,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Show the traces of a local trace file (or of each file of a spool directory) as
-    /// trees, and summarise its row updates.
+    /// Show the traces of a local trace file (or of each trace file, *.jsonl or a rotated
+    /// *.jsonl.N, of a directory such as a spool) as trees, and summarise its row updates.
     Show {
-        /// The trace file or spool directory.
+        /// The trace file, or a directory of them (a spool).
         file: PathBuf,
     },
     /// Send every line of a local trace file to the platform. Resumable: progress is

@@ -1,5 +1,5 @@
-//! `openlayer show FILE`: the traces of a local trace file (or of every file of a spool
-//! directory) as trees, and a summary of each row update.
+//! `openlayer show FILE`: the traces of a local trace file (or of every trace file of a
+//! directory, such as a spool) as trees, and a summary of each row update.
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -60,7 +60,8 @@ fn emit(out: &mut impl Write, text: &str) -> Result<bool, CliError> {
     }
 }
 
-/// The file itself, or the regular files of a directory in name order.
+/// The file itself, or the trace files of a directory (see [`is_trace_file`]) in name
+/// order.
 fn files_of(path: &Path) -> Result<Vec<PathBuf>, CliError> {
     let meta = std::fs::metadata(path)
         .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
@@ -71,10 +72,31 @@ fn files_of(path: &Path) -> Result<Vec<PathBuf>, CliError> {
         .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| p.is_file())
+        .filter(|p| p.is_file() && p.file_name().is_some_and(is_trace_file))
         .collect();
     files.sort();
+    if files.is_empty() {
+        eprintln!(
+            "{}: no trace files (*.jsonl, *.jsonl.N) in this directory",
+            path.display()
+        );
+    }
     Ok(files)
+}
+
+/// Whether a file of a directory is a trace file: `*.jsonl` (the local trace file, the
+/// spool's files) or one rotated away, `*.jsonl.N` (the SDK's `<file>.1`). Not the
+/// files the commands keep beside them (`FILE.pushed`, `FILE.pushed.lock`, `FILE.sent`,
+/// and the failed rows of `update` and `stream`, `*.failed.csv`, `*.failed.jsonl`, ...).
+fn is_trace_file(name: &std::ffi::OsStr) -> bool {
+    let name = name.as_encoded_bytes();
+    let rotated = match name.iter().rposition(|&b| b == b'.') {
+        Some(dot) if dot + 1 < name.len() && name[dot + 1..].iter().all(u8::is_ascii_digit) => {
+            &name[..dot]
+        }
+        _ => name,
+    };
+    rotated.ends_with(b".jsonl") && !name.ends_with(b".failed.jsonl")
 }
 
 fn render_line(out: &mut String, number: usize, line: &LocalLine) {
@@ -209,6 +231,33 @@ fn summary(row: &Map<String, Value>, skip: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_files_are_told_by_their_names() {
+        for name in [
+            "openlayer-traces.jsonl",
+            "openlayer-traces.jsonl.1",
+            "00000000000000000042.jsonl",
+            "t.jsonl.12",
+        ] {
+            assert!(is_trace_file(name.as_ref()), "{name}");
+        }
+        for name in [
+            "t.jsonl.pushed",
+            "t.jsonl.pushed.lock",
+            "t.jsonl.pushed.tmp",
+            "t.jsonl.sent",
+            "rows.failed.csv",
+            "rows.failed.jsonl",
+            "rows.failed.jsonl.bak",
+            "t.jsonl.",
+            "t.jsonl.1a",
+            "t.json",
+            "jsonl",
+        ] {
+            assert!(!is_trace_file(name.as_ref()), "{name}");
+        }
+    }
     use serde_json::json;
 
     #[test]

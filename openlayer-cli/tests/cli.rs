@@ -252,6 +252,40 @@ async fn show_reads_every_file_of_a_spool_directory() {
     assert!(a < b, "{text}");
 }
 
+/// In a directory, only trace files are read: `*.jsonl` and their rotations
+/// (`*.jsonl.1`), not the progress, lock and failed-rows files the commands leave
+/// beside them.
+#[tokio::test(flavor = "multi_thread")]
+async fn show_reads_only_the_trace_files_of_a_directory() {
+    let dir = TempDir::new("show-dir-others");
+    dir.file(
+        "traces.jsonl",
+        &format!("{}\n", trace_line(Some("p"), "t2")),
+    );
+    dir.file(
+        "traces.jsonl.1",
+        &format!("{}\n", trace_line(Some("p"), "t1")),
+    );
+    dir.file(
+        "traces.jsonl.pushed",
+        r#"{"version":1,"prefixLen":0,"prefixHash":"cbf29ce484222325","done":[]}"#,
+    );
+    dir.file("traces.jsonl.pushed.lock", "");
+    dir.file("traces.jsonl.pushed.tmp", "{");
+    dir.file("rows.failed.csv", "id,gt\na,1\n");
+    dir.file("rows.failed.jsonl", "{\"id\": \"a\", \"gt\": 1}\n");
+    dir.file("notes.txt", "not a trace\n");
+    let out = openlayer(&["show", dir.0.to_str().unwrap()], &[]).await;
+    assert_exit(&out, 0);
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let shown: Vec<&str> = text.lines().filter(|l| l.starts_with("== ")).collect();
+    assert_eq!(shown.len(), 2, "{text}");
+    assert!(shown[0].ends_with("traces.jsonl"), "{text}");
+    assert!(shown[1].ends_with("traces.jsonl.1"), "{text}");
+    assert_eq!(text.matches("trace t").count(), 2, "{text}");
+}
+
 // ---- push ---------------------------------------------------------------------------
 
 fn stream_ids(reqs: &[Request]) -> Vec<String> {
