@@ -33,9 +33,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use openlayer_trace::{
-    Client, LocalEntry, LocalLine, LocalLines, RawStreamConfig, RowUpdateConfig,
-};
+use openlayer_trace::{Client, LocalEntry, LocalLine, LocalLines, RawStreamConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -493,22 +491,15 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
                         continue;
                     }
                 }
-                let result = match config
-                    .map(|c| serde_json::from_value::<RowUpdateConfig>(Value::Object(c)))
-                {
-                    Some(Ok(c)) => Ok(Some(c)),
-                    None => Ok(None),
-                    Some(Err(e)) => Err(openlayer_trace::Error::InvalidInput(format!(
-                        "bad row-update config: {e}"
-                    ))),
-                };
-                let result = match result {
-                    Ok(config) => {
-                        push.update(&pipeline, &inference_id, &Value::Object(row), config)
-                            .await
-                    }
-                    Err(e) => Err(e),
-                };
+                // The config as written, keys the client does not model included.
+                let result = push
+                    .update(
+                        &pipeline,
+                        &inference_id,
+                        &Value::Object(row),
+                        config.as_ref(),
+                    )
+                    .await;
                 match result {
                     Ok(()) => {
                         push.updates_sent += 1;
@@ -805,13 +796,13 @@ impl Pusher<'_> {
         pipeline: &str,
         inference_id: &str,
         row: &Value,
-        config: Option<RowUpdateConfig>,
+        config: Option<&Map<String, Value>>,
     ) -> Result<(), openlayer_trace::Error> {
         let mut waits = NOT_FOUND_WAITS.iter();
         loop {
             let result = self
                 .client
-                .update_row(pipeline, inference_id, row, config.clone())
+                .update_row_raw(pipeline, inference_id, row, config)
                 .await;
             let not_found = matches!(result, Err(openlayer_trace::Error::Api { status: 404, .. }));
             match waits.next() {

@@ -708,6 +708,53 @@ async fn push_reports_an_unreadable_line_once() {
     assert_eq!(requests(&server).await.len(), 1);
 }
 
+/// A row update's config goes out as written, keys the client does not model included
+/// (as a data-stream line's config does).
+#[tokio::test(flavor = "multi_thread")]
+async fn push_sends_a_row_update_config_as_written() {
+    let server = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path_regex(r"^/v1/inference-pipelines/[^/]+/rows$"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    let config = json!({
+        "groundTruthColumnName": "groundTruth",
+        "humanFeedbackColumnName": "rating",
+        "scoreColumnName": "score",
+        "extra": {"nested": [1, 2]}
+    });
+    let line = json!({
+        "pipelineId": "pipe-a",
+        "inferenceId": "trace-1",
+        "row": {"groundTruth": "Paris", "rating": 5, "score": 0.5},
+        "config": config
+    });
+    let dir = TempDir::new("push-raw-update-config");
+    let file = dir.file("traces.jsonl", &format!("{line}\n"));
+    let out = openlayer(&["push", file.to_str().unwrap()], &platform(&server)).await;
+    assert_exit(&out, 0);
+    let reqs = requests(&server).await;
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(
+        body(&reqs[0]),
+        json!({"row": {"groundTruth": "Paris", "rating": 5, "score": 0.5}, "config": config})
+    );
+
+    // The keys the client knows are still checked: a column they name must be in the row.
+    let bad = json!({
+        "pipelineId": "pipe-a",
+        "inferenceId": "trace-2",
+        "row": {"other": 1},
+        "config": {"groundTruthColumnName": "groundTruth", "scoreColumnName": "score"}
+    });
+    let file = dir.file("bad.jsonl", &format!("{bad}\n"));
+    let out = openlayer(&["push", file.to_str().unwrap()], &platform(&server)).await;
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "the row has no column `groundTruth`");
+    assert_eq!(requests(&server).await.len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn push_without_a_key_is_a_usage_error() {
     let dir = TempDir::new("push-nokey");

@@ -204,6 +204,53 @@ async fn update_row_sends_every_config_key_in_camel_case() {
 }
 
 #[tokio::test]
+async fn update_row_raw_sends_its_config_as_given_and_checks_the_keys_it_knows() {
+    let server = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path(pipeline_path("rows")))
+        .and(query_param("inferenceId", "x"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    let c = client(&server);
+    let row = json!({"gt": 1, "score": 0.5});
+    let config = json!({"groundTruthColumnName": "gt", "scoreColumnName": "score"});
+    let config = config.as_object().unwrap();
+    c.update_row_raw(PIPELINE, "x", &row, Some(config))
+        .await
+        .unwrap();
+    // An empty config is not sent.
+    c.update_row_raw(PIPELINE, "x", &row, Some(&serde_json::Map::new()))
+        .await
+        .unwrap();
+    let reqs = requests(&server).await;
+    assert_eq!(
+        body_text(&reqs[0]),
+        r#"{"row":{"gt":1,"score":0.5},"config":{"groundTruthColumnName":"gt","scoreColumnName":"score"}}"#
+    );
+    assert_eq!(body_text(&reqs[1]), r#"{"row":{"gt":1,"score":0.5}}"#);
+
+    // The keys `RowUpdateConfig` models are checked before anything is sent.
+    for (config, error) in [
+        (
+            json!({"groundTruthColumnName": "label", "x": 1}),
+            "the row has no column `label`",
+        ),
+        (json!({"groundTruthColumnName": 7}), "bad row-update config"),
+    ] {
+        let e = c
+            .update_row_raw(PIPELINE, "x", &row, config.as_object())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidInput(m) if m.contains(error)),
+            "{e}"
+        );
+    }
+    assert_eq!(requests(&server).await.len(), 2);
+}
+
+#[tokio::test]
 async fn get_and_delete_row_address_the_id_as_a_path_segment() {
     let server = MockServer::start().await;
     let stored = json!({"row": {"inferenceId": "a/b c", "output": "hi"}});

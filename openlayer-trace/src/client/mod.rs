@@ -230,6 +230,44 @@ impl Client {
         self.check_pipeline_id(pipeline_id)?;
         let config = config.filter(|c| !c.is_empty());
         let map = check_row_update(inference_id, row, config.as_ref())?;
+        self.send_row_update(pipeline_id, inference_id, map, config.map(|c| c.to_json()))
+            .await
+    }
+
+    /// Updates the row with `inference_id` as [`update_row`](Self::update_row) does, with
+    /// `config` sent as given: keys [`RowUpdateConfig`] does not model are kept (a
+    /// row-update line of a local trace file holds its config so; `openlayer push` sends
+    /// it with this). The keys it models are checked as `update_row` checks them, and an
+    /// empty `config` is not sent.
+    ///
+    /// Fails with [`Error::InvalidInput`] before sending anything when `update_row` would,
+    /// or when a key `RowUpdateConfig` models has a value of another type than it takes.
+    pub async fn update_row_raw(
+        &self,
+        pipeline_id: &str,
+        inference_id: &str,
+        row: &Value,
+        config: Option<&Map<String, Value>>,
+    ) -> Result<(), Error> {
+        self.check_pipeline_id(pipeline_id)?;
+        let config = config.filter(|c| !c.is_empty());
+        let known = config
+            .map(|c| serde_json::from_value::<RowUpdateConfig>(Value::Object(c.clone())))
+            .transpose()
+            .map_err(|e| Error::InvalidInput(format!("bad row-update config: {e}")))?;
+        let map = check_row_update(inference_id, row, known.as_ref())?;
+        self.send_row_update(pipeline_id, inference_id, map, config.cloned())
+            .await
+    }
+
+    /// Sends a checked row update (or, in local mode, appends its line).
+    async fn send_row_update(
+        &self,
+        pipeline_id: &str,
+        inference_id: &str,
+        map: &Map<String, Value>,
+        config: Option<Map<String, Value>>,
+    ) -> Result<(), Error> {
         match &self.inner.backend {
             Backend::Local(path) => localfile::append(
                 path,
@@ -237,7 +275,7 @@ impl Client {
                     pipeline_id: non_empty(pipeline_id),
                     inference_id: inference_id.to_string(),
                     row: map.clone(),
-                    config: config.map(|c| c.to_json()),
+                    config,
                 }],
                 self.inner.trace_file_max_bytes,
             ),
@@ -246,12 +284,9 @@ impl Client {
                 struct Body<'a> {
                     row: &'a Map<String, Value>,
                     #[serde(skip_serializing_if = "Option::is_none")]
-                    config: Option<&'a RowUpdateConfig>,
+                    config: Option<Map<String, Value>>,
                 }
-                let body = Body {
-                    row: map,
-                    config: config.as_ref(),
-                };
+                let body = Body { row: map, config };
                 let req = ApiRequest {
                     method: Method::PUT,
                     path: format!("/inference-pipelines/{}/rows", segment(pipeline_id)),
