@@ -40,6 +40,10 @@ use serde_json::{Map, Value};
 use crate::progress::Progress;
 use crate::{CliError, remote_client};
 
+/// The version of the progress file this push writes, and the only one it reads (a
+/// newer `openlayer` may record what this one would not know to skip).
+const VERSION: u32 = 1;
+
 /// What has been pushed of a file.
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -206,14 +210,31 @@ pub fn sidecar(file: &Path) -> PathBuf {
 
 fn load_state(path: &Path) -> Result<State, CliError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            CliError::Usage(format!(
-                "{} is not a progress file ({e}); remove it to push from the start",
-                path.display()
-            ))
-        }),
+        Ok(bytes) => {
+            let state: State = serde_json::from_slice(&bytes).map_err(|e| {
+                CliError::Usage(format!(
+                    "{} is not a progress file ({e}); remove it to push from the start",
+                    path.display()
+                ))
+            })?;
+            if state.version != VERSION {
+                let newer = if state.version > VERSION {
+                    ", written by a newer openlayer"
+                } else {
+                    ""
+                };
+                return Err(CliError::Usage(format!(
+                    "{} is a progress file of version {}{newer}; this openlayer knows \
+                     version {VERSION} only: push with the openlayer that wrote it, or \
+                     remove it to push from the start",
+                    path.display(),
+                    state.version
+                )));
+            }
+            Ok(state)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State {
-            version: 1,
+            version: VERSION,
             prefix_hash: fnv1a(b""),
             ..State::default()
         }),

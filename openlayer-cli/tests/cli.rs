@@ -755,6 +755,38 @@ async fn push_sends_a_row_update_config_as_written() {
     assert_eq!(requests(&server).await.len(), 1);
 }
 
+/// A progress file of a version this push does not know (written by a newer one) is
+/// refused before anything is sent, not read as if it were its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn push_refuses_a_progress_file_of_a_newer_version() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    let dir = TempDir::new("push-newer-progress");
+    let file = dir.file(
+        "traces.jsonl",
+        &format!("{}\n", trace_line(Some("pipe-a"), "trace-1")),
+    );
+    let progress = dir.file(
+        "traces.jsonl.pushed",
+        r#"{"version":2,"prefixLen":0,"prefixHash":"cbf29ce484222325","done":[]}"#,
+    );
+    let out = openlayer(&["push", file.to_str().unwrap()], &platform(&server)).await;
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "traces.jsonl.pushed");
+    assert_stderr_has(&out, "version 2");
+    assert_stderr_has(&out, "newer");
+    assert!(requests(&server).await.is_empty());
+    // Left as it was.
+    assert!(
+        std::fs::read_to_string(&progress)
+            .unwrap()
+            .starts_with(r#"{"version":2,"#)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn push_without_a_key_is_a_usage_error() {
     let dir = TempDir::new("push-nokey");
