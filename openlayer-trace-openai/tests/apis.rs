@@ -62,7 +62,7 @@ async fn embedding_is_an_embedding_step() {
     let mock = OpenAiMock::start();
     let client = client(&mock);
     let request = CreateEmbeddingRequestArgs::default()
-        .model("text-embedding-3-small")
+        .model("text-embedding-ada-002")
         .input(vec!["first document", "second longer document"])
         .dimensions(4u32)
         .build()
@@ -73,7 +73,10 @@ async fn embedding_is_an_embedding_step() {
     assert_eq!(step["type"], "embedding");
     assert_eq!(step["name"], "OpenAI Embedding");
     assert_eq!(step["provider"], "OpenAI");
-    assert_eq!(step["model"], "text-embedding-3-small");
+    // The model as the answer names it (its version), not as requested.
+    assert_eq!(response.model, "text-embedding-ada-002-v2");
+    assert_eq!(step["model"], "text-embedding-ada-002-v2");
+    assert_eq!(step["rawOutput"]["model"], "text-embedding-ada-002-v2");
     assert_eq!(
         step["inputs"]["input"],
         json!(["first document", "second longer document"])

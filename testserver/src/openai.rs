@@ -13,11 +13,14 @@
 //! | `tools` | two parallel `get_weather` tool calls (Paris, Tokyo); streamed with their fragments interleaved (Responses API: two `function_call` items, their arguments streamed as deltas) |
 //! | `stream-error` | (streams) a few chunks, then an error event |
 //! | `stream-cut` | (streams) a few chunks, then the connection closes mid-body (Responses API with `tools`: after both calls' `response.output_item.done`, before `response.completed`) |
-//! | `azure-filter` | (streams) first Azure's content-filter chunk: empty `id` and `model`, `created` 0, no choices |
+//! | `azure-filter` | (streams) first Azure's content-filter chunk: empty `id` and `model`, `created` 0, no choices; the answer's chunks name the snapshot `gpt-4o-mini-2024-07-18` |
 //! | `repeat` | (streams, with `tools`) every tool-call delta repeats the call's `id` and `name`, as some compatible servers do |
 //! | `refusal` | (Responses API) a refusal instead of an answer, streamed as refusal deltas |
 //! | `index0` | (streams, with `tools`) every call whole in one delta, all at `index` 0 (as Ollama and some vLLM servers send parallel calls) |
 //! | anything else | the text `Mock answer: <last user message>` |
+//!
+//! The answer names the model as [`response_model`] maps the requested one (a snapshot for
+//! `gpt-4o-mini`, `gpt-4o` and `text-embedding-ada-002`).
 //!
 //! A stream carries a final usage chunk only when the request asks for it with
 //! `stream_options.include_usage`, as OpenAI does. [`OpenAiMock::fail_next`] answers the
@@ -143,6 +146,10 @@ pub fn response_model(requested: &str) -> String {
     match requested {
         "gpt-4o-mini" => "gpt-4o-mini-2024-07-18".to_string(),
         "gpt-4o" => "gpt-4o-2024-08-06".to_string(),
+        // OpenAI names this embedding model's version in its answers.
+        "text-embedding-ada-002" => "text-embedding-ada-002-v2".to_string(),
+        // Azure's chunks name the deployed model's snapshot, not the deployment.
+        other if other.contains("azure-filter") => "gpt-4o-mini-2024-07-18".to_string(),
         other => other.to_string(),
     }
 }
@@ -425,7 +432,7 @@ fn embeddings(body: &Value) -> Response {
         &json!({
             "object": "list",
             "data": data,
-            "model": body["model"].as_str().unwrap_or("text-embedding-3-small"),
+            "model": response_model(body["model"].as_str().unwrap_or("text-embedding-3-small")),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}
         }),
     )
