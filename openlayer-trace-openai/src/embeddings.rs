@@ -82,7 +82,11 @@ fn record(h: &mut StepHandle, r: &CreateEmbeddingResponse) {
     if !h.is_recording() {
         return;
     }
-    h.metadata("model", &r.model);
+    // A compatible server may answer with an empty model: the request's stays (the
+    // platform prices by it), as for a chat completion.
+    if !r.model.is_empty() {
+        h.metadata("model", &r.model);
+    }
     h.metadata("prompt_tokens", &r.usage.prompt_tokens);
     h.metadata("tokens", &r.usage.total_tokens);
     h.metadata("embeddingCount", &r.data.len());

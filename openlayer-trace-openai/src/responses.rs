@@ -205,7 +205,8 @@ fn tokens_of(usage: &Value) -> Option<Tokens> {
 
 /// Records a whole response (given as JSON).
 fn record_response(h: &mut StepHandle, raw: Value) {
-    if let Some(model) = raw["model"].as_str() {
+    // An empty model (some compatible servers) leaves the request's.
+    if let Some(model) = raw["model"].as_str().filter(|m| !m.is_empty()) {
         h.metadata("model", model);
     }
     if let Some(tokens) = tokens_of(&raw["usage"]) {
@@ -326,7 +327,9 @@ impl Stream for TracedResponseStream {
                     }
                     ResponseStreamEvent::ResponseFunctionCallArgumentsDelta(_) => true,
                     ResponseStreamEvent::ResponseCreated(e) => {
-                        this.model = Some(e.response.model.clone());
+                        if !e.response.model.is_empty() {
+                            this.model = Some(e.response.model.clone());
+                        }
                         false
                     }
                     ResponseStreamEvent::ResponseOutputItemDone(e) => {

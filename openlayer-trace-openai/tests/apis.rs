@@ -422,3 +422,75 @@ async fn response_stream_function_calls_are_the_output_even_without_a_final_resp
         assert_eq!(calls[0]["name"], "get_weather", "{model}");
     }
 }
+
+/// An answer whose `model` is empty (some compatible servers send it so) leaves the
+/// requested model recorded: the platform prices by it. Embeddings, and Responses answered
+/// whole, streamed, and streamed but left before the final response.
+#[tokio::test]
+async fn an_empty_model_in_the_answer_leaves_the_requested_one() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let request = CreateEmbeddingRequestArgs::default()
+        .model("text-embedding-empty-model")
+        .input("first document")
+        .build()
+        .unwrap();
+    let (result, traces) = testing::capture_async(client.embeddings().create_traced(request)).await;
+    assert_eq!(result.unwrap().model, "", "the mock answers an empty model");
+    let step = traces[0].root();
+    assert_eq!(step["model"], "text-embedding-empty-model", "{step}");
+
+    let model = "gpt-4o-mini-empty-model";
+    let request = CreateResponseArgs::default()
+        .model(model)
+        .input("What is Openlayer?")
+        .build()
+        .unwrap();
+    let (result, traces) = testing::capture_async(client.responses().create_traced(request)).await;
+    assert_eq!(result.unwrap().model, "");
+    let step = traces[0].root();
+    assert_eq!(step["model"], model, "{step}");
+    assert_eq!(step["output"], "Mock answer: What is Openlayer?");
+
+    let (_, traces) = read_stream(&client, model, "What is Openlayer?", |_, _: &mut ()| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .await;
+    let step = traces[0].root();
+    assert_eq!(step["rawOutput"]["status"], "completed", "{step}");
+    assert_eq!(step["model"], model, "{step}");
+
+    let (_, traces) =
+        read_stream(
+            &client,
+            model,
+            "What is Openlayer?",
+            |event, _: &mut ()| match event {
+                ResponseStreamEvent::ResponseOutputTextDelta(_) => std::ops::ControlFlow::Break(()),
+                _ => std::ops::ControlFlow::Continue(()),
+            },
+        )
+        .await;
+    let step = traces[0].root();
+    assert_eq!(step["metadata"]["cancelled"], true, "{step}");
+    assert_eq!(step["model"], model, "{step}");
+
+    // Chat completions, answered whole and streamed, as they already were.
+    let request = CreateChatCompletionRequestArgs::default()
+        .model(model)
+        .messages([ChatCompletionRequestUserMessage::from("Hello there").into()])
+        .build()
+        .unwrap();
+    let (result, traces) =
+        testing::capture_async(client.chat().create_traced(request.clone())).await;
+    assert_eq!(result.unwrap().model, "");
+    assert_eq!(traces[0].root()["model"], model);
+    let mut streamed = request;
+    streamed.stream = Some(true);
+    let (_, traces) = testing::capture_async(async {
+        let mut stream = client.chat().create_stream_traced(streamed).await.unwrap();
+        while stream.next().await.is_some() {}
+    })
+    .await;
+    assert_eq!(traces[0].root()["model"], model);
+}

@@ -14,6 +14,7 @@
 //! | `stream-error` | (streams) a few chunks, then an error event |
 //! | `stream-cut` | (streams) a few chunks, then the connection closes mid-body (Responses API with `tools`: after both calls' `response.output_item.done`, before `response.completed`) |
 //! | `azure-filter` | (streams) first Azure's content-filter chunk: empty `id` and `model`, `created` 0, no choices; the answer's chunks name the snapshot `gpt-4o-mini-2024-07-18` |
+//! | `empty-model` | (every API) the answer's `model` is `""`, as some compatible servers send it |
 //! | `repeat` | (streams, with `tools`) every tool-call delta repeats the call's `id` and `name`, as some compatible servers do |
 //! | `refusal` | (Responses API) a refusal instead of an answer, streamed as refusal deltas |
 //! | `index0` | (streams, with `tools`) every call whole in one delta, all at `index` 0 (as Ollama and some vLLM servers send parallel calls) |
@@ -148,6 +149,8 @@ pub fn response_model(requested: &str) -> String {
         "gpt-4o" => "gpt-4o-2024-08-06".to_string(),
         // OpenAI names this embedding model's version in its answers.
         "text-embedding-ada-002" => "text-embedding-ada-002-v2".to_string(),
+        // A compatible server that leaves the model out.
+        other if other.contains("empty-model") => String::new(),
         // Azure's chunks name the deployed model's snapshot, not the deployment.
         other if other.contains("azure-filter") => "gpt-4o-mini-2024-07-18".to_string(),
         other => other.to_string(),
