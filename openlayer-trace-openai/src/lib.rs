@@ -40,10 +40,18 @@
 //!
 //! [`ChatExt::create_stream_traced`] and [`ResponsesExt::create_stream_traced`] return
 //! async-openai's own stream type. The step stays open while the stream is consumed:
-//! deltas are joined per choice, tool-call fragments per (choice, tool-call index), the
-//! time to the first chunk is metadata `timeToFirstToken` (ms), and the step ends with the
-//! stream. An error item is recorded under `Exceptions` and handed on unchanged; a stream
-//! dropped before its end closes the step with the partial output and `cancelled: true`.
+//! deltas are joined per choice, tool-call fragments per (choice, tool-call index), and the
+//! step ends with the stream. An error item is recorded under `Exceptions` and handed on
+//! unchanged; a stream dropped before its end closes the step with the partial output and
+//! `cancelled: true`.
+//!
+//! Metadata `timeToFirstToken` (ms) is the time from the call to the first chunk that
+//! carries some of the answer: text, a refusal or a tool call (for a Responses stream, the
+//! first text, refusal or function-call arguments delta). Chunks before it are not
+//! counted: the usual first chat chunk with the role and no content (which a reasoning
+//! model sends long before its first token), or Azure's first chunk with its content
+//! filter's results and no choice. The official Python integration takes the time to the
+//! first chunk of any kind, so its value can be smaller than this one for the same stream.
 //!
 //! Token counts of a chat stream are known only when the request asks for a final usage
 //! chunk (`stream_options.include_usage`); otherwise they stay `null`.
