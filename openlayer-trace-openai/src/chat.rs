@@ -13,7 +13,7 @@ use async_openai::types::chat::{
 use openlayer_trace::{StepHandle, StepKind, step};
 use serde_json::Value;
 
-use crate::params::{PromptInputs, Tokens, chat_model_parameters, tool_calls};
+use crate::params::{Tokens, chat_model_parameters, tool_calls};
 use crate::stream::ChatStream;
 use crate::{Provider, provider_of};
 
@@ -121,17 +121,18 @@ fn step_name(provider: Provider) -> &'static str {
     }
 }
 
-/// Opens the step.
+/// Opens the step. The prompt and parameters are written only when the step is recorded
+/// (a prompt may be large: nothing of it is serialized when tracing is off).
 pub(crate) fn start_step(provider: Provider, request: &CreateChatCompletionRequest) -> StepHandle {
-    step(step_name(provider))
+    let mut h = step(step_name(provider))
         .kind(StepKind::ChatCompletion)
-        .inputs(&PromptInputs {
-            prompt: &request.messages,
-        })
-        .metadata("provider", provider.as_str())
-        .metadata("model", &request.model)
-        .metadata("modelParameters", &chat_model_parameters(request))
-        .start()
+        .start_with_inputs(|w| w.field("prompt", &request.messages));
+    if h.is_recording() {
+        h.metadata("provider", provider.as_str());
+        h.metadata("model", &request.model);
+        h.metadata("modelParameters", &chat_model_parameters(request));
+    }
+    h
 }
 
 fn record_response(h: &mut StepHandle, response: &CreateChatCompletionResponse) {

@@ -7,7 +7,6 @@ use async_openai::config::Config;
 use async_openai::error::OpenAIError;
 use async_openai::types::embeddings::{CreateEmbeddingRequest, CreateEmbeddingResponse};
 use openlayer_trace::{StepHandle, StepKind, step};
-use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
@@ -41,33 +40,12 @@ pub trait EmbeddingsExt: Sealed {
     ) -> impl Future<Output = Result<CreateEmbeddingResponse, OpenAIError>> + Send;
 }
 
-#[derive(Serialize)]
-struct Inputs<'a, T: Serialize> {
-    input: &'a T,
-}
-
 impl<C: Config> EmbeddingsExt for Embeddings<'_, C> {
     async fn create_traced(
         &self,
         request: CreateEmbeddingRequest,
     ) -> Result<CreateEmbeddingResponse, OpenAIError> {
-        let provider = provider_of::<C>();
-        let name = match provider {
-            Provider::OpenAi => "OpenAI Embedding",
-            Provider::Azure => "Azure OpenAI Embedding",
-        };
-        let mut h = step(name)
-        .kind(StepKind::Embedding)
-        .inputs(&Inputs {
-            input: &request.input,
-        })
-        .metadata("provider", provider.as_str())
-        .metadata("model", &request.model)
-        .metadata(
-            "modelParameters",
-            &json!({"dimensions": request.dimensions, "encoding_format": request.encoding_format}),
-        )
-        .start();
+        let mut h = start_step(provider_of::<C>(), &request);
         let result = self.create(request).await;
         match &result {
             Ok(response) => record(&mut h, response),
@@ -76,6 +54,27 @@ impl<C: Config> EmbeddingsExt for Embeddings<'_, C> {
         h.finish();
         result
     }
+}
+
+/// Opens the step. The input and parameters are written only when the step is recorded
+/// (nothing of the input is serialized when tracing is off).
+pub(crate) fn start_step(provider: Provider, request: &CreateEmbeddingRequest) -> StepHandle {
+    let name = match provider {
+        Provider::OpenAi => "OpenAI Embedding",
+        Provider::Azure => "Azure OpenAI Embedding",
+    };
+    let mut h = step(name)
+        .kind(StepKind::Embedding)
+        .start_with_inputs(|w| w.field("input", &request.input));
+    if h.is_recording() {
+        h.metadata("provider", provider.as_str());
+        h.metadata("model", &request.model);
+        h.metadata(
+            "modelParameters",
+            &json!({"dimensions": request.dimensions, "encoding_format": request.encoding_format}),
+        );
+    }
+    h
 }
 
 fn record(h: &mut StepHandle, r: &CreateEmbeddingResponse) {

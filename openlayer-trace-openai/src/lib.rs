@@ -173,10 +173,122 @@ pub mod __bench {
     }
 }
 
+/// Counts the bytes allocated on each thread, for the tests that check what is not done
+/// when nothing is recorded.
+#[cfg(test)]
+mod alloc_count {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static ALLOCATED: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn count(bytes: usize) {
+        let _ = ALLOCATED.try_with(|n| n.set(n.get().saturating_add(bytes)));
+    }
+
+    struct Counting;
+
+    // SAFETY: every call is handed to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count(layout.size());
+            // SAFETY: as the caller's.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            count(layout.size());
+            // SAFETY: as the caller's.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: as the caller's.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            count(new_size.saturating_sub(layout.size()));
+            // SAFETY: as the caller's.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    /// What `f` returns, and the bytes allocated on this thread while it ran.
+    pub(crate) fn allocated_by<R>(f: impl FnOnce() -> R) -> (R, usize) {
+        let before = ALLOCATED.with(Cell::get);
+        let out = f();
+        (out, ALLOCATED.with(Cell::get) - before)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use async_openai::config::{AzureConfig, OpenAIConfig};
+    use async_openai::types::chat::{
+        ChatCompletionRequestUserMessage, CreateChatCompletionRequestArgs,
+    };
+    use async_openai::types::embeddings::CreateEmbeddingRequestArgs;
+    use async_openai::types::responses::CreateResponseArgs;
+    use openlayer_trace::{StepHandle, testing};
+
+    /// A step that is not recorded (tracing disabled) costs no copy of the request: its
+    /// prompt (or input) and parameters are not serialized. Under a test capture the same
+    /// calls write them, as the allocation count shows.
+    #[test]
+    fn a_step_not_recorded_serializes_nothing_of_the_request() {
+        // Tracing off for this process: no other unit test records.
+        let config = openlayer_trace::Config::builder()
+            .disabled(true)
+            .build()
+            .unwrap();
+        std::mem::forget(openlayer_trace::init(config).unwrap());
+        assert!(!openlayer_trace::is_recording());
+        let long = "x".repeat(1 << 20);
+        let chat = CreateChatCompletionRequestArgs::default()
+            .model("gpt-4o-mini")
+            .messages([ChatCompletionRequestUserMessage::from(long.as_str()).into()])
+            .build()
+            .unwrap();
+        let response = CreateResponseArgs::default()
+            .model("gpt-4o-mini")
+            .instructions(long.as_str())
+            .input(long.as_str())
+            .build()
+            .unwrap();
+        let embedding = CreateEmbeddingRequestArgs::default()
+            .model("text-embedding-3-small")
+            .input(long.as_str())
+            .build()
+            .unwrap();
+        let starts: [(&str, &dyn Fn() -> StepHandle); 3] = [
+            ("chat", &|| chat::start_step(Provider::OpenAi, &chat)),
+            ("responses", &|| responses::start_step("OpenAI", &response)),
+            ("embeddings", &|| {
+                embeddings::start_step(Provider::OpenAi, &embedding)
+            }),
+        ];
+        for (name, start) in starts {
+            let (h, bytes) = alloc_count::allocated_by(start);
+            assert!(!h.is_recording(), "{name}");
+            h.finish();
+            assert!(bytes < 64 * 1024, "{name}: {bytes} bytes allocated");
+            let (bytes, traces) = testing::capture(|| {
+                let (h, bytes) = alloc_count::allocated_by(start);
+                assert!(h.is_recording(), "{name}");
+                h.finish();
+                bytes
+            });
+            assert_eq!(traces.len(), 1, "{name}");
+            assert!(bytes > 1 << 20, "{name}: recorded, {bytes} bytes allocated");
+        }
+    }
 
     #[test]
     fn provider_follows_the_config_type() {

@@ -4,14 +4,7 @@ use async_openai::types::chat::{
     ChatCompletionMessageToolCalls, CompletionUsage, CreateChatCompletionRequest,
 };
 use openlayer_trace::StepHandle;
-use serde::Serialize;
 use serde_json::{Map, Value, json};
-
-/// `{"prompt": <messages>}`, serialized straight from the request.
-#[derive(Serialize)]
-pub(crate) struct PromptInputs<'a, T: Serialize + ?Sized> {
-    pub prompt: &'a T,
-}
 
 /// The official integration's model parameters, with OpenAI's defaults for the ones the
 /// request leaves out.

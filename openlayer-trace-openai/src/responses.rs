@@ -16,7 +16,7 @@ use openlayer_trace::{StepHandle, StepKind, step};
 use serde_json::{Value, json};
 
 use crate::chat::Sealed;
-use crate::params::{PromptInputs, Tokens, decimal, tool_call};
+use crate::params::{Tokens, decimal, tool_call};
 use crate::provider_of;
 use crate::stream::{Bounded, TextBound};
 
@@ -126,15 +126,16 @@ fn prompt(request: &CreateResponse) -> Value {
     Value::Array(messages)
 }
 
-fn start_step(provider: &str, request: &CreateResponse) -> StepHandle {
-    step(NAME)
+/// Opens the step. The prompt and parameters are written only when the step is recorded
+/// (nothing of the input is copied or serialized when tracing is off).
+pub(crate) fn start_step(provider: &str, request: &CreateResponse) -> StepHandle {
+    let mut h = step(NAME)
         .kind(StepKind::ChatCompletion)
-        .inputs(&PromptInputs {
-            prompt: &prompt(request),
-        })
-        .metadata("provider", provider)
-        .metadata("model", &request.model)
-        .metadata(
+        .start_with_inputs(|w| w.field("prompt", &prompt(request)));
+    if h.is_recording() {
+        h.metadata("provider", provider);
+        h.metadata("model", &request.model);
+        h.metadata(
             "modelParameters",
             &json!({
                 "temperature": decimal(request.temperature.unwrap_or(1.0)),
@@ -143,8 +144,9 @@ fn start_step(provider: &str, request: &CreateResponse) -> StepHandle {
                 "top_logprobs": request.top_logprobs,
                 "parallel_tool_calls": request.parallel_tool_calls,
             }),
-        )
-        .start()
+        );
+    }
+    h
 }
 
 /// The output of a response (as JSON): its text, or else every function call (custom tool
