@@ -7,13 +7,15 @@ use async_openai::Chat;
 use async_openai::config::Config;
 use async_openai::error::OpenAIError;
 use async_openai::types::chat::{
-    ChatCompletionResponseStream, ChatCompletionStreamOptions, CreateChatCompletionRequest,
-    CreateChatCompletionResponse,
+    ChatCompletionRequestMessage, ChatCompletionRequestUserMessageContent,
+    ChatCompletionRequestUserMessageContentPart, ChatCompletionResponseStream,
+    ChatCompletionStreamOptions, CreateChatCompletionRequest, CreateChatCompletionResponse,
 };
 use openlayer_trace::{StepHandle, StepKind, step};
 use serde_json::Value;
 
 use crate::params::{Tokens, chat_model_parameters, tool_calls};
+use crate::payload;
 use crate::stream::ChatStream;
 use crate::{Provider, provider_of};
 
@@ -122,17 +124,42 @@ fn step_name(provider: Provider) -> &'static str {
 }
 
 /// Opens the step. The prompt and parameters are written only when the step is recorded
-/// (a prompt may be large: nothing of it is serialized when tracing is off).
+/// (a prompt may be large: nothing of it is serialized when tracing is off), the prompt
+/// with its base64 images, audio and files left out (see the [crate docs](crate#base64-payloads)).
 pub(crate) fn start_step(provider: Provider, request: &CreateChatCompletionRequest) -> StepHandle {
     let mut h = step(step_name(provider))
         .kind(StepKind::ChatCompletion)
-        .start_with_inputs(|w| w.field("prompt", &request.messages));
+        .start_with_inputs(|w| {
+            if may_hold_base64(&request.messages)
+                && let Ok(mut prompt) = serde_json::to_value(&request.messages)
+            {
+                payload::leave_out_base64(&mut prompt);
+                w.field("prompt", &prompt);
+            } else {
+                // Serialized straight from the request.
+                w.field("prompt", &request.messages);
+            }
+        });
     if h.is_recording() {
         h.metadata("provider", provider.as_str());
         h.metadata("model", &request.model);
         h.metadata("modelParameters", &chat_model_parameters(request));
     }
     h
+}
+
+/// Whether a prompt may hold a base64 payload: a user message with a part other than text
+/// (an image, audio or a file).
+fn may_hold_base64(messages: &[ChatCompletionRequestMessage]) -> bool {
+    messages.iter().any(|m| match m {
+        ChatCompletionRequestMessage::User(u) => match &u.content {
+            ChatCompletionRequestUserMessageContent::Array(parts) => parts
+                .iter()
+                .any(|p| !matches!(p, ChatCompletionRequestUserMessageContentPart::Text(_))),
+            ChatCompletionRequestUserMessageContent::Text(_) => false,
+        },
+        _ => false,
+    })
 }
 
 fn record_response(h: &mut StepHandle, response: &CreateChatCompletionResponse) {
@@ -149,10 +176,12 @@ fn record_response(h: &mut StepHandle, response: &CreateChatCompletionResponse) 
     }
     // Bounded as a stream's texts are (a long answer, many long tool arguments,
     // `logprobs` for every token: the row must still fit in a request, or the whole
-    // trace is refused); the output is taken from the bounded response.
+    // trace is refused), base64 audio left out; the output is taken from the bounded
+    // response.
     let mut response = std::borrow::Cow::Borrowed(response);
     if let Ok(mut raw) = serde_json::to_value(&*response) {
-        if bound_chat(&mut raw)
+        let left_out = payload::leave_out_base64(&mut raw);
+        if (bound_chat(&mut raw) || left_out)
             && let Ok(bounded) = serde_json::from_value(raw.clone())
         {
             response = std::borrow::Cow::Owned(bounded);
@@ -162,20 +191,23 @@ fn record_response(h: &mut StepHandle, response: &CreateChatCompletionResponse) 
     }
     let output = response.choices.first().map(|c| {
         let m = &c.message;
-        match (&m.content, &m.tool_calls, &m.refusal) {
-            (Some(text), _, _) if !text.is_empty() => Value::String(text.clone()),
-            (_, Some(calls), _) if !calls.is_empty() => tool_calls(calls),
-            (_, _, Some(refusal)) => Value::String(refusal.clone()),
-            (Some(text), _, _) => Value::String(text.clone()),
+        match (&m.content, &m.tool_calls, &m.refusal, &m.audio) {
+            (Some(text), ..) if !text.is_empty() => Value::String(text.clone()),
+            (_, Some(calls), ..) if !calls.is_empty() => tool_calls(calls),
+            (_, _, Some(refusal), _) => Value::String(refusal.clone()),
+            // An audio answer (no text): its transcript.
+            (_, _, _, Some(audio)) => Value::String(audio.transcript.clone()),
+            (Some(text), ..) => Value::String(text.clone()),
             _ => Value::Null,
         }
     });
     h.output(&output.unwrap_or(Value::Null));
 }
 
-/// Bounds the texts of a chat completion's JSON (each choice's content and refusal, each
-/// tool call's arguments) under one [`TextBound`](crate::stream::TextBound), as a
-/// stream's are. Returns whether anything was cut.
+/// Bounds the texts of a chat completion's JSON (each choice's content, refusal and audio
+/// transcript, each tool call's arguments) under one
+/// [`TextBound`](crate::stream::TextBound), as a stream's are. Returns whether anything
+/// was cut.
 fn bound_chat(raw: &mut Value) -> bool {
     let mut bound = crate::stream::TextBound::default();
     let mut cut = false;
@@ -189,6 +221,12 @@ fn bound_chat(raw: &mut Value) -> bool {
             if let Some(Value::String(text)) = message.get_mut(key) {
                 cut |= bound.cut_in_place(text);
             }
+        }
+        if let Some(Value::String(text)) = message
+            .get_mut("audio")
+            .and_then(|a| a.get_mut("transcript"))
+        {
+            cut |= bound.cut_in_place(text);
         }
         let calls = message.get_mut("tool_calls").and_then(Value::as_array_mut);
         for call in calls.into_iter().flatten() {

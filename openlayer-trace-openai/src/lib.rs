@@ -57,6 +57,22 @@
 //! chunk (`stream_options.include_usage`); otherwise they stay `null`.
 //! [`set_inject_stream_usage`] makes every traced chat stream ask for it.
 //!
+//! # Base64 payloads
+//!
+//! Images, audio and files travel as base64 text, large enough that one of them can make
+//! a row larger than a request may carry (the exporter then refuses the whole row). In
+//! what is recorded (never in what is sent to the API or handed back to you) each is
+//! replaced by a marker giving its kind and the length of its base64 text:
+//! `…[base64 audio, 3,842,112 bytes left out]`, `…[base64 image, ...]`, `…[base64 file, ...]`
+//! (`video` too, for a data URL of one). A data URL keeps its header:
+//! `data:image/png;base64,…[base64 image, 1,048,576 bytes left out]`. This applies to
+//!
+//! - the prompt: `image_url` and `input_image` data URLs, `input_audio.data`, a file's
+//!   `file_data`, and any other base64 data URL in it;
+//! - a chat answer's `message.audio.data` (its `transcript` is kept, and is the output of
+//!   an answer with no text);
+//! - a Responses answer's `image_generation_call` `result`.
+//!
 //! # Provider
 //!
 //! A client built on `async_openai::config::AzureConfig` (also inside a wrapper type whose
@@ -68,6 +84,7 @@
 mod chat;
 mod embeddings;
 mod params;
+mod payload;
 mod responses;
 mod stream;
 

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::chat::Sealed;
 use crate::params::{Tokens, decimal, tool_call};
+use crate::payload;
 use crate::provider_of;
 use crate::stream::{Bounded, TextBound};
 
@@ -127,11 +128,16 @@ fn prompt(request: &CreateResponse) -> Value {
 }
 
 /// Opens the step. The prompt and parameters are written only when the step is recorded
-/// (nothing of the input is copied or serialized when tracing is off).
+/// (nothing of the input is copied or serialized when tracing is off), the prompt with its
+/// base64 images, audio and files left out (see the [crate docs](crate#base64-payloads)).
 pub(crate) fn start_step(provider: &str, request: &CreateResponse) -> StepHandle {
     let mut h = step(NAME)
         .kind(StepKind::ChatCompletion)
-        .start_with_inputs(|w| w.field("prompt", &prompt(request)));
+        .start_with_inputs(|w| {
+            let mut prompt = prompt(request);
+            payload::leave_out_base64(&mut prompt);
+            w.field("prompt", &prompt);
+        });
     if h.is_recording() {
         h.metadata("provider", provider);
         h.metadata("model", &request.model);
@@ -245,9 +251,10 @@ struct TracedResponseStream {
 
 /// Cuts the texts of a final response (output text, refusals, tool-call arguments, custom
 /// tool calls' input) to a stream's bound, as a stream's deltas were: the response is
-/// recorded as the output and again in `rawOutput`. (Other parts of it, such as a
-/// generated image, are kept as they come.)
+/// recorded as the output and again in `rawOutput`. A generated image (base64) is left
+/// out, a marker giving its size (see the [crate docs](crate#base64-payloads)).
 fn bound_texts(raw: &mut Value) {
+    payload::leave_out_base64(raw);
     let mut bound = TextBound::default();
     // Read with `get_mut` only: indexing a map inserts a missing key (as null).
     let items = raw.get_mut("output").and_then(Value::as_array_mut);

@@ -494,3 +494,47 @@ async fn an_empty_model_in_the_answer_leaves_the_requested_one() {
     .await;
     assert_eq!(traces[0].root()["model"], model);
 }
+
+/// A Responses answer with a generated image, whole and streamed: the caller gets the
+/// whole base64 image; the step records a marker in its place, and the text as output.
+#[tokio::test]
+async fn a_generated_image_is_left_out_of_the_recorded_response() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let len = openlayer_testserver::openai::PAYLOAD_BASE64_LEN;
+    let marker = "…[base64 image, 3,145,728 bytes left out]";
+    let request = CreateResponseArgs::default()
+        .model("gpt-4o-mini-image")
+        .input("Draw a cat")
+        .build()
+        .unwrap();
+    let (result, traces) = testing::capture_async(client.responses().create_traced(request)).await;
+    let response = result.unwrap();
+    let image = serde_json::to_value(&response.output[0]).unwrap();
+    assert_eq!(image["type"], "image_generation_call");
+    assert_eq!(image["result"].as_str().unwrap().len(), len, "whole");
+    let step = traces[0].root();
+    assert_eq!(step["rawOutput"]["output"][0]["result"], marker, "{step}");
+    assert_eq!(step["rawOutput"]["output"][0]["id"], "ig_mock");
+    assert_eq!(step["output"], "Mock answer: Draw a cat");
+
+    let (whole, traces) = read_stream(
+        &client,
+        "gpt-4o-mini-image",
+        "Draw a cat",
+        |event, whole: &mut usize| {
+            if let ResponseStreamEvent::ResponseCompleted(e) = event {
+                let image = serde_json::to_value(&e.response.output[0]).unwrap();
+                *whole = image["result"].as_str().map_or(0, str::len);
+            }
+            std::ops::ControlFlow::Continue(())
+        },
+    )
+    .await;
+    assert_eq!(whole, len, "the stream passes the whole image on");
+    let step = traces[0].root();
+    assert_eq!(step["rawOutput"]["output"][0]["result"], marker, "{step}");
+    assert_eq!(step["output"], "Mock answer: Draw a cat");
+    let row = serde_json::to_string(traces[0].row()).unwrap();
+    assert!(row.len() < 64 * 1024, "{} bytes", row.len());
+}

@@ -522,3 +522,86 @@ async fn a_long_answer_not_streamed_is_bounded() {
         .unwrap();
     assert_eq!(raw, output);
 }
+
+/// An audio answer (no text): the caller gets the whole base64 audio; the step records
+/// a marker in its place, and the transcript as the output.
+#[tokio::test]
+async fn an_audio_answer_records_its_transcript_and_leaves_out_its_audio() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let (result, traces) = testing::capture_async(
+        client
+            .chat()
+            .create_traced(request("gpt-4o-audio-preview", false)),
+    )
+    .await;
+    let response = result.unwrap();
+    let audio = response.choices[0].message.audio.as_ref().unwrap();
+    let len = openlayer_testserver::openai::PAYLOAD_BASE64_LEN;
+    assert_eq!(audio.data.len(), len, "the caller gets the whole audio");
+    assert_eq!(
+        audio.transcript,
+        "Mock answer: What is the capital of France?"
+    );
+    let step = only_step(&traces);
+    assert_eq!(step["output"], audio.transcript.as_str(), "{step}");
+    let recorded = &step["rawOutput"]["choices"][0]["message"]["audio"];
+    assert_eq!(
+        recorded["data"],
+        "…[base64 audio, 3,145,728 bytes left out]"
+    );
+    assert_eq!(recorded["transcript"], audio.transcript.as_str());
+    assert_eq!(recorded["id"], "audio_mock");
+    let row = serde_json::to_string(traces[0].row()).unwrap();
+    assert!(row.len() < 64 * 1024, "{} bytes", row.len());
+}
+
+/// Images and audio sent in the prompt as base64 reach the API whole; the step's inputs
+/// hold a marker in their place (a data URL keeps its header), and the rest as it was.
+#[tokio::test]
+async fn base64_images_and_audio_in_the_prompt_are_left_out_of_the_inputs() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let png = format!("data:image/png;base64,iVBORw0KGgo{}", "A".repeat(2 << 20));
+    let wav = format!("UklGR{}", "A".repeat(100_000));
+    let req: CreateChatCompletionRequest = serde_json::from_value(json!({
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "You describe images."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is in this image?"},
+                {"type": "image_url", "image_url": {"url": png, "detail": "low"}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+                {"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}}
+            ]}
+        ]
+    }))
+    .unwrap();
+    let (result, traces) = testing::capture_async(client.chat().create_traced(req)).await;
+    assert_eq!(
+        result.unwrap().choices[0].message.content.as_deref(),
+        Some("Mock answer: What is in this image?")
+    );
+    let sent = mock.requests()[0].json.clone().unwrap();
+    let parts = &sent["messages"][1]["content"];
+    assert_eq!(parts[1]["image_url"]["url"], png.as_str(), "sent whole");
+    assert_eq!(parts[3]["input_audio"]["data"], wav.as_str(), "sent whole");
+    let step = only_step(&traces);
+    let parts = &step["inputs"]["prompt"][1]["content"];
+    assert_eq!(
+        parts[1]["image_url"],
+        json!({"url": "data:image/png;base64,…[base64 image, 2,097,163 bytes left out]",
+               "detail": "low"}),
+        "{step}"
+    );
+    assert_eq!(parts[0]["text"], "What is in this image?");
+    assert_eq!(parts[2]["image_url"]["url"], "https://example.com/cat.png");
+    assert_eq!(
+        parts[3]["input_audio"],
+        json!({"data": "…[base64 audio, 100,005 bytes left out]", "format": "wav"})
+    );
+    assert_eq!(
+        step["inputs"]["prompt"][0]["content"],
+        "You describe images."
+    );
+}

@@ -17,6 +17,8 @@
 //! | `empty-model` | (every API) the answer's `model` is `""`, as some compatible servers send it |
 //! | `repeat` | (streams, with `tools`) every tool-call delta repeats the call's `id` and `name`, as some compatible servers do |
 //! | `refusal` | (Responses API) a refusal instead of an answer, streamed as refusal deltas |
+//! | `audio` | (chat, not streamed) an audio answer: no text, `message.audio` with [`PAYLOAD_BASE64_LEN`] bytes of base64 `data` and the text as its `transcript` |
+//! | `image` | (Responses API) an `image_generation_call` item with [`PAYLOAD_BASE64_LEN`] bytes of base64 PNG as its `result`, before the message |
 //! | `index0` | (streams, with `tools`) every call whole in one delta, all at `index` 0 (as Ollama and some vLLM servers send parallel calls) |
 //! | anything else | the text `Mock answer: <last user message>` |
 //!
@@ -204,6 +206,19 @@ fn usage(prompt: u64, completion: u64) -> Value {
     })
 }
 
+/// The length of the base64 text of an `audio` answer's audio and of an `image` answer's
+/// image (3 MiB).
+pub const PAYLOAD_BASE64_LEN: usize = 3 * 1024 * 1024;
+
+/// A base64 payload of [`PAYLOAD_BASE64_LEN`] characters starting with `head` (the start of
+/// a WAV file's or a PNG's base64).
+pub fn base64_payload(head: &str) -> String {
+    let mut data = String::with_capacity(PAYLOAD_BASE64_LEN);
+    data.push_str(head);
+    data.extend(std::iter::repeat_n('A', PAYLOAD_BASE64_LEN - head.len()));
+    data
+}
+
 const TOOL_CALLS: [(&str, &str); 2] = [("call_paris", "Paris"), ("call_tokyo", "Tokyo")];
 
 fn chat(body: &Value) -> Response {
@@ -228,6 +243,16 @@ fn chat(body: &Value) -> Response {
                    "refusal": null, "annotations": []}),
             "tool_calls",
             18,
+        )
+    } else if requested.contains("audio") {
+        let transcript = mock_answer(&last_user_text(messages));
+        let n = words(&transcript);
+        (
+            json!({"role": "assistant", "content": null, "refusal": null, "annotations": [],
+                   "audio": {"id": "audio_mock", "expires_at": CREATED + 3600,
+                             "data": base64_payload("UklGR"), "transcript": transcript}}),
+            "stop",
+            n,
         )
     } else {
         let text = mock_answer(&last_user_text(messages));
@@ -580,13 +605,22 @@ fn responses(body: &Value) -> Response {
     if requested.contains("tools") {
         return response_tool_calls(body, &model, usage, requested.contains("stream-cut"));
     }
-    let done = response_object(
-        body,
-        &model,
-        "completed",
-        json!([message("completed", Some(&text))]),
-        usage,
-    );
+    // With `image`, a generated image comes first: the message is the second item.
+    let image = requested.contains("image");
+    let image_call = |status: &str, result: Value| {
+        json!({"type": "image_generation_call", "id": "ig_mock", "status": status,
+               "result": result})
+    };
+    let mut items = Vec::new();
+    if image {
+        items.push(image_call(
+            "completed",
+            json!(base64_payload("iVBORw0KGgo")),
+        ));
+    }
+    items.push(message("completed", Some(&text)));
+    let m = items.len() - 1;
+    let done = response_object(body, &model, "completed", json!(items), usage);
     if body["stream"] != true {
         return Response::json(200, &done);
     }
@@ -595,9 +629,19 @@ fn responses(body: &Value) -> Response {
     let pending = response_object(body, &model, "in_progress", json!([]), Value::Null);
     event("response.created", json!({"response": pending}));
     event("response.in_progress", json!({"response": pending}));
+    if image {
+        event(
+            "response.output_item.added",
+            json!({"output_index": 0, "item": image_call("in_progress", Value::Null)}),
+        );
+        event(
+            "response.output_item.done",
+            json!({"output_index": 0, "item": items[0]}),
+        );
+    }
     event(
         "response.output_item.added",
-        json!({"output_index": 0, "item": message("in_progress", None)}),
+        json!({"output_index": m, "item": message("in_progress", None)}),
     );
     let part = |t: &str| {
         if refusal {
@@ -608,7 +652,7 @@ fn responses(body: &Value) -> Response {
     };
     event(
         "response.content_part.added",
-        json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "part": part("")}),
+        json!({"item_id": "msg_mock", "output_index": m, "content_index": 0, "part": part("")}),
     );
     let pieces: Vec<&str> = text.split_inclusive(' ').collect();
     for (i, p) in pieces.iter().enumerate() {
@@ -620,13 +664,13 @@ fn responses(body: &Value) -> Response {
             return sse_response(sse(&events.0));
         }
         let mut delta =
-            json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": p});
+            json!({"item_id": "msg_mock", "output_index": m, "content_index": 0, "delta": p});
         if !refusal {
             delta["logprobs"] = json!([]);
         }
         event(&format!("{delta_kind}.delta"), delta);
     }
-    let mut done_event = json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0});
+    let mut done_event = json!({"item_id": "msg_mock", "output_index": m, "content_index": 0});
     done_event[part_key] = json!(text);
     if !refusal {
         done_event["logprobs"] = json!([]);
@@ -634,11 +678,11 @@ fn responses(body: &Value) -> Response {
     event(&format!("{delta_kind}.done"), done_event);
     event(
         "response.content_part.done",
-        json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "part": part(&text)}),
+        json!({"item_id": "msg_mock", "output_index": m, "content_index": 0, "part": part(&text)}),
     );
     event(
         "response.output_item.done",
-        json!({"output_index": 0, "item": message("completed", Some(&text))}),
+        json!({"output_index": m, "item": message("completed", Some(&text))}),
     );
     event("response.completed", json!({"response": done}));
     sse_response(sse(&events.0))
