@@ -241,19 +241,54 @@ fn bound_chat(raw: &mut Value) -> bool {
     cut
 }
 
-/// Leaves out a choice's `logprobs` larger than half of
-/// [`output_max_bytes`](openlayer_trace::stream::output_max_bytes) (about 1 KB a token
-/// with `top_logprobs`): a marker says how large they were.
+/// Keeps the choices' `logprobs` (about 1 KB a token with `top_logprobs`) within one
+/// budget shared by all choices, half of
+/// [`output_max_bytes`](openlayer_trace::stream::output_max_bytes).
 fn leave_out_large_logprobs(raw: &mut Value) {
+    leave_out_logprobs_over(raw, openlayer_trace::stream::output_max_bytes() / 2);
+}
+
+/// Keeps each choice's `logprobs`, in order, while they fit in what is left of `budget`
+/// bytes (of JSON); those that do not are left out, a marker saying how large they were.
+fn leave_out_logprobs_over(raw: &mut Value, mut budget: usize) {
     let choices = raw.get_mut("choices").and_then(Value::as_array_mut);
     for choice in choices.into_iter().flatten() {
         if let Some(logprobs) = choice.get_mut("logprobs")
             && !logprobs.is_null()
         {
             let size = serde_json::to_string(logprobs).map_or(0, |t| t.len());
-            if size > openlayer_trace::stream::output_max_bytes() / 2 {
+            if size > budget {
                 *logprobs = Value::String(format!("…[left out: {size} bytes of logprobs]"));
+            } else {
+                budget -= size;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::leave_out_logprobs_over;
+
+    /// The choices' logprobs share one budget: each fits alone, not all together.
+    #[test]
+    fn logprobs_share_one_budget_over_all_choices() {
+        let logprobs = json!({"content": [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105],
+                                           "top_logprobs": []}]});
+        let size = serde_json::to_string(&logprobs).unwrap().len();
+        let mut raw = json!({"choices": [
+            {"index": 0, "logprobs": logprobs},
+            {"index": 1, "logprobs": logprobs},
+            {"index": 2, "logprobs": null},
+        ]});
+        leave_out_logprobs_over(&mut raw, size * 3 / 2);
+        assert_eq!(raw["choices"][0]["logprobs"], logprobs);
+        assert_eq!(
+            raw["choices"][1]["logprobs"],
+            format!("…[left out: {size} bytes of logprobs]")
+        );
+        assert!(raw["choices"][2]["logprobs"].is_null());
     }
 }

@@ -73,6 +73,11 @@
 //!   an answer with no text);
 //! - a Responses answer's `image_generation_call` `result`.
 //!
+//! The `logprobs` of a chat answer (about 1 KB a token with `top_logprobs`) are kept while
+//! all choices' together fit in half of
+//! [`output_max_bytes`](openlayer_trace::stream::output_max_bytes); past that, a choice's
+//! are replaced by `…[left out: N bytes of logprobs]`.
+//!
 //! # Provider
 //!
 //! A client built on `async_openai::config::AzureConfig` (also inside a wrapper type whose
