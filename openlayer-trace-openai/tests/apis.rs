@@ -538,3 +538,41 @@ async fn a_generated_image_is_left_out_of_the_recorded_response() {
     let row = serde_json::to_string(traces[0].row()).unwrap();
     assert!(row.len() < 64 * 1024, "{} bytes", row.len());
 }
+
+/// A failed response (status `failed`), answered whole or streamed as `response.failed`:
+/// its error is recorded under `Exceptions`, with no output.
+#[tokio::test]
+async fn a_failed_response_records_its_error_and_no_output() {
+    use openlayer_testserver::openai::RESPONSE_FAILED;
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let request = CreateResponseArgs::default()
+        .model("gpt-4o-mini-failed")
+        .input("What is Openlayer?")
+        .build()
+        .unwrap();
+    let (result, traces) = testing::capture_async(client.responses().create_traced(request)).await;
+    let response = result.unwrap();
+    assert_eq!(response.error.as_ref().unwrap().message, RESPONSE_FAILED);
+    let step = traces[0].root();
+    assert_eq!(step["metadata"]["Exceptions"], RESPONSE_FAILED, "{step}");
+    assert!(step["output"].is_null(), "{step}");
+    assert_eq!(step["rawOutput"]["status"], "failed");
+
+    let (failed, traces) = read_stream(
+        &client,
+        "gpt-4o-mini-failed",
+        "What is Openlayer?",
+        |event, failed: &mut bool| {
+            *failed |= matches!(event, ResponseStreamEvent::ResponseFailed(_));
+            std::ops::ControlFlow::Continue(())
+        },
+    )
+    .await;
+    assert!(failed, "response.failed passed on");
+    let step = traces[0].root();
+    assert_eq!(step["metadata"]["Exceptions"], RESPONSE_FAILED, "{step}");
+    assert!(step["output"].is_null(), "{step}");
+    assert_eq!(step["rawOutput"]["status"], "failed");
+    assert!(step["metadata"].get("cancelled").is_none(), "{step}");
+}

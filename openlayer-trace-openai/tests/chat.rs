@@ -605,3 +605,56 @@ async fn base64_images_and_audio_in_the_prompt_are_left_out_of_the_inputs() {
         "You describe images."
     );
 }
+
+/// Two choices streamed with their chunks interleaved: each choice's deltas are joined on
+/// their own, the output is choice 0's text, and `rawOutput` has both. Answered whole,
+/// the same.
+#[tokio::test]
+async fn two_choices_streamed_interleaved_are_joined_per_choice() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let first = "Mock answer: What is the capital of France?";
+    let second = "Mock answer 2: What is the capital of France?";
+    let mut req = request("gpt-4o-mini", true);
+    req.n = Some(2);
+    let ((texts, indices), traces) = testing::capture_async(async {
+        let mut stream = client.chat().create_stream_traced(req).await.unwrap();
+        let mut texts = [String::new(), String::new()];
+        let mut indices = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            for c in chunk.unwrap().choices {
+                indices.push(c.index);
+                texts[c.index as usize].push_str(c.delta.content.as_deref().unwrap_or(""));
+            }
+        }
+        (texts, indices)
+    })
+    .await;
+    assert_eq!(texts, [first, second]);
+    assert!(
+        indices.windows(2).any(|w| w[0] == 1 && w[1] == 0),
+        "the choices' chunks interleave: {indices:?}"
+    );
+    let step = only_step(&traces);
+    assert_eq!(step["output"], first, "{step}");
+    let choices = &step["rawOutput"]["choices"];
+    assert_eq!(choices.as_array().unwrap().len(), 2, "{step}");
+    for (i, text) in [first, second].into_iter().enumerate() {
+        assert_eq!(choices[i]["index"], i);
+        assert_eq!(choices[i]["message"]["content"], text, "{step}");
+        assert_eq!(choices[i]["finish_reason"], "stop");
+    }
+    assert_eq!(step["modelParameters"]["n"], 2);
+    assert!(step["metadata"].get("cancelled").is_none(), "{step}");
+
+    let mut req = request("gpt-4o-mini", false);
+    req.n = Some(2);
+    let (result, traces) = testing::capture_async(client.chat().create_traced(req)).await;
+    assert_eq!(result.unwrap().choices.len(), 2);
+    let step = only_step(&traces);
+    assert_eq!(step["output"], first, "{step}");
+    assert_eq!(
+        step["rawOutput"]["choices"][1]["message"]["content"],
+        second
+    );
+}

@@ -16,11 +16,12 @@
 //! | `azure-filter` | (streams) first Azure's content-filter chunk: empty `id` and `model`, `created` 0, no choices; the answer's chunks name the snapshot `gpt-4o-mini-2024-07-18` |
 //! | `empty-model` | (every API) the answer's `model` is `""`, as some compatible servers send it |
 //! | `repeat` | (streams, with `tools`) every tool-call delta repeats the call's `id` and `name`, as some compatible servers do |
-//! | `refusal` | (Responses API) a refusal instead of an answer, streamed as refusal deltas |
+//! | `refusal` | a refusal instead of an answer ([`REFUSAL`]), streamed as refusal deltas (chat: `content` null, the text under `refusal`) |
+//! | `failed` | (Responses API) a failed response: status `failed` with an `error`, no output; streamed, `response.failed` after `response.in_progress` |
 //! | `audio` | (chat, not streamed) an audio answer: no text, `message.audio` with [`PAYLOAD_BASE64_LEN`] bytes of base64 `data` and the text as its `transcript` |
 //! | `image` | (Responses API) an `image_generation_call` item with [`PAYLOAD_BASE64_LEN`] bytes of base64 PNG as its `result`, before the message |
 //! | `index0` | (streams, with `tools`) every call whole in one delta, all at `index` 0 (as Ollama and some vLLM servers send parallel calls) |
-//! | anything else | the text `Mock answer: <last user message>` |
+//! | anything else | the text `Mock answer: <last user message>`; a chat request with `n` > 1 has that many choices (`Mock answer 2: ...`, ...), streamed with their chunks interleaved |
 //!
 //! The answer names the model as [`response_model`] maps the requested one (a snapshot for
 //! `gpt-4o-mini`, `gpt-4o` and `text-embedding-ada-002`).
@@ -255,14 +256,52 @@ fn chat(body: &Value) -> Response {
             n,
         )
     } else {
-        let text = mock_answer(&last_user_text(messages));
-        let n = words(&text);
-        (
-            json!({"role": "assistant", "content": text, "refusal": null, "annotations": []}),
-            "stop",
-            n,
-        )
+        let texts = chat_texts(body, requested);
+        let choices: Vec<Value> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let message = if requested.contains("refusal") {
+                    json!({"role": "assistant", "content": null, "refusal": text,
+                           "annotations": []})
+                } else {
+                    json!({"role": "assistant", "content": text, "refusal": null,
+                           "annotations": []})
+                };
+                json!({"index": i, "message": message, "logprobs": null, "finish_reason": "stop"})
+            })
+            .collect();
+        let completion = texts.iter().map(|t| words(t)).sum();
+        return chat_completion(&model, json!(choices), prompt, completion);
     };
+    chat_completion(
+        &model,
+        json!([{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}]),
+        prompt,
+        completion,
+    )
+}
+
+/// The texts a chat answer's choices hold: as many as the request's `n` (1 by default),
+/// the first `Mock answer: <last user message>`, the next `Mock answer 2: ...` and so
+/// on; or [`REFUSAL`] (for each) when the model's name contains `refusal`.
+fn chat_texts(body: &Value, requested: &str) -> Vec<String> {
+    let n = body["n"].as_u64().unwrap_or(1).clamp(1, 8) as usize;
+    let question = last_user_text(&body["messages"]);
+    (0..n)
+        .map(|i| match i {
+            _ if requested.contains("refusal") => REFUSAL.to_string(),
+            0 => mock_answer(&question),
+            i => format!("Mock answer {}: {question}", i + 1),
+        })
+        .collect()
+}
+
+/// The text of a refusal.
+pub const REFUSAL: &str = "I can't help with that.";
+
+/// A `chat.completion` object with these choices.
+fn chat_completion(model: &str, choices: Value, prompt: u64, completion: u64) -> Response {
     Response::json(
         200,
         &json!({
@@ -270,7 +309,7 @@ fn chat(body: &Value) -> Response {
             "object": "chat.completion",
             "created": CREATED,
             "model": model,
-            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+            "choices": choices,
             "usage": usage(prompt, completion),
             "service_tier": "default",
             "system_fingerprint": "fp_mock"
@@ -370,15 +409,34 @@ fn chat_stream(body: &Value, requested: &str, model: &str, prompt: u64, tools: b
         events.push(delta(json!({}), json!("tool_calls")));
         completion = 18;
     } else {
-        let text = mock_answer(&last_user_text(&body["messages"]));
-        events.push(delta(
-            json!({"role": "assistant", "content": "", "refusal": null}),
-            Value::Null,
-        ));
-        let pieces: Vec<&str> = text.split_inclusive(' ').collect();
-        completion = pieces.len() as u64;
-        for p in &pieces {
-            events.push(delta(json!({"content": p}), Value::Null));
+        let refusal = requested.contains("refusal");
+        let texts = chat_texts(body, requested);
+        let choice_delta = |i: usize, d: Value, finish: Value| {
+            chunk(json!([{"index": i, "delta": d, "logprobs": null, "finish_reason": finish}]))
+        };
+        for i in 0..texts.len() {
+            let role = if refusal {
+                json!({"role": "assistant", "content": null, "refusal": ""})
+            } else {
+                json!({"role": "assistant", "content": "", "refusal": null})
+            };
+            events.push(choice_delta(i, role, Value::Null));
+        }
+        let key = if refusal { "refusal" } else { "content" };
+        let pieces: Vec<Vec<&str>> = texts
+            .iter()
+            .map(|t| t.split_inclusive(' ').collect())
+            .collect();
+        completion = pieces.iter().map(|p| p.len() as u64).sum();
+        // With several choices, their pieces interleave: each one's first, then each one's
+        // second, and so on.
+        let longest = pieces.iter().map(Vec::len).max().unwrap_or(0);
+        for k in 0..longest {
+            for (i, p) in pieces.iter().enumerate() {
+                if let Some(piece) = p.get(k) {
+                    events.push(choice_delta(i, json!({key: piece}), Value::Null));
+                }
+            }
         }
         if requested.contains("stream-error") {
             events.truncate(3);
@@ -393,7 +451,9 @@ fn chat_stream(body: &Value, requested: &str, model: &str, prompt: u64, tools: b
             events.truncate(3);
             return cut_response(sse(&events));
         }
-        events.push(delta(json!({}), json!("stop")));
+        for i in 0..texts.len() {
+            events.push(choice_delta(i, json!({}), json!("stop")));
+        }
     }
     if include_usage {
         let mut last = json!({
@@ -558,6 +618,25 @@ fn response_tool_calls(body: &Value, model: &str, usage: Value, cut: bool) -> Re
     sse_response(sse(&events.0))
 }
 
+/// The error message of a failed Responses answer.
+pub const RESPONSE_FAILED: &str = "The model failed to generate a response.";
+
+/// A failed Responses answer: status `failed`, an `error`, no output and no usage;
+/// streamed, `response.failed` follows `response.created` and `response.in_progress`.
+fn response_failed(body: &Value, model: &str) -> Response {
+    let mut failed = response_object(body, model, "failed", json!([]), Value::Null);
+    failed["error"] = json!({"code": "server_error", "message": RESPONSE_FAILED});
+    if body["stream"] != true {
+        return Response::json(200, &failed);
+    }
+    let mut events = Events::default();
+    let pending = response_object(body, model, "in_progress", json!([]), Value::Null);
+    events.push("response.created", json!({"response": pending}));
+    events.push("response.in_progress", json!({"response": pending}));
+    events.push("response.failed", json!({"response": failed}));
+    sse_response(sse(&events.0))
+}
+
 fn responses(body: &Value) -> Response {
     let requested = body["model"].as_str().unwrap_or("gpt-4o-mini");
     let model = response_model(requested);
@@ -573,7 +652,7 @@ fn responses(body: &Value) -> Response {
     };
     let refusal = requested.contains("refusal");
     let text = if refusal {
-        "I can't help with that.".to_string()
+        REFUSAL.to_string()
     } else {
         mock_answer(&input_text)
     };
@@ -604,6 +683,9 @@ fn responses(body: &Value) -> Response {
     };
     if requested.contains("tools") {
         return response_tool_calls(body, &model, usage, requested.contains("stream-cut"));
+    }
+    if requested.contains("failed") {
+        return response_failed(body, &model);
     }
     // With `image`, a generated image comes first: the message is the second item.
     let image = requested.contains("image");
