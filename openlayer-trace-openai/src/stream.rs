@@ -397,9 +397,12 @@ impl ChatAccumulator {
             .iter()
             .map(|c| {
                 let calls = self.tool_calls_of(c.index);
+                // No text beside tool calls or a refusal: `null`, as in OpenAI's answer.
+                let no_content =
+                    c.content.is_empty() && (!calls.is_empty() || !c.refusal.is_empty());
                 let mut message = json!({
                     "role": "assistant",
-                    "content": if c.content.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(c.content.marked()) },
+                    "content": if no_content { Value::Null } else { Value::String(c.content.marked()) },
                 });
                 if !c.refusal.is_empty() {
                     message["refusal"] = Value::String(c.refusal.marked());

@@ -658,3 +658,49 @@ async fn two_choices_streamed_interleaved_are_joined_per_choice() {
         second
     );
 }
+
+/// A refusal (no content) is the output, answered whole or streamed as refusal deltas;
+/// `rawOutput` holds it under `refusal` with a null `content`, as OpenAI's answer does.
+#[tokio::test]
+async fn a_chat_refusal_is_the_output_whole_and_streamed() {
+    use openlayer_testserver::openai::REFUSAL;
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let (result, traces) = testing::capture_async(
+        client
+            .chat()
+            .create_traced(request("gpt-4o-mini-refusal", false)),
+    )
+    .await;
+    let message = result.unwrap().choices[0].message.clone();
+    assert_eq!(message.refusal.as_deref(), Some(REFUSAL));
+    assert_eq!(message.content, None);
+    let step = only_step(&traces);
+    assert_eq!(step["output"], REFUSAL, "{step}");
+    let recorded = &step["rawOutput"]["choices"][0]["message"];
+    assert_eq!(recorded["refusal"], REFUSAL);
+    assert!(recorded["content"].is_null(), "{step}");
+
+    let (refused, traces) = testing::capture_async(async {
+        let mut stream = client
+            .chat()
+            .create_stream_traced(request("gpt-4o-mini-refusal", true))
+            .await
+            .unwrap();
+        let mut refused = String::new();
+        while let Some(chunk) = stream.next().await {
+            for c in chunk.unwrap().choices {
+                refused.push_str(c.delta.refusal.as_deref().unwrap_or(""));
+            }
+        }
+        refused
+    })
+    .await;
+    assert_eq!(refused, REFUSAL);
+    let step = only_step(&traces);
+    assert_eq!(step["output"], REFUSAL, "{step}");
+    let recorded = &step["rawOutput"]["choices"][0]["message"];
+    assert_eq!(recorded["refusal"], REFUSAL, "{step}");
+    assert!(recorded["content"].is_null(), "{step}");
+    assert!(step["metadata"]["timeToFirstToken"].is_number(), "{step}");
+}
