@@ -46,7 +46,7 @@
 //! `cancelled: true`.
 //!
 //! Metadata `timeToFirstToken` (ms) is the time from the call to the first chunk that
-//! carries some of the answer: text, a refusal or a tool call (for a Responses stream, the
+//! carries some of the answer: text, a refusal, a tool call or audio (for a Responses stream, the
 //! first text, refusal or function-call arguments delta). Chunks before it are not
 //! counted: the usual first chat chunk with the role and no content (which a reasoning
 //! model sends long before its first token), or Azure's first chunk with its content
@@ -69,8 +69,8 @@
 //!
 //! - the prompt: `image_url` and `input_image` data URLs, `input_audio.data`, a file's
 //!   `file_data`, and any other base64 data URL in it;
-//! - a chat answer's `message.audio.data` (its `transcript` is kept, and is the output of
-//!   an answer with no text);
+//! - a chat answer's `message.audio.data`, whole or streamed (its `transcript` is kept,
+//!   and is the output of an answer with no text);
 //! - a Responses answer's `image_generation_call` `result`.
 //!
 //! The `logprobs` of a chat answer (about 1 KB a token with `top_logprobs`) are kept while

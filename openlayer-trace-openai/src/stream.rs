@@ -137,7 +137,19 @@ struct ChoiceAcc {
     index: u32,
     content: Bounded,
     refusal: Bounded,
+    /// The audio of an audio answer, when one came.
+    audio: Option<AudioAcc>,
     finish_reason: Option<FinishReason>,
+}
+
+/// A streamed audio answer: its transcript (bounded) and the length of its base64 audio,
+/// which is never kept (see the [crate docs](crate#base64-payloads)).
+#[derive(Default)]
+struct AudioAcc {
+    id: String,
+    expires_at: Option<u64>,
+    data_len: usize,
+    transcript: Bounded,
 }
 
 struct ToolCallAcc {
@@ -247,12 +259,18 @@ pub(crate) struct ChatAccumulator {
     usage: Option<CompletionUsage>,
 }
 
-/// Whether a chunk carries some of the answer: text, a refusal or a tool call.
+/// Whether a chunk carries some of the answer: text, a refusal, a tool call, or audio (its
+/// data or transcript).
 fn has_token(chunk: &CreateChatCompletionStreamResponse) -> bool {
+    let some = |t: &Option<String>| t.as_deref().is_some_and(|t| !t.is_empty());
     chunk.choices.iter().any(|c| {
-        c.delta.content.as_deref().is_some_and(|t| !t.is_empty())
-            || c.delta.refusal.as_deref().is_some_and(|t| !t.is_empty())
+        some(&c.delta.content)
+            || some(&c.delta.refusal)
             || c.delta.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
+            || c.delta
+                .audio
+                .as_ref()
+                .is_some_and(|a| some(&a.data) || some(&a.transcript))
     })
 }
 
@@ -306,6 +324,21 @@ impl ChatAccumulator {
             }
             if let Some(text) = &c.delta.refusal {
                 bound.push(&mut choice.refusal, text);
+            }
+            if let Some(audio) = &c.delta.audio {
+                let acc = choice.audio.get_or_insert_with(AudioAcc::default);
+                if let Some(id) = &audio.id {
+                    add_piece(&mut acc.id, id);
+                }
+                if audio.expires_at.is_some() {
+                    acc.expires_at = audio.expires_at;
+                }
+                if let Some(data) = &audio.data {
+                    acc.data_len += data.len();
+                }
+                if let Some(text) = &audio.transcript {
+                    bound.push(&mut acc.transcript, text);
+                }
             }
             if c.finish_reason.is_some() {
                 choice.finish_reason = c.finish_reason;
@@ -367,15 +400,20 @@ impl ChatAccumulator {
         calls
     }
 
-    /// The step's output: the first choice's text, or its tool calls, or its refusal.
-    /// Text cut by the bound ends with `…[truncated N chunks]` (a tool call's arguments
-    /// too, then recorded as that text).
+    /// The step's output: the first choice's text, or its tool calls, or its refusal, or
+    /// its audio's transcript. Text cut by the bound ends with `…[truncated N chunks]` (a
+    /// tool call's arguments too, then recorded as that text).
     pub(crate) fn output(&self) -> Value {
         let Some(first) = self.choices.iter().min_by_key(|c| c.index) else {
             return Value::Null;
         };
         let calls = self.tool_calls_of(first.index);
-        if !first.content.is_empty() || (calls.is_empty() && first.refusal.is_empty()) {
+        let transcript = first
+            .audio
+            .as_ref()
+            .map(|a| &a.transcript)
+            .filter(|t| !t.is_empty());
+        if !first.content.is_empty() {
             Value::String(first.content.marked())
         } else if !calls.is_empty() {
             Value::Array(
@@ -384,8 +422,12 @@ impl ChatAccumulator {
                     .map(|t| tool_call(&t.id, &t.name, &t.arguments.marked()))
                     .collect(),
             )
-        } else {
+        } else if !first.refusal.is_empty() {
             Value::String(first.refusal.marked())
+        } else if let Some(transcript) = transcript {
+            Value::String(transcript.marked())
+        } else {
+            Value::String(first.content.marked())
         }
     }
 
@@ -397,15 +439,29 @@ impl ChatAccumulator {
             .iter()
             .map(|c| {
                 let calls = self.tool_calls_of(c.index);
-                // No text beside tool calls or a refusal: `null`, as in OpenAI's answer.
-                let no_content =
-                    c.content.is_empty() && (!calls.is_empty() || !c.refusal.is_empty());
+                // No text beside tool calls, a refusal or audio: `null`, as in OpenAI's
+                // answer.
+                let no_content = c.content.is_empty()
+                    && (!calls.is_empty() || !c.refusal.is_empty() || c.audio.is_some());
                 let mut message = json!({
                     "role": "assistant",
                     "content": if no_content { Value::Null } else { Value::String(c.content.marked()) },
                 });
                 if !c.refusal.is_empty() {
                     message["refusal"] = Value::String(c.refusal.marked());
+                }
+                if let Some(audio) = &c.audio {
+                    // The audio itself is left out, as a whole answer's is.
+                    let data = match audio.data_len {
+                        0 => String::new(),
+                        n => crate::payload::marker("audio", n),
+                    };
+                    message["audio"] = json!({
+                        "id": audio.id,
+                        "expires_at": audio.expires_at,
+                        "data": data,
+                        "transcript": audio.transcript.marked(),
+                    });
                 }
                 if !calls.is_empty() {
                     message["tool_calls"] = calls
@@ -527,6 +583,10 @@ mod tests {
         )));
         assert!(has_token(&chunk(json!({"content": "Hi"}))));
         assert!(has_token(&chunk(json!({"refusal": "No."}))));
+        assert!(has_token(&chunk(
+            json!({"audio": {"id": "audio_1", "transcript": "Hi"}})
+        )));
+        assert!(!has_token(&chunk(json!({"audio": {"expires_at": 1}}))));
         assert!(has_token(&chunk(json!({"tool_calls": [
             {"index": 0, "id": "call_1", "type": "function",
              "function": {"name": "f", "arguments": ""}}

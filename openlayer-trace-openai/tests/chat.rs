@@ -704,3 +704,43 @@ async fn a_chat_refusal_is_the_output_whole_and_streamed() {
     assert!(recorded["content"].is_null(), "{step}");
     assert!(step["metadata"]["timeToFirstToken"].is_number(), "{step}");
 }
+
+/// A streamed audio answer: the caller gets every piece of the audio; the step records
+/// the joined transcript as the output, and in `rawOutput` the audio's size in place of
+/// its data, as for a whole answer.
+#[tokio::test]
+async fn a_streamed_audio_answer_records_its_transcript_and_leaves_out_its_audio() {
+    let mock = OpenAiMock::start();
+    let client = client(&mock);
+    let ((data, transcript), traces) = testing::capture_async(async {
+        let mut stream = client
+            .chat()
+            .create_stream_traced(request("gpt-4o-audio-preview", true))
+            .await
+            .unwrap();
+        let (mut data, mut transcript) = (0, String::new());
+        while let Some(chunk) = stream.next().await {
+            for c in chunk.unwrap().choices {
+                if let Some(audio) = c.delta.audio {
+                    data += audio.data.map_or(0, |d| d.len());
+                    transcript.push_str(audio.transcript.as_deref().unwrap_or(""));
+                }
+            }
+        }
+        (data, transcript)
+    })
+    .await;
+    assert_eq!(data, openlayer_testserver::openai::PAYLOAD_BASE64_LEN);
+    assert_eq!(transcript, "Mock answer: What is the capital of France?");
+    let step = only_step(&traces);
+    assert_eq!(step["output"], transcript.as_str(), "{step}");
+    let message = &step["rawOutput"]["choices"][0]["message"];
+    assert!(message["content"].is_null(), "{step}");
+    assert_eq!(
+        message["audio"],
+        json!({"id": "audio_mock", "expires_at": openlayer_testserver::openai::CREATED + 3600,
+               "data": "…[base64 audio, 3,145,728 bytes left out]",
+               "transcript": transcript})
+    );
+    assert!(step["metadata"]["timeToFirstToken"].is_number(), "{step}");
+}

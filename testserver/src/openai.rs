@@ -18,7 +18,7 @@
 //! | `repeat` | (streams, with `tools`) every tool-call delta repeats the call's `id` and `name`, as some compatible servers do |
 //! | `refusal` | a refusal instead of an answer ([`REFUSAL`]), streamed as refusal deltas (chat: `content` null, the text under `refusal`) |
 //! | `failed` | (Responses API) a failed response: status `failed` with an `error`, no output; streamed, `response.failed` after `response.in_progress` |
-//! | `audio` | (chat, not streamed) an audio answer: no text, `message.audio` with [`PAYLOAD_BASE64_LEN`] bytes of base64 `data` and the text as its `transcript` |
+//! | `audio` | (chat) an audio answer: no text, `message.audio` with [`PAYLOAD_BASE64_LEN`] bytes of base64 `data` and the text as its `transcript`; streamed, the transcript's pieces, then the audio in four pieces, then its expiry |
 //! | `image` | (Responses API) an `image_generation_call` item with [`PAYLOAD_BASE64_LEN`] bytes of base64 PNG as its `result`, before the message |
 //! | `index0` | (streams, with `tools`) every call whole in one delta, all at `index` 0 (as Ollama and some vLLM servers send parallel calls) |
 //! | anything else | the text `Mock answer: <last user message>`; a chat request with `n` > 1 has that many choices (`Mock answer 2: ...`, ...), streamed with their chunks interleaved |
@@ -408,6 +408,32 @@ fn chat_stream(body: &Value, requested: &str, model: &str, prompt: u64, tools: b
         }
         events.push(delta(json!({}), json!("tool_calls")));
         completion = 18;
+    } else if requested.contains("audio") {
+        let transcript = mock_answer(&last_user_text(&body["messages"]));
+        events.push(delta(
+            json!({"role": "assistant", "content": null, "refusal": null}),
+            Value::Null,
+        ));
+        let pieces: Vec<&str> = transcript.split_inclusive(' ').collect();
+        completion = pieces.len() as u64;
+        for (i, p) in pieces.iter().enumerate() {
+            let mut audio = json!({"transcript": p});
+            if i == 0 {
+                audio["id"] = json!("audio_mock");
+            }
+            events.push(delta(json!({"audio": audio}), Value::Null));
+        }
+        let data = base64_payload("UklGR");
+        let quarter = PAYLOAD_BASE64_LEN / 4;
+        for start in (0..data.len()).step_by(quarter) {
+            let part = &data[start..(start + quarter).min(data.len())];
+            events.push(delta(json!({"audio": {"data": part}}), Value::Null));
+        }
+        events.push(delta(
+            json!({"audio": {"expires_at": CREATED + 3600}}),
+            Value::Null,
+        ));
+        events.push(delta(json!({}), json!("stop")));
     } else {
         let refusal = requested.contains("refusal");
         let texts = chat_texts(body, requested);
