@@ -51,6 +51,11 @@ fn buffer_bytes(b: &Buffers) -> usize {
 /// Most buffers a thread takes from the pool at a time.
 const BATCH: usize = 16;
 
+/// Most bytes of buffers a thread takes from the pool at a time (but always one buffer):
+/// what a thread holds unused is not counted in the pool's bound, and a thread that stops
+/// tracing keeps it until it ends (a large pool of mostly idle threads).
+const BATCH_MAX_BYTES: usize = 64 * 1024;
+
 /// Buffers this thread took from the pool and has not used yet: the pool's lock is taken
 /// once per batch rather than once per trace. The batch starts at one buffer and doubles
 /// up to [`BATCH`] as the thread keeps tracing, so that a short-lived thread does not empty
@@ -85,8 +90,16 @@ pub(crate) fn reused_buffers() -> Buffers {
         if taken.free.is_empty()
             && let Ok(mut pool) = POOL.try_lock()
         {
-            let at = pool.free.len().saturating_sub(taken.batch);
-            let bytes: usize = pool.free[at..].iter().map(buffer_bytes).sum();
+            let len = pool.free.len();
+            let (mut at, mut bytes) = (len, 0);
+            while at > 0 && len - at < taken.batch {
+                let b = buffer_bytes(&pool.free[at - 1]);
+                if at < len && bytes + b > BATCH_MAX_BYTES {
+                    break;
+                }
+                bytes += b;
+                at -= 1;
+            }
             pool.bytes -= bytes;
             taken.free.extend(pool.free.drain(at..));
             taken.batch = (taken.batch * 2).min(BATCH);
@@ -185,5 +198,36 @@ fn give_back(b: Buffers) {
     if pool.bytes + bytes <= POOL_MAX_BYTES {
         pool.bytes += bytes;
         pool.free.push(b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread takes at most [`BATCH_MAX_BYTES`] of buffers from the pool at a time
+    /// (but one buffer), however large the buffers in the pool are.
+    #[test]
+    fn a_thread_holds_a_bounded_batch_of_large_buffers() {
+        std::thread::spawn(|| {
+            let large = || {
+                (
+                    Vec::with_capacity(STEPS_KEEP),
+                    String::with_capacity(60 * 1024),
+                    None,
+                )
+            };
+            for _ in 0..64 {
+                for _ in 0..BATCH {
+                    give_back(large());
+                }
+                let _ = reused_buffers();
+                let held: usize = TAKEN.with(|t| t.borrow().free.iter().map(buffer_bytes).sum());
+                let one = buffer_bytes(&large());
+                assert!(held <= BATCH_MAX_BYTES.max(one), "{held} bytes held unused");
+            }
+        })
+        .join()
+        .unwrap();
     }
 }
