@@ -2,7 +2,6 @@
 //! that a misconfigured hot path cannot flood the application's logs.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One rate limit: at most one event per `period_secs` per site.
 pub(crate) struct RateLimit {
@@ -22,11 +21,9 @@ impl RateLimit {
 
     /// Returns `Some(suppressed_since_last)` when an event may be emitted now.
     pub(crate) fn allow(&self) -> Option<u64> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-            + 1;
+        // The monotonic clock: the wall clock set back would silence every site for as
+        // long as it went back.
+        let now = u64::try_from(crate::util::clock::now() / 1_000_000_000).unwrap_or(0) + 1;
         let last = self.last.load(Relaxed);
         if (last == 0 || now >= last + self.period_secs)
             && self
