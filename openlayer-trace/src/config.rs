@@ -26,6 +26,10 @@ pub const DEFAULT_TRACE_FILE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// OTLP exporter uses).
 const MAX_QUEUE_CAPACITY: usize = 1 << 24;
 
+/// The largest `max_steps_per_trace`: a step's position is a `u32`, whose two highest
+/// values mark a root's parent and a step not recorded.
+const MAX_STEPS_PER_TRACE: usize = u32::MAX as usize - 2;
+
 /// An API key. Its `Debug` and `Display` never show the secret.
 ///
 /// ```
@@ -420,8 +424,9 @@ impl ConfigBuilder {
         /// dropped rather than put on its parent; updates of the trace (row columns,
         /// inference id) still apply. Reading a local file back (`LocalLines`, `openlayer
         /// show` and `push`) refuses a line nested more than 100,000 levels deep, about
-        /// 50,000 steps each inside the one before.
-        max_steps_per_trace: usize => |c, v| c.max_steps_per_trace = v.max(1));
+        /// 50,000 steps each inside the one before. At most 2^32 - 3 (a larger value is
+        /// taken as that).
+        max_steps_per_trace: usize => |c, v| c.max_steps_per_trace = v.clamp(1, MAX_STEPS_PER_TRACE));
     setter!(/// How long a trace may stay open (its root, or work spawned in it, not ended)
         /// before a rate-limited warning names it (default 10 min); `Stats` shows the
         /// open traces and the age of the oldest.
