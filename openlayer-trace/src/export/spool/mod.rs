@@ -129,6 +129,9 @@ pub(crate) struct Spool {
     wa: Option<Mutex<WaWriter>>,
     rotate_requested: AtomicBool,
     maintain_requested: AtomicBool,
+    /// When (second of the monotonic clock) a broken write-ahead file last asked to be
+    /// replaced: at most once a second while it stays broken.
+    rotation_retried: AtomicU64,
     jobs: mpsc::Sender<Job>,
     /// Set by the writer when it closes: no job is sent after it (read-locked around
     /// each send, so that none is in flight when the writer settles what is left).
@@ -240,6 +243,7 @@ impl Spool {
             wa: None,
             rotate_requested: AtomicBool::new(false),
             maintain_requested: AtomicBool::new(false),
+            rotation_retried: AtomicU64::new(0),
             jobs,
             closed: std::sync::RwLock::new(false),
             backlog_rows: AtomicUsize::new(0),
@@ -548,6 +552,7 @@ impl Spool {
         if w.broken {
             drop(w);
             self.total.fetch_sub(n, SeqCst);
+            self.retry_rotation();
             return None;
         }
         let offset = w.len;
@@ -582,6 +587,29 @@ impl Spool {
                 );
                 None
             }
+        }
+    }
+
+    /// Asks again (at most once a second) for a broken write-ahead file to be replaced:
+    /// a replacement that could not be made (no file could be created) is not asked for
+    /// by anything else, and writing ahead would stay off for good.
+    fn retry_rotation(&self) {
+        let now = u64::try_from(crate::util::clock::now() / 1_000_000_000).unwrap_or(0) + 1;
+        let last = self.rotation_retried.load(Relaxed);
+        if now > last
+            && self
+                .rotation_retried
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.rotate_requested.store(true, SeqCst);
+            self.maintain_requested.store(true, SeqCst);
+            let _ = self.jobs.send(Job::Maintain);
+            crate::util::diag::warn_limited!(
+                dir = %self.dir.display(),
+                "the spool's write-ahead file could not be replaced yet; traces are sent \
+                 without being written ahead"
+            );
         }
     }
 
@@ -719,8 +747,10 @@ impl Spool {
                 let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                 match fs::remove_file(&path) {
                     Ok(()) => {
-                        self.total
-                            .fetch_sub(len.min(self.total.load(SeqCst)), SeqCst);
+                        // Never below zero, even if the count fell short of the disk.
+                        let _ = self
+                            .total
+                            .fetch_update(SeqCst, SeqCst, |t| Some(t.saturating_sub(len)));
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => {

@@ -398,7 +398,7 @@ impl Writer<'_> {
             return false;
         }
         loop {
-            if s.total.load(SeqCst) + need <= s.max_bytes {
+            if s.total.load(SeqCst).saturating_add(need) <= s.max_bytes {
                 return true;
             }
             if s.evict_oldest() {
