@@ -463,6 +463,17 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
         let line = match entry.line {
             Ok(line) => line,
             Err(e) => {
+                // The lines before it go first: recording it as skipped moves the pushed
+                // part of the file past them, so they must be taken already (were they
+                // refused, a fix of them in place would read as a changed file).
+                if let Some(full) = batch.take() {
+                    let (unsent, failed) = push.stream(full).await?;
+                    if failed.is_some() || push.unrecorded.is_some() {
+                        stopped = stopped.or(failed);
+                        not_attempted += 1 + unsent;
+                        continue;
+                    }
+                }
                 bad_lines += 1;
                 push.bar.add(1, 1);
                 eprintln!("openlayer: {}: {e} (skipped)", file.display());
@@ -882,7 +893,8 @@ const NOT_FOUND_WAITS: [Duration; 4] = [
 const RECENT_ROWS: usize = 100_000;
 
 /// The inference ids of the last [`RECENT_ROWS`] rows this push sent, each as a hash of
-/// its pipeline and id (8 bytes a row, however long the file): an update of one of them
+/// its pipeline and id (a hash of 8 bytes, about 40 bytes a row with the map and the order
+/// kept, however long the file): an update of one of them
 /// answered 404 is tried again. A hash that two ids share only makes a 404 wait.
 #[derive(Debug, Default)]
 struct RecentRows {

@@ -695,7 +695,9 @@ async fn push_reports_an_unreadable_line_once() {
     assert_stderr_has(&out, "line 2");
     assert_stderr_has(&out, "1 line(s) could not be read and were skipped");
     assert_stdout_has(&out, "pushed 2 line(s) (2 row(s), 0 update(s))");
+    // The line before the unreadable one is sent before it is recorded as skipped.
     assert_eq!(row_ids(&requests(&server).await), ["trace-1", "trace-3"]);
+    assert_eq!(requests(&server).await.len(), 2);
 
     let out = openlayer(&["push", file_arg], &env).await;
     assert_exit(&out, 0);
@@ -705,7 +707,56 @@ async fn push_reports_an_unreadable_line_once() {
         "; 2 line(s) already pushed; 1 unreadable line(s) skipped before",
     );
     assert!(stderr(&out).is_empty(), "{}", stderr(&out));
-    assert_eq!(requests(&server).await.len(), 1);
+    assert_eq!(requests(&server).await.len(), 2);
+}
+
+/// A line refused just before an unreadable one: the unreadable one is not recorded as
+/// skipped (that would move the pushed part of the file past the refused line), so the
+/// refused line can be fixed in place and pushed again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_line_refused_before_an_unreadable_one_can_be_fixed_in_place() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("\"trace-2\""))
+        .respond_with(ResponseTemplate::new(422).set_body_json(json!({"error": "bad row"})))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    let dir = TempDir::new("push-refused-then-torn");
+    let torn = trace_line(Some("pipe-a"), "torn");
+    let text = |second: &str| {
+        format!(
+            "{}\n{}\n{}\n{}\n",
+            trace_line(Some("pipe-a"), "trace-1"),
+            trace_line(Some("pipe-a"), second),
+            &torn[..torn.len() / 2],
+            trace_line(Some("pipe-a"), "trace-4")
+        )
+    };
+    let file = dir.file("traces.jsonl", &text("trace-2"));
+    let file_arg = file.to_str().unwrap();
+    let env = platform(&server);
+
+    let out = openlayer(&["push", file_arg], &env).await;
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "line 2 failed");
+
+    // Fixed in place (the same length: a new id of as many characters).
+    std::fs::write(&file, text("fixed-2")).unwrap();
+    let out = openlayer(&["push", file_arg], &env).await;
+    assert!(
+        !stderr(&out).contains("has changed"),
+        "the fixed line was taken for a change of the pushed part: {}",
+        stderr(&out)
+    );
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "line 3");
+    let sent = row_ids(&requests(&server).await);
+    assert!(sent.contains(&"fixed-2".to_string()), "{sent:?}");
+    assert!(sent.contains(&"trace-4".to_string()), "{sent:?}");
 }
 
 /// A row update's config goes out as written, keys the client does not model included
