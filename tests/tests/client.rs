@@ -219,8 +219,16 @@ async fn update_row_raw_sends_its_config_as_given_and_checks_the_keys_it_knows()
     c.update_row_raw(PIPELINE, "x", &row, Some(config))
         .await
         .unwrap();
-    // An empty config is not sent.
+    // An empty config is not sent, nor one whose keys are all null (unset).
     c.update_row_raw(PIPELINE, "x", &row, Some(&serde_json::Map::new()))
+        .await
+        .unwrap();
+    let nulls = json!({"groundTruthColumnName": null, "scoreColumnName": null});
+    c.update_row_raw(PIPELINE, "x", &row, nulls.as_object())
+        .await
+        .unwrap();
+    let some_null = json!({"groundTruthColumnName": "gt", "humanFeedbackColumnName": null});
+    c.update_row_raw(PIPELINE, "x", &row, some_null.as_object())
         .await
         .unwrap();
     let reqs = requests(&server).await;
@@ -229,6 +237,11 @@ async fn update_row_raw_sends_its_config_as_given_and_checks_the_keys_it_knows()
         r#"{"row":{"gt":1,"score":0.5},"config":{"groundTruthColumnName":"gt","scoreColumnName":"score"}}"#
     );
     assert_eq!(body_text(&reqs[1]), r#"{"row":{"gt":1,"score":0.5}}"#);
+    assert_eq!(body_text(&reqs[2]), r#"{"row":{"gt":1,"score":0.5}}"#);
+    assert_eq!(
+        body_text(&reqs[3]),
+        r#"{"row":{"gt":1,"score":0.5},"config":{"groundTruthColumnName":"gt"}}"#
+    );
 
     // The keys `RowUpdateConfig` models are checked before anything is sent.
     for (config, error) in [
@@ -247,7 +260,7 @@ async fn update_row_raw_sends_its_config_as_given_and_checks_the_keys_it_knows()
             "{e}"
         );
     }
-    assert_eq!(requests(&server).await.len(), 2);
+    assert_eq!(requests(&server).await.len(), 4);
 }
 
 #[tokio::test]

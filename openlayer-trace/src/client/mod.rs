@@ -237,8 +237,8 @@ impl Client {
     /// Updates the row with `inference_id` as [`update_row`](Self::update_row) does, with
     /// `config` sent as given: keys [`RowUpdateConfig`] does not model are kept (a
     /// row-update line of a local trace file holds its config so; `openlayer push` sends
-    /// it with this). The keys it models are checked as `update_row` checks them, and an
-    /// empty `config` is not sent.
+    /// it with this). The keys it models are checked as `update_row` checks them; a key
+    /// set to `null` is left out (as an unset one), and a `config` left empty is not sent.
     ///
     /// Fails with [`Error::InvalidInput`] before sending anything when `update_row` would,
     /// or when a key `RowUpdateConfig` models has a value of another type than it takes.
@@ -250,7 +250,15 @@ impl Client {
         config: Option<&Map<String, Value>>,
     ) -> Result<(), Error> {
         self.check_pipeline_id(pipeline_id)?;
-        let config = config.filter(|c| !c.is_empty());
+        let config: Option<Map<String, Value>> = config
+            .map(|c| {
+                c.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<Map<String, Value>>()
+            })
+            .filter(|c| !c.is_empty());
+        let config = config.as_ref();
         let known = config
             .map(|c| serde_json::from_value::<RowUpdateConfig>(Value::Object(c.clone())))
             .transpose()
