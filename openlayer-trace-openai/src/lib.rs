@@ -68,10 +68,17 @@
 //! `data:image/png;base64,…[base64 image, 1,048,576 bytes left out]`. This applies to
 //!
 //! - the prompt: `image_url` and `input_image` data URLs, `input_audio.data`, a file's
-//!   `file_data`, and any other base64 data URL in it;
+//!   `file_data`, and any other base64 data URL in it (in a chat prompt, only in a user
+//!   message that has an image, audio or file part: a prompt of text alone is recorded as
+//!   it is, without being looked through);
 //! - a chat answer's `message.audio.data`, whole or streamed (its `transcript` is kept,
-//!   and is the output of an answer with no text);
-//! - a Responses answer's `image_generation_call` `result`.
+//!   and is the output of an answer with no text), and any base64 data URL in a whole
+//!   chat answer;
+//! - a Responses answer's `image_generation_call` `result`, and any base64 data URL in a
+//!   whole Responses answer.
+//!
+//! A row still too large for a request has its longest values cut by `openlayer-trace`
+//! until it fits (see its README).
 //!
 //! The `logprobs` of a chat answer (about 1 KB a token with `top_logprobs`) are kept while
 //! all choices' together fit in half of
