@@ -272,7 +272,9 @@ mod tests {
     /// calls write them, as the allocation count shows.
     #[test]
     fn a_step_not_recorded_serializes_nothing_of_the_request() {
-        // Tracing off for this process: no other unit test records.
+        // Tracing off for this whole test binary (the `Guard` is never dropped): no other
+        // unit test here records or calls `init`; one that did would depend on the order
+        // the tests run in, and belongs in an integration test of its own.
         let config = openlayer_trace::Config::builder()
             .disabled(true)
             .build()
