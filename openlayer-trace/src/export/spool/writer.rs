@@ -169,6 +169,9 @@ pub(crate) fn run_writer(
         }
         let mut barriers = Vec::new();
         let mut ahead = Vec::new();
+        // The ids of the updates that came with lines ahead: if those lines stay (a failed
+        // sync), each is one more line of its id in the spool.
+        let mut ahead_ids: Vec<String> = Vec::new();
         let mut close = None;
         for job in batch {
             match job {
@@ -185,6 +188,12 @@ pub(crate) fn run_writer(
                 }
                 Job::Updates(updates, reason, bytes, wal) => {
                     spool.release(updates.len(), bytes);
+                    if !wal.is_empty() {
+                        // Which update each line ahead is of is not kept: all of them are
+                        // held once more (a hold too many only costs a later update of
+                        // the same row a detour through the spool).
+                        ahead_ids.extend(updates.iter().map(|u| u.inference_id.clone()));
+                    }
                     w.write_updates(updates, reason);
                     ahead.extend(wal);
                 }
@@ -204,6 +213,9 @@ pub(crate) fn run_writer(
                 spool.ack_ahead(ahead);
             }
         } else {
+            // Held before they are given up (then they may be replayed, and their holds
+            // given back, at once).
+            spool.hold_ids(ahead_ids.iter().map(String::as_str));
             for r in ahead {
                 spool.give_up(r);
             }
