@@ -397,8 +397,8 @@ impl ConfigBuilder {
     setter!(/// Requests in flight at once (default 4).
         max_in_flight: usize => |c, v| c.max_in_flight = v.max(1));
     setter!(/// The spool directory (`OPENLAYER_SPOOL_DIR`); no spool when unset. It is
-        /// created 0700; an existing one must belong to this process's user and be
-        /// writable by no one else (`init` fails otherwise).
+        /// created 0700; an existing one of another user, or writable by the group or
+        /// others, is used with a warning.
         spool_dir: impl Into<PathBuf> => |c, v| c.spool_dir = Some(v.into()));
     setter!(/// How the spool is used (default [`SpoolMode::Overflow`]).
         spool_mode: SpoolMode => |c, v| c.spool_mode = v);

@@ -31,10 +31,23 @@ pub(super) fn private_file(o: &mut OpenOptions) -> &mut OpenOptions {
     o
 }
 
-/// Creates a directory of the spool (0700), or checks one that exists: it must belong to
-/// this process's user and be writable by no one else (another user could plant rows in
-/// it that we would send with our key, or remove ours); one readable by others is used,
-/// with a warning (its mode is not ours to change: it may be a shared parent).
+/// Opens a file of the spool for reading, never through a symbolic link.
+pub(super) fn open_read(path: &Path) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(libc::O_NOFOLLOW);
+    }
+    o.open(path)
+}
+
+/// Creates a directory of the spool (0700), or checks one that exists: one of another
+/// user, or writable by the group or others, is used with a warning (another user could
+/// read its rows, or plant rows that would be sent with this process's key), as is one
+/// readable by others. Its mode is not ours to change: it may be a volume set up for the
+/// process (a Kubernetes `emptyDir`, a group-shared mount).
 pub(super) fn create_private_dir(dir: &Path) -> io::Result<()> {
     let mut b = fs::DirBuilder::new();
     b.recursive(true);
@@ -50,29 +63,18 @@ pub(super) fn create_private_dir(dir: &Path) -> io::Result<()> {
         let meta = fs::metadata(dir)?;
         // SAFETY: `geteuid` has no preconditions and cannot fail.
         let euid = unsafe { libc::geteuid() };
-        if meta.uid() != euid {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "the spool directory {} belongs to user {}, not to this process's user                      ({euid}): another user could read the rows in it or plant rows in it",
-                    dir.display(),
-                    meta.uid()
-                ),
-            ));
-        }
         let mode = meta.permissions().mode();
-        if mode & 0o022 != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "the spool directory {} is writable by other users (mode {:o}): they \
-                     could plant rows in it; use a directory of its own, mode 0700",
-                    dir.display(),
-                    mode & 0o7777
-                ),
-            ));
-        }
-        if mode & 0o044 != 0 {
+        if meta.uid() != euid || mode & 0o022 != 0 {
+            crate::util::diag::warn_limited!(
+                dir = %dir.display(),
+                owner = meta.uid(),
+                mode = format_args!("{:o}", mode & 0o7777),
+                "the spool directory belongs to another user or is writable by the group or \
+                 others: they could read its rows, or plant rows that would be sent with this \
+                 process's key; point spool_dir at a directory of its own (created with mode \
+                 0700 when it does not exist)"
+            );
+        } else if mode & 0o044 != 0 {
             crate::util::diag::warn_limited!(
                 dir = %dir.display(),
                 "the spool directory is readable by other users; make it 0700"
@@ -139,9 +141,13 @@ pub(super) fn parse_seq(name: &str, ext: &str) -> Option<u64> {
 const SEQ_MAX: u64 = 1 << 62;
 
 pub(super) fn read_acks(path: &Path) -> HashSet<u64> {
-    let Ok(bytes) = fs::read(path) else {
+    let mut bytes = Vec::new();
+    if open_read(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .is_err()
+    {
         return HashSet::new();
-    };
+    }
     // Only newline-terminated records count: a torn last record is ignored. Read as
     // bytes: one damaged record (not UTF-8) must not cost the others.
     let complete = match bytes.iter().rposition(|&b| b == b'\n') {
@@ -172,7 +178,7 @@ pub(super) fn ends_torn(f: &mut File) -> bool {
 
 /// Counts the complete lines of a file; returns (lines, length of the complete lines).
 pub(super) fn count_lines(path: &Path) -> io::Result<(u64, u64)> {
-    let mut f = File::open(path)?;
+    let mut f = open_read(path)?;
     let mut buf = vec![0u8; 64 * 1024];
     let (mut lines, mut pos, mut end) = (0u64, 0u64, 0u64);
     loop {

@@ -188,6 +188,15 @@ impl Spool {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if let Some(seq) = parse_seq(name, DATA_EXT) {
+                // Only a regular file is ours (not a symbolic link planted under a
+                // segment's name, whose target we would send).
+                if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                    crate::util::diag::warn_limited!(
+                        path = %entry.path().display(),
+                        "a spool file that is not a regular file is left alone"
+                    );
+                    continue;
+                }
                 let len = match entry.metadata() {
                     Ok(m) => m.len(),
                     // Removed since it was listed (another process's spool, let go).

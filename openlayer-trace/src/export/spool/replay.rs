@@ -1,7 +1,6 @@
 //! Replay: reading unacknowledged lines back in batches (on the flusher's thread), and
 //! settling each batch once it is sent.
 
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::sync::atomic::Ordering::SeqCst;
 
@@ -259,7 +258,7 @@ impl Spool {
         let path = self.data_path(seq);
         let Index { segments, .. } = index;
         let seg = segments.get_mut(&seq).expect("listed above");
-        let mut file = File::open(&path)?;
+        let mut file = super::dir::open_read(&path)?;
         file.seek(SeekFrom::Start(seg.cursor))?;
         let mut reader = BufReader::new(file.take(end - seg.cursor));
         let mut pos = seg.cursor;
