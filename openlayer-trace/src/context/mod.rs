@@ -374,7 +374,8 @@ pub(crate) fn close_step(step: &OpenStep, end: i64, closing: Closing<'_>) {
     release_locked(&step.trace, st);
     if left_out {
         warn_limited!(
-            "a step's output was left out (a marker recorded instead): traces still open hold              the most memory queue_max_bytes allows them"
+            "a step's output was left out (a marker recorded instead): traces still open hold \
+             the most memory queue_max_bytes allows them"
         );
     }
 }
