@@ -49,8 +49,9 @@ pub(crate) enum Prepared<T = EncodedRow> {
     /// Encoding or the mask failed (counted as dropped, `encoding`).
     Failed,
     /// Nests too deep to be masked or cut on this thread's stack (see
-    /// [`shape_on_big_stack`]): to be prepared on a worker thread, where it is deep
-    /// enough to be [`Failed`](Prepared::Failed) only past [`WORKER_SHAPE_DEPTH`].
+    /// [`shape_on_big_stack`]), or is too large for a request and is to be cut on a
+    /// worker (see [`Shaper::cut_to_fit`]): to be prepared on a worker thread, where it is
+    /// dropped (counted) only when it nests deeper than [`WORKER_SHAPE_DEPTH`].
     TooDeep,
 }
 
@@ -129,37 +130,60 @@ impl Shaper {
 
     /// A row too large for any request with its longest values cut (strings to a byte
     /// budget, lists to as many items, each with a marker; the step tree itself is never
-    /// cut), the budget halved until it fits: `Ok(Some(row))`. `Ok(None)` when even the
-    /// smallest budget does not make it fit (it is then rejected, and counted, as it was),
+    /// cut): `Ok(Some(row))`, with the largest budget (of an eighth of a request, halved
+    /// again and again down to [`MIN_CUT_BUDGET`]) that makes it fit, found by bisection
+    /// (at most five cuts of a copy of the row). `Ok(None)` when even the smallest budget
+    /// does not make it fit (it is then rejected, and counted, as it was), tried first;
     /// `Err(())` when it is not a JSON object.
     fn cut_to_fit(&self, row: &str, config: &str) -> Result<Option<String>, ()> {
         let fixed = crate::util::json::replace_lone_surrogates(row);
         let node: Node = from_str_deep(fixed.as_deref().unwrap_or(row)).map_err(|_| ())?;
-        let mut budget = self.max_request / 8;
-        while budget >= MIN_CUT_BUDGET {
+        // Budgets from the largest: an eighth of a request, halved down to the smallest.
+        let budgets: Vec<usize> =
+            std::iter::successors(Some(self.max_request / 8), |b| Some(b / 2))
+                .take_while(|&b| b >= MIN_CUT_BUDGET)
+                .collect();
+        let cut_with = |budget: usize| -> Result<Option<String>, ()> {
             let mut cut = node.clone();
-            if cut.apply_budget(budget, Place::Row) {
-                let text = serde_json::to_string(&cut).map_err(|_| ())?;
-                if self.fits(&text, config) {
-                    return Ok(Some(text));
+            cut.apply_budget(budget, Place::Row);
+            let text = serde_json::to_string(&cut).map_err(|_| ())?;
+            Ok(self.fits(&text, config).then_some(text))
+        };
+        let Some(&smallest) = budgets.last() else {
+            return Ok(None);
+        };
+        let Some(mut best) = cut_with(smallest)? else {
+            return Ok(None);
+        };
+        // `budgets[hi]` fits; find the first (largest) that does.
+        let (mut lo, mut hi) = (0, budgets.len() - 1);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match cut_with(budgets[mid])? {
+                Some(text) => {
+                    best = text;
+                    hi = mid;
                 }
+                None => lo = mid + 1,
             }
-            budget /= 2;
         }
-        Ok(None)
+        Ok(Some(best))
     }
 
     /// [`cut_to_fit`](Self::cut_to_fit) on a prepared row that a request could not carry.
+    /// Never on a thread of the application (in write-ahead mode, the thread that
+    /// completed the trace): the row goes to a worker, as a row too deep does, for the
+    /// cuts copy and serialize the whole row.
     fn fit(&self, mut row: EncodedRow) -> Prepared {
         if self.fits(&row.row, &row.config) {
             return Prepared::Row(row);
         }
-        if crate::util::json::nests_deeper_than(
-            row.row.as_bytes(),
-            SHAPE_DEPTH
-                .try_with(|d| d.get())
-                .unwrap_or(CALLER_SHAPE_DEPTH),
-        ) {
+        let depth = SHAPE_DEPTH
+            .try_with(|d| d.get())
+            .unwrap_or(CALLER_SHAPE_DEPTH);
+        if depth < WORKER_SHAPE_DEPTH
+            || crate::util::json::nests_deeper_than(row.row.as_bytes(), depth)
+        {
             return Prepared::TooDeep;
         }
         match self.cut_to_fit(&row.row, &row.config) {
@@ -930,7 +954,8 @@ mod tests {
             ));
             assert_eq!(out, format!("earlier line\n{expected}"));
         }
-        // Too large for a request: cut to fit, on the local file's path too.
+        // Too large for a request: cut to fit, on the local file's path too (on a
+        // worker's thread; on another, it goes to a worker).
         let mut long = one_step_trace();
         let inputs = format!(
             r#"{{"name":"{}","email":"ada@example.com"}}"#,
@@ -942,6 +967,12 @@ mod tests {
             ..shaper(None, None)
         };
         let mut out = String::new();
+        assert!(matches!(
+            small.prepare_line(&long, Some("dflt"), &mut out),
+            Prepared::TooDeep
+        ));
+        assert!(out.is_empty());
+        shape_on_big_stack();
         assert!(matches!(
             small.prepare_line(&long, Some("dflt"), &mut out),
             Prepared::Row(())
