@@ -299,7 +299,7 @@ fn child() {
                 } else {
                     assert_eq!(
                         *o,
-                        "…[output of 4002 bytes left out: traces still open hold the most memory queue_max_bytes allows them]"
+                        "…[4002 bytes left out: traces still open hold the most memory queue_max_bytes allows them]"
                     );
                 }
             }

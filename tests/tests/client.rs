@@ -1016,6 +1016,24 @@ async fn the_total_pages_of_meta_end_a_list_of_full_pages_without_an_empty_page(
 }
 
 #[tokio::test]
+async fn the_total_items_of_meta_end_a_list_of_capped_pages() {
+    let server = MockServer::start().await;
+    // Pages of at most 30, whatever is asked, with only `totalItems` in `_meta`.
+    mount_get(&server, "/v1/projects", move |r: &Request| {
+        let page: usize = query(r, "page").unwrap().parse().unwrap();
+        let start = ((page - 1) * 30).min(70);
+        let end = (start + 30).min(70);
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"_meta": {"totalItems": 70}, "items": items("p", start..end)}))
+    })
+    .await;
+    let projects = client(&server).list_projects(None).await.unwrap();
+    assert_eq!(projects.len(), 70);
+    assert_eq!(projects[69].id, "p69");
+    assert_eq!(pages_asked(&server).await, [1, 2, 3]);
+}
+
+#[tokio::test]
 async fn an_empty_list_with_meta_is_one_request() {
     let server = MockServer::start().await;
     mount_get(&server, "/v1/projects", paged_with_meta("p", 0, 1000)).await;

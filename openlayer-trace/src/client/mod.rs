@@ -739,9 +739,9 @@ impl List {
     }
 
     /// Every item: pages 1, 2, ... until the last. When the answer has the platform's
-    /// `_meta`, its `totalPages` says which page is the last, and its `perPage` how many
-    /// items a full page holds (a server may hold fewer than were asked for); an empty
-    /// page ends the list too. Without `_meta`, a page holding fewer than `per_page` items
+    /// `_meta`, its `totalPages` says which page is the last, else its `perPage` how many
+    /// items a full page holds (a server may hold fewer than were asked for), else its
+    /// `totalItems` how many items there are; an empty page ends the list too. Without `_meta`, a page holding fewer than `per_page` items
     /// is the last. Fails rather than loop when a full page repeats the one before it (a
     /// server that ignores `page`) or when `max_pages` pages still did not end the list.
     async fn all<T: DeserializeOwned + PartialEq>(
@@ -763,6 +763,10 @@ impl List {
                     per_page: Some(full),
                     ..
                 }) => items.is_empty() || (items.len() as u64) < full,
+                Some(PageMeta {
+                    total_items: Some(total),
+                    ..
+                }) => items.is_empty() || (all.len() + items.len()) as u64 >= total,
                 // A short page is the last; a longer one means the server does not page.
                 _ => items.len() != per_page as usize,
             };

@@ -153,6 +153,9 @@ pub(crate) struct PageMeta {
     /// How many pages the list has.
     #[serde(rename = "totalPages", default)]
     pub total_pages: Option<u64>,
+    /// How many items the list has.
+    #[serde(rename = "totalItems", default)]
+    pub total_items: Option<u64>,
 }
 
 #[cfg(test)]

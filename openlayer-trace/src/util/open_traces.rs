@@ -154,11 +154,12 @@ pub(crate) fn admit_bytes(bytes: usize) -> bool {
     fits
 }
 
-/// The JSON text recorded in place of an output of `bytes` that open traces had no room
-/// for (a string, so that the row shows what happened).
+/// The JSON text recorded in place of a value (an output, a logged output, a span's
+/// inputs recorded later) of `bytes` that open traces had no room for (a string, so that
+/// the row shows what happened).
 pub(crate) fn left_out_marker(bytes: usize) -> String {
     format!(
-        "\"…[output of {bytes} bytes left out: traces still open hold the most memory queue_max_bytes allows them]\""
+        "\"…[{bytes} bytes left out: traces still open hold the most memory queue_max_bytes allows them]\""
     )
 }
 
