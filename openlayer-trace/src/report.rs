@@ -14,7 +14,7 @@ pub enum DropReason {
     /// The hand-off queue was full (in traces or bytes) and no spool was configured.
     QueueFull,
     /// The server rejected the data for good (400, 413 or 422), or a row was larger than a
-    /// request may be (`batch_max_bytes`); also a 401, 403, 404 or 3xx when no spool can keep
+    /// request may be (`batch_max_bytes`) even with its longest values cut; also a 401, 403, 404 or 3xx when no spool can keep
     /// the rows until the configuration is fixed.
     Rejected,
     /// Retries were exhausted and no spool was configured.

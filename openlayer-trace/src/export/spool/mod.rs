@@ -213,6 +213,7 @@ impl Spool {
                         inflight: HashSet::new(),
                         cursor: 0,
                         ack_file: None,
+                        read_failures: 0,
                     },
                 );
                 index.next_seq = index.next_seq.max(seq + 1);
@@ -315,6 +316,7 @@ impl Spool {
                     inflight: HashSet::new(),
                     cursor: 0,
                     ack_file: None,
+                    read_failures: 0,
                 },
             );
             return Ok((live, file));

@@ -10,6 +10,18 @@ use super::segment::{Index, LiveSeg};
 use super::{Job, Spool};
 use crate::report::DropReason;
 
+/// Rows of spool files lost during a replay pass, by how.
+#[derive(Default)]
+struct Lost {
+    /// In files removed behind the spool's back.
+    removed: u64,
+    /// In files set aside because they could not be read.
+    unreadable: u64,
+}
+
+/// Replay passes in a row that may fail to read a spool file before it is set aside.
+pub(super) const UNREADABLE_PASSES: u32 = 5;
+
 /// A batch of spooled lines to send again: data-stream rows of one pipeline and one
 /// config, or one row update.
 #[derive(Debug)]
@@ -121,30 +133,44 @@ impl Spool {
         max_bytes: usize,
         default_pipeline: Option<&str>,
     ) -> Option<ReplayBatch> {
-        let mut lost = 0;
+        let mut lost = Lost::default();
         let batch = self.next_replay_locked(max_rows, max_bytes, default_pipeline, &mut lost);
-        if lost > 0 {
-            crate::report::notify(
-                self.on_failure.as_ref(),
-                crate::report::DeliveryFailure {
-                    rows: lost,
-                    dropped: Some(DropReason::SpoolEvicted),
-                    status: None,
-                    message: "a spool file was removed before its rows were sent".into(),
-                },
-            );
+        for (rows, reason, message) in [
+            (
+                lost.removed,
+                DropReason::SpoolEvicted,
+                "a spool file was removed before its rows were sent",
+            ),
+            (
+                lost.unreadable,
+                DropReason::Encoding,
+                "a spool file could not be read and was set aside (<name>.unreadable)",
+            ),
+        ] {
+            if rows > 0 {
+                crate::report::notify(
+                    self.on_failure.as_ref(),
+                    crate::report::DeliveryFailure {
+                        rows,
+                        dropped: Some(reason),
+                        status: None,
+                        message: message.into(),
+                    },
+                );
+            }
         }
         batch
     }
 
     /// [`next_replay`](Self::next_replay) under the index's lock; `lost` counts the rows
-    /// of spool files found removed (told to `on_failure` once the lock is released).
+    /// of spool files found removed or set aside (told to `on_failure` once the lock is
+    /// released).
     fn next_replay_locked(
         &self,
         max_rows: usize,
         max_bytes: usize,
         default_pipeline: Option<&str>,
-        lost: &mut u64,
+        lost: &mut Lost,
     ) -> Option<ReplayBatch> {
         let mut index = lock(&self.index);
         let seqs: Vec<u64> = index.segments.keys().copied().collect();
@@ -192,6 +218,11 @@ impl Spool {
                 // delivered, and the update can follow.
                 self.rotate_ahead_soon(l);
             }
+            if read.is_ok()
+                && let Some(seg) = index.segments.get_mut(&seq)
+            {
+                seg.read_failures = 0;
+            }
             match read {
                 Ok(Some(batch)) => return Some(batch),
                 Ok(None) if order.held => return None,
@@ -200,9 +231,13 @@ impl Spool {
                     if e.kind() == io::ErrorKind::NotFound
                         && let Some(n) = self.forget_removed(&mut index, seq) =>
                 {
-                    *lost += n;
+                    lost.removed += n;
                 }
                 Err(e) => {
+                    if let Some(n) = self.set_aside_unreadable(&mut index, seq) {
+                        lost.unreadable += n;
+                        continue;
+                    }
                     // Its lines, unread, may be the rows of later updates: they wait.
                     earlier = true;
                     crate::util::diag::warn_limited!(path = %self.data_path(seq).display(), error = %e, "could not read a spool file");
@@ -210,6 +245,50 @@ impl Spool {
             }
         }
         None
+    }
+
+    /// A settled spool file that could not be read in [`UNREADABLE_PASSES`] replay passes
+    /// in a row: renamed `<name>.unreadable` (for a person to look at) and forgotten, its
+    /// rows not replayed counted as dropped (`encoding`), so that what comes after it is
+    /// no longer held back behind it. `None` (kept, to be tried again) before that.
+    fn set_aside_unreadable(&self, index: &mut Index, seq: u64) -> Option<u64> {
+        let seg = index.segments.get_mut(&seq)?;
+        seg.read_failures += 1;
+        if seg.read_failures < UNREADABLE_PASSES
+            || !seg.live.sealed.load(SeqCst)
+            || seg.live.outstanding.load(SeqCst) > 0
+            || !seg.inflight.is_empty()
+        {
+            return None;
+        }
+        let known = seg.live.lines_known.load(SeqCst);
+        let n = if known {
+            seg.live
+                .lines
+                .load(SeqCst)
+                .saturating_sub(seg.acked.len() as u64)
+        } else {
+            0
+        };
+        let bytes = seg.live.bytes.load(SeqCst);
+        let path = self.data_path(seq);
+        let mut aside = path.clone().into_os_string();
+        aside.push(".unreadable");
+        let _ = std::fs::rename(&path, &aside);
+        let _ = self
+            .total
+            .fetch_update(SeqCst, SeqCst, |t| Some(t.saturating_sub(bytes)));
+        self.remove_segment(index, seq);
+        if n > 0 {
+            self.counters.drop_spooled(DropReason::Encoding, n);
+        }
+        crate::util::diag::warn_limited!(
+            path = %path.display(),
+            set_aside = %std::path::Path::new(&aside).display(),
+            rows = if known { n.to_string() } else { format!("unknown ({bytes} bytes)") },
+            "a spool file could not be read again and again; set aside, its rows dropped (counted when known)"
+        );
+        Some(n)
     }
 
     /// A settled spool file removed behind the spool's back (a cleaner of old files, say):

@@ -859,3 +859,39 @@ fn the_directory_is_left_as_it_is_and_links_are_not_followed() {
     );
     let _ = fs::remove_file(&target);
 }
+
+/// A spool file that cannot be read (here a directory in its place) is set aside after a
+/// few replay passes, its rows counted as dropped, so that it holds nothing back for good.
+#[test]
+fn a_file_that_cannot_be_read_is_set_aside_and_counted() {
+    let dir = temp_dir("unreadable");
+    let (spool, _, t) = start(&dir);
+    spool_and_sync(&spool, &["a", "b"]);
+    stop(&spool, t);
+    drop(spool);
+    let (spool, counters, t) = start(&dir);
+    let file = files_in(&dir)
+        .into_iter()
+        .find(|f| f.extension().is_some_and(|e| e == DATA_EXT))
+        .unwrap();
+    // Its lines are known (counted when the writer started).
+    let done = Arc::new(Completion::default());
+    spool.barrier(done.clone());
+    assert!(done.wait_until(std::time::Instant::now() + std::time::Duration::from_secs(5)));
+    fs::remove_file(&file).unwrap();
+    fs::create_dir(&file).unwrap();
+    for _ in 0..replay::UNREADABLE_PASSES - 1 {
+        assert!(spool.next_replay(1000, 1 << 20, None).is_none());
+        assert_eq!(counters.spool_dropped.load(Relaxed), 0, "tried again first");
+    }
+    assert!(spool.next_replay(1000, 1 << 20, None).is_none());
+    assert_eq!(counters.spool_dropped.load(Relaxed), 2);
+    assert_eq!(counters.encoding.load(Relaxed), 2);
+    let mut aside = file.clone().into_os_string();
+    aside.push(".unreadable");
+    assert!(
+        Path::new(&aside).is_dir(),
+        "set aside for a person to look at"
+    );
+    stop(&spool, t);
+}
