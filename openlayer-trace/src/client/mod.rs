@@ -920,20 +920,26 @@ async fn send_unrepeatable(t: &Transport, req: &ApiRequest) -> Result<ApiRespons
 /// Sends `req` and checks the answer of a write: a 2xx whose body, when it is JSON with
 /// `success: false`, is an error all the same.
 async fn expect_success(t: &Transport, req: &ApiRequest) -> Result<(), Error> {
-    check_success(req, send(t, req).await?)
+    check_success(t, req, send(t, req).await?)
 }
 
 /// The answer `resp` to the write `req`: an error when its body is JSON with
 /// `success: false`.
-pub(super) fn check_success(req: &ApiRequest, resp: ApiResponse) -> Result<(), Error> {
+pub(super) fn check_success(
+    t: &Transport,
+    req: &ApiRequest,
+    resp: ApiResponse,
+) -> Result<(), Error> {
     if let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&resp.body)
         && body.get("success") == Some(&Value::Bool(false))
     {
-        let message = ["error", "message"]
-            .iter()
-            .find_map(|k| body.get(*k).and_then(Value::as_str))
-            .unwrap_or("the platform answered success: false")
-            .to_string();
+        // As an error answer's message: without the API key, and cut.
+        let message = t.server_text(
+            ["error", "message"]
+                .iter()
+                .find_map(|k| body.get(*k).and_then(Value::as_str))
+                .unwrap_or("the platform answered success: false"),
+        );
         return Err(Error::Api {
             status: resp.status,
             message,

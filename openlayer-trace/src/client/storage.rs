@@ -120,7 +120,7 @@ pub(crate) async fn register(
     }
     let sent = t.send_unrepeatable(&req).await;
     match sent.result {
-        Ok(answer) => super::check_success(&req, answer),
+        Ok(answer) => super::check_success(t, &req, answer),
         Err(e) if sent.uncertain => Err(Error::AppendUncertain {
             rows,
             source: Box::new(e),
@@ -261,7 +261,16 @@ pub(crate) async fn upload(
                 let status = resp.status();
                 let asked =
                     crate::transport::retry_after(resp.headers(), std::time::SystemTime::now());
-                let text = resp.text().await.unwrap_or_default();
+                // Bounded: a storage error's message is cut below anyway.
+                let text =
+                    match crate::transport::read_bounded(resp, crate::transport::MAX_ERROR_BYTES)
+                        .await
+                    {
+                        Ok(
+                            crate::transport::Bounded::Whole(b) | crate::transport::Bounded::Cut(b),
+                        ) => String::from_utf8_lossy(&b).into_owned(),
+                        Err(_) => String::new(),
+                    };
                 let mut message = text.trim().to_string();
                 if message.chars().count() > 500 {
                     message = message.chars().take(500).collect::<String>() + "...";

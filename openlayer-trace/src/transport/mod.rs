@@ -49,6 +49,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(8);
 pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Most bytes of a server message kept in an error.
 const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Most bytes of a successful answer read (a page of a list, a presigned URL, an answer
+/// to a write: all far smaller): a server sending more fails the request rather than
+/// fill the memory that `queue_max_bytes` bounds.
+pub(crate) const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Most bytes of an error answer read (its message is cut to [`MAX_MESSAGE_BYTES`]).
+pub(crate) const MAX_ERROR_BYTES: usize = 64 * 1024;
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -264,6 +272,19 @@ impl TransportConfig {
                 "base URL must start with http:// or https://, got {base_url:?}"
             )));
         }
+        // The paths are appended to it: a query or fragment would take them in, and a
+        // user and password would be sent (and shown) as they are.
+        if parsed.query().is_some()
+            || parsed.fragment().is_some()
+            || !parsed.username().is_empty()
+            || parsed.password().is_some()
+        {
+            return Err(Error::Config(
+                "the base URL must have no query, fragment, user or password \
+                 (scheme, host, port and path only)"
+                    .into(),
+            ));
+        }
         if let Some(key) = &self.api_key {
             auth_header(key)?;
         }
@@ -315,6 +336,12 @@ impl Transport {
             builder = builder.dns_resolver(Arc::new(HangingResolver));
         }
         let http = builder
+            // Answers are read as they come (bounded): never inflated by the client, which
+            // a feature of reqwest turned on elsewhere in the build would make it do.
+            .no_gzip()
+            .no_brotli()
+            .no_deflate()
+            .no_zstd()
             .user_agent(USER_AGENT)
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.request_timeout)
@@ -442,16 +469,33 @@ impl Transport {
         };
         let status = response.status().as_u16();
         let retry_after = retry_after(response.headers(), SystemTime::now());
-        let body = match response.bytes().await {
-            Ok(body) => body,
+        let success = (200..300).contains(&status);
+        let limit = if success {
+            MAX_RESPONSE_BYTES
+        } else {
+            MAX_ERROR_BYTES
+        };
+        let body = match read_bounded(response, limit).await {
+            Ok(Bounded::Whole(body)) => body,
+            // An error's message is cut anyway: what was read is enough.
+            Ok(Bounded::Cut(body)) if !success => body,
+            Ok(Bounded::Cut(_)) => {
+                return Attempt::Fatal(Error::Transport {
+                    message: format!(
+                        "the answer is larger than {MAX_RESPONSE_BYTES} bytes; not read"
+                    ),
+                    request,
+                    timeout: false,
+                });
+            }
             Err(e) => return self.failed(e, request),
         };
-        if (200..300).contains(&status) {
+        if success {
             return Attempt::Success(ApiResponse { status, body });
         }
         let error = Error::Api {
             status,
-            message: self.redact(server_message(status, &body)),
+            message: self.server_text(&server_message(status, &body)),
             request,
             retry_after,
         };
@@ -668,6 +712,13 @@ impl Transport {
     }
 
     /// Removes the API key from text that came from elsewhere (a server echoing it).
+    /// A text of the server's (a message of its answer) as an error may carry it: the API
+    /// key taken out of it (before it is cut: a cut could leave the key's start), then
+    /// cut to [`MAX_MESSAGE_BYTES`].
+    pub(crate) fn server_text(&self, text: &str) -> String {
+        truncate(&self.redact(text.to_string()))
+    }
+
     fn redact(&self, text: String) -> String {
         match &self.inner.api_key {
             Some(key) if !key.expose().is_empty() && text.contains(key.expose()) => {
@@ -714,15 +765,44 @@ pub(crate) fn chain(e: &reqwest::Error) -> String {
     parts.join(": ")
 }
 
+/// An answer's body, read up to a bound.
+pub(crate) enum Bounded {
+    /// All of it.
+    Whole(Bytes),
+    /// The first bytes of a body longer than the bound (its declared length, or what came).
+    Cut(Bytes),
+}
+
+/// Reads an answer's body, at most `limit` bytes: a body declaring more, or sending
+/// more, is cut there (and the connection dropped with the response).
+pub(crate) async fn read_bounded(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> reqwest::Result<Bounded> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok(Bounded::Cut(Bytes::new()));
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            body.extend_from_slice(&chunk[..limit - body.len()]);
+            return Ok(Bounded::Cut(body.freeze()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bounded::Whole(body.freeze()))
+}
+
 /// The server's message: its JSON `error` or `message` field (a string, or the JSON
-/// of it), else the body text, truncated; the reason phrase when the body is empty.
+/// of it), else the body text (not cut: see [`Transport::server_text`]); the reason
+/// phrase when the body is empty.
 fn server_message(status: u16, body: &[u8]) -> String {
     if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(body) {
         for key in ["error", "message"] {
             match map.get(key) {
                 None | Some(serde_json::Value::Null) => {}
-                Some(serde_json::Value::String(s)) => return truncate(s),
-                Some(other) => return truncate(&other.to_string()),
+                Some(serde_json::Value::String(s)) => return s.clone(),
+                Some(other) => return other.to_string(),
             }
         }
     }
@@ -735,7 +815,7 @@ fn server_message(status: u16, body: &[u8]) -> String {
             .unwrap_or("no message")
             .to_string()
     } else {
-        truncate(text)
+        text.to_string()
     }
 }
 

@@ -617,3 +617,71 @@ fn the_api_key_never_shows_in_debug_output_or_logs() {
     assert!(logs.contains("verification is disabled"), "{logs}");
     assert!(!logs.contains(KEY), "{logs}");
 }
+
+/// An answer larger than a request may read fails it rather than fill the memory; an
+/// error answer is read only as far as its message needs.
+#[tokio::test]
+async fn answers_are_read_up_to_a_bound() {
+    let server = TestServer::start_with(Behavior::always(Response::ok().with_body(vec![
+        b' ';
+        MAX_RESPONSE_BYTES
+            + 1
+    ])));
+    let t = transport(&server);
+    match t.send(&data_stream(&["a"]), None).await.result {
+        Err(Error::Transport { message, .. }) => {
+            assert!(message.contains("larger than"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(server.request_count(), 1, "not tried again");
+
+    let server = TestServer::start_with(Behavior::always(
+        Response::status(400).with_body(vec![b'x'; 10 * MAX_ERROR_BYTES]),
+    ));
+    let t = transport(&server);
+    match t.send(&data_stream(&["a"]), None).await.result {
+        Err(Error::Api { message, .. }) => {
+            assert!(message.len() <= MAX_MESSAGE_BYTES + 3, "{}", message.len())
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The API key is taken out of a server's message before the message is cut, so that no
+/// start of it is left at the cut; a `success: false` answer's message too.
+#[tokio::test]
+async fn a_message_echoing_the_key_across_its_cut_shows_none_of_it() {
+    let body = format!("{}{KEY}", "x".repeat(MAX_MESSAGE_BYTES - 10));
+    let server = TestServer::start_with(Behavior::always(
+        Response::status(400).with_body(body.clone()),
+    ));
+    let t = transport(&server);
+    match t.send(&data_stream(&["a"]), None).await.result {
+        Err(Error::Api { message, .. }) => {
+            assert!(!message.contains(&KEY[..8]), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!t.server_text(&body).contains(&KEY[..8]));
+    assert!(t.server_text(&"y".repeat(10 * MAX_MESSAGE_BYTES)).len() <= MAX_MESSAGE_BYTES + 3);
+}
+
+#[test]
+fn a_base_url_with_a_query_fragment_or_user_is_refused() {
+    for url in [
+        "https://api.example.com/v1?tenant=a",
+        "https://api.example.com/v1#f",
+        "https://user:secret@api.example.com/v1",
+        "https://user@api.example.com/v1",
+    ] {
+        match Transport::new(config(url)) {
+            Err(Error::Config(m)) => {
+                assert!(m.contains("no query"), "{m}");
+                assert!(!m.contains("secret"), "{m}");
+            }
+            other => panic!("{url}: {:?}", other.map(|_| ())),
+        }
+    }
+    assert!(Transport::new(config("https://api.example.com:8443/v1/")).is_ok());
+}
