@@ -136,6 +136,9 @@ impl Collect {
                         // Cut within the item, at a character boundary.
                         let end = crate::util::text::floor_boundary(&self.text, max);
                         self.text.truncate(end);
+                        // What a huge item grew it by is given back, not kept for the
+                        // rest of the stream.
+                        self.text.shrink_to(max);
                         self.cut += 1;
                     }
                     return;
@@ -149,6 +152,7 @@ impl Collect {
         if self.text.len() > max {
             // A list element is kept whole or not at all.
             self.text.truncate(mark);
+            self.text.shrink_to(max);
             self.cut += 1;
         }
     }
@@ -449,5 +453,22 @@ mod tests {
             serde_json::json!("b"),
         ];
         assert_eq!(collected(&v).1, r#"["a",{"k":1},"b""#);
+    }
+
+    /// An item far past the bound leaves no more than the bound allocated (the stream
+    /// may go on for long).
+    #[test]
+    fn a_huge_item_leaves_the_bound_allocated() {
+        let max = crate::util::open_traces::stream_output_max();
+        let huge = "x".repeat(20 * max);
+        let mut c = Collect::new();
+        c.push_item(huge.as_str());
+        assert_eq!(c.text.len(), max);
+        assert!(c.text.capacity() < 2 * max, "{}", c.text.capacity());
+        let mut c = Collect::new();
+        c.push_item(&1);
+        c.push_item(&vec![7u8; 20 * max]);
+        assert_eq!(c.text, "[1");
+        assert!(c.text.capacity() < 2 * max, "{}", c.text.capacity());
     }
 }
