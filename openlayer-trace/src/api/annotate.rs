@@ -248,16 +248,28 @@ pub fn log_output<T: Serialize + ?Sized>(output: &T) {
     with_step_state("log_output", |st, step| set_step_output(st, step, &json));
 }
 
-/// Sets a step's output and marks it as logged, so that its return value does not
-/// replace it.
+/// Sets a step's output as logged, so that its return value does not replace it: kept
+/// with the step (replacing one logged before) until it ends. The bytes it grows by are
+/// held by the open trace; when open traces have no room for them, a marker saying so is
+/// kept instead.
 pub(crate) fn set_step_output(st: &mut TraceState, step: u32, json: &str) {
-    let Some(old) = st.steps.get(step as usize).map(|rec| rec.output) else {
+    let Some(rec) = st.steps.get_mut(step as usize) else {
         return;
     };
-    let r = st.replace_text(old, json);
-    if let Some(rec) = st.steps.get_mut(step as usize) {
-        rec.output = r;
-        rec.extra_mut().output_logged = true;
+    let logged = rec
+        .extra_mut()
+        .logged_output
+        .get_or_insert_with(String::new);
+    let grows = json.len().saturating_sub(logged.len());
+    let admitted = grows == 0 || crate::util::open_traces::admit_bytes(grows);
+    logged.clear();
+    if admitted {
+        logged.push_str(json);
+        st.held += grows;
+    } else {
+        logged.push_str(&crate::util::open_traces::left_out_marker(json.len()));
+        let grows = logged.len();
+        st.hold(grows);
     }
 }
 

@@ -361,9 +361,13 @@ pub(crate) fn close_step(step: &OpenStep, end: i64, closing: Closing<'_>) {
     if closing.status == Status::Cancelled {
         rec.set_metadata(Cow::Borrowed("cancelled"), "true".into());
     }
-    let logged = rec.extra.as_ref().is_some_and(|e| e.output_logged);
+    let logged = rec.extra.as_mut().and_then(|e| e.logged_output.take());
     let mut left_out = false;
-    if let Some(output) = closing.output.filter(|_| !logged) {
+    if let Some(logged) = logged {
+        // Held since it was logged: moved to the trace's text.
+        let r = st.push_text(&logged);
+        st.steps[idx].output = r;
+    } else if let Some(output) = closing.output {
         let r;
         (r, left_out) = st.push_output(output);
         st.steps[idx].output = r;

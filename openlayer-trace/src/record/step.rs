@@ -95,8 +95,11 @@ pub(crate) struct StepExtra {
     pub fields: Vec<(&'static str, Json)>,
     /// The error text (metadata `Exceptions`).
     pub error: Option<Box<str>>,
-    /// The output was set with `log_output`: what the step returns does not replace it.
-    pub output_logged: bool,
+    /// The output set with `log_output` (JSON), kept here until the step ends, then moved
+    /// to the trace's text: what the step returns does not replace it, and logging it
+    /// again and again replaces it in place whatever was written meanwhile. Its bytes are
+    /// held by the open trace.
+    pub logged_output: Option<String>,
     /// The first `model` set, when a later one replaced it: the model asked for, where the
     /// wire's `model` ends as the one that answered (OTLP's `gen_ai.request.model`).
     pub first_model: Option<Json>,

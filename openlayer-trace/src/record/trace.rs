@@ -117,6 +117,7 @@ impl TraceState {
     /// else appended. The bytes the trace's text grows by are counted as held (see
     /// `crate::util::open_traces`); when open traces have no room left for them, a marker
     /// saying so is written instead.
+    #[cfg(feature = "tracing-layer")]
     pub(crate) fn replace_text(&mut self, old: Option<TextRef>, json: &str) -> Option<TextRef> {
         let before = self.text.len();
         let start = old
