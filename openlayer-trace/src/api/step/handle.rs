@@ -108,7 +108,11 @@ impl StepHandle {
     }
 
     /// Makes the step current on this thread until the guard is dropped (also when the
-    /// thread unwinds). Guards nest; drop them in reverse order.
+    /// thread unwinds). Guards nest; drop them in reverse order. Never hold one across an
+    /// `.await` (it is `!Send`, which a `Send` future refuses; a local executor would run
+    /// other tasks under it, and their steps would nest in this trace): in async code,
+    /// use [`StepBuilder::instrument`](crate::StepBuilder::instrument), or
+    /// [`in_scope`](Self::in_scope) around synchronous parts.
     pub fn enter(&self) -> EnteredStep<'_> {
         EnteredStep {
             entered: self
