@@ -123,6 +123,9 @@ struct Sent {
     /// Rows after `rows_done` whose registration's answer was lost: in, or not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     uncertain: Option<u64>,
+    /// Every row of the file was appended (`publish`): a rerun would append them again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    complete: bool,
 }
 
 /// `FILE.sent`.
@@ -180,6 +183,7 @@ pub async fn run(job: Job<'_>) -> Result<u64, CliError> {
         modified_ns,
         rows_done: 0,
         uncertain: None,
+        complete: false,
     };
     match std::fs::read(&state_path) {
         Ok(bytes) => {
@@ -200,6 +204,7 @@ pub async fn run(job: Job<'_>) -> Result<u64, CliError> {
                 },
                 rows_done: before.rows_done,
                 uncertain: before.uncertain,
+                complete: before.complete,
                 ..sent
             };
             if before != same {
@@ -210,6 +215,16 @@ pub async fn run(job: Job<'_>) -> Result<u64, CliError> {
                 )));
             }
             sent = same;
+            if sent.complete {
+                return Err(CliError::Usage(format!(
+                    "every row of {} was appended already ({} row(s), recorded in {}): a rerun \
+                     would append them again; remove {} to publish the file again",
+                    job.file.display(),
+                    sent.rows_done,
+                    state_path.display(),
+                    state_path.display()
+                )));
+            }
             if let Some(n) = sent.uncertain.take() {
                 let (from, to) = (sent.rows_done + 1, sent.rows_done + n);
                 match job.uncertain {
@@ -326,7 +341,18 @@ pub async fn run(job: Job<'_>) -> Result<u64, CliError> {
         save(&state_path, &sent)?;
     }
     bar.finish();
-    let _ = std::fs::remove_file(&state_path);
+    match job.mode {
+        // Appended: kept as a record that the file is in, so that a rerun does not append
+        // it again.
+        Mode::Publish { .. } => {
+            sent.complete = true;
+            save(&state_path, &sent)?;
+        }
+        // Merged: merging again changes nothing, and an edited file may be merged again.
+        Mode::Update { .. } => {
+            let _ = std::fs::remove_file(&state_path);
+        }
+    }
     Ok(this_run)
 }
 

@@ -574,7 +574,16 @@ async fn a_failed_upload_is_resumed_by_a_rerun() {
     let first_upload: Vec<String> = sent[..1_000].to_vec();
     let rerun: Vec<String> = sent[sent.len() - 1_500..].to_vec();
     assert!([first_upload, rerun].concat() == expected);
-    assert!(!dir.path("rows.jsonl.sent").exists());
+    // Kept as a record that the file is in: a third run appends nothing again.
+    assert!(dir.path("rows.jsonl.sent").exists());
+    server.reset().await;
+    mount_platform(&server).await;
+    mount_storage(&server, 204, None).await;
+    let out = openlayer(&args, &server).await;
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(err.contains("appended already (2500 row(s)"), "{err}");
+    assert!(requests(&server).await.is_empty());
 }
 
 /// The answer to an append's registration is lost (a 500: the platform may have appended
@@ -645,7 +654,9 @@ async fn rows_whose_registration_is_uncertain_are_not_sent_again_unasked() {
             .map(|s| s.parse().unwrap())
             .collect();
         assert_eq!(ids, expected_rerun, "{choice}");
-        assert!(!dir.path("rows.jsonl.sent").exists());
+        // Every row is in: recorded, so that a rerun does not append them again.
+        assert!(dir.path("rows.jsonl.sent").exists());
+        std::fs::remove_file(dir.path("rows.jsonl.sent")).unwrap();
     }
 }
 
