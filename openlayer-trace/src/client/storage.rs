@@ -262,15 +262,18 @@ pub(crate) async fn upload(
                 let asked =
                     crate::transport::retry_after(resp.headers(), std::time::SystemTime::now());
                 // Bounded: a storage error's message is cut below anyway.
-                let text =
-                    match crate::transport::read_bounded(resp, crate::transport::MAX_ERROR_BYTES)
-                        .await
-                    {
-                        Ok(
-                            crate::transport::Bounded::Whole(b) | crate::transport::Bounded::Cut(b),
-                        ) => String::from_utf8_lossy(&b).into_owned(),
-                        Err(_) => String::new(),
-                    };
+                let text = match crate::transport::read_bounded(
+                    resp,
+                    crate::transport::MAX_ERROR_BYTES,
+                    true,
+                )
+                .await
+                {
+                    Ok(crate::transport::Bounded::Whole(b) | crate::transport::Bounded::Cut(b)) => {
+                        String::from_utf8_lossy(&b).into_owned()
+                    }
+                    Err(_) => String::new(),
+                };
                 let mut message = text.trim().to_string();
                 if message.chars().count() > 500 {
                     message = message.chars().take(500).collect::<String>() + "...";

@@ -160,14 +160,22 @@ impl ApiRequest {
 pub(crate) struct ApiResponse {
     /// The status code.
     pub status: u16,
-    /// The body.
+    /// The body (its first [`MAX_RESPONSE_BYTES`] when it is longer: see `cut`).
     pub body: Bytes,
+    /// The body was longer than [`MAX_RESPONSE_BYTES`] and was not read whole: a write it
+    /// answers went through (a 2xx), but no value can be read from it.
+    pub cut: bool,
 }
 
 impl ApiResponse {
     /// The body decoded from JSON.
     #[cfg(feature = "client")]
     pub(crate) fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        if self.cut {
+            return Err(Error::InvalidInput(format!(
+                "the answer is larger than {MAX_RESPONSE_BYTES} bytes; it was not read"
+            )));
+        }
         serde_json::from_slice(&self.body).map_err(Error::Json)
     }
 }
@@ -272,12 +280,12 @@ impl TransportConfig {
                 "base URL must start with http:// or https://, got {base_url:?}"
             )));
         }
-        // The paths are appended to it: a query or fragment would take them in, and a
-        // user and password would be sent (and shown) as they are.
-        if parsed.query().is_some()
-            || parsed.fragment().is_some()
-            || !parsed.username().is_empty()
+        // A user and password would be sent (and shown) as they are. The API's paths are
+        // appended to its base URL: a query or fragment would take them in (an OTLP
+        // endpoint is the whole URL, its query kept after `/v1/traces`).
+        if !parsed.username().is_empty()
             || parsed.password().is_some()
+            || (!self.protobuf && (parsed.query().is_some() || parsed.fragment().is_some()))
         {
             return Err(Error::Config(
                 "the base URL must have no query, fragment, user or password \
@@ -475,23 +483,17 @@ impl Transport {
         } else {
             MAX_ERROR_BYTES
         };
-        let body = match read_bounded(response, limit).await {
-            Ok(Bounded::Whole(body)) => body,
-            // An error's message is cut anyway: what was read is enough.
-            Ok(Bounded::Cut(body)) if !success => body,
-            Ok(Bounded::Cut(_)) => {
-                return Attempt::Fatal(Error::Transport {
-                    message: format!(
-                        "the answer is larger than {MAX_RESPONSE_BYTES} bytes; not read"
-                    ),
-                    request,
-                    timeout: false,
-                });
-            }
+        // A 2xx declaring more than it may is not read at all; an error's first bytes
+        // are (its message is cut anyway).
+        let (body, cut) = match read_bounded(response, limit, !success).await {
+            Ok(Bounded::Whole(body)) => (body, false),
+            Ok(Bounded::Cut(body)) => (body, true),
             Err(e) => return self.failed(e, request),
         };
         if success {
-            return Attempt::Success(ApiResponse { status, body });
+            // Cut or not, the server took the request: a write went through (sending it
+            // again would repeat it); a value read from it fails (`ApiResponse::json`).
+            return Attempt::Success(ApiResponse { status, body, cut });
         }
         let error = Error::Api {
             status,
@@ -773,13 +775,15 @@ pub(crate) enum Bounded {
     Cut(Bytes),
 }
 
-/// Reads an answer's body, at most `limit` bytes: a body declaring more, or sending
-/// more, is cut there (and the connection dropped with the response).
+/// Reads an answer's body, at most `limit` bytes: a body sending more is cut there (and
+/// the connection dropped with the response). One declaring more is not read at all,
+/// unless `prefix` asks for its first `limit` bytes all the same.
 pub(crate) async fn read_bounded(
     mut response: reqwest::Response,
     limit: usize,
+    prefix: bool,
 ) -> reqwest::Result<Bounded> {
-    if response.content_length().is_some_and(|n| n > limit as u64) {
+    if !prefix && response.content_length().is_some_and(|n| n > limit as u64) {
         return Ok(Bounded::Cut(Bytes::new()));
     }
     let mut body = bytes::BytesMut::new();

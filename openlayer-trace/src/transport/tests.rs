@@ -618,8 +618,10 @@ fn the_api_key_never_shows_in_debug_output_or_logs() {
     assert!(!logs.contains(KEY), "{logs}");
 }
 
-/// An answer larger than a request may read fails it rather than fill the memory; an
-/// error answer is read only as far as its message needs.
+/// An answer larger than a request may read is not read whole (rather than fill the
+/// memory): a write it answers went through all the same (sending it again would repeat
+/// it), a value read from it fails; an error answer is read only as far as its message
+/// needs.
 #[tokio::test]
 async fn answers_are_read_up_to_a_bound() {
     let server = TestServer::start_with(Behavior::always(Response::ok().with_body(vec![
@@ -628,10 +630,11 @@ async fn answers_are_read_up_to_a_bound() {
             + 1
     ])));
     let t = transport(&server);
-    match t.send(&data_stream(&["a"]), None).await.result {
-        Err(Error::Transport { message, .. }) => {
-            assert!(message.contains("larger than"), "{message}")
-        }
+    let answer = t.send(&data_stream(&["a"]), None).await.result.unwrap();
+    assert!(answer.cut);
+    assert!(answer.body.len() <= MAX_RESPONSE_BYTES);
+    match answer.json::<Value>() {
+        Err(Error::InvalidInput(m)) => assert!(m.contains("larger than"), "{m}"),
         other => panic!("{other:?}"),
     }
     assert_eq!(server.request_count(), 1, "not tried again");
@@ -684,4 +687,15 @@ fn a_base_url_with_a_query_fragment_or_user_is_refused() {
         }
     }
     assert!(Transport::new(config("https://api.example.com:8443/v1/")).is_ok());
+    // An OTLP endpoint is the whole URL: its query is kept.
+    let otlp = TransportConfig {
+        protobuf: true,
+        ..config("http://127.0.0.1:4318/v1/traces?tenant=a")
+    };
+    assert!(Transport::new(otlp).is_ok());
+    let otlp = TransportConfig {
+        protobuf: true,
+        ..config("http://user:pw@127.0.0.1:4318/v1/traces")
+    };
+    assert!(Transport::new(otlp).is_err());
 }
