@@ -187,6 +187,15 @@ impl Spool {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
+            if let Some(seq) = name
+                .strip_suffix(replay::UNREADABLE_SUFFIX)
+                .and_then(|stem| parse_seq(stem, DATA_EXT))
+            {
+                // Set aside: its number is not given to a new file (which would take its
+                // place when set aside in turn).
+                index.next_seq = index.next_seq.max(seq + 1);
+                continue;
+            }
             if let Some(seq) = parse_seq(name, DATA_EXT) {
                 // Only a regular file is ours (not a symbolic link planted under a
                 // segment's name, whose target we would send).
@@ -214,6 +223,7 @@ impl Spool {
                         cursor: 0,
                         ack_file: None,
                         read_failures: 0,
+                        failing_since: None,
                     },
                 );
                 index.next_seq = index.next_seq.max(seq + 1);
@@ -317,6 +327,7 @@ impl Spool {
                     cursor: 0,
                     ack_file: None,
                     read_failures: 0,
+                    failing_since: None,
                 },
             );
             return Ok((live, file));

@@ -15,12 +15,41 @@ use crate::report::DropReason;
 struct Lost {
     /// In files removed behind the spool's back.
     removed: u64,
-    /// In files set aside because they could not be read.
+    /// In files set aside because they could not be read (0 when not known).
     unreadable: u64,
+    /// Files set aside, and their bytes.
+    unreadable_files: u64,
+    unreadable_bytes: u64,
 }
 
 /// Replay passes in a row that may fail to read a spool file before it is set aside.
 pub(super) const UNREADABLE_PASSES: u32 = 5;
+
+/// How long a spool file must have failed to be read before it is set aside.
+pub(super) const UNREADABLE_FOR: std::time::Duration = if cfg!(test) {
+    std::time::Duration::from_millis(50)
+} else {
+    std::time::Duration::from_secs(60)
+};
+
+/// The suffix a spool file set aside takes.
+pub(super) const UNREADABLE_SUFFIX: &str = ".unreadable";
+
+/// A read error that says the process, not the file, is short of something (files,
+/// memory): never a reason to set a file aside.
+fn is_transient(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    if matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN | libc::EINTR)
+    ) {
+        return true;
+    }
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::OutOfMemory | io::ErrorKind::WouldBlock
+    )
+}
 
 /// A batch of spooled lines to send again: data-stream rows of one pipeline and one
 /// config, or one row update.
@@ -135,18 +164,11 @@ impl Spool {
     ) -> Option<ReplayBatch> {
         let mut lost = Lost::default();
         let batch = self.next_replay_locked(max_rows, max_bytes, default_pipeline, &mut lost);
-        for (rows, reason, message) in [
-            (
-                lost.removed,
-                DropReason::SpoolEvicted,
-                "a spool file was removed before its rows were sent",
-            ),
-            (
-                lost.unreadable,
-                DropReason::Encoding,
-                "a spool file could not be read and was set aside (<name>.unreadable)",
-            ),
-        ] {
+        for (rows, reason, message) in [(
+            lost.removed,
+            DropReason::SpoolEvicted,
+            "a spool file was removed before its rows were sent",
+        )] {
             if rows > 0 {
                 crate::report::notify(
                     self.on_failure.as_ref(),
@@ -158,6 +180,22 @@ impl Spool {
                     },
                 );
             }
+        }
+        if lost.unreadable_files > 0 {
+            // Told even when its rows are not known (a file unreadable from the start).
+            crate::report::notify(
+                self.on_failure.as_ref(),
+                crate::report::DeliveryFailure {
+                    rows: lost.unreadable,
+                    dropped: Some(DropReason::Encoding),
+                    status: None,
+                    message: format!(
+                        "{} spool file(s) of {} bytes could not be read and were set aside \
+                         (<name>.unreadable)",
+                        lost.unreadable_files, lost.unreadable_bytes
+                    ),
+                },
+            );
         }
         batch
     }
@@ -222,6 +260,7 @@ impl Spool {
                 && let Some(seg) = index.segments.get_mut(&seq)
             {
                 seg.read_failures = 0;
+                seg.failing_since = None;
             }
             match read {
                 Ok(Some(batch)) => return Some(batch),
@@ -234,8 +273,10 @@ impl Spool {
                     lost.removed += n;
                 }
                 Err(e) => {
-                    if let Some(n) = self.set_aside_unreadable(&mut index, seq) {
+                    if let Some((n, bytes)) = self.set_aside_unreadable(&mut index, seq, &e) {
                         lost.unreadable += n;
+                        lost.unreadable_files += 1;
+                        lost.unreadable_bytes += bytes;
                         continue;
                     }
                     // Its lines, unread, may be the rows of later updates: they wait.
@@ -248,13 +289,28 @@ impl Spool {
     }
 
     /// A settled spool file that could not be read in [`UNREADABLE_PASSES`] replay passes
-    /// in a row: renamed `<name>.unreadable` (for a person to look at) and forgotten, its
-    /// rows not replayed counted as dropped (`encoding`), so that what comes after it is
-    /// no longer held back behind it. `None` (kept, to be tried again) before that.
-    fn set_aside_unreadable(&self, index: &mut Index, seq: u64) -> Option<u64> {
+    /// in a row over at least [`UNREADABLE_FOR`] (errors that say the process is short of
+    /// files or memory do not count): renamed `<name>.unreadable` (for a person to look at)
+    /// and forgotten, its rows not replayed counted as dropped (`encoding`), so that what
+    /// comes after it is no longer held back behind it. Returns the rows (0 when they are
+    /// not known) and the file's bytes; `None` (kept, to be tried again) before that, or
+    /// when it cannot be renamed.
+    fn set_aside_unreadable(
+        &self,
+        index: &mut Index,
+        seq: u64,
+        error: &io::Error,
+    ) -> Option<(u64, u64)> {
+        if is_transient(error) {
+            return None;
+        }
         let seg = index.segments.get_mut(&seq)?;
         seg.read_failures += 1;
+        let since = *seg
+            .failing_since
+            .get_or_insert_with(std::time::Instant::now);
         if seg.read_failures < UNREADABLE_PASSES
+            || since.elapsed() < UNREADABLE_FOR
             || !seg.live.sealed.load(SeqCst)
             || seg.live.outstanding.load(SeqCst) > 0
             || !seg.inflight.is_empty()
@@ -270,11 +326,16 @@ impl Spool {
         } else {
             0
         };
-        let bytes = seg.live.bytes.load(SeqCst);
         let path = self.data_path(seq);
+        // What the spool's total counts for it (the whole file, a torn end included).
+        let bytes = std::fs::symlink_metadata(&path)
+            .map_or_else(|_| seg.live.bytes.load(SeqCst), |m| m.len());
         let mut aside = path.clone().into_os_string();
-        aside.push(".unreadable");
-        let _ = std::fs::rename(&path, &aside);
+        aside.push(UNREADABLE_SUFFIX);
+        if let Err(e) = std::fs::rename(&path, &aside) {
+            crate::util::diag::warn_limited!(path = %path.display(), error = %e, "an unreadable spool file could not be set aside; kept");
+            return None;
+        }
         let _ = self
             .total
             .fetch_update(SeqCst, SeqCst, |t| Some(t.saturating_sub(bytes)));
@@ -288,7 +349,7 @@ impl Spool {
             rows = if known { n.to_string() } else { format!("unknown ({bytes} bytes)") },
             "a spool file could not be read again and again; set aside, its rows dropped (counted when known)"
         );
-        Some(n)
+        Some((n, bytes))
     }
 
     /// A settled spool file removed behind the spool's back (a cleaner of old files, say):

@@ -53,8 +53,10 @@ pub(super) struct Segment {
     /// Lines before it were handed out or acknowledged in this replay pass.
     pub(super) cursor: u64,
     pub(super) ack_file: Option<File>,
-    /// Replay passes in a row that could not read it (see `Spool::next_replay`).
+    /// Replay passes in a row that could not read it (see `Spool::next_replay`), and
+    /// since when.
     pub(super) read_failures: u32,
+    pub(super) failing_since: Option<std::time::Instant>,
 }
 
 #[derive(Debug, Default)]

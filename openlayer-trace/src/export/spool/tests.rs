@@ -880,10 +880,12 @@ fn a_file_that_cannot_be_read_is_set_aside_and_counted() {
     assert!(done.wait_until(std::time::Instant::now() + std::time::Duration::from_secs(5)));
     fs::remove_file(&file).unwrap();
     fs::create_dir(&file).unwrap();
-    for _ in 0..replay::UNREADABLE_PASSES - 1 {
+    // Tried again and again over a while first.
+    for _ in 0..2 * replay::UNREADABLE_PASSES {
         assert!(spool.next_replay(1000, 1 << 20, None).is_none());
         assert_eq!(counters.spool_dropped.load(Relaxed), 0, "tried again first");
     }
+    std::thread::sleep(replay::UNREADABLE_FOR);
     assert!(spool.next_replay(1000, 1 << 20, None).is_none());
     assert_eq!(counters.spool_dropped.load(Relaxed), 2);
     assert_eq!(counters.encoding.load(Relaxed), 2);
@@ -894,4 +896,14 @@ fn a_file_that_cannot_be_read_is_set_aside_and_counted() {
         "set aside for a person to look at"
     );
     stop(&spool, t);
+    drop(spool);
+    // Its number is not given to a new file.
+    let (spool, _, t) = start(&dir);
+    spool_and_sync(&spool, &["c"]);
+    stop(&spool, t);
+    assert!(Path::new(&aside).is_dir());
+    assert!(
+        !file.exists(),
+        "a new file took the number of the one set aside"
+    );
 }
