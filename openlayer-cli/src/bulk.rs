@@ -8,7 +8,8 @@
 //! Resumable: after each registered upload, the rows done so far are written to
 //! `FILE.sent` (with the file's length and modification time); a rerun of the same
 //! command on the same, unchanged file skips them. The file is removed once everything
-//! is in.
+//! is in; a `publish` then leaves `FILE.published`, and a later `publish` of the file to
+//! the same pipeline refuses rather than append its rows again.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -123,9 +124,23 @@ struct Sent {
     /// Rows after `rows_done` whose registration's answer was lost: in, or not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     uncertain: Option<u64>,
-    /// Every row of the file was appended (`publish`): a rerun would append them again.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    complete: bool,
+}
+
+/// `FILE.published`: every row of the file was appended to `pipeline` by `publish`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Published {
+    pipeline: String,
+    rows: u64,
+    file_len: u64,
+    modified_ns: u64,
+}
+
+/// `FILE.published`.
+fn published_path(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".published");
+    PathBuf::from(name)
 }
 
 /// `FILE.sent`.
@@ -144,6 +159,18 @@ fn identity(file: &Path) -> Result<(u64, u64), CliError> {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos() as u64);
     Ok((meta.len(), modified))
+}
+
+/// Writes `bytes` to `path` (0600) through a synced temporary file and a rename.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = crate::input::create_private(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
 }
 
 fn save(path: &Path, sent: &Sent) -> Result<(), CliError> {
@@ -183,8 +210,23 @@ pub async fn run(job: Job<'_>) -> Result<u64, CliError> {
         modified_ns,
         rows_done: 0,
         uncertain: None,
-        complete: false,
     };
+    let published = published_path(job.file);
+    if matches!(job.mode, Mode::Publish { .. })
+        && let Ok(bytes) = std::fs::read(&published)
+        && let Ok(before) = serde_json::from_slice::<Published>(&bytes)
+        && before.pipeline == job.pipeline
+    {
+        return Err(CliError::Usage(format!(
+            "every row of {} was appended to pipeline {} already ({} row(s), recorded in {}): \
+             a rerun would append them again; remove {} to publish the file again",
+            job.file.display(),
+            before.pipeline,
+            before.rows,
+            published.display(),
+            published.display()
+        )));
+    }
     match std::fs::read(&state_path) {
         Ok(bytes) => {
             let before: Sent = serde_json::from_slice(&bytes).map_err(|e| {
@@ -204,7 +246,6 @@ pub async fn run(job: Job<'_>) -> Result<u64, CliError> {
                 },
                 rows_done: before.rows_done,
                 uncertain: before.uncertain,
-                complete: before.complete,
                 ..sent
             };
             if before != same {
@@ -215,16 +256,6 @@ pub async fn run(job: Job<'_>) -> Result<u64, CliError> {
                 )));
             }
             sent = same;
-            if sent.complete {
-                return Err(CliError::Usage(format!(
-                    "every row of {} was appended already ({} row(s), recorded in {}): a rerun \
-                     would append them again; remove {} to publish the file again",
-                    job.file.display(),
-                    sent.rows_done,
-                    state_path.display(),
-                    state_path.display()
-                )));
-            }
             if let Some(n) = sent.uncertain.take() {
                 let (from, to) = (sent.rows_done + 1, sent.rows_done + n);
                 match job.uncertain {
@@ -341,18 +372,27 @@ pub async fn run(job: Job<'_>) -> Result<u64, CliError> {
         save(&state_path, &sent)?;
     }
     bar.finish();
-    match job.mode {
-        // Appended: kept as a record that the file is in, so that a rerun does not append
-        // it again.
-        Mode::Publish { .. } => {
-            sent.complete = true;
-            save(&state_path, &sent)?;
-        }
-        // Merged: merging again changes nothing, and an edited file may be merged again.
-        Mode::Update { .. } => {
-            let _ = std::fs::remove_file(&state_path);
+    if matches!(job.mode, Mode::Publish { .. }) {
+        // Appended: recorded, so that a rerun does not append the rows again (a merge done
+        // again changes nothing). Every row is in even when the record cannot be written.
+        let record = Published {
+            pipeline: sent.pipeline.clone(),
+            rows: sent.rows_done,
+            file_len: sent.file_len,
+            modified_ns: sent.modified_ns,
+        };
+        if let Err(e) = write_private(
+            &published,
+            &serde_json::to_vec(&record).expect("plain data"),
+        ) {
+            eprintln!(
+                "openlayer: every row is in, but {} could not be written ({e}): a rerun would \
+                 append them again",
+                published.display()
+            );
         }
     }
+    let _ = std::fs::remove_file(&state_path);
     Ok(this_run)
 }
 

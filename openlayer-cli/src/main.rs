@@ -88,7 +88,8 @@ enum Command {
     /// Publish (append) the rows of a table in bulk: every row is checked against the
     /// config, then the table goes in Arrow uploads. Resumable: progress is kept in
     /// FILE.sent, and a rerun sends only the rows not sent yet; once every row is in,
-    /// FILE.sent stays as a record and a rerun refuses (remove it to publish again).
+    /// FILE.published records it and a rerun to the same pipeline refuses (remove it to
+    /// publish again).
     Publish {
         /// The rows: .parquet, .arrow/.ipc, .csv (with a header) or .jsonl.
         #[arg(long)]

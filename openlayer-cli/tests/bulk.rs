@@ -574,15 +574,16 @@ async fn a_failed_upload_is_resumed_by_a_rerun() {
     let first_upload: Vec<String> = sent[..1_000].to_vec();
     let rerun: Vec<String> = sent[sent.len() - 1_500..].to_vec();
     assert!([first_upload, rerun].concat() == expected);
-    // Kept as a record that the file is in: a third run appends nothing again.
-    assert!(dir.path("rows.jsonl.sent").exists());
+    // A record that the file is in: a third run appends nothing again.
+    assert!(!dir.path("rows.jsonl.sent").exists());
+    assert!(dir.path("rows.jsonl.published").exists());
     server.reset().await;
     mount_platform(&server).await;
     mount_storage(&server, 204, None).await;
     let out = openlayer(&args, &server).await;
     assert_exit(&out, 2);
     let err = stderr(&out);
-    assert!(err.contains("appended already (2500 row(s)"), "{err}");
+    assert!(err.contains("already (2500 row(s)"), "{err}");
     assert!(requests(&server).await.is_empty());
 }
 
@@ -655,8 +656,8 @@ async fn rows_whose_registration_is_uncertain_are_not_sent_again_unasked() {
             .collect();
         assert_eq!(ids, expected_rerun, "{choice}");
         // Every row is in: recorded, so that a rerun does not append them again.
-        assert!(dir.path("rows.jsonl.sent").exists());
-        std::fs::remove_file(dir.path("rows.jsonl.sent")).unwrap();
+        assert!(!dir.path("rows.jsonl.sent").exists());
+        assert!(dir.path("rows.jsonl.published").exists());
     }
 }
 
