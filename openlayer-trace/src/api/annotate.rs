@@ -256,19 +256,26 @@ pub(crate) fn set_step_output(st: &mut TraceState, step: u32, json: &str) {
     let Some(rec) = st.steps.get_mut(step as usize) else {
         return;
     };
-    let logged = rec
-        .extra_mut()
-        .logged_output
-        .get_or_insert_with(String::new);
-    let grows = json.len().saturating_sub(logged.len());
-    let admitted = grows == 0 || crate::util::open_traces::admit_bytes(grows);
+    if rec.status != crate::record::Status::Open {
+        // Ended already (work spawned in the trace logging after its step returned):
+        // recorded as its output now, as the step's end would have.
+        let (r, _) = st.push_output(json);
+        st.steps[step as usize].output = r;
+        return;
+    }
+    let extra = rec.extra_mut();
+    let charged = extra.logged_charged;
+    let logged = extra.logged_output.get_or_insert_with(String::new);
     logged.clear();
-    if admitted {
+    let grows = json.len().saturating_sub(charged);
+    if grows == 0 || crate::util::open_traces::admit_bytes(grows) {
         logged.push_str(json);
+        extra.logged_charged = charged.max(json.len());
         st.held += grows;
     } else {
         logged.push_str(&crate::util::open_traces::left_out_marker(json.len()));
-        let grows = logged.len();
+        let grows = logged.len().saturating_sub(charged);
+        extra.logged_charged = charged.max(logged.len());
         st.hold(grows);
     }
 }

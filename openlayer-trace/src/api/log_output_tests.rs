@@ -108,3 +108,35 @@ fn a_logged_output_that_is_not_the_last_text_is_appended() {
     assert_eq!(traces[0].0.as_deref(), Some(expected.as_str()));
     assert_eq!(traces[0].1.as_deref(), Some("\"inner output\""));
 }
+
+/// A shorter output logged after a longer one, then a longer one again: held as the
+/// longest, not as the sum of the growths.
+#[test]
+fn outputs_logged_shorter_then_longer_are_held_once() {
+    let ((_, held), _) = outputs(|| {
+        step("stream").in_scope(|| {
+            for _ in 0..20 {
+                log_output(&"x".repeat(10_000));
+                log_output("");
+            }
+            sizes()
+        })
+    });
+    assert!((10_002..12_000).contains(&held), "{held}");
+}
+
+/// Work carried into the trace logging the output of a step that has returned already:
+/// recorded as that step's output (the trace is still open, held by the work).
+#[test]
+fn an_output_logged_after_its_step_returned_is_recorded() {
+    let ((), traces) = outputs(|| {
+        step("root").in_scope(|| {
+            let child = step("child").start();
+            let ctx = child.in_scope(|| context::current_context().unwrap());
+            child.finish();
+            ctx.in_scope(|| log_output("late"));
+        })
+    });
+    assert_eq!(traces.len(), 1);
+    assert_eq!(traces[0].1.as_deref(), Some("\"late\""));
+}

@@ -100,6 +100,10 @@ pub(crate) struct StepExtra {
     /// again and again replaces it in place whatever was written meanwhile. Its bytes are
     /// held by the open trace.
     pub logged_output: Option<String>,
+    /// The bytes of logged outputs counted as held (the most it held: a shorter one
+    /// logged after a longer one gives nothing back, and a longer one again counts only
+    /// what it adds).
+    pub logged_charged: usize,
     /// The first `model` set, when a later one replaced it: the model asked for, where the
     /// wire's `model` ends as the one that answered (OTLP's `gen_ai.request.model`).
     pub first_model: Option<Json>,
