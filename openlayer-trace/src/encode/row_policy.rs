@@ -267,20 +267,22 @@ impl Shaper {
             out.push('\n');
             Prepared::Row(())
         }
+        // Through the copies: [`Shaper::prepare`], its row then written as a line.
+        let prepared_line = |out: &mut String| match self.prepare(trace) {
+            Prepared::Row(row) => {
+                let pipeline = row.pipeline_id.as_deref().or(default_pipeline);
+                line(out, pipeline, &row.config, &row.row)
+            }
+            Prepared::SampledOut => Prepared::SampledOut,
+            Prepared::Failed => Prepared::Failed,
+            Prepared::TooDeep => Prepared::TooDeep,
+        };
         if self.mask.is_some() || self.budget.is_some() {
-            return match self.prepare(trace) {
-                Prepared::Row(row) => {
-                    let pipeline = row.pipeline_id.as_deref().or(default_pipeline);
-                    line(out, pipeline, &row.config, &row.row)
-                }
-                Prepared::SampledOut => Prepared::SampledOut,
-                Prepared::Failed => Prepared::Failed,
-                Prepared::TooDeep => Prepared::TooDeep,
-            };
+            return prepared_line(out);
         }
         let mark = out.len();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            encode::encode_with(trace, |parts| {
+            let result = encode::encode_with(trace, |parts| {
                 if !self.keeps(parts.inference_id) {
                     return Some(Prepared::SampledOut);
                 }
@@ -291,16 +293,11 @@ impl Shaper {
                 let pipeline = parts.pipeline_id.map(|p| &**p).or(default_pipeline);
                 Some(line(out, pipeline, parts.config, parts.row))
             })
-            .unwrap_or(Some(Prepared::Failed))
-            .unwrap_or_else(|| match self.prepare(trace) {
-                Prepared::Row(row) => {
-                    let pipeline = row.pipeline_id.as_deref().or(default_pipeline);
-                    line(out, pipeline, &row.config, &row.row)
-                }
-                Prepared::SampledOut => Prepared::SampledOut,
-                Prepared::Failed => Prepared::Failed,
-                Prepared::TooDeep => Prepared::TooDeep,
-            })
+            .unwrap_or(Some(Prepared::Failed));
+            match result {
+                Some(prepared) => prepared,
+                None => prepared_line(out),
+            }
         }));
         match result {
             Ok(Prepared::Failed) | Err(_) => {
