@@ -466,13 +466,10 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
                 // The lines before it go first: recording it as skipped moves the pushed
                 // part of the file past them, so they must be taken already (were they
                 // refused, a fix of them in place would read as a changed file).
-                if let Some(full) = batch.take() {
-                    let (unsent, failed) = push.stream(full).await?;
-                    if failed.is_some() || push.unrecorded.is_some() {
-                        stopped = stopped.or(failed);
-                        not_attempted += 1 + unsent;
-                        continue;
-                    }
+                if let Some((unsent, failed)) = push.send_pending(&mut batch).await? {
+                    stopped = stopped.or(failed);
+                    not_attempted += 1 + unsent;
+                    continue;
                 }
                 bad_lines += 1;
                 push.bar.add(1, 1);
@@ -495,14 +492,11 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
                 let joins = batch
                     .as_ref()
                     .is_some_and(|b| b.takes(&pipeline, &config, rows.len(), entry.len, limits));
-                if !joins && let Some(full) = batch.take() {
-                    let (unsent, failed) = push.stream(full).await?;
-                    if failed.is_some() || push.unrecorded.is_some() {
-                        stopped = stopped.or(failed);
-                        // This line, and the lines of the batch after the refused one.
-                        not_attempted += 1 + unsent;
-                        continue;
-                    }
+                if !joins && let Some((unsent, failed)) = push.send_pending(&mut batch).await? {
+                    stopped = stopped.or(failed);
+                    // This line, and the lines of the batch after the refused one.
+                    not_attempted += 1 + unsent;
+                    continue;
                 }
                 batch
                     .get_or_insert_with(|| Batch::new(pipeline, config))
@@ -515,13 +509,10 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
                 ..
             } => {
                 // The rows before it go first: an update never overtakes its row.
-                if let Some(full) = batch.take() {
-                    let (unsent, failed) = push.stream(full).await?;
-                    if failed.is_some() || push.unrecorded.is_some() {
-                        stopped = stopped.or(failed);
-                        not_attempted += 1 + unsent;
-                        continue;
-                    }
+                if let Some((unsent, failed)) = push.send_pending(&mut batch).await? {
+                    stopped = stopped.or(failed);
+                    not_attempted += 1 + unsent;
+                    continue;
                 }
                 // The config as written, keys the client does not model included.
                 let result = push
@@ -765,6 +756,20 @@ struct Pusher<'a> {
 }
 
 impl Pusher<'_> {
+    /// Sends the batch being built, if any, before a line that cannot join it. `Some`
+    /// when the push must stop there: the lines of the batch not sent, and where it
+    /// failed (`None` when its progress could not be recorded).
+    async fn send_pending(
+        &mut self,
+        batch: &mut Option<Batch>,
+    ) -> Result<Option<(usize, Option<(usize, String)>)>, CliError> {
+        let Some(full) = batch.take() else {
+            return Ok(None);
+        };
+        let (unsent, failed) = self.stream(full).await?;
+        Ok((failed.is_some() || self.unrecorded.is_some()).then_some((unsent, failed)))
+    }
+
     /// Sends a batch of data-stream lines. `Ok((unsent, Some((line, error))))` when a
     /// line was refused: the lines before it were sent, `unsent` lines after it were not.
     ///
