@@ -161,7 +161,8 @@ pub struct DeliveryReport {
 #[non_exhaustive]
 pub struct DeliveryFailure {
     /// How many rows were affected (0 for an OTLP partial success, whose answer counts
-    /// spans, not rows: see `message`).
+    /// spans, not rows, and for a spool file set aside whose rows were not known: see
+    /// `message`).
     pub rows: u64,
     /// Whether they were dropped (and why) or spooled (`None`).
     pub dropped: Option<DropReason>,

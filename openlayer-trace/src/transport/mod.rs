@@ -163,18 +163,24 @@ pub(crate) struct ApiResponse {
     /// The body (its first [`MAX_RESPONSE_BYTES`] when it is longer: see `cut`).
     pub body: Bytes,
     /// The body was longer than [`MAX_RESPONSE_BYTES`] and was not read whole: a write it
-    /// answers went through (a 2xx), but no value can be read from it.
-    pub cut: bool,
+    /// answers went through (a 2xx), but no value can be read from it. Holds the request,
+    /// as errors name it.
+    pub cut: Option<String>,
 }
 
 impl ApiResponse {
     /// The body decoded from JSON.
     #[cfg(feature = "client")]
     pub(crate) fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
-        if self.cut {
-            return Err(Error::InvalidInput(format!(
-                "the answer is larger than {MAX_RESPONSE_BYTES} bytes; it was not read"
-            )));
+        if let Some(request) = &self.cut {
+            // As a lost answer: what it says (a creation's id, say) is not known.
+            return Err(Error::Transport {
+                message: format!(
+                    "the answer is larger than {MAX_RESPONSE_BYTES} bytes; it was not read"
+                ),
+                request: request.clone(),
+                timeout: false,
+            });
         }
         serde_json::from_slice(&self.body).map_err(Error::Json)
     }
@@ -272,7 +278,7 @@ impl TransportConfig {
     /// milliseconds, mostly TLS setup): [`Transport::new`] fails on nothing else but an
     /// unusable TLS or HTTP stack. Returns the parsed base URL.
     pub(crate) fn validate(&self) -> Result<Url, Error> {
-        let base_url = self.base_url.trim().trim_end_matches('/');
+        let base_url = base_url_of(&self.base_url, self.protobuf);
         let parsed = Url::parse(base_url)
             .map_err(|e| Error::Config(format!("invalid base URL {base_url:?}: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.cannot_be_a_base() {
@@ -287,17 +293,31 @@ impl TransportConfig {
             || parsed.password().is_some()
             || (!self.protobuf && (parsed.query().is_some() || parsed.fragment().is_some()))
         {
-            return Err(Error::Config(
+            return Err(Error::Config(if self.protobuf {
+                "the OTLP endpoint must have no user or password".into()
+            } else {
                 "the base URL must have no query, fragment, user or password \
                  (scheme, host, port and path only)"
-                    .into(),
-            ));
+                    .into()
+            }));
         }
         if let Some(key) = &self.api_key {
             auth_header(key)?;
         }
         extra_headers(&self.extra_headers)?;
         Ok(parsed)
+    }
+}
+
+/// The base URL as requests are made from it: without a trailing `/` (the API's paths
+/// start with one); an OTLP endpoint, which is the whole URL, as it is (a `/` may end a
+/// value of its query).
+fn base_url_of(base_url: &str, otlp: bool) -> &str {
+    let trimmed = base_url.trim();
+    if otlp && trimmed.contains(['?', '#']) {
+        trimmed
+    } else {
+        trimmed.trim_end_matches('/')
     }
 }
 
@@ -331,7 +351,7 @@ impl Transport {
     /// Builds the client. Fails on an unusable base URL or API key.
     pub(crate) fn new(cfg: TransportConfig) -> Result<Self, Error> {
         let parsed = cfg.validate()?;
-        let base_url = cfg.base_url.trim().trim_end_matches('/').to_string();
+        let base_url = base_url_of(&cfg.base_url, cfg.protobuf).to_string();
         let auth = cfg.api_key.as_ref().map(auth_header).transpose()?;
         let extra = extra_headers(&cfg.extra_headers)?;
         let mut builder = reqwest::Client::builder();
@@ -446,9 +466,10 @@ impl Transport {
                 )));
             }
         };
+        // An OTLP endpoint's own query (a token, say) is not shown in errors.
         let request = match url.query() {
-            Some(q) => format!("{} {path}?{q}", req.method),
-            None => format!("{} {path}", req.method),
+            Some(q) if !self.inner.protobuf => format!("{} {path}?{q}", req.method),
+            _ => format!("{} {path}", req.method),
         };
 
         let media = if self.inner.protobuf {
@@ -493,6 +514,7 @@ impl Transport {
         if success {
             // Cut or not, the server took the request: a write went through (sending it
             // again would repeat it); a value read from it fails (`ApiResponse::json`).
+            let cut = cut.then_some(request);
             return Attempt::Success(ApiResponse { status, body, cut });
         }
         let error = Error::Api {

@@ -631,10 +631,16 @@ async fn answers_are_read_up_to_a_bound() {
     ])));
     let t = transport(&server);
     let answer = t.send(&data_stream(&["a"]), None).await.result.unwrap();
-    assert!(answer.cut);
+    assert_eq!(
+        answer.cut.as_deref(),
+        Some("POST /inference-pipelines/pipe-1/data-stream")
+    );
     assert!(answer.body.len() <= MAX_RESPONSE_BYTES);
+    // As a lost answer (a creation it answers is looked for before it is tried again).
     match answer.json::<Value>() {
-        Err(Error::InvalidInput(m)) => assert!(m.contains("larger than"), "{m}"),
+        Err(Error::Transport { message, .. }) => {
+            assert!(message.contains("larger than"), "{message}")
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(server.request_count(), 1, "not tried again");
@@ -690,12 +696,33 @@ fn a_base_url_with_a_query_fragment_or_user_is_refused() {
     // An OTLP endpoint is the whole URL: its query is kept.
     let otlp = TransportConfig {
         protobuf: true,
-        ..config("http://127.0.0.1:4318/v1/traces?tenant=a")
+        ..config("http://127.0.0.1:4318/v1/traces?token=a/")
     };
-    assert!(Transport::new(otlp).is_ok());
+    let t = Transport::new(otlp).unwrap();
+    assert_eq!(t.base_url(), "http://127.0.0.1:4318/v1/traces?token=a/");
     let otlp = TransportConfig {
         protobuf: true,
         ..config("http://user:pw@127.0.0.1:4318/v1/traces")
     };
     assert!(Transport::new(otlp).is_err());
+}
+
+/// An OTLP endpoint's query (a token, say) is sent but never shown in an error.
+#[tokio::test]
+async fn an_otlp_endpoints_query_is_not_shown_in_errors() {
+    let server = TestServer::start_with(Behavior::always(Response::status(400)));
+    let t = Transport::new(TransportConfig {
+        protobuf: true,
+        ..config(&format!("{}/v1/traces?token=secret-1", server.url()))
+    })
+    .unwrap();
+    match t
+        .send(&ApiRequest::post_json("", b"x".to_vec()), None)
+        .await
+        .result
+    {
+        Err(e @ Error::Api { .. }) => assert!(!e.to_string().contains("secret-1"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(server.requests()[0].raw_query, "token=secret-1");
 }

@@ -380,7 +380,12 @@ impl OtlpFlusher {
         match result {
             Ok(response) => {
                 let spans = batch.count as u64;
-                let (rejected, message) = partial_rejections(&response.body);
+                // An answer too large to read whole says nothing of the spans.
+                let (rejected, message) = if response.cut.is_some() {
+                    (0, String::new())
+                } else {
+                    partial_rejections(&response.body)
+                };
                 self.counters
                     .otlp_rejected_spans
                     .fetch_add(rejected, Relaxed);
