@@ -249,20 +249,14 @@ pub fn log_output<T: Serialize + ?Sized>(output: &T) {
 }
 
 /// Sets a step's output as logged, so that its return value does not replace it: kept
-/// with the step (replacing one logged before) until it ends. The bytes it grows by are
-/// held by the open trace; when open traces have no room for them, a marker saying so is
-/// kept instead.
+/// with the step (replacing one logged before) until it ends, or, for a step that has
+/// ended already (work carried into the trace logging after the step returned), until
+/// the trace completes. The bytes it grows by are held by the open trace; when open
+/// traces have no room for them, a marker saying so is kept instead.
 pub(crate) fn set_step_output(st: &mut TraceState, step: u32, json: &str) {
     let Some(rec) = st.steps.get_mut(step as usize) else {
         return;
     };
-    if rec.status != crate::record::Status::Open {
-        // Ended already (work spawned in the trace logging after its step returned):
-        // recorded as its output now, as the step's end would have.
-        let (r, _) = st.push_output(json);
-        st.steps[step as usize].output = r;
-        return;
-    }
     let extra = rec.extra_mut();
     let charged = extra.logged_charged;
     let logged = extra.logged_output.get_or_insert_with(String::new);

@@ -134,6 +134,14 @@ fn an_output_logged_after_its_step_returned_is_recorded() {
             let child = step("child").start();
             let ctx = child.in_scope(|| context::current_context().unwrap());
             child.finish();
+            // Again and again (an answer so far): the last one held, not each of them.
+            let mut answer = String::new();
+            for _ in 0..200 {
+                answer.push_str(&"x".repeat(100));
+                ctx.in_scope(|| log_output(&answer));
+            }
+            let (_, held) = ctx.in_scope(sizes);
+            assert!(held < 30_000, "{held}");
             ctx.in_scope(|| log_output("late"));
         })
     });

@@ -411,6 +411,16 @@ fn release_locked(
     if st.open == 0 && st.root_closed && !st.shipped {
         let mut state = std::mem::take(&mut *st);
         crate::util::open_traces::completed(trace.anchor, state.open_key, state.held);
+        // Outputs logged after their steps ended (by work carried into the trace).
+        for i in 0..state.steps.len() {
+            if let Some(logged) = state.steps[i]
+                .extra
+                .as_mut()
+                .and_then(|e| e.logged_output.take())
+            {
+                state.steps[i].output = state.push_text(&logged);
+            }
+        }
         if state.steps_dropped > 0
             && let Some(root) = state.steps.first_mut()
         {
