@@ -27,7 +27,7 @@ pub(super) const UNREADABLE_PASSES: u32 = 5;
 
 /// How long a spool file must have failed to be read before it is set aside.
 pub(super) const UNREADABLE_FOR: std::time::Duration = if cfg!(test) {
-    std::time::Duration::from_millis(50)
+    std::time::Duration::from_millis(500)
 } else {
     std::time::Duration::from_secs(60)
 };
