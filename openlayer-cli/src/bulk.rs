@@ -126,10 +126,17 @@ struct Sent {
     uncertain: Option<u64>,
 }
 
-/// `FILE.published`: every row of the file was appended to `pipeline` by `publish`.
-#[derive(Debug, Serialize, Deserialize)]
+/// `FILE.published`: the pipelines every row of the file was appended to by `publish`.
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Published {
+    pipelines: Vec<PublishedTo>,
+}
+
+/// One pipeline of [`Published`].
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PublishedTo {
     pipeline: String,
     rows: u64,
     file_len: u64,
@@ -212,20 +219,43 @@ pub async fn run(job: Job<'_>) -> Result<u64, CliError> {
         uncertain: None,
     };
     let published = published_path(job.file);
-    if matches!(job.mode, Mode::Publish { .. })
-        && let Ok(bytes) = std::fs::read(&published)
-        && let Ok(before) = serde_json::from_slice::<Published>(&bytes)
-        && before.pipeline == job.pipeline
-    {
-        return Err(CliError::Usage(format!(
-            "every row of {} was appended to pipeline {} already ({} row(s), recorded in {}): \
-             a rerun would append them again; remove {} to publish the file again",
-            job.file.display(),
-            before.pipeline,
-            before.rows,
-            published.display(),
-            published.display()
-        )));
+    let mut record = Published::default();
+    if matches!(job.mode, Mode::Publish { .. }) {
+        match std::fs::read(&published) {
+            Ok(bytes) => {
+                record = serde_json::from_slice(&bytes).map_err(|e| {
+                    CliError::Usage(format!(
+                        "{} is not a record of publishes ({e}); remove it to publish the file \
+                         again",
+                        published.display()
+                    ))
+                })?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(CliError::Failed(format!(
+                    "cannot read {}: {e}",
+                    published.display()
+                )));
+            }
+        }
+        if let Some(before) = record.pipelines.iter().find(|p| p.pipeline == job.pipeline) {
+            let changed = (before.file_len, before.modified_ns) != (file_len, modified_ns);
+            return Err(CliError::Usage(format!(
+                "every row of {} was appended to pipeline {} already ({} row(s){}, recorded in \
+                 {}): a rerun would append them again; remove {} to publish the file again",
+                job.file.display(),
+                before.pipeline,
+                before.rows,
+                if changed {
+                    "; the file has changed since"
+                } else {
+                    ""
+                },
+                published.display(),
+                published.display()
+            )));
+        }
     }
     match std::fs::read(&state_path) {
         Ok(bytes) => {
@@ -372,15 +402,15 @@ pub async fn run(job: Job<'_>) -> Result<u64, CliError> {
         save(&state_path, &sent)?;
     }
     bar.finish();
-    if matches!(job.mode, Mode::Publish { .. }) {
+    if matches!(job.mode, Mode::Publish { .. }) && sent.rows_done > 0 {
         // Appended: recorded, so that a rerun does not append the rows again (a merge done
         // again changes nothing). Every row is in even when the record cannot be written.
-        let record = Published {
+        record.pipelines.push(PublishedTo {
             pipeline: sent.pipeline.clone(),
             rows: sent.rows_done,
             file_len: sent.file_len,
             modified_ns: sent.modified_ns,
-        };
+        });
         if let Err(e) = write_private(
             &published,
             &serde_json::to_vec(&record).expect("plain data"),

@@ -585,6 +585,24 @@ async fn a_failed_upload_is_resumed_by_a_rerun() {
     let err = stderr(&out);
     assert!(err.contains("already (2500 row(s)"), "{err}");
     assert!(requests(&server).await.is_empty());
+
+    // To another pipeline: published, and recorded beside the first.
+    let other = "00000000-0000-0000-0000-00000000000c";
+    Mock::given(method("POST"))
+        .and(path(format!("/v1/inference-pipelines/{other}/data")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"success": true})))
+        .mount(&server)
+        .await;
+    let to_other: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == PIPELINE { other } else { a })
+        .collect();
+    assert_exit(&openlayer(&to_other, &server).await, 0);
+    assert_exit(&openlayer(&to_other, &server).await, 2);
+    // The first pipeline is still refused.
+    let out = openlayer(&args, &server).await;
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains(PIPELINE), "{}", stderr(&out));
 }
 
 /// The answer to an append's registration is lost (a 500: the platform may have appended
