@@ -1375,6 +1375,62 @@ fn bulk_rows() -> Vec<Value> {
         .collect()
 }
 
+/// A storage answering an upload with a 307 (S3, for a bucket of another region): the
+/// upload follows it, with its body, and carries no credential there.
+#[tokio::test]
+async fn an_upload_follows_the_storages_redirect() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/storage/presigned-url"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "url": format!("{}/storage/bucket", server.uri()),
+            "storageUri": "s3://bucket/batch.csv",
+            "fields": {"key": "uploads/batch.csv"}
+        })))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/storage/bucket"))
+        .respond_with(
+            ResponseTemplate::new(307)
+                .insert_header("location", format!("{}/storage/elsewhere", server.uri())),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/storage/elsewhere"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(pipeline_path("data")))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    let cfg = TabularClassificationConfig::new(["no", "yes"])
+        .feature_names(["age"])
+        .predictions_column_name("pred")
+        .inference_id_column_name("id");
+    csv_client_of(&server, 1 << 20)
+        .publish_batch(PIPELINE, &cfg, &bulk_rows())
+        .await
+        .unwrap();
+    let reqs = requests(&server).await;
+    let moved: Vec<&Request> = reqs
+        .iter()
+        .filter(|r| r.url.path() == "/storage/elsewhere")
+        .collect();
+    assert_eq!(moved.len(), 1);
+    assert!(
+        multipart_parts(moved[0])
+            .last()
+            .unwrap()
+            .1
+            .starts_with("age,id,pred")
+    );
+    assert!(moved[0].headers.get("authorization").is_none());
+}
+
 #[tokio::test]
 async fn a_large_csv_publish_is_split_into_uploads_of_bulk_max_bytes() {
     let server = MockServer::start().await;

@@ -231,10 +231,10 @@ pub(crate) async fn upload(
     body: bytes::Bytes,
 ) -> Result<(), Error> {
     let request = format!("POST {}", redacted(&presigned.url));
+    let http = t.storage_http(&presigned.url)?;
     let mut retry = 0;
     loop {
-        let (error, retryable, asked) = match t
-            .http()
+        let (error, retryable, asked) = match http
             .post(&presigned.url)
             .header(CONTENT_TYPE, content_type)
             .timeout(upload_timeout(body.len(), t.request_timeout()))

@@ -256,6 +256,10 @@ struct Inner {
     verify_ssl: bool,
     extra: HeaderMap,
     protobuf: bool,
+    /// The clients of uploads to the storage (see [`Transport::storage_http`]): through
+    /// the environment's proxy, and direct (for a storage on this machine).
+    #[cfg(feature = "client")]
+    storage: [std::sync::OnceLock<reqwest::Client>; 2],
 }
 
 impl fmt::Debug for Transport {
@@ -394,8 +398,47 @@ impl Transport {
                 verify_ssl: cfg.verify_ssl,
                 extra,
                 protobuf: cfg.protobuf,
+                #[cfg(feature = "client")]
+                storage: Default::default(),
             }),
         })
+    }
+
+    /// The client of an upload to the storage at `url` (a presigned URL), built once:
+    /// not the API's, whose settings are the API's own. It follows redirects (S3 answers
+    /// a bucket of another region with a 307; a presigned request carries no credential
+    /// header to leak), reaches a storage elsewhere through the environment's proxy
+    /// (`HTTPS_PROXY`, `NO_PROXY`) even when the API is on this machine, and checks
+    /// certificates as the API's client does (`verify_ssl`).
+    #[cfg(feature = "client")]
+    pub(crate) fn storage_http(&self, url: &str) -> Result<reqwest::Client, Error> {
+        let parsed = Url::parse(url)
+            .map_err(|_| Error::InvalidInput("the presigned storage URL is not a URL".into()))?;
+        let direct = is_loopback(&parsed);
+        let cell = &self.inner.storage[usize::from(direct)];
+        if let Some(client) = cell.get() {
+            return Ok(client.clone());
+        }
+        let mut builder = reqwest::Client::builder();
+        if direct {
+            builder = builder.no_proxy();
+        }
+        let client = builder
+            .no_gzip()
+            .no_brotli()
+            .no_deflate()
+            .no_zstd()
+            .user_agent(USER_AGENT)
+            .connect_timeout(self.inner.connect_timeout)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .tls_backend_preconfigured(tls_config(self.inner.verify_ssl, true)?)
+            .build()
+            .map_err(|e| {
+                let e = e.without_url();
+                Error::Config(format!("cannot build the HTTP client: {}", chain(&e)))
+            })?;
+        Ok(cell.get_or_init(|| client).clone())
     }
 
     /// The same transport (sharing its connections) with one more header on every
@@ -418,15 +461,10 @@ impl Transport {
                 verify_ssl: i.verify_ssl,
                 extra,
                 protobuf: i.protobuf,
+                #[cfg(feature = "client")]
+                storage: Default::default(),
             }),
         })
-    }
-
-    /// The underlying client, without our auth, for requests to other hosts (the
-    /// presigned-URL upload). It has our timeouts, TLS settings and user agent.
-    #[cfg(feature = "client")]
-    pub(crate) fn http(&self) -> &reqwest::Client {
-        &self.inner.http
     }
 
     /// The time allowed for one request (the configured `request_timeout`).
