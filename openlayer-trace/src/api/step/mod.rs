@@ -599,6 +599,11 @@ pub fn step(name: impl Into<Cow<'static, str>>) -> StepBuilder {
     }
 }
 
+/// Whether a step started here would be recorded (its values are worth serializing).
+fn would_record() -> bool {
+    context::would_record(crate::runtime::lazy_init)
+}
+
 /// A step being built; see [`step`].
 #[derive(Debug)]
 #[must_use = "a step builder does nothing until entered or run"]
@@ -617,8 +622,12 @@ impl StepBuilder {
     }
 
     /// The step's inputs: an object (a map or struct) of input names to values. Any other
-    /// value is recorded as `{"input": value}`.
+    /// value is recorded as `{"input": value}`. Not serialized where a step would not be
+    /// recorded (tracing off, inside a step not recorded).
     pub fn inputs<T: Serialize + ?Sized>(mut self, inputs: &T) -> Self {
+        if !would_record() {
+            return self;
+        }
         self.inputs = to_json(inputs).map(|j| {
             if j.starts_with('{') {
                 j
@@ -629,9 +638,9 @@ impl StepBuilder {
         self
     }
 
-    /// A metadata key of the step.
+    /// A metadata key of the step (not serialized where a step would not be recorded).
     pub fn metadata<T: Serialize + ?Sized>(mut self, key: &str, value: &T) -> Self {
-        if crate::api::none_probe::is_none(value) {
+        if !would_record() || crate::api::none_probe::is_none(value) {
             return self;
         }
         if let Some(v) = to_json(value) {
@@ -714,5 +723,45 @@ impl StepBuilder {
             inner: Some(future),
             state: State::Pending(Box::new(pending)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    use super::*;
+
+    static SERIALIZED: AtomicUsize = AtomicUsize::new(0);
+
+    /// Counts its serializations.
+    struct Counted;
+
+    impl Serialize for Counted {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            SERIALIZED.fetch_add(1, Relaxed);
+            s.serialize_u8(1)
+        }
+    }
+
+    /// A builder's inputs and metadata are not serialized where nothing records (here,
+    /// in one of the SDK's callbacks, where no trace starts); they are inside a trace.
+    #[test]
+    fn a_builders_values_are_serialized_only_where_they_would_be_recorded() {
+        crate::util::reentry::untraced(|| {
+            let _ = step("x").inputs(&Counted).metadata("m", &Counted);
+        });
+        assert_eq!(SERIALIZED.load(Relaxed), 0);
+        let ((), traces) = crate::testing::capture(|| {
+            step("x")
+                .inputs(&Counted)
+                .metadata("m", &Counted)
+                .start()
+                .finish();
+        });
+        // The inputs once, the metadata twice (once to see whether it is a `None`).
+        assert_eq!(SERIALIZED.load(Relaxed), 3);
+        assert_eq!(traces.len(), 1);
+        assert_eq!(traces[0].root()["inputs"], serde_json::json!({"input": 1}));
     }
 }
