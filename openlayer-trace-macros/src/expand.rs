@@ -468,8 +468,8 @@ fn stream_return(
         )),
         (Some(_), Some(ty)) => Ok(Some(!contains_impl_trait(ty))),
         (None, Some(ty)) if is_stream_type(ty) => Ok(Some(false)),
-        // Not with `skip_output`, which records such a function as a call (its error type
-        // need not be `Display`, which the stream's step needs).
+        // Not with `skip_output`: such a function is recorded as a call (its `Err`, if
+        // any, under `Exceptions`), as before streams were traced.
         (None, Some(ty)) if !skip_output && is_result_of_stream(ty) => Ok(Some(false)),
         (None, _) => Ok(None),
     }

@@ -33,8 +33,8 @@ use expand::expand;
 /// - `inference_pipeline_id = "..."`: send traces rooted here to this pipeline;
 /// - `stream`: trace the returned stream or iterator as the step, which ends with it
 ///   (implied for `impl Stream` and `impl Iterator` returns, and for `Result<impl Stream,
-///   E>` and `Result<impl Iterator, E>`, whose `Err` fails and ends the step at once;
-///   needed for other types, such as
+///   E>` and `Result<impl Iterator, E>` without `skip_output`, whose `Err` fails and ends
+///   the step at once; needed for other types, such as
 ///   `Pin<Box<dyn Stream ..>>` or `Result<BoxStream<..>, E>`);
 /// - `context = arg`, `question = arg`: also record that argument as the row's `context`
 ///   (RAG documents) or `_question` column;

@@ -175,8 +175,8 @@ fn record_response(h: &mut StepHandle, response: &CreateChatCompletionResponse) 
         Tokens::from_chat(usage).record(h);
     }
     // Bounded as a stream's texts are (a long answer, many long tool arguments,
-    // `logprobs` for every token: the row must still fit in a request, or the whole
-    // trace is refused), base64 audio left out; the output is taken from the bounded
+    // `logprobs` for every token: the row must still fit in a request, or its longest
+    // values are cut), base64 audio left out; the output is taken from the bounded
     // response.
     let mut response = std::borrow::Cow::Borrowed(response);
     if let Ok(mut raw) = serde_json::to_value(&*response) {

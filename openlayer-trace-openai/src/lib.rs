@@ -30,7 +30,7 @@
 //! | `inputs` | `{"prompt": <messages>}` | `{"input": <input>}` |
 //! | `output` | the text, or every tool call as `{id, name, arguments}` | the vectors |
 //!
-//! plus `provider` ("OpenAI" or "Azure"), `model` (as the response names it),
+//! plus `provider` ("OpenAI" or "Azure"), `model` (as the response names it; the requested one when the answer's is empty),
 //! `promptTokens` / `completionTokens` / `tokens` and `usageDetails` from the usage,
 //! `modelParameters` (the official list of request parameters, with OpenAI's defaults),
 //! `rawOutput` (the response as JSON; for a stream, the completion the chunks add up to)
@@ -60,7 +60,8 @@
 //! # Base64 payloads
 //!
 //! Images, audio and files travel as base64 text, large enough that one of them can make
-//! a row larger than a request may carry (the exporter then refuses the whole row). In
+//! a row larger than a request may carry (the exporter then cuts its longest values, a
+//! prompt's text among them, to make it fit). In
 //! what is recorded (never in what is sent to the API or handed back to you) each is
 //! replaced by a marker giving its kind and the length of its base64 text:
 //! `…[base64 audio, 3,842,112 bytes left out]`, `…[base64 image, ...]`, `…[base64 file, ...]`

@@ -2,7 +2,7 @@
 //!
 //! A base64 payload is useless to read in a trace and large: one audio answer or one
 //! generated image can make a row larger than a request may carry, and the exporter then
-//! refuses the whole row. What is recorded holds a marker in its place,
+//! cuts its longest values to make it fit. What is recorded holds a marker in its place,
 //! `…[base64 audio, 3,842,112 bytes left out]`, giving what kind of payload it was and the
 //! length of its base64 text; a data URL keeps its header
 //! (`data:image/png;base64,…[base64 image, 1,048,576 bytes left out]`). What is sent to

@@ -71,8 +71,9 @@ pub enum SpoolMode {
     /// shutdown deadline are written.
     #[default]
     Overflow,
-    /// Every completed trace is also written to the spool, by the thread that completed
-    /// it, before it is handed off (encoding it there, plus one `write(2)`, not synced),
+    /// Every completed trace (but one nesting deeper than 256 levels or too large for a
+    /// request, which goes to a worker unwritten) is also written to the spool, by the
+    /// thread that completed it, before it is handed off (encoding it there, plus one `write(2)`, not synced),
     /// and acknowledged after a 2xx: a `kill -9` loses nothing that had completed (a power
     /// loss may). Row updates are written ahead the same way. The only mode that adds work
     /// to traced calls.

@@ -23,7 +23,9 @@ pub enum DropReason {
     Deadline,
     /// The spool was over its byte limit and evicted its oldest data.
     SpoolEvicted,
-    /// The trace could not be encoded.
+    /// The trace could not be encoded (a row nesting deeper than a worker can parse, a
+    /// panic in the mask), or a spooled row could not be read back (an unreadable line,
+    /// a spool file set aside).
     Encoding,
     /// The pipeline had shut down.
     Shutdown,
@@ -83,7 +85,7 @@ impl Dropped {
 /// Every row handed off ends up in exactly one of `sent`, `written`, `sampled_out`,
 /// `dropped` or `spooled`, or is still `pending`. A spooled row (of this run or an
 /// earlier one) later ends up in `replayed`, or is dropped (evicted from a full spool,
-/// rejected on replay): such drops are counted by reason in `dropped` and, in total, in
+/// rejected on replay, unreadable): such drops are counted by reason in `dropped` and, in total, in
 /// `spool_dropped`. So:
 ///
 /// `enqueued = sent + written + sampled_out + spooled + (dropped.total() - spool_dropped) + pending`

@@ -400,9 +400,9 @@ impl Client {
     /// Needs an API key.
     ///
     /// Reads page after page (`page=1, 2, ...` with `perPage=`[`LIST_PER_PAGE`](Self::LIST_PER_PAGE))
-    /// up to the last one: the page numbered `_meta.totalPages` of the platform's answer,
-    /// or an empty page. A server may hold fewer items per page than were asked for; its
-    /// `_meta.perPage` says how many. An answer without `_meta` ends at the first page
+    /// up to the last one: the page numbered `_meta.totalPages` of the platform's answer
+    /// (else a page shorter than its `_meta.perPage`, a server holding fewer items per page
+    /// than were asked for; else `_meta.totalItems` items), or an empty page. An answer without `_meta` ends at the first page
     /// with fewer items than asked for. A server that still has not ended the list after
     /// [`LIST_MAX_PAGES`](Self::LIST_MAX_PAGES) pages, or that answers a full page twice
     /// in a row, is an [`Error::Api`]; nothing is returned then.

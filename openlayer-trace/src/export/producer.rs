@@ -314,8 +314,9 @@ impl Exporter {
         let c = &self.counters;
         let prepared = self.shaper.prepare(&trace);
         if matches!(prepared, crate::encode::row_policy::Prepared::TooDeep) {
-            // Too deep to mask on this thread's stack: the worker does it, and the
-            // trace goes through the queue, not written ahead.
+            // Too deep to mask on this thread's stack, or too large for a request (cut to
+            // fit on a worker): the worker does it, and the trace goes through the queue,
+            // not written ahead.
             return self.enqueue_queued(tx, trace);
         }
         // Encoded here: its buffers go back to the pool for the next traces.

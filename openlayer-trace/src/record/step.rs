@@ -95,8 +95,8 @@ pub(crate) struct StepExtra {
     pub fields: Vec<(&'static str, Json)>,
     /// The error text (metadata `Exceptions`).
     pub error: Option<Box<str>>,
-    /// The output set with `log_output` (JSON), kept here until the step ends, then moved
-    /// to the trace's text: what the step returns does not replace it, and logging it
+    /// The output set with `log_output` (JSON), kept here until the step ends (one logged
+    /// after it ended, until the trace completes), then moved to the trace's text: what the step returns does not replace it, and logging it
     /// again and again replaces it in place whatever was written meanwhile. Its bytes are
     /// held by the open trace.
     pub logged_output: Option<String>,

@@ -9,7 +9,8 @@
 //!   of jitter; a `retry-after-ms` or `Retry-After` header (seconds or an HTTP date) of
 //!   more than 0 and at most 60 s replaces it.
 //!
-//! Redirects are not followed (a 3xx is a final error). Proxies come from the usual
+//! The API's client follows no redirect (a 3xx is a final error); the storage's follows
+//! them (see `Transport::storage_http`). Proxies come from the usual
 //! environment variables (`HTTPS_PROXY`, `NO_PROXY`, ...), except for a base URL on
 //! this machine, which is always reached directly.
 //!
@@ -51,8 +52,9 @@ pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 const MAX_MESSAGE_BYTES: usize = 1024;
 
 /// Most bytes of a successful answer read (a page of a list, a presigned URL, an answer
-/// to a write: all far smaller): a server sending more fails the request rather than
-/// fill the memory that `queue_max_bytes` bounds.
+/// to a write: all far smaller), rather than fill the memory that `queue_max_bytes`
+/// bounds: past it the answer is cut, a write it answers counts as done, and a value read
+/// from it fails as a lost answer does (see [`ApiResponse::json`]).
 pub(crate) const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Most bytes of an error answer read (its message is cut to [`MAX_MESSAGE_BYTES`]).

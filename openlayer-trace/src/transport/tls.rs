@@ -25,7 +25,7 @@ impl super::TransportConfig {
 /// The rustls configuration: the `ring` provider (never installed process-wide), HTTP/1.1,
 /// and either the platform's verifier or, with `verify_ssl == false`, none. Root
 /// certificates that cannot be loaded are an error for an HTTPS base URL; for a plain-HTTP
-/// one (redirects are never followed) they only make HTTPS fail.
+/// one (the API's client follows no redirect) they only make HTTPS fail.
 pub(super) fn tls_config(verify_ssl: bool, https: bool) -> Result<rustls::ClientConfig, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier: Arc<dyn ServerCertVerifier> = if verify_ssl {

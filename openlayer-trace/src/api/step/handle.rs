@@ -102,7 +102,8 @@ impl StepHandle {
         }
     }
 
-    /// Whether the step is recorded (tracing is on).
+    /// Whether the step is recorded (tracing is on, and the step was not refused by
+    /// `max_steps_per_trace` or the open traces' memory bound).
     pub fn is_recording(&self) -> bool {
         self.open.as_ref().is_some_and(OpenStep::recorded)
     }

@@ -251,7 +251,8 @@ impl StepGuard {
         }
     }
 
-    /// Whether this step is recorded (tracing is on).
+    /// Whether this step is recorded (tracing is on, and the step was not refused by
+    /// `max_steps_per_trace` or the open traces' memory bound).
     pub fn is_recording(&self) -> bool {
         self.rec.as_ref().is_some_and(|r| r.open.recorded())
     }

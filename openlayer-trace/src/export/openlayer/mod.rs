@@ -16,7 +16,9 @@
 //! - Only 400, 413 and 422 reject rows for good: a rejected batch of several rows is
 //!   bisected, so that one bad row does not take its neighbours with it; a single
 //!   rejected row is counted as `rejected`, logged (rate-limited) and told to
-//!   `on_failure`. A row too large for a request on its own is rejected before it is sent.
+//!   `on_failure`. A row too large for a request on its own has its longest values cut
+//!   until it fits (see `encode::row_policy`), and is rejected before it is sent only
+//!   when it cannot be made to fit.
 //! - 3xx, 401, 403, 404 (and any other non-retryable status) mean that the configuration
 //!   is broken (a wrong key, URL or pipeline id): nothing is destroyed. With a spool, the
 //!   rows go to (or stay in) it, live rows are spooled without being sent, replay stops,
