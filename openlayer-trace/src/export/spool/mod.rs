@@ -100,6 +100,9 @@ pub(crate) enum Job {
     /// cannot be written; then the lines written ahead for them, acknowledged once the
     /// updates are written here and synced (or dropped and counted).
     Updates(Vec<RowUpdate>, DropReason, usize, Vec<WalRef>),
+    /// Lines written ahead to acknowledge: an application's thread hands them over
+    /// rather than take the index's lock, which the writer holds across disk I/O.
+    Ack(Vec<WalRef>),
     /// Completed once everything sent before it is written and synced.
     Barrier(Arc<Completion>),
     /// Rotate the write-ahead segment or evict, as requested.
@@ -424,7 +427,14 @@ impl Spool {
             _ => None,
         })
         .map_err(|(updates, ahead)| {
-            self.ack_ahead(ahead);
+            // Dropped and counted by the caller (maybe traced code, when the queue is
+            // full): their lines ahead are acknowledged by the writer, or here once it
+            // has closed.
+            if !ahead.is_empty()
+                && let Err(Job::Ack(ahead)) = self.send_open(Job::Ack(ahead))
+            {
+                self.ack_ahead(ahead);
+            }
             updates
         })
     }
@@ -524,6 +534,10 @@ impl Spool {
                     // Dropped and counted below: not to be replayed as well.
                     self.ack_ahead(ahead);
                     (updates.len(), bytes)
+                }
+                Job::Ack(ahead) => {
+                    self.ack_ahead(ahead);
+                    continue;
                 }
                 Job::Barrier(done) => {
                     done.complete();

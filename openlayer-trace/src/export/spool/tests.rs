@@ -907,3 +907,73 @@ fn a_file_that_cannot_be_read_is_set_aside_and_counted() {
         "a new file took the number of the one set aside"
     );
 }
+
+/// Traced code whose row update finds no room anywhere drops it (counted by the caller);
+/// its line written ahead is acknowledged by the writer, not on the traced thread, which
+/// would wait for the index's lock (held across disk I/O).
+#[test]
+fn a_dropped_updates_line_ahead_is_acknowledged_without_the_index() {
+    let dir = temp_dir("ack-off-thread");
+    let config = Config::builder()
+        .spool_dir(&dir)
+        .spool_mode(SpoolMode::WriteAhead)
+        .build()
+        .unwrap();
+    // No room in the memory budget: every hand-off to the writer is refused.
+    let (spool, rx) = Spool::open(
+        &config,
+        Arc::new(Counters::default()),
+        Arc::new(Budget::new(1)),
+    )
+    .unwrap();
+    let s = spool.clone();
+    let shaper = Shaper::new(&config);
+    let t = std::thread::spawn(move || run_writer(s, rx, shaper, None));
+    let w = spool.append_ahead(&row("r").spool_line()).unwrap();
+    let (seq, offset) = (w.seg.seq, w.offset);
+    let (locked_tx, locked_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let s = spool.clone();
+    let holder = std::thread::spawn(move || {
+        let _index = lock(&s.index);
+        locked_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+    });
+    locked_rx.recv().unwrap();
+    let (done_tx, done_rx) = mpsc::channel();
+    let s = spool.clone();
+    let sender = std::thread::spawn(move || {
+        let refused = s
+            .send_updates(
+                vec![update_of("r")],
+                vec![w],
+                DropReason::QueueFull,
+                Tier::Overflow,
+            )
+            .is_err();
+        done_tx.send(refused).unwrap();
+    });
+    let refused = done_rx.recv_timeout(std::time::Duration::from_secs(10));
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    sender.join().unwrap();
+    assert_eq!(refused, Ok(true), "the traced thread waited for the index");
+    // Once let go, the writer acknowledges the line.
+    assert!(wait_until(|| lock(&spool.index)
+        .segments
+        .get(&seq)
+        .is_none_or(|s| s.acked.contains(&offset))));
+    stop(&spool, t);
+}
+
+/// Polls `done` for up to 5 s.
+fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < end {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    done()
+}

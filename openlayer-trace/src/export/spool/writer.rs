@@ -197,6 +197,8 @@ pub(crate) fn run_writer(
                     w.write_updates(updates, reason);
                     ahead.extend(wal);
                 }
+                // Of updates dropped (and counted): done with, whatever this batch's sync.
+                Job::Ack(refs) => spool.ack_ahead(refs),
                 Job::Barrier(done) => barriers.push(done),
                 Job::Maintain => w.maintain(),
                 Job::Close(done) => close = Some(done),
