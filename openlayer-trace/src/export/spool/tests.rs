@@ -277,12 +277,13 @@ fn held_ids_are_forgotten_once_their_lines_are_replayed() {
     stop(&spool, t);
 }
 
-/// Traced code hands rows to the writer when the queue is full: that must not wait while
-/// the writer holds the index across disk I/O (a segment created, a replay read).
-#[test]
-fn overflow_never_waits_for_the_index() {
-    let dir = temp_dir("index-busy");
-    let (spool, _, t) = start(&dir);
+/// Runs `f` on a thread of its own while another holds the spool's index (as the writer
+/// does across disk I/O), and gives what it returns, or a timeout after 10 s (were `f`
+/// to take the index, it could not finish before it is let go).
+fn while_the_index_is_held<R: Send + 'static>(
+    spool: &Arc<Spool>,
+    f: impl FnOnce(Arc<Spool>) -> R + Send + 'static,
+) -> Result<R, mpsc::RecvTimeoutError> {
     let (locked_tx, locked_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let s = spool.clone();
@@ -292,11 +293,25 @@ fn overflow_never_waits_for_the_index() {
         release_rx.recv().unwrap();
     });
     locked_rx.recv().unwrap();
-    // The index is held until this thread says so: were an overflow to take it, the
-    // sender below could not finish before the deadline.
     let (done_tx, done_rx) = mpsc::channel();
     let s = spool.clone();
-    let sender = std::thread::spawn(move || {
+    let runner = std::thread::spawn(move || {
+        let _ = done_tx.send(f(s));
+    });
+    let out = done_rx.recv_timeout(std::time::Duration::from_secs(10));
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    runner.join().unwrap();
+    out
+}
+
+/// Traced code hands rows to the writer when the queue is full: that must not wait while
+/// the writer holds the index across disk I/O (a segment created, a replay read).
+#[test]
+fn overflow_never_waits_for_the_index() {
+    let dir = temp_dir("index-busy");
+    let (spool, _, t) = start(&dir);
+    let held = while_the_index_is_held(&spool, |s| {
         s.send_rows(
             vec![row("busy")],
             DropReason::QueueFull,
@@ -304,13 +319,8 @@ fn overflow_never_waits_for_the_index() {
             Tell::Nothing,
         )
         .unwrap();
-        let held = s.holds_row("busy");
-        done_tx.send(held).unwrap();
+        s.holds_row("busy")
     });
-    let held = done_rx.recv_timeout(std::time::Duration::from_secs(10));
-    release_tx.send(()).unwrap();
-    holder.join().unwrap();
-    sender.join().unwrap();
     assert_eq!(held, Ok(true), "the overflow waited for the index");
     // Once let go, the writer spools the row.
     let done = Arc::new(Completion::default());
@@ -931,32 +941,15 @@ fn a_dropped_updates_line_ahead_is_acknowledged_without_the_index() {
     let t = std::thread::spawn(move || run_writer(s, rx, shaper, None));
     let w = spool.append_ahead(&row("r").spool_line()).unwrap();
     let (seq, offset) = (w.seg.seq, w.offset);
-    let (locked_tx, locked_rx) = mpsc::channel();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let s = spool.clone();
-    let holder = std::thread::spawn(move || {
-        let _index = lock(&s.index);
-        locked_tx.send(()).unwrap();
-        release_rx.recv().unwrap();
+    let refused = while_the_index_is_held(&spool, move |s| {
+        s.send_updates(
+            vec![update_of("r")],
+            vec![w],
+            DropReason::QueueFull,
+            Tier::Overflow,
+        )
+        .is_err()
     });
-    locked_rx.recv().unwrap();
-    let (done_tx, done_rx) = mpsc::channel();
-    let s = spool.clone();
-    let sender = std::thread::spawn(move || {
-        let refused = s
-            .send_updates(
-                vec![update_of("r")],
-                vec![w],
-                DropReason::QueueFull,
-                Tier::Overflow,
-            )
-            .is_err();
-        done_tx.send(refused).unwrap();
-    });
-    let refused = done_rx.recv_timeout(std::time::Duration::from_secs(10));
-    release_tx.send(()).unwrap();
-    holder.join().unwrap();
-    sender.join().unwrap();
     assert_eq!(refused, Ok(true), "the traced thread waited for the index");
     // Once let go, the writer acknowledges the line.
     assert!(wait_until(|| lock(&spool.index)
