@@ -132,6 +132,15 @@ fn starts_a_worker(stop: mpsc::Receiver<()>) -> u8 {
     1
 }
 
+/// Ends the loop [`starts_a_worker`] started, and waits for its trace to complete.
+fn end_the_loop(stop: mpsc::Sender<()>, guard: &openlayer_trace::Guard) {
+    stop.send(()).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || guard
+        .stats()
+        .open_traces
+        == 0));
+}
+
 fn config(file: &std::path::Path) -> openlayer_trace::ConfigBuilder {
     Config::builder()
         .trace_file(file)
@@ -256,11 +265,7 @@ fn child() {
             let s = guard.flush(Duration::from_secs(5)).unwrap().stats;
             assert_eq!(s.written, 64, "{s:?}");
             // The loop ends: the trace completes and is written.
-            stop.send(()).unwrap();
-            assert!(wait_until(Duration::from_secs(10), || guard
-                .stats()
-                .open_traces
-                == 0));
+            end_the_loop(stop, &guard);
             let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
             assert_eq!(s.written, 65, "{s:?}");
             assert_eq!(s.oldest_open_trace_age, Duration::ZERO);
@@ -340,11 +345,7 @@ fn child() {
                 warning.contains("inference_id=") && !warning.contains("inference_id=none"),
                 "the warning is emitted in the trace, which the subscriber sees: {warning}"
             );
-            stop.send(()).unwrap();
-            assert!(wait_until(Duration::from_secs(10), || guard
-                .stats()
-                .open_traces
-                == 0));
+            end_the_loop(stop, &guard);
             let s = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
             assert_eq!(s.written, 66, "{s:?}");
             report(&[("written", s.written.to_string())]);
