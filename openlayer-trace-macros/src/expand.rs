@@ -435,6 +435,79 @@ fn is_stream_type(ty: &Type) -> bool {
     }
 }
 
+/// The statement that says what the items of the returned stream or iterator are, when
+/// the signature names them (`impl Iterator<Item = T>`, `Result<impl Stream<Item = T>, E>`):
+/// the body alone may leave them to be inferred (`std::iter::empty()`), and the
+/// implementations that record them are picked before the function's return type is
+/// unified with the value.
+fn items_named(ty: &Type) -> Option<TokenStream2> {
+    fn peel(ty: &Type) -> &Type {
+        match ty {
+            Type::Paren(p) => peel(&p.elem),
+            Type::Group(g) => peel(&g.elem),
+            _ => ty,
+        }
+    }
+    // `(is a stream, T)` of an `impl Stream<Item = T>` or `impl Iterator<Item = T>`.
+    fn item(ty: &Type) -> Option<(bool, Type)> {
+        let Type::ImplTrait(t) = peel(ty) else {
+            return None;
+        };
+        t.bounds.iter().find_map(|b| {
+            let syn::TypeParamBound::Trait(tb) = b else {
+                return None;
+            };
+            let last = tb.path.segments.last()?;
+            let name = last.ident.to_string();
+            let stream = match name.as_str() {
+                "Stream" | "FusedStream" => true,
+                "Iterator" | "ExactSizeIterator" | "DoubleEndedIterator" | "FusedIterator" => false,
+                _ => return None,
+            };
+            let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+                return None;
+            };
+            args.args.iter().find_map(|a| match a {
+                syn::GenericArgument::AssocType(at)
+                    if at.ident == "Item" && at.generics.is_none() =>
+                {
+                    Some((stream, infer_impl_trait(&at.ty)))
+                }
+                _ => None,
+            })
+        })
+    }
+    let ret = local("__ol_ret", Span::call_site());
+    if let Some((stream, t)) = item(ty) {
+        let f = if stream {
+            quote!(stream_items_are)
+        } else {
+            quote!(iter_items_are)
+        };
+        return Some(quote!(::openlayer_trace::__private::#f::<#t, _>(&#ret);));
+    }
+    let Type::Path(p) = peel(ty) else {
+        return None;
+    };
+    let last = p.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let Some(syn::GenericArgument::Type(ok)) = args.args.first() else {
+        return None;
+    };
+    let (stream, t) = item(ok)?;
+    let f = if stream {
+        quote!(ok_stream_items_are)
+    } else {
+        quote!(ok_iter_items_are)
+    };
+    Some(quote!(::openlayer_trace::__private::#f::<#t, _, _>(&#ret);))
+}
+
 /// Whether `ty` is `Result<impl Stream, E>` (as streaming clients return) or
 /// `Result<impl Iterator, E>`.
 fn is_result_of_stream(ty: &Type) -> bool {
@@ -680,7 +753,9 @@ fn expand_stream(p: StreamParts<'_>) -> TokenStream2 {
     } else {
         traced
     };
+    let items = ret_ty.and_then(items_named);
     let wrap = quote! {
+        #items
         #[allow(unused_imports)]
         use ::openlayer_trace::__private::{ReturnedStream as _, ReturnedResultStream as _, ReturnedResultIter as _, ReturnedDebugResultStream as _, ReturnedDebugResultIter as _, #acc_trait as _, #debug_acc_trait as _};
         let #kind_var = #kind;
@@ -689,11 +764,19 @@ fn expand_stream(p: StreamParts<'_>) -> TokenStream2 {
     };
     if asyncness {
         let body_fut = match (nameable, ret_ty) {
-            (true, Some(ty)) => {
+            (nameable, Some(ty)) => {
+                // What can be named of it (see `infer_impl_trait`): the `E` of a
+                // `Result<impl Stream, E>` picks how its error is recorded, before the
+                // body's `?` has said what it converts into.
+                let ty = if nameable {
+                    ty.clone()
+                } else {
+                    infer_impl_trait(ty)
+                };
                 let body = typed_async(&quote!(move), block, &quote!(#ty));
                 quote!(::openlayer_trace::__private::async_body::<#ty, _>(#body))
             }
-            _ => quote!(async move #block),
+            (_, None) => quote!(async move #block),
         };
         quote! {{
             #meta
@@ -708,8 +791,11 @@ fn expand_stream(p: StreamParts<'_>) -> TokenStream2 {
         // from how its value is recorded (a `Result`).
         let closure = match (nameable, ret_ty) {
             (true, Some(ty)) => quote!(move || -> #ty #block),
+            (false, Some(ty)) => {
+                let ty = infer_impl_trait(ty);
+                quote!(move || -> #ty #block)
+            }
             (_, None) => quote!(move || -> () #block),
-            _ => quote!(move || #block),
         };
         quote! {{
             #meta

@@ -397,6 +397,108 @@ async fn errors_that_are_only_debug_are_recorded_with_their_debug_text() {
     assert_eq!(only(&traces).root()["metadata"]["Exceptions"], "Busy");
 }
 
+/// An error that is only `Debug`, made by `?` from an I/O error.
+#[derive(Debug)]
+struct Unreadable(#[allow(dead_code)] std::io::ErrorKind);
+
+impl From<std::io::Error> for Unreadable {
+    fn from(e: std::io::Error) -> Self {
+        Unreadable(e.kind())
+    }
+}
+
+/// Items that only the signature types.
+#[trace]
+fn nothing_yet() -> impl Iterator<Item = u64> {
+    std::iter::empty()
+}
+
+/// Items converted by `.into()`, into what the signature says.
+#[trace]
+fn owned<'a>(words: &'a [&'a str]) -> impl Iterator<Item = String> + 'a {
+    words.iter().map(|w| (*w).into())
+}
+
+/// Items whose error type only the signature names.
+#[trace]
+fn numbers<'a>(lines: &'a [&'a str]) -> impl Iterator<Item = Result<u32, Unreadable>> + 'a {
+    lines.iter().map(|l| {
+        l.parse()
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData).into())
+    })
+}
+
+/// A `Result` of an iterator whose `Debug`-only error comes from `?`.
+#[trace]
+fn lines_of(path: &str) -> Result<impl Iterator<Item = String>, Unreadable> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+        .into_iter())
+}
+
+/// The same, async, as a stream.
+#[trace]
+async fn lines_streamed(path: &str) -> Result<impl Stream<Item = String>, Unreadable> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(futures_util::stream::iter(
+        text.lines().map(str::to_string).collect::<Vec<_>>(),
+    ))
+}
+
+#[tokio::test]
+async fn items_and_errors_that_only_the_signature_types_are_traced() {
+    let (n, traces) = testing::capture(|| nothing_yet().count());
+    assert_eq!(n, 0);
+    assert_eq!(only(&traces).root()["output"], "");
+
+    let (out, traces) = testing::capture(|| owned(&["a", "b"]).collect::<Vec<_>>());
+    assert_eq!(out, ["a", "b"]);
+    assert_eq!(only(&traces).root()["output"], "ab");
+
+    let (out, traces) = testing::capture(|| numbers(&["1", "x", "2"]).count());
+    assert_eq!(out, 3);
+    let root = only(&traces).root();
+    assert_eq!(root["output"], json!([1, 2]));
+    assert_eq!(root["metadata"]["Exceptions"], "Unreadable(InvalidData)");
+
+    let dir = openlayer_trace_tests::child::temp_dir("streams-signature-types");
+    let path = dir.join("lines.txt");
+    std::fs::write(&path, "one\ntwo\n").unwrap();
+    let path = path.to_str().unwrap();
+    let missing = dir.join("missing.txt");
+    let missing = missing.to_str().unwrap();
+
+    let (out, traces) = testing::capture(|| lines_of(path).unwrap().collect::<Vec<_>>());
+    assert_eq!(out, ["one", "two"]);
+    assert_eq!(only(&traces).root()["output"], "onetwo");
+    let (out, traces) = testing::capture(|| lines_of(missing).map(|_| ()));
+    assert!(matches!(out, Err(Unreadable(std::io::ErrorKind::NotFound))));
+    let root = only(&traces).root();
+    assert!(root["output"].is_null(), "{root}");
+    assert_eq!(root["metadata"]["Exceptions"], "Unreadable(NotFound)");
+
+    let (out, traces) = testing::capture_async(async {
+        lines_streamed(path)
+            .await
+            .unwrap()
+            .collect::<Vec<_>>()
+            .await
+    })
+    .await;
+    assert_eq!(out, ["one", "two"]);
+    assert_eq!(only(&traces).root()["output"], "onetwo");
+    let (out, traces) =
+        testing::capture_async(async { lines_streamed(missing).await.map(|_| ()) }).await;
+    assert!(matches!(out, Err(Unreadable(std::io::ErrorKind::NotFound))));
+    assert_eq!(
+        only(&traces).root()["metadata"]["Exceptions"],
+        "Unreadable(NotFound)"
+    );
+}
+
 #[tokio::test]
 async fn an_error_then_drop_keeps_partial_output_and_is_cancelled() {
     let (_, traces) = testing::capture_async(async {

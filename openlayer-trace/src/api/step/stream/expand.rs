@@ -409,3 +409,21 @@ impl<I> ItemType<I> {
 pub fn rebox<W, R: super::FromTraced<W>>(traced: W) -> R {
     R::from_traced(traced)
 }
+
+/// Says that `returned` is an iterator of `T`, as the signature's `impl Iterator<Item = T>`
+/// does: called before the implementations are picked, so that a body whose items only
+/// the signature types (`std::iter::empty()`, `.map(|s| s.into())`) has them known then.
+#[inline(always)]
+pub fn iter_items_are<T, I: Iterator<Item = T>>(_returned: &I) {}
+
+/// [`iter_items_are`] for a stream (`impl Stream<Item = T>`).
+#[inline(always)]
+pub fn stream_items_are<T, S: Stream<Item = T>>(_returned: &S) {}
+
+/// [`iter_items_are`] for a `Result<impl Iterator<Item = T>, E>`.
+#[inline(always)]
+pub fn ok_iter_items_are<T, I: Iterator<Item = T>, E>(_returned: &Result<I, E>) {}
+
+/// [`iter_items_are`] for a `Result<impl Stream<Item = T>, E>`.
+#[inline(always)]
+pub fn ok_stream_items_are<T, S: Stream<Item = T>, E>(_returned: &Result<S, E>) {}
