@@ -29,7 +29,23 @@ fn bindings(pat: &Pat, out: &mut Vec<Ident>) {
         Pat::Slice(s) => s.elems.iter().for_each(|p| bindings(p, out)),
         Pat::Type(t) => bindings(&t.pat, out),
         Pat::Paren(p) => bindings(&p.pat, out),
+        // Every case binds the same names.
+        Pat::Or(o) => {
+            if let Some(first) = o.cases.first() {
+                bindings(first, out);
+            }
+        }
         _ => {}
+    }
+}
+
+/// `ty` without the invisible group a `macro_rules!` macro's `$t:ty` puts around it (nor
+/// parentheses): what the checks of a return type's shape look at (`-> $t` with `$t` `!`).
+pub(crate) fn ungroup(ty: &Type) -> &Type {
+    match ty {
+        Type::Group(g) => ungroup(&g.elem),
+        Type::Paren(p) => ungroup(&p.elem),
+        _ => ty,
     }
 }
 
@@ -355,7 +371,7 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
 
     let body = if sig.asyncness.is_some() {
         async_parts.body(block, ret_ty, nameable, &record)
-    } else if matches!(ret_ty, Some(Type::Never(_))) {
+    } else if matches!(ret_ty.map(ungroup), Some(Type::Never(_))) {
         // Never returns: no value to record. The step closes as the thread unwinds (a
         // panic), or never (the process exits).
         quote! {{
@@ -622,7 +638,7 @@ fn plan_extra(
         });
     }
     // Nothing, or a future of nothing (`impl Future<Output = ()>`, `BoxFuture<'_, ()>`).
-    let is_unit = |ty: &Type| matches!(ty, Type::Tuple(t) if t.elems.is_empty());
+    let is_unit = |ty: &Type| matches!(ungroup(ty), Type::Tuple(t) if t.elems.is_empty());
     let returns_nothing = match &sig.output {
         ReturnType::Default => true,
         ReturnType::Type(_, ty) => {

@@ -1404,3 +1404,59 @@ fn trace_inside_macro_rules_with_the_callers_tokens() {
     assert_eq!(t.root()["output"], 42);
     assert_eq!(t.row()["n"], 41);
 }
+
+// ---------------------------------------------------------------------------------------
+// Parameter patterns and types passed through `macro_rules!`
+
+/// An or-pattern binds the same names in every case: they are recorded.
+#[trace]
+fn either((Ok(x) | Err(x)): Result<u32, u32>) -> u32 {
+    x + 1
+}
+
+#[test]
+fn a_parameter_bound_by_an_or_pattern_is_recorded() {
+    let (out, t) = one(|| either(Err(4)));
+    assert_eq!(out, 5);
+    assert_eq!(inputs_text(&t), r#"{"x":4}"#);
+}
+
+/// A return type given to `#[trace]` by a `macro_rules!` macro's `$t:ty` (an invisible
+/// group around the type) is read as written: `!` never returns, and a `BoxFuture`'s
+/// output types the future's body, where `?` needs to know what it converts into.
+macro_rules! traced_with_return_type {
+    ($never:ty, $boxed:ty) => {
+        #[trace]
+        fn stops(code: i32) -> $never {
+            panic!("exit {code}")
+        }
+
+        #[trace]
+        fn parsed_later(text: &'static str) -> $boxed {
+            Box::pin(async move {
+                let n: u32 = text.parse()?;
+                Ok(n * 2)
+            })
+        }
+    };
+}
+
+traced_with_return_type!(
+    !,
+    futures_util::future::BoxFuture<'static, Result<u32, std::num::ParseIntError>>
+);
+
+#[tokio::test]
+async fn return_types_from_a_macro_rules_type_fragment_are_read_as_written() {
+    let (out, traces) = testing::capture(|| std::panic::catch_unwind(|| stops(3)));
+    assert!(out.is_err());
+    let exceptions = traces[0].root()["metadata"]["Exceptions"].to_string();
+    assert!(exceptions.contains("exit 3"), "{exceptions}");
+
+    let (out, t) = one_async(parsed_later("21")).await;
+    assert_eq!(out.unwrap(), 42);
+    assert_eq!(t.root()["output"], 42);
+    let (out, t) = one_async(parsed_later("x")).await;
+    assert!(out.is_err());
+    assert!(t.root()["output"].is_null());
+}

@@ -40,7 +40,7 @@ impl AsyncParts<'_> {
         } = self;
         let capture = if *moves { quote!(move) } else { quote!() };
         // `-> !`: nothing to record, and `!` cannot be named on stable (no turbofish).
-        let never = matches!(output, Some(Type::Never(_)));
+        let never = matches!(output.map(super::ungroup), Some(Type::Never(_)));
         let body_fut = match (nameable && !never, output) {
             (true, Some(ty)) => {
                 let body = super::typed_async(&capture, block, &quote!(#ty));
@@ -130,6 +130,7 @@ pub(super) fn returns_future(ty: &Type) -> bool {
 
 /// The `Output = T` of a future type (the `T` of a `BoxFuture<'a, T>`), when it names one.
 pub(super) fn future_output(ty: &Type) -> Option<&Type> {
+    let ty = super::ungroup(ty);
     if let Type::Path(p) = ty
         && let Some(last) = p.path.segments.last()
         && (last.ident == "BoxFuture" || last.ident == "LocalBoxFuture")
