@@ -49,6 +49,72 @@ pub(crate) fn ungroup(ty: &Type) -> &Type {
     }
 }
 
+/// Whether a function body may leave before its end: a `return`, a `?`, or a macro that
+/// might write one (any but a few of the standard library's), outside the closures,
+/// `async` blocks and items it declares. Such a body runs in a closure, so that its
+/// output is recorded however it leaves.
+fn may_leave_early(block: &syn::Block) -> bool {
+    /// Standard macros that never leave the function they are written in.
+    const STAYS: &[&str] = &[
+        "assert",
+        "assert_eq",
+        "assert_ne",
+        "debug_assert",
+        "debug_assert_eq",
+        "debug_assert_ne",
+        "panic",
+        "unreachable",
+        "todo",
+        "unimplemented",
+        "format",
+        "format_args",
+        "print",
+        "println",
+        "eprint",
+        "eprintln",
+        "write",
+        "writeln",
+        "vec",
+        "matches",
+        "dbg",
+        "concat",
+        "stringify",
+        "line",
+        "column",
+        "file",
+        "env",
+        "option_env",
+        "include_str",
+        "include_bytes",
+        "cfg",
+    ];
+    struct Finder(bool);
+    impl<'ast> syn::visit::Visit<'ast> for Finder {
+        fn visit_expr_return(&mut self, _: &'ast syn::ExprReturn) {
+            self.0 = true;
+        }
+        fn visit_expr_try(&mut self, _: &'ast syn::ExprTry) {
+            self.0 = true;
+        }
+        fn visit_macro(&mut self, m: &'ast syn::Macro) {
+            let stays = m
+                .path
+                .get_ident()
+                .is_some_and(|i| STAYS.iter().any(|s| i == s));
+            if !stays {
+                self.0 = true;
+            }
+        }
+        // What these contain leaves them, not the function.
+        fn visit_expr_closure(&mut self, _: &'ast syn::ExprClosure) {}
+        fn visit_expr_async(&mut self, _: &'ast syn::ExprAsync) {}
+        fn visit_item(&mut self, _: &'ast syn::Item) {}
+    }
+    let mut f = Finder(false);
+    syn::visit::Visit::visit_block(&mut f, block);
+    f.0
+}
+
 fn contains_impl_trait(ty: &Type) -> bool {
     struct Finder(bool);
     impl<'ast> syn::visit::Visit<'ast> for Finder {
@@ -379,6 +445,29 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
             let __ol_step = ::openlayer_trace::__private::enter_sync(&__OL_META, |__ol_w| { #(#writes)* });
             let _ = &__ol_step;
             #block
+        }}
+    } else if item.attrs.iter().any(|a| a.path().is_ident("track_caller"))
+        && !may_leave_early(block)
+    {
+        // `#[track_caller]`, and the body cannot leave before its end: it runs in place,
+        // not in a closure (which would report its own line as the caller's).
+        let typed = match (nameable, ret_ty) {
+            (true, Some(ty)) => quote!(#ty),
+            (false, Some(ty)) => {
+                let ty = infer_impl_trait(ty);
+                quote!(#ty)
+            }
+            (_, None) => quote!(()),
+        };
+        quote! {{
+            #meta
+            #[allow(unused_mut)]
+            let mut __ol_step = ::openlayer_trace::__private::enter_sync(&__OL_META, |__ol_w| { #(#writes)* });
+            let __ol_ret: #typed = #block;
+            #promote
+            { #record }
+            ::core::mem::drop(__ol_step);
+            __ol_ret
         }}
     } else {
         // Typed even when the function returns nothing: a body that only diverges

@@ -1460,3 +1460,32 @@ async fn return_types_from_a_macro_rules_type_fragment_are_read_as_written() {
     assert!(out.is_err());
     assert!(t.root()["output"].is_null());
 }
+
+// ---------------------------------------------------------------------------------------
+// `#[track_caller]`
+
+/// A body that cannot leave early runs in place: the caller's location reaches it.
+#[track_caller]
+#[trace]
+fn called_from() -> u32 {
+    std::panic::Location::caller().line()
+}
+
+/// A body that may leave early (`?`) runs in a closure: it still compiles and is recorded.
+#[track_caller]
+#[trace]
+fn parsed_here(text: &str) -> Result<u32, std::num::ParseIntError> {
+    let n: u32 = text.parse()?;
+    Ok(n)
+}
+
+#[test]
+fn track_caller_reports_the_callers_line_when_the_body_runs_in_place() {
+    let ((got, want), t) = one(|| (called_from(), line!()));
+    assert_eq!(got, want);
+    assert_eq!(t.root()["output"], json!(want));
+
+    let (out, t) = one(|| parsed_here("12"));
+    assert_eq!(out.unwrap(), 12);
+    assert_eq!(t.root()["output"], 12);
+}
