@@ -876,16 +876,12 @@ fn refused_child() {
     assert_eq!(shape(&line["rows"][0]["steps"][0]), "outer", "{line}");
 }
 
-#[test]
-fn a_span_in_a_refused_step_is_not_recorded() {
-    let file = std::env::temp_dir().join(format!(
-        "openlayer-interop-refused-{}.jsonl",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&file);
+/// Runs the ignored test `name` of this binary in its own process, with `env` set, and
+/// asserts that it passed.
+fn in_own_process(name: &str, env: (&str, &std::ffi::OsStr)) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "refused_child", "--ignored", "--nocapture"])
-        .env("REFUSED_CHILD_FILE", &file)
+        .args(["--exact", name, "--ignored", "--nocapture"])
+        .env(env.0, env.1)
         .env_remove("OPENLAYER_API_KEY")
         .output()
         .unwrap();
@@ -895,5 +891,83 @@ fn a_span_in_a_refused_step_is_not_recorded() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_span_in_a_refused_step_is_not_recorded() {
+    let file = std::env::temp_dir().join(format!(
+        "openlayer-interop-refused-{}.jsonl",
+        std::process::id()
+    ));
     let _ = std::fs::remove_file(&file);
+    in_own_process("refused_child", ("REFUSED_CHILD_FILE", file.as_os_str()));
+    let _ = std::fs::remove_file(&file);
+}
+
+/// A value whose `Debug` makes a span, under the span current then.
+struct Nests;
+
+impl std::fmt::Debug for Nests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let _s = tracing::info_span!("nested").entered();
+        f.write_str("nests")
+    }
+}
+
+#[tracing::instrument(ret)]
+fn returns_nests() -> Nests {
+    Nests
+}
+
+/// Run in its own process by `a_value_that_makes_a_span_under_its_own_does_not_deadlock`:
+/// the subscriber is the global default, as in an application (while a scoped one
+/// dispatches an event, the spans made meanwhile go nowhere).
+#[test]
+#[ignore = "run in its own process by a_value_that_makes_a_span_under_its_own_does_not_deadlock"]
+fn nesting_child() {
+    if std::env::var_os("NESTING_CHILD").is_none() {
+        return;
+    }
+    let subscriber =
+        Registry::default().with(tracing_layer().with_targets([module_path!().to_string()]));
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // On a thread of its own: a deadlock fails the test rather than hang it.
+    std::thread::spawn(move || {
+        let ((), traces) = testing::capture(|| {
+            {
+                let span = tracing::info_span!("recorded", value = Empty);
+                let _e = span.enter();
+                span.record("value", tracing::field::debug(&Nests));
+            }
+            returns_nests();
+            {
+                let _s = tracing::info_span!("logged").entered();
+                tracing::error!(error = ?Nests, "failed");
+            }
+        });
+        let _ = tx.send(traces);
+    });
+    let traces = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the thread deadlocked");
+    let trees: Vec<String> = traces.iter().map(tree).collect();
+    assert_eq!(
+        trees,
+        [
+            "recorded(nested)",
+            "returns_nests(nested)",
+            "logged(nested)"
+        ]
+    );
+    assert_eq!(traces[0].root()["metadata"]["value"], "nests");
+    assert_eq!(traces[1].root()["output"], "nests");
+    assert_eq!(traces[2].root()["metadata"]["Exceptions"], "nests");
+}
+
+/// A field, return value or error whose `Debug` makes a span under the span it is
+/// recorded in is formatted before that span's extensions are locked.
+#[test]
+fn a_value_that_makes_a_span_under_its_own_does_not_deadlock() {
+    in_own_process("nesting_child", ("NESTING_CHILD", "1".as_ref()));
 }

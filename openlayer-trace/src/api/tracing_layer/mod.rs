@@ -254,6 +254,18 @@ fn ancestor_position(anc: &OpenStep) -> Option<(Arc<TraceShared>, u32)> {
     }
 }
 
+/// Whether the span has a step. Values are formatted only then, and never while the span's
+/// extensions are locked: their `Debug` and `Display` code may make a span under this one
+/// (which reads its extensions) or log an event that another layer formats with this span's
+/// fields, and under the lock (not reentrant) the thread would deadlock. Unreadable
+/// extensions (poisoned, see `on_new_span`): no step.
+fn has_step<S>(span: &tracing_subscriber::registry::SpanRef<'_, S>) -> bool
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    crate::util::panic::caught(|| span.extensions().get::<SpanStep>().is_some()).unwrap_or(false)
+}
+
 impl<S> Layer<S> for Bridge
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -357,6 +369,12 @@ where
         let Some(span) = ctx.span(id) else {
             return;
         };
+        if !has_step(&span) {
+            return;
+        }
+        // Formatted before the span's extensions are locked (see `has_step`).
+        let mut fields = Fields::default();
+        values.record(&mut fields);
         // Caught, as in `on_new_span`.
         let Some(mut ext) = crate::util::panic::caught(|| span.extensions_mut()) else {
             return;
@@ -364,8 +382,6 @@ where
         let Some(step) = ext.get_mut::<SpanStep>() else {
             return;
         };
-        let mut fields = Fields::default();
-        values.record(&mut fields);
         for (k, v) in fields.0 {
             step.apply(k, v, false);
         }
@@ -405,6 +421,12 @@ where
         // unless it is at ERROR level.
         let fails = *event.metadata().level() == tracing::Level::ERROR
             || event.metadata().fields().field("message").is_none();
+        if !has_step(&span) {
+            return;
+        }
+        // Formatted before the span's extensions are locked (see `has_step`).
+        let mut fields = Fields::default();
+        event.record(&mut fields);
         // Caught, as in `on_new_span`.
         let Some(mut ext) = crate::util::panic::caught(|| span.extensions_mut()) else {
             return;
@@ -412,8 +434,6 @@ where
         let Some(step) = ext.get_mut::<SpanStep>() else {
             return;
         };
-        let mut fields = Fields::default();
-        event.record(&mut fields);
         for (k, v) in fields.0 {
             match k {
                 // `#[instrument(err)]`: the error's text, at the span's end (see `fails`).
