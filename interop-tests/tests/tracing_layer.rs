@@ -809,6 +809,32 @@ fn an_explicit_parent_is_the_steps_parent() {
     assert_eq!(tree(&traces[0]), "p(c(contextual), explicit)");
 }
 
+#[trace]
+fn makes_a_root() {
+    drop(tracing::info_span!(parent: None, "root_in_traced"));
+    inner_traced(1);
+}
+
+/// A span made with `parent: None` starts a trace of its own, inside a selected span as
+/// inside a `#[trace]` function.
+#[test]
+fn an_explicit_root_starts_a_trace() {
+    let (_, traces) = run(|| {
+        let p = tracing::info_span!("p");
+        let _p = p.enter();
+        drop(tracing::info_span!(parent: None, "root_in_span"));
+        drop(tracing::info_span!("contextual"));
+        makes_a_root();
+    });
+    assert_eq!(traces.len(), 3, "{traces:?}");
+    assert_eq!(tree(named(&traces, "root_in_span")), "root_in_span");
+    assert_eq!(tree(named(&traces, "root_in_traced")), "root_in_traced");
+    assert_eq!(
+        tree(named(&traces, "p")),
+        "p(contextual, makes_a_root(inner_traced))"
+    );
+}
+
 /// `otel.name` and the GenAI operation recorded after the span was created (declared
 /// `Empty`, as tracing-opentelemetry allows) rename the step and give it its kind.
 #[test]

@@ -8,11 +8,15 @@
 //!
 //! A selected span opens a step when it is created: under the step of its nearest selected
 //! ancestor span, or under a step current on this thread below that one (a `#[trace]`
-//! function called inside the ancestor); a span given an explicit `parent:` always goes
-//! under that parent's step. Without a selected ancestor, it goes under the step current on
-//! this thread (a `#[trace]` function), else it is the root of a new trace. While the span is
-//! entered (also across `.await`, through `Instrument`), its step is current, so that
-//! `#[trace]` functions called inside nest under it. The step ends when the span closes.
+//! function called inside the ancestor). A span given an explicit `parent:` goes under the
+//! step of that parent, or of its nearest selected ancestor, whatever is current on this
+//! thread. Without a selected ancestor (an explicit parent that is not selected and has no
+//! selected ancestor included), it goes under the step current on this thread (a `#[trace]`
+//! function), else it is the root of a new trace. An explicit root (`parent: None`) is
+//! always the root of a new trace, even inside a selected span or a `#[trace]` function.
+//! While the span is entered (also across `.await`, through `Instrument`), its step is
+//! current, so that `#[trace]` functions called inside nest under it. The step ends when the
+//! span closes.
 //!
 //! Events give a step its output (`#[instrument(ret)]`) and its error
 //! (`#[instrument(err)]`: an `error` field without a message, at any level) only when they
@@ -254,6 +258,16 @@ fn ancestor_position(anc: &OpenStep) -> Option<(Arc<TraceShared>, u32)> {
     }
 }
 
+/// Where a new span's step opens.
+enum Place {
+    /// At the position current on this thread (a new trace when there is none).
+    Current,
+    /// Under this step.
+    At(Arc<TraceShared>, u32),
+    /// At the root of a new trace.
+    Root,
+}
+
 /// Whether the span has a step. Values are formatted only then, and never while the span's
 /// extensions are locked: their `Debug` and `Display` code may make a span under this one
 /// (which reads its extensions) or log an event that another layer formats with this span's
@@ -306,7 +320,7 @@ where
         // Caught, as every lookup of a span's extensions: another layer that panicked
         // while it held them poisoned their lock, and the lookup would panic into the
         // code making the span (an unreadable parent: the span starts a trace).
-        let position = span.parent().and_then(|p| {
+        let under = span.parent().and_then(|p| {
             crate::util::panic::caught(|| {
                 let ext = p.extensions();
                 let anc = ext.get::<SpanStep>()?.handle.open_step()?;
@@ -318,6 +332,12 @@ where
             })
             .flatten()
         });
+        let position = match under {
+            // An explicit root (`parent: None`): a trace of its own, whatever is current.
+            _ if attrs.is_root() => Place::Root,
+            Some((trace, idx)) => Place::At(trace, idx),
+            None => Place::Current,
+        };
         let spec = StepSpec {
             name,
             kind,
@@ -340,13 +360,18 @@ where
             }
         };
         let open = match position {
-            Some((trace, idx)) => {
-                // Restored however `open_step` ends: the inputs run the span's `Debug` and
-                // `Display` code, which may panic.
-                let _restore = context::Exit::new(context::enter(trace, idx));
+            Place::Current => {
                 context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs)
             }
-            None => context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs),
+            place => {
+                // Restored however `open_step` ends: the inputs run the span's `Debug` and
+                // `Display` code, which may panic.
+                let _restore = context::Exit::new(match place {
+                    Place::At(trace, idx) => context::enter(trace, idx),
+                    _ => context::enter_none(),
+                });
+                context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs)
+            }
         };
         let Some(open) = open else {
             return;
