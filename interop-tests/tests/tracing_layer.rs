@@ -270,6 +270,29 @@ fn events_of_unselected_spans_and_handled_errors_leave_the_step_alone() {
     assert!(step["metadata"].get("Exceptions").is_none(), "{step}");
 }
 
+/// The conventions' error attributes on an event follow the rule of `error`: with a
+/// message below ERROR they were handled; at ERROR they fail the step.
+#[test]
+fn error_attributes_logged_with_a_message_below_error_were_handled() {
+    let (_, traces) = run(|| {
+        {
+            let _s = tracing::info_span!("handled").entered();
+            tracing::warn!(error.type = "timeout", "retrying");
+            tracing::info!(exception.message = "gone", exception.type = "E", "ignored");
+            tracing::warn!(error.message = "slow", "retrying");
+        }
+        let _s = tracing::info_span!("failed").entered();
+        tracing::error!(error.type = "timeout", error.message = "gave up", "failed");
+    });
+    let handled = named(&traces, "handled").root();
+    assert!(handled["metadata"].get("Exceptions").is_none(), "{handled}");
+    let failed = named(&traces, "failed").root();
+    assert_eq!(
+        failed["metadata"]["Exceptions"], "timeout: gave up",
+        "{failed}"
+    );
+}
+
 #[test]
 fn error_attributes_recorded_on_a_span_become_exceptions() {
     let (_, traces) = run(|| {

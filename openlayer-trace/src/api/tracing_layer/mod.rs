@@ -22,7 +22,8 @@
 //! (`#[instrument(err)]`: an `error` field without a message, at any level) only when they
 //! are the selected span's own: emitted in it, with its target. The value or error of an
 //! unselected callee, and an error logged with a message below ERROR (`warn!(error = %e,
-//! "retrying")`, handled), do not change the step.
+//! "retrying")` or `warn!(error.type = "timeout", "retrying")`, handled), do not change the
+//! step.
 
 mod fields;
 mod genai;
@@ -442,8 +443,9 @@ where
         }
         // `#[instrument(err)]`'s event has an `error` field and no message, at ERROR unless
         // the function asked for another level (`err(level = "warn")`); an `error` field
-        // with a message (`warn!(error = %e, "retrying")`) is an error logged and handled,
-        // unless it is at ERROR level.
+        // (or `error.type`, `error.message`, `exception.type`, `exception.message`) with a
+        // message (`warn!(error = %e, "retrying")`) is an error logged and handled, unless
+        // it is at ERROR level.
         let fails = *event.metadata().level() == tracing::Level::ERROR
             || event.metadata().fields().field("message").is_none();
         if !has_step(&span) {
@@ -465,7 +467,10 @@ where
                 "error" if fails => step.set_error_message(v.text()),
                 // `#[instrument(ret)]`: the return value.
                 "return" => step.handle.output(&debug_value(v)),
-                "error.type" | "exception.type" | "error.message" | "exception.message" => {
+                // The conventions' error attributes, under the same rule as `error`.
+                "error.type" | "exception.type" | "error.message" | "exception.message"
+                    if fails =>
+                {
                     step.apply(k, v, false)
                 }
                 _ => {}
