@@ -781,6 +781,21 @@ fn listed() -> Vec<u32> {
     vec![1, 2]
 }
 
+#[tracing::instrument(ret)]
+fn wide() -> u128 {
+    1 << 100
+}
+
+/// A returned integer beyond 64 bits keeps its digits, as an input does.
+#[test]
+fn a_returned_u128_keeps_its_digits() {
+    let (_, traces) = run(wide);
+    assert_eq!(
+        traces[0].root()["output"],
+        "1267650600228229401496703205376"
+    );
+}
+
 /// `#[instrument(ret)]` records the value's `Debug` text: a string comes back as that
 /// string whatever Rust escaped in it, and a `Display` text is never taken for `null`.
 #[test]

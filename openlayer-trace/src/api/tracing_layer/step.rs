@@ -224,7 +224,8 @@ impl Gathered {
 /// A value recorded with `?` (as `#[instrument(ret)]` does): a string's `Debug` text
 /// (quoted, with Rust's escapes such as `\u{200d}`) as that string; a number, a boolean,
 /// a list or a map whose text is JSON as that JSON; anything else (a `null` included,
-/// which only a `Display` text would be) as the text.
+/// which only a `Display` text would be) as the text, and so is a text holding an integer
+/// beyond `i64` and `u64` (a `u128`), which JSON numbers here would round.
 pub(super) fn debug_value(v: FieldValue) -> Value {
     match v {
         FieldValue::Str(s) => {
@@ -238,12 +239,48 @@ pub(super) fn debug_value(v: FieldValue) -> Value {
             match serde_json::from_str::<Value>(&s) {
                 Ok(
                     v @ (Value::Number(_) | Value::Bool(_) | Value::Array(_) | Value::Object(_)),
-                ) => v,
+                ) if !has_wide_integer(&s) => v,
                 _ => Value::String(s),
             }
         }
         other => serde_json::to_value(other).unwrap_or(Value::Null),
     }
+}
+
+/// Whether the JSON text `s` holds an integer (a number without a fraction or an exponent)
+/// that fits neither `i64` nor `u64`.
+fn has_wide_integer(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                // Skips the string, escapes included.
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                i += 1;
+                while i < b.len() && matches!(b[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                let n = &s[start..i];
+                if !n.contains(['.', 'e', 'E'])
+                    && n.parse::<i64>().is_err()
+                    && n.parse::<u64>().is_err()
+                {
+                    return true;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    false
 }
 
 /// The string whose `Debug` text (without its quotes) is `s`: `None` when `s` is not one
@@ -318,5 +355,32 @@ fn set_inputs_value(h: &StepHandle, v: Value) {
     let r = st.replace_text(old, &text);
     if let Some(rec) = st.steps.get_mut(open.idx as usize) {
         rec.inputs = r;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_beyond_64_bits_keep_their_text() {
+        let wide = (1u128 << 100).to_string();
+        assert_eq!(
+            debug_value(FieldValue::Str(wide.clone())),
+            Value::String(wide)
+        );
+        let listed = format!("[1, {}]", -(1i128 << 100));
+        assert_eq!(
+            debug_value(FieldValue::Str(listed.clone())),
+            Value::String(listed)
+        );
+        assert_eq!(debug_value(FieldValue::Str(u64::MAX.to_string())), u64::MAX);
+        assert_eq!(debug_value(FieldValue::Str(i64::MIN.to_string())), i64::MIN);
+        assert_eq!(
+            debug_value(FieldValue::Str(
+                r#"{"n": 1e30, "s": "1267650600228229401496703205376"}"#.into()
+            )),
+            serde_json::json!({"n": 1e30, "s": "1267650600228229401496703205376"})
+        );
     }
 }
