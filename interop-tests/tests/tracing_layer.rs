@@ -306,6 +306,33 @@ fn error_attributes_recorded_on_a_span_become_exceptions() {
     );
 }
 
+/// tracing-opentelemetry's `otel.status_description` is the text of an error status.
+#[test]
+fn an_error_status_description_is_the_error_text() {
+    let (_, traces) = run(|| {
+        drop(tracing::info_span!(
+            "given",
+            "otel.status_code" = "ERROR",
+            "otel.status_description" = "rate limited"
+        ));
+        let span = tracing::info_span!(
+            "recorded",
+            "otel.status_code" = Empty,
+            "otel.status_description" = Empty
+        );
+        span.record("otel.status_description", "upstream closed");
+        span.record("otel.status_code", "ERROR");
+    });
+    for (name, text) in [("given", "rate limited"), ("recorded", "upstream closed")] {
+        let root = named(&traces, name).root();
+        assert_eq!(root["metadata"]["Exceptions"], text, "{root}");
+        assert!(
+            root["metadata"].get("otel.status_description").is_none(),
+            "{root}"
+        );
+    }
+}
+
 #[test]
 fn fields_recorded_later_are_metadata() {
     let (_, traces) = run(|| {

@@ -34,6 +34,8 @@ struct Gathered {
     error_type: Option<String>,
     error_message: Option<String>,
     status_error: bool,
+    /// `otel.status_description`: the error's text when the status is an error.
+    status_description: Option<String>,
 }
 
 impl SpanStep {
@@ -84,6 +86,7 @@ impl SpanStep {
                     .as_str()
                     .is_some_and(|s| s.eq_ignore_ascii_case("error"))
             }
+            "otel.status_description" => self.gathered().status_description = Some(value.text()),
             "error.type" | "exception.type" => self.gathered().error_type = Some(value.text()),
             "error.message" | "exception.message" => {
                 self.gathered().error_message = Some(value.text())
@@ -208,6 +211,14 @@ impl Gathered {
                 genai::prompt_inputs(self.system.as_deref(), self.input_messages.as_deref())
         {
             set_inputs_value(h, inputs);
+        }
+        if let Some(d) = self.status_description.take() {
+            if self.status_error {
+                self.error_message.get_or_insert(d);
+            } else {
+                // Not an error: kept as any other attribute.
+                h.metadata("otel.status_description", &d);
+            }
         }
         if self.error_message.is_some() || self.error_type.is_some() || self.status_error {
             let text = match (self.error_type.take(), self.error_message.take()) {
