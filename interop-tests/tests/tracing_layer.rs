@@ -880,6 +880,66 @@ fn makes_a_root() {
     inner_traced(1);
 }
 
+/// The traces of `f`, under a subscriber with the default layer.
+fn run_default<R>(f: impl FnOnce() -> R) -> Vec<CapturedTrace> {
+    let subscriber = Registry::default().with(tracing_layer());
+    tracing::subscriber::with_default(subscriber, || testing::capture(f)).1
+}
+
+/// Provider names of OpenInference (`llm.provider`, `llm.system`) are the platform's.
+#[test]
+fn openinference_provider_names_are_the_platforms() {
+    let cases = [
+        ("azure", "Azure"),
+        ("aws", "Bedrock"),
+        ("amazon", "Bedrock"),
+        ("vertexai", "VertexAI"),
+    ];
+    let traces = run_default(|| {
+        for (given, _) in cases {
+            drop(tracing::info_span!(
+                target: "oi_fw",
+                "llm",
+                "otel.name" = given,
+                "openinference.span.kind" = "LLM",
+                "llm.provider" = given
+            ));
+        }
+    });
+    for (given, provider) in cases {
+        let root = named(&traces, given).root();
+        assert_eq!(root["provider"], provider, "{root}");
+    }
+}
+
+/// A GenAI `retrieval` operation is a retriever step.
+#[test]
+fn a_genai_retrieval_is_a_retriever_step() {
+    let traces = run_default(|| {
+        drop(tracing::info_span!(target: "x", "search", "gen_ai.operation.name" = "retrieval"));
+    });
+    assert_eq!(traces[0].root()["type"], "retriever");
+}
+
+/// An OpenInference tool's `tool.name` and `tool.parameters` are its function name and
+/// arguments.
+#[test]
+fn an_openinference_tools_name_and_parameters_are_its_function_and_arguments() {
+    let traces = run_default(|| {
+        drop(tracing::info_span!(
+            target: "oi_fw",
+            "tool",
+            "openinference.span.kind" = "TOOL",
+            "tool.name" = "get_weather",
+            "tool.parameters" = r#"{"city":"Paris"}"#
+        ));
+    });
+    let tool = traces[0].root();
+    assert_eq!(tool["type"], "tool", "{tool}");
+    assert_eq!(tool["functionName"], "get_weather", "{tool}");
+    assert_eq!(tool["arguments"], json!({"city": "Paris"}), "{tool}");
+}
+
 /// A span made with `parent: None` starts a trace of its own, inside a selected span as
 /// inside a `#[trace]` function.
 #[test]

@@ -10,6 +10,7 @@ pub(crate) fn kind_of_operation(op: &str) -> StepKind {
         "chat" | "text_completion" | "generate_content" => StepKind::ChatCompletion,
         "embeddings" => StepKind::Embedding,
         "execute_tool" => StepKind::Tool,
+        "retrieval" => StepKind::Retriever,
         "create_agent" | "invoke_agent" => StepKind::Agent,
         _ => StepKind::UserCall,
     }
@@ -28,17 +29,20 @@ pub(crate) fn kind_of_openinference(kind: &str) -> StepKind {
     }
 }
 
-/// The platform's name of a `gen_ai.provider.name` (or deprecated `gen_ai.system`) value: the
-/// plain name its price table matches on. Unknown names are kept as given.
+/// The platform's name of a `gen_ai.provider.name` (or deprecated `gen_ai.system`) value, or
+/// of OpenInference's `llm.provider` / `llm.system`: the plain name its price table matches
+/// on. Unknown names are kept as given.
 pub(crate) fn provider_name(otel: &str) -> String {
     let known = match otel {
         "openai" => "OpenAI",
-        "azure.ai.openai" | "az.ai.openai" | "azure_openai" => "Azure",
+        "azure.ai.openai" | "az.ai.openai" | "azure_openai" | "azure" => "Azure",
         "azure.ai.inference" | "az.ai.inference" => "Azure",
         "anthropic" => "Anthropic",
-        "aws.bedrock" => "Bedrock",
+        "aws.bedrock" | "aws" | "amazon" | "bedrock" | "aws_bedrock" | "amazon_bedrock" => {
+            "Bedrock"
+        }
         "gcp.gemini" | "gcp.gen_ai" | "gemini" | "google" => "Google",
-        "gcp.vertex_ai" | "vertex_ai" => "VertexAI",
+        "gcp.vertex_ai" | "vertex_ai" | "vertexai" => "VertexAI",
         "cohere" => "Cohere",
         "mistral_ai" | "mistralai" | "mistral" => "Mistral",
         "groq" => "Groq",
@@ -148,6 +152,7 @@ mod tests {
         assert_eq!(kind_of_operation("chat"), StepKind::ChatCompletion);
         assert_eq!(kind_of_operation("embeddings"), StepKind::Embedding);
         assert_eq!(kind_of_operation("execute_tool"), StepKind::Tool);
+        assert_eq!(kind_of_operation("retrieval"), StepKind::Retriever);
     }
 
     #[test]
@@ -155,6 +160,11 @@ mod tests {
         assert_eq!(provider_name("openai"), "OpenAI");
         assert_eq!(provider_name("azure.ai.openai"), "Azure");
         assert_eq!(provider_name("anthropic"), "Anthropic");
+        // OpenInference's `llm.provider` and `llm.system` values.
+        assert_eq!(provider_name("azure"), "Azure");
+        assert_eq!(provider_name("aws"), "Bedrock");
+        assert_eq!(provider_name("amazon"), "Bedrock");
+        assert_eq!(provider_name("vertexai"), "VertexAI");
         assert_eq!(provider_name("my_llm"), "my_llm");
     }
 

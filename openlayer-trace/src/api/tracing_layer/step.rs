@@ -139,10 +139,11 @@ impl SpanStep {
                     self.gathered().params.extend(m);
                 }
             }
-            "gen_ai.tool.name" if self.kind == StepKind::Tool => {
+            // OpenInference's `tool.name` and `tool.parameters` (JSON text) too.
+            "gen_ai.tool.name" | "tool.name" if self.kind == StepKind::Tool => {
                 self.handle.metadata("function_name", &value)
             }
-            "gen_ai.tool.call.arguments" if self.kind == StepKind::Tool => {
+            "gen_ai.tool.call.arguments" | "tool.parameters" if self.kind == StepKind::Tool => {
                 let text = value.text();
                 match serde_json::from_str::<Value>(&text) {
                     Ok(v) => self.handle.metadata("arguments", &v),
