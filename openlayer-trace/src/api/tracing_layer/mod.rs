@@ -16,7 +16,14 @@
 //! always the root of a new trace, even inside a selected span or a `#[trace]` function.
 //! While the span is entered (also across `.await`, through `Instrument`), its step is
 //! current, so that `#[trace]` functions called inside nest under it. The step ends when the
-//! span closes.
+//! span closes: when its last reference is dropped. An instrumented future dropped before
+//! its end closes its step as returned (`tracing` gives no sign of how the work ended), and
+//! a long-lived selected span (entered in `main`, or kept by a long-lived task) keeps its
+//! trace open, with everything made under it, until it is dropped. `follows_from` links are
+//! not recorded.
+//!
+//! The plain fields a span is made with are its step's inputs; dotted fields (attributes of
+//! conventions) and fields recorded later are its metadata, or the fields of its kind.
 //!
 //! Events give a step its output (`#[instrument(ret)]`) and its error
 //! (`#[instrument(err)]`: an `error` field without a message, at any level) only when they
