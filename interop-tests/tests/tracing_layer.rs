@@ -333,6 +333,44 @@ fn an_error_status_description_is_the_error_text() {
     }
 }
 
+#[tracing::instrument(ret)]
+fn huge_list() -> Vec<u8> {
+    vec![0; openlayer_trace::stream::output_max_bytes()]
+}
+
+/// Field values a step keeps beyond its inputs (an attribute, a field recorded later, a
+/// returned value) are cut to the bound of a step's output, with a marker.
+#[test]
+fn huge_field_values_are_cut_with_a_marker() {
+    let max = openlayer_trace::stream::output_max_bytes();
+    let huge = "x".repeat(max + 100);
+    let (_, traces) = run(|| {
+        let span = tracing::info_span!("op", "server.address" = huge.as_str(), blob = Empty);
+        span.record("blob", huge.as_str());
+        drop(span);
+        huge_list();
+    });
+    let cut = format!("{}…[truncated 100 bytes]", "x".repeat(max));
+    let root = named(&traces, "op").root();
+    assert_eq!(root["metadata"]["blob"].as_str(), Some(cut.as_str()));
+    assert_eq!(
+        root["metadata"]["server.address"].as_str(),
+        Some(cut.as_str())
+    );
+    // `[0, 0, ...]`, three bytes an item: cut, it is no longer JSON, and is kept as text.
+    let output = named(&traces, "huge_list").root()["output"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let removed = format!("{}", 3 * max - max);
+    assert!(output.len() <= max + 40, "{}", output.len());
+    assert!(
+        output.ends_with(&format!("…[truncated {removed} bytes]")),
+        "{}",
+        &output[max - 10..]
+    );
+}
+
 #[test]
 fn fields_recorded_later_are_metadata() {
     let (_, traces) = run(|| {

@@ -67,6 +67,19 @@ impl FieldValue {
         }
     }
 
+    /// The value, a string cut to [`output_max_bytes`](crate::stream::output_max_bytes)
+    /// (see [`cut_to`]): what a span's field or event holds in a step beyond its inputs
+    /// (its metadata, output, error) stays bounded while the trace is open.
+    pub(crate) fn bounded(self) -> Self {
+        match self {
+            FieldValue::Str(mut s) => {
+                cut_to(&mut s, crate::util::open_traces::stream_output_max());
+                FieldValue::Str(s)
+            }
+            other => other,
+        }
+    }
+
     /// The text of the value (a string as is, anything else as written).
     pub(crate) fn text(&self) -> String {
         match self {
@@ -77,6 +90,18 @@ impl FieldValue {
             FieldValue::F64(f) => f.to_string(),
         }
     }
+}
+
+/// Cuts `s` to at most `max` bytes (at a character boundary) when it is longer, ending it
+/// with a marker of the bytes cut (`…[truncated N bytes]`).
+pub(crate) fn cut_to(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let end = crate::util::text::floor_boundary(s, max);
+    let removed = s.len() - end;
+    s.truncate(end);
+    s.push_str(&crate::util::text::cut_marker(removed));
 }
 
 impl Serialize for FieldValue {
@@ -332,6 +357,16 @@ mod tests {
         );
         assert_eq!(FieldValue::Str(" 12 ".into()).as_i64(), Some(12));
         assert_eq!(FieldValue::U64(7).as_f64(), Some(7.0));
+    }
+
+    #[test]
+    fn long_values_are_cut_with_a_marker() {
+        let mut s = "ab€cd".to_string();
+        cut_to(&mut s, 4);
+        assert_eq!(s, "ab…[truncated 5 bytes]");
+        let mut short = "abc".to_string();
+        cut_to(&mut short, 3);
+        assert_eq!(short, "abc");
     }
 
     /// The inputs of a span written straight (`None`: the writer gave up) and from the list.

@@ -23,7 +23,12 @@
 //! not recorded.
 //!
 //! The plain fields a span is made with are its step's inputs; dotted fields (attributes of
-//! conventions) and fields recorded later are its metadata, or the fields of its kind.
+//! conventions) and fields recorded later are its metadata, or the fields of its kind. Each
+//! such value, and each value an event gives a step (output, error), is cut to
+//! [`output_max_bytes`](crate::stream::output_max_bytes) with a `…[truncated N bytes]`
+//! marker: a span recorded into for as long as it lives holds bounded memory (its metadata
+//! is not counted in the memory open traces may hold; its inputs and output are, as those
+//! of `#[trace]` functions).
 //!
 //! Events give a step its output (`#[instrument(ret)]`) and its error
 //! (`#[instrument(err)]`: an `error` field without a message, at any level) only when they
@@ -387,7 +392,7 @@ where
         let mut step = SpanStep::new(StepHandle::from_open(Some(open)), kind);
         for (k, v) in fields.0 {
             if is_attribute(k) {
-                step.apply(k, v, true);
+                step.apply(k, v.bounded(), true);
             }
         }
         // Poisoned (see above): the step is dropped, and closes at once.
@@ -416,7 +421,7 @@ where
             return;
         };
         for (k, v) in fields.0 {
-            step.apply(k, v, false);
+            step.apply(k, v.bounded(), false);
         }
     }
 
@@ -469,6 +474,7 @@ where
             return;
         };
         for (k, v) in fields.0 {
+            let v = v.bounded();
             match k {
                 // `#[instrument(err)]`: the error's text, at the span's end (see `fails`).
                 "error" if fails => step.set_error_message(v.text()),
