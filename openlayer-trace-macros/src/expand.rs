@@ -115,6 +115,86 @@ fn may_leave_early(block: &syn::Block) -> bool {
     f.0
 }
 
+/// The parameters `#[async_trait]` renamed `__argN`, found by the statements it begins
+/// its `async` block with: `let __argN = __argN;` for a `_` (`None`), and
+/// `let PAT = { let __argN = __argN; __argN };` for a pattern (`Some(PAT)`, with its
+/// `mut`s and `ref`s taken out, so that it binds references to the argument's parts).
+fn async_trait_positional(block: &syn::Block) -> Vec<(Ident, Option<Pat>)> {
+    let Some(syn::Stmt::Expr(tail, None)) = block.stmts.last() else {
+        return Vec::new();
+    };
+    let syn::Expr::Call(call) = tail else {
+        return Vec::new();
+    };
+    let Some(syn::Expr::Async(body)) = call.args.first() else {
+        return Vec::new();
+    };
+    let positional = |id: &Ident| {
+        id.to_string()
+            .strip_prefix("__arg")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let path_ident = |e: &syn::Expr| match e {
+        syn::Expr::Path(p) => p.path.get_ident().cloned(),
+        _ => None,
+    };
+    let mut found = Vec::new();
+    for stmt in &body.block.stmts {
+        let syn::Stmt::Local(local) = stmt else {
+            continue;
+        };
+        let Some(init) = &local.init else { continue };
+        match (&local.pat, &*init.expr) {
+            (Pat::Ident(p), e)
+                if positional(&p.ident) && path_ident(e).as_ref() == Some(&p.ident) =>
+            {
+                found.push((p.ident.clone(), None));
+            }
+            (pat, syn::Expr::Block(b)) => {
+                let tail = match b.block.stmts.last() {
+                    Some(syn::Stmt::Expr(e, None)) => path_ident(e),
+                    _ => None,
+                };
+                if let Some(id) = tail.filter(|id| positional(id))
+                    && !has_reference_pattern(pat)
+                {
+                    let mut pat = pat.clone();
+                    syn::visit_mut::VisitMut::visit_pat_mut(&mut BindByReference, &mut pat);
+                    found.push((id, Some(pat)));
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// Takes `mut` and `ref` out of a pattern's bindings: matched against a reference, it
+/// binds references (which a `mut` or `ref` there would refuse).
+struct BindByReference;
+
+impl syn::visit_mut::VisitMut for BindByReference {
+    fn visit_pat_ident_mut(&mut self, p: &mut syn::PatIdent) {
+        p.by_ref = None;
+        p.mutability = None;
+        syn::visit_mut::visit_pat_ident_mut(self, p);
+    }
+}
+
+/// Whether a pattern has a `&` pattern, which a reference to the value would not match
+/// as written.
+fn has_reference_pattern(pat: &Pat) -> bool {
+    struct Finder(bool);
+    impl<'ast> syn::visit::Visit<'ast> for Finder {
+        fn visit_pat_reference(&mut self, _: &'ast syn::PatReference) {
+            self.0 = true;
+        }
+    }
+    let mut f = Finder(false);
+    syn::visit::Visit::visit_pat(&mut f, pat);
+    f.0
+}
+
 fn contains_impl_trait(ty: &Type) -> bool {
     struct Finder(bool);
     impl<'ast> syn::visit::Visit<'ast> for Finder {
@@ -235,8 +315,44 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
     let mut generic: Vec<bool> = Vec::new();
     // A parameter's `#[cfg]`s, which its recording statement must carry too.
     let mut cfgs: Vec<Vec<&syn::Attribute>> = Vec::new();
+    // Parameters `#[async_trait]` renamed `__argN` (a `_`, or a pattern it destructures
+    // in the body): what they were.
+    let positional = async_trait_positional(&item.block);
+    // For each such pattern, the statement that binds its names (to references) where the
+    // inputs are recorded, and the number of parameters before its names.
+    let mut destructure: Vec<TokenStream2> = Vec::new();
+    let mut from_patterns = 0..0;
     for arg in &sig.inputs {
         if let FnArg::Typed(pt) = arg {
+            if let Pat::Ident(pi) = &*pt.pat
+                && let Some((_, was)) = positional.iter().find(|(id, _)| *id == pi.ident)
+            {
+                // `_` is never recorded; a pattern's names are.
+                let Some(pat) = was else { continue };
+                let start = params.len();
+                bindings(pat, &mut params);
+                if from_patterns.is_empty() {
+                    from_patterns = start..params.len();
+                } else {
+                    from_patterns.end = params.len();
+                }
+                let ident = &pi.ident;
+                let attrs = pt.attrs.iter().filter(|a| a.path().is_ident("cfg"));
+                destructure.push(quote! {
+                    #(#attrs)*
+                    #[allow(unused_variables)]
+                    let #pat = &#ident;
+                });
+                generic.resize(params.len(), is_generic(&pt.ty, &type_params, true));
+                cfgs.resize(
+                    params.len(),
+                    pt.attrs
+                        .iter()
+                        .filter(|a| a.path().is_ident("cfg"))
+                        .collect(),
+                );
+                continue;
+            }
             bindings(&pt.pat, &mut params);
             generic.resize(params.len(), is_generic(&pt.ty, &type_params, true));
             let attrs: Vec<&syn::Attribute> = pt
@@ -270,17 +386,35 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
     let writes: Vec<TokenStream2> = if opts.skip_all.is_some() {
         Vec::new()
     } else {
-        params
-            .iter()
-            .zip(&generic)
-            .zip(&cfgs)
-            .filter(|((p, _), _)| !opts.skip.iter().any(|s| s.unraw() == p.unraw()))
-            .map(|((p, g), cfgs)| {
-                let write = write_arg(p, *g);
-                quote!(#(#cfgs)* #write)
-            })
+        destructure
+            .into_iter()
+            .chain(
+                params
+                    .iter()
+                    .zip(&generic)
+                    .zip(&cfgs)
+                    .filter(|((p, _), _)| !opts.skip.iter().any(|s| s.unraw() == p.unraw()))
+                    .map(|((p, g), cfgs)| {
+                        let write = write_arg(p, *g);
+                        quote!(#(#cfgs)* #write)
+                    }),
+            )
             .collect()
     };
+    // The names of destructured `#[async_trait]` parameters exist only where the inputs
+    // are recorded: the other options cannot name them.
+    let option_params: Vec<Ident> = params
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !from_patterns.contains(i))
+        .map(|(_, p)| p.clone())
+        .collect();
+    let option_cfgs: Vec<Vec<&syn::Attribute>> = cfgs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !from_patterns.contains(i))
+        .map(|(_, c)| c.clone())
+        .collect();
 
     let name = match &opts.name {
         Some(lit) => lit.value(),
@@ -345,7 +479,13 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
     let record = make_record(ret_ty);
     let nameable = ret_ty.is_none_or(|t| !contains_impl_trait(t));
     let stream = stream_return(&opts.extra, sig, opts.skip_output)?;
-    let plan = plan_extra(&opts.extra, &params, &cfgs, sig, stream.is_some())?;
+    let plan = plan_extra(
+        &opts.extra,
+        &option_params,
+        &option_cfgs,
+        sig,
+        stream.is_some(),
+    )?;
     let block = &with_prelude(&item.block, &plan.prelude);
     if let Some(concrete) = stream {
         let body = expand_stream(StreamParts {

@@ -1489,3 +1489,49 @@ fn track_caller_reports_the_callers_line_when_the_body_runs_in_place() {
     assert_eq!(out.unwrap(), 12);
     assert_eq!(t.root()["output"], 12);
 }
+
+// ---------------------------------------------------------------------------------------
+// `#[async_trait]` methods with `_` and pattern parameters (which it renames `__argN`)
+
+/// Not `Serialize`: a `_` parameter of this type must not be recorded.
+struct Socket;
+
+#[async_trait::async_trait]
+trait Handler {
+    async fn handle(&self, conn: Socket, pair: (u32, u32), place: Place) -> u32;
+    async fn handle_skipping(&self, pair: (u32, u32)) -> u32;
+}
+
+#[derive(Serialize)]
+struct Place {
+    x: i32,
+    y: i32,
+}
+
+struct Adder;
+
+#[async_trait::async_trait]
+impl Handler for Adder {
+    #[trace]
+    async fn handle(&self, _: Socket, (a, mut b): (u32, u32), Place { x, .. }: Place) -> u32 {
+        b += 1;
+        a + b + x as u32
+    }
+
+    #[trace(skip(a))]
+    async fn handle_skipping(&self, (a, b): (u32, u32)) -> u32 {
+        a * b
+    }
+}
+
+#[tokio::test]
+async fn async_trait_parameters_record_as_written_not_as_renamed() {
+    let (out, t) = one_async(Adder.handle(Socket, (1, 2), Place { x: 10, y: 20 })).await;
+    assert_eq!(out, 14);
+    assert_eq!(inputs_text(&t), r#"{"a":1,"b":2,"x":10}"#);
+    assert_eq!(t.root()["output"], 14);
+
+    let (out, t) = one_async(Adder.handle_skipping((3, 4))).await;
+    assert_eq!(out, 12);
+    assert_eq!(inputs_text(&t), r#"{"b":4}"#);
+}
