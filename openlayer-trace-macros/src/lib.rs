@@ -32,7 +32,9 @@ use expand::expand;
 /// - `skip_output`: do not record the return value (errors are still recorded);
 /// - `inference_pipeline_id = "..."`: send traces rooted here to this pipeline;
 /// - `stream`: trace the returned stream or iterator as the step, which ends with it
-///   (implied for `impl Stream` and `impl Iterator` returns, and for `Result<impl Stream,
+///   (implied for `impl Stream` and `impl Iterator` returns with no other bound than
+///   `Send`, `Sync`, `Unpin` or `Debug`, as the wrapper keeps only these: one with
+///   `+ Clone` is traced as a call, with `skip_output`; and implied for `Result<impl Stream,
 ///   E>` and `Result<impl Iterator, E>` without `skip_output`, whose `Err` fails and ends
 ///   the step at once; needed for other types, such as
 ///   `Pin<Box<dyn Stream ..>>` or `Result<BoxStream<..>, E>`);
