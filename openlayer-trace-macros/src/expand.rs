@@ -101,7 +101,8 @@ fn may_leave_early(block: &syn::Block) -> bool {
                 .path
                 .get_ident()
                 .is_some_and(|i| STAYS.iter().any(|s| i == s));
-            if !stays {
+            // Its arguments are not parsed: a `?` or a `return` in them leaves too.
+            if !stays || leaves(m.tokens.clone()) {
                 self.0 = true;
             }
         }
@@ -109,6 +110,16 @@ fn may_leave_early(block: &syn::Block) -> bool {
         fn visit_expr_closure(&mut self, _: &'ast syn::ExprClosure) {}
         fn visit_expr_async(&mut self, _: &'ast syn::ExprAsync) {}
         fn visit_item(&mut self, _: &'ast syn::Item) {}
+    }
+    /// Whether tokens have a `?` or a `return` (wherever they are: a closure's among them
+    /// counts too, which only sends the body to a closure when it need not).
+    fn leaves(tokens: TokenStream2) -> bool {
+        tokens.into_iter().any(|t| match t {
+            proc_macro2::TokenTree::Punct(p) => p.as_char() == '?',
+            proc_macro2::TokenTree::Ident(i) => i == "return",
+            proc_macro2::TokenTree::Group(g) => leaves(g.stream()),
+            proc_macro2::TokenTree::Literal(_) => false,
+        })
     }
     let mut f = Finder(false);
     syn::visit::Visit::visit_block(&mut f, block);
@@ -321,7 +332,8 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
     // For each such pattern, the statement that binds its names (to references) where the
     // inputs are recorded, and the number of parameters before its names.
     let mut destructure: Vec<TokenStream2> = Vec::new();
-    let mut from_patterns = 0..0;
+    // Whether each recorded name comes from such a pattern.
+    let mut from_pattern: Vec<bool> = Vec::new();
     for arg in &sig.inputs {
         if let FnArg::Typed(pt) = arg {
             if let Pat::Ident(pi) = &*pt.pat
@@ -329,13 +341,8 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
             {
                 // `_` is never recorded; a pattern's names are.
                 let Some(pat) = was else { continue };
-                let start = params.len();
                 bindings(pat, &mut params);
-                if from_patterns.is_empty() {
-                    from_patterns = start..params.len();
-                } else {
-                    from_patterns.end = params.len();
-                }
+                from_pattern.resize(params.len(), true);
                 let ident = &pi.ident;
                 let attrs = pt.attrs.iter().filter(|a| a.path().is_ident("cfg"));
                 destructure.push(quote! {
@@ -354,6 +361,7 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
                 continue;
             }
             bindings(&pt.pat, &mut params);
+            from_pattern.resize(params.len(), false);
             generic.resize(params.len(), is_generic(&pt.ty, &type_params, true));
             let attrs: Vec<&syn::Attribute> = pt
                 .attrs
@@ -406,13 +414,13 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
     let option_params: Vec<Ident> = params
         .iter()
         .enumerate()
-        .filter(|(i, _)| !from_patterns.contains(i))
+        .filter(|(i, _)| !from_pattern[*i])
         .map(|(_, p)| p.clone())
         .collect();
     let option_cfgs: Vec<Vec<&syn::Attribute>> = cfgs
         .iter()
         .enumerate()
-        .filter(|(i, _)| !from_patterns.contains(i))
+        .filter(|(i, _)| !from_pattern[*i])
         .map(|(_, c)| c.clone())
         .collect();
 
@@ -604,10 +612,15 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
             #[allow(unused_mut)]
             let mut __ol_step = ::openlayer_trace::__private::enter_sync(&__OL_META, |__ol_w| { #(#writes)* });
             let __ol_ret: #typed = #block;
-            #promote
-            { #record }
-            ::core::mem::drop(__ol_step);
-            __ol_ret
+            // A body that always panics (with a return type other than `!`) makes what
+            // follows unreachable, as the closure's call did not.
+            #[allow(unreachable_code)]
+            {
+                #promote
+                { #record }
+                ::core::mem::drop(__ol_step);
+                __ol_ret
+            }
         }}
     } else {
         // Typed even when the function returns nothing: a body that only diverges

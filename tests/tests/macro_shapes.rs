@@ -1479,6 +1479,22 @@ fn parsed_here(text: &str) -> Result<u32, std::num::ParseIntError> {
     Ok(n)
 }
 
+/// A `?` in a macro's arguments leaves the function too: the body runs in a closure, and
+/// the error is recorded.
+#[track_caller]
+#[trace]
+fn formatted_len(text: &str) -> Result<usize, std::num::ParseIntError> {
+    Ok(format!("{}", text.parse::<u32>()?).len())
+}
+
+/// A body that always panics, with a return type other than `!`: no unreachable code is
+/// reported in the expansion (the tests build with `-D warnings`).
+#[track_caller]
+#[trace]
+fn always_fails(message: &str) {
+    panic!("{message}")
+}
+
 #[test]
 fn track_caller_reports_the_callers_line_when_the_body_runs_in_place() {
     let ((got, want), t) = one(|| (called_from(), line!()));
@@ -1488,6 +1504,17 @@ fn track_caller_reports_the_callers_line_when_the_body_runs_in_place() {
     let (out, t) = one(|| parsed_here("12"));
     assert_eq!(out.unwrap(), 12);
     assert_eq!(t.root()["output"], 12);
+
+    let (out, t) = one(|| formatted_len("x"));
+    assert!(out.is_err());
+    assert!(t.root()["output"].is_null());
+    let exceptions = t.root()["metadata"]["Exceptions"].to_string();
+    assert!(exceptions.contains("invalid digit"), "{exceptions}");
+
+    let (out, t) = one(|| std::panic::catch_unwind(|| always_fails("stop")));
+    assert!(out.is_err());
+    let exceptions = t.root()["metadata"]["Exceptions"].to_string();
+    assert!(exceptions.contains("stop"), "{exceptions}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1500,6 +1527,7 @@ struct Socket;
 trait Handler {
     async fn handle(&self, conn: Socket, pair: (u32, u32), place: Place) -> u32;
     async fn handle_skipping(&self, pair: (u32, u32)) -> u32;
+    async fn handle_between(&self, first: (u8, u8), question: String, last: (u8, u8)) -> u8;
 }
 
 #[derive(Serialize)]
@@ -1522,6 +1550,11 @@ impl Handler for Adder {
     async fn handle_skipping(&self, (a, b): (u32, u32)) -> u32 {
         a * b
     }
+
+    #[trace(question = question)]
+    async fn handle_between(&self, (a, b): (u8, u8), question: String, (c, d): (u8, u8)) -> u8 {
+        a + b + c + d + question.len() as u8
+    }
 }
 
 #[tokio::test]
@@ -1534,4 +1567,12 @@ async fn async_trait_parameters_record_as_written_not_as_renamed() {
     let (out, t) = one_async(Adder.handle_skipping((3, 4))).await;
     assert_eq!(out, 12);
     assert_eq!(inputs_text(&t), r#"{"b":4}"#);
+
+    let (out, t) = one_async(Adder.handle_between((1, 2), "why".into(), (3, 4))).await;
+    assert_eq!(out, 13);
+    assert_eq!(
+        inputs_text(&t),
+        r#"{"a":1,"b":2,"question":"why","c":3,"d":4}"#
+    );
+    assert_eq!(t.row()["_question"], "why");
 }
