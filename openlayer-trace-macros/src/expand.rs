@@ -611,6 +611,8 @@ pub(crate) fn expand(opts: Options, mut item: ItemFn) -> syn::Result<TokenStream
             #meta
             #[allow(unused_mut)]
             let mut __ol_step = ::openlayer_trace::__private::enter_sync(&__OL_META, |__ol_w| { #(#writes)* });
+            // A body that only diverges is no sub-expression of the application's.
+            #[allow(clippy::diverging_sub_expression)]
             let __ol_ret: #typed = #block;
             // A body that always panics (with a return type other than `!`) makes what
             // follows unreachable, as the closure's call did not.
