@@ -978,10 +978,11 @@ fn an_openinference_tools_name_and_parameters_are_its_function_and_arguments() {
     assert_eq!(tool["arguments"], json!({"city": "Paris"}), "{tool}");
 }
 
-/// A span made with `parent: None` starts a trace of its own, inside a selected span as
-/// inside a `#[trace]` function.
+/// A span made with `parent: None` goes under the step current on its thread, as `tracing`
+/// makes a span whose explicit parent is disabled (not selected) a root alike: that one
+/// must stay under the `#[trace]` function it is made in.
 #[test]
-fn an_explicit_root_starts_a_trace() {
+fn an_explicit_root_or_a_disabled_parent_stays_under_the_current_step() {
     let (_, traces) = run(|| {
         let p = tracing::info_span!("p");
         let _p = p.enter();
@@ -989,13 +990,25 @@ fn an_explicit_root_starts_a_trace() {
         drop(tracing::info_span!("contextual"));
         makes_a_root();
     });
-    assert_eq!(traces.len(), 3, "{traces:?}");
-    assert_eq!(tree(named(&traces, "root_in_span")), "root_in_span");
-    assert_eq!(tree(named(&traces, "root_in_traced")), "root_in_traced");
+    assert_eq!(traces.len(), 1, "{traces:?}");
     assert_eq!(
-        tree(named(&traces, "p")),
-        "p(contextual, makes_a_root(inner_traced))"
+        tree(&traces[0]),
+        "p(root_in_span, contextual, makes_a_root(root_in_traced, inner_traced))"
     );
+
+    // A parent no layer selects is disabled, and its child made with `parent:` is a root.
+    let subscriber = Registry::default().with(tracing_layer().with_span_names(["chat"]));
+    let (_, traces) =
+        tracing::subscriber::with_default(subscriber, || testing::capture(under_a_disabled_parent));
+    assert_eq!(traces.len(), 1, "{traces:?}");
+    assert_eq!(tree(&traces[0]), "under_a_disabled_parent(chat)");
+}
+
+#[trace]
+fn under_a_disabled_parent() {
+    let request = tracing::info_span!("http");
+    assert!(request.is_disabled());
+    drop(tracing::info_span!(parent: &request, "chat"));
 }
 
 /// `otel.name` and the GenAI operation recorded after the span was created (declared

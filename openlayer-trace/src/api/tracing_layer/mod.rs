@@ -12,8 +12,9 @@
 //! step of that parent, or of its nearest selected ancestor, whatever is current on this
 //! thread. Without a selected ancestor (an explicit parent that is not selected and has no
 //! selected ancestor included), it goes under the step current on this thread (a `#[trace]`
-//! function), else it is the root of a new trace. An explicit root (`parent: None`) is
-//! always the root of a new trace, even inside a selected span or a `#[trace]` function.
+//! function), else it is the root of a new trace. So does an explicit root (`parent: None`):
+//! `tracing` makes a span whose explicit parent is disabled a root alike, and the two cannot
+//! be told apart.
 //! While the span is entered (also across `.await`, through `Instrument`), its step is
 //! current, so that `#[trace]` functions called inside nest under it. The step ends when the
 //! span closes: when its last reference is dropped. An instrumented future dropped before
@@ -271,16 +272,6 @@ fn ancestor_position(anc: &OpenStep) -> Option<(Arc<TraceShared>, u32)> {
     }
 }
 
-/// Where a new span's step opens.
-enum Place {
-    /// At the position current on this thread (a new trace when there is none).
-    Current,
-    /// Under this step.
-    At(Arc<TraceShared>, u32),
-    /// At the root of a new trace.
-    Root,
-}
-
 /// Whether the span has a step. Values are formatted only then, and never while the span's
 /// extensions are locked: their `Debug` and `Display` code may make a span under this one
 /// (which reads its extensions) or log an event that another layer formats with this span's
@@ -345,12 +336,9 @@ where
             })
             .flatten()
         });
-        let position = match under {
-            // An explicit root (`parent: None`): a trace of its own, whatever is current.
-            _ if attrs.is_root() => Place::Root,
-            Some((trace, idx)) => Place::At(trace, idx),
-            None => Place::Current,
-        };
+        // No ancestor's step: the position current on this thread. So for an explicit root
+        // (`parent: None`) too, as `tracing` makes a span whose explicit parent is disabled
+        // (not selected, under a subscriber without another layer) a root alike.
         let spec = StepSpec {
             name,
             kind,
@@ -372,19 +360,14 @@ where
                 fields::write_inputs(buf, &all.0);
             }
         };
-        let open = match position {
-            Place::Current => {
-                context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs)
-            }
-            place => {
+        let open = match under {
+            Some((trace, idx)) => {
                 // Restored however `open_step` ends: the inputs run the span's `Debug` and
                 // `Display` code, which may panic.
-                let _restore = context::Exit::new(match place {
-                    Place::At(trace, idx) => context::enter(trace, idx),
-                    _ => context::enter_none(),
-                });
+                let _restore = context::Exit::new(context::enter(trace, idx));
                 context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs)
             }
+            None => context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs),
         };
         let Some(open) = open else {
             return;
