@@ -357,17 +357,41 @@ fn huge_field_values_are_cut_with_a_marker() {
         root["metadata"]["server.address"].as_str(),
         Some(cut.as_str())
     );
-    // `[0, 0, ...]`, three bytes an item: cut, it is no longer JSON, and is kept as text.
-    let output = named(&traces, "huge_list").root()["output"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let removed = format!("{}", 3 * max - max);
-    assert!(output.len() <= max + 40, "{}", output.len());
-    assert!(
-        output.ends_with(&format!("…[truncated {removed} bytes]")),
+    // A returned value is JSON read as a value: never cut (a cut would leave it text that
+    // is no longer JSON); the step's output is bounded where it is kept.
+    let output = named(&traces, "huge_list").root()["output"].clone();
+    assert_eq!(
+        output.as_array().map(Vec::len),
+        Some(max),
         "{}",
-        &output[max - 10..]
+        &output.to_string()[..40]
+    );
+}
+
+/// JSON texts read as values (OpenInference's `input.value`, `output.value`) are not cut:
+/// a value past the bound stays JSON.
+#[test]
+fn json_values_past_the_bound_stay_json() {
+    let max = openlayer_trace::stream::output_max_bytes();
+    let messages = serde_json::to_string(&json!({"question": "q".repeat(max)})).unwrap();
+    let answer = serde_json::to_string(&json!({"answer": "a".repeat(max)})).unwrap();
+    let (_, traces) = run(|| {
+        drop(tracing::info_span!(
+            "op",
+            "input.value" = messages.as_str(),
+            "output.value" = answer.as_str()
+        ));
+    });
+    let root = named(&traces, "op").root();
+    assert_eq!(
+        root["inputs"]["question"].as_str().map(str::len),
+        Some(max),
+        "inputs"
+    );
+    assert_eq!(
+        root["output"]["answer"].as_str().map(str::len),
+        Some(max),
+        "output"
     );
 }
 

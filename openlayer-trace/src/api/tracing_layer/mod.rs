@@ -272,6 +272,26 @@ fn ancestor_position(anc: &OpenStep) -> Option<(Arc<TraceShared>, u32)> {
     }
 }
 
+/// A field's value as a step takes it: cut to `output_max_bytes` (see
+/// [`fields::FieldValue::bounded`]), except the JSON texts read as values (messages, inputs,
+/// outputs, arguments, a returned value), which a cut would leave unreadable: those go to
+/// the step's inputs or output, counted against the open traces' memory bound there.
+fn bounded(key: &str, value: fields::FieldValue) -> fields::FieldValue {
+    match key {
+        "return"
+        | "gen_ai.system_instructions"
+        | "gen_ai.input.messages"
+        | "gen_ai.output.messages"
+        | "input.value"
+        | "output.value"
+        | "llm.invocation_parameters"
+        | "gen_ai.tool.call.arguments"
+        | "tool.parameters" => value,
+        _ if key.starts_with("gen_ai.request.") => value,
+        _ => value.bounded(),
+    }
+}
+
 /// Whether the span has a step. Values are formatted only then, and never while the span's
 /// extensions are locked: their `Debug` and `Display` code may make a span under this one
 /// (which reads its extensions) or log an event that another layer formats with this span's
@@ -375,7 +395,7 @@ where
         let mut step = SpanStep::new(StepHandle::from_open(Some(open)), kind);
         for (k, v) in fields.0 {
             if is_attribute(k) {
-                step.apply(k, v.bounded(), true);
+                step.apply(k, bounded(k, v), true);
             }
         }
         // Poisoned (see above): the step is dropped, and closes at once.
@@ -404,7 +424,7 @@ where
             return;
         };
         for (k, v) in fields.0 {
-            step.apply(k, v.bounded(), false);
+            step.apply(k, bounded(k, v), false);
         }
     }
 
@@ -457,7 +477,7 @@ where
             return;
         };
         for (k, v) in fields.0 {
-            let v = v.bounded();
+            let v = bounded(k, v);
             match k {
                 // `#[instrument(err)]`: the error's text, at the span's end (see `fails`).
                 "error" if fails => step.set_error_message(v.text()),
