@@ -182,7 +182,36 @@ fn child() {
             let e = openlayer_trace::Client::builder().build().unwrap_err();
             assert!(e.to_string().contains("api.openlayer.com/v1"), "{e}");
         }
+        // Stderr is a closed pipe: the notices of the first traced call must not panic.
+        "broken_stderr" => {
+            assert_eq!(root(1), 2);
+            assert_eq!(root(2), 4);
+            let report = openlayer_trace::flush(Duration::from_secs(5)).unwrap();
+            child::report(&[("written", report.stats.written.to_string())]);
+        }
         other => panic!("unknown scenario {other}"),
+    }
+}
+
+/// With stderr a pipe nobody reads any more, the notice of the first traced call (the
+/// local file's, and the one saying traces go nowhere) is not written, and nothing panics.
+#[test]
+fn a_closed_stderr_never_makes_a_traced_call_panic() {
+    let file = temp_dir("broken-stderr").join("traces.jsonl");
+    let file = file.to_str().unwrap();
+    for (envs, written) in [(vec![("OPENLAYER_TRACE_FILE", file)], "2"), (vec![], "0")] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = child::command("broken_stderr", &envs)
+            .stderr(std::process::Stdio::from(writer))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("test result: ok. 1 passed;"),
+            "{envs:?}: {stdout}"
+        );
+        assert_eq!(child::results(&out)["written"], written, "{envs:?}");
     }
 }
 

@@ -223,10 +223,10 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
     if how == Start::Lazy && config.api_key.is_none() && !config.trace_file_set && !otlp_on {
         // Nobody asked for the local file: traces are counted, not written (a library
         // using `#[trace]` must not make every binary linking it write prompts to disk).
-        eprintln!(
+        crate::util::diag::notice(
             "openlayer-trace: no OPENLAYER_API_KEY, no init call and no OPENLAYER_TRACE_FILE; \
              traces are counted but not written anywhere (call openlayer_trace::init_from_env() \
-             or set OPENLAYER_TRACE_FILE to write them to a local file)"
+             or set OPENLAYER_TRACE_FILE to write them to a local file)",
         );
         return Ok(Arc::new(Exporter {
             config,

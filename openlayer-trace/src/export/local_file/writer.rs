@@ -188,7 +188,7 @@ impl FileSink {
             max_bytes.div_ceil(1024 * 1024),
             path.display()
         );
-        eprintln!("{notice}");
+        crate::util::diag::notice(&notice);
         tracing::info!(target: "openlayer_trace", path = %path.display(), max_bytes, "traces are written to a local file");
         FileSink {
             path,
