@@ -58,6 +58,19 @@ impl<'a> Head<'a> {
         }
     }
 
+    /// The request's path as the client sent it: inside a router nested under a prefix
+    /// (`Router::nest`), axum strips the prefix from the request's URI before the layer
+    /// sees it, and keeps the URI it was called with as `OriginalUri` (with the `axum`
+    /// feature).
+    #[inline]
+    pub(crate) fn path(&self) -> &'a str {
+        #[cfg(feature = "axum")]
+        if let Some(original) = self.extensions.get::<axum::extract::OriginalUri>() {
+            return original.0.path();
+        }
+        self.uri.path()
+    }
+
     /// A head without its `Parts`: for settings that configure no closure.
     pub(crate) fn of_request<B>(req: &'a http::Request<B>) -> Self {
         Head {
@@ -184,6 +197,13 @@ pub struct RecordJsonBody {
 /// as `/users/{id}`) when the layer is added with `Router::layer` or `Router::route_layer`,
 /// so that rows group by endpoint rather than by id. Without the feature, or outside a
 /// router, it is the request's path, unless [`route`](Self::route) says otherwise.
+///
+/// In a router nested under a prefix (`Router::nest("/api/v1", inner)`), axum strips the
+/// prefix from the request's URI before the inner router's layers run. With the `axum`
+/// feature, the recorded `path` (and the name, when no `MatchedPath` is known) is the path
+/// the client called (`/api/v1/chat`), from axum's `OriginalUri`; without it, it is the
+/// path with the prefix stripped (`/chat`). The closures see the request as axum hands it
+/// to the layer (the prefix stripped); `OriginalUri` is among its extensions.
 ///
 /// Each distinct `"{METHOD} {route}"` name is made once and kept for the life of the
 /// process, so that a request's step borrows it instead of allocating it: at most 1,024
@@ -570,8 +590,9 @@ impl Settings {
             || self.session_id.is_some()
     }
 
-    /// The step's name: `"{METHOD} {route}"`, or the user's.
-    pub(crate) fn step_name(&self, head: Head<'_>) -> Cow<'static, str> {
+    /// The step's name: `"{METHOD} {route}"`, or the user's; `path` is the request's
+    /// ([`Head::path`]).
+    pub(crate) fn step_name(&self, head: Head<'_>, path: &str) -> Cow<'static, str> {
         if let Some(name) = &self.name
             && let Some(name) = head.apply(|parts| Some(name(parts)))
         {
@@ -585,7 +606,7 @@ impl Settings {
         if let Some(m) = head.extensions.get::<axum::extract::MatchedPath>() {
             return crate::names::method_and_route(method, m.as_str());
         }
-        crate::names::method_and_route(method, head.uri.path())
+        crate::names::method_and_route(method, path)
     }
 
     /// The inference id to set on the trace, when not the generated one.

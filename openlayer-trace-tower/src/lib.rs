@@ -43,8 +43,10 @@
 //! # Features
 //!
 //! - `axum`: names each request's step after axum's `MatchedPath` (`"GET /users/{id}"`)
-//!   rather than its path (`"GET /users/42"`). Without it, the layer depends on `tower`
-//!   and `http` only, and [`OpenlayerLayer::route`] does the same from any extension.
+//!   rather than its path (`"GET /users/42"`), and records the path the client called in
+//!   a router nested under a prefix (axum's `OriginalUri`: `/api/v1/chat`, not `/chat`).
+//!   Without it, the layer does not depend on axum, and [`OpenlayerLayer::route`] names
+//!   steps from any extension.
 #![warn(missing_docs)]
 
 mod body;

@@ -133,11 +133,12 @@ pub(crate) struct Begun {
 /// Opens the request's root step and sets its trace's columns.
 pub(crate) fn begin(settings: &Settings, head: Head<'_>, body: Option<RecordedBody<'_>>) -> Begun {
     // The inputs: the method, the path, the allow-listed headers and the JSON body.
-    let step = openlayer_trace::step(settings.step_name(head))
+    let path = head.path();
+    let step = openlayer_trace::step(settings.step_name(head, path))
         .kind(StepKind::UserCall)
         .start_with_text_inputs(|w| {
             w.field("method", head.method.as_str());
-            w.field("path", head.uri.path());
+            w.field("path", path);
             record_headers(w, &settings.record_headers, head.headers);
             match body {
                 Some(RecordedBody::Json(json)) => w.json("body", json),

@@ -199,6 +199,22 @@ fn app() -> Router {
         // them.
         .layer(middleware::from_fn(session_from_query))
         .layer(CatchPanicLayer::new())
+        // Routers nested under a prefix, with a layer of their own (the routes above are
+        // not under it): one traces its routes, the other every request it answers, its
+        // fallback (no `MatchedPath`) included.
+        .nest(
+            "/api/v1",
+            Router::new()
+                .route("/chat/{user}", post(chat))
+                .route_layer(OpenlayerLayer::new()),
+        )
+        .nest(
+            "/api/v2",
+            Router::new()
+                .route("/known", get(|| async { "known" }))
+                .fallback(|| async { (StatusCode::NOT_FOUND, "nested fallback") })
+                .layer(OpenlayerLayer::new()),
+        )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -378,6 +394,52 @@ async fn concurrent_requests_make_separate_traces() {
         );
         assert!(root["metadata"].get("cancelled").is_none(), "{row:#}");
     }
+}
+
+/// In a router nested under a prefix, the recorded path, and the name when no route
+/// template is known, are the path the client called (with the `axum` feature, which
+/// reads axum's `OriginalUri`), not the one axum hands the nested router.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_routers_record_the_path_the_client_called() {
+    let h = harness();
+    let client = client();
+    // Without the feature, the layer only sees the path with the prefix stripped.
+    let full = |path: &str, prefix: &str| {
+        if cfg!(feature = "axum") {
+            format!("{prefix}{path}")
+        } else {
+            path.to_string()
+        }
+    };
+
+    let res = client
+        .post(format!("{}/api/v1/chat/nested-u", h.base))
+        .json(&json!({"question": "nested"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let id = header(&res);
+    let row = row_of(h, &id).await;
+    let root = &row["steps"][0];
+    assert_eq!(root["inputs"]["path"], full("/chat/nested-u", "/api/v1"));
+    assert_eq!(
+        root["name"],
+        route_name("POST", "/api/v1/chat/{user}", "/chat/nested-u")
+    );
+
+    let res = client
+        .get(format!("{}/api/v2/no-such-route", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let id = header(&res);
+    let row = row_of(h, &id).await;
+    let root = &row["steps"][0];
+    let path = full("/no-such-route", "/api/v2");
+    assert_eq!(root["inputs"]["path"], path);
+    assert_eq!(root["name"], format!("GET {path}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
