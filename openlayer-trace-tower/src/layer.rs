@@ -24,6 +24,12 @@ pub const NEVER_RECORDED: [HeaderName; 4] = [
 /// non-ASCII) value is ignored and the id is computed as if the header were absent.
 pub const MAX_INFERENCE_ID_LEN: usize = 256;
 
+/// The longest text recorded for a request header, in bytes: a longer value, or a header
+/// sent several times whose values joined by `", "` are longer, is cut to its first
+/// 1,024 bytes (on a character boundary) followed by `…[truncated N bytes]`, `N` the
+/// bytes left out.
+pub const MAX_RECORDED_HEADER_LEN: usize = 1024;
+
 /// A closure over the request's head that may produce a string (an id, a route).
 pub(crate) type PartsFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 /// A closure naming the request's step.
@@ -439,7 +445,9 @@ impl<M> OpenlayerLayer<M> {
     /// `content-type` and `user-agent`); replaces the list. `authorization`,
     /// `proxy-authorization`, `cookie` and `set-cookie` are never recorded, even when
     /// listed. Names are case-insensitive; a header sent several times is recorded as its
-    /// values joined by `", "`, a value that is not UTF-8 with replacement characters.
+    /// values joined by `", "`, a value that is not UTF-8 with replacement characters. A
+    /// header's text is recorded up to [`MAX_RECORDED_HEADER_LEN`] (1 KiB), then cut with
+    /// a marker.
     ///
     /// # Panics
     ///

@@ -59,7 +59,7 @@ mod service;
 pub use body::OpenlayerBody;
 pub use json_body::JsonResponseFuture;
 pub use layer::{
-    INFERENCE_ID_HEADER, IgnoreBody, MAX_INFERENCE_ID_LEN, NEVER_RECORDED, OpenlayerLayer,
-    RecordJsonBody,
+    INFERENCE_ID_HEADER, IgnoreBody, MAX_INFERENCE_ID_LEN, MAX_RECORDED_HEADER_LEN, NEVER_RECORDED,
+    OpenlayerLayer, RecordJsonBody,
 };
 pub use service::{OpenlayerService, ResponseFuture};

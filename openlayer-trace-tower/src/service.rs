@@ -13,7 +13,7 @@ use openlayer_trace::{StepHandle, StepKind, TextInputs};
 use serde_json::value::RawValue;
 
 use crate::body::{OpenlayerBody, with_step};
-use crate::layer::{Head, IgnoreBody, Settings, header_values};
+use crate::layer::{Head, IgnoreBody, MAX_RECORDED_HEADER_LEN, Settings, header_values};
 
 /// The service made by [`OpenlayerLayer`](crate::OpenlayerLayer): each request becomes the
 /// root step of a trace; see the layer's documentation.
@@ -49,7 +49,8 @@ pub(crate) enum RecordedBody<'a> {
 }
 
 /// Records the allow-listed headers present on the request, in list order, as the fields
-/// of the input `headers` (none present: no `headers`), without copying them.
+/// of the input `headers` (none present: no `headers`), without copying them. Each
+/// header's text (its values joined) is bounded by [`MAX_RECORDED_HEADER_LEN`].
 fn record_headers(w: &mut TextInputs, names: &[HeaderName], headers: &HeaderMap) {
     if headers.is_empty() {
         return;
@@ -59,14 +60,39 @@ fn record_headers(w: &mut TextInputs, names: &[HeaderName], headers: &HeaderMap)
             let mut values = header_values(headers, name);
             let Some(first) = values.next() else { continue };
             let mut text = header_text(first);
+            let mut left_out = 0;
             for more in values {
+                let more = header_text(more);
+                if text.len() > MAX_RECORDED_HEADER_LEN {
+                    // Cut below: the rest is only counted.
+                    left_out += 2 + more.len();
+                    continue;
+                }
                 let t = text.to_mut();
                 t.push_str(", ");
-                t.push_str(&String::from_utf8_lossy(more.as_bytes()));
+                t.push_str(&more);
+            }
+            if text.len() > MAX_RECORDED_HEADER_LEN {
+                cut_header_text(text.to_mut(), left_out);
             }
             w.field(name.as_str(), &text);
         }
     });
+}
+
+/// Cuts a recorded header's text to [`MAX_RECORDED_HEADER_LEN`] bytes (on a character
+/// boundary) and marks the cut: `…[truncated N bytes]`, with `left_out` bytes already
+/// left out after it.
+#[cold]
+fn cut_header_text(text: &mut String, left_out: usize) {
+    let mut end = MAX_RECORDED_HEADER_LEN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let removed = text.len() - end + left_out;
+    text.truncate(end);
+    use std::fmt::Write as _;
+    let _ = write!(text, "…[truncated {removed} bytes]");
 }
 
 /// A header value as text: as it is when it is visible ASCII (almost always), else with

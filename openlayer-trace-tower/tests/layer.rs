@@ -212,6 +212,47 @@ async fn record_headers_drops_credentials_whatever_the_case() {
     assert!(!t.row_json().contains("secret"));
 }
 
+/// A recorded header's text, one long value or several joined, is cut to
+/// `MAX_RECORDED_HEADER_LEN` bytes on a character boundary, with a marker of what was left
+/// out.
+#[tokio::test]
+async fn recorded_headers_are_bounded() {
+    use openlayer_trace_tower::MAX_RECORDED_HEADER_LEN as MAX;
+    let layer = OpenlayerLayer::new().record_headers(["x-long", "x-many", "x-utf8", "x-short"]);
+    // `x` then two-byte characters: byte `MAX` falls inside one.
+    let utf8 = format!("x{}", "é".repeat(MAX));
+    let req = empty(
+        get("/h")
+            .header("x-long", "a".repeat(5000))
+            .header("x-many", "b".repeat(600))
+            .header("x-many", "c".repeat(600))
+            .header("x-many", "d".repeat(600))
+            .header(
+                "x-utf8",
+                http::HeaderValue::from_bytes(utf8.as_bytes()).unwrap(),
+            )
+            .header("x-short", "s"),
+    );
+    let (_, _, t) = run(layer, req).await;
+    let headers = &t.root()["inputs"]["headers"];
+    assert_eq!(
+        headers["x-long"],
+        format!("{}…[truncated {} bytes]", "a".repeat(MAX), 5000 - MAX)
+    );
+    // 600 + 2 + 600 + 2 + 600 bytes joined.
+    let joined = format!("{}, {}", "b".repeat(600), "c".repeat(MAX - 602));
+    assert_eq!(
+        headers["x-many"],
+        format!("{joined}…[truncated {} bytes]", 1804 - MAX)
+    );
+    let cut = &utf8[..MAX - 1];
+    assert_eq!(
+        headers["x-utf8"],
+        format!("{cut}…[truncated {} bytes]", utf8.len() - cut.len())
+    );
+    assert_eq!(headers["x-short"], "s");
+}
+
 #[tokio::test]
 async fn json_bodies_with_body_types_from_bytes() {
     let svc = OpenlayerLayer::new().record_json_body(64).layer(service_fn(
