@@ -12,12 +12,23 @@ use crate::service::OpenlayerService;
 /// The response (and request) header carrying the inference id by default.
 pub const INFERENCE_ID_HEADER: &str = "x-openlayer-inference-id";
 
-/// Headers never recorded, whatever [`OpenlayerLayer::record_headers`] lists.
-pub const NEVER_RECORDED: [HeaderName; 4] = [
+/// Headers that carry credentials: never recorded, whatever
+/// [`OpenlayerLayer::record_headers`] lists, and refused as the inference id, user or
+/// session header. `authorization`, `proxy-authorization`, `cookie`, `set-cookie`, and the
+/// common API-key and token headers: `x-api-key`, `api-key`, `x-goog-api-key`,
+/// `x-auth-token`, `x-amz-security-token`, `x-csrf-token` and `x-xsrf-token`.
+pub const NEVER_RECORDED: [HeaderName; 11] = [
     http::header::AUTHORIZATION,
     http::header::PROXY_AUTHORIZATION,
     http::header::COOKIE,
     http::header::SET_COOKIE,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+    HeaderName::from_static("x-goog-api-key"),
+    HeaderName::from_static("x-auth-token"),
+    HeaderName::from_static("x-amz-security-token"),
+    HeaderName::from_static("x-csrf-token"),
+    HeaderName::from_static("x-xsrf-token"),
 ];
 
 /// The longest inference id taken from a request header, in bytes; a longer (or empty, or
@@ -388,8 +399,8 @@ impl<M> OpenlayerLayer<M> {
     ///
     /// # Panics
     ///
-    /// On an invalid header name, and on `authorization`, `proxy-authorization`, `cookie`
-    /// or `set-cookie` ([`NEVER_RECORDED`]): their values are credentials.
+    /// On an invalid header name, and on a header of [`NEVER_RECORDED`]
+    /// (`authorization`, `cookie`, `x-api-key`, ...): their values are credentials.
     pub fn inference_id_header<K>(mut self, name: K) -> Self
     where
         K: TryInto<HeaderName>,
@@ -442,9 +453,9 @@ impl<M> OpenlayerLayer<M> {
     }
 
     /// The request headers recorded under the step's input `headers` (default
-    /// `content-type` and `user-agent`); replaces the list. `authorization`,
-    /// `proxy-authorization`, `cookie` and `set-cookie` are never recorded, even when
-    /// listed. Names are case-insensitive; a header sent several times is recorded as its
+    /// `content-type` and `user-agent`); replaces the list. The headers of
+    /// [`NEVER_RECORDED`] (`authorization`, `cookie`, `x-api-key`, ...) are never
+    /// recorded, even when listed. Names are case-insensitive; a header sent several times is recorded as its
     /// values joined by `", "`, a value that is not UTF-8 with replacement characters. A
     /// header's text is recorded up to [`MAX_RECORDED_HEADER_LEN`] (1 KiB), then cut with
     /// a marker.
@@ -475,8 +486,8 @@ impl<M> OpenlayerLayer<M> {
     ///
     /// # Panics
     ///
-    /// On an invalid header name, and on `authorization`, `proxy-authorization`, `cookie`
-    /// or `set-cookie` ([`NEVER_RECORDED`]): their values are credentials.
+    /// On an invalid header name, and on a header of [`NEVER_RECORDED`]
+    /// (`authorization`, `cookie`, `x-api-key`, ...): their values are credentials.
     pub fn user_id_header<K>(mut self, name: K) -> Self
     where
         K: TryInto<HeaderName>,
@@ -493,8 +504,8 @@ impl<M> OpenlayerLayer<M> {
     ///
     /// # Panics
     ///
-    /// On an invalid header name, and on `authorization`, `proxy-authorization`, `cookie`
-    /// or `set-cookie` ([`NEVER_RECORDED`]): their values are credentials.
+    /// On an invalid header name, and on a header of [`NEVER_RECORDED`]
+    /// (`authorization`, `cookie`, `x-api-key`, ...): their values are credentials.
     pub fn session_id_header<K>(mut self, name: K) -> Self
     where
         K: TryInto<HeaderName>,

@@ -197,6 +197,35 @@ async fn a_body_dropped_unread_is_cancelled_and_service_errors_are_recorded() {
     );
 }
 
+/// Headers that carry credentials, in various cases.
+const CREDENTIAL_HEADERS: [&str; 11] = [
+    "authorization",
+    "Cookie",
+    "proxy-authorization",
+    "set-cookie",
+    "X-Api-Key",
+    "api-key",
+    "x-goog-api-key",
+    "x-auth-token",
+    "x-amz-security-token",
+    "X-CSRF-Token",
+    "x-xsrf-token",
+];
+
+#[tokio::test]
+async fn record_headers_never_records_api_keys_or_tokens() {
+    let mut listed = CREDENTIAL_HEADERS.to_vec();
+    listed.push("x-a");
+    let layer = OpenlayerLayer::new().record_headers(listed);
+    let mut req = get("/c").header("x-a", "1");
+    for name in CREDENTIAL_HEADERS {
+        req = req.header(name, format!("secret-{name}"));
+    }
+    let (_, _, t) = run(layer, empty(req)).await;
+    assert_eq!(t.root()["inputs"]["headers"], json!({"x-a": "1"}));
+    assert!(!t.row_json().contains("secret"), "{}", t.row_json());
+}
+
 #[tokio::test]
 async fn record_headers_drops_credentials_whatever_the_case() {
     let layer =
@@ -944,12 +973,7 @@ async fn a_panicking_closure_does_not_fail_the_request() {
 /// The id, user and session headers never read a header that carries credentials.
 #[test]
 fn credential_headers_are_refused_as_id_user_or_session() {
-    for name in [
-        "authorization",
-        "Cookie",
-        "proxy-authorization",
-        "set-cookie",
-    ] {
+    for name in CREDENTIAL_HEADERS {
         let session = std::panic::catch_unwind(|| OpenlayerLayer::new().session_id_header(name));
         assert!(session.is_err(), "{name}");
         let user = std::panic::catch_unwind(|| OpenlayerLayer::new().user_id_header(name));
