@@ -257,8 +257,10 @@ pub struct RecordJsonBody {
 /// # When tracing is off
 ///
 /// With tracing disabled (`OPENLAYER_DISABLE_PUBLISH`), requests pass through untouched: no
-/// step, no response header, and no request body read ahead (with
-/// [`record_json_body`](Self::record_json_body)).
+/// step, no response header, no request body read ahead (with
+/// [`record_json_body`](Self::record_json_body)), and none of the configured closures
+/// ([`name`](Self::name), [`route`](Self::route), [`inference_id`](Self::inference_id),
+/// [`user_id`](Self::user_id), [`session_id`](Self::session_id)) called.
 pub struct OpenlayerLayer<M = IgnoreBody> {
     pub(crate) settings: Arc<Settings>,
     pub(crate) mode: M,
@@ -611,7 +613,15 @@ impl Settings {
 
     /// The step's name: `"{METHOD} {route}"`, or the user's; `path` is the request's
     /// ([`Head::path`]).
+    ///
+    /// Where the step would not be recorded (tracing off), the name is not made: the
+    /// closures do not run and the names kept are not looked up (a name this thread
+    /// already borrowed is still taken, which costs less than asking); the step gets an
+    /// empty name, which nothing sees.
     pub(crate) fn step_name(&self, head: Head<'_>, path: &str) -> Cow<'static, str> {
+        if (self.name.is_some() || self.route.is_some()) && !openlayer_trace::is_recording() {
+            return Cow::Borrowed("");
+        }
         if let Some(name) = &self.name
             && let Some(name) = head.apply(|parts| Some(name(parts)))
         {
@@ -623,9 +633,13 @@ impl Settings {
         }
         #[cfg(feature = "axum")]
         if let Some(m) = head.extensions.get::<axum::extract::MatchedPath>() {
-            return crate::names::method_and_route(method, m.as_str());
+            return crate::names::method_and_route_if(
+                method,
+                m.as_str(),
+                openlayer_trace::is_recording,
+            );
         }
-        crate::names::method_and_route(method, path)
+        crate::names::method_and_route_if(method, path, openlayer_trace::is_recording)
     }
 
     /// The inference id to set on the trace, when not the generated one.

@@ -41,6 +41,16 @@ thread_local! {
 /// `"{method} {route}"`: a kept name when there is one (or room for one), else a new
 /// string.
 pub(crate) fn method_and_route(method: &str, route: &str) -> Cow<'static, str> {
+    method_and_route_if(method, route, || true)
+}
+
+/// [`method_and_route`] when `needed()`, asked only when the name is not in this thread's
+/// table; else an empty name (for a step that is not recorded), made and kept nowhere.
+pub(crate) fn method_and_route_if(
+    method: &str,
+    route: &str,
+    needed: impl FnOnce() -> bool,
+) -> Cow<'static, str> {
     let slot = hash(method, route) as usize & (SLOTS - 1);
     let cached = TABLE
         .try_with(|t| {
@@ -51,6 +61,9 @@ pub(crate) fn method_and_route(method: &str, route: &str) -> Cow<'static, str> {
         .flatten();
     if let Some(name) = cached {
         return Cow::Borrowed(name);
+    }
+    if !needed() {
+        return Cow::Borrowed("");
     }
     match keep(method, route) {
         Some(name) => {

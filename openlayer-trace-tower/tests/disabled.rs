@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -107,4 +108,41 @@ async fn disabled_tracing_leaves_requests_untouched() {
     assert_eq!(body, r#"rebuilt=true {"q":1}"#);
     assert_eq!(traces.len(), 1);
     assert_eq!(traces[0].root()["inputs"]["body"], json!({"q": 1}));
+
+    // The closures that name the step are not called for a step that is not recorded.
+    static NAMED: AtomicUsize = AtomicUsize::new(0);
+    static ROUTED: AtomicUsize = AtomicUsize::new(0);
+    let named = OpenlayerLayer::new().name(|req| {
+        NAMED.fetch_add(1, SeqCst);
+        format!("named {}", req.uri.path())
+    });
+    let routed = OpenlayerLayer::new().route(|req| {
+        ROUTED.fetch_add(1, SeqCst);
+        Some(req.uri.path().to_string())
+    });
+    for layer in [named.clone(), routed.clone()] {
+        let res = layer
+            .layer(service_fn(which))
+            .oneshot(json_request())
+            .await
+            .unwrap();
+        assert!(res.headers().get("x-openlayer-inference-id").is_none());
+    }
+    assert_eq!(NAMED.load(SeqCst), 0, "name called while not traced");
+    assert_eq!(ROUTED.load(SeqCst), 0, "route called while not traced");
+    // Under a test capture, each is called once per request.
+    let ((), traces) = testing::capture_async(async {
+        for layer in [named, routed] {
+            let res = layer
+                .layer(service_fn(which))
+                .oneshot(json_request())
+                .await
+                .unwrap();
+            res.into_body().collect().await.unwrap();
+        }
+    })
+    .await;
+    assert_eq!((NAMED.load(SeqCst), ROUTED.load(SeqCst)), (1, 1));
+    assert_eq!(traces[0].root()["name"], "named /j");
+    assert_eq!(traces[1].root()["name"], "POST /j");
 }
