@@ -8,13 +8,13 @@
 //! Lookups go to a small per-thread table first (no lock), then to the process-wide set
 //! (a read lock). The set is bounded: past [`MAX_NAMES`] names or [`MAX_BYTES`] bytes
 //! (paths with ids in them, when no route template is known), new names are allocated per
-//! request, as before, and never kept.
+//! request, as before, and never kept, and the set, which no longer changes, is looked up
+//! without its lock.
 
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::HashSet;
-use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{OnceLock, RwLock};
 
 /// Most names kept for the process.
 pub(crate) const MAX_NAMES: usize = 1024;
@@ -31,8 +31,8 @@ struct Kept {
 }
 
 static KEPT: RwLock<Option<Kept>> = RwLock::new(None);
-/// The set is full: skip it.
-static FULL: AtomicBool = AtomicBool::new(false);
+/// The set, once full (it no longer changes then): looked up without a lock.
+static FROZEN: OnceLock<HashSet<&'static str>> = OnceLock::new();
 
 thread_local! {
     static TABLE: [Cell<&'static str>; SLOTS] = const { [const { Cell::new("") }; SLOTS] };
@@ -66,11 +66,11 @@ pub(crate) fn method_and_route_if(
         return Cow::Borrowed("");
     }
     match keep(method, route) {
-        Some(name) => {
+        Ok(name) => {
             let _ = TABLE.try_with(|t| t[slot].set(name));
             Cow::Borrowed(name)
         }
-        None => Cow::Owned(build(method, route)),
+        Err(name) => Cow::Owned(name),
     }
 }
 
@@ -84,21 +84,26 @@ fn is_name(name: &str, method: &str, route: &str) -> bool {
         && n[method.len() + 1..] == *route.as_bytes()
 }
 
-/// The kept name, kept now if new and there is room; `None` when there is none.
+/// The kept name, kept now if new and there is room; else the name, made for this request
+/// only.
+///
+/// Once the set is full, it no longer changes, and is looked up as a frozen copy without
+/// its lock: names that fill the set are mostly paths with ids in them, each seen once,
+/// for which every thread would otherwise take the lock.
 #[cold]
-fn keep(method: &str, route: &str) -> Option<&'static str> {
+fn keep(method: &str, route: &str) -> Result<&'static str, String> {
     let len = method.len() + 1 + route.len();
-    if len > MAX_LEN {
-        return None;
-    }
     let name = build(method, route);
+    if len > MAX_LEN {
+        return Err(name);
+    }
+    if let Some(frozen) = FROZEN.get() {
+        return frozen.get(name.as_str()).copied().ok_or(name);
+    }
     if let Some(kept) = KEPT.read().unwrap_or_else(|e| e.into_inner()).as_ref()
         && let Some(name) = kept.names.get(name.as_str())
     {
-        return Some(name);
-    }
-    if FULL.load(Relaxed) {
-        return None;
+        return Ok(name);
     }
     let mut kept = KEPT.write().unwrap_or_else(|e| e.into_inner());
     let kept = kept.get_or_insert_with(|| Kept {
@@ -106,17 +111,18 @@ fn keep(method: &str, route: &str) -> Option<&'static str> {
         bytes: 0,
     });
     if let Some(name) = kept.names.get(name.as_str()) {
-        return Some(name);
+        return Ok(name);
     }
     if kept.names.len() >= MAX_NAMES || kept.bytes + len > MAX_BYTES {
-        FULL.store(true, Relaxed);
-        return None;
+        // Full for good: nothing is added from now on.
+        let _ = FROZEN.set(kept.names.clone());
+        return Err(name);
     }
     // Kept for the life of the process, within the bounds above.
     let name: &'static str = Box::leak(name.into_boxed_str());
     kept.names.insert(name);
     kept.bytes += len;
-    Some(name)
+    Ok(name)
 }
 
 /// `"{method} {route}"`, in one allocation of the exact size (`format!` goes through the
@@ -203,7 +209,7 @@ mod tests {
             assert!(kept.names.len() <= MAX_NAMES);
             assert!(kept.bytes <= MAX_BYTES);
         }
-        assert!(FULL.load(Relaxed));
+        assert!(FROZEN.get().is_some());
         assert!(matches!(
             method_and_route("GET", "/items/{id}"),
             Cow::Borrowed(_)
@@ -212,5 +218,26 @@ mod tests {
             method_and_route("GET", "/bounded/new"),
             Cow::Owned(_)
         ));
+
+        // Once full, names are looked up without waiting for the set's lock (held here by
+        // a writer), on a thread whose table has none of them: a new one is made, a kept
+        // one still borrowed.
+        let writer = KEPT.write().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let named = std::thread::spawn(move || {
+            let new = method_and_route("GET", "/bounded/after-full");
+            let kept = method_and_route("GET", "/items/{id}");
+            let _ = tx.send((new, kept));
+        });
+        let names = rx.recv_timeout(std::time::Duration::from_secs(5));
+        drop(writer);
+        named.join().unwrap();
+        match names {
+            Ok((Cow::Owned(new), Cow::Borrowed(kept))) => {
+                assert_eq!(new, "GET /bounded/after-full");
+                assert!(std::ptr::eq(kept, a));
+            }
+            other => panic!("waited for the full set's lock, or kept: {other:?}"),
+        }
     }
 }
