@@ -174,9 +174,9 @@ pub struct RecordJsonBody {
 ///   [`openlayer_trace::spawn`]) nests under it and
 ///   [`openlayer_trace::current_inference_id`] works in the handler;
 /// - sets the row's inference id from the request's
-///   [`x-openlayer-inference-id`](Self::inference_id_header) header (so a retried request
-///   keeps its row), else from the [`inference_id`](Self::inference_id) closure, else a
-///   new one, and sends it back in the same response header;
+///   [`x-openlayer-inference-id`](Self::inference_id_header) header (trusted by default:
+///   see [Security](#security)), else from the [`inference_id`](Self::inference_id)
+///   closure, else a new one, and sends it back in the same response header;
 /// - fills the `user_id` and `session_id` columns from [headers](Self::user_id_header) or
 ///   [closures](Self::user_id);
 /// - records the status code as the step's output, and an `Exceptions` entry for a 5xx
@@ -199,6 +199,24 @@ pub struct RecordJsonBody {
 /// // tower: ServiceBuilder::new().layer(layer).service(svc)
 /// # let _ = layer;
 /// ```
+///
+/// # Security
+///
+/// The inference id a request sends in the [header](Self::inference_id_header) is
+/// trusted by default: the client chooses its row's id. A client can then give its row
+/// the id of someone else's row (two rows with one id: the platform's handling of
+/// duplicate ids decides which one feedback for it reaches), and pick an id that the
+/// SDK's `sample_rate` (decided on the id) always keeps. The header also wins over a
+/// configured [`inference_id`](Self::inference_id) closure. Where clients are not trusted
+/// with that, turn it off with
+/// [`trust_request_inference_id(false)`](Self::trust_request_inference_id): the id is then
+/// always computed (the closure, else a new one), and still sent back in the response.
+///
+/// A client that retries a request with the same id sends a second row with that id: what
+/// becomes of rows with the same id is the platform's handling of duplicate ids.
+///
+/// A request that sends the id, user or session header more than once is read by its
+/// first value.
 ///
 /// # Browsers and CORS
 ///
@@ -371,6 +389,14 @@ impl OpenlayerLayer {
     /// have a `Default` (an empty body; axum's and http-body-util's do), and the inner
     /// service must be `Clone` (axum's routes are).
     ///
+    /// Since the body is read before the inner service is called, the layers inside this
+    /// one (with axum, those added before it; in a `ServiceBuilder`, those after it) run
+    /// only once it has arrived: a client that is not authenticated yet still has its body read
+    /// (up to `max_bytes`), and a request sent with `Expect: 100-continue` is told to
+    /// send it (the server answers `100 Continue` when the body is first read). Put
+    /// authentication, and any layer that should refuse a request before its body is
+    /// sent, outside this layer.
+    ///
     /// While a body is read ahead, the inner service that was made ready for its request
     /// waits with it (as with tower-http's `AsyncRequireAuthorization`): put a
     /// `tower::buffer::Buffer`, whose readiness holds a slot of its queue, outside this
@@ -394,8 +420,10 @@ impl<M> OpenlayerLayer<M> {
     }
 
     /// The header carrying the inference id (default `x-openlayer-inference-id`): read
-    /// from the request, so that a client retrying a request keeps its row, and written to
-    /// the response, so that the client can send feedback for exactly this row. The
+    /// from the request (the first value, when sent more than once), so that a client can
+    /// choose its row's id ([trusted](Self::trust_request_inference_id) by default; see
+    /// [Security](#security)), and written to the response, so that the client can send
+    /// feedback for exactly this row. The
     /// response's value is marked [sensitive](HeaderValue::set_sensitive): unique to its
     /// response, it is never added to an HTTP/2 connection's header-compression table.
     ///
@@ -413,8 +441,10 @@ impl<M> OpenlayerLayer<M> {
     }
 
     /// Whether an inference id sent by the client in the
-    /// [header](Self::inference_id_header) is used (default `true`). Set `false` when
-    /// clients must not choose the row they write to; the id is then always computed.
+    /// [header](Self::inference_id_header) is used (default `true`), before the
+    /// [`inference_id`](Self::inference_id) closure. Set `false` when clients must not
+    /// choose the id of the row they write (see [Security](#security)); the id is then
+    /// always computed.
     pub fn trust_request_inference_id(mut self, trust: bool) -> Self {
         self.settings().trust_request_id = trust;
         self
@@ -439,7 +469,9 @@ impl<M> OpenlayerLayer<M> {
     /// use openlayer_trace::inference_id_for;
     /// use openlayer_trace_tower::OpenlayerLayer;
     ///
-    /// // One row per order, whatever the number of attempts.
+    /// // One id per order, whatever the number of attempts (each attempt still sends a
+    /// // row: what becomes of rows with the same id is the platform's handling of
+    /// // duplicate ids).
     /// let layer = OpenlayerLayer::new().inference_id(|req| {
     ///     let order = req.headers.get("x-order-id")?.to_str().ok()?;
     ///     Some(inference_id_for(order))
@@ -483,8 +515,9 @@ impl<M> OpenlayerLayer<M> {
     }
 
     /// The request header whose value fills the row's `user_id` column (default none).
-    /// A [`user_id`](Self::user_id) closure, when set, is asked first. A value that is not
-    /// UTF-8, or is longer than [`MAX_INFERENCE_ID_LEN`] bytes, is not used.
+    /// A [`user_id`](Self::user_id) closure, when set, is asked first. The header's first
+    /// value is read, when it is sent more than once; a value that is not UTF-8, or is
+    /// longer than [`MAX_INFERENCE_ID_LEN`] bytes, is not used.
     ///
     /// # Panics
     ///
@@ -500,8 +533,9 @@ impl<M> OpenlayerLayer<M> {
     }
 
     /// The request header whose value fills the row's `session_id` column (default none);
-    /// as for [`user_id_header`](Self::user_id_header), a value that is not UTF-8 or is
-    /// longer than [`MAX_INFERENCE_ID_LEN`] bytes is not used.
+    /// as for [`user_id_header`](Self::user_id_header), the first value is read, and a
+    /// value that is not UTF-8 or is longer than [`MAX_INFERENCE_ID_LEN`] bytes is not
+    /// used.
     /// A [`session_id`](Self::session_id) closure, when set, is asked first.
     ///
     /// # Panics

@@ -24,6 +24,10 @@
 //! let _guard = openlayer_trace::init_from_env()?;
 //! // `route_layer`: only the routes above are traced (not 404s, health checks or the
 //! // feedback route added after it).
+//! // Each request's step is named `"POST /chat"`: after axum's `MatchedPath` with this
+//! // crate's non-default `axum` feature (`"POST /users/{id}"` rather than
+//! // `"POST /users/42"` for a route with a parameter), else after the request's path.
+//! // `record_json_body`: put authentication outside this layer (see there).
 //! let app = Router::new().route("/chat", post(chat)).route_layer(
 //!     OpenlayerLayer::new()
 //!         .user_id_header("x-user-id")
@@ -47,6 +51,19 @@
 //!   a router nested under a prefix (axum's `OriginalUri`: `/api/v1/chat`, not `/chat`).
 //!   Without it, the layer does not depend on axum, and [`OpenlayerLayer::route`] names
 //!   steps from any extension.
+//!
+//! Without the `axum` feature, the crate depends on `openlayer-trace` (with its `enable`
+//! feature), `tower` (without its default features), `http`, `http-body`,
+//! `http-body-util`, `bytes`, `pin-project-lite`, `percent-encoding` (for
+//! `grpc-message`) and `serde_json`; the feature adds `axum` (without its default
+//! features).
+//!
+//! # Security
+//!
+//! The inference id a client sends in `x-openlayer-inference-id` is trusted by default:
+//! a client chooses its row's id, and may choose one of another row. See
+//! [`OpenlayerLayer`'s Security section](OpenlayerLayer#security), and
+//! [`OpenlayerLayer::trust_request_inference_id`] to turn that off.
 #![warn(missing_docs)]
 
 mod body;

@@ -446,7 +446,7 @@ async fn nested_routers_record_the_path_the_client_called() {
 async fn inference_id_round_trips_through_the_header() {
     let h = harness();
     let client = client();
-    // The client's id is kept: a retry writes the same row.
+    // The client's id is kept: a retry sends a second row with the same id.
     for attempt in 0..2 {
         let res = client
             .post(format!("{}/chat/rt", h.base))
