@@ -88,17 +88,18 @@ where
         // The ready service goes with the future; a clone stays for the next request.
         let clone = self.inner.clone();
         let service = std::mem::replace(&mut self.inner, clone);
-        // Grown as bytes come, from a small start: a declared length (or a body limit's
-        // bound) allocates nothing before the body arrives.
-        let declared = body.size_hint().upper().unwrap_or(0) as usize;
-        let capacity = declared.min(INITIAL_CAPACITY);
+        // Allocated when the first bytes come (a declared length allocates nothing before
+        // the body arrives): see `make_room`.
+        let hint = body.size_hint();
+        let declared = hint.upper().unwrap_or(0) as usize;
         JsonResponseFuture {
             state: JsonState::Reading {
                 body,
                 service: Some(service),
                 parts: Some(parts),
-                buf: BytesMut::with_capacity(capacity),
+                buf: BytesMut::new(),
                 declared,
+                exact: hint.exact().is_some(),
                 settings: self.settings.clone(),
             },
         }
@@ -151,6 +152,9 @@ pin_project_lite::pin_project! {
             // The most it buffers: what its size hint said it could be (at most the
             // configured bound, or it would not be read ahead).
             declared: usize,
+            // Whether `declared` is the body's exact length (a `content-length`), not only
+            // a bound (a body limit's).
+            exact: bool,
             settings: Arc<Settings>,
         },
         Running {
@@ -201,6 +205,7 @@ where
                     parts,
                     buf,
                     declared,
+                    exact,
                     settings,
                 } => {
                     let failed = loop {
@@ -211,6 +216,7 @@ where
                                     if buf.len().saturating_add(data.remaining()) > *declared {
                                         break Some(Box::new(LongerThanDeclared) as BoxError);
                                     }
+                                    make_room(buf, data.remaining(), *declared, *exact);
                                     while data.has_remaining() {
                                         let chunk = data.chunk();
                                         buf.extend_from_slice(chunk);
@@ -254,8 +260,31 @@ where
     }
 }
 
-/// The most bytes a read-ahead buffer starts with.
+/// The most bytes a read-ahead buffer starts with, when only a bound of the body's length
+/// is known.
 const INITIAL_CAPACITY: usize = 8 * 1024;
+
+/// Makes room in `buf` for `more` bytes, within `declared` (which `buf.len() + more` is at
+/// most): a body of a known length (`exact`) gets exactly that, in one allocation when its
+/// first bytes come; one known only to be at most `declared` long grows from
+/// [`INITIAL_CAPACITY`], doubling, to at most `declared` (growing a `BytesMut` by itself
+/// could reach about twice that).
+fn make_room(buf: &mut BytesMut, more: usize, declared: usize, exact: bool) {
+    let need = buf.len() + more;
+    if need <= buf.capacity() {
+        return;
+    }
+    let capacity = if exact {
+        declared
+    } else {
+        need.max(buf.capacity().saturating_mul(2))
+            .max(INITIAL_CAPACITY)
+            .min(declared)
+    };
+    let mut grown = BytesMut::with_capacity(capacity.max(need));
+    grown.extend_from_slice(buf);
+    *buf = grown;
+}
 
 /// A request body that gave more bytes than its size hint said it could (a body that
 /// misreports its size): refused as over a limit, not buffered without one.

@@ -1071,3 +1071,109 @@ async fn every_content_encoding_is_looked_at() {
     let root = traces[0].root();
     assert!(root["inputs"].get("body").is_none(), "{root}");
 }
+
+/// A request body sent in 1 KiB frames, whose size hint is its exact length or only a
+/// bound of it; rebuilt by the layer from the bytes it read ahead.
+enum Framed {
+    Frames {
+        frames: std::collections::VecDeque<Bytes>,
+        exact: bool,
+        bound: u64,
+    },
+    Rebuilt(Option<Bytes>),
+}
+
+impl Framed {
+    fn json(len: usize, exact: bool) -> Self {
+        let text = format!("\"{}\"", "a".repeat(len - 2));
+        let frames = Bytes::from(text)
+            .chunks(1024)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        Framed::Frames {
+            frames,
+            exact,
+            bound: len as u64,
+        }
+    }
+}
+
+impl From<Bytes> for Framed {
+    fn from(data: Bytes) -> Self {
+        Framed::Rebuilt(Some(data))
+    }
+}
+
+impl http_body::Body for Framed {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let next = match &mut *self {
+            Framed::Frames { frames, bound, .. } => {
+                let next = frames.pop_front();
+                *bound -= next.as_ref().map_or(0, |f| f.len() as u64);
+                next
+            }
+            Framed::Rebuilt(data) => data.take(),
+        };
+        std::task::Poll::Ready(next.map(|d| Ok(http_body::Frame::data(d))))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Framed::Frames {
+                exact: true, bound, ..
+            } => http_body::SizeHint::with_exact(*bound),
+            Framed::Frames { bound, .. } => {
+                let mut hint = http_body::SizeHint::new();
+                hint.set_upper(*bound);
+                hint
+            }
+            Framed::Rebuilt(data) => {
+                http_body::SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
+/// The buffer a JSON body is read into holds at most its declared length: exactly that
+/// when the length is known, at most that when only a bound of it is (growing a buffer by
+/// doubling would reach about twice the length).
+#[tokio::test]
+async fn a_json_body_is_read_into_no_more_than_its_declared_length() {
+    const LEN: usize = 40_000;
+    for exact in [true, false] {
+        let svc = OpenlayerLayer::new()
+            .record_json_body(64 * 1024)
+            .layer(service_fn(|req: Request<Framed>| async move {
+                // The bytes handed over are the buffer the body was read into.
+                let Framed::Rebuilt(Some(data)) = req.into_body() else {
+                    panic!("not rebuilt")
+                };
+                let len = data.len();
+                let capacity = data.try_into_mut().map(|b| b.capacity()).ok();
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                    "{len} {capacity:?}"
+                )))))
+            }));
+        let req = Request::post("/j")
+            .header("content-type", "application/json")
+            .body(Framed::json(LEN, exact))
+            .unwrap();
+        let (body, traces) = testing::capture_async(async {
+            let res = svc.oneshot(req).await.unwrap();
+            res.into_body().collect().await.unwrap().to_bytes()
+        })
+        .await;
+        assert_eq!(traces.len(), 1);
+        assert_eq!(
+            traces[0].root()["inputs"]["body"].as_str().unwrap().len(),
+            LEN - 2
+        );
+        assert_eq!(body, format!("{LEN} Some({LEN})"), "exact: {exact}");
+    }
+}
