@@ -187,6 +187,45 @@ fn parent(configure: fn() -> bool) -> Option<Parent> {
     }
 }
 
+/// Where a new root goes, whatever trace is current here: like [`parent`] outside any
+/// trace.
+#[inline]
+fn root_parent(configure: fn() -> bool) -> Option<Parent> {
+    let found = POS.try_with(|p| {
+        if crate::util::reentry::suppressed() {
+            return Err(());
+        }
+        let cap = p.capture.take();
+        let copy = cap.clone();
+        p.capture.set(cap);
+        Ok(copy.map(|c| Parent::Root(Some(c))))
+    });
+    match found {
+        Ok(Ok(Some(parent))) => Some(parent),
+        Ok(Ok(None)) => sink::enabled(configure).then_some(Parent::Root(None)),
+        Ok(Err(())) | Err(_) => None,
+    }
+}
+
+/// Whether a root opened here now would be recorded, whatever trace is current here: like
+/// [`would_record`] outside any trace.
+pub(crate) fn would_record_root(configure: fn() -> bool) -> bool {
+    let found = POS.try_with(|p| {
+        if crate::util::reentry::suppressed() {
+            return Some(false);
+        }
+        let cap = p.capture.take();
+        let captured = cap.is_some();
+        p.capture.set(cap);
+        captured.then_some(true)
+    });
+    match found {
+        Ok(Some(recorded)) => recorded,
+        Ok(None) => sink::enabled(configure),
+        Err(_) => false,
+    }
+}
+
 /// Whether a step opened here now would be recorded: it would nest in the current trace,
 /// or go to a test capture, or start a trace while tracing is on (and this is not one of
 /// the SDK's own threads). Like [`parent`], without taking a reference to anything.
@@ -236,7 +275,28 @@ pub(crate) fn open_step(
     configure: fn() -> bool,
     inputs: impl FnOnce(&mut String),
 ) -> Option<OpenStep> {
-    let (trace, parent, start) = match parent(configure)? {
+    open_under(parent(configure)?, spec, start, inputs)
+}
+
+/// [`open_step`] as the root of a new trace, whatever trace is current here (which stays
+/// current).
+pub(crate) fn open_root_step(
+    spec: StepSpec,
+    start: Start,
+    configure: fn() -> bool,
+    inputs: impl FnOnce(&mut String),
+) -> Option<OpenStep> {
+    open_under(root_parent(configure)?, spec, start, inputs)
+}
+
+#[inline]
+fn open_under(
+    parent: Parent,
+    spec: StepSpec,
+    start: Start,
+    inputs: impl FnOnce(&mut String),
+) -> Option<OpenStep> {
+    let (trace, parent, start) = match parent {
         Parent::In(trace, step) => {
             let start = match start {
                 Start::Now => clock::now(),

@@ -48,6 +48,12 @@ impl StepBuilder {
         self
     }
 
+    /// Opens the step as the root of a new trace (ignored).
+    #[inline(always)]
+    pub fn root(self) -> Self {
+        self
+    }
+
     /// The step's inputs (ignored, never serialized).
     #[inline(always)]
     pub fn inputs<T: Serialize + ?Sized>(self, inputs: &T) -> Self {

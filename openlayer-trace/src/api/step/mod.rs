@@ -337,6 +337,7 @@ impl Drop for StepGuard {
 /// A step to open at the first poll.
 struct Pending {
     spec: StepSpec,
+    root: bool,
     inputs: Option<Json>,
     metadata: Vec<(String, Json)>,
 }
@@ -486,15 +487,19 @@ impl<F: Future> Future for Instrumented<F> {
         {
             let Pending {
                 spec,
+                root,
                 inputs,
                 metadata,
             } = *p;
             let write_inputs = |buf: &mut String| {
                 buf.push_str(inputs.as_deref().unwrap_or_default());
             };
-            if let Some(open) =
+            let open = if root {
+                context::open_root_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs)
+            } else {
                 context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs)
-            {
+            };
+            if let Some(open) = open {
                 if !metadata.is_empty() {
                     crate::api::annotate::apply_step_json(&open, metadata);
                 }
@@ -595,6 +600,7 @@ pub fn step(name: impl Into<Cow<'static, str>>) -> StepBuilder {
     StepBuilder {
         name: name.into(),
         kind: StepKind::UserCall,
+        root: false,
         inputs: None,
         metadata: Vec::new(),
     }
@@ -611,6 +617,7 @@ fn would_record() -> bool {
 pub struct StepBuilder {
     name: Cow<'static, str>,
     kind: StepKind,
+    root: bool,
     inputs: Option<Json>,
     metadata: Vec<(String, Json)>,
 }
@@ -622,11 +629,31 @@ impl StepBuilder {
         self
     }
 
+    /// Opens the step as the root of a new trace (a row of its own), even where a step is
+    /// current: for work that is its own unit, such as a request a server handles, also
+    /// when traced code calls the server in process. The current step stays current
+    /// around it; what runs inside the new step nests under it. Call it before
+    /// [`inputs`](Self::inputs) and [`metadata`](Self::metadata), which are serialized
+    /// only where the step would be recorded.
+    pub fn root(mut self) -> Self {
+        self.root = true;
+        self
+    }
+
+    /// Whether this step, opened here now, would be recorded.
+    fn would_record(&self) -> bool {
+        if self.root {
+            context::would_record_root(crate::runtime::lazy_init)
+        } else {
+            would_record()
+        }
+    }
+
     /// The step's inputs: an object (a map or struct) of input names to values. Any other
     /// value is recorded as `{"input": value}`. Not serialized where a step would not be
     /// recorded (tracing off, inside a step not recorded).
     pub fn inputs<T: Serialize + ?Sized>(mut self, inputs: &T) -> Self {
-        if !would_record() {
+        if !self.would_record() {
             return self;
         }
         self.inputs = to_json(inputs).map(|j| {
@@ -641,7 +668,7 @@ impl StepBuilder {
 
     /// A metadata key of the step (not serialized where a step would not be recorded).
     pub fn metadata<T: Serialize + ?Sized>(mut self, key: &str, value: &T) -> Self {
-        if !would_record() || crate::api::none_probe::is_none(value) {
+        if !self.would_record() || crate::api::none_probe::is_none(value) {
             return self;
         }
         if let Some(v) = to_json(value) {
@@ -668,7 +695,11 @@ impl StepBuilder {
     /// Opens the step with its inputs written into the (empty) buffer by `write_inputs`.
     pub(crate) fn open_with(mut self, write_inputs: impl FnOnce(&mut String)) -> Option<OpenStep> {
         let spec = self.spec();
-        let open = context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs)?;
+        let open = if self.root {
+            context::open_root_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs)?
+        } else {
+            context::open_step(spec, Start::Now, crate::runtime::lazy_init, write_inputs)?
+        };
         if !self.metadata.is_empty() {
             crate::api::annotate::apply_step_json(&open, self.metadata);
         }
@@ -717,6 +748,7 @@ impl StepBuilder {
         let spec = self.spec();
         let pending = Pending {
             spec,
+            root: self.root,
             inputs: self.inputs,
             metadata: self.metadata,
         };
@@ -755,6 +787,42 @@ mod tests {
             SERIALIZED.fetch_add(1, Relaxed);
             s.serialize_u8(1)
         }
+    }
+
+    /// A root step opened inside a trace is the root of a trace of its own, whichever way
+    /// it is opened, and the enclosing step stays current around it.
+    #[test]
+    fn a_root_opened_inside_a_trace_is_a_trace_of_its_own() {
+        let sink = std::sync::Arc::new(Inputs::default());
+        let as_sink: std::sync::Arc<dyn crate::record::sink::TraceSink> = sink.clone();
+        context::with_capture(Some(as_sink), || {
+            let outer = step("outer").inputs(&"o").start();
+            outer.in_scope(|| {
+                step("a").root().inputs(&"a").start().finish();
+                step("b").root().inputs(&"b").in_scope(|| ());
+                let run = step("c").root().inputs(&"c").run(async { 1 });
+                let waker = std::task::Waker::noop();
+                let mut cx = std::task::Context::from_waker(waker);
+                let mut run = std::pin::pin!(run);
+                assert!(run.as_mut().poll(&mut cx).is_ready());
+                assert!(
+                    crate::context::in_trace(),
+                    "the outer step is still current"
+                );
+                step("nested").inputs(&"n").start().finish();
+            });
+            outer.finish();
+        });
+        // One trace per root, each with its inputs; the nested step is in the outer one.
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            [
+                r#"{"input":"a"}"#,
+                r#"{"input":"b"}"#,
+                r#"{"input":"c"}"#,
+                r#"{"input":"o"}"#
+            ]
+        );
     }
 
     /// A builder's inputs and metadata are not serialized where nothing records (here,
