@@ -77,7 +77,7 @@ where
         // some (`Trailer`) goes to the handler untouched, unrecorded.
         let trailers = parts.headers.contains_key(http::header::TRAILER);
         // A body is read ahead only to be recorded: not when the step would not be.
-        if !(small && !trailers && is_json(&parts.headers) && openlayer_trace::is_recording()) {
+        if !(small && !trailers && is_json(&parts.headers) && crate::layer::would_record()) {
             let begun = begin(&self.settings, Head::of_parts(&parts), None);
             let req = Request::from_parts(parts, body);
             let fut = ResponseFuture::start(&mut self.inner, req, begun, self.settings.clone());

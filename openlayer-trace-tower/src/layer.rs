@@ -168,7 +168,10 @@ pub struct RecordJsonBody {
 ///
 /// - opens a root step named `"{METHOD} {route}"` (`"POST /users/{id}/chat"`), with the
 ///   method, the path and the [allow-listed headers](Self::record_headers) as inputs (and
-///   the JSON body, with [`record_json_body`](Self::record_json_body));
+///   the JSON body, with [`record_json_body`](Self::record_json_body)): the root of a
+///   trace of its own even where a step is current (a service called in process by
+///   traced code, layers stacked: each layer makes its own row), which stays current
+///   around it and keeps its inference id;
 /// - makes it current while the inner service runs, so that everything the handler does
 ///   (`#[trace]` functions, LLM client calls, work spawned with
 ///   [`openlayer_trace::spawn`]) nests under it and
@@ -633,6 +636,15 @@ impl<S, M: Clone> tower::Layer<S> for OpenlayerLayer<M> {
     }
 }
 
+/// Whether the request's step, a root, would be recorded if opened here now: tracing is on
+/// (or a test capture is active). Inside a trace, where a root may be recorded even under a
+/// step that is not, yes (the step's name is then made, and the body read ahead, for
+/// nothing at worst).
+#[inline]
+pub(crate) fn would_record() -> bool {
+    openlayer_trace::is_recording() || openlayer_trace::current_context().is_some()
+}
+
 impl Settings {
     /// Whether a closure is configured, which reads the request's [`Parts`]: the request
     /// is then split to lend them (see [`Head`]).
@@ -653,7 +665,7 @@ impl Settings {
     /// already borrowed is still taken, which costs less than asking); the step gets an
     /// empty name, which nothing sees.
     pub(crate) fn step_name(&self, head: Head<'_>, path: &str) -> Cow<'static, str> {
-        if (self.name.is_some() || self.route.is_some()) && !openlayer_trace::is_recording() {
+        if (self.name.is_some() || self.route.is_some()) && !would_record() {
             return Cow::Borrowed("");
         }
         if let Some(name) = &self.name
@@ -667,13 +679,9 @@ impl Settings {
         }
         #[cfg(feature = "axum")]
         if let Some(m) = head.extensions.get::<axum::extract::MatchedPath>() {
-            return crate::names::method_and_route_if(
-                method,
-                m.as_str(),
-                openlayer_trace::is_recording,
-            );
+            return crate::names::method_and_route_if(method, m.as_str(), would_record);
         }
-        crate::names::method_and_route_if(method, path, openlayer_trace::is_recording)
+        crate::names::method_and_route_if(method, path, would_record)
     }
 
     /// The inference id to set on the trace, when not the generated one.

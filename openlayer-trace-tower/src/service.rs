@@ -160,8 +160,11 @@ pub(crate) struct Begun {
 pub(crate) fn begin(settings: &Settings, head: Head<'_>, body: Option<RecordedBody<'_>>) -> Begun {
     // The inputs: the method, the path, the allow-listed headers and the JSON body.
     let path = head.path();
+    // A root whatever step is current (stacked layers, a service called in process by
+    // traced code): each request is a row of its own, with its own inference id.
     let step = openlayer_trace::step(settings.step_name(head, path))
         .kind(StepKind::UserCall)
+        .root()
         .start_with_text_inputs(|w| {
             w.field("method", head.method.as_str());
             w.field("path", path);

@@ -1177,3 +1177,39 @@ async fn a_json_body_is_read_into_no_more_than_its_declared_length() {
         assert_eq!(body, format!("{LEN} Some({LEN})"), "exact: {exact}");
     }
 }
+
+/// A request handled while a step is current (a service called in process by traced code,
+/// or layers stacked) is a row of its own, with its own inference id; the enclosing
+/// trace keeps its id and does not get the request's step.
+#[tokio::test]
+async fn a_request_handled_inside_a_trace_is_a_row_of_its_own() {
+    let svc = OpenlayerLayer::new().layer(service_fn(ok));
+    let ((header, outer_keeps), traces) =
+        testing::capture_async(openlayer_trace::step("outer").instrument(async move {
+            update_current_trace!(inference_id = "outer-id");
+            let req = empty(get("/inner").header("x-openlayer-inference-id", "inner-id"));
+            let res = svc.oneshot(req).await.unwrap();
+            let header = res.headers()["x-openlayer-inference-id"].clone();
+            res.into_body().collect().await.unwrap();
+            (header, openlayer_trace::current_inference_id())
+        }))
+        .await;
+    assert_eq!(header, "inner-id");
+    assert_eq!(outer_keeps.as_deref(), Some("outer-id"));
+    assert_eq!(traces.len(), 2, "{traces:#?}");
+    let outer = traces.iter().find(|t| t.root()["name"] == "outer").unwrap();
+    let inner = traces
+        .iter()
+        .find(|t| t.root()["name"] == "GET /inner")
+        .unwrap();
+    assert_eq!(outer.inference_id(), "outer-id");
+    assert!(
+        outer.root()["steps"]
+            .as_array()
+            .is_none_or(|s| s.is_empty()),
+        "{:#}",
+        outer.root()
+    );
+    assert_eq!(inner.inference_id(), "inner-id");
+    assert_eq!(inner.root()["steps"][0]["name"], "work");
+}
