@@ -280,6 +280,7 @@ pub(crate) fn open_step(
 
 /// [`open_step`] as the root of a new trace, whatever trace is current here (which stays
 /// current).
+#[inline]
 pub(crate) fn open_root_step(
     spec: StepSpec,
     start: Start,
