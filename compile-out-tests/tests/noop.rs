@@ -199,6 +199,7 @@ fn manual_steps_record_nothing() {
     assert!(!finisher.is_recording());
     assert_eq!(block_on(step("run").run(async { 6 })), 6);
     assert_eq!(block_on(step("instrument").instrument(async { 7 })), 7);
+    assert_eq!(block_on(step("root").root().run(async { 8 })), 8);
 }
 
 #[test]
