@@ -394,10 +394,10 @@ impl OpenlayerLayer {
     ///
     /// Since the body is read before the inner service is called, the layers inside this
     /// one (with axum, those added before it; in a `ServiceBuilder`, those after it) run
-    /// only once it has arrived: a client that is not authenticated yet still has its body read
-    /// (up to `max_bytes`), and a request sent with `Expect: 100-continue` is told to
-    /// send it (the server answers `100 Continue` when the body is first read). Put
-    /// authentication, and any layer that should refuse a request before its body is
+    /// only once it has arrived: a client that is not authenticated yet still has its
+    /// body read (up to `max_bytes`), and a request sent with `Expect: 100-continue` is
+    /// told to send it (the server answers `100 Continue` when the body is first read).
+    /// Put authentication, and any layer that should refuse a request before its body is
     /// sent, outside this layer.
     ///
     /// While a body is read ahead, the inner service that was made ready for its request
@@ -426,9 +426,9 @@ impl<M> OpenlayerLayer<M> {
     /// from the request (the first value, when sent more than once), so that a client can
     /// choose its row's id ([trusted](Self::trust_request_inference_id) by default; see
     /// [Security](#security)), and written to the response, so that the client can send
-    /// feedback for exactly this row. The
-    /// response's value is marked [sensitive](HeaderValue::set_sensitive): unique to its
-    /// response, it is never added to an HTTP/2 connection's header-compression table.
+    /// feedback for exactly this row. The response's value is marked
+    /// [sensitive](HeaderValue::set_sensitive): unique to its response, it is never added
+    /// to an HTTP/2 connection's header-compression table.
     ///
     /// # Panics
     ///
@@ -492,10 +492,10 @@ impl<M> OpenlayerLayer<M> {
     /// The request headers recorded under the step's input `headers` (default
     /// `content-type` and `user-agent`); replaces the list. The headers of
     /// [`NEVER_RECORDED`] (`authorization`, `cookie`, `x-api-key`, ...) are never
-    /// recorded, even when listed. Names are case-insensitive; a header sent several times is recorded as its
-    /// values joined by `", "`, a value that is not UTF-8 with replacement characters. A
-    /// header's text is recorded up to [`MAX_RECORDED_HEADER_LEN`] (1 KiB), then cut with
-    /// a marker.
+    /// recorded, even when listed. Names are case-insensitive; a header sent several times
+    /// is recorded as its values joined by `", "`, a value that is not UTF-8 with
+    /// replacement characters. A header's text is recorded up to
+    /// [`MAX_RECORDED_HEADER_LEN`] (1 KiB), then cut with a marker.
     ///
     /// # Panics
     ///
