@@ -65,6 +65,14 @@ pub(crate) fn outside_trace(api: &'static str) {
     warn_limited!(api, "{api} was called outside of a trace; ignored");
 }
 
+/// Writes a notice line to the process's stderr, ignoring a failure: `eprintln!` panics
+/// when stderr is a closed pipe (`2>&1 | head`, a restarted journal), and the notices run
+/// inside the first traced call, which must never panic into the application.
+pub(crate) fn notice(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,12 +85,4 @@ mod tests {
         assert_eq!(l.allow(), None);
         assert_eq!(l.suppressed.load(Relaxed), 2);
     }
-}
-
-/// Writes a notice line to the process's stderr, ignoring a failure: `eprintln!` panics
-/// when stderr is a closed pipe (`2>&1 | head`, a restarted journal), and the notices run
-/// inside the first traced call, which must never panic into the application.
-pub(crate) fn notice(line: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
