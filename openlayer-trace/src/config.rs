@@ -246,11 +246,33 @@ fn env_var(name: &str) -> Option<String> {
     (!trimmed.is_empty()).then(|| trimmed.to_string())
 }
 
+/// The smallest `spool_max_bytes`.
+const MIN_SPOOL_BYTES: u64 = 16 * 1024;
+
 impl Config {
     /// A builder starting from the environment; explicit values beat it.
     pub fn builder() -> ConfigBuilder {
         ConfigBuilder {
             config: Config::env_defaults(),
+            error: None,
+        }
+    }
+
+    /// A builder starting from the defaults alone, reading no `OPENLAYER_*` variable: for
+    /// tests, and for applications whose configuration comes from elsewhere. (With
+    /// [`Config::builder`], a key in the environment beats a local file set in code, and a
+    /// spool directory or OTLP endpoint set there cannot be taken out.)
+    ///
+    /// ```
+    /// let config = openlayer_trace::Config::builder_without_env()
+    ///     .trace_file(std::env::temp_dir().join("traces.jsonl"))
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(config.api_key().is_none());
+    /// ```
+    pub fn builder_without_env() -> ConfigBuilder {
+        ConfigBuilder {
+            config: Config::default(),
             error: None,
         }
     }
@@ -403,8 +425,10 @@ impl ConfigBuilder {
         spool_dir: impl Into<PathBuf> => |c, v| c.spool_dir = Some(v.into()));
     setter!(/// How the spool is used (default [`SpoolMode::Overflow`]).
         spool_mode: SpoolMode => |c, v| c.spool_mode = v);
-    setter!(/// Most bytes the spool may hold; the oldest data is evicted and counted.
-        spool_max_bytes: u64 => |c, v| c.spool_max_bytes = v);
+    setter!(/// Most bytes the spool may hold; the oldest data is evicted and counted. At
+        /// least 16 KiB (a smaller value is taken as that: a spool of a few bytes would
+        /// make a file per row and evict every one).
+        spool_max_bytes: u64 => |c, v| c.spool_max_bytes = v.max(MIN_SPOOL_BYTES));
     setter!(/// The local trace file (`OPENLAYER_TRACE_FILE`). Setting it (or the variable)
     /// asks for the local file without an API key, even without an `init` call.
     trace_file: impl Into<PathBuf> => |c, v| {
@@ -528,7 +552,27 @@ impl ConfigBuilder {
         if let Some(e) = self.error {
             return Err(e);
         }
-        let c = self.config;
+        let mut c = self.config;
+        // Trimmed as the environment's values are; a blank one is a mistake to report,
+        // not a key to send (every request a 401) or a pipeline to post to (a 404).
+        if let Some(key) = &c.api_key {
+            let trimmed = key.expose().trim();
+            if trimmed.is_empty() {
+                return Err(Error::Config("the API key is empty".into()));
+            }
+            if trimmed.len() != key.expose().len() {
+                c.api_key = Some(ApiKey::new(trimmed));
+            }
+        }
+        if let Some(id) = &mut c.inference_pipeline_id {
+            let trimmed = id.trim();
+            if trimmed.is_empty() {
+                return Err(Error::Config("the inference pipeline id is empty".into()));
+            }
+            if trimmed.len() != id.len() {
+                *id = trimmed.to_string();
+            }
+        }
         let base = c.base_url.trim();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Error::Config(format!(
@@ -593,6 +637,36 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_and_pipeline_ids_are_trimmed_and_blank_ones_refused() {
+        let c = Config::builder_without_env()
+            .api_key(" key\r\n")
+            .inference_pipeline_id("\tpipe ")
+            .build()
+            .unwrap();
+        assert_eq!(c.api_key().unwrap().expose(), "key");
+        assert_eq!(c.inference_pipeline_id(), Some("pipe"));
+        for b in [
+            Config::builder_without_env().api_key(""),
+            Config::builder_without_env().api_key(" \r\n"),
+            Config::builder_without_env().inference_pipeline_id(" "),
+        ] {
+            let e = b.build().unwrap_err();
+            assert!(matches!(&e, Error::Config(m) if m.contains("empty")), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_spool_of_a_few_bytes_is_taken_as_the_smallest() {
+        for (asked, kept) in [(0, 16 * 1024), (1, 16 * 1024), (1 << 20, 1 << 20)] {
+            let c = Config::builder_without_env()
+                .spool_max_bytes(asked)
+                .build()
+                .unwrap();
+            assert_eq!(c.spool_max_bytes, kept, "{asked}");
+        }
+    }
 
     #[test]
     fn truthy_values_match_the_official_sdks() {

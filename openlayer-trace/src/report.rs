@@ -11,15 +11,19 @@ use std::sync::atomic::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum DropReason {
-    /// The hand-off queue was full (in traces or bytes) and no spool was configured.
+    /// The hand-off queue was full (in traces or bytes) and no spool was configured, or
+    /// the spool's writer had no room left for its backlog either.
     QueueFull,
     /// The server rejected the data for good (400, 413 or 422), or a row was larger than a
     /// request may be (`batch_max_bytes`) even with its longest values cut; also a 401, 403, 404 or 3xx when no spool can keep
-    /// the rows until the configuration is fixed.
+    /// the rows until the configuration is fixed; also a row update refused before it was
+    /// sent (an empty id, a row that is not a JSON object).
     Rejected,
-    /// Retries were exhausted and no spool was configured.
+    /// Retries were exhausted and no spool was configured (or the spool could not store
+    /// the rows).
     RetriesExhausted,
-    /// The shutdown deadline passed and no spool was configured.
+    /// The shutdown deadline passed and no spool was configured (or the spool could not
+    /// store the rows).
     Deadline,
     /// The spool was over its byte limit and evicted its oldest data.
     SpoolEvicted,

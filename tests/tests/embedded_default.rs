@@ -182,6 +182,32 @@ fn child() {
             let e = openlayer_trace::Client::builder().build().unwrap_err();
             assert!(e.to_string().contains("api.openlayer.com/v1"), "{e}");
         }
+        // A key, a spool directory and a trace file in the environment: a builder without
+        // it reads none of them.
+        "without_env" => {
+            assert!(Config::builder().build().unwrap().api_key().is_some());
+            let c = Config::builder_without_env().build().unwrap();
+            assert!(c.api_key().is_none());
+            assert!(c.spool_dir().is_none());
+            assert!(c.inference_pipeline_id().is_none());
+            assert_ne!(
+                c.trace_file(),
+                std::path::Path::new("/nowhere/traces.jsonl")
+            );
+        }
+        // The trace file's directory is a regular file: `init` says so.
+        "unwritable_file" => {
+            let path = std::env::var("TRACES_UNDER_A_FILE").unwrap();
+            let e = openlayer_trace::init(
+                Config::builder_without_env()
+                    .trace_file(&path)
+                    .build()
+                    .unwrap(),
+            )
+            .expect_err("init refuses a trace file it cannot create");
+            assert!(matches!(e, openlayer_trace::Error::Io(_)), "{e}");
+            assert!(e.to_string().contains(&path), "{e}");
+        }
         // Stderr is a closed pipe: the notices of the first traced call must not panic.
         "broken_stderr" => {
             assert_eq!(root(1), 2);
@@ -191,6 +217,31 @@ fn child() {
         }
         other => panic!("unknown scenario {other}"),
     }
+}
+
+#[test]
+fn a_builder_without_the_environment_reads_none_of_it() {
+    child::run(
+        "without_env",
+        &[
+            ("OPENLAYER_API_KEY", "sk-from-env"),
+            ("OPENLAYER_INFERENCE_PIPELINE_ID", "pipe-from-env"),
+            ("OPENLAYER_SPOOL_DIR", "/nowhere/spool"),
+            ("OPENLAYER_TRACE_FILE", "/nowhere/traces.jsonl"),
+        ],
+    );
+}
+
+#[test]
+fn init_refuses_a_local_trace_file_it_cannot_create() {
+    let dir = temp_dir("unwritable-file");
+    let file = dir.join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let traces = file.join("traces.jsonl");
+    child::run(
+        "unwritable_file",
+        &[("TRACES_UNDER_A_FILE", traces.to_str().unwrap())],
+    );
 }
 
 /// With stderr a pipe nobody reads any more, the notice of the first traced call (the

@@ -141,6 +141,10 @@ pub(crate) fn reject_update() {
 ///     Ok(())
 /// } // pending traces are flushed here
 /// ```
+///
+/// Bind it to a name that lives as long as tracing should (`let _ = init_from_env()` drops
+/// it at once, which shuts tracing down). Dropping it blocks the thread for up to
+/// `shutdown_timeout`: in async code, end with [`Guard::shutdown_async`] instead.
 #[must_use = "dropping the guard flushes and stops the trace pipeline"]
 #[derive(Debug)]
 pub struct Guard {

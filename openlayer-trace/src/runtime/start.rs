@@ -248,6 +248,16 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
         if let Some(dir) = &config.spool_dir {
             tracing::info!(target: "openlayer_trace", dir = %dir.display(), "the spool is only used when sending to Openlayer; without an API key it is ignored");
         }
+        if how == Start::Explicit {
+            // `init` says so when the file cannot be written (a read-only directory, a
+            // missing mount), rather than dropping every trace later.
+            crate::export::local_file::writer::check_writable(&config.trace_file).map_err(|e| {
+                Error::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("the local trace file {}: {e}", config.trace_file.display()),
+                ))
+            })?;
+        }
         let sink = crate::export::local_file::writer::FileSink::new(&config);
         let (counters, budget, shaper) = (counters.clone(), budget.clone(), shaper.clone());
         threads.push(spawn("openlayer-trace", move || {

@@ -175,6 +175,12 @@ pub(crate) struct FileSink {
     discarded: u64,
 }
 
+/// Opens (creating it, 0600) the local trace file, as the writer will: an explicit `init`
+/// checks that it can be written.
+pub(crate) fn check_writable(path: &std::path::Path) -> std::io::Result<()> {
+    crate::export::local_file::format::open_private_append(path).map(|_| ())
+}
+
 impl FileSink {
     /// The sink of `config`; prints the one-line notice saying where traces go.
     pub(crate) fn new(config: &Config) -> FileSink {
