@@ -382,7 +382,9 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
                 blocks.extend(open.take());
                 block_start = end;
             }
-            if default_pipeline.is_none() && matches!(&e.line, Ok(l) if l.pipeline_id().is_none()) {
+            if default_pipeline.is_none()
+                && matches!(&e.line, Ok(l) if platform_pipeline(l).is_none())
+            {
                 orphans.add(e.number);
             }
         }
@@ -398,7 +400,7 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
     }
     if orphans.count > 0 {
         return Err(CliError::Usage(format!(
-            "line(s) {} of {} have no pipelineId: pass --pipeline-id or set OPENLAYER_INFERENCE_PIPELINE_ID",
+            "line(s) {} of {} have no pipelineId, or one made without an API key (a local pipeline): pass --pipeline-id or set OPENLAYER_INFERENCE_PIPELINE_ID",
             orphans.list(),
             file.display()
         )));
@@ -479,8 +481,7 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
                 continue;
             }
         };
-        let pipeline = line
-            .pipeline_id()
+        let pipeline = platform_pipeline(&line)
             .map(str::to_string)
             .or_else(|| default_pipeline.clone())
             .unwrap_or_default();
@@ -1129,4 +1130,11 @@ mod tests {
             assert_eq!(format!("{h:016x}"), fnv1a(text), "cut at {cut}");
         }
     }
+}
+
+/// The line's pipeline id, unless it was made locally (by `load_or_create_inference_pipeline`
+/// without an API key), which the platform does not know: such a line goes to the pipeline
+/// push is given.
+fn platform_pipeline(line: &openlayer_trace::LocalLine) -> Option<&str> {
+    line.pipeline_id().filter(|_| !line.has_local_pipeline_id())
 }

@@ -1617,3 +1617,64 @@ async fn commands_that_succeed_exit_zero_when_their_output_pipe_is_closed() {
     assert_exit(&out, 0);
     assert!(stderr(&out).is_empty(), "{}", stderr(&out));
 }
+
+/// Rows written without an API key to a pipeline `load_or_create_inference_pipeline` named
+/// locally (an id the platform does not know) are pushed to the pipeline push is given,
+/// and refused up front without one.
+#[tokio::test]
+async fn push_sends_the_lines_of_a_local_pipeline_to_the_one_it_is_given() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    let dir = TempDir::new("local-pipeline");
+    let file = dir.0.join("traces.jsonl");
+    let client = openlayer_trace::Client::builder()
+        .config(
+            openlayer_trace::Config::builder_without_env()
+                .trace_file(&file)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let pipeline = client
+        .load_or_create_inference_pipeline(
+            "Support bot",
+            "production",
+            openlayer_trace::TaskType::LlmBase,
+        )
+        .await
+        .unwrap();
+    assert!(pipeline.local);
+    let config = openlayer_trace::LlmConfig::new("answer").input_variable_names(["question"]);
+    let row = json!({"inferenceId": "chat-42", "question": "Hi?", "answer": "Hello!"});
+    client
+        .stream_rows(&pipeline.id, &config, &[row])
+        .await
+        .unwrap();
+    client
+        .update_row(&pipeline.id, "chat-42", &json!({"thumbs": "up"}), None)
+        .await
+        .unwrap();
+    let file_arg = file.to_str().unwrap();
+    let env = platform(&server);
+
+    let out = openlayer(&["push", file_arg], &env).await;
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "made without an API key");
+    assert!(requests(&server).await.is_empty());
+
+    let out = openlayer(&["push", file_arg, "--pipeline-id", PIPELINE], &env).await;
+    assert_exit(&out, 0);
+    let reqs = requests(&server).await;
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs[0].url.path(), pipeline_path("data-stream"));
+    assert_eq!(body(&reqs[0])["rows"][0]["inferenceId"], "chat-42");
+    assert_eq!(reqs[1].url.path(), pipeline_path("rows"));
+}

@@ -64,7 +64,9 @@ pub enum Error {
     Io(#[from] std::io::Error),
 
     /// A bulk call failed after some of its uploads were registered: `rows_sent` rows are
-    /// in the platform, the rest are not, except that an append whose registration failed
+    /// in the platform, the rest are not (the first `rows_sent` of the input, except for
+    /// `update_batch`, whose uploads group rows by their set of keys: there they are the
+    /// rows of the sets merged, and a merge can be sent again whole), except that an append whose registration failed
     /// with a server error or a lost answer (not sent again, so as not to append its rows
     /// twice) may have been registered all the same.
     #[error("{source} (after {rows_sent} row(s) in {uploads} upload(s) had been registered)")]

@@ -353,6 +353,11 @@ impl Client {
     /// row index and the column; nothing is sent then). For many rows, send several
     /// calls or use [`publish_batch`](Self::publish_batch).
     ///
+    /// Delivery is at least once: a request that timed out or was answered with a server
+    /// error may have been stored, and is sent again (up to `max_retries` times), so its
+    /// rows can arrive twice. Give rows an `inferenceId` to recognise them;
+    /// [`publish_batch`](Self::publish_batch)'s appends are never registered twice.
+    ///
     /// ```no_run
     /// use openlayer_trace::{Client, LlmConfig};
     /// # async fn run() -> Result<(), openlayer_trace::Error> {

@@ -147,6 +147,16 @@ impl LocalLine {
         }
     }
 
+    /// Whether the line's pipeline id was made on this machine rather than by the
+    /// platform: `Client::load_or_create_inference_pipeline` without an API key names a pipeline by a version 5 UUID of its project's and its
+    /// own names (the platform's ids are random, version 4), which the platform does not
+    /// know. `openlayer push` sends such lines to the pipeline it is given instead.
+    pub fn has_local_pipeline_id(&self) -> bool {
+        self.pipeline_id()
+            .and_then(|id| uuid::Uuid::parse_str(id).ok())
+            .is_some_and(|id| id.get_version_num() == 5)
+    }
+
     /// The line as compact JSON, without the trailing newline.
     pub fn to_json_line(&self) -> Result<String, Error> {
         Ok(serde_json::to_string(self)?)
