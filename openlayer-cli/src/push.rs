@@ -964,6 +964,13 @@ fn refused(e: &openlayer_trace::Error) -> bool {
     }
 }
 
+/// The line's pipeline id, unless it was made locally (by `load_or_create_inference_pipeline`
+/// without an API key), which the platform does not know: such a line goes to the pipeline
+/// push is given.
+fn platform_pipeline(line: &openlayer_trace::LocalLine) -> Option<&str> {
+    line.pipeline_id().filter(|_| !line.has_local_pipeline_id())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1130,11 +1137,4 @@ mod tests {
             assert_eq!(format!("{h:016x}"), fnv1a(text), "cut at {cut}");
         }
     }
-}
-
-/// The line's pipeline id, unless it was made locally (by `load_or_create_inference_pipeline`
-/// without an API key), which the platform does not know: such a line goes to the pipeline
-/// push is given.
-fn platform_pipeline(line: &openlayer_trace::LocalLine) -> Option<&str> {
-    line.pipeline_id().filter(|_| !line.has_local_pipeline_id())
 }
