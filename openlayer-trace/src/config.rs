@@ -404,7 +404,10 @@ impl ConfigBuilder {
         /// the queue (at most half of it), the rows waiting for a request or in flight
         /// (with their request bodies) and the spool writer's backlog share this budget,
         /// each counted by what it holds (capacities and allocator overhead included).
-        /// What does not fit is spooled, or dropped and counted. The process needs a few
+        /// With an OTLP endpoint alongside the data stream, the rows' share is split in
+        /// two halves, one for the rows and one for the spans waiting for the OTLP
+        /// endpoint, so that neither destination's trouble takes the other's room (the
+        /// total stays this bound). What does not fit is spooled, or dropped and counted. The process needs a few
         /// MiB on top that do not depend on this bound (the worker's runtime and
         /// reusable buffers).
         queue_max_bytes: usize => |c, v| c.queue_max_bytes = v.max(1));

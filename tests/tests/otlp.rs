@@ -947,3 +947,111 @@ fn a_huge_queue_capacity_still_exports() {
     assert_eq!(report.stats.sent, 1, "{report:?}");
     assert_eq!(report.stats.dropped.total(), 0, "{report:?}");
 }
+
+#[trace]
+fn long_question(id: &str, text: &str) -> usize {
+    update_current_trace!(inference_id = id.to_string());
+    text.len()
+}
+
+/// Traces of a few KiB (each a little smaller than the last) sent one at a time, each once the last has reached its healthy
+/// destination, with a small memory budget, while the other destination hangs: every
+/// trace must reach the healthy one, none spooled or dropped for want of room (each
+/// destination has its own share of the worker's memory).
+fn one_hung_destination_does_not_starve_the_other(otlp_hangs: bool) {
+    let _l = lock();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = server(&rt);
+    let stream = format!("/v1/inference-pipelines/{PIPE}/data-stream");
+    let hung = ResponseTemplate::new(503).set_delay(Duration::from_secs(60));
+    let (otlp_answer, stream_answer) = if otlp_hangs {
+        (
+            hung,
+            ResponseTemplate::new(200).set_body_string(r#"{"success":true}"#),
+        )
+    } else {
+        (ok_response(), hung)
+    };
+    mount(
+        &rt,
+        &s,
+        Mock::given(method("POST"))
+            .and(path(TRACES))
+            .respond_with(otlp_answer),
+    );
+    mount(
+        &rt,
+        &s,
+        Mock::given(method("POST"))
+            .and(path(stream.as_str()))
+            .respond_with(stream_answer),
+    );
+    let config = openlayer(&s)
+        .otlp_only(false)
+        .queue_max_bytes(256 * 1024)
+        .request_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    // Counted once answered (after the server has it).
+    let arrived = || -> usize {
+        let st = guard.stats();
+        (if otlp_hangs {
+            st.sent
+        } else {
+            st.otlp_spans_sent
+        }) as usize
+    };
+    let traces = 40;
+    for i in 0..traces {
+        // Smaller and smaller, so that the hung side fills its share to the last byte.
+        long_question(&format!("starve-{i}"), &"x".repeat(6000 - 100 * i));
+        // Until it arrives, or is lost (then the assertions below say so).
+        let waited = Instant::now();
+        while arrived() < i + 1 {
+            let st = guard.stats();
+            let lost = if otlp_hangs {
+                st.spooled + st.dropped.total()
+            } else {
+                st.otlp_spans_dropped
+            };
+            if lost > 0 || waited.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let st = guard.stats();
+    assert_eq!(arrived(), traces, "{st:?}");
+    let received = if otlp_hangs {
+        requests(&rt, &s, &stream).len()
+    } else {
+        spans_of(&requests(&rt, &s, TRACES)).len()
+    };
+    assert_eq!(received, traces, "{st:?}");
+    if otlp_hangs {
+        assert_eq!(st.spooled, 0, "{st:?}");
+        assert_eq!(st.dropped.total(), 0, "{st:?}");
+        assert_eq!(st.sent as usize, traces, "{st:?}");
+        // The collector's own share is full: its spans are dropped, and only they.
+        assert!(st.otlp_spans_dropped > 0, "{st:?}");
+    } else {
+        assert_eq!(st.otlp_spans_dropped, 0, "{st:?}");
+        assert_eq!(st.otlp_spans_sent as usize, traces, "{st:?}");
+        // The data stream's own share is full: its rows are dropped, and only they.
+        assert!(st.dropped.queue_full > 0, "{st:?}");
+    }
+    let _ = guard.shutdown(Duration::from_millis(300));
+}
+
+/// A hung (503, slowly) collector does not starve the data stream of memory.
+#[test]
+fn a_hung_collector_does_not_starve_the_data_stream() {
+    one_hung_destination_does_not_starve_the_other(true);
+}
+
+/// A hung (503, slowly) data-stream API does not starve the collector of memory.
+#[test]
+fn a_hung_data_stream_does_not_starve_the_collector() {
+    one_hung_destination_does_not_starve_the_other(false);
+}

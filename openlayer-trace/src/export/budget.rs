@@ -16,8 +16,15 @@ pub(crate) enum Tier {
     /// given back as it is.
     QueueOver,
     /// The worker's encoded rows, waiting for a request or in flight (with their request
-    /// bodies): three eighths.
+    /// bodies): three eighths, or half of them when the OTLP exporter runs alongside
+    /// (see [`Budget::with_otlp_alongside`]).
     Worker,
+    /// The OTLP exporter's encoded spans, waiting for a request or in flight: counted
+    /// apart from [`Tier::Worker`], so that a collector that hangs or refuses cannot take
+    /// the data stream's room (nor the reverse). Alongside the data stream, the other half
+    /// of the worker's three eighths; spans only, all of them.
+    #[cfg_attr(not(feature = "otlp"), allow(dead_code))]
+    Otlp,
     /// Traced code's overflow (the queue is full) into the spool writer's backlog: up to
     /// half of the writer's share.
     Overflow,
@@ -34,8 +41,9 @@ pub(crate) enum Tier {
 /// The memory budget of undelivered data (`queue_max_bytes`), split between every
 /// buffer that holds traces or rows not yet delivered, spooled or dropped: the queue
 /// (half, of which row updates alone may take the last sixteenth), the worker's rows,
-/// lingering, ready or in flight (three eighths), and the spool writer's backlog (an
-/// eighth). Each holder reserves what it takes before it takes it and
+/// lingering, ready or in flight (three eighths, split in two halves when the OTLP
+/// exporter runs alongside the data stream: one for the rows, one for the spans), and the
+/// spool writer's backlog (an eighth). Each holder reserves what it takes before it takes it and
 /// releases it when the data has moved on; what does not fit goes to the next stage (the
 /// spool) or is dropped and counted, so a reservation never waits.
 ///
@@ -49,7 +57,11 @@ pub(crate) struct Budget {
     /// worker's and the spool writer's counts do not share.
     queue: OwnLine<AtomicUsize>,
     worker: AtomicUsize,
+    /// The OTLP exporter's spans ([`Tier::Otlp`]).
+    otlp: AtomicUsize,
     spool: AtomicUsize,
+    /// Whether the worker's share is split between the data stream and the OTLP exporter.
+    split: bool,
 }
 
 impl Budget {
@@ -59,17 +71,34 @@ impl Budget {
             limit: limit.max(1),
             queue: OwnLine(AtomicUsize::new(0)),
             worker: AtomicUsize::new(0),
+            otlp: AtomicUsize::new(0),
             spool: AtomicUsize::new(0),
+            split: false,
+        }
+    }
+
+    /// A budget of `limit` bytes whose worker share is split in two halves, one for the
+    /// data stream's rows ([`Tier::Worker`]) and one for the OTLP exporter's spans
+    /// ([`Tier::Otlp`]): each destination keeps its own room whatever the other's
+    /// endpoint does, and the two together hold no more than the worker's share.
+    pub(crate) fn with_otlp_alongside(limit: usize) -> Self {
+        Budget {
+            split: true,
+            ..Budget::new(limit)
         }
     }
 
     /// The count `tier` reserves in, and the most it may fill it to.
     fn share(&self, tier: Tier) -> (&AtomicUsize, usize) {
         let eighth = self.limit / 8;
+        let worker = self.limit / 2 - eighth;
+        let otlp = if self.split { worker / 2 } else { worker };
         match tier {
             Tier::Queue => (&*self.queue, self.limit / 2 - self.limit / 16),
             Tier::QueueOver => (&*self.queue, self.limit / 2),
-            Tier::Worker => (&self.worker, self.limit / 2 - eighth),
+            Tier::Worker if self.split => (&self.worker, worker - otlp),
+            Tier::Worker => (&self.worker, worker),
+            Tier::Otlp => (&self.otlp, otlp),
             Tier::Overflow => (&self.spool, eighth / 2),
             Tier::Spool => (&self.spool, eighth),
             Tier::SpoolAtShutdown => (&self.spool, usize::MAX),
@@ -100,7 +129,10 @@ impl Budget {
     /// Bytes reserved now, in all shares.
     #[cfg(test)]
     pub(crate) fn used(&self) -> usize {
-        self.queue.load(Relaxed) + self.worker.load(Relaxed) + self.spool.load(Relaxed)
+        self.queue.load(Relaxed)
+            + self.worker.load(Relaxed)
+            + self.otlp.load(Relaxed)
+            + self.spool.load(Relaxed)
     }
 
     /// The whole budget, in bytes.

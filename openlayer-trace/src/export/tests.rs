@@ -191,3 +191,28 @@ fn each_stage_fills_only_its_share_of_the_budget() {
     assert!(!budget.reserve(16, Tier::Spool));
     assert_eq!(budget.used(), budget.limit());
 }
+
+#[test]
+fn alongside_the_data_stream_otlp_fills_its_own_half_of_the_worker_share() {
+    let budget = Budget::with_otlp_alongside(8 * 1024);
+    let fill = |tier| {
+        let mut n = 0;
+        while budget.reserve(16, tier) {
+            n += 16;
+        }
+        n
+    };
+    // The spans fill their half, and the rows still have theirs.
+    assert_eq!(fill(Tier::Otlp), 3 * 512);
+    assert_eq!(fill(Tier::Worker), 3 * 512);
+    assert_eq!(fill(Tier::Queue), 4 * 1024 - 512);
+    assert_eq!(fill(Tier::QueueOver), 512);
+    assert_eq!(fill(Tier::Spool), 1024);
+    assert_eq!(budget.used(), budget.limit());
+    budget.release(3 * 512, Tier::Otlp);
+    assert!(!budget.reserve(16, Tier::Worker));
+    // Spans only, the whole worker share is theirs.
+    let budget = Budget::new(8 * 1024);
+    assert!(budget.reserve(3 * 1024, Tier::Otlp));
+    assert!(!budget.reserve(1, Tier::Otlp));
+}

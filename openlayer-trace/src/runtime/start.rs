@@ -191,7 +191,19 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
     let generation = crate::util::id::fork_generation();
     stop_recording_in_forked_children();
     let counters = Arc::new(Counters::default());
-    let budget = Arc::new(Budget::new(config.queue_max_bytes));
+    #[cfg(feature = "otlp")]
+    let (otlp_on, data_stream) = (
+        config.otlp.endpoint.is_some(),
+        !(config.otlp.endpoint.is_some() && crate::export::otlp::only(&config)),
+    );
+    #[cfg(not(feature = "otlp"))]
+    let (otlp_on, data_stream) = (false, true);
+    // Alongside the data stream, the OTLP exporter has its own half of the worker's share.
+    let budget = Arc::new(if otlp_on && data_stream && !config.disabled {
+        Budget::with_otlp_alongside(config.queue_max_bytes)
+    } else {
+        Budget::new(config.queue_max_bytes)
+    });
     let shaper = Shaper::new(&config);
     if config.disabled {
         return Ok(Arc::new(Exporter {
@@ -207,13 +219,6 @@ pub(crate) fn start(config: Config, how: Start) -> Result<Arc<Exporter>, Error> 
             generation,
         }));
     }
-    #[cfg(feature = "otlp")]
-    let (otlp_on, data_stream) = (
-        config.otlp.endpoint.is_some(),
-        !(config.otlp.endpoint.is_some() && crate::export::otlp::only(&config)),
-    );
-    #[cfg(not(feature = "otlp"))]
-    let (otlp_on, data_stream) = (false, true);
     let mut config = config;
     if otlp_on && config.spool_mode == crate::config::SpoolMode::WriteAhead {
         // A trace written ahead is a row before the worker sees it: no spans could be made.

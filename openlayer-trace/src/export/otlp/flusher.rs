@@ -235,7 +235,7 @@ impl OtlpFlusher {
     /// Takes a trace's spans into its pipeline's batch; a full backlog or memory budget
     /// drops them (counted).
     fn accept(&mut self, c: Converted) {
-        if self.backlog >= self.backlog_max || !self.budget.reserve(c.bytes, Tier::Worker) {
+        if self.backlog >= self.backlog_max || !self.budget.reserve(c.bytes, Tier::Otlp) {
             self.counters
                 .otlp_spans_dropped
                 .fetch_add(c.spans as u64, Relaxed);
@@ -428,7 +428,7 @@ impl OtlpFlusher {
     fn settle(&mut self, batch: Batch, reason: Option<DropReason>, status: Option<u16>, e: &str) {
         let traces = batch.epochs.len() as u64;
         let c = &self.counters;
-        self.budget.release(batch.bytes, Tier::Worker);
+        self.budget.release(batch.bytes, Tier::Otlp);
         self.backlog -= batch.epochs.len();
         for epoch in &batch.epochs {
             self.epochs.release(*epoch);
