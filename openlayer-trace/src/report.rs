@@ -247,6 +247,10 @@ pub(crate) struct Counters {
     pub otlp_spans_dropped: AtomicU64,
     #[cfg(feature = "otlp")]
     pub otlp_rejected_spans: AtomicU64,
+    /// Of `otlp_spans_dropped`, the spans of traces that could not be converted, which
+    /// the OTLP side tells `on_failure` of as encoding drops.
+    #[cfg(feature = "otlp")]
+    pub otlp_spans_unconverted: AtomicU64,
 }
 
 #[cfg(feature = "enable")]

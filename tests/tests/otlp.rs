@@ -1055,3 +1055,72 @@ fn a_hung_collector_does_not_starve_the_data_stream() {
 fn a_hung_data_stream_does_not_starve_the_collector() {
     one_hung_destination_does_not_starve_the_other(false);
 }
+
+/// Alongside a healthy data stream, with a hung collector (503, slowly) and a small memory
+/// budget: `on_failure` hears of every span dropped, those the OTLP side had no room for
+/// and those abandoned at the shutdown deadline, each time with `rows: 0` (every row was
+/// delivered) and the spans counted in its message.
+#[test]
+fn alongside_the_data_stream_every_span_drop_is_told_with_no_rows() {
+    let _l = lock();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = server(&rt);
+    accept_data_stream(&rt, &s);
+    mount(
+        &rt,
+        &s,
+        Mock::given(method("POST"))
+            .and(path(TRACES))
+            .respond_with(ResponseTemplate::new(503).set_delay(Duration::from_secs(60))),
+    );
+    let told = std::sync::Arc::new(Mutex::new(Vec::<(u64, Option<DropReason>, String)>::new()));
+    let sink = told.clone();
+    let config = openlayer(&s)
+        .otlp_only(false)
+        .queue_max_bytes(256 * 1024)
+        .request_timeout(Duration::from_secs(60))
+        .on_failure(move |f| {
+            sink.lock()
+                .unwrap()
+                .push((f.rows, f.dropped, f.message.clone()))
+        })
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    let traces = 30;
+    for i in 0..traces {
+        long_question(&format!("told-both-{i}"), &"x".repeat(6000 - 100 * i));
+        let waited = Instant::now();
+        while (guard.stats().sent as usize) < i + 1 && waited.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let report = guard.shutdown(Duration::from_millis(500)).unwrap();
+    let st = &report.stats;
+    assert!(report.complete, "{st:?}");
+    assert_eq!(st.sent as usize, traces, "{st:?}");
+    assert_eq!(st.dropped.total(), 0, "{st:?}");
+    assert_eq!(st.otlp_spans_sent, 0, "{st:?}");
+    assert_eq!(st.otlp_spans_dropped as usize, traces, "{st:?}");
+    let told = told.lock().unwrap();
+    let spans = |r: DropReason| -> u64 {
+        told.iter()
+            .filter(|(_, d, _)| *d == Some(r))
+            .map(|(_, _, m)| {
+                let n = m
+                    .strip_prefix("OTLP export: ")
+                    .and_then(|m| m.split(' ').next())
+                    .and_then(|n| n.parse::<u64>().ok());
+                n.unwrap_or_else(|| panic!("no span count in {m:?}"))
+            })
+            .sum()
+    };
+    assert!(told.iter().all(|(rows, _, _)| *rows == 0), "{told:?}");
+    assert!(spans(DropReason::QueueFull) > 0, "{told:?}");
+    assert!(spans(DropReason::Deadline) > 0, "{told:?}");
+    assert_eq!(
+        spans(DropReason::QueueFull) + spans(DropReason::Deadline),
+        st.otlp_spans_dropped,
+        "{told:?}"
+    );
+}

@@ -95,6 +95,10 @@ pub(crate) struct OtlpFlusher {
     on_failure: Option<FailureFn>,
     /// Drops counted elsewhere, told to `on_failure` here when this side is primary.
     counted_drops: CountedDrops,
+    /// Alongside the data stream: of `otlp_spans_dropped` and `otlp_spans_unconverted`,
+    /// the spans told to `on_failure` so far (see `report_drops`).
+    told_spans: u64,
+    told_unconverted: u64,
     head: Head,
     /// The size of the last batch to leave: the next batch's first allocation (up to
     /// `BODY_HINT_MAX`).
@@ -137,6 +141,8 @@ impl OtlpFlusher {
             budget,
             on_failure: config.on_failure.clone(),
             counted_drops: CountedDrops::default(),
+            told_spans: 0,
+            told_unconverted: 0,
             head: Head::new(
                 &Resource {
                     attributes: resource_attributes(
@@ -440,23 +446,34 @@ impl OtlpFlusher {
             None => {}
             Some(reason) => {
                 c.otlp_spans_dropped.fetch_add(batch.count as u64, Relaxed);
-                if self.primary {
-                    c.drop_rows(reason, traces);
-                }
                 crate::util::diag::warn_limited!(
                     error = %e,
                     spans = batch.count,
                     "the OTLP endpoint did not take a request; its spans are dropped (counted)"
                 );
-                notify(
-                    self.on_failure.as_ref(),
+                let failure = if self.primary {
+                    c.drop_rows(reason, traces);
                     DeliveryFailure {
                         rows: traces,
                         dropped: Some(reason),
                         status,
                         message: format!("OTLP export: {e}"),
-                    },
-                );
+                    }
+                } else {
+                    // The rows went on through the data stream: only spans were lost.
+                    self.told_spans += batch.count as u64;
+                    DeliveryFailure {
+                        rows: 0,
+                        dropped: Some(reason),
+                        status,
+                        message: format!(
+                            "OTLP export: {} spans dropped (their rows go on through the data \
+                             stream): {e}",
+                            batch.count
+                        ),
+                    }
+                };
+                notify(self.on_failure.as_ref(), failure);
             }
         }
         if self.primary {
@@ -519,11 +536,51 @@ impl OtlpFlusher {
     }
 
     /// With no data-stream flusher, this side tells `on_failure` of the drops counted
-    /// elsewhere (the producer's full queue, encoding), as that flusher would.
+    /// elsewhere (the producer's full queue, encoding), as that flusher would. Alongside
+    /// it, this side tells of the spans dropped and not told yet (a full queue, backlog
+    /// or memory share, a trace that could not be converted), with `rows: 0`: their
+    /// rows are the data stream's to tell of.
     fn report_drops(&mut self) {
         if self.primary {
             self.counted_drops
                 .report(&self.counters, self.on_failure.as_ref());
+            return;
+        }
+        // The router counts on this thread: the two loads see the same conversions.
+        let unconverted = self.counters.otlp_spans_unconverted.load(Relaxed);
+        let dropped = self.counters.otlp_spans_dropped.load(Relaxed);
+        let encoding = unconverted.saturating_sub(self.told_unconverted);
+        let full = dropped
+            .saturating_sub(self.told_spans)
+            .saturating_sub(encoding);
+        self.told_unconverted = unconverted;
+        self.told_spans = self.told_spans.max(dropped);
+        for (spans, reason, why) in [
+            (
+                full,
+                DropReason::QueueFull,
+                "the OTLP side had no room for them (a full queue, backlog or memory share)",
+            ),
+            (
+                encoding,
+                DropReason::Encoding,
+                "their traces could not be converted to spans",
+            ),
+        ] {
+            if spans > 0 {
+                notify(
+                    self.on_failure.as_ref(),
+                    DeliveryFailure {
+                        rows: 0,
+                        dropped: Some(reason),
+                        status: None,
+                        message: format!(
+                            "OTLP export: {spans} spans dropped (their rows go on through the \
+                             data stream): {why}"
+                        ),
+                    },
+                );
+            }
         }
     }
 

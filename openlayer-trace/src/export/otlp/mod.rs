@@ -14,7 +14,11 @@
 //!   503 and 504 (and connection errors and timeouts) are retried, `Retry-After` is
 //!   honoured, and `partial_success.rejected_spans` is counted. Spans are never spooled:
 //!   what cannot be delivered is dropped and counted (`Stats::otlp_spans_dropped`; with
-//!   `otlp_only`, also by reason in `Stats::dropped`). With an OTLP endpoint the
+//!   `otlp_only`, also by reason in `Stats::dropped`), and told to `on_failure`: as rows
+//!   with `otlp_only`, else with `rows: 0` and the span count in the message (the rows go
+//!   on through the data stream). Alongside the data stream, the spans waiting or in
+//!   flight have their own half of the worker's memory share (`Tier::Otlp`), so neither
+//!   destination's trouble takes the other's room. With an OTLP endpoint the
 //!   write-ahead spool mode falls back to overflow (a trace written ahead is encoded as a
 //!   row before the worker sees it).
 //!
@@ -201,9 +205,9 @@ impl Router {
                     Some(ftx) => {
                         if kept && converted.is_none() {
                             // The row still goes; the spans are counted as dropped.
-                            self.counters
-                                .otlp_spans_dropped
-                                .fetch_add(trace.state.steps.len() as u64, Relaxed);
+                            let n = trace.state.steps.len() as u64;
+                            self.counters.otlp_spans_dropped.fetch_add(n, Relaxed);
+                            self.counters.otlp_spans_unconverted.fetch_add(n, Relaxed);
                             crate::util::diag::warn_limited!(
                                 "a trace could not be converted to spans; its spans are dropped (counted)"
                             );
