@@ -954,7 +954,7 @@ fn long_question(id: &str, text: &str) -> usize {
     text.len()
 }
 
-/// Traces of a few KiB (each a little smaller than the last) sent one at a time, each once the last has reached its healthy
+/// Traces of about 100 KB (each a little smaller than the last) sent one at a time, each once the last has reached its healthy
 /// destination, with a small memory budget, while the other destination hangs: every
 /// trace must reach the healthy one, none spooled or dropped for want of room (each
 /// destination has its own share of the worker's memory).
@@ -988,7 +988,7 @@ fn one_hung_destination_does_not_starve_the_other(otlp_hangs: bool) {
     );
     let config = openlayer(&s)
         .otlp_only(false)
-        .queue_max_bytes(256 * 1024)
+        .queue_max_bytes(4 << 20)
         .request_timeout(Duration::from_secs(60))
         .build()
         .unwrap();
@@ -1005,7 +1005,7 @@ fn one_hung_destination_does_not_starve_the_other(otlp_hangs: bool) {
     let traces = 40;
     for i in 0..traces {
         // Smaller and smaller, so that the hung side fills its share to the last byte.
-        long_question(&format!("starve-{i}"), &"x".repeat(6000 - 100 * i));
+        long_question(&format!("starve-{i}"), &"x".repeat(96_000 - 1600 * i));
         // Until it arrives, or is lost (then the assertions below say so).
         let waited = Instant::now();
         while arrived() < i + 1 {
@@ -1077,7 +1077,7 @@ fn alongside_the_data_stream_every_span_drop_is_told_with_no_rows() {
     let sink = told.clone();
     let config = openlayer(&s)
         .otlp_only(false)
-        .queue_max_bytes(256 * 1024)
+        .queue_max_bytes(4 << 20)
         .request_timeout(Duration::from_secs(60))
         .on_failure(move |f| {
             sink.lock()
@@ -1089,9 +1089,14 @@ fn alongside_the_data_stream_every_span_drop_is_told_with_no_rows() {
     let guard = openlayer_trace::init(config).unwrap();
     let traces = 30;
     for i in 0..traces {
-        long_question(&format!("told-both-{i}"), &"x".repeat(6000 - 100 * i));
+        long_question(&format!("told-both-{i}"), &"x".repeat(96_000 - 1600 * i));
         let waited = Instant::now();
-        while (guard.stats().sent as usize) < i + 1 && waited.elapsed() < Duration::from_secs(10) {
+        loop {
+            let st = guard.stats();
+            let lost = st.dropped.total() + st.spooled > 0;
+            if st.sent as usize > i || lost || waited.elapsed() > Duration::from_secs(10) {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(2));
         }
     }
