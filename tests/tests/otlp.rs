@@ -1129,3 +1129,43 @@ fn alongside_the_data_stream_every_span_drop_is_told_with_no_rows() {
         "{told:?}"
     );
 }
+
+/// A partial success claiming more rejected spans than the request had counts no more
+/// than it had, and no span as sent twice over (nor fewer than none).
+#[test]
+fn a_partial_success_rejects_no_more_spans_than_were_sent() {
+    let _l = lock();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = server(&rt);
+    let partial = ExportTraceServiceResponse {
+        partial_success: Some(ExportTracePartialSuccess {
+            rejected_spans: 1000,
+            error_message: "quota".into(),
+        }),
+    };
+    mount(
+        &rt,
+        &s,
+        Mock::given(method("POST"))
+            .and(path(TRACES))
+            .respond_with(ResponseTemplate::new(200).set_body_bytes(partial.encode_to_vec())),
+    );
+    let told = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let sink = told.clone();
+    let config = openlayer(&s)
+        .on_failure(move |f| sink.lock().unwrap().push(f.message.clone()))
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    answer("How many?");
+    let stats = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+    assert_eq!(spans_of(&requests(&rt, &s, TRACES)).len(), 4);
+    assert_eq!(stats.otlp_rejected_spans, 4, "{stats:?}");
+    assert_eq!(stats.otlp_spans_sent, 0, "{stats:?}");
+    let told = told.lock().unwrap();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!(
+        told[0].contains("rejected 4 of 4 spans (partial success, claimed 1000)"),
+        "{told:?}"
+    );
+}

@@ -387,11 +387,13 @@ impl OtlpFlusher {
             Ok(response) => {
                 let spans = batch.count as u64;
                 // An answer too large to read whole says nothing of the spans.
-                let (rejected, message) = if response.cut.is_some() {
+                let (claimed, message) = if response.cut.is_some() {
                     (0, String::new())
                 } else {
                     partial_rejections(&response.body)
                 };
+                // No more than the request had, whatever the answer claims.
+                let rejected = claimed.min(spans);
                 self.counters
                     .otlp_rejected_spans
                     .fetch_add(rejected, Relaxed);
@@ -405,7 +407,12 @@ impl OtlpFlusher {
                             status: Some(response.status),
                             message: format!(
                                 "OTLP export: the endpoint rejected {rejected} of {spans} spans \
-                                 (partial success): {message}"
+                                 (partial success{}): {message}",
+                                if claimed > spans {
+                                    format!(", claimed {claimed}")
+                                } else {
+                                    String::new()
+                                }
                             ),
                         },
                     );
@@ -716,10 +723,17 @@ fn resource_attributes(service: Option<String>, attributes: Option<String>) -> V
     out
 }
 
-/// The spans a 2xx answer reports as rejected (`partial_success.rejected_spans`), and
-/// its message.
+/// The spans a 2xx answer reports as rejected (`partial_success.rejected_spans`, as
+/// claimed: the caller caps it at the request's spans), and its message. An answer that
+/// is not an `ExportTraceServiceResponse` rejects nothing (a 2xx is a success for OTLP),
+/// with a rate-limited warning.
 fn partial_rejections(body: &[u8]) -> (u64, String) {
     let Ok(response) = <ExportTraceServiceResponse as prost::Message>::decode(body) else {
+        crate::util::diag::warn_limited!(
+            bytes = body.len(),
+            "the OTLP endpoint answered 2xx with a body that is not an OTLP response; its \
+             spans are counted as sent"
+        );
         return (0, String::new());
     };
     let Some(p) = response.partial_success else {
