@@ -1169,3 +1169,54 @@ fn a_partial_success_rejects_no_more_spans_than_were_sent() {
         "{told:?}"
     );
 }
+
+/// `google.rpc.Status`, the body of an OTLP/HTTP error, encoded by `prost` from its
+/// definition (`details` are `Any` messages: as bytes, the same wire format).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(bytes = "vec", repeated, tag = "3")]
+    details: Vec<Vec<u8>>,
+}
+
+/// A protobuf error answer is told by its `Status.message`, not as its bytes.
+#[test]
+fn a_protobuf_error_is_told_by_its_status_message() {
+    let _l = lock();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = server(&rt);
+    let status = RpcStatus {
+        code: 3,
+        message: "span name too long".into(),
+        details: vec![vec![0x0a, 0x03, 0xff, 0x00, 0x01]],
+    };
+    mount(
+        &rt,
+        &s,
+        Mock::given(method("POST")).and(path(TRACES)).respond_with(
+            ResponseTemplate::new(400)
+                .insert_header("content-type", "application/x-protobuf")
+                .set_body_bytes(status.encode_to_vec()),
+        ),
+    );
+    let told = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let sink = told.clone();
+    let config = openlayer(&s)
+        .on_failure(move |f| sink.lock().unwrap().push(f.message.clone()))
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    with_id("protobuf-error");
+    let stats = guard.shutdown(Duration::from_secs(5)).unwrap().stats;
+    assert_eq!(stats.dropped.rejected, 1, "{stats:?}");
+    let told = told.lock().unwrap();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!(told[0].contains("span name too long (code 3)"), "{told:?}");
+    assert!(
+        !told[0].contains('\u{fffd}') && !told[0].chars().any(|c| c.is_control()),
+        "{told:?}"
+    );
+}

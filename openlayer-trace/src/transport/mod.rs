@@ -538,6 +538,7 @@ impl Transport {
         };
         let status = response.status().as_u16();
         let retry_after = retry_after(response.headers(), SystemTime::now());
+        let protobuf = is_protobuf(response.headers());
         let success = (200..300).contains(&status);
         let limit = if success {
             MAX_RESPONSE_BYTES
@@ -559,7 +560,10 @@ impl Transport {
         }
         let error = Error::Api {
             status,
-            message: self.server_text(&server_message(status, &body)),
+            message: self.server_text(&match protobuf.then(|| rpc_status_message(&body)) {
+                Some(Some(m)) => m,
+                _ => server_message(status, &body),
+            }),
             request,
             retry_after,
         };
@@ -883,6 +887,78 @@ fn server_message(status: u16, body: &[u8]) -> String {
     } else {
         text.to_string()
     }
+}
+
+/// Whether an answer's `Content-Type` is `application/x-protobuf` (OTLP/HTTP's errors).
+fn is_protobuf(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-protobuf"))
+}
+
+/// The message of a protobuf `google.rpc.Status` (OTLP/HTTP's error body: field 1 `code`,
+/// field 2 `message`, field 3 `details`), with its code when it has one:
+/// `"<message> (code <n>)"`. `None` when the body is not such a message or has no text.
+/// A hand decoder, so that the transport needs no `prost` for it.
+fn rpc_status_message(body: &[u8]) -> Option<String> {
+    fn varint(b: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = b.split_first()?;
+            *b = rest;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if b.len() < n {
+            return None;
+        }
+        let (head, rest) = b.split_at(n);
+        *b = rest;
+        Some(head)
+    }
+    let mut b = body;
+    let (mut code, mut message) = (0i32, None);
+    while !b.is_empty() {
+        let key = varint(&mut b)?;
+        match (key >> 3, key & 7) {
+            (0, _) => return None,
+            // int32: a negative value is sign-extended to ten bytes.
+            (1, 0) => code = varint(&mut b)? as i32,
+            (2, 2) => {
+                let n = usize::try_from(varint(&mut b)?).ok()?;
+                message = Some(std::str::from_utf8(take(&mut b, n)?).ok()?.to_string());
+            }
+            (_, 0) => {
+                varint(&mut b)?;
+            }
+            (_, 1) => {
+                take(&mut b, 8)?;
+            }
+            (_, 2) => {
+                let n = usize::try_from(varint(&mut b)?).ok()?;
+                take(&mut b, n)?;
+            }
+            (_, 5) => {
+                take(&mut b, 4)?;
+            }
+            _ => return None,
+        }
+    }
+    let message = message
+        .map(|m| m.trim().to_string())
+        .filter(|m| !m.is_empty())?;
+    Some(if code != 0 {
+        format!("{message} (code {code})")
+    } else {
+        message
+    })
 }
 
 fn truncate(s: &str) -> String {

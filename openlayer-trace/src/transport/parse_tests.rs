@@ -132,3 +132,40 @@ fn server_messages_are_extracted_and_truncated() {
     let m = truncate(&server_message(500, long.as_bytes()));
     assert!(m.len() <= MAX_MESSAGE_BYTES + '…'.len_utf8() && m.ends_with('…'));
 }
+
+#[test]
+fn an_rpc_status_body_gives_its_message() {
+    // code 3 (INVALID_ARGUMENT), message, and a detail (an `Any`) after them.
+    let mut body = vec![0x08, 0x03, 0x12, 0x0b];
+    body.extend_from_slice(b"bad span \xc3\xa9".as_slice());
+    body.extend_from_slice(&[0x1a, 0x04, 0x0a, 0x02, b'x', b'y']);
+    assert_eq!(
+        rpc_status_message(&body).as_deref(),
+        Some("bad span é (code 3)")
+    );
+    // Fields in another order, a negative code (ten bytes), no code.
+    let mut body = vec![0x12, 0x01, b'm', 0x08];
+    body.extend_from_slice(&[0xff; 9]);
+    body.push(0x01);
+    assert_eq!(rpc_status_message(&body).as_deref(), Some("m (code -1)"));
+    assert_eq!(rpc_status_message(b"\x12\x02ok").as_deref(), Some("ok"));
+    // Not a Status, or no text: the caller falls back to the body.
+    for bad in [
+        &b""[..],
+        b"\x08\x03",
+        b"\x12\x05ab",
+        b"\x12\x02\xff\xfe",
+        b"<html>",
+        b"\x0b",
+    ] {
+        assert_eq!(rpc_status_message(bad), None, "{bad:?}");
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("Application/X-Protobuf; charset=binary"),
+    );
+    assert!(is_protobuf(&headers));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    assert!(!is_protobuf(&headers));
+}
