@@ -462,7 +462,10 @@ impl ConfigBuilder {
     setter!(/// Deadline of the flush that dropping the [`Guard`](crate::Guard) performs (default 5 s).
         shutdown_timeout: Duration => |c, v| c.shutdown_timeout = v);
     setter!(/// Most bytes of one string or array element count per field; longer values are
-        /// truncated with a marker instead of dropping the trace.
+        /// truncated with a marker instead of dropping the trace. With an OTLP endpoint,
+        /// it also bounds each string attribute of a span (and a span's status message),
+        /// cut at a character boundary and marked `…[truncated N bytes]`; unset, those
+        /// are cut at 1 MiB.
         field_budget: usize => |c, v| c.field_budget = Some(v));
 
     /// The fraction of traces kept, in `[0, 1]`, decided deterministically on the

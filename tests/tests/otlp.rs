@@ -1220,3 +1220,46 @@ fn a_protobuf_error_is_told_by_its_status_message() {
         "{told:?}"
     );
 }
+
+#[trace]
+fn huge_input(id: &str, text: &str) -> usize {
+    update_current_trace!(inference_id = id.to_string());
+    text.len()
+}
+
+/// A multi-megabyte input is cut in every attribute that carries it (at 1 MiB by default,
+/// at `field_budget` when set), on a character boundary, with a marker: the request stays
+/// small enough for a collector to take.
+#[test]
+fn a_huge_value_is_cut_in_its_attributes() {
+    let _l = lock();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // "é" is two bytes: the bound falls inside one.
+    let big = "é".repeat(1_500_000);
+    for (budget, max) in [(None, 1 << 20), (Some(1001), 1001)] {
+        let s = accepting_server(&rt);
+        let mut config = openlayer(&s);
+        if let Some(b) = budget {
+            config = config.field_budget(b);
+        }
+        let guard = openlayer_trace::init(config.build().unwrap()).unwrap();
+        huge_input("huge-input", &big);
+        let report = guard.shutdown(Duration::from_secs(10)).unwrap();
+        assert_eq!(report.stats.otlp_spans_sent, 1, "{report:?}");
+        let reqs = requests(&rt, &s, TRACES);
+        let body: usize = reqs.iter().map(|r| r.body.len()).sum();
+        assert!(body < 2 * max + 64 * 1024, "{body} bytes sent");
+        // Decoding checks that every string is still UTF-8.
+        let spans = spans_of(&reqs);
+        for key in ["openlayer.inputs", "gen_ai.input.messages"] {
+            let v = text(&spans[0], key).unwrap_or_else(|| panic!("no {key}"));
+            let kept = v.find('…').unwrap_or_else(|| panic!("{key} not cut"));
+            assert!(kept <= max && kept + 2 > max, "{key}: {kept} bytes kept");
+            assert!(
+                v[kept..].starts_with("…[truncated ") && v.ends_with(" bytes]"),
+                "{key}: {}",
+                &v[kept..]
+            );
+        }
+    }
+}

@@ -41,18 +41,45 @@ pub(crate) struct Converted {
     pub bytes: usize,
 }
 
+/// The most bytes of one string attribute (and of a span's status message) when
+/// `field_budget` is not set: longer ones are cut (see [`Scratch::attr_max`]).
+pub(crate) const ATTRIBUTE_MAX_BYTES: usize = 1 << 20;
+
 /// What conversion reuses from one span (and trace) to the next: the span message, the
 /// attributes taken off it (kept with their strings' allocations), and a text buffer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Scratch {
     span: Span,
     spare: Vec<KeyValue>,
     text: String,
     /// The size of the last trace's spans: the next buffer's first guess.
     last_len: usize,
+    /// The most bytes of a string attribute's value: a longer one keeps its first bytes
+    /// (cut at a character boundary) and ends with a marker of what was cut,
+    /// `…[truncated N bytes]` (so a JSON value cut is no longer valid JSON). The
+    /// configured `field_budget` when set, else [`ATTRIBUTE_MAX_BYTES`]: one huge value
+    /// cannot make a request the endpoint refuses as too large.
+    attr_max: usize,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch::new(ATTRIBUTE_MAX_BYTES)
+    }
 }
 
 impl Scratch {
+    /// A scratch whose string attributes hold at most `attr_max` bytes (see the field).
+    pub(crate) fn new(attr_max: usize) -> Self {
+        Scratch {
+            span: Span::default(),
+            spare: Vec::new(),
+            text: String::new(),
+            last_len: 0,
+            attr_max,
+        }
+    }
+
     /// Empties the span, keeping its allocations for the next one.
     fn reset(&mut self) {
         self.spare.append(&mut self.span.attributes);
@@ -79,19 +106,22 @@ impl Scratch {
         self.prefixed_string("", key, value);
     }
 
-    /// A string attribute named `prefix` + `key`.
+    /// A string attribute named `prefix` + `key`, cut to `attr_max` bytes.
     fn prefixed_string(&mut self, prefix: &str, key: &str, value: &str) {
+        let max = self.attr_max;
         let kv = self.attr(prefix, key);
         match &mut kv.value {
             Some(AnyValue {
                 value: Some(any_value::Value::StringValue(s)),
             }) => {
                 s.clear();
-                s.push_str(value);
+                push_cut(s, value, max);
             }
             v => {
+                let mut s = String::new();
+                push_cut(&mut s, value, max);
                 *v = Some(AnyValue {
-                    value: Some(any_value::Value::StringValue(value.to_owned())),
+                    value: Some(any_value::Value::StringValue(s)),
                 })
             }
         }
@@ -132,6 +162,27 @@ impl Scratch {
             self.text = String::new();
         }
     }
+}
+
+/// Appends `value` to `out`, cut to at most `max` bytes at a character boundary and
+/// marked (`…[truncated N bytes]`) when longer. The marker comes on top of the `max`
+/// bytes kept, as the data stream's `field_budget` does; a value whose cut would be
+/// shorter than its marker is kept whole.
+fn push_cut(out: &mut String, value: &str, max: usize) {
+    let end = crate::util::text::floor_boundary(value, max);
+    let removed = value.len() - end;
+    if removed == 0 {
+        out.push_str(value);
+        return;
+    }
+    let marker = crate::util::text::cut_marker(removed);
+    if marker.len() >= removed {
+        out.push_str(value);
+        return;
+    }
+    out.reserve(end + marker.len());
+    out.push_str(&value[..end]);
+    out.push_str(&marker);
 }
 
 /// The most spare attributes kept between traces (a span of many metadata keys).
@@ -673,8 +724,10 @@ pub(crate) fn convert(
             };
             s.string("error.type", kind);
             s.string("error.message", message);
+            let mut cut = String::new();
+            push_cut(&mut cut, message, s.attr_max);
             s.span.status = Some(Status {
-                message: message.to_string(),
+                message: cut,
                 code: StatusCode::Error as i32,
             });
         }
@@ -753,6 +806,28 @@ mod tests {
         let nil = "00000000-0000-0000-0000-000000000000";
         assert_ne!(trace_id(nil), [0; 16]);
         assert_eq!(trace_id(nil), trace_id(nil));
+    }
+
+    #[test]
+    fn long_values_are_cut_at_a_character_boundary_with_a_marker() {
+        let cut = |v: &str, max| {
+            let mut out = String::from("kept:");
+            push_cut(&mut out, v, max);
+            out
+        };
+        assert_eq!(cut("short", 16), "kept:short");
+        // "€" takes three bytes: 41 bytes, cut at 10 falls inside the fourth.
+        let v = "€".repeat(13) + "ab";
+        assert_eq!(
+            cut(&v, 10),
+            format!(
+                "kept:{}{}",
+                "€".repeat(3),
+                crate::util::text::cut_marker(32)
+            )
+        );
+        // A marker longer than what it would replace: kept whole.
+        assert_eq!(cut(&v, 38), format!("kept:{v}"));
     }
 
     #[test]

@@ -135,6 +135,8 @@ pub(crate) async fn run(
         None => (None, None),
     };
     let primary = ftx.is_none();
+    // String attributes are cut as the data stream cuts fields, else at a fixed bound.
+    let attr_max = config.field_budget.unwrap_or(convert::ATTRIBUTE_MAX_BYTES);
     let router = async move {
         let mut combiners = JoinSet::new();
         let mut ctx = Router {
@@ -144,7 +146,7 @@ pub(crate) async fn run(
             counters,
             budget,
             primary,
-            scratch: convert::Scratch::default(),
+            scratch: convert::Scratch::new(attr_max),
             on_failure,
         };
         while let Some(msg) = rx.recv().await {
