@@ -1263,3 +1263,56 @@ fn a_huge_value_is_cut_in_its_attributes() {
         }
     }
 }
+
+#[trace]
+fn grandchild(n: u32) -> u32 {
+    n + 1
+}
+
+#[trace]
+fn child(n: u32) -> u32 {
+    grandchild(n) * 2
+}
+
+#[trace]
+fn grandparent(n: u32) -> u32 {
+    update_current_trace!(inference_id = "three-levels".to_string());
+    let a = child(n);
+    a + grandchild(n)
+}
+
+/// A step two levels down has its own parent's span id, not the root's; a sibling at the
+/// first level has the root's.
+#[test]
+fn a_grandchild_span_has_its_parent_not_the_root() {
+    let _l = lock();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = accepting_server(&rt);
+    let guard = openlayer_trace::init(openlayer(&s).build().unwrap()).unwrap();
+    grandparent(1);
+    let report = guard.shutdown(Duration::from_secs(5)).unwrap();
+    assert_eq!(report.stats.otlp_spans_sent, 4, "{report:?}");
+    let spans = spans_of(&requests(&rt, &s, TRACES));
+    let named = |n: &str| -> Vec<&Span> { spans.iter().filter(|s| s.name == n).collect() };
+    let (root, mid) = (named("grandparent"), named("child"));
+    let (root, mid) = (root[0], mid[0]);
+    let leaves = named("grandchild");
+    assert_eq!(leaves.len(), 2);
+    assert!(root.parent_span_id.is_empty());
+    assert_eq!(mid.parent_span_id, root.span_id);
+    let mut parents: Vec<&Vec<u8>> = leaves.iter().map(|s| &s.parent_span_id).collect();
+    parents.sort();
+    let mut expected = vec![&mid.span_id, &root.span_id];
+    expected.sort();
+    assert_eq!(parents, expected);
+    // The one inside `child` starts within it.
+    let inner = leaves
+        .iter()
+        .find(|s| s.parent_span_id == mid.span_id)
+        .unwrap();
+    assert!(inner.start_time_unix_nano >= mid.start_time_unix_nano);
+    assert!(inner.end_time_unix_nano <= mid.end_time_unix_nano);
+    let ids: std::collections::HashSet<_> = spans.iter().map(|s| &s.span_id).collect();
+    assert_eq!(ids.len(), 4);
+    assert!(spans.iter().all(|s| s.trace_id == root.trace_id));
+}
