@@ -3,16 +3,25 @@
 //! `{base}/otel/v1/traces`.
 //!
 //! - **Spans** (see `convert`): one per step, with its parent, start and end; the trace id
-//!   is the inference id when it is a UUID, else derived from it (UUID v5); CLIENT spans
+//!   is the inference id when it is a UUID, else derived from it (UUID v5), so traces
+//!   that reuse an inference id share one trace id, with a root span each; CLIENT spans
 //!   with the GenAI semantic conventions' attributes for model calls, INTERNAL otherwise;
-//!   the root span carries the trace's input and output messages.
+//!   the root span carries the trace's input and output messages. `session.id` and
+//!   `user.id` are set only when the trace set them. Values are strings, integers,
+//!   doubles and booleans: lists and objects go as JSON text, never as OTLP arrays or
+//!   key-value lists. Each string attribute (and status message) is cut to
+//!   `field_budget`, else to `convert::ATTRIBUTE_MAX_BYTES` (1 MiB), with a marker.
 //! - **Delivery** (see `flusher`): the worker's router takes each completed trace from
 //!   the one bounded queue of the SDK, hands it to the data-stream flusher (unless
 //!   `otlp_only`) and its spans to the OTLP side, which batches them (`batch_max_rows`
 //!   traces, `batch_max_bytes`, `linger`), keeps `max_in_flight` requests in flight over
 //!   our transport, and settles them by the flush and shutdown deadlines. Only 429, 502,
-//!   503 and 504 (and connection errors and timeouts) are retried, `Retry-After` is
-//!   honoured, and `partial_success.rejected_spans` is counted. Spans are never spooled:
+//!   503 and 504, connection errors, timeouts and a 2xx whose body failed to arrive whole
+//!   (which the server may have taken: its spans may arrive twice) are retried;
+//!   `Retry-After` is honoured; redirects are not followed (a 3xx is final, `rejected`);
+//!   `partial_success.rejected_spans` is counted, at most the request's spans. Requests
+//!   in flight at the shutdown deadline are abandoned and counted as `deadline` drops,
+//!   though the server may have taken them. Spans are never spooled:
 //!   what cannot be delivered is dropped and counted (`Stats::otlp_spans_dropped`; with
 //!   `otlp_only`, also by reason in `Stats::dropped`), and told to `on_failure`: as rows
 //!   with `otlp_only`, else with `rows: 0` and the span count in the message (the rows go
