@@ -208,6 +208,20 @@ fn child() {
             assert!(matches!(e, openlayer_trace::Error::Io(_)), "{e}");
             assert!(e.to_string().contains(&path), "{e}");
         }
+        // The trace file is a FIFO nobody reads: `init` returns at once.
+        "fifo_file" => {
+            let path = std::env::var("TRACES_TO_A_FIFO").unwrap();
+            let guard = openlayer_trace::init(
+                Config::builder_without_env()
+                    .trace_file(&path)
+                    .build()
+                    .unwrap(),
+            )
+            .unwrap();
+            child::report(&[("init", "returned".into())]);
+            // The worker waits for a reader; the process ends without one.
+            std::mem::forget(guard);
+        }
         // Stderr is a closed pipe: the notices of the first traced call must not panic.
         "broken_stderr" => {
             assert_eq!(root(1), 2);
@@ -242,6 +256,38 @@ fn init_refuses_a_local_trace_file_it_cannot_create() {
         "unwritable_file",
         &[("TRACES_UNDER_A_FILE", traces.to_str().unwrap())],
     );
+}
+
+/// A FIFO named as the trace file is written through (never bounded nor rotated): `init`
+/// does not open it to check it, as opening a FIFO to write waits for its reader.
+#[test]
+fn init_does_not_wait_for_the_reader_of_a_fifo_trace_file() {
+    let dir = temp_dir("fifo-file");
+    let fifo = dir.join("traces.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut child = child::command("fifo_file", &[("TRACES_TO_A_FIFO", fifo.to_str().unwrap())])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("init waited for a reader of the FIFO");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert!(status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("RESULT init=returned"));
 }
 
 /// With stderr a pipe nobody reads any more, the notice of the first traced call (the

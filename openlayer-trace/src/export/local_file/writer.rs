@@ -178,6 +178,11 @@ pub(crate) struct FileSink {
 /// Opens (creating it, 0600) the local trace file, as the writer will: an explicit `init`
 /// checks that it can be written.
 pub(crate) fn check_writable(path: &std::path::Path) -> std::io::Result<()> {
+    // Not a FIFO or a device (written through, see `format::bounded`): opening a FIFO to
+    // write waits for its reader, which `init` must not.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Ok(());
+    }
     crate::export::local_file::format::open_private_append(path).map(|_| ())
 }
 
