@@ -264,17 +264,22 @@ where
 /// is known.
 const INITIAL_CAPACITY: usize = 8 * 1024;
 
+/// The longest known length a read-ahead buffer is allocated for at once: beyond it, the
+/// buffer grows as the bytes come, so that a client declaring a long body and sending a
+/// byte does not hold that much memory per connection.
+const EXACT_AT_ONCE: usize = 64 * 1024;
+
 /// Makes room in `buf` for `more` bytes, within `declared` (which `buf.len() + more` is at
-/// most): a body of a known length (`exact`) gets exactly that, in one allocation when its
-/// first bytes come; one known only to be at most `declared` long grows from
-/// [`INITIAL_CAPACITY`], doubling, to at most `declared` (growing a `BytesMut` by itself
-/// could reach about twice that).
+/// most): a body of a known length (`exact`) up to [`EXACT_AT_ONCE`] gets exactly that, in
+/// one allocation when its first bytes come; a longer one, or one known only to be at most
+/// `declared` long, grows from [`INITIAL_CAPACITY`], doubling, to at most `declared`
+/// (growing a `BytesMut` by itself could reach about twice that).
 fn make_room(buf: &mut BytesMut, more: usize, declared: usize, exact: bool) {
     let need = buf.len() + more;
     if need <= buf.capacity() {
         return;
     }
-    let capacity = if exact {
+    let capacity = if exact && declared <= EXACT_AT_ONCE {
         declared
     } else {
         need.max(buf.capacity().saturating_mul(2))
@@ -331,4 +336,31 @@ fn over_limit(error: &(dyn std::error::Error + 'static)) -> bool {
         e = err.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_declared_body_is_not_allocated_before_its_bytes_come() {
+        // A short body of a known length: one allocation of exactly its length.
+        let mut buf = BytesMut::new();
+        make_room(&mut buf, 10, 1000, true);
+        assert_eq!(buf.capacity(), 1000);
+        // A long one whose first byte came: room for what came, not for what was declared.
+        let mut buf = BytesMut::new();
+        make_room(&mut buf, 1, 1 << 20, true);
+        assert!(buf.capacity() <= INITIAL_CAPACITY, "{}", buf.capacity());
+        // Growing, never past the declared length.
+        buf.extend_from_slice(&[b'x'; 1]);
+        let mut len = 1;
+        while len < 1 << 20 {
+            let more = (64 * 1024).min((1 << 20) - len);
+            make_room(&mut buf, more, 1 << 20, true);
+            buf.extend_from_slice(&vec![b'x'; more]);
+            len += more;
+            assert!(buf.capacity() <= 1 << 20, "{}", buf.capacity());
+        }
+    }
 }
