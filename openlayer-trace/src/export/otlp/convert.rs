@@ -56,7 +56,8 @@ pub(crate) struct Scratch {
     last_len: usize,
     /// The most bytes of a string attribute's value: a longer one keeps its first bytes
     /// (cut at a character boundary) and ends with a marker of what was cut,
-    /// `…[truncated N bytes]` (so a JSON value cut is no longer valid JSON). The
+    /// `…[truncated N bytes]`; a JSON object or list has its strings cut instead (see
+    /// [`push_attr`]). The
     /// configured `field_budget` when set, else [`ATTRIBUTE_MAX_BYTES`]: one huge value
     /// cannot make a request the endpoint refuses as too large.
     attr_max: usize,
@@ -115,11 +116,11 @@ impl Scratch {
                 value: Some(any_value::Value::StringValue(s)),
             }) => {
                 s.clear();
-                push_cut(s, value, max);
+                push_attr(s, value, max);
             }
             v => {
                 let mut s = String::new();
-                push_cut(&mut s, value, max);
+                push_attr(&mut s, value, max);
                 *v = Some(AnyValue {
                     value: Some(any_value::Value::StringValue(s)),
                 })
@@ -162,6 +163,54 @@ impl Scratch {
             self.text = String::new();
         }
     }
+}
+
+/// Appends an attribute's `value` to `out`, at most `max` bytes (and a marker) long: a
+/// longer JSON object or list (messages, inputs, a column) has its strings cut, each
+/// marked, so that it stays JSON a collector can read, when that makes it fit; anything
+/// else is cut whole (see [`push_cut`]).
+fn push_attr(out: &mut String, value: &str, max: usize) {
+    if value.len() > max
+        && let Some(json) = cut_json_strings(value, max)
+    {
+        out.push_str(&json);
+        return;
+    }
+    push_cut(out, value, max);
+}
+
+/// `value`, a JSON object or list, with its strings cut (each to at most a length halved
+/// until the whole fits in `max` bytes, down to 64); `None` when it is not JSON, or when
+/// cutting its strings cannot make it fit.
+fn cut_json_strings(value: &str, max: usize) -> Option<String> {
+    fn cut_strings(v: &mut Value, limit: usize) {
+        match v {
+            Value::String(s) if s.len() > limit => {
+                let mut cut = String::new();
+                push_cut(&mut cut, s, limit);
+                *s = cut;
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| cut_strings(v, limit)),
+            Value::Object(map) => map.values_mut().for_each(|v| cut_strings(v, limit)),
+            _ => {}
+        }
+    }
+    let start = value.trim_start().as_bytes().first()?;
+    if *start != b'{' && *start != b'[' {
+        return None;
+    }
+    let parsed: Value = serde_json::from_str(value).ok()?;
+    let mut limit = max;
+    while limit >= 64 {
+        let mut v = parsed.clone();
+        cut_strings(&mut v, limit);
+        let text = serde_json::to_string(&v).ok()?;
+        if text.len() <= max {
+            return Some(text);
+        }
+        limit /= 2;
+    }
+    None
 }
 
 /// Appends `value` to `out`, cut to at most `max` bytes at a character boundary and
@@ -828,6 +877,33 @@ mod tests {
         );
         // A marker longer than what it would replace: kept whole.
         assert_eq!(cut(&v, 38), format!("kept:{v}"));
+    }
+
+    #[test]
+    fn long_json_values_have_their_strings_cut_and_stay_json() {
+        let messages = serde_json::json!([
+            {"role": "system", "content": "s".repeat(100)},
+            {"role": "user", "content": "u".repeat(10_000)},
+        ])
+        .to_string();
+        let mut out = String::new();
+        push_attr(&mut out, &messages, 2_000);
+        assert!(out.len() <= 2_000, "{}", out.len());
+        let v: Value = serde_json::from_str(&out).expect("still JSON");
+        assert_eq!(v[0]["content"], "s".repeat(100));
+        let user = v[1]["content"].as_str().unwrap();
+        assert!(
+            user.starts_with("uuu") && user.contains("…[truncated "),
+            "{user}"
+        );
+        // Not JSON, or too many strings to fit: cut whole, with the marker.
+        let mut out = String::new();
+        push_attr(&mut out, &"x".repeat(3_000), 2_000);
+        assert!(out.ends_with(&crate::util::text::cut_marker(1_000)));
+        let many = serde_json::to_string(&vec!["abc"; 2_000]).unwrap();
+        let mut out = String::new();
+        push_attr(&mut out, &many, 2_000);
+        assert!(out.contains("…[truncated "), "{}", &out[out.len() - 40..]);
     }
 
     #[test]
