@@ -725,11 +725,12 @@ fn resource_attributes(service: Option<String>, attributes: Option<String>) -> V
 
 /// The spans a 2xx answer reports as rejected (`partial_success.rejected_spans`, as
 /// claimed: the caller caps it at the request's spans), and its message. An answer that
-/// is not an `ExportTraceServiceResponse` rejects nothing (a 2xx is a success for OTLP),
-/// with a rate-limited warning.
+/// is not an `ExportTraceServiceResponse` rejects nothing (a 2xx is a success for OTLP;
+/// some endpoints answer `{}` or text), said at debug level.
 fn partial_rejections(body: &[u8]) -> (u64, String) {
     let Ok(response) = <ExportTraceServiceResponse as prost::Message>::decode(body) else {
-        crate::util::diag::warn_limited!(
+        tracing::debug!(
+            target: "openlayer_trace",
             bytes = body.len(),
             "the OTLP endpoint answered 2xx with a body that is not an OTLP response; its \
              spans are counted as sent"
