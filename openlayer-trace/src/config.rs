@@ -282,6 +282,31 @@ impl Config {
         Config::builder().build()
     }
 
+    /// Trims the API key and the pipeline id as the environment's values are; a blank one
+    /// is a mistake to report, not a key to send (every request a 401) or a pipeline to
+    /// post to (a 404).
+    pub(crate) fn trim_ids(&mut self) -> Result<(), Error> {
+        if let Some(key) = &self.api_key {
+            let trimmed = key.expose().trim();
+            if trimmed.is_empty() {
+                return Err(Error::Config("the API key is empty".into()));
+            }
+            if trimmed.len() != key.expose().len() {
+                self.api_key = Some(ApiKey::new(trimmed));
+            }
+        }
+        if let Some(id) = &mut self.inference_pipeline_id {
+            let trimmed = id.trim();
+            if trimmed.is_empty() {
+                return Err(Error::Config("the inference pipeline id is empty".into()));
+            }
+            if trimmed.len() != id.len() {
+                *id = trimmed.to_string();
+            }
+        }
+        Ok(())
+    }
+
     /// The environment's values, not yet checked (see [`ConfigBuilder::build`]).
     pub(crate) fn env_defaults() -> Config {
         let mut c = Config {
@@ -559,26 +584,7 @@ impl ConfigBuilder {
             return Err(e);
         }
         let mut c = self.config;
-        // Trimmed as the environment's values are; a blank one is a mistake to report,
-        // not a key to send (every request a 401) or a pipeline to post to (a 404).
-        if let Some(key) = &c.api_key {
-            let trimmed = key.expose().trim();
-            if trimmed.is_empty() {
-                return Err(Error::Config("the API key is empty".into()));
-            }
-            if trimmed.len() != key.expose().len() {
-                c.api_key = Some(ApiKey::new(trimmed));
-            }
-        }
-        if let Some(id) = &mut c.inference_pipeline_id {
-            let trimmed = id.trim();
-            if trimmed.is_empty() {
-                return Err(Error::Config("the inference pipeline id is empty".into()));
-            }
-            if trimmed.len() != id.len() {
-                *id = trimmed.to_string();
-            }
-        }
+        c.trim_ids()?;
         let base = c.base_url.trim();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Error::Config(format!(

@@ -40,7 +40,9 @@ impl ClientBuilder {
         self.config = config;
         self
     }
-    /// The API key. Without one the client runs in local mode.
+    /// The API key (trimmed; a blank one is an [`Error::Config`] at `build`). Without one,
+    /// the client runs in local mode when a trace file is named (`trace_file`, or
+    /// `OPENLAYER_TRACE_FILE`), and `build` fails with [`Error::Config`] otherwise.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.config.api_key = Some(crate::config::ApiKey::new(key));
         self
@@ -104,7 +106,8 @@ impl ClientBuilder {
     }
 
     /// Checks the settings and builds the client.
-    pub fn build(self) -> Result<Client, Error> {
+    pub fn build(mut self) -> Result<Client, Error> {
+        self.config.trim_ids()?;
         let base = self.config.base_url.trim();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Error::Config(format!(

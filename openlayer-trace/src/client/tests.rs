@@ -31,3 +31,24 @@ fn requests_are_described_without_their_bodies() {
     assert_eq!(text, "PUT /inference-pipelines/p/rows?inferenceId=a+b");
     assert!(!text.contains("secret-123"), "{text}");
 }
+
+#[test]
+fn the_client_refuses_a_blank_key_and_trims_one_with_spaces() {
+    for key in ["", " \r\n"] {
+        let e = Client::builder()
+            .config(Config::builder_without_env().build().unwrap())
+            .api_key(key)
+            .build()
+            .unwrap_err();
+        assert!(matches!(&e, Error::Config(m) if m.contains("empty")), "{e}");
+    }
+    let client = Client::builder()
+        .config(Config::builder_without_env().build().unwrap())
+        .api_key(" sk-key\r\n")
+        .inference_pipeline_id(" pipe ")
+        .base_url("http://127.0.0.1:9/v1")
+        .build()
+        .unwrap();
+    assert!(!client.is_local());
+    assert_eq!(client.inner.default_pipeline_id.as_deref(), Some("pipe"));
+}
