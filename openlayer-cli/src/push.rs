@@ -431,6 +431,8 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
     let mut stopped: Option<(usize, String)> = None;
     let mut not_attempted = 0usize;
     let mut batch: Option<Batch> = None;
+    // Local pipeline ids already told of (each once).
+    let mut redirected: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut blocks = blocks.into_iter();
     let mut block: VecDeque<(LocalEntry, End)> = VecDeque::new();
     loop {
@@ -485,6 +487,16 @@ pub async fn run(file: &Path, pipeline_flag: Option<String>) -> Result<(), CliEr
             .map(str::to_string)
             .or_else(|| default_pipeline.clone())
             .unwrap_or_default();
+        if line.has_local_pipeline_id()
+            && let Some(local) = line.pipeline_id()
+            && redirected.insert(local.to_string())
+        {
+            eprintln!(
+                "openlayer: {}: line {}: pipeline {local} was named without an API key; its lines go to {pipeline}",
+                file.display(),
+                entry.number
+            );
+        }
         let end = entry.offset + entry.len;
         debug_assert_eq!(at_end, end);
         let end = (end, hash);

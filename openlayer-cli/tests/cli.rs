@@ -1672,6 +1672,11 @@ async fn push_sends_the_lines_of_a_local_pipeline_to_the_one_it_is_given() {
 
     let out = openlayer(&["push", file_arg, "--pipeline-id", PIPELINE], &env).await;
     assert_exit(&out, 0);
+    assert_stderr_has(
+        &out,
+        &format!("pipeline {} was named without an API key", pipeline.id),
+    );
+    assert_eq!(stderr(&out).matches("named without an API key").count(), 1);
     let reqs = requests(&server).await;
     assert_eq!(reqs.len(), 2, "{reqs:?}");
     assert_eq!(reqs[0].url.path(), pipeline_path("data-stream"));
