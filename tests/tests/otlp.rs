@@ -1215,6 +1215,8 @@ fn a_protobuf_error_is_told_by_its_status_message() {
     let told = told.lock().unwrap();
     assert_eq!(told.len(), 1, "{told:?}");
     assert!(told[0].contains("span name too long (code 3)"), "{told:?}");
+    // The request is named by the endpoint's path (it adds none of its own).
+    assert!(told[0].contains(&format!("POST {TRACES}")), "{told:?}");
     assert!(
         !told[0].contains('\u{fffd}') && !told[0].chars().any(|c| c.is_control()),
         "{told:?}"

@@ -506,10 +506,16 @@ impl Transport {
                 )));
             }
         };
-        // An OTLP endpoint's own query (a token, say) is not shown in errors.
+        // An OTLP endpoint's own query (a token, say) is not shown in errors; its path is
+        // the endpoint's (the request adds none).
+        let shown = if path.is_empty() {
+            url.path()
+        } else {
+            path.as_str()
+        };
         let request = match url.query() {
-            Some(q) if !self.inner.protobuf => format!("{} {path}?{q}", req.method),
-            _ => format!("{} {path}", req.method),
+            Some(q) if !self.inner.protobuf => format!("{} {shown}?{q}", req.method),
+            _ => format!("{} {shown}", req.method),
         };
 
         let media = if self.inner.protobuf {
