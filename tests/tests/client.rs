@@ -1431,6 +1431,59 @@ async fn an_upload_follows_the_storages_redirect() {
     assert!(moved[0].headers.get("authorization").is_none());
 }
 
+/// A storage answering an upload with a 302 (or 301, 303): not followed, as a client would
+/// follow it with a GET and no body, whose 2xx would count the upload as stored. The
+/// upload fails, and nothing is registered.
+#[tokio::test]
+async fn an_upload_answered_with_a_redirect_that_drops_its_body_fails() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/storage/presigned-url"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "url": format!("{}/storage/bucket", server.uri()),
+            "storageUri": "s3://bucket/batch.csv",
+            "fields": {"key": "uploads/batch.csv"}
+        })))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/storage/bucket"))
+        .respond_with(
+            ResponseTemplate::new(302)
+                .insert_header("location", format!("{}/storage/elsewhere", server.uri())),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/storage/elsewhere"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(pipeline_path("data")))
+        .respond_with(ok())
+        .mount(&server)
+        .await;
+    let cfg = TabularClassificationConfig::new(["no", "yes"])
+        .feature_names(["age"])
+        .predictions_column_name("pred")
+        .inference_id_column_name("id");
+    let e = csv_client_of(&server, 1 << 20)
+        .publish_batch(PIPELINE, &cfg, &bulk_rows())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("302"), "{e}");
+    let reqs = requests(&server).await;
+    assert!(
+        reqs.iter().all(|r| r.url.path() != "/storage/elsewhere"),
+        "followed"
+    );
+    assert!(
+        reqs.iter().all(|r| r.url.path() != pipeline_path("data")),
+        "registered"
+    );
+}
+
 #[tokio::test]
 async fn a_large_csv_publish_is_split_into_uploads_of_bulk_max_bytes() {
     let server = MockServer::start().await;

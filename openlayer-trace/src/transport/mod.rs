@@ -433,7 +433,18 @@ impl Transport {
             .user_agent(USER_AGENT)
             .connect_timeout(self.inner.connect_timeout)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::limited(5))
+            // Only the redirects that keep the method and the body (307, 308: S3 for a
+            // bucket of another region): a 301, 302 or 303 would be followed as a GET
+            // without the upload, whose 2xx would count the upload as stored.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                if attempt.previous().len() >= 5 {
+                    attempt.error("more than 5 redirects")
+                } else if matches!(attempt.status().as_u16(), 307 | 308) {
+                    attempt.follow()
+                } else {
+                    attempt.stop()
+                }
+            }))
             .tls_backend_preconfigured(tls_config(self.inner.verify_ssl, true)?)
             .build()
             .map_err(|e| {
