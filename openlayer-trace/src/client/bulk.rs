@@ -276,8 +276,11 @@ pub enum BulkFormat {
     /// needs the `arrow` feature).
     #[cfg(feature = "arrow")]
     Arrow,
-    /// A CSV file: every value becomes text, nested values JSON text. The default only
-    /// without the `arrow` feature.
+    /// A CSV file: strings as written, numbers and booleans as JSON writes them, nested
+    /// values as JSON text, null as an empty cell. CSV carries no types: the platform
+    /// reads each cell again, so an id such as `007` may be read as the number 7 (and
+    /// `NA` or `null` as a missing value); prefer Arrow for such columns. The default
+    /// only without the `arrow` feature.
     Csv,
 }
 
