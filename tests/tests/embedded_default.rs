@@ -222,6 +222,11 @@ fn child() {
             // The worker waits for a reader; the process ends without one.
             std::mem::forget(guard);
         }
+        // A base URL that cannot be used: the first traced call says so on stderr.
+        "bad_env" => {
+            assert_eq!(root(1), 2);
+            assert!(!openlayer_trace::is_recording());
+        }
         // Stderr is a closed pipe: the notices of the first traced call must not panic.
         "broken_stderr" => {
             assert_eq!(root(1), 2);
@@ -288,6 +293,26 @@ fn init_does_not_wait_for_the_reader_of_a_fifo_trace_file() {
     let out = child.wait_with_output().unwrap();
     assert!(status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(String::from_utf8_lossy(&out.stdout).contains("RESULT init=returned"));
+}
+
+/// Configured lazily from an environment that cannot be used (a base URL without a
+/// scheme): tracing is off, and stderr says why (no `tracing` subscriber may be there to).
+#[test]
+fn an_unusable_environment_is_told_on_stderr() {
+    let out = child::run(
+        "bad_env",
+        &[
+            ("OPENLAYER_API_KEY", "sk-secret-key"),
+            ("OPENLAYER_BASE_URL", "api.example"),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("openlayer-trace: tracing is off"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("base URL"), "{stderr}");
+    assert!(!stderr.contains("sk-secret-key"), "{stderr}");
 }
 
 /// With stderr a pipe nobody reads any more, the notice of the first traced call (the

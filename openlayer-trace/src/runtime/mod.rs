@@ -59,6 +59,12 @@ pub(crate) fn lazy_init() -> bool {
             enabled
         }
         Err(e) => {
+            // On stderr too, as the notice of a missing destination: without a `tracing`
+            // subscriber, nothing else would say why nothing is traced.
+            crate::util::diag::notice(&format!(
+                "openlayer-trace: tracing is off: the configuration from the environment \
+                 cannot be used ({e}); fix it, or call openlayer_trace::init"
+            ));
             tracing::error!(target: "openlayer_trace", error = %e, "tracing is off: bad configuration");
             sink::set_enabled(false);
             false
