@@ -451,15 +451,26 @@ async fn send_batches(
     let mut open: Option<Open> = None;
     let mut seen: u64 = 0;
     for batch in batches {
-        let batch = match batch.and_then(|b| prepare(&b, check, seen)) {
+        let batch = match batch {
             Ok(b) => b,
             Err(e) => return Err(partial(&summary, e)),
         };
-        seen += batch.num_rows() as u64;
+        if batch.num_rows() == 0 {
+            // Checked all the same (its columns), though it has no row to upload.
+            if let Err(e) = prepare(&batch, check, seen) {
+                return Err(partial(&summary, e));
+            }
+        }
         let mut offset = 0;
         while offset < batch.num_rows() {
             let len = CHUNK_ROWS.min(batch.num_rows() - offset);
-            let chunk = batch.slice(offset, len);
+            // Converted a chunk at a time, not the whole batch: a converted text column is
+            // a `Utf8` array, whose offsets are 32-bit, and a batch of more than 2 GiB of
+            // text (a Polars frame of `Utf8View` strings) would overflow them.
+            let chunk = match prepare(&batch.slice(offset, len), check, seen + offset as u64) {
+                Ok(c) => c,
+                Err(e) => return Err(partial(&summary, e)),
+            };
             offset += len;
             if open
                 .as_ref()
@@ -488,6 +499,7 @@ async fn send_batches(
                 }
             }
         }
+        seen += batch.num_rows() as u64;
     }
     if let Some(done) = open
         && let Err(e) = done.send(target, &mut summary).await
@@ -529,7 +541,15 @@ fn prepare(batch: &RecordBatch, check: &Check<'_>, first_row: u64) -> Result<Rec
                 columns.push(array);
             }
             None => {
-                fields.push(field.as_ref().clone().with_metadata(Default::default()));
+                // Nullable, as converted columns are: a schema that changes with whether a
+                // batch happens to hold a null would close the upload at each change.
+                fields.push(
+                    field
+                        .as_ref()
+                        .clone()
+                        .with_metadata(Default::default())
+                        .with_nullable(true),
+                );
                 columns.push(column.clone());
             }
         }

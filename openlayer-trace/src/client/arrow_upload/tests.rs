@@ -147,3 +147,27 @@ fn a_null_value_behind_a_dictionary_key_is_no_id() {
     let e = prepare(&b, &check, 0).unwrap_err().to_string();
     assert!(e.contains("row 1: no inference id (null)"), "{e}");
 }
+
+#[test]
+fn batches_with_and_without_nulls_have_one_schema() {
+    let with = batch(vec![(
+        "n",
+        Arc::new(Int32Array::from(vec![Some(1), None])) as ArrayRef,
+    )]);
+    let without = batch(vec![(
+        "n",
+        Arc::new(Int32Array::from(vec![1, 2])) as ArrayRef,
+    )]);
+    assert_ne!(
+        with.schema().field(0).is_nullable(),
+        without.schema().field(0).is_nullable()
+    );
+    let check = Check {
+        id_column: None,
+        required: vec![],
+    };
+    assert_eq!(
+        prepare(&with, &check, 0).unwrap().schema(),
+        prepare(&without, &check, 2).unwrap().schema()
+    );
+}
