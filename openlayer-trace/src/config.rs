@@ -588,14 +588,16 @@ impl ConfigBuilder {
         let base = c.base_url.trim();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Error::Config(format!(
-                "base URL must start with http:// or https://, got {base:?}"
+                "base URL must start with http:// or https://, got {:?}",
+                crate::util::text::shown_url(base)
             )));
         }
         #[cfg(feature = "otlp")]
         if let Some(endpoint) = &c.otlp.endpoint {
             if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
                 return Err(Error::Config(format!(
-                    "the OTLP endpoint must start with http:// or https://, got {endpoint:?}"
+                    "the OTLP endpoint must start with http:// or https://, got {:?}",
+                    crate::util::text::shown_url(endpoint)
                 )));
             }
             if c.mask.is_some() {

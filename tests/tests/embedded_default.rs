@@ -313,6 +313,31 @@ fn an_unusable_environment_is_told_on_stderr() {
     );
     assert!(stderr.contains("base URL"), "{stderr}");
     assert!(!stderr.contains("sk-secret-key"), "{stderr}");
+
+    // An OTLP endpoint without a scheme is named without its query (a token there), and a
+    // credential written as a header name (`Authorization: Basic ..=`) is not shown.
+    for (name, value) in [
+        (
+            "OPENLAYER_OTLP_ENDPOINT",
+            "otlp.example/v1/traces?api_key=tok-secret",
+        ),
+        (
+            "OPENLAYER_OTLP_HEADERS",
+            "Authorization: Basic tok-secret==",
+        ),
+    ] {
+        let mut envs = vec![("OPENLAYER_API_KEY", "sk-secret-key"), (name, value)];
+        if name == "OPENLAYER_OTLP_HEADERS" {
+            envs.push(("OPENLAYER_OTLP_ENDPOINT", "http://127.0.0.1:9/v1/traces"));
+        }
+        let out = child::run("bad_env", &envs);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("openlayer-trace: tracing is off"),
+            "{name}: {stderr}"
+        );
+        assert!(!stderr.contains("tok-secret"), "{name}: {stderr}");
+    }
 }
 
 /// With stderr a pipe nobody reads any more, the notice of the first traced call (the

@@ -285,11 +285,16 @@ impl TransportConfig {
     /// unusable TLS or HTTP stack. Returns the parsed base URL.
     pub(crate) fn validate(&self) -> Result<Url, Error> {
         let base_url = base_url_of(&self.base_url, self.protobuf);
-        let parsed = Url::parse(base_url)
-            .map_err(|e| Error::Config(format!("invalid base URL {base_url:?}: {e}")))?;
+        let parsed = Url::parse(base_url).map_err(|e| {
+            Error::Config(format!(
+                "invalid base URL {:?}: {e}",
+                crate::util::text::shown_url(base_url)
+            ))
+        })?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.cannot_be_a_base() {
             return Err(Error::Config(format!(
-                "base URL must start with http:// or https://, got {base_url:?}"
+                "base URL must start with http:// or https://, got {:?}",
+                crate::util::text::shown_url(base_url)
             )));
         }
         // A user and password would be sent (and shown) as they are. The API's paths are
@@ -332,7 +337,15 @@ fn extra_headers(headers: &[(String, String)]) -> Result<HeaderMap, Error> {
     let mut map = HeaderMap::new();
     for (name, value) in headers {
         let name = reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())
-            .map_err(|_| Error::Config(format!("invalid HTTP header name {name:?}")))?;
+            // Not shown: a value written in the wrong place (`Authorization: Basic ..=`,
+            // split at its `=`) would be.
+            .map_err(|_| {
+                Error::Config(
+                    "an extra header's name is not a valid HTTP header name (OTLP headers \
+                     are `name=value` pairs separated by commas)"
+                        .into(),
+                )
+            })?;
         let mut value = HeaderValue::from_str(value).map_err(|_| {
             Error::Config(format!(
                 "the value of header {name} contains characters not allowed in an HTTP header"
@@ -437,7 +450,7 @@ impl Transport {
             // bucket of another region): a 301, 302 or 303 would be followed as a GET
             // without the upload, whose 2xx would count the upload as stored.
             .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                if attempt.previous().len() >= 5 {
+                if attempt.previous().len() > 5 {
                     attempt.error("more than 5 redirects")
                 } else if matches!(attempt.status().as_u16(), 307 | 308) {
                     attempt.follow()
