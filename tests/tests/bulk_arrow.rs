@@ -421,6 +421,33 @@ async fn a_bad_batch_stops_the_call_and_says_what_was_already_sent() {
     assert!(e.to_string().contains("line 3: bad"), "{e}");
 }
 
+/// A batch longer than an upload's chunk of rows, with a bad id far into it: the call
+/// fails before any of that batch is sent, even where a chunk before the bad row would
+/// have filled an upload (`bulk_max_bytes` of 1).
+#[tokio::test]
+async fn a_bad_id_late_in_a_long_batch_fails_before_any_of_the_batch_is_sent() {
+    let server = MockServer::start().await;
+    mount_bulk(&server).await;
+    let n = 40_000;
+    let ids: Vec<Option<String>> = (0..n)
+        .map(|i| (i != 35_000).then(|| format!("inf-{i}")))
+        .collect();
+    let batch = RecordBatch::try_from_iter([
+        ("inference_id", Arc::new(StringArray::from(ids)) as ArrayRef),
+        ("label", Arc::new(Int64Array::from_iter_values(0..n as i64))),
+    ])
+    .unwrap();
+    let e = client(&server, Some(1))
+        .update_record_batches(PIPELINE, "inference_id", None, [batch])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidInput(m) if m.contains("row 35000: no inference id")),
+        "{e:?}"
+    );
+    assert_eq!(uploads_registered(&server).await, 0);
+}
+
 async fn uploads_registered(server: &MockServer) -> usize {
     requests(server)
         .await

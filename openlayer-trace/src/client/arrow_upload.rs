@@ -278,17 +278,31 @@ impl Client {
 /// is an explicit `null`, as in the Arrow upload (a row update that sets the column to
 /// null, and a column the config names is present).
 fn local_rows(batch: &RecordBatch, check: &Check<'_>, first_row: u64) -> Result<Vec<Value>, Error> {
-    let batch = prepare(batch, check, first_row)?;
-    let schema = batch.schema();
-    Ok(super::record_batch_to_rows(&batch)?
-        .into_iter()
-        .map(|mut row| {
-            for field in schema.fields() {
-                row.entry(field.name().clone()).or_insert(Value::Null);
-            }
-            Value::Object(row)
-        })
-        .collect())
+    if batch.num_rows() == 0 {
+        prepare(batch, check, first_row)?;
+        return Ok(Vec::new());
+    }
+    // A chunk at a time, as uploads are (see `upload`); the whole batch's rows are made
+    // before any is written.
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    let mut offset = 0;
+    while offset < batch.num_rows() {
+        let len = CHUNK_ROWS.min(batch.num_rows() - offset);
+        let chunk = prepare(&batch.slice(offset, len), check, first_row + offset as u64)?;
+        offset += len;
+        let schema = chunk.schema();
+        rows.extend(
+            super::record_batch_to_rows(&chunk)?
+                .into_iter()
+                .map(|mut row| {
+                    for field in schema.fields() {
+                        row.entry(field.name().clone()).or_insert(Value::Null);
+                    }
+                    Value::Object(row)
+                }),
+        );
+    }
+    Ok(rows)
 }
 
 /// Uploads JSON rows (already checked) as Arrow: one schema for all of them, the id
@@ -460,6 +474,14 @@ async fn send_batches(
             if let Err(e) = prepare(&batch, check, seen) {
                 return Err(partial(&summary, e));
             }
+        }
+        // The whole batch's ids first: a bad one fails the call before any chunk of its
+        // batch is sent.
+        if let Some(id) = check.id_column
+            && let Ok(i) = batch.schema().index_of(id)
+            && let Err(e) = id_column(id, batch.column(i).as_ref(), seen)
+        {
+            return Err(partial(&summary, e));
         }
         let mut offset = 0;
         while offset < batch.num_rows() {
