@@ -179,20 +179,43 @@ fn push_attr(out: &mut String, value: &str, max: usize) {
     push_cut(out, value, max);
 }
 
-/// `value`, a JSON object or list, with its strings cut (each to at most a length halved
-/// until the whole fits in `max` bytes, down to 64); `None` when it is not JSON, or when
-/// cutting its strings cannot make it fit.
+/// `value`, a JSON object or list, with its strings cut (each to at most a length cut by
+/// four from `max` until the whole fits in `max` bytes, down to [`SMALLEST_CUT`]); `None`
+/// when it is not JSON, or when cutting its strings cannot make it fit (checked first, in
+/// one pass). Each pass writes the parsed value again, never a copy of it: at most about
+/// eight passes for a 1 MiB bound.
 fn cut_json_strings(value: &str, max: usize) -> Option<String> {
-    fn cut_strings(v: &mut Value, limit: usize) {
+    fn write_cut(v: &Value, limit: usize, out: &mut String) {
         match v {
             Value::String(s) if s.len() > limit => {
                 let mut cut = String::new();
                 push_cut(&mut cut, s, limit);
-                *s = cut;
+                push_json_str(out, &cut);
             }
-            Value::Array(items) => items.iter_mut().for_each(|v| cut_strings(v, limit)),
-            Value::Object(map) => map.values_mut().for_each(|v| cut_strings(v, limit)),
-            _ => {}
+            Value::String(s) => push_json_str(out, s),
+            Value::Array(items) => {
+                out.push('[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write_cut(v, limit, out);
+                }
+                out.push(']');
+            }
+            Value::Object(map) => {
+                out.push('{');
+                for (i, (k, v)) in map.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    push_json_str(out, k);
+                    out.push(':');
+                    write_cut(v, limit, out);
+                }
+                out.push('}');
+            }
+            other => out.push_str(&other.to_string()),
         }
     }
     let start = value.trim_start().as_bytes().first()?;
@@ -200,18 +223,25 @@ fn cut_json_strings(value: &str, max: usize) -> Option<String> {
         return None;
     }
     let parsed: Value = serde_json::from_str(value).ok()?;
+    let mut out = String::new();
+    write_cut(&parsed, SMALLEST_CUT, &mut out);
+    if out.len() > max {
+        return None;
+    }
     let mut limit = max;
-    while limit >= 64 {
-        let mut v = parsed.clone();
-        cut_strings(&mut v, limit);
-        let text = serde_json::to_string(&v).ok()?;
+    while limit > SMALLEST_CUT {
+        let mut text = String::new();
+        write_cut(&parsed, limit, &mut text);
         if text.len() <= max {
             return Some(text);
         }
-        limit /= 2;
+        limit = (limit / 4).max(SMALLEST_CUT);
     }
-    None
+    Some(out)
 }
+
+/// The shortest a string of a JSON attribute is cut to.
+const SMALLEST_CUT: usize = 64;
 
 /// Appends `value` to `out`, cut to at most `max` bytes at a character boundary and
 /// marked (`…[truncated N bytes]`) when longer. The marker comes on top of the `max`
