@@ -58,3 +58,35 @@ fn capture_with_applies_a_configs_mask_budget_and_sampling() {
         testing::capture_with(&none, || sign_up("ada@example.com".into(), "x".repeat(100)));
     assert!(traces.is_empty(), "sampled out");
 }
+
+/// A body recorded as it came (a `serde_json` raw value), with a number beyond `f64` and a
+/// lone surrogate escape.
+#[trace]
+fn handle(body: &serde_json::value::RawValue) -> usize {
+    body.get().len()
+}
+
+/// JSON text recorded as it came holds only what JSON parsers read: a number beyond `f64`
+/// is `null` and a lone surrogate `\ufffd`. Either made a trace that a mask shapes fail
+/// (dropped whole), and one written unshaped unreadable by `openlayer push`.
+#[test]
+fn raw_json_with_a_huge_number_or_a_lone_surrogate_is_recorded_readable() {
+    let body: Box<serde_json::value::RawValue> =
+        serde_json::from_str(r#"{"n":1e400,"s":"a\ud800b","ok":2}"#).unwrap();
+    let masked = Config::builder()
+        .mask(|row| {
+            row.insert("masked".into(), json!(true));
+        })
+        .build()
+        .unwrap();
+    for config in [Config::builder().build().unwrap(), masked] {
+        let (_, traces) = testing::capture_with(&config, || handle(&body));
+        assert_eq!(traces.len(), 1, "the trace is kept");
+        let row = traces[0].row();
+        assert_eq!(
+            row["body"],
+            json!({"n": null, "s": "a\u{fffd}b", "ok": 2}),
+            "{row}"
+        );
+    }
+}

@@ -95,6 +95,61 @@ pub(crate) fn replace_lone_surrogates(s: &str) -> Option<String> {
     })
 }
 
+/// The JSON text `s` with every number beyond `f64`'s range (`1e400`, a 400-digit
+/// integer) written `null`, as the SDK writes an infinity; `None` when it has none. JSON
+/// text recorded as it came (a client's body) may hold one: serde_json's parser refuses
+/// it, and the platform would read it as an infinity.
+pub(crate) fn replace_huge_numbers(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out: Option<String> = None;
+    let (mut copied, mut i, mut in_string) = (0, 0, false);
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                in_string = !in_string;
+                i += 1;
+            }
+            b'\\' if in_string => i += 2,
+            b'-' | b'0'..=b'9' if !in_string => {
+                let start = i;
+                while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                // Without an exponent, only one of more than 300 digits can be out of
+                // range: other numbers are not parsed.
+                let token = &s[start..i];
+                if (token.len() > 300 || token.contains(['e', 'E']))
+                    && token.parse::<f64>().is_ok_and(f64::is_infinite)
+                {
+                    let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
+                    o.push_str(&s[copied..start]);
+                    o.push_str("null");
+                    copied = i;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    out.map(|mut o| {
+        o.push_str(&s[copied..]);
+        o
+    })
+}
+
+/// JSON text recorded as it came, made what serde_json and the platform read: lone
+/// surrogate escapes replaced (see [`replace_lone_surrogates`]) and numbers beyond `f64`
+/// written `null` (see [`replace_huge_numbers`]).
+pub(crate) fn sanitized_raw(s: &str) -> std::borrow::Cow<'_, str> {
+    let numbers = replace_huge_numbers(s);
+    let text = numbers.as_deref().unwrap_or(s);
+    match (replace_lone_surrogates(text), numbers) {
+        (Some(fixed), _) => std::borrow::Cow::Owned(fixed),
+        (None, Some(n)) => std::borrow::Cow::Owned(n),
+        (None, None) => std::borrow::Cow::Borrowed(s),
+    }
+}
+
 /// Whether the JSON text `s` nests arrays and objects more than `max` levels deep
 /// (brackets inside strings do not count). Parsing recurses once per level: a text read
 /// from a file is checked first, so that a damaged or hostile line is an error, not a
@@ -603,7 +658,7 @@ struct_compound!(SerializeStruct, SerializeStructVariant);
 #[cold]
 fn raw_text<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), Error> {
     let text: String = serde_json::from_value(serde_json::to_value(value)?)?;
-    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(sanitized_raw(&text).as_bytes());
     Ok(())
 }
 

@@ -25,10 +25,13 @@ impl TextInputs {
     }
 
     /// Records the field `name` with a JSON value (a request body that was JSON, for
-    /// example), as it is.
+    /// example), as it is, except what JSON parsers refuse: a lone surrogate escape is
+    /// replaced by `\ufffd`, and a number beyond `f64`'s range (`1e400`) is recorded as
+    /// `null`.
     #[inline]
     pub fn json(&mut self, name: &str, value: &RawValue) {
-        push_entry(&mut self.buf, b'j', name, Some(value.get()));
+        let text = crate::util::json::sanitized_raw(value.get());
+        push_entry(&mut self.buf, b'j', name, Some(&text));
     }
 
     /// Records the field `name` with an object whose fields `fields` writes with this same

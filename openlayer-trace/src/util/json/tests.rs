@@ -329,3 +329,24 @@ fn lone_surrogates_are_replaced_and_pairs_kept() {
     let v: serde_json::Value = serde_json::from_str(&fixed).unwrap();
     assert_eq!(v[0], "\u{fffd}");
 }
+
+#[test]
+fn numbers_beyond_f64_are_written_null_and_others_kept() {
+    assert_eq!(
+        replace_huge_numbers(r#"{"a":1e308,"b":-2.5E-400,"c":"1e400"}"#),
+        None
+    );
+    let long = "9".repeat(400);
+    let text = format!(r#"{{"a":1e400,"b":[-1E999,3],"c":{long},"d":"x\"1e400"}}"#);
+    assert_eq!(
+        replace_huge_numbers(&text).as_deref(),
+        Some(r#"{"a":null,"b":[null,3],"c":null,"d":"x\"1e400"}"#)
+    );
+    let fixed = sanitized_raw(r#"{"a":1e400,"b":"\ud800"}"#);
+    assert_eq!(fixed, r#"{"a":null,"b":"\ufffd"}"#);
+    assert!(serde_json::from_str::<serde_json::Value>(&fixed).is_ok());
+    assert!(matches!(
+        sanitized_raw(r#"{"a":1}"#),
+        std::borrow::Cow::Borrowed(_)
+    ));
+}
