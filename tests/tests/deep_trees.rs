@@ -151,3 +151,44 @@ fn the_worker_writes_a_deep_trace() {
 fn the_worker_writes_a_deep_trace_with_a_mask_and_budget() {
     child::run("shaped", &[]);
 }
+
+/// Wide trees: steps recorded in one order and started in the other (model calls added
+/// back-dated, newest first) come out in start order, equal starts in recording order,
+/// also past the point where the encoder sorts the lists instead of walking them.
+#[test]
+fn back_dated_steps_recorded_newest_first_come_out_in_start_order() {
+    use openlayer_trace::{ChatCompletion, add_chat_completion_step};
+    use std::time::{Duration, SystemTime};
+    for n in [5usize, 2_000] {
+        let (_, traces) = testing::capture(|| {
+            let _root = openlayer_trace::step("replay").enter();
+            let base = SystemTime::now() - Duration::from_secs(3_600);
+            for i in (0..n).rev() {
+                // Two calls per start time, the second recorded after the first.
+                let start = base + Duration::from_millis((i / 2) as u64);
+                add_chat_completion_step(ChatCompletion {
+                    name: Some(format!("call-{i}")),
+                    start_time: Some(start),
+                    latency: Some(Duration::from_millis(1)),
+                    ..ChatCompletion::new("OpenAI", "gpt-4o")
+                });
+            }
+        });
+        let names: Vec<String> = traces[0].root()["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect();
+        // Within a start time, recording order: the odd index (recorded first) first.
+        let expected: Vec<String> = (0..n)
+            .map(|k| {
+                let pair = k / 2;
+                let i = if k % 2 == 0 { 2 * pair + 1 } else { 2 * pair };
+                format!("call-{}", i.min(n - 1))
+            })
+            .collect();
+        assert_eq!(names.len(), n);
+        assert_eq!(names, expected, "{n} steps");
+    }
+}

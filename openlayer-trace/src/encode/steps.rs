@@ -93,15 +93,23 @@ impl<'a> Tree<'a> {
         // (a model call added with its start back-dated), which goes to its place.
         // Equal starts keep the order of recording.
         let steps = &trace.state.steps;
-        for (i, rec) in steps.iter().enumerate().skip(1).rev() {
+        let parent_of = |i: usize| {
+            let rec = &steps[i];
             let p = if rec.parent == NO_PARENT {
                 0
             } else {
                 rec.parent as usize
             };
-            if p >= n || p == i {
-                continue;
-            }
+            (p < n && p != i).then_some(p)
+        };
+        // Steps passed over by those recorded out of order: past a few per step (many
+        // back-dated steps in descending order), the lists are made by sorting instead,
+        // so that the work stays O(n log n).
+        let mut walked = 0usize;
+        let mut sorted = false;
+        for i in (1..n).rev() {
+            let Some(p) = parent_of(i) else { continue };
+            let rec = &steps[i];
             let head = first_child[p];
             if head == NONE || rec.start <= steps[head as usize].start {
                 next_sibling[i] = head;
@@ -112,9 +120,26 @@ impl<'a> Tree<'a> {
                     && steps[next_sibling[prev] as usize].start < rec.start
                 {
                     prev = next_sibling[prev] as usize;
+                    walked += 1;
                 }
                 next_sibling[i] = next_sibling[prev];
                 next_sibling[prev] = i as u32;
+                if walked > 8 * n {
+                    sorted = true;
+                    break;
+                }
+            }
+        }
+        if sorted {
+            first_child.fill(NONE);
+            next_sibling.fill(NONE);
+            let mut order: Vec<(usize, i64, usize)> = (1..n)
+                .filter_map(|i| parent_of(i).map(|p| (p, steps[i].start, i)))
+                .collect();
+            order.sort_unstable();
+            for &(p, _, i) in order.iter().rev() {
+                next_sibling[i] = first_child[p];
+                first_child[p] = i as u32;
             }
         }
         Tree {
