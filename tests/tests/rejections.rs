@@ -89,6 +89,7 @@ fn child() {
         "healthy" => run_healthy(),
         "bisect" => bisect(),
         "broken_updates" => broken_updates(),
+        "one_pipeline_gone" => one_pipeline_gone(),
         "flush_in_callback" => flush_in_callback(),
         "reinit_after_incomplete_shutdown" => reinit_after_incomplete_shutdown(),
         other => panic!("unknown scenario {other}"),
@@ -168,6 +169,40 @@ fn broken_updates() {
     let s = &r.stats;
     assert_eq!(s.dropped.total(), 0, "{s:?}");
     assert_eq!(s.spooled, 4, "the row and the three updates: {s:?}");
+}
+
+#[trace(inference_pipeline_id = "gone")]
+fn to_a_gone_pipeline(id: String) -> usize {
+    update_current_trace!(inference_id = id.clone());
+    id.len()
+}
+
+/// One pipeline answers 404 (deleted, or mistyped in one function's
+/// `inference_pipeline_id`): its rows wait in the spool, and the other pipeline's rows and
+/// updates go on being sent.
+fn one_pipeline_gone() {
+    let (seen, on_failure) = failures();
+    let config = base(&env("TEST_SERVER_URL"))
+        .spool_dir(env("TEST_SPOOL_DIR"))
+        .on_failure(on_failure)
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    to_a_gone_pipeline("gone-0".into());
+    assert!(wait_until(Duration::from_secs(10), || {
+        seen.lock().unwrap().iter().any(|f| f.2 == Some(404))
+    }));
+    let ids = produce("kept", 10);
+    openlayer_trace::update_row(&ids[0], serde_json::json!({"score": 1}), None);
+    let r = guard.shutdown(Duration::from_secs(5)).unwrap();
+    let s = &r.stats;
+    report(&[
+        ("sent", s.sent.to_string()),
+        ("spooled", s.spooled.to_string()),
+    ]);
+    assert_eq!(s.dropped.total(), 0, "{s:?}");
+    assert_eq!(s.sent, 11, "the other pipeline's rows and update: {s:?}");
+    assert_eq!(s.spooled, 1, "the gone pipeline's row: {s:?}");
 }
 
 /// `on_failure` runs on the worker: a flush called there is asked for, not waited for
@@ -403,6 +438,39 @@ fn a_credential_error_never_destroys_data_across_restarts() {
 fn rejected_batches_are_bisected_and_oversize_rows_never_sent() {
     let out = child::run("bisect", &[]);
     eprintln!("bisect: {:?}", results(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_answered_404_holds_back_only_its_own_rows() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/inference-pipelines/gone/data-stream"))
+        .respond_with(
+            ResponseTemplate::new(404).set_body_json(serde_json::json!({"error": "not found"})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/v1/inference-pipelines/{PIPE}/data-stream")))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"success": true})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path(format!("/v1/inference-pipelines/{PIPE}/rows")))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"success": true})),
+        )
+        .mount(&server)
+        .await;
+    let dir = temp_dir("one-pipeline-gone");
+    let url = format!("{}/v1", server.uri());
+    tokio::task::spawn_blocking(move || restart("one_pipeline_gone", &url, &dir, None))
+        .await
+        .unwrap();
 }
 
 #[test]

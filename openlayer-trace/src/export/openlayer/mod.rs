@@ -110,8 +110,11 @@ struct Replay {
     down: bool,
 }
 
+/// The most pipelines told apart as broken (see `Flusher::broken_pipelines`).
+const MAX_BROKEN_PIPELINES: usize = 64;
+
 /// The server answered as if the configuration were broken (401, 403, 404, 3xx).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Broken {
     status: Option<u16>,
     message: String,
@@ -171,6 +174,11 @@ pub(crate) struct Flusher {
     recent_order: VecDeque<(Instant, String)>,
     /// Set while the server answers as if the configuration were broken.
     broken: Option<Broken>,
+    /// Pipelines the server answered 403 or 404 for (one deleted, mistyped, or that the
+    /// key may not see): with a spool, their rows wait there, and the other pipelines'
+    /// go on. Forgotten when one of their rows is accepted (a probe). At most
+    /// [`MAX_BROKEN_PIPELINES`]; past it, the configuration counts as broken.
+    broken_pipelines: HashMap<String, Broken>,
     broken_report: BrokenReport,
     /// Halves of rejected spooled batches, sent before anything else is read back.
     bisected: VecDeque<ReplayBatch>,
@@ -235,6 +243,7 @@ impl Flusher {
                 down: false,
             },
             broken: None,
+            broken_pipelines: HashMap::new(),
             broken_report: BrokenReport::default(),
             bisected: VecDeque::new(),
             shutdown: None,
@@ -567,7 +576,7 @@ impl Flusher {
                 continue;
             }
             if self.spool.is_some()
-                && let Some(b) = &self.broken
+                && let Some(b) = self.broken_for(&u.pipeline)
             {
                 // The configuration is broken: it waits in the spool for the probe, as
                 // live rows do (see `start_live`), not sent to be refused again.
@@ -593,9 +602,10 @@ impl Flusher {
     fn start_live(&mut self, batch: Batch) {
         self.backlog_rows -= batch.rows.len();
         if self.spool.is_some()
-            && let Some(b) = &self.broken
+            && let Some(b) = self.broken_for(&batch.pipeline)
         {
-            // The configuration is broken: the rows wait in the spool for the probe.
+            // The configuration (or this pipeline) is broken: the rows wait in the spool
+            // for the probe.
             let (status, message) = (b.status, b.message.clone());
             let s = self.store(batch, DropReason::Rejected, Tell::Nothing);
             return self.report_broken(status, &message, s.spooled, s.dropped);

@@ -132,6 +132,13 @@ impl Flusher {
             );
             self.flush_broken_report(false);
         }
+        if !self.broken_pipelines.is_empty() {
+            // A pipeline is refused: the spool is read back a probe at a time, on the
+            // replay's schedule (its next line may be that pipeline's, to be refused
+            // again), not at once after every accepted request.
+            self.replay.backoff = self.replay.base;
+            return self.schedule_probe();
+        }
         self.replay.backoff = self.replay.base;
         self.replay.down = false;
         if let Some(s) = &self.spool
@@ -158,6 +165,7 @@ impl Flusher {
         match result {
             Ok(()) => {
                 self.counters.replayed.fetch_add(n, Relaxed);
+                self.pipeline_is_up(&batch.pipeline);
                 spool.replay_done(batch, ReplayEnd::Acked);
                 self.server_is_up();
                 // Lines held behind this batch (a row update) may go now.
@@ -215,9 +223,10 @@ impl Flusher {
                     }
                 }
                 Class::Broken(status) => {
+                    let pipeline = batch.pipeline.clone();
                     spool.replay_done(batch, ReplayEnd::Failed);
                     self.give_back_bisected(&spool);
-                    self.set_broken(status, &e);
+                    self.set_broken_for(&pipeline, status, &e);
                     // Not delivered, and kept in the spool.
                     self.report_broken(status, &api_message(&e), n, 0);
                     crate::util::diag::warn_limited!(error = %e, "could not replay spooled rows; they stay in the spool");

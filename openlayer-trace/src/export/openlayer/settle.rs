@@ -29,6 +29,7 @@ impl Flusher {
         match result {
             Ok(()) => {
                 self.counters.sent.fetch_add(n, Relaxed);
+                self.pipeline_is_up(&batch.pipeline);
                 self.finish_rows(batch);
                 self.server_is_up();
             }
@@ -57,7 +58,7 @@ impl Flusher {
                     self.finish_rows(batch);
                 }
                 Class::Broken(status) => {
-                    self.set_broken(status, &e);
+                    self.set_broken_for(&batch.pipeline, status, &e);
                     let s = self.store(batch, DropReason::Rejected, Tell::Nothing);
                     self.report_broken(status, &api_message(&e), s.spooled, s.dropped);
                 }
@@ -198,6 +199,51 @@ impl Flusher {
             spooled: n - dropped,
             ahead,
             dropped,
+        }
+    }
+
+    /// The broken state a request to `pipeline` would meet: the configuration's, else
+    /// this pipeline's.
+    pub(super) fn broken_for(&self, pipeline: &str) -> Option<&Broken> {
+        self.broken
+            .as_ref()
+            .or_else(|| self.broken_pipelines.get(pipeline))
+    }
+
+    /// A request to `pipeline` failed as if the configuration were broken: a 403 or 404
+    /// names that pipeline only (deleted, mistyped, or not the key's to see), and marks it
+    /// alone, so that the other pipelines' rows go on; anything else (a 401, a 3xx: the
+    /// key or the URL) marks the configuration (see [`Flusher::set_broken`]).
+    pub(super) fn set_broken_for(&mut self, pipeline: &str, status: Option<u16>, e: &Error) {
+        if matches!(status, Some(403 | 404))
+            && (self.broken_pipelines.len() < super::MAX_BROKEN_PIPELINES
+                || self.broken_pipelines.contains_key(pipeline))
+        {
+            self.broken_pipelines.insert(
+                pipeline.to_string(),
+                Broken {
+                    status,
+                    message: api_message(e),
+                },
+            );
+            // The spool's replay goes on, a probe at a time, with the replay's backoff:
+            // what it carries may be this pipeline's.
+            self.replay.down = true;
+            self.replay.wanted = false;
+            self.schedule_probe();
+            return;
+        }
+        self.set_broken(status, e);
+    }
+
+    /// A request to `pipeline` was accepted: it is not broken (any more).
+    pub(super) fn pipeline_is_up(&mut self, pipeline: &str) {
+        if self.broken_pipelines.remove(pipeline).is_some() {
+            tracing::info!(
+                target: "openlayer_trace",
+                pipeline,
+                "the Openlayer API accepts this pipeline's rows again"
+            );
         }
     }
 

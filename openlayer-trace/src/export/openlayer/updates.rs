@@ -106,6 +106,7 @@ impl Flusher {
     pub(super) fn update_settled(&mut self, mut u: Update, result: Result<(), Error>) {
         match result {
             Ok(()) => {
+                self.pipeline_is_up(&u.pipeline.clone());
                 self.ack_wal(u.wal.take());
                 self.budget.release(u.cost, Tier::Worker);
                 self.epochs.release(u.epoch);
@@ -136,7 +137,7 @@ impl Flusher {
                     self.report_rejected(&u.pipeline.clone(), 1, status, &e);
                 }
                 Class::Broken(status) => {
-                    self.set_broken(status, &e);
+                    self.set_broken_for(&u.pipeline.clone(), status, &e);
                     self.epochs.release(u.epoch);
                     let spooled = self.store_update(u, DropReason::Rejected);
                     self.report_broken(
