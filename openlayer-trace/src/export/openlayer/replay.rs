@@ -133,10 +133,10 @@ impl Flusher {
             self.flush_broken_report(false);
         }
         if !self.broken_pipelines.is_empty() {
-            // A pipeline is refused: the spool is read back a probe at a time, on the
-            // replay's schedule (its next line may be that pipeline's, to be refused
-            // again), not at once after every accepted request.
-            self.replay.backoff = self.replay.base;
+            // A pipeline is refused: the spool is read back on the probe's schedule (its
+            // next line may be that pipeline's, to be refused again), not at once after
+            // every request accepted for another pipeline. A replay accepted goes on at
+            // once (see `replay_done`).
             return self.schedule_probe();
         }
         self.replay.backoff = self.replay.base;
@@ -167,6 +167,13 @@ impl Flusher {
                 self.counters.replayed.fetch_add(n, Relaxed);
                 self.pipeline_is_up(&batch.pipeline);
                 spool.replay_done(batch, ReplayEnd::Acked);
+                if !self.broken_pipelines.is_empty() {
+                    // The spool moves: read on, until a refused pipeline's line, if any.
+                    self.replay.backoff = self.replay.base;
+                    self.replay.down = false;
+                    self.replay.next_try = None;
+                    self.replay.wanted = true;
+                }
                 self.server_is_up();
                 // Lines held behind this batch (a row update) may go now.
                 if spool.has_replayable() {
