@@ -90,6 +90,7 @@ fn child() {
         "bisect" => bisect(),
         "broken_updates" => broken_updates(),
         "one_pipeline_gone" => one_pipeline_gone(),
+        "gone_then_unauthorized" => gone_then_unauthorized(),
         "flush_in_callback" => flush_in_callback(),
         "reinit_after_incomplete_shutdown" => reinit_after_incomplete_shutdown(),
         other => panic!("unknown scenario {other}"),
@@ -203,6 +204,43 @@ fn one_pipeline_gone() {
     assert_eq!(s.dropped.total(), 0, "{s:?}");
     assert_eq!(s.sent, 11, "the other pipeline's rows and update: {s:?}");
     assert_eq!(s.spooled, 1, "the gone pipeline's row: {s:?}");
+}
+
+/// A refused pipeline's row first in the spool, then one 401 (a key's rotation) for the
+/// other pipeline: the probe that reads the refused row back is answered 404, which says
+/// the key got through, and the other pipeline's rows are sent again (they stayed in the
+/// spool for good, as the probe could never be answered 2xx).
+fn gone_then_unauthorized() {
+    let (seen, on_failure) = failures();
+    let config = base(&env("TEST_SERVER_URL"))
+        .spool_dir(env("TEST_SPOOL_DIR"))
+        .on_failure(on_failure)
+        .build()
+        .unwrap();
+    let guard = openlayer_trace::init(config).unwrap();
+    to_a_gone_pipeline("gone-0".into());
+    assert!(wait_until(Duration::from_secs(10), || {
+        seen.lock().unwrap().iter().any(|f| f.2 == Some(404))
+    }));
+    produce("refused-once", 1);
+    assert!(wait_until(Duration::from_secs(10), || {
+        seen.lock().unwrap().iter().any(|f| f.2 == Some(401))
+    }));
+    // The probe after the 401 reads the gone pipeline's row back, and is answered 404:
+    // from then on, the other pipeline's new rows are sent.
+    let mut n = 0;
+    assert!(wait_until(Duration::from_secs(10), || {
+        produce(&format!("kept-{n}"), 1);
+        n += 1;
+        openlayer_trace::stats().sent > 0
+    }));
+    let r = guard.shutdown(Duration::from_secs(5)).unwrap();
+    let s = &r.stats;
+    report(&[
+        ("sent", s.sent.to_string()),
+        ("spooled", s.spooled.to_string()),
+    ]);
+    assert_eq!(s.dropped.total(), 0, "{s:?}");
 }
 
 /// `on_failure` runs on the worker: a flush called there is asked for, not waited for
@@ -469,6 +507,41 @@ async fn a_pipeline_answered_404_holds_back_only_its_own_rows() {
     let dir = temp_dir("one-pipeline-gone");
     let url = format!("{}/v1", server.uri());
     tokio::task::spawn_blocking(move || restart("one_pipeline_gone", &url, &dir, None))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_read_back_after_a_401_ends_the_broken_configuration() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/inference-pipelines/gone/data-stream"))
+        .respond_with(
+            ResponseTemplate::new(404).set_body_json(serde_json::json!({"error": "not found"})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/v1/inference-pipelines/{PIPE}/data-stream")))
+        .respond_with(
+            ResponseTemplate::new(401).set_body_json(serde_json::json!({"error": "key rotated"})),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/v1/inference-pipelines/{PIPE}/data-stream")))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"success": true})),
+        )
+        .mount(&server)
+        .await;
+    let dir = temp_dir("gone-then-unauthorized");
+    let url = format!("{}/v1", server.uri());
+    tokio::task::spawn_blocking(move || restart("gone_then_unauthorized", &url, &dir, None))
         .await
         .unwrap();
 }

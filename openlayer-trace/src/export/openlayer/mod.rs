@@ -177,7 +177,7 @@ pub(crate) struct Flusher {
     /// Pipelines the server answered 403 or 404 for (one deleted, mistyped, or that the
     /// key may not see): with a spool, their rows wait there, and the other pipelines'
     /// go on. Forgotten when one of their rows is accepted (a probe). At most
-    /// [`MAX_BROKEN_PIPELINES`]; past it, the configuration counts as broken.
+    /// [`MAX_BROKEN_PIPELINES`]; past it, one is forgotten (and refused again).
     broken_pipelines: HashMap<String, Broken>,
     broken_report: BrokenReport,
     /// Halves of rejected spooled batches, sent before anything else is read back.

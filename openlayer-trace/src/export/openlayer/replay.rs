@@ -125,7 +125,8 @@ impl Flusher {
 
     /// The server answered 2xx: replay what waits in the spool now.
     pub(super) fn server_is_up(&mut self) {
-        if self.broken.take().is_some() {
+        let was_broken = self.broken.take().is_some();
+        if was_broken {
             tracing::info!(
                 target: "openlayer_trace",
                 "the Openlayer API accepts requests again; replaying the spool"
@@ -133,6 +134,11 @@ impl Flusher {
             self.flush_broken_report(false);
         }
         if !self.broken_pipelines.is_empty() {
+            if was_broken {
+                // The probe planned for the broken configuration may be minutes away.
+                self.replay.backoff = self.replay.base;
+                self.replay.next_try = None;
+            }
             // A pipeline is refused: the spool is read back on the probe's schedule (its
             // next line may be that pipeline's, to be refused again), not at once after
             // every request accepted for another pipeline. A replay accepted goes on at

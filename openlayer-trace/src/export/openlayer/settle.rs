@@ -212,13 +212,23 @@ impl Flusher {
 
     /// A request to `pipeline` failed as if the configuration were broken: a 403 or 404
     /// names that pipeline only (deleted, mistyped, or not the key's to see), and marks it
-    /// alone, so that the other pipelines' rows go on; anything else (a 401, a 3xx: the
-    /// key or the URL) marks the configuration (see [`Flusher::set_broken`]).
+    /// alone, so that the other pipelines' rows go on, and ends a broken configuration's
+    /// state (the key and the URL got through); anything else (a 401, a 3xx: the key or
+    /// the URL) marks the configuration (see [`Flusher::set_broken`]).
     pub(super) fn set_broken_for(&mut self, pipeline: &str, status: Option<u16>, e: &Error) {
-        if matches!(status, Some(403 | 404))
-            && (self.broken_pipelines.len() < super::MAX_BROKEN_PIPELINES
-                || self.broken_pipelines.contains_key(pipeline))
-        {
+        if matches!(status, Some(403 | 404)) {
+            // The key and the URL got through: whatever made the configuration look
+            // broken (a 401 during a key's rotation) is over.
+            if self.broken.take().is_some() {
+                self.flush_broken_report(false);
+            }
+            if self.broken_pipelines.len() >= super::MAX_BROKEN_PIPELINES
+                && !self.broken_pipelines.contains_key(pipeline)
+                && let Some(any) = self.broken_pipelines.keys().next().cloned()
+            {
+                // Bounded: one forgotten is tried again, live, and refused again.
+                self.broken_pipelines.remove(&any);
+            }
             self.broken_pipelines.insert(
                 pipeline.to_string(),
                 Broken {
