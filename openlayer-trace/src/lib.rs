@@ -138,6 +138,7 @@ mod util;
 mod util {
     pub(crate) mod id;
     pub(crate) mod limits;
+    pub(crate) mod text;
 }
 
 #[cfg(feature = "enable")]

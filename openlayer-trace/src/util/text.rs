@@ -1,4 +1,5 @@
-//! Cutting text to a number of bytes, at a character boundary, and the marker of a cut.
+//! Cutting text to a number of bytes, at a character boundary, and the marker of a cut;
+//! URLs as errors may show them.
 
 /// The largest index at most `max` that is a character boundary of `s` (`s.len()` when
 /// `s` is no longer than `max`).
