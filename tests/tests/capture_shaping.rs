@@ -90,3 +90,22 @@ fn raw_json_with_a_huge_number_or_a_lone_surrogate_is_recorded_readable() {
         );
     }
 }
+
+/// Inputs that name a field twice (JSON text with a repeated key, recorded as it came):
+/// the config lists the name once, and the column holds the last value.
+#[test]
+fn an_input_named_twice_is_listed_once() {
+    let raw: Box<serde_json::value::RawValue> =
+        serde_json::from_str(r#"{"q":1,"other":true,"q":2}"#).unwrap();
+    let (_, traces) = testing::capture(|| {
+        openlayer_trace::step("ask").inputs(&*raw).start().finish();
+    });
+    let t = &traces[0];
+    assert_eq!(
+        t.config()["inputVariableNames"],
+        json!(["q", "other"]),
+        "{}",
+        t.config_json()
+    );
+    assert_eq!(t.row()["q"], 2);
+}

@@ -480,10 +480,23 @@ fn encode_into<R>(
     push_config(
         config,
         |config| {
+            // Each name once, though the inputs name it twice (the row's column holds
+            // the last value).
+            let mut seen: Option<std::collections::HashSet<&str>> =
+                (inputs.len() > 32).then(std::collections::HashSet::new);
+            let mut listed = 0;
             for (i, (k, text, _)) in inputs.iter().enumerate() {
-                if i > 0 {
+                let repeated = match &mut seen {
+                    Some(seen) => !seen.insert(&**k),
+                    None => inputs[..i].iter().any(|(e, _, _)| e == k),
+                };
+                if repeated {
+                    continue;
+                }
+                if listed > 0 {
                     config.push(',');
                 }
+                listed += 1;
                 match text {
                     KeyText::Quoted(quoted) => config.push_str(quoted),
                     _ => push_str(config, k),
