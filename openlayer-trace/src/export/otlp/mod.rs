@@ -45,6 +45,7 @@
 //! definitions, so that a mistake in ours cannot pass unnoticed.
 
 pub(crate) mod convert;
+mod cut;
 pub(crate) mod flusher;
 pub(crate) mod proto;
 
