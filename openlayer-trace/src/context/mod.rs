@@ -187,42 +187,41 @@ fn parent(configure: fn() -> bool) -> Option<Parent> {
     }
 }
 
-/// Where a new root goes, whatever trace is current here: like [`parent`] outside any
-/// trace.
+/// The test capture a root opened here would go to, whatever trace is current here:
+/// `Err` on the SDK's own threads (and on a thread being torn down), `Ok(None)` without a
+/// capture.
 #[inline]
-fn root_parent(configure: fn() -> bool) -> Option<Parent> {
-    let found = POS.try_with(|p| {
+fn root_capture() -> Result<Option<Arc<dyn TraceSink>>, ()> {
+    POS.try_with(|p| {
         if crate::util::reentry::suppressed() {
             return Err(());
         }
         let cap = p.capture.take();
         let copy = cap.clone();
         p.capture.set(cap);
-        Ok(copy.map(|c| Parent::Root(Some(c))))
-    });
-    match found {
-        Ok(Ok(Some(parent))) => Some(parent),
-        Ok(Ok(None)) => sink::enabled(configure).then_some(Parent::Root(None)),
-        Ok(Err(())) | Err(_) => None,
+        Ok(copy)
+    })
+    .unwrap_or(Err(()))
+}
+
+/// Where a new root goes, whatever trace is current here: like [`parent`] outside any
+/// trace.
+#[inline]
+fn root_parent(configure: fn() -> bool) -> Option<Parent> {
+    match root_capture() {
+        Ok(Some(capture)) => Some(Parent::Root(Some(capture))),
+        Ok(None) => sink::enabled(configure).then_some(Parent::Root(None)),
+        Err(()) => None,
     }
 }
 
 /// Whether a root opened here now would be recorded, whatever trace is current here: like
 /// [`would_record`] outside any trace.
 pub(crate) fn would_record_root(configure: fn() -> bool) -> bool {
-    let found = POS.try_with(|p| {
-        if crate::util::reentry::suppressed() {
-            return Some(false);
-        }
-        let cap = p.capture.take();
-        let captured = cap.is_some();
-        p.capture.set(cap);
-        captured.then_some(true)
-    });
-    match found {
-        Ok(Some(recorded)) => recorded,
+    match root_capture() {
+        Ok(Some(_)) => true,
         Ok(None) => sink::enabled(configure),
-        Err(_) => false,
+        Err(()) => false,
     }
 }
 
