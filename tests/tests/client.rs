@@ -1375,10 +1375,9 @@ fn bulk_rows() -> Vec<Value> {
         .collect()
 }
 
-/// A storage answering an upload with a 307 (S3, for a bucket of another region): the
-/// upload follows it, with its body, and carries no credential there.
-#[tokio::test]
-async fn an_upload_follows_the_storages_redirect() {
+/// A platform whose storage answers an upload with `status`, redirecting it to
+/// `/storage/elsewhere` (which answers a POST 204, a GET 200), and which registers uploads.
+async fn storage_redirecting(status: u16) -> MockServer {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/v1/storage/presigned-url"))
@@ -1392,7 +1391,7 @@ async fn an_upload_follows_the_storages_redirect() {
     Mock::given(method("POST"))
         .and(path("/storage/bucket"))
         .respond_with(
-            ResponseTemplate::new(307)
+            ResponseTemplate::new(status)
                 .insert_header("location", format!("{}/storage/elsewhere", server.uri())),
         )
         .mount(&server)
@@ -1402,17 +1401,33 @@ async fn an_upload_follows_the_storages_redirect() {
         .respond_with(ResponseTemplate::new(204))
         .mount(&server)
         .await;
+    Mock::given(method("GET"))
+        .and(path("/storage/elsewhere"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
     Mock::given(method("POST"))
         .and(path(pipeline_path("data")))
         .respond_with(ok())
         .mount(&server)
         .await;
-    let cfg = TabularClassificationConfig::new(["no", "yes"])
+    server
+}
+
+fn redirect_test_config() -> TabularClassificationConfig {
+    TabularClassificationConfig::new(["no", "yes"])
         .feature_names(["age"])
         .predictions_column_name("pred")
-        .inference_id_column_name("id");
+        .inference_id_column_name("id")
+}
+
+/// A storage answering an upload with a 307 (S3, for a bucket of another region): the
+/// upload follows it, with its body, and carries no credential there.
+#[tokio::test]
+async fn an_upload_follows_the_storages_redirect() {
+    let server = storage_redirecting(307).await;
     csv_client_of(&server, 1 << 20)
-        .publish_batch(PIPELINE, &cfg, &bulk_rows())
+        .publish_batch(PIPELINE, &redirect_test_config(), &bulk_rows())
         .await
         .unwrap();
     let reqs = requests(&server).await;
@@ -1421,6 +1436,7 @@ async fn an_upload_follows_the_storages_redirect() {
         .filter(|r| r.url.path() == "/storage/elsewhere")
         .collect();
     assert_eq!(moved.len(), 1);
+    assert_eq!(moved[0].method.as_str(), "POST");
     assert!(
         multipart_parts(moved[0])
             .last()
@@ -1436,40 +1452,9 @@ async fn an_upload_follows_the_storages_redirect() {
 /// upload fails, and nothing is registered.
 #[tokio::test]
 async fn an_upload_answered_with_a_redirect_that_drops_its_body_fails() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/storage/presigned-url"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "url": format!("{}/storage/bucket", server.uri()),
-            "storageUri": "s3://bucket/batch.csv",
-            "fields": {"key": "uploads/batch.csv"}
-        })))
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/storage/bucket"))
-        .respond_with(
-            ResponseTemplate::new(302)
-                .insert_header("location", format!("{}/storage/elsewhere", server.uri())),
-        )
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/storage/elsewhere"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(pipeline_path("data")))
-        .respond_with(ok())
-        .mount(&server)
-        .await;
-    let cfg = TabularClassificationConfig::new(["no", "yes"])
-        .feature_names(["age"])
-        .predictions_column_name("pred")
-        .inference_id_column_name("id");
+    let server = storage_redirecting(302).await;
     let e = csv_client_of(&server, 1 << 20)
-        .publish_batch(PIPELINE, &cfg, &bulk_rows())
+        .publish_batch(PIPELINE, &redirect_test_config(), &bulk_rows())
         .await
         .unwrap_err();
     assert!(e.to_string().contains("302"), "{e}");

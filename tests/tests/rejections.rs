@@ -478,11 +478,12 @@ fn rejected_batches_are_bisected_and_oversize_rows_never_sent() {
     eprintln!("bisect: {:?}", results(&out));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pipeline_answered_404_holds_back_only_its_own_rows() {
+/// A platform where the pipeline `gone` answers 404 and `PIPE` takes rows and updates.
+async fn with_a_gone_pipeline() -> wiremock::MockServer {
     use wiremock::matchers::{method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
     let server = MockServer::start().await;
+    let ok = || ResponseTemplate::new(200).set_body_json(serde_json::json!({"success": true}));
     Mock::given(method("POST"))
         .and(path("/v1/inference-pipelines/gone/data-stream"))
         .respond_with(
@@ -492,37 +493,38 @@ async fn a_pipeline_answered_404_holds_back_only_its_own_rows() {
         .await;
     Mock::given(method("POST"))
         .and(path(format!("/v1/inference-pipelines/{PIPE}/data-stream")))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(serde_json::json!({"success": true})),
-        )
+        .respond_with(ok())
         .mount(&server)
         .await;
     Mock::given(method("PUT"))
         .and(path(format!("/v1/inference-pipelines/{PIPE}/rows")))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(serde_json::json!({"success": true})),
-        )
+        .respond_with(ok())
         .mount(&server)
         .await;
-    let dir = temp_dir("one-pipeline-gone");
+    server
+}
+
+/// Runs `scenario` in its child process against `server`, off the runtime serving it.
+async fn restart_against(server: &wiremock::MockServer, scenario: &'static str) {
+    let dir = temp_dir(scenario);
     let url = format!("{}/v1", server.uri());
-    tokio::task::spawn_blocking(move || restart("one_pipeline_gone", &url, &dir, None))
+    tokio::task::spawn_blocking(move || restart(scenario, &url, &dir, None))
         .await
         .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_answered_404_holds_back_only_its_own_rows() {
+    let server = with_a_gone_pipeline().await;
+    restart_against(&server, "one_pipeline_gone").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_404_read_back_after_a_401_ends_the_broken_configuration() {
     use wiremock::matchers::{method, path};
-    use wiremock::{Mock, MockServer, ResponseTemplate};
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/inference-pipelines/gone/data-stream"))
-        .respond_with(
-            ResponseTemplate::new(404).set_body_json(serde_json::json!({"error": "not found"})),
-        )
-        .mount(&server)
-        .await;
+    use wiremock::{Mock, ResponseTemplate};
+    let server = with_a_gone_pipeline().await;
+    // One 401 first (a key's rotation), before the rows are taken.
     Mock::given(method("POST"))
         .and(path(format!("/v1/inference-pipelines/{PIPE}/data-stream")))
         .respond_with(
@@ -532,18 +534,7 @@ async fn a_404_read_back_after_a_401_ends_the_broken_configuration() {
         .with_priority(1)
         .mount(&server)
         .await;
-    Mock::given(method("POST"))
-        .and(path(format!("/v1/inference-pipelines/{PIPE}/data-stream")))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(serde_json::json!({"success": true})),
-        )
-        .mount(&server)
-        .await;
-    let dir = temp_dir("gone-then-unauthorized");
-    let url = format!("{}/v1", server.uri());
-    tokio::task::spawn_blocking(move || restart("gone_then_unauthorized", &url, &dir, None))
-        .await
-        .unwrap();
+    restart_against(&server, "gone_then_unauthorized").await;
 }
 
 #[test]
