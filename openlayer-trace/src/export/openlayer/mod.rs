@@ -553,7 +553,18 @@ impl Flusher {
         if self.hold.active() {
             return;
         }
-        while self.tasks.len() < self.max_in_flight {
+        // A slot is kept for row updates when some wait and none is in flight: under a
+        // steady load, live batches would take every slot, and the updates (and the
+        // flushes waiting for them) none. (An update waits only for its own row, which is
+        // settled by the time it is here.)
+        let keep_for_updates = !self.updates.is_empty()
+            && self.max_in_flight > 1
+            && !self
+                .flights
+                .values()
+                .any(|f| matches!(f, Flight::Update(_)));
+        let live_slots = self.max_in_flight - usize::from(keep_for_updates);
+        while self.tasks.len() < live_slots {
             let Some(batch) = self.ready.pop_front() else {
                 break;
             };
