@@ -24,7 +24,11 @@ use crate::record::row_update::RowUpdate;
 /// background queue and is retried, spooled and counted in [`Stats`](crate::Stats) like a
 /// trace's row. When the trace with this inference id is still pending in this process
 /// (called inside it, or completed but not yet delivered), the update is sent after that
-/// trace's row is settled, so that the row exists before it is updated. With no API key
+/// trace's row is settled, so that the row exists before it is updated. An update made
+/// while its trace is still open, from outside it (another task or thread), or inside it
+/// before its inference id was set, is not held back: it may reach the platform first,
+/// where it is answered 404, kept in the spool and tried again on replay (without a
+/// spool, dropped as `rejected`). With no API key
 /// (the embedded default), it is written to the local trace file as a row-update line,
 /// after its trace's line.
 ///
