@@ -77,6 +77,15 @@ pub mod child {
             .expect("start the child")
     }
 
+    /// Makes a FIFO at `path` (`mkfifo`).
+    pub fn fifo(path: &Path) {
+        let made = Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .expect("run mkfifo");
+        assert!(made.success(), "mkfifo {}", path.display());
+    }
+
     /// Prints `RESULT key=value` lines for the parent to read.
     pub fn report(pairs: &[(&str, String)]) {
         let mut line = String::from("RESULT");

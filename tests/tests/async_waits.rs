@@ -68,11 +68,7 @@ fn a_thousand_flush_async_calls_leave_no_threads_behind() {
 fn full_queue() {
     let dir = temp_dir("async-waits-full");
     let fifo = dir.join("traces.fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    child::fifo(&fifo);
     let config = Config::builder()
         .trace_file(&fifo)
         .queue_capacity(1)

@@ -269,11 +269,7 @@ fn init_refuses_a_local_trace_file_it_cannot_create() {
 fn init_does_not_wait_for_the_reader_of_a_fifo_trace_file() {
     let dir = temp_dir("fifo-file");
     let fifo = dir.join("traces.fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    child::fifo(&fifo);
     let mut child = child::command("fifo_file", &[("TRACES_TO_A_FIFO", fifo.to_str().unwrap())])
         .stdout(std::process::Stdio::piped())
         .spawn()

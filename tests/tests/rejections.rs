@@ -178,10 +178,9 @@ fn to_a_gone_pipeline(id: String) -> usize {
     id.len()
 }
 
-/// One pipeline answers 404 (deleted, or mistyped in one function's
-/// `inference_pipeline_id`): its rows wait in the spool, and the other pipeline's rows and
-/// updates go on being sent.
-fn one_pipeline_gone() {
+/// Starts the pipeline with a spool and `on_failure`, and sends a row to the pipeline
+/// `gone` first: returns once its 404 was told.
+fn refused_pipeline_first() -> (openlayer_trace::Guard, Told) {
     let (seen, on_failure) = failures();
     let config = base(&env("TEST_SERVER_URL"))
         .spool_dir(env("TEST_SPOOL_DIR"))
@@ -193,6 +192,14 @@ fn one_pipeline_gone() {
     assert!(wait_until(Duration::from_secs(10), || {
         seen.lock().unwrap().iter().any(|f| f.2 == Some(404))
     }));
+    (guard, seen)
+}
+
+/// One pipeline answers 404 (deleted, or mistyped in one function's
+/// `inference_pipeline_id`): its rows wait in the spool, and the other pipeline's rows and
+/// updates go on being sent.
+fn one_pipeline_gone() {
+    let (guard, _) = refused_pipeline_first();
     let ids = produce("kept", 10);
     openlayer_trace::update_row(&ids[0], serde_json::json!({"score": 1}), None);
     let r = guard.shutdown(Duration::from_secs(5)).unwrap();
@@ -211,17 +218,7 @@ fn one_pipeline_gone() {
 /// the key got through, and the other pipeline's rows are sent again (they stayed in the
 /// spool for good, as the probe could never be answered 2xx).
 fn gone_then_unauthorized() {
-    let (seen, on_failure) = failures();
-    let config = base(&env("TEST_SERVER_URL"))
-        .spool_dir(env("TEST_SPOOL_DIR"))
-        .on_failure(on_failure)
-        .build()
-        .unwrap();
-    let guard = openlayer_trace::init(config).unwrap();
-    to_a_gone_pipeline("gone-0".into());
-    assert!(wait_until(Duration::from_secs(10), || {
-        seen.lock().unwrap().iter().any(|f| f.2 == Some(404))
-    }));
+    let (guard, seen) = refused_pipeline_first();
     produce("refused-once", 1);
     assert!(wait_until(Duration::from_secs(10), || {
         seen.lock().unwrap().iter().any(|f| f.2 == Some(401))
